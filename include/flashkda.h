@@ -1,0 +1,247 @@
+/*
+ * flashkda.h: the public C API of libflashkda, kernels for Kimi Delta Attention (KDA).
+ *
+ * One header, plain C, no dependencies. Two operations:
+ *
+ *   fkda_prefill  the chunked forward over whole prompts (fla's chunk_kda, FlashKDA's fwd)
+ *   fkda_decode   the recurrent form over a few tokens per sequence, updating states in place
+ *                 inside a state pool (fla's fused_recurrent_kda as vLLM calls it)
+ *
+ * Each operation runs on a device named by the caller (the CPU, or a CUDA GPU and stream). The
+ * caller asks for the workspace size, provides that many bytes on the same device, and calls.
+ * Nothing is allocated on the GPU path, so a call can be captured into a CUDA graph.
+ *
+ * Every call validates every argument before it writes anything. On failure it returns a status
+ * other than FKDA_OK, writes nothing to any output, and leaves a message naming the argument and
+ * what was expected; read it with fkda_last_error() on the same thread.
+ *
+ * The function, per sequence n and value head h (qk head h / (HV / H)), tokens t = 1..T_n:
+ *
+ *     S  <- diag(exp(a_t)) S                     decay along the key dimension
+ *     S  <- S + b_t k_t (v_t - S^T k_t)^T         delta rule
+ *     o_t = scale * S^T q_t
+ *
+ * with the state S in R^{K x V}, and a_t, b_t, q_t, k_t derived from the inputs by the options
+ * below (see fkda_options). The state is float32 inside every backend.
+ */
+#ifndef FLASHKDA_H
+#define FLASHKDA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(FKDA_BUILDING_LIBRARY)
+#define FKDA_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define FKDA_API __attribute__((visibility("default")))
+#else
+#define FKDA_API
+#endif
+
+#define FKDA_VERSION_MAJOR 0
+#define FKDA_VERSION_MINOR 1
+#define FKDA_VERSION_PATCH 0
+
+/* ------------------------------------------------------------------------------------------------
+ * Status codes and error messages
+ * --------------------------------------------------------------------------------------------- */
+
+typedef enum fkda_status {
+    FKDA_OK = 0,
+    FKDA_ERROR_INVALID_ARGUMENT = 1, /* a shape, dtype, stride or value that is wrong for any device */
+    FKDA_ERROR_UNSUPPORTED = 2,      /* valid, but the chosen device cannot run this combination yet */
+    FKDA_ERROR_WORKSPACE = 3,        /* workspace missing, too small or misaligned */
+    FKDA_ERROR_DEVICE = 4,           /* no such device, built without CUDA, or a CUDA call failed */
+    FKDA_ERROR_OUT_OF_MEMORY = 5,    /* a host allocation failed */
+    FKDA_ERROR_INTERNAL = 6          /* a bug: please report it with the message */
+} fkda_status;
+
+/* A short constant name for a status ("invalid argument", ...). */
+FKDA_API const char *fkda_status_name(fkda_status status);
+
+/* The message of the last failed call on this thread ("" after a successful one). The pointer
+ * stays valid until the next call of this library on the same thread. */
+FKDA_API const char *fkda_last_error(void);
+
+/* "0.1.0", and whether this build contains the CUDA backend (1) or not (0). */
+FKDA_API const char *fkda_version(void);
+FKDA_API int fkda_has_cuda(void);
+
+/* ------------------------------------------------------------------------------------------------
+ * Tensors and devices
+ * --------------------------------------------------------------------------------------------- */
+
+typedef enum fkda_dtype {
+    FKDA_DTYPE_F32 = 0,
+    FKDA_DTYPE_F16 = 1,
+    FKDA_DTYPE_BF16 = 2,
+    FKDA_DTYPE_I32 = 3,
+    FKDA_DTYPE_I64 = 4
+} fkda_dtype;
+
+#define FKDA_MAX_DIMS 4
+
+/* Tensor flags. */
+#define FKDA_TENSOR_READ_ONLY 1u /* the memory must not be written (a NumPy array with writeable=False) */
+
+/*
+ * A strided view of memory on the call's device. An optional tensor is absent when it is all
+ * zero (data NULL and ndim 0: `fkda_tensor none = {0};`). Strides are in elements, not bytes,
+ * and may be any non-negative value, except that the last dimension of every tensor must be
+ * contiguous (stride 1, or any stride when its size is 1). An output's elements must not overlap
+ * one another, nor any input (a final state may be the very same view as the initial state, for
+ * an in-place update). A tensor with no elements may have data NULL. data must be aligned to
+ * its element size.
+ */
+typedef struct fkda_tensor {
+    void *data;
+    fkda_dtype dtype;
+    int32_t ndim;
+    int64_t shape[FKDA_MAX_DIMS];
+    int64_t stride[FKDA_MAX_DIMS];
+    uint32_t flags;
+} fkda_tensor;
+
+typedef enum fkda_device_type {
+    FKDA_DEVICE_CPU = 0,
+    FKDA_DEVICE_CUDA = 1
+} fkda_device_type;
+
+typedef struct fkda_device {
+    fkda_device_type type;
+    int32_t index;       /* CUDA: the device ordinal every tensor lives on. CPU: ignored. */
+    void *stream;        /* CUDA: the cudaStream_t to run on (NULL: the legacy default stream). */
+    int32_t num_threads; /* CPU: worker threads (0: one per online core). */
+    int32_t reference;   /* CPU: 1 runs the float64 token-by-token reference instead of the fast path. */
+} fkda_device;
+
+/* ------------------------------------------------------------------------------------------------
+ * Options shared by prefill and decode (the pre-activations applied inside the kernel)
+ * --------------------------------------------------------------------------------------------- */
+
+typedef enum fkda_gate {
+    /* g is already the log-space decay a_t (<= 0 per key channel). A_log and dt_bias unused. */
+    FKDA_GATE_NONE = 0,
+    /* a_t = lower_bound * sigmoid(exp(A_log[h]) * (g_t + dt_bias[h]))  ("safe gate" when
+     * lower_bound is in [-5, 0)); without A_log: a_t = lower_bound * sigmoid(g_t + dt_bias[h]). */
+    FKDA_GATE_LOWER_BOUND = 1,
+    /* a_t = -exp(A_log[h]) * softplus(g_t + dt_bias[h]); needs A_log. */
+    FKDA_GATE_SOFTPLUS = 2
+} fkda_gate;
+
+typedef struct fkda_options {
+    double scale;             /* output scale; 0 selects the default K^-0.5 */
+    fkda_gate gate;
+    double lower_bound;       /* FKDA_GATE_LOWER_BOUND only: finite and < 0 */
+    int32_t use_qk_l2norm;    /* q, k <- x / sqrt(sum(x^2) + 1e-6), in float32 */
+    int32_t use_beta_sigmoid; /* b_t = sigmoid(beta_t); off: b_t = beta_t */
+    int32_t allow_neg_eigval; /* b_t = 2 sigmoid(beta_t); needs use_beta_sigmoid */
+    int32_t state_v_first;    /* states are laid out [.., V, K] instead of [.., K, V] */
+} fkda_options;
+
+/* The defaults of fla's chunk_kda: default scale, gate off, no norm, no sigmoid, [K, V] states. */
+FKDA_API fkda_options fkda_default_options(void);
+
+/* ------------------------------------------------------------------------------------------------
+ * Prefill: the chunked forward over B equal-length sequences or one packed varlen batch
+ * --------------------------------------------------------------------------------------------- */
+
+/*
+ * Shapes (N sequences; B batch rows of T tokens; H qk heads; HV value heads, a multiple of H;
+ * K, V head dims, 1..256 each):
+ *
+ *   q, k            [B, T, H, K]    f32 / f16 / bf16
+ *   v               [B, T, HV, V]   same dtype as q and k
+ *   g               [B, T, HV, K]   any float dtype
+ *   beta            [B, T, HV]      any float dtype
+ *   A_log           [HV]            optional, any float dtype
+ *   dt_bias         [HV, K] or [HV * K]   optional, any float dtype
+ *   cu_seqlens      [N + 1]         optional, int64 or int32; needs B == 1; 0 = c_0 <= c_1 <= ... = T
+ *   initial_state   [N, HV, K, V]   optional, f32 or bf16 ([N, HV, V, K] when state_v_first)
+ *   final_state     [N, HV, K, V]   optional output, f32 or bf16 (same layout rule)
+ *   out             [B, T, HV, V]   output, same dtype as v
+ *
+ * Without cu_seqlens, N = B and sequence n is batch row n. A zero-length sequence leaves its
+ * final state equal to its initial state (or zero).
+ */
+typedef struct fkda_prefill_args {
+    fkda_tensor q, k, v, g, beta;
+    fkda_tensor A_log, dt_bias;
+    fkda_tensor cu_seqlens;
+    fkda_tensor initial_state;
+    fkda_tensor final_state;
+    fkda_tensor out;
+    fkda_options options;
+} fkda_prefill_args;
+
+/* Bytes of workspace fkda_prefill needs for these arguments on this device (may be 0). The
+ * answer depends only on the shapes, dtypes and options, not on any tensor's contents. */
+FKDA_API fkda_status fkda_prefill_workspace_size(const fkda_prefill_args *args,
+                                                 const fkda_device *device, size_t *bytes);
+
+/* Runs the prefill. `workspace` is memory on the device, at least the queried size, aligned to
+ * 256 bytes; it may be NULL when the size is 0. On the CUDA device the call is asynchronous on
+ * the stream and allocates nothing. */
+FKDA_API fkda_status fkda_prefill(const fkda_prefill_args *args, const fkda_device *device,
+                                  void *workspace, size_t workspace_bytes);
+
+/* ------------------------------------------------------------------------------------------------
+ * Decode: the recurrent form, states updated in place in a pool
+ * --------------------------------------------------------------------------------------------- */
+
+/*
+ * Shapes: q, k, v, g, beta, out, A_log, dt_bias and cu_seqlens as for prefill (usually T = 1 per
+ * sequence, or a few draft tokens for speculative decoding). Then:
+ *
+ *   state_pool          [P, HV, K, V] (or [P, HV, V, K] when state_v_first), f32 or bf16; read
+ *                       and written in place
+ *   state_indices       optional, int32 or int64:
+ *                         absent:     sequence n uses slot n (P >= N)
+ *                         [N]:        sequence n reads slot idx[n] and writes its final state
+ *                                     back to it; a negative idx[n] skips the sequence
+ *                         [N, T_max]: sequence n reads slot idx[n, a_n - 1] and writes the state
+ *                                     after its token t to slot idx[n, t] (negative: not written);
+ *                                     a_n = num_accepted_tokens[n], or 1 without it. A negative
+ *                                     read slot skips the sequence.
+ *   num_accepted_tokens optional, [N], int32 or int64, each in 1..T_max; needs 2-D state_indices
+ *
+ * A skipped sequence reads and writes no state, and its rows of `out` are set to zero. Slots
+ * named by two sequences of one call are a caller error (the result is unspecified).
+ */
+typedef struct fkda_decode_args {
+    fkda_tensor q, k, v, g, beta;
+    fkda_tensor A_log, dt_bias;
+    fkda_tensor cu_seqlens;
+    fkda_tensor state_pool;
+    fkda_tensor state_indices;
+    fkda_tensor num_accepted_tokens;
+    fkda_tensor out;
+    fkda_options options;
+} fkda_decode_args;
+
+FKDA_API fkda_status fkda_decode_workspace_size(const fkda_decode_args *args,
+                                                const fkda_device *device, size_t *bytes);
+
+FKDA_API fkda_status fkda_decode(const fkda_decode_args *args, const fkda_device *device,
+                                 void *workspace, size_t workspace_bytes);
+
+/* ------------------------------------------------------------------------------------------------
+ * Helpers for building tensors
+ * --------------------------------------------------------------------------------------------- */
+
+/* A contiguous (row-major) tensor of the given shape; ndim 1..FKDA_MAX_DIMS. */
+FKDA_API fkda_tensor fkda_make_tensor(void *data, fkda_dtype dtype, int32_t ndim,
+                                      const int64_t *shape);
+
+/* Bytes of one element of a dtype (0 for an unknown value). */
+FKDA_API size_t fkda_dtype_size(fkda_dtype dtype);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FLASHKDA_H */

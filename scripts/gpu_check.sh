@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# gpu_check.sh: everything the lent GPU is for, in one call: build, test, sanitize, benchmark.
+#
+#   scripts/gpu_check.sh [step ...]      steps: test sanitize bench-decode bench-prefill all
+#
+# Run it through the device tool from the repository root, carrying the fla wheel:
+#   run(command="scripts/gpu_check.sh all", carry=[".whl"])
+# Logs and result tables go to $OUT (the device tool brings them back), else to build/gpu-out.
+# The build always runs first; a failing step is reported and the next step still runs; the exit
+# status is the number of failed steps.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/build/gpu-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(test)
+[ "${steps[0]}" = all ] && steps=(test sanitize bench-decode bench-prefill)
+
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/device.txt" || true
+
+# fla (and anything else carried) goes to a private site directory.
+if compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/fkda-site .whl/*.whl || exit 100
+  export PYTHONPATH=/tmp/fkda-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+echo "== build"
+cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
+  cmake --build build/gpu -j 16 >>"$OUT/build.log" 2>&1
+if [ $? -ne 0 ]; then tail -n 60 "$OUT/build.log"; exit 101; fi
+grep -E "spill|registers" "$OUT/build.log" | sort -u | head -n 40
+# The Python package loads the library just built (no pip install needed on the device).
+export FLASHKDA_LIBRARY=$PWD/build/gpu/libflashkda.so
+export PYTHONPATH=$PWD/python:$PYTHONPATH
+
+failed=0
+run_step() { # name, command...
+  local name=$1; shift
+  echo "== $name"
+  "$@" 2>&1 | tee "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  [ $rc -ne 0 ] && { echo "!! step $name failed ($rc)"; failed=$((failed + 1)); }
+  return 0
+}
+
+for step in "${steps[@]}"; do
+  case $step in
+  test)
+    for exe in build/gpu/test_*_cuda; do [ -x "$exe" ] && run_step "$(basename "$exe")" "$exe"; done
+    run_step pytest-gpu python3 -m pytest -q -x tests/gpu ;;
+  sanitize)
+    for exe in build/gpu/test_*_cuda; do
+      [ -x "$exe" ] || continue
+      for tool in memcheck racecheck; do
+        run_step "$(basename "$exe")-$tool" compute-sanitizer --tool $tool --error-exitcode 1 "$exe" --small
+      done
+    done ;;
+  bench-decode) run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" ;;
+  bench-prefill) run_step bench-prefill python3 bench/bench_prefill_gpu.py --out "$OUT/bench_prefill.md" ;;
+  *) echo "unknown step $step"; failed=$((failed + 1)) ;;
+  esac
+done
+echo "== done: $failed failed step(s)"
+exit $failed

@@ -1,0 +1,46 @@
+/* dispatch.c: from a validated problem to the backend that runs it; see dispatch.h. */
+#include "dispatch.h"
+
+#include <stdint.h>
+
+#include "../cpu/cpu_backend.h"
+#include "../cuda/cuda_backend.h"
+#include "error.h"
+
+#define FKDA_WORKSPACE_ALIGNMENT 256
+
+fkda_status fkda_dispatch_workspace(const fkda_problem *p, size_t *bytes)
+{
+    if (p->device.type == FKDA_DEVICE_CPU) {
+        *bytes = p->op == FKDA_OP_PREFILL ? fkda_cpu_prefill_workspace(p) : fkda_cpu_decode_workspace(p);
+        return FKDA_OK;
+    }
+    return p->op == FKDA_OP_PREFILL ? fkda_cuda_prefill_workspace(p, bytes) : fkda_cuda_decode_workspace(p, bytes);
+}
+
+fkda_status fkda_dispatch_run(const fkda_problem *p, void *workspace, size_t workspace_bytes)
+{
+    if (p->device.type == FKDA_DEVICE_CUDA) {
+        fkda_status s = fkda_cuda_check(p);
+        if (s != FKDA_OK) return s;
+    }
+    size_t needed = 0;
+    fkda_status s = fkda_dispatch_workspace(p, &needed);
+    if (s != FKDA_OK) return s;
+    if (needed > 0) {
+        if (workspace == NULL)
+            return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: is NULL, but this call needs %zu bytes "
+                                                   "(ask fkda_*_workspace_size first)", needed);
+        if (workspace_bytes < needed)
+            return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace_bytes: %zu given, this call needs %zu",
+                             workspace_bytes, needed);
+        if ((uintptr_t)workspace % FKDA_WORKSPACE_ALIGNMENT != 0)
+            return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: must be aligned to %d bytes",
+                             FKDA_WORKSPACE_ALIGNMENT);
+    }
+    if (p->device.type == FKDA_DEVICE_CPU)
+        return p->op == FKDA_OP_PREFILL ? fkda_cpu_prefill(p, workspace, workspace_bytes)
+                                        : fkda_cpu_decode(p, workspace, workspace_bytes);
+    return p->op == FKDA_OP_PREFILL ? fkda_cuda_prefill(p, workspace, workspace_bytes)
+                                    : fkda_cuda_decode(p, workspace, workspace_bytes);
+}

@@ -1,0 +1,113 @@
+/*
+ * problem.h: a validated call, as the API layer hands it to a backend.
+ *
+ * The public arguments (fkda_prefill_args, fkda_decode_args) allow several spellings of the same
+ * thing: dt_bias flat or 2-D, states in [K, V] or [V, K], scale 0 for "default". Validation
+ * resolves all of them once, so that a backend reads one canonical description and never has to
+ * check anything again. Every tensor becomes an fkda_operand whose strides follow a fixed
+ * dimension order, listed beside each field below.
+ */
+#ifndef FKDA_API_PROBLEM_H
+#define FKDA_API_PROBLEM_H
+
+#include <stdint.h>
+
+#include "flashkda.h"
+
+/* A validated tensor: data (NULL when absent), dtype, and strides in elements in the canonical
+ * dimension order of its field. Unused trailing strides are 0. */
+typedef struct fkda_operand {
+    void *data;
+    fkda_dtype dtype;
+    int64_t stride[4];
+} fkda_operand;
+
+typedef enum fkda_op_kind {
+    FKDA_OP_PREFILL = 0,
+    FKDA_OP_DECODE = 1
+} fkda_op_kind;
+
+typedef struct fkda_problem {
+    fkda_op_kind op;
+    fkda_device device;
+
+    /* Sizes. Tokens live at (batch row b, position t), b < B, t < T. */
+    int64_t B, T, H, HV, K, V;
+    int64_t N;       /* sequences: B, or the number of cu_seqlens entries minus one */
+    int64_t group;   /* HV / H: value heads per qk head; value head h reads qk head h / group */
+
+    /* Token inputs and the output. */
+    fkda_operand q, k;   /* [B, T, H, K] */
+    fkda_operand v;      /* [B, T, HV, V] */
+    fkda_operand g;      /* [B, T, HV, K] */
+    fkda_operand beta;   /* [B, T, HV] */
+    fkda_operand out;    /* [B, T, HV, V] */
+
+    /* Gate parameters (data NULL when absent). */
+    fkda_operand A_log;   /* [HV] */
+    fkda_operand dt_bias; /* [HV, K] (a flat [HV * K] input is described as [HV, K]) */
+
+    /* Sequences. When cu_seqlens.data is NULL, sequence n is row n with T tokens; otherwise
+     * B == 1 and sequence n is tokens [cu[n], cu[n+1]) of row 0. Its dtype is I32 or I64. On
+     * the CPU the contents have been checked (0 = c_0 <= ... <= c_N = T); on CUDA they are in
+     * device memory and were not read (kernels clamp every bound into [0, T]). */
+    fkda_operand cu_seqlens; /* [N + 1] */
+
+    /* States, canonical order [slot, value head, key index, value index] whatever the memory
+     * layout: stride[2] steps the key index and stride[3] the value index. state_v_first
+     * records which of the two is contiguous in memory (stride[2] == 1 when set). */
+    fkda_operand state_in;  /* prefill: initial_state [N, ...]; decode: the pool [P, ...] */
+    fkda_operand state_out; /* prefill: final_state [N, ...];   decode: the same pool */
+    int64_t pool_size;      /* decode: P; prefill: N */
+
+    /* Decode only. */
+    fkda_operand state_indices;       /* [N] or [N, T_max]; data NULL when absent */
+    int32_t indices_per_token;        /* 1 when state_indices is 2-D */
+    int64_t indices_tokens;           /* T_max, the second dimension of 2-D state_indices */
+    fkda_operand num_accepted_tokens; /* [N]; data NULL when absent */
+
+    /* Options, resolved. */
+    float scale; /* the actual scale (the default already applied) */
+    fkda_gate gate;
+    float lower_bound;
+    int32_t use_qk_l2norm;
+    int32_t use_beta_sigmoid;
+    int32_t allow_neg_eigval;
+    int32_t state_v_first;
+} fkda_problem;
+
+/* First token (row, position) and length of sequence n. On the CPU only (reads cu_seqlens). */
+static inline void fkda_sequence_bounds(const fkda_problem *p, int64_t n, int64_t *row,
+                                        int64_t *start, int64_t *length)
+{
+    if (p->cu_seqlens.data == NULL) {
+        *row = n;
+        *start = 0;
+        *length = p->T;
+        return;
+    }
+    int64_t s = p->cu_seqlens.stride[0];
+    int64_t a, b;
+    if (p->cu_seqlens.dtype == FKDA_DTYPE_I64) {
+        const int64_t *c = (const int64_t *)p->cu_seqlens.data;
+        a = c[n * s];
+        b = c[(n + 1) * s];
+    } else {
+        const int32_t *c = (const int32_t *)p->cu_seqlens.data;
+        a = c[n * s];
+        b = c[(n + 1) * s];
+    }
+    *row = 0;
+    *start = a;
+    *length = b - a;
+}
+
+/* Reads element i of an integer operand (I32 or I64) with stride s. */
+static inline int64_t fkda_read_index(const fkda_operand *x, int64_t offset)
+{
+    if (x->dtype == FKDA_DTYPE_I64)
+        return ((const int64_t *)x->data)[offset];
+    return ((const int32_t *)x->data)[offset];
+}
+
+#endif /* FKDA_API_PROBLEM_H */
