@@ -1,0 +1,285 @@
+"""fla-compatible entry points: chunk_kda, fused_recurrent_kda, fused_recurrent_kda_fwd.
+
+Signatures, defaults, validation conditions and return values follow fla 0.6
+(fla/ops/kda/chunk.py and fla/ops/kda/fused_recurrent.py), so that code written for fla runs
+unchanged on flash_kda's forward. Where fla raises ValueError, these raise ValueError for the
+same condition; where fla only asserts, the C library's validation answers (ValueError or
+TypeError with its message). Differences, all deliberate:
+
+  - Forward only: a call with autograd on and an input that requires grad raises
+    UnsupportedError (fla would build a backward graph).
+  - chunk_kda: return_intermediate_states=True and cp_context raise UnsupportedError;
+    disable_recompute, use_graph, max_num_seqs, cu_seqlens_cpu and chunk_size (32 or 64) are
+    accepted and change nothing (they steer fla's backward or its Triton launch; the flash_kda
+    path is already capturable in CUDA graphs).
+  - fused_recurrent_kda with use_gate_in_kernel, no lower_bound and no A_log: fla silently uses
+    A_log = 0 here; flash_kda raises ValueError ("A_log: is required by the softplus gate"),
+    as fla's chunk_kda does.
+  - fused_recurrent_kda: a per-channel beta [B, T, HV, V] raises UnsupportedError.
+  - fused_recurrent_kda (the public one) ignores ssm_state_indices / inplace_final_state /
+    num_accepted_tokens like fla, but warns: use fused_recurrent_kda_fwd for in-place pools.
+  - fused_recurrent_kda_fwd(inplace_final_state=True) with 1-D ssm_state_indices and several
+    tokens per sequence writes the final state to ssm_state_indices[n] (fla writes token t's
+    state to ssm_state_indices[n + t]); with inplace_final_state=False it does not take
+    ssm_state_indices (UnsupportedError). A negative index skips the sequence (out rows zero).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from . import _tensors
+from ._ops import decode, prefill
+from .errors import UnsupportedError
+
+
+def _require_array(x, name: str):
+    if not _tensors.is_array(x):
+        raise TypeError(f"{name}: expected a NumPy array or a torch tensor, got "
+                        f"{type(x).__qualname__}")
+
+
+def _require_ndim(x, name: str, ndim: int, dims: str):
+    _require_array(x, name)
+    if x.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions {dims}, got shape {list(x.shape)}")
+
+
+def _is_float32(x) -> bool:
+    if isinstance(x, np.ndarray):
+        return x.dtype == np.float32
+    return str(x.dtype) == "torch.float32"
+
+
+def _forbid_autograd(function: str, **tensors) -> None:
+    torch = _tensors.torch_module()
+    if torch is None or not torch.is_grad_enabled():
+        return
+    for name, t in tensors.items():
+        if _tensors.is_torch_tensor(t) and t.requires_grad:
+            raise UnsupportedError(
+                f"{name}: requires grad, but flash_kda.{function} is forward-only (no autograd); "
+                "call it under torch.no_grad() or torch.inference_mode(), or use fla to train")
+
+
+def _pop_state_layout_alias(kwargs: dict, state_v_first: bool) -> bool:
+    """fla's deprecated name `transpose_state_layout` for `state_v_first`."""
+    if "transpose_state_layout" not in kwargs:
+        return state_v_first
+    if state_v_first:
+        raise ValueError("transpose_state_layout: cannot be given together with state_v_first "
+                         "(it is the deprecated name of state_v_first)")
+    warnings.warn("`transpose_state_layout` is deprecated; use `state_v_first`",
+                  DeprecationWarning, stacklevel=3)
+    return bool(kwargs.pop("transpose_state_layout"))
+
+
+def _num_sequences(q, cu_seqlens) -> int:
+    return q.shape[0] if cu_seqlens is None else int(cu_seqlens.shape[0]) - 1
+
+
+def _check_varlen(q, initial_state, cu_seqlens) -> None:
+    if cu_seqlens is None:
+        return
+    _require_array(cu_seqlens, "cu_seqlens")
+    if q.shape[0] != 1:
+        raise ValueError(f"cu_seqlens: a packed batch needs batch size 1, but q has batch size "
+                         f"{q.shape[0]}; flatten variable-length inputs to [1, T, ...] first")
+    if cu_seqlens.ndim != 1:
+        raise ValueError(f"cu_seqlens: expected 1 dimension [N + 1], got shape "
+                         f"{list(cu_seqlens.shape)}")
+    if initial_state is not None:
+        _require_array(initial_state, "initial_state")
+        n = int(cu_seqlens.shape[0]) - 1
+        if initial_state.shape[0] != n:
+            raise ValueError(f"initial_state: expected one state per sequence, {n} (from "
+                             f"cu_seqlens), got {initial_state.shape[0]}")
+
+
+def _gate(use_gate_in_kernel: bool, lower_bound) -> str:
+    if not use_gate_in_kernel:
+        return "none"
+    return "lower_bound" if lower_bound is not None else "softplus"
+
+
+def _state_shape(N, HV, K, V, state_v_first):
+    return (N, HV, V, K) if state_v_first else (N, HV, K, V)
+
+
+def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
+              use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False,
+              use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False, safe_gate=False,
+              lower_bound=None, disable_recompute=False, return_intermediate_states=False,
+              state_v_first=False, cu_seqlens=None, cu_seqlens_cpu=None, cp_context=None,
+              use_graph=False, max_num_seqs=None, **kwargs):
+    """fla's chunk_kda forward (fla 0.6 signature), run by flash_kda.
+
+    q, k [B, T, H, K]; v [B, T, HV, V]; g [B, T, HV, K] (log decay, or the raw gate input with
+    use_gate_in_kernel); beta [B, T, HV]; initial_state float32 [N, HV, K, V] ([N, HV, V, K]
+    with state_v_first); A_log [HV] and dt_bias [HV * K] or [HV, K] as keywords.
+
+    use_gate_in_kernel: the gate is lower_bound * sigmoid(exp(A_log) * (g + dt_bias)) when
+    lower_bound is given (A_log optional), else -exp(A_log) * softplus(g + dt_bias).
+    safe_gate with use_gate_in_kernel requires lower_bound in [-5, 0).
+
+    Returns (o, final_state): o [B, T, HV, V] in the input dtype; final_state float32
+    [N, HV, K, V] (or [N, HV, V, K]) when output_final_state, else None.
+    """
+    state_v_first = _pop_state_layout_alias(kwargs, state_v_first)
+    if cp_context is not None:
+        raise UnsupportedError("cp_context: context parallelism is not supported by flash_kda")
+    if return_intermediate_states:
+        raise UnsupportedError("return_intermediate_states: not supported by flash_kda (its "
+                               "kernels do not materialise the per-chunk states)")
+    _require_ndim(q, "q", 4, "[B, T, H, K]")
+    _require_ndim(v, "v", 4, "[B, T, HV, V]")
+    _check_varlen(q, initial_state, cu_seqlens)
+    if initial_state is not None and not _is_float32(initial_state):
+        raise TypeError(f"initial_state: must be float32 (as in fla), got {initial_state.dtype}")
+
+    A_log = dt_bias = None
+    if use_gate_in_kernel:
+        A_log, dt_bias = kwargs.get("A_log"), kwargs.get("dt_bias")
+        if A_log is None and lower_bound is None:
+            raise ValueError("A_log: is required when use_gate_in_kernel=True and lower_bound "
+                             "is not set")
+    chunk_size = kwargs.pop("chunk_size", 64)
+    if chunk_size not in (32, 64):
+        raise ValueError(f"chunk_size: must be 32 or 64, got {chunk_size}")
+    if safe_gate and use_gate_in_kernel:
+        if lower_bound is None:
+            raise ValueError("lower_bound: is required when safe_gate=True and "
+                             "use_gate_in_kernel=True")
+        if not (-5 <= lower_bound < 0):
+            raise ValueError(f"lower_bound: {lower_bound} is outside the safe range [-5, 0)")
+    if allow_neg_eigval and not use_beta_sigmoid_in_kernel:
+        raise ValueError("allow_neg_eigval: True requires use_beta_sigmoid_in_kernel=True")
+    if use_graph and cu_seqlens is not None and max_num_seqs is not None:
+        if int(cu_seqlens.shape[0]) - 1 != max_num_seqs:
+            raise ValueError(f"cu_seqlens: with use_graph it must hold exactly max_num_seqs + 1 "
+                             f"= {max_num_seqs + 1} entries (pad with empty sequences), got "
+                             f"{cu_seqlens.shape[0]}")
+    _forbid_autograd("chunk_kda", q=q, k=k, v=v, g=g, beta=beta, A_log=A_log, dt_bias=dt_bias,
+                     initial_state=initial_state)
+
+    B, T, H, K = q.shape
+    HV, V = v.shape[2], v.shape[3]
+    o = _tensors.empty(q, (B, T, HV, V), q.dtype)
+    final_state = None
+    if output_final_state:
+        N = _num_sequences(q, cu_seqlens)
+        final_state = _tensors.empty(q, _state_shape(N, HV, K, V, state_v_first), "float32")
+    prefill(q, k, v, g, beta, out=o, A_log=A_log, dt_bias=dt_bias, cu_seqlens=cu_seqlens,
+            initial_state=initial_state, final_state=final_state, scale=scale,
+            gate=_gate(use_gate_in_kernel, lower_bound), lower_bound=lower_bound,
+            use_qk_l2norm=use_qk_l2norm_in_kernel, use_beta_sigmoid=use_beta_sigmoid_in_kernel,
+            allow_neg_eigval=allow_neg_eigval, state_v_first=state_v_first)
+    return o, final_state
+
+
+_POOL_KEYWORDS = ("ssm_state_indices", "inplace_final_state", "num_accepted_tokens")
+
+
+def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
+                        initial_state=None, output_final_state=False,
+                        use_qk_l2norm_in_kernel=False, use_gate_in_kernel=False,
+                        use_beta_sigmoid_in_kernel=False, allow_neg_eigval=False,
+                        lower_bound=None, state_v_first=False, cu_seqlens=None, **kwargs):
+    """fla's fused_recurrent_kda (fla 0.6 signature), run by flash_kda's decode.
+
+    The recurrent form over every token; initial_state is only read: its copy (or zeros) in
+    float32 is updated in place and returned as final_state when output_final_state.
+    Returns (o, final_state or None).
+    """
+    state_v_first = _pop_state_layout_alias(kwargs, state_v_first)
+    ignored = [name for name in _POOL_KEYWORDS if name in kwargs]
+    if ignored:
+        warnings.warn(
+            f"fused_recurrent_kda ignores {', '.join(ignored)} (as fla's public function does); "
+            "use flash_kda.fused_recurrent_kda_fwd for in-place state pools", UserWarning,
+            stacklevel=2)
+    _require_ndim(q, "q", 4, "[B, T, H, K]")
+    _check_varlen(q, initial_state, cu_seqlens)
+    if allow_neg_eigval and not use_beta_sigmoid_in_kernel:
+        raise ValueError("allow_neg_eigval: True requires use_beta_sigmoid_in_kernel=True")
+    return fused_recurrent_kda_fwd(
+        q, k, v, g, beta, A_log=A_log, dt_bias=dt_bias, initial_state=initial_state, scale=scale,
+        output_final_state=output_final_state, inplace_final_state=False,
+        state_v_first=state_v_first, cu_seqlens=cu_seqlens,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, use_gate_in_kernel=use_gate_in_kernel,
+        use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel, allow_neg_eigval=allow_neg_eigval,
+        lower_bound=lower_bound, _function="fused_recurrent_kda")
+
+
+def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_state=None,
+                            scale=None, output_final_state=False, inplace_final_state=True,
+                            state_v_first=False, cu_seqlens=None, ssm_state_indices=None,
+                            num_accepted_tokens=None, use_qk_l2norm_in_kernel=False,
+                            use_gate_in_kernel=False, use_beta_sigmoid_in_kernel=False,
+                            allow_neg_eigval=False, lower_bound=None, out=None, **kwargs):
+    """fla's internal fused_recurrent_kda_fwd, the function vLLM calls (fla 0.6 signature).
+
+    inplace_final_state=True (the default): initial_state is the state pool [P, HV, K, V]
+    ([P, HV, V, K] with state_v_first), f32 or bf16, updated in place. ssm_state_indices
+    (int32/int64) picks the slots: [N] reads and writes back slot idx[n]; [N, T_max] reads
+    slot idx[n, num_accepted_tokens[n] - 1] (or idx[n, 0]) and writes the state after token t to
+    idx[n, t]; a negative slot skips the sequence (its out rows are zero) or the write. Without
+    indices, sequence n uses slot n. Returns (out, initial_state).
+
+    inplace_final_state=False: initial_state (optional, [N, ...]) is only read; returns
+    (out, a new float32 final state) when output_final_state, else (out, None).
+
+    out: optional output [B, T, HV, V] written in place (zeros are allocated when None).
+    """
+    function = kwargs.pop("_function", "fused_recurrent_kda_fwd")
+    state_v_first = _pop_state_layout_alias(kwargs, state_v_first)
+    _require_ndim(q, "q", 4, "[B, T, H, K]")
+    _require_ndim(v, "v", 4, "[B, T, HV, V]")
+    _require_array(beta, "beta")
+    if beta.ndim == v.ndim:
+        raise UnsupportedError("beta: a per-value-channel beta [B, T, HV, V] is not supported by "
+                               "flash_kda; pass beta as [B, T, HV]")
+    _forbid_autograd(function, q=q, k=k, v=v, g=g, beta=beta, A_log=A_log, dt_bias=dt_bias,
+                     initial_state=initial_state)
+    if out is None:
+        out = _tensors.zeros(v, tuple(v.shape))
+    else:
+        _require_array(out, "out")
+        if tuple(out.shape) != tuple(v.shape):
+            raise ValueError(f"out: expected the shape of v {list(v.shape)}, got "
+                             f"{list(out.shape)}")
+    options = dict(scale=scale, gate=_gate(use_gate_in_kernel, lower_bound),
+                   lower_bound=lower_bound, use_qk_l2norm=use_qk_l2norm_in_kernel,
+                   use_beta_sigmoid=use_beta_sigmoid_in_kernel, allow_neg_eigval=allow_neg_eigval,
+                   state_v_first=state_v_first)
+    if not use_gate_in_kernel:
+        A_log = dt_bias = None
+
+    if inplace_final_state:
+        if initial_state is None:
+            raise ValueError("initial_state: is required with inplace_final_state=True (it is "
+                             "the state pool updated in place)")
+        decode(q, k, v, g, beta, initial_state, state_indices=ssm_state_indices,
+               num_accepted_tokens=num_accepted_tokens, cu_seqlens=cu_seqlens, out=out,
+               A_log=A_log, dt_bias=dt_bias, **options)
+        return out, initial_state
+
+    if ssm_state_indices is not None:
+        raise UnsupportedError("ssm_state_indices: needs inplace_final_state=True in flash_kda "
+                               "(the states are updated in place in the pool)")
+    N = _num_sequences(q, cu_seqlens)
+    shape = _state_shape(N, v.shape[2], q.shape[3], v.shape[3], state_v_first)
+    if initial_state is None:
+        state = _tensors.zeros(q, shape, "float32")
+    else:
+        _require_array(initial_state, "initial_state")
+        if tuple(initial_state.shape) != shape:
+            dims = "[N, HV, V, K]" if state_v_first else "[N, HV, K, V]"
+            raise ValueError(f"initial_state: expected shape {dims} = {list(shape)}, got "
+                             f"{list(initial_state.shape)}")
+        state = _tensors.float32_copy(initial_state, q)
+    decode(q, k, v, g, beta, state, cu_seqlens=cu_seqlens, out=out, A_log=A_log,
+           dt_bias=dt_bias, **options)
+    return out, (state if output_final_state else None)

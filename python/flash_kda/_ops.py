@@ -1,0 +1,188 @@
+"""The two operations of the C library, one Python function each: prefill and decode.
+
+These are the low-level entry points: every option of fkda_options is a keyword, every tensor of
+fkda_prefill_args / fkda_decode_args is an argument, and nothing is checked here that the C
+library checks itself (it validates every argument before writing anything, and its message
+comes back verbatim in the exception; see errors.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import math
+import numbers
+
+from . import _native, _tensors
+from .errors import check
+
+_GATES = {
+    "none": _native.FKDA_GATE_NONE,
+    "lower_bound": _native.FKDA_GATE_LOWER_BOUND,
+    "softplus": _native.FKDA_GATE_SOFTPLUS,
+}
+
+
+def _number(value, name: str) -> float:
+    # Only host numbers: float() of a CUDA tensor would synchronise the device.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}: expected a real number, got {type(value).__qualname__}")
+    return float(value)
+
+
+def make_options(*, scale, gate, lower_bound, use_qk_l2norm, use_beta_sigmoid, allow_neg_eigval,
+                 state_v_first) -> _native.Options:
+    o = _native.Options()
+    if scale is None:
+        o.scale = 0.0  # the C library's default, K^-0.5
+    else:
+        o.scale = _number(scale, "scale")
+        if o.scale == 0.0:
+            raise ValueError("scale: 0 is not supported (None selects the default K^-0.5)")
+    if gate is None:
+        gate = "none"
+    if gate not in _GATES:
+        raise ValueError(f"gate: {gate!r}; expected one of {', '.join(map(repr, _GATES))}")
+    o.gate = _GATES[gate]
+    if lower_bound is not None:
+        o.lower_bound = _number(lower_bound, "lower_bound")
+    elif gate == "lower_bound":
+        raise ValueError("lower_bound: is required by gate='lower_bound' (a finite value < 0; "
+                         "the safe gate uses [-5, 0))")
+    o.use_qk_l2norm = 1 if use_qk_l2norm else 0
+    o.use_beta_sigmoid = 1 if use_beta_sigmoid else 0
+    o.allow_neg_eigval = 1 if allow_neg_eigval else 0
+    o.state_v_first = 1 if state_v_first else 0
+    return o
+
+
+class _Call:
+    """Describes the tensors of one call into an args struct and finds the device."""
+
+    def __init__(self, args):
+        self.args = args
+        self.locations = []
+
+    def tensor(self, field: str, obj, name: str | None = None, required: bool = False):
+        name = name or field
+        if obj is None:
+            if required:
+                raise TypeError(f"{name}: is required, got None")
+            return  # an absent tensor: all zero in the struct
+        loc = _tensors.describe(obj, name, getattr(self.args, field))
+        self.locations.append((name, loc))
+
+    def location(self) -> _tensors.Location:
+        return _tensors.resolve_location(self.locations)
+
+
+def _device_context(loc: _tensors.Location):
+    if loc.kind == "cuda":
+        return _tensors.torch_module().cuda.device(loc.index)
+    return contextlib.nullcontext()
+
+
+def _run(size_fn, run_fn, args, loc: _tensors.Location, reference: bool, num_threads: int) -> None:
+    if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool):
+        raise TypeError(f"num_threads: expected an int, got {type(num_threads).__qualname__}")
+    if reference and loc.kind != "cpu":
+        raise ValueError(f"reference: the float64 reference runs on CPU tensors only, but the "
+                         f"tensors are on {loc}")
+    with _device_context(loc):
+        device = _tensors.make_device(loc, reference, num_threads)
+        nbytes = ctypes.c_size_t(0)
+        check(size_fn(ctypes.byref(args), ctypes.byref(device), ctypes.byref(nbytes)))
+        holder, ptr = _tensors.workspace(loc, nbytes.value)
+        check(run_fn(ctypes.byref(args), ctypes.byref(device), ptr, nbytes.value))
+        del holder  # after the call: on CUDA, torch reuses it only for later work on the stream
+
+
+def prefill(q, k, v, g, beta, *, out=None, A_log=None, dt_bias=None, cu_seqlens=None,
+            initial_state=None, final_state=None, scale=None, gate="none", lower_bound=None,
+            use_qk_l2norm=False, use_beta_sigmoid=False, allow_neg_eigval=False,
+            state_v_first=False, reference=False, num_threads=0):
+    """The chunked KDA forward over whole sequences (fkda_prefill).
+
+    Shapes (N sequences; B rows of T tokens; H qk heads; HV value heads, a multiple of H):
+        q, k [B, T, H, K]; v [B, T, HV, V]; g [B, T, HV, K]; beta [B, T, HV];
+        A_log [HV]; dt_bias [HV, K] or [HV * K]; cu_seqlens [N + 1] (int64/int32, needs B == 1);
+        initial_state, final_state [N, HV, K, V] ([N, HV, V, K] with state_v_first), f32/bf16;
+        out [B, T, HV, V] in the dtype of v.
+
+    gate: "none" (g is the log decay), "lower_bound" (lower_bound * sigmoid(exp(A_log) *
+    (g + dt_bias)), A_log optional), or "softplus" (-exp(A_log) * softplus(g + dt_bias)).
+    scale None means K^-0.5. reference=True runs the float64 token-by-token reference of the
+    CPU backend (CPU tensors only); num_threads 0 uses every core (CPU only).
+
+    Writes out (allocated like v when None) and final_state (when given) in place; returns out.
+    CPU arrays run on the CPU; CUDA tensors on their device, on torch's current stream.
+    """
+    if out is None:
+        if not _tensors.is_array(v):
+            _tensors.describe(v, "v", _native.Tensor())  # raises the TypeError naming v
+        out = _tensors.empty(v, tuple(v.shape))
+    args = _native.PrefillArgs()
+    call = _Call(args)
+    call.tensor("q", q, required=True)
+    call.tensor("k", k, required=True)
+    call.tensor("v", v, required=True)
+    call.tensor("g", g, required=True)
+    call.tensor("beta", beta, required=True)
+    call.tensor("A_log", A_log)
+    call.tensor("dt_bias", dt_bias)
+    call.tensor("cu_seqlens", cu_seqlens)
+    call.tensor("initial_state", initial_state)
+    call.tensor("final_state", final_state)
+    call.tensor("out", out)
+    args.options = make_options(scale=scale, gate=gate, lower_bound=lower_bound,
+                                use_qk_l2norm=use_qk_l2norm, use_beta_sigmoid=use_beta_sigmoid,
+                                allow_neg_eigval=allow_neg_eigval, state_v_first=state_v_first)
+    _run(_native.lib.fkda_prefill_workspace_size, _native.lib.fkda_prefill, args, call.location(),
+         reference, num_threads)
+    return out
+
+
+def decode(q, k, v, g, beta, state_pool, *, state_indices=None, num_accepted_tokens=None,
+           cu_seqlens=None, out=None, A_log=None, dt_bias=None, scale=None, gate="none",
+           lower_bound=None, use_qk_l2norm=False, use_beta_sigmoid=False, allow_neg_eigval=False,
+           state_v_first=False, reference=False, num_threads=0):
+    """The recurrent KDA form, updating states in place inside a pool (fkda_decode).
+
+    Token inputs, options, out and cu_seqlens as for prefill (usually one or a few tokens per
+    sequence). state_pool [P, HV, K, V] ([P, HV, V, K] with state_v_first), f32/bf16, is read
+    and written in place. state_indices (int32/int64):
+        None:       sequence n uses slot n;
+        [N]:        sequence n reads and writes back slot idx[n]; negative skips it;
+        [N, T_max]: sequence n reads slot idx[n, a_n - 1] (a_n = num_accepted_tokens[n], or 1)
+                    and writes the state after its token t to slot idx[n, t] (negative: not
+                    written); a negative read slot skips the sequence.
+    A skipped sequence's rows of out are zero. Returns out.
+    """
+    if out is None:
+        if not _tensors.is_array(v):
+            _tensors.describe(v, "v", _native.Tensor())
+        out = _tensors.empty(v, tuple(v.shape))
+    args = _native.DecodeArgs()
+    call = _Call(args)
+    call.tensor("q", q, required=True)
+    call.tensor("k", k, required=True)
+    call.tensor("v", v, required=True)
+    call.tensor("g", g, required=True)
+    call.tensor("beta", beta, required=True)
+    call.tensor("A_log", A_log)
+    call.tensor("dt_bias", dt_bias)
+    call.tensor("cu_seqlens", cu_seqlens)
+    call.tensor("state_pool", state_pool, required=True)
+    call.tensor("state_indices", state_indices)
+    call.tensor("num_accepted_tokens", num_accepted_tokens)
+    call.tensor("out", out)
+    args.options = make_options(scale=scale, gate=gate, lower_bound=lower_bound,
+                                use_qk_l2norm=use_qk_l2norm, use_beta_sigmoid=use_beta_sigmoid,
+                                allow_neg_eigval=allow_neg_eigval, state_v_first=state_v_first)
+    _run(_native.lib.fkda_decode_workspace_size, _native.lib.fkda_decode, args, call.location(),
+         reference, num_threads)
+    return out
+
+
+def default_scale(K: int) -> float:
+    return 1.0 / math.sqrt(K)
