@@ -80,6 +80,13 @@ def _fill(t: _native.Tensor, name: str, data: int, dtype: int, shape, strides, f
         raise ValueError(
             f"{name}: has {len(shape)} dimensions; flash_kda tensors have at most "
             f"{_native.FKDA_MAX_DIMS}")
+    if 0 in shape:
+        # No element is addressed, so any strides describe the same (empty) tensor; NumPy and
+        # torch give odd ones (0, say) to empty arrays, which the C checks would refuse.
+        strides, step = [0] * len(shape), 1
+        for i in reversed(range(len(shape))):
+            strides[i] = step
+            step *= max(int(shape[i]), 1)
     t.data = data or None
     t.dtype = dtype
     t.ndim = len(shape)
