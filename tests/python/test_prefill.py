@@ -193,6 +193,8 @@ def test_strided_views(rng):
 
 def test_out_is_allocated_like_v(rng):
     inputs = make_inputs(rng, B=1, T=9, H=1, K=16, V=8)
+    for x in inputs.values():
+        x.flags.writeable = False  # read-only inputs are fine; only outputs must be writable
     o = flash_kda.prefill(**inputs, **SAFE)
     assert o.shape == inputs["v"].shape and o.dtype == np.float32
     o_np, _ = kda(**inputs, **SAFE_NP)
