@@ -1,21 +1,162 @@
 /*
- * prefill_launch.cu: placeholder for the CUDA prefill until its kernels land: every call reports
- * FKDA_ERROR_UNSUPPORTED, so no caller ever gets a wrong answer from the GPU.
+ * prefill_launch.cu: the CUDA prefill as the API layer calls it: which problems the kernels take
+ * (everything else is FKDA_ERROR_UNSUPPORTED naming the option), the workspace they need, and the
+ * two launches on the caller's stream (prefill_prep.cu, then prefill_chain.cu).
+ *
+ * Nothing here reads device memory or synchronises: cu_seqlens stays on the device (the kernels
+ * clamp it), the workspace comes from the caller, so a call can be captured in a CUDA graph.
  */
+#include <stdlib.h>
+#include <string.h>
+
 #include "cuda_internal.h"
+#include "prefill_common.cuh"
+
+/* Record slots per value head: B rows of ceil(T/16) chunks, or, packed, T/16 + N + 1 (each
+ * sequence's partial last chunk costs at most one slot more than its share of T/16). */
+static int64_t prefill_slots(const fkda_problem *p)
+{
+    if (p->cu_seqlens.data != NULL) return p->T / PF_CHUNK + p->N + 1;
+    return p->B * ((p->T + PF_CHUNK - 1) / PF_CHUNK);
+}
+
+static int aligned16(const void *ptr) { return ((uintptr_t)ptr & 15u) == 0; }
+
+/* A bf16 token tensor read or written in 16-byte pieces along its last dimension. */
+static fkda_status check_rows16(const char *name, const fkda_operand *x)
+{
+    if (x->dtype != FKDA_DTYPE_BF16)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "%s: the CUDA prefill takes bf16 only", name);
+    if (!aligned16(x->data) || x->stride[0] % 8 || x->stride[1] % 8 || x->stride[2] % 8)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                         "%s: the CUDA prefill needs 16-byte aligned rows (data aligned to 16 bytes and "
+                         "every stride a multiple of 8 elements)", name);
+    return FKDA_OK;
+}
 
 extern "C" fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const cudaDeviceProp *prop)
 {
-    return fkda_fail(FKDA_ERROR_UNSUPPORTED, "device: the CUDA prefill is not implemented yet; use the CPU device");
+    if (prop != NULL && prop->major != 9)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                         "device: the CUDA prefill needs a Hopper GPU (sm_90); cuda:%d is sm_%d%d",
+                         p->device.index, prop->major, prop->minor);
+    if (p->K != PF_DK || p->V != PF_DV)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "K, V: the CUDA prefill supports K = V = 128 only (got K = %lld, V = %lld)",
+                         (long long)p->K, (long long)p->V);
+    if (p->gate != FKDA_GATE_LOWER_BOUND)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                         "options.gate: the CUDA prefill supports the safe gate (FKDA_GATE_LOWER_BOUND) only");
+    if (!(p->lower_bound >= -5.0f && p->lower_bound < 0.0f))
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                         "options.lower_bound: the CUDA prefill supports [-5, 0) (got %g)", (double)p->lower_bound);
+    if (p->HV > 65535)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "v: the CUDA prefill supports at most 65535 value heads");
+    fkda_status s;
+    if ((s = check_rows16("q", &p->q)) != FKDA_OK) return s;
+    if ((s = check_rows16("k", &p->k)) != FKDA_OK) return s;
+    if ((s = check_rows16("v", &p->v)) != FKDA_OK) return s;
+    if ((s = check_rows16("g", &p->g)) != FKDA_OK) return s;
+    if ((s = check_rows16("out", &p->out)) != FKDA_OK) return s;
+    return FKDA_OK;
 }
 
 extern "C" fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t *bytes)
 {
-    *bytes = 0;
+    *bytes = (size_t)prefill_slots(p) * (size_t)p->HV * PF_REC_BYTES;
     return FKDA_OK;
+}
+
+/* Value columns per chain CTA: the widest slice (fewest duplicate record reads) that still gives
+ * at least one CTA per SM; 16 (8 CTAs per head) when even that does not fill the GPU.
+ * FKDA_PREFILL_VSLICE overrides it (16, 32, 64 or 128), for tuning. */
+static int choose_vslice(const fkda_problem *p, int sms)
+{
+    const char *env = getenv("FKDA_PREFILL_VSLICE");
+    if (env != NULL) {
+        int v = atoi(env);
+        if (v == 16 || v == 32 || v == 64 || v == 128) return v;
+    }
+    for (int vs = 128; vs > 16; vs /= 2)
+        if (p->N * p->HV * (PF_DV / vs) >= sms) return vs;
+    return 16;
+}
+
+static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
+{
+    memset(q, 0, sizeof *q);
+    q->B = p->B;
+    q->T = p->T;
+    q->H = p->H;
+    q->HV = p->HV;
+    q->N = p->N;
+    q->group = p->group;
+    q->chunks_per_row = (p->T + PF_CHUNK - 1) / PF_CHUNK;
+    q->slots = prefill_slots(p);
+    q->cu = p->cu_seqlens.data;
+    q->cu_stride = p->cu_seqlens.stride[0];
+    q->cu_i64 = p->cu_seqlens.dtype == FKDA_DTYPE_I64;
+    q->q = (const uint16_t *)p->q.data;
+    q->k = (const uint16_t *)p->k.data;
+    q->v = (const uint16_t *)p->v.data;
+    q->g = (const uint16_t *)p->g.data;
+    for (int i = 0; i < 3; i++) {
+        q->q_s[i] = p->q.stride[i];
+        q->k_s[i] = p->k.stride[i];
+        q->v_s[i] = p->v.stride[i];
+        q->g_s[i] = p->g.stride[i];
+        q->beta_s[i] = p->beta.stride[i];
+        q->out_s[i] = p->out.stride[i];
+    }
+    q->beta = p->beta.data;
+    q->beta_dtype = p->beta.dtype;
+    q->A_log = p->A_log.data;
+    q->A_log_s = p->A_log.stride[0];
+    q->A_log_dtype = p->A_log.dtype;
+    q->dt_bias = p->dt_bias.data;
+    q->dt_s[0] = p->dt_bias.stride[0];
+    q->dt_s[1] = p->dt_bias.stride[1];
+    q->dt_dtype = p->dt_bias.dtype;
+    q->out = (uint16_t *)p->out.data;
+    q->state_in = p->state_in.data;
+    q->state_in_dtype = p->state_in.dtype;
+    q->state_out = p->state_out.data;
+    q->state_out_dtype = p->state_out.dtype;
+    for (int i = 0; i < 4; i++) {
+        q->state_in_s[i] = p->state_in.stride[i];
+        q->state_out_s[i] = p->state_out.stride[i];
+    }
+    q->scale = p->scale;
+    q->gate_scale = p->lower_bound * 1.4426950408889634f;
+    q->l2norm = p->use_qk_l2norm;
+    q->beta_sigmoid = p->use_beta_sigmoid;
+    q->neg_eigval = p->allow_neg_eigval;
+    q->records = (unsigned char *)workspace;
 }
 
 extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace, size_t workspace_bytes)
 {
-    return fkda_cuda_prefill_supported(p, NULL);
+    size_t need = 0;
+    fkda_cuda_prefill_workspace(p, &need);
+    if (need > 0 && (workspace == NULL || workspace_bytes < need))
+        return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: the CUDA prefill needs %zu bytes", need);
+    const cudaDeviceProp *prop = fkda_cuda_device_properties(p->device.index);
+    if (!prop) return FKDA_ERROR_DEVICE;
+
+    int previous = -1;
+    FKDA_CUDA_TRY(cudaGetDevice(&previous));
+    if (previous != p->device.index) FKDA_CUDA_TRY(cudaSetDevice(p->device.index));
+
+    pf_params params;
+    fill_params(p, workspace, &params);
+    cudaStream_t stream = (cudaStream_t)p->device.stream;
+    cudaError_t err = pf_launch_prep(&params, stream);
+    const char *what = "the prefill prep kernel";
+    if (err == cudaSuccess) {
+        err = pf_launch_chain(&params, choose_vslice(p, prop->multiProcessorCount), stream);
+        what = "the prefill chain kernel";
+    }
+    if (previous != p->device.index) cudaSetDevice(previous);
+    if (err != cudaSuccess)
+        return fkda_fail(FKDA_ERROR_DEVICE, "launch of %s failed: %s", what, cudaGetErrorString(err));
+    return FKDA_OK;
 }

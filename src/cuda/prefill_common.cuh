@@ -1,0 +1,172 @@
+/*
+ * prefill_common.cuh: what the prefill kernels share: the launch parameters, the layout of the
+ * per-chunk record that the prep kernel writes and the chain kernel reads, sequence bounds read
+ * on the device, and small numeric helpers.
+ *
+ * The prefill runs in two kernels (docs/prefill-notes.md has the history):
+ *   prep  (prefill_prep.cu):  token-parallel, one CTA per (16-token chunk, value head): norms,
+ *         gate, cumsum, decays, the 16x16 triangular inverse, and the chunk's operands.
+ *   chain (prefill_chain.cu): one CTA per (sequence, value head, slice of value columns): walks
+ *         the chunks in order with the fp32 state in registers and writes the output.
+ *
+ * Chunk algebra (C = 16 tokens, G_i = sum of log-decays up to token i inside the chunk, a vector
+ * over keys; b = beta after the sigmoid; all products per key channel):
+ *   Kd = k 2^G   Qd = scale q 2^G   Kr = k 2^(G_C - G)   gamma = 2^G_C   (G in log2 units)
+ *   L = strict_lower(diag(b) Kd Ki^T),  INV = (I + L)^-1,  bINV = INV diag(b)
+ *   W = bINV Kd,  U = bINV V,  Mqk = lower_incl(Qd Ki^T)
+ *   Vnew = U - W S,   O = Qd S + Mqk Vnew,   S' = diag(gamma) S + Kr^T Vnew   (S is K x V)
+ */
+#ifndef FKDA_PREFILL_COMMON_CUH
+#define FKDA_PREFILL_COMMON_CUH
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "../../include/flashkda.h"
+
+#define PF_CHUNK 16 /* tokens per chunk */
+#define PF_DK 128   /* key head dim (the only one supported) */
+#define PF_DV 128   /* value head dim */
+
+/* The record of one (chunk, value head), 13,824 bytes, stored in the workspace exactly as the
+ * chain kernel wants it in shared memory (one bulk copy moves it). The three 16 x 128 bf16 tiles
+ * are swizzled: the 16-byte unit j of row r sits at unit j ^ (r & 7), so that ldmatrix reads of
+ * 8 rows hit 8 different bank groups. */
+#define PF_REC_NEGW 0       /* -W   [16][128] bf16, swizzled */
+#define PF_REC_QD 4096      /* Qd   [16][128] bf16, swizzled (scale folded in) */
+#define PF_REC_KR 8192      /* Kr   [16][128] bf16, swizzled */
+#define PF_REC_BINV 12288   /* bINV [16][16] bf16, row-major */
+#define PF_REC_MQK 12800    /* Mqk  [16][16] bf16, row-major (scale folded in, lower incl. diag) */
+#define PF_REC_GAMMA 13312  /* gamma [128] fp32 */
+#define PF_REC_BYTES 13824
+
+/* Byte offset of element (row, col) of a swizzled [16][128] bf16 tile. */
+static __device__ __forceinline__ uint32_t pf_swz(int row, int col)
+{
+    return (uint32_t)(row * 256 + ((((col >> 3) ^ (row & 7))) << 4) + ((col & 7) << 1));
+}
+
+/* Byte offset of 16-byte unit `unit` (0..15) of row `row` in a swizzled [16][128] tile. */
+static __device__ __forceinline__ uint32_t pf_swz_unit(int row, int unit)
+{
+    return (uint32_t)(row * 256 + ((unit ^ (row & 7)) << 4));
+}
+
+/* Byte offset of half `half` (0 or 1: values 0-7 or 8-15) of row `row` of a [16][16] bf16 tile
+ * with 32-byte rows, swizzled so that 8 consecutive rows of one half cover all banks. */
+static __device__ __forceinline__ uint32_t pf_swz16(int row, int half)
+{
+    return (uint32_t)(row * 32 + ((half ^ ((row >> 2) & 1)) << 4));
+}
+
+typedef struct pf_params {
+    /* sizes */
+    int64_t B, T, H, HV, N, group;
+    int64_t chunks_per_row; /* ceil(T / 16): record slots per sequence without cu_seqlens */
+    int64_t slots;          /* record slots per value head */
+    /* cu_seqlens (device memory; NULL for B equal-length rows) */
+    const void *cu;
+    int64_t cu_stride;
+    int32_t cu_i64;
+    /* token tensors, bf16; strides in elements over (batch row, token, head) */
+    const uint16_t *q, *k, *v, *g;
+    int64_t q_s[3], k_s[3], v_s[3], g_s[3];
+    const void *beta;
+    int64_t beta_s[3];
+    int32_t beta_dtype;
+    /* gate parameters: A_log [HV] (NULL: absent), dt_bias [HV][K] (NULL: absent) */
+    const void *A_log;
+    int64_t A_log_s;
+    int32_t A_log_dtype;
+    const void *dt_bias;
+    int64_t dt_s[2];
+    int32_t dt_dtype;
+    /* output [B, T, HV, V] bf16 */
+    uint16_t *out;
+    int64_t out_s[3];
+    /* states, canonical [n, head, key, value] strides; NULL when absent */
+    const void *state_in;
+    int64_t state_in_s[4];
+    int32_t state_in_dtype;
+    void *state_out;
+    int64_t state_out_s[4];
+    int32_t state_out_dtype;
+    /* options */
+    float scale;
+    float gate_scale; /* lower_bound * log2(e): the gate in log2 units */
+    int32_t l2norm, beta_sigmoid, neg_eigval;
+    /* workspace: records [HV][slots][PF_REC_BYTES] */
+    unsigned char *records;
+} pf_params;
+
+/* Sequence n: its batch row, first token, length, and first record slot. cu_seqlens entries are
+ * clamped into [0, T] (and the end to at least the start), so a bad cu_seqlens can give a wrong
+ * answer but never an access outside the tensors or the workspace. */
+static __device__ __forceinline__ void pf_sequence(const pf_params *p, int64_t n, int64_t *row,
+                                                   int64_t *start, int64_t *len, int64_t *slot0)
+{
+    if (p->cu == NULL) {
+        *row = n;
+        *start = 0;
+        *len = p->T;
+        *slot0 = n * p->chunks_per_row;
+        return;
+    }
+    int64_t a, b;
+    if (p->cu_i64) {
+        a = ((const int64_t *)p->cu)[n * p->cu_stride];
+        b = ((const int64_t *)p->cu)[(n + 1) * p->cu_stride];
+    } else {
+        a = ((const int32_t *)p->cu)[n * p->cu_stride];
+        b = ((const int32_t *)p->cu)[(n + 1) * p->cu_stride];
+    }
+    a = a < 0 ? 0 : (a > p->T ? p->T : a);
+    b = b < a ? a : (b > p->T ? p->T : b);
+    *row = 0;
+    *start = a;
+    *len = b - a;
+    /* Slots: sequence n's chunks start at slot a / 16 + n; consecutive sequences never overlap
+     * (a partial chunk costs at most one extra slot), and slot < T / 16 + N + 1 always. */
+    *slot0 = a / PF_CHUNK + n;
+}
+
+/* A scalar of any float dtype, widened. */
+static __device__ __forceinline__ float pf_load_float(const void *base, int32_t dtype, int64_t i)
+{
+    if (dtype == FKDA_DTYPE_F32) return ((const float *)base)[i];
+    unsigned short u = ((const unsigned short *)base)[i];
+    if (dtype == FKDA_DTYPE_BF16) return __uint_as_float((uint32_t)u << 16);
+    return __half2float(__ushort_as_half(u));
+}
+
+static __device__ __forceinline__ float pf_bf16_to_float(uint16_t x)
+{
+    return __uint_as_float((uint32_t)x << 16);
+}
+
+static __device__ __forceinline__ uint16_t pf_float_to_bf16(float x)
+{
+    return __bfloat16_as_ushort(__float2bfloat16_rn(x));
+}
+
+static __device__ __forceinline__ float pf_exp2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+static __device__ __forceinline__ float pf_sigmoid(float x)
+{
+    return 1.0f / (1.0f + __expf(-x));
+}
+
+/* The two launches (each beside its kernel). `vslice` is the number of value columns per chain
+ * CTA: 16, 32, 64 or 128 (one warp per 16 columns). */
+cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream);
+cudaError_t pf_launch_chain(const pf_params *p, int vslice, cudaStream_t stream);
+size_t pf_chain_smem_bytes(int vslice);
+
+#endif /* FKDA_PREFILL_COMMON_CUH */

@@ -1,0 +1,249 @@
+/*
+ * prefill_prep.cu: the token-parallel half of the prefill. One CTA of 128 threads per (16-token
+ * chunk, value head) turns q, k, g, beta into the chunk's record (prefill_common.cuh):
+ *
+ *   1. cp.async the q, k, g tiles (16 x 128 bf16 each; rows past the sequence end are zeros);
+ *   2. L2 norms of the q and k rows (fp32, 8 threads per row);
+ *   3. thread c owns key channel c: safe gate, cumsum G (fp32, log2 units), and the decayed
+ *      operands Qd, Kr, gamma into the record, Kd in registers, and exponent-centred copies
+ *      kc = k 2^(G - Gref), ki = k 2^(Gref - G), qc = q 2^(G - Gref) for the 16 x 16 products
+ *      (Gref = G at row 7 keeps every exponent within 8 steps of decay: |x| <= 58 for lb = -5);
+ *   4. warp 0: L = strict_lower(diag(b) kc ki^T), warp 1: Mqk = scale lower_incl(qc ki^T), by
+ *      mma.sync with fp32 accumulation and masks by selection;
+ *   5. warp 0: INV = (I + L)^-1 by fp32 forward substitution (lane c owns column c), bINV =
+ *      INV diag(b);
+ *   6. thread c: W[:, c] = bINV Kd[:, c] in fp32, stored negated (the chain adds S^T (-W)^T);
+ *   7. the 13,824-byte record leaves with coalesced 16-byte stores.
+ *
+ * Rows past the end of a sequence get k = q = 0, b = 0 and no decay, so they add nothing to the
+ * state, and their U and W rows are zero (the chain zero-fills their v rows).
+ */
+#include "prefill_common.cuh"
+#include "ptx_copy.cuh"
+#include "ptx_mma.cuh"
+
+#define PREP_THREADS 128
+
+static __device__ __forceinline__ void st_bf16(unsigned char *base, uint32_t off, float x)
+{
+    *(uint16_t *)(base + off) = pf_float_to_bf16(x);
+}
+
+/* Record slot -> (sequence, chunk). Without cu_seqlens it is a division; with it, a binary search
+ * for the last sequence whose first slot (start / 16 + n, strictly increasing in n) is <= slot. */
+static __device__ __forceinline__ int64_t prep_find_sequence(const pf_params *p, int64_t slot)
+{
+    if (p->cu == NULL) return slot / p->chunks_per_row;
+    int64_t lo = 0, hi = p->N - 1;
+    while (lo < hi) {
+        int64_t mid = (lo + hi + 1) >> 1;
+        int64_t a = p->cu_i64 ? ((const int64_t *)p->cu)[mid * p->cu_stride]
+                              : (int64_t)((const int32_t *)p->cu)[mid * p->cu_stride];
+        a = a < 0 ? 0 : (a > p->T ? p->T : a);
+        if (a / PF_CHUNK + mid <= slot)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+__global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p)
+{
+    /* q, k, g tiles (3 x 4 KB, linear rows of 256 B) while loading; the record afterwards. */
+    __shared__ __align__(128) unsigned char s_io[PF_REC_BYTES];
+    __shared__ __align__(128) unsigned char s_kc[4096], s_ki[4096], s_qc[4096]; /* swizzled */
+    __shared__ float s_L[16][17];
+    __shared__ float s_binv[16][17];
+    __shared__ float s_rq[16], s_rk[16], s_b[16];
+
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int64_t h = blockIdx.y, slot = blockIdx.x;
+    const int64_t n = prep_find_sequence(&p, slot);
+    int64_t row, start, len, slot0;
+    pf_sequence(&p, n, &row, &start, &len, &slot0);
+    const int64_t c = slot - slot0;
+    if (c < 0 || c * PF_CHUNK >= len) return; /* a slot no sequence uses (uniform per CTA) */
+    const int64_t t0 = start + c * PF_CHUNK;
+    const int rows = (int)(len - c * PF_CHUNK < PF_CHUNK ? len - c * PF_CHUNK : PF_CHUNK);
+    const int64_t hq = h / p.group;
+
+    /* 1. Tiles in flight first; beta meanwhile. */
+    {
+        /* 768 16-byte units: thread tid takes units tid and tid + 128 of each tensor. */
+#pragma unroll
+        for (int which = 0; which < 3; which++) {
+            const uint16_t *base = which == 0 ? p.q + row * p.q_s[0] + hq * p.q_s[2]
+                                 : which == 1 ? p.k + row * p.k_s[0] + hq * p.k_s[2]
+                                              : p.g + row * p.g_s[0] + h * p.g_s[2];
+            const int64_t ts = which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int u = tid + i * PREP_THREADS, r = u >> 4, unit = u & 15;
+                const int ok = r < rows;
+                const uint16_t *src = ok ? base + (t0 + r) * ts + unit * 8 : base;
+                cp_async_16(smem_addr(s_io + which * 4096 + r * 256 + unit * 16), src, ok ? 16u : 0u);
+            }
+        }
+        cp_async_commit();
+    }
+    if (tid < 16) {
+        float b = 0.0f;
+        if (tid < rows) {
+            float x = pf_load_float(p.beta, p.beta_dtype,
+                                    row * p.beta_s[0] + (t0 + tid) * p.beta_s[1] + h * p.beta_s[2]);
+            b = p.beta_sigmoid ? pf_sigmoid(x) * (p.neg_eigval ? 2.0f : 1.0f) : x;
+        }
+        s_b[tid] = b;
+    }
+    CP_ASYNC_WAIT(0);
+    __syncthreads();
+
+    /* 2. Row norms: 8 threads per row, 16 elements each. */
+    {
+        const int r = tid >> 3, part = tid & 7;
+        float sq = 0.0f, sk = 0.0f;
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            uint4 xq = *(const uint4 *)(s_io + 0 * 4096 + r * 256 + (2 * part + e) * 16);
+            uint4 xk = *(const uint4 *)(s_io + 1 * 4096 + r * 256 + (2 * part + e) * 16);
+            const uint32_t wq[4] = {xq.x, xq.y, xq.z, xq.w}, wk[4] = {xk.x, xk.y, xk.z, xk.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                float a0 = __uint_as_float(wq[j] << 16), a1 = __uint_as_float(wq[j] & 0xffff0000u);
+                float b0 = __uint_as_float(wk[j] << 16), b1 = __uint_as_float(wk[j] & 0xffff0000u);
+                sq += a0 * a0 + a1 * a1;
+                sk += b0 * b0 + b1 * b1;
+            }
+        }
+#pragma unroll
+        for (int m = 1; m < 8; m <<= 1) {
+            sq += __shfl_xor_sync(0xffffffffu, sq, m);
+            sk += __shfl_xor_sync(0xffffffffu, sk, m);
+        }
+        if (part == 0) {
+            s_rq[r] = p.l2norm ? rsqrtf(sq + 1e-6f) : 1.0f;
+            s_rk[r] = p.l2norm ? rsqrtf(sk + 1e-6f) : 1.0f;
+        }
+    }
+    __syncthreads();
+
+    /* 3. Thread `col` owns key channel col. */
+    const int col = tid;
+    float qn[16], kn[16], G[16];
+    {
+        const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
+        const float db =
+            p.dt_bias ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1]) : 0.0f;
+        float acc = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            const uint16_t *rq = (const uint16_t *)(s_io + 0 * 4096 + i * 256);
+            const uint16_t *rk = (const uint16_t *)(s_io + 1 * 4096 + i * 256);
+            const uint16_t *rg = (const uint16_t *)(s_io + 2 * 4096 + i * 256);
+            float a = i < rows ? p.gate_scale * pf_sigmoid(A * (pf_bf16_to_float(rg[col]) + db)) : 0.0f;
+            acc += a;
+            G[i] = acc;
+            qn[i] = pf_bf16_to_float(rq[col]) * s_rq[i];
+            kn[i] = pf_bf16_to_float(rk[col]) * s_rk[i];
+        }
+    }
+    __syncthreads(); /* every thread has its column: s_io becomes the record */
+
+    float kd[16];
+    {
+        const float Gref = G[7], Gl = G[15];
+        *(float *)(s_io + PF_REC_GAMMA + col * 4) = pf_exp2(Gl);
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            const float e = pf_exp2(G[i]);
+            const uint32_t off = pf_swz(i, col);
+            kd[i] = kn[i] * e;
+            st_bf16(s_io + PF_REC_QD, off, p.scale * qn[i] * e);
+            st_bf16(s_io + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]));
+            const float ec = pf_exp2(G[i] - Gref), ei = pf_exp2(Gref - G[i]);
+            st_bf16(s_kc, off, kn[i] * ec);
+            st_bf16(s_ki, off, kn[i] * ei);
+            st_bf16(s_qc, off, qn[i] * ec);
+        }
+    }
+    __syncthreads();
+
+    /* 4. L (warp 0) and Mqk (warp 1): 16 x 16 x 128 products. */
+    const int g = lane >> 2, t = lane & 3;
+    if (warp < 2) {
+        const unsigned char *A = warp == 0 ? s_kc : s_qc;
+        float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            uint32_t a[4], b[4];
+            /* A: (rows 0-7 | 8-15) x (unit 2kk | 2kk+1) in the order a0 a1 a2 a3 */
+            ldsm_x4(a, smem_addr(A + pf_swz_unit((lane & 7) + ((lane >> 3) & 1) * 8, 2 * kk + (lane >> 4))));
+            /* B = ki^T: b0 b1 of token tile 0, then of token tile 1 */
+            ldsm_x4(b, smem_addr(s_ki + pf_swz_unit((lane & 7) + (lane >> 4) * 8, 2 * kk + ((lane >> 3) & 1))));
+            mma_bf16_16816(acc[0], a, b[0], b[1], acc[0]);
+            mma_bf16_16816(acc[1], a, b[2], b[3], acc[1]);
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int i = g + 8 * (e >> 1), j = 8 * nt + 2 * t + (e & 1);
+                if (warp == 0)
+                    s_L[i][j] = i > j ? s_b[i] * acc[nt][e] : 0.0f;
+                else
+                    st_bf16(s_io + PF_REC_MQK, (uint32_t)(i * 16 + j) * 2, i >= j ? p.scale * acc[nt][e] : 0.0f);
+            }
+        }
+    }
+    /* 5. Forward substitution, fp32: lane cc owns column cc of INV. */
+    if (warp == 0) {
+        __syncwarp();
+        const int cc = lane & 15;
+        float inv[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float s0 = i == cc ? 1.0f : 0.0f, s1 = 0.0f;
+#pragma unroll
+            for (int j = 0; j < i; j += 2) {
+                s0 -= s_L[i][j] * inv[j];
+                if (j + 1 < i) s1 -= s_L[i][j + 1] * inv[j + 1];
+            }
+            inv[i] = s0 + s1;
+        }
+        if (lane < 16) {
+            const float bc = s_b[cc];
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                const float x = inv[i] * bc;
+                s_binv[i][cc] = x;
+                st_bf16(s_io + PF_REC_BINV, (uint32_t)(i * 16 + cc) * 2, x);
+            }
+        }
+    }
+    __syncthreads();
+
+    /* 6. W = bINV Kd in fp32 (bINV is lower triangular including the diagonal). */
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        float w = 0.0f;
+#pragma unroll
+        for (int j = 0; j <= i; j++) w += s_binv[i][j] * kd[j];
+        st_bf16(s_io + PF_REC_NEGW, pf_swz(i, col), -w);
+    }
+    __syncthreads();
+
+    /* 7. The record to the workspace. */
+    unsigned char *dst = p.records + (h * p.slots + slot) * (int64_t)PF_REC_BYTES;
+    for (int o = tid * 16; o < PF_REC_BYTES; o += PREP_THREADS * 16)
+        *(uint4 *)(dst + o) = *(const uint4 *)(s_io + o);
+}
+
+cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
+{
+    const int64_t used_slots = p->cu ? p->slots : p->N * p->chunks_per_row;
+    if (used_slots <= 0 || p->HV <= 0) return cudaSuccess;
+    dim3 grid((unsigned)used_slots, (unsigned)p->HV);
+    pf_prep_kernel<<<grid, PREP_THREADS, 0, stream>>>(*p);
+    return cudaGetLastError();
+}
