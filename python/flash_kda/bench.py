@@ -1,0 +1,250 @@
+"""flash-kda-bench: the main job. Runs one default KDA prefill, prints speed and accuracy.
+
+On a machine where torch sees a CUDA GPU (and libflashkda has its CUDA backend) it runs the
+FlashKDA-style problem on the GPU through flash_kda.fwd (FlashKDA's call): bf16 inputs, B=1,
+T=8192, H=16, K=V=128, safe gate (lower_bound -5, A_log, dt_bias), L2 norm and beta sigmoid in
+kernel, fp32 states in and out ([N, H, V, K]). Elsewhere it runs the same options on the CPU fast
+path, NumPy float32, T=2048, H=4. It times the fast path and compares the output and final state with
+the C library's float64 token-by-token reference on the CPU (on a subset of heads when the
+problem is large; the output says which).
+
+    flash-kda-bench                          # GPU when there is one, else CPU
+    flash-kda-bench --device cpu --T 4096 --H 8
+    flash-kda-bench --device cuda --T 32768 --H 32 --ref-heads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import flash_kda
+
+LOWER_BOUND = -5.0
+
+
+def _rel_err(x, ref) -> float:
+    x = np.asarray(x, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    den = np.linalg.norm(ref)
+    return float(np.linalg.norm(x - ref) / (den if den > 0 else 1.0))
+
+
+def _cuda_available() -> bool:
+    if not flash_kda.has_cuda():
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _inputs_numpy(rng, B, T, H, K, V):
+    def randn(*shape):
+        return rng.standard_normal(shape, dtype=np.float32)
+
+    return dict(
+        q=randn(B, T, H, K), k=randn(B, T, H, K), v=randn(B, T, H, V), g=randn(B, T, H, K),
+        beta=randn(B, T, H),
+        A_log=rng.uniform(-1.0, 1.0, H).astype(np.float32),
+        dt_bias=(0.5 * randn(H, K)).astype(np.float32),
+        h0=(0.1 * randn(B, H, V, K)).astype(np.float32),  # FlashKDA's [N, H, V, K]
+    )
+
+
+def _reference(x, heads: int, seqs: int):
+    """The float64 CPU reference on sequences [0, seqs) and heads [0, heads); x: NumPy f32."""
+    sl = (slice(0, seqs), slice(None), slice(0, heads))
+    args = {n: np.ascontiguousarray(x[n][sl]) for n in ("q", "k", "v", "g", "beta")}
+    h0 = np.ascontiguousarray(x["h0"][:seqs, :heads])
+    final = np.empty_like(h0)
+    t0 = time.perf_counter()
+    out = flash_kda.prefill(**args, A_log=np.ascontiguousarray(x["A_log"][:heads]),
+                            dt_bias=np.ascontiguousarray(x["dt_bias"][:heads]), initial_state=h0,
+                            final_state=final, scale=x["scale"], gate="lower_bound",
+                            lower_bound=LOWER_BOUND, use_qk_l2norm=True, use_beta_sigmoid=True,
+                            state_v_first=True, reference=True)
+    return out, final, time.perf_counter() - t0
+
+
+def _describe(args, dtype: str) -> str:
+    return (f"B={args.B} T={args.T} H={args.H} K={args.K} V={args.V}, {dtype} inputs, safe gate "
+            f"(lower_bound {LOWER_BOUND:g}, A_log, dt_bias), L2 norm and beta sigmoid in kernel, "
+            "float32 states in and out [N, H, V, K]")
+
+
+def _ref_subset(args) -> tuple[int, int, str]:
+    heads = args.H if args.ref_heads <= 0 else min(args.ref_heads, args.H)
+    seqs = args.B if args.ref_seqs <= 0 else min(args.ref_seqs, args.B)
+    what = "all heads" if heads == args.H else f"heads 0..{heads - 1} of {args.H}"
+    what += ", all sequences" if seqs == args.B else f", sequences 0..{seqs - 1} of {args.B}"
+    return heads, seqs, what
+
+
+def run_cpu(args) -> dict:
+    rng = np.random.default_rng(args.seed)
+    x = _inputs_numpy(rng, args.B, args.T, args.H, args.K, args.V)
+    x["scale"] = args.K ** -0.5
+    out = np.empty_like(x["v"])
+    final = np.empty_like(x["h0"])
+    threads = f"{args.threads} threads" if args.threads else f"all {os.cpu_count()} cores"
+    print(f"device: cpu ({threads}), NumPy arrays")
+    print(f"problem: {_describe(args, 'float32')}")
+
+    def call():
+        # flash_kda.fwd's options, through prefill to pass the thread count
+        flash_kda.prefill(x["q"], x["k"], x["v"], x["g"], x["beta"], out=out, A_log=x["A_log"],
+                          dt_bias=x["dt_bias"], initial_state=x["h0"], final_state=final,
+                          scale=x["scale"], gate="lower_bound", lower_bound=LOWER_BOUND,
+                          use_qk_l2norm=True, use_beta_sigmoid=True, state_v_first=True,
+                          num_threads=args.threads)
+
+    for _ in range(args.warmup):
+        call()
+    times = []
+    for _ in range(args.iters):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    ms = 1e3 * statistics.median(times)
+    result = _report(args, ms, f"median of {args.iters}, wall clock")
+    if not args.no_ref:
+        heads, seqs, what = _ref_subset(args)
+        ref_out, ref_final, seconds = _reference(x, heads, seqs)
+        tokens = seqs * args.T * heads / args.H
+        print(f"reference:  {1e3 * seconds:10.1f} ms on {what} "
+              f"({tokens / seconds:,.0f} tokens/s at H={args.H}; float64, token by token)")
+        result.update(_errors(out[:seqs, :, :heads], final[:seqs, :heads], ref_out, ref_final,
+                              what))
+    return result
+
+
+def run_cuda(args) -> dict:
+    import torch
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    torch_dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[args.dtype]
+    rng = np.random.default_rng(args.seed)
+    x = _inputs_numpy(rng, args.B, args.T, args.H, args.K, args.V)
+    # Round the token inputs to the kernel's dtype once, so the reference sees the same values.
+    for n in ("q", "k", "v", "g", "beta"):
+        x[n] = torch.from_numpy(x[n]).to(torch_dtype).float().numpy()
+    x["scale"] = args.K ** -0.5
+    t = {n: torch.from_numpy(x[n]).to(device=device, dtype=torch_dtype)
+         for n in ("q", "k", "v", "g", "beta")}
+    A_log = torch.from_numpy(x["A_log"]).to(device)
+    dt_bias = torch.from_numpy(x["dt_bias"]).to(device)
+    h0 = torch.from_numpy(x["h0"]).to(device)
+    out = torch.empty_like(t["v"])
+    final = torch.empty_like(h0)
+    print(f"device: {device} ({torch.cuda.get_device_name(device)}), torch {torch.__version__}")
+    print(f"problem: {_describe(args, args.dtype)}")
+
+    def call():
+        flash_kda.fwd(t["q"], t["k"], t["v"], t["g"], t["beta"], x["scale"], out, A_log, dt_bias,
+                      LOWER_BOUND, initial_state=h0, final_state=final)
+
+    try:
+        call()
+    except flash_kda.UnsupportedError as e:
+        print(f"the CUDA backend cannot run this problem: {e}", file=sys.stderr)
+        print("(run `flash-kda-bench --device cpu` for the CPU backend)", file=sys.stderr)
+        raise SystemExit(2) from None
+    for _ in range(args.warmup):
+        call()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(args.iters):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        call()
+        stop.record()
+        stop.synchronize()
+        times.append(start.elapsed_time(stop))
+    ms = statistics.median(times)
+    result = _report(args, ms, f"median of {args.iters}, CUDA events")
+    if not args.no_ref:
+        heads, seqs, what = _ref_subset(args)
+        ref_out, ref_final, seconds = _reference(x, heads, seqs)
+        print(f"reference:  {1e3 * seconds:10.1f} ms on the CPU for {what} "
+              "(float64, token by token)")
+        got_out = out[:seqs, :, :heads].float().cpu().numpy()
+        got_final = final[:seqs, :heads].float().cpu().numpy()
+        result.update(_errors(got_out, got_final, ref_out, ref_final, what))
+    return result
+
+
+def _report(args, ms: float, how: str) -> dict:
+    tokens = args.B * args.T
+    print(f"fast path:  {ms:10.3f} ms ({how})  {tokens / (ms / 1e3):,.0f} tokens/s  "
+          f"({tokens * args.H / (ms / 1e3):,.0f} token-heads/s)")
+    return {"ms": ms, "tokens_per_s": tokens / (ms / 1e3)}
+
+
+def _errors(out, final, ref_out, ref_final, what: str) -> dict:
+    e_out, e_final = _rel_err(out, ref_out), _rel_err(final, ref_final)
+    print(f"error vs the float64 reference ({what}; relative Frobenius): "
+          f"output {e_out:.2e}, final state {e_final:.2e}")
+    return {"err_out": e_out, "err_final": e_final}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flash-kda-bench",
+        description="Time one KDA prefill (flash_kda.fwd) and check it against the float64 "
+                    "reference. GPU defaults: B=1 T=8192 H=16 K=V=128 bf16; CPU defaults: "
+                    "B=1 T=2048 H=4 K=V=128 float32.")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="auto: CUDA when torch sees a GPU and the library has CUDA, else CPU")
+    p.add_argument("--B", type=int, default=1, help="batch rows (sequences)")
+    p.add_argument("--T", type=int, default=None, help="tokens per sequence")
+    p.add_argument("--H", type=int, default=None, help="heads")
+    p.add_argument("--K", type=int, default=128, help="key head dim")
+    p.add_argument("--V", type=int, default=128, help="value head dim")
+    p.add_argument("--dtype", choices=["bf16", "f16", "f32"], default="bf16",
+                   help="input dtype on the GPU (the CPU run uses float32)")
+    p.add_argument("--iters", type=int, default=None, help="timed runs (median reported)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed runs first")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--ref-heads", type=int, default=None,
+                   help="heads checked against the float64 reference (0: all)")
+    p.add_argument("--ref-seqs", type=int, default=1,
+                   help="sequences checked against the reference (0: all)")
+    p.add_argument("--no-ref", action="store_true", help="skip the reference check")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    device = args.device
+    if device == "auto":
+        device = "cuda" if _cuda_available() else "cpu"
+    elif device == "cuda" and not _cuda_available():
+        print("flash-kda-bench: --device cuda needs torch with a CUDA GPU and a libflashkda built "
+              "with CUDA", file=sys.stderr)
+        return 2
+    gpu = device == "cuda"
+    args.T = args.T if args.T is not None else (8192 if gpu else 2048)
+    args.H = args.H if args.H is not None else (16 if gpu else 4)
+    args.iters = args.iters if args.iters is not None else (20 if gpu else 5)
+    args.warmup = args.warmup if args.warmup is not None else (3 if gpu else 1)
+    if args.ref_heads is None:
+        args.ref_heads = 2 if gpu else 0
+    if min(args.B, args.T, args.H, args.K, args.V, args.iters) < 1:
+        print("flash-kda-bench: B, T, H, K, V and --iters must be at least 1", file=sys.stderr)
+        return 2
+    print(f"flash-kda-bench: libflashkda {flash_kda.library_version} "
+          f"(CUDA backend: {'yes' if flash_kda.has_cuda() else 'no'}) at {flash_kda.library_path}")
+    (run_cuda if gpu else run_cpu)(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
