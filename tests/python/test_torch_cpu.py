@@ -1,0 +1,142 @@
+"""torch CPU tensors in, torch tensors out (skipped when torch is not installed)."""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+import flash_kda  # noqa: E402
+from helpers import gate_params, make_inputs  # noqa: E402
+from kda_numpy import decode_pool, kda, rel_err  # noqa: E402
+
+SAFE = dict(gate="lower_bound", lower_bound=-5.0, use_qk_l2norm=True, use_beta_sigmoid=True)
+NP_SAFE = dict(gate="lower_bound", lower_bound=-5.0, l2norm_qk=True, beta_sigmoid=True)
+FLA_SAFE = dict(use_gate_in_kernel=True, use_qk_l2norm_in_kernel=True,
+                use_beta_sigmoid_in_kernel=True, safe_gate=True, lower_bound=-5.0)
+
+
+def to_torch(d, dtype=None):
+    return {n: (torch.from_numpy(x).to(dtype) if dtype is not None else torch.from_numpy(x))
+            for n, x in d.items()}
+
+
+def as_numpy(d):
+    return {n: x.float().numpy() for n, x in d.items()}
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-3),
+                                       (torch.bfloat16, 1e-2)])
+def test_prefill_torch_dtypes(rng, dtype, tol):
+    H, K, V = 2, 16, 32
+    x = to_torch(make_inputs(rng, B=2, T=33, H=H, K=K, V=V), dtype)
+    A_log, dt_bias = gate_params(rng, H, K)
+    final = torch.full((2, H, K, V), float("nan"))
+    o = flash_kda.prefill(**x, A_log=torch.from_numpy(A_log), dt_bias=torch.from_numpy(dt_bias),
+                          final_state=final, **SAFE)
+    assert isinstance(o, torch.Tensor) and o.dtype == dtype and o.shape == x["v"].shape
+    o_np, s_np = kda(**as_numpy(x), A_log=A_log, dt_bias=dt_bias, **NP_SAFE)
+    assert rel_err(o.float().numpy(), o_np) < tol
+    assert rel_err(final.numpy(), s_np) < max(tol, 1e-5)
+
+
+def test_non_contiguous_tensors(rng):
+    # [B, H, T, K] storage viewed as [B, T, H, K]: strides pass through as they are.
+    H, K, V = 2, 16, 16
+    x = make_inputs(rng, B=1, T=20, H=H, K=K, V=V)
+    t = {n: torch.from_numpy(np.ascontiguousarray(np.swapaxes(a, 1, 2))).transpose(1, 2)
+         for n, a in x.items() if a.ndim == 4}
+    t["beta"] = torch.from_numpy(x["beta"])
+    assert not t["q"].is_contiguous()
+    o = flash_kda.prefill(**t, **SAFE)
+    o_np, _ = kda(**x, **NP_SAFE)
+    assert rel_err(o.numpy(), o_np) < 1e-5
+
+
+def test_chunk_kda_and_fwd_torch(rng):
+    H, K = 2, 16
+    x = to_torch(make_inputs(rng, B=1, T=30, H=H, K=K, V=K), torch.bfloat16)
+    A_log, dt_bias = (torch.from_numpy(a) for a in gate_params(rng, H, K))
+    h0 = torch.randn(1, H, K, K)
+    with torch.inference_mode():
+        o, ht = flash_kda.chunk_kda(**x, initial_state=h0, output_final_state=True,
+                                    state_v_first=True, A_log=A_log, dt_bias=dt_bias.view(-1),
+                                    **FLA_SAFE)
+        out = torch.empty_like(x["v"])
+        final = torch.empty(1, H, K, K)
+        assert flash_kda.fwd(*(x[n] for n in ("q", "k", "v", "g", "beta")), None, out, A_log,
+                             dt_bias, -5.0, initial_state=h0, final_state=final) is None
+    assert ht.dtype == torch.float32 and o.dtype == torch.bfloat16
+    torch.testing.assert_close(out, o, rtol=0, atol=0)
+    torch.testing.assert_close(final, ht, rtol=0, atol=0)
+    o_np, s_np = kda(**as_numpy(x), initial_state=h0.numpy(), state_v_first=True,
+                     A_log=A_log.numpy(), dt_bias=dt_bias.numpy(), **NP_SAFE)
+    assert rel_err(o.float().numpy(), o_np) < 1e-2 and rel_err(ht.numpy(), s_np) < 1e-5
+
+
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+def test_fused_recurrent_kda_fwd_pool_in_place(rng, index_dtype):
+    N, H, K, V, P = 3, 2, 16, 16, 5
+    x = to_torch(make_inputs(rng, B=N, T=1, H=H, K=K, V=V))
+    pool = torch.randn(P, H, K, V, dtype=torch.bfloat16)
+    before = pool.clone()
+    idx = torch.tensor([4, -1, 1], dtype=index_dtype)
+    out, state = flash_kda.fused_recurrent_kda_fwd(**x, initial_state=pool,
+                                                   ssm_state_indices=idx,
+                                                   use_qk_l2norm_in_kernel=True,
+                                                   use_gate_in_kernel=True, lower_bound=-5.0,
+                                                   use_beta_sigmoid_in_kernel=True)
+    assert state is pool
+    o_np, p_np = decode_pool(**as_numpy(x), pool=before.float().numpy(),
+                             state_indices=idx.numpy(), **NP_SAFE)
+    assert rel_err(out.numpy(), o_np) < 1e-5 and rel_err(pool.float().numpy(), p_np) < 1e-2
+    assert torch.equal(pool[0], before[0]) and torch.equal(pool[2], before[2])
+    assert (out[1] == 0).all()
+
+
+def test_fused_recurrent_kda_torch(rng):
+    x = to_torch(make_inputs(rng, B=2, T=4, H=1, K=16, V=16))
+    h0 = torch.randn(2, 1, 16, 16)
+    o, ht = flash_kda.fused_recurrent_kda(**x, initial_state=h0, output_final_state=True,
+                                          use_qk_l2norm_in_kernel=True)
+    o_np, s_np = kda(**as_numpy(x), initial_state=h0.numpy(), l2norm_qk=True)
+    assert rel_err(o.numpy(), o_np) < 1e-5 and rel_err(ht.numpy(), s_np) < 1e-5
+
+
+def test_numpy_and_torch_cpu_mix(rng):
+    x = make_inputs(rng, B=1, T=10, H=1, K=16, V=16)
+    t = dict(x, q=torch.from_numpy(x["q"]))
+    out = torch.empty(1, 10, 1, 16)
+    flash_kda.prefill(**t, out=out, **SAFE)
+    o_np, _ = kda(**x, **NP_SAFE)
+    assert rel_err(out.numpy(), o_np) < 1e-5
+
+
+def test_autograd_is_refused(rng):
+    x = to_torch(make_inputs(rng, B=1, T=4, H=1, K=16, V=16))
+    x["q"].requires_grad_(True)
+    with pytest.raises(NotImplementedError, match="q: requires grad"):
+        flash_kda.chunk_kda(**x)
+    with torch.no_grad():
+        o, _ = flash_kda.chunk_kda(**x)
+    assert o.shape == (1, 4, 1, 16)
+
+
+def test_bad_torch_tensors(rng):
+    x = to_torch(make_inputs(rng, B=1, T=4, H=1, K=16, V=16))
+    with pytest.raises(TypeError, match="^q: torch dtype torch.float64 is not supported"):
+        flash_kda.prefill(**dict(x, q=x["q"].double()))
+    with pytest.raises(ValueError, match="^k: device meta is not supported"):
+        flash_kda.prefill(**dict(x, k=torch.empty(1, 4, 1, 16, device="meta")))
+    out = torch.full((1, 4, 1, 16), float("nan"))
+    with pytest.raises(ValueError, match=r"^options\.lower_bound"):
+        flash_kda.prefill(**x, out=out, gate="lower_bound", lower_bound=1.0)
+    assert out.isnan().all()
+
+
+def test_empty_tensors(rng):
+    x = to_torch(make_inputs(rng, B=1, T=0, H=1, K=16, V=16))
+    h0 = torch.randn(1, 1, 16, 16)
+    final = torch.empty(1, 1, 16, 16)
+    o = flash_kda.prefill(**x, initial_state=h0, final_state=final, **SAFE)
+    assert o.shape == (1, 0, 1, 16)
+    assert torch.equal(final, h0)
