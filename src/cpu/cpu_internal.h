@@ -1,0 +1,75 @@
+/*
+ * cpu_internal.h: what the CPU backend's files share: the per-algorithm entry points behind
+ * cpu_backend.h, and the carving of a workspace into 64-byte aligned per-worker slices.
+ *
+ * Every algorithm sizes its workspace as (workers x bytes per worker), where the worker count
+ * comes from p->device.num_threads (0: the online cores) capped by the number of work items.
+ * The caller may hand in a workspace sized for fewer workers (if the core count changed between
+ * the size query and the call); the algorithm then simply runs on fewer workers.
+ */
+#ifndef FKDA_CPU_INTERNAL_H
+#define FKDA_CPU_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../api/problem.h"
+
+size_t fkda_cpu_prefill_reference_workspace(const fkda_problem *p);
+fkda_status fkda_cpu_prefill_reference(const fkda_problem *p, void *workspace, size_t bytes);
+
+size_t fkda_cpu_prefill_chunked_workspace(const fkda_problem *p);
+fkda_status fkda_cpu_prefill_chunked(const fkda_problem *p, void *workspace, size_t bytes);
+
+#define FKDA_CPU_ALIGN 64
+
+static inline size_t fkda_align_up(size_t n) { return (n + FKDA_CPU_ALIGN - 1) & ~(size_t)(FKDA_CPU_ALIGN - 1); }
+
+/* Hands out consecutive aligned pieces of one worker's slice. With a NULL base it only counts
+ * (the pieces are NULL), which is how the workspace functions size a slice with the same code
+ * that carves it. */
+typedef struct fkda_carver {
+    char *base;
+    size_t used;
+} fkda_carver;
+
+static inline void *fkda_carve(fkda_carver *c, size_t bytes)
+{
+    void *p = c->base ? c->base + c->used : NULL;
+    c->used += fkda_align_up(bytes);
+    return p;
+}
+
+/* Workers to use: min(threads, items), then as many as the workspace holds (0: too small). */
+static inline int fkda_workers_for(int threads, int64_t items, size_t worker_bytes,
+                                   size_t workspace_bytes)
+{
+    int64_t w = threads < items ? threads : items;
+    if (w < 1) w = 1;
+    if (worker_bytes > 0 && (int64_t)(workspace_bytes / worker_bytes) < w)
+        w = (int64_t)(workspace_bytes / worker_bytes);
+    return (int)w;
+}
+
+/* How many blocks to split the V value columns of each of `heads` (sequence, head) pairs into:
+ * none when there are at least as many pairs as threads (splitting costs recomputation), else
+ * enough to give every thread an item, but no block narrower than min_block columns. Blocks are
+ * whole multiples of 16 columns (vector width) except the last. */
+static inline void fkda_split_columns(int threads, int64_t heads, int64_t V, int64_t min_block,
+                                      int64_t *vblock, int64_t *vblocks)
+{
+    int64_t blocks = 1;
+    if (heads > 0 && heads < threads) {
+        blocks = (threads + heads - 1) / heads;
+        int64_t most = (V + min_block - 1) / min_block;
+        if (blocks > most) blocks = most;
+    }
+    int64_t width = (V + blocks - 1) / blocks;
+    if (blocks > 1) width = (width + 15) / 16 * 16;
+    if (width > V) width = V;
+    if (width < 1) width = 1;
+    *vblock = width;
+    *vblocks = (V + width - 1) / width;
+}
+
+#endif /* FKDA_CPU_INTERNAL_H */

@@ -1,0 +1,83 @@
+/*
+ * prefill_reference.c: the ground truth. The recurrence of DESIGN.md section 1 token by token,
+ * in float64, one (sequence, value head) per work item; the state is a double [K][V] array in the
+ * worker's workspace slice. Slow (it streams the whole state three times per token) and simple
+ * on purpose: every faster path is tested against it.
+ */
+#include <string.h>
+
+#include "../api/error.h"
+#include "activations.h"
+#include "cpu_internal.h"
+#include "load.h"
+#include "recurrent.h"
+#include "state_io.h"
+#include "thread_pool.h"
+
+typedef struct reference_job {
+    const fkda_problem *p;
+    char *workspace;
+    size_t worker_bytes;
+} reference_job;
+
+static size_t worker_bytes(const fkda_problem *p)
+{
+    const size_t K = (size_t)p->K, V = (size_t)p->V, d = sizeof(double);
+    return fkda_align_up(K * V * d) + 4 * fkda_align_up(K * d) + 3 * fkda_align_up(V * d);
+}
+
+static void reference_item(void *context, int64_t item, int worker)
+{
+    const reference_job *job = (const reference_job *)context;
+    const fkda_problem *p = job->p;
+    const int64_t K = p->K, V = p->V, n = item / p->HV, h = item % p->HV;
+
+    fkda_carver c = {job->workspace + (size_t)worker * job->worker_bytes, 0};
+    double *S = fkda_carve(&c, (size_t)(K * V) * sizeof(double));
+    double *q = fkda_carve(&c, (size_t)K * sizeof(double));
+    double *k = fkda_carve(&c, (size_t)K * sizeof(double));
+    double *a = fkda_carve(&c, (size_t)K * sizeof(double));
+    double *bias = fkda_carve(&c, (size_t)K * sizeof(double));
+    double *v = fkda_carve(&c, (size_t)V * sizeof(double));
+    double *u = fkda_carve(&c, (size_t)V * sizeof(double));
+    double *o = fkda_carve(&c, (size_t)V * sizeof(double));
+
+    int64_t row, start, length;
+    fkda_sequence_bounds(p, n, &row, &start, &length);
+    const fkda_head_gate_d gate = fkda_head_gate_double(p, h, bias);
+    fkda_state_load_double(&p->state_in, n, h, K, V, S);
+
+    for (int64_t t = start; t < start + length; t++) {
+        double b;
+        fkda_token_double(p, &gate, row, t, h, q, k, a, &b);
+        fkda_load_row_double(p->v.data, p->v.dtype, fkda_token_offset(&p->v, row, t, h),
+                             p->v.stride[3], V, v);
+        fkda_recurrent_step_double(S, K, V, q, k, a, b, v, (double)p->scale, u, o);
+        fkda_store_row_double(p->out.data, p->out.dtype, fkda_token_offset(&p->out, row, t, h),
+                              p->out.stride[3], V, o);
+    }
+    if (p->state_out.data) fkda_state_store_double(&p->state_out, n, h, K, V, S);
+}
+
+size_t fkda_cpu_prefill_reference_workspace(const fkda_problem *p)
+{
+    const int64_t items = p->N * p->HV;
+    if (items <= 0) return 0;
+    int workers = fkda_cpu_thread_count(p->device.num_threads);
+    if (workers > items) workers = (int)items;
+    return (size_t)workers * worker_bytes(p);
+}
+
+fkda_status fkda_cpu_prefill_reference(const fkda_problem *p, void *workspace, size_t bytes)
+{
+    const int64_t items = p->N * p->HV;
+    if (items <= 0) return FKDA_OK;
+    reference_job job = {p, (char *)workspace, worker_bytes(p)};
+    int workers = fkda_workers_for(fkda_cpu_thread_count(p->device.num_threads), items,
+                                   job.worker_bytes, workspace ? bytes : 0);
+    if (workers < 1)
+        return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: %zu bytes, the CPU reference prefill "
+                         "needs at least %zu", bytes, job.worker_bytes);
+    fkda_parallel_for(workers, items, reference_item, &job);
+    return FKDA_OK;
+}
