@@ -1,0 +1,512 @@
+/*
+ * decode_recurrent.cu: the CUDA decode (fla's fused_recurrent_kda on a state pool), one kernel
+ * in eight specialisations, and its launch.
+ *
+ * Per sequence n, value head h and token t (the state S is K x V, fp32 in registers):
+ *
+ *     S  <- diag(exp(a_t)) S
+ *     u   = S^T k_t,  w = S^T q_t          (q_t already scaled)
+ *     v'  = b_t (v_t - u)
+ *     S  <- S + k_t v'^T
+ *     o_t = S^T q_t = w + (k_t . q_t) v'    (so one pass over S gives both dot products)
+ *
+ * The work is memory-bound: every state byte is read once and written once, and the rest is
+ * tiny. Columns of S evolve independently, so the V columns of one (sequence, head) are split
+ * across warps, and each WARP IS INDEPENDENT: it holds a slab of columns (all K rows) in
+ * registers, stages q, k and exp(a) for its own use in its own slice of shared memory, reduces
+ * over K with shuffles, and never waits for another warp (no __syncthreads anywhere). A CTA is
+ * only a bundle of warps for the scheduler; small problems use 1-warp CTAs to spread over SMs.
+ *
+ * Inside a warp, `lanes_k` (KL) lanes share each column and split the K rows between them; the
+ * other 32 / KL lanes take different columns. State loads and stores are 16 bytes per lane
+ * (4 fp32 or 8 bf16 values along the contiguous dimension of the layout):
+ *
+ *   [K, V] layout (V contiguous): lane = vl + (32/KL) * kl. Register row r is key kl + KL*r;
+ *       the lane's columns are one or more 16-byte vectors along V. A warp load covers KL rows,
+ *       each 32/KL vectors wide. The reduction over K runs across the kl lane bits (xor 32/KL..16).
+ *   [V, K] layout (K contiguous): lane = kl + KL * jl. Register row r is key
+ *       (kl + KL*(r/VEC))*VEC + r%VEC, i.e. 16-byte vectors along K, interleaved across the KL
+ *       lanes so that they read one contiguous run; columns are value rows jl + (32/KL)*c.
+ *       The reduction runs across the low kl bits (xor 1..KL/2).
+ *
+ * Each lane keeps 64 state values (NR rows x NC columns) in registers for the whole call, so
+ * a speculative-decoding call with T tokens reads the state once and writes it once per token
+ * only where 2-D state_indices ask for it. A scalar variant (VEC = 1, any strides) serves pools
+ * whose pointer, strides or sizes do not allow 16-byte vectors.
+ *
+ * Never-trusted device inputs: cu_seqlens bounds are clamped into [0, T]; an accepted-token
+ * count into [1, T_max]; a slot outside [0, P) skips the sequence (reads) or the write.
+ */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda_internal.h"
+#include "decode_recurrent.h"
+
+#define DECODE_MAX_K 256 /* key rows staged in shared memory, padded (K <= 256) */
+#define DECODE_MAX_R 16  /* register rows per lane, the largest NR */
+#define DECODE_MAX_C 8   /* register columns per lane, the largest NC */
+#define DECODE_MAX_WARPS_PER_CTA 4
+#define DECODE_SMEM_PER_WARP (3 * DECODE_MAX_K * (int)sizeof(float)) /* q, k, exp(a) */
+#define FULL_MASK 0xffffffffu
+
+/* ---- scalar loads and stores of any dtype ------------------------------------------------- */
+
+static __device__ __forceinline__ float load_float(const void *base, int32_t dtype, int64_t i)
+{
+    if (dtype == FKDA_DTYPE_F32) return ((const float *)base)[i];
+    if (dtype == FKDA_DTYPE_BF16) return __uint_as_float((uint32_t)((const unsigned short *)base)[i] << 16);
+    return __half2float(((const __half *)base)[i]);
+}
+
+static __device__ __forceinline__ void store_float(void *base, int32_t dtype, int64_t i, float x)
+{
+    if (dtype == FKDA_DTYPE_F32)
+        ((float *)base)[i] = x;
+    else if (dtype == FKDA_DTYPE_BF16)
+        ((__nv_bfloat16 *)base)[i] = __float2bfloat16_rn(x);
+    else
+        ((__half *)base)[i] = __float2half_rn(x);
+}
+
+static __device__ __forceinline__ int64_t load_index(const void *base, int32_t dtype, int64_t i)
+{
+    if (dtype == FKDA_DTYPE_I64) return ((const int64_t *)base)[i];
+    return ((const int32_t *)base)[i];
+}
+
+/* ---- state vectors: VEC consecutive elements, 16 bytes when VEC > 1 ---------------------- */
+
+static __device__ __forceinline__ float bf16_bits_to_float(uint32_t bits) { return __uint_as_float(bits << 16); }
+
+/* Two floats to two bf16 (round to nearest even), `lo` in the low half. */
+static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi)
+{
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+/* The address of element `off` of a state pool of 2- or 4-byte elements. */
+static __device__ __forceinline__ void *state_at(const void *pool, int64_t off, const int BF16)
+{
+    return (char *)pool + off * (BF16 ? 2 : 4);
+}
+
+/* Loads VEC state elements starting at element `off` (scalar: one element at off). */
+static __device__ __forceinline__ void load_state_vec(const void *base, int off, float *x,
+                                                      const int BF16, const int VEC)
+{
+    if (VEC == 1) {
+        x[0] = BF16 ? bf16_bits_to_float(((const unsigned short *)base)[off]) : ((const float *)base)[off];
+    } else if (BF16) { /* VEC == 8 */
+        uint4 u = *(const uint4 *)((const unsigned short *)base + off);
+        x[0] = __uint_as_float(u.x << 16); x[1] = __uint_as_float(u.x & 0xffff0000u);
+        x[2] = __uint_as_float(u.y << 16); x[3] = __uint_as_float(u.y & 0xffff0000u);
+        x[4] = __uint_as_float(u.z << 16); x[5] = __uint_as_float(u.z & 0xffff0000u);
+        x[6] = __uint_as_float(u.w << 16); x[7] = __uint_as_float(u.w & 0xffff0000u);
+    } else { /* VEC == 4 */
+        float4 f = *(const float4 *)((const float *)base + off);
+        x[0] = f.x; x[1] = f.y; x[2] = f.z; x[3] = f.w;
+    }
+}
+
+static __device__ __forceinline__ void store_state_vec(void *base, int off, const float *x,
+                                                       const int BF16, const int VEC)
+{
+    if (VEC == 1) {
+        if (BF16)
+            ((__nv_bfloat16 *)base)[off] = __float2bfloat16_rn(x[0]);
+        else
+            ((float *)base)[off] = x[0];
+    } else if (BF16) {
+        uint4 u;
+        u.x = pack_bf16x2(x[0], x[1]); u.y = pack_bf16x2(x[2], x[3]);
+        u.z = pack_bf16x2(x[4], x[5]); u.w = pack_bf16x2(x[6], x[7]);
+        *(uint4 *)((unsigned short *)base + off) = u;
+    } else {
+        *(float4 *)((float *)base + off) = make_float4(x[0], x[1], x[2], x[3]);
+    }
+}
+
+/* ---- the lane's share of the state: which key row and value column each register holds ---- */
+
+typedef struct lane_tile {
+    int kl, KL; /* this lane's index among the KL lanes sharing a column, and KL */
+    int lj, LJ; /* this lane's column group, and the number of groups (32 / KL) */
+    int j0;     /* the warp's first column */
+} lane_tile;
+
+/* Key index of register row r. */
+static __device__ __forceinline__ int tile_row(const lane_tile *w, int r, const int V_FIRST, const int VEC)
+{
+    return V_FIRST ? (w->kl + w->KL * (r / VEC)) * VEC + r % VEC : w->kl + w->KL * r;
+}
+
+/* Value index of register column c. */
+static __device__ __forceinline__ int tile_col(const lane_tile *w, int c, const int V_FIRST, const int VEC)
+{
+    return V_FIRST ? w->j0 + w->lj + w->LJ * c : w->j0 + (w->lj + w->LJ * (c / VEC)) * VEC + c % VEC;
+}
+
+/* Loads the lane's NR x NC tile of the state at `slot` (rows >= K or columns >= V read as 0).
+ * In the vector variants the contiguous dimension is a multiple of VEC, so a vector is either
+ * wholly inside or wholly outside. */
+static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, const lane_tile *w,
+                                                 int64_t slot, int64_t h,
+                                                 float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
+                                                 const int V_FIRST, const int VEC, const int NR, const int NC)
+{
+    const int64_t *st = p->state_in_stride;
+    /* The head's state starts at `head`; offsets inside it fit in 32 bits (checked at launch).
+     * The vector variants were chosen because the contiguous stride is 1: let the compiler know. */
+    const int64_t head = slot * st[0] + h * st[1];
+    const int sk = (VEC > 1 && V_FIRST) ? 1 : (int)st[2], sv = (VEC > 1 && !V_FIRST) ? 1 : (int)st[3];
+    if (!V_FIRST) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const int k = tile_row(w, r, 0, VEC);
+#pragma unroll
+            for (int cv = 0; cv < NC / VEC; cv++) {
+                const int j = tile_col(w, cv * VEC, 0, VEC);
+                float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+                if (k < p->K && j < p->V) load_state_vec(state_at(p->state_in, head, BF16), k * sk + j * sv, x, BF16, VEC);
+#pragma unroll
+                for (int e = 0; e < VEC; e++) s[r][cv * VEC + e] = x[e];
+            }
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const int j = tile_col(w, c, 1, VEC);
+#pragma unroll
+            for (int rv = 0; rv < NR / VEC; rv++) {
+                const int k = tile_row(w, rv * VEC, 1, VEC);
+                float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+                if (k < p->K && j < p->V) load_state_vec(state_at(p->state_in, head, BF16), j * sv + k * sk, x, BF16, VEC);
+#pragma unroll
+                for (int e = 0; e < VEC; e++) s[rv * VEC + e][c] = x[e];
+            }
+        }
+    }
+}
+
+static __device__ __forceinline__ void store_tile(const fkda_decode_params *p, const lane_tile *w,
+                                                  int64_t slot, int64_t h,
+                                                  float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
+                                                  const int V_FIRST, const int VEC, const int NR, const int NC)
+{
+    const int64_t *st = p->state_out_stride;
+    /* The head's state starts at `head`; offsets inside it fit in 32 bits (checked at launch).
+     * The vector variants were chosen because the contiguous stride is 1: let the compiler know. */
+    const int64_t head = slot * st[0] + h * st[1];
+    const int sk = (VEC > 1 && V_FIRST) ? 1 : (int)st[2], sv = (VEC > 1 && !V_FIRST) ? 1 : (int)st[3];
+    if (!V_FIRST) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const int k = tile_row(w, r, 0, VEC);
+#pragma unroll
+            for (int cv = 0; cv < NC / VEC; cv++) {
+                const int j = tile_col(w, cv * VEC, 0, VEC);
+                float x[8];
+#pragma unroll
+                for (int e = 0; e < VEC; e++) x[e] = s[r][cv * VEC + e];
+                if (k < p->K && j < p->V) store_state_vec(state_at(p->state_out, head, BF16), k * sk + j * sv, x, BF16, VEC);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const int j = tile_col(w, c, 1, VEC);
+#pragma unroll
+            for (int rv = 0; rv < NR / VEC; rv++) {
+                const int k = tile_row(w, rv * VEC, 1, VEC);
+                float x[8];
+#pragma unroll
+                for (int e = 0; e < VEC; e++) x[e] = s[rv * VEC + e][c];
+                if (k < p->K && j < p->V) store_state_vec(state_at(p->state_out, head, BF16), j * sv + k * sk, x, BF16, VEC);
+            }
+        }
+    }
+}
+
+/* ---- one token's q, k and decay, staged by the warp into its shared-memory slice ---------- */
+
+static __device__ __forceinline__ float warp_sum(float x)
+{
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) x += __shfl_xor_sync(FULL_MASK, x, off);
+    return x;
+}
+
+static __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* fla's softplus: x itself above 20, where log1p(exp(x)) == x in float. */
+static __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+/* Stages one token for the warp: sq = q and sk = k as loaded (unnormalised), sd = exp(a), for
+ * keys 0..255 (zero, zero and one past K). Returns the factors that turn them into the
+ * recurrence's vectors, q_t = qf * sq and k_t = kf * sk (the L2 norms and the scale), and
+ * k_t . q_t and the effective beta. Keeping the factors out of shared memory keeps each key's
+ * work independent (load, gate, store), so few registers are live beside the state. Lane i
+ * handles keys i, i + 32, ... */
+typedef struct staged_token {
+    float qf, kf, kq, beta;
+} staged_token;
+
+static __device__ __forceinline__ staged_token stage_token(const fkda_decode_params *p, int lane, int64_t row,
+                                                           int64_t pos, int64_t h, int64_t hq, float *sq,
+                                                           float *sk, float *sd)
+{
+    const int64_t qo = row * p->q_stride[0] + pos * p->q_stride[1] + hq * p->q_stride[2];
+    const int64_t ko = row * p->k_stride[0] + pos * p->k_stride[1] + hq * p->k_stride[2];
+    const int64_t go = row * p->g_stride[0] + pos * p->g_stride[1] + h * p->g_stride[2];
+    const int gated = p->gate != FKDA_GATE_NONE;
+    const float weight = gated && p->A_log ? expf(load_float(p->A_log, p->A_log_dtype, h * p->A_log_stride)) : 1.0f;
+    float beta = load_float(p->beta, p->beta_dtype,
+                            row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
+    float ssq = 0.0f, ssk = 0.0f, qk = 0.0f;
+#pragma unroll
+    for (int i = 0; i < DECODE_MAX_K / 32; i++) {
+        const int e = lane + 32 * i;
+        float q = 0.0f, k = 0.0f, d = 1.0f;
+        if (e < p->K) {
+            q = load_float(p->q, p->q_dtype, qo + e * p->q_stride[3]);
+            k = load_float(p->k, p->k_dtype, ko + e * p->k_stride[3]);
+            float a = load_float(p->g, p->g_dtype, go + e * p->g_stride[3]);
+            if (gated) {
+                if (p->dt_bias)
+                    a += load_float(p->dt_bias, p->dt_bias_dtype, h * p->dt_bias_stride[0] + e * p->dt_bias_stride[1]);
+                a = p->gate == FKDA_GATE_LOWER_BOUND ? p->lower_bound * sigmoidf_(weight * a)
+                                                     : -weight * softplusf_(a);
+            }
+            d = expf(a);
+        }
+        ssq = fmaf(q, q, ssq);
+        ssk = fmaf(k, k, ssk);
+        qk = fmaf(q, k, qk);
+        sq[e] = q;
+        sk[e] = k;
+        sd[e] = d;
+    }
+    staged_token st;
+    st.qf = p->scale;
+    st.kf = 1.0f;
+    if (p->use_qk_l2norm) { /* x / sqrt(sum x^2 + 1e-6), as the CPU backend: x * (1 / sqrt(.)) */
+        st.qf *= 1.0f / sqrtf(warp_sum(ssq) + 1e-6f);
+        st.kf = 1.0f / sqrtf(warp_sum(ssk) + 1e-6f);
+    }
+    st.kq = warp_sum(qk) * st.qf * st.kf;
+    if (p->use_beta_sigmoid) beta = (p->allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
+    st.beta = beta;
+    return st;
+}
+
+/* ---- the warp's work: one (sequence, value head) and one slab of its columns -------------- */
+
+static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, float *smem, const int BF16,
+                                                   const int V_FIRST, const int VEC, const int NR,
+                                                   const int NC)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t gw = (int64_t)blockIdx.x * p->warps_per_cta + (threadIdx.x >> 5);
+    const int64_t head = gw / p->warps_per_head;
+    if (head >= p->N * p->HV) return; /* whole warps only: the shuffles below stay full-warp */
+    const int slab = (int)(gw - head * p->warps_per_head);
+    const int64_t n = head / p->HV, h = head - n * p->HV, hq = h / p->group;
+
+    lane_tile w;
+    w.KL = p->lanes_k;
+    w.LJ = 32 / w.KL;
+    w.kl = V_FIRST ? (lane & (w.KL - 1)) : lane / w.LJ;
+    w.lj = V_FIRST ? lane / w.KL : (lane & (w.LJ - 1));
+    w.j0 = slab * w.LJ * NC;
+    const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
+
+    /* The sequence's tokens: row `row`, positions bos .. bos + len - 1. */
+    int64_t row = n, bos = 0, len = p->T;
+    if (p->cu_seqlens) {
+        int64_t a = load_index(p->cu_seqlens, p->cu_dtype, n * p->cu_stride);
+        int64_t b = load_index(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride);
+        a = min(max(a, (int64_t)0), p->T);
+        b = min(max(b, a), p->T);
+        row = 0;
+        bos = a;
+        len = b - a;
+    }
+    if (len <= 0) return;
+
+    /* The slot it continues from. */
+    int64_t slot = n;
+    if (p->state_indices) {
+        int64_t col = 0;
+        if (p->idx_2d && p->num_accepted) {
+            int64_t acc = load_index(p->num_accepted, p->acc_dtype, n * p->acc_stride);
+            col = min(max(acc, (int64_t)1), p->idx_tokens) - 1;
+        }
+        slot = load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + col * p->idx_stride[1]);
+    }
+    const int64_t *os = p->out_stride;
+    if (slot < 0 || slot >= p->pool_size) { /* skipped: no state touched, output rows zeroed */
+        if (w.kl == 0)
+            for (int64_t t = 0; t < len; t++) {
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    const int j = tile_col(&w, c, V_FIRST, VEC);
+                    if (j < p->V) store_float(p->out, p->out_dtype, row * os[0] + (bos + t) * os[1] + h * os[2] + j * os[3], 0.0f);
+                }
+            }
+        return;
+    }
+
+    float s[DECODE_MAX_R][DECODE_MAX_C];
+    load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC);
+
+    float *sq = smem, *sk = smem + DECODE_MAX_K, *sd = smem + 2 * DECODE_MAX_K;
+    const int64_t *vs = p->v_stride;
+    for (int64_t t = 0; t < len; t++) {
+        const int64_t pos = bos + t;
+        float vcol[DECODE_MAX_C];
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const int j = tile_col(&w, c, V_FIRST, VEC);
+            vcol[c] = j < p->V ? load_float(p->v, p->v_dtype, row * vs[0] + pos * vs[1] + h * vs[2] + j * vs[3]) : 0.0f;
+        }
+        __syncwarp(); /* the previous token's reads of sq, sk, sd are done */
+        const staged_token tok = stage_token(p, lane, row, pos, h, hq, sq, sk, sd);
+        __syncwarp();
+
+        /* Decay, and the two dot products over this lane's rows (with the unscaled q, k). */
+        float pk[DECODE_MAX_C], pq[DECODE_MAX_C];
+#pragma unroll
+        for (int c = 0; c < NC; c++) pk[c] = pq[c] = 0.0f;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const int k = tile_row(&w, r, V_FIRST, VEC);
+            const float d = sd[k], kk = sk[k], qq = sq[k];
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                s[r][c] *= d;
+                pk[c] = fmaf(s[r][c], kk, pk[c]);
+                pq[c] = fmaf(s[r][c], qq, pq[c]);
+            }
+        }
+        /* Sum over the KL lanes sharing each column; every one of them gets the total. */
+        for (int off = red_lo; off < red_hi; off <<= 1) {
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                pk[c] += __shfl_xor_sync(FULL_MASK, pk[c], off);
+                pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
+            }
+        }
+        /* Delta rule and output: v' = b (v - S^T k), o = S^T q + (k . q) v', S += k v'^T. */
+        float vk[DECODE_MAX_C]; /* kf * v', so that the update can use the unscaled k */
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const float vn = tok.beta * (vcol[c] - tok.kf * pk[c]);
+            vk[c] = tok.kf * vn;
+            const int j = tile_col(&w, c, V_FIRST, VEC);
+            if (w.kl == 0 && j < p->V)
+                store_float(p->out, p->out_dtype, row * os[0] + pos * os[1] + h * os[2] + j * os[3],
+                            fmaf(tok.kq, vn, tok.qf * pq[c]));
+        }
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const float kk = sk[tile_row(&w, r, V_FIRST, VEC)];
+#pragma unroll
+            for (int c = 0; c < NC; c++) s[r][c] = fmaf(kk, vk[c], s[r][c]);
+        }
+
+        if (p->idx_2d) { /* the state after each token goes to its own slot */
+            const int64_t ts = t < p->idx_tokens
+                                   ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + t * p->idx_stride[1])
+                                   : -1;
+            if (ts >= 0 && ts < p->pool_size) store_tile(p, &w, ts, h, s, BF16, V_FIRST, VEC, NR, NC);
+        }
+    }
+    if (!p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC);
+}
+
+/* ---- the specialisations ------------------------------------------------------------------ */
+
+/* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns */
+#define DECODE_VARIANTS(X)                       \
+    X(decode_f32_kv_vec, 0, 0, 4, 16, 4)         \
+    X(decode_f32_vk_vec, 0, 1, 4, 16, 4)         \
+    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8)         \
+    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8)         \
+    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4)      \
+    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4)      \
+    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4)     \
+    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4)
+
+#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC)                                   \
+    __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, 3)                            \
+        name(const __grid_constant__ fkda_decode_params p)                                       \
+    {                                                                                           \
+        extern __shared__ float decode_smem[];                                                  \
+        decode_warp(&p, decode_smem + (threadIdx.x >> 5) * (DECODE_SMEM_PER_WARP / 4), BF16,     \
+                    V_FIRST, VEC, NR, NC);                                                      \
+    }
+DECODE_VARIANTS(DECODE_DEFINE_KERNEL)
+
+typedef void (*decode_kernel_fn)(const fkda_decode_params);
+
+typedef struct decode_variant {
+    decode_kernel_fn kernel;
+    const char *name;
+    int bf16, v_first, vec, nr, nc;
+} decode_variant;
+
+#define DECODE_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC) {name, #name, BF16, V_FIRST, VEC, NR, NC},
+static const decode_variant decode_variants[] = {DECODE_VARIANTS(DECODE_TABLE_ENTRY)};
+
+/* ---- launch ------------------------------------------------------------------------------- */
+
+/* Whether the pool allows 16-byte vectors of `vec` elements along its contiguous dimension. */
+static int pool_vectorizable(const void *data, const int64_t *stride, int v_first, int K, int V, int elem,
+                             int vec)
+{
+    const int contiguous = v_first ? 2 : 3, other = v_first ? 3 : 2;
+    const int extent = v_first ? K : V;
+    return (uintptr_t)data % 16 == 0 && stride[contiguous] == 1 && stride[other] % vec == 0 &&
+           stride[0] % vec == 0 && stride[1] % vec == 0 && extent % vec == 0 && elem * vec == 16;
+}
+
+extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int sm_count, cudaStream_t stream)
+{
+    if (p->N == 0 || p->T == 0) return FKDA_OK;
+    const int elem = p->state_bf16 ? 2 : 4, vec = 16 / elem;
+    const int vectors =
+        pool_vectorizable(p->state_in, p->state_in_stride, p->state_v_first, p->K, p->V, elem, vec) &&
+        pool_vectorizable(p->state_out, p->state_out_stride, p->state_v_first, p->K, p->V, elem, vec);
+    const decode_variant *var = NULL;
+    for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0]; i++) {
+        const decode_variant *d = &decode_variants[i];
+        if (d->bf16 == (p->state_bf16 != 0) && d->v_first == (p->state_v_first != 0) &&
+            (d->vec > 1) == (vectors != 0))
+            var = d;
+    }
+    if (var == NULL) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
+
+    /* KL lanes per column: enough that KL * NR rows cover K (a power of two, at most 32). */
+    int rows_needed = (p->K + var->nr - 1) / var->nr, kl = 1;
+    while (kl < rows_needed) kl *= 2;
+    if (kl > 32) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: K = %d needs %d lanes per column", p->K, kl);
+    const int cols_per_warp = (32 / kl) * var->nc;
+    p->lanes_k = kl;
+    p->warps_per_head = (p->V + cols_per_warp - 1) / cols_per_warp;
+
+    /* Small problems: 1-warp CTAs, so that the few warps spread over every SM. */
+    const int64_t warps = p->N * p->HV * p->warps_per_head;
+    int per_cta = 4;
+    if (warps < 8 * (int64_t)sm_count) per_cta = 1;
+    else if (warps < 16 * (int64_t)sm_count) per_cta = 2;
+    p->warps_per_cta = per_cta;
+    const int64_t blocks = (warps + per_cta - 1) / per_cta;
+    if (blocks > 0x7fffffff) return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)(p->N * p->HV));
+
+    var->kernel<<<(unsigned)blocks, 32 * per_cta, per_cta * DECODE_SMEM_PER_WARP, stream>>>(*p);
+    FKDA_CUDA_CHECK_LAUNCH(var->name);
+    return FKDA_OK;
+}
