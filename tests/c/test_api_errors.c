@@ -260,7 +260,7 @@ static void decode_error_cases(test_rng *r)
     DCASE("indices too few columns", "state_indices", a->state_indices.shape[1] = 1;
           a->state_indices.stride[0] = 1; memset(&a->num_accepted_tokens, 0, sizeof a->num_accepted_tokens));
     DCASE("accepted without 2-D indices", "num_accepted_tokens", a->state_indices.ndim = 1;
-          a->state_indices.shape[0] = N; a->state_indices.stride[0] = TD);
+          a->state_indices.shape[0] = N; a->state_indices.stride[0] = 1);
     DCASE("accepted wrong size", "num_accepted_tokens", a->num_accepted_tokens.shape[0] = N - 1);
     DCASE("pool too small without indices", "state_pool", memset(&a->state_indices, 0, sizeof a->state_indices);
           memset(&a->num_accepted_tokens, 0, sizeof a->num_accepted_tokens); a->state_pool.shape[0] = N - 1);
