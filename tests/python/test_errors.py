@@ -208,3 +208,14 @@ def test_message_is_the_c_message_verbatim(rng):
         flash_kda.prefill(**kw)
     assert str(info.value) == _native.last_error()
     assert info.value.status == _native.FKDA_ERROR_INVALID_ARGUMENT
+
+
+def test_mixed_devices_are_refused_before_the_call():
+    # The device check is pure Python (CUDA tensors themselves are tested in tests/gpu).
+    from flash_kda._tensors import CPU, Location, resolve_location
+    assert resolve_location([("q", CPU), ("k", CPU)]) == CPU
+    assert resolve_location([("q", Location("cuda", 1)), ("k", Location("cuda", 1))]).index == 1
+    with pytest.raises(ValueError, match=r"^k: is on cpu but q is on cuda:0; mixed CPU and CUDA"):
+        resolve_location([("q", Location("cuda", 0)), ("k", CPU)])
+    with pytest.raises(ValueError, match=r"^out: is on cuda:1 but q is on cuda:0; every tensor"):
+        resolve_location([("q", Location("cuda", 0)), ("out", Location("cuda", 1))])
