@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Prefill speed on the GPU: flash_kda.fwd (our CUDA kernels) next to fla's chunk_kda (Triton),
+same inputs, same process, for the seven shapes of DESIGN.md section 2.
+
+    python3 bench/bench_prefill_gpu.py [--shapes h96,h8] [--out table.md] [--sweep-vslice]
+                                       [--no-fla] [--profile]
+
+Inputs as in DESIGN.md: randn bf16 q, k, v, g and beta logits, A_log and dt_bias U(0, 1) fp32,
+lower_bound -5, L2 norm / gate / beta sigmoid in kernel, fp32 initial and final state in the
+[N, H, V, K] layout. Times are medians of CUDA-event timings after warm-up. Every shape's inputs
+are larger than the 50 MB L2, so one input set is used (no rotation needed).
+
+The memory floor is DESIGN.md section 3: (1,026 B read + 256 B written) per token-head plus the
+fp32 state in and out, over the copy bandwidth measured in this run (bytes read + written).
+
+fla runs with FLA_FLASH_KDA=0 so that its dispatcher does not route the call to us. Triton
+autotunes on the first call of each new shape (a minute or more): keep --shapes short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+
+os.environ["FLA_FLASH_KDA"] = "0"  # the baseline is fla's own Triton path
+
+import flash_kda  # noqa: E402
+
+SHAPES = {
+    # name: (T per sequence or total, H, layout)
+    "h96": dict(T=8192, H=96, B=1, seqlens=None, label="T=8192 H=96, one sequence"),
+    "h96-varlen": dict(T=8192, H=96, B=1, seqlens=[1300, 547, 2048, 963, 271, 3063],
+                       label="T=8192 H=96, varlen [1300,547,2048,963,271,3063]"),
+    "h96-8x1024": dict(T=1024, H=96, B=8, seqlens=None, label="T=8192 H=96, 8 x 1024"),
+    "h64": dict(T=8192, H=64, B=1, seqlens=None, label="T=8192 H=64, one sequence"),
+    "h32": dict(T=32768, H=32, B=1, seqlens=None, label="T=32768 H=32, one sequence"),
+    "h16": dict(T=16384, H=16, B=1, seqlens=None, label="T=16384 H=16, one sequence"),
+    "h8": dict(T=65536, H=8, B=1, seqlens=None, label="T=65536 H=8, one sequence"),
+}
+TARGET = {"h96": 2.3, "h96-varlen": 2.3, "h96-8x1024": 2.3}  # others: 1.5
+K = V = 128
+LB = -5.0
+
+
+def make_inputs(shape, device="cuda", seed=0):
+    g = torch.Generator(device=device).manual_seed(seed)
+    B, T, H = shape["B"], shape["T"], shape["H"]
+    cu = None
+    if shape["seqlens"]:
+        assert sum(shape["seqlens"]) == T
+        cu = torch.tensor([0] + list(torch.tensor(shape["seqlens"]).cumsum(0).tolist()),
+                          dtype=torch.int64, device=device)
+    N = len(shape["seqlens"]) if cu is not None else B
+
+    def randn(*s):
+        return torch.randn(*s, generator=g, device=device, dtype=torch.float32).to(torch.bfloat16)
+
+    x = dict(q=randn(B, T, H, K), k=randn(B, T, H, K), v=randn(B, T, H, V), g=randn(B, T, H, K),
+             beta=randn(B, T, H),
+             A_log=torch.rand(H, generator=g, device=device, dtype=torch.float32),
+             dt_bias=torch.rand(H, K, generator=g, device=device, dtype=torch.float32),
+             h0=torch.randn(N, H, V, K, generator=g, device=device, dtype=torch.float32) * 0.1,
+             cu=cu, N=N)
+    return x
+
+
+def run_ours(x, out, ht):
+    flash_kda.fwd(x["q"], x["k"], x["v"], x["g"], x["beta"], K ** -0.5, out, x["A_log"], x["dt_bias"], LB,
+                  initial_state=x["h0"], final_state=ht, cu_seqlens=x["cu"])
+
+
+def run_fla(x):
+    from fla.ops.kda import chunk_kda
+    o, ht = chunk_kda(x["q"], x["k"], x["v"], x["g"], x["beta"], scale=K ** -0.5, initial_state=x["h0"],
+                      output_final_state=True, use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
+                      use_beta_sigmoid_in_kernel=True, safe_gate=True, lower_bound=LB, state_v_first=True,
+                      A_log=x["A_log"], dt_bias=x["dt_bias"], cu_seqlens=x["cu"])
+    return o, ht
+
+
+def time_ms(fn, warmup=3, reps=20):
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times)
+
+
+def copy_bandwidth():
+    """Device-to-device copy of 1 GiB: bytes read + written over the median time."""
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), warmup=3, reps=20)
+    del src, dst
+    return 2 * n / (ms * 1e-3)
+
+
+def floor_bytes(shape, N):
+    TH = (shape["B"] * shape["T"]) * shape["H"]
+    return TH * (4 * K * 2 + 2 + V * 2) + N * shape["H"] * K * V * 4 * 2
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return ((a - b).norm() / b.norm()).item()
+
+
+def kernel_times(fn, reps=5):
+    """Average device time per call of each kernel whose name contains 'pf_' (ours)."""
+    from torch.profiler import ProfilerActivity, profile
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    res = {}
+    for e in prof.key_averages():
+        if "pf_" in e.key:
+            total = getattr(e, "device_time_total", None)
+            if total is None:
+                total = e.cuda_time_total
+            res[e.key.split("(")[0]] = total / reps / 1000.0
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default=",".join(SHAPES))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--no-fla", action="store_true")
+    ap.add_argument("--sweep-vslice", action="store_true", help="time ours at every value slice")
+    ap.add_argument("--profile", action="store_true", help="per-kernel times of ours (torch.profiler)")
+    args = ap.parse_args()
+
+    dev = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    print(f"device {dev}, copy bandwidth {bw / 1e12:.2f} TB/s, commit {commit}", flush=True)
+
+    rows = []
+    for name in args.shapes.split(","):
+        shape = SHAPES[name]
+        x = make_inputs(shape)
+        N, H = x["N"], shape["H"]
+        out = torch.empty_like(x["v"])
+        ht = torch.empty(N, H, V, K, dtype=torch.float32, device="cuda")
+        with torch.inference_mode():
+            ms_ours = time_ms(lambda: run_ours(x, out, ht))
+            extra = ""
+            if args.sweep_vslice:
+                sweep = []
+                for vs in (16, 32, 64, 128):
+                    os.environ["FKDA_PREFILL_VSLICE"] = str(vs)
+                    sweep.append(f"{vs}:{time_ms(lambda: run_ours(x, out, ht), reps=10):.3f}")
+                del os.environ["FKDA_PREFILL_VSLICE"]
+                extra += " vslice ms " + " ".join(sweep)
+            if args.profile:
+                kt = kernel_times(lambda: run_ours(x, out, ht))
+                extra += " kernels " + " ".join(f"{k}={v:.3f}ms" for k, v in kt.items())
+                chain = [v for k, v in kt.items() if "chain" in k]
+                if chain and shape["seqlens"] is None:
+                    steps = (shape["T"] + 15) // 16
+                    extra += f" (chain {1000 * chain[0] / steps:.3f} us per 16-token step)"
+            ms_fla, err = float("nan"), float("nan")
+            if not args.no_fla:
+                o_fla, ht_fla = run_fla(x)  # first call autotunes
+                torch.cuda.synchronize()
+                ms_fla = time_ms(lambda: run_fla(x), warmup=2, reps=10)
+                run_ours(x, out, ht)
+                err = rel(out, o_fla)
+                err_st = rel(ht, ht_fla)
+                extra += f" ours-vs-fla out {err:.2e} state {err_st:.2e}"
+        floor_ms = floor_bytes(shape, N) / bw * 1e3
+        rows.append((shape["label"], ms_ours, ms_fla, floor_ms, TARGET.get(name, 1.5)))
+        print(f"{shape['label']}: ours {ms_ours:.3f} ms, fla {ms_fla:.3f} ms, x{ms_fla / ms_ours:.2f} fla, "
+              f"{ms_ours / floor_ms:.2f}x floor ({floor_ms:.3f} ms){extra}", flush=True)
+        del x, out, ht
+        torch.cuda.empty_cache()
+
+    lines = [f"Prefill, {dev}, {datetime.date.today().isoformat()}, commit {commit}; copy bandwidth "
+             f"{bw / 1e12:.2f} TB/s; bf16 inputs, K=V=128, safe gate -5, fp32 state in and out [N,H,V,K]; "
+             "CUDA-event medians.", "",
+             "| case | ms ours | ms fla | fla / ours | target | ours / floor | floor ms |",
+             "|---|---|---|---|---|---|---|"]
+    for label, mo, mf, fl, tgt in rows:
+        lines.append(f"| {label} | {mo:.3f} | {mf:.3f} | {mf / mo:.2f}x | {tgt}x | {mo / fl:.2f} | {fl:.3f} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,366 @@
+/*
+ * test_prefill_cuda.c: the CUDA prefill against the CPU backend's float64 token-by-token
+ * reference (and its fp32 chunked fast path), on a GPU.
+ *
+ * Every case draws fresh random inputs (the seed is printed; FKDA_TEST_SEED repeats a run),
+ * poisons the output and the final state with NaN before each GPU run and checks that every
+ * element was written, runs twice and checks the two results are bitwise equal, and compares the
+ * relative Frobenius error ||gpu - ref|| / ||ref|| of the output and the final state with a bar.
+ * The GPU gets bf16 q, k, v, g, beta; the reference gets the same values widened to fp32, so
+ * only the GPU's own arithmetic is measured.
+ *
+ *   test_prefill_cuda            every case (lengths 1 .. 65536, varlen with empty sequences,
+ *                                states in/out in both dtypes and layouts, GVA, options)
+ *   test_prefill_cuda --small    a few short cases, for compute-sanitizer
+ *
+ * The T=2048 H=8 case prints "ERROR-REPORT" with the two errors for bench/results/prefill.md.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cuda_runtime.h>
+
+#include "test_util.h"
+
+#define KD 128
+
+#define CUDA_OK(call)                                                                            \
+    do {                                                                                       \
+        cudaError_t e_ = (call);                                                               \
+        if (e_ != cudaSuccess) {                                                               \
+            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__,   \
+                    __LINE__, #call);                                                          \
+            exit(3);                                                                           \
+        }                                                                                      \
+    } while (0)
+
+typedef struct pf_case {
+    const char *name;
+    int64_t B, T, H, HV;
+    int nseq;               /* > 0: packed varlen with these lengths (B = 1, T = their sum) */
+    int64_t seqlens[16];
+    int has_in, has_out;    /* initial / final state present */
+    fkda_dtype in_dtype, out_dtype;
+    int v_first;            /* state_v_first */
+    int in_place;           /* final_state is the initial_state tensor */
+    int l2norm, sigmoid, neg_eigval;
+    int cu_i32;             /* cu_seqlens as int32 */
+    int fast_too;           /* also compare with the CPU fast path */
+    int report;             /* print the ERROR-REPORT line */
+    double out_tol, state_tol;
+    int vslice;             /* value columns per chain CTA (FKDA_PREFILL_VSLICE); 0: the default */
+} pf_case;
+
+static double seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + 1e-9 * ts.tv_nsec;
+}
+
+/* A host tensor (contiguous) on the GPU; returns the device tensor. */
+static fkda_tensor to_device(const test_tensor *x)
+{
+    fkda_tensor d = x->t;
+    size_t bytes = x->count * fkda_dtype_size(x->t.dtype);
+    CUDA_OK(cudaMalloc(&d.data, bytes ? bytes : 16));
+    if (bytes) CUDA_OK(cudaMemcpy(d.data, x->t.data, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+static void from_device(test_tensor *x, const fkda_tensor *d)
+{
+    size_t bytes = x->count * fkda_dtype_size(x->t.dtype);
+    if (bytes) CUDA_OK(cudaMemcpy(x->t.data, d->data, bytes, cudaMemcpyDeviceToHost));
+}
+
+static void poison(const fkda_tensor *d, size_t count)
+{
+    size_t bytes = count * fkda_dtype_size(d->dtype);
+    if (bytes) CUDA_OK(cudaMemset(d->data, 0xff, bytes)); /* all-ones: NaN in f32 and bf16 */
+}
+
+/* Widened copy (same shape, f32). */
+static test_tensor widen(const test_tensor *x)
+{
+    test_tensor y = test_tensor_alloc(FKDA_DTYPE_F32, x->t.ndim, x->t.shape);
+    for (size_t i = 0; i < x->count; i++) ((float *)y.t.data)[i] = (float)test_tensor_get(x, i);
+    return y;
+}
+
+static fkda_options case_options(const pf_case *c)
+{
+    fkda_options o = fkda_default_options();
+    o.gate = FKDA_GATE_LOWER_BOUND;
+    o.lower_bound = -5.0;
+    o.use_qk_l2norm = c->l2norm;
+    o.use_beta_sigmoid = c->sigmoid;
+    o.allow_neg_eigval = c->neg_eigval;
+    o.state_v_first = c->v_first;
+    return o;
+}
+
+static void run_case(const pf_case *c, test_rng *rng)
+{
+    const int64_t B = c->nseq ? 1 : c->B, H = c->H, HV = c->HV;
+    int64_t T = c->T, N = c->nseq ? c->nseq : B;
+    if (c->nseq) {
+        T = 0;
+        for (int i = 0; i < c->nseq; i++) T += c->seqlens[i];
+    }
+    const double t_start = seconds();
+
+    /* Inputs, bf16 as the GPU reads them. Without the L2 norm, keys of norm ~1 keep the delta
+     * rule stable (I - b k k^T must not amplify). */
+    const int64_t sq[4] = {B, T, H, KD}, sv[4] = {B, T, HV, KD}, sb[3] = {B, T, HV};
+    test_tensor q = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq), k = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq);
+    test_tensor v = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv), g = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv);
+    test_tensor beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
+    const double qk_sd = c->l2norm ? 1.0 : 1.0 / sqrt((double)KD);
+    test_tensor_fill_normal(&q, rng, 0, qk_sd);
+    test_tensor_fill_normal(&k, rng, 0, qk_sd);
+    test_tensor_fill_normal(&v, rng, 0, 1);
+    test_tensor_fill_normal(&g, rng, 0, 1);
+    if (c->sigmoid)
+        test_tensor_fill_normal(&beta, rng, 0, 1);
+    else
+        test_tensor_fill_uniform(&beta, rng, 0, 1);
+    const int64_t sa[1] = {HV}, sd[2] = {HV, KD};
+    test_tensor A_log = test_tensor_alloc(FKDA_DTYPE_F32, 1, sa), dt_bias = test_tensor_alloc(FKDA_DTYPE_F32, 2, sd);
+    test_tensor_fill_uniform(&A_log, rng, 0, 1);
+    test_tensor_fill_uniform(&dt_bias, rng, 0, 1);
+    const int64_t scu[1] = {N + 1};
+    test_tensor cu = test_tensor_alloc(c->cu_i32 ? FKDA_DTYPE_I32 : FKDA_DTYPE_I64, 1, scu);
+    if (c->nseq) {
+        int64_t acc = 0;
+        test_tensor_set(&cu, 0, 0);
+        for (int i = 0; i < c->nseq; i++) test_tensor_set(&cu, (size_t)i + 1, (double)(acc += c->seqlens[i]));
+    }
+    const int64_t ss[4] = {N, HV, KD, KD};
+    test_tensor h0 = test_tensor_alloc(c->has_in ? c->in_dtype : FKDA_DTYPE_F32, 4, ss);
+    if (c->has_in) test_tensor_fill_normal(&h0, rng, 0, 0.5);
+    const fkda_dtype final_dtype = c->in_place ? c->in_dtype : c->out_dtype;
+
+    /* Reference and fast path on the CPU, fp32 in and out. */
+    test_tensor qf = widen(&q), kf = widen(&k), vf = widen(&v), gf = widen(&g), bf = widen(&beta), h0f = widen(&h0);
+    test_tensor out_ref = test_tensor_alloc(FKDA_DTYPE_F32, 4, sv), st_ref = test_tensor_alloc(FKDA_DTYPE_F32, 4, ss);
+    test_tensor out_fast = test_tensor_alloc(FKDA_DTYPE_F32, 4, sv), st_fast = test_tensor_alloc(FKDA_DTYPE_F32, 4, ss);
+    fkda_prefill_args a;
+    memset(&a, 0, sizeof a);
+    a.q = qf.t; a.k = kf.t; a.v = vf.t; a.g = gf.t; a.beta = bf.t;
+    a.A_log = A_log.t; a.dt_bias = dt_bias.t;
+    if (c->nseq) a.cu_seqlens = cu.t;
+    if (c->has_in) a.initial_state = h0f.t;
+    a.final_state = st_ref.t;
+    a.out = out_ref.t;
+    a.options = case_options(c);
+    fkda_device cpu = {FKDA_DEVICE_CPU, 0, NULL, 0, 1};
+    size_t ws_bytes = 0;
+    fkda_status s = fkda_prefill_workspace_size(&a, &cpu, &ws_bytes);
+    void *ws = ws_bytes ? malloc(ws_bytes + 256) : NULL;
+    void *ws_al = ws ? (void *)(((uintptr_t)ws + 255) & ~(uintptr_t)255) : NULL;
+    if (s == FKDA_OK) s = fkda_prefill(&a, &cpu, ws_al, ws_bytes);
+    CHECK(s == FKDA_OK, "%s: CPU reference failed: %s", c->name, fkda_last_error());
+    free(ws);
+    if (c->fast_too) {
+        cpu.reference = 0;
+        a.out = out_fast.t;
+        a.final_state = st_fast.t;
+        s = fkda_prefill_workspace_size(&a, &cpu, &ws_bytes);
+        ws = ws_bytes ? malloc(ws_bytes + 256) : NULL;
+        ws_al = ws ? (void *)(((uintptr_t)ws + 255) & ~(uintptr_t)255) : NULL;
+        if (s == FKDA_OK) s = fkda_prefill(&a, &cpu, ws_al, ws_bytes);
+        CHECK(s == FKDA_OK, "%s: CPU fast path failed: %s", c->name, fkda_last_error());
+        free(ws);
+    }
+    const double t_cpu = seconds() - t_start;
+
+    /* The GPU, twice, poisoned before each run. */
+    fkda_prefill_args d;
+    memset(&d, 0, sizeof d);
+    d.q = to_device(&q); d.k = to_device(&k); d.v = to_device(&v); d.g = to_device(&g);
+    d.beta = to_device(&beta); d.A_log = to_device(&A_log); d.dt_bias = to_device(&dt_bias);
+    if (c->nseq) d.cu_seqlens = to_device(&cu);
+    test_tensor out1 = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv), out2 = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv);
+    test_tensor st1 = test_tensor_alloc(final_dtype, 4, ss), st2 = test_tensor_alloc(final_dtype, 4, ss);
+    d.out = to_device(&out1);
+    if (c->has_in) d.initial_state = to_device(&h0);
+    if (c->has_out) d.final_state = c->in_place ? d.initial_state : to_device(&st1);
+    d.options = case_options(c);
+    fkda_device gpu = {FKDA_DEVICE_CUDA, 0, NULL, 0, 0};
+    char vs_text[16];
+    snprintf(vs_text, sizeof vs_text, "%d", c->vslice);
+    if (c->vslice)
+        setenv("FKDA_PREFILL_VSLICE", vs_text, 1);
+    else
+        unsetenv("FKDA_PREFILL_VSLICE");
+    size_t gws_bytes = 0;
+    s = fkda_prefill_workspace_size(&d, &gpu, &gws_bytes);
+    CHECK(s == FKDA_OK, "%s: GPU workspace size failed: %s", c->name, fkda_last_error());
+    void *gws = NULL;
+    if (gws_bytes) CUDA_OK(cudaMalloc(&gws, gws_bytes));
+    float gpu_ms = 0;
+    for (int run = 0; run < 2; run++) {
+        test_tensor *o = run ? &out2 : &out1, *st = run ? &st2 : &st1;
+        poison(&d.out, out1.count);
+        if (c->has_out && c->in_place) CUDA_OK(cudaMemcpy(d.initial_state.data, h0.t.data, h0.count * fkda_dtype_size(h0.t.dtype), cudaMemcpyHostToDevice));
+        else if (c->has_out) poison(&d.final_state, st1.count);
+        if (gws_bytes) CUDA_OK(cudaMemset(gws, 0xff, gws_bytes)); /* stale workspace must not matter */
+        cudaEvent_t e0, e1;
+        CUDA_OK(cudaEventCreate(&e0));
+        CUDA_OK(cudaEventCreate(&e1));
+        CUDA_OK(cudaEventRecord(e0, 0));
+        s = fkda_prefill(&d, &gpu, gws, gws_bytes);
+        CUDA_OK(cudaEventRecord(e1, 0));
+        CHECK(s == FKDA_OK, "%s: GPU prefill failed: %s", c->name, fkda_last_error());
+        CUDA_OK(cudaDeviceSynchronize());
+        CUDA_OK(cudaGetLastError());
+        CUDA_OK(cudaEventElapsedTime(&gpu_ms, e0, e1));
+        cudaEventDestroy(e0);
+        cudaEventDestroy(e1);
+        from_device(o, &d.out);
+        if (c->has_out) from_device(st, &d.final_state);
+    }
+
+    /* Every element written, the two runs identical, and the errors within the bar. */
+    CHECK(!test_has_nonfinite(&out1), "%s: output has NaN/Inf (unwritten rows or overflow)", c->name);
+    CHECK(memcmp(out1.t.data, out2.t.data, out1.count * 2) == 0, "%s: two runs differ (output)", c->name);
+    double e_out = test_rel_error(&out1, &out_ref), e_st = 0, f_out = 0, f_st = 0;
+    CHECK(e_out <= c->out_tol, "%s: output error %.3e > %.1e", c->name, e_out, c->out_tol);
+    if (c->has_out) {
+        CHECK(!test_has_nonfinite(&st1), "%s: final state has NaN/Inf", c->name);
+        CHECK(memcmp(st1.t.data, st2.t.data, st1.count * fkda_dtype_size(final_dtype)) == 0,
+              "%s: two runs differ (final state)", c->name);
+        e_st = test_rel_error(&st1, &st_ref);
+        double tol = c->state_tol * (final_dtype == FKDA_DTYPE_BF16 ? 2.0 : 1.0); /* one bf16 rounding */
+        CHECK(e_st <= tol, "%s: final state error %.3e > %.1e", c->name, e_st, tol);
+    }
+    if (c->fast_too) {
+        f_out = test_rel_error(&out1, &out_fast);
+        if (c->has_out) f_st = test_rel_error(&st1, &st_fast);
+        CHECK(f_out <= c->out_tol, "%s: output vs CPU fast path %.3e", c->name, f_out);
+    }
+    printf("  %-34s vs=%-3d T=%-6lld N=%-3lld H=%-3lld HV=%-3lld  out %.2e  state %.2e  (fast: %.2e %.2e)  gpu %.3f ms  cpu %.1f s\n",
+           c->name, c->vslice, (long long)T, (long long)N, (long long)H, (long long)HV, e_out, e_st, f_out, f_st, gpu_ms, t_cpu);
+    if (c->report)
+        printf("ERROR-REPORT T=%lld H=%lld: output %.3e, final state %.3e (bars 4e-3 / 3e-3)\n", (long long)T,
+               (long long)H, e_out, e_st);
+    fflush(stdout);
+
+    cudaFree(d.q.data); cudaFree(d.k.data); cudaFree(d.v.data); cudaFree(d.g.data); cudaFree(d.beta.data);
+    cudaFree(d.A_log.data); cudaFree(d.dt_bias.data); cudaFree(d.out.data);
+    if (c->nseq) cudaFree(d.cu_seqlens.data);
+    if (c->has_in) cudaFree(d.initial_state.data);
+    if (c->has_out && !c->in_place) cudaFree(d.final_state.data);
+    if (gws) cudaFree(gws);
+    test_tensor *all[] = {&q, &k, &v, &g, &beta, &A_log, &dt_bias, &cu, &h0, &qf, &kf, &vf, &gf, &bf, &h0f,
+                          &out_ref, &st_ref, &out_fast, &st_fast, &out1, &out2, &st1, &st2};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
+}
+
+/* Options the kernels do not take must be refused with FKDA_ERROR_UNSUPPORTED naming the option,
+ * leaving the output untouched. */
+static void check_unsupported(void)
+{
+    const int64_t T = 20, sq[4] = {1, T, 1, KD}, sb[3] = {1, T, 1};
+    test_rng rng;
+    test_rng_seed(&rng, 1);
+    test_tensor q = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq), qf = test_tensor_alloc(FKDA_DTYPE_F32, 4, sq);
+    test_tensor beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
+    test_tensor_fill_normal(&q, &rng, 0, 1);
+    test_tensor_fill_normal(&qf, &rng, 0, 1);
+    test_tensor_fill_normal(&beta, &rng, 0, 1);
+    fkda_tensor dq = to_device(&q), dqf = to_device(&qf), db = to_device(&beta), dout = to_device(&q);
+    poison(&dout, q.count);
+    fkda_device gpu = {FKDA_DEVICE_CUDA, 0, NULL, 0, 0};
+    struct { const char *what, *expect; } cases[] = {
+        {"gate none", "gate"}, {"lower_bound -6", "lower_bound"}, {"f32 q", "q"},
+    };
+    for (int i = 0; i < 3; i++) {
+        fkda_prefill_args a;
+        memset(&a, 0, sizeof a);
+        a.q = dq; a.k = dq; a.v = dq; a.g = dq; a.beta = db; a.out = dout;
+        a.options = fkda_default_options();
+        a.options.gate = FKDA_GATE_LOWER_BOUND;
+        a.options.lower_bound = -5;
+        if (i == 0) a.options.gate = FKDA_GATE_NONE;
+        if (i == 1) a.options.lower_bound = -6;
+        if (i == 2) { a.q = dqf; a.k = dqf; a.v = dqf; a.out = dqf; }
+        size_t bytes = 0;
+        fkda_status s = fkda_prefill_workspace_size(&a, &gpu, &bytes);
+        void *ws = NULL;
+        if (s == FKDA_OK && bytes) CUDA_OK(cudaMalloc(&ws, bytes));
+        if (s == FKDA_OK) s = fkda_prefill(&a, &gpu, ws, bytes);
+        CHECK(s == FKDA_ERROR_UNSUPPORTED && strstr(fkda_last_error(), cases[i].expect) != NULL,
+              "%s: expected UNSUPPORTED naming '%s', got %d: %s", cases[i].what, cases[i].expect, (int)s,
+              fkda_last_error());
+        if (ws) cudaFree(ws);
+    }
+    test_tensor back = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq);
+    from_device(&back, &dout);
+    int untouched = 1;
+    for (size_t i = 0; i < back.count; i++) untouched &= ((uint16_t *)back.t.data)[i] == 0xffff;
+    CHECK(untouched, "an unsupported call wrote the output");
+    cudaFree(dq.data); cudaFree(dqf.data); cudaFree(db.data); cudaFree(dout.data);
+    test_tensor_free(&q); test_tensor_free(&qf); test_tensor_free(&beta); test_tensor_free(&back);
+    printf("  unsupported options refused with the option named\n");
+}
+
+#define F32 FKDA_DTYPE_F32
+#define BF16 FKDA_DTYPE_BF16
+#define TOL_OUT 4e-3
+#define TOL_ST 3e-3
+
+int main(int argc, char **argv)
+{
+    int small = argc > 1 && strcmp(argv[1], "--small") == 0;
+    int count = 0;
+    if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+        fprintf(stderr, "test_prefill_cuda: no CUDA device\n");
+        return 1;
+    }
+    struct cudaDeviceProp prop;
+    CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+    printf("test_prefill_cuda on %s (sm_%d%d)%s\n", prop.name, prop.major, prop.minor, small ? ", --small" : "");
+    test_rng rng;
+    test_rng_seed(&rng, test_seed_from_env());
+
+    /* name, B, T, H, HV, nseq, seqlens, has_in, has_out, in, out, v_first, in_place,
+     * l2norm, sigmoid, neg, cu_i32, fast_too, report, tol_out, tol_state[, vslice] */
+    const pf_case small_cases[] = {
+        {"T=1", 1, 1, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"T=17 B=2 bf16 states [K,V]", 2, 17, 2, 2, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 128},
+        {"varlen with empties", 1, 0, 2, 2, 5, {0, 17, 0, 40, 3}, 1, 1, F32, BF16, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 32},
+        {"T=65 no states", 1, 65, 1, 1, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+    };
+    const pf_case full_cases[] = {
+        {"T=1", 1, 1, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"T=15", 1, 15, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"T=16", 1, 16, 4, 4, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"T=17 B=3", 3, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"T=63 bf16 in, f32 out [V,K]", 1, 63, 4, 4, 0, {0}, 1, 1, BF16, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"T=64 f32 in, bf16 out [K,V]", 2, 64, 4, 4, 0, {0}, 1, 1, F32, BF16, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"T=65 bf16 states [V,K]", 1, 65, 4, 4, 0, {0}, 1, 1, BF16, BF16, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 64},
+        {"T=65 no initial state", 1, 65, 4, 4, 0, {0}, 0, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"T=1000 B=2 no states", 2, 1000, 4, 4, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"T=1000 in-place f32 [V,K]", 1, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 128},
+        {"varlen empties, int64 cu", 1, 0, 4, 4, 9, {0, 1, 15, 0, 16, 17, 300, 0, 64}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 32},
+        {"varlen empties, int32 cu, bf16", 1, 0, 4, 4, 6, {0, 0, 63, 65, 1000, 0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 1, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"GVA H=2 HV=4", 2, 100, 2, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 64},
+        {"no l2norm, no sigmoid", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 0, 0, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"allow_neg_eigval", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 1, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"many heads H=64", 1, 300, 64, 64, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 0, 0, TOL_OUT, TOL_ST, 0},
+        {"T=2048 H=8 (error report)", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 1, TOL_OUT, TOL_ST, 0},
+        {"T=65536 H=1", 1, 65536, 1, 1, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+    };
+    const pf_case *cases = small ? small_cases : full_cases;
+    const int n = small ? (int)(sizeof small_cases / sizeof small_cases[0])
+                        : (int)(sizeof full_cases / sizeof full_cases[0]);
+    for (int i = 0; i < n; i++) run_case(&cases[i], &rng);
+    check_unsupported();
+    return test_exit("test_prefill_cuda");
+}
