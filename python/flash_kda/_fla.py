@@ -12,9 +12,9 @@ TypeError with its message). Differences, all deliberate:
     disable_recompute, use_graph, max_num_seqs, cu_seqlens_cpu and chunk_size (32 or 64) are
     accepted and change nothing (they steer fla's backward or its Triton launch; the flash_kda
     path is already capturable in CUDA graphs).
-  - fused_recurrent_kda with use_gate_in_kernel, no lower_bound and no A_log: fla silently uses
-    A_log = 0 here; flash_kda raises ValueError ("A_log: is required by the softplus gate"),
-    as fla's chunk_kda does.
+  - fused_recurrent_kda with use_gate_in_kernel, no lower_bound and no A_log: fla silently
+    computes a = -e * softplus(g + dt_bias) (as if A_log = 1); flash_kda raises ValueError
+    ("A_log: is required by the softplus gate"), as fla's chunk_kda does.
   - fused_recurrent_kda: a per-channel beta [B, T, HV, V] raises UnsupportedError.
   - fused_recurrent_kda (the public one) ignores ssm_state_indices / inplace_final_state /
     num_accepted_tokens like fla, but warns: use fused_recurrent_kda_fwd for in-place pools.
