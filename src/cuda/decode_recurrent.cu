@@ -37,6 +37,8 @@
  * Never-trusted device inputs: cu_seqlens bounds are clamped into [0, T]; an accepted-token
  * count into [1, T_max]; a slot outside [0, P) skips the sequence (reads) or the write.
  */
+#include <stdlib.h>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -480,6 +482,14 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     const int vectors =
         pool_vectorizable(p->state_in, p->state_in_stride, p->state_v_first, p->K, p->V, elem, vec) &&
         pool_vectorizable(p->state_out, p->state_out_stride, p->state_v_first, p->K, p->V, elem, vec);
+    /* Offsets inside one head's state are 32-bit in the kernel. */
+    const int64_t *si = p->state_in_stride, *so = p->state_out_stride;
+    const int64_t span_in = (p->K - 1) * si[2] + (p->V - 1) * si[3], span_out = (p->K - 1) * so[2] + (p->V - 1) * so[3];
+    if (span_in >= 0x7fffffff || span_out >= 0x7fffffff)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                         "state_pool: the strides of one head's [K, V] state span %lld elements; the CUDA decode "
+                         "needs fewer than 2^31",
+                         (long long)(span_in > span_out ? span_in : span_out));
     const decode_variant *var = NULL;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0]; i++) {
         const decode_variant *d = &decode_variants[i];
@@ -502,6 +512,9 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     int per_cta = 4;
     if (warps < 8 * (int64_t)sm_count) per_cta = 1;
     else if (warps < 16 * (int64_t)sm_count) per_cta = 2;
+    /* A tuning knob for bench/bench_decode_gpu.py: FKDA_DECODE_WARPS_PER_CTA = 1, 2 or 4. */
+    const char *knob = getenv("FKDA_DECODE_WARPS_PER_CTA");
+    if (knob && (atoi(knob) == 1 || atoi(knob) == 2 || atoi(knob) == 4)) per_cta = atoi(knob);
     p->warps_per_cta = per_cta;
     const int64_t blocks = (warps + per_cta - 1) / per_cta;
     if (blocks > 0x7fffffff) return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)(p->N * p->HV));

@@ -1,0 +1,265 @@
+"""bench_decode_gpu.py: flash_kda's CUDA decode against fla's fused_recurrent_kda, side by side.
+
+Both libraries decode one token per sequence on a state pool in place (vLLM's call), with bf16
+inputs, K = V = 128, the safe gate (lower_bound -5, A_log, dt_bias), L2 norm and beta sigmoid in
+the kernel, int32 state_indices over a shuffled pool. fla is called through its INTERNAL
+fla.ops.kda.fused_recurrent.fused_recurrent_kda_fwd(..., inplace_final_state=True,
+ssm_state_indices=...), which writes the pool; its public fused_recurrent_kda would silently skip
+the write (DESIGN.md, "the trap").
+
+Timing: each library's steps are captured in one CUDA graph (STEPS decode calls, as a model's
+layers would make them), the graph is replayed, and CUDA events time each replay; the median
+replay over STEPS is the time of one call. Each step of a graph uses its own pool (like layers),
+as many distinct pools as it takes to touch at least 256 MB per replay where memory allows, so
+that the state comes from DRAM and not from the 50 MB L2 (a "hot" table repeats the small
+batches with one pool reused by every step, which is what an L2-resident state gives).
+
+The floor is the state bytes read and written over the copy bandwidth measured in the same run
+(a large device-to-device copy, bytes read plus bytes written).
+
+    python3 bench/bench_decode_gpu.py [--out results.md] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import os
+import statistics
+import subprocess
+import sys
+
+import torch
+
+K = V = 128
+LOWER_BOUND = -5.0
+STEPS = 20
+REPLAYS = 20
+MAX_LAYERS = 1024  # distinct pools per graph (small batches: enough to leave the L2)
+
+
+def copy_bandwidth() -> float:
+    """Bytes read + written per second of a 1 GiB device-to-device copy (median of 10)."""
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    src.fill_(1)
+    times = []
+    for i in range(13):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        dst.copy_(src)
+        b.record()
+        b.synchronize()
+        if i >= 3:
+            times.append(a.elapsed_time(b) * 1e-3)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * n / statistics.median(times)
+
+
+def make_inputs(B, H, gen):
+    dev = "cuda"
+    q = torch.randn(B, 1, H, K, device=dev, generator=gen).to(torch.bfloat16)
+    k = torch.randn(B, 1, H, K, device=dev, generator=gen).to(torch.bfloat16)
+    v = torch.randn(B, 1, H, V, device=dev, generator=gen).to(torch.bfloat16)
+    g = torch.randn(B, 1, H, K, device=dev, generator=gen).to(torch.bfloat16)
+    beta = torch.randn(B, 1, H, device=dev, generator=gen).to(torch.bfloat16)
+    A_log = (0.5 * torch.randn(H, device=dev, generator=gen)).float()
+    dt_bias = (0.5 * torch.randn(H * K, device=dev, generator=gen)).float()
+    return q, k, v, g, beta, A_log, dt_bias
+
+
+def ours_call(flash_kda, x, pool, idx, out, v_first=False, num_accepted=None, cu_seqlens=None):
+    q, k, v, g, beta, A_log, dt_bias = x
+    flash_kda.decode(q, k, v, g, beta, pool, state_indices=idx, num_accepted_tokens=num_accepted,
+                     cu_seqlens=cu_seqlens, out=out, A_log=A_log, dt_bias=dt_bias, gate="lower_bound",
+                     lower_bound=LOWER_BOUND, use_qk_l2norm=True, use_beta_sigmoid=True,
+                     state_v_first=v_first)
+
+
+def fla_call(fla_fwd, x, pool, idx, out, v_first=False, num_accepted=None, cu_seqlens=None):
+    q, k, v, g, beta, A_log, dt_bias = x
+    fla_fwd(q=q, k=k, v=v, g=g, beta=beta, A_log=A_log, dt_bias=dt_bias, initial_state=pool,
+            scale=None, output_final_state=False, inplace_final_state=True, state_v_first=v_first,
+            cu_seqlens=cu_seqlens, ssm_state_indices=idx, num_accepted_tokens=num_accepted,
+            use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
+            lower_bound=LOWER_BOUND, out=out)
+
+
+def time_graph(step_fns) -> float:
+    """Captures the calls in one graph and returns the median replay time / len(calls), in s."""
+    for f in step_fns:  # warm up: Triton compiles, flash_kda caches device properties
+        f()
+    torch.cuda.synchronize()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.stream(stream):
+        with torch.cuda.graph(graph, stream=stream):
+            for f in step_fns:
+                f()
+    torch.cuda.synchronize()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(REPLAYS):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        graph.replay()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e-3)
+    del graph
+    return statistics.median(times) / len(step_fns)
+
+
+def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 20, with_fla=True):
+    elem = 4 if pool_dtype == torch.float32 else 2
+    pool_bytes = B * H * K * V * elem
+    layers = 1 if hot else max(1, min(MAX_LAYERS, math.ceil(min_bytes / pool_bytes)))
+    steps = max(STEPS, layers)
+    x = make_inputs(B, H, gen)
+    pools = [(0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype) for _ in range(layers)]
+    idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
+    out = torch.empty(B, 1, H, V, device="cuda", dtype=torch.bfloat16)
+    ours = [lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out) for s in range(steps)]
+    theirs = [lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out) for s in range(steps)]
+    t_ours = time_graph(ours)
+    t_fla = time_graph(theirs) if with_fla else float("nan")
+    del pools
+    torch.cuda.empty_cache()
+    return t_ours, t_fla, 2 * pool_bytes, layers
+
+
+def rel(a, b):
+    a, b = a.double(), b.double()
+    return float((a - b).norm() / b.norm().clamp_min(1e-30))
+
+
+def agreement(flash_kda, fla_fwd, gen):
+    """One call of each library from the same pool: outputs and pools must agree (fla is the
+    compatibility target). Returns rows of text."""
+    rows = []
+    B, H, T = 8, 8, 3
+    for name, pool_dtype, v_first, spec, varlen in [
+        ("fp32 pool [K,V]", torch.float32, False, False, False),
+        ("bf16 pool [K,V]", torch.bfloat16, False, False, False),
+        ("fp32 pool [V,K]", torch.float32, True, False, False),
+        ("fp32 pool, 2-D indices + num_accepted, T=3", torch.float32, False, True, False),
+        ("fp32 pool, varlen [1,3,2,...], 2-D indices", torch.float32, False, True, True),
+    ]:
+        if varlen:
+            lens = [1, 3, 2, 1, 1, 2, 3, 1]
+            cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device="cuda", dtype=torch.int32)
+            tokens = sum(lens)
+            x = list(make_inputs(tokens, H, gen))
+            x = [t.reshape(1, tokens, *t.shape[2:]) if t.dim() >= 3 else t for t in x[:5]] + x[5:]
+        else:
+            cu = None
+            x = list(make_inputs(B * (T if spec else 1), H, gen))
+            if spec:
+                x = [t.reshape(B, T, *t.shape[2:]) if t.dim() >= 3 else t for t in x[:5]] + x[5:]
+        P = B * T + 4
+        shape = (P, H, V, K) if v_first else (P, H, K, V)
+        pool0 = (0.5 * torch.randn(*shape, device="cuda", generator=gen)).to(pool_dtype)
+        if spec:
+            idx = torch.randperm(P, device="cuda", generator=gen)[: B * T].reshape(B, T).to(torch.int32)
+            acc = torch.randint(1, T + 1, (B,), device="cuda", generator=gen).to(torch.int32)
+        else:
+            idx = torch.randperm(P, device="cuda", generator=gen)[:B].to(torch.int32)
+            acc = None
+        out_shape = x[2].shape
+        p_ours, p_fla = pool0.clone(), pool0.clone()
+        o_ours = torch.empty(out_shape, device="cuda", dtype=torch.bfloat16)
+        o_fla = torch.zeros(out_shape, device="cuda", dtype=torch.bfloat16)
+        ours_call(flash_kda, x, p_ours, idx, o_ours, v_first, acc, cu)
+        fla_call(fla_fwd, x, p_fla, idx, o_fla, v_first, acc, cu)
+        torch.cuda.synchronize()
+        rows.append(f"| {name} | {rel(o_ours, o_fla):.2e} | {rel(p_ours, p_fla):.2e} |")
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--quick", action="store_true", help="fewer batch sizes")
+    ap.add_argument("--sweep", action="store_true", default=os.environ.get("FKDA_BENCH_SWEEP") == "1",
+                    help="also time FKDA_DECODE_WARPS_PER_CTA = 1, 2, 4 (or FKDA_BENCH_SWEEP=1)")
+    args = ap.parse_args()
+
+    import flash_kda
+    from fla.ops.kda.fused_recurrent import fused_recurrent_kda_fwd as fla_fwd
+
+    torch.manual_seed(0)
+    gen = torch.Generator(device="cuda")
+    gen.manual_seed(1234)
+    dev = torch.cuda.get_device_name()
+    bw = copy_bandwidth()
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    lines = [
+        f"Device: {dev}; copy bandwidth {bw / 1e12:.3f} TB/s (read + written); "
+        f"{datetime.date.today().isoformat()}; commit {commit}; torch {torch.__version__}",
+        "",
+        "Agreement with fla (one call from the same pool, bf16 inputs; relative Frobenius error):",
+        "",
+        "| case | out vs fla | pool vs fla |",
+        "|---|---|---|",
+    ]
+    lines += agreement(flash_kda, fla_fwd, gen)
+    print("\n".join(lines), flush=True)
+
+    batches = [1, 8, 64, 256, 1024] if not args.quick else [1, 64, 1024]
+    header = ["", "| pool | B | H | state MB | floor us | ours us | fla us | ours/fla | ours/floor | pools |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    table = ["", f"Decode, one token per sequence, {STEPS}+ calls per CUDA graph, DRAM-resident pools:"] + header
+    hot = ["", "Hot L2: one pool reused by every call of the graph (the state stays in L2):"] + header
+    print("\n".join(table), flush=True)
+    for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        for H in (32, 8):
+            for B in batches:
+                t_ours, t_fla, state_bytes, layers = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen)
+                floor = state_bytes / bw
+                row = (f"| {pname} | {B} | {H} | {state_bytes / 1e6:.1f} | {floor * 1e6:.2f} | {t_ours * 1e6:.2f} | "
+                       f"{t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} | {t_ours / floor:.2f} | {layers} |")
+                table.append(row)
+                print(row, flush=True)
+    print("\n".join(hot[:4]), flush=True)
+    for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        for H in (32, 8):
+            for B in (1, 8):
+                t_ours, t_fla, state_bytes, layers = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, True, gen)
+                floor = state_bytes / bw
+                row = (f"| {pname} | {B} | {H} | {state_bytes / 1e6:.1f} | {floor * 1e6:.2f} | {t_ours * 1e6:.2f} | "
+                       f"{t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} | {t_ours / floor:.2f} | {layers} |")
+                hot.append(row)
+                print(row, flush=True)
+    sweep = []
+    if args.sweep:
+        sweep = ["", "Warps per CTA (FKDA_DECODE_WARPS_PER_CTA), ours us:", "",
+                 "| pool | B | H | 1 | 2 | 4 | default |", "|---|---|---|---|---|---|---|"]
+        for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            for B, H in ((1, 32), (64, 32), (1024, 32)):
+                cells = []
+                for w in ("1", "2", "4", ""):
+                    os.environ["FKDA_DECODE_WARPS_PER_CTA"] = w
+                    t_ours, _, _, _ = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen, with_fla=False)
+                    cells.append(f"{t_ours * 1e6:.2f}")
+                os.environ.pop("FKDA_DECODE_WARPS_PER_CTA", None)
+                row = f"| {pname} | {B} | {H} | " + " | ".join(cells) + " |"
+                sweep.append(row)
+                print(row, flush=True)
+    text = "\n".join(lines + table + hot + sweep) + "\n"
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
