@@ -46,10 +46,14 @@ fkda_status fkda_check_layout(const fkda_tensor *t, const char *name)
     size_t esize = fkda_dtype_size(t->dtype);
     if (esize == 0)
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: unknown dtype value %d", name, (int)t->dtype);
-    for (int i = 0; i < t->ndim; i++) {
+    for (int i = 0; i < t->ndim; i++)
         if (t->shape[i] < 0 || t->shape[i] > FKDA_MAX_DIM_SIZE)
             return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: size %lld of dimension %d is out of range",
                              name, (long long)t->shape[i], i);
+    /* A tensor without elements is never addressed: frameworks give such tensors odd strides
+     * (0 on the last dimension), and none of them can matter. */
+    if (element_count(t) == 0) return FKDA_OK;
+    for (int i = 0; i < t->ndim; i++) {
         if (t->stride[i] < 0 || t->stride[i] > FKDA_MAX_DIM_SIZE)
             return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
                              "%s: stride %lld of dimension %d is not supported (strides must be "
@@ -61,13 +65,10 @@ fkda_status fkda_check_layout(const fkda_tensor *t, const char *name)
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
                          "%s: the last dimension must be contiguous (stride 1), got stride %lld",
                          name, (long long)t->stride[last]);
-    if (element_count(t) > 0) {
-        if (t->data == NULL)
-            return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: data is NULL", name);
-        if ((uintptr_t)t->data % esize != 0)
-            return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: data is not aligned to its %zu-byte elements",
-                             name, esize);
-    }
+    if (t->data == NULL) return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: data is NULL", name);
+    if ((uintptr_t)t->data % esize != 0)
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: data is not aligned to its %zu-byte elements",
+                         name, esize);
     return FKDA_OK;
 }
 

@@ -61,6 +61,9 @@ static void fixture_free(fixture *f)
 
 static const fkda_device cpu = {FKDA_DEVICE_CPU, 0, NULL, 2, 0};
 
+/* aligned_alloc needs a size that is a multiple of the alignment. */
+static void *workspace_alloc(size_t bytes) { return aligned_alloc(256, (bytes + 256) / 256 * 256); }
+
 /* Runs the (broken) prefill and checks status, message and untouched outputs. */
 static void expect_prefill_error(const char *what, fixture *f, const fkda_prefill_args *args, fkda_status want,
                                  const char *name_in_message)
@@ -74,7 +77,7 @@ static void expect_prefill_error(const char *what, fixture *f, const fkda_prefil
     CHECK(s1 == want, "%s: workspace query returned %s, expected %s (%s)", what, fkda_status_name(s1),
           fkda_status_name(want), m1);
     /* The run gets a generous workspace, so the failure can only come from the broken argument. */
-    void *ws = aligned_alloc(256, 1 << 20);
+    void *ws = workspace_alloc(1 << 20);
     fkda_status s2 = fkda_prefill(args, &cpu, ws, 1 << 20);
     const char *m2 = fkda_last_error();
     CHECK(s2 == want, "%s: prefill returned %s, expected %s (%s)", what, fkda_status_name(s2),
@@ -97,7 +100,7 @@ static void prefill_error_cases(test_rng *r)
     /* The baseline is valid. */
     size_t bytes = 0;
     CHECK(fkda_prefill_workspace_size(&f.args, &cpu, &bytes) == FKDA_OK, "baseline query: %s", fkda_last_error());
-    void *ws = aligned_alloc(256, bytes + 256);
+    void *ws = workspace_alloc(bytes + 256);
     CHECK(fkda_prefill(&f.args, &cpu, ws, bytes) == FKDA_OK, "baseline run: %s", fkda_last_error());
     free(ws);
 
@@ -196,7 +199,7 @@ static void prefill_error_cases(test_rng *r)
         void *out0 = test_tensor_snapshot(&f.out);
         CHECK(fkda_prefill(&a, &cpu, NULL, 0) == FKDA_ERROR_WORKSPACE && strstr(fkda_last_error(), "workspace"),
               "missing workspace: %s", fkda_last_error());
-        void *small = aligned_alloc(256, bytes);
+        void *small = workspace_alloc(bytes);
         CHECK(fkda_prefill(&a, &cpu, small, bytes - 1) == FKDA_ERROR_WORKSPACE, "small workspace: %s",
               fkda_last_error());
         CHECK(fkda_prefill(&a, &cpu, (char *)small + 8, bytes - 8) == FKDA_ERROR_WORKSPACE,
@@ -206,7 +209,7 @@ static void prefill_error_cases(test_rng *r)
         free(out0);
     }
     /* A successful call clears the message. */
-    ws = aligned_alloc(256, bytes + 256);
+    ws = workspace_alloc(bytes + 256);
     CHECK(fkda_prefill(&f.args, &cpu, ws, bytes) == FKDA_OK && fkda_last_error()[0] == '\0',
           "message not cleared after success: %s", fkda_last_error());
     free(ws);
@@ -244,7 +247,7 @@ static void decode_error_cases(test_rng *r)
     base.num_accepted_tokens = acc.t;
     base.options = fkda_default_options();
 
-    void *ws = aligned_alloc(256, 1 << 20);
+    void *ws = workspace_alloc(1 << 20);
     test_tensor_fill_normal(&pool, r, 0, 1);
     CHECK(fkda_decode(&base, &cpu, ws, 1 << 20) == FKDA_OK, "decode baseline: %s", fkda_last_error());
 
@@ -320,7 +323,7 @@ static void empty_cases(test_rng *r)
         a.options = fkda_default_options();
         size_t bytes = 0;
         fkda_status s = fkda_prefill_workspace_size(&a, &dev, &bytes);
-        void *ws = aligned_alloc(256, bytes + 256);
+        void *ws = workspace_alloc(bytes + 256);
         if (s == FKDA_OK) s = fkda_prefill(&a, &dev, ws, bytes);
         CHECK(s == FKDA_OK, "T = 0 (reference %d): %s", reference, fkda_last_error());
         CHECK(test_rel_error(&ht, &h0) == 0.0, "T = 0: final state differs from initial state");
