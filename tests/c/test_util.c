@@ -219,3 +219,166 @@ int test_tensor_unchanged(const test_tensor *x, const void *snapshot)
 {
     return memcmp(x->t.data, snapshot, x->count * fkda_dtype_size(x->t.dtype)) == 0;
 }
+
+/* ---- strided views (CPU backend tests) ---- */
+
+static size_t view_count(const fkda_tensor *t)
+{
+    size_t n = 1;
+    for (int d = 0; d < t->ndim; d++) n *= (size_t)t->shape[d];
+    return n;
+}
+
+/* The memory offset (in elements) of the i-th element in row-major order of the shape. */
+static int64_t view_offset(const fkda_tensor *t, size_t i)
+{
+    int64_t off = 0;
+    for (int d = t->ndim - 1; d >= 0; d--) {
+        int64_t idx = (int64_t)(i % (size_t)t->shape[d]);
+        i /= (size_t)t->shape[d];
+        off += idx * t->stride[d];
+    }
+    return off;
+}
+
+double *test_gather(const fkda_tensor *t, size_t *count)
+{
+    size_t n = view_count(t);
+    double *out = malloc((n ? n : 1) * sizeof(double));
+    if (!out) { fprintf(stderr, "out of memory\n"); exit(2); }
+    test_tensor wrap;
+    wrap.t = *t;
+    for (size_t i = 0; i < n; i++) {
+        wrap.count = 0;
+        out[i] = test_tensor_get(&wrap, (size_t)view_offset(t, i));
+    }
+    *count = n;
+    return out;
+}
+
+void test_view_fill(const fkda_tensor *t, double value)
+{
+    size_t n = view_count(t);
+    test_tensor wrap;
+    wrap.t = *t;
+    wrap.count = 0;
+    for (size_t i = 0; i < n; i++) test_tensor_set(&wrap, (size_t)view_offset(t, i), value);
+}
+
+double test_rel_error_d(const double *a, const double *b, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = a[i] - b[i];
+        num += d * d;
+        den += b[i] * b[i];
+    }
+    if (den == 0) return sqrt(num);
+    return sqrt(num / den);
+}
+
+size_t test_count_nonfinite_d(const double *a, size_t n)
+{
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++) bad += !isfinite(a[i]);
+    return bad;
+}
+
+/* ---- random KDA inputs (CPU backend tests) ---- */
+
+fkda_tensor test_absent(void)
+{
+    fkda_tensor t;
+    memset(&t, 0, sizeof t);
+    return t;
+}
+
+static double softplus_d(double x) { return x > 20 ? x : log1p(exp(x)); }
+
+void test_kda_inputs_make(test_kda_spec *sp, test_rng *r, test_kda_inputs *in)
+{
+    memset(in, 0, sizeof *in);
+    if (sp->nseq > 0) {
+        int64_t total = 0;
+        for (int i = 0; i < sp->nseq; i++) total += sp->lengths[i];
+        sp->B = 1;
+        sp->T = total;
+        in->N = sp->nseq;
+    } else {
+        in->N = sp->B;
+    }
+    const int64_t B = sp->B, T = sp->T, H = sp->H, HV = sp->HV, K = sp->K, V = sp->V;
+    in->start = malloc((size_t)(in->N + 1) * sizeof(int64_t));
+    in->length = malloc((size_t)(in->N + 1) * sizeof(int64_t));
+    if (!in->start || !in->length) { fprintf(stderr, "out of memory\n"); exit(2); }
+    for (int64_t n = 0, c = 0; n < in->N; n++) {
+        in->start[n] = sp->nseq > 0 ? c : 0;
+        in->length[n] = sp->nseq > 0 ? sp->lengths[n] : T;
+        c += in->length[n];
+    }
+
+    const fkda_options *o = &sp->options;
+    const double qk_std = o->use_qk_l2norm ? 1.0 : 1.0 / sqrt((double)K);
+    if (sp->strided) {
+        in->qk_buf = test_tensor_alloc(sp->io_dtype, 4, (const int64_t[]){B, T, 2 * H + 1, K});
+        test_tensor_fill_normal(&in->qk_buf, r, 0.0, qk_std);
+        in->q = fkda_make_tensor(in->qk_buf.t.data, sp->io_dtype, 4, (const int64_t[]){B, T, H, K});
+        in->q.stride[0] = in->qk_buf.t.stride[0];
+        in->q.stride[1] = in->qk_buf.t.stride[1];
+        in->k = in->q;
+        in->k.data = (char *)in->qk_buf.t.data + (size_t)(H * K) * fkda_dtype_size(sp->io_dtype);
+    } else {
+        in->q_buf = test_tensor_alloc(sp->io_dtype, 4, (const int64_t[]){B, T, H, K});
+        in->k_buf = test_tensor_alloc(sp->io_dtype, 4, (const int64_t[]){B, T, H, K});
+        test_tensor_fill_normal(&in->q_buf, r, 0.0, qk_std);
+        test_tensor_fill_normal(&in->k_buf, r, 0.0, qk_std);
+        in->q = in->q_buf.t;
+        in->k = in->k_buf.t;
+    }
+    in->v = test_tensor_alloc(sp->io_dtype, 4, (const int64_t[]){B, T, HV, V});
+    test_tensor_fill_normal(&in->v, r, 0.0, 1.0);
+
+    in->g = test_tensor_alloc(sp->g_dtype, 4, (const int64_t[]){B, T, HV, K});
+    for (size_t i = 0; i < in->g.count; i++) {
+        double x = sp->g_mean + sp->g_std * test_rng_normal(r);
+        /* Gate off: g is the log-decay itself, logsigmoid(x) = -softplus(-x) <= 0. */
+        test_tensor_set(&in->g, i, o->gate == FKDA_GATE_NONE ? -softplus_d(-x) : x);
+    }
+    in->beta = test_tensor_alloc(sp->beta_dtype, 3, (const int64_t[]){B, T, HV});
+    if (o->use_beta_sigmoid)
+        test_tensor_fill_normal(&in->beta, r, 0.0, 1.0);
+    else
+        test_tensor_fill_uniform(&in->beta, r, 0.05, 1.0);
+
+    if (sp->has_A_log) {
+        in->A_log = test_tensor_alloc(sp->param_dtype, 1, (const int64_t[]){HV});
+        if (o->gate == FKDA_GATE_SOFTPLUS)
+            test_tensor_fill_uniform(&in->A_log, r, -2.0, 0.5);
+        else
+            test_tensor_fill_uniform(&in->A_log, r, -1.0, 1.0);
+    }
+    if (sp->has_dt_bias) {
+        if (sp->dt_bias_flat)
+            in->dt_bias = test_tensor_alloc(sp->param_dtype, 1, (const int64_t[]){HV * K});
+        else
+            in->dt_bias = test_tensor_alloc(sp->param_dtype, 2, (const int64_t[]){HV, K});
+        test_tensor_fill_normal(&in->dt_bias, r, 0.0, 0.5);
+    }
+    if (sp->nseq > 0) {
+        in->cu_seqlens = test_tensor_alloc(sp->cu_int32 ? FKDA_DTYPE_I32 : FKDA_DTYPE_I64, 1,
+                                           (const int64_t[]){in->N + 1});
+        for (int64_t n = 0; n <= in->N; n++)
+            test_tensor_set(&in->cu_seqlens, (size_t)n,
+                            (double)(n < in->N ? in->start[n] : T));
+    }
+}
+
+void test_kda_inputs_free(test_kda_inputs *in)
+{
+    test_tensor *all[] = {&in->qk_buf, &in->q_buf, &in->k_buf, &in->v, &in->g, &in->beta,
+                          &in->A_log, &in->dt_bias, &in->cu_seqlens};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (all[i]->t.data) test_tensor_free(all[i]);
+    free(in->start);
+    free(in->length);
+}

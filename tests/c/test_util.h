@@ -62,4 +62,44 @@ int test_has_nonfinite(const test_tensor *a);
 void *test_tensor_snapshot(const test_tensor *x);
 int test_tensor_unchanged(const test_tensor *x, const void *snapshot);
 
+/* Strided views (added for the CPU backend tests). A view is any fkda_tensor whose elements lie
+ * inside memory the caller owns, e.g. a slice of a larger test_tensor. */
+/* The elements of a view, widened to double, in row-major order of its shape (malloc'd). */
+double *test_gather(const fkda_tensor *t, size_t *count);
+/* Writes value into every element of a view (NaN as poison before a run). */
+void test_view_fill(const fkda_tensor *t, double value);
+/* Relative Frobenius error ||a - b|| / ||b|| of two double arrays, and their non-finite count. */
+double test_rel_error_d(const double *a, const double *b, size_t n);
+size_t test_count_nonfinite_d(const double *a, size_t n);
+
+/* Random inputs of one KDA call (added for the CPU backend tests): the token tensors q, k, v, g,
+ * beta, the gate parameters and cu_seqlens, filled to suit the options (g a log-decay <= 0 when
+ * the gate is off; q and k of norm ~1 without the in-kernel L2 norm; beta in (0, 1) without the
+ * sigmoid), so that the recurrence stays bounded. */
+typedef struct test_kda_spec {
+    int64_t B, T, H, HV, K, V;
+    int nseq;                /* > 0: varlen, B = 1 and T = the sum of lengths[0 .. nseq) */
+    const int64_t *lengths;
+    int cu_int32;            /* cu_seqlens as int32 instead of int64 */
+    fkda_dtype io_dtype;     /* q, k, v (and out) */
+    fkda_dtype g_dtype, beta_dtype, param_dtype;
+    int has_A_log, has_dt_bias, dt_bias_flat;
+    int strided;             /* q and k as head slices of one [B, T, 2H + 1, K] buffer */
+    double g_mean, g_std;    /* the raw g; ignored when the gate is off */
+    fkda_options options;
+} test_kda_spec;
+
+typedef struct test_kda_inputs {
+    test_tensor qk_buf, q_buf, k_buf, v, g, beta, A_log, dt_bias, cu_seqlens;
+    fkda_tensor q, k;        /* views into qk_buf (strided) or q_buf / k_buf */
+    int64_t N;               /* sequences */
+    int64_t *start, *length; /* per sequence: first token (in row 0 when varlen) and length */
+} test_kda_inputs;
+
+/* Allocates and fills; spec->B and spec->T are set from the lengths when varlen. */
+void test_kda_inputs_make(test_kda_spec *spec, test_rng *r, test_kda_inputs *in);
+void test_kda_inputs_free(test_kda_inputs *in);
+/* An empty tensor (absent optional argument). */
+fkda_tensor test_absent(void);
+
 #endif /* FKDA_TEST_UTIL_H */
