@@ -8,9 +8,13 @@
  *
  *   sa      = bf16(S^T)                       as A fragments (m = values, k = keys), and read
  *                                             as B fragments of S (k = keys, n = values)
- *   Vnew^T  = V^T bINV^T + S^T (-W)^T         16 x 16, two accumulation chains of 4 k-steps
- *   O       = Qd S + Mqk Vnew                 16 tokens x 16 values, fp32, one bf16 rounding
+ *   Vnew^T  = V^T bINV^T + S^T (-W)^T         16 x 16; S^T (-W)^T in four chains of 4 k-steps
  *   S^T     = S^T diag(gamma) + Vnew^T Kr     16 mma, the state update in place
+ *   O       = Qd S + Mqk Vnew                 16 tokens x 16 values, fp32, one bf16 rounding
+ *
+ * The source order is the dependency order of the serial chain (S -> Vnew -> S'): the products
+ * that do not feed the next chunk (U, O) are issued where they fill the chain's latencies, and a
+ * chunk's output is stored during the next chunk.
  *
  * Operands come from the chunk's record (prefill_prep.cu), moved whole by one bulk copy per chunk
  * into a ring of CH_STAGES stages completed on mbarriers; each warp cp.asyncs its own 16 x 16
@@ -135,111 +139,144 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, int
     for (int s = 0; s < CH_STAGES; s++) CH_ISSUE_V((int64_t)s, s);
 
     const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
+    unsigned char *OS = s_out + warp * CH_TILE16;
+
+    /* The state in bf16: A fragments of S^T (and B fragments of S). Loop-carried: each chunk
+     * packs the next chunk's copy as soon as its state update is done. */
+    uint32_t sa[8][4];
+#define CH_PACK_STATE()                                                                             \
+    do {                                                                                            \
+        _Pragma("unroll") for (int kk = 0; kk < 8; kk++) {                                          \
+            sa[kk][0] = pack_bf16x2(S[2 * kk][0], S[2 * kk][1]);                                    \
+            sa[kk][1] = pack_bf16x2(S[2 * kk][2], S[2 * kk][3]);                                    \
+            sa[kk][2] = pack_bf16x2(S[2 * kk + 1][0], S[2 * kk + 1][1]);                            \
+            sa[kk][3] = pack_bf16x2(S[2 * kk + 1][2], S[2 * kk + 1][3]);                            \
+        }                                                                                           \
+    } while (0)
+    CH_PACK_STATE();
+
+    /* The output of a chunk is stored one iteration later, so that its mma chains run while the
+     * next chunk's critical products are in flight: fragment (token g / g+8, values 2t..) ->
+     * shared tile -> 16 contiguous bytes per lane. */
+    float o[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#define CH_STORE_OUTPUT(chunk)                                                                      \
+    do {                                                                                            \
+        _Pragma("unroll") for (int vt = 0; vt < 2; vt++) {                                          \
+            *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = pack_bf16x2(o[vt][0], o[vt][1]);          \
+            *(uint32_t *)(OS + pf_swz16(g + 8, vt) + 4 * t) = pack_bf16x2(o[vt][2], o[vt][3]);      \
+        }                                                                                           \
+        __syncwarp();                                                                               \
+        const int64_t tk_ = (chunk) * PF_CHUNK + vtok;                                              \
+        if ((chunk) >= 0 && tk_ < len) {                                                            \
+            const uint4 x_ = *(const uint4 *)(OS + pf_swz16(vtok, vhalf));                          \
+            *(uint4 *)(p.out + row * p.out_s[0] + (start + tk_) * p.out_s[1] + h * p.out_s[2] + v0 + \
+                       vhalf * 8) = x_;                                                             \
+        }                                                                                           \
+    } while (0)
+
     for (int64_t c = 0; c < nch; c++) {
         const int st = (int)(c % CH_STAGES);
         const unsigned char *R = s_rec + st * PF_REC_BYTES;
         const unsigned char *VT = s_v + (st * warps + warp) * CH_TILE16;
 
-        /* The state in bf16: A fragments of S^T (and B fragments of S). */
-        uint32_t sa[8][4];
-#pragma unroll
-        for (int kk = 0; kk < 8; kk++) {
-            sa[kk][0] = pack_bf16x2(S[2 * kk][0], S[2 * kk][1]);
-            sa[kk][1] = pack_bf16x2(S[2 * kk][2], S[2 * kk][3]);
-            sa[kk][2] = pack_bf16x2(S[2 * kk + 1][0], S[2 * kk + 1][1]);
-            sa[kk][3] = pack_bf16x2(S[2 * kk + 1][2], S[2 * kk + 1][3]);
-        }
-
         CP_ASYNC_WAIT(CH_STAGES - 1);
         __syncwarp();
         mbar_wait(smem_addr(&s_full[st]), (uint32_t)((c / CH_STAGES) & 1));
 
-        /* U^T = V^T bINV^T: A = V^T by a transposed load of the [token][value] tile. */
-        float vna[2][4], vnb[2][4];
-        {
-            uint32_t va[4], bi[4];
-            const int mi = lane >> 3, r = lane & 7;
-            ldsm_x4_trans(va, smem_addr(VT + pf_swz16(r + 8 * (mi >> 1), mi & 1)));
-            ldsm_x4(bi, smem_addr(R + PF_REC_BINV + ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16));
-            mma_bf16_16816(vna[0], va, bi[0], bi[1], zero4);
-            mma_bf16_16816(vna[1], va, bi[2], bi[3], zero4);
-        }
-
-        /* Vnew^T += S^T (-W)^T (keys 0-63 into vna, 64-127 into vnb); O = Qd S. */
-        float o[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        /* The critical chain first: S^T (-W)^T in four 4-deep chains (token tile x key half). */
+        float vn[2][2][4]; /* [key half][token tile] */
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
-            uint32_t wb[4], qa[4];
+            uint32_t wb[4];
             ldsm_x4(wb, smem_addr(R + PF_REC_NEGW + pf_swz_unit((lane & 7) + 8 * (lane >> 4), 2 * kk + ((lane >> 3) & 1))));
-            if (kk == 0) {
-                mma_bf16_16816(vnb[0], sa[kk], wb[0], wb[1], zero4);
-                mma_bf16_16816(vnb[1], sa[kk], wb[2], wb[3], zero4);
-            } else if (kk < 4) {
-                mma_bf16_16816(vnb[0], sa[kk], wb[0], wb[1], vnb[0]);
-                mma_bf16_16816(vnb[1], sa[kk], wb[2], wb[3], vnb[1]);
-            } else {
-                mma_bf16_16816(vna[0], sa[kk], wb[0], wb[1], vna[0]);
-                mma_bf16_16816(vna[1], sa[kk], wb[2], wb[3], vna[1]);
-            }
-            ldsm_x4(qa, smem_addr(R + PF_REC_QD + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));
-            mma_bf16_16816(o[0], qa, sa[kk][0], sa[kk][2], o[0]);
-            mma_bf16_16816(o[1], qa, sa[kk][1], sa[kk][3], o[1]);
+            float(*acc)[4] = vn[kk >> 2];
+            mma_bf16_16816(acc[0], sa[kk], wb[0], wb[1], (kk & 3) ? acc[0] : zero4);
+            mma_bf16_16816(acc[1], sa[kk], wb[2], wb[3], (kk & 3) ? acc[1] : zero4);
+        }
+
+        /* The previous chunk's output, now that its products are done. */
+        CH_STORE_OUTPUT(c - 1);
+
+        /* U^T = V^T bINV^T (bINV as hi + lo): A = V^T by a transposed load of the [token][value]
+         * tile. Off the chain: it does not depend on the state. */
+        float u[2][4];
+        {
+            uint32_t va[4], bh[4], bl[4];
+            const int mi = lane >> 3, r = lane & 7;
+            ldsm_x4_trans(va, smem_addr(VT + pf_swz16(r + 8 * (mi >> 1), mi & 1)));
+            const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16;
+            ldsm_x4(bh, smem_addr(R + PF_REC_BINV + boff));
+            ldsm_x4(bl, smem_addr(R + PF_REC_BINV_LO + boff));
+            mma_bf16_16816(u[0], va, bl[0], bl[1], zero4);
+            mma_bf16_16816(u[1], va, bl[2], bl[3], zero4);
+            mma_bf16_16816(u[0], va, bh[0], bh[1], u[0]);
+            mma_bf16_16816(u[1], va, bh[2], bh[3], u[1]);
+        }
+
+        /* S^T diag(gamma) meanwhile (the bf16 copy sa still holds the old state). */
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const float2 gm = *(const float2 *)(R + PF_REC_GAMMA + (8 * j + 2 * t) * 4);
+            S[j][0] *= gm.x;
+            S[j][1] *= gm.y;
+            S[j][2] *= gm.x;
+            S[j][3] *= gm.y;
         }
 
         /* Vnew^T in bf16: the A fragment (m = values, k = tokens) of the state update, and the B
          * fragments (k = tokens, n = values) of Mqk Vnew. */
         uint32_t vp[4];
-        vp[0] = pack_bf16x2(vna[0][0] + vnb[0][0], vna[0][1] + vnb[0][1]);
-        vp[1] = pack_bf16x2(vna[0][2] + vnb[0][2], vna[0][3] + vnb[0][3]);
-        vp[2] = pack_bf16x2(vna[1][0] + vnb[1][0], vna[1][1] + vnb[1][1]);
-        vp[3] = pack_bf16x2(vna[1][2] + vnb[1][2], vna[1][3] + vnb[1][3]);
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            vp[2 * e] = pack_bf16x2(u[e][0] + (vn[0][e][0] + vn[1][e][0]), u[e][1] + (vn[0][e][1] + vn[1][e][1]));
+            vp[2 * e + 1] = pack_bf16x2(u[e][2] + (vn[0][e][2] + vn[1][e][2]), u[e][3] + (vn[0][e][3] + vn[1][e][3]));
+        }
 
-        /* S^T <- S^T diag(gamma) + Vnew^T Kr (B = Kr by transposed loads: k = tokens, n = keys). */
+        /* S^T += Vnew^T Kr (B = Kr by transposed loads: k = tokens, n = keys). */
 #pragma unroll
         for (int m = 0; m < 8; m++) {
             uint32_t kb[4];
             ldsm_x4_trans(kb, smem_addr(R + PF_REC_KR + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * m + (lane >> 4))));
+            mma_bf16_16816(S[2 * m], vp, kb[0], kb[1], S[2 * m]);
+            mma_bf16_16816(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);
+        }
+
+        /* O = Qd S + Mqk Vnew (Mqk as hi + lo), in four chains, while the update completes. */
+        {
+            float oh[2][4];
 #pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int j = 2 * m + hf;
-                const float2 gm = *(const float2 *)(R + PF_REC_GAMMA + (8 * j + 2 * t) * 4);
-                S[j][0] *= gm.x;
-                S[j][1] *= gm.y;
-                S[j][2] *= gm.x;
-                S[j][3] *= gm.y;
-                mma_bf16_16816(S[j], vp, kb[2 * hf], kb[2 * hf + 1], S[j]);
+            for (int kk = 0; kk < 8; kk++) {
+                uint32_t qa[4];
+                ldsm_x4(qa, smem_addr(R + PF_REC_QD + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));
+                float(*acc)[4] = kk < 4 ? o : oh;
+                mma_bf16_16816(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);
+                mma_bf16_16816(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);
+            }
+            uint32_t mh[4], ml[4];
+            const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;
+            ldsm_x4(mh, smem_addr(R + PF_REC_MQK + moff));
+            ldsm_x4(ml, smem_addr(R + PF_REC_MQK_LO + moff));
+            mma_bf16_16816(o[0], ml, vp[0], vp[2], o[0]);
+            mma_bf16_16816(o[1], ml, vp[1], vp[3], o[1]);
+            mma_bf16_16816(oh[0], mh, vp[0], vp[2], oh[0]);
+            mma_bf16_16816(oh[1], mh, vp[1], vp[3], oh[1]);
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                o[0][e] += oh[0][e];
+                o[1][e] += oh[1][e];
             }
         }
 
-        /* O += Mqk Vnew. */
-        {
-            uint32_t mq[4];
-            ldsm_x4(mq, smem_addr(R + PF_REC_MQK + ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16));
-            mma_bf16_16816(o[0], mq, vp[0], vp[2], o[0]);
-            mma_bf16_16816(o[1], mq, vp[1], vp[3], o[1]);
-        }
-
-        /* Output: fragment (token g / g+8, values 2t..) -> shared tile -> 16-byte rows. */
-        {
-            unsigned char *OS = s_out + warp * CH_TILE16;
-#pragma unroll
-            for (int vt = 0; vt < 2; vt++) {
-                *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = pack_bf16x2(o[vt][0], o[vt][1]);
-                *(uint32_t *)(OS + pf_swz16(g + 8, vt) + 4 * t) = pack_bf16x2(o[vt][2], o[vt][3]);
-            }
-            __syncwarp();
-            const int64_t tk = c * PF_CHUNK + vtok;
-            if (tk < len) {
-                const uint4 x = *(const uint4 *)(OS + pf_swz16(vtok, vhalf));
-                *(uint4 *)(p.out + row * p.out_s[0] + (start + tk) * p.out_s[1] + h * p.out_s[2] + v0 + vhalf * 8) = x;
-            }
-        }
+        CH_PACK_STATE();
 
         /* Every warp is done with this stage: refill it with chunk c + CH_STAGES. */
         __syncthreads();
         if (threadIdx.x == 0 && c + CH_STAGES < nch) CH_ISSUE_RECORD(c + CH_STAGES, st);
         CH_ISSUE_V(c + CH_STAGES, st);
     }
+    if (nch > 0) CH_STORE_OUTPUT(nch - 1);
+#undef CH_PACK_STATE
+#undef CH_STORE_OUTPUT
 #undef CH_ISSUE_RECORD
 #undef CH_ISSUE_V
 

@@ -30,17 +30,22 @@
 #define PF_DK 128   /* key head dim (the only one supported) */
 #define PF_DV 128   /* value head dim */
 
-/* The record of one (chunk, value head), 13,824 bytes, stored in the workspace exactly as the
+/* The record of one (chunk, value head), 14,848 bytes, stored in the workspace exactly as the
  * chain kernel wants it in shared memory (one bulk copy moves it). The three 16 x 128 bf16 tiles
  * are swizzled: the 16-byte unit j of row r sits at unit j ^ (r & 7), so that ldmatrix reads of
- * 8 rows hit 8 different bank groups. */
-#define PF_REC_NEGW 0       /* -W   [16][128] bf16, swizzled */
-#define PF_REC_QD 4096      /* Qd   [16][128] bf16, swizzled (scale folded in) */
-#define PF_REC_KR 8192      /* Kr   [16][128] bf16, swizzled */
-#define PF_REC_BINV 12288   /* bINV [16][16] bf16, row-major */
-#define PF_REC_MQK 12800    /* Mqk  [16][16] bf16, row-major (scale folded in, lower incl. diag) */
-#define PF_REC_GAMMA 13312  /* gamma [128] fp32 */
-#define PF_REC_BYTES 13824
+ * 8 rows hit 8 different bank groups. bINV and Mqk are stored as two bf16 terms (hi + lo, ~16
+ * significant bits): they multiply v and Vnew in the chain, and one bf16 rounding of each was
+ * the largest error term (docs/prefill-notes.md, v2). The order puts what a state-only pass
+ * needs first (-W, Kr, gamma, bINV), so a prefix of the record serves it. */
+#define PF_REC_NEGW 0        /* -W   [16][128] bf16, swizzled */
+#define PF_REC_KR 4096       /* Kr   [16][128] bf16, swizzled */
+#define PF_REC_GAMMA 8192    /* gamma [128] fp32 */
+#define PF_REC_BINV 8704     /* bINV [16][16] bf16, row-major, high terms */
+#define PF_REC_BINV_LO 9216  /*                              low terms */
+#define PF_REC_MQK 9728      /* Mqk  [16][16] bf16, row-major (scale folded in, lower incl. diag) */
+#define PF_REC_MQK_LO 10240  /*                              low terms */
+#define PF_REC_QD 10752      /* Qd   [16][128] bf16, swizzled (scale folded in) */
+#define PF_REC_BYTES 14848
 
 /* Byte offset of element (row, col) of a swizzled [16][128] bf16 tile. */
 static __device__ __forceinline__ uint32_t pf_swz(int row, int col)

@@ -66,8 +66,11 @@ extern "C" fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t
     return FKDA_OK;
 }
 
-/* Value columns per chain CTA: the widest slice (fewest duplicate record reads) that still gives
- * at least one CTA per SM; 16 (8 CTAs per head) when even that does not fill the GPU.
+/* Value columns per chain CTA (one warp per 16). Every (sequence, head) needs 8 warps in all,
+ * whatever the slice, and a chain warp uses ~248 registers (8 warps fill an SM), so the slice
+ * decides how evenly the warps spread over the SMs and how often each record is re-read (once
+ * per slice, mostly from L2). Pick the slice whose busiest SM has the fewest warps, preferring
+ * wider slices within 10 % of that (measured on H100: docs/prefill-notes.md, v1).
  * FKDA_PREFILL_VSLICE overrides it (16, 32, 64 or 128), for tuning. */
 static int choose_vslice(const fkda_problem *p, int sms)
 {
@@ -76,8 +79,15 @@ static int choose_vslice(const fkda_problem *p, int sms)
         int v = atoi(env);
         if (v == 16 || v == 32 || v == 64 || v == 128) return v;
     }
-    for (int vs = 128; vs > 16; vs /= 2)
-        if (p->N * p->HV * (PF_DV / vs) >= sms) return vs;
+    int64_t load[4], best = -1;
+    for (int i = 0; i < 4; i++) {
+        const int vs = 128 >> i;
+        const int64_t ctas = p->N * p->HV * (PF_DV / vs);
+        load[i] = (ctas + sms - 1) / sms * (vs / 16);
+        if (best < 0 || load[i] < best) best = load[i];
+    }
+    for (int i = 0; i < 4; i++)
+        if (load[i] * 10 <= best * 11) return 128 >> i;
     return 16;
 }
 

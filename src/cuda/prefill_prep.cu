@@ -7,11 +7,13 @@
  *   3. thread c owns key channel c: safe gate, cumsum G (fp32, log2 units), and the decayed
  *      operands Qd, Kr, gamma into the record, Kd in registers, and exponent-centred copies
  *      kc = k 2^(G - Gref), ki = k 2^(Gref - G), qc = q 2^(G - Gref) for the 16 x 16 products
- *      (Gref = G at row 7 keeps every exponent within 8 steps of decay: |x| <= 58 for lb = -5);
- *   4. warp 0: L = strict_lower(diag(b) kc ki^T), warp 1: Mqk = scale lower_incl(qc ki^T), by
- *      mma.sync with fp32 accumulation and masks by selection;
+ *      (Gref = G at row 7 keeps every exponent within 8 steps of decay: |x| <= 58 for lb = -5),
+ *      each as two bf16 terms (hi + lo);
+ *   4. L = strict_lower(diag(b) kc ki^T) and Mqk = scale lower_incl(qc ki^T) by mma.sync as
+ *      hi*hi + hi*lo + lo*hi (about fp32 accuracy), fp32 accumulation, masks by selection;
+ *      one warp per (product, 8-column tile);
  *   5. warp 0: INV = (I + L)^-1 by fp32 forward substitution (lane c owns column c), bINV =
- *      INV diag(b);
+ *      INV diag(b), stored as hi + lo bf16 terms like Mqk;
  *   6. thread c: W[:, c] = bINV Kd[:, c] in fp32, stored negated (the chain adds S^T (-W)^T);
  *   7. the 13,824-byte record leaves with coalesced 16-byte stores.
  *
@@ -52,7 +54,8 @@ __global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p
 {
     /* q, k, g tiles (3 x 4 KB, linear rows of 256 B) while loading; the record afterwards. */
     __shared__ __align__(128) unsigned char s_io[PF_REC_BYTES];
-    __shared__ __align__(128) unsigned char s_kc[4096], s_ki[4096], s_qc[4096]; /* swizzled */
+    /* kc, ki, qc as hi and lo bf16 terms, swizzled 16 x 128 tiles: [term][hi/lo][4096] */
+    __shared__ __align__(128) unsigned char s_ops[3][2][4096];
     __shared__ float s_L[16][17];
     __shared__ float s_binv[16][17];
     __shared__ float s_rq[16], s_rk[16], s_b[16];
@@ -162,43 +165,64 @@ __global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p
             st_bf16(s_io + PF_REC_QD, off, p.scale * qn[i] * e);
             st_bf16(s_io + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]));
             const float ec = pf_exp2(G[i] - Gref), ei = pf_exp2(Gref - G[i]);
-            st_bf16(s_kc, off, kn[i] * ec);
-            st_bf16(s_ki, off, kn[i] * ei);
-            st_bf16(s_qc, off, qn[i] * ec);
+            const float x[3] = {kn[i] * ec, kn[i] * ei, qn[i] * ec};
+#pragma unroll
+            for (int m = 0; m < 3; m++) {
+                const uint16_t hi = pf_float_to_bf16(x[m]);
+                *(uint16_t *)(s_ops[m][0] + off) = hi;
+                st_bf16(s_ops[m][1], off, x[m] - pf_bf16_to_float(hi));
+            }
         }
     }
     __syncthreads();
 
-    /* 4. L (warp 0) and Mqk (warp 1): 16 x 16 x 128 products. */
+    /* 4. Warp w: product w / 2 (0: L from kc, 1: Mqk from qc) on token tile j = 8 (w % 2) .. +8,
+     * three accumulators (hi*hi, hi*lo, lo*hi) so each chain is 8 deep. */
     const int g = lane >> 2, t = lane & 3;
-    if (warp < 2) {
-        const unsigned char *A = warp == 0 ? s_kc : s_qc;
-        float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    {
+        const int prod = warp >> 1, nt = warp & 1;
+        const unsigned char *Ahi = s_ops[prod == 0 ? 0 : 2][0], *Alo = s_ops[prod == 0 ? 0 : 2][1];
+        float acc[3][4];
+#pragma unroll
+        for (int m = 0; m < 3; m++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[m][e] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
-            uint32_t a[4], b[4];
+            uint32_t ah[4], al[4], bh[4], bl[4];
             /* A: (rows 0-7 | 8-15) x (unit 2kk | 2kk+1) in the order a0 a1 a2 a3 */
-            ldsm_x4(a, smem_addr(A + pf_swz_unit((lane & 7) + ((lane >> 3) & 1) * 8, 2 * kk + (lane >> 4))));
+            const uint32_t aoff = pf_swz_unit((lane & 7) + ((lane >> 3) & 1) * 8, 2 * kk + (lane >> 4));
+            ldsm_x4(ah, smem_addr(Ahi + aoff));
+            ldsm_x4(al, smem_addr(Alo + aoff));
             /* B = ki^T: b0 b1 of token tile 0, then of token tile 1 */
-            ldsm_x4(b, smem_addr(s_ki + pf_swz_unit((lane & 7) + (lane >> 4) * 8, 2 * kk + ((lane >> 3) & 1))));
-            mma_bf16_16816(acc[0], a, b[0], b[1], acc[0]);
-            mma_bf16_16816(acc[1], a, b[2], b[3], acc[1]);
+            const uint32_t boff = pf_swz_unit((lane & 7) + (lane >> 4) * 8, 2 * kk + ((lane >> 3) & 1));
+            ldsm_x4(bh, smem_addr(s_ops[1][0] + boff));
+            ldsm_x4(bl, smem_addr(s_ops[1][1] + boff));
+            /* this warp's token tile (selects, not a run-time register index) */
+            const uint32_t bh0 = nt ? bh[2] : bh[0], bh1 = nt ? bh[3] : bh[1];
+            const uint32_t bl0 = nt ? bl[2] : bl[0], bl1 = nt ? bl[3] : bl[1];
+            mma_bf16_16816(acc[0], ah, bh0, bh1, acc[0]);
+            mma_bf16_16816(acc[1], ah, bl0, bl1, acc[1]);
+            mma_bf16_16816(acc[2], al, bh0, bh1, acc[2]);
         }
 #pragma unroll
-        for (int nt = 0; nt < 2; nt++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int i = g + 8 * (e >> 1), j = 8 * nt + 2 * t + (e & 1);
-                if (warp == 0)
-                    s_L[i][j] = i > j ? s_b[i] * acc[nt][e] : 0.0f;
-                else
-                    st_bf16(s_io + PF_REC_MQK, (uint32_t)(i * 16 + j) * 2, i >= j ? p.scale * acc[nt][e] : 0.0f);
+        for (int e = 0; e < 4; e++) {
+            const int i = g + 8 * (e >> 1), j = 8 * nt + 2 * t + (e & 1);
+            const float x = acc[0][e] + (acc[1][e] + acc[2][e]);
+            if (prod == 0) {
+                s_L[i][j] = i > j ? s_b[i] * x : 0.0f;
+            } else {
+                const float m = i >= j ? p.scale * x : 0.0f;
+                const uint16_t hi = pf_float_to_bf16(m);
+                *(uint16_t *)(s_io + PF_REC_MQK + (i * 16 + j) * 2) = hi;
+                st_bf16(s_io + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, m - pf_bf16_to_float(hi));
             }
         }
     }
+    __syncthreads();
+
     /* 5. Forward substitution, fp32: lane cc owns column cc of INV. */
     if (warp == 0) {
-        __syncwarp();
         const int cc = lane & 15;
         float inv[16];
 #pragma unroll
@@ -216,8 +240,10 @@ __global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p
 #pragma unroll
             for (int i = 0; i < 16; i++) {
                 const float x = inv[i] * bc;
+                const uint16_t hi = pf_float_to_bf16(x);
                 s_binv[i][cc] = x;
-                st_bf16(s_io + PF_REC_BINV, (uint32_t)(i * 16 + cc) * 2, x);
+                *(uint16_t *)(s_io + PF_REC_BINV + (i * 16 + cc) * 2) = hi;
+                st_bf16(s_io + PF_REC_BINV_LO, (uint32_t)(i * 16 + cc) * 2, x - pf_bf16_to_float(hi));
             }
         }
     }

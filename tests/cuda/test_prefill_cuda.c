@@ -275,6 +275,7 @@ static void check_unsupported(void)
     test_tensor_fill_normal(&qf, &rng, 0, 1);
     test_tensor_fill_normal(&beta, &rng, 0, 1);
     fkda_tensor dq = to_device(&q), dqf = to_device(&qf), db = to_device(&beta), dout = to_device(&q);
+    fkda_tensor doutf = to_device(&qf);
     poison(&dout, q.count);
     fkda_device gpu = {FKDA_DEVICE_CUDA, 0, NULL, 0, 0};
     struct { const char *what, *expect; } cases[] = {
@@ -289,7 +290,7 @@ static void check_unsupported(void)
         a.options.lower_bound = -5;
         if (i == 0) a.options.gate = FKDA_GATE_NONE;
         if (i == 1) a.options.lower_bound = -6;
-        if (i == 2) { a.q = dqf; a.k = dqf; a.v = dqf; a.out = dqf; }
+        if (i == 2) { a.q = dqf; a.k = dqf; a.v = dqf; a.out = doutf; }
         size_t bytes = 0;
         fkda_status s = fkda_prefill_workspace_size(&a, &gpu, &bytes);
         void *ws = NULL;
@@ -305,7 +306,7 @@ static void check_unsupported(void)
     int untouched = 1;
     for (size_t i = 0; i < back.count; i++) untouched &= ((uint16_t *)back.t.data)[i] == 0xffff;
     CHECK(untouched, "an unsupported call wrote the output");
-    cudaFree(dq.data); cudaFree(dqf.data); cudaFree(db.data); cudaFree(dout.data);
+    cudaFree(dq.data); cudaFree(dqf.data); cudaFree(db.data); cudaFree(dout.data); cudaFree(doutf.data);
     test_tensor_free(&q); test_tensor_free(&qf); test_tensor_free(&beta); test_tensor_free(&back);
     printf("  unsupported options refused with the option named\n");
 }
