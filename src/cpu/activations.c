@@ -3,6 +3,7 @@
 
 #include <math.h>
 
+#include "cpu_internal.h"
 #include "fast_math.h"
 #include "load.h"
 
@@ -63,6 +64,7 @@ static void l2norm_d(double *x, int64_t n)
     for (int64_t i = 0; i < n; i++) x[i] *= inv;
 }
 
+FKDA_VECTOR_CLONES
 void fkda_token_float(const fkda_problem *p, const fkda_head_gate_f *gate, int64_t row, int64_t t,
                       int64_t h, float *q, float *k, float *a, float *b)
 {

@@ -20,6 +20,9 @@
 #include "chunk_kernels.h"
 
 #include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define MAX_MR 8
 #define MAX_NR 16
@@ -31,7 +34,7 @@
 #endif
 
 static ALWAYS_INLINE void gemm_body(int64_t rows, int64_t cols, int64_t depth,
-                                    const float *restrict A, const float *restrict B,
+                                    const float *restrict A, int64_t lda, const float *restrict B,
                                     int64_t ldb, float *restrict Y, int64_t ldy, int init,
                                     const float *restrict scale, const int a_transposed,
                                     const int MR, const int NR, const int fused)
@@ -50,8 +53,7 @@ static ALWAYS_INLINE void gemm_body(int64_t rows, int64_t cols, int64_t depth,
                 for (int c = 0; c < NR; c++) {
                     const float bc = b[c];
                     for (int r = 0; r < MR; r++) {
-                        const float a = a_transposed ? A[i * FKDA_CHUNK + r0 + r]
-                                                     : A[(r0 + r) * FKDA_CHUNK + i];
+                        const float a = a_transposed ? A[i * lda + r0 + r] : A[(r0 + r) * lda + i];
                         acc[r][c] = fused ? fmaf(a, bc, acc[r][c]) : acc[r][c] + a * bc;
                     }
                 }
@@ -65,9 +67,9 @@ static ALWAYS_INLINE void gemm_body(int64_t rows, int64_t cols, int64_t depth,
 }
 
 #define GEMM_ARGS                                                                                \
-    int64_t rows, int64_t cols, int64_t depth, const float *A, const float *B, int64_t ldb,     \
-        float *Y, int64_t ldy, int init, const float *scale
-#define GEMM_PASS rows, cols, depth, A, B, ldb, Y, ldy, init, scale
+    int64_t rows, int64_t cols, int64_t depth, const float *A, int64_t lda, const float *B,     \
+        int64_t ldb, float *Y, int64_t ldy, int init, const float *scale
+#define GEMM_PASS rows, cols, depth, A, lda, B, ldb, Y, ldy, init, scale
 
 static void gemm_at_baseline(GEMM_ARGS) { gemm_body(GEMM_PASS, 1, 2, 16, 0); }
 static void gemm_a_baseline(GEMM_ARGS) { gemm_body(GEMM_PASS, 0, 2, 16, 0); }
@@ -82,19 +84,34 @@ TARGET_AVX2 static void gemm_at_avx2(GEMM_ARGS) { gemm_body(GEMM_PASS, 1, 8, 8, 
 TARGET_AVX2 static void gemm_a_avx2(GEMM_ARGS) { gemm_body(GEMM_PASS, 0, 8, 8, 1); }
 #endif
 
-typedef enum isa { ISA_BASELINE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 } isa;
+typedef enum isa { ISA_BASELINE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_UNKNOWN = 3 } isa;
 
-/* Asked on every call: __builtin_cpu_supports reads a table libgcc filled at load time, so this
- * is a few loads, and there is no lazily initialised global to race on. */
+/* The best variant this CPU runs, capped by the environment variable FKDA_CPU_ISA (baseline,
+ * avx2, avx512) so that the tests can exercise every variant on one machine. Resolved once;
+ * concurrent first calls all compute and store the same value. */
+static isa resolve_isa(void)
+{
+    isa best = ISA_BASELINE;
+#ifdef FKDA_X86_VARIANTS
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = ISA_AVX2;
+    if (best == ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
+        best = ISA_AVX512;
+#endif
+    const char *cap = getenv("FKDA_CPU_ISA");
+    if (cap && strcmp(cap, "baseline") == 0) best = ISA_BASELINE;
+    if (cap && strcmp(cap, "avx2") == 0 && best > ISA_AVX2) best = ISA_AVX2;
+    return best;
+}
+
 static isa current_isa(void)
 {
-#ifdef FKDA_X86_VARIANTS
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("fma"))
-        return ISA_AVX512;
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
-#endif
-    return ISA_BASELINE;
+    static atomic_int cached = ISA_UNKNOWN;
+    int value = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (value == ISA_UNKNOWN) {
+        value = (int)resolve_isa();
+        atomic_store_explicit(&cached, value, memory_order_relaxed);
+    }
+    return (isa)value;
 }
 
 void fkda_gemm_at(GEMM_ARGS)

@@ -21,6 +21,16 @@ fkda_status fkda_cpu_prefill_reference(const fkda_problem *p, void *workspace, s
 size_t fkda_cpu_prefill_chunked_workspace(const fkda_problem *p);
 fkda_status fkda_cpu_prefill_chunked(const fkda_problem *p, void *workspace, size_t bytes);
 
+/* Elementwise loops (activations, decays) compiled three times, for the baseline x86-64, AVX2
+ * and AVX-512, with the loader picking one (GCC's target_clones, an ifunc): the same C, 4, 8 or
+ * 16 floats per instruction. The results are identical (no fused multiply-adds are formed under
+ * ISO C, and no reduction order depends on the width). Elsewhere: the plain function. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define FKDA_VECTOR_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
+#else
+#define FKDA_VECTOR_CLONES
+#endif
+
 #define FKDA_CPU_ALIGN 64
 
 static inline size_t fkda_align_up(size_t n) { return (n + FKDA_CPU_ALIGN - 1) & ~(size_t)(FKDA_CPU_ALIGN - 1); }

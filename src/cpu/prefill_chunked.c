@@ -61,16 +61,18 @@ typedef struct chunk_job {
 } chunk_job;
 
 /* One worker's scratch, carved from its workspace slice. Kp = K rounded up to 8, ld = nv
- * rounded up to 16. */
+ * rounded up to 16. The per-token arrays are token-major ([C][K]: row i is token i), so that
+ * every elementwise loop runs contiguously along the key index. */
 typedef struct chunk_scratch {
     int64_t Kp, ld;
     float *S;                     /* [Kp][ld] the state block */
-    float *qT, *kT, *GT;          /* [K][C] q, k and the cumulative decay G, stored by key */
-    float *kdT, *kiT, *qdT;       /* [K][C] the decayed keys and queries, by key */
-    float *krT;                   /* [Kp][C] */
+    float *q, *k, *G;             /* [C][K] q, k and the cumulative decay G */
+    float *kd, *qd, *ki;          /* [C][K] the decayed keys and queries */
+    float *kiT;                   /* [K][C] ki transposed (the B operand of kd ki^T) */
+    float *kr;                    /* [C][Kp] */
     float *decay_last;            /* [Kp] exp(G_C) */
-    float *gsum;                  /* [K] running G while loading */
-    float *tq, *tk, *ta, *bias;   /* [K] one token's q, k, a; the head's dt_bias */
+    float *bias;                  /* [K] the head's dt_bias */
+    float *tmp;                   /* [2K] the pairwise form's products */
     float *b;                     /* [C] */
     float *Vc, *W, *QS, *U;       /* [C][ld] values, kd S, qd S (then O), U */
     float *L, *A;                 /* [C][C] */
@@ -83,19 +85,17 @@ static size_t carve_scratch(fkda_carver *c, int64_t K, int64_t nv, chunk_scratch
     s->Kp = Kp;
     s->ld = ld;
     s->S = fkda_carve(c, (size_t)(Kp * ld) * f);
-    s->qT = fkda_carve(c, (size_t)(K * C) * f);
-    s->kT = fkda_carve(c, (size_t)(K * C) * f);
-    s->GT = fkda_carve(c, (size_t)(K * C) * f);
-    s->kdT = fkda_carve(c, (size_t)(K * C) * f);
+    s->q = fkda_carve(c, (size_t)(C * K) * f);
+    s->k = fkda_carve(c, (size_t)(C * K) * f);
+    s->G = fkda_carve(c, (size_t)(C * K) * f);
+    s->kd = fkda_carve(c, (size_t)(C * K) * f);
+    s->qd = fkda_carve(c, (size_t)(C * K) * f);
+    s->ki = fkda_carve(c, (size_t)(C * K) * f);
     s->kiT = fkda_carve(c, (size_t)(K * C) * f);
-    s->qdT = fkda_carve(c, (size_t)(K * C) * f);
-    s->krT = fkda_carve(c, (size_t)(Kp * C) * f);
+    s->kr = fkda_carve(c, (size_t)(C * Kp) * f);
     s->decay_last = fkda_carve(c, (size_t)Kp * f);
-    s->gsum = fkda_carve(c, (size_t)K * f);
-    s->tq = fkda_carve(c, (size_t)K * f);
-    s->tk = fkda_carve(c, (size_t)K * f);
-    s->ta = fkda_carve(c, (size_t)K * f);
     s->bias = fkda_carve(c, (size_t)K * f);
+    s->tmp = fkda_carve(c, (size_t)(2 * K) * f);
     s->b = fkda_carve(c, (size_t)C * f);
     s->Vc = fkda_carve(c, (size_t)(C * ld) * f);
     s->W = fkda_carve(c, (size_t)(C * ld) * f);
@@ -121,83 +121,107 @@ static chunk_plan make_plan(const fkda_problem *p)
 }
 
 /* Loads the chunk's tokens [t0, t0 + count) (count <= C, the rest padding) into the scratch:
- * q, k and the cumulative decay by key, b, and the value block. */
+ * q, k, the cumulative decay G, b, and the value block. */
+FKDA_VECTOR_CLONES
 static void load_chunk(const fkda_problem *p, const fkda_head_gate_f *gate, int64_t row,
                        int64_t t0, int64_t count, int64_t h, int64_t v0, int64_t nv,
                        chunk_scratch *s)
 {
     const int64_t K = p->K, ld = s->ld;
-    for (int64_t kk = 0; kk < K; kk++) s->gsum[kk] = 0.0f;
     for (int64_t i = 0; i < C; i++) {
+        float *restrict q = s->q + i * K, *restrict k = s->k + i * K, *restrict G = s->G + i * K;
+        const float *restrict Gprev = s->G + (i - 1) * K; /* read only when i > 0 */
         if (i < count) {
-            fkda_token_float(p, gate, row, t0 + i, h, s->tq, s->tk, s->ta, &s->b[i]);
+            fkda_token_float(p, gate, row, t0 + i, h, q, k, G, &s->b[i]); /* G holds a_i */
             fkda_load_row_float(p->v.data, p->v.dtype,
                                 fkda_token_offset(&p->v, row, t0 + i, h) + v0 * p->v.stride[3],
                                 p->v.stride[3], nv, s->Vc + i * ld);
-            for (int64_t kk = 0; kk < K; kk++) {
-                s->gsum[kk] += s->ta[kk];
-                s->qT[kk * C + i] = s->tq[kk];
-                s->kT[kk * C + i] = s->tk[kk];
-                s->GT[kk * C + i] = s->gsum[kk];
-            }
+            if (i > 0)
+                for (int64_t kk = 0; kk < K; kk++) G[kk] += Gprev[kk];
         } else {
             s->b[i] = 0.0f;
             for (int64_t j = 0; j < nv; j++) s->Vc[i * ld + j] = 0.0f;
             for (int64_t kk = 0; kk < K; kk++) {
-                s->qT[kk * C + i] = 0.0f;
-                s->kT[kk * C + i] = 0.0f;
-                s->GT[kk * C + i] = s->gsum[kk];
+                q[kk] = 0.0f;
+                k[kk] = 0.0f;
+                G[kk] = Gprev[kk]; /* count >= 1, so i > 0 here */
             }
         }
     }
 }
 
+/* One token's decayed keys and queries (the loops live in functions of their own because GCC
+ * honours `restrict` on parameters, and without it would not vectorise these loops). */
+static void decay_token_factorised(int64_t K, float scale, const float *restrict G,
+                                   const float *restrict k, const float *restrict q,
+                                   const float *restrict decay_last, float *restrict kd,
+                                   float *restrict qd, float *restrict ki, float *restrict kr)
+{
+    /* One exp per element: exp(-G) and exp(G_C - G) follow from exp(G) and exp(G_C), all of
+     * them inside the float range here. */
+    for (int64_t kk = 0; kk < K; kk++) {
+        const float e = fkda_expf(G[kk]), inv = 1.0f / e;
+        kd[kk] = k[kk] * e;
+        qd[kk] = scale * q[kk] * e;
+        ki[kk] = k[kk] * inv;
+        kr[kk] = k[kk] * (decay_last[kk] * inv);
+    }
+}
+
+static void decay_token_pairwise(int64_t K, float scale, const float *restrict G,
+                                 const float *restrict k, const float *restrict q,
+                                 const float *restrict glast, float *restrict kd,
+                                 float *restrict qd, float *restrict kr)
+{
+    for (int64_t kk = 0; kk < K; kk++) {
+        const float e = fkda_expf(G[kk]);
+        kd[kk] = k[kk] * e;
+        qd[kk] = scale * q[kk] * e;
+        kr[kk] = k[kk] * fkda_expf(glast[kk] - G[kk]);
+    }
+}
+
+/* How many x[i] lie outside [-limit, limit] (NaN counts as inside: it poisons either form). */
+static int64_t count_outside(int64_t n, const float *restrict x, float limit)
+{
+    int64_t count = 0;
+    for (int64_t i = 0; i < n; i++) count += (x[i] < -limit) | (x[i] > limit);
+    return count;
+}
+
+static void exp_row(int64_t n, const float *restrict x, float *restrict y)
+{
+    for (int64_t i = 0; i < n; i++) y[i] = fkda_expf(x[i]);
+}
+
 /* The decayed keys and queries; returns 1 when the chunk's G allows the factorised form. */
+FKDA_VECTOR_CLONES
 static int decay_chunk(int64_t K, float scale, chunk_scratch *restrict s)
 {
-    float gmin = 0.0f, gmax = 0.0f;
-    for (int64_t e = 0; e < K * C; e++) {
-        gmin = s->GT[e] < gmin ? s->GT[e] : gmin;
-        gmax = s->GT[e] > gmax ? s->GT[e] : gmax;
+    const int64_t Kp = s->Kp;
+    const int factorised = count_outside(C * K, s->G, FACTORISED_LIMIT) == 0;
+    const float *glast = s->G + (C - 1) * K;
+    exp_row(K, glast, s->decay_last);
+    for (int i = 0; i < C; i++) {
+        if (factorised)
+            decay_token_factorised(K, scale, s->G + i * K, s->k + i * K, s->q + i * K,
+                                   s->decay_last, s->kd + i * K, s->qd + i * K, s->ki + i * K,
+                                   s->kr + i * Kp);
+        else
+            decay_token_pairwise(K, scale, s->G + i * K, s->k + i * K, s->q + i * K, glast,
+                                 s->kd + i * K, s->qd + i * K, s->kr + i * Kp);
     }
-    const int factorised = gmin >= -FACTORISED_LIMIT && gmax <= FACTORISED_LIMIT;
-    for (int64_t kk = 0; kk < K; kk++) {
-        const float *restrict G = s->GT + kk * C;
-        const float *restrict k = s->kT + kk * C;
-        const float *restrict q = s->qT + kk * C;
-        float *restrict kd = s->kdT + kk * C;
-        float *restrict ki = s->kiT + kk * C;
-        float *restrict qd = s->qdT + kk * C;
-        float *restrict kr = s->krT + kk * C;
-        const float glast = G[C - 1], decay_last = fkda_expf(glast);
-        s->decay_last[kk] = decay_last;
-        if (factorised) {
-            /* One exp per element: exp(-G) and exp(G_C - G) follow from exp(G) and exp(G_C),
-             * all of them inside the float range here. */
-            for (int i = 0; i < C; i++) {
-                const float e = fkda_expf(G[i]), inv = 1.0f / e;
-                kd[i] = k[i] * e;
-                qd[i] = scale * q[i] * e;
-                ki[i] = k[i] * inv;
-                kr[i] = k[i] * (decay_last * inv);
-            }
-        } else {
-            for (int i = 0; i < C; i++) {
-                const float e = fkda_expf(G[i]);
-                kd[i] = k[i] * e;
-                qd[i] = scale * q[i] * e;
-                kr[i] = k[i] * fkda_expf(glast - G[i]);
-            }
-        }
-    }
+    if (factorised)
+        for (int64_t kk = 0; kk < K; kk++)
+            for (int i = 0; i < C; i++) s->kiT[kk * C + i] = s->ki[i * K + kk];
     return factorised;
 }
 
 /* L = strictly_lower(diag(b) kd ki^T) and A = lower_incl_diag(qd ki^T), factorised. */
 static void intra_factorised(int64_t K, chunk_scratch *restrict s)
 {
-    fkda_gemm_at(C, C, K, s->kdT, s->kiT, C, s->L, C, FKDA_INIT_ZERO, NULL);
-    fkda_gemm_at(C, C, K, s->qdT, s->kiT, C, s->A, C, FKDA_INIT_ZERO, NULL);
+    fkda_gemm_a(C, C, K, s->kd, K, s->kiT, C, s->L, C, FKDA_INIT_ZERO, NULL);
+    fkda_gemm_a(C, C, K, s->qd, K, s->kiT, C, s->A, C, FKDA_INIT_ZERO, NULL);
     for (int i = 0; i < C; i++) {
         for (int j = 0; j < C; j++) {
             s->L[i * C + j] = j < i ? s->b[i] * s->L[i * C + j] : 0.0f;
@@ -206,27 +230,48 @@ static void intra_factorised(int64_t K, chunk_scratch *restrict s)
     }
 }
 
-/* The same two matrices with exp(G_i - G_j) per pair: slower, never out of range. */
+/* sum over 8 independent partial sums, so that the loop vectorises */
+static float sum_floats(const float *restrict x, int64_t n)
+{
+    float partial[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) partial[j] += x[i + j];
+    float sum = 0.0f;
+    for (; i < n; i++) sum += x[i];
+    for (int j = 0; j < 8; j++) sum += partial[j];
+    return sum;
+}
+
+/* kk_terms = ki kj exp(Gi - Gj) and qk_terms = qi kj exp(Gi - Gj), elementwise. */
+static void pair_terms(int64_t K, const float *restrict Gi, const float *restrict Gj,
+                       const float *restrict ki, const float *restrict kj, const float *restrict qi,
+                       float *restrict kk_terms, float *restrict qk_terms)
+{
+    for (int64_t kk = 0; kk < K; kk++) {
+        const float decay = fkda_expf(Gi[kk] - Gj[kk]);
+        kk_terms[kk] = ki[kk] * kj[kk] * decay;
+        qk_terms[kk] = qi[kk] * kj[kk] * decay;
+    }
+}
+
+/* The same two matrices with exp(G_i - G_j) per pair (i >= j): slower, never out of range. */
+FKDA_VECTOR_CLONES
 static void intra_pairwise(int64_t K, float scale, chunk_scratch *restrict s)
 {
     for (int e = 0; e < C * C; e++) s->L[e] = s->A[e] = 0.0f;
-    for (int64_t kk = 0; kk < K; kk++) {
-        const float *restrict G = s->GT + kk * C;
-        const float *restrict k = s->kT + kk * C;
-        const float *restrict q = s->qT + kk * C;
-        for (int i = 0; i < C; i++) {
-            for (int j = 0; j <= i; j++) {
-                const float decay = fkda_expf(G[i] - G[j]);
-                if (j < i) s->L[i * C + j] += k[i] * k[j] * decay;
-                s->A[i * C + j] += scale * q[i] * k[j] * decay;
-            }
+    for (int i = 0; i < C; i++) {
+        for (int j = 0; j <= i; j++) {
+            pair_terms(K, s->G + i * K, s->G + j * K, s->k + i * K, s->k + j * K, s->q + i * K,
+                       s->tmp, s->tmp + K);
+            if (j < i) s->L[i * C + j] = s->b[i] * sum_floats(s->tmp, K);
+            s->A[i * C + j] = scale * sum_floats(s->tmp + K, K);
         }
     }
-    for (int i = 0; i < C; i++)
-        for (int j = 0; j < i; j++) s->L[i * C + j] *= s->b[i];
 }
 
 /* U = (I + L)^-1 diag(b) (V - W): row i of U needs the rows before it. */
+FKDA_VECTOR_CLONES
 static void solve_chunk(chunk_scratch *restrict s)
 {
     const int64_t ld = s->ld;
@@ -251,12 +296,12 @@ static void process_chunk(int64_t K, float scale, chunk_scratch *s)
         intra_factorised(K, s);
     else
         intra_pairwise(K, scale, s);
-    fkda_gemm_at(C, ld, K, s->kdT, s->S, ld, s->W, ld, FKDA_INIT_ZERO, NULL);  /* W = kd S */
-    fkda_gemm_at(C, ld, K, s->qdT, s->S, ld, s->QS, ld, FKDA_INIT_ZERO, NULL); /* QS = qd S */
+    fkda_gemm_a(C, ld, K, s->kd, K, s->S, ld, s->W, ld, FKDA_INIT_ZERO, NULL);  /* W = kd S */
+    fkda_gemm_a(C, ld, K, s->qd, K, s->S, ld, s->QS, ld, FKDA_INIT_ZERO, NULL); /* QS = qd S */
     solve_chunk(s);
-    fkda_gemm_a(C, ld, C, s->A, s->U, ld, s->QS, ld, FKDA_INIT_ADD, NULL); /* O = QS + A U */
-    fkda_gemm_a(s->Kp, ld, C, s->krT, s->U, ld, s->S, ld, FKDA_INIT_SCALE,
-                s->decay_last); /* S' = diag(exp(G_C)) S + kr^T U */
+    fkda_gemm_a(C, ld, C, s->A, C, s->U, ld, s->QS, ld, FKDA_INIT_ADD, NULL); /* O = QS + A U */
+    fkda_gemm_at(s->Kp, ld, C, s->kr, s->Kp, s->U, ld, s->S, ld, FKDA_INIT_SCALE,
+                 s->decay_last); /* S' = diag(exp(G_C)) S + kr^T U */
 }
 
 static void chunked_item(void *context, int64_t item, int worker)
@@ -278,7 +323,7 @@ static void chunked_item(void *context, int64_t item, int worker)
      * zero; the loads below fill the live part. */
     memset(s.S, 0, (size_t)(Kp * ld) * sizeof(float));
     memset(s.Vc, 0, (size_t)(C * ld) * sizeof(float));
-    memset(s.krT + K * C, 0, (size_t)((Kp - K) * C) * sizeof(float));
+    memset(s.kr, 0, (size_t)(C * Kp) * sizeof(float));
     memset(s.decay_last + K, 0, (size_t)(Kp - K) * sizeof(float));
 
     int64_t row, start, length;

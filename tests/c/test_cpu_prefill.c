@@ -317,7 +317,7 @@ static prefill_case base_case(void)
     sp->B = 1; sp->T = 64; sp->H = 2; sp->HV = 2; sp->K = 64; sp->V = 64;
     sp->io_dtype = sp->g_dtype = sp->beta_dtype = sp->param_dtype = FKDA_DTYPE_F32;
     sp->has_A_log = sp->has_dt_bias = 1;
-    sp->g_mean = 0.0; sp->g_std = 1.0;
+    sp->g_mean = -2.0; sp->g_std = 1.5; /* decays from ~0 to ~lower_bound per token */
     sp->options = fkda_default_options();
     sp->options.gate = FKDA_GATE_LOWER_BOUND;
     sp->options.lower_bound = -5.0;
@@ -364,6 +364,7 @@ static prefill_case random_case(test_rng *r)
     sp->strided = (int)test_rng_int(r, 0, 1);
     c.strided_out = (int)test_rng_int(r, 0, 1);
     o->gate = (fkda_gate)test_rng_int(r, 0, 2);
+    sp->g_mean = -3.0 + 4.0 * test_rng_uniform(r);
     o->lower_bound = -(0.5 + 4.5 * test_rng_uniform(r));
     sp->has_A_log = o->gate == FKDA_GATE_SOFTPLUS ? 1 : (int)test_rng_int(r, 0, 1);
     sp->has_dt_bias = (int)test_rng_int(r, 0, 1);
