@@ -49,16 +49,36 @@
 #define DECODE_MAX_R 16  /* register rows per lane, the largest NR */
 #define DECODE_MAX_C 8   /* register columns per lane, the largest NC */
 #define DECODE_MAX_WARPS_PER_CTA 4
-#define DECODE_SMEM_PER_WARP (3 * DECODE_MAX_K * (int)sizeof(float)) /* q, k, exp(a) */
+#define DECODE_ROW_PAD 4     /* floats between two lanes' rows in shared memory (banks) */
+#define DECODE_STAGE_FLOATS 384 /* per staged vector: KL * (NR + pad) <= 32 * 12 or 16 * 20 */
+#define DECODE_SMEM_PER_WARP (3 * DECODE_STAGE_FLOATS * (int)sizeof(float)) /* q, k, exp(a) */
 #define FULL_MASK 0xffffffffu
 
 /* ---- scalar loads and stores of any dtype ------------------------------------------------- */
 
-static __device__ __forceinline__ float load_float(const void *base, int32_t dtype, int64_t i)
+/* The bits of element i of a float tensor of run-time dtype (f32: 32 bits; bf16, f16: 16 bits,
+ * zero-extended). One predicated load in PTX, no branch: the caller converts later, so a warp
+ * can have all its input loads in flight at once. (With a branch per dtype, the compiler puts
+ * the conversion inside the branch, and every load then waits for the one before it.) */
+static __device__ __forceinline__ uint32_t load_bits(const void *base, int32_t dtype, int64_t i)
 {
-    if (dtype == FKDA_DTYPE_F32) return ((const float *)base)[i];
-    if (dtype == FKDA_DTYPE_BF16) return __uint_as_float((uint32_t)((const unsigned short *)base)[i] << 16);
-    return __half2float(((const __half *)base)[i]);
+    uint32_t bits;
+    const int wide = dtype == FKDA_DTYPE_F32;
+    const char *at = (const char *)base + (i << (wide ? 2 : 1));
+    asm("{\n\t.reg .pred p;\n\t"
+        "setp.ne.s32 p, %2, 0;\n\t"
+        "@p ld.global.b32 %0, [%1];\n\t"
+        "@!p ld.global.u16 %0, [%1];\n\t}"
+        : "=r"(bits)
+        : "l"(at), "r"(wide));
+    return bits;
+}
+
+static __device__ __forceinline__ float bits_to_float(uint32_t bits, int32_t dtype)
+{
+    if (dtype == FKDA_DTYPE_F32) return __uint_as_float(bits);
+    if (dtype == FKDA_DTYPE_BF16) return __uint_as_float(bits << 16);
+    return __half2float(__ushort_as_half((unsigned short)bits));
 }
 
 static __device__ __forceinline__ void store_float(void *base, int32_t dtype, int64_t i, float x)
@@ -137,7 +157,26 @@ typedef struct lane_tile {
     int kl, KL; /* this lane's index among the KL lanes sharing a column, and KL */
     int lj, LJ; /* this lane's column group, and the number of groups (32 / KL) */
     int j0;     /* the warp's first column */
+    int log2KL;
 } lane_tile;
+
+/* Where key k is staged in shared memory: each lane's NR rows are contiguous (read with
+ * compile-time offsets, 16 bytes at a time), and the KL lane groups are DECODE_ROW_PAD floats
+ * apart beyond that, so that their 16-byte reads fall in different banks. */
+static __device__ __forceinline__ int stage_pos(const lane_tile *w, int k, const int V_FIRST, const int VEC,
+                                                const int NR)
+{
+    int kl, r;
+    if (V_FIRST) {
+        const int c = k / VEC;
+        kl = c & (w->KL - 1);
+        r = (c >> w->log2KL) * VEC + k % VEC;
+    } else {
+        kl = k & (w->KL - 1);
+        r = k >> w->log2KL;
+    }
+    return kl * (NR + DECODE_ROW_PAD) + r;
+}
 
 /* Key index of register row r. */
 static __device__ __forceinline__ int tile_row(const lane_tile *w, int r, const int V_FIRST, const int VEC)
@@ -250,46 +289,78 @@ static __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ?
  * keys 0..255 (zero, zero and one past K). Returns the factors that turn them into the
  * recurrence's vectors, q_t = qf * sq and k_t = kf * sk (the L2 norms and the scale), and
  * k_t . q_t and the effective beta. Keeping the factors out of shared memory keeps each key's
- * work independent (load, gate, store), so few registers are live beside the state. Lane i
- * handles keys i, i + 32, ... */
+ * work independent, so few registers are live beside the state.
+ *
+ * Lane i handles keys i, i + 32, ..., in chunks of 4 (128 keys): every load of a chunk is
+ * issued before any is used, so a chunk costs one round trip, overlapped with the state's own
+ * loads that the caller issued just before. K <= 128 takes one chunk. */
+#define DECODE_CHUNK_KEYS 4
 typedef struct staged_token {
     float qf, kf, kq, beta;
 } staged_token;
 
-static __device__ __forceinline__ staged_token stage_token(const fkda_decode_params *p, int lane, int64_t row,
-                                                           int64_t pos, int64_t h, int64_t hq, float *sq,
-                                                           float *sk, float *sd)
+static __device__ __forceinline__ staged_token stage_token(const fkda_decode_params *p, const lane_tile *w,
+                                                           int lane, int64_t row, int64_t pos, int64_t h,
+                                                           int64_t hq, float *sq, float *sk, float *sd,
+                                                           const int V_FIRST, const int VEC, const int NR)
 {
+    const int rows = w->KL * NR; /* keys the lanes' registers cover; K <= rows <= 256 */
     const int64_t qo = row * p->q_stride[0] + pos * p->q_stride[1] + hq * p->q_stride[2];
     const int64_t ko = row * p->k_stride[0] + pos * p->k_stride[1] + hq * p->k_stride[2];
     const int64_t go = row * p->g_stride[0] + pos * p->g_stride[1] + h * p->g_stride[2];
-    const int gated = p->gate != FKDA_GATE_NONE;
-    const float weight = gated && p->A_log ? expf(load_float(p->A_log, p->A_log_dtype, h * p->A_log_stride)) : 1.0f;
-    float beta = load_float(p->beta, p->beta_dtype,
-                            row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
-    float ssq = 0.0f, ssk = 0.0f, qk = 0.0f;
+    const int gated = p->gate != FKDA_GATE_NONE, biased = gated && p->dt_bias;
+    const uint32_t beta_bits =
+        load_bits(p->beta, p->beta_dtype, row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
+    const uint32_t A_bits = gated && p->A_log ? load_bits(p->A_log, p->A_log_dtype, h * p->A_log_stride) : 0u;
+    float ssq = 0.0f, ssk = 0.0f, qk = 0.0f, weight = 1.0f;
 #pragma unroll
-    for (int i = 0; i < DECODE_MAX_K / 32; i++) {
-        const int e = lane + 32 * i;
-        float q = 0.0f, k = 0.0f, d = 1.0f;
-        if (e < p->K) {
-            q = load_float(p->q, p->q_dtype, qo + e * p->q_stride[3]);
-            k = load_float(p->k, p->k_dtype, ko + e * p->k_stride[3]);
-            float a = load_float(p->g, p->g_dtype, go + e * p->g_stride[3]);
-            if (gated) {
-                if (p->dt_bias)
-                    a += load_float(p->dt_bias, p->dt_bias_dtype, h * p->dt_bias_stride[0] + e * p->dt_bias_stride[1]);
-                a = p->gate == FKDA_GATE_LOWER_BOUND ? p->lower_bound * sigmoidf_(weight * a)
-                                                     : -weight * softplusf_(a);
+    for (int chunk = 0; chunk < DECODE_MAX_K / (32 * DECODE_CHUNK_KEYS); chunk++) {
+        if (chunk * 32 * DECODE_CHUNK_KEYS >= p->K) { /* keys past K: zero, zero, one */
+#pragma unroll
+            for (int i = 0; i < DECODE_CHUNK_KEYS; i++) {
+                const int e = lane + 32 * (chunk * DECODE_CHUNK_KEYS + i);
+                if (e < rows) {
+                    const int at = stage_pos(w, e, V_FIRST, VEC, NR);
+                    sq[at] = 0.0f;
+                    sk[at] = 0.0f;
+                    sd[at] = 1.0f;
+                }
             }
-            d = expf(a);
+            continue;
         }
-        ssq = fmaf(q, q, ssq);
-        ssk = fmaf(k, k, ssk);
-        qk = fmaf(q, k, qk);
-        sq[e] = q;
-        sk[e] = k;
-        sd[e] = d;
+        uint32_t qb[DECODE_CHUNK_KEYS], kb[DECODE_CHUNK_KEYS], gb[DECODE_CHUNK_KEYS], bb[DECODE_CHUNK_KEYS];
+#pragma unroll
+        for (int i = 0; i < DECODE_CHUNK_KEYS; i++) {
+            const int e = lane + 32 * (chunk * DECODE_CHUNK_KEYS + i);
+            qb[i] = kb[i] = gb[i] = bb[i] = 0u; /* zero bits are 0.0 in every dtype */
+            if (e < p->K) {
+                qb[i] = load_bits(p->q, p->q_dtype, qo + e * p->q_stride[3]);
+                kb[i] = load_bits(p->k, p->k_dtype, ko + e * p->k_stride[3]);
+                gb[i] = load_bits(p->g, p->g_dtype, go + e * p->g_stride[3]);
+                if (biased)
+                    bb[i] = load_bits(p->dt_bias, p->dt_bias_dtype, h * p->dt_bias_stride[0] + e * p->dt_bias_stride[1]);
+            }
+        }
+        if (chunk == 0 && gated && p->A_log) weight = expf(bits_to_float(A_bits, p->A_log_dtype));
+#pragma unroll
+        for (int i = 0; i < DECODE_CHUNK_KEYS; i++) {
+            const int e = lane + 32 * (chunk * DECODE_CHUNK_KEYS + i);
+            const float q = bits_to_float(qb[i], p->q_dtype), k = bits_to_float(kb[i], p->k_dtype);
+            float a = bits_to_float(gb[i], p->g_dtype);
+            if (gated) {
+                a += bits_to_float(bb[i], p->dt_bias_dtype);
+                a = p->gate == FKDA_GATE_LOWER_BOUND ? p->lower_bound * sigmoidf_(weight * a) : -weight * softplusf_(a);
+            }
+            ssq = fmaf(q, q, ssq);
+            ssk = fmaf(k, k, ssk);
+            qk = fmaf(q, k, qk);
+            if (e < rows) {
+                const int at = stage_pos(w, e, V_FIRST, VEC, NR);
+                sq[at] = q;
+                sk[at] = k;
+                sd[at] = e < p->K ? expf(a) : 1.0f;
+            }
+        }
     }
     staged_token st;
     st.qf = p->scale;
@@ -299,12 +370,27 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
         st.kf = 1.0f / sqrtf(warp_sum(ssk) + 1e-6f);
     }
     st.kq = warp_sum(qk) * st.qf * st.kf;
+    float beta = bits_to_float(beta_bits, p->beta_dtype);
     if (p->use_beta_sigmoid) beta = (p->allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
     st.beta = beta;
     return st;
 }
 
 /* ---- the warp's work: one (sequence, value head) and one slab of its columns -------------- */
+
+/* The bits of this lane's columns of v at one token. */
+static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const lane_tile *w, int64_t row,
+                                              int64_t pos, int64_t h, uint32_t *vbits, const int V_FIRST,
+                                              const int VEC, const int NC)
+{
+    const int64_t *vs = p->v_stride;
+    const int64_t base = row * vs[0] + pos * vs[1] + h * vs[2];
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        const int j = tile_col(w, c, V_FIRST, VEC);
+        vbits[c] = j < p->V ? load_bits(p->v, p->v_dtype, base + j * vs[3]) : 0u;
+    }
+}
 
 static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, float *smem, const int BF16,
                                                    const int V_FIRST, const int VEC, const int NR,
@@ -323,6 +409,7 @@ static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, 
     w.kl = V_FIRST ? (lane & (w.KL - 1)) : lane / w.LJ;
     w.lj = V_FIRST ? lane / w.KL : (lane & (w.LJ - 1));
     w.j0 = slab * w.LJ * NC;
+    w.log2KL = __ffs(w.KL) - 1;
     const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
 
     /* The sequence's tokens: row `row`, positions bos .. bos + len - 1. */
@@ -364,18 +451,16 @@ static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, 
     float s[DECODE_MAX_R][DECODE_MAX_C];
     load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC);
 
-    float *sq = smem, *sk = smem + DECODE_MAX_K, *sd = smem + 2 * DECODE_MAX_K;
-    const int64_t *vs = p->v_stride;
+    float *sq = smem, *sk = smem + DECODE_STAGE_FLOATS, *sd = smem + 2 * DECODE_STAGE_FLOATS;
+    const float *lq = sq + w.kl * (NR + DECODE_ROW_PAD), *lk = sk + w.kl * (NR + DECODE_ROW_PAD),
+                *ld = sd + w.kl * (NR + DECODE_ROW_PAD); /* this lane's rows */
     for (int64_t t = 0; t < len; t++) {
         const int64_t pos = bos + t;
-        float vcol[DECODE_MAX_C];
-#pragma unroll
-        for (int c = 0; c < NC; c++) {
-            const int j = tile_col(&w, c, V_FIRST, VEC);
-            vcol[c] = j < p->V ? load_float(p->v, p->v_dtype, row * vs[0] + pos * vs[1] + h * vs[2] + j * vs[3]) : 0.0f;
-        }
+        /* The token's inputs: their loads overlap the state's (first token) or each other. */
+        uint32_t vbits[DECODE_MAX_C];
+        load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC);
         __syncwarp(); /* the previous token's reads of sq, sk, sd are done */
-        const staged_token tok = stage_token(p, lane, row, pos, h, hq, sq, sk, sd);
+        const staged_token tok = stage_token(p, &w, lane, row, pos, h, hq, sq, sk, sd, V_FIRST, VEC, NR);
         __syncwarp();
 
         /* Decay, and the two dot products over this lane's rows (with the unscaled q, k). */
@@ -383,14 +468,19 @@ static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, 
 #pragma unroll
         for (int c = 0; c < NC; c++) pk[c] = pq[c] = 0.0f;
 #pragma unroll
-        for (int r = 0; r < NR; r++) {
-            const int k = tile_row(&w, r, V_FIRST, VEC);
-            const float d = sd[k], kk = sk[k], qq = sq[k];
+        for (int r4 = 0; r4 < NR; r4 += 4) {
+            const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4),
+                         q4 = *(const float4 *)(lq + r4);
+            const float d[4] = {d4.x, d4.y, d4.z, d4.w}, kk[4] = {k4.x, k4.y, k4.z, k4.w},
+                        qq[4] = {q4.x, q4.y, q4.z, q4.w};
 #pragma unroll
-            for (int c = 0; c < NC; c++) {
-                s[r][c] *= d;
-                pk[c] = fmaf(s[r][c], kk, pk[c]);
-                pq[c] = fmaf(s[r][c], qq, pq[c]);
+            for (int i = 0; i < 4; i++) {
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    s[r4 + i][c] *= d[i];
+                    pk[c] = fmaf(s[r4 + i][c], kk[i], pk[c]);
+                    pq[c] = fmaf(s[r4 + i][c], qq[i], pq[c]);
+                }
             }
         }
         /* Sum over the KL lanes sharing each column; every one of them gets the total. */
@@ -405,7 +495,7 @@ static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, 
         float vk[DECODE_MAX_C]; /* kf * v', so that the update can use the unscaled k */
 #pragma unroll
         for (int c = 0; c < NC; c++) {
-            const float vn = tok.beta * (vcol[c] - tok.kf * pk[c]);
+            const float vn = tok.beta * (bits_to_float(vbits[c], p->v_dtype) - tok.kf * pk[c]);
             vk[c] = tok.kf * vn;
             const int j = tile_col(&w, c, V_FIRST, VEC);
             if (w.kl == 0 && j < p->V)
@@ -413,10 +503,14 @@ static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, 
                             fmaf(tok.kq, vn, tok.qf * pq[c]));
         }
 #pragma unroll
-        for (int r = 0; r < NR; r++) {
-            const float kk = sk[tile_row(&w, r, V_FIRST, VEC)];
+        for (int r4 = 0; r4 < NR; r4 += 4) {
+            const float4 k4 = *(const float4 *)(lk + r4);
+            const float kk[4] = {k4.x, k4.y, k4.z, k4.w};
 #pragma unroll
-            for (int c = 0; c < NC; c++) s[r][c] = fmaf(kk, vk[c], s[r][c]);
+            for (int i = 0; i < 4; i++) {
+#pragma unroll
+                for (int c = 0; c < NC; c++) s[r4 + i][c] = fmaf(kk[i], vk[c], s[r4 + i][c]);
+            }
         }
 
         if (p->idx_2d) { /* the state after each token goes to its own slot */
@@ -431,19 +525,24 @@ static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, 
 
 /* ---- the specialisations ------------------------------------------------------------------ */
 
-/* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns */
-#define DECODE_VARIANTS(X)                       \
-    X(decode_f32_kv_vec, 0, 0, 4, 16, 4)         \
-    X(decode_f32_vk_vec, 0, 1, 4, 16, 4)         \
-    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8)         \
-    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8)         \
-    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4)      \
-    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4)      \
-    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4)     \
-    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4)
+/* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
+ * CTAs of 4 warps per SM the registers must allow (3: at most 168 registers, a few loop
+ * invariants spilled; 2: at most 255, none spilled, fewer warps in flight). The *_occ2
+ * variants are an experiment, chosen only by FKDA_DECODE_MIN_BLOCKS=2. */
+#define DECODE_VARIANTS(X)                          \
+    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 3)         \
+    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 3)         \
+    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 3)         \
+    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 3)         \
+    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 3)      \
+    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 3)      \
+    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 3)     \
+    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 3)     \
+    X(decode_f32_kv_vec_occ2, 0, 0, 4, 16, 4, 2)    \
+    X(decode_bf16_kv_vec_occ2, 1, 0, 8, 8, 8, 2)
 
-#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC)                                   \
-    __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, 3)                            \
+#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, MIN_BLOCKS)                       \
+    __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, MIN_BLOCKS)                   \
         name(const __grid_constant__ fkda_decode_params p)                                       \
     {                                                                                           \
         extern __shared__ float decode_smem[];                                                  \
@@ -457,10 +556,11 @@ typedef void (*decode_kernel_fn)(const fkda_decode_params);
 typedef struct decode_variant {
     decode_kernel_fn kernel;
     const char *name;
-    int bf16, v_first, vec, nr, nc;
+    int bf16, v_first, vec, nr, nc, min_blocks;
 } decode_variant;
 
-#define DECODE_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC) {name, #name, BF16, V_FIRST, VEC, NR, NC},
+#define DECODE_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, MIN_BLOCKS) \
+    {name, #name, BF16, V_FIRST, VEC, NR, NC, MIN_BLOCKS},
 static const decode_variant decode_variants[] = {DECODE_VARIANTS(DECODE_TABLE_ENTRY)};
 
 /* ---- launch ------------------------------------------------------------------------------- */
@@ -490,13 +590,18 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
                          "state_pool: the strides of one head's [K, V] state span %lld elements; the CUDA decode "
                          "needs fewer than 2^31",
                          (long long)(span_in > span_out ? span_in : span_out));
-    const decode_variant *var = NULL;
+    const char *occ = getenv("FKDA_DECODE_MIN_BLOCKS"); /* experiment knob, see DECODE_VARIANTS */
+    const int min_blocks = occ && atoi(occ) == 2 ? 2 : 3;
+    const decode_variant *var = NULL, *fallback = NULL;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0]; i++) {
         const decode_variant *d = &decode_variants[i];
         if (d->bf16 == (p->state_bf16 != 0) && d->v_first == (p->state_v_first != 0) &&
-            (d->vec > 1) == (vectors != 0))
-            var = d;
+            (d->vec > 1) == (vectors != 0)) {
+            if (d->min_blocks == min_blocks) var = d;
+            if (d->min_blocks == 3) fallback = d;
+        }
     }
+    if (var == NULL) var = fallback;
     if (var == NULL) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
 
     /* KL lanes per column: enough that KL * NR rows cover K (a power of two, at most 32). */
