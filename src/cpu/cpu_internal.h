@@ -24,8 +24,10 @@ fkda_status fkda_cpu_prefill_chunked(const fkda_problem *p, void *workspace, siz
 /* Elementwise loops (activations, decays) compiled three times, for the baseline x86-64, AVX2
  * and AVX-512, with the loader picking one (GCC's target_clones, an ifunc): the same C, 4, 8 or
  * 16 floats per instruction. The results are identical (no fused multiply-adds are formed under
- * ISO C, and no reduction order depends on the width). Elsewhere: the plain function. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+ * ISO C, and no reduction order depends on the width). Elsewhere, and under ThreadSanitizer
+ * (whose runtime is not ready when the loader runs the ifunc resolvers): the plain function. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(__SANITIZE_THREAD__)
 #define FKDA_VECTOR_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define FKDA_VECTOR_CLONES
