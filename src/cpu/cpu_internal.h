@@ -52,15 +52,31 @@ static inline void *fkda_carve(fkda_carver *c, size_t bytes)
     return p;
 }
 
-/* Workers to use: min(threads, items), then as many as the workspace holds (0: too small). */
-static inline int fkda_workers_for(int threads, int64_t items, size_t worker_bytes,
-                                   size_t workspace_bytes)
+/* Starting a thread costs some tens of microseconds, about the time of this many units of work
+ * (a unit: one state element for one token, i.e. K * V per token and head). When the caller
+ * leaves the thread count to the library (num_threads = 0), a call with little work starts
+ * fewer threads (decode of a few sequences runs on the caller's thread); an explicit count is
+ * taken as given. */
+#define FKDA_WORK_PER_WORKER ((int64_t)1 << 20)
+
+/* Workers to use: min(threads, items) (and, when auto_threads, at most one per
+ * FKDA_WORK_PER_WORKER units of work) but at least one, then as many as the workspace holds
+ * (0: too small). */
+static inline int fkda_workers_for(int threads, int auto_threads, int64_t items, int64_t work,
+                                   size_t worker_bytes, size_t workspace_bytes)
 {
     int64_t w = threads < items ? threads : items;
+    if (auto_threads && w > work / FKDA_WORK_PER_WORKER) w = work / FKDA_WORK_PER_WORKER;
     if (w < 1) w = 1;
     if (worker_bytes > 0 && (int64_t)(workspace_bytes / worker_bytes) < w)
         w = (int64_t)(workspace_bytes / worker_bytes);
     return (int)w;
+}
+
+/* The units of work of a problem (see FKDA_WORK_PER_WORKER): every token of every row. */
+static inline int64_t fkda_problem_work(const fkda_problem *p)
+{
+    return p->B * p->T * p->HV * p->K * p->V;
 }
 
 /* How many blocks to split the V value columns of each of `heads` (sequence, head) pairs into:

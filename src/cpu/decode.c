@@ -212,7 +212,8 @@ fkda_status fkda_cpu_decode(const fkda_problem *p, void *workspace, size_t works
     job.plan = make_plan(p);
     job.workspace = (char *)workspace;
     if (job.plan.items <= 0) return FKDA_OK;
-    int workers = fkda_workers_for(job.plan.threads, job.plan.items, job.plan.worker_bytes,
+    int workers = fkda_workers_for(job.plan.threads, p->device.num_threads <= 0, job.plan.items,
+                                   fkda_problem_work(p), job.plan.worker_bytes,
                                    workspace ? workspace_bytes : 0);
     if (workers < 1)
         return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: %zu bytes, the CPU decode needs at "

@@ -73,7 +73,8 @@ fkda_status fkda_cpu_prefill_reference(const fkda_problem *p, void *workspace, s
     const int64_t items = p->N * p->HV;
     if (items <= 0) return FKDA_OK;
     reference_job job = {p, (char *)workspace, worker_bytes(p)};
-    int workers = fkda_workers_for(fkda_cpu_thread_count(p->device.num_threads), items,
+    int workers = fkda_workers_for(fkda_cpu_thread_count(p->device.num_threads),
+                                   p->device.num_threads <= 0, items, fkda_problem_work(p),
                                    job.worker_bytes, workspace ? bytes : 0);
     if (workers < 1)
         return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: %zu bytes, the CPU reference prefill "
