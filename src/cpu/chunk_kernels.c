@@ -135,9 +135,3 @@ void fkda_gemm_a(GEMM_ARGS)
     default: gemm_a_baseline(GEMM_PASS); return;
     }
 }
-
-const char *fkda_chunk_kernels_isa(void)
-{
-    static const char *const names[] = {"baseline", "avx2", "avx512"};
-    return names[current_isa()];
-}

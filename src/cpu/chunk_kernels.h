@@ -27,7 +27,4 @@ void fkda_gemm_a(int64_t rows, int64_t cols, int64_t depth, const float *A, int6
 void fkda_gemm_at(int64_t rows, int64_t cols, int64_t depth, const float *A, int64_t lda,
                   const float *B, int64_t ldb, float *Y, int64_t ldy, int init, const float *scale);
 
-/* The instruction set the kernels run with ("avx512", "avx2", "baseline"), for the benchmark. */
-const char *fkda_chunk_kernels_isa(void);
-
 #endif /* FKDA_CPU_CHUNK_KERNELS_H */

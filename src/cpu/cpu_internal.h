@@ -4,8 +4,8 @@
  *
  * Every algorithm sizes its workspace as (workers x bytes per worker), where the worker count
  * comes from p->device.num_threads (0: the online cores) capped by the number of work items.
- * The caller may hand in a workspace sized for fewer workers (if the core count changed between
- * the size query and the call); the algorithm then simply runs on fewer workers.
+ * At run time it may use fewer (little work, see fkda_workers_for; or a workspace sized for
+ * fewer workers, if the core count changed between the size query and the call).
  */
 #ifndef FKDA_CPU_INTERNAL_H
 #define FKDA_CPU_INTERNAL_H
@@ -23,8 +23,8 @@ fkda_status fkda_cpu_prefill_chunked(const fkda_problem *p, void *workspace, siz
 
 /* Elementwise loops (activations, decays) compiled three times, for the baseline x86-64, AVX2
  * and AVX-512, with the loader picking one (GCC's target_clones, an ifunc): the same C, 4, 8 or
- * 16 floats per instruction. The results are identical (no fused multiply-adds are formed under
- * ISO C, and no reduction order depends on the width). Elsewhere, and under ThreadSanitizer
+ * 16 floats per instruction, the same arithmetic (under -std=c11 no multiply-add is fused, and
+ * no reduction order depends on the vector width). Elsewhere, and under ThreadSanitizer
  * (whose runtime is not ready when the loader runs the ifunc resolvers): the plain function. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
     !defined(__SANITIZE_THREAD__)
@@ -35,7 +35,10 @@ fkda_status fkda_cpu_prefill_chunked(const fkda_problem *p, void *workspace, siz
 
 #define FKDA_CPU_ALIGN 64
 
-static inline size_t fkda_align_up(size_t n) { return (n + FKDA_CPU_ALIGN - 1) & ~(size_t)(FKDA_CPU_ALIGN - 1); }
+static inline size_t fkda_align_up(size_t n)
+{
+    return (n + FKDA_CPU_ALIGN - 1) & ~(size_t)(FKDA_CPU_ALIGN - 1);
+}
 
 /* Hands out consecutive aligned pieces of one worker's slice. With a NULL base it only counts
  * (the pieces are NULL), which is how the workspace functions size a slice with the same code

@@ -26,7 +26,9 @@
  * whole register tiles, so the working arrays are padded with zeros: the state block to a
  * multiple of 8 rows (key index) and 16 columns, and a chunk shorter than C (the end of a
  * sequence) to C tokens with k = q = v = b = 0 and a = 0. Padding contributes exact zeros and
- * stays zero from chunk to chunk.
+ * stays zero from chunk to chunk. The per-token arrays are token-major ([C][K]) so that the
+ * elementwise work (activations, decays) runs along the key index in vectorised loops; those
+ * loops are compiled per instruction set too (FKDA_VECTOR_CLONES in cpu_internal.h).
  */
 #include <math.h>
 #include <string.h>
@@ -319,8 +321,8 @@ static void chunked_item(void *context, int64_t item, int worker)
     carve_scratch(&c, K, nv, &s);
     const int64_t Kp = s.Kp, ld = s.ld;
 
-    /* The padding: whole state block and value rows zero, padded key rows of kr and exp(G_C)
-     * zero; the loads below fill the live part. */
+    /* The padding: the state block, the value rows, kr (its columns K .. Kp stay zero) and
+     * exp(G_C) beyond K start at zero; the loads below fill the live part. */
     memset(s.S, 0, (size_t)(Kp * ld) * sizeof(float));
     memset(s.Vc, 0, (size_t)(C * ld) * sizeof(float));
     memset(s.kr, 0, (size_t)(C * Kp) * sizeof(float));
