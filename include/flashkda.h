@@ -115,7 +115,7 @@ typedef struct fkda_device {
     fkda_device_type type;
     int32_t index;       /* CUDA: the device ordinal every tensor lives on. CPU: ignored. */
     void *stream;        /* CUDA: the cudaStream_t to run on (NULL: the legacy default stream). */
-    int32_t num_threads; /* CPU: worker threads (0: one per online core). */
+    int32_t num_threads; /* CPU: worker threads (0: up to one per online core, fewer for small calls). */
     int32_t reference;   /* CPU: 1 runs the float64 token-by-token reference instead of the fast path. */
 } fkda_device;
 
