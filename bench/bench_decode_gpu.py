@@ -188,8 +188,6 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer batch sizes")
     ap.add_argument("--sweep", action="store_true", default=os.environ.get("FKDA_BENCH_SWEEP") == "1",
                     help="also time FKDA_DECODE_WARPS_PER_CTA = 1, 2, 4 (or FKDA_BENCH_SWEEP=1)")
-    ap.add_argument("--occupancy", action="store_true", default=os.environ.get("FKDA_BENCH_OCC") == "1",
-                    help="also time the register-cap variants (FKDA_DECODE_MIN_BLOCKS = 3, 2; or FKDA_BENCH_OCC=1)")
     args = ap.parse_args()
 
     import flash_kda
@@ -242,20 +240,6 @@ def main():
                 hot.append(row)
                 print(row, flush=True)
     sweep = []
-    if args.occupancy:
-        sweep += ["", "Register cap (FKDA_DECODE_MIN_BLOCKS): 3 = 168 registers (default), 2 = 255, ours us:", "",
-                  "| pool | B | H | 3 | 2 |", "|---|---|---|---|---|"]
-        for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-            for B, H in ((1, 32), (64, 32), (256, 32), (1024, 32)):
-                cells = []
-                for mb in ("3", "2"):
-                    os.environ["FKDA_DECODE_MIN_BLOCKS"] = mb
-                    t_ours, _, _, _ = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen, with_fla=False)
-                    cells.append(f"{t_ours * 1e6:.2f}")
-                os.environ.pop("FKDA_DECODE_MIN_BLOCKS", None)
-                row = f"| {pname} | {B} | {H} | " + " | ".join(cells) + " |"
-                sweep.append(row)
-                print(row, flush=True)
     if args.sweep:
         sweep = ["", "Warps per CTA (FKDA_DECODE_WARPS_PER_CTA), ours us:", "",
                  "| pool | B | H | 1 | 2 | 4 | default |", "|---|---|---|---|---|---|---|"]

@@ -526,9 +526,9 @@ static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, 
 /* ---- the specialisations ------------------------------------------------------------------ */
 
 /* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
- * CTAs of 4 warps per SM the registers must allow (3: at most 168 registers, a few loop
- * invariants spilled; 2: at most 255, none spilled, fewer warps in flight). The *_occ2
- * variants are an experiment, chosen only by FKDA_DECODE_MIN_BLOCKS=2. */
+ * CTAs of 4 warps per SM the registers must allow. 3 caps registers at 168 (a few loop
+ * invariants spill to L1); 2 (255 registers, no spills, fewer warps in flight) was measured
+ * 7-20% slower at B*H >= 2048 (docs/decode-notes.md). */
 #define DECODE_VARIANTS(X)                          \
     X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 3)         \
     X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 3)         \
@@ -537,9 +537,7 @@ static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, 
     X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 3)      \
     X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 3)      \
     X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 3)     \
-    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 3)     \
-    X(decode_f32_kv_vec_occ2, 0, 0, 4, 16, 4, 2)    \
-    X(decode_bf16_kv_vec_occ2, 1, 0, 8, 8, 8, 2)
+    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 3)
 
 #define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, MIN_BLOCKS)                       \
     __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, MIN_BLOCKS)                   \
@@ -590,18 +588,13 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
                          "state_pool: the strides of one head's [K, V] state span %lld elements; the CUDA decode "
                          "needs fewer than 2^31",
                          (long long)(span_in > span_out ? span_in : span_out));
-    const char *occ = getenv("FKDA_DECODE_MIN_BLOCKS"); /* experiment knob, see DECODE_VARIANTS */
-    const int min_blocks = occ && atoi(occ) == 2 ? 2 : 3;
-    const decode_variant *var = NULL, *fallback = NULL;
+    const decode_variant *var = NULL;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0]; i++) {
         const decode_variant *d = &decode_variants[i];
         if (d->bf16 == (p->state_bf16 != 0) && d->v_first == (p->state_v_first != 0) &&
-            (d->vec > 1) == (vectors != 0)) {
-            if (d->min_blocks == min_blocks) var = d;
-            if (d->min_blocks == 3) fallback = d;
-        }
+            (d->vec > 1) == (vectors != 0))
+            var = d;
     }
-    if (var == NULL) var = fallback;
     if (var == NULL) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
 
     /* KL lanes per column: enough that KL * NR rows cover K (a power of two, at most 32). */
