@@ -150,6 +150,7 @@ def main():
     ap.add_argument("--no-fla", action="store_true")
     ap.add_argument("--sweep-vslice", action="store_true", help="time ours at every value slice")
     ap.add_argument("--profile", action="store_true", help="per-kernel times of ours (torch.profiler)")
+    ap.add_argument("--sweep-segments", action="store_true", help="time ours at 1, 2, 4, 8, 16 sequence segments")
     args = ap.parse_args()
 
     dev = torch.cuda.get_device_name()
@@ -179,6 +180,13 @@ def main():
                     sweep.append(f"{vs}:{time_ms(lambda: run_ours(x, out, ht), reps=5):.3f}")
                 del os.environ["FKDA_PREFILL_VSLICE"]
                 extra += " vslice ms " + " ".join(sweep)
+            if args.sweep_segments and shape["seqlens"] is None:
+                sweep = []
+                for P in (1, 2, 4, 8, 16):
+                    os.environ["FKDA_PREFILL_SEGMENTS"] = str(P)
+                    sweep.append(f"{P}:{time_ms(lambda: run_ours(x, out, ht), reps=5):.3f}")
+                del os.environ["FKDA_PREFILL_SEGMENTS"]
+                extra += " segments ms " + " ".join(sweep)
             if args.profile:
                 kt = kernel_times(lambda: run_ours(x, out, ht))
                 extra += " kernels " + " ".join(f"{k}={v:.3f}ms" for k, v in kt.items())

@@ -75,9 +75,31 @@ static __device__ __forceinline__ void chain_store_state(const pf_params *p, int
         }
 }
 
+/* A warp's 16 rows of a segment array ([128 rows][128 keys] fp32, S^T layout). */
+static __device__ __forceinline__ void chain_load_rows(const float *base, int v0, int g, int t, float S[16][4])
+{
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const float2 a = *(const float2 *)(base + (int64_t)(v0 + g) * PF_DK + 8 * j + 2 * t);
+        const float2 b = *(const float2 *)(base + (int64_t)(v0 + g + 8) * PF_DK + 8 * j + 2 * t);
+        S[j][0] = a.x;
+        S[j][1] = a.y;
+        S[j][2] = b.x;
+        S[j][3] = b.y;
+    }
+}
+
+static __device__ __forceinline__ void chain_store_rows(float *base, int v0, int g, int t, const float S[16][4])
+{
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        *(float2 *)(base + (int64_t)(v0 + g) * PF_DK + 8 * j + 2 * t) = make_float2(S[j][0], S[j][1]);
+        *(float2 *)(base + (int64_t)(v0 + g + 8) * PF_DK + 8 * j + 2 * t) = make_float2(S[j][2], S[j][3]);
+    }
+}
 #endif
 
-__global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, int nslices)
+__global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, const pf_chain_plan plan)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char smem[];
@@ -85,11 +107,22 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, int
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int g = lane >> 2, t = lane & 3;
 
+    /* Which job: blockIdx.x = ((n * HV + h) * segments + seg) * columns + column slice, where
+     * pass A has twice the column slices (the second half run the transition M). */
+    const int mode = plan.mode;
+    const int64_t nseg = mode == PF_CHAIN_WHOLE ? 1 : mode == PF_CHAIN_SEG_A ? plan.P - 1 : plan.P;
+    const int ncols = mode == PF_CHAIN_SEG_A ? 2 * plan.nslices : plan.nslices;
     int64_t bid = blockIdx.x;
-    const int slice = (int)(bid % nslices);
-    bid /= nslices;
+    int slice = (int)(bid % ncols);
+    bid /= ncols;
+    const int64_t seg = bid % nseg;
+    bid /= nseg;
     const int64_t h = bid % p.HV, n = bid / p.HV;
-    const int v0 = slice * warps * 16 + warp * 16; /* this warp's first value column */
+    const int trans = slice >= plan.nslices; /* pass A: a transition (M) slice */
+    slice -= trans ? plan.nslices : 0;
+    if (trans && seg == 0) return; /* M_0 is never needed: S_0 is known (uniform per CTA) */
+    const int v0 = slice * warps * 16 + warp * 16; /* this warp's first value (or M) column */
+    const int with_v = !trans, with_out = mode != PF_CHAIN_SEG_A;
 
     unsigned char *s_rec = smem;                                            /* [stage][record] */
     unsigned char *s_v = smem + CH_STAGES * PF_REC_BYTES;                   /* [stage][warp][tile] */
@@ -98,8 +131,14 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, int
 
     int64_t row, start, len, slot0;
     pf_sequence(&p, n, &row, &start, &len, &slot0);
-    const int64_t nch = (len + PF_CHUNK - 1) / PF_CHUNK;
+    int64_t nch = (len + PF_CHUNK - 1) / PF_CHUNK, cb = 0; /* chunks [cb, nch) */
+    if (mode != PF_CHAIN_WHOLE) {
+        cb = seg * plan.Lc;
+        nch = cb + plan.Lc < nch ? cb + plan.Lc : nch;
+        cb = cb < nch ? cb : nch;
+    }
     const unsigned char *rec0 = p.records + (h * p.slots + slot0) * (int64_t)PF_REC_BYTES;
+    const int64_t seg_off = ((n * p.HV + h) * plan.P + seg) * (int64_t)(PF_DV * PF_DK);
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < CH_STAGES; s++) mbar_init(smem_addr(&s_full[s]), 1);
@@ -107,8 +146,25 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, int
     }
     __syncthreads();
 
+    /* The start state: the caller's (or zero) at a sequence start; zero for pass A's B chains
+     * after the first segment, the identity for its M chains; the merged state in pass C. */
     float S[16][4];
-    chain_load_state(&p, n, h, v0, g, t, S);
+    if (mode == PF_CHAIN_SEG_C) {
+        chain_load_rows(plan.seg_S + seg_off, v0, g, t, S);
+    } else if (seg == 0) {
+        chain_load_state(&p, n, h, v0, g, t, S);
+        /* Pass C starts segment 0 from this copy, so the caller's initial state is only read in
+         * pass A and final_state may be the same tensor (an in-place update). */
+        if (mode == PF_CHAIN_SEG_A) chain_store_rows(plan.seg_S + seg_off, v0, g, t, S);
+    } else {
+#pragma unroll
+        for (int j = 0; j < 16; j++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int key = 8 * j + 2 * t + (e & 1), col = v0 + g + 8 * (e >> 1);
+                S[j][e] = trans && key == col ? 1.0f : 0.0f;
+            }
+    }
 
     /* Producers: thread 0 moves records, each warp its own v slice (16 tokens x 16 values,
      * lane = token * 2 + half). */
@@ -123,7 +179,7 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, int
     } while (0)
 #define CH_ISSUE_V(chunk, stage)                                                                    \
     do {                                                                                            \
-        if ((chunk) < nch) {                                                                        \
+        if (with_v && (chunk) < nch) {                                                              \
             const int64_t tk_ = (chunk) * PF_CHUNK + vtok;                                          \
             const int ok_ = tk_ < len;                                                              \
             cp_async_16(smem_addr(s_v + ((stage) * warps + warp) * CH_TILE16 + pf_swz16(vtok, vhalf)), \
@@ -135,8 +191,8 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, int
 
     if (threadIdx.x == 0)
         for (int s = 0; s < CH_STAGES; s++)
-            if (s < nch) CH_ISSUE_RECORD(s, s);
-    for (int s = 0; s < CH_STAGES; s++) CH_ISSUE_V((int64_t)s, s);
+            if (cb + s < nch) CH_ISSUE_RECORD(cb + s, s);
+    for (int s = 0; s < CH_STAGES; s++) CH_ISSUE_V(cb + s, s);
 
     const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
     unsigned char *OS = s_out + warp * CH_TILE16;
@@ -167,21 +223,21 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, int
         }                                                                                           \
         __syncwarp();                                                                               \
         const int64_t tk_ = (chunk) * PF_CHUNK + vtok;                                              \
-        if ((chunk) >= 0 && tk_ < len) {                                                            \
+        if (with_out && (chunk) >= cb && tk_ < len) {                                               \
             const uint4 x_ = *(const uint4 *)(OS + pf_swz16(vtok, vhalf));                          \
             *(uint4 *)(p.out + row * p.out_s[0] + (start + tk_) * p.out_s[1] + h * p.out_s[2] + v0 + \
                        vhalf * 8) = x_;                                                             \
         }                                                                                           \
     } while (0)
 
-    for (int64_t c = 0; c < nch; c++) {
-        const int st = (int)(c % CH_STAGES);
+    for (int64_t c = cb; c < nch; c++) {
+        const int st = (int)((c - cb) % CH_STAGES);
         const unsigned char *R = s_rec + st * PF_REC_BYTES;
         const unsigned char *VT = s_v + (st * warps + warp) * CH_TILE16;
 
         CP_ASYNC_WAIT(CH_STAGES - 1);
         __syncwarp();
-        mbar_wait(smem_addr(&s_full[st]), (uint32_t)((c / CH_STAGES) & 1));
+        mbar_wait(smem_addr(&s_full[st]), (uint32_t)(((c - cb) / CH_STAGES) & 1));
 
         /* The critical chain first: S^T (-W)^T in four 4-deep chains (token tile x key half). */
         float vn[2][2][4]; /* [key half][token tile] */
@@ -199,8 +255,8 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, int
 
         /* U^T = V^T bINV^T (bINV as hi + lo): A = V^T by a transposed load of the [token][value]
          * tile. Off the chain: it does not depend on the state. */
-        float u[2][4];
-        {
+        float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+        if (with_v) { /* uniform per CTA */
             uint32_t va[4], bh[4], bl[4];
             const int mi = lane >> 3, r = lane & 7;
             ldsm_x4_trans(va, smem_addr(VT + pf_swz16(r + 8 * (mi >> 1), mi & 1)));
@@ -242,7 +298,7 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, int
         }
 
         /* O = Qd S + Mqk Vnew (Mqk as hi + lo), in four chains, while the update completes. */
-        {
+        if (with_out) {
             float oh[2][4];
 #pragma unroll
             for (int kk = 0; kk < 8; kk++) {
@@ -274,24 +330,30 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, int
         if (threadIdx.x == 0 && c + CH_STAGES < nch) CH_ISSUE_RECORD(c + CH_STAGES, st);
         CH_ISSUE_V(c + CH_STAGES, st);
     }
-    if (nch > 0) CH_STORE_OUTPUT(nch - 1);
+    if (nch > cb) CH_STORE_OUTPUT(nch - 1);
 #undef CH_PACK_STATE
 #undef CH_STORE_OUTPUT
 #undef CH_ISSUE_RECORD
 #undef CH_ISSUE_V
 
-    chain_store_state(&p, n, h, v0, g, t, S);
+    if (mode == PF_CHAIN_WHOLE || (mode == PF_CHAIN_SEG_C && seg == plan.P - 1))
+        chain_store_state(&p, n, h, v0, g, t, S);
+    else if (mode == PF_CHAIN_SEG_A)
+        chain_store_rows((trans ? plan.seg_M : plan.seg_B) + seg_off, v0, g, t, S);
 #endif
 }
 
-cudaError_t pf_launch_chain(const pf_params *p, int vslice, cudaStream_t stream)
+cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream)
 {
-    const int nslices = PF_DV / vslice;
-    const int64_t blocks = p->N * p->HV * nslices;
+    const int vslice = PF_DV / plan->nslices;
+    const int64_t nseg = plan->mode == PF_CHAIN_WHOLE ? 1 : plan->mode == PF_CHAIN_SEG_A ? plan->P - 1 : plan->P;
+    const int64_t ncols = plan->mode == PF_CHAIN_SEG_A ? 2 * plan->nslices : plan->nslices;
+    const int64_t blocks = p->N * p->HV * nseg * ncols;
     if (blocks <= 0) return cudaSuccess;
     const size_t smem = pf_chain_smem_bytes(vslice);
-    cudaError_t err = cudaFuncSetAttribute(pf_chain_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+    cudaError_t err = cudaFuncSetAttribute(pf_chain_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)pf_chain_smem_bytes(PF_DV));
     if (err != cudaSuccess) return err;
-    pf_chain_kernel<<<(unsigned)blocks, vslice * 2, smem, stream>>>(*p, nslices);
+    pf_chain_kernel<<<(unsigned)blocks, vslice * 2, smem, stream>>>(*p, *plan);
     return cudaGetLastError();
 }

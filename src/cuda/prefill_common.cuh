@@ -168,10 +168,33 @@ static __device__ __forceinline__ float pf_sigmoid(float x)
     return 1.0f / (1.0f + __expf(-x));
 }
 
-/* The two launches (each beside its kernel). `vslice` is the number of value columns per chain
- * CTA: 16, 32, 64 or 128 (one warp per 16 columns). */
+/* How the chain kernel splits the work (prefill_launch.cu decides).
+ *
+ *   PF_CHAIN_WHOLE: one CTA per (sequence, head, value slice) walks the whole sequence.
+ *   Segments (few heads, long sequences, B equal-length rows only): each sequence is cut into
+ *   P segments of Lc chunks, and the state map over a segment is affine, S -> M S + B:
+ *     PF_CHAIN_SEG_A: for segments p < P - 1, in parallel: B_p, the state at the segment's end
+ *       from a zero start (from the initial state for p = 0), and, for p >= 1, M_p, the same
+ *       chain run on the identity with v = 0 (the "transition" columns);
+ *     prefill_merge.cu: S_1 = B_0, S_{p+1} = M_p S_p + B_p, in fp32, serial over p;
+ *     PF_CHAIN_SEG_C: every segment again from its true start state S_p, writing the output;
+ *       the last one writes the final state.
+ *   Segment arrays are [N][HV][P][128 rows][128 keys] fp32, rows in the chain's S^T layout
+ *   (value index for B and S, transition column for M). */
+enum { PF_CHAIN_WHOLE = 0, PF_CHAIN_SEG_A = 1, PF_CHAIN_SEG_C = 2 };
+
+typedef struct pf_chain_plan {
+    int32_t mode;
+    int32_t nslices;      /* value slices per (sequence, head) */
+    int64_t P, Lc;        /* segments per sequence and chunks per segment (mode != WHOLE) */
+    float *seg_B, *seg_M, *seg_S;
+} pf_chain_plan;
+
+/* The launches (each beside its kernel). `vslice` is the number of value columns per chain CTA:
+ * 16, 32, 64 or 128 (one warp per 16 columns). */
 cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream);
-cudaError_t pf_launch_chain(const pf_params *p, int vslice, cudaStream_t stream);
+cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream);
+cudaError_t pf_launch_merge(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream);
 size_t pf_chain_smem_bytes(int vslice);
 
 #endif /* FKDA_PREFILL_COMMON_CUH */

@@ -60,9 +60,49 @@ extern "C" fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const 
     return FKDA_OK;
 }
 
+static int device_sms(const fkda_problem *p)
+{
+    const cudaDeviceProp *prop = fkda_cuda_device_properties(p->device.index);
+    return prop ? prop->multiProcessorCount : 132;
+}
+
+/* Segments per sequence (prefill_common.cuh, chain plan). Only for B equal-length rows (with
+ * cu_seqlens the lengths stay on the device), and only when the (sequence, head) chains alone
+ * leave SMs idle: then the sequence is cut so that pass A (two chains per segment) has about six
+ * warps per SM, with segments of at least 64 chunks. FKDA_PREFILL_SEGMENTS overrides (1: off). */
+static int64_t choose_segments(const fkda_problem *p, int sms)
+{
+    if (p->cu_seqlens.data != NULL || p->T <= 0) return 1;
+    const int64_t nch = (p->T + PF_CHUNK - 1) / PF_CHUNK, warps = p->N * p->HV * (PF_DV / 16);
+    int64_t P;
+    const char *env = getenv("FKDA_PREFILL_SEGMENTS");
+    if (env != NULL) {
+        P = atoll(env);
+        P = P < 1 ? 1 : P > 64 ? 64 : P;
+        return P > nch ? nch : P;
+    }
+    if (warps > sms) return 1;
+    P = (int64_t)sms * 6 / (warps * 2);
+    P = P > 16 ? 16 : P;
+    P = P > nch / 64 ? nch / 64 : P;
+    return P < 2 ? 1 : P;
+}
+
+static size_t records_bytes(const fkda_problem *p)
+{
+    return (size_t)prefill_slots(p) * (size_t)p->HV * PF_REC_BYTES;
+}
+
+/* Workspace: the records, then (with segments) seg_B, seg_M, seg_S of N*HV*P 128x128 fp32. */
+static size_t segment_bytes(const fkda_problem *p, int64_t P)
+{
+    return P > 1 ? (size_t)p->N * (size_t)p->HV * (size_t)P * PF_DV * PF_DK * sizeof(float) : 0;
+}
+
 extern "C" fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t *bytes)
 {
-    *bytes = (size_t)prefill_slots(p) * (size_t)p->HV * PF_REC_BYTES;
+    const int64_t P = choose_segments(p, device_sms(p));
+    *bytes = records_bytes(p) + 3 * segment_bytes(p, P);
     return FKDA_OK;
 }
 
@@ -159,11 +199,40 @@ extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace,
     pf_params params;
     fill_params(p, workspace, &params);
     cudaStream_t stream = (cudaStream_t)p->device.stream;
+    const int sms = prop->multiProcessorCount;
+    const int64_t P = choose_segments(p, sms);
+    pf_chain_plan plan;
+    memset(&plan, 0, sizeof plan);
+    plan.P = P;
     cudaError_t err = pf_launch_prep(&params, stream);
     const char *what = "the prefill prep kernel";
-    if (err == cudaSuccess) {
-        err = pf_launch_chain(&params, choose_vslice(p, prop->multiProcessorCount), stream);
+    if (err == cudaSuccess && P <= 1) {
+        plan.mode = PF_CHAIN_WHOLE;
+        plan.nslices = PF_DV / choose_vslice(p, sms);
+        plan.P = 1;
+        err = pf_launch_chain(&params, &plan, stream);
         what = "the prefill chain kernel";
+    } else if (err == cudaSuccess) {
+        const int64_t nch = (p->T + PF_CHUNK - 1) / PF_CHUNK;
+        const size_t seg = segment_bytes(p, P);
+        unsigned char *base = (unsigned char *)workspace + records_bytes(p);
+        plan.nslices = PF_DV / 16;
+        plan.Lc = (nch + P - 1) / P;
+        plan.seg_B = (float *)base;
+        plan.seg_M = (float *)(base + seg);
+        plan.seg_S = (float *)(base + 2 * seg);
+        plan.mode = PF_CHAIN_SEG_A;
+        err = pf_launch_chain(&params, &plan, stream);
+        what = "the prefill chain kernel (segment pass A)";
+        if (err == cudaSuccess) {
+            err = pf_launch_merge(&params, &plan, stream);
+            what = "the prefill merge kernel";
+        }
+        if (err == cudaSuccess) {
+            plan.mode = PF_CHAIN_SEG_C;
+            err = pf_launch_chain(&params, &plan, stream);
+            what = "the prefill chain kernel (segment pass C)";
+        }
     }
     if (previous != p->device.index) cudaSetDevice(previous);
     if (err != cudaSuccess)

@@ -8,14 +8,17 @@
  *      operands Qd, Kr, gamma into the record, Kd in registers, and exponent-centred copies
  *      kc = k 2^(G - Gref), ki = k 2^(Gref - G), qc = q 2^(G - Gref) for the 16 x 16 products
  *      (Gref = G at row 7 keeps every exponent within 8 steps of decay: |x| <= 58 for lb = -5),
- *      each as two bf16 terms (hi + lo);
- *   4. L = strict_lower(diag(b) kc ki^T) and Mqk = scale lower_incl(qc ki^T) by mma.sync as
- *      hi*hi + hi*lo + lo*hi (about fp32 accuracy), fp32 accumulation, masks by selection;
- *      one warp per (product, 8-column tile);
+ *      qc and ki also as two bf16 terms (hi + lo);
+ *   4. L = strict_lower(diag(b) kc ki^T) (plain bf16 operands) and Mqk = scale lower_incl(qc ki^T)
+ *      as hi*hi + hi*lo + lo*hi (about fp32 accuracy: one bf16 rounding of qc and ki was the
+ *      largest output error term; the same rounding in L costs nothing measurable), by mma.sync
+ *      with fp32 accumulation, masks by selection; one warp per (product, 8-column tile);
  *   5. warp 0: INV = (I + L)^-1 by fp32 forward substitution (lane c owns column c), bINV =
  *      INV diag(b), stored as hi + lo bf16 terms like Mqk;
  *   6. thread c: W[:, c] = bINV Kd[:, c] in fp32, stored negated (the chain adds S^T (-W)^T);
- *   7. the 13,824-byte record leaves with coalesced 16-byte stores.
+ *   The record goes straight from registers to the workspace: thread c's 2-byte stores of row i
+ *   make one contiguous 64-byte piece per warp (the swizzle only permutes 16-byte units inside
+ *   128-byte blocks), so no shared staging is needed; that keeps shared memory at ~22 KB.
  *
  * Rows past the end of a sequence get k = q = 0, b = 0 and no decay, so they add nothing to the
  * state, and their U and W rows are zero (the chain zero-fills their v rows).
@@ -50,15 +53,15 @@ static __device__ __forceinline__ int64_t prep_find_sequence(const pf_params *p,
     return lo;
 }
 
-__global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p)
+__global__ void __launch_bounds__(PREP_THREADS, 8) pf_prep_kernel(const pf_params p)
 {
-    /* q, k, g tiles (3 x 4 KB, linear rows of 256 B) while loading; the record afterwards. */
-    __shared__ __align__(128) unsigned char s_io[PF_REC_BYTES];
-    /* kc, ki, qc as hi and lo bf16 terms, swizzled 16 x 128 tiles: [term][hi/lo][4096] */
-    __shared__ __align__(128) unsigned char s_ops[3][2][4096];
+    /* q, k, g tiles (3 x 4 KB, linear rows of 256 B) while loading; then the swizzled operands
+     * of the 16 x 16 products: kc, ki (hi, lo), qc (hi, lo). */
+    __shared__ __align__(128) unsigned char s_buf[5][4096];
     __shared__ float s_L[16][17];
     __shared__ float s_binv[16][17];
     __shared__ float s_rq[16], s_rk[16], s_b[16];
+    enum { IN_Q = 0, IN_K = 1, IN_G = 2, OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC = 3, OP_QC_LO = 4 };
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int64_t h = blockIdx.y, slot = blockIdx.x;
@@ -70,6 +73,7 @@ __global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p
     const int64_t t0 = start + c * PF_CHUNK;
     const int rows = (int)(len - c * PF_CHUNK < PF_CHUNK ? len - c * PF_CHUNK : PF_CHUNK);
     const int64_t hq = h / p.group;
+    unsigned char *rec = p.records + (h * p.slots + slot) * (int64_t)PF_REC_BYTES;
 
     /* 1. Tiles in flight first; beta meanwhile. */
     {
@@ -85,7 +89,7 @@ __global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p
                 const int u = tid + i * PREP_THREADS, r = u >> 4, unit = u & 15;
                 const int ok = r < rows;
                 const uint16_t *src = ok ? base + (t0 + r) * ts + unit * 8 : base;
-                cp_async_16(smem_addr(s_io + which * 4096 + r * 256 + unit * 16), src, ok ? 16u : 0u);
+                cp_async_16(smem_addr(s_buf[which] + r * 256 + unit * 16), src, ok ? 16u : 0u);
             }
         }
         cp_async_commit();
@@ -99,6 +103,9 @@ __global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p
         }
         s_b[tid] = b;
     }
+    const int col = tid;
+    const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
+    const float db = p.dt_bias ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1]) : 0.0f;
     CP_ASYNC_WAIT(0);
     __syncthreads();
 
@@ -108,8 +115,8 @@ __global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p
         float sq = 0.0f, sk = 0.0f;
 #pragma unroll
         for (int e = 0; e < 2; e++) {
-            uint4 xq = *(const uint4 *)(s_io + 0 * 4096 + r * 256 + (2 * part + e) * 16);
-            uint4 xk = *(const uint4 *)(s_io + 1 * 4096 + r * 256 + (2 * part + e) * 16);
+            uint4 xq = *(const uint4 *)(s_buf[IN_Q] + r * 256 + (2 * part + e) * 16);
+            uint4 xk = *(const uint4 *)(s_buf[IN_K] + r * 256 + (2 * part + e) * 16);
             const uint32_t wq[4] = {xq.x, xq.y, xq.z, xq.w}, wk[4] = {xk.x, xk.y, xk.z, xk.w};
 #pragma unroll
             for (int j = 0; j < 4; j++) {
@@ -131,19 +138,15 @@ __global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p
     }
     __syncthreads();
 
-    /* 3. Thread `col` owns key channel col. */
-    const int col = tid;
+    /* 3. Thread `col` owns key channel col: its column of q, k, g into registers. */
     float qn[16], kn[16], G[16];
     {
-        const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
-        const float db =
-            p.dt_bias ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1]) : 0.0f;
         float acc = 0.0f;
 #pragma unroll
         for (int i = 0; i < 16; i++) {
-            const uint16_t *rq = (const uint16_t *)(s_io + 0 * 4096 + i * 256);
-            const uint16_t *rk = (const uint16_t *)(s_io + 1 * 4096 + i * 256);
-            const uint16_t *rg = (const uint16_t *)(s_io + 2 * 4096 + i * 256);
+            const uint16_t *rq = (const uint16_t *)(s_buf[IN_Q] + i * 256);
+            const uint16_t *rk = (const uint16_t *)(s_buf[IN_K] + i * 256);
+            const uint16_t *rg = (const uint16_t *)(s_buf[IN_G] + i * 256);
             float a = i < rows ? p.gate_scale * pf_sigmoid(A * (pf_bf16_to_float(rg[col]) + db)) : 0.0f;
             acc += a;
             G[i] = acc;
@@ -151,71 +154,73 @@ __global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p
             kn[i] = pf_bf16_to_float(rk[col]) * s_rk[i];
         }
     }
-    __syncthreads(); /* every thread has its column: s_io becomes the record */
+    __syncthreads(); /* every thread has its column: s_buf now takes the operands */
 
     float kd[16];
     {
         const float Gref = G[7], Gl = G[15];
-        *(float *)(s_io + PF_REC_GAMMA + col * 4) = pf_exp2(Gl);
+        *(float *)(rec + PF_REC_GAMMA + col * 4) = pf_exp2(Gl);
 #pragma unroll
         for (int i = 0; i < 16; i++) {
             const float e = pf_exp2(G[i]);
             const uint32_t off = pf_swz(i, col);
             kd[i] = kn[i] * e;
-            st_bf16(s_io + PF_REC_QD, off, p.scale * qn[i] * e);
-            st_bf16(s_io + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]));
+            st_bf16(rec + PF_REC_QD, off, p.scale * qn[i] * e);
+            st_bf16(rec + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]));
             const float ec = pf_exp2(G[i] - Gref), ei = pf_exp2(Gref - G[i]);
-            const float x[3] = {kn[i] * ec, kn[i] * ei, qn[i] * ec};
-#pragma unroll
-            for (int m = 0; m < 3; m++) {
-                const uint16_t hi = pf_float_to_bf16(x[m]);
-                *(uint16_t *)(s_ops[m][0] + off) = hi;
-                st_bf16(s_ops[m][1], off, x[m] - pf_bf16_to_float(hi));
-            }
+            const float kc = kn[i] * ec, ki = kn[i] * ei, qc = qn[i] * ec;
+            const uint16_t ki_hi = pf_float_to_bf16(ki), qc_hi = pf_float_to_bf16(qc);
+            st_bf16(s_buf[OP_KC], off, kc);
+            *(uint16_t *)(s_buf[OP_KI] + off) = ki_hi;
+            st_bf16(s_buf[OP_KI_LO], off, ki - pf_bf16_to_float(ki_hi));
+            *(uint16_t *)(s_buf[OP_QC] + off) = qc_hi;
+            st_bf16(s_buf[OP_QC_LO], off, qc - pf_bf16_to_float(qc_hi));
         }
     }
     __syncthreads();
 
-    /* 4. Warp w: product w / 2 (0: L from kc, 1: Mqk from qc) on token tile j = 8 (w % 2) .. +8,
+    /* 4. Warps 0, 1: L on token tile 8w..8w+8; warps 2, 3: Mqk on token tile 8(w-2)..; Mqk in
      * three accumulators (hi*hi, hi*lo, lo*hi) so each chain is 8 deep. */
     const int g = lane >> 2, t = lane & 3;
     {
         const int prod = warp >> 1, nt = warp & 1;
-        const unsigned char *Ahi = s_ops[prod == 0 ? 0 : 2][0], *Alo = s_ops[prod == 0 ? 0 : 2][1];
         float acc[3][4];
 #pragma unroll
         for (int m = 0; m < 3; m++)
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[m][e] = 0.0f;
+        const unsigned char *Ahi = s_buf[prod ? OP_QC : OP_KC];
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
-            uint32_t ah[4], al[4], bh[4], bl[4];
+            uint32_t ah[4], bh[4];
             /* A: (rows 0-7 | 8-15) x (unit 2kk | 2kk+1) in the order a0 a1 a2 a3 */
             const uint32_t aoff = pf_swz_unit((lane & 7) + ((lane >> 3) & 1) * 8, 2 * kk + (lane >> 4));
-            ldsm_x4(ah, smem_addr(Ahi + aoff));
-            ldsm_x4(al, smem_addr(Alo + aoff));
             /* B = ki^T: b0 b1 of token tile 0, then of token tile 1 */
             const uint32_t boff = pf_swz_unit((lane & 7) + (lane >> 4) * 8, 2 * kk + ((lane >> 3) & 1));
-            ldsm_x4(bh, smem_addr(s_ops[1][0] + boff));
-            ldsm_x4(bl, smem_addr(s_ops[1][1] + boff));
+            ldsm_x4(ah, smem_addr(Ahi + aoff));
+            ldsm_x4(bh, smem_addr(s_buf[OP_KI] + boff));
             /* this warp's token tile (selects, not a run-time register index) */
             const uint32_t bh0 = nt ? bh[2] : bh[0], bh1 = nt ? bh[3] : bh[1];
-            const uint32_t bl0 = nt ? bl[2] : bl[0], bl1 = nt ? bl[3] : bl[1];
             mma_bf16_16816(acc[0], ah, bh0, bh1, acc[0]);
-            mma_bf16_16816(acc[1], ah, bl0, bl1, acc[1]);
-            mma_bf16_16816(acc[2], al, bh0, bh1, acc[2]);
+            if (prod) { /* warp-uniform */
+                uint32_t al[4], bl[4];
+                ldsm_x4(al, smem_addr(s_buf[OP_QC_LO] + aoff));
+                ldsm_x4(bl, smem_addr(s_buf[OP_KI_LO] + boff));
+                const uint32_t bl0 = nt ? bl[2] : bl[0], bl1 = nt ? bl[3] : bl[1];
+                mma_bf16_16816(acc[1], ah, bl0, bl1, acc[1]);
+                mma_bf16_16816(acc[2], al, bh0, bh1, acc[2]);
+            }
         }
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int i = g + 8 * (e >> 1), j = 8 * nt + 2 * t + (e & 1);
-            const float x = acc[0][e] + (acc[1][e] + acc[2][e]);
             if (prod == 0) {
-                s_L[i][j] = i > j ? s_b[i] * x : 0.0f;
+                s_L[i][j] = i > j ? s_b[i] * acc[0][e] : 0.0f;
             } else {
-                const float m = i >= j ? p.scale * x : 0.0f;
+                const float m = i >= j ? p.scale * (acc[0][e] + (acc[1][e] + acc[2][e])) : 0.0f;
                 const uint16_t hi = pf_float_to_bf16(m);
-                *(uint16_t *)(s_io + PF_REC_MQK + (i * 16 + j) * 2) = hi;
-                st_bf16(s_io + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, m - pf_bf16_to_float(hi));
+                *(uint16_t *)(rec + PF_REC_MQK + (i * 16 + j) * 2) = hi;
+                st_bf16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, m - pf_bf16_to_float(hi));
             }
         }
     }
@@ -242,27 +247,21 @@ __global__ void __launch_bounds__(PREP_THREADS) pf_prep_kernel(const pf_params p
                 const float x = inv[i] * bc;
                 const uint16_t hi = pf_float_to_bf16(x);
                 s_binv[i][cc] = x;
-                *(uint16_t *)(s_io + PF_REC_BINV + (i * 16 + cc) * 2) = hi;
-                st_bf16(s_io + PF_REC_BINV_LO, (uint32_t)(i * 16 + cc) * 2, x - pf_bf16_to_float(hi));
+                *(uint16_t *)(rec + PF_REC_BINV + (i * 16 + cc) * 2) = hi;
+                st_bf16(rec + PF_REC_BINV_LO, (uint32_t)(i * 16 + cc) * 2, x - pf_bf16_to_float(hi));
             }
         }
     }
     __syncthreads();
 
-    /* 6. W = bINV Kd in fp32 (bINV is lower triangular including the diagonal). */
+    /* 6. W = bINV Kd in fp32 (bINV is lower triangular including the diagonal), stored negated. */
 #pragma unroll
     for (int i = 0; i < 16; i++) {
         float w = 0.0f;
 #pragma unroll
         for (int j = 0; j <= i; j++) w += s_binv[i][j] * kd[j];
-        st_bf16(s_io + PF_REC_NEGW, pf_swz(i, col), -w);
+        st_bf16(rec + PF_REC_NEGW, pf_swz(i, col), -w);
     }
-    __syncthreads();
-
-    /* 7. The record to the workspace. */
-    unsigned char *dst = p.records + (h * p.slots + slot) * (int64_t)PF_REC_BYTES;
-    for (int o = tid * 16; o < PF_REC_BYTES; o += PREP_THREADS * 16)
-        *(uint4 *)(dst + o) = *(const uint4 *)(s_io + o);
 }
 
 cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)

@@ -53,6 +53,7 @@ typedef struct pf_case {
     int report;             /* print the ERROR-REPORT line */
     double out_tol, state_tol;
     int vslice;             /* value columns per chain CTA (FKDA_PREFILL_VSLICE); 0: the default */
+    int segments;           /* sequence segments (FKDA_PREFILL_SEGMENTS); 0: the default */
 } pf_case;
 
 static double seconds(void)
@@ -198,6 +199,11 @@ static void run_case(const pf_case *c, test_rng *rng)
         setenv("FKDA_PREFILL_VSLICE", vs_text, 1);
     else
         unsetenv("FKDA_PREFILL_VSLICE");
+    snprintf(vs_text, sizeof vs_text, "%d", c->segments);
+    if (c->segments)
+        setenv("FKDA_PREFILL_SEGMENTS", vs_text, 1);
+    else
+        unsetenv("FKDA_PREFILL_SEGMENTS");
     size_t gws_bytes = 0;
     s = fkda_prefill_workspace_size(&d, &gpu, &gws_bytes);
     CHECK(s == FKDA_OK, "%s: GPU workspace size failed: %s", c->name, fkda_last_error());
@@ -244,8 +250,8 @@ static void run_case(const pf_case *c, test_rng *rng)
         if (c->has_out) f_st = test_rel_error(&st1, &st_fast);
         CHECK(f_out <= c->out_tol, "%s: output vs CPU fast path %.3e", c->name, f_out);
     }
-    printf("  %-34s vs=%-3d T=%-6lld N=%-3lld H=%-3lld HV=%-3lld  out %.2e  state %.2e  (fast: %.2e %.2e)  gpu %.3f ms  cpu %.1f s\n",
-           c->name, c->vslice, (long long)T, (long long)N, (long long)H, (long long)HV, e_out, e_st, f_out, f_st, gpu_ms, t_cpu);
+    printf("  %-34s vs=%-3d seg=%-2d T=%-6lld N=%-3lld H=%-3lld HV=%-3lld  out %.2e  state %.2e  (fast: %.2e %.2e)  gpu %.3f ms  cpu %.1f s\n",
+           c->name, c->vslice, c->segments, (long long)T, (long long)N, (long long)H, (long long)HV, e_out, e_st, f_out, f_st, gpu_ms, t_cpu);
     if (c->report)
         printf("ERROR-REPORT T=%lld H=%lld: output %.3e, final state %.3e (bars 4e-3 / 3e-3)\n", (long long)T,
                (long long)H, e_out, e_st);
@@ -331,32 +337,38 @@ int main(int argc, char **argv)
     test_rng_seed(&rng, test_seed_from_env());
 
     /* name, B, T, H, HV, nseq, seqlens, has_in, has_out, in, out, v_first, in_place,
-     * l2norm, sigmoid, neg, cu_i32, fast_too, report, tol_out, tol_state[, vslice] */
+     * l2norm, sigmoid, neg, cu_i32, fast_too, report, tol_out, tol_state[, vslice, segments] */
     const pf_case small_cases[] = {
-        {"T=1", 1, 1, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"T=17 B=2 bf16 states [K,V]", 2, 17, 2, 2, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 128},
-        {"varlen with empties", 1, 0, 2, 2, 5, {0, 17, 0, 40, 3}, 1, 1, F32, BF16, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 32},
-        {"T=65 no states", 1, 65, 1, 1, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"T=1", 1, 1, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"T=17 B=2 bf16 states [K,V]", 2, 17, 2, 2, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 128, 0},
+        {"varlen with empties", 1, 0, 2, 2, 5, {0, 17, 0, 40, 3}, 1, 1, F32, BF16, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 32, 0},
+        {"T=65 no states", 1, 65, 1, 1, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"T=100 3 segments, in place", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 3},
     };
     const pf_case full_cases[] = {
-        {"T=1", 1, 1, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"T=15", 1, 15, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"T=16", 1, 16, 4, 4, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"T=17 B=3", 3, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"T=63 bf16 in, f32 out [V,K]", 1, 63, 4, 4, 0, {0}, 1, 1, BF16, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"T=64 f32 in, bf16 out [K,V]", 2, 64, 4, 4, 0, {0}, 1, 1, F32, BF16, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"T=65 bf16 states [V,K]", 1, 65, 4, 4, 0, {0}, 1, 1, BF16, BF16, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 64},
-        {"T=65 no initial state", 1, 65, 4, 4, 0, {0}, 0, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"T=1000 B=2 no states", 2, 1000, 4, 4, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"T=1000 in-place f32 [V,K]", 1, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 128},
-        {"varlen empties, int64 cu", 1, 0, 4, 4, 9, {0, 1, 15, 0, 16, 17, 300, 0, 64}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 32},
-        {"varlen empties, int32 cu, bf16", 1, 0, 4, 4, 6, {0, 0, 63, 65, 1000, 0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 1, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"GVA H=2 HV=4", 2, 100, 2, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 64},
-        {"no l2norm, no sigmoid", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 0, 0, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"allow_neg_eigval", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 1, 0, 1, 0, TOL_OUT, TOL_ST, 0},
-        {"many heads H=64", 1, 300, 64, 64, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 0, 0, TOL_OUT, TOL_ST, 0},
-        {"T=2048 H=8 (error report)", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 1, TOL_OUT, TOL_ST, 0},
-        {"T=65536 H=1", 1, 65536, 1, 1, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0},
+        {"T=1", 1, 1, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"T=15", 1, 15, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"T=16", 1, 16, 4, 4, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"T=17 B=3", 3, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"T=63 bf16 in, f32 out [V,K]", 1, 63, 4, 4, 0, {0}, 1, 1, BF16, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"T=64 f32 in, bf16 out [K,V]", 2, 64, 4, 4, 0, {0}, 1, 1, F32, BF16, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"T=65 bf16 states [V,K]", 1, 65, 4, 4, 0, {0}, 1, 1, BF16, BF16, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 64, 0},
+        {"T=65 no initial state", 1, 65, 4, 4, 0, {0}, 0, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"T=1000 B=2 no states", 2, 1000, 4, 4, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"T=1000 in-place f32 [V,K]", 1, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 128, 0},
+        {"varlen empties, int64 cu", 1, 0, 4, 4, 9, {0, 1, 15, 0, 16, 17, 300, 0, 64}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 32, 0},
+        {"varlen empties, int32 cu, bf16", 1, 0, 4, 4, 6, {0, 0, 63, 65, 1000, 0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 1, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"GVA H=2 HV=4", 2, 100, 2, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 64, 0},
+        {"no l2norm, no sigmoid", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 0, 0, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"allow_neg_eigval", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 1, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"many heads H=64", 1, 300, 64, 64, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 0, 0, TOL_OUT, TOL_ST, 0, 0},
+        {"T=17 2 segments", 2, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 5},
+        {"T=65 3 segments bf16 [K,V]", 1, 65, 4, 4, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 3},
+        {"T=1000 B=2 4 segments, in place", 2, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 4},
+        {"T=1000 7 segments, no h0", 1, 1000, 2, 2, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 7},
+        {"T=2048 H=8 one pass", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 1},
+        {"T=2048 H=8 (error report)", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 1, TOL_OUT, TOL_ST, 0, 0},
+        {"T=65536 H=1", 1, 65536, 1, 1, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
     };
     const pf_case *cases = small ? small_cases : full_cases;
     const int n = small ? (int)(sizeof small_cases / sizeof small_cases[0])
