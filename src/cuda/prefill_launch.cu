@@ -68,8 +68,9 @@ static int device_sms(const fkda_problem *p)
 
 /* Segments per sequence (prefill_common.cuh, chain plan). Only for B equal-length rows (with
  * cu_seqlens the lengths stay on the device), and only when the (sequence, head) chains alone
- * leave SMs idle: then the sequence is cut so that pass A (two chains per segment) has about six
- * warps per SM, with segments of at least 64 chunks. FKDA_PREFILL_SEGMENTS overrides (1: off). */
+ * leave SMs idle: then the sequence is cut so that pass A (two chains per segment) has about
+ * three warps per SM, with segments of at least 64 chunks (H100, v3 sweep: T=65536 H=8 best at
+ * P = 4, T=16384 H=16 at P = 3). FKDA_PREFILL_SEGMENTS overrides (1: off). */
 static int64_t choose_segments(const fkda_problem *p, int sms)
 {
     if (p->cu_seqlens.data != NULL || p->T <= 0) return 1;
@@ -82,7 +83,7 @@ static int64_t choose_segments(const fkda_problem *p, int sms)
         return P > nch ? nch : P;
     }
     if (warps > sms) return 1;
-    P = (int64_t)sms * 6 / (warps * 2);
+    P = ((int64_t)sms * 3 + warps) / (2 * warps) + 1; /* pass A: ~3 warps per SM (measured best) */
     P = P > 16 ? 16 : P;
     P = P > nch / 64 ? nch / 64 : P;
     return P < 2 ? 1 : P;
