@@ -12,9 +12,9 @@
  *   S^T     = S^T diag(gamma) + Vnew^T Kr     16 mma, the state update in place
  *   O       = Qd S + Mqk Vnew                 16 tokens x 16 values, fp32, one bf16 rounding
  *
- * The serial chain is S -> Vnew -> S'. The products that do not feed the next chunk (U, Qd S,
- * Mqk Vnew) are interleaved with it so that they fill its mma latencies, and a chunk's output is
- * stored at the start of the next chunk.
+ * The source order is the dependency order of the serial chain (S -> Vnew -> S'): the products
+ * that do not feed the next chunk (U, O) are issued where they fill the chain's latencies, and a
+ * chunk's output is stored during the next chunk.
  *
  * Operands come from the chunk's record (prefill_prep.cu), moved whole by one bulk copy per chunk
  * into a ring of CH_STAGES stages completed on mbarriers; each warp cp.asyncs its own 16 x 16
@@ -239,43 +239,19 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
         __syncwarp();
         mbar_wait(smem_addr(&s_full[st]), (uint32_t)(((c - cb) / CH_STAGES) & 1));
 
-        /* The previous chunk's output (its products finished long ago). */
-        CH_STORE_OUTPUT(c - 1);
-
-        /* S^T (-W)^T (the serial chain) in four 4-deep chains (key half x token tile), with
-         * O = Qd S (same bf16 state, four more chains) interleaved so that one warp alone on its
-         * SM keeps the tensor pipe busy while the chain's mma latencies run (v4; v2 issued the
-         * two apart and one warp's step got 25 % slower). Pass A has no output. */
+        /* The critical chain first: S^T (-W)^T in four 4-deep chains (token tile x key half). */
         float vn[2][2][4]; /* [key half][token tile] */
-        float oh[2][4];
-#define CH_W_STEP(kk)                                                                               \
-    do {                                                                                            \
-        uint32_t wb[4];                                                                             \
-        ldsm_x4(wb, smem_addr(R + PF_REC_NEGW + pf_swz_unit((lane & 7) + 8 * (lane >> 4), 2 * (kk) + ((lane >> 3) & 1)))); \
-        float(*acc)[4] = vn[(kk) >> 2];                                                             \
-        mma_bf16_16816(acc[0], sa[kk], wb[0], wb[1], ((kk) & 3) ? acc[0] : zero4);                  \
-        mma_bf16_16816(acc[1], sa[kk], wb[2], wb[3], ((kk) & 3) ? acc[1] : zero4);                  \
-    } while (0)
-#define CH_O_STEP(kk)                                                                               \
-    do {                                                                                            \
-        uint32_t qa[4];                                                                             \
-        ldsm_x4(qa, smem_addr(R + PF_REC_QD + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * (kk) + (lane >> 4)))); \
-        float(*acc)[4] = (kk) < 4 ? o : oh;                                                         \
-        mma_bf16_16816(acc[0], qa, sa[kk][0], sa[kk][2], ((kk) & 3) ? acc[0] : zero4);              \
-        mma_bf16_16816(acc[1], qa, sa[kk][1], sa[kk][3], ((kk) & 3) ? acc[1] : zero4);              \
-    } while (0)
-        if (with_out) { /* uniform per CTA */
 #pragma unroll
-            for (int kk = 0; kk < 8; kk++) {
-                CH_W_STEP(kk);
-                CH_O_STEP(kk);
-            }
-        } else {
-#pragma unroll
-            for (int kk = 0; kk < 8; kk++) CH_W_STEP(kk);
+        for (int kk = 0; kk < 8; kk++) {
+            uint32_t wb[4];
+            ldsm_x4(wb, smem_addr(R + PF_REC_NEGW + pf_swz_unit((lane & 7) + 8 * (lane >> 4), 2 * kk + ((lane >> 3) & 1))));
+            float(*acc)[4] = vn[kk >> 2];
+            mma_bf16_16816(acc[0], sa[kk], wb[0], wb[1], (kk & 3) ? acc[0] : zero4);
+            mma_bf16_16816(acc[1], sa[kk], wb[2], wb[3], (kk & 3) ? acc[1] : zero4);
         }
-#undef CH_W_STEP
-#undef CH_O_STEP
+
+        /* The previous chunk's output, now that its products are done. */
+        CH_STORE_OUTPUT(c - 1);
 
         /* U^T = V^T bINV^T (bINV as hi + lo): A = V^T by a transposed load of the [token][value]
          * tile. Off the chain: it does not depend on the state. */
@@ -321,8 +297,17 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
             mma_bf16_16816(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);
         }
 
-        /* O += Mqk Vnew (Mqk as hi + lo) while the update completes. */
+        /* O = Qd S + Mqk Vnew (Mqk as hi + lo), in four chains, while the update completes. */
         if (with_out) {
+            float oh[2][4];
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++) {
+                uint32_t qa[4];
+                ldsm_x4(qa, smem_addr(R + PF_REC_QD + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));
+                float(*acc)[4] = kk < 4 ? o : oh;
+                mma_bf16_16816(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);
+                mma_bf16_16816(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);
+            }
             uint32_t mh[4], ml[4];
             const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;
             ldsm_x4(mh, smem_addr(R + PF_REC_MQK + moff));
