@@ -8,6 +8,8 @@
  *         gate, cumsum, decays, the 16x16 triangular inverse, and the chunk's operands.
  *   chain (prefill_chain.cu): one CTA per (sequence, value head, slice of value columns): walks
  *         the chunks in order with the fp32 state in registers and writes the output.
+ * With few heads and long sequences the chain runs as two passes over sequence segments with a
+ * small merge kernel between them (prefill_merge.cu; pf_chain_plan below).
  *
  * Chunk algebra (C = 16 tokens, G_i = sum of log-decays up to token i inside the chunk, a vector
  * over keys; b = beta after the sigmoid; all products per key channel):
