@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # gpu_check.sh: everything the lent GPU is for, in one call: build, test, sanitize, benchmark.
 #
-#   scripts/gpu_check.sh [step ...]      steps: test sanitize bench-decode bench-prefill all
+#   scripts/gpu_check.sh [step ...]      steps: test pytest sanitize bench-decode bench-prefill all
+#
+#   test           the C GPU test programs (build/gpu/test_*_cuda) and pytest tests/gpu
+#   pytest         only pytest, on $FKDA_PYTEST_ARGS (default tests/gpu)
+#   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case
+#   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
+#   bench-prefill  bench/bench_prefill_gpu.py ($FKDA_BENCH_PREFILL_ARGS adds arguments, e.g.
+#                  "--shapes h16,h32": fla autotunes ~100 s per new shape)
+#
+# The device's copy of the tree has no git history: pass FKDA_COMMIT=<hash> for the results.
 #
 # Run it through the device tool from the repository root, carrying the fla wheel:
 #   run(command="scripts/gpu_check.sh all", carry=[".whl"])
@@ -18,7 +27,8 @@ steps=("$@")
 [ "${steps[0]}" = all ] && steps=(test sanitize bench-decode bench-prefill)
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
-git rev-parse --short HEAD 2>/dev/null | tee -a "$OUT/device.txt" || true
+export FKDA_COMMIT=${FKDA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+echo "commit $FKDA_COMMIT, $(date -u +%Y-%m-%d)" | tee -a "$OUT/device.txt"
 
 # fla (and anything else carried) goes to a private site directory.
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -50,7 +60,10 @@ for step in "${steps[@]}"; do
   case $step in
   test)
     for exe in build/gpu/test_*_cuda; do [ -x "$exe" ] && run_step "$(basename "$exe")" "$exe"; done
-    run_step pytest-gpu python3 -m pytest -q -x tests/gpu ;;
+    run_step pytest-gpu python3 -m pytest -q -rs tests/gpu ;;
+  pytest)
+    # shellcheck disable=SC2086
+    run_step pytest-gpu python3 -m pytest -q -rs ${FKDA_PYTEST_ARGS:-tests/gpu} ;;
   sanitize)
     for exe in build/gpu/test_*_cuda; do
       [ -x "$exe" ] || continue
@@ -58,8 +71,10 @@ for step in "${steps[@]}"; do
         run_step "$(basename "$exe")-$tool" compute-sanitizer --tool $tool --error-exitcode 1 "$exe" --small
       done
     done ;;
-  bench-decode) run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" ;;
-  bench-prefill) run_step bench-prefill python3 bench/bench_prefill_gpu.py --out "$OUT/bench_prefill.md" ;;
+  # shellcheck disable=SC2086
+  bench-decode) run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" ${FKDA_BENCH_DECODE_ARGS:-} ;;
+  # shellcheck disable=SC2086
+  bench-prefill) run_step bench-prefill python3 bench/bench_prefill_gpu.py --out "$OUT/bench_prefill.md" ${FKDA_BENCH_PREFILL_ARGS:-} ;;
   *) echo "unknown step $step"; failed=$((failed + 1)) ;;
   esac
 done
