@@ -6,12 +6,6 @@
 #include "token_inputs.h"
 #include "validate.h"
 
-#define TRY(expr)                                                                                \
-    do {                                                                                       \
-        fkda_status s_ = (expr);                                                               \
-        if (s_ != FKDA_OK) return s_;                                                          \
-    } while (0)
-
 /* On the CPU the index tensors are readable: every slot must be inside the pool, every
  * accepted-token count in 1..T_max, every sequence no longer than T_max with 2-D indices. */
 static fkda_status check_index_contents(const fkda_problem *p)
@@ -96,13 +90,20 @@ static fkda_status validate_decode(const fkda_decode_args *a, const fkda_device 
         fkda_to_operand(c, NULL, &p->num_accepted_tokens);
     }
 
+    /* The two outputs, the pool and out, must not alias any input this call reads, nor each other
+     * (out against the per-token inputs was checked with them). */
+    const fkda_tensor none = {0};
+    const int gated = p->gate != FKDA_GATE_NONE; /* A_log and dt_bias are read (and validated) */
     const struct { const fkda_tensor *t; const char *name; } others[] = {
-        {&a->q, "q"}, {&a->k, "k"}, {&a->v, "v"}, {&a->g, "g"}, {&a->beta, "beta"}, {&a->A_log, "A_log"},
-        {&a->dt_bias, "dt_bias"}, {&a->cu_seqlens, "cu_seqlens"}, {&a->out, "out"},
+        {&a->q, "q"}, {&a->k, "k"}, {&a->v, "v"}, {&a->g, "g"}, {&a->beta, "beta"},
+        {gated ? &a->A_log : &none, "A_log"}, {gated ? &a->dt_bias : &none, "dt_bias"},
+        {&a->cu_seqlens, "cu_seqlens"}, {&a->out, "out"},
         {&a->state_indices, "state_indices"}, {&a->num_accepted_tokens, "num_accepted_tokens"},
     };
     for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
         TRY(fkda_check_disjoint(&a->state_pool, "state_pool", others[i].t, others[i].name));
+    TRY(fkda_check_disjoint(&a->out, "out", &a->state_indices, "state_indices"));
+    TRY(fkda_check_disjoint(&a->out, "out", &a->num_accepted_tokens, "num_accepted_tokens"));
 
     if (device->type == FKDA_DEVICE_CPU && p->state_indices.data) TRY(check_index_contents(p));
     return FKDA_OK;

@@ -6,12 +6,6 @@
 #include "token_inputs.h"
 #include "validate.h"
 
-#define TRY(expr)                                                                                \
-    do {                                                                                       \
-        fkda_status s_ = (expr);                                                               \
-        if (s_ != FKDA_OK) return s_;                                                          \
-    } while (0)
-
 static fkda_status validate_prefill(const fkda_prefill_args *a, const fkda_device *device, fkda_problem *p)
 {
     if (a == NULL) return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "args: is NULL");
@@ -26,9 +20,12 @@ static fkda_status validate_prefill(const fkda_prefill_args *a, const fkda_devic
     if (fkda_tensor_present(&a->final_state)) {
         const fkda_tensor *f = &a->final_state;
         TRY(fkda_validate_state(f, "final_state", p, p->N, 1, &p->state_out, NULL));
+        const fkda_tensor none = {0};
+        const int gated = p->gate != FKDA_GATE_NONE; /* A_log and dt_bias are read (and validated) */
         const struct { const fkda_tensor *t; const char *name; } others[] = {
             {&a->q, "q"}, {&a->k, "k"}, {&a->v, "v"}, {&a->g, "g"}, {&a->beta, "beta"},
-            {&a->A_log, "A_log"}, {&a->dt_bias, "dt_bias"}, {&a->cu_seqlens, "cu_seqlens"}, {&a->out, "out"},
+            {gated ? &a->A_log : &none, "A_log"}, {gated ? &a->dt_bias : &none, "dt_bias"},
+            {&a->cu_seqlens, "cu_seqlens"}, {&a->out, "out"},
         };
         for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
             TRY(fkda_check_disjoint(f, "final_state", others[i].t, others[i].name));

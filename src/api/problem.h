@@ -102,7 +102,7 @@ static inline void fkda_sequence_bounds(const fkda_problem *p, int64_t n, int64_
     *length = b - a;
 }
 
-/* Reads element i of an integer operand (I32 or I64) with stride s. */
+/* Reads the element at `offset` (in elements) of an integer operand (I32 or I64). */
 static inline int64_t fkda_read_index(const fkda_operand *x, int64_t offset)
 {
     if (x->dtype == FKDA_DTYPE_I64)

@@ -7,13 +7,10 @@
 #include "error.h"
 #include "validate.h"
 
-#define TRY(expr)                                                                                \
-    do {                                                                                       \
-        fkda_status s_ = (expr);                                                               \
-        if (s_ != FKDA_OK) return s_;                                                          \
-    } while (0)
-
 #define FKDA_MAX_HEAD_DIM 256
+/* scale and lower_bound are used in float32: a larger magnitude would turn into an infinity there
+ * (and a chunk's sum of 16 gates must stay finite too). */
+#define FKDA_MAX_OPTION_MAGNITUDE 1e30
 
 fkda_status fkda_validate_device(const fkda_device *device)
 {
@@ -34,19 +31,20 @@ fkda_status fkda_validate_device(const fkda_device *device)
 
 static fkda_status validate_options(const fkda_options *o, fkda_problem *p)
 {
-    if (!isfinite(o->scale))
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "options.scale: must be finite (0 selects K^-0.5)");
+    if (!(fabs(o->scale) <= FKDA_MAX_OPTION_MAGNITUDE))
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "options.scale: must be finite and at most %g in "
+                         "magnitude, got %g (0 selects K^-0.5)", FKDA_MAX_OPTION_MAGNITUDE, o->scale);
     p->scale = o->scale == 0.0 ? (float)(1.0 / sqrt((double)p->K)) : (float)o->scale;
     if (o->gate != FKDA_GATE_NONE && o->gate != FKDA_GATE_LOWER_BOUND && o->gate != FKDA_GATE_SOFTPLUS)
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "options.gate: %d is not an fkda_gate value", (int)o->gate);
     p->gate = o->gate;
     p->lower_bound = 0.0f;
     if (o->gate == FKDA_GATE_LOWER_BOUND) {
-        if (!isfinite(o->lower_bound) || !(o->lower_bound < 0.0))
+        if (!(o->lower_bound < 0.0) || !(o->lower_bound >= -FKDA_MAX_OPTION_MAGNITUDE))
             return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
-                             "options.lower_bound: %g is out of range; the lower-bound gate needs a finite "
-                             "value < 0 (the safe gate uses [-5, 0))",
-                             o->lower_bound);
+                             "options.lower_bound: %g is out of range; the lower-bound gate needs a value in "
+                             "[-%g, 0) (the safe gate uses [-5, 0))",
+                             o->lower_bound, FKDA_MAX_OPTION_MAGNITUDE);
         p->lower_bound = (float)o->lower_bound;
     }
     if (o->allow_neg_eigval && !o->use_beta_sigmoid)
@@ -190,10 +188,13 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
         if (device->type == FKDA_DEVICE_CPU) TRY(check_cu_seqlens_contents(p));
     }
 
-    /* The output must not alias any input. */
+    /* The output must not alias any input this call reads (A_log and dt_bias are not read, and
+     * not validated, without a gate in the kernel). */
+    const fkda_tensor none = {0};
     const struct { const fkda_tensor *t; const char *name; } inputs[] = {
         {in->q, "q"}, {in->k, "k"}, {in->v, "v"}, {in->g, "g"}, {in->beta, "beta"},
-        {in->A_log, "A_log"}, {in->dt_bias, "dt_bias"}, {in->cu_seqlens, "cu_seqlens"},
+        {gate_in_kernel ? in->A_log : &none, "A_log"}, {gate_in_kernel ? in->dt_bias : &none, "dt_bias"},
+        {in->cu_seqlens, "cu_seqlens"},
     };
     for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++)
         TRY(fkda_check_disjoint(in->out, "out", inputs[i].t, inputs[i].name));

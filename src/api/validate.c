@@ -20,10 +20,17 @@ const char *fkda_dtype_name(fkda_dtype dtype)
 
 int fkda_tensor_present(const fkda_tensor *t) { return t->data != NULL || t->ndim != 0; }
 
+/* Elements of a tensor whose layout passed fkda_check_layout (so the product cannot overflow);
+ * defensive for any other: a tensor with an impossible ndim or size counts as empty. */
 static int64_t element_count(const fkda_tensor *t)
 {
+    if (t->ndim < 1 || t->ndim > FKDA_MAX_DIMS) return 0;
     int64_t n = 1;
-    for (int i = 0; i < t->ndim; i++) n *= t->shape[i];
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] <= 0) return 0;
+        if (n > FKDA_MAX_ELEMENTS / t->shape[i]) return 0;
+        n *= t->shape[i];
+    }
     return n;
 }
 
@@ -46,19 +53,33 @@ fkda_status fkda_check_layout(const fkda_tensor *t, const char *name)
     size_t esize = fkda_dtype_size(t->dtype);
     if (esize == 0)
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: unknown dtype value %d", name, (int)t->dtype);
-    for (int i = 0; i < t->ndim; i++)
-        if (t->shape[i] < 0 || t->shape[i] > FKDA_MAX_DIM_SIZE)
+    int empty = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] < 0 || t->shape[i] > FKDA_MAX_ELEMENTS)
             return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: size %lld of dimension %d is out of range",
                              name, (long long)t->shape[i], i);
+        empty |= t->shape[i] == 0;
+    }
     /* A tensor without elements is never addressed: frameworks give such tensors odd strides
      * (0 on the last dimension), and none of them can matter. */
-    if (element_count(t) == 0) return FKDA_OK;
+    if (empty) return FKDA_OK;
+    /* Every count and offset stays below FKDA_MAX_ELEMENTS, checked before it is formed, so
+     * that no later product (here or in a backend) can overflow. */
+    int64_t count = 1, last_offset = 0;
     for (int i = 0; i < t->ndim; i++) {
-        if (t->stride[i] < 0 || t->stride[i] > FKDA_MAX_DIM_SIZE)
+        if (count > FKDA_MAX_ELEMENTS / t->shape[i])
+            return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: has more than 2^48 elements", name);
+        count *= t->shape[i];
+        if (t->stride[i] < 0 || t->stride[i] > FKDA_MAX_ELEMENTS)
             return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
                              "%s: stride %lld of dimension %d is not supported (strides must be "
                              "non-negative element counts)",
                              name, (long long)t->stride[i], i);
+        if (t->shape[i] > 1 && t->stride[i] > FKDA_MAX_ELEMENTS / (t->shape[i] - 1))
+            return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: its strides reach beyond 2^48 elements", name);
+        last_offset += (t->shape[i] - 1) * t->stride[i];
+        if (last_offset > FKDA_MAX_ELEMENTS)
+            return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: its strides reach beyond 2^48 elements", name);
     }
     int last = t->ndim - 1;
     if (t->shape[last] > 1 && t->stride[last] != 1)

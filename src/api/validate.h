@@ -17,8 +17,10 @@
 #define FKDA_STATE_DTYPES (FKDA_MASK(FKDA_DTYPE_F32) | FKDA_MASK(FKDA_DTYPE_BF16))
 #define FKDA_INDEX_DTYPES (FKDA_MASK(FKDA_DTYPE_I32) | FKDA_MASK(FKDA_DTYPE_I64))
 
-/* Largest accepted size of any one dimension: keeps every extent and offset far from overflow. */
-#define FKDA_MAX_DIM_SIZE ((int64_t)1 << 40)
+/* Largest element count, size, stride and element offset of any tensor (2^48). fkda_check_layout
+ * checks each product before forming it, so every count and offset of a validated tensor, and
+ * sums of a few of them, stay far from int64 overflow. */
+#define FKDA_MAX_ELEMENTS ((int64_t)1 << 48)
 
 const char *fkda_dtype_name(fkda_dtype dtype);
 

@@ -152,8 +152,26 @@ static void prefill_error_cases(test_rng *r)
     CASE("dt_bias flat wrong size", BAD, "dt_bias", a.dt_bias.ndim = 1; a.dt_bias.shape[0] = HV * K - 1);
     CASE("unknown gate", BAD, "gate", a.options.gate = (fkda_gate)9);
     CASE("scale infinite", BAD, "scale", a.options.scale = INFINITY);
+    CASE("scale beyond float range", BAD, "scale", a.options.scale = 1e39);
+    CASE("lower_bound beyond float range", BAD, "lower_bound", a.options.lower_bound = -1e39);
+    CASE("element count overflowing int64", BAD, "q", a.q.shape[0] = (int64_t)1 << 32;
+         a.q.shape[1] = (int64_t)1 << 32; a.q.data = NULL);
+    CASE("strides reaching beyond 2^48", BAD, "v", a.v.stride[0] = (int64_t)1 << 48);
+    CASE("huge stride", BAD, "g", a.g.stride[1] = (int64_t)1 << 50);
     CASE("allow_neg_eigval without sigmoid", BAD, "allow_neg_eigval", a.options.use_beta_sigmoid = 0;
          a.options.allow_neg_eigval = 1);
+
+    /* Without a gate in the kernel, A_log and dt_bias are not read: garbage there is ignored. */
+    a = f.args;
+    a.options.gate = FKDA_GATE_NONE;
+    a.A_log.ndim = 1000;
+    a.dt_bias.shape[0] = -5;
+    {
+        void *ws2 = workspace_alloc(1 << 20);
+        fkda_status s = fkda_prefill(&a, &cpu, ws2, 1 << 20);
+        CHECK(s == FKDA_OK, "gate off with garbage A_log/dt_bias: %s (%s)", fkda_status_name(s), fkda_last_error());
+        free(ws2);
+    }
 
     /* cu_seqlens: needs B = 1; the fixture's rows are packed into one for these cases. */
     int64_t *cu = (int64_t *)f.cu.t.data;
@@ -268,6 +286,8 @@ static void decode_error_cases(test_rng *r)
     DCASE("pool too small without indices", "state_pool", memset(&a->state_indices, 0, sizeof a->state_indices);
           memset(&a->num_accepted_tokens, 0, sizeof a->num_accepted_tokens); a->state_pool.shape[0] = N - 1);
     DCASE("pool aliasing out", "state_pool", a->state_pool.data = a->out.data);
+    DCASE("out aliasing state_indices", "out", a->out.data = a->state_indices.data);
+    DCASE("out aliasing num_accepted_tokens", "out", a->out.data = a->num_accepted_tokens.data);
     for (int i = 0; i < n; i++) {
         test_tensor_fill_value(&out, 99.0);
         void *out0 = test_tensor_snapshot(&out), *pool0 = test_tensor_snapshot(&pool);
@@ -299,8 +319,8 @@ static void decode_error_cases(test_rng *r)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
 }
 
-/* T = 0, and varlen batches with empty sequences, succeed; an empty sequence's final state is
- * its initial state. */
+/* T = 0 succeeds on both CPU paths: the final state is the initial state, or zero without one.
+ * (Varlen batches with empty sequences are checked against the reference in test_cpu_prefill.c.) */
 static void empty_cases(test_rng *r)
 {
     for (int reference = 0; reference < 2; reference++) {
