@@ -4,8 +4,9 @@
  *
  * Every algorithm sizes its workspace as (workers x bytes per worker), where the worker count
  * comes from p->device.num_threads (0: the online cores) capped by the number of work items.
- * At run time it may use fewer (little work, see fkda_workers_for; or a workspace sized for
- * fewer workers, if the core count changed between the size query and the call).
+ * At run time it may use fewer when there is little work (see fkda_workers_for). The dispatch
+ * layer has already rejected a workspace smaller than the size query's answer; the worker cap
+ * by workspace size inside fkda_workers_for is only a second line of defence.
  */
 #ifndef FKDA_CPU_INTERNAL_H
 #define FKDA_CPU_INTERNAL_H

@@ -20,8 +20,6 @@
 extern "C" {
 #endif
 
-int fkda_cuda_available(void);
-
 fkda_status fkda_cuda_check(const fkda_problem *p);
 
 fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t *bytes);

@@ -13,12 +13,6 @@ static cudaDeviceProp device_props[FKDA_MAX_CUDA_DEVICES];
 static int device_props_ready[FKDA_MAX_CUDA_DEVICES];
 static pthread_mutex_t device_props_lock = PTHREAD_MUTEX_INITIALIZER;
 
-extern "C" int fkda_cuda_available(void)
-{
-    int count = 0;
-    return cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
-}
-
 extern "C" const cudaDeviceProp *fkda_cuda_device_properties(int index)
 {
     int count = 0;
@@ -53,7 +47,7 @@ static fkda_status check_on_device(const char *name, const void *ptr, int index)
     cudaPointerAttributes attr;
     cudaError_t err = cudaPointerGetAttributes(&attr, ptr);
     if (err != cudaSuccess) {
-        cudaGetLastError(); /* clear the sticky-free error so later launches are not blamed */
+        cudaGetLastError(); /* this failure is not sticky: clear it, or our next launch check reports it */
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
                          "%s: the pointer is not CUDA memory (%s); pass a tensor on cuda:%d",
                          name, cudaGetErrorString(err), index);

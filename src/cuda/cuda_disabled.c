@@ -9,7 +9,6 @@
     fkda_fail(FKDA_ERROR_DEVICE, "device: this libflashkda was built without CUDA (no nvcc at build " \
                                  "time); use the CPU device or rebuild with the CUDA toolkit")
 
-int fkda_cuda_available(void) { return 0; }
 fkda_status fkda_cuda_check(const fkda_problem *p) { return NO_CUDA; }
 fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t *bytes) { return NO_CUDA; }
 fkda_status fkda_cuda_prefill(const fkda_problem *p, void *ws, size_t n) { return NO_CUDA; }

@@ -350,6 +350,7 @@ cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaS
     const int64_t ncols = plan->mode == PF_CHAIN_SEG_A ? 2 * plan->nslices : plan->nslices;
     const int64_t blocks = p->N * p->HV * nseg * ncols;
     if (blocks <= 0) return cudaSuccess;
+    if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration; /* gridDim.x limit */
     const size_t smem = pf_chain_smem_bytes(vslice);
     cudaError_t err = cudaFuncSetAttribute(pf_chain_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)pf_chain_smem_bytes(PF_DV));

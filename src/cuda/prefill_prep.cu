@@ -268,6 +268,7 @@ cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
 {
     const int64_t used_slots = p->cu ? p->slots : p->N * p->chunks_per_row;
     if (used_slots <= 0 || p->HV <= 0) return cudaSuccess;
+    if (used_slots > INT32_MAX || p->HV > 65535) return cudaErrorInvalidConfiguration; /* grid limits */
     dim3 grid((unsigned)used_slots, (unsigned)p->HV);
     pf_prep_kernel<<<grid, PREP_THREADS, 0, stream>>>(*p);
     return cudaGetLastError();

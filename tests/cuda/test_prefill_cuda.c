@@ -362,7 +362,7 @@ int main(int argc, char **argv)
         {"no l2norm, no sigmoid", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 0, 0, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
         {"allow_neg_eigval", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 1, 0, 1, 0, TOL_OUT, TOL_ST, 0, 0},
         {"many heads H=64", 1, 300, 64, 64, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 0, 0, TOL_OUT, TOL_ST, 0, 0},
-        {"T=17 2 segments", 2, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 5},
+        {"T=17, 5 segments asked (2 used: one per chunk)", 2, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 5},
         {"T=65 3 segments bf16 [K,V]", 1, 65, 4, 4, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 3},
         {"T=1000 B=2 4 segments, in place", 2, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 4},
         {"T=1000 7 segments, no h0", 1, 1000, 2, 2, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, TOL_OUT, TOL_ST, 0, 7},

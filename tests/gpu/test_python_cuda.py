@@ -119,6 +119,10 @@ def test_no_host_synchronisation_and_current_stream(rng):
     done = torch.cuda.Event()
     with torch.cuda.stream(side):
         torch.cuda._sleep(int(1e9))  # about half a second
+        # Poisoned on the side stream after the sleep: only a launch ordered after these fills
+        # (on the current stream, the side one) can leave the right answer behind.
+        out.fill_(float("nan"))
+        final.fill_(float("nan"))
         run_fwd(x, out, final)
         done.record(side)
     assert not done.query(), "fwd waited for the stream: the Python path synchronised"
