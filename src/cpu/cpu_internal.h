@@ -56,6 +56,30 @@ static inline void *fkda_carve(fkda_carver *c, size_t bytes)
     return p;
 }
 
+/* One worker's float64 buffers for the token-by-token recurrence (the reference prefill and the
+ * reference decode): the state [K][V] and the vectors of one token. Carved from a NULL base it
+ * only sizes the slice (`bytes`). */
+typedef struct fkda_double_scratch {
+    double *S, *q, *k, *a, *bias, *v, *u, *o;
+    size_t bytes;
+} fkda_double_scratch;
+
+static inline fkda_double_scratch fkda_carve_double_scratch(char *base, int64_t K, int64_t V)
+{
+    fkda_carver c = {base, 0};
+    fkda_double_scratch w;
+    w.S = (double *)fkda_carve(&c, (size_t)(K * V) * sizeof(double));
+    w.q = (double *)fkda_carve(&c, (size_t)K * sizeof(double));
+    w.k = (double *)fkda_carve(&c, (size_t)K * sizeof(double));
+    w.a = (double *)fkda_carve(&c, (size_t)K * sizeof(double));
+    w.bias = (double *)fkda_carve(&c, (size_t)K * sizeof(double));
+    w.v = (double *)fkda_carve(&c, (size_t)V * sizeof(double));
+    w.u = (double *)fkda_carve(&c, (size_t)V * sizeof(double));
+    w.o = (double *)fkda_carve(&c, (size_t)V * sizeof(double));
+    w.bytes = c.used;
+    return w;
+}
+
 /* Starting a thread costs some tens of microseconds, about the time of this many units of work
  * (a unit: one state element for one token, i.e. K * V per token and head). When the caller
  * leaves the thread count to the library (num_threads = 0), a call with little work starts

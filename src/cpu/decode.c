@@ -79,12 +79,6 @@ static size_t worker_bytes_float(int64_t K, int64_t nv)
            3 * fkda_align_up((size_t)nv * sizeof(float));
 }
 
-static size_t worker_bytes_double(int64_t K, int64_t V)
-{
-    return fkda_align_up((size_t)(K * V) * sizeof(double)) +
-           4 * fkda_align_up((size_t)K * sizeof(double)) +
-           3 * fkda_align_up((size_t)V * sizeof(double));
-}
 
 static decode_plan make_plan(const fkda_problem *p)
 {
@@ -94,7 +88,7 @@ static decode_plan make_plan(const fkda_problem *p)
     if (p->device.reference) {
         plan.vblock = p->V;
         plan.vblocks = 1;
-        plan.worker_bytes = worker_bytes_double(p->K, p->V);
+        plan.worker_bytes = fkda_carve_double_scratch(NULL, p->K, p->V).bytes;
     } else {
         fkda_split_columns(plan.threads, heads, p->V, MIN_VBLOCK, &plan.vblock, &plan.vblocks);
         plan.worker_bytes = worker_bytes_float(p->K, plan.vblock);
@@ -143,15 +137,8 @@ static void decode_item_double(const fkda_problem *p, char *slice, int64_t n, in
                                int64_t slot)
 {
     const int64_t K = p->K, V = p->V;
-    fkda_carver c = {slice, 0};
-    double *S = fkda_carve(&c, (size_t)(K * V) * sizeof(double));
-    double *q = fkda_carve(&c, (size_t)K * sizeof(double));
-    double *k = fkda_carve(&c, (size_t)K * sizeof(double));
-    double *a = fkda_carve(&c, (size_t)K * sizeof(double));
-    double *bias = fkda_carve(&c, (size_t)K * sizeof(double));
-    double *v = fkda_carve(&c, (size_t)V * sizeof(double));
-    double *u = fkda_carve(&c, (size_t)V * sizeof(double));
-    double *o = fkda_carve(&c, (size_t)V * sizeof(double));
+    const fkda_double_scratch w = fkda_carve_double_scratch(slice, K, V);
+    double *S = w.S, *q = w.q, *k = w.k, *a = w.a, *bias = w.bias, *v = w.v, *u = w.u, *o = w.o;
 
     int64_t row, start, length;
     fkda_sequence_bounds(p, n, &row, &start, &length);

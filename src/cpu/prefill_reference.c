@@ -22,8 +22,7 @@ typedef struct reference_job {
 
 static size_t worker_bytes(const fkda_problem *p)
 {
-    const size_t K = (size_t)p->K, V = (size_t)p->V, d = sizeof(double);
-    return fkda_align_up(K * V * d) + 4 * fkda_align_up(K * d) + 3 * fkda_align_up(V * d);
+    return fkda_carve_double_scratch(NULL, p->K, p->V).bytes;
 }
 
 static void reference_item(void *context, int64_t item, int worker)
@@ -32,15 +31,8 @@ static void reference_item(void *context, int64_t item, int worker)
     const fkda_problem *p = job->p;
     const int64_t K = p->K, V = p->V, n = item / p->HV, h = item % p->HV;
 
-    fkda_carver c = {job->workspace + (size_t)worker * job->worker_bytes, 0};
-    double *S = fkda_carve(&c, (size_t)(K * V) * sizeof(double));
-    double *q = fkda_carve(&c, (size_t)K * sizeof(double));
-    double *k = fkda_carve(&c, (size_t)K * sizeof(double));
-    double *a = fkda_carve(&c, (size_t)K * sizeof(double));
-    double *bias = fkda_carve(&c, (size_t)K * sizeof(double));
-    double *v = fkda_carve(&c, (size_t)V * sizeof(double));
-    double *u = fkda_carve(&c, (size_t)V * sizeof(double));
-    double *o = fkda_carve(&c, (size_t)V * sizeof(double));
+    const fkda_double_scratch w = fkda_carve_double_scratch(job->workspace + (size_t)worker * job->worker_bytes, K, V);
+    double *S = w.S, *q = w.q, *k = w.k, *a = w.a, *bias = w.bias, *v = w.v, *u = w.u, *o = w.o;
 
     int64_t row, start, length;
     fkda_sequence_bounds(p, n, &row, &start, &length);
