@@ -97,6 +97,13 @@ def _run(size_fn, run_fn, args, loc: _tensors.Location, reference: bool, num_thr
         del holder  # after the call: on CUDA, torch reuses it only for later work on the stream
 
 
+def _output_like(v):
+    """A new output shaped and typed like v, on v's device (out defaults to this)."""
+    if not _tensors.is_array(v):
+        _tensors.describe(v, "v", _native.Tensor())  # raises the TypeError naming v
+    return _tensors.empty(v, tuple(v.shape))
+
+
 def prefill(q, k, v, g, beta, *, out=None, A_log=None, dt_bias=None, cu_seqlens=None,
             initial_state=None, final_state=None, scale=None, gate="none", lower_bound=None,
             use_qk_l2norm=False, use_beta_sigmoid=False, allow_neg_eigval=False,
@@ -117,10 +124,7 @@ def prefill(q, k, v, g, beta, *, out=None, A_log=None, dt_bias=None, cu_seqlens=
     Writes out (allocated like v when None) and final_state (when given) in place; returns out.
     CPU arrays run on the CPU; CUDA tensors on their device, on torch's current stream.
     """
-    if out is None:
-        if not _tensors.is_array(v):
-            _tensors.describe(v, "v", _native.Tensor())  # raises the TypeError naming v
-        out = _tensors.empty(v, tuple(v.shape))
+    out = _output_like(v) if out is None else out
     args = _native.PrefillArgs()
     call = _Call(args)
     call.tensor("q", q, required=True)
@@ -158,10 +162,7 @@ def decode(q, k, v, g, beta, state_pool, *, state_indices=None, num_accepted_tok
                     written); a negative read slot skips the sequence.
     A skipped sequence's rows of out are zero. Returns out.
     """
-    if out is None:
-        if not _tensors.is_array(v):
-            _tensors.describe(v, "v", _native.Tensor())
-        out = _tensors.empty(v, tuple(v.shape))
+    out = _output_like(v) if out is None else out
     args = _native.DecodeArgs()
     call = _Call(args)
     call.tensor("q", q, required=True)

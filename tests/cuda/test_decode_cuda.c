@@ -29,17 +29,8 @@
 
 #include <cuda_runtime.h>
 
+#include "cuda_test_util.h"
 #include "test_util.h"
-
-#define CUDA_OK(call)                                                                            \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__,   \
-                    __LINE__, #call);                                                          \
-            exit(3);                                                                           \
-        }                                                                                      \
-    } while (0)
 
 /* ---- tensors that live twice: on the host (for the reference) and on the GPU ------------- */
 

@@ -24,19 +24,10 @@
 
 #include <cuda_runtime.h>
 
+#include "cuda_test_util.h"
 #include "test_util.h"
 
 #define KD 128
-
-#define CUDA_OK(call)                                                                            \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__,   \
-                    __LINE__, #call);                                                          \
-            exit(3);                                                                           \
-        }                                                                                      \
-    } while (0)
 
 typedef struct pf_case {
     const char *name;
