@@ -10,6 +10,7 @@
 #   bench-prefill  bench/bench_prefill_gpu.py ($FKDA_BENCH_PREFILL_ARGS adds arguments, e.g.
 #                  "--shapes h16,h32": fla autotunes ~100 s per new shape)
 #
+# FKDA_GPU_TESTS=decode (or prefill) limits test and sanitize to that GPU test program.
 # The device's copy of the tree has no git history: pass FKDA_COMMIT=<hash> for the results.
 #
 # Run it through the device tool from the repository root, carrying the fla wheel:
@@ -59,13 +60,13 @@ run_step() { # name, command...
 for step in "${steps[@]}"; do
   case $step in
   test)
-    for exe in build/gpu/test_*_cuda; do [ -x "$exe" ] && run_step "$(basename "$exe")" "$exe"; done
+    for exe in build/gpu/test_${FKDA_GPU_TESTS:-*}_cuda; do [ -x "$exe" ] && run_step "$(basename "$exe")" "$exe"; done
     run_step pytest-gpu python3 -m pytest -q -rs tests/gpu ;;
   pytest)
     # shellcheck disable=SC2086
     run_step pytest-gpu python3 -m pytest -q -rs ${FKDA_PYTEST_ARGS:-tests/gpu} ;;
   sanitize)
-    for exe in build/gpu/test_*_cuda; do
+    for exe in build/gpu/test_${FKDA_GPU_TESTS:-*}_cuda; do
       [ -x "$exe" ] || continue
       for tool in memcheck racecheck; do
         run_step "$(basename "$exe")-$tool" compute-sanitizer --tool $tool --error-exitcode 1 "$exe" --small

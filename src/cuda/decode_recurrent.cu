@@ -1,6 +1,6 @@
 /*
  * decode_recurrent.cu: the CUDA decode (fla's fused_recurrent_kda on a state pool), one kernel
- * in eight specialisations, and its launch.
+ * in twelve specialisations, and its launch.
  *
  * Per sequence n, value head h and token t (the state S is K x V, fp32 in registers):
  *
@@ -12,10 +12,12 @@
  *
  * The work is memory-bound: every state byte is read once and written once, and the rest is
  * tiny. Columns of S evolve independently, so the V columns of one (sequence, head) are split
- * across warps, and each WARP IS INDEPENDENT: it holds a slab of columns (all K rows) in
- * registers, stages q, k and exp(a) for its own use in its own slice of shared memory, reduces
- * over K with shuffles, and never waits for another warp (no __syncthreads anywhere). A CTA is
- * only a bundle of warps for the scheduler; small problems use 1-warp CTAs to spread over SMs.
+ * across warps: each warp holds a slab of columns (all K rows) in registers and reduces over K
+ * with shuffles. The warps of one head share a CTA, and the one thing they share is the token:
+ * the CTA stages q, k and exp(a) once into shared memory (the gate's exp, sigmoid and log1p once
+ * per key, not once per warp) behind one __syncthreads, while the state's loads are in flight.
+ * Small batches split a head over several CTAs (down to one warp each), so that they spread
+ * over every SM: there the time is latency, not bandwidth.
  *
  * Inside a warp, `lanes_k` (KL) lanes share each column and split the K rows between them; the
  * other 32 / KL lanes take different columns. State loads and stores are 16 bytes per lane
@@ -48,10 +50,9 @@
 #define DECODE_MAX_K 256 /* key rows staged in shared memory, padded (K <= 256) */
 #define DECODE_MAX_R 16  /* register rows per lane, the largest NR */
 #define DECODE_MAX_C 8   /* register columns per lane, the largest NC */
-#define DECODE_MAX_WARPS_PER_CTA 4
+#define DECODE_MAX_WARPS_PER_CTA 8 /* 256 threads: the 8 warps of a K = V = 128 head */
 #define DECODE_ROW_PAD 4     /* floats between two lanes' rows in shared memory (banks) */
 #define DECODE_STAGE_FLOATS 384 /* per staged vector: KL * (NR + pad) <= 32 * 12 or 16 * 20 */
-#define DECODE_SMEM_PER_WARP (3 * DECODE_STAGE_FLOATS * (int)sizeof(float)) /* q, k, exp(a) */
 #define FULL_MASK 0xffffffffu
 
 /* ---- scalar loads and stores of any dtype ------------------------------------------------- */
@@ -158,7 +159,14 @@ typedef struct lane_tile {
     int lj, LJ; /* this lane's column group, and the number of groups (32 / KL) */
     int j0;     /* the warp's first column */
     int log2KL;
+    int K, V; /* the head's size (compile-time constants in the dense 128 variants) */
 } lane_tile;
+
+/* log2 of a power of two up to 32, written so that a constant argument folds to a constant. */
+static __device__ __forceinline__ int log2_pow2(int x)
+{
+    return (x >= 2) + (x >= 4) + (x >= 8) + (x >= 16) + (x >= 32);
+}
 
 /* Where key k is staged in shared memory: each lane's NR rows are contiguous (read with
  * compile-time offsets, 16 bytes at a time), and the KL lane groups are DECODE_ROW_PAD floats
@@ -196,13 +204,20 @@ static __device__ __forceinline__ int tile_col(const lane_tile *w, int c, const 
 static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, const lane_tile *w,
                                                  int64_t slot, int64_t h,
                                                  float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
-                                                 const int V_FIRST, const int VEC, const int NR, const int NC)
+                                                 const int V_FIRST, const int VEC, const int NR, const int NC,
+                                                 const int D128)
 {
     const int64_t *st = p->state_in_stride;
     /* The head's state starts at `head`; offsets inside it fit in 32 bits (checked at launch).
-     * The vector variants were chosen because the contiguous stride is 1: let the compiler know. */
+     * The vector variants were chosen because the contiguous stride is 1, the dense 128 ones
+     * because the other is 128: let the compiler know (offsets become immediates). */
     const int64_t head = slot * st[0] + h * st[1];
-    const int sk = (VEC > 1 && V_FIRST) ? 1 : (int)st[2], sv = (VEC > 1 && !V_FIRST) ? 1 : (int)st[3];
+    const int sk = (VEC > 1 && V_FIRST) ? 1 : D128 ? 128 : (int)st[2];
+    const int sv = (VEC > 1 && !V_FIRST) ? 1 : D128 ? 128 : (int)st[3];
+    /* One 64-bit address per lane (its first row and column); the rest are offsets from it,
+     * compile-time constants in the dense 128 variants. */
+    const int k0 = tile_row(w, 0, V_FIRST, VEC), j0 = tile_col(w, 0, V_FIRST, VEC);
+    const void *lane = state_at(p->state_in, head + (int64_t)(k0 * sk + j0 * sv), BF16);
     if (!V_FIRST) {
 #pragma unroll
         for (int r = 0; r < NR; r++) {
@@ -211,7 +226,7 @@ static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, co
             for (int cv = 0; cv < NC / VEC; cv++) {
                 const int j = tile_col(w, cv * VEC, 0, VEC);
                 float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-                if (k < p->K && j < p->V) load_state_vec(state_at(p->state_in, head, BF16), k * sk + j * sv, x, BF16, VEC);
+                if (k < w->K && j < w->V) load_state_vec(lane, (k - k0) * sk + (j - j0) * sv, x, BF16, VEC);
 #pragma unroll
                 for (int e = 0; e < VEC; e++) s[r][cv * VEC + e] = x[e];
             }
@@ -224,7 +239,7 @@ static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, co
             for (int rv = 0; rv < NR / VEC; rv++) {
                 const int k = tile_row(w, rv * VEC, 1, VEC);
                 float x[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-                if (k < p->K && j < p->V) load_state_vec(state_at(p->state_in, head, BF16), j * sv + k * sk, x, BF16, VEC);
+                if (k < w->K && j < w->V) load_state_vec(lane, (j - j0) * sv + (k - k0) * sk, x, BF16, VEC);
 #pragma unroll
                 for (int e = 0; e < VEC; e++) s[rv * VEC + e][c] = x[e];
             }
@@ -235,13 +250,20 @@ static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, co
 static __device__ __forceinline__ void store_tile(const fkda_decode_params *p, const lane_tile *w,
                                                   int64_t slot, int64_t h,
                                                   float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
-                                                  const int V_FIRST, const int VEC, const int NR, const int NC)
+                                                  const int V_FIRST, const int VEC, const int NR, const int NC,
+                                                  const int D128)
 {
     const int64_t *st = p->state_out_stride;
     /* The head's state starts at `head`; offsets inside it fit in 32 bits (checked at launch).
-     * The vector variants were chosen because the contiguous stride is 1: let the compiler know. */
+     * The vector variants were chosen because the contiguous stride is 1, the dense 128 ones
+     * because the other is 128: let the compiler know (offsets become immediates). */
     const int64_t head = slot * st[0] + h * st[1];
-    const int sk = (VEC > 1 && V_FIRST) ? 1 : (int)st[2], sv = (VEC > 1 && !V_FIRST) ? 1 : (int)st[3];
+    const int sk = (VEC > 1 && V_FIRST) ? 1 : D128 ? 128 : (int)st[2];
+    const int sv = (VEC > 1 && !V_FIRST) ? 1 : D128 ? 128 : (int)st[3];
+    /* One 64-bit address per lane (its first row and column); the rest are offsets from it,
+     * compile-time constants in the dense 128 variants. */
+    const int k0 = tile_row(w, 0, V_FIRST, VEC), j0 = tile_col(w, 0, V_FIRST, VEC);
+    void *lane = state_at(p->state_out, head + (int64_t)(k0 * sk + j0 * sv), BF16);
     if (!V_FIRST) {
 #pragma unroll
         for (int r = 0; r < NR; r++) {
@@ -252,7 +274,7 @@ static __device__ __forceinline__ void store_tile(const fkda_decode_params *p, c
                 float x[8];
 #pragma unroll
                 for (int e = 0; e < VEC; e++) x[e] = s[r][cv * VEC + e];
-                if (k < p->K && j < p->V) store_state_vec(state_at(p->state_out, head, BF16), k * sk + j * sv, x, BF16, VEC);
+                if (k < w->K && j < w->V) store_state_vec(lane, (k - k0) * sk + (j - j0) * sv, x, BF16, VEC);
             }
         }
     } else {
@@ -265,13 +287,13 @@ static __device__ __forceinline__ void store_tile(const fkda_decode_params *p, c
                 float x[8];
 #pragma unroll
                 for (int e = 0; e < VEC; e++) x[e] = s[rv * VEC + e][c];
-                if (k < p->K && j < p->V) store_state_vec(state_at(p->state_out, head, BF16), j * sv + k * sk, x, BF16, VEC);
+                if (k < w->K && j < w->V) store_state_vec(lane, (j - j0) * sv + (k - k0) * sk, x, BF16, VEC);
             }
         }
     }
 }
 
-/* ---- one token's q, k and decay, staged by the warp into its shared-memory slice ---------- */
+/* ---- one token's q, k and decay, staged once per CTA into shared memory ------------------- */
 
 static __device__ __forceinline__ float warp_sum(float x)
 {
@@ -285,25 +307,34 @@ static __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f
 /* fla's softplus: x itself above 20, where log1p(exp(x)) == x in float. */
 static __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
 
-/* Stages one token for the warp: sq = q and sk = k as loaded (unnormalised), sd = exp(a), for
- * keys 0..255 (zero, zero and one past K). Returns the factors that turn them into the
- * recurrence's vectors, q_t = qf * sq and k_t = kf * sk (the L2 norms and the scale), and
- * k_t . q_t and the effective beta. Keeping the factors out of shared memory keeps each key's
- * work independent, so few registers are live beside the state.
- *
- * Lane i handles keys i, i + 32, ..., in chunks of 4 (128 keys): every load of a chunk is
- * issued before any is used, so a chunk costs one round trip, overlapped with the state's own
- * loads that the caller issued just before. K <= 128 takes one chunk. */
-#define DECODE_CHUNK_KEYS 4
+/* One token's staged vectors, in shared memory, double-buffered across tokens: sq = q and
+ * sk = k as loaded (unnormalised), sd = exp(a), in the stage_pos order of the lanes' register
+ * rows; and each warp's partial sums of q.q, k.k and q.k. */
+typedef struct stage_buffer {
+    float q[DECODE_STAGE_FLOATS], k[DECODE_STAGE_FLOATS], d[DECODE_STAGE_FLOATS];
+    float partial[DECODE_MAX_WARPS_PER_CTA][4];
+} stage_buffer;
+
+/* The factors that turn the staged vectors into the recurrence's: q_t = qf * sq and
+ * k_t = kf * sk (the L2 norms and the scale), k_t . q_t, and the effective beta. Kept out of
+ * shared memory so that each key's staging is independent of the others. */
 typedef struct staged_token {
     float qf, kf, kq, beta;
 } staged_token;
 
+/* Stages one token for the whole CTA, then waits for every warp (one __syncthreads): thread i
+ * handles keys i, i + blockDim, ... (0, 0 and 1 past K, up to the `rows` the registers cover).
+ * Up to DECODE_KEYS_PER_THREAD keys per thread are loaded together before any is used, so a
+ * CTA of 32 * DECODE_KEYS_PER_THREAD threads or more stages K <= 128 in one round trip, which
+ * overlaps the state's own loads that the caller issued just before. Every warp of the head
+ * shares this work: the gate's exp and log1p run once per key, not once per warp. */
+#define DECODE_KEYS_PER_THREAD 4
 static __device__ __forceinline__ staged_token stage_token(const fkda_decode_params *p, const lane_tile *w,
-                                                           int lane, int64_t row, int64_t pos, int64_t h,
-                                                           int64_t hq, float *sq, float *sk, float *sd,
-                                                           const int V_FIRST, const int VEC, const int NR)
+                                                           int64_t row, int64_t pos, int64_t h, int64_t hq,
+                                                           stage_buffer *sb, const int V_FIRST, const int VEC,
+                                                           const int NR)
 {
+    const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31, warp = tid >> 5;
     const int rows = w->KL * NR; /* keys the lanes' registers cover; K <= rows <= 256 */
     const int64_t qo = row * p->q_stride[0] + pos * p->q_stride[1] + hq * p->q_stride[2];
     const int64_t ko = row * p->k_stride[0] + pos * p->k_stride[1] + hq * p->k_stride[2];
@@ -313,27 +344,14 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
         load_bits(p->beta, p->beta_dtype, row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
     const uint32_t A_bits = gated && p->A_log ? load_bits(p->A_log, p->A_log_dtype, h * p->A_log_stride) : 0u;
     float ssq = 0.0f, ssk = 0.0f, qk = 0.0f, weight = 1.0f;
+    for (int base = 0; base < rows; base += DECODE_KEYS_PER_THREAD * nthreads) {
+        uint32_t qb[DECODE_KEYS_PER_THREAD], kb[DECODE_KEYS_PER_THREAD], gb[DECODE_KEYS_PER_THREAD],
+            bb[DECODE_KEYS_PER_THREAD];
 #pragma unroll
-    for (int chunk = 0; chunk < DECODE_MAX_K / (32 * DECODE_CHUNK_KEYS); chunk++) {
-        if (chunk * 32 * DECODE_CHUNK_KEYS >= p->K) { /* keys past K: zero, zero, one */
-#pragma unroll
-            for (int i = 0; i < DECODE_CHUNK_KEYS; i++) {
-                const int e = lane + 32 * (chunk * DECODE_CHUNK_KEYS + i);
-                if (e < rows) {
-                    const int at = stage_pos(w, e, V_FIRST, VEC, NR);
-                    sq[at] = 0.0f;
-                    sk[at] = 0.0f;
-                    sd[at] = 1.0f;
-                }
-            }
-            continue;
-        }
-        uint32_t qb[DECODE_CHUNK_KEYS], kb[DECODE_CHUNK_KEYS], gb[DECODE_CHUNK_KEYS], bb[DECODE_CHUNK_KEYS];
-#pragma unroll
-        for (int i = 0; i < DECODE_CHUNK_KEYS; i++) {
-            const int e = lane + 32 * (chunk * DECODE_CHUNK_KEYS + i);
+        for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
+            const int e = base + tid + i * nthreads;
             qb[i] = kb[i] = gb[i] = bb[i] = 0u; /* zero bits are 0.0 in every dtype */
-            if (e < p->K) {
+            if (e < w->K) {
                 qb[i] = load_bits(p->q, p->q_dtype, qo + e * p->q_stride[3]);
                 kb[i] = load_bits(p->k, p->k_dtype, ko + e * p->k_stride[3]);
                 gb[i] = load_bits(p->g, p->g_dtype, go + e * p->g_stride[3]);
@@ -341,10 +359,11 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
                     bb[i] = load_bits(p->dt_bias, p->dt_bias_dtype, h * p->dt_bias_stride[0] + e * p->dt_bias_stride[1]);
             }
         }
-        if (chunk == 0 && gated && p->A_log) weight = expf(bits_to_float(A_bits, p->A_log_dtype));
+        if (gated && p->A_log) weight = expf(bits_to_float(A_bits, p->A_log_dtype));
 #pragma unroll
-        for (int i = 0; i < DECODE_CHUNK_KEYS; i++) {
-            const int e = lane + 32 * (chunk * DECODE_CHUNK_KEYS + i);
+        for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
+            const int e = base + tid + i * nthreads;
+            if (e >= rows) continue;
             const float q = bits_to_float(qb[i], p->q_dtype), k = bits_to_float(kb[i], p->k_dtype);
             float a = bits_to_float(gb[i], p->g_dtype);
             if (gated) {
@@ -354,29 +373,43 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
             ssq = fmaf(q, q, ssq);
             ssk = fmaf(k, k, ssk);
             qk = fmaf(q, k, qk);
-            if (e < rows) {
-                const int at = stage_pos(w, e, V_FIRST, VEC, NR);
-                sq[at] = q;
-                sk[at] = k;
-                sd[at] = e < p->K ? expf(a) : 1.0f;
-            }
+            const int at = stage_pos(w, e, V_FIRST, VEC, NR);
+            sb->q[at] = q;
+            sb->k[at] = k;
+            sb->d[at] = e < w->K ? expf(a) : 1.0f;
         }
+    }
+    ssq = warp_sum(ssq);
+    ssk = warp_sum(ssk);
+    qk = warp_sum(qk);
+    if (lane == 0) {
+        sb->partial[warp][0] = ssq;
+        sb->partial[warp][1] = ssk;
+        sb->partial[warp][2] = qk;
+    }
+    __syncthreads();
+    /* Every thread adds the warps' partial sums in the same order: the same factors everywhere. */
+    ssq = ssk = qk = 0.0f;
+    for (int i = 0; i < (nthreads >> 5); i++) {
+        ssq += sb->partial[i][0];
+        ssk += sb->partial[i][1];
+        qk += sb->partial[i][2];
     }
     staged_token st;
     st.qf = p->scale;
     st.kf = 1.0f;
     if (p->use_qk_l2norm) { /* x / sqrt(sum x^2 + 1e-6), as the CPU backend: x * (1 / sqrt(.)) */
-        st.qf *= 1.0f / sqrtf(warp_sum(ssq) + 1e-6f);
-        st.kf = 1.0f / sqrtf(warp_sum(ssk) + 1e-6f);
+        st.qf *= 1.0f / sqrtf(ssq + 1e-6f);
+        st.kf = 1.0f / sqrtf(ssk + 1e-6f);
     }
-    st.kq = warp_sum(qk) * st.qf * st.kf;
+    st.kq = qk * st.qf * st.kf;
     float beta = bits_to_float(beta_bits, p->beta_dtype);
     if (p->use_beta_sigmoid) beta = (p->allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
     st.beta = beta;
     return st;
 }
 
-/* ---- the warp's work: one (sequence, value head) and one slab of its columns -------------- */
+/* ---- the CTA's work: one (sequence, value head), or a share of its columns ---------------- */
 
 /* The bits of this lane's columns of v at one token. */
 static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const lane_tile *w, int64_t row,
@@ -388,28 +421,34 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
 #pragma unroll
     for (int c = 0; c < NC; c++) {
         const int j = tile_col(w, c, V_FIRST, VEC);
-        vbits[c] = j < p->V ? load_bits(p->v, p->v_dtype, base + j * vs[3]) : 0u;
+        vbits[c] = j < w->V ? load_bits(p->v, p->v_dtype, base + j * vs[3]) : 0u;
     }
 }
 
-static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, float *smem, const int BF16,
-                                                   const int V_FIRST, const int VEC, const int NR,
-                                                   const int NC)
+/* A CTA takes `ctas_per_head`-th of the warps of one (sequence, value head): all of them for
+ * large batches, so that the token is staged once per head; fewer for small batches, so that
+ * the work spreads over every SM. Each warp owns a slab of columns (all K rows) in registers;
+ * the only cooperation between warps is the staged token. Every branch that skips work is
+ * uniform over the CTA (a whole sequence) or masks a warp's columns, so every thread reaches
+ * every __syncthreads. */
+static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, stage_buffer *smem, const int BF16,
+                                                  const int V_FIRST, const int VEC, const int NR, const int NC,
+                                                  const int D128)
 {
-    const int lane = threadIdx.x & 31;
-    const int64_t gw = (int64_t)blockIdx.x * p->warps_per_cta + (threadIdx.x >> 5);
-    const int64_t head = gw / p->warps_per_head;
-    if (head >= p->N * p->HV) return; /* whole warps only: the shuffles below stay full-warp */
-    const int slab = (int)(gw - head * p->warps_per_head);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int64_t head = blockIdx.x / p->ctas_per_head;
+    const int slab = (int)(blockIdx.x - head * p->ctas_per_head) * (blockDim.x >> 5) + warp;
     const int64_t n = head / p->HV, h = head - n * p->HV, hq = h / p->group;
 
     lane_tile w;
-    w.KL = p->lanes_k;
+    w.K = D128 ? 128 : p->K;
+    w.V = D128 ? 128 : p->V;
+    w.KL = D128 ? 128 / NR : p->lanes_k;
     w.LJ = 32 / w.KL;
     w.kl = V_FIRST ? (lane & (w.KL - 1)) : lane / w.LJ;
     w.lj = V_FIRST ? lane / w.KL : (lane & (w.LJ - 1));
-    w.j0 = slab * w.LJ * NC;
-    w.log2KL = __ffs(w.KL) - 1;
+    w.j0 = slab * w.LJ * NC; /* past V for a CTA's spare warps: their columns are all masked */
+    w.log2KL = log2_pow2(w.KL);
     const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
 
     /* The sequence's tokens: row `row`, positions bos .. bos + len - 1. */
@@ -442,26 +481,26 @@ static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, 
 #pragma unroll
                 for (int c = 0; c < NC; c++) {
                     const int j = tile_col(&w, c, V_FIRST, VEC);
-                    if (j < p->V) store_float(p->out, p->out_dtype, row * os[0] + (bos + t) * os[1] + h * os[2] + j * os[3], 0.0f);
+                    if (j < w.V) store_float(p->out, p->out_dtype, row * os[0] + (bos + t) * os[1] + h * os[2] + j * os[3], 0.0f);
                 }
             }
         return;
     }
 
     float s[DECODE_MAX_R][DECODE_MAX_C];
-    load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC);
+    load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 
-    float *sq = smem, *sk = smem + DECODE_STAGE_FLOATS, *sd = smem + 2 * DECODE_STAGE_FLOATS;
-    const float *lq = sq + w.kl * (NR + DECODE_ROW_PAD), *lk = sk + w.kl * (NR + DECODE_ROW_PAD),
-                *ld = sd + w.kl * (NR + DECODE_ROW_PAD); /* this lane's rows */
     for (int64_t t = 0; t < len; t++) {
         const int64_t pos = bos + t;
+        /* Two stage buffers: token t + 1 stages into the one token t - 1 read, which every warp
+         * had finished before it passed token t's __syncthreads. */
+        stage_buffer *sb = smem + (t & 1);
         /* The token's inputs: their loads overlap the state's (first token) or each other. */
         uint32_t vbits[DECODE_MAX_C];
         load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC);
-        __syncwarp(); /* the previous token's reads of sq, sk, sd are done */
-        const staged_token tok = stage_token(p, &w, lane, row, pos, h, hq, sq, sk, sd, V_FIRST, VEC, NR);
-        __syncwarp();
+        const staged_token tok = stage_token(p, &w, row, pos, h, hq, sb, V_FIRST, VEC, NR);
+        const float *lq = sb->q + w.kl * (NR + DECODE_ROW_PAD), *lk = sb->k + w.kl * (NR + DECODE_ROW_PAD),
+                    *ld = sb->d + w.kl * (NR + DECODE_ROW_PAD); /* this lane's rows */
 
         /* Decay, and the two dot products over this lane's rows (with the unscaled q, k). */
         float pk[DECODE_MAX_C], pq[DECODE_MAX_C];
@@ -498,7 +537,7 @@ static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, 
             const float vn = tok.beta * (bits_to_float(vbits[c], p->v_dtype) - tok.kf * pk[c]);
             vk[c] = tok.kf * vn;
             const int j = tile_col(&w, c, V_FIRST, VEC);
-            if (w.kl == 0 && j < p->V)
+            if (w.kl == 0 && j < w.V)
                 store_float(p->out, p->out_dtype, row * os[0] + pos * os[1] + h * os[2] + j * os[3],
                             fmaf(tok.kq, vn, tok.qf * pq[c]));
         }
@@ -517,35 +556,39 @@ static __device__ __forceinline__ void decode_warp(const fkda_decode_params *p, 
             const int64_t ts = t < p->idx_tokens
                                    ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + t * p->idx_stride[1])
                                    : -1;
-            if (ts >= 0 && ts < p->pool_size) store_tile(p, &w, ts, h, s, BF16, V_FIRST, VEC, NR, NC);
+            if (ts >= 0 && ts < p->pool_size) store_tile(p, &w, ts, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
         }
     }
-    if (!p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC);
+    if (!p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
 /* ---- the specialisations ------------------------------------------------------------------ */
 
 /* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
- * CTAs of 4 warps per SM the registers must allow. 3 caps registers at 168 (a few loop
- * invariants spill to L1); 2 (255 registers, no spills, fewer warps in flight) was measured
- * 7-20% slower at B*H >= 2048 (docs/decode-notes.md). */
-#define DECODE_VARIANTS(X)                          \
-    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 3)         \
-    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 3)         \
-    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 3)         \
-    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 3)         \
-    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 3)      \
-    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 3)      \
-    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 3)     \
-    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 3)
+ * dense 128 (K = V = 128 and the state's rows 128 elements apart: every offset inside a head is
+ * a compile-time constant plus one per lane; the common case, and the fastest).
+ * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two
+ * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). */
+#define DECODE_VARIANTS(X)                         \
+    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1)        \
+    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1)        \
+    X(decode_bf16_kv_128, 1, 0, 8, 8, 8, 1)        \
+    X(decode_bf16_vk_128, 1, 1, 8, 8, 8, 1)        \
+    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0)        \
+    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0)        \
+    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0)        \
+    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0)        \
+    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0)     \
+    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0)     \
+    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0)    \
+    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 0)
 
-#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, MIN_BLOCKS)                       \
-    __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, MIN_BLOCKS)                   \
+#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, D128)                             \
+    __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, 2)                           \
         name(const __grid_constant__ fkda_decode_params p)                                       \
     {                                                                                           \
-        extern __shared__ float decode_smem[];                                                  \
-        decode_warp(&p, decode_smem + (threadIdx.x >> 5) * (DECODE_SMEM_PER_WARP / 4), BF16,     \
-                    V_FIRST, VEC, NR, NC);                                                      \
+        __shared__ stage_buffer decode_stage[2];                                                \
+        decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128);                         \
     }
 DECODE_VARIANTS(DECODE_DEFINE_KERNEL)
 
@@ -554,11 +597,10 @@ typedef void (*decode_kernel_fn)(const fkda_decode_params);
 typedef struct decode_variant {
     decode_kernel_fn kernel;
     const char *name;
-    int bf16, v_first, vec, nr, nc, min_blocks;
+    int bf16, v_first, vec, nr, nc, dense128;
 } decode_variant;
 
-#define DECODE_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, MIN_BLOCKS) \
-    {name, #name, BF16, V_FIRST, VEC, NR, NC, MIN_BLOCKS},
+#define DECODE_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, D128) {name, #name, BF16, V_FIRST, VEC, NR, NC, D128},
 static const decode_variant decode_variants[] = {DECODE_VARIANTS(DECODE_TABLE_ENTRY)};
 
 /* ---- launch ------------------------------------------------------------------------------- */
@@ -588,11 +630,14 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
                          "state_pool: the strides of one head's [K, V] state span %lld elements; the CUDA decode "
                          "needs fewer than 2^31",
                          (long long)(span_in > span_out ? span_in : span_out));
+    /* Dense 128: K = V = 128 and, in and out, the rows of one head's state 128 elements apart. */
+    const int row_stride = p->state_v_first ? 3 : 2;
+    const int dense128 = vectors && p->K == 128 && p->V == 128 && si[row_stride] == 128 && so[row_stride] == 128;
     const decode_variant *var = NULL;
-    for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0]; i++) {
+    for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0] && var == NULL; i++) {
         const decode_variant *d = &decode_variants[i];
         if (d->bf16 == (p->state_bf16 != 0) && d->v_first == (p->state_v_first != 0) &&
-            (d->vec > 1) == (vectors != 0))
+            (d->vec > 1) == (vectors != 0) && d->dense128 == dense128)
             var = d;
     }
     if (var == NULL) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
@@ -605,19 +650,21 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     p->lanes_k = kl;
     p->warps_per_head = (p->V + cols_per_warp - 1) / cols_per_warp;
 
-    /* Small problems: 1-warp CTAs, so that the few warps spread over every SM. */
-    const int64_t warps = p->N * p->HV * p->warps_per_head;
-    int per_cta = 4;
-    if (warps < 8 * (int64_t)sm_count) per_cta = 1;
-    else if (warps < 16 * (int64_t)sm_count) per_cta = 2;
-    /* A tuning knob for bench/bench_decode_gpu.py: FKDA_DECODE_WARPS_PER_CTA = 1, 2 or 4. */
+    /* Warps per CTA: all of a head's (up to 8), so that its token is staged once; fewer while
+     * that leaves SMs without a CTA (small batches are latency-bound: spread them out). */
+    const int64_t heads = p->N * p->HV;
+    int per_cta = 8;
+    while (per_cta > 1 && per_cta / 2 >= p->warps_per_head) per_cta /= 2;
+    while (per_cta > 1 && heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
+    /* A tuning knob for bench/bench_decode_gpu.py: FKDA_DECODE_WARPS_PER_CTA = 1, 2, 4 or 8. */
     const char *knob = getenv("FKDA_DECODE_WARPS_PER_CTA");
-    if (knob && (atoi(knob) == 1 || atoi(knob) == 2 || atoi(knob) == 4)) per_cta = atoi(knob);
+    if (knob && (atoi(knob) == 1 || atoi(knob) == 2 || atoi(knob) == 4 || atoi(knob) == 8)) per_cta = atoi(knob);
     p->warps_per_cta = per_cta;
-    const int64_t blocks = (warps + per_cta - 1) / per_cta;
-    if (blocks > 0x7fffffff) return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)(p->N * p->HV));
+    p->ctas_per_head = (p->warps_per_head + per_cta - 1) / per_cta;
+    const int64_t blocks = heads * p->ctas_per_head;
+    if (blocks > 0x7fffffff) return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
 
-    var->kernel<<<(unsigned)blocks, 32 * per_cta, per_cta * DECODE_SMEM_PER_WARP, stream>>>(*p);
+    var->kernel<<<(unsigned)blocks, 32 * per_cta, 0, stream>>>(*p);
     FKDA_CUDA_CHECK_LAUNCH(var->name);
     return FKDA_OK;
 }

@@ -60,7 +60,8 @@ typedef struct fkda_decode_params {
     /* Geometry, chosen by fkda_decode_recurrent_launch. */
     int32_t lanes_k;        /* lanes of a warp that share one state column (a power of two) */
     int32_t warps_per_head; /* warps splitting the V columns of one (sequence, value head) */
-    int32_t warps_per_cta;
+    int32_t warps_per_cta;  /* warps of one CTA, all on the same head */
+    int32_t ctas_per_head;  /* CTAs sharing the warps of one (sequence, value head) */
 } fkda_decode_params;
 
 /* Picks the kernel variant and the geometry, fills the last fields of *p and launches on the
