@@ -17,7 +17,9 @@ batches with one pool reused by every step, which is what an L2-resident state g
 The floor is the state bytes read and written over the copy bandwidth measured in the same run
 (a large device-to-device copy, bytes read plus bytes written).
 
-    python3 bench/bench_decode_gpu.py [--out results.md] [--quick]
+    python3 bench/bench_decode_gpu.py [--out results.md] [--quick] [--sweep]
+    python3 bench/bench_decode_gpu.py --profile fp32,1,32   # two calls of each library, no graph,
+                                                             # for ncu (one pool dtype, B, H)
 """
 
 from __future__ import annotations
@@ -188,10 +190,29 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer batch sizes")
     ap.add_argument("--sweep", action="store_true", default=os.environ.get("FKDA_BENCH_SWEEP") == "1",
                     help="also time FKDA_DECODE_WARPS_PER_CTA = 1, 2, 4, 8 (or FKDA_BENCH_SWEEP=1)")
+    ap.add_argument("--profile", default=None, metavar="DTYPE,B,H",
+                    help="only run two calls of each library on one case (for ncu)")
     args = ap.parse_args()
 
     import flash_kda
     from fla.ops.kda.fused_recurrent import fused_recurrent_kda_fwd as fla_fwd
+
+    if args.profile:
+        dtype, B, H = args.profile.split(",")
+        pool_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        gen = torch.Generator(device="cuda")
+        gen.manual_seed(1234)
+        B, H = int(B), int(H)
+        x = make_inputs(B, H, gen)
+        pool = (0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype)
+        idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
+        out = torch.empty(B, 1, H, V, device="cuda", dtype=torch.bfloat16)
+        for _ in range(2):
+            ours_call(flash_kda, x, pool, idx, out)
+        for _ in range(2):
+            fla_call(fla_fwd, x, pool, idx, out)
+        torch.cuda.synchronize()
+        return 0
 
     torch.manual_seed(0)
     gen = torch.Generator(device="cuda")
