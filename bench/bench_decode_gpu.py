@@ -189,7 +189,7 @@ def main():
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="fewer batch sizes")
     ap.add_argument("--sweep", action="store_true", default=os.environ.get("FKDA_BENCH_SWEEP") == "1",
-                    help="also time FKDA_DECODE_WARPS_PER_CTA = 1, 2, 4, 8 (or FKDA_BENCH_SWEEP=1)")
+                    help="also time each kernel family and CTA size forced (or FKDA_BENCH_SWEEP=1)")
     ap.add_argument("--profile", default=None, metavar="DTYPE,B,H",
                     help="only run two calls of each library on one case (for ncu)")
     args = ap.parse_args()
@@ -265,16 +265,31 @@ def main():
                 print(row, flush=True)
     sweep = []
     if args.sweep:
-        sweep = ["", "Warps per CTA (FKDA_DECODE_WARPS_PER_CTA), ours us:", "",
-                 "| pool | B | H | 1 | 2 | 4 | 8 | default |", "|---|---|---|---|---|---|---|---|"]
+        # Each kernel family and CTA size forced in turn (decode_recurrent.cu's knobs).
+        configs = [("default", {}), ("plain", {"FKDA_DECODE_STREAM": "0", "FKDA_DECODE_NARROW": "0"}),
+                   ("stream", {"FKDA_DECODE_STREAM": "1"}),
+                   ("narrow", {"FKDA_DECODE_STREAM": "0", "FKDA_DECODE_NARROW": "1"})]
+        configs += [(f"plain {w}w", {"FKDA_DECODE_STREAM": "0", "FKDA_DECODE_NARROW": "0",
+                                     "FKDA_DECODE_WARPS_PER_CTA": w}) for w in ("2", "4")]
+        configs += [(f"narrow {w}w", {"FKDA_DECODE_STREAM": "0", "FKDA_DECODE_NARROW": "1",
+                                      "FKDA_DECODE_WARPS_PER_CTA": w}) for w in ("2", "4", "8")]
+        sweep = ["", "Kernel families and warps per CTA forced (FKDA_DECODE_STREAM, FKDA_DECODE_NARROW, "
+                 "FKDA_DECODE_WARPS_PER_CTA), ours us:", "",
+                 "| pool | B | H | " + " | ".join(name for name, _ in configs) + " |",
+                 "|---|---|---|" + "---|" * len(configs)]
+        print("\n".join(sweep), flush=True)
+        knobs = ("FKDA_DECODE_STREAM", "FKDA_DECODE_NARROW", "FKDA_DECODE_WARPS_PER_CTA")
         for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-            for B, H in ((1, 32), (8, 32), (64, 32), (256, 8)):
+            for B, H in ((1, 32), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32)):
                 cells = []
-                for w in ("1", "2", "4", "8", ""):
-                    os.environ["FKDA_DECODE_WARPS_PER_CTA"] = w
+                for _, env in configs:
+                    for kn in knobs:
+                        os.environ.pop(kn, None)
+                    os.environ.update(env)
                     t_ours, _, _, _ = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen, with_fla=False)
                     cells.append(f"{t_ours * 1e6:.2f}")
-                os.environ.pop("FKDA_DECODE_WARPS_PER_CTA", None)
+                for kn in knobs:
+                    os.environ.pop(kn, None)
                 row = f"| {pname} | {B} | {H} | " + " | ".join(cells) + " |"
                 sweep.append(row)
                 print(row, flush=True)

@@ -6,6 +6,8 @@
 #   test           the C GPU test programs (build/gpu/test_*_cuda) and pytest tests/gpu
 #   pytest         only pytest, on $FKDA_PYTEST_ARGS (default tests/gpu)
 #   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case
+#   variants       test_decode_cuda with each decode kernel family forced (FKDA_DECODE_STREAM,
+#                  FKDA_DECODE_NARROW), and the streaming kernel under both sanitizers
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
 #   bench-prefill  bench/bench_prefill_gpu.py ($FKDA_BENCH_PREFILL_ARGS adds arguments, e.g.
 #                  "--shapes h16,h32": fla autotunes ~100 s per new shape)
@@ -71,6 +73,14 @@ for step in "${steps[@]}"; do
       for tool in memcheck racecheck; do
         run_step "$(basename "$exe")-$tool" compute-sanitizer --tool $tool --error-exitcode 1 "$exe" --small
       done
+    done ;;
+  variants)
+    FKDA_DECODE_STREAM=1 run_step decode-stream build/gpu/test_decode_cuda
+    FKDA_DECODE_STREAM=0 FKDA_DECODE_NARROW=1 run_step decode-narrow build/gpu/test_decode_cuda
+    FKDA_DECODE_STREAM=0 FKDA_DECODE_NARROW=0 run_step decode-plain build/gpu/test_decode_cuda
+    for tool in memcheck racecheck; do
+      FKDA_DECODE_STREAM=1 run_step decode-stream-$tool compute-sanitizer --tool $tool --error-exitcode 1 \
+        build/gpu/test_decode_cuda --small
     done ;;
   # shellcheck disable=SC2086
   bench-decode) run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" ${FKDA_BENCH_DECODE_ARGS:-} ;;

@@ -46,6 +46,8 @@
 
 #include "cuda_internal.h"
 #include "decode_recurrent.h"
+#include "ptx_copy.cuh"
+#include "ptx_mbarrier.cuh"
 
 #define DECODE_MAX_K 256 /* key rows staged in shared memory, padded (K <= 256) */
 #define DECODE_MAX_R 16  /* register rows per lane, the largest NR */
@@ -425,21 +427,11 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
     }
 }
 
-/* A CTA takes `ctas_per_head`-th of the warps of one (sequence, value head): all of them for
- * large batches, so that the token is staged once per head; fewer for small batches, so that
- * the work spreads over every SM. Each warp owns a slab of columns (all K rows) in registers;
- * the only cooperation between warps is the staged token. Every branch that skips work is
- * uniform over the CTA (a whole sequence) or masks a warp's columns, so every thread reaches
- * every __syncthreads. */
-static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, stage_buffer *smem, const int BF16,
-                                                  const int V_FIRST, const int VEC, const int NR, const int NC,
-                                                  const int D128)
+/* This lane's place in the tile of a warp that owns slab `slab` of a head's columns. */
+static __device__ __forceinline__ lane_tile make_lane_tile(const fkda_decode_params *p, int slab, const int V_FIRST,
+                                                         const int NR, const int NC, const int D128)
 {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    const int64_t head = blockIdx.x / p->ctas_per_head;
-    const int slab = (int)(blockIdx.x - head * p->ctas_per_head) * (blockDim.x >> 5) + warp;
-    const int64_t n = head / p->HV, h = head - n * p->HV, hq = h / p->group;
-
+    const int lane = threadIdx.x & 31;
     lane_tile w;
     w.K = D128 ? 128 : p->K;
     w.V = D128 ? 128 : p->V;
@@ -449,47 +441,66 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     w.lj = V_FIRST ? lane / w.KL : (lane & (w.LJ - 1));
     w.j0 = slab * w.LJ * NC; /* past V for a CTA's spare warps: their columns are all masked */
     w.log2KL = log2_pow2(w.KL);
-    const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
+    return w;
+}
 
-    /* The sequence's tokens: row `row`, positions bos .. bos + len - 1. */
-    int64_t row = n, bos = 0, len = p->T;
-    if (p->cu_seqlens) {
-        int64_t a = load_index(p->cu_seqlens, p->cu_dtype, n * p->cu_stride);
-        int64_t b = load_index(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride);
-        a = min(max(a, (int64_t)0), p->T);
-        b = min(max(b, a), p->T);
-        row = 0;
-        bos = a;
-        len = b - a;
-    }
-    if (len <= 0) return;
+/* Sequence n's tokens: row *row, positions *bos .. *bos + len - 1; returns len (0: nothing). */
+static __device__ __forceinline__ int64_t sequence_tokens(const fkda_decode_params *p, int64_t n, int64_t *row,
+                                                          int64_t *bos)
+{
+    *row = n;
+    *bos = 0;
+    if (!p->cu_seqlens) return p->T;
+    int64_t a = load_index(p->cu_seqlens, p->cu_dtype, n * p->cu_stride);
+    int64_t b = load_index(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride);
+    a = min(max(a, (int64_t)0), p->T);
+    b = min(max(b, a), p->T);
+    *row = 0;
+    *bos = a;
+    return b - a;
+}
 
-    /* The slot it continues from. */
-    int64_t slot = n;
-    if (p->state_indices) {
-        int64_t col = 0;
-        if (p->idx_2d && p->num_accepted) {
-            int64_t acc = load_index(p->num_accepted, p->acc_dtype, n * p->acc_stride);
-            col = min(max(acc, (int64_t)1), p->idx_tokens) - 1;
-        }
-        slot = load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + col * p->idx_stride[1]);
+/* The slot sequence n continues from; outside [0, pool_size) means: skip it. */
+static __device__ __forceinline__ int64_t read_slot(const fkda_decode_params *p, int64_t n)
+{
+    if (!p->state_indices) return n;
+    int64_t col = 0;
+    if (p->idx_2d && p->num_accepted) {
+        int64_t acc = load_index(p->num_accepted, p->acc_dtype, n * p->acc_stride);
+        col = min(max(acc, (int64_t)1), p->idx_tokens) - 1;
     }
+    return load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + col * p->idx_stride[1]);
+}
+
+/* A skipped sequence: no state touched, its rows of out zeroed. */
+static __device__ __forceinline__ void zero_outputs(const fkda_decode_params *p, const lane_tile *w, int64_t row,
+                                                    int64_t bos, int64_t len, int64_t h, const int V_FIRST,
+                                                    const int VEC, const int NC)
+{
     const int64_t *os = p->out_stride;
-    if (slot < 0 || slot >= p->pool_size) { /* skipped: no state touched, output rows zeroed */
-        if (w.kl == 0)
-            for (int64_t t = 0; t < len; t++) {
+    if (w->kl != 0) return;
+    for (int64_t t = 0; t < len; t++) {
 #pragma unroll
-                for (int c = 0; c < NC; c++) {
-                    const int j = tile_col(&w, c, V_FIRST, VEC);
-                    if (j < w.V) store_float(p->out, p->out_dtype, row * os[0] + (bos + t) * os[1] + h * os[2] + j * os[3], 0.0f);
-                }
-            }
-        return;
+        for (int c = 0; c < NC; c++) {
+            const int j = tile_col(w, c, V_FIRST, VEC);
+            if (j < w->V) store_float(p->out, p->out_dtype, row * os[0] + (bos + t) * os[1] + h * os[2] + j * os[3], 0.0f);
+        }
     }
+}
 
-    float s[DECODE_MAX_R][DECODE_MAX_C];
-    load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
-
+/* The recurrence over the sequence's tokens, the state in registers (loaded by the caller),
+ * and the state's stores: after every token to its 2-D index, else once at the end to `slot`.
+ * Every thread of the CTA calls it (stage_token waits for the whole CTA once per token). */
+static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, const lane_tile *wp, stage_buffer *smem,
+                                                  int64_t n, int64_t h, int64_t row, int64_t bos, int64_t len,
+                                                  int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
+                                                  const int V_FIRST, const int VEC, const int NR, const int NC,
+                                                  const int D128)
+{
+    const lane_tile w = *wp;
+    const int64_t hq = h / p->group;
+    const int64_t *os = p->out_stride;
+    const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
     for (int64_t t = 0; t < len; t++) {
         const int64_t pos = bos + t;
         /* Two stage buffers: token t + 1 stages into the one token t - 1 read, which every warp
@@ -562,25 +573,184 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     if (!p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
+/* A CTA takes `ctas_per_head`-th of the warps of one (sequence, value head): all of them for
+ * large batches, so that the token is staged once per head; fewer for small batches, so that
+ * the work spreads over every SM. Each warp owns a slab of columns (all K rows) in registers;
+ * the only cooperation between warps is the staged token. Every branch that skips work is
+ * uniform over the CTA (a whole sequence) or masks a warp's columns, so every thread reaches
+ * every __syncthreads. */
+static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, stage_buffer *smem, const int BF16,
+                                                  const int V_FIRST, const int VEC, const int NR, const int NC,
+                                                  const int D128)
+{
+    const int64_t head = blockIdx.x / p->ctas_per_head;
+    const int slab = (int)(blockIdx.x - head * p->ctas_per_head) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int64_t n = head / p->HV, h = head - n * p->HV;
+    const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, D128);
+
+    int64_t row, bos;
+    const int64_t len = sequence_tokens(p, n, &row, &bos);
+    if (len <= 0) return;
+    const int64_t slot = read_slot(p, n);
+    if (slot < 0 || slot >= p->pool_size) {
+        zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC);
+        return;
+    }
+    float s[DECODE_MAX_R][DECODE_MAX_C];
+    load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
+    run_tokens(p, &w, smem, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128);
+}
+
+/* ---- the streaming variant: persistent CTAs, each head's state prefetched into shared memory */
+
+/* Large batches of dense 128 heads on sm_90. The plain kernel's CTAs each wait for their
+ * state (an index load, then the state's loads) before they compute, so part of every CTA's
+ * life moves no bytes, and the pool streams at ~1.2x the floor. Here a CTA stays resident and
+ * walks heads blockIdx.x, + gridDim.x, ...: one thread resolves the slot of a head
+ * DECODE_STREAM_AHEAD heads ahead and starts a bulk copy of its whole state (one contiguous
+ * block) into a shared-memory ring, so that DRAM always has the next heads' bytes in flight
+ * while the CTA computes the current one from registers. */
+#define DECODE_STREAM_BUFS 3 /* ring slots per CTA: 3 x 64 KB fp32 (one CTA per SM), 3 x 32 KB bf16 */
+
+typedef struct stream_ring {
+    unsigned long long full[DECODE_STREAM_BUFS]; /* mbarriers: the slot's bytes have landed */
+    long long slot[DECODE_STREAM_BUFS];          /* the pool slot being copied in, or -1: none */
+} stream_ring;
+
+/* Thread 0: start the copy of the i-th head of this CTA into ring slot i % DECODE_STREAM_BUFS
+ * (or mark the slot empty for a skipped or token-less sequence, or past the last head). */
+static __device__ __forceinline__ void stream_issue(const fkda_decode_params *p, stream_ring *ring,
+                                                    unsigned char *bufs, int64_t i, uint32_t head_bytes,
+                                                    const int BF16)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const int64_t heads = p->N * p->HV, head = blockIdx.x + i * (int64_t)gridDim.x;
+    const int b = (int)(i % DECODE_STREAM_BUFS);
+    int64_t slot = -1;
+    if (head < heads) {
+        const int64_t n = head / p->HV, h = head - n * p->HV;
+        int64_t row, bos;
+        if (sequence_tokens(p, n, &row, &bos) > 0) {
+            slot = read_slot(p, n);
+            if (slot < 0 || slot >= p->pool_size) slot = -1;
+        }
+        if (slot >= 0) {
+            const int64_t *st = p->state_in_stride;
+            const char *src = (const char *)state_at(p->state_in, slot * st[0] + h * st[1], BF16);
+            const uint32_t mbar = (uint32_t)__cvta_generic_to_shared(&ring->full[b]);
+            /* The ring slot was last read through the generic proxy: order that before the
+             * async proxy's writes. */
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+            mbar_arrive_expect_tx(mbar, head_bytes);
+            bulk_copy_g2s((uint32_t)__cvta_generic_to_shared(bufs + (size_t)b * head_bytes), src, head_bytes, mbar);
+        }
+    }
+    ring->slot[b] = slot;
+#endif
+}
+
+/* Loads the lane's tile from a head's dense 128 x 128 state in shared memory (the same
+ * offsets as load_tile's in global memory). */
+static __device__ __forceinline__ void load_tile_shared(const lane_tile *w, const unsigned char *buf,
+                                                        float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
+                                                        const int V_FIRST, const int VEC, const int NR,
+                                                        const int NC)
+{
+    const int sk = V_FIRST ? 1 : 128, sv = V_FIRST ? 128 : 1;
+    const int k0 = tile_row(w, 0, V_FIRST, VEC), j0 = tile_col(w, 0, V_FIRST, VEC);
+    const void *lane = buf + (size_t)(k0 * sk + j0 * sv) * (BF16 ? 2 : 4);
+    if (!V_FIRST) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+#pragma unroll
+            for (int cv = 0; cv < NC / VEC; cv++) {
+                float x[8];
+                load_state_vec(lane, (tile_row(w, r, 0, VEC) - k0) * sk + (tile_col(w, cv * VEC, 0, VEC) - j0) * sv, x,
+                               BF16, VEC);
+#pragma unroll
+                for (int e = 0; e < VEC; e++) s[r][cv * VEC + e] = x[e];
+            }
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+#pragma unroll
+            for (int rv = 0; rv < NR / VEC; rv++) {
+                float x[8];
+                load_state_vec(lane, (tile_col(w, c, 1, VEC) - j0) * sv + (tile_row(w, rv * VEC, 1, VEC) - k0) * sk, x,
+                               BF16, VEC);
+#pragma unroll
+                for (int e = 0; e < VEC; e++) s[rv * VEC + e][c] = x[e];
+            }
+        }
+    }
+}
+
+static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_params *p, stage_buffer *stage,
+                                                         stream_ring *ring, unsigned char *bufs, const int BF16,
+                                                         const int V_FIRST, const int VEC, const int NR,
+                                                         const int NC)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const uint32_t head_bytes = 128 * 128 * (BF16 ? 2 : 4);
+    const int64_t heads = p->N * p->HV;
+    const lane_tile w = make_lane_tile(p, threadIdx.x >> 5, V_FIRST, NR, NC, 1);
+    if (threadIdx.x == 0) {
+        for (int b = 0; b < DECODE_STREAM_BUFS; b++) mbar_init((uint32_t)__cvta_generic_to_shared(&ring->full[b]), 1);
+        mbar_fence_init();
+        for (int i = 0; i < DECODE_STREAM_BUFS - 1; i++) stream_issue(p, ring, bufs, i, head_bytes, BF16);
+    }
+    uint32_t parity = 0; /* bit b: the phase of ring slot b's barrier to wait for next */
+    for (int64_t i = 0;; i++) {
+        const int64_t head = blockIdx.x + i * (int64_t)gridDim.x;
+        if (head >= heads) break;
+        /* Every thread is done with head i - 1 (its ring slot, the stage buffers): refill. */
+        __syncthreads();
+        if (threadIdx.x == 0) stream_issue(p, ring, bufs, i + DECODE_STREAM_BUFS - 1, head_bytes, BF16);
+        const int b = (int)(i % DECODE_STREAM_BUFS);
+        const int64_t slot = ring->slot[b];
+        const int64_t n = head / p->HV, h = head - n * p->HV;
+        int64_t row, bos;
+        const int64_t len = sequence_tokens(p, n, &row, &bos);
+        if (len <= 0) continue;
+        if (slot < 0) {
+            zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC);
+            continue;
+        }
+        mbar_wait((uint32_t)__cvta_generic_to_shared(&ring->full[b]), (parity >> b) & 1u);
+        parity ^= 1u << b;
+        float s[DECODE_MAX_R][DECODE_MAX_C];
+        load_tile_shared(&w, bufs + (size_t)b * head_bytes, s, BF16, V_FIRST, VEC, NR, NC);
+        run_tokens(p, &w, stage, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, 1);
+    }
+#endif
+}
+
 /* ---- the specialisations ------------------------------------------------------------------ */
 
 /* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
  * dense 128 (K = V = 128 and the state's rows 128 elements apart: every offset inside a head is
  * a compile-time constant plus one per lane; the common case, and the fastest).
+ * The "_narrow" kernels hold 32 values per lane (16 warps per head) instead of 64: half the
+ * serial work per warp, for small batches, where a call's time is one warp's latency.
  * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two
  * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). */
-#define DECODE_VARIANTS(X)                         \
-    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1)        \
-    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1)        \
-    X(decode_bf16_kv_128, 1, 0, 8, 8, 8, 1)        \
-    X(decode_bf16_vk_128, 1, 1, 8, 8, 8, 1)        \
-    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0)        \
-    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0)        \
-    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0)        \
-    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0)        \
-    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0)     \
-    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0)     \
-    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0)    \
+#define DECODE_VARIANTS(X)                            \
+    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1)           \
+    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1)           \
+    X(decode_bf16_kv_128, 1, 0, 8, 8, 8, 1)           \
+    X(decode_bf16_vk_128, 1, 1, 8, 8, 8, 1)           \
+    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1)     \
+    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1)     \
+    X(decode_bf16_kv_128_narrow, 1, 0, 8, 4, 8, 1)    \
+    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1)    \
+    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0)           \
+    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0)           \
+    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0)           \
+    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0)           \
+    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0)        \
+    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0)        \
+    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0)       \
     X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 0)
 
 #define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, D128)                             \
@@ -592,16 +762,45 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     }
 DECODE_VARIANTS(DECODE_DEFINE_KERNEL)
 
+/* The streaming kernels (dense 128 heads only, 8 warps = one head per CTA): name, bf16, [V, K],
+ * VEC, NR, NC, CTAs per SM (what the ring allows: 3 x 64 KB fp32 leaves room for one). */
+#define DECODE_STREAM_VARIANTS(X)                     \
+    X(decode_f32_kv_stream, 0, 0, 4, 16, 4, 1)        \
+    X(decode_f32_vk_stream, 0, 1, 4, 16, 4, 1)        \
+    X(decode_bf16_kv_stream, 1, 0, 8, 8, 8, 2)        \
+    X(decode_bf16_vk_stream, 1, 1, 8, 8, 8, 2)
+
+#define DECODE_DEFINE_STREAM_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, PER_SM)                    \
+    __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, PER_SM)                      \
+        name(const __grid_constant__ fkda_decode_params p)                                       \
+    {                                                                                           \
+        extern __shared__ __align__(128) unsigned char decode_ring_smem[];                      \
+        const size_t ring_bytes = (size_t)DECODE_STREAM_BUFS * 128 * 128 * (BF16 ? 2 : 4);      \
+        decode_stream_cta(&p, (stage_buffer *)(decode_ring_smem + ring_bytes),                   \
+                          (stream_ring *)(decode_ring_smem + ring_bytes + 2 * sizeof(stage_buffer)), \
+                          decode_ring_smem, BF16, V_FIRST, VEC, NR, NC);                        \
+    }
+DECODE_STREAM_VARIANTS(DECODE_DEFINE_STREAM_KERNEL)
+
 typedef void (*decode_kernel_fn)(const fkda_decode_params);
 
 typedef struct decode_variant {
     decode_kernel_fn kernel;
     const char *name;
     int bf16, v_first, vec, nr, nc, dense128;
+    int stream_per_sm; /* 0: a plain kernel; else a streaming one and its CTAs per SM */
 } decode_variant;
 
-#define DECODE_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, D128) {name, #name, BF16, V_FIRST, VEC, NR, NC, D128},
+#define DECODE_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, D128) {name, #name, BF16, V_FIRST, VEC, NR, NC, D128, 0},
+#define DECODE_STREAM_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, PER_SM) \
+    {name, #name, BF16, V_FIRST, VEC, NR, NC, 1, PER_SM},
 static const decode_variant decode_variants[] = {DECODE_VARIANTS(DECODE_TABLE_ENTRY)};
+static const decode_variant decode_stream_variants[] = {DECODE_STREAM_VARIANTS(DECODE_STREAM_TABLE_ENTRY)};
+
+static size_t stream_smem_bytes(const decode_variant *v)
+{
+    return (size_t)DECODE_STREAM_BUFS * 128 * 128 * (v->bf16 ? 2 : 4) + 2 * sizeof(stage_buffer) + sizeof(stream_ring);
+}
 
 /* ---- launch ------------------------------------------------------------------------------- */
 
@@ -615,7 +814,8 @@ static int pool_vectorizable(const void *data, const int64_t *stride, int v_firs
            stride[0] % vec == 0 && stride[1] % vec == 0 && extent % vec == 0 && elem * vec == 16;
 }
 
-extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int sm_count, cudaStream_t stream)
+extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int sm_count, int cc_major,
+                                                   cudaStream_t stream_arg)
 {
     if (p->N == 0 || p->T == 0) return FKDA_OK;
     const int elem = p->state_bf16 ? 2 : 4, vec = 16 / elem;
@@ -633,11 +833,43 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     /* Dense 128: K = V = 128 and, in and out, the rows of one head's state 128 elements apart. */
     const int row_stride = p->state_v_first ? 3 : 2;
     const int dense128 = vectors && p->K == 128 && p->V == 128 && si[row_stride] == 128 && so[row_stride] == 128;
+    const int64_t heads = p->N * p->HV;
+
+    /* Tuning knobs for bench/bench_decode_gpu.py (unset: the rules below). */
+    const char *knob_stream = getenv("FKDA_DECODE_STREAM"), *knob_narrow = getenv("FKDA_DECODE_NARROW");
+    const char *knob_warps = getenv("FKDA_DECODE_WARPS_PER_CTA");
+
+    /* Large batches of dense heads on sm_90 stream through shared memory (decode_stream_cta):
+     * from 4 heads per SM on, where the ring's prologue is a small part of the call. */
+    int stream = dense128 && cc_major == 9 && heads >= 4 * (int64_t)sm_count;
+    if (knob_stream && (knob_stream[0] == '0' || knob_stream[0] == '1')) stream = dense128 && cc_major == 9 && knob_stream[0] == '1';
+    if (stream) {
+        const decode_variant *sv = NULL;
+        for (size_t i = 0; i < sizeof decode_stream_variants / sizeof decode_stream_variants[0]; i++)
+            if (decode_stream_variants[i].bf16 == (p->state_bf16 != 0) && decode_stream_variants[i].v_first == (p->state_v_first != 0))
+                sv = &decode_stream_variants[i];
+        const size_t smem = stream_smem_bytes(sv);
+        cudaError_t err = cudaFuncSetAttribute(sv->kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+        if (err != cudaSuccess) return fkda_fail(FKDA_ERROR_DEVICE, "decode: %s: %s", sv->name, cudaGetErrorString(err));
+        const int64_t ctas = heads < (int64_t)sm_count * sv->stream_per_sm ? heads : (int64_t)sm_count * sv->stream_per_sm;
+        p->lanes_k = 128 / sv->nr;
+        p->warps_per_head = DECODE_MAX_WARPS_PER_CTA;
+        p->warps_per_cta = DECODE_MAX_WARPS_PER_CTA;
+        p->ctas_per_head = 1;
+        sv->kernel<<<(unsigned)ctas, 32 * DECODE_MAX_WARPS_PER_CTA, smem, stream_arg>>>(*p);
+        FKDA_CUDA_CHECK_LAUNCH(sv->name);
+        return FKDA_OK;
+    }
+
+    /* Small batches of dense heads: the narrow tiles (32 values per lane), while the heads are
+     * fewer than the SMs. */
+    int narrow = dense128 && heads < sm_count;
+    if (knob_narrow && (knob_narrow[0] == '0' || knob_narrow[0] == '1')) narrow = dense128 && knob_narrow[0] == '1';
     const decode_variant *var = NULL;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0] && var == NULL; i++) {
         const decode_variant *d = &decode_variants[i];
         if (d->bf16 == (p->state_bf16 != 0) && d->v_first == (p->state_v_first != 0) &&
-            (d->vec > 1) == (vectors != 0) && d->dense128 == dense128)
+            (d->vec > 1) == (vectors != 0) && d->dense128 == dense128 && (!dense128 || (d->nr * d->nc == 32) == narrow))
             var = d;
     }
     if (var == NULL) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
@@ -651,20 +883,18 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     p->warps_per_head = (p->V + cols_per_warp - 1) / cols_per_warp;
 
     /* Warps per CTA: all of a head's (up to 8), so that its token is staged once; fewer while
-     * that leaves SMs without a CTA (small batches are latency-bound: spread them out). */
-    const int64_t heads = p->N * p->HV;
+     * that leaves half the SMs without a CTA (small batches are latency-bound: spread them). */
     int per_cta = 8;
     while (per_cta > 1 && per_cta / 2 >= p->warps_per_head) per_cta /= 2;
-    while (per_cta > 1 && heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
-    /* A tuning knob for bench/bench_decode_gpu.py: FKDA_DECODE_WARPS_PER_CTA = 1, 2, 4 or 8. */
-    const char *knob = getenv("FKDA_DECODE_WARPS_PER_CTA");
-    if (knob && (atoi(knob) == 1 || atoi(knob) == 2 || atoi(knob) == 4 || atoi(knob) == 8)) per_cta = atoi(knob);
+    while (per_cta > 1 && 2 * heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
+    if (knob_warps && (atoi(knob_warps) == 1 || atoi(knob_warps) == 2 || atoi(knob_warps) == 4 || atoi(knob_warps) == 8))
+        per_cta = atoi(knob_warps);
     p->warps_per_cta = per_cta;
     p->ctas_per_head = (p->warps_per_head + per_cta - 1) / per_cta;
     const int64_t blocks = heads * p->ctas_per_head;
     if (blocks > 0x7fffffff) return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
 
-    var->kernel<<<(unsigned)blocks, 32 * per_cta, 0, stream>>>(*p);
+    var->kernel<<<(unsigned)blocks, 32 * per_cta, 0, stream_arg>>>(*p);
     FKDA_CUDA_CHECK_LAUNCH(var->name);
     return FKDA_OK;
 }

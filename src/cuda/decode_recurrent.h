@@ -64,9 +64,10 @@ typedef struct fkda_decode_params {
     int32_t ctas_per_head;  /* CTAs sharing the warps of one (sequence, value head) */
 } fkda_decode_params;
 
-/* Picks the kernel variant and the geometry, fills the last fields of *p and launches on the
- * stream (asynchronously, nothing allocated). Returns FKDA_ERROR_DEVICE on a launch error. */
-fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int sm_count, cudaStream_t stream);
+/* Picks the kernel variant and the geometry for a device of `sm_count` SMs and compute
+ * capability `cc_major`.x, fills the last fields of *p and launches on the stream
+ * (asynchronously, nothing allocated). Returns FKDA_ERROR_DEVICE on a launch error. */
+fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int sm_count, int cc_major, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -588,6 +588,9 @@ int main(int argc, char **argv)
     c = base_case("strided tokens and pool, graph replays"); c.strided = 1; c.graph = 1; c.steps = 3; cases[n++] = c;
     c = base_case("misaligned bf16 pool (scalar path)"); c.misaligned = 1; c.pool_dtype = FKDA_DTYPE_BF16;
     c.steps = 2; cases[n++] = c;
+    /* Enough heads (>= 4 per SM) that dense pools take the streaming kernel, whose persistent
+     * CTAs walk several heads each through their shared-memory ring. */
+    c = base_case("640 heads, fp32 [K,V], skips (streamed)"); c.N = 160; c.skip = 1; c.steps = 3; cases[n++] = c;
     if (!small) {
         c = base_case("slot reuse by new sequences"); c.N = 4; c.reuse = 1; c.steps = 12; cases[n++] = c;
         c = base_case("slot reuse, bf16 pool [V,K]"); c.N = 4; c.reuse = 1; c.steps = 12;
@@ -610,6 +613,12 @@ int main(int argc, char **argv)
         c.lens[3] = 5; c.lens[4] = 1; c.lens[5] = 2; c.pool_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
         c = base_case("T=3 per sequence, 1-D indices"); c.T = 3; cases[n++] = c;
         c = base_case("no indices, T=2"); c.idx_mode = IDX_NONE; c.T = 2; cases[n++] = c;
+        c = base_case("1200 heads, bf16 pool [V,K], spec T=2, skips"); c.N = 300; c.idx_mode = IDX_2D; c.T = 2;
+        c.pool_dtype = FKDA_DTYPE_BF16; c.v_first = 1; c.skip = 1; cases[n++] = c;
+        c = base_case("2048 heads, fp32 [V,K], slot reuse"); c.N = 512; c.reuse = 1; c.steps = 6; c.v_first = 1;
+        cases[n++] = c;
+        c = base_case("1024 heads, bf16 pool [K,V], no indices"); c.N = 256; c.idx_mode = IDX_NONE;
+        c.pool_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
         /* K and V */
         static const int64_t kv[][2] = {{64, 64}, {256, 256}, {64, 256}, {256, 64}, {128, 32}, {32, 128},
                                         {96, 72}, {3, 5}, {1, 1}, {17, 40}, {200, 136}, {256, 255}};
