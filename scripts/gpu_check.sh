@@ -1,13 +1,12 @@
 #!/usr/bin/env bash
 # gpu_check.sh: everything the lent GPU is for, in one call: build, test, sanitize, benchmark.
 #
-#   scripts/gpu_check.sh [step ...]      steps: test pytest sanitize bench-decode bench-prefill all
+#   scripts/gpu_check.sh [step ...]      steps: test pytest sanitize variants bench-decode bench-prefill all
 #
 #   test           the C GPU test programs (build/gpu/test_*_cuda) and pytest tests/gpu
 #   pytest         only pytest, on $FKDA_PYTEST_ARGS (default tests/gpu)
 #   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case
-#   variants       test_decode_cuda with each decode kernel family forced (FKDA_DECODE_STREAM,
-#                  FKDA_DECODE_NARROW), and the streaming kernel under both sanitizers
+#   variants       test_decode_cuda with each decode kernel family forced (FKDA_DECODE_STREAM=1, 0)
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
 #   bench-prefill  bench/bench_prefill_gpu.py ($FKDA_BENCH_PREFILL_ARGS adds arguments, e.g.
 #                  "--shapes h16,h32": fla autotunes ~100 s per new shape)
@@ -27,7 +26,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(test)
-[ "${steps[0]}" = all ] && steps=(test sanitize bench-decode bench-prefill)
+[ "${steps[0]}" = all ] && steps=(test sanitize variants bench-decode bench-prefill)
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
 export FKDA_COMMIT=${FKDA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
@@ -76,12 +75,7 @@ for step in "${steps[@]}"; do
     done ;;
   variants)
     FKDA_DECODE_STREAM=1 run_step decode-stream build/gpu/test_decode_cuda
-    FKDA_DECODE_STREAM=0 FKDA_DECODE_NARROW=1 run_step decode-narrow build/gpu/test_decode_cuda
-    FKDA_DECODE_STREAM=0 FKDA_DECODE_NARROW=0 run_step decode-plain build/gpu/test_decode_cuda
-    for tool in memcheck racecheck; do
-      FKDA_DECODE_STREAM=1 run_step decode-stream-$tool compute-sanitizer --tool $tool --error-exitcode 1 \
-        build/gpu/test_decode_cuda --small
-    done ;;
+    FKDA_DECODE_STREAM=0 run_step decode-plain build/gpu/test_decode_cuda ;;
   # shellcheck disable=SC2086
   bench-decode) run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" ${FKDA_BENCH_DECODE_ARGS:-} ;;
   # shellcheck disable=SC2086

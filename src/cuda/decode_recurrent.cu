@@ -1,6 +1,6 @@
 /*
  * decode_recurrent.cu: the CUDA decode (fla's fused_recurrent_kda on a state pool), one kernel
- * in twelve specialisations, and its launch.
+ * in twelve plain and two streaming specialisations, and its launch.
  *
  * Per sequence n, value head h and token t (the state S is K x V, fp32 in registers):
  *
@@ -731,8 +731,6 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
 /* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
  * dense 128 (K = V = 128 and the state's rows 128 elements apart: every offset inside a head is
  * a compile-time constant plus one per lane; the common case, and the fastest).
- * The "_narrow" kernels hold 32 values per lane (16 warps per head) instead of 64: half the
- * serial work per warp, for small batches, where a call's time is one warp's latency.
  * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two
  * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). */
 #define DECODE_VARIANTS(X)                            \
@@ -740,10 +738,6 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
     X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1)           \
     X(decode_bf16_kv_128, 1, 0, 8, 8, 8, 1)           \
     X(decode_bf16_vk_128, 1, 1, 8, 8, 8, 1)           \
-    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1)     \
-    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1)     \
-    X(decode_bf16_kv_128_narrow, 1, 0, 8, 4, 8, 1)    \
-    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1)    \
     X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0)           \
     X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0)           \
     X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0)           \
@@ -762,13 +756,13 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
     }
 DECODE_VARIANTS(DECODE_DEFINE_KERNEL)
 
-/* The streaming kernels (dense 128 heads only, 8 warps = one head per CTA): name, bf16, [V, K],
- * VEC, NR, NC, CTAs per SM (what the ring allows: 3 x 64 KB fp32 leaves room for one). */
+/* The streaming kernels (dense 128 fp32 heads, 8 warps = one head per CTA): name, bf16, [V, K],
+ * VEC, NR, NC, CTAs per SM (the ring's 3 x 64 KB leaves room for one). bf16 pools were measured
+ * slower streamed (89 us against 79 us for 2048 heads: the per-head latency chain, not the
+ * bytes, bounds a bf16 head; docs/decode-notes.md) and take the plain kernel. */
 #define DECODE_STREAM_VARIANTS(X)                     \
     X(decode_f32_kv_stream, 0, 0, 4, 16, 4, 1)        \
-    X(decode_f32_vk_stream, 0, 1, 4, 16, 4, 1)        \
-    X(decode_bf16_kv_stream, 1, 0, 8, 8, 8, 2)        \
-    X(decode_bf16_vk_stream, 1, 1, 8, 8, 8, 2)
+    X(decode_f32_vk_stream, 0, 1, 4, 16, 4, 1)
 
 #define DECODE_DEFINE_STREAM_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, PER_SM)                    \
     __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, PER_SM)                      \
@@ -836,13 +830,15 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     const int64_t heads = p->N * p->HV;
 
     /* Tuning knobs for bench/bench_decode_gpu.py (unset: the rules below). */
-    const char *knob_stream = getenv("FKDA_DECODE_STREAM"), *knob_narrow = getenv("FKDA_DECODE_NARROW");
+    const char *knob_stream = getenv("FKDA_DECODE_STREAM");
     const char *knob_warps = getenv("FKDA_DECODE_WARPS_PER_CTA");
 
-    /* Large batches of dense heads on sm_90 stream through shared memory (decode_stream_cta):
-     * from 4 heads per SM on, where the ring's prologue is a small part of the call. */
-    int stream = dense128 && cc_major == 9 && heads >= 4 * (int64_t)sm_count;
-    if (knob_stream && (knob_stream[0] == '0' || knob_stream[0] == '1')) stream = dense128 && cc_major == 9 && knob_stream[0] == '1';
+    /* Large batches of dense fp32 heads on sm_90 stream through shared memory
+     * (decode_stream_cta): from 4 heads per SM on, where the ring's prologue is a small part
+     * of the call. */
+    const int streamable = dense128 && !p->state_bf16 && cc_major == 9;
+    int stream = streamable && heads >= 4 * (int64_t)sm_count;
+    if (knob_stream && (knob_stream[0] == '0' || knob_stream[0] == '1')) stream = streamable && knob_stream[0] == '1';
     if (stream) {
         const decode_variant *sv = NULL;
         for (size_t i = 0; i < sizeof decode_stream_variants / sizeof decode_stream_variants[0]; i++)
@@ -861,15 +857,11 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         return FKDA_OK;
     }
 
-    /* Small batches of dense heads: the narrow tiles (32 values per lane), while the heads are
-     * fewer than the SMs. */
-    int narrow = dense128 && heads < sm_count;
-    if (knob_narrow && (knob_narrow[0] == '0' || knob_narrow[0] == '1')) narrow = dense128 && knob_narrow[0] == '1';
     const decode_variant *var = NULL;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0] && var == NULL; i++) {
         const decode_variant *d = &decode_variants[i];
         if (d->bf16 == (p->state_bf16 != 0) && d->v_first == (p->state_v_first != 0) &&
-            (d->vec > 1) == (vectors != 0) && d->dense128 == dense128 && (!dense128 || (d->nr * d->nc == 32) == narrow))
+            (d->vec > 1) == (vectors != 0) && d->dense128 == dense128)
             var = d;
     }
     if (var == NULL) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
@@ -882,11 +874,12 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     p->lanes_k = kl;
     p->warps_per_head = (p->V + cols_per_warp - 1) / cols_per_warp;
 
-    /* Warps per CTA: all of a head's (up to 8), so that its token is staged once; fewer while
-     * that leaves half the SMs without a CTA (small batches are latency-bound: spread them). */
-    int per_cta = 8;
+    /* Warps per CTA: 8 (a K = V = 128 fp32 head) or 4 (half a head; measured 5-7% faster than
+     * 8 for large bf16 batches); fewer while that leaves two thirds of the SMs without a CTA
+     * (small batches are latency-bound: spread them; 4 warps was the best at B = 1, H = 32). */
+    int per_cta = p->state_bf16 ? 4 : 8;
     while (per_cta > 1 && per_cta / 2 >= p->warps_per_head) per_cta /= 2;
-    while (per_cta > 1 && 2 * heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
+    while (per_cta > 1 && 3 * heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
     if (knob_warps && (atoi(knob_warps) == 1 || atoi(knob_warps) == 2 || atoi(knob_warps) == 4 || atoi(knob_warps) == 8))
         per_cta = atoi(knob_warps);
     p->warps_per_cta = per_cta;
