@@ -155,11 +155,16 @@ def main():
 
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    except OSError:
-        commit = ""
-    commit = commit or os.environ.get("FKDA_COMMIT", "?")
+    # FKDA_COMMIT first: the device's copy of the tree may carry a stale .git (a run at 44534b3
+    # printed 5946ed8), so git there is not to be trusted.
+    commit = os.environ.get("FKDA_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                    text=True).stdout.strip()
+        except OSError:
+            commit = ""
+    commit = commit or "?"
     print(f"device {dev}, copy bandwidth {bw / 1e12:.2f} TB/s, commit {commit}", flush=True)
 
     rows = []
