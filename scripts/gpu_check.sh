@@ -8,6 +8,9 @@
 #   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case
 #   variants       test_decode_cuda with each decode kernel family forced (FKDA_DECODE_STREAM=1, 0)
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
+#   profile-decode ncu on one decode call of ours and of fla (B=1 H=32, fp32 and bf16 pools, or
+#                  $FKDA_PROFILE_CASES="fp32,64,32 ..."): speed of light, warp states, and the
+#                  hottest SASS instructions by stall samples (bench/ncu_hot_sass.py)
 #   bench-prefill  bench/bench_prefill_gpu.py ($FKDA_BENCH_PREFILL_ARGS adds arguments, e.g.
 #                  "--shapes h16,h32": fla autotunes ~100 s per new shape)
 #
@@ -76,6 +79,19 @@ for step in "${steps[@]}"; do
   variants)
     FKDA_DECODE_STREAM=1 run_step decode-stream build/gpu/test_decode_cuda
     FKDA_DECODE_STREAM=0 run_step decode-plain build/gpu/test_decode_cuda ;;
+  profile-decode)
+    for case in ${FKDA_PROFILE_CASES:-fp32,1,32 bf16,1,32}; do
+      for who in ours fla; do
+        kernel=$([ $who = ours ] && echo regex:decode_ || echo regex:fused_recurrent)
+        rep=/tmp/prof-$who-${case//,/-}
+        ncu --set full -k "$kernel" --launch-skip 1 --launch-count 1 -f -o "$rep" \
+          python3 bench/bench_decode_gpu.py --profile "$case" >/dev/null 2>&1
+        run_step "profile-$who-${case//,/-}" bash -c "ncu --import $rep.ncu-rep --page details \
+          --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+          --print-details all; ncu --import $rep.ncu-rep --page source --print-source sass --csv \
+          | python3 bench/ncu_hot_sass.py 40"
+      done
+    done ;;
   # shellcheck disable=SC2086
   bench-decode) run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" ${FKDA_BENCH_DECODE_ARGS:-} ;;
   # shellcheck disable=SC2086

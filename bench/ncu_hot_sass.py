@@ -1,0 +1,55 @@
+#!/usr/bin/env python3
+"""ncu_hot_sass.py: the hottest SASS instructions of one profiled kernel, from the CSV that
+`ncu --import REPORT --page source --print-source sass --csv` prints (read from stdin).
+
+    ncu --import r.ncu-rep --page source --print-source sass --csv | python3 bench/ncu_hot_sass.py [N]
+
+Prints the N (default 30) instructions with the most warp-stall samples, each with its share of
+all samples and its per-reason samples, in address order, so that a latency-bound kernel shows
+where its warps wait. Column names differ between ncu versions: the script looks for the
+columns whose names contain "Sampling" (the counts) and falls back to listing the header.
+"""
+
+import csv
+import sys
+
+
+def number(text):
+    try:
+        return float(text.replace(",", ""))
+    except ValueError:
+        return 0.0
+
+
+def main():
+    top = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    lines = [line for line in sys.stdin if line.strip()]
+    start = next((i for i, line in enumerate(lines) if line.startswith('"') and "Source" in line), None)
+    if start is None:
+        print("no source table in the input; first lines:")
+        print("".join(lines[:10]))
+        return 1
+    rows = list(csv.DictReader(lines[start:]))
+    if not rows:
+        print("empty source table")
+        return 1
+    columns = list(rows[0].keys())
+    sampled = [c for c in columns if "Sampling" in c]
+    if not sampled:
+        print("no sampling columns; columns:", columns)
+        return 1
+    total_col = next((c for c in sampled if "All" in c), sampled[0])
+    total = sum(number(r[total_col]) for r in rows) or 1.0
+    hot = sorted(rows, key=lambda r: number(r[total_col]), reverse=True)[:top]
+    hot_ids = {id(r) for r in hot}
+    print(f"{len(rows)} instructions, {total:.0f} samples in '{total_col}'; the {len(hot)} hottest, in order:")
+    for r in rows:
+        if id(r) not in hot_ids:
+            continue
+        share = 100.0 * number(r[total_col]) / total
+        print(f"{share:5.1f}%  {r.get('Address', ''):>6}  {r.get('Source', '').strip()[:70]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
