@@ -40,6 +40,7 @@
  * count into [1, T_max]; a slot outside [0, P) skips the sequence (reads) or the write.
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -728,6 +729,16 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
 
 /* ---- the specialisations ------------------------------------------------------------------ */
 
+/* Launched with programmatic stream serialization (FKDA_DECODE_PDL=1), a kernel may start while
+ * the kernel before it on the stream finishes; it must wait here before it reads anything that
+ * kernel may have written (its inputs, the pool). Launched normally, this returns at once. */
+static __device__ __forceinline__ void wait_for_prior_grid(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 /* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
  * dense 128 (K = V = 128 and the state's rows 128 elements apart: every offset inside a head is
  * a compile-time constant plus one per lane; the common case, and the fastest).
@@ -752,6 +763,7 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
         name(const __grid_constant__ fkda_decode_params p)                                       \
     {                                                                                           \
         __shared__ stage_buffer decode_stage[2];                                                \
+        wait_for_prior_grid();                                                                  \
         decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128);                         \
     }
 DECODE_VARIANTS(DECODE_DEFINE_KERNEL)
@@ -770,6 +782,7 @@ DECODE_VARIANTS(DECODE_DEFINE_KERNEL)
     {                                                                                           \
         extern __shared__ __align__(128) unsigned char decode_ring_smem[];                      \
         const size_t ring_bytes = (size_t)DECODE_STREAM_BUFS * 128 * 128 * (BF16 ? 2 : 4);      \
+        wait_for_prior_grid();                                                                  \
         decode_stream_cta(&p, (stage_buffer *)(decode_ring_smem + ring_bytes),                   \
                           (stream_ring *)(decode_ring_smem + ring_bytes + 2 * sizeof(stage_buffer)), \
                           decode_ring_smem, BF16, V_FIRST, VEC, NR, NC);                        \
@@ -790,6 +803,27 @@ typedef struct decode_variant {
     {name, #name, BF16, V_FIRST, VEC, NR, NC, 1, PER_SM},
 static const decode_variant decode_variants[] = {DECODE_VARIANTS(DECODE_TABLE_ENTRY)};
 static const decode_variant decode_stream_variants[] = {DECODE_STREAM_VARIANTS(DECODE_STREAM_TABLE_ENTRY)};
+
+/* Launches `kernel` on the stream; with `pdl`, as a programmatic dependent of the kernel before
+ * it (an experiment: FKDA_DECODE_PDL=1; the launch overlaps that kernel's tail). */
+static cudaError_t launch_decode_kernel(decode_kernel_fn kernel, unsigned blocks, unsigned threads, size_t smem,
+                                        cudaStream_t stream, const fkda_decode_params *p, int pdl)
+{
+    cudaLaunchConfig_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim = dim3(blocks, 1, 1);
+    cfg.blockDim = dim3(threads, 1, 1);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr;
+    memset(&attr, 0, sizeof attr);
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    void *args[] = {(void *)p};
+    return cudaLaunchKernelExC(&cfg, (const void *)kernel, args);
+}
 
 static size_t stream_smem_bytes(const decode_variant *v)
 {
@@ -831,6 +865,8 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
 
     /* Tuning knobs for bench/bench_decode_gpu.py (unset: the rules below). */
     const char *knob_stream = getenv("FKDA_DECODE_STREAM");
+    const char *knob_pdl = getenv("FKDA_DECODE_PDL");
+    const int pdl = knob_pdl && knob_pdl[0] == '1' && cc_major >= 9;
     const char *knob_warps = getenv("FKDA_DECODE_WARPS_PER_CTA");
 
     /* Large batches of dense fp32 heads on sm_90 stream through shared memory
@@ -852,8 +888,8 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         p->warps_per_head = DECODE_MAX_WARPS_PER_CTA;
         p->warps_per_cta = DECODE_MAX_WARPS_PER_CTA;
         p->ctas_per_head = 1;
-        sv->kernel<<<(unsigned)ctas, 32 * DECODE_MAX_WARPS_PER_CTA, smem, stream_arg>>>(*p);
-        FKDA_CUDA_CHECK_LAUNCH(sv->name);
+        err = launch_decode_kernel(sv->kernel, (unsigned)ctas, 32 * DECODE_MAX_WARPS_PER_CTA, smem, stream_arg, p, pdl);
+        if (err != cudaSuccess) return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of %s: %s", sv->name, cudaGetErrorString(err));
         return FKDA_OK;
     }
 
@@ -887,7 +923,7 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     const int64_t blocks = heads * p->ctas_per_head;
     if (blocks > 0x7fffffff) return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
 
-    var->kernel<<<(unsigned)blocks, 32 * per_cta, 0, stream_arg>>>(*p);
-    FKDA_CUDA_CHECK_LAUNCH(var->name);
+    const cudaError_t err = launch_decode_kernel(var->kernel, (unsigned)blocks, 32 * per_cta, 0, stream_arg, p, pdl);
+    if (err != cudaSuccess) return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of %s: %s", var->name, cudaGetErrorString(err));
     return FKDA_OK;
 }
