@@ -618,33 +618,38 @@ typedef struct stream_ring {
     long long slot[DECODE_STREAM_BUFS];          /* the pool slot being copied in, or -1: none */
 } stream_ring;
 
-/* Thread 0: start the copy of the i-th head of this CTA into ring slot i % DECODE_STREAM_BUFS
- * (or mark the slot empty for a skipped or token-less sequence, or past the last head). */
+/* The pool slot of this CTA's i-th head, or -1: past the last head, a sequence without tokens,
+ * or a skipped one. Thread 0 resolves it one iteration before stream_issue needs it, so that
+ * the index load's latency is not on the CTA's path. */
+static __device__ __forceinline__ int64_t stream_resolve(const fkda_decode_params *p, int64_t i)
+{
+    const int64_t heads = p->N * p->HV, head = blockIdx.x + i * (int64_t)gridDim.x;
+    if (head >= heads) return -1;
+    const int64_t n = head / p->HV;
+    int64_t row, bos;
+    if (sequence_tokens(p, n, &row, &bos) <= 0) return -1;
+    const int64_t slot = read_slot(p, n);
+    return slot < 0 || slot >= p->pool_size ? -1 : slot;
+}
+
+/* Thread 0: start the copy of the i-th head of this CTA (in `slot`, from stream_resolve) into
+ * ring slot i % DECODE_STREAM_BUFS, or mark the ring slot empty. */
 static __device__ __forceinline__ void stream_issue(const fkda_decode_params *p, stream_ring *ring,
-                                                    unsigned char *bufs, int64_t i, uint32_t head_bytes,
-                                                    const int BF16)
+                                                    unsigned char *bufs, int64_t i, int64_t slot,
+                                                    uint32_t head_bytes, const int BF16)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const int64_t heads = p->N * p->HV, head = blockIdx.x + i * (int64_t)gridDim.x;
     const int b = (int)(i % DECODE_STREAM_BUFS);
-    int64_t slot = -1;
-    if (head < heads) {
-        const int64_t n = head / p->HV, h = head - n * p->HV;
-        int64_t row, bos;
-        if (sequence_tokens(p, n, &row, &bos) > 0) {
-            slot = read_slot(p, n);
-            if (slot < 0 || slot >= p->pool_size) slot = -1;
-        }
-        if (slot >= 0) {
-            const int64_t *st = p->state_in_stride;
-            const char *src = (const char *)state_at(p->state_in, slot * st[0] + h * st[1], BF16);
-            const uint32_t mbar = (uint32_t)__cvta_generic_to_shared(&ring->full[b]);
-            /* The ring slot was last read through the generic proxy: order that before the
-             * async proxy's writes. */
-            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-            mbar_arrive_expect_tx(mbar, head_bytes);
-            bulk_copy_g2s((uint32_t)__cvta_generic_to_shared(bufs + (size_t)b * head_bytes), src, head_bytes, mbar);
-        }
+    if (slot >= 0) {
+        const int64_t head = blockIdx.x + i * (int64_t)gridDim.x, h = head % p->HV;
+        const int64_t *st = p->state_in_stride;
+        const char *src = (const char *)state_at(p->state_in, slot * st[0] + h * st[1], BF16);
+        const uint32_t mbar = (uint32_t)__cvta_generic_to_shared(&ring->full[b]);
+        /* The ring slot was last read through the generic proxy: order that before the async
+         * proxy's writes. */
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        mbar_arrive_expect_tx(mbar, head_bytes);
+        bulk_copy_g2s((uint32_t)__cvta_generic_to_shared(bufs + (size_t)b * head_bytes), src, head_bytes, mbar);
     }
     ring->slot[b] = slot;
 #endif
@@ -699,15 +704,20 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
     if (threadIdx.x == 0) {
         for (int b = 0; b < DECODE_STREAM_BUFS; b++) mbar_init((uint32_t)__cvta_generic_to_shared(&ring->full[b]), 1);
         mbar_fence_init();
-        for (int i = 0; i < DECODE_STREAM_BUFS - 1; i++) stream_issue(p, ring, bufs, i, head_bytes, BF16);
+        for (int i = 0; i < DECODE_STREAM_BUFS - 1; i++) stream_issue(p, ring, bufs, i, stream_resolve(p, i), head_bytes, BF16);
     }
+    /* Thread 0: the slot of the head the next refill copies, resolved an iteration early. */
+    int64_t next_slot = threadIdx.x == 0 ? stream_resolve(p, DECODE_STREAM_BUFS - 1) : -1;
     uint32_t parity = 0; /* bit b: the phase of ring slot b's barrier to wait for next */
     for (int64_t i = 0;; i++) {
         const int64_t head = blockIdx.x + i * (int64_t)gridDim.x;
         if (head >= heads) break;
         /* Every thread is done with head i - 1 (its ring slot, the stage buffers): refill. */
         __syncthreads();
-        if (threadIdx.x == 0) stream_issue(p, ring, bufs, i + DECODE_STREAM_BUFS - 1, head_bytes, BF16);
+        if (threadIdx.x == 0) {
+            stream_issue(p, ring, bufs, i + DECODE_STREAM_BUFS - 1, next_slot, head_bytes, BF16);
+            next_slot = stream_resolve(p, i + DECODE_STREAM_BUFS); /* used at iteration i + 1 */
+        }
         const int b = (int)(i % DECODE_STREAM_BUFS);
         const int64_t slot = ring->slot[b];
         const int64_t n = head / p->HV, h = head - n * p->HV;
