@@ -50,7 +50,6 @@
 #include "ptx_copy.cuh"
 #include "ptx_mbarrier.cuh"
 
-#define DECODE_MAX_K 256 /* key rows staged in shared memory, padded (K <= 256) */
 #define DECODE_MAX_R 16  /* register rows per lane, the largest NR */
 #define DECODE_MAX_C 8   /* register columns per lane, the largest NC */
 #define DECODE_MAX_WARPS_PER_CTA 8 /* 256 threads: the 8 warps of a K = V = 128 head */
@@ -220,7 +219,7 @@ static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, co
     /* One 64-bit address per lane (its first row and column); the rest are offsets from it,
      * compile-time constants in the dense 128 variants. */
     const int k0 = tile_row(w, 0, V_FIRST, VEC), j0 = tile_col(w, 0, V_FIRST, VEC);
-    const void *lane = state_at(p->state_in, head + (int64_t)(k0 * sk + j0 * sv), BF16);
+    const void *lane = state_at(p->state_in, head + (int64_t)k0 * sk + (int64_t)j0 * sv, BF16);
     if (!V_FIRST) {
 #pragma unroll
         for (int r = 0; r < NR; r++) {
@@ -266,7 +265,7 @@ static __device__ __forceinline__ void store_tile(const fkda_decode_params *p, c
     /* One 64-bit address per lane (its first row and column); the rest are offsets from it,
      * compile-time constants in the dense 128 variants. */
     const int k0 = tile_row(w, 0, V_FIRST, VEC), j0 = tile_col(w, 0, V_FIRST, VEC);
-    void *lane = state_at(p->state_out, head + (int64_t)(k0 * sk + j0 * sv), BF16);
+    void *lane = state_at(p->state_out, head + (int64_t)k0 * sk + (int64_t)j0 * sv, BF16);
     if (!V_FIRST) {
 #pragma unroll
         for (int r = 0; r < NR; r++) {
@@ -313,7 +312,7 @@ static __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ?
 /* One token's staged vectors, in shared memory, double-buffered across tokens: sq = q and
  * sk = k as loaded (unnormalised), sd = exp(a), in the stage_pos order of the lanes' register
  * rows; and each warp's partial sums of q.q, k.k and q.k. */
-typedef struct stage_buffer {
+typedef struct __align__(16) stage_buffer { /* read with 16-byte loads */
     float q[DECODE_STAGE_FLOATS], k[DECODE_STAGE_FLOATS], d[DECODE_STAGE_FLOATS];
     float partial[DECODE_MAX_WARPS_PER_CTA][4];
 } stage_buffer;
@@ -328,8 +327,9 @@ typedef struct staged_token {
 /* Stages one token for the whole CTA, then waits for every warp (one __syncthreads): thread i
  * handles keys i, i + blockDim, ... (0, 0 and 1 past K, up to the `rows` the registers cover).
  * Up to DECODE_KEYS_PER_THREAD keys per thread are loaded together before any is used, so a
- * CTA of 32 * DECODE_KEYS_PER_THREAD threads or more stages K <= 128 in one round trip, which
- * overlaps the state's own loads that the caller issued just before. Every warp of the head
+ * CTA stages DECODE_KEYS_PER_THREAD * blockDim keys in one round trip (any CTA covers K <= 128,
+ * two warps or more K <= 256), which overlaps the state's own loads that the caller issued
+ * just before. Every warp of the head
  * shares this work: the gate's exp and log1p run once per key, not once per warp. */
 #define DECODE_KEYS_PER_THREAD 4
 static __device__ __forceinline__ staged_token stage_token(const fkda_decode_params *p, const lane_tile *w,
@@ -608,16 +608,19 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
  * state (an index load, then the state's loads) before they compute, so part of every CTA's
  * life moves no bytes, and the pool streams at ~1.2x the floor. Here a CTA stays resident and
  * walks heads blockIdx.x, + gridDim.x, ...: one thread resolves the slot of a head
- * DECODE_STREAM_AHEAD heads ahead and starts a bulk copy of its whole state (one contiguous
+ * DECODE_STREAM_BUFS - 1 heads ahead and starts a bulk copy of its whole state (one contiguous
  * block) into a shared-memory ring, so that DRAM always has the next heads' bytes in flight
  * while the CTA computes the current one from registers. */
-#define DECODE_STREAM_BUFS 3 /* ring slots per CTA: 3 x 64 KB fp32 (one CTA per SM), 3 x 32 KB bf16 */
+#define DECODE_STREAM_BUFS 3 /* ring slots per CTA: 3 x 64 KB (fp32), so one CTA per SM */
 
 typedef struct stream_ring {
     unsigned long long full[DECODE_STREAM_BUFS]; /* mbarriers: the slot's bytes have landed */
     long long slot[DECODE_STREAM_BUFS];          /* the pool slot being copied in, or -1: none */
 } stream_ring;
 
+/* The ring's helpers use sm_90 instructions (bulk copies, mbarrier transactions); the sm_80
+ * pass compiles none of the streaming code. */
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
 /* The pool slot of this CTA's i-th head, or -1: past the last head, a sequence without tokens,
  * or a skipped one. Thread 0 resolves it one iteration before stream_issue needs it, so that
  * the index load's latency is not on the CTA's path. */
@@ -638,7 +641,6 @@ static __device__ __forceinline__ void stream_issue(const fkda_decode_params *p,
                                                     unsigned char *bufs, int64_t i, int64_t slot,
                                                     uint32_t head_bytes, const int BF16)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const int b = (int)(i % DECODE_STREAM_BUFS);
     if (slot >= 0) {
         const int64_t head = blockIdx.x + i * (int64_t)gridDim.x, h = head % p->HV;
@@ -652,7 +654,6 @@ static __device__ __forceinline__ void stream_issue(const fkda_decode_params *p,
         bulk_copy_g2s((uint32_t)__cvta_generic_to_shared(bufs + (size_t)b * head_bytes), src, head_bytes, mbar);
     }
     ring->slot[b] = slot;
-#endif
 }
 
 /* Loads the lane's tile from a head's dense 128 x 128 state in shared memory (the same
@@ -691,6 +692,7 @@ static __device__ __forceinline__ void load_tile_shared(const lane_tile *w, cons
         }
     }
 }
+#endif /* sm_90 */
 
 static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_params *p, stage_buffer *stage,
                                                          stream_ring *ring, unsigned char *bufs, const int BF16,
@@ -720,6 +722,12 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
         }
         const int b = (int)(i % DECODE_STREAM_BUFS);
         const int64_t slot = ring->slot[b];
+        /* Whether this ring slot was armed is what stream_issue recorded, nothing else: every
+         * armed phase is waited for, so the parities stay in step whatever device memory says. */
+        if (slot >= 0) {
+            mbar_wait((uint32_t)__cvta_generic_to_shared(&ring->full[b]), (parity >> b) & 1u);
+            parity ^= 1u << b;
+        }
         const int64_t n = head / p->HV, h = head - n * p->HV;
         int64_t row, bos;
         const int64_t len = sequence_tokens(p, n, &row, &bos);
@@ -728,12 +736,12 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
             zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC);
             continue;
         }
-        mbar_wait((uint32_t)__cvta_generic_to_shared(&ring->full[b]), (parity >> b) & 1u);
-        parity ^= 1u << b;
         float s[DECODE_MAX_R][DECODE_MAX_C];
         load_tile_shared(&w, bufs + (size_t)b * head_bytes, s, BF16, V_FIRST, VEC, NR, NC);
         run_tokens(p, &w, stage, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, 1);
     }
+#else
+    __trap(); /* never launched below sm_90 (fkda_decode_recurrent_launch checks) */
 #endif
 }
 
@@ -835,6 +843,8 @@ static cudaError_t launch_decode_kernel(decode_kernel_fn kernel, unsigned blocks
     return cudaLaunchKernelExC(&cfg, (const void *)kernel, args);
 }
 
+#define DECODE_MAX_DEVICES 64 /* devices whose shared-memory attribute is remembered */
+
 static size_t stream_smem_bytes(const decode_variant *v)
 {
     return (size_t)DECODE_STREAM_BUFS * 128 * 128 * (v->bf16 ? 2 : 4) + 2 * sizeof(stage_buffer) + sizeof(stream_ring);
@@ -884,15 +894,25 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
      * of the call. */
     const int streamable = dense128 && !p->state_bf16 && cc_major == 9;
     int stream = streamable && heads >= 4 * (int64_t)sm_count;
-    if (knob_stream && (knob_stream[0] == '0' || knob_stream[0] == '1')) stream = streamable && knob_stream[0] == '1';
+    if (knob_stream && (strcmp(knob_stream, "0") == 0 || strcmp(knob_stream, "1") == 0))
+        stream = streamable && knob_stream[0] == '1';
     if (stream) {
         const decode_variant *sv = NULL;
         for (size_t i = 0; i < sizeof decode_stream_variants / sizeof decode_stream_variants[0]; i++)
             if (decode_stream_variants[i].bf16 == (p->state_bf16 != 0) && decode_stream_variants[i].v_first == (p->state_v_first != 0))
                 sv = &decode_stream_variants[i];
         const size_t smem = stream_smem_bytes(sv);
-        cudaError_t err = cudaFuncSetAttribute(sv->kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
-        if (err != cudaSuccess) return fkda_fail(FKDA_ERROR_DEVICE, "decode: %s: %s", sv->name, cudaGetErrorString(err));
+        /* Once per device and kernel (a host call that would otherwise run on every decode). */
+        static int smem_set[DECODE_MAX_DEVICES][sizeof decode_stream_variants / sizeof decode_stream_variants[0]];
+        int device = 0;
+        cudaError_t err = cudaGetDevice(&device);
+        if (err != cudaSuccess) return fkda_fail(FKDA_ERROR_DEVICE, "decode: cudaGetDevice: %s", cudaGetErrorString(err));
+        int *set = device >= 0 && device < DECODE_MAX_DEVICES ? &smem_set[device][sv - decode_stream_variants] : NULL;
+        if (set == NULL || !*set) {
+            err = cudaFuncSetAttribute(sv->kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem);
+            if (err != cudaSuccess) return fkda_fail(FKDA_ERROR_DEVICE, "decode: %s: %s", sv->name, cudaGetErrorString(err));
+            if (set) *set = 1; /* a race here only repeats the call */
+        }
         const int64_t ctas = heads < (int64_t)sm_count * sv->stream_per_sm ? heads : (int64_t)sm_count * sv->stream_per_sm;
         p->lanes_k = 128 / sv->nr;
         p->warps_per_head = DECODE_MAX_WARPS_PER_CTA;

@@ -3,8 +3,9 @@
  *
  *   cp.async (16 bytes per thread, sm_80+): for strided tiles; a source size of 0 fills the
  *     destination with zeros, which is how rows past a sequence's end become zero.
- *   cp.async.bulk (one thread, any multiple of 16 bytes, sm_90): for the contiguous per-chunk
- *     records of the workspace; completion is counted in bytes on an mbarrier (ptx_mbarrier.cuh).
+ *   cp.async.bulk (one thread, any multiple of 16 bytes, sm_90): for contiguous blocks (the
+ *     prefill's per-chunk records, the streaming decode's 64 KB head states); completion is
+ *     counted in bytes on an mbarrier (ptx_mbarrier.cuh).
  */
 #ifndef FKDA_PTX_COPY_CUH
 #define FKDA_PTX_COPY_CUH
