@@ -574,6 +574,29 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
     if (!p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
+/* Asks L1 for the lines of one token's inputs that this thread will load (its keys of q, k, g
+ * and dt_bias, its columns of v, beta), without waiting: an experiment (FKDA_DECODE_EARLY=1) to
+ * take the inputs' latency off a small batch's path, which is otherwise the slot lookup, then
+ * the inputs in parallel with the state. The prefetches hold no registers. */
+static __device__ __forceinline__ void prefetch_token(const fkda_decode_params *p, const lane_tile *w, int64_t row,
+                                                      int64_t pos, int64_t h, int64_t hq, const int V_FIRST,
+                                                      const int VEC, const int NC)
+{
+    const int64_t qo = row * p->q_stride[0] + pos * p->q_stride[1] + hq * p->q_stride[2];
+    const int64_t ko = row * p->k_stride[0] + pos * p->k_stride[1] + hq * p->k_stride[2];
+    const int64_t go = row * p->g_stride[0] + pos * p->g_stride[1] + h * p->g_stride[2];
+    const int q_sh = p->q_dtype == FKDA_DTYPE_F32 ? 2 : 1, k_sh = p->k_dtype == FKDA_DTYPE_F32 ? 2 : 1;
+    const int g_sh = p->g_dtype == FKDA_DTYPE_F32 ? 2 : 1, v_sh = p->v_dtype == FKDA_DTYPE_F32 ? 2 : 1;
+    for (int e = threadIdx.x; e < w->K; e += blockDim.x) { /* stage_token's keys of this thread */
+        asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->q + ((qo + e * p->q_stride[3]) << q_sh)));
+        asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->k + ((ko + e * p->k_stride[3]) << k_sh)));
+        asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->g + ((go + e * p->g_stride[3]) << g_sh)));
+    }
+    const int64_t vo = row * p->v_stride[0] + pos * p->v_stride[1] + h * p->v_stride[2];
+    const int j = tile_col(w, 0, V_FIRST, VEC);
+    if (j < w->V) asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->v + ((vo + j * p->v_stride[3]) << v_sh)));
+}
+
 /* A CTA takes `ctas_per_head`-th of the warps of one (sequence, value head): all of them for
  * large batches, so that the token is staged once per head; fewer for small batches, so that
  * the work spreads over every SM. Each warp owns a slab of columns (all K rows) in registers;
@@ -592,6 +615,7 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     int64_t row, bos;
     const int64_t len = sequence_tokens(p, n, &row, &bos);
     if (len <= 0) return;
+    if (p->early_inputs) prefetch_token(p, &w, row, bos, h, h / p->group, V_FIRST, VEC, NC);
     const int64_t slot = read_slot(p, n);
     if (slot < 0 || slot >= p->pool_size) {
         zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC);
@@ -885,7 +909,8 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
 
     /* Tuning knobs for bench/bench_decode_gpu.py (unset: the rules below). */
     const char *knob_stream = getenv("FKDA_DECODE_STREAM");
-    const char *knob_pdl = getenv("FKDA_DECODE_PDL");
+    const char *knob_pdl = getenv("FKDA_DECODE_PDL"), *knob_early = getenv("FKDA_DECODE_EARLY");
+    p->early_inputs = knob_early && strcmp(knob_early, "1") == 0;
     const int pdl = knob_pdl && knob_pdl[0] == '1' && cc_major >= 9;
     const char *knob_warps = getenv("FKDA_DECODE_WARPS_PER_CTA");
 
