@@ -268,7 +268,8 @@ def main():
         # Each kernel family and CTA size forced in turn (decode_recurrent.cu's knobs).
         configs = [("default", {}), ("plain", {"FKDA_DECODE_STREAM": "0"}), ("stream", {"FKDA_DECODE_STREAM": "1"}),
                    ("PDL", {"FKDA_DECODE_PDL": "1"}), ("early", {"FKDA_DECODE_EARLY": "1"}),
-                   ("PDL+early", {"FKDA_DECODE_PDL": "1", "FKDA_DECODE_EARLY": "1"})]
+                   ("PDL+early", {"FKDA_DECODE_PDL": "1", "FKDA_DECODE_EARLY": "1"}),
+                   ("packed", {"FKDA_DECODE_PACKED": "1"}), ("unpacked", {"FKDA_DECODE_PACKED": "0"})]
         configs += [(f"plain {w}w", {"FKDA_DECODE_STREAM": "0", "FKDA_DECODE_WARPS_PER_CTA": w})
                     for w in ("1", "2", "4", "8")]
         sweep = ["", "Kernel families, warps per CTA and programmatic dependent launch forced (FKDA_DECODE_STREAM, "
@@ -276,7 +277,8 @@ def main():
                  "| pool | B | H | " + " | ".join(name for name, _ in configs) + " |",
                  "|---|---|---|" + "---|" * len(configs)]
         print("\n".join(sweep), flush=True)
-        knobs = ("FKDA_DECODE_STREAM", "FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_EARLY")
+        knobs = ("FKDA_DECODE_STREAM", "FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_EARLY",
+                 "FKDA_DECODE_PACKED")
         for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
             for B, H in ((1, 32), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32)):
                 cells = []

@@ -626,6 +626,172 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     run_tokens(p, &w, smem, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
+/* ---- the packed bf16 variant: one token per sequence, the state held as bf16 pairs -------- */
+
+/* An experiment for large batches of bf16 pools (FKDA_DECODE_PACKED; by default from 2 heads per
+ * SM): the plain kernel holds 64 fp32 values per lane, so a bf16 head needs 8 warps and an SM
+ * has only ~64 KB of state loads in flight (1.5-1.7x the floor measured). Held as the bf16
+ * pairs they arrive in, 64 registers carry 128 values: 4 warps cover a head, one CTA stages its
+ * token once, and twice the bytes are in flight per register. Each value is unpacked where it is
+ * used and the new state rounded once, on the way to its store, as in the plain kernel, so the
+ * results are the same up to the order of the sums. One token per sequence only (T = 1, no
+ * cu_seqlens, 1-D indices): across tokens the plain kernel keeps fp32. */
+#define PK_NR 16 /* register rows per lane: KL = 8 lanes share a column */
+#define PK_NC 8  /* register columns per lane: 4 lane groups x 8 = 32 columns per warp */
+
+/* Register and half of (row r, column c): [K, V] pairs neighbouring columns, [V, K] rows. */
+static __device__ __forceinline__ int pk_index(int r, int c, const int V_FIRST)
+{
+    return V_FIRST ? (r >> 1) * PK_NC + c : r * (PK_NC / 2) + (c >> 1);
+}
+
+static __device__ __forceinline__ float pk_get(const uint32_t *sp, int r, int c, const int V_FIRST)
+{
+    const uint32_t u = sp[pk_index(r, c, V_FIRST)];
+    const int high = V_FIRST ? (r & 1) : (c & 1);
+    return __uint_as_float(high ? (u & 0xffff0000u) : (u << 16));
+}
+
+static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_params *p, stage_buffer *smem,
+                                                         const int V_FIRST)
+{
+    const int NR = PK_NR, NC = PK_NC, VEC = 8;
+    const int64_t head = blockIdx.x / p->ctas_per_head;
+    const int slab = (int)(blockIdx.x - head * p->ctas_per_head) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int64_t n = head / p->HV, h = head - n * p->HV;
+    const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, 1);
+    const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
+
+    int64_t row, bos;
+    if (sequence_tokens(p, n, &row, &bos) <= 0) return;
+    const int64_t slot = read_slot(p, n);
+    if (slot < 0 || slot >= p->pool_size) {
+        zero_outputs(p, &w, row, bos, 1, h, V_FIRST, VEC, NC);
+        return;
+    }
+
+    /* The lane's 128 values as 64 bf16 pairs, 16 bytes per load along the contiguous dimension. */
+    const int sk = V_FIRST ? 1 : 128, sv = V_FIRST ? 128 : 1;
+    const int k0 = tile_row(&w, 0, V_FIRST, VEC), j0 = tile_col(&w, 0, V_FIRST, VEC);
+    const int64_t *si = p->state_in_stride;
+    const unsigned short *in = (const unsigned short *)p->state_in + slot * si[0] + h * si[1] +
+                               (int64_t)k0 * sk + (int64_t)j0 * sv;
+    const bool live = j0 < w.V; /* a CTA's spare warp (columns past V) loads and stores nothing */
+    uint32_t sp[PK_NR * PK_NC / 2];
+    if (!V_FIRST) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            uint4 u = make_uint4(0u, 0u, 0u, 0u);
+            if (live) u = *(const uint4 *)(in + (tile_row(&w, r, 0, VEC) - k0) * sk);
+            sp[pk_index(r, 0, 0)] = u.x; sp[pk_index(r, 2, 0)] = u.y;
+            sp[pk_index(r, 4, 0)] = u.z; sp[pk_index(r, 6, 0)] = u.w;
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+#pragma unroll
+            for (int rv = 0; rv < NR; rv += VEC) {
+                uint4 u = make_uint4(0u, 0u, 0u, 0u);
+                if (live) u = *(const uint4 *)(in + (tile_col(&w, c, 1, VEC) - j0) * sv + (tile_row(&w, rv, 1, VEC) - k0));
+                sp[pk_index(rv, c, 1)] = u.x; sp[pk_index(rv + 2, c, 1)] = u.y;
+                sp[pk_index(rv + 4, c, 1)] = u.z; sp[pk_index(rv + 6, c, 1)] = u.w;
+            }
+        }
+    }
+
+    const int64_t pos = bos, hq = h / p->group;
+    uint32_t vbits[DECODE_MAX_C];
+    load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC);
+    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, V_FIRST, VEC, NR);
+    const float *lq = smem->q + w.kl * (NR + DECODE_ROW_PAD), *lk = smem->k + w.kl * (NR + DECODE_ROW_PAD),
+                *ld = smem->d + w.kl * (NR + DECODE_ROW_PAD);
+
+    /* Decay and the two dot products (the decayed values are recomputed in the update). */
+    float pk[PK_NC], pq[PK_NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) pk[c] = pq[c] = 0.0f;
+#pragma unroll
+    for (int r4 = 0; r4 < NR; r4 += 4) {
+        const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4), q4 = *(const float4 *)(lq + r4);
+        const float d[4] = {d4.x, d4.y, d4.z, d4.w}, kk[4] = {k4.x, k4.y, k4.z, k4.w}, qq[4] = {q4.x, q4.y, q4.z, q4.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const float x = pk_get(sp, r4 + i, c, V_FIRST) * d[i];
+                pk[c] = fmaf(x, kk[i], pk[c]);
+                pq[c] = fmaf(x, qq[i], pq[c]);
+            }
+        }
+    }
+    for (int off = red_lo; off < red_hi; off <<= 1) {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            pk[c] += __shfl_xor_sync(FULL_MASK, pk[c], off);
+            pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
+        }
+    }
+    const int64_t *os = p->out_stride;
+    float vk[PK_NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        const float vn = tok.beta * (bits_to_float(vbits[c], p->v_dtype) - tok.kf * pk[c]);
+        vk[c] = tok.kf * vn;
+        const int j = tile_col(&w, c, V_FIRST, VEC);
+        if (w.kl == 0 && j < w.V)
+            store_float(p->out, p->out_dtype, row * os[0] + pos * os[1] + h * os[2] + j * os[3],
+                        fmaf(tok.kq, vn, tok.qf * pq[c]));
+    }
+
+    /* The update, two values per register, each rounded once: S = diag(d) S + k (kf v')^T. */
+    float dr[PK_NR], kr[PK_NR];
+#pragma unroll
+    for (int r4 = 0; r4 < NR; r4 += 4) {
+        const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4);
+        dr[r4] = d4.x; dr[r4 + 1] = d4.y; dr[r4 + 2] = d4.z; dr[r4 + 3] = d4.w;
+        kr[r4] = k4.x; kr[r4 + 1] = k4.y; kr[r4 + 2] = k4.z; kr[r4 + 3] = k4.w;
+    }
+    if (!V_FIRST) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+#pragma unroll
+            for (int c = 0; c < NC; c += 2) {
+                const float x0 = fmaf(kr[r], vk[c], pk_get(sp, r, c, 0) * dr[r]);
+                const float x1 = fmaf(kr[r], vk[c + 1], pk_get(sp, r, c + 1, 0) * dr[r]);
+                sp[pk_index(r, c, 0)] = pack_bf16x2(x0, x1);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int r = 0; r < NR; r += 2) {
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const float x0 = fmaf(kr[r], vk[c], pk_get(sp, r, c, 1) * dr[r]);
+                const float x1 = fmaf(kr[r + 1], vk[c], pk_get(sp, r + 1, c, 1) * dr[r + 1]);
+                sp[pk_index(r, c, 1)] = pack_bf16x2(x0, x1);
+            }
+        }
+    }
+
+    const int64_t *so = p->state_out_stride;
+    unsigned short *out = (unsigned short *)p->state_out + slot * so[0] + h * so[1] + (int64_t)k0 * sk + (int64_t)j0 * sv;
+    if (!live) return;
+    if (!V_FIRST) {
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            *(uint4 *)(out + (tile_row(&w, r, 0, VEC) - k0) * sk) =
+                make_uint4(sp[pk_index(r, 0, 0)], sp[pk_index(r, 2, 0)], sp[pk_index(r, 4, 0)], sp[pk_index(r, 6, 0)]);
+    } else {
+#pragma unroll
+        for (int c = 0; c < NC; c++)
+#pragma unroll
+            for (int rv = 0; rv < NR; rv += VEC)
+                *(uint4 *)(out + (tile_col(&w, c, 1, VEC) - j0) * sv + (tile_row(&w, rv, 1, VEC) - k0)) =
+                    make_uint4(sp[pk_index(rv, c, 1)], sp[pk_index(rv + 2, c, 1)], sp[pk_index(rv + 4, c, 1)],
+                               sp[pk_index(rv + 6, c, 1)]);
+    }
+}
+
 /* ---- the streaming variant: persistent CTAs, each head's state prefetched into shared memory */
 
 /* Large batches of dense 128 heads on sm_90. The plain kernel's CTAs each wait for their
@@ -831,6 +997,17 @@ DECODE_VARIANTS(DECODE_DEFINE_KERNEL)
     }
 DECODE_STREAM_VARIANTS(DECODE_DEFINE_STREAM_KERNEL)
 
+/* The packed bf16 kernels (4 warps = one dense 128 head per CTA, 128 registers). */
+#define DECODE_DEFINE_PACKED_KERNEL(name, V_FIRST)                                               \
+    __global__ void __launch_bounds__(128, 4) name(const __grid_constant__ fkda_decode_params p) \
+    {                                                                                           \
+        __shared__ stage_buffer decode_stage[1];                                                \
+        wait_for_prior_grid();                                                                  \
+        decode_cta_packed(&p, decode_stage, V_FIRST);                                           \
+    }
+DECODE_DEFINE_PACKED_KERNEL(decode_bf16_kv_packed, 0)
+DECODE_DEFINE_PACKED_KERNEL(decode_bf16_vk_packed, 1)
+
 typedef void (*decode_kernel_fn)(const fkda_decode_params);
 
 typedef struct decode_variant {
@@ -945,6 +1122,28 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         p->ctas_per_head = 1;
         err = launch_decode_kernel(sv->kernel, (unsigned)ctas, 32 * DECODE_MAX_WARPS_PER_CTA, smem, stream_arg, p, pdl);
         if (err != cudaSuccess) return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of %s: %s", sv->name, cudaGetErrorString(err));
+        return FKDA_OK;
+    }
+
+    /* Large batches of one-token bf16 decodes: the packed kernel (decode_cta_packed), from 2
+     * heads per SM. */
+    const int packable = dense128 && p->state_bf16 && !p->cu_seqlens && p->T == 1 && !p->idx_2d;
+    int packed = packable && heads >= 2 * (int64_t)sm_count;
+    const char *knob_packed = getenv("FKDA_DECODE_PACKED");
+    if (knob_packed && (strcmp(knob_packed, "0") == 0 || strcmp(knob_packed, "1") == 0))
+        packed = packable && knob_packed[0] == '1';
+    if (packed) {
+        decode_kernel_fn kernel = p->state_v_first ? decode_bf16_vk_packed : decode_bf16_kv_packed;
+        p->lanes_k = 128 / PK_NR;
+        p->warps_per_head = 128 / ((32 / p->lanes_k) * PK_NC);
+        int per_cta = p->warps_per_head;
+        while (per_cta > 1 && 3 * heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
+        p->warps_per_cta = per_cta;
+        p->ctas_per_head = (p->warps_per_head + per_cta - 1) / per_cta;
+        const int64_t blocks = heads * p->ctas_per_head;
+        if (blocks > 0x7fffffff) return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
+        const cudaError_t err = launch_decode_kernel(kernel, (unsigned)blocks, 32 * per_cta, 0, stream_arg, p, pdl);
+        if (err != cudaSuccess) return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of the packed kernel: %s", cudaGetErrorString(err));
         return FKDA_OK;
     }
 
