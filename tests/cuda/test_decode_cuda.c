@@ -591,6 +591,10 @@ int main(int argc, char **argv)
     /* Enough heads (>= 4 per SM) that dense pools take the streaming kernel, whose persistent
      * CTAs walk several heads each through their shared-memory ring. */
     c = base_case("640 heads, fp32 [K,V], skips (streamed)"); c.N = 160; c.skip = 1; c.steps = 3; cases[n++] = c;
+    c = base_case("bf16 pool [V,K], 1-D indices, skips"); c.N = 5; c.skip = 1; c.pool_dtype = FKDA_DTYPE_BF16;
+    c.v_first = 1; cases[n++] = c;
+    c = base_case("300 heads, bf16 pool [K,V], skips (packed)"); c.N = 75; c.skip = 1; c.pool_dtype = FKDA_DTYPE_BF16;
+    c.steps = 3; cases[n++] = c;
     if (!small) {
         c = base_case("slot reuse by new sequences"); c.N = 4; c.reuse = 1; c.steps = 12; cases[n++] = c;
         c = base_case("slot reuse, bf16 pool [V,K]"); c.N = 4; c.reuse = 1; c.steps = 12;
