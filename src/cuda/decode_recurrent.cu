@@ -926,6 +926,12 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
             zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC);
             continue;
         }
+        if (p->early_inputs && head + gridDim.x < heads) { /* the next head's token, into L1 */
+            const int64_t n1 = (head + gridDim.x) / p->HV, h1 = (head + gridDim.x) - n1 * p->HV;
+            int64_t row1, bos1;
+            if (sequence_tokens(p, n1, &row1, &bos1) > 0)
+                prefetch_token(p, &w, row1, bos1, h1, h1 / p->group, V_FIRST, VEC, NC);
+        }
         float s[DECODE_MAX_R][DECODE_MAX_C];
         load_tile_shared(&w, bufs + (size_t)b * head_bytes, s, BF16, V_FIRST, VEC, NR, NC);
         run_tokens(p, &w, stage, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, 1);
