@@ -574,8 +574,8 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
     if (!p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
-/* Asks L1 for the lines of one token's inputs that this thread will load (its keys of q, k, g
- * and dt_bias, its columns of v, beta), without waiting: an experiment (FKDA_DECODE_EARLY=1) to
+/* Asks L1 for the lines of one token's inputs (q, k, g at every 32nd key, which starts a new
+ * line for contiguous bf16 or f32 rows, and v at every 32nd column), without waiting: an experiment (FKDA_DECODE_EARLY=1) to
  * take the inputs' latency off a small batch's path, which is otherwise the slot lookup, then
  * the inputs in parallel with the state. The prefetches hold no registers. */
 static __device__ __forceinline__ void prefetch_token(const fkda_decode_params *p, const lane_tile *w, int64_t row,
@@ -587,14 +587,15 @@ static __device__ __forceinline__ void prefetch_token(const fkda_decode_params *
     const int64_t go = row * p->g_stride[0] + pos * p->g_stride[1] + h * p->g_stride[2];
     const int q_sh = p->q_dtype == FKDA_DTYPE_F32 ? 2 : 1, k_sh = p->k_dtype == FKDA_DTYPE_F32 ? 2 : 1;
     const int g_sh = p->g_dtype == FKDA_DTYPE_F32 ? 2 : 1, v_sh = p->v_dtype == FKDA_DTYPE_F32 ? 2 : 1;
-    for (int e = threadIdx.x; e < w->K; e += blockDim.x) { /* stage_token's keys of this thread */
+    for (int e = threadIdx.x * 32; e < w->K; e += blockDim.x * 32) {
         asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->q + ((qo + e * p->q_stride[3]) << q_sh)));
         asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->k + ((ko + e * p->k_stride[3]) << k_sh)));
         asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->g + ((go + e * p->g_stride[3]) << g_sh)));
     }
     const int64_t vo = row * p->v_stride[0] + pos * p->v_stride[1] + h * p->v_stride[2];
     const int j = tile_col(w, 0, V_FIRST, VEC);
-    if (j < w->V) asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->v + ((vo + j * p->v_stride[3]) << v_sh)));
+    if (j < w->V && (j & 31) == 0)
+        asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->v + ((vo + j * p->v_stride[3]) << v_sh)));
 }
 
 /* A CTA takes `ctas_per_head`-th of the warps of one (sequence, value head): all of them for
@@ -615,8 +616,9 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     int64_t row, bos;
     const int64_t len = sequence_tokens(p, n, &row, &bos);
     if (len <= 0) return;
-    if (p->early_inputs) prefetch_token(p, &w, row, bos, h, h / p->group, V_FIRST, VEC, NC);
     const int64_t slot = read_slot(p, n);
+    /* Issued while the slot's load is in flight (the check below is its first use). */
+    if (D128 && p->early_inputs) prefetch_token(p, &w, row, bos, h, h / p->group, V_FIRST, VEC, NC);
     if (slot < 0 || slot >= p->pool_size) {
         zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC);
         return;
@@ -811,21 +813,50 @@ typedef struct stream_ring {
 /* The ring's helpers use sm_90 instructions (bulk copies, mbarrier transactions); the sm_80
  * pass compiles none of the streaming code. */
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
-/* The pool slot of this CTA's i-th head, or -1: past the last head, a sequence without tokens,
- * or a skipped one. Thread 0 resolves it one iteration before stream_issue needs it, so that
- * the index load's latency is not on the CTA's path. */
-static __device__ __forceinline__ int64_t stream_resolve(const fkda_decode_params *p, int64_t i)
+/* What thread 0 fetches for one of its heads an iteration before it issues the head's copy:
+ * the raw loads only (the sequence bounds and the slot, as stored), so that nothing waits on
+ * them until stream_pending_slot runs an iteration later. (2-D indices with accepted counts
+ * chain two loads; that case waits for the first.) */
+typedef struct stream_pending {
+    int64_t head;     /* -1: past the last head */
+    int64_t cu0, cu1; /* cu_seqlens[n], cu_seqlens[n + 1] as loaded (varlen only) */
+    int64_t slot;     /* the index as loaded */
+} stream_pending;
+
+static __device__ __forceinline__ stream_pending stream_fetch(const fkda_decode_params *p, int64_t i)
 {
-    const int64_t heads = p->N * p->HV, head = blockIdx.x + i * (int64_t)gridDim.x;
-    if (head >= heads) return -1;
-    const int64_t n = head / p->HV;
-    int64_t row, bos;
-    if (sequence_tokens(p, n, &row, &bos) <= 0) return -1;
-    const int64_t slot = read_slot(p, n);
-    return slot < 0 || slot >= p->pool_size ? -1 : slot;
+    stream_pending f;
+    f.head = blockIdx.x + i * (int64_t)gridDim.x;
+    f.cu0 = f.cu1 = 0;
+    f.slot = -1;
+    if (f.head >= p->N * p->HV) {
+        f.head = -1;
+        return f;
+    }
+    const int64_t n = f.head / p->HV;
+    if (p->cu_seqlens) {
+        f.cu0 = load_index(p->cu_seqlens, p->cu_dtype, n * p->cu_stride);
+        f.cu1 = load_index(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride);
+    }
+    f.slot = read_slot(p, n);
+    return f;
 }
 
-/* Thread 0: start the copy of the i-th head of this CTA (in `slot`, from stream_resolve) into
+/* The slot to copy for a fetched head, or -1 (past the last head, no tokens, skipped); the
+ * same clamps as sequence_tokens and decode_cta. */
+static __device__ __forceinline__ int64_t stream_pending_slot(const fkda_decode_params *p, const stream_pending *f)
+{
+    if (f->head < 0) return -1;
+    if (p->cu_seqlens) {
+        const int64_t a = min(max(f->cu0, (int64_t)0), p->T), b = min(max(f->cu1, a), p->T);
+        if (b - a <= 0) return -1;
+    } else if (p->T <= 0) {
+        return -1;
+    }
+    return f->slot < 0 || f->slot >= p->pool_size ? -1 : f->slot;
+}
+
+/* Thread 0: start the copy of the i-th head of this CTA (in `slot`, from stream_pending_slot) into
  * ring slot i % DECODE_STREAM_BUFS, or mark the ring slot empty. */
 static __device__ __forceinline__ void stream_issue(const fkda_decode_params *p, stream_ring *ring,
                                                     unsigned char *bufs, int64_t i, int64_t slot,
@@ -896,10 +927,15 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
     if (threadIdx.x == 0) {
         for (int b = 0; b < DECODE_STREAM_BUFS; b++) mbar_init((uint32_t)__cvta_generic_to_shared(&ring->full[b]), 1);
         mbar_fence_init();
-        for (int i = 0; i < DECODE_STREAM_BUFS - 1; i++) stream_issue(p, ring, bufs, i, stream_resolve(p, i), head_bytes, BF16);
+        for (int i = 0; i < DECODE_STREAM_BUFS - 1; i++) {
+            const stream_pending f = stream_fetch(p, i);
+            stream_issue(p, ring, bufs, i, stream_pending_slot(p, &f), head_bytes, BF16);
+        }
     }
-    /* Thread 0: the slot of the head the next refill copies, resolved an iteration early. */
-    int64_t next_slot = threadIdx.x == 0 ? stream_resolve(p, DECODE_STREAM_BUFS - 1) : -1;
+    /* Thread 0: the loads for the head the next refill copies, fetched an iteration early. */
+    stream_pending next;
+    next.head = -1;
+    if (threadIdx.x == 0) next = stream_fetch(p, DECODE_STREAM_BUFS - 1);
     uint32_t parity = 0; /* bit b: the phase of ring slot b's barrier to wait for next */
     for (int64_t i = 0;; i++) {
         const int64_t head = blockIdx.x + i * (int64_t)gridDim.x;
@@ -907,8 +943,8 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
         /* Every thread is done with head i - 1 (its ring slot, the stage buffers): refill. */
         __syncthreads();
         if (threadIdx.x == 0) {
-            stream_issue(p, ring, bufs, i + DECODE_STREAM_BUFS - 1, next_slot, head_bytes, BF16);
-            next_slot = stream_resolve(p, i + DECODE_STREAM_BUFS); /* used at iteration i + 1 */
+            stream_issue(p, ring, bufs, i + DECODE_STREAM_BUFS - 1, stream_pending_slot(p, &next), head_bytes, BF16);
+            next = stream_fetch(p, i + DECODE_STREAM_BUFS); /* not waited on until iteration i + 1 */
         }
         const int b = (int)(i % DECODE_STREAM_BUFS);
         const int64_t slot = ring->slot[b];
@@ -945,11 +981,15 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
 
 /* Launched with programmatic stream serialization (FKDA_DECODE_PDL=1), a kernel may start while
  * the kernel before it on the stream finishes; it must wait here before it reads anything that
- * kernel may have written (its inputs, the pool). Launched normally, this returns at once. */
+ * kernel may have written (its inputs, the pool). Launched normally, both instructions return
+ * at once. */
 static __device__ __forceinline__ void wait_for_prior_grid(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
+    /* Let the next kernel on the stream launch once every CTA of this one is running (it waits
+     * for this grid's completion and memory itself, at its own griddepcontrol.wait). */
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
 }
 
@@ -1094,7 +1134,7 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     const char *knob_stream = getenv("FKDA_DECODE_STREAM");
     const char *knob_pdl = getenv("FKDA_DECODE_PDL"), *knob_early = getenv("FKDA_DECODE_EARLY");
     p->early_inputs = knob_early && strcmp(knob_early, "1") == 0;
-    const int pdl = knob_pdl && knob_pdl[0] == '1' && cc_major >= 9;
+    const int pdl = knob_pdl && strcmp(knob_pdl, "1") == 0 && cc_major == 9; /* the wait is in the sm_90a image */
     const char *knob_warps = getenv("FKDA_DECODE_WARPS_PER_CTA");
 
     /* Large batches of dense fp32 heads on sm_90 stream through shared memory
@@ -1127,7 +1167,10 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         p->warps_per_cta = DECODE_MAX_WARPS_PER_CTA;
         p->ctas_per_head = 1;
         err = launch_decode_kernel(sv->kernel, (unsigned)ctas, 32 * DECODE_MAX_WARPS_PER_CTA, smem, stream_arg, p, pdl);
-        if (err != cudaSuccess) return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of %s: %s", sv->name, cudaGetErrorString(err));
+        if (err != cudaSuccess) {
+            (void)cudaGetLastError(); /* leave no sticky error for a later, unrelated check */
+            return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of %s: %s", sv->name, cudaGetErrorString(err));
+        }
         return FKDA_OK;
     }
 
@@ -1149,7 +1192,10 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         const int64_t blocks = heads * p->ctas_per_head;
         if (blocks > 0x7fffffff) return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
         const cudaError_t err = launch_decode_kernel(kernel, (unsigned)blocks, 32 * per_cta, 0, stream_arg, p, pdl);
-        if (err != cudaSuccess) return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of the packed kernel: %s", cudaGetErrorString(err));
+        if (err != cudaSuccess) {
+            (void)cudaGetLastError();
+            return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of the packed kernel: %s", cudaGetErrorString(err));
+        }
         return FKDA_OK;
     }
 
@@ -1184,6 +1230,9 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     if (blocks > 0x7fffffff) return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
 
     const cudaError_t err = launch_decode_kernel(var->kernel, (unsigned)blocks, 32 * per_cta, 0, stream_arg, p, pdl);
-    if (err != cudaSuccess) return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of %s: %s", var->name, cudaGetErrorString(err));
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of %s: %s", var->name, cudaGetErrorString(err));
+    }
     return FKDA_OK;
 }
