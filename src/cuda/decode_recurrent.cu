@@ -200,26 +200,15 @@ static __device__ __forceinline__ int tile_col(const lane_tile *w, int c, const 
     return V_FIRST ? w->j0 + w->lj + w->LJ * c : w->j0 + (w->lj + w->LJ * (c / VEC)) * VEC + c % VEC;
 }
 
-/* Loads the lane's NR x NC tile of the state at `slot` (rows >= K or columns >= V read as 0).
- * In the vector variants the contiguous dimension is a multiple of VEC, so a vector is either
+/* Loads the lane's NR x NC tile from `lane`, the address of its first row and column, with the
+ * head's strides sk (keys) and sv (values) in elements (rows >= K or columns >= V read as 0). In
+ * the vector variants the contiguous dimension is a multiple of VEC, so a vector is either
  * wholly inside or wholly outside. */
-static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, const lane_tile *w,
-                                                 int64_t slot, int64_t h,
-                                                 float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
-                                                 const int V_FIRST, const int VEC, const int NR, const int NC,
-                                                 const int D128)
+static __device__ __forceinline__ void load_tile_from(const lane_tile *w, const void *lane, int sk, int sv,
+                                                      float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
+                                                      const int V_FIRST, const int VEC, const int NR, const int NC)
 {
-    const int64_t *st = p->state_in_stride;
-    /* The head's state starts at `head`; offsets inside it fit in 32 bits (checked at launch).
-     * The vector variants were chosen because the contiguous stride is 1, the dense 128 ones
-     * because the other is 128: let the compiler know (offsets become immediates). */
-    const int64_t head = slot * st[0] + h * st[1];
-    const int sk = (VEC > 1 && V_FIRST) ? 1 : D128 ? 128 : (int)st[2];
-    const int sv = (VEC > 1 && !V_FIRST) ? 1 : D128 ? 128 : (int)st[3];
-    /* One 64-bit address per lane (its first row and column); the rest are offsets from it,
-     * compile-time constants in the dense 128 variants. */
     const int k0 = tile_row(w, 0, V_FIRST, VEC), j0 = tile_col(w, 0, V_FIRST, VEC);
-    const void *lane = state_at(p->state_in, head + (int64_t)k0 * sk + (int64_t)j0 * sv, BF16);
     if (!V_FIRST) {
 #pragma unroll
         for (int r = 0; r < NR; r++) {
@@ -247,6 +236,27 @@ static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, co
             }
         }
     }
+}
+
+/* Loads the lane's tile of the state at `slot` from the pool. */
+static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, const lane_tile *w,
+                                                 int64_t slot, int64_t h,
+                                                 float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
+                                                 const int V_FIRST, const int VEC, const int NR, const int NC,
+                                                 const int D128)
+{
+    const int64_t *st = p->state_in_stride;
+    /* The head's state starts at `head`; offsets inside it fit in 32 bits (checked at launch).
+     * The vector variants were chosen because the contiguous stride is 1, the dense 128 ones
+     * because the other is 128: let the compiler know (offsets become immediates). */
+    const int64_t head = slot * st[0] + h * st[1];
+    const int sk = (VEC > 1 && V_FIRST) ? 1 : D128 ? 128 : (int)st[2];
+    const int sv = (VEC > 1 && !V_FIRST) ? 1 : D128 ? 128 : (int)st[3];
+    /* One 64-bit address per lane (its first row and column); the rest are offsets from it,
+     * compile-time constants in the dense 128 variants. */
+    const int k0 = tile_row(w, 0, V_FIRST, VEC), j0 = tile_col(w, 0, V_FIRST, VEC);
+    const void *lane = state_at(p->state_in, head + (int64_t)k0 * sk + (int64_t)j0 * sv, BF16);
+    load_tile_from(w, lane, sk, sv, s, BF16, V_FIRST, VEC, NR, NC);
 }
 
 static __device__ __forceinline__ void store_tile(const fkda_decode_params *p, const lane_tile *w,
@@ -886,32 +896,7 @@ static __device__ __forceinline__ void load_tile_shared(const lane_tile *w, cons
 {
     const int sk = V_FIRST ? 1 : 128, sv = V_FIRST ? 128 : 1;
     const int k0 = tile_row(w, 0, V_FIRST, VEC), j0 = tile_col(w, 0, V_FIRST, VEC);
-    const void *lane = buf + (size_t)(k0 * sk + j0 * sv) * (BF16 ? 2 : 4);
-    if (!V_FIRST) {
-#pragma unroll
-        for (int r = 0; r < NR; r++) {
-#pragma unroll
-            for (int cv = 0; cv < NC / VEC; cv++) {
-                float x[8];
-                load_state_vec(lane, (tile_row(w, r, 0, VEC) - k0) * sk + (tile_col(w, cv * VEC, 0, VEC) - j0) * sv, x,
-                               BF16, VEC);
-#pragma unroll
-                for (int e = 0; e < VEC; e++) s[r][cv * VEC + e] = x[e];
-            }
-        }
-    } else {
-#pragma unroll
-        for (int c = 0; c < NC; c++) {
-#pragma unroll
-            for (int rv = 0; rv < NR / VEC; rv++) {
-                float x[8];
-                load_state_vec(lane, (tile_col(w, c, 1, VEC) - j0) * sv + (tile_row(w, rv * VEC, 1, VEC) - k0) * sk, x,
-                               BF16, VEC);
-#pragma unroll
-                for (int e = 0; e < VEC; e++) s[rv * VEC + e][c] = x[e];
-            }
-        }
-    }
+    load_tile_from(w, buf + (size_t)(k0 * sk + j0 * sv) * (BF16 ? 2 : 4), sk, sv, s, BF16, V_FIRST, VEC, NR, NC);
 }
 #endif /* sm_90 */
 
