@@ -104,6 +104,18 @@ def _output_like(v):
     return _tensors.empty(v, tuple(v.shape))
 
 
+def _token_tensors(call, q, k, v, g, beta, A_log, dt_bias, cu_seqlens):
+    """The token inputs and gate parameters that prefill and decode share."""
+    call.tensor("q", q, required=True)
+    call.tensor("k", k, required=True)
+    call.tensor("v", v, required=True)
+    call.tensor("g", g, required=True)
+    call.tensor("beta", beta, required=True)
+    call.tensor("A_log", A_log)
+    call.tensor("dt_bias", dt_bias)
+    call.tensor("cu_seqlens", cu_seqlens)
+
+
 def prefill(q, k, v, g, beta, *, out=None, A_log=None, dt_bias=None, cu_seqlens=None,
             initial_state=None, final_state=None, scale=None, gate="none", lower_bound=None,
             use_qk_l2norm=False, use_beta_sigmoid=False, allow_neg_eigval=False,
@@ -127,14 +139,7 @@ def prefill(q, k, v, g, beta, *, out=None, A_log=None, dt_bias=None, cu_seqlens=
     out = _output_like(v) if out is None else out
     args = _native.PrefillArgs()
     call = _Call(args)
-    call.tensor("q", q, required=True)
-    call.tensor("k", k, required=True)
-    call.tensor("v", v, required=True)
-    call.tensor("g", g, required=True)
-    call.tensor("beta", beta, required=True)
-    call.tensor("A_log", A_log)
-    call.tensor("dt_bias", dt_bias)
-    call.tensor("cu_seqlens", cu_seqlens)
+    _token_tensors(call, q, k, v, g, beta, A_log, dt_bias, cu_seqlens)
     call.tensor("initial_state", initial_state)
     call.tensor("final_state", final_state)
     call.tensor("out", out)
@@ -165,14 +170,7 @@ def decode(q, k, v, g, beta, state_pool, *, state_indices=None, num_accepted_tok
     out = _output_like(v) if out is None else out
     args = _native.DecodeArgs()
     call = _Call(args)
-    call.tensor("q", q, required=True)
-    call.tensor("k", k, required=True)
-    call.tensor("v", v, required=True)
-    call.tensor("g", g, required=True)
-    call.tensor("beta", beta, required=True)
-    call.tensor("A_log", A_log)
-    call.tensor("dt_bias", dt_bias)
-    call.tensor("cu_seqlens", cu_seqlens)
+    _token_tensors(call, q, k, v, g, beta, A_log, dt_bias, cu_seqlens)
     call.tensor("state_pool", state_pool, required=True)
     call.tensor("state_indices", state_indices)
     call.tensor("num_accepted_tokens", num_accepted_tokens)
