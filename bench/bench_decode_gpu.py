@@ -131,9 +131,25 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
     theirs = [lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out) for s in range(steps)]
     t_ours = time_graph(ours)
     t_fla = time_graph(theirs) if with_fla else float("nan")
+    t_plain_launch = float("nan")
+    if with_fla:  # ours again, launched without programmatic dependent launch (a stream of other kernels)
+        saved = os.environ.get("FKDA_DECODE_PDL")
+        os.environ["FKDA_DECODE_PDL"] = "0"
+        t_plain_launch = time_graph([lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out) for s in range(steps)])
+        if saved is None:
+            os.environ.pop("FKDA_DECODE_PDL")
+        else:
+            os.environ["FKDA_DECODE_PDL"] = saved
     del pools
     torch.cuda.empty_cache()
-    return t_ours, t_fla, 2 * pool_bytes, layers
+    return t_ours, t_fla, 2 * pool_bytes, layers, t_plain_launch
+
+
+def table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_plain_launch, layers):
+    floor = state_bytes / bw
+    return (f"| {pname} | {B} | {H} | {state_bytes / 1e6:.1f} | {floor * 1e6:.2f} | {t_ours * 1e6:.2f} | "
+            f"{t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} | {t_ours / floor:.2f} | {t_plain_launch * 1e6:.2f} | "
+            f"{t_plain_launch / t_fla:.2f} | {layers} |")
 
 
 def rel(a, b):
@@ -239,46 +255,43 @@ def main():
     print("\n".join(lines), flush=True)
 
     batches = [1, 8, 64, 256, 1024] if not args.quick else [1, 64, 1024]
-    header = ["", "| pool | B | H | state MB | floor us | ours us | fla us | ours/fla | ours/floor | pools |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+    header = ["", "| pool | B | H | state MB | floor us | ours us | fla us | ours/fla | ours/floor | ours no-PDL us "
+              "| no-PDL/fla | pools |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     table = ["", f"Decode, one token per sequence, {STEPS}+ calls per CUDA graph, DRAM-resident pools:"] + header
     hot = ["", "Hot L2: one pool reused by every call of the graph (the state stays in L2):"] + header
     print("\n".join(table), flush=True)
     for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         for H in (32, 8):
             for B in batches:
-                t_ours, t_fla, state_bytes, layers = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen)
-                floor = state_bytes / bw
-                row = (f"| {pname} | {B} | {H} | {state_bytes / 1e6:.1f} | {floor * 1e6:.2f} | {t_ours * 1e6:.2f} | "
-                       f"{t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} | {t_ours / floor:.2f} | {layers} |")
+                t_ours, t_fla, state_bytes, layers, t_np = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen)
+                row = table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_np, layers)
                 table.append(row)
                 print(row, flush=True)
     print("\n".join(hot[:4]), flush=True)
     for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         for H in (32, 8):
             for B in (1, 8):
-                t_ours, t_fla, state_bytes, layers = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, True, gen)
-                floor = state_bytes / bw
-                row = (f"| {pname} | {B} | {H} | {state_bytes / 1e6:.1f} | {floor * 1e6:.2f} | {t_ours * 1e6:.2f} | "
-                       f"{t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} | {t_ours / floor:.2f} | {layers} |")
+                t_ours, t_fla, state_bytes, layers, t_np = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, True, gen)
+                row = table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_np, layers)
                 hot.append(row)
                 print(row, flush=True)
     sweep = []
     if args.sweep:
         # Each kernel family and CTA size forced in turn (decode_recurrent.cu's knobs).
         configs = [("default", {}), ("plain", {"FKDA_DECODE_STREAM": "0"}), ("stream", {"FKDA_DECODE_STREAM": "1"}),
-                   ("PDL", {"FKDA_DECODE_PDL": "1"}), ("early", {"FKDA_DECODE_EARLY": "1"}),
-                   ("PDL+early", {"FKDA_DECODE_PDL": "1", "FKDA_DECODE_EARLY": "1"}),
-                   ("packed", {"FKDA_DECODE_PACKED": "1"}), ("unpacked", {"FKDA_DECODE_PACKED": "0"})]
-        configs += [(f"plain {w}w", {"FKDA_DECODE_STREAM": "0", "FKDA_DECODE_WARPS_PER_CTA": w})
-                    for w in ("1", "2", "4", "8")]
+                   ("no PDL", {"FKDA_DECODE_PDL": "0"}), ("no pipeline", {"FKDA_DECODE_PIPELINE": "0"}),
+                   ("unpacked", {"FKDA_DECODE_PACKED": "0"})]
+        if os.environ.get("FKDA_BENCH_SWEEP_WARPS") == "1":
+            configs += [(f"plain {w}w", {"FKDA_DECODE_STREAM": "0", "FKDA_DECODE_WARPS_PER_CTA": w})
+                        for w in ("1", "2", "4", "8")]
         sweep = ["", "Kernel families, warps per CTA and programmatic dependent launch forced (FKDA_DECODE_STREAM, "
-                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL), ours us:", "",
+                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, FKDA_DECODE_PIPELINE), ours us:", "",
                  "| pool | B | H | " + " | ".join(name for name, _ in configs) + " |",
                  "|---|---|---|" + "---|" * len(configs)]
         print("\n".join(sweep), flush=True)
-        knobs = ("FKDA_DECODE_STREAM", "FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_EARLY",
-                 "FKDA_DECODE_PACKED")
+        knobs = ("FKDA_DECODE_STREAM", "FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_PACKED",
+                 "FKDA_DECODE_PIPELINE")
         for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
             for B, H in ((1, 32), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32)):
                 cells = []
@@ -286,7 +299,7 @@ def main():
                     for kn in knobs:
                         os.environ.pop(kn, None)
                     os.environ.update(env)
-                    t_ours, _, _, _ = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen, with_fla=False)
+                    t_ours, _, _, _, _ = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen, with_fla=False)
                     cells.append(f"{t_ours * 1e6:.2f}")
                 for kn in knobs:
                     os.environ.pop(kn, None)

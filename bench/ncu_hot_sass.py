@@ -6,7 +6,8 @@
 
 Prints the N (default 30) instructions with the most warp-stall samples, each with its share of
 all samples and its per-reason samples, in address order, so that a latency-bound kernel shows
-where its warps wait. Column names differ between ncu versions: the script looks for the
+where its warps wait, and the warp instructions executed in all (the path length times the
+warps). Column names differ between ncu versions: the script looks for the
 columns whose names contain "Sampling" (the counts) and falls back to listing the header.
 """
 
@@ -42,6 +43,9 @@ def main():
     total = sum(number(r[total_col]) for r in rows) or 1.0
     hot = sorted(rows, key=lambda r: number(r[total_col]), reverse=True)[:top]
     hot_ids = {id(r) for r in hot}
+    executed = next((c for c in columns if c.strip() == "Instructions Executed"), None)
+    if executed:  # warp-level instructions, all warps: divide by the grid's warps for one warp's path
+        print(f"{sum(number(r[executed]) for r in rows):.0f} warp instructions executed in all")
     print(f"{len(rows)} instructions, {total:.0f} samples in '{total_col}'; the {len(hot)} hottest, in order:")
     for r in rows:
         if id(r) not in hot_ids:

@@ -6,8 +6,9 @@
 #   test           the C GPU test programs (build/gpu/test_*_cuda) and pytest tests/gpu
 #   pytest         only pytest, on $FKDA_PYTEST_ARGS (default tests/gpu)
 #   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case
-#   variants       test_decode_cuda with each decode kernel family forced (FKDA_DECODE_STREAM=1, 0)
-#                  and with the experiments on (FKDA_DECODE_PDL, _EARLY, _PACKED), also sanitized
+#   variants       test_decode_cuda with each decode kernel family forced (FKDA_DECODE_STREAM=1, 0;
+#                  FKDA_DECODE_PACKED=1, 0), without programmatic dependent launch (FKDA_DECODE_PDL=0),
+#                  streaming without the input pipeline (FKDA_DECODE_PIPELINE=0); packed also sanitized
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
 #   profile-decode ncu on one decode call of ours and of fla (B=1 H=32, fp32 and bf16 pools, or
 #                  $FKDA_PROFILE_CASES="fp32,64,32 ..."): speed of light, warp states, and the
@@ -80,10 +81,12 @@ for step in "${steps[@]}"; do
   variants)
     FKDA_DECODE_STREAM=1 run_step decode-stream build/gpu/test_decode_cuda
     FKDA_DECODE_STREAM=0 run_step decode-plain build/gpu/test_decode_cuda
-    FKDA_DECODE_PDL=1 FKDA_DECODE_EARLY=1 run_step decode-pdl-early build/gpu/test_decode_cuda
+    FKDA_DECODE_PDL=0 run_step decode-no-pdl build/gpu/test_decode_cuda
+    FKDA_DECODE_STREAM=1 FKDA_DECODE_PIPELINE=0 run_step decode-stream-unpipelined build/gpu/test_decode_cuda
     FKDA_DECODE_PACKED=1 run_step decode-packed build/gpu/test_decode_cuda
+    FKDA_DECODE_PACKED=0 run_step decode-unpacked build/gpu/test_decode_cuda
     for tool in memcheck racecheck; do
-      FKDA_DECODE_PACKED=1 FKDA_DECODE_PDL=1 FKDA_DECODE_EARLY=1 run_step decode-experiments-$tool \
+      FKDA_DECODE_PACKED=1 run_step decode-packed-$tool \
         compute-sanitizer --tool $tool --error-exitcode 1 build/gpu/test_decode_cuda --small
     done ;;
   profile-decode)

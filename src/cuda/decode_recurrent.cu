@@ -334,44 +334,68 @@ typedef struct staged_token {
     float qf, kf, kq, beta;
 } staged_token;
 
+#define DECODE_KEYS_PER_THREAD 4
+
+/* The raw bits of the inputs one thread stages in one round of stage_token: keys base + tid +
+ * i * blockDim of q, k, g and dt_bias (zero past K), and beta's and A_log's. Loaded as one batch
+ * (nothing waits on them until stage_token converts them), so a caller can issue them early. */
+typedef struct token_bits {
+    uint32_t q[DECODE_KEYS_PER_THREAD], k[DECODE_KEYS_PER_THREAD], g[DECODE_KEYS_PER_THREAD],
+        bias[DECODE_KEYS_PER_THREAD];
+    uint32_t beta, A;
+} token_bits;
+
+static __device__ __forceinline__ void load_token_bits(const fkda_decode_params *p, const lane_tile *w, int64_t row,
+                                                       int64_t pos, int64_t h, int64_t hq, int base, token_bits *tb)
+{
+    const int tid = threadIdx.x, nthreads = blockDim.x;
+    const int64_t qo = row * p->q_stride[0] + pos * p->q_stride[1] + hq * p->q_stride[2];
+    const int64_t ko = row * p->k_stride[0] + pos * p->k_stride[1] + hq * p->k_stride[2];
+    const int64_t go = row * p->g_stride[0] + pos * p->g_stride[1] + h * p->g_stride[2];
+    const int gated = p->gate != FKDA_GATE_NONE, biased = gated && p->dt_bias;
+    tb->beta = load_bits(p->beta, p->beta_dtype, row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
+    tb->A = gated && p->A_log ? load_bits(p->A_log, p->A_log_dtype, h * p->A_log_stride) : 0u;
+#pragma unroll
+    for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
+        const int e = base + tid + i * nthreads;
+        tb->q[i] = tb->k[i] = tb->g[i] = tb->bias[i] = 0u; /* zero bits are 0.0 in every dtype */
+        if (e < w->K) {
+            tb->q[i] = load_bits(p->q, p->q_dtype, qo + e * p->q_stride[3]);
+            tb->k[i] = load_bits(p->k, p->k_dtype, ko + e * p->k_stride[3]);
+            tb->g[i] = load_bits(p->g, p->g_dtype, go + e * p->g_stride[3]);
+            if (biased)
+                tb->bias[i] = load_bits(p->dt_bias, p->dt_bias_dtype, h * p->dt_bias_stride[0] + e * p->dt_bias_stride[1]);
+        }
+    }
+}
+
 /* Stages one token for the whole CTA, then waits for every warp (one __syncthreads): thread i
  * handles keys i, i + blockDim, ... (0, 0 and 1 past K, up to the `rows` the registers cover).
  * Up to DECODE_KEYS_PER_THREAD keys per thread are loaded together before any is used, so a
  * CTA stages DECODE_KEYS_PER_THREAD * blockDim keys in one round trip (any CTA covers K <= 128,
  * two warps or more K <= 256), which overlaps the state's own loads that the caller issued
- * just before. Every warp of the head
- * shares this work: the gate's exp and log1p run once per key, not once per warp. */
-#define DECODE_KEYS_PER_THREAD 4
+ * just before. With `use_first`, *first holds the first round's bits, loaded by the caller. Every
+ * warp of the head shares this work: the gate's exp and log1p run once per key, not once per
+ * warp. */
 static __device__ __forceinline__ staged_token stage_token(const fkda_decode_params *p, const lane_tile *w,
                                                            int64_t row, int64_t pos, int64_t h, int64_t hq,
-                                                           stage_buffer *sb, const int V_FIRST, const int VEC,
-                                                           const int NR)
+                                                           stage_buffer *sb, const token_bits *first, int use_first,
+                                                           const int V_FIRST, const int VEC, const int NR)
 {
     const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31, warp = tid >> 5;
     const int rows = w->KL * NR; /* keys the lanes' registers cover; K <= rows <= 256 */
-    const int64_t qo = row * p->q_stride[0] + pos * p->q_stride[1] + hq * p->q_stride[2];
-    const int64_t ko = row * p->k_stride[0] + pos * p->k_stride[1] + hq * p->k_stride[2];
-    const int64_t go = row * p->g_stride[0] + pos * p->g_stride[1] + h * p->g_stride[2];
-    const int gated = p->gate != FKDA_GATE_NONE, biased = gated && p->dt_bias;
-    const uint32_t beta_bits =
-        load_bits(p->beta, p->beta_dtype, row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
-    const uint32_t A_bits = gated && p->A_log ? load_bits(p->A_log, p->A_log_dtype, h * p->A_log_stride) : 0u;
+    const int gated = p->gate != FKDA_GATE_NONE;
+    uint32_t beta_bits = 0u;
     float ssq = 0.0f, ssk = 0.0f, qk = 0.0f, weight = 1.0f;
     for (int base = 0; base < rows; base += DECODE_KEYS_PER_THREAD * nthreads) {
-        uint32_t qb[DECODE_KEYS_PER_THREAD], kb[DECODE_KEYS_PER_THREAD], gb[DECODE_KEYS_PER_THREAD],
-            bb[DECODE_KEYS_PER_THREAD];
-#pragma unroll
-        for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
-            const int e = base + tid + i * nthreads;
-            qb[i] = kb[i] = gb[i] = bb[i] = 0u; /* zero bits are 0.0 in every dtype */
-            if (e < w->K) {
-                qb[i] = load_bits(p->q, p->q_dtype, qo + e * p->q_stride[3]);
-                kb[i] = load_bits(p->k, p->k_dtype, ko + e * p->k_stride[3]);
-                gb[i] = load_bits(p->g, p->g_dtype, go + e * p->g_stride[3]);
-                if (biased)
-                    bb[i] = load_bits(p->dt_bias, p->dt_bias_dtype, h * p->dt_bias_stride[0] + e * p->dt_bias_stride[1]);
-            }
-        }
+        token_bits tb;
+        if (base == 0 && use_first)
+            tb = *first;
+        else
+            load_token_bits(p, w, row, pos, h, hq, base, &tb);
+        if (base == 0) beta_bits = tb.beta;
+        const uint32_t *qb = tb.q, *kb = tb.k, *gb = tb.g, *bb = tb.bias;
+        const uint32_t A_bits = tb.A;
         if (gated && p->A_log) weight = expf(bits_to_float(A_bits, p->A_log_dtype));
 #pragma unroll
         for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
@@ -424,6 +448,21 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
 
 /* ---- the CTA's work: one (sequence, value head), or a share of its columns ---------------- */
 
+/* Sequence n and value head h of flat head index `head` (n * HV + h), and the query head of h.
+ * 32-bit divisions: the launch checks N * HV < 2^31, and a 64-bit division is a ~70-instruction
+ * call that sat on every CTA's path to its first load. */
+static __device__ __forceinline__ void split_head(const fkda_decode_params *p, int64_t head, int64_t *n, int64_t *h)
+{
+    const uint32_t hv = (uint32_t)p->HV, q = (uint32_t)head / hv;
+    *n = q;
+    *h = (uint32_t)head - q * hv;
+}
+
+static __device__ __forceinline__ int64_t query_head(const fkda_decode_params *p, int64_t h)
+{
+    return (uint32_t)h / (uint32_t)p->group;
+}
+
 /* The bits of this lane's columns of v at one token. */
 static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const lane_tile *w, int64_t row,
                                               int64_t pos, int64_t h, uint32_t *vbits, const int V_FIRST,
@@ -436,6 +475,21 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
         const int j = tile_col(w, c, V_FIRST, VEC);
         vbits[c] = j < w->V ? load_bits(p->v, p->v_dtype, base + j * vs[3]) : 0u;
     }
+}
+
+/* A token's inputs as this thread loads them: the first round of its staged keys and its lanes'
+ * columns of v (a caller that loads them early passes them to run_tokens). */
+typedef struct token_inputs {
+    token_bits keys;
+    uint32_t v[DECODE_MAX_C];
+} token_inputs;
+
+static __device__ __forceinline__ void load_token_inputs(const fkda_decode_params *p, const lane_tile *w, int64_t row,
+                                                         int64_t pos, int64_t h, token_inputs *ti, const int V_FIRST,
+                                                         const int VEC, const int NC)
+{
+    load_token_bits(p, w, row, pos, h, query_head(p, h), 0, &ti->keys);
+    load_v(p, w, row, pos, h, ti->v, V_FIRST, VEC, NC);
 }
 
 /* This lane's place in the tile of a warp that owns slab `slab` of a head's columns. */
@@ -504,12 +558,12 @@ static __device__ __forceinline__ void zero_outputs(const fkda_decode_params *p,
  * Every thread of the CTA calls it (stage_token waits for the whole CTA once per token). */
 static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, const lane_tile *wp, stage_buffer *smem,
                                                   int64_t n, int64_t h, int64_t row, int64_t bos, int64_t len,
-                                                  int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
-                                                  const int V_FIRST, const int VEC, const int NR, const int NC,
-                                                  const int D128)
+                                                  int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C],
+                                                  const token_inputs *first, int use_first, const int BF16, const int V_FIRST,
+                                                  const int VEC, const int NR, const int NC, const int D128)
 {
     const lane_tile w = *wp;
-    const int64_t hq = h / p->group;
+    const int64_t hq = query_head(p, h);
     const int64_t *os = p->out_stride;
     const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
     for (int64_t t = 0; t < len; t++) {
@@ -517,10 +571,17 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         /* Two stage buffers: token t + 1 stages into the one token t - 1 read, which every warp
          * had finished before it passed token t's __syncthreads. */
         stage_buffer *sb = smem + (t & 1);
-        /* The token's inputs: their loads overlap the state's (first token) or each other. */
+        /* The token's inputs: their loads overlap the state's (first token) or each other, unless
+         * the caller loaded the first token's already. */
         uint32_t vbits[DECODE_MAX_C];
-        load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC);
-        const staged_token tok = stage_token(p, &w, row, pos, h, hq, sb, V_FIRST, VEC, NR);
+        if (t == 0 && use_first) {
+#pragma unroll
+            for (int c = 0; c < NC; c++) vbits[c] = first->v[c];
+        } else {
+            load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC);
+        }
+        const staged_token tok =
+            stage_token(p, &w, row, pos, h, hq, sb, first ? &first->keys : NULL, t == 0 && use_first, V_FIRST, VEC, NR);
         const float *lq = sb->q + w.kl * (NR + DECODE_ROW_PAD), *lk = sb->k + w.kl * (NR + DECODE_ROW_PAD),
                     *ld = sb->d + w.kl * (NR + DECODE_ROW_PAD); /* this lane's rows */
 
@@ -584,30 +645,6 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
     if (!p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
-/* Asks L1 for the lines of one token's inputs (q, k, g at every 32nd key, which starts a new
- * line for contiguous bf16 or f32 rows, and v at every 32nd column), without waiting: an experiment (FKDA_DECODE_EARLY=1) to
- * take the inputs' latency off a small batch's path, which is otherwise the slot lookup, then
- * the inputs in parallel with the state. The prefetches hold no registers. */
-static __device__ __forceinline__ void prefetch_token(const fkda_decode_params *p, const lane_tile *w, int64_t row,
-                                                      int64_t pos, int64_t h, int64_t hq, const int V_FIRST,
-                                                      const int VEC, const int NC)
-{
-    const int64_t qo = row * p->q_stride[0] + pos * p->q_stride[1] + hq * p->q_stride[2];
-    const int64_t ko = row * p->k_stride[0] + pos * p->k_stride[1] + hq * p->k_stride[2];
-    const int64_t go = row * p->g_stride[0] + pos * p->g_stride[1] + h * p->g_stride[2];
-    const int q_sh = p->q_dtype == FKDA_DTYPE_F32 ? 2 : 1, k_sh = p->k_dtype == FKDA_DTYPE_F32 ? 2 : 1;
-    const int g_sh = p->g_dtype == FKDA_DTYPE_F32 ? 2 : 1, v_sh = p->v_dtype == FKDA_DTYPE_F32 ? 2 : 1;
-    for (int e = threadIdx.x * 32; e < w->K; e += blockDim.x * 32) {
-        asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->q + ((qo + e * p->q_stride[3]) << q_sh)));
-        asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->k + ((ko + e * p->k_stride[3]) << k_sh)));
-        asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->g + ((go + e * p->g_stride[3]) << g_sh)));
-    }
-    const int64_t vo = row * p->v_stride[0] + pos * p->v_stride[1] + h * p->v_stride[2];
-    const int j = tile_col(w, 0, V_FIRST, VEC);
-    if (j < w->V && (j & 31) == 0)
-        asm volatile("prefetch.global.L1 [%0];" ::"l"((const char *)p->v + ((vo + j * p->v_stride[3]) << v_sh)));
-}
-
 /* A CTA takes `ctas_per_head`-th of the warps of one (sequence, value head): all of them for
  * large batches, so that the token is staged once per head; fewer for small batches, so that
  * the work spreads over every SM. Each warp owns a slab of columns (all K rows) in registers;
@@ -618,24 +655,23 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
                                                   const int V_FIRST, const int VEC, const int NR, const int NC,
                                                   const int D128)
 {
-    const int64_t head = blockIdx.x / p->ctas_per_head;
-    const int slab = (int)(blockIdx.x - head * p->ctas_per_head) * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const int64_t n = head / p->HV, h = head - n * p->HV;
+    const uint32_t head = blockIdx.x / (uint32_t)p->ctas_per_head;
+    const int slab = (int)(blockIdx.x - head * (uint32_t)p->ctas_per_head) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int64_t n, h;
+    split_head(p, head, &n, &h);
     const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, D128);
 
     int64_t row, bos;
     const int64_t len = sequence_tokens(p, n, &row, &bos);
     if (len <= 0) return;
     const int64_t slot = read_slot(p, n);
-    /* Issued while the slot's load is in flight (the check below is its first use). */
-    if (D128 && p->early_inputs) prefetch_token(p, &w, row, bos, h, h / p->group, V_FIRST, VEC, NC);
     if (slot < 0 || slot >= p->pool_size) {
         zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC);
         return;
     }
     float s[DECODE_MAX_R][DECODE_MAX_C];
     load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
-    run_tokens(p, &w, smem, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128);
+    run_tokens(p, &w, smem, n, h, row, bos, len, slot, s, NULL, 0, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
 /* ---- the packed bf16 variant: one token per sequence, the state held as bf16 pairs -------- */
@@ -668,9 +704,10 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
                                                          const int V_FIRST)
 {
     const int NR = PK_NR, NC = PK_NC, VEC = 8;
-    const int64_t head = blockIdx.x / p->ctas_per_head;
-    const int slab = (int)(blockIdx.x - head * p->ctas_per_head) * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const int64_t n = head / p->HV, h = head - n * p->HV;
+    const uint32_t head = blockIdx.x / (uint32_t)p->ctas_per_head;
+    const int slab = (int)(blockIdx.x - head * (uint32_t)p->ctas_per_head) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int64_t n, h;
+    split_head(p, head, &n, &h);
     const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, 1);
     const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
 
@@ -711,10 +748,10 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
         }
     }
 
-    const int64_t pos = bos, hq = h / p->group;
+    const int64_t pos = bos, hq = query_head(p, h);
     uint32_t vbits[DECODE_MAX_C];
     load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC);
-    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, V_FIRST, VEC, NR);
+    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, NULL, 0, V_FIRST, VEC, NR);
     const float *lq = smem->q + w.kl * (NR + DECODE_ROW_PAD), *lk = smem->k + w.kl * (NR + DECODE_ROW_PAD),
                 *ld = smem->d + w.kl * (NR + DECODE_ROW_PAD);
 
@@ -843,7 +880,8 @@ static __device__ __forceinline__ stream_pending stream_fetch(const fkda_decode_
         f.head = -1;
         return f;
     }
-    const int64_t n = f.head / p->HV;
+    int64_t n, h;
+    split_head(p, f.head, &n, &h);
     if (p->cu_seqlens) {
         f.cu0 = load_index(p->cu_seqlens, p->cu_dtype, n * p->cu_stride);
         f.cu1 = load_index(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride);
@@ -874,7 +912,8 @@ static __device__ __forceinline__ void stream_issue(const fkda_decode_params *p,
 {
     const int b = (int)(i % DECODE_STREAM_BUFS);
     if (slot >= 0) {
-        const int64_t head = blockIdx.x + i * (int64_t)gridDim.x, h = head % p->HV;
+        int64_t n, h;
+        split_head(p, blockIdx.x + i * (int64_t)gridDim.x, &n, &h);
         const int64_t *st = p->state_in_stride;
         const char *src = (const char *)state_at(p->state_in, slot * st[0] + h * st[1], BF16);
         const uint32_t mbar = (uint32_t)__cvta_generic_to_shared(&ring->full[b]);
@@ -921,10 +960,26 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
     stream_pending next;
     next.head = -1;
     if (threadIdx.x == 0) next = stream_fetch(p, DECODE_STREAM_BUFS - 1);
+    /* Every thread: the first token's inputs of its next head, loaded a head early, so that their
+     * latency is not on each head's path (sequences of T tokens from row n, position 0; varlen
+     * sequences start where cu_seqlens says and load theirs in run_tokens). */
+    const int pipelined = p->pipeline_inputs && !p->cu_seqlens;
+    token_inputs ahead;
+    if (pipelined) {
+        int64_t n0, h0;
+        split_head(p, blockIdx.x, &n0, &h0);
+        load_token_inputs(p, &w, n0, 0, h0, &ahead, V_FIRST, VEC, NC);
+    }
     uint32_t parity = 0; /* bit b: the phase of ring slot b's barrier to wait for next */
     for (int64_t i = 0;; i++) {
         const int64_t head = blockIdx.x + i * (int64_t)gridDim.x;
         if (head >= heads) break;
+        const token_inputs current = ahead;
+        if (pipelined && head + gridDim.x < heads) {
+            int64_t n1, h1;
+            split_head(p, head + gridDim.x, &n1, &h1);
+            load_token_inputs(p, &w, n1, 0, h1, &ahead, V_FIRST, VEC, NC);
+        }
         /* Every thread is done with head i - 1 (its ring slot, the stage buffers): refill. */
         __syncthreads();
         if (threadIdx.x == 0) {
@@ -939,7 +994,8 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
             mbar_wait((uint32_t)__cvta_generic_to_shared(&ring->full[b]), (parity >> b) & 1u);
             parity ^= 1u << b;
         }
-        const int64_t n = head / p->HV, h = head - n * p->HV;
+        int64_t n, h;
+        split_head(p, head, &n, &h);
         int64_t row, bos;
         const int64_t len = sequence_tokens(p, n, &row, &bos);
         if (len <= 0) continue;
@@ -947,15 +1003,9 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
             zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC);
             continue;
         }
-        if (p->early_inputs && head + gridDim.x < heads) { /* the next head's token, into L1 */
-            const int64_t n1 = (head + gridDim.x) / p->HV, h1 = (head + gridDim.x) - n1 * p->HV;
-            int64_t row1, bos1;
-            if (sequence_tokens(p, n1, &row1, &bos1) > 0)
-                prefetch_token(p, &w, row1, bos1, h1, h1 / p->group, V_FIRST, VEC, NC);
-        }
         float s[DECODE_MAX_R][DECODE_MAX_C];
         load_tile_shared(&w, bufs + (size_t)b * head_bytes, s, BF16, V_FIRST, VEC, NR, NC);
-        run_tokens(p, &w, stage, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, 1);
+        run_tokens(p, &w, stage, n, h, row, bos, len, slot, s, &current, pipelined, BF16, V_FIRST, VEC, NR, NC, 1);
     }
 #else
     __trap(); /* never launched below sm_90 (fkda_decode_recurrent_launch checks) */
@@ -964,10 +1014,10 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
 
 /* ---- the specialisations ------------------------------------------------------------------ */
 
-/* Launched with programmatic stream serialization (FKDA_DECODE_PDL=1), a kernel may start while
- * the kernel before it on the stream finishes; it must wait here before it reads anything that
- * kernel may have written (its inputs, the pool). Launched normally, both instructions return
- * at once. */
+/* Launched with programmatic stream serialization (the default on sm_90), a kernel may start
+ * while the kernel before it on the stream finishes; it must wait here before it reads anything
+ * that kernel may have written (its inputs, the pool). Launched normally, both instructions
+ * return at once. */
 static __device__ __forceinline__ void wait_for_prior_grid(void)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -1055,7 +1105,8 @@ static const decode_variant decode_variants[] = {DECODE_VARIANTS(DECODE_TABLE_EN
 static const decode_variant decode_stream_variants[] = {DECODE_STREAM_VARIANTS(DECODE_STREAM_TABLE_ENTRY)};
 
 /* Launches `kernel` on the stream; with `pdl`, as a programmatic dependent of the kernel before
- * it (an experiment: FKDA_DECODE_PDL=1; the launch overlaps that kernel's tail). */
+ * it: the launch overlaps that kernel's tail, and wait_for_prior_grid keeps the order of memory
+ * (measured 0.6-0.8 us less per call at small batches in a graph of decodes; docs/decode-notes.md). */
 static cudaError_t launch_decode_kernel(decode_kernel_fn kernel, unsigned blocks, unsigned threads, size_t smem,
                                         cudaStream_t stream, const fkda_decode_params *p, int pdl)
 {
@@ -1114,17 +1165,21 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     const int row_stride = p->state_v_first ? 3 : 2;
     const int dense128 = vectors && p->K == 128 && p->V == 128 && si[row_stride] == 128 && so[row_stride] == 128;
     const int64_t heads = p->N * p->HV;
+    if (heads > 0x7fffffff) /* split_head divides in 32 bits */
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
 
     /* Tuning knobs for bench/bench_decode_gpu.py (unset: the rules below). */
     const char *knob_stream = getenv("FKDA_DECODE_STREAM");
-    const char *knob_pdl = getenv("FKDA_DECODE_PDL"), *knob_early = getenv("FKDA_DECODE_EARLY");
-    p->early_inputs = knob_early && strcmp(knob_early, "1") == 0;
-    const int pdl = knob_pdl && strcmp(knob_pdl, "1") == 0 && cc_major == 9; /* the wait is in the sm_90a image */
+    const char *knob_pdl = getenv("FKDA_DECODE_PDL");
+    /* Programmatic dependent launch on sm_90 (the wait is in the sm_90a image); FKDA_DECODE_PDL=0 turns it off. */
+    const int pdl = cc_major == 9 && !(knob_pdl && strcmp(knob_pdl, "0") == 0);
     const char *knob_warps = getenv("FKDA_DECODE_WARPS_PER_CTA");
 
     /* Large batches of dense fp32 heads on sm_90 stream through shared memory
      * (decode_stream_cta): from 4 heads per SM on, where the ring's prologue is a small part
      * of the call. */
+    const char *knob_pipeline = getenv("FKDA_DECODE_PIPELINE");
+    p->pipeline_inputs = !(knob_pipeline && strcmp(knob_pipeline, "0") == 0);
     const int streamable = dense128 && !p->state_bf16 && cc_major == 9;
     int stream = streamable && heads >= 4 * (int64_t)sm_count;
     if (knob_stream && (strcmp(knob_stream, "0") == 0 || strcmp(knob_stream, "1") == 0))

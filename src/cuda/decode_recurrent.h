@@ -62,7 +62,7 @@ typedef struct fkda_decode_params {
     int32_t warps_per_head; /* warps splitting the V columns of one (sequence, value head) */
     int32_t warps_per_cta;  /* warps of one CTA, all on the same head */
     int32_t ctas_per_head;  /* CTAs sharing the warps of one (sequence, value head) */
-    int32_t early_inputs;   /* experiment: prefetch the first token's inputs before the slot lookup */
+    int32_t pipeline_inputs; /* streaming: load the next head's token inputs during this head's work */
 } fkda_decode_params;
 
 /* Picks the kernel variant and the geometry for a device of `sm_count` SMs and compute
