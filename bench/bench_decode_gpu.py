@@ -206,6 +206,7 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer batch sizes")
     ap.add_argument("--sweep", action="store_true", default=os.environ.get("FKDA_BENCH_SWEEP") == "1",
                     help="also time each kernel family and CTA size forced (or FKDA_BENCH_SWEEP=1)")
+    ap.add_argument("--sweep-only", action="store_true", help="only the agreement and the sweep (no fla timings)")
     ap.add_argument("--profile", default=None, metavar="DTYPE,B,H",
                     help="only run two calls of each library on one case (for ncu)")
     args = ap.parse_args()
@@ -261,8 +262,10 @@ def main():
     table = ["", f"Decode, one token per sequence, {STEPS}+ calls per CUDA graph, DRAM-resident pools:"] + header
     hot = ["", "Hot L2: one pool reused by every call of the graph (the state stays in L2):"] + header
     print("\n".join(table), flush=True)
+    if args.sweep_only:
+        args.sweep, table, hot = True, [], []
     for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-        for H in (32, 8):
+        for H in (32, 8) if not args.sweep_only else ():
             for B in batches:
                 t_ours, t_fla, state_bytes, layers, t_np = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen)
                 row = table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_np, layers)
@@ -270,7 +273,7 @@ def main():
                 print(row, flush=True)
     print("\n".join(hot[:4]), flush=True)
     for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-        for H in (32, 8):
+        for H in (32, 8) if not args.sweep_only else ():
             for B in (1, 8):
                 t_ours, t_fla, state_bytes, layers, t_np = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, True, gen)
                 row = table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_np, layers)
@@ -281,19 +284,21 @@ def main():
         # Each kernel family and CTA size forced in turn (decode_recurrent.cu's knobs).
         configs = [("default", {}), ("plain", {"FKDA_DECODE_STREAM": "0"}), ("stream", {"FKDA_DECODE_STREAM": "1"}),
                    ("no PDL", {"FKDA_DECODE_PDL": "0"}), ("no pipeline", {"FKDA_DECODE_PIPELINE": "0"}),
-                   ("unpacked", {"FKDA_DECODE_PACKED": "0"})]
+                   ("unpacked", {"FKDA_DECODE_PACKED": "0"}),
+                   ("narrow", {"FKDA_DECODE_NARROW": "1", "FKDA_DECODE_STREAM": "0"}), ("wide", {"FKDA_DECODE_NARROW": "0"})]
         if os.environ.get("FKDA_BENCH_SWEEP_WARPS") == "1":
             configs += [(f"plain {w}w", {"FKDA_DECODE_STREAM": "0", "FKDA_DECODE_WARPS_PER_CTA": w})
                         for w in ("1", "2", "4", "8")]
         sweep = ["", "Kernel families, warps per CTA and programmatic dependent launch forced (FKDA_DECODE_STREAM, "
-                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, FKDA_DECODE_PIPELINE), ours us:", "",
+                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, FKDA_DECODE_PIPELINE, FKDA_DECODE_NARROW), "
+                 "ours us:", "",
                  "| pool | B | H | " + " | ".join(name for name, _ in configs) + " |",
                  "|---|---|---|" + "---|" * len(configs)]
         print("\n".join(sweep), flush=True)
         knobs = ("FKDA_DECODE_STREAM", "FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_PACKED",
-                 "FKDA_DECODE_PIPELINE")
+                 "FKDA_DECODE_PIPELINE", "FKDA_DECODE_NARROW")
         for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-            for B, H in ((1, 32), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32)):
+            for B, H in ((1, 32), (1, 8), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32)):
                 cells = []
                 for _, env in configs:
                     for kn in knobs:

@@ -2,7 +2,7 @@
 """ncu_hot_sass.py: the hottest SASS instructions of one profiled kernel, from the CSV that
 `ncu --import REPORT --page source --print-source sass --csv` prints (read from stdin).
 
-    ncu --import r.ncu-rep --page source --print-source sass --csv | python3 bench/ncu_hot_sass.py [N]
+    ncu --import r.ncu-rep --page source --print-source sass --csv | python3 bench/ncu_hot_sass.py [N] [--dump F]
 
 Prints the N (default 30) instructions with the most warp-stall samples, each with its share of
 all samples and its per-reason samples, in address order, so that a latency-bound kernel shows
@@ -23,7 +23,13 @@ def number(text):
 
 
 def main():
-    top = int(sys.argv[1]) if len(sys.argv) > 1 else 30
+    args = sys.argv[1:]
+    dump = None
+    if "--dump" in args:  # also write every executed instruction, in address order, to a file
+        i = args.index("--dump")
+        dump = args[i + 1]
+        del args[i:i + 2]
+    top = int(args[0]) if args else 30
     lines = [line for line in sys.stdin if line.strip()]
     start = next((i for i, line in enumerate(lines) if line.startswith('"') and "Source" in line), None)
     if start is None:
@@ -46,6 +52,19 @@ def main():
     executed = next((c for c in columns if c.strip() == "Instructions Executed"), None)
     if executed:  # warp-level instructions, all warps: divide by the grid's warps for one warp's path
         print(f"{sum(number(r[executed]) for r in rows):.0f} warp instructions executed in all")
+        if dump:
+            with open(dump, "w") as f:
+                f.write("offset\texecuted\tsamples\tinstruction\n")
+                first = None
+                for r in rows:
+                    try:
+                        address = int(r.get("Address", "0"), 16)
+                    except ValueError:
+                        address = 0
+                    first = address if first is None else first
+                    if number(r[executed]) > 0:
+                        f.write(f"{address - first:#06x}\t{number(r[executed]):.0f}\t{number(r[total_col]):.0f}\t"
+                                f"{r.get('Source', '').strip()}\n")
     print(f"{len(rows)} instructions, {total:.0f} samples in '{total_col}'; the {len(hot)} hottest, in order:")
     for r in rows:
         if id(r) not in hot_ids:

@@ -8,11 +8,13 @@
 #   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case
 #   variants       test_decode_cuda with each decode kernel family forced (FKDA_DECODE_STREAM=1, 0;
 #                  FKDA_DECODE_PACKED=1, 0), without programmatic dependent launch (FKDA_DECODE_PDL=0),
-#                  streaming without the input pipeline (FKDA_DECODE_PIPELINE=0); packed also sanitized
+#                  streaming without the input pipeline (FKDA_DECODE_PIPELINE=0), narrow fp32 tiles
+#                  forced on and off (FKDA_DECODE_NARROW=1, 0); packed and narrow also sanitized
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
 #   profile-decode ncu on one decode call of ours and of fla (B=1 H=32, fp32 and bf16 pools, or
 #                  $FKDA_PROFILE_CASES="fp32,64,32 ..."): speed of light, warp states, and the
-#                  hottest SASS instructions by stall samples (bench/ncu_hot_sass.py)
+#                  hottest SASS instructions by stall samples (bench/ncu_hot_sass.py), and every
+#                  executed instruction with its count in $OUT/sass-WHO-CASE.tsv
 #   bench-prefill  bench/bench_prefill_gpu.py ($FKDA_BENCH_PREFILL_ARGS adds arguments, e.g.
 #                  "--shapes h16,h32": fla autotunes ~100 s per new shape)
 #
@@ -84,9 +86,11 @@ for step in "${steps[@]}"; do
     FKDA_DECODE_PDL=0 run_step decode-no-pdl build/gpu/test_decode_cuda
     FKDA_DECODE_STREAM=1 FKDA_DECODE_PIPELINE=0 run_step decode-stream-unpipelined build/gpu/test_decode_cuda
     FKDA_DECODE_PACKED=1 run_step decode-packed build/gpu/test_decode_cuda
+    FKDA_DECODE_NARROW=1 run_step decode-narrow build/gpu/test_decode_cuda
+    FKDA_DECODE_NARROW=0 run_step decode-wide build/gpu/test_decode_cuda
     FKDA_DECODE_PACKED=0 run_step decode-unpacked build/gpu/test_decode_cuda
     for tool in memcheck racecheck; do
-      FKDA_DECODE_PACKED=1 run_step decode-packed-$tool \
+      FKDA_DECODE_PACKED=1 FKDA_DECODE_NARROW=1 run_step decode-packed-narrow-$tool \
         compute-sanitizer --tool $tool --error-exitcode 1 build/gpu/test_decode_cuda --small
     done ;;
   profile-decode)
@@ -99,7 +103,7 @@ for step in "${steps[@]}"; do
         run_step "profile-$who-${case//,/-}" bash -c "ncu --import $rep.ncu-rep --page details \
           --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
           --print-details all; ncu --import $rep.ncu-rep --page source --print-source sass --csv \
-          | python3 bench/ncu_hot_sass.py 40"
+          | python3 bench/ncu_hot_sass.py 40 --dump $OUT/sass-$who-${case//,/-}.tsv"
       done
     done ;;
   # shellcheck disable=SC2086

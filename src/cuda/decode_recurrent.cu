@@ -1,6 +1,6 @@
 /*
  * decode_recurrent.cu: the CUDA decode (fla's fused_recurrent_kda on a state pool), one kernel
- * in twelve plain and two streaming specialisations, and its launch.
+ * in fourteen plain, two packed and two streaming specialisations, and its launch.
  *
  * Per sequence n, value head h and token t (the state S is K x V, fp32 in registers):
  *
@@ -77,21 +77,29 @@ static __device__ __forceinline__ uint32_t load_bits(const void *base, int32_t d
     return bits;
 }
 
+/* Every conversion, then a select: no branch (at small batches each warp's path is the time). */
 static __device__ __forceinline__ float bits_to_float(uint32_t bits, int32_t dtype)
 {
-    if (dtype == FKDA_DTYPE_F32) return __uint_as_float(bits);
-    if (dtype == FKDA_DTYPE_BF16) return __uint_as_float(bits << 16);
-    return __half2float(__ushort_as_half((unsigned short)bits));
+    const float f16 = __half2float(__ushort_as_half((unsigned short)bits));
+    const float f = __uint_as_float(dtype == FKDA_DTYPE_F32 ? bits : bits << 16);
+    return dtype == FKDA_DTYPE_F16 ? f16 : f;
 }
 
+/* Element i of a float tensor of run-time dtype = x (rounded to nearest even): one predicated
+ * store, as load_bits. */
 static __device__ __forceinline__ void store_float(void *base, int32_t dtype, int64_t i, float x)
 {
-    if (dtype == FKDA_DTYPE_F32)
-        ((float *)base)[i] = x;
-    else if (dtype == FKDA_DTYPE_BF16)
-        ((__nv_bfloat16 *)base)[i] = __float2bfloat16_rn(x);
-    else
-        ((__half *)base)[i] = __float2half_rn(x);
+    const int wide = dtype == FKDA_DTYPE_F32;
+    const unsigned short b16 = __bfloat16_as_ushort(__float2bfloat16_rn(x)), h16 = __half_as_ushort(__float2half_rn(x));
+    const unsigned short half_bits = dtype == FKDA_DTYPE_BF16 ? b16 : h16;
+    char *at = (char *)base + (i << (wide ? 2 : 1));
+    asm volatile("{\n\t.reg .pred p;\n\t"
+                 "setp.ne.s32 p, %3, 0;\n\t"
+                 "@p st.global.b32 [%0], %1;\n\t"
+                 "@!p st.global.b16 [%0], %2;\n\t}"
+                 :
+                 : "l"(at), "f"(x), "h"(half_bits), "r"(wide)
+                 : "memory");
 }
 
 static __device__ __forceinline__ int64_t load_index(const void *base, int32_t dtype, int64_t i)
@@ -1030,7 +1038,8 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
 
 /* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
  * dense 128 (K = V = 128 and the state's rows 128 elements apart: every offset inside a head is
- * a compile-time constant plus one per lane; the common case, and the fastest).
+ * a compile-time constant plus one per lane; the common case, and the fastest). The two fp32
+ * "narrow" kernels (8 x 4 = 32 values per lane, 16 warps per head) serve small batches.
  * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two
  * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). */
 #define DECODE_VARIANTS(X)                            \
@@ -1038,6 +1047,8 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
     X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1)           \
     X(decode_bf16_kv_128, 1, 0, 8, 8, 8, 1)           \
     X(decode_bf16_vk_128, 1, 1, 8, 8, 8, 1)           \
+    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1)     \
+    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1)     \
     X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0)           \
     X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0)           \
     X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0)           \
@@ -1239,11 +1250,17 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         return FKDA_OK;
     }
 
+    /* Small batches of dense fp32 heads (fewer heads than SMs): narrow tiles, 32 values per lane and
+     * 16 warps per head, so that each warp's path (the time at these sizes) is shorter. */
+    int narrow = dense128 && !p->state_bf16 && heads < sm_count;
+    const char *knob_narrow = getenv("FKDA_DECODE_NARROW");
+    if (knob_narrow && (strcmp(knob_narrow, "0") == 0 || strcmp(knob_narrow, "1") == 0))
+        narrow = dense128 && !p->state_bf16 && knob_narrow[0] == '1';
     const decode_variant *var = NULL;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0] && var == NULL; i++) {
         const decode_variant *d = &decode_variants[i];
         if (d->bf16 == (p->state_bf16 != 0) && d->v_first == (p->state_v_first != 0) &&
-            (d->vec > 1) == (vectors != 0) && d->dense128 == dense128)
+            (d->vec > 1) == (vectors != 0) && d->dense128 == dense128 && (d->nr * d->nc == 32) == narrow)
             var = d;
     }
     if (var == NULL) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
