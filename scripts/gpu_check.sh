@@ -12,7 +12,7 @@
 #                  forced on and off (FKDA_DECODE_NARROW=1, 0); packed and narrow also sanitized
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
 #   profile-decode ncu on one decode call of ours and of fla (B=1 H=32, fp32 and bf16 pools, or
-#                  $FKDA_PROFILE_CASES="fp32,64,32 ..."): speed of light, warp states, and the
+#                  $FKDA_PROFILE_CASES="fp32,64,32 ..."; FKDA_PROFILE_WHO=ours for ours only): speed of light, warp states, and the
 #                  hottest SASS instructions by stall samples (bench/ncu_hot_sass.py), and every
 #                  executed instruction with its count in $OUT/sass-WHO-CASE.tsv
 #   bench-prefill  bench/bench_prefill_gpu.py ($FKDA_BENCH_PREFILL_ARGS adds arguments, e.g.
@@ -95,7 +95,7 @@ for step in "${steps[@]}"; do
     done ;;
   profile-decode)
     for case in ${FKDA_PROFILE_CASES:-fp32,1,32 bf16,1,32}; do
-      for who in ours fla; do
+      for who in ${FKDA_PROFILE_WHO:-ours fla}; do
         kernel=$([ $who = ours ] && echo regex:decode_ || echo regex:fused_recurrent)
         rep=/tmp/prof-$who-${case//,/-}
         ncu --set full -k "$kernel" --launch-skip 1 --launch-count 1 -f -o "$rep" \

@@ -62,13 +62,15 @@
 /* The bits of element i of a float tensor of run-time dtype (f32: 32 bits; bf16, f16: 16 bits,
  * zero-extended). One predicated load in PTX, no branch: the caller converts later, so a warp
  * can have all its input loads in flight at once. (With a branch per dtype, the compiler puts
- * the conversion inside the branch, and every load then waits for the one before it.) */
+ * the conversion inside the branch, and every load then waits for the one before it.)
+ * `volatile`: an asm without it is a pure function to the compiler, which may then hoist it out
+ * of the condition that guards it (it did: A_log's load ran with A_log NULL and faulted). */
 static __device__ __forceinline__ uint32_t load_bits(const void *base, int32_t dtype, int64_t i)
 {
     uint32_t bits;
     const int wide = dtype == FKDA_DTYPE_F32;
     const char *at = (const char *)base + (i << (wide ? 2 : 1));
-    asm("{\n\t.reg .pred p;\n\t"
+    asm volatile("{\n\t.reg .pred p;\n\t"
         "setp.ne.s32 p, %2, 0;\n\t"
         "@p ld.global.b32 %0, [%1];\n\t"
         "@!p ld.global.u16 %0, [%1];\n\t}"
@@ -100,6 +102,28 @@ static __device__ __forceinline__ void store_float(void *base, int32_t dtype, in
                  :
                  : "l"(at), "f"(x), "h"(half_bits), "r"(wide)
                  : "memory");
+}
+
+/* Token tensors are addressed as one 64-bit pointer per (row, position, head), computed once,
+ * plus a 32-bit offset per element (the launch checks |last stride| * 256 < 2^31): at small
+ * batches every instruction on a warp's path is time, and 64-bit index arithmetic per element
+ * was ~15 instructions per load. */
+static __device__ __forceinline__ const char *token_vector(const void *base, const int64_t *stride, int32_t dtype,
+                                                          int64_t row, int64_t pos, int64_t head)
+{
+    const int64_t i = row * stride[0] + pos * stride[1] + head * stride[2];
+    return (const char *)base + (i << (dtype == FKDA_DTYPE_F32 ? 2 : 1));
+}
+
+/* Element e of a token vector (stride in elements). */
+static __device__ __forceinline__ uint32_t load_elem(const char *vec, int32_t dtype, int e, int stride)
+{
+    return load_bits(vec, dtype, (int64_t)(e * stride));
+}
+
+static __device__ __forceinline__ void store_elem(const char *vec, int32_t dtype, int e, int stride, float x)
+{
+    store_float((void *)vec, dtype, (int64_t)(e * stride), x);
 }
 
 static __device__ __forceinline__ int64_t load_index(const void *base, int32_t dtype, int64_t i)
@@ -357,10 +381,13 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
                                                        int64_t pos, int64_t h, int64_t hq, int base, token_bits *tb)
 {
     const int tid = threadIdx.x, nthreads = blockDim.x;
-    const int64_t qo = row * p->q_stride[0] + pos * p->q_stride[1] + hq * p->q_stride[2];
-    const int64_t ko = row * p->k_stride[0] + pos * p->k_stride[1] + hq * p->k_stride[2];
-    const int64_t go = row * p->g_stride[0] + pos * p->g_stride[1] + h * p->g_stride[2];
+    const char *qv = token_vector(p->q, p->q_stride, p->q_dtype, row, pos, hq);
+    const char *kv = token_vector(p->k, p->k_stride, p->k_dtype, row, pos, hq);
+    const char *gv = token_vector(p->g, p->g_stride, p->g_dtype, row, pos, h);
     const int gated = p->gate != FKDA_GATE_NONE, biased = gated && p->dt_bias;
+    const char *bv = biased ? (const char *)p->dt_bias + ((h * p->dt_bias_stride[0])
+                                                          << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
+                            : NULL;
     tb->beta = load_bits(p->beta, p->beta_dtype, row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
     tb->A = gated && p->A_log ? load_bits(p->A_log, p->A_log_dtype, h * p->A_log_stride) : 0u;
 #pragma unroll
@@ -368,11 +395,11 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
         const int e = base + tid + i * nthreads;
         tb->q[i] = tb->k[i] = tb->g[i] = tb->bias[i] = 0u; /* zero bits are 0.0 in every dtype */
         if (e < w->K) {
-            tb->q[i] = load_bits(p->q, p->q_dtype, qo + e * p->q_stride[3]);
-            tb->k[i] = load_bits(p->k, p->k_dtype, ko + e * p->k_stride[3]);
-            tb->g[i] = load_bits(p->g, p->g_dtype, go + e * p->g_stride[3]);
+            tb->q[i] = load_elem(qv, p->q_dtype, e, (int)p->q_stride[3]);
+            tb->k[i] = load_elem(kv, p->k_dtype, e, (int)p->k_stride[3]);
+            tb->g[i] = load_elem(gv, p->g_dtype, e, (int)p->g_stride[3]);
             if (biased)
-                tb->bias[i] = load_bits(p->dt_bias, p->dt_bias_dtype, h * p->dt_bias_stride[0] + e * p->dt_bias_stride[1]);
+                tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1]);
         }
     }
 }
@@ -476,12 +503,11 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
                                               int64_t pos, int64_t h, uint32_t *vbits, const int V_FIRST,
                                               const int VEC, const int NC)
 {
-    const int64_t *vs = p->v_stride;
-    const int64_t base = row * vs[0] + pos * vs[1] + h * vs[2];
+    const char *vv = token_vector(p->v, p->v_stride, p->v_dtype, row, pos, h);
 #pragma unroll
     for (int c = 0; c < NC; c++) {
         const int j = tile_col(w, c, V_FIRST, VEC);
-        vbits[c] = j < w->V ? load_bits(p->v, p->v_dtype, base + j * vs[3]) : 0u;
+        vbits[c] = j < w->V ? load_elem(vv, p->v_dtype, j, (int)p->v_stride[3]) : 0u;
     }
 }
 
@@ -550,13 +576,13 @@ static __device__ __forceinline__ void zero_outputs(const fkda_decode_params *p,
                                                     int64_t bos, int64_t len, int64_t h, const int V_FIRST,
                                                     const int VEC, const int NC)
 {
-    const int64_t *os = p->out_stride;
     if (w->kl != 0) return;
     for (int64_t t = 0; t < len; t++) {
+        const char *ov = token_vector(p->out, p->out_stride, p->out_dtype, row, bos + t, h);
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             const int j = tile_col(w, c, V_FIRST, VEC);
-            if (j < w->V) store_float(p->out, p->out_dtype, row * os[0] + (bos + t) * os[1] + h * os[2] + j * os[3], 0.0f);
+            if (j < w->V) store_elem(ov, p->out_dtype, j, (int)p->out_stride[3], 0.0f);
         }
     }
 }
@@ -572,7 +598,6 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
 {
     const lane_tile w = *wp;
     const int64_t hq = query_head(p, h);
-    const int64_t *os = p->out_stride;
     const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
     for (int64_t t = 0; t < len; t++) {
         const int64_t pos = bos + t;
@@ -623,14 +648,13 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         }
         /* Delta rule and output: v' = b (v - S^T k), o = S^T q + (k . q) v', S += k v'^T. */
         float vk[DECODE_MAX_C]; /* kf * v', so that the update can use the unscaled k */
+        const char *ov = token_vector(p->out, p->out_stride, p->out_dtype, row, pos, h);
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             const float vn = tok.beta * (bits_to_float(vbits[c], p->v_dtype) - tok.kf * pk[c]);
             vk[c] = tok.kf * vn;
             const int j = tile_col(&w, c, V_FIRST, VEC);
-            if (w.kl == 0 && j < w.V)
-                store_float(p->out, p->out_dtype, row * os[0] + pos * os[1] + h * os[2] + j * os[3],
-                            fmaf(tok.kq, vn, tok.qf * pq[c]));
+            if (w.kl == 0 && j < w.V) store_elem(ov, p->out_dtype, j, (int)p->out_stride[3], fmaf(tok.kq, vn, tok.qf * pq[c]));
         }
 #pragma unroll
         for (int r4 = 0; r4 < NR; r4 += 4) {
@@ -788,8 +812,8 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
             pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
         }
     }
-    const int64_t *os = p->out_stride;
     float vk[PK_NC];
+    const int64_t *os = p->out_stride;
 #pragma unroll
     for (int c = 0; c < NC; c++) {
         const float vn = tok.beta * (bits_to_float(vbits[c], p->v_dtype) - tok.kf * pk[c]);
@@ -1038,8 +1062,8 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
 
 /* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
  * dense 128 (K = V = 128 and the state's rows 128 elements apart: every offset inside a head is
- * a compile-time constant plus one per lane; the common case, and the fastest). The two fp32
- * "narrow" kernels (8 x 4 = 32 values per lane, 16 warps per head) serve small batches.
+ * a compile-time constant plus one per lane; the common case, and the fastest). The "narrow"
+ * kernels (32 values per lane, 16 warps per head) serve small batches.
  * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two
  * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). */
 #define DECODE_VARIANTS(X)                            \
@@ -1049,6 +1073,8 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
     X(decode_bf16_vk_128, 1, 1, 8, 8, 8, 1)           \
     X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1)     \
     X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1)     \
+    X(decode_bf16_kv_128_narrow, 1, 0, 8, 4, 8, 1)    \
+    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1)    \
     X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0)           \
     X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0)           \
     X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0)           \
@@ -1175,6 +1201,16 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     /* Dense 128: K = V = 128 and, in and out, the rows of one head's state 128 elements apart. */
     const int row_stride = p->state_v_first ? 3 : 2;
     const int dense128 = vectors && p->K == 128 && p->V == 128 && si[row_stride] == 128 && so[row_stride] == 128;
+    /* Per-element offsets along a token vector are 32-bit in the kernel (load_elem). */
+    const struct { const char *name; int64_t stride; } vectors_along[] = {
+        {"q", p->q_stride[3]}, {"k", p->k_stride[3]}, {"g", p->g_stride[3]}, {"v", p->v_stride[3]},
+        {"out", p->out_stride[3]}, {"dt_bias", p->dt_bias ? p->dt_bias_stride[1] : 0}};
+    for (size_t i = 0; i < sizeof vectors_along / sizeof vectors_along[0]; i++)
+        if (vectors_along[i].stride >= (1 << 22) || vectors_along[i].stride <= -(1 << 22))
+            return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                             "%s: the stride of its last dimension (%lld elements) is too large for the CUDA decode "
+                             "(at most 2^22)",
+                             vectors_along[i].name, (long long)vectors_along[i].stride);
     const int64_t heads = p->N * p->HV;
     if (heads > 0x7fffffff) /* split_head divides in 32 bits */
         return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
@@ -1250,12 +1286,12 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         return FKDA_OK;
     }
 
-    /* Small batches of dense fp32 heads (fewer heads than SMs): narrow tiles, 32 values per lane and
+    /* Small batches of dense heads (fewer heads than SMs): narrow tiles, 32 values per lane and
      * 16 warps per head, so that each warp's path (the time at these sizes) is shorter. */
-    int narrow = dense128 && !p->state_bf16 && heads < sm_count;
+    int narrow = dense128 && heads < sm_count;
     const char *knob_narrow = getenv("FKDA_DECODE_NARROW");
     if (knob_narrow && (strcmp(knob_narrow, "0") == 0 || strcmp(knob_narrow, "1") == 0))
-        narrow = dense128 && !p->state_bf16 && knob_narrow[0] == '1';
+        narrow = dense128 && knob_narrow[0] == '1';
     const decode_variant *var = NULL;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0] && var == NULL; i++) {
         const decode_variant *d = &decode_variants[i];
@@ -1274,9 +1310,10 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     p->warps_per_head = (p->V + cols_per_warp - 1) / cols_per_warp;
 
     /* Warps per CTA: 8 (a K = V = 128 fp32 head) or 4 (half a head; measured 5-7% faster than
-     * 8 for large bf16 batches); fewer while that leaves two thirds of the SMs without a CTA
-     * (small batches are latency-bound: spread them; 4 warps was the best at B = 1, H = 32). */
-    int per_cta = p->state_bf16 ? 4 : 8;
+     * 8 for large bf16 batches; a quarter of a narrow head, 2-9% faster than 8 at B = 1 and 8);
+     * fewer while that leaves two thirds of the SMs without a CTA (small batches are
+     * latency-bound: spread them). */
+    int per_cta = p->state_bf16 || narrow ? 4 : 8;
     while (per_cta > 1 && per_cta / 2 >= p->warps_per_head) per_cta /= 2;
     while (per_cta > 1 && 3 * heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
     if (knob_warps && (atoi(knob_warps) == 1 || atoi(knob_warps) == 2 || atoi(knob_warps) == 4 || atoi(knob_warps) == 8))
