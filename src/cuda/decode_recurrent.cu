@@ -63,20 +63,28 @@
  * zero-extended). One predicated load in PTX, no branch: the caller converts later, so a warp
  * can have all its input loads in flight at once. (With a branch per dtype, the compiler puts
  * the conversion inside the branch, and every load then waits for the one before it.)
+ * load_bits_if loads only where `ok` (else 0), inside the same instructions: no branch either.
  * `volatile`: an asm without it is a pure function to the compiler, which may then hoist it out
- * of the condition that guards it (it did: A_log's load ran with A_log NULL and faulted). */
-static __device__ __forceinline__ uint32_t load_bits(const void *base, int32_t dtype, int64_t i)
+ * of a condition that guards it (it did: A_log's load ran with A_log NULL and faulted). */
+static __device__ __forceinline__ uint32_t load_bits_if(const void *base, int32_t dtype, int64_t i, int ok)
 {
-    uint32_t bits;
+    uint32_t bits = 0u; /* zero bits are 0.0 in every dtype */
     const int wide = dtype == FKDA_DTYPE_F32;
     const char *at = (const char *)base + (i << (wide ? 2 : 1));
-    asm volatile("{\n\t.reg .pred p;\n\t"
-        "setp.ne.s32 p, %2, 0;\n\t"
-        "@p ld.global.b32 %0, [%1];\n\t"
-        "@!p ld.global.u16 %0, [%1];\n\t}"
-        : "=r"(bits)
-        : "l"(at), "r"(wide));
+    asm volatile("{\n\t.reg .pred p, w;\n\t"
+                 "setp.ne.s32 p, %3, 0;\n\t"
+                 "setp.ne.and.s32 w, %2, 0, p;\n\t"
+                 "setp.eq.and.s32 p, %2, 0, p;\n\t"
+                 "@w ld.global.b32 %0, [%1];\n\t"
+                 "@p ld.global.u16 %0, [%1];\n\t}"
+                 : "+r"(bits)
+                 : "l"(at), "r"(wide), "r"(ok));
     return bits;
+}
+
+static __device__ __forceinline__ uint32_t load_bits(const void *base, int32_t dtype, int64_t i)
+{
+    return load_bits_if(base, dtype, i, 1);
 }
 
 /* Every conversion, then a select: no branch (at small batches each warp's path is the time). */
@@ -115,10 +123,10 @@ static __device__ __forceinline__ const char *token_vector(const void *base, con
     return (const char *)base + (i << (dtype == FKDA_DTYPE_F32 ? 2 : 1));
 }
 
-/* Element e of a token vector (stride in elements). */
-static __device__ __forceinline__ uint32_t load_elem(const char *vec, int32_t dtype, int e, int stride)
+/* Element e of a token vector (stride in elements), where `ok` (else 0). */
+static __device__ __forceinline__ uint32_t load_elem(const char *vec, int32_t dtype, int e, int stride, int ok)
 {
-    return load_bits(vec, dtype, (int64_t)(e * stride));
+    return load_bits_if(vec, dtype, (int64_t)(e * stride), ok);
 }
 
 static __device__ __forceinline__ void store_elem(const char *vec, int32_t dtype, int e, int stride, float x)
@@ -389,18 +397,16 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
                                                           << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
                             : NULL;
     tb->beta = load_bits(p->beta, p->beta_dtype, row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
-    tb->A = gated && p->A_log ? load_bits(p->A_log, p->A_log_dtype, h * p->A_log_stride) : 0u;
+    tb->A = load_bits_if(p->A_log, p->A_log_dtype, h * p->A_log_stride, gated && p->A_log);
 #pragma unroll
     for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
-        const int e = base + tid + i * nthreads;
-        tb->q[i] = tb->k[i] = tb->g[i] = tb->bias[i] = 0u; /* zero bits are 0.0 in every dtype */
-        if (e < w->K) {
-            tb->q[i] = load_elem(qv, p->q_dtype, e, (int)p->q_stride[3]);
-            tb->k[i] = load_elem(kv, p->k_dtype, e, (int)p->k_stride[3]);
-            tb->g[i] = load_elem(gv, p->g_dtype, e, (int)p->g_stride[3]);
-            if (biased)
-                tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1]);
-        }
+        tb->q[i] = tb->k[i] = tb->g[i] = tb->bias[i] = 0u;
+        if (base + i * nthreads >= w->K) continue; /* the same for the whole CTA: no branch per thread */
+        const int e = base + tid + i * nthreads, in = e < w->K; /* 0 bits past K */
+        tb->q[i] = load_elem(qv, p->q_dtype, e, (int)p->q_stride[3], in);
+        tb->k[i] = load_elem(kv, p->k_dtype, e, (int)p->k_stride[3], in);
+        tb->g[i] = load_elem(gv, p->g_dtype, e, (int)p->g_stride[3], in);
+        tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1], in && biased);
     }
 }
 
@@ -507,7 +513,7 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
 #pragma unroll
     for (int c = 0; c < NC; c++) {
         const int j = tile_col(w, c, V_FIRST, VEC);
-        vbits[c] = j < w->V ? load_elem(vv, p->v_dtype, j, (int)p->v_stride[3]) : 0u;
+        vbits[c] = load_elem(vv, p->v_dtype, j, (int)p->v_stride[3], j < w->V);
     }
 }
 
@@ -687,8 +693,8 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
                                                   const int V_FIRST, const int VEC, const int NR, const int NC,
                                                   const int D128)
 {
-    const uint32_t head = blockIdx.x / (uint32_t)p->ctas_per_head;
-    const int slab = (int)(blockIdx.x - head * (uint32_t)p->ctas_per_head) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const uint32_t head = blockIdx.x; /* the grid is heads x ctas_per_head */
+    const int slab = (int)blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int64_t n, h;
     split_head(p, head, &n, &h);
     const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, D128);
@@ -736,8 +742,8 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
                                                          const int V_FIRST)
 {
     const int NR = PK_NR, NC = PK_NC, VEC = 8;
-    const uint32_t head = blockIdx.x / (uint32_t)p->ctas_per_head;
-    const int slab = (int)(blockIdx.x - head * (uint32_t)p->ctas_per_head) * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const uint32_t head = blockIdx.x; /* the grid is heads x ctas_per_head */
+    const int slab = (int)blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int64_t n, h;
     split_head(p, head, &n, &h);
     const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, 1);
@@ -1144,12 +1150,12 @@ static const decode_variant decode_stream_variants[] = {DECODE_STREAM_VARIANTS(D
 /* Launches `kernel` on the stream; with `pdl`, as a programmatic dependent of the kernel before
  * it: the launch overlaps that kernel's tail, and wait_for_prior_grid keeps the order of memory
  * (measured 0.6-0.8 us less per call at small batches in a graph of decodes; docs/decode-notes.md). */
-static cudaError_t launch_decode_kernel(decode_kernel_fn kernel, unsigned blocks, unsigned threads, size_t smem,
+static cudaError_t launch_decode_kernel(decode_kernel_fn kernel, dim3 grid, unsigned threads, size_t smem,
                                         cudaStream_t stream, const fkda_decode_params *p, int pdl)
 {
     cudaLaunchConfig_t cfg;
     memset(&cfg, 0, sizeof cfg);
-    cfg.gridDim = dim3(blocks, 1, 1);
+    cfg.gridDim = grid;
     cfg.blockDim = dim3(threads, 1, 1);
     cfg.dynamicSmemBytes = smem;
     cfg.stream = stream;
@@ -1253,7 +1259,7 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         p->warps_per_head = DECODE_MAX_WARPS_PER_CTA;
         p->warps_per_cta = DECODE_MAX_WARPS_PER_CTA;
         p->ctas_per_head = 1;
-        err = launch_decode_kernel(sv->kernel, (unsigned)ctas, 32 * DECODE_MAX_WARPS_PER_CTA, smem, stream_arg, p, pdl);
+        err = launch_decode_kernel(sv->kernel, dim3((unsigned)ctas, 1, 1), 32 * DECODE_MAX_WARPS_PER_CTA, smem, stream_arg, p, pdl);
         if (err != cudaSuccess) {
             (void)cudaGetLastError(); /* leave no sticky error for a later, unrelated check */
             return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of %s: %s", sv->name, cudaGetErrorString(err));
@@ -1276,9 +1282,8 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         while (per_cta > 1 && 3 * heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
         p->warps_per_cta = per_cta;
         p->ctas_per_head = (p->warps_per_head + per_cta - 1) / per_cta;
-        const int64_t blocks = heads * p->ctas_per_head;
-        if (blocks > 0x7fffffff) return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
-        const cudaError_t err = launch_decode_kernel(kernel, (unsigned)blocks, 32 * per_cta, 0, stream_arg, p, pdl);
+        const cudaError_t err =
+            launch_decode_kernel(kernel, dim3((unsigned)heads, (unsigned)p->ctas_per_head, 1), 32 * per_cta, 0, stream_arg, p, pdl);
         if (err != cudaSuccess) {
             (void)cudaGetLastError();
             return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of the packed kernel: %s", cudaGetErrorString(err));
@@ -1287,8 +1292,10 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     }
 
     /* Small batches of dense heads (fewer heads than SMs): narrow tiles, 32 values per lane and
-     * 16 warps per head, so that each warp's path (the time at these sizes) is shorter. */
-    int narrow = dense128 && heads < sm_count;
+     * 16 warps per head, so that each warp's path (the time at these sizes) is shorter. bf16 only
+     * below an eighth of the SMs: measured on an H200, narrow bf16 took 5.70 us against 6.52 at
+     * 8 heads, but 6.43 against 6.30 at 32 and 7.96 against 6.89 at 64. */
+    int narrow = dense128 && (p->state_bf16 ? 8 * heads < sm_count : heads < sm_count);
     const char *knob_narrow = getenv("FKDA_DECODE_NARROW");
     if (knob_narrow && (strcmp(knob_narrow, "0") == 0 || strcmp(knob_narrow, "1") == 0))
         narrow = dense128 && knob_narrow[0] == '1';
@@ -1320,10 +1327,9 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         per_cta = atoi(knob_warps);
     p->warps_per_cta = per_cta;
     p->ctas_per_head = (p->warps_per_head + per_cta - 1) / per_cta;
-    const int64_t blocks = heads * p->ctas_per_head;
-    if (blocks > 0x7fffffff) return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
 
-    const cudaError_t err = launch_decode_kernel(var->kernel, (unsigned)blocks, 32 * per_cta, 0, stream_arg, p, pdl);
+    const cudaError_t err =
+        launch_decode_kernel(var->kernel, dim3((unsigned)heads, (unsigned)p->ctas_per_head, 1), 32 * per_cta, 0, stream_arg, p, pdl);
     if (err != cudaSuccess) {
         (void)cudaGetLastError();
         return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of %s: %s", var->name, cudaGetErrorString(err));
