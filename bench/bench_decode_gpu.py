@@ -289,6 +289,9 @@ def main():
         if os.environ.get("FKDA_BENCH_SWEEP_WARPS") == "1":
             configs += [(f"plain {w}w", {"FKDA_DECODE_STREAM": "0", "FKDA_DECODE_WARPS_PER_CTA": w})
                         for w in ("1", "2", "4", "8")]
+        if os.environ.get("FKDA_BENCH_SWEEP_CONFIGS"):  # e.g. "default,no PDL": only these columns
+            wanted = os.environ["FKDA_BENCH_SWEEP_CONFIGS"].split(",")
+            configs = [c for c in configs if c[0] in wanted]
         sweep = ["", "Kernel families, warps per CTA and programmatic dependent launch forced (FKDA_DECODE_STREAM, "
                  "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, FKDA_DECODE_PIPELINE, FKDA_DECODE_NARROW), "
                  "ours us:", "",
@@ -297,20 +300,24 @@ def main():
         print("\n".join(sweep), flush=True)
         knobs = ("FKDA_DECODE_STREAM", "FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_PACKED",
                  "FKDA_DECODE_PIPELINE", "FKDA_DECODE_NARROW")
-        for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
-            for B, H in ((1, 32), (1, 8), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32)):
-                cells = []
-                for _, env in configs:
-                    for kn in knobs:
-                        os.environ.pop(kn, None)
-                    os.environ.update(env)
-                    t_ours, _, _, _, _ = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen, with_fla=False)
-                    cells.append(f"{t_ours * 1e6:.2f}")
+        cases = [(d, B, H) for d in ("fp32", "bf16")
+                 for B, H in ((1, 32), (1, 8), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32))]
+        if os.environ.get("FKDA_BENCH_SWEEP_CASES"):  # e.g. "fp32,64,32 bf16,1,32"
+            cases = [(d, int(B), int(H)) for d, B, H in (c.split(",") for c in os.environ["FKDA_BENCH_SWEEP_CASES"].split())]
+        for pname, B, H in cases:
+            pool_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[pname]
+            cells = []
+            for _, env in configs:
                 for kn in knobs:
                     os.environ.pop(kn, None)
-                row = f"| {pname} | {B} | {H} | " + " | ".join(cells) + " |"
-                sweep.append(row)
-                print(row, flush=True)
+                os.environ.update(env)
+                t_ours, _, _, _, _ = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen, with_fla=False)
+                cells.append(f"{t_ours * 1e6:.2f}")
+            for kn in knobs:
+                os.environ.pop(kn, None)
+            row = f"| {pname} | {B} | {H} | " + " | ".join(cells) + " |"
+            sweep.append(row)
+            print(row, flush=True)
     text = "\n".join(lines + table + hot + sweep) + "\n"
     if args.out:
         with open(args.out, "w") as f:
