@@ -1236,13 +1236,14 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     const int pdl = cc_major == 9 && !(knob_pdl && strcmp(knob_pdl, "0") == 0);
     const char *knob_warps = getenv("FKDA_DECODE_WARPS_PER_CTA");
 
-    /* Large batches of dense fp32 heads on sm_90 stream through shared memory
-     * (decode_stream_cta): from 4 heads per SM on, where the ring's prologue is a small part
-     * of the call. */
+    /* The streaming kernel (decode_stream_cta: dense fp32 heads on sm_90 through a shared-memory
+     * ring) only on request, FKDA_DECODE_STREAM=1: once the plain kernel's staging skipped empty
+     * key slots, plain measured faster at every large batch on the H100 (105.9 against 110.8 us
+     * at B*H = 2048, 1553 against 1612 at 32768; docs/decode-notes.md). */
     const char *knob_pipeline = getenv("FKDA_DECODE_PIPELINE");
     p->pipeline_inputs = !(knob_pipeline && strcmp(knob_pipeline, "0") == 0);
     const int streamable = dense128 && !p->state_bf16 && cc_major == 9;
-    int stream = streamable && heads >= 4 * (int64_t)sm_count;
+    int stream = 0;
     if (knob_stream && (strcmp(knob_stream, "0") == 0 || strcmp(knob_stream, "1") == 0))
         stream = streamable && knob_stream[0] == '1';
     if (stream) {
