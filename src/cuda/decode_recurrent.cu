@@ -1,6 +1,6 @@
 /*
  * decode_recurrent.cu: the CUDA decode (fla's fused_recurrent_kda on a state pool), one kernel
- * in fourteen plain, two packed and two streaming specialisations, and its launch.
+ * in fourteen plain, two packed and two (opt-in) streaming specialisations, and its launch.
  *
  * Per sequence n, value head h and token t (the state S is K x V, fp32 in registers):
  *
@@ -17,7 +17,12 @@
  * the CTA stages q, k and exp(a) once into shared memory (the gate's exp, sigmoid and log1p once
  * per key, not once per warp) behind one __syncthreads, while the state's loads are in flight.
  * Small batches split a head over several CTAs (down to one warp each), so that they spread
- * over every SM: there the time is latency, not bandwidth.
+ * over every SM: there the time is latency, not bandwidth, and each warp's path is the time
+ * (fewer heads than SMs take "narrow" tiles of 32 values per lane, 16 warps per head).
+ * Large one-token batches of bf16 pools keep the state as bf16 pairs (the packed kernel), so
+ * that a head needs half the registers and twice the bytes are in flight per SM. On sm_90 every
+ * kernel is a programmatic dependent launch: it starts while the kernel before it finishes and
+ * waits (griddepcontrol) before its first load.
  *
  * Inside a warp, `lanes_k` (KL) lanes share each column and split the K rows between them; the
  * other 32 / KL lanes take different columns. State loads and stores are 16 bytes per lane
@@ -31,7 +36,7 @@
  *       lanes so that they read one contiguous run; columns are value rows jl + (32/KL)*c.
  *       The reduction runs across the low kl bits (xor 1..KL/2).
  *
- * Each lane keeps 64 state values (NR rows x NC columns) in registers for the whole call, so
+ * Each lane keeps 64 state values (32 in narrow tiles; NR rows x NC columns) in registers for the whole call, so
  * a speculative-decoding call with T tokens reads the state once and writes it once per token
  * only where 2-D state_indices ask for it. A scalar variant (VEC = 1, any strides) serves pools
  * whose pointer, strides or sizes do not allow 16-byte vectors.
@@ -889,13 +894,16 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
 
 /* ---- the streaming variant: persistent CTAs, each head's state prefetched into shared memory */
 
-/* Large batches of dense 128 heads on sm_90. The plain kernel's CTAs each wait for their
- * state (an index load, then the state's loads) before they compute, so part of every CTA's
- * life moves no bytes, and the pool streams at ~1.2x the floor. Here a CTA stays resident and
- * walks heads blockIdx.x, + gridDim.x, ...: one thread resolves the slot of a head
- * DECODE_STREAM_BUFS - 1 heads ahead and starts a bulk copy of its whole state (one contiguous
- * block) into a shared-memory ring, so that DRAM always has the next heads' bytes in flight
- * while the CTA computes the current one from registers. */
+/* Large batches of dense 128 fp32 heads on sm_90, on request (FKDA_DECODE_STREAM=1). The plain
+ * kernel's CTAs each wait for their state (an index load, then the state's loads) before they
+ * compute, so part of every CTA's life moves no bytes. Here a CTA stays resident and walks heads
+ * blockIdx.x, + gridDim.x, ...: one thread resolves the slot of a head DECODE_STREAM_BUFS - 1
+ * heads ahead and starts a bulk copy of its whole state (one contiguous block) into a
+ * shared-memory ring, so that DRAM always has the next heads' bytes in flight while the CTA
+ * computes the current one from registers, and every thread loads the next head's token inputs
+ * while it works on this one. It was the default for large fp32 batches until the plain
+ * kernel's staging got shorter and measured faster on the H100 (docs/decode-notes.md, run 11);
+ * kept, tested and benchmarked as the alternative for GPUs where the balance differs. */
 #define DECODE_STREAM_BUFS 3 /* ring slots per CTA: 3 x 64 KB (fp32), so one CTA per SM */
 
 typedef struct stream_ring {
