@@ -17,7 +17,15 @@ batches with one pool reused by every step, which is what an L2-resident state g
 The floor is the state bytes read and written over the copy bandwidth measured in the same run
 (a large device-to-device copy, bytes read plus bytes written).
 
-    python3 bench/bench_decode_gpu.py [--out results.md] [--quick] [--sweep]
+Ours launches as a programmatic dependent launch on sm_90 (PDL: in the graph each call's launch
+overlaps the tail of the call before it, which fla's kernels do not do); every row also times ours
+with FKDA_DECODE_PDL=0, the launch a call gets when the kernel before it is not a PDL launch.
+
+    python3 bench/bench_decode_gpu.py [--out results.md] [--quick] [--sweep | --sweep-only]
+
+--sweep adds a table of ours with each kernel family or knob forced (decode_recurrent.cu's
+FKDA_DECODE_* knobs); FKDA_BENCH_SWEEP_CASES="fp32,64,32 bf16,1,32" and
+FKDA_BENCH_SWEEP_CONFIGS="default,stream" narrow it, FKDA_BENCH_SWEEP_WARPS=1 adds CTA sizes.
     python3 bench/bench_decode_gpu.py --profile fp32,1,32   # two calls of each library, no graph,
                                                              # for ncu (one pool dtype, B, H)
 """
