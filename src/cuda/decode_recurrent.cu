@@ -145,7 +145,7 @@ static __device__ __forceinline__ int64_t load_index(const void *base, int32_t d
     return ((const int32_t *)base)[i];
 }
 
-/* ---- state vectors: VEC consecutive elements, 16 bytes when VEC > 1 ---------------------- */
+/* ---- state vectors: VEC consecutive elements, 16 bytes when VEC > 1 (8 for 4 bf16) ------- */
 
 static __device__ __forceinline__ float bf16_bits_to_float(uint32_t bits) { return __uint_as_float(bits << 16); }
 
@@ -169,6 +169,10 @@ static __device__ __forceinline__ void load_state_vec(const void *base, int off,
 {
     if (VEC == 1) {
         x[0] = BF16 ? bf16_bits_to_float(((const unsigned short *)base)[off]) : ((const float *)base)[off];
+    } else if (BF16 && VEC == 4) { /* 8 bytes */
+        uint2 u = *(const uint2 *)((const unsigned short *)base + off);
+        x[0] = __uint_as_float(u.x << 16); x[1] = __uint_as_float(u.x & 0xffff0000u);
+        x[2] = __uint_as_float(u.y << 16); x[3] = __uint_as_float(u.y & 0xffff0000u);
     } else if (BF16) { /* VEC == 8 */
         uint4 u = *(const uint4 *)((const unsigned short *)base + off);
         x[0] = __uint_as_float(u.x << 16); x[1] = __uint_as_float(u.x & 0xffff0000u);
@@ -189,6 +193,8 @@ static __device__ __forceinline__ void store_state_vec(void *base, int off, cons
             ((__nv_bfloat16 *)base)[off] = __float2bfloat16_rn(x[0]);
         else
             ((float *)base)[off] = x[0];
+    } else if (BF16 && VEC == 4) {
+        *(uint2 *)((unsigned short *)base + off) = make_uint2(pack_bf16x2(x[0], x[1]), pack_bf16x2(x[2], x[3]));
     } else if (BF16) {
         uint4 u;
         u.x = pack_bf16x2(x[0], x[1]); u.y = pack_bf16x2(x[2], x[3]);
@@ -1091,8 +1097,8 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
 #define DECODE_VARIANTS(X)                            \
     X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1)           \
     X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1)           \
-    X(decode_bf16_kv_128, 1, 0, 8, 8, 8, 1)           \
-    X(decode_bf16_vk_128, 1, 1, 8, 8, 8, 1)           \
+    X(decode_bf16_kv_128, 1, 0, 4, 16, 4, 1)          \
+    X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1)          \
     X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1)     \
     X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1)     \
     X(decode_bf16_kv_128_narrow, 1, 0, 8, 4, 8, 1)    \
