@@ -128,10 +128,10 @@ static __device__ __forceinline__ const char *token_vector(const void *base, con
     return (const char *)base + (i << (dtype == FKDA_DTYPE_F32 ? 2 : 1));
 }
 
-/* Element e of a token vector (stride in elements), where `ok` (else 0). */
-static __device__ __forceinline__ uint32_t load_elem(const char *vec, int32_t dtype, int e, int stride, int ok)
+/* Element e of a token vector (stride in elements). */
+static __device__ __forceinline__ uint32_t load_elem(const char *vec, int32_t dtype, int e, int stride)
 {
-    return load_bits_if(vec, dtype, (int64_t)(e * stride), ok);
+    return load_bits(vec, dtype, (int64_t)(e * stride));
 }
 
 static __device__ __forceinline__ void store_elem(const char *vec, int32_t dtype, int e, int stride, float x)
@@ -421,10 +421,10 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
         /* A branch per thread, not loads predicated on e < K: predicated, they measured 9-22%
          * slower at large batches and 3-6% slower at B = 1 (H200). */
         if (e < w->K) {
-            tb->q[i] = load_elem(qv, p->q_dtype, e, (int)p->q_stride[3], 1);
-            tb->k[i] = load_elem(kv, p->k_dtype, e, (int)p->k_stride[3], 1);
-            tb->g[i] = load_elem(gv, p->g_dtype, e, (int)p->g_stride[3], 1);
-            if (biased) tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1], 1);
+            tb->q[i] = load_elem(qv, p->q_dtype, e, (int)p->q_stride[3]);
+            tb->k[i] = load_elem(kv, p->k_dtype, e, (int)p->k_stride[3]);
+            tb->g[i] = load_elem(gv, p->g_dtype, e, (int)p->g_stride[3]);
+            if (biased) tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1]);
         }
     }
 }
@@ -532,7 +532,7 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
 #pragma unroll
     for (int c = 0; c < NC; c++) {
         const int j = tile_col(w, c, V_FIRST, VEC);
-        vbits[c] = j < w->V ? load_elem(vv, p->v_dtype, j, (int)p->v_stride[3], 1) : 0u;
+        vbits[c] = j < w->V ? load_elem(vv, p->v_dtype, j, (int)p->v_stride[3]) : 0u;
     }
 }
 
@@ -542,14 +542,6 @@ typedef struct token_inputs {
     token_bits keys;
     uint32_t v[DECODE_MAX_C];
 } token_inputs;
-
-static __device__ __forceinline__ void load_token_inputs(const fkda_decode_params *p, const lane_tile *w, int64_t row,
-                                                         int64_t pos, int64_t h, token_inputs *ti, const int V_FIRST,
-                                                         const int VEC, const int NC)
-{
-    load_token_bits(p, w, row, pos, h, query_head(p, h), 0, &ti->keys, 0);
-    load_v(p, w, row, pos, h, ti->v, V_FIRST, VEC, NC);
-}
 
 /* This lane's place in the tile of a warp that owns slab `slab` of a head's columns. */
 static __device__ __forceinline__ lane_tile make_lane_tile(const fkda_decode_params *p, int slab, const int V_FIRST,
@@ -920,6 +912,15 @@ typedef struct stream_ring {
 /* The ring's helpers use sm_90 instructions (bulk copies, mbarrier transactions); the sm_80
  * pass compiles none of the streaming code. */
 #if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900
+/* Loads a token's inputs (token_inputs) a head early, for decode_stream_cta. */
+static __device__ __forceinline__ void load_token_inputs(const fkda_decode_params *p, const lane_tile *w, int64_t row,
+                                                         int64_t pos, int64_t h, token_inputs *ti, const int V_FIRST,
+                                                         const int VEC, const int NC)
+{
+    load_token_bits(p, w, row, pos, h, query_head(p, h), 0, &ti->keys, 0);
+    load_v(p, w, row, pos, h, ti->v, V_FIRST, VEC, NC);
+}
+
 /* What thread 0 fetches for one of its heads an iteration before it issues the head's copy:
  * the raw loads only (the sequence bounds and the slot, as stored), so that nothing waits on
  * them until stream_pending_slot runs an iteration later. (2-D indices with accepted counts
