@@ -1102,7 +1102,7 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
     X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1)          \
     X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1)     \
     X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1)     \
-    X(decode_bf16_kv_128_narrow, 1, 0, 8, 4, 8, 1)    \
+    X(decode_bf16_kv_128_narrow, 1, 0, 4, 8, 4, 1)    \
     X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1)    \
     X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0)           \
     X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0)           \
@@ -1317,9 +1317,9 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
 
     /* Small batches of dense heads (fewer heads than SMs): narrow tiles, 32 values per lane and
      * 16 warps per head, so that each warp's path (the time at these sizes) is shorter. bf16 only
-     * below an eighth of the SMs: measured on an H200, narrow bf16 took 5.70 us against 6.52 at
-     * 8 heads, but 6.43 against 6.30 at 32 and 7.96 against 6.89 at 64. */
-    int narrow = dense128 && (p->state_bf16 ? 8 * heads < sm_count : heads < sm_count);
+     * below a quarter of the SMs: measured on the H100 (8 x 4 bf16 tiles), narrow bf16 took 4.82
+     * us against 5.90 at 8 heads and 5.20 against 5.55 at 32, but 7.14 against 6.22 at 64. */
+    int narrow = dense128 && (p->state_bf16 ? 4 * heads < sm_count : heads < sm_count);
     const char *knob_narrow = getenv("FKDA_DECODE_NARROW");
     if (knob_narrow && (strcmp(knob_narrow, "0") == 0 || strcmp(knob_narrow, "1") == 0))
         narrow = dense128 && knob_narrow[0] == '1';
