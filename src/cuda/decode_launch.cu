@@ -100,7 +100,7 @@ extern "C" fkda_status fkda_cuda_decode(const fkda_problem *p, void *workspace, 
     int current = -1;
     FKDA_CUDA_TRY(cudaGetDevice(&current));
     if (current != p->device.index) FKDA_CUDA_TRY(cudaSetDevice(p->device.index));
-    fkda_status s = fkda_decode_recurrent_launch(&k, prop->multiProcessorCount, prop->major,
+    fkda_status s = fkda_decode_recurrent_launch(&k, prop->multiProcessorCount, prop->major, prop->l2CacheSize,
                                                  (cudaStream_t)p->device.stream);
     if (current != p->device.index) FKDA_CUDA_TRY(cudaSetDevice(current));
     return s;

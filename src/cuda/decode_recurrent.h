@@ -68,7 +68,8 @@ typedef struct fkda_decode_params {
 /* Picks the kernel variant and the geometry for a device of `sm_count` SMs and compute
  * capability `cc_major`.x, fills the last fields of *p and launches on the stream
  * (asynchronously, nothing allocated). Returns FKDA_ERROR_DEVICE on a launch error. */
-fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int sm_count, int cc_major, cudaStream_t stream);
+fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int sm_count, int cc_major, int64_t l2_bytes,
+                                         cudaStream_t stream);
 
 #ifdef __cplusplus
 }
