@@ -1,6 +1,6 @@
 /*
  * decode_recurrent.cu: the CUDA decode (fla's fused_recurrent_kda on a state pool), one kernel
- * in fourteen plain, two packed and two (opt-in) streaming specialisations, and its launch.
+ * in twenty plain, four packed and two (opt-in) streaming specialisations, and its launch.
  *
  * Per sequence n, value head h and token t (the state S is K x V, fp32 in registers):
  *
@@ -22,11 +22,13 @@
  * Large one-token batches of bf16 pools keep the state as bf16 pairs (the packed kernel), so
  * that a head needs half the registers and twice the bytes are in flight per SM. On sm_90 every
  * kernel is a programmatic dependent launch: it starts while the kernel before it finishes and
- * waits (griddepcontrol) before its first load.
+ * waits (griddepcontrol) before its first load. The state's stores are streaming (evict-first
+ * in L2), and so are its loads when the pool is small next to L2 (kernels compiled both ways).
  *
  * Inside a warp, `lanes_k` (KL) lanes share each column and split the K rows between them; the
  * other 32 / KL lanes take different columns. State loads and stores are 16 bytes per lane
- * (4 fp32 or 8 bf16 values along the contiguous dimension of the layout):
+ * (4 fp32 or 8 bf16 values along the contiguous dimension of the layout; 8 bytes, 4 bf16 values,
+ * in the dense bf16 [K, V] tiles, which so hold 4 columns per lane like the fp32 ones):
  *
  *   [K, V] layout (V contiguous): lane = vl + (32/KL) * kl. Register row r is key kl + KL*r;
  *       the lane's columns are one or more 16-byte vectors along V. A warp load covers KL rows,
@@ -36,10 +38,10 @@
  *       lanes so that they read one contiguous run; columns are value rows jl + (32/KL)*c.
  *       The reduction runs across the low kl bits (xor 1..KL/2).
  *
- * Each lane keeps 64 state values (32 in narrow tiles; NR rows x NC columns) in registers for the whole call, so
- * a speculative-decoding call with T tokens reads the state once and writes it once per token
- * only where 2-D state_indices ask for it. A scalar variant (VEC = 1, any strides) serves pools
- * whose pointer, strides or sizes do not allow 16-byte vectors.
+ * Each lane keeps 64 state values (32 in narrow tiles; NR rows x NC columns) in registers for
+ * the whole call, so a speculative-decoding call with T tokens reads the state once and writes
+ * it once per token only where 2-D state_indices ask for it. A scalar variant (VEC = 1, any
+ * strides) serves pools whose pointer, strides or sizes do not allow 16-byte vectors.
  *
  * Never-trusted device inputs: cu_seqlens bounds are clamped into [0, T]; an accepted-token
  * count into [1, T_max]; a slot outside [0, P) skips the sequence (reads) or the write.
