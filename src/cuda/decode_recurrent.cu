@@ -167,9 +167,9 @@ static __device__ __forceinline__ void *state_at(const void *pool, int64_t off, 
 
 /* Cache hints for the pool's vectors. A call reads each state once and writes it once, so its
  * stores are streaming (st.global.cs: evict-first in L2; on the H100 0.5-2% faster at every size)
- * and so are its loads (ld.global.cs) while the pool is small next to L2 (6-8% faster at 34-67
- * MB of fp32 state, even at 268 MB, 4% slower at 1 GB): the launch picks a kernel compiled
- * with or without them (LOAD_EF).
+ * and so are its loads (ld.global.cs) while the pool is small next to L2 (3-8% faster for 17-34
+ * MB of state, 1-2% for 67 MB; 1% slower for 134 MB, 5% for 537 MB): the launch picks a kernel
+ * compiled with or without them (LOAD_EF).
  *
  * Loads VEC state elements starting at element `off` (scalar: one element at off); the vectors
  * as streaming loads with STREAM (global memory only). */
@@ -1295,8 +1295,8 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     const char *knob_pipeline = getenv("FKDA_DECODE_PIPELINE");
     p->pipeline_inputs = !(knob_pipeline && strcmp(knob_pipeline, "0") == 0);
     /* Streaming (evict-first) loads of the state while the heads' states (as if every slot were
-     * live) take at most twice the L2: on the H100 (50 MB of L2), 6-8% faster at 34 and 67 MB of
-     * fp32 state, even at 268 MB, 4% slower at 1 GB (load_state_vec). */
+     * live) take at most twice the L2: on the H100 (50 MB of L2), faster up to 67 MB of state,
+     * slower from 134 MB (load_state_vec; docs/decode-notes.md, run 17). */
     const int64_t state_bytes = heads * p->K * p->V * (p->state_bf16 ? 2 : 4);
     int load_ef = state_bytes <= 2 * l2_bytes;
     const char *knob_load_ef = getenv("FKDA_DECODE_LOAD_EF");
