@@ -10,7 +10,8 @@
 #                  FKDA_DECODE_PACKED=1, 0), without programmatic dependent launch (FKDA_DECODE_PDL=0),
 #                  streaming without the input pipeline (FKDA_DECODE_PIPELINE=0), narrow fp32 tiles
 #                  forced on and off (FKDA_DECODE_NARROW=1, 0), the state's loads with and without
-#                  the evict-first hint (FKDA_DECODE_LOAD_EF=1, 0); packed and narrow also sanitized
+#                  the evict-first hint (FKDA_DECODE_LOAD_EF=1, 0), all-bf16 tokens through the
+#                  generic kernels (FKDA_DECODE_BF16_TOKENS=0); packed and narrow also sanitized
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
 #   profile-decode ncu on one decode call of ours and of fla (B=1 H=32, fp32 and bf16 pools, or
 #                  $FKDA_PROFILE_CASES="fp32,64,32 ..."; FKDA_PROFILE_WHO=ours for ours only): speed of light, warp states, and the
@@ -92,6 +93,7 @@ for step in "${steps[@]}"; do
     FKDA_DECODE_PACKED=0 run_step decode-unpacked build/gpu/test_decode_cuda
     FKDA_DECODE_LOAD_EF=0 run_step decode-plain-loads build/gpu/test_decode_cuda
     FKDA_DECODE_LOAD_EF=1 run_step decode-ef-loads build/gpu/test_decode_cuda
+    FKDA_DECODE_BF16_TOKENS=0 run_step decode-generic-tokens build/gpu/test_decode_cuda
     for tool in memcheck racecheck; do
       FKDA_DECODE_PACKED=1 FKDA_DECODE_NARROW=1 run_step decode-packed-narrow-$tool \
         compute-sanitizer --tool $tool --error-exitcode 1 build/gpu/test_decode_cuda --small

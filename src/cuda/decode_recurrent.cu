@@ -1,6 +1,6 @@
 /*
  * decode_recurrent.cu: the CUDA decode (fla's fused_recurrent_kda on a state pool), one kernel
- * in twenty plain, four packed and two (opt-in) streaming specialisations, and its launch.
+ * in twenty-four plain, four packed and two (opt-in) streaming specialisations, and its launch.
  *
  * Per sequence n, value head h and token t (the state S is K x V, fp32 in registers):
  *
@@ -401,6 +401,12 @@ typedef struct staged_token {
 
 #define DECODE_KEYS_PER_THREAD 4
 
+/* The dtype of a token tensor (q, k, v, g, beta, out) in a kernel compiled for all-bf16 tokens
+ * (TOK: the common call of a bf16 model) or read at run time (every other combination). A
+ * compile-time dtype leaves one load per element and a shift to convert it, where the run-time
+ * one needs both load widths and every conversion. */
+#define TOKEN_DTYPE(p, field, TOK) ((TOK) ? (int32_t)FKDA_DTYPE_BF16 : (p)->field)
+
 /* The raw bits of the inputs one thread stages in one round of stage_token: keys base + tid +
  * i * blockDim of q, k, g and dt_bias (zero past K), and beta's and A_log's. Loaded as one batch
  * (nothing waits on them until stage_token converts them), so a caller can issue them early. */
@@ -412,17 +418,17 @@ typedef struct token_bits {
 
 static __device__ __forceinline__ void load_token_bits(const fkda_decode_params *p, const lane_tile *w, int64_t row,
                                                        int64_t pos, int64_t h, int64_t hq, int base, token_bits *tb,
-                                                       int skip_empty_slots)
+                                                       int skip_empty_slots, const int TOK)
 {
     const int tid = threadIdx.x, nthreads = blockDim.x;
-    const char *qv = token_vector(p->q, p->q_stride, p->q_dtype, row, pos, hq);
-    const char *kv = token_vector(p->k, p->k_stride, p->k_dtype, row, pos, hq);
-    const char *gv = token_vector(p->g, p->g_stride, p->g_dtype, row, pos, h);
+    const char *qv = token_vector(p->q, p->q_stride, TOKEN_DTYPE(p, q_dtype, TOK), row, pos, hq);
+    const char *kv = token_vector(p->k, p->k_stride, TOKEN_DTYPE(p, k_dtype, TOK), row, pos, hq);
+    const char *gv = token_vector(p->g, p->g_stride, TOKEN_DTYPE(p, g_dtype, TOK), row, pos, h);
     const int gated = p->gate != FKDA_GATE_NONE, biased = gated && p->dt_bias;
     const char *bv = biased ? (const char *)p->dt_bias + ((h * p->dt_bias_stride[0])
                                                           << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
                             : NULL;
-    tb->beta = load_bits(p->beta, p->beta_dtype, row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
+    tb->beta = load_bits(p->beta, TOKEN_DTYPE(p, beta_dtype, TOK), row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
     tb->A = load_bits_if(p->A_log, p->A_log_dtype, h * p->A_log_stride, gated && p->A_log);
 #pragma unroll
     for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
@@ -435,9 +441,9 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
         /* A branch per thread, not loads predicated on e < K: predicated, they measured 9-22%
          * slower at large batches and 3-6% slower at B = 1 (H200). */
         if (e < w->K) {
-            tb->q[i] = load_elem(qv, p->q_dtype, e, (int)p->q_stride[3]);
-            tb->k[i] = load_elem(kv, p->k_dtype, e, (int)p->k_stride[3]);
-            tb->g[i] = load_elem(gv, p->g_dtype, e, (int)p->g_stride[3]);
+            tb->q[i] = load_elem(qv, TOKEN_DTYPE(p, q_dtype, TOK), e, (int)p->q_stride[3]);
+            tb->k[i] = load_elem(kv, TOKEN_DTYPE(p, k_dtype, TOK), e, (int)p->k_stride[3]);
+            tb->g[i] = load_elem(gv, TOKEN_DTYPE(p, g_dtype, TOK), e, (int)p->g_stride[3]);
             if (biased) tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1]);
         }
     }
@@ -454,7 +460,7 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
 static __device__ __forceinline__ staged_token stage_token(const fkda_decode_params *p, const lane_tile *w,
                                                            int64_t row, int64_t pos, int64_t h, int64_t hq,
                                                            stage_buffer *sb, const token_bits *first, int use_first,
-                                                           const int V_FIRST, const int VEC, const int NR)
+                                                           const int V_FIRST, const int VEC, const int NR, const int TOK)
 {
     const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31, warp = tid >> 5;
     const int rows = w->KL * NR; /* keys the lanes' registers cover; K <= rows <= 256 */
@@ -466,7 +472,7 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
         if (base == 0 && use_first)
             tb = *first;
         else
-            load_token_bits(p, w, row, pos, h, hq, base, &tb, 1);
+            load_token_bits(p, w, row, pos, h, hq, base, &tb, 1, TOK);
         if (base == 0) beta_bits = tb.beta;
         const uint32_t *qb = tb.q, *kb = tb.k, *gb = tb.g, *bb = tb.bias;
         const uint32_t A_bits = tb.A;
@@ -475,8 +481,8 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
         for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
             const int e = base + tid + i * nthreads;
             if (e >= rows) continue;
-            const float q = bits_to_float(qb[i], p->q_dtype), k = bits_to_float(kb[i], p->k_dtype);
-            float a = bits_to_float(gb[i], p->g_dtype);
+            const float q = bits_to_float(qb[i], TOKEN_DTYPE(p, q_dtype, TOK)), k = bits_to_float(kb[i], TOKEN_DTYPE(p, k_dtype, TOK));
+            float a = bits_to_float(gb[i], TOKEN_DTYPE(p, g_dtype, TOK));
             if (gated) {
                 a += bits_to_float(bb[i], p->dt_bias_dtype);
                 a = p->gate == FKDA_GATE_LOWER_BOUND ? p->lower_bound * sigmoidf_(weight * a) : -weight * softplusf_(a);
@@ -514,7 +520,7 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
         st.kf = 1.0f / sqrtf(ssk + 1e-6f);
     }
     st.kq = qk * st.qf * st.kf;
-    float beta = bits_to_float(beta_bits, p->beta_dtype);
+    float beta = bits_to_float(beta_bits, TOKEN_DTYPE(p, beta_dtype, TOK));
     if (p->use_beta_sigmoid) beta = (p->allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
     st.beta = beta;
     return st;
@@ -540,13 +546,13 @@ static __device__ __forceinline__ int64_t query_head(const fkda_decode_params *p
 /* The bits of this lane's columns of v at one token. */
 static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const lane_tile *w, int64_t row,
                                               int64_t pos, int64_t h, uint32_t *vbits, const int V_FIRST,
-                                              const int VEC, const int NC)
+                                              const int VEC, const int NC, const int TOK)
 {
-    const char *vv = token_vector(p->v, p->v_stride, p->v_dtype, row, pos, h);
+    const char *vv = token_vector(p->v, p->v_stride, TOKEN_DTYPE(p, v_dtype, TOK), row, pos, h);
 #pragma unroll
     for (int c = 0; c < NC; c++) {
         const int j = tile_col(w, c, V_FIRST, VEC);
-        vbits[c] = j < w->V ? load_elem(vv, p->v_dtype, j, (int)p->v_stride[3]) : 0u;
+        vbits[c] = j < w->V ? load_elem(vv, TOKEN_DTYPE(p, v_dtype, TOK), j, (int)p->v_stride[3]) : 0u;
     }
 }
 
@@ -605,15 +611,15 @@ static __device__ __forceinline__ int64_t read_slot(const fkda_decode_params *p,
 /* A skipped sequence: no state touched, its rows of out zeroed. */
 static __device__ __forceinline__ void zero_outputs(const fkda_decode_params *p, const lane_tile *w, int64_t row,
                                                     int64_t bos, int64_t len, int64_t h, const int V_FIRST,
-                                                    const int VEC, const int NC)
+                                                    const int VEC, const int NC, const int TOK)
 {
     if (w->kl != 0) return;
     for (int64_t t = 0; t < len; t++) {
-        const char *ov = token_vector(p->out, p->out_stride, p->out_dtype, row, bos + t, h);
+        const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, bos + t, h);
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             const int j = tile_col(w, c, V_FIRST, VEC);
-            if (j < w->V) store_elem(ov, p->out_dtype, j, (int)p->out_stride[3], 0.0f);
+            if (j < w->V) store_elem(ov, TOKEN_DTYPE(p, out_dtype, TOK), j, (int)p->out_stride[3], 0.0f);
         }
     }
 }
@@ -625,7 +631,7 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
                                                   int64_t n, int64_t h, int64_t row, int64_t bos, int64_t len,
                                                   int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C],
                                                   const token_inputs *first, int use_first, const int BF16, const int V_FIRST,
-                                                  const int VEC, const int NR, const int NC, const int D128)
+                                                  const int VEC, const int NR, const int NC, const int D128, const int TOK)
 {
     const lane_tile w = *wp;
     const int64_t hq = query_head(p, h);
@@ -642,10 +648,10 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
 #pragma unroll
             for (int c = 0; c < NC; c++) vbits[c] = first->v[c];
         } else {
-            load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC);
+            load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, TOK);
         }
         const staged_token tok =
-            stage_token(p, &w, row, pos, h, hq, sb, first ? &first->keys : NULL, t == 0 && use_first, V_FIRST, VEC, NR);
+            stage_token(p, &w, row, pos, h, hq, sb, first ? &first->keys : NULL, t == 0 && use_first, V_FIRST, VEC, NR, TOK);
         const float *lq = sb->q + w.kl * (NR + DECODE_ROW_PAD), *lk = sb->k + w.kl * (NR + DECODE_ROW_PAD),
                     *ld = sb->d + w.kl * (NR + DECODE_ROW_PAD); /* this lane's rows */
 
@@ -679,13 +685,13 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         }
         /* Delta rule and output: v' = b (v - S^T k), o = S^T q + (k . q) v', S += k v'^T. */
         float vk[DECODE_MAX_C]; /* kf * v', so that the update can use the unscaled k */
-        const char *ov = token_vector(p->out, p->out_stride, p->out_dtype, row, pos, h);
+        const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, pos, h);
 #pragma unroll
         for (int c = 0; c < NC; c++) {
-            const float vn = tok.beta * (bits_to_float(vbits[c], p->v_dtype) - tok.kf * pk[c]);
+            const float vn = tok.beta * (bits_to_float(vbits[c], TOKEN_DTYPE(p, v_dtype, TOK)) - tok.kf * pk[c]);
             vk[c] = tok.kf * vn;
             const int j = tile_col(&w, c, V_FIRST, VEC);
-            if (w.kl == 0 && j < w.V) store_elem(ov, p->out_dtype, j, (int)p->out_stride[3], fmaf(tok.kq, vn, tok.qf * pq[c]));
+            if (w.kl == 0 && j < w.V) store_elem(ov, TOKEN_DTYPE(p, out_dtype, TOK), j, (int)p->out_stride[3], fmaf(tok.kq, vn, tok.qf * pq[c]));
         }
 #pragma unroll
         for (int r4 = 0; r4 < NR; r4 += 4) {
@@ -716,7 +722,7 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
  * every __syncthreads. */
 static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, stage_buffer *smem, const int BF16,
                                                   const int V_FIRST, const int VEC, const int NR, const int NC,
-                                                  const int D128, const int LOAD_EF)
+                                                  const int D128, const int LOAD_EF, const int TOK)
 {
     const uint32_t head = blockIdx.x; /* the grid is heads x ctas_per_head */
     const int slab = (int)blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -729,12 +735,12 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     if (len <= 0) return;
     const int64_t slot = read_slot(p, n);
     if (slot < 0 || slot >= p->pool_size) {
-        zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC);
+        zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC, TOK);
         return;
     }
     float s[DECODE_MAX_R][DECODE_MAX_C];
     load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-    run_tokens(p, &w, smem, n, h, row, bos, len, slot, s, NULL, 0, BF16, V_FIRST, VEC, NR, NC, D128);
+    run_tokens(p, &w, smem, n, h, row, bos, len, slot, s, NULL, 0, BF16, V_FIRST, VEC, NR, NC, D128, TOK);
 }
 
 /* ---- the packed bf16 variant: one token per sequence, the state held as bf16 pairs -------- */
@@ -810,7 +816,7 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
     if (sequence_tokens(p, n, &row, &bos) <= 0) return;
     const int64_t slot = read_slot(p, n);
     if (slot < 0 || slot >= p->pool_size) {
-        zero_outputs(p, &w, row, bos, 1, h, V_FIRST, VEC, NC);
+        zero_outputs(p, &w, row, bos, 1, h, V_FIRST, VEC, NC, 0);
         return;
     }
 
@@ -826,8 +832,8 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
 
     const int64_t pos = bos, hq = query_head(p, h);
     uint32_t vbits[DECODE_MAX_C];
-    load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC);
-    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, NULL, 0, V_FIRST, VEC, NR);
+    load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, 0);
+    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, NULL, 0, V_FIRST, VEC, NR, 0);
     const float *lq = smem->q + w.kl * (NR + DECODE_ROW_PAD), *lk = smem->k + w.kl * (NR + DECODE_ROW_PAD),
                 *ld = smem->d + w.kl * (NR + DECODE_ROW_PAD);
 
@@ -944,8 +950,8 @@ static __device__ __forceinline__ void load_token_inputs(const fkda_decode_param
                                                          int64_t pos, int64_t h, token_inputs *ti, const int V_FIRST,
                                                          const int VEC, const int NC)
 {
-    load_token_bits(p, w, row, pos, h, query_head(p, h), 0, &ti->keys, 0);
-    load_v(p, w, row, pos, h, ti->v, V_FIRST, VEC, NC);
+    load_token_bits(p, w, row, pos, h, query_head(p, h), 0, &ti->keys, 0, 0);
+    load_v(p, w, row, pos, h, ti->v, V_FIRST, VEC, NC, 0);
 }
 
 /* What thread 0 fetches for one of its heads an iteration before it issues the head's copy:
@@ -1088,12 +1094,12 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
         const int64_t len = sequence_tokens(p, n, &row, &bos);
         if (len <= 0) continue;
         if (slot < 0) {
-            zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC);
+            zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC, 0);
             continue;
         }
         float s[DECODE_MAX_R][DECODE_MAX_C];
         load_tile_shared(&w, bufs + (size_t)b * head_bytes, s, BF16, V_FIRST, VEC, NR, NC);
-        run_tokens(p, &w, stage, n, h, row, bos, len, slot, s, &current, pipelined, BF16, V_FIRST, VEC, NR, NC, 1);
+        run_tokens(p, &w, stage, n, h, row, bos, len, slot, s, &current, pipelined, BF16, V_FIRST, VEC, NR, NC, 1, 0);
     }
 #else
     __trap(); /* never launched below sm_90 (fkda_decode_recurrent_launch checks) */
@@ -1119,39 +1125,44 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
 /* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
  * dense 128 (K = V = 128 and the state's rows 128 elements apart: every offset inside a head is
  * a compile-time constant plus one per lane; the common case, and the fastest), streaming
- * (evict-first) state loads. The "narrow" kernels (32 values per lane, 16 warps per head) serve
+ * (evict-first) state loads, all-bf16 token tensors (TOKEN_DTYPE; narrow tiles only: small batches,
+ * where each warp's path is the time). The "narrow" kernels (32 values per lane, 16 warps per head) serve
  * small batches, whose pools are small next to L2, so their loads are always streaming.
  * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two
  * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). */
-#define DECODE_VARIANTS(X)                            \
-    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1, 0)        \
-    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1, 0)        \
-    X(decode_bf16_kv_128, 1, 0, 4, 16, 4, 1, 0)       \
-    X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1, 0)       \
-    X(decode_f32_kv_128_ef, 0, 0, 4, 16, 4, 1, 1)     \
-    X(decode_f32_vk_128_ef, 0, 1, 4, 16, 4, 1, 1)     \
-    X(decode_bf16_kv_128_ef, 1, 0, 4, 16, 4, 1, 1)    \
-    X(decode_bf16_vk_128_ef, 1, 1, 8, 16, 4, 1, 1)    \
-    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1, 1)  \
-    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1, 1)  \
-    X(decode_bf16_kv_128_narrow, 1, 0, 4, 8, 4, 1, 1) \
-    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1, 1) \
-    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0, 0)        \
-    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0, 0)        \
-    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0, 0)        \
-    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0, 0)        \
-    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0, 0)     \
-    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0, 0)     \
-    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0, 0)    \
-    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 0, 0)
+#define DECODE_VARIANTS(X)                                   \
+    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1, 0, 0)            \
+    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1, 0, 0)            \
+    X(decode_bf16_kv_128, 1, 0, 4, 16, 4, 1, 0, 0)           \
+    X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1, 0, 0)           \
+    X(decode_f32_kv_128_ef, 0, 0, 4, 16, 4, 1, 1, 0)         \
+    X(decode_f32_vk_128_ef, 0, 1, 4, 16, 4, 1, 1, 0)         \
+    X(decode_bf16_kv_128_ef, 1, 0, 4, 16, 4, 1, 1, 0)        \
+    X(decode_bf16_vk_128_ef, 1, 1, 8, 16, 4, 1, 1, 0)        \
+    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1, 1, 0)      \
+    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1, 1, 0)      \
+    X(decode_bf16_kv_128_narrow, 1, 0, 4, 8, 4, 1, 1, 0)     \
+    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1, 1, 0)     \
+    X(decode_f32_kv_128_narrow_tok, 0, 0, 4, 8, 4, 1, 1, 1)  \
+    X(decode_f32_vk_128_narrow_tok, 0, 1, 4, 8, 4, 1, 1, 1)  \
+    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 1) \
+    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 1) \
+    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0, 0, 0)            \
+    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0, 0, 0)            \
+    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0, 0, 0)            \
+    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0, 0, 0)            \
+    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0, 0, 0)         \
+    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0, 0, 0)         \
+    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0, 0, 0)        \
+    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 0, 0, 0)
 
-#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF)                    \
+#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK)               \
     __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, 2)                           \
         name(const __grid_constant__ fkda_decode_params p)                                       \
     {                                                                                           \
         __shared__ stage_buffer decode_stage[2];                                                \
         wait_for_prior_grid();                                                                  \
-        decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);                \
+        decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK);           \
     }
 DECODE_VARIANTS(DECODE_DEFINE_KERNEL)
 
@@ -1197,13 +1208,14 @@ typedef struct decode_variant {
     const char *name;
     int bf16, v_first, vec, nr, nc, dense128;
     int load_ef; /* streaming (evict-first) state loads */
+    int tok;     /* compiled for all-bf16 token tensors (TOKEN_DTYPE) */
     int stream_per_sm; /* 0: a plain kernel; else a streaming one and its CTAs per SM */
 } decode_variant;
 
-#define DECODE_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF) \
-    {name, #name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, 0},
+#define DECODE_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK) \
+    {name, #name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, 0},
 #define DECODE_STREAM_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, PER_SM) \
-    {name, #name, BF16, V_FIRST, VEC, NR, NC, 1, 0, PER_SM},
+    {name, #name, BF16, V_FIRST, VEC, NR, NC, 1, 0, 0, PER_SM},
 static const decode_variant decode_variants[] = {DECODE_VARIANTS(DECODE_TABLE_ENTRY)};
 static const decode_variant decode_stream_variants[] = {DECODE_STREAM_VARIANTS(DECODE_STREAM_TABLE_ENTRY)};
 
@@ -1369,14 +1381,25 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     const char *knob_narrow = getenv("FKDA_DECODE_NARROW");
     if (knob_narrow && (strcmp(knob_narrow, "0") == 0 || strcmp(knob_narrow, "1") == 0))
         narrow = dense128 && knob_narrow[0] == '1';
-    /* The variant for this pool, with streaming loads as load_ef asks where both exist. */
+    /* The variant for this pool: compiled for all-bf16 tokens where they are (never where not),
+     * with streaming loads as load_ef asks, where such variants exist. */
+    const int b16 = FKDA_DTYPE_BF16;
+    int tok = p->q_dtype == b16 && p->k_dtype == b16 && p->v_dtype == b16 && p->g_dtype == b16 &&
+              p->beta_dtype == b16 && p->out_dtype == b16;
+    const char *knob_tok = getenv("FKDA_DECODE_BF16_TOKENS");
+    if (knob_tok && strcmp(knob_tok, "0") == 0) tok = 0;
     const decode_variant *var = NULL;
+    int best = -1;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0]; i++) {
         const decode_variant *d = &decode_variants[i];
-        if (d->bf16 == (p->state_bf16 != 0) && d->v_first == (p->state_v_first != 0) &&
-            (d->vec > 1) == (vectors != 0) && d->dense128 == dense128 && (d->nr * d->nc == 32) == narrow &&
-            (var == NULL || d->load_ef == load_ef))
+        if (d->bf16 != (p->state_bf16 != 0) || d->v_first != (p->state_v_first != 0) || (d->vec > 1) != (vectors != 0) ||
+            d->dense128 != dense128 || (d->nr * d->nc == 32) != narrow || (d->tok && !tok))
+            continue;
+        const int score = 2 * (d->tok == tok) + (d->load_ef == load_ef);
+        if (score > best) {
+            best = score;
             var = d;
+        }
     }
     if (var == NULL) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
 

@@ -159,6 +159,8 @@ typedef struct dcase {
     int64_t lens[12];
     int64_t H, HV, K, V;
     fkda_dtype in_dtype, aux_dtype, pool_dtype; /* aux: g, beta, A_log, dt_bias */
+    int bf16_g_beta;     /* g and beta bf16 whatever aux_dtype (a bf16 model's call: every token
+                          * tensor bf16, A_log and dt_bias fp32) */
     int v_first;
     fkda_gate gate;
     int has_A, has_dt;
@@ -329,8 +331,9 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
     b.q = dual_make(c->in_dtype, 4, (int64_t[]){B, T, c->H, c->K}, pad4, 0);
     b.k = dual_make(c->in_dtype, 4, (int64_t[]){B, T, c->H, c->K}, pad4, 0);
     b.v = dual_make(c->in_dtype, 4, (int64_t[]){B, T, c->HV, c->V}, pad4, 0);
-    b.g = dual_make(c->aux_dtype, 4, (int64_t[]){B, T, c->HV, c->K}, pad4, 0);
-    b.beta = dual_make(c->aux_dtype, 3, (int64_t[]){B, T, c->HV}, pad3, 0);
+    const fkda_dtype gb_dtype = c->bf16_g_beta ? FKDA_DTYPE_BF16 : c->aux_dtype;
+    b.g = dual_make(gb_dtype, 4, (int64_t[]){B, T, c->HV, c->K}, pad4, 0);
+    b.beta = dual_make(gb_dtype, 3, (int64_t[]){B, T, c->HV}, pad3, 0);
     b.out = dual_make(c->in_dtype, 4, (int64_t[]){B, T, c->HV, c->V}, pad4, 0);
     b.A_log = dual_make(c->aux_dtype, 1, (int64_t[]){c->HV}, NULL, 0);
     b.dt_bias = dual_make(c->aux_dtype, 2, (int64_t[]){c->HV, c->K}, NULL, 0);
@@ -605,6 +608,9 @@ int main(int argc, char **argv)
     c = base_case("back to back, 640 heads"); c.N = 160; c.twice = 1; c.steps = 2; cases[n++] = c;
     c = base_case("back to back, 300 heads bf16 (packed)"); c.N = 75; c.twice = 1; c.steps = 2;
     c.pool_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
+    /* Every token tensor bf16: the kernels compiled for it (narrow tiles, TOKEN_DTYPE). */
+    c = base_case("bf16 tokens, bf16 pool [K,V], skips"); c.bf16_g_beta = 1; c.N = 5; c.skip = 1;
+    c.pool_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
     if (!small) {
         c = base_case("slot reuse by new sequences"); c.N = 4; c.reuse = 1; c.steps = 12; cases[n++] = c;
         c = base_case("slot reuse, bf16 pool [V,K]"); c.N = 4; c.reuse = 1; c.steps = 12;
@@ -613,6 +619,11 @@ int main(int argc, char **argv)
         c.has_A = c.has_dt = 0; c.l2norm = 0; c.sigmoid = 0; c.in_dtype = FKDA_DTYPE_F32; cases[n++] = c;
         c = base_case("lower bound without A_log, neg eigval"); c.has_A = 0; c.neg_eig = 1; cases[n++] = c;
         c = base_case("lower bound, no dt_bias, bf16 aux"); c.has_dt = 0; c.aux_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
+        c = base_case("bf16 tokens, fp32 [K,V], skips"); c.bf16_g_beta = 1; c.N = 5; c.skip = 1; cases[n++] = c;
+        c = base_case("bf16 tokens, fp32 [V,K], spec T=3, 2-D"); c.bf16_g_beta = 1; c.v_first = 1; c.idx_mode = IDX_2D;
+        c.T = 3; c.N = 4; c.skip = 1; cases[n++] = c;
+        c = base_case("bf16 tokens, bf16 pool [V,K], reuse, softplus"); c.bf16_g_beta = 1; c.N = 4; c.reuse = 1;
+        c.steps = 8; c.gate = FKDA_GATE_SOFTPLUS; c.pool_dtype = FKDA_DTYPE_BF16; c.v_first = 1; cases[n++] = c;
         c = base_case("softplus, no dt_bias, no norm"); c.gate = FKDA_GATE_SOFTPLUS; c.has_dt = 0; c.l2norm = 0;
         cases[n++] = c;
         c = base_case("GVA H=1 HV=8"); c.H = 1; c.HV = 8; cases[n++] = c;
