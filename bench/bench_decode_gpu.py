@@ -25,7 +25,9 @@ with FKDA_DECODE_PDL=0, the launch a call gets when the kernel before it is not 
 
 --sweep adds a table of ours with each kernel family or knob forced (decode_recurrent.cu's
 FKDA_DECODE_* knobs); FKDA_BENCH_SWEEP_CASES="fp32,64,32 bf16,1,32" and
-FKDA_BENCH_SWEEP_CONFIGS="default,stream" narrow it, FKDA_BENCH_SWEEP_WARPS=1 adds CTA sizes.
+FKDA_BENCH_SWEEP_CONFIGS="default,stream" narrow it ("default again" adds a last column, the
+default timed again: A/B/A), FKDA_BENCH_SWEEP_WARPS=1 adds CTA sizes, and
+FKDA_BENCH_SWEEP_CUSTOM="name:KNOB=1,KNOB2=0;name2:..." adds columns of knobs set together.
     python3 bench/bench_decode_gpu.py --profile fp32,1,32   # two calls of each library, no graph,
                                                              # for ncu (one pool dtype, B, H)
 """
@@ -302,6 +304,12 @@ def main():
         if os.environ.get("FKDA_BENCH_SWEEP_CONFIGS"):  # e.g. "default,no PDL": only these columns
             wanted = os.environ["FKDA_BENCH_SWEEP_CONFIGS"].split(",")
             configs = [c for c in configs if c[0] in wanted]
+        # Ad hoc columns: FKDA_BENCH_SWEEP_CUSTOM="2w generic:FKDA_DECODE_WARPS_PER_CTA=2,FKDA_DECODE_BF16_TOKENS=0;..."
+        for spec in filter(None, os.environ.get("FKDA_BENCH_SWEEP_CUSTOM", "").split(";")):
+            name, _, assigns = spec.partition(":")
+            configs.append((name, dict(a.split("=", 1) for a in assigns.split(",") if a)))
+        if "default again" in os.environ.get("FKDA_BENCH_SWEEP_CONFIGS", "").split(","):
+            configs.append(("default again", {}))  # A/B/A: the first column's drift over the sweep
         sweep = ["", "Kernel families, warps per CTA and programmatic dependent launch forced (FKDA_DECODE_STREAM, "
                  "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, FKDA_DECODE_PIPELINE, FKDA_DECODE_NARROW, FKDA_DECODE_LOAD_EF, FKDA_DECODE_BF16_TOKENS), "
                  "ours us:", "",
@@ -311,6 +319,7 @@ def main():
         knobs = ("FKDA_DECODE_STREAM", "FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_PACKED",
                  "FKDA_DECODE_PIPELINE", "FKDA_DECODE_NARROW", "FKDA_DECODE_LOAD_EF",
                  "FKDA_DECODE_BF16_TOKENS")
+        knobs += tuple(sorted({k for _, env in configs for k in env} - set(knobs)))  # custom columns' too
         cases = [(d, B, H) for d in ("fp32", "bf16")
                  for B, H in ((1, 32), (1, 8), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32))]
         if os.environ.get("FKDA_BENCH_SWEEP_CASES"):  # e.g. "fp32,64,32 bf16,1,32"

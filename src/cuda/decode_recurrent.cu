@@ -1125,8 +1125,9 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
 /* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
  * dense 128 (K = V = 128 and the state's rows 128 elements apart: every offset inside a head is
  * a compile-time constant plus one per lane; the common case, and the fastest), streaming
- * (evict-first) state loads, all-bf16 token tensors (TOKEN_DTYPE; narrow tiles only: small batches,
- * where each warp's path is the time). The "narrow" kernels (32 values per lane, 16 warps per head) serve
+ * (evict-first) state loads, all-bf16 token tensors (TOKEN_DTYPE, the call of a bf16 model: dense
+ * 128 pools only; H100, bf16 pool: B = 1 H = 32 5.17 -> 4.53 us, 8 x 8 6.29 -> 5.53; fp32 pool
+ * 64 x 8 30.9 -> 30.1, neutral from 2048 heads). The "narrow" kernels (32 values per lane, 16 warps per head) serve
  * small batches, whose pools are small next to L2, so their loads are always streaming.
  * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two
  * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). */
@@ -1139,6 +1140,14 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
     X(decode_f32_vk_128_ef, 0, 1, 4, 16, 4, 1, 1, 0)         \
     X(decode_bf16_kv_128_ef, 1, 0, 4, 16, 4, 1, 1, 0)        \
     X(decode_bf16_vk_128_ef, 1, 1, 8, 16, 4, 1, 1, 0)        \
+    X(decode_f32_kv_128_tok, 0, 0, 4, 16, 4, 1, 0, 1)        \
+    X(decode_f32_vk_128_tok, 0, 1, 4, 16, 4, 1, 0, 1)        \
+    X(decode_bf16_kv_128_tok, 1, 0, 4, 16, 4, 1, 0, 1)       \
+    X(decode_bf16_vk_128_tok, 1, 1, 8, 16, 4, 1, 0, 1)       \
+    X(decode_f32_kv_128_ef_tok, 0, 0, 4, 16, 4, 1, 1, 1)     \
+    X(decode_f32_vk_128_ef_tok, 0, 1, 4, 16, 4, 1, 1, 1)     \
+    X(decode_bf16_kv_128_ef_tok, 1, 0, 4, 16, 4, 1, 1, 1)    \
+    X(decode_bf16_vk_128_ef_tok, 1, 1, 8, 16, 4, 1, 1, 1)    \
     X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1, 1, 0)      \
     X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1, 1, 0)      \
     X(decode_bf16_kv_128_narrow, 1, 0, 4, 8, 4, 1, 1, 0)     \
@@ -1417,7 +1426,16 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
      * latency-bound: spread them). */
     int per_cta = p->state_bf16 || narrow ? 4 : 8;
     while (per_cta > 1 && per_cta / 2 >= p->warps_per_head) per_cta /= 2;
-    while (per_cta > 1 && 3 * heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
+    /* Narrow fp32 heads in the all-bf16-token kernel: 2 warps while that keeps at most two CTAs
+     * per SM (H100, B = 1, H = 32: 4.99 us against 5.34 with 4 warps; the generic-token kernel
+     * measured the other way round, 5.30 against 5.04, and keeps 4). */
+    if (narrow && !p->state_bf16 && var->tok && per_cta > 2 &&
+        heads * ((p->warps_per_head + 1) / 2) <= 2 * (int64_t)sm_count)
+        per_cta = 2;
+    /* Narrow bf16 heads keep 4 warps down to fewer heads (B = 1, H = 8: 4.14 us against 4.24
+     * with 2 warps). */
+    const int spread = narrow && p->state_bf16 ? 6 : 3;
+    while (per_cta > 1 && spread * heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
     if (knob_warps && (atoi(knob_warps) == 1 || atoi(knob_warps) == 2 || atoi(knob_warps) == 4 || atoi(knob_warps) == 8))
         per_cta = atoi(knob_warps);
     p->warps_per_cta = per_cta;

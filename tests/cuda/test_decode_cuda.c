@@ -611,6 +611,8 @@ int main(int argc, char **argv)
     /* Every token tensor bf16: the kernels compiled for it (narrow tiles, TOKEN_DTYPE). */
     c = base_case("bf16 tokens, bf16 pool [K,V], skips"); c.bf16_g_beta = 1; c.N = 5; c.skip = 1;
     c.pool_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
+    c = base_case("bf16 tokens, fp32 [K,V], 160 heads (wide tiles)"); c.bf16_g_beta = 1; c.N = 40; c.skip = 1;
+    c.steps = 2; cases[n++] = c;
     if (!small) {
         c = base_case("slot reuse by new sequences"); c.N = 4; c.reuse = 1; c.steps = 12; cases[n++] = c;
         c = base_case("slot reuse, bf16 pool [V,K]"); c.N = 4; c.reuse = 1; c.steps = 12;
@@ -624,6 +626,14 @@ int main(int argc, char **argv)
         c.T = 3; c.N = 4; c.skip = 1; cases[n++] = c;
         c = base_case("bf16 tokens, bf16 pool [V,K], reuse, softplus"); c.bf16_g_beta = 1; c.N = 4; c.reuse = 1;
         c.steps = 8; c.gate = FKDA_GATE_SOFTPLUS; c.pool_dtype = FKDA_DTYPE_BF16; c.v_first = 1; cases[n++] = c;
+        c = base_case("bf16 tokens, bf16 pool [V,K], 64 heads (wide tiles)"); c.bf16_g_beta = 1; c.N = 16;
+        c.pool_dtype = FKDA_DTYPE_BF16; c.v_first = 1; c.skip = 1; cases[n++] = c;
+        c = base_case("bf16 tokens, bf16 pool [K,V], 64 heads, T=2, softplus"); c.bf16_g_beta = 1; c.N = 16;
+        c.T = 2; c.pool_dtype = FKDA_DTYPE_BF16; c.gate = FKDA_GATE_SOFTPLUS; cases[n++] = c;
+        c = base_case("bf16 tokens, fp32 [K,V], 80 heads (narrow, 4-warp CTAs)"); c.bf16_g_beta = 1; c.N = 20;
+        c.skip = 1; cases[n++] = c;
+        c = base_case("bf16 tokens, fp32 [V,K], 160 heads, 2-D, T=3"); c.bf16_g_beta = 1; c.N = 40; c.v_first = 1;
+        c.idx_mode = IDX_2D; c.T = 3; c.steps = 2; cases[n++] = c;
         c = base_case("softplus, no dt_bias, no norm"); c.gate = FKDA_GATE_SOFTPLUS; c.has_dt = 0; c.l2norm = 0;
         cases[n++] = c;
         c = base_case("GVA H=1 HV=8"); c.H = 1; c.HV = 8; cases[n++] = c;
