@@ -1426,10 +1426,11 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
      * latency-bound: spread them). */
     int per_cta = p->state_bf16 || narrow ? 4 : 8;
     while (per_cta > 1 && per_cta / 2 >= p->warps_per_head) per_cta /= 2;
-    /* Narrow fp32 heads in the all-bf16-token kernel: 2 warps while that keeps at most two CTAs
-     * per SM (H100, B = 1, H = 32: 4.99 us against 5.34 with 4 warps; the generic-token kernel
-     * measured the other way round, 5.30 against 5.04, and keeps 4). */
-    if (narrow && !p->state_bf16 && var->tok && per_cta > 2 &&
+    /* The all-bf16-token kernels (but narrow bf16): 2 warps while that keeps at most two CTAs
+     * per SM. Measured on the H100: narrow fp32, B = 1, H = 32: 4.99 us against 5.34 with 4
+     * warps (the generic-token kernel the other way round, 5.30 against 5.04: it keeps 4); wide
+     * bf16, 8 x 8: 5.25 against 5.53 (8 x 32, eight CTAs per SM with 2 warps: 10.78 against 9.43). */
+    if (var->tok && !(narrow && p->state_bf16) && per_cta > 2 &&
         heads * ((p->warps_per_head + 1) / 2) <= 2 * (int64_t)sm_count)
         per_cta = 2;
     /* Narrow bf16 heads keep 4 warps down to fewer heads (B = 1, H = 8: 4.14 us against 4.24
