@@ -119,15 +119,27 @@ static __device__ __forceinline__ void store_float(void *base, int32_t dtype, in
                  : "memory");
 }
 
+/* The element offset of (row, position, head) in a token tensor. The kernels compiled for
+ * all-bf16 tokens (TOK) compute it in 32 bits: their launch checked that every offset of every
+ * token tensor fits in 31 bits (tokens_fit_31_bits), and each 64-bit multiply-add is three
+ * instructions on a path that, at small batches, is the time. */
+static __device__ __forceinline__ int64_t token_offset(const int64_t *stride, int64_t row, int64_t pos, int64_t head,
+                                                       const int TOK)
+{
+    if (TOK)
+        return (int32_t)row * (int32_t)stride[0] + (int32_t)pos * (int32_t)stride[1] +
+               (int32_t)head * (int32_t)stride[2];
+    return row * stride[0] + pos * stride[1] + head * stride[2];
+}
+
 /* Token tensors are addressed as one 64-bit pointer per (row, position, head), computed once,
  * plus a 32-bit offset per element (the launch checks |last stride| * 256 < 2^31): at small
  * batches every instruction on a warp's path is time, and 64-bit index arithmetic per element
  * was ~15 instructions per load. */
 static __device__ __forceinline__ const char *token_vector(const void *base, const int64_t *stride, int32_t dtype,
-                                                          int64_t row, int64_t pos, int64_t head)
+                                                          int64_t row, int64_t pos, int64_t head, const int TOK)
 {
-    const int64_t i = row * stride[0] + pos * stride[1] + head * stride[2];
-    return (const char *)base + (i << (dtype == FKDA_DTYPE_F32 ? 2 : 1));
+    return (const char *)base + (token_offset(stride, row, pos, head, TOK) << (dtype == FKDA_DTYPE_F32 ? 2 : 1));
 }
 
 /* Element e of a token vector (stride in elements). */
@@ -421,15 +433,18 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
                                                        int skip_empty_slots, const int TOK)
 {
     const int tid = threadIdx.x, nthreads = blockDim.x;
-    const char *qv = token_vector(p->q, p->q_stride, TOKEN_DTYPE(p, q_dtype, TOK), row, pos, hq);
-    const char *kv = token_vector(p->k, p->k_stride, TOKEN_DTYPE(p, k_dtype, TOK), row, pos, hq);
-    const char *gv = token_vector(p->g, p->g_stride, TOKEN_DTYPE(p, g_dtype, TOK), row, pos, h);
+    const char *qv = token_vector(p->q, p->q_stride, TOKEN_DTYPE(p, q_dtype, TOK), row, pos, hq, TOK);
+    const char *kv = token_vector(p->k, p->k_stride, TOKEN_DTYPE(p, k_dtype, TOK), row, pos, hq, TOK);
+    const char *gv = token_vector(p->g, p->g_stride, TOKEN_DTYPE(p, g_dtype, TOK), row, pos, h, TOK);
     const int gated = p->gate != FKDA_GATE_NONE, biased = gated && p->dt_bias;
-    const char *bv = biased ? (const char *)p->dt_bias + ((h * p->dt_bias_stride[0])
-                                                          << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
+    /* dt_bias and A_log: 32-bit offsets in TOK kernels too (checked with the token tensors). */
+    const int64_t bias_off = TOK ? (int64_t)((int32_t)h * (int32_t)p->dt_bias_stride[0]) : h * p->dt_bias_stride[0];
+    const int64_t A_off = TOK ? (int64_t)((int32_t)h * (int32_t)p->A_log_stride) : h * p->A_log_stride;
+    const char *bv = biased ? (const char *)p->dt_bias + (bias_off << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
                             : NULL;
-    tb->beta = load_bits(p->beta, TOKEN_DTYPE(p, beta_dtype, TOK), row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
-    tb->A = load_bits_if(p->A_log, p->A_log_dtype, h * p->A_log_stride, gated && p->A_log);
+    const int64_t beta_off = token_offset(p->beta_stride, row, pos, h, TOK);
+    tb->beta = load_bits(p->beta, TOKEN_DTYPE(p, beta_dtype, TOK), beta_off);
+    tb->A = load_bits_if(p->A_log, p->A_log_dtype, A_off, gated && p->A_log);
 #pragma unroll
     for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
         tb->q[i] = tb->k[i] = tb->g[i] = tb->bias[i] = 0u;
@@ -548,7 +563,7 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
                                               int64_t pos, int64_t h, uint32_t *vbits, const int V_FIRST,
                                               const int VEC, const int NC, const int TOK)
 {
-    const char *vv = token_vector(p->v, p->v_stride, TOKEN_DTYPE(p, v_dtype, TOK), row, pos, h);
+    const char *vv = token_vector(p->v, p->v_stride, TOKEN_DTYPE(p, v_dtype, TOK), row, pos, h, TOK);
 #pragma unroll
     for (int c = 0; c < NC; c++) {
         const int j = tile_col(w, c, V_FIRST, VEC);
@@ -615,7 +630,7 @@ static __device__ __forceinline__ void zero_outputs(const fkda_decode_params *p,
 {
     if (w->kl != 0) return;
     for (int64_t t = 0; t < len; t++) {
-        const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, bos + t, h);
+        const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, bos + t, h, TOK);
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             const int j = tile_col(w, c, V_FIRST, VEC);
@@ -685,7 +700,7 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         }
         /* Delta rule and output: v' = b (v - S^T k), o = S^T q + (k . q) v', S += k v'^T. */
         float vk[DECODE_MAX_C]; /* kf * v', so that the update can use the unscaled k */
-        const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, pos, h);
+        const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, pos, h, TOK);
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             const float vn = tok.beta * (bits_to_float(vbits[c], TOKEN_DTYPE(p, v_dtype, TOK)) - tok.kf * pk[c]);
@@ -1269,6 +1284,36 @@ static int pool_vectorizable(const void *data, const int64_t *stride, int v_firs
            stride[0] % vec == 0 && stride[1] % vec == 0 && extent % vec == 0 && elem * vec == 16;
 }
 
+/* Whether sum_i (extent_i - 1) * |stride_i| < 2^31: then every offset of the tensor, and every
+ * partial sum on the way to it, fits in a signed 32-bit integer. */
+static int offsets_fit_31_bits(const int64_t *extent, const int64_t *stride, int ndim)
+{
+    const int64_t limit = INT64_C(0x7fffffff);
+    int64_t span = 0;
+    for (int i = 0; i < ndim; i++) {
+        if (extent[i] <= 1) continue; /* index 0 only: whatever the stride, the term is 0 */
+        const int64_t a = stride[i] < 0 ? -stride[i] : stride[i];
+        if (a > limit || (a > 0 && extent[i] - 1 > (limit - span) / a)) return 0;
+        span += (extent[i] - 1) * a;
+    }
+    return span < limit;
+}
+
+/* The precondition of the kernels compiled for all-bf16 tokens (token_offset): every
+ * (row, position, head) offset of q, k, v, g, beta and out, and the head offsets of dt_bias and
+ * A_log, in 31 bits. (The element offsets along a vector are checked separately, for every
+ * kernel.) */
+static int tokens_fit_31_bits(const fkda_decode_params *p)
+{
+    const int64_t rows = p->cu_seqlens ? 1 : p->N, hq = p->HV / p->group;
+    const int64_t qk[3] = {rows, p->T, hq}, vg[3] = {rows, p->T, p->HV}, heads[1] = {p->HV};
+    return offsets_fit_31_bits(qk, p->q_stride, 3) && offsets_fit_31_bits(qk, p->k_stride, 3) &&
+           offsets_fit_31_bits(vg, p->v_stride, 3) && offsets_fit_31_bits(vg, p->g_stride, 3) &&
+           offsets_fit_31_bits(vg, p->out_stride, 3) && offsets_fit_31_bits(vg, p->beta_stride, 3) &&
+           (!p->dt_bias || offsets_fit_31_bits(heads, p->dt_bias_stride, 1)) &&
+           (!p->A_log || offsets_fit_31_bits(heads, &p->A_log_stride, 1));
+}
+
 extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int sm_count, int cc_major,
                                                    int64_t l2_bytes, cudaStream_t stream_arg)
 {
@@ -1390,11 +1435,12 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     const char *knob_narrow = getenv("FKDA_DECODE_NARROW");
     if (knob_narrow && (strcmp(knob_narrow, "0") == 0 || strcmp(knob_narrow, "1") == 0))
         narrow = dense128 && knob_narrow[0] == '1';
-    /* The variant for this pool: compiled for all-bf16 tokens where they are (never where not),
-     * with streaming loads as load_ef asks, where such variants exist. */
+    /* The variant for this pool: compiled for all-bf16 tokens where they are and their offsets
+     * fit in 31 bits (never where not), with streaming loads as load_ef asks, where such
+     * variants exist. */
     const int b16 = FKDA_DTYPE_BF16;
     int tok = p->q_dtype == b16 && p->k_dtype == b16 && p->v_dtype == b16 && p->g_dtype == b16 &&
-              p->beta_dtype == b16 && p->out_dtype == b16;
+              p->beta_dtype == b16 && p->out_dtype == b16 && tokens_fit_31_bits(p);
     const char *knob_tok = getenv("FKDA_DECODE_BF16_TOKENS");
     if (knob_tok && strcmp(knob_tok, "0") == 0) tok = 0;
     const decode_variant *var = NULL;
