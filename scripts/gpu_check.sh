@@ -12,6 +12,7 @@
 #                  forced on and off (FKDA_DECODE_NARROW=1, 0), the state's loads with and without
 #                  the evict-first hint (FKDA_DECODE_LOAD_EF=1, 0), all-bf16 tokens through the
 #                  generic kernels (FKDA_DECODE_BF16_TOKENS=0); packed and narrow also sanitized
+#                  (decode-packed-narrow-memcheck, -racecheck); FKDA_VARIANTS="NAME ..." picks some
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
 #   profile-decode ncu on one decode call of ours and of fla (B=1 H=32, fp32 and bf16 pools, or
 #                  $FKDA_PROFILE_CASES="fp32,64,32 ..."; FKDA_PROFILE_WHO=ours for ours only): speed of light, warp states, and the
@@ -58,6 +59,9 @@ export FLASHKDA_LIBRARY=$PWD/build/gpu/libflashkda.so
 export PYTHONPATH=$PWD/python:$PYTHONPATH
 
 failed=0
+# FKDA_VARIANTS="decode-packed decode-narrow ..." runs only those of the variants step (each forced
+# run of test_decode_cuda takes about 50 s on an H100: all of them fill most of a 600 s call).
+want_variant() { [ -z "${FKDA_VARIANTS:-}" ] || [[ " $FKDA_VARIANTS " == *" $1 "* ]]; }
 run_step() { # name, command...
   local name=$1; shift
   echo "== $name"
@@ -83,18 +87,19 @@ for step in "${steps[@]}"; do
       done
     done ;;
   variants)
-    FKDA_DECODE_STREAM=1 run_step decode-stream build/gpu/test_decode_cuda
-    FKDA_DECODE_STREAM=0 run_step decode-plain build/gpu/test_decode_cuda
-    FKDA_DECODE_PDL=0 run_step decode-no-pdl build/gpu/test_decode_cuda
-    FKDA_DECODE_STREAM=1 FKDA_DECODE_PIPELINE=0 run_step decode-stream-unpipelined build/gpu/test_decode_cuda
-    FKDA_DECODE_PACKED=1 run_step decode-packed build/gpu/test_decode_cuda
-    FKDA_DECODE_NARROW=1 run_step decode-narrow build/gpu/test_decode_cuda
-    FKDA_DECODE_NARROW=0 run_step decode-wide build/gpu/test_decode_cuda
-    FKDA_DECODE_PACKED=0 run_step decode-unpacked build/gpu/test_decode_cuda
-    FKDA_DECODE_LOAD_EF=0 run_step decode-plain-loads build/gpu/test_decode_cuda
-    FKDA_DECODE_LOAD_EF=1 run_step decode-ef-loads build/gpu/test_decode_cuda
-    FKDA_DECODE_BF16_TOKENS=0 run_step decode-generic-tokens build/gpu/test_decode_cuda
+    want_variant decode-stream && FKDA_DECODE_STREAM=1 run_step decode-stream build/gpu/test_decode_cuda
+    want_variant decode-plain && FKDA_DECODE_STREAM=0 run_step decode-plain build/gpu/test_decode_cuda
+    want_variant decode-no-pdl && FKDA_DECODE_PDL=0 run_step decode-no-pdl build/gpu/test_decode_cuda
+    want_variant decode-stream-unpipelined && FKDA_DECODE_STREAM=1 FKDA_DECODE_PIPELINE=0 run_step decode-stream-unpipelined build/gpu/test_decode_cuda
+    want_variant decode-packed && FKDA_DECODE_PACKED=1 run_step decode-packed build/gpu/test_decode_cuda
+    want_variant decode-narrow && FKDA_DECODE_NARROW=1 run_step decode-narrow build/gpu/test_decode_cuda
+    want_variant decode-wide && FKDA_DECODE_NARROW=0 run_step decode-wide build/gpu/test_decode_cuda
+    want_variant decode-unpacked && FKDA_DECODE_PACKED=0 run_step decode-unpacked build/gpu/test_decode_cuda
+    want_variant decode-plain-loads && FKDA_DECODE_LOAD_EF=0 run_step decode-plain-loads build/gpu/test_decode_cuda
+    want_variant decode-ef-loads && FKDA_DECODE_LOAD_EF=1 run_step decode-ef-loads build/gpu/test_decode_cuda
+    want_variant decode-generic-tokens && FKDA_DECODE_BF16_TOKENS=0 run_step decode-generic-tokens build/gpu/test_decode_cuda
     for tool in memcheck racecheck; do
+      want_variant decode-packed-narrow-$tool || continue
       FKDA_DECODE_PACKED=1 FKDA_DECODE_NARROW=1 run_step decode-packed-narrow-$tool \
         compute-sanitizer --tool $tool --error-exitcode 1 build/gpu/test_decode_cuda --small
     done ;;
