@@ -416,7 +416,9 @@ typedef struct staged_token {
 /* The dtype of a token tensor (q, k, v, g, beta, out) in a kernel compiled for all-bf16 tokens
  * (TOK: the common call of a bf16 model) or read at run time (every other combination). A
  * compile-time dtype leaves one load per element and a shift to convert it, where the run-time
- * one needs both load widths and every conversion. */
+ * one needs both load widths and every conversion. TOK kernels also assume what the launch
+ * checked for them: one token per sequence (T = 1, no cu_seqlens, 1-D indices) and token
+ * offsets in 31 bits (token_offset). */
 #define TOKEN_DTYPE(p, field, TOK) ((TOK) ? (int32_t)FKDA_DTYPE_BF16 : (p)->field)
 
 /* The raw bits of the inputs one thread stages in one round of stage_token: keys base + tid +
@@ -719,14 +721,14 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
             }
         }
 
-        if (p->idx_2d) { /* the state after each token goes to its own slot */
+        if (!TOK && p->idx_2d) { /* the state after each token goes to its own slot */
             const int64_t ts = t < p->idx_tokens
                                    ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + t * p->idx_stride[1])
                                    : -1;
             if (ts >= 0 && ts < p->pool_size) store_tile(p, &w, ts, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
         }
     }
-    if (!p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
+    if (TOK || !p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
 /* A CTA takes `ctas_per_head`-th of the warps of one (sequence, value head): all of them for
@@ -745,10 +747,13 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     split_head(p, head, &n, &h);
     const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, D128);
 
-    int64_t row, bos;
-    const int64_t len = sequence_tokens(p, n, &row, &bos);
+    /* TOK kernels serve one-token calls only (T = 1, no cu_seqlens, 1-D indices: the launch
+     * checks), so their sequence is row n, position 0, and their slot one index load. */
+    int64_t row = n, bos = 0;
+    const int64_t len = TOK ? 1 : sequence_tokens(p, n, &row, &bos);
     if (len <= 0) return;
-    const int64_t slot = read_slot(p, n);
+    const int64_t slot = TOK ? (p->state_indices ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0]) : n)
+                             : read_slot(p, n);
     if (slot < 0 || slot >= p->pool_size) {
         zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC, TOK);
         return;
@@ -1140,8 +1145,8 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
 /* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
  * dense 128 (K = V = 128 and the state's rows 128 elements apart: every offset inside a head is
  * a compile-time constant plus one per lane; the common case, and the fastest), streaming
- * (evict-first) state loads, all-bf16 token tensors (TOKEN_DTYPE, the call of a bf16 model: dense
- * 128 pools only; H100, bf16 pool: B = 1 H = 32 5.17 -> 4.53 us, 8 x 8 6.29 -> 5.53; fp32 pool
+ * (evict-first) state loads, all-bf16 token tensors (TOKEN_DTYPE, the one-token call of a bf16
+ * model: dense 128 pools only; H100, bf16 pool: B = 1 H = 32 5.17 -> 4.53 us, 8 x 8 6.29 -> 5.53; fp32 pool
  * 64 x 8 30.9 -> 30.1, neutral from 2048 heads). The "narrow" kernels (32 values per lane, 16 warps per head) serve
  * small batches, whose pools are small next to L2, so their loads are always streaming.
  * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two
@@ -1440,7 +1445,8 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
      * variants exist. */
     const int b16 = FKDA_DTYPE_BF16;
     int tok = p->q_dtype == b16 && p->k_dtype == b16 && p->v_dtype == b16 && p->g_dtype == b16 &&
-              p->beta_dtype == b16 && p->out_dtype == b16 && tokens_fit_31_bits(p);
+              p->beta_dtype == b16 && p->out_dtype == b16 && tokens_fit_31_bits(p) && p->T == 1 &&
+              !p->cu_seqlens && !p->idx_2d;
     const char *knob_tok = getenv("FKDA_DECODE_BF16_TOKENS");
     if (knob_tok && strcmp(knob_tok, "0") == 0) tok = 0;
     const decode_variant *var = NULL;
