@@ -1,6 +1,6 @@
 /*
  * decode_recurrent.cu: the CUDA decode (fla's fused_recurrent_kda on a state pool), one kernel
- * in twenty-four plain, four packed and two (opt-in) streaming specialisations, and its launch.
+ * in thirty-two plain, four packed and two (opt-in) streaming specialisations, and its launch.
  *
  * Per sequence n, value head h and token t (the state S is K x V, fp32 in registers):
  *
