@@ -731,6 +731,30 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
     if (TOK || !p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
+/* Large batches: the state of the head `p->prefetch_heads` further in the grid, which a CTA of a
+ * later wave will load, fetched into L2 now, so that DRAM stays busy while CTAs start and end,
+ * and the last wave reads from L2. The launch sets prefetch_heads only where every head's state
+ * is one contiguous run of 128 x 128 elements and a CTA holds a whole head. Compiled into the
+ * one-token (TOK) kernels only, whose slot is one index load (in the generic kernels it cost 16
+ * more bytes of spills). Returns that head's slot (-1: none) and its value head. */
+static __device__ __forceinline__ int64_t slot_ahead(const fkda_decode_params *p, uint32_t head, int64_t *h_ahead)
+{
+    if (p->prefetch_heads <= 0 || head + (uint32_t)p->prefetch_heads >= gridDim.x) return -1;
+    int64_t n;
+    split_head(p, head + (uint32_t)p->prefetch_heads, &n, h_ahead);
+    return p->state_indices ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0]) : n;
+}
+
+static __device__ __forceinline__ void prefetch_state_l2(const fkda_decode_params *p, int64_t slot, int64_t h,
+                                                         const int BF16)
+{
+    if (slot < 0 || slot >= p->pool_size) return;
+    const char *head = (const char *)state_at(p->state_in, slot * p->state_in_stride[0] + h * p->state_in_stride[1], BF16);
+    const int bytes = 128 * 128 * (BF16 ? 2 : 4);
+    for (int i = (int)threadIdx.x * 128; i < bytes; i += (int)blockDim.x * 128)
+        asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(head + i));
+}
+
 /* A CTA takes `ctas_per_head`-th of the warps of one (sequence, value head): all of them for
  * large batches, so that the token is staged once per head; fewer for small batches, so that
  * the work spreads over every SM. Each warp owns a slab of columns (all K rows) in registers;
@@ -752,6 +776,8 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     int64_t row = n, bos = 0;
     const int64_t len = TOK ? 1 : sequence_tokens(p, n, &row, &bos);
     if (len <= 0) return;
+    int64_t h_ahead = 0;
+    const int64_t ahead = D128 && TOK ? slot_ahead(p, head, &h_ahead) : -1; /* its index load beside this head's */
     const int64_t slot = TOK ? (p->state_indices ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0]) : n)
                              : read_slot(p, n);
     if (slot < 0 || slot >= p->pool_size) {
@@ -760,6 +786,7 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     }
     float s[DECODE_MAX_R][DECODE_MAX_C];
     load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
+    if (D128 && TOK) prefetch_state_l2(p, ahead, h_ahead, BF16);
     run_tokens(p, &w, smem, n, h, row, bos, len, slot, s, NULL, 0, BF16, V_FIRST, VEC, NR, NC, D128, TOK);
 }
 
@@ -1272,6 +1299,15 @@ static cudaError_t launch_decode_kernel(decode_kernel_fn kernel, dim3 grid, unsi
 
 #define DECODE_MAX_DEVICES 64 /* devices whose shared-memory attribute is remembered */
 
+/* A tuning knob that is on or off: 1 or 0 where the environment variable is "1" or "0", -1 where
+ * it is unset or anything else (the launch's own rule then decides). */
+static int knob_switch(const char *name)
+{
+    const char *value = getenv(name);
+    if (value == NULL || (value[0] != '0' && value[0] != '1') || value[1] != '\0') return -1;
+    return value[0] == '1';
+}
+
 static size_t stream_smem_bytes(const decode_variant *v)
 {
     return (size_t)DECODE_STREAM_BUFS * 128 * 128 * (v->bf16 ? 2 : 4) + 2 * sizeof(stage_buffer) + sizeof(stream_ring);
@@ -1352,31 +1388,27 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     if (heads > 0x7fffffff) /* split_head divides in 32 bits */
         return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
 
-    /* Tuning knobs for bench/bench_decode_gpu.py (unset: the rules below). */
-    const char *knob_stream = getenv("FKDA_DECODE_STREAM");
-    const char *knob_pdl = getenv("FKDA_DECODE_PDL");
+    /* Tuning knobs for bench/bench_decode_gpu.py and the tests' forced variants (unset: the rules
+     * below). Read on every call, not once, because the benchmark changes them between calls. */
     /* Programmatic dependent launch on sm_90 (the wait is in the sm_90a image); FKDA_DECODE_PDL=0 turns it off. */
-    const int pdl = cc_major == 9 && !(knob_pdl && strcmp(knob_pdl, "0") == 0);
+    const int pdl = cc_major == 9 && knob_switch("FKDA_DECODE_PDL") != 0;
     const char *knob_warps = getenv("FKDA_DECODE_WARPS_PER_CTA");
 
     /* The streaming kernel (decode_stream_cta: dense fp32 heads on sm_90 through a shared-memory
      * ring) only on request, FKDA_DECODE_STREAM=1: once the plain kernel's staging skipped empty
      * key slots, plain measured faster at every large batch on the H100 (105.9 against 110.8 us
      * at B*H = 2048, 1553 against 1612 at 32768; docs/decode-notes.md). */
-    const char *knob_pipeline = getenv("FKDA_DECODE_PIPELINE");
-    p->pipeline_inputs = !(knob_pipeline && strcmp(knob_pipeline, "0") == 0);
+    p->pipeline_inputs = knob_switch("FKDA_DECODE_PIPELINE") != 0;
+    p->prefetch_heads = 0; /* the plain kernels' launch below may set it */
     /* Streaming (evict-first) loads of the state while the heads' states (as if every slot were
      * live) take at most twice the L2: on the H100 (50 MB of L2), faster up to 67 MB of state,
      * slower from 134 MB (load_state_vec; docs/decode-notes.md, run 17). */
     const int64_t state_bytes = heads * p->K * p->V * (p->state_bf16 ? 2 : 4);
     int load_ef = state_bytes <= 2 * l2_bytes;
-    const char *knob_load_ef = getenv("FKDA_DECODE_LOAD_EF");
-    if (knob_load_ef && (strcmp(knob_load_ef, "0") == 0 || strcmp(knob_load_ef, "1") == 0))
-        load_ef = knob_load_ef[0] == '1';
+    const int knob_load_ef = knob_switch("FKDA_DECODE_LOAD_EF");
+    if (knob_load_ef >= 0) load_ef = knob_load_ef;
     const int streamable = dense128 && !p->state_bf16 && cc_major == 9;
-    int stream = 0;
-    if (knob_stream && (strcmp(knob_stream, "0") == 0 || strcmp(knob_stream, "1") == 0))
-        stream = streamable && knob_stream[0] == '1';
+    const int stream = streamable && knob_switch("FKDA_DECODE_STREAM") == 1;
     if (stream) {
         const decode_variant *sv = NULL;
         for (size_t i = 0; i < sizeof decode_stream_variants / sizeof decode_stream_variants[0]; i++)
@@ -1411,9 +1443,8 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
      * heads per SM. */
     const int packable = dense128 && p->state_bf16 && !p->cu_seqlens && p->T == 1 && !p->idx_2d;
     int packed = packable && heads >= 2 * (int64_t)sm_count;
-    const char *knob_packed = getenv("FKDA_DECODE_PACKED");
-    if (knob_packed && (strcmp(knob_packed, "0") == 0 || strcmp(knob_packed, "1") == 0))
-        packed = packable && knob_packed[0] == '1';
+    const int knob_packed = knob_switch("FKDA_DECODE_PACKED");
+    if (knob_packed >= 0) packed = packable && knob_packed;
     if (packed) {
         decode_kernel_fn kernel = p->state_v_first ? (load_ef ? decode_bf16_vk_packed_ef : decode_bf16_vk_packed)
                                                    : (load_ef ? decode_bf16_kv_packed_ef : decode_bf16_kv_packed);
@@ -1437,9 +1468,8 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
      * below a quarter of the SMs: measured on the H100 (8 x 4 bf16 tiles), narrow bf16 took 4.82
      * us against 5.90 at 8 heads and 5.20 against 5.55 at 32, but 7.14 against 6.22 at 64. */
     int narrow = dense128 && (p->state_bf16 ? 4 * heads < sm_count : heads < sm_count);
-    const char *knob_narrow = getenv("FKDA_DECODE_NARROW");
-    if (knob_narrow && (strcmp(knob_narrow, "0") == 0 || strcmp(knob_narrow, "1") == 0))
-        narrow = dense128 && knob_narrow[0] == '1';
+    const int knob_narrow = knob_switch("FKDA_DECODE_NARROW");
+    if (knob_narrow >= 0) narrow = dense128 && knob_narrow;
     /* The variant for this pool: compiled for all-bf16 tokens where they are and their offsets
      * fit in 31 bits (never where not), with streaming loads as load_ef asks, where such
      * variants exist. */
@@ -1447,8 +1477,7 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     int tok = p->q_dtype == b16 && p->k_dtype == b16 && p->v_dtype == b16 && p->g_dtype == b16 &&
               p->beta_dtype == b16 && p->out_dtype == b16 && tokens_fit_31_bits(p) && p->T == 1 &&
               !p->cu_seqlens && !p->idx_2d;
-    const char *knob_tok = getenv("FKDA_DECODE_BF16_TOKENS");
-    if (knob_tok && strcmp(knob_tok, "0") == 0) tok = 0;
+    if (knob_switch("FKDA_DECODE_BF16_TOKENS") == 0) tok = 0;
     const decode_variant *var = NULL;
     int best = -1;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0]; i++) {
@@ -1493,6 +1522,11 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         per_cta = atoi(knob_warps);
     p->warps_per_cta = per_cta;
     p->ctas_per_head = (p->warps_per_head + per_cta - 1) / per_cta;
+    /* L2 prefetch of the head a later wave will take (prefetch_state_l2): contiguous dense heads,
+     * one CTA each. FKDA_DECODE_PREFETCH=N: N heads ahead (an experiment; off by default). */
+    const char *knob_prefetch = getenv("FKDA_DECODE_PREFETCH");
+    if (knob_prefetch && var->dense128 && var->tok && p->ctas_per_head == 1 && atoi(knob_prefetch) > 0)
+        p->prefetch_heads = atoi(knob_prefetch);
 
     const cudaError_t err =
         launch_decode_kernel(var->kernel, dim3((unsigned)heads, (unsigned)p->ctas_per_head, 1), 32 * per_cta, 0, stream_arg, p, pdl);
