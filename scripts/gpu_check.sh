@@ -11,8 +11,7 @@
 #                  streaming without the input pipeline (FKDA_DECODE_PIPELINE=0), narrow fp32 tiles
 #                  forced on and off (FKDA_DECODE_NARROW=1, 0), the state's loads with and without
 #                  the evict-first hint (FKDA_DECODE_LOAD_EF=1, 0), all-bf16 tokens through the
-#                  generic kernels (FKDA_DECODE_BF16_TOKENS=0), each CTA prefetching the next
-#                  head's state (FKDA_DECODE_PREFETCH=1); packed and narrow also sanitized
+#                  generic kernels (FKDA_DECODE_BF16_TOKENS=0); packed and narrow also sanitized
 #                  (decode-packed-narrow-memcheck, -racecheck); FKDA_VARIANTS="NAME ..." picks some
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
 #   profile-decode ncu on one decode call of ours and of fla (B=1 H=32, fp32 and bf16 pools, or
@@ -99,7 +98,6 @@ for step in "${steps[@]}"; do
     want_variant decode-plain-loads && FKDA_DECODE_LOAD_EF=0 run_step decode-plain-loads build/gpu/test_decode_cuda
     want_variant decode-ef-loads && FKDA_DECODE_LOAD_EF=1 run_step decode-ef-loads build/gpu/test_decode_cuda
     want_variant decode-generic-tokens && FKDA_DECODE_BF16_TOKENS=0 run_step decode-generic-tokens build/gpu/test_decode_cuda
-    want_variant decode-prefetch && FKDA_DECODE_PREFETCH=1 run_step decode-prefetch build/gpu/test_decode_cuda
     for tool in memcheck racecheck; do
       want_variant decode-packed-narrow-$tool || continue
       FKDA_DECODE_PACKED=1 FKDA_DECODE_NARROW=1 run_step decode-packed-narrow-$tool \

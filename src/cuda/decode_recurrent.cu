@@ -120,13 +120,16 @@ static __device__ __forceinline__ void store_float(void *base, int32_t dtype, in
 }
 
 /* The element offset of (row, position, head) in a token tensor. The kernels compiled for
- * all-bf16 tokens (TOK) compute it in 32 bits: their launch checked that every offset of every
- * token tensor fits in 31 bits (tokens_fit_31_bits), and each 64-bit multiply-add is three
- * instructions on a path that, at small batches, is the time. */
+ * all-bf16 tokens with TOK = 1 compute it in 32 bits: their launch checked that every offset of
+ * every token tensor fits in 31 bits (tokens_fit_31_bits), and each 64-bit multiply-add is three
+ * instructions on a path that, at small batches, is the time (H100, fp32 pool: B = 1 H = 8 4.20
+ * -> 4.05 us, 8 x 8 6.50 -> 6.38). TOK = 2 (the narrow bf16-pool kernels) keeps 64 bits: there
+ * the 32-bit offsets measured slower (B = 1 H = 32 4.54 -> 4.64 us; why is not known, the
+ * compiler scheduled the two differently). */
 static __device__ __forceinline__ int64_t token_offset(const int64_t *stride, int64_t row, int64_t pos, int64_t head,
                                                        const int TOK)
 {
-    if (TOK)
+    if (TOK == 1)
         return (int32_t)row * (int32_t)stride[0] + (int32_t)pos * (int32_t)stride[1] +
                (int32_t)head * (int32_t)stride[2];
     return row * stride[0] + pos * stride[1] + head * stride[2];
@@ -440,8 +443,8 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
     const char *gv = token_vector(p->g, p->g_stride, TOKEN_DTYPE(p, g_dtype, TOK), row, pos, h, TOK);
     const int gated = p->gate != FKDA_GATE_NONE, biased = gated && p->dt_bias;
     /* dt_bias and A_log: 32-bit offsets in TOK kernels too (checked with the token tensors). */
-    const int64_t bias_off = TOK ? (int64_t)((int32_t)h * (int32_t)p->dt_bias_stride[0]) : h * p->dt_bias_stride[0];
-    const int64_t A_off = TOK ? (int64_t)((int32_t)h * (int32_t)p->A_log_stride) : h * p->A_log_stride;
+    const int64_t bias_off = TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->dt_bias_stride[0]) : h * p->dt_bias_stride[0];
+    const int64_t A_off = TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->A_log_stride) : h * p->A_log_stride;
     const char *bv = biased ? (const char *)p->dt_bias + (bias_off << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
                             : NULL;
     const int64_t beta_off = token_offset(p->beta_stride, row, pos, h, TOK);
@@ -731,30 +734,6 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
     if (TOK || !p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
-/* Large batches: the state of the head `p->prefetch_heads` further in the grid, which a CTA of a
- * later wave will load, fetched into L2 now, so that DRAM stays busy while CTAs start and end,
- * and the last wave reads from L2. The launch sets prefetch_heads only where every head's state
- * is one contiguous run of 128 x 128 elements and a CTA holds a whole head. Compiled into the
- * one-token (TOK) kernels only, whose slot is one index load (in the generic kernels it cost 16
- * more bytes of spills). Returns that head's slot (-1: none) and its value head. */
-static __device__ __forceinline__ int64_t slot_ahead(const fkda_decode_params *p, uint32_t head, int64_t *h_ahead)
-{
-    if (p->prefetch_heads <= 0 || head + (uint32_t)p->prefetch_heads >= gridDim.x) return -1;
-    int64_t n;
-    split_head(p, head + (uint32_t)p->prefetch_heads, &n, h_ahead);
-    return p->state_indices ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0]) : n;
-}
-
-static __device__ __forceinline__ void prefetch_state_l2(const fkda_decode_params *p, int64_t slot, int64_t h,
-                                                         const int BF16)
-{
-    if (slot < 0 || slot >= p->pool_size) return;
-    const char *head = (const char *)state_at(p->state_in, slot * p->state_in_stride[0] + h * p->state_in_stride[1], BF16);
-    const int bytes = 128 * 128 * (BF16 ? 2 : 4);
-    for (int i = (int)threadIdx.x * 128; i < bytes; i += (int)blockDim.x * 128)
-        asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(head + i));
-}
-
 /* A CTA takes `ctas_per_head`-th of the warps of one (sequence, value head): all of them for
  * large batches, so that the token is staged once per head; fewer for small batches, so that
  * the work spreads over every SM. Each warp owns a slab of columns (all K rows) in registers;
@@ -772,12 +751,12 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, D128);
 
     /* TOK kernels serve one-token calls only (T = 1, no cu_seqlens, 1-D indices: the launch
-     * checks), so their sequence is row n, position 0, and their slot one index load. */
+     * checks), so their sequence is row n, position 0, and their slot one index load (H100,
+     * fp32 pool: B = 1 H = 32 4.96 -> 4.68 us, 8 x 8 6.38 -> 5.76; and without the spills this
+     * removed, 2048 heads 1.2-1.7% faster). */
     int64_t row = n, bos = 0;
     const int64_t len = TOK ? 1 : sequence_tokens(p, n, &row, &bos);
     if (len <= 0) return;
-    int64_t h_ahead = 0;
-    const int64_t ahead = D128 && TOK ? slot_ahead(p, head, &h_ahead) : -1; /* its index load beside this head's */
     const int64_t slot = TOK ? (p->state_indices ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0]) : n)
                              : read_slot(p, n);
     if (slot < 0 || slot >= p->pool_size) {
@@ -786,7 +765,6 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     }
     float s[DECODE_MAX_R][DECODE_MAX_C];
     load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-    if (D128 && TOK) prefetch_state_l2(p, ahead, h_ahead, BF16);
     run_tokens(p, &w, smem, n, h, row, bos, len, slot, s, NULL, 0, BF16, V_FIRST, VEC, NR, NC, D128, TOK);
 }
 
@@ -1174,7 +1152,7 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
  * a compile-time constant plus one per lane; the common case, and the fastest), streaming
  * (evict-first) state loads, all-bf16 token tensors (TOKEN_DTYPE, the one-token call of a bf16
  * model: dense 128 pools only; H100, bf16 pool: B = 1 H = 32 5.17 -> 4.53 us, 8 x 8 6.29 -> 5.53; fp32 pool
- * 64 x 8 30.9 -> 30.1, neutral from 2048 heads). The "narrow" kernels (32 values per lane, 16 warps per head) serve
+ * 64 x 8 30.9 -> 30.1, neutral from 2048 heads; 1 or 2, token_offset says which). The "narrow" kernels (32 values per lane, 16 warps per head) serve
  * small batches, whose pools are small next to L2, so their loads are always streaming.
  * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two
  * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). */
@@ -1201,8 +1179,8 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
     X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1, 1, 0)     \
     X(decode_f32_kv_128_narrow_tok, 0, 0, 4, 8, 4, 1, 1, 1)  \
     X(decode_f32_vk_128_narrow_tok, 0, 1, 4, 8, 4, 1, 1, 1)  \
-    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 1) \
-    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 1) \
+    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 2) \
+    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 2) \
     X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0, 0, 0)            \
     X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0, 0, 0)            \
     X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0, 0, 0)            \
@@ -1264,7 +1242,7 @@ typedef struct decode_variant {
     const char *name;
     int bf16, v_first, vec, nr, nc, dense128;
     int load_ef; /* streaming (evict-first) state loads */
-    int tok;     /* compiled for all-bf16 token tensors (TOKEN_DTYPE) */
+    int tok;     /* compiled for all-bf16 token tensors (TOKEN_DTYPE); 2: with 64-bit token offsets */
     int stream_per_sm; /* 0: a plain kernel; else a streaming one and its CTAs per SM */
 } decode_variant;
 
@@ -1399,7 +1377,6 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
      * key slots, plain measured faster at every large batch on the H100 (105.9 against 110.8 us
      * at B*H = 2048, 1553 against 1612 at 32768; docs/decode-notes.md). */
     p->pipeline_inputs = knob_switch("FKDA_DECODE_PIPELINE") != 0;
-    p->prefetch_heads = 0; /* the plain kernels' launch below may set it */
     /* Streaming (evict-first) loads of the state while the heads' states (as if every slot were
      * live) take at most twice the L2: on the H100 (50 MB of L2), faster up to 67 MB of state,
      * slower from 134 MB (load_state_vec; docs/decode-notes.md, run 17). */
@@ -1485,7 +1462,7 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         if (d->bf16 != (p->state_bf16 != 0) || d->v_first != (p->state_v_first != 0) || (d->vec > 1) != (vectors != 0) ||
             d->dense128 != dense128 || (d->nr * d->nc == 32) != narrow || (d->tok && !tok))
             continue;
-        const int score = 2 * (d->tok == tok) + (d->load_ef == load_ef);
+        const int score = 2 * ((d->tok != 0) == tok) + (d->load_ef == load_ef);
         if (score > best) {
             best = score;
             var = d;
@@ -1522,11 +1499,6 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         per_cta = atoi(knob_warps);
     p->warps_per_cta = per_cta;
     p->ctas_per_head = (p->warps_per_head + per_cta - 1) / per_cta;
-    /* L2 prefetch of the head a later wave will take (prefetch_state_l2): contiguous dense heads,
-     * one CTA each. FKDA_DECODE_PREFETCH=N: N heads ahead (an experiment; off by default). */
-    const char *knob_prefetch = getenv("FKDA_DECODE_PREFETCH");
-    if (knob_prefetch && var->dense128 && var->tok && p->ctas_per_head == 1 && atoi(knob_prefetch) > 0)
-        p->prefetch_heads = atoi(knob_prefetch);
 
     const cudaError_t err =
         launch_decode_kernel(var->kernel, dim3((unsigned)heads, (unsigned)p->ctas_per_head, 1), 32 * per_cta, 0, stream_arg, p, pdl);

@@ -63,8 +63,6 @@ typedef struct fkda_decode_params {
     int32_t warps_per_cta;  /* warps of one CTA, all on the same head */
     int32_t ctas_per_head;  /* CTAs sharing the warps of one (sequence, value head) */
     int32_t pipeline_inputs; /* streaming: load the next head's token inputs during this head's work */
-    int32_t prefetch_heads;  /* > 0: each CTA prefetches into L2 the state of the head this many
-                              * heads further in the grid (contiguous heads, one CTA per head) */
 } fkda_decode_params;
 
 /* Picks the kernel variant and the geometry for a device of `sm_count` SMs and compute
