@@ -119,15 +119,30 @@ static __device__ __forceinline__ void store_float(void *base, int32_t dtype, in
                  : "memory");
 }
 
+/* The element offset of (row, position, head) in a token tensor. The kernels compiled for
+ * all-bf16 tokens with TOK = 1 compute it in 32 bits: their launch checked that every offset of
+ * every token tensor fits in 31 bits (tokens_fit_31_bits), and each 64-bit multiply-add is three
+ * instructions on a path that, at small batches, is the time (H100, fp32 pool: B = 1 H = 8 4.20
+ * -> 4.05 us, 8 x 8 6.50 -> 6.38). TOK = 2 (the narrow bf16-pool kernels) keeps 64 bits: there
+ * the 32-bit offsets measured slower (B = 1 H = 32 4.54 -> 4.64 us; why is not known, the
+ * compiler scheduled the two differently). */
+static __device__ __forceinline__ int64_t token_offset(const int64_t *stride, int64_t row, int64_t pos, int64_t head,
+                                                       const int TOK)
+{
+    if (TOK == 1)
+        return (int32_t)row * (int32_t)stride[0] + (int32_t)pos * (int32_t)stride[1] +
+               (int32_t)head * (int32_t)stride[2];
+    return row * stride[0] + pos * stride[1] + head * stride[2];
+}
+
 /* Token tensors are addressed as one 64-bit pointer per (row, position, head), computed once,
  * plus a 32-bit offset per element (the launch checks |last stride| * 256 < 2^31): at small
  * batches every instruction on a warp's path is time, and 64-bit index arithmetic per element
  * was ~15 instructions per load. */
 static __device__ __forceinline__ const char *token_vector(const void *base, const int64_t *stride, int32_t dtype,
-                                                          int64_t row, int64_t pos, int64_t head)
+                                                          int64_t row, int64_t pos, int64_t head, const int TOK)
 {
-    const int64_t i = row * stride[0] + pos * stride[1] + head * stride[2];
-    return (const char *)base + (i << (dtype == FKDA_DTYPE_F32 ? 2 : 1));
+    return (const char *)base + (token_offset(stride, row, pos, head, TOK) << (dtype == FKDA_DTYPE_F32 ? 2 : 1));
 }
 
 /* Element e of a token vector (stride in elements). */
@@ -404,7 +419,9 @@ typedef struct staged_token {
 /* The dtype of a token tensor (q, k, v, g, beta, out) in a kernel compiled for all-bf16 tokens
  * (TOK: the common call of a bf16 model) or read at run time (every other combination). A
  * compile-time dtype leaves one load per element and a shift to convert it, where the run-time
- * one needs both load widths and every conversion. */
+ * one needs both load widths and every conversion. TOK kernels also assume what the launch
+ * checked for them: one token per sequence (T = 1, no cu_seqlens, 1-D indices) and token
+ * offsets in 31 bits (token_offset). */
 #define TOKEN_DTYPE(p, field, TOK) ((TOK) ? (int32_t)FKDA_DTYPE_BF16 : (p)->field)
 
 /* The raw bits of the inputs one thread stages in one round of stage_token: keys base + tid +
@@ -421,15 +438,18 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
                                                        int skip_empty_slots, const int TOK)
 {
     const int tid = threadIdx.x, nthreads = blockDim.x;
-    const char *qv = token_vector(p->q, p->q_stride, TOKEN_DTYPE(p, q_dtype, TOK), row, pos, hq);
-    const char *kv = token_vector(p->k, p->k_stride, TOKEN_DTYPE(p, k_dtype, TOK), row, pos, hq);
-    const char *gv = token_vector(p->g, p->g_stride, TOKEN_DTYPE(p, g_dtype, TOK), row, pos, h);
+    const char *qv = token_vector(p->q, p->q_stride, TOKEN_DTYPE(p, q_dtype, TOK), row, pos, hq, TOK);
+    const char *kv = token_vector(p->k, p->k_stride, TOKEN_DTYPE(p, k_dtype, TOK), row, pos, hq, TOK);
+    const char *gv = token_vector(p->g, p->g_stride, TOKEN_DTYPE(p, g_dtype, TOK), row, pos, h, TOK);
     const int gated = p->gate != FKDA_GATE_NONE, biased = gated && p->dt_bias;
-    const char *bv = biased ? (const char *)p->dt_bias + ((h * p->dt_bias_stride[0])
-                                                          << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
+    /* dt_bias and A_log: 32-bit offsets in TOK kernels too (checked with the token tensors). */
+    const int64_t bias_off = TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->dt_bias_stride[0]) : h * p->dt_bias_stride[0];
+    const int64_t A_off = TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->A_log_stride) : h * p->A_log_stride;
+    const char *bv = biased ? (const char *)p->dt_bias + (bias_off << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
                             : NULL;
-    tb->beta = load_bits(p->beta, TOKEN_DTYPE(p, beta_dtype, TOK), row * p->beta_stride[0] + pos * p->beta_stride[1] + h * p->beta_stride[2]);
-    tb->A = load_bits_if(p->A_log, p->A_log_dtype, h * p->A_log_stride, gated && p->A_log);
+    const int64_t beta_off = token_offset(p->beta_stride, row, pos, h, TOK);
+    tb->beta = load_bits(p->beta, TOKEN_DTYPE(p, beta_dtype, TOK), beta_off);
+    tb->A = load_bits_if(p->A_log, p->A_log_dtype, A_off, gated && p->A_log);
 #pragma unroll
     for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
         tb->q[i] = tb->k[i] = tb->g[i] = tb->bias[i] = 0u;
@@ -548,7 +568,7 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
                                               int64_t pos, int64_t h, uint32_t *vbits, const int V_FIRST,
                                               const int VEC, const int NC, const int TOK)
 {
-    const char *vv = token_vector(p->v, p->v_stride, TOKEN_DTYPE(p, v_dtype, TOK), row, pos, h);
+    const char *vv = token_vector(p->v, p->v_stride, TOKEN_DTYPE(p, v_dtype, TOK), row, pos, h, TOK);
 #pragma unroll
     for (int c = 0; c < NC; c++) {
         const int j = tile_col(w, c, V_FIRST, VEC);
@@ -615,7 +635,7 @@ static __device__ __forceinline__ void zero_outputs(const fkda_decode_params *p,
 {
     if (w->kl != 0) return;
     for (int64_t t = 0; t < len; t++) {
-        const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, bos + t, h);
+        const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, bos + t, h, TOK);
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             const int j = tile_col(w, c, V_FIRST, VEC);
@@ -685,7 +705,7 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         }
         /* Delta rule and output: v' = b (v - S^T k), o = S^T q + (k . q) v', S += k v'^T. */
         float vk[DECODE_MAX_C]; /* kf * v', so that the update can use the unscaled k */
-        const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, pos, h);
+        const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, pos, h, TOK);
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             const float vn = tok.beta * (bits_to_float(vbits[c], TOKEN_DTYPE(p, v_dtype, TOK)) - tok.kf * pk[c]);
@@ -704,14 +724,14 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
             }
         }
 
-        if (p->idx_2d) { /* the state after each token goes to its own slot */
+        if (!TOK && p->idx_2d) { /* the state after each token goes to its own slot */
             const int64_t ts = t < p->idx_tokens
                                    ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + t * p->idx_stride[1])
                                    : -1;
             if (ts >= 0 && ts < p->pool_size) store_tile(p, &w, ts, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
         }
     }
-    if (!p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
+    if (TOK || !p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
 /* A CTA takes `ctas_per_head`-th of the warps of one (sequence, value head): all of them for
@@ -730,10 +750,15 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     split_head(p, head, &n, &h);
     const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, D128);
 
-    int64_t row, bos;
-    const int64_t len = sequence_tokens(p, n, &row, &bos);
+    /* TOK kernels serve one-token calls only (T = 1, no cu_seqlens, 1-D indices: the launch
+     * checks), so their sequence is row n, position 0, and their slot one index load (H100,
+     * fp32 pool: B = 1 H = 32 4.96 -> 4.68 us, 8 x 8 6.38 -> 5.76; and without the spills this
+     * removed, 2048 heads 1.2-1.7% faster). */
+    int64_t row = n, bos = 0;
+    const int64_t len = TOK ? 1 : sequence_tokens(p, n, &row, &bos);
     if (len <= 0) return;
-    const int64_t slot = read_slot(p, n);
+    const int64_t slot = TOK ? (p->state_indices ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0]) : n)
+                             : read_slot(p, n);
     if (slot < 0 || slot >= p->pool_size) {
         zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC, TOK);
         return;
@@ -1125,9 +1150,9 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
 /* name, pool is bf16, [V, K] layout, elements per state vector, register rows, register columns,
  * dense 128 (K = V = 128 and the state's rows 128 elements apart: every offset inside a head is
  * a compile-time constant plus one per lane; the common case, and the fastest), streaming
- * (evict-first) state loads, all-bf16 token tensors (TOKEN_DTYPE, the call of a bf16 model: dense
- * 128 pools only; H100, bf16 pool: B = 1 H = 32 5.17 -> 4.53 us, 8 x 8 6.29 -> 5.53; fp32 pool
- * 64 x 8 30.9 -> 30.1, neutral from 2048 heads). The "narrow" kernels (32 values per lane, 16 warps per head) serve
+ * (evict-first) state loads, all-bf16 token tensors (TOKEN_DTYPE, the one-token call of a bf16
+ * model: dense 128 pools only; H100, bf16 pool: B = 1 H = 32 5.17 -> 4.53 us, 8 x 8 6.29 -> 5.53; fp32 pool
+ * 64 x 8 30.9 -> 30.1, neutral from 2048 heads; 1 or 2, token_offset says which). The "narrow" kernels (32 values per lane, 16 warps per head) serve
  * small batches, whose pools are small next to L2, so their loads are always streaming.
  * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two
  * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). */
@@ -1154,8 +1179,8 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
     X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1, 1, 0)     \
     X(decode_f32_kv_128_narrow_tok, 0, 0, 4, 8, 4, 1, 1, 1)  \
     X(decode_f32_vk_128_narrow_tok, 0, 1, 4, 8, 4, 1, 1, 1)  \
-    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 1) \
-    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 1) \
+    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 2) \
+    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 2) \
     X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0, 0, 0)            \
     X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0, 0, 0)            \
     X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0, 0, 0)            \
@@ -1217,7 +1242,7 @@ typedef struct decode_variant {
     const char *name;
     int bf16, v_first, vec, nr, nc, dense128;
     int load_ef; /* streaming (evict-first) state loads */
-    int tok;     /* compiled for all-bf16 token tensors (TOKEN_DTYPE) */
+    int tok;     /* compiled for all-bf16 token tensors (TOKEN_DTYPE); 2: with 64-bit token offsets */
     int stream_per_sm; /* 0: a plain kernel; else a streaming one and its CTAs per SM */
 } decode_variant;
 
@@ -1252,6 +1277,15 @@ static cudaError_t launch_decode_kernel(decode_kernel_fn kernel, dim3 grid, unsi
 
 #define DECODE_MAX_DEVICES 64 /* devices whose shared-memory attribute is remembered */
 
+/* A tuning knob that is on or off: 1 or 0 where the environment variable is "1" or "0", -1 where
+ * it is unset or anything else (the launch's own rule then decides). */
+static int knob_switch(const char *name)
+{
+    const char *value = getenv(name);
+    if (value == NULL || (value[0] != '0' && value[0] != '1') || value[1] != '\0') return -1;
+    return value[0] == '1';
+}
+
 static size_t stream_smem_bytes(const decode_variant *v)
 {
     return (size_t)DECODE_STREAM_BUFS * 128 * 128 * (v->bf16 ? 2 : 4) + 2 * sizeof(stage_buffer) + sizeof(stream_ring);
@@ -1267,6 +1301,36 @@ static int pool_vectorizable(const void *data, const int64_t *stride, int v_firs
     const int extent = v_first ? K : V;
     return (uintptr_t)data % 16 == 0 && stride[contiguous] == 1 && stride[other] % vec == 0 &&
            stride[0] % vec == 0 && stride[1] % vec == 0 && extent % vec == 0 && elem * vec == 16;
+}
+
+/* Whether sum_i (extent_i - 1) * |stride_i| < 2^31: then every offset of the tensor, and every
+ * partial sum on the way to it, fits in a signed 32-bit integer. */
+static int offsets_fit_31_bits(const int64_t *extent, const int64_t *stride, int ndim)
+{
+    const int64_t limit = INT64_C(0x7fffffff);
+    int64_t span = 0;
+    for (int i = 0; i < ndim; i++) {
+        if (extent[i] <= 1) continue; /* index 0 only: whatever the stride, the term is 0 */
+        const int64_t a = stride[i] < 0 ? -stride[i] : stride[i];
+        if (a > limit || (a > 0 && extent[i] - 1 > (limit - span) / a)) return 0;
+        span += (extent[i] - 1) * a;
+    }
+    return span < limit;
+}
+
+/* The precondition of the kernels compiled for all-bf16 tokens (token_offset): every
+ * (row, position, head) offset of q, k, v, g, beta and out, and the head offsets of dt_bias and
+ * A_log, in 31 bits. (The element offsets along a vector are checked separately, for every
+ * kernel.) */
+static int tokens_fit_31_bits(const fkda_decode_params *p)
+{
+    const int64_t rows = p->cu_seqlens ? 1 : p->N, hq = p->HV / p->group;
+    const int64_t qk[3] = {rows, p->T, hq}, vg[3] = {rows, p->T, p->HV}, heads[1] = {p->HV};
+    return offsets_fit_31_bits(qk, p->q_stride, 3) && offsets_fit_31_bits(qk, p->k_stride, 3) &&
+           offsets_fit_31_bits(vg, p->v_stride, 3) && offsets_fit_31_bits(vg, p->g_stride, 3) &&
+           offsets_fit_31_bits(vg, p->out_stride, 3) && offsets_fit_31_bits(vg, p->beta_stride, 3) &&
+           (!p->dt_bias || offsets_fit_31_bits(heads, p->dt_bias_stride, 1)) &&
+           (!p->A_log || offsets_fit_31_bits(heads, &p->A_log_stride, 1));
 }
 
 extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int sm_count, int cc_major,
@@ -1302,31 +1366,26 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     if (heads > 0x7fffffff) /* split_head divides in 32 bits */
         return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
 
-    /* Tuning knobs for bench/bench_decode_gpu.py (unset: the rules below). */
-    const char *knob_stream = getenv("FKDA_DECODE_STREAM");
-    const char *knob_pdl = getenv("FKDA_DECODE_PDL");
+    /* Tuning knobs for bench/bench_decode_gpu.py and the tests' forced variants (unset: the rules
+     * below). Read on every call, not once, because the benchmark changes them between calls. */
     /* Programmatic dependent launch on sm_90 (the wait is in the sm_90a image); FKDA_DECODE_PDL=0 turns it off. */
-    const int pdl = cc_major == 9 && !(knob_pdl && strcmp(knob_pdl, "0") == 0);
+    const int pdl = cc_major == 9 && knob_switch("FKDA_DECODE_PDL") != 0;
     const char *knob_warps = getenv("FKDA_DECODE_WARPS_PER_CTA");
 
     /* The streaming kernel (decode_stream_cta: dense fp32 heads on sm_90 through a shared-memory
      * ring) only on request, FKDA_DECODE_STREAM=1: once the plain kernel's staging skipped empty
      * key slots, plain measured faster at every large batch on the H100 (105.9 against 110.8 us
      * at B*H = 2048, 1553 against 1612 at 32768; docs/decode-notes.md). */
-    const char *knob_pipeline = getenv("FKDA_DECODE_PIPELINE");
-    p->pipeline_inputs = !(knob_pipeline && strcmp(knob_pipeline, "0") == 0);
+    p->pipeline_inputs = knob_switch("FKDA_DECODE_PIPELINE") != 0;
     /* Streaming (evict-first) loads of the state while the heads' states (as if every slot were
      * live) take at most twice the L2: on the H100 (50 MB of L2), faster up to 67 MB of state,
      * slower from 134 MB (load_state_vec; docs/decode-notes.md, run 17). */
     const int64_t state_bytes = heads * p->K * p->V * (p->state_bf16 ? 2 : 4);
     int load_ef = state_bytes <= 2 * l2_bytes;
-    const char *knob_load_ef = getenv("FKDA_DECODE_LOAD_EF");
-    if (knob_load_ef && (strcmp(knob_load_ef, "0") == 0 || strcmp(knob_load_ef, "1") == 0))
-        load_ef = knob_load_ef[0] == '1';
+    const int knob_load_ef = knob_switch("FKDA_DECODE_LOAD_EF");
+    if (knob_load_ef >= 0) load_ef = knob_load_ef;
     const int streamable = dense128 && !p->state_bf16 && cc_major == 9;
-    int stream = 0;
-    if (knob_stream && (strcmp(knob_stream, "0") == 0 || strcmp(knob_stream, "1") == 0))
-        stream = streamable && knob_stream[0] == '1';
+    const int stream = streamable && knob_switch("FKDA_DECODE_STREAM") == 1;
     if (stream) {
         const decode_variant *sv = NULL;
         for (size_t i = 0; i < sizeof decode_stream_variants / sizeof decode_stream_variants[0]; i++)
@@ -1361,9 +1420,8 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
      * heads per SM. */
     const int packable = dense128 && p->state_bf16 && !p->cu_seqlens && p->T == 1 && !p->idx_2d;
     int packed = packable && heads >= 2 * (int64_t)sm_count;
-    const char *knob_packed = getenv("FKDA_DECODE_PACKED");
-    if (knob_packed && (strcmp(knob_packed, "0") == 0 || strcmp(knob_packed, "1") == 0))
-        packed = packable && knob_packed[0] == '1';
+    const int knob_packed = knob_switch("FKDA_DECODE_PACKED");
+    if (knob_packed >= 0) packed = packable && knob_packed;
     if (packed) {
         decode_kernel_fn kernel = p->state_v_first ? (load_ef ? decode_bf16_vk_packed_ef : decode_bf16_vk_packed)
                                                    : (load_ef ? decode_bf16_kv_packed_ef : decode_bf16_kv_packed);
@@ -1387,16 +1445,16 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
      * below a quarter of the SMs: measured on the H100 (8 x 4 bf16 tiles), narrow bf16 took 4.82
      * us against 5.90 at 8 heads and 5.20 against 5.55 at 32, but 7.14 against 6.22 at 64. */
     int narrow = dense128 && (p->state_bf16 ? 4 * heads < sm_count : heads < sm_count);
-    const char *knob_narrow = getenv("FKDA_DECODE_NARROW");
-    if (knob_narrow && (strcmp(knob_narrow, "0") == 0 || strcmp(knob_narrow, "1") == 0))
-        narrow = dense128 && knob_narrow[0] == '1';
-    /* The variant for this pool: compiled for all-bf16 tokens where they are (never where not),
-     * with streaming loads as load_ef asks, where such variants exist. */
+    const int knob_narrow = knob_switch("FKDA_DECODE_NARROW");
+    if (knob_narrow >= 0) narrow = dense128 && knob_narrow;
+    /* The variant for this pool: compiled for all-bf16 tokens where they are and their offsets
+     * fit in 31 bits (never where not), with streaming loads as load_ef asks, where such
+     * variants exist. */
     const int b16 = FKDA_DTYPE_BF16;
     int tok = p->q_dtype == b16 && p->k_dtype == b16 && p->v_dtype == b16 && p->g_dtype == b16 &&
-              p->beta_dtype == b16 && p->out_dtype == b16;
-    const char *knob_tok = getenv("FKDA_DECODE_BF16_TOKENS");
-    if (knob_tok && strcmp(knob_tok, "0") == 0) tok = 0;
+              p->beta_dtype == b16 && p->out_dtype == b16 && tokens_fit_31_bits(p) && p->T == 1 &&
+              !p->cu_seqlens && !p->idx_2d;
+    if (knob_switch("FKDA_DECODE_BF16_TOKENS") == 0) tok = 0;
     const decode_variant *var = NULL;
     int best = -1;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0]; i++) {
@@ -1404,7 +1462,7 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         if (d->bf16 != (p->state_bf16 != 0) || d->v_first != (p->state_v_first != 0) || (d->vec > 1) != (vectors != 0) ||
             d->dense128 != dense128 || (d->nr * d->nc == 32) != narrow || (d->tok && !tok))
             continue;
-        const int score = 2 * (d->tok == tok) + (d->load_ef == load_ef);
+        const int score = 2 * ((d->tok != 0) == tok) + (d->load_ef == load_ef);
         if (score > best) {
             best = score;
             var = d;
