@@ -56,7 +56,7 @@ if [ $? -ne 0 ]; then tail -n 60 "$OUT/build.log"; exit 101; fi
 grep -E "spill|registers" "$OUT/build.log" | sort -u | head -n 40
 # The Python package loads the library just built (no pip install needed on the device).
 export FLASHKDA_LIBRARY=$PWD/build/gpu/libflashkda.so
-export PYTHONPATH=$PWD/python:$PYTHONPATH
+export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 
 failed=0
 # FKDA_VARIANTS="decode-packed decode-narrow ..." runs only those of the variants step (each forced
