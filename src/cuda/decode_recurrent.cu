@@ -1440,13 +1440,6 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         return FKDA_OK;
     }
 
-    /* Small batches of dense heads (fewer heads than SMs): narrow tiles, 32 values per lane and
-     * 16 warps per head, so that each warp's path (the time at these sizes) is shorter. bf16 only
-     * below a quarter of the SMs: measured on the H100 (8 x 4 bf16 tiles), narrow bf16 took 4.82
-     * us against 5.90 at 8 heads and 5.20 against 5.55 at 32, but 7.14 against 6.22 at 64. */
-    int narrow = dense128 && (p->state_bf16 ? 4 * heads < sm_count : heads < sm_count);
-    const int knob_narrow = knob_switch("FKDA_DECODE_NARROW");
-    if (knob_narrow >= 0) narrow = dense128 && knob_narrow;
     /* The variant for this pool: compiled for all-bf16 tokens where they are and their offsets
      * fit in 31 bits (never where not), with streaming loads as load_ef asks, where such
      * variants exist. */
@@ -1455,6 +1448,16 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
               p->beta_dtype == b16 && p->out_dtype == b16 && tokens_fit_31_bits(p) && p->T == 1 &&
               !p->cu_seqlens && !p->idx_2d;
     if (knob_switch("FKDA_DECODE_BF16_TOKENS") == 0) tok = 0;
+    /* Small batches of dense heads (fewer heads than SMs): narrow tiles, 32 values per lane and
+     * 16 warps per head, so that each warp's path (the time at these sizes) is shorter. bf16
+     * pools only below a quarter of the SMs: measured on the H100 (8 x 4 bf16 tiles, generic
+     * token kernels), narrow bf16 took 4.82 us against 5.90 at 8 heads and 5.20 against 5.55 at
+     * 32, but 7.14 against 6.22 at 64. With the one-token all-bf16 kernels below a sixth: narrow
+     * 3.95 us against 4.66 wide at 8 heads, 4.02 / 4.08 at 16, 4.21 / 4.17 at 24, 4.55 / 4.32 at
+     * 32 ([K, V] pool, B = 1 and B*8 heads alike). */
+    int narrow = dense128 && (!p->state_bf16 ? heads < sm_count : tok ? 6 * heads < sm_count : 4 * heads < sm_count);
+    const int knob_narrow = knob_switch("FKDA_DECODE_NARROW");
+    if (knob_narrow >= 0) narrow = dense128 && knob_narrow;
     const decode_variant *var = NULL;
     int best = -1;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0]; i++) {

@@ -632,6 +632,8 @@ int main(int argc, char **argv)
         c.T = 2; c.pool_dtype = FKDA_DTYPE_BF16; c.gate = FKDA_GATE_SOFTPLUS; cases[n++] = c;
         c = base_case("bf16 tokens, bf16 pool [K,V], 100 heads (wide, 4-warp CTAs)"); c.bf16_g_beta = 1; c.N = 25;
         c.pool_dtype = FKDA_DTYPE_BF16; c.skip = 1; c.steps = 3; cases[n++] = c;
+        c = base_case("bf16 tokens, bf16 pool [K,V], 32 heads (wide, 2-warp CTAs)"); c.bf16_g_beta = 1; c.N = 8;
+        c.pool_dtype = FKDA_DTYPE_BF16; c.skip = 1; c.steps = 3; cases[n++] = c;
         c = base_case("bf16 tokens, fp32 [K,V], 80 heads (narrow, 4-warp CTAs)"); c.bf16_g_beta = 1; c.N = 20;
         c.skip = 1; cases[n++] = c;
         c = base_case("bf16 tokens, fp32 [V,K], 160 heads, 2-D, T=3"); c.bf16_g_beta = 1; c.N = 40; c.v_first = 1;
