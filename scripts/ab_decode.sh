@@ -28,15 +28,19 @@ export PYTHONPATH=$PWD/python:/tmp/fkda-site${PYTHONPATH:+:$PYTHONPATH}
 
 base_src=/tmp/fkda-ab-src
 rm -rf "$base_src" && mkdir -p "$base_src"
-tar --exclude=./build --exclude=./.git --exclude="./$base_dir" -cf - . | tar -xf - -C "$base_src"
+# The tree without build outputs (build*/: also the baseline's own files) and git metadata.
+tar --exclude='./build*' --exclude=./.git -cf - . | tar -xf - -C "$base_src"
 cp -r "$base_dir"/. "$base_src"/
 echo "== build (this tree, and the baseline: $(cd "$base_dir" && find . -type f | tr '\n' ' '))"
-for pair in "$PWD build/gpu" "$base_src /tmp/fkda-ab-base"; do
-  set -- $pair
-  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/ab-build.log" 2>&1 &&
-    cmake --build "$2" -j 16 --target flashkda >>"$OUT/ab-build.log" 2>&1 ||
-    { tail -n 40 "$OUT/ab-build.log"; exit 101; }
-done
+build_library() { # source dir, build dir
+  cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release >>"$OUT/ab-build.log" 2>&1 &&
+    cmake --build "$2" -j 16 --target flashkda >>"$OUT/ab-build.log" 2>&1
+}
+: >"$OUT/ab-build.log"
+if ! build_library "$PWD" build/gpu || ! build_library "$base_src" /tmp/fkda-ab-base; then
+  tail -n 40 "$OUT/ab-build.log"
+  exit 101
+fi
 
 this_lib=$PWD/build/gpu/libflashkda.so base_lib=/tmp/fkda-ab-base/libflashkda.so
 i=0

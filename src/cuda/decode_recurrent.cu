@@ -1445,8 +1445,8 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
      * variants exist. */
     const int b16 = FKDA_DTYPE_BF16;
     int tok = p->q_dtype == b16 && p->k_dtype == b16 && p->v_dtype == b16 && p->g_dtype == b16 &&
-              p->beta_dtype == b16 && p->out_dtype == b16 && tokens_fit_31_bits(p) && p->T == 1 &&
-              !p->cu_seqlens && !p->idx_2d;
+              p->beta_dtype == b16 && p->out_dtype == b16 && p->T == 1 && !p->cu_seqlens && !p->idx_2d &&
+              tokens_fit_31_bits(p);
     if (knob_switch("FKDA_DECODE_BF16_TOKENS") == 0) tok = 0;
     /* Small batches of dense heads (fewer heads than SMs): narrow tiles, 32 values per lane and
      * 16 warps per head, so that each warp's path (the time at these sizes) is shorter. bf16
