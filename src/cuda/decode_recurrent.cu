@@ -752,8 +752,8 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
 
     /* TOK kernels serve one-token calls only (T = 1, no cu_seqlens, 1-D indices: the launch
      * checks), so their sequence is row n, position 0, and their slot one index load (H100,
-     * fp32 pool: B = 1 H = 32 4.96 -> 4.68 us, 8 x 8 6.38 -> 5.76; and without the spills this
-     * removed, 2048 heads 1.2-1.7% faster). */
+     * fp32 pool: B = 1 H = 32 4.96 -> 4.68 us, 8 x 8 6.38 -> 5.76, though on another H100 B = 1
+     * gained only 0.07 us; and without the spills this removed, 2048 heads 1.2-1.7% faster). */
     int64_t row = n, bos = 0;
     const int64_t len = TOK ? 1 : sequence_tokens(p, n, &row, &bos);
     if (len <= 0) return;
