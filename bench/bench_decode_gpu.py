@@ -135,17 +135,25 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
     steps = max(STEPS, layers)
     x = make_inputs(B, H, gen)
     pools = [(0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype) for _ in range(layers)]
-    idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
+    # Diagnostic knobs for the sweep's custom columns (the tables always use the defaults):
+    # FKDA_BENCH_INDICES=identity (slot n for sequence n; default: a shuffled pool) and
+    # FKDA_BENCH_LAYOUT=vk (the state stored [V, K]; default [K, V]).
+    if os.environ.get("FKDA_BENCH_INDICES", "shuffled") == "identity":
+        idx = torch.arange(B, device="cuda", dtype=torch.int32)
+    else:
+        idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
+    vf = os.environ.get("FKDA_BENCH_LAYOUT", "kv") == "vk"
     out = torch.empty(B, 1, H, V, device="cuda", dtype=torch.bfloat16)
-    ours = [lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out) for s in range(steps)]
-    theirs = [lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out) for s in range(steps)]
+    ours = [lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf) for s in range(steps)]
+    theirs = [lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, vf) for s in range(steps)]
     t_ours = time_graph(ours)
     t_fla = time_graph(theirs) if with_fla else float("nan")
     t_plain_launch = float("nan")
     if with_fla:  # ours again, launched without programmatic dependent launch (a stream of other kernels)
         saved = os.environ.get("FKDA_DECODE_PDL")
         os.environ["FKDA_DECODE_PDL"] = "0"
-        t_plain_launch = time_graph([lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out) for s in range(steps)])
+        t_plain_launch = time_graph([lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf)
+                                     for s in range(steps)])
         if saved is None:
             os.environ.pop("FKDA_DECODE_PDL")
         else:

@@ -33,6 +33,10 @@
  *   [K, V] layout (V contiguous): lane = vl + (32/KL) * kl. Register row r is key kl + KL*r;
  *       the lane's columns are one or more 16-byte vectors along V. A warp load covers KL rows,
  *       each 32/KL vectors wide. The reduction over K runs across the kl lane bits (xor 32/KL..16).
+ *       Wide fp32 tiles split K between the two warps of a pair (KS = 2): each warp holds 32
+ *       columns of 64 keys (KL = 4), so that a warp load reads 128-byte lines, and adds the other
+ *       warp's column sums through shared memory (3.6-4.7% faster than 16 columns of all 128 keys,
+ *       whose loads read half lines, from 256 heads; docs/decode-notes.md, run 38).
  *   [V, K] layout (K contiguous): lane = kl + KL * jl. Register row r is key
  *       (kl + KL*(r/VEC))*VEC + r%VEC, i.e. 16-byte vectors along K, interleaved across the KL
  *       lanes so that they read one contiguous run; columns are value rows jl + (32/KL)*c.
@@ -237,6 +241,7 @@ static __device__ __forceinline__ void store_state_vec(void *base, int off, cons
 
 typedef struct lane_tile {
     int kl, KL; /* this lane's index among the KL lanes sharing a column, and KL */
+    int kh, kbase; /* split-K tiles (KS = 2): the warp's half of the keys, and its first key */
     int lj, LJ; /* this lane's column group, and the number of groups (32 / KL) */
     int j0;     /* the warp's first column */
     int log2KL;
@@ -270,7 +275,7 @@ static __device__ __forceinline__ int stage_pos(const lane_tile *w, int k, const
 /* Key index of register row r. */
 static __device__ __forceinline__ int tile_row(const lane_tile *w, int r, const int V_FIRST, const int VEC)
 {
-    return V_FIRST ? (w->kl + w->KL * (r / VEC)) * VEC + r % VEC : w->kl + w->KL * r;
+    return w->kbase + (V_FIRST ? (w->kl + w->KL * (r / VEC)) * VEC + r % VEC : w->kl + w->KL * r);
 }
 
 /* Value index of register column c. */
@@ -405,6 +410,9 @@ static __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ?
 typedef struct __align__(16) stage_buffer { /* read with 16-byte loads */
     float q[DECODE_STAGE_FLOATS], k[DECODE_STAGE_FLOATS], d[DECODE_STAGE_FLOATS];
     float partial[DECODE_MAX_WARPS_PER_CTA][4];
+    /* Split-K tiles: each warp's column sums of S^T k and S^T q over its half of the keys, per
+     * column group of lanes (8 groups x 4 columns x 2 sums), for the other warp of its pair. */
+    float halves[DECODE_MAX_WARPS_PER_CTA][8][8];
 } stage_buffer;
 
 /* The factors that turn the staged vectors into the recurrence's: q_t = qf * sq and
@@ -585,16 +593,20 @@ typedef struct token_inputs {
 
 /* This lane's place in the tile of a warp that owns slab `slab` of a head's columns. */
 static __device__ __forceinline__ lane_tile make_lane_tile(const fkda_decode_params *p, int slab, const int V_FIRST,
-                                                         const int NR, const int NC, const int D128)
+                                                         const int NR, const int NC, const int D128, const int KS)
 {
     const int lane = threadIdx.x & 31;
     lane_tile w;
     w.K = D128 ? 128 : p->K;
     w.V = D128 ? 128 : p->V;
-    w.KL = D128 ? 128 / NR : p->lanes_k;
+    w.KL = D128 ? 128 / (NR * KS) : p->lanes_k;
     w.LJ = 32 / w.KL;
     w.kl = V_FIRST ? (lane & (w.KL - 1)) : lane / w.LJ;
     w.lj = V_FIRST ? lane / w.KL : (lane & (w.LJ - 1));
+    /* Split K: the two warps of a pair (slabs 2i, 2i + 1) share columns, one half of the keys each. */
+    w.kh = KS == 2 ? (slab & 1) : 0;
+    w.kbase = w.kh * (128 / KS);
+    if (KS == 2) slab >>= 1;
     w.j0 = slab * w.LJ * NC; /* past V for a CTA's spare warps: their columns are all masked */
     w.log2KL = log2_pow2(w.KL);
     return w;
@@ -633,7 +645,7 @@ static __device__ __forceinline__ void zero_outputs(const fkda_decode_params *p,
                                                     int64_t bos, int64_t len, int64_t h, const int V_FIRST,
                                                     const int VEC, const int NC, const int TOK)
 {
-    if (w->kl != 0) return;
+    if (w->kl != 0 || w->kh != 0) return;
     for (int64_t t = 0; t < len; t++) {
         const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, bos + t, h, TOK);
 #pragma unroll
@@ -644,6 +656,18 @@ static __device__ __forceinline__ void zero_outputs(const fkda_decode_params *p,
     }
 }
 
+/* Waits for the two warps of pair `pair` of the CTA (named barrier 1 + pair; 0 is
+ * __syncthreads'). The ids are immediates, so that the kernel reserves 5 barriers, not 16. */
+static __device__ __forceinline__ void pair_barrier(int pair)
+{
+    switch (pair) {
+    case 0: asm volatile("bar.sync 1, 64;" ::: "memory"); break;
+    case 1: asm volatile("bar.sync 2, 64;" ::: "memory"); break;
+    case 2: asm volatile("bar.sync 3, 64;" ::: "memory"); break;
+    default: asm volatile("bar.sync 4, 64;" ::: "memory"); break;
+    }
+}
+
 /* The recurrence over the sequence's tokens, the state in registers (loaded by the caller),
  * and the state's stores: after every token to its 2-D index, else once at the end to `slot`.
  * Every thread of the CTA calls it (stage_token waits for the whole CTA once per token). */
@@ -651,7 +675,8 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
                                                   int64_t n, int64_t h, int64_t row, int64_t bos, int64_t len,
                                                   int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C],
                                                   const token_inputs *first, int use_first, const int BF16, const int V_FIRST,
-                                                  const int VEC, const int NR, const int NC, const int D128, const int TOK)
+                                                  const int VEC, const int NR, const int NC, const int D128, const int TOK,
+                                                  const int KS)
 {
     const lane_tile w = *wp;
     const int64_t hq = query_head(p, h);
@@ -671,9 +696,10 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
             load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, TOK);
         }
         const staged_token tok =
-            stage_token(p, &w, row, pos, h, hq, sb, first ? &first->keys : NULL, t == 0 && use_first, V_FIRST, VEC, NR, TOK);
-        const float *lq = sb->q + w.kl * (NR + DECODE_ROW_PAD), *lk = sb->k + w.kl * (NR + DECODE_ROW_PAD),
-                    *ld = sb->d + w.kl * (NR + DECODE_ROW_PAD); /* this lane's rows */
+            stage_token(p, &w, row, pos, h, hq, sb, first ? &first->keys : NULL, t == 0 && use_first, V_FIRST, VEC, NR * KS, TOK);
+        /* This lane's rows (a split-K warp's, the kh-th half of its kl group's). */
+        const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
+        const float *lq = sb->q + lane_rows, *lk = sb->k + lane_rows, *ld = sb->d + lane_rows;
 
         /* Decay, and the two dot products over this lane's rows (with the unscaled q, k). */
         float pk[DECODE_MAX_C], pq[DECODE_MAX_C];
@@ -703,6 +729,20 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
                 pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
             }
         }
+        if (KS == 2) { /* add the other half of the keys, from the pair's other warp */
+            const int warp = threadIdx.x >> 5;
+            float *mine = sb->halves[warp][w.lj];
+            const float *theirs = sb->halves[warp ^ 1][w.lj];
+            if (w.kl == 0) {
+                *(float4 *)mine = make_float4(pk[0], pk[1], pk[2], pk[3]);
+                *(float4 *)(mine + 4) = make_float4(pq[0], pq[1], pq[2], pq[3]);
+            }
+            pair_barrier(warp >> 1);
+            const float4 tk = *(const float4 *)theirs, tq = *(const float4 *)(theirs + 4);
+            /* a + b in one warp, b + a in the other: the same sums, bit for bit */
+            pk[0] += tk.x; pk[1] += tk.y; pk[2] += tk.z; pk[3] += tk.w;
+            pq[0] += tq.x; pq[1] += tq.y; pq[2] += tq.z; pq[3] += tq.w;
+        }
         /* Delta rule and output: v' = b (v - S^T k), o = S^T q + (k . q) v', S += k v'^T. */
         float vk[DECODE_MAX_C]; /* kf * v', so that the update can use the unscaled k */
         const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, pos, h, TOK);
@@ -711,7 +751,7 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
             const float vn = tok.beta * (bits_to_float(vbits[c], TOKEN_DTYPE(p, v_dtype, TOK)) - tok.kf * pk[c]);
             vk[c] = tok.kf * vn;
             const int j = tile_col(&w, c, V_FIRST, VEC);
-            if (w.kl == 0 && j < w.V) store_elem(ov, TOKEN_DTYPE(p, out_dtype, TOK), j, (int)p->out_stride[3], fmaf(tok.kq, vn, tok.qf * pq[c]));
+            if (w.kl == 0 && w.kh == 0 && j < w.V) store_elem(ov, TOKEN_DTYPE(p, out_dtype, TOK), j, (int)p->out_stride[3], fmaf(tok.kq, vn, tok.qf * pq[c]));
         }
 #pragma unroll
         for (int r4 = 0; r4 < NR; r4 += 4) {
@@ -742,13 +782,13 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
  * every __syncthreads. */
 static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, stage_buffer *smem, const int BF16,
                                                   const int V_FIRST, const int VEC, const int NR, const int NC,
-                                                  const int D128, const int LOAD_EF, const int TOK)
+                                                  const int D128, const int LOAD_EF, const int TOK, const int KS)
 {
     const uint32_t head = blockIdx.x; /* the grid is heads x ctas_per_head */
     const int slab = (int)blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int64_t n, h;
     split_head(p, head, &n, &h);
-    const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, D128);
+    const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, D128, KS);
 
     /* TOK kernels serve one-token calls only (T = 1, no cu_seqlens, 1-D indices: the launch
      * checks), so their sequence is row n, position 0, and their slot one index load (H100,
@@ -765,7 +805,7 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     }
     float s[DECODE_MAX_R][DECODE_MAX_C];
     load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-    run_tokens(p, &w, smem, n, h, row, bos, len, slot, s, NULL, 0, BF16, V_FIRST, VEC, NR, NC, D128, TOK);
+    run_tokens(p, &w, smem, n, h, row, bos, len, slot, s, NULL, 0, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS);
 }
 
 /* ---- the packed bf16 variant: one token per sequence, the state held as bf16 pairs -------- */
@@ -834,7 +874,7 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
     const int slab = (int)blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int64_t n, h;
     split_head(p, head, &n, &h);
-    const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, 1);
+    const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, 1, 1);
     const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
 
     int64_t row, bos;
@@ -1066,7 +1106,7 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     const uint32_t head_bytes = 128 * 128 * (BF16 ? 2 : 4);
     const int64_t heads = p->N * p->HV;
-    const lane_tile w = make_lane_tile(p, threadIdx.x >> 5, V_FIRST, NR, NC, 1);
+    const lane_tile w = make_lane_tile(p, threadIdx.x >> 5, V_FIRST, NR, NC, 1, 1);
     if (threadIdx.x == 0) {
         for (int b = 0; b < DECODE_STREAM_BUFS; b++) mbar_init((uint32_t)__cvta_generic_to_shared(&ring->full[b]), 1);
         mbar_fence_init();
@@ -1124,7 +1164,7 @@ static __device__ __forceinline__ void decode_stream_cta(const fkda_decode_param
         }
         float s[DECODE_MAX_R][DECODE_MAX_C];
         load_tile_shared(&w, bufs + (size_t)b * head_bytes, s, BF16, V_FIRST, VEC, NR, NC);
-        run_tokens(p, &w, stage, n, h, row, bos, len, slot, s, &current, pipelined, BF16, V_FIRST, VEC, NR, NC, 1, 0);
+        run_tokens(p, &w, stage, n, h, row, bos, len, slot, s, &current, pipelined, BF16, V_FIRST, VEC, NR, NC, 1, 0, 1);
     }
 #else
     __trap(); /* never launched below sm_90 (fkda_decode_recurrent_launch checks) */
@@ -1155,48 +1195,49 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
  * 64 x 8 30.9 -> 30.1, neutral from 2048 heads; 1 or 2, token_offset says which). The "narrow" kernels (32 values per lane, 16 warps per head) serve
  * small batches, whose pools are small next to L2, so their loads are always streaming.
  * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two
- * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). */
-#define DECODE_VARIANTS(X)                                   \
-    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1, 0, 0)            \
-    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1, 0, 0)            \
-    X(decode_bf16_kv_128, 1, 0, 4, 16, 4, 1, 0, 0)           \
-    X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1, 0, 0)           \
-    X(decode_f32_kv_128_ef, 0, 0, 4, 16, 4, 1, 1, 0)         \
-    X(decode_f32_vk_128_ef, 0, 1, 4, 16, 4, 1, 1, 0)         \
-    X(decode_bf16_kv_128_ef, 1, 0, 4, 16, 4, 1, 1, 0)        \
-    X(decode_bf16_vk_128_ef, 1, 1, 8, 16, 4, 1, 1, 0)        \
-    X(decode_f32_kv_128_tok, 0, 0, 4, 16, 4, 1, 0, 1)        \
-    X(decode_f32_vk_128_tok, 0, 1, 4, 16, 4, 1, 0, 1)        \
-    X(decode_bf16_kv_128_tok, 1, 0, 4, 16, 4, 1, 0, 1)       \
-    X(decode_bf16_vk_128_tok, 1, 1, 8, 16, 4, 1, 0, 1)       \
-    X(decode_f32_kv_128_ef_tok, 0, 0, 4, 16, 4, 1, 1, 1)     \
-    X(decode_f32_vk_128_ef_tok, 0, 1, 4, 16, 4, 1, 1, 1)     \
-    X(decode_bf16_kv_128_ef_tok, 1, 0, 4, 16, 4, 1, 1, 1)    \
-    X(decode_bf16_vk_128_ef_tok, 1, 1, 8, 16, 4, 1, 1, 1)    \
-    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1, 1, 0)      \
-    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1, 1, 0)      \
-    X(decode_bf16_kv_128_narrow, 1, 0, 4, 8, 4, 1, 1, 0)     \
-    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1, 1, 0)     \
-    X(decode_f32_kv_128_narrow_tok, 0, 0, 4, 8, 4, 1, 1, 1)  \
-    X(decode_f32_vk_128_narrow_tok, 0, 1, 4, 8, 4, 1, 1, 1)  \
-    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 2) \
-    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 2) \
-    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0, 0, 0)            \
-    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0, 0, 0)            \
-    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0, 0, 0)            \
-    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0, 0, 0)            \
-    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0, 0, 0)         \
-    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0, 0, 0)         \
-    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0, 0, 0)        \
-    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 0, 0, 0)
+ * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). The last
+ * column: warps sharing the keys of a column (2: split K, the wide fp32 [K, V] tiles). */
+#define DECODE_VARIANTS(X)                                      \
+    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1, 0, 0, 2)            \
+    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1, 0, 0, 1)            \
+    X(decode_bf16_kv_128, 1, 0, 4, 16, 4, 1, 0, 0, 1)           \
+    X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1, 0, 0, 1)           \
+    X(decode_f32_kv_128_ef, 0, 0, 4, 16, 4, 1, 1, 0, 2)         \
+    X(decode_f32_vk_128_ef, 0, 1, 4, 16, 4, 1, 1, 0, 1)         \
+    X(decode_bf16_kv_128_ef, 1, 0, 4, 16, 4, 1, 1, 0, 1)        \
+    X(decode_bf16_vk_128_ef, 1, 1, 8, 16, 4, 1, 1, 0, 1)        \
+    X(decode_f32_kv_128_tok, 0, 0, 4, 16, 4, 1, 0, 1, 2)        \
+    X(decode_f32_vk_128_tok, 0, 1, 4, 16, 4, 1, 0, 1, 1)        \
+    X(decode_bf16_kv_128_tok, 1, 0, 4, 16, 4, 1, 0, 1, 1)       \
+    X(decode_bf16_vk_128_tok, 1, 1, 8, 16, 4, 1, 0, 1, 1)       \
+    X(decode_f32_kv_128_ef_tok, 0, 0, 4, 16, 4, 1, 1, 1, 2)     \
+    X(decode_f32_vk_128_ef_tok, 0, 1, 4, 16, 4, 1, 1, 1, 1)     \
+    X(decode_bf16_kv_128_ef_tok, 1, 0, 4, 16, 4, 1, 1, 1, 1)    \
+    X(decode_bf16_vk_128_ef_tok, 1, 1, 8, 16, 4, 1, 1, 1, 1)    \
+    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1, 1, 0, 1)      \
+    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1, 1, 0, 1)      \
+    X(decode_bf16_kv_128_narrow, 1, 0, 4, 8, 4, 1, 1, 0, 1)     \
+    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1, 1, 0, 1)     \
+    X(decode_f32_kv_128_narrow_tok, 0, 0, 4, 8, 4, 1, 1, 1, 1)  \
+    X(decode_f32_vk_128_narrow_tok, 0, 1, 4, 8, 4, 1, 1, 1, 1)  \
+    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 2, 1) \
+    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 2, 1) \
+    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0, 0, 0, 1)            \
+    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0, 0, 0, 1)            \
+    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0, 0, 0, 1)            \
+    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0, 0, 0, 1)            \
+    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0, 0, 0, 1)         \
+    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0, 0, 0, 1)         \
+    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0, 0, 0, 1)        \
+    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 0, 0, 0, 1)        
 
-#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK)               \
+#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS)           \
     __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, 2)                           \
         name(const __grid_constant__ fkda_decode_params p)                                       \
     {                                                                                           \
         __shared__ stage_buffer decode_stage[2];                                                \
         wait_for_prior_grid();                                                                  \
-        decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK);           \
+        decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS);       \
     }
 DECODE_VARIANTS(DECODE_DEFINE_KERNEL)
 
@@ -1243,13 +1284,14 @@ typedef struct decode_variant {
     int bf16, v_first, vec, nr, nc, dense128;
     int load_ef; /* streaming (evict-first) state loads */
     int tok;     /* compiled for all-bf16 token tensors (TOKEN_DTYPE); 2: with 64-bit token offsets */
+    int ks;      /* warps sharing the keys of a column (split K: 2) */
     int stream_per_sm; /* 0: a plain kernel; else a streaming one and its CTAs per SM */
 } decode_variant;
 
-#define DECODE_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK) \
-    {name, #name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, 0},
+#define DECODE_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS) \
+    {name, #name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, 0},
 #define DECODE_STREAM_TABLE_ENTRY(name, BF16, V_FIRST, VEC, NR, NC, PER_SM) \
-    {name, #name, BF16, V_FIRST, VEC, NR, NC, 1, 0, 0, PER_SM},
+    {name, #name, BF16, V_FIRST, VEC, NR, NC, 1, 0, 0, 1, PER_SM},
 static const decode_variant decode_variants[] = {DECODE_VARIANTS(DECODE_TABLE_ENTRY)};
 static const decode_variant decode_stream_variants[] = {DECODE_STREAM_VARIANTS(DECODE_STREAM_TABLE_ENTRY)};
 
@@ -1473,13 +1515,14 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     }
     if (var == NULL) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
 
-    /* KL lanes per column: enough that KL * NR rows cover K (a power of two, at most 32). */
-    int rows_needed = (p->K + var->nr - 1) / var->nr, kl = 1;
+    /* KL lanes per column: enough that KL * NR rows (of each of KS warps) cover K (a power of
+     * two, at most 32). */
+    int rows_needed = (p->K + var->nr * var->ks - 1) / (var->nr * var->ks), kl = 1;
     while (kl < rows_needed) kl *= 2;
     if (kl > 32) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: K = %d needs %d lanes per column", p->K, kl);
     const int cols_per_warp = (32 / kl) * var->nc;
     p->lanes_k = kl;
-    p->warps_per_head = (p->V + cols_per_warp - 1) / cols_per_warp;
+    p->warps_per_head = var->ks * ((p->V + cols_per_warp - 1) / cols_per_warp);
 
     /* Warps per CTA: 8 (a K = V = 128 fp32 head) or 4 (half a head; measured 5-7% faster than
      * 8 for large bf16 batches; a quarter of a narrow head, 2-9% faster than 8 at B = 1 and 8);
@@ -1500,6 +1543,7 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     while (per_cta > 1 && spread * heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
     if (knob_warps && (atoi(knob_warps) == 1 || atoi(knob_warps) == 2 || atoi(knob_warps) == 4 || atoi(knob_warps) == 8))
         per_cta = atoi(knob_warps);
+    if (per_cta < var->ks) per_cta = var->ks; /* the warps of a split-K pair share a CTA */
     p->warps_per_cta = per_cta;
     p->ctas_per_head = (p->warps_per_head + per_cta - 1) / per_cta;
 
