@@ -305,7 +305,8 @@ def main():
                    ("unpacked", {"FKDA_DECODE_PACKED": "0"}),
                    ("narrow", {"FKDA_DECODE_NARROW": "1", "FKDA_DECODE_STREAM": "0"}), ("wide", {"FKDA_DECODE_NARROW": "0"}),
                    ("ef loads", {"FKDA_DECODE_LOAD_EF": "1"}), ("plain loads", {"FKDA_DECODE_LOAD_EF": "0"}),
-                   ("generic tokens", {"FKDA_DECODE_BF16_TOKENS": "0"})]
+                   ("generic tokens", {"FKDA_DECODE_BF16_TOKENS": "0"}),
+                   ("split K", {"FKDA_DECODE_KSPLIT": "1"}), ("no split K", {"FKDA_DECODE_KSPLIT": "0"})]
         if os.environ.get("FKDA_BENCH_SWEEP_WARPS") == "1":
             configs += [(f"plain {w}w", {"FKDA_DECODE_STREAM": "0", "FKDA_DECODE_WARPS_PER_CTA": w})
                         for w in ("1", "2", "4", "8")]
@@ -319,14 +320,14 @@ def main():
         if "default again" in os.environ.get("FKDA_BENCH_SWEEP_CONFIGS", "").split(","):
             configs.append(("default again", {}))  # A/B/A: the first column's drift over the sweep
         sweep = ["", "Kernel families, warps per CTA and programmatic dependent launch forced (FKDA_DECODE_STREAM, "
-                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, FKDA_DECODE_PIPELINE, FKDA_DECODE_NARROW, FKDA_DECODE_LOAD_EF, FKDA_DECODE_BF16_TOKENS), "
+                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, FKDA_DECODE_PIPELINE, FKDA_DECODE_NARROW, FKDA_DECODE_LOAD_EF, FKDA_DECODE_BF16_TOKENS, FKDA_DECODE_KSPLIT), "
                  "ours us:", "",
                  "| pool | B | H | " + " | ".join(name for name, _ in configs) + " |",
                  "|---|---|---|" + "---|" * len(configs)]
         print("\n".join(sweep), flush=True)
         knobs = ("FKDA_DECODE_STREAM", "FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_PACKED",
                  "FKDA_DECODE_PIPELINE", "FKDA_DECODE_NARROW", "FKDA_DECODE_LOAD_EF",
-                 "FKDA_DECODE_BF16_TOKENS")
+                 "FKDA_DECODE_BF16_TOKENS", "FKDA_DECODE_KSPLIT")
         knobs += tuple(sorted({k for _, env in configs for k in env} - set(knobs)))  # custom columns' too
         cases = [(d, B, H) for d in ("fp32", "bf16")
                  for B, H in ((1, 32), (1, 8), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32))]

@@ -1,6 +1,6 @@
 /*
  * decode_recurrent.cu: the CUDA decode (fla's fused_recurrent_kda on a state pool), one kernel
- * in thirty-two plain, four packed and two (opt-in) streaming specialisations, and its launch.
+ * in thirty-six plain, four packed and two (opt-in) streaming specialisations, and its launch.
  *
  * Per sequence n, value head h and token t (the state S is K x V, fp32 in registers):
  *
@@ -36,7 +36,7 @@
  *       Wide fp32 tiles split K between the two warps of a pair (KS = 2): each warp holds 32
  *       columns of 64 keys (KL = 4), so that a warp load reads 128-byte lines, and adds the other
  *       warp's column sums through shared memory (3.6-4.7% faster than 16 columns of all 128 keys,
- *       whose loads read half lines, from 256 heads; docs/decode-notes.md, run 38).
+ *       whose loads read half lines, from 512 heads; docs/decode-notes.md, run 38).
  *   [V, K] layout (K contiguous): lane = kl + KL * jl. Register row r is key
  *       (kl + KL*(r/VEC))*VEC + r%VEC, i.e. 16-byte vectors along K, interleaved across the KL
  *       lanes so that they read one contiguous run; columns are value rows jl + (32/KL)*c.
@@ -1198,19 +1198,23 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
  * 8-warp CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most). The last
  * column: warps sharing the keys of a column (2: split K, the wide fp32 [K, V] tiles). */
 #define DECODE_VARIANTS(X)                                      \
-    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1, 0, 0, 2)            \
+    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1, 0, 0, 1)            \
+    X(decode_f32_kv_128_ks, 0, 0, 4, 16, 4, 1, 0, 0, 2)         \
     X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1, 0, 0, 1)            \
     X(decode_bf16_kv_128, 1, 0, 4, 16, 4, 1, 0, 0, 1)           \
     X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1, 0, 0, 1)           \
-    X(decode_f32_kv_128_ef, 0, 0, 4, 16, 4, 1, 1, 0, 2)         \
+    X(decode_f32_kv_128_ef, 0, 0, 4, 16, 4, 1, 1, 0, 1)         \
+    X(decode_f32_kv_128_ef_ks, 0, 0, 4, 16, 4, 1, 1, 0, 2)      \
     X(decode_f32_vk_128_ef, 0, 1, 4, 16, 4, 1, 1, 0, 1)         \
     X(decode_bf16_kv_128_ef, 1, 0, 4, 16, 4, 1, 1, 0, 1)        \
     X(decode_bf16_vk_128_ef, 1, 1, 8, 16, 4, 1, 1, 0, 1)        \
-    X(decode_f32_kv_128_tok, 0, 0, 4, 16, 4, 1, 0, 1, 2)        \
+    X(decode_f32_kv_128_tok, 0, 0, 4, 16, 4, 1, 0, 1, 1)        \
+    X(decode_f32_kv_128_tok_ks, 0, 0, 4, 16, 4, 1, 0, 1, 2)     \
     X(decode_f32_vk_128_tok, 0, 1, 4, 16, 4, 1, 0, 1, 1)        \
     X(decode_bf16_kv_128_tok, 1, 0, 4, 16, 4, 1, 0, 1, 1)       \
     X(decode_bf16_vk_128_tok, 1, 1, 8, 16, 4, 1, 0, 1, 1)       \
-    X(decode_f32_kv_128_ef_tok, 0, 0, 4, 16, 4, 1, 1, 1, 2)     \
+    X(decode_f32_kv_128_ef_tok, 0, 0, 4, 16, 4, 1, 1, 1, 1)     \
+    X(decode_f32_kv_128_ef_tok_ks, 0, 0, 4, 16, 4, 1, 1, 1, 2)  \
     X(decode_f32_vk_128_ef_tok, 0, 1, 4, 16, 4, 1, 1, 1, 1)     \
     X(decode_bf16_kv_128_ef_tok, 1, 0, 4, 16, 4, 1, 1, 1, 1)    \
     X(decode_bf16_vk_128_ef_tok, 1, 1, 8, 16, 4, 1, 1, 1, 1)    \
@@ -1500,6 +1504,14 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     int narrow = dense128 && (!p->state_bf16 ? heads < sm_count : tok ? 6 * heads < sm_count : 4 * heads < sm_count);
     const int knob_narrow = knob_switch("FKDA_DECODE_NARROW");
     if (knob_narrow >= 0) narrow = dense128 && knob_narrow;
+    /* Wide fp32 [K, V] heads: K split between two warps (128-byte line loads) beyond one wave of
+     * two CTAs per SM. Measured on the H100 (A/B/A/B in one call): 2048 heads 104.2 -> 102.6 us,
+     * 512 heads 29.1 -> 28.3, 8192 heads 399 -> 393; but 256 heads, where every head is on its
+     * SM from the start and a head's path is the time, 14.27 -> 14.63 (the pair's barrier).
+     * FKDA_DECODE_KSPLIT=0 or 1 forces it. */
+    int ksplit = heads > 2 * (int64_t)sm_count;
+    const int knob_ksplit = knob_switch("FKDA_DECODE_KSPLIT");
+    if (knob_ksplit >= 0) ksplit = knob_ksplit;
     const decode_variant *var = NULL;
     int best = -1;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0]; i++) {
@@ -1507,7 +1519,7 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         if (d->bf16 != (p->state_bf16 != 0) || d->v_first != (p->state_v_first != 0) || (d->vec > 1) != (vectors != 0) ||
             d->dense128 != dense128 || (d->nr * d->nc == 32) != narrow || (d->tok && !tok))
             continue;
-        const int score = 2 * ((d->tok != 0) == tok) + (d->load_ef == load_ef);
+        const int score = 4 * ((d->ks == 2) == ksplit) + 2 * ((d->tok != 0) == tok) + (d->load_ef == load_ef);
         if (score > best) {
             best = score;
             var = d;
