@@ -11,8 +11,8 @@
 #                  streaming without the input pipeline (FKDA_DECODE_PIPELINE=0), narrow fp32 tiles
 #                  forced on and off (FKDA_DECODE_NARROW=1, 0), the state's loads with and without
 #                  the evict-first hint (FKDA_DECODE_LOAD_EF=1, 0), all-bf16 tokens through the
-#                  generic kernels (FKDA_DECODE_BF16_TOKENS=0), split-K fp32 [K, V] tiles forced on
-#                  everywhere (FKDA_DECODE_KSPLIT=1 with FKDA_DECODE_NARROW=0; also sanitized) and
+#                  generic kernels (FKDA_DECODE_BF16_TOKENS=0), split-K [K, V] tiles forced on
+#                  everywhere (FKDA_DECODE_KSPLIT=1 with NARROW=0 and PACKED=1; also sanitized) and
 #                  off (FKDA_DECODE_KSPLIT=0); packed and narrow also sanitized
 #                  (decode-packed-narrow-memcheck, -racecheck); FKDA_VARIANTS="NAME ..." picks some
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
@@ -100,11 +100,11 @@ for step in "${steps[@]}"; do
     want_variant decode-plain-loads && FKDA_DECODE_LOAD_EF=0 run_step decode-plain-loads build/gpu/test_decode_cuda
     want_variant decode-ef-loads && FKDA_DECODE_LOAD_EF=1 run_step decode-ef-loads build/gpu/test_decode_cuda
     want_variant decode-generic-tokens && FKDA_DECODE_BF16_TOKENS=0 run_step decode-generic-tokens build/gpu/test_decode_cuda
-    want_variant decode-ksplit && FKDA_DECODE_KSPLIT=1 FKDA_DECODE_NARROW=0 run_step decode-ksplit build/gpu/test_decode_cuda
+    want_variant decode-ksplit && FKDA_DECODE_KSPLIT=1 FKDA_DECODE_NARROW=0 FKDA_DECODE_PACKED=1 run_step decode-ksplit build/gpu/test_decode_cuda
     want_variant decode-no-ksplit && FKDA_DECODE_KSPLIT=0 run_step decode-no-ksplit build/gpu/test_decode_cuda
     for tool in memcheck racecheck; do
       want_variant decode-ksplit-$tool || continue
-      FKDA_DECODE_KSPLIT=1 FKDA_DECODE_NARROW=0 run_step decode-ksplit-$tool \
+      FKDA_DECODE_KSPLIT=1 FKDA_DECODE_NARROW=0 FKDA_DECODE_PACKED=1 run_step decode-ksplit-$tool \
         compute-sanitizer --tool $tool --error-exitcode 1 build/gpu/test_decode_cuda --small
     done
     for tool in memcheck racecheck; do

@@ -411,8 +411,9 @@ typedef struct __align__(16) stage_buffer { /* read with 16-byte loads */
     float q[DECODE_STAGE_FLOATS], k[DECODE_STAGE_FLOATS], d[DECODE_STAGE_FLOATS];
     float partial[DECODE_MAX_WARPS_PER_CTA][4];
     /* Split-K tiles: each warp's column sums of S^T k and S^T q over its half of the keys, per
-     * column group of lanes (8 groups x 4 columns x 2 sums), for the other warp of its pair. */
-    float halves[DECODE_MAX_WARPS_PER_CTA][8][8];
+     * column group of lanes, for the other warp of its pair (add_other_half): 8 warps x 8 groups
+     * x 4 columns x 2 sums, or 4 warps x 8 groups x 8 columns x 2 sums (packed). */
+    float halves[DECODE_MAX_WARPS_PER_CTA * 8 * 8];
 } stage_buffer;
 
 /* The factors that turn the staged vectors into the recurrence's: q_t = qf * sq and
@@ -668,6 +669,32 @@ static __device__ __forceinline__ void pair_barrier(int pair)
     }
 }
 
+/* Split-K tiles: adds to this warp's column sums pk and pq (over its half of the keys, already
+ * reduced across its lanes) those of the other warp of its pair, which holds the same columns'
+ * other half. Lanes kl = 0 publish, both warps wait for each other, every lane reads. One warp
+ * computes a + b and the other b + a: the same sums, bit for bit. Lane group lj < 8 (LJ <= 8). */
+static __device__ __forceinline__ void add_other_half(stage_buffer *sb, const lane_tile *w, float *pk, float *pq,
+                                                      const int NC)
+{
+    const int warp = threadIdx.x >> 5;
+    float *mine = sb->halves + (warp * 8 + w->lj) * 2 * NC;
+    const float *theirs = sb->halves + ((warp ^ 1) * 8 + w->lj) * 2 * NC;
+    if (w->kl == 0) {
+#pragma unroll
+        for (int c = 0; c < NC; c += 4) {
+            *(float4 *)(mine + c) = make_float4(pk[c], pk[c + 1], pk[c + 2], pk[c + 3]);
+            *(float4 *)(mine + NC + c) = make_float4(pq[c], pq[c + 1], pq[c + 2], pq[c + 3]);
+        }
+    }
+    pair_barrier(warp >> 1);
+#pragma unroll
+    for (int c = 0; c < NC; c += 4) {
+        const float4 tk = *(const float4 *)(theirs + c), tq = *(const float4 *)(theirs + NC + c);
+        pk[c] += tk.x; pk[c + 1] += tk.y; pk[c + 2] += tk.z; pk[c + 3] += tk.w;
+        pq[c] += tq.x; pq[c + 1] += tq.y; pq[c + 2] += tq.z; pq[c + 3] += tq.w;
+    }
+}
+
 /* The recurrence over the sequence's tokens, the state in registers (loaded by the caller),
  * and the state's stores: after every token to its 2-D index, else once at the end to `slot`.
  * Every thread of the CTA calls it (stage_token waits for the whole CTA once per token). */
@@ -729,20 +756,7 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
                 pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
             }
         }
-        if (KS == 2) { /* add the other half of the keys, from the pair's other warp */
-            const int warp = threadIdx.x >> 5;
-            float *mine = sb->halves[warp][w.lj];
-            const float *theirs = sb->halves[warp ^ 1][w.lj];
-            if (w.kl == 0) {
-                *(float4 *)mine = make_float4(pk[0], pk[1], pk[2], pk[3]);
-                *(float4 *)(mine + 4) = make_float4(pq[0], pq[1], pq[2], pq[3]);
-            }
-            pair_barrier(warp >> 1);
-            const float4 tk = *(const float4 *)theirs, tq = *(const float4 *)(theirs + 4);
-            /* a + b in one warp, b + a in the other: the same sums, bit for bit */
-            pk[0] += tk.x; pk[1] += tk.y; pk[2] += tk.z; pk[3] += tk.w;
-            pq[0] += tq.x; pq[1] += tq.y; pq[2] += tq.z; pq[3] += tq.w;
-        }
+        if (KS == 2) add_other_half(sb, &w, pk, pq, NC);
         /* Delta rule and output: v' = b (v - S^T k), o = S^T q + (k . q) v', S += k v'^T. */
         float vk[DECODE_MAX_C]; /* kf * v', so that the update can use the unscaled k */
         const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, pos, h, TOK);
@@ -867,14 +881,14 @@ static __device__ __forceinline__ void pk_load_state(const lane_tile *w, const u
 }
 
 static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_params *p, stage_buffer *smem,
-                                                         const int V_FIRST, const int LOAD_EF)
+                                                         const int V_FIRST, const int LOAD_EF, const int KS)
 {
     const int NR = PK_NR, NC = PK_NC, VEC = 8;
     const uint32_t head = blockIdx.x; /* the grid is heads x ctas_per_head */
     const int slab = (int)blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int64_t n, h;
     split_head(p, head, &n, &h);
-    const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, 1, 1);
+    const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, 1, KS);
     const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
 
     int64_t row, bos;
@@ -898,9 +912,9 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
     const int64_t pos = bos, hq = query_head(p, h);
     uint32_t vbits[DECODE_MAX_C];
     load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, 0);
-    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, NULL, 0, V_FIRST, VEC, NR, 0);
-    const float *lq = smem->q + w.kl * (NR + DECODE_ROW_PAD), *lk = smem->k + w.kl * (NR + DECODE_ROW_PAD),
-                *ld = smem->d + w.kl * (NR + DECODE_ROW_PAD);
+    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, NULL, 0, V_FIRST, VEC, NR * KS, 0);
+    const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
+    const float *lq = smem->q + lane_rows, *lk = smem->k + lane_rows, *ld = smem->d + lane_rows;
 
     /* Decay and the two dot products (the decayed values are recomputed in the update). */
     float pk[PK_NC], pq[PK_NC];
@@ -927,6 +941,7 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
             pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
         }
     }
+    if (KS == 2) add_other_half(smem, &w, pk, pq, NC);
     float vk[PK_NC];
     const int64_t *os = p->out_stride;
 #pragma unroll
@@ -934,7 +949,7 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
         const float vn = tok.beta * (bits_to_float(vbits[c], p->v_dtype) - tok.kf * pk[c]);
         vk[c] = tok.kf * vn;
         const int j = tile_col(&w, c, V_FIRST, VEC);
-        if (w.kl == 0 && j < w.V)
+        if (w.kl == 0 && w.kh == 0 && j < w.V)
             store_float(p->out, p->out_dtype, row * os[0] + pos * os[1] + h * os[2] + j * os[3],
                         fmaf(tok.kq, vn, tok.qf * pq[c]));
     }
@@ -1268,17 +1283,19 @@ DECODE_STREAM_VARIANTS(DECODE_DEFINE_STREAM_KERNEL)
 
 /* The packed bf16 kernels (4 warps = one dense 128 head per CTA, 128 registers): [V, K] layout,
  * streaming state loads. */
-#define DECODE_DEFINE_PACKED_KERNEL(name, V_FIRST, LOAD_EF)                                      \
+#define DECODE_DEFINE_PACKED_KERNEL(name, V_FIRST, LOAD_EF, KS)                                  \
     __global__ void __launch_bounds__(128, 4) name(const __grid_constant__ fkda_decode_params p) \
     {                                                                                           \
         __shared__ stage_buffer decode_stage[1];                                                \
         wait_for_prior_grid();                                                                  \
-        decode_cta_packed(&p, decode_stage, V_FIRST, LOAD_EF);                                  \
+        decode_cta_packed(&p, decode_stage, V_FIRST, LOAD_EF, KS);                              \
     }
-DECODE_DEFINE_PACKED_KERNEL(decode_bf16_kv_packed, 0, 0)
-DECODE_DEFINE_PACKED_KERNEL(decode_bf16_vk_packed, 1, 0)
-DECODE_DEFINE_PACKED_KERNEL(decode_bf16_kv_packed_ef, 0, 1)
-DECODE_DEFINE_PACKED_KERNEL(decode_bf16_vk_packed_ef, 1, 1)
+DECODE_DEFINE_PACKED_KERNEL(decode_bf16_kv_packed, 0, 0, 1)
+DECODE_DEFINE_PACKED_KERNEL(decode_bf16_vk_packed, 1, 0, 1)
+DECODE_DEFINE_PACKED_KERNEL(decode_bf16_kv_packed_ef, 0, 1, 1)
+DECODE_DEFINE_PACKED_KERNEL(decode_bf16_vk_packed_ef, 1, 1, 1)
+DECODE_DEFINE_PACKED_KERNEL(decode_bf16_kv_packed_ks, 0, 0, 2)
+DECODE_DEFINE_PACKED_KERNEL(decode_bf16_kv_packed_ef_ks, 0, 1, 2)
 
 typedef void (*decode_kernel_fn)(const fkda_decode_params);
 
@@ -1462,6 +1479,15 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         return FKDA_OK;
     }
 
+    /* Wide fp32 [K, V] heads: K split between two warps (128-byte line loads) beyond one wave of
+     * two CTAs per SM. Measured on the H100 (A/B/A/B in one call): 2048 heads 104.2 -> 102.6 us,
+     * 512 heads 29.1 -> 28.3, 8192 heads 399 -> 393; but 256 heads, where every head is on its
+     * SM from the start and a head's path is the time, 14.27 -> 14.63 (the pair's barrier).
+     * FKDA_DECODE_KSPLIT=0 or 1 forces it. */
+    int ksplit = heads > 2 * (int64_t)sm_count;
+    const int knob_ksplit = knob_switch("FKDA_DECODE_KSPLIT");
+    if (knob_ksplit >= 0) ksplit = knob_ksplit;
+
     /* Large batches of one-token bf16 decodes: the packed kernel (decode_cta_packed), from 2
      * heads per SM. */
     const int packable = dense128 && p->state_bf16 && !p->cu_seqlens && p->T == 1 && !p->idx_2d;
@@ -1469,12 +1495,14 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     const int knob_packed = knob_switch("FKDA_DECODE_PACKED");
     if (knob_packed >= 0) packed = packable && knob_packed;
     if (packed) {
+        const int ks = !p->state_v_first && ksplit ? 2 : 1;
         decode_kernel_fn kernel = p->state_v_first ? (load_ef ? decode_bf16_vk_packed_ef : decode_bf16_vk_packed)
+                                  : ks == 2        ? (load_ef ? decode_bf16_kv_packed_ef_ks : decode_bf16_kv_packed_ks)
                                                    : (load_ef ? decode_bf16_kv_packed_ef : decode_bf16_kv_packed);
-        p->lanes_k = 128 / PK_NR;
-        p->warps_per_head = 128 / ((32 / p->lanes_k) * PK_NC);
+        p->lanes_k = 128 / (PK_NR * ks);
+        p->warps_per_head = ks * (128 / ((32 / p->lanes_k) * PK_NC));
         int per_cta = p->warps_per_head;
-        while (per_cta > 1 && 3 * heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
+        while (per_cta > ks && 3 * heads * ((p->warps_per_head + per_cta - 1) / per_cta) < sm_count) per_cta /= 2;
         p->warps_per_cta = per_cta;
         p->ctas_per_head = (p->warps_per_head + per_cta - 1) / per_cta;
         const cudaError_t err =
@@ -1504,14 +1532,6 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
     int narrow = dense128 && (!p->state_bf16 ? heads < sm_count : tok ? 6 * heads < sm_count : 4 * heads < sm_count);
     const int knob_narrow = knob_switch("FKDA_DECODE_NARROW");
     if (knob_narrow >= 0) narrow = dense128 && knob_narrow;
-    /* Wide fp32 [K, V] heads: K split between two warps (128-byte line loads) beyond one wave of
-     * two CTAs per SM. Measured on the H100 (A/B/A/B in one call): 2048 heads 104.2 -> 102.6 us,
-     * 512 heads 29.1 -> 28.3, 8192 heads 399 -> 393; but 256 heads, where every head is on its
-     * SM from the start and a head's path is the time, 14.27 -> 14.63 (the pair's barrier).
-     * FKDA_DECODE_KSPLIT=0 or 1 forces it. */
-    int ksplit = heads > 2 * (int64_t)sm_count;
-    const int knob_ksplit = knob_switch("FKDA_DECODE_KSPLIT");
-    if (knob_ksplit >= 0) ksplit = knob_ksplit;
     const decode_variant *var = NULL;
     int best = -1;
     for (size_t i = 0; i < sizeof decode_variants / sizeof decode_variants[0]; i++) {
