@@ -1,6 +1,6 @@
 /*
  * decode_recurrent.cu: the CUDA decode (fla's fused_recurrent_kda on a state pool), one kernel
- * in thirty-six plain, four packed and two (opt-in) streaming specialisations, and its launch.
+ * in thirty-six plain, six packed and two (opt-in) streaming specialisations, and its launch.
  *
  * Per sequence n, value head h and token t (the state S is K x V, fp32 in registers):
  *
@@ -1281,8 +1281,9 @@ DECODE_VARIANTS(DECODE_DEFINE_KERNEL)
     }
 DECODE_STREAM_VARIANTS(DECODE_DEFINE_STREAM_KERNEL)
 
-/* The packed bf16 kernels (4 warps = one dense 128 head per CTA, 128 registers): [V, K] layout,
- * streaming state loads. */
+/* The packed bf16 kernels (4 warps = one dense 128 head per CTA, 128 registers): name, [V, K]
+ * layout, streaming state loads, warps sharing the keys of a column (2: split K, [K, V] only:
+ * 32 columns x 64 keys per warp, 128-byte line loads, as in the wide fp32 tiles). */
 #define DECODE_DEFINE_PACKED_KERNEL(name, V_FIRST, LOAD_EF, KS)                                  \
     __global__ void __launch_bounds__(128, 4) name(const __grid_constant__ fkda_decode_params p) \
     {                                                                                           \
@@ -1479,10 +1480,12 @@ extern "C" fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int s
         return FKDA_OK;
     }
 
-    /* Wide fp32 [K, V] heads: K split between two warps (128-byte line loads) beyond one wave of
-     * two CTAs per SM. Measured on the H100 (A/B/A/B in one call): 2048 heads 104.2 -> 102.6 us,
-     * 512 heads 29.1 -> 28.3, 8192 heads 399 -> 393; but 256 heads, where every head is on its
-     * SM from the start and a head's path is the time, 14.27 -> 14.63 (the pair's barrier).
+    /* Wide fp32 and packed bf16 [K, V] heads: K split between two warps (128-byte line loads)
+     * beyond one wave of two CTAs per SM. Measured on the H100 (A/B/A/B in one call each), fp32:
+     * 2048 heads 104.2 -> 102.6 us, 512 heads 29.1 -> 28.3, 8192 heads 399 -> 393; but 256
+     * heads, where every head is on its SM from the start and a head's path is the time, 14.27 ->
+     * 14.63 (the pair's barrier). Packed bf16: 2048 heads 55.2 -> 54.3 (64 x 32) and 55.8 -> 54.8
+     * (256 x 8), 8192 heads 200.4 -> 199.0, 512 heads unchanged (docs/decode-notes.md, run 39).
      * FKDA_DECODE_KSPLIT=0 or 1 forces it. */
     int ksplit = heads > 2 * (int64_t)sm_count;
     const int knob_ksplit = knob_switch("FKDA_DECODE_KSPLIT");
