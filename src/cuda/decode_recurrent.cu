@@ -604,7 +604,8 @@ static __device__ __forceinline__ lane_tile make_lane_tile(const fkda_decode_par
     w.LJ = 32 / w.KL;
     w.kl = V_FIRST ? (lane & (w.KL - 1)) : lane / w.LJ;
     w.lj = V_FIRST ? lane / w.KL : (lane & (w.LJ - 1));
-    /* Split K: the two warps of a pair (slabs 2i, 2i + 1) share columns, one half of the keys each. */
+    /* Split K (dense 128 kernels only): the two warps of a pair (slabs 2i, 2i + 1) share columns,
+     * one half of the keys each. */
     w.kh = KS == 2 ? (slab & 1) : 0;
     w.kbase = w.kh * (128 / KS);
     if (KS == 2) slab >>= 1;
