@@ -636,6 +636,9 @@ int main(int argc, char **argv)
         c.pool_dtype = FKDA_DTYPE_BF16; c.skip = 1; c.steps = 3; cases[n++] = c;
         c = base_case("bf16 tokens, fp32 [K,V], 80 heads (narrow, 4-warp CTAs)"); c.bf16_g_beta = 1; c.N = 20;
         c.skip = 1; cases[n++] = c;
+        /* More heads than two CTAs per SM hold on a 132-SM card: split-K tiles by default. */
+        c = base_case("bf16 tokens, fp32 [K,V], 320 heads (split K)"); c.bf16_g_beta = 1; c.N = 80;
+        c.skip = 1; c.steps = 2; cases[n++] = c;
         c = base_case("bf16 tokens, fp32 [V,K], 160 heads, 2-D, T=3"); c.bf16_g_beta = 1; c.N = 40; c.v_first = 1;
         c.idx_mode = IDX_2D; c.T = 3; c.steps = 2; cases[n++] = c;
         c = base_case("softplus, no dt_bias, no norm"); c.gate = FKDA_GATE_SOFTPLUS; c.has_dt = 0; c.l2norm = 0;
