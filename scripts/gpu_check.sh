@@ -103,14 +103,11 @@ for step in "${steps[@]}"; do
     want_variant decode-ksplit && FKDA_DECODE_KSPLIT=1 FKDA_DECODE_NARROW=0 FKDA_DECODE_PACKED=1 run_step decode-ksplit build/gpu/test_decode_cuda
     want_variant decode-no-ksplit && FKDA_DECODE_KSPLIT=0 run_step decode-no-ksplit build/gpu/test_decode_cuda
     for tool in memcheck racecheck; do
-      want_variant decode-ksplit-$tool || continue
-      FKDA_DECODE_KSPLIT=1 FKDA_DECODE_NARROW=0 FKDA_DECODE_PACKED=1 run_step decode-ksplit-$tool \
-        compute-sanitizer --tool $tool --error-exitcode 1 build/gpu/test_decode_cuda --small
-    done
-    for tool in memcheck racecheck; do
-      want_variant decode-packed-narrow-$tool || continue
-      FKDA_DECODE_PACKED=1 FKDA_DECODE_NARROW=1 run_step decode-packed-narrow-$tool \
-        compute-sanitizer --tool $tool --error-exitcode 1 build/gpu/test_decode_cuda --small
+      sanitized=(compute-sanitizer --tool $tool --error-exitcode 1 build/gpu/test_decode_cuda --small)
+      want_variant decode-ksplit-$tool &&
+        FKDA_DECODE_KSPLIT=1 FKDA_DECODE_NARROW=0 FKDA_DECODE_PACKED=1 run_step decode-ksplit-$tool "${sanitized[@]}"
+      want_variant decode-packed-narrow-$tool &&
+        FKDA_DECODE_PACKED=1 FKDA_DECODE_NARROW=1 run_step decode-packed-narrow-$tool "${sanitized[@]}"
     done ;;
   profile-decode)
     for case in ${FKDA_PROFILE_CASES:-fp32,1,32 bf16,1,32}; do
