@@ -5,7 +5,7 @@ inputs, K = V = 128, the safe gate (lower_bound -5, A_log, dt_bias), L2 norm and
 the kernel, int32 state_indices over a shuffled pool. fla is called through its INTERNAL
 fla.ops.kda.fused_recurrent.fused_recurrent_kda_fwd(..., inplace_final_state=True,
 ssm_state_indices=...), which writes the pool; its public fused_recurrent_kda would silently skip
-the write (DESIGN.md, "the trap").
+the write (docs/design.md, "the trap").
 
 Timing: each library's steps are captured in one CUDA graph (STEPS decode calls, as a model's
 layers would make them), the graph is replayed, and CUDA events time each replay; the median

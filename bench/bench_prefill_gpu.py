@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
 """Prefill speed on the GPU: flash_kda.fwd (our CUDA kernels) next to fla's chunk_kda (Triton),
-same inputs, same process, for the seven shapes of DESIGN.md section 2.
+same inputs, same process, for the seven shapes of docs/design.md section 2.
 
     python3 bench/bench_prefill_gpu.py [--shapes h96,h8] [--out table.md] [--sweep-vslice]
                                        [--no-fla] [--profile]
 
-Inputs as in DESIGN.md: randn bf16 q, k, v, g and beta logits, A_log and dt_bias U(0, 1) fp32,
+Inputs as in docs/design.md: randn bf16 q, k, v, g and beta logits, A_log and dt_bias U(0, 1) fp32,
 lower_bound -5, L2 norm / gate / beta sigmoid in kernel, fp32 initial and final state in the
 [N, H, V, K] layout. Times are medians of CUDA-event timings after warm-up. Every shape's inputs
 are larger than the 50 MB L2, so one input set is used (no rotation needed).
 
-The memory floor is DESIGN.md section 3: (1,026 B read + 256 B written) per token-head plus the
+The memory floor is docs/design.md section 3: (1,026 B read + 256 B written) per token-head plus the
 fp32 state in and out, over the copy bandwidth measured in this run (bytes read + written).
 
 fla runs with FLA_FLASH_KDA=0 so that its dispatcher does not route the call to us. Triton

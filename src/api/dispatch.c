@@ -5,7 +5,7 @@
 
 #include "../cpu/cpu_backend.h"
 #include "../cuda/cuda_backend.h"
-#include "error.h"
+#include "../core/error.h"
 
 #define FKDA_WORKSPACE_ALIGNMENT 256
 

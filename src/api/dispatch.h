@@ -7,7 +7,7 @@
 
 #include <stddef.h>
 
-#include "problem.h"
+#include "../core/problem.h"
 
 /* Required workspace bytes for a validated problem on its device. */
 fkda_status fkda_dispatch_workspace(const fkda_problem *p, size_t *bytes);

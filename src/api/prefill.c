@@ -2,7 +2,7 @@
 #include <string.h>
 
 #include "dispatch.h"
-#include "error.h"
+#include "../core/error.h"
 #include "token_inputs.h"
 #include "validate.h"
 

@@ -4,7 +4,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "error.h"
+#include "../core/error.h"
 #include "validate.h"
 
 #define FKDA_MAX_HEAD_DIM 256

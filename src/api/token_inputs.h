@@ -6,7 +6,7 @@
 #ifndef FKDA_API_TOKEN_INPUTS_H
 #define FKDA_API_TOKEN_INPUTS_H
 
-#include "problem.h"
+#include "../core/problem.h"
 
 typedef struct fkda_token_inputs {
     const fkda_tensor *q, *k, *v, *g, *beta;

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "error.h"
+#include "../core/error.h"
 
 const char *fkda_dtype_name(fkda_dtype dtype)
 {

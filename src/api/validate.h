@@ -9,7 +9,7 @@
 #ifndef FKDA_API_VALIDATE_H
 #define FKDA_API_VALIDATE_H
 
-#include "problem.h"
+#include "../core/problem.h"
 
 /* Bit masks of accepted dtypes. */
 #define FKDA_MASK(dt) (1u << (dt))

@@ -1,7 +1,7 @@
 /*
  * activations.h: the per-token pre-activations that every CPU path applies before the recurrence.
  *
- * For token (row, t) and value head h they produce the four quantities of DESIGN.md section 1:
+ * For token (row, t) and value head h they produce the four quantities of docs/design.md section 1:
  *   q, k  [K]  from qk head h / group, optionally L2-normalised (x / sqrt(sum x^2 + 1e-6))
  *   a     [K]  the log-space decay from g by the gate (none, lower bound, softplus)
  *   b          the delta-rule step from beta (raw, sigmoid, or 2 sigmoid)
@@ -13,7 +13,7 @@
 
 #include <stdint.h>
 
-#include "../api/problem.h"
+#include "../core/problem.h"
 
 /* The gate constants of one value head. `bias` points at K widened values, or is NULL. */
 typedef struct fkda_head_gate_f {

@@ -7,7 +7,7 @@
  *
  * Two algorithms per operation:
  *   reference  token by token in float64, one (sequence, head) at a time: the ground truth
- *   fast       prefill: the chunked form of DESIGN.md in float32; decode: the recurrent form in
+ *   fast       prefill: the chunked form of docs/design.md in float32; decode: the recurrent form in
  *              float32; both threaded over (sequence, value head, value block)
  */
 #ifndef FKDA_CPU_BACKEND_H
@@ -15,7 +15,7 @@
 
 #include <stddef.h>
 
-#include "../api/problem.h"
+#include "../core/problem.h"
 
 size_t fkda_cpu_prefill_workspace(const fkda_problem *p);
 fkda_status fkda_cpu_prefill(const fkda_problem *p, void *workspace, size_t workspace_bytes);

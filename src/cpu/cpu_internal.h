@@ -14,7 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../api/problem.h"
+#include "../core/problem.h"
 
 size_t fkda_cpu_prefill_reference_workspace(const fkda_problem *p);
 fkda_status fkda_cpu_prefill_reference(const fkda_problem *p, void *workspace, size_t bytes);

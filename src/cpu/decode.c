@@ -18,7 +18,7 @@
  */
 #include <string.h>
 
-#include "../api/error.h"
+#include "../core/error.h"
 #include "activations.h"
 #include "cpu_backend.h"
 #include "cpu_internal.h"

@@ -1,5 +1,5 @@
 /*
- * prefill_chunked.c: the fast CPU prefill, the chunked form of DESIGN.md section 1 in float32.
+ * prefill_chunked.c: the fast CPU prefill, the chunked form of docs/design.md section 1 in float32.
  *
  * Work item: one (sequence, value head, block of value columns). Every value column of the state
  * evolves independently of the others, so the columns split into blocks with no communication;
@@ -33,7 +33,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../api/error.h"
+#include "../core/error.h"
 #include "activations.h"
 #include "chunk_kernels.h"
 #include "cpu_internal.h"

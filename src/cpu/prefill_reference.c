@@ -1,12 +1,12 @@
 /*
- * prefill_reference.c: the ground truth. The recurrence of DESIGN.md section 1 token by token,
+ * prefill_reference.c: the ground truth. The recurrence of docs/design.md section 1 token by token,
  * in float64, one (sequence, value head) per work item; the state is a double [K][V] array in the
  * worker's workspace slice. Slow (it streams the whole state three times per token) and simple
  * on purpose: every faster path is tested against it.
  */
 #include <string.h>
 
-#include "../api/error.h"
+#include "../core/error.h"
 #include "activations.h"
 #include "cpu_internal.h"
 #include "load.h"

@@ -15,7 +15,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#include "../api/problem.h"
+#include "../core/problem.h"
 #include "load.h"
 
 static inline int64_t fkda_state_offset(const fkda_operand *s, int64_t slot, int64_t head)

@@ -14,7 +14,7 @@
 
 #include <stddef.h>
 
-#include "../api/problem.h"
+#include "../core/problem.h"
 
 #ifdef __cplusplus
 extern "C" {

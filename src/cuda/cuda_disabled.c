@@ -2,7 +2,7 @@
  * cuda_disabled.c: the CUDA backend of a build without nvcc. Every entry point reports that
  * this library was built without CUDA, so a caller asking for the GPU gets a clear error.
  */
-#include "../api/error.h"
+#include "../core/error.h"
 #include "cuda_backend.h"
 
 #define NO_CUDA                                                                                  \

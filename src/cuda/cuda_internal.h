@@ -11,7 +11,7 @@
 
 #include <cuda_runtime.h>
 
-#include "../api/error.h"
+#include "../core/error.h"
 #include "cuda_backend.h"
 
 #ifdef __cplusplus

@@ -2,7 +2,7 @@
  * test_cpu_prefill.c: the CPU prefill through the public API.
  *
  * Three implementations meet on every case:
- *   naive      written here, in double, straight from DESIGN.md section 1 (pre-activations,
+ *   naive      written here, in double, straight from docs/design.md section 1 (pre-activations,
  *              head mapping, varlen, state layouts): an independent check of the reference
  *   reference  the library with device.reference = 1 (float64, token by token)
  *   fast       the library's chunked float32 path, on 1..4 threads

@@ -4,8 +4,8 @@
  * Every failing path in the library ends in fkda_fail(), which formats the message and returns
  * the status, so a check reads as one line: `return fkda_fail(FKDA_ERROR_..., "q: ...", ...);`.
  */
-#ifndef FKDA_API_ERROR_H
-#define FKDA_API_ERROR_H
+#ifndef FKDA_CORE_ERROR_H
+#define FKDA_CORE_ERROR_H
 
 #include "flashkda.h"
 
@@ -36,4 +36,4 @@ void fkda_clear_error(void);
 }
 #endif
 
-#endif /* FKDA_API_ERROR_H */
+#endif /* FKDA_CORE_ERROR_H */

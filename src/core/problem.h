@@ -7,8 +7,8 @@
  * check anything again. Every tensor becomes an fkda_operand whose strides follow a fixed
  * dimension order, listed beside each field below.
  */
-#ifndef FKDA_API_PROBLEM_H
-#define FKDA_API_PROBLEM_H
+#ifndef FKDA_CORE_PROBLEM_H
+#define FKDA_CORE_PROBLEM_H
 
 #include <stdint.h>
 
@@ -110,4 +110,4 @@ static inline int64_t fkda_read_index(const fkda_operand *x, int64_t offset)
     return ((const int32_t *)x->data)[offset];
 }
 
-#endif /* FKDA_API_PROBLEM_H */
+#endif /* FKDA_CORE_PROBLEM_H */
