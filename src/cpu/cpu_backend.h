@@ -1,7 +1,7 @@
 /*
  * cpu_backend.h: the CPU backend, as the API layer calls it.
  *
- * Every function takes a problem that validation has already checked (src/api/problem.h): the
+ * Every function takes a problem that validation has already checked (src/core/problem.h): the
  * backend checks nothing about the arguments again. Workspace is the caller's memory of at least
  * the size the matching *_workspace function returned, aligned to 64 bytes.
  *

@@ -3,7 +3,7 @@
  * per-chunk record that the prep kernel writes and the chain kernel reads, sequence bounds read
  * on the device, and small numeric helpers.
  *
- * The prefill runs in two kernels (docs/prefill-notes.md has the history):
+ * The prefill runs in two kernels (docs/prefill.md has the design, docs/history/prefill.md its history):
  *   prep  (prefill_prep.cu):  token-parallel, one CTA per (16-token chunk, value head): norms,
  *         gate, cumsum, decays, the 16x16 triangular inverse, and the chunk's operands.
  *   chain (prefill_chain.cu): one CTA per (sequence, value head, slice of value columns): walks
@@ -37,7 +37,7 @@
  * are swizzled: the 16-byte unit j of row r sits at unit j ^ (r & 7), so that ldmatrix reads of
  * 8 rows hit 8 different bank groups. bINV and Mqk are stored as two bf16 terms (hi + lo, ~16
  * significant bits): they multiply v and Vnew in the chain, and one bf16 rounding of each was
- * the largest error term (docs/prefill-notes.md, v2). The order puts what a state-only pass
+ * the largest error term (docs/history/prefill.md, v2). The order puts what a state-only pass
  * needs first (-W, Kr, gamma, bINV), so a prefix of the record serves it. */
 #define PF_REC_NEGW 0        /* -W   [16][128] bf16, swizzled */
 #define PF_REC_KR 4096       /* Kr   [16][128] bf16, swizzled */

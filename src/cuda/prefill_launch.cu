@@ -111,7 +111,7 @@ extern "C" fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t
  * whatever the slice, and a chain warp uses ~248 registers (8 warps fill an SM), so the slice
  * decides how evenly the warps spread over the SMs and how often each record is re-read (once
  * per slice, mostly from L2). Pick the slice whose busiest SM has the fewest warps, preferring
- * wider slices within 10 % of that (measured on H100: docs/prefill-notes.md, v1).
+ * wider slices within 10 % of that (measured on H100: docs/history/prefill.md, v1).
  * FKDA_PREFILL_VSLICE overrides it (16, 32, 64 or 128), for tuning. */
 static int choose_vslice(const fkda_problem *p, int sms)
 {
