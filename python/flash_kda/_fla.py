@@ -30,12 +30,13 @@ use_qk_l2norm would silently change the result). Differences, all deliberate:
 from __future__ import annotations
 
 import inspect
+import numbers
 import warnings
 
 import numpy as np
 
 from . import _tensors
-from ._ops import decode, prefill
+from ._ops import _number, decode, prefill
 from .errors import (
     ArgumentTypeError,
     DTypeError,
@@ -121,9 +122,9 @@ def _check_varlen(q, initial_state, cu_seqlens) -> None:
     if initial_state is not None:
         _require_array(initial_state, "initial_state")
         n = int(cu_seqlens.shape[0]) - 1
-        if initial_state.shape[0] != n:
+        if initial_state.ndim < 1 or initial_state.shape[0] != n:
             raise InvalidArgumentError(f"initial_state: expected one state per sequence, {n} (from "
-                                       f"cu_seqlens), got {initial_state.shape[0]}")
+                                       f"cu_seqlens), got shape {list(initial_state.shape)}")
 
 
 def _gate(use_gate_in_kernel: bool, lower_bound) -> str:
@@ -187,13 +188,16 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
         if lower_bound is None:
             raise InvalidArgumentError("lower_bound: is required when safe_gate=True and "
                                        "use_gate_in_kernel=True")
-        if not (-5 <= lower_bound < 0):
+        if not (-5 <= _number(lower_bound, "lower_bound") < 0):
             raise InvalidArgumentError(
                 f"lower_bound: {lower_bound} is outside the safe range [-5, 0)")
     if allow_neg_eigval and not use_beta_sigmoid_in_kernel:
         raise InvalidArgumentError(
             "allow_neg_eigval: True requires use_beta_sigmoid_in_kernel=True")
     if use_graph and cu_seqlens is not None and max_num_seqs is not None:
+        if not isinstance(max_num_seqs, numbers.Integral):
+            raise ArgumentTypeError(
+                f"max_num_seqs: expected an int, got {type(max_num_seqs).__qualname__}")
         if int(cu_seqlens.shape[0]) - 1 != max_num_seqs:
             raise InvalidArgumentError(
                 f"cu_seqlens: with use_graph it must hold exactly max_num_seqs + 1 "
