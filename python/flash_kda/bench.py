@@ -4,9 +4,9 @@ On a machine where torch sees a CUDA GPU (and libflashkda has its CUDA backend) 
 FlashKDA-style problem on the GPU through flash_kda.fwd (FlashKDA's call): bf16 inputs, B=1,
 T=8192, H=16, K=V=128, safe gate (lower_bound -5, A_log, dt_bias), L2 norm and beta sigmoid in
 kernel, fp32 states in and out ([N, H, V, K]). Elsewhere it runs the same options on the CPU fast
-path, NumPy float32 (or --dtype), T=2048, H=4. It times the fast path and compares the output and final state with
-the C library's float64 token-by-token reference on the CPU (on a subset of heads when the
-problem is large; the output says which).
+path, NumPy float32 (or --dtype), T=2048, H=4. It times the fast path and compares the output and
+final state with the C library's float64 token-by-token reference on the CPU (on a subset of
+heads when the problem is large; the output says which), fed the same inputs rounded to --dtype.
 
     flash-kda-bench                          # GPU when there is one, else CPU
     flash-kda-bench --device cpu --T 4096 --H 8
