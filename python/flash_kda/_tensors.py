@@ -104,6 +104,9 @@ def describe(obj, name: str, t: _native.Tensor) -> Location:
     ValueError for a tensor it cannot describe (more than 4 dimensions, odd device or layout).
     """
     if isinstance(obj, np.ndarray):
+        if not obj.dtype.isnative:
+            raise DTypeError(f"{name}: NumPy dtype {obj.dtype.str} is not in native byte order; "
+                             "convert it with .astype(x.dtype.newbyteorder('='))")
         dtype = _NUMPY_DTYPES.get(obj.dtype)
         if dtype is None:
             if obj.dtype.name == "bfloat16":
@@ -112,8 +115,6 @@ def describe(obj, name: str, t: _native.Tensor) -> Location:
                 raise DTypeError(
                     f"{name}: NumPy dtype {obj.dtype} is not supported; expected float32, float16, "
                     "bfloat16 (ml_dtypes), int32 or int64")
-        if not obj.dtype.isnative:
-            raise DTypeError(f"{name}: NumPy dtype {obj.dtype.str} is not in native byte order")
         itemsize = obj.itemsize
         strides = []
         for s in obj.strides:
