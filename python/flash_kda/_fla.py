@@ -20,7 +20,8 @@ use_qk_l2norm would silently change the result). Differences, all deliberate:
     ("A_log: is required by the softplus gate"), as fla's chunk_kda does.
   - fused_recurrent_kda: a per-channel beta [B, T, HV, V] raises UnsupportedError.
   - fused_recurrent_kda (the public one) ignores ssm_state_indices / inplace_final_state /
-    num_accepted_tokens like fla, but warns: use fused_recurrent_kda_fwd for in-place pools.
+    num_accepted_tokens like fla, but warns: use fused_recurrent_kda_fwd for in-place pools;
+    it refuses out (fla would drop it unwritten), which fused_recurrent_kda_fwd takes.
   - fused_recurrent_kda_fwd(inplace_final_state=True) with 1-D ssm_state_indices and several
     tokens per sequence writes the final state to ssm_state_indices[n] (fla writes token t's
     state to ssm_state_indices[n + t]); with inplace_final_state=False it does not take
