@@ -37,7 +37,7 @@ import warnings
 import numpy as np
 
 from . import _tensors
-from ._ops import _number, decode, prefill
+from ._ops import _number, decode, flags, prefill
 from .errors import (
     ArgumentTypeError,
     DTypeError,
@@ -57,7 +57,8 @@ def _require_ndim(x, name: str, ndim: int, dims: str):
     _require_array(x, name)
     if x.ndim != ndim:
         raise InvalidArgumentError(
-            f"{name}: expected {ndim} dimensions {dims}, got shape {list(x.shape)}")
+            f"{name}: expected {ndim} dimension{'s' if ndim != 1 else ''} {dims}, got "
+            f"shape {list(x.shape)}")
 
 
 def _is_float32(x) -> bool:
@@ -87,7 +88,8 @@ def _pop_state_layout_alias(kwargs: dict, state_v_first: bool) -> bool:
             "(it is the deprecated name of state_v_first)")
     warnings.warn("`transpose_state_layout` is deprecated; use `state_v_first`",
                   DeprecationWarning, stacklevel=3)
-    return bool(kwargs.pop("transpose_state_layout"))
+    (value,) = flags(transpose_state_layout=kwargs.pop("transpose_state_layout"))
+    return value
 
 
 def _check_keywords(function, kwargs: dict, extra) -> None:
@@ -162,6 +164,13 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     [N, HV, K, V] (or [N, HV, V, K]) when output_final_state, else None.
     """
     _check_keywords(chunk_kda, kwargs, _CHUNK_KDA_KEYWORDS)
+    (output_final_state, use_qk_l2norm_in_kernel, use_gate_in_kernel, use_beta_sigmoid_in_kernel,
+     allow_neg_eigval, safe_gate, return_intermediate_states, state_v_first, use_graph) = flags(
+        output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+        use_gate_in_kernel=use_gate_in_kernel,
+        use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel, allow_neg_eigval=allow_neg_eigval,
+        safe_gate=safe_gate, return_intermediate_states=return_intermediate_states,
+        state_v_first=state_v_first, use_graph=use_graph)
     state_v_first = _pop_state_layout_alias(kwargs, state_v_first)
     if cp_context is not None:
         raise UnsupportedError("cp_context: context parallelism is not supported by flash_kda")
@@ -171,6 +180,8 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     _require_ndim(q, "q", 4, "[B, T, H, K]")
     _require_ndim(v, "v", 4, "[B, T, HV, V]")
     _check_varlen(q, initial_state, cu_seqlens)
+    if initial_state is not None:
+        _require_array(initial_state, "initial_state")
     if initial_state is not None and not _is_float32(initial_state):
         raise DTypeError(f"initial_state: dtype {initial_state.dtype} is not accepted; chunk_kda "
                          "takes a float32 initial state (as fla does)")
@@ -244,6 +255,9 @@ def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
     Returns (o, final_state or None).
     """
     _check_keywords(fused_recurrent_kda, kwargs, _FUSED_RECURRENT_KDA_KEYWORDS)
+    (use_beta_sigmoid_in_kernel, allow_neg_eigval, state_v_first) = flags(
+        use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel, allow_neg_eigval=allow_neg_eigval,
+        state_v_first=state_v_first)
     state_v_first = _pop_state_layout_alias(kwargs, state_v_first)
     ignored = [name for name in _POOL_KEYWORDS if name in kwargs]
     if ignored:
@@ -286,6 +300,12 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
     out: optional output [B, T, HV, V] written in place (zeros are allocated when None).
     """
     _check_keywords(fused_recurrent_kda_fwd, kwargs, _FUSED_RECURRENT_KDA_FWD_KEYWORDS)
+    (output_final_state, inplace_final_state, use_qk_l2norm_in_kernel, use_gate_in_kernel,
+     use_beta_sigmoid_in_kernel, allow_neg_eigval, state_v_first) = flags(
+        output_final_state=output_final_state, inplace_final_state=inplace_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, use_gate_in_kernel=use_gate_in_kernel,
+        use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel, allow_neg_eigval=allow_neg_eigval,
+        state_v_first=state_v_first)
     function = kwargs.pop("_function", "fused_recurrent_kda_fwd")
     state_v_first = _pop_state_layout_alias(kwargs, state_v_first)
     _require_ndim(q, "q", 4, "[B, T, H, K]")
@@ -323,6 +343,8 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
     if ssm_state_indices is not None:
         raise UnsupportedError("ssm_state_indices: needs inplace_final_state=True in flash_kda "
                                "(the states are updated in place in the pool)")
+    if cu_seqlens is not None:
+        _require_ndim(cu_seqlens, "cu_seqlens", 1, "[N + 1]")
     N = _num_sequences(q, cu_seqlens)
     shape = _state_shape(N, v.shape[2], q.shape[3], v.shape[3], state_v_first)
     if initial_state is None:

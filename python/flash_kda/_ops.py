@@ -36,6 +36,20 @@ def _number(value, name: str) -> float:
     return float(value)
 
 
+def _flag(value, name: str) -> bool:
+    """A yes/no option: anything with a truth value (bool, int, a one-element array)."""
+    try:
+        return bool(value)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(f"{name}: expected a bool, got {type(value).__qualname__}") \
+            from None
+
+
+def flags(**named) -> tuple:
+    """The truth values of the named options, in order; ArgumentTypeError naming a bad one."""
+    return tuple(_flag(value, name) for name, value in named.items())
+
+
 def make_options(*, scale, gate, lower_bound, use_qk_l2norm, use_beta_sigmoid, allow_neg_eigval,
                  state_v_first) -> _native.Options:
     o = _native.Options()
@@ -48,7 +62,7 @@ def make_options(*, scale, gate, lower_bound, use_qk_l2norm, use_beta_sigmoid, a
                 "scale: 0 is not supported (None selects the default K^-0.5)")
     if gate is None:
         gate = "none"
-    if gate not in _GATES:
+    if not isinstance(gate, str) or gate not in _GATES:
         raise InvalidArgumentError(
             f"gate: {gate!r}; expected one of {', '.join(map(repr, _GATES))}")
     o.gate = _GATES[gate]
@@ -58,10 +72,9 @@ def make_options(*, scale, gate, lower_bound, use_qk_l2norm, use_beta_sigmoid, a
         raise InvalidArgumentError(
             "lower_bound: is required by gate='lower_bound' (a finite value < 0; "
             "the safe gate uses [-5, 0))")
-    o.use_qk_l2norm = 1 if use_qk_l2norm else 0
-    o.use_beta_sigmoid = 1 if use_beta_sigmoid else 0
-    o.allow_neg_eigval = 1 if allow_neg_eigval else 0
-    o.state_v_first = 1 if state_v_first else 0
+    o.use_qk_l2norm, o.use_beta_sigmoid, o.allow_neg_eigval, o.state_v_first = flags(
+        use_qk_l2norm=use_qk_l2norm, use_beta_sigmoid=use_beta_sigmoid,
+        allow_neg_eigval=allow_neg_eigval, state_v_first=state_v_first)
     return o
 
 
@@ -95,6 +108,7 @@ def _run(size_fn, run_fn, args, loc: _tensors.Location, reference: bool, num_thr
     if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool):
         raise ArgumentTypeError(
             f"num_threads: expected an int, got {type(num_threads).__qualname__}")
+    reference = _flag(reference, "reference")
     if reference and loc.kind != "cpu":
         raise InvalidArgumentError(
             f"reference: the float64 reference runs on CPU tensors only, but the "

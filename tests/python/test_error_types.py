@@ -6,7 +6,9 @@ option of an fla entry point), which must be caught by `except flash_kda.FlashKD
 as by the built-in class they always were. Every case also checks that nothing was written.
 """
 
+import inspect
 import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +79,9 @@ CASES = [
     ("gate_unknown",
      lambda c: flash_kda.prefill(**c["kw"], out=c["out"], gate="sigmoid"),
      ValueError, r"gate: 'sigmoid'; expected one of"),
+    ("gate_not_a_string",
+     lambda c: flash_kda.prefill(**c["kw"], out=c["out"], gate=["lower_bound"]),
+     ValueError, r"gate: \['lower_bound'\]; expected one of"),
     ("lower_bound_missing",
      lambda c: flash_kda.prefill(**c["kw"], out=c["out"], gate="lower_bound"),
      ValueError, r"lower_bound: is required by gate='lower_bound'"),
@@ -113,6 +118,17 @@ CASES = [
      lambda c: flash_kda.chunk_kda(**c["kw"], A_log=c["A_log"], **dict(FLA_SAFE,
                                                                      lower_bound=-6.0)),
      ValueError, r"lower_bound: -6.0 is outside the safe range \[-5, 0\)"),
+    ("chunk_kda_initial_state_a_list",
+     lambda c: flash_kda.chunk_kda(**c["kw"], initial_state=c["pool"].tolist()),
+     TypeError, r"initial_state: expected a NumPy array or a torch tensor, got list"),
+    ("fused_fwd_cu_seqlens_a_list",
+     lambda c: flash_kda.fused_recurrent_kda_fwd(**c["kw"], inplace_final_state=False,
+                                                 cu_seqlens=[0, T], out=c["out"]),
+     TypeError, r"cu_seqlens: expected a NumPy array or a torch tensor, got list"),
+    ("fused_fwd_cu_seqlens_2d",
+     lambda c: flash_kda.fused_recurrent_kda_fwd(**c["kw"], inplace_final_state=False,
+                                                 cu_seqlens=np.array([[0, T]]), out=c["out"]),
+     ValueError, r"cu_seqlens: expected 1 dimension \[N \+ 1\], got shape \[1, 2\]"),
     ("chunk_kda_chunk_size",
      lambda c: flash_kda.chunk_kda(**c["kw"], chunk_size=16),
      ValueError, r"chunk_size: must be 32 or 64, got 16"),
@@ -228,3 +244,43 @@ def test_shape_messages_state_the_rule(call, case, expected):
     assert "-1" not in message
     assert np.isnan(out).all()
     np.testing.assert_array_equal(pool, call["pool_before"])
+
+
+# ---- any argument, any junk: a FlashKDAError or a result, never another exception -------------
+
+JUNK = [None, "x", 1.5, -3, True, [1, 2], {"a": 1}, object(), np.float32(2.0), np.zeros(()),
+        np.zeros(3), np.zeros(2, np.int64), np.zeros((1, 2, 3, 4, 5), np.float32)]
+
+
+def _valid_calls():
+    A_log, dt_bias = np.zeros(H, np.float32), np.zeros((H, K), np.float32)
+    return {
+        "prefill": dict(gate="lower_bound", lower_bound=-5.0, A_log=A_log, dt_bias=dt_bias),
+        "decode": dict(state_pool=np.zeros((B, H, K, V), np.float32)),
+        "chunk_kda": dict(use_gate_in_kernel=True, safe_gate=True, lower_bound=-5.0, A_log=A_log),
+        "fused_recurrent_kda": dict(use_gate_in_kernel=True, lower_bound=-5.0),
+        "fused_recurrent_kda_fwd": dict(initial_state=np.zeros((B, H, K, V), np.float32)),
+        "fwd": dict(scale=None, out=np.zeros((B, T, H, V), np.float32), A_log=A_log,
+                    dt_bias=dt_bias, lower_bound=-5.0),
+    }
+
+
+@pytest.mark.parametrize("function", list(_valid_calls()))
+def test_junk_in_any_argument_raises_only_flashkda_errors(rng, function):
+    fn = getattr(flash_kda, function)
+    names = [p.name for p in inspect.signature(fn).parameters.values()
+             if p.kind is not p.VAR_KEYWORD]
+    escaped = []
+    for name in names:
+        for junk in JUNK:
+            kw = dict(make_inputs(rng, B=B, T=T, H=H, K=K, V=V), **_valid_calls()[function])
+            kw[name] = junk
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    fn(**kw)
+            except flash_kda.FlashKDAError:
+                pass
+            except Exception as e:  # noqa: BLE001 (collecting what escapes is the point)
+                escaped.append(f"{name}={junk!r:.20}: {type(e).__name__}: {e}")
+    assert not escaped, "\n".join(escaped)
