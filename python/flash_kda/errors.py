@@ -16,11 +16,13 @@ exception, so that callers can catch what they would catch elsewhere:
     FKDA_ERROR_INTERNAL           InternalError         RuntimeError
 
 An invalid argument is a dtype problem when the C message reads "<name>: dtype ...", which is
-how the library words every dtype check. ArgumentTypeError is raised by the Python layer only:
-an argument that is not an array or not a number, a required one missing, or a keyword that
-neither flash_kda nor fla knows (a typo must not be ignored silently). UnsupportedError means "valid, but this device cannot
-run this combination (yet)": the Python layer raises it too, for fla options that flash_kda does
-not implement.
+how the library words every dtype check (the Python layer raises DTypeError too, for a NumPy
+dtype the library has no code for, float64 say). ArgumentTypeError is raised by the Python layer
+only: an argument that is not an array, a number or a bool, a required one missing, or a keyword
+that neither flash_kda nor fla knows (a typo must not be ignored silently). UnsupportedError
+means "valid, but this device cannot run this combination (yet)": the Python layer raises it
+too, for fla options that flash_kda does not implement. The Python layer's ValueErrors are
+InvalidArgumentError, so that `except flash_kda.FlashKDAError` catches every bad input.
 """
 
 from __future__ import annotations
