@@ -60,7 +60,7 @@ def _inputs_numpy(rng, B, T, H, K, V):
     )
 
 
-def _reference(x, heads: int, seqs: int):
+def _reference(x, heads: int, seqs: int, threads: int):
     """The float64 CPU reference on sequences [0, seqs) and heads [0, heads); x: NumPy f32."""
     sl = (slice(0, seqs), slice(None), slice(0, heads))
     args = {n: np.ascontiguousarray(x[n][sl]) for n in ("q", "k", "v", "g", "beta")}
@@ -71,7 +71,7 @@ def _reference(x, heads: int, seqs: int):
                             dt_bias=np.ascontiguousarray(x["dt_bias"][:heads]), initial_state=h0,
                             final_state=final, scale=x["scale"], gate="lower_bound",
                             lower_bound=LOWER_BOUND, use_qk_l2norm=True, use_beta_sigmoid=True,
-                            state_v_first=True, reference=True)
+                            state_v_first=True, reference=True, num_threads=threads)
     return out, final, time.perf_counter() - t0
 
 
@@ -134,7 +134,7 @@ def run_cpu(args) -> dict:
     result = _report(args, ms, f"median of {args.iters}, wall clock")
     if not args.no_ref:
         heads, seqs, what = _ref_subset(args)
-        ref_out, ref_final, seconds = _reference(x, heads, seqs)
+        ref_out, ref_final, seconds = _reference(x, heads, seqs, args.threads)
         tokens = seqs * args.T * heads / args.H
         print(f"reference:  {1e3 * seconds:10.1f} ms on {what} "
               f"({tokens / seconds:,.0f} tokens/s at H={args.H}; float64, token by token)")
@@ -188,7 +188,7 @@ def run_cuda(args) -> dict:
     result = _report(args, ms, f"median of {args.iters}, CUDA events")
     if not args.no_ref:
         heads, seqs, what = _ref_subset(args)
-        ref_out, ref_final, seconds = _reference(x, heads, seqs)
+        ref_out, ref_final, seconds = _reference(x, heads, seqs, args.threads)
         print(f"reference:  {1e3 * seconds:10.1f} ms on the CPU for {what} "
               "(float64, token by token)")
         got_out = out[:seqs, :, :heads].float().cpu().numpy()
@@ -255,7 +255,8 @@ def _parser() -> argparse.ArgumentParser:
                         "needs the ml_dtypes package)")
     p.add_argument("--iters", type=positive, default=None, help="timed runs (median reported)")
     p.add_argument("--warmup", type=non_negative, default=None, help="untimed runs first")
-    p.add_argument("--threads", type=non_negative, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--threads", type=non_negative, default=0, help="CPU threads of the CPU run and of the float64 reference (0: all "
+                        "cores)")
     p.add_argument("--ref-heads", type=non_negative, default=None,
                    help="heads checked against the float64 reference (0: all)")
     p.add_argument("--ref-seqs", type=non_negative, default=1,
