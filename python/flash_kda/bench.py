@@ -106,8 +106,8 @@ def run_cpu(args) -> dict:
     x = _inputs_numpy(rng, args.B, args.T, args.H, args.K, args.V)
     # The token inputs in the kernel's dtype; the reference reads the same (rounded) values.
     t = {n: x[n].astype(dtype) for n in ("q", "k", "v", "g", "beta")}
-    for n in t:
-        x[n] = t[n].astype(np.float32)
+    for n, a in t.items():
+        x[n] = a.astype(np.float32)
     x["scale"] = args.K ** -0.5
     out = np.empty_like(t["v"])
     final = np.empty_like(x["h0"])
