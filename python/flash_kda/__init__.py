@@ -12,8 +12,8 @@ Entry points:
     fused_recurrent_kda        fla's fused_recurrent_kda
     fused_recurrent_kda_fwd    fla's internal in-place pool decode (what vLLM calls)
 
-Errors from the C library are raised as ValueError / TypeError (and other built-ins) carrying the
-library's message; see flash_kda.errors.
+Every error raised for bad input derives from flash_kda.FlashKDAError and from ValueError or
+TypeError (or another built-in), and names the argument; see flash_kda.errors.
 """
 
 from ._native import LIBRARY_PATH as library_path
@@ -23,6 +23,7 @@ from ._ops import decode, prefill
 from ._flashkda import fwd
 from ._fla import chunk_kda, fused_recurrent_kda, fused_recurrent_kda_fwd
 from .errors import (
+    ArgumentTypeError,
     DeviceError,
     DTypeError,
     FlashKDAError,
@@ -48,6 +49,7 @@ __all__ = [
     "FlashKDAError",
     "InvalidArgumentError",
     "DTypeError",
+    "ArgumentTypeError",
     "UnsupportedError",
     "WorkspaceError",
     "DeviceError",

@@ -4,7 +4,10 @@ Signatures, defaults, validation conditions and return values follow fla 0.6
 (fla/ops/kda/chunk.py and fla/ops/kda/fused_recurrent.py), so that code written for fla runs
 unchanged on flash_kda's forward. Where fla raises ValueError, these raise ValueError for the
 same condition; where fla only asserts, the C library's validation answers (ValueError or
-TypeError with its message). Differences, all deliberate:
+TypeError with its message). Every keyword of fla's signature is taken, and so is every keyword
+fla reads from its **kwargs (A_log, dt_bias, chunk_size, transpose_state_layout); any other
+keyword raises ArgumentTypeError naming it (fla would ignore it, so a typo such as
+use_qk_l2norm would silently change the result). Differences, all deliberate:
 
   - Forward only: a call with autograd on and an input that requires grad raises
     UnsupportedError (fla would build a backward graph).
@@ -17,7 +20,8 @@ TypeError with its message). Differences, all deliberate:
     ("A_log: is required by the softplus gate"), as fla's chunk_kda does.
   - fused_recurrent_kda: a per-channel beta [B, T, HV, V] raises UnsupportedError.
   - fused_recurrent_kda (the public one) ignores ssm_state_indices / inplace_final_state /
-    num_accepted_tokens like fla, but warns: use fused_recurrent_kda_fwd for in-place pools.
+    num_accepted_tokens like fla, but warns: use fused_recurrent_kda_fwd for in-place pools;
+    it refuses out (fla would drop it unwritten), which fused_recurrent_kda_fwd takes.
   - fused_recurrent_kda_fwd(inplace_final_state=True) with 1-D ssm_state_indices and several
     tokens per sequence writes the final state to ssm_state_indices[n] (fla writes token t's
     state to ssm_state_indices[n + t]); with inplace_final_state=False it does not take
@@ -26,25 +30,35 @@ TypeError with its message). Differences, all deliberate:
 
 from __future__ import annotations
 
+import inspect
+import numbers
 import warnings
 
 import numpy as np
 
 from . import _tensors
-from ._ops import decode, prefill
-from .errors import UnsupportedError
+from ._ops import _number, decode, flags, prefill
+from .errors import (
+    ArgumentTypeError,
+    DTypeError,
+    InvalidArgumentError,
+    UnsupportedError,
+    reject_unknown_keywords,
+)
 
 
 def _require_array(x, name: str):
     if not _tensors.is_array(x):
-        raise TypeError(f"{name}: expected a NumPy array or a torch tensor, got "
-                        f"{type(x).__qualname__}")
+        raise ArgumentTypeError(f"{name}: expected a NumPy array or a torch tensor, got "
+                                f"{type(x).__qualname__}")
 
 
 def _require_ndim(x, name: str, ndim: int, dims: str):
     _require_array(x, name)
     if x.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim} dimensions {dims}, got shape {list(x.shape)}")
+        raise InvalidArgumentError(
+            f"{name}: expected {ndim} dimension{'s' if ndim != 1 else ''} {dims}, got "
+            f"shape {list(x.shape)}")
 
 
 def _is_float32(x) -> bool:
@@ -69,11 +83,28 @@ def _pop_state_layout_alias(kwargs: dict, state_v_first: bool) -> bool:
     if "transpose_state_layout" not in kwargs:
         return state_v_first
     if state_v_first:
-        raise ValueError("transpose_state_layout: cannot be given together with state_v_first "
-                         "(it is the deprecated name of state_v_first)")
+        raise InvalidArgumentError(
+            "transpose_state_layout: cannot be given together with state_v_first "
+            "(it is the deprecated name of state_v_first)")
     warnings.warn("`transpose_state_layout` is deprecated; use `state_v_first`",
                   DeprecationWarning, stacklevel=3)
-    return bool(kwargs.pop("transpose_state_layout"))
+    (value,) = flags(transpose_state_layout=kwargs.pop("transpose_state_layout"))
+    return value
+
+
+def _check_keywords(function, kwargs: dict, extra) -> None:
+    """Refuses a keyword that is neither a parameter of `function` nor one of `extra`.
+
+    extra: the keywords fla's function of the same name reads from its **kwargs (and flash_kda's
+    own). fla ignores any other silently, so a typo such as use_qk_l2norm would run without the
+    norm; here it raises ArgumentTypeError naming it.
+    """
+    unknown = [name for name in kwargs if name not in extra]
+    if unknown:
+        params = [n for n, p in inspect.signature(function).parameters.items()
+                  if p.kind is not p.VAR_KEYWORD]
+        reject_unknown_keywords(f"flash_kda.{function.__name__}", unknown,
+                                params + [n for n in extra if not n.startswith("_")])
 
 
 def _num_sequences(q, cu_seqlens) -> int:
@@ -85,17 +116,18 @@ def _check_varlen(q, initial_state, cu_seqlens) -> None:
         return
     _require_array(cu_seqlens, "cu_seqlens")
     if q.shape[0] != 1:
-        raise ValueError(f"cu_seqlens: a packed batch needs batch size 1, but q has batch size "
-                         f"{q.shape[0]}; flatten variable-length inputs to [1, T, ...] first")
+        raise InvalidArgumentError(
+            f"cu_seqlens: a packed batch needs batch size 1, but q has batch size "
+            f"{q.shape[0]}; flatten variable-length inputs to [1, T, ...] first")
     if cu_seqlens.ndim != 1:
-        raise ValueError(f"cu_seqlens: expected 1 dimension [N + 1], got shape "
-                         f"{list(cu_seqlens.shape)}")
+        raise InvalidArgumentError(f"cu_seqlens: expected 1 dimension [N + 1], got shape "
+                                   f"{list(cu_seqlens.shape)}")
     if initial_state is not None:
         _require_array(initial_state, "initial_state")
         n = int(cu_seqlens.shape[0]) - 1
-        if initial_state.shape[0] != n:
-            raise ValueError(f"initial_state: expected one state per sequence, {n} (from "
-                             f"cu_seqlens), got {initial_state.shape[0]}")
+        if initial_state.ndim < 1 or initial_state.shape[0] != n:
+            raise InvalidArgumentError(f"initial_state: expected one state per sequence, {n} (from "
+                                       f"cu_seqlens), got shape {list(initial_state.shape)}")
 
 
 def _gate(use_gate_in_kernel: bool, lower_bound) -> str:
@@ -106,6 +138,10 @@ def _gate(use_gate_in_kernel: bool, lower_bound) -> str:
 
 def _state_shape(N, HV, K, V, state_v_first):
     return (N, HV, V, K) if state_v_first else (N, HV, K, V)
+
+
+# What fla's chunk_kda reads from its **kwargs (A_log and dt_bias only with use_gate_in_kernel).
+_CHUNK_KDA_KEYWORDS = ("A_log", "dt_bias", "chunk_size", "transpose_state_layout")
 
 
 def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_state=False,
@@ -127,6 +163,14 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     Returns (o, final_state): o [B, T, HV, V] in the input dtype; final_state float32
     [N, HV, K, V] (or [N, HV, V, K]) when output_final_state, else None.
     """
+    _check_keywords(chunk_kda, kwargs, _CHUNK_KDA_KEYWORDS)
+    (output_final_state, use_qk_l2norm_in_kernel, use_gate_in_kernel, use_beta_sigmoid_in_kernel,
+     allow_neg_eigval, safe_gate, return_intermediate_states, state_v_first, use_graph) = flags(
+        output_final_state=output_final_state, use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel,
+        use_gate_in_kernel=use_gate_in_kernel,
+        use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel, allow_neg_eigval=allow_neg_eigval,
+        safe_gate=safe_gate, return_intermediate_states=return_intermediate_states,
+        state_v_first=state_v_first, use_graph=use_graph)
     state_v_first = _pop_state_layout_alias(kwargs, state_v_first)
     if cp_context is not None:
         raise UnsupportedError("cp_context: context parallelism is not supported by flash_kda")
@@ -136,31 +180,41 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     _require_ndim(q, "q", 4, "[B, T, H, K]")
     _require_ndim(v, "v", 4, "[B, T, HV, V]")
     _check_varlen(q, initial_state, cu_seqlens)
+    if initial_state is not None:
+        _require_array(initial_state, "initial_state")
     if initial_state is not None and not _is_float32(initial_state):
-        raise TypeError(f"initial_state: must be float32 (as in fla), got {initial_state.dtype}")
+        raise DTypeError(f"initial_state: dtype {initial_state.dtype} is not accepted; chunk_kda "
+                         "takes a float32 initial state (as fla does)")
 
     A_log = dt_bias = None
     if use_gate_in_kernel:
         A_log, dt_bias = kwargs.get("A_log"), kwargs.get("dt_bias")
         if A_log is None and lower_bound is None:
-            raise ValueError("A_log: is required when use_gate_in_kernel=True and lower_bound "
-                             "is not set")
+            raise InvalidArgumentError(
+                "A_log: is required when use_gate_in_kernel=True and lower_bound "
+                "is not set")
     chunk_size = kwargs.pop("chunk_size", 64)
     if chunk_size not in (32, 64):
-        raise ValueError(f"chunk_size: must be 32 or 64, got {chunk_size}")
+        raise InvalidArgumentError(f"chunk_size: must be 32 or 64, got {chunk_size}")
     if safe_gate and use_gate_in_kernel:
         if lower_bound is None:
-            raise ValueError("lower_bound: is required when safe_gate=True and "
-                             "use_gate_in_kernel=True")
-        if not (-5 <= lower_bound < 0):
-            raise ValueError(f"lower_bound: {lower_bound} is outside the safe range [-5, 0)")
+            raise InvalidArgumentError("lower_bound: is required when safe_gate=True and "
+                                       "use_gate_in_kernel=True")
+        if not (-5 <= _number(lower_bound, "lower_bound") < 0):
+            raise InvalidArgumentError(
+                f"lower_bound: {lower_bound} is outside the safe range [-5, 0)")
     if allow_neg_eigval and not use_beta_sigmoid_in_kernel:
-        raise ValueError("allow_neg_eigval: True requires use_beta_sigmoid_in_kernel=True")
+        raise InvalidArgumentError(
+            "allow_neg_eigval: True requires use_beta_sigmoid_in_kernel=True")
     if use_graph and cu_seqlens is not None and max_num_seqs is not None:
+        if not isinstance(max_num_seqs, numbers.Integral):
+            raise ArgumentTypeError(
+                f"max_num_seqs: expected an int, got {type(max_num_seqs).__qualname__}")
         if int(cu_seqlens.shape[0]) - 1 != max_num_seqs:
-            raise ValueError(f"cu_seqlens: with use_graph it must hold exactly max_num_seqs + 1 "
-                             f"= {max_num_seqs + 1} entries (pad with empty sequences), got "
-                             f"{cu_seqlens.shape[0]}")
+            raise InvalidArgumentError(
+                f"cu_seqlens: with use_graph it must hold exactly max_num_seqs + 1 "
+                f"= {max_num_seqs + 1} entries (pad with empty sequences), got "
+                f"{cu_seqlens.shape[0]}")
     _forbid_autograd("chunk_kda", q=q, k=k, v=v, g=g, beta=beta, A_log=A_log, dt_bias=dt_bias,
                      initial_state=initial_state)
 
@@ -179,7 +233,14 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     return o, final_state
 
 
+# fla's fused_recurrent_kda reads transpose_state_layout from its **kwargs and ignores the rest;
+# the pool keywords of fused_recurrent_kda_fwd are taken (and ignored, with a warning) because
+# code written for fla passes them to either function.
 _POOL_KEYWORDS = ("ssm_state_indices", "inplace_final_state", "num_accepted_tokens")
+_FUSED_RECURRENT_KDA_KEYWORDS = ("transpose_state_layout",) + _POOL_KEYWORDS
+# fla's fused_recurrent_kda_fwd reads nothing from its **kwargs; transpose_state_layout is taken
+# as everywhere else, _function names the public caller in messages.
+_FUSED_RECURRENT_KDA_FWD_KEYWORDS = ("transpose_state_layout", "_function")
 
 
 def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
@@ -193,6 +254,10 @@ def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
     float32 is updated in place and returned as final_state when output_final_state.
     Returns (o, final_state or None).
     """
+    _check_keywords(fused_recurrent_kda, kwargs, _FUSED_RECURRENT_KDA_KEYWORDS)
+    (use_beta_sigmoid_in_kernel, allow_neg_eigval, state_v_first) = flags(
+        use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel, allow_neg_eigval=allow_neg_eigval,
+        state_v_first=state_v_first)
     state_v_first = _pop_state_layout_alias(kwargs, state_v_first)
     ignored = [name for name in _POOL_KEYWORDS if name in kwargs]
     if ignored:
@@ -203,7 +268,8 @@ def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
     _require_ndim(q, "q", 4, "[B, T, H, K]")
     _check_varlen(q, initial_state, cu_seqlens)
     if allow_neg_eigval and not use_beta_sigmoid_in_kernel:
-        raise ValueError("allow_neg_eigval: True requires use_beta_sigmoid_in_kernel=True")
+        raise InvalidArgumentError(
+            "allow_neg_eigval: True requires use_beta_sigmoid_in_kernel=True")
     return fused_recurrent_kda_fwd(
         q, k, v, g, beta, A_log=A_log, dt_bias=dt_bias, initial_state=initial_state, scale=scale,
         output_final_state=output_final_state, inplace_final_state=False,
@@ -233,6 +299,13 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
 
     out: optional output [B, T, HV, V] written in place (zeros are allocated when None).
     """
+    _check_keywords(fused_recurrent_kda_fwd, kwargs, _FUSED_RECURRENT_KDA_FWD_KEYWORDS)
+    (output_final_state, inplace_final_state, use_qk_l2norm_in_kernel, use_gate_in_kernel,
+     use_beta_sigmoid_in_kernel, allow_neg_eigval, state_v_first) = flags(
+        output_final_state=output_final_state, inplace_final_state=inplace_final_state,
+        use_qk_l2norm_in_kernel=use_qk_l2norm_in_kernel, use_gate_in_kernel=use_gate_in_kernel,
+        use_beta_sigmoid_in_kernel=use_beta_sigmoid_in_kernel, allow_neg_eigval=allow_neg_eigval,
+        state_v_first=state_v_first)
     function = kwargs.pop("_function", "fused_recurrent_kda_fwd")
     state_v_first = _pop_state_layout_alias(kwargs, state_v_first)
     _require_ndim(q, "q", 4, "[B, T, H, K]")
@@ -248,8 +321,8 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
     else:
         _require_array(out, "out")
         if tuple(out.shape) != tuple(v.shape):
-            raise ValueError(f"out: expected the shape of v {list(v.shape)}, got "
-                             f"{list(out.shape)}")
+            raise InvalidArgumentError(f"out: expected the shape of v {list(v.shape)}, got "
+                                       f"{list(out.shape)}")
     options = dict(scale=scale, gate=_gate(use_gate_in_kernel, lower_bound),
                    lower_bound=lower_bound, use_qk_l2norm=use_qk_l2norm_in_kernel,
                    use_beta_sigmoid=use_beta_sigmoid_in_kernel, allow_neg_eigval=allow_neg_eigval,
@@ -259,8 +332,9 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
 
     if inplace_final_state:
         if initial_state is None:
-            raise ValueError("initial_state: is required with inplace_final_state=True (it is "
-                             "the state pool updated in place)")
+            raise InvalidArgumentError(
+                "initial_state: is required with inplace_final_state=True (it is "
+                "the state pool updated in place)")
         decode(q, k, v, g, beta, initial_state, state_indices=ssm_state_indices,
                num_accepted_tokens=num_accepted_tokens, cu_seqlens=cu_seqlens, out=out,
                A_log=A_log, dt_bias=dt_bias, **options)
@@ -269,6 +343,8 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
     if ssm_state_indices is not None:
         raise UnsupportedError("ssm_state_indices: needs inplace_final_state=True in flash_kda "
                                "(the states are updated in place in the pool)")
+    if cu_seqlens is not None:
+        _require_ndim(cu_seqlens, "cu_seqlens", 1, "[N + 1]")
     N = _num_sequences(q, cu_seqlens)
     shape = _state_shape(N, v.shape[2], q.shape[3], v.shape[3], state_v_first)
     if initial_state is None:
@@ -277,8 +353,8 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
         _require_array(initial_state, "initial_state")
         if tuple(initial_state.shape) != shape:
             dims = "[N, HV, V, K]" if state_v_first else "[N, HV, K, V]"
-            raise ValueError(f"initial_state: expected shape {dims} = {list(shape)}, got "
-                             f"{list(initial_state.shape)}")
+            raise InvalidArgumentError(f"initial_state: expected shape {dims} = {list(shape)}, got "
+                                       f"{list(initial_state.shape)}")
         state = _tensors.float32_copy(initial_state, q)
     decode(q, k, v, g, beta, state, cu_seqlens=cu_seqlens, out=out, A_log=A_log,
            dt_bias=dt_bias, **options)

@@ -9,6 +9,7 @@ any K and V up to 256, float32/float16 inputs, GVA, CPU arrays, and A_log or dt_
 from __future__ import annotations
 
 from ._ops import prefill
+from .errors import ArgumentTypeError, InvalidArgumentError
 
 
 def fwd(q, k, v, g, beta, scale, out, A_log, dt_bias, lower_bound, initial_state=None,
@@ -33,10 +34,11 @@ def fwd(q, k, v, g, beta, scale, out, A_log, dt_bias, lower_bound, initial_state
     Returns None, as FlashKDA does: the results are in `out` and `final_state`.
     """
     if out is None:
-        raise TypeError("out: is required (fwd writes the output in place)")
+        raise ArgumentTypeError("out: is required (fwd writes the output in place)")
     if lower_bound is None:
-        raise ValueError("lower_bound: is required (the safe gate needs a finite value < 0, "
-                         "FlashKDA uses [-5, 0))")
+        raise InvalidArgumentError(
+            "lower_bound: is required (the safe gate needs a finite value < 0, "
+            "FlashKDA uses [-5, 0))")
     prefill(q, k, v, g, beta, out=out, A_log=A_log, dt_bias=dt_bias, cu_seqlens=cu_seqlens,
             initial_state=initial_state, final_state=final_state, scale=scale, gate="lower_bound",
             lower_bound=lower_bound, use_qk_l2norm=True, use_beta_sigmoid=True,

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import inspect
 import math
 import numbers
 
 from . import _native, _tensors
-from .errors import check
+from .errors import (
+    ArgumentTypeError,
+    InvalidArgumentError,
+    check,
+    reject_unknown_keywords,
+)
 
 _GATES = {
     "none": _native.FKDA_GATE_NONE,
@@ -26,8 +32,22 @@ _GATES = {
 def _number(value, name: str) -> float:
     # Only host numbers: float() of a CUDA tensor would synchronise the device.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {type(value).__qualname__}")
+        raise ArgumentTypeError(f"{name}: expected a real number, got {type(value).__qualname__}")
     return float(value)
+
+
+def _flag(value, name: str) -> bool:
+    """A yes/no option: anything with a truth value (bool, int, a one-element array)."""
+    try:
+        return bool(value)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(f"{name}: expected a bool, got {type(value).__qualname__}") \
+            from None
+
+
+def flags(**named) -> tuple:
+    """The truth values of the named options, in order; ArgumentTypeError naming a bad one."""
+    return tuple(_flag(value, name) for name, value in named.items())
 
 
 def make_options(*, scale, gate, lower_bound, use_qk_l2norm, use_beta_sigmoid, allow_neg_eigval,
@@ -38,21 +58,23 @@ def make_options(*, scale, gate, lower_bound, use_qk_l2norm, use_beta_sigmoid, a
     else:
         o.scale = _number(scale, "scale")
         if o.scale == 0.0:
-            raise ValueError("scale: 0 is not supported (None selects the default K^-0.5)")
+            raise InvalidArgumentError(
+                "scale: 0 is not supported (None selects the default K^-0.5)")
     if gate is None:
         gate = "none"
-    if gate not in _GATES:
-        raise ValueError(f"gate: {gate!r}; expected one of {', '.join(map(repr, _GATES))}")
+    if not isinstance(gate, str) or gate not in _GATES:
+        raise InvalidArgumentError(
+            f"gate: {gate!r}; expected one of {', '.join(map(repr, _GATES))}")
     o.gate = _GATES[gate]
     if lower_bound is not None:
         o.lower_bound = _number(lower_bound, "lower_bound")
     elif gate == "lower_bound":
-        raise ValueError("lower_bound: is required by gate='lower_bound' (a finite value < 0; "
-                         "the safe gate uses [-5, 0))")
-    o.use_qk_l2norm = 1 if use_qk_l2norm else 0
-    o.use_beta_sigmoid = 1 if use_beta_sigmoid else 0
-    o.allow_neg_eigval = 1 if allow_neg_eigval else 0
-    o.state_v_first = 1 if state_v_first else 0
+        raise InvalidArgumentError(
+            "lower_bound: is required by gate='lower_bound' (a finite value < 0; "
+            "the safe gate uses [-5, 0))")
+    o.use_qk_l2norm, o.use_beta_sigmoid, o.allow_neg_eigval, o.state_v_first = flags(
+        use_qk_l2norm=use_qk_l2norm, use_beta_sigmoid=use_beta_sigmoid,
+        allow_neg_eigval=allow_neg_eigval, state_v_first=state_v_first)
     return o
 
 
@@ -67,7 +89,7 @@ class _Call:
         name = name or field
         if obj is None:
             if required:
-                raise TypeError(f"{name}: is required, got None")
+                raise ArgumentTypeError(f"{name}: is required, got None")
             return  # an absent tensor: all zero in the struct
         loc = _tensors.describe(obj, name, getattr(self.args, field))
         self.locations.append((name, loc))
@@ -84,10 +106,13 @@ def _device_context(loc: _tensors.Location):
 
 def _run(size_fn, run_fn, args, loc: _tensors.Location, reference: bool, num_threads: int) -> None:
     if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool):
-        raise TypeError(f"num_threads: expected an int, got {type(num_threads).__qualname__}")
+        raise ArgumentTypeError(
+            f"num_threads: expected an int, got {type(num_threads).__qualname__}")
+    reference = _flag(reference, "reference")
     if reference and loc.kind != "cpu":
-        raise ValueError(f"reference: the float64 reference runs on CPU tensors only, but the "
-                         f"tensors are on {loc}")
+        raise InvalidArgumentError(
+            f"reference: the float64 reference runs on CPU tensors only, but the "
+            f"tensors are on {loc}")
     with _device_context(loc):
         device = _tensors.make_device(loc, reference, num_threads)
         nbytes = ctypes.c_size_t(0)
@@ -95,6 +120,15 @@ def _run(size_fn, run_fn, args, loc: _tensors.Location, reference: bool, num_thr
         holder, ptr = _tensors.workspace(loc, nbytes.value)
         check(run_fn(ctypes.byref(args), ctypes.byref(device), ptr, nbytes.value))
         del holder  # after the call: on CUDA, torch reuses it only for later work on the stream
+
+
+def _reject_unknown(function, unknown: dict) -> None:
+    """ArgumentTypeError for keywords `function` does not take, as Python would raise, but a
+    FlashKDAError like every other bad argument, with the closest keyword suggested."""
+    if unknown:
+        known = [n for n, p in inspect.signature(function).parameters.items()
+                 if p.kind is p.KEYWORD_ONLY or p.kind is p.POSITIONAL_OR_KEYWORD]
+        reject_unknown_keywords(f"flash_kda.{function.__name__}", unknown, known)
 
 
 def _output_like(v):
@@ -119,7 +153,7 @@ def _token_tensors(call, q, k, v, g, beta, A_log, dt_bias, cu_seqlens):
 def prefill(q, k, v, g, beta, *, out=None, A_log=None, dt_bias=None, cu_seqlens=None,
             initial_state=None, final_state=None, scale=None, gate="none", lower_bound=None,
             use_qk_l2norm=False, use_beta_sigmoid=False, allow_neg_eigval=False,
-            state_v_first=False, reference=False, num_threads=0):
+            state_v_first=False, reference=False, num_threads=0, **unknown):
     """The chunked KDA forward over whole sequences (fkda_prefill).
 
     Shapes (N sequences; B rows of T tokens; H qk heads; HV value heads, a multiple of H):
@@ -135,7 +169,9 @@ def prefill(q, k, v, g, beta, *, out=None, A_log=None, dt_bias=None, cu_seqlens=
 
     Writes out (allocated like v when None) and final_state (when given) in place; returns out.
     CPU arrays run on the CPU; CUDA tensors on their device, on torch's current stream.
+    Any other keyword raises ArgumentTypeError naming it (with the closest keyword taken).
     """
+    _reject_unknown(prefill, unknown)
     out = _output_like(v) if out is None else out
     args = _native.PrefillArgs()
     call = _Call(args)
@@ -154,7 +190,7 @@ def prefill(q, k, v, g, beta, *, out=None, A_log=None, dt_bias=None, cu_seqlens=
 def decode(q, k, v, g, beta, state_pool, *, state_indices=None, num_accepted_tokens=None,
            cu_seqlens=None, out=None, A_log=None, dt_bias=None, scale=None, gate="none",
            lower_bound=None, use_qk_l2norm=False, use_beta_sigmoid=False, allow_neg_eigval=False,
-           state_v_first=False, reference=False, num_threads=0):
+           state_v_first=False, reference=False, num_threads=0, **unknown):
     """The recurrent KDA form, updating states in place inside a pool (fkda_decode).
 
     Token inputs, options, out and cu_seqlens as for prefill (usually one or a few tokens per
@@ -167,6 +203,7 @@ def decode(q, k, v, g, beta, state_pool, *, state_indices=None, num_accepted_tok
                     written); a negative read slot skips the sequence.
     A skipped sequence's rows of out are zero. Returns out.
     """
+    _reject_unknown(decode, unknown)
     out = _output_like(v) if out is None else out
     args = _native.DecodeArgs()
     call = _Call(args)

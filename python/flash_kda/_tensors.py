@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _native
+from .errors import ArgumentTypeError, DTypeError, InvalidArgumentError
 
 _NUMPY_DTYPES = {
     np.dtype(np.float32): _native.FKDA_DTYPE_F32,
@@ -77,7 +78,7 @@ CPU = Location("cpu")
 
 def _fill(t: _native.Tensor, name: str, data: int, dtype: int, shape, strides, flags: int) -> None:
     if len(shape) > _native.FKDA_MAX_DIMS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"{name}: has {len(shape)} dimensions; flash_kda tensors have at most "
             f"{_native.FKDA_MAX_DIMS}")
     if 0 in shape:
@@ -103,21 +104,22 @@ def describe(obj, name: str, t: _native.Tensor) -> Location:
     ValueError for a tensor it cannot describe (more than 4 dimensions, odd device or layout).
     """
     if isinstance(obj, np.ndarray):
+        if not obj.dtype.isnative:
+            raise DTypeError(f"{name}: NumPy dtype {obj.dtype.str} is not in native byte order; "
+                             "convert it with .astype(x.dtype.newbyteorder('='))")
         dtype = _NUMPY_DTYPES.get(obj.dtype)
         if dtype is None:
             if obj.dtype.name == "bfloat16":
                 dtype = _native.FKDA_DTYPE_BF16
             else:
-                raise TypeError(
+                raise DTypeError(
                     f"{name}: NumPy dtype {obj.dtype} is not supported; expected float32, float16, "
                     "bfloat16 (ml_dtypes), int32 or int64")
-        if not obj.dtype.isnative:
-            raise TypeError(f"{name}: NumPy dtype {obj.dtype.str} is not in native byte order")
         itemsize = obj.itemsize
         strides = []
         for s in obj.strides:
             if s % itemsize:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{name}: NumPy byte stride {s} is not a multiple of the {itemsize}-byte element")
             strides.append(s // itemsize)
         flags = 0 if obj.flags.writeable else _native.FKDA_TENSOR_READ_ONLY
@@ -126,21 +128,23 @@ def describe(obj, name: str, t: _native.Tensor) -> Location:
     if is_torch_tensor(obj):
         dtype = _TORCH_DTYPE_NAMES.get(str(obj.dtype))
         if dtype is None:
-            raise TypeError(
+            raise DTypeError(
                 f"{name}: torch dtype {obj.dtype} is not supported; expected float32, float16, "
                 "bfloat16, int32 or int64")
         if str(obj.layout) != "torch.strided":
-            raise ValueError(f"{name}: torch layout {obj.layout} is not supported; expected strided")
+            raise InvalidArgumentError(
+                f"{name}: torch layout {obj.layout} is not supported; expected strided")
         dev = obj.device
         if dev.type == "cpu":
             loc = CPU
         elif dev.type == "cuda":
             loc = Location("cuda", dev.index if dev.index is not None else 0)
         else:
-            raise ValueError(f"{name}: device {dev} is not supported; expected cpu or cuda")
+            raise InvalidArgumentError(
+                f"{name}: device {dev} is not supported; expected cpu or cuda")
         _fill(t, name, obj.data_ptr(), dtype, tuple(obj.shape), obj.stride(), 0)
         return loc
-    raise TypeError(
+    raise ArgumentTypeError(
         f"{name}: expected a NumPy array or a torch tensor, got {type(obj).__module__}."
         f"{type(obj).__qualname__}")
 
@@ -153,10 +157,10 @@ def resolve_location(named_locations) -> Location:
             first_name, first = name, loc
         elif loc != first:
             if loc.kind != first.kind:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"{name}: is on {loc} but {first_name} is on {first}; mixed CPU and CUDA "
                     "tensors are not supported (move them to one device)")
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"{name}: is on {loc} but {first_name} is on {first}; every tensor of a call must "
                 "be on the same CUDA device")
     return first if first is not None else CPU
@@ -208,7 +212,8 @@ def float32_copy(x, like):
             torch = torch_module()
             return torch.from_numpy(np.array(x, dtype=np.float32, order="C", copy=True)).to(like.device)
         return np.array(x, dtype=np.float32, order="C", copy=True)
-    raise TypeError(f"expected a NumPy array or a torch tensor, got {type(x).__qualname__}")
+    raise ArgumentTypeError(
+        f"expected a NumPy array or a torch tensor, got {type(x).__qualname__}")
 
 
 # ---- devices and workspace ------------------------------------------------------------------------

@@ -1,12 +1,14 @@
 """Exceptions raised by flash_kda, and the mapping from the C library's status codes.
 
-Every exception that comes from the C library is a FlashKDAError whose str() is the C message,
-verbatim (it names the argument and what was expected), with the status code in `.status`.
-Each is also a built-in exception, so that callers can catch what they would catch elsewhere:
+Every exception that flash_kda raises for bad input is a FlashKDAError: those of the C library
+carry its message verbatim (it names the argument and what was expected), those of the Python
+layer name the argument the same way; the status code is in `.status`. Each is also a built-in
+exception, so that callers can catch what they would catch elsewhere:
 
     status                        exception             also a
     FKDA_ERROR_INVALID_ARGUMENT   InvalidArgumentError  ValueError
       ... about a dtype           DTypeError            TypeError
+      ... of the wrong kind       ArgumentTypeError     TypeError
     FKDA_ERROR_UNSUPPORTED        UnsupportedError      ValueError and NotImplementedError
     FKDA_ERROR_WORKSPACE          WorkspaceError        ValueError
     FKDA_ERROR_DEVICE             DeviceError           RuntimeError
@@ -14,20 +16,25 @@ Each is also a built-in exception, so that callers can catch what they would cat
     FKDA_ERROR_INTERNAL           InternalError         RuntimeError
 
 An invalid argument is a dtype problem when the C message reads "<name>: dtype ...", which is
-how the library words every dtype check. UnsupportedError means "valid, but this device cannot
-run this combination (yet)": the Python layer raises it too, for fla options that flash_kda does
-not implement.
+how the library words every dtype check (the Python layer raises DTypeError too, for a NumPy
+dtype the library has no code for, float64 say). ArgumentTypeError is raised by the Python layer
+only: an argument that is not an array, a number or a bool, a required one missing, or a keyword
+that neither flash_kda nor fla knows (a typo must not be ignored silently). UnsupportedError
+means "valid, but this device cannot run this combination (yet)": the Python layer raises it
+too, for fla options that flash_kda does not implement. The Python layer's ValueErrors are
+InvalidArgumentError, so that `except flash_kda.FlashKDAError` catches every bad input.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 
 from . import _native
 
 
 class FlashKDAError(Exception):
-    """Base class of the errors of the C library (and of UnsupportedError raised in Python)."""
+    """Base class of every error flash_kda raises for bad input (C library and Python layer)."""
 
     status: int = -1
 
@@ -46,6 +53,10 @@ class InvalidArgumentError(FlashKDAError, ValueError):
 
 
 class DTypeError(FlashKDAError, TypeError):
+    status = _native.FKDA_ERROR_INVALID_ARGUMENT
+
+
+class ArgumentTypeError(FlashKDAError, TypeError):
     status = _native.FKDA_ERROR_INVALID_ARGUMENT
 
 
@@ -90,6 +101,22 @@ def error_for_status(status: int, message: str) -> FlashKDAError:
     if cls is None:
         return InternalError(f"unknown status {status}: {message}", status)
     return cls(message, status)
+
+
+def reject_unknown_keywords(function: str, unknown, known) -> None:
+    """Raises ArgumentTypeError naming the first of `unknown` (keyword names), if any.
+
+    known: the keywords the function takes, searched for a close spelling to suggest.
+    """
+    unknown = list(unknown)
+    if not unknown:
+        return
+    name = unknown[0]
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    more = f" (and {len(unknown) - 1} more: {', '.join(map(repr, unknown[1:]))})" \
+        if len(unknown) > 1 else ""
+    raise ArgumentTypeError(f"{name}: is not a keyword of {function}{more}{hint}")
 
 
 def check(status: int) -> None:

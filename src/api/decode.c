@@ -61,7 +61,7 @@ static fkda_status validate_decode(const fkda_decode_args *a, const fkda_device 
         if (s->ndim == 1) {
             TRY(fkda_check_shape(s, "state_indices", "[N]", 1, (const int64_t[]){p->N}));
         } else {
-            TRY(fkda_check_shape(s, "state_indices", "[N] or [N, T_max]", 2, (const int64_t[]){p->N, -1}));
+            TRY(fkda_check_shape(s, "state_indices", "[N, T_max] (or [N])", 2, (const int64_t[]){p->N, -1}));
             p->indices_per_token = 1;
             p->indices_tokens = s->shape[1];
             if (p->indices_tokens < 1)

@@ -112,7 +112,7 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
         return fkda_check_shape(in->v, "v", "[B, T, HV, V]", 4, (const int64_t[]){-1, -1, -1, -1});
     p->HV = in->v->shape[2];
     p->V = in->v->shape[3];
-    TRY(fkda_check_shape(in->v, "v", "[B, T, HV, V]", 4, (const int64_t[]){p->B, p->T, -1, -1}));
+    TRY(fkda_check_shape(in->v, "v", "[B, T, HV, V] (B and T of q)", 4, (const int64_t[]){p->B, p->T, -1, -1}));
     if (in->v->dtype != in->q->dtype)
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "v: dtype %s differs from q's %s", fkda_dtype_name(in->v->dtype),
                          fkda_dtype_name(in->q->dtype));
@@ -157,14 +157,20 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
         const fkda_tensor *d = in->dt_bias;
         TRY(fkda_check_layout(d, "dt_bias"));
         TRY(fkda_check_dtype(d, "dt_bias", FKDA_FLOAT_DTYPES, "float32, float16 or bfloat16"));
+        if (!((d->ndim == 1 && d->shape[0] == p->HV * p->K) ||
+              (d->ndim == 2 && d->shape[0] == p->HV && d->shape[1] == p->K))) {
+            char got[128];
+            return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
+                             "dt_bias: expected shape [HV, K] = [%lld, %lld] or [HV * K] = [%lld], got %s",
+                             (long long)p->HV, (long long)p->K, (long long)(p->HV * p->K),
+                             fkda_format_shape(got, sizeof got, d->ndim, d->shape));
+        }
         if (d->ndim == 1) {
-            TRY(fkda_check_shape(d, "dt_bias", "[HV * K]", 1, (const int64_t[]){p->HV * p->K}));
             p->dt_bias.data = d->data; /* flat: row h starts at h * K */
             p->dt_bias.dtype = d->dtype;
             p->dt_bias.stride[0] = p->K;
             p->dt_bias.stride[1] = 1;
         } else {
-            TRY(fkda_check_shape(d, "dt_bias", "[HV, K] or [HV * K]", 2, (const int64_t[]){p->HV, p->K}));
             fkda_to_operand(d, NULL, &p->dt_bias);
         }
     }
@@ -216,7 +222,9 @@ fkda_status fkda_validate_state(const fkda_tensor *t, const char *name, const fk
     TRY(fkda_check_layout(t, name));
     TRY(fkda_check_dtype(t, name, FKDA_STATE_DTYPES, "float32 or bfloat16"));
     int64_t d2 = p->state_v_first ? p->V : p->K, d3 = p->state_v_first ? p->K : p->V;
-    const char *dims = p->state_v_first ? "[N, HV, V, K] (state_v_first)" : "[N, HV, K, V]";
+    /* slots < 0: a pool of any number of slots (decode); else one state per sequence. */
+    const char *dims = slots < 0 ? (p->state_v_first ? "[num_slots, HV, V, K] (state_v_first)" : "[num_slots, HV, K, V]")
+                                 : (p->state_v_first ? "[N, HV, V, K] (state_v_first)" : "[N, HV, K, V]");
     TRY(fkda_check_shape(t, name, dims, 4, (const int64_t[]){slots, p->HV, d2, d3}));
     if (is_output) TRY(fkda_check_writable(t, name));
     fkda_to_operand(t, p->state_v_first ? vk_order : kv_order, op);

@@ -34,13 +34,16 @@ static int64_t element_count(const fkda_tensor *t)
     return n;
 }
 
-/* Writes "[a, b, c]" into buf. */
-static const char *format_shape(char *buf, size_t size, int ndim, const int64_t *shape)
+const char *fkda_format_shape(char *buf, size_t size, int ndim, const int64_t *shape)
 {
     size_t used = 0;
     used += (size_t)snprintf(buf + used, size - used, "[");
-    for (int i = 0; i < ndim && used < size; i++)
-        used += (size_t)snprintf(buf + used, size - used, i ? ", %lld" : "%lld", (long long)shape[i]);
+    for (int i = 0; i < ndim && used < size; i++) {
+        if (shape[i] < 0)
+            used += (size_t)snprintf(buf + used, size - used, i ? ", *" : "*");
+        else
+            used += (size_t)snprintf(buf + used, size - used, i ? ", %lld" : "%lld", (long long)shape[i]);
+    }
     if (used < size) snprintf(buf + used, size - used, "]");
     return buf;
 }
@@ -99,12 +102,12 @@ fkda_status fkda_check_shape(const fkda_tensor *t, const char *name, const char 
     char got[128], want[128];
     if (t->ndim != ndim)
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: expected %d dimensions %s, got shape %s", name,
-                         ndim, dims, format_shape(got, sizeof got, t->ndim, t->shape));
+                         ndim, dims, fkda_format_shape(got, sizeof got, t->ndim, t->shape));
     for (int i = 0; i < ndim; i++) {
         if (expected[i] >= 0 && t->shape[i] != expected[i])
             return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: expected shape %s = %s, got %s", name, dims,
-                             format_shape(want, sizeof want, ndim, expected),
-                             format_shape(got, sizeof got, t->ndim, t->shape));
+                             fkda_format_shape(want, sizeof want, ndim, expected),
+                             fkda_format_shape(got, sizeof got, t->ndim, t->shape));
     }
     return FKDA_OK;
 }

@@ -31,8 +31,12 @@ int fkda_tensor_present(const fkda_tensor *t);
  * data non-NULL unless the tensor is empty. */
 fkda_status fkda_check_layout(const fkda_tensor *t, const char *name);
 
+/* Writes "[a, b, c]" into buf (truncated to size) and returns buf; a negative size, which
+ * stands for "any size" in an expected shape, is written "*". */
+const char *fkda_format_shape(char *buf, size_t size, int ndim, const int64_t *shape);
+
 /* Exactly `ndim` dimensions with the given sizes; `dims` names them for the message, e.g.
- * "[B, T, H, K]". Expected sizes of -1 accept anything. */
+ * "[B, T, H, K]". Expected sizes of -1 accept anything (the message shows them as "*"). */
 fkda_status fkda_check_shape(const fkda_tensor *t, const char *name, const char *dims, int ndim,
                              const int64_t *expected);
 

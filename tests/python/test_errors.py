@@ -129,6 +129,7 @@ def test_prefill_bad_argument(rng, case):
     outputs = {n: kw[n].copy() for n in ("out", "final_state") if isinstance(kw[n], np.ndarray)}
     with pytest.raises(exc, match="^" + pattern) as info:
         flash_kda.prefill(**kw)
+    assert isinstance(info.value, flash_kda.FlashKDAError)  # from C or from Python alike
     if exc is ValueError:
         assert not isinstance(info.value, TypeError)
     for name, before in outputs.items():
@@ -173,8 +174,9 @@ def test_decode_bad_argument(rng, case):
     _, mutate, exc, pattern = case
     kw = mutate(pool_call(rng))
     outputs = {n: kw[n].copy() for n in ("out", "state_pool") if isinstance(kw[n], np.ndarray)}
-    with pytest.raises(exc, match="^" + pattern):
+    with pytest.raises(exc, match="^" + pattern) as info:
         flash_kda.decode(**kw)
+    assert isinstance(info.value, flash_kda.FlashKDAError)
     for name, before in outputs.items():
         np.testing.assert_array_equal(kw[name], before, err_msg=f"{name} was written")
 
