@@ -291,6 +291,22 @@ static void solve_chunk(chunk_scratch *restrict s)
     }
 }
 
+/* O = QS + A U with A lower triangular: row i reads U rows 0..i only, so that a NaN or inf in a
+ * later token's U (0 * NaN is NaN) cannot reach an earlier token's output. */
+FKDA_VECTOR_CLONES
+static void add_lower_product(chunk_scratch *restrict s)
+{
+    const int64_t ld = s->ld;
+    for (int i = 0; i < C; i++) {
+        float *restrict o = s->QS + i * ld;
+        for (int m = 0; m <= i; m++) {
+            const float a = s->A[i * C + m];
+            const float *restrict um = s->U + m * ld;
+            for (int64_t j = 0; j < ld; j++) o[j] += a * um[j];
+        }
+    }
+}
+
 static void process_chunk(int64_t K, float scale, chunk_scratch *s)
 {
     const int64_t ld = s->ld;
@@ -301,7 +317,7 @@ static void process_chunk(int64_t K, float scale, chunk_scratch *s)
     fkda_gemm_a(C, ld, K, s->kd, K, s->S, ld, s->W, ld, FKDA_INIT_ZERO, NULL);  /* W = kd S */
     fkda_gemm_a(C, ld, K, s->qd, K, s->S, ld, s->QS, ld, FKDA_INIT_ZERO, NULL); /* QS = qd S */
     solve_chunk(s);
-    fkda_gemm_a(C, ld, C, s->A, C, s->U, ld, s->QS, ld, FKDA_INIT_ADD, NULL); /* O = QS + A U */
+    add_lower_product(s); /* O = QS + A U */
     fkda_gemm_at(s->Kp, ld, C, s->kr, s->Kp, s->U, ld, s->S, ld, FKDA_INIT_SCALE,
                  s->decay_last); /* S' = diag(exp(G_C)) S + kr^T U */
 }
