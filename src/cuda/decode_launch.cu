@@ -169,7 +169,8 @@ static fkda_status launch_decode(fkda_decode_params *p, int sm_count, int cc_maj
     const fkda_decode_select_status status = fkda_decode_select(&call, &tuning, &choice);
     if (status == FKDA_DECODE_SELECT_K_TOO_LARGE)
         return fkda_fail(FKDA_ERROR_INTERNAL, "decode: K = %d needs more than 32 lanes per column", p->K);
-    if (status != FKDA_DECODE_SELECT_OK) return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
+    if (status != FKDA_DECODE_SELECT_OK)
+        return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
     const fkda_decode_variant *v = &fkda_decode_variant_table[choice.variant];
     const void *kernel = v->family == FKDA_DECODE_FAMILY_PACKED
                              ? fkda_decode_packed_kernel(choice.variant - DECODE_TILE_VARIANT_COUNT)

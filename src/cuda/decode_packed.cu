@@ -7,12 +7,13 @@
 
 /* For large batches of bf16 pools (by default from 2 heads per SM; FKDA_DECODE_PACKED forces it
  * on or off): the tile kernels hold 64 fp32 values per lane, so a bf16 head needs 8 warps and an
- * SM has only ~64 KB of state loads in flight. Held as the bf16
- * pairs they arrive in, 64 registers carry 128 values: 4 warps cover a head, one CTA stages its
- * token once, and twice the bytes are in flight per register. Each value is unpacked where it is
- * used and the new state rounded once, on the way to its store, as in the plain kernel, so the
- * results are the same up to the order of the sums. One token per sequence only (T = 1, no
- * cu_seqlens, 1-D indices): across tokens the plain kernel keeps fp32. */
+ * SM has only ~64 KB of state loads in flight. Held as the bf16 pairs they arrive in, 64
+ * registers carry 128 values: 4 warps cover a head, one CTA stages its token once, and twice the
+ * bytes are in flight per register. Each value is unpacked where it is used and the new state
+ * rounded once, on the way to its store, as in the tile kernels, so the results are the same up
+ * to the order of the sums. One token per sequence only (T = 1, no cu_seqlens, 1-D indices):
+ * across tokens the tile kernels keep fp32. */
+
 /* Register and half of (row r, column c): [K, V] pairs neighbouring columns, [V, K] rows. */
 static __device__ __forceinline__ int pk_index(int r, int c, const int V_FIRST)
 {

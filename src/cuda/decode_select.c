@@ -60,7 +60,8 @@ static int best_tile_variant(const fkda_decode_call *c, int narrow, int ksplit, 
             (d->vec > 1) != (c->vectorizable != 0) || d->dense128 != c->dense128 || is_narrow(d) != narrow ||
             (d->bf16_tokens && !tok))
             continue;
-        const int score = 4 * ((d->k_split == 2) == ksplit) + 2 * ((d->bf16_tokens != 0) == tok) + (d->load_ef == load_ef);
+        const int score =
+            4 * ((d->k_split == 2) == ksplit) + 2 * ((d->bf16_tokens != 0) == tok) + (d->load_ef == load_ef);
         if (score > best) {
             best = score;
             found = i;
@@ -169,7 +170,8 @@ fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fk
     /* FKDA_DECODE_VARIANT names a variant: it is taken wherever it can serve the call. */
     int chosen = t->decode_variant[0] ? fkda_decode_variant_find(t->decode_variant) : -1;
     if (chosen >= 0 && !fkda_decode_variant_serves(&fkda_decode_variant_table[chosen], c)) chosen = -1;
-    if (chosen < 0) chosen = packed ? packed_variant(c, ksplit, load_ef) : best_tile_variant(c, narrow, ksplit, tok, load_ef);
+    if (chosen < 0)
+        chosen = packed ? packed_variant(c, ksplit, load_ef) : best_tile_variant(c, narrow, ksplit, tok, load_ef);
     if (chosen < 0) return FKDA_DECODE_SELECT_NO_VARIANT;
     out->variant = chosen;
     const fkda_decode_variant *v = &fkda_decode_variant_table[chosen];

@@ -14,9 +14,9 @@
  * Every thread of the CTA calls it (stage_token waits for the whole CTA once per token). */
 static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, const lane_tile *wp, stage_buffer *smem,
                                                   int64_t n, int64_t h, int64_t row, int64_t bos, int64_t len,
-                                                  int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16, const int V_FIRST,
-                                                  const int VEC, const int NR, const int NC, const int D128, const int TOK,
-                                                  const int KS)
+                                                  int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
+                                                  const int V_FIRST, const int VEC, const int NR, const int NC,
+                                                  const int D128, const int TOK, const int KS)
 {
     const lane_tile w = *wp;
     const int64_t hq = query_head(p, h);

@@ -22,7 +22,8 @@
  *   NR, NC   register rows (keys) and columns (values) per lane; NR x NC = 32: narrow
  *   D128     dense 128: K = V = 128 and the state's rows 128 elements apart, so that every offset
  *            inside a head is a compile-time constant plus one per lane
- *   LOAD_EF  evict-first state loads (stores are always evict-first)
+ *   LOAD_EF  evict-first state loads (stores are always evict-first); always in the narrow
+ *            kernels, which serve small batches, whose pools are small next to L2
  *   TOK      all-bf16 token tensors (q, k, v, g, beta, out) compiled in, for one-token calls
  *            whose token offsets fit in 31 bits: 1 with 32-bit token offsets, 2 with 64-bit
  *            ones (the narrow bf16-pool kernels, where 32-bit offsets measured slower)
