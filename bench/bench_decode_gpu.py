@@ -23,9 +23,9 @@ with FKDA_DECODE_PDL=0, the launch a call gets when the kernel before it is not 
 
     python3 bench/bench_decode_gpu.py [--out results.md] [--quick] [--sweep | --sweep-only]
 
---sweep adds a table of ours with each kernel family or knob forced (decode_recurrent.cu's
-FKDA_DECODE_* knobs); FKDA_BENCH_SWEEP_CASES="fp32,64,32 bf16,1,32" and
-FKDA_BENCH_SWEEP_CONFIGS="default,stream" narrow it ("default again" adds a last column, the
+--sweep adds a table of ours with each kernel family or knob forced (the FKDA_DECODE_* knobs of
+src/core/tuning.h; FKDA_DECODE_VARIANT=<name> forces one kernel of src/cuda/decode_variants.h);
+FKDA_BENCH_SWEEP_CASES="fp32,64,32 bf16,1,32" and FKDA_BENCH_SWEEP_CONFIGS="default,narrow" narrow it ("default again" adds a last column, the
 default timed again: A/B/A), FKDA_BENCH_SWEEP_WARPS=1 adds CTA sizes, and
 FKDA_BENCH_SWEEP_CUSTOM="name:KNOB=1,KNOB2=0;name2:..." adds columns of knobs set together.
     python3 bench/bench_decode_gpu.py --profile fp32,1,32   # two calls of each library, no graph,
@@ -299,16 +299,14 @@ def main():
                 print(row, flush=True)
     sweep = []
     if args.sweep:
-        # Each kernel family and CTA size forced in turn (decode_recurrent.cu's knobs).
-        configs = [("default", {}), ("plain", {"FKDA_DECODE_STREAM": "0"}), ("stream", {"FKDA_DECODE_STREAM": "1"}),
-                   ("no PDL", {"FKDA_DECODE_PDL": "0"}), ("no pipeline", {"FKDA_DECODE_PIPELINE": "0"}),
-                   ("unpacked", {"FKDA_DECODE_PACKED": "0"}),
-                   ("narrow", {"FKDA_DECODE_NARROW": "1", "FKDA_DECODE_STREAM": "0"}), ("wide", {"FKDA_DECODE_NARROW": "0"}),
+        # Each kernel family and CTA size forced in turn (src/core/tuning.h's decode knobs).
+        configs = [("default", {}), ("no PDL", {"FKDA_DECODE_PDL": "0"}), ("unpacked", {"FKDA_DECODE_PACKED": "0"}),
+                   ("narrow", {"FKDA_DECODE_NARROW": "1"}), ("wide", {"FKDA_DECODE_NARROW": "0"}),
                    ("ef loads", {"FKDA_DECODE_LOAD_EF": "1"}), ("plain loads", {"FKDA_DECODE_LOAD_EF": "0"}),
                    ("generic tokens", {"FKDA_DECODE_BF16_TOKENS": "0"}),
                    ("split K", {"FKDA_DECODE_KSPLIT": "1"}), ("no split K", {"FKDA_DECODE_KSPLIT": "0"})]
         if os.environ.get("FKDA_BENCH_SWEEP_WARPS") == "1":
-            configs += [(f"plain {w}w", {"FKDA_DECODE_STREAM": "0", "FKDA_DECODE_WARPS_PER_CTA": w})
+            configs += [(f"{w}w", {"FKDA_DECODE_WARPS_PER_CTA": w})
                         for w in ("1", "2", "4", "8")]
         if os.environ.get("FKDA_BENCH_SWEEP_CONFIGS"):  # e.g. "default,no PDL": only these columns
             wanted = os.environ["FKDA_BENCH_SWEEP_CONFIGS"].split(",")
@@ -319,15 +317,15 @@ def main():
             configs.append((name, dict(a.split("=", 1) for a in assigns.split(",") if a)))
         if "default again" in os.environ.get("FKDA_BENCH_SWEEP_CONFIGS", "").split(","):
             configs.append(("default again", {}))  # A/B/A: the first column's drift over the sweep
-        sweep = ["", "Kernel families, warps per CTA and programmatic dependent launch forced (FKDA_DECODE_STREAM, "
-                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, FKDA_DECODE_PIPELINE, FKDA_DECODE_NARROW, FKDA_DECODE_LOAD_EF, FKDA_DECODE_BF16_TOKENS, FKDA_DECODE_KSPLIT), "
+        sweep = ["", "Kernel families, warps per CTA and programmatic dependent launch forced ("
+                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, FKDA_DECODE_NARROW, FKDA_DECODE_LOAD_EF, "
+                 "FKDA_DECODE_BF16_TOKENS, FKDA_DECODE_KSPLIT, FKDA_DECODE_VARIANT), "
                  "ours us:", "",
                  "| pool | B | H | " + " | ".join(name for name, _ in configs) + " |",
                  "|---|---|---|" + "---|" * len(configs)]
         print("\n".join(sweep), flush=True)
-        knobs = ("FKDA_DECODE_STREAM", "FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_PACKED",
-                 "FKDA_DECODE_PIPELINE", "FKDA_DECODE_NARROW", "FKDA_DECODE_LOAD_EF",
-                 "FKDA_DECODE_BF16_TOKENS", "FKDA_DECODE_KSPLIT")
+        knobs = ("FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_PACKED", "FKDA_DECODE_NARROW",
+                 "FKDA_DECODE_LOAD_EF", "FKDA_DECODE_BF16_TOKENS", "FKDA_DECODE_KSPLIT", "FKDA_DECODE_VARIANT")
         knobs += tuple(sorted({k for _, env in configs for k in env} - set(knobs)))  # custom columns' too
         cases = [(d, B, H) for d in ("fp32", "bf16")
                  for B, H in ((1, 32), (1, 8), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32))]

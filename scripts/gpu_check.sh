@@ -6,15 +6,13 @@
 #   test           the C GPU test programs (build/gpu/test_*_cuda) and pytest tests/gpu
 #   pytest         only pytest, on $FKDA_PYTEST_ARGS (default tests/gpu)
 #   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case
-#   variants       test_decode_cuda with each decode kernel family forced (FKDA_DECODE_STREAM=1, 0;
-#                  FKDA_DECODE_PACKED=1, 0), without programmatic dependent launch (FKDA_DECODE_PDL=0),
-#                  streaming without the input pipeline (FKDA_DECODE_PIPELINE=0), narrow fp32 tiles
-#                  forced on and off (FKDA_DECODE_NARROW=1, 0), the state's loads with and without
-#                  the evict-first hint (FKDA_DECODE_LOAD_EF=1, 0), all-bf16 tokens through the
-#                  generic kernels (FKDA_DECODE_BF16_TOKENS=0), split-K [K, V] tiles forced on
-#                  everywhere (FKDA_DECODE_KSPLIT=1 with NARROW=0 and PACKED=1; also sanitized) and
-#                  off (FKDA_DECODE_KSPLIT=0); packed and narrow also sanitized
-#                  (decode-packed-narrow-memcheck, -racecheck); FKDA_VARIANTS="NAME ..." picks some
+#   variants       test_decode_cuda --variants: every kernel variant of src/cuda/decode_variants.h
+#                  forced in turn in one process (the test sets FKDA_DECODE_VARIANT=NAME between
+#                  passes) on every case it can serve, failing a variant that serves none;
+#                  FKDA_VARIANTS="NAME ..." limits it to those variants. Then the default kernels
+#                  without programmatic dependent launch (FKDA_DECODE_PDL=0), and compute-sanitizer
+#                  memcheck and racecheck on the --small cases of a few forced variants (split-K
+#                  fp32 and packed tiles, packed [V,K], narrow bf16-token tiles).
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
 #   profile-decode ncu on one decode call of ours and of fla (B=1 H=32, fp32 and bf16 pools, or
 #                  $FKDA_PROFILE_CASES="fp32,64,32 ..."; FKDA_PROFILE_WHO=ours for ours only): speed of light, warp states, and the
@@ -61,9 +59,6 @@ export FLASHKDA_LIBRARY=$PWD/build/gpu/libflashkda.so
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 
 failed=0
-# FKDA_VARIANTS="decode-packed decode-narrow ..." runs only those of the variants step (each forced
-# run of test_decode_cuda takes about 50 s on an H100: all of them fill most of a 600 s call).
-want_variant() { [ -z "${FKDA_VARIANTS:-}" ] || [[ " $FKDA_VARIANTS " == *" $1 "* ]]; }
 run_step() { # name, command...
   local name=$1; shift
   echo "== $name"
@@ -89,25 +84,14 @@ for step in "${steps[@]}"; do
       done
     done ;;
   variants)
-    want_variant decode-stream && FKDA_DECODE_STREAM=1 run_step decode-stream build/gpu/test_decode_cuda
-    want_variant decode-plain && FKDA_DECODE_STREAM=0 run_step decode-plain build/gpu/test_decode_cuda
-    want_variant decode-no-pdl && FKDA_DECODE_PDL=0 run_step decode-no-pdl build/gpu/test_decode_cuda
-    want_variant decode-stream-unpipelined && FKDA_DECODE_STREAM=1 FKDA_DECODE_PIPELINE=0 run_step decode-stream-unpipelined build/gpu/test_decode_cuda
-    want_variant decode-packed && FKDA_DECODE_PACKED=1 run_step decode-packed build/gpu/test_decode_cuda
-    want_variant decode-narrow && FKDA_DECODE_NARROW=1 run_step decode-narrow build/gpu/test_decode_cuda
-    want_variant decode-wide && FKDA_DECODE_NARROW=0 run_step decode-wide build/gpu/test_decode_cuda
-    want_variant decode-unpacked && FKDA_DECODE_PACKED=0 run_step decode-unpacked build/gpu/test_decode_cuda
-    want_variant decode-plain-loads && FKDA_DECODE_LOAD_EF=0 run_step decode-plain-loads build/gpu/test_decode_cuda
-    want_variant decode-ef-loads && FKDA_DECODE_LOAD_EF=1 run_step decode-ef-loads build/gpu/test_decode_cuda
-    want_variant decode-generic-tokens && FKDA_DECODE_BF16_TOKENS=0 run_step decode-generic-tokens build/gpu/test_decode_cuda
-    want_variant decode-ksplit && FKDA_DECODE_KSPLIT=1 FKDA_DECODE_NARROW=0 FKDA_DECODE_PACKED=1 run_step decode-ksplit build/gpu/test_decode_cuda
-    want_variant decode-no-ksplit && FKDA_DECODE_KSPLIT=0 run_step decode-no-ksplit build/gpu/test_decode_cuda
+    # shellcheck disable=SC2086
+    run_step decode-variants build/gpu/test_decode_cuda --variants ${FKDA_VARIANTS:-}
+    FKDA_DECODE_PDL=0 run_step decode-no-pdl build/gpu/test_decode_cuda
+    sanitized_variants=(decode_f32_kv_128_ef_ks decode_bf16_kv_packed_ef_ks decode_bf16_vk_packed
+                        decode_bf16_kv_128_narrow_tok)
     for tool in memcheck racecheck; do
-      sanitized=(compute-sanitizer --tool $tool --error-exitcode 1 build/gpu/test_decode_cuda --small)
-      want_variant decode-ksplit-$tool &&
-        FKDA_DECODE_KSPLIT=1 FKDA_DECODE_NARROW=0 FKDA_DECODE_PACKED=1 run_step decode-ksplit-$tool "${sanitized[@]}"
-      want_variant decode-packed-narrow-$tool &&
-        FKDA_DECODE_PACKED=1 FKDA_DECODE_NARROW=1 run_step decode-packed-narrow-$tool "${sanitized[@]}"
+      run_step decode-variants-$tool compute-sanitizer --tool $tool --error-exitcode 1 \
+        build/gpu/test_decode_cuda --small --variants "${sanitized_variants[@]}"
     done ;;
   profile-decode)
     for case in ${FKDA_PROFILE_CASES:-fp32,1,32 bf16,1,32}; do

@@ -19,6 +19,8 @@
  */
 #include "chunk_kernels.h"
 
+#include "../core/tuning.h"
+
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -97,9 +99,10 @@ static isa resolve_isa(void)
     if (best == ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
         best = ISA_AVX512;
 #endif
-    const char *cap = getenv("FKDA_CPU_ISA");
-    if (cap && strcmp(cap, "baseline") == 0) best = ISA_BASELINE;
-    if (cap && strcmp(cap, "avx2") == 0 && best > ISA_AVX2) best = ISA_AVX2;
+    fkda_tuning tuning;
+    fkda_tuning_read(&tuning);
+    if (tuning.cpu_isa == FKDA_TUNING_ISA_BASELINE) best = ISA_BASELINE;
+    if (tuning.cpu_isa == FKDA_TUNING_ISA_AVX2 && best > ISA_AVX2) best = ISA_AVX2;
     return best;
 }
 

@@ -1,14 +1,18 @@
 /*
  * decode_launch.cu: the CUDA decode as the backend interface sees it: what it supports, its
- * workspace (none), and the run, which turns the validated problem into the kernel's flat
- * parameters (decode_recurrent.h) and launches decode_recurrent.cu on the caller's stream.
+ * workspace (none), and the run, which turns the validated problem into the kernels' flat
+ * parameters (decode_params.h), checks what the kernels assume, asks decode_select.c for the
+ * variant and geometry, and launches it (decode_tiles.cu, decode_packed.cu) on the caller's stream.
  *
  * Nothing here synchronises or allocates, so a call can be captured into a CUDA graph.
  */
+#include <stdint.h>
 #include <string.h>
 
+#include "../core/tuning.h"
 #include "cuda_internal.h"
-#include "decode_recurrent.h"
+#include "decode_params.h"
+#include "decode_select.h"
 
 extern "C" fkda_status fkda_cuda_decode_supported(const fkda_problem *p, const cudaDeviceProp *prop)
 {
@@ -33,6 +37,154 @@ extern "C" fkda_status fkda_cuda_decode_supported(const fkda_problem *p, const c
 extern "C" fkda_status fkda_cuda_decode_workspace(const fkda_problem *p, size_t *bytes)
 {
     *bytes = 0;
+    return FKDA_OK;
+}
+
+/* ---- the launch ---------------------------------------------------------------------------- */
+
+/* Launches `kernel` on the stream; with `pdl`, as a programmatic dependent of the kernel before
+ * it: the launch overlaps that kernel's tail (less time per call at small batches), and
+ * wait_for_prior_grid (decode_common.cuh) keeps the order of memory. */
+static cudaError_t launch_decode_kernel(const void *kernel, dim3 grid, unsigned threads, cudaStream_t stream,
+                                        const fkda_decode_params *p, int pdl)
+{
+    cudaLaunchConfig_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.gridDim = grid;
+    cfg.blockDim = dim3(threads, 1, 1);
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = stream;
+    cudaLaunchAttribute attr;
+    memset(&attr, 0, sizeof attr);
+    attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr.val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = &attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    void *args[] = {(void *)p};
+    return cudaLaunchKernelExC(&cfg, kernel, args);
+}
+
+/* Whether the pool allows 16-byte vectors of `vec` elements along its contiguous dimension. */
+static int pool_vectorizable(const void *data, const int64_t *stride, int v_first, int K, int V, int elem,
+                             int vec)
+{
+    const int contiguous = v_first ? 2 : 3, other = v_first ? 3 : 2;
+    const int extent = v_first ? K : V;
+    return (uintptr_t)data % 16 == 0 && stride[contiguous] == 1 && stride[other] % vec == 0 &&
+           stride[0] % vec == 0 && stride[1] % vec == 0 && extent % vec == 0 && elem * vec == 16;
+}
+
+/* Whether sum_i (extent_i - 1) * |stride_i| < 2^31: then every offset of the tensor, and every
+ * partial sum on the way to it, fits in a signed 32-bit integer. */
+static int offsets_fit_31_bits(const int64_t *extent, const int64_t *stride, int ndim)
+{
+    const int64_t limit = INT64_C(0x7fffffff);
+    int64_t span = 0;
+    for (int i = 0; i < ndim; i++) {
+        if (extent[i] <= 1) continue; /* index 0 only: whatever the stride, the term is 0 */
+        const int64_t a = stride[i] < 0 ? -stride[i] : stride[i];
+        if (a > limit || (a > 0 && extent[i] - 1 > (limit - span) / a)) return 0;
+        span += (extent[i] - 1) * a;
+    }
+    return span < limit;
+}
+
+/* The precondition of the kernels compiled for all-bf16 tokens (token_offset): every
+ * (row, position, head) offset of q, k, v, g, beta and out, and the head offsets of dt_bias and
+ * A_log, in 31 bits. (The element offsets along a vector are checked separately, for every
+ * kernel.) */
+static int tokens_fit_31_bits(const fkda_decode_params *p)
+{
+    const int64_t rows = p->cu_seqlens ? 1 : p->N, hq = p->HV / p->group;
+    const int64_t qk[3] = {rows, p->T, hq}, vg[3] = {rows, p->T, p->HV}, heads[1] = {p->HV};
+    return offsets_fit_31_bits(qk, p->q_stride, 3) && offsets_fit_31_bits(qk, p->k_stride, 3) &&
+           offsets_fit_31_bits(vg, p->v_stride, 3) && offsets_fit_31_bits(vg, p->g_stride, 3) &&
+           offsets_fit_31_bits(vg, p->out_stride, 3) && offsets_fit_31_bits(vg, p->beta_stride, 3) &&
+           (!p->dt_bias || offsets_fit_31_bits(heads, p->dt_bias_stride, 1)) &&
+           (!p->A_log || offsets_fit_31_bits(heads, &p->A_log_stride, 1));
+}
+
+/* Checks what the kernels assume of the call, describes it to fkda_decode_select (decode_select.c),
+ * fills the geometry of *p and launches the chosen kernel on the stream (asynchronously, nothing
+ * allocated). */
+static fkda_status launch_decode(fkda_decode_params *p, int sm_count, int cc_major, int64_t l2_bytes,
+                                 cudaStream_t stream)
+{
+    if (p->N == 0 || p->T == 0) return FKDA_OK;
+    const int elem = p->state_bf16 ? 2 : 4, vec = 16 / elem;
+    const int vectors =
+        pool_vectorizable(p->state_in, p->state_in_stride, p->state_v_first, p->K, p->V, elem, vec) &&
+        pool_vectorizable(p->state_out, p->state_out_stride, p->state_v_first, p->K, p->V, elem, vec);
+    /* Offsets inside one head's state are 32-bit in the kernel. */
+    const int64_t *si = p->state_in_stride, *so = p->state_out_stride;
+    const int64_t span_in = (p->K - 1) * si[2] + (p->V - 1) * si[3], span_out = (p->K - 1) * so[2] + (p->V - 1) * so[3];
+    if (span_in >= 0x7fffffff || span_out >= 0x7fffffff)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                         "state_pool: the strides of one head's [K, V] state span %lld elements; the CUDA decode "
+                         "needs fewer than 2^31",
+                         (long long)(span_in > span_out ? span_in : span_out));
+    /* Dense 128: K = V = 128 and, in and out, the rows of one head's state 128 elements apart. */
+    const int row_stride = p->state_v_first ? 3 : 2;
+    const int dense128 = vectors && p->K == 128 && p->V == 128 && si[row_stride] == 128 && so[row_stride] == 128;
+    /* Per-element offsets along a token vector are 32-bit in the kernel (load_elem). */
+    const struct { const char *name; int64_t stride; } vectors_along[] = {
+        {"q", p->q_stride[3]}, {"k", p->k_stride[3]}, {"g", p->g_stride[3]}, {"v", p->v_stride[3]},
+        {"out", p->out_stride[3]}, {"dt_bias", p->dt_bias ? p->dt_bias_stride[1] : 0}};
+    for (size_t i = 0; i < sizeof vectors_along / sizeof vectors_along[0]; i++)
+        if (vectors_along[i].stride >= (1 << 22) || vectors_along[i].stride <= -(1 << 22))
+            return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                             "%s: the stride of its last dimension (%lld elements) is too large for the CUDA decode "
+                             "(at most 2^22)",
+                             vectors_along[i].name, (long long)vectors_along[i].stride);
+    const int64_t heads = p->N * p->HV;
+    if (heads > 0x7fffffff) /* split_head divides in 32 bits */
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
+
+    fkda_decode_call call;
+    memset(&call, 0, sizeof call);
+    call.heads = heads;
+    call.K = p->K;
+    call.V = p->V;
+    call.state_bf16 = p->state_bf16 != 0;
+    call.v_first = p->state_v_first != 0;
+    call.vectorizable = vectors;
+    call.dense128 = dense128;
+    call.T = p->T;
+    call.cu_seqlens = p->cu_seqlens != NULL;
+    call.idx_2d = p->idx_2d != 0;
+    const int b16 = FKDA_DTYPE_BF16;
+    call.tokens_bf16 = p->q_dtype == b16 && p->k_dtype == b16 && p->v_dtype == b16 && p->g_dtype == b16 &&
+                       p->beta_dtype == b16 && p->out_dtype == b16;
+    /* Checked only where a kernel compiled for bf16 tokens could serve the call. */
+    call.tokens_fit_31_bits = call.tokens_bf16 && p->T == 1 && !p->cu_seqlens && !p->idx_2d && tokens_fit_31_bits(p);
+    call.sm_count = sm_count;
+    call.cc_major = cc_major;
+    call.l2_bytes = l2_bytes;
+
+    /* The tuning knobs are read on every call: the benchmark and the tests change them between
+     * calls (src/core/tuning.h). */
+    fkda_tuning tuning;
+    fkda_tuning_read(&tuning);
+    fkda_decode_choice choice;
+    const fkda_decode_select_status status = fkda_decode_select(&call, &tuning, &choice);
+    if (status == FKDA_DECODE_SELECT_K_TOO_LARGE)
+        return fkda_fail(FKDA_ERROR_INTERNAL, "decode: K = %d needs more than 32 lanes per column", p->K);
+    if (status != FKDA_DECODE_SELECT_OK)
+        return fkda_fail(FKDA_ERROR_INTERNAL, "decode: no kernel variant for this pool");
+    const fkda_decode_variant *v = &fkda_decode_variant_table[choice.variant];
+    const void *kernel = v->family == FKDA_DECODE_FAMILY_PACKED
+                             ? fkda_decode_packed_kernel(choice.variant - DECODE_TILE_VARIANT_COUNT)
+                             : fkda_decode_tile_kernel(choice.variant);
+    p->lanes_k = choice.lanes_k;
+    p->warps_per_head = choice.warps_per_head;
+    p->warps_per_cta = choice.warps_per_cta;
+    p->ctas_per_head = choice.ctas_per_head;
+    const cudaError_t err = launch_decode_kernel(kernel, dim3((unsigned)heads, (unsigned)p->ctas_per_head, 1),
+                                                 32 * p->warps_per_cta, stream, p, choice.pdl);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError(); /* leave no sticky error for a later, unrelated check */
+        return fkda_fail(FKDA_ERROR_DEVICE, "decode: launch of %s: %s", v->name, cudaGetErrorString(err));
+    }
     return FKDA_OK;
 }
 
@@ -100,8 +252,8 @@ extern "C" fkda_status fkda_cuda_decode(const fkda_problem *p, void *workspace, 
     int current = -1;
     FKDA_CUDA_TRY(cudaGetDevice(&current));
     if (current != p->device.index) FKDA_CUDA_TRY(cudaSetDevice(p->device.index));
-    fkda_status s = fkda_decode_recurrent_launch(&k, prop->multiProcessorCount, prop->major, prop->l2CacheSize,
-                                                 (cudaStream_t)p->device.stream);
+    fkda_status s = launch_decode(&k, prop->multiProcessorCount, prop->major, prop->l2CacheSize,
+                                  (cudaStream_t)p->device.stream);
     if (current != p->device.index) FKDA_CUDA_TRY(cudaSetDevice(current));
     return s;
 }

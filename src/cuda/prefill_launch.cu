@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../core/tuning.h"
 #include "cuda_internal.h"
 #include "prefill_common.cuh"
 
@@ -76,10 +77,10 @@ static int64_t choose_segments(const fkda_problem *p, int sms)
     if (p->cu_seqlens.data != NULL || p->T <= 0) return 1;
     const int64_t nch = (p->T + PF_CHUNK - 1) / PF_CHUNK, warps = p->N * p->HV * (PF_DV / 16);
     int64_t P;
-    const char *env = getenv("FKDA_PREFILL_SEGMENTS");
-    if (env != NULL) {
-        P = atoll(env);
-        P = P < 1 ? 1 : P > 64 ? 64 : P;
+    fkda_tuning tuning;
+    fkda_tuning_read(&tuning);
+    if (tuning.prefill_segments > 0) { /* already clamped to 1..64 */
+        P = tuning.prefill_segments;
         return P > nch ? nch : P;
     }
     if (warps > sms) return 1;
@@ -115,11 +116,9 @@ extern "C" fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t
  * FKDA_PREFILL_VSLICE overrides it (16, 32, 64 or 128), for tuning. */
 static int choose_vslice(const fkda_problem *p, int sms)
 {
-    const char *env = getenv("FKDA_PREFILL_VSLICE");
-    if (env != NULL) {
-        int v = atoi(env);
-        if (v == 16 || v == 32 || v == 64 || v == 128) return v;
-    }
+    fkda_tuning tuning;
+    fkda_tuning_read(&tuning);
+    if (tuning.prefill_vslice) return tuning.prefill_vslice; /* 16, 32, 64 or 128 */
     int64_t load[4], best = -1;
     for (int i = 0; i < 4; i++) {
         const int vs = 128 >> i;

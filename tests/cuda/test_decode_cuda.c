@@ -20,6 +20,14 @@
  *   test_decode_cuda           every case, the 1000-call fp32 chain and the 10,000-call bf16
  *                              drift report ("DRIFT-REPORT" lines, for bench/results/decode.md)
  *   test_decode_cuda --small   a few short cases, for compute-sanitizer
+ *   test_decode_cuda [--small] --variants [NAME ...]
+ *                              the kernel variants of src/cuda/decode_variants.h, each forced in
+ *                              turn (FKDA_DECODE_VARIANT=NAME, set between passes) on every case
+ *                              it can serve (asked of the selection, src/cuda/decode_select.c,
+ *                              compiled into this test); all of them, or the NAMEs given. A variant
+ *                              that serves no case fails.
+ *   test_decode_cuda [--small] --plan
+ *                              prints which cases each variant serves (no GPU needed)
  */
 #define _POSIX_C_SOURCE 200809L
 #include <math.h>
@@ -29,6 +37,7 @@
 
 #include <cuda_runtime.h>
 
+#include "../../src/cuda/decode_select.h"
 #include "cuda_test_util.h"
 #include "test_util.h"
 
@@ -560,25 +569,112 @@ static void set_bars(dcase *c)
     if (c->pool_dtype == FKDA_DTYPE_BF16 && c->in_dtype == FKDA_DTYPE_F32) c->out_tol = 5e-3;
 }
 
+/* ---- the variant walk ------------------------------------------------------------------------ */
+
+/* The call as the CUDA launch describes it to the selection (decode_launch.cu), from the layout
+ * run_case gives the case's tensors: the pool padded by ps elements per row when strided, one
+ * element off a 16-byte boundary when misaligned; small tensors, so token offsets fit in 31 bits. */
+static fkda_decode_call describe_call(const dcase *c, const struct cudaDeviceProp *prop)
+{
+    fkda_decode_call d;
+    memset(&d, 0, sizeof d);
+    const int64_t N = c->nvar ? c->nvar : c->N;
+    int64_t T = c->T;
+    if (c->nvar) {
+        T = 0;
+        for (int i = 0; i < c->nvar; i++) T += c->lens[i];
+    }
+    const int bf16 = c->pool_dtype == FKDA_DTYPE_BF16, vec = bf16 ? 8 : 4;
+    const int64_t d2 = c->v_first ? c->V : c->K, d3 = c->v_first ? c->K : c->V;
+    const int64_t ps = c->strided ? vec : 0, row = d3 + ps, head = d2 * row, slot = c->HV * head;
+    d.heads = N * c->HV;
+    d.K = (int)c->K;
+    d.V = (int)c->V;
+    d.state_bf16 = bf16;
+    d.v_first = c->v_first;
+    d.vectorizable = !c->misaligned && row % vec == 0 && head % vec == 0 && slot % vec == 0 && d3 % vec == 0;
+    d.dense128 = d.vectorizable && c->K == 128 && c->V == 128 && row == 128;
+    d.T = T;
+    d.cu_seqlens = c->nvar > 0;
+    d.idx_2d = c->idx_mode == IDX_2D;
+    const fkda_dtype gb = c->bf16_g_beta ? FKDA_DTYPE_BF16 : c->aux_dtype;
+    d.tokens_bf16 = c->in_dtype == FKDA_DTYPE_BF16 && gb == FKDA_DTYPE_BF16;
+    d.tokens_fit_31_bits = 1;
+    d.sm_count = prop ? prop->multiProcessorCount : 132;
+    d.cc_major = prop ? prop->major : 9;
+    d.l2_bytes = prop ? prop->l2CacheSize : 50 << 20;
+    return d;
+}
+
+/* Forces each variant (all, or those named) in turn on every case it serves; with `run` 0 only
+ * prints the plan. Returns the number of variants that served no case. */
+static int walk_variants(const dcase *cases, int n, const char *const *names, int n_names, int run,
+                         const struct cudaDeviceProp *prop, test_rng *r, cudaStream_t stream)
+{
+    int unserved = 0;
+    for (int v = 0; v < fkda_decode_variant_count; v++) {
+        const fkda_decode_variant *var = &fkda_decode_variant_table[v];
+        int wanted = n_names == 0;
+        for (int i = 0; i < n_names; i++) wanted |= strcmp(names[i], var->name) == 0;
+        if (!wanted) continue;
+        setenv("FKDA_DECODE_VARIANT", var->name, 1);
+        printf("== FKDA_DECODE_VARIANT=%s\n", var->name);
+        int served = 0;
+        for (int i = 0; i < n; i++) {
+            const fkda_decode_call call = describe_call(&cases[i], prop);
+            if (!fkda_decode_variant_serves(var, &call)) continue;
+            served++;
+            if (!run) {
+                printf("  %s\n", cases[i].name);
+                continue;
+            }
+            dcase c = cases[i];
+            if (c.out_tol == 0) set_bars(&c);
+            run_case(&c, r, stream);
+        }
+        printf("  %s: %d case(s)\n", var->name, served);
+        CHECK(served > 0, "FKDA_DECODE_VARIANT=%s serves none of the cases", var->name);
+        unserved += served == 0;
+    }
+    for (int i = 0; i < n_names; i++)
+        CHECK(fkda_decode_variant_find(names[i]) >= 0, "--variants %s: no such variant in decode_variants.h", names[i]);
+    unsetenv("FKDA_DECODE_VARIANT");
+    return unserved;
+}
+
 int main(int argc, char **argv)
 {
-    const int small = argc > 1 && strcmp(argv[1], "--small") == 0;
+    int small = 0, variants = 0, plan = 0, n_names = 0;
+    const char *names[64];
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--small") == 0) small = 1;
+        else if (strcmp(argv[i], "--variants") == 0) variants = 1;
+        else if (strcmp(argv[i], "--plan") == 0) plan = 1;
+        else if (variants && argv[i][0] != '-' && n_names < 64) names[n_names++] = argv[i];
+        else {
+            fprintf(stderr, "usage: test_decode_cuda [--small] [--variants [NAME ...] | --plan]\n");
+            return 2;
+        }
+    }
     uint64_t seed = test_seed_from_env();
     printf("test_decode_cuda: seed %llu (FKDA_TEST_SEED=%llu repeats it)%s\n", (unsigned long long)seed,
            (unsigned long long)seed, small ? ", --small" : "");
     test_rng rng;
     test_rng_seed(&rng, seed);
-    int count = 0;
-    CUDA_OK(cudaGetDeviceCount(&count));
-    if (count == 0) {
-        printf("no CUDA device\n");
-        return 1;
-    }
     struct cudaDeviceProp prop;
-    CUDA_OK(cudaGetDeviceProperties(&prop, 0));
-    printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
-    cudaStream_t stream;
-    CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    memset(&prop, 0, sizeof prop);
+    cudaStream_t stream = NULL;
+    if (!plan) { /* --plan needs no GPU */
+        int count = 0;
+        CUDA_OK(cudaGetDeviceCount(&count));
+        if (count == 0) {
+            printf("no CUDA device\n");
+            return 1;
+        }
+        CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+        printf("device: %s (sm_%d%d)\n", prop.name, prop.major, prop.minor);
+        CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    }
 
     dcase cases[96];
     int n = 0;
@@ -597,8 +693,7 @@ int main(int argc, char **argv)
     c = base_case("strided tokens and pool, graph replays"); c.strided = 1; c.graph = 1; c.steps = 3; cases[n++] = c;
     c = base_case("misaligned bf16 pool (scalar path)"); c.misaligned = 1; c.pool_dtype = FKDA_DTYPE_BF16;
     c.steps = 2; cases[n++] = c;
-    /* Enough heads (>= 4 per SM) that, with FKDA_DECODE_STREAM=1 (scripts/gpu_check.sh variants),
-     * the streaming kernel's persistent CTAs walk several heads each through their ring. */
+    /* Enough heads (>= 4 per SM) for split-K tiles by default. */
     c = base_case("640 heads, fp32 [K,V], skips"); c.N = 160; c.skip = 1; c.steps = 3; cases[n++] = c;
     c = base_case("bf16 pool [V,K], 1-D indices, skips"); c.N = 5; c.skip = 1; c.pool_dtype = FKDA_DTYPE_BF16;
     c.v_first = 1; cases[n++] = c;
@@ -622,6 +717,9 @@ int main(int argc, char **argv)
         c = base_case("lower bound without A_log, neg eigval"); c.has_A = 0; c.neg_eig = 1; cases[n++] = c;
         c = base_case("lower bound, no dt_bias, bf16 aux"); c.has_dt = 0; c.aux_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
         c = base_case("bf16 tokens, fp32 [K,V], skips"); c.bf16_g_beta = 1; c.N = 5; c.skip = 1; cases[n++] = c;
+        /* One token, fp32 [V,K]: the only case the fp32 [V,K] bf16-token kernels serve. */
+        c = base_case("bf16 tokens, fp32 [V,K], skips"); c.bf16_g_beta = 1; c.N = 5; c.skip = 1; c.v_first = 1;
+        cases[n++] = c;
         c = base_case("bf16 tokens, fp32 [V,K], spec T=3, 2-D"); c.bf16_g_beta = 1; c.v_first = 1; c.idx_mode = IDX_2D;
         c.T = 3; c.N = 4; c.skip = 1; cases[n++] = c;
         c = base_case("bf16 tokens, bf16 pool [V,K], reuse, softplus"); c.bf16_g_beta = 1; c.N = 4; c.reuse = 1;
@@ -676,6 +774,11 @@ int main(int argc, char **argv)
                 cases[n++] = c;
             }
         }
+    }
+    if (variants || plan) {
+        walk_variants(cases, n, names, n_names, !plan, plan ? NULL : &prop, &rng, stream);
+        if (stream) CUDA_OK(cudaStreamDestroy(stream));
+        return test_exit("test_decode_cuda");
     }
     /* FKDA_TEST_ONLY=text runs only the cases whose names contain it (to chase one failure). */
     const char *only = getenv("FKDA_TEST_ONLY");

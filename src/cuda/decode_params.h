@@ -1,13 +1,14 @@
 /*
- * decode_recurrent.h: the CUDA decode kernel's parameters (one flat struct passed by value),
- * filled from a validated fkda_problem by decode_launch.cu and run by decode_recurrent.cu.
+ * decode_params.h: the CUDA decode kernels' parameters (one flat struct passed by value), filled
+ * from a validated fkda_problem by decode_launch.cu and read by the kernels (decode_tiles.cu,
+ * decode_packed.cu), and the kernels' addresses by variant.
  *
  * Strides are in elements, in the canonical dimension order of problem.h:
  *   token tensors  [row, position, head, index]      beta [row, position, head]
  *   states         [slot, value head, key, value]     whatever the memory layout
  */
-#ifndef FKDA_CUDA_DECODE_RECURRENT_H
-#define FKDA_CUDA_DECODE_RECURRENT_H
+#ifndef FKDA_CUDA_DECODE_PARAMS_H
+#define FKDA_CUDA_DECODE_PARAMS_H
 
 #include <stdint.h>
 
@@ -57,22 +58,20 @@ typedef struct fkda_decode_params {
     float scale, lower_bound;
     int32_t gate, use_qk_l2norm, use_beta_sigmoid, allow_neg_eigval, state_v_first;
 
-    /* Geometry, chosen by fkda_decode_recurrent_launch. */
+    /* Geometry, chosen by fkda_decode_select (decode_select.c). */
     int32_t lanes_k;        /* lanes of a warp that share one state column (a power of two) */
     int32_t warps_per_head; /* warps splitting the V columns of one (sequence, value head) */
     int32_t warps_per_cta;  /* warps of one CTA, all on the same head */
     int32_t ctas_per_head;  /* CTAs sharing the warps of one (sequence, value head) */
-    int32_t pipeline_inputs; /* streaming: load the next head's token inputs during this head's work */
 } fkda_decode_params;
 
-/* Picks the kernel variant and the geometry for a device of `sm_count` SMs and compute
- * capability `cc_major`.x, fills the last fields of *p and launches on the stream
- * (asynchronously, nothing allocated). Returns FKDA_ERROR_DEVICE on a launch error. */
-fkda_status fkda_decode_recurrent_launch(fkda_decode_params *p, int sm_count, int cc_major, int64_t l2_bytes,
-                                         cudaStream_t stream);
+/* The kernel of row `row` of DECODE_TILE_VARIANTS (decode_tiles.cu) or DECODE_PACKED_VARIANTS
+ * (decode_packed.cu), as cudaLaunchKernelExC takes it; NULL outside the table. */
+const void *fkda_decode_tile_kernel(int row);
+const void *fkda_decode_packed_kernel(int row);
 
 #ifdef __cplusplus
 }
 #endif
 
-#endif /* FKDA_CUDA_DECODE_RECURRENT_H */
+#endif /* FKDA_CUDA_DECODE_PARAMS_H */

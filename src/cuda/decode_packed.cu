@@ -1,0 +1,205 @@
+/*
+ * decode_packed.cu: the CUDA decode's packed bf16 kernels (decode_variants.h,
+ * DECODE_PACKED_VARIANTS): dense 128 bf16 pools, one token per sequence, the state held in
+ * registers as the bf16 pairs it arrives in (PK_NR x PK_NC values per lane).
+ */
+#include "decode_common.cuh"
+
+/* For large batches of bf16 pools (by default from 2 heads per SM; FKDA_DECODE_PACKED forces it
+ * on or off): the tile kernels hold 64 fp32 values per lane, so a bf16 head needs 8 warps and an
+ * SM has only ~64 KB of state loads in flight. Held as the bf16 pairs they arrive in, 64
+ * registers carry 128 values: 4 warps cover a head, one CTA stages its token once, and twice the
+ * bytes are in flight per register. Each value is unpacked where it is used and the new state
+ * rounded once, on the way to its store, as in the tile kernels, so the results are the same up
+ * to the order of the sums. One token per sequence only (T = 1, no cu_seqlens, 1-D indices):
+ * across tokens the tile kernels keep fp32. */
+
+/* Register and half of (row r, column c): [K, V] pairs neighbouring columns, [V, K] rows. */
+static __device__ __forceinline__ int pk_index(int r, int c, const int V_FIRST)
+{
+    return V_FIRST ? (r >> 1) * PK_NC + c : r * (PK_NC / 2) + (c >> 1);
+}
+
+static __device__ __forceinline__ float pk_get(const uint32_t *sp, int r, int c, const int V_FIRST)
+{
+    const uint32_t u = sp[pk_index(r, c, V_FIRST)];
+    const int high = V_FIRST ? (r & 1) : (c & 1);
+    return __uint_as_float(high ? (u & 0xffff0000u) : (u << 16));
+}
+
+/* Loads the lane's 128 values as 64 bf16 pairs, 16 bytes per load along the contiguous
+ * dimension from `in` (its first row and column); streaming loads with STREAM (load_state_vec). */
+static __device__ __forceinline__ void pk_load_state(const lane_tile *w, const unsigned short *in, bool live,
+                                                     uint32_t *sp, const int V_FIRST, const int STREAM)
+{
+    const int NR = PK_NR, NC = PK_NC, VEC = 8;
+    const int sk = V_FIRST ? 1 : 128, sv = V_FIRST ? 128 : 1;
+    const int k0 = tile_row(w, 0, V_FIRST, VEC), j0 = tile_col(w, 0, V_FIRST, VEC);
+    if (!V_FIRST) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const uint4 *at = (const uint4 *)(in + (tile_row(w, r, 0, VEC) - k0) * sk);
+            uint4 u = make_uint4(0u, 0u, 0u, 0u);
+            if (live) u = STREAM ? __ldcs(at) : *at;
+            sp[pk_index(r, 0, 0)] = u.x; sp[pk_index(r, 2, 0)] = u.y;
+            sp[pk_index(r, 4, 0)] = u.z; sp[pk_index(r, 6, 0)] = u.w;
+        }
+    } else {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+#pragma unroll
+            for (int rv = 0; rv < NR; rv += VEC) {
+                const uint4 *at = (const uint4 *)(in + (tile_col(w, c, 1, VEC) - j0) * sv + (tile_row(w, rv, 1, VEC) - k0));
+                uint4 u = make_uint4(0u, 0u, 0u, 0u);
+                if (live) u = STREAM ? __ldcs(at) : *at;
+                sp[pk_index(rv, c, 1)] = u.x; sp[pk_index(rv + 2, c, 1)] = u.y;
+                sp[pk_index(rv + 4, c, 1)] = u.z; sp[pk_index(rv + 6, c, 1)] = u.w;
+            }
+        }
+    }
+}
+
+static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_params *p, stage_buffer *smem,
+                                                         const int V_FIRST, const int LOAD_EF, const int KS)
+{
+    const int NR = PK_NR, NC = PK_NC, VEC = 8;
+    const uint32_t head = blockIdx.x; /* the grid is heads x ctas_per_head */
+    const int slab = (int)blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int64_t n, h;
+    split_head(p, head, &n, &h);
+    const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, 1, KS);
+    const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
+
+    int64_t row, bos;
+    if (sequence_tokens(p, n, &row, &bos) <= 0) return;
+    const int64_t slot = read_slot(p, n);
+    if (slot < 0 || slot >= p->pool_size) {
+        zero_outputs(p, &w, row, bos, 1, h, V_FIRST, VEC, NC, 0);
+        return;
+    }
+
+    /* The lane's first row and column of the state, in and out. */
+    const int sk = V_FIRST ? 1 : 128, sv = V_FIRST ? 128 : 1;
+    const int k0 = tile_row(&w, 0, V_FIRST, VEC), j0 = tile_col(&w, 0, V_FIRST, VEC);
+    const int64_t *si = p->state_in_stride;
+    const unsigned short *in = (const unsigned short *)p->state_in + slot * si[0] + h * si[1] +
+                               (int64_t)k0 * sk + (int64_t)j0 * sv;
+    const bool live = j0 < w.V; /* a CTA's spare warp (columns past V) loads and stores nothing */
+    uint32_t sp[PK_NR * PK_NC / 2];
+    pk_load_state(&w, in, live, sp, V_FIRST, LOAD_EF);
+
+    const int64_t pos = bos, hq = query_head(p, h);
+    uint32_t vbits[DECODE_MAX_C];
+    load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, 0);
+    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, V_FIRST, VEC, NR * KS, 0);
+    const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
+    const float *lq = smem->q + lane_rows, *lk = smem->k + lane_rows, *ld = smem->d + lane_rows;
+
+    /* Decay and the two dot products (the decayed values are recomputed in the update). */
+    float pk[PK_NC], pq[PK_NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) pk[c] = pq[c] = 0.0f;
+#pragma unroll
+    for (int r4 = 0; r4 < NR; r4 += 4) {
+        const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4), q4 = *(const float4 *)(lq + r4);
+        const float d[4] = {d4.x, d4.y, d4.z, d4.w}, kk[4] = {k4.x, k4.y, k4.z, k4.w}, qq[4] = {q4.x, q4.y, q4.z, q4.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const float x = pk_get(sp, r4 + i, c, V_FIRST) * d[i];
+                pk[c] = fmaf(x, kk[i], pk[c]);
+                pq[c] = fmaf(x, qq[i], pq[c]);
+            }
+        }
+    }
+    for (int off = red_lo; off < red_hi; off <<= 1) {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            pk[c] += __shfl_xor_sync(FULL_MASK, pk[c], off);
+            pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
+        }
+    }
+    if (KS == 2) add_other_half(smem, &w, pk, pq, NC);
+    float vk[PK_NC];
+    const int64_t *os = p->out_stride;
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        const float vn = tok.beta * (bits_to_float(vbits[c], p->v_dtype) - tok.kf * pk[c]);
+        vk[c] = tok.kf * vn;
+        const int j = tile_col(&w, c, V_FIRST, VEC);
+        if (w.kl == 0 && w.kh == 0 && j < w.V)
+            store_float(p->out, p->out_dtype, row * os[0] + pos * os[1] + h * os[2] + j * os[3],
+                        fmaf(tok.kq, vn, tok.qf * pq[c]));
+    }
+
+    /* The update, two values per register, each rounded once: S = diag(d) S + k (kf v')^T. */
+    float dr[PK_NR], kr[PK_NR];
+#pragma unroll
+    for (int r4 = 0; r4 < NR; r4 += 4) {
+        const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4);
+        dr[r4] = d4.x; dr[r4 + 1] = d4.y; dr[r4 + 2] = d4.z; dr[r4 + 3] = d4.w;
+        kr[r4] = k4.x; kr[r4 + 1] = k4.y; kr[r4 + 2] = k4.z; kr[r4 + 3] = k4.w;
+    }
+    if (!V_FIRST) {
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+#pragma unroll
+            for (int c = 0; c < NC; c += 2) {
+                const float x0 = fmaf(kr[r], vk[c], pk_get(sp, r, c, 0) * dr[r]);
+                const float x1 = fmaf(kr[r], vk[c + 1], pk_get(sp, r, c + 1, 0) * dr[r]);
+                sp[pk_index(r, c, 0)] = pack_bf16x2(x0, x1);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int r = 0; r < NR; r += 2) {
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                const float x0 = fmaf(kr[r], vk[c], pk_get(sp, r, c, 1) * dr[r]);
+                const float x1 = fmaf(kr[r + 1], vk[c], pk_get(sp, r + 1, c, 1) * dr[r + 1]);
+                sp[pk_index(r, c, 1)] = pack_bf16x2(x0, x1);
+            }
+        }
+    }
+
+    const int64_t *so = p->state_out_stride;
+    unsigned short *out = (unsigned short *)p->state_out + slot * so[0] + h * so[1] + (int64_t)k0 * sk + (int64_t)j0 * sv;
+    if (!live) return;
+    if (!V_FIRST) {
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            __stcs((uint4 *)(out + (tile_row(&w, r, 0, VEC) - k0) * sk),
+                   make_uint4(sp[pk_index(r, 0, 0)], sp[pk_index(r, 2, 0)], sp[pk_index(r, 4, 0)], sp[pk_index(r, 6, 0)]));
+    } else {
+#pragma unroll
+        for (int c = 0; c < NC; c++)
+#pragma unroll
+            for (int rv = 0; rv < NR; rv += VEC)
+                __stcs((uint4 *)(out + (tile_col(&w, c, 1, VEC) - j0) * sv + (tile_row(&w, rv, 1, VEC) - k0)),
+                       make_uint4(sp[pk_index(rv, c, 1)], sp[pk_index(rv + 2, c, 1)], sp[pk_index(rv + 4, c, 1)],
+                                  sp[pk_index(rv + 6, c, 1)]));
+    }
+}
+
+/* ---- the kernels ------------------------------------------------------------------------- */
+
+/* The packed bf16 kernels (4 warps = one dense 128 head per CTA, 128 registers): name, [V, K]
+ * layout, streaming state loads, warps sharing the keys of a column (2: split K, [K, V] only:
+ * 32 columns x 64 keys per warp, 128-byte line loads, as in the wide fp32 tiles). */
+#define DECODE_DEFINE_PACKED_KERNEL(name, V_FIRST, LOAD_EF, KS)                                  \
+    __global__ void __launch_bounds__(128, 4) name(const __grid_constant__ fkda_decode_params p) \
+    {                                                                                           \
+        __shared__ stage_buffer decode_stage[1];                                                \
+        wait_for_prior_grid();                                                                  \
+        decode_cta_packed(&p, decode_stage, V_FIRST, LOAD_EF, KS);                              \
+    }
+DECODE_PACKED_VARIANTS(DECODE_DEFINE_PACKED_KERNEL)
+
+#define DECODE_KERNEL_ADDRESS(name, ...) (const void *)name,
+
+extern "C" const void *fkda_decode_packed_kernel(int row)
+{
+    static const void *const kernels[] = {DECODE_PACKED_VARIANTS(DECODE_KERNEL_ADDRESS)};
+    return row >= 0 && row < DECODE_PACKED_VARIANT_COUNT ? kernels[row] : NULL;
+}

@@ -1,0 +1,183 @@
+/*
+ * decode_select.c: the CUDA decode's choice of kernel variant (decode_variants.h) and geometry
+ * for one call, from a description of the call and the tuning knobs (src/core/tuning.h). Plain
+ * C, no CUDA: tests/c/test_decode_select.c pins every decision on the CPU. The measurements
+ * behind each rule are in docs/history/decode-split.md.
+ */
+#include "decode_select.h"
+
+#include <string.h>
+
+#define TILE_ROW(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS) \
+    {#name, FKDA_DECODE_FAMILY_TILES, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS},
+#define PACKED_ROW(name, V_FIRST, LOAD_EF, KS) \
+    {#name, FKDA_DECODE_FAMILY_PACKED, 1, V_FIRST, 8, PK_NR, PK_NC, 1, LOAD_EF, 0, KS},
+const fkda_decode_variant fkda_decode_variant_table[] = {DECODE_TILE_VARIANTS(TILE_ROW)
+                                                             DECODE_PACKED_VARIANTS(PACKED_ROW)};
+
+int fkda_decode_variant_find(const char *name)
+{
+    for (int i = 0; i < fkda_decode_variant_count; i++)
+        if (strcmp(fkda_decode_variant_table[i].name, name) == 0) return i;
+    return -1;
+}
+
+/* The call's token tensors are all bf16, one token per sequence, no cu_seqlens, 1-D indices, and
+ * every token offset fits in 31 bits: what the kernels compiled for bf16 tokens assume. */
+static int bf16_token_call(const fkda_decode_call *c)
+{
+    return c->tokens_bf16 && c->T == 1 && !c->cu_seqlens && !c->idx_2d && c->tokens_fit_31_bits;
+}
+
+/* The packed kernels hold one token's state per head: dense 128 bf16 pools, T = 1, no cu_seqlens,
+ * 1-D indices. */
+static int packable_call(const fkda_decode_call *c)
+{
+    return c->dense128 && c->state_bf16 && !c->cu_seqlens && c->T == 1 && !c->idx_2d;
+}
+
+int fkda_decode_variant_serves(const fkda_decode_variant *v, const fkda_decode_call *c)
+{
+    if (v->bf16_pool != (c->state_bf16 != 0) || v->v_first != (c->v_first != 0)) return 0;
+    if (v->family == FKDA_DECODE_FAMILY_PACKED) return packable_call(c);
+    if (v->vec > 1 && !c->vectorizable) return 0;
+    if (v->dense128 && !c->dense128) return 0;
+    if (v->bf16_tokens && !bf16_token_call(c)) return 0;
+    return 1;
+}
+
+static int is_narrow(const fkda_decode_variant *v) { return v->rows * v->cols == 32; }
+
+/* Among the tile variants of the pool's dtype, layout, vector width and density, narrow or not as
+ * asked: the one that matches split K first, then bf16 tokens (never one compiled for bf16 tokens
+ * where the call's are not), then evict-first loads. */
+static int best_tile_variant(const fkda_decode_call *c, int narrow, int ksplit, int tok, int load_ef)
+{
+    int found = -1, best = -1;
+    for (int i = 0; i < DECODE_TILE_VARIANT_COUNT; i++) {
+        const fkda_decode_variant *d = &fkda_decode_variant_table[i];
+        if (d->bf16_pool != (c->state_bf16 != 0) || d->v_first != (c->v_first != 0) ||
+            (d->vec > 1) != (c->vectorizable != 0) || d->dense128 != c->dense128 || is_narrow(d) != narrow ||
+            (d->bf16_tokens && !tok))
+            continue;
+        const int score =
+            4 * ((d->k_split == 2) == ksplit) + 2 * ((d->bf16_tokens != 0) == tok) + (d->load_ef == load_ef);
+        if (score > best) {
+            best = score;
+            found = i;
+        }
+    }
+    return found;
+}
+
+/* The packed variant of the pool's layout, split K ([K, V] only) and loads. */
+static int packed_variant(const fkda_decode_call *c, int ksplit, int load_ef)
+{
+    const int ks = !c->v_first && ksplit ? 2 : 1;
+    for (int i = DECODE_TILE_VARIANT_COUNT; i < fkda_decode_variant_count; i++) {
+        const fkda_decode_variant *d = &fkda_decode_variant_table[i];
+        if (d->v_first == (c->v_first != 0) && d->k_split == ks && d->load_ef == load_ef) return i;
+    }
+    return -1;
+}
+
+/* Geometry of the packed kernels: 4 warps cover a head (8 with split K's pairs); fewer per CTA
+ * while that leaves two thirds of the SMs without a CTA. */
+static void packed_geometry(const fkda_decode_call *c, const fkda_decode_variant *v, fkda_decode_choice *out)
+{
+    const int ks = v->k_split;
+    out->lanes_k = 128 / (PK_NR * ks);
+    out->warps_per_head = ks * (128 / ((32 / out->lanes_k) * PK_NC));
+    int per_cta = out->warps_per_head;
+    while (per_cta > ks && 3 * c->heads * ((out->warps_per_head + per_cta - 1) / per_cta) < c->sm_count) per_cta /= 2;
+    out->warps_per_cta = per_cta;
+    out->ctas_per_head = (out->warps_per_head + per_cta - 1) / per_cta;
+}
+
+/* Geometry of the tile kernels. */
+static fkda_decode_select_status tile_geometry(const fkda_decode_call *c, const fkda_tuning *t,
+                                               const fkda_decode_variant *v, fkda_decode_choice *out)
+{
+    const int narrow = is_narrow(v);
+    /* KL lanes per column: enough that KL * NR rows (of each of KS warps) cover K (a power of
+     * two, at most 32). */
+    const int rows_needed = (c->K + v->rows * v->k_split - 1) / (v->rows * v->k_split);
+    int kl = 1;
+    while (kl < rows_needed) kl *= 2;
+    if (kl > 32) return FKDA_DECODE_SELECT_K_TOO_LARGE;
+    const int cols_per_warp = (32 / kl) * v->cols;
+    out->lanes_k = kl;
+    out->warps_per_head = v->k_split * ((c->V + cols_per_warp - 1) / cols_per_warp);
+    const int64_t heads = c->heads, sms = c->sm_count;
+    const int wph = out->warps_per_head;
+
+    /* Warps per CTA: 8 (a K = V = 128 fp32 head) or 4 (half a head: faster for large bf16
+     * batches; a quarter of a narrow head, faster at the smallest batches); fewer while that
+     * leaves two thirds of the SMs without a CTA (small batches are latency-bound: spread them). */
+    int per_cta = c->state_bf16 || narrow ? 4 : 8;
+    while (per_cta > 1 && per_cta / 2 >= wph) per_cta /= 2;
+    /* The all-bf16-token kernels (but narrow bf16): 2 warps while that keeps at most two CTAs per
+     * SM (measured faster; the generic-token kernels measured the other way round and keep 4). */
+    if (v->bf16_tokens && !(narrow && c->state_bf16) && per_cta > 2 && heads * ((wph + 1) / 2) <= 2 * sms)
+        per_cta = 2;
+    /* Narrow bf16 heads keep 4 warps down to fewer heads (measured faster than 2). */
+    const int spread = narrow && c->state_bf16 ? 6 : 3;
+    while (per_cta > 1 && spread * heads * ((wph + per_cta - 1) / per_cta) < sms) per_cta /= 2;
+    if (t->decode_warps_per_cta) per_cta = t->decode_warps_per_cta;
+    if (per_cta < v->k_split) per_cta = v->k_split; /* the warps of a split-K pair share a CTA */
+    out->warps_per_cta = per_cta;
+    out->ctas_per_head = (wph + per_cta - 1) / per_cta;
+    return FKDA_DECODE_SELECT_OK;
+}
+
+fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fkda_tuning *t,
+                                             fkda_decode_choice *out)
+{
+    memset(out, 0, sizeof *out);
+    const int64_t heads = c->heads, sms = c->sm_count;
+
+    /* Programmatic dependent launch on sm_90 (the wait is in the sm_90a image): the launch
+     * overlaps the previous kernel's tail. */
+    out->pdl = c->cc_major == 9 && t->decode_pdl != 0;
+
+    /* Evict-first loads of the state while the heads' states (as if every slot were live) take
+     * at most twice the L2: faster while the pool is small next to L2, slower beyond. */
+    const int64_t state_bytes = heads * c->K * c->V * (c->state_bf16 ? 2 : 4);
+    int load_ef = state_bytes <= 2 * c->l2_bytes;
+    if (t->decode_load_ef >= 0) load_ef = t->decode_load_ef;
+
+    /* Wide fp32 and packed bf16 [K, V] heads: K split between two warps (128-byte line loads)
+     * beyond one wave of two CTAs per SM; below that every head is on its SM from the start, a
+     * head's path is the time, and the pair's barrier costs more than the loads gain. */
+    int ksplit = heads > 2 * sms;
+    if (t->decode_ksplit >= 0) ksplit = t->decode_ksplit;
+
+    /* Large batches of one-token bf16 decodes: the packed kernels, from 2 heads per SM. */
+    int packed = packable_call(c) && heads >= 2 * sms;
+    if (t->decode_packed >= 0) packed = packable_call(c) && t->decode_packed;
+
+    /* The kernels compiled for all-bf16 tokens where the call's are (never where not). */
+    int tok = bf16_token_call(c);
+    if (t->decode_bf16_tokens == 0) tok = 0;
+
+    /* Small batches of dense heads: narrow tiles, 32 values per lane and 16 warps per head, so
+     * that each warp's path (the time at these sizes) is shorter. fp32 pools below one head per
+     * SM; bf16 pools below a quarter of the SMs, a sixth with the all-bf16-token kernels (where
+     * the wide tiles measured faster beyond). */
+    int narrow = c->dense128 && (!c->state_bf16 ? heads < sms : tok ? 6 * heads < sms : 4 * heads < sms);
+    if (t->decode_narrow >= 0) narrow = c->dense128 && t->decode_narrow;
+
+    /* FKDA_DECODE_VARIANT names a variant: it is taken wherever it can serve the call. */
+    int chosen = t->decode_variant[0] ? fkda_decode_variant_find(t->decode_variant) : -1;
+    if (chosen >= 0 && !fkda_decode_variant_serves(&fkda_decode_variant_table[chosen], c)) chosen = -1;
+    if (chosen < 0)
+        chosen = packed ? packed_variant(c, ksplit, load_ef) : best_tile_variant(c, narrow, ksplit, tok, load_ef);
+    if (chosen < 0) return FKDA_DECODE_SELECT_NO_VARIANT;
+    out->variant = chosen;
+    const fkda_decode_variant *v = &fkda_decode_variant_table[chosen];
+    if (v->family == FKDA_DECODE_FAMILY_PACKED) {
+        packed_geometry(c, v, out);
+        return FKDA_DECODE_SELECT_OK;
+    }
+    return tile_geometry(c, t, v, out);
+}
