@@ -24,6 +24,10 @@
 #                  "--shapes h16,h32": fla autotunes ~100 s per new shape)
 #
 # FKDA_GPU_TESTS=decode (or prefill) limits test and sanitize to that GPU test program.
+# fla is required by the steps that use it (test and pytest: the pytest GPU tests; bench-decode,
+# bench-prefill): without it they would skip or print NaN columns and still succeed, so a missing
+# fla is a failed step of its own (fla-import) and pytest fails instead of skipping
+# (FKDA_REQUIRE_FLA=1, tests/gpu/conftest.py). FKDA_NO_FLA=1 runs without fla on purpose.
 # The device's copy of the tree has no git history: pass FKDA_COMMIT=<hash> for the results.
 #
 # Run it through the device tool from the repository root, carrying the fla wheel:
@@ -61,6 +65,25 @@ export FLASHKDA_LIBRARY=$PWD/build/gpu/libflashkda.so
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 
 failed=0
+if [ "${FKDA_NO_FLA:-0}" = 1 ]; then
+  echo "FKDA_NO_FLA=1: the fla comparisons and fla-dispatch tests are skipped"
+  export FKDA_REQUIRE_FLA=0
+else
+  export FKDA_REQUIRE_FLA=1
+  for step in "${steps[@]}"; do
+    case $step in
+    test | pytest | bench-decode | bench-prefill)
+      echo "== fla-import"
+      if ! fla_error=$(python3 -c "import fla.ops.kda" 2>&1); then
+        echo "$fla_error" | tail -n 5 | tee "$OUT/fla-import.log"
+        echo "!! step fla-import failed: fla cannot be imported, and step $step needs it (carry the fla wheel:"
+        echo "   carry=[\".whl\"]; or set FKDA_NO_FLA=1 to run without fla)"
+        failed=$((failed + 1))
+      fi
+      break ;;
+    esac
+  done
+fi
 # FKDA_VARIANTS="decode-packed decode-narrow ..." runs only those of the variants step (each forced
 # run of test_decode_cuda takes about 50 s on an H100: all of them fill most of a 600 s call).
 want_variant() { [ -z "${FKDA_VARIANTS:-}" ] || [[ " $FKDA_VARIANTS " == *" $1 "* ]]; }
