@@ -20,7 +20,9 @@
 #
 # Environment: PYTHON (default python3; it needs numpy and pytest, torch for the CUDA half),
 # FKDA_MUTATE_JOBS (build jobs, default: the core count), FKDA_MUTATE_TIMEOUT (seconds per test
-# command, default 900: a mutant that hangs a test counts as killed).
+# command, default 900: a mutant that hangs a test counts as killed), FKDA_MUTATE_PYTEST_GPU
+# (the CUDA half's pytest paths, default tests/gpu), FKDA_MUTATE_BUILD_ONLY=1 (build each mutant
+# and run no test: "built" or INVALID, e.g. to check the CUDA mutants on a machine without a GPU).
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 half=${1:-}
@@ -215,6 +217,8 @@ if [ "$half" = cpu ]; then
   }
 else
   bdir=$work/build-gpu
+  gpu_pytest=()
+  for path in ${FKDA_MUTATE_PYTEST_GPU:-tests/gpu}; do gpu_pytest+=("$tree/$path"); done
   gen=()
   command -v ninja >/dev/null && gen=(-G Ninja)
   configure() { cmake -S "$tree" -B "$bdir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release; }
@@ -223,7 +227,7 @@ else
     step "$bdir/test_prefill_cuda" --quick &&
       step "$bdir/test_decode_cuda" --small &&
       FLASHKDA_LIBRARY=$bdir/libflashkda.so PYTHONPATH=$tree/python${PYTHONPATH:+:$PYTHONPATH} \
-        step "$PYTHON" -m pytest -q -x -p no:cacheprovider "$tree/tests/gpu"
+        step "$PYTHON" -m pytest -q -x -p no:cacheprovider "${gpu_pytest[@]}"
   }
 fi
 
@@ -233,7 +237,8 @@ if ! { configure && build; } >"$log/baseline-build.log" 2>&1; then
   echo "mutate.sh: the unmutated tree does not build" >&2
   exit 100
 fi
-if ! run_tests >"$log/baseline-test.log" 2>&1; then
+build_only=${FKDA_MUTATE_BUILD_ONLY:-0}
+if [ "$build_only" != 1 ] && ! run_tests >"$log/baseline-test.log" 2>&1; then
   tail -n 40 "$log/baseline-test.log"
   echo "mutate.sh: the tests fail on the unmutated tree; fix that first" >&2
   exit 100
@@ -266,6 +271,8 @@ for i in "${!names[@]}"; do
   if ! build >"$log/$name-build.log" 2>&1; then
     verdict=INVALID
     bad=$((bad + 1))
+  elif [ "$build_only" = 1 ]; then
+    verdict=built
   elif run_tests >"$log/$name-test.log" 2>&1; then
     verdict=SURVIVED
     bad=$((bad + 1))

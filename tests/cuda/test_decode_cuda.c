@@ -297,14 +297,14 @@ static double rel_err_logical(const fkda_tensor *t, const void *a_data, fkda_dty
 static int padding_untouched(const dual *d, const void *base)
 {
     const size_t esz = fkda_dtype_size(d->host.dtype), count = d->bytes / esz;
-    unsigned char poison[8];
-    set_at(poison, d->host.dtype, 0, nan_f32());
+    double poison = 0; /* storage aligned for any dtype; its first esz bytes are the poison */
+    set_at(&poison, d->host.dtype, 0, nan_f32());
     char *mark = calloc(count, 1);
     size_t n = dual_elements(d);
     for (size_t i = 0; i < n; i++) mark[d->offset + dual_offset(&d->host, i)] = 1;
     int ok = 1;
     for (size_t i = 0; i < count && ok; i++)
-        if (!mark[i] && memcmp((const char *)base + i * esz, poison, esz) != 0) ok = 0;
+        if (!mark[i] && memcmp((const char *)base + i * esz, &poison, esz) != 0) ok = 0;
     free(mark);
     return ok;
 }
