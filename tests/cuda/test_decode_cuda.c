@@ -589,8 +589,7 @@ static double ulp_rel(fkda_dtype dtype)
  *    only where the fp32 and float64 values fall on two sides of a rounding boundary, and then
  *    by one ulp. That is rare (the two values agree to ~1e-6, an ulp is 1e-3 or more); the bar
  *    lets one element in 16 differ so, or in a small tensor two elements (of up to 1.4 times the
- *    tensor's RMS): ulp * max(1/4, 2/sqrt(n)) over its n live elements (never above the bars
- *    this replaces: 1e-2 bf16 and 3e-3 f16 outputs, 5e-3 bf16 pools). Truncating instead of
+ *    tensor's RMS): ulp * max(1/4, 2/sqrt(n)) over its n live elements. Truncating instead of
  *    rounding, or any real error, moves most elements and exceeds it.
  *  - an output computed from a bf16 pool inherits the pool's differences: the pool's bar is added.
  *  - the drift case (bf16 pool against a reference on an fp32 pool): the pool's error is the
