@@ -18,14 +18,14 @@ torch = pytest.importorskip("torch")
 if not torch.cuda.is_available():
     pytest.skip("no CUDA device", allow_module_level=True)
 
-import flash_kda  # noqa: E402
+import flash_kda
 
 if not flash_kda.has_cuda():
     pytest.skip("libflashkda was built without CUDA", allow_module_level=True)
 
 DEV = torch.device("cuda", 0)
 N, HV, K, V, P = 4, 4, 128, 128, 5
-OPTIONS = dict(gate="lower_bound", lower_bound=-5.0, use_qk_l2norm=True, use_beta_sigmoid=True)
+OPTIONS = {"gate": "lower_bound", "lower_bound": -5.0, "use_qk_l2norm": True, "use_beta_sigmoid": True}
 # sequence 0 names slot P (one past the last), sequence 2 is skipped (-1); 1 and 3 are live
 INDICES = [P, 1, -1, 3]
 LIVE = [1, 3]
