@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# gpu_check.sh: everything the lent GPU is for, in one call: build, test, sanitize, benchmark.
+# gpu_check.sh: everything a Hopper GPU machine is for, in one call: build, test, sanitize, benchmark.
 #
 #   scripts/gpu_check.sh [step ...]      steps: test pytest sanitize variants bench-decode bench-prefill all
 #
@@ -22,6 +22,10 @@
 #                  "--shapes h16,h32": fla autotunes ~100 s per new shape)
 #
 # FKDA_GPU_TESTS=decode (or prefill) limits test and sanitize to that GPU test program.
+# fla is required by the steps that use it (test and pytest: the pytest GPU tests; bench-decode,
+# bench-prefill): without it they would skip or print NaN columns and still succeed, so a missing
+# fla is a failed step of its own (fla-import) and pytest fails instead of skipping
+# (FKDA_REQUIRE_FLA=1, tests/gpu/conftest.py). FKDA_NO_FLA=1 runs without fla on purpose.
 # The device's copy of the tree has no git history: pass FKDA_COMMIT=<hash> for the results.
 #
 # Run it through the device tool from the repository root, carrying the fla wheel:
@@ -59,6 +63,25 @@ export FLASHKDA_LIBRARY=$PWD/build/gpu/libflashkda.so
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 
 failed=0
+if [ "${FKDA_NO_FLA:-0}" = 1 ]; then
+  echo "FKDA_NO_FLA=1: the fla comparisons and fla-dispatch tests are skipped"
+  export FKDA_REQUIRE_FLA=0
+else
+  export FKDA_REQUIRE_FLA=1
+  for step in "${steps[@]}"; do
+    case $step in
+    test | pytest | bench-decode | bench-prefill)
+      echo "== fla-import"
+      if ! fla_error=$(python3 -c "import fla.ops.kda" 2>&1); then
+        echo "$fla_error" | tail -n 5 | tee "$OUT/fla-import.log"
+        echo "!! step fla-import failed: fla cannot be imported, and step $step needs it (carry the fla wheel:"
+        echo "   carry=[\".whl\"]; or set FKDA_NO_FLA=1 to run without fla)"
+        failed=$((failed + 1))
+      fi
+      break ;;
+    esac
+  done
+fi
 run_step() { # name, command...
   local name=$1; shift
   echo "== $name"

@@ -301,18 +301,36 @@ static double rel_err_logical(const fkda_tensor *t, const void *a_data, fkda_dty
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
 
-/* 1 when every element of the allocation outside the tensor's logical elements is NaN. */
+/* 1 when every element of the allocation outside the tensor's logical elements still holds the
+ * bits poison_out wrote (compared bit for bit: a kernel storing some other NaN there wrote it). */
 static int padding_untouched(const dual *d, const void *base)
 {
-    size_t count = d->bytes / fkda_dtype_size(d->host.dtype);
+    const size_t esz = fkda_dtype_size(d->host.dtype), count = d->bytes / esz;
+    double poison = 0; /* storage aligned for any dtype; its first esz bytes are the poison */
+    set_at(&poison, d->host.dtype, 0, nan_f32());
     char *mark = calloc(count, 1);
     size_t n = dual_elements(d);
     for (size_t i = 0; i < n; i++) mark[d->offset + dual_offset(&d->host, i)] = 1;
     int ok = 1;
     for (size_t i = 0; i < count && ok; i++)
-        if (!mark[i] && !isnan(get_at(base, d->host.dtype, (int64_t)i))) ok = 0;
+        if (!mark[i] && memcmp((const char *)base + i * esz, &poison, esz) != 0) ok = 0;
     free(mark);
     return ok;
+}
+
+/* Marks every slot the index tensor names now (>= 0): slots a sequence may read or write. Called
+ * before every call, so that at the end named[s] == 0 means no call could touch slot s. */
+static void mark_named(const dcase *c, const bufs *b, char *named, int64_t P)
+{
+    if (c->idx_mode == IDX_NONE) {
+        memset(named, 1, (size_t)P);
+        return;
+    }
+    const size_t n = dual_elements(&b->idx);
+    for (size_t i = 0; i < n; i++) {
+        const double s = dget(&b->idx, i);
+        if (s >= 0 && s < (double)P) named[(int64_t)s] = 1;
+    }
 }
 
 static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
@@ -381,6 +399,7 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
     }
     void *pool_start = malloc(b.pool.bytes);
     memcpy(pool_start, dual_host_base(&b.pool), b.pool.bytes);
+    char *named = calloc((size_t)P, 1); /* slots some call's indices named (mark_named) */
 
     /* Slots: a random permutation of the pool, so sequences land anywhere. */
     int64_t *perm = malloc(sizeof(int64_t) * (size_t)P);
@@ -424,6 +443,7 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
     void *out_gpu = malloc(b.out.bytes), *out_ref = malloc(b.out.bytes), *pool_gpu = malloc(b.pool.bytes);
     double worst_out = 0, worst_state = 0, last_out = 0, last_state = 0;
     int next_report = 1;
+    double drift_at_10 = 0; /* the drift case's pool error after 10 calls */
     for (int step = 1; step <= c->steps && test_failures == failures_before; step++) {
         draw_inputs(c, &b, r);
         if (c->skip && c->idx_mode == IDX_2D && N > 2) /* sequence 2 skips every other call */
@@ -439,6 +459,8 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
             dset(&b.idx, (size_t)n, (double)slot);
             dual_upload(&b.idx);
         }
+
+        mark_named(c, &b, named, P);
 
         /* GPU */
         poison_out(&b);
@@ -488,44 +510,48 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
             double es = rel_err_logical(&b.pool.host, (char *)pool_gpu + shift, b.ref.host.dtype, b.ref.host.data, &pbad);
             CHECK(pbad == 0, "%s step %d: %zu pool elements not finite", c->name, step, pbad);
             CHECK(es <= c->state_tol, "%s step %d: pool error %.3e > %.1e", c->name, step, es, c->state_tol);
-            /* the padding of the pool (slack, row and slot padding) never changes */
+            /* the padding of the pool (slack, row and slot padding) keeps its first bits (NaN or not) */
             int same = 1;
             const fkda_tensor *pt = &b.pool.host;
-            size_t count = b.pool.bytes / fkda_dtype_size(pt->dtype), n = dual_elements(&b.pool);
+            const size_t esz = fkda_dtype_size(pt->dtype);
+            size_t count = b.pool.bytes / esz, n = dual_elements(&b.pool);
             char *mark = calloc(count, 1);
             for (size_t i = 0; i < n; i++) mark[b.pool.offset + dual_offset(pt, i)] = 1;
             for (size_t i = 0; i < count; i++)
-                if (!mark[i] && get_at(pool_gpu, pt->dtype, (int64_t)i) != get_at(pool_start, pt->dtype, (int64_t)i) &&
-                    !(isnan(get_at(pool_gpu, pt->dtype, (int64_t)i))))
-                    same = 0;
+                if (!mark[i] && memcmp((char *)pool_gpu + i * esz, (char *)pool_start + i * esz, esz) != 0) same = 0;
             free(mark);
             CHECK(same, "%s step %d: the kernel wrote into the pool's padding", c->name, step);
             worst_state = es > worst_state ? es : worst_state;
             last_state = es;
             if (c->drift_report && step == next_report) {
                 printf("DRIFT-REPORT %s: after %d calls, pool rel err %.3e, output rel err %.3e\n", c->name, step, es, eo);
+                /* rounding errors that the decay forgets do not grow: later reports stay within
+                 * 1.5x of the 10th call's (the measured ratio is about 1) */
+                if (step == 10) drift_at_10 = es;
+                if (step > 10)
+                    CHECK(es <= 1.5 * drift_at_10, "%s step %d: pool error %.3e grew from %.3e after 10 calls", c->name,
+                          step, es, drift_at_10);
                 next_report *= 10;
             }
         }
     }
-    /* Slots no sequence named keep their first bytes (both backends leave them alone). */
-    if (c->idx_mode == IDX_1D && !c->reuse && test_failures == failures_before) {
+    /* A slot that no call's indices named (1-D or 2-D, skipped sequences' old slots, slots never
+     * handed out by reuse) keeps its first bytes, bit for bit: no sequence may write it. */
+    if (c->idx_mode != IDX_NONE && test_failures == failures_before) {
         dual_download(&b.pool, pool_gpu);
         const fkda_tensor *pt = &b.pool.host;
-        const size_t shift = (size_t)b.pool.offset * fkda_dtype_size(pt->dtype);
-        const size_t slot_bytes = (size_t)(pt->stride[0]) * fkda_dtype_size(pt->dtype);
-        for (int64_t sl = N; sl < P; sl++) {
-            int64_t slot = perm[sl];
-            CHECK(memcmp((char *)pool_gpu + shift + slot * slot_bytes, (char *)pool_start + shift + slot * slot_bytes,
-                         (size_t)(c->HV * pt->stride[1]) * fkda_dtype_size(pt->dtype)) == 0,
+        const size_t esz = fkda_dtype_size(pt->dtype);
+        const size_t shift = (size_t)b.pool.offset * esz, slot_bytes = (size_t)pt->stride[0] * esz;
+        const size_t heads_bytes = (size_t)(c->HV * pt->stride[1]) * esz; /* the slot's heads */
+        int64_t unnamed = 0;
+        for (int64_t slot = 0; slot < P; slot++) {
+            if (named[slot]) continue;
+            unnamed++;
+            CHECK(memcmp((char *)pool_gpu + shift + (size_t)slot * slot_bytes,
+                         (char *)pool_start + shift + (size_t)slot * slot_bytes, heads_bytes) == 0,
                   "%s: slot %lld, named by no sequence, changed", c->name, (long long)slot);
         }
-        if (c->skip) { /* and so do the slots of the skipped sequences */
-            int64_t slot = perm[0];
-            CHECK(memcmp((char *)pool_gpu + shift + slot * slot_bytes, (char *)pool_start + shift + slot * slot_bytes,
-                         (size_t)(c->HV * pt->stride[1]) * fkda_dtype_size(pt->dtype)) == 0,
-                  "%s: the slot of a skipped sequence changed", c->name);
-        }
+        CHECK(unnamed > 0, "%s: every slot was named: the untouched-slot check checked nothing", c->name);
     }
     printf("%-44s %5d calls  out %.2e (worst %.2e)  pool %.2e (worst %.2e)  %s\n", c->name, c->steps, last_out,
            worst_out, last_state, worst_state, test_failures == failures_before ? "ok" : "FAILED");
@@ -535,7 +561,7 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
     fflush(stdout);
 
     if (graph_exec) CUDA_OK(cudaGraphExecDestroy(graph_exec));
-    free(out_gpu); free(out_ref); free(pool_gpu); free(pool_start); free(perm); free(ref_ws);
+    free(out_gpu); free(out_ref); free(pool_gpu); free(pool_start); free(named); free(perm); free(ref_ws);
     dual *all[] = {&b.q, &b.k, &b.v, &b.g, &b.beta, &b.A_log, &b.dt_bias, &b.cu, &b.idx, &b.acc, &b.out, &b.pool, &b.ref};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dual_free(all[i]);
     return test_failures == failures_before;
@@ -559,14 +585,46 @@ static dcase base_case(const char *name)
     return c;
 }
 
-/* Bars. Output: bf16/f16 outputs are rounded once in either backend; a rounding boundary
- * between the fp32 and fp64 values moves one element by an ulp. Pools: fp32 is the issue's
- * 1e-5; bf16 pools round every stored state, and both backends' roundings drift apart by ulps. */
+/* The largest spacing of a dtype's values relative to the value (one ulp at the bottom of a binade). */
+static double ulp_rel(fkda_dtype dtype)
+{
+    return dtype == FKDA_DTYPE_BF16 ? 0x1p-7 : dtype == FKDA_DTYPE_F16 ? 0x1p-10 : 0x1p-23;
+}
+
+/* Each case's bars, from what the GPU can reach against the float64 reference:
+ *  - fp32 all through (f32 output, fp32 pool): the issue's 1e-5 (the fp32 arithmetic alone;
+ *    the 1000-call chains measure about 1e-8 on the pool and 3e-7 on the output).
+ *  - a value both backends round to bf16 or f16 (the output, a bf16 pool's stored state) differs
+ *    only where the fp32 and float64 values fall on two sides of a rounding boundary, and then
+ *    by one ulp. That is rare (the two values agree to ~1e-6, an ulp is 1e-3 or more); the bar
+ *    lets one element in 16 differ so, or in a small tensor two elements (of up to 1.4 times the
+ *    tensor's RMS): ulp * max(1/4, 2/sqrt(n)) over its n live elements. Truncating instead of
+ *    rounding, or any real error, moves most elements and exceeds it.
+ *  - an output computed from a bf16 pool inherits the pool's differences: the pool's bar is added.
+ *  - the drift case (bf16 pool against a reference on an fp32 pool): the pool's error is the
+ *    bf16 rounding of the state itself, at most 2^-8 relative per element (half an ulp, at the
+ *    bottom of a binade), and the decay forgets old roundings as fast as new ones come, so it
+ *    must stay under 2^-8 after any number of calls (measured: 1.7e-3 to 1.9e-3, flat over
+ *    10,000); the output adds its own rounding (2^-8). Its growth is judged too (run_case). */
 static void set_bars(dcase *c)
 {
-    c->out_tol = c->in_dtype == FKDA_DTYPE_F32 ? 1e-5 : c->in_dtype == FKDA_DTYPE_F16 ? 3e-3 : 1e-2;
-    c->state_tol = c->pool_dtype == FKDA_DTYPE_F32 ? 1e-5 : 5e-3;
-    if (c->pool_dtype == FKDA_DTYPE_BF16 && c->in_dtype == FKDA_DTYPE_F32) c->out_tol = 5e-3;
+    int64_t tokens = c->N * c->T;
+    if (c->nvar) {
+        tokens = 0;
+        for (int i = 0; i < c->nvar; i++) tokens += c->lens[i];
+    }
+    const int64_t seqs = c->nvar ? c->nvar : c->N;
+    const double n_out = (double)(tokens * c->HV * c->V), n_pool = (double)(seqs * c->HV * c->K * c->V);
+    const double share_out = fmax(0.25, 2.0 / sqrt(fmax(n_out, 1.0)));
+    const double share_pool = fmax(0.25, 2.0 / sqrt(fmax(n_pool, 1.0)));
+    if (c->ref_pool_f32 && c->pool_dtype == FKDA_DTYPE_BF16) {
+        c->state_tol = 0x1p-8;
+        c->out_tol = 0x1p-8 + (c->in_dtype == FKDA_DTYPE_F32 ? 0.0 : 0x1p-8);
+        return;
+    }
+    c->state_tol = c->pool_dtype == FKDA_DTYPE_F32 ? 1e-5 : ulp_rel(c->pool_dtype) * share_pool;
+    c->out_tol = c->in_dtype == FKDA_DTYPE_F32 ? 1e-5 : ulp_rel(c->in_dtype) * share_out;
+    if (c->pool_dtype != FKDA_DTYPE_F32) c->out_tol += c->state_tol;
 }
 
 /* ---- the variant walk ------------------------------------------------------------------------ */
@@ -803,12 +861,13 @@ int main(int argc, char **argv)
         run_case(&c, &rng, stream);
 
         /* bf16 pool drift: the GPU's bf16 pool against the float64 reference run on an fp32
-         * pool (the closest to float64 states the C API offers), reported, not judged. */
+         * pool (the closest to float64 states the C API offers): reported, and judged by
+         * set_bars (the bf16 rounding floor) and run_case (no growth after the 10th call). */
         c = base_case("drift: bf16 pool vs fp64 ref on fp32 pool");
         c.N = 2; c.H = 1; c.HV = 2; c.steps = 10000; c.check_every = 1000; c.pool_dtype = FKDA_DTYPE_BF16;
         c.idx_mode = IDX_NONE; /* every slot live, so no untouched slot dilutes the error */
         c.drift_report = 1; c.ref_pool_f32 = 1;
-        c.out_tol = 1.0; c.state_tol = 1.0; /* reported */
+        set_bars(&c);
         run_case(&c, &rng, stream);
     }
     CUDA_OK(cudaStreamDestroy(stream));

@@ -1,0 +1,290 @@
+#!/usr/bin/env bash
+# mutate.sh: plants deliberate bugs in a copy of the tree, one at a time, and checks the tests catch each.
+#
+#   scripts/mutate.sh cpu [NAME ...]    the CPU mutants: ctest (CPU build) and pytest tests/python
+#   scripts/mutate.sh cuda [NAME ...]   the CUDA mutants (a GPU machine): test_prefill_cuda --quick,
+#                                       test_decode_cuda --small and pytest tests/gpu
+#   scripts/mutate.sh list              the mutants, without running anything
+#
+# A test suite that passes with a bug in the code it covers cannot fail for that bug; each mutant
+# below is such a bug, in the spirit of one a change could really introduce. The script works on
+# a copy of the checkout under build/mutate/tree (the checkout itself is never edited), with its
+# own build directories there (kept between runs, so that each mutant rebuilds one file). It first
+# runs the tests on the unmutated copy (they must pass, or every mutant would look killed), then
+# for each mutant: replaces an exact snippet (which must occur exactly once in the file, or among
+# the files a pattern names: the script stops with an error otherwise), rebuilds, runs the tests
+# (stopping at the first failure), and puts the file back. It prints one line per mutant,
+# "killed" (some test failed), "SURVIVED" (every test passed: a test is missing) or "INVALID"
+# (the mutant did not build: fix the mutant), and exits with the number of survivors and invalid
+# mutants. Not run by CI.
+#
+# Environment: PYTHON (default python3; it needs numpy and pytest, torch for the CUDA half),
+# FKDA_MUTATE_JOBS (build jobs, default: the core count), FKDA_MUTATE_TIMEOUT (seconds per test
+# command, default 900: a mutant that hangs a test counts as killed), FKDA_MUTATE_PYTEST_GPU
+# (the CUDA half's pytest paths, default tests/gpu), FKDA_MUTATE_BUILD_ONLY=1 (build each mutant
+# and run no test: "built" or INVALID, e.g. to check the CUDA mutants on a machine without a GPU).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+half=${1:-}
+[ $# -gt 0 ] && shift
+only=("$@")
+PYTHON=${PYTHON:-python3}
+jobs=${FKDA_MUTATE_JOBS:-$(nproc)}
+limit=${FKDA_MUTATE_TIMEOUT:-900}
+work=$root/build/mutate
+tree=$work/tree
+log=$work/log
+
+# ---- the mutants: name, half, file (or a glob), the exact original, its replacement ------------
+names=() halves=() files=() origs=() repls=()
+mutant() { names+=("$1"); halves+=("$2"); files+=("$3"); origs+=("$4"); repls+=("$5"); }
+
+# The decode item's state block: the fast path splits V into column blocks [v0, v0 + nv); this
+# reads every block's state from columns [0, nv).
+mutant cpu-decode-state-block-v0 cpu src/cpu/decode.c \
+  'fkda_state_load_float(&p->state_in, slot, h, K, v0, nv, nv, S);' \
+  'fkda_state_load_float(&p->state_in, slot, h, K, 0, nv, nv, S);'
+# bf16 stores truncate instead of rounding to nearest even.
+mutant cpu-bf16-store-truncates cpu src/cpu/load.h \
+  'u += 0x7fffu + ((u >> 16) & 1u); /* round to nearest, ties to even */' \
+  '/* mutant: truncate */'
+# The chunked prefill forgets beta in the strictly lower matrix L (factorised form).
+mutant cpu-prefill-beta-in-L cpu src/cpu/prefill_chunked.c \
+  's->L[i * C + j] = j < i ? s->b[i] * s->L[i * C + j] : 0.0f;' \
+  's->L[i * C + j] = j < i ? s->L[i * C + j] : 0.0f;'
+# The chunk's cumulative gate skips key channel 0.
+mutant cpu-prefill-gate-cumsum cpu src/cpu/prefill_chunked.c \
+  'for (int64_t kk = 0; kk < K; kk++) G[kk] += Gprev[kk];' \
+  'for (int64_t kk = 1; kk < K; kk++) G[kk] += Gprev[kk];'
+# The state update's keys kr lose the factor exp(G_C): the carried state is wrong, the
+# chunk's own output is not.
+mutant cpu-prefill-state-update cpu src/cpu/prefill_chunked.c \
+  'kr[kk] = k[kk] * (decay_last[kk] * inv);' \
+  'kr[kk] = k[kk] * inv;'
+# The last full chunk of a sequence drops its last token.
+mutant cpu-prefill-chunk-count cpu src/cpu/prefill_chunked.c \
+  'const int64_t count = start + length - t0 < C ? start + length - t0 : C;' \
+  'const int64_t count = start + length - t0 < C ? start + length - t0 : C - 1;'
+# A tensor's byte range ends one element early: an output overlapping only the last element of
+# an input is let through.
+mutant cpu-validate-overlap-off-by-one cpu src/api/validate.c \
+  '*hi = *lo + (uintptr_t)(last + 1) * fkda_dtype_size(t->dtype);' \
+  '*hi = *lo + (uintptr_t)last * fkda_dtype_size(t->dtype);'
+# A host index equal to the pool size passes the bound check.
+mutant cpu-decode-index-bound cpu src/api/decode.c \
+  'if (slot >= p->pool_size)' \
+  'if (slot > p->pool_size)'
+# GVA: value head h reads qk head h % H (interleaved) instead of h / group (blocked), fast path.
+mutant cpu-gva-head-map cpu src/cpu/activations.c \
+  $'const int64_t K = p->K, hq = h / p->group;\n    if (q) {\n        fkda_load_row_float(' \
+  $'const int64_t K = p->K, hq = h % p->H;\n    if (q) {\n        fkda_load_row_float('
+# A skipped decode sequence (negative slot) leaves its output rows unwritten.
+mutant cpu-decode-skip-no-zeros cpu src/cpu/decode.c \
+  'zero_output(p, row, start, length, h, v0, nv);' \
+  '/* mutant: no zeros */'
+
+# CUDA prefill: prep (gate, beta), chain (state update), merge.
+mutant cuda-prefill-prep-gate cuda src/cuda/prefill_prep.cu \
+  'pf_sigmoid(A * (pf_bf16_to_float(rg[col]) + db))' \
+  'pf_sigmoid(A * pf_bf16_to_float(rg[col]) + db)'
+mutant cuda-prefill-prep-beta cuda src/cuda/prefill_prep.cu \
+  'b = p.beta_sigmoid ? pf_sigmoid(x) * (p.neg_eigval ? 2.0f : 1.0f) : x;' \
+  'b = p.beta_sigmoid ? pf_sigmoid(x) : x;'
+# The state's decay diag(gamma) applies key 2t's factor to key 2t + 1 in the lower rows.
+mutant cuda-prefill-chain-state-decay cuda src/cuda/prefill_chain.cu \
+  'S[j][3] *= gm.y;' \
+  'S[j][3] *= gm.x;'
+mutant cuda-prefill-merge cuda src/cuda/prefill_merge.cu \
+  'acc[5] += sj * m1.y;' \
+  'acc[5] += sj * m1.x;'
+# CUDA decode: these name today's snippets; the pattern finds them in whichever decode file holds
+# them (the decode sources may be split into several files).
+mutant cuda-decode-slot-bound cuda 'src/cuda/decode*.cu src/cuda/decode*.cuh' \
+  $'if (slot < 0 || slot >= p->pool_size) {\n        zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC, TOK);' \
+  $'if (slot < 0 || slot > p->pool_size) {\n        zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC, TOK);'
+mutant cuda-decode-gate cuda 'src/cuda/decode*.cu src/cuda/decode*.cuh' \
+  'p->lower_bound * sigmoidf_(weight * a)' \
+  'p->lower_bound * sigmoidf_(a)'
+mutant cuda-decode-state-store-rounding cuda 'src/cuda/decode*.cu src/cuda/decode*.cuh' \
+  'asm("cvt.rn.bf16x2.f32 %0, %1, %2;"' \
+  'asm("cvt.rz.bf16x2.f32 %0, %1, %2;"'
+mutant cuda-decode-token-offset cuda 'src/cuda/decode*.cu src/cuda/decode*.cuh' \
+  'return row * stride[0] + pos * stride[1] + head * stride[2];' \
+  'return row * stride[0] + pos * stride[1] + head * stride[1];'
+
+if [ "$half" != cpu ] && [ "$half" != cuda ] && [ "$half" != list ]; then
+  echo "usage: scripts/mutate.sh cpu|cuda|list [NAME ...]" >&2
+  exit 64
+fi
+
+# ---- the copy of the tree ----------------------------------------------------------------------
+# Files are copied only when their bytes differ, with a fresh modification time, so that the
+# build directories rebuild exactly what changed (a file restored with an old time would leave a
+# mutant's object file in place).
+sync_tree() {
+  "$PYTHON" - "$root" "$tree" <<'EOF'
+import os, shutil, sys
+src, dst = sys.argv[1], sys.argv[2]
+skip = {".git", "build", ".whl", "__pycache__", ".pytest_cache", ".ruff_cache"}
+seen = set()
+for top, dirs, fs in os.walk(src):
+    dirs[:] = [d for d in dirs if d not in skip and not d.endswith(".egg-info")]
+    for f in fs:
+        rel = os.path.relpath(os.path.join(top, f), src)
+        seen.add(rel)
+        a, b = os.path.join(src, rel), os.path.join(dst, rel)
+        if os.path.islink(a):
+            continue
+        with open(a, "rb") as fa:
+            data = fa.read()
+        if os.path.exists(b):
+            with open(b, "rb") as fb:
+                if fb.read() == data:
+                    continue
+        os.makedirs(os.path.dirname(b), exist_ok=True)
+        with open(b, "wb") as fb:
+            fb.write(data)
+        shutil.copymode(a, b)
+for top, dirs, fs in os.walk(dst):
+    for f in fs:
+        rel = os.path.relpath(os.path.join(top, f), dst)
+        if rel not in seen and not rel.split(os.sep)[0] in skip:
+            os.remove(os.path.join(dst, rel))
+EOF
+}
+
+# Replaces the snippet in the one file (of the pattern) that holds it exactly once; prints that
+# file. Fails (status 2, with the reason) when no file or several hold it, or one holds it twice.
+apply_mutant() { # pattern, original, replacement
+  "$PYTHON" - "$tree" "$1" "$2" "$3" <<'EOF'
+import glob, os, sys
+tree, pattern, orig, repl = sys.argv[1:5]
+paths = sorted({p for pat in pattern.split() for p in glob.glob(os.path.join(tree, pat))})
+hits = []
+for path in paths:
+    with open(path, encoding="utf-8") as f:
+        n = f.read().count(orig)
+    if n:
+        hits.append((path, n))
+if len(hits) != 1 or hits[0][1] != 1:
+    where = ", ".join(f"{os.path.relpath(p, tree)} x{n}" for p, n in hits) or f"none of {pattern}"
+    sys.exit(f"the snippet must occur exactly once; found: {where}\n--- snippet:\n{orig}")
+path = hits[0][0]
+if repl != orig:  # the same text twice only locates the file
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text.replace(orig, repl, 1))
+print(os.path.relpath(path, tree))
+EOF
+}
+
+# The file being mutated and its original bytes: put back on any exit (Ctrl-C included), so the
+# copy never keeps a mutant either.
+current=""
+restore() {
+  if [ -n "$current" ]; then
+    cp "$work/original" "$tree/$current" # a fresh time: the next build recompiles it
+    current=""
+  fi
+}
+trap restore EXIT
+trap 'exit 130' INT TERM
+
+if [ "$half" = list ]; then # also checks that every snippet occurs once in the checkout
+  tree=$root status=0
+  for i in "${!names[@]}"; do
+    where=$(apply_mutant "${files[$i]}" "${origs[$i]}" "${origs[$i]}") || { where="SNIPPET NOT FOUND ONCE"; status=1; }
+    printf '%-36s %-4s %s\n' "${names[$i]}" "${halves[$i]}" "$where"
+  done
+  exit $status
+fi
+
+mkdir -p "$tree" "$log"
+sync_tree || { echo "mutate.sh: copying the tree failed" >&2; exit 100; }
+
+# ---- build and test, per half --------------------------------------------------------------------
+# Each test command is announced in the log, so that a kill names the test that made it.
+step() { echo "== $*"; timeout "$limit" "$@"; }
+if [ "$half" = cpu ]; then
+  bdir=$work/build-cpu
+  configure() { cmake -S "$tree" -B "$bdir" -DFKDA_WITH_CUDA=OFF -DCMAKE_BUILD_TYPE=Release; }
+  build() { cmake --build "$bdir" -j "$jobs"; }
+  run_tests() {
+    step ctest --test-dir "$bdir" --output-on-failure --stop-on-failure &&
+      FLASHKDA_LIBRARY=$bdir/libflashkda.so PYTHONPATH=$tree/python \
+        step "$PYTHON" -m pytest -q -x -p no:cacheprovider "$tree/tests/python"
+  }
+else
+  bdir=$work/build-gpu
+  gpu_pytest=()
+  for path in ${FKDA_MUTATE_PYTEST_GPU:-tests/gpu}; do gpu_pytest+=("$tree/$path"); done
+  gen=()
+  command -v ninja >/dev/null && gen=(-G Ninja)
+  configure() { cmake -S "$tree" -B "$bdir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release; }
+  build() { cmake --build "$bdir" -j "$jobs" --target flashkda test_prefill_cuda test_decode_cuda; }
+  run_tests() {
+    step "$bdir/test_prefill_cuda" --quick &&
+      step "$bdir/test_decode_cuda" --small &&
+      FLASHKDA_LIBRARY=$bdir/libflashkda.so PYTHONPATH=$tree/python${PYTHONPATH:+:$PYTHONPATH} \
+        step "$PYTHON" -m pytest -q -x -p no:cacheprovider "${gpu_pytest[@]}"
+  }
+fi
+
+echo "mutate.sh $half: building and testing the unmutated copy (logs in $log)"
+if ! { configure && build; } >"$log/baseline-build.log" 2>&1; then
+  tail -n 40 "$log/baseline-build.log"
+  echo "mutate.sh: the unmutated tree does not build" >&2
+  exit 100
+fi
+build_only=${FKDA_MUTATE_BUILD_ONLY:-0}
+if [ "$build_only" != 1 ] && ! run_tests >"$log/baseline-test.log" 2>&1; then
+  tail -n 40 "$log/baseline-test.log"
+  echo "mutate.sh: the tests fail on the unmutated tree; fix that first" >&2
+  exit 100
+fi
+
+# The test that failed, from a test log: the ctest test, else pytest's first failure, else the
+# last command announced.
+killer() {
+  local who
+  who=$(sed -nE 's/.*Test +#[0-9]+: ([^ ]+) .*\*\*\*.*/ctest \1/p' "$1" | head -n 1)
+  [ -n "$who" ] || who=$(grep -m 1 -E '^(FAILED|ERROR) ' "$1" | sed "s|$tree/||g" | cut -c1-90)
+  [ -n "$who" ] || who=$(grep '^== ' "$1" | tail -n 1 | sed "s/^== //; s|$work/||g" | cut -c1-60)
+  echo "$who"
+}
+
+bad=0
+for i in "${!names[@]}"; do
+  [ "${halves[$i]}" = "$half" ] || continue
+  name=${names[$i]}
+  if [ ${#only[@]} -gt 0 ] && [[ " ${only[*]} " != *" $name "* ]]; then continue; fi
+  # Find the file first (read-only), keep its bytes, then mutate it.
+  target=$(apply_mutant "${files[$i]}" "${origs[$i]}" "${origs[$i]}") || {
+    echo "mutate.sh: mutant $name: see above" >&2
+    exit 100
+  }
+  cp "$tree/$target" "$work/original"
+  current=$target
+  apply_mutant "${files[$i]}" "${origs[$i]}" "${repls[$i]}" >/dev/null || exit 100
+  start=$(date +%s)
+  if ! build >"$log/$name-build.log" 2>&1; then
+    verdict=INVALID
+    bad=$((bad + 1))
+  elif [ "$build_only" = 1 ]; then
+    verdict=built
+  elif run_tests >"$log/$name-test.log" 2>&1; then
+    verdict=SURVIVED
+    bad=$((bad + 1))
+  else
+    verdict=killed
+  fi
+  restore
+  by=""
+  [ $verdict = killed ] && by="by $(killer "$log/$name-test.log")"
+  printf '%-36s %-8s %-30s %4ds  %s\n' "$name" "$verdict" "$target" $(($(date +%s) - start)) "$by"
+done
+# Leave the build matching the tree again.
+build >"$log/final-build.log" 2>&1
+echo "mutate.sh $half: $bad survivor(s) or invalid mutant(s)"
+exit $bad

@@ -1,0 +1,91 @@
+"""The CUDA decode skips a sequence whose slot lies outside the pool, one past the end included.
+
+On the GPU the state indices live in device memory, so the library cannot check them before the
+launch (the CPU API refuses such an index instead); the kernels must treat any slot outside
+[0, P) as a skip: the sequence reads and writes no state and its rows of out are zero. The pool
+here is the first P slots of a larger tensor, so slot P exists in memory and a kernel that took
+it would change bytes the test sees. The sequences with valid slots are compared with the CPU
+float64 reference, and the slots no sequence names must keep their bytes.
+"""
+
+import os
+import secrets
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device", allow_module_level=True)
+
+import flash_kda
+
+if not flash_kda.has_cuda():
+    pytest.skip("libflashkda was built without CUDA", allow_module_level=True)
+
+DEV = torch.device("cuda", 0)
+N, HV, K, V, P = 4, 4, 128, 128, 5
+OPTIONS = {"gate": "lower_bound", "lower_bound": -5.0, "use_qk_l2norm": True, "use_beta_sigmoid": True}
+# sequence 0 names slot P (one past the last), sequence 2 is skipped (-1); 1 and 3 are live
+INDICES = [P, 1, -1, 3]
+LIVE = [1, 3]
+UNNAMED_SLOTS = [0, 2, 4]
+
+
+@pytest.fixture
+def rng(request):
+    seed = int(os.environ.get("FKDA_TEST_SEED", secrets.randbits(32)))
+    print(f"seed {seed} ({request.node.name}); rerun with FKDA_TEST_SEED={seed}")
+    return np.random.default_rng(seed)
+
+
+def rel_err(x, ref):
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / ref.norm()).item()
+
+
+def same_bytes(a, b):
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+@pytest.mark.parametrize("v_first", [False, True])
+@pytest.mark.parametrize("pool_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [1, 2])
+def test_slot_at_pool_size_is_skipped(rng, T, pool_dtype, v_first):
+    def randn(*shape, sd=1.0):
+        return torch.from_numpy((sd * rng.standard_normal(shape)).astype(np.float32))
+
+    tokens = {n: randn(N, T, HV, K).to(torch.bfloat16) for n in ("q", "k", "g")}
+    tokens["v"] = randn(N, T, HV, V).to(torch.bfloat16)
+    tokens["beta"] = randn(N, T, HV).to(torch.bfloat16)
+    A_log = torch.from_numpy(rng.uniform(-1, 1, HV).astype(np.float32))
+    dt_bias = randn(HV, K, sd=0.5)
+    backing = randn(P + 1, HV, K, V, sd=0.5).to(pool_dtype)  # [V, K] is the same shape: K == V
+
+    # GPU: the pool is backing[:P] on the device; slot P is the extra one
+    dev_backing = backing.to(DEV)
+    out = torch.full((N, T, HV, V), float("nan"), dtype=torch.bfloat16, device=DEV)
+    flash_kda.decode(*(tokens[n].to(DEV) for n in ("q", "k", "v", "g", "beta")), dev_backing[:P],
+                     state_indices=torch.tensor(INDICES, dtype=torch.int32, device=DEV), out=out,
+                     A_log=A_log.to(DEV), dt_bias=dt_bias.to(DEV), state_v_first=v_first, **OPTIONS)
+    torch.cuda.synchronize()
+    got_pool, got_out = dev_backing.cpu(), out.cpu()
+
+    # the reference: the same call on the CPU, the out-of-pool sequence skipped explicitly
+    ref_backing = backing.clone()
+    ref_out = torch.zeros((N, T, HV, V), dtype=torch.bfloat16)
+    ref_indices = torch.tensor([-1 if not 0 <= s < P else s for s in INDICES], dtype=torch.int32)
+    flash_kda.decode(*(tokens[n] for n in ("q", "k", "v", "g", "beta")), ref_backing[:P],
+                     state_indices=ref_indices, out=ref_out, A_log=A_log, dt_bias=dt_bias,
+                     state_v_first=v_first, reference=True, **OPTIONS)
+
+    assert same_bytes(got_pool[P], backing[P]), "the slot one past the pool was written"
+    for slot in UNNAMED_SLOTS:
+        assert same_bytes(got_pool[slot], backing[slot]), f"slot {slot}, named by no sequence, changed"
+    for n in (0, 2):
+        assert torch.count_nonzero(got_out[n]) == 0, f"sequence {n} (slot {INDICES[n]}) has nonzero rows"
+    for n in LIVE:
+        assert torch.isfinite(got_out[n]).all()
+        # both round the same fp32 / float64 values: at most a few elements differ by an ulp
+        assert rel_err(got_out[n], ref_out[n]) < 4e-3
+        assert rel_err(got_pool[INDICES[n]], ref_backing[INDICES[n]]) < (4e-3 if pool_dtype == torch.bfloat16 else 1e-5)
