@@ -67,14 +67,15 @@ typedef struct pool_thread {
     uint64_t start_generation;  /* the job generation when it was started: it waits for the next */
 } pool_thread;
 
-/* `busy` is held by the one call using the pool, for the whole call (and by fork, see below);
- * `lock` guards the fields after it and goes with the two condition variables. */
+/* `busy` is held by the one call using the pool, for the whole call (and by fork, see below), and
+ * guards the thread list; `lock` guards the job fields and goes with the two condition variables. */
 static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
+static pool_thread pool_threads[FKDA_MAX_WORKERS];          /* [1 .. pool_size) are alive */
+static int pool_size = 1;                                   /* workers including the caller */
+
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER; /* a new job, or shutdown */
 static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER; /* the last pool worker finished */
-static pool_thread pool_threads[FKDA_MAX_WORKERS];          /* [1 .. pool_size) are alive */
-static int pool_size = 1;                                   /* workers including the caller */
 static uint64_t pool_generation;                            /* counts jobs posted */
 static parallel_job *pool_job;
 static int pool_job_workers;                                /* workers in the current job */
