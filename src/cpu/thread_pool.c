@@ -104,32 +104,32 @@ static void *pool_thread_main(void *arg)
     return NULL;
 }
 
-/* fork(): the prepare handler takes both locks (waiting for a pool call in progress to end), so
- * the child gets them in a known state, held by its one thread; the child then forgets the pool
- * threads, which it does not have, and renews the condition variables, whose waiters were those
- * threads. */
+/* Wakes the pool threads with the shutdown flag and joins them; the caller holds pool_busy. */
+static void pool_stop_threads(void)
+{
+    pthread_mutex_lock(&pool_lock);
+    pool_shutdown = true;
+    pthread_cond_broadcast(&pool_wake);
+    pthread_mutex_unlock(&pool_lock);
+    for (int w = 1; w < pool_size; w++) pthread_join(pool_threads[w].handle, NULL);
+    pool_size = 1;
+    pthread_mutex_lock(&pool_lock);
+    pool_shutdown = false;
+    pthread_mutex_unlock(&pool_lock);
+}
+
+/* fork(): the prepare handler waits for a pool call in progress to end and stops the pool threads,
+ * so the child inherits no lock, condition variable or thread list that refers to threads it does
+ * not have (a condition variable with waiters that no longer exist can block its next broadcast).
+ * Parent and child both start again with no pool and grow one on their next call. */
 static void pool_before_fork(void)
 {
     pthread_mutex_lock(&pool_busy);
-    pthread_mutex_lock(&pool_lock);
+    pool_stop_threads();
 }
 
-static void pool_after_fork_parent(void)
+static void pool_after_fork(void)
 {
-    pthread_mutex_unlock(&pool_lock);
-    pthread_mutex_unlock(&pool_busy);
-}
-
-static void pool_after_fork_child(void)
-{
-    pool_size = 1;
-    pool_job = NULL;
-    pool_job_workers = 0;
-    pool_pending = 0;
-    pool_shutdown = false;
-    pthread_cond_init(&pool_wake, NULL);
-    pthread_cond_init(&pool_done, NULL);
-    pthread_mutex_unlock(&pool_lock);
     pthread_mutex_unlock(&pool_busy);
 }
 
@@ -138,7 +138,7 @@ static bool pool_atfork_ok;
 
 static void pool_register_atfork(void)
 {
-    pool_atfork_ok = pthread_atfork(pool_before_fork, pool_after_fork_parent, pool_after_fork_child) == 0;
+    pool_atfork_ok = pthread_atfork(pool_before_fork, pool_after_fork, pool_after_fork) == 0;
 }
 
 /* Starts pool threads until there are num_workers workers or a thread fails to start; returns the
@@ -193,15 +193,7 @@ static void run_on_pool(parallel_job *job, int num_workers)
 __attribute__((destructor)) static void pool_stop(void)
 {
     if (pthread_mutex_trylock(&pool_busy) != 0) return;
-    pthread_mutex_lock(&pool_lock);
-    pool_shutdown = true;
-    pthread_cond_broadcast(&pool_wake);
-    pthread_mutex_unlock(&pool_lock);
-    for (int w = 1; w < pool_size; w++) pthread_join(pool_threads[w].handle, NULL);
-    pool_size = 1;
-    pthread_mutex_lock(&pool_lock);
-    pool_shutdown = false;
-    pthread_mutex_unlock(&pool_lock);
+    pool_stop_threads();
     pthread_mutex_unlock(&pool_busy);
 }
 

@@ -11,8 +11,9 @@
  *   - One call uses the pool at a time. A call that finds it busy (another host thread is in the
  *     library, or a work item itself calls in) runs on threads started for that call instead, the
  *     way every call did before the pool: concurrent callers stay parallel and nothing deadlocks.
- *   - fork(): the pool waits for a pool call in progress to end, and the child starts with no pool
- *     (its threads do not exist there); the child's first call builds a new one.
+ *   - fork(): the pool waits for a pool call in progress to end and stops its threads first, so
+ *     the child inherits no pool (whose threads would not exist there) and no lock or condition
+ *     variable those threads were using; parent and child each grow a new pool on their next call.
  *   - The library's destructor (dlclose, exit) stops and joins the idle threads.
  *   - Pool threads block the asynchronous signals, so those go to the program's own threads.
  * If a thread cannot be started, the workers that did start (at least the caller) do all the items:
