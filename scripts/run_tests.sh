@@ -3,9 +3,11 @@
 #
 #   1. installs the Python package into a private virtual environment (build/venv); this builds
 #      libflashkda with the CUDA backend when nvcc is found, exactly as a user's `pip install .`
-#   2. the C tests (ctest) in a Release build, which also compiles the GPU test programs
-#   3. the C tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CPU backend)
-#   4. the Python tests (pytest) against the installed package
+#   2. ruff over the Python sources (the rules are in pyproject.toml)
+#   3. the C tests (ctest) in a Release build, which also compiles the GPU test programs
+#   4. the C tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CPU backend)
+#   5. the Python tests (pytest) against the installed package
+# The C builds here treat warnings as errors (FKDA_WERROR); a user's build does not.
 #
 # GPU tests run on a machine with a GPU through scripts/gpu_check.sh instead.
 set -euo pipefail
@@ -17,13 +19,16 @@ python3 -m venv build/venv
 build/venv/bin/python -m pip install -q --upgrade pip
 build/venv/bin/python -m pip install -q ".[test]"
 
+echo "== ruff"
+build/venv/bin/ruff check .
+
 echo "== C tests, Release"
-cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Release -DFKDA_WERROR=ON >/dev/null
 cmake --build build/test -j "$jobs"
 ctest --test-dir build/test --output-on-failure
 
 echo "== C tests, AddressSanitizer + UndefinedBehaviorSanitizer"
-cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DFKDA_SANITIZE=ON -DFKDA_WITH_CUDA=OFF >/dev/null
+cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=Debug -DFKDA_SANITIZE=ON -DFKDA_WITH_CUDA=OFF -DFKDA_WERROR=ON >/dev/null
 cmake --build build/asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build/asan --output-on-failure
 

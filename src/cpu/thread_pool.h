@@ -1,14 +1,27 @@
 /*
- * thread_pool.h: a parallel-for over independent work items, on threads created for the call.
+ * thread_pool.h: a parallel-for over independent work items, on a pool of threads kept between calls.
  *
- * A call starts (num_workers - 1) threads and the calling thread is worker 0; each worker takes
- * the next unclaimed item from a shared atomic counter until none is left, then every thread is
- * joined before the call returns. Threads per call cost some tens of microseconds, which is
- * small beside any problem worth threading, and leave nothing alive between calls (no shutdown,
- * no fork hazards, clean under the sanitizers). If a thread cannot be started, the workers that
- * did start (at least the caller) do all the items: the result is the same, only slower.
+ * The calling thread is worker 0 and pool threads 1 .. num_workers-1 join it; each worker takes the
+ * next unclaimed item from a shared atomic counter until none is left, and the call returns when
+ * every worker is done. The threads stay alive, asleep, between calls, because starting them per
+ * call costs tens of microseconds, which is most of a small decode step. The pool is created on the
+ * first call and grows when a call asks for more workers than it has (up to a fixed cap).
  *
- * The worker index (0 .. num_workers-1) lets each item use its worker's slice of the workspace.
+ * The rules that keep it safe:
+ *   - One call uses the pool at a time. A call that finds it busy (another host thread is in the
+ *     library, or a work item itself calls in) runs on threads started for that call instead, the
+ *     way every call did before the pool: concurrent callers stay parallel and nothing deadlocks.
+ *   - fork(): the pool waits for a pool call in progress to end and stops its threads first, so
+ *     the child inherits no pool (whose threads would not exist there) and no lock or condition
+ *     variable those threads were using; parent and child each grow a new pool on their next call.
+ *   - The library's destructor (dlclose, exit) stops and joins the idle threads.
+ *   - Pool threads block the asynchronous signals, so those go to the program's own threads.
+ * If a thread cannot be started, the workers that did start (at least the caller) do all the items:
+ * the result is the same, only slower.
+ *
+ * The worker index (0 .. num_workers-1) lets each item use its worker's slice of the workspace: no
+ * two items run at the same time with the same index, and an item's result does not depend on
+ * which worker ran it, so results are the same bitwise for any number of workers.
  */
 #ifndef FKDA_CPU_THREAD_POOL_H
 #define FKDA_CPU_THREAD_POOL_H

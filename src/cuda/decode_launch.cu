@@ -48,14 +48,12 @@ extern "C" fkda_status fkda_cuda_decode_workspace(const fkda_problem *p, size_t 
 static cudaError_t launch_decode_kernel(const void *kernel, dim3 grid, unsigned threads, cudaStream_t stream,
                                         const fkda_decode_params *p, int pdl)
 {
-    cudaLaunchConfig_t cfg;
-    memset(&cfg, 0, sizeof cfg);
+    cudaLaunchConfig_t cfg = {}; /* value-initialised: every field not set below is zero */
     cfg.gridDim = grid;
     cfg.blockDim = dim3(threads, 1, 1);
     cfg.dynamicSmemBytes = 0;
     cfg.stream = stream;
-    cudaLaunchAttribute attr;
-    memset(&attr, 0, sizeof attr);
+    cudaLaunchAttribute attr = {};
     attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr.val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = &attr;
