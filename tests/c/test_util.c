@@ -130,6 +130,26 @@ float test_f16_to_f32(uint16_t h)
     return f;
 }
 
+double test_unit_roundoff(fkda_dtype dtype)
+{
+    switch (dtype) {
+    case FKDA_DTYPE_BF16: return 0x1.0p-8;
+    case FKDA_DTYPE_F16: return 0x1.0p-11;
+    default: return 0x1.0p-24;
+    }
+}
+
+double test_bar_reference(fkda_dtype dtype)
+{
+    return test_unit_roundoff(dtype) + test_unit_roundoff(FKDA_DTYPE_F32) + 1e-12;
+}
+
+double test_bar_fast(fkda_dtype dtype, int64_t steps, int64_t K)
+{
+    const double growth = sqrt((double)(steps < 1 ? 1 : steps) * (double)(K < 1 ? 1 : K));
+    return test_bar_reference(dtype) + 16.0 * test_unit_roundoff(FKDA_DTYPE_F32) * growth;
+}
+
 test_tensor test_tensor_alloc(fkda_dtype dtype, int32_t ndim, const int64_t *shape)
 {
     test_tensor x;

@@ -43,6 +43,24 @@ float test_bf16_to_f32(uint16_t x);
 uint16_t test_f32_to_f16(float x);
 float test_f16_to_f32(uint16_t x);
 
+/* Error bars, each a function of what the compared results can reach.
+ *   test_unit_roundoff   u of a dtype: the largest relative error of one round-to-nearest-even,
+ *                        2^-24 (f32), 2^-11 (f16), 2^-8 (bf16)
+ *   test_bar_reference   the float64 reference (or any float64 computation whose result is
+ *                        narrowed to float, then to `dtype`) against a float64 model of the same
+ *                        math: only the final rounding separates them, at most u(dtype) + u(f32)
+ *                        per element and so in relative Frobenius norm; 1e-12 covers the float64
+ *                        arithmetic (different exp / summation order)
+ *   test_bar_fast        a float32 path against float64: the same rounding plus the float32
+ *                        arithmetic, which grows like sqrt(K * steps) for `steps` sequential
+ *                        updates of dot products of length K (random rounding errors add in
+ *                        quadrature); the factor 16 covers the cancellation in v - k^T S and
+ *                        the growth of the state's condition over a sequence
+ * Both are relative Frobenius errors (test_rel_error_d). */
+double test_unit_roundoff(fkda_dtype dtype);
+double test_bar_reference(fkda_dtype dtype);
+double test_bar_fast(fkda_dtype dtype, int64_t steps, int64_t K);
+
 /* A host tensor that owns its memory (contiguous). */
 typedef struct test_tensor {
     fkda_tensor t;
