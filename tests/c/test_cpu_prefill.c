@@ -432,6 +432,21 @@ int main(void)
     c.spec.H = 1; c.spec.HV = 1; c.spec.V = 256; c.spec.T = 90; c.threads = 4;
     run_case(&c, &r, 1);
 
+    /* One head (and two) on every thread count: the fast path splits the V value columns into
+     * up to min(threads, V / 32) blocks per head, the last one narrower (V = 40: 32 + 8 columns;
+     * V = 200 on 3 threads: 80 + 80 + 40). The reference takes the whole of V per head. */
+    static const int split_threads[] = {1, 2, 3, 4, 5, 7, 8, 16};
+    for (int i = 0; i < 8; i++)
+        for (int j = 0; j < 3; j++) {
+            c = base_case();
+            c.spec.H = 1; c.spec.HV = j == 2 ? 2 : 1;
+            c.spec.K = 32; c.spec.V = j == 0 ? 40 : 200; c.spec.T = 40;
+            c.spec.options.state_v_first = (i + j) % 2;
+            c.initial_dtype = c.final_dtype = i % 3 == 2 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
+            c.threads = split_threads[i];
+            run_case(&c, &r, j == 0);
+        }
+
     /* Every gate and beta / norm switch. */
     for (int gate = 0; gate < 3; gate++)
         for (int variant = 0; variant < 4; variant++) {
