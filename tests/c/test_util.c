@@ -144,10 +144,25 @@ double test_bar_reference(fkda_dtype dtype)
     return test_unit_roundoff(dtype) + test_unit_roundoff(FKDA_DTYPE_F32) + 1e-12;
 }
 
-double test_bar_fast(fkda_dtype dtype, int64_t steps, int64_t K)
+double test_bar_arith32(int64_t steps, int64_t K)
 {
-    const double growth = sqrt((double)(steps < 1 ? 1 : steps) * (double)(K < 1 ? 1 : K));
-    return test_bar_reference(dtype) + 16.0 * test_unit_roundoff(FKDA_DTYPE_F32) * growth;
+    const double k = (double)(K < 16 ? 16 : K), t = (double)(steps < 0 ? 0 : steps);
+    return 4.0 * test_unit_roundoff(FKDA_DTYPE_F32) * sqrt(k) * (1.0 + log2(1.0 + t) / 4.0);
+}
+
+double test_bar_rounded(fkda_dtype dtype, double d, size_t count)
+{
+    const double u = test_unit_roundoff(dtype);
+    if (dtype == FKDA_DTYPE_F32 || count == 0) return d + test_bar_reference(dtype);
+    const double expected = (double)count * (2.0 * d / u < 1.0 ? 2.0 * d / u : 1.0);
+    double flips = expected + 3.0 * sqrt(expected) + 2.0;
+    if (flips > (double)count) flips = (double)count;
+    return d + 2.0 * u * sqrt(flips / (double)count);
+}
+
+double test_bar_fast(fkda_dtype dtype, int64_t steps, int64_t K, size_t count)
+{
+    return test_bar_rounded(dtype, test_bar_arith32(steps, K), count);
 }
 
 test_tensor test_tensor_alloc(fkda_dtype dtype, int32_t ndim, const int64_t *shape)

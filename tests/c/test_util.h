@@ -43,23 +43,34 @@ float test_bf16_to_f32(uint16_t x);
 uint16_t test_f32_to_f16(float x);
 float test_f16_to_f32(uint16_t x);
 
-/* Error bars, each a function of what the compared results can reach.
- *   test_unit_roundoff   u of a dtype: the largest relative error of one round-to-nearest-even,
+/* Error bars, each a function of what the compared results can reach. All are relative
+ * Frobenius errors (test_rel_error_d) of `count` elements of dtype `dtype`.
+ *   test_unit_roundoff   u of a dtype: the largest relative error of one round to nearest even,
  *                        2^-24 (f32), 2^-11 (f16), 2^-8 (bf16)
- *   test_bar_reference   the float64 reference (or any float64 computation whose result is
- *                        narrowed to float, then to `dtype`) against a float64 model of the same
- *                        math: only the final rounding separates them, at most u(dtype) + u(f32)
- *                        per element and so in relative Frobenius norm; 1e-12 covers the float64
- *                        arithmetic (different exp / summation order)
- *   test_bar_fast        a float32 path against float64: the same rounding plus the float32
- *                        arithmetic, which grows like sqrt(K * steps) for `steps` sequential
- *                        updates of dot products of length K (random rounding errors add in
- *                        quadrature); the factor 16 covers the cancellation in v - k^T S and
- *                        the growth of the state's condition over a sequence
- * Both are relative Frobenius errors (test_rel_error_d). */
+ *   test_bar_reference   a float64 computation narrowed to float, then to `dtype` (the float64
+ *                        reference), against an unrounded float64 model of the same math: only
+ *                        the narrowing separates them, at most u(dtype) + u(f32) per element and
+ *                        so in the norm; 1e-12 covers float64 arithmetic (exp, summation order)
+ *   test_bar_arith32     the float32 arithmetic of the fast paths against float64: per step a
+ *                        dot product of length K, whose random rounding errors add in quadrature
+ *                        (u32 sqrt(K), K counted as at least 16 so that tiny heads with
+ *                        cancellation keep some room); decays and the delta rule contract older
+ *                        errors, so a sequence adds only a slow log2(1 + T) growth; factor 4
+ *                        (measured on the CPU suites: 0.3 to 2 x u32 sqrt(K))
+ *   test_bar_rounded     two values within relative error d of each other, each rounded to
+ *                        `dtype`: d, plus the elements where the two land on different sides of
+ *                        a rounding boundary, each off by at most 2u: a fraction of about 2d / u
+ *                        of them (twice d / u: elements below the norm's scale have larger
+ *                        relative errors), with a Poisson margin on small counts
+ *                        (3 sqrt(expected) + 2 elements), giving 2u sqrt(flips / count); for f32,
+ *                        d + u32 + 1e-12
+ *   test_bar_fast        a float32 path against the float64 reference, both rounded to `dtype`:
+ *                        test_bar_rounded of test_bar_arith32 */
 double test_unit_roundoff(fkda_dtype dtype);
 double test_bar_reference(fkda_dtype dtype);
-double test_bar_fast(fkda_dtype dtype, int64_t steps, int64_t K);
+double test_bar_arith32(int64_t steps, int64_t K);
+double test_bar_rounded(fkda_dtype dtype, double d, size_t count);
+double test_bar_fast(fkda_dtype dtype, int64_t steps, int64_t K, size_t count);
 
 /* A host tensor that owns its memory (contiguous). */
 typedef struct test_tensor {
