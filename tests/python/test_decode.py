@@ -134,3 +134,100 @@ def test_bf16_pool(rng):
     pool = rng.standard_normal((N, H, K, V)).astype(BF16)
     ans = both(inputs, pool)
     check(ans, tol_out=1e-2, tol_state=1e-2)
+
+
+# ---- bf16 / f16 stores: bit-exact rounding to nearest even -----------------------------------------
+#
+# A problem whose float32 result is exact: one key channel (q = k = e_0, no L2 norm), no decay
+# (gate none, g = 0), b = 0.5 (no sigmoid). One token leaves row 0 of the state at
+# m = s + 0.5 (v - s) = (s + v) / 2 (exact in float32: one bit more than s and v have) and the
+# output at o = fl32(scale * m). The stores must then equal NumPy's / ml_dtypes' own
+# round-to-nearest-even conversions of m and o, bit for bit; about half the roundings of m are
+# exact ties, which only ties-to-even gets right.
+
+def _random_values(rng, exponents, V=256):
+    """Two rows of V normal values scaled by powers of two in the given exponent range."""
+    mag = np.exp2(rng.integers(exponents[0], exponents[1] + 1, size=V)).astype(np.float64)
+    return mag * rng.standard_normal(V), mag * rng.standard_normal(V)
+
+
+def _exact_decode_case(rng, io, pool_dtype, scale, s_raw, v_raw, reference, num_threads, K=16):
+    fmt = np.dtype(io)
+    V = s_raw.size
+    # v holds values of the output's format (bf16 ones for a float32 output), s of the state's
+    # (v's format for a float32 state).
+    v_fmt = BF16 if fmt == np.float32 else fmt
+    state_fmt = np.dtype(pool_dtype) if np.dtype(pool_dtype) != np.float32 else v_fmt
+    s = s_raw.astype(np.float32).astype(state_fmt).astype(np.float64)
+    v = v_raw.astype(np.float32).astype(v_fmt).astype(np.float64)
+    m = s + 0.5 * (v - s)
+    assert (m.astype(np.float32).astype(np.float64) == m).all(), "the case is not exact"
+    q = np.zeros((1, 1, 1, K), fmt)
+    q[..., 0] = 1
+    pool = (0.25 * rng.standard_normal((2, 1, K, V))).astype(pool_dtype)
+    pool[1, 0, 0] = s.astype(np.float32).astype(pool_dtype)
+    out = flash_kda.decode(q, q, v.astype(np.float32).astype(fmt).reshape(1, 1, 1, V),
+                           np.zeros((1, 1, 1, K), np.float32), np.full((1, 1, 1), 0.5, np.float32),
+                           pool, state_indices=np.array([1], np.int64), scale=scale,
+                           reference=reference, num_threads=num_threads)
+    with np.errstate(over="ignore"):
+        o = np.float32(scale) * m.astype(np.float32)  # float32 multiply, rounded once
+        return out.reshape(V), o.astype(fmt), pool[1, 0, 0], m.astype(np.float32).astype(pool_dtype)
+
+
+def _assert_same_bits(got, want):
+    g = np.ascontiguousarray(got).view(np.uint16 if got.dtype.itemsize == 2 else np.uint32)
+    w = np.ascontiguousarray(want).view(g.dtype)
+    sign = np.array(1 << (8 * got.dtype.itemsize - 1), g.dtype)
+    same = (g == w) | (((g | w) & ~sign) == 0)  # an exact zero's sign is free
+    nan = np.isnan(want.astype(np.float32))
+    same |= nan & np.isnan(got.astype(np.float32))
+    bad = np.flatnonzero(~same)
+    assert bad.size == 0, f"{bad.size} elements differ, first at {bad[:4]}: got {g[bad[:4]]}, want {w[bad[:4]]}"
+
+
+EXACT_CASES = {
+    # name: (scale, exponent range of s and v)
+    "ties": (1.0, (-6, 6)),
+    "half": (-0.5, (-6, 6)),
+    "full_precision_scale": (1.2345678, (-6, 6)),
+    "negative_scale": (-0.70710677, (-6, 6)),
+}
+
+
+@pytest.mark.skipif(BF16 is None, reason="ml_dtypes (NumPy bfloat16) not installed")
+@pytest.mark.parametrize("case", sorted(EXACT_CASES))
+@pytest.mark.parametrize("io", ["bf16", "f16", "f32"])
+@pytest.mark.parametrize("pool_dtype", ["bf16", "f32"])
+@pytest.mark.parametrize("reference,num_threads", [(False, 1), (False, 3), (True, 2)])
+def test_stores_round_to_nearest_even(rng, case, io, pool_dtype, reference, num_threads):
+    io = {"bf16": BF16, "f16": np.dtype(np.float16), "f32": np.dtype(np.float32)}[io]
+    pool_dtype = BF16 if pool_dtype == "bf16" else np.dtype(np.float32)
+    scale, exponents = EXACT_CASES[case]
+    s, v = _random_values(rng, exponents)
+    out, want_out, state, want_state = _exact_decode_case(rng, io, pool_dtype, scale, s, v,
+                                                          reference, num_threads)
+    _assert_same_bits(out, want_out)
+    _assert_same_bits(state, want_state)
+
+
+@pytest.mark.skipif(BF16 is None, reason="ml_dtypes (NumPy bfloat16) not installed")
+@pytest.mark.parametrize("reference", [False, True])
+def test_bf16_stores_at_the_ends_of_the_range(rng, reference):
+    # Subnormal outputs (scale 2^-126 on values up to 1), and outputs around the largest bf16
+    # (0x1.fep127) and the tie with infinity (0x1.ffp127), some beyond float32's range: m
+    # within +-2.3% of 0x1.fep127 / 2^99 in steps of 2^-10, from two bf16 neighbours of it.
+    s, v = _random_values(rng, (-12, 0))
+    out, want, state, want_state = _exact_decode_case(rng, BF16, BF16, 2.0 ** -126, s, v,
+                                                      reference, 3)
+    assert (np.abs(want.astype(np.float32)) < 2.0 ** -126).sum() > 100  # mostly subnormal
+    _assert_same_bits(out, want)
+    _assert_same_bits(state, want_state)
+    target = float.fromhex("0x1.fep127") / 2.0 ** 99 * (1 + np.arange(-24, 25) / 1024)
+    s, v = target * (1 - 2.0 ** -9), target * (1 + 2.0 ** -9)
+    out, want, state, want_state = _exact_decode_case(rng, BF16, BF16, 2.0 ** 99, s, v,
+                                                      reference, 3)
+    top = np.abs(want.astype(np.float32))
+    assert np.isinf(top).sum() > 5 and (top == float.fromhex("0x1.fep127")).sum() >= 1
+    _assert_same_bits(out, want)
+    _assert_same_bits(state, want_state)

@@ -312,8 +312,11 @@ def test_fwd_inplace_without_indices_and_v_first(rng):
     inputs = make_inputs(rng, B=N, T=1, H=H, K=K, V=V)
     pool = rng.standard_normal((N, H, V, K)).astype(np.float32)
     before = pool.copy()
-    flash_kda.fused_recurrent_kda_fwd(**inputs, initial_state=pool, state_v_first=True)
+    out, state = flash_kda.fused_recurrent_kda_fwd(**inputs, initial_state=pool, state_v_first=True)
+    assert state is pool
     o_np, p_np = decode_pool(**inputs, pool=before, state_v_first=True)
+    assert out.shape == inputs["v"].shape
+    assert rel_err(out, o_np) < 1e-5
     assert rel_err(pool, p_np) < 1e-5
 
 
