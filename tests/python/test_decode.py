@@ -161,7 +161,10 @@ def _exact_decode_case(rng, io, pool_dtype, scale, s_raw, v_raw, reference, num_
     s = s_raw.astype(np.float32).astype(state_fmt).astype(np.float64)
     v = v_raw.astype(np.float32).astype(v_fmt).astype(np.float64)
     m = s + 0.5 * (v - s)
-    assert (m.astype(np.float32).astype(np.float64) == m).all(), "the case is not exact"
+    # Where s and v are too far apart in magnitude for m to fit float32 (rare), take s = v = 1.
+    inexact = m.astype(np.float32).astype(np.float64) != m
+    assert inexact.sum() <= V // 10, "the case is built wrong"
+    s[inexact] = v[inexact] = m[inexact] = 1.0
     q = np.zeros((1, 1, 1, K), fmt)
     q[..., 0] = 1
     pool = (0.25 * rng.standard_normal((2, 1, K, V))).astype(pool_dtype)
