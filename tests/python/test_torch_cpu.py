@@ -140,3 +140,29 @@ def test_empty_tensors(rng):
     o = flash_kda.prefill(**x, initial_state=h0, final_state=final, **SAFE)
     assert o.shape == (1, 0, 1, 16)
     assert torch.equal(final, h0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stores_round_like_torch(rng, dtype):
+    # The exact problem of test_decode.py (q = k = e_0, no decay, b = 0.5): the state's row 0
+    # becomes m = (s + v) / 2 and out fl32(scale * m), exactly; torch's own float32 -> bf16 /
+    # f16 conversion (round to nearest even) must give the same bits as the library's stores.
+    K, V, scale = 16, 256, 1.2345678
+    mag = torch.from_numpy(np.exp2(rng.integers(-6, 7, size=V)).astype(np.float32))
+    s = (mag * torch.from_numpy(rng.standard_normal(V).astype(np.float32))).to(dtype).float()
+    v = (mag * torch.from_numpy(rng.standard_normal(V).astype(np.float32))).to(dtype).float()
+    m = s + 0.5 * (v - s)
+    exact = (s.double() + 0.5 * (v.double() - s.double())) == m.double()
+    s, v, m = (torch.where(exact, x, torch.ones_like(x)) for x in (s, v, m))
+    q = torch.zeros(1, 1, 1, K, dtype=dtype)
+    q[..., 0] = 1
+    pool = torch.randn(2, 1, K, V)
+    pool[1, 0, 0] = s
+    out = flash_kda.decode(q, q, v.to(dtype).view(1, 1, 1, V), torch.zeros(1, 1, 1, K),
+                           torch.full((1, 1, 1), 0.5), pool, state_indices=torch.tensor([1]),
+                           scale=scale, num_threads=3)
+    want = (torch.tensor(scale, dtype=torch.float32) * m).to(dtype)
+    got_bits, want_bits = out.view(V).view(torch.int16), want.view(torch.int16)
+    same = (got_bits == want_bits) | ((got_bits | want_bits) & 0x7FFF == 0)
+    assert same.all(), f"{(~same).sum().item()} of {V} outputs differ from torch's rounding"
+    assert torch.equal(pool[1, 0, 0], m)  # a float32 state keeps m exactly
