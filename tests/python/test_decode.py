@@ -13,14 +13,15 @@ SAFE = dict(gate="lower_bound", lower_bound=-5.0, use_qk_l2norm=True, use_beta_s
 SAFE_NP = dict(gate="lower_bound", lower_bound=-5.0, l2norm_qk=True, beta_sigmoid=True)
 
 
-def both(inputs, pool, *, opts=SAFE, np_opts=SAFE_NP, A_log=None, dt_bias=None, **kw):
+def both(inputs, pool, *, opts=SAFE, np_opts=SAFE_NP, A_log=None, dt_bias=None, num_threads=0,
+         **kw):
     """Decode with fast and reference paths on copies of pool; NumPy on a float64 copy."""
     answers = []
     for reference in (False, True):
         p = pool.copy()
         out = poison(inputs["v"].shape, inputs["v"].dtype)
         ret = flash_kda.decode(**inputs, state_pool=p, out=out, A_log=A_log, dt_bias=dt_bias,
-                               reference=reference, **opts, **kw)
+                               reference=reference, num_threads=num_threads, **opts, **kw)
         assert ret is out
         assert np.isfinite(out.astype(np.float32)).all(), "an output element was not written"
         answers.append((out, p))
@@ -128,6 +129,39 @@ def test_chain_of_decodes_equals_prefill(rng):
     o_np, s_np = kda(**inputs, initial_state=h0, A_log=A_log, dt_bias=dt_bias, **SAFE_NP)
     assert rel_err(o_dec, o_np) < chain and rel_err(pool[2:], s_np) < chain
     assert (pool[:2] == 0).all()
+
+
+@pytest.mark.parametrize("num_threads", [1, 2, 7, 16])
+def test_varlen_2d_indices_accepted_tokens_one_head(rng, num_threads):
+    # cu_seqlens and speculative decoding together, one value head so that the fast path splits
+    # V over the threads, an explicit scale, and the most negative index (not written / skip).
+    lengths = [2, 0, 3, 1]
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    T_max, H, K, V, P = 3, 1, 16, 128, 14
+    inputs = make_inputs(rng, B=1, T=int(cu[-1]), H=H, K=K, V=V)
+    pool = rng.standard_normal((P, H, K, V)).astype(np.float32)
+    lowest = np.iinfo(np.int64).min
+    idx = np.array([[0, 1, 2], [3, 4, 5], [6, lowest, 8], [lowest, 10, 11]], np.int64)
+    acc = np.array([2, 1, 3, 1], np.int32)  # sequence 3 reads idx[3, 0]: skipped
+    ans = both(inputs, pool, state_indices=idx, num_accepted_tokens=acc, cu_seqlens=cu,
+               scale=0.37, num_threads=num_threads)
+    check(ans, inputs)
+    for o, p in ans[:2]:
+        assert (o[0, 5] == 0).all(), "the skipped sequence's row is zero"
+        for slot in (2, 3, 4, 5, 7, 9, 10, 11, 12, 13):  # named by no kept token
+            np.testing.assert_array_equal(p[slot], pool[slot])
+
+
+def test_varlen_sequence_longer_than_2d_indices(rng):
+    cu = np.array([0, 1, 5], np.int64)  # sequence 1 has 4 tokens, T_max is 3
+    inputs = make_inputs(rng, B=1, T=5, H=1, K=16, V=16)
+    pool = np.zeros((6, 1, 16, 16), np.float32)
+    idx = np.arange(6, dtype=np.int64).reshape(2, 3)
+    with pytest.raises(ValueError, match=r"^state_indices: sequence 1 has 4 tokens, but 2-D "
+                                         r"state_indices has only 3 columns"):
+        flash_kda.decode(**inputs, state_pool=pool, state_indices=idx, cu_seqlens=cu,
+                         num_accepted_tokens=np.array([1, 3], np.int64))
+    assert (pool == 0).all()
 
 
 @pytest.mark.skipif(BF16 is None, reason="ml_dtypes (NumPy bfloat16) not installed")
