@@ -4,7 +4,7 @@
  *
  *   splits      few (sequence, head) pairs and many threads: the fast path then splits the V
  *               value columns of each head into blocks, one per thread (fkda_split_columns).
- *               Every thread count 1..16 and V that gives 1 to 8 blocks, a last partial block
+ *               Thread counts 1..16 and V that give 1 to 7 blocks, a last partial block
  *               included, both pool layouts and dtypes; also the prefill with one head.
  *   varlen + 2-D indices with accepted counts (cu_seqlens and speculative decoding together),
  *               and the message when a sequence has more tokens than T_max
@@ -200,6 +200,43 @@ static void describe(const dcase *c, const char *what, char *buf, size_t size)
              sp->options.state_v_first, sp->options.scale, c->threads);
 }
 
+/* After a run: every slot the model leaves alone (its values equal to those before the call)
+ * is bitwise unchanged, and every element of the buffer outside the pool view (the padding)
+ * still holds its sentinel. `before` is the buffer's bytes before the call. */
+static void check_untouched(const dcase *c, const dbuffers *b, const void *before, const double *want_pool,
+                            const double *got_pool, size_t n_pool, const char *label, int reference)
+{
+    test_tensor old = test_tensor_alloc(c->pool_dtype, 4, b->pool_buf.t.shape);
+    memcpy(old.t.data, before, b->pool_buf.count * fkda_dtype_size(c->pool_dtype));
+    fkda_tensor old_view = b->pool;
+    old_view.data = old.t.data;
+    size_t n;
+    double *old_pool = test_gather(&old_view, &n);
+    const size_t per_slot = n_pool / (size_t)c->P;
+    int64_t changed = 0;
+    for (int64_t s = 0; s < c->P; s++) {
+        const size_t at = (size_t)s * per_slot;
+        if (memcmp(want_pool + at, old_pool + at, per_slot * sizeof(double)) != 0) continue; /* written */
+        if (memcmp(got_pool + at, old_pool + at, per_slot * sizeof(double)) != 0) changed++;
+    }
+    CHECK(changed == 0, "%s (ref %d): %lld slots changed that no sequence writes", label, reference,
+          (long long)changed);
+
+    int64_t bad_pad = 0;
+    const int64_t HVb = b->pool_buf.t.shape[1], R = b->pool_buf.t.shape[2], Cb = b->pool_buf.t.shape[3];
+    for (int64_t s = 0; s < c->P; s++)
+        for (int64_t h = 0; h < HVb; h++)
+            for (int64_t x = 0; x < R; x++)
+                for (int64_t y = 0; y < Cb; y++)
+                    if ((h >= c->spec.HV || y >= pool_cols(c)) &&
+                        test_tensor_get(&b->pool_buf, (size_t)(((s * HVb + h) * R + x) * Cb + y)) != 7.0)
+                        bad_pad++;
+    CHECK(bad_pad == 0, "%s (ref %d): %lld padding elements of the pool written", label, reference,
+          (long long)bad_pad);
+    free(old_pool);
+    test_tensor_free(&old);
+}
+
 /* Runs one case on both paths against the model; `make_indices` fills b->idx / b->acc. */
 typedef void (*index_maker)(const dcase *c, const test_kda_inputs *in, test_rng *r, dbuffers *b);
 
@@ -221,11 +258,11 @@ static void run_case(const dcase *cin, test_rng *r, index_maker make_indices, co
 
         size_t n_pool;
         double *want_pool = test_gather(&b.pool, &n_pool);
-        test_tensor pool_before = {b.pool_buf.t, b.pool_buf.count};
-        void *before = test_tensor_snapshot(&pool_before);
+        void *before = test_tensor_snapshot(&b.pool_buf);
         const int64_t n_out = c.spec.B * c.spec.T * c.spec.HV * c.spec.V;
         double *want_out = malloc((size_t)(n_out ? n_out : 1) * sizeof(double));
         naive_decode(&c, &in, &b, want_pool, want_out);
+        for (int64_t i = 0; i < n_out; i++) want_out[i] = round_to(c.spec.io_dtype, want_out[i]);
 
         test_tensor out = test_tensor_alloc(c.spec.io_dtype, 4, (const int64_t[]){c.spec.B, c.spec.T, c.spec.HV, c.spec.V});
         test_tensor_fill_value(&out, NAN);
@@ -254,50 +291,11 @@ static void run_case(const dcase *cin, test_rng *r, index_maker make_indices, co
                                          : test_bar_fast(c.spec.io_dtype, steps, c.spec.K, (size_t)n_out);
         const double bar_pool = reference ? test_bar_reference(FKDA_DTYPE_F32)
                                           : test_bar_fast(c.pool_dtype, steps, c.spec.K, n_pool);
-        for (int64_t i = 0; i < n_out; i++) want_out[i] = round_to(c.spec.io_dtype, want_out[i]);
         double e_out = test_rel_error_d(got_out, want_out, (size_t)n_out);
         CHECK(e_out <= bar_out, "%s (ref %d): out error %.3e > %.1e", label, reference, e_out, bar_out);
         double e_pool = test_rel_error_d(got_pool, want_pool, n_pool);
         CHECK(e_pool <= bar_pool, "%s (ref %d): pool error %.3e > %.1e", label, reference, e_pool, bar_pool);
-        const size_t per_slot = n_pool / (size_t)c.P;
-        /* The padding (and every slot the model leaves unwritten) is bitwise unchanged: compare
-         * the whole buffer with the snapshot wherever the model's pool equals the old one. */
-        {
-            size_t nb0;
-            test_tensor old = test_tensor_alloc(c.pool_dtype, 4, b.pool_buf.t.shape);
-            memcpy(old.t.data, before, b.pool_buf.count * fkda_dtype_size(c.pool_dtype));
-            fkda_tensor old_view = b.pool;
-            old_view.data = old.t.data;
-            double *old_pool = test_gather(&old_view, &nb0);
-            int64_t untouched_changed = 0;
-            for (int64_t s = 0; s < c.P; s++) {
-                int written = 0;
-                for (size_t e = 0; e < per_slot; e++)
-                    if (memcmp(&want_pool[s * per_slot + e], &old_pool[s * per_slot + e], sizeof(double))) written = 1;
-                if (written) continue;
-                for (size_t e = 0; e < per_slot; e++)
-                    if (memcmp(&got_pool[s * per_slot + e], &old_pool[s * per_slot + e], sizeof(double))) {
-                        untouched_changed++;
-                        break;
-                    }
-            }
-            CHECK(untouched_changed == 0, "%s (ref %d): %lld slots changed that no sequence writes", label,
-                  reference, (long long)untouched_changed);
-            /* Padding: every buffer element outside the view keeps its sentinel. */
-            int64_t bad_pad = 0;
-            const int64_t HVb = b.pool_buf.t.shape[1], R = b.pool_buf.t.shape[2], Cb = b.pool_buf.t.shape[3];
-            for (int64_t s = 0; s < c.P; s++)
-                for (int64_t h = 0; h < HVb; h++)
-                    for (int64_t x = 0; x < R; x++)
-                        for (int64_t y = 0; y < Cb; y++)
-                            if ((h >= c.spec.HV || y >= pool_cols(&c)) &&
-                                test_tensor_get(&b.pool_buf, (size_t)(((s * HVb + h) * R + x) * Cb + y)) != 7.0)
-                                bad_pad++;
-            CHECK(bad_pad == 0, "%s (ref %d): %lld padding elements of the pool written", label, reference,
-                  (long long)bad_pad);
-            free(old_pool);
-            test_tensor_free(&old);
-        }
+        check_untouched(&c, &b, before, want_pool, got_pool, n_pool, label, reference);
         if (getenv("FKDA_TEST_VERBOSE"))
             printf("  ref %d: out %.2e (bar %.1e) pool %.2e (bar %.1e)  %s\n", reference, e_out, bar_out, e_pool,
                    bar_pool, label);
