@@ -5,7 +5,7 @@
  *   splits      few (sequence, head) pairs and many threads: the fast path then splits the V
  *               value columns of each head into blocks, one per thread (fkda_split_columns).
  *               Thread counts 1..16 and V that give 1 to 7 blocks, a last partial block
- *               included, both pool layouts and dtypes; also the prefill with one head.
+ *               included, both pool layouts and dtypes (the prefill's: test_cpu_prefill.c).
  *   varlen + 2-D indices with accepted counts (cu_seqlens and speculative decoding together),
  *               and the message when a sequence has more tokens than T_max
  *   explicit scale, padded pools (slot, head and row padding whose bytes must survive),

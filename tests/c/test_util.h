@@ -65,7 +65,10 @@ float test_f16_to_f32(uint16_t x);
  *                        (3 sqrt(expected) + 2 elements), giving 2u sqrt(flips / count); for f32,
  *                        d + u32 + 1e-12
  *   test_bar_fast        a float32 path against the float64 reference, both rounded to `dtype`:
- *                        test_bar_rounded of test_bar_arith32 */
+ *                        test_bar_rounded of test_bar_arith32, the latter times sqrt(64 / count)
+ *                        for fewer than 64 elements (the norm of a few elements does not average
+ *                        their errors: one element's relative error after cancellation can be
+ *                        several times the typical one) */
 double test_unit_roundoff(fkda_dtype dtype);
 double test_bar_reference(fkda_dtype dtype);
 double test_bar_arith32(int64_t steps, int64_t K);
