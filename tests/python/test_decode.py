@@ -152,6 +152,28 @@ def test_varlen_2d_indices_accepted_tokens_one_head(rng, num_threads):
             np.testing.assert_array_equal(p[slot], pool[slot])
 
 
+@pytest.mark.parametrize("reference", [False, True])
+def test_padded_pool_view(rng, reference):
+    # The pool as a view of a larger array: 3 padding columns per row and a padding head per
+    # slot; the padding keeps its bytes, the view is updated like a contiguous pool.
+    N, H, K, V, P = 3, 2, 16, 24, 5
+    inputs = make_inputs(rng, B=N, T=1, H=H, K=K, V=V)
+    big = np.full((P, H + 1, K, V + 3), 7.0, np.float32)
+    pool = big[:, :H, :, :V]
+    pool[...] = rng.standard_normal(pool.shape)
+    assert not pool.flags.c_contiguous
+    before = pool.copy()
+    idx = np.array([4, np.iinfo(np.int32).min, 1], np.int32)
+    out = flash_kda.decode(**inputs, state_pool=pool, state_indices=idx, scale=-0.6,
+                           reference=reference, num_threads=4, **SAFE)
+    o_np, p_np = decode_pool(**inputs, pool=before, state_indices=idx, scale=-0.6, **SAFE_NP)
+    assert rel_err(out, o_np) < bar_for(inputs, reference=reference)
+    assert rel_err(pool, p_np) < bar_for(inputs, pool, reference=reference)
+    assert (big[:, H:] == 7.0).all() and (big[..., V:] == 7.0).all(), "padding written"
+    for slot in (0, 2, 3):
+        np.testing.assert_array_equal(pool[slot], before[slot])
+
+
 def test_varlen_sequence_longer_than_2d_indices(rng):
     cu = np.array([0, 1, 5], np.int64)  # sequence 1 has 4 tokens, T_max is 3
     inputs = make_inputs(rng, B=1, T=5, H=1, K=16, V=16)
