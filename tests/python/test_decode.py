@@ -137,7 +137,7 @@ def test_varlen_2d_indices_accepted_tokens_one_head(rng, num_threads):
     # V over the threads, an explicit scale, and the most negative index (not written / skip).
     lengths = [2, 0, 3, 1]
     cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-    T_max, H, K, V, P = 3, 1, 16, 128, 14
+    H, K, V, P = 1, 16, 128, 14  # T_max = 3 columns of idx
     inputs = make_inputs(rng, B=1, T=int(cu[-1]), H=H, K=K, V=V)
     pool = rng.standard_normal((P, H, K, V)).astype(np.float32)
     lowest = np.iinfo(np.int64).min
