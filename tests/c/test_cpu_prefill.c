@@ -5,7 +5,7 @@
  *   naive      written here, in double, straight from docs/design.md section 1 (pre-activations,
  *              head mapping, varlen, state layouts): an independent check of the reference
  *   reference  the library with device.reference = 1 (float64, token by token)
- *   fast       the library's chunked float32 path, on 1..4 threads
+ *   fast       the library's chunked float32 path, on 1..16 threads
  * Checks: reference == naive within the output rounding (test_bar_reference), fast == reference
  * within the float32 arithmetic and the roundings it flips (test_bar_fast), every
  * output element written (outputs are poisoned with NaN before each run), the bytes around a
