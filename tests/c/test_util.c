@@ -154,7 +154,7 @@ double test_bar_rounded(fkda_dtype dtype, double d, size_t count)
 {
     const double u = test_unit_roundoff(dtype);
     if (dtype == FKDA_DTYPE_F32 || count == 0) return d + test_bar_reference(dtype);
-    const double expected = (double)count * (2.0 * d / u < 1.0 ? 2.0 * d / u : 1.0);
+    const double expected = (double)count * (8.0 * d / u < 1.0 ? 8.0 * d / u : 1.0);
     double flips = expected + 3.0 * sqrt(expected) + 2.0;
     if (flips > (double)count) flips = (double)count;
     return d + 2.0 * u * sqrt(flips / (double)count);

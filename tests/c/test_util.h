@@ -59,9 +59,10 @@ float test_f16_to_f32(uint16_t x);
  *                        (measured on the CPU suites: 0.3 to 2 x u32 sqrt(K))
  *   test_bar_rounded     two values within relative error d of each other, each rounded to
  *                        `dtype`: d, plus the elements where the two land on different sides of
- *                        a rounding boundary, each off by at most 2u: a fraction of about 2d / u
- *                        of them (twice d / u: elements below the norm's scale have larger
- *                        relative errors), with a Poisson margin on small counts
+ *                        a rounding boundary, each off by at most 2u: a fraction of up to 8d / u
+ *                        of them (d / u if every element were off by d; elements below the norm's
+ *                        scale have larger relative errors, and the prefill's random cases show
+ *                        up to 4x that), with a Poisson margin on small counts
  *                        (3 sqrt(expected) + 2 elements), giving 2u sqrt(flips / count); for f32,
  *                        d + u32 + 1e-12
  *   test_bar_fast        a float32 path against the float64 reference, both rounded to `dtype`:
