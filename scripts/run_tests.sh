@@ -6,7 +6,7 @@
 #   2. ruff over the Python sources (the rules are in pyproject.toml)
 #   3. the C tests (ctest) in a Release build, which also compiles the GPU test programs
 #   4. the C tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CPU backend)
-#   5. the Python tests (pytest) against the installed package
+#   5. the Python tests (pytest) against the installed package, torch's included
 # The C builds here treat warnings as errors (FKDA_WERROR); a user's build does not.
 #
 # GPU tests run on a machine with a GPU through scripts/gpu_check.sh instead.
@@ -17,7 +17,10 @@ jobs=$(nproc 2>/dev/null || echo 2)
 echo "== python package (build/venv)"
 python3 -m venv build/venv
 build/venv/bin/python -m pip install -q --upgrade pip
-build/venv/bin/python -m pip install -q ".[test]"
+# The torch extra is for tests/python/test_torch_cpu.py: PyPI's default torch wheel, which brings
+# its CUDA libraries (about 2.5 GB to download, 5.4 GB installed, a minute or two); PyPI has no
+# CPU-only build under another name. The Python tests below require it (FKDA_REQUIRE_TORCH).
+build/venv/bin/python -m pip install -q ".[test,torch]"
 
 echo "== ruff"
 build/venv/bin/ruff check .
@@ -33,5 +36,6 @@ cmake --build build/asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ctest --test-dir build/asan --output-on-failure
 
 echo "== Python tests"
-(cd build && venv/bin/python -m pytest -q ../tests/python)
+# torch and ml_dtypes are installed above: their tests must run, not skip (tests/python/conftest.py).
+(cd build && FKDA_REQUIRE_TORCH=1 FKDA_REQUIRE_ML_DTYPES=1 venv/bin/python -m pytest -q ../tests/python)
 echo "== all tests passed"

@@ -130,6 +130,42 @@ float test_f16_to_f32(uint16_t h)
     return f;
 }
 
+double test_unit_roundoff(fkda_dtype dtype)
+{
+    switch (dtype) {
+    case FKDA_DTYPE_BF16: return 0x1.0p-8;
+    case FKDA_DTYPE_F16: return 0x1.0p-11;
+    default: return 0x1.0p-24;
+    }
+}
+
+double test_bar_reference(fkda_dtype dtype)
+{
+    return test_unit_roundoff(dtype) + test_unit_roundoff(FKDA_DTYPE_F32) + 1e-12;
+}
+
+double test_bar_arith32(int64_t steps, int64_t K)
+{
+    const double k = (double)(K < 16 ? 16 : K), t = (double)(steps < 0 ? 0 : steps);
+    return 4.0 * test_unit_roundoff(FKDA_DTYPE_F32) * sqrt(k) * (1.0 + log2(1.0 + t) / 4.0);
+}
+
+double test_bar_rounded(fkda_dtype dtype, double d, size_t count)
+{
+    const double u = test_unit_roundoff(dtype);
+    if (dtype == FKDA_DTYPE_F32 || count == 0) return d + test_bar_reference(dtype);
+    const double expected = (double)count * (8.0 * d / u < 1.0 ? 8.0 * d / u : 1.0);
+    double flips = expected + 3.0 * sqrt(expected) + 2.0;
+    if (flips > (double)count) flips = (double)count;
+    return d + 2.0 * u * sqrt(flips / (double)count);
+}
+
+double test_bar_fast(fkda_dtype dtype, int64_t steps, int64_t K, size_t count)
+{
+    const double few = count > 0 && count < 64 ? sqrt(64.0 / (double)count) : 1.0;
+    return test_bar_rounded(dtype, few * test_bar_arith32(steps, K), count);
+}
+
 test_tensor test_tensor_alloc(fkda_dtype dtype, int32_t ndim, const int64_t *shape)
 {
     test_tensor x;

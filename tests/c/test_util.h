@@ -43,6 +43,39 @@ float test_bf16_to_f32(uint16_t x);
 uint16_t test_f32_to_f16(float x);
 float test_f16_to_f32(uint16_t x);
 
+/* Error bars, each a function of what the compared results can reach. All are relative
+ * Frobenius errors (test_rel_error_d) of `count` elements of dtype `dtype`.
+ *   test_unit_roundoff   u of a dtype: the largest relative error of one round to nearest even,
+ *                        2^-24 (f32), 2^-11 (f16), 2^-8 (bf16)
+ *   test_bar_reference   a float64 computation narrowed to float, then to `dtype` (the float64
+ *                        reference), against an unrounded float64 model of the same math: only
+ *                        the narrowing separates them, at most u(dtype) + u(f32) per element and
+ *                        so in the norm; 1e-12 covers float64 arithmetic (exp, summation order)
+ *   test_bar_arith32     the float32 arithmetic of the fast paths against float64: per step a
+ *                        dot product of length K, whose random rounding errors add in quadrature
+ *                        (u32 sqrt(K), K counted as at least 16 so that tiny heads with
+ *                        cancellation keep some room); decays and the delta rule contract older
+ *                        errors, so a sequence adds only a slow log2(1 + T) growth; factor 4
+ *                        (measured on the CPU suites: 0.3 to 2 x u32 sqrt(K))
+ *   test_bar_rounded     two values within relative error d of each other, each rounded to
+ *                        `dtype`: d, plus the elements where the two land on different sides of
+ *                        a rounding boundary, each off by at most 2u: a fraction of up to 8d / u
+ *                        of them (d / u if every element were off by d; elements below the norm's
+ *                        scale have larger relative errors, and the prefill's random cases show
+ *                        up to 4x that), with a Poisson margin on small counts
+ *                        (3 sqrt(expected) + 2 elements), giving 2u sqrt(flips / count); for f32,
+ *                        d + u32 + 1e-12
+ *   test_bar_fast        a float32 path against the float64 reference, both rounded to `dtype`:
+ *                        test_bar_rounded of test_bar_arith32, the latter times sqrt(64 / count)
+ *                        for fewer than 64 elements (the norm of a few elements does not average
+ *                        their errors: one element's relative error after cancellation can be
+ *                        several times the typical one) */
+double test_unit_roundoff(fkda_dtype dtype);
+double test_bar_reference(fkda_dtype dtype);
+double test_bar_arith32(int64_t steps, int64_t K);
+double test_bar_rounded(fkda_dtype dtype, double d, size_t count);
+double test_bar_fast(fkda_dtype dtype, int64_t steps, int64_t K, size_t count);
+
 /* A host tensor that owns its memory (contiguous). */
 typedef struct test_tensor {
     fkda_tensor t;

@@ -44,3 +44,47 @@ def bfloat16_dtype():
     except ImportError:
         return None
     return np.dtype(ml_dtypes.bfloat16)
+
+
+# ---- error bars -------------------------------------------------------------------------------------
+#
+# Relative Frobenius error (kda_numpy.rel_err) allowed for a library result against kda_numpy's
+# unrounded float64, as a function of what the case can reach (the same rules as the C tests'
+# test_util.h):
+#   the final rounding    the result is stored in its dtype, rounding to nearest: at most
+#                         u(dtype) per element and so in the norm (u = 2^-24 f32, 2^-11 f16,
+#                         2^-8 bf16), plus u(f32) for the float64 reference's narrowing to float
+#                         first
+#   float32 arithmetic    the fast path only: per token a dot product of length K whose random
+#                         rounding errors add in quadrature (u32 sqrt(K), K at least 16); decays
+#                         and the delta rule contract older errors, so a sequence of T tokens adds
+#                         a slow log2(1 + T) growth; factor 4
+#   state roundings       a state stored into a pool or state of dtype d between calls, r times:
+#                         u(d) / sqrt(3) each (the root mean square of a uniform rounding error),
+#                         adding in quadrature
+
+U32 = 2.0 ** -24
+
+
+def unit_roundoff(dtype):
+    """u of a NumPy, ml_dtypes or torch float dtype."""
+    name = str(dtype).replace("torch.", "")
+    name = np.dtype(dtype).name if name not in ("float32", "float16", "bfloat16") else name
+    return {"float32": U32, "float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}[name]
+
+
+def bar(dtype=np.float32, T=1, K=16, *, reference=False, state_dtype=None, state_roundings=0):
+    """The error bar of a result of `dtype` from T tokens of heads of size K (see above)."""
+    b = unit_roundoff(dtype) + U32 + 1e-12
+    if not reference:
+        b += 4.0 * U32 * np.sqrt(max(K, 16)) * (1.0 + np.log2(1.0 + T) / 4.0)
+    if state_roundings:
+        b += unit_roundoff(state_dtype) / np.sqrt(3.0) * np.sqrt(state_roundings)
+    return b
+
+
+def bar_for(inputs, result=None, **kw):
+    """bar() for a result (default: an output, v's dtype) computed from these token inputs."""
+    q = inputs["q"]
+    dtype = (inputs["v"] if result is None else result).dtype
+    return bar(dtype, T=q.shape[1], K=q.shape[3], **kw)

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import flash_kda
@@ -106,4 +105,14 @@ def test_public_api():
     for name in ("prefill", "decode", "fwd", "chunk_kda", "fused_recurrent_kda",
                  "fused_recurrent_kda_fwd"):
         assert callable(getattr(flash_kda, name))
-    assert np.dtype(np.float32)  # NumPy is the only hard dependency
+
+
+def test_numpy_is_the_only_dependency_imported():
+    # A fresh interpreter: every top-level module `import flash_kda` brings in is either the
+    # standard library's, NumPy's or the package's own (ml_dtypes and torch only when used).
+    code = ("import sys; before = set(sys.modules); import flash_kda; "
+            "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
+            "sys.stdout.write(' '.join(sorted(n for n in new if n not in sys.stdlib_module_names)))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    assert set(r.stdout.split()) == {"flash_kda", "numpy"}

@@ -6,7 +6,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import flash_kda  # noqa: E402
-from helpers import gate_params, make_inputs  # noqa: E402
+from helpers import bar_for, gate_params, make_inputs  # noqa: E402
 from kda_numpy import decode_pool, kda, rel_err  # noqa: E402
 
 SAFE = dict(gate="lower_bound", lower_bound=-5.0, use_qk_l2norm=True, use_beta_sigmoid=True)
@@ -24,9 +24,8 @@ def as_numpy(d):
     return {n: x.float().numpy() for n, x in d.items()}
 
 
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-3),
-                                       (torch.bfloat16, 1e-2)])
-def test_prefill_torch_dtypes(rng, dtype, tol):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_prefill_torch_dtypes(rng, dtype):
     H, K, V = 2, 16, 32
     x = to_torch(make_inputs(rng, B=2, T=33, H=H, K=K, V=V), dtype)
     A_log, dt_bias = gate_params(rng, H, K)
@@ -35,8 +34,8 @@ def test_prefill_torch_dtypes(rng, dtype, tol):
                           final_state=final, **SAFE)
     assert isinstance(o, torch.Tensor) and o.dtype == dtype and o.shape == x["v"].shape
     o_np, s_np = kda(**as_numpy(x), A_log=A_log, dt_bias=dt_bias, **NP_SAFE)
-    assert rel_err(o.float().numpy(), o_np) < tol
-    assert rel_err(final.numpy(), s_np) < max(tol, 1e-5)
+    assert rel_err(o.float().numpy(), o_np) < bar_for(x, o)
+    assert rel_err(final.numpy(), s_np) < bar_for(x, final)
 
 
 def test_non_contiguous_tensors(rng):
@@ -49,7 +48,7 @@ def test_non_contiguous_tensors(rng):
     assert not t["q"].is_contiguous()
     o = flash_kda.prefill(**t, **SAFE)
     o_np, _ = kda(**x, **NP_SAFE)
-    assert rel_err(o.numpy(), o_np) < 1e-5
+    assert rel_err(o.numpy(), o_np) < bar_for(x, o)
 
 
 def test_chunk_kda_and_fwd_torch(rng):
@@ -70,7 +69,8 @@ def test_chunk_kda_and_fwd_torch(rng):
     torch.testing.assert_close(final, ht, rtol=0, atol=0)
     o_np, s_np = kda(**as_numpy(x), initial_state=h0.numpy(), state_v_first=True,
                      A_log=A_log.numpy(), dt_bias=dt_bias.numpy(), **NP_SAFE)
-    assert rel_err(o.float().numpy(), o_np) < 1e-2 and rel_err(ht.numpy(), s_np) < 1e-5
+    assert rel_err(o.float().numpy(), o_np) < bar_for(x, o)
+    assert rel_err(ht.numpy(), s_np) < bar_for(x, ht)
 
 
 @pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
@@ -88,7 +88,8 @@ def test_fused_recurrent_kda_fwd_pool_in_place(rng, index_dtype):
     assert state is pool
     o_np, p_np = decode_pool(**as_numpy(x), pool=before.float().numpy(),
                              state_indices=idx.numpy(), **NP_SAFE)
-    assert rel_err(out.numpy(), o_np) < 1e-5 and rel_err(pool.float().numpy(), p_np) < 1e-2
+    assert rel_err(out.numpy(), o_np) < bar_for(x, out)
+    assert rel_err(pool.float().numpy(), p_np) < bar_for(x, pool)
     assert torch.equal(pool[0], before[0]) and torch.equal(pool[2], before[2])
     assert (out[1] == 0).all()
 
@@ -99,7 +100,7 @@ def test_fused_recurrent_kda_torch(rng):
     o, ht = flash_kda.fused_recurrent_kda(**x, initial_state=h0, output_final_state=True,
                                           use_qk_l2norm_in_kernel=True)
     o_np, s_np = kda(**as_numpy(x), initial_state=h0.numpy(), l2norm_qk=True)
-    assert rel_err(o.numpy(), o_np) < 1e-5 and rel_err(ht.numpy(), s_np) < 1e-5
+    assert rel_err(o.numpy(), o_np) < bar_for(x, o) and rel_err(ht.numpy(), s_np) < bar_for(x, ht)
 
 
 def test_numpy_and_torch_cpu_mix(rng):
@@ -108,7 +109,7 @@ def test_numpy_and_torch_cpu_mix(rng):
     out = torch.empty(1, 10, 1, 16)
     flash_kda.prefill(**t, out=out, **SAFE)
     o_np, _ = kda(**x, **NP_SAFE)
-    assert rel_err(out.numpy(), o_np) < 1e-5
+    assert rel_err(out.numpy(), o_np) < bar_for(x, out)
 
 
 def test_autograd_is_refused(rng):
@@ -140,3 +141,29 @@ def test_empty_tensors(rng):
     o = flash_kda.prefill(**x, initial_state=h0, final_state=final, **SAFE)
     assert o.shape == (1, 0, 1, 16)
     assert torch.equal(final, h0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stores_round_like_torch(rng, dtype):
+    # The exact problem of test_decode.py (q = k = e_0, no decay, b = 0.5): the state's row 0
+    # becomes m = (s + v) / 2 and out fl32(scale * m), exactly; torch's own float32 -> bf16 /
+    # f16 conversion (round to nearest even) must give the same bits as the library's stores.
+    K, V, scale = 16, 256, 1.2345678
+    mag = torch.from_numpy(np.exp2(rng.integers(-6, 7, size=V)).astype(np.float32))
+    s = (mag * torch.from_numpy(rng.standard_normal(V).astype(np.float32))).to(dtype).float()
+    v = (mag * torch.from_numpy(rng.standard_normal(V).astype(np.float32))).to(dtype).float()
+    m = s + 0.5 * (v - s)
+    exact = (s.double() + 0.5 * (v.double() - s.double())) == m.double()
+    s, v, m = (torch.where(exact, x, torch.ones_like(x)) for x in (s, v, m))
+    q = torch.zeros(1, 1, 1, K, dtype=dtype)
+    q[..., 0] = 1
+    pool = torch.randn(2, 1, K, V)
+    pool[1, 0, 0] = s
+    out = flash_kda.decode(q, q, v.to(dtype).view(1, 1, 1, V), torch.zeros(1, 1, 1, K),
+                           torch.full((1, 1, 1), 0.5), pool, state_indices=torch.tensor([1]),
+                           scale=scale, num_threads=3)
+    want = (torch.tensor(scale, dtype=torch.float32) * m).to(dtype)
+    got_bits, want_bits = out.view(V).view(torch.int16), want.view(torch.int16)
+    same = (got_bits == want_bits) | ((got_bits | want_bits) & 0x7FFF == 0)
+    assert same.all(), f"{(~same).sum().item()} of {V} outputs differ from torch's rounding"
+    assert torch.equal(pool[1, 0, 0], m)  # a float32 state keeps m exactly
