@@ -95,12 +95,18 @@ int main(int argc, char **argv)
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int64_t *target = NULL;
-        if (!strcmp(a, "--B")) target = &B;
-        else if (!strcmp(a, "--T")) target = &T;
-        else if (!strcmp(a, "--H")) target = &H;
-        else if (!strcmp(a, "--HV")) target = &HV;
-        else if (!strcmp(a, "--K")) target = &K;
-        else if (!strcmp(a, "--V")) target = &V;
+        if (!strcmp(a, "--B"))
+            target = &B;
+        else if (!strcmp(a, "--T"))
+            target = &T;
+        else if (!strcmp(a, "--H"))
+            target = &H;
+        else if (!strcmp(a, "--HV"))
+            target = &HV;
+        else if (!strcmp(a, "--K"))
+            target = &K;
+        else if (!strcmp(a, "--V"))
+            target = &V;
         if (target && i + 1 < argc) {
             *target = atoll(argv[++i]);
         } else if (!strcmp(a, "--threads") && i + 1 < argc) {
@@ -150,8 +156,7 @@ int main(int argc, char **argv)
     const double flops = 6.0 * (double)K * (double)V * (double)(B * T * HV);
     printf("bench_cpu: B=%lld T=%lld H=%lld HV=%lld K=%lld V=%lld, f32 inputs, safe gate, "
            "threads=%d (0: all cores)\n",
-           (long long)B, (long long)T, (long long)H, (long long)HV, (long long)K, (long long)V,
-           threads);
+           (long long)B, (long long)T, (long long)H, (long long)HV, (long long)K, (long long)V, threads);
 
     fkda_device device = {FKDA_DEVICE_CPU, 0, NULL, threads, 0};
     args.out = fkda_make_tensor(out_fast, FKDA_DTYPE_F32, 4, (const int64_t[]){B, T, HV, V});
@@ -162,8 +167,8 @@ int main(int argc, char **argv)
         if (s < 0) return 1;
         if (r > 0 && s < best) best = s;
     }
-    printf("  fast (chunked, f32)     %10.4f s  %12.0f tokens/s  %8.2f GFLOP/s\n", best,
-           (double)(B * T) / best, flops / best * 1e-9);
+    printf("  fast (chunked, f32)     %10.4f s  %12.0f tokens/s  %8.2f GFLOP/s\n", best, (double)(B * T) / best,
+           flops / best * 1e-9);
 
     if (reference) {
         device.reference = 1;
@@ -171,13 +176,22 @@ int main(int argc, char **argv)
         args.final_state = fkda_make_tensor(state_ref, FKDA_DTYPE_F32, 4, (const int64_t[]){B, HV, K, V});
         double s = run_once(&args, &device);
         if (s < 0) return 1;
-        printf("  reference (token, f64)  %10.4f s  %12.0f tokens/s  %8.2f GFLOP/s\n", s,
-               (double)(B * T) / s, flops / s * 1e-9);
+        printf("  reference (token, f64)  %10.4f s  %12.0f tokens/s  %8.2f GFLOP/s\n", s, (double)(B * T) / s,
+               flops / s * 1e-9);
         printf("  speedup %.1fx; relative error: out %.3e, final state %.3e\n", s / best,
                rel_error(out_fast, out_ref, nv), rel_error(state_fast, state_ref, ns));
     }
 
-    free(q); free(k); free(v); free(g); free(beta); free(A_log); free(dt_bias);
-    free(out_fast); free(out_ref); free(state_fast); free(state_ref);
+    free(q);
+    free(k);
+    free(v);
+    free(g);
+    free(beta);
+    free(A_log);
+    free(dt_bias);
+    free(out_fast);
+    free(out_ref);
+    free(state_fast);
+    free(state_ref);
     return 0;
 }

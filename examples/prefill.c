@@ -79,8 +79,8 @@ int main(void)
     }
     double err_out = rel_err(out, out_ref, nv), err_state = rel_err(ht, ht_ref, ns);
     printf("flashkda %s: T=%d H=%d K=%d V=%d, largest error against float64 (relative to the "
-           "largest value): output %.2e, final state %.2e\n", fkda_version(), T, H, K, V, err_out,
-           err_state);
+           "largest value): output %.2e, final state %.2e\n",
+           fkda_version(), T, H, K, V, err_out, err_state);
 
     /* A wrong argument is refused with a message naming it, and nothing is written. */
     a.v.shape[2] = 3;

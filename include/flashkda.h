@@ -106,10 +106,7 @@ typedef struct fkda_tensor {
     uint32_t flags;
 } fkda_tensor;
 
-typedef enum fkda_device_type {
-    FKDA_DEVICE_CPU = 0,
-    FKDA_DEVICE_CUDA = 1
-} fkda_device_type;
+typedef enum fkda_device_type { FKDA_DEVICE_CPU = 0, FKDA_DEVICE_CUDA = 1 } fkda_device_type;
 
 typedef struct fkda_device {
     fkda_device_type type;
@@ -134,7 +131,7 @@ typedef enum fkda_gate {
 } fkda_gate;
 
 typedef struct fkda_options {
-    double scale;             /* output scale; 0 selects the default K^-0.5 */
+    double scale; /* output scale; 0 selects the default K^-0.5 */
     fkda_gate gate;
     double lower_bound;       /* FKDA_GATE_LOWER_BOUND only: finite and < 0 */
     int32_t use_qk_l2norm;    /* q, k <- x / sqrt(sum(x^2) + 1e-6), in float32 */
@@ -180,14 +177,14 @@ typedef struct fkda_prefill_args {
 
 /* Bytes of workspace fkda_prefill needs for these arguments on this device (may be 0). The
  * answer depends only on the shapes, dtypes and options, not on any tensor's contents. */
-FKDA_API fkda_status fkda_prefill_workspace_size(const fkda_prefill_args *args,
-                                                 const fkda_device *device, size_t *bytes);
+FKDA_API fkda_status fkda_prefill_workspace_size(const fkda_prefill_args *args, const fkda_device *device,
+                                                 size_t *bytes);
 
 /* Runs the prefill. `workspace` is memory on the device, at least the queried size, aligned to
  * 256 bytes; it may be NULL when the size is 0. On the CUDA device the call is asynchronous on
  * the stream and allocates nothing. */
-FKDA_API fkda_status fkda_prefill(const fkda_prefill_args *args, const fkda_device *device,
-                                  void *workspace, size_t workspace_bytes);
+FKDA_API fkda_status fkda_prefill(const fkda_prefill_args *args, const fkda_device *device, void *workspace,
+                                  size_t workspace_bytes);
 
 /* ------------------------------------------------------------------------------------------------
  * Decode: the recurrent form, states updated in place in a pool
@@ -223,19 +220,17 @@ typedef struct fkda_decode_args {
     fkda_options options;
 } fkda_decode_args;
 
-FKDA_API fkda_status fkda_decode_workspace_size(const fkda_decode_args *args,
-                                                const fkda_device *device, size_t *bytes);
+FKDA_API fkda_status fkda_decode_workspace_size(const fkda_decode_args *args, const fkda_device *device, size_t *bytes);
 
-FKDA_API fkda_status fkda_decode(const fkda_decode_args *args, const fkda_device *device,
-                                 void *workspace, size_t workspace_bytes);
+FKDA_API fkda_status fkda_decode(const fkda_decode_args *args, const fkda_device *device, void *workspace,
+                                 size_t workspace_bytes);
 
 /* ------------------------------------------------------------------------------------------------
  * Helpers for building tensors
  * --------------------------------------------------------------------------------------------- */
 
 /* A contiguous (row-major) tensor of the given shape; ndim 1..FKDA_MAX_DIMS. */
-FKDA_API fkda_tensor fkda_make_tensor(void *data, fkda_dtype dtype, int32_t ndim,
-                                      const int64_t *shape);
+FKDA_API fkda_tensor fkda_make_tensor(void *data, fkda_dtype dtype, int32_t ndim, const int64_t *shape);
 
 /* Bytes of one element of a dtype (0 for an unknown value). */
 FKDA_API size_t fkda_dtype_size(fkda_dtype dtype);

@@ -3,7 +3,8 @@
 #
 #   1. installs the Python package into a private virtual environment (build/venv); this builds
 #      libflashkda with the CUDA backend when nvcc is found, exactly as a user's `pip install .`
-#   2. ruff over the Python sources (the rules are in pyproject.toml)
+#   2. style: ruff over the Python sources (its rules are in pyproject.toml) and clang-format over
+#      the C and CUDA sources (.clang-format), both as checks that change nothing
 #   3. the C tests (ctest) in a Release build, which also compiles the GPU test programs
 #   4. the C tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CPU backend)
 #   5. the Python tests (pytest) against the installed package, torch's included
@@ -22,8 +23,9 @@ build/venv/bin/python -m pip install -q --upgrade pip
 # CPU-only build under another name. The Python tests below require it (FKDA_REQUIRE_TORCH).
 build/venv/bin/python -m pip install -q ".[test,torch]"
 
-echo "== ruff"
+echo "== style (ruff, clang-format)"
 build/venv/bin/ruff check .
+git ls-files '*.c' '*.h' '*.cu' '*.cuh' | xargs -r clang-format --dry-run --Werror
 
 echo "== C tests, Release"
 cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Release -DFKDA_WERROR=ON >/dev/null

@@ -45,8 +45,8 @@ static fkda_status validate_decode(const fkda_decode_args *a, const fkda_device 
 {
     if (a == NULL) return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "args: is NULL");
     TRY(fkda_validate_device(device));
-    fkda_token_inputs in = {&a->q, &a->k, &a->v, &a->g, &a->beta, &a->A_log, &a->dt_bias,
-                            &a->cu_seqlens, &a->out, &a->options};
+    fkda_token_inputs in = {&a->q,     &a->k,       &a->v,          &a->g,   &a->beta,
+                            &a->A_log, &a->dt_bias, &a->cu_seqlens, &a->out, &a->options};
     TRY(fkda_validate_token_inputs(&in, device, FKDA_OP_DECODE, p));
 
     if (!fkda_tensor_present(&a->state_pool))
@@ -94,11 +94,21 @@ static fkda_status validate_decode(const fkda_decode_args *a, const fkda_device 
      * (out against the per-token inputs was checked with them). */
     const fkda_tensor none = {0};
     const int gated = p->gate != FKDA_GATE_NONE; /* A_log and dt_bias are read (and validated) */
-    const struct { const fkda_tensor *t; const char *name; } others[] = {
-        {&a->q, "q"}, {&a->k, "k"}, {&a->v, "v"}, {&a->g, "g"}, {&a->beta, "beta"},
-        {gated ? &a->A_log : &none, "A_log"}, {gated ? &a->dt_bias : &none, "dt_bias"},
-        {&a->cu_seqlens, "cu_seqlens"}, {&a->out, "out"},
-        {&a->state_indices, "state_indices"}, {&a->num_accepted_tokens, "num_accepted_tokens"},
+    const struct {
+        const fkda_tensor *t;
+        const char *name;
+    } others[] = {
+        {&a->q, "q"},
+        {&a->k, "k"},
+        {&a->v, "v"},
+        {&a->g, "g"},
+        {&a->beta, "beta"},
+        {gated ? &a->A_log : &none, "A_log"},
+        {gated ? &a->dt_bias : &none, "dt_bias"},
+        {&a->cu_seqlens, "cu_seqlens"},
+        {&a->out, "out"},
+        {&a->state_indices, "state_indices"},
+        {&a->num_accepted_tokens, "num_accepted_tokens"},
     };
     for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
         TRY(fkda_check_disjoint(&a->state_pool, "state_pool", others[i].t, others[i].name));

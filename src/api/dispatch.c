@@ -29,14 +29,15 @@ fkda_status fkda_dispatch_run(const fkda_problem *p, void *workspace, size_t wor
     if (s != FKDA_OK) return s;
     if (needed > 0) {
         if (workspace == NULL)
-            return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: is NULL, but this call needs %zu bytes "
-                                                   "(ask fkda_*_workspace_size first)", needed);
+            return fkda_fail(FKDA_ERROR_WORKSPACE,
+                             "workspace: is NULL, but this call needs %zu bytes "
+                             "(ask fkda_*_workspace_size first)",
+                             needed);
         if (workspace_bytes < needed)
-            return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace_bytes: %zu given, this call needs %zu",
-                             workspace_bytes, needed);
+            return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace_bytes: %zu given, this call needs %zu", workspace_bytes,
+                             needed);
         if ((uintptr_t)workspace % FKDA_WORKSPACE_ALIGNMENT != 0)
-            return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: must be aligned to %d bytes",
-                             FKDA_WORKSPACE_ALIGNMENT);
+            return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: must be aligned to %d bytes", FKDA_WORKSPACE_ALIGNMENT);
     }
     if (p->device.type == FKDA_DEVICE_CPU)
         return p->op == FKDA_OP_PREFILL ? fkda_cpu_prefill(p, workspace, workspace_bytes)

@@ -10,8 +10,8 @@ static fkda_status validate_prefill(const fkda_prefill_args *a, const fkda_devic
 {
     if (a == NULL) return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "args: is NULL");
     TRY(fkda_validate_device(device));
-    fkda_token_inputs in = {&a->q, &a->k, &a->v, &a->g, &a->beta, &a->A_log, &a->dt_bias,
-                            &a->cu_seqlens, &a->out, &a->options};
+    fkda_token_inputs in = {&a->q,     &a->k,       &a->v,          &a->g,   &a->beta,
+                            &a->A_log, &a->dt_bias, &a->cu_seqlens, &a->out, &a->options};
     TRY(fkda_validate_token_inputs(&in, device, FKDA_OP_PREFILL, p));
     p->pool_size = p->N;
 
@@ -22,10 +22,19 @@ static fkda_status validate_prefill(const fkda_prefill_args *a, const fkda_devic
         TRY(fkda_validate_state(f, "final_state", p, p->N, 1, &p->state_out, NULL));
         const fkda_tensor none = {0};
         const int gated = p->gate != FKDA_GATE_NONE; /* A_log and dt_bias are read (and validated) */
-        const struct { const fkda_tensor *t; const char *name; } others[] = {
-            {&a->q, "q"}, {&a->k, "k"}, {&a->v, "v"}, {&a->g, "g"}, {&a->beta, "beta"},
-            {gated ? &a->A_log : &none, "A_log"}, {gated ? &a->dt_bias : &none, "dt_bias"},
-            {&a->cu_seqlens, "cu_seqlens"}, {&a->out, "out"},
+        const struct {
+            const fkda_tensor *t;
+            const char *name;
+        } others[] = {
+            {&a->q, "q"},
+            {&a->k, "k"},
+            {&a->v, "v"},
+            {&a->g, "g"},
+            {&a->beta, "beta"},
+            {gated ? &a->A_log : &none, "A_log"},
+            {gated ? &a->dt_bias : &none, "dt_bias"},
+            {&a->cu_seqlens, "cu_seqlens"},
+            {&a->out, "out"},
         };
         for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
             TRY(fkda_check_disjoint(f, "final_state", others[i].t, others[i].name));

@@ -32,8 +32,10 @@ fkda_status fkda_validate_device(const fkda_device *device)
 static fkda_status validate_options(const fkda_options *o, fkda_problem *p)
 {
     if (!(fabs(o->scale) <= FKDA_MAX_OPTION_MAGNITUDE))
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "options.scale: must be finite and at most %g in "
-                         "magnitude, got %g (0 selects K^-0.5)", FKDA_MAX_OPTION_MAGNITUDE, o->scale);
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
+                         "options.scale: must be finite and at most %g in "
+                         "magnitude, got %g (0 selects K^-0.5)",
+                         FKDA_MAX_OPTION_MAGNITUDE, o->scale);
     p->scale = o->scale == 0.0 ? (float)(1.0 / sqrt((double)p->K)) : (float)o->scale;
     if (o->gate != FKDA_GATE_NONE && o->gate != FKDA_GATE_LOWER_BOUND && o->gate != FKDA_GATE_SOFTPLUS)
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "options.gate: %d is not an fkda_gate value", (int)o->gate);
@@ -48,8 +50,9 @@ static fkda_status validate_options(const fkda_options *o, fkda_problem *p)
         p->lower_bound = (float)o->lower_bound;
     }
     if (o->allow_neg_eigval && !o->use_beta_sigmoid)
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
-                         "options.allow_neg_eigval: needs options.use_beta_sigmoid (it scales sigmoid(beta) to [0, 2))");
+        return fkda_fail(
+            FKDA_ERROR_INVALID_ARGUMENT,
+            "options.allow_neg_eigval: needs options.use_beta_sigmoid (it scales sigmoid(beta) to [0, 2))");
     p->use_qk_l2norm = o->use_qk_l2norm != 0;
     p->use_beta_sigmoid = o->use_beta_sigmoid != 0;
     p->allow_neg_eigval = o->allow_neg_eigval != 0;
@@ -68,8 +71,8 @@ static fkda_status check_cu_seqlens_contents(const fkda_problem *p)
                              (long long)c);
         if (c < prev)
             return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
-                             "cu_seqlens: must not decrease, got cu_seqlens[%lld] = %lld after %lld",
-                             (long long)n, (long long)c, (long long)prev);
+                             "cu_seqlens: must not decrease, got cu_seqlens[%lld] = %lld after %lld", (long long)n,
+                             (long long)c, (long long)prev);
         prev = c;
     }
     if (prev != p->T)
@@ -79,8 +82,8 @@ static fkda_status check_cu_seqlens_contents(const fkda_problem *p)
     return FKDA_OK;
 }
 
-fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_device *device,
-                                       fkda_op_kind op, fkda_problem *p)
+fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_device *device, fkda_op_kind op,
+                                       fkda_problem *p)
 {
     memset(p, 0, sizeof *p);
     p->op = op;
@@ -90,16 +93,15 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
     /* q fixes B, T, H, K and the input dtype; everything else is checked against it. */
     TRY(fkda_check_layout(in->q, "q"));
     TRY(fkda_check_dtype(in->q, "q", FKDA_FLOAT_DTYPES, "float32, float16 or bfloat16"));
-    if (in->q->ndim != 4)
-        return fkda_check_shape(in->q, "q", "[B, T, H, K]", 4, (const int64_t[]){-1, -1, -1, -1});
+    if (in->q->ndim != 4) return fkda_check_shape(in->q, "q", "[B, T, H, K]", 4, (const int64_t[]){-1, -1, -1, -1});
     p->B = in->q->shape[0];
     p->T = in->q->shape[1];
     p->H = in->q->shape[2];
     p->K = in->q->shape[3];
     if (p->H < 1) return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "q: H (dimension 2) must be at least 1");
     if (p->K < 1 || p->K > FKDA_MAX_HEAD_DIM)
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "q: K = %lld; the key head dim must be 1 to %d",
-                         (long long)p->K, FKDA_MAX_HEAD_DIM);
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "q: K = %lld; the key head dim must be 1 to %d", (long long)p->K,
+                         FKDA_MAX_HEAD_DIM);
 
     TRY(fkda_check_layout(in->k, "k"));
     TRY(fkda_check_shape(in->k, "k", "[B, T, H, K] (as q)", 4, (const int64_t[]){p->B, p->T, p->H, p->K}));
@@ -108,8 +110,7 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
                          fkda_dtype_name(in->q->dtype));
 
     TRY(fkda_check_layout(in->v, "v"));
-    if (in->v->ndim != 4)
-        return fkda_check_shape(in->v, "v", "[B, T, HV, V]", 4, (const int64_t[]){-1, -1, -1, -1});
+    if (in->v->ndim != 4) return fkda_check_shape(in->v, "v", "[B, T, HV, V]", 4, (const int64_t[]){-1, -1, -1, -1});
     p->HV = in->v->shape[2];
     p->V = in->v->shape[3];
     TRY(fkda_check_shape(in->v, "v", "[B, T, HV, V] (B and T of q)", 4, (const int64_t[]){p->B, p->T, -1, -1}));
@@ -118,8 +119,8 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
                          fkda_dtype_name(in->q->dtype));
     if (p->HV < 1 || p->HV % p->H != 0)
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
-                         "v: HV = %lld value heads must be a positive multiple of H = %lld qk heads",
-                         (long long)p->HV, (long long)p->H);
+                         "v: HV = %lld value heads must be a positive multiple of H = %lld qk heads", (long long)p->HV,
+                         (long long)p->H);
     if (p->V < 1 || p->V > FKDA_MAX_HEAD_DIM)
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "v: V = %lld; the value head dim must be 1 to %d",
                          (long long)p->V, FKDA_MAX_HEAD_DIM);
@@ -136,7 +137,8 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
     TRY(fkda_check_layout(in->out, "out"));
     TRY(fkda_check_shape(in->out, "out", "[B, T, HV, V]", 4, (const int64_t[]){p->B, p->T, p->HV, p->V}));
     if (in->out->dtype != in->v->dtype)
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "out: dtype %s differs from v's %s (the output has the input dtype)",
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
+                         "out: dtype %s differs from v's %s (the output has the input dtype)",
                          fkda_dtype_name(in->out->dtype), fkda_dtype_name(in->v->dtype));
     TRY(fkda_check_writable(in->out, "out"));
 
@@ -197,9 +199,17 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
     /* The output must not alias any input this call reads (A_log and dt_bias are not read, and
      * not validated, without a gate in the kernel). */
     const fkda_tensor none = {0};
-    const struct { const fkda_tensor *t; const char *name; } inputs[] = {
-        {in->q, "q"}, {in->k, "k"}, {in->v, "v"}, {in->g, "g"}, {in->beta, "beta"},
-        {gate_in_kernel ? in->A_log : &none, "A_log"}, {gate_in_kernel ? in->dt_bias : &none, "dt_bias"},
+    const struct {
+        const fkda_tensor *t;
+        const char *name;
+    } inputs[] = {
+        {in->q, "q"},
+        {in->k, "k"},
+        {in->v, "v"},
+        {in->g, "g"},
+        {in->beta, "beta"},
+        {gate_in_kernel ? in->A_log : &none, "A_log"},
+        {gate_in_kernel ? in->dt_bias : &none, "dt_bias"},
         {in->cu_seqlens, "cu_seqlens"},
     };
     for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++)
@@ -214,8 +224,8 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
     return FKDA_OK;
 }
 
-fkda_status fkda_validate_state(const fkda_tensor *t, const char *name, const fkda_problem *p,
-                                int64_t slots, int is_output, fkda_operand *op, int64_t *slots_out)
+fkda_status fkda_validate_state(const fkda_tensor *t, const char *name, const fkda_problem *p, int64_t slots,
+                                int is_output, fkda_operand *op, int64_t *slots_out)
 {
     static const int kv_order[4] = {0, 1, 2, 3}; /* memory [n, h, K, V] */
     static const int vk_order[4] = {0, 1, 3, 2}; /* memory [n, h, V, K]: swap to [n, h, K, V] */
@@ -223,8 +233,9 @@ fkda_status fkda_validate_state(const fkda_tensor *t, const char *name, const fk
     TRY(fkda_check_dtype(t, name, FKDA_STATE_DTYPES, "float32 or bfloat16"));
     int64_t d2 = p->state_v_first ? p->V : p->K, d3 = p->state_v_first ? p->K : p->V;
     /* slots < 0: a pool of any number of slots (decode); else one state per sequence. */
-    const char *dims = slots < 0 ? (p->state_v_first ? "[num_slots, HV, V, K] (state_v_first)" : "[num_slots, HV, K, V]")
-                                 : (p->state_v_first ? "[N, HV, V, K] (state_v_first)" : "[N, HV, K, V]");
+    const char *dims = slots < 0
+                           ? (p->state_v_first ? "[num_slots, HV, V, K] (state_v_first)" : "[num_slots, HV, K, V]")
+                           : (p->state_v_first ? "[N, HV, V, K] (state_v_first)" : "[N, HV, K, V]");
     TRY(fkda_check_shape(t, name, dims, 4, (const int64_t[]){slots, p->HV, d2, d3}));
     if (is_output) TRY(fkda_check_writable(t, name));
     fkda_to_operand(t, p->state_v_first ? vk_order : kv_order, op);

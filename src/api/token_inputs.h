@@ -17,12 +17,12 @@ typedef struct fkda_token_inputs {
 
 fkda_status fkda_validate_device(const fkda_device *device);
 
-fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_device *device,
-                                       fkda_op_kind op, fkda_problem *p);
+fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_device *device, fkda_op_kind op,
+                                       fkda_problem *p);
 
 /* A state tensor ([slots, HV, K, V], or [slots, HV, V, K] when state_v_first) into canonical
  * order. `slots` is the expected first dimension (-1: any, then read back from *slots_out). */
-fkda_status fkda_validate_state(const fkda_tensor *t, const char *name, const fkda_problem *p,
-                                int64_t slots, int is_output, fkda_operand *op, int64_t *slots_out);
+fkda_status fkda_validate_state(const fkda_tensor *t, const char *name, const fkda_problem *p, int64_t slots,
+                                int is_output, fkda_operand *op, int64_t *slots_out);
 
 #endif /* FKDA_API_TOKEN_INPUTS_H */

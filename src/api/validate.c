@@ -51,16 +51,15 @@ const char *fkda_format_shape(char *buf, size_t size, int ndim, const int64_t *s
 fkda_status fkda_check_layout(const fkda_tensor *t, const char *name)
 {
     if (t->ndim < 1 || t->ndim > FKDA_MAX_DIMS)
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: ndim is %d; expected 1 to %d dimensions",
-                         name, (int)t->ndim, FKDA_MAX_DIMS);
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: ndim is %d; expected 1 to %d dimensions", name, (int)t->ndim,
+                         FKDA_MAX_DIMS);
     size_t esize = fkda_dtype_size(t->dtype);
-    if (esize == 0)
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: unknown dtype value %d", name, (int)t->dtype);
+    if (esize == 0) return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: unknown dtype value %d", name, (int)t->dtype);
     int empty = 0;
     for (int i = 0; i < t->ndim; i++) {
         if (t->shape[i] < 0 || t->shape[i] > FKDA_MAX_ELEMENTS)
-            return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: size %lld of dimension %d is out of range",
-                             name, (long long)t->shape[i], i);
+            return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: size %lld of dimension %d is out of range", name,
+                             (long long)t->shape[i], i);
         empty |= t->shape[i] == 0;
     }
     /* A tensor without elements is never addressed: frameworks give such tensors odd strides
@@ -87,12 +86,11 @@ fkda_status fkda_check_layout(const fkda_tensor *t, const char *name)
     int last = t->ndim - 1;
     if (t->shape[last] > 1 && t->stride[last] != 1)
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
-                         "%s: the last dimension must be contiguous (stride 1), got stride %lld",
-                         name, (long long)t->stride[last]);
+                         "%s: the last dimension must be contiguous (stride 1), got stride %lld", name,
+                         (long long)t->stride[last]);
     if (t->data == NULL) return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: data is NULL", name);
     if ((uintptr_t)t->data % esize != 0)
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: data is not aligned to its %zu-byte elements",
-                         name, esize);
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: data is not aligned to its %zu-byte elements", name, esize);
     return FKDA_OK;
 }
 
@@ -101,8 +99,8 @@ fkda_status fkda_check_shape(const fkda_tensor *t, const char *name, const char 
 {
     char got[128], want[128];
     if (t->ndim != ndim)
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: expected %d dimensions %s, got shape %s", name,
-                         ndim, dims, fkda_format_shape(got, sizeof got, t->ndim, t->shape));
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: expected %d dimensions %s, got shape %s", name, ndim, dims,
+                         fkda_format_shape(got, sizeof got, t->ndim, t->shape));
     for (int i = 0; i < ndim; i++) {
         if (expected[i] >= 0 && t->shape[i] != expected[i])
             return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: expected shape %s = %s, got %s", name, dims,
@@ -169,8 +167,8 @@ fkda_status fkda_check_disjoint(const fkda_tensor *out, const char *out_name, co
     byte_range(out, &a0, &a1);
     byte_range(in, &b0, &b1);
     if (a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1)
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
-                         "%s: shares memory with %s; an output must not overlap an input", out_name, in_name);
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: shares memory with %s; an output must not overlap an input",
+                         out_name, in_name);
     return FKDA_OK;
 }
 

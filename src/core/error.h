@@ -26,10 +26,10 @@ fkda_status fkda_fail(fkda_status status, const char *format, ...) FKDA_PRINTF_L
 void fkda_clear_error(void);
 
 /* Returns from the calling function when a check fails. */
-#define TRY(expr)                                                                                \
-    do {                                                                                       \
-        fkda_status s_ = (expr);                                                               \
-        if (s_ != FKDA_OK) return s_;                                                          \
+#define TRY(expr)                     \
+    do {                              \
+        fkda_status s_ = (expr);      \
+        if (s_ != FKDA_OK) return s_; \
     } while (0)
 
 #ifdef __cplusplus

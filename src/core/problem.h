@@ -22,10 +22,7 @@ typedef struct fkda_operand {
     int64_t stride[4];
 } fkda_operand;
 
-typedef enum fkda_op_kind {
-    FKDA_OP_PREFILL = 0,
-    FKDA_OP_DECODE = 1
-} fkda_op_kind;
+typedef enum fkda_op_kind { FKDA_OP_PREFILL = 0, FKDA_OP_DECODE = 1 } fkda_op_kind;
 
 typedef struct fkda_problem {
     fkda_op_kind op;
@@ -33,15 +30,15 @@ typedef struct fkda_problem {
 
     /* Sizes. Tokens live at (batch row b, position t), b < B, t < T. */
     int64_t B, T, H, HV, K, V;
-    int64_t N;       /* sequences: B, or the number of cu_seqlens entries minus one */
-    int64_t group;   /* HV / H: value heads per qk head; value head h reads qk head h / group */
+    int64_t N;     /* sequences: B, or the number of cu_seqlens entries minus one */
+    int64_t group; /* HV / H: value heads per qk head; value head h reads qk head h / group */
 
     /* Token inputs and the output. */
-    fkda_operand q, k;   /* [B, T, H, K] */
-    fkda_operand v;      /* [B, T, HV, V] */
-    fkda_operand g;      /* [B, T, HV, K] */
-    fkda_operand beta;   /* [B, T, HV] */
-    fkda_operand out;    /* [B, T, HV, V] */
+    fkda_operand q, k; /* [B, T, H, K] */
+    fkda_operand v;    /* [B, T, HV, V] */
+    fkda_operand g;    /* [B, T, HV, K] */
+    fkda_operand beta; /* [B, T, HV] */
+    fkda_operand out;  /* [B, T, HV, V] */
 
     /* Gate parameters (data NULL when absent). */
     fkda_operand A_log;   /* [HV] */
@@ -77,8 +74,7 @@ typedef struct fkda_problem {
 } fkda_problem;
 
 /* First token (row, position) and length of sequence n. On the CPU only (reads cu_seqlens). */
-static inline void fkda_sequence_bounds(const fkda_problem *p, int64_t n, int64_t *row,
-                                        int64_t *start, int64_t *length)
+static inline void fkda_sequence_bounds(const fkda_problem *p, int64_t n, int64_t *row, int64_t *start, int64_t *length)
 {
     if (p->cu_seqlens.data == NULL) {
         *row = n;
@@ -105,8 +101,7 @@ static inline void fkda_sequence_bounds(const fkda_problem *p, int64_t n, int64_
 /* Reads the element at `offset` (in elements) of an integer operand (I32 or I64). */
 static inline int64_t fkda_read_index(const fkda_operand *x, int64_t offset)
 {
-    if (x->dtype == FKDA_DTYPE_I64)
-        return ((const int64_t *)x->data)[offset];
+    if (x->dtype == FKDA_DTYPE_I64) return ((const int64_t *)x->data)[offset];
     return ((const int32_t *)x->data)[offset];
 }
 

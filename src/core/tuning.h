@@ -20,8 +20,8 @@
 extern "C" {
 #endif
 
-#define FKDA_TUNING_UNSET (-1)               /* a switch that is neither "0" nor "1" */
-#define FKDA_TUNING_VARIANT_CHARS 64         /* the longest variant name kept, with its NUL */
+#define FKDA_TUNING_UNSET (-1)       /* a switch that is neither "0" nor "1" */
+#define FKDA_TUNING_VARIANT_CHARS 64 /* the longest variant name kept, with its NUL */
 
 typedef enum fkda_tuning_isa {
     FKDA_TUNING_ISA_ANY = 0,      /* unset: the best the CPU has */
@@ -31,12 +31,12 @@ typedef enum fkda_tuning_isa {
 
 typedef struct fkda_tuning {
     /* CUDA decode (src/cuda/decode_select.c). Switches: 1 ("1"), 0 ("0") or FKDA_TUNING_UNSET. */
-    int decode_pdl;         /* FKDA_DECODE_PDL: programmatic dependent launch on sm_90 (0 turns it off) */
-    int decode_load_ef;     /* FKDA_DECODE_LOAD_EF: evict-first loads of the state */
-    int decode_ksplit;      /* FKDA_DECODE_KSPLIT: two warps split the keys of a column */
-    int decode_packed;      /* FKDA_DECODE_PACKED: the packed bf16 kernels where they can serve */
-    int decode_narrow;      /* FKDA_DECODE_NARROW: narrow tiles (32 values per lane) for dense heads */
-    int decode_bf16_tokens; /* FKDA_DECODE_BF16_TOKENS: 0 keeps all-bf16 tokens on the generic kernels */
+    int decode_pdl;           /* FKDA_DECODE_PDL: programmatic dependent launch on sm_90 (0 turns it off) */
+    int decode_load_ef;       /* FKDA_DECODE_LOAD_EF: evict-first loads of the state */
+    int decode_ksplit;        /* FKDA_DECODE_KSPLIT: two warps split the keys of a column */
+    int decode_packed;        /* FKDA_DECODE_PACKED: the packed bf16 kernels where they can serve */
+    int decode_narrow;        /* FKDA_DECODE_NARROW: narrow tiles (32 values per lane) for dense heads */
+    int decode_bf16_tokens;   /* FKDA_DECODE_BF16_TOKENS: 0 keeps all-bf16 tokens on the generic kernels */
     int decode_warps_per_cta; /* FKDA_DECODE_WARPS_PER_CTA: 1, 2, 4 or 8 (0: unset or anything else) */
     /* FKDA_DECODE_VARIANT=<name>: that variant of src/cuda/decode_variants.h wherever it can serve
      * the call ("" : unset). Overrides the switches above for the choice of kernel. */

@@ -18,11 +18,10 @@ static inline double sigmoid_d(double x) { return 1.0 / (1.0 + exp(-x)); }
 fkda_head_gate_f fkda_head_gate_float(const fkda_problem *p, int64_t h, float *bias_buffer)
 {
     fkda_head_gate_f gate = {1.0f, NULL};
-    if (p->A_log.data)
-        gate.weight = expf(fkda_load_float(p->A_log.data, p->A_log.dtype, h * p->A_log.stride[0]));
+    if (p->A_log.data) gate.weight = expf(fkda_load_float(p->A_log.data, p->A_log.dtype, h * p->A_log.stride[0]));
     if (p->dt_bias.data) {
-        fkda_load_row_float(p->dt_bias.data, p->dt_bias.dtype, h * p->dt_bias.stride[0],
-                            p->dt_bias.stride[1], p->K, bias_buffer);
+        fkda_load_row_float(p->dt_bias.data, p->dt_bias.dtype, h * p->dt_bias.stride[0], p->dt_bias.stride[1], p->K,
+                            bias_buffer);
         gate.bias = bias_buffer;
     }
     return gate;
@@ -32,11 +31,10 @@ fkda_head_gate_d fkda_head_gate_double(const fkda_problem *p, int64_t h, double 
 {
     fkda_head_gate_d gate = {1.0, NULL};
     if (p->A_log.data)
-        gate.weight = exp((double)fkda_load_float(p->A_log.data, p->A_log.dtype,
-                                                  h * p->A_log.stride[0]));
+        gate.weight = exp((double)fkda_load_float(p->A_log.data, p->A_log.dtype, h * p->A_log.stride[0]));
     if (p->dt_bias.data) {
-        fkda_load_row_double(p->dt_bias.data, p->dt_bias.dtype, h * p->dt_bias.stride[0],
-                             p->dt_bias.stride[1], p->K, bias_buffer);
+        fkda_load_row_double(p->dt_bias.data, p->dt_bias.dtype, h * p->dt_bias.stride[0], p->dt_bias.stride[1], p->K,
+                             bias_buffer);
         gate.bias = bias_buffer;
     }
     return gate;
@@ -65,21 +63,18 @@ static void l2norm_d(double *x, int64_t n)
 }
 
 FKDA_VECTOR_CLONES
-void fkda_token_float(const fkda_problem *p, const fkda_head_gate_f *gate, int64_t row, int64_t t,
-                      int64_t h, float *q, float *k, float *a, float *b)
+void fkda_token_float(const fkda_problem *p, const fkda_head_gate_f *gate, int64_t row, int64_t t, int64_t h, float *q,
+                      float *k, float *a, float *b)
 {
     const int64_t K = p->K, hq = h / p->group;
     if (q) {
-        fkda_load_row_float(p->q.data, p->q.dtype, fkda_token_offset(&p->q, row, t, hq),
-                            p->q.stride[3], K, q);
+        fkda_load_row_float(p->q.data, p->q.dtype, fkda_token_offset(&p->q, row, t, hq), p->q.stride[3], K, q);
         if (p->use_qk_l2norm) l2norm_f(q, K);
     }
-    fkda_load_row_float(p->k.data, p->k.dtype, fkda_token_offset(&p->k, row, t, hq),
-                        p->k.stride[3], K, k);
+    fkda_load_row_float(p->k.data, p->k.dtype, fkda_token_offset(&p->k, row, t, hq), p->k.stride[3], K, k);
     if (p->use_qk_l2norm) l2norm_f(k, K);
 
-    fkda_load_row_float(p->g.data, p->g.dtype, fkda_token_offset(&p->g, row, t, h),
-                        p->g.stride[3], K, a);
+    fkda_load_row_float(p->g.data, p->g.dtype, fkda_token_offset(&p->g, row, t, h), p->g.stride[3], K, a);
     /* One loop per gate, with no call inside the lower-bound one, so that it vectorises. */
     const float w = gate->weight, lb = p->lower_bound;
     if (gate->bias && p->gate != FKDA_GATE_NONE)
@@ -91,27 +86,23 @@ void fkda_token_float(const fkda_problem *p, const fkda_head_gate_f *gate, int64
     }
 
     float beta = fkda_load_float(p->beta.data, p->beta.dtype,
-                                 row * p->beta.stride[0] + t * p->beta.stride[1] +
-                                     h * p->beta.stride[2]);
+                                 row * p->beta.stride[0] + t * p->beta.stride[1] + h * p->beta.stride[2]);
     if (p->use_beta_sigmoid) beta = (p->allow_neg_eigval ? 2.0f : 1.0f) * fkda_sigmoidf(beta);
     *b = beta;
 }
 
-void fkda_token_double(const fkda_problem *p, const fkda_head_gate_d *gate, int64_t row,
-                       int64_t t, int64_t h, double *q, double *k, double *a, double *b)
+void fkda_token_double(const fkda_problem *p, const fkda_head_gate_d *gate, int64_t row, int64_t t, int64_t h,
+                       double *q, double *k, double *a, double *b)
 {
     const int64_t K = p->K, hq = h / p->group;
     if (q) {
-        fkda_load_row_double(p->q.data, p->q.dtype, fkda_token_offset(&p->q, row, t, hq),
-                             p->q.stride[3], K, q);
+        fkda_load_row_double(p->q.data, p->q.dtype, fkda_token_offset(&p->q, row, t, hq), p->q.stride[3], K, q);
         if (p->use_qk_l2norm) l2norm_d(q, K);
     }
-    fkda_load_row_double(p->k.data, p->k.dtype, fkda_token_offset(&p->k, row, t, hq),
-                         p->k.stride[3], K, k);
+    fkda_load_row_double(p->k.data, p->k.dtype, fkda_token_offset(&p->k, row, t, hq), p->k.stride[3], K, k);
     if (p->use_qk_l2norm) l2norm_d(k, K);
 
-    fkda_load_row_double(p->g.data, p->g.dtype, fkda_token_offset(&p->g, row, t, h),
-                         p->g.stride[3], K, a);
+    fkda_load_row_double(p->g.data, p->g.dtype, fkda_token_offset(&p->g, row, t, h), p->g.stride[3], K, a);
     if (p->gate != FKDA_GATE_NONE) {
         const double w = gate->weight, lb = p->lower_bound;
         for (int64_t i = 0; i < K; i++) {
@@ -121,8 +112,7 @@ void fkda_token_double(const fkda_problem *p, const fkda_head_gate_d *gate, int6
     }
 
     double beta = (double)fkda_load_float(p->beta.data, p->beta.dtype,
-                                          row * p->beta.stride[0] + t * p->beta.stride[1] +
-                                              h * p->beta.stride[2]);
+                                          row * p->beta.stride[0] + t * p->beta.stride[1] + h * p->beta.stride[2]);
     if (p->use_beta_sigmoid) beta = (p->allow_neg_eigval ? 2.0 : 1.0) * sigmoid_d(beta);
     *b = beta;
 }

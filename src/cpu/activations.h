@@ -32,10 +32,10 @@ fkda_head_gate_d fkda_head_gate_double(const fkda_problem *p, int64_t h, double 
 
 /* Token (row, t) of value head h: q, k and a receive K values each, *b one value. q may be NULL
  * when the caller does not need it. */
-void fkda_token_float(const fkda_problem *p, const fkda_head_gate_f *gate, int64_t row, int64_t t,
-                      int64_t h, float *q, float *k, float *a, float *b);
-void fkda_token_double(const fkda_problem *p, const fkda_head_gate_d *gate, int64_t row,
-                       int64_t t, int64_t h, double *q, double *k, double *a, double *b);
+void fkda_token_float(const fkda_problem *p, const fkda_head_gate_f *gate, int64_t row, int64_t t, int64_t h, float *q,
+                      float *k, float *a, float *b);
+void fkda_token_double(const fkda_problem *p, const fkda_head_gate_d *gate, int64_t row, int64_t t, int64_t h,
+                       double *q, double *k, double *a, double *b);
 
 /* Offset of element (row, t, head, 0) of a token operand in canonical order [B, T, heads, dim]. */
 static inline int64_t fkda_token_offset(const fkda_operand *x, int64_t row, int64_t t, int64_t head)

@@ -35,11 +35,10 @@
 #define ALWAYS_INLINE inline
 #endif
 
-static ALWAYS_INLINE void gemm_body(int64_t rows, int64_t cols, int64_t depth,
-                                    const float *restrict A, int64_t lda, const float *restrict B,
-                                    int64_t ldb, float *restrict Y, int64_t ldy, int init,
-                                    const float *restrict scale, const int a_transposed,
-                                    const int MR, const int NR, const int fused)
+static ALWAYS_INLINE void gemm_body(int64_t rows, int64_t cols, int64_t depth, const float *restrict A, int64_t lda,
+                                    const float *restrict B, int64_t ldb, float *restrict Y, int64_t ldy, int init,
+                                    const float *restrict scale, const int a_transposed, const int MR, const int NR,
+                                    const int fused)
 {
     for (int64_t j0 = 0; j0 < cols; j0 += NR) {
         for (int64_t r0 = 0; r0 < rows; r0 += MR) {
@@ -47,8 +46,7 @@ static ALWAYS_INLINE void gemm_body(int64_t rows, int64_t cols, int64_t depth,
             for (int r = 0; r < MR; r++) {
                 const float *restrict y = Y + (r0 + r) * ldy + j0;
                 const float s = init == FKDA_INIT_SCALE ? scale[r0 + r] : 1.0f;
-                for (int c = 0; c < NR; c++)
-                    acc[r][c] = init == FKDA_INIT_ZERO ? 0.0f : s * y[c];
+                for (int c = 0; c < NR; c++) acc[r][c] = init == FKDA_INIT_ZERO ? 0.0f : s * y[c];
             }
             for (int64_t i = 0; i < depth; i++) {
                 const float *restrict b = B + i * ldb + j0;
@@ -68,9 +66,9 @@ static ALWAYS_INLINE void gemm_body(int64_t rows, int64_t cols, int64_t depth,
     }
 }
 
-#define GEMM_ARGS                                                                                \
-    int64_t rows, int64_t cols, int64_t depth, const float *A, int64_t lda, const float *B,     \
-        int64_t ldb, float *Y, int64_t ldy, int init, const float *scale
+#define GEMM_ARGS                                                                                                  \
+    int64_t rows, int64_t cols, int64_t depth, const float *A, int64_t lda, const float *B, int64_t ldb, float *Y, \
+        int64_t ldy, int init, const float *scale
 #define GEMM_PASS rows, cols, depth, A, lda, B, ldb, Y, ldy, init, scale
 
 static void gemm_at_baseline(GEMM_ARGS) { gemm_body(GEMM_PASS, 1, 2, 16, 0); }
@@ -96,8 +94,7 @@ static isa resolve_isa(void)
     isa best = ISA_BASELINE;
 #ifdef FKDA_X86_VARIANTS
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = ISA_AVX2;
-    if (best == ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl"))
-        best = ISA_AVX512;
+    if (best == ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")) best = ISA_AVX512;
 #endif
     fkda_tuning tuning;
     fkda_tuning_read(&tuning);

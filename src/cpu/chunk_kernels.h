@@ -22,9 +22,9 @@
 
 enum { FKDA_INIT_ZERO = 0, FKDA_INIT_ADD = 1, FKDA_INIT_SCALE = 2 };
 
-void fkda_gemm_a(int64_t rows, int64_t cols, int64_t depth, const float *A, int64_t lda,
-                 const float *B, int64_t ldb, float *Y, int64_t ldy, int init, const float *scale);
-void fkda_gemm_at(int64_t rows, int64_t cols, int64_t depth, const float *A, int64_t lda,
-                  const float *B, int64_t ldb, float *Y, int64_t ldy, int init, const float *scale);
+void fkda_gemm_a(int64_t rows, int64_t cols, int64_t depth, const float *A, int64_t lda, const float *B, int64_t ldb,
+                 float *Y, int64_t ldy, int init, const float *scale);
+void fkda_gemm_at(int64_t rows, int64_t cols, int64_t depth, const float *A, int64_t lda, const float *B, int64_t ldb,
+                  float *Y, int64_t ldy, int init, const float *scale);
 
 #endif /* FKDA_CPU_CHUNK_KERNELS_H */

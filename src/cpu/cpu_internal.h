@@ -36,10 +36,7 @@ fkda_status fkda_cpu_prefill_chunked(const fkda_problem *p, void *workspace, siz
 
 #define FKDA_CPU_ALIGN 64
 
-static inline size_t fkda_align_up(size_t n)
-{
-    return (n + FKDA_CPU_ALIGN - 1) & ~(size_t)(FKDA_CPU_ALIGN - 1);
-}
+static inline size_t fkda_align_up(size_t n) { return (n + FKDA_CPU_ALIGN - 1) & ~(size_t)(FKDA_CPU_ALIGN - 1); }
 
 /* Hands out consecutive aligned pieces of one worker's slice. With a NULL base it only counts
  * (the pieces are NULL), which is how the workspace functions size a slice with the same code
@@ -90,8 +87,8 @@ static inline fkda_double_scratch fkda_carve_double_scratch(char *base, int64_t 
 /* Workers to use: min(threads, items) (and, when auto_threads, at most one per
  * FKDA_WORK_PER_WORKER units of work) but at least one, then as many as the workspace holds
  * (0: too small). */
-static inline int fkda_workers_for(int threads, int auto_threads, int64_t items, int64_t work,
-                                   size_t worker_bytes, size_t workspace_bytes)
+static inline int fkda_workers_for(int threads, int auto_threads, int64_t items, int64_t work, size_t worker_bytes,
+                                   size_t workspace_bytes)
 {
     int64_t w = threads < items ? threads : items;
     if (auto_threads && w > work / FKDA_WORK_PER_WORKER) w = work / FKDA_WORK_PER_WORKER;
@@ -102,17 +99,14 @@ static inline int fkda_workers_for(int threads, int auto_threads, int64_t items,
 }
 
 /* The units of work of a problem (see FKDA_WORK_PER_WORKER): every token of every row. */
-static inline int64_t fkda_problem_work(const fkda_problem *p)
-{
-    return p->B * p->T * p->HV * p->K * p->V;
-}
+static inline int64_t fkda_problem_work(const fkda_problem *p) { return p->B * p->T * p->HV * p->K * p->V; }
 
 /* How many blocks to split the V value columns of each of `heads` (sequence, head) pairs into:
  * none when there are at least as many pairs as threads (splitting costs recomputation), else
  * enough to give every thread an item, but no block narrower than min_block columns. Blocks are
  * whole multiples of 16 columns (vector width) except the last. */
-static inline void fkda_split_columns(int threads, int64_t heads, int64_t V, int64_t min_block,
-                                      int64_t *vblock, int64_t *vblocks)
+static inline void fkda_split_columns(int threads, int64_t heads, int64_t V, int64_t min_block, int64_t *vblock,
+                                      int64_t *vblocks)
 {
     int64_t blocks = 1;
     if (heads > 0 && heads < threads) {

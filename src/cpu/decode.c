@@ -49,8 +49,7 @@ static int64_t read_slot(const fkda_problem *p, int64_t n)
     if (!p->indices_per_token) return fkda_read_index(idx, n * idx->stride[0]);
     int64_t accepted = 1;
     if (p->num_accepted_tokens.data)
-        accepted = fkda_read_index(&p->num_accepted_tokens,
-                                   n * p->num_accepted_tokens.stride[0]);
+        accepted = fkda_read_index(&p->num_accepted_tokens, n * p->num_accepted_tokens.stride[0]);
     return fkda_read_index(idx, n * idx->stride[0] + (accepted - 1) * idx->stride[1]);
 }
 
@@ -62,8 +61,8 @@ static int64_t token_slot(const fkda_problem *p, int64_t n, int64_t t)
     return fkda_read_index(idx, n * idx->stride[0] + t * idx->stride[1]);
 }
 
-static void zero_output(const fkda_problem *p, int64_t row, int64_t start, int64_t length,
-                        int64_t h, int64_t v0, int64_t nv)
+static void zero_output(const fkda_problem *p, int64_t row, int64_t start, int64_t length, int64_t h, int64_t v0,
+                        int64_t nv)
 {
     for (int64_t t = start; t < start + length; t++) {
         const int64_t offset = fkda_token_offset(&p->out, row, t, h) + v0 * p->out.stride[3];
@@ -74,11 +73,9 @@ static void zero_output(const fkda_problem *p, int64_t row, int64_t start, int64
 
 static size_t worker_bytes_float(int64_t K, int64_t nv)
 {
-    return fkda_align_up((size_t)(K * nv) * sizeof(float)) +
-           4 * fkda_align_up((size_t)K * sizeof(float)) +
+    return fkda_align_up((size_t)(K * nv) * sizeof(float)) + 4 * fkda_align_up((size_t)K * sizeof(float)) +
            3 * fkda_align_up((size_t)nv * sizeof(float));
 }
-
 
 static decode_plan make_plan(const fkda_problem *p)
 {
@@ -97,8 +94,8 @@ static decode_plan make_plan(const fkda_problem *p)
     return plan;
 }
 
-static void decode_item_float(const fkda_problem *p, char *slice, int64_t n, int64_t h,
-                              int64_t v0, int64_t nv, int64_t slot)
+static void decode_item_float(const fkda_problem *p, char *slice, int64_t n, int64_t h, int64_t v0, int64_t nv,
+                              int64_t slot)
 {
     const int64_t K = p->K;
     fkda_carver c = {slice, 0};
@@ -118,13 +115,12 @@ static void decode_item_float(const fkda_problem *p, char *slice, int64_t n, int
     for (int64_t t = 0; t < length; t++) {
         float b;
         fkda_token_float(p, &gate, row, start + t, h, q, k, a, &b);
-        fkda_load_row_float(p->v.data, p->v.dtype,
-                            fkda_token_offset(&p->v, row, start + t, h) + v0 * p->v.stride[3],
+        fkda_load_row_float(p->v.data, p->v.dtype, fkda_token_offset(&p->v, row, start + t, h) + v0 * p->v.stride[3],
                             p->v.stride[3], nv, v);
         fkda_recurrent_step_float(S, K, nv, q, k, a, b, v, p->scale, u, o);
         fkda_store_row_float(p->out.data, p->out.dtype,
-                             fkda_token_offset(&p->out, row, start + t, h) + v0 * p->out.stride[3],
-                             p->out.stride[3], nv, o);
+                             fkda_token_offset(&p->out, row, start + t, h) + v0 * p->out.stride[3], p->out.stride[3],
+                             nv, o);
         if (p->indices_per_token) {
             const int64_t w = token_slot(p, n, t);
             if (w >= 0) fkda_state_store_float(&p->state_out, w, h, K, v0, nv, nv, S);
@@ -133,8 +129,7 @@ static void decode_item_float(const fkda_problem *p, char *slice, int64_t n, int
     if (!p->indices_per_token) fkda_state_store_float(&p->state_out, slot, h, K, v0, nv, nv, S);
 }
 
-static void decode_item_double(const fkda_problem *p, char *slice, int64_t n, int64_t h,
-                               int64_t slot)
+static void decode_item_double(const fkda_problem *p, char *slice, int64_t n, int64_t h, int64_t slot)
 {
     const int64_t K = p->K, V = p->V;
     const fkda_double_scratch w = fkda_carve_double_scratch(slice, K, V);
@@ -147,12 +142,10 @@ static void decode_item_double(const fkda_problem *p, char *slice, int64_t n, in
     for (int64_t t = 0; t < length; t++) {
         double b;
         fkda_token_double(p, &gate, row, start + t, h, q, k, a, &b);
-        fkda_load_row_double(p->v.data, p->v.dtype, fkda_token_offset(&p->v, row, start + t, h),
-                             p->v.stride[3], V, v);
+        fkda_load_row_double(p->v.data, p->v.dtype, fkda_token_offset(&p->v, row, start + t, h), p->v.stride[3], V, v);
         fkda_recurrent_step_double(S, K, V, q, k, a, b, v, (double)p->scale, u, o);
-        fkda_store_row_double(p->out.data, p->out.dtype,
-                              fkda_token_offset(&p->out, row, start + t, h), p->out.stride[3], V,
-                              o);
+        fkda_store_row_double(p->out.data, p->out.dtype, fkda_token_offset(&p->out, row, start + t, h),
+                              p->out.stride[3], V, o);
         if (p->indices_per_token) {
             const int64_t w = token_slot(p, n, t);
             if (w >= 0) fkda_state_store_double(&p->state_out, w, h, K, V, S);
@@ -199,12 +192,13 @@ fkda_status fkda_cpu_decode(const fkda_problem *p, void *workspace, size_t works
     job.plan = make_plan(p);
     job.workspace = (char *)workspace;
     if (job.plan.items <= 0) return FKDA_OK;
-    int workers = fkda_workers_for(job.plan.threads, p->device.num_threads <= 0, job.plan.items,
-                                   fkda_problem_work(p), job.plan.worker_bytes,
-                                   workspace ? workspace_bytes : 0);
+    int workers = fkda_workers_for(job.plan.threads, p->device.num_threads <= 0, job.plan.items, fkda_problem_work(p),
+                                   job.plan.worker_bytes, workspace ? workspace_bytes : 0);
     if (workers < 1)
-        return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: %zu bytes, the CPU decode needs at "
-                         "least %zu", workspace_bytes, job.plan.worker_bytes);
+        return fkda_fail(FKDA_ERROR_WORKSPACE,
+                         "workspace: %zu bytes, the CPU decode needs at "
+                         "least %zu",
+                         workspace_bytes, job.plan.worker_bytes);
     fkda_parallel_for(workers, job.plan.items, decode_item, &job);
     return FKDA_OK;
 }

@@ -38,8 +38,8 @@ static inline uint32_t fkda_float_to_bits(float f)
 static inline float fkda_expf(float x)
 {
     const uint32_t ix = fkda_float_to_bits(x);
-    const uint32_t hi = 0x42B1999Au; /*  88.8f */
-    const uint32_t lo = 0xC2D00000u; /* -104.0f */
+    const uint32_t hi = 0x42B1999Au;                       /*  88.8f */
+    const uint32_t lo = 0xC2D00000u;                       /* -104.0f */
     uint32_t cx = (ix < 0x80000000u && ix > hi) ? hi : ix; /* positive and above 88.8 */
     cx = ix > lo ? lo : cx;                                /* negative and below -104 */
     cx = (ix & 0x7fffffffu) > 0x7f800000u ? ix : cx;       /* NaN stays NaN */
@@ -61,8 +61,7 @@ static inline float fkda_expf(float x)
 
     const int32_t ni = (int32_t)(fkda_float_to_bits(t) - 0x4B400000u); /* n, from t's mantissa */
     const int32_t n1 = ni / 2, n2 = ni - n1;
-    return p * fkda_bits_to_float((uint32_t)(n1 + 127) << 23) *
-           fkda_bits_to_float((uint32_t)(n2 + 127) << 23);
+    return p * fkda_bits_to_float((uint32_t)(n1 + 127) << 23) * fkda_bits_to_float((uint32_t)(n2 + 127) << 23);
 }
 
 /* 1 / (1 + exp(-x)): exp(-x) = +Inf for very negative x gives 0, never NaN. */

@@ -38,13 +38,13 @@ static inline float fkda_f16_to_float(uint16_t h)
     uint32_t exponent = (h >> 10) & 0x1fu;
     uint32_t mantissa = h & 0x3ffu;
     uint32_t bits;
-    if (exponent == 0x1f) {                 /* Inf / NaN */
+    if (exponent == 0x1f) { /* Inf / NaN */
         bits = sign | 0x7f800000u | (mantissa << 13);
-    } else if (exponent != 0) {             /* normal */
+    } else if (exponent != 0) { /* normal */
         bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
-    } else if (mantissa == 0) {             /* zero */
+    } else if (mantissa == 0) { /* zero */
         bits = sign;
-    } else {                                /* subnormal: exact in float, scale by 2^-24 */
+    } else { /* subnormal: exact in float, scale by 2^-24 */
         float f = (float)mantissa * 0x1.0p-24f;
         memcpy(&bits, &f, sizeof bits);
         bits |= sign;
@@ -60,7 +60,7 @@ static inline uint16_t fkda_float_to_f16(float f)
     memcpy(&x, &f, sizeof x);
     uint32_t sign = (x >> 16) & 0x8000u;
     uint32_t absx = x & 0x7fffffffu;
-    if (absx > 0x7f800000u) return (uint16_t)(sign | 0x7e00u); /* NaN */
+    if (absx > 0x7f800000u) return (uint16_t)(sign | 0x7e00u);  /* NaN */
     if (absx >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: Inf */
     if (absx < 0x38800000u) {
         /* Below the smallest normal half (2^-14): a subnormal half, a multiple of 2^-24. Adding
@@ -97,8 +97,8 @@ static inline void fkda_store_float(void *data, fkda_dtype dtype, int64_t i, flo
 }
 
 /* n elements starting at element `offset`, `stride` apart, widened into dst[0..n). */
-static inline void fkda_load_row_float(const void *data, fkda_dtype dtype, int64_t offset,
-                                       int64_t stride, int64_t n, float *restrict dst)
+static inline void fkda_load_row_float(const void *data, fkda_dtype dtype, int64_t offset, int64_t stride, int64_t n,
+                                       float *restrict dst)
 {
     if (stride == 1 && dtype == FKDA_DTYPE_F32) {
         memcpy(dst, (const float *)data + offset, (size_t)n * sizeof(float));
@@ -110,16 +110,15 @@ static inline void fkda_load_row_float(const void *data, fkda_dtype dtype, int64
     }
 }
 
-static inline void fkda_load_row_double(const void *data, fkda_dtype dtype, int64_t offset,
-                                        int64_t stride, int64_t n, double *restrict dst)
+static inline void fkda_load_row_double(const void *data, fkda_dtype dtype, int64_t offset, int64_t stride, int64_t n,
+                                        double *restrict dst)
 {
-    for (int64_t i = 0; i < n; i++)
-        dst[i] = (double)fkda_load_float(data, dtype, offset + i * stride);
+    for (int64_t i = 0; i < n; i++) dst[i] = (double)fkda_load_float(data, dtype, offset + i * stride);
 }
 
 /* src[0..n) narrowed into n elements starting at `offset`, `stride` apart. */
-static inline void fkda_store_row_float(void *data, fkda_dtype dtype, int64_t offset,
-                                        int64_t stride, int64_t n, const float *restrict src)
+static inline void fkda_store_row_float(void *data, fkda_dtype dtype, int64_t offset, int64_t stride, int64_t n,
+                                        const float *restrict src)
 {
     if (stride == 1 && dtype == FKDA_DTYPE_F32) {
         memcpy((float *)data + offset, src, (size_t)n * sizeof(float));
@@ -132,11 +131,10 @@ static inline void fkda_store_row_float(void *data, fkda_dtype dtype, int64_t of
 }
 
 /* Doubles are narrowed to float first, then to the dtype (the float rounding decides). */
-static inline void fkda_store_row_double(void *data, fkda_dtype dtype, int64_t offset,
-                                         int64_t stride, int64_t n, const double *restrict src)
+static inline void fkda_store_row_double(void *data, fkda_dtype dtype, int64_t offset, int64_t stride, int64_t n,
+                                         const double *restrict src)
 {
-    for (int64_t i = 0; i < n; i++)
-        fkda_store_float(data, dtype, offset + i * stride, (float)src[i]);
+    for (int64_t i = 0; i < n; i++) fkda_store_float(data, dtype, offset + i * stride, (float)src[i]);
 }
 
 #endif /* FKDA_CPU_LOAD_H */

@@ -4,8 +4,7 @@
 
 size_t fkda_cpu_prefill_workspace(const fkda_problem *p)
 {
-    return p->device.reference ? fkda_cpu_prefill_reference_workspace(p)
-                               : fkda_cpu_prefill_chunked_workspace(p);
+    return p->device.reference ? fkda_cpu_prefill_reference_workspace(p) : fkda_cpu_prefill_chunked_workspace(p);
 }
 
 fkda_status fkda_cpu_prefill(const fkda_problem *p, void *workspace, size_t workspace_bytes)

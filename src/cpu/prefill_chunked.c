@@ -50,8 +50,8 @@ static inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * 
 
 typedef struct chunk_plan {
     int threads;
-    int64_t vblock;   /* value columns per work item (the last block may be narrower) */
-    int64_t vblocks;  /* blocks per (sequence, head) */
+    int64_t vblock;  /* value columns per work item (the last block may be narrower) */
+    int64_t vblocks; /* blocks per (sequence, head) */
     int64_t items;
     size_t worker_bytes;
 } chunk_plan;
@@ -67,17 +67,17 @@ typedef struct chunk_job {
  * every elementwise loop runs contiguously along the key index. */
 typedef struct chunk_scratch {
     int64_t Kp, ld;
-    float *S;                     /* [Kp][ld] the state block */
-    float *q, *k, *G;             /* [C][K] q, k and the cumulative decay G */
-    float *kd, *qd, *ki;          /* [C][K] the decayed keys and queries */
-    float *kiT;                   /* [K][C] ki transposed (the B operand of kd ki^T) */
-    float *kr;                    /* [C][Kp] */
-    float *decay_last;            /* [Kp] exp(G_C) */
-    float *bias;                  /* [K] the head's dt_bias */
-    float *tmp;                   /* [2K] the pairwise form's products */
-    float *b;                     /* [C] */
-    float *Vc, *W, *QS, *U;       /* [C][ld] values, kd S, qd S (then O), U */
-    float *L, *A;                 /* [C][C] */
+    float *S;               /* [Kp][ld] the state block */
+    float *q, *k, *G;       /* [C][K] q, k and the cumulative decay G */
+    float *kd, *qd, *ki;    /* [C][K] the decayed keys and queries */
+    float *kiT;             /* [K][C] ki transposed (the B operand of kd ki^T) */
+    float *kr;              /* [C][Kp] */
+    float *decay_last;      /* [Kp] exp(G_C) */
+    float *bias;            /* [K] the head's dt_bias */
+    float *tmp;             /* [2K] the pairwise form's products */
+    float *b;               /* [C] */
+    float *Vc, *W, *QS, *U; /* [C][ld] values, kd S, qd S (then O), U */
+    float *L, *A;           /* [C][C] */
 } chunk_scratch;
 
 static size_t carve_scratch(fkda_carver *c, int64_t K, int64_t nv, chunk_scratch *s)
@@ -125,9 +125,8 @@ static chunk_plan make_plan(const fkda_problem *p)
 /* Loads the chunk's tokens [t0, t0 + count) (count <= C, the rest padding) into the scratch:
  * q, k, the cumulative decay G, b, and the value block. */
 FKDA_VECTOR_CLONES
-static void load_chunk(const fkda_problem *p, const fkda_head_gate_f *gate, int64_t row,
-                       int64_t t0, int64_t count, int64_t h, int64_t v0, int64_t nv,
-                       chunk_scratch *s)
+static void load_chunk(const fkda_problem *p, const fkda_head_gate_f *gate, int64_t row, int64_t t0, int64_t count,
+                       int64_t h, int64_t v0, int64_t nv, chunk_scratch *s)
 {
     const int64_t K = p->K, ld = s->ld;
     for (int64_t i = 0; i < C; i++) {
@@ -135,8 +134,7 @@ static void load_chunk(const fkda_problem *p, const fkda_head_gate_f *gate, int6
         const float *restrict Gprev = s->G + (i - 1) * K; /* read only when i > 0 */
         if (i < count) {
             fkda_token_float(p, gate, row, t0 + i, h, q, k, G, &s->b[i]); /* G holds a_i */
-            fkda_load_row_float(p->v.data, p->v.dtype,
-                                fkda_token_offset(&p->v, row, t0 + i, h) + v0 * p->v.stride[3],
+            fkda_load_row_float(p->v.data, p->v.dtype, fkda_token_offset(&p->v, row, t0 + i, h) + v0 * p->v.stride[3],
                                 p->v.stride[3], nv, s->Vc + i * ld);
             if (i > 0)
                 for (int64_t kk = 0; kk < K; kk++) G[kk] += Gprev[kk];
@@ -154,9 +152,8 @@ static void load_chunk(const fkda_problem *p, const fkda_head_gate_f *gate, int6
 
 /* One token's decayed keys and queries (the loops live in functions of their own because GCC
  * honours `restrict` on parameters, and without it would not vectorise these loops). */
-static void decay_token_factorised(int64_t K, float scale, const float *restrict G,
-                                   const float *restrict k, const float *restrict q,
-                                   const float *restrict decay_last, float *restrict kd,
+static void decay_token_factorised(int64_t K, float scale, const float *restrict G, const float *restrict k,
+                                   const float *restrict q, const float *restrict decay_last, float *restrict kd,
                                    float *restrict qd, float *restrict ki, float *restrict kr)
 {
     /* One exp per element: exp(-G) and exp(G_C - G) follow from exp(G) and exp(G_C), all of
@@ -170,9 +167,8 @@ static void decay_token_factorised(int64_t K, float scale, const float *restrict
     }
 }
 
-static void decay_token_pairwise(int64_t K, float scale, const float *restrict G,
-                                 const float *restrict k, const float *restrict q,
-                                 const float *restrict glast, float *restrict kd,
+static void decay_token_pairwise(int64_t K, float scale, const float *restrict G, const float *restrict k,
+                                 const float *restrict q, const float *restrict glast, float *restrict kd,
                                  float *restrict qd, float *restrict kr)
 {
     for (int64_t kk = 0; kk < K; kk++) {
@@ -206,12 +202,11 @@ static int decay_chunk(int64_t K, float scale, chunk_scratch *restrict s)
     exp_row(K, glast, s->decay_last);
     for (int i = 0; i < C; i++) {
         if (factorised)
-            decay_token_factorised(K, scale, s->G + i * K, s->k + i * K, s->q + i * K,
-                                   s->decay_last, s->kd + i * K, s->qd + i * K, s->ki + i * K,
-                                   s->kr + i * Kp);
+            decay_token_factorised(K, scale, s->G + i * K, s->k + i * K, s->q + i * K, s->decay_last, s->kd + i * K,
+                                   s->qd + i * K, s->ki + i * K, s->kr + i * Kp);
         else
-            decay_token_pairwise(K, scale, s->G + i * K, s->k + i * K, s->q + i * K, glast,
-                                 s->kd + i * K, s->qd + i * K, s->kr + i * Kp);
+            decay_token_pairwise(K, scale, s->G + i * K, s->k + i * K, s->q + i * K, glast, s->kd + i * K,
+                                 s->qd + i * K, s->kr + i * Kp);
     }
     if (factorised)
         for (int64_t kk = 0; kk < K; kk++)
@@ -246,9 +241,9 @@ static float sum_floats(const float *restrict x, int64_t n)
 }
 
 /* kk_terms = ki kj exp(Gi - Gj) and qk_terms = qi kj exp(Gi - Gj), elementwise. */
-static void pair_terms(int64_t K, const float *restrict Gi, const float *restrict Gj,
-                       const float *restrict ki, const float *restrict kj, const float *restrict qi,
-                       float *restrict kk_terms, float *restrict qk_terms)
+static void pair_terms(int64_t K, const float *restrict Gi, const float *restrict Gj, const float *restrict ki,
+                       const float *restrict kj, const float *restrict qi, float *restrict kk_terms,
+                       float *restrict qk_terms)
 {
     for (int64_t kk = 0; kk < K; kk++) {
         const float decay = fkda_expf(Gi[kk] - Gj[kk]);
@@ -264,8 +259,7 @@ static void intra_pairwise(int64_t K, float scale, chunk_scratch *restrict s)
     for (int e = 0; e < C * C; e++) s->L[e] = s->A[e] = 0.0f;
     for (int i = 0; i < C; i++) {
         for (int j = 0; j <= i; j++) {
-            pair_terms(K, s->G + i * K, s->G + j * K, s->k + i * K, s->k + j * K, s->q + i * K,
-                       s->tmp, s->tmp + K);
+            pair_terms(K, s->G + i * K, s->G + j * K, s->k + i * K, s->k + j * K, s->q + i * K, s->tmp, s->tmp + K);
             if (j < i) s->L[i * C + j] = s->b[i] * sum_floats(s->tmp, K);
             s->A[i * C + j] = scale * sum_floats(s->tmp + K, K);
         }
@@ -355,8 +349,8 @@ static void chunked_item(void *context, int64_t item, int worker)
         process_chunk(K, p->scale, &s);
         for (int64_t i = 0; i < count; i++)
             fkda_store_row_float(p->out.data, p->out.dtype,
-                                 fkda_token_offset(&p->out, row, t0 + i, h) + v0 * p->out.stride[3],
-                                 p->out.stride[3], nv, s.QS + i * ld);
+                                 fkda_token_offset(&p->out, row, t0 + i, h) + v0 * p->out.stride[3], p->out.stride[3],
+                                 nv, s.QS + i * ld);
     }
     if (p->state_out.data) fkda_state_store_float(&p->state_out, n, h, K, v0, nv, ld, s.S);
 }
@@ -376,12 +370,13 @@ fkda_status fkda_cpu_prefill_chunked(const fkda_problem *p, void *workspace, siz
     job.plan = make_plan(p);
     job.workspace = (char *)workspace;
     if (job.plan.items <= 0) return FKDA_OK;
-    int workers = fkda_workers_for(job.plan.threads, p->device.num_threads <= 0, job.plan.items,
-                                   fkda_problem_work(p), job.plan.worker_bytes,
-                                   workspace ? bytes : 0);
+    int workers = fkda_workers_for(job.plan.threads, p->device.num_threads <= 0, job.plan.items, fkda_problem_work(p),
+                                   job.plan.worker_bytes, workspace ? bytes : 0);
     if (workers < 1)
-        return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: %zu bytes, the CPU prefill needs at "
-                         "least %zu", bytes, job.plan.worker_bytes);
+        return fkda_fail(FKDA_ERROR_WORKSPACE,
+                         "workspace: %zu bytes, the CPU prefill needs at "
+                         "least %zu",
+                         bytes, job.plan.worker_bytes);
     fkda_parallel_for(workers, job.plan.items, chunked_item, &job);
     return FKDA_OK;
 }

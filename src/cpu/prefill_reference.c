@@ -20,10 +20,7 @@ typedef struct reference_job {
     size_t worker_bytes;
 } reference_job;
 
-static size_t worker_bytes(const fkda_problem *p)
-{
-    return fkda_carve_double_scratch(NULL, p->K, p->V).bytes;
-}
+static size_t worker_bytes(const fkda_problem *p) { return fkda_carve_double_scratch(NULL, p->K, p->V).bytes; }
 
 static void reference_item(void *context, int64_t item, int worker)
 {
@@ -42,11 +39,9 @@ static void reference_item(void *context, int64_t item, int worker)
     for (int64_t t = start; t < start + length; t++) {
         double b;
         fkda_token_double(p, &gate, row, t, h, q, k, a, &b);
-        fkda_load_row_double(p->v.data, p->v.dtype, fkda_token_offset(&p->v, row, t, h),
-                             p->v.stride[3], V, v);
+        fkda_load_row_double(p->v.data, p->v.dtype, fkda_token_offset(&p->v, row, t, h), p->v.stride[3], V, v);
         fkda_recurrent_step_double(S, K, V, q, k, a, b, v, (double)p->scale, u, o);
-        fkda_store_row_double(p->out.data, p->out.dtype, fkda_token_offset(&p->out, row, t, h),
-                              p->out.stride[3], V, o);
+        fkda_store_row_double(p->out.data, p->out.dtype, fkda_token_offset(&p->out, row, t, h), p->out.stride[3], V, o);
     }
     if (p->state_out.data) fkda_state_store_double(&p->state_out, n, h, K, V, S);
 }
@@ -65,12 +60,13 @@ fkda_status fkda_cpu_prefill_reference(const fkda_problem *p, void *workspace, s
     const int64_t items = p->N * p->HV;
     if (items <= 0) return FKDA_OK;
     reference_job job = {p, (char *)workspace, worker_bytes(p)};
-    int workers = fkda_workers_for(fkda_cpu_thread_count(p->device.num_threads),
-                                   p->device.num_threads <= 0, items, fkda_problem_work(p),
-                                   job.worker_bytes, workspace ? bytes : 0);
+    int workers = fkda_workers_for(fkda_cpu_thread_count(p->device.num_threads), p->device.num_threads <= 0, items,
+                                   fkda_problem_work(p), job.worker_bytes, workspace ? bytes : 0);
     if (workers < 1)
-        return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: %zu bytes, the CPU reference prefill "
-                         "needs at least %zu", bytes, job.worker_bytes);
+        return fkda_fail(FKDA_ERROR_WORKSPACE,
+                         "workspace: %zu bytes, the CPU reference prefill "
+                         "needs at least %zu",
+                         bytes, job.worker_bytes);
     fkda_parallel_for(workers, items, reference_item, &job);
     return FKDA_OK;
 }

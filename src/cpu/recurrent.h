@@ -15,11 +15,9 @@
 #include <math.h>
 #include <stdint.h>
 
-static inline void fkda_recurrent_step_float(float *restrict S, int64_t K, int64_t nv,
-                                             const float *restrict q, const float *restrict k,
-                                             const float *restrict a, float b,
-                                             const float *restrict v, float scale,
-                                             float *restrict u, float *restrict o)
+static inline void fkda_recurrent_step_float(float *restrict S, int64_t K, int64_t nv, const float *restrict q,
+                                             const float *restrict k, const float *restrict a, float b,
+                                             const float *restrict v, float scale, float *restrict u, float *restrict o)
 {
     for (int64_t j = 0; j < nv; j++) u[j] = 0.0f;
     for (int64_t kk = 0; kk < K; kk++) {
@@ -44,11 +42,10 @@ static inline void fkda_recurrent_step_float(float *restrict S, int64_t K, int64
     }
 }
 
-static inline void fkda_recurrent_step_double(double *restrict S, int64_t K, int64_t nv,
-                                              const double *restrict q, const double *restrict k,
-                                              const double *restrict a, double b,
-                                              const double *restrict v, double scale,
-                                              double *restrict u, double *restrict o)
+static inline void fkda_recurrent_step_double(double *restrict S, int64_t K, int64_t nv, const double *restrict q,
+                                              const double *restrict k, const double *restrict a, double b,
+                                              const double *restrict v, double scale, double *restrict u,
+                                              double *restrict o)
 {
     for (int64_t j = 0; j < nv; j++) u[j] = 0.0;
     for (int64_t kk = 0; kk < K; kk++) {

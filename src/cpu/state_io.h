@@ -25,9 +25,8 @@ static inline int64_t fkda_state_offset(const fkda_operand *s, int64_t slot, int
 
 /* dst[kk * ld + j] = state[slot, head, kk, v0 + j] for j < nv; zeros when the operand is
  * absent. The columns nv .. ld of dst are left alone. */
-static inline void fkda_state_load_float(const fkda_operand *s, int64_t slot, int64_t head,
-                                         int64_t K, int64_t v0, int64_t nv, int64_t ld,
-                                         float *restrict dst)
+static inline void fkda_state_load_float(const fkda_operand *s, int64_t slot, int64_t head, int64_t K, int64_t v0,
+                                         int64_t nv, int64_t ld, float *restrict dst)
 {
     if (s->data == NULL) {
         for (int64_t kk = 0; kk < K; kk++) memset(dst + kk * ld, 0, (size_t)nv * sizeof(float));
@@ -44,9 +43,8 @@ static inline void fkda_state_load_float(const fkda_operand *s, int64_t slot, in
     }
 }
 
-static inline void fkda_state_store_float(const fkda_operand *s, int64_t slot, int64_t head,
-                                          int64_t K, int64_t v0, int64_t nv, int64_t ld,
-                                          const float *restrict src)
+static inline void fkda_state_store_float(const fkda_operand *s, int64_t slot, int64_t head, int64_t K, int64_t v0,
+                                          int64_t nv, int64_t ld, const float *restrict src)
 {
     const int64_t base = fkda_state_offset(s, slot, head), sk = s->stride[2], sv = s->stride[3];
     if (sv == 1 || sk != 1) {
@@ -59,8 +57,8 @@ static inline void fkda_state_store_float(const fkda_operand *s, int64_t slot, i
     }
 }
 
-static inline void fkda_state_load_double(const fkda_operand *s, int64_t slot, int64_t head,
-                                          int64_t K, int64_t V, double *restrict dst)
+static inline void fkda_state_load_double(const fkda_operand *s, int64_t slot, int64_t head, int64_t K, int64_t V,
+                                          double *restrict dst)
 {
     if (s->data == NULL) {
         memset(dst, 0, (size_t)(K * V) * sizeof(double));
@@ -69,18 +67,16 @@ static inline void fkda_state_load_double(const fkda_operand *s, int64_t slot, i
     const int64_t base = fkda_state_offset(s, slot, head);
     for (int64_t kk = 0; kk < K; kk++)
         for (int64_t j = 0; j < V; j++)
-            dst[kk * V + j] = (double)fkda_load_float(
-                s->data, s->dtype, base + kk * s->stride[2] + j * s->stride[3]);
+            dst[kk * V + j] = (double)fkda_load_float(s->data, s->dtype, base + kk * s->stride[2] + j * s->stride[3]);
 }
 
-static inline void fkda_state_store_double(const fkda_operand *s, int64_t slot, int64_t head,
-                                           int64_t K, int64_t V, const double *restrict src)
+static inline void fkda_state_store_double(const fkda_operand *s, int64_t slot, int64_t head, int64_t K, int64_t V,
+                                           const double *restrict src)
 {
     const int64_t base = fkda_state_offset(s, slot, head);
     for (int64_t kk = 0; kk < K; kk++)
         for (int64_t j = 0; j < V; j++)
-            fkda_store_float(s->data, s->dtype, base + kk * s->stride[2] + j * s->stride[3],
-                             (float)src[kk * V + j]);
+            fkda_store_float(s->data, s->dtype, base + kk * s->stride[2] + j * s->stride[3], (float)src[kk * V + j]);
 }
 
 #endif /* FKDA_CPU_STATE_IO_H */

@@ -63,23 +63,23 @@ static void run_on_call_threads(parallel_job *job, int num_workers)
 
 typedef struct pool_thread {
     pthread_t handle;
-    int worker;                 /* its worker index, 1 .. */
-    uint64_t start_generation;  /* the job generation when it was started: it waits for the next */
+    int worker;                /* its worker index, 1 .. */
+    uint64_t start_generation; /* the job generation when it was started: it waits for the next */
 } pool_thread;
 
 /* `busy` is held by the one call using the pool, for the whole call (and by fork, see below), and
  * guards the thread list; `lock` guards the job fields and goes with the two condition variables. */
 static pthread_mutex_t pool_busy = PTHREAD_MUTEX_INITIALIZER;
-static pool_thread pool_threads[FKDA_MAX_WORKERS];          /* [1 .. pool_size) are alive */
-static int pool_size = 1;                                   /* workers including the caller */
+static pool_thread pool_threads[FKDA_MAX_WORKERS]; /* [1 .. pool_size) are alive */
+static int pool_size = 1;                          /* workers including the caller */
 
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t pool_wake = PTHREAD_COND_INITIALIZER; /* a new job, or shutdown */
 static pthread_cond_t pool_done = PTHREAD_COND_INITIALIZER; /* the last pool worker finished */
 static uint64_t pool_generation;                            /* counts jobs posted */
 static parallel_job *pool_job;
-static int pool_job_workers;                                /* workers in the current job */
-static int pool_pending;                                    /* pool workers still in the job */
+static int pool_job_workers; /* workers in the current job */
+static int pool_pending;     /* pool workers still in the job */
 static bool pool_shutdown;
 
 static void *pool_thread_main(void *arg)
@@ -128,10 +128,7 @@ static void pool_before_fork(void)
     pool_stop_threads();
 }
 
-static void pool_after_fork(void)
-{
-    pthread_mutex_unlock(&pool_busy);
-}
+static void pool_after_fork(void) { pthread_mutex_unlock(&pool_busy); }
 
 static pthread_once_t pool_atfork_once = PTHREAD_ONCE_INIT;
 static bool pool_atfork_ok;

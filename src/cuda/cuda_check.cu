@@ -22,8 +22,7 @@ extern "C" const cudaDeviceProp *fkda_cuda_device_properties(int index)
         return NULL;
     }
     if (index < 0 || index >= count || index >= FKDA_MAX_CUDA_DEVICES) {
-        fkda_fail(FKDA_ERROR_DEVICE, "device.index: %d is not a CUDA device (this machine has %d)",
-                  index, count);
+        fkda_fail(FKDA_ERROR_DEVICE, "device.index: %d is not a CUDA device (this machine has %d)", index, count);
         return NULL;
     }
     pthread_mutex_lock(&device_props_lock);
@@ -33,8 +32,7 @@ extern "C" const cudaDeviceProp *fkda_cuda_device_properties(int index)
     }
     pthread_mutex_unlock(&device_props_lock);
     if (err != cudaSuccess) {
-        fkda_fail(FKDA_ERROR_DEVICE, "cudaGetDeviceProperties(%d) failed: %s", index,
-                  cudaGetErrorString(err));
+        fkda_fail(FKDA_ERROR_DEVICE, "cudaGetDeviceProperties(%d) failed: %s", index, cudaGetErrorString(err));
         return NULL;
     }
     return &device_props[index];
@@ -49,15 +47,15 @@ static fkda_status check_on_device(const char *name, const void *ptr, int index)
     if (err != cudaSuccess) {
         cudaGetLastError(); /* this failure is not sticky: clear it, or our next launch check reports it */
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
-                         "%s: the pointer is not CUDA memory (%s); pass a tensor on cuda:%d",
-                         name, cudaGetErrorString(err), index);
+                         "%s: the pointer is not CUDA memory (%s); pass a tensor on cuda:%d", name,
+                         cudaGetErrorString(err), index);
     }
     if (attr.type != cudaMemoryTypeDevice && attr.type != cudaMemoryTypeManaged)
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
-                         "%s: is host memory; the CUDA device needs a tensor on cuda:%d", name, index);
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: is host memory; the CUDA device needs a tensor on cuda:%d",
+                         name, index);
     if (attr.device != index)
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: lives on cuda:%d, but the call runs on cuda:%d",
-                         name, attr.device, index);
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: lives on cuda:%d, but the call runs on cuda:%d", name,
+                         attr.device, index);
     return FKDA_OK;
 }
 
@@ -66,10 +64,19 @@ extern "C" fkda_status fkda_cuda_check(const fkda_problem *p)
     const cudaDeviceProp *prop = fkda_cuda_device_properties(p->device.index);
     if (!prop) return FKDA_ERROR_DEVICE;
 
-    const struct { const char *name; const void *ptr; } tensors[] = {
-        {"q", p->q.data}, {"k", p->k.data}, {"v", p->v.data}, {"g", p->g.data},
-        {"beta", p->beta.data}, {"out", p->out.data}, {"A_log", p->A_log.data},
-        {"dt_bias", p->dt_bias.data}, {"cu_seqlens", p->cu_seqlens.data},
+    const struct {
+        const char *name;
+        const void *ptr;
+    } tensors[] = {
+        {"q", p->q.data},
+        {"k", p->k.data},
+        {"v", p->v.data},
+        {"g", p->g.data},
+        {"beta", p->beta.data},
+        {"out", p->out.data},
+        {"A_log", p->A_log.data},
+        {"dt_bias", p->dt_bias.data},
+        {"cu_seqlens", p->cu_seqlens.data},
         {p->op == FKDA_OP_DECODE ? "state_pool" : "initial_state", p->state_in.data},
         {p->op == FKDA_OP_DECODE ? "state_pool" : "final_state", p->state_out.data},
         {"state_indices", p->state_indices.data},
@@ -79,6 +86,5 @@ extern "C" fkda_status fkda_cuda_check(const fkda_problem *p)
         fkda_status s = check_on_device(tensors[i].name, tensors[i].ptr, p->device.index);
         if (s != FKDA_OK) return s;
     }
-    return p->op == FKDA_OP_DECODE ? fkda_cuda_decode_supported(p, prop)
-                                   : fkda_cuda_prefill_supported(p, prop);
+    return p->op == FKDA_OP_DECODE ? fkda_cuda_decode_supported(p, prop) : fkda_cuda_prefill_supported(p, prop);
 }

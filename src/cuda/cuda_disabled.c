@@ -5,7 +5,7 @@
 #include "../core/error.h"
 #include "cuda_backend.h"
 
-#define NO_CUDA                                                                                  \
+#define NO_CUDA                                                                                       \
     fkda_fail(FKDA_ERROR_DEVICE, "device: this libflashkda was built without CUDA (no nvcc at build " \
                                  "time); use the CPU device or rebuild with the CUDA toolkit")
 

@@ -31,22 +31,21 @@ const cudaDeviceProp *fkda_cuda_device_properties(int index);
 #endif
 
 /* Returns FKDA_ERROR_DEVICE with the CUDA error text when `call` fails. */
-#define FKDA_CUDA_TRY(call)                                                                      \
-    do {                                                                                       \
-        cudaError_t fkda_err_ = (call);                                                        \
-        if (fkda_err_ != cudaSuccess)                                                          \
-            return fkda_fail(FKDA_ERROR_DEVICE, "%s failed: %s (%s:%d)", #call,                  \
-                             cudaGetErrorString(fkda_err_), __FILE__, __LINE__);                \
+#define FKDA_CUDA_TRY(call)                                                                                    \
+    do {                                                                                                       \
+        cudaError_t fkda_err_ = (call);                                                                        \
+        if (fkda_err_ != cudaSuccess)                                                                          \
+            return fkda_fail(FKDA_ERROR_DEVICE, "%s failed: %s (%s:%d)", #call, cudaGetErrorString(fkda_err_), \
+                             __FILE__, __LINE__);                                                              \
     } while (0)
 
 /* After a launch: a launch-configuration error is reported; an asynchronous fault is not
  * waited for (that would synchronise the stream). */
-#define FKDA_CUDA_CHECK_LAUNCH(what)                                                             \
-    do {                                                                                       \
-        cudaError_t fkda_err_ = cudaGetLastError();                                            \
-        if (fkda_err_ != cudaSuccess)                                                          \
-            return fkda_fail(FKDA_ERROR_DEVICE, "launch of %s failed: %s", what,                \
-                             cudaGetErrorString(fkda_err_));                                    \
+#define FKDA_CUDA_CHECK_LAUNCH(what)                                                                             \
+    do {                                                                                                         \
+        cudaError_t fkda_err_ = cudaGetLastError();                                                              \
+        if (fkda_err_ != cudaSuccess)                                                                            \
+            return fkda_fail(FKDA_ERROR_DEVICE, "launch of %s failed: %s", what, cudaGetErrorString(fkda_err_)); \
     } while (0)
 
 #endif /* FKDA_CUDA_INTERNAL_H */

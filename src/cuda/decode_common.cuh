@@ -78,9 +78,9 @@ static __device__ __forceinline__ int64_t query_head(const fkda_decode_params *p
 }
 
 /* The bits of this lane's columns of v at one token. */
-static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const lane_tile *w, int64_t row,
-                                              int64_t pos, int64_t h, uint32_t *vbits, const int V_FIRST,
-                                              const int VEC, const int NC, const int TOK)
+static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const lane_tile *w, int64_t row, int64_t pos,
+                                              int64_t h, uint32_t *vbits, const int V_FIRST, const int VEC,
+                                              const int NC, const int TOK)
 {
     const char *vv = token_vector(p->v, p->v_stride, TOKEN_DTYPE(p, v_dtype, TOK), row, pos, h, TOK);
 #pragma unroll
@@ -167,8 +167,14 @@ static __device__ __forceinline__ void add_other_half(stage_buffer *sb, const la
 #pragma unroll
     for (int c = 0; c < NC; c += 4) {
         const float4 tk = *(const float4 *)(theirs + c), tq = *(const float4 *)(theirs + NC + c);
-        pk[c] += tk.x; pk[c + 1] += tk.y; pk[c + 2] += tk.z; pk[c + 3] += tk.w;
-        pq[c] += tq.x; pq[c + 1] += tq.y; pq[c + 2] += tq.z; pq[c + 3] += tq.w;
+        pk[c] += tk.x;
+        pk[c + 1] += tk.y;
+        pk[c + 2] += tk.z;
+        pk[c + 3] += tk.w;
+        pq[c] += tq.x;
+        pq[c + 1] += tq.y;
+        pq[c + 2] += tq.z;
+        pq[c + 3] += tq.w;
     }
 }
 

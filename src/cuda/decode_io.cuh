@@ -87,7 +87,7 @@ static __device__ __forceinline__ int64_t token_offset(const int64_t *stride, in
  * batches every instruction on a warp's path is time, and 64-bit index arithmetic per element
  * was ~15 instructions per load. */
 static __device__ __forceinline__ const char *token_vector(const void *base, const int64_t *stride, int32_t dtype,
-                                                          int64_t row, int64_t pos, int64_t head, const int TOK)
+                                                           int64_t row, int64_t pos, int64_t head, const int TOK)
 {
     return (const char *)base + (token_offset(stride, row, pos, head, TOK) << (dtype == FKDA_DTYPE_F32 ? 2 : 1));
 }
@@ -134,33 +134,42 @@ static __device__ __forceinline__ void *state_at(const void *pool, int64_t off, 
  *
  * Loads VEC state elements starting at element `off` (scalar: one element at off); the vectors
  * as streaming loads with STREAM (global memory only). */
-static __device__ __forceinline__ void load_state_vec(const void *base, int off, float *x,
-                                                      const int BF16, const int VEC, const int STREAM)
+static __device__ __forceinline__ void load_state_vec(const void *base, int off, float *x, const int BF16,
+                                                      const int VEC, const int STREAM)
 {
     if (VEC == 1) {
         x[0] = BF16 ? bf16_bits_to_float(((const unsigned short *)base)[off]) : ((const float *)base)[off];
     } else if (BF16 && VEC == 4) { /* 8 bytes */
         const uint2 *at = (const uint2 *)((const unsigned short *)base + off);
         const uint2 u = STREAM ? __ldcs(at) : *at;
-        x[0] = __uint_as_float(u.x << 16); x[1] = __uint_as_float(u.x & 0xffff0000u);
-        x[2] = __uint_as_float(u.y << 16); x[3] = __uint_as_float(u.y & 0xffff0000u);
+        x[0] = __uint_as_float(u.x << 16);
+        x[1] = __uint_as_float(u.x & 0xffff0000u);
+        x[2] = __uint_as_float(u.y << 16);
+        x[3] = __uint_as_float(u.y & 0xffff0000u);
     } else if (BF16) { /* VEC == 8 */
         const uint4 *at = (const uint4 *)((const unsigned short *)base + off);
         const uint4 u = STREAM ? __ldcs(at) : *at;
-        x[0] = __uint_as_float(u.x << 16); x[1] = __uint_as_float(u.x & 0xffff0000u);
-        x[2] = __uint_as_float(u.y << 16); x[3] = __uint_as_float(u.y & 0xffff0000u);
-        x[4] = __uint_as_float(u.z << 16); x[5] = __uint_as_float(u.z & 0xffff0000u);
-        x[6] = __uint_as_float(u.w << 16); x[7] = __uint_as_float(u.w & 0xffff0000u);
+        x[0] = __uint_as_float(u.x << 16);
+        x[1] = __uint_as_float(u.x & 0xffff0000u);
+        x[2] = __uint_as_float(u.y << 16);
+        x[3] = __uint_as_float(u.y & 0xffff0000u);
+        x[4] = __uint_as_float(u.z << 16);
+        x[5] = __uint_as_float(u.z & 0xffff0000u);
+        x[6] = __uint_as_float(u.w << 16);
+        x[7] = __uint_as_float(u.w & 0xffff0000u);
     } else { /* VEC == 4 */
         const uint4 *at = (const uint4 *)((const float *)base + off);
         const uint4 u = STREAM ? __ldcs(at) : *at;
-        x[0] = __uint_as_float(u.x); x[1] = __uint_as_float(u.y); x[2] = __uint_as_float(u.z); x[3] = __uint_as_float(u.w);
+        x[0] = __uint_as_float(u.x);
+        x[1] = __uint_as_float(u.y);
+        x[2] = __uint_as_float(u.z);
+        x[3] = __uint_as_float(u.w);
     }
 }
 
 /* Stores VEC state elements to global memory, the vectors as streaming stores. */
-static __device__ __forceinline__ void store_state_vec(void *base, int off, const float *x,
-                                                       const int BF16, const int VEC)
+static __device__ __forceinline__ void store_state_vec(void *base, int off, const float *x, const int BF16,
+                                                       const int VEC)
 {
     if (VEC == 1) {
         if (BF16)
@@ -171,8 +180,10 @@ static __device__ __forceinline__ void store_state_vec(void *base, int off, cons
         __stcs((uint2 *)((unsigned short *)base + off), make_uint2(pack_bf16x2(x[0], x[1]), pack_bf16x2(x[2], x[3])));
     } else if (BF16) {
         uint4 u;
-        u.x = pack_bf16x2(x[0], x[1]); u.y = pack_bf16x2(x[2], x[3]);
-        u.z = pack_bf16x2(x[4], x[5]); u.w = pack_bf16x2(x[6], x[7]);
+        u.x = pack_bf16x2(x[0], x[1]);
+        u.y = pack_bf16x2(x[2], x[3]);
+        u.z = pack_bf16x2(x[4], x[5]);
+        u.w = pack_bf16x2(x[6], x[7]);
         __stcs((uint4 *)((unsigned short *)base + off), u);
     } else {
         __stcs((float4 *)((float *)base + off), make_float4(x[0], x[1], x[2], x[3]));

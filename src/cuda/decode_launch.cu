@@ -63,13 +63,12 @@ static cudaError_t launch_decode_kernel(const void *kernel, dim3 grid, unsigned 
 }
 
 /* Whether the pool allows 16-byte vectors of `vec` elements along its contiguous dimension. */
-static int pool_vectorizable(const void *data, const int64_t *stride, int v_first, int K, int V, int elem,
-                             int vec)
+static int pool_vectorizable(const void *data, const int64_t *stride, int v_first, int K, int V, int elem, int vec)
 {
     const int contiguous = v_first ? 2 : 3, other = v_first ? 3 : 2;
     const int extent = v_first ? K : V;
-    return (uintptr_t)data % 16 == 0 && stride[contiguous] == 1 && stride[other] % vec == 0 &&
-           stride[0] % vec == 0 && stride[1] % vec == 0 && extent % vec == 0 && elem * vec == 16;
+    return (uintptr_t)data % 16 == 0 && stride[contiguous] == 1 && stride[other] % vec == 0 && stride[0] % vec == 0 &&
+           stride[1] % vec == 0 && extent % vec == 0 && elem * vec == 16;
 }
 
 /* Whether sum_i (extent_i - 1) * |stride_i| < 2^31: then every offset of the tensor, and every
@@ -110,9 +109,8 @@ static fkda_status launch_decode(fkda_decode_params *p, int sm_count, int cc_maj
 {
     if (p->N == 0 || p->T == 0) return FKDA_OK;
     const int elem = p->state_bf16 ? 2 : 4, vec = 16 / elem;
-    const int vectors =
-        pool_vectorizable(p->state_in, p->state_in_stride, p->state_v_first, p->K, p->V, elem, vec) &&
-        pool_vectorizable(p->state_out, p->state_out_stride, p->state_v_first, p->K, p->V, elem, vec);
+    const int vectors = pool_vectorizable(p->state_in, p->state_in_stride, p->state_v_first, p->K, p->V, elem, vec) &&
+                        pool_vectorizable(p->state_out, p->state_out_stride, p->state_v_first, p->K, p->V, elem, vec);
     /* Offsets inside one head's state are 32-bit in the kernel. */
     const int64_t *si = p->state_in_stride, *so = p->state_out_stride;
     const int64_t span_in = (p->K - 1) * si[2] + (p->V - 1) * si[3], span_out = (p->K - 1) * so[2] + (p->V - 1) * so[3];
@@ -125,9 +123,12 @@ static fkda_status launch_decode(fkda_decode_params *p, int sm_count, int cc_maj
     const int row_stride = p->state_v_first ? 3 : 2;
     const int dense128 = vectors && p->K == 128 && p->V == 128 && si[row_stride] == 128 && so[row_stride] == 128;
     /* Per-element offsets along a token vector are 32-bit in the kernel (load_elem). */
-    const struct { const char *name; int64_t stride; } vectors_along[] = {
-        {"q", p->q_stride[3]}, {"k", p->k_stride[3]}, {"g", p->g_stride[3]}, {"v", p->v_stride[3]},
-        {"out", p->out_stride[3]}, {"dt_bias", p->dt_bias ? p->dt_bias_stride[1] : 0}};
+    const struct {
+        const char *name;
+        int64_t stride;
+    } vectors_along[] = {{"q", p->q_stride[3]},     {"k", p->k_stride[3]},
+                         {"g", p->g_stride[3]},     {"v", p->v_stride[3]},
+                         {"out", p->out_stride[3]}, {"dt_bias", p->dt_bias ? p->dt_bias_stride[1] : 0}};
     for (size_t i = 0; i < sizeof vectors_along / sizeof vectors_along[0]; i++)
         if (vectors_along[i].stride >= (1 << 22) || vectors_along[i].stride <= -(1 << 22))
             return fkda_fail(FKDA_ERROR_UNSUPPORTED,
@@ -195,7 +196,11 @@ extern "C" fkda_status fkda_cuda_decode(const fkda_problem *p, void *workspace, 
 {
     fkda_decode_params k;
     memset(&k, 0, sizeof k);
-    k.q = p->q.data; k.k = p->k.data; k.v = p->v.data; k.g = p->g.data; k.beta = p->beta.data;
+    k.q = p->q.data;
+    k.k = p->k.data;
+    k.v = p->v.data;
+    k.g = p->g.data;
+    k.beta = p->beta.data;
     k.out = p->out.data;
     copy_strides(k.q_stride, &p->q, 4);
     copy_strides(k.k_stride, &p->k, 4);
@@ -203,8 +208,12 @@ extern "C" fkda_status fkda_cuda_decode(const fkda_problem *p, void *workspace, 
     copy_strides(k.g_stride, &p->g, 4);
     copy_strides(k.out_stride, &p->out, 4);
     copy_strides(k.beta_stride, &p->beta, 3);
-    k.q_dtype = p->q.dtype; k.k_dtype = p->k.dtype; k.v_dtype = p->v.dtype; k.g_dtype = p->g.dtype;
-    k.beta_dtype = p->beta.dtype; k.out_dtype = p->out.dtype;
+    k.q_dtype = p->q.dtype;
+    k.k_dtype = p->k.dtype;
+    k.v_dtype = p->v.dtype;
+    k.g_dtype = p->g.dtype;
+    k.beta_dtype = p->beta.dtype;
+    k.out_dtype = p->out.dtype;
 
     k.A_log = p->A_log.data;
     k.A_log_stride = p->A_log.stride[0];
@@ -233,8 +242,12 @@ extern "C" fkda_status fkda_cuda_decode(const fkda_problem *p, void *workspace, 
     k.pool_size = p->pool_size;
     k.state_bf16 = p->state_in.dtype == FKDA_DTYPE_BF16;
 
-    k.T = p->T; k.N = p->N; k.HV = p->HV; k.group = p->group;
-    k.K = (int32_t)p->K; k.V = (int32_t)p->V;
+    k.T = p->T;
+    k.N = p->N;
+    k.HV = p->HV;
+    k.group = p->group;
+    k.K = (int32_t)p->K;
+    k.V = (int32_t)p->V;
     k.scale = p->scale;
     k.lower_bound = p->lower_bound;
     k.gate = p->gate;

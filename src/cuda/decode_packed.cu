@@ -41,19 +41,24 @@ static __device__ __forceinline__ void pk_load_state(const lane_tile *w, const u
             const uint4 *at = (const uint4 *)(in + (tile_row(w, r, 0, VEC) - k0) * sk);
             uint4 u = make_uint4(0u, 0u, 0u, 0u);
             if (live) u = STREAM ? __ldcs(at) : *at;
-            sp[pk_index(r, 0, 0)] = u.x; sp[pk_index(r, 2, 0)] = u.y;
-            sp[pk_index(r, 4, 0)] = u.z; sp[pk_index(r, 6, 0)] = u.w;
+            sp[pk_index(r, 0, 0)] = u.x;
+            sp[pk_index(r, 2, 0)] = u.y;
+            sp[pk_index(r, 4, 0)] = u.z;
+            sp[pk_index(r, 6, 0)] = u.w;
         }
     } else {
 #pragma unroll
         for (int c = 0; c < NC; c++) {
 #pragma unroll
             for (int rv = 0; rv < NR; rv += VEC) {
-                const uint4 *at = (const uint4 *)(in + (tile_col(w, c, 1, VEC) - j0) * sv + (tile_row(w, rv, 1, VEC) - k0));
+                const uint4 *at = (const uint4 *)(in + (tile_col(w, c, 1, VEC) - j0) * sv +
+                                                  (tile_row(w, rv, 1, VEC) - k0));
                 uint4 u = make_uint4(0u, 0u, 0u, 0u);
                 if (live) u = STREAM ? __ldcs(at) : *at;
-                sp[pk_index(rv, c, 1)] = u.x; sp[pk_index(rv + 2, c, 1)] = u.y;
-                sp[pk_index(rv + 4, c, 1)] = u.z; sp[pk_index(rv + 6, c, 1)] = u.w;
+                sp[pk_index(rv, c, 1)] = u.x;
+                sp[pk_index(rv + 2, c, 1)] = u.y;
+                sp[pk_index(rv + 4, c, 1)] = u.z;
+                sp[pk_index(rv + 6, c, 1)] = u.w;
             }
         }
     }
@@ -82,8 +87,8 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
     const int sk = V_FIRST ? 1 : 128, sv = V_FIRST ? 128 : 1;
     const int k0 = tile_row(&w, 0, V_FIRST, VEC), j0 = tile_col(&w, 0, V_FIRST, VEC);
     const int64_t *si = p->state_in_stride;
-    const unsigned short *in = (const unsigned short *)p->state_in + slot * si[0] + h * si[1] +
-                               (int64_t)k0 * sk + (int64_t)j0 * sv;
+    const unsigned short *in = (const unsigned short *)p->state_in + slot * si[0] + h * si[1] + (int64_t)k0 * sk +
+                               (int64_t)j0 * sv;
     const bool live = j0 < w.V; /* a CTA's spare warp (columns past V) loads and stores nothing */
     uint32_t sp[PK_NR * PK_NC / 2];
     pk_load_state(&w, in, live, sp, V_FIRST, LOAD_EF);
@@ -138,8 +143,14 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
 #pragma unroll
     for (int r4 = 0; r4 < NR; r4 += 4) {
         const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4);
-        dr[r4] = d4.x; dr[r4 + 1] = d4.y; dr[r4 + 2] = d4.z; dr[r4 + 3] = d4.w;
-        kr[r4] = k4.x; kr[r4 + 1] = k4.y; kr[r4 + 2] = k4.z; kr[r4 + 3] = k4.w;
+        dr[r4] = d4.x;
+        dr[r4 + 1] = d4.y;
+        dr[r4 + 2] = d4.z;
+        dr[r4 + 3] = d4.w;
+        kr[r4] = k4.x;
+        kr[r4 + 1] = k4.y;
+        kr[r4 + 2] = k4.z;
+        kr[r4 + 3] = k4.w;
     }
     if (!V_FIRST) {
 #pragma unroll
@@ -164,13 +175,15 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
     }
 
     const int64_t *so = p->state_out_stride;
-    unsigned short *out = (unsigned short *)p->state_out + slot * so[0] + h * so[1] + (int64_t)k0 * sk + (int64_t)j0 * sv;
+    unsigned short *out = (unsigned short *)p->state_out + slot * so[0] + h * so[1] + (int64_t)k0 * sk +
+                          (int64_t)j0 * sv;
     if (!live) return;
     if (!V_FIRST) {
 #pragma unroll
         for (int r = 0; r < NR; r++)
-            __stcs((uint4 *)(out + (tile_row(&w, r, 0, VEC) - k0) * sk),
-                   make_uint4(sp[pk_index(r, 0, 0)], sp[pk_index(r, 2, 0)], sp[pk_index(r, 4, 0)], sp[pk_index(r, 6, 0)]));
+            __stcs(
+                (uint4 *)(out + (tile_row(&w, r, 0, VEC) - k0) * sk),
+                make_uint4(sp[pk_index(r, 0, 0)], sp[pk_index(r, 2, 0)], sp[pk_index(r, 4, 0)], sp[pk_index(r, 6, 0)]));
     } else {
 #pragma unroll
         for (int c = 0; c < NC; c++)
@@ -189,10 +202,10 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
  * 32 columns x 64 keys per warp, 128-byte line loads, as in the wide fp32 tiles). */
 #define DECODE_DEFINE_PACKED_KERNEL(name, V_FIRST, LOAD_EF, KS)                                  \
     __global__ void __launch_bounds__(128, 4) name(const __grid_constant__ fkda_decode_params p) \
-    {                                                                                           \
-        __shared__ stage_buffer decode_stage[1];                                                \
-        wait_for_prior_grid();                                                                  \
-        decode_cta_packed(&p, decode_stage, V_FIRST, LOAD_EF, KS);                              \
+    {                                                                                            \
+        __shared__ stage_buffer decode_stage[1];                                                 \
+        wait_for_prior_grid();                                                                   \
+        decode_cta_packed(&p, decode_stage, V_FIRST, LOAD_EF, KS);                               \
     }
 DECODE_PACKED_VARIANTS(DECODE_DEFINE_PACKED_KERNEL)
 

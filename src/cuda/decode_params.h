@@ -39,8 +39,8 @@ typedef struct fkda_decode_params {
     const void *state_indices; /* NULL: sequence n uses slot n */
     int64_t idx_stride[2];
     int32_t idx_dtype;
-    int32_t idx_2d;     /* [N, T_max]: a slot per token */
-    int64_t idx_tokens; /* T_max */
+    int32_t idx_2d;           /* [N, T_max]: a slot per token */
+    int64_t idx_tokens;       /* T_max */
     const void *num_accepted; /* NULL: 1 */
     int64_t acc_stride;
     int32_t acc_dtype;

@@ -60,8 +60,8 @@ static int best_tile_variant(const fkda_decode_call *c, int narrow, int ksplit, 
             (d->vec > 1) != (c->vectorizable != 0) || d->dense128 != c->dense128 || is_narrow(d) != narrow ||
             (d->bf16_tokens && !tok))
             continue;
-        const int score =
-            4 * ((d->k_split == 2) == ksplit) + 2 * ((d->bf16_tokens != 0) == tok) + (d->load_ef == load_ef);
+        const int score = 4 * ((d->k_split == 2) == ksplit) + 2 * ((d->bf16_tokens != 0) == tok) +
+                          (d->load_ef == load_ef);
         if (score > best) {
             best = score;
             found = i;
@@ -118,8 +118,7 @@ static fkda_decode_select_status tile_geometry(const fkda_decode_call *c, const 
     while (per_cta > 1 && per_cta / 2 >= wph) per_cta /= 2;
     /* The all-bf16-token kernels (but narrow bf16): 2 warps while that keeps at most two CTAs per
      * SM (measured faster; the generic-token kernels measured the other way round and keep 4). */
-    if (v->bf16_tokens && !(narrow && c->state_bf16) && per_cta > 2 && heads * ((wph + 1) / 2) <= 2 * sms)
-        per_cta = 2;
+    if (v->bf16_tokens && !(narrow && c->state_bf16) && per_cta > 2 && heads * ((wph + 1) / 2) <= 2 * sms) per_cta = 2;
     /* Narrow bf16 heads keep 4 warps down to fewer heads (measured faster than 2). */
     const int spread = narrow && c->state_bf16 ? 6 : 3;
     while (per_cta > 1 && spread * heads * ((wph + per_cta - 1) / per_cta) < sms) per_cta /= 2;
@@ -130,8 +129,7 @@ static fkda_decode_select_status tile_geometry(const fkda_decode_call *c, const 
     return FKDA_DECODE_SELECT_OK;
 }
 
-fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fkda_tuning *t,
-                                             fkda_decode_choice *out)
+fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fkda_tuning *t, fkda_decode_choice *out)
 {
     memset(out, 0, sizeof *out);
     const int64_t heads = c->heads, sms = c->sm_count;

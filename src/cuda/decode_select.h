@@ -20,20 +20,20 @@ extern "C" {
 
 /* What the selection needs to know about a call and the device. */
 typedef struct fkda_decode_call {
-    int64_t heads;     /* N * HV: (sequence, value head) pairs */
-    int K, V;          /* head sizes */
-    int state_bf16;    /* the pool is bf16 (else fp32) */
-    int v_first;       /* the pool is [V, K] (else [K, V]) */
-    int vectorizable;  /* the pool in and out allow 16-byte vectors along the contiguous dimension */
-    int dense128;      /* vectorizable, K = V = 128, rows 128 elements apart in and out */
-    int64_t T;         /* tokens per sequence (the longest, with cu_seqlens) */
-    int cu_seqlens;    /* varlen sequences */
-    int idx_2d;        /* 2-D state indices (a slot per token) */
-    int tokens_bf16;   /* q, k, v, g, beta and out all bf16 */
+    int64_t heads;          /* N * HV: (sequence, value head) pairs */
+    int K, V;               /* head sizes */
+    int state_bf16;         /* the pool is bf16 (else fp32) */
+    int v_first;            /* the pool is [V, K] (else [K, V]) */
+    int vectorizable;       /* the pool in and out allow 16-byte vectors along the contiguous dimension */
+    int dense128;           /* vectorizable, K = V = 128, rows 128 elements apart in and out */
+    int64_t T;              /* tokens per sequence (the longest, with cu_seqlens) */
+    int cu_seqlens;         /* varlen sequences */
+    int idx_2d;             /* 2-D state indices (a slot per token) */
+    int tokens_bf16;        /* q, k, v, g, beta and out all bf16 */
     int tokens_fit_31_bits; /* every token offset fits in 31 bits (decode_launch.cu checks) */
-    int sm_count;      /* the device's SMs */
-    int cc_major;      /* its compute capability's major number */
-    int64_t l2_bytes;  /* its L2 cache */
+    int sm_count;           /* the device's SMs */
+    int cc_major;           /* its compute capability's major number */
+    int64_t l2_bytes;       /* its L2 cache */
 } fkda_decode_call;
 
 /* The choice. */
@@ -60,8 +60,7 @@ int fkda_decode_variant_serves(const fkda_decode_variant *v, const fkda_decode_c
 int fkda_decode_variant_find(const char *name);
 
 /* Picks the variant and the geometry for the call under the tuning knobs `t`. */
-fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fkda_tuning *t,
-                                             fkda_decode_choice *out);
+fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fkda_tuning *t, fkda_decode_choice *out);
 
 #ifdef __cplusplus
 }

@@ -26,14 +26,16 @@ static __device__ __forceinline__ float softplusf_(float x) { return x > 20.0f ?
 /* One token's staged vectors, in shared memory, double-buffered across tokens: sq = q and
  * sk = k as loaded (unnormalised), sd = exp(a), in the stage_pos order of the lanes' register
  * rows; and each warp's partial sums of q.q, k.k and q.k. */
-typedef struct __align__(16) stage_buffer { /* read with 16-byte loads */
+typedef struct __align__(16) stage_buffer
+{ /* read with 16-byte loads */
     float q[DECODE_STAGE_FLOATS], k[DECODE_STAGE_FLOATS], d[DECODE_STAGE_FLOATS];
     float partial[DECODE_MAX_WARPS_PER_CTA][4];
     /* Split-K tiles: each warp's column sums of S^T k and S^T q over its half of the keys, per
      * column group of lanes, for the other warp of its pair (add_other_half): 8 warps x 8 groups
      * x 4 columns x 2 sums, or 4 warps x 8 groups x 8 columns x 2 sums (packed). */
     float halves[DECODE_MAX_WARPS_PER_CTA * 8 * 8];
-} stage_buffer;
+}
+stage_buffer;
 
 /* The factors that turn the staged vectors into the recurrence's: q_t = qf * sq and
  * k_t = kf * sk (the L2 norms and the scale), k_t . q_t, and the effective beta. Kept out of
@@ -71,7 +73,8 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
     const char *gv = token_vector(p->g, p->g_stride, TOKEN_DTYPE(p, g_dtype, TOK), row, pos, h, TOK);
     const int gated = p->gate != FKDA_GATE_NONE, biased = gated && p->dt_bias;
     /* dt_bias and A_log: 32-bit offsets in TOK kernels too (checked with the token tensors). */
-    const int64_t bias_off = TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->dt_bias_stride[0]) : h * p->dt_bias_stride[0];
+    const int64_t bias_off = TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->dt_bias_stride[0])
+                                      : h * p->dt_bias_stride[0];
     const int64_t A_off = TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->A_log_stride) : h * p->A_log_stride;
     const char *bv = biased ? (const char *)p->dt_bias + (bias_off << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
                             : NULL;
@@ -102,9 +105,10 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
  * two warps or more K <= 256), which overlaps the state's own loads that the caller issued
  * just before. Every warp of the head shares this work: the gate's exp and log1p run once per
  * key, not once per warp. */
-static __device__ __forceinline__ staged_token stage_token(const fkda_decode_params *p, const lane_tile *w,
-                                                           int64_t row, int64_t pos, int64_t h, int64_t hq,
-                                                           stage_buffer *sb, const int V_FIRST, const int VEC, const int NR, const int TOK)
+static __device__ __forceinline__ staged_token stage_token(const fkda_decode_params *p, const lane_tile *w, int64_t row,
+                                                           int64_t pos, int64_t h, int64_t hq, stage_buffer *sb,
+                                                           const int V_FIRST, const int VEC, const int NR,
+                                                           const int TOK)
 {
     const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31, warp = tid >> 5;
     const int rows = w->KL * NR; /* keys the lanes' registers cover; K <= rows <= 256 */
@@ -122,7 +126,8 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
         for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
             const int e = base + tid + i * nthreads;
             if (e >= rows) continue;
-            const float q = bits_to_float(qb[i], TOKEN_DTYPE(p, q_dtype, TOK)), k = bits_to_float(kb[i], TOKEN_DTYPE(p, k_dtype, TOK));
+            const float q = bits_to_float(qb[i], TOKEN_DTYPE(p, q_dtype, TOK)),
+                        k = bits_to_float(kb[i], TOKEN_DTYPE(p, k_dtype, TOK));
             float a = bits_to_float(gb[i], TOKEN_DTYPE(p, g_dtype, TOK));
             if (gated) {
                 a += bits_to_float(bb[i], p->dt_bias_dtype);

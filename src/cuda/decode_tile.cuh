@@ -16,10 +16,10 @@
 /* ---- the lane's share of the state: which key row and value column each register holds ---- */
 
 typedef struct lane_tile {
-    int kl, KL; /* this lane's index among the KL lanes sharing a column, and KL */
+    int kl, KL;    /* this lane's index among the KL lanes sharing a column, and KL */
     int kh, kbase; /* split-K tiles (KS = 2): the warp's half of the keys, and its first key */
-    int lj, LJ; /* this lane's column group, and the number of groups (32 / KL) */
-    int j0;     /* the warp's first column */
+    int lj, LJ;    /* this lane's column group, and the number of groups (32 / KL) */
+    int j0;        /* the warp's first column */
     int log2KL;
     int K, V; /* the head's size (compile-time constants in the dense 128 variants) */
 } lane_tile;
@@ -100,9 +100,8 @@ static __device__ __forceinline__ void load_tile_from(const lane_tile *w, const 
 }
 
 /* Loads the lane's tile of the state at `slot` from the pool. */
-static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, const lane_tile *w,
-                                                 int64_t slot, int64_t h,
-                                                 float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
+static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, const lane_tile *w, int64_t slot,
+                                                 int64_t h, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
                                                  const int V_FIRST, const int VEC, const int NR, const int NC,
                                                  const int D128, const int LOAD_EF)
 {
@@ -120,9 +119,8 @@ static __device__ __forceinline__ void load_tile(const fkda_decode_params *p, co
     load_tile_from(w, lane, sk, sv, s, BF16, V_FIRST, VEC, NR, NC, LOAD_EF);
 }
 
-static __device__ __forceinline__ void store_tile(const fkda_decode_params *p, const lane_tile *w,
-                                                  int64_t slot, int64_t h,
-                                                  float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
+static __device__ __forceinline__ void store_tile(const fkda_decode_params *p, const lane_tile *w, int64_t slot,
+                                                  int64_t h, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
                                                   const int V_FIRST, const int VEC, const int NR, const int NC,
                                                   const int D128)
 {
@@ -168,7 +166,7 @@ static __device__ __forceinline__ void store_tile(const fkda_decode_params *p, c
 
 /* This lane's place in the tile of a warp that owns slab `slab` of a head's columns. */
 static __device__ __forceinline__ lane_tile make_lane_tile(const fkda_decode_params *p, int slab, const int V_FIRST,
-                                                         const int NR, const int NC, const int D128, const int KS)
+                                                           const int NR, const int NC, const int D128, const int KS)
 {
     const int lane = threadIdx.x & 31;
     lane_tile w;

@@ -71,7 +71,9 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
             const float vn = tok.beta * (bits_to_float(vbits[c], TOKEN_DTYPE(p, v_dtype, TOK)) - tok.kf * pk[c]);
             vk[c] = tok.kf * vn;
             const int j = tile_col(&w, c, V_FIRST, VEC);
-            if (w.kl == 0 && w.kh == 0 && j < w.V) store_elem(ov, TOKEN_DTYPE(p, out_dtype, TOK), j, (int)p->out_stride[3], fmaf(tok.kq, vn, tok.qf * pq[c]));
+            if (w.kl == 0 && w.kh == 0 && j < w.V)
+                store_elem(ov, TOKEN_DTYPE(p, out_dtype, TOK), j, (int)p->out_stride[3],
+                           fmaf(tok.kq, vn, tok.qf * pq[c]));
         }
 #pragma unroll
         for (int r4 = 0; r4 < NR; r4 += 4) {
@@ -85,9 +87,9 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         }
 
         if (!TOK && p->idx_2d) { /* the state after each token goes to its own slot */
-            const int64_t ts = t < p->idx_tokens
-                                   ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + t * p->idx_stride[1])
-                                   : -1;
+            const int64_t ts = t < p->idx_tokens ? load_index(p->state_indices, p->idx_dtype,
+                                                              n * p->idx_stride[0] + t * p->idx_stride[1])
+                                                 : -1;
             if (ts >= 0 && ts < p->pool_size) store_tile(p, &w, ts, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
         }
     }
@@ -129,13 +131,13 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
 
 /* ---- the kernels ------------------------------------------------------------------------- */
 
-#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS)           \
-    __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, 2)                           \
-        name(const __grid_constant__ fkda_decode_params p)                                       \
-    {                                                                                           \
-        __shared__ stage_buffer decode_stage[2];                                                \
-        wait_for_prior_grid();                                                                  \
-        decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS);       \
+#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS)    \
+    __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, 2)                   \
+        name(const __grid_constant__ fkda_decode_params p)                                \
+    {                                                                                     \
+        __shared__ stage_buffer decode_stage[2];                                          \
+        wait_for_prior_grid();                                                            \
+        decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS); \
     }
 DECODE_TILE_VARIANTS(DECODE_DEFINE_KERNEL)
 

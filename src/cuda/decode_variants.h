@@ -37,53 +37,55 @@
 #ifndef FKDA_CUDA_DECODE_VARIANTS_H
 #define FKDA_CUDA_DECODE_VARIANTS_H
 
+/* clang-format off: the tables keep their columns aligned under their headers */
 /*  name                               BF16 V_FIRST VEC NR NC D128 LOAD_EF TOK KS */
 #define DECODE_TILE_VARIANTS(X)                                 \
-    X(decode_f32_kv_128,                 0, 0, 4, 16, 4, 1, 0, 0, 1) \
-    X(decode_f32_kv_128_ks,              0, 0, 4, 16, 4, 1, 0, 0, 2) \
-    X(decode_f32_vk_128,                 0, 1, 4, 16, 4, 1, 0, 0, 1) \
-    X(decode_bf16_kv_128,                1, 0, 4, 16, 4, 1, 0, 0, 1) \
-    X(decode_bf16_vk_128,                1, 1, 8, 16, 4, 1, 0, 0, 1) \
-    X(decode_f32_kv_128_ef,              0, 0, 4, 16, 4, 1, 1, 0, 1) \
-    X(decode_f32_kv_128_ef_ks,           0, 0, 4, 16, 4, 1, 1, 0, 2) \
-    X(decode_f32_vk_128_ef,              0, 1, 4, 16, 4, 1, 1, 0, 1) \
-    X(decode_bf16_kv_128_ef,             1, 0, 4, 16, 4, 1, 1, 0, 1) \
-    X(decode_bf16_vk_128_ef,             1, 1, 8, 16, 4, 1, 1, 0, 1) \
-    X(decode_f32_kv_128_tok,             0, 0, 4, 16, 4, 1, 0, 1, 1) \
-    X(decode_f32_kv_128_tok_ks,          0, 0, 4, 16, 4, 1, 0, 1, 2) \
-    X(decode_f32_vk_128_tok,             0, 1, 4, 16, 4, 1, 0, 1, 1) \
-    X(decode_bf16_kv_128_tok,            1, 0, 4, 16, 4, 1, 0, 1, 1) \
-    X(decode_bf16_vk_128_tok,            1, 1, 8, 16, 4, 1, 0, 1, 1) \
-    X(decode_f32_kv_128_ef_tok,          0, 0, 4, 16, 4, 1, 1, 1, 1) \
-    X(decode_f32_kv_128_ef_tok_ks,       0, 0, 4, 16, 4, 1, 1, 1, 2) \
-    X(decode_f32_vk_128_ef_tok,          0, 1, 4, 16, 4, 1, 1, 1, 1) \
-    X(decode_bf16_kv_128_ef_tok,         1, 0, 4, 16, 4, 1, 1, 1, 1) \
-    X(decode_bf16_vk_128_ef_tok,         1, 1, 8, 16, 4, 1, 1, 1, 1) \
-    X(decode_f32_kv_128_narrow,          0, 0, 4, 8, 4, 1, 1, 0, 1)  \
-    X(decode_f32_vk_128_narrow,          0, 1, 4, 8, 4, 1, 1, 0, 1)  \
-    X(decode_bf16_kv_128_narrow,         1, 0, 4, 8, 4, 1, 1, 0, 1)  \
-    X(decode_bf16_vk_128_narrow,         1, 1, 8, 8, 4, 1, 1, 0, 1)  \
-    X(decode_f32_kv_128_narrow_tok,      0, 0, 4, 8, 4, 1, 1, 1, 1)  \
-    X(decode_f32_vk_128_narrow_tok,      0, 1, 4, 8, 4, 1, 1, 1, 1)  \
-    X(decode_bf16_kv_128_narrow_tok,     1, 0, 4, 8, 4, 1, 1, 2, 1)  \
-    X(decode_bf16_vk_128_narrow_tok,     1, 1, 8, 8, 4, 1, 1, 2, 1)  \
-    X(decode_f32_kv_vec,                 0, 0, 4, 16, 4, 0, 0, 0, 1) \
-    X(decode_f32_vk_vec,                 0, 1, 4, 16, 4, 0, 0, 0, 1) \
-    X(decode_bf16_kv_vec,                1, 0, 8, 8, 8, 0, 0, 0, 1)  \
-    X(decode_bf16_vk_vec,                1, 1, 8, 8, 8, 0, 0, 0, 1)  \
-    X(decode_f32_kv_scalar,              0, 0, 1, 16, 4, 0, 0, 0, 1) \
-    X(decode_f32_vk_scalar,              0, 1, 1, 16, 4, 0, 0, 0, 1) \
-    X(decode_bf16_kv_scalar,             1, 0, 1, 16, 4, 0, 0, 0, 1) \
-    X(decode_bf16_vk_scalar,             1, 1, 1, 16, 4, 0, 0, 0, 1)
+    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1, 0, 0, 1)            \
+    X(decode_f32_kv_128_ks, 0, 0, 4, 16, 4, 1, 0, 0, 2)         \
+    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1, 0, 0, 1)            \
+    X(decode_bf16_kv_128, 1, 0, 4, 16, 4, 1, 0, 0, 1)           \
+    X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1, 0, 0, 1)           \
+    X(decode_f32_kv_128_ef, 0, 0, 4, 16, 4, 1, 1, 0, 1)         \
+    X(decode_f32_kv_128_ef_ks, 0, 0, 4, 16, 4, 1, 1, 0, 2)      \
+    X(decode_f32_vk_128_ef, 0, 1, 4, 16, 4, 1, 1, 0, 1)         \
+    X(decode_bf16_kv_128_ef, 1, 0, 4, 16, 4, 1, 1, 0, 1)        \
+    X(decode_bf16_vk_128_ef, 1, 1, 8, 16, 4, 1, 1, 0, 1)        \
+    X(decode_f32_kv_128_tok, 0, 0, 4, 16, 4, 1, 0, 1, 1)        \
+    X(decode_f32_kv_128_tok_ks, 0, 0, 4, 16, 4, 1, 0, 1, 2)     \
+    X(decode_f32_vk_128_tok, 0, 1, 4, 16, 4, 1, 0, 1, 1)        \
+    X(decode_bf16_kv_128_tok, 1, 0, 4, 16, 4, 1, 0, 1, 1)       \
+    X(decode_bf16_vk_128_tok, 1, 1, 8, 16, 4, 1, 0, 1, 1)       \
+    X(decode_f32_kv_128_ef_tok, 0, 0, 4, 16, 4, 1, 1, 1, 1)     \
+    X(decode_f32_kv_128_ef_tok_ks, 0, 0, 4, 16, 4, 1, 1, 1, 2)  \
+    X(decode_f32_vk_128_ef_tok, 0, 1, 4, 16, 4, 1, 1, 1, 1)     \
+    X(decode_bf16_kv_128_ef_tok, 1, 0, 4, 16, 4, 1, 1, 1, 1)    \
+    X(decode_bf16_vk_128_ef_tok, 1, 1, 8, 16, 4, 1, 1, 1, 1)    \
+    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1, 1, 0, 1)      \
+    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1, 1, 0, 1)      \
+    X(decode_bf16_kv_128_narrow, 1, 0, 4, 8, 4, 1, 1, 0, 1)     \
+    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1, 1, 0, 1)     \
+    X(decode_f32_kv_128_narrow_tok, 0, 0, 4, 8, 4, 1, 1, 1, 1)  \
+    X(decode_f32_vk_128_narrow_tok, 0, 1, 4, 8, 4, 1, 1, 1, 1)  \
+    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 2, 1) \
+    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 2, 1) \
+    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0, 0, 0, 1)            \
+    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0, 0, 0, 1)            \
+    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0, 0, 0, 1)            \
+    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0, 0, 0, 1)            \
+    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0, 0, 0, 1)         \
+    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0, 0, 0, 1)         \
+    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0, 0, 0, 1)        \
+    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 0, 0, 0, 1)
 
 /*  name                               V_FIRST LOAD_EF KS */
-#define DECODE_PACKED_VARIANTS(X)                    \
-    X(decode_bf16_kv_packed,             0, 0, 1)    \
-    X(decode_bf16_vk_packed,             1, 0, 1)    \
-    X(decode_bf16_kv_packed_ef,          0, 1, 1)    \
-    X(decode_bf16_vk_packed_ef,          1, 1, 1)    \
-    X(decode_bf16_kv_packed_ks,          0, 0, 2)    \
-    X(decode_bf16_kv_packed_ef_ks,       0, 1, 2)
+#define DECODE_PACKED_VARIANTS(X)        \
+    X(decode_bf16_kv_packed, 0, 0, 1)    \
+    X(decode_bf16_vk_packed, 1, 0, 1)    \
+    X(decode_bf16_kv_packed_ef, 0, 1, 1) \
+    X(decode_bf16_vk_packed_ef, 1, 1, 1) \
+    X(decode_bf16_kv_packed_ks, 0, 0, 2) \
+    X(decode_bf16_kv_packed_ef_ks, 0, 1, 2)
+/* clang-format on */
 
 /* The packed kernels' register tile: 16 rows (KL = 8 lanes share a column) x 8 columns (4 lane
  * groups x 8 = 32 columns per warp), held as 64 bf16 pairs. */
@@ -94,8 +96,8 @@
 #define DECODE_MAX_WARPS_PER_CTA 8
 
 typedef enum fkda_decode_family {
-    FKDA_DECODE_FAMILY_TILES = 0,  /* decode_tiles.cu */
-    FKDA_DECODE_FAMILY_PACKED = 1  /* decode_packed.cu */
+    FKDA_DECODE_FAMILY_TILES = 0, /* decode_tiles.cu */
+    FKDA_DECODE_FAMILY_PACKED = 1 /* decode_packed.cu */
 } fkda_decode_family;
 
 /* Rows per family; a tile variant's row in the table is its row in DECODE_TILE_VARIANTS, a packed

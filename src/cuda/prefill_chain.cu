@@ -32,13 +32,13 @@
 size_t pf_chain_smem_bytes(int vslice)
 {
     const int warps = vslice / 16;
-    return (size_t)CH_STAGES * PF_REC_BYTES + (size_t)CH_STAGES * warps * CH_TILE16 +
-           (size_t)warps * CH_TILE16 + CH_STAGES * sizeof(uint64_t);
+    return (size_t)CH_STAGES * PF_REC_BYTES + (size_t)CH_STAGES * warps * CH_TILE16 + (size_t)warps * CH_TILE16 +
+           CH_STAGES * sizeof(uint64_t);
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* sm_90 only: bulk copies and mbarrier tx */
-static __device__ __forceinline__ void chain_load_state(const pf_params *p, int64_t n, int64_t h, int v0,
-                                                        int g, int t, float S[16][4])
+static __device__ __forceinline__ void chain_load_state(const pf_params *p, int64_t n, int64_t h, int v0, int g, int t,
+                                                        float S[16][4])
 {
 #pragma unroll
     for (int j = 0; j < 16; j++)
@@ -57,8 +57,8 @@ static __device__ __forceinline__ void chain_load_state(const pf_params *p, int6
         }
 }
 
-static __device__ __forceinline__ void chain_store_state(const pf_params *p, int64_t n, int64_t h, int v0,
-                                                         int g, int t, const float S[16][4])
+static __device__ __forceinline__ void chain_store_state(const pf_params *p, int64_t n, int64_t h, int v0, int g, int t,
+                                                         const float S[16][4])
 {
     if (p->state_out == NULL) return;
     const int64_t base = n * p->state_out_s[0] + h * p->state_out_s[1];
@@ -120,14 +120,14 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
     const int64_t h = bid % p.HV, n = bid / p.HV;
     const int trans = slice >= plan.nslices; /* pass A: a transition (M) slice */
     slice -= trans ? plan.nslices : 0;
-    if (trans && seg == 0) return; /* M_0 is never needed: S_0 is known (uniform per CTA) */
+    if (trans && seg == 0) return;                 /* M_0 is never needed: S_0 is known (uniform per CTA) */
     const int v0 = slice * warps * 16 + warp * 16; /* this warp's first value (or M) column */
     const int with_v = !trans, with_out = mode != PF_CHAIN_SEG_A;
 
-    unsigned char *s_rec = smem;                                            /* [stage][record] */
-    unsigned char *s_v = smem + CH_STAGES * PF_REC_BYTES;                   /* [stage][warp][tile] */
-    unsigned char *s_out = s_v + CH_STAGES * warps * CH_TILE16;             /* [warp][tile] */
-    uint64_t *s_full = (uint64_t *)(s_out + warps * CH_TILE16);             /* [stage] */
+    unsigned char *s_rec = smem;                                /* [stage][record] */
+    unsigned char *s_v = smem + CH_STAGES * PF_REC_BYTES;       /* [stage][warp][tile] */
+    unsigned char *s_out = s_v + CH_STAGES * warps * CH_TILE16; /* [warp][tile] */
+    uint64_t *s_full = (uint64_t *)(s_out + warps * CH_TILE16); /* [stage] */
 
     int64_t row, start, len, slot0;
     pf_sequence(&p, n, &row, &start, &len, &slot0);
@@ -170,23 +170,22 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
      * lane = token * 2 + half). */
     const int vtok = lane >> 1, vhalf = lane & 1;
     const uint16_t *vsrc = p.v + row * p.v_s[0] + h * p.v_s[2] + v0 + vhalf * 8;
-#define CH_ISSUE_RECORD(chunk, stage)                                                               \
-    do {                                                                                            \
-        const uint32_t mb_ = smem_addr(&s_full[stage]);                                             \
-        mbar_arrive_expect_tx(mb_, PF_REC_BYTES);                                                   \
-        bulk_copy_g2s(smem_addr(s_rec + (stage) * PF_REC_BYTES), rec0 + (chunk) * (int64_t)PF_REC_BYTES, \
-                      PF_REC_BYTES, mb_);                                                           \
+#define CH_ISSUE_RECORD(chunk, stage)                                                                                \
+    do {                                                                                                             \
+        const uint32_t mb_ = smem_addr(&s_full[stage]);                                                              \
+        mbar_arrive_expect_tx(mb_, PF_REC_BYTES);                                                                    \
+        bulk_copy_g2s(smem_addr(s_rec + (stage)*PF_REC_BYTES), rec0 + (chunk) * (int64_t)PF_REC_BYTES, PF_REC_BYTES, \
+                      mb_);                                                                                          \
     } while (0)
-#define CH_ISSUE_V(chunk, stage)                                                                    \
-    do {                                                                                            \
-        if (with_v && (chunk) < nch) {                                                              \
-            const int64_t tk_ = (chunk) * PF_CHUNK + vtok;                                          \
-            const int ok_ = tk_ < len;                                                              \
-            cp_async_16(smem_addr(s_v + ((stage) * warps + warp) * CH_TILE16 + pf_swz16(vtok, vhalf)), \
-                        ok_ ? (const void *)(vsrc + (start + tk_) * p.v_s[1]) : (const void *)p.v,   \
-                        ok_ ? 16u : 0u);                                                            \
-        }                                                                                           \
-        cp_async_commit();                                                                          \
+#define CH_ISSUE_V(chunk, stage)                                                                                    \
+    do {                                                                                                            \
+        if (with_v && (chunk) < nch) {                                                                              \
+            const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                            \
+            const int ok_ = tk_ < len;                                                                              \
+            cp_async_16(smem_addr(s_v + ((stage)*warps + warp) * CH_TILE16 + pf_swz16(vtok, vhalf)),                \
+                        ok_ ? (const void *)(vsrc + (start + tk_) * p.v_s[1]) : (const void *)p.v, ok_ ? 16u : 0u); \
+        }                                                                                                           \
+        cp_async_commit();                                                                                          \
     } while (0)
 
     if (threadIdx.x == 0)
@@ -200,14 +199,15 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
     /* The state in bf16: A fragments of S^T (and B fragments of S). Loop-carried: each chunk
      * packs the next chunk's copy as soon as its state update is done. */
     uint32_t sa[8][4];
-#define CH_PACK_STATE()                                                                             \
-    do {                                                                                            \
-        _Pragma("unroll") for (int kk = 0; kk < 8; kk++) {                                          \
-            sa[kk][0] = pack_bf16x2(S[2 * kk][0], S[2 * kk][1]);                                    \
-            sa[kk][1] = pack_bf16x2(S[2 * kk][2], S[2 * kk][3]);                                    \
-            sa[kk][2] = pack_bf16x2(S[2 * kk + 1][0], S[2 * kk + 1][1]);                            \
-            sa[kk][3] = pack_bf16x2(S[2 * kk + 1][2], S[2 * kk + 1][3]);                            \
-        }                                                                                           \
+#define CH_PACK_STATE()                                                  \
+    do {                                                                 \
+        _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                 \
+        {                                                                \
+            sa[kk][0] = pack_bf16x2(S[2 * kk][0], S[2 * kk][1]);         \
+            sa[kk][1] = pack_bf16x2(S[2 * kk][2], S[2 * kk][3]);         \
+            sa[kk][2] = pack_bf16x2(S[2 * kk + 1][0], S[2 * kk + 1][1]); \
+            sa[kk][3] = pack_bf16x2(S[2 * kk + 1][2], S[2 * kk + 1][3]); \
+        }                                                                \
     } while (0)
     CH_PACK_STATE();
 
@@ -215,19 +215,19 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
      * next chunk's critical products are in flight: fragment (token g / g+8, values 2t..) ->
      * shared tile -> 16 contiguous bytes per lane. */
     float o[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-#define CH_STORE_OUTPUT(chunk)                                                                      \
-    do {                                                                                            \
-        _Pragma("unroll") for (int vt = 0; vt < 2; vt++) {                                          \
-            *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = pack_bf16x2(o[vt][0], o[vt][1]);          \
-            *(uint32_t *)(OS + pf_swz16(g + 8, vt) + 4 * t) = pack_bf16x2(o[vt][2], o[vt][3]);      \
-        }                                                                                           \
-        __syncwarp();                                                                               \
-        const int64_t tk_ = (chunk) * PF_CHUNK + vtok;                                              \
-        if (with_out && (chunk) >= cb && tk_ < len) {                                               \
-            const uint4 x_ = *(const uint4 *)(OS + pf_swz16(vtok, vhalf));                          \
-            *(uint4 *)(p.out + row * p.out_s[0] + (start + tk_) * p.out_s[1] + h * p.out_s[2] + v0 + \
-                       vhalf * 8) = x_;                                                             \
-        }                                                                                           \
+#define CH_STORE_OUTPUT(chunk)                                                                                        \
+    do {                                                                                                              \
+        _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                              \
+        {                                                                                                             \
+            *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = pack_bf16x2(o[vt][0], o[vt][1]);                            \
+            *(uint32_t *)(OS + pf_swz16(g + 8, vt) + 4 * t) = pack_bf16x2(o[vt][2], o[vt][3]);                        \
+        }                                                                                                             \
+        __syncwarp();                                                                                                 \
+        const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                                  \
+        if (with_out && (chunk) >= cb && tk_ < len) {                                                                 \
+            const uint4 x_ = *(const uint4 *)(OS + pf_swz16(vtok, vhalf));                                            \
+            *(uint4 *)(p.out + row * p.out_s[0] + (start + tk_) * p.out_s[1] + h * p.out_s[2] + v0 + vhalf * 8) = x_; \
+        }                                                                                                             \
     } while (0)
 
     for (int64_t c = cb; c < nch; c++) {
@@ -244,7 +244,8 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
             uint32_t wb[4];
-            ldsm_x4(wb, smem_addr(R + PF_REC_NEGW + pf_swz_unit((lane & 7) + 8 * (lane >> 4), 2 * kk + ((lane >> 3) & 1))));
+            ldsm_x4(wb,
+                    smem_addr(R + PF_REC_NEGW + pf_swz_unit((lane & 7) + 8 * (lane >> 4), 2 * kk + ((lane >> 3) & 1))));
             float(*acc)[4] = vn[kk >> 2];
             mma_bf16_16816(acc[0], sa[kk], wb[0], wb[1], (kk & 3) ? acc[0] : zero4);
             mma_bf16_16816(acc[1], sa[kk], wb[2], wb[3], (kk & 3) ? acc[1] : zero4);
@@ -292,7 +293,8 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
 #pragma unroll
         for (int m = 0; m < 8; m++) {
             uint32_t kb[4];
-            ldsm_x4_trans(kb, smem_addr(R + PF_REC_KR + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * m + (lane >> 4))));
+            ldsm_x4_trans(
+                kb, smem_addr(R + PF_REC_KR + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * m + (lane >> 4))));
             mma_bf16_16816(S[2 * m], vp, kb[0], kb[1], S[2 * m]);
             mma_bf16_16816(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);
         }
@@ -303,7 +305,8 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
 #pragma unroll
             for (int kk = 0; kk < 8; kk++) {
                 uint32_t qa[4];
-                ldsm_x4(qa, smem_addr(R + PF_REC_QD + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));
+                ldsm_x4(qa, smem_addr(R + PF_REC_QD +
+                                      pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));
                 float(*acc)[4] = kk < 4 ? o : oh;
                 mma_bf16_16816(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);
                 mma_bf16_16816(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);

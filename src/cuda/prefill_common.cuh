@@ -39,14 +39,14 @@
  * significant bits): they multiply v and Vnew in the chain, and one bf16 rounding of each was
  * the largest error term (docs/history/prefill.md, v2). The order puts what a state-only pass
  * needs first (-W, Kr, gamma, bINV), so a prefix of the record serves it. */
-#define PF_REC_NEGW 0        /* -W   [16][128] bf16, swizzled */
-#define PF_REC_KR 4096       /* Kr   [16][128] bf16, swizzled */
-#define PF_REC_GAMMA 8192    /* gamma [128] fp32 */
-#define PF_REC_BINV 8704     /* bINV [16][16] bf16, row-major, high terms */
-#define PF_REC_BINV_LO 9216  /*                              low terms */
-#define PF_REC_MQK 9728      /* Mqk  [16][16] bf16, row-major (scale folded in, lower incl. diag) */
-#define PF_REC_MQK_LO 10240  /*                              low terms */
-#define PF_REC_QD 10752      /* Qd   [16][128] bf16, swizzled (scale folded in) */
+#define PF_REC_NEGW 0       /* -W   [16][128] bf16, swizzled */
+#define PF_REC_KR 4096      /* Kr   [16][128] bf16, swizzled */
+#define PF_REC_GAMMA 8192   /* gamma [128] fp32 */
+#define PF_REC_BINV 8704    /* bINV [16][16] bf16, row-major, high terms */
+#define PF_REC_BINV_LO 9216 /*                              low terms */
+#define PF_REC_MQK 9728     /* Mqk  [16][16] bf16, row-major (scale folded in, lower incl. diag) */
+#define PF_REC_MQK_LO 10240 /*                              low terms */
+#define PF_REC_QD 10752     /* Qd   [16][128] bf16, swizzled (scale folded in) */
 #define PF_REC_BYTES 14848
 
 /* Byte offset of element (row, col) of a swizzled [16][128] bf16 tile. */
@@ -111,8 +111,8 @@ typedef struct pf_params {
 /* Sequence n: its batch row, first token, length, and first record slot. cu_seqlens entries are
  * clamped into [0, T] (and the end to at least the start), so a bad cu_seqlens can give a wrong
  * answer but never an access outside the tensors or the workspace. */
-static __device__ __forceinline__ void pf_sequence(const pf_params *p, int64_t n, int64_t *row,
-                                                   int64_t *start, int64_t *len, int64_t *slot0)
+static __device__ __forceinline__ void pf_sequence(const pf_params *p, int64_t n, int64_t *row, int64_t *start,
+                                                   int64_t *len, int64_t *slot0)
 {
     if (p->cu == NULL) {
         *row = n;
@@ -148,10 +148,7 @@ static __device__ __forceinline__ float pf_load_float(const void *base, int32_t 
     return __half2float(__ushort_as_half(u));
 }
 
-static __device__ __forceinline__ float pf_bf16_to_float(uint16_t x)
-{
-    return __uint_as_float((uint32_t)x << 16);
-}
+static __device__ __forceinline__ float pf_bf16_to_float(uint16_t x) { return __uint_as_float((uint32_t)x << 16); }
 
 static __device__ __forceinline__ uint16_t pf_float_to_bf16(float x)
 {
@@ -165,10 +162,7 @@ static __device__ __forceinline__ float pf_exp2(float x)
     return y;
 }
 
-static __device__ __forceinline__ float pf_sigmoid(float x)
-{
-    return 1.0f / (1.0f + __expf(-x));
-}
+static __device__ __forceinline__ float pf_sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
 
 /* How the chain kernel splits the work (prefill_launch.cu decides).
  *
@@ -187,8 +181,8 @@ enum { PF_CHAIN_WHOLE = 0, PF_CHAIN_SEG_A = 1, PF_CHAIN_SEG_C = 2 };
 
 typedef struct pf_chain_plan {
     int32_t mode;
-    int32_t nslices;      /* value slices per (sequence, head) */
-    int64_t P, Lc;        /* segments per sequence and chunks per segment (mode != WHOLE) */
+    int32_t nslices; /* value slices per (sequence, head) */
+    int64_t P, Lc;   /* segments per sequence and chunks per segment (mode != WHOLE) */
     float *seg_B, *seg_M, *seg_S;
 } pf_chain_plan;
 

@@ -31,7 +31,8 @@ static fkda_status check_rows16(const char *name, const fkda_operand *x)
     if (!aligned16(x->data) || x->stride[0] % 8 || x->stride[1] % 8 || x->stride[2] % 8)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED,
                          "%s: the CUDA prefill needs 16-byte aligned rows (data aligned to 16 bytes and "
-                         "every stride a multiple of 8 elements)", name);
+                         "every stride a multiple of 8 elements)",
+                         name);
     return FKDA_OK;
 }
 
@@ -39,17 +40,18 @@ extern "C" fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const 
 {
     if (prop != NULL && prop->major != 9)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED,
-                         "device: the CUDA prefill needs a Hopper GPU (sm_90); cuda:%d is sm_%d%d",
-                         p->device.index, prop->major, prop->minor);
+                         "device: the CUDA prefill needs a Hopper GPU (sm_90); cuda:%d is sm_%d%d", p->device.index,
+                         prop->major, prop->minor);
     if (p->K != PF_DK || p->V != PF_DV)
-        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "K, V: the CUDA prefill supports K = V = 128 only (got K = %lld, V = %lld)",
-                         (long long)p->K, (long long)p->V);
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                         "K, V: the CUDA prefill supports K = V = 128 only (got K = %lld, V = %lld)", (long long)p->K,
+                         (long long)p->V);
     if (p->gate != FKDA_GATE_LOWER_BOUND)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED,
                          "options.gate: the CUDA prefill supports the safe gate (FKDA_GATE_LOWER_BOUND) only");
     if (!(p->lower_bound >= -5.0f && p->lower_bound < 0.0f))
-        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
-                         "options.lower_bound: the CUDA prefill supports [-5, 0) (got %g)", (double)p->lower_bound);
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "options.lower_bound: the CUDA prefill supports [-5, 0) (got %g)",
+                         (double)p->lower_bound);
     if (p->HV > 65535)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED, "v: the CUDA prefill supports at most 65535 value heads");
     fkda_status s;
@@ -90,10 +92,7 @@ static int64_t choose_segments(const fkda_problem *p, int sms)
     return P < 2 ? 1 : P;
 }
 
-static size_t records_bytes(const fkda_problem *p)
-{
-    return (size_t)prefill_slots(p) * (size_t)p->HV * PF_REC_BYTES;
-}
+static size_t records_bytes(const fkda_problem *p) { return (size_t)prefill_slots(p) * (size_t)p->HV * PF_REC_BYTES; }
 
 /* Workspace: the records, then (with segments) seg_B, seg_M, seg_S of N*HV*P 128x128 fp32. */
 static size_t segment_bytes(const fkda_problem *p, int64_t P)

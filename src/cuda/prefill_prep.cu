@@ -80,9 +80,9 @@ __global__ void __launch_bounds__(PREP_THREADS, 8) pf_prep_kernel(const pf_param
         /* 768 16-byte units: thread tid takes units tid and tid + 128 of each tensor. */
 #pragma unroll
         for (int which = 0; which < 3; which++) {
-            const uint16_t *base = which == 0 ? p.q + row * p.q_s[0] + hq * p.q_s[2]
-                                 : which == 1 ? p.k + row * p.k_s[0] + hq * p.k_s[2]
-                                              : p.g + row * p.g_s[0] + h * p.g_s[2];
+            const uint16_t *base = which == 0   ? p.q + row * p.q_s[0] + hq * p.q_s[2]
+                                   : which == 1 ? p.k + row * p.k_s[0] + hq * p.k_s[2]
+                                                : p.g + row * p.g_s[0] + h * p.g_s[2];
             const int64_t ts = which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1];
 #pragma unroll
             for (int i = 0; i < 2; i++) {

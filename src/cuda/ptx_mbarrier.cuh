@@ -23,10 +23,7 @@ static __device__ __forceinline__ void mbar_fence_init(void)
 /* One arrival that also announces `bytes` of transactions for the current phase. */
 static __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t mbar, uint32_t bytes)
 {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;"
-                 :
-                 : "r"(mbar), "r"(bytes)
-                 : "memory");
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" : : "r"(mbar), "r"(bytes) : "memory");
 }
 
 static __device__ __forceinline__ uint32_t mbar_try_wait(uint32_t mbar, uint32_t parity)

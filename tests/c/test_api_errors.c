@@ -54,8 +54,8 @@ static void fixture_init(fixture *f, test_rng *r)
 
 static void fixture_free(fixture *f)
 {
-    test_tensor *all[] = {&f->q, &f->k, &f->v, &f->g, &f->beta, &f->A_log, &f->dt_bias,
-                          &f->h0, &f->ht, &f->out, &f->cu};
+    test_tensor *all[] = {&f->q,       &f->k,  &f->v,  &f->g,   &f->beta, &f->A_log,
+                          &f->dt_bias, &f->h0, &f->ht, &f->out, &f->cu};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
 }
 
@@ -80,10 +80,9 @@ static void expect_prefill_error(const char *what, fixture *f, const fkda_prefil
     void *ws = workspace_alloc(1 << 20);
     fkda_status s2 = fkda_prefill(args, &cpu, ws, 1 << 20);
     const char *m2 = fkda_last_error();
-    CHECK(s2 == want, "%s: prefill returned %s, expected %s (%s)", what, fkda_status_name(s2),
-          fkda_status_name(want), m2);
-    CHECK(strstr(m2, name_in_message) != NULL, "%s: message \"%s\" does not name \"%s\"", what, m2,
-          name_in_message);
+    CHECK(s2 == want, "%s: prefill returned %s, expected %s (%s)", what, fkda_status_name(s2), fkda_status_name(want),
+          m2);
+    CHECK(strstr(m2, name_in_message) != NULL, "%s: message \"%s\" does not name \"%s\"", what, m2, name_in_message);
     CHECK(test_tensor_unchanged(&f->out, out0), "%s: out was written on error", what);
     CHECK(test_tensor_unchanged(&f->ht, ht0), "%s: final_state was written on error", what);
     free(ws);
@@ -104,11 +103,11 @@ static void prefill_error_cases(test_rng *r)
     CHECK(fkda_prefill(&f.args, &cpu, ws, bytes) == FKDA_OK, "baseline run: %s", fkda_last_error());
     free(ws);
 
-#define CASE(what, want, name, ...)                                                              \
-    do {                                                                                       \
-        a = f.args;                                                                            \
-        __VA_ARGS__;                                                                           \
-        expect_prefill_error(what, &f, &a, want, name);                                        \
+#define CASE(what, want, name, ...)                     \
+    do {                                                \
+        a = f.args;                                     \
+        __VA_ARGS__;                                    \
+        expect_prefill_error(what, &f, &a, want, name); \
     } while (0)
 #define BAD FKDA_ERROR_INVALID_ARGUMENT
 
@@ -140,8 +139,8 @@ static void prefill_error_cases(test_rng *r)
     CASE("final_state wrong N", BAD, "final_state", a.final_state.shape[0] = B + 1);
     CASE("final_state read-only", BAD, "final_state", a.final_state.flags = FKDA_TENSOR_READ_ONLY);
     CASE("final_state aliasing q", BAD, "final_state", a.final_state.data = a.q.data);
-    CASE("state layout mismatch", BAD, "initial_state", a.options.state_v_first = 1;
-         a.initial_state.shape[2] = K; a.initial_state.shape[3] = V);
+    CASE("state layout mismatch", BAD, "initial_state", a.options.state_v_first = 1; a.initial_state.shape[2] = K;
+         a.initial_state.shape[3] = V);
     CASE("lower_bound = 0", BAD, "lower_bound", a.options.lower_bound = 0.0);
     CASE("lower_bound = +1", BAD, "lower_bound", a.options.lower_bound = 1.0);
     CASE("lower_bound NaN", BAD, "lower_bound", a.options.lower_bound = NAN);
@@ -154,8 +153,8 @@ static void prefill_error_cases(test_rng *r)
     CASE("scale infinite", BAD, "scale", a.options.scale = INFINITY);
     CASE("scale beyond float range", BAD, "scale", a.options.scale = 1e39);
     CASE("lower_bound beyond float range", BAD, "lower_bound", a.options.lower_bound = -1e39);
-    CASE("element count overflowing int64", BAD, "q", a.q.shape[0] = (int64_t)1 << 32;
-         a.q.shape[1] = (int64_t)1 << 32; a.q.data = NULL);
+    CASE("element count overflowing int64", BAD, "q", a.q.shape[0] = (int64_t)1 << 32; a.q.shape[1] = (int64_t)1 << 32;
+         a.q.data = NULL);
     CASE("strides reaching beyond 2^48", BAD, "v", a.v.stride[0] = (int64_t)1 << 48);
     CASE("huge stride", BAD, "g", a.g.stride[1] = (int64_t)1 << 50);
     CASE("allow_neg_eigval without sigmoid", BAD, "allow_neg_eigval", a.options.use_beta_sigmoid = 0;
@@ -182,17 +181,28 @@ static void prefill_error_cases(test_rng *r)
         packed[i]->shape[0] = 1;
         packed[i]->shape[1] = B * T;
     }
-#define PACKED a.q = packed_q; a.k = packed_k; a.v = packed_v; a.g = packed_g; a.beta = packed_b; a.out = packed_o; \
+#define PACKED         \
+    a.q = packed_q;    \
+    a.k = packed_k;    \
+    a.v = packed_v;    \
+    a.g = packed_g;    \
+    a.beta = packed_b; \
+    a.out = packed_o;  \
     a.cu_seqlens = f.cu.t
-    cu[0] = 0; cu[1] = 3; cu[2] = B * T;
+    cu[0] = 0;
+    cu[1] = 3;
+    cu[2] = B * T;
     CASE("cu_seqlens with B = 2", BAD, "cu_seqlens", a.cu_seqlens = f.cu.t);
     CASE("cu_seqlens float dtype", BAD, "cu_seqlens", PACKED; a.cu_seqlens.dtype = FKDA_DTYPE_F32);
     CASE("cu_seqlens 2-D", BAD, "cu_seqlens", PACKED; a.cu_seqlens.ndim = 2; a.cu_seqlens.shape[1] = 1);
     cu[0] = 1;
     CASE("cu_seqlens not starting at 0", BAD, "cu_seqlens", PACKED);
-    cu[0] = 0; cu[1] = B * T; cu[2] = 4;
+    cu[0] = 0;
+    cu[1] = B * T;
+    cu[2] = 4;
     CASE("cu_seqlens decreasing", BAD, "cu_seqlens", PACKED);
-    cu[1] = 3; cu[2] = B * T - 1;
+    cu[1] = 3;
+    cu[2] = B * T - 1;
     CASE("cu_seqlens not ending at T", BAD, "cu_seqlens", PACKED);
     cu[2] = B * T;
     CASE("initial_state N differs from cu_seqlens", BAD, "initial_state", PACKED; a.initial_state.shape[0] = 3);
@@ -201,13 +211,13 @@ static void prefill_error_cases(test_rng *r)
     fkda_device bad = cpu;
     bad.type = (fkda_device_type)7;
     a = f.args;
-    CHECK(fkda_prefill(&a, &bad, NULL, 0) == BAD && strstr(fkda_last_error(), "device"),
-          "bad device type: %s", fkda_last_error());
+    CHECK(fkda_prefill(&a, &bad, NULL, 0) == BAD && strstr(fkda_last_error(), "device"), "bad device type: %s",
+          fkda_last_error());
     bad = cpu;
     bad.reference = 1;
     bad.type = FKDA_DEVICE_CUDA;
-    CHECK(fkda_prefill(&a, &bad, NULL, 0) == BAD && strstr(fkda_last_error(), "reference"),
-          "reference on CUDA: %s", fkda_last_error());
+    CHECK(fkda_prefill(&a, &bad, NULL, 0) == BAD && strstr(fkda_last_error(), "reference"), "reference on CUDA: %s",
+          fkda_last_error());
     CHECK(fkda_prefill(&a, NULL, NULL, 0) == BAD, "NULL device");
     CHECK(fkda_prefill(NULL, &cpu, NULL, 0) == BAD && strstr(fkda_last_error(), "args"), "NULL args");
     CHECK(fkda_prefill_workspace_size(&a, &cpu, NULL) == BAD, "NULL bytes");
@@ -220,8 +230,8 @@ static void prefill_error_cases(test_rng *r)
         void *small = workspace_alloc(bytes);
         CHECK(fkda_prefill(&a, &cpu, small, bytes - 1) == FKDA_ERROR_WORKSPACE, "small workspace: %s",
               fkda_last_error());
-        CHECK(fkda_prefill(&a, &cpu, (char *)small + 8, bytes - 8) == FKDA_ERROR_WORKSPACE,
-              "misaligned workspace: %s", fkda_last_error());
+        CHECK(fkda_prefill(&a, &cpu, (char *)small + 8, bytes - 8) == FKDA_ERROR_WORKSPACE, "misaligned workspace: %s",
+              fkda_last_error());
         CHECK(test_tensor_unchanged(&f.out, out0), "out written on workspace error");
         free(small);
         free(out0);
@@ -259,7 +269,12 @@ static void decode_error_cases(test_rng *r)
 
     fkda_decode_args base;
     memset(&base, 0, sizeof base);
-    base.q = q.t; base.k = k.t; base.v = v.t; base.g = g.t; base.beta = beta.t; base.out = out.t;
+    base.q = q.t;
+    base.k = k.t;
+    base.v = v.t;
+    base.g = g.t;
+    base.beta = beta.t;
+    base.out = out.t;
     base.state_pool = pool.t;
     base.state_indices = idx.t;
     base.num_accepted_tokens = acc.t;
@@ -269,17 +284,31 @@ static void decode_error_cases(test_rng *r)
     test_tensor_fill_normal(&pool, r, 0, 1);
     CHECK(fkda_decode(&base, &cpu, ws, 1 << 20) == FKDA_OK, "decode baseline: %s", fkda_last_error());
 
-    struct { const char *what; const char *name; fkda_decode_args a; } cases[16];
+    struct {
+        const char *what;
+        const char *name;
+        fkda_decode_args a;
+    } cases[16];
     int n = 0;
-#define DCASE(w, nm, ...) do { cases[n].what = w; cases[n].name = nm; cases[n].a = base; { fkda_decode_args *a = &cases[n].a; __VA_ARGS__; } n++; } while (0)
+#define DCASE(w, nm, ...)                      \
+    do {                                       \
+        cases[n].what = w;                     \
+        cases[n].name = nm;                    \
+        cases[n].a = base;                     \
+        {                                      \
+            fkda_decode_args *a = &cases[n].a; \
+            __VA_ARGS__;                       \
+        }                                      \
+        n++;                                   \
+    } while (0)
     DCASE("pool missing", "state_pool", memset(&a->state_pool, 0, sizeof a->state_pool));
     DCASE("pool f16", "state_pool", a->state_pool.dtype = FKDA_DTYPE_F16);
     DCASE("pool read-only", "state_pool", a->state_pool.flags = FKDA_TENSOR_READ_ONLY);
     DCASE("pool wrong K", "state_pool", a->state_pool.shape[2] = K + 1);
     DCASE("indices float", "state_indices", a->state_indices.dtype = FKDA_DTYPE_F32);
     DCASE("indices wrong N", "state_indices", a->state_indices.shape[0] = N + 1);
-    DCASE("indices too few columns", "state_indices", a->state_indices.shape[1] = 1;
-          a->state_indices.stride[0] = 1; memset(&a->num_accepted_tokens, 0, sizeof a->num_accepted_tokens));
+    DCASE("indices too few columns", "state_indices", a->state_indices.shape[1] = 1; a->state_indices.stride[0] = 1;
+          memset(&a->num_accepted_tokens, 0, sizeof a->num_accepted_tokens));
     DCASE("accepted without 2-D indices", "num_accepted_tokens", a->state_indices.ndim = 1;
           a->state_indices.shape[0] = N; a->state_indices.stride[0] = 1);
     DCASE("accepted wrong size", "num_accepted_tokens", a->num_accepted_tokens.shape[0] = N - 1);
@@ -292,9 +321,10 @@ static void decode_error_cases(test_rng *r)
         test_tensor_fill_value(&out, 99.0);
         void *out0 = test_tensor_snapshot(&out), *pool0 = test_tensor_snapshot(&pool);
         fkda_status s = fkda_decode(&cases[i].a, &cpu, ws, 1 << 20);
-        CHECK(s == FKDA_ERROR_INVALID_ARGUMENT, "%s: got %s (%s)", cases[i].what, fkda_status_name(s), fkda_last_error());
-        CHECK(strstr(fkda_last_error(), cases[i].name) != NULL, "%s: message \"%s\" does not name %s",
-              cases[i].what, fkda_last_error(), cases[i].name);
+        CHECK(s == FKDA_ERROR_INVALID_ARGUMENT, "%s: got %s (%s)", cases[i].what, fkda_status_name(s),
+              fkda_last_error());
+        CHECK(strstr(fkda_last_error(), cases[i].name) != NULL, "%s: message \"%s\" does not name %s", cases[i].what,
+              fkda_last_error(), cases[i].name);
         CHECK(test_tensor_unchanged(&out, out0), "%s: out written on error", cases[i].what);
         CHECK(test_tensor_unchanged(&pool, pool0), "%s: pool written on error", cases[i].what);
         free(out0);
@@ -304,11 +334,13 @@ static void decode_error_cases(test_rng *r)
     void *pool0 = test_tensor_snapshot(&pool);
     ix[1] = P;
     CHECK(fkda_decode(&base, &cpu, ws, 1 << 20) == FKDA_ERROR_INVALID_ARGUMENT &&
-              strstr(fkda_last_error(), "state_indices"), "index outside pool: %s", fkda_last_error());
+              strstr(fkda_last_error(), "state_indices"),
+          "index outside pool: %s", fkda_last_error());
     ix[1] = 1;
     ac[2] = TD + 1;
     CHECK(fkda_decode(&base, &cpu, ws, 1 << 20) == FKDA_ERROR_INVALID_ARGUMENT &&
-              strstr(fkda_last_error(), "num_accepted_tokens"), "accepted count too large: %s", fkda_last_error());
+              strstr(fkda_last_error(), "num_accepted_tokens"),
+          "accepted count too large: %s", fkda_last_error());
     ac[2] = 0;
     CHECK(fkda_decode(&base, &cpu, ws, 1 << 20) == FKDA_ERROR_INVALID_ARGUMENT, "accepted count 0: %s",
           fkda_last_error());
@@ -338,8 +370,14 @@ static void empty_cases(test_rng *r)
         test_tensor_fill_value(&ht, NAN);
         fkda_prefill_args a;
         memset(&a, 0, sizeof a);
-        a.q = q.t; a.k = q.t; a.v = v.t; a.g = g.t; a.beta = beta.t; a.out = out.t;
-        a.initial_state = h0.t; a.final_state = ht.t;
+        a.q = q.t;
+        a.k = q.t;
+        a.v = v.t;
+        a.g = g.t;
+        a.beta = beta.t;
+        a.out = out.t;
+        a.initial_state = h0.t;
+        a.final_state = ht.t;
         a.options = fkda_default_options();
         size_t bytes = 0;
         fkda_status s = fkda_prefill_workspace_size(&a, &dev, &bytes);

@@ -74,8 +74,8 @@ static void check_case(const char *what, int64_t v_at, int64_t out_at, fkda_stat
           fkda_status_name(want), fkda_last_error());
     void *ws = aligned_alloc(256, (bytes + 256) / 256 * 256);
     s = fkda_prefill(&a, &cpu, ws, bytes);
-    CHECK(s == want, "%s: prefill returned %s, expected %s (%s)", what, fkda_status_name(s),
-          fkda_status_name(want), fkda_last_error());
+    CHECK(s == want, "%s: prefill returned %s, expected %s (%s)", what, fkda_status_name(s), fkda_status_name(want),
+          fkda_last_error());
     if (want != FKDA_OK) {
         const char *m = fkda_last_error();
         CHECK(strstr(m, "out: shares memory with v") != NULL, "%s: message \"%s\" does not name out and v", what, m);

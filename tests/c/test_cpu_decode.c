@@ -57,8 +57,7 @@ static double drift(const setup *s, int64_t calls)
 static double pool_gap(const setup *s, int64_t calls)
 {
     const size_t state = (size_t)(s->HV * s->K * s->V);
-    return sqrt((double)(calls < 1 ? 1 : calls)) *
-           test_bar_rounded(s->pool_dtype, test_bar_arith32(1, s->K), state);
+    return sqrt((double)(calls < 1 ? 1 : calls)) * test_bar_rounded(s->pool_dtype, test_bar_arith32(1, s->K), state);
 }
 
 static double tol_fast_out(const setup *s, int64_t calls, int64_t tokens)
@@ -84,8 +83,14 @@ static test_kda_spec token_spec(const setup *s, int64_t B, int64_t T, int nseq, 
 {
     test_kda_spec sp;
     memset(&sp, 0, sizeof sp);
-    sp.B = B; sp.T = T; sp.H = s->H; sp.HV = s->HV; sp.K = s->K; sp.V = s->V;
-    sp.nseq = nseq; sp.lengths = lengths;
+    sp.B = B;
+    sp.T = T;
+    sp.H = s->H;
+    sp.HV = s->HV;
+    sp.K = s->K;
+    sp.V = s->V;
+    sp.nseq = nseq;
+    sp.lengths = lengths;
     sp.io_dtype = s->io_dtype;
     sp.g_dtype = sp.beta_dtype = sp.param_dtype = FKDA_DTYPE_F32;
     sp.has_A_log = sp.has_dt_bias = 1;
@@ -125,9 +130,9 @@ static test_tensor copy_tensor(const test_tensor *x)
 }
 
 /* One decode call; out is poisoned first and checked fully written afterwards. */
-static void decode_call(const setup *s, const test_kda_inputs *in, int64_t t0, int64_t count,
-                        int varlen, test_tensor *pool, const test_tensor *indices,
-                        const test_tensor *accepted, fkda_tensor out, int reference, const char *label)
+static void decode_call(const setup *s, const test_kda_inputs *in, int64_t t0, int64_t count, int varlen,
+                        test_tensor *pool, const test_tensor *indices, const test_tensor *accepted, fkda_tensor out,
+                        int reference, const char *label)
 {
     fkda_decode_args a;
     memset(&a, 0, sizeof a);
@@ -155,15 +160,15 @@ static void decode_call(const setup *s, const test_kda_inputs *in, int64_t t0, i
     free(ws);
     size_t n;
     double *o = test_gather(&a.out, &n);
-    CHECK(test_count_nonfinite_d(o, n) == 0, "%s: decode left %zu of %zu out elements unwritten",
-          label, test_count_nonfinite_d(o, n), n);
+    CHECK(test_count_nonfinite_d(o, n) == 0, "%s: decode left %zu of %zu out elements unwritten", label,
+          test_count_nonfinite_d(o, n), n);
     free(o);
 }
 
 /* The reference prefill over tokens [0, T) of every sequence (or the varlen batch), starting
  * from initial [N, HV, K, V] (float32, key-major); out and final (same shapes) returned. */
-static void prefill_ref(const setup *s, const test_kda_inputs *in, int64_t T, int varlen,
-                        const test_tensor *initial, test_tensor *out, test_tensor *final)
+static void prefill_ref(const setup *s, const test_kda_inputs *in, int64_t T, int varlen, const test_tensor *initial,
+                        test_tensor *out, test_tensor *final)
 {
     fkda_prefill_args a;
     memset(&a, 0, sizeof a);
@@ -245,8 +250,8 @@ static int slot_unchanged(const test_tensor *a, const test_tensor *b, int64_t sl
 }
 
 /* Output rows of sequence n (tokens [t0, t0 + len) of row `row`) against expected. */
-static double rows_error(const setup *s, const test_tensor *got, const test_tensor *want, int64_t row,
-                         int64_t t0, int64_t len, int64_t T, int zero_expected, int *all_zero)
+static double rows_error(const setup *s, const test_tensor *got, const test_tensor *want, int64_t row, int64_t t0,
+                         int64_t len, int64_t T, int zero_expected, int *all_zero)
 {
     double num = 0, den = 0;
     *all_zero = 1;
@@ -263,18 +268,19 @@ static double rows_error(const setup *s, const test_tensor *got, const test_tens
 
 static void describe(const setup *s, const char *what, char *buf, size_t size)
 {
-    snprintf(buf, size, "%s: N=%lld H=%lld HV=%lld K=%lld V=%lld P=%lld pool=%s io=%s idx=%s v_first=%d gate=%d l2=%d thr=%d",
+    snprintf(buf, size,
+             "%s: N=%lld H=%lld HV=%lld K=%lld V=%lld P=%lld pool=%s io=%s idx=%s v_first=%d gate=%d l2=%d thr=%d",
              what, (long long)s->N, (long long)s->H, (long long)s->HV, (long long)s->K, (long long)s->V,
              (long long)s->P, dtype_name(s->pool_dtype), dtype_name(s->io_dtype),
-             s->index_dtype == FKDA_DTYPE_I32 ? "i32" : "i64", s->options.state_v_first,
-             (int)s->options.gate, s->options.use_qk_l2norm, s->threads);
+             s->index_dtype == FKDA_DTYPE_I32 ? "i32" : "i64", s->options.state_v_first, (int)s->options.gate,
+             s->options.use_qk_l2norm, s->threads);
 }
 
 /* A chain of T single-token decode calls with 1-D indices slot[n] (negative: skipped, or no
  * indices at all when use_indices is 0: slot n), checked against the prefill. Returns nothing;
  * the pool is updated (by the fast decode) so that a next phase can continue from it. */
-static void chain(const setup *s, test_rng *r, test_tensor *pool, const int64_t *slot, int64_t T,
-                  int use_indices, const char *what)
+static void chain(const setup *s, test_rng *r, test_tensor *pool, const int64_t *slot, int64_t T, int use_indices,
+                  const char *what)
 {
     char label[400];
     describe(s, what, label, sizeof label);
@@ -309,8 +315,8 @@ static void chain(const setup *s, test_rng *r, test_tensor *pool, const int64_t 
         double e2 = rows_error(s, &out_ref, &out_pf, n, 0, T, T, 0, &zero);
         CHECK(e1 <= tol_fast_out(s, T, T), "%s: seq %lld out fast vs ref %.3e > %.1e", label, (long long)n, e1,
               tol_fast_out(s, T, T));
-        CHECK(e2 <= tol_prefill_out(s, T, T), "%s: seq %lld out decode vs prefill %.3e > %.1e", label,
-              (long long)n, e2, tol_prefill_out(s, T, T));
+        CHECK(e2 <= tol_prefill_out(s, T, T), "%s: seq %lld out decode vs prefill %.3e > %.1e", label, (long long)n, e2,
+              tol_prefill_out(s, T, T));
         double f1 = slot_error(s, &pool_ref, slot[n], &final_pf, n);
         CHECK(f1 <= tol_prefill_state(s, T, T, 0), "%s: seq %lld state decode vs prefill %.3e > %.1e", label,
               (long long)n, f1, tol_prefill_state(s, T, T, 0));
@@ -326,7 +332,8 @@ static void chain(const setup *s, test_rng *r, test_tensor *pool, const int64_t 
         for (int64_t n = 0; n < s->N; n++) used |= slot[n] == q;
         if (!used) {
             CHECK(slot_unchanged(pool, &pool_before, q), "%s: fast decode wrote unused slot %lld", label, (long long)q);
-            CHECK(slot_unchanged(&pool_ref, &pool_before, q), "%s: reference decode wrote unused slot %lld", label, (long long)q);
+            CHECK(slot_unchanged(&pool_ref, &pool_before, q), "%s: reference decode wrote unused slot %lld", label,
+                  (long long)q);
         }
     }
     test_tensor *all[] = {&indices, &init, &pool_ref, &pool_before, &out_fast, &out_ref, &out_pf, &final_pf};
@@ -367,8 +374,7 @@ static void zero_slot(test_tensor *pool, int64_t slot)
 }
 
 /* Varlen decode: one call, sequence n has lengths[n] tokens (one of them none). */
-static void varlen_decode(const setup *s, test_rng *r, test_tensor *pool, const int64_t *slot,
-                          const int64_t *lengths)
+static void varlen_decode(const setup *s, test_rng *r, test_tensor *pool, const int64_t *slot, const int64_t *lengths)
 {
     char label[400];
     describe(s, "varlen decode", label, sizeof label);
@@ -409,8 +415,7 @@ static void varlen_decode(const setup *s, test_rng *r, test_tensor *pool, const 
 
 /* Speculative decoding: T_max draft tokens per sequence, 2-D indices idx[n, t] (the slot that
  * receives the state after draft token t; some negative), read slot idx[n, a_n - 1]. */
-static void speculative(const setup *s, test_rng *r, test_tensor *pool, int64_t T_max, int with_accepted,
-                        int skip_one)
+static void speculative(const setup *s, test_rng *r, test_tensor *pool, int64_t T_max, int with_accepted, int skip_one)
 {
     char label[400];
     describe(s, with_accepted ? "speculative (accepted tokens)" : "speculative (2-D, no counts)", label, sizeof label);
@@ -489,7 +494,9 @@ static void speculative(const setup *s, test_rng *r, test_tensor *pool, int64_t 
     }
     test_tensor *all[] = {&idx, &acc, &init, &pool_ref, &pool_before, &out_fast, &out_ref};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
-    free(perm); free(read); free(a_n);
+    free(perm);
+    free(read);
+    free(a_n);
     test_kda_inputs_free(&in);
 }
 
@@ -497,7 +504,12 @@ static setup base_setup(void)
 {
     setup s;
     memset(&s, 0, sizeof s);
-    s.N = 4; s.H = 2; s.HV = 4; s.K = 64; s.V = 48; s.P = 24;
+    s.N = 4;
+    s.H = 2;
+    s.HV = 4;
+    s.K = 64;
+    s.V = 48;
+    s.P = 24;
     s.pool_dtype = FKDA_DTYPE_F32;
     s.io_dtype = FKDA_DTYPE_F32;
     s.index_dtype = FKDA_DTYPE_I64;
@@ -527,7 +539,8 @@ int main(void)
             s.options.allow_neg_eigval = variant == 7;
             s.K = variant == 6 ? 128 : 32;
             s.V = variant == 7 ? 128 : 40;
-            s.H = 1; s.HV = variant == 7 ? 1 : 2;
+            s.H = 1;
+            s.HV = variant == 7 ? 1 : 2;
             s.io_dtype = variant == 6 ? FKDA_DTYPE_BF16 : variant == 7 ? FKDA_DTYPE_F16 : FKDA_DTYPE_F32;
             s.threads = variant - 4;
         }

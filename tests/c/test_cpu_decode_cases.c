@@ -26,13 +26,13 @@
 
 /* One decode problem: the inputs' spec plus how the pool, the indices and the run look. */
 typedef struct dcase {
-    test_kda_spec spec;  /* gate NONE (g is the log decay), no A_log / dt_bias */
-    int64_t P;           /* pool slots */
+    test_kda_spec spec; /* gate NONE (g is the log decay), no A_log / dt_bias */
+    int64_t P;          /* pool slots */
     fkda_dtype pool_dtype, index_dtype;
-    int pad;             /* pool as a view of a buffer with one more head and 5 more columns */
-    int two_d;           /* 2-D indices [N, T_max] */
+    int pad;   /* pool as a view of a buffer with one more head and 5 more columns */
+    int two_d; /* 2-D indices [N, T_max] */
     int64_t T_max;
-    int accepted;        /* with num_accepted_tokens */
+    int accepted; /* with num_accepted_tokens */
     int threads;
 } dcase;
 
@@ -44,8 +44,11 @@ typedef struct dbuffers {
 
 static const char *dname(fkda_dtype d)
 {
-    return d == FKDA_DTYPE_F32 ? "f32" : d == FKDA_DTYPE_F16 ? "f16" : d == FKDA_DTYPE_BF16 ? "bf16" :
-           d == FKDA_DTYPE_I32 ? "i32" : "i64";
+    return d == FKDA_DTYPE_F32    ? "f32"
+           : d == FKDA_DTYPE_F16  ? "f16"
+           : d == FKDA_DTYPE_BF16 ? "bf16"
+           : d == FKDA_DTYPE_I32  ? "i32"
+                                  : "i64";
 }
 
 /* Pool dims 2 and 3 in memory order. */
@@ -64,8 +67,8 @@ static void make_pool(const dcase *c, test_rng *r, dbuffers *b)
         for (int64_t h = 0; h < HV; h++)
             for (int64_t x = 0; x < R; x++)
                 for (int64_t y = 0; y < C; y++)
-                    test_tensor_set(&b->pool_buf, (size_t)(s * b->pool.stride[0] + h * b->pool.stride[1] +
-                                                           x * b->pool.stride[2] + y),
+                    test_tensor_set(&b->pool_buf,
+                                    (size_t)(s * b->pool.stride[0] + h * b->pool.stride[1] + x * b->pool.stride[2] + y),
                                     0.5 * test_rng_normal(r));
 }
 
@@ -91,8 +94,7 @@ static int64_t index_at(const test_tensor *t, int64_t i)
 
 /* The float64 model. pool: the gathered pool before the call, updated in place (states written
  * rounded to the pool dtype); out: [B, T, HV, V]. */
-static void naive_decode(const dcase *c, const test_kda_inputs *in, const dbuffers *b, double *pool,
-                         double *out)
+static void naive_decode(const dcase *c, const test_kda_inputs *in, const dbuffers *b, double *pool, double *out)
 {
     const test_kda_spec *sp = &c->spec;
     const fkda_options *o = &sp->options;
@@ -172,14 +174,28 @@ static void naive_decode(const dcase *c, const test_kda_inputs *in, const dbuffe
                         pool[pool_index(c, read[n], h, i, j)] = round_to(c->pool_dtype, S[i * V + j]);
         }
     }
-    free(q); free(k); free(v); free(g); free(beta); free(S); free(S0); free(qt); free(kt); free(kv); free(read);
+    free(q);
+    free(k);
+    free(v);
+    free(g);
+    free(beta);
+    free(S);
+    free(S0);
+    free(qt);
+    free(kt);
+    free(kv);
+    free(read);
 }
 
 static fkda_decode_args decode_args(const dcase *c, const test_kda_inputs *in, const dbuffers *b, fkda_tensor out)
 {
     fkda_decode_args a;
     memset(&a, 0, sizeof a);
-    a.q = in->q; a.k = in->k; a.v = in->v.t; a.g = in->g.t; a.beta = in->beta.t;
+    a.q = in->q;
+    a.k = in->k;
+    a.v = in->v.t;
+    a.g = in->g.t;
+    a.beta = in->beta.t;
     a.cu_seqlens = in->cu_seqlens.t;
     a.state_pool = b->pool;
     a.state_indices = b->idx.t.data ? b->idx.t : test_absent();
@@ -192,11 +208,12 @@ static fkda_decode_args decode_args(const dcase *c, const test_kda_inputs *in, c
 static void describe(const dcase *c, const char *what, char *buf, size_t size)
 {
     const test_kda_spec *sp = &c->spec;
-    snprintf(buf, size, "%s: N=%lld T=%lld H=%lld HV=%lld K=%lld V=%lld P=%lld pool=%s%s io=%s idx=%s%s%s "
-             "v_first=%d scale=%g thr=%d", what, (long long)(sp->nseq ? sp->nseq : sp->B), (long long)sp->T,
-             (long long)sp->H, (long long)sp->HV, (long long)sp->K, (long long)sp->V, (long long)c->P,
-             dname(c->pool_dtype), c->pad ? "(padded)" : "", dname(sp->io_dtype),
-             c->two_d ? "2-D " : "", dname(c->index_dtype), c->accepted ? "+accepted" : "",
+    snprintf(buf, size,
+             "%s: N=%lld T=%lld H=%lld HV=%lld K=%lld V=%lld P=%lld pool=%s%s io=%s idx=%s%s%s "
+             "v_first=%d scale=%g thr=%d",
+             what, (long long)(sp->nseq ? sp->nseq : sp->B), (long long)sp->T, (long long)sp->H, (long long)sp->HV,
+             (long long)sp->K, (long long)sp->V, (long long)c->P, dname(c->pool_dtype), c->pad ? "(padded)" : "",
+             dname(sp->io_dtype), c->two_d ? "2-D " : "", dname(c->index_dtype), c->accepted ? "+accepted" : "",
              sp->options.state_v_first, sp->options.scale, c->threads);
 }
 
@@ -231,8 +248,7 @@ static void check_untouched(const dcase *c, const dbuffers *b, const void *befor
                     if ((h >= c->spec.HV || y >= pool_cols(c)) &&
                         test_tensor_get(&b->pool_buf, (size_t)(((s * HVb + h) * R + x) * Cb + y)) != 7.0)
                         bad_pad++;
-    CHECK(bad_pad == 0, "%s (ref %d): %lld padding elements of the pool written", label, reference,
-          (long long)bad_pad);
+    CHECK(bad_pad == 0, "%s (ref %d): %lld padding elements of the pool written", label, reference, (long long)bad_pad);
     free(old_pool);
     test_tensor_free(&old);
 }
@@ -264,7 +280,8 @@ static void run_case(const dcase *cin, test_rng *r, index_maker make_indices, co
         naive_decode(&c, &in, &b, want_pool, want_out);
         for (int64_t i = 0; i < n_out; i++) want_out[i] = round_to(c.spec.io_dtype, want_out[i]);
 
-        test_tensor out = test_tensor_alloc(c.spec.io_dtype, 4, (const int64_t[]){c.spec.B, c.spec.T, c.spec.HV, c.spec.V});
+        test_tensor out = test_tensor_alloc(c.spec.io_dtype, 4,
+                                            (const int64_t[]){c.spec.B, c.spec.T, c.spec.HV, c.spec.V});
         test_tensor_fill_value(&out, NAN);
         fkda_decode_args a = decode_args(&c, &in, &b, out.t);
         fkda_device dev = {FKDA_DEVICE_CPU, 0, NULL, c.threads, reference};
@@ -279,8 +296,8 @@ static void run_case(const dcase *cin, test_rng *r, index_maker make_indices, co
         size_t n;
         double *got_out = test_gather(&out.t, &n);
         double *got_pool = test_gather(&b.pool, &n);
-        CHECK(test_count_nonfinite_d(got_out, (size_t)n_out) == 0, "%s (ref %d): %zu out elements unwritten",
-              label, reference, test_count_nonfinite_d(got_out, (size_t)n_out));
+        CHECK(test_count_nonfinite_d(got_out, (size_t)n_out) == 0, "%s (ref %d): %zu out elements unwritten", label,
+              reference, test_count_nonfinite_d(got_out, (size_t)n_out));
         /* The model rounds out and states as the library does (to float, then to the dtype).
          * The fast path: the float32 arithmetic of T steps and the roundings it flips. The
          * reference: float64 like the model, so only the float64 arithmetic separates them; it
@@ -299,7 +316,11 @@ static void run_case(const dcase *cin, test_rng *r, index_maker make_indices, co
         if (getenv("FKDA_TEST_VERBOSE"))
             printf("  ref %d: out %.2e (bar %.1e) pool %.2e (bar %.1e)  %s\n", reference, e_out, bar_out, e_pool,
                    bar_pool, label);
-        free(before); free(want_pool); free(want_out); free(got_out); free(got_pool);
+        free(before);
+        free(want_pool);
+        free(want_out);
+        free(got_out);
+        free(got_pool);
         test_tensor_free(&out);
         test_tensor_free(&b.pool_buf);
         if (b.idx.t.data) test_tensor_free(&b.idx);
@@ -367,9 +388,15 @@ static dcase base_case(void)
     dcase c;
     memset(&c, 0, sizeof c);
     test_kda_spec *sp = &c.spec;
-    sp->B = 1; sp->T = 2; sp->H = 1; sp->HV = 1; sp->K = 32; sp->V = 128;
+    sp->B = 1;
+    sp->T = 2;
+    sp->H = 1;
+    sp->HV = 1;
+    sp->K = 32;
+    sp->V = 128;
     sp->io_dtype = sp->g_dtype = sp->beta_dtype = sp->param_dtype = FKDA_DTYPE_F32;
-    sp->g_mean = 1.0; sp->g_std = 1.0; /* gate none: g = logsigmoid(x), a decay in (0, 1) */
+    sp->g_mean = 1.0;
+    sp->g_std = 1.0; /* gate none: g = logsigmoid(x), a decay in (0, 1) */
     sp->options = fkda_default_options();
     sp->options.use_qk_l2norm = 1;
     sp->options.use_beta_sigmoid = 1;
@@ -437,7 +464,9 @@ static void varlen_speculative_cases(test_rng *r)
         c.spec.nseq = 5;
         c.spec.lengths = lengths;
         c.spec.cu_int32 = i % 2;
-        c.spec.H = 1; c.spec.HV = 2; c.spec.V = 64;
+        c.spec.H = 1;
+        c.spec.HV = 2;
+        c.spec.V = 64;
         c.two_d = 1;
         c.T_max = 3;
         c.accepted = i != 3;
@@ -456,7 +485,12 @@ static void option_cases(test_rng *r)
     static const double scales[] = {0.37, -1.5, 2.0};
     for (int i = 0; i < 6; i++) {
         dcase c = base_case();
-        c.spec.B = 3; c.spec.T = 1; c.spec.H = 2; c.spec.HV = 4; c.spec.K = 48; c.spec.V = 40;
+        c.spec.B = 3;
+        c.spec.T = 1;
+        c.spec.H = 2;
+        c.spec.HV = 4;
+        c.spec.K = 48;
+        c.spec.V = 40;
         c.spec.options.scale = scales[i % 3];
         c.spec.options.use_qk_l2norm = i != 2;
         c.spec.options.use_beta_sigmoid = i != 4;
@@ -469,7 +503,13 @@ static void option_cases(test_rng *r)
     }
     /* Padded pool with 2-D indices (INT64_MIN entries among them), one head split 4 ways. */
     dcase c = base_case();
-    c.spec.B = 3; c.spec.T = 2; c.two_d = 1; c.T_max = 2; c.accepted = 1; c.P = 7; c.pad = 1;
+    c.spec.B = 3;
+    c.spec.T = 2;
+    c.two_d = 1;
+    c.T_max = 2;
+    c.accepted = 1;
+    c.P = 7;
+    c.pad = 1;
     c.threads = 4;
     run_case(&c, r, indices_2d, "padded pool, 2-D indices");
 }
@@ -481,7 +521,12 @@ static void error_cases(test_rng *r)
     /* A sequence longer than T_max under cu_seqlens. */
     static const int64_t lengths[] = {1, 4, 2};
     dcase c = base_case();
-    c.spec.nseq = 3; c.spec.lengths = lengths; c.two_d = 1; c.T_max = 3; c.accepted = 1; c.P = 9;
+    c.spec.nseq = 3;
+    c.spec.lengths = lengths;
+    c.two_d = 1;
+    c.T_max = 3;
+    c.accepted = 1;
+    c.P = 9;
     test_kda_inputs in;
     test_kda_inputs_make(&c.spec, r, &in);
     dbuffers b;
@@ -496,7 +541,8 @@ static void error_cases(test_rng *r)
     void *ws = aligned_alloc(256, 1 << 20);
     fkda_status st = fkda_decode(&a, &cpu, ws, 1 << 20);
     CHECK(st == FKDA_ERROR_INVALID_ARGUMENT &&
-              strstr(fkda_last_error(), "state_indices: sequence 1 has 4 tokens, but 2-D state_indices has only 3 columns"),
+              strstr(fkda_last_error(),
+                     "state_indices: sequence 1 has 4 tokens, but 2-D state_indices has only 3 columns"),
           "varlen sequence longer than T_max: %s (%s)", fkda_status_name(st), fkda_last_error());
 
     /* An accepted count of INT64_MIN (and INT64_MAX). */
@@ -559,22 +605,30 @@ static void error_cases(test_rng *r)
               "CUDA decode of host tensors: %s (%s)", fkda_status_name(st), fkda_last_error());
     cuda.index = 999;
     st = fkda_decode(&a, &cuda, NULL, 0);
-    CHECK(st == FKDA_ERROR_DEVICE && strncmp(fkda_last_error(), "device", 6) == 0,
-          "CUDA device 999: %s (%s)", fkda_status_name(st), fkda_last_error());
+    CHECK(st == FKDA_ERROR_DEVICE && strncmp(fkda_last_error(), "device", 6) == 0, "CUDA device 999: %s (%s)",
+          fkda_status_name(st), fkda_last_error());
     fkda_prefill_args pa;
     memset(&pa, 0, sizeof pa);
-    pa.q = a.q; pa.k = a.k; pa.v = a.v; pa.g = a.g; pa.beta = a.beta; pa.out = a.out;
-    pa.cu_seqlens = a.cu_seqlens; pa.options = a.options;
+    pa.q = a.q;
+    pa.k = a.k;
+    pa.v = a.v;
+    pa.g = a.g;
+    pa.beta = a.beta;
+    pa.out = a.out;
+    pa.cu_seqlens = a.cu_seqlens;
+    pa.options = a.options;
     cuda.index = 0;
     st = fkda_prefill(&pa, &cuda, NULL, 0);
-    CHECK(st == FKDA_ERROR_DEVICE || (fkda_has_cuda() && st == FKDA_ERROR_INVALID_ARGUMENT),
-          "CUDA prefill: %s (%s)", fkda_status_name(st), fkda_last_error());
+    CHECK(st == FKDA_ERROR_DEVICE || (fkda_has_cuda() && st == FKDA_ERROR_INVALID_ARGUMENT), "CUDA prefill: %s (%s)",
+          fkda_status_name(st), fkda_last_error());
     if (!fkda_has_cuda())
         CHECK(strstr(fkda_last_error(), "built without CUDA") != NULL, "CUDA prefill message: %s", fkda_last_error());
 
     CHECK(test_tensor_unchanged(&out, out0), "out written by a failing call");
     CHECK(test_tensor_unchanged(&b.pool_buf, pool0), "pool written by a failing call");
-    free(ws); free(out0); free(pool0);
+    free(ws);
+    free(out0);
+    free(pool0);
     test_tensor_free(&out);
     test_tensor_free(&b.pool_buf);
     test_tensor_free(&b.idx);

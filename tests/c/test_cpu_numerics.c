@@ -30,8 +30,8 @@ typedef struct result {
     size_t n_out, n_final;
 } result;
 
-static result run(const test_kda_spec *sp, const test_kda_inputs *in, const test_tensor *initial,
-                  int reference, int threads, const char *label)
+static result run(const test_kda_spec *sp, const test_kda_inputs *in, const test_tensor *initial, int reference,
+                  int threads, const char *label)
 {
     result res;
     test_tensor out = test_tensor_alloc(FKDA_DTYPE_F32, 4, (const int64_t[]){sp->B, sp->T, sp->HV, sp->V});
@@ -62,18 +62,17 @@ static result run(const test_kda_spec *sp, const test_kda_inputs *in, const test
     free(ws);
     res.out = test_gather(&out.t, &res.n_out);
     res.final = test_gather(&final.t, &res.n_final);
-    CHECK(test_count_nonfinite_d(res.out, res.n_out) == 0, "%s (%s): %zu out elements NaN/Inf or unwritten",
-          label, reference ? "reference" : "fast", test_count_nonfinite_d(res.out, res.n_out));
-    CHECK(test_count_nonfinite_d(res.final, res.n_final) == 0, "%s (%s): final state NaN/Inf or unwritten",
-          label, reference ? "reference" : "fast");
+    CHECK(test_count_nonfinite_d(res.out, res.n_out) == 0, "%s (%s): %zu out elements NaN/Inf or unwritten", label,
+          reference ? "reference" : "fast", test_count_nonfinite_d(res.out, res.n_out));
+    CHECK(test_count_nonfinite_d(res.final, res.n_final) == 0, "%s (%s): final state NaN/Inf or unwritten", label,
+          reference ? "reference" : "fast");
     test_tensor_free(&out);
     test_tensor_free(&final);
     return res;
 }
 
 /* Runs fast (on 1 and 3 threads) and reference and compares. */
-static void compare(const test_kda_spec *sp, const test_kda_inputs *in, const test_tensor *initial,
-                    const char *label)
+static void compare(const test_kda_spec *sp, const test_kda_inputs *in, const test_tensor *initial, const char *label)
 {
     result ref = run(sp, in, initial, 1, 2, label);
     for (int threads = 1; threads <= 3; threads += 2) {
@@ -84,8 +83,7 @@ static void compare(const test_kda_spec *sp, const test_kda_inputs *in, const te
         double ef = test_rel_error_d(fast.final, ref.final, ref.n_final);
         CHECK(eo <= bar, "%s (%d threads): out error %.3e > %.1e", label, threads, eo, bar);
         CHECK(ef <= bar, "%s (%d threads): final state error %.3e > %.1e", label, threads, ef, bar);
-        if (getenv("FKDA_TEST_VERBOSE"))
-            printf("  %-60s out %.2e final %.2e (bar %.1e)\n", label, eo, ef, bar);
+        if (getenv("FKDA_TEST_VERBOSE")) printf("  %-60s out %.2e final %.2e (bar %.1e)\n", label, eo, ef, bar);
         free(fast.out);
         free(fast.final);
     }
@@ -97,7 +95,12 @@ static test_kda_spec base_spec(void)
 {
     test_kda_spec sp;
     memset(&sp, 0, sizeof sp);
-    sp.B = 2; sp.T = 100; sp.H = 1; sp.HV = 2; sp.K = 64; sp.V = 64;
+    sp.B = 2;
+    sp.T = 100;
+    sp.H = 1;
+    sp.HV = 2;
+    sp.K = 64;
+    sp.V = 64;
     sp.io_dtype = sp.g_dtype = sp.beta_dtype = sp.param_dtype = FKDA_DTYPE_F32;
     sp.g_mean = -3.0; /* lower bound gate: a ~ -0.25 per token, a memory of some tokens */
     sp.g_std = 1.0;
@@ -128,11 +131,39 @@ static void set_g(const test_kda_spec *sp, test_kda_inputs *in, g_rule rule, tes
                     test_tensor_set(&in->g, (size_t)(((b * sp->T + t) * sp->HV + h) * sp->K + i), rule(t, i, r));
 }
 
-static double g_plus20(int64_t t, int64_t key, test_rng *r) { (void)t; (void)key; (void)r; return 20.0; }
-static double g_half_saturated(int64_t t, int64_t key, test_rng *r) { (void)t; (void)r; return key % 2 ? 20.0 : -30.0; }
-static double g_random_strong(int64_t t, int64_t key, test_rng *r) { (void)t; (void)key; return 2.0 + test_rng_normal(r); }
-static double g_minus100(int64_t t, int64_t key, test_rng *r) { (void)t; (void)key; (void)r; return -100.0; }
-static double g_zero(int64_t t, int64_t key, test_rng *r) { (void)t; (void)key; (void)r; return 0.0; }
+static double g_plus20(int64_t t, int64_t key, test_rng *r)
+{
+    (void)t;
+    (void)key;
+    (void)r;
+    return 20.0;
+}
+static double g_half_saturated(int64_t t, int64_t key, test_rng *r)
+{
+    (void)t;
+    (void)r;
+    return key % 2 ? 20.0 : -30.0;
+}
+static double g_random_strong(int64_t t, int64_t key, test_rng *r)
+{
+    (void)t;
+    (void)key;
+    return 2.0 + test_rng_normal(r);
+}
+static double g_minus100(int64_t t, int64_t key, test_rng *r)
+{
+    (void)t;
+    (void)key;
+    (void)r;
+    return -100.0;
+}
+static double g_zero(int64_t t, int64_t key, test_rng *r)
+{
+    (void)t;
+    (void)key;
+    (void)r;
+    return 0.0;
+}
 /* Alternating chunks: 16 tokens of mild decay, then 16 of a = -12 (pairwise), ... */
 static double g_alternating(int64_t t, int64_t key, test_rng *r)
 {
@@ -156,8 +187,7 @@ int main(void)
         test_kda_inputs_make(&sp, &r, &in);
         set_g(&sp, &in, variant == 3 ? g_half_saturated : g_plus20, &r);
         init = random_state(&sp, in.N, &r);
-        static const char *const labels[] = {"lb -5, g = +20", "lb -5, g = +20, A_log",
-                                             "lb -5, g = +20, no L2 norm",
+        static const char *const labels[] = {"lb -5, g = +20", "lb -5, g = +20, A_log", "lb -5, g = +20, no L2 norm",
                                              "lb -5: half the keys a = -5, half no decay"};
         compare(&sp, &in, &init, labels[variant]);
         test_tensor_free(&init);
@@ -258,7 +288,11 @@ int main(void)
 
     /* 6. A long sequence. */
     sp = base_spec();
-    sp.B = 1; sp.T = 4096; sp.HV = 1; sp.K = 128; sp.V = 128;
+    sp.B = 1;
+    sp.T = 4096;
+    sp.HV = 1;
+    sp.K = 128;
+    sp.V = 128;
     test_kda_inputs_make(&sp, &r, &in);
     init = random_state(&sp, in.N, &r);
     compare(&sp, &in, &init, "T = 4096");
@@ -266,7 +300,11 @@ int main(void)
     test_kda_inputs_free(&in);
     /* ... with slow decay (long memory) and no norm, the hardest for accumulated error. */
     sp = base_spec();
-    sp.B = 1; sp.T = 4096; sp.HV = 1; sp.K = 128; sp.V = 64;
+    sp.B = 1;
+    sp.T = 4096;
+    sp.HV = 1;
+    sp.K = 128;
+    sp.V = 64;
     sp.options.gate = FKDA_GATE_NONE;
     sp.options.use_qk_l2norm = 0;
     sp.g_mean = 6.0; /* logsigmoid(6) = -0.0025 per token */

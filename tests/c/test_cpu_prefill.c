@@ -58,8 +58,8 @@ static double softplus(double x) { return x > 20.0 ? x : log1p(exp(x)); }
 
 /* out [B, T, HV, V] and final [N, HV, K, V] (always key-major here), from the gathered inputs;
  * initial is the gathered initial state in its own layout, or NULL. */
-static void naive_prefill(const prefill_case *c, const test_kda_inputs *in, const double *initial,
-                          double *out, double *final)
+static void naive_prefill(const prefill_case *c, const test_kda_inputs *in, const double *initial, double *out,
+                          double *final)
 {
     const test_kda_spec *sp = &c->spec;
     const fkda_options *o = &sp->options;
@@ -119,8 +119,7 @@ static void naive_prefill(const prefill_case *c, const test_kda_inputs *in, cons
                     for (int64_t i = 0; i < K; i++) kv[j] += kt[i] * S[i * V + j];
                 }
                 for (int64_t i = 0; i < K; i++)
-                    for (int64_t j = 0; j < V; j++)
-                        S[i * V + j] += b * kt[i] * (v[(tok * HV + h) * V + j] - kv[j]);
+                    for (int64_t j = 0; j < V; j++) S[i * V + j] += b * kt[i] * (v[(tok * HV + h) * V + j] - kv[j]);
                 for (int64_t j = 0; j < V; j++) {
                     double acc = 0.0;
                     for (int64_t i = 0; i < K; i++) acc += qt[i] * S[i * V + j];
@@ -130,8 +129,18 @@ static void naive_prefill(const prefill_case *c, const test_kda_inputs *in, cons
             memcpy(final + (n * HV + h) * K * V, S, (size_t)(K * V) * sizeof(double));
         }
     }
-    free(q); free(k); free(v); free(g); free(beta); free(A_log); free(dt_bias);
-    free(S); free(qt); free(kt); free(at); free(kv);
+    free(q);
+    free(k);
+    free(v);
+    free(g);
+    free(beta);
+    free(A_log);
+    free(dt_bias);
+    free(S);
+    free(qt);
+    free(kt);
+    free(at);
+    free(kv);
 }
 
 /* ---- one library run ------------------------------------------------------------------------ */
@@ -147,8 +156,8 @@ static int64_t state_shape_last2(const prefill_case *c, int which)
     return which == 0 ? (v_first ? c->spec.V : c->spec.K) : (v_first ? c->spec.K : c->spec.V);
 }
 
-static run_result run_library(const prefill_case *c, const test_kda_inputs *in,
-                              const test_tensor *initial, int reference, const char *label)
+static run_result run_library(const prefill_case *c, const test_kda_inputs *in, const test_tensor *initial,
+                              int reference, const char *label)
 {
     const test_kda_spec *sp = &c->spec;
     run_result res = {NULL, NULL, 0, 0};
@@ -156,8 +165,7 @@ static run_result run_library(const prefill_case *c, const test_kda_inputs *in,
 
     /* out: contiguous, or the first V columns of a [B, T, HV, V + 3] buffer whose extra
      * columns hold a sentinel that must survive. */
-    test_tensor out_buf = test_tensor_alloc(sp->io_dtype, 4,
-                                            (const int64_t[]){B, T, HV, V + (c->strided_out ? 3 : 0)});
+    test_tensor out_buf = test_tensor_alloc(sp->io_dtype, 4, (const int64_t[]){B, T, HV, V + (c->strided_out ? 3 : 0)});
     test_tensor_fill_value(&out_buf, 7.0);
     fkda_tensor out = fkda_make_tensor(out_buf.t.data, sp->io_dtype, 4, (const int64_t[]){B, T, HV, V});
     for (int d = 0; d < 3; d++) out.stride[d] = out_buf.t.stride[d];
@@ -196,8 +204,10 @@ static run_result run_library(const prefill_case *c, const test_kda_inputs *in,
     free(workspace);
 
     res.out = test_gather(&out, &res.n_out);
-    CHECK(test_count_nonfinite_d(res.out, res.n_out) == 0, "%s: %zu of %zu out elements not written "
-          "(or not finite)", label, test_count_nonfinite_d(res.out, res.n_out), res.n_out);
+    CHECK(test_count_nonfinite_d(res.out, res.n_out) == 0,
+          "%s: %zu of %zu out elements not written "
+          "(or not finite)",
+          label, test_count_nonfinite_d(res.out, res.n_out), res.n_out);
     if (c->strided_out) {
         int intact = 1;
         for (size_t i = 0; i < out_buf.count; i++)
@@ -206,8 +216,7 @@ static run_result run_library(const prefill_case *c, const test_kda_inputs *in,
     }
     if (c->has_final) {
         res.final = test_gather(&final.t, &res.n_final);
-        CHECK(test_count_nonfinite_d(res.final, res.n_final) == 0, "%s: final_state not fully written",
-              label);
+        CHECK(test_count_nonfinite_d(res.final, res.n_final) == 0, "%s: final_state not fully written", label);
         test_tensor_free(&final);
     }
     if (initial) {
@@ -227,14 +236,12 @@ static void describe(const prefill_case *c, char *buf, size_t size)
     snprintf(buf, size,
              "B=%lld T=%lld nseq=%d H=%lld HV=%lld K=%lld V=%lld io=%s g=%s beta=%s gate=%s lb=%g "
              "A_log=%d dt_bias=%d%s l2=%d sig=%d neg=%d init=%s final=%s v_first=%d strided=%d/%d thr=%d",
-             (long long)sp->B, (long long)sp->T, sp->nseq, (long long)sp->H, (long long)sp->HV,
-             (long long)sp->K, (long long)sp->V, dtype_name(sp->io_dtype), dtype_name(sp->g_dtype),
-             dtype_name(sp->beta_dtype), gate_name(o->gate), o->lower_bound, sp->has_A_log,
-             sp->has_dt_bias, sp->dt_bias_flat ? "(flat)" : "", o->use_qk_l2norm,
-             o->use_beta_sigmoid, o->allow_neg_eigval,
-             c->has_initial ? dtype_name(c->initial_dtype) : "-",
-             c->has_final ? dtype_name(c->final_dtype) : "-", o->state_v_first, sp->strided,
-             c->strided_out, c->threads);
+             (long long)sp->B, (long long)sp->T, sp->nseq, (long long)sp->H, (long long)sp->HV, (long long)sp->K,
+             (long long)sp->V, dtype_name(sp->io_dtype), dtype_name(sp->g_dtype), dtype_name(sp->beta_dtype),
+             gate_name(o->gate), o->lower_bound, sp->has_A_log, sp->has_dt_bias, sp->dt_bias_flat ? "(flat)" : "",
+             o->use_qk_l2norm, o->use_beta_sigmoid, o->allow_neg_eigval,
+             c->has_initial ? dtype_name(c->initial_dtype) : "-", c->has_final ? dtype_name(c->final_dtype) : "-",
+             o->state_v_first, sp->strided, c->strided_out, c->threads);
 }
 
 static void run_case(prefill_case *c, test_rng *r, int check_naive)
@@ -264,8 +271,7 @@ static void run_case(prefill_case *c, test_rng *r, int check_naive)
     if (c->has_final) {
         bar_final = test_bar_fast(c->final_dtype, T_seq, sp->K, ref.n_final);
         e_final = test_rel_error_d(fast.final, ref.final, ref.n_final);
-        CHECK(e_final <= bar_final, "%s: fast vs reference: final state error %.3e > %.1e", label, e_final,
-              bar_final);
+        CHECK(e_final <= bar_final, "%s: fast vs reference: final state error %.3e > %.1e", label, e_final, bar_final);
     }
 
     if (check_naive) {
@@ -287,16 +293,21 @@ static void run_case(prefill_case *c, test_rng *r, int check_naive)
                         laid[sp->options.state_v_first ? (s * sp->V + j) * sp->K + i : (s * sp->K + i) * sp->V + j] =
                             final[(s * sp->K + i) * sp->V + j];
             e = test_rel_error_d(ref.final, laid, (size_t)n_state);
-            CHECK(e <= test_bar_reference(c->final_dtype), "%s: reference vs naive: final error %.3e > %.1e",
-                  label, e, test_bar_reference(c->final_dtype));
+            CHECK(e <= test_bar_reference(c->final_dtype), "%s: reference vs naive: final error %.3e > %.1e", label, e,
+                  test_bar_reference(c->final_dtype));
             free(laid);
         }
-        free(out); free(final); free(init_d);
+        free(out);
+        free(final);
+        free(init_d);
     }
     if (getenv("FKDA_TEST_VERBOSE"))
         printf("  out %.2e (bar %.1e) final %.2e (bar %.1e)  %s\n", e_out, bar_out, e_final, bar_final, label);
 
-    free(ref.out); free(ref.final); free(fast.out); free(fast.final);
+    free(ref.out);
+    free(ref.final);
+    free(fast.out);
+    free(fast.final);
     if (c->has_initial) test_tensor_free(&initial);
     test_kda_inputs_free(&in);
 }
@@ -307,10 +318,16 @@ static prefill_case base_case(void)
     prefill_case c;
     memset(&c, 0, sizeof c);
     test_kda_spec *sp = &c.spec;
-    sp->B = 1; sp->T = 64; sp->H = 2; sp->HV = 2; sp->K = 64; sp->V = 64;
+    sp->B = 1;
+    sp->T = 64;
+    sp->H = 2;
+    sp->HV = 2;
+    sp->K = 64;
+    sp->V = 64;
     sp->io_dtype = sp->g_dtype = sp->beta_dtype = sp->param_dtype = FKDA_DTYPE_F32;
     sp->has_A_log = sp->has_dt_bias = 1;
-    sp->g_mean = -2.0; sp->g_std = 1.5; /* decays from ~0 to ~lower_bound per token */
+    sp->g_mean = -2.0;
+    sp->g_std = 1.5; /* decays from ~0 to ~lower_bound per token */
     sp->options = fkda_default_options();
     sp->options.gate = FKDA_GATE_LOWER_BOUND;
     sp->options.lower_bound = -5.0;
@@ -382,21 +399,31 @@ int main(void)
 
     /* Equal lengths, several rows. */
     prefill_case c = base_case();
-    c.spec.B = 3; c.spec.T = 100;
+    c.spec.B = 3;
+    c.spec.T = 100;
     run_case(&c, &r, 1);
 
     /* Varlen with every boundary length, int64 and int32 offsets, GVA 2x. */
     static const int64_t edges[] = {0, 1, 15, 16, 17, 63, 64, 65, 0, 300};
     c = base_case();
-    c.spec.nseq = 10; c.spec.lengths = edges; c.spec.HV = 4; c.spec.K = 32; c.spec.V = 64;
+    c.spec.nseq = 10;
+    c.spec.lengths = edges;
+    c.spec.HV = 4;
+    c.spec.K = 32;
+    c.spec.V = 64;
     run_case(&c, &r, 1);
-    c.spec.cu_int32 = 1; c.spec.options.state_v_first = 1; c.threads = 3;
+    c.spec.cu_int32 = 1;
+    c.spec.options.state_v_first = 1;
+    c.threads = 3;
     run_case(&c, &r, 1);
 
     /* A long sequence (fast path only against the reference; naive would be slow). */
     static const int64_t long_one[] = {17, 2000, 5};
     c = base_case();
-    c.spec.nseq = 3; c.spec.lengths = long_one; c.spec.H = 1; c.spec.HV = 1;
+    c.spec.nseq = 3;
+    c.spec.lengths = long_one;
+    c.spec.H = 1;
+    c.spec.HV = 1;
     run_case(&c, &r, 0);
 
     /* Every K and V, equal and unequal. */
@@ -404,7 +431,10 @@ int main(void)
     for (int i = 0; i < 5; i++)
         for (int j = 0; j < 5; j++) {
             c = base_case();
-            c.spec.K = dims[i]; c.spec.V = dims[j]; c.spec.H = 1; c.spec.HV = 1;
+            c.spec.K = dims[i];
+            c.spec.V = dims[j];
+            c.spec.H = 1;
+            c.spec.HV = 1;
             c.spec.T = dims[i] * dims[j] >= 128 * 256 ? 40 : 70;
             c.spec.options.state_v_first = (i + j) % 2;
             run_case(&c, &r, i == j || i + j == 4);
@@ -413,16 +443,25 @@ int main(void)
     static const int64_t odd[][2] = {{1, 1}, {3, 5}, {8, 24}, {48, 40}, {100, 7}, {17, 130}};
     for (int i = 0; i < 6; i++) {
         c = base_case();
-        c.spec.K = odd[i][0]; c.spec.V = odd[i][1]; c.spec.T = 37; c.threads = 4;
+        c.spec.K = odd[i][0];
+        c.spec.V = odd[i][1];
+        c.spec.T = 37;
+        c.threads = 4;
         run_case(&c, &r, 1);
     }
 
     /* GVA 4x; one head with many threads (the value columns split across them). */
     c = base_case();
-    c.spec.H = 1; c.spec.HV = 4; c.spec.V = 128;
+    c.spec.H = 1;
+    c.spec.HV = 4;
+    c.spec.V = 128;
     run_case(&c, &r, 1);
     c = base_case();
-    c.spec.H = 1; c.spec.HV = 1; c.spec.V = 256; c.spec.T = 90; c.threads = 4;
+    c.spec.H = 1;
+    c.spec.HV = 1;
+    c.spec.V = 256;
+    c.spec.T = 90;
+    c.threads = 4;
     run_case(&c, &r, 1);
 
     /* One head (and two) on every thread count: the fast path splits the V value columns into
@@ -432,8 +471,11 @@ int main(void)
     for (int i = 0; i < 8; i++)
         for (int j = 0; j < 3; j++) {
             c = base_case();
-            c.spec.H = 1; c.spec.HV = j == 2 ? 2 : 1;
-            c.spec.K = 32; c.spec.V = j == 0 ? 40 : 200; c.spec.T = 40;
+            c.spec.H = 1;
+            c.spec.HV = j == 2 ? 2 : 1;
+            c.spec.K = 32;
+            c.spec.V = j == 0 ? 40 : 200;
+            c.spec.T = 40;
             c.spec.options.state_v_first = (i + j) % 2;
             c.initial_dtype = c.final_dtype = i % 3 == 2 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
             c.threads = split_threads[i];
@@ -473,7 +515,8 @@ int main(void)
 
     /* T = 0: no tokens, final state = initial state (or zero); and a state-less call. */
     c = base_case();
-    c.spec.B = 2; c.spec.T = 0;
+    c.spec.B = 2;
+    c.spec.T = 0;
     run_case(&c, &r, 1);
     c.has_initial = 0;
     run_case(&c, &r, 1);

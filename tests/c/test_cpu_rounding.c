@@ -35,9 +35,12 @@ static double format_value(fkda_dtype d, uint16_t bits)
     const int e = (bits >> mbits) & ((1 << ebits) - 1);
     const int m = bits & ((1 << mbits) - 1);
     double x;
-    if (e == (1 << ebits) - 1) x = m ? NAN : INFINITY;
-    else if (e == 0) x = ldexp((double)m, 1 - bias - mbits);
-    else x = ldexp((double)((1 << mbits) + m), e - bias - mbits);
+    if (e == (1 << ebits) - 1)
+        x = m ? NAN : INFINITY;
+    else if (e == 0)
+        x = ldexp((double)m, 1 - bias - mbits);
+    else
+        x = ldexp((double)((1 << mbits) + m), e - bias - mbits);
     return sign ? -x : x;
 }
 
@@ -69,7 +72,10 @@ static uint16_t round_to_format(const format_table *t, double x)
     uint32_t lo = 0, hi = t->inf; /* value[lo] <= a < value[hi] */
     while (hi - lo > 1) {
         uint32_t mid = (lo + hi) / 2;
-        if (t->value[mid] <= a) lo = mid; else hi = mid;
+        if (t->value[mid] <= a)
+            lo = mid;
+        else
+            hi = mid;
     }
     const double below = a - t->value[lo], above = t->value[hi] - a;
     uint32_t pick = below < above ? lo : above < below ? hi : (lo % 2 == 0 ? lo : hi);
@@ -148,14 +154,16 @@ typedef struct exact_case {
     int64_t V;
     const float *s, *v; /* row 0 of the state, and v: V values each, exact in their dtypes */
     const char *what;
-    int subnormal;      /* outputs in the subnormal range */
+    int subnormal; /* outputs in the subnormal range */
 } exact_case;
 
 static void set_float(fkda_tensor *t, int64_t i, float x)
 {
     test_tensor w = {*t, 0};
-    if (t->dtype == FKDA_DTYPE_F32) ((float *)t->data)[i] = x;
-    else test_tensor_set(&w, (size_t)i, x);
+    if (t->dtype == FKDA_DTYPE_F32)
+        ((float *)t->data)[i] = x;
+    else
+        test_tensor_set(&w, (size_t)i, x);
 }
 
 enum { K = 16 };
@@ -207,7 +215,10 @@ static void compare(const exact_case *c, const fkda_tensor *out, const fkda_tens
     for (int64_t j = 0; j < c->V; j++) {
         const double m_exact = (double)c->s[j] + 0.5 * ((double)c->v[j] - (double)c->s[j]);
         const float m = (float)m_exact;
-        if (!isnan(m_exact) && (double)m != m_exact) { skipped++; continue; } /* not an exact case */
+        if (!isnan(m_exact) && (double)m != m_exact) {
+            skipped++;
+            continue;
+        } /* not an exact case */
         const float o = c->scale * m;
         const uint32_t want_o = expected_bits(c->io, o), want_s = expected_bits(c->state, m);
         const uint32_t got_o = stored_bits(out, j), got_s = stored_bits(state, state_offset + j);
@@ -234,7 +245,9 @@ static void run_decode(const exact_case *c, test_rng *r, int threads, int refere
 {
     char label[256];
     snprintf(label, sizeof label, "decode %s: io=%s state=%s scale=%a thr=%d ref=%d", c->what,
-             c->io == FKDA_DTYPE_F32 ? "f32" : c->io == FKDA_DTYPE_F16 ? "f16" : "bf16",
+             c->io == FKDA_DTYPE_F32   ? "f32"
+             : c->io == FKDA_DTYPE_F16 ? "f16"
+                                       : "bf16",
              c->state == FKDA_DTYPE_F32 ? "f32" : "bf16", (double)c->scale, threads, reference);
     exact_inputs in = exact_make(c, r, 2);
     test_tensor out = test_tensor_alloc(c->io, 4, (const int64_t[]){1, 1, 1, c->V});
@@ -243,8 +256,14 @@ static void run_decode(const exact_case *c, test_rng *r, int threads, int refere
     ((int64_t *)idx.t.data)[0] = 1; /* slot 1 of 2 */
     fkda_decode_args a;
     memset(&a, 0, sizeof a);
-    a.q = in.q.t; a.k = in.q.t; a.v = in.v.t; a.g = in.g.t; a.beta = in.beta.t;
-    a.state_pool = in.state.t; a.state_indices = idx.t; a.out = out.t;
+    a.q = in.q.t;
+    a.k = in.q.t;
+    a.v = in.v.t;
+    a.g = in.g.t;
+    a.beta = in.beta.t;
+    a.state_pool = in.state.t;
+    a.state_indices = idx.t;
+    a.out = out.t;
     a.options = exact_options(c);
     fkda_device dev = {FKDA_DEVICE_CPU, 0, NULL, threads, reference};
     size_t bytes = 0;
@@ -263,7 +282,9 @@ static void run_prefill(const exact_case *c, test_rng *r, int threads, int refer
 {
     char label[256];
     snprintf(label, sizeof label, "prefill %s: io=%s final=%s scale=%a thr=%d ref=%d", c->what,
-             c->io == FKDA_DTYPE_F32 ? "f32" : c->io == FKDA_DTYPE_F16 ? "f16" : "bf16",
+             c->io == FKDA_DTYPE_F32   ? "f32"
+             : c->io == FKDA_DTYPE_F16 ? "f16"
+                                       : "bf16",
              c->state == FKDA_DTYPE_F32 ? "f32" : "bf16", (double)c->scale, threads, reference);
     /* The initial state is float32 (any state dtype's values are exact in it); the final state
      * takes the dtype under test. */
@@ -276,8 +297,14 @@ static void run_prefill(const exact_case *c, test_rng *r, int threads, int refer
     test_tensor_fill_value(&final, NAN);
     fkda_prefill_args a;
     memset(&a, 0, sizeof a);
-    a.q = in.q.t; a.k = in.q.t; a.v = in.v.t; a.g = in.g.t; a.beta = in.beta.t;
-    a.initial_state = in.state.t; a.final_state = final.t; a.out = out.t;
+    a.q = in.q.t;
+    a.k = in.q.t;
+    a.v = in.v.t;
+    a.g = in.g.t;
+    a.beta = in.beta.t;
+    a.initial_state = in.state.t;
+    a.final_state = final.t;
+    a.out = out.t;
     a.options = exact_options(c);
     fkda_device dev = {FKDA_DEVICE_CPU, 0, NULL, threads, reference};
     size_t bytes = 0;
@@ -307,7 +334,8 @@ static void run_everywhere(const exact_case *c, test_rng *r)
     for (int reference = 0; reference < 2; reference++)
         for (int t = 0; t < 2; t++) {
             run_decode(c, r, threads[t], reference);
-            if (reference || (scale_is_power_of_two(c->scale) && !c->subnormal)) run_prefill(c, r, threads[t], reference);
+            if (reference || (scale_is_power_of_two(c->scale) && !c->subnormal))
+                run_prefill(c, r, threads[t], reference);
         }
 }
 

@@ -37,33 +37,42 @@ static int heads_count;
 
 static void make_heads(void)
 {
-    static const int64_t large[] = {312, 320, 456, 512, 528, 640, 1024, 1279, 1280, 1281, 1599, 1600, 1601,
-                                    2048, 2559, 2560, 2561, 3199, 3200, 3201, 4096, 6399, 6400, 6401,
-                                    8192, 12799, 12800, 12801, 16384, 25600, 32768};
+    static const int64_t large[] = {312,  320,  456,  512,   528,   640,   1024,  1279,  1280, 1281, 1599,
+                                    1600, 1601, 2048, 2559,  2560,  2561,  3199,  3200,  3201, 4096, 6399,
+                                    6400, 6401, 8192, 12799, 12800, 12801, 16384, 25600, 32768};
     heads_count = 0;
     for (int64_t h = 1; h <= 300; h++) heads_list[heads_count++] = h;
     for (size_t i = 0; i < sizeof large / sizeof large[0]; i++) heads_list[heads_count++] = large[i];
 }
 
-typedef struct device_desc { const char *name; int sm_count, cc_major; int64_t l2_bytes; } device_desc;
+typedef struct device_desc {
+    const char *name;
+    int sm_count, cc_major;
+    int64_t l2_bytes;
+} device_desc;
 static const device_desc devices[] = {
-    {"78 SMs cc 8 (40 MiB L2)", 78, 8, 40LL << 20},  {"78 SMs cc 9 (40 MiB L2)", 78, 9, 40LL << 20},
+    {"78 SMs cc 8 (40 MiB L2)", 78, 8, 40LL << 20},   {"78 SMs cc 9 (40 MiB L2)", 78, 9, 40LL << 20},
     {"114 SMs cc 8 (50 MiB L2)", 114, 8, 50LL << 20}, {"114 SMs cc 9 (50 MiB L2)", 114, 9, 50LL << 20},
     {"132 SMs cc 8 (50 MiB L2)", 132, 8, 50LL << 20}, {"132 SMs cc 9 (50 MiB L2)", 132, 9, 50LL << 20},
 };
 #define KNOB_DEVICE 5 /* the knob overrides run on this device */
 
-typedef struct shape_desc { const char *name; int K, V, vectorizable, dense128; } shape_desc;
+typedef struct shape_desc {
+    const char *name;
+    int K, V, vectorizable, dense128;
+} shape_desc;
 static const shape_desc shapes[] = {
-    {"K=V=128 dense", 128, 128, 1, 1},
-    {"K=V=128 vectors, rows padded", 128, 128, 1, 0},
-    {"K=64 V=256 vectors", 64, 256, 1, 0},
-    {"K=100 V=50 scalar", 100, 50, 0, 0},
+    {"K=V=128 dense", 128, 128, 1, 1},     {"K=V=128 vectors, rows padded", 128, 128, 1, 0},
+    {"K=64 V=256 vectors", 64, 256, 1, 0}, {"K=100 V=50 scalar", 100, 50, 0, 0},
     {"K=V=256 scalar", 256, 256, 0, 0},
 };
 #define KNOB_SHAPES 2 /* the knob overrides run on the first two shapes */
 
-typedef struct tokens_desc { const char *name; int64_t T; int cu_seqlens, idx_2d, tokens_bf16, fit; } tokens_desc;
+typedef struct tokens_desc {
+    const char *name;
+    int64_t T;
+    int cu_seqlens, idx_2d, tokens_bf16, fit;
+} tokens_desc;
 static const tokens_desc token_cases[] = {
     {"T=1 all-bf16 tokens", 1, 0, 0, 1, 1},
     {"T=1 all-bf16 tokens, offsets past 31 bits", 1, 0, 0, 1, 0},
@@ -100,8 +109,8 @@ static const char *const knob_sets[] = {
  * (so the pin also covers the parsing). */
 static void tuning_for(const char *set, fkda_tuning *t)
 {
-    static const char *const names[] = {"FKDA_DECODE_PDL", "FKDA_DECODE_LOAD_EF", "FKDA_DECODE_KSPLIT",
-                                        "FKDA_DECODE_PACKED", "FKDA_DECODE_NARROW", "FKDA_DECODE_BF16_TOKENS",
+    static const char *const names[] = {"FKDA_DECODE_PDL",           "FKDA_DECODE_LOAD_EF", "FKDA_DECODE_KSPLIT",
+                                        "FKDA_DECODE_PACKED",        "FKDA_DECODE_NARROW",  "FKDA_DECODE_BF16_TOKENS",
                                         "FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_VARIANT"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) unsetenv(names[i]);
     char buf[256];
@@ -244,8 +253,10 @@ static void check_pins(void)
         if (i >= (int)(sizeof pinned_checksums / sizeof pinned_checksums[0])) break;
         char what[512];
         describe_block(&blocks[i], what, sizeof what);
-        CHECK(h == pinned_checksums[i], "block %d (%s): a decision changed (checksum 0x%08" PRIx32
-              ", pinned 0x%08" PRIx32 "); its decisions now:", i, what, h, pinned_checksums[i]);
+        CHECK(h == pinned_checksums[i],
+              "block %d (%s): a decision changed (checksum 0x%08" PRIx32 ", pinned 0x%08" PRIx32
+              "); its decisions now:",
+              i, what, h, pinned_checksums[i]);
         if (h != pinned_checksums[i] && changed++ < 8) block_checksum(&blocks[i], 1);
     }
     if (print) printf("};\n\nstatic const pinned_row pinned_rows[] = {\n");
@@ -290,8 +301,8 @@ static void check_serving(void)
                 CHECK(s == FKDA_DECODE_SELECT_OK, "%s, %" PRId64 " heads: status %d", what, heads_list[j], (int)s);
                 if (s != FKDA_DECODE_SELECT_OK) continue;
                 const fkda_decode_variant *got = &fkda_decode_variant_table[ch.variant];
-                CHECK(fkda_decode_variant_serves(got, &c), "%s, %" PRId64 " heads, forced %s: %s cannot serve it",
-                      what, heads_list[j], v >= 0 ? fkda_decode_variant_table[v].name : "nothing", got->name);
+                CHECK(fkda_decode_variant_serves(got, &c), "%s, %" PRId64 " heads, forced %s: %s cannot serve it", what,
+                      heads_list[j], v >= 0 ? fkda_decode_variant_table[v].name : "nothing", got->name);
                 CHECK(ch.warps_per_cta >= got->k_split && ch.ctas_per_head * ch.warps_per_cta >= ch.warps_per_head &&
                           ch.lanes_k >= 1 && ch.lanes_k <= 32 && ch.warps_per_cta <= DECODE_MAX_WARPS_PER_CTA,
                       "%s, %" PRId64 " heads: geometry %d %d %d %d", what, heads_list[j], ch.lanes_k, ch.warps_per_head,
@@ -347,9 +358,9 @@ static void check_tuning_read(void)
               t.cpu_isa == FKDA_TUNING_ISA_BASELINE,
           "second read %d %lld %d %d", t.decode_warps_per_cta, (long long)t.prefill_segments, t.prefill_vslice,
           (int)t.cpu_isa);
-    static const char *const all[] = {"FKDA_DECODE_PDL", "FKDA_DECODE_LOAD_EF", "FKDA_DECODE_KSPLIT",
+    static const char *const all[] = {"FKDA_DECODE_PDL",           "FKDA_DECODE_LOAD_EF", "FKDA_DECODE_KSPLIT",
                                       "FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_VARIANT", "FKDA_PREFILL_SEGMENTS",
-                                      "FKDA_PREFILL_VSLICE", "FKDA_CPU_ISA"};
+                                      "FKDA_PREFILL_VSLICE",       "FKDA_CPU_ISA"};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) unsetenv(all[i]);
     fkda_tuning d;
     fkda_tuning_read(&t);

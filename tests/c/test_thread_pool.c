@@ -32,15 +32,15 @@
 typedef struct call_record {
     int num_workers;
     int64_t num_items;
-    int rendezvous;                  /* items wait until this many of them run at once (0: no) */
-    atomic_int runs[MAX_ITEMS];      /* times each item ran */
-    double value[MAX_ITEMS];         /* a result that depends only on the item */
+    int rendezvous;             /* items wait until this many of them run at once (0: no) */
+    atomic_int runs[MAX_ITEMS]; /* times each item ran */
+    double value[MAX_ITEMS];    /* a result that depends only on the item */
     atomic_int slot_in_use[MAX_WORKERS];
     atomic_int worker_out_of_range;
-    atomic_int slot_shared;          /* two items ran at once with the same worker index */
+    atomic_int slot_shared; /* two items ran at once with the same worker index */
     atomic_int in_flight;
-    atomic_int rendezvous_missed;    /* the wanted concurrency never came (within seconds) */
-    atomic_int nested_failures;      /* set by nested_item */
+    atomic_int rendezvous_missed; /* the wanted concurrency never came (within seconds) */
+    atomic_int nested_failures;   /* set by nested_item */
 } call_record;
 
 static double item_value(int64_t item)
@@ -110,8 +110,10 @@ static int record_errors(const call_record *rec, const char *label)
     const int missed = atomic_load(&rec->rendezvous_missed);
     const int nested = atomic_load(&rec->nested_failures);
     if (out_of_range || shared || missed || nested)
-        fprintf(stderr, "%s: %d worker indices out of range, %d shared slots, %d rendezvous missed, "
-                "%d nested failures\n", label, out_of_range, shared, missed, nested);
+        fprintf(stderr,
+                "%s: %d worker indices out of range, %d shared slots, %d rendezvous missed, "
+                "%d nested failures\n",
+                label, out_of_range, shared, missed, nested);
     return errors + out_of_range + shared + missed + nested;
 }
 
@@ -170,7 +172,7 @@ typedef struct caller {
     pthread_t thread;
     int index;
     int errors;
-    atomic_int *stop;   /* run until set (NULL: a fixed number of calls) */
+    atomic_int *stop; /* run until set (NULL: a fixed number of calls) */
     call_record rec;
 } caller;
 
@@ -215,8 +217,8 @@ static void child_after_fork(const char *label)
     }
     int status = 0;
     waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: the child's parallel-for failed (status %d%s)",
-          label, status, WIFSIGNALED(status) ? ", killed by a signal: a hang?" : "");
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s: the child's parallel-for failed (status %d%s)", label,
+          status, WIFSIGNALED(status) ? ", killed by a signal: a hang?" : "");
 }
 
 static void fork_children(void)
@@ -248,7 +250,7 @@ typedef struct prefill_run {
     const test_kda_spec *spec;
     int threads;
     int status;
-    float *out;   /* [B, T, HV, V] */
+    float *out; /* [B, T, HV, V] */
 } prefill_run;
 
 static void *prefill_main(void *arg)
@@ -287,10 +289,16 @@ static void prefill_same_bytes(test_rng *rng)
 {
     test_kda_spec spec;
     memset(&spec, 0, sizeof spec);
-    spec.B = 2; spec.T = 300; spec.H = 4; spec.HV = 4; spec.K = 64; spec.V = 64;
+    spec.B = 2;
+    spec.T = 300;
+    spec.H = 4;
+    spec.HV = 4;
+    spec.K = 64;
+    spec.V = 64;
     spec.io_dtype = spec.g_dtype = spec.beta_dtype = spec.param_dtype = FKDA_DTYPE_F32;
     spec.has_A_log = spec.has_dt_bias = 1;
-    spec.g_mean = -2.0; spec.g_std = 1.5;
+    spec.g_mean = -2.0;
+    spec.g_std = 1.5;
     spec.options = fkda_default_options();
     spec.options.gate = FKDA_GATE_LOWER_BOUND;
     spec.options.lower_bound = -5.0;

@@ -46,7 +46,12 @@ uint64_t test_rng_next(test_rng *r)
 {
     uint64_t *s = r->s;
     uint64_t result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3]; s[2] ^= t; s[3] = rotl(s[3], 45);
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
     return result;
 }
 
@@ -117,7 +122,10 @@ float test_f16_to_f32(uint16_t h)
             out = sign;
         } else {
             exp = 127 - 15 + 1;
-            while (!(mant & 0x400u)) { mant <<= 1; exp--; }
+            while (!(mant & 0x400u)) {
+                mant <<= 1;
+                exp--;
+            }
             out = sign | (exp << 23) | ((mant & 0x3ffu) << 13);
         }
     } else if (exp == 0x1f) {
@@ -174,7 +182,10 @@ test_tensor test_tensor_alloc(fkda_dtype dtype, int32_t ndim, const int64_t *sha
     x.count = count;
     size_t bytes = count * fkda_dtype_size(dtype);
     void *data = malloc(bytes ? bytes : 1);
-    if (!data) { fprintf(stderr, "out of memory\n"); exit(2); }
+    if (!data) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
     x.t = fkda_make_tensor(data, dtype, ndim, shape);
     return x;
 }
@@ -246,7 +257,10 @@ void *test_tensor_snapshot(const test_tensor *x)
 {
     size_t bytes = x->count * fkda_dtype_size(x->t.dtype);
     void *copy = malloc(bytes ? bytes : 1);
-    if (!copy) { fprintf(stderr, "out of memory\n"); exit(2); }
+    if (!copy) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
     memcpy(copy, x->t.data, bytes);
     return copy;
 }
@@ -281,7 +295,10 @@ double *test_gather(const fkda_tensor *t, size_t *count)
 {
     size_t n = view_count(t);
     double *out = malloc((n ? n : 1) * sizeof(double));
-    if (!out) { fprintf(stderr, "out of memory\n"); exit(2); }
+    if (!out) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
     test_tensor wrap;
     wrap.t = *t;
     for (size_t i = 0; i < n; i++) {
@@ -346,7 +363,10 @@ void test_kda_inputs_make(test_kda_spec *sp, test_rng *r, test_kda_inputs *in)
     const int64_t B = sp->B, T = sp->T, H = sp->H, HV = sp->HV, K = sp->K, V = sp->V;
     in->start = malloc((size_t)(in->N + 1) * sizeof(int64_t));
     in->length = malloc((size_t)(in->N + 1) * sizeof(int64_t));
-    if (!in->start || !in->length) { fprintf(stderr, "out of memory\n"); exit(2); }
+    if (!in->start || !in->length) {
+        fprintf(stderr, "out of memory\n");
+        exit(2);
+    }
     for (int64_t n = 0, c = 0; n < in->N; n++) {
         in->start[n] = sp->nseq > 0 ? c : 0;
         in->length[n] = sp->nseq > 0 ? sp->lengths[n] : T;
@@ -404,15 +424,14 @@ void test_kda_inputs_make(test_kda_spec *sp, test_rng *r, test_kda_inputs *in)
         in->cu_seqlens = test_tensor_alloc(sp->cu_int32 ? FKDA_DTYPE_I32 : FKDA_DTYPE_I64, 1,
                                            (const int64_t[]){in->N + 1});
         for (int64_t n = 0; n <= in->N; n++)
-            test_tensor_set(&in->cu_seqlens, (size_t)n,
-                            (double)(n < in->N ? in->start[n] : T));
+            test_tensor_set(&in->cu_seqlens, (size_t)n, (double)(n < in->N ? in->start[n] : T));
     }
 }
 
 void test_kda_inputs_free(test_kda_inputs *in)
 {
-    test_tensor *all[] = {&in->qk_buf, &in->q_buf, &in->k_buf, &in->v, &in->g, &in->beta,
-                          &in->A_log, &in->dt_bias, &in->cu_seqlens};
+    test_tensor *all[] = {&in->qk_buf, &in->q_buf, &in->k_buf,   &in->v,         &in->g,
+                          &in->beta,   &in->A_log, &in->dt_bias, &in->cu_seqlens};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i]->t.data) test_tensor_free(all[i]);
     free(in->start);

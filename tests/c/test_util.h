@@ -15,26 +15,28 @@
 /* Failure counting. CHECK(cond, fmt, ...) prints and counts; test_exit() returns the exit code. */
 extern int test_failures;
 extern int test_checks;
-#define CHECK(cond, ...)                                                                         \
-    do {                                                                                       \
-        test_checks++;                                                                         \
-        if (!(cond)) {                                                                         \
-            test_failures++;                                                                   \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                               \
-            fprintf(stderr, __VA_ARGS__);                                                      \
-            fprintf(stderr, "\n");                                                             \
-        }                                                                                      \
+#define CHECK(cond, ...)                                         \
+    do {                                                         \
+        test_checks++;                                           \
+        if (!(cond)) {                                           \
+            test_failures++;                                     \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
+            fprintf(stderr, __VA_ARGS__);                        \
+            fprintf(stderr, "\n");                               \
+        }                                                        \
     } while (0)
 int test_exit(const char *name);
 
 /* xoshiro-style 64-bit generator; the seed comes from FKDA_TEST_SEED or the clock, and is printed
  * so that a failing run can be repeated. */
-typedef struct test_rng { uint64_t s[4]; } test_rng;
+typedef struct test_rng {
+    uint64_t s[4];
+} test_rng;
 uint64_t test_seed_from_env(void);
 void test_rng_seed(test_rng *r, uint64_t seed);
 uint64_t test_rng_next(test_rng *r);
-double test_rng_uniform(test_rng *r);          /* [0, 1) */
-double test_rng_normal(test_rng *r);           /* standard normal */
+double test_rng_uniform(test_rng *r);                      /* [0, 1) */
+double test_rng_normal(test_rng *r);                       /* standard normal */
 int64_t test_rng_int(test_rng *r, int64_t lo, int64_t hi); /* [lo, hi] */
 
 /* Conversions (round to nearest even). */
@@ -86,7 +88,7 @@ void test_tensor_free(test_tensor *x);
 void test_tensor_fill_normal(test_tensor *x, test_rng *r, double mean, double stddev);
 void test_tensor_fill_uniform(test_tensor *x, test_rng *r, double lo, double hi);
 void test_tensor_fill_value(test_tensor *x, double value);
-double test_tensor_get(const test_tensor *x, size_t i);   /* element i in memory order, widened */
+double test_tensor_get(const test_tensor *x, size_t i); /* element i in memory order, widened */
 void test_tensor_set(test_tensor *x, size_t i, double value);
 /* Relative Frobenius error ||a - b|| / ||b||, and whether any element of a is NaN/Inf. */
 double test_rel_error(const test_tensor *a, const test_tensor *b);
@@ -111,14 +113,14 @@ size_t test_count_nonfinite_d(const double *a, size_t n);
  * sigmoid), so that the recurrence stays bounded. */
 typedef struct test_kda_spec {
     int64_t B, T, H, HV, K, V;
-    int nseq;                /* > 0: varlen, B = 1 and T = the sum of lengths[0 .. nseq) */
+    int nseq; /* > 0: varlen, B = 1 and T = the sum of lengths[0 .. nseq) */
     const int64_t *lengths;
-    int cu_int32;            /* cu_seqlens as int32 instead of int64 */
-    fkda_dtype io_dtype;     /* q, k, v (and out) */
+    int cu_int32;        /* cu_seqlens as int32 instead of int64 */
+    fkda_dtype io_dtype; /* q, k, v (and out) */
     fkda_dtype g_dtype, beta_dtype, param_dtype;
     int has_A_log, has_dt_bias, dt_bias_flat;
-    int strided;             /* q and k as head slices of one [B, T, 2H + 1, K] buffer */
-    double g_mean, g_std;    /* the raw g; ignored when the gate is off */
+    int strided;          /* q and k as head slices of one [B, T, 2H + 1, K] buffer */
+    double g_mean, g_std; /* the raw g; ignored when the gate is off */
     fkda_options options;
 } test_kda_spec;
 

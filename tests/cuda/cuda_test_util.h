@@ -9,14 +9,13 @@
 #include <cuda_runtime.h>
 
 /* A failing CUDA call in a test harness ends the program (exit 3): nothing after it can be trusted. */
-#define CUDA_OK(call)                                                                            \
-    do {                                                                                       \
-        cudaError_t e_ = (call);                                                               \
-        if (e_ != cudaSuccess) {                                                               \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__,   \
-                    __LINE__, #call);                                                          \
-            exit(3);                                                                           \
-        }                                                                                      \
+#define CUDA_OK(call)                                                                                           \
+    do {                                                                                                        \
+        cudaError_t e_ = (call);                                                                                \
+        if (e_ != cudaSuccess) {                                                                                \
+            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #call); \
+            exit(3);                                                                                            \
+        }                                                                                                       \
     } while (0)
 
 /* ---- guarded device buffers ------------------------------------------------------------------

@@ -163,39 +163,41 @@ enum { IDX_NONE = 0, IDX_1D = 1, IDX_2D = 2 };
 
 typedef struct dcase {
     const char *name;
-    int64_t N, T;        /* sequences and tokens each (fixed-length batches) */
-    int nvar;            /* > 0: varlen, B = 1, with these lengths */
+    int64_t N, T; /* sequences and tokens each (fixed-length batches) */
+    int nvar;     /* > 0: varlen, B = 1, with these lengths */
     int64_t lens[12];
     int64_t H, HV, K, V;
     fkda_dtype in_dtype, aux_dtype, pool_dtype; /* aux: g, beta, A_log, dt_bias */
-    int bf16_g_beta;     /* g and beta bf16 whatever aux_dtype (a bf16 model's call: every token
-                          * tensor bf16, A_log and dt_bias fp32) */
+    /* g and beta bf16 whatever aux_dtype (a bf16 model's call: every token tensor bf16, A_log and
+     * dt_bias fp32) */
+    int bf16_g_beta;
     int v_first;
     fkda_gate gate;
     int has_A, has_dt;
     int l2norm, sigmoid, neg_eig;
     int idx_mode;
     fkda_dtype idx_dtype;
-    int skip;            /* some sequences get a negative slot */
-    int reuse;           /* every few calls a sequence ends and a new one takes a slot */
-    int strided;         /* token tensors and the pool padded in every dimension */
-    int misaligned;      /* the pool starts one element past a 16-byte boundary */
-    int graph;           /* GPU calls through one captured CUDA graph, replayed */
-    int twice;           /* each step decodes twice back to back, no host sync between: the
-                          * second call reads the pool the first wrote (a PDL launch's wait) */
+    int skip;       /* some sequences get a negative slot */
+    int reuse;      /* every few calls a sequence ends and a new one takes a slot */
+    int strided;    /* token tensors and the pool padded in every dimension */
+    int misaligned; /* the pool starts one element past a 16-byte boundary */
+    int graph;      /* GPU calls through one captured CUDA graph, replayed */
+    /* each step decodes twice back to back, no host sync between: the second call reads the pool
+     * the first wrote (a PDL launch's wait) */
+    int twice;
     int steps;
-    int check_every;     /* compare the whole pool every this many calls (and at the end) */
+    int check_every; /* compare the whole pool every this many calls (and at the end) */
     double out_tol, state_tol;
-    int ref_pool_f32;    /* the reference keeps an fp32 pool whatever the GPU's pool dtype */
-    int drift_report;    /* print DRIFT-REPORT lines at 1, 10, 100, 1000, 10000 */
-    const char *report;  /* print "<report> ..." with the final errors */
+    int ref_pool_f32;   /* the reference keeps an fp32 pool whatever the GPU's pool dtype */
+    int drift_report;   /* print DRIFT-REPORT lines at 1, 10, 100, 1000, 10000 */
+    const char *report; /* print "<report> ..." with the final errors */
 } dcase;
 
 typedef struct bufs {
     dual q, k, v, g, beta, A_log, dt_bias, cu, idx, acc, out;
     dual pool;
-    dual ref;       /* the reference's pool (host side used): the same layout, its own dtype */
-    void *scratch;  /* a device-to-host copy of the largest allocation */
+    dual ref;      /* the reference's pool (host side used): the same layout, its own dtype */
+    void *scratch; /* a device-to-host copy of the largest allocation */
 } bufs;
 
 static float nan_f32(void) { return nanf(""); }
@@ -264,7 +266,12 @@ static fkda_decode_args make_args(const dcase *c, const bufs *b, int dev, void *
     fkda_decode_args a;
     memset(&a, 0, sizeof a);
 #define PICK(x) (dev ? b->x.dev : b->x.host)
-    a.q = PICK(q); a.k = PICK(k); a.v = PICK(v); a.g = PICK(g); a.beta = PICK(beta); a.out = PICK(out);
+    a.q = PICK(q);
+    a.k = PICK(k);
+    a.v = PICK(v);
+    a.g = PICK(g);
+    a.beta = PICK(beta);
+    a.out = PICK(out);
     if (c->has_A) a.A_log = PICK(A_log);
     if (c->has_dt) a.dt_bias = PICK(dt_bias);
     if (c->nvar) a.cu_seqlens = PICK(cu);
@@ -378,8 +385,8 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
 
     /* Gate parameters, sequences and the initial pool. */
     for (int64_t h = 0; h < c->HV; h++) {
-        dset(&b.A_log, (size_t)h, c->gate == FKDA_GATE_SOFTPLUS ? log(1.0 + 4.0 * test_rng_uniform(r))
-                                                                : 0.5 * test_rng_normal(r));
+        dset(&b.A_log, (size_t)h,
+             c->gate == FKDA_GATE_SOFTPLUS ? log(1.0 + 4.0 * test_rng_uniform(r)) : 0.5 * test_rng_normal(r));
         for (int64_t i = 0; i < c->K; i++) dset(&b.dt_bias, (size_t)(h * c->K + i), 0.5 * test_rng_normal(r));
     }
     dual_upload(&b.A_log);
@@ -395,7 +402,8 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
     {
         size_t count = b.pool.bytes / fkda_dtype_size(c->pool_dtype);
         for (size_t i = 0; i < count; i++)
-            set_at(dual_host_base(&b.ref), b.ref.host.dtype, (int64_t)i, get_at(dual_host_base(&b.pool), c->pool_dtype, (int64_t)i));
+            set_at(dual_host_base(&b.ref), b.ref.host.dtype, (int64_t)i,
+                   get_at(dual_host_base(&b.pool), c->pool_dtype, (int64_t)i));
     }
     void *pool_start = malloc(b.pool.bytes);
     memcpy(pool_start, dual_host_base(&b.pool), b.pool.bytes);
@@ -437,7 +445,8 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
     size_t gpu_ws_bytes = 1;
     fkda_decode_args ga = make_args(c, &b, 1, NULL);
     st = fkda_decode_workspace_size(&ga, &gpu, &gpu_ws_bytes);
-    CHECK(st == FKDA_OK && gpu_ws_bytes == 0, "%s: GPU workspace size %zu: %s", c->name, gpu_ws_bytes, fkda_last_error());
+    CHECK(st == FKDA_OK && gpu_ws_bytes == 0, "%s: GPU workspace size %zu: %s", c->name, gpu_ws_bytes,
+          fkda_last_error());
 
     cudaGraphExec_t graph_exec = NULL;
     void *out_gpu = malloc(b.out.bytes), *out_ref = malloc(b.out.bytes), *pool_gpu = malloc(b.pool.bytes);
@@ -496,9 +505,11 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
         size_t bad = 0;
         const fkda_tensor *ot = &b.out.host;
         double eo = rel_err_logical(ot, (char *)out_gpu + ((char *)ot->data - (char *)dual_host_base(&b.out)),
-                                    ot->dtype, (char *)out_ref + ((char *)ot->data - (char *)dual_host_base(&b.out)), &bad);
+                                    ot->dtype, (char *)out_ref + ((char *)ot->data - (char *)dual_host_base(&b.out)),
+                                    &bad);
         CHECK(bad == 0, "%s step %d: %zu output elements not written or not finite", c->name, step, bad);
-        CHECK(padding_untouched(&b.out, out_gpu), "%s step %d: the kernel wrote outside the output's elements", c->name, step);
+        CHECK(padding_untouched(&b.out, out_gpu), "%s step %d: the kernel wrote outside the output's elements", c->name,
+              step);
         CHECK(eo <= c->out_tol, "%s step %d: output error %.3e > %.1e", c->name, step, eo, c->out_tol);
         worst_out = eo > worst_out ? eo : worst_out;
         last_out = eo;
@@ -507,7 +518,8 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
             dual_download(&b.pool, pool_gpu);
             size_t pbad = 0;
             const size_t shift = (size_t)b.pool.offset * fkda_dtype_size(b.pool.host.dtype);
-            double es = rel_err_logical(&b.pool.host, (char *)pool_gpu + shift, b.ref.host.dtype, b.ref.host.data, &pbad);
+            double es = rel_err_logical(&b.pool.host, (char *)pool_gpu + shift, b.ref.host.dtype, b.ref.host.data,
+                                        &pbad);
             CHECK(pbad == 0, "%s step %d: %zu pool elements not finite", c->name, step, pbad);
             CHECK(es <= c->state_tol, "%s step %d: pool error %.3e > %.1e", c->name, step, es, c->state_tol);
             /* the padding of the pool (slack, row and slot padding) keeps its first bits (NaN or not) */
@@ -524,7 +536,8 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
             worst_state = es > worst_state ? es : worst_state;
             last_state = es;
             if (c->drift_report && step == next_report) {
-                printf("DRIFT-REPORT %s: after %d calls, pool rel err %.3e, output rel err %.3e\n", c->name, step, es, eo);
+                printf("DRIFT-REPORT %s: after %d calls, pool rel err %.3e, output rel err %.3e\n", c->name, step, es,
+                       eo);
                 /* rounding errors that the decay forgets do not grow: later reports stay within
                  * 1.5x of the 10th call's (the measured ratio is about 1) */
                 if (step == 10) drift_at_10 = es;
@@ -561,8 +574,15 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
     fflush(stdout);
 
     if (graph_exec) CUDA_OK(cudaGraphExecDestroy(graph_exec));
-    free(out_gpu); free(out_ref); free(pool_gpu); free(pool_start); free(named); free(perm); free(ref_ws);
-    dual *all[] = {&b.q, &b.k, &b.v, &b.g, &b.beta, &b.A_log, &b.dt_bias, &b.cu, &b.idx, &b.acc, &b.out, &b.pool, &b.ref};
+    free(out_gpu);
+    free(out_ref);
+    free(pool_gpu);
+    free(pool_start);
+    free(named);
+    free(perm);
+    free(ref_ws);
+    dual *all[] = {&b.q,  &b.k,   &b.v,   &b.g,   &b.beta, &b.A_log, &b.dt_bias,
+                   &b.cu, &b.idx, &b.acc, &b.out, &b.pool, &b.ref};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) dual_free(all[i]);
     return test_failures == failures_before;
 }
@@ -576,12 +596,24 @@ static dcase base_case(const char *name)
     dcase c;
     memset(&c, 0, sizeof c);
     c.name = name;
-    c.N = 3; c.T = 1; c.H = 2; c.HV = 4; c.K = 128; c.V = 128;
-    c.in_dtype = FKDA_DTYPE_BF16; c.aux_dtype = FKDA_DTYPE_F32; c.pool_dtype = FKDA_DTYPE_F32;
-    c.gate = FKDA_GATE_LOWER_BOUND; c.has_A = 1; c.has_dt = 1;
-    c.l2norm = 1; c.sigmoid = 1;
-    c.idx_mode = IDX_1D; c.idx_dtype = FKDA_DTYPE_I32;
-    c.steps = 4; c.check_every = 1;
+    c.N = 3;
+    c.T = 1;
+    c.H = 2;
+    c.HV = 4;
+    c.K = 128;
+    c.V = 128;
+    c.in_dtype = FKDA_DTYPE_BF16;
+    c.aux_dtype = FKDA_DTYPE_F32;
+    c.pool_dtype = FKDA_DTYPE_F32;
+    c.gate = FKDA_GATE_LOWER_BOUND;
+    c.has_A = 1;
+    c.has_dt = 1;
+    c.l2norm = 1;
+    c.sigmoid = 1;
+    c.idx_mode = IDX_1D;
+    c.idx_dtype = FKDA_DTYPE_I32;
+    c.steps = 4;
+    c.check_every = 1;
     return c;
 }
 
@@ -705,10 +737,14 @@ int main(int argc, char **argv)
     int small = 0, variants = 0, plan = 0, n_names = 0;
     const char *names[64];
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--small") == 0) small = 1;
-        else if (strcmp(argv[i], "--variants") == 0) variants = 1;
-        else if (strcmp(argv[i], "--plan") == 0) plan = 1;
-        else if (variants && argv[i][0] != '-' && n_names < 64) names[n_names++] = argv[i];
+        if (strcmp(argv[i], "--small") == 0)
+            small = 1;
+        else if (strcmp(argv[i], "--variants") == 0)
+            variants = 1;
+        else if (strcmp(argv[i], "--plan") == 0)
+            plan = 1;
+        else if (variants && argv[i][0] != '-' && n_names < 64)
+            names[n_names++] = argv[i];
         else {
             fprintf(stderr, "usage: test_decode_cuda [--small] [--variants [NAME ...] | --plan]\n");
             return 2;
@@ -738,88 +774,271 @@ int main(int argc, char **argv)
     int n = 0;
     dcase c;
 
-    c = base_case("fp32 pool, skipped sequences"); c.N = 5; c.skip = 1; cases[n++] = c;
-    c = base_case("bf16 pool [V,K], 2-D indices, accepted, i64");
-    c.pool_dtype = FKDA_DTYPE_BF16; c.v_first = 1; c.idx_mode = IDX_2D; c.idx_dtype = FKDA_DTYPE_I64;
-    c.T = 3; c.N = 4; c.skip = 1; cases[n++] = c;
-    c = base_case("varlen [2,0,1,3], fp32 [V,K], i64 cu");
-    c.nvar = 4; c.lens[0] = 2; c.lens[1] = 0; c.lens[2] = 1; c.lens[3] = 3; c.v_first = 1;
-    c.idx_dtype = FKDA_DTYPE_I64; cases[n++] = c;
-    c = base_case("K=100 V=50 (scalar path), softplus, f16");
-    c.K = 100; c.V = 50; c.gate = FKDA_GATE_SOFTPLUS; c.in_dtype = FKDA_DTYPE_F16; c.aux_dtype = FKDA_DTYPE_BF16;
+    c = base_case("fp32 pool, skipped sequences");
+    c.N = 5;
+    c.skip = 1;
     cases[n++] = c;
-    c = base_case("strided tokens and pool, graph replays"); c.strided = 1; c.graph = 1; c.steps = 3; cases[n++] = c;
-    c = base_case("misaligned bf16 pool (scalar path)"); c.misaligned = 1; c.pool_dtype = FKDA_DTYPE_BF16;
-    c.steps = 2; cases[n++] = c;
+    c = base_case("bf16 pool [V,K], 2-D indices, accepted, i64");
+    c.pool_dtype = FKDA_DTYPE_BF16;
+    c.v_first = 1;
+    c.idx_mode = IDX_2D;
+    c.idx_dtype = FKDA_DTYPE_I64;
+    c.T = 3;
+    c.N = 4;
+    c.skip = 1;
+    cases[n++] = c;
+    c = base_case("varlen [2,0,1,3], fp32 [V,K], i64 cu");
+    c.nvar = 4;
+    c.lens[0] = 2;
+    c.lens[1] = 0;
+    c.lens[2] = 1;
+    c.lens[3] = 3;
+    c.v_first = 1;
+    c.idx_dtype = FKDA_DTYPE_I64;
+    cases[n++] = c;
+    c = base_case("K=100 V=50 (scalar path), softplus, f16");
+    c.K = 100;
+    c.V = 50;
+    c.gate = FKDA_GATE_SOFTPLUS;
+    c.in_dtype = FKDA_DTYPE_F16;
+    c.aux_dtype = FKDA_DTYPE_BF16;
+    cases[n++] = c;
+    c = base_case("strided tokens and pool, graph replays");
+    c.strided = 1;
+    c.graph = 1;
+    c.steps = 3;
+    cases[n++] = c;
+    c = base_case("misaligned bf16 pool (scalar path)");
+    c.misaligned = 1;
+    c.pool_dtype = FKDA_DTYPE_BF16;
+    c.steps = 2;
+    cases[n++] = c;
     /* Enough heads (>= 4 per SM) for split-K tiles by default. */
-    c = base_case("640 heads, fp32 [K,V], skips"); c.N = 160; c.skip = 1; c.steps = 3; cases[n++] = c;
-    c = base_case("bf16 pool [V,K], 1-D indices, skips"); c.N = 5; c.skip = 1; c.pool_dtype = FKDA_DTYPE_BF16;
-    c.v_first = 1; cases[n++] = c;
-    c = base_case("300 heads, bf16 pool [K,V], skips (packed)"); c.N = 75; c.skip = 1; c.pool_dtype = FKDA_DTYPE_BF16;
-    c.steps = 3; cases[n++] = c;
-    c = base_case("back to back, fp32 [K,V]"); c.twice = 1; c.steps = 3; cases[n++] = c;
-    c = base_case("back to back, 640 heads"); c.N = 160; c.twice = 1; c.steps = 2; cases[n++] = c;
-    c = base_case("back to back, 300 heads bf16 (packed)"); c.N = 75; c.twice = 1; c.steps = 2;
-    c.pool_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
+    c = base_case("640 heads, fp32 [K,V], skips");
+    c.N = 160;
+    c.skip = 1;
+    c.steps = 3;
+    cases[n++] = c;
+    c = base_case("bf16 pool [V,K], 1-D indices, skips");
+    c.N = 5;
+    c.skip = 1;
+    c.pool_dtype = FKDA_DTYPE_BF16;
+    c.v_first = 1;
+    cases[n++] = c;
+    c = base_case("300 heads, bf16 pool [K,V], skips (packed)");
+    c.N = 75;
+    c.skip = 1;
+    c.pool_dtype = FKDA_DTYPE_BF16;
+    c.steps = 3;
+    cases[n++] = c;
+    c = base_case("back to back, fp32 [K,V]");
+    c.twice = 1;
+    c.steps = 3;
+    cases[n++] = c;
+    c = base_case("back to back, 640 heads");
+    c.N = 160;
+    c.twice = 1;
+    c.steps = 2;
+    cases[n++] = c;
+    c = base_case("back to back, 300 heads bf16 (packed)");
+    c.N = 75;
+    c.twice = 1;
+    c.steps = 2;
+    c.pool_dtype = FKDA_DTYPE_BF16;
+    cases[n++] = c;
     /* Every token tensor bf16: the kernels compiled for it (narrow tiles, TOKEN_DTYPE). */
-    c = base_case("bf16 tokens, bf16 pool [K,V], skips"); c.bf16_g_beta = 1; c.N = 5; c.skip = 1;
-    c.pool_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
-    c = base_case("bf16 tokens, fp32 [K,V], 160 heads (wide tiles)"); c.bf16_g_beta = 1; c.N = 40; c.skip = 1;
-    c.steps = 2; cases[n++] = c;
+    c = base_case("bf16 tokens, bf16 pool [K,V], skips");
+    c.bf16_g_beta = 1;
+    c.N = 5;
+    c.skip = 1;
+    c.pool_dtype = FKDA_DTYPE_BF16;
+    cases[n++] = c;
+    c = base_case("bf16 tokens, fp32 [K,V], 160 heads (wide tiles)");
+    c.bf16_g_beta = 1;
+    c.N = 40;
+    c.skip = 1;
+    c.steps = 2;
+    cases[n++] = c;
     if (!small) {
-        c = base_case("slot reuse by new sequences"); c.N = 4; c.reuse = 1; c.steps = 12; cases[n++] = c;
-        c = base_case("slot reuse, bf16 pool [V,K]"); c.N = 4; c.reuse = 1; c.steps = 12;
-        c.pool_dtype = FKDA_DTYPE_BF16; c.v_first = 1; cases[n++] = c;
-        c = base_case("no indices, gate none, raw beta, f32 in"); c.idx_mode = IDX_NONE; c.gate = FKDA_GATE_NONE;
-        c.has_A = c.has_dt = 0; c.l2norm = 0; c.sigmoid = 0; c.in_dtype = FKDA_DTYPE_F32; cases[n++] = c;
-        c = base_case("lower bound without A_log, neg eigval"); c.has_A = 0; c.neg_eig = 1; cases[n++] = c;
-        c = base_case("lower bound, no dt_bias, bf16 aux"); c.has_dt = 0; c.aux_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
-        c = base_case("bf16 tokens, fp32 [K,V], skips"); c.bf16_g_beta = 1; c.N = 5; c.skip = 1; cases[n++] = c;
+        c = base_case("slot reuse by new sequences");
+        c.N = 4;
+        c.reuse = 1;
+        c.steps = 12;
+        cases[n++] = c;
+        c = base_case("slot reuse, bf16 pool [V,K]");
+        c.N = 4;
+        c.reuse = 1;
+        c.steps = 12;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.v_first = 1;
+        cases[n++] = c;
+        c = base_case("no indices, gate none, raw beta, f32 in");
+        c.idx_mode = IDX_NONE;
+        c.gate = FKDA_GATE_NONE;
+        c.has_A = c.has_dt = 0;
+        c.l2norm = 0;
+        c.sigmoid = 0;
+        c.in_dtype = FKDA_DTYPE_F32;
+        cases[n++] = c;
+        c = base_case("lower bound without A_log, neg eigval");
+        c.has_A = 0;
+        c.neg_eig = 1;
+        cases[n++] = c;
+        c = base_case("lower bound, no dt_bias, bf16 aux");
+        c.has_dt = 0;
+        c.aux_dtype = FKDA_DTYPE_BF16;
+        cases[n++] = c;
+        c = base_case("bf16 tokens, fp32 [K,V], skips");
+        c.bf16_g_beta = 1;
+        c.N = 5;
+        c.skip = 1;
+        cases[n++] = c;
         /* One token, fp32 [V,K]: the only case the fp32 [V,K] bf16-token kernels serve. */
-        c = base_case("bf16 tokens, fp32 [V,K], skips"); c.bf16_g_beta = 1; c.N = 5; c.skip = 1; c.v_first = 1;
+        c = base_case("bf16 tokens, fp32 [V,K], skips");
+        c.bf16_g_beta = 1;
+        c.N = 5;
+        c.skip = 1;
+        c.v_first = 1;
         cases[n++] = c;
-        c = base_case("bf16 tokens, fp32 [V,K], spec T=3, 2-D"); c.bf16_g_beta = 1; c.v_first = 1; c.idx_mode = IDX_2D;
-        c.T = 3; c.N = 4; c.skip = 1; cases[n++] = c;
-        c = base_case("bf16 tokens, bf16 pool [V,K], reuse, softplus"); c.bf16_g_beta = 1; c.N = 4; c.reuse = 1;
-        c.steps = 8; c.gate = FKDA_GATE_SOFTPLUS; c.pool_dtype = FKDA_DTYPE_BF16; c.v_first = 1; cases[n++] = c;
-        c = base_case("bf16 tokens, bf16 pool [V,K], 64 heads (wide tiles)"); c.bf16_g_beta = 1; c.N = 16;
-        c.pool_dtype = FKDA_DTYPE_BF16; c.v_first = 1; c.skip = 1; cases[n++] = c;
-        c = base_case("bf16 tokens, bf16 pool [K,V], 64 heads, T=2, softplus"); c.bf16_g_beta = 1; c.N = 16;
-        c.T = 2; c.pool_dtype = FKDA_DTYPE_BF16; c.gate = FKDA_GATE_SOFTPLUS; cases[n++] = c;
-        c = base_case("bf16 tokens, bf16 pool [K,V], 100 heads (wide, 4-warp CTAs)"); c.bf16_g_beta = 1; c.N = 25;
-        c.pool_dtype = FKDA_DTYPE_BF16; c.skip = 1; c.steps = 3; cases[n++] = c;
-        c = base_case("bf16 tokens, bf16 pool [K,V], 32 heads (wide, 2-warp CTAs)"); c.bf16_g_beta = 1; c.N = 8;
-        c.pool_dtype = FKDA_DTYPE_BF16; c.skip = 1; c.steps = 3; cases[n++] = c;
-        c = base_case("bf16 tokens, fp32 [K,V], 80 heads (narrow, 4-warp CTAs)"); c.bf16_g_beta = 1; c.N = 20;
-        c.skip = 1; cases[n++] = c;
+        c = base_case("bf16 tokens, fp32 [V,K], spec T=3, 2-D");
+        c.bf16_g_beta = 1;
+        c.v_first = 1;
+        c.idx_mode = IDX_2D;
+        c.T = 3;
+        c.N = 4;
+        c.skip = 1;
+        cases[n++] = c;
+        c = base_case("bf16 tokens, bf16 pool [V,K], reuse, softplus");
+        c.bf16_g_beta = 1;
+        c.N = 4;
+        c.reuse = 1;
+        c.steps = 8;
+        c.gate = FKDA_GATE_SOFTPLUS;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.v_first = 1;
+        cases[n++] = c;
+        c = base_case("bf16 tokens, bf16 pool [V,K], 64 heads (wide tiles)");
+        c.bf16_g_beta = 1;
+        c.N = 16;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.v_first = 1;
+        c.skip = 1;
+        cases[n++] = c;
+        c = base_case("bf16 tokens, bf16 pool [K,V], 64 heads, T=2, softplus");
+        c.bf16_g_beta = 1;
+        c.N = 16;
+        c.T = 2;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.gate = FKDA_GATE_SOFTPLUS;
+        cases[n++] = c;
+        c = base_case("bf16 tokens, bf16 pool [K,V], 100 heads (wide, 4-warp CTAs)");
+        c.bf16_g_beta = 1;
+        c.N = 25;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.skip = 1;
+        c.steps = 3;
+        cases[n++] = c;
+        c = base_case("bf16 tokens, bf16 pool [K,V], 32 heads (wide, 2-warp CTAs)");
+        c.bf16_g_beta = 1;
+        c.N = 8;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.skip = 1;
+        c.steps = 3;
+        cases[n++] = c;
+        c = base_case("bf16 tokens, fp32 [K,V], 80 heads (narrow, 4-warp CTAs)");
+        c.bf16_g_beta = 1;
+        c.N = 20;
+        c.skip = 1;
+        cases[n++] = c;
         /* More heads than two CTAs per SM hold on a 132-SM card: split-K tiles by default. */
-        c = base_case("bf16 tokens, fp32 [K,V], 320 heads (split K)"); c.bf16_g_beta = 1; c.N = 80;
-        c.skip = 1; c.steps = 2; cases[n++] = c;
-        c = base_case("bf16 tokens, fp32 [V,K], 160 heads, 2-D, T=3"); c.bf16_g_beta = 1; c.N = 40; c.v_first = 1;
-        c.idx_mode = IDX_2D; c.T = 3; c.steps = 2; cases[n++] = c;
-        c = base_case("softplus, no dt_bias, no norm"); c.gate = FKDA_GATE_SOFTPLUS; c.has_dt = 0; c.l2norm = 0;
+        c = base_case("bf16 tokens, fp32 [K,V], 320 heads (split K)");
+        c.bf16_g_beta = 1;
+        c.N = 80;
+        c.skip = 1;
+        c.steps = 2;
         cases[n++] = c;
-        c = base_case("GVA H=1 HV=8"); c.H = 1; c.HV = 8; cases[n++] = c;
-        c = base_case("GVA H=2 HV=16 bf16 pool"); c.H = 2; c.HV = 16; c.pool_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
-        c = base_case("spec T=4, 2-D i32 indices, fp32 [K,V]"); c.idx_mode = IDX_2D; c.T = 4; c.N = 5; c.skip = 1;
+        c = base_case("bf16 tokens, fp32 [V,K], 160 heads, 2-D, T=3");
+        c.bf16_g_beta = 1;
+        c.N = 40;
+        c.v_first = 1;
+        c.idx_mode = IDX_2D;
+        c.T = 3;
+        c.steps = 2;
         cases[n++] = c;
-        c = base_case("spec varlen [3,1,4,2], 2-D indices"); c.idx_mode = IDX_2D; c.nvar = 4;
-        c.lens[0] = 3; c.lens[1] = 1; c.lens[2] = 4; c.lens[3] = 2; c.skip = 1; cases[n++] = c;
-        c = base_case("spec T=2 bf16 pool [K,V], graph"); c.idx_mode = IDX_2D; c.T = 2; c.pool_dtype = FKDA_DTYPE_BF16;
-        c.graph = 1; cases[n++] = c;
-        c = base_case("varlen i32 cu [1,1,0,5,1,2], bf16 pool"); c.nvar = 6; c.lens[0] = 1; c.lens[1] = 1; c.lens[2] = 0;
-        c.lens[3] = 5; c.lens[4] = 1; c.lens[5] = 2; c.pool_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
-        c = base_case("T=3 per sequence, 1-D indices"); c.T = 3; cases[n++] = c;
-        c = base_case("no indices, T=2"); c.idx_mode = IDX_NONE; c.T = 2; cases[n++] = c;
-        c = base_case("1200 heads, bf16 pool [V,K], spec T=2, skips"); c.N = 300; c.idx_mode = IDX_2D; c.T = 2;
-        c.pool_dtype = FKDA_DTYPE_BF16; c.v_first = 1; c.skip = 1; cases[n++] = c;
-        c = base_case("2048 heads, fp32 [V,K], slot reuse"); c.N = 512; c.reuse = 1; c.steps = 6; c.v_first = 1;
+        c = base_case("softplus, no dt_bias, no norm");
+        c.gate = FKDA_GATE_SOFTPLUS;
+        c.has_dt = 0;
+        c.l2norm = 0;
         cases[n++] = c;
-        c = base_case("1024 heads, bf16 pool [K,V], no indices"); c.N = 256; c.idx_mode = IDX_NONE;
-        c.pool_dtype = FKDA_DTYPE_BF16; cases[n++] = c;
+        c = base_case("GVA H=1 HV=8");
+        c.H = 1;
+        c.HV = 8;
+        cases[n++] = c;
+        c = base_case("GVA H=2 HV=16 bf16 pool");
+        c.H = 2;
+        c.HV = 16;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        cases[n++] = c;
+        c = base_case("spec T=4, 2-D i32 indices, fp32 [K,V]");
+        c.idx_mode = IDX_2D;
+        c.T = 4;
+        c.N = 5;
+        c.skip = 1;
+        cases[n++] = c;
+        c = base_case("spec varlen [3,1,4,2], 2-D indices");
+        c.idx_mode = IDX_2D;
+        c.nvar = 4;
+        c.lens[0] = 3;
+        c.lens[1] = 1;
+        c.lens[2] = 4;
+        c.lens[3] = 2;
+        c.skip = 1;
+        cases[n++] = c;
+        c = base_case("spec T=2 bf16 pool [K,V], graph");
+        c.idx_mode = IDX_2D;
+        c.T = 2;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.graph = 1;
+        cases[n++] = c;
+        c = base_case("varlen i32 cu [1,1,0,5,1,2], bf16 pool");
+        c.nvar = 6;
+        c.lens[0] = 1;
+        c.lens[1] = 1;
+        c.lens[2] = 0;
+        c.lens[3] = 5;
+        c.lens[4] = 1;
+        c.lens[5] = 2;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        cases[n++] = c;
+        c = base_case("T=3 per sequence, 1-D indices");
+        c.T = 3;
+        cases[n++] = c;
+        c = base_case("no indices, T=2");
+        c.idx_mode = IDX_NONE;
+        c.T = 2;
+        cases[n++] = c;
+        c = base_case("1200 heads, bf16 pool [V,K], spec T=2, skips");
+        c.N = 300;
+        c.idx_mode = IDX_2D;
+        c.T = 2;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.v_first = 1;
+        c.skip = 1;
+        cases[n++] = c;
+        c = base_case("2048 heads, fp32 [V,K], slot reuse");
+        c.N = 512;
+        c.reuse = 1;
+        c.steps = 6;
+        c.v_first = 1;
+        cases[n++] = c;
+        c = base_case("1024 heads, bf16 pool [K,V], no indices");
+        c.N = 256;
+        c.idx_mode = IDX_NONE;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        cases[n++] = c;
         /* K and V */
-        static const int64_t kv[][2] = {{64, 64}, {256, 256}, {64, 256}, {256, 64}, {128, 32}, {32, 128},
-                                        {96, 72}, {3, 5}, {1, 1}, {17, 40}, {200, 136}, {256, 255}};
+        static const int64_t kv[][2] = {{64, 64}, {256, 256}, {64, 256}, {256, 64}, {128, 32},  {32, 128},
+                                        {96, 72}, {3, 5},     {1, 1},    {17, 40},  {200, 136}, {256, 255}};
         static char names[sizeof kv / sizeof kv[0]][4][64];
         for (size_t i = 0; i < sizeof kv / sizeof kv[0]; i++) {
             for (int variant = 0; variant < 4; variant++) {
@@ -827,7 +1046,10 @@ int main(int argc, char **argv)
                 snprintf(names[i][variant], sizeof names[i][variant], "K=%lld V=%lld %s pool %s", (long long)kv[i][0],
                          (long long)kv[i][1], bf16 ? "bf16" : "fp32", vf ? "[V,K]" : "[K,V]");
                 c = base_case(names[i][variant]);
-                c.K = kv[i][0]; c.V = kv[i][1]; c.pool_dtype = bf16 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32; c.v_first = vf;
+                c.K = kv[i][0];
+                c.V = kv[i][1];
+                c.pool_dtype = bf16 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
+                c.v_first = vf;
                 c.steps = 3;
                 cases[n++] = c;
             }
@@ -850,12 +1072,19 @@ int main(int argc, char **argv)
         /* The issue's bar: an fp32 pool within 1e-5 of the float64 reference over 1000 calls
          * (fp32 inputs, so that the output is not rounded to bf16 either). */
         c = base_case("chain of 1000, fp32 pool, f32 inputs");
-        c.N = 4; c.steps = 1000; c.check_every = 100; c.in_dtype = FKDA_DTYPE_F32; c.skip = 0;
+        c.N = 4;
+        c.steps = 1000;
+        c.check_every = 100;
+        c.in_dtype = FKDA_DTYPE_F32;
+        c.skip = 0;
         c.report = "CHAIN-REPORT fp32 pool, f32 inputs";
         set_bars(&c);
         run_case(&c, &rng, stream);
         c = base_case("chain of 1000, fp32 pool [V,K], bf16 inputs");
-        c.N = 4; c.steps = 1000; c.check_every = 100; c.v_first = 1;
+        c.N = 4;
+        c.steps = 1000;
+        c.check_every = 100;
+        c.v_first = 1;
         c.report = "CHAIN-REPORT fp32 pool [V,K], bf16 inputs";
         set_bars(&c);
         run_case(&c, &rng, stream);
@@ -864,9 +1093,15 @@ int main(int argc, char **argv)
          * pool (the closest to float64 states the C API offers): reported, and judged by
          * set_bars (the bf16 rounding floor) and run_case (no growth after the 10th call). */
         c = base_case("drift: bf16 pool vs fp64 ref on fp32 pool");
-        c.N = 2; c.H = 1; c.HV = 2; c.steps = 10000; c.check_every = 1000; c.pool_dtype = FKDA_DTYPE_BF16;
+        c.N = 2;
+        c.H = 1;
+        c.HV = 2;
+        c.steps = 10000;
+        c.check_every = 1000;
+        c.pool_dtype = FKDA_DTYPE_BF16;
         c.idx_mode = IDX_NONE; /* every slot live, so no untouched slot dilutes the error */
-        c.drift_report = 1; c.ref_pool_f32 = 1;
+        c.drift_report = 1;
+        c.ref_pool_f32 = 1;
         set_bars(&c);
         run_case(&c, &rng, stream);
     }

@@ -38,19 +38,19 @@
 typedef struct pf_case {
     const char *name;
     int64_t B, T, H, HV;
-    int nseq;               /* > 0: packed varlen with these lengths (B = 1, T = their sum) */
+    int nseq; /* > 0: packed varlen with these lengths (B = 1, T = their sum) */
     int64_t seqlens[16];
-    int has_in, has_out;    /* initial / final state present */
+    int has_in, has_out; /* initial / final state present */
     fkda_dtype in_dtype, out_dtype;
-    int v_first;            /* state_v_first */
-    int in_place;           /* final_state is the initial_state tensor */
+    int v_first;  /* state_v_first */
+    int in_place; /* final_state is the initial_state tensor */
     int l2norm, sigmoid, neg_eigval;
-    int cu_i32;             /* cu_seqlens as int32 */
-    int fast_too;           /* also compare with the CPU fast path */
-    int report;             /* print the ERROR-REPORT line */
-    int vslice;             /* value columns per chain CTA (FKDA_PREFILL_VSLICE); 0: the default */
-    int segments;           /* sequence segments (FKDA_PREFILL_SEGMENTS); 0: the default */
-    double lower_bound;     /* the safe gate's bound: at -5 the state forgets a segment's start
+    int cu_i32;         /* cu_seqlens as int32 */
+    int fast_too;       /* also compare with the CPU fast path */
+    int report;         /* print the ERROR-REPORT line */
+    int vslice;         /* value columns per chain CTA (FKDA_PREFILL_VSLICE); 0: the default */
+    int segments;       /* sequence segments (FKDA_PREFILL_SEGMENTS); 0: the default */
+    double lower_bound; /* the safe gate's bound: at -5 the state forgets a segment's start
                              * within a few tokens; a slower decay keeps the segment maps, and so
                              * the merge between segments, visible in the output */
 } pf_case;
@@ -216,8 +216,13 @@ static void run_case(const pf_case *c, test_rng *rng)
     test_tensor out_fast = test_tensor_alloc(FKDA_DTYPE_F32, 4, sv), st_fast = test_tensor_alloc(FKDA_DTYPE_F32, 4, ss);
     fkda_prefill_args a;
     memset(&a, 0, sizeof a);
-    a.q = qf.t; a.k = kf.t; a.v = vf.t; a.g = gf.t; a.beta = bf.t;
-    a.A_log = A_log.t; a.dt_bias = dt_bias.t;
+    a.q = qf.t;
+    a.k = kf.t;
+    a.v = vf.t;
+    a.g = gf.t;
+    a.beta = bf.t;
+    a.A_log = A_log.t;
+    a.dt_bias = dt_bias.t;
     if (c->nseq) a.cu_seqlens = cu.t;
     if (c->has_in) a.initial_state = h0f.t;
     a.final_state = st_ref.t;
@@ -247,8 +252,13 @@ static void run_case(const pf_case *c, test_rng *rng)
     /* The GPU, twice, poisoned before each run. */
     fkda_prefill_args d;
     memset(&d, 0, sizeof d);
-    d.q = to_device(&q); d.k = to_device(&k); d.v = to_device(&v); d.g = to_device(&g);
-    d.beta = to_device(&beta); d.A_log = to_device(&A_log); d.dt_bias = to_device(&dt_bias);
+    d.q = to_device(&q);
+    d.k = to_device(&k);
+    d.v = to_device(&v);
+    d.g = to_device(&g);
+    d.beta = to_device(&beta);
+    d.A_log = to_device(&A_log);
+    d.dt_bias = to_device(&dt_bias);
     if (c->nseq) d.cu_seqlens = to_device(&cu);
     test_tensor out1 = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv), out2 = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv);
     test_tensor st1 = test_tensor_alloc(final_dtype, 4, ss), st2 = test_tensor_alloc(final_dtype, 4, ss);
@@ -277,8 +287,11 @@ static void run_case(const pf_case *c, test_rng *rng)
     for (int run = 0; run < 2; run++) {
         test_tensor *o = run ? &out2 : &out1, *st = run ? &st2 : &st1;
         poison(&d.out, out1.count);
-        if (c->has_out && c->in_place) CUDA_OK(cudaMemcpy(d.initial_state.data, h0.t.data, h0.count * fkda_dtype_size(h0.t.dtype), cudaMemcpyHostToDevice));
-        else if (c->has_out) poison(&d.final_state, st1.count);
+        if (c->has_out && c->in_place)
+            CUDA_OK(cudaMemcpy(d.initial_state.data, h0.t.data, h0.count * fkda_dtype_size(h0.t.dtype),
+                               cudaMemcpyHostToDevice));
+        else if (c->has_out)
+            poison(&d.final_state, st1.count);
         if (gws_bytes) CUDA_OK(cudaMemset(gws, 0xff, gws_bytes)); /* stale workspace must not matter */
         cudaEvent_t e0, e1;
         CUDA_OK(cudaEventCreate(&e0));
@@ -325,26 +338,32 @@ static void run_case(const pf_case *c, test_rng *rng)
         CHECK(f_out <= out_bar + 1e-5, "%s: output vs CPU fast path %.3e > %.2e", c->name, f_out, out_bar + 1e-5);
         if (c->has_out) {
             f_st = test_rel_error(&st1, &st_fast);
-            CHECK(f_st <= st_bar + 1e-5, "%s: final state vs CPU fast path %.3e > %.2e", c->name, f_st,
-                  st_bar + 1e-5);
+            CHECK(f_st <= st_bar + 1e-5, "%s: final state vs CPU fast path %.3e > %.2e", c->name, f_st, st_bar + 1e-5);
         }
     }
-    printf("  %-34s vs=%-3d seg=%-2d T=%-6lld N=%-3lld H=%-3lld HV=%-3lld  out %.2e (bar %.2e)  state %.2e (bar %.2e)  (fast: %.2e %.2e)  gpu %.3f ms  cpu %.1f s\n",
-           c->name, c->vslice, c->segments, (long long)T, (long long)N, (long long)H, (long long)HV, e_out, out_bar, e_st,
-           c->has_out ? st_bar : 0.0, f_out, f_st, gpu_ms, t_cpu);
+    printf("  %-34s vs=%-3d seg=%-2d T=%-6lld N=%-3lld H=%-3lld HV=%-3lld  out %.2e (bar %.2e)  state %.2e (bar %.2e)  "
+           "(fast: %.2e %.2e)  gpu %.3f ms  cpu %.1f s\n",
+           c->name, c->vslice, c->segments, (long long)T, (long long)N, (long long)H, (long long)HV, e_out, out_bar,
+           e_st, c->has_out ? st_bar : 0.0, f_out, f_st, gpu_ms, t_cpu);
     if (c->report)
         printf("ERROR-REPORT T=%lld H=%lld: output %.3e, final state %.3e (bars %.2e / %.2e)\n", (long long)T,
                (long long)H, e_out, e_st, out_bar, st_bar);
     fflush(stdout);
 
-    guarded_free(d.q.data); guarded_free(d.k.data); guarded_free(d.v.data); guarded_free(d.g.data);
-    guarded_free(d.beta.data); guarded_free(d.A_log.data); guarded_free(d.dt_bias.data); guarded_free(d.out.data);
+    guarded_free(d.q.data);
+    guarded_free(d.k.data);
+    guarded_free(d.v.data);
+    guarded_free(d.g.data);
+    guarded_free(d.beta.data);
+    guarded_free(d.A_log.data);
+    guarded_free(d.dt_bias.data);
+    guarded_free(d.out.data);
     if (c->nseq) guarded_free(d.cu_seqlens.data);
     if (c->has_in) guarded_free(d.initial_state.data);
     if (c->has_out && !c->in_place) guarded_free(d.final_state.data);
     if (gws) CUDA_OK(cudaFree(gws));
-    test_tensor *all[] = {&q, &k, &v, &g, &beta, &A_log, &dt_bias, &cu, &h0, &qf, &kf, &vf, &gf, &bf, &h0f,
-                          &out_ref, &st_ref, &out_fast, &st_fast, &out1, &out2, &st1, &st2};
+    test_tensor *all[] = {&q,  &k,  &v,   &g,       &beta,   &A_log,    &dt_bias, &cu,   &h0,   &qf,  &kf, &vf,
+                          &gf, &bf, &h0f, &out_ref, &st_ref, &out_fast, &st_fast, &out1, &out2, &st1, &st2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
 }
 
@@ -367,27 +386,47 @@ static void check_unsupported(void)
     fkda_tensor dq = to_device(&q), dqf = to_device(&qf), db = to_device(&beta), dout = to_device(&q);
     fkda_tensor doutf = to_device(&qf), dh0 = to_device(&h0), dht = to_device(&ht);
     /* the outputs, all-ones bytes (NaN in f32 and bf16) */
-    const struct { const fkda_tensor *t; size_t bytes; const char *name; } outputs[] = {
-        {&dout, tensor_bytes(&q), "out (bf16)"}, {&doutf, tensor_bytes(&qf), "out (f32)"},
+    const struct {
+        const fkda_tensor *t;
+        size_t bytes;
+        const char *name;
+    } outputs[] = {
+        {&dout, tensor_bytes(&q), "out (bf16)"},
+        {&doutf, tensor_bytes(&qf), "out (f32)"},
         {&dht, tensor_bytes(&ht), "final_state"},
     };
     const int n_outputs = (int)(sizeof outputs / sizeof outputs[0]);
     for (int i = 0; i < n_outputs; i++) CUDA_OK(cudaMemset(outputs[i].t->data, 0xff, outputs[i].bytes));
     fkda_device gpu = {FKDA_DEVICE_CUDA, 0, NULL, 0, 0};
-    struct { const char *what, *expect; } cases[] = {
-        {"gate none", "gate"}, {"lower_bound -6", "lower_bound"}, {"f32 q", "q"},
+    struct {
+        const char *what, *expect;
+    } cases[] = {
+        {"gate none", "gate"},
+        {"lower_bound -6", "lower_bound"},
+        {"f32 q", "q"},
     };
     for (int i = 0; i < 3; i++) {
         fkda_prefill_args a;
         memset(&a, 0, sizeof a);
-        a.q = dq; a.k = dq; a.v = dq; a.g = dq; a.beta = db; a.out = dout;
-        a.initial_state = dh0; a.final_state = dht;
+        a.q = dq;
+        a.k = dq;
+        a.v = dq;
+        a.g = dq;
+        a.beta = db;
+        a.out = dout;
+        a.initial_state = dh0;
+        a.final_state = dht;
         a.options = fkda_default_options();
         a.options.gate = FKDA_GATE_LOWER_BOUND;
         a.options.lower_bound = -5;
         if (i == 0) a.options.gate = FKDA_GATE_NONE;
         if (i == 1) a.options.lower_bound = -6;
-        if (i == 2) { a.q = dqf; a.k = dqf; a.v = dqf; a.out = doutf; }
+        if (i == 2) {
+            a.q = dqf;
+            a.k = dqf;
+            a.v = dqf;
+            a.out = doutf;
+        }
         size_t bytes = 0;
         fkda_status s = fkda_prefill_workspace_size(&a, &gpu, &bytes);
         void *ws = NULL;
@@ -406,9 +445,17 @@ static void check_unsupported(void)
         }
         CHECK(device_equals(&dh0, &h0), "%s: an unsupported call changed initial_state", cases[i].what);
     }
-    guarded_free(dq.data); guarded_free(dqf.data); guarded_free(db.data); guarded_free(dout.data);
-    guarded_free(doutf.data); guarded_free(dh0.data); guarded_free(dht.data);
-    test_tensor_free(&q); test_tensor_free(&qf); test_tensor_free(&beta); test_tensor_free(&h0);
+    guarded_free(dq.data);
+    guarded_free(dqf.data);
+    guarded_free(db.data);
+    guarded_free(dout.data);
+    guarded_free(doutf.data);
+    guarded_free(dh0.data);
+    guarded_free(dht.data);
+    test_tensor_free(&q);
+    test_tensor_free(&qf);
+    test_tensor_free(&beta);
+    test_tensor_free(&h0);
     test_tensor_free(&ht);
     printf("  unsupported options refused with the option named, no output written\n");
 }
@@ -428,7 +475,9 @@ int main(int argc, char **argv)
     struct cudaDeviceProp prop;
     CUDA_OK(cudaGetDeviceProperties(&prop, 0));
     printf("test_prefill_cuda on %s (sm_%d%d)%s\n", prop.name, prop.major, prop.minor,
-           small ? ", --small" : quick ? ", --quick" : "");
+           small   ? ", --small"
+           : quick ? ", --quick"
+                   : "");
     test_rng rng;
     test_rng_seed(&rng, test_seed_from_env());
 
@@ -453,18 +502,93 @@ int main(int argc, char **argv)
         {"T=65 no initial state", 1, 65, 4, 4, 0, {0}, 0, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
         {"T=1000 B=2 no states", 2, 1000, 4, 4, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
         {"T=1000 in-place f32 [V,K]", 1, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, 128, 0, -5},
-        {"varlen empties, int64 cu", 1, 0, 4, 4, 9, {0, 1, 15, 0, 16, 17, 300, 0, 64}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 32, 0, -5},
-        {"varlen empties, int32 cu, bf16", 1, 0, 4, 4, 6, {0, 0, 63, 65, 1000, 0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 1, 1, 0, 0, 0, -5},
+        {"varlen empties, int64 cu",
+         1,
+         0,
+         4,
+         4,
+         9,
+         {0, 1, 15, 0, 16, 17, 300, 0, 64},
+         1,
+         1,
+         F32,
+         F32,
+         1,
+         0,
+         1,
+         1,
+         0,
+         0,
+         1,
+         0,
+         32,
+         0,
+         -5},
+        {"varlen empties, int32 cu, bf16",
+         1,
+         0,
+         4,
+         4,
+         6,
+         {0, 0, 63, 65, 1000, 0},
+         1,
+         1,
+         BF16,
+         BF16,
+         0,
+         0,
+         1,
+         1,
+         0,
+         1,
+         1,
+         0,
+         0,
+         0,
+         -5},
         {"GVA H=2 HV=4", 2, 100, 2, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 64, 0, -5},
         {"no l2norm, no sigmoid", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, -5},
         {"allow_neg_eigval", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 1, 0, 1, 0, 0, 0, -5},
         {"many heads H=64", 1, 300, 64, 64, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, -5},
-        {"T=17, 5 segments asked (2 used: one per chunk)", 2, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 5, -5},
+        {"T=17, 5 segments asked (2 used: one per chunk)",
+         2,
+         17,
+         4,
+         4,
+         0,
+         {0},
+         1,
+         1,
+         F32,
+         F32,
+         1,
+         0,
+         1,
+         1,
+         0,
+         0,
+         1,
+         0,
+         0,
+         5,
+         -5},
         {"T=65 3 segments bf16 [K,V]", 1, 65, 4, 4, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, 0, 3, -5},
         {"T=1000 B=2 4 segments, in place", 2, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, 0, 4, -5},
         {"T=1000 7 segments, no h0", 1, 1000, 2, 2, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 7, -5},
-        {.name = "T=600 4 segments, slow decay", .B = 1, .T = 600, .H = 2, .HV = 2, .has_in = 1, .has_out = 1,
-         .in_dtype = F32, .out_dtype = F32, .v_first = 1, .l2norm = 1, .sigmoid = 1, .fast_too = 1, .segments = 4,
+        {.name = "T=600 4 segments, slow decay",
+         .B = 1,
+         .T = 600,
+         .H = 2,
+         .HV = 2,
+         .has_in = 1,
+         .has_out = 1,
+         .in_dtype = F32,
+         .out_dtype = F32,
+         .v_first = 1,
+         .l2norm = 1,
+         .sigmoid = 1,
+         .fast_too = 1,
+         .segments = 4,
          .lower_bound = -0.02},
         {"T=2048 H=8 one pass", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1, -5},
         {"T=2048 H=8 (error report)", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0, -5},
