@@ -25,8 +25,9 @@ with FKDA_DECODE_PDL=0, the launch a call gets when the kernel before it is not 
 
 --sweep adds a table of ours with each kernel family or knob forced (the FKDA_DECODE_* knobs of
 src/core/tuning.h; FKDA_DECODE_VARIANT=<name> forces one kernel of src/cuda/decode_variants.h);
-FKDA_BENCH_SWEEP_CASES="fp32,64,32 bf16,1,32" and FKDA_BENCH_SWEEP_CONFIGS="default,narrow" narrow it ("default again" adds a last column, the
-default timed again: A/B/A), FKDA_BENCH_SWEEP_WARPS=1 adds CTA sizes, and
+FKDA_BENCH_SWEEP_CASES="fp32,64,32 bf16,1,32" and FKDA_BENCH_SWEEP_CONFIGS="default,narrow"
+narrow it ("default again" adds a last column, the default timed again: A/B/A),
+FKDA_BENCH_SWEEP_WARPS=1 adds CTA sizes, and
 FKDA_BENCH_SWEEP_CUSTOM="name:KNOB=1,KNOB2=0;name2:..." adds columns of knobs set together.
     python3 bench/bench_decode_gpu.py --profile fp32,1,32   # two calls of each library, no graph,
                                                              # for ncu (one pool dtype, B, H)
@@ -86,9 +87,9 @@ def make_inputs(B, H, gen):
 def ours_call(flash_kda, x, pool, idx, out, v_first=False, num_accepted=None, cu_seqlens=None):
     q, k, v, g, beta, A_log, dt_bias = x
     flash_kda.decode(q, k, v, g, beta, pool, state_indices=idx, num_accepted_tokens=num_accepted,
-                     cu_seqlens=cu_seqlens, out=out, A_log=A_log, dt_bias=dt_bias, gate="lower_bound",
-                     lower_bound=LOWER_BOUND, use_qk_l2norm=True, use_beta_sigmoid=True,
-                     state_v_first=v_first)
+                     cu_seqlens=cu_seqlens, out=out, A_log=A_log, dt_bias=dt_bias,
+                     gate="lower_bound", lower_bound=LOWER_BOUND, use_qk_l2norm=True,
+                     use_beta_sigmoid=True, state_v_first=v_first)
 
 
 def fla_call(fla_fwd, x, pool, idx, out, v_first=False, num_accepted=None, cu_seqlens=None):
@@ -134,7 +135,8 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
     layers = 1 if hot else max(1, min(MAX_LAYERS, math.ceil(min_bytes / pool_bytes)))
     steps = max(STEPS, layers)
     x = make_inputs(B, H, gen)
-    pools = [(0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype) for _ in range(layers)]
+    pools = [(0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype)
+             for _ in range(layers)]
     # Diagnostic knobs for the sweep's custom columns (the tables always use the defaults):
     # FKDA_BENCH_INDICES=identity (slot n for sequence n; default: a shuffled pool) and
     # FKDA_BENCH_LAYOUT=vk (the state stored [V, K]; default [K, V]).
@@ -144,15 +146,19 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
         idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
     vf = os.environ.get("FKDA_BENCH_LAYOUT", "kv") == "vk"
     out = torch.empty(B, 1, H, V, device="cuda", dtype=torch.bfloat16)
-    ours = [lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf) for s in range(steps)]
-    theirs = [lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, vf) for s in range(steps)]
+    ours = [lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf)
+            for s in range(steps)]
+    theirs = [lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, vf)
+              for s in range(steps)]
     t_ours = time_graph(ours)
     t_fla = time_graph(theirs) if with_fla else float("nan")
     t_plain_launch = float("nan")
-    if with_fla:  # ours again, launched without programmatic dependent launch (a stream of other kernels)
+    # Ours again, launched without programmatic dependent launch (as in a stream of other kernels).
+    if with_fla:
         saved = os.environ.get("FKDA_DECODE_PDL")
         os.environ["FKDA_DECODE_PDL"] = "0"
-        t_plain_launch = time_graph([lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf)
+        t_plain_launch = time_graph([lambda p=pools[s % layers]:
+                                     ours_call(flash_kda, x, p, idx, out, vf)
                                      for s in range(steps)])
         if saved is None:
             os.environ.pop("FKDA_DECODE_PDL")
@@ -165,9 +171,10 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
 
 def table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_plain_launch, layers):
     floor = state_bytes / bw
-    return (f"| {pname} | {B} | {H} | {state_bytes / 1e6:.1f} | {floor * 1e6:.2f} | {t_ours * 1e6:.2f} | "
-            f"{t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} | {t_ours / floor:.2f} | {t_plain_launch * 1e6:.2f} | "
-            f"{t_plain_launch / t_fla:.2f} | {layers} |")
+    return (f"| {pname} | {B} | {H} | {state_bytes / 1e6:.1f} | {floor * 1e6:.2f} "
+            f"| {t_ours * 1e6:.2f} | {t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} "
+            f"| {t_ours / floor:.2f} | {t_plain_launch * 1e6:.2f} | {t_plain_launch / t_fla:.2f} "
+            f"| {layers} |")
 
 
 def rel(a, b):
@@ -189,7 +196,8 @@ def agreement(flash_kda, fla_fwd, gen):
     ]:
         if varlen:
             lens = [1, 3, 2, 1, 1, 2, 3, 1]
-            cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device="cuda", dtype=torch.int32)
+            cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device="cuda",
+                              dtype=torch.int32)
             tokens = sum(lens)
             x = list(make_inputs(tokens, H, gen))
             x = [t.reshape(1, tokens, *t.shape[2:]) if t.dim() >= 3 else t for t in x[:5]] + x[5:]
@@ -202,7 +210,8 @@ def agreement(flash_kda, fla_fwd, gen):
         shape = (P, H, V, K) if v_first else (P, H, K, V)
         pool0 = (0.5 * torch.randn(*shape, device="cuda", generator=gen)).to(pool_dtype)
         if spec:
-            idx = torch.randperm(P, device="cuda", generator=gen)[: B * T].reshape(B, T).to(torch.int32)
+            idx = torch.randperm(P, device="cuda", generator=gen)[: B * T]
+            idx = idx.reshape(B, T).to(torch.int32)
             acc = torch.randint(1, T + 1, (B,), device="cuda", generator=gen).to(torch.int32)
         else:
             idx = torch.randperm(P, device="cuda", generator=gen)[:B].to(torch.int32)
@@ -222,15 +231,18 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="fewer batch sizes")
-    ap.add_argument("--sweep", action="store_true", default=os.environ.get("FKDA_BENCH_SWEEP") == "1",
+    ap.add_argument("--sweep", action="store_true",
+                    default=os.environ.get("FKDA_BENCH_SWEEP") == "1",
                     help="also time each kernel family and CTA size forced (or FKDA_BENCH_SWEEP=1)")
-    ap.add_argument("--sweep-only", action="store_true", help="only the agreement and the sweep (no fla timings)")
+    ap.add_argument("--sweep-only", action="store_true",
+                    help="only the agreement and the sweep (no fla timings)")
     ap.add_argument("--profile", default=None, metavar="DTYPE,B,H",
                     help="only run two calls of each library on one case (for ncu)")
     args = ap.parse_args()
 
-    import flash_kda
     from fla.ops.kda.fused_recurrent import fused_recurrent_kda_fwd as fla_fwd
+
+    import flash_kda
 
     if args.profile:
         dtype, B, H = args.profile.split(",")
@@ -274,18 +286,21 @@ def main():
     print("\n".join(lines), flush=True)
 
     batches = [1, 8, 64, 256, 1024] if not args.quick else [1, 64, 1024]
-    header = ["", "| pool | B | H | state MB | floor us | ours us | fla us | ours/fla | ours/floor | ours no-PDL us "
-              "| no-PDL/fla | pools |",
+    header = ["", "| pool | B | H | state MB | floor us | ours us | fla us | ours/fla | ours/floor "
+              "| ours no-PDL us | no-PDL/fla | pools |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    table = ["", f"Decode, one token per sequence, {STEPS}+ calls per CUDA graph, DRAM-resident pools:"] + header
-    hot = ["", "Hot L2: one pool reused by every call of the graph (the state stays in L2):"] + header
+    table = ["", f"Decode, one token per sequence, {STEPS}+ calls per CUDA graph, "
+             "DRAM-resident pools:"] + header
+    hot = ["", "Hot L2: one pool reused by every call of the graph (the state stays in L2):"]
+    hot += header
     print("\n".join(table), flush=True)
     if args.sweep_only:
         args.sweep, table, hot = True, [], []
     for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         for H in (32, 8) if not args.sweep_only else ():
             for B in batches:
-                t_ours, t_fla, state_bytes, layers, t_np = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen)
+                t_ours, t_fla, state_bytes, layers, t_np = bench_case(
+                    flash_kda, fla_fwd, B, H, pool_dtype, False, gen)
                 row = table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_np, layers)
                 table.append(row)
                 print(row, flush=True)
@@ -293,44 +308,53 @@ def main():
     for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         for H in (32, 8) if not args.sweep_only else ():
             for B in (1, 8):
-                t_ours, t_fla, state_bytes, layers, t_np = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, True, gen)
+                t_ours, t_fla, state_bytes, layers, t_np = bench_case(
+                    flash_kda, fla_fwd, B, H, pool_dtype, True, gen)
                 row = table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_np, layers)
                 hot.append(row)
                 print(row, flush=True)
     sweep = []
     if args.sweep:
         # Each kernel family and CTA size forced in turn (src/core/tuning.h's decode knobs).
-        configs = [("default", {}), ("no PDL", {"FKDA_DECODE_PDL": "0"}), ("unpacked", {"FKDA_DECODE_PACKED": "0"}),
+        configs = [("default", {}), ("no PDL", {"FKDA_DECODE_PDL": "0"}),
+                   ("unpacked", {"FKDA_DECODE_PACKED": "0"}),
                    ("narrow", {"FKDA_DECODE_NARROW": "1"}), ("wide", {"FKDA_DECODE_NARROW": "0"}),
-                   ("ef loads", {"FKDA_DECODE_LOAD_EF": "1"}), ("plain loads", {"FKDA_DECODE_LOAD_EF": "0"}),
+                   ("ef loads", {"FKDA_DECODE_LOAD_EF": "1"}),
+                   ("plain loads", {"FKDA_DECODE_LOAD_EF": "0"}),
                    ("generic tokens", {"FKDA_DECODE_BF16_TOKENS": "0"}),
-                   ("split K", {"FKDA_DECODE_KSPLIT": "1"}), ("no split K", {"FKDA_DECODE_KSPLIT": "0"})]
+                   ("split K", {"FKDA_DECODE_KSPLIT": "1"}),
+                   ("no split K", {"FKDA_DECODE_KSPLIT": "0"})]
         if os.environ.get("FKDA_BENCH_SWEEP_WARPS") == "1":
             configs += [(f"{w}w", {"FKDA_DECODE_WARPS_PER_CTA": w})
                         for w in ("1", "2", "4", "8")]
         if os.environ.get("FKDA_BENCH_SWEEP_CONFIGS"):  # e.g. "default,no PDL": only these columns
             wanted = os.environ["FKDA_BENCH_SWEEP_CONFIGS"].split(",")
             configs = [c for c in configs if c[0] in wanted]
-        # Ad hoc columns: FKDA_BENCH_SWEEP_CUSTOM="2w generic:FKDA_DECODE_WARPS_PER_CTA=2,FKDA_DECODE_BF16_TOKENS=0;..."
+        # Ad hoc columns, NAME:KNOB=VALUE,... separated by ";", e.g. FKDA_BENCH_SWEEP_CUSTOM=
+        # "2w generic:FKDA_DECODE_WARPS_PER_CTA=2,FKDA_DECODE_BF16_TOKENS=0;..."
         for spec in filter(None, os.environ.get("FKDA_BENCH_SWEEP_CUSTOM", "").split(";")):
             name, _, assigns = spec.partition(":")
             configs.append((name, dict(a.split("=", 1) for a in assigns.split(",") if a)))
         if "default again" in os.environ.get("FKDA_BENCH_SWEEP_CONFIGS", "").split(","):
             configs.append(("default again", {}))  # A/B/A: the first column's drift over the sweep
         sweep = ["", "Kernel families, warps per CTA and programmatic dependent launch forced ("
-                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, FKDA_DECODE_NARROW, FKDA_DECODE_LOAD_EF, "
-                 "FKDA_DECODE_BF16_TOKENS, FKDA_DECODE_KSPLIT, FKDA_DECODE_VARIANT), "
+                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, "
+                 "FKDA_DECODE_NARROW, FKDA_DECODE_LOAD_EF, FKDA_DECODE_BF16_TOKENS, "
+                 "FKDA_DECODE_KSPLIT, FKDA_DECODE_VARIANT), "
                  "ours us:", "",
                  "| pool | B | H | " + " | ".join(name for name, _ in configs) + " |",
                  "|---|---|---|" + "---|" * len(configs)]
         print("\n".join(sweep), flush=True)
-        knobs = ("FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_PACKED", "FKDA_DECODE_NARROW",
-                 "FKDA_DECODE_LOAD_EF", "FKDA_DECODE_BF16_TOKENS", "FKDA_DECODE_KSPLIT", "FKDA_DECODE_VARIANT")
-        knobs += tuple(sorted({k for _, env in configs for k in env} - set(knobs)))  # custom columns' too
+        knobs = ("FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_PACKED",
+                 "FKDA_DECODE_NARROW", "FKDA_DECODE_LOAD_EF", "FKDA_DECODE_BF16_TOKENS",
+                 "FKDA_DECODE_KSPLIT", "FKDA_DECODE_VARIANT")
+        # The custom columns' knobs too.
+        knobs += tuple(sorted({k for _, env in configs for k in env} - set(knobs)))
         cases = [(d, B, H) for d in ("fp32", "bf16")
                  for B, H in ((1, 32), (1, 8), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32))]
         if os.environ.get("FKDA_BENCH_SWEEP_CASES"):  # e.g. "fp32,64,32 bf16,1,32"
-            cases = [(d, int(B), int(H)) for d, B, H in (c.split(",") for c in os.environ["FKDA_BENCH_SWEEP_CASES"].split())]
+            cases = [(d, int(B), int(H)) for d, B, H in
+                     (c.split(",") for c in os.environ["FKDA_BENCH_SWEEP_CASES"].split())]
         for pname, B, H in cases:
             pool_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[pname]
             cells = []
@@ -338,7 +362,8 @@ def main():
                 for kn in knobs:
                     os.environ.pop(kn, None)
                 os.environ.update(env)
-                t_ours, _, _, _, _ = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen, with_fla=False)
+                t_ours, _, _, _, _ = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen,
+                                                with_fla=False)
                 cells.append(f"{t_ours * 1e6:.2f}")
             for kn in knobs:
                 os.environ.pop(kn, None)

@@ -72,16 +72,18 @@ def make_inputs(shape, device="cuda", seed=0):
 
 
 def run_ours(x, out, ht):
-    flash_kda.fwd(x["q"], x["k"], x["v"], x["g"], x["beta"], K ** -0.5, out, x["A_log"], x["dt_bias"], LB,
-                  initial_state=x["h0"], final_state=ht, cu_seqlens=x["cu"])
+    flash_kda.fwd(x["q"], x["k"], x["v"], x["g"], x["beta"], K ** -0.5, out, x["A_log"],
+                  x["dt_bias"], LB, initial_state=x["h0"], final_state=ht, cu_seqlens=x["cu"])
 
 
 def run_fla(x):
     from fla.ops.kda import chunk_kda
-    o, ht = chunk_kda(x["q"], x["k"], x["v"], x["g"], x["beta"], scale=K ** -0.5, initial_state=x["h0"],
-                      output_final_state=True, use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
-                      use_beta_sigmoid_in_kernel=True, safe_gate=True, lower_bound=LB, state_v_first=True,
-                      A_log=x["A_log"], dt_bias=x["dt_bias"], cu_seqlens=x["cu"])
+    o, ht = chunk_kda(x["q"], x["k"], x["v"], x["g"], x["beta"], scale=K ** -0.5,
+                      initial_state=x["h0"], output_final_state=True,
+                      use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
+                      use_beta_sigmoid_in_kernel=True, safe_gate=True, lower_bound=LB,
+                      state_v_first=True, A_log=x["A_log"], dt_bias=x["dt_bias"],
+                      cu_seqlens=x["cu"])
     return o, ht
 
 
@@ -110,7 +112,6 @@ def copy_bandwidth():
     src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
     dst = torch.empty_like(src)
     ms = time_ms(lambda: dst.copy_(src), warmup=3, reps=20)
-    del src, dst
     return 2 * n / (ms * 1e-3)
 
 
@@ -143,14 +144,64 @@ def kernel_times(fn, reps=5):
     return res
 
 
+def bench_shape(name, args, bw, t_start):
+    """Times ours (and fla unless --no-fla) on one shape, prints its line, returns its table row.
+    Its inputs and outputs are locals, so they are freed when it returns."""
+    shape = SHAPES[name]
+    x = make_inputs(shape)
+    N, H = x["N"], shape["H"]
+    out = torch.empty_like(x["v"])
+    ht = torch.empty(N, H, V, K, dtype=torch.float32, device="cuda")
+    with torch.inference_mode():
+        ms_ours = time_ms(lambda: run_ours(x, out, ht))
+        extra = ""
+        if args.sweep_vslice:
+            sweep = []
+            for vs in (16, 32, 64, 128):
+                os.environ["FKDA_PREFILL_VSLICE"] = str(vs)
+                sweep.append(f"{vs}:{time_ms(lambda: run_ours(x, out, ht), reps=5):.3f}")
+            del os.environ["FKDA_PREFILL_VSLICE"]
+            extra += " vslice ms " + " ".join(sweep)
+        if args.sweep_segments and shape["seqlens"] is None:
+            sweep = []
+            for P in (1, 2, 4, 8, 16):
+                os.environ["FKDA_PREFILL_SEGMENTS"] = str(P)
+                sweep.append(f"{P}:{time_ms(lambda: run_ours(x, out, ht), reps=5):.3f}")
+            del os.environ["FKDA_PREFILL_SEGMENTS"]
+            extra += " segments ms " + " ".join(sweep)
+        if args.profile:
+            kt = kernel_times(lambda: run_ours(x, out, ht))
+            extra += " kernels " + " ".join(f"{k}={v:.3f}ms" for k, v in kt.items())
+            chain = [v for k, v in kt.items() if "chain" in k]
+            if chain and shape["seqlens"] is None:
+                steps = (shape["T"] + 15) // 16
+                extra += f" (chain {1000 * chain[0] / steps:.3f} us per 16-token step)"
+        ms_fla, err = float("nan"), float("nan")
+        if not args.no_fla:
+            o_fla, ht_fla = run_fla(x)  # first call autotunes
+            torch.cuda.synchronize()
+            ms_fla = time_ms(lambda: run_fla(x), warmup=2, reps=5)
+            run_ours(x, out, ht)
+            err = rel(out, o_fla)
+            err_st = rel(ht, ht_fla)
+            extra += f" ours-vs-fla out {err:.2e} state {err_st:.2e}"
+    floor_ms = floor_bytes(shape, N) / bw * 1e3
+    print(f"{shape['label']}: ours {ms_ours:.3f} ms, fla {ms_fla:.3f} ms, "
+          f"x{ms_fla / ms_ours:.2f} fla, {ms_ours / floor_ms:.2f}x floor ({floor_ms:.3f} ms)"
+          f"{extra} [{time.time() - t_start:.0f} s]", flush=True)
+    return shape["label"], ms_ours, ms_fla, floor_ms, TARGET.get(name, 1.5)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default=",".join(SHAPES))
     ap.add_argument("--out", default=None)
     ap.add_argument("--no-fla", action="store_true")
     ap.add_argument("--sweep-vslice", action="store_true", help="time ours at every value slice")
-    ap.add_argument("--profile", action="store_true", help="per-kernel times of ours (torch.profiler)")
-    ap.add_argument("--sweep-segments", action="store_true", help="time ours at 1, 2, 4, 8, 16 sequence segments")
+    ap.add_argument("--profile", action="store_true",
+                    help="per-kernel times of ours (torch.profiler)")
+    ap.add_argument("--sweep-segments", action="store_true",
+                    help="time ours at 1, 2, 4, 8, 16 sequence segments")
     args = ap.parse_args()
 
     dev = torch.cuda.get_device_name()
@@ -170,58 +221,19 @@ def main():
     rows = []
     t_start = time.time()
     for name in args.shapes.split(","):
-        shape = SHAPES[name]
-        x = make_inputs(shape)
-        N, H = x["N"], shape["H"]
-        out = torch.empty_like(x["v"])
-        ht = torch.empty(N, H, V, K, dtype=torch.float32, device="cuda")
-        with torch.inference_mode():
-            ms_ours = time_ms(lambda: run_ours(x, out, ht))
-            extra = ""
-            if args.sweep_vslice:
-                sweep = []
-                for vs in (16, 32, 64, 128):
-                    os.environ["FKDA_PREFILL_VSLICE"] = str(vs)
-                    sweep.append(f"{vs}:{time_ms(lambda: run_ours(x, out, ht), reps=5):.3f}")
-                del os.environ["FKDA_PREFILL_VSLICE"]
-                extra += " vslice ms " + " ".join(sweep)
-            if args.sweep_segments and shape["seqlens"] is None:
-                sweep = []
-                for P in (1, 2, 4, 8, 16):
-                    os.environ["FKDA_PREFILL_SEGMENTS"] = str(P)
-                    sweep.append(f"{P}:{time_ms(lambda: run_ours(x, out, ht), reps=5):.3f}")
-                del os.environ["FKDA_PREFILL_SEGMENTS"]
-                extra += " segments ms " + " ".join(sweep)
-            if args.profile:
-                kt = kernel_times(lambda: run_ours(x, out, ht))
-                extra += " kernels " + " ".join(f"{k}={v:.3f}ms" for k, v in kt.items())
-                chain = [v for k, v in kt.items() if "chain" in k]
-                if chain and shape["seqlens"] is None:
-                    steps = (shape["T"] + 15) // 16
-                    extra += f" (chain {1000 * chain[0] / steps:.3f} us per 16-token step)"
-            ms_fla, err = float("nan"), float("nan")
-            if not args.no_fla:
-                o_fla, ht_fla = run_fla(x)  # first call autotunes
-                torch.cuda.synchronize()
-                ms_fla = time_ms(lambda: run_fla(x), warmup=2, reps=5)
-                run_ours(x, out, ht)
-                err = rel(out, o_fla)
-                err_st = rel(ht, ht_fla)
-                extra += f" ours-vs-fla out {err:.2e} state {err_st:.2e}"
-        floor_ms = floor_bytes(shape, N) / bw * 1e3
-        rows.append((shape["label"], ms_ours, ms_fla, floor_ms, TARGET.get(name, 1.5)))
-        print(f"{shape['label']}: ours {ms_ours:.3f} ms, fla {ms_fla:.3f} ms, x{ms_fla / ms_ours:.2f} fla, "
-              f"{ms_ours / floor_ms:.2f}x floor ({floor_ms:.3f} ms){extra} [{time.time() - t_start:.0f} s]", flush=True)
-        del x, out, ht
+        rows.append(bench_shape(name, args, bw, t_start))
+        # The shape's tensors were freed when bench_shape returned; hand their cached blocks back
+        # before the next shape allocates its own.
         torch.cuda.empty_cache()
 
-    lines = [f"Prefill, {dev}, {datetime.date.today().isoformat()}, commit {commit}; copy bandwidth "
-             f"{bw / 1e12:.2f} TB/s; bf16 inputs, K=V=128, safe gate -5, fp32 state in and out [N,H,V,K]; "
-             "CUDA-event medians of 5 back-to-back calls.", "",
+    lines = [f"Prefill, {dev}, {datetime.date.today().isoformat()}, commit {commit}; "
+             f"copy bandwidth {bw / 1e12:.2f} TB/s; bf16 inputs, K=V=128, safe gate -5, "
+             "fp32 state in and out [N,H,V,K]; CUDA-event medians of 5 back-to-back calls.", "",
              "| case | ms ours | ms fla | fla / ours | target | ours / floor | floor ms |",
              "|---|---|---|---|---|---|---|"]
     for label, mo, mf, fl, tgt in rows:
-        lines.append(f"| {label} | {mo:.3f} | {mf:.3f} | {mf / mo:.2f}x | {tgt}x | {mo / fl:.2f} | {fl:.3f} |")
+        lines.append(f"| {label} | {mo:.3f} | {mf:.3f} | {mf / mo:.2f}x | {tgt}x "
+                     f"| {mo / fl:.2f} | {fl:.3f} |")
     table = "\n".join(lines)
     print(table)
     if args.out:

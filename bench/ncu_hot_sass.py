@@ -2,7 +2,8 @@
 """ncu_hot_sass.py: the hottest SASS instructions of one profiled kernel, from the CSV that
 `ncu --import REPORT --page source --print-source sass --csv` prints (read from stdin).
 
-    ncu --import r.ncu-rep --page source --print-source sass --csv | python3 bench/ncu_hot_sass.py [N] [--dump F]
+    ncu --import r.ncu-rep --page source --print-source sass --csv \
+        | python3 bench/ncu_hot_sass.py [N] [--dump F]
 
 Prints the N (default 30) instructions with the most warp-stall samples, each with its share of
 all samples and its per-reason samples, in address order, so that a latency-bound kernel shows
@@ -31,7 +32,8 @@ def main():
         del args[i:i + 2]
     top = int(args[0]) if args else 30
     lines = [line for line in sys.stdin if line.strip()]
-    start = next((i for i, line in enumerate(lines) if line.startswith('"') and "Source" in line), None)
+    start = next((i for i, line in enumerate(lines)
+                  if line.startswith('"') and "Source" in line), None)
     if start is None:
         print("no source table in the input; first lines:")
         print("".join(lines[:10]))
@@ -50,7 +52,8 @@ def main():
     hot = sorted(rows, key=lambda r: number(r[total_col]), reverse=True)[:top]
     hot_ids = {id(r) for r in hot}
     executed = next((c for c in columns if c.strip() == "Instructions Executed"), None)
-    if executed:  # warp-level instructions, all warps: divide by the grid's warps for one warp's path
+    # Warp-level instructions, all warps: divide by the grid's warps for one warp's path.
+    if executed:
         print(f"{sum(number(r[executed]) for r in rows):.0f} warp instructions executed in all")
         if dump:
             with open(dump, "w") as f:
@@ -63,9 +66,10 @@ def main():
                         address = 0
                     first = address if first is None else first
                     if number(r[executed]) > 0:
-                        f.write(f"{address - first:#06x}\t{number(r[executed]):.0f}\t{number(r[total_col]):.0f}\t"
-                                f"{r.get('Source', '').strip()}\n")
-    print(f"{len(rows)} instructions, {total:.0f} samples in '{total_col}'; the {len(hot)} hottest, in order:")
+                        f.write(f"{address - first:#06x}\t{number(r[executed]):.0f}\t"
+                                f"{number(r[total_col]):.0f}\t{r.get('Source', '').strip()}\n")
+    print(f"{len(rows)} instructions, {total:.0f} samples in '{total_col}'; "
+          f"the {len(hot)} hottest, in order:")
     for r in rows:
         if id(r) not in hot_ids:
             continue

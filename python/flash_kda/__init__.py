@@ -16,12 +16,12 @@ Every error raised for bad input derives from flash_kda.FlashKDAError and from V
 TypeError (or another built-in), and names the argument; see flash_kda.errors.
 """
 
+from ._fla import chunk_kda, fused_recurrent_kda, fused_recurrent_kda_fwd
+from ._flashkda import fwd
 from ._native import LIBRARY_PATH as library_path
 from ._native import VERSION as library_version
 from ._native import has_cuda
 from ._ops import decode, prefill
-from ._flashkda import fwd
-from ._fla import chunk_kda, fused_recurrent_kda, fused_recurrent_kda_fwd
 from .errors import (
     ArgumentTypeError,
     DeviceError,

@@ -120,7 +120,8 @@ def describe(obj, name: str, t: _native.Tensor) -> Location:
         for s in obj.strides:
             if s % itemsize:
                 raise InvalidArgumentError(
-                    f"{name}: NumPy byte stride {s} is not a multiple of the {itemsize}-byte element")
+                    f"{name}: NumPy byte stride {s} is not a multiple of the "
+                    f"{itemsize}-byte element")
             strides.append(s // itemsize)
         flags = 0 if obj.flags.writeable else _native.FKDA_TENSOR_READ_ONLY
         _fill(t, name, obj.ctypes.data, dtype, obj.shape, strides, flags)
@@ -166,7 +167,7 @@ def resolve_location(named_locations) -> Location:
     return first if first is not None else CPU
 
 
-# ---- outputs and scratch in the caller's kind of array ---------------------------------------------
+# ---- outputs and scratch in the caller's kind of array -------------------------------------------
 
 
 def dtype_of(obj):
@@ -210,13 +211,14 @@ def float32_copy(x, like):
     if isinstance(x, np.ndarray):
         if is_torch_tensor(like):
             torch = torch_module()
-            return torch.from_numpy(np.array(x, dtype=np.float32, order="C", copy=True)).to(like.device)
+            host = np.array(x, dtype=np.float32, order="C", copy=True)
+            return torch.from_numpy(host).to(like.device)
         return np.array(x, dtype=np.float32, order="C", copy=True)
     raise ArgumentTypeError(
         f"expected a NumPy array or a torch tensor, got {type(x).__qualname__}")
 
 
-# ---- devices and workspace ------------------------------------------------------------------------
+# ---- devices and workspace -----------------------------------------------------------------------
 
 _WORKSPACE_ALIGNMENT = 256
 

@@ -255,8 +255,8 @@ def _parser() -> argparse.ArgumentParser:
                         "needs the ml_dtypes package)")
     p.add_argument("--iters", type=positive, default=None, help="timed runs (median reported)")
     p.add_argument("--warmup", type=non_negative, default=None, help="untimed runs first")
-    p.add_argument("--threads", type=non_negative, default=0, help="CPU threads of the CPU run and of the float64 reference (0: all "
-                        "cores)")
+    p.add_argument("--threads", type=non_negative, default=0,
+                   help="CPU threads of the CPU run and of the float64 reference (0: all cores)")
     p.add_argument("--ref-heads", type=non_negative, default=None,
                    help="heads checked against the float64 reference (0: all)")
     p.add_argument("--ref-seqs", type=non_negative, default=1,

@@ -30,7 +30,10 @@ def reference(q, k, v, g, beta, A_log, dt_bias, h0, cu, scale):
     a = LB * torch.sigmoid(A_log.double().exp()[:, None] * (g + dt_bias.double()))
     b = torch.sigmoid(beta)
     B, T = q.shape[:2]
-    bounds = [(n, 0, T) for n in range(B)] if cu is None else [(0, int(cu[i]), int(cu[i + 1])) for i in range(len(cu) - 1)]
+    if cu is None:
+        bounds = [(n, 0, T) for n in range(B)]
+    else:
+        bounds = [(0, int(cu[i]), int(cu[i + 1])) for i in range(len(cu) - 1)]
     out = torch.zeros_like(v)
     states = []
     for n, (row, s, e) in enumerate(bounds):
@@ -65,7 +68,8 @@ def test_chunk_kda_dropin_matches_float64(B, T, H, seqlens, monkeypatch):
     gen = torch.Generator(device="cuda").manual_seed(seed)
     if seqlens is not None:
         T = sum(seqlens)
-        cu = torch.tensor([0] + torch.tensor(seqlens).cumsum(0).tolist(), dtype=torch.int64, device="cuda")
+        cu = torch.tensor([0] + torch.tensor(seqlens).cumsum(0).tolist(), dtype=torch.int64,
+                          device="cuda")
         N = len(seqlens)
     else:
         cu, N = None, B
@@ -89,10 +93,11 @@ def test_chunk_kda_dropin_matches_float64(B, T, H, seqlens, monkeypatch):
 
     monkeypatch.setattr(flash_kda, "fwd", counting_fwd)
     with torch.inference_mode():
-        o, ht = fla_kda.chunk_kda(q, k, v, g, beta, scale=scale, initial_state=h0, output_final_state=True,
-                                  use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,
-                                  use_beta_sigmoid_in_kernel=True, safe_gate=True, lower_bound=LB,
-                                  state_v_first=True, A_log=A_log, dt_bias=dt_bias, cu_seqlens=cu)
+        o, ht = fla_kda.chunk_kda(q, k, v, g, beta, scale=scale, initial_state=h0,
+                                  output_final_state=True, use_qk_l2norm_in_kernel=True,
+                                  use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
+                                  safe_gate=True, lower_bound=LB, state_v_first=True,
+                                  A_log=A_log, dt_bias=dt_bias, cu_seqlens=cu)
         torch.cuda.synchronize()
     assert len(calls) == 1, "fla's chunk_kda did not dispatch to flash_kda.fwd"
     assert torch.isfinite(o).all() and torch.isfinite(ht).all()

@@ -46,7 +46,7 @@ def bfloat16_dtype():
     return np.dtype(ml_dtypes.bfloat16)
 
 
-# ---- error bars -------------------------------------------------------------------------------------
+# ---- error bars ----------------------------------------------------------------------------------
 #
 # Relative Frobenius error (kda_numpy.rel_err) allowed for a library result against kda_numpy's
 # unrounded float64, as a function of what the case can reach (the same rules as the C tests'

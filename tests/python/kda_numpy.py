@@ -90,7 +90,10 @@ def kda(q, k, v, g, beta, *, initial_state=None, state_v_first=False, cu_seqlens
     o = np.zeros((B, T, HV, V))
     final = []
     for n, (row, start, end) in enumerate(seqs):
-        S = np.zeros((HV, K, V)) if initial_state is None else _to_kv(initial_state[n], state_v_first)
+        if initial_state is None:
+            S = np.zeros((HV, K, V))
+        else:
+            S = _to_kv(initial_state[n], state_v_first)
         for t in range(start, end):
             o[row, t] = step(S, q[row, t], k[row, t], v[row, t], a[row, t], b[row, t], scale)
         final.append(_from_kv(S, state_v_first))

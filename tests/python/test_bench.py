@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from flash_kda import bench
 
 

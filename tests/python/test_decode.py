@@ -90,7 +90,8 @@ def test_2d_indices_and_accepted_tokens(rng):
     check(ans, inputs)
     for _, p in ans[:2]:
         np.testing.assert_array_equal(p[9:], pool[9:])
-        np.testing.assert_array_equal(p[4], pool[4])  # idx -1: the state after token 1 is not written
+        # idx -1: the state after token 1 is not written
+        np.testing.assert_array_equal(p[4], pool[4])
 
 
 def test_2d_negative_read_slot_skips(rng):
@@ -195,7 +196,7 @@ def test_bf16_pool(rng):
     check(ans, inputs)
 
 
-# ---- bf16 / f16 stores: bit-exact rounding to nearest even -----------------------------------------
+# ---- bf16 / f16 stores: bit-exact rounding to nearest even ---------------------------------------
 #
 # A problem whose float32 result is exact: one key channel (q = k = e_0, no L2 norm), no decay
 # (gate none, g = 0), b = 0.5 (no sigmoid). One token leaves row 0 of the state at
@@ -245,7 +246,8 @@ def _assert_same_bits(got, want):
     nan = np.isnan(want.astype(np.float32))
     same |= nan & np.isnan(got.astype(np.float32))
     bad = np.flatnonzero(~same)
-    assert bad.size == 0, f"{bad.size} elements differ, first at {bad[:4]}: got {g[bad[:4]]}, want {w[bad[:4]]}"
+    assert bad.size == 0, \
+        f"{bad.size} elements differ, first at {bad[:4]}: got {g[bad[:4]]}, want {w[bad[:4]]}"
 
 
 EXACT_CASES = {

@@ -260,7 +260,7 @@ def test_fused_recurrent_kda_transpose_state_layout(rng):
     assert ht.shape == (1, 1, 8, 16)
 
 
-# ---- fused_recurrent_kda_fwd (vLLM's in-place pool decode) ----------------------------------------
+# ---- fused_recurrent_kda_fwd (vLLM's in-place pool decode) ---------------------------------------
 
 
 VLLM = dict(use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True,

@@ -3,8 +3,8 @@
 A NaN in q, k, v, g or beta of token t of one sequence and head never reaches another sequence or
 head, nor a token before t: every form (the chunked fast path, the float64 reference and decode)
 confines it to tokens >= t (the chunked path multiplies only the lower triangle of its intra-chunk
-matrix, so no 0 * NaN reaches an earlier token of t's chunk). A NaN in q stays in o_t; in k, v, g or beta it reaches o_t, every later token of the
-sequence and the final state.
+matrix, so no 0 * NaN reaches an earlier token of t's chunk). A NaN in q stays in o_t; in k, v, g
+or beta it reaches o_t, every later token of the sequence and the final state.
 """
 
 import numpy as np

@@ -28,7 +28,8 @@ STRUCTS = {
 @pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler")
 def test_struct_layouts_match_the_header(tmp_path):
     # A C program prints sizeof and every offsetof of the header's structs; ctypes must agree.
-    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include \"flashkda.h\"", "int main(void) {"]
+    lines = ["#include <stdio.h>", "#include <stddef.h>", "#include \"flashkda.h\"",
+             "int main(void) {"]
     for cname, cls in STRUCTS.items():
         lines.append(f'printf("{cname} size %zu\\n", sizeof({cname}));')
         for field, _ in cls._fields_:
@@ -112,7 +113,8 @@ def test_numpy_is_the_only_dependency_imported():
     # standard library's, NumPy's or the package's own (ml_dtypes and torch only when used).
     code = ("import sys; before = set(sys.modules); import flash_kda; "
             "new = {m.split('.')[0] for m in set(sys.modules) - before}; "
-            "sys.stdout.write(' '.join(sorted(n for n in new if n not in sys.stdlib_module_names)))")
+            "sys.stdout.write(' '.join(sorted(n for n in new "
+            "if n not in sys.stdlib_module_names)))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert set(r.stdout.split()) == {"flash_kda", "numpy"}

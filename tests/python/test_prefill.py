@@ -48,7 +48,8 @@ def check_three(results, inputs, out_dtype, state_dtype=np.float32):
     (o_fast, s_fast), (o_ref, s_ref), (o_np, s_np) = results
     T, K = inputs["q"].shape[1], inputs["q"].shape[3]
     assert rel_err(o_ref, o_np) < bar(out_dtype, reference=True), "C reference output vs NumPy"
-    assert rel_err(s_ref, s_np) < bar(state_dtype, reference=True), "C reference final state vs NumPy"
+    assert rel_err(s_ref, s_np) < bar(state_dtype, reference=True), \
+        "C reference final state vs NumPy"
     assert rel_err(o_fast, o_np) < bar(out_dtype, T, K), "fast output vs NumPy"
     assert rel_err(s_fast, s_np) < bar(state_dtype, T, K), "fast final state vs NumPy"
 
