@@ -18,7 +18,8 @@
 # (the mutant did not build: fix the mutant), and exits with the number of survivors and invalid
 # mutants. Not run by CI.
 #
-# Environment: PYTHON (default python3; it needs numpy and pytest, torch for the CUDA half),
+# Environment: PYTHON (default: build/venv/bin/python, the test environment scripts/run_tests.sh
+# makes, where it exists, else python3; it needs numpy and pytest, torch for the CUDA half),
 # FKDA_MUTATE_JOBS (build jobs, default: the core count), FKDA_MUTATE_TIMEOUT (seconds per test
 # command, default 900: a mutant that hangs a test counts as killed), FKDA_MUTATE_PYTEST_GPU
 # (the CUDA half's pytest paths, default tests/gpu), FKDA_MUTATE_BUILD_ONLY=1 (build each mutant
@@ -28,7 +29,10 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 half=${1:-}
 [ $# -gt 0 ] && shift
 only=("$@")
-PYTHON=${PYTHON:-python3}
+if [ -z "${PYTHON:-}" ]; then
+  PYTHON=python3
+  [ -x "$root/build/venv/bin/python" ] && PYTHON=$root/build/venv/bin/python
+fi
 jobs=${FKDA_MUTATE_JOBS:-$(nproc)}
 limit=${FKDA_MUTATE_TIMEOUT:-900}
 work=$root/build/mutate
