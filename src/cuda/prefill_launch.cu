@@ -72,8 +72,9 @@ static int device_sms(const fkda_problem *p)
 /* Segments per sequence (prefill_common.cuh, chain plan). Only for B equal-length rows (with
  * cu_seqlens the lengths stay on the device), and only when the (sequence, head) chains alone
  * leave SMs idle: then the sequence is cut so that pass A (two chains per segment) has about
- * three warps per SM, with segments of at least 64 chunks (H100, v3 sweep: T=65536 H=8 best at
- * P = 4, T=16384 H=16 at P = 3). FKDA_PREFILL_SEGMENTS overrides (1: off). */
+ * three warps per SM (fewer leave the SMs idle, more only add merge work), with segments of at
+ * least 64 chunks, so that each segment's own chain outweighs its share of the merge (the sweep
+ * behind this rule: docs/history/prefill.md, v3). FKDA_PREFILL_SEGMENTS overrides (1: off). */
 static int64_t choose_segments(const fkda_problem *p, int sms)
 {
     if (p->cu_seqlens.data != NULL || p->T <= 0) return 1;
@@ -86,7 +87,7 @@ static int64_t choose_segments(const fkda_problem *p, int sms)
         return P > nch ? nch : P;
     }
     if (warps > sms) return 1;
-    P = ((int64_t)sms * 3 + warps) / (2 * warps) + 1; /* pass A: ~3 warps per SM (measured best) */
+    P = ((int64_t)sms * 3 + warps) / (2 * warps) + 1; /* pass A: ~3 warps per SM */
     P = P > 16 ? 16 : P;
     P = P > nch / 64 ? nch / 64 : P;
     return P < 2 ? 1 : P;
@@ -111,7 +112,7 @@ extern "C" fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t
  * whatever the slice, and a chain warp uses ~248 registers (8 warps fill an SM), so the slice
  * decides how evenly the warps spread over the SMs and how often each record is re-read (once
  * per slice, mostly from L2). Pick the slice whose busiest SM has the fewest warps, preferring
- * wider slices within 10 % of that (measured on H100: docs/history/prefill.md, v1).
+ * wider slices within 10 % of that, which re-read each record fewer times (docs/history/prefill.md, v1).
  * FKDA_PREFILL_VSLICE overrides it (16, 32, 64 or 128), for tuning. */
 static int choose_vslice(const fkda_problem *p, int sms)
 {
