@@ -64,7 +64,8 @@ static fkda_status validate_pool(const fkda_prefill_args *a, fkda_problem *p)
 {
     if (!fkda_tensor_present(&a->state_pool)) {
         if (fkda_tensor_present(&a->initial_state_indices))
-            return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "initial_state_indices: needs state_pool (the slots it names)");
+            return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
+                             "initial_state_indices: needs state_pool (the slots it names)");
         if (fkda_tensor_present(&a->final_state_indices))
             return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "final_state_indices: needs state_pool (the slots it names)");
         return FKDA_OK;
@@ -143,8 +144,7 @@ static fkda_status validate_intermediate(const fkda_prefill_args *a, fkda_proble
     if (!fkda_tensor_present(&a->intermediate_states)) return FKDA_OK;
     const char *rows_name = p->cu_seqlens.data ? "sum of ceil(length / chunk)" : "B * ceil(T / chunk)";
     TRY(fkda_validate_state_rows(&a->intermediate_states, "intermediate_states", p, intermediate_rows(p), rows_name,
-                                 FKDA_FLOAT_DTYPES, "float32, bfloat16 or float16", 1, &p->intermediate_states,
-                                 NULL));
+                                 FKDA_FLOAT_DTYPES, "float32, bfloat16 or float16", 1, &p->intermediate_states, NULL));
     return FKDA_OK;
 }
 
@@ -155,7 +155,7 @@ static fkda_status check_overlaps(const fkda_prefill_args *a, const fkda_problem
     const fkda_tensor none = {0};
     const int gated = p->gate != FKDA_GATE_NONE; /* A_log and dt_bias are read (and validated) */
     const named_tensor new_inputs[] = {
-        {&a->has_initial_state, "has_initial_state"}, {&a->initial_state_indices, "initial_state_indices"},
+        {&a->has_initial_state, "has_initial_state"},     {&a->initial_state_indices, "initial_state_indices"},
         {&a->final_state_indices, "final_state_indices"}, {&a->checkpoint_offsets, "checkpoint_offsets"},
         {&a->checkpoint_indices, "checkpoint_indices"},
     };

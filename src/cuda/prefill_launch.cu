@@ -39,9 +39,9 @@ static fkda_status check_rows16(const char *name, const fkda_operand *x)
 extern "C" fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const cudaDeviceProp *prop)
 {
     /* The states for serving engines run on the CPU only for now. */
-    const char *unsupported = p->uses_pool                        ? "state_pool"
-                              : p->has_initial_state.data != NULL ? "has_initial_state"
-                              : p->checkpoint_offsets.data != NULL ? "checkpoint_offsets"
+    const char *unsupported = p->uses_pool                          ? "state_pool"
+                              : p->has_initial_state.data != NULL   ? "has_initial_state"
+                              : p->checkpoint_offsets.data != NULL  ? "checkpoint_offsets"
                               : p->intermediate_states.data != NULL ? "intermediate_states"
                                                                     : NULL;
     if (unsupported != NULL)
