@@ -2,11 +2,13 @@
 
 Two kinds of array are accepted:
   - numpy.ndarray: float32, float16, int32, int64, bool / uint8 (flags: 0 false, else true),
-    and bfloat16 when the ml_dtypes package provides it (NumPy has no bfloat16 of its own). Always on the CPU. A read-only array is
-    described with FKDA_TENSOR_READ_ONLY, so the C library refuses it as an output.
-  - torch.Tensor (strided): float32, float16, bfloat16, int32, int64, bool / uint8, on the CPU or on a CUDA
-    device. torch is never imported by this package unless the caller already has (a tensor
-    can only exist once torch is imported), so NumPy alone is enough to use flash_kda.
+    and bfloat16 when the ml_dtypes package provides it (NumPy has no bfloat16 of its own).
+    Always on the CPU. A read-only array is described with FKDA_TENSOR_READ_ONLY, so the C
+    library refuses it as an output.
+  - torch.Tensor (strided): float32, float16, bfloat16, int32, int64, bool / uint8, on the CPU
+    or on a CUDA device. torch is never imported by this package unless the caller already
+    has (a tensor can only exist once torch is imported), so NumPy alone is enough to use
+    flash_kda.
 
 Shapes and strides are passed as they are (strides in elements); the C library validates them
 and says what it cannot take. Nothing here reads the contents of a tensor, so a call with CUDA
