@@ -55,7 +55,7 @@ typedef struct fkda_problem {
      * records which of the two is contiguous in memory (stride[2] == 1 when set). */
     fkda_operand state_in;  /* prefill: initial_state [N, ...]; decode: the pool [P, ...] */
     fkda_operand state_out; /* prefill: final_state [N, ...];   decode: the same pool */
-    int64_t pool_size;      /* decode: P; prefill: N */
+    int64_t pool_size;      /* decode and prefill on a pool: P; prefill: N */
 
     /* Decode only. */
     fkda_operand state_indices;       /* [N] or [N, T_max]; data NULL when absent */
