@@ -213,3 +213,20 @@ def test_errors_name_the_argument_and_write_nothing(rng):
         flash_kda.prefill(**kw, cu_seqlens=cu, out=out, has_initial_state=np.ones(N, bool))
     np.testing.assert_array_equal(pool, before)
     assert np.isnan(out).all()
+
+
+@pytest.mark.parametrize("flag_dtype", [bool, np.uint8, np.int32, np.int64])
+def test_has_initial_state_masks_initial_state(rng, flag_dtype):
+    kw, cu = varlen_inputs(rng)
+    N = len(LENGTHS)
+    initial = rng.standard_normal((N, HV, K, V)).astype(np.float32)
+    flags = np.array([1, 0, 1, 0, 0, 1], flag_dtype)
+    final = poison((N, HV, K, V))
+    out = flash_kda.prefill(**kw, cu_seqlens=cu, initial_state=initial, final_state=final,
+                            has_initial_state=flags)
+    masked = initial * flags.astype(np.float32)[:, None, None, None]
+    final_want = poison((N, HV, K, V))
+    out_want = flash_kda.prefill(**kw, cu_seqlens=cu, initial_state=masked,
+                                 final_state=final_want)
+    np.testing.assert_array_equal(out, out_want)
+    np.testing.assert_array_equal(final, final_want)
