@@ -80,7 +80,8 @@ typedef enum fkda_dtype {
     FKDA_DTYPE_F16 = 1,
     FKDA_DTYPE_BF16 = 2,
     FKDA_DTYPE_I32 = 3,
-    FKDA_DTYPE_I64 = 4
+    FKDA_DTYPE_I64 = 4,
+    FKDA_DTYPE_BOOL = 5 /* one byte, 0 false, anything else true (a bool or uint8 array) */
 } fkda_dtype;
 
 #define FKDA_MAX_DIMS 4
@@ -164,6 +165,44 @@ FKDA_API fkda_options fkda_default_options(void);
  *
  * Without cu_seqlens, N = B and sequence n is batch row n. A zero-length sequence leaves its
  * final state equal to its initial state (or zero).
+ *
+ * States for serving engines (all optional; every layout follows state_v_first as above, and
+ * every state is f32 or bf16 unless said otherwise). An fkda_tensor has at most 4 dimensions, so
+ * the 5-D state arrays are passed with their first two dimensions merged (row n * C + c):
+ *
+ *   has_initial_state     [N]  bool, int32 or int64; 0: sequence n starts from the zero state
+ *                              whatever initial_state or the pool holds (as vLLM passes it).
+ *                              Needs initial_state or state_pool.
+ *   state_pool            [P, HV, K, V]  read and written in place, like fkda_decode_args'
+ *                              state_pool; excludes initial_state and final_state.
+ *   initial_state_indices [N]  int32 / int64: sequence n starts from slot idx[n] (negative: the
+ *                              zero state). Absent: slot n (then P >= N).
+ *   final_state_indices   [N]  int32 / int64: sequence n's final state goes to slot idx[n]
+ *                              (negative: not written). Absent: slot n (then P >= N). A slot may
+ *                              be the sequence's own initial slot or another sequence's initial
+ *                              slot: every initial state is read before any state is written.
+ *                              Two sequences writing one slot is a caller error.
+ *   checkpoint_offsets    [N, C]  int32 / int64: token counts from the start of sequence n. The
+ *                              state after offset tokens of sequence n is written to entry
+ *                              (n, c); offset 0 writes the initial state. An offset < 0 or
+ *                              > the sequence's length writes nothing (pad ragged lists with -1).
+ *                              A checkpoint equals bitwise the final state of a prefill over the
+ *                              first offset tokens, and checkpoints leave `out` unchanged.
+ *   checkpoint_states     [N * C, HV, K, V]  output: entry (n, c) is row n * C + c.
+ *   checkpoint_indices    [N, C]  int32 / int64, instead of checkpoint_states: entry (n, c)
+ *                              goes to pool slot idx[n, c] (negative: not written); needs
+ *                              state_pool.
+ *   intermediate_states   [B * NT, HV, K, V]  output, f32, bf16 or f16: fla's `h`, the state
+ *                              entering each chunk of intermediate_chunk_size tokens. Row
+ *                              b * NT + i holds the state after i * chunk tokens of row b, with
+ *                              NT = ceil(T / chunk); with cu_seqlens (B = 1) the sequences'
+ *                              chunks are concatenated: sequence n's rows start at the sum over
+ *                              m < n of ceil(length_m / chunk), and an empty sequence has none.
+ *   intermediate_chunk_size   tokens per chunk of intermediate_states (0: 64; any value >= 1).
+ *
+ * Slot indices outside the pool (>= P) are refused on the CPU, where the indices are read
+ * before anything runs (the decode's rule). The CUDA prefill does not support these fields yet
+ * (FKDA_ERROR_UNSUPPORTED, naming the field).
  */
 typedef struct fkda_prefill_args {
     fkda_tensor q, k, v, g, beta;
@@ -173,6 +212,16 @@ typedef struct fkda_prefill_args {
     fkda_tensor final_state;
     fkda_tensor out;
     fkda_options options;
+    /* States for serving engines (zero: absent; see above). */
+    fkda_tensor has_initial_state;
+    fkda_tensor state_pool;
+    fkda_tensor initial_state_indices;
+    fkda_tensor final_state_indices;
+    fkda_tensor checkpoint_offsets;
+    fkda_tensor checkpoint_states;
+    fkda_tensor checkpoint_indices;
+    fkda_tensor intermediate_states;
+    int32_t intermediate_chunk_size;
 } fkda_prefill_args;
 
 /* Bytes of workspace fkda_prefill needs for these arguments on this device (may be 0). The

@@ -11,10 +11,10 @@ use_qk_l2norm would silently change the result). Differences, all deliberate:
 
   - Forward only: a call with autograd on and an input that requires grad raises
     UnsupportedError (fla would build a backward graph).
-  - chunk_kda: return_intermediate_states=True and cp_context raise UnsupportedError;
-    disable_recompute, use_graph, max_num_seqs, cu_seqlens_cpu and chunk_size (32 or 64) are
-    accepted and change nothing (they steer fla's backward or its Triton launch; the flash_kda
-    path is already capturable in CUDA graphs).
+  - chunk_kda: cp_context raises UnsupportedError; disable_recompute, use_graph and
+    max_num_seqs are accepted and change nothing (they steer fla's backward or its Triton
+    launch; the flash_kda path is already capturable in CUDA graphs). chunk_size (32 or 64)
+    only sets the chunks of return_intermediate_states' h (on the CPU device for now).
   - fused_recurrent_kda with use_gate_in_kernel, no lower_bound and no A_log: fla silently
     computes a = -e * softplus(g + dt_bias) (as if A_log = 1); flash_kda raises ValueError
     ("A_log: is required by the softplus gate"), as fla's chunk_kda does.
@@ -161,7 +161,10 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     safe_gate with use_gate_in_kernel requires lower_bound in [-5, 0).
 
     Returns (o, final_state): o [B, T, HV, V] in the input dtype; final_state float32
-    [N, HV, K, V] (or [N, HV, V, K]) when output_final_state, else None.
+    [N, HV, K, V] (or [N, HV, V, K]) when output_final_state, else None. With
+    return_intermediate_states, (o, final_state, h) as fla: h [B, NT, HV, K, V] in k's dtype,
+    the state entering each chunk of chunk_size tokens (NT = ceil(T / chunk_size); with
+    cu_seqlens B = 1 and the sequences' chunks are concatenated).
     """
     _check_keywords(chunk_kda, kwargs, _CHUNK_KDA_KEYWORDS)
     (output_final_state, use_qk_l2norm_in_kernel, use_gate_in_kernel, use_beta_sigmoid_in_kernel,
@@ -174,9 +177,6 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     state_v_first = _pop_state_layout_alias(kwargs, state_v_first)
     if cp_context is not None:
         raise UnsupportedError("cp_context: context parallelism is not supported by flash_kda")
-    if return_intermediate_states:
-        raise UnsupportedError("return_intermediate_states: not supported by flash_kda (its "
-                               "kernels do not materialise the per-chunk states)")
     _require_ndim(q, "q", 4, "[B, T, H, K]")
     _require_ndim(v, "v", 4, "[B, T, HV, V]")
     _check_varlen(q, initial_state, cu_seqlens)
@@ -225,12 +225,33 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     if output_final_state:
         N = _num_sequences(q, cu_seqlens)
         final_state = _tensors.empty(q, _state_shape(N, HV, K, V, state_v_first), "float32")
+    h = None
+    if return_intermediate_states:
+        # fla's h: [B, NT, HV, K, V] in k's dtype, the state entering each chunk; with
+        # cu_seqlens the sequences' chunks one after another in a batch of 1.
+        NT = _chunk_count(T, cu_seqlens, cu_seqlens_cpu, chunk_size)
+        h = _tensors.empty(k, (B, NT) + _state_shape(1, HV, K, V, state_v_first)[1:], k.dtype)
     prefill(q, k, v, g, beta, out=o, A_log=A_log, dt_bias=dt_bias, cu_seqlens=cu_seqlens,
             initial_state=initial_state, final_state=final_state, scale=scale,
             gate=_gate(use_gate_in_kernel, lower_bound), lower_bound=lower_bound,
             use_qk_l2norm=use_qk_l2norm_in_kernel, use_beta_sigmoid=use_beta_sigmoid_in_kernel,
-            allow_neg_eigval=allow_neg_eigval, state_v_first=state_v_first)
+            allow_neg_eigval=allow_neg_eigval, state_v_first=state_v_first,
+            intermediate_states=h, intermediate_chunk_size=int(chunk_size))
+    if return_intermediate_states:
+        return o, final_state, h
     return o, final_state
+
+
+def _chunk_count(T: int, cu_seqlens, cu_seqlens_cpu, chunk_size: int) -> int:
+    """Chunks per row of h: ceil(T / chunk_size), or with cu_seqlens the sum over sequences (read
+    from cu_seqlens_cpu when given, else from cu_seqlens, which on a GPU costs a copy to host)."""
+    if cu_seqlens is None:
+        return -(-int(T) // chunk_size)
+    bounds = cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens
+    if _tensors.is_torch_tensor(bounds):
+        bounds = bounds.cpu().numpy()
+    lengths = np.diff(np.asarray(bounds, dtype=np.int64))
+    return int(np.sum(-(-np.maximum(lengths, 0) // chunk_size)))
 
 
 # fla's fused_recurrent_kda reads transpose_state_layout from its **kwargs and ignores the rest;

@@ -36,6 +36,7 @@ FKDA_DTYPE_F16 = 1
 FKDA_DTYPE_BF16 = 2
 FKDA_DTYPE_I32 = 3
 FKDA_DTYPE_I64 = 4
+FKDA_DTYPE_BOOL = 5
 
 FKDA_MAX_DIMS = 4
 FKDA_TENSOR_READ_ONLY = 1
@@ -109,6 +110,15 @@ class PrefillArgs(ctypes.Structure):
         ("final_state", Tensor),
         ("out", Tensor),
         ("options", Options),
+        ("has_initial_state", Tensor),
+        ("state_pool", Tensor),
+        ("initial_state_indices", Tensor),
+        ("final_state_indices", Tensor),
+        ("checkpoint_offsets", Tensor),
+        ("checkpoint_states", Tensor),
+        ("checkpoint_indices", Tensor),
+        ("intermediate_states", Tensor),
+        ("intermediate_chunk_size", ctypes.c_int32),
     ]
 
 

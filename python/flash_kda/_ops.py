@@ -153,7 +153,10 @@ def _token_tensors(call, q, k, v, g, beta, A_log, dt_bias, cu_seqlens):
 def prefill(q, k, v, g, beta, *, out=None, A_log=None, dt_bias=None, cu_seqlens=None,
             initial_state=None, final_state=None, scale=None, gate="none", lower_bound=None,
             use_qk_l2norm=False, use_beta_sigmoid=False, allow_neg_eigval=False,
-            state_v_first=False, reference=False, num_threads=0, **unknown):
+            state_v_first=False, has_initial_state=None, state_pool=None,
+            initial_state_indices=None, final_state_indices=None, checkpoint_offsets=None,
+            checkpoint_states=None, checkpoint_indices=None, intermediate_states=None,
+            intermediate_chunk_size=None, reference=False, num_threads=0, **unknown):
     """The chunked KDA forward over whole sequences (fkda_prefill).
 
     Shapes (N sequences; B rows of T tokens; H qk heads; HV value heads, a multiple of H):
@@ -167,7 +170,20 @@ def prefill(q, k, v, g, beta, *, out=None, A_log=None, dt_bias=None, cu_seqlens=
     scale None means K^-0.5. reference=True runs the float64 token-by-token reference of the
     CPU backend (CPU tensors only); num_threads 0 uses every core (CPU only).
 
-    Writes out (allocated like v when None) and final_state (when given) in place; returns out.
+    States for serving engines (the rules are fkda_prefill_args' in flashkda.h):
+        has_initial_state [N] bool/int32/int64: 0 starts sequence n from zero;
+        state_pool [P, HV, K, V] f32/bf16, read and written in place (excludes initial_state
+            and final_state); initial_state_indices / final_state_indices [N] int32/int64: the
+            slot sequence n starts from / its final state goes to (negative: zero / not
+            written; None: slot n);
+        checkpoint_offsets [N, C] int32/int64: the state after that many tokens of sequence n
+            goes to checkpoint_states [N, C, HV, K, V] (f32/bf16; [N * C, ...] also taken) or
+            to pool slot checkpoint_indices [N, C] (negative: not written); an offset < 0 or
+            beyond the sequence writes nothing;
+        intermediate_states [B, NT, HV, K, V] (or [B * NT, ...]) f32/bf16/f16: fla's h, the
+            state entering each chunk of intermediate_chunk_size tokens (None: 64).
+
+    Writes out (allocated like v when None) and the state outputs in place; returns out.
     CPU arrays run on the CPU; CUDA tensors on their device, on torch's current stream.
     Any other keyword raises ArgumentTypeError naming it (with the closest keyword taken).
     """
@@ -179,12 +195,35 @@ def prefill(q, k, v, g, beta, *, out=None, A_log=None, dt_bias=None, cu_seqlens=
     call.tensor("initial_state", initial_state)
     call.tensor("final_state", final_state)
     call.tensor("out", out)
+    call.tensor("has_initial_state", has_initial_state)
+    call.tensor("state_pool", state_pool)
+    call.tensor("initial_state_indices", initial_state_indices)
+    call.tensor("final_state_indices", final_state_indices)
+    call.tensor("checkpoint_offsets", checkpoint_offsets)
+    call.tensor("checkpoint_states", _tensors.merge_leading(checkpoint_states, "checkpoint_states"))
+    call.tensor("checkpoint_indices", checkpoint_indices)
+    call.tensor("intermediate_states",
+                _tensors.merge_leading(intermediate_states, "intermediate_states"))
+    args.intermediate_chunk_size = _chunk_size(intermediate_chunk_size)
     args.options = make_options(scale=scale, gate=gate, lower_bound=lower_bound,
                                 use_qk_l2norm=use_qk_l2norm, use_beta_sigmoid=use_beta_sigmoid,
                                 allow_neg_eigval=allow_neg_eigval, state_v_first=state_v_first)
     _run(_native.lib.fkda_prefill_workspace_size, _native.lib.fkda_prefill, args, call.location(),
          reference, num_threads)
     return out
+
+
+def _chunk_size(value) -> int:
+    """intermediate_chunk_size: None (64) or a positive int (the C library checks the value)."""
+    if value is None:
+        return 0
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        raise ArgumentTypeError(
+            f"intermediate_chunk_size: expected an int, got {type(value).__qualname__}")
+    if not 1 <= int(value) <= 2**31 - 1:
+        raise InvalidArgumentError(
+            f"intermediate_chunk_size: {int(value)}; expected a chunk size >= 1 (None: 64)")
+    return int(value)
 
 
 def decode(q, k, v, g, beta, state_pool, *, state_indices=None, num_accepted_tokens=None,

@@ -1,12 +1,14 @@
 """From NumPy arrays and torch tensors to fkda_tensor descriptions, devices and workspace.
 
 Two kinds of array are accepted:
-  - numpy.ndarray: float32, float16, int32, int64, and bfloat16 when the ml_dtypes package
-    provides it (NumPy has no bfloat16 of its own). Always on the CPU. A read-only array is
-    described with FKDA_TENSOR_READ_ONLY, so the C library refuses it as an output.
-  - torch.Tensor (strided): float32, float16, bfloat16, int32, int64, on the CPU or on a CUDA
-    device. torch is never imported by this package unless the caller already has (a tensor
-    can only exist once torch is imported), so NumPy alone is enough to use flash_kda.
+  - numpy.ndarray: float32, float16, int32, int64, bool / uint8 (flags: 0 false, else true),
+    and bfloat16 when the ml_dtypes package provides it (NumPy has no bfloat16 of its own).
+    Always on the CPU. A read-only array is described with FKDA_TENSOR_READ_ONLY, so the C
+    library refuses it as an output.
+  - torch.Tensor (strided): float32, float16, bfloat16, int32, int64, bool / uint8, on the CPU
+    or on a CUDA device. torch is never imported by this package unless the caller already
+    has (a tensor can only exist once torch is imported), so NumPy alone is enough to use
+    flash_kda.
 
 Shapes and strides are passed as they are (strides in elements); the C library validates them
 and says what it cannot take. Nothing here reads the contents of a tensor, so a call with CUDA
@@ -28,6 +30,8 @@ _NUMPY_DTYPES = {
     np.dtype(np.float16): _native.FKDA_DTYPE_F16,
     np.dtype(np.int32): _native.FKDA_DTYPE_I32,
     np.dtype(np.int64): _native.FKDA_DTYPE_I64,
+    np.dtype(np.bool_): _native.FKDA_DTYPE_BOOL,
+    np.dtype(np.uint8): _native.FKDA_DTYPE_BOOL,
 }
 
 _TORCH_DTYPE_NAMES = {
@@ -36,6 +40,8 @@ _TORCH_DTYPE_NAMES = {
     "torch.bfloat16": _native.FKDA_DTYPE_BF16,
     "torch.int32": _native.FKDA_DTYPE_I32,
     "torch.int64": _native.FKDA_DTYPE_I64,
+    "torch.bool": _native.FKDA_DTYPE_BOOL,
+    "torch.uint8": _native.FKDA_DTYPE_BOOL,
 }
 
 
@@ -114,7 +120,7 @@ def describe(obj, name: str, t: _native.Tensor) -> Location:
             else:
                 raise DTypeError(
                     f"{name}: NumPy dtype {obj.dtype} is not supported; expected float32, float16, "
-                    "bfloat16 (ml_dtypes), int32 or int64")
+                    "bfloat16 (ml_dtypes), int32, int64 or bool")
         itemsize = obj.itemsize
         strides = []
         for s in obj.strides:
@@ -131,7 +137,7 @@ def describe(obj, name: str, t: _native.Tensor) -> Location:
         if dtype is None:
             raise DTypeError(
                 f"{name}: torch dtype {obj.dtype} is not supported; expected float32, float16, "
-                "bfloat16, int32 or int64")
+                "bfloat16, int32, int64 or bool")
         if str(obj.layout) != "torch.strided":
             raise InvalidArgumentError(
                 f"{name}: torch layout {obj.layout} is not supported; expected strided")
@@ -148,6 +154,30 @@ def describe(obj, name: str, t: _native.Tensor) -> Location:
     raise ArgumentTypeError(
         f"{name}: expected a NumPy array or a torch tensor, got {type(obj).__module__}."
         f"{type(obj).__qualname__}")
+
+
+def merge_leading(obj, name: str):
+    """A 5-D array [A, C, ...] as a 4-D view [A * C, ...] of the same memory (how the C library
+    takes the 5-D state arrays); other arrays are returned as they are. ValueError when the two
+    leading dimensions cannot be merged without a copy (an output must be written in place)."""
+    if not is_array(obj) or obj.ndim != 5:
+        return obj
+    shape = (int(obj.shape[0]) * int(obj.shape[1]),) + tuple(int(n) for n in obj.shape[2:])
+    if is_torch_tensor(obj):
+        try:
+            return obj.view(shape)
+        except RuntimeError:
+            pass
+    else:
+        view = obj.view()
+        try:
+            view.shape = shape
+            return view
+        except AttributeError:
+            pass
+    raise InvalidArgumentError(
+        f"{name}: its first two dimensions {list(obj.shape[:2])} cannot be merged into one "
+        "without a copy (make the array contiguous in them)")
 
 
 def resolve_location(named_locations) -> Location:

@@ -3,6 +3,7 @@
 
 #include "dispatch.h"
 #include "../core/error.h"
+#include "prefill_states.h"
 #include "token_inputs.h"
 #include "validate.h"
 
@@ -45,7 +46,7 @@ static fkda_status validate_prefill(const fkda_prefill_args *a, const fkda_devic
     }
     if (fkda_tensor_present(&a->initial_state))
         TRY(fkda_check_disjoint(&a->out, "out", &a->initial_state, "initial_state"));
-    return FKDA_OK;
+    return fkda_validate_prefill_states(a, p);
 }
 
 fkda_status fkda_prefill_workspace_size(const fkda_prefill_args *args, const fkda_device *device, size_t *bytes)

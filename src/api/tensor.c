@@ -13,6 +13,7 @@ size_t fkda_dtype_size(fkda_dtype dtype)
     case FKDA_DTYPE_BF16: return 2;
     case FKDA_DTYPE_I32: return 4;
     case FKDA_DTYPE_I64: return 8;
+    case FKDA_DTYPE_BOOL: return 1;
     }
     return 0;
 }

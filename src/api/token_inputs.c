@@ -2,6 +2,7 @@
 #include "token_inputs.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "../core/error.h"
@@ -224,21 +225,28 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
     return FKDA_OK;
 }
 
-fkda_status fkda_validate_state(const fkda_tensor *t, const char *name, const fkda_problem *p, int64_t slots,
-                                int is_output, fkda_operand *op, int64_t *slots_out)
+fkda_status fkda_validate_state_rows(const fkda_tensor *t, const char *name, const fkda_problem *p, int64_t rows,
+                                     const char *rows_name, unsigned dtypes, const char *dtypes_what, int is_output,
+                                     fkda_operand *op, int64_t *rows_out)
 {
     static const int kv_order[4] = {0, 1, 2, 3}; /* memory [n, h, K, V] */
     static const int vk_order[4] = {0, 1, 3, 2}; /* memory [n, h, V, K]: swap to [n, h, K, V] */
     TRY(fkda_check_layout(t, name));
-    TRY(fkda_check_dtype(t, name, FKDA_STATE_DTYPES, "float32 or bfloat16"));
+    TRY(fkda_check_dtype(t, name, dtypes, dtypes_what));
     int64_t d2 = p->state_v_first ? p->V : p->K, d3 = p->state_v_first ? p->K : p->V;
-    /* slots < 0: a pool of any number of slots (decode); else one state per sequence. */
-    const char *dims = slots < 0
-                           ? (p->state_v_first ? "[num_slots, HV, V, K] (state_v_first)" : "[num_slots, HV, K, V]")
-                           : (p->state_v_first ? "[N, HV, V, K] (state_v_first)" : "[N, HV, K, V]");
-    TRY(fkda_check_shape(t, name, dims, 4, (const int64_t[]){slots, p->HV, d2, d3}));
+    char dims[96];
+    snprintf(dims, sizeof dims, p->state_v_first ? "[%s, HV, V, K] (state_v_first)" : "[%s, HV, K, V]", rows_name);
+    TRY(fkda_check_shape(t, name, dims, 4, (const int64_t[]){rows, p->HV, d2, d3}));
     if (is_output) TRY(fkda_check_writable(t, name));
     fkda_to_operand(t, p->state_v_first ? vk_order : kv_order, op);
-    if (slots_out) *slots_out = t->shape[0];
+    if (rows_out) *rows_out = t->shape[0];
     return FKDA_OK;
+}
+
+fkda_status fkda_validate_state(const fkda_tensor *t, const char *name, const fkda_problem *p, int64_t slots,
+                                int is_output, fkda_operand *op, int64_t *slots_out)
+{
+    /* slots < 0: a pool of any number of slots (decode); else one state per sequence. */
+    return fkda_validate_state_rows(t, name, p, slots, slots < 0 ? "num_slots" : "N", FKDA_STATE_DTYPES,
+                                    "float32 or bfloat16", is_output, op, slots_out);
 }

@@ -25,4 +25,10 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
 fkda_status fkda_validate_state(const fkda_tensor *t, const char *name, const fkda_problem *p, int64_t slots,
                                 int is_output, fkda_operand *op, int64_t *slots_out);
 
+/* The same for any state-shaped tensor: `rows` expected first dimension (-1: any) called
+ * `rows_name` in the message, and the accepted dtypes. */
+fkda_status fkda_validate_state_rows(const fkda_tensor *t, const char *name, const fkda_problem *p, int64_t rows,
+                                     const char *rows_name, unsigned dtypes, const char *dtypes_what, int is_output,
+                                     fkda_operand *op, int64_t *rows_out);
+
 #endif /* FKDA_API_TOKEN_INPUTS_H */

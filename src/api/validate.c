@@ -14,6 +14,7 @@ const char *fkda_dtype_name(fkda_dtype dtype)
     case FKDA_DTYPE_BF16: return "bfloat16";
     case FKDA_DTYPE_I32: return "int32";
     case FKDA_DTYPE_I64: return "int64";
+    case FKDA_DTYPE_BOOL: return "bool";
     }
     return "unknown";
 }

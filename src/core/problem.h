@@ -55,13 +55,27 @@ typedef struct fkda_problem {
      * records which of the two is contiguous in memory (stride[2] == 1 when set). */
     fkda_operand state_in;  /* prefill: initial_state [N, ...]; decode: the pool [P, ...] */
     fkda_operand state_out; /* prefill: final_state [N, ...];   decode: the same pool */
-    int64_t pool_size;      /* decode: P; prefill: N */
+    int64_t pool_size;      /* decode and prefill on a pool: P; prefill: N */
 
     /* Decode only. */
     fkda_operand state_indices;       /* [N] or [N, T_max]; data NULL when absent */
     int32_t indices_per_token;        /* 1 when state_indices is 2-D */
     int64_t indices_tokens;           /* T_max, the second dimension of 2-D state_indices */
     fkda_operand num_accepted_tokens; /* [N]; data NULL when absent */
+
+    /* Prefill only: states for serving engines (data NULL when absent; see fkda_prefill_args).
+     * With state_pool, state_in and state_out are both the pool [P, ...] and pool_size is P;
+     * the slots come from fkda_initial_slot and fkda_final_slot below. */
+    int32_t uses_pool;                  /* state_pool given */
+    fkda_operand has_initial_state;     /* [N], BOOL, I32 or I64 */
+    fkda_operand initial_state_indices; /* [N] */
+    fkda_operand final_state_indices;   /* [N] */
+    fkda_operand checkpoint_offsets;    /* [N, C] */
+    int64_t checkpoints;                /* C (0 without checkpoint_offsets) */
+    fkda_operand checkpoint_states;     /* [N * C, HV, K, V] canonical, like the states */
+    fkda_operand checkpoint_indices;    /* [N, C], slots of the pool (state_out) */
+    fkda_operand intermediate_states;   /* [rows, HV, K, V] canonical */
+    int64_t intermediate_chunk;         /* tokens per chunk of intermediate_states (>= 1) */
 
     /* Options, resolved. */
     float scale; /* the actual scale (the default already applied) */
@@ -103,6 +117,34 @@ static inline int64_t fkda_read_index(const fkda_operand *x, int64_t offset)
 {
     if (x->dtype == FKDA_DTYPE_I64) return ((const int64_t *)x->data)[offset];
     return ((const int32_t *)x->data)[offset];
+}
+
+/* Reads element `offset` of a flag operand (BOOL, I32 or I64): 0 or 1. */
+static inline int fkda_read_flag(const fkda_operand *x, int64_t offset)
+{
+    if (x->dtype == FKDA_DTYPE_BOOL) return ((const uint8_t *)x->data)[offset] != 0;
+    return fkda_read_index(x, offset) != 0;
+}
+
+/* Prefill: the slot of state_in sequence n starts from, or -1 for the zero state. On the CPU
+ * only (reads the index tensors). */
+static inline int64_t fkda_initial_slot(const fkda_problem *p, int64_t n)
+{
+    if (p->state_in.data == NULL) return -1;
+    if (p->has_initial_state.data && !fkda_read_flag(&p->has_initial_state, n * p->has_initial_state.stride[0]))
+        return -1;
+    if (p->initial_state_indices.data == NULL) return n;
+    const int64_t slot = fkda_read_index(&p->initial_state_indices, n * p->initial_state_indices.stride[0]);
+    return slot < 0 ? -1 : slot;
+}
+
+/* Prefill: the slot of state_out that receives sequence n's final state, or -1 for none. */
+static inline int64_t fkda_final_slot(const fkda_problem *p, int64_t n)
+{
+    if (p->state_out.data == NULL) return -1;
+    if (p->final_state_indices.data == NULL) return n;
+    const int64_t slot = fkda_read_index(&p->final_state_indices, n * p->final_state_indices.stride[0]);
+    return slot < 0 ? -1 : slot;
 }
 
 #endif /* FKDA_CORE_PROBLEM_H */

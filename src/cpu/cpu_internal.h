@@ -16,11 +16,15 @@
 
 #include "../core/problem.h"
 
+struct fkda_prefill_extras; /* prefill_states.h */
+
 size_t fkda_cpu_prefill_reference_workspace(const fkda_problem *p);
-fkda_status fkda_cpu_prefill_reference(const fkda_problem *p, void *workspace, size_t bytes);
+fkda_status fkda_cpu_prefill_reference(const fkda_problem *p, const struct fkda_prefill_extras *extras, void *workspace,
+                                       size_t bytes);
 
 size_t fkda_cpu_prefill_chunked_workspace(const fkda_problem *p);
-fkda_status fkda_cpu_prefill_chunked(const fkda_problem *p, void *workspace, size_t bytes);
+fkda_status fkda_cpu_prefill_chunked(const fkda_problem *p, const struct fkda_prefill_extras *extras, void *workspace,
+                                     size_t bytes);
 
 /* Elementwise loops (activations, decays) compiled three times, for the baseline x86-64, AVX2
  * and AVX-512, with the loader picking one (GCC's target_clones, an ifunc): the same C, 4, 8 or

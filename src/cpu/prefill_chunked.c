@@ -39,6 +39,7 @@
 #include "cpu_internal.h"
 #include "fast_math.h"
 #include "load.h"
+#include "prefill_states.h"
 #include "state_io.h"
 #include "thread_pool.h"
 
@@ -58,6 +59,7 @@ typedef struct chunk_plan {
 
 typedef struct chunk_job {
     const fkda_problem *p;
+    const fkda_prefill_extras *extras;
     chunk_plan plan;
     char *workspace;
 } chunk_job;
@@ -78,9 +80,10 @@ typedef struct chunk_scratch {
     float *b;               /* [C] */
     float *Vc, *W, *QS, *U; /* [C][ld] values, kd S, qd S (then O), U */
     float *L, *A;           /* [C][C] */
+    float *S_mark;          /* [Kp][ld] the state at a mark inside a chunk (NULL without marks) */
 } chunk_scratch;
 
-static size_t carve_scratch(fkda_carver *c, int64_t K, int64_t nv, chunk_scratch *s)
+static size_t carve_scratch(fkda_carver *c, int64_t K, int64_t nv, int marks, chunk_scratch *s)
 {
     const size_t begin = c->used, f = sizeof(float);
     const int64_t Kp = round_up(K, 8), ld = round_up(nv, 16);
@@ -105,6 +108,7 @@ static size_t carve_scratch(fkda_carver *c, int64_t K, int64_t nv, chunk_scratch
     s->U = fkda_carve(c, (size_t)(C * ld) * f);
     s->L = fkda_carve(c, (size_t)(C * C) * f);
     s->A = fkda_carve(c, (size_t)(C * C) * f);
+    s->S_mark = marks ? fkda_carve(c, (size_t)(Kp * ld) * f) : NULL;
     return c->used - begin;
 }
 
@@ -118,7 +122,7 @@ static chunk_plan make_plan(const fkda_problem *p)
     /* Size the scratch with the carving code itself (a NULL base only counts). */
     chunk_scratch s;
     fkda_carver c = {NULL, 0};
-    plan.worker_bytes = carve_scratch(&c, p->K, plan.vblock, &s);
+    plan.worker_bytes = carve_scratch(&c, p->K, plan.vblock, fkda_has_marks(p), &s);
     return plan;
 }
 
@@ -328,7 +332,7 @@ static void chunked_item(void *context, int64_t item, int worker)
 
     chunk_scratch s;
     fkda_carver c = {job->workspace + (size_t)worker * job->plan.worker_bytes, 0};
-    carve_scratch(&c, K, nv, &s);
+    carve_scratch(&c, K, nv, fkda_has_marks(p), &s);
     const int64_t Kp = s.Kp, ld = s.ld;
 
     /* The padding: the state block, the value rows, kr (its columns K .. Kp stay zero) and
@@ -341,18 +345,47 @@ static void chunked_item(void *context, int64_t item, int worker)
     int64_t row, start, length;
     fkda_sequence_bounds(p, n, &row, &start, &length);
     const fkda_head_gate_f gate = fkda_head_gate_float(p, h, s.bias);
-    fkda_state_load_float(&p->state_in, n, h, K, v0, nv, ld, s.S);
+    const fkda_operand none = {0};
+    const int64_t in_slot = fkda_initial_slot(p, n);
+    fkda_state_load_float(in_slot < 0 ? &none : &p->state_in, in_slot, h, K, v0, nv, ld, s.S);
+
+    /* Marks (states wanted inside the sequence, prefill_states.h). One at a chunk's end is the
+     * state the chunk leaves. One inside a chunk is computed on a copy of the state entering the
+     * chunk, by the same chunk cut short there: exactly what a prefill over that prefix computes,
+     * and the main run (so `out`) stays on its grid of C tokens. */
+    const fkda_marks marks = fkda_marks_for(p, job->extras, n, length);
+    int64_t next_mark = length + 1;
+    if (s.S_mark) {
+        fkda_marks_emit_float(&marks, 0, h, K, v0, nv, ld, s.S);
+        next_mark = fkda_marks_next(&marks, 0);
+    }
 
     for (int64_t t0 = start; t0 < start + length; t0 += C) {
         const int64_t count = start + length - t0 < C ? start + length - t0 : C;
+        const int64_t pos = t0 - start; /* tokens before this chunk */
+        while (next_mark < pos + count) {
+            float *const S_chunk = s.S;
+            memcpy(s.S_mark, S_chunk, (size_t)(Kp * ld) * sizeof(float));
+            s.S = s.S_mark;
+            load_chunk(p, &gate, row, t0, next_mark - pos, h, v0, nv, &s);
+            process_chunk(K, p->scale, &s);
+            s.S = S_chunk;
+            fkda_marks_emit_float(&marks, next_mark, h, K, v0, nv, ld, s.S_mark);
+            next_mark = fkda_marks_next(&marks, next_mark);
+        }
         load_chunk(p, &gate, row, t0, count, h, v0, nv, &s);
         process_chunk(K, p->scale, &s);
         for (int64_t i = 0; i < count; i++)
             fkda_store_row_float(p->out.data, p->out.dtype,
                                  fkda_token_offset(&p->out, row, t0 + i, h) + v0 * p->out.stride[3], p->out.stride[3],
                                  nv, s.QS + i * ld);
+        if (next_mark == pos + count) {
+            fkda_marks_emit_float(&marks, next_mark, h, K, v0, nv, ld, s.S);
+            next_mark = fkda_marks_next(&marks, next_mark);
+        }
     }
-    if (p->state_out.data) fkda_state_store_float(&p->state_out, n, h, K, v0, nv, ld, s.S);
+    const int64_t out_slot = fkda_final_slot(p, n);
+    if (out_slot >= 0) fkda_state_store_float(&p->state_out, out_slot, h, K, v0, nv, ld, s.S);
 }
 
 size_t fkda_cpu_prefill_chunked_workspace(const fkda_problem *p)
@@ -363,10 +396,12 @@ size_t fkda_cpu_prefill_chunked_workspace(const fkda_problem *p)
     return (size_t)workers * plan.worker_bytes;
 }
 
-fkda_status fkda_cpu_prefill_chunked(const fkda_problem *p, void *workspace, size_t bytes)
+fkda_status fkda_cpu_prefill_chunked(const fkda_problem *p, const fkda_prefill_extras *extras, void *workspace,
+                                     size_t bytes)
 {
     chunk_job job;
     job.p = p;
+    job.extras = extras;
     job.plan = make_plan(p);
     job.workspace = (char *)workspace;
     if (job.plan.items <= 0) return FKDA_OK;

@@ -77,8 +77,8 @@ extern "C" fkda_status fkda_cuda_check(const fkda_problem *p)
         {"A_log", p->A_log.data},
         {"dt_bias", p->dt_bias.data},
         {"cu_seqlens", p->cu_seqlens.data},
-        {p->op == FKDA_OP_DECODE ? "state_pool" : "initial_state", p->state_in.data},
-        {p->op == FKDA_OP_DECODE ? "state_pool" : "final_state", p->state_out.data},
+        {p->op == FKDA_OP_DECODE || p->uses_pool ? "state_pool" : "initial_state", p->state_in.data},
+        {p->op == FKDA_OP_DECODE || p->uses_pool ? "state_pool" : "final_state", p->state_out.data},
         {"state_indices", p->state_indices.data},
         {"num_accepted_tokens", p->num_accepted_tokens.data},
     };

@@ -38,6 +38,15 @@ static fkda_status check_rows16(const char *name, const fkda_operand *x)
 
 extern "C" fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const cudaDeviceProp *prop)
 {
+    /* The states for serving engines run on the CPU only for now. */
+    const char *unsupported = p->uses_pool                          ? "state_pool"
+                              : p->has_initial_state.data != NULL   ? "has_initial_state"
+                              : p->checkpoint_offsets.data != NULL  ? "checkpoint_offsets"
+                              : p->intermediate_states.data != NULL ? "intermediate_states"
+                                                                    : NULL;
+    if (unsupported != NULL)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "%s: the CUDA prefill does not support it yet (the CPU device does)",
+                         unsupported);
     if (prop != NULL && prop->major != 9)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED,
                          "device: the CUDA prefill needs a Hopper GPU (sm_90); cuda:%d is sm_%d%d", p->device.index,

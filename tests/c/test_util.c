@@ -204,6 +204,7 @@ double test_tensor_get(const test_tensor *x, size_t i)
     case FKDA_DTYPE_BF16: return test_bf16_to_f32(((const uint16_t *)x->t.data)[i]);
     case FKDA_DTYPE_I32: return ((const int32_t *)x->t.data)[i];
     case FKDA_DTYPE_I64: return (double)((const int64_t *)x->t.data)[i];
+    case FKDA_DTYPE_BOOL: return ((const uint8_t *)x->t.data)[i];
     }
     return 0;
 }
@@ -216,6 +217,7 @@ void test_tensor_set(test_tensor *x, size_t i, double v)
     case FKDA_DTYPE_BF16: ((uint16_t *)x->t.data)[i] = test_f32_to_bf16((float)v); break;
     case FKDA_DTYPE_I32: ((int32_t *)x->t.data)[i] = (int32_t)v; break;
     case FKDA_DTYPE_I64: ((int64_t *)x->t.data)[i] = (int64_t)v; break;
+    case FKDA_DTYPE_BOOL: ((uint8_t *)x->t.data)[i] = v != 0.0; break;
     }
 }
 

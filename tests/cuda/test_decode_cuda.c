@@ -130,6 +130,7 @@ static double get_at(const void *data, fkda_dtype dtype, int64_t off)
     case FKDA_DTYPE_BF16: return test_bf16_to_f32(((const uint16_t *)data)[off]);
     case FKDA_DTYPE_I32: return ((const int32_t *)data)[off];
     case FKDA_DTYPE_I64: return (double)((const int64_t *)data)[off];
+    case FKDA_DTYPE_BOOL: return ((const uint8_t *)data)[off];
     }
     return 0;
 }
@@ -142,6 +143,7 @@ static void set_at(void *data, fkda_dtype dtype, int64_t off, double v)
     case FKDA_DTYPE_BF16: ((uint16_t *)data)[off] = test_f32_to_bf16((float)v); break;
     case FKDA_DTYPE_I32: ((int32_t *)data)[off] = (int32_t)v; break;
     case FKDA_DTYPE_I64: ((int64_t *)data)[off] = (int64_t)v; break;
+    case FKDA_DTYPE_BOOL: ((uint8_t *)data)[off] = v != 0.0; break;
     }
 }
 

@@ -385,6 +385,13 @@ static void check_unsupported(void)
     test_tensor_fill_normal(&h0, &rng, 0, 0.5);
     fkda_tensor dq = to_device(&q), dqf = to_device(&qf), db = to_device(&beta), dout = to_device(&q);
     fkda_tensor doutf = to_device(&qf), dh0 = to_device(&h0), dht = to_device(&ht);
+    /* The prefill's states for serving engines (CPU only for now): one sequence, one checkpoint. */
+    test_tensor flags = test_tensor_alloc(FKDA_DTYPE_I32, 1, (const int64_t[]){1});
+    test_tensor offsets = test_tensor_alloc(FKDA_DTYPE_I64, 2, (const int64_t[]){1, 1});
+    test_tensor_fill_value(&flags, 1.0);
+    test_tensor_fill_value(&offsets, 5.0);
+    fkda_tensor dflags = to_device(&flags), doffsets = to_device(&offsets);
+    fkda_tensor dckpt = to_device(&ht), dinter = to_device(&ht), dpool = to_device(&h0);
     /* the outputs, all-ones bytes (NaN in f32 and bf16) */
     const struct {
         const fkda_tensor *t;
@@ -394,6 +401,9 @@ static void check_unsupported(void)
         {&dout, tensor_bytes(&q), "out (bf16)"},
         {&doutf, tensor_bytes(&qf), "out (f32)"},
         {&dht, tensor_bytes(&ht), "final_state"},
+        {&dckpt, tensor_bytes(&ht), "checkpoint_states"},
+        {&dinter, tensor_bytes(&ht), "intermediate_states"},
+        {&dpool, tensor_bytes(&h0), "state_pool"},
     };
     const int n_outputs = (int)(sizeof outputs / sizeof outputs[0]);
     for (int i = 0; i < n_outputs; i++) CUDA_OK(cudaMemset(outputs[i].t->data, 0xff, outputs[i].bytes));
@@ -404,8 +414,12 @@ static void check_unsupported(void)
         {"gate none", "gate"},
         {"lower_bound -6", "lower_bound"},
         {"f32 q", "q"},
+        {"has_initial_state", "has_initial_state"},
+        {"checkpoints", "checkpoint_offsets"},
+        {"intermediate states", "intermediate_states"},
+        {"prefill on a state pool", "state_pool"},
     };
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
         fkda_prefill_args a;
         memset(&a, 0, sizeof a);
         a.q = dq;
@@ -426,6 +440,17 @@ static void check_unsupported(void)
             a.k = dqf;
             a.v = dqf;
             a.out = doutf;
+        }
+        if (i == 3) a.has_initial_state = dflags;
+        if (i == 4) {
+            a.checkpoint_offsets = doffsets;
+            a.checkpoint_states = dckpt;
+        }
+        if (i == 5) a.intermediate_states = dinter; /* [B * ceil(T / 64) = 1, 1, K, V] */
+        if (i == 6) {
+            memset(&a.initial_state, 0, sizeof a.initial_state);
+            memset(&a.final_state, 0, sizeof a.final_state);
+            a.state_pool = dpool;
         }
         size_t bytes = 0;
         fkda_status s = fkda_prefill_workspace_size(&a, &gpu, &bytes);
@@ -452,6 +477,13 @@ static void check_unsupported(void)
     guarded_free(doutf.data);
     guarded_free(dh0.data);
     guarded_free(dht.data);
+    guarded_free(dflags.data);
+    guarded_free(doffsets.data);
+    guarded_free(dckpt.data);
+    guarded_free(dinter.data);
+    guarded_free(dpool.data);
+    test_tensor_free(&flags);
+    test_tensor_free(&offsets);
     test_tensor_free(&q);
     test_tensor_free(&qf);
     test_tensor_free(&beta);

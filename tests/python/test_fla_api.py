@@ -160,7 +160,6 @@ def _chunk(rng, **kw):
     (dict(allow_neg_eigval=True), ValueError, "use_beta_sigmoid_in_kernel"),
     (dict(chunk_size=128), ValueError, "chunk_size"),
     (dict(cp_context=object()), NotImplementedError, "cp_context"),
-    (dict(return_intermediate_states=True), NotImplementedError, "return_intermediate_states"),
     (dict(initial_state=np.zeros((1, 1, 16, 16), np.float16)), TypeError, "float32"),
     (dict(cu_seqlens=np.array([0, 8], np.int64), use_graph=True, max_num_seqs=3), ValueError,
      "max_num_seqs"),

@@ -16,8 +16,10 @@ def test_signature_is_flashkdas():
     params = list(inspect.signature(flash_kda.fwd).parameters.values())
     names = [p.name for p in params]
     assert names == ["q", "k", "v", "g", "beta", "scale", "out", "A_log", "dt_bias", "lower_bound",
-                     "initial_state", "final_state", "cu_seqlens"]
+                     "initial_state", "final_state", "cu_seqlens", "checkpoint_state",
+                     "checkpoint_offsets"]
     assert all(p.default is None for p in params[10:])
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[13:])
     assert all(p.default is inspect.Parameter.empty for p in params[:10])
 
 

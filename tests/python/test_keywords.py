@@ -97,7 +97,7 @@ def test_prefill_and_decode_refuse_unknown_keywords(rng, function, typo, suggest
     before = pool.copy()
     args = (pool,) if function == "decode" else ()
     if suggestion == "state_indices" and function == "prefill":
-        suggestion = None  # prefill has no state_indices, and nothing close to it
+        suggestion = "final_state_indices"  # prefill's closest pool keyword
     with pytest.raises(TypeError) as exc_info:
         getattr(flash_kda, function)(*kw.values(), *args, out=out, **{typo: 1})
     assert_refused(exc_info, typo, function, suggestion)
@@ -151,5 +151,8 @@ def test_fwd_keeps_flashkda_signature():
         ("beta", inspect.Parameter.empty), ("scale", inspect.Parameter.empty),
         ("out", inspect.Parameter.empty), ("A_log", inspect.Parameter.empty),
         ("dt_bias", inspect.Parameter.empty), ("lower_bound", inspect.Parameter.empty),
-        ("initial_state", None), ("final_state", None), ("cu_seqlens", None)]
-    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params)
+        ("initial_state", None), ("final_state", None), ("cu_seqlens", None),
+        ("checkpoint_state", None), ("checkpoint_offsets", None)]
+    # FlashKDA's thirteen stay positional; vLLM's fork's checkpoint arguments are keyword-only.
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params[:13])
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[13:])

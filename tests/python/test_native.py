@@ -66,8 +66,8 @@ def test_default_options_and_dtype_sizes():
     o = _native.lib.fkda_default_options()
     assert (o.scale, o.gate, o.use_qk_l2norm, o.use_beta_sigmoid, o.allow_neg_eigval,
             o.state_v_first) == (0.0, _native.FKDA_GATE_NONE, 0, 0, 0, 0)
-    sizes = [_native.lib.fkda_dtype_size(d) for d in range(5)]
-    assert sizes == [4, 2, 2, 4, 8]
+    sizes = [_native.lib.fkda_dtype_size(d) for d in range(6)]
+    assert sizes == [4, 2, 2, 4, 8, 1]  # ... and FKDA_DTYPE_BOOL, one byte
 
 
 def test_version_and_status_names():
