@@ -43,7 +43,7 @@ extern "C" {
 #endif
 
 #define FKDA_VERSION_MAJOR 0
-#define FKDA_VERSION_MINOR 1
+#define FKDA_VERSION_MINOR 2
 #define FKDA_VERSION_PATCH 0
 
 /* ------------------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from pathlib import Path
 
 # The ABI this module was written against (FKDA_VERSION_MAJOR.FKDA_VERSION_MINOR): a library of
 # another major or minor version may have other structs, so loading it is refused.
-ABI_VERSION = (0, 1)
+ABI_VERSION = (0, 2)
 
 # ---- enums (fkda_status, fkda_dtype, fkda_device_type, fkda_gate) --------------------------------
 
@@ -157,7 +157,7 @@ def library_path() -> str:
         candidate = here / name
         if candidate.is_file():
             return str(candidate)
-    # A versioned file alone (libflashkda.so.0.1.0) when the unversioned name is missing.
+    # A versioned file alone (libflashkda.so.0.2.0) when the unversioned name is missing.
     versioned = sorted(here.glob("libflashkda.so.*"))
     if versioned:
         return str(versioned[0])

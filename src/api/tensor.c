@@ -44,7 +44,7 @@ fkda_options fkda_default_options(void)
     return o;
 }
 
-const char *fkda_version(void) { return "0.1.0"; }
+const char *fkda_version(void) { return "0.2.0"; }
 
 int fkda_has_cuda(void)
 {

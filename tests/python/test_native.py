@@ -71,7 +71,10 @@ def test_default_options_and_dtype_sizes():
 
 
 def test_version_and_status_names():
-    assert flash_kda.library_version.split(".")[:2] == ["0", "1"]
+    # The library's major.minor is the ABI the package was written against (and its own version).
+    major, minor = (int(x) for x in flash_kda.library_version.split(".")[:2])
+    assert (major, minor) == _native.ABI_VERSION
+    assert flash_kda.__version__.split(".")[:2] == [str(major), str(minor)]
     assert _native.status_name(_native.FKDA_ERROR_INVALID_ARGUMENT) == "invalid argument"
     assert isinstance(flash_kda.has_cuda(), bool)
 
