@@ -21,24 +21,7 @@ static fkda_status validate_prefill(const fkda_prefill_args *a, const fkda_devic
     if (fkda_tensor_present(&a->final_state)) {
         const fkda_tensor *f = &a->final_state;
         TRY(fkda_validate_state(f, "final_state", p, p->N, 1, &p->state_out, NULL));
-        const fkda_tensor none = {0};
-        const int gated = p->gate != FKDA_GATE_NONE; /* A_log and dt_bias are read (and validated) */
-        const struct {
-            const fkda_tensor *t;
-            const char *name;
-        } others[] = {
-            {&a->q, "q"},
-            {&a->k, "k"},
-            {&a->v, "v"},
-            {&a->g, "g"},
-            {&a->beta, "beta"},
-            {gated ? &a->A_log : &none, "A_log"},
-            {gated ? &a->dt_bias : &none, "dt_bias"},
-            {&a->cu_seqlens, "cu_seqlens"},
-            {&a->out, "out"},
-        };
-        for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
-            TRY(fkda_check_disjoint(f, "final_state", others[i].t, others[i].name));
+        TRY(fkda_check_disjoint_from_tokens(f, "final_state", &in, p));
         /* The same view is an in-place update (each backend reads a state before writing it);
          * any other overlap would mix two sequences' states. */
         if (!fkda_same_view(f, &a->initial_state))
@@ -46,7 +29,7 @@ static fkda_status validate_prefill(const fkda_prefill_args *a, const fkda_devic
     }
     if (fkda_tensor_present(&a->initial_state))
         TRY(fkda_check_disjoint(&a->out, "out", &a->initial_state, "initial_state"));
-    return fkda_validate_prefill_states(a, p);
+    return fkda_validate_prefill_states(a, &in, p);
 }
 
 fkda_status fkda_prefill_workspace_size(const fkda_prefill_args *args, const fkda_device *device, size_t *bytes)

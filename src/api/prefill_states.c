@@ -150,25 +150,14 @@ static fkda_status validate_intermediate(const fkda_prefill_args *a, fkda_proble
 
 /* The new outputs (the pool, checkpoint_states, intermediate_states) must not share memory with
  * any other tensor of the call, and the older outputs (out, final_state) not with the new inputs. */
-static fkda_status check_overlaps(const fkda_prefill_args *a, const fkda_problem *p)
+static fkda_status check_overlaps(const fkda_prefill_args *a, const fkda_token_inputs *in, const fkda_problem *p)
 {
-    const fkda_tensor none = {0};
-    const int gated = p->gate != FKDA_GATE_NONE; /* A_log and dt_bias are read (and validated) */
     const named_tensor new_inputs[] = {
         {&a->has_initial_state, "has_initial_state"},     {&a->initial_state_indices, "initial_state_indices"},
         {&a->final_state_indices, "final_state_indices"}, {&a->checkpoint_offsets, "checkpoint_offsets"},
         {&a->checkpoint_indices, "checkpoint_indices"},
     };
-    const named_tensor everything[] = {
-        {&a->q, "q"},
-        {&a->k, "k"},
-        {&a->v, "v"},
-        {&a->g, "g"},
-        {&a->beta, "beta"},
-        {gated ? &a->A_log : &none, "A_log"},
-        {gated ? &a->dt_bias : &none, "dt_bias"},
-        {&a->cu_seqlens, "cu_seqlens"},
-        {&a->out, "out"},
+    const named_tensor states[] = {
         {&a->initial_state, "initial_state"},
         {&a->final_state, "final_state"},
         {&a->has_initial_state, "has_initial_state"},
@@ -185,11 +174,12 @@ static fkda_status check_overlaps(const fkda_prefill_args *a, const fkda_problem
         {&a->checkpoint_states, "checkpoint_states"},
         {&a->intermediate_states, "intermediate_states"},
     };
-    const size_t n_everything = sizeof everything / sizeof everything[0];
-    for (size_t o = 0; o < sizeof new_outputs / sizeof new_outputs[0]; o++)
-        for (size_t i = 0; i < n_everything; i++)
-            if (everything[i].t != new_outputs[o].t)
-                TRY(fkda_check_disjoint(new_outputs[o].t, new_outputs[o].name, everything[i].t, everything[i].name));
+    for (size_t o = 0; o < sizeof new_outputs / sizeof new_outputs[0]; o++) {
+        TRY(fkda_check_disjoint_from_tokens(new_outputs[o].t, new_outputs[o].name, in, p));
+        for (size_t i = 0; i < sizeof states / sizeof states[0]; i++)
+            if (states[i].t != new_outputs[o].t)
+                TRY(fkda_check_disjoint(new_outputs[o].t, new_outputs[o].name, states[i].t, states[i].name));
+    }
     for (size_t i = 0; i < sizeof new_inputs / sizeof new_inputs[0]; i++) {
         TRY(fkda_check_disjoint(&a->out, "out", new_inputs[i].t, new_inputs[i].name));
         TRY(fkda_check_disjoint(&a->final_state, "final_state", new_inputs[i].t, new_inputs[i].name));
@@ -197,7 +187,7 @@ static fkda_status check_overlaps(const fkda_prefill_args *a, const fkda_problem
     return FKDA_OK;
 }
 
-fkda_status fkda_validate_prefill_states(const fkda_prefill_args *a, fkda_problem *p)
+fkda_status fkda_validate_prefill_states(const fkda_prefill_args *a, const fkda_token_inputs *in, fkda_problem *p)
 {
     TRY(validate_pool(a, p));
     if (fkda_tensor_present(&a->has_initial_state)) {
@@ -210,7 +200,7 @@ fkda_status fkda_validate_prefill_states(const fkda_prefill_args *a, fkda_proble
     }
     TRY(validate_checkpoints(a, p));
     TRY(validate_intermediate(a, p));
-    TRY(check_overlaps(a, p));
+    TRY(check_overlaps(a, in, p));
     if (p->device.type == FKDA_DEVICE_CPU && p->uses_pool) {
         TRY(check_slots(&p->initial_state_indices, "initial_state_indices", p, 1));
         TRY(check_slots(&p->final_state_indices, "final_state_indices", p, 1));

@@ -7,7 +7,8 @@
 #define FKDA_API_PREFILL_STATES_H
 
 #include "../core/problem.h"
+#include "token_inputs.h"
 
-fkda_status fkda_validate_prefill_states(const fkda_prefill_args *a, fkda_problem *p);
+fkda_status fkda_validate_prefill_states(const fkda_prefill_args *a, const fkda_token_inputs *in, fkda_problem *p);
 
 #endif /* FKDA_API_PREFILL_STATES_H */

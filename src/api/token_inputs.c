@@ -197,24 +197,7 @@ fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_d
         if (device->type == FKDA_DEVICE_CPU) TRY(check_cu_seqlens_contents(p));
     }
 
-    /* The output must not alias any input this call reads (A_log and dt_bias are not read, and
-     * not validated, without a gate in the kernel). */
-    const fkda_tensor none = {0};
-    const struct {
-        const fkda_tensor *t;
-        const char *name;
-    } inputs[] = {
-        {in->q, "q"},
-        {in->k, "k"},
-        {in->v, "v"},
-        {in->g, "g"},
-        {in->beta, "beta"},
-        {gate_in_kernel ? in->A_log : &none, "A_log"},
-        {gate_in_kernel ? in->dt_bias : &none, "dt_bias"},
-        {in->cu_seqlens, "cu_seqlens"},
-    };
-    for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++)
-        TRY(fkda_check_disjoint(in->out, "out", inputs[i].t, inputs[i].name));
+    TRY(fkda_check_disjoint_from_tokens(in->out, "out", in, p));
 
     fkda_to_operand(in->q, NULL, &p->q);
     fkda_to_operand(in->k, NULL, &p->k);
@@ -249,4 +232,29 @@ fkda_status fkda_validate_state(const fkda_tensor *t, const char *name, const fk
     /* slots < 0: a pool of any number of slots (decode); else one state per sequence. */
     return fkda_validate_state_rows(t, name, p, slots, slots < 0 ? "num_slots" : "N", FKDA_STATE_DTYPES,
                                     "float32 or bfloat16", is_output, op, slots_out);
+}
+
+fkda_status fkda_check_disjoint_from_tokens(const fkda_tensor *t, const char *name, const fkda_token_inputs *in,
+                                            const fkda_problem *p)
+{
+    /* A_log and dt_bias are not read, and not validated, without a gate in the kernel. */
+    const fkda_tensor none = {0};
+    const int gated = p->gate != FKDA_GATE_NONE;
+    const struct {
+        const fkda_tensor *t;
+        const char *name;
+    } inputs[] = {
+        {in->q, "q"},
+        {in->k, "k"},
+        {in->v, "v"},
+        {in->g, "g"},
+        {in->beta, "beta"},
+        {gated ? in->A_log : &none, "A_log"},
+        {gated ? in->dt_bias : &none, "dt_bias"},
+        {in->cu_seqlens, "cu_seqlens"},
+        {t == in->out ? &none : in->out, "out"},
+    };
+    for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++)
+        TRY(fkda_check_disjoint(t, name, inputs[i].t, inputs[i].name));
+    return FKDA_OK;
 }

@@ -20,6 +20,12 @@ fkda_status fkda_validate_device(const fkda_device *device);
 fkda_status fkda_validate_token_inputs(const fkda_token_inputs *in, const fkda_device *device, fkda_op_kind op,
                                        fkda_problem *p);
 
+/* An output `t` (called `name` in the message) must share no memory with any tensor of the token
+ * inputs the call reads: q, k, v, g, beta, A_log and dt_bias (where the gate reads them),
+ * cu_seqlens, and out (unless t is out). Call after fkda_validate_token_inputs. */
+fkda_status fkda_check_disjoint_from_tokens(const fkda_tensor *t, const char *name, const fkda_token_inputs *in,
+                                            const fkda_problem *p);
+
 /* A state tensor ([slots, HV, K, V], or [slots, HV, V, K] when state_v_first) into canonical
  * order. `slots` is the expected first dimension (-1: any, then read back from *slots_out). */
 fkda_status fkda_validate_state(const fkda_tensor *t, const char *name, const fkda_problem *p, int64_t slots,
