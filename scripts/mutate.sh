@@ -74,6 +74,10 @@ mutant cpu-prefill-chunk-count cpu src/cpu/prefill_chunked.c \
 mutant cpu-validate-overlap-off-by-one cpu src/api/validate.c \
   '*hi = *lo + (uintptr_t)(last + 1) * fkda_dtype_size(t->dtype);' \
   '*hi = *lo + (uintptr_t)last * fkda_dtype_size(t->dtype);'
+# The outputs' overlap check forgets q: an output written over q is let through.
+mutant cpu-overlap-forgets-q cpu src/api/token_inputs.c \
+  '        {in->q, "q"},' \
+  '        {in->k, "k"}, /* q forgotten */'
 # A host index equal to the pool size passes the bound check.
 mutant cpu-decode-index-bound cpu src/api/decode.c \
   'if (slot >= p->pool_size)' \

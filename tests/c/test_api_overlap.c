@@ -7,7 +7,12 @@
  * that overwrites an input's first or last element through (or refuse adjacent tensors that
  * share no byte). Out and v live in one buffer at chosen offsets; every case calls the prefill
  * on the CPU and checks the status, the message, and that a refused call wrote nothing.
+ *
+ * Then every output of the prefill (out, final_state and the serving-engine states) is placed on
+ * the first element of every token input it must not overwrite (q, k, v, g, beta, A_log,
+ * dt_bias, cu_seqlens): each pair is refused, naming both, with the input unchanged.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -87,6 +92,87 @@ static void check_case(const char *what, int64_t v_at, int64_t out_at, fkda_stat
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
 }
 
+/* A contiguous tensor over `data`. */
+static fkda_tensor view(void *data, fkda_dtype dtype, int32_t ndim, const int64_t *shape)
+{
+    return fkda_make_tensor(data, dtype, ndim, shape);
+}
+
+enum { BIG = 1 << 16 }; /* floats per buffer: room for any output placed at an input's start */
+
+static void check_alias(const char *input, const char *output, test_rng *r)
+{
+    static const char *const input_names[] = {"q", "k", "v", "g", "beta", "A_log", "dt_bias", "cu_seqlens"};
+    enum { NIN = 8 };
+    float *bufs[NIN];
+    for (int i = 0; i < NIN; i++) {
+        bufs[i] = malloc(sizeof(float) * BIG);
+        for (int e = 0; e < BIG; e++) bufs[i][e] = (float)test_rng_normal(r);
+    }
+    int64_t *cu = (int64_t *)bufs[7];
+    cu[0] = 0;
+    cu[1] = T;
+    float *out = calloc(BIG, sizeof(float)), *fin = calloc(BIG, sizeof(float)), *st = calloc(BIG, sizeof(float));
+    int64_t offsets[1] = {1};
+
+    fkda_prefill_args a;
+    memset(&a, 0, sizeof a);
+    a.q = view(bufs[0], FKDA_DTYPE_F32, 4, (int64_t[]){B, T, H, K});
+    a.k = view(bufs[1], FKDA_DTYPE_F32, 4, (int64_t[]){B, T, H, K});
+    a.v = view(bufs[2], FKDA_DTYPE_F32, 4, (int64_t[]){B, T, H, V});
+    a.g = view(bufs[3], FKDA_DTYPE_F32, 4, (int64_t[]){B, T, H, K});
+    a.beta = view(bufs[4], FKDA_DTYPE_F32, 3, (int64_t[]){B, T, H});
+    a.A_log = view(bufs[5], FKDA_DTYPE_F32, 1, (int64_t[]){H});
+    a.dt_bias = view(bufs[6], FKDA_DTYPE_F32, 2, (int64_t[]){H, K});
+    a.cu_seqlens = view(cu, FKDA_DTYPE_I64, 1, (int64_t[]){2});
+    a.out = view(out, FKDA_DTYPE_F32, 4, (int64_t[]){B, T, H, V});
+    a.options = fkda_default_options();
+    a.options.gate = FKDA_GATE_LOWER_BOUND; /* so that A_log and dt_bias are read */
+    a.options.lower_bound = -5.0;
+    const int64_t state_shape[4] = {1, H, K, V};
+    fkda_tensor *target = &a.out;
+    if (strcmp(output, "state_pool") == 0) {
+        a.state_pool = view(st, FKDA_DTYPE_F32, 4, state_shape);
+        target = &a.state_pool;
+    } else {
+        a.final_state = view(fin, FKDA_DTYPE_F32, 4, state_shape);
+        if (strcmp(output, "final_state") == 0) target = &a.final_state;
+        if (strcmp(output, "checkpoint_states") == 0) {
+            a.checkpoint_offsets = view(offsets, FKDA_DTYPE_I64, 2, (int64_t[]){1, 1});
+            a.checkpoint_states = view(st, FKDA_DTYPE_F32, 4, state_shape);
+            target = &a.checkpoint_states;
+        }
+        if (strcmp(output, "intermediate_states") == 0) {
+            a.intermediate_states = view(st, FKDA_DTYPE_F32, 4, state_shape); /* T < 64: one chunk */
+            target = &a.intermediate_states;
+        }
+    }
+    int which = 0;
+    while (strcmp(input_names[which], input) != 0) which++;
+    target->data = bufs[which];
+    float *before = malloc(sizeof(float) * BIG);
+    memcpy(before, bufs[which], sizeof(float) * BIG);
+
+    size_t bytes = 0;
+    fkda_status s = fkda_prefill_workspace_size(&a, &cpu, &bytes);
+    char want[96];
+    snprintf(want, sizeof want, "%s: shares memory with %s", output, input);
+    CHECK(s == FKDA_ERROR_INVALID_ARGUMENT && strstr(fkda_last_error(), want) != NULL,
+          "%s on %s: workspace query returned %s (\"%s\"), expected a refusal naming both", output, input,
+          fkda_status_name(s), fkda_last_error());
+    s = fkda_prefill(&a, &cpu, NULL, 0);
+    CHECK(s == FKDA_ERROR_INVALID_ARGUMENT && strstr(fkda_last_error(), want) != NULL,
+          "%s on %s: prefill returned %s (\"%s\"), expected a refusal naming both", output, input, fkda_status_name(s),
+          fkda_last_error());
+    CHECK(memcmp(before, bufs[which], sizeof(float) * BIG) == 0, "%s on %s: a refused call wrote into %s", output,
+          input, input);
+    free(before);
+    free(out);
+    free(fin);
+    free(st);
+    for (int i = 0; i < NIN; i++) free(bufs[i]);
+}
+
 int main(void)
 {
     test_rng r;
@@ -97,5 +183,10 @@ int main(void)
     /* adjacent, no shared element: valid */
     check_case("out right after v", 0, NV, FKDA_OK, &r);
     check_case("out right before v", NV, 0, FKDA_OK, &r);
+    static const char *const inputs[] = {"q", "k", "v", "g", "beta", "A_log", "dt_bias", "cu_seqlens"};
+    static const char *const outputs[] = {"out", "final_state", "state_pool", "checkpoint_states",
+                                          "intermediate_states"};
+    for (size_t o = 0; o < sizeof outputs / sizeof outputs[0]; o++)
+        for (size_t i = 0; i < sizeof inputs / sizeof inputs[0]; i++) check_alias(inputs[i], outputs[o], &r);
     return test_exit("test_api_overlap");
 }
