@@ -179,3 +179,21 @@ def test_cuda_tensors_are_refused_until_the_kernel_exists():
                                                                     3).items()}
     with pytest.raises(flash_kda.UnsupportedError, match="fkda_decode_layer"):
         flash_kda.decode_layer(**layer, lower_bound=-5.0)
+
+
+def test_v_first_pool_matches_k_first():
+    """vLLM keeps KDA states as [P, HV, V, K]: state_v_first gives the same answer bitwise."""
+    rng = np.random.default_rng(13)
+    layer = make_layer(rng, 3, 1, 2, 4, 16, 8, 4, 4, 3, 3)
+    for name in ("mixed_qkv", "g", "beta", "output_gate"):
+        layer[name] = layer[name][:, 0]
+    idx = np.array([2, 0, 1], np.int64)
+    kv = {k: v.copy() for k, v in layer.items()}
+    out_kv = flash_kda.decode_layer(**kv, lower_bound=-5.0, state_indices=idx)
+    vk = {k: v.copy() for k, v in layer.items()}
+    vk["state_pool"] = np.ascontiguousarray(np.swapaxes(layer["state_pool"], 2, 3))
+    out_vk = flash_kda.decode_layer(**vk, lower_bound=-5.0, state_indices=idx,
+                                    state_v_first=True)
+    assert np.array_equal(out_kv, out_vk)
+    assert np.array_equal(kv["state_pool"], np.swapaxes(vk["state_pool"], 2, 3))
+    assert np.array_equal(kv["conv_state"], vk["conv_state"])
