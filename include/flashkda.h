@@ -1,11 +1,13 @@
 /*
  * flashkda.h: the public C API of libflashkda, kernels for Kimi Delta Attention (KDA).
  *
- * One header, plain C, no dependencies. Two operations:
+ * One header, plain C, no dependencies. The operations:
  *
  *   fkda_prefill  the chunked forward over whole prompts (fla's chunk_kda, FlashKDA's fwd)
  *   fkda_decode   the recurrent form over a few tokens per sequence, updating states in place
  *                 inside a state pool (fla's fused_recurrent_kda as vLLM calls it)
+ *   fkda_decode_layer  a whole KDA layer's decode step: the short conv with its state, the
+ *                 decode, and the gated RMSNorm of the output (vLLM's fused_kda_decode)
  *
  * Each operation runs on a device named by the caller (the CPU, or a CUDA GPU and stream). The
  * caller asks for the workspace size, provides that many bytes on the same device, and calls.
@@ -273,6 +275,88 @@ FKDA_API fkda_status fkda_decode_workspace_size(const fkda_decode_args *args, co
 
 FKDA_API fkda_status fkda_decode(const fkda_decode_args *args, const fkda_device *device, void *workspace,
                                  size_t workspace_bytes);
+
+/* ------------------------------------------------------------------------------------------------
+ * Decode layer: the fused decode step of a whole KDA layer (conv, recurrence, gated norm)
+ * --------------------------------------------------------------------------------------------- */
+
+/*
+ * What a serving engine runs per KDA layer and decode step, in one call (vLLM's fused_kda_decode,
+ * plus speculative decoding), for T tokens per sequence (T = 1 without a token dimension):
+ *
+ *   1. conv:  x = mixed_qkv[n, t], dim = 2 H K + HV V channels (q, then k, then v, each head
+ *      after head). Per channel c, with the window w_0 .. w_{W-2} read from the conv state and
+ *      the tokens appended to it (s = w_0 .. w_{W-2}, x_0 .. x_{T-1}):
+ *        y_t[c] = silu(bias[c] + sum_{j < W} weight[c, j] * s[t + j])
+ *      The raw inputs x (not y) then enter the conv state, newest last (see conv_state below).
+ *   2. the KDA step of fkda_decode on q, k, v = the channels of y, with the options fixed to
+ *      what the layer uses: L2 norm of q and k, beta through a sigmoid, scale K^-0.5 (or
+ *      `scale`), the gate from raw g:
+ *        lower_bound < 0:  a = lower_bound * sigmoid(exp(A_log[h]) * (g + dt_bias[h]))
+ *        lower_bound = 0:  a = -exp(A_log[h]) * softplus(g + dt_bias[h])   (needs A_log)
+ *   3. gated RMSNorm per token and value head, in float32 on the recurrence's float32 output o
+ *      (which is never rounded to the io dtype in between):
+ *        out = o / sqrt(mean_V(o^2) + norm_eps) * norm_weight * sigmoid(output_gate)
+ *
+ * Shapes (B sequences, T tokens each; H qk heads, HV value heads, K, V head dims 1..256):
+ *
+ *   mixed_qkv      [B, dim] or [B, T, dim]   f32 / f16 / bf16; dim = 2 H K + HV V
+ *   conv_weight    [dim, W]                  any float dtype; W 2..16
+ *   conv_bias      [dim]                     optional, any float dtype
+ *   conv_state     [P_conv, L, dim]          f32 / f16 / bf16, read and written in place. Note
+ *                  the order: token-major, channels contiguous, which is the memory of vLLM's
+ *                  conv state (logically [slots, dim, L] with stride 1 along dim; pass its
+ *                  transpose(-1, -2)). Without num_accepted_tokens the window is rows 0..W-2
+ *                  and L >= W - 1; with it, L >= W - 2 + T (see below). Rows past those are
+ *                  neither read nor written.
+ *   g              [B(, T), HV, K] or flat [B(, T), HV * K]   raw gate, any float dtype
+ *   beta           [B(, T), HV]              raw beta (before the sigmoid), any float dtype
+ *   A_log          [HV]                      any float dtype; optional with lower_bound < 0
+ *   dt_bias        [HV, K] or [HV * K]       optional, any float dtype
+ *   state_pool, state_indices, num_accepted_tokens   exactly as fkda_decode_args
+ *   output_gate    [B(, T), HV, V]           any float dtype
+ *   norm_weight    [V]                       any float dtype (one weight per value channel,
+ *                                            shared by the heads)
+ *   out            [B(, T), HV, V]           output, the dtype of mixed_qkv
+ *
+ * The conv slot of sequence n, vLLM's rule (conv_state_indices = state_indices[:, 0]):
+ *   no state_indices  slot n (P_conv >= B)
+ *   [B]               slot idx[n], the same as the recurrent state
+ *   [B, T_max]        slot idx[n, 0], read and written in place for every draft count
+ * With num_accepted_tokens (a_n, speculative decoding), the conv state holds W - 2 + T rows as
+ * a sliding window: the window the tokens continue from is rows a_n - 1 .. a_n + W - 3 (the
+ * history up to the last accepted draft of the previous call), and the state written back is
+ * rows a_n .. a_n + W - 3 of the old state followed by the T new inputs. Without it, the window
+ * is rows 0..W-2 and the state written back is the last W - 1 of (window, inputs).
+ *
+ * A sequence whose recurrent read slot is negative (fkda_decode's skip) is skipped here too:
+ * neither pool is read or written and its rows of out are zero. With 2-D indices, a negative
+ * idx[n, 0] under a non-negative read slot is refused (the conv would have no slot).
+ */
+typedef struct fkda_decode_layer_args {
+    fkda_tensor mixed_qkv;
+    fkda_tensor conv_weight, conv_bias;
+    fkda_tensor conv_state;
+    fkda_tensor g, beta;
+    fkda_tensor A_log, dt_bias;
+    double lower_bound; /* 0: the softplus gate; in [-1e30, 0): the lower-bound gate */
+    fkda_tensor state_pool;
+    fkda_tensor state_indices;
+    fkda_tensor num_accepted_tokens;
+    fkda_tensor output_gate;
+    fkda_tensor norm_weight;
+    double norm_eps; /* finite and > 0 (an all-zero o would otherwise divide 0 by 0) */
+    fkda_tensor out;
+    double scale;          /* 0: K^-0.5 */
+    int32_t state_v_first; /* the recurrent pool is [P, HV, V, K] */
+} fkda_decode_layer_args;
+
+/* The CUDA device refuses both with FKDA_ERROR_UNSUPPORTED for now. */
+FKDA_API fkda_status fkda_decode_layer_workspace_size(const fkda_decode_layer_args *args, const fkda_device *device,
+                                                      size_t *bytes);
+
+FKDA_API fkda_status fkda_decode_layer(const fkda_decode_layer_args *args, const fkda_device *device, void *workspace,
+                                       size_t workspace_bytes);
 
 /* ------------------------------------------------------------------------------------------------
  * Helpers for building tensors

@@ -7,6 +7,7 @@ from torch's caching allocator, without synchronising, so calls can be captured 
 
 Entry points:
     prefill, decode            the C library's two operations, every option as a keyword
+    decode_layer               a KDA layer's fused decode step: conv, decode, gated RMSNorm
     fwd                        MoonshotAI FlashKDA's flash_kda.fwd (what fla dispatches to)
     chunk_kda                  fla's chunk_kda forward
     fused_recurrent_kda        fla's fused_recurrent_kda
@@ -21,7 +22,7 @@ from ._flashkda import fwd
 from ._native import LIBRARY_PATH as library_path
 from ._native import VERSION as library_version
 from ._native import has_cuda
-from ._ops import decode, prefill
+from ._ops import decode, decode_layer, prefill
 from .errors import (
     ArgumentTypeError,
     DeviceError,
@@ -39,6 +40,7 @@ __version__ = "0.2.0"
 __all__ = [
     "prefill",
     "decode",
+    "decode_layer",
     "fwd",
     "chunk_kda",
     "fused_recurrent_kda",

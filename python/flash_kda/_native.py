@@ -142,6 +142,31 @@ class DecodeArgs(ctypes.Structure):
     ]
 
 
+class DecodeLayerArgs(ctypes.Structure):
+    """fkda_decode_layer_args."""
+
+    _fields_ = [
+        ("mixed_qkv", Tensor),
+        ("conv_weight", Tensor),
+        ("conv_bias", Tensor),
+        ("conv_state", Tensor),
+        ("g", Tensor),
+        ("beta", Tensor),
+        ("A_log", Tensor),
+        ("dt_bias", Tensor),
+        ("lower_bound", ctypes.c_double),
+        ("state_pool", Tensor),
+        ("state_indices", Tensor),
+        ("num_accepted_tokens", Tensor),
+        ("output_gate", Tensor),
+        ("norm_weight", Tensor),
+        ("norm_eps", ctypes.c_double),
+        ("out", Tensor),
+        ("scale", ctypes.c_double),
+        ("state_v_first", ctypes.c_int32),
+    ]
+
+
 # ---- loading -----------------------------------------------------------------------------------
 
 
@@ -186,6 +211,11 @@ def _declare(lib: ctypes.CDLL) -> None:
             status, [ctypes.POINTER(DecodeArgs), ctypes.POINTER(Device), size_p]),
         "fkda_decode": (
             status, [ctypes.POINTER(DecodeArgs), ctypes.POINTER(Device), ctypes.c_void_p,
+                     ctypes.c_size_t]),
+        "fkda_decode_layer_workspace_size": (
+            status, [ctypes.POINTER(DecodeLayerArgs), ctypes.POINTER(Device), size_p]),
+        "fkda_decode_layer": (
+            status, [ctypes.POINTER(DecodeLayerArgs), ctypes.POINTER(Device), ctypes.c_void_p,
                      ctypes.c_size_t]),
         "fkda_make_tensor": (
             Tensor, [ctypes.c_void_p, _c_enum, ctypes.c_int32, ctypes.POINTER(ctypes.c_int64)]),

@@ -1,4 +1,4 @@
-"""The two operations of the C library, one Python function each: prefill and decode.
+"""The operations of the C library, one Python function each: prefill, decode, decode_layer.
 
 These are the low-level entry points: every option of fkda_options is a keyword, every tensor of
 fkda_prefill_args / fkda_decode_args is an argument, and nothing is checked here that the C
@@ -256,6 +256,67 @@ def decode(q, k, v, g, beta, state_pool, *, state_indices=None, num_accepted_tok
                                 allow_neg_eigval=allow_neg_eigval, state_v_first=state_v_first)
     _run(_native.lib.fkda_decode_workspace_size, _native.lib.fkda_decode, args, call.location(),
          reference, num_threads)
+    return out
+
+
+def decode_layer(mixed_qkv, conv_weight, conv_state, g, beta, state_pool, output_gate,
+                 norm_weight, *, conv_bias=None, A_log=None, dt_bias=None, lower_bound=None,
+                 state_indices=None, num_accepted_tokens=None, norm_eps=1e-5, out=None,
+                 scale=None, state_v_first=False, reference=False, num_threads=0, **unknown):
+    """The fused decode step of a whole KDA layer (fkda_decode_layer): the causal conv with SiLU
+    on the packed projection, the KDA decode on the state pool, the gated RMSNorm of its output.
+
+    mixed_qkv [B, dim] or [B, T, dim] (dim = 2 H K + HV V: q, k, v channels), conv_weight
+    [dim, W], conv_state [P_conv, L, dim] (token-major: vLLM's conv state transposed), updated in
+    place; g [B(, T), HV, K] or [B(, T), HV * K] and beta [B(, T), HV] raw; lower_bound None
+    selects the softplus gate -exp(A_log) softplus(g + dt_bias) (A_log required), a value < 0
+    the gate lower_bound * sigmoid(exp(A_log) (g + dt_bias)); q, k L2-normalised, beta through a
+    sigmoid, scale K^-0.5. state_pool, state_indices, num_accepted_tokens as for decode (the conv
+    slot is state_indices[:, 0] with 2-D indices, the window sliding by num_accepted_tokens).
+    out [B(, T), HV, V] = rmsnorm(o) * norm_weight * sigmoid(output_gate), in mixed_qkv's dtype.
+    CUDA tensors raise UnsupportedError until the GPU kernel exists. Returns out.
+    """
+    _reject_unknown(decode_layer, unknown)
+    if out is None:
+        if not _tensors.is_array(output_gate) or not _tensors.is_array(mixed_qkv):
+            bad = "output_gate" if not _tensors.is_array(output_gate) else "mixed_qkv"
+            _tensors.describe(output_gate if bad == "output_gate" else mixed_qkv, bad,
+                              _native.Tensor())  # raises the TypeError naming it
+        out = _tensors.empty(mixed_qkv, tuple(output_gate.shape))
+    args = _native.DecodeLayerArgs()
+    call = _Call(args)
+    call.tensor("mixed_qkv", mixed_qkv, required=True)
+    call.tensor("conv_weight", conv_weight, required=True)
+    call.tensor("conv_bias", conv_bias)
+    call.tensor("conv_state", conv_state, required=True)
+    call.tensor("g", g, required=True)
+    call.tensor("beta", beta, required=True)
+    call.tensor("A_log", A_log)
+    call.tensor("dt_bias", dt_bias)
+    call.tensor("state_pool", state_pool, required=True)
+    call.tensor("state_indices", state_indices)
+    call.tensor("num_accepted_tokens", num_accepted_tokens)
+    call.tensor("output_gate", output_gate, required=True)
+    call.tensor("norm_weight", norm_weight, required=True)
+    call.tensor("out", out)
+    if lower_bound is None:
+        args.lower_bound = 0.0  # the softplus gate
+    else:
+        args.lower_bound = _number(lower_bound, "lower_bound")
+        if args.lower_bound == 0.0:
+            raise InvalidArgumentError(
+                "lower_bound: 0 is not a lower bound (None selects the softplus gate)")
+    args.norm_eps = _number(norm_eps, "norm_eps")
+    if scale is None:
+        args.scale = 0.0
+    else:
+        args.scale = _number(scale, "scale")
+        if args.scale == 0.0:
+            raise InvalidArgumentError(
+                "scale: 0 is not supported (None selects the default K^-0.5)")
+    args.state_v_first = _flag(state_v_first, "state_v_first")
+    _run(_native.lib.fkda_decode_layer_workspace_size, _native.lib.fkda_decode_layer, args,
+         call.location(), reference, num_threads)
     return out
 
 

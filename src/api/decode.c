@@ -1,6 +1,7 @@
 /* decode.c: the public decode entry points: validate everything, then dispatch. */
 #include <string.h>
 
+#include "decode_validate.h"
 #include "dispatch.h"
 #include "../core/error.h"
 #include "token_inputs.h"
@@ -41,7 +42,7 @@ static fkda_status check_index_contents(const fkda_problem *p)
     return FKDA_OK;
 }
 
-static fkda_status validate_decode(const fkda_decode_args *a, const fkda_device *device, fkda_problem *p)
+fkda_status fkda_validate_decode(const fkda_decode_args *a, const fkda_device *device, fkda_problem *p)
 {
     if (a == NULL) return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "args: is NULL");
     TRY(fkda_validate_device(device));
@@ -125,7 +126,7 @@ fkda_status fkda_decode_workspace_size(const fkda_decode_args *args, const fkda_
     if (bytes == NULL) return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "bytes: is NULL");
     *bytes = 0;
     fkda_problem p;
-    TRY(validate_decode(args, device, &p));
+    TRY(fkda_validate_decode(args, device, &p));
     return fkda_dispatch_workspace(&p, bytes);
 }
 
@@ -134,6 +135,6 @@ fkda_status fkda_decode(const fkda_decode_args *args, const fkda_device *device,
 {
     fkda_clear_error();
     fkda_problem p;
-    TRY(validate_decode(args, device, &p));
+    TRY(fkda_validate_decode(args, device, &p));
     return fkda_dispatch_run(&p, workspace, workspace_bytes);
 }

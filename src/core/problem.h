@@ -22,7 +22,7 @@ typedef struct fkda_operand {
     int64_t stride[4];
 } fkda_operand;
 
-typedef enum fkda_op_kind { FKDA_OP_PREFILL = 0, FKDA_OP_DECODE = 1 } fkda_op_kind;
+typedef enum fkda_op_kind { FKDA_OP_PREFILL = 0, FKDA_OP_DECODE = 1, FKDA_OP_DECODE_LAYER = 2 } fkda_op_kind;
 
 typedef struct fkda_problem {
     fkda_op_kind op;
@@ -76,6 +76,19 @@ typedef struct fkda_problem {
     fkda_operand checkpoint_indices;    /* [N, C], slots of the pool (state_out) */
     fkda_operand intermediate_states;   /* [rows, HV, K, V] canonical */
     int64_t intermediate_chunk;         /* tokens per chunk of intermediate_states (>= 1) */
+
+    /* Decode layer only (fkda_decode_layer; data NULL otherwise). q, k and v above are views of
+     * the raw mixed_qkv, whose channels the backend convolves before the recurrence; out above
+     * is the layer's output, which receives the gated norm of the recurrence's output. */
+    fkda_operand mixed_qkv;   /* [B, T, dim] */
+    fkda_operand conv_weight; /* [dim, W] */
+    fkda_operand conv_bias;   /* [dim] */
+    fkda_operand conv_state;  /* [P_conv, L, dim] */
+    fkda_operand output_gate; /* [B, T, HV, V] */
+    fkda_operand norm_weight; /* [V] */
+    int64_t conv_dim, conv_width, conv_pool_size;
+    int32_t conv_sliding; /* num_accepted_tokens given: the window slides (W - 2 + T rows) */
+    double norm_eps;
 
     /* Options, resolved. */
     float scale; /* the actual scale (the default already applied) */

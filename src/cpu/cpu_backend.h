@@ -23,6 +23,11 @@ fkda_status fkda_cpu_prefill(const fkda_problem *p, void *workspace, size_t work
 size_t fkda_cpu_decode_workspace(const fkda_problem *p);
 fkda_status fkda_cpu_decode(const fkda_problem *p, void *workspace, size_t workspace_bytes);
 
+/* The fused decode layer (op FKDA_OP_DECODE_LAYER): the conv into the workspace, the decode above
+ * on its outputs, then the gated norm into out. */
+size_t fkda_cpu_decode_layer_workspace(const fkda_problem *p);
+fkda_status fkda_cpu_decode_layer(const fkda_problem *p, void *workspace, size_t workspace_bytes);
+
 /* p->device.reference selects the reference algorithm inside the two entry points above. */
 
 #endif /* FKDA_CPU_BACKEND_H */
