@@ -93,28 +93,18 @@ fkda_status fkda_validate_decode(const fkda_decode_args *a, const fkda_device *d
 
     /* The two outputs, the pool and out, must not alias any input this call reads, nor each other
      * (out against the per-token inputs was checked with them). */
-    const fkda_tensor none = {0};
-    const int gated = p->gate != FKDA_GATE_NONE; /* A_log and dt_bias are read (and validated) */
+    TRY(fkda_check_disjoint_from_tokens(&a->state_pool, "state_pool", &in, p));
     const struct {
         const fkda_tensor *t;
         const char *name;
-    } others[] = {
-        {&a->q, "q"},
-        {&a->k, "k"},
-        {&a->v, "v"},
-        {&a->g, "g"},
-        {&a->beta, "beta"},
-        {gated ? &a->A_log : &none, "A_log"},
-        {gated ? &a->dt_bias : &none, "dt_bias"},
-        {&a->cu_seqlens, "cu_seqlens"},
-        {&a->out, "out"},
+    } indices[] = {
         {&a->state_indices, "state_indices"},
         {&a->num_accepted_tokens, "num_accepted_tokens"},
     };
-    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++)
-        TRY(fkda_check_disjoint(&a->state_pool, "state_pool", others[i].t, others[i].name));
-    TRY(fkda_check_disjoint(&a->out, "out", &a->state_indices, "state_indices"));
-    TRY(fkda_check_disjoint(&a->out, "out", &a->num_accepted_tokens, "num_accepted_tokens"));
+    for (size_t i = 0; i < sizeof indices / sizeof indices[0]; i++) {
+        TRY(fkda_check_disjoint(&a->state_pool, "state_pool", indices[i].t, indices[i].name));
+        TRY(fkda_check_disjoint(&a->out, "out", indices[i].t, indices[i].name));
+    }
 
     if (device->type == FKDA_DEVICE_CPU && p->state_indices.data) TRY(check_index_contents(p));
     return FKDA_OK;
