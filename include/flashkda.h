@@ -203,8 +203,17 @@ FKDA_API fkda_options fkda_default_options(void);
  *   intermediate_chunk_size   tokens per chunk of intermediate_states (0: 64; any value >= 1).
  *
  * Slot indices outside the pool (>= P) are refused on the CPU, where the indices are read
- * before anything runs (the decode's rule). The CUDA prefill does not support these fields yet
- * (FKDA_ERROR_UNSUPPORTED, naming the field).
+ * before anything runs (the decode's rule). On CUDA the indices and offsets stay in device
+ * memory and are not read before the launch, so there:
+ *   - a slot >= P reads as the zero state and is not written (like a negative one);
+ *   - each sequence's initial state is read when its own chain starts, so a final or checkpoint
+ *     slot may be the sequence's own initial slot, but one that another sequence starts from
+ *     gives that sequence an undefined start (serving engines give each sequence its own slot);
+ *   - checkpoints are taken between 16-token chunks: an offset that is a multiple of 16, 0, or
+ *     the sequence's length is written (the state at that point of this run); any other offset
+ *     inside the sequence fills its checkpoint with NaN, so a wrong offset cannot pass unseen;
+ *   - intermediate_chunk_size must be a multiple of 16 (fla uses 64), else
+ *     FKDA_ERROR_UNSUPPORTED.
  */
 typedef struct fkda_prefill_args {
     fkda_tensor q, k, v, g, beta;

@@ -144,7 +144,8 @@ static fkda_status validate_intermediate(const fkda_prefill_args *a, fkda_proble
     if (!fkda_tensor_present(&a->intermediate_states)) return FKDA_OK;
     const char *rows_name = p->cu_seqlens.data ? "sum of ceil(length / chunk)" : "B * ceil(T / chunk)";
     TRY(fkda_validate_state_rows(&a->intermediate_states, "intermediate_states", p, intermediate_rows(p), rows_name,
-                                 FKDA_FLOAT_DTYPES, "float32, bfloat16 or float16", 1, &p->intermediate_states, NULL));
+                                 FKDA_FLOAT_DTYPES, "float32, bfloat16 or float16", 1, &p->intermediate_states,
+                                 &p->intermediate_rows));
     return FKDA_OK;
 }
 

@@ -76,6 +76,7 @@ typedef struct fkda_problem {
     fkda_operand checkpoint_indices;    /* [N, C], slots of the pool (state_out) */
     fkda_operand intermediate_states;   /* [rows, HV, K, V] canonical */
     int64_t intermediate_chunk;         /* tokens per chunk of intermediate_states (>= 1) */
+    int64_t intermediate_rows;          /* rows of intermediate_states (its first dimension) */
 
     /* Decode layer only (fkda_decode_layer; data NULL otherwise). q, k and v above are views of
      * the raw mixed_qkv, whose channels the backend convolves before the recurrence; out above

@@ -81,6 +81,13 @@ extern "C" fkda_status fkda_cuda_check(const fkda_problem *p)
         {p->op == FKDA_OP_DECODE || p->uses_pool ? "state_pool" : "final_state", p->state_out.data},
         {"state_indices", p->state_indices.data},
         {"num_accepted_tokens", p->num_accepted_tokens.data},
+        {"has_initial_state", p->has_initial_state.data},
+        {"initial_state_indices", p->initial_state_indices.data},
+        {"final_state_indices", p->final_state_indices.data},
+        {"checkpoint_offsets", p->checkpoint_offsets.data},
+        {"checkpoint_states", p->checkpoint_states.data},
+        {"checkpoint_indices", p->checkpoint_indices.data},
+        {"intermediate_states", p->intermediate_states.data},
     };
     for (size_t i = 0; i < sizeof tensors / sizeof tensors[0]; i++) {
         fkda_status s = check_on_device(tensors[i].name, tensors[i].ptr, p->device.index);

@@ -27,52 +27,152 @@
 #include "ptx_mma.cuh"
 
 #define CH_STAGES 4
-#define CH_TILE16 512 /* bytes of one 16 x 16 bf16 tile (a warp's v slice, or its output) */
+#define CH_TILE16 512 /* bytes of one 16 x 16 bf16 tile (a warp's v slice) */
+#define CH_OUT_TILE 1024 /* a warp's output tile: 16 x 16 bf16, or fp32 for other outputs */
 
 size_t pf_chain_smem_bytes(int vslice)
 {
     const int warps = vslice / 16;
-    return (size_t)CH_STAGES * PF_REC_BYTES + (size_t)CH_STAGES * warps * CH_TILE16 + (size_t)warps * CH_TILE16 +
+    return (size_t)CH_STAGES * PF_REC_BYTES + (size_t)CH_STAGES * warps * CH_TILE16 + (size_t)warps * CH_OUT_TILE +
            CH_STAGES * sizeof(uint64_t);
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* sm_90 only: bulk copies and mbarrier tx */
-static __device__ __forceinline__ void chain_load_state(const pf_params *p, int64_t n, int64_t h, int v0, int g, int t,
-                                                        float S[16][4])
+/* Element `off` of an integer or flag tensor. */
+static __device__ __forceinline__ int64_t chain_int(const pf_ints *x, int64_t off)
+{
+    if (x->bool8) return ((const uint8_t *)x->data)[off] != 0;
+    return x->i64 ? ((const int64_t *)x->data)[off] : (int64_t)((const int32_t *)x->data)[off];
+}
+
+/* The state_in row sequence n starts from, or -1 for the zero state (absent, has_initial_state
+ * 0, a negative slot, or a slot past the pool). */
+static __device__ __forceinline__ int64_t chain_initial_row(const pf_params *p, int64_t n)
+{
+    if (p->state_in.data == NULL) return -1;
+    if (p->has_initial.data && !chain_int(&p->has_initial, n * p->has_initial.stride[0])) return -1;
+    const int64_t r = p->initial_idx.data ? chain_int(&p->initial_idx, n * p->initial_idx.stride[0]) : n;
+    return r < 0 || r >= p->pool_size ? -1 : r;
+}
+
+/* The state_out row of sequence n's final state, or -1 for none. */
+static __device__ __forceinline__ int64_t chain_final_row(const pf_params *p, int64_t n)
+{
+    if (p->state_out.data == NULL) return -1;
+    const int64_t r = p->final_idx.data ? chain_int(&p->final_idx, n * p->final_idx.stride[0]) : n;
+    return r < 0 || r >= p->pool_size ? -1 : r;
+}
+
+/* A warp's 16 value columns of a state row: element (key 8j + 2t + (e & 1), value v0 + g +
+ * 8 (e >> 1)) of the accumulator layout; keys past K and values past V are zero (load) or not
+ * written (store). */
+static __device__ __forceinline__ void chain_get_state(const pf_params *p, const pf_states *src, int64_t r, int64_t h,
+                                                       int v0, int g, int t, float S[16][4])
 {
 #pragma unroll
     for (int j = 0; j < 16; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) S[j][e] = 0.0f;
-    if (p->state_in == NULL) return;
-    const int64_t base = n * p->state_in_s[0] + h * p->state_in_s[1];
+    if (r < 0) return;
+    const int64_t base = r * src->stride[0] + h * src->stride[1];
 #pragma unroll
     for (int j = 0; j < 16; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int64_t key = 8 * j + 2 * t + (e & 1), val = v0 + g + 8 * (e >> 1);
-            const int64_t off = base + key * p->state_in_s[2] + val * p->state_in_s[3];
-            S[j][e] = p->state_in_dtype == FKDA_DTYPE_F32 ? ((const float *)p->state_in)[off]
-                                                          : pf_bf16_to_float(((const uint16_t *)p->state_in)[off]);
+            if (key >= p->K || val >= p->V) continue;
+            const int64_t off = base + key * src->stride[2] + val * src->stride[3];
+            S[j][e] = src->dtype == FKDA_DTYPE_F32 ? ((const float *)src->data)[off]
+                                                   : pf_bf16_to_float(((const uint16_t *)src->data)[off]);
         }
 }
 
-static __device__ __forceinline__ void chain_store_state(const pf_params *p, int64_t n, int64_t h, int v0, int g, int t,
-                                                         const float S[16][4])
+static __device__ __forceinline__ void chain_put_state(const pf_params *p, const pf_states *dst, int64_t r, int64_t h,
+                                                       int v0, int g, int t, const float S[16][4], int poison)
 {
-    if (p->state_out == NULL) return;
-    const int64_t base = n * p->state_out_s[0] + h * p->state_out_s[1];
+    if (r < 0) return;
+    const int64_t base = r * dst->stride[0] + h * dst->stride[1];
 #pragma unroll
     for (int j = 0; j < 16; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int64_t key = 8 * j + 2 * t + (e & 1), val = v0 + g + 8 * (e >> 1);
-            const int64_t off = base + key * p->state_out_s[2] + val * p->state_out_s[3];
-            if (p->state_out_dtype == FKDA_DTYPE_F32)
-                ((float *)p->state_out)[off] = S[j][e];
+            if (key >= p->K || val >= p->V) continue;
+            const int64_t off = base + key * dst->stride[2] + val * dst->stride[3];
+            const float x = poison ? __int_as_float(0x7fc00000) : S[j][e];
+            if (dst->dtype == FKDA_DTYPE_F32)
+                ((float *)dst->data)[off] = x;
+            else if (dst->dtype == FKDA_DTYPE_BF16)
+                ((uint16_t *)dst->data)[off] = pf_float_to_bf16(x);
             else
-                ((uint16_t *)p->state_out)[off] = pf_float_to_bf16(S[j][e]);
+                ((uint16_t *)dst->data)[off] = __half_as_ushort(__float2half_rn(x));
         }
+}
+
+/* Checkpoint j of sequence n: its offset, and where it goes (row of checkpoint_states, or pool
+ * slot of state_out; -1: nowhere). */
+static __device__ __forceinline__ int64_t chain_ck_offset(const pf_params *p, int64_t n, int64_t j)
+{
+    return chain_int(&p->ck_off, n * p->ck_off.stride[0] + j * p->ck_off.stride[1]);
+}
+
+static __device__ __forceinline__ void chain_put_checkpoint(const pf_params *p, int64_t n, int64_t j, int64_t h, int v0,
+                                                            int g, int t, const float S[16][4], int poison)
+{
+    if (p->ck_states.data != NULL) {
+        chain_put_state(p, &p->ck_states, n * p->checkpoints + j, h, v0, g, t, S, poison);
+    } else {
+        const int64_t r = chain_int(&p->ck_idx, n * p->ck_idx.stride[0] + j * p->ck_idx.stride[1]);
+        if (r >= 0 && r < p->pool_size) chain_put_state(p, &p->state_out, r, h, v0, g, t, S, poison);
+    }
+}
+
+/* The smallest checkpoint offset of sequence n that the chain passes after position `after`:
+ * a multiple of 16 below the length (INT64_MAX: none). */
+static __device__ __forceinline__ int64_t chain_next_checkpoint(const pf_params *p, int64_t n, int64_t after,
+                                                                int64_t len)
+{
+    int64_t next = INT64_MAX;
+    for (int64_t j = 0; j < p->checkpoints; j++) {
+        const int64_t o = chain_ck_offset(p, n, j);
+        if (o > after && o < len && o % PF_CHUNK == 0 && o < next) next = o;
+    }
+    return next;
+}
+
+/* First row of sequence n in the intermediate states: n rows of ceil(T / ichunk), or with
+ * cu_seqlens the sum of ceil(length_m / ichunk) over m < n (the warp splits the sum). */
+static __device__ __forceinline__ int64_t chain_inter_row0(const pf_params *p, int64_t n, int lane)
+{
+    if (p->cu == NULL) return n * p->inter_rows_per_seq;
+    int64_t rows = 0;
+    for (int64_t m = lane; m < n; m += 32) {
+        int64_t r, a, l, s0;
+        pf_sequence(p, m, &r, &a, &l, &s0);
+        rows += (l + p->ichunk - 1) / p->ichunk;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) rows += __shfl_xor_sync(0xffffffffu, rows, o);
+    return rows;
+}
+
+/* Eight output values of one token (columns col0 .. col0 + 7; those past V are not written), in
+ * the output's dtype: the path for outputs that are not bf16 with 16-byte rows. */
+static __device__ __forceinline__ void chain_put_output(const pf_params *p, int64_t row, int64_t tok, int64_t h,
+                                                        int col0, const float *x)
+{
+    const int64_t base = row * p->out_s[0] + tok * p->out_s[1] + h * p->out_s[2];
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        if (col0 + e >= p->V) break;
+        const int64_t off = base + col0 + e;
+        if (p->out_dtype == FKDA_DTYPE_F32)
+            ((float *)p->out)[off] = x[e];
+        else if (p->out_dtype == FKDA_DTYPE_BF16)
+            ((uint16_t *)p->out)[off] = pf_float_to_bf16(x[e]);
+        else
+            ((uint16_t *)p->out)[off] = __half_as_ushort(__float2half_rn(x[e]));
+    }
 }
 
 /* A warp's 16 rows of a segment array ([128 rows][128 keys] fp32, S^T layout). */
@@ -126,8 +226,8 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
 
     unsigned char *s_rec = smem;                                /* [stage][record] */
     unsigned char *s_v = smem + CH_STAGES * PF_REC_BYTES;       /* [stage][warp][tile] */
-    unsigned char *s_out = s_v + CH_STAGES * warps * CH_TILE16; /* [warp][tile] */
-    uint64_t *s_full = (uint64_t *)(s_out + warps * CH_TILE16); /* [stage] */
+    unsigned char *s_out = s_v + CH_STAGES * warps * CH_TILE16;  /* [warp][output tile] */
+    uint64_t *s_full = (uint64_t *)(s_out + warps * CH_OUT_TILE); /* [stage] */
 
     int64_t row, start, len, slot0;
     pf_sequence(&p, n, &row, &start, &len, &slot0);
@@ -152,7 +252,7 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
     if (mode == PF_CHAIN_SEG_C) {
         chain_load_rows(plan.seg_S + seg_off, v0, g, t, S);
     } else if (seg == 0) {
-        chain_load_state(&p, n, h, v0, g, t, S);
+        chain_get_state(&p, &p.state_in, chain_initial_row(&p, n), h, v0, g, t, S);
         /* Pass C starts segment 0 from this copy, so the caller's initial state is only read in
          * pass A and final_state may be the same tensor (an in-place update). */
         if (mode == PF_CHAIN_SEG_A) chain_store_rows(plan.seg_S + seg_off, v0, g, t, S);
@@ -169,7 +269,18 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
     /* Producers: thread 0 moves records, each warp its own v slice (16 tokens x 16 values,
      * lane = token * 2 + half). */
     const int vtok = lane >> 1, vhalf = lane & 1;
-    const uint16_t *vsrc = p.v + row * p.v_s[0] + h * p.v_s[2] + v0 + vhalf * 8;
+    const int v_live = v0 + vhalf * 8 < p.V; /* V % 8 == 0 unless v is the staged copy (zeros to vpad) */
+    const uint16_t *vsrc;
+    int64_t v_t0, v_ts; /* the sequence's first token and the token stride in vsrc */
+    if (p.v_stage != NULL) {
+        vsrc = (const uint16_t *)p.v_stage + h * p.slots * PF_CHUNK * p.vpad + v0 + vhalf * 8;
+        v_t0 = slot0 * PF_CHUNK;
+        v_ts = p.vpad;
+    } else {
+        vsrc = (const uint16_t *)p.v + row * p.v_s[0] + h * p.v_s[2] + v0 + vhalf * 8;
+        v_t0 = start;
+        v_ts = p.v_s[1];
+    }
 #define CH_ISSUE_RECORD(chunk, stage)                                                                                \
     do {                                                                                                             \
         const uint32_t mb_ = smem_addr(&s_full[stage]);                                                              \
@@ -181,9 +292,9 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
     do {                                                                                                            \
         if (with_v && (chunk) < nch) {                                                                              \
             const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                            \
-            const int ok_ = tk_ < len;                                                                              \
+            const int ok_ = tk_ < len && v_live;                                                                    \
             cp_async_16(smem_addr(s_v + ((stage)*warps + warp) * CH_TILE16 + pf_swz16(vtok, vhalf)),                \
-                        ok_ ? (const void *)(vsrc + (start + tk_) * p.v_s[1]) : (const void *)p.v, ok_ ? 16u : 0u); \
+                        ok_ ? (const void *)(vsrc + (v_t0 + tk_) * v_ts) : (const void *)vsrc, ok_ ? 16u : 0u);     \
         }                                                                                                           \
         cp_async_commit();                                                                                          \
     } while (0)
@@ -194,7 +305,7 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
     for (int s = 0; s < CH_STAGES; s++) CH_ISSUE_V(cb + s, s);
 
     const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
-    unsigned char *OS = s_out + warp * CH_TILE16;
+    unsigned char *OS = s_out + warp * CH_OUT_TILE;
 
     /* The state in bf16: A fragments of S^T (and B fragments of S). Loop-carried: each chunk
      * packs the next chunk's copy as soon as its state update is done. */
@@ -217,23 +328,50 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
     float o[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #define CH_STORE_OUTPUT(chunk)                                                                                        \
     do {                                                                                                              \
-        _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                              \
-        {                                                                                                             \
-            *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = pack_bf16x2(o[vt][0], o[vt][1]);                            \
-            *(uint32_t *)(OS + pf_swz16(g + 8, vt) + 4 * t) = pack_bf16x2(o[vt][2], o[vt][3]);                        \
-        }                                                                                                             \
-        __syncwarp();                                                                                                 \
         const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                                  \
-        if (with_out && (chunk) >= cb && tk_ < len) {                                                                 \
-            const uint4 x_ = *(const uint4 *)(OS + pf_swz16(vtok, vhalf));                                            \
-            *(uint4 *)(p.out + row * p.out_s[0] + (start + tk_) * p.out_s[1] + h * p.out_s[2] + v0 + vhalf * 8) = x_; \
+        const int ok_ = with_out && (chunk) >= cb && tk_ < len;                                                       \
+        if (p.out_fast) {                                                                                             \
+            _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                          \
+            {                                                                                                         \
+                *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = pack_bf16x2(o[vt][0], o[vt][1]);                        \
+                *(uint32_t *)(OS + pf_swz16(g + 8, vt) + 4 * t) = pack_bf16x2(o[vt][2], o[vt][3]);                    \
+            }                                                                                                         \
+            __syncwarp();                                                                                             \
+            if (ok_ && v_live) {                                                                                      \
+                const uint4 x_ = *(const uint4 *)(OS + pf_swz16(vtok, vhalf));                                        \
+                *(uint4 *)((uint16_t *)p.out + row * p.out_s[0] + (start + tk_) * p.out_s[1] + h * p.out_s[2] + v0 + \
+                           vhalf * 8) = x_;                                                                           \
+            }                                                                                                         \
+        } else {                                                                                                      \
+            float *OF_ = (float *)OS; /* [16 tokens][16 values] fp32 */                                               \
+            _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                          \
+            {                                                                                                         \
+                *(float2 *)(OF_ + g * 16 + vt * 8 + 2 * t) = make_float2(o[vt][0], o[vt][1]);                         \
+                *(float2 *)(OF_ + (g + 8) * 16 + vt * 8 + 2 * t) = make_float2(o[vt][2], o[vt][3]);                   \
+            }                                                                                                         \
+            __syncwarp();                                                                                             \
+            if (ok_) chain_put_output(&p, row, start + tk_, h, v0 + vhalf * 8, OF_ + vtok * 16 + vhalf * 8);          \
         }                                                                                                             \
     } while (0)
+
+    /* Checkpoints and intermediate states: the next position where one is due. */
+    const int64_t inter_row0 = p.inter.data != NULL ? chain_inter_row0(&p, n, lane) : 0;
+    int64_t next_ck = p.checkpoints > 0 ? chain_next_checkpoint(&p, n, -1, len) : INT64_MAX;
 
     for (int64_t c = cb; c < nch; c++) {
         const int st = (int)((c - cb) % CH_STAGES);
         const unsigned char *R = s_rec + st * PF_REC_BYTES;
         const unsigned char *VT = s_v + (st * warps + warp) * CH_TILE16;
+
+        /* The state entering chunk c (after 16 c tokens) where a checkpoint or fla's h wants it. */
+        const int64_t pos = c * PF_CHUNK;
+        if (p.inter.data != NULL && pos % p.ichunk == 0 && inter_row0 + pos / p.ichunk < p.inter_rows)
+            chain_put_state(&p, &p.inter, inter_row0 + pos / p.ichunk, h, v0, g, t, S, 0);
+        if (pos == next_ck) {
+            for (int64_t j = 0; j < p.checkpoints; j++)
+                if (chain_ck_offset(&p, n, j) == pos) chain_put_checkpoint(&p, n, j, h, v0, g, t, S, 0);
+            next_ck = chain_next_checkpoint(&p, n, pos, len);
+        }
 
         CP_ASYNC_WAIT(CH_STAGES - 1);
         __syncwarp();
@@ -339,8 +477,15 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
 #undef CH_ISSUE_RECORD
 #undef CH_ISSUE_V
 
+    /* Checkpoints at the sequence's end are its final state; one strictly inside a chunk is not
+     * formed by the chunked form, and gets NaN (the documented rule: offsets are multiples of 16). */
+    for (int64_t j = 0; j < p.checkpoints; j++) {
+        const int64_t off = chain_ck_offset(&p, n, j);
+        if (off == len || (off > 0 && off < len && off % PF_CHUNK != 0))
+            chain_put_checkpoint(&p, n, j, h, v0, g, t, S, off != len);
+    }
     if (mode == PF_CHAIN_WHOLE || (mode == PF_CHAIN_SEG_C && seg == plan.P - 1))
-        chain_store_state(&p, n, h, v0, g, t, S);
+        chain_put_state(&p, &p.state_out, chain_final_row(&p, n), h, v0, g, t, S, 0);
     else if (mode == PF_CHAIN_SEG_A)
         chain_store_rows((trans ? plan.seg_M : plan.seg_B) + seg_off, v0, g, t, S);
 #endif
@@ -348,7 +493,7 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
 
 cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream)
 {
-    const int vslice = PF_DV / plan->nslices;
+    const int vslice = (int)(p->vpad / plan->nslices);
     const int64_t nseg = plan->mode == PF_CHAIN_WHOLE ? 1 : plan->mode == PF_CHAIN_SEG_A ? plan->P - 1 : plan->P;
     const int64_t ncols = plan->mode == PF_CHAIN_SEG_A ? 2 * plan->nslices : plan->nslices;
     const int64_t blocks = p->N * p->HV * nseg * ncols;

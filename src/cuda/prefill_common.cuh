@@ -68,41 +68,70 @@ static __device__ __forceinline__ uint32_t pf_swz16(int row, int half)
     return (uint32_t)(row * 32 + ((half ^ ((row >> 2) & 1)) << 4));
 }
 
+/* An integer tensor on the device (cu_seqlens, slot indices, offsets): NULL when absent. */
+typedef struct pf_ints {
+    const void *data;
+    int64_t stride[2];
+    int32_t i64; /* int64 elements (else int32; a flag tensor may also be bool, see pf_flag) */
+    int32_t bool8;
+} pf_ints;
+
+/* A state array, canonical [row, value head, key index, value index] strides; NULL when absent. */
+typedef struct pf_states {
+    void *data;
+    int64_t stride[4];
+    int32_t dtype; /* f32, bf16 (or f16 for intermediate states) */
+} pf_states;
+
 typedef struct pf_params {
-    /* sizes */
-    int64_t B, T, H, HV, N, group;
+    /* sizes: K <= 128 keys (zero-padded to 128 in the record), V values (vpad: V rounded up to
+     * 16, one chain warp per 16 columns) */
+    int64_t B, T, H, HV, N, group, K, V, vpad;
     int64_t chunks_per_row; /* ceil(T / 16): record slots per sequence without cu_seqlens */
     int64_t slots;          /* record slots per value head */
     /* cu_seqlens (device memory; NULL for B equal-length rows) */
     const void *cu;
     int64_t cu_stride;
     int32_t cu_i64;
-    /* token tensors, bf16; strides in elements over (batch row, token, head) */
-    const uint16_t *q, *k, *v, *g;
+    /* token tensors; strides in elements over (batch row, token, head); q, k, v share a dtype */
+    const void *q, *k, *v, *g;
     int64_t q_s[3], k_s[3], v_s[3], g_s[3];
+    int32_t qkv_dtype, g_dtype;
+    int32_t qkg_fast; /* bf16 q, k, g, K = 128, 16-byte rows: the prep's bulk-load path */
     const void *beta;
     int64_t beta_s[3];
     int32_t beta_dtype;
-    /* gate parameters: A_log [HV] (NULL: absent), dt_bias [HV][K] (NULL: absent) */
+    /* gate: FKDA_GATE_*; A_log [HV] (NULL: absent), dt_bias [HV][K] (NULL: absent) */
+    int32_t gate;
     const void *A_log;
     int64_t A_log_s;
     int32_t A_log_dtype;
     const void *dt_bias;
     int64_t dt_s[2];
     int32_t dt_dtype;
-    /* output [B, T, HV, V] bf16 */
-    uint16_t *out;
+    /* v as the chain reads it: the caller's v when it is bf16 with 16-byte rows and V % 8 == 0,
+     * else a bf16 copy in the workspace that the prep writes ([HV][slots][16][vpad]) */
+    unsigned char *v_stage;
+    /* output [B, T, HV, V] in v's dtype; out_fast: bf16 with 16-byte rows and V % 8 == 0 */
+    void *out;
     int64_t out_s[3];
-    /* states, canonical [n, head, key, value] strides; NULL when absent */
-    const void *state_in;
-    int64_t state_in_s[4];
-    int32_t state_in_dtype;
-    void *state_out;
-    int64_t state_out_s[4];
-    int32_t state_out_dtype;
+    int32_t out_dtype, out_fast;
+    /* states: state_in / state_out are initial_state / final_state, or both the pool */
+    pf_states state_in, state_out;
+    int64_t pool_size;             /* rows of state_in and state_out (a slot >= it is skipped) */
+    pf_ints has_initial;           /* [N] flags: 0 = start from the zero state */
+    pf_ints initial_idx, final_idx; /* [N] pool slots (negative: zero state / not written) */
+    /* checkpoints: offsets [N][C]; states [N * C] rows, or pool slots ck_idx [N][C] */
+    pf_ints ck_off, ck_idx;
+    int64_t checkpoints;
+    pf_states ck_states;
+    /* intermediate states (fla's h): one row per ichunk tokens of each sequence */
+    pf_states inter;
+    int64_t ichunk, inter_rows_per_seq; /* ichunk a multiple of 16; rows per row without cu */
+    int64_t inter_rows;                 /* rows of the tensor: a row past it is not written */
     /* options */
     float scale;
-    float gate_scale; /* lower_bound * log2(e): the gate in log2 units */
+    float gate_scale; /* lower bound gate: lower_bound * log2(e), the gate in log2 units */
     int32_t l2norm, beta_sigmoid, neg_eigval;
     /* workspace: records [HV][slots][PF_REC_BYTES] */
     unsigned char *records;

@@ -23,52 +23,48 @@ static int64_t prefill_slots(const fkda_problem *p)
 
 static int aligned16(const void *ptr) { return ((uintptr_t)ptr & 15u) == 0; }
 
-/* A bf16 token tensor read or written in 16-byte pieces along its last dimension. */
-static fkda_status check_rows16(const char *name, const fkda_operand *x)
+/* A token tensor ([B, T, heads, D]) whose rows the kernels move in 16-byte pieces: bf16, data
+ * aligned to 16 bytes, every stride a multiple of 8 elements, and D a multiple of 8. */
+static int rows16(const fkda_operand *x, int64_t D)
 {
-    if (x->dtype != FKDA_DTYPE_BF16)
-        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "%s: the CUDA prefill takes bf16 only", name);
-    if (!aligned16(x->data) || x->stride[0] % 8 || x->stride[1] % 8 || x->stride[2] % 8)
-        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
-                         "%s: the CUDA prefill needs 16-byte aligned rows (data aligned to 16 bytes and "
-                         "every stride a multiple of 8 elements)",
-                         name);
-    return FKDA_OK;
+    return x->dtype == FKDA_DTYPE_BF16 && aligned16(x->data) && x->stride[0] % 8 == 0 && x->stride[1] % 8 == 0 &&
+           x->stride[2] % 8 == 0 && D % 8 == 0;
+}
+
+/* The prep's bulk path: bf16 q, k, g with 128 keys in 16-byte rows. */
+static int qkg_bulk(const fkda_problem *p)
+{
+    return p->K == PF_DK && rows16(&p->q, p->K) && rows16(&p->k, p->K) && rows16(&p->g, p->K);
+}
+
+/* The chain reads the caller's v (else the prep's bf16 copy) and writes out in 16-byte pieces. */
+static int v_direct(const fkda_problem *p) { return rows16(&p->v, p->V); }
+static int out_direct(const fkda_problem *p) { return rows16(&p->out, p->V); }
+
+static int64_t vpad(const fkda_problem *p) { return (p->V + 15) / 16 * 16; }
+
+/* Workspace of the bf16 copy of v: [HV][slots][16][vpad], or nothing. */
+static size_t v_stage_bytes(const fkda_problem *p)
+{
+    return v_direct(p) ? 0 : (size_t)p->HV * (size_t)prefill_slots(p) * PF_CHUNK * (size_t)vpad(p) * 2;
 }
 
 extern "C" fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const cudaDeviceProp *prop)
 {
-    /* The states for serving engines run on the CPU only for now. */
-    const char *unsupported = p->uses_pool                          ? "state_pool"
-                              : p->has_initial_state.data != NULL   ? "has_initial_state"
-                              : p->checkpoint_offsets.data != NULL  ? "checkpoint_offsets"
-                              : p->intermediate_states.data != NULL ? "intermediate_states"
-                                                                    : NULL;
-    if (unsupported != NULL)
-        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "%s: the CUDA prefill does not support it yet (the CPU device does)",
-                         unsupported);
     if (prop != NULL && prop->major != 9)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED,
                          "device: the CUDA prefill needs a Hopper GPU (sm_90); cuda:%d is sm_%d%d", p->device.index,
                          prop->major, prop->minor);
-    if (p->K != PF_DK || p->V != PF_DV)
+    if (p->K > PF_DK)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED,
-                         "K, V: the CUDA prefill supports K = V = 128 only (got K = %lld, V = %lld)", (long long)p->K,
-                         (long long)p->V);
-    if (p->gate != FKDA_GATE_LOWER_BOUND)
-        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
-                         "options.gate: the CUDA prefill supports the safe gate (FKDA_GATE_LOWER_BOUND) only");
-    if (!(p->lower_bound >= -5.0f && p->lower_bound < 0.0f))
-        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "options.lower_bound: the CUDA prefill supports [-5, 0) (got %g)",
-                         (double)p->lower_bound);
+                         "K: the CUDA prefill supports K <= 128 for now (got K = %lld; the CPU device takes up to 256)",
+                         (long long)p->K);
     if (p->HV > 65535)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED, "v: the CUDA prefill supports at most 65535 value heads");
-    fkda_status s;
-    if ((s = check_rows16("q", &p->q)) != FKDA_OK) return s;
-    if ((s = check_rows16("k", &p->k)) != FKDA_OK) return s;
-    if ((s = check_rows16("v", &p->v)) != FKDA_OK) return s;
-    if ((s = check_rows16("g", &p->g)) != FKDA_OK) return s;
-    if ((s = check_rows16("out", &p->out)) != FKDA_OK) return s;
+    if (p->intermediate_states.data != NULL && p->intermediate_chunk % PF_CHUNK != 0)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                         "intermediate_chunk_size: the CUDA prefill takes multiples of 16 (got %lld; fla uses 64)",
+                         (long long)p->intermediate_chunk);
     return FKDA_OK;
 }
 
@@ -86,7 +82,11 @@ static int device_sms(const fkda_problem *p)
  * behind this rule: docs/history/prefill.md, v3). FKDA_PREFILL_SEGMENTS overrides (1: off). */
 static int64_t choose_segments(const fkda_problem *p, int sms)
 {
-    if (p->cu_seqlens.data != NULL || p->T <= 0) return 1;
+    /* Segment arrays are 128 x 128 (V = 128 only); checkpoints and fla's h are written by the
+     * single chain as it passes them. */
+    if (p->cu_seqlens.data != NULL || p->T <= 0 || vpad(p) != PF_DV || p->checkpoints > 0 ||
+        p->intermediate_states.data != NULL)
+        return 1;
     const int64_t nch = (p->T + PF_CHUNK - 1) / PF_CHUNK, warps = p->N * p->HV * (PF_DV / 16);
     int64_t P;
     fkda_tuning tuning;
@@ -104,7 +104,8 @@ static int64_t choose_segments(const fkda_problem *p, int sms)
 
 static size_t records_bytes(const fkda_problem *p) { return (size_t)prefill_slots(p) * (size_t)p->HV * PF_REC_BYTES; }
 
-/* Workspace: the records, then (with segments) seg_B, seg_M, seg_S of N*HV*P 128x128 fp32. */
+/* Workspace: the records, then (with segments) seg_B, seg_M, seg_S of N*HV*P 128x128 fp32, then
+ * the bf16 copy of v if the chain needs one. */
 static size_t segment_bytes(const fkda_problem *p, int64_t P)
 {
     return P > 1 ? (size_t)p->N * (size_t)p->HV * (size_t)P * PF_DV * PF_DK * sizeof(float) : 0;
@@ -113,12 +114,12 @@ static size_t segment_bytes(const fkda_problem *p, int64_t P)
 extern "C" fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t *bytes)
 {
     const int64_t P = choose_segments(p, device_sms(p));
-    *bytes = records_bytes(p) + 3 * segment_bytes(p, P);
+    *bytes = records_bytes(p) + 3 * segment_bytes(p, P) + v_stage_bytes(p);
     return FKDA_OK;
 }
 
-/* Value columns per chain CTA (one warp per 16). Every (sequence, head) needs 8 warps in all,
- * whatever the slice, and a chain warp uses ~248 registers (8 warps fill an SM), so the slice
+/* Value columns per chain CTA (one warp per 16). Every (sequence, head) needs vpad / 16 warps in
+ * all, whatever the slice, and a chain warp uses ~248 registers (8 warps fill an SM), so the slice
  * decides how evenly the warps spread over the SMs and how often each record is re-read (once
  * per slice, mostly from L2). Pick the slice whose busiest SM has the fewest warps, preferring
  * wider slices within 10 % of that, which re-read each record fewer times (docs/history/prefill.md, v1).
@@ -127,17 +128,42 @@ static int choose_vslice(const fkda_problem *p, int sms)
 {
     fkda_tuning tuning;
     fkda_tuning_read(&tuning);
-    if (tuning.prefill_vslice) return tuning.prefill_vslice; /* 16, 32, 64 or 128 */
+    const int64_t vp = vpad(p);
+    if (tuning.prefill_vslice && vp % tuning.prefill_vslice == 0) return tuning.prefill_vslice; /* 16 .. 128 */
     int64_t load[4], best = -1;
     for (int i = 0; i < 4; i++) {
         const int vs = 128 >> i;
-        const int64_t ctas = p->N * p->HV * (PF_DV / vs);
+        load[i] = -1;
+        if (vp % vs) continue; /* slices tile vpad exactly: no idle warps */
+        const int64_t ctas = p->N * p->HV * (vp / vs);
         load[i] = (ctas + sms - 1) / sms * (vs / 16);
         if (best < 0 || load[i] < best) best = load[i];
     }
     for (int i = 0; i < 4; i++)
-        if (load[i] * 10 <= best * 11) return 128 >> i;
+        if (load[i] >= 0 && load[i] * 10 <= best * 11) return 128 >> i;
     return 16;
+}
+
+static pf_ints ints_of(const fkda_operand *x)
+{
+    pf_ints r;
+    memset(&r, 0, sizeof r);
+    r.data = x->data;
+    r.stride[0] = x->stride[0];
+    r.stride[1] = x->stride[1];
+    r.i64 = x->dtype == FKDA_DTYPE_I64;
+    r.bool8 = x->dtype == FKDA_DTYPE_BOOL;
+    return r;
+}
+
+static pf_states states_of(const fkda_operand *x)
+{
+    pf_states r;
+    memset(&r, 0, sizeof r);
+    r.data = x->data;
+    r.dtype = x->dtype;
+    for (int i = 0; i < 4; i++) r.stride[i] = x->stride[i];
+    return r;
 }
 
 static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
@@ -149,15 +175,21 @@ static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
     q->HV = p->HV;
     q->N = p->N;
     q->group = p->group;
+    q->K = p->K;
+    q->V = p->V;
+    q->vpad = vpad(p);
     q->chunks_per_row = (p->T + PF_CHUNK - 1) / PF_CHUNK;
     q->slots = prefill_slots(p);
     q->cu = p->cu_seqlens.data;
     q->cu_stride = p->cu_seqlens.stride[0];
     q->cu_i64 = p->cu_seqlens.dtype == FKDA_DTYPE_I64;
-    q->q = (const uint16_t *)p->q.data;
-    q->k = (const uint16_t *)p->k.data;
-    q->v = (const uint16_t *)p->v.data;
-    q->g = (const uint16_t *)p->g.data;
+    q->q = p->q.data;
+    q->k = p->k.data;
+    q->v = p->v.data;
+    q->g = p->g.data;
+    q->qkv_dtype = p->q.dtype;
+    q->g_dtype = p->g.dtype;
+    q->qkg_fast = qkg_bulk(p);
     for (int i = 0; i < 3; i++) {
         q->q_s[i] = p->q.stride[i];
         q->k_s[i] = p->k.stride[i];
@@ -168,6 +200,7 @@ static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
     }
     q->beta = p->beta.data;
     q->beta_dtype = p->beta.dtype;
+    q->gate = p->gate;
     q->A_log = p->A_log.data;
     q->A_log_s = p->A_log.stride[0];
     q->A_log_dtype = p->A_log.dtype;
@@ -175,15 +208,23 @@ static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
     q->dt_s[0] = p->dt_bias.stride[0];
     q->dt_s[1] = p->dt_bias.stride[1];
     q->dt_dtype = p->dt_bias.dtype;
-    q->out = (uint16_t *)p->out.data;
-    q->state_in = p->state_in.data;
-    q->state_in_dtype = p->state_in.dtype;
-    q->state_out = p->state_out.data;
-    q->state_out_dtype = p->state_out.dtype;
-    for (int i = 0; i < 4; i++) {
-        q->state_in_s[i] = p->state_in.stride[i];
-        q->state_out_s[i] = p->state_out.stride[i];
-    }
+    q->out = p->out.data;
+    q->out_dtype = p->out.dtype;
+    q->out_fast = out_direct(p);
+    q->state_in = states_of(&p->state_in);
+    q->state_out = states_of(&p->state_out);
+    q->pool_size = p->pool_size;
+    q->has_initial = ints_of(&p->has_initial_state);
+    q->initial_idx = ints_of(&p->initial_state_indices);
+    q->final_idx = ints_of(&p->final_state_indices);
+    q->ck_off = ints_of(&p->checkpoint_offsets);
+    q->ck_idx = ints_of(&p->checkpoint_indices);
+    q->checkpoints = p->checkpoint_offsets.data != NULL ? p->checkpoints : 0;
+    q->ck_states = states_of(&p->checkpoint_states);
+    q->inter = states_of(&p->intermediate_states);
+    q->ichunk = p->intermediate_chunk > 0 ? p->intermediate_chunk : 64;
+    q->inter_rows_per_seq = (p->T + q->ichunk - 1) / q->ichunk;
+    q->inter_rows = p->intermediate_rows;
     q->scale = p->scale;
     q->gate_scale = p->lower_bound * 1.4426950408889634f;
     q->l2norm = p->use_qk_l2norm;
@@ -207,9 +248,11 @@ extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace,
 
     pf_params params;
     fill_params(p, workspace, &params);
+    const int64_t P = choose_segments(p, prop->multiProcessorCount);
+    if (v_stage_bytes(p) > 0)
+        params.v_stage = (unsigned char *)workspace + records_bytes(p) + 3 * segment_bytes(p, P);
     cudaStream_t stream = (cudaStream_t)p->device.stream;
     const int sms = prop->multiProcessorCount;
-    const int64_t P = choose_segments(p, sms);
     pf_chain_plan plan;
     memset(&plan, 0, sizeof plan);
     plan.P = P;
@@ -217,7 +260,7 @@ extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace,
     const char *what = "the prefill prep kernel";
     if (err == cudaSuccess && P <= 1) {
         plan.mode = PF_CHAIN_WHOLE;
-        plan.nslices = PF_DV / choose_vslice(p, sms);
+        plan.nslices = (int32_t)(vpad(p) / choose_vslice(p, sms));
         plan.P = 1;
         err = pf_launch_chain(&params, &plan, stream);
         what = "the prefill chain kernel";

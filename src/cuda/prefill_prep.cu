@@ -2,17 +2,24 @@
  * prefill_prep.cu: the token-parallel half of the prefill. One CTA of 128 threads per (16-token
  * chunk, value head) turns q, k, g, beta into the chunk's record (prefill_common.cuh):
  *
- *   1. cp.async the q, k, g tiles (16 x 128 bf16 each; rows past the sequence end are zeros);
+ *   1. the q, k, g tiles: bf16 ones by cp.async (16 x 128 each); any other dtype, K < 128 or
+ *      unaligned rows element by element into fp32 tiles (keys past K and rows past the
+ *      sequence end are zeros); v, unless the chain can read the caller's, into a bf16 copy;
  *   2. L2 norms of the q and k rows (fp32, 8 threads per row);
- *   3. thread c owns key channel c: safe gate, cumsum G (fp32, log2 units), and the decayed
+ *   3. thread c owns key channel c: the gate, cumsum G (fp32, log2 units), and the decayed
  *      operands Qd, Kr, gamma into the record, Kd in registers, and exponent-centred copies
  *      kc = k 2^(G - Gref), ki = k 2^(Gref - G), qc = q 2^(G - Gref) for the 16 x 16 products
  *      (Gref = G at row 7 keeps every exponent within 8 steps of decay: |x| <= 58 for lb = -5),
  *      qc and ki also as two bf16 terms (hi + lo);
+ *      The centred exponents stay in range only while every |G_i - Gref| <= PREP_SAFE_SPAN; a
+ *      chunk whose gate decays faster (no lower bound, a lower bound below -5, softplus) takes
+ *      step 4' instead, decided per chunk;
  *   4. L = strict_lower(diag(b) kc ki^T) (plain bf16 operands) and Mqk = scale lower_incl(qc ki^T)
  *      as hi*hi + hi*lo + lo*hi (about fp32 accuracy: one bf16 rounding of qc and ki was the
  *      largest output error term; the same rounding in L costs nothing measurable), by mma.sync
  *      with fp32 accumulation, masks by selection; one warp per (product, 8-column tile);
+ *   4'. or, pairwise in fp32: L_ij and Mqk_ij = sum_c x_i[c] k_j[c] 2^(G_i[c] - G_j[c]) with
+ *      every exponent <= 0 for a decaying gate, so nothing overflows whatever the decay;
  *   5. warp 0: INV = (I + L)^-1 by fp32 forward substitution (lane c owns column c), bINV =
  *      INV diag(b), stored as hi + lo bf16 terms like Mqk;
  *   6. thread c: W[:, c] = bINV Kd[:, c] in fp32, stored negated (the chain adds S^T (-W)^T);
@@ -28,6 +35,11 @@
 #include "ptx_mma.cuh"
 
 #define PREP_THREADS 128
+/* The largest |G_i - Gref| (log2 units) the centred-exponent products take: their operands stay
+ * within 2^+-64 of the inputs, so products and fp32 sums of 128 of them stay far from overflow
+ * even without the L2 norm. The safe gate (lower bound >= -5) spans at most 8 * 5 * log2(e) = 58. */
+#define PREP_SAFE_SPAN 64.0f
+#define PREP_LOG2E 1.4426950408889634f
 
 static __device__ __forceinline__ void st_bf16(unsigned char *base, uint32_t off, float x)
 {
@@ -53,15 +65,103 @@ static __device__ __forceinline__ int64_t prep_find_sequence(const pf_params *p,
     return lo;
 }
 
-__global__ void __launch_bounds__(PREP_THREADS, 8) pf_prep_kernel(const pf_params p)
+/* One key channel's log decay for one token, in log2 units: the gate of docs/design.md
+ * section 1 (FKDA_GATE_NONE: g is the log decay; the others add dt_bias first). */
+static __device__ __forceinline__ float prep_gate(const pf_params *p, float g, float A, float db)
 {
-    /* q, k, g tiles (3 x 4 KB, linear rows of 256 B) while loading; then the swizzled operands
-     * of the 16 x 16 products: kc, ki (hi, lo), qc (hi, lo). */
-    __shared__ __align__(128) unsigned char s_buf[5][4096];
+    if (p->gate == FKDA_GATE_NONE) return g * PREP_LOG2E;
+    const float x = g + db;
+    if (p->gate == FKDA_GATE_LOWER_BOUND) return p->gate_scale * pf_sigmoid(A * x);
+    return -A * (x > 20.0f ? x : log1pf(__expf(x))) * PREP_LOG2E; /* softplus, fla's threshold */
+}
+
+/* Step 4': entry e = (i, j) of L and Mqk from the fp32 tiles qn, kn, G ([16][128] each), thread
+ * tid taking e = tid and tid + 128. Lane l starts at key l so that the 32 lanes read 32 different
+ * banks. */
+static __device__ __forceinline__ void prep_pairwise(const float *fq, const float *fk, const float *fg, float (*s_L)[17],
+                                                  const float *s_b, unsigned char *rec, float scale)
+{
+    const int tid = threadIdx.x, lane = tid & 31;
+#pragma unroll 1
+    for (int e = tid; e < 256; e += PREP_THREADS) {
+        const int i = e >> 4, j = e & 15;
+        float l = 0.0f, m = 0.0f;
+        if (i >= j) {
+#pragma unroll 8
+            for (int cc = 0; cc < 128; cc++) {
+                const int ch = (cc + lane) & 127;
+                const float kj = fk[j * 128 + ch] * pf_exp2(fg[i * 128 + ch] - fg[j * 128 + ch]);
+                l += fk[i * 128 + ch] * kj;
+                m += fq[i * 128 + ch] * kj;
+            }
+        }
+        s_L[i][j] = i > j ? s_b[i] * l : 0.0f;
+        const float mq = i >= j ? scale * m : 0.0f;
+        const uint16_t hi = pf_float_to_bf16(mq);
+        *(uint16_t *)(rec + PF_REC_MQK + (i * 16 + j) * 2) = hi;
+        st_bf16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, mq - pf_bf16_to_float(hi));
+    }
+}
+
+/* Steps 5 and 6: (I + L)^-1 diag(b) by forward substitution, and -W. */
+static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[17], const float *s_b,
+                                                   const float kd[16], unsigned char *rec, int col, int warp, int lane)
+{
+    /* 5. Forward substitution, fp32: lane cc owns column cc of INV. */
+    if (warp == 0) {
+        const int cc = lane & 15;
+        float inv[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float s0 = i == cc ? 1.0f : 0.0f, s1 = 0.0f;
+#pragma unroll
+            for (int j = 0; j < i; j += 2) {
+                s0 -= s_L[i][j] * inv[j];
+                if (j + 1 < i) s1 -= s_L[i][j + 1] * inv[j + 1];
+            }
+            inv[i] = s0 + s1;
+        }
+        if (lane < 16) {
+            const float bc = s_b[cc];
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                const float x = inv[i] * bc;
+                const uint16_t hi = pf_float_to_bf16(x);
+                s_binv[i][cc] = x;
+                *(uint16_t *)(rec + PF_REC_BINV + (i * 16 + cc) * 2) = hi;
+                st_bf16(rec + PF_REC_BINV_LO, (uint32_t)(i * 16 + cc) * 2, x - pf_bf16_to_float(hi));
+            }
+        }
+    }
+    __syncthreads();
+
+    /* 6. W = bINV Kd in fp32 (bINV is lower triangular including the diagonal), stored negated. */
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        float w = 0.0f;
+#pragma unroll
+        for (int j = 0; j <= i; j++) w += s_binv[i][j] * kd[j];
+        st_bf16(rec + PF_REC_NEGW, pf_swz(i, col), -w);
+    }
+}
+
+/* The prep of one (chunk, value head). Two constants select the kernel below:
+ *   bulk: q, k, g are bf16 with K = 128 and 16-byte rows, loaded by cp.async as bf16 tiles;
+ *         otherwise element by element into fp32 tiles, zero-padded to 128 keys;
+ *   gate_checked: the gate may decay faster than the centred products take (no lower bound of
+ *         at least -5): each chunk checks its span and may take step 4'. Without it, step 4'
+ *         is compiled out, which keeps the registers of the common path. */
+static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int bulk, const int gate_checked)
+{
+    /* Loading: the q, k, g tiles (bulk: 3 x 4 KB bf16; else 3 x 8 KB fp32, two units each).
+     * Then the operands of the 16 x 16 products: kc, ki (hi, lo), qc (hi, lo), swizzled bf16;
+     * or, for a chunk that takes step 4', qn, kn, G as fp32 [16][128] tiles. */
+    __shared__ __align__(128) unsigned char s_buf[6][4096];
     __shared__ float s_L[16][17];
     __shared__ float s_binv[16][17];
     __shared__ float s_rq[16], s_rk[16], s_b[16];
     enum { IN_Q = 0, IN_K = 1, IN_G = 2, OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC = 3, OP_QC_LO = 4 };
+    float *const fq = (float *)s_buf[0], *const fk = (float *)s_buf[2], *const fg = (float *)s_buf[4];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int64_t h = blockIdx.y, slot = blockIdx.x;
@@ -74,15 +174,17 @@ __global__ void __launch_bounds__(PREP_THREADS, 8) pf_prep_kernel(const pf_param
     const int rows = (int)(len - c * PF_CHUNK < PF_CHUNK ? len - c * PF_CHUNK : PF_CHUNK);
     const int64_t hq = h / p.group;
     unsigned char *rec = p.records + (h * p.slots + slot) * (int64_t)PF_REC_BYTES;
+    const int64_t q0 = row * p.q_s[0] + hq * p.q_s[2], k0 = row * p.k_s[0] + hq * p.k_s[2];
+    const int64_t g0 = row * p.g_s[0] + h * p.g_s[2];
 
     /* 1. Tiles in flight first; beta meanwhile. */
-    {
+    if (bulk) {
         /* 768 16-byte units: thread tid takes units tid and tid + 128 of each tensor. */
 #pragma unroll
         for (int which = 0; which < 3; which++) {
-            const uint16_t *base = which == 0   ? p.q + row * p.q_s[0] + hq * p.q_s[2]
-                                   : which == 1 ? p.k + row * p.k_s[0] + hq * p.k_s[2]
-                                                : p.g + row * p.g_s[0] + h * p.g_s[2];
+            const uint16_t *base = which == 0   ? (const uint16_t *)p.q + q0
+                                   : which == 1 ? (const uint16_t *)p.k + k0
+                                                : (const uint16_t *)p.g + g0;
             const int64_t ts = which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1];
 #pragma unroll
             for (int i = 0; i < 2; i++) {
@@ -93,6 +195,29 @@ __global__ void __launch_bounds__(PREP_THREADS, 8) pf_prep_kernel(const pf_param
             }
         }
         cp_async_commit();
+    } else {
+        /* thread tid loads key channel tid of every row (coalesced along the keys) */
+        const int ok_col = tid < p.K;
+#pragma unroll 4
+        for (int r = 0; r < PF_CHUNK; r++) {
+            const int ok = ok_col && r < rows;
+            const int64_t t = t0 + r;
+            fq[r * 128 + tid] = ok ? pf_load_float(p.q, p.qkv_dtype, q0 + t * p.q_s[1] + tid) : 0.0f;
+            fk[r * 128 + tid] = ok ? pf_load_float(p.k, p.qkv_dtype, k0 + t * p.k_s[1] + tid) : 0.0f;
+            fg[r * 128 + tid] = ok ? pf_load_float(p.g, p.g_dtype, g0 + t * p.g_s[1] + tid) : 0.0f;
+        }
+    }
+    if (p.v_stage != NULL) {
+        /* the chain's bf16 copy of v: [16][vpad], zeros past V and past the sequence end */
+        uint16_t *dst = (uint16_t *)p.v_stage + (h * p.slots + slot) * (int64_t)(PF_CHUNK * p.vpad);
+        const int64_t v0 = row * p.v_s[0] + h * p.v_s[2];
+        for (int64_t e = tid; e < PF_CHUNK * p.vpad; e += PREP_THREADS) {
+            const int r = (int)(e / p.vpad);
+            const int64_t col = e - r * p.vpad;
+            const float x = r < rows && col < p.V ? pf_load_float(p.v, p.qkv_dtype, v0 + (t0 + r) * p.v_s[1] + col)
+                                                   : 0.0f;
+            dst[e] = pf_float_to_bf16(x);
+        }
     }
     if (tid < 16) {
         float b = 0.0f;
@@ -105,25 +230,35 @@ __global__ void __launch_bounds__(PREP_THREADS, 8) pf_prep_kernel(const pf_param
     }
     const int col = tid;
     const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
-    const float db = p.dt_bias ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1]) : 0.0f;
-    CP_ASYNC_WAIT(0);
+    const float db =
+        p.dt_bias && col < p.K ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1]) : 0.0f;
+    if (bulk) CP_ASYNC_WAIT(0);
     __syncthreads();
 
     /* 2. Row norms: 8 threads per row, 16 elements each. */
     {
         const int r = tid >> 3, part = tid & 7;
         float sq = 0.0f, sk = 0.0f;
+        if (bulk) {
 #pragma unroll
-        for (int e = 0; e < 2; e++) {
-            uint4 xq = *(const uint4 *)(s_buf[IN_Q] + r * 256 + (2 * part + e) * 16);
-            uint4 xk = *(const uint4 *)(s_buf[IN_K] + r * 256 + (2 * part + e) * 16);
-            const uint32_t wq[4] = {xq.x, xq.y, xq.z, xq.w}, wk[4] = {xk.x, xk.y, xk.z, xk.w};
+            for (int e = 0; e < 2; e++) {
+                uint4 xq = *(const uint4 *)(s_buf[IN_Q] + r * 256 + (2 * part + e) * 16);
+                uint4 xk = *(const uint4 *)(s_buf[IN_K] + r * 256 + (2 * part + e) * 16);
+                const uint32_t wq[4] = {xq.x, xq.y, xq.z, xq.w}, wk[4] = {xk.x, xk.y, xk.z, xk.w};
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                float a0 = __uint_as_float(wq[j] << 16), a1 = __uint_as_float(wq[j] & 0xffff0000u);
-                float b0 = __uint_as_float(wk[j] << 16), b1 = __uint_as_float(wk[j] & 0xffff0000u);
-                sq += a0 * a0 + a1 * a1;
-                sk += b0 * b0 + b1 * b1;
+                for (int j = 0; j < 4; j++) {
+                    float a0 = __uint_as_float(wq[j] << 16), a1 = __uint_as_float(wq[j] & 0xffff0000u);
+                    float b0 = __uint_as_float(wk[j] << 16), b1 = __uint_as_float(wk[j] & 0xffff0000u);
+                    sq += a0 * a0 + a1 * a1;
+                    sk += b0 * b0 + b1 * b1;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < 16; e++) {
+                const float a = fq[r * 128 + part * 16 + e], b = fk[r * 128 + part * 16 + e];
+                sq += a * a;
+                sk += b * b;
             }
         }
 #pragma unroll
@@ -142,30 +277,44 @@ __global__ void __launch_bounds__(PREP_THREADS, 8) pf_prep_kernel(const pf_param
     float qn[16], kn[16], G[16];
     {
         float acc = 0.0f;
+        const int live = col < p.K;
 #pragma unroll
         for (int i = 0; i < 16; i++) {
-            const uint16_t *rq = (const uint16_t *)(s_buf[IN_Q] + i * 256);
-            const uint16_t *rk = (const uint16_t *)(s_buf[IN_K] + i * 256);
-            const uint16_t *rg = (const uint16_t *)(s_buf[IN_G] + i * 256);
-            float a = i < rows ? p.gate_scale * pf_sigmoid(A * (pf_bf16_to_float(rg[col]) + db)) : 0.0f;
-            acc += a;
+            float xq, xk, xg;
+            if (bulk) {
+                xq = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_Q] + i * 256))[col]);
+                xk = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_K] + i * 256))[col]);
+                xg = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_G] + i * 256))[col]);
+            } else {
+                xq = fq[i * 128 + col];
+                xk = fk[i * 128 + col];
+                xg = fg[i * 128 + col];
+            }
+            acc += i < rows && live ? prep_gate(&p, xg, A, db) : 0.0f;
             G[i] = acc;
-            qn[i] = pf_bf16_to_float(rq[col]) * s_rq[i];
-            kn[i] = pf_bf16_to_float(rk[col]) * s_rk[i];
+            qn[i] = xq * s_rq[i];
+            kn[i] = xk * s_rk[i];
         }
     }
-    __syncthreads(); /* every thread has its column: s_buf now takes the operands */
+    /* Every thread has its column (s_buf now takes the operands). Step 4 or 4' for this chunk. */
+    float span = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 16; i++) span = fmaxf(span, fabsf(G[i] - G[7]));
+    const int pairwise = gate_checked ? __syncthreads_or(!(span <= PREP_SAFE_SPAN)) /* NaN: pairwise too */
+                                      : (__syncthreads(), 0);
 
+    /* The decayed operands: Qd, Kr, gamma into the record, Kd in registers; then either the
+     * centred operands of step 4 or the fp32 tiles of step 4'. */
     float kd[16];
-    {
-        const float Gref = G[7], Gl = G[15];
-        *(float *)(rec + PF_REC_GAMMA + col * 4) = pf_exp2(Gl);
+    const float Gref = G[7], Gl = G[15];
+    *(float *)(rec + PF_REC_GAMMA + col * 4) = pf_exp2(Gl);
+    if (!pairwise) {
 #pragma unroll
         for (int i = 0; i < 16; i++) {
-            const float e = pf_exp2(G[i]);
             const uint32_t off = pf_swz(i, col);
-            kd[i] = kn[i] * e;
-            st_bf16(rec + PF_REC_QD, off, p.scale * qn[i] * e);
+            const float e_ = pf_exp2(G[i]);
+            kd[i] = kn[i] * e_;
+            st_bf16(rec + PF_REC_QD, off, p.scale * qn[i] * e_);
             st_bf16(rec + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]));
             const float ec = pf_exp2(G[i] - Gref), ei = pf_exp2(Gref - G[i]);
             const float kc = kn[i] * ec, ki = kn[i] * ei, qc = qn[i] * ec;
@@ -176,13 +325,24 @@ __global__ void __launch_bounds__(PREP_THREADS, 8) pf_prep_kernel(const pf_param
             *(uint16_t *)(s_buf[OP_QC] + off) = qc_hi;
             st_bf16(s_buf[OP_QC_LO], off, qc - pf_bf16_to_float(qc_hi));
         }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            const uint32_t off = pf_swz(i, col);
+            const float e_ = pf_exp2(G[i]);
+            st_bf16(rec + PF_REC_QD, off, p.scale * qn[i] * e_);
+            st_bf16(rec + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]));
+            fq[i * 128 + col] = qn[i];
+            fk[i * 128 + col] = kn[i];
+            fg[i * 128 + col] = G[i];
+        }
     }
     __syncthreads();
 
-    /* 4. Warps 0, 1: L on token tile 8w..8w+8; warps 2, 3: Mqk on token tile 8(w-2)..; Mqk in
-     * three accumulators (hi*hi, hi*lo, lo*hi) so each chain is 8 deep. */
     const int g = lane >> 2, t = lane & 3;
-    {
+    if (!pairwise) {
+        /* 4. Warps 0, 1: L on token tile 8w..8w+8; warps 2, 3: Mqk on token tile 8(w-2)..; Mqk in
+         * three accumulators (hi*hi, hi*lo, lo*hi) so each chain is 8 deep. */
         const int prod = warp >> 1, nt = warp & 1;
         float acc[3][4];
 #pragma unroll
@@ -223,46 +383,31 @@ __global__ void __launch_bounds__(PREP_THREADS, 8) pf_prep_kernel(const pf_param
                 st_bf16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, m - pf_bf16_to_float(hi));
             }
         }
+    } else {
+        prep_pairwise(fq, fk, fg, s_L, s_b, rec, p.scale);
+        __syncthreads();
+        /* Kd from the tiles (not kept in registers across the call) */
+#pragma unroll
+        for (int i = 0; i < 16; i++) kd[i] = fk[i * 128 + col] * pf_exp2(fg[i * 128 + col]);
+        prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane);
+        return;
     }
     __syncthreads();
-
-    /* 5. Forward substitution, fp32: lane cc owns column cc of INV. */
-    if (warp == 0) {
-        const int cc = lane & 15;
-        float inv[16];
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            float s0 = i == cc ? 1.0f : 0.0f, s1 = 0.0f;
-#pragma unroll
-            for (int j = 0; j < i; j += 2) {
-                s0 -= s_L[i][j] * inv[j];
-                if (j + 1 < i) s1 -= s_L[i][j + 1] * inv[j + 1];
-            }
-            inv[i] = s0 + s1;
-        }
-        if (lane < 16) {
-            const float bc = s_b[cc];
-#pragma unroll
-            for (int i = 0; i < 16; i++) {
-                const float x = inv[i] * bc;
-                const uint16_t hi = pf_float_to_bf16(x);
-                s_binv[i][cc] = x;
-                *(uint16_t *)(rec + PF_REC_BINV + (i * 16 + cc) * 2) = hi;
-                st_bf16(rec + PF_REC_BINV_LO, (uint32_t)(i * 16 + cc) * 2, x - pf_bf16_to_float(hi));
-            }
-        }
-    }
-    __syncthreads();
-
-    /* 6. W = bINV Kd in fp32 (bINV is lower triangular including the diagonal), stored negated. */
-#pragma unroll
-    for (int i = 0; i < 16; i++) {
-        float w = 0.0f;
-#pragma unroll
-        for (int j = 0; j <= i; j++) w += s_binv[i][j] * kd[j];
-        st_bf16(rec + PF_REC_NEGW, pf_swz(i, col), -w);
-    }
+    prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane);
 }
+
+/* The checked kernels hold more live values (step 4' beside step 4): 6 CTAs per SM instead of 8
+ * leaves them 80 registers. */
+#define PREP_KERNEL(name, bulk, gate_checked, ctas)                            \
+    __global__ void __launch_bounds__(PREP_THREADS, ctas) name(const pf_params p) \
+    {                                                                          \
+        prep_chunk(p, bulk, gate_checked);                                     \
+    }
+PREP_KERNEL(pf_prep_bulk, 1, 0, 8)
+PREP_KERNEL(pf_prep_bulk_checked, 1, 1, 6)
+PREP_KERNEL(pf_prep_any, 0, 0, 8)
+PREP_KERNEL(pf_prep_any_checked, 0, 1, 6)
+#undef PREP_KERNEL
 
 cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
 {
@@ -270,6 +415,10 @@ cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
     if (used_slots <= 0 || p->HV <= 0) return cudaSuccess;
     if (used_slots > INT32_MAX || p->HV > 65535) return cudaErrorInvalidConfiguration; /* grid limits */
     dim3 grid((unsigned)used_slots, (unsigned)p->HV);
-    pf_prep_kernel<<<grid, PREP_THREADS, 0, stream>>>(*p);
+    /* Only the lower bound gate with lower_bound >= -5 is in range for every input. */
+    const int checked = !(p->gate == FKDA_GATE_LOWER_BOUND && p->gate_scale >= -5.0f * 1.4426950408889634f);
+    void (*kernel)(const pf_params) = p->qkg_fast ? (checked ? pf_prep_bulk_checked : pf_prep_bulk)
+                                                  : (checked ? pf_prep_any_checked : pf_prep_any);
+    kernel<<<grid, PREP_THREADS, 0, stream>>>(*p);
     return cudaGetLastError();
 }

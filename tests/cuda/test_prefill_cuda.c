@@ -211,12 +211,12 @@ static void run_case(const pf_case *c, test_rng *rng)
     const fkda_dtype final_dtype = c->in_place ? c->in_dtype : c->out_dtype;
 
     /* Reference and fast path on the CPU, fp32 in and out. */
-    test_tensor qf = widen(&q), kf = widen(&k), vf = widen(&v), gf = widen(&g), bf = widen(&beta), h0f = widen(&h0);
+    test_tensor qwide = widen(&q), kf = widen(&k), vf = widen(&v), gf = widen(&g), bf = widen(&beta), h0f = widen(&h0);
     test_tensor out_ref = test_tensor_alloc(FKDA_DTYPE_F32, 4, sv), st_ref = test_tensor_alloc(FKDA_DTYPE_F32, 4, ss);
     test_tensor out_fast = test_tensor_alloc(FKDA_DTYPE_F32, 4, sv), st_fast = test_tensor_alloc(FKDA_DTYPE_F32, 4, ss);
     fkda_prefill_args a;
     memset(&a, 0, sizeof a);
-    a.q = qf.t;
+    a.q = qwide.t;
     a.k = kf.t;
     a.v = vf.t;
     a.g = gf.t;
@@ -362,48 +362,40 @@ static void run_case(const pf_case *c, test_rng *rng)
     if (c->has_in) guarded_free(d.initial_state.data);
     if (c->has_out && !c->in_place) guarded_free(d.final_state.data);
     if (gws) CUDA_OK(cudaFree(gws));
-    test_tensor *all[] = {&q,  &k,  &v,   &g,       &beta,   &A_log,    &dt_bias, &cu,   &h0,   &qf,  &kf, &vf,
+    test_tensor *all[] = {&q,  &k,  &v,   &g,       &beta,   &A_log,    &dt_bias, &cu,   &h0,   &qwide,  &kf, &vf,
                           &gf, &bf, &h0f, &out_ref, &st_ref, &out_fast, &st_fast, &out1, &out2, &st1, &st2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
 }
 
-/* Options the kernels do not take must be refused with FKDA_ERROR_UNSUPPORTED naming the option,
- * leaving every output untouched: out (bf16, and the f32 one of the f32 case) and the final
- * state, all poisoned and guarded, must come back with every byte as it was; the initial state
- * must not change either. */
+/* Options the kernels do not take (K > 128, an intermediate chunk size that is not a multiple of
+ * 16) must be refused with FKDA_ERROR_UNSUPPORTED naming the option, leaving every output
+ * untouched: out and the final state, all poisoned and guarded, must come back with every byte as
+ * it was; the initial state must not change either. */
 static void check_unsupported(void)
 {
     const int64_t T = 20, sq[4] = {1, T, 1, KD}, sb[3] = {1, T, 1}, ss[4] = {1, 1, KD, KD};
     test_rng rng;
     test_rng_seed(&rng, 1);
-    test_tensor q = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq), qf = test_tensor_alloc(FKDA_DTYPE_F32, 4, sq);
+    const int64_t sw[4] = {1, T, 1, 136};
+    test_tensor q = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq), qwide = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sw);
     test_tensor beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
     test_tensor h0 = test_tensor_alloc(FKDA_DTYPE_F32, 4, ss), ht = test_tensor_alloc(FKDA_DTYPE_F32, 4, ss);
     test_tensor_fill_normal(&q, &rng, 0, 1);
-    test_tensor_fill_normal(&qf, &rng, 0, 1);
+    test_tensor_fill_normal(&qwide, &rng, 0, 1);
     test_tensor_fill_normal(&beta, &rng, 0, 1);
     test_tensor_fill_normal(&h0, &rng, 0, 0.5);
-    fkda_tensor dq = to_device(&q), dqf = to_device(&qf), db = to_device(&beta), dout = to_device(&q);
-    fkda_tensor doutf = to_device(&qf), dh0 = to_device(&h0), dht = to_device(&ht);
-    /* The prefill's states for serving engines (CPU only for now): one sequence, one checkpoint. */
-    test_tensor flags = test_tensor_alloc(FKDA_DTYPE_I32, 1, (const int64_t[]){1});
-    test_tensor offsets = test_tensor_alloc(FKDA_DTYPE_I64, 2, (const int64_t[]){1, 1});
-    test_tensor_fill_value(&flags, 1.0);
-    test_tensor_fill_value(&offsets, 5.0);
-    fkda_tensor dflags = to_device(&flags), doffsets = to_device(&offsets);
-    fkda_tensor dckpt = to_device(&ht), dinter = to_device(&ht), dpool = to_device(&h0);
+    fkda_tensor dq = to_device(&q), dqwide = to_device(&qwide), db = to_device(&beta), dout = to_device(&q);
+    fkda_tensor dh0 = to_device(&h0), dht = to_device(&ht);
+    fkda_tensor dinter = to_device(&ht);
     /* the outputs, all-ones bytes (NaN in f32 and bf16) */
     const struct {
         const fkda_tensor *t;
         size_t bytes;
         const char *name;
     } outputs[] = {
-        {&dout, tensor_bytes(&q), "out (bf16)"},
-        {&doutf, tensor_bytes(&qf), "out (f32)"},
+        {&dout, tensor_bytes(&q), "out"},
         {&dht, tensor_bytes(&ht), "final_state"},
-        {&dckpt, tensor_bytes(&ht), "checkpoint_states"},
         {&dinter, tensor_bytes(&ht), "intermediate_states"},
-        {&dpool, tensor_bytes(&h0), "state_pool"},
     };
     const int n_outputs = (int)(sizeof outputs / sizeof outputs[0]);
     for (int i = 0; i < n_outputs; i++) CUDA_OK(cudaMemset(outputs[i].t->data, 0xff, outputs[i].bytes));
@@ -411,13 +403,8 @@ static void check_unsupported(void)
     struct {
         const char *what, *expect;
     } cases[] = {
-        {"gate none", "gate"},
-        {"lower_bound -6", "lower_bound"},
-        {"f32 q", "q"},
-        {"has_initial_state", "has_initial_state"},
-        {"checkpoints", "checkpoint_offsets"},
-        {"intermediate states", "intermediate_states"},
-        {"prefill on a state pool", "state_pool"},
+        {"K = 136", "K"},
+        {"intermediate chunk 40", "intermediate_chunk_size"},
     };
     for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
         fkda_prefill_args a;
@@ -433,24 +420,16 @@ static void check_unsupported(void)
         a.options = fkda_default_options();
         a.options.gate = FKDA_GATE_LOWER_BOUND;
         a.options.lower_bound = -5;
-        if (i == 0) a.options.gate = FKDA_GATE_NONE;
-        if (i == 1) a.options.lower_bound = -6;
-        if (i == 2) {
-            a.q = dqf;
-            a.k = dqf;
-            a.v = dqf;
-            a.out = doutf;
-        }
-        if (i == 3) a.has_initial_state = dflags;
-        if (i == 4) {
-            a.checkpoint_offsets = doffsets;
-            a.checkpoint_states = dckpt;
-        }
-        if (i == 5) a.intermediate_states = dinter; /* [B * ceil(T / 64) = 1, 1, K, V] */
-        if (i == 6) {
+        if (i == 0) { /* [1, T, 1, 136] q, k and g; no states (theirs would be 136 x 128) */
+            a.q = dqwide;
+            a.k = dqwide;
+            a.g = dqwide;
             memset(&a.initial_state, 0, sizeof a.initial_state);
             memset(&a.final_state, 0, sizeof a.final_state);
-            a.state_pool = dpool;
+        }
+        if (i == 1) {
+            a.intermediate_states = dinter; /* [B * ceil(T / 40) = 1, 1, K, V] */
+            a.intermediate_chunk_size = 40;
         }
         size_t bytes = 0;
         fkda_status s = fkda_prefill_workspace_size(&a, &gpu, &bytes);
@@ -471,21 +450,14 @@ static void check_unsupported(void)
         CHECK(device_equals(&dh0, &h0), "%s: an unsupported call changed initial_state", cases[i].what);
     }
     guarded_free(dq.data);
-    guarded_free(dqf.data);
+    guarded_free(dqwide.data);
     guarded_free(db.data);
     guarded_free(dout.data);
-    guarded_free(doutf.data);
     guarded_free(dh0.data);
     guarded_free(dht.data);
-    guarded_free(dflags.data);
-    guarded_free(doffsets.data);
-    guarded_free(dckpt.data);
     guarded_free(dinter.data);
-    guarded_free(dpool.data);
-    test_tensor_free(&flags);
-    test_tensor_free(&offsets);
     test_tensor_free(&q);
-    test_tensor_free(&qf);
+    test_tensor_free(&qwide);
     test_tensor_free(&beta);
     test_tensor_free(&h0);
     test_tensor_free(&ht);
