@@ -1202,6 +1202,57 @@ def test_intermediate_states(seed, chunk, route):
     assert not problems, "\n".join(problems)
 
 
+@cuda_only
+def test_no_write_beyond_the_given_state_memory(seed):
+    # On the GPU the library cannot read cu_seqlens or the slot indices before the launch, so it
+    # cannot check them against the sizes of intermediate_states and the pool: the kernels must
+    # not write past the memory they were given. Here intermediate_states is two rows short and
+    # a final slot and a checkpoint slot name slot P, one past the pool; both are views of larger
+    # tensors whose tails must keep their bytes (what lands inside the given memory for such a
+    # caller error is not specified, so it is not checked).
+    c = base_case(seqlens=[130, 0, 64], inter_chunk=32, inter_dtype=F32)
+    x = make_inputs(c, seed)
+    d = {n: (None if t is None else t.to(DEV, copy=True)) for n, t in x.items()}
+    rows = chunk_rows(c, 32)
+    inter_all = nan_tensor((1, rows + 2) + state_shape(c, 1)[1:], F32, DEV)
+    inter = inter_all[:, : rows - 2]
+    P = 4
+    gen = torch.Generator().manual_seed(seed)
+    pool_all = (0.5 * torch.randn(state_shape(c, P + 2), generator=gen)).to(DEV)
+    pool_tail = pool_all[P:].clone()
+    out = nan_tensor(tuple(x["v"].shape), BF16, DEV)
+    idx = torch.tensor([0, 1, 2], dtype=torch.int32, device=DEV)
+    final_idx = torch.tensor([0, P, 2], dtype=torch.int32, device=DEV)
+    offsets = torch.tensor([[16], [0], [64]], dtype=torch.int64, device=DEV)
+    ckpt_idx = torch.tensor([[3], [-1], [P]], dtype=torch.int32, device=DEV)
+    flash_kda.prefill(
+        d["q"],
+        d["k"],
+        d["v"],
+        d["g"],
+        d["beta"],
+        out=out,
+        A_log=d["A_log"],
+        dt_bias=d["dt_bias"],
+        cu_seqlens=d["cu_seqlens"],
+        gate="lower_bound",
+        lower_bound=-5.0,
+        use_qk_l2norm=True,
+        use_beta_sigmoid=True,
+        state_v_first=True,
+        state_pool=pool_all[:P],
+        initial_state_indices=idx,
+        final_state_indices=final_idx,
+        checkpoint_offsets=offsets,
+        checkpoint_indices=ckpt_idx,
+        intermediate_states=inter,
+        intermediate_chunk_size=32,
+    )
+    torch.cuda.synchronize()
+    assert bool(torch.isnan(inter_all[:, rows - 2 :]).all()), "written past intermediate_states"
+    assert same_bits(pool_all[P:], pool_tail), "written past the state pool"
+
+
 # ---- fla -----------------------------------------------------------------------------------------
 
 
