@@ -14,7 +14,8 @@ use_qk_l2norm would silently change the result). Differences, all deliberate:
   - chunk_kda: cp_context raises UnsupportedError; disable_recompute, use_graph and
     max_num_seqs are accepted and change nothing (they steer fla's backward or its Triton
     launch; the flash_kda path is already capturable in CUDA graphs). chunk_size (32 or 64)
-    only sets the chunks of return_intermediate_states' h (on the CPU device for now).
+    only sets the chunks of return_intermediate_states' h; with cu_seqlens on a GPU and no
+    cu_seqlens_cpu, counting h's chunks copies cu_seqlens to the host (a sync, as in fla).
   - fused_recurrent_kda with use_gate_in_kernel, no lower_bound and no A_log: fla silently
     computes a = -e * softplus(g + dt_bias) (as if A_log = 1); flash_kda raises ValueError
     ("A_log: is required by the softplus gate"), as fla's chunk_kda does.
