@@ -27,7 +27,7 @@
 #include "ptx_mma.cuh"
 
 #define CH_STAGES 4
-#define CH_TILE16 512 /* bytes of one 16 x 16 bf16 tile (a warp's v slice) */
+#define CH_TILE16 512    /* bytes of one 16 x 16 bf16 tile (a warp's v slice) */
 #define CH_OUT_TILE 1024 /* a warp's output tile: 16 x 16 bf16, or fp32 for other outputs */
 
 size_t pf_chain_smem_bytes(int vslice)
@@ -224,9 +224,9 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
     const int v0 = slice * warps * 16 + warp * 16; /* this warp's first value (or M) column */
     const int with_v = !trans, with_out = mode != PF_CHAIN_SEG_A;
 
-    unsigned char *s_rec = smem;                                /* [stage][record] */
-    unsigned char *s_v = smem + CH_STAGES * PF_REC_BYTES;       /* [stage][warp][tile] */
-    unsigned char *s_out = s_v + CH_STAGES * warps * CH_TILE16;  /* [warp][output tile] */
+    unsigned char *s_rec = smem;                                  /* [stage][record] */
+    unsigned char *s_v = smem + CH_STAGES * PF_REC_BYTES;         /* [stage][warp][tile] */
+    unsigned char *s_out = s_v + CH_STAGES * warps * CH_TILE16;   /* [warp][output tile] */
     uint64_t *s_full = (uint64_t *)(s_out + warps * CH_OUT_TILE); /* [stage] */
 
     int64_t row, start, len, slot0;
@@ -288,15 +288,15 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
         bulk_copy_g2s(smem_addr(s_rec + (stage)*PF_REC_BYTES), rec0 + (chunk) * (int64_t)PF_REC_BYTES, PF_REC_BYTES, \
                       mb_);                                                                                          \
     } while (0)
-#define CH_ISSUE_V(chunk, stage)                                                                                    \
-    do {                                                                                                            \
-        if (with_v && (chunk) < nch) {                                                                              \
-            const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                            \
-            const int ok_ = tk_ < len && v_live;                                                                    \
-            cp_async_16(smem_addr(s_v + ((stage)*warps + warp) * CH_TILE16 + pf_swz16(vtok, vhalf)),                \
-                        ok_ ? (const void *)(vsrc + (v_t0 + tk_) * v_ts) : (const void *)vsrc, ok_ ? 16u : 0u);     \
-        }                                                                                                           \
-        cp_async_commit();                                                                                          \
+#define CH_ISSUE_V(chunk, stage)                                                                                \
+    do {                                                                                                        \
+        if (with_v && (chunk) < nch) {                                                                          \
+            const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                        \
+            const int ok_ = tk_ < len && v_live;                                                                \
+            cp_async_16(smem_addr(s_v + ((stage)*warps + warp) * CH_TILE16 + pf_swz16(vtok, vhalf)),            \
+                        ok_ ? (const void *)(vsrc + (v_t0 + tk_) * v_ts) : (const void *)vsrc, ok_ ? 16u : 0u); \
+        }                                                                                                       \
+        cp_async_commit();                                                                                      \
     } while (0)
 
     if (threadIdx.x == 0)
@@ -326,32 +326,32 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
      * next chunk's critical products are in flight: fragment (token g / g+8, values 2t..) ->
      * shared tile -> 16 contiguous bytes per lane. */
     float o[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-#define CH_STORE_OUTPUT(chunk)                                                                                        \
-    do {                                                                                                              \
-        const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                                  \
-        const int ok_ = with_out && (chunk) >= cb && tk_ < len;                                                       \
-        if (p.out_fast) {                                                                                             \
-            _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                          \
-            {                                                                                                         \
-                *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = pack_bf16x2(o[vt][0], o[vt][1]);                        \
-                *(uint32_t *)(OS + pf_swz16(g + 8, vt) + 4 * t) = pack_bf16x2(o[vt][2], o[vt][3]);                    \
-            }                                                                                                         \
-            __syncwarp();                                                                                             \
-            if (ok_ && v_live) {                                                                                      \
-                const uint4 x_ = *(const uint4 *)(OS + pf_swz16(vtok, vhalf));                                        \
+#define CH_STORE_OUTPUT(chunk)                                                                                       \
+    do {                                                                                                             \
+        const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                                 \
+        const int ok_ = with_out && (chunk) >= cb && tk_ < len;                                                      \
+        if (p.out_fast) {                                                                                            \
+            _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                         \
+            {                                                                                                        \
+                *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = pack_bf16x2(o[vt][0], o[vt][1]);                       \
+                *(uint32_t *)(OS + pf_swz16(g + 8, vt) + 4 * t) = pack_bf16x2(o[vt][2], o[vt][3]);                   \
+            }                                                                                                        \
+            __syncwarp();                                                                                            \
+            if (ok_ && v_live) {                                                                                     \
+                const uint4 x_ = *(const uint4 *)(OS + pf_swz16(vtok, vhalf));                                       \
                 *(uint4 *)((uint16_t *)p.out + row * p.out_s[0] + (start + tk_) * p.out_s[1] + h * p.out_s[2] + v0 + \
-                           vhalf * 8) = x_;                                                                           \
-            }                                                                                                         \
-        } else {                                                                                                      \
-            float *OF_ = (float *)OS; /* [16 tokens][16 values] fp32 */                                               \
-            _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                          \
-            {                                                                                                         \
-                *(float2 *)(OF_ + g * 16 + vt * 8 + 2 * t) = make_float2(o[vt][0], o[vt][1]);                         \
-                *(float2 *)(OF_ + (g + 8) * 16 + vt * 8 + 2 * t) = make_float2(o[vt][2], o[vt][3]);                   \
-            }                                                                                                         \
-            __syncwarp();                                                                                             \
-            if (ok_) chain_put_output(&p, row, start + tk_, h, v0 + vhalf * 8, OF_ + vtok * 16 + vhalf * 8);          \
-        }                                                                                                             \
+                           vhalf * 8) = x_;                                                                          \
+            }                                                                                                        \
+        } else {                                                                                                     \
+            float *OF_ = (float *)OS; /* [16 tokens][16 values] fp32 */                                              \
+            _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                         \
+            {                                                                                                        \
+                *(float2 *)(OF_ + g * 16 + vt * 8 + 2 * t) = make_float2(o[vt][0], o[vt][1]);                        \
+                *(float2 *)(OF_ + (g + 8) * 16 + vt * 8 + 2 * t) = make_float2(o[vt][2], o[vt][3]);                  \
+            }                                                                                                        \
+            __syncwarp();                                                                                            \
+            if (ok_) chain_put_output(&p, row, start + tk_, h, v0 + vhalf * 8, OF_ + vtok * 16 + vhalf * 8);         \
+        }                                                                                                            \
     } while (0)
 
     /* Checkpoints and intermediate states: the next position where one is due. */

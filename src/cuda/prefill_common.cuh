@@ -118,8 +118,8 @@ typedef struct pf_params {
     int32_t out_dtype, out_fast;
     /* states: state_in / state_out are initial_state / final_state, or both the pool */
     pf_states state_in, state_out;
-    int64_t pool_size;             /* rows of state_in and state_out (a slot >= it is skipped) */
-    pf_ints has_initial;           /* [N] flags: 0 = start from the zero state */
+    int64_t pool_size;              /* rows of state_in and state_out (a slot >= it is skipped) */
+    pf_ints has_initial;            /* [N] flags: 0 = start from the zero state */
     pf_ints initial_idx, final_idx; /* [N] pool slots (negative: zero state / not written) */
     /* checkpoints: offsets [N][C]; states [N * C] rows, or pool slots ck_idx [N][C] */
     pf_ints ck_off, ck_idx;

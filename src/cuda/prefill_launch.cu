@@ -249,8 +249,7 @@ extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace,
     pf_params params;
     fill_params(p, workspace, &params);
     const int64_t P = choose_segments(p, prop->multiProcessorCount);
-    if (v_stage_bytes(p) > 0)
-        params.v_stage = (unsigned char *)workspace + records_bytes(p) + 3 * segment_bytes(p, P);
+    if (v_stage_bytes(p) > 0) params.v_stage = (unsigned char *)workspace + records_bytes(p) + 3 * segment_bytes(p, P);
     cudaStream_t stream = (cudaStream_t)p->device.stream;
     const int sms = prop->multiProcessorCount;
     pf_chain_plan plan;

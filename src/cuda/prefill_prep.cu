@@ -78,8 +78,9 @@ static __device__ __forceinline__ float prep_gate(const pf_params *p, float g, f
 /* Step 4': entry e = (i, j) of L and Mqk from the fp32 tiles qn, kn, G ([16][128] each), thread
  * tid taking e = tid and tid + 128. Lane l starts at key l so that the 32 lanes read 32 different
  * banks. */
-static __device__ __forceinline__ void prep_pairwise(const float *fq, const float *fk, const float *fg, float (*s_L)[17],
-                                                  const float *s_b, unsigned char *rec, float scale)
+static __device__ __forceinline__ void prep_pairwise(const float *fq, const float *fk, const float *fg,
+                                                     float (*s_L)[17], const float *s_b, unsigned char *rec,
+                                                     float scale)
 {
     const int tid = threadIdx.x, lane = tid & 31;
 #pragma unroll 1
@@ -215,7 +216,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
             const int r = (int)(e / p.vpad);
             const int64_t col = e - r * p.vpad;
             const float x = r < rows && col < p.V ? pf_load_float(p.v, p.qkv_dtype, v0 + (t0 + r) * p.v_s[1] + col)
-                                                   : 0.0f;
+                                                  : 0.0f;
             dst[e] = pf_float_to_bf16(x);
         }
     }
@@ -230,8 +231,8 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     }
     const int col = tid;
     const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
-    const float db =
-        p.dt_bias && col < p.K ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1]) : 0.0f;
+    const float db = p.dt_bias && col < p.K ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1])
+                                            : 0.0f;
     if (bulk) CP_ASYNC_WAIT(0);
     __syncthreads();
 
@@ -398,11 +399,8 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
 
 /* The checked kernels hold more live values (step 4' beside step 4): 6 CTAs per SM instead of 8
  * leaves them 80 registers. */
-#define PREP_KERNEL(name, bulk, gate_checked, ctas)                            \
-    __global__ void __launch_bounds__(PREP_THREADS, ctas) name(const pf_params p) \
-    {                                                                          \
-        prep_chunk(p, bulk, gate_checked);                                     \
-    }
+#define PREP_KERNEL(name, bulk, gate_checked, ctas) \
+    __global__ void __launch_bounds__(PREP_THREADS, ctas) name(const pf_params p) { prep_chunk(p, bulk, gate_checked); }
 PREP_KERNEL(pf_prep_bulk, 1, 0, 8)
 PREP_KERNEL(pf_prep_bulk_checked, 1, 1, 6)
 PREP_KERNEL(pf_prep_any, 0, 0, 8)

@@ -362,8 +362,8 @@ static void run_case(const pf_case *c, test_rng *rng)
     if (c->has_in) guarded_free(d.initial_state.data);
     if (c->has_out && !c->in_place) guarded_free(d.final_state.data);
     if (gws) CUDA_OK(cudaFree(gws));
-    test_tensor *all[] = {&q,  &k,  &v,   &g,       &beta,   &A_log,    &dt_bias, &cu,   &h0,   &qwide,  &kf, &vf,
-                          &gf, &bf, &h0f, &out_ref, &st_ref, &out_fast, &st_fast, &out1, &out2, &st1, &st2};
+    test_tensor *all[] = {&q,  &k,  &v,   &g,       &beta,   &A_log,    &dt_bias, &cu,   &h0,   &qwide, &kf, &vf,
+                          &gf, &bf, &h0f, &out_ref, &st_ref, &out_fast, &st_fast, &out1, &out2, &st1,   &st2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
 }
 
