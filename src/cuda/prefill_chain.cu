@@ -87,26 +87,41 @@ static __device__ __forceinline__ void chain_get_state(const pf_params *p, const
         }
 }
 
-static __device__ __forceinline__ void chain_put_state(const pf_params *p, const pf_states *dst, int64_t r, int64_t h,
-                                                       int v0, int g, int t, const float S[16][4], int poison)
+/* Out of line: every state store of the kernel (final state, h, checkpoints) calls this one body,
+ * with a copy of the warp's registers (chain_put_state below), so that the chain's loop does not
+ * carry a few thousand instructions of inlined stores. */
+static __device__ __noinline__ void chain_put_state_copy(const pf_states dst, int64_t K, int64_t V, int64_t r,
+                                                         int64_t h, int v0, int g, int t, const float (*S)[4],
+                                                         int poison)
 {
-    if (r < 0) return;
-    const int64_t base = r * dst->stride[0] + h * dst->stride[1];
+    const int64_t base = r * dst.stride[0] + h * dst.stride[1];
 #pragma unroll
     for (int j = 0; j < 16; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int64_t key = 8 * j + 2 * t + (e & 1), val = v0 + g + 8 * (e >> 1);
-            if (key >= p->K || val >= p->V) continue;
-            const int64_t off = base + key * dst->stride[2] + val * dst->stride[3];
+            if (key >= K || val >= V) continue;
+            const int64_t off = base + key * dst.stride[2] + val * dst.stride[3];
             const float x = poison ? __int_as_float(0x7fc00000) : S[j][e];
-            if (dst->dtype == FKDA_DTYPE_F32)
-                ((float *)dst->data)[off] = x;
-            else if (dst->dtype == FKDA_DTYPE_BF16)
-                ((uint16_t *)dst->data)[off] = pf_float_to_bf16(x);
+            if (dst.dtype == FKDA_DTYPE_F32)
+                ((float *)dst.data)[off] = x;
+            else if (dst.dtype == FKDA_DTYPE_BF16)
+                ((uint16_t *)dst.data)[off] = pf_float_to_bf16(x);
             else
-                ((uint16_t *)dst->data)[off] = __half_as_ushort(__float2half_rn(x));
+                ((uint16_t *)dst.data)[off] = __half_as_ushort(__float2half_rn(x));
         }
+}
+
+static __device__ __forceinline__ void chain_put_state(const pf_params *p, const pf_states *dst, int64_t r, int64_t h,
+                                                       int v0, int g, int t, const float S[16][4], int poison)
+{
+    if (r < 0) return;
+    float copy[16][4];
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) copy[j][e] = S[j][e];
+    chain_put_state_copy(*dst, p->K, p->V, r, h, v0, g, t, copy, poison);
 }
 
 /* Checkpoint j of sequence n: its offset, and where it goes (row of checkpoint_states, or pool
@@ -199,7 +214,10 @@ static __device__ __forceinline__ void chain_store_rows(float *base, int v0, int
 }
 #endif
 
-__global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, const pf_chain_plan plan)
+/* The chain of one (sequence, head, value slice). `out_direct` (a constant in each kernel below):
+ * the output is bf16 with 16-byte rows, stored through a bf16 tile; otherwise through an fp32
+ * tile, element by element. Two kernels, so that the common one carries no code of the other. */
+static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_chain_plan &plan, const int out_direct)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char smem[];
@@ -330,7 +348,7 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
     do {                                                                                                             \
         const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                                 \
         const int ok_ = with_out && (chunk) >= cb && tk_ < len;                                                      \
-        if (p.out_fast) {                                                                                            \
+        if (out_direct) {                                                                                            \
             _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                         \
             {                                                                                                        \
                 *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = pack_bf16x2(o[vt][0], o[vt][1]);                       \
@@ -358,118 +376,130 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
     const int64_t inter_row0 = p.inter.data != NULL ? chain_inter_row0(&p, n, lane) : 0;
     int64_t next_ck = p.checkpoints > 0 ? chain_next_checkpoint(&p, n, -1, len) : INT64_MAX;
 
-    for (int64_t c = cb; c < nch; c++) {
-        const int st = (int)((c - cb) % CH_STAGES);
-        const unsigned char *R = s_rec + st * PF_REC_BYTES;
-        const unsigned char *VT = s_v + (st * warps + warp) * CH_TILE16;
-
-        /* The state entering chunk c (after 16 c tokens) where a checkpoint or fla's h wants it. */
-        const int64_t pos = c * PF_CHUNK;
-        if (p.inter.data != NULL && pos % p.ichunk == 0 && inter_row0 + pos / p.ichunk < p.inter_rows)
-            chain_put_state(&p, &p.inter, inter_row0 + pos / p.ichunk, h, v0, g, t, S, 0);
+    /* Runs of chunks between the boundaries where a state is due (fla's h, checkpoints): the
+     * stores sit between the runs, so the loop over a run's chunks stays small. */
+    int64_t c = cb;
+    for (;;) {
+        const int64_t pos = c * PF_CHUNK; /* the state entering chunk c: after 16 c tokens */
+        int64_t stop = nch;
+        if (p.inter.data != NULL) {
+            if (c < nch && pos % p.ichunk == 0 && inter_row0 + pos / p.ichunk < p.inter_rows)
+                chain_put_state(&p, &p.inter, inter_row0 + pos / p.ichunk, h, v0, g, t, S, 0);
+            const int64_t next = (pos / p.ichunk + 1) * p.ichunk / PF_CHUNK;
+            stop = next < stop ? next : stop;
+        }
         if (pos == next_ck) {
             for (int64_t j = 0; j < p.checkpoints; j++)
                 if (chain_ck_offset(&p, n, j) == pos) chain_put_checkpoint(&p, n, j, h, v0, g, t, S, 0);
             next_ck = chain_next_checkpoint(&p, n, pos, len);
         }
+        if (next_ck != INT64_MAX && next_ck / PF_CHUNK < stop) stop = next_ck / PF_CHUNK;
 
-        CP_ASYNC_WAIT(CH_STAGES - 1);
-        __syncwarp();
-        mbar_wait(smem_addr(&s_full[st]), (uint32_t)(((c - cb) / CH_STAGES) & 1));
+        for (; c < stop; c++) {
+            const int st = (int)((c - cb) % CH_STAGES);
+            const unsigned char *R = s_rec + st * PF_REC_BYTES;
+            const unsigned char *VT = s_v + (st * warps + warp) * CH_TILE16;
 
-        /* The critical chain first: S^T (-W)^T in four 4-deep chains (token tile x key half). */
-        float vn[2][2][4]; /* [key half][token tile] */
-#pragma unroll
-        for (int kk = 0; kk < 8; kk++) {
-            uint32_t wb[4];
-            ldsm_x4(wb,
-                    smem_addr(R + PF_REC_NEGW + pf_swz_unit((lane & 7) + 8 * (lane >> 4), 2 * kk + ((lane >> 3) & 1))));
-            float(*acc)[4] = vn[kk >> 2];
-            mma_bf16_16816(acc[0], sa[kk], wb[0], wb[1], (kk & 3) ? acc[0] : zero4);
-            mma_bf16_16816(acc[1], sa[kk], wb[2], wb[3], (kk & 3) ? acc[1] : zero4);
-        }
+            CP_ASYNC_WAIT(CH_STAGES - 1);
+            __syncwarp();
+            mbar_wait(smem_addr(&s_full[st]), (uint32_t)(((c - cb) / CH_STAGES) & 1));
 
-        /* The previous chunk's output, now that its products are done. */
-        CH_STORE_OUTPUT(c - 1);
-
-        /* U^T = V^T bINV^T (bINV as hi + lo): A = V^T by a transposed load of the [token][value]
-         * tile. Off the chain: it does not depend on the state. */
-        float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-        if (with_v) { /* uniform per CTA */
-            uint32_t va[4], bh[4], bl[4];
-            const int mi = lane >> 3, r = lane & 7;
-            ldsm_x4_trans(va, smem_addr(VT + pf_swz16(r + 8 * (mi >> 1), mi & 1)));
-            const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16;
-            ldsm_x4(bh, smem_addr(R + PF_REC_BINV + boff));
-            ldsm_x4(bl, smem_addr(R + PF_REC_BINV_LO + boff));
-            mma_bf16_16816(u[0], va, bl[0], bl[1], zero4);
-            mma_bf16_16816(u[1], va, bl[2], bl[3], zero4);
-            mma_bf16_16816(u[0], va, bh[0], bh[1], u[0]);
-            mma_bf16_16816(u[1], va, bh[2], bh[3], u[1]);
-        }
-
-        /* S^T diag(gamma) meanwhile (the bf16 copy sa still holds the old state). */
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const float2 gm = *(const float2 *)(R + PF_REC_GAMMA + (8 * j + 2 * t) * 4);
-            S[j][0] *= gm.x;
-            S[j][1] *= gm.y;
-            S[j][2] *= gm.x;
-            S[j][3] *= gm.y;
-        }
-
-        /* Vnew^T in bf16: the A fragment (m = values, k = tokens) of the state update, and the B
-         * fragments (k = tokens, n = values) of Mqk Vnew. */
-        uint32_t vp[4];
-#pragma unroll
-        for (int e = 0; e < 2; e++) {
-            vp[2 * e] = pack_bf16x2(u[e][0] + (vn[0][e][0] + vn[1][e][0]), u[e][1] + (vn[0][e][1] + vn[1][e][1]));
-            vp[2 * e + 1] = pack_bf16x2(u[e][2] + (vn[0][e][2] + vn[1][e][2]), u[e][3] + (vn[0][e][3] + vn[1][e][3]));
-        }
-
-        /* S^T += Vnew^T Kr (B = Kr by transposed loads: k = tokens, n = keys). */
-#pragma unroll
-        for (int m = 0; m < 8; m++) {
-            uint32_t kb[4];
-            ldsm_x4_trans(
-                kb, smem_addr(R + PF_REC_KR + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * m + (lane >> 4))));
-            mma_bf16_16816(S[2 * m], vp, kb[0], kb[1], S[2 * m]);
-            mma_bf16_16816(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);
-        }
-
-        /* O = Qd S + Mqk Vnew (Mqk as hi + lo), in four chains, while the update completes. */
-        if (with_out) {
-            float oh[2][4];
+            /* The critical chain first: S^T (-W)^T in four 4-deep chains (token tile x key half). */
+            float vn[2][2][4]; /* [key half][token tile] */
 #pragma unroll
             for (int kk = 0; kk < 8; kk++) {
-                uint32_t qa[4];
-                ldsm_x4(qa, smem_addr(R + PF_REC_QD +
-                                      pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));
-                float(*acc)[4] = kk < 4 ? o : oh;
-                mma_bf16_16816(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);
-                mma_bf16_16816(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);
+                uint32_t wb[4];
+                ldsm_x4(wb, smem_addr(R + PF_REC_NEGW +
+                                      pf_swz_unit((lane & 7) + 8 * (lane >> 4), 2 * kk + ((lane >> 3) & 1))));
+                float(*acc)[4] = vn[kk >> 2];
+                mma_bf16_16816(acc[0], sa[kk], wb[0], wb[1], (kk & 3) ? acc[0] : zero4);
+                mma_bf16_16816(acc[1], sa[kk], wb[2], wb[3], (kk & 3) ? acc[1] : zero4);
             }
-            uint32_t mh[4], ml[4];
-            const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;
-            ldsm_x4(mh, smem_addr(R + PF_REC_MQK + moff));
-            ldsm_x4(ml, smem_addr(R + PF_REC_MQK_LO + moff));
-            mma_bf16_16816(o[0], ml, vp[0], vp[2], o[0]);
-            mma_bf16_16816(o[1], ml, vp[1], vp[3], o[1]);
-            mma_bf16_16816(oh[0], mh, vp[0], vp[2], oh[0]);
-            mma_bf16_16816(oh[1], mh, vp[1], vp[3], oh[1]);
+
+            /* The previous chunk's output, now that its products are done. */
+            CH_STORE_OUTPUT(c - 1);
+
+            /* U^T = V^T bINV^T (bINV as hi + lo): A = V^T by a transposed load of the [token][value]
+         * tile. Off the chain: it does not depend on the state. */
+            float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            if (with_v) { /* uniform per CTA */
+                uint32_t va[4], bh[4], bl[4];
+                const int mi = lane >> 3, r = lane & 7;
+                ldsm_x4_trans(va, smem_addr(VT + pf_swz16(r + 8 * (mi >> 1), mi & 1)));
+                const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16;
+                ldsm_x4(bh, smem_addr(R + PF_REC_BINV + boff));
+                ldsm_x4(bl, smem_addr(R + PF_REC_BINV_LO + boff));
+                mma_bf16_16816(u[0], va, bl[0], bl[1], zero4);
+                mma_bf16_16816(u[1], va, bl[2], bl[3], zero4);
+                mma_bf16_16816(u[0], va, bh[0], bh[1], u[0]);
+                mma_bf16_16816(u[1], va, bh[2], bh[3], u[1]);
+            }
+
+            /* S^T diag(gamma) meanwhile (the bf16 copy sa still holds the old state). */
 #pragma unroll
-            for (int e = 0; e < 4; e++) {
-                o[0][e] += oh[0][e];
-                o[1][e] += oh[1][e];
+            for (int j = 0; j < 16; j++) {
+                const float2 gm = *(const float2 *)(R + PF_REC_GAMMA + (8 * j + 2 * t) * 4);
+                S[j][0] *= gm.x;
+                S[j][1] *= gm.y;
+                S[j][2] *= gm.x;
+                S[j][3] *= gm.y;
             }
+
+            /* Vnew^T in bf16: the A fragment (m = values, k = tokens) of the state update, and the B
+         * fragments (k = tokens, n = values) of Mqk Vnew. */
+            uint32_t vp[4];
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                vp[2 * e] = pack_bf16x2(u[e][0] + (vn[0][e][0] + vn[1][e][0]), u[e][1] + (vn[0][e][1] + vn[1][e][1]));
+                vp[2 * e + 1] = pack_bf16x2(u[e][2] + (vn[0][e][2] + vn[1][e][2]),
+                                            u[e][3] + (vn[0][e][3] + vn[1][e][3]));
+            }
+
+            /* S^T += Vnew^T Kr (B = Kr by transposed loads: k = tokens, n = keys). */
+#pragma unroll
+            for (int m = 0; m < 8; m++) {
+                uint32_t kb[4];
+                ldsm_x4_trans(kb, smem_addr(R + PF_REC_KR +
+                                            pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * m + (lane >> 4))));
+                mma_bf16_16816(S[2 * m], vp, kb[0], kb[1], S[2 * m]);
+                mma_bf16_16816(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);
+            }
+
+            /* O = Qd S + Mqk Vnew (Mqk as hi + lo), in four chains, while the update completes. */
+            if (with_out) {
+                float oh[2][4];
+#pragma unroll
+                for (int kk = 0; kk < 8; kk++) {
+                    uint32_t qa[4];
+                    ldsm_x4(qa, smem_addr(R + PF_REC_QD +
+                                          pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));
+                    float(*acc)[4] = kk < 4 ? o : oh;
+                    mma_bf16_16816(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);
+                    mma_bf16_16816(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);
+                }
+                uint32_t mh[4], ml[4];
+                const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;
+                ldsm_x4(mh, smem_addr(R + PF_REC_MQK + moff));
+                ldsm_x4(ml, smem_addr(R + PF_REC_MQK_LO + moff));
+                mma_bf16_16816(o[0], ml, vp[0], vp[2], o[0]);
+                mma_bf16_16816(o[1], ml, vp[1], vp[3], o[1]);
+                mma_bf16_16816(oh[0], mh, vp[0], vp[2], oh[0]);
+                mma_bf16_16816(oh[1], mh, vp[1], vp[3], oh[1]);
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    o[0][e] += oh[0][e];
+                    o[1][e] += oh[1][e];
+                }
+            }
+
+            CH_PACK_STATE();
+
+            /* Every warp is done with this stage: refill it with chunk c + CH_STAGES. */
+            __syncthreads();
+            if (threadIdx.x == 0 && c + CH_STAGES < nch) CH_ISSUE_RECORD(c + CH_STAGES, st);
+            CH_ISSUE_V(c + CH_STAGES, st);
         }
-
-        CH_PACK_STATE();
-
-        /* Every warp is done with this stage: refill it with chunk c + CH_STAGES. */
-        __syncthreads();
-        if (threadIdx.x == 0 && c + CH_STAGES < nch) CH_ISSUE_RECORD(c + CH_STAGES, st);
-        CH_ISSUE_V(c + CH_STAGES, st);
+        if (c >= nch) break;
     }
     if (nch > cb) CH_STORE_OUTPUT(nch - 1);
 #undef CH_PACK_STATE
@@ -491,6 +521,15 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, con
 #endif
 }
 
+__global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, const pf_chain_plan plan)
+{
+    chain_run(p, plan, 1);
+}
+__global__ void __launch_bounds__(256, 1) pf_chain_kernel_any_out(const pf_params p, const pf_chain_plan plan)
+{
+    chain_run(p, plan, 0);
+}
+
 cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream)
 {
     const int vslice = (int)(p->vpad / plan->nslices);
@@ -500,9 +539,10 @@ cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaS
     if (blocks <= 0) return cudaSuccess;
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration; /* gridDim.x limit */
     const size_t smem = pf_chain_smem_bytes(vslice);
-    cudaError_t err = cudaFuncSetAttribute(pf_chain_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    void (*kernel)(const pf_params, const pf_chain_plan) = p->out_fast ? pf_chain_kernel : pf_chain_kernel_any_out;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)pf_chain_smem_bytes(PF_DV));
     if (err != cudaSuccess) return err;
-    pf_chain_kernel<<<(unsigned)blocks, vslice * 2, smem, stream>>>(*p, *plan);
+    kernel<<<(unsigned)blocks, vslice * 2, smem, stream>>>(*p, *plan);
     return cudaGetLastError();
 }

@@ -152,12 +152,13 @@ static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_b
  *   gate_checked: the gate may decay faster than the centred products take (no lower bound of
  *         at least -5): each chunk checks its span and may take step 4'. Without it, step 4'
  *         is compiled out, which keeps the registers of the common path. */
-static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int bulk, const int gate_checked)
+static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int bulk, const int gate_checked,
+                                                  unsigned char (*s_buf)[4096])
 {
     /* Loading: the q, k, g tiles (bulk: 3 x 4 KB bf16; else 3 x 8 KB fp32, two units each).
      * Then the operands of the 16 x 16 products: kc, ki (hi, lo), qc (hi, lo), swizzled bf16;
-     * or, for a chunk that takes step 4', qn, kn, G as fp32 [16][128] tiles. */
-    __shared__ __align__(128) unsigned char s_buf[6][4096];
+     * or, for a chunk that takes step 4', qn, kn, G as fp32 [16][128] tiles. s_buf (declared by
+     * each kernel) has 5 units for the bulk unchecked kernel, 6 for the others. */
     __shared__ float s_L[16][17];
     __shared__ float s_binv[16][17];
     __shared__ float s_rq[16], s_rk[16], s_b[16];
@@ -211,14 +212,14 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     if (p.v_stage != NULL) {
         /* the chain's bf16 copy of v: [16][vpad], zeros past V and past the sequence end */
         uint16_t *dst = (uint16_t *)p.v_stage + (h * p.slots + slot) * (int64_t)(PF_CHUNK * p.vpad);
-        const int64_t v0 = row * p.v_s[0] + h * p.v_s[2];
-        for (int64_t e = tid; e < PF_CHUNK * p.vpad; e += PREP_THREADS) {
-            const int r = (int)(e / p.vpad);
-            const int64_t col = e - r * p.vpad;
-            const float x = r < rows && col < p.V ? pf_load_float(p.v, p.qkv_dtype, v0 + (t0 + r) * p.v_s[1] + col)
-                                                  : 0.0f;
-            dst[e] = pf_float_to_bf16(x);
-        }
+        const int64_t vbase = row * p.v_s[0] + h * p.v_s[2];
+        for (int r = 0; r < PF_CHUNK; r++)
+            for (int col = tid; col < p.vpad; col += PREP_THREADS) {
+                const float x = r < rows && col < p.V
+                                    ? pf_load_float(p.v, p.qkv_dtype, vbase + (t0 + r) * p.v_s[1] + col)
+                                    : 0.0f;
+                dst[r * p.vpad + col] = pf_float_to_bf16(x);
+            }
     }
     if (tid < 16) {
         float b = 0.0f;
@@ -291,7 +292,9 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                 xk = fk[i * 128 + col];
                 xg = fg[i * 128 + col];
             }
-            acc += i < rows && live ? prep_gate(&p, xg, A, db) : 0.0f;
+            /* unchecked: the lower bound gate (the only one proven in range) */
+            const float a = gate_checked ? prep_gate(&p, xg, A, db) : p.gate_scale * pf_sigmoid(A * (xg + db));
+            acc += i < rows && live ? a : 0.0f;
             G[i] = acc;
             qn[i] = xq * s_rq[i];
             kn[i] = xk * s_rk[i];
@@ -399,12 +402,16 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
 
 /* The checked kernels hold more live values (step 4' beside step 4): 6 CTAs per SM instead of 8
  * leaves them 80 registers. */
-#define PREP_KERNEL(name, bulk, gate_checked, ctas) \
-    __global__ void __launch_bounds__(PREP_THREADS, ctas) name(const pf_params p) { prep_chunk(p, bulk, gate_checked); }
-PREP_KERNEL(pf_prep_bulk, 1, 0, 8)
-PREP_KERNEL(pf_prep_bulk_checked, 1, 1, 6)
-PREP_KERNEL(pf_prep_any, 0, 0, 8)
-PREP_KERNEL(pf_prep_any_checked, 0, 1, 6)
+#define PREP_KERNEL(name, bulk, gate_checked, ctas, units)                        \
+    __global__ void __launch_bounds__(PREP_THREADS, ctas) name(const pf_params p) \
+    {                                                                             \
+        __shared__ __align__(128) unsigned char s_buf[units][4096];               \
+        prep_chunk(p, bulk, gate_checked, s_buf);                                 \
+    }
+PREP_KERNEL(pf_prep_bulk, 1, 0, 8, 5)
+PREP_KERNEL(pf_prep_bulk_checked, 1, 1, 6, 6)
+PREP_KERNEL(pf_prep_any, 0, 0, 8, 6)
+PREP_KERNEL(pf_prep_any_checked, 0, 1, 6, 6)
 #undef PREP_KERNEL
 
 cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)

@@ -55,20 +55,24 @@ FLOATS = (F32, BF16, F16)
 # ---- error bars ----------------------------------------------------------------------------------
 #
 # Relative Frobenius error of a result against the float64 reference, which reads the inputs as
-# given (already rounded to their dtypes), so the error is only what the kernels add:
-#   - their matrix products round operands to 16 bits: bf16 (u = 2^-8) on FlashKDA's own subset
-#     (bf16 q, k, v, K = V = 128, the safe gate with a bound in [-5, 0)), where runs measure
-#     2-3e-3 (tests/gpu/test_prefill_gpu.py holds it to 4e-3);
-#   - bf16 inputs elsewhere (other head sizes padded to the tiles, other gates, GVA, no norm)
-#     round a few more intermediates in bf16: 6e-3;
-#   - fp16 (u = 2^-11) and fp32 inputs keep more bits through the products: 4e-3;
+# given (already rounded to their dtypes), so the error is only what the kernels add. Every
+# tensor-core product of the CUDA prefill takes bf16 operands (u = 2^-8 relative, half of it per
+# rounding), whatever the input dtype; fp16 and fp32 v are rounded to bf16 once more before the
+# chain. So the bars follow the number of roundings a result passes, not the input dtype:
+#   - FlashKDA's own subset (bf16 q, k, v, K = V = 128, the safe gate with a bound in [-5, 0)):
+#     the library's stated 4e-3 for the output and 3e-3 for an fp32 state (runs measure 2-3e-3);
+#   - every other option set with K >= 16: the same roundings plus at most one of v, and sums
+#     over at least 16 keys that average them: 5e-3 for the output, 4e-3 for an fp32 state (the
+#     first H200 sweep measured at most 3.2e-3 and 3.5e-3);
+#   - K < 16: a product sums too few terms to average its operands' roundings, so the error is
+#     that of the ~5 roundings a value passes (5 * 2^-9 ~ 1e-2; K = 1 measured 6-7e-3);
 #   - the output's own rounding to v's dtype lies inside each bar;
-#   - a state (final, pool slot, checkpoint, intermediate) is exact to 3e-3 in fp32, and a state
-#     stored in bf16 or fp16 adds its storage rounding, u of that dtype at most.
-# The lead may retune these after the first runs on the GPU; keep the rule next to each number.
+#   - a state stored in bf16 or fp16 adds its storage rounding, u of that dtype at most.
 OUT_BAR_SUBSET = 4e-3
-OUT_BAR = {BF16: 6e-3, F16: 4e-3, F32: 4e-3}
-STATE_BAR = {F32: 3e-3, BF16: 3e-3 + 2.0**-8, F16: 3e-3 + 2.0**-11}
+STATE_BAR_SUBSET = 3e-3
+OUT_BAR, STATE_BAR_F32 = 5e-3, 4e-3
+FEW_KEYS, FEW_KEYS_BAR = 16, 1e-2
+STORAGE_U = {F32: 0.0, BF16: 2.0**-8, F16: 2.0**-11}
 
 
 def is_subset(c):
@@ -83,7 +87,18 @@ def is_subset(c):
 
 
 def out_bar(c):
-    return OUT_BAR_SUBSET if is_subset(c) else OUT_BAR[c["dtype"]]
+    if is_subset(c):
+        return OUT_BAR_SUBSET
+    return FEW_KEYS_BAR if c["K"] < FEW_KEYS else OUT_BAR
+
+
+def state_bar(c, dtype):
+    """The bar of a state result stored in `dtype` (see the rules above)."""
+    if is_subset(c):
+        base = STATE_BAR_SUBSET
+    else:
+        base = FEW_KEYS_BAR if c["K"] < FEW_KEYS else STATE_BAR_F32
+    return base + STORAGE_U[dtype]
 
 
 def rel(x, ref):
@@ -723,7 +738,7 @@ def result_names(c):
 def bar_of(c, name, result):
     if name == "out":
         return out_bar(c)
-    return STATE_BAR[result.dtype]
+    return state_bar(c, result.dtype)
 
 
 def compare(c, got, want, x, untouched, label, lines, problems, ref_label="float64"):
@@ -1007,7 +1022,7 @@ def test_cuda_graph_capture_of_new_options(seed):
         want, finals, _ = reference(c, fresh, [set()])
         e_out, e_st = rel(out, want), rel(final[0], from_kv(c, finals[0]))
         print(f"replay {k}: output {e_out:.2e}, final state {e_st:.2e}")
-        assert e_out <= out_bar(c) and e_st <= STATE_BAR[F32]
+        assert e_out <= out_bar(c) and e_st <= state_bar(c, F32)
 
 
 # ---- hard numerics -------------------------------------------------------------------------------
@@ -1375,8 +1390,8 @@ def test_intermediate_states_like_fla(seed, chunk, monkeypatch):
     e_ours, e_fla = rel(h, want["inter"]), rel(h_fla, want["inter"])
     e_cross = rel(h, h_fla)
     print(f"h vs float64: ours {e_ours:.3e}, fla {e_fla:.3e}; ours vs fla {e_cross:.3e}")
-    assert e_ours <= STATE_BAR[BF16]
-    assert e_cross <= STATE_BAR[BF16] + e_fla
+    assert e_ours <= state_bar(c, BF16)
+    assert e_cross <= state_bar(c, BF16) + e_fla
 
 
 def test_sweep_covers_every_dimension():
