@@ -214,10 +214,11 @@ static __device__ __forceinline__ void chain_store_rows(float *base, int v0, int
 }
 #endif
 
-/* The chain of one (sequence, head, value slice). `out_direct` (a constant in each kernel below):
- * the output is bf16 with 16-byte rows, stored through a bf16 tile; otherwise through an fp32
- * tile, element by element. Two kernels, so that the common one carries no code of the other. */
-static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_chain_plan &plan, const int out_direct)
+/* The chain of one (sequence, head, value slice). `out_mode` (a constant in each kernel below):
+ * a bf16 or fp16 output with 16-byte rows is stored through a 16-bit tile, 16 bytes per lane;
+ * any other through an fp32 tile, element by element. One kernel per mode, so that the common
+ * one carries no code of the others. */
+static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_chain_plan &plan, const int out_mode)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char smem[];
@@ -348,11 +349,15 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
     do {                                                                                                             \
         const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                                 \
         const int ok_ = with_out && (chunk) >= cb && tk_ < len;                                                      \
-        if (out_direct) {                                                                                            \
+        if (out_mode != PF_OUT_ANY) {                                                                                \
             _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                         \
             {                                                                                                        \
-                *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = pack_bf16x2(o[vt][0], o[vt][1]);                       \
-                *(uint32_t *)(OS + pf_swz16(g + 8, vt) + 4 * t) = pack_bf16x2(o[vt][2], o[vt][3]);                   \
+                const uint32_t lo_ = out_mode == PF_OUT_F16 ? pack_f16x2(o[vt][0], o[vt][1])                         \
+                                                            : pack_bf16x2(o[vt][0], o[vt][1]);                       \
+                const uint32_t hi_ = out_mode == PF_OUT_F16 ? pack_f16x2(o[vt][2], o[vt][3])                         \
+                                                            : pack_bf16x2(o[vt][2], o[vt][3]);                       \
+                *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = lo_;                                                   \
+                *(uint32_t *)(OS + pf_swz16(g + 8, vt) + 4 * t) = hi_;                                               \
             }                                                                                                        \
             __syncwarp();                                                                                            \
             if (ok_ && v_live) {                                                                                     \
@@ -523,11 +528,15 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
 
 __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, const pf_chain_plan plan)
 {
-    chain_run(p, plan, 1);
+    chain_run(p, plan, PF_OUT_BF16);
+}
+__global__ void __launch_bounds__(256, 1) pf_chain_kernel_f16_out(const pf_params p, const pf_chain_plan plan)
+{
+    chain_run(p, plan, PF_OUT_F16);
 }
 __global__ void __launch_bounds__(256, 1) pf_chain_kernel_any_out(const pf_params p, const pf_chain_plan plan)
 {
-    chain_run(p, plan, 0);
+    chain_run(p, plan, PF_OUT_ANY);
 }
 
 cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream)
@@ -539,7 +548,9 @@ cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaS
     if (blocks <= 0) return cudaSuccess;
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration; /* gridDim.x limit */
     const size_t smem = pf_chain_smem_bytes(vslice);
-    void (*kernel)(const pf_params, const pf_chain_plan) = p->out_fast ? pf_chain_kernel : pf_chain_kernel_any_out;
+    void (*kernel)(const pf_params, const pf_chain_plan) = p->out_mode == PF_OUT_BF16  ? pf_chain_kernel
+                                                           : p->out_mode == PF_OUT_F16 ? pf_chain_kernel_f16_out
+                                                                                       : pf_chain_kernel_any_out;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)pf_chain_smem_bytes(PF_DV));
     if (err != cudaSuccess) return err;

@@ -112,10 +112,11 @@ typedef struct pf_params {
     /* v as the chain reads it: the caller's v when it is bf16 with 16-byte rows and V % 8 == 0,
      * else a bf16 copy in the workspace that the prep writes ([HV][slots][16][vpad]) */
     unsigned char *v_stage;
-    /* output [B, T, HV, V] in v's dtype; out_fast: bf16 with 16-byte rows and V % 8 == 0 */
+    /* output [B, T, HV, V] in v's dtype; out_mode: PF_OUT_BF16 / PF_OUT_F16 for 16-bit outputs
+     * with 16-byte rows and V % 8 == 0 (stored 16 bytes per lane), else PF_OUT_ANY */
     void *out;
     int64_t out_s[3];
-    int32_t out_dtype, out_fast;
+    int32_t out_dtype, out_mode;
     /* states: state_in / state_out are initial_state / final_state, or both the pool */
     pf_states state_in, state_out;
     int64_t pool_size;              /* rows of state_in and state_out (a slot >= it is skipped) */
@@ -136,6 +137,8 @@ typedef struct pf_params {
     /* workspace: records [HV][slots][PF_REC_BYTES] */
     unsigned char *records;
 } pf_params;
+
+enum { PF_OUT_ANY = 0, PF_OUT_BF16 = 1, PF_OUT_F16 = 2 };
 
 /* Sequence n: its batch row, first token, length, and first record slot. cu_seqlens entries are
  * clamped into [0, T] (and the end to at least the start), so a bad cu_seqlens can give a wrong

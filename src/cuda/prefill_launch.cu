@@ -23,13 +23,15 @@ static int64_t prefill_slots(const fkda_problem *p)
 
 static int aligned16(const void *ptr) { return ((uintptr_t)ptr & 15u) == 0; }
 
-/* A token tensor ([B, T, heads, D]) whose rows the kernels move in 16-byte pieces: bf16, data
+/* A 16-bit token tensor ([B, T, heads, D]) whose rows the kernels move in 16-byte pieces: data
  * aligned to 16 bytes, every stride a multiple of 8 elements, and D a multiple of 8. */
-static int rows16(const fkda_operand *x, int64_t D)
+static int rows16_any(const fkda_operand *x, int64_t D)
 {
-    return x->dtype == FKDA_DTYPE_BF16 && aligned16(x->data) && x->stride[0] % 8 == 0 && x->stride[1] % 8 == 0 &&
-           x->stride[2] % 8 == 0 && D % 8 == 0;
+    return (x->dtype == FKDA_DTYPE_BF16 || x->dtype == FKDA_DTYPE_F16) && aligned16(x->data) && x->stride[0] % 8 == 0 &&
+           x->stride[1] % 8 == 0 && x->stride[2] % 8 == 0 && D % 8 == 0;
 }
+
+static int rows16(const fkda_operand *x, int64_t D) { return x->dtype == FKDA_DTYPE_BF16 && rows16_any(x, D); }
 
 /* The prep's bulk path: bf16 q, k, g with 128 keys in 16-byte rows. */
 static int qkg_bulk(const fkda_problem *p)
@@ -39,7 +41,11 @@ static int qkg_bulk(const fkda_problem *p)
 
 /* The chain reads the caller's v (else the prep's bf16 copy) and writes out in 16-byte pieces. */
 static int v_direct(const fkda_problem *p) { return rows16(&p->v, p->V); }
-static int out_direct(const fkda_problem *p) { return rows16(&p->out, p->V); }
+static int out_mode(const fkda_problem *p)
+{
+    if (!rows16_any(&p->out, p->V)) return PF_OUT_ANY;
+    return p->out.dtype == FKDA_DTYPE_BF16 ? PF_OUT_BF16 : PF_OUT_F16;
+}
 
 static int64_t vpad(const fkda_problem *p) { return (p->V + 15) / 16 * 16; }
 
@@ -210,7 +216,7 @@ static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
     q->dt_dtype = p->dt_bias.dtype;
     q->out = p->out.data;
     q->out_dtype = p->out.dtype;
-    q->out_fast = out_direct(p);
+    q->out_mode = out_mode(p);
     q->state_in = states_of(&p->state_in);
     q->state_out = states_of(&p->state_out);
     q->pool_size = p->pool_size;

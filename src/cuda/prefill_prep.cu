@@ -35,9 +35,12 @@
 #include "ptx_mma.cuh"
 
 #define PREP_THREADS 128
-/* The largest |G_i - Gref| (log2 units) the centred-exponent products take: their operands stay
- * within 2^+-64 of the inputs, so products and fp32 sums of 128 of them stay far from overflow
- * even without the L2 norm. The safe gate (lower bound >= -5) spans at most 8 * 5 * log2(e) = 58. */
+/* The largest |G_i - Gref| (log2 units) the centred-exponent products take. With the L2 norm every
+ * q and k entry is at most 1, so the factors k 2^(G - Gref) stay within 2^+-112, inside the normal
+ * range of fp32 and bf16 (2^+-126): no factor overflows, and one that underflows is a key entry
+ * below 2^-14 whose term is negligible. Without the norm the inputs' own size is unknown: 2^+-64
+ * keeps 2^60 of room. The safe gate (lower bound >= -5) spans at most 8 * 5 * log2(e) = 58. */
+#define PREP_SAFE_SPAN_NORM 112.0f
 #define PREP_SAFE_SPAN 64.0f
 #define PREP_LOG2E 1.4426950408889634f
 
@@ -75,33 +78,71 @@ static __device__ __forceinline__ float prep_gate(const pf_params *p, float g, f
     return -A * (x > 20.0f ? x : log1pf(__expf(x))) * PREP_LOG2E; /* softplus, fla's threshold */
 }
 
-/* Step 4': entry e = (i, j) of L and Mqk from the fp32 tiles qn, kn, G ([16][128] each), thread
- * tid taking e = tid and tid + 128. Lane l starts at key l so that the 32 lanes read 32 different
- * banks. */
+/* Step 4': L and Mqk from the fp32 tiles qn, kn, G ([16][128] each). The 136 entries i >= j are
+ * numbered row by row (e = i (i + 1) / 2 + j): thread tid sums entry tid over all 128 keys, then
+ * the last 8 entries are shared out, 16 threads each taking 8 keys. Lane l starts its sum at key
+ * l, so that the 32 lanes read 32 different banks. */
+static __device__ __forceinline__ void prep_pair_entry(int e, int *i, int *j)
+{
+    int r = (int)((sqrtf(8.0f * (float)e + 1.0f) - 1.0f) * 0.5f);
+    while ((r + 1) * (r + 2) / 2 <= e) r++;
+    while (r * (r + 1) / 2 > e) r--;
+    *i = r;
+    *j = e - r * (r + 1) / 2;
+}
+
+static __device__ __forceinline__ void prep_pair_store(float (*s_L)[17], const float *s_b, unsigned char *rec,
+                                                       float scale, int i, int j, float l, float m)
+{
+    s_L[i][j] = i > j ? s_b[i] * l : 0.0f;
+    const float mq = scale * m;
+    const uint16_t hi = pf_float_to_bf16(mq);
+    *(uint16_t *)(rec + PF_REC_MQK + (i * 16 + j) * 2) = hi;
+    st_bf16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, mq - pf_bf16_to_float(hi));
+}
+
 static __device__ __forceinline__ void prep_pairwise(const float *fq, const float *fk, const float *fg,
                                                      float (*s_L)[17], const float *s_b, unsigned char *rec,
                                                      float scale)
 {
     const int tid = threadIdx.x, lane = tid & 31;
-#pragma unroll 1
+    /* the entries above the diagonal: zero */
     for (int e = tid; e < 256; e += PREP_THREADS) {
         const int i = e >> 4, j = e & 15;
-        float l = 0.0f, m = 0.0f;
-        if (i >= j) {
-#pragma unroll 8
-            for (int cc = 0; cc < 128; cc++) {
-                const int ch = (cc + lane) & 127;
-                const float kj = fk[j * 128 + ch] * pf_exp2(fg[i * 128 + ch] - fg[j * 128 + ch]);
-                l += fk[i * 128 + ch] * kj;
-                m += fq[i * 128 + ch] * kj;
-            }
+        if (j > i) {
+            s_L[i][j] = 0.0f;
+            *(uint16_t *)(rec + PF_REC_MQK + e * 2) = 0;
+            *(uint16_t *)(rec + PF_REC_MQK_LO + e * 2) = 0;
         }
-        s_L[i][j] = i > j ? s_b[i] * l : 0.0f;
-        const float mq = i >= j ? scale * m : 0.0f;
-        const uint16_t hi = pf_float_to_bf16(mq);
-        *(uint16_t *)(rec + PF_REC_MQK + (i * 16 + j) * 2) = hi;
-        st_bf16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, mq - pf_bf16_to_float(hi));
     }
+    int i, j;
+    prep_pair_entry(tid, &i, &j);
+    float l = 0.0f, m = 0.0f;
+#pragma unroll 8
+    for (int cc = 0; cc < 128; cc++) {
+        const int ch = (cc + lane) & 127;
+        const float kj = fk[j * 128 + ch] * pf_exp2(fg[i * 128 + ch] - fg[j * 128 + ch]);
+        l += fk[i * 128 + ch] * kj;
+        m += fq[i * 128 + ch] * kj;
+    }
+    prep_pair_store(s_L, s_b, rec, scale, i, j, l, m);
+    /* entries 128 .. 135: 16 threads each, 8 keys per thread, summed over the 16 */
+    prep_pair_entry(PREP_THREADS + (tid >> 4), &i, &j);
+    l = 0.0f;
+    m = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const int ch = (tid & 15) * 8 + ((k + lane) & 7);
+        const float kj = fk[j * 128 + ch] * pf_exp2(fg[i * 128 + ch] - fg[j * 128 + ch]);
+        l += fk[i * 128 + ch] * kj;
+        m += fq[i * 128 + ch] * kj;
+    }
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) {
+        l += __shfl_xor_sync(0xffffffffu, l, o);
+        m += __shfl_xor_sync(0xffffffffu, m, o);
+    }
+    if ((tid & 15) == 0) prep_pair_store(s_L, s_b, rec, scale, i, j, l, m);
 }
 
 /* Steps 5 and 6: (I + L)^-1 diag(b) by forward substitution, and -W. */
@@ -200,7 +241,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     } else {
         /* thread tid loads key channel tid of every row (coalesced along the keys) */
         const int ok_col = tid < p.K;
-#pragma unroll 4
+#pragma unroll
         for (int r = 0; r < PF_CHUNK; r++) {
             const int ok = ok_col && r < rows;
             const int64_t t = t0 + r;
@@ -304,7 +345,8 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     float span = 0.0f;
 #pragma unroll
     for (int i = 0; i < 16; i++) span = fmaxf(span, fabsf(G[i] - G[7]));
-    const int pairwise = gate_checked ? __syncthreads_or(!(span <= PREP_SAFE_SPAN)) /* NaN: pairwise too */
+    const float span_max = p.l2norm ? PREP_SAFE_SPAN_NORM : PREP_SAFE_SPAN;
+    const int pairwise = gate_checked ? __syncthreads_or(!(span <= span_max)) /* NaN: pairwise too */
                                       : (__syncthreads(), 0);
 
     /* The decayed operands: Qd, Kr, gamma into the record, Kd in registers; then either the

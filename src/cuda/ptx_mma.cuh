@@ -35,6 +35,14 @@ static __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi)
     return r;
 }
 
+/* The same for fp16 (round to nearest even). */
+static __device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi)
+{
+    uint32_t r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
 /* Four 8x8 b16 matrices from shared memory; lane l gives the address of row l % 8 of matrix
  * l / 8 (16 bytes each), and register i receives matrix i in the fragment layout (lane holds row
  * lane / 4, elements 2 (lane % 4) and +1). Volatile with a memory clobber: these read buffers
