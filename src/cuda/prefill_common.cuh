@@ -97,7 +97,7 @@ typedef struct pf_params {
     const void *q, *k, *v, *g;
     int64_t q_s[3], k_s[3], v_s[3], g_s[3];
     int32_t qkv_dtype, g_dtype;
-    int32_t qkg_fast; /* bf16 q, k, g, K = 128, 16-byte rows: the prep's bulk-load path */
+    int32_t qkg_load; /* PF_LOAD_*: how the prep loads q, k, g (prefill_prep.cu) */
     const void *beta;
     int64_t beta_s[3];
     int32_t beta_dtype;
@@ -139,6 +139,7 @@ typedef struct pf_params {
 } pf_params;
 
 enum { PF_OUT_ANY = 0, PF_OUT_BF16 = 1, PF_OUT_F16 = 2 };
+enum { PF_LOAD_BF16 = 0, PF_LOAD_TILES = 1, PF_LOAD_ELEMENTS = 2 };
 
 /* Sequence n: its batch row, first token, length, and first record slot. cu_seqlens entries are
  * clamped into [0, T] (and the end to at least the start), so a bad cu_seqlens can give a wrong

@@ -33,10 +33,21 @@ static int rows16_any(const fkda_operand *x, int64_t D)
 
 static int rows16(const fkda_operand *x, int64_t D) { return x->dtype == FKDA_DTYPE_BF16 && rows16_any(x, D); }
 
-/* The prep's bulk path: bf16 q, k, g with 128 keys in 16-byte rows. */
-static int qkg_bulk(const fkda_problem *p)
+/* A tensor of any float dtype whose rows are 16-byte pieces: data aligned to 16 bytes and every
+ * stride a whole number of 16-byte pieces (D = 128 here). */
+static int rows16_float(const fkda_operand *x)
 {
-    return p->K == PF_DK && rows16(&p->q, p->K) && rows16(&p->k, p->K) && rows16(&p->g, p->K);
+    const int64_t per = x->dtype == FKDA_DTYPE_F32 ? 4 : 8; /* elements per 16 bytes */
+    return aligned16(x->data) && x->stride[0] % per == 0 && x->stride[1] % per == 0 && x->stride[2] % per == 0;
+}
+
+/* How the prep loads q, k, g (PF_LOAD_* in prefill_common.cuh). */
+static int qkg_load(const fkda_problem *p)
+{
+    if (p->K != PF_DK) return PF_LOAD_ELEMENTS;
+    if (rows16(&p->q, p->K) && rows16(&p->k, p->K) && rows16(&p->g, p->K)) return PF_LOAD_BF16;
+    if (rows16_float(&p->q) && rows16_float(&p->k) && rows16_float(&p->g)) return PF_LOAD_TILES;
+    return PF_LOAD_ELEMENTS;
 }
 
 /* The chain reads the caller's v (else the prep's bf16 copy) and writes out in 16-byte pieces. */
@@ -195,7 +206,7 @@ static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
     q->g = p->g.data;
     q->qkv_dtype = p->q.dtype;
     q->g_dtype = p->g.dtype;
-    q->qkg_fast = qkg_bulk(p);
+    q->qkg_load = qkg_load(p);
     for (int i = 0; i < 3; i++) {
         q->q_s[i] = p->q.stride[i];
         q->k_s[i] = p->k.stride[i];

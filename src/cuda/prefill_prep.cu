@@ -187,16 +187,30 @@ static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_b
     }
 }
 
-/* The prep of one (chunk, value head). Two constants select the kernel below:
- *   bulk: q, k, g are bf16 with K = 128 and 16-byte rows, loaded by cp.async as bf16 tiles;
- *         otherwise element by element into fp32 tiles, zero-padded to 128 keys;
+/* One element of a [16][128] input tile in shared memory, in the tile's dtype. */
+static __device__ __forceinline__ float prep_tile_get(const unsigned char *tile, int32_t dtype, int r, int c)
+{
+    if (dtype == FKDA_DTYPE_F32) return ((const float *)tile)[r * 128 + c];
+    const unsigned short u = ((const unsigned short *)tile)[r * 128 + c];
+    if (dtype == FKDA_DTYPE_BF16) return __uint_as_float((uint32_t)u << 16);
+    return __half2float(__ushort_as_half(u));
+}
+
+/* How the prep loads q, k, g (pf_params.qkg_load; a constant in each kernel below):
+ *   PF_LOAD_BF16:     bf16 with K = 128 and 16-byte rows: cp.async into bf16 tiles;
+ *   PF_LOAD_TILES:    any dtypes with K = 128 and 16-byte rows: cp.async into tiles of their own
+ *                     dtype (up to 8 KB each), read element by element;
+ *   PF_LOAD_ELEMENTS: anything else: element by element into fp32 tiles, zero-padded to 128 keys.
+ * The prep of one (chunk, value head). Two constants select the kernel below:
+ *   load: one of the above;
  *   gate_checked: the gate may decay faster than the centred products take (no lower bound of
  *         at least -5): each chunk checks its span and may take step 4'. Without it, step 4'
  *         is compiled out, which keeps the registers of the common path. */
-static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int bulk, const int gate_checked,
+static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int load, const int gate_checked,
                                                   unsigned char (*s_buf)[4096])
 {
-    /* Loading: the q, k, g tiles (bulk: 3 x 4 KB bf16; else 3 x 8 KB fp32, two units each).
+    const int bulk = load == PF_LOAD_BF16, tiles = load == PF_LOAD_TILES;
+    /* Loading: the q, k, g tiles (bulk: 3 x 4 KB bf16; else 3 x 8 KB at most, two units each).
      * Then the operands of the 16 x 16 products: kc, ki (hi, lo), qc (hi, lo), swizzled bf16;
      * or, for a chunk that takes step 4', qn, kn, G as fp32 [16][128] tiles. s_buf (declared by
      * each kernel) has 5 units for the bulk unchecked kernel, 6 for the others. */
@@ -238,6 +252,25 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
             }
         }
         cp_async_commit();
+    } else if (tiles) {
+        /* each tensor's 16 rows of 128 keys in its own dtype: 128 or 256 16-byte units; the
+         * rows land 128 * esize bytes apart in the tensor's two units of s_buf */
+#pragma unroll
+        for (int which = 0; which < 3; which++) {
+            const int32_t dt = which == 2 ? p.g_dtype : p.qkv_dtype;
+            const int esize = dt == FKDA_DTYPE_F32 ? 4 : 2, upr = 8 * esize; /* units per row */
+            const unsigned char *base = which == 0   ? (const unsigned char *)p.q + q0 * esize
+                                        : which == 1 ? (const unsigned char *)p.k + k0 * esize
+                                                     : (const unsigned char *)p.g + g0 * esize;
+            const int64_t ts = (which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1]) * esize;
+            for (int u = tid; u < 16 * upr; u += PREP_THREADS) {
+                const int r = u / upr, unit = u - r * upr;
+                const int ok = r < rows;
+                const unsigned char *src = ok ? base + (t0 + r) * ts + unit * 16 : base;
+                cp_async_16(smem_addr(s_buf[2 * which] + r * (16 * upr) + unit * 16), src, ok ? 16u : 0u);
+            }
+        }
+        cp_async_commit();
     } else {
         /* thread tid loads key channel tid of every row (coalesced along the keys) */
         const int ok_col = tid < p.K;
@@ -275,7 +308,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
     const float db = p.dt_bias && col < p.K ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1])
                                             : 0.0f;
-    if (bulk) CP_ASYNC_WAIT(0);
+    if (bulk || tiles) CP_ASYNC_WAIT(0);
     __syncthreads();
 
     /* 2. Row norms: 8 threads per row, 16 elements each. */
@@ -295,6 +328,14 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                     sq += a0 * a0 + a1 * a1;
                     sk += b0 * b0 + b1 * b1;
                 }
+            }
+        } else if (tiles) {
+#pragma unroll
+            for (int e = 0; e < 16; e++) {
+                const float a = prep_tile_get(s_buf[0], p.qkv_dtype, r, part * 16 + e);
+                const float b = prep_tile_get(s_buf[2], p.qkv_dtype, r, part * 16 + e);
+                sq += a * a;
+                sk += b * b;
             }
         } else {
 #pragma unroll
@@ -328,6 +369,10 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                 xq = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_Q] + i * 256))[col]);
                 xk = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_K] + i * 256))[col]);
                 xg = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_G] + i * 256))[col]);
+            } else if (tiles) {
+                xq = prep_tile_get(s_buf[0], p.qkv_dtype, i, col);
+                xk = prep_tile_get(s_buf[2], p.qkv_dtype, i, col);
+                xg = prep_tile_get(s_buf[4], p.g_dtype, i, col);
             } else {
                 xq = fq[i * 128 + col];
                 xk = fk[i * 128 + col];
@@ -442,18 +487,20 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane);
 }
 
-/* The checked kernels hold more live values (step 4' beside step 4): 6 CTAs per SM instead of 8
- * leaves them 80 registers. */
-#define PREP_KERNEL(name, bulk, gate_checked, ctas, units)                        \
+/* The checked kernels hold more live values (step 4' beside step 4), and the tile path its dtype
+ * decoding: 6 CTAs per SM instead of 8 leaves them 80 registers. */
+#define PREP_KERNEL(name, load, gate_checked, ctas, units)                        \
     __global__ void __launch_bounds__(PREP_THREADS, ctas) name(const pf_params p) \
     {                                                                             \
         __shared__ __align__(128) unsigned char s_buf[units][4096];               \
-        prep_chunk(p, bulk, gate_checked, s_buf);                                 \
+        prep_chunk(p, load, gate_checked, s_buf);                                 \
     }
-PREP_KERNEL(pf_prep_bulk, 1, 0, 8, 5)
-PREP_KERNEL(pf_prep_bulk_checked, 1, 1, 6, 6)
-PREP_KERNEL(pf_prep_any, 0, 0, 8, 6)
-PREP_KERNEL(pf_prep_any_checked, 0, 1, 6, 6)
+PREP_KERNEL(pf_prep_bulk, PF_LOAD_BF16, 0, 8, 5)
+PREP_KERNEL(pf_prep_bulk_checked, PF_LOAD_BF16, 1, 6, 6)
+PREP_KERNEL(pf_prep_tiles, PF_LOAD_TILES, 0, 6, 6)
+PREP_KERNEL(pf_prep_tiles_checked, PF_LOAD_TILES, 1, 6, 6)
+PREP_KERNEL(pf_prep_any, PF_LOAD_ELEMENTS, 0, 8, 6)
+PREP_KERNEL(pf_prep_any_checked, PF_LOAD_ELEMENTS, 1, 6, 6)
 #undef PREP_KERNEL
 
 cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
@@ -464,8 +511,9 @@ cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
     dim3 grid((unsigned)used_slots, (unsigned)p->HV);
     /* Only the lower bound gate with lower_bound >= -5 is in range for every input. */
     const int checked = !(p->gate == FKDA_GATE_LOWER_BOUND && p->gate_scale >= -5.0f * 1.4426950408889634f);
-    void (*kernel)(const pf_params) = p->qkg_fast ? (checked ? pf_prep_bulk_checked : pf_prep_bulk)
-                                                  : (checked ? pf_prep_any_checked : pf_prep_any);
+    void (*kernel)(const pf_params) = p->qkg_load == PF_LOAD_BF16    ? (checked ? pf_prep_bulk_checked : pf_prep_bulk)
+                                      : p->qkg_load == PF_LOAD_TILES ? (checked ? pf_prep_tiles_checked : pf_prep_tiles)
+                                                                     : (checked ? pf_prep_any_checked : pf_prep_any);
     kernel<<<grid, PREP_THREADS, 0, stream>>>(*p);
     return cudaGetLastError();
 }
