@@ -5,7 +5,10 @@
 #
 #   test           the C GPU test programs (build/gpu/test_*_cuda) and pytest tests/gpu
 #   pytest         only pytest, on $FKDA_PYTEST_ARGS (default tests/gpu)
-#   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case
+#   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case,
+#                  and (with the prefill) memcheck of our kernels on 8 cases of the option sweep
+#                  through Python (torch's caching allocator off, so that every tensor is its own
+#                  allocation)
 #   variants       test_decode_cuda --variants: every kernel variant of src/cuda/decode_variants.h
 #                  forced in turn in one process (the test sets FKDA_DECODE_VARIANT=NAME between
 #                  passes) on every case it can serve, failing a variant that serves none;
@@ -20,6 +23,8 @@
 #                  executed instruction with its count in $OUT/sass-WHO-CASE.tsv
 #   bench-prefill  bench/bench_prefill_gpu.py ($FKDA_BENCH_PREFILL_ARGS adds arguments, e.g.
 #                  "--shapes h16,h32": fla autotunes ~100 s per new shape)
+#   bench-prefill-options  bench/bench_prefill_options_gpu.py ($FKDA_BENCH_PREFILL_OPTIONS_ARGS,
+#                  e.g. "--cases kimi": fla autotunes each option set too)
 #
 # FKDA_GPU_TESTS=decode (or prefill) limits test and sanitize to that GPU test program.
 # fla is required by the steps that use it (test and pytest: the pytest GPU tests; bench-decode,
@@ -70,7 +75,7 @@ else
   export FKDA_REQUIRE_FLA=1
   for step in "${steps[@]}"; do
     case $step in
-    test | pytest | bench-decode | bench-prefill)
+    test | pytest | bench-decode | bench-prefill | bench-prefill-options)
       echo "== fla-import"
       if ! fla_error=$(python3 -c "import fla.ops.kda" 2>&1); then
         echo "$fla_error" | tail -n 5 | tee "$OUT/fla-import.log"
@@ -105,7 +110,12 @@ for step in "${steps[@]}"; do
       for tool in memcheck racecheck; do
         run_step "$(basename "$exe")-$tool" compute-sanitizer --tool $tool --error-exitcode 1 "$exe" --small
       done
-    done ;;
+    done
+    if [ "${FKDA_GPU_TESTS:-prefill}" = prefill ]; then
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 FKDA_SWEEP_CASES=8 run_step prefill-options-memcheck \
+        compute-sanitizer --tool memcheck --error-exitcode 1 --kernel-name kns=pf_ \
+        python3 -m pytest -q -p no:cacheprovider tests/gpu/test_prefill_options_gpu.py -k "sweep or checkpoints_at"
+    fi ;;
   variants)
     # shellcheck disable=SC2086
     run_step decode-variants build/gpu/test_decode_cuda --variants ${FKDA_VARIANTS:-}
@@ -133,6 +143,10 @@ for step in "${steps[@]}"; do
   bench-decode) run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" ${FKDA_BENCH_DECODE_ARGS:-} ;;
   # shellcheck disable=SC2086
   bench-prefill) run_step bench-prefill python3 bench/bench_prefill_gpu.py --out "$OUT/bench_prefill.md" ${FKDA_BENCH_PREFILL_ARGS:-} ;;
+  # shellcheck disable=SC2086
+  bench-prefill-options)
+    run_step bench-prefill-options python3 bench/bench_prefill_options_gpu.py --out "$OUT/bench_prefill_options.md" \
+      ${FKDA_BENCH_PREFILL_OPTIONS_ARGS:-} ;;
   *) echo "unknown step $step"; failed=$((failed + 1)) ;;
   esac
 done
