@@ -91,8 +91,8 @@ static __device__ __forceinline__ void chain_get_state(const pf_params *p, const
  * out of line (a call, with the registers copied to the stack) the chain kept fewer registers and
  * its step was 8-10 % slower, although the calls sit outside the loop over a run of chunks. */
 static __device__ __forceinline__ void chain_put_state_copy(const pf_states dst, int64_t K, int64_t V, int64_t r,
-                                                         int64_t h, int v0, int g, int t, const float (*S)[4],
-                                                         int poison)
+                                                            int64_t h, int v0, int g, int t, const float (*S)[4],
+                                                            int poison)
 {
     const int64_t base = r * dst.stride[0] + h * dst.stride[1];
 #pragma unroll
