@@ -211,7 +211,12 @@ FKDA_API fkda_options fkda_default_options(void);
  *     gives that sequence an undefined start (serving engines give each sequence its own slot);
  *   - checkpoints are taken between 16-token chunks: an offset that is a multiple of 16, 0, or
  *     the sequence's length is written (the state at that point of this run); any other offset
- *     inside the sequence fills its checkpoint with NaN, so a wrong offset cannot pass unseen;
+ *     inside the sequence fills its checkpoint with NaN, so a wrong offset cannot pass unseen.
+ *     A checkpoint equals bitwise the final state of a CUDA prefill over the prefix when that
+ *     prefill does not split its sequence into segments (few heads and long sequences do;
+ *     FKDA_PREFILL_SEGMENTS=1 turns segments off), since segments round the state differently;
+ *   - with cu_seqlens the number of rows of intermediate_states is not checked (it depends on
+ *     the lengths): a row past the tensor's first dimension is not written;
  *   - intermediate_chunk_size must be a multiple of 16 (fla uses 64), else
  *     FKDA_ERROR_UNSUPPORTED.
  */
@@ -236,7 +241,8 @@ typedef struct fkda_prefill_args {
 } fkda_prefill_args;
 
 /* Bytes of workspace fkda_prefill needs for these arguments on this device (may be 0). The
- * answer depends only on the shapes, dtypes and options, not on any tensor's contents. */
+ * answer depends only on the shapes, dtypes and options, not on any tensor's contents (on a CUDA
+ * device also on whether v's rows are 16-byte pieces: else the prefill keeps a bf16 copy of v). */
 FKDA_API fkda_status fkda_prefill_workspace_size(const fkda_prefill_args *args, const fkda_device *device,
                                                  size_t *bytes);
 

@@ -29,7 +29,7 @@
 #include "../../include/flashkda.h"
 
 #define PF_CHUNK 16 /* tokens per chunk */
-#define PF_DK 128   /* key head dim (the only one supported) */
+#define PF_DK 128   /* keys of the record (K <= 128, zero-padded) */
 #define PF_DV 128   /* value head dim */
 
 /* The record of one (chunk, value head), 14,848 bytes, stored in the workspace exactly as the

@@ -25,7 +25,8 @@
  *   6. thread c: W[:, c] = bINV Kd[:, c] in fp32, stored negated (the chain adds S^T (-W)^T);
  *   The record goes straight from registers to the workspace: thread c's 2-byte stores of row i
  *   make one contiguous 64-byte piece per warp (the swizzle only permutes 16-byte units inside
- *   128-byte blocks), so no shared staging is needed; that keeps shared memory at ~22 KB.
+ *   128-byte blocks), so no shared staging is needed; that keeps shared memory at ~22 KB (27 KB
+ *   for the kernels whose tiles or step 4' need a sixth 4 KB unit).
  *
  * Rows past the end of a sequence get k = q = 0, b = 0 and no decay, so they add nothing to the
  * state, and their U and W rows are zero (the chain zero-fills their v rows).
@@ -72,10 +73,18 @@ static __device__ __forceinline__ int64_t prep_find_sequence(const pf_params *p,
  * section 1 (FKDA_GATE_NONE: g is the log decay; the others add dt_bias first). */
 static __device__ __forceinline__ float prep_gate(const pf_params *p, float g, float A, float db)
 {
-    if (p->gate == FKDA_GATE_NONE) return g * PREP_LOG2E;
-    const float x = g + db;
-    if (p->gate == FKDA_GATE_LOWER_BOUND) return p->gate_scale * pf_sigmoid(A * x);
-    return -A * (x > 20.0f ? x : log1pf(__expf(x))) * PREP_LOG2E; /* softplus, fla's threshold */
+    float a;
+    if (p->gate == FKDA_GATE_NONE) {
+        a = g * PREP_LOG2E;
+    } else {
+        const float x = g + db;
+        a = p->gate == FKDA_GATE_LOWER_BOUND ? p->gate_scale * pf_sigmoid(A * x)
+                                             : -A * (x > 20.0f ? x : log1pf(__expf(x))) * PREP_LOG2E; /* softplus */
+    }
+    /* A decay below 2^-150 per token is 0 to every exp2 here (ex2.approx.ftz); clamping it keeps
+     * the chunk's running sum finite (a finite g of -3e38 would reach -inf, and -inf - -inf is
+     * NaN). A NaN stays NaN (the comparison is false). */
+    return a < -150.0f ? -150.0f : a;
 }
 
 /* Step 4': L and Mqk from the fp32 tiles qn, kn, G ([16][128] each). The 136 entries i >= j are

@@ -953,6 +953,55 @@ REPEAT_CASES = {
 }
 
 
+# Sequence segments (few heads, long equal-length rows: src/cuda/prefill_launch.cu) are chosen only
+# for T of thousands, which the sweep never reaches; FKDA_PREFILL_SEGMENTS forces three segments on
+# short rows, so that the new options also pass through the segment passes and the merge: the bf16
+# copy of fp16/fp32 v read in both passes, V between 113 and 128, K < 128 (padded keys whose
+# transitions stay the identity), the pool, has_initial_state, GVA, outputs through the fp32 tile.
+SEGMENT_CASES = {
+    "f16-K100-V120-pool-gate-none": base_case(
+        dtype=F16,
+        K=100,
+        V=120,
+        H=2,
+        HV=4,
+        gate="none",
+        lower_bound=None,
+        A_log=False,
+        dt_bias=False,
+        g_dtype=F32,
+        beta_dtype=F32,
+        sigmoid=False,
+        B=2,
+        T=200,
+        state_mode="pool",
+        pool_size=5,
+        init_idx=[3, -1],
+        final_idx=[3, 0],
+        idx_dtype=torch.int64,
+    ),
+    "f32-softplus-has-init": base_case(
+        dtype=F32,
+        gate="softplus",
+        lower_bound=None,
+        B=2,
+        T=160,
+        has_init=[1, 0],
+        final_dtype=BF16,
+    ),
+    "bf16-V113-gva": base_case(V=113, H=1, HV=3, B=1, T=300, v_first=False),
+}
+
+
+@pytest.mark.parametrize("name", list(SEGMENT_CASES))
+def test_segments_with_new_options(seed, name, monkeypatch):
+    monkeypatch.setenv("FKDA_PREFILL_SEGMENTS", "3")
+    c = SEGMENT_CASES[name]
+    print(f"segments 3: {describe(c)}")
+    _, _, problems = check_case(c, seed)
+    assert not problems, "\n".join(problems)
+
+
 @pytest.mark.parametrize("name", list(REPEAT_CASES))
 def test_bitwise_repeat(seed, name):
     c = REPEAT_CASES[name]
