@@ -1,0 +1,192 @@
+/*
+ * prefill_chain_io.cuh: what the chain kernel (prefill_chain.cu) reads and writes of the caller's
+ * tensors besides the records: the start state (its row or pool slot, has_initial_state), the
+ * final state, checkpoints and fla's intermediate states h (all from a warp's accumulator
+ * fragments), outputs in any dtype, and the segment arrays of the two-pass chain.
+ *
+ * Fragment layout of a warp's state (prefill_chain.cu): S[j][e] holds key 8j + 2t + (e & 1) and
+ * value v0 + g + 8 (e >> 1), with g = lane / 4 and t = lane % 4.
+ */
+#ifndef FKDA_PREFILL_CHAIN_IO_CUH
+#define FKDA_PREFILL_CHAIN_IO_CUH
+
+#include "prefill_common.cuh"
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* used by the sm_90 chain only */
+/* Element `off` of an integer or flag tensor. */
+static __device__ __forceinline__ int64_t chain_int(const pf_ints *x, int64_t off)
+{
+    if (x->bool8) return ((const uint8_t *)x->data)[off] != 0;
+    return x->i64 ? ((const int64_t *)x->data)[off] : (int64_t)((const int32_t *)x->data)[off];
+}
+
+/* The state_in row sequence n starts from, or -1 for the zero state (absent, has_initial_state
+ * 0, a negative slot, or a slot past the pool). */
+static __device__ __forceinline__ int64_t chain_initial_row(const pf_params *p, int64_t n)
+{
+    if (p->state_in.data == NULL) return -1;
+    if (p->has_initial.data && !chain_int(&p->has_initial, n * p->has_initial.stride[0])) return -1;
+    const int64_t r = p->initial_idx.data ? chain_int(&p->initial_idx, n * p->initial_idx.stride[0]) : n;
+    return r < 0 || r >= p->pool_size ? -1 : r;
+}
+
+/* The state_out row of sequence n's final state, or -1 for none. */
+static __device__ __forceinline__ int64_t chain_final_row(const pf_params *p, int64_t n)
+{
+    if (p->state_out.data == NULL) return -1;
+    const int64_t r = p->final_idx.data ? chain_int(&p->final_idx, n * p->final_idx.stride[0]) : n;
+    return r < 0 || r >= p->pool_size ? -1 : r;
+}
+
+/* A warp's 16 value columns of a state row: element (key 8j + 2t + (e & 1), value v0 + g +
+ * 8 (e >> 1)) of the accumulator layout; keys past K and values past V are zero (load) or not
+ * written (store). */
+static __device__ __forceinline__ void chain_get_state(const pf_params *p, const pf_states *src, int64_t r, int64_t h,
+                                                       int v0, int g, int t, float S[16][4])
+{
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) S[j][e] = 0.0f;
+    if (r < 0) return;
+    const int64_t base = r * src->stride[0] + h * src->stride[1];
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int64_t key = 8 * j + 2 * t + (e & 1), val = v0 + g + 8 * (e >> 1);
+            if (key >= p->K || val >= p->V) continue;
+            const int64_t off = base + key * src->stride[2] + val * src->stride[3];
+            S[j][e] = src->dtype == FKDA_DTYPE_F32 ? ((const float *)src->data)[off]
+                                                   : pf_bf16_to_float(((const uint16_t *)src->data)[off]);
+        }
+}
+
+/* Every state store of the kernel (final state, h, checkpoints) goes through this body. Inlined:
+ * out of line (a call, with the registers copied to the stack) the chain kept fewer registers and
+ * its step was 8-10 % slower, although the calls sit outside the loop over a run of chunks. */
+static __device__ __forceinline__ void chain_put_state_copy(const pf_states dst, int64_t K, int64_t V, int64_t r,
+                                                            int64_t h, int v0, int g, int t, const float (*S)[4],
+                                                            int poison)
+{
+    const int64_t base = r * dst.stride[0] + h * dst.stride[1];
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int64_t key = 8 * j + 2 * t + (e & 1), val = v0 + g + 8 * (e >> 1);
+            if (key >= K || val >= V) continue;
+            const int64_t off = base + key * dst.stride[2] + val * dst.stride[3];
+            const float x = poison ? __int_as_float(0x7fc00000) : S[j][e];
+            if (dst.dtype == FKDA_DTYPE_F32)
+                ((float *)dst.data)[off] = x;
+            else if (dst.dtype == FKDA_DTYPE_BF16)
+                ((uint16_t *)dst.data)[off] = pf_float_to_bf16(x);
+            else
+                ((uint16_t *)dst.data)[off] = __half_as_ushort(__float2half_rn(x));
+        }
+}
+
+static __device__ __forceinline__ void chain_put_state(const pf_params *p, const pf_states *dst, int64_t r, int64_t h,
+                                                       int v0, int g, int t, const float S[16][4], int poison)
+{
+    if (r < 0) return;
+    float copy[16][4];
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) copy[j][e] = S[j][e];
+    chain_put_state_copy(*dst, p->K, p->V, r, h, v0, g, t, copy, poison);
+}
+
+/* Checkpoint j of sequence n: its offset, and where it goes (row of checkpoint_states, or pool
+ * slot of state_out; -1: nowhere). */
+static __device__ __forceinline__ int64_t chain_ck_offset(const pf_params *p, int64_t n, int64_t j)
+{
+    return chain_int(&p->ck_off, n * p->ck_off.stride[0] + j * p->ck_off.stride[1]);
+}
+
+static __device__ __forceinline__ void chain_put_checkpoint(const pf_params *p, int64_t n, int64_t j, int64_t h, int v0,
+                                                            int g, int t, const float S[16][4], int poison)
+{
+    if (p->ck_states.data != NULL) {
+        chain_put_state(p, &p->ck_states, n * p->checkpoints + j, h, v0, g, t, S, poison);
+    } else {
+        const int64_t r = chain_int(&p->ck_idx, n * p->ck_idx.stride[0] + j * p->ck_idx.stride[1]);
+        if (r >= 0 && r < p->pool_size) chain_put_state(p, &p->state_out, r, h, v0, g, t, S, poison);
+    }
+}
+
+/* The smallest checkpoint offset of sequence n that the chain passes after position `after`:
+ * a multiple of 16 below the length (INT64_MAX: none). */
+static __device__ __forceinline__ int64_t chain_next_checkpoint(const pf_params *p, int64_t n, int64_t after,
+                                                                int64_t len)
+{
+    int64_t next = INT64_MAX;
+    for (int64_t j = 0; j < p->checkpoints; j++) {
+        const int64_t o = chain_ck_offset(p, n, j);
+        if (o > after && o < len && o % PF_CHUNK == 0 && o < next) next = o;
+    }
+    return next;
+}
+
+/* First row of sequence n in the intermediate states: n rows of ceil(T / ichunk), or with
+ * cu_seqlens the sum of ceil(length_m / ichunk) over m < n (the warp splits the sum). */
+static __device__ __forceinline__ int64_t chain_inter_row0(const pf_params *p, int64_t n, int lane)
+{
+    if (p->cu == NULL) return n * p->inter_rows_per_seq;
+    int64_t rows = 0;
+    for (int64_t m = lane; m < n; m += 32) {
+        int64_t r, a, l, s0;
+        pf_sequence(p, m, &r, &a, &l, &s0);
+        rows += (l + p->ichunk - 1) / p->ichunk;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) rows += __shfl_xor_sync(0xffffffffu, rows, o);
+    return rows;
+}
+
+/* Eight output values of one token (columns col0 .. col0 + 7; those past V are not written), in
+ * the output's dtype: the path for outputs that are not bf16 with 16-byte rows. */
+static __device__ __forceinline__ void chain_put_output(const pf_params *p, int64_t row, int64_t tok, int64_t h,
+                                                        int col0, const float *x)
+{
+    const int64_t base = row * p->out_s[0] + tok * p->out_s[1] + h * p->out_s[2];
+#pragma unroll
+    for (int e = 0; e < 8; e++) {
+        if (col0 + e >= p->V) break;
+        const int64_t off = base + col0 + e;
+        if (p->out_dtype == FKDA_DTYPE_F32)
+            ((float *)p->out)[off] = x[e];
+        else if (p->out_dtype == FKDA_DTYPE_BF16)
+            ((uint16_t *)p->out)[off] = pf_float_to_bf16(x[e]);
+        else
+            ((uint16_t *)p->out)[off] = __half_as_ushort(__float2half_rn(x[e]));
+    }
+}
+
+/* A warp's 16 rows of a segment array ([128 rows][128 keys] fp32, S^T layout). */
+static __device__ __forceinline__ void chain_load_rows(const float *base, int v0, int g, int t, float S[16][4])
+{
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const float2 a = *(const float2 *)(base + (int64_t)(v0 + g) * PF_DK + 8 * j + 2 * t);
+        const float2 b = *(const float2 *)(base + (int64_t)(v0 + g + 8) * PF_DK + 8 * j + 2 * t);
+        S[j][0] = a.x;
+        S[j][1] = a.y;
+        S[j][2] = b.x;
+        S[j][3] = b.y;
+    }
+}
+
+static __device__ __forceinline__ void chain_store_rows(float *base, int v0, int g, int t, const float S[16][4])
+{
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        *(float2 *)(base + (int64_t)(v0 + g) * PF_DK + 8 * j + 2 * t) = make_float2(S[j][0], S[j][1]);
+        *(float2 *)(base + (int64_t)(v0 + g + 8) * PF_DK + 8 * j + 2 * t) = make_float2(S[j][2], S[j][3]);
+    }
+}
+#endif
+
+#endif /* FKDA_PREFILL_CHAIN_IO_CUH */

@@ -1,0 +1,183 @@
+/*
+ * prefill_prep_steps.cuh: the steps of the prep kernel (prefill_prep.cu) that are functions of their
+ * own: the gate of one token and key channel, reading an input tile of any dtype, the pairwise
+ * form of L and Mqk (step 4') for chunks whose gate leaves the centred factors' range, and the
+ * forward substitution and -W (steps 5 and 6). The kernel body and its launch stay in
+ * prefill_prep.cu.
+ */
+#ifndef FKDA_PREFILL_PREP_STEPS_CUH
+#define FKDA_PREFILL_PREP_STEPS_CUH
+
+#include "prefill_common.cuh"
+
+#define PREP_THREADS 128
+/* The largest |G_i - Gref| (log2 units) the centred-exponent products take. With the L2 norm every
+ * q and k entry is at most 1, so the factors k 2^(G - Gref) stay within 2^+-112, inside the normal
+ * range of fp32 and bf16 (2^+-126): no factor overflows, and one that underflows is a key entry
+ * below 2^-14 whose term is negligible. Without the norm the inputs' own size is unknown: 2^+-64
+ * keeps 2^60 of room. The safe gate (lower bound >= -5) spans at most 8 * 5 * log2(e) = 58. */
+#define PREP_SAFE_SPAN_NORM 112.0f
+#define PREP_SAFE_SPAN 64.0f
+#define PREP_LOG2E 1.4426950408889634f
+
+static __device__ __forceinline__ void st_bf16(unsigned char *base, uint32_t off, float x)
+{
+    *(uint16_t *)(base + off) = pf_float_to_bf16(x);
+}
+
+/* Record slot -> (sequence, chunk). Without cu_seqlens it is a division; with it, a binary search
+ * for the last sequence whose first slot (start / 16 + n, strictly increasing in n) is <= slot. */
+static __device__ __forceinline__ int64_t prep_find_sequence(const pf_params *p, int64_t slot)
+{
+    if (p->cu == NULL) return slot / p->chunks_per_row;
+    int64_t lo = 0, hi = p->N - 1;
+    while (lo < hi) {
+        int64_t mid = (lo + hi + 1) >> 1;
+        int64_t a = p->cu_i64 ? ((const int64_t *)p->cu)[mid * p->cu_stride]
+                              : (int64_t)((const int32_t *)p->cu)[mid * p->cu_stride];
+        a = a < 0 ? 0 : (a > p->T ? p->T : a);
+        if (a / PF_CHUNK + mid <= slot)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+/* One key channel's log decay for one token, in log2 units: the gate of docs/design.md
+ * section 1 (FKDA_GATE_NONE: g is the log decay; the others add dt_bias first). */
+static __device__ __forceinline__ float prep_gate(const pf_params *p, float g, float A, float db)
+{
+    float a;
+    if (p->gate == FKDA_GATE_NONE) {
+        a = g * PREP_LOG2E;
+    } else {
+        const float x = g + db;
+        a = p->gate == FKDA_GATE_LOWER_BOUND ? p->gate_scale * pf_sigmoid(A * x)
+                                             : -A * (x > 20.0f ? x : log1pf(__expf(x))) * PREP_LOG2E; /* softplus */
+    }
+    /* A decay below 2^-150 per token is 0 to every exp2 here (ex2.approx.ftz); clamping it keeps
+     * the chunk's running sum finite (a finite g of -3e38 would reach -inf, and -inf - -inf is
+     * NaN). A NaN stays NaN (the comparison is false). */
+    return a < -150.0f ? -150.0f : a;
+}
+
+/* Step 4': L and Mqk from the fp32 tiles qn, kn, G ([16][128] each). The 136 entries i >= j are
+ * numbered row by row (e = i (i + 1) / 2 + j): thread tid sums entry tid over all 128 keys, then
+ * the last 8 entries are shared out, 16 threads each taking 8 keys. Lane l starts its sum at key
+ * l, so that the 32 lanes read 32 different banks. */
+static __device__ __forceinline__ void prep_pair_entry(int e, int *i, int *j)
+{
+    int r = (int)((sqrtf(8.0f * (float)e + 1.0f) - 1.0f) * 0.5f);
+    while ((r + 1) * (r + 2) / 2 <= e) r++;
+    while (r * (r + 1) / 2 > e) r--;
+    *i = r;
+    *j = e - r * (r + 1) / 2;
+}
+
+static __device__ __forceinline__ void prep_pair_store(float (*s_L)[17], const float *s_b, unsigned char *rec,
+                                                       float scale, int i, int j, float l, float m)
+{
+    s_L[i][j] = i > j ? s_b[i] * l : 0.0f;
+    const float mq = scale * m;
+    const uint16_t hi = pf_float_to_bf16(mq);
+    *(uint16_t *)(rec + PF_REC_MQK + (i * 16 + j) * 2) = hi;
+    st_bf16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, mq - pf_bf16_to_float(hi));
+}
+
+static __device__ __forceinline__ void prep_pairwise(const float *fq, const float *fk, const float *fg,
+                                                     float (*s_L)[17], const float *s_b, unsigned char *rec,
+                                                     float scale)
+{
+    const int tid = threadIdx.x, lane = tid & 31;
+    /* the entries above the diagonal: zero */
+    for (int e = tid; e < 256; e += PREP_THREADS) {
+        const int i = e >> 4, j = e & 15;
+        if (j > i) {
+            s_L[i][j] = 0.0f;
+            *(uint16_t *)(rec + PF_REC_MQK + e * 2) = 0;
+            *(uint16_t *)(rec + PF_REC_MQK_LO + e * 2) = 0;
+        }
+    }
+    int i, j;
+    prep_pair_entry(tid, &i, &j);
+    float l = 0.0f, m = 0.0f;
+#pragma unroll 8
+    for (int cc = 0; cc < 128; cc++) {
+        const int ch = (cc + lane) & 127;
+        const float kj = fk[j * 128 + ch] * pf_exp2(fg[i * 128 + ch] - fg[j * 128 + ch]);
+        l += fk[i * 128 + ch] * kj;
+        m += fq[i * 128 + ch] * kj;
+    }
+    prep_pair_store(s_L, s_b, rec, scale, i, j, l, m);
+    /* entries 128 .. 135: 16 threads each, 8 keys per thread, summed over the 16 */
+    prep_pair_entry(PREP_THREADS + (tid >> 4), &i, &j);
+    l = 0.0f;
+    m = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const int ch = (tid & 15) * 8 + ((k + lane) & 7);
+        const float kj = fk[j * 128 + ch] * pf_exp2(fg[i * 128 + ch] - fg[j * 128 + ch]);
+        l += fk[i * 128 + ch] * kj;
+        m += fq[i * 128 + ch] * kj;
+    }
+#pragma unroll
+    for (int o = 8; o > 0; o >>= 1) {
+        l += __shfl_xor_sync(0xffffffffu, l, o);
+        m += __shfl_xor_sync(0xffffffffu, m, o);
+    }
+    if ((tid & 15) == 0) prep_pair_store(s_L, s_b, rec, scale, i, j, l, m);
+}
+
+/* Steps 5 and 6: (I + L)^-1 diag(b) by forward substitution, and -W. */
+static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[17], const float *s_b,
+                                                   const float kd[16], unsigned char *rec, int col, int warp, int lane)
+{
+    /* 5. Forward substitution, fp32: lane cc owns column cc of INV. */
+    if (warp == 0) {
+        const int cc = lane & 15;
+        float inv[16];
+#pragma unroll
+        for (int i = 0; i < 16; i++) {
+            float s0 = i == cc ? 1.0f : 0.0f, s1 = 0.0f;
+#pragma unroll
+            for (int j = 0; j < i; j += 2) {
+                s0 -= s_L[i][j] * inv[j];
+                if (j + 1 < i) s1 -= s_L[i][j + 1] * inv[j + 1];
+            }
+            inv[i] = s0 + s1;
+        }
+        if (lane < 16) {
+            const float bc = s_b[cc];
+#pragma unroll
+            for (int i = 0; i < 16; i++) {
+                const float x = inv[i] * bc;
+                const uint16_t hi = pf_float_to_bf16(x);
+                s_binv[i][cc] = x;
+                *(uint16_t *)(rec + PF_REC_BINV + (i * 16 + cc) * 2) = hi;
+                st_bf16(rec + PF_REC_BINV_LO, (uint32_t)(i * 16 + cc) * 2, x - pf_bf16_to_float(hi));
+            }
+        }
+    }
+    __syncthreads();
+
+    /* 6. W = bINV Kd in fp32 (bINV is lower triangular including the diagonal), stored negated. */
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        float w = 0.0f;
+#pragma unroll
+        for (int j = 0; j <= i; j++) w += s_binv[i][j] * kd[j];
+        st_bf16(rec + PF_REC_NEGW, pf_swz(i, col), -w);
+    }
+}
+
+/* One element of a [16][128] input tile in shared memory, in the tile's dtype. */
+static __device__ __forceinline__ float prep_tile_get(const unsigned char *tile, int32_t dtype, int r, int c)
+{
+    if (dtype == FKDA_DTYPE_F32) return ((const float *)tile)[r * 128 + c];
+    const unsigned short u = ((const unsigned short *)tile)[r * 128 + c];
+    if (dtype == FKDA_DTYPE_BF16) return __uint_as_float((uint32_t)u << 16);
+    return __half2float(__ushort_as_half(u));
+}
+
+#endif /* FKDA_PREFILL_PREP_STEPS_CUH */
