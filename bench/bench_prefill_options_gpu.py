@@ -3,7 +3,7 @@
 fla's chunk_kda (Triton), same inputs, same process.
 
     python3 bench/bench_prefill_options_gpu.py [--cases kimi,gva,k64,options,states]
-                                               [--out table.md] [--no-fla]
+                                               [--out table.md] [--no-fla] [--fla-rows PIECES]
 
 The cases (groups for --cases; each row names its group):
   kimi     Kimi-Linear's call: bf16 q, k, v; g a float32 log decay computed beforehand as
@@ -155,6 +155,15 @@ class Row:
         self.base_ms, self.target, self.note = base_ms, target, note
 
 
+def wants_fla(args, label):
+    """fla is timed unless --no-fla, and with --fla-rows only on rows whose label contains one of
+    its comma-separated pieces (each new option set costs fla a minute or more of autotuning)."""
+    if args.no_fla:
+        return False
+    pieces = [x for x in (args.fla_rows or "").split(",") if x]
+    return not pieces or any(x in label for x in pieces)
+
+
 def time_pair(group, label, kw, args, bw, t_start, base_ms=None, target=None):
     """Times ours and fla's chunk_kda on the keywords kw; prints the line, returns the Row."""
     with torch.inference_mode():
@@ -162,7 +171,7 @@ def time_pair(group, label, kw, args, bw, t_start, base_ms=None, target=None):
         torch.cuda.synchronize()
         ms_ours = base.time_ms(lambda: ours(kw))
         ms_fla, note = float("nan"), ""
-        if not args.no_fla:
+        if wants_fla(args, label):
             o_fla, ht_fla = fla(kw)  # first call autotunes
             torch.cuda.synchronize()
             ms_fla = base.time_ms(lambda: fla(kw), warmup=2, reps=5)
@@ -434,6 +443,12 @@ def main():
     )
     ap.add_argument("--out", default=None, help="write the markdown table to this file")
     ap.add_argument("--no-fla", action="store_true", help="time ours only")
+    ap.add_argument(
+        "--fla-rows",
+        default=None,
+        help="time fla only on rows whose label contains one of these comma-separated pieces, "
+        'e.g. "one sequence,fp16 inputs" (default: every row)',
+    )
     args = ap.parse_args()
     groups = [g for g in args.cases.split(",") if g]
     unknown = [g for g in groups if g not in RUNNERS]
