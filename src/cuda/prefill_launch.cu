@@ -23,38 +23,32 @@ static int64_t prefill_slots(const fkda_problem *p)
 
 static int aligned16(const void *ptr) { return ((uintptr_t)ptr & 15u) == 0; }
 
-/* A 16-bit token tensor ([B, T, heads, D]) whose rows the kernels move in 16-byte pieces: data
- * aligned to 16 bytes, every stride a multiple of 8 elements, and D a multiple of 8. */
-static int rows16_any(const fkda_operand *x, int64_t D)
+/* A token tensor ([B, T, heads, D]) whose rows the kernels move in 16-byte pieces: data aligned
+ * to 16 bytes, and every stride and D a whole number of pieces (8 elements of 16 bits, 4 of 32). */
+static int rows16(const fkda_operand *x, int64_t D)
 {
-    return (x->dtype == FKDA_DTYPE_BF16 || x->dtype == FKDA_DTYPE_F16) && aligned16(x->data) && x->stride[0] % 8 == 0 &&
-           x->stride[1] % 8 == 0 && x->stride[2] % 8 == 0 && D % 8 == 0;
+    const int64_t per = x->dtype == FKDA_DTYPE_F32 ? 4 : 8;
+    return aligned16(x->data) && x->stride[0] % per == 0 && x->stride[1] % per == 0 && x->stride[2] % per == 0 &&
+           D % per == 0;
 }
 
-static int rows16(const fkda_operand *x, int64_t D) { return x->dtype == FKDA_DTYPE_BF16 && rows16_any(x, D); }
-
-/* A tensor of any float dtype whose rows are 16-byte pieces: data aligned to 16 bytes and every
- * stride a whole number of 16-byte pieces (D = 128 here). */
-static int rows16_float(const fkda_operand *x)
-{
-    const int64_t per = x->dtype == FKDA_DTYPE_F32 ? 4 : 8; /* elements per 16 bytes */
-    return aligned16(x->data) && x->stride[0] % per == 0 && x->stride[1] % per == 0 && x->stride[2] % per == 0;
-}
+static int is16bit(const fkda_operand *x) { return x->dtype == FKDA_DTYPE_BF16 || x->dtype == FKDA_DTYPE_F16; }
+static int bf16_rows16(const fkda_operand *x, int64_t D) { return x->dtype == FKDA_DTYPE_BF16 && rows16(x, D); }
 
 /* How the prep loads q, k, g (PF_LOAD_* in prefill_common.cuh). */
 static int qkg_load(const fkda_problem *p)
 {
     if (p->K != PF_DK) return PF_LOAD_ELEMENTS;
-    if (rows16(&p->q, p->K) && rows16(&p->k, p->K) && rows16(&p->g, p->K)) return PF_LOAD_BF16;
-    if (rows16_float(&p->q) && rows16_float(&p->k) && rows16_float(&p->g)) return PF_LOAD_TILES;
+    if (bf16_rows16(&p->q, p->K) && bf16_rows16(&p->k, p->K) && bf16_rows16(&p->g, p->K)) return PF_LOAD_BF16;
+    if (rows16(&p->q, p->K) && rows16(&p->k, p->K) && rows16(&p->g, p->K)) return PF_LOAD_TILES;
     return PF_LOAD_ELEMENTS;
 }
 
 /* The chain reads the caller's v (else the prep's bf16 copy) and writes out in 16-byte pieces. */
-static int v_direct(const fkda_problem *p) { return rows16(&p->v, p->V); }
+static int v_direct(const fkda_problem *p) { return bf16_rows16(&p->v, p->V); }
 static int out_mode(const fkda_problem *p)
 {
-    if (!rows16_any(&p->out, p->V)) return PF_OUT_ANY;
+    if (!is16bit(&p->out) || !rows16(&p->out, p->V)) return PF_OUT_ANY;
     return p->out.dtype == FKDA_DTYPE_BF16 ? PF_OUT_BF16 : PF_OUT_F16;
 }
 

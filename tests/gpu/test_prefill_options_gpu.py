@@ -440,10 +440,15 @@ def nan_tensor(shape, dtype, device):
     return torch.full(shape, float("nan"), dtype=dtype, device=device)
 
 
+def copies_on(x, device):
+    """Copies of the host inputs x on `device` (None stays None)."""
+    return {n: (None if t is None else t.to(device, copy=True)) for n, t in x.items()}
+
+
 def run(c, x, device, reference=False):
     """Runs case c on `device` with copies of the host inputs x, every output poisoned with NaN
     first; returns the results as host tensors: out, final, pool, ckpt, inter (those present)."""
-    d = {n: (None if t is None else t.to(device, copy=True)) for n, t in x.items()}
+    d = copies_on(x, device)
     N = num_sequences(c)
     res = {}
     final = None
@@ -827,7 +832,7 @@ def test_k_above_128_is_refused_cleanly(seed, K):
         final_idx=[2, 3, 1],
     )
     x = make_inputs(c, seed)
-    d = {n: (None if t is None else t.to(DEV, copy=True)) for n, t in x.items()}
+    d = copies_on(x, DEV)
     out = nan_tensor(tuple(x["v"].shape), F16, DEV)
     pool_before = d["state_pool"].clone()
     with pytest.raises(flash_kda.UnsupportedError) as info:
@@ -871,7 +876,7 @@ def test_k_above_128_is_refused_cleanly(seed, K):
 def test_intermediate_chunk_not_multiple_of_16_is_refused(seed, chunk):
     c = base_case(T=130, B=2, inter_chunk=chunk)
     x = make_inputs(c, seed)
-    d = {n: (None if t is None else t.to(DEV, copy=True)) for n, t in x.items()}
+    d = copies_on(x, DEV)
     out = nan_tensor(tuple(x["v"].shape), BF16, DEV)
     final = nan_tensor(state_shape(c, 2), F32, DEV)
     inter = nan_tensor((2, chunk_rows(c, chunk)) + state_shape(c, 1)[1:], F32, DEV)
@@ -1029,7 +1034,7 @@ def test_cuda_graph_capture_of_new_options(seed):
         T=200,
     )
     x = make_inputs(c, seed)
-    static = {n: (None if t is None else t.to(DEV, copy=True)) for n, t in x.items()}
+    static = copies_on(x, DEV)
     out = torch.empty(tuple(x["v"].shape), dtype=BF16, device=DEV)
     final = torch.empty(state_shape(c, 1), dtype=F32, device=DEV)
 
@@ -1280,7 +1285,7 @@ def test_no_write_beyond_the_given_state_memory(seed):
     # caller error is not specified, so it is not checked).
     c = base_case(seqlens=[130, 0, 64], inter_chunk=32, inter_dtype=F32)
     x = make_inputs(c, seed)
-    d = {n: (None if t is None else t.to(DEV, copy=True)) for n, t in x.items()}
+    d = copies_on(x, DEV)
     rows = chunk_rows(c, 32)
     inter_all = nan_tensor((1, rows + 2) + state_shape(c, 1)[1:], F32, DEV)
     inter = inter_all[:, : rows - 2]
@@ -1399,7 +1404,7 @@ def test_not_worse_than_fla(seed, i, monkeypatch):
     c = FLA_CASES[i]
     print(f"fla case {i}: {describe(c)}")
     x = make_inputs(c, seed * 1000 + 10**6 + i)
-    d = {n: (None if t is None else t.to(DEV, copy=True)) for n, t in x.items()}
+    d = copies_on(x, DEV)
     o_fla, ht_fla = fla_chunk_kda(c, d)
     torch.cuda.synchronize()
     ours = run(c, x, DEV)
@@ -1432,7 +1437,7 @@ def test_intermediate_states_like_fla(seed, chunk, monkeypatch):
         HV=4,
     )
     x = make_inputs(c, seed)
-    d = {n: (None if t is None else t.to(DEV, copy=True)) for n, t in x.items()}
+    d = copies_on(x, DEV)
     o_fla, ht_fla, h_fla = fla_chunk_kda(c, d, return_intermediate_states=True, chunk_size=chunk)
     torch.cuda.synchronize()
     ours = run(c, x, DEV)
