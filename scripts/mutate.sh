@@ -91,10 +91,23 @@ mutant cpu-decode-skip-no-zeros cpu src/cpu/decode.c \
   'zero_output(p, row, start, length, h, v0, nv);' \
   '/* mutant: no zeros */'
 
-# CUDA prefill: prep (gate, beta), chain (state update), merge.
+# CUDA prefill: prep (gate, beta, the gate's range check), chain (state update, final slot,
+# checkpoints), merge.
 mutant cuda-prefill-prep-gate cuda src/cuda/prefill_prep.cu \
-  'pf_sigmoid(A * (pf_bf16_to_float(rg[col]) + db))' \
-  'pf_sigmoid(A * pf_bf16_to_float(rg[col]) + db)'
+  'p.gate_scale * pf_sigmoid(A * (xg + db));' \
+  'p.gate_scale * pf_sigmoid(A * xg + db);'
+# The range check lets every chunk take the centred factors: a fast gate overflows them.
+mutant cuda-prefill-prep-span cuda src/cuda/prefill_prep_steps.cuh \
+  '#define PREP_SAFE_SPAN_NORM 112.0f' \
+  '#define PREP_SAFE_SPAN_NORM 1e30f'
+# The final state goes to the sequence's initial slot instead of its final slot.
+mutant cuda-prefill-final-slot cuda src/cuda/prefill_chain_io.cuh \
+  'p->final_idx.data ? chain_int(&p->final_idx, n * p->final_idx.stride[0]) : n;' \
+  'p->initial_idx.data ? chain_int(&p->initial_idx, n * p->initial_idx.stride[0]) : n;'
+# An offset inside a chunk writes nothing instead of NaN.
+mutant cuda-prefill-checkpoint-nan cuda src/cuda/prefill_chain.cu \
+  'if (off == len || (off > 0 && off < len && off % PF_CHUNK != 0))' \
+  'if (off == len)'
 mutant cuda-prefill-prep-beta cuda src/cuda/prefill_prep.cu \
   'b = p.beta_sigmoid ? pf_sigmoid(x) * (p.neg_eigval ? 2.0f : 1.0f) : x;' \
   'b = p.beta_sigmoid ? pf_sigmoid(x) : x;'
