@@ -130,6 +130,19 @@ static __device__ __forceinline__ int64_t chain_next_checkpoint(const pf_params 
     return next;
 }
 
+/* The same from offsets held in registers (lane j holds checkpoint j's offset, -1 past C <= 32):
+ * a warp minimum, with no memory access. */
+static __device__ __forceinline__ int64_t chain_next_checkpoint_lanes(int64_t mine, int64_t after, int64_t len)
+{
+    long long x = mine > after && mine < len && mine % PF_CHUNK == 0 ? (long long)mine : (long long)INT64_MAX;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const long long y = __shfl_xor_sync(0xffffffffu, x, o);
+        x = y < x ? y : x;
+    }
+    return (int64_t)x;
+}
+
 /* First row of sequence n in the intermediate states: n rows of ceil(T / ichunk), or with
  * cu_seqlens the sum of ceil(length_m / ichunk) over m < n (the warp splits the sum). */
 static __device__ __forceinline__ int64_t chain_inter_row0(const pf_params *p, int64_t n, int lane)

@@ -45,11 +45,18 @@ static int qkg_load(const fkda_problem *p)
 }
 
 /* The chain reads the caller's v (else the prep's bf16 copy) and writes out in 16-byte pieces. */
-static int v_direct(const fkda_problem *p) { return bf16_rows16(&p->v, p->V); }
 static int out_mode(const fkda_problem *p)
 {
     if (!is16bit(&p->out) || !rows16(&p->out, p->V)) return PF_OUT_ANY;
     return p->out.dtype == FKDA_DTYPE_BF16 ? PF_OUT_BF16 : PF_OUT_F16;
+}
+
+/* The chain reads the caller's v when it is bf16 with 16-byte rows, or fp16 with 16-byte rows
+ * and an fp16 output of the same kind (the fp16-output chain converts its v tiles to bf16). */
+static int v_direct(const fkda_problem *p)
+{
+    if (bf16_rows16(&p->v, p->V)) return 1;
+    return p->v.dtype == FKDA_DTYPE_F16 && rows16(&p->v, p->V) && out_mode(p) == PF_OUT_F16;
 }
 
 static int64_t vpad(const fkda_problem *p) { return (p->V + 15) / 16 * 16; }
