@@ -1,8 +1,9 @@
 /*
  * decode_launch.cu: the CUDA decode as the backend interface sees it: what it supports, its
  * workspace (none), and the run, which turns the validated problem into the kernels' flat
- * parameters (decode_params.h), asks decode_select.c for the
- * variant and geometry, and launches it (decode_tiles.cu, decode_packed.cu) on the caller's stream.
+ * parameters (decode_params.h), asks decode_select.c for the variant and geometry, and launches
+ * it (decode_tiles.cu, decode_packed.cu) on the caller's stream. What the kernels assume of a
+ * call is checked with the rest of what the decode supports, before anything is launched.
  *
  * Nothing here synchronises or allocates, so a call can be captured into a CUDA graph.
  */
@@ -133,9 +134,9 @@ static int tokens_fit_31_bits(const fkda_decode_params *p)
            (!p->A_log || offsets_fit_31_bits(heads, &p->A_log_stride, 1));
 }
 
-/* Describes the call to fkda_decode_select (decode_select.c) (what the kernels assume of it was
- * checked by fkda_cuda_decode_supported, before anything was launched), fills the geometry of *p and launches the chosen kernel on the stream (asynchronously, nothing
- * allocated). */
+/* Describes the call to fkda_decode_select (decode_select.c), fills the geometry of *p and
+ * launches the chosen kernel on the stream (asynchronously, nothing allocated). What the kernels
+ * assume of the call was checked by fkda_cuda_decode_supported. */
 static fkda_status launch_decode(fkda_decode_params *p, int sm_count, int cc_major, int64_t l2_bytes,
                                  cudaStream_t stream)
 {
