@@ -21,7 +21,8 @@
  * sizes (64, 24 x 40) and conv widths 2, 3 and 16; fp32 and bf16 pools in both layouts; f32, bf16
  * and f16 io and conv states; softplus and lower-bound gates; no indices, 1-D indices with skipped
  * (negative) slots, 2-D indices with T = 3, T_max = 3 or 4, accepted counts and unwritten
- * (negative) draft slots; int32 and int64 indices.
+ * (negative) draft slots, 2-D indices without counts, T = 2 with 1-D indices or none (the window
+ * not sliding); int32 and int64 indices.
  *
  *   test_decode_layer_cuda           every case
  *   test_decode_layer_cuda --small   a few tiny cases, for compute-sanitizer
@@ -46,6 +47,7 @@ typedef struct lcase {
     char name[160];
     int64_t B, T, H, HV, K, V, W;
     int idx_mode;
+    int no_accepted;     /* 2-D indices without num_accepted_tokens (a_n = 1, the window fixed) */
     int64_t TI;          /* T_max of 2-D indices */
     int64_t extra_rows;  /* conv state rows past the ones the conv uses (never read or written) */
     fkda_dtype io;       /* mixed_qkv and out */
@@ -121,7 +123,8 @@ static void make_bufs(const lcase *c, layer_bufs *b, test_rng *r)
     memset(b, 0, sizeof *b);
     b->dim = 2 * c->H * c->K + c->HV * c->V;
     b->P = c->idx_mode == IDX_NONE ? c->B : c->B * (c->idx_mode == IDX_2D ? c->TI : 1) + 3;
-    b->L = (c->idx_mode == IDX_2D ? c->W - 2 + c->T : c->W - 1) + c->extra_rows;
+    const int sliding = c->idx_mode == IDX_2D && !c->no_accepted;
+    b->L = (sliding ? c->W - 2 + c->T : c->W - 1) + c->extra_rows;
     int64_t s[4];
     int n = (int)token_shape(c, s, 1, b->dim, 0);
     b->x = mirror_make(c->io, n, s);
@@ -156,7 +159,7 @@ static void make_bufs(const lcase *c, layer_bufs *b, test_rng *r)
     if (c->idx_mode == IDX_1D) b->idx = mirror_make(c->idx_dtype, 1, (int64_t[]){c->B});
     if (c->idx_mode == IDX_2D) {
         b->idx = mirror_make(c->idx_dtype, 2, (int64_t[]){c->B, c->TI});
-        b->acc = mirror_make(c->idx_dtype, 1, (int64_t[]){c->B});
+        if (sliding) b->acc = mirror_make(c->idx_dtype, 1, (int64_t[]){c->B});
     }
     mirror *params[] = {&b->w, &b->bias, &b->A_log, &b->dt, &b->nw, &b->cs, &b->pool};
     for (size_t i = 0; i < sizeof params / sizeof params[0]; i++)
@@ -236,8 +239,9 @@ static void draw_slots(const lcase *c, layer_bufs *b, test_rng *r, step_slots *s
             s->runs[n] = !skip;
             if (!skip) s->pool_written[slot] = s->conv_written[slot] = 1;
         } else {
-            const int64_t a = test_rng_int(r, 1, c->T); /* <= L - W + 2 and <= T_max */
-            test_tensor_set(&b->acc.h, (size_t)n, (double)a);
+            /* a_n <= T: inside T_max and inside the L = W - 2 + T rows of a sliding window */
+            const int64_t a = c->no_accepted ? 1 : test_rng_int(r, 1, c->T);
+            if (!c->no_accepted) test_tensor_set(&b->acc.h, (size_t)n, (double)a);
             for (int64_t t = 0; t < c->TI; t++) {
                 /* Column a - 1 is the read slot (-1 skips), column 0 the conv slot (kept for a
                  * running sequence); other drafts are sometimes not written (-1). */
@@ -508,12 +512,13 @@ static lcase make_case(int64_t B, int64_t H, int64_t HV, int64_t K, int64_t V, i
 
 static void name_case(lcase *c)
 {
-    static const char *modes[] = {"no indices", "1-D indices, skips", "2-D indices, accepted"};
+    static const char *modes[] = {"no indices", "1-D indices, skips", "2-D indices, accepted",
+                                  "2-D indices, no counts"};
     snprintf(c->name, sizeof c->name, "B=%lld H=%lld HV=%lld K=%lld V=%lld W=%lld T=%lld/%lld %s %s pool%s %s io %s %s",
              (long long)c->B, (long long)c->H, (long long)c->HV, (long long)c->K, (long long)c->V, (long long)c->W,
-             (long long)c->T, (long long)c->TI, modes[c->idx_mode], dtype_name(c->pool_dtype),
-             c->v_first ? " [V,K]" : "", dtype_name(c->io), c->softplus ? "softplus" : "lower bound",
-             c->idx_dtype == FKDA_DTYPE_I64 ? "i64" : "i32");
+             (long long)c->T, (long long)c->TI, modes[c->idx_mode + (c->no_accepted ? 1 : 0)],
+             dtype_name(c->pool_dtype), c->v_first ? " [V,K]" : "", dtype_name(c->io),
+             c->softplus ? "softplus" : "lower bound", c->idx_dtype == FKDA_DTYPE_I64 ? "i64" : "i32");
 }
 
 int main(int argc, char **argv)
@@ -546,6 +551,7 @@ int main(int argc, char **argv)
     int n = 0;
     if (small) {
         cases[n] = make_case(3, 1, 2, 24, 40, IDX_1D);
+        cases[n].T = cases[n].TI = 2;
         cases[n].steps = 2;
         n++;
         cases[n] = make_case(3, 1, 2, 16, 32, IDX_2D);
@@ -583,14 +589,19 @@ int main(int argc, char **argv)
                     cases[n++] = c;
                 }
         /* Small and odd head sizes, other conv widths, bf16 parameters. */
+        /* T > 1 without counts: 1-D indices (the final state written) and 2-D indices without
+         * num_accepted_tokens (a_n = 1: the window does not slide). */
         const struct {
-            int64_t K, V, W;
-            int mode;
-        } odd[] = {{64, 64, 4, IDX_1D},  {64, 64, 3, IDX_2D},   {24, 40, 2, IDX_1D},
-                   {24, 40, 16, IDX_2D}, {40, 24, 4, IDX_NONE}, {32, 32, 4, IDX_2D}};
+            int64_t K, V, W, T;
+            int mode, no_accepted;
+        } odd[] = {{64, 64, 4, 1, IDX_1D, 0},  {64, 64, 3, 3, IDX_2D, 0},   {24, 40, 2, 1, IDX_1D, 0},
+                   {24, 40, 16, 3, IDX_2D, 0}, {40, 24, 4, 1, IDX_NONE, 0}, {32, 32, 4, 3, IDX_2D, 0},
+                   {48, 48, 4, 2, IDX_1D, 0},  {64, 32, 4, 3, IDX_2D, 1},   {32, 32, 3, 2, IDX_NONE, 0}};
         for (size_t j = 0; j < sizeof odd / sizeof odd[0]; j++) {
             lcase c = make_case(3, 2, j % 2 ? 4 : 2, odd[j].K, odd[j].V, odd[j].mode);
             c.W = odd[j].W;
+            c.T = c.TI = odd[j].T;
+            c.no_accepted = odd[j].no_accepted;
             c.pool_dtype = j % 2 ? FKDA_DTYPE_F32 : FKDA_DTYPE_BF16;
             c.v_first = (j / 2) % 2;
             c.softplus = j % 3 == 0;
