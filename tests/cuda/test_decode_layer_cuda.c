@@ -313,13 +313,15 @@ static void set_bars(lcase *c)
 
 /* ---- one case --------------------------------------------------------------------------------- */
 
-static void poison(void *dev, size_t bytes) { CUDA_OK(cudaMemset(dev, 0xff, bytes)); }
-
-/* One GPU call: out and workspace poisoned, run on the stream, waited for. */
+/* One GPU call: out and workspace poisoned, run on the stream, waited for. The stream does not
+ * wait for the legacy default stream, where cudaMemcpy uploads ran (a pageable upload may
+ * return before its DMA lands): the device is synchronised first, and the poison is written on
+ * the stream itself. */
 static fkda_status gpu_call(const lcase *c, const layer_bufs *b, void *ws, size_t ws_bytes, cudaStream_t stream)
 {
-    poison(b->out.d.data, b->out.bytes);
-    if (ws_bytes) poison(ws, ws_bytes);
+    CUDA_OK(cudaDeviceSynchronize());
+    CUDA_OK(cudaMemsetAsync(b->out.d.data, 0xff, b->out.bytes, stream));
+    if (ws_bytes) CUDA_OK(cudaMemsetAsync(ws, 0xff, ws_bytes, stream));
     const fkda_decode_layer_args a = make_args(c, b, 1);
     const fkda_device gpu = {FKDA_DEVICE_CUDA, 0, stream, 0, 0};
     const fkda_status s = fkda_decode_layer(&a, &gpu, ws, ws_bytes);
