@@ -374,9 +374,10 @@ typedef struct fkda_decode_layer_args {
     int32_t state_v_first; /* the recurrent pool is [P, HV, V, K] */
 } fkda_decode_layer_args;
 
-/* The workspace holds the conv outputs and the recurrence's output in float32 (on both devices
- * about 4 B T (dim + HV V) bytes). On the CUDA device the call is three launches on the stream
- * (conv, decode, norm), asynchronous and allocating nothing, so it can be captured in a graph. */
+/* The workspace holds the conv outputs and the recurrence's output in float32, 4 B T (dim + HV V)
+ * bytes, plus what the decode itself needs on that device. On the CUDA device the call is three
+ * launches on the stream (conv, decode, norm), asynchronous and allocating nothing, so it can be
+ * captured in a CUDA graph. */
 FKDA_API fkda_status fkda_decode_layer_workspace_size(const fkda_decode_layer_args *args, const fkda_device *device,
                                                       size_t *bytes);
 
