@@ -115,7 +115,7 @@ def decode_step(flash_kda, q, k, v, x, pool, idx, out):
 
 def torch_conv_update(x, conv_state, idx):
     """The causal-conv update with SiLU in torch ops: y [B, dim] (bf16), the window slid in
-    place. conv_state is [slots, W - 1, dim]; sequence n uses slot idx[n]."""
+    place. conv_state is [slots, W - 1, dim]; sequence n uses slot idx[n] (int64)."""
     window = conv_state.index_select(0, idx)  # [B, W - 1, dim]
     full = torch.cat([window, x["mixed_qkv"].unsqueeze(1)], dim=1)  # [B, W, dim]
     y = (full.float() * x["conv_weight"].float().t().unsqueeze(0)).sum(1) + x["conv_bias"].float()
@@ -132,9 +132,9 @@ def torch_gated_norm(o, x, out):
     )
 
 
-def separate_step(flash_kda, x, pool, conv_state, idx, o, out):
+def separate_step(flash_kda, x, pool, conv_state, idx, idx64, o, out):
     B, H = x["beta"].shape
-    y = torch_conv_update(x, conv_state, idx)
+    y = torch_conv_update(x, conv_state, idx64)
     q = y[:, : H * K].view(B, 1, H, K)
     k = y[:, H * K : 2 * H * K].view(B, 1, H, K)
     v = y[:, 2 * H * K :].view(B, 1, H, V)
@@ -182,6 +182,7 @@ def bench_case(flash_kda, B, H, gen):
     steps = max(STEPS, layers)
     pools = make_pools(B, H, layers, gen)
     idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
+    idx64 = idx.long()  # torch's index_copy_ takes int64 indices
     out = torch.empty(B, H, V, device="cuda", dtype=BF16)
     o = torch.empty(B, 1, H, V, device="cuda", dtype=BF16)
     # plain: the decode on already-convolved q, k, v (one bf16 buffer, as the conv would leave it)
@@ -194,7 +195,7 @@ def bench_case(flash_kda, B, H, gen):
     p0, c0 = pools[0]
     fused_out, sep_out = torch.empty_like(out), torch.empty_like(out)
     fused_step(flash_kda, x, p0.clone(), c0.clone(), idx, fused_out)
-    separate_step(flash_kda, x, p0.clone(), c0.clone(), idx, o, sep_out)
+    separate_step(flash_kda, x, p0.clone(), c0.clone(), idx, idx64, o, sep_out)
     torch.cuda.synchronize()
     agree = rel(fused_out, sep_out)
 
@@ -212,7 +213,7 @@ def bench_case(flash_kda, B, H, gen):
     )
     t_sep = time_graph(
         [
-            lambda p=pools[s % layers]: separate_step(flash_kda, x, p[0], p[1], idx, o, out)
+            lambda p=pools[s % layers]: separate_step(flash_kda, x, p[0], p[1], idx, idx64, o, out)
             for s in range(steps)
         ]
     )
