@@ -341,12 +341,20 @@ FKDA_API fkda_status fkda_decode(const fkda_decode_args *args, const fkda_device
  * With num_accepted_tokens (a_n, speculative decoding), the conv state holds W - 2 + T rows as
  * a sliding window: the window the tokens continue from is rows a_n - 1 .. a_n + W - 3 (the
  * history up to the last accepted draft of the previous call), and the state written back is
- * rows a_n .. a_n + W - 3 of the old state followed by the T new inputs. Without it, the window
- * is rows 0..W-2 and the state written back is the last W - 1 of (window, inputs).
+ * rows a_n .. a_n + W - 3 of the old state followed by the T new inputs, so each a_n is at most
+ * L - W + 2 (which T_max > T allows to pass). Without it, the window is rows 0..W-2 and the state
+ * written back is the last W - 1 of (window, inputs).
  *
  * A sequence whose recurrent read slot is negative (fkda_decode's skip) is skipped here too:
  * neither pool is read or written and its rows of out are zero. With 2-D indices, a negative
  * idx[n, 0] under a non-negative read slot is refused (the conv would have no slot).
+ *
+ * The CPU reads the indices and counts before anything runs and refuses a conv slot outside
+ * the conv pool, a running sequence without one, and an a_n past L - W + 2. On CUDA they stay
+ * in device memory and are not read before the launch, so there, as for fkda_decode, a read
+ * slot outside [0, P) skips the sequence and a_n is clamped into [1, T_max]; a running
+ * sequence whose conv slot is outside [0, P_conv) convolves from a zero window and writes no
+ * conv state; an a_n past L - W + 2 slides the window only to rows L - W + 1 .. L - 1.
  */
 typedef struct fkda_decode_layer_args {
     fkda_tensor mixed_qkv;
@@ -366,7 +374,10 @@ typedef struct fkda_decode_layer_args {
     int32_t state_v_first; /* the recurrent pool is [P, HV, V, K] */
 } fkda_decode_layer_args;
 
-/* The CUDA device refuses both with FKDA_ERROR_UNSUPPORTED for now. */
+/* The workspace holds the conv outputs and the recurrence's output in float32, 4 B T (dim + HV V)
+ * bytes, plus what the decode itself needs on that device. On the CUDA device the call is three
+ * launches on the stream (conv, decode, norm), asynchronous and allocating nothing, so it can be
+ * captured in a CUDA graph. */
 FKDA_API fkda_status fkda_decode_layer_workspace_size(const fkda_decode_layer_args *args, const fkda_device *device,
                                                       size_t *bytes);
 

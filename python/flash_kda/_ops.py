@@ -274,7 +274,7 @@ def decode_layer(mixed_qkv, conv_weight, conv_state, g, beta, state_pool, output
     sigmoid, scale K^-0.5. state_pool, state_indices, num_accepted_tokens as for decode (the conv
     slot is state_indices[:, 0] with 2-D indices, the window sliding by num_accepted_tokens).
     out [B(, T), HV, V] = rmsnorm(o) * norm_weight * sigmoid(output_gate), in mixed_qkv's dtype.
-    CUDA tensors raise UnsupportedError until the GPU kernel exists. Returns out.
+    CPU arrays run on the CPU; CUDA tensors on their device, on torch's current stream. Returns out.
     """
     _reject_unknown(decode_layer, unknown)
     if out is None:

@@ -112,7 +112,9 @@ static int64_t read_slot(const fkda_problem *p, int64_t n)
     return fkda_read_index(idx, n * idx->stride[0] + (accepted - 1) * idx->stride[1]);
 }
 
-/* On the CPU: every conv slot inside the conv pool, and none missing for a running sequence. */
+/* On the CPU: every conv slot inside the conv pool, none missing for a running sequence, and
+ * every sliding window inside the conv state's L rows (a_n + W - 2 <= L; a_n <= T_max may pass
+ * that when T_max > T). */
 static fkda_status check_conv_slots(const fkda_problem *p)
 {
     const char *entry = p->indices_per_token ? ", 0" : "";
@@ -127,6 +129,15 @@ static fkda_status check_conv_slots(const fkda_problem *p)
                              "state_indices: entry [%lld, 0] = %lld names no conv slot, but sequence %lld runs "
                              "(its read slot is %lld); skip a sequence by a negative read slot",
                              (long long)n, (long long)slot, (long long)n, (long long)read);
+        if (p->conv_sliding) {
+            const int64_t a = fkda_read_index(&p->num_accepted_tokens, n * p->num_accepted_tokens.stride[0]);
+            if (a + p->conv_width - 2 > p->conv_rows)
+                return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
+                                 "num_accepted_tokens: entry [%lld] = %lld; the conv window of rows a - 1 .. a + W - 3 "
+                                 "passes the L = %lld rows of conv_state (W = %lld: at most %lld accepted)",
+                                 (long long)n, (long long)a, (long long)p->conv_rows, (long long)p->conv_width,
+                                 (long long)(p->conv_rows - p->conv_width + 2));
+        }
     }
     return FKDA_OK;
 }
@@ -289,6 +300,7 @@ static fkda_status validate_layer(const fkda_decode_layer_args *a, const fkda_de
     p->conv_dim = dim;
     p->conv_width = W;
     p->conv_pool_size = cs->shape[0];
+    p->conv_rows = cs->shape[1];
     p->conv_sliding = sliding;
     p->norm_eps = a->norm_eps;
 

@@ -9,31 +9,26 @@
 
 #define FKDA_WORKSPACE_ALIGNMENT 256
 
-/* The fused decode layer has no CUDA kernel yet: refused before anything touches the GPU. */
-static fkda_status refuse_cuda_layer(void)
-{
-    return fkda_fail(FKDA_ERROR_UNSUPPORTED,
-                     "fkda_decode_layer: the CUDA backend does not run the fused decode layer yet; use the CPU "
-                     "device, or causal conv + fkda_decode + the gated norm");
-}
-
 fkda_status fkda_dispatch_workspace(const fkda_problem *p, size_t *bytes)
 {
-    if (p->op == FKDA_OP_DECODE_LAYER) {
-        if (p->device.type != FKDA_DEVICE_CPU) return refuse_cuda_layer();
-        *bytes = fkda_cpu_decode_layer_workspace(p);
-        return FKDA_OK;
-    }
     if (p->device.type == FKDA_DEVICE_CPU) {
-        *bytes = p->op == FKDA_OP_PREFILL ? fkda_cpu_prefill_workspace(p) : fkda_cpu_decode_workspace(p);
+        switch (p->op) {
+        case FKDA_OP_PREFILL: *bytes = fkda_cpu_prefill_workspace(p); break;
+        case FKDA_OP_DECODE: *bytes = fkda_cpu_decode_workspace(p); break;
+        case FKDA_OP_DECODE_LAYER: *bytes = fkda_cpu_decode_layer_workspace(p); break;
+        }
         return FKDA_OK;
     }
-    return p->op == FKDA_OP_PREFILL ? fkda_cuda_prefill_workspace(p, bytes) : fkda_cuda_decode_workspace(p, bytes);
+    switch (p->op) {
+    case FKDA_OP_PREFILL: return fkda_cuda_prefill_workspace(p, bytes);
+    case FKDA_OP_DECODE: return fkda_cuda_decode_workspace(p, bytes);
+    case FKDA_OP_DECODE_LAYER: return fkda_cuda_decode_layer_workspace(p, bytes);
+    }
+    return fkda_fail(FKDA_ERROR_INTERNAL, "dispatch: unknown operation %d", (int)p->op);
 }
 
 fkda_status fkda_dispatch_run(const fkda_problem *p, void *workspace, size_t workspace_bytes)
 {
-    if (p->op == FKDA_OP_DECODE_LAYER && p->device.type == FKDA_DEVICE_CUDA) return refuse_cuda_layer();
     if (p->device.type == FKDA_DEVICE_CUDA) {
         fkda_status s = fkda_cuda_check(p);
         if (s != FKDA_OK) return s;
@@ -53,10 +48,15 @@ fkda_status fkda_dispatch_run(const fkda_problem *p, void *workspace, size_t wor
         if ((uintptr_t)workspace % FKDA_WORKSPACE_ALIGNMENT != 0)
             return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: must be aligned to %d bytes", FKDA_WORKSPACE_ALIGNMENT);
     }
-    if (p->op == FKDA_OP_DECODE_LAYER) return fkda_cpu_decode_layer(p, workspace, workspace_bytes);
-    if (p->device.type == FKDA_DEVICE_CPU)
-        return p->op == FKDA_OP_PREFILL ? fkda_cpu_prefill(p, workspace, workspace_bytes)
-                                        : fkda_cpu_decode(p, workspace, workspace_bytes);
-    return p->op == FKDA_OP_PREFILL ? fkda_cuda_prefill(p, workspace, workspace_bytes)
-                                    : fkda_cuda_decode(p, workspace, workspace_bytes);
+    const int cpu = p->device.type == FKDA_DEVICE_CPU;
+    switch (p->op) {
+    case FKDA_OP_PREFILL:
+        return cpu ? fkda_cpu_prefill(p, workspace, workspace_bytes) : fkda_cuda_prefill(p, workspace, workspace_bytes);
+    case FKDA_OP_DECODE:
+        return cpu ? fkda_cpu_decode(p, workspace, workspace_bytes) : fkda_cuda_decode(p, workspace, workspace_bytes);
+    case FKDA_OP_DECODE_LAYER:
+        return cpu ? fkda_cpu_decode_layer(p, workspace, workspace_bytes)
+                   : fkda_cuda_decode_layer(p, workspace, workspace_bytes);
+    }
+    return fkda_fail(FKDA_ERROR_INTERNAL, "dispatch: unknown operation %d", (int)p->op);
 }

@@ -88,6 +88,7 @@ typedef struct fkda_problem {
     fkda_operand output_gate; /* [B, T, HV, V] */
     fkda_operand norm_weight; /* [V] */
     int64_t conv_dim, conv_width, conv_pool_size;
+    int64_t conv_rows;    /* L, the rows of each conv slot */
     int32_t conv_sliding; /* num_accepted_tokens given: the window slides (W - 2 + T rows) */
     double norm_eps;
 

@@ -28,6 +28,9 @@ fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace, size_t wor
 fkda_status fkda_cuda_decode_workspace(const fkda_problem *p, size_t *bytes);
 fkda_status fkda_cuda_decode(const fkda_problem *p, void *workspace, size_t workspace_bytes);
 
+fkda_status fkda_cuda_decode_layer_workspace(const fkda_problem *p, size_t *bytes);
+fkda_status fkda_cuda_decode_layer(const fkda_problem *p, void *workspace, size_t workspace_bytes);
+
 #ifdef __cplusplus
 }
 #endif

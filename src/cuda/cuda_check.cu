@@ -59,15 +59,47 @@ static fkda_status check_on_device(const char *name, const void *ptr, int index)
     return FKDA_OK;
 }
 
+typedef struct named_pointer {
+    const char *name;
+    const void *ptr;
+} named_pointer;
+
+/* The decode layer's tensors, named as its caller names them (q, k and v are views of mixed_qkv). */
+static fkda_status check_layer_on_device(const fkda_problem *p)
+{
+    const named_pointer tensors[] = {
+        {"mixed_qkv", p->mixed_qkv.data},
+        {"conv_weight", p->conv_weight.data},
+        {"conv_bias", p->conv_bias.data},
+        {"conv_state", p->conv_state.data},
+        {"g", p->g.data},
+        {"beta", p->beta.data},
+        {"A_log", p->A_log.data},
+        {"dt_bias", p->dt_bias.data},
+        {"state_pool", p->state_in.data},
+        {"state_indices", p->state_indices.data},
+        {"num_accepted_tokens", p->num_accepted_tokens.data},
+        {"output_gate", p->output_gate.data},
+        {"norm_weight", p->norm_weight.data},
+        {"out", p->out.data},
+    };
+    for (size_t i = 0; i < sizeof tensors / sizeof tensors[0]; i++) {
+        fkda_status s = check_on_device(tensors[i].name, tensors[i].ptr, p->device.index);
+        if (s != FKDA_OK) return s;
+    }
+    return FKDA_OK;
+}
+
 extern "C" fkda_status fkda_cuda_check(const fkda_problem *p)
 {
     const cudaDeviceProp *prop = fkda_cuda_device_properties(p->device.index);
     if (!prop) return FKDA_ERROR_DEVICE;
+    if (p->op == FKDA_OP_DECODE_LAYER) {
+        fkda_status s = check_layer_on_device(p);
+        return s != FKDA_OK ? s : fkda_cuda_decode_layer_supported(p, prop);
+    }
 
-    const struct {
-        const char *name;
-        const void *ptr;
-    } tensors[] = {
+    const named_pointer tensors[] = {
         {"q", p->q.data},
         {"k", p->k.data},
         {"v", p->v.data},

@@ -14,3 +14,5 @@ fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t *bytes) { 
 fkda_status fkda_cuda_prefill(const fkda_problem *p, void *ws, size_t n) { return NO_CUDA; }
 fkda_status fkda_cuda_decode_workspace(const fkda_problem *p, size_t *bytes) { return NO_CUDA; }
 fkda_status fkda_cuda_decode(const fkda_problem *p, void *ws, size_t n) { return NO_CUDA; }
+fkda_status fkda_cuda_decode_layer_workspace(const fkda_problem *p, size_t *bytes) { return NO_CUDA; }
+fkda_status fkda_cuda_decode_layer(const fkda_problem *p, void *ws, size_t n) { return NO_CUDA; }

@@ -21,6 +21,7 @@ extern "C" {
 /* Option and shape checks specific to one operation's kernels, given the device's properties. */
 fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const cudaDeviceProp *prop);
 fkda_status fkda_cuda_decode_supported(const fkda_problem *p, const cudaDeviceProp *prop);
+fkda_status fkda_cuda_decode_layer_supported(const fkda_problem *p, const cudaDeviceProp *prop);
 
 /* Properties of device `index`, cached after the first query (thread-safe). NULL on failure,
  * with the error recorded. */

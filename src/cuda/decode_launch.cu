@@ -1,8 +1,9 @@
 /*
  * decode_launch.cu: the CUDA decode as the backend interface sees it: what it supports, its
  * workspace (none), and the run, which turns the validated problem into the kernels' flat
- * parameters (decode_params.h), checks what the kernels assume, asks decode_select.c for the
- * variant and geometry, and launches it (decode_tiles.cu, decode_packed.cu) on the caller's stream.
+ * parameters (decode_params.h), asks decode_select.c for the variant and geometry, and launches
+ * it (decode_tiles.cu, decode_packed.cu) on the caller's stream. What the kernels assume of a
+ * call is checked with the rest of what the decode supports, before anything is launched.
  *
  * Nothing here synchronises or allocates, so a call can be captured into a CUDA graph.
  */
@@ -13,6 +14,38 @@
 #include "cuda_internal.h"
 #include "decode_params.h"
 #include "decode_select.h"
+
+/* The offsets the kernels compute in 32 bits, checked before anything is launched (the fused
+ * decode layer runs its conv before the decode, and must not fail between the two). */
+static fkda_status kernel_offsets_fit(const fkda_problem *p)
+{
+    /* Offsets inside one head's state. */
+    const int64_t *si = p->state_in.stride, *so = p->state_out.stride;
+    const int64_t span_in = (p->K - 1) * si[2] + (p->V - 1) * si[3], span_out = (p->K - 1) * so[2] + (p->V - 1) * so[3];
+    if (span_in >= 0x7fffffff || span_out >= 0x7fffffff)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                         "state_pool: the strides of one head's [K, V] state span %lld elements; the CUDA decode "
+                         "needs fewer than 2^31",
+                         (long long)(span_in > span_out ? span_in : span_out));
+    /* Per-element offsets along a token vector (load_elem). */
+    const struct {
+        const char *name;
+        int64_t stride;
+    } vectors_along[] = {{"q", p->q.stride[3]},     {"k", p->k.stride[3]},
+                         {"g", p->g.stride[3]},     {"v", p->v.stride[3]},
+                         {"out", p->out.stride[3]}, {"dt_bias", p->dt_bias.data ? p->dt_bias.stride[1] : 0}};
+    for (size_t i = 0; i < sizeof vectors_along / sizeof vectors_along[0]; i++)
+        if (vectors_along[i].stride >= (1 << 22) || vectors_along[i].stride <= -(1 << 22))
+            return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                             "%s: the stride of its last dimension (%lld elements) is too large for the CUDA decode "
+                             "(at most 2^22)",
+                             vectors_along[i].name, (long long)vectors_along[i].stride);
+    /* split_head divides in 32 bits. */
+    if (p->N * p->HV > 0x7fffffff)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch",
+                         (long long)(p->N * p->HV));
+    return FKDA_OK;
+}
 
 extern "C" fkda_status fkda_cuda_decode_supported(const fkda_problem *p, const cudaDeviceProp *prop)
 {
@@ -31,7 +64,7 @@ extern "C" fkda_status fkda_cuda_decode_supported(const fkda_problem *p, const c
         return fkda_fail(FKDA_ERROR_UNSUPPORTED, "state_pool: the CUDA decode supports float32 and bfloat16 pools");
     if (p->state_in.dtype != p->state_out.dtype)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED, "state_pool: states in and out must share one dtype");
-    return FKDA_OK;
+    return kernel_offsets_fit(p);
 }
 
 extern "C" fkda_status fkda_cuda_decode_workspace(const fkda_problem *p, size_t *bytes)
@@ -101,9 +134,9 @@ static int tokens_fit_31_bits(const fkda_decode_params *p)
            (!p->A_log || offsets_fit_31_bits(heads, &p->A_log_stride, 1));
 }
 
-/* Checks what the kernels assume of the call, describes it to fkda_decode_select (decode_select.c),
- * fills the geometry of *p and launches the chosen kernel on the stream (asynchronously, nothing
- * allocated). */
+/* Describes the call to fkda_decode_select (decode_select.c), fills the geometry of *p and
+ * launches the chosen kernel on the stream (asynchronously, nothing allocated). What the kernels
+ * assume of the call was checked by fkda_cuda_decode_supported. */
 static fkda_status launch_decode(fkda_decode_params *p, int sm_count, int cc_major, int64_t l2_bytes,
                                  cudaStream_t stream)
 {
@@ -111,33 +144,11 @@ static fkda_status launch_decode(fkda_decode_params *p, int sm_count, int cc_maj
     const int elem = p->state_bf16 ? 2 : 4, vec = 16 / elem;
     const int vectors = pool_vectorizable(p->state_in, p->state_in_stride, p->state_v_first, p->K, p->V, elem, vec) &&
                         pool_vectorizable(p->state_out, p->state_out_stride, p->state_v_first, p->K, p->V, elem, vec);
-    /* Offsets inside one head's state are 32-bit in the kernel. */
     const int64_t *si = p->state_in_stride, *so = p->state_out_stride;
-    const int64_t span_in = (p->K - 1) * si[2] + (p->V - 1) * si[3], span_out = (p->K - 1) * so[2] + (p->V - 1) * so[3];
-    if (span_in >= 0x7fffffff || span_out >= 0x7fffffff)
-        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
-                         "state_pool: the strides of one head's [K, V] state span %lld elements; the CUDA decode "
-                         "needs fewer than 2^31",
-                         (long long)(span_in > span_out ? span_in : span_out));
     /* Dense 128: K = V = 128 and, in and out, the rows of one head's state 128 elements apart. */
     const int row_stride = p->state_v_first ? 3 : 2;
     const int dense128 = vectors && p->K == 128 && p->V == 128 && si[row_stride] == 128 && so[row_stride] == 128;
-    /* Per-element offsets along a token vector are 32-bit in the kernel (load_elem). */
-    const struct {
-        const char *name;
-        int64_t stride;
-    } vectors_along[] = {{"q", p->q_stride[3]},     {"k", p->k_stride[3]},
-                         {"g", p->g_stride[3]},     {"v", p->v_stride[3]},
-                         {"out", p->out_stride[3]}, {"dt_bias", p->dt_bias ? p->dt_bias_stride[1] : 0}};
-    for (size_t i = 0; i < sizeof vectors_along / sizeof vectors_along[0]; i++)
-        if (vectors_along[i].stride >= (1 << 22) || vectors_along[i].stride <= -(1 << 22))
-            return fkda_fail(FKDA_ERROR_UNSUPPORTED,
-                             "%s: the stride of its last dimension (%lld elements) is too large for the CUDA decode "
-                             "(at most 2^22)",
-                             vectors_along[i].name, (long long)vectors_along[i].stride);
-    const int64_t heads = p->N * p->HV;
-    if (heads > 0x7fffffff) /* split_head divides in 32 bits */
-        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "q: N * HV = %lld heads is too many for one launch", (long long)heads);
+    const int64_t heads = p->N * p->HV; /* < 2^31: fkda_cuda_decode_supported */
 
     fkda_decode_call call;
     memset(&call, 0, sizeof call);

@@ -17,7 +17,7 @@
  * decoding with 2-D indices and accepted counts (T = 3, mixed_qkv [B, T, dim], flat g). Then the
  * fused fast path against the unfused sequence through the library (fkda_decode on the conv
  * outputs of the model, then the norm), every validation message with nothing written, and the
- * CUDA device's refusal.
+ * CUDA device given host tensors (refused, nothing written).
  */
 #include <math.h>
 #include <stdlib.h>
@@ -602,11 +602,51 @@ static int mutate(int i, fkda_decode_layer_args *a, layer_data *d, fkda_device *
         *want = (bad_case){"pool alias", FKDA_ERROR_INVALID_ARGUMENT, "state_pool"};
         return 1;
     case 22:
-        dev->type = FKDA_DEVICE_CUDA;
-        *want = (bad_case){"cuda", FKDA_ERROR_UNSUPPORTED, "fkda_decode_layer: the CUDA backend"};
+        /* T_max = 2 > T = 1: a = 2 is a valid count, but its window (rows 1..3) passes L = 3. */
+        for (int64_t n = 0; n < B; n++) idx2_data[2 * n] = n, idx2_data[2 * n + 1] = n;
+        idx2 = fkda_make_tensor(idx2_data, FKDA_DTYPE_I64, 2, (int64_t[]){B, 2});
+        acc1 = fkda_make_tensor(acc_data, FKDA_DTYPE_I32, 1, (int64_t[]){B});
+        for (int64_t n = 0; n < B; n++) acc_data[n] = 2;
+        a->state_indices = idx2;
+        a->num_accepted_tokens = acc1;
+        *want = (bad_case){"window past L", FKDA_ERROR_INVALID_ARGUMENT, "passes the L = 3 rows of conv_state"};
         return 1;
     default: return 0;
     }
+}
+
+/* The CUDA device with these host tensors: without CUDA in the build, "built without CUDA";
+ * with it, the workspace size (y and o in float32 at least), then a refusal of the host memory
+ * (or of the missing GPU); nothing written either way. (CI has no GPU: the CUDA layer itself is
+ * tested by tests/cuda/test_decode_layer_cuda.c.) */
+static void check_cuda_device(layer_data *d)
+{
+    fkda_decode_layer_args a = layer_args(d);
+    const fkda_device dev = {FKDA_DEVICE_CUDA, 0, NULL, 0, 0};
+    test_tensor_fill_value(&d->out, NAN);
+    void *out0 = test_tensor_snapshot(&d->out), *pool0 = test_tensor_snapshot(&d->pool),
+         *cs0 = test_tensor_snapshot(&d->cs);
+    size_t bytes = 0;
+    const fkda_status s1 = fkda_decode_layer_workspace_size(&a, &dev, &bytes);
+    if (!fkda_has_cuda()) {
+        CHECK(s1 == FKDA_ERROR_DEVICE && strstr(fkda_last_error(), "without CUDA"), "cuda workspace: %d %s", (int)s1,
+              fkda_last_error());
+    } else {
+        const layer_case *c = &d->c;
+        const size_t floats = (size_t)(c->B * c->T * (d->dim + c->HV * c->V));
+        CHECK(s1 == FKDA_OK && bytes >= floats * sizeof(float), "cuda workspace: %d, %zu bytes (%s)", (int)s1, bytes,
+              fkda_last_error());
+    }
+    char ws[256] __attribute__((aligned(256)));
+    const fkda_status s2 = fkda_decode_layer(&a, &dev, ws, sizeof ws);
+    CHECK(s2 == FKDA_ERROR_DEVICE || s2 == FKDA_ERROR_INVALID_ARGUMENT, "cuda device, host tensors: status %d (%s)",
+          (int)s2, fkda_last_error());
+    CHECK(test_tensor_unchanged(&d->out, out0) && test_tensor_unchanged(&d->pool, pool0) &&
+              test_tensor_unchanged(&d->cs, cs0),
+          "cuda device, host tensors: something was written");
+    free(out0);
+    free(pool0);
+    free(cs0);
 }
 
 static void check_validation(uint64_t seed)
@@ -655,6 +695,7 @@ static void check_validation(uint64_t seed)
           "no workspace: %s", fkda_last_error());
     CHECK(test_tensor_unchanged(&d.cs, cs0), "no workspace: conv_state written");
     free(cs0);
+    check_cuda_device(&d);
     printf("validation: %d refused argument sets checked\n", checked);
     free_data(&d);
 }

@@ -170,17 +170,6 @@ def test_errors_name_the_argument_and_write_nothing():
         flash_kda.decode_layer(**bad, lower_bound=-5.0)
 
 
-def test_cuda_tensors_are_refused_until_the_kernel_exists():
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    rng = np.random.default_rng(5)
-    layer = {k: torch.from_numpy(v).cuda() for k, v in make_layer(rng, 2, 1, 1, 2, 8, 8, 4, 3, 3,
-                                                                    3).items()}
-    with pytest.raises(flash_kda.UnsupportedError, match="fkda_decode_layer"):
-        flash_kda.decode_layer(**layer, lower_bound=-5.0)
-
-
 def test_v_first_pool_matches_k_first():
     """vLLM keeps KDA states as [P, HV, V, K]: state_v_first gives the same answer bitwise."""
     rng = np.random.default_rng(13)

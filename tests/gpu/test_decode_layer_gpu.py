@@ -1,0 +1,216 @@
+"""flash_kda.decode_layer on CUDA torch tensors against the same call on the CPU backend.
+
+The CPU side runs the float64 reference layer (reference=True) on CPU copies of the same inputs
+and pools. Compared: out (the decode's bars: 1e-5 for fp32 through, a bf16 rounding share
+otherwise), the recurrent slots the call writes, the conv pool bitwise (it holds raw inputs,
+copied), the slots no sequence names bitwise unchanged, skipped rows zero. Then one call
+captured in a CUDA graph and replayed as a chain gives the same bits as eager calls.
+"""
+
+import os
+import secrets
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+if not torch.cuda.is_available():
+    pytest.skip("no CUDA device", allow_module_level=True)
+
+# Imported after the skips above: flash_kda loads the library when imported.
+import flash_kda  # noqa: E402
+
+if not flash_kda.has_cuda():
+    pytest.skip("libflashkda was built without CUDA", allow_module_level=True)
+
+DEV = torch.device("cuda", 0)
+TOKEN_TENSORS = ("mixed_qkv", "g", "beta", "output_gate")
+
+
+@pytest.fixture
+def rng(request):
+    seed = int(os.environ.get("FKDA_TEST_SEED", secrets.randbits(32)))
+    print(f"seed {seed} ({request.node.name}); rerun with FKDA_TEST_SEED={seed}")
+    return np.random.default_rng(seed)
+
+
+def rel_err(x, ref):
+    x, ref = x.double().cpu(), ref.double().cpu()
+    return ((x - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def same_bytes(a, b):
+    return torch.equal(
+        a.contiguous().view(torch.uint8).cpu(), b.contiguous().view(torch.uint8).cpu()
+    )
+
+
+def make_layer(rng, B, T, H, HV, K, V, W, P, L, io, pool_dtype, v_first):
+    """The layer's tensors on the CPU (torch); token tensors [B, T, ...] (T squeezed when 1)."""
+
+    def randn(*shape, sd=1.0):
+        return torch.from_numpy((sd * rng.standard_normal(shape)).astype(np.float32))
+
+    dim = 2 * H * K + HV * V
+    lead = (B, T) if T > 1 else (B,)
+    pool_shape = (P, HV, V, K) if v_first else (P, HV, K, V)
+    return dict(
+        mixed_qkv=randn(*lead, dim).to(io),
+        conv_weight=randn(dim, W, sd=0.5),
+        conv_bias=randn(dim, sd=0.2),
+        conv_state=randn(P, L, dim).to(io),
+        g=randn(*lead, HV, K),
+        beta=randn(*lead, HV),
+        A_log=torch.from_numpy(rng.uniform(-1, 0.5, HV).astype(np.float32)),
+        dt_bias=randn(HV, K, sd=0.5),
+        state_pool=randn(*pool_shape, sd=0.3).to(pool_dtype),
+        output_gate=randn(*lead, HV, V, sd=1.5),
+        norm_weight=torch.from_numpy(rng.uniform(0.5, 1.5, V).astype(np.float32)),
+    )
+
+
+def fresh_tokens(rng, layer):
+    for name in TOKEN_TENSORS:
+        x = layer[name]
+        sd = 1.5 if name == "output_gate" else 1.0
+        layer[name] = torch.from_numpy(
+            (sd * rng.standard_normal(tuple(x.shape))).astype(np.float32)
+        ).to(x.dtype)
+
+
+def to_device(layer):
+    return {n: x.to(DEV) for n, x in layer.items()}
+
+
+# B, T, H, HV, K, V, W, indices, io dtype, pool dtype, v_first, lower_bound
+CASES = [
+    (3, 1, 2, 4, 128, 128, 4, "1d", torch.bfloat16, torch.float32, False, -5.0),
+    (4, 3, 2, 2, 64, 64, 4, "2d", torch.float32, torch.bfloat16, True, None),
+    (2, 1, 2, 4, 128, 128, 4, "none", torch.float32, torch.float32, True, -5.0),
+    (64, 1, 12, 12, 128, 128, 4, "1d", torch.bfloat16, torch.bfloat16, False, None),
+]
+
+
+def slots_for(kind, B, T, P, rng):
+    """Indices (CPU torch or None), accepted counts, which sequences run, the slots written."""
+    if kind == "none":
+        return None, None, [True] * B, set(range(B)), set(range(B))
+    perm = [int(s) for s in rng.permutation(P)]
+    if kind == "1d":
+        idx = perm[:B]
+        idx[1] = -1  # a skipped sequence
+        written = {s for s in idx if s >= 0}
+        return torch.tensor(idx, dtype=torch.int64), None, [s >= 0 for s in idx], written, written
+    idx = torch.tensor(perm[: B * T], dtype=torch.int32).view(B, T)
+    acc = torch.tensor([int(a) for a in rng.integers(1, T + 1, B)], dtype=torch.int32)
+    idx[0, acc[0] - 1] = -1  # sequence 0 is skipped (its read slot is negative)
+    if acc[1] != T:
+        idx[1, T - 1] = -1  # a draft token whose state is not written
+    runs = [bool(idx[n, acc[n] - 1] >= 0) for n in range(B)]
+    pool_written = {int(idx[n, t]) for n in range(B) if runs[n] for t in range(T) if idx[n, t] >= 0}
+    conv_written = {int(idx[n, 0]) for n in range(B) if runs[n]}
+    return idx, acc, runs, pool_written, conv_written
+
+
+def bars(io, pool_dtype):
+    state = 1e-5 if pool_dtype == torch.float32 else 2.0**-7 / 4
+    out = 1e-5 if io == torch.float32 else 2.0**-7 / 4
+    return out + (state if pool_dtype != torch.float32 else 0.0), state
+
+
+@pytest.mark.parametrize(
+    "case", CASES, ids=lambda c: f"B{c[0]}T{c[1]}H{c[2]}HV{c[3]}K{c[4]}-{c[7]}"
+)
+def test_matches_cpu_reference(rng, case):
+    B, T, H, HV, K, V, W, kind, io, pool_dtype, v_first, lb = case
+    P = B * T + 3 if kind != "none" else B
+    L = W - 2 + T if kind == "2d" else W - 1
+    layer = make_layer(rng, B, T, H, HV, K, V, W, P, L, io, pool_dtype, v_first)
+    out_bar, state_bar = bars(io, pool_dtype)
+    gpu = to_device(layer)
+    for _ in range(3):  # a chain: each side's pools carry over
+        fresh_tokens(rng, layer)
+        for name in TOKEN_TENSORS:
+            gpu[name] = layer[name].to(DEV)
+        idx, acc, runs, pool_written, conv_written = slots_for(kind, B, T, P, rng)
+        kw = dict(lower_bound=lb, state_v_first=v_first)
+        ref_out = flash_kda.decode_layer(
+            **layer, state_indices=idx, num_accepted_tokens=acc, reference=True, **kw
+        )
+        pool_before, cs_before = gpu["state_pool"].clone(), gpu["conv_state"].clone()
+        side = torch.cuda.Stream()  # the call runs on torch's current stream
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            out = torch.full(tuple(layer["output_gate"].shape), float("nan"), dtype=io, device=DEV)
+            ret = flash_kda.decode_layer(
+                **gpu,
+                state_indices=None if idx is None else idx.to(DEV),
+                num_accepted_tokens=None if acc is None else acc.to(DEV),
+                out=out,
+                **kw,
+            )
+        side.synchronize()
+        assert ret is out
+        assert torch.isfinite(out).all()
+        for n in range(B):
+            if not runs[n]:
+                assert (out[n] == 0).all(), f"skipped sequence {n}: out not zero"
+        assert rel_err(out, ref_out) <= out_bar
+        for s in range(P):
+            if s in pool_written:
+                assert rel_err(gpu["state_pool"][s], layer["state_pool"][s]) <= 4 * state_bar, s
+            else:
+                assert same_bytes(gpu["state_pool"][s], pool_before[s]), f"slot {s} changed"
+            if s not in conv_written:
+                assert same_bytes(gpu["conv_state"][s], cs_before[s]), f"conv slot {s} changed"
+        assert same_bytes(gpu["conv_state"], layer["conv_state"]), (
+            "conv pool differs from the CPU's"
+        )
+
+
+def test_cuda_graph_capture_of_one_layer_step(rng):
+    # One spec-decode step (2-D indices, accepted counts), captured once and replayed as a chain
+    # with fresh inputs; the same chain eagerly on copies of the pools gives the same bits.
+    B, T, H, HV, K, V, W = 3, 2, 2, 4, 128, 128, 4
+    P = B * T + 2
+    layer = to_device(
+        make_layer(rng, B, T, H, HV, K, V, W, P, W - 2 + T, torch.bfloat16, torch.float32, False)
+    )
+    idx = torch.tensor([[0, 1], [2, -1], [4, 5]], dtype=torch.int32, device=DEV)
+    acc = torch.tensor([1, 1, 2], dtype=torch.int32, device=DEV)
+    eager = {n: layer[n].clone() for n in ("state_pool", "conv_state")}
+    out = torch.zeros(B, T, HV, V, dtype=torch.bfloat16, device=DEV)
+
+    def step(x, pools, o):
+        args = dict(x, **pools)
+        return flash_kda.decode_layer(
+            **args, state_indices=idx, num_accepted_tokens=acc, out=o, lower_bound=-5.0
+        )
+
+    scratch = {n: layer[n].clone() for n in ("state_pool", "conv_state")}
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up outside the capture
+        step(layer, scratch, torch.zeros_like(out))
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step(layer, {}, out)
+    for _ in range(3):
+        fresh = to_device(
+            make_layer(
+                rng, B, T, H, HV, K, V, W, P, W - 2 + T, torch.bfloat16, torch.float32, False
+            )
+        )
+        for name in TOKEN_TENSORS:
+            layer[name].copy_(fresh[name])
+        out.fill_(float("nan"))
+        graph.replay()
+        eager_out = torch.zeros_like(out)
+        step({n: layer[n] for n in layer if n not in eager}, eager, eager_out)
+        torch.cuda.synchronize()
+        assert torch.isfinite(out).all()
+        assert torch.equal(out, eager_out), "graph replay differs from an eager call"
+        assert same_bytes(layer["state_pool"], eager["state_pool"])
+        assert same_bytes(layer["conv_state"], eager["conv_state"])
