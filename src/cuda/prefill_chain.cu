@@ -203,13 +203,7 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
 
     /* Checkpoints and intermediate states: the next position where one is due. */
     const int64_t inter_row0 = p.inter.data != NULL ? chain_inter_row0(&p, n, lane) : 0;
-    /* With C <= 32 checkpoints, lane j holds offset j: a boundary finds its due checkpoints by a
-     * ballot, instead of two scans of C dependent loads (about 9 us per boundary at C = 16). */
-    const int ck_lanes = p.checkpoints <= 32;
-    const int64_t ck_mine = ck_lanes && lane < p.checkpoints ? chain_ck_offset(&p, n, lane) : -1;
-    int64_t next_ck = p.checkpoints == 0 ? INT64_MAX
-                      : ck_lanes         ? chain_next_checkpoint_lanes(ck_mine, -1, len)
-                                         : chain_next_checkpoint(&p, n, -1, len);
+    int64_t next_ck = p.checkpoints > 0 ? chain_next_checkpoint(&p, n, -1, len, lane) : INT64_MAX;
 
     /* Runs of chunks between the boundaries where a state is due (fla's h, checkpoints): the
      * stores sit between the runs, so the loop over a run's chunks stays small. */
@@ -223,14 +217,17 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
             const int64_t next = (pos / p.ichunk + 1) * p.ichunk / PF_CHUNK;
             stop = next < stop ? next : stop;
         }
-        if (pos == next_ck && ck_lanes) {
-            for (unsigned due = __ballot_sync(0xffffffffu, ck_mine == pos); due != 0; due &= due - 1)
-                chain_put_checkpoint(&p, n, __ffs(due) - 1, h, v0, g, t, S, 0);
-            next_ck = chain_next_checkpoint_lanes(ck_mine, pos, len);
-        } else if (pos == next_ck) {
-            for (int64_t j = 0; j < p.checkpoints; j++)
-                if (chain_ck_offset(&p, n, j) == pos) chain_put_checkpoint(&p, n, j, h, v0, g, t, S, 0);
-            next_ck = chain_next_checkpoint(&p, n, pos, len);
+        if (pos == next_ck) {
+            /* The warp reads 32 offsets at a time (lane j offset base + j), stores the due ones
+             * and finds the next: C / 32 rounds of parallel loads, none held across the loop. */
+            next_ck = INT64_MAX;
+            for (int64_t base = 0; base < p.checkpoints; base += 32) {
+                const int64_t mine = base + lane < p.checkpoints ? chain_ck_offset(&p, n, base + lane) : -1;
+                for (unsigned due = __ballot_sync(0xffffffffu, mine == pos); due != 0; due &= due - 1)
+                    chain_put_checkpoint(&p, n, base + __ffs(due) - 1, h, v0, g, t, S, 0);
+                const int64_t m = chain_warp_next_offset(mine, pos, len);
+                next_ck = m < next_ck ? m : next_ck;
+            }
         }
         if (next_ck != INT64_MAX && next_ck / PF_CHUNK < stop) stop = next_ck / PF_CHUNK;
 
