@@ -86,19 +86,51 @@ def make_inputs(B, H, gen):
 
 def ours_call(flash_kda, x, pool, idx, out, v_first=False, num_accepted=None, cu_seqlens=None):
     q, k, v, g, beta, A_log, dt_bias = x
-    flash_kda.decode(q, k, v, g, beta, pool, state_indices=idx, num_accepted_tokens=num_accepted,
-                     cu_seqlens=cu_seqlens, out=out, A_log=A_log, dt_bias=dt_bias,
-                     gate="lower_bound", lower_bound=LOWER_BOUND, use_qk_l2norm=True,
-                     use_beta_sigmoid=True, state_v_first=v_first)
+    flash_kda.decode(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        pool,
+        state_indices=idx,
+        num_accepted_tokens=num_accepted,
+        cu_seqlens=cu_seqlens,
+        out=out,
+        A_log=A_log,
+        dt_bias=dt_bias,
+        gate="lower_bound",
+        lower_bound=LOWER_BOUND,
+        use_qk_l2norm=True,
+        use_beta_sigmoid=True,
+        state_v_first=v_first,
+    )
 
 
 def fla_call(fla_fwd, x, pool, idx, out, v_first=False, num_accepted=None, cu_seqlens=None):
     q, k, v, g, beta, A_log, dt_bias = x
-    fla_fwd(q=q, k=k, v=v, g=g, beta=beta, A_log=A_log, dt_bias=dt_bias, initial_state=pool,
-            scale=None, output_final_state=False, inplace_final_state=True, state_v_first=v_first,
-            cu_seqlens=cu_seqlens, ssm_state_indices=idx, num_accepted_tokens=num_accepted,
-            use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
-            lower_bound=LOWER_BOUND, out=out)
+    fla_fwd(
+        q=q,
+        k=k,
+        v=v,
+        g=g,
+        beta=beta,
+        A_log=A_log,
+        dt_bias=dt_bias,
+        initial_state=pool,
+        scale=None,
+        output_final_state=False,
+        inplace_final_state=True,
+        state_v_first=v_first,
+        cu_seqlens=cu_seqlens,
+        ssm_state_indices=idx,
+        num_accepted_tokens=num_accepted,
+        use_qk_l2norm_in_kernel=True,
+        use_gate_in_kernel=True,
+        use_beta_sigmoid_in_kernel=True,
+        lower_bound=LOWER_BOUND,
+        out=out,
+    )
 
 
 def time_graph(step_fns) -> float:
@@ -135,8 +167,10 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
     layers = 1 if hot else max(1, min(MAX_LAYERS, math.ceil(min_bytes / pool_bytes)))
     steps = max(STEPS, layers)
     x = make_inputs(B, H, gen)
-    pools = [(0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype)
-             for _ in range(layers)]
+    pools = [
+        (0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype)
+        for _ in range(layers)
+    ]
     # Diagnostic knobs for the sweep's custom columns (the tables always use the defaults):
     # FKDA_BENCH_INDICES=identity (slot n for sequence n; default: a shuffled pool) and
     # FKDA_BENCH_LAYOUT=vk (the state stored [V, K]; default [K, V]).
@@ -146,10 +180,12 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
         idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
     vf = os.environ.get("FKDA_BENCH_LAYOUT", "kv") == "vk"
     out = torch.empty(B, 1, H, V, device="cuda", dtype=torch.bfloat16)
-    ours = [lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf)
-            for s in range(steps)]
-    theirs = [lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, vf)
-              for s in range(steps)]
+    ours = [
+        lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf) for s in range(steps)
+    ]
+    theirs = [
+        lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, vf) for s in range(steps)
+    ]
     t_ours = time_graph(ours)
     t_fla = time_graph(theirs) if with_fla else float("nan")
     t_plain_launch = float("nan")
@@ -157,9 +193,12 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
     if with_fla:
         saved = os.environ.get("FKDA_DECODE_PDL")
         os.environ["FKDA_DECODE_PDL"] = "0"
-        t_plain_launch = time_graph([lambda p=pools[s % layers]:
-                                     ours_call(flash_kda, x, p, idx, out, vf)
-                                     for s in range(steps)])
+        t_plain_launch = time_graph(
+            [
+                lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf)
+                for s in range(steps)
+            ]
+        )
         if saved is None:
             os.environ.pop("FKDA_DECODE_PDL")
         else:
@@ -171,10 +210,12 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
 
 def table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_plain_launch, layers):
     floor = state_bytes / bw
-    return (f"| {pname} | {B} | {H} | {state_bytes / 1e6:.1f} | {floor * 1e6:.2f} "
-            f"| {t_ours * 1e6:.2f} | {t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} "
-            f"| {t_ours / floor:.2f} | {t_plain_launch * 1e6:.2f} | {t_plain_launch / t_fla:.2f} "
-            f"| {layers} |")
+    return (
+        f"| {pname} | {B} | {H} | {state_bytes / 1e6:.1f} | {floor * 1e6:.2f} "
+        f"| {t_ours * 1e6:.2f} | {t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} "
+        f"| {t_ours / floor:.2f} | {t_plain_launch * 1e6:.2f} | {t_plain_launch / t_fla:.2f} "
+        f"| {layers} |"
+    )
 
 
 def rel(a, b):
@@ -196,8 +237,9 @@ def agreement(flash_kda, fla_fwd, gen):
     ]:
         if varlen:
             lens = [1, 3, 2, 1, 1, 2, 3, 1]
-            cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device="cuda",
-                              dtype=torch.int32)
+            cu = torch.tensor(
+                [0] + list(torch.tensor(lens).cumsum(0)), device="cuda", dtype=torch.int32
+            )
             tokens = sum(lens)
             x = list(make_inputs(tokens, H, gen))
             x = [t.reshape(1, tokens, *t.shape[2:]) if t.dim() >= 3 else t for t in x[:5]] + x[5:]
@@ -231,13 +273,23 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="fewer batch sizes")
-    ap.add_argument("--sweep", action="store_true",
-                    default=os.environ.get("FKDA_BENCH_SWEEP") == "1",
-                    help="also time each kernel family and CTA size forced (or FKDA_BENCH_SWEEP=1)")
-    ap.add_argument("--sweep-only", action="store_true",
-                    help="only the agreement and the sweep (no fla timings)")
-    ap.add_argument("--profile", default=None, metavar="DTYPE,B,H",
-                    help="only run two calls of each library on one case (for ncu)")
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        default=os.environ.get("FKDA_BENCH_SWEEP") == "1",
+        help="also time each kernel family and CTA size forced (or FKDA_BENCH_SWEEP=1)",
+    )
+    ap.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="only the agreement and the sweep (no fla timings)",
+    )
+    ap.add_argument(
+        "--profile",
+        default=None,
+        metavar="DTYPE,B,H",
+        help="only run two calls of each library on one case (for ncu)",
+    )
     args = ap.parse_args()
 
     from fla.ops.kda.fused_recurrent import fused_recurrent_kda_fwd as fla_fwd
@@ -269,8 +321,12 @@ def main():
     commit = os.environ.get("FKDA_COMMIT", "")  # the device's copy of the tree has no git history
     if not commit:
         try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip() or "?"
+            commit = (
+                subprocess.run(
+                    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+                ).stdout.strip()
+                or "?"
+            )
         except OSError:
             commit = "?"
     lines = [
@@ -286,11 +342,16 @@ def main():
     print("\n".join(lines), flush=True)
 
     batches = [1, 8, 64, 256, 1024] if not args.quick else [1, 64, 1024]
-    header = ["", "| pool | B | H | state MB | floor us | ours us | fla us | ours/fla | ours/floor "
-              "| ours no-PDL us | no-PDL/fla | pools |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    table = ["", f"Decode, one token per sequence, {STEPS}+ calls per CUDA graph, "
-             "DRAM-resident pools:"] + header
+    header = [
+        "",
+        "| pool | B | H | state MB | floor us | ours us | fla us | ours/fla | ours/floor "
+        "| ours no-PDL us | no-PDL/fla | pools |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    table = [
+        "",
+        f"Decode, one token per sequence, {STEPS}+ calls per CUDA graph, DRAM-resident pools:",
+    ] + header
     hot = ["", "Hot L2: one pool reused by every call of the graph (the state stays in L2):"]
     hot += header
     print("\n".join(table), flush=True)
@@ -300,7 +361,8 @@ def main():
         for H in (32, 8) if not args.sweep_only else ():
             for B in batches:
                 t_ours, t_fla, state_bytes, layers, t_np = bench_case(
-                    flash_kda, fla_fwd, B, H, pool_dtype, False, gen)
+                    flash_kda, fla_fwd, B, H, pool_dtype, False, gen
+                )
                 row = table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_np, layers)
                 table.append(row)
                 print(row, flush=True)
@@ -309,24 +371,28 @@ def main():
         for H in (32, 8) if not args.sweep_only else ():
             for B in (1, 8):
                 t_ours, t_fla, state_bytes, layers, t_np = bench_case(
-                    flash_kda, fla_fwd, B, H, pool_dtype, True, gen)
+                    flash_kda, fla_fwd, B, H, pool_dtype, True, gen
+                )
                 row = table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_np, layers)
                 hot.append(row)
                 print(row, flush=True)
     sweep = []
     if args.sweep:
         # Each kernel family and CTA size forced in turn (src/core/tuning.h's decode knobs).
-        configs = [("default", {}), ("no PDL", {"FKDA_DECODE_PDL": "0"}),
-                   ("unpacked", {"FKDA_DECODE_PACKED": "0"}),
-                   ("narrow", {"FKDA_DECODE_NARROW": "1"}), ("wide", {"FKDA_DECODE_NARROW": "0"}),
-                   ("ef loads", {"FKDA_DECODE_LOAD_EF": "1"}),
-                   ("plain loads", {"FKDA_DECODE_LOAD_EF": "0"}),
-                   ("generic tokens", {"FKDA_DECODE_BF16_TOKENS": "0"}),
-                   ("split K", {"FKDA_DECODE_KSPLIT": "1"}),
-                   ("no split K", {"FKDA_DECODE_KSPLIT": "0"})]
+        configs = [
+            ("default", {}),
+            ("no PDL", {"FKDA_DECODE_PDL": "0"}),
+            ("unpacked", {"FKDA_DECODE_PACKED": "0"}),
+            ("narrow", {"FKDA_DECODE_NARROW": "1"}),
+            ("wide", {"FKDA_DECODE_NARROW": "0"}),
+            ("ef loads", {"FKDA_DECODE_LOAD_EF": "1"}),
+            ("plain loads", {"FKDA_DECODE_LOAD_EF": "0"}),
+            ("generic tokens", {"FKDA_DECODE_BF16_TOKENS": "0"}),
+            ("split K", {"FKDA_DECODE_KSPLIT": "1"}),
+            ("no split K", {"FKDA_DECODE_KSPLIT": "0"}),
+        ]
         if os.environ.get("FKDA_BENCH_SWEEP_WARPS") == "1":
-            configs += [(f"{w}w", {"FKDA_DECODE_WARPS_PER_CTA": w})
-                        for w in ("1", "2", "4", "8")]
+            configs += [(f"{w}w", {"FKDA_DECODE_WARPS_PER_CTA": w}) for w in ("1", "2", "4", "8")]
         if os.environ.get("FKDA_BENCH_SWEEP_CONFIGS"):  # e.g. "default,no PDL": only these columns
             wanted = os.environ["FKDA_BENCH_SWEEP_CONFIGS"].split(",")
             configs = [c for c in configs if c[0] in wanted]
@@ -337,24 +403,40 @@ def main():
             configs.append((name, dict(a.split("=", 1) for a in assigns.split(",") if a)))
         if "default again" in os.environ.get("FKDA_BENCH_SWEEP_CONFIGS", "").split(","):
             configs.append(("default again", {}))  # A/B/A: the first column's drift over the sweep
-        sweep = ["", "Kernel families, warps per CTA and programmatic dependent launch forced ("
-                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, "
-                 "FKDA_DECODE_NARROW, FKDA_DECODE_LOAD_EF, FKDA_DECODE_BF16_TOKENS, "
-                 "FKDA_DECODE_KSPLIT, FKDA_DECODE_VARIANT), "
-                 "ours us:", "",
-                 "| pool | B | H | " + " | ".join(name for name, _ in configs) + " |",
-                 "|---|---|---|" + "---|" * len(configs)]
+        sweep = [
+            "",
+            "Kernel families, warps per CTA and programmatic dependent launch forced ("
+            "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, "
+            "FKDA_DECODE_NARROW, FKDA_DECODE_LOAD_EF, FKDA_DECODE_BF16_TOKENS, "
+            "FKDA_DECODE_KSPLIT, FKDA_DECODE_VARIANT), "
+            "ours us:",
+            "",
+            "| pool | B | H | " + " | ".join(name for name, _ in configs) + " |",
+            "|---|---|---|" + "---|" * len(configs),
+        ]
         print("\n".join(sweep), flush=True)
-        knobs = ("FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_PACKED",
-                 "FKDA_DECODE_NARROW", "FKDA_DECODE_LOAD_EF", "FKDA_DECODE_BF16_TOKENS",
-                 "FKDA_DECODE_KSPLIT", "FKDA_DECODE_VARIANT")
+        knobs = (
+            "FKDA_DECODE_WARPS_PER_CTA",
+            "FKDA_DECODE_PDL",
+            "FKDA_DECODE_PACKED",
+            "FKDA_DECODE_NARROW",
+            "FKDA_DECODE_LOAD_EF",
+            "FKDA_DECODE_BF16_TOKENS",
+            "FKDA_DECODE_KSPLIT",
+            "FKDA_DECODE_VARIANT",
+        )
         # The custom columns' knobs too.
         knobs += tuple(sorted({k for _, env in configs for k in env} - set(knobs)))
-        cases = [(d, B, H) for d in ("fp32", "bf16")
-                 for B, H in ((1, 32), (1, 8), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32))]
+        cases = [
+            (d, B, H)
+            for d in ("fp32", "bf16")
+            for B, H in ((1, 32), (1, 8), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32))
+        ]
         if os.environ.get("FKDA_BENCH_SWEEP_CASES"):  # e.g. "fp32,64,32 bf16,1,32"
-            cases = [(d, int(B), int(H)) for d, B, H in
-                     (c.split(",") for c in os.environ["FKDA_BENCH_SWEEP_CASES"].split())]
+            cases = [
+                (d, int(B), int(H))
+                for d, B, H in (c.split(",") for c in os.environ["FKDA_BENCH_SWEEP_CASES"].split())
+            ]
         for pname, B, H in cases:
             pool_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[pname]
             cells = []
@@ -362,8 +444,9 @@ def main():
                 for kn in knobs:
                     os.environ.pop(kn, None)
                 os.environ.update(env)
-                t_ours, _, _, _, _ = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen,
-                                                with_fla=False)
+                t_ours, _, _, _, _ = bench_case(
+                    flash_kda, fla_fwd, B, H, pool_dtype, False, gen, with_fla=False
+                )
                 cells.append(f"{t_ours * 1e6:.2f}")
             for kn in knobs:
                 os.environ.pop(kn, None)
