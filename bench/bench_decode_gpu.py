@@ -21,7 +21,14 @@ Ours launches as a programmatic dependent launch on sm_90 (PDL: in the graph eac
 overlaps the tail of the call before it, which fla's kernels do not do); every row also times ours
 with FKDA_DECODE_PDL=0, the launch a call gets when the kernel before it is not a PDL launch.
 
-    python3 bench/bench_decode_gpu.py [--out results.md] [--quick] [--sweep | --sweep-only]
+    python3 bench/bench_decode_gpu.py [--out results.md] [--quick] [--sweep | --sweep-only | --vllm]
+
+--vllm times only vLLM's packed form of the call (one row of B tokens, q [1, B, H, K],
+cu_seqlens = arange(B + 1), 1-D int32 indices: how vLLM calls fused_recurrent_kda for a decode
+step) beside the current form ([B, 1, H, K], no cu_seqlens), for both libraries, both pool
+layouts ([K, V] and [V, K]) and pool dtypes, at B = 1 with H = 12, 16 and 32 and at
+B x H = 2048 to 8192 (64 x 32, 256 x 32, 1024 x 8). It is not part of the default run: fla's
+Triton kernels autotune once per shape and form.
 
 --sweep adds a table of ours with each kernel family or knob forced (the FKDA_DECODE_* knobs of
 src/core/tuning.h; FKDA_DECODE_VARIANT=<name> forces one kernel of src/cuda/decode_variants.h);
@@ -161,7 +168,30 @@ def time_graph(step_fns) -> float:
     return statistics.median(times) / len(step_fns)
 
 
-def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 20, with_fla=True):
+def packed_form(x, B):
+    """vLLM's packed form of one-token inputs: the same bytes as one row of B tokens, and
+    cu_seqlens = arange(B + 1) (int32, as vLLM's query_start_loc)."""
+    toks = [t.view(1, B, *t.shape[2:]) for t in x[:5]]
+    return toks + list(x[5:]), torch.arange(B + 1, device="cuda", dtype=torch.int32)
+
+
+def bench_case(
+    flash_kda,
+    fla_fwd,
+    B,
+    H,
+    pool_dtype,
+    hot,
+    gen,
+    min_bytes=256 << 20,
+    with_fla=True,
+    v_first=None,
+    packed=False,
+    plain_launch=True,
+):
+    """Times ours and fla (with_fla) on B sequences of one token, H heads, in a CUDA graph of
+    distinct pools (one reused if hot); v_first None: FKDA_BENCH_LAYOUT; packed: vLLM's packed
+    form (packed_form); plain_launch: also ours without PDL."""
     elem = 4 if pool_dtype == torch.float32 else 2
     pool_bytes = B * H * K * V * elem
     layers = 1 if hot else max(1, min(MAX_LAYERS, math.ceil(min_bytes / pool_bytes)))
@@ -178,24 +208,30 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
         idx = torch.arange(B, device="cuda", dtype=torch.int32)
     else:
         idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
-    vf = os.environ.get("FKDA_BENCH_LAYOUT", "kv") == "vk"
+    vf = os.environ.get("FKDA_BENCH_LAYOUT", "kv") == "vk" if v_first is None else v_first
     out = torch.empty(B, 1, H, V, device="cuda", dtype=torch.bfloat16)
+    cu = None
+    if packed:
+        x, cu = packed_form(x, B)
+        out = out.view(1, B, H, V)
     ours = [
-        lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf) for s in range(steps)
+        lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf, cu_seqlens=cu)
+        for s in range(steps)
     ]
     theirs = [
-        lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, vf) for s in range(steps)
+        lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, vf, cu_seqlens=cu)
+        for s in range(steps)
     ]
     t_ours = time_graph(ours)
     t_fla = time_graph(theirs) if with_fla else float("nan")
     t_plain_launch = float("nan")
     # Ours again, launched without programmatic dependent launch (as in a stream of other kernels).
-    if with_fla:
+    if with_fla and plain_launch:
         saved = os.environ.get("FKDA_DECODE_PDL")
         os.environ["FKDA_DECODE_PDL"] = "0"
         t_plain_launch = time_graph(
             [
-                lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf)
+                lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf, cu_seqlens=cu)
                 for s in range(steps)
             ]
         )
@@ -228,14 +264,18 @@ def agreement(flash_kda, fla_fwd, gen):
     compatibility target). Returns rows of text."""
     rows = []
     B, H, T = 8, 8, 3
-    for name, pool_dtype, v_first, spec, varlen in [
-        ("fp32 pool [K,V]", torch.float32, False, False, False),
-        ("bf16 pool [K,V]", torch.bfloat16, False, False, False),
-        ("fp32 pool [V,K]", torch.float32, True, False, False),
-        ("fp32 pool, 2-D indices + num_accepted, T=3", torch.float32, False, True, False),
-        ("fp32 pool, varlen [1,3,2,...], 2-D indices", torch.float32, False, True, True),
+    for name, pool_dtype, v_first, spec, varlen, packed in [
+        ("fp32 pool [K,V]", torch.float32, False, False, False, False),
+        ("bf16 pool [K,V]", torch.bfloat16, False, False, False, False),
+        ("fp32 pool [V,K]", torch.float32, True, False, False, False),
+        ("fp32 pool, 2-D indices + num_accepted, T=3", torch.float32, False, True, False, False),
+        ("fp32 pool, varlen [1,3,2,...], 2-D indices", torch.float32, False, True, True, False),
+        ("fp32 pool [K,V], packed form (cu = arange)", torch.float32, False, False, False, True),
+        ("bf16 pool [V,K], packed form (cu = arange)", torch.bfloat16, True, False, False, True),
     ]:
-        if varlen:
+        if packed:
+            x, cu = packed_form(make_inputs(B, H, gen), B)
+        elif varlen:
             lens = [1, 3, 2, 1, 1, 2, 3, 1]
             cu = torch.tensor(
                 [0] + list(torch.tensor(lens).cumsum(0)), device="cuda", dtype=torch.int32
@@ -269,6 +309,52 @@ def agreement(flash_kda, fla_fwd, gen):
     return rows
 
 
+def vllm_table(flash_kda, fla_fwd, bw, gen):
+    """vLLM's packed form beside the current form (--vllm): rows of text, printed as they come."""
+    rows = [
+        "",
+        "vLLM's packed form (q [1, B, H, K], cu_seqlens = arange(B + 1), 1-D int32 indices) "
+        "beside the current form (q [B, 1, H, K], no cu_seqlens), one token per sequence, "
+        f"{STEPS}+ calls per CUDA graph, DRAM-resident pools; ours with PDL:",
+        "",
+        "| pool | layout | B | H | state MB | floor us | ours us | fla us | ours/fla "
+        "| ours packed us | fla packed us | packed ours/fla | packed ours/floor "
+        "| packed/current ours | pools |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(rows), flush=True)
+    for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        for vf in (False, True):
+            for B, H in ((1, 12), (1, 16), (1, 32), (64, 32), (256, 32), (1024, 8)):
+                t_ours, t_fla, state_bytes, layers, _ = bench_case(
+                    flash_kda, fla_fwd, B, H, pool_dtype, False, gen, v_first=vf, plain_launch=False
+                )
+                p_ours, p_fla, _, _, _ = bench_case(
+                    flash_kda,
+                    fla_fwd,
+                    B,
+                    H,
+                    pool_dtype,
+                    False,
+                    gen,
+                    v_first=vf,
+                    packed=True,
+                    plain_launch=False,
+                )
+                floor = state_bytes / bw
+                layout = "[V,K]" if vf else "[K,V]"
+                row = (
+                    f"| {pname} | {layout} | {B} | {H} | {state_bytes / 1e6:.1f} "
+                    f"| {floor * 1e6:.2f} | {t_ours * 1e6:.2f} | {t_fla * 1e6:.2f} "
+                    f"| {t_ours / t_fla:.2f} | {p_ours * 1e6:.2f} | {p_fla * 1e6:.2f} "
+                    f"| {p_ours / p_fla:.2f} | {p_ours / floor:.2f} | {p_ours / t_ours:.2f} "
+                    f"| {layers} |"
+                )
+                rows.append(row)
+                print(row, flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
@@ -283,6 +369,11 @@ def main():
         "--sweep-only",
         action="store_true",
         help="only the agreement and the sweep (no fla timings)",
+    )
+    ap.add_argument(
+        "--vllm",
+        action="store_true",
+        help="only the agreement and vLLM's packed form beside the current form",
     )
     ap.add_argument(
         "--profile",
@@ -340,6 +431,13 @@ def main():
     ]
     lines += agreement(flash_kda, fla_fwd, gen)
     print("\n".join(lines), flush=True)
+    if args.vllm:
+        text = "\n".join(lines + vllm_table(flash_kda, fla_fwd, bw, gen)) + "\n"
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+        print("\n" + text)
+        return 0
 
     batches = [1, 8, 64, 256, 1024] if not args.quick else [1, 64, 1024]
     header = [
