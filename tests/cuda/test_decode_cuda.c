@@ -743,7 +743,7 @@ static void packed_form_bitwise(int64_t B, int64_t HV, fkda_dtype pool_dtype, in
     int32_t *hi = (int32_t *)h;
     for (int64_t n = 0; n <= B; n++) hi[n] = (int32_t)n;
     CUDA_OK(cudaMemcpy(cu, hi, (size_t)(B + 1) * 4, cudaMemcpyHostToDevice));
-    for (int64_t n = 0; n < B; n++) hi[n] = (int32_t)((n * 7 + 2) % P); /* distinct slots: 7 and P coprime */
+    for (int64_t n = 0; n < B; n++) hi[n] = (int32_t)(P - 1 - n); /* distinct slots, not slot n */
     hi[0] = -1;
     CUDA_OK(cudaMemcpy(idx, hi, (size_t)B * 4, cudaMemcpyHostToDevice));
 
