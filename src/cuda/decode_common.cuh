@@ -92,16 +92,37 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
     }
 }
 
-/* Sequence n of cu_seqlens (which must be given): positions *bos .. *bos + len - 1 of row 0;
- * returns len (0: nothing). */
-static __device__ __forceinline__ int64_t cu_sequence_tokens(const fkda_decode_params *p, int64_t n, int64_t *bos)
+/* The bounds [a, b) of a sequence of cu_seqlens clamped into [0, T]: *bos = a; returns b - a. */
+static __device__ __forceinline__ int64_t clamp_bounds(const fkda_decode_params *p, int64_t a, int64_t b, int64_t *bos)
 {
-    int64_t a = load_index(p->cu_seqlens, p->cu_dtype, n * p->cu_stride);
-    int64_t b = load_index(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride);
     a = min(max(a, (int64_t)0), p->T);
     b = min(max(b, a), p->T);
     *bos = a;
     return b - a;
+}
+
+/* Sequence n of cu_seqlens (which must be given): positions *bos .. *bos + len - 1 of row 0;
+ * returns len (0: nothing). */
+static __device__ __forceinline__ int64_t cu_sequence_tokens(const fkda_decode_params *p, int64_t n, int64_t *bos)
+{
+    const int64_t a = load_index(p->cu_seqlens, p->cu_dtype, n * p->cu_stride);
+    const int64_t b = load_index(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride);
+    return clamp_bounds(p, a, b, bos);
+}
+
+/* The CU kernels' sequence n (cu_seqlens given, 1-D indices): as cu_sequence_tokens, and its slot
+ * in *slot; the three index loads are issued before any is used (load_index_words), so that their
+ * latencies overlap: the one-token form waits for one load, the slot's, before the state's. */
+static __device__ __forceinline__ int64_t cu_sequence_and_slot(const fkda_decode_params *p, int64_t n, int64_t *bos,
+                                                               int64_t *slot)
+{
+    const index_words none = {0u, 0u}, slot_n = {(uint32_t)n, 0u}; /* n < 2^31, read as int64 */
+    const index_words a = load_index_words_if(p->cu_seqlens, p->cu_dtype, n * p->cu_stride, 1, none);
+    const index_words b = load_index_words_if(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride, 1, none);
+    const int indexed = p->state_indices != NULL; /* else slot n */
+    const index_words s = load_index_words_if(p->state_indices, p->idx_dtype, n * p->idx_stride[0], indexed, slot_n);
+    *slot = index_value(s, indexed ? p->idx_dtype : (int32_t)FKDA_DTYPE_I64);
+    return clamp_bounds(p, index_value(a, p->cu_dtype), index_value(b, p->cu_dtype), bos);
 }
 
 /* Sequence n's tokens: row *row, positions *bos .. *bos + len - 1; returns len (0: nothing). */

@@ -118,11 +118,14 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
 
     int64_t row, bos;
     const int64_t len = sequence_tokens(p, n, &row, &bos);
-    if (len <= 0) return;
+    if (len <= 0) return; /* an empty sequence of cu_seqlens: nothing written, as in every kernel */
     if (CU && len > 1) {
         several_tokens(p, smem);
         return;
     }
+    /* The slot's load waits for the bounds' here (the tile kernels' CU path overlaps them,
+     * cu_sequence_and_slot): the packed kernels serve large batches, where other CTAs cover that
+     * latency, and the overlap made the [V, K] ones spill. */
     const int64_t slot = read_slot(p, n);
     if (slot < 0 || slot >= p->pool_size) {
         zero_outputs(p, &w, row, bos, 1, h, V_FIRST, VEC, NC, 0);

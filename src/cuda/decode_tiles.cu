@@ -79,11 +79,20 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
         decode_sequence(p, &w, smem, n, h, row, bos, 1, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS);
         return;
     }
-    const int64_t len = cu_sequence_tokens(p, n, &bos);
-    if (len == 1)
-        decode_sequence(p, &w, smem, n, h, 0, bos, 1, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS);
-    else if (len > 1)
+    /* decode_sequence's work for one token, with the bounds and the slot loaded together
+     * (cu_sequence_and_slot) and one branch on both (& rather than &&: no branch on the length
+     * before the slot is in). */
+    int64_t slot;
+    const int64_t len = cu_sequence_and_slot(p, n, &bos, &slot);
+    if ((len == 1) & (slot >= 0) & (slot < p->pool_size)) {
+        float s[DECODE_MAX_R][DECODE_MAX_C];
+        load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
+        run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2);
+    } else if (len == 1) {
+        zero_outputs(p, &w, 0, bos, 1, h, V_FIRST, VEC, NC, TOK);
+    } else if (len > 1) {
         several_tokens(p, smem);
+    }
 }
 
 /* ---- the kernels ------------------------------------------------------------------------- */
