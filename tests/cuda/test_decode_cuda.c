@@ -1042,6 +1042,13 @@ int main(int argc, char **argv)
         c.steps = 3;
         cases[n++] = c;
     }
+    /* No indices (sequence n continues slot n; the CU kernels' slot is then not loaded). */
+    c = base_case("packed form arange(9), bf16 tokens, no indices");
+    set_packed_form(&c, 8, ones, 1);
+    c.bf16_g_beta = 1;
+    c.idx_mode = IDX_NONE;
+    c.steps = 3;
+    cases[n++] = c;
     /* 304 and 312 heads of bf16 pools: the packed kernels (from 2 heads per SM), one token per
      * sequence, and mixed lengths (the two fp32 passes over a longer sequence). */
     c = base_case("packed form arange(77), bf16 pool [K,V] (packed)");
@@ -1251,6 +1258,12 @@ int main(int argc, char **argv)
             c.steps = size >= 2 ? 2 : 3;
             cases[n++] = c;
         }
+        c = base_case("packed form [3,0,1,1,0,1]x2, bf16 tokens, no indices");
+        set_packed_form(&c, 12, mixed, 6);
+        c.bf16_g_beta = 1;
+        c.idx_mode = IDX_NONE;
+        c.steps = 3;
+        cases[n++] = c;
         c = base_case("packed form arange(5), bf16 tokens, graph replays");
         set_packed_form(&c, 4, ones, 1);
         c.bf16_g_beta = 1;
