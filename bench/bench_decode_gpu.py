@@ -21,7 +21,14 @@ Ours launches as a programmatic dependent launch on sm_90 (PDL: in the graph eac
 overlaps the tail of the call before it, which fla's kernels do not do); every row also times ours
 with FKDA_DECODE_PDL=0, the launch a call gets when the kernel before it is not a PDL launch.
 
-    python3 bench/bench_decode_gpu.py [--out results.md] [--quick] [--sweep | --sweep-only]
+    python3 bench/bench_decode_gpu.py [--out results.md] [--quick] [--sweep | --sweep-only | --vllm]
+
+--vllm times only vLLM's packed form of the call (one row of B tokens, q [1, B, H, K],
+cu_seqlens = arange(B + 1), 1-D int32 indices: how vLLM calls fused_recurrent_kda for a decode
+step) beside the current form ([B, 1, H, K], no cu_seqlens), for both libraries, both pool
+layouts ([K, V] and [V, K]) and pool dtypes, at B = 1 with H = 12, 16 and 32 and at
+B x H = 2048 to 8192 (64 x 32, 256 x 32, 1024 x 8). It is not part of the default run: fla's
+Triton kernels autotune once per shape and form.
 
 --sweep adds a table of ours with each kernel family or knob forced (the FKDA_DECODE_* knobs of
 src/core/tuning.h; FKDA_DECODE_VARIANT=<name> forces one kernel of src/cuda/decode_variants.h);
@@ -86,19 +93,51 @@ def make_inputs(B, H, gen):
 
 def ours_call(flash_kda, x, pool, idx, out, v_first=False, num_accepted=None, cu_seqlens=None):
     q, k, v, g, beta, A_log, dt_bias = x
-    flash_kda.decode(q, k, v, g, beta, pool, state_indices=idx, num_accepted_tokens=num_accepted,
-                     cu_seqlens=cu_seqlens, out=out, A_log=A_log, dt_bias=dt_bias,
-                     gate="lower_bound", lower_bound=LOWER_BOUND, use_qk_l2norm=True,
-                     use_beta_sigmoid=True, state_v_first=v_first)
+    flash_kda.decode(
+        q,
+        k,
+        v,
+        g,
+        beta,
+        pool,
+        state_indices=idx,
+        num_accepted_tokens=num_accepted,
+        cu_seqlens=cu_seqlens,
+        out=out,
+        A_log=A_log,
+        dt_bias=dt_bias,
+        gate="lower_bound",
+        lower_bound=LOWER_BOUND,
+        use_qk_l2norm=True,
+        use_beta_sigmoid=True,
+        state_v_first=v_first,
+    )
 
 
 def fla_call(fla_fwd, x, pool, idx, out, v_first=False, num_accepted=None, cu_seqlens=None):
     q, k, v, g, beta, A_log, dt_bias = x
-    fla_fwd(q=q, k=k, v=v, g=g, beta=beta, A_log=A_log, dt_bias=dt_bias, initial_state=pool,
-            scale=None, output_final_state=False, inplace_final_state=True, state_v_first=v_first,
-            cu_seqlens=cu_seqlens, ssm_state_indices=idx, num_accepted_tokens=num_accepted,
-            use_qk_l2norm_in_kernel=True, use_gate_in_kernel=True, use_beta_sigmoid_in_kernel=True,
-            lower_bound=LOWER_BOUND, out=out)
+    fla_fwd(
+        q=q,
+        k=k,
+        v=v,
+        g=g,
+        beta=beta,
+        A_log=A_log,
+        dt_bias=dt_bias,
+        initial_state=pool,
+        scale=None,
+        output_final_state=False,
+        inplace_final_state=True,
+        state_v_first=v_first,
+        cu_seqlens=cu_seqlens,
+        ssm_state_indices=idx,
+        num_accepted_tokens=num_accepted,
+        use_qk_l2norm_in_kernel=True,
+        use_gate_in_kernel=True,
+        use_beta_sigmoid_in_kernel=True,
+        lower_bound=LOWER_BOUND,
+        out=out,
+    )
 
 
 def time_graph(step_fns) -> float:
@@ -129,14 +168,39 @@ def time_graph(step_fns) -> float:
     return statistics.median(times) / len(step_fns)
 
 
-def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 20, with_fla=True):
+def packed_form(x, B):
+    """vLLM's packed form of one-token inputs: the same bytes as one row of B tokens, and
+    cu_seqlens = arange(B + 1) (int32, as vLLM's query_start_loc)."""
+    toks = [t.view(1, B, *t.shape[2:]) for t in x[:5]]
+    return toks + list(x[5:]), torch.arange(B + 1, device="cuda", dtype=torch.int32)
+
+
+def bench_case(
+    flash_kda,
+    fla_fwd,
+    B,
+    H,
+    pool_dtype,
+    hot,
+    gen,
+    min_bytes=256 << 20,
+    with_fla=True,
+    v_first=None,
+    packed=False,
+    plain_launch=True,
+):
+    """Times ours and fla (with_fla) on B sequences of one token, H heads, in a CUDA graph of
+    distinct pools (one reused if hot); v_first None: FKDA_BENCH_LAYOUT; packed: vLLM's packed
+    form (packed_form); plain_launch: also ours without PDL."""
     elem = 4 if pool_dtype == torch.float32 else 2
     pool_bytes = B * H * K * V * elem
     layers = 1 if hot else max(1, min(MAX_LAYERS, math.ceil(min_bytes / pool_bytes)))
     steps = max(STEPS, layers)
     x = make_inputs(B, H, gen)
-    pools = [(0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype)
-             for _ in range(layers)]
+    pools = [
+        (0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype)
+        for _ in range(layers)
+    ]
     # Diagnostic knobs for the sweep's custom columns (the tables always use the defaults):
     # FKDA_BENCH_INDICES=identity (slot n for sequence n; default: a shuffled pool) and
     # FKDA_BENCH_LAYOUT=vk (the state stored [V, K]; default [K, V]).
@@ -144,22 +208,33 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
         idx = torch.arange(B, device="cuda", dtype=torch.int32)
     else:
         idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
-    vf = os.environ.get("FKDA_BENCH_LAYOUT", "kv") == "vk"
+    vf = os.environ.get("FKDA_BENCH_LAYOUT", "kv") == "vk" if v_first is None else v_first
     out = torch.empty(B, 1, H, V, device="cuda", dtype=torch.bfloat16)
-    ours = [lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf)
-            for s in range(steps)]
-    theirs = [lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, vf)
-              for s in range(steps)]
+    cu = None
+    if packed:
+        x, cu = packed_form(x, B)
+        out = out.view(1, B, H, V)
+    ours = [
+        lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf, cu_seqlens=cu)
+        for s in range(steps)
+    ]
+    theirs = [
+        lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, vf, cu_seqlens=cu)
+        for s in range(steps)
+    ]
     t_ours = time_graph(ours)
     t_fla = time_graph(theirs) if with_fla else float("nan")
     t_plain_launch = float("nan")
     # Ours again, launched without programmatic dependent launch (as in a stream of other kernels).
-    if with_fla:
+    if with_fla and plain_launch:
         saved = os.environ.get("FKDA_DECODE_PDL")
         os.environ["FKDA_DECODE_PDL"] = "0"
-        t_plain_launch = time_graph([lambda p=pools[s % layers]:
-                                     ours_call(flash_kda, x, p, idx, out, vf)
-                                     for s in range(steps)])
+        t_plain_launch = time_graph(
+            [
+                lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, vf, cu_seqlens=cu)
+                for s in range(steps)
+            ]
+        )
         if saved is None:
             os.environ.pop("FKDA_DECODE_PDL")
         else:
@@ -171,10 +246,12 @@ def bench_case(flash_kda, fla_fwd, B, H, pool_dtype, hot, gen, min_bytes=256 << 
 
 def table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_plain_launch, layers):
     floor = state_bytes / bw
-    return (f"| {pname} | {B} | {H} | {state_bytes / 1e6:.1f} | {floor * 1e6:.2f} "
-            f"| {t_ours * 1e6:.2f} | {t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} "
-            f"| {t_ours / floor:.2f} | {t_plain_launch * 1e6:.2f} | {t_plain_launch / t_fla:.2f} "
-            f"| {layers} |")
+    return (
+        f"| {pname} | {B} | {H} | {state_bytes / 1e6:.1f} | {floor * 1e6:.2f} "
+        f"| {t_ours * 1e6:.2f} | {t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} "
+        f"| {t_ours / floor:.2f} | {t_plain_launch * 1e6:.2f} | {t_plain_launch / t_fla:.2f} "
+        f"| {layers} |"
+    )
 
 
 def rel(a, b):
@@ -187,17 +264,22 @@ def agreement(flash_kda, fla_fwd, gen):
     compatibility target). Returns rows of text."""
     rows = []
     B, H, T = 8, 8, 3
-    for name, pool_dtype, v_first, spec, varlen in [
-        ("fp32 pool [K,V]", torch.float32, False, False, False),
-        ("bf16 pool [K,V]", torch.bfloat16, False, False, False),
-        ("fp32 pool [V,K]", torch.float32, True, False, False),
-        ("fp32 pool, 2-D indices + num_accepted, T=3", torch.float32, False, True, False),
-        ("fp32 pool, varlen [1,3,2,...], 2-D indices", torch.float32, False, True, True),
+    for name, pool_dtype, v_first, spec, varlen, packed in [
+        ("fp32 pool [K,V]", torch.float32, False, False, False, False),
+        ("bf16 pool [K,V]", torch.bfloat16, False, False, False, False),
+        ("fp32 pool [V,K]", torch.float32, True, False, False, False),
+        ("fp32 pool, 2-D indices + num_accepted, T=3", torch.float32, False, True, False, False),
+        ("fp32 pool, varlen [1,3,2,...], 2-D indices", torch.float32, False, True, True, False),
+        ("fp32 pool [K,V], packed form (cu = arange)", torch.float32, False, False, False, True),
+        ("bf16 pool [V,K], packed form (cu = arange)", torch.bfloat16, True, False, False, True),
     ]:
-        if varlen:
+        if packed:
+            x, cu = packed_form(make_inputs(B, H, gen), B)
+        elif varlen:
             lens = [1, 3, 2, 1, 1, 2, 3, 1]
-            cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), device="cuda",
-                              dtype=torch.int32)
+            cu = torch.tensor(
+                [0] + list(torch.tensor(lens).cumsum(0)), device="cuda", dtype=torch.int32
+            )
             tokens = sum(lens)
             x = list(make_inputs(tokens, H, gen))
             x = [t.reshape(1, tokens, *t.shape[2:]) if t.dim() >= 3 else t for t in x[:5]] + x[5:]
@@ -227,17 +309,78 @@ def agreement(flash_kda, fla_fwd, gen):
     return rows
 
 
+def vllm_table(flash_kda, fla_fwd, bw, gen):
+    """vLLM's packed form beside the current form (--vllm): rows of text, printed as they come."""
+    rows = [
+        "",
+        "vLLM's packed form (q [1, B, H, K], cu_seqlens = arange(B + 1), 1-D int32 indices) "
+        "beside the current form (q [B, 1, H, K], no cu_seqlens), one token per sequence, "
+        f"{STEPS}+ calls per CUDA graph, DRAM-resident pools; ours with PDL:",
+        "",
+        "| pool | layout | B | H | state MB | floor us | ours us | fla us | ours/fla "
+        "| ours packed us | fla packed us | packed ours/fla | packed ours/floor "
+        "| packed/current ours | pools |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(rows), flush=True)
+    for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        for vf in (False, True):
+            for B, H in ((1, 12), (1, 16), (1, 32), (64, 32), (256, 32), (1024, 8)):
+                t_ours, t_fla, state_bytes, layers, _ = bench_case(
+                    flash_kda, fla_fwd, B, H, pool_dtype, False, gen, v_first=vf, plain_launch=False
+                )
+                p_ours, p_fla, _, _, _ = bench_case(
+                    flash_kda,
+                    fla_fwd,
+                    B,
+                    H,
+                    pool_dtype,
+                    False,
+                    gen,
+                    v_first=vf,
+                    packed=True,
+                    plain_launch=False,
+                )
+                floor = state_bytes / bw
+                layout = "[V,K]" if vf else "[K,V]"
+                row = (
+                    f"| {pname} | {layout} | {B} | {H} | {state_bytes / 1e6:.1f} "
+                    f"| {floor * 1e6:.2f} | {t_ours * 1e6:.2f} | {t_fla * 1e6:.2f} "
+                    f"| {t_ours / t_fla:.2f} | {p_ours * 1e6:.2f} | {p_fla * 1e6:.2f} "
+                    f"| {p_ours / p_fla:.2f} | {p_ours / floor:.2f} | {p_ours / t_ours:.2f} "
+                    f"| {layers} |"
+                )
+                rows.append(row)
+                print(row, flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="fewer batch sizes")
-    ap.add_argument("--sweep", action="store_true",
-                    default=os.environ.get("FKDA_BENCH_SWEEP") == "1",
-                    help="also time each kernel family and CTA size forced (or FKDA_BENCH_SWEEP=1)")
-    ap.add_argument("--sweep-only", action="store_true",
-                    help="only the agreement and the sweep (no fla timings)")
-    ap.add_argument("--profile", default=None, metavar="DTYPE,B,H",
-                    help="only run two calls of each library on one case (for ncu)")
+    ap.add_argument(
+        "--sweep",
+        action="store_true",
+        default=os.environ.get("FKDA_BENCH_SWEEP") == "1",
+        help="also time each kernel family and CTA size forced (or FKDA_BENCH_SWEEP=1)",
+    )
+    ap.add_argument(
+        "--sweep-only",
+        action="store_true",
+        help="only the agreement and the sweep (no fla timings)",
+    )
+    ap.add_argument(
+        "--vllm",
+        action="store_true",
+        help="only the agreement and vLLM's packed form beside the current form",
+    )
+    ap.add_argument(
+        "--profile",
+        default=None,
+        metavar="DTYPE,B,H",
+        help="only run two calls of each library on one case (for ncu)",
+    )
     args = ap.parse_args()
 
     from fla.ops.kda.fused_recurrent import fused_recurrent_kda_fwd as fla_fwd
@@ -269,8 +412,12 @@ def main():
     commit = os.environ.get("FKDA_COMMIT", "")  # the device's copy of the tree has no git history
     if not commit:
         try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip() or "?"
+            commit = (
+                subprocess.run(
+                    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+                ).stdout.strip()
+                or "?"
+            )
         except OSError:
             commit = "?"
     lines = [
@@ -284,13 +431,25 @@ def main():
     ]
     lines += agreement(flash_kda, fla_fwd, gen)
     print("\n".join(lines), flush=True)
+    if args.vllm:
+        text = "\n".join(lines + vllm_table(flash_kda, fla_fwd, bw, gen)) + "\n"
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+        print("\n" + text)
+        return 0
 
     batches = [1, 8, 64, 256, 1024] if not args.quick else [1, 64, 1024]
-    header = ["", "| pool | B | H | state MB | floor us | ours us | fla us | ours/fla | ours/floor "
-              "| ours no-PDL us | no-PDL/fla | pools |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    table = ["", f"Decode, one token per sequence, {STEPS}+ calls per CUDA graph, "
-             "DRAM-resident pools:"] + header
+    header = [
+        "",
+        "| pool | B | H | state MB | floor us | ours us | fla us | ours/fla | ours/floor "
+        "| ours no-PDL us | no-PDL/fla | pools |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    table = [
+        "",
+        f"Decode, one token per sequence, {STEPS}+ calls per CUDA graph, DRAM-resident pools:",
+    ] + header
     hot = ["", "Hot L2: one pool reused by every call of the graph (the state stays in L2):"]
     hot += header
     print("\n".join(table), flush=True)
@@ -300,7 +459,8 @@ def main():
         for H in (32, 8) if not args.sweep_only else ():
             for B in batches:
                 t_ours, t_fla, state_bytes, layers, t_np = bench_case(
-                    flash_kda, fla_fwd, B, H, pool_dtype, False, gen)
+                    flash_kda, fla_fwd, B, H, pool_dtype, False, gen
+                )
                 row = table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_np, layers)
                 table.append(row)
                 print(row, flush=True)
@@ -309,24 +469,28 @@ def main():
         for H in (32, 8) if not args.sweep_only else ():
             for B in (1, 8):
                 t_ours, t_fla, state_bytes, layers, t_np = bench_case(
-                    flash_kda, fla_fwd, B, H, pool_dtype, True, gen)
+                    flash_kda, fla_fwd, B, H, pool_dtype, True, gen
+                )
                 row = table_row(pname, B, H, state_bytes, bw, t_ours, t_fla, t_np, layers)
                 hot.append(row)
                 print(row, flush=True)
     sweep = []
     if args.sweep:
         # Each kernel family and CTA size forced in turn (src/core/tuning.h's decode knobs).
-        configs = [("default", {}), ("no PDL", {"FKDA_DECODE_PDL": "0"}),
-                   ("unpacked", {"FKDA_DECODE_PACKED": "0"}),
-                   ("narrow", {"FKDA_DECODE_NARROW": "1"}), ("wide", {"FKDA_DECODE_NARROW": "0"}),
-                   ("ef loads", {"FKDA_DECODE_LOAD_EF": "1"}),
-                   ("plain loads", {"FKDA_DECODE_LOAD_EF": "0"}),
-                   ("generic tokens", {"FKDA_DECODE_BF16_TOKENS": "0"}),
-                   ("split K", {"FKDA_DECODE_KSPLIT": "1"}),
-                   ("no split K", {"FKDA_DECODE_KSPLIT": "0"})]
+        configs = [
+            ("default", {}),
+            ("no PDL", {"FKDA_DECODE_PDL": "0"}),
+            ("unpacked", {"FKDA_DECODE_PACKED": "0"}),
+            ("narrow", {"FKDA_DECODE_NARROW": "1"}),
+            ("wide", {"FKDA_DECODE_NARROW": "0"}),
+            ("ef loads", {"FKDA_DECODE_LOAD_EF": "1"}),
+            ("plain loads", {"FKDA_DECODE_LOAD_EF": "0"}),
+            ("generic tokens", {"FKDA_DECODE_BF16_TOKENS": "0"}),
+            ("split K", {"FKDA_DECODE_KSPLIT": "1"}),
+            ("no split K", {"FKDA_DECODE_KSPLIT": "0"}),
+        ]
         if os.environ.get("FKDA_BENCH_SWEEP_WARPS") == "1":
-            configs += [(f"{w}w", {"FKDA_DECODE_WARPS_PER_CTA": w})
-                        for w in ("1", "2", "4", "8")]
+            configs += [(f"{w}w", {"FKDA_DECODE_WARPS_PER_CTA": w}) for w in ("1", "2", "4", "8")]
         if os.environ.get("FKDA_BENCH_SWEEP_CONFIGS"):  # e.g. "default,no PDL": only these columns
             wanted = os.environ["FKDA_BENCH_SWEEP_CONFIGS"].split(",")
             configs = [c for c in configs if c[0] in wanted]
@@ -337,24 +501,40 @@ def main():
             configs.append((name, dict(a.split("=", 1) for a in assigns.split(",") if a)))
         if "default again" in os.environ.get("FKDA_BENCH_SWEEP_CONFIGS", "").split(","):
             configs.append(("default again", {}))  # A/B/A: the first column's drift over the sweep
-        sweep = ["", "Kernel families, warps per CTA and programmatic dependent launch forced ("
-                 "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, "
-                 "FKDA_DECODE_NARROW, FKDA_DECODE_LOAD_EF, FKDA_DECODE_BF16_TOKENS, "
-                 "FKDA_DECODE_KSPLIT, FKDA_DECODE_VARIANT), "
-                 "ours us:", "",
-                 "| pool | B | H | " + " | ".join(name for name, _ in configs) + " |",
-                 "|---|---|---|" + "---|" * len(configs)]
+        sweep = [
+            "",
+            "Kernel families, warps per CTA and programmatic dependent launch forced ("
+            "FKDA_DECODE_WARPS_PER_CTA, FKDA_DECODE_PDL, FKDA_DECODE_PACKED, "
+            "FKDA_DECODE_NARROW, FKDA_DECODE_LOAD_EF, FKDA_DECODE_BF16_TOKENS, "
+            "FKDA_DECODE_KSPLIT, FKDA_DECODE_VARIANT), "
+            "ours us:",
+            "",
+            "| pool | B | H | " + " | ".join(name for name, _ in configs) + " |",
+            "|---|---|---|" + "---|" * len(configs),
+        ]
         print("\n".join(sweep), flush=True)
-        knobs = ("FKDA_DECODE_WARPS_PER_CTA", "FKDA_DECODE_PDL", "FKDA_DECODE_PACKED",
-                 "FKDA_DECODE_NARROW", "FKDA_DECODE_LOAD_EF", "FKDA_DECODE_BF16_TOKENS",
-                 "FKDA_DECODE_KSPLIT", "FKDA_DECODE_VARIANT")
+        knobs = (
+            "FKDA_DECODE_WARPS_PER_CTA",
+            "FKDA_DECODE_PDL",
+            "FKDA_DECODE_PACKED",
+            "FKDA_DECODE_NARROW",
+            "FKDA_DECODE_LOAD_EF",
+            "FKDA_DECODE_BF16_TOKENS",
+            "FKDA_DECODE_KSPLIT",
+            "FKDA_DECODE_VARIANT",
+        )
         # The custom columns' knobs too.
         knobs += tuple(sorted({k for _, env in configs for k in env} - set(knobs)))
-        cases = [(d, B, H) for d in ("fp32", "bf16")
-                 for B, H in ((1, 32), (1, 8), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32))]
+        cases = [
+            (d, B, H)
+            for d in ("fp32", "bf16")
+            for B, H in ((1, 32), (1, 8), (8, 8), (8, 32), (64, 32), (256, 8), (1024, 32))
+        ]
         if os.environ.get("FKDA_BENCH_SWEEP_CASES"):  # e.g. "fp32,64,32 bf16,1,32"
-            cases = [(d, int(B), int(H)) for d, B, H in
-                     (c.split(",") for c in os.environ["FKDA_BENCH_SWEEP_CASES"].split())]
+            cases = [
+                (d, int(B), int(H))
+                for d, B, H in (c.split(",") for c in os.environ["FKDA_BENCH_SWEEP_CASES"].split())
+            ]
         for pname, B, H in cases:
             pool_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[pname]
             cells = []
@@ -362,8 +542,9 @@ def main():
                 for kn in knobs:
                     os.environ.pop(kn, None)
                 os.environ.update(env)
-                t_ours, _, _, _, _ = bench_case(flash_kda, fla_fwd, B, H, pool_dtype, False, gen,
-                                                with_fla=False)
+                t_ours, _, _, _, _ = bench_case(
+                    flash_kda, fla_fwd, B, H, pool_dtype, False, gen, with_fla=False
+                )
                 cells.append(f"{t_ours * 1e6:.2f}")
             for kn in knobs:
                 os.environ.pop(kn, None)

@@ -121,8 +121,8 @@ mutant cuda-prefill-merge cuda src/cuda/prefill_merge.cu \
 # CUDA decode: these name today's snippets; the pattern finds them in whichever decode file holds
 # them (the decode sources may be split into several files).
 mutant cuda-decode-slot-bound cuda 'src/cuda/decode*.cu src/cuda/decode*.cuh' \
-  $'if (slot < 0 || slot >= p->pool_size) {\n        zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC, TOK);' \
-  $'if (slot < 0 || slot > p->pool_size) {\n        zero_outputs(p, &w, row, bos, len, h, V_FIRST, VEC, NC, TOK);'
+  $'if (slot < 0 || slot >= p->pool_size) {\n        zero_outputs(p, w, row, bos, len, h, V_FIRST, VEC, NC, TOK);' \
+  $'if (slot < 0 || slot > p->pool_size) {\n        zero_outputs(p, w, row, bos, len, h, V_FIRST, VEC, NC, TOK);'
 mutant cuda-decode-gate cuda 'src/cuda/decode*.cu src/cuda/decode*.cuh' \
   'p->lower_bound * sigmoidf_(weight * a)' \
   'p->lower_bound * sigmoidf_(a)'

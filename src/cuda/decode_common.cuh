@@ -1,7 +1,8 @@
 /*
  * decode_common.cuh: what the CUDA decode's kernel families (decode_tiles.cu, decode_packed.cu)
- * share: the algorithm below, and the per-CTA pieces (which head, which slot, its v, the split-K
- * exchange, the wait for the kernel before). The device I/O, the register tile and the token's
+ * share: the algorithm below, the per-CTA pieces (which head, which slot, its v, the split-K
+ * exchange, the wait for the kernel before), and the loop over a sequence's tokens with the
+ * state in fp32 registers (run_tokens). The device I/O, the register tile and the token's
  * staging are in decode_io.cuh, decode_tile.cuh and decode_stage.cuh; the variants in
  * decode_variants.h; the selection in decode_select.c; the launch in decode_launch.cu.
  *
@@ -24,10 +25,11 @@
  * Small batches split a head over several CTAs (down to one warp each), so that they spread
  * over every SM: there the time is latency, not bandwidth, and each warp's path is the time
  * (fewer heads than SMs take "narrow" tiles of 32 values per lane, 16 warps per head).
- * Large one-token batches of bf16 pools keep the state as bf16 pairs (the packed kernel), so
- * that a head needs half the registers and twice the bytes are in flight per SM. On sm_90 every
- * kernel is a programmatic dependent launch: it starts while the kernel before it finishes and
- * waits (griddepcontrol) before its first load. The state's stores are streaming (evict-first
+ * Large one-token batches of bf16 pools (T = 1, or cu_seqlens as vLLM calls a decode step) keep
+ * the state as bf16 pairs (the packed kernel), so that a head needs half the registers and
+ * twice the bytes are in flight per SM. On sm_90 every kernel is a programmatic dependent
+ * launch: it starts while the kernel before it finishes and waits (griddepcontrol) before its
+ * first load. The state's stores are streaming (evict-first
  * in L2), and so are its loads when the pool is small next to L2 (kernels compiled both ways).
  *
  * Inside a warp, `lanes_k` (KL) lanes share each column and split the K rows between them; the
@@ -90,6 +92,39 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
     }
 }
 
+/* The bounds [a, b) of a sequence of cu_seqlens clamped into [0, T]: *bos = a; returns b - a. */
+static __device__ __forceinline__ int64_t clamp_bounds(const fkda_decode_params *p, int64_t a, int64_t b, int64_t *bos)
+{
+    a = min(max(a, (int64_t)0), p->T);
+    b = min(max(b, a), p->T);
+    *bos = a;
+    return b - a;
+}
+
+/* Sequence n of cu_seqlens (which must be given): positions *bos .. *bos + len - 1 of row 0;
+ * returns len (0: nothing). */
+static __device__ __forceinline__ int64_t cu_sequence_tokens(const fkda_decode_params *p, int64_t n, int64_t *bos)
+{
+    const int64_t a = load_index(p->cu_seqlens, p->cu_dtype, n * p->cu_stride);
+    const int64_t b = load_index(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride);
+    return clamp_bounds(p, a, b, bos);
+}
+
+/* The CU kernels' sequence n (cu_seqlens given, 1-D indices): as cu_sequence_tokens, and its slot
+ * in *slot; the three index loads are issued before any is used (load_index_words), so that their
+ * latencies overlap: the one-token form waits for one load, the slot's, before the state's. */
+static __device__ __forceinline__ int64_t cu_sequence_and_slot(const fkda_decode_params *p, int64_t n, int64_t *bos,
+                                                               int64_t *slot)
+{
+    const index_words none = {0u, 0u}, slot_n = {(uint32_t)n, 0u}; /* n < 2^31, read as int64 */
+    const index_words a = load_index_words_if(p->cu_seqlens, p->cu_dtype, n * p->cu_stride, 1, none);
+    const index_words b = load_index_words_if(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride, 1, none);
+    const int indexed = p->state_indices != NULL; /* else slot n */
+    const index_words s = load_index_words_if(p->state_indices, p->idx_dtype, n * p->idx_stride[0], indexed, slot_n);
+    *slot = index_value(s, indexed ? p->idx_dtype : (int32_t)FKDA_DTYPE_I64);
+    return clamp_bounds(p, index_value(a, p->cu_dtype), index_value(b, p->cu_dtype), bos);
+}
+
 /* Sequence n's tokens: row *row, positions *bos .. *bos + len - 1; returns len (0: nothing). */
 static __device__ __forceinline__ int64_t sequence_tokens(const fkda_decode_params *p, int64_t n, int64_t *row,
                                                           int64_t *bos)
@@ -97,13 +132,8 @@ static __device__ __forceinline__ int64_t sequence_tokens(const fkda_decode_para
     *row = n;
     *bos = 0;
     if (!p->cu_seqlens) return p->T;
-    int64_t a = load_index(p->cu_seqlens, p->cu_dtype, n * p->cu_stride);
-    int64_t b = load_index(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride);
-    a = min(max(a, (int64_t)0), p->T);
-    b = min(max(b, a), p->T);
     *row = 0;
-    *bos = a;
-    return b - a;
+    return cu_sequence_tokens(p, n, bos);
 }
 
 /* The slot sequence n continues from; outside [0, pool_size) means: skip it. */
@@ -190,6 +220,96 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
      * for this grid's completion and memory itself, at its own griddepcontrol.wait). */
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 #endif
+}
+
+/* The recurrence over the sequence's tokens, the state in registers (loaded by the caller),
+ * and the state's stores: after every token to its 2-D index, else once at the end to `slot`.
+ * Every thread of the CTA calls it (stage_token waits for the whole CTA once per token).
+ * BUFFERS stage buffers at `smem`: 2 (the tile kernels) alternate between tokens; 1 (the packed
+ * kernels' multi-token path, decode_packed.cu) is reused, behind a __syncthreads after each token. */
+static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, const lane_tile *wp, stage_buffer *smem,
+                                                  int64_t n, int64_t h, int64_t row, int64_t bos, int64_t len,
+                                                  int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
+                                                  const int V_FIRST, const int VEC, const int NR, const int NC,
+                                                  const int D128, const int TOK, const int KS, const int BUFFERS)
+{
+    const lane_tile w = *wp;
+    const int64_t hq = query_head(p, h);
+    const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
+    for (int64_t t = 0; t < len; t++) {
+        const int64_t pos = bos + t;
+        /* Two stage buffers: token t + 1 stages into the one token t - 1 read, which every warp
+         * had finished before it passed token t's __syncthreads. */
+        stage_buffer *sb = BUFFERS == 2 ? smem + (t & 1) : smem;
+        /* The token's inputs: their loads overlap the state's (first token) or each other. */
+        uint32_t vbits[DECODE_MAX_C];
+        load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, TOK);
+        const staged_token tok = stage_token(p, &w, row, pos, h, hq, sb, V_FIRST, VEC, NR * KS, TOK);
+        /* This lane's rows (a split-K warp's, the kh-th half of its kl group's). */
+        const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
+        const float *lq = sb->q + lane_rows, *lk = sb->k + lane_rows, *ld = sb->d + lane_rows;
+
+        /* Decay, and the two dot products over this lane's rows (with the unscaled q, k). */
+        float pk[DECODE_MAX_C], pq[DECODE_MAX_C];
+#pragma unroll
+        for (int c = 0; c < NC; c++) pk[c] = pq[c] = 0.0f;
+#pragma unroll
+        for (int r4 = 0; r4 < NR; r4 += 4) {
+            const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4),
+                         q4 = *(const float4 *)(lq + r4);
+            const float d[4] = {d4.x, d4.y, d4.z, d4.w}, kk[4] = {k4.x, k4.y, k4.z, k4.w},
+                        qq[4] = {q4.x, q4.y, q4.z, q4.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+#pragma unroll
+                for (int c = 0; c < NC; c++) {
+                    s[r4 + i][c] *= d[i];
+                    pk[c] = fmaf(s[r4 + i][c], kk[i], pk[c]);
+                    pq[c] = fmaf(s[r4 + i][c], qq[i], pq[c]);
+                }
+            }
+        }
+        /* Sum over the KL lanes sharing each column; every one of them gets the total. */
+        for (int off = red_lo; off < red_hi; off <<= 1) {
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                pk[c] += __shfl_xor_sync(FULL_MASK, pk[c], off);
+                pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
+            }
+        }
+        if (KS == 2) add_other_half(sb, &w, pk, pq, NC);
+        /* Delta rule and output: v' = b (v - S^T k), o = S^T q + (k . q) v', S += k v'^T. */
+        float vk[DECODE_MAX_C]; /* kf * v', so that the update can use the unscaled k */
+        const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, pos, h, TOK);
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            const float vn = tok.beta * (bits_to_float(vbits[c], TOKEN_DTYPE(p, v_dtype, TOK)) - tok.kf * pk[c]);
+            vk[c] = tok.kf * vn;
+            const int j = tile_col(&w, c, V_FIRST, VEC);
+            if (w.kl == 0 && w.kh == 0 && j < w.V)
+                store_elem(ov, TOKEN_DTYPE(p, out_dtype, TOK), j, (int)p->out_stride[3],
+                           fmaf(tok.kq, vn, tok.qf * pq[c]));
+        }
+#pragma unroll
+        for (int r4 = 0; r4 < NR; r4 += 4) {
+            const float4 k4 = *(const float4 *)(lk + r4);
+            const float kk[4] = {k4.x, k4.y, k4.z, k4.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+#pragma unroll
+                for (int c = 0; c < NC; c++) s[r4 + i][c] = fmaf(kk[i], vk[c], s[r4 + i][c]);
+            }
+        }
+
+        if (!TOK && p->idx_2d) { /* the state after each token goes to its own slot */
+            const int64_t ts = t < p->idx_tokens ? load_index(p->state_indices, p->idx_dtype,
+                                                              n * p->idx_stride[0] + t * p->idx_stride[1])
+                                                 : -1;
+            if (ts >= 0 && ts < p->pool_size) store_tile(p, &w, ts, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
+        }
+        if (BUFFERS == 1) __syncthreads(); /* every warp has read the buffer: the next token may stage */
+    }
+    if (TOK || !p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
 #endif /* FKDA_CUDA_DECODE_COMMON_CUH */

@@ -109,6 +109,38 @@ static __device__ __forceinline__ int64_t load_index(const void *base, int32_t d
     return ((const int32_t *)base)[i];
 }
 
+/* Element i of an index tensor (int32 or int64) as raw 32-bit words, through one predicated
+ * load that nothing uses yet (as load_bits_if): a caller issues all its index loads before
+ * index_value converts any, so that their latencies overlap. (load_index's int32 path
+ * sign-extends its result at once, into the register pair its int64 path loads, and the compiled
+ * code waits for that load before it issues the next ones.) An int64 tensor is 8-byte aligned,
+ * as load_index assumes. */
+typedef struct index_words {
+    uint32_t lo, hi;
+} index_words;
+
+static __device__ __forceinline__ index_words load_index_words_if(const void *base, int32_t dtype, int64_t i, int ok,
+                                                                  index_words otherwise)
+{
+    index_words w = otherwise; /* kept where !ok: no load, and no branch either */
+    const int wide = dtype == FKDA_DTYPE_I64;
+    const char *at = (const char *)base + (i << (wide ? 3 : 2));
+    asm volatile("{\n\t.reg .pred p, w;\n\t"
+                 "setp.ne.s32 p, %4, 0;\n\t"
+                 "setp.ne.and.s32 w, %3, 0, p;\n\t"
+                 "setp.eq.and.s32 p, %3, 0, p;\n\t"
+                 "@w ld.global.v2.u32 {%0, %1}, [%2];\n\t"
+                 "@p ld.global.u32 %0, [%2];\n\t}"
+                 : "+r"(w.lo), "+r"(w.hi)
+                 : "l"(at), "r"(wide), "r"(ok));
+    return w;
+}
+
+static __device__ __forceinline__ int64_t index_value(index_words w, int32_t dtype)
+{
+    return dtype == FKDA_DTYPE_I64 ? (int64_t)(((uint64_t)w.hi << 32) | w.lo) : (int64_t)(int32_t)w.lo;
+}
+
 /* ---- state vectors: VEC consecutive elements, 16 bytes when VEC > 1 (8 for 4 bf16) ------- */
 
 static __device__ __forceinline__ float bf16_bits_to_float(uint32_t bits) { return __uint_as_float(bits << 16); }

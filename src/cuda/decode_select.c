@@ -8,10 +8,10 @@
 
 #include <string.h>
 
-#define TILE_ROW(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS) \
-    {#name, FKDA_DECODE_FAMILY_TILES, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS},
-#define PACKED_ROW(name, V_FIRST, LOAD_EF, KS) \
-    {#name, FKDA_DECODE_FAMILY_PACKED, 1, V_FIRST, 8, PK_NR, PK_NC, 1, LOAD_EF, 0, KS},
+#define TILE_ROW(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU) \
+    {#name, FKDA_DECODE_FAMILY_TILES, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU},
+#define PACKED_ROW(name, V_FIRST, LOAD_EF, KS, CU) \
+    {#name, FKDA_DECODE_FAMILY_PACKED, 1, V_FIRST, 8, PK_NR, PK_NC, 1, LOAD_EF, 0, KS, CU},
 const fkda_decode_variant fkda_decode_variant_table[] = {DECODE_TILE_VARIANTS(TILE_ROW)
                                                              DECODE_PACKED_VARIANTS(PACKED_ROW)};
 
@@ -22,23 +22,34 @@ int fkda_decode_variant_find(const char *name)
     return -1;
 }
 
-/* The call's token tensors are all bf16, one token per sequence, no cu_seqlens, 1-D indices, and
- * every token offset fits in 31 bits: what the kernels compiled for bf16 tokens assume. */
+/* The call's token tensors are all bf16, 1-D indices, every token offset fits in 31 bits, and
+ * one token per sequence (T = 1) or cu_seqlens (vLLM's packed form; the CU kernels read each
+ * sequence's bounds and loop over a longer one's tokens): what the kernels compiled for bf16
+ * tokens assume. */
 static int bf16_token_call(const fkda_decode_call *c)
 {
-    return c->tokens_bf16 && c->T == 1 && !c->cu_seqlens && !c->idx_2d && c->tokens_fit_31_bits;
+    return c->tokens_bf16 && (c->T == 1 || c->cu_seqlens) && !c->idx_2d && c->tokens_fit_31_bits;
 }
 
-/* The packed kernels hold one token's state per head: dense 128 bf16 pools, T = 1, no cu_seqlens,
- * 1-D indices. */
+/* The packed kernels hold one token's state per head as bf16 pairs: dense 128 bf16 pools, 1-D
+ * indices, and T = 1 or cu_seqlens (the CU kernels run a sequence of more than one token in two
+ * fp32 passes over its tokens, decode_packed.cu). */
 static int packable_call(const fkda_decode_call *c)
 {
-    return c->dense128 && c->state_bf16 && !c->cu_seqlens && c->T == 1 && !c->idx_2d;
+    return c->dense128 && c->state_bf16 && !c->idx_2d && (c->T == 1 || c->cu_seqlens);
 }
+
+/* A call of at most one token per sequence: T = 1, or cu_seqlens with T <= N (on average at most
+ * one: a decode step, such as vLLM's packed form; the lengths themselves are in device memory). */
+static int decode_step(const fkda_decode_call *c) { return c->T == 1 || (c->cu_seqlens && c->T <= c->sequences); }
+
+/* The TOK and packed kernels are compiled for one form of call: with cu_seqlens (CU) or without. */
+static int one_form(const fkda_decode_variant *v) { return v->family == FKDA_DECODE_FAMILY_PACKED || v->bf16_tokens; }
 
 int fkda_decode_variant_serves(const fkda_decode_variant *v, const fkda_decode_call *c)
 {
     if (v->bf16_pool != (c->state_bf16 != 0) || v->v_first != (c->v_first != 0)) return 0;
+    if (one_form(v) && v->cu_form != (c->cu_seqlens != 0)) return 0;
     if (v->family == FKDA_DECODE_FAMILY_PACKED) return packable_call(c);
     if (v->vec > 1 && !c->vectorizable) return 0;
     if (v->dense128 && !c->dense128) return 0;
@@ -50,7 +61,7 @@ static int is_narrow(const fkda_decode_variant *v) { return v->rows * v->cols ==
 
 /* Among the tile variants of the pool's dtype, layout, vector width and density, narrow or not as
  * asked: the one that matches split K first, then bf16 tokens (never one compiled for bf16 tokens
- * where the call's are not), then evict-first loads. */
+ * where the call's are not, nor for the other form of cu_seqlens), then evict-first loads. */
 static int best_tile_variant(const fkda_decode_call *c, int narrow, int ksplit, int tok, int load_ef)
 {
     int found = -1, best = -1;
@@ -58,7 +69,7 @@ static int best_tile_variant(const fkda_decode_call *c, int narrow, int ksplit, 
         const fkda_decode_variant *d = &fkda_decode_variant_table[i];
         if (d->bf16_pool != (c->state_bf16 != 0) || d->v_first != (c->v_first != 0) ||
             (d->vec > 1) != (c->vectorizable != 0) || d->dense128 != c->dense128 || is_narrow(d) != narrow ||
-            (d->bf16_tokens && !tok))
+            (d->bf16_tokens && (!tok || d->cu_form != (c->cu_seqlens != 0))))
             continue;
         const int score = 4 * ((d->k_split == 2) == ksplit) + 2 * ((d->bf16_tokens != 0) == tok) +
                           (d->load_ef == load_ef);
@@ -70,13 +81,15 @@ static int best_tile_variant(const fkda_decode_call *c, int narrow, int ksplit, 
     return found;
 }
 
-/* The packed variant of the pool's layout, split K ([K, V] only) and loads. */
+/* The packed variant of the pool's layout, split K ([K, V] only), loads and form of call. */
 static int packed_variant(const fkda_decode_call *c, int ksplit, int load_ef)
 {
     const int ks = !c->v_first && ksplit ? 2 : 1;
     for (int i = DECODE_TILE_VARIANT_COUNT; i < fkda_decode_variant_count; i++) {
         const fkda_decode_variant *d = &fkda_decode_variant_table[i];
-        if (d->v_first == (c->v_first != 0) && d->k_split == ks && d->load_ef == load_ef) return i;
+        if (d->v_first == (c->v_first != 0) && d->k_split == ks && d->load_ef == load_ef &&
+            d->cu_form == (c->cu_seqlens != 0))
+            return i;
     }
     return -1;
 }
@@ -150,12 +163,16 @@ fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fk
     int ksplit = heads > 2 * sms;
     if (t->decode_ksplit >= 0) ksplit = t->decode_ksplit;
 
-    /* Large batches of one-token bf16 decodes: the packed kernels, from 2 heads per SM. */
-    int packed = packable_call(c) && heads >= 2 * sms;
+    /* Large batches of one-token bf16 decodes: the packed kernels, from 2 heads per SM. Not where
+     * some sequence must have several tokens (cu_seqlens with T > N): the packed kernels' two
+     * passes over them would be slower than a tile kernel's one. */
+    int packed = packable_call(c) && decode_step(c) && heads >= 2 * sms;
     if (t->decode_packed >= 0) packed = packable_call(c) && t->decode_packed;
 
-    /* The kernels compiled for all-bf16 tokens where the call's are (never where not). */
-    int tok = bf16_token_call(c);
+    /* The kernels compiled for all-bf16 tokens where the call's are (never where not), for one
+     * token per sequence (with cu_seqlens: T <= N; where some sequence must have several tokens,
+     * the generic kernels, whose loop over them is inline). */
+    int tok = bf16_token_call(c) && decode_step(c);
     if (t->decode_bf16_tokens == 0) tok = 0;
 
     /* Small batches of dense heads: narrow tiles, 32 values per lane and 16 warps per head, so

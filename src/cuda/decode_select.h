@@ -26,8 +26,9 @@ typedef struct fkda_decode_call {
     int v_first;            /* the pool is [V, K] (else [K, V]) */
     int vectorizable;       /* the pool in and out allow 16-byte vectors along the contiguous dimension */
     int dense128;           /* vectorizable, K = V = 128, rows 128 elements apart in and out */
-    int64_t T;              /* tokens per sequence (the longest, with cu_seqlens) */
-    int cu_seqlens;         /* varlen sequences */
+    int64_t T;              /* tokens per sequence; with cu_seqlens, of all sequences together */
+    int64_t sequences;      /* N */
+    int cu_seqlens;         /* varlen sequences (their lengths are in device memory: unknown here) */
     int idx_2d;             /* 2-D state indices (a slot per token) */
     int tokens_bf16;        /* q, k, v, g, beta and out all bf16 */
     int tokens_fit_31_bits; /* every token offset fits in 31 bits (decode_launch.cu checks) */

@@ -50,7 +50,7 @@ typedef struct staged_token {
  * (TOK: the common call of a bf16 model) or read at run time (every other combination). A
  * compile-time dtype leaves one load per element and a shift to convert it, where the run-time
  * one needs both load widths and every conversion. TOK kernels also assume what the launch
- * checked for them: one token per sequence (T = 1, no cu_seqlens, 1-D indices) and token
+ * checked for them: 1-D indices, one token per sequence (T = 1) or cu_seqlens, and token
  * offsets in 31 bits (token_offset). */
 #define TOKEN_DTYPE(p, field, TOK) ((TOK) ? (int32_t)FKDA_DTYPE_BF16 : (p)->field)
 

@@ -6,14 +6,17 @@
  * Two families:
  *   tiles   (decode_tiles.cu)  each lane holds rows x cols fp32 state values in registers for the
  *                              whole call; any shape, layout, dtype and number of tokens.
- *   packed  (decode_packed.cu) dense 128 bf16 pools, one token per sequence: the state held as
- *                              bf16 pairs, 128 values per lane, so 4 warps cover a head.
+ *   packed  (decode_packed.cu) dense 128 bf16 pools, one token per sequence, 1-D indices:
+ *                              the state held as bf16 pairs, 128 values per lane, so 4 warps
+ *                              cover a head (the CU ones take a longer sequence of cu_seqlens
+ *                              in two fp32 passes).
  *
  * Name parts: f32 / bf16 the pool's dtype; kv / vk its layout ([K, V]: V contiguous; [V, K]);
  * 128 dense 128 heads (below); vec 16-byte state vectors, any K and V; scalar one element at a
  * time, any strides and alignment; _ef evict-first (streaming, ld.global.cs) state loads; _tok
  * compiled for all-bf16 token tensors; _ks split K (two warps share each column, half of the keys
- * each); _narrow narrow tiles (32 values per lane, 16 warps per head) for small batches.
+ * each); _narrow narrow tiles (32 values per lane, 16 warps per head) for small batches; _cu
+ * compiled for calls with cu_seqlens (CU, below).
  *
  * Columns of DECODE_TILE_VARIANTS:
  *   BF16     the pool is bf16 (else fp32)
@@ -24,12 +27,21 @@
  *            inside a head is a compile-time constant plus one per lane
  *   LOAD_EF  evict-first state loads (stores are always evict-first); always in the narrow
  *            kernels, which serve small batches, whose pools are small next to L2
- *   TOK      all-bf16 token tensors (q, k, v, g, beta, out) compiled in, for one-token calls
- *            whose token offsets fit in 31 bits: 1 with 32-bit token offsets, 2 with 64-bit
- *            ones (the narrow bf16-pool kernels, where 32-bit offsets measured slower)
+ *   TOK      all-bf16 token tensors (q, k, v, g, beta, out) compiled in, for calls with 1-D
+ *            indices and one token per sequence (T = 1; or cu_seqlens, CU = 1) whose token
+ *            offsets fit in 31 bits: 1 with 32-bit token offsets, 2 with 64-bit ones (the
+ *            narrow bf16-pool kernels, where 32-bit offsets measured slower)
  *   KS       warps sharing the keys of a column: 2 is split K (wide fp32 [K, V] tiles)
- * Columns of DECODE_PACKED_VARIANTS: V_FIRST, LOAD_EF, KS as above (BF16 = 1, VEC = 8, NR = 16,
- * NC = 8, D128 = 1, TOK = 0 for all of them).
+ *   CU       compiled for calls with cu_seqlens and 1-D indices (vLLM's packed form: q [1, B, H, K],
+ *            cu_seqlens = arange(B + 1)): each sequence's bounds read on the device, a one-token
+ *            sequence through the same one-token code as the CU = 0 twin, an empty one skipped
+ *            (as every kernel does), a longer one through a loop over its tokens in a called, not
+ *            inlined, function (so that its registers stay out of the one-token path). The TOK
+ *            and packed kernels come in both forms: CU = 0 serves only calls without cu_seqlens,
+ *            CU = 1 only calls with them. The other tile kernels read cu_seqlens at run time and
+ *            serve both (CU = 0).
+ * Columns of DECODE_PACKED_VARIANTS: V_FIRST, LOAD_EF, KS, CU as above (BF16 = 1, VEC = 8,
+ * NR = 16, NC = 8, D128 = 1, TOK = 0 for all of them).
  *
  * Kernel names are the first column; the selection refers to rows by their index in
  * fkda_decode_variant_table (the tile rows, then the packed rows).
@@ -38,53 +50,73 @@
 #define FKDA_CUDA_DECODE_VARIANTS_H
 
 /* clang-format off: the tables keep their columns aligned under their headers */
-/*  name                               BF16 V_FIRST VEC NR NC D128 LOAD_EF TOK KS */
-#define DECODE_TILE_VARIANTS(X)                                 \
-    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1, 0, 0, 1)            \
-    X(decode_f32_kv_128_ks, 0, 0, 4, 16, 4, 1, 0, 0, 2)         \
-    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1, 0, 0, 1)            \
-    X(decode_bf16_kv_128, 1, 0, 4, 16, 4, 1, 0, 0, 1)           \
-    X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1, 0, 0, 1)           \
-    X(decode_f32_kv_128_ef, 0, 0, 4, 16, 4, 1, 1, 0, 1)         \
-    X(decode_f32_kv_128_ef_ks, 0, 0, 4, 16, 4, 1, 1, 0, 2)      \
-    X(decode_f32_vk_128_ef, 0, 1, 4, 16, 4, 1, 1, 0, 1)         \
-    X(decode_bf16_kv_128_ef, 1, 0, 4, 16, 4, 1, 1, 0, 1)        \
-    X(decode_bf16_vk_128_ef, 1, 1, 8, 16, 4, 1, 1, 0, 1)        \
-    X(decode_f32_kv_128_tok, 0, 0, 4, 16, 4, 1, 0, 1, 1)        \
-    X(decode_f32_kv_128_tok_ks, 0, 0, 4, 16, 4, 1, 0, 1, 2)     \
-    X(decode_f32_vk_128_tok, 0, 1, 4, 16, 4, 1, 0, 1, 1)        \
-    X(decode_bf16_kv_128_tok, 1, 0, 4, 16, 4, 1, 0, 1, 1)       \
-    X(decode_bf16_vk_128_tok, 1, 1, 8, 16, 4, 1, 0, 1, 1)       \
-    X(decode_f32_kv_128_ef_tok, 0, 0, 4, 16, 4, 1, 1, 1, 1)     \
-    X(decode_f32_kv_128_ef_tok_ks, 0, 0, 4, 16, 4, 1, 1, 1, 2)  \
-    X(decode_f32_vk_128_ef_tok, 0, 1, 4, 16, 4, 1, 1, 1, 1)     \
-    X(decode_bf16_kv_128_ef_tok, 1, 0, 4, 16, 4, 1, 1, 1, 1)    \
-    X(decode_bf16_vk_128_ef_tok, 1, 1, 8, 16, 4, 1, 1, 1, 1)    \
-    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1, 1, 0, 1)      \
-    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1, 1, 0, 1)      \
-    X(decode_bf16_kv_128_narrow, 1, 0, 4, 8, 4, 1, 1, 0, 1)     \
-    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1, 1, 0, 1)     \
-    X(decode_f32_kv_128_narrow_tok, 0, 0, 4, 8, 4, 1, 1, 1, 1)  \
-    X(decode_f32_vk_128_narrow_tok, 0, 1, 4, 8, 4, 1, 1, 1, 1)  \
-    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 2, 1) \
-    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 2, 1) \
-    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0, 0, 0, 1)            \
-    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0, 0, 0, 1)            \
-    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0, 0, 0, 1)            \
-    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0, 0, 0, 1)            \
-    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0, 0, 0, 1)         \
-    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0, 0, 0, 1)         \
-    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0, 0, 0, 1)        \
-    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 0, 0, 0, 1)
+/*  name                                  BF16 V_FIRST VEC NR NC D128 LOAD_EF TOK KS CU */
+#define DECODE_TILE_VARIANTS(X)                                       \
+    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1, 0, 0, 1, 0)               \
+    X(decode_f32_kv_128_ks, 0, 0, 4, 16, 4, 1, 0, 0, 2, 0)            \
+    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1, 0, 0, 1, 0)               \
+    X(decode_bf16_kv_128, 1, 0, 4, 16, 4, 1, 0, 0, 1, 0)              \
+    X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1, 0, 0, 1, 0)              \
+    X(decode_f32_kv_128_ef, 0, 0, 4, 16, 4, 1, 1, 0, 1, 0)            \
+    X(decode_f32_kv_128_ef_ks, 0, 0, 4, 16, 4, 1, 1, 0, 2, 0)         \
+    X(decode_f32_vk_128_ef, 0, 1, 4, 16, 4, 1, 1, 0, 1, 0)            \
+    X(decode_bf16_kv_128_ef, 1, 0, 4, 16, 4, 1, 1, 0, 1, 0)           \
+    X(decode_bf16_vk_128_ef, 1, 1, 8, 16, 4, 1, 1, 0, 1, 0)           \
+    X(decode_f32_kv_128_tok, 0, 0, 4, 16, 4, 1, 0, 1, 1, 0)           \
+    X(decode_f32_kv_128_tok_ks, 0, 0, 4, 16, 4, 1, 0, 1, 2, 0)        \
+    X(decode_f32_vk_128_tok, 0, 1, 4, 16, 4, 1, 0, 1, 1, 0)           \
+    X(decode_bf16_kv_128_tok, 1, 0, 4, 16, 4, 1, 0, 1, 1, 0)          \
+    X(decode_bf16_vk_128_tok, 1, 1, 8, 16, 4, 1, 0, 1, 1, 0)          \
+    X(decode_f32_kv_128_ef_tok, 0, 0, 4, 16, 4, 1, 1, 1, 1, 0)        \
+    X(decode_f32_kv_128_ef_tok_ks, 0, 0, 4, 16, 4, 1, 1, 1, 2, 0)     \
+    X(decode_f32_vk_128_ef_tok, 0, 1, 4, 16, 4, 1, 1, 1, 1, 0)        \
+    X(decode_bf16_kv_128_ef_tok, 1, 0, 4, 16, 4, 1, 1, 1, 1, 0)       \
+    X(decode_bf16_vk_128_ef_tok, 1, 1, 8, 16, 4, 1, 1, 1, 1, 0)       \
+    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1, 1, 0, 1, 0)         \
+    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1, 1, 0, 1, 0)         \
+    X(decode_bf16_kv_128_narrow, 1, 0, 4, 8, 4, 1, 1, 0, 1, 0)        \
+    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1, 1, 0, 1, 0)        \
+    X(decode_f32_kv_128_narrow_tok, 0, 0, 4, 8, 4, 1, 1, 1, 1, 0)     \
+    X(decode_f32_vk_128_narrow_tok, 0, 1, 4, 8, 4, 1, 1, 1, 1, 0)     \
+    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 2, 1, 0)    \
+    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 2, 1, 0)    \
+    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0, 0, 0, 1, 0)               \
+    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0, 0, 0, 1, 0)               \
+    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0, 0, 0, 1, 0)               \
+    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0, 0, 0, 1, 0)               \
+    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0, 0, 0, 1, 0)            \
+    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0, 0, 0, 1, 0)            \
+    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0, 0, 0, 1, 0)           \
+    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 0, 0, 0, 1, 0)           \
+    X(decode_f32_kv_128_tok_cu, 0, 0, 4, 16, 4, 1, 0, 1, 1, 1)        \
+    X(decode_f32_kv_128_tok_ks_cu, 0, 0, 4, 16, 4, 1, 0, 1, 2, 1)     \
+    X(decode_f32_vk_128_tok_cu, 0, 1, 4, 16, 4, 1, 0, 1, 1, 1)        \
+    X(decode_bf16_kv_128_tok_cu, 1, 0, 4, 16, 4, 1, 0, 1, 1, 1)       \
+    X(decode_bf16_vk_128_tok_cu, 1, 1, 8, 16, 4, 1, 0, 1, 1, 1)       \
+    X(decode_f32_kv_128_ef_tok_cu, 0, 0, 4, 16, 4, 1, 1, 1, 1, 1)     \
+    X(decode_f32_kv_128_ef_tok_ks_cu, 0, 0, 4, 16, 4, 1, 1, 1, 2, 1)  \
+    X(decode_f32_vk_128_ef_tok_cu, 0, 1, 4, 16, 4, 1, 1, 1, 1, 1)     \
+    X(decode_bf16_kv_128_ef_tok_cu, 1, 0, 4, 16, 4, 1, 1, 1, 1, 1)    \
+    X(decode_bf16_vk_128_ef_tok_cu, 1, 1, 8, 16, 4, 1, 1, 1, 1, 1)    \
+    X(decode_f32_kv_128_narrow_tok_cu, 0, 0, 4, 8, 4, 1, 1, 1, 1, 1)  \
+    X(decode_f32_vk_128_narrow_tok_cu, 0, 1, 4, 8, 4, 1, 1, 1, 1, 1)  \
+    X(decode_bf16_kv_128_narrow_tok_cu, 1, 0, 4, 8, 4, 1, 1, 2, 1, 1) \
+    X(decode_bf16_vk_128_narrow_tok_cu, 1, 1, 8, 8, 4, 1, 1, 2, 1, 1)
 
-/*  name                               V_FIRST LOAD_EF KS */
-#define DECODE_PACKED_VARIANTS(X)        \
-    X(decode_bf16_kv_packed, 0, 0, 1)    \
-    X(decode_bf16_vk_packed, 1, 0, 1)    \
-    X(decode_bf16_kv_packed_ef, 0, 1, 1) \
-    X(decode_bf16_vk_packed_ef, 1, 1, 1) \
-    X(decode_bf16_kv_packed_ks, 0, 0, 2) \
-    X(decode_bf16_kv_packed_ef_ks, 0, 1, 2)
+/*  name                                  V_FIRST LOAD_EF KS CU */
+#define DECODE_PACKED_VARIANTS(X)              \
+    X(decode_bf16_kv_packed, 0, 0, 1, 0)       \
+    X(decode_bf16_vk_packed, 1, 0, 1, 0)       \
+    X(decode_bf16_kv_packed_ef, 0, 1, 1, 0)    \
+    X(decode_bf16_vk_packed_ef, 1, 1, 1, 0)    \
+    X(decode_bf16_kv_packed_ks, 0, 0, 2, 0)    \
+    X(decode_bf16_kv_packed_ef_ks, 0, 1, 2, 0) \
+    X(decode_bf16_kv_packed_cu, 0, 0, 1, 1)    \
+    X(decode_bf16_vk_packed_cu, 1, 0, 1, 1)    \
+    X(decode_bf16_kv_packed_ef_cu, 0, 1, 1, 1) \
+    X(decode_bf16_vk_packed_ef_cu, 1, 1, 1, 1) \
+    X(decode_bf16_kv_packed_ks_cu, 0, 0, 2, 1) \
+    X(decode_bf16_kv_packed_ef_ks_cu, 0, 1, 2, 1)
 /* clang-format on */
 
 /* The packed kernels' register tile: 16 rows (KL = 8 lanes share a column) x 8 columns (4 lane
@@ -116,6 +148,7 @@ typedef struct fkda_decode_variant {
     int load_ef;     /* evict-first state loads */
     int bf16_tokens; /* TOK: 0, or 1 / 2 (32- / 64-bit token offsets) */
     int k_split;     /* KS */
+    int cu_form;     /* CU: compiled for calls with cu_seqlens */
 } fkda_decode_variant;
 
 #ifdef __cplusplus

@@ -4,18 +4,25 @@
  *
  * 1. The pin: over a grid of calls (heads 1 to 32768 across every threshold, 78, 114 and 132 SMs,
  *    compute capability 8 and 9, fp32 and bf16 pools, both layouts, dense 128 / vectorizable /
- *    scalar shapes, one token or several, cu_seqlens, 2-D indices, all-bf16 tokens or not, token
- *    offsets in 31 bits or not, L2 sizes that flip evict-first loads, and a set of knob
- *    overrides), every decision must be the one pinned below: a checksum per block of the grid
- *    (a block: one call description, every head count) and a few decisions spelled out. The
- *    pinned values were generated from a transcription of the selection as it stood before it
- *    moved to its own file (commit 8bd0caa, fkda_decode_recurrent_launch), so a change of any
- *    decision fails here; if the change is intended, regenerate them (FKDA_PIN_PRINT=1 prints
- *    the arrays) and say why in the commit.
+ *    scalar shapes, one token or several, cu_seqlens (vLLM's packed form T = N among them), 2-D
+ *    indices, all-bf16 tokens or not, token offsets in 31 bits or not, L2 sizes that flip
+ *    evict-first loads, and a set of knob overrides), every decision must be the one pinned
+ *    below: a checksum per block of the grid (a block: one call description, every head count)
+ *    and a few decisions spelled out. The pinned values were generated from a transcription of
+ *    the selection as it stood before it moved to its own file (commit 8bd0caa,
+ *    fkda_decode_recurrent_launch), then regenerated once, when the kernels compiled for
+ *    cu_seqlens (CU) took vLLM's packed form (the decisions that changed: calls with cu_seqlens,
+ *    all-bf16 tokens and at most one token per sequence, and FKDA_DECODE_PACKED=1 with
+ *    cu_seqlens); a change of any decision fails here; if the change is intended, regenerate
+ *    them (FKDA_PIN_PRINT=1 prints the arrays) and say why in the commit.
  * 2. Every choice serves its call (fkda_decode_variant_serves), with or without
  *    FKDA_DECODE_VARIANT, and a forced variant is taken exactly where it serves; every variant of
  *    the table is taken somewhere on the grid when forced.
- * 3. fkda_tuning_read parses the FKDA_* variables as documented in src/core/tuning.h.
+ * 3. vLLM's packed form (cu_seqlens, T = N) gets what the one-token form (T = 1) of the same
+ *    call gets: the same geometry, and the same kernel, or its CU twin where the kernel is
+ *    compiled for one form (TOK, packed); a call where some sequence must have several tokens
+ *    (T > N) never gets a CU kernel unless forced.
+ * 4. fkda_tuning_read parses the FKDA_* variables as documented in src/core/tuning.h.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <inttypes.h>
@@ -70,18 +77,25 @@ static const shape_desc shapes[] = {
 
 typedef struct tokens_desc {
     const char *name;
-    int64_t T;
+    int64_t T, N; /* N: sequences (only read with cu_seqlens) */
     int cu_seqlens, idx_2d, tokens_bf16, fit;
 } tokens_desc;
 static const tokens_desc token_cases[] = {
-    {"T=1 all-bf16 tokens", 1, 0, 0, 1, 1},
-    {"T=1 all-bf16 tokens, offsets past 31 bits", 1, 0, 0, 1, 0},
-    {"T=1 mixed token dtypes", 1, 0, 0, 0, 1},
-    {"T=3 all-bf16 tokens", 3, 0, 0, 1, 1},
-    {"varlen T=5 all-bf16 tokens", 5, 1, 0, 1, 1},
-    {"varlen T=1 all-bf16 tokens", 1, 1, 0, 1, 1},
-    {"2-D indices T=2 all-bf16 tokens", 2, 0, 1, 1, 1},
-    {"2-D indices T=1 all-bf16 tokens", 1, 0, 1, 1, 1},
+    {"T=1 all-bf16 tokens", 1, 0, 0, 0, 1, 1},
+    {"T=1 all-bf16 tokens, offsets past 31 bits", 1, 0, 0, 0, 1, 0},
+    {"T=1 mixed token dtypes", 1, 0, 0, 0, 0, 1},
+    {"T=3 all-bf16 tokens", 3, 0, 0, 0, 1, 1},
+    {"varlen T=5 N=2 all-bf16 tokens", 5, 2, 1, 0, 1, 1},
+    {"varlen T=1 N=1 all-bf16 tokens", 1, 1, 1, 0, 1, 1},
+    {"2-D indices T=2 all-bf16 tokens", 2, 0, 0, 1, 1, 1},
+    {"2-D indices T=1 all-bf16 tokens", 1, 0, 0, 1, 1, 1},
+    /* vLLM's packed form of a decode step: [1, N, H, K] tokens, cu_seqlens = arange(N + 1) (only
+     * T and N are known to the host), 1-D indices; and its neighbours. */
+    {"varlen T=N=64 all-bf16 tokens", 64, 64, 1, 0, 1, 1},
+    {"varlen T=N=64 mixed token dtypes", 64, 64, 1, 0, 0, 1},
+    {"varlen T=N=64 all-bf16 tokens, offsets past 31 bits", 64, 64, 1, 0, 1, 0},
+    {"varlen T=3 N=4 all-bf16 tokens", 3, 4, 1, 0, 1, 1},
+    {"varlen 2-D indices T=8 N=4 all-bf16 tokens", 8, 4, 1, 1, 1, 1},
 };
 
 /* Knob overrides, as "NAME=value" pairs applied to fkda_tuning (the first: none). */
@@ -142,6 +156,7 @@ static fkda_decode_call call_for(const block *b, int64_t heads)
     c.vectorizable = s->vectorizable;
     c.dense128 = s->dense128;
     c.T = tk->T;
+    c.sequences = tk->N;
     c.cu_seqlens = tk->cu_seqlens;
     c.idx_2d = tk->idx_2d;
     c.tokens_bf16 = tk->tokens_bf16;
@@ -195,7 +210,7 @@ static int make_blocks(block *out)
     return n;
 }
 
-#define MAX_BLOCKS 2048
+#define MAX_BLOCKS 4096
 
 /* One block's checksum over every head count; with `show`, its decisions, one line per run of
  * head counts that share one. */
@@ -285,7 +300,7 @@ static void check_serving(void)
 {
     static block blocks[MAX_BLOCKS];
     const int n = make_blocks(blocks);
-    int taken[64] = {0};
+    int taken[128] = {0};
     for (int v = -1; v < fkda_decode_variant_count; v++) {
         for (int i = 0; i < n; i++) {
             const block *b = &blocks[i];
@@ -328,6 +343,53 @@ static void check_serving(void)
     tuning_for("", &t);
     fkda_decode_select(&c, &t, &plain);
     CHECK(forced.variant == plain.variant, "an unknown FKDA_DECODE_VARIANT changed the choice");
+}
+
+/* Part 3 of the header: the packed form against the one-token form, on every device, pool,
+ * layout, shape, token dtype set and head count, under every knob set. */
+static void check_packed_form(void)
+{
+    for (int k = 0; k < KNOB_SETS; k++) {
+        fkda_tuning t;
+        tuning_for(knob_sets[k], &t);
+        for (int d = 0; d < (int)(sizeof devices / sizeof devices[0]); d++)
+            for (int bf16 = 0; bf16 < 2; bf16++)
+                for (int vf = 0; vf < 2; vf++)
+                    for (int s = 0; s < (int)(sizeof shapes / sizeof shapes[0]); s++)
+                        for (int tokens_bf16 = 0; tokens_bf16 < 2; tokens_bf16++)
+                            for (int i = 0; i < heads_count; i += 3) {
+                                const block b = {d, k, bf16, vf, s, 0};
+                                fkda_decode_call one = call_for(&b, heads_list[i]);
+                                one.tokens_bf16 = tokens_bf16;
+                                fkda_decode_call packed = one, several = one;
+                                packed.cu_seqlens = several.cu_seqlens = 1;
+                                packed.T = packed.sequences = 64;
+                                several.T = 65;
+                                several.sequences = 64;
+                                fkda_decode_choice a, b2, c2;
+                                fkda_decode_select(&one, &t, &a);
+                                fkda_decode_select(&packed, &t, &b2);
+                                fkda_decode_select(&several, &t, &c2);
+                                const fkda_decode_variant *va = &fkda_decode_variant_table[a.variant],
+                                                          *vb = &fkda_decode_variant_table[b2.variant],
+                                                          *vc = &fkda_decode_variant_table[c2.variant];
+                                char want[96], what[512];
+                                const int twin = va->family == FKDA_DECODE_FAMILY_PACKED || va->bf16_tokens;
+                                snprintf(want, sizeof want, "%s%s", va->name, twin ? "_cu" : "");
+                                describe_block(&b, what, sizeof what);
+                                CHECK(strcmp(vb->name, want) == 0 && a.lanes_k == b2.lanes_k &&
+                                          a.warps_per_head == b2.warps_per_head &&
+                                          a.warps_per_cta == b2.warps_per_cta && a.ctas_per_head == b2.ctas_per_head &&
+                                          a.pdl == b2.pdl,
+                                      "%s, tokens bf16 %d, %" PRId64 " heads: T = 1 takes %s, the packed form %s", what,
+                                      tokens_bf16, heads_list[i], va->name, vb->name);
+                                CHECK(!vc->cu_form || (k > 0 && strstr(knob_sets[k], "PACKED=1")),
+                                      "%s, tokens bf16 %d, %" PRId64 " heads: T > N takes %s", what, tokens_bf16,
+                                      heads_list[i], vc->name);
+                            }
+    }
+    fkda_tuning none;
+    tuning_for("", &none); /* leave no knob set for the checks after this one */
 }
 
 static void check_tuning_read(void)
@@ -374,6 +436,7 @@ int main(void)
     check_pins();
     if (getenv("FKDA_PIN_PRINT")) return 0;
     check_serving();
+    check_packed_form();
     check_tuning_read();
     return test_exit("test_decode_select");
 }

@@ -12,10 +12,13 @@
  * which must not change) at checkpoints, by ||gpu - ref|| / ||ref||.
  *
  * Cases cover: skipped sequences (negative slots), a slot reused by a new sequence, speculative
- * decoding (2-D indices, num_accepted_tokens), varlen (cu_seqlens with empty sequences), both
- * state layouts, fp32 and bf16 pools, GVA, K and V from 3 to 256 (16-byte and scalar state
- * paths), the three gates, beta options, bf16/f16/f32 inputs, strided token tensors and pools,
- * a misaligned pool, and replays of a captured CUDA graph.
+ * decoding (2-D indices, num_accepted_tokens), varlen (cu_seqlens with empty sequences), vLLM's
+ * packed form of a decode batch (one row of B tokens, cu_seqlens = arange(B + 1) or mixed lengths
+ * of 0, 1 and 3 tokens, 1-D indices), both state layouts, fp32 and bf16 pools, GVA, K and V from 3
+ * to 256 (16-byte and scalar state paths), the three gates, beta options, bf16/f16/f32 inputs,
+ * strided token tensors and pools, a misaligned pool, and replays of a captured CUDA graph. After
+ * the cases, the packed form is also decoded beside the same batch as [B, 1] tokens from a copy
+ * of the pool: outputs and pools must agree bit for bit (packed_form_bitwise).
  *
  *   test_decode_cuda           every case, the 1000-call fp32 chain and the 10,000-call bf16
  *                              drift report ("DRIFT-REPORT" lines, for bench/results/decode.md)
@@ -166,7 +169,7 @@ enum { IDX_NONE = 0, IDX_1D = 1, IDX_2D = 2 };
 typedef struct dcase {
     const char *name;
     int64_t N, T; /* sequences and tokens each (fixed-length batches) */
-    int nvar;     /* > 0: varlen, B = 1, with these lengths */
+    int nvar;     /* > 0: varlen, B = 1, nvar sequences of lengths lens[i % LENS] (seq_len) */
     int64_t lens[12];
     int64_t H, HV, K, V;
     fkda_dtype in_dtype, aux_dtype, pool_dtype; /* aux: g, beta, A_log, dt_bias */
@@ -194,6 +197,18 @@ typedef struct dcase {
     int drift_report;   /* print DRIFT-REPORT lines at 1, 10, 100, 1000, 10000 */
     const char *report; /* print "<report> ..." with the final errors */
 } dcase;
+
+#define LENS 12 /* entries of dcase.lens; longer varlen batches repeat them */
+
+static int64_t seq_len(const dcase *c, int i) { return c->lens[i % LENS]; }
+
+/* vLLM's packed form of a decode batch: B sequences as one row of tokens, cu_seqlens with the
+ * lengths `pattern` repeated (all 1: arange(B + 1)). */
+static void set_packed_form(dcase *c, int64_t B, const int64_t *pattern, int n_pattern)
+{
+    c->nvar = (int)B;
+    for (int i = 0; i < LENS; i++) c->lens[i] = pattern[i % n_pattern];
+}
 
 typedef struct bufs {
     dual q, k, v, g, beta, A_log, dt_bias, cu, idx, acc, out;
@@ -352,12 +367,12 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
     if (c->nvar) {
         N = c->nvar;
         T = 0;
-        for (int i = 0; i < c->nvar; i++) T += c->lens[i];
+        for (int i = 0; i < c->nvar; i++) T += seq_len(c, i);
     }
     int64_t T_max = c->T;
     if (c->nvar) {
         T_max = 1;
-        for (int i = 0; i < c->nvar; i++) T_max = c->lens[i] > T_max ? c->lens[i] : T_max;
+        for (int i = 0; i < c->nvar; i++) T_max = seq_len(c, i) > T_max ? seq_len(c, i) : T_max;
     }
     const int64_t per_seq_slots = c->idx_mode == IDX_2D ? T_max : 1;
     const int64_t P = c->idx_mode ? N * per_seq_slots + 3 + (c->reuse ? N : 0) : N;
@@ -396,7 +411,7 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
     if (c->nvar) {
         int64_t acc = 0;
         dset(&b.cu, 0, 0);
-        for (int i = 0; i < c->nvar; i++) dset(&b.cu, (size_t)i + 1, (double)(acc += c->lens[i]));
+        for (int i = 0; i < c->nvar; i++) dset(&b.cu, (size_t)i + 1, (double)(acc += seq_len(c, i)));
         dual_upload(&b.cu);
     }
     fill_all_normal(&b.pool, r, 0.5);
@@ -645,7 +660,7 @@ static void set_bars(dcase *c)
     int64_t tokens = c->N * c->T;
     if (c->nvar) {
         tokens = 0;
-        for (int i = 0; i < c->nvar; i++) tokens += c->lens[i];
+        for (int i = 0; i < c->nvar; i++) tokens += seq_len(c, i);
     }
     const int64_t seqs = c->nvar ? c->nvar : c->N;
     const double n_out = (double)(tokens * c->HV * c->V), n_pool = (double)(seqs * c->HV * c->K * c->V);
@@ -661,6 +676,140 @@ static void set_bars(dcase *c)
     if (c->pool_dtype != FKDA_DTYPE_F32) c->out_tol += c->state_tol;
 }
 
+/* ---- vLLM's packed form against the one-token form, bit for bit ------------------------------ */
+
+/* A contiguous tensor descriptor over `data`. */
+static fkda_tensor flat_tensor(void *data, fkda_dtype dtype, int ndim, const int64_t *shape)
+{
+    fkda_tensor t;
+    memset(&t, 0, sizeof t);
+    t.data = data;
+    t.dtype = dtype;
+    t.ndim = ndim;
+    int64_t stride = 1;
+    for (int i = ndim - 1; i >= 0; i--) {
+        t.shape[i] = shape[i];
+        t.stride[i] = stride;
+        stride *= shape[i];
+    }
+    return t;
+}
+
+/* The same B one-token sequences decoded twice from two copies of one pool: as [B, 1, H, K] tokens
+ * (no cu_seqlens) and in vLLM's packed form, [1, B, H, K] with cu_seqlens = arange(B + 1) (the
+ * same bytes). The selection gives the packed form the one-token form's kernel, or its twin
+ * compiled for cu_seqlens, with the same geometry (tests/c/test_decode_select.c), whose one-token
+ * path is the same arithmetic: outputs and pools must agree bit for bit, over `steps` calls
+ * (sequence 0 skipped by a negative slot). */
+static void packed_form_bitwise(int64_t B, int64_t HV, fkda_dtype pool_dtype, int v_first, int bf16_tokens, int steps,
+                                test_rng *r, cudaStream_t stream)
+{
+    const int64_t H = HV, K = 128, V = 128, P = B + 3;
+    const fkda_dtype gb = bf16_tokens ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
+    char name[128];
+    snprintf(name, sizeof name, "packed form = one-token form, B=%lld HV=%lld, %s pool %s, %s", (long long)B,
+             (long long)HV, pool_dtype == FKDA_DTYPE_BF16 ? "bf16" : "fp32", v_first ? "[V,K]" : "[K,V]",
+             bf16_tokens ? "bf16 tokens" : "f32 g, beta");
+    const int64_t shq[4] = {B, 1, H, K}, shv[4] = {B, 1, HV, V}, shg[4] = {B, 1, HV, K}, shb[3] = {B, 1, HV};
+    const int64_t shp[4] = {P, HV, v_first ? V : K, v_first ? K : V};
+    const size_t nq = (size_t)(B * H * K), nv = (size_t)(B * HV * V), ng = (size_t)(B * HV * K), nb = (size_t)(B * HV);
+    const size_t np = (size_t)(P * HV * K * V), psz = fkda_dtype_size(pool_dtype), gsz = fkda_dtype_size(gb);
+    void *q, *k, *v, *g, *beta, *out_a, *out_b, *pool_a, *pool_b, *A_log, *dt_bias, *cu, *idx;
+    CUDA_OK(cudaMalloc(&q, nq * 2));
+    CUDA_OK(cudaMalloc(&k, nq * 2));
+    CUDA_OK(cudaMalloc(&v, nv * 2));
+    CUDA_OK(cudaMalloc(&g, ng * gsz));
+    CUDA_OK(cudaMalloc(&beta, nb * gsz));
+    CUDA_OK(cudaMalloc(&out_a, nv * 2));
+    CUDA_OK(cudaMalloc(&out_b, nv * 2));
+    CUDA_OK(cudaMalloc(&pool_a, np * psz));
+    CUDA_OK(cudaMalloc(&pool_b, np * psz));
+    CUDA_OK(cudaMalloc(&A_log, (size_t)HV * 4));
+    CUDA_OK(cudaMalloc(&dt_bias, (size_t)(HV * K) * 4));
+    CUDA_OK(cudaMalloc(&cu, (size_t)(B + 1) * 4));
+    CUDA_OK(cudaMalloc(&idx, (size_t)B * 4));
+    const size_t host_bytes = np * psz > nq * 4 ? np * psz : nq * 4;
+    unsigned char *h = malloc(host_bytes), *h2 = malloc(host_bytes);
+    /* upload n random values of `dtype` (sd 1, or 0.5 for the pool) */
+#define UPLOAD_RANDOM(dst, dtype, n, sd)                                                              \
+    do {                                                                                              \
+        for (size_t i_ = 0; i_ < (n); i_++) set_at(h, (dtype), (int64_t)i_, (sd)*test_rng_normal(r)); \
+        CUDA_OK(cudaMemcpy((dst), h, (n)*fkda_dtype_size(dtype), cudaMemcpyHostToDevice));            \
+    } while (0)
+    UPLOAD_RANDOM(pool_a, pool_dtype, np, 0.5);
+    CUDA_OK(cudaMemcpy(pool_b, pool_a, np * psz, cudaMemcpyDeviceToDevice));
+    UPLOAD_RANDOM(A_log, FKDA_DTYPE_F32, (size_t)HV, 0.5);
+    UPLOAD_RANDOM(dt_bias, FKDA_DTYPE_F32, (size_t)(HV * K), 0.5);
+    int32_t *hi = (int32_t *)h;
+    for (int64_t n = 0; n <= B; n++) hi[n] = (int32_t)n;
+    CUDA_OK(cudaMemcpy(cu, hi, (size_t)(B + 1) * 4, cudaMemcpyHostToDevice));
+    for (int64_t n = 0; n < B; n++) hi[n] = (int32_t)(P - 1 - n); /* distinct slots, not slot n */
+    hi[0] = -1;
+    CUDA_OK(cudaMemcpy(idx, hi, (size_t)B * 4, cudaMemcpyHostToDevice));
+
+    fkda_decode_args a;
+    memset(&a, 0, sizeof a);
+    a.q = flat_tensor(q, FKDA_DTYPE_BF16, 4, shq);
+    a.k = flat_tensor(k, FKDA_DTYPE_BF16, 4, shq);
+    a.v = flat_tensor(v, FKDA_DTYPE_BF16, 4, shv);
+    a.g = flat_tensor(g, gb, 4, shg);
+    a.beta = flat_tensor(beta, gb, 3, shb);
+    a.out = flat_tensor(out_a, FKDA_DTYPE_BF16, 4, shv);
+    a.A_log = flat_tensor(A_log, FKDA_DTYPE_F32, 1, (int64_t[]){HV});
+    a.dt_bias = flat_tensor(dt_bias, FKDA_DTYPE_F32, 2, (int64_t[]){HV, K});
+    a.state_pool = flat_tensor(pool_a, pool_dtype, 4, shp);
+    a.state_indices = flat_tensor(idx, FKDA_DTYPE_I32, 1, (int64_t[]){B});
+    a.options = fkda_default_options();
+    a.options.gate = FKDA_GATE_LOWER_BOUND;
+    a.options.lower_bound = -5.0;
+    a.options.use_qk_l2norm = 1;
+    a.options.use_beta_sigmoid = 1;
+    a.options.state_v_first = v_first;
+    fkda_decode_args pk = a; /* the packed form: the same bytes as one row of B tokens */
+    const int64_t pq[4] = {1, B, H, K}, pv[4] = {1, B, HV, V}, pg[4] = {1, B, HV, K}, pb[3] = {1, B, HV};
+    pk.q = flat_tensor(q, FKDA_DTYPE_BF16, 4, pq);
+    pk.k = flat_tensor(k, FKDA_DTYPE_BF16, 4, pq);
+    pk.v = flat_tensor(v, FKDA_DTYPE_BF16, 4, pv);
+    pk.g = flat_tensor(g, gb, 4, pg);
+    pk.beta = flat_tensor(beta, gb, 3, pb);
+    pk.out = flat_tensor(out_b, FKDA_DTYPE_BF16, 4, pv);
+    pk.state_pool = flat_tensor(pool_b, pool_dtype, 4, shp);
+    pk.cu_seqlens = flat_tensor(cu, FKDA_DTYPE_I32, 1, (int64_t[]){B + 1});
+    fkda_device gpu = {FKDA_DEVICE_CUDA, 0, stream, 0, 0};
+    int same = 1;
+    for (int step = 0; step < steps && same; step++) {
+        UPLOAD_RANDOM(q, FKDA_DTYPE_BF16, nq, 1.0);
+        UPLOAD_RANDOM(k, FKDA_DTYPE_BF16, nq, 1.0);
+        UPLOAD_RANDOM(v, FKDA_DTYPE_BF16, nv, 1.0);
+        UPLOAD_RANDOM(g, gb, ng, 1.0);
+        UPLOAD_RANDOM(beta, gb, nb, 1.0);
+        CUDA_OK(cudaMemset(out_a, 0xff, nv * 2)); /* NaN poison, both alike */
+        CUDA_OK(cudaMemset(out_b, 0xff, nv * 2));
+        fkda_status st = fkda_decode(&a, &gpu, NULL, 0);
+        CHECK(st == FKDA_OK, "%s: one-token form: %s", name, fkda_last_error());
+        st = fkda_decode(&pk, &gpu, NULL, 0);
+        CHECK(st == FKDA_OK, "%s: packed form: %s", name, fkda_last_error());
+        CUDA_OK(cudaStreamSynchronize(stream));
+        CUDA_OK(cudaMemcpy(h, out_a, nv * 2, cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(h2, out_b, nv * 2, cudaMemcpyDeviceToHost));
+        size_t nonfinite = 0; /* the poison left anywhere (both alike) would compare equal */
+        for (size_t i = 0; i < nv; i++) nonfinite += !isfinite(get_at(h, FKDA_DTYPE_BF16, (int64_t)i));
+        CHECK(nonfinite == 0, "%s step %d: %zu output elements not written or not finite", name, step, nonfinite);
+        same = nonfinite == 0 && memcmp(h, h2, nv * 2) == 0;
+        CHECK(memcmp(h, h2, nv * 2) == 0, "%s step %d: the outputs differ", name, step);
+        CUDA_OK(cudaMemcpy(h, pool_a, np * psz, cudaMemcpyDeviceToHost));
+        CUDA_OK(cudaMemcpy(h2, pool_b, np * psz, cudaMemcpyDeviceToHost));
+        CHECK(memcmp(h, h2, np * psz) == 0, "%s step %d: the pools differ", name, step);
+        same = same && memcmp(h, h2, np * psz) == 0;
+    }
+#undef UPLOAD_RANDOM
+    printf("%-44s %5d calls  %s\n", name, steps, same ? "bitwise equal" : "FAILED");
+    void *all[] = {q, k, v, g, beta, out_a, out_b, pool_a, pool_b, A_log, dt_bias, cu, idx};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) CUDA_OK(cudaFree(all[i]));
+    free(h);
+    free(h2);
+}
+
 /* ---- the variant walk ------------------------------------------------------------------------ */
 
 /* The call as the CUDA launch describes it to the selection (decode_launch.cu), from the layout
@@ -674,7 +823,7 @@ static fkda_decode_call describe_call(const dcase *c, const struct cudaDevicePro
     int64_t T = c->T;
     if (c->nvar) {
         T = 0;
-        for (int i = 0; i < c->nvar; i++) T += c->lens[i];
+        for (int i = 0; i < c->nvar; i++) T += seq_len(c, i);
     }
     const int bf16 = c->pool_dtype == FKDA_DTYPE_BF16, vec = bf16 ? 8 : 4;
     const int64_t d2 = c->v_first ? c->V : c->K, d3 = c->v_first ? c->K : c->V;
@@ -687,6 +836,7 @@ static fkda_decode_call describe_call(const dcase *c, const struct cudaDevicePro
     d.vectorizable = !c->misaligned && row % vec == 0 && head % vec == 0 && slot % vec == 0 && d3 % vec == 0;
     d.dense128 = d.vectorizable && c->K == 128 && c->V == 128 && row == 128;
     d.T = T;
+    d.sequences = N;
     d.cu_seqlens = c->nvar > 0;
     d.idx_2d = c->idx_mode == IDX_2D;
     const fkda_dtype gb = c->bf16_g_beta ? FKDA_DTYPE_BF16 : c->aux_dtype;
@@ -772,7 +922,7 @@ int main(int argc, char **argv)
         CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     }
 
-    dcase cases[96];
+    dcase cases[128];
     int n = 0;
     dcase c;
 
@@ -861,6 +1011,59 @@ int main(int argc, char **argv)
     c.skip = 1;
     c.steps = 2;
     cases[n++] = c;
+    /* One token, [V,K] pools: the cases the [V,K] bf16-token kernels serve (CU = 0). */
+    c = base_case("bf16 tokens, fp32 [V,K], skips");
+    c.bf16_g_beta = 1;
+    c.N = 5;
+    c.skip = 1;
+    c.v_first = 1;
+    cases[n++] = c;
+    c = base_case("bf16 tokens, bf16 pool [V,K], skips");
+    c.bf16_g_beta = 1;
+    c.N = 5;
+    c.skip = 1;
+    c.pool_dtype = FKDA_DTYPE_BF16;
+    c.v_first = 1;
+    cases[n++] = c;
+    /* vLLM's packed form (cu_seqlens, 1-D indices), every token bf16: the kernels compiled for
+     * cu_seqlens (CU) in each pool dtype and layout, with sequences of 0, 1 and 3 tokens (T = N,
+     * so still a decode step to the selection) and the skipped sequences 0 and 6 of 3 tokens. */
+    static const int64_t mixed[] = {3, 0, 1, 1, 0, 1}, ones[] = {1};
+    static const char *const packed_names[4] = {
+        "packed form [3,0,1,1,0,1]x2, bf16 tokens, fp32 [K,V]", "packed form [3,0,1,1,0,1]x2, bf16 tokens, bf16 [K,V]",
+        "packed form [3,0,1,1,0,1]x2, bf16 tokens, fp32 [V,K]", "packed form [3,0,1,1,0,1]x2, bf16 tokens, bf16 [V,K]"};
+    for (int i = 0; i < 4; i++) {
+        c = base_case(packed_names[i]);
+        set_packed_form(&c, 12, mixed, 6);
+        c.bf16_g_beta = 1;
+        c.skip = 1;
+        c.pool_dtype = i & 1 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
+        c.v_first = i >> 1;
+        c.steps = 3;
+        cases[n++] = c;
+    }
+    /* No indices (sequence n continues slot n; the CU kernels' slot is then not loaded). */
+    c = base_case("packed form arange(9), bf16 tokens, no indices");
+    set_packed_form(&c, 8, ones, 1);
+    c.bf16_g_beta = 1;
+    c.idx_mode = IDX_NONE;
+    c.steps = 3;
+    cases[n++] = c;
+    /* 304 and 312 heads of bf16 pools: the packed kernels (from 2 heads per SM), one token per
+     * sequence, and mixed lengths (the two fp32 passes over a longer sequence). */
+    c = base_case("packed form arange(77), bf16 pool [K,V] (packed)");
+    set_packed_form(&c, 76, ones, 1);
+    c.pool_dtype = FKDA_DTYPE_BF16;
+    c.skip = 1;
+    c.steps = 2;
+    cases[n++] = c;
+    c = base_case("packed form [3,0,1,1,0,1]x13, bf16 [V,K] (packed)");
+    set_packed_form(&c, 78, mixed, 6);
+    c.pool_dtype = FKDA_DTYPE_BF16;
+    c.v_first = 1;
+    c.skip = 1;
+    c.steps = 2;
+    cases[n++] = c;
     if (!small) {
         c = base_case("slot reuse by new sequences");
         c.N = 4;
@@ -894,13 +1097,6 @@ int main(int argc, char **argv)
         c.bf16_g_beta = 1;
         c.N = 5;
         c.skip = 1;
-        cases[n++] = c;
-        /* One token, fp32 [V,K]: the only case the fp32 [V,K] bf16-token kernels serve. */
-        c = base_case("bf16 tokens, fp32 [V,K], skips");
-        c.bf16_g_beta = 1;
-        c.N = 5;
-        c.skip = 1;
-        c.v_first = 1;
         cases[n++] = c;
         c = base_case("bf16 tokens, fp32 [V,K], spec T=3, 2-D");
         c.bf16_g_beta = 1;
@@ -1038,6 +1234,49 @@ int main(int argc, char **argv)
         c.idx_mode = IDX_NONE;
         c.pool_dtype = FKDA_DTYPE_BF16;
         cases[n++] = c;
+        /* vLLM's packed form at the benchmark's sizes: B = 1 with 32 heads, 16 x 4 heads, 640 heads
+         * (split K in fp32, packed in bf16), in both pool dtypes and layouts, every token bf16 or
+         * g and beta f32; mixed lengths with packed split K; i64 cu_seqlens and indices; graphs. */
+        static char packed_big[16][80];
+        static const int64_t packed_B[4] = {1, 16, 160, 162}, packed_HV[4] = {32, 4, 4, 4};
+        for (int i = 0; i < 16; i++) {
+            const int size = i >> 2, bf16 = i & 1, vf = (i >> 1) & 1;
+            snprintf(packed_big[i], sizeof packed_big[i], "packed form %s B=%lld HV=%lld, %s [%s]",
+                     size == 3 ? "[3,0,1,1,0,1]" : "arange", (long long)packed_B[size], (long long)packed_HV[size],
+                     bf16 ? "bf16" : "fp32", vf ? "V,K" : "K,V");
+            c = base_case(packed_big[i]);
+            if (size == 3)
+                set_packed_form(&c, packed_B[size], mixed, 6);
+            else
+                set_packed_form(&c, packed_B[size], ones, 1);
+            c.H = c.HV = packed_HV[size];
+            c.bf16_g_beta = size != 2;
+            c.pool_dtype = bf16 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
+            c.v_first = vf;
+            c.idx_dtype = size == 1 ? FKDA_DTYPE_I64 : FKDA_DTYPE_I32;
+            c.skip = size != 0;
+            c.steps = size >= 2 ? 2 : 3;
+            cases[n++] = c;
+        }
+        c = base_case("packed form [3,0,1,1,0,1]x2, bf16 tokens, no indices");
+        set_packed_form(&c, 12, mixed, 6);
+        c.bf16_g_beta = 1;
+        c.idx_mode = IDX_NONE;
+        c.steps = 3;
+        cases[n++] = c;
+        c = base_case("packed form arange(5), bf16 tokens, graph replays");
+        set_packed_form(&c, 4, ones, 1);
+        c.bf16_g_beta = 1;
+        c.graph = 1;
+        c.steps = 3;
+        cases[n++] = c;
+        c = base_case("packed form [3,0,1,1,0,1]x13, bf16 tokens, graph");
+        set_packed_form(&c, 78, mixed, 6);
+        c.bf16_g_beta = 1;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.graph = 1;
+        c.steps = 3;
+        cases[n++] = c;
         /* K and V */
         static const int64_t kv[][2] = {{64, 64}, {256, 256}, {64, 256}, {256, 64}, {128, 32},  {32, 128},
                                         {96, 72}, {3, 5},     {1, 1},    {17, 40},  {200, 136}, {256, 255}};
@@ -1057,6 +1296,7 @@ int main(int argc, char **argv)
             }
         }
     }
+    if (plan) printf("%d cases (at most %d)\n", n, (int)(sizeof cases / sizeof cases[0]));
     if (variants || plan) {
         walk_variants(cases, n, names, n_names, !plan, plan ? NULL : &prop, &rng, stream);
         if (stream) CUDA_OK(cudaStreamDestroy(stream));
@@ -1068,6 +1308,17 @@ int main(int argc, char **argv)
         if (only && !strstr(cases[i].name, only)) continue;
         if (cases[i].out_tol == 0) set_bars(&cases[i]);
         run_case(&cases[i], &rng, stream);
+    }
+    if (!only || strstr("packed form = one-token form", only)) {
+        /* B x HV: 1 x 32 and 8 x 4 (narrow or wide tiles), 76 x 4 (packed in bf16), 160 x 4
+         * (split K in fp32); pools, layouts, all-bf16 tokens or f32 g and beta. */
+        static const int64_t bw_B[4] = {1, 8, 76, 160}, bw_HV[4] = {32, 4, 4, 4};
+        for (int i = 0; i < 32; i++) {
+            const int size = i >> 3, bf16 = i & 1, vf = (i >> 1) & 1, tok = (i >> 2) & 1;
+            if (small && !(size == 1 || (size == 2 && bf16 && !vf))) continue;
+            packed_form_bitwise(bw_B[size], bw_HV[size], bf16 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32, vf, tok, 3, &rng,
+                                stream);
+        }
     }
 
     if (!small && !only) {
