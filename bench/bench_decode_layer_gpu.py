@@ -127,9 +127,9 @@ def torch_gated_norm(o, x, out):
     """out = o / sqrt(mean(o^2) + eps) * norm_weight * sigmoid(output_gate), per token and head."""
     of = o.float()
     r = torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + EPS)
-    out.copy_(
-        (of * r * x["norm_weight"].float() * torch.sigmoid(x["output_gate"].float())).view_as(out)
-    )
+    # in o's shape [B, 1, H, V]: broadcasting [B, H, V] against it would make [B, B, H, V]
+    gate = torch.sigmoid(x["output_gate"].float()).reshape(of.shape)
+    out.copy_((of * r * x["norm_weight"].float() * gate).view_as(out))
 
 
 def separate_step(flash_kda, x, pool, conv_state, idx, idx64, o, out):
