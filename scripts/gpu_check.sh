@@ -27,6 +27,8 @@
 #                  e.g. "--cases kimi": fla autotunes each option set too)
 #
 # FKDA_GPU_TESTS=decode (or prefill) limits test and sanitize to that GPU test program.
+# FKDA_STEP_TIMEOUT=SECONDS stops any step that runs longer (SIGINT: pytest still reports the
+# failures it has seen; a stopped step counts as failed), so that one slow step leaves time for the rest.
 # fla is required by the steps that use it (test and pytest: the pytest GPU tests; bench-decode,
 # bench-prefill): without it they would skip or print NaN columns and still succeed, so a missing
 # fla is a failed step of its own (fla-import) and pytest fails instead of skipping
@@ -90,7 +92,12 @@ fi
 run_step() { # name, command...
   local name=$1; shift
   echo "== $name"
-  "$@" 2>&1 | tee "$OUT/$name.log"
+  if [ -n "${FKDA_STEP_TIMEOUT:-}" ]; then
+    # SIGINT, not SIGTERM: pytest stops on it and still prints the failures it has seen
+    timeout -s INT -k 15 "$FKDA_STEP_TIMEOUT" "$@" 2>&1 | tee "$OUT/$name.log"
+  else
+    "$@" 2>&1 | tee "$OUT/$name.log"
+  fi
   local rc=${PIPESTATUS[0]}
   [ $rc -ne 0 ] && { echo "!! step $name failed ($rc)"; failed=$((failed + 1)); }
   return 0
