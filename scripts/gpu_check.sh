@@ -60,6 +60,15 @@ if compgen -G ".whl/*.whl" >/dev/null; then
   export PYTHONPATH=/tmp/fkda-site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
+# Triton's cache (fla's compiled kernels and, with fla's cache_results, its autotuning choices) in a
+# known folder; FKDA_TRITON_CACHE=<tarball> (carried) fills it first, and the end of the run packs
+# it into $OUT/triton-cache.tar.gz, to be carried into the next call: fla autotunes once per shape.
+export TRITON_CACHE_DIR=${TRITON_CACHE_DIR:-/tmp/fkda-triton-cache}
+mkdir -p "$TRITON_CACHE_DIR"
+if [ -n "${FKDA_TRITON_CACHE:-}" ] && [ -f "$FKDA_TRITON_CACHE" ]; then
+  tar -xzf "$FKDA_TRITON_CACHE" -C "$TRITON_CACHE_DIR" && echo "Triton cache from $FKDA_TRITON_CACHE"
+fi
+
 echo "== build"
 cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
   cmake --build build/gpu -j 16 >>"$OUT/build.log" 2>&1
@@ -157,5 +166,8 @@ for step in "${steps[@]}"; do
   *) echo "unknown step $step"; failed=$((failed + 1)) ;;
   esac
 done
+if [ -n "${FKDA_TRITON_CACHE:-}" ]; then
+  tar -czf "$OUT/triton-cache.tar.gz" -C "$TRITON_CACHE_DIR" . && ls -l "$OUT/triton-cache.tar.gz"
+fi
 echo "== done: $failed failed step(s)"
 exit $failed
