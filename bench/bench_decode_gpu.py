@@ -22,6 +22,7 @@ overlaps the tail of the call before it, which fla's kernels do not do); every r
 with FKDA_DECODE_PDL=0, the launch a call gets when the kernel before it is not a PDL launch.
 
     python3 bench/bench_decode_gpu.py [--out results.md] [--quick] [--sweep | --sweep-only | --vllm]
+                                      [--spec]
 
 --vllm times only vLLM's packed form of the call (one row of B tokens, q [1, B, H, K],
 cu_seqlens = arange(B + 1), 1-D int32 indices: how vLLM calls fused_recurrent_kda for a decode
@@ -29,6 +30,11 @@ step) beside the current form ([B, 1, H, K], no cu_seqlens), for both libraries,
 layouts ([K, V] and [V, K]) and pool dtypes, at B = 1 with H = 12, 16 and 32 and at
 B x H = 2048 to 8192 (64 x 32, 256 x 32, 1024 x 8). It is not part of the default run: fla's
 Triton kernels autotune once per shape and form.
+
+--spec times speculative decoding as vLLM calls it: 3 tokens per sequence packed in one row
+(cu_seqlens), 2-D int32 indices [B, 3], random num_accepted_tokens, both libraries, both pool
+dtypes and layouts, at 1 x 32, 64 x 32 and 256 x 8 (floor: one state read and three written per
+sequence and head). With --vllm, both tables.
 
 --sweep adds a table of ours with each kernel family or knob forced (the FKDA_DECODE_* knobs of
 src/core/tuning.h; FKDA_DECODE_VARIANT=<name> forces one kernel of src/cuda/decode_variants.h);
@@ -355,6 +361,77 @@ def vllm_table(flash_kda, fla_fwd, bw, gen):
     return rows
 
 
+SPEC_T = 3  # draft tokens per sequence in the speculative rows
+
+
+def bench_spec_case(flash_kda, fla_fwd, B, H, pool_dtype, gen, v_first, min_bytes=256 << 20):
+    """Speculative decoding in vLLM's form: B sequences of SPEC_T tokens packed in one row
+    (cu_seqlens = 0, T, 2T, ...), 2-D int32 indices [B, T] (token t's state goes to slot
+    idx[n, t]), num_accepted_tokens in [1, T] (the state is read from idx[n, a_n - 1]). Times
+    ours and fla in CUDA graphs of distinct pools; returns (ours s, fla s, bytes, pools). Bytes:
+    one state read and T written per sequence and head."""
+    T = SPEC_T
+    elem = 4 if pool_dtype == torch.float32 else 2
+    P = B * T
+    pool_bytes = P * H * K * V * elem
+    layers = max(1, min(MAX_LAYERS, math.ceil(min_bytes / pool_bytes)))
+    steps = max(STEPS, layers)
+    x = [
+        t.reshape(1, B * T, *t.shape[2:]) if t.dim() >= 3 else t for t in make_inputs(B * T, H, gen)
+    ]
+    shape = (P, H, V, K) if v_first else (P, H, K, V)
+    pools = [
+        (0.1 * torch.randn(*shape, device="cuda", generator=gen)).to(pool_dtype)
+        for _ in range(layers)
+    ]
+    idx = torch.randperm(P, device="cuda", generator=gen).reshape(B, T).to(torch.int32)
+    acc = torch.randint(1, T + 1, (B,), device="cuda", generator=gen).to(torch.int32)
+    cu = torch.arange(0, B * T + 1, T, device="cuda", dtype=torch.int32)
+    out = torch.empty(1, B * T, H, V, device="cuda", dtype=torch.bfloat16)
+    ours = [
+        lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, v_first, acc, cu)
+        for s in range(steps)
+    ]
+    theirs = [
+        lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, v_first, acc, cu)
+        for s in range(steps)
+    ]
+    t_ours, t_fla = time_graph(ours), time_graph(theirs)
+    del pools
+    torch.cuda.empty_cache()
+    return t_ours, t_fla, (1 + T) * B * H * K * V * elem, layers
+
+
+def spec_table(flash_kda, fla_fwd, bw, gen):
+    """Speculative decoding (--spec): rows of text, printed as they come."""
+    rows = [
+        "",
+        f"Speculative decoding in vLLM's form: {SPEC_T} tokens per sequence packed in one row "
+        "(cu_seqlens), 2-D int32 indices [B, T], random num_accepted_tokens in [1, T]; "
+        f"{STEPS}+ calls per CUDA graph, DRAM-resident pools. Floor: one state read and T "
+        "written per sequence and head.",
+        "",
+        "| pool | layout | B | H | floor us | ours us | fla us | ours/fla | ours/floor | pools |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    print("\n".join(rows), flush=True)
+    for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+        for vf in (False, True):
+            for B, H in ((1, 32), (64, 32), (256, 8)):
+                t_ours, t_fla, nbytes, layers = bench_spec_case(
+                    flash_kda, fla_fwd, B, H, pool_dtype, gen, vf
+                )
+                floor = nbytes / bw
+                row = (
+                    f"| {pname} | {'[V,K]' if vf else '[K,V]'} | {B} | {H} | {floor * 1e6:.2f} "
+                    f"| {t_ours * 1e6:.2f} | {t_fla * 1e6:.2f} | {t_ours / t_fla:.2f} "
+                    f"| {t_ours / floor:.2f} | {layers} |"
+                )
+                rows.append(row)
+                print(row, flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
@@ -374,6 +451,11 @@ def main():
         "--vllm",
         action="store_true",
         help="only the agreement and vLLM's packed form beside the current form",
+    )
+    ap.add_argument(
+        "--spec",
+        action="store_true",
+        help="only the agreement and speculative decoding (2-D indices, accepted counts)",
     )
     ap.add_argument(
         "--profile",
@@ -431,8 +513,10 @@ def main():
     ]
     lines += agreement(flash_kda, fla_fwd, gen)
     print("\n".join(lines), flush=True)
-    if args.vllm:
-        text = "\n".join(lines + vllm_table(flash_kda, fla_fwd, bw, gen)) + "\n"
+    if args.vllm or args.spec:
+        extra = vllm_table(flash_kda, fla_fwd, bw, gen) if args.vllm else []
+        extra += spec_table(flash_kda, fla_fwd, bw, gen) if args.spec else []
+        text = "\n".join(lines + extra) + "\n"
         if args.out:
             with open(args.out, "w") as f:
                 f.write(text)
