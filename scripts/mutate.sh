@@ -3,7 +3,8 @@
 #
 #   scripts/mutate.sh cpu [NAME ...]    the CPU mutants: ctest (CPU build) and pytest tests/python
 #   scripts/mutate.sh cuda [NAME ...]   the CUDA mutants (a GPU machine): test_prefill_cuda --quick,
-#                                       test_decode_cuda --small and pytest tests/gpu
+#                                       test_decode_cuda --small, test_decode_layer_cuda --small and
+#                                       pytest tests/gpu
 #   scripts/mutate.sh list              the mutants, without running anything
 #
 # A test suite that passes with a bug in the code it covers cannot fail for that bug; each mutant
@@ -132,6 +133,22 @@ mutant cuda-decode-state-store-rounding cuda 'src/cuda/decode*.cu src/cuda/decod
 mutant cuda-decode-token-offset cuda 'src/cuda/decode*.cu src/cuda/decode*.cuh' \
   'return row * stride[0] + pos * stride[1] + head * stride[2];' \
   'return row * stride[0] + pos * stride[1] + head * stride[1];'
+# The CU twins (vLLM's packed form): a skipped one-token sequence leaves its output unwritten
+# instead of zero.
+mutant cuda-decode-cu-skip-zeroes cuda src/cuda/decode_tiles.cu \
+  $'    } else if (len == 1) {\n        zero_outputs(p, &w, 0, bos, 1, h, V_FIRST, VEC, NC, TOK);\n    } else if (len > 1) {' \
+  $'    } else if (len > 1) {'
+# The CUDA decode layer: the conv without its SiLU; the clamp of a sliding window one row short of
+# the conv state's L rows; the output gate's sigmoid of -g.
+mutant cuda-layer-silu cuda src/cuda/decode_layer.cu \
+  'y[t * p.dim] = acc / (1.0f + expf(-acc));' \
+  'y[t * p.dim] = acc;'
+mutant cuda-layer-window-clamp cuda src/cuda/decode_layer.cu \
+  'min(accepted_tokens(&p.slots, n), p.conv_rows - W + 2) - 1' \
+  'min(accepted_tokens(&p.slots, n), p.conv_rows - W + 1) - 1'
+mutant cuda-layer-output-gate cuda src/cuda/decode_layer.cu \
+  'v[i] * r * w / (1.0f + expf(-g))' \
+  'v[i] * r * w / (1.0f + expf(g))'
 
 if [ "$half" != cpu ] && [ "$half" != cuda ] && [ "$half" != list ]; then
   echo "usage: scripts/mutate.sh cpu|cuda|list [NAME ...]" >&2
@@ -243,10 +260,11 @@ else
   gen=()
   command -v ninja >/dev/null && gen=(-G Ninja)
   configure() { cmake -S "$tree" -B "$bdir" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release; }
-  build() { cmake --build "$bdir" -j "$jobs" --target flashkda test_prefill_cuda test_decode_cuda; }
+  build() { cmake --build "$bdir" -j "$jobs" --target flashkda test_prefill_cuda test_decode_cuda test_decode_layer_cuda; }
   run_tests() {
     step "$bdir/test_prefill_cuda" --quick &&
       step "$bdir/test_decode_cuda" --small &&
+      step "$bdir/test_decode_layer_cuda" --small &&
       FLASHKDA_LIBRARY=$bdir/libflashkda.so PYTHONPATH=$tree/python${PYTHONPATH:+:$PYTHONPATH} \
         step "$PYTHON" -m pytest -q -x -p no:cacheprovider "${gpu_pytest[@]}"
   }
