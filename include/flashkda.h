@@ -274,6 +274,13 @@ FKDA_API fkda_status fkda_prefill(const fkda_prefill_args *args, const fkda_devi
  *
  * A skipped sequence reads and writes no state, and its rows of `out` are set to zero. Slots
  * named by two sequences of one call are a caller error (the result is unspecified).
+ *
+ * On CUDA the contents of cu_seqlens, state_indices and num_accepted_tokens stay in device
+ * memory and are not read before the launch (so that a call can be captured in a CUDA graph):
+ * the CPU refuses what the CUDA kernels instead handle by rule. A slot at or past P skips the
+ * sequence like a negative one; a_n is clamped into [1, T_max]; cu_seqlens offsets are clamped
+ * into [0, T], so offsets that decrease or pass T give empty or overlapping sequences (memory-
+ * safe, but the overlapping rows of out are then unspecified) and rows past c_N are not written.
  */
 typedef struct fkda_decode_args {
     fkda_tensor q, k, v, g, beta;
@@ -368,14 +375,15 @@ typedef struct fkda_decode_layer_args {
     fkda_tensor num_accepted_tokens;
     fkda_tensor output_gate;
     fkda_tensor norm_weight;
-    double norm_eps; /* finite and > 0 (an all-zero o would otherwise divide 0 by 0) */
+    double norm_eps; /* finite, at least FLT_MIN (an all-zero o would otherwise divide 0 by 0) */
     fkda_tensor out;
     double scale;          /* 0: K^-0.5 */
     int32_t state_v_first; /* the recurrent pool is [P, HV, V, K] */
 } fkda_decode_layer_args;
 
-/* The workspace holds the conv outputs and the recurrence's output in float32, 4 B T (dim + HV V)
- * bytes, plus what the decode itself needs on that device. On the CUDA device the call is three
+/* The workspace holds the conv outputs and the recurrence's output in float32, 4 B T dim and
+ * 4 B T HV V bytes, each rounded up to the backend's alignment (64 bytes on the CPU, 256 on
+ * CUDA), plus what the decode itself needs on that device: ask this function, do not compute it. On the CUDA device the call is three
  * launches on the stream (conv, decode, norm), asynchronous and allocating nothing, so it can be
  * captured in a CUDA graph. */
 FKDA_API fkda_status fkda_decode_layer_workspace_size(const fkda_decode_layer_args *args, const fkda_device *device,

@@ -3,6 +3,7 @@
  * tensors, validate its recurrence as an fkda_decode over views of mixed_qkv, g, beta and out,
  * then dispatch. The spec is the comment above fkda_decode_layer_args in flashkda.h.
  */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -232,9 +233,11 @@ static fkda_status validate_layer(const fkda_decode_layer_args *a, const fkda_de
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "out: dtype %s differs from mixed_qkv's %s",
                          fkda_dtype_name(a->out.dtype), fkda_dtype_name(x->dtype));
 
-    if (!(a->norm_eps > 0.0 && a->norm_eps <= MAX_MAGNITUDE))
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "norm_eps: %g; expected a finite value > 0 (at most %g)",
-                         a->norm_eps, MAX_MAGNITUDE);
+    /* At least the smallest normal float32: the kernels add eps in float32, where a smaller one
+     * rounds to 0 and an all-zero o (a skipped sequence) would give 0 / 0. */
+    if (!(a->norm_eps >= FLT_MIN && a->norm_eps <= MAX_MAGNITUDE))
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "norm_eps: %g; expected a finite value in [%g, %g]",
+                         a->norm_eps, (double)FLT_MIN, MAX_MAGNITUDE);
     if (!(a->lower_bound <= 0.0 && a->lower_bound >= -MAX_MAGNITUDE))
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
                          "lower_bound: %g; expected 0 (the softplus gate) or a value in [-%g, 0) (the lower-bound "

@@ -744,7 +744,7 @@ static void packed_form_bitwise(int64_t B, int64_t HV, fkda_dtype pool_dtype, in
     for (int64_t n = 0; n <= B; n++) hi[n] = (int32_t)n;
     CUDA_OK(cudaMemcpy(cu, hi, (size_t)(B + 1) * 4, cudaMemcpyHostToDevice));
     for (int64_t n = 0; n < B; n++) hi[n] = (int32_t)(P - 1 - n); /* distinct slots, not slot n */
-    hi[0] = -1;
+    if (B > 1) hi[0] = -1; /* a skipped sequence, but never the only one (zeros compare equal) */
     CUDA_OK(cudaMemcpy(idx, hi, (size_t)B * 4, cudaMemcpyHostToDevice));
 
     fkda_decode_args a;
@@ -795,6 +795,9 @@ static void packed_form_bitwise(int64_t B, int64_t HV, fkda_dtype pool_dtype, in
         size_t nonfinite = 0; /* the poison left anywhere (both alike) would compare equal */
         for (size_t i = 0; i < nv; i++) nonfinite += !isfinite(get_at(h, FKDA_DTYPE_BF16, (int64_t)i));
         CHECK(nonfinite == 0, "%s step %d: %zu output elements not written or not finite", name, step, nonfinite);
+        size_t nonzero = 0; /* two outputs of zeros (skipped sequences only) would compare equal too */
+        for (size_t i = 0; i < nv; i++) nonzero += get_at(h, FKDA_DTYPE_BF16, (int64_t)i) != 0.0;
+        CHECK(nonzero > 0, "%s step %d: every output is zero: no sequence ran", name, step);
         same = nonfinite == 0 && memcmp(h, h2, nv * 2) == 0;
         CHECK(memcmp(h, h2, nv * 2) == 0, "%s step %d: the outputs differ", name, step);
         CUDA_OK(cudaMemcpy(h, pool_a, np * psz, cudaMemcpyDeviceToHost));

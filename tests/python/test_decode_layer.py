@@ -153,6 +153,7 @@ def test_errors_name_the_argument_and_write_nothing():
     out = np.full(layer["output_gate"].shape, np.nan, np.float32)
     cases = [
         (dict(norm_eps=0.0), flash_kda.InvalidArgumentError, "norm_eps"),
+        (dict(norm_eps=1e-50), flash_kda.InvalidArgumentError, "norm_eps"),
         (dict(lower_bound=0.0), flash_kda.InvalidArgumentError, "lower_bound"),
         (dict(lower_bound=-5.0, state_indices=np.array([0, 3], np.int64)),
          flash_kda.InvalidArgumentError, "conv_state pool"),
