@@ -27,8 +27,12 @@ if not flash_kda.has_cuda():
 
 DEV = torch.device("cuda", 0)
 N, HV, K, V, P = 4, 4, 128, 128, 5
-OPTIONS = {"gate": "lower_bound", "lower_bound": -5.0, "use_qk_l2norm": True,
-           "use_beta_sigmoid": True}
+OPTIONS = {
+    "gate": "lower_bound",
+    "lower_bound": -5.0,
+    "use_qk_l2norm": True,
+    "use_beta_sigmoid": True,
+}
 # sequence 0 names slot P (one past the last), sequence 2 is skipped (-1); 1 and 3 are live
 INDICES = [P, 1, -1, 3]
 LIVE = [1, 3]
@@ -51,47 +55,108 @@ def same_bytes(a, b):
     return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
 
 
-@pytest.mark.parametrize("v_first", [False, True])
-@pytest.mark.parametrize("pool_dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("T", [1, 2])
-def test_slot_at_pool_size_is_skipped(rng, T, pool_dtype, v_first):
+def check_skips(rng, indices, T, pool_dtype, v_first, packed):
+    """One decode of len(indices) sequences of T tokens (packed: vLLM's form, one row of N T
+    tokens and cu_seqlens = 0, T, 2T, ...) on the first P slots of a pool of P + 1: every
+    sequence whose slot is outside [0, P) must be skipped, the rest match the CPU reference."""
+    n_seq, pool_size = len(indices), P
+
     def randn(*shape, sd=1.0):
         return torch.from_numpy((sd * rng.standard_normal(shape)).astype(np.float32))
 
-    tokens = {n: randn(N, T, HV, K).to(torch.bfloat16) for n in ("q", "k", "g")}
-    tokens["v"] = randn(N, T, HV, V).to(torch.bfloat16)
-    tokens["beta"] = randn(N, T, HV).to(torch.bfloat16)
+    tokens = {n: randn(n_seq, T, HV, K).to(torch.bfloat16) for n in ("q", "k", "g")}
+    tokens["v"] = randn(n_seq, T, HV, V).to(torch.bfloat16)
+    tokens["beta"] = randn(n_seq, T, HV).to(torch.bfloat16)
     A_log = torch.from_numpy(rng.uniform(-1, 1, HV).astype(np.float32))
     dt_bias = randn(HV, K, sd=0.5)
-    backing = randn(P + 1, HV, K, V, sd=0.5).to(pool_dtype)  # [V, K] is the same shape: K == V
+    backing = randn(pool_size + 1, HV, K, V, sd=0.5).to(pool_dtype)  # [V, K]: the same shape
+
+    def call(toks, pool, idx, out, **kw):
+        toks = [toks[n] for n in ("q", "k", "v", "g", "beta")]
+        cu = None
+        if packed:  # the same bytes as one row of n_seq * T tokens
+            toks = [t.reshape(1, n_seq * T, *t.shape[2:]) for t in toks]
+            out = out.view(1, n_seq * T, *out.shape[2:])
+            cu = torch.arange(0, n_seq * T + 1, T, dtype=torch.int32, device=pool.device)
+        flash_kda.decode(
+            *toks,
+            pool,
+            state_indices=idx,
+            out=out,
+            cu_seqlens=cu,
+            state_v_first=v_first,
+            **kw,
+            **OPTIONS,
+        )
 
     # GPU: the pool is backing[:P] on the device; slot P is the extra one
     dev_backing = backing.to(DEV)
-    out = torch.full((N, T, HV, V), float("nan"), dtype=torch.bfloat16, device=DEV)
-    flash_kda.decode(*(tokens[n].to(DEV) for n in ("q", "k", "v", "g", "beta")), dev_backing[:P],
-                     state_indices=torch.tensor(INDICES, dtype=torch.int32, device=DEV), out=out,
-                     A_log=A_log.to(DEV), dt_bias=dt_bias.to(DEV), state_v_first=v_first, **OPTIONS)
+    out = torch.full((n_seq, T, HV, V), float("nan"), dtype=torch.bfloat16, device=DEV)
+    call(
+        {n: t.to(DEV) for n, t in tokens.items()},
+        dev_backing[:pool_size],
+        torch.tensor(indices, dtype=torch.int32, device=DEV),
+        out,
+        A_log=A_log.to(DEV),
+        dt_bias=dt_bias.to(DEV),
+    )
     torch.cuda.synchronize()
     got_pool, got_out = dev_backing.cpu(), out.cpu()
 
-    # the reference: the same call on the CPU, the out-of-pool sequence skipped explicitly
+    # the reference: the same call on the CPU, the out-of-pool sequences skipped explicitly
     ref_backing = backing.clone()
-    ref_out = torch.zeros((N, T, HV, V), dtype=torch.bfloat16)
-    ref_indices = torch.tensor([-1 if not 0 <= s < P else s for s in INDICES], dtype=torch.int32)
-    flash_kda.decode(*(tokens[n] for n in ("q", "k", "v", "g", "beta")), ref_backing[:P],
-                     state_indices=ref_indices, out=ref_out, A_log=A_log, dt_bias=dt_bias,
-                     state_v_first=v_first, reference=True, **OPTIONS)
+    ref_out = torch.zeros((n_seq, T, HV, V), dtype=torch.bfloat16)
+    ref_indices = torch.tensor(
+        [s if 0 <= s < pool_size else -1 for s in indices], dtype=torch.int32
+    )
+    call(
+        tokens,
+        ref_backing[:pool_size],
+        ref_indices,
+        ref_out,
+        A_log=A_log,
+        dt_bias=dt_bias,
+        reference=True,
+    )
 
-    assert same_bytes(got_pool[P], backing[P]), "the slot one past the pool was written"
-    for slot in UNNAMED_SLOTS:
-        assert same_bytes(got_pool[slot], backing[slot]), \
-            f"slot {slot}, named by no sequence, changed"
-    for n in (0, 2):
-        assert torch.count_nonzero(got_out[n]) == 0, \
-            f"sequence {n} (slot {INDICES[n]}) has nonzero rows"
-    for n in LIVE:
+    assert same_bytes(got_pool[pool_size], backing[pool_size]), (
+        "the slot one past the pool was written"
+    )
+    named = {s for s in indices if 0 <= s < pool_size}
+    for slot in range(pool_size):
+        if slot not in named:
+            assert same_bytes(got_pool[slot], backing[slot]), (
+                f"slot {slot}, named by no sequence, changed"
+            )
+    for n, slot in enumerate(indices):
+        if not 0 <= slot < pool_size:
+            assert torch.count_nonzero(got_out[n]) == 0, (
+                f"sequence {n} (slot {slot}) has nonzero rows"
+            )
+            continue
         assert torch.isfinite(got_out[n]).all()
         # both round the same fp32 / float64 values: at most a few elements differ by an ulp
         assert rel_err(got_out[n], ref_out[n]) < 4e-3
         state_bar = 4e-3 if pool_dtype == torch.bfloat16 else 1e-5
-        assert rel_err(got_pool[INDICES[n]], ref_backing[INDICES[n]]) < state_bar
+        assert rel_err(got_pool[slot], ref_backing[slot]) < state_bar
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["batch", "packed"])
+@pytest.mark.parametrize("v_first", [False, True])
+@pytest.mark.parametrize("pool_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("T", [1, 2])
+def test_slot_at_pool_size_is_skipped(rng, T, pool_dtype, v_first, packed):
+    assert [s for s in INDICES if 0 <= s < P] == [INDICES[n] for n in LIVE]
+    check_skips(rng, INDICES, T, pool_dtype, v_first, packed)
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["batch", "packed"])
+@pytest.mark.parametrize("v_first", [False, True])
+def test_slot_at_pool_size_is_skipped_many_heads(rng, v_first, packed, monkeypatch):
+    """Enough bf16 heads for the packed kernels (two or more per SM), with FKDA_DECODE_PACKED=1
+    making sure they serve: every fourth sequence names slot P, one names -1."""
+    monkeypatch.setenv("FKDA_DECODE_PACKED", "1")
+    n_seq = 2 * torch.cuda.get_device_properties(DEV).multi_processor_count // HV * 2 + 1
+    indices = [P if n % 4 == 0 else n % P for n in range(n_seq)]
+    indices[1] = -1
+    check_skips(rng, indices, 1, torch.bfloat16, v_first, packed)
