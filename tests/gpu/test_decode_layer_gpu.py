@@ -214,3 +214,78 @@ def test_cuda_graph_capture_of_one_layer_step(rng):
         assert torch.equal(out, eager_out), "graph replay differs from an eager call"
         assert same_bytes(layer["state_pool"], eager["state_pool"])
         assert same_bytes(layer["conv_state"], eager["conv_state"])
+
+
+def test_out_of_range_slots_and_counts_follow_the_cuda_rules(rng):
+    """What the CPU refuses and CUDA handles by rule (flashkda.h): a read slot at or past P skips
+    the sequence; a running sequence whose conv slot is outside [0, P_conv) convolves from a zero
+    window and writes no conv state; accepted counts are clamped into [1, T_max]. The pools are
+    the first slots of larger tensors filled with garbage beyond, so a kernel that read or wrote
+    past either pool would change what the test sees. The expectation: the CPU reference on the
+    same call with those rules applied by hand (index -1, a zeroed conv slot, clamped counts)."""
+    B, H, HV, K, V, W = 4, 2, 2, 128, 128, 4
+    P, P_conv = 6, 4
+    layer = make_layer(rng, B, 1, H, HV, K, V, W, P + 1, W - 1, torch.float32, torch.float32, False)
+    conv_backing = torch.from_numpy(
+        rng.standard_normal((P_conv + 2, W - 1, layer["mixed_qkv"].shape[-1])).astype(np.float32)
+    )
+    layer["conv_state"] = conv_backing
+    # sequence 0 and 3 normal; 1 reads recurrent slot 4 (inside P) and conv slot 4 (past P_conv);
+    # 2 names recurrent slot P (past the pool): skipped
+    idx = [0, P_conv, P, 2]
+    gpu = to_device(layer)
+    pool_before, conv_before = gpu["state_pool"].clone(), gpu["conv_state"].clone()
+    out = torch.full((B, HV, V), float("nan"), dtype=torch.float32, device=DEV)
+    gpu_args = dict(gpu, state_pool=gpu["state_pool"][:P], conv_state=gpu["conv_state"][:P_conv])
+    flash_kda.decode_layer(
+        **gpu_args, state_indices=torch.tensor(idx, dtype=torch.int32, device=DEV), out=out
+    )
+    torch.cuda.synchronize()
+
+    ref = dict(layer, state_pool=layer["state_pool"][:P].clone(), conv_state=conv_backing.clone())
+    ref["conv_state"][P_conv:] = 0.0  # the zero window of a conv slot outside the pool
+    ref_idx = torch.tensor([s if s < P else -1 for s in idx], dtype=torch.int64)
+    ref_out = flash_kda.decode_layer(**ref, state_indices=ref_idx, reference=True)
+
+    assert torch.isfinite(out).all()
+    assert (out[2] == 0).all(), "the sequence of slot P was not skipped"
+    for n in (0, 1, 3):
+        assert rel_err(out[n], ref_out[n]) <= 1e-5, n
+    for s in range(P + 1):
+        if s in (0, P_conv, 2):
+            assert rel_err(gpu["state_pool"][s], ref["state_pool"][s]) <= 4e-5, s
+        else:
+            assert same_bytes(gpu["state_pool"][s], pool_before[s]), f"recurrent slot {s} changed"
+    for s in range(P_conv + 2):
+        if s in (0, 2):
+            assert same_bytes(gpu["conv_state"][s], ref["conv_state"][s]), f"conv slot {s}"
+        else:
+            assert same_bytes(gpu["conv_state"][s], conv_before[s]), f"conv slot {s} changed"
+
+
+def test_accepted_counts_are_clamped(rng):
+    B, T, H, HV, K, V, W = 3, 2, 2, 2, 64, 64, 4
+    P = B * T + 1
+    layer = make_layer(rng, B, T, H, HV, K, V, W, P, W - 2 + T, torch.float32, torch.float32, True)
+    idx = torch.tensor([[0, 1], [2, 3], [4, 5]], dtype=torch.int32)
+    acc = torch.tensor([0, T + 1, 1], dtype=torch.int32)  # clamped to 1 and T on CUDA
+    gpu = to_device(layer)
+    out = flash_kda.decode_layer(
+        **gpu,
+        state_indices=idx.to(DEV),
+        num_accepted_tokens=acc.to(DEV),
+        lower_bound=-5.0,
+        state_v_first=True,
+    )
+    torch.cuda.synchronize()
+    ref_out = flash_kda.decode_layer(
+        **layer,
+        state_indices=idx,
+        num_accepted_tokens=acc.clamp(1, T),
+        lower_bound=-5.0,
+        state_v_first=True,
+        reference=True,
+    )
+    assert rel_err(out, ref_out) <= 1e-5
+    assert rel_err(gpu["state_pool"], layer["state_pool"]) <= 4e-5
+    assert same_bytes(gpu["conv_state"], layer["conv_state"])
