@@ -48,6 +48,7 @@
 #define FUSED_WARPS 16                                       /* warps per head: 128 / (2 x 4) columns */
 #define FUSED_STAGE (FUSED_KL * (FUSED_NR + DECODE_ROW_PAD)) /* floats per staged vector (stage_pos) */
 #define FUSED_MAX_WIDTH 16                                   /* the largest conv width W the API accepts */
+#define FUSED_KEYS 2 /* keys whose decay one thread computes: 128 keys over at least 64 threads */
 
 /* The kernel's parameters: the plain decode's (the pool, the indices, the gate's parameters, g,
  * beta and the options; q, k, v and out unused) and the layer's own tensors. Strides in elements:
@@ -149,78 +150,97 @@ static __device__ __forceinline__ void cluster_sync(int C)
     cluster_wait();
 }
 
-static __device__ __forceinline__ float load_as_float(const void *base, int32_t dtype, int64_t i)
-{
-    return bits_to_float(load_bits(base, dtype, i), dtype);
-}
-
 /* ---- the conv of one channel ------------------------------------------------------------------ */
 
-/* One channel's conv: its window (right-aligned in FUSED_MAX_WIDTH - 1 registers, so that every
- * index is a constant after unrolling), its input, and where its conv slot is. */
-typedef struct conv_window {
-    float hist[FUSED_MAX_WIDTH - 1];
-    float x;
-    int64_t base; /* the channel's element in row 0 of its conv slot */
+/* One channel's conv: its taps, bias and input as raw bits (loaded before the slot is known),
+ * then its window (right-aligned in FUSED_MAX_WIDTH - 1 registers, so that every index is a
+ * constant after unrolling) and where its conv slot is. Zero bits are 0.0 in every dtype. */
+typedef struct conv_channel {
+    uint32_t wt[FUSED_MAX_WIDTH], hist[FUSED_MAX_WIDTH - 1];
+    uint32_t bias, x;
+    int64_t ch;   /* the channel */
+    int64_t base; /* its element in row 0 of its conv slot */
     int has_slot; /* the slot is inside the conv pool (else a zero window, nothing written) */
-} conv_window;
+} conv_channel;
 
-/*
- * y = silu(bias + sum_{j < W} weight[j] * s[j]) over s = (window w_0 .. w_{W-2}, x), summed
- * oldest first as the conv kernel of decode_layer.cu does (and the CPU); the window read from
- * conv slot `cslot` (a zero window where it is outside the conv pool). One thread per channel:
- * nothing else reads or writes this channel of the slot.
- */
-static __device__ __forceinline__ float conv_channel(const fused_layer_params *p, int64_t n, int64_t ch, int64_t cslot,
-                                                     conv_window *cw)
+/* The loads that need no slot: the taps (right-aligned: entry i holds tap i - (M - W)), bias, x. */
+static __device__ __forceinline__ void conv_load_inputs(const fused_layer_params *p, int64_t n, int64_t ch,
+                                                        conv_channel *cc)
 {
-    const int M = FUSED_MAX_WIDTH, W = p->W, lead = M - W;
-    cw->has_slot = cslot >= 0 && cslot < p->conv_slots;
-    cw->base = cslot * p->cs_stride[0] + ch * p->cs_stride[2];
-    float wt[M];
+    const int M = FUSED_MAX_WIDTH, lead = M - p->W;
+    cc->ch = ch;
 #pragma unroll
     for (int i = 0; i < M; i++)
-        wt[i] = i >= lead ? load_as_float(p->conv_weight, p->w_dtype, ch * p->w_stride[0] + (i - lead) * p->w_stride[1])
-                          : 0.0f;
+        cc->wt[i] = load_bits_if(p->conv_weight, p->w_dtype, ch * p->w_stride[0] + (i - lead) * p->w_stride[1],
+                                 i >= lead);
+    cc->bias = load_bits_if(p->conv_bias, p->bias_dtype, ch * p->bias_stride, p->conv_bias != NULL);
+    cc->x = load_bits(p->x, p->x_dtype, n * p->x_stride[0] + ch * p->x_stride[2]);
+}
+
+/* The window w_0 .. w_{W-2} from conv slot `cslot` (a zero window where it is outside the pool). */
+static __device__ __forceinline__ void conv_load_window(const fused_layer_params *p, int64_t cslot, conv_channel *cc)
+{
+    const int M = FUSED_MAX_WIDTH, lead = M - p->W;
+    cc->has_slot = cslot >= 0 && cslot < p->conv_slots;
+    cc->base = cslot * p->cs_stride[0] + cc->ch * p->cs_stride[2];
 #pragma unroll
     for (int i = 0; i < M - 1; i++)
-        cw->hist[i] = cw->has_slot && i >= lead
-                          ? load_as_float(p->conv_state, p->cs_dtype, cw->base + (i - lead) * p->cs_stride[1])
-                          : 0.0f;
-    const float bias = p->conv_bias ? load_as_float(p->conv_bias, p->bias_dtype, ch * p->bias_stride) : 0.0f;
-    cw->x = load_as_float(p->x, p->x_dtype, n * p->x_stride[0] + ch * p->x_stride[2]);
-    float acc = bias;
+        cc->hist[i] = load_bits_if(p->conv_state, p->cs_dtype, cc->base + (i - lead) * p->cs_stride[1],
+                                   cc->has_slot && i >= lead);
+}
+
+/* y = silu(bias + sum_{j < W} weight[j] * s[j]) over s = (w_0 .. w_{W-2}, x), summed oldest first
+ * as the conv kernel of decode_layer.cu does (and the CPU). */
+static __device__ __forceinline__ float conv_output(const fused_layer_params *p, const conv_channel *cc)
+{
+    const int M = FUSED_MAX_WIDTH, lead = M - p->W;
+    float acc = bits_to_float(cc->bias, p->bias_dtype);
 #pragma unroll
     for (int i = 0; i < M - 1; i++)
-        if (i >= lead) acc += wt[i] * cw->hist[i];
-    acc += wt[M - 1] * cw->x;
+        if (i >= lead) acc += bits_to_float(cc->wt[i], p->w_dtype) * bits_to_float(cc->hist[i], p->cs_dtype);
+    acc += bits_to_float(cc->wt[M - 1], p->w_dtype) * bits_to_float(cc->x, p->x_dtype);
     return acc / (1.0f + expf(-acc));
 }
 
-/* The new window (w_1 .. w_{W-2}, x) into rows 0 .. W - 2 of the channel's conv slot. */
-static __device__ __forceinline__ void conv_write(const fused_layer_params *p, const conv_window *cw)
+/* The new window (w_1 .. w_{W-2}, x) into rows 0 .. W - 2 of the channel's conv slot: the raw
+ * inputs, rounded to the conv state's dtype. One thread per channel: nothing else reads or writes
+ * this channel of the slot. */
+static __device__ __forceinline__ void conv_write(const fused_layer_params *p, const conv_channel *cc)
 {
     const int M = FUSED_MAX_WIDTH, W = p->W, lead = M - W;
-    if (!cw->has_slot) return;
+    if (!cc->has_slot) return;
 #pragma unroll
     for (int i = 0; i < M - 1; i++)
-        if (i > lead) store_float(p->conv_state, p->cs_dtype, cw->base + (i - lead - 1) * p->cs_stride[1], cw->hist[i]);
-    store_float(p->conv_state, p->cs_dtype, cw->base + (W - 2) * p->cs_stride[1], cw->x);
+        if (i > lead)
+            store_float(p->conv_state, p->cs_dtype, cc->base + (i - lead - 1) * p->cs_stride[1],
+                        bits_to_float(cc->hist[i], p->cs_dtype));
+    store_float(p->conv_state, p->cs_dtype, cc->base + (W - 2) * p->cs_stride[1], bits_to_float(cc->x, p->x_dtype));
 }
 
-/* The norm's factors of value j: norm_weight[j] and 1 + exp(-output_gate[j]), loaded early. */
+/* The norm's factors of value j: norm_weight[j] and 1 + exp(-output_gate[j]), from their bits. */
 typedef struct out_factors {
     float weight, denom;
 } out_factors;
 
-static __device__ __forceinline__ out_factors load_out_factors(const fused_layer_params *p, int64_t n, int64_t h, int j)
+static __device__ __forceinline__ out_factors out_factors_of(const fused_layer_params *p, uint32_t gate_bits,
+                                                             uint32_t weight_bits)
 {
     out_factors f;
-    const float g = load_as_float(p->gate, p->gate_dtype,
-                                  n * p->gate_stride[0] + h * p->gate_stride[2] + j * p->gate_stride[3]);
-    f.weight = load_as_float(p->norm_weight, p->nw_dtype, j * p->nw_stride);
-    f.denom = 1.0f + expf(-g);
+    f.weight = bits_to_float(weight_bits, p->nw_dtype);
+    f.denom = 1.0f + expf(-bits_to_float(gate_bits, p->gate_dtype));
     return f;
+}
+
+static __device__ __forceinline__ uint32_t load_gate_bits(const fused_layer_params *p, int64_t n, int64_t h, int j,
+                                                          int ok)
+{
+    return load_bits_if(p->gate, p->gate_dtype, n * p->gate_stride[0] + h * p->gate_stride[2] + j * p->gate_stride[3],
+                        ok);
+}
+
+static __device__ __forceinline__ uint32_t load_weight_bits(const fused_layer_params *p, int j, int ok)
+{
+    return load_bits_if(p->norm_weight, p->nw_dtype, j * p->nw_stride, ok);
 }
 
 /* out[j] = o * r * norm_weight[j] * sigmoid(output_gate[j]), evaluated as the norm kernel of
@@ -253,25 +273,14 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     const lane_tile w = make_lane_tile(&p->d, rank * (nthreads >> 5) + warp, V_FIRST, NR, NC, 1, 1);
     const int cols = 128 / C, col0 = rank * cols; /* this CTA's value columns */
 
-    const int64_t slot = p->d.state_indices ? load_index(p->d.state_indices, p->d.idx_dtype, n * p->d.idx_stride[0])
-                                            : n;
-    if (slot < 0 || slot >= p->d.pool_size) { /* skipped: uniform over the cluster */
-        const float r = 1.0f / sqrtf(0.0f / 128.0f + p->eps);
-        for (int j = col0 + tid; j < col0 + cols; j += nthreads)
-            store_out(p, n, h, j, 0.0f, r, load_out_factors(p, n, h, j));
-        if (C > 1) cluster_wait();
-        return;
-    }
-
-    float s[DECODE_MAX_R][DECODE_MAX_C];
-    load_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1, 1);
-
-    /* 1. The conv of this CTA's channels: 256 / C of q and k, then 128 / C of v. */
-    const int qk_jobs = 256 / C;
-    float y = 0.0f;
-    conv_window cw;
-    cw.has_slot = 0;
-    if (tid < qk_jobs + cols) {
+    /* Every load that needs no slot first, so that they are in flight while the slot's index
+     * arrives: the conv's taps, bias and input of this thread's channel (256 / C of the head's
+     * q and k channels, then 128 / C of v, one per thread), the gate's g and dt_bias of its keys,
+     * A_log, beta, and output_gate and norm_weight of the columns this lane will write. */
+    const int qk_jobs = 256 / C, has_channel = tid < qk_jobs + cols;
+    conv_channel cc;
+    cc.has_slot = 0;
+    if (has_channel) {
         const int64_t K = 128, H = p->H;
         int64_t ch;
         if (tid < qk_jobs) {
@@ -280,34 +289,60 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         } else {
             ch = 2 * H * K + h * 128 + col0 + (tid - qk_jobs);
         }
-        y = conv_channel(p, n, ch, slot, &cw);
+        conv_load_inputs(p, n, ch, &cc);
+    }
+    const int gated = p->d.gate != FKDA_GATE_NONE, biased = gated && p->d.dt_bias != NULL;
+    uint32_t g_bits[FUSED_KEYS], bias_bits[FUSED_KEYS];
+#pragma unroll
+    for (int i = 0; i < FUSED_KEYS; i++) {
+        const int e = tid + i * nthreads, ok = e < 128;
+        g_bits[i] = load_bits_if(p->d.g, p->d.g_dtype,
+                                 n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], ok);
+        bias_bits[i] = load_bits_if(p->d.dt_bias, p->d.dt_bias_dtype,
+                                    h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], ok && biased);
+    }
+    const uint32_t A_bits = load_bits_if(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride, gated && p->d.A_log);
+    const uint32_t beta_bits = load_bits(p->d.beta, p->d.beta_dtype, n * p->d.beta_stride[0] + h * p->d.beta_stride[2]);
+    uint32_t gate_bits[FUSED_NC], weight_bits[FUSED_NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        const int j = tile_col(&w, c, V_FIRST, VEC);
+        gate_bits[c] = load_gate_bits(p, n, h, j, w.kl == 0);
+        weight_bits[c] = load_weight_bits(p, j, w.kl == 0);
     }
 
-    /* The decay of every key (each CTA all 128: one gate load per key), and beta. */
-    const int gated = p->d.gate != FKDA_GATE_NONE;
-    const float A_weight = gated && p->d.A_log
-                               ? expf(load_as_float(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride))
-                               : 1.0f;
-    for (int e = tid; e < 128; e += nthreads) {
-        float a = load_as_float(p->d.g, p->d.g_dtype,
-                                n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3]);
+    const int64_t slot = p->d.state_indices ? load_index(p->d.state_indices, p->d.idx_dtype, n * p->d.idx_stride[0])
+                                            : n;
+    if (slot < 0 || slot >= p->d.pool_size) { /* skipped: uniform over the cluster */
+        const float r = 1.0f / sqrtf(0.0f / 128.0f + p->eps);
+        for (int j = col0 + tid; j < col0 + cols; j += nthreads)
+            store_out(p, n, h, j, 0.0f, r, out_factors_of(p, load_gate_bits(p, n, h, j, 1), load_weight_bits(p, j, 1)));
+        if (C > 1) cluster_wait();
+        return;
+    }
+
+    /* The state's tile and the conv windows, both at the slot. */
+    float s[DECODE_MAX_R][DECODE_MAX_C];
+    load_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1, 1);
+    if (has_channel) conv_load_window(p, slot, &cc);
+
+    /* The decay of every key (each CTA all 128), beta, and this thread's conv output. */
+    const float A_weight = gated && p->d.A_log ? expf(bits_to_float(A_bits, p->d.A_log_dtype)) : 1.0f;
+#pragma unroll
+    for (int i = 0; i < FUSED_KEYS; i++) {
+        const int e = tid + i * nthreads;
+        if (e >= 128) continue;
+        float a = bits_to_float(g_bits[i], p->d.g_dtype);
         if (gated) {
-            if (p->d.dt_bias)
-                a += load_as_float(p->d.dt_bias, p->d.dt_bias_dtype,
-                                   h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1]);
+            a += bits_to_float(bias_bits[i], p->d.dt_bias_dtype);
             a = p->d.gate == FKDA_GATE_LOWER_BOUND ? p->d.lower_bound * sigmoidf_(A_weight * a)
                                                    : -A_weight * softplusf_(a);
         }
         sm.d[stage_pos(&w, e, V_FIRST, VEC, NR)] = expf(a);
     }
-    float beta = load_as_float(p->d.beta, p->d.beta_dtype, n * p->d.beta_stride[0] + h * p->d.beta_stride[2]);
+    float beta = bits_to_float(beta_bits, p->d.beta_dtype);
     if (p->d.use_beta_sigmoid) beta = (p->d.allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
-
-    /* The norm's factors of the columns this lane will write (their loads in flight meanwhile). */
-    out_factors of[DECODE_MAX_C];
-#pragma unroll
-    for (int c = 0; c < NC; c++)
-        if (w.kl == 0) of[c] = load_out_factors(p, n, h, tile_col(&w, c, V_FIRST, VEC));
+    const float y = has_channel ? conv_output(p, &cc) : 0.0f;
 
     /* 2. q and k to every CTA, v to this one; then the whole token is everywhere. */
     if (C > 1) cluster_wait(); /* every CTA of the cluster is running */
@@ -399,11 +434,12 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     const float r = 1.0f / sqrtf(total / 128.0f + p->eps);
     if (w.kl == 0) {
 #pragma unroll
-        for (int c = 0; c < NC; c++) store_out(p, n, h, tile_col(&w, c, V_FIRST, VEC), o[c], r, of[c]);
+        for (int c = 0; c < NC; c++)
+            store_out(p, n, h, tile_col(&w, c, V_FIRST, VEC), o[c], r, out_factors_of(p, gate_bits[c], weight_bits[c]));
     }
     /* The global stores last: a cluster barrier's release would wait for them. */
     store_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1);
-    conv_write(p, &cw);
+    if (has_channel) conv_write(p, &cc);
 #endif
 }
 
