@@ -4,7 +4,10 @@ One decode step of a KDA layer (vLLM's fused_kda_decode) at B sequences, H = HV 
 K = V = 128, bf16 mixed_qkv, a float32 recurrent pool, conv width 4, the safe gate
 (lower_bound -5, A_log, dt_bias), int32 state_indices over a shuffled pool, timed three ways:
 
-  fused     flash_kda.decode_layer: conv with its state, the decode, the gated RMSNorm
+  fused     flash_kda.decode_layer: conv with its state, the decode, the gated RMSNorm, on the
+            library's default path (the single kernel where it serves, as here on sm_90)
+  3-pass    the same call with FKDA_DECODE_LAYER_FUSED=0: the three launches (conv, decode,
+            norm) through the workspace, the path every other call takes
   plain     flash_kda.decode alone on q, k, v already convolved (bf16), at the same shape: the
             floor the fused layer is measured against (target: fused / plain <= 1.10)
   separate  the same step as separate calls: the causal-conv update with SiLU in torch ops, then
@@ -17,7 +20,8 @@ distinct pools as it takes to touch at least 256 MB per replay, so that the stat
 DRAM; the median replay over the steps is the time of one call. Before timing, the fused and the
 separate outputs of one call from the same pools are compared (column "fused vs separate": the
 relative difference of out, both bf16; the separate path rounds y and o to bf16 in between, so
-about 1e-2 is expected, and a broken kernel gives ~1).
+about 1e-2 is expected, and a broken kernel gives ~1), and so are the two paths of the library
+(column "fused vs 3-pass": both keep y and o in float32, so about an ulp of bf16, ~1e-3).
 
     python3 bench/bench_decode_layer_gpu.py [--out results.md] [--quick]
 """
@@ -27,6 +31,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import math
+import os
 import statistics
 
 import torch
@@ -170,6 +175,16 @@ def time_graph(step_fns) -> float:
     return statistics.median(times) / len(step_fns)
 
 
+def three_pass(fn):
+    """Runs fn() with the library's three-pass path forced (the knob is read at every call, so
+    also while a graph is captured)."""
+    os.environ["FKDA_DECODE_LAYER_FUSED"] = "0"
+    try:
+        return fn()
+    finally:
+        del os.environ["FKDA_DECODE_LAYER_FUSED"]
+
+
 def rel(a, b):
     a, b = a.double(), b.double()
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
@@ -193,18 +208,20 @@ def bench_case(flash_kda, B, H, gen):
 
     # One call each way from the same pools: the outputs must agree.
     p0, c0 = pools[0]
-    fused_out, sep_out = torch.empty_like(out), torch.empty_like(out)
+    fused_out, sep_out, three_out = (torch.empty_like(out) for _ in range(3))
     fused_step(flash_kda, x, p0.clone(), c0.clone(), idx, fused_out)
     separate_step(flash_kda, x, p0.clone(), c0.clone(), idx, idx64, o, sep_out)
+    three_pass(lambda: fused_step(flash_kda, x, p0.clone(), c0.clone(), idx, three_out))
     torch.cuda.synchronize()
     agree = rel(fused_out, sep_out)
+    agree_three = rel(fused_out, three_out)
 
-    t_fused = time_graph(
-        [
-            lambda p=pools[s % layers]: fused_step(flash_kda, x, p[0], p[1], idx, out)
-            for s in range(steps)
-        ]
-    )
+    layer_steps = [
+        lambda p=pools[s % layers]: fused_step(flash_kda, x, p[0], p[1], idx, out)
+        for s in range(steps)
+    ]
+    t_fused = time_graph(layer_steps)
+    t_three = three_pass(lambda: time_graph(layer_steps))
     t_plain = time_graph(
         [
             lambda p=pools[s % layers]: decode_step(flash_kda, q, k, v, x, p[0], idx, o)
@@ -217,9 +234,10 @@ def bench_case(flash_kda, B, H, gen):
             for s in range(steps)
         ]
     )
+    layer_steps.clear()  # its lambdas hold the pools
     del pools
     torch.cuda.empty_cache()
-    return t_fused, t_plain, t_sep, agree, layers
+    return t_fused, t_three, t_plain, t_sep, agree, agree_three, layers
 
 
 def main():
@@ -240,16 +258,19 @@ def main():
         f"decode layer, {dev}, {stamp}: HV = H, K = V = 128, W = {W}, bf16 mixed_qkv, fp32 pool,",
         "one token per sequence, CUDA graphs of distinct pools per step (times per call, us)",
         "",
-        "| B | H | fused | plain decode | separate | fused / plain (<= 1.10) "
-        "| separate / fused (>= 1.5) | fused vs separate | pools |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| B | H | fused | 3-pass | plain decode | separate | fused / plain (<= 1.10) "
+        "| separate / fused (>= 1.5) | fused vs separate | fused vs 3-pass | pools |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     for B, H in shapes:
-        t_fused, t_plain, t_sep, agree, layers = bench_case(flash_kda, B, H, gen)
+        t_fused, t_three, t_plain, t_sep, agree, agree_three, layers = bench_case(
+            flash_kda, B, H, gen
+        )
         row = (
-            f"| {B} | {H} | {t_fused * 1e6:.2f} | {t_plain * 1e6:.2f} | {t_sep * 1e6:.2f} "
-            f"| {t_fused / t_plain:.2f} | {t_sep / t_fused:.2f} | {agree:.1e} | {layers} |"
+            f"| {B} | {H} | {t_fused * 1e6:.2f} | {t_three * 1e6:.2f} | {t_plain * 1e6:.2f} "
+            f"| {t_sep * 1e6:.2f} | {t_fused / t_plain:.2f} | {t_sep / t_fused:.2f} | {agree:.1e} "
+            f"| {agree_three:.1e} | {layers} |"
         )
         lines.append(row)
         print(row, flush=True)

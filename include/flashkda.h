@@ -383,9 +383,11 @@ typedef struct fkda_decode_layer_args {
 
 /* The workspace holds the conv outputs and the recurrence's output in float32, 4 B T dim and
  * 4 B T HV V bytes, each rounded up to the backend's alignment (64 bytes on the CPU, 256 on
- * CUDA), plus what the decode itself needs on that device: ask this function, do not compute it. On the CUDA device the call is three
- * launches on the stream (conv, decode, norm), asynchronous and allocating nothing, so it can be
- * captured in a CUDA graph. */
+ * CUDA), plus what the decode itself needs on that device: ask this function, do not compute it.
+ * On the CUDA device the call is asynchronous on the stream and allocates nothing, so it can be
+ * captured in a CUDA graph: one kernel for the common decode step (T = 1, 1-D indices or none,
+ * K = V = 128, HV = H, on sm_90; it leaves the workspace unused), three launches (conv, decode,
+ * norm) for every other call. */
 FKDA_API fkda_status fkda_decode_layer_workspace_size(const fkda_decode_layer_args *args, const fkda_device *device,
                                                       size_t *bytes);
 

@@ -17,6 +17,9 @@
 #                  memcheck and racecheck on the --small cases of a few forced variants (split-K
 #                  fp32 and packed tiles, packed [V,K], narrow bf16-token tiles).
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
+#   bench-decode-layer  bench/bench_decode_layer_gpu.py ($FKDA_BENCH_DECODE_LAYER_ARGS, e.g. --quick),
+#                  then its B = 1 and 64, H = 32 rows with each cluster size of the single-kernel
+#                  layer forced (FKDA_DECODE_LAYER_CLUSTER=1, 2, 4, 8)
 #   profile-decode ncu on one decode call of ours and of fla (B=1 H=32, fp32 and bf16 pools, or
 #                  $FKDA_PROFILE_CASES="fp32,64,32 ..."; FKDA_PROFILE_WHO=ours for ours only): speed of light, warp states, and the
 #                  hottest SASS instructions by stall samples (bench/ncu_hot_sass.py), and every
@@ -157,6 +160,14 @@ for step in "${steps[@]}"; do
     done ;;
   # shellcheck disable=SC2086
   bench-decode) run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" ${FKDA_BENCH_DECODE_ARGS:-} ;;
+  # shellcheck disable=SC2086
+  bench-decode-layer)
+    run_step bench-decode-layer python3 bench/bench_decode_layer_gpu.py --out "$OUT/bench_decode_layer.md" \
+      ${FKDA_BENCH_DECODE_LAYER_ARGS:-}
+    for c in 1 2 4 8; do
+      FKDA_DECODE_LAYER_CLUSTER=$c run_step bench-decode-layer-c$c python3 bench/bench_decode_layer_gpu.py --quick \
+        --out "$OUT/bench_decode_layer_c$c.md"
+    done ;;
   # shellcheck disable=SC2086
   bench-prefill) run_step bench-prefill python3 bench/bench_prefill_gpu.py --out "$OUT/bench_prefill.md" ${FKDA_BENCH_PREFILL_ARGS:-} ;;
   # shellcheck disable=SC2086

@@ -28,6 +28,7 @@ void fkda_tuning_defaults(fkda_tuning *t)
     memset(t, 0, sizeof *t);
     t->decode_pdl = t->decode_load_ef = t->decode_ksplit = FKDA_TUNING_UNSET;
     t->decode_packed = t->decode_narrow = t->decode_bf16_tokens = FKDA_TUNING_UNSET;
+    t->decode_layer_fused = FKDA_TUNING_UNSET;
 }
 
 void fkda_tuning_read(fkda_tuning *t)
@@ -43,6 +44,9 @@ void fkda_tuning_read(fkda_tuning *t)
     t->decode_warps_per_cta = read_choice("FKDA_DECODE_WARPS_PER_CTA", warps, 4);
     const char *variant = getenv("FKDA_DECODE_VARIANT");
     if (variant != NULL && strlen(variant) < sizeof t->decode_variant) strcpy(t->decode_variant, variant);
+    t->decode_layer_fused = read_switch("FKDA_DECODE_LAYER_FUSED");
+    static const int clusters[] = {1, 2, 4, 8};
+    t->decode_layer_cluster = read_choice("FKDA_DECODE_LAYER_CLUSTER", clusters, 4);
 
     /* Present at all: the count, clamped (an empty or non-numeric value is 1: no segments). */
     const char *segments = getenv("FKDA_PREFILL_SEGMENTS");

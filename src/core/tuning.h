@@ -42,6 +42,10 @@ typedef struct fkda_tuning {
      * the call ("" : unset). Overrides the switches above for the choice of kernel. */
     char decode_variant[FKDA_TUNING_VARIANT_CHARS];
 
+    /* CUDA decode layer (src/cuda/decode_layer_select.c). */
+    int decode_layer_fused;   /* FKDA_DECODE_LAYER_FUSED: 0 the three launches, 1 the single kernel where it serves */
+    int decode_layer_cluster; /* FKDA_DECODE_LAYER_CLUSTER: the single kernel's CTAs per head, 1, 2, 4 or 8 (0: unset) */
+
     /* CUDA prefill (src/cuda/prefill_launch.cu). */
     int64_t prefill_segments; /* FKDA_PREFILL_SEGMENTS, clamped to 1..64 (0: unset; 1: no segments) */
     int prefill_vslice;       /* FKDA_PREFILL_VSLICE: 16, 32, 64 or 128 (0: unset or anything else) */

@@ -1,7 +1,9 @@
 /*
  * decode_layer.cu: the CUDA fused decode layer (fkda_decode_layer; the spec is the comment above
- * fkda_decode_layer_args in flashkda.h), in three launches on the caller's stream, the passes of
- * the CPU version (src/cpu/decode_layer.c):
+ * fkda_decode_layer_args in flashkda.h). The common decode step (one token per sequence, 1-D
+ * indices, K = V = 128, HV = H, on sm_90) runs as one kernel (decode_layer_fused.cu, chosen by
+ * decode_layer_select.c); every other call, and any call with FKDA_DECODE_LAYER_FUSED=0, in
+ * three launches on the caller's stream, the passes of the CPU version (src/cpu/decode_layer.c):
  *
  *   1. conv_kernel   every sequence's channels through the causal conv with SiLU into y (float32
  *                    [B, T, dim] in the workspace); the window is read from the sequence's conv
@@ -29,7 +31,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "../core/tuning.h"
 #include "cuda_internal.h"
+#include "decode_layer_fused.h"
+#include "decode_layer_select.h"
 
 #define LAYER_MAX_WIDTH 16  /* the largest conv width W the API accepts */
 #define CONV_THREADS 128    /* channels per conv CTA */
@@ -419,8 +424,33 @@ static fkda_status launch_norm(const fkda_problem *p, const float *o, cudaStream
     return launch((const void *)norm_kernel, "norm_kernel", grid, NORM_WARPS * 32, stream, &k, pdl);
 }
 
-static fkda_status run_layer(const fkda_problem *p, char *workspace, size_t workspace_bytes, int pdl)
+/* Which path serves the call (decode_layer_select.c), under the knobs read now (the tests and
+ * the benchmark change them between calls). */
+static fkda_layer_choice choose_path(const fkda_problem *p, const cudaDeviceProp *prop)
 {
+    fkda_layer_call c;
+    memset(&c, 0, sizeof c);
+    c.cc_major = prop->major;
+    c.sm_count = prop->multiProcessorCount;
+    c.T = p->T;
+    c.idx_2d = p->state_indices.data != NULL && p->indices_per_token;
+    c.accepted = p->num_accepted_tokens.data != NULL;
+    c.K = p->K;
+    c.V = p->V;
+    c.H = p->H;
+    c.HV = p->HV;
+    c.dense128 = fkda_cuda_decode_layer_fused_pool_fits(p);
+    c.heads = p->B * p->HV;
+    fkda_tuning t;
+    fkda_tuning_read(&t);
+    return fkda_decode_layer_select(&c, &t);
+}
+
+static fkda_status run_layer(const fkda_problem *p, char *workspace, size_t workspace_bytes, int pdl,
+                             const cudaDeviceProp *prop)
+{
+    const fkda_layer_choice choice = choose_path(p, prop);
+    if (choice.fused) return fkda_cuda_decode_layer_fused(p, choice.cluster, pdl);
     const cudaStream_t stream = (cudaStream_t)p->device.stream;
     float *y = (float *)workspace, *o = (float *)(workspace + y_bytes(p));
     const size_t used = y_bytes(p) + o_bytes(p);
@@ -442,7 +472,7 @@ extern "C" fkda_status fkda_cuda_decode_layer(const fkda_problem *p, void *works
     int current = -1;
     FKDA_CUDA_TRY(cudaGetDevice(&current));
     if (current != p->device.index) FKDA_CUDA_TRY(cudaSetDevice(p->device.index));
-    const fkda_status s = run_layer(p, (char *)workspace, workspace_bytes, pdl);
+    const fkda_status s = run_layer(p, (char *)workspace, workspace_bytes, pdl, prop);
     if (current != p->device.index) FKDA_CUDA_TRY(cudaSetDevice(current));
     return s;
 }

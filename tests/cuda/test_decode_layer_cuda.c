@@ -15,17 +15,28 @@
  *   conv pool       bitwise equal to the reference's (it holds raw inputs, copied and rounded
  *                   the same way), and every slot no running sequence names bitwise unchanged
  *   first call      run twice from the same pools: bitwise the same out and pools
+ *   the path        the workspace (poisoned) left untouched by the single kernel, written by
+ *                   the three launches: the path forced is the one that ran
  *   guards          intact at the end of the case
  *
- * Cases: B in {1, 3, 64}, H in {2, 12}, HV = H and 2H at K = V = 128, then small and odd head
+ * Paths (decode_layer_select.c): where the single kernel can serve a case (sm_90, T = 1, 1-D
+ * indices or none, K = V = 128, HV = H), the case runs three times, each against the reference:
+ * the three launches forced (FKDA_DECODE_LAYER_FUSED=0), the single kernel forced with the
+ * rule's cluster size, and with a cluster size forced (FKDA_DECODE_LAYER_CLUSTER, cycling 1, 2,
+ * 4, 8 over the cases). Elsewhere it runs once with the library's choice, which must be the
+ * three launches.
+ *
+ * Cases: B in {1, 3, 64}, H in {2, 12, 32}, HV = H and 2H at K = V = 128, then small and odd head
  * sizes (64, 24 x 40) and conv widths 2, 3 and 16; fp32 and bf16 pools in both layouts; f32, bf16
  * and f16 io and conv states; softplus and lower-bound gates; no indices, 1-D indices with skipped
  * (negative) slots, 2-D indices with T = 3, T_max = 3 or 4, accepted counts and unwritten
  * (negative) draft slots, 2-D indices without counts, T = 2 with 1-D indices or none (the window
- * not sliding); int32 and int64 indices.
+ * not sliding); int32 and int64 indices; then single-kernel cases at B = 1, 3, 64 and H = 2, 12,
+ * 32 over both pool dtypes and layouts, conv widths 2 to 16 and f16 io.
  *
  *   test_decode_layer_cuda           every case
- *   test_decode_layer_cuda --small   a few tiny cases, for compute-sanitizer
+ *   test_decode_layer_cuda --small   a few tiny cases, for compute-sanitizer (the single kernel
+ *                                    among them, with C = 1 and C = 2, skipped sequences)
  *
  * The last line is "test_decode_layer_cuda: all N checks passed", or a count of failures after
  * a "FAIL" line per broken check naming the case, the step and the numbers.
@@ -43,6 +54,10 @@
 
 enum { IDX_NONE = 0, IDX_1D = 1, IDX_2D = 2 };
 
+/* Which path a run forces (FKDA_DECODE_LAYER_FUSED, FKDA_DECODE_LAYER_CLUSTER): the library's
+ * choice, the three launches, or the single kernel with the rule's cluster size or a given one. */
+enum { PATH_DEFAULT = 0, PATH_THREE = 1, PATH_FUSED = 2 };
+
 typedef struct lcase {
     char name[160];
     int64_t B, T, H, HV, K, V, W;
@@ -57,6 +72,9 @@ typedef struct lcase {
     int v_first, softplus, has_bias, flat_g;
     int steps;
     double out_tol, state_tol;
+    int path;    /* PATH_* */
+    int cluster; /* PATH_FUSED: CTAs per head forced (0: the rule's) */
+    int fused;   /* the single kernel serves this run (the workspace stays untouched) */
 } lcase;
 
 /* A tensor on the host (contiguous) and its copy on the GPU (guarded, same strides). */
@@ -324,7 +342,19 @@ static fkda_status gpu_call(const lcase *c, const layer_bufs *b, void *ws, size_
     if (ws_bytes) CUDA_OK(cudaMemsetAsync(ws, 0xff, ws_bytes, stream));
     const fkda_decode_layer_args a = make_args(c, b, 1);
     const fkda_device gpu = {FKDA_DEVICE_CUDA, 0, stream, 0, 0};
+    char cluster[8];
+    snprintf(cluster, sizeof cluster, "%d", c->cluster);
+    if (c->path == PATH_DEFAULT)
+        unsetenv("FKDA_DECODE_LAYER_FUSED");
+    else
+        setenv("FKDA_DECODE_LAYER_FUSED", c->path == PATH_FUSED ? "1" : "0", 1);
+    if (c->cluster)
+        setenv("FKDA_DECODE_LAYER_CLUSTER", cluster, 1);
+    else
+        unsetenv("FKDA_DECODE_LAYER_CLUSTER");
     const fkda_status s = fkda_decode_layer(&a, &gpu, ws, ws_bytes);
+    unsetenv("FKDA_DECODE_LAYER_FUSED");
+    unsetenv("FKDA_DECODE_LAYER_CLUSTER");
     CUDA_OK(cudaStreamSynchronize(stream));
     CUDA_OK(cudaGetLastError());
     return s;
@@ -388,6 +418,17 @@ static void run_case(lcase *c, test_rng *r, cudaStream_t stream)
         st = gpu_call(c, &b, gpu_ws, gpu_ws_bytes, stream);
         CHECK(st == FKDA_OK, "%s step %d: GPU call: %s", c->name, step, fkda_last_error());
         void *out = download(&b.out), *after[2] = {download(pools[0]), download(pools[1])};
+
+        /* Which path ran: the three launches write the conv's output into the (poisoned)
+         * workspace, the single kernel touches no workspace byte. */
+        unsigned char *ws_after = malloc(gpu_ws_bytes ? gpu_ws_bytes : 1);
+        if (gpu_ws_bytes) CUDA_OK(cudaMemcpy(ws_after, gpu_ws, gpu_ws_bytes, cudaMemcpyDeviceToHost));
+        size_t ws_written = 0;
+        for (size_t i = 0; i < gpu_ws_bytes; i++) ws_written += ws_after[i] != 0xff;
+        free(ws_after);
+        CHECK(c->fused ? ws_written == 0 : ws_written > 0,
+              "%s step %d: %zu workspace bytes written, but the %s path should have run", c->name, step, ws_written,
+              c->fused ? "single-kernel" : "three-pass");
 
         if (step == 0) { /* the same call again from the same pools: the same bits */
             for (int i = 0; i < 2; i++)
@@ -470,7 +511,7 @@ static void run_case(lcase *c, test_rng *r, cudaStream_t stream)
                        : "conv_state");
     CHECK(guards_intact(gpu_ws, gpu_ws_bytes ? gpu_ws_bytes : 1), "%s: a write past the ends of the workspace",
           c->name);
-    printf("%-78s out %.2e (bar %.1e)  pool %.2e (bar %.1e)  %s\n", c->name, worst_out, c->out_tol, worst_pool,
+    printf("%-96s out %.2e (bar %.1e)  pool %.2e (bar %.1e)  %s\n", c->name, worst_out, c->out_tol, worst_pool,
            c->state_tol, test_failures == failures_before ? "ok" : "FAILED");
 
     guarded_free(gpu_ws);
@@ -521,6 +562,39 @@ static void name_case(lcase *c)
              (long long)c->T, (long long)c->TI, modes[c->idx_mode + (c->no_accepted ? 1 : 0)],
              dtype_name(c->pool_dtype), c->v_first ? " [V,K]" : "", dtype_name(c->io),
              c->softplus ? "softplus" : "lower bound", c->idx_dtype == FKDA_DTYPE_I64 ? "i64" : "i32");
+    char path[32] = "";
+    if (c->path == PATH_THREE) snprintf(path, sizeof path, " [3-pass]");
+    if (c->path == PATH_FUSED) snprintf(path, sizeof path, " [fused C=%d]", c->cluster);
+    if (c->path == PATH_FUSED && !c->cluster) snprintf(path, sizeof path, " [fused]");
+    if (c->path == PATH_DEFAULT) snprintf(path, sizeof path, c->fused ? " [default: fused]" : " [default: 3-pass]");
+    strncat(c->name, path, sizeof c->name - strlen(c->name) - 1);
+}
+
+/* Whether the single kernel can serve the case on this device (decode_layer_select.c; the test's
+ * pools are dense and 16-byte aligned). */
+static int fused_serves(const lcase *c, int cc_major)
+{
+    return cc_major == 9 && c->T == 1 && c->idx_mode != IDX_2D && c->K == 128 && c->V == 128 && c->HV == c->H;
+}
+
+/* Appends the runs of case `c`: where the single kernel serves, three of them (the three
+ * launches forced, the single kernel with the rule's cluster size, and with `cluster` forced);
+ * elsewhere one, with the library's choice, which must be the three launches. */
+static int add_runs(lcase *cases, int n, lcase c, int cc_major, int cluster)
+{
+    if (!fused_serves(&c, cc_major)) {
+        c.path = PATH_DEFAULT;
+        cases[n++] = c;
+        return n;
+    }
+    c.path = PATH_THREE;
+    cases[n++] = c;
+    c.path = PATH_FUSED;
+    c.fused = 1;
+    cases[n++] = c;
+    c.cluster = cluster;
+    cases[n++] = c;
+    return n;
 }
 
 int main(int argc, char **argv)
@@ -549,7 +623,7 @@ int main(int argc, char **argv)
     cudaStream_t stream = NULL;
     CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 
-    lcase cases[64];
+    static lcase cases[160];
     int n = 0;
     if (small) {
         cases[n] = make_case(3, 1, 2, 24, 40, IDX_1D);
@@ -562,18 +636,27 @@ int main(int argc, char **argv)
         cases[n].pool_dtype = FKDA_DTYPE_BF16;
         cases[n].v_first = 1;
         n++;
-        cases[n] = make_case(2, 1, 1, 128, 128, IDX_NONE);
-        cases[n].steps = 2;
-        cases[n].softplus = 1;
-        cases[n].io = FKDA_DTYPE_F32;
-        n++;
+        lcase c = make_case(2, 1, 1, 128, 128, IDX_NONE);
+        c.steps = 2;
+        c.softplus = 1;
+        c.io = FKDA_DTYPE_F32;
+        n = add_runs(cases, n, c, prop.major, 1);
+        /* The single kernel: C = 1 and clusters, skipped sequences, bf16 [V, K] pools. */
+        c = make_case(3, 2, 2, 128, 128, IDX_1D);
+        c.steps = 2;
+        n = add_runs(cases, n, c, prop.major, 2);
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.v_first = 1;
+        c.W = 16;
+        n = add_runs(cases, n, c, prop.major, 1);
     } else {
         /* K = V = 128 over B x H x HV, the options cycled with coprime periods so that each
          * appears with several others. */
-        const int64_t Bs[3] = {1, 3, 64}, Hs[2] = {2, 12};
+        const int64_t Bs[3] = {1, 3, 64}, Hs[3] = {2, 12, 32};
+        static const int clusters[4] = {1, 2, 4, 8};
         int i = 0;
         for (int bi = 0; bi < 3; bi++)
-            for (int hi = 0; hi < 2; hi++)
+            for (int hi = 0; hi < 3; hi++)
                 for (int group = 1; group <= 2; group++, i++) {
                     const int64_t B = Bs[bi], H = Hs[hi];
                     const int mode = B == 1 ? (i % 2 ? IDX_2D : IDX_NONE) : (i % 3 == 0 ? IDX_2D : IDX_1D);
@@ -588,7 +671,7 @@ int main(int argc, char **argv)
                     c.has_bias = i % 4 != 1;
                     if (mode == IDX_2D && i % 4 == 0) c.TI = 4; /* T_max > T */
                     if (B == 64) c.steps = 2;
-                    cases[n++] = c;
+                    n = add_runs(cases, n, c, prop.major, clusters[i % 4]);
                 }
         /* Small and odd head sizes, other conv widths, bf16 parameters. */
         /* T > 1 without counts: 1-D indices (the final state written) and 2-D indices without
@@ -612,7 +695,31 @@ int main(int argc, char **argv)
             c.param = j % 2 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
             c.extra_rows = j % 3 == 2 ? 2 : 0;
             c.steps = 4;
-            cases[n++] = c;
+            n = add_runs(cases, n, c, prop.major, 1);
+        }
+        /* The single kernel at B = 1, 3, 64 and H = 2, 12, 32 over both pool dtypes and layouts,
+         * 1-D indices with skipped sequences or none, W from 2 to 16, f16 io. */
+        const struct {
+            int64_t B, H, W;
+            int mode, bf16, v_first;
+            fkda_dtype io;
+        } single[] = {{1, 32, 4, IDX_NONE, 0, 0, FKDA_DTYPE_BF16}, {1, 32, 4, IDX_1D, 1, 1, FKDA_DTYPE_BF16},
+                      {1, 2, 2, IDX_1D, 1, 0, FKDA_DTYPE_F16},     {3, 12, 16, IDX_1D, 0, 1, FKDA_DTYPE_BF16},
+                      {3, 32, 3, IDX_1D, 1, 0, FKDA_DTYPE_F32},    {64, 32, 4, IDX_1D, 0, 1, FKDA_DTYPE_BF16},
+                      {64, 2, 4, IDX_NONE, 1, 1, FKDA_DTYPE_BF16}, {64, 12, 5, IDX_1D, 0, 0, FKDA_DTYPE_F16}};
+        for (size_t j = 0; j < sizeof single / sizeof single[0]; j++) {
+            lcase c = make_case(single[j].B, single[j].H, single[j].H, 128, 128, single[j].mode);
+            c.W = single[j].W;
+            c.pool_dtype = single[j].bf16 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
+            c.v_first = single[j].v_first;
+            c.io = c.cs_dtype = single[j].io;
+            c.softplus = j % 2 == 1;
+            c.idx_dtype = j % 3 == 0 ? FKDA_DTYPE_I64 : FKDA_DTYPE_I32;
+            c.has_bias = j % 4 != 2;
+            c.flat_g = j % 3 == 1;
+            c.param = j % 2 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
+            c.steps = single[j].B == 64 ? 2 : 3;
+            n = add_runs(cases, n, c, prop.major, clusters[(j + 1) % 4]);
         }
     }
     for (int i = 0; i < n; i++) {

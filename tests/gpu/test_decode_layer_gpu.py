@@ -3,8 +3,12 @@
 The CPU side runs the float64 reference layer (reference=True) on CPU copies of the same inputs
 and pools. Compared: out (the decode's bars: 1e-5 for fp32 through, a bf16 rounding share
 otherwise), the recurrent slots the call writes, the conv pool bitwise (it holds raw inputs,
-copied), the slots no sequence names bitwise unchanged, skipped rows zero. Then one call
-captured in a CUDA graph and replayed as a chain gives the same bits as eager calls.
+copied), the slots no sequence names bitwise unchanged, skipped rows zero; each case on the
+library's default path and with the three launches forced (FKDA_DECODE_LAYER_FUSED=0), so that
+the cases the single kernel serves (T = 1, 1-D indices or none, K = V = 128, HV = H, on sm_90)
+test both. Then one call captured in a CUDA graph and replayed as a chain gives the same bits as
+eager calls, for a speculative step (three launches) and a plain decode step (the single kernel
+on sm_90).
 """
 
 import os
@@ -88,6 +92,9 @@ CASES = [
     (4, 3, 2, 2, 64, 64, 4, "2d", torch.float32, torch.bfloat16, True, None),
     (2, 1, 2, 4, 128, 128, 4, "none", torch.float32, torch.float32, True, -5.0),
     (64, 1, 12, 12, 128, 128, 4, "1d", torch.bfloat16, torch.bfloat16, False, None),
+    (1, 1, 32, 32, 128, 128, 4, "none", torch.bfloat16, torch.float32, False, -5.0),
+    (3, 1, 2, 2, 128, 128, 16, "1d", torch.float16, torch.bfloat16, True, None),
+    (5, 1, 3, 3, 128, 128, 2, "1d", torch.bfloat16, torch.float32, True, -5.0),
 ]
 
 
@@ -118,10 +125,13 @@ def bars(io, pool_dtype):
     return out + (state if pool_dtype != torch.float32 else 0.0), state
 
 
+@pytest.mark.parametrize("path", ["default", "three-pass"])
 @pytest.mark.parametrize(
-    "case", CASES, ids=lambda c: f"B{c[0]}T{c[1]}H{c[2]}HV{c[3]}K{c[4]}-{c[7]}"
+    "case", CASES, ids=lambda c: f"B{c[0]}T{c[1]}H{c[2]}HV{c[3]}K{c[4]}W{c[6]}-{c[7]}"
 )
-def test_matches_cpu_reference(rng, case):
+def test_matches_cpu_reference(rng, case, path, monkeypatch):
+    if path == "three-pass":
+        monkeypatch.setenv("FKDA_DECODE_LAYER_FUSED", "0")
     B, T, H, HV, K, V, W, kind, io, pool_dtype, v_first, lb = case
     P = B * T + 3 if kind != "none" else B
     L = W - 2 + T if kind == "2d" else W - 1
@@ -168,18 +178,27 @@ def test_matches_cpu_reference(rng, case):
         )
 
 
-def test_cuda_graph_capture_of_one_layer_step(rng):
-    # One spec-decode step (2-D indices, accepted counts), captured once and replayed as a chain
-    # with fresh inputs; the same chain eagerly on copies of the pools gives the same bits.
-    B, T, H, HV, K, V, W = 3, 2, 2, 4, 128, 128, 4
+@pytest.mark.parametrize("kind", ["spec", "decode"])
+def test_cuda_graph_capture_of_one_layer_step(rng, kind):
+    # One step captured once and replayed as a chain with fresh inputs; the same chain eagerly on
+    # copies of the pools gives the same bits. "spec": a speculative step (2-D indices, accepted
+    # counts; the three launches); "decode": a plain decode step (1-D indices with a skipped
+    # sequence, HV = H; the single kernel on sm_90).
+    spec = kind == "spec"
+    B, T, H, HV, K, V, W = (3, 2, 2, 4, 128, 128, 4) if spec else (3, 1, 2, 2, 128, 128, 4)
     P = B * T + 2
+    L = W - 2 + T if spec else W - 1
     layer = to_device(
-        make_layer(rng, B, T, H, HV, K, V, W, P, W - 2 + T, torch.bfloat16, torch.float32, False)
+        make_layer(rng, B, T, H, HV, K, V, W, P, L, torch.bfloat16, torch.float32, False)
     )
-    idx = torch.tensor([[0, 1], [2, -1], [4, 5]], dtype=torch.int32, device=DEV)
-    acc = torch.tensor([1, 1, 2], dtype=torch.int32, device=DEV)
+    if spec:
+        idx = torch.tensor([[0, 1], [2, -1], [4, 5]], dtype=torch.int32, device=DEV)
+        acc = torch.tensor([1, 1, 2], dtype=torch.int32, device=DEV)
+    else:
+        idx = torch.tensor([3, -1, 0], dtype=torch.int32, device=DEV)
+        acc = None
     eager = {n: layer[n].clone() for n in ("state_pool", "conv_state")}
-    out = torch.zeros(B, T, HV, V, dtype=torch.bfloat16, device=DEV)
+    out = torch.zeros(*((B, T) if spec else (B,)), HV, V, dtype=torch.bfloat16, device=DEV)
 
     def step(x, pools, o):
         args = dict(x, **pools)
@@ -199,9 +218,7 @@ def test_cuda_graph_capture_of_one_layer_step(rng):
         step(layer, {}, out)
     for _ in range(3):
         fresh = to_device(
-            make_layer(
-                rng, B, T, H, HV, K, V, W, P, W - 2 + T, torch.bfloat16, torch.float32, False
-            )
+            make_layer(rng, B, T, H, HV, K, V, W, P, L, torch.bfloat16, torch.float32, False)
         )
         for name in TOKEN_TENSORS:
             layer[name].copy_(fresh[name])

@@ -1,0 +1,582 @@
+/*
+ * decode_layer_fused.cu: the CUDA decode layer (fkda_decode_layer) in one kernel for the common
+ * decode step: one token per sequence, 1-D indices or none, K = V = 128, HV = H, a dense fp32 or
+ * bf16 pool in either layout, on sm_90. decode_layer.cu picks it (decode_layer_select.c) and keeps
+ * its three launches for every other call. docs/decode.md ("The single-kernel layer") has the
+ * design; in short:
+ *
+ * A cluster of C CTAs (C in {1, 2, 4, 8}) takes one (sequence, value head). The head's 16 warps
+ * of narrow tiles (decode_tile.cuh: 8 keys x 4 values per lane, 16 lanes per column, 8 columns
+ * per warp) are split over the C CTAs, 16 / C warps each, so that CTA `rank` owns value columns
+ * rank * 128 / C .. (rank + 1) * 128 / C - 1. Each CTA:
+ *
+ *   1. loads its columns of the state (as the plain decode's tiles do), and while they are in
+ *      flight runs the causal conv + SiLU of its share of the channels: 256 / C of the head's
+ *      q and k channels and the 128 / C v channels of its own columns, one channel per thread.
+ *      It alone writes the new conv window of exactly those channels (at the end), so no CTA
+ *      reads a channel that another writes: the conv state needs no barrier.
+ *   2. sends its q and k outputs to every CTA of the cluster (st.shared::cluster into their
+ *      staging buffers), computes the decay exp(a) of all 128 keys itself (cheap, and one gate
+ *      load per key), then one cluster barrier: every CTA now holds the whole token.
+ *   3. every warp sums q.q, k.k and q.k over the 128 keys on its own (the same lanes and order in
+ *      every warp: the same factors everywhere, no block barrier), then runs the one-token delta
+ *      rule on its columns exactly as the plain decode does (run_tokens' arithmetic), and stores
+ *      the state back in the pool's dtype.
+ *   4. the gated RMSNorm needs sum(o^2) over the head's 128 values: each warp sends its partial
+ *      sum to every CTA of the cluster, one more cluster barrier, and every thread adds the 16
+ *      partials in the same order; the lanes holding o write out.
+ *
+ * With C = 1 the cluster operations become plain shared-memory stores and __syncthreads. After
+ * the last cluster barrier no CTA touches another's shared memory, so each may exit. The global
+ * stores (out, the state, the conv window) come after it: a cluster barrier's release half waits
+ * for every store before it (MEMBAR.ALL.GPU), which would put their latency on the head's path.
+ *
+ * A skipped sequence (read slot outside [0, P)) does what the three-pass path does: no pool and
+ * no conv state touched, and out = 0 * r * norm_weight * sigmoid(output_gate) with r the norm of
+ * an all-zero o, the expression the norm kernel evaluates on the decode's o = 0.
+ */
+#include <stdint.h>
+#include <string.h>
+
+#include "cuda_internal.h"
+#include "decode_common.cuh"
+#include "decode_layer_fused.h"
+
+#define FUSED_NR 8                                           /* narrow tiles: keys per lane */
+#define FUSED_NC 4                                           /* values per lane */
+#define FUSED_KL 16                                          /* lanes sharing a column: 128 / FUSED_NR */
+#define FUSED_WARPS 16                                       /* warps per head: 128 / (2 x 4) columns */
+#define FUSED_STAGE (FUSED_KL * (FUSED_NR + DECODE_ROW_PAD)) /* floats per staged vector (stage_pos) */
+#define FUSED_MAX_WIDTH 16                                   /* the largest conv width W the API accepts */
+#define FUSED_KEYS 2 /* keys whose decay one thread computes: 128 keys over at least 64 threads */
+
+/* The kernel's parameters: the plain decode's (the pool, the indices, the gate's parameters, g,
+ * beta and the options; q, k, v and out unused) and the layer's own tensors. Strides in elements:
+ * mixed_qkv [row, position, channel], conv_weight [channel, tap], conv_state [slot, row, channel],
+ * output_gate and out [row, position, head, value]. */
+typedef struct fused_layer_params {
+    fkda_decode_params d;
+    const void *x;
+    int64_t x_stride[3];
+    int32_t x_dtype;
+    const void *conv_weight;
+    int64_t w_stride[2];
+    int32_t w_dtype;
+    const void *conv_bias; /* NULL: 0 */
+    int64_t bias_stride;
+    int32_t bias_dtype;
+    void *conv_state;
+    int64_t cs_stride[3];
+    int32_t cs_dtype;
+    int64_t conv_slots; /* P_conv */
+    const void *gate;
+    int64_t gate_stride[4];
+    int32_t gate_dtype;
+    const void *norm_weight;
+    int64_t nw_stride;
+    int32_t nw_dtype;
+    void *out;
+    int64_t out_stride[4];
+    int32_t out_dtype;
+    int64_t H;
+    int32_t W;
+    int32_t cluster; /* C: CTAs per head, one cluster */
+    float eps;
+} fused_layer_params;
+
+/* Shared memory: the token staged for the lanes' register rows (stage_pos order, as the plain
+ * decode), this CTA's v channels by column, and every warp's partial sum of o^2. */
+typedef struct __align__(16) fused_smem
+{
+    float q[FUSED_STAGE], k[FUSED_STAGE], d[FUSED_STAGE];
+    float v[128];
+    float squares[FUSED_WARPS];
+}
+fused_smem;
+
+/* ---- cluster operations (sm_90 PTX) ----------------------------------------------------------- */
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+static __device__ __forceinline__ uint32_t cluster_rank(void)
+{
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+/* barrier.cluster in two halves: every thread of every CTA of the cluster arrives, then waits
+ * for all the others. The release / acquire pair makes each CTA's shared-memory stores before
+ * its arrival (remote ones included) visible to every CTA after its wait. */
+static __device__ __forceinline__ void cluster_arrive_relaxed(void)
+{
+    asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory");
+}
+static __device__ __forceinline__ void cluster_arrive(void)
+{
+    asm volatile("barrier.cluster.arrive.release;" ::: "memory");
+}
+static __device__ __forceinline__ void cluster_wait(void)
+{
+    asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
+}
+
+/* The same variable in the shared memory of CTA `rank` of the cluster = x. */
+static __device__ __forceinline__ void store_cluster(float *local, uint32_t rank, float x)
+{
+    const uint32_t at = (uint32_t)__cvta_generic_to_shared(local);
+    uint32_t remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(at), "r"(rank));
+    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(x) : "memory");
+}
+
+/* x into `local` of every CTA of the cluster (this one's included); C = 1: a plain store. */
+static __device__ __forceinline__ void store_everywhere(float *local, int C, float x)
+{
+    if (C == 1) {
+        *local = x;
+        return;
+    }
+    for (int r = 0; r < C; r++) store_cluster(local, (uint32_t)r, x);
+}
+
+/* Every thread of the cluster (C = 1: of the CTA) has arrived; its shared stores are visible. */
+static __device__ __forceinline__ void cluster_sync(int C)
+{
+    if (C == 1) {
+        __syncthreads();
+        return;
+    }
+    cluster_arrive();
+    cluster_wait();
+}
+
+/* ---- the conv of one channel ------------------------------------------------------------------ */
+
+/* One channel's conv: its taps, bias and input as raw bits (loaded before the slot is known),
+ * then its window (right-aligned in FUSED_MAX_WIDTH - 1 registers, so that every index is a
+ * constant after unrolling) and where its conv slot is. Zero bits are 0.0 in every dtype. */
+typedef struct conv_channel {
+    uint32_t wt[FUSED_MAX_WIDTH], hist[FUSED_MAX_WIDTH - 1];
+    uint32_t bias, x;
+    int64_t ch;   /* the channel */
+    int64_t base; /* its element in row 0 of its conv slot */
+    int has_slot; /* the slot is inside the conv pool (else a zero window, nothing written) */
+} conv_channel;
+
+/* The loads that need no slot: the taps (right-aligned: entry i holds tap i - (M - W)), bias, x. */
+static __device__ __forceinline__ void conv_load_inputs(const fused_layer_params *p, int64_t n, int64_t ch,
+                                                        conv_channel *cc)
+{
+    const int M = FUSED_MAX_WIDTH, lead = M - p->W;
+    cc->ch = ch;
+#pragma unroll
+    for (int i = 0; i < M; i++)
+        cc->wt[i] = load_bits_if(p->conv_weight, p->w_dtype, ch * p->w_stride[0] + (i - lead) * p->w_stride[1],
+                                 i >= lead);
+    cc->bias = load_bits_if(p->conv_bias, p->bias_dtype, ch * p->bias_stride, p->conv_bias != NULL);
+    cc->x = load_bits(p->x, p->x_dtype, n * p->x_stride[0] + ch * p->x_stride[2]);
+}
+
+/* The window w_0 .. w_{W-2} from conv slot `cslot` (a zero window where it is outside the pool). */
+static __device__ __forceinline__ void conv_load_window(const fused_layer_params *p, int64_t cslot, conv_channel *cc)
+{
+    const int M = FUSED_MAX_WIDTH, lead = M - p->W;
+    cc->has_slot = cslot >= 0 && cslot < p->conv_slots;
+    cc->base = cslot * p->cs_stride[0] + cc->ch * p->cs_stride[2];
+#pragma unroll
+    for (int i = 0; i < M - 1; i++)
+        cc->hist[i] = load_bits_if(p->conv_state, p->cs_dtype, cc->base + (i - lead) * p->cs_stride[1],
+                                   cc->has_slot && i >= lead);
+}
+
+/* y = silu(bias + sum_{j < W} weight[j] * s[j]) over s = (w_0 .. w_{W-2}, x), summed oldest first
+ * as the conv kernel of decode_layer.cu does (and the CPU). */
+static __device__ __forceinline__ float conv_output(const fused_layer_params *p, const conv_channel *cc)
+{
+    const int M = FUSED_MAX_WIDTH, lead = M - p->W;
+    float acc = bits_to_float(cc->bias, p->bias_dtype);
+#pragma unroll
+    for (int i = 0; i < M - 1; i++)
+        if (i >= lead) acc += bits_to_float(cc->wt[i], p->w_dtype) * bits_to_float(cc->hist[i], p->cs_dtype);
+    acc += bits_to_float(cc->wt[M - 1], p->w_dtype) * bits_to_float(cc->x, p->x_dtype);
+    return acc / (1.0f + expf(-acc));
+}
+
+/* The new window (w_1 .. w_{W-2}, x) into rows 0 .. W - 2 of the channel's conv slot: the raw
+ * inputs, rounded to the conv state's dtype. One thread per channel: nothing else reads or writes
+ * this channel of the slot. */
+static __device__ __forceinline__ void conv_write(const fused_layer_params *p, const conv_channel *cc)
+{
+    const int M = FUSED_MAX_WIDTH, W = p->W, lead = M - W;
+    if (!cc->has_slot) return;
+#pragma unroll
+    for (int i = 0; i < M - 1; i++)
+        if (i > lead)
+            store_float(p->conv_state, p->cs_dtype, cc->base + (i - lead - 1) * p->cs_stride[1],
+                        bits_to_float(cc->hist[i], p->cs_dtype));
+    store_float(p->conv_state, p->cs_dtype, cc->base + (W - 2) * p->cs_stride[1], bits_to_float(cc->x, p->x_dtype));
+}
+
+/* The norm's factors of value j: norm_weight[j] and 1 + exp(-output_gate[j]), from their bits. */
+typedef struct out_factors {
+    float weight, denom;
+} out_factors;
+
+static __device__ __forceinline__ out_factors out_factors_of(const fused_layer_params *p, uint32_t gate_bits,
+                                                             uint32_t weight_bits)
+{
+    out_factors f;
+    f.weight = bits_to_float(weight_bits, p->nw_dtype);
+    f.denom = 1.0f + expf(-bits_to_float(gate_bits, p->gate_dtype));
+    return f;
+}
+
+static __device__ __forceinline__ uint32_t load_gate_bits(const fused_layer_params *p, int64_t n, int64_t h, int j,
+                                                          int ok)
+{
+    return load_bits_if(p->gate, p->gate_dtype, n * p->gate_stride[0] + h * p->gate_stride[2] + j * p->gate_stride[3],
+                        ok);
+}
+
+static __device__ __forceinline__ uint32_t load_weight_bits(const fused_layer_params *p, int j, int ok)
+{
+    return load_bits_if(p->norm_weight, p->nw_dtype, j * p->nw_stride, ok);
+}
+
+/* out[j] = o * r * norm_weight[j] * sigmoid(output_gate[j]), evaluated as the norm kernel of
+ * decode_layer.cu does: ((o * r) * w) / (1 + e^-g). */
+static __device__ __forceinline__ void store_out(const fused_layer_params *p, int64_t n, int64_t h, int j, float o,
+                                                 float r, out_factors f)
+{
+    store_float(p->out, p->out_dtype, n * p->out_stride[0] + h * p->out_stride[2] + j * p->out_stride[3],
+                o * r * f.weight / f.denom);
+}
+#endif
+
+/* ---- the kernel -------------------------------------------------------------------------------- */
+
+static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, const int BF16, const int V_FIRST,
+                                                   const int VEC)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    __shared__ fused_smem sm;
+    const int C = p->cluster, NR = FUSED_NR, NC = FUSED_NC;
+    const int rank = C > 1 ? (int)cluster_rank() : 0; /* cluster dims (C, 1, 1): blockIdx.x % C */
+    /* Before any CTA writes another's shared memory, all of them must be running: this arrival
+     * is waited for just before the first remote store. */
+    if (C > 1) cluster_arrive_relaxed();
+    wait_for_prior_grid();
+
+    const int tid = threadIdx.x, nthreads = blockDim.x, warp = tid >> 5, lane = tid & 31;
+    const uint32_t head = blockIdx.x / (uint32_t)C, HV = (uint32_t)p->d.HV; /* < 2^31: checked at launch */
+    const int64_t n = head / HV, h = head - (uint32_t)n * HV, hq = h;       /* HV = H */
+    const lane_tile w = make_lane_tile(&p->d, rank * (nthreads >> 5) + warp, V_FIRST, NR, NC, 1, 1);
+    const int cols = 128 / C, col0 = rank * cols; /* this CTA's value columns */
+
+    /* Every load that needs no slot first, so that they are in flight while the slot's index
+     * arrives: the conv's taps, bias and input of this thread's channel (256 / C of the head's
+     * q and k channels, then 128 / C of v, one per thread), the gate's g and dt_bias of its keys,
+     * A_log, beta, and output_gate and norm_weight of the columns this lane will write. */
+    const int qk_jobs = 256 / C, has_channel = tid < qk_jobs + cols;
+    conv_channel cc;
+    cc.has_slot = 0;
+    if (has_channel) {
+        const int64_t K = 128, H = p->H;
+        int64_t ch;
+        if (tid < qk_jobs) {
+            const int i = rank * qk_jobs + tid; /* 0..127: q key i; 128..255: k key i - 128 */
+            ch = i < 128 ? hq * K + i : H * K + hq * K + (i - 128);
+        } else {
+            ch = 2 * H * K + h * 128 + col0 + (tid - qk_jobs);
+        }
+        conv_load_inputs(p, n, ch, &cc);
+    }
+    const int gated = p->d.gate != FKDA_GATE_NONE, biased = gated && p->d.dt_bias != NULL;
+    uint32_t g_bits[FUSED_KEYS], bias_bits[FUSED_KEYS];
+#pragma unroll
+    for (int i = 0; i < FUSED_KEYS; i++) {
+        const int e = tid + i * nthreads, ok = e < 128;
+        g_bits[i] = load_bits_if(p->d.g, p->d.g_dtype,
+                                 n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], ok);
+        bias_bits[i] = load_bits_if(p->d.dt_bias, p->d.dt_bias_dtype,
+                                    h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], ok && biased);
+    }
+    const uint32_t A_bits = load_bits_if(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride, gated && p->d.A_log);
+    const uint32_t beta_bits = load_bits(p->d.beta, p->d.beta_dtype, n * p->d.beta_stride[0] + h * p->d.beta_stride[2]);
+    uint32_t gate_bits[FUSED_NC], weight_bits[FUSED_NC];
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        const int j = tile_col(&w, c, V_FIRST, VEC);
+        gate_bits[c] = load_gate_bits(p, n, h, j, w.kl == 0);
+        weight_bits[c] = load_weight_bits(p, j, w.kl == 0);
+    }
+
+    const int64_t slot = p->d.state_indices ? load_index(p->d.state_indices, p->d.idx_dtype, n * p->d.idx_stride[0])
+                                            : n;
+    if (slot < 0 || slot >= p->d.pool_size) { /* skipped: uniform over the cluster */
+        const float r = 1.0f / sqrtf(0.0f / 128.0f + p->eps);
+        for (int j = col0 + tid; j < col0 + cols; j += nthreads)
+            store_out(p, n, h, j, 0.0f, r, out_factors_of(p, load_gate_bits(p, n, h, j, 1), load_weight_bits(p, j, 1)));
+        if (C > 1) cluster_wait();
+        return;
+    }
+
+    /* The state's tile and the conv windows, both at the slot. */
+    float s[DECODE_MAX_R][DECODE_MAX_C];
+    load_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1, 1);
+    if (has_channel) conv_load_window(p, slot, &cc);
+
+    /* The decay of every key (each CTA all 128), beta, and this thread's conv output. */
+    const float A_weight = gated && p->d.A_log ? expf(bits_to_float(A_bits, p->d.A_log_dtype)) : 1.0f;
+#pragma unroll
+    for (int i = 0; i < FUSED_KEYS; i++) {
+        const int e = tid + i * nthreads;
+        if (e >= 128) continue;
+        float a = bits_to_float(g_bits[i], p->d.g_dtype);
+        if (gated) {
+            a += bits_to_float(bias_bits[i], p->d.dt_bias_dtype);
+            a = p->d.gate == FKDA_GATE_LOWER_BOUND ? p->d.lower_bound * sigmoidf_(A_weight * a)
+                                                   : -A_weight * softplusf_(a);
+        }
+        sm.d[stage_pos(&w, e, V_FIRST, VEC, NR)] = expf(a);
+    }
+    float beta = bits_to_float(beta_bits, p->d.beta_dtype);
+    if (p->d.use_beta_sigmoid) beta = (p->d.allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
+    const float y = has_channel ? conv_output(p, &cc) : 0.0f;
+
+    /* 2. q and k to every CTA, v to this one; then the whole token is everywhere. */
+    if (C > 1) cluster_wait(); /* every CTA of the cluster is running */
+    if (tid < qk_jobs) {
+        const int i = rank * qk_jobs + tid, e = i & 127;
+        float *at = (i < 128 ? sm.q : sm.k) + stage_pos(&w, e, V_FIRST, VEC, NR);
+        store_everywhere(at, C, y);
+    } else if (tid < qk_jobs + cols) {
+        sm.v[col0 + (tid - qk_jobs)] = y;
+    }
+    cluster_sync(C);
+
+    /* 3. The norms, by every warp alone over all 128 keys (the same sums in every warp). */
+    float ssq = 0.0f, ssk = 0.0f, qk = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int at = stage_pos(&w, lane + 32 * i, V_FIRST, VEC, NR);
+        const float q = sm.q[at], k = sm.k[at];
+        ssq = fmaf(q, q, ssq);
+        ssk = fmaf(k, k, ssk);
+        qk = fmaf(q, k, qk);
+    }
+    ssq = warp_sum(ssq);
+    ssk = warp_sum(ssk);
+    qk = warp_sum(qk);
+    float qf = p->d.scale, kf = 1.0f;
+    if (p->d.use_qk_l2norm) { /* as stage_token: x * (1 / sqrt(sum x^2 + 1e-6)) */
+        qf *= 1.0f / sqrtf(ssq + 1e-6f);
+        kf = 1.0f / sqrtf(ssk + 1e-6f);
+    }
+    const float kq = qk * qf * kf;
+
+    /* The one-token delta rule on this warp's columns: run_tokens' arithmetic. */
+    const int lane_rows = w.kl * (NR + DECODE_ROW_PAD);
+    const float *lq = sm.q + lane_rows, *lk = sm.k + lane_rows, *ld = sm.d + lane_rows;
+    float pk[DECODE_MAX_C], pq[DECODE_MAX_C];
+#pragma unroll
+    for (int c = 0; c < NC; c++) pk[c] = pq[c] = 0.0f;
+#pragma unroll
+    for (int r4 = 0; r4 < NR; r4 += 4) {
+        const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4), q4 = *(const float4 *)(lq + r4);
+        const float dd[4] = {d4.x, d4.y, d4.z, d4.w}, kk[4] = {k4.x, k4.y, k4.z, k4.w},
+                    qq[4] = {q4.x, q4.y, q4.z, q4.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+#pragma unroll
+            for (int c = 0; c < NC; c++) {
+                s[r4 + i][c] *= dd[i];
+                pk[c] = fmaf(s[r4 + i][c], kk[i], pk[c]);
+                pq[c] = fmaf(s[r4 + i][c], qq[i], pq[c]);
+            }
+        }
+    }
+    const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
+    for (int off = red_lo; off < red_hi; off <<= 1) {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            pk[c] += __shfl_xor_sync(FULL_MASK, pk[c], off);
+            pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
+        }
+    }
+    float o[DECODE_MAX_C], vk[DECODE_MAX_C], squares = 0.0f;
+#pragma unroll
+    for (int c = 0; c < NC; c++) {
+        const float vn = beta * (sm.v[tile_col(&w, c, V_FIRST, VEC)] - kf * pk[c]);
+        vk[c] = kf * vn;
+        o[c] = fmaf(kq, vn, qf * pq[c]);
+        squares = fmaf(o[c], o[c], squares);
+    }
+#pragma unroll
+    for (int r4 = 0; r4 < NR; r4 += 4) {
+        const float4 k4 = *(const float4 *)(lk + r4);
+        const float kk[4] = {k4.x, k4.y, k4.z, k4.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+#pragma unroll
+            for (int c = 0; c < NC; c++) s[r4 + i][c] = fmaf(kk[i], vk[c], s[r4 + i][c]);
+        }
+    }
+
+    /* 4. sum(o^2) over the head: each warp's (its kl = 0 lanes hold its 8 columns once) to every
+     * CTA, then all 16 in the same order everywhere. */
+    squares = warp_sum(w.kl == 0 ? squares : 0.0f);
+    if (lane == 0) store_everywhere(&sm.squares[rank * (nthreads >> 5) + warp], C, squares);
+    cluster_sync(C);
+    float total = 0.0f;
+#pragma unroll
+    for (int i = 0; i < FUSED_WARPS; i++) total += sm.squares[i];
+    const float r = 1.0f / sqrtf(total / 128.0f + p->eps);
+    if (w.kl == 0) {
+#pragma unroll
+        for (int c = 0; c < NC; c++)
+            store_out(p, n, h, tile_col(&w, c, V_FIRST, VEC), o[c], r, out_factors_of(p, gate_bits[c], weight_bits[c]));
+    }
+    /* The global stores last: a cluster barrier's release would wait for them. */
+    store_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1);
+    if (has_channel) conv_write(p, &cc);
+#endif
+}
+
+/* One kernel per pool dtype and layout; VEC as the narrow decode tiles (16 bytes, 8 for bf16 [K, V]). */
+__global__ void __launch_bounds__(512, 1) layer_f32_kv(const fused_layer_params p) { fused_layer(&p, 0, 0, 4); }
+__global__ void __launch_bounds__(512, 1) layer_f32_vk(const fused_layer_params p) { fused_layer(&p, 0, 1, 4); }
+__global__ void __launch_bounds__(512, 1) layer_bf16_kv(const fused_layer_params p) { fused_layer(&p, 1, 0, 4); }
+__global__ void __launch_bounds__(512, 1) layer_bf16_vk(const fused_layer_params p) { fused_layer(&p, 1, 1, 8); }
+
+/* ---- the launch -------------------------------------------------------------------------------- */
+
+static void copy_strides(int64_t *dst, const fkda_operand *op, int n)
+{
+    for (int i = 0; i < n; i++) dst[i] = op->stride[i];
+}
+
+static fused_layer_params fused_params_of(const fkda_problem *p, int cluster)
+{
+    fused_layer_params k;
+    memset(&k, 0, sizeof k);
+    fkda_decode_params *d = &k.d;
+    d->g = p->g.data;
+    copy_strides(d->g_stride, &p->g, 4);
+    d->g_dtype = p->g.dtype;
+    d->beta = p->beta.data;
+    copy_strides(d->beta_stride, &p->beta, 3);
+    d->beta_dtype = p->beta.dtype;
+    d->A_log = p->A_log.data;
+    d->A_log_stride = p->A_log.stride[0];
+    d->A_log_dtype = p->A_log.dtype;
+    d->dt_bias = p->dt_bias.data;
+    copy_strides(d->dt_bias_stride, &p->dt_bias, 2);
+    d->dt_bias_dtype = p->dt_bias.dtype;
+    d->state_indices = p->state_indices.data;
+    copy_strides(d->idx_stride, &p->state_indices, 1);
+    d->idx_dtype = p->state_indices.dtype;
+    d->idx_tokens = 1;
+    d->state_in = p->state_in.data;
+    d->state_out = p->state_out.data;
+    copy_strides(d->state_in_stride, &p->state_in, 4);
+    copy_strides(d->state_out_stride, &p->state_out, 4);
+    d->pool_size = p->pool_size;
+    d->state_bf16 = p->state_in.dtype == FKDA_DTYPE_BF16;
+    d->T = 1;
+    d->N = p->B;
+    d->HV = p->HV;
+    d->group = 1;
+    d->K = d->V = 128;
+    d->scale = p->scale;
+    d->lower_bound = p->lower_bound;
+    d->gate = p->gate;
+    d->use_qk_l2norm = p->use_qk_l2norm;
+    d->use_beta_sigmoid = p->use_beta_sigmoid;
+    d->allow_neg_eigval = p->allow_neg_eigval;
+    d->state_v_first = p->state_v_first;
+    d->lanes_k = FUSED_KL;
+    d->warps_per_head = FUSED_WARPS;
+    d->warps_per_cta = FUSED_WARPS / cluster;
+    d->ctas_per_head = cluster;
+
+    k.x = p->mixed_qkv.data;
+    copy_strides(k.x_stride, &p->mixed_qkv, 3);
+    k.x_dtype = p->mixed_qkv.dtype;
+    k.conv_weight = p->conv_weight.data;
+    copy_strides(k.w_stride, &p->conv_weight, 2);
+    k.w_dtype = p->conv_weight.dtype;
+    k.conv_bias = p->conv_bias.data;
+    k.bias_stride = p->conv_bias.stride[0];
+    k.bias_dtype = p->conv_bias.dtype;
+    k.conv_state = p->conv_state.data;
+    copy_strides(k.cs_stride, &p->conv_state, 3);
+    k.cs_dtype = p->conv_state.dtype;
+    k.conv_slots = p->conv_pool_size;
+    k.gate = p->output_gate.data;
+    copy_strides(k.gate_stride, &p->output_gate, 4);
+    k.gate_dtype = p->output_gate.dtype;
+    k.norm_weight = p->norm_weight.data;
+    k.nw_stride = p->norm_weight.stride[0];
+    k.nw_dtype = p->norm_weight.dtype;
+    k.out = p->out.data;
+    copy_strides(k.out_stride, &p->out, 4);
+    k.out_dtype = p->out.dtype;
+    k.H = p->H;
+    k.W = (int32_t)p->conv_width;
+    k.cluster = cluster;
+    k.eps = (float)p->norm_eps;
+    return k;
+}
+
+extern "C" int fkda_cuda_decode_layer_fused_pool_fits(const fkda_problem *p)
+{
+    /* The dense 128 tiles: 16-byte aligned, the contiguous stride 1 and the other 128, the slot
+     * and head strides multiples of a vector (8 elements covers both dtypes). */
+    const fkda_operand *pools[2] = {&p->state_in, &p->state_out};
+    for (int i = 0; i < 2; i++) {
+        const int64_t *st = pools[i]->stride;
+        const int contiguous = p->state_v_first ? 2 : 3, other = p->state_v_first ? 3 : 2;
+        if ((uintptr_t)pools[i]->data % 16 != 0 || st[contiguous] != 1 || st[other] != 128 || st[0] % 8 != 0 ||
+            st[1] % 8 != 0)
+            return 0;
+    }
+    return 1;
+}
+
+extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int pdl)
+{
+    const fused_layer_params k = fused_params_of(p, cluster);
+    const int bf16 = p->state_in.dtype == FKDA_DTYPE_BF16, v_first = p->state_v_first != 0;
+    const void *kernel = bf16 ? (v_first ? (const void *)layer_bf16_vk : (const void *)layer_bf16_kv)
+                              : (v_first ? (const void *)layer_f32_vk : (const void *)layer_f32_kv);
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)(p->B * p->HV * cluster), 1, 1);
+    cfg.blockDim = dim3((unsigned)(32 * FUSED_WARPS / cluster), 1, 1);
+    cfg.stream = (cudaStream_t)p->device.stream;
+    /* The cluster dimension only for C > 1: C = 1 is an ordinary launch (no cluster operation runs). */
+    cudaLaunchAttribute attrs[2] = {};
+    unsigned count = 0;
+    if (cluster > 1) {
+        attrs[count].id = cudaLaunchAttributeClusterDimension;
+        attrs[count].val.clusterDim.x = (unsigned)cluster;
+        attrs[count].val.clusterDim.y = 1;
+        attrs[count].val.clusterDim.z = 1;
+        count++;
+    }
+    if (pdl) {
+        attrs[count].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attrs[count].val.programmaticStreamSerializationAllowed = 1;
+        count++;
+    }
+    cfg.attrs = attrs;
+    cfg.numAttrs = count;
+    void *args[] = {(void *)&k};
+    const cudaError_t err = cudaLaunchKernelExC(&cfg, kernel, args);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError(); /* leave no sticky error for a later, unrelated check */
+        return fkda_fail(FKDA_ERROR_DEVICE, "decode layer: launch of the single-kernel layer (cluster %d): %s", cluster,
+                         cudaGetErrorString(err));
+    }
+    return FKDA_OK;
+}

@@ -1,0 +1,29 @@
+/*
+ * decode_layer_fused.h: the single-kernel CUDA decode layer (decode_layer_fused.cu), which
+ * decode_layer.cu launches where decode_layer_select.c says it serves.
+ */
+#ifndef FKDA_CUDA_DECODE_LAYER_FUSED_H
+#define FKDA_CUDA_DECODE_LAYER_FUSED_H
+
+#include "../core/problem.h"
+#include "../core/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Whether the pool (in and out) is what the single kernel's dense 128 tiles read and write:
+ * 16-byte aligned, the contiguous dimension's stride 1 and the other's 128, slot and head
+ * strides multiples of 8 elements. */
+int fkda_cuda_decode_layer_fused_pool_fits(const fkda_problem *p);
+
+/* Launches the single kernel on the call's stream (the current device must be the call's):
+ * `cluster` CTAs per (sequence, value head), 1, 2, 4 or 8; with `pdl`, as a programmatic
+ * dependent launch. The caller checked that it serves (fkda_decode_layer_fused_serves). */
+fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int pdl);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FKDA_CUDA_DECODE_LAYER_FUSED_H */

@@ -1,0 +1,44 @@
+/*
+ * decode_layer_select.c: the CUDA decode layer's choice of path (decode_layer_select.h). Plain C,
+ * no CUDA.
+ */
+#include "decode_layer_select.h"
+
+/* The single kernel is written for the common decode step and nothing else:
+ *   - sm_90: its image exists only in the sm_90a build (cluster barriers and distributed shared
+ *     memory); on sm_80 the three launches serve every call;
+ *   - one token per sequence, 1-D indices or none, no accepted counts: the conv window does not
+ *     slide and the state is read and written once, at one slot;
+ *   - K = V = 128 and a dense pool: the narrow 128 tiles of the plain decode, whose offsets are
+ *     constants;
+ *   - HV = H: each qk head's conv channels belong to one cluster, which alone reads and writes
+ *     them (with GVA several clusters would share them, and their conv-state writes would race
+ *     the others' reads);
+ *   - a grid of at most 2^31 - 1 CTAs (head indices are divided in 32 bits). */
+int fkda_decode_layer_fused_serves(const fkda_layer_call *c)
+{
+    return c->cc_major == 9 && c->T == 1 && !c->idx_2d && !c->accepted && c->K == 128 && c->V == 128 && c->HV == c->H &&
+           c->dense128 && c->heads * 8 <= INT64_C(0x7fffffff);
+}
+
+fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_tuning *t)
+{
+    fkda_layer_choice out = {0, 1};
+    /* The single kernel wherever it serves: it saves two launches and the round trips of the
+     * conv's output and the recurrence's output through global memory, which at small batches
+     * (latency-bound) are most of the three-pass time, and at large ones are a few percent of
+     * the state's traffic. FKDA_DECODE_LAYER_FUSED=0 forces the three launches, =1 the single
+     * kernel where it serves (never where it does not). */
+    out.fused = fkda_decode_layer_fused_serves(c) && t->decode_layer_fused != 0;
+    if (!out.fused) return out;
+
+    /* CTAs per head: small batches are latency-bound, so spread each head over as many SMs as
+     * leave every CTA its own SM, the largest C with C x heads <= SMs (each CTA then carries
+     * 128 / C columns of the state, and the head's path gets shorter); from more heads than
+     * half the SMs on, one CTA of 16 warps per head. */
+    int cluster = 1;
+    while (cluster < 8 && c->heads * cluster * 2 <= c->sm_count) cluster *= 2;
+    if (t->decode_layer_cluster) cluster = t->decode_layer_cluster;
+    out.cluster = cluster;
+    return out;
+}

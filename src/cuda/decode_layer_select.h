@@ -1,0 +1,46 @@
+/*
+ * decode_layer_select.h: which path serves a CUDA decode layer call (fkda_decode_layer): the
+ * single kernel (decode_layer_fused.cu) or the three launches (decode_layer.cu), and the
+ * single kernel's cluster size, as plain C: no CUDA types, so that a CPU test can pin the rule.
+ */
+#ifndef FKDA_CUDA_DECODE_LAYER_SELECT_H
+#define FKDA_CUDA_DECODE_LAYER_SELECT_H
+
+#include <stdint.h>
+
+#include "../core/tuning.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What the rule needs to know about a call and the device. */
+typedef struct fkda_layer_call {
+    int cc_major;  /* the device's compute capability (the single kernel is sm_90a code) */
+    int sm_count;  /* its SMs */
+    int64_t T;     /* tokens per sequence */
+    int idx_2d;    /* 2-D state indices (a slot per token) */
+    int accepted;  /* num_accepted_tokens given (the conv window slides) */
+    int64_t K, V;  /* head sizes */
+    int64_t H, HV; /* qk heads and value heads */
+    int dense128;  /* the pool, in and out: 16-byte aligned, rows 128 elements apart */
+    int64_t heads; /* B * HV: (sequence, value head) pairs */
+} fkda_layer_call;
+
+typedef struct fkda_layer_choice {
+    int fused;   /* 1: the single kernel; 0: the three launches */
+    int cluster; /* the single kernel's CTAs per head: 1, 2, 4 or 8 */
+} fkda_layer_choice;
+
+/* Whether the single kernel can serve the call at all. */
+int fkda_decode_layer_fused_serves(const fkda_layer_call *c);
+
+/* The path and cluster size for the call under the knobs FKDA_DECODE_LAYER_FUSED and
+ * FKDA_DECODE_LAYER_CLUSTER (tuning.h). */
+fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_tuning *t);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FKDA_CUDA_DECODE_LAYER_SELECT_H */

@@ -1,0 +1,100 @@
+/*
+ * test_decode_layer_select.c: the CUDA decode layer's choice of path (src/cuda/decode_layer_select.c,
+ * plain C, compiled into this test), on the CPU:
+ *   1. the single kernel serves the common decode step and nothing else: each condition of the
+ *      rule, broken alone, sends the call to the three launches;
+ *   2. the cluster size: the largest of 1, 2, 4, 8 with C x heads <= SMs, spelled out at 132 SMs;
+ *   3. the knobs: FKDA_DECODE_LAYER_FUSED=0 takes the three launches everywhere, =1 the single
+ *      kernel only where it serves; FKDA_DECODE_LAYER_CLUSTER forces C; both read by
+ *      fkda_tuning_read as tuning.h documents (other values leave them unset).
+ */
+#define _POSIX_C_SOURCE 200809L
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "../../src/core/tuning.h"
+#include "../../src/cuda/decode_layer_select.h"
+#include "test_util.h"
+
+/* B = 1, H = HV = 32, K = V = 128, one token, 1-D indices, a dense pool, on an H200. */
+static fkda_layer_call common_call(void)
+{
+    fkda_layer_call c = {9, 132, 1, 0, 0, 128, 128, 32, 32, 1, 32};
+    return c;
+}
+
+static fkda_layer_choice choose(const fkda_layer_call *c)
+{
+    fkda_tuning t;
+    fkda_tuning_read(&t);
+    return fkda_decode_layer_select(c, &t);
+}
+
+int main(void)
+{
+    unsetenv("FKDA_DECODE_LAYER_FUSED");
+    unsetenv("FKDA_DECODE_LAYER_CLUSTER");
+
+    /* 1. What the single kernel serves. */
+    fkda_layer_call c = common_call();
+    fkda_layer_choice x = choose(&c);
+    CHECK(x.fused == 1 && x.cluster == 4, "the common call: fused %d cluster %d (want 1, 4)", x.fused, x.cluster);
+    for (int broken = 0; broken < 9; broken++) {
+        c = common_call();
+        switch (broken) {
+        case 0: c.cc_major = 8; break;
+        case 1: c.T = 2; break;
+        case 2: c.idx_2d = 1; break;
+        case 3: c.accepted = 1; break;
+        case 4: c.K = 64; break;
+        case 5: c.V = 256; break;
+        case 6: c.HV = 64; break;
+        case 7: c.dense128 = 0; break;
+        default: c.heads = INT64_C(1) << 29; break;
+        }
+        x = choose(&c);
+        CHECK(x.fused == 0 && !fkda_decode_layer_fused_serves(&c), "condition %d broken: still the single kernel",
+              broken);
+    }
+
+    /* 2. Cluster sizes at 132 SMs. */
+    static const struct {
+        int64_t heads;
+        int cluster;
+    } sizes[] = {{1, 8}, {2, 8}, {16, 8}, {17, 4}, {32, 4}, {33, 4}, {34, 2}, {66, 2}, {67, 1}, {2048, 1}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
+        c = common_call();
+        c.heads = sizes[i].heads;
+        x = choose(&c);
+        CHECK(x.fused == 1 && x.cluster == sizes[i].cluster, "%lld heads: fused %d cluster %d (want 1, %d)",
+              (long long)sizes[i].heads, x.fused, x.cluster, sizes[i].cluster);
+    }
+
+    /* 3. The knobs. */
+    setenv("FKDA_DECODE_LAYER_FUSED", "0", 1);
+    c = common_call();
+    x = choose(&c);
+    CHECK(x.fused == 0, "FKDA_DECODE_LAYER_FUSED=0: still the single kernel");
+    setenv("FKDA_DECODE_LAYER_FUSED", "1", 1);
+    x = choose(&c);
+    CHECK(x.fused == 1, "FKDA_DECODE_LAYER_FUSED=1: not the single kernel");
+    c.idx_2d = 1;
+    x = choose(&c);
+    CHECK(x.fused == 0, "FKDA_DECODE_LAYER_FUSED=1 took the single kernel where it cannot serve");
+    c = common_call();
+    static const char *values[] = {"1", "2", "4", "8", "3", "16", "x"};
+    static const int want[] = {1, 2, 4, 8, 4, 4, 4}; /* anything else: the rule's 4 */
+    for (int i = 0; i < 7; i++) {
+        setenv("FKDA_DECODE_LAYER_CLUSTER", values[i], 1);
+        x = choose(&c);
+        CHECK(x.cluster == want[i], "FKDA_DECODE_LAYER_CLUSTER=%s: cluster %d (want %d)", values[i], x.cluster,
+              want[i]);
+    }
+    setenv("FKDA_DECODE_LAYER_FUSED", "yes", 1);
+    fkda_tuning t;
+    fkda_tuning_read(&t);
+    CHECK(t.decode_layer_fused == FKDA_TUNING_UNSET, "FKDA_DECODE_LAYER_FUSED=yes read as %d", t.decode_layer_fused);
+    unsetenv("FKDA_DECODE_LAYER_FUSED");
+    unsetenv("FKDA_DECODE_LAYER_CLUSTER");
+    return test_exit("test_decode_layer_select");
+}
