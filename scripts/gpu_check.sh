@@ -139,6 +139,7 @@ for step in "${steps[@]}"; do
     # shellcheck disable=SC2086
     run_step decode-variants build/gpu/test_decode_cuda --variants ${FKDA_VARIANTS:-}
     FKDA_DECODE_PDL=0 run_step decode-no-pdl build/gpu/test_decode_cuda
+    FKDA_DECODE_PDL=0 run_step decode-layer-no-pdl build/gpu/test_decode_layer_cuda
     sanitized_variants=(decode_f32_kv_128_ef_ks decode_bf16_kv_packed_ef_ks decode_bf16_vk_packed
                         decode_bf16_kv_128_narrow_tok)
     for tool in memcheck racecheck; do

@@ -12,7 +12,7 @@
  *                    going to a float32 [B, T, HV, V] buffer in the workspace, so that the norm
  *                    sees o unrounded; a skipped sequence gets o = 0 there
  *   3. norm_kernel   out = o / sqrt(mean(o^2) + eps) * norm_weight * sigmoid(output_gate), one warp
- *                    per (sequence, token, value head)
+ *                    per (value head, sequence), over its tokens
  *
  * Nothing is allocated and nothing read back to the host, so a call can be captured into a CUDA
  * graph. On sm_90 the conv and the norm are programmatic dependent launches, like the decode: a
@@ -465,8 +465,11 @@ extern "C" fkda_status fkda_cuda_decode_layer(const fkda_problem *p, void *works
     if (p->B * p->T == 0) return FKDA_OK;
     const cudaDeviceProp *prop = fkda_cuda_device_properties(p->device.index);
     if (!prop) return FKDA_ERROR_DEVICE;
-    /* Programmatic dependent launches exist from sm_90 on. */
-    const int pdl = prop->major >= 9;
+    /* Programmatic dependent launches on sm_90, as the decode's (FKDA_DECODE_PDL=0 turns them
+     * off for the layer's own launches too). */
+    fkda_tuning t;
+    fkda_tuning_read(&t);
+    const int pdl = prop->major == 9 && t.decode_pdl != 0;
 
     /* Launch on the call's device, and leave the caller's current device as it was. */
     int current = -1;
