@@ -247,7 +247,10 @@ static void draw_slots(const lcase *c, layer_bufs *b, test_rng *r, step_slots *s
     shuffle(perm, b->P, r);
     int64_t next = 0;
     for (int64_t n = 0; n < c->B; n++) {
-        const int skip = c->idx_mode != IDX_NONE && c->B > 1 && test_rng_int(r, 0, 3) == 0;
+        /* The last sequence always runs, with a_n = T when counts are given: the only count at
+         * which a window clamped one row short of L differs (so every seed tests the clamp). */
+        const int last = n == c->B - 1;
+        const int skip = c->idx_mode != IDX_NONE && c->B > 1 && !last && test_rng_int(r, 0, 3) == 0;
         if (c->idx_mode == IDX_NONE) {
             s->runs[n] = 1;
             s->pool_written[n] = s->conv_written[n] = 1;
@@ -258,7 +261,7 @@ static void draw_slots(const lcase *c, layer_bufs *b, test_rng *r, step_slots *s
             if (!skip) s->pool_written[slot] = s->conv_written[slot] = 1;
         } else {
             /* a_n <= T: inside T_max and inside the L = W - 2 + T rows of a sliding window */
-            const int64_t a = c->no_accepted ? 1 : test_rng_int(r, 1, c->T);
+            const int64_t a = c->no_accepted ? 1 : last ? c->T : test_rng_int(r, 1, c->T);
             if (!c->no_accepted) test_tensor_set(&b->acc.h, (size_t)n, (double)a);
             for (int64_t t = 0; t < c->TI; t++) {
                 /* Column a - 1 is the read slot (-1 skips), column 0 the conv slot (kept for a
