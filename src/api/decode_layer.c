@@ -236,8 +236,8 @@ static fkda_status validate_layer(const fkda_decode_layer_args *a, const fkda_de
     /* At least the smallest normal float32: the kernels add eps in float32, where a smaller one
      * rounds to 0 and an all-zero o (a skipped sequence) would give 0 / 0. */
     if (!(a->norm_eps >= FLT_MIN && a->norm_eps <= MAX_MAGNITUDE))
-        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "norm_eps: %g; expected a finite value in [%g, %g]",
-                         a->norm_eps, (double)FLT_MIN, MAX_MAGNITUDE);
+        return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "norm_eps: %g; expected a finite value in [%g, %g]", a->norm_eps,
+                         (double)FLT_MIN, MAX_MAGNITUDE);
     if (!(a->lower_bound <= 0.0 && a->lower_bound >= -MAX_MAGNITUDE))
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
                          "lower_bound: %g; expected 0 (the softplus gate) or a value in [-%g, 0) (the lower-bound "
