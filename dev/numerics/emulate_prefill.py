@@ -1,4 +1,4 @@
-"""A float64 CPU emulation of the CUDA prefill's roundings (and of fla's chunk_kda), for error budgets.
+"""A float64 CPU emulation of the CUDA prefill's roundings (and of fla's chunk_kda): error budgets.
 
 Every value is a float64 array; a rounding function applied where the kernels round stands for each
 storage or tensor-core operand, and each can be switched per plan to exact (fp64), fp32, tf32, bf16,
@@ -141,8 +141,8 @@ def make_inputs(seed, dtype, T=1024, H=2, K=128, V=128, gate="lower_bound", lowe
                 h0_scale=0.5, log_rate=(-4.0, 1.0)):
     """Inputs as tests/gpu/test_prefill_options_gpu.py draws them for fla's comparison: randn q, k,
     v rounded to `dtype`, beta logits in `dtype`, g in fp32 (raw gate input, or for gate "none" a
-    log decay -exp(A) softplus(x) with a per-head rate exp(A), A uniform in log_rate), A_log and dt_bias fp32,
-    an fp32 initial state. Everything is returned as float64 holding the rounded values."""
+    log decay -exp(A) softplus(x) with a per-head rate exp(A), A uniform in log_rate), A_log and
+    dt_bias fp32, an fp32 initial state. All as float64 arrays holding the rounded values."""
     rng = np.random.default_rng(seed)
     d = {"bf16": "bf16", "fp16": "fp16", "fp32": "fp32"}[dtype]
     x = dict(
@@ -276,7 +276,8 @@ def cuda_records(qn, kn, a, b, scale, p, num, gate_checked, l2norm=True):
     inv = _forward_substitution(L, num)
     bINV = num.r32(inv * b_[:, None, :])
     W = num.r32(bINV @ kd)  # step 6: fp32 sums of 16 terms (the rounding of each step not kept)
-    return dict(negW=-W, Kr=Kr, Qd=Qd, gamma=gamma, bINV=bINV, Mqk=M, n=n, pairwise=int(pairwise.sum()))
+    return dict(negW=-W, Kr=Kr, Qd=Qd, gamma=gamma, bINV=bINV, Mqk=M, n=n,
+                pairwise=int(pairwise.sum()))
 
 
 def _batched(num, A, B, mode):
@@ -366,8 +367,8 @@ def fla_prefill(x, tf32="tf32", exact=False):
             # Akk, Aqk: exact fp32-rounded sums on the diagonal 16 x 16 blocks (token-parallel
             # kernel), tf32 dots of the sub-block-centred factors off them (k-steps of 16 keys).
             Akk_d, Aqk_d = np.zeros((n, BT, BT)), np.zeros((n, BT, BT))
-            for I in range(BT // BC):
-                rows = slice(I * BC, (I + 1) * BC)
+            for bi in range(BT // BC):
+                rows = slice(bi * BC, (bi + 1) * BC)
                 Gs, ks, qs = G[:, rows], k_[:, rows], q_[:, rows]
                 f = np.exp2(np.minimum(Gs[:, :, None, :] - Gs[:, None, :, :], 0.0))
                 kk = np.sum(ks[:, :, None, :] * ks[:, None, :, :] * f, -1)
@@ -375,14 +376,15 @@ def fla_prefill(x, tf32="tf32", exact=False):
                 Akk_d[:, rows, rows] = num.r32(b_[:, rows, None] * num.r32(kk))
                 Aqk_d[:, rows, rows] = num.r32(scale * num.r32(qk))
             Akk_o, Aqk_o = np.zeros_like(Akk_d), np.zeros_like(Aqk_d)
-            for I in range(1, BT // BC):
-                rows = slice(I * BC, (I + 1) * BC)
-                gn = G[:, I * BC : I * BC + 1]
+            for bi in range(1, BT // BC):
+                rows = slice(bi * BC, (bi + 1) * BC)
+                gn = G[:, bi * BC : bi * BC + 1]
                 fi = num.r32(np.exp2(num.r32(G[:, rows] - gn)))
                 qg, kg_i = num.r32(q_[:, rows] * fi), num.r32(k_[:, rows] * fi)
-                for J in range(I):
-                    cols = slice(J * BC, (J + 1) * BC)
-                    kgt = np.swapaxes(num.r32(k_[:, cols] * num.r32(np.exp2(num.r32(gn - G[:, cols])))), 1, 2)
+                for bj in range(bi):
+                    cols = slice(bj * BC, (bj + 1) * BC)
+                    fj = num.r32(np.exp2(num.r32(gn - G[:, cols])))
+                    kgt = np.swapaxes(num.r32(k_[:, cols] * fj), 1, 2)
                     Aqk_o[:, rows, cols] = num.r32(scale * _batched(num, qg, kgt, tf))
                     Akk_o[:, rows, cols] = num.r32(b_[:, rows, None] * _batched(num, kg_i, kgt, tf))
         Akk = np.where(blockdiag > 0, Akk_d, Akk_o) * lower
@@ -506,7 +508,7 @@ def match(plans, dtypes, seeds, **kw):
             ref = reference(x)
             fo, fs = errors(fla_prefill, x, ref)
             for name, ch in plans:
-                o, st = errors(lambda y: cuda_prefill(y, plan(**ch)), x, ref)
+                o, st = errors(lambda y, ch=ch: cuda_prefill(y, plan(**ch)), x, ref)
                 w = worst[name][d]
                 w[0], w[1] = max(w[0], o / fo), max(w[1], st / fs)
     print("| plan | " + " | ".join(f"{d} in: out / state" for d in dtypes) + " |")
@@ -537,7 +539,8 @@ def main():
                                                         "match"}
     dtypes = ("bf16", "fp16", "fp32")
     print(f"T={T} H={args.H} K=V={args.K} gate={args.gate}"
-          + (f"({args.lower_bound})" if args.gate == "lower_bound" else f" log rate {args.log_rate}")
+          + (f"({args.lower_bound})" if args.gate == "lower_bound"
+             else f" log rate {args.log_rate}")
           + f" seeds={list(seeds)}; relative Frobenius error (output / fp32 final state), median")
 
     if "check" in only:
