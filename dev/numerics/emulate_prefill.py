@@ -138,7 +138,7 @@ def plan(**changes):
 
 
 def make_inputs(seed, dtype, T=1024, H=2, K=128, V=128, gate="lower_bound", lower_bound=-5.0,
-                h0_scale=0.5, log_rate=(-4.0, 1.0)):
+                h0_scale=0.5, log_rate=(-4.0, 1.0), v_scale=1.0):
     """Inputs as tests/gpu/test_prefill_options_gpu.py draws them for fla's comparison: randn q, k,
     v rounded to `dtype`, beta logits in `dtype`, g in fp32 (raw gate input, or for gate "none" a
     log decay -exp(A) softplus(x) with a per-head rate exp(A), A uniform in log_rate), A_log and
@@ -148,7 +148,7 @@ def make_inputs(seed, dtype, T=1024, H=2, K=128, V=128, gate="lower_bound", lowe
     x = dict(
         q=rnd(rng.standard_normal((1, T, H, K)), d),
         k=rnd(rng.standard_normal((1, T, H, K)), d),
-        v=rnd(rng.standard_normal((1, T, H, V)), d),
+        v=rnd(v_scale * rng.standard_normal((1, T, H, V)), d),
         beta=rnd(rng.standard_normal((1, T, H)), d),
         h0=rnd(h0_scale * rng.standard_normal((1, H, K, V)), "fp32"),
         dtype=dtype,
@@ -463,6 +463,8 @@ CANDIDATES = [
     ("(g) v, Vnew, Kr, -W, S hi+lo", dict(v=HL, Vnew=HL, Kr=HL, W=HL, S=HL)),
     ("(h) (g) + Qd hi+lo", dict(v=HL, Vnew=HL, Kr=HL, W=HL, S=HL, Qd=HL)),
     ("(i) (h) + L operands hi+lo", dict(v=HL, Vnew=HL, Kr=HL, W=HL, S=HL, Qd=HL, L_ops=HL)),
+    ("(n) v, Vnew, Kr, S, Qd hi+lo", dict(v=HL, Vnew=HL, Kr=HL, S=HL, Qd=HL)),
+    ("(o) v, Vnew, S, Qd hi+lo", dict(v=HL, Vnew=HL, S=HL, Qd=HL)),
     ("(k) fp16 chain (bINV, Mqk fp16 pairs)", dict(CHAIN16)),
     ("(l) fp16 chain, bINV and Mqk one fp16", dict(CHAIN16, bINV="fp16", Mqk="fp16")),
     ("(m) fp16 chain + L operands hi+lo", dict(CHAIN16, L_ops=HL)),
@@ -529,14 +531,14 @@ def main():
     ap.add_argument("--lower-bound", type=float, default=-5.0)
     ap.add_argument("--log-rate", default="-4,1", help="gate none: range of the per-head log rate")
     ap.add_argument("--only", default="",
-                    help="comma list of sections: check,fla,ablation,plans,match")
+                    help="comma list of sections: check,fla,ablation,plans,match,range")
     args = ap.parse_args()
     T = 256 if args.quick else args.T
     seeds = range(1 if args.quick else args.seeds)
     kw = dict(T=T, H=args.H, K=args.K, V=args.K, gate=args.gate, lower_bound=args.lower_bound,
               log_rate=tuple(float(r) for r in args.log_rate.split(",")))
     only = set(args.only.split(",")) if args.only else {"check", "fla", "ablation", "plans",
-                                                        "match"}
+                                                        "match", "range"}
     dtypes = ("bf16", "fp16", "fp32")
     print(f"T={T} H={args.H} K=V={args.K} gate={args.gate}"
           + (f"({args.lower_bound})" if args.gate == "lower_bound"
@@ -576,8 +578,23 @@ def main():
     if "match" in only:
         print("largest ratio ours / fla (rounded tf32) over the seeds")
         chosen = [("cuda (as the kernels round)", {})] + [c for c in CANDIDATES if c[0][:3] in
-                                                          ("(a)", "(h)", "(k)", "(m)")]
+                                                          ("(a)", "(h)", "(n)", "(k)", "(m)")]
         match(chosen, ("fp16", "fp32"), seeds, **kw)
+    if "range" in only:
+        print("where fp16 operands break (plan (k), fp32 inputs, seed 0)")
+        k16 = dict(next(c for c in CANDIDATES if c[0].startswith("(k)"))[1])
+        for what, p, extra in (
+            ("(k) as it is", k16, {}),
+            ("(k), v x 1e5 (past fp16's range)", k16, dict(v_scale=1e5)),
+            ("cuda plan, v x 1e5", {}, dict(v_scale=1e5)),
+            ("(k), initial state x 1e5", k16, dict(h0_scale=0.5e5)),
+            ("(k) + the centred L, Mqk operands in fp16", dict(k16, L_ops="fp16",
+                                                             Mqk_ops="hilo16"), {}),
+        ):
+            x = make_inputs(0, "fp32", **dict(kw, **extra))
+            with np.errstate(all="ignore"):
+                eo, es = errors(lambda y, p=p: cuda_prefill(y, plan(**p)), x, reference(x))
+            print(f"| {what} | {eo:.2e} / {es:.2e} |")
 
 
 if __name__ == "__main__":
