@@ -32,16 +32,18 @@ import argparse
 import datetime
 import math
 import os
-import statistics
+import sys
 
 import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_decode_gpu import rel, time_graph  # noqa: E402  (one timing method for both)
 
 K = V = 128
 W = 4
 LOWER_BOUND = -5.0
 EPS = 1e-5
 STEPS = 20
-REPLAYS = 20
 MAX_LAYERS = 256
 BF16 = torch.bfloat16
 
@@ -147,34 +149,6 @@ def separate_step(flash_kda, x, pool, conv_state, idx, idx64, o, out):
     torch_gated_norm(o, x, out)
 
 
-def time_graph(step_fns) -> float:
-    """Captures the calls in one graph; the median replay time / len(calls), in s."""
-    for f in step_fns:  # warm up: flash_kda caches device properties, torch its kernels
-        f()
-    torch.cuda.synchronize()
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.stream(stream):
-        with torch.cuda.graph(graph, stream=stream):
-            for f in step_fns:
-                f()
-    torch.cuda.synchronize()
-    for _ in range(3):
-        graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(REPLAYS):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3)
-    del graph
-    return statistics.median(times) / len(step_fns)
-
-
 def three_pass(fn):
     """Runs fn() with the library's three-pass path forced (the knob is read at every call, so
     also while a graph is captured)."""
@@ -183,11 +157,6 @@ def three_pass(fn):
         return fn()
     finally:
         del os.environ["FKDA_DECODE_LAYER_FUSED"]
-
-
-def rel(a, b):
-    a, b = a.double(), b.double()
-    return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
 def bench_case(flash_kda, B, H, gen):

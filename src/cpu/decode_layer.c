@@ -17,6 +17,7 @@
  */
 #include <math.h>
 
+#include "../core/layer_problem.h"
 #include "../core/error.h"
 #include "activations.h"
 #include "cpu_backend.h"
@@ -32,21 +33,6 @@ typedef struct layer_buffers {
     size_t offset, rest_bytes;
 } layer_buffers;
 
-/* The problem the decode pass runs: the layer's, with q, k, v read from y and out written to o. */
-static fkda_problem inner_problem(const fkda_problem *p, float *y, float *o)
-{
-    fkda_problem d = *p;
-    d.op = FKDA_OP_DECODE;
-    const int64_t dim = p->conv_dim, H = p->H, K = p->K;
-    const fkda_operand qk = {y, FKDA_DTYPE_F32, {p->T * dim, dim, K, 1}};
-    d.q = qk;
-    d.k = qk;
-    d.k.data = y ? y + H * K : NULL;
-    d.v = (fkda_operand){y ? y + 2 * H * K : NULL, FKDA_DTYPE_F32, {p->T * dim, dim, p->V, 1}};
-    d.out = (fkda_operand){o, FKDA_DTYPE_F32, {p->T * p->HV * p->V, p->HV * p->V, p->V, 1}};
-    return d;
-}
-
 static layer_buffers carve_buffers(const fkda_problem *p, char *base)
 {
     fkda_carver c = {base, 0};
@@ -55,7 +41,7 @@ static layer_buffers carve_buffers(const fkda_problem *p, char *base)
     b.o = fkda_carve(&c, (size_t)(p->B * p->T * p->HV * p->V) * sizeof(float));
     b.offset = c.used;
     b.rest = base ? base + c.used : NULL;
-    const fkda_problem d = inner_problem(p, NULL, NULL);
+    const fkda_problem d = fkda_layer_decode_problem(p, NULL, NULL);
     b.rest_bytes = fkda_cpu_decode_workspace(&d);
     return b;
 }
@@ -192,7 +178,7 @@ fkda_status fkda_cpu_decode_layer(const fkda_problem *p, void *workspace, size_t
     if (p->B * p->T == 0) return FKDA_OK;
     const layer_buffers b = carve_buffers(p, (char *)workspace);
     conv_pass(p, b.y);
-    const fkda_problem d = inner_problem(p, b.y, b.o);
+    const fkda_problem d = fkda_layer_decode_problem(p, b.y, b.o);
     TRY(fkda_cpu_decode(&d, b.rest, workspace_bytes - b.offset));
     norm_pass(p, b.o);
     return FKDA_OK;

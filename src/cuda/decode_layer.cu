@@ -31,6 +31,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "../core/layer_problem.h"
 #include "../core/tuning.h"
 #include "cuda_internal.h"
 #include "decode_layer_fused.h"
@@ -297,31 +298,15 @@ static size_t align_up(size_t bytes) { return (bytes + WORKSPACE_ALIGN - 1) / WO
 static size_t y_bytes(const fkda_problem *p) { return align_up((size_t)(p->B * p->T * p->conv_dim) * sizeof(float)); }
 static size_t o_bytes(const fkda_problem *p) { return align_up((size_t)(p->B * p->T * p->HV * p->V) * sizeof(float)); }
 
-/* The problem the decode runs: the layer's, with q, k, v read from y and out written to o (the
- * CPU's inner_problem). */
-static fkda_problem inner_problem(const fkda_problem *p, float *y, float *o)
-{
-    fkda_problem d = *p;
-    d.op = FKDA_OP_DECODE;
-    const int64_t dim = p->conv_dim, H = p->H, K = p->K;
-    const fkda_operand qk = {y, FKDA_DTYPE_F32, {p->T * dim, dim, K, 1}};
-    d.q = qk;
-    d.k = qk;
-    d.k.data = y ? y + H * K : NULL;
-    d.v = (fkda_operand){y ? y + 2 * H * K : NULL, FKDA_DTYPE_F32, {p->T * dim, dim, p->V, 1}};
-    d.out = (fkda_operand){o, FKDA_DTYPE_F32, {p->T * p->HV * p->V, p->HV * p->V, p->V, 1}};
-    return d;
-}
-
 extern "C" fkda_status fkda_cuda_decode_layer_supported(const fkda_problem *p, const cudaDeviceProp *prop)
 {
-    const fkda_problem d = inner_problem(p, NULL, NULL);
+    const fkda_problem d = fkda_layer_decode_problem(p, NULL, NULL);
     return fkda_cuda_decode_supported(&d, prop);
 }
 
 extern "C" fkda_status fkda_cuda_decode_layer_workspace(const fkda_problem *p, size_t *bytes)
 {
-    const fkda_problem d = inner_problem(p, NULL, NULL);
+    const fkda_problem d = fkda_layer_decode_problem(p, NULL, NULL);
     size_t decode_bytes = 0;
     TRY(fkda_cuda_decode_workspace(&d, &decode_bytes));
     *bytes = y_bytes(p) + o_bytes(p) + decode_bytes;
@@ -455,7 +440,7 @@ static fkda_status run_layer(const fkda_problem *p, char *workspace, size_t work
     float *y = (float *)workspace, *o = (float *)(workspace + y_bytes(p));
     const size_t used = y_bytes(p) + o_bytes(p);
     TRY(launch_conv(p, y, stream, pdl));
-    const fkda_problem d = inner_problem(p, y, o);
+    const fkda_problem d = fkda_layer_decode_problem(p, y, o);
     TRY(fkda_cuda_decode(&d, workspace + used, workspace_bytes - used));
     return launch_norm(p, o, stream, pdl);
 }

@@ -1,0 +1,61 @@
+"""Checks of dev/numerics/emulate_prefill.py: with every rounding exact, both emulated algorithms
+(the CUDA prefill's chunk-16 form and fla's chunk-64 form) equal the float64 token-by-token
+reference; with the kernels' roundings they do not; the rounding functions round as named.
+
+Not collected by CI (pyproject's testpaths is tests/python); run it with
+`/work/venv/bin/python -m pytest -q dev/numerics`.
+"""
+
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import emulate_prefill as em  # noqa: E402
+
+
+@pytest.mark.parametrize("gate", ["lower_bound", "none"])
+@pytest.mark.parametrize("K", [128, 64])
+def test_exact_plans_equal_the_reference(gate, K):
+    # T = 100: six full chunks of 16 and a partial one; one full chunk of 64 and a partial one
+    x = em.make_inputs(7, "fp32", T=100, H=2, K=K, V=K, gate=gate)
+    ref = em.reference(x)
+    o, s = em.errors(lambda y: em.cuda_prefill(y, em.EXACT_PLAN), x, ref)
+    assert o < 1e-12 and s < 1e-12, (o, s)
+    o, s = em.errors(lambda y: em.fla_prefill(y, exact=True), x, ref)
+    assert o < 1e-12 and s < 1e-12, (o, s)
+
+
+def test_pairwise_form_equals_the_reference():
+    # a fast decay (rate e^3) without a safe bound: chunks past the centred span take step 4'
+    x = em.make_inputs(3, "fp32", T=64, H=1, gate="none", log_rate=(3.0, 3.0))
+    num = em.Num(False)
+    qn, kn, a, b = em._head_inputs(x, 0, num)
+    rec = em.cuda_records(qn, kn, a, b, 128**-0.5, em.EXACT_PLAN, num, gate_checked=True)
+    assert rec["pairwise"] > 0
+    o, s = em.errors(lambda y: em.cuda_prefill(y, em.EXACT_PLAN), x, em.reference(x))
+    assert o < 1e-12 and s < 1e-12, (o, s)
+
+
+def test_rounded_plans_are_not_exact():
+    x = em.make_inputs(1, "fp32", T=64, H=1)
+    ref = em.reference(x)
+    o, s = em.errors(em.cuda_prefill, x, ref)
+    assert 1e-4 < o < 1e-2 and 1e-4 < s < 1e-2, (o, s)
+    o, s = em.errors(em.fla_prefill, x, ref)
+    assert 1e-5 < o < 1e-2 and 1e-5 < s < 1e-2, (o, s)
+
+
+def test_roundings():
+    x = np.array([1.0 + 2.0**-8 + 2.0**-10, 1.0 + 2.0**-11 + 2.0**-13, 70000.0, 1e-30])
+    assert em.rnd(x, "bf16")[0] == 1.0 + 2.0**-7  # 8 significant bits, to nearest
+    assert em.rnd(x, "fp16")[1] == 1.0 + 2.0**-10  # 11 significant bits
+    assert em.rnd(x, "tf32")[1] == 1.0 + 2.0**-10
+    assert em.rnd(x, "tf32z")[1] == 1.0  # the low bits dropped
+    assert em.rnd(np.array([1.0 + 2.0**-11]), "tf32")[0] == 1.0 + 2.0**-10  # a tie goes away
+    assert np.isinf(em.rnd(x, "fp16")[2])  # past fp16's range
+    assert em.rnd(x, "bf16")[3] != 0.0 and em.rnd(x, "tf32")[3] != 0.0  # fp32's range
+    hi, lo = em.split(np.array([np.pi]), "hilo")
+    assert hi[0] == em.rnd(np.pi, "bf16") and abs(hi[0] + lo[0] - np.pi) < 2.0**-16 * np.pi
