@@ -209,10 +209,33 @@ def bench_case(flash_kda, B, H, gen):
     return t_fused, t_three, t_plain, t_sep, agree, agree_three, layers
 
 
+def profile_case(flash_kda, B, H, gen):
+    """Each way twice on one pool, no graphs: a profiler's per-kernel view of one step."""
+    x = make_layer(B, H, gen)
+    pool, conv_state = make_pools(B, H, 1, gen)[0]
+    idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
+    out = torch.empty(B, H, V, device="cuda", dtype=BF16)
+    o = torch.empty(B, 1, H, V, device="cuda", dtype=BF16)
+    y = torch.randn(B, 2 * H * K + H * V, device="cuda", generator=gen).to(BF16)
+    q, k, v = (y[:, i * H * K : (i + 1) * H * K].view(B, 1, H, K) for i in range(3))
+    for _ in range(2):
+        fused_step(flash_kda, x, pool, conv_state, idx, out)
+        three_pass(lambda: fused_step(flash_kda, x, pool, conv_state, idx, out))
+        decode_step(flash_kda, q, k, v, x, pool, idx, o)
+        separate_step(flash_kda, x, pool, conv_state, idx, idx.long(), o, out)
+    torch.cuda.synchronize()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None, help="also write the table to this file")
     ap.add_argument("--quick", action="store_true", help="B = 1 and 64, H = 32 only")
+    ap.add_argument(
+        "--profile",
+        metavar="B,H",
+        help="for a profiler (ncu, nsys): no timing, each way run twice at one shape "
+        "(fused, 3-pass, plain decode, separate)",
+    )
     args = ap.parse_args()
     import flash_kda  # noqa: PLC0415 (after argparse: --help needs no library)
 
@@ -220,6 +243,9 @@ def main():
         raise SystemExit("needs a CUDA device and a libflashkda built with CUDA")
     gen = torch.Generator(device="cuda")
     gen.manual_seed(0)
+    if args.profile:
+        profile_case(flash_kda, *(int(n) for n in args.profile.split(",")), gen)
+        return
     shapes = [(1, 32), (64, 32)] if args.quick else [(b, h) for h in (12, 32) for b in (1, 8, 64)]
     dev = torch.cuda.get_device_name()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -55,11 +55,15 @@ def same_bytes(a, b):
     return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
 
 
-def check_skips(rng, indices, T, pool_dtype, v_first, packed):
+def check_skips(rng, indices, T, pool_dtype, v_first, packed, pool_size=P):
     """One decode of len(indices) sequences of T tokens (packed: vLLM's form, one row of N T
-    tokens and cu_seqlens = 0, T, 2T, ...) on the first P slots of a pool of P + 1: every
-    sequence whose slot is outside [0, P) must be skipped, the rest match the CPU reference."""
-    n_seq, pool_size = len(indices), P
+    tokens and cu_seqlens = 0, T, 2T, ...) on the first pool_size slots of a pool of one more:
+    every sequence whose slot is outside [0, pool_size) must be skipped, the rest match the CPU
+    reference. The valid slots must be distinct, as a serving engine's are: two sequences on one
+    slot in one call race on the GPU, while the reference runs them in order."""
+    n_seq = len(indices)
+    valid = [s for s in indices if 0 <= s < pool_size]
+    assert len(set(valid)) == len(valid), "a slot named twice"
 
     def randn(*shape, sd=1.0):
         return torch.from_numpy((sd * rng.standard_normal(shape)).astype(np.float32))
@@ -154,9 +158,11 @@ def test_slot_at_pool_size_is_skipped(rng, T, pool_dtype, v_first, packed):
 @pytest.mark.parametrize("v_first", [False, True])
 def test_slot_at_pool_size_is_skipped_many_heads(rng, v_first, packed, monkeypatch):
     """Enough bf16 heads for the packed kernels (two or more per SM), with FKDA_DECODE_PACKED=1
-    making sure they serve: every fourth sequence names slot P, one names -1."""
+    making sure they serve: every fourth sequence names the slot one past the pool, one names -1,
+    the others a slot of their own."""
     monkeypatch.setenv("FKDA_DECODE_PACKED", "1")
     n_seq = 2 * torch.cuda.get_device_properties(DEV).multi_processor_count // HV * 2 + 1
-    indices = [P if n % 4 == 0 else n % P for n in range(n_seq)]
+    pool_size = n_seq
+    indices = [pool_size if n % 4 == 0 else n for n in range(n_seq)]
     indices[1] = -1
-    check_skips(rng, indices, 1, torch.bfloat16, v_first, packed)
+    check_skips(rng, indices, 1, torch.bfloat16, v_first, packed, pool_size)
