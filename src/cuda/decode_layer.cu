@@ -39,6 +39,7 @@
 
 #define LAYER_MAX_WIDTH 16  /* the largest conv width W the API accepts */
 #define CONV_THREADS 128    /* channels per conv CTA */
+#define CONV_SHORT_WIDTH 4  /* conv widths up to this take conv_kernel_w4 (Kimi's and Qwen's W = 4) */
 #define NORM_WARPS 8        /* value heads per norm CTA, one warp each */
 #define NORM_PER_LANE 8     /* V <= 256 = 32 lanes x 8 values */
 #define WORKSPACE_ALIGN 256 /* each buffer of the workspace starts on this boundary */
@@ -176,74 +177,90 @@ static __device__ int64_t conv_slot(const layer_slots *s, int64_t n)
  * meets the newest input. The whole window is read before the state is written, so the update
  * in place is safe (the thread owns its channel of the slot).
  */
-__global__ void __launch_bounds__(CONV_THREADS) conv_kernel(const conv_params p)
+static __device__ __forceinline__ void conv_channel(const conv_params *p, const int M)
 {
     wait_for_prior_grid();
     const int64_t c = (int64_t)blockIdx.x * CONV_THREADS + threadIdx.x;
-    if (c >= p.dim) return;
-    const int M = LAYER_MAX_WIDTH, W = p.W, lead = M - W; /* hist[i], wt[i] live for i >= lead */
+    if (c >= p->dim) return;
+    /* The arrays keep LAYER_MAX_WIDTH entries so that the indices match for every M; only the
+     * last M are touched (low is a constant after inlining, the rest are never allocated). */
+    const int MAXW = LAYER_MAX_WIDTH, low = MAXW - M;
+    const int W = p->W, lead = MAXW - W; /* hist[i], wt[i] live for i >= lead (>= low: W <= M) */
 
-    float wt[M];
+    float wt[MAXW];
 #pragma unroll
-    for (int i = 0; i < M; i++)
-        wt[i] = i >= lead ? load_float(p.weight, p.w_dtype, c * p.w_stride[0] + (i - lead) * p.w_stride[1]) : 0.0f;
-    const float bias = p.bias ? load_float(p.bias, p.bias_dtype, c * p.bias_stride) : 0.0f;
+    for (int i = low; i < MAXW; i++)
+        wt[i] = i >= lead ? load_float(p->weight, p->w_dtype, c * p->w_stride[0] + (i - lead) * p->w_stride[1]) : 0.0f;
+    const float bias = p->bias ? load_float(p->bias, p->bias_dtype, c * p->bias_stride) : 0.0f;
 
-    for (int64_t n = blockIdx.y; n < p.B; n += gridDim.y) {
-        float *y = p.y + n * p.T * p.dim + c;
-        if (!sequence_runs(&p.slots, n)) {
+    for (int64_t n = blockIdx.y; n < p->B; n += gridDim.y) {
+        float *y = p->y + n * p->T * p->dim + c;
+        if (!sequence_runs(&p->slots, n)) {
             /* Skipped: neither pool is touched; y = 0 keeps the workspace defined. */
-            for (int64_t t = 0; t < p.T; t++) y[t * p.dim] = 0.0f;
+            for (int64_t t = 0; t < p->T; t++) y[t * p->dim] = 0.0f;
             continue;
         }
-        const int64_t slot = conv_slot(&p.slots, n);
-        const int has_slot = slot >= 0 && slot < p.conv_slots;
+        const int64_t slot = conv_slot(&p->slots, n);
+        const int has_slot = slot >= 0 && slot < p->conv_slots;
         /* The window's first row: a_n - 1 when sliding, kept inside the L rows. */
-        const int64_t first = p.sliding ? min(accepted_tokens(&p.slots, n), p.conv_rows - W + 2) - 1 : 0;
-        const int64_t base = slot * p.state_stride[0] + c * p.state_stride[2];
-        const int64_t x_base = n * p.x_stride[0] + c * p.x_stride[2];
+        const int64_t first = p->sliding ? min(accepted_tokens(&p->slots, n), p->conv_rows - W + 2) - 1 : 0;
+        const int64_t base = slot * p->state_stride[0] + c * p->state_stride[2];
+        const int64_t x_base = n * p->x_stride[0] + c * p->x_stride[2];
 
-        float hist[M - 1];
+        float hist[MAXW - 1];
 #pragma unroll
-        for (int i = 0; i < M - 1; i++)
+        for (int i = low; i < MAXW - 1; i++)
             hist[i] = has_slot && i >= lead
-                          ? load_float(p.state, p.state_dtype, base + (first + i - lead) * p.state_stride[1])
+                          ? load_float(p->state, p->state_dtype, base + (first + i - lead) * p->state_stride[1])
                           : 0.0f;
 
         if (has_slot) {
             /* The new state s[from ..], written from row 0: first the window entries
              * from .. W - 2 still in it, then the inputs. */
-            const int64_t from = p.sliding ? 1 : p.T;
-            const int64_t rows = p.sliding ? W - 2 + p.T : W - 1;
+            const int64_t from = p->sliding ? 1 : p->T;
+            const int64_t rows = p->sliding ? W - 2 + p->T : W - 1;
 #pragma unroll
-            for (int i = 0; i < M - 1; i++) {
+            for (int i = low; i < MAXW - 1; i++) {
                 const int64_t entry = i - lead; /* window entry of hist[i] */
                 if (i >= lead && entry >= from)
-                    store_float(p.state, p.state_dtype, base + (entry - from) * p.state_stride[1], hist[i]);
+                    store_float(p->state, p->state_dtype, base + (entry - from) * p->state_stride[1], hist[i]);
             }
             const int64_t kept = from < W - 1 ? W - 1 - from : 0;
             for (int64_t r = kept; r < rows; r++) {
                 const int64_t t = from + r - (W - 1); /* s index from + r, an input */
-                store_float(p.state, p.state_dtype, base + r * p.state_stride[1],
-                            load_float(p.x, p.x_dtype, x_base + t * p.x_stride[1]));
+                store_float(p->state, p->state_dtype, base + r * p->state_stride[1],
+                            load_float(p->x, p->x_dtype, x_base + t * p->x_stride[1]));
             }
         }
 
-        for (int64_t t = 0; t < p.T; t++) {
-            const float x = load_float(p.x, p.x_dtype, x_base + t * p.x_stride[1]);
+        for (int64_t t = 0; t < p->T; t++) {
+            const float x = load_float(p->x, p->x_dtype, x_base + t * p->x_stride[1]);
             /* acc = bias + sum over the taps, oldest first (the CPU's order) */
             float acc = bias;
 #pragma unroll
-            for (int i = 0; i < M - 1; i++)
+            for (int i = low; i < MAXW - 1; i++)
                 if (i >= lead) acc += wt[i] * hist[i];
-            acc += wt[M - 1] * x;
-            y[t * p.dim] = acc / (1.0f + expf(-acc));
+            acc += wt[MAXW - 1] * x;
+            y[t * p->dim] = acc / (1.0f + expf(-acc));
             /* Slide: the newest input becomes the last history entry. */
 #pragma unroll
-            for (int i = 0; i < M - 2; i++) hist[i] = hist[i + 1];
-            hist[M - 2] = x;
+            for (int i = low; i < MAXW - 2; i++) hist[i] = hist[i + 1];
+            hist[MAXW - 2] = x;
         }
     }
+}
+
+/* M, the registers' window width, is a compile-time constant: M = LAYER_MAX_WIDTH serves every
+ * width but holds 31 values in registers per thread (126 registers, a quarter of the SM's warps,
+ * and each thread's chain of dependent loads then shows); M = 4 serves the common W <= 4 in a
+ * few registers, so that a full SM of warps hides that latency. */
+__global__ void __launch_bounds__(CONV_THREADS) conv_kernel(const __grid_constant__ conv_params p)
+{
+    conv_channel(&p, LAYER_MAX_WIDTH);
+}
+__global__ void __launch_bounds__(CONV_THREADS) conv_kernel_w4(const conv_params p)
+{
+    conv_channel(&p, CONV_SHORT_WIDTH);
 }
 
 /* ---- 3. the gated RMSNorm -------------------------------------------------------------------- */
@@ -382,7 +399,9 @@ static fkda_status launch_conv(const fkda_problem *p, float *y, cudaStream_t str
     k.sliding = p->conv_sliding;
     const dim3 grid((unsigned)((p->conv_dim + CONV_THREADS - 1) / CONV_THREADS),
                     (unsigned)(p->B < MAX_GRID_Y ? p->B : MAX_GRID_Y), 1);
-    return launch((const void *)conv_kernel, "conv_kernel", grid, CONV_THREADS, stream, &k, pdl);
+    const int short_width = p->conv_width <= CONV_SHORT_WIDTH;
+    return launch(short_width ? (const void *)conv_kernel_w4 : (const void *)conv_kernel,
+                  short_width ? "conv_kernel_w4" : "conv_kernel", grid, CONV_THREADS, stream, &k, pdl);
 }
 
 static fkda_status launch_norm(const fkda_problem *p, const float *o, cudaStream_t stream, int pdl)
