@@ -482,6 +482,14 @@ int main(int argc, char **argv)
     /* name, B, T, H, HV, nseq, seqlens, has_in, has_out, in, out, v_first, in_place,
      * l2norm, sigmoid, neg, cu_i32, fast_too, report, vslice, segments, lower_bound, K, V (0: 128); the bars
      * come from pf_bars */
+/* A K > 128 case: B rows of T tokens, states in and out (in_dtype, out_dtype) in the layout
+ * v_first, L2 norm and beta sigmoid, the fast path compared too, value slice vs (0: the default). */
+#define K256(name_, B_, T_, H_, HV_, K_, V_, in_, out_, vfirst_, vs_)                                    \
+    {                                                                                                    \
+        .name = name_, .B = B_, .T = T_, .H = H_, .HV = HV_, .has_in = 1, .has_out = 1, .in_dtype = in_, \
+        .out_dtype = out_, .v_first = vfirst_, .l2norm = 1, .sigmoid = 1, .fast_too = 1, .vslice = vs_,  \
+        .lower_bound = -5, .K = K_, .V = V_                                                              \
+    }
     const pf_case small_cases[] = {
         {"T=1", 1, 1, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
         {"T=17 B=2 bf16 states [K,V]", 2, 17, 2, 2, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, 128, 0, -5, 0, 0},
@@ -511,15 +519,23 @@ int main(int argc, char **argv)
          0},
         {"T=65 no states", 1, 65, 1, 1, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
         {"T=100 3 segments, in place", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, 0, 3, -5, 0, 0},
+        K256("K=256 V=32 T=40 (two warp pairs)", 1, 40, 1, 1, 256, 32, F32, F32, 1, 32),
+        {.name = "K=200 V=48 varlen, bf16 [K,V]",
+         .nseq = 3,
+         .seqlens = {17, 0, 20},
+         .H = 1,
+         .HV = 1,
+         .has_in = 1,
+         .has_out = 1,
+         .in_dtype = BF16,
+         .out_dtype = BF16,
+         .l2norm = 1,
+         .sigmoid = 1,
+         .fast_too = 1,
+         .lower_bound = -5,
+         .K = 200,
+         .V = 48},
     };
-/* A K > 128 case: B rows of T tokens, states in and out (in_dtype, out_dtype) in the layout
- * v_first, L2 norm and beta sigmoid, the fast path compared too, value slice vs (0: the default). */
-#define K256(name_, B_, T_, H_, HV_, K_, V_, in_, out_, vfirst_, vs_)                                    \
-    {                                                                                                    \
-        .name = name_, .B = B_, .T = T_, .H = H_, .HV = HV_, .has_in = 1, .has_out = 1, .in_dtype = in_, \
-        .out_dtype = out_, .v_first = vfirst_, .l2norm = 1, .sigmoid = 1, .fast_too = 1, .vslice = vs_,  \
-        .lower_bound = -5, .K = K_, .V = V_                                                              \
-    }
     const pf_case full_cases[] = {
         {"T=1", 1, 1, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
         {"T=15", 1, 15, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
