@@ -1,7 +1,8 @@
 /*
  * prefill_launch.cu: the CUDA prefill as the API layer calls it: which problems the kernels take
  * (everything else is FKDA_ERROR_UNSUPPORTED naming the option), the workspace they need, and the
- * two launches on the caller's stream (prefill_prep.cu, then prefill_chain.cu).
+ * two launches on the caller's stream (prefill_prep.cu, then prefill_chain.cu; for K > 128
+ * prefill_prep_k256.cu, then prefill_chain_k256.cu).
  *
  * Nothing here reads device memory or synchronises: cu_seqlens stays on the device (the kernels
  * clamp it), the workspace comes from the caller, so a call can be captured in a CUDA graph.
