@@ -2,7 +2,7 @@
 """Prefill speed of the options beyond FlashKDA's subset on the GPU: ours (flash_kda) next to
 fla's chunk_kda (Triton), same inputs, same process.
 
-    python3 bench/bench_prefill_options_gpu.py [--cases kimi,gva,k64,options,states]
+    python3 bench/bench_prefill_options_gpu.py [--cases kimi,gva,k64,k256,options,states]
                                                [--out table.md] [--no-fla] [--fla-rows PIECES]
 
 The cases (groups for --cases; each row names its group):
@@ -12,6 +12,8 @@ The cases (groups for --cases; each row names its group):
            one sequence and 8 x 1024 varlen.
   gva      the same call with HV = 2 H (H=16, HV=32), T=8192.
   k64      the same call at K = V = 64, T=8192 H=32.
+  k256     FlashKDA's subset options (bf16, safe gate -5, norm and beta sigmoid in kernel) at
+           K = V = 256, T=8192 H=32: the K = 256 kernels (target: fla / ours >= 1.5).
   options  K = V = 128, T=8192 H=32: FlashKDA's subset (bf16, safe gate -5, norm and beta
            sigmoid in kernel) and, changing one thing each, gate none (fp32 g), softplus,
            lower bound -20, norm off, sigmoid off, fp16 inputs, fp32 inputs; each row's time
@@ -47,7 +49,7 @@ import torch  # noqa: E402
 
 import flash_kda  # noqa: E402
 
-GROUPS = ("kimi", "gva", "k64", "options", "states")
+GROUPS = ("kimi", "gva", "k64", "k256", "options", "states")
 OPTION_TARGET = 1.25
 CHECKPOINT_TARGET = 1.10
 POOL_TARGET = 1.0
@@ -227,6 +229,13 @@ def k64_rows(args, bw, t_start):
     return [time_pair("k64", "Kimi-Linear call, K=V=64, T=8192 H=32", kw, args, bw, t_start)]
 
 
+def k256_rows(args, bw, t_start):
+    kw = make_call(K=256, V=256)
+    return [
+        time_pair("k256", "FlashKDA's subset options, K=V=256 T=8192 H=32", kw, args, bw, t_start)
+    ]
+
+
 OPTION_VARIANTS = [
     # (label, make_call keywords changed from FlashKDA's subset)
     ("gate none (fp32 log decay)", dict(gate="none")),
@@ -394,6 +403,7 @@ RUNNERS = {
     "kimi": kimi_rows,
     "gva": gva_rows,
     "k64": k64_rows,
+    "k256": k256_rows,
     "options": option_rows,
     "states": state_rows,
 }

@@ -1,7 +1,8 @@
 /*
  * prefill_launch.cu: the CUDA prefill as the API layer calls it: which problems the kernels take
  * (everything else is FKDA_ERROR_UNSUPPORTED naming the option), the workspace they need, and the
- * two launches on the caller's stream (prefill_prep.cu, then prefill_chain.cu).
+ * two launches on the caller's stream (prefill_prep.cu, then prefill_chain.cu; for K > 128
+ * prefill_prep_k256.cu, then prefill_chain_k256.cu).
  *
  * Nothing here reads device memory or synchronises: cu_seqlens stays on the device (the kernels
  * clamp it), the workspace comes from the caller, so a call can be captured in a CUDA graph.
@@ -12,6 +13,7 @@
 #include "../core/tuning.h"
 #include "cuda_internal.h"
 #include "prefill_common.cuh"
+#include "prefill_k256.cuh"
 
 /* Record slots per value head: B rows of ceil(T/16) chunks, or, packed, T/16 + N + 1 (each
  * sequence's partial last chunk costs at most one slot more than its share of T/16). */
@@ -73,9 +75,8 @@ extern "C" fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const 
         return fkda_fail(FKDA_ERROR_UNSUPPORTED,
                          "device: the CUDA prefill needs a Hopper GPU (sm_90); cuda:%d is sm_%d%d", p->device.index,
                          prop->major, prop->minor);
-    if (p->K > PF_DK)
-        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
-                         "K: the CUDA prefill supports K <= 128 for now (got K = %lld; the CPU device takes up to 256)",
+    if (p->K > PF256_DK)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED, "K: the CUDA prefill supports K <= 256 (got K = %lld)",
                          (long long)p->K);
     if (p->HV > 65535)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED, "v: the CUDA prefill supports at most 65535 value heads");
@@ -102,7 +103,7 @@ static int64_t choose_segments(const fkda_problem *p, int sms)
 {
     /* Segment arrays are 128 x 128 (V = 128 only); checkpoints and fla's h are written by the
      * single chain as it passes them. */
-    if (p->cu_seqlens.data != NULL || p->T <= 0 || vpad(p) != PF_DV || p->checkpoints > 0 ||
+    if (p->cu_seqlens.data != NULL || p->T <= 0 || vpad(p) != PF_DV || p->K > PF_DK || p->checkpoints > 0 ||
         p->intermediate_states.data != NULL)
         return 1;
     const int64_t nch = (p->T + PF_CHUNK - 1) / PF_CHUNK, warps = p->N * p->HV * (PF_DV / 16);
@@ -120,7 +121,10 @@ static int64_t choose_segments(const fkda_problem *p, int sms)
     return P < 2 ? 1 : P;
 }
 
-static size_t records_bytes(const fkda_problem *p) { return (size_t)prefill_slots(p) * (size_t)p->HV * PF_REC_BYTES; }
+static size_t records_bytes(const fkda_problem *p)
+{
+    return (size_t)prefill_slots(p) * (size_t)p->HV * (p->K > PF_DK ? PF256_REC_BYTES : PF_REC_BYTES);
+}
 
 /* Workspace: the records, then (with segments) seg_B, seg_M, seg_S of N*HV*P 128x128 fp32, then
  * the bf16 copy of v if the chain needs one. */
@@ -251,6 +255,40 @@ static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
     q->records = (unsigned char *)workspace;
 }
 
+/* 128 < K <= 256 (prefill_prep_k256.cu, prefill_chain_k256.cu): no segments; a warp pair per 16
+ * value columns, so at most 64 columns (8 warps) per chain CTA. The slice is chosen as in
+ * choose_vslice, counting two warps per 16 columns. FKDA_PREFILL_VSLICE overrides (16, 32, 64). */
+static int choose_vslice_k256(const fkda_problem *p, int sms)
+{
+    fkda_tuning tuning;
+    fkda_tuning_read(&tuning);
+    const int64_t vp = vpad(p);
+    if (tuning.prefill_vslice && tuning.prefill_vslice <= 64 && vp % tuning.prefill_vslice == 0)
+        return tuning.prefill_vslice;
+    int64_t load[3], best = -1;
+    for (int i = 0; i < 3; i++) {
+        const int vs = 64 >> i;
+        load[i] = -1;
+        if (vp % vs) continue;
+        const int64_t ctas = p->N * p->HV * (vp / vs);
+        load[i] = (ctas + sms - 1) / sms * (vs / 8);
+        if (best < 0 || load[i] < best) best = load[i];
+    }
+    for (int i = 0; i < 3; i++)
+        if (load[i] >= 0 && load[i] * 10 <= best * 11) return 64 >> i;
+    return 16;
+}
+
+static cudaError_t launch_k256(const fkda_problem *p, const pf_params *params, int sms, cudaStream_t stream,
+                               const char **what)
+{
+    *what = "the prefill prep kernel (K > 128)";
+    cudaError_t err = pf256_launch_prep(params, stream);
+    if (err != cudaSuccess) return err;
+    *what = "the prefill chain kernel (K > 128)";
+    return pf256_launch_chain(params, choose_vslice_k256(p, sms), stream);
+}
+
 extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace, size_t workspace_bytes)
 {
     size_t need = 0;
@@ -273,9 +311,11 @@ extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace,
     pf_chain_plan plan;
     memset(&plan, 0, sizeof plan);
     plan.P = P;
-    cudaError_t err = pf_launch_prep(&params, stream);
     const char *what = "the prefill prep kernel";
-    if (err == cudaSuccess && P <= 1) {
+    cudaError_t err = p->K > PF_DK ? launch_k256(p, &params, sms, stream, &what) : pf_launch_prep(&params, stream);
+    if (p->K > PF_DK) {
+        /* launched above */
+    } else if (err == cudaSuccess && P <= 1) {
         plan.mode = PF_CHAIN_WHOLE;
         plan.nslices = (int32_t)(vpad(p) / choose_vslice(p, sms));
         plan.P = 1;

@@ -33,7 +33,7 @@
 #include "cuda_test_util.h"
 #include "test_util.h"
 
-#define KD 128
+#define KD 128 /* K and V of a case that names neither */
 
 typedef struct pf_case {
     const char *name;
@@ -53,6 +53,7 @@ typedef struct pf_case {
     double lower_bound; /* the safe gate's bound: at -5 the state forgets a segment's start
                              * within a few tokens; a slower decay keeps the segment maps, and so
                              * the merge between segments, visible in the output */
+    int64_t K, V;       /* head dims; 0: KD (K > 128 runs the K = 256 kernel family) */
 } pf_case;
 
 static double seconds(void)
@@ -102,8 +103,12 @@ static double bf16_floor(const test_tensor *x)
 #define STATED_OUT 4e-3
 #define STATED_STATE 3e-3
 
-/* Each case's bars, from what it can reach. Every case here has K = V = 128 (the only size the
- * CUDA prefill takes), so K makes no difference between them; what does:
+/* Each case's bars, from what it can reach. Most cases have K = V = 128; the K > 128 cases (and
+ * K = 128 V = 256) get the same bars: every error term below is a relative rounding of an operand
+ * (2^-8 per bf16 element), and a sum over K products of such operands keeps their relative error
+ * whatever K is (the terms are independent, so the sum's error grows as sqrt(K) like its size
+ * does for random inputs, less with the L2 norm); the K = 256 chain adds one fp32 sum of two
+ * 128-key partials, far below bf16's rounding. What does make a difference:
  *   - floor_out, floor_state: the output is bf16, so it is never closer to the reference than the
  *     bf16 rounding of the reference itself; measured on the case's own reference (about
  *     1.6e-3). The same for a bf16 final state (0 for an fp32 one).
@@ -172,6 +177,7 @@ static fkda_options case_options(const pf_case *c)
 static void run_case(const pf_case *c, test_rng *rng)
 {
     const int64_t B = c->nseq ? 1 : c->B, H = c->H, HV = c->HV;
+    const int64_t K = c->K ? c->K : KD, V = c->V ? c->V : KD;
     int64_t T = c->T, N = c->nseq ? c->nseq : B;
     if (c->nseq) {
         T = 0;
@@ -181,11 +187,11 @@ static void run_case(const pf_case *c, test_rng *rng)
 
     /* Inputs, bf16 as the GPU reads them. Without the L2 norm, keys of norm ~1 keep the delta
      * rule stable (I - b k k^T must not amplify). */
-    const int64_t sq[4] = {B, T, H, KD}, sv[4] = {B, T, HV, KD}, sb[3] = {B, T, HV};
+    const int64_t sq[4] = {B, T, H, K}, sv[4] = {B, T, HV, V}, sg[4] = {B, T, HV, K}, sb[3] = {B, T, HV};
     test_tensor q = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq), k = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq);
-    test_tensor v = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv), g = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv);
+    test_tensor v = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv), g = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sg);
     test_tensor beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
-    const double qk_sd = c->l2norm ? 1.0 : 1.0 / sqrt((double)KD);
+    const double qk_sd = c->l2norm ? 1.0 : 1.0 / sqrt((double)K);
     test_tensor_fill_normal(&q, rng, 0, qk_sd);
     test_tensor_fill_normal(&k, rng, 0, qk_sd);
     test_tensor_fill_normal(&v, rng, 0, 1);
@@ -194,7 +200,7 @@ static void run_case(const pf_case *c, test_rng *rng)
         test_tensor_fill_normal(&beta, rng, 0, 1);
     else
         test_tensor_fill_uniform(&beta, rng, 0, 1);
-    const int64_t sa[1] = {HV}, sd[2] = {HV, KD};
+    const int64_t sa[1] = {HV}, sd[2] = {HV, K};
     test_tensor A_log = test_tensor_alloc(FKDA_DTYPE_F32, 1, sa), dt_bias = test_tensor_alloc(FKDA_DTYPE_F32, 2, sd);
     test_tensor_fill_uniform(&A_log, rng, 0, 1);
     test_tensor_fill_uniform(&dt_bias, rng, 0, 1);
@@ -205,7 +211,7 @@ static void run_case(const pf_case *c, test_rng *rng)
         test_tensor_set(&cu, 0, 0);
         for (int i = 0; i < c->nseq; i++) test_tensor_set(&cu, (size_t)i + 1, (double)(acc += c->seqlens[i]));
     }
-    const int64_t ss[4] = {N, HV, KD, KD};
+    const int64_t ss[4] = {N, HV, c->v_first ? V : K, c->v_first ? K : V}; /* the options' layout */
     test_tensor h0 = test_tensor_alloc(c->has_in ? c->in_dtype : FKDA_DTYPE_F32, 4, ss);
     if (c->has_in) test_tensor_fill_normal(&h0, rng, 0, 0.5);
     const fkda_dtype final_dtype = c->in_place ? c->in_dtype : c->out_dtype;
@@ -367,8 +373,8 @@ static void run_case(const pf_case *c, test_rng *rng)
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
 }
 
-/* Options the kernels do not take (K > 128, an intermediate chunk size that is not a multiple of
- * 16) must be refused with FKDA_ERROR_UNSUPPORTED naming the option, leaving every output
+/* Options the kernels do not take (an intermediate chunk size that is not a multiple of 16; K up
+ * to 256 runs, and the API refuses a larger K before any backend) must be refused with FKDA_ERROR_UNSUPPORTED naming the option, leaving every output
  * untouched: out and the final state, all poisoned and guarded, must come back with every byte as
  * it was; the initial state must not change either. */
 static void check_unsupported(void)
@@ -376,15 +382,13 @@ static void check_unsupported(void)
     const int64_t T = 20, sq[4] = {1, T, 1, KD}, sb[3] = {1, T, 1}, ss[4] = {1, 1, KD, KD};
     test_rng rng;
     test_rng_seed(&rng, 1);
-    const int64_t sw[4] = {1, T, 1, 136};
-    test_tensor q = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq), qwide = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sw);
+    test_tensor q = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq);
     test_tensor beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
     test_tensor h0 = test_tensor_alloc(FKDA_DTYPE_F32, 4, ss), ht = test_tensor_alloc(FKDA_DTYPE_F32, 4, ss);
     test_tensor_fill_normal(&q, &rng, 0, 1);
-    test_tensor_fill_normal(&qwide, &rng, 0, 1);
     test_tensor_fill_normal(&beta, &rng, 0, 1);
     test_tensor_fill_normal(&h0, &rng, 0, 0.5);
-    fkda_tensor dq = to_device(&q), dqwide = to_device(&qwide), db = to_device(&beta), dout = to_device(&q);
+    fkda_tensor dq = to_device(&q), db = to_device(&beta), dout = to_device(&q);
     fkda_tensor dh0 = to_device(&h0), dht = to_device(&ht);
     fkda_tensor dinter = to_device(&ht);
     /* the outputs, all-ones bytes (NaN in f32 and bf16) */
@@ -403,7 +407,6 @@ static void check_unsupported(void)
     struct {
         const char *what, *expect;
     } cases[] = {
-        {"K = 136", "K"},
         {"intermediate chunk 40", "intermediate_chunk_size"},
     };
     for (int i = 0; i < (int)(sizeof cases / sizeof cases[0]); i++) {
@@ -420,14 +423,7 @@ static void check_unsupported(void)
         a.options = fkda_default_options();
         a.options.gate = FKDA_GATE_LOWER_BOUND;
         a.options.lower_bound = -5;
-        if (i == 0) { /* [1, T, 1, 136] q, k and g; no states (theirs would be 136 x 128) */
-            a.q = dqwide;
-            a.k = dqwide;
-            a.g = dqwide;
-            memset(&a.initial_state, 0, sizeof a.initial_state);
-            memset(&a.final_state, 0, sizeof a.final_state);
-        }
-        if (i == 1) {
+        if (i == 0) {
             a.intermediate_states = dinter; /* [B * ceil(T / 40) = 1, 1, K, V] */
             a.intermediate_chunk_size = 40;
         }
@@ -450,14 +446,12 @@ static void check_unsupported(void)
         CHECK(device_equals(&dh0, &h0), "%s: an unsupported call changed initial_state", cases[i].what);
     }
     guarded_free(dq.data);
-    guarded_free(dqwide.data);
     guarded_free(db.data);
     guarded_free(dout.data);
     guarded_free(dh0.data);
     guarded_free(dht.data);
     guarded_free(dinter.data);
     test_tensor_free(&q);
-    test_tensor_free(&qwide);
     test_tensor_free(&beta);
     test_tensor_free(&h0);
     test_tensor_free(&ht);
@@ -486,26 +480,73 @@ int main(int argc, char **argv)
     test_rng_seed(&rng, test_seed_from_env());
 
     /* name, B, T, H, HV, nseq, seqlens, has_in, has_out, in, out, v_first, in_place,
-     * l2norm, sigmoid, neg, cu_i32, fast_too, report, vslice, segments, lower_bound; the bars come from
-     * pf_bars */
+     * l2norm, sigmoid, neg, cu_i32, fast_too, report, vslice, segments, lower_bound, K, V (0: 128); the bars
+     * come from pf_bars */
+/* A K > 128 case: B rows of T tokens, states in and out (in_dtype, out_dtype) in the layout
+ * v_first, L2 norm and beta sigmoid, the fast path compared too, value slice vs (0: the default). */
+#define K256(name_, B_, T_, H_, HV_, K_, V_, in_, out_, vfirst_, vs_)                                    \
+    {                                                                                                    \
+        .name = name_, .B = B_, .T = T_, .H = H_, .HV = HV_, .has_in = 1, .has_out = 1, .in_dtype = in_, \
+        .out_dtype = out_, .v_first = vfirst_, .l2norm = 1, .sigmoid = 1, .fast_too = 1, .vslice = vs_,  \
+        .lower_bound = -5, .K = K_, .V = V_                                                              \
+    }
     const pf_case small_cases[] = {
-        {"T=1", 1, 1, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
-        {"T=17 B=2 bf16 states [K,V]", 2, 17, 2, 2, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, 128, 0, -5},
-        {"varlen with empties", 1, 0, 2, 2, 5, {0, 17, 0, 40, 3}, 1, 1, F32, BF16, 1, 0, 1, 1, 0, 0, 1, 0, 32, 0, -5},
-        {"T=65 no states", 1, 65, 1, 1, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
-        {"T=100 3 segments, in place", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, 0, 3, -5},
+        {"T=1", 1, 1, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"T=17 B=2 bf16 states [K,V]", 2, 17, 2, 2, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, 128, 0, -5, 0, 0},
+        {"varlen with empties",
+         1,
+         0,
+         2,
+         2,
+         5,
+         {0, 17, 0, 40, 3},
+         1,
+         1,
+         F32,
+         BF16,
+         1,
+         0,
+         1,
+         1,
+         0,
+         0,
+         1,
+         0,
+         32,
+         0,
+         -5,
+         0,
+         0},
+        {"T=65 no states", 1, 65, 1, 1, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"T=100 3 segments, in place", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, 0, 3, -5, 0, 0},
+        K256("K=256 V=32 T=40 (two warp pairs)", 1, 40, 1, 1, 256, 32, F32, F32, 1, 32),
+        {.name = "K=200 V=48 varlen, bf16 [K,V]",
+         .nseq = 3,
+         .seqlens = {17, 0, 20},
+         .H = 1,
+         .HV = 1,
+         .has_in = 1,
+         .has_out = 1,
+         .in_dtype = BF16,
+         .out_dtype = BF16,
+         .l2norm = 1,
+         .sigmoid = 1,
+         .fast_too = 1,
+         .lower_bound = -5,
+         .K = 200,
+         .V = 48},
     };
     const pf_case full_cases[] = {
-        {"T=1", 1, 1, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
-        {"T=15", 1, 15, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
-        {"T=16", 1, 16, 4, 4, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
-        {"T=17 B=3", 3, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
-        {"T=63 bf16 in, f32 out [V,K]", 1, 63, 4, 4, 0, {0}, 1, 1, BF16, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
-        {"T=64 f32 in, bf16 out [K,V]", 2, 64, 4, 4, 0, {0}, 1, 1, F32, BF16, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
-        {"T=65 bf16 states [V,K]", 1, 65, 4, 4, 0, {0}, 1, 1, BF16, BF16, 1, 0, 1, 1, 0, 0, 1, 0, 64, 0, -5},
-        {"T=65 no initial state", 1, 65, 4, 4, 0, {0}, 0, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
-        {"T=1000 B=2 no states", 2, 1000, 4, 4, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
-        {"T=1000 in-place f32 [V,K]", 1, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, 128, 0, -5},
+        {"T=1", 1, 1, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"T=15", 1, 15, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"T=16", 1, 16, 4, 4, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"T=17 B=3", 3, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"T=63 bf16 in, f32 out [V,K]", 1, 63, 4, 4, 0, {0}, 1, 1, BF16, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"T=64 f32 in, bf16 out [K,V]", 2, 64, 4, 4, 0, {0}, 1, 1, F32, BF16, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"T=65 bf16 states [V,K]", 1, 65, 4, 4, 0, {0}, 1, 1, BF16, BF16, 1, 0, 1, 1, 0, 0, 1, 0, 64, 0, -5, 0, 0},
+        {"T=65 no initial state", 1, 65, 4, 4, 0, {0}, 0, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"T=1000 B=2 no states", 2, 1000, 4, 4, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"T=1000 in-place f32 [V,K]", 1, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, 128, 0, -5, 0, 0},
         {"varlen empties, int64 cu",
          1,
          0,
@@ -527,7 +568,9 @@ int main(int argc, char **argv)
          0,
          32,
          0,
-         -5},
+         -5,
+         0,
+         0},
         {"varlen empties, int32 cu, bf16",
          1,
          0,
@@ -549,11 +592,13 @@ int main(int argc, char **argv)
          0,
          0,
          0,
-         -5},
-        {"GVA H=2 HV=4", 2, 100, 2, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 64, 0, -5},
-        {"no l2norm, no sigmoid", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, -5},
-        {"allow_neg_eigval", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 1, 0, 1, 0, 0, 0, -5},
-        {"many heads H=64", 1, 300, 64, 64, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, -5},
+         -5,
+         0,
+         0},
+        {"GVA H=2 HV=4", 2, 100, 2, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 64, 0, -5, 0, 0},
+        {"no l2norm, no sigmoid", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"allow_neg_eigval", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 1, 0, 1, 0, 0, 0, -5, 0, 0},
+        {"many heads H=64", 1, 300, 64, 64, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 0, 0, 0, 0, -5, 0, 0},
         {"T=17, 5 segments asked (2 used: one per chunk)",
          2,
          17,
@@ -575,10 +620,35 @@ int main(int argc, char **argv)
          0,
          0,
          5,
-         -5},
-        {"T=65 3 segments bf16 [K,V]", 1, 65, 4, 4, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, 0, 3, -5},
-        {"T=1000 B=2 4 segments, in place", 2, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, 0, 4, -5},
-        {"T=1000 7 segments, no h0", 1, 1000, 2, 2, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 7, -5},
+         -5,
+         0,
+         0},
+        {"T=65 3 segments bf16 [K,V]", 1, 65, 4, 4, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, 0, 3, -5, 0, 0},
+        {"T=1000 B=2 4 segments, in place",
+         2,
+         1000,
+         4,
+         4,
+         0,
+         {0},
+         1,
+         1,
+         F32,
+         F32,
+         1,
+         1,
+         1,
+         1,
+         0,
+         0,
+         1,
+         0,
+         0,
+         4,
+         -5,
+         0,
+         0},
+        {"T=1000 7 segments, no h0", 1, 1000, 2, 2, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 7, -5, 0, 0},
         {.name = "T=600 4 segments, slow decay",
          .B = 1,
          .T = 600,
@@ -594,14 +664,117 @@ int main(int argc, char **argv)
          .fast_too = 1,
          .segments = 4,
          .lower_bound = -0.02},
-        {"T=2048 H=8 one pass", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1, -5},
-        {"T=2048 H=8 (error report)", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0, -5},
-        {"T=65536 H=1", 1, 65536, 1, 1, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
+        {"T=2048 H=8 one pass", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1, -5, 0, 0},
+        {"T=2048 H=8 (error report)", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0, -5, 0, 0},
+        {"T=65536 H=1", 1, 65536, 1, 1, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        /* K > 128: the K = 256 family (warp pairs, 256-key records); K = 128 V = 256 the K = 128 one */
+        K256("K=256 V=256 T=1", 1, 1, 2, 2, 256, 256, F32, F32, 1, 0),
+        K256("K=256 V=256 T=15", 1, 15, 2, 2, 256, 256, F32, F32, 1, 0),
+        K256("K=256 V=256 T=16 [K,V]", 1, 16, 2, 2, 256, 256, F32, F32, 0, 0),
+        K256("K=256 V=256 T=17 B=2 bf16 [K,V]", 2, 17, 2, 2, 256, 256, BF16, BF16, 0, 0),
+        K256("K=256 V=256 T=63 bf16 in f32 out", 1, 63, 2, 2, 256, 256, BF16, F32, 1, 0),
+        K256("K=256 V=256 T=65 vslice 16", 1, 65, 2, 2, 256, 256, F32, F32, 1, 16),
+        K256("K=256 V=256 T=300 vslice 32 [K,V]", 1, 300, 2, 2, 256, 256, F32, BF16, 0, 32),
+        K256("K=256 V=256 T=1000 H=4", 1, 1000, 4, 4, 256, 256, F32, F32, 1, 0),
+        K256("K=256 V=128 T=200", 1, 200, 2, 2, 256, 128, F32, F32, 1, 0),
+        K256("K=256 V=128 T=65 bf16 [K,V]", 2, 65, 2, 2, 256, 128, BF16, BF16, 0, 0),
+        K256("K=128 V=256 T=200", 1, 200, 2, 2, 128, 256, F32, F32, 1, 0),
+        K256("K=128 V=256 T=65 bf16 [K,V]", 1, 65, 2, 2, 128, 256, BF16, BF16, 0, 0),
+        K256("K=200 V=64 T=200", 1, 200, 2, 2, 200, 64, F32, F32, 1, 0),
+        K256("K=200 V=64 T=65 [K,V]", 2, 65, 2, 2, 200, 64, F32, BF16, 0, 0),
+        K256("K=129 V=128 T=100", 1, 100, 2, 2, 129, 128, F32, F32, 1, 0),
+        K256("K=129 V=40 T=33 [K,V]", 1, 33, 2, 2, 129, 40, BF16, F32, 0, 0),
+        K256("K=256 V=256 GVA H=1 HV=4", 2, 100, 1, 4, 256, 256, F32, F32, 1, 0),
+        {.name = "K=256 varlen empties, in place",
+         .nseq = 6,
+         .seqlens = {0, 1, 17, 0, 300, 16},
+         .H = 2,
+         .HV = 2,
+         .has_in = 1,
+         .has_out = 1,
+         .in_dtype = F32,
+         .out_dtype = F32,
+         .v_first = 1,
+         .in_place = 1,
+         .l2norm = 1,
+         .sigmoid = 1,
+         .fast_too = 1,
+         .lower_bound = -5,
+         .K = 256,
+         .V = 256},
+        {.name = "K=192 V=96 varlen, int32 cu, bf16 [K,V]",
+         .nseq = 4,
+         .seqlens = {65, 0, 15, 200},
+         .H = 2,
+         .HV = 2,
+         .has_in = 1,
+         .has_out = 1,
+         .in_dtype = BF16,
+         .out_dtype = BF16,
+         .l2norm = 1,
+         .sigmoid = 1,
+         .cu_i32 = 1,
+         .fast_too = 1,
+         .lower_bound = -5,
+         .K = 192,
+         .V = 96},
+        {.name = "K=256 no l2norm, no sigmoid",
+         .B = 1,
+         .T = 200,
+         .H = 2,
+         .HV = 2,
+         .has_in = 1,
+         .has_out = 1,
+         .in_dtype = F32,
+         .out_dtype = F32,
+         .v_first = 1,
+         .fast_too = 1,
+         .lower_bound = -5,
+         .K = 256,
+         .V = 256},
+        {.name = "K=256 allow_neg_eigval, no initial state",
+         .B = 1,
+         .T = 200,
+         .H = 2,
+         .HV = 2,
+         .has_out = 1,
+         .in_dtype = F32,
+         .out_dtype = F32,
+         .v_first = 1,
+         .l2norm = 1,
+         .sigmoid = 1,
+         .neg_eigval = 1,
+         .fast_too = 1,
+         .lower_bound = -5,
+         .K = 256,
+         .V = 256},
+        {.name = "K=256 T=600 slow decay",
+         .B = 1,
+         .T = 600,
+         .H = 2,
+         .HV = 2,
+         .has_in = 1,
+         .has_out = 1,
+         .in_dtype = F32,
+         .out_dtype = F32,
+         .v_first = 1,
+         .l2norm = 1,
+         .sigmoid = 1,
+         .fast_too = 1,
+         .lower_bound = -0.02,
+         .K = 256,
+         .V = 256},
     };
     /* --quick: the small cases and the full list's option cases (short, every option the small
      * ones leave at its default) */
-    static const char *const quick_extra[] = {"GVA H=2 HV=4", "no l2norm, no sigmoid", "allow_neg_eigval",
-                                              "T=600 4 segments, slow decay"};
+    static const char *const quick_extra[] = {"GVA H=2 HV=4",
+                                              "no l2norm, no sigmoid",
+                                              "allow_neg_eigval",
+                                              "T=600 4 segments, slow decay",
+                                              "K=256 V=256 T=17 B=2 bf16 [K,V]",
+                                              "K=256 V=128 T=200",
+                                              "K=200 V=64 T=65 [K,V]",
+                                              "K=256 varlen empties, in place"};
     const int n_small = (int)(sizeof small_cases / sizeof small_cases[0]);
     const int n_full = (int)(sizeof full_cases / sizeof full_cases[0]);
     if (small || quick)

@@ -1,0 +1,430 @@
+/*
+ * prefill_chain_k256.cu: the chain kernel for 128 < K <= 256. One CTA per (sequence, value head,
+ * slice of value columns) walks the sequence's chunks in order, like prefill_chain.cu, but each
+ * 16 value columns belong to a warp PAIR: warp 2i + h holds keys 128h .. 128h + 127 of the pair's
+ * 16 x 256 state S^T (fp32 mma accumulators, 16 key tiles x 4 registers, as at K = 128: the whole
+ * 16 x 256 state with its bf16 copy would need ~200 registers more than a warp has). Per chunk and
+ * warp, on the warp's half of the record's key tiles:
+ *
+ *   P_h     = S_h^T (-W_h)^T                   16 x 16 partial over the warp's 128 keys
+ *   Vnew^T  = V^T bINV^T + P_0 + P_1           the pair swaps P through shared memory (a named
+ *                                              barrier of the pair's 64 threads); both warps
+ *                                              form the same Vnew
+ *   S_h^T   = S_h^T diag(gamma_h) + Vnew^T Kr_h
+ *   O       = Qd_0 S_0 + Qd_1 S_1 + Mqk Vnew   warp 1 of the pair leaves Qd_1 S_1 in shared
+ *                                              memory; warp 0 adds it when it stores the output
+ *                                              during the next chunk (after the CTA barrier that
+ *                                              ends each chunk), double-buffered by chunk parity
+ *
+ * A pair does what one K = 128 warp does plus the swap of a 16 x 16 fp32 partial, so a chunk step
+ * should take about the K = 128 step plus the barrier's round trip, with twice the warps. A chain
+ * warp keeps ~248 registers, so a CTA has at most 8 warps (4 pairs, 64 value columns); the record
+ * (27,648 bytes) comes by one bulk copy per chunk into a ring of K2_STAGES = 3 stages, which lets
+ * two CTAs of 32 columns share an SM. No sequence segments (docs/prefill.md).
+ */
+#include "prefill_chain_io.cuh"
+#include "prefill_k256.cuh"
+#include "ptx_copy.cuh"
+#include "ptx_mbarrier.cuh"
+#include "ptx_mma.cuh"
+
+#define K2_STAGES 3
+#define K2_TILE16 512    /* a warp's 16 x 16 bf16 v slice */
+#define K2_OUT_TILE 1024 /* a warp's output tile: 16 x 16 bf16, or fp32 for other outputs */
+#define K2_SWAP 1024     /* a warp's 16 x 16 fp32 partial: [8 registers][32 lanes] */
+#define K2_MAX_VSLICE 64
+
+size_t pf256_chain_smem_bytes(int vslice)
+{
+    const int warps = vslice / 8; /* two per 16 columns */
+    /* ring, v tiles, output tiles, the Vnew swap, the output swap (two parities), mbarriers */
+    return (size_t)K2_STAGES * PF256_REC_BYTES + (size_t)K2_STAGES * warps * K2_TILE16 + (size_t)warps * K2_OUT_TILE +
+           (size_t)warps * K2_SWAP + (size_t)2 * warps * K2_SWAP + K2_STAGES * sizeof(uint64_t);
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* the sm_90 chain only */
+/* The pair's named barrier (ids 1.. ; 0 is __syncthreads): both warps' shared stores before it are
+ * visible to both after it. */
+static __device__ __forceinline__ void k2_pair_sync(int pair)
+{
+    asm volatile("bar.sync %0, 64;" : : "r"(pair + 1) : "memory");
+}
+
+/* A warp's 16 value columns of keys key0 .. key0 + 127 of a state row (chain_get_state of
+ * prefill_chain_io.cuh with a key offset): keys past K and values past V are zero. */
+static __device__ __forceinline__ void k2_get_state(const pf_params *p, const pf_states *src, int64_t r, int64_t h,
+                                                    int v0, int key0, int g, int t, float S[16][4])
+{
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) S[j][e] = 0.0f;
+    if (r < 0) return;
+    const int64_t base = r * src->stride[0] + h * src->stride[1];
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int64_t key = key0 + 8 * j + 2 * t + (e & 1), val = v0 + g + 8 * (e >> 1);
+            if (key >= p->K || val >= p->V) continue;
+            const int64_t off = base + key * src->stride[2] + val * src->stride[3];
+            S[j][e] = src->dtype == FKDA_DTYPE_F32 ? ((const float *)src->data)[off]
+                                                   : pf_bf16_to_float(((const uint16_t *)src->data)[off]);
+        }
+}
+
+/* Stores of the warp's keys: the K = 128 store body on the tensor shifted by key0 keys. */
+static __device__ __forceinline__ void k2_put_state(const pf_params *p, const pf_states *dst, int64_t r, int64_t h,
+                                                    int v0, int key0, int g, int t, const float S[16][4], int poison)
+{
+    if (r < 0) return;
+    pf_states shifted = *dst;
+    const int64_t esize = dst->dtype == FKDA_DTYPE_F32 ? 4 : 2;
+    shifted.data = (unsigned char *)dst->data + key0 * dst->stride[2] * esize;
+    float copy[16][4];
+#pragma unroll
+    for (int j = 0; j < 16; j++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) copy[j][e] = S[j][e];
+    chain_put_state_copy(shifted, p->K - key0, p->V, r, h, v0, g, t, copy, poison);
+}
+
+static __device__ __forceinline__ void k2_put_checkpoint(const pf_params *p, int64_t n, int64_t j, int64_t h, int v0,
+                                                         int key0, int g, int t, const float S[16][4], int poison)
+{
+    if (p->ck_states.data != NULL) {
+        k2_put_state(p, &p->ck_states, n * p->checkpoints + j, h, v0, key0, g, t, S, poison);
+    } else {
+        const int64_t r = chain_int(&p->ck_idx, n * p->ck_idx.stride[0] + j * p->ck_idx.stride[1]);
+        if (r >= 0 && r < p->pool_size) k2_put_state(p, &p->state_out, r, h, v0, key0, g, t, S, poison);
+    }
+}
+#endif
+
+/* The chain of one (sequence, head, value slice); `out_mode` as in prefill_chain.cu. */
+static __device__ __forceinline__ void k2_chain_run(const pf_params &p, const int out_mode)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    extern __shared__ __align__(128) unsigned char smem[];
+    const int warps = blockDim.x >> 5, pairs = warps >> 1;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int pair = warp >> 1, half = warp & 1, key0 = half * 128;
+    const int g = lane >> 2, t = lane & 3;
+
+    const int nslices = (int)(p.vpad / (pairs * 16));
+    int64_t bid = blockIdx.x;
+    const int slice = (int)(bid % nslices);
+    bid /= nslices;
+    const int64_t h = bid % p.HV, n = bid / p.HV;
+    const int v0 = slice * pairs * 16 + pair * 16; /* the pair's first value column */
+
+    unsigned char *s_rec = smem;                                           /* [stage][record] */
+    unsigned char *s_v = smem + K2_STAGES * PF256_REC_BYTES;               /* [stage][warp][tile] */
+    unsigned char *s_out = s_v + K2_STAGES * warps * K2_TILE16;            /* [warp][output tile] */
+    float *s_swap_vn = (float *)(s_out + warps * K2_OUT_TILE);             /* [warp][8][32] */
+    float *s_swap_o = s_swap_vn + warps * (K2_SWAP / 4);                   /* [parity][warp][8][32] */
+    uint64_t *s_full = (uint64_t *)(s_swap_o + 2 * warps * (K2_SWAP / 4)); /* [stage] */
+
+    int64_t row, start, len, slot0;
+    pf_sequence(&p, n, &row, &start, &len, &slot0);
+    const int64_t nch = (len + PF_CHUNK - 1) / PF_CHUNK;
+    const unsigned char *rec0 = p.records + (h * p.slots + slot0) * (int64_t)PF256_REC_BYTES;
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < K2_STAGES; s++) mbar_init(smem_addr(&s_full[s]), 1);
+        mbar_fence_init();
+    }
+    __syncthreads();
+
+    float S[16][4];
+    k2_get_state(&p, &p.state_in, chain_initial_row(&p, n), h, v0, key0, g, t, S);
+
+    /* Producers: thread 0 moves records; each warp its own copy of the pair's v slice (16 tokens x
+     * 16 values, lane = token * 2 + half), so that no warp waits on another's cp.async. */
+    const int vtok = lane >> 1, vhalf = lane & 1;
+    const int v_live = v0 + vhalf * 8 < p.V;
+    const uint16_t *vsrc;
+    int64_t v_t0, v_ts;
+    if (p.v_stage != NULL) {
+        vsrc = (const uint16_t *)p.v_stage + h * p.slots * PF_CHUNK * p.vpad + v0 + vhalf * 8;
+        v_t0 = slot0 * PF_CHUNK;
+        v_ts = p.vpad;
+    } else {
+        vsrc = (const uint16_t *)p.v + row * p.v_s[0] + h * p.v_s[2] + v0 + vhalf * 8;
+        v_t0 = start;
+        v_ts = p.v_s[1];
+    }
+#define K2_ISSUE_RECORD(chunk, stage)                                                                        \
+    do {                                                                                                     \
+        const uint32_t mb_ = smem_addr(&s_full[stage]);                                                      \
+        mbar_arrive_expect_tx(mb_, PF256_REC_BYTES);                                                         \
+        bulk_copy_g2s(smem_addr(s_rec + (stage)*PF256_REC_BYTES), rec0 + (chunk) * (int64_t)PF256_REC_BYTES, \
+                      PF256_REC_BYTES, mb_);                                                                 \
+    } while (0)
+#define K2_ISSUE_V(chunk, stage)                                                                                \
+    do {                                                                                                        \
+        if ((chunk) < nch) {                                                                                    \
+            const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                        \
+            const int ok_ = tk_ < len && v_live;                                                                \
+            cp_async_16(smem_addr(s_v + ((stage)*warps + warp) * K2_TILE16 + pf_swz16(vtok, vhalf)),            \
+                        ok_ ? (const void *)(vsrc + (v_t0 + tk_) * v_ts) : (const void *)vsrc, ok_ ? 16u : 0u); \
+        }                                                                                                       \
+        cp_async_commit();                                                                                      \
+    } while (0)
+
+    if (threadIdx.x == 0)
+        for (int s = 0; s < K2_STAGES; s++)
+            if (s < nch) K2_ISSUE_RECORD(s, s);
+    for (int s = 0; s < K2_STAGES; s++) K2_ISSUE_V(s, s);
+
+    const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
+    unsigned char *OS = s_out + warp * K2_OUT_TILE;
+    float *swap_vn_mine = s_swap_vn + warp * 256;
+    const float *swap_vn_pair = s_swap_vn + pair * 512; /* warp 0's partial, then warp 1's */
+
+    uint32_t sa[8][4];
+#define K2_PACK_STATE()                                                  \
+    do {                                                                 \
+        _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                 \
+        {                                                                \
+            sa[kk][0] = pack_bf16x2(S[2 * kk][0], S[2 * kk][1]);         \
+            sa[kk][1] = pack_bf16x2(S[2 * kk][2], S[2 * kk][3]);         \
+            sa[kk][2] = pack_bf16x2(S[2 * kk + 1][0], S[2 * kk + 1][1]); \
+            sa[kk][3] = pack_bf16x2(S[2 * kk + 1][2], S[2 * kk + 1][3]); \
+        }                                                                \
+    } while (0)
+    K2_PACK_STATE();
+
+    /* The output of chunk `chunk`, by warp 0 of the pair: its own o (Qd_0 S_0 + Mqk Vnew) plus the
+     * partner's Qd_1 S_1 from the swap buffer of the chunk's parity (written before the CTA barrier
+     * that ended that chunk). */
+    float o[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#define K2_STORE_OUTPUT(chunk)                                                                                      \
+    do {                                                                                                            \
+        if (half == 0 && (chunk) >= 0) {                                                                            \
+            const float *x_ = s_swap_o + ((int)((chunk)&1) * warps + (warp ^ 1)) * 256;                             \
+            _Pragma("unroll") for (int e = 0; e < 8; e++) o[e >> 2][e & 3] += x_[e * 32 + lane];                    \
+            const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                            \
+            const int ok_ = tk_ < len;                                                                              \
+            if (out_mode != PF_OUT_ANY) {                                                                           \
+                _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                    \
+                {                                                                                                   \
+                    const uint32_t lo_ = out_mode == PF_OUT_F16 ? pack_f16x2(o[vt][0], o[vt][1])                    \
+                                                                : pack_bf16x2(o[vt][0], o[vt][1]);                  \
+                    const uint32_t hi_ = out_mode == PF_OUT_F16 ? pack_f16x2(o[vt][2], o[vt][3])                    \
+                                                                : pack_bf16x2(o[vt][2], o[vt][3]);                  \
+                    *(uint32_t *)(OS + pf_swz16(g, vt) + 4 * t) = lo_;                                              \
+                    *(uint32_t *)(OS + pf_swz16(g + 8, vt) + 4 * t) = hi_;                                          \
+                }                                                                                                   \
+                __syncwarp();                                                                                       \
+                if (ok_ && v_live) {                                                                                \
+                    const uint4 x4_ = *(const uint4 *)(OS + pf_swz16(vtok, vhalf));                                 \
+                    *(uint4 *)((uint16_t *)p.out + row * p.out_s[0] + (start + tk_) * p.out_s[1] + h * p.out_s[2] + \
+                               v0 + vhalf * 8) = x4_;                                                               \
+                }                                                                                                   \
+            } else {                                                                                                \
+                float *OF_ = (float *)OS; /* [16 tokens][16 values] fp32 */                                         \
+                _Pragma("unroll") for (int vt = 0; vt < 2; vt++)                                                    \
+                {                                                                                                   \
+                    *(float2 *)(OF_ + g * 16 + vt * 8 + 2 * t) = make_float2(o[vt][0], o[vt][1]);                   \
+                    *(float2 *)(OF_ + (g + 8) * 16 + vt * 8 + 2 * t) = make_float2(o[vt][2], o[vt][3]);             \
+                }                                                                                                   \
+                __syncwarp();                                                                                       \
+                if (ok_) chain_put_output(&p, row, start + tk_, h, v0 + vhalf * 8, OF_ + vtok * 16 + vhalf * 8);    \
+            }                                                                                                       \
+            __syncwarp();                                                                                           \
+        }                                                                                                           \
+    } while (0)
+
+    const int64_t inter_row0 = p.inter.data != NULL ? chain_inter_row0(&p, n, lane) : 0;
+    int64_t next_ck = p.checkpoints > 0 ? chain_next_checkpoint(&p, n, -1, len, lane) : INT64_MAX;
+
+    /* Runs of chunks between the boundaries where a state is due, as in prefill_chain.cu. */
+    int64_t c = 0;
+    for (;;) {
+        const int64_t pos = c * PF_CHUNK;
+        int64_t stop = nch;
+        if (p.inter.data != NULL) {
+            if (c < nch && pos % p.ichunk == 0 && inter_row0 + pos / p.ichunk < p.inter_rows)
+                k2_put_state(&p, &p.inter, inter_row0 + pos / p.ichunk, h, v0, key0, g, t, S, 0);
+            const int64_t next = (pos / p.ichunk + 1) * p.ichunk / PF_CHUNK;
+            stop = next < stop ? next : stop;
+        }
+        if (pos == next_ck) {
+            next_ck = INT64_MAX;
+            for (int64_t base = 0; base < p.checkpoints; base += 32) {
+                const int64_t mine = base + lane < p.checkpoints ? chain_ck_offset(&p, n, base + lane) : -1;
+                for (unsigned due = __ballot_sync(0xffffffffu, mine == pos); due != 0; due &= due - 1)
+                    k2_put_checkpoint(&p, n, base + __ffs(due) - 1, h, v0, key0, g, t, S, 0);
+                const int64_t m = chain_warp_next_offset(mine, pos, len);
+                next_ck = m < next_ck ? m : next_ck;
+            }
+        }
+        if (next_ck != INT64_MAX && next_ck / PF_CHUNK < stop) stop = next_ck / PF_CHUNK;
+
+        for (; c < stop; c++) {
+            const int st = (int)(c % K2_STAGES);
+            const unsigned char *R = s_rec + st * PF256_REC_BYTES;
+            const unsigned char *VT = s_v + (st * warps + warp) * K2_TILE16;
+            const unsigned char *Rneg = R + PF256_REC_NEGW + half * PF256_HALF;
+            const unsigned char *Rkr = R + PF256_REC_KR + half * PF256_HALF;
+            const unsigned char *Rqd = R + PF256_REC_QD + half * PF256_HALF;
+            const unsigned char *Rgam = R + PF256_REC_GAMMA + key0 * 4;
+
+            CP_ASYNC_WAIT(K2_STAGES - 1);
+            if (out_mode == PF_OUT_F16 && p.v_stage == NULL) {
+                /* fp16 v read directly: each lane turns its own 16 bytes into bf16 in place */
+                uint4 *u_ = (uint4 *)(VT + pf_swz16(vtok, vhalf));
+                uint4 x_ = *u_;
+                uint32_t *w_ = (uint32_t *)&x_;
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const float2 f_ = __half22float2(*(const __half2 *)&w_[e]);
+                    w_[e] = pack_bf16x2(f_.x, f_.y);
+                }
+                *u_ = x_;
+            }
+            __syncwarp();
+            mbar_wait(smem_addr(&s_full[st]), (uint32_t)((c / K2_STAGES) & 1));
+
+            /* The critical chain: this warp's S_h^T (-W_h)^T in four 4-deep chains, then the swap. */
+            float vn[2][2][4];
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++) {
+                uint32_t wb[4];
+                ldsm_x4(wb, smem_addr(Rneg + pf_swz_unit((lane & 7) + 8 * (lane >> 4), 2 * kk + ((lane >> 3) & 1))));
+                float(*acc)[4] = vn[kk >> 2];
+                mma_bf16_16816(acc[0], sa[kk], wb[0], wb[1], (kk & 3) ? acc[0] : zero4);
+                mma_bf16_16816(acc[1], sa[kk], wb[2], wb[3], (kk & 3) ? acc[1] : zero4);
+            }
+#pragma unroll
+            for (int e = 0; e < 8; e++) swap_vn_mine[e * 32 + lane] = vn[0][e >> 2][e & 3] + vn[1][e >> 2][e & 3];
+
+            /* The previous chunk's output, now that its products are done. */
+            K2_STORE_OUTPUT(c - 1);
+
+            /* U^T = V^T bINV^T (bINV as hi + lo), in both warps: off the chain. */
+            float u[2][4];
+            {
+                uint32_t va[4], bh[4], bl[4];
+                const int mi = lane >> 3, r = lane & 7;
+                ldsm_x4_trans(va, smem_addr(VT + pf_swz16(r + 8 * (mi >> 1), mi & 1)));
+                const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16;
+                ldsm_x4(bh, smem_addr(R + PF256_REC_BINV + boff));
+                ldsm_x4(bl, smem_addr(R + PF256_REC_BINV_LO + boff));
+                mma_bf16_16816(u[0], va, bl[0], bl[1], zero4);
+                mma_bf16_16816(u[1], va, bl[2], bl[3], zero4);
+                mma_bf16_16816(u[0], va, bh[0], bh[1], u[0]);
+                mma_bf16_16816(u[1], va, bh[2], bh[3], u[1]);
+            }
+
+#pragma unroll
+            for (int j = 0; j < 16; j++) {
+                const float2 gm = *(const float2 *)(Rgam + (8 * j + 2 * t) * 4);
+                S[j][0] *= gm.x;
+                S[j][1] *= gm.y;
+                S[j][2] *= gm.x;
+                S[j][3] *= gm.y;
+            }
+
+            /* Vnew^T = U^T + (P_0 + P_1): both partials read back from the swap buffers (no registers
+             * held across the U products), summed in the same order by both warps of the pair. */
+            k2_pair_sync(pair);
+            uint32_t vp[4];
+            {
+                float tot[2][4];
+#pragma unroll
+                for (int e = 0; e < 8; e++)
+                    tot[e >> 2][e & 3] = u[e >> 2][e & 3] +
+                                         (swap_vn_pair[e * 32 + lane] + swap_vn_pair[256 + e * 32 + lane]);
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    vp[2 * e] = pack_bf16x2(tot[e][0], tot[e][1]);
+                    vp[2 * e + 1] = pack_bf16x2(tot[e][2], tot[e][3]);
+                }
+            }
+
+            /* S_h^T += Vnew^T Kr_h. */
+#pragma unroll
+            for (int m = 0; m < 8; m++) {
+                uint32_t kb[4];
+                ldsm_x4_trans(kb,
+                              smem_addr(Rkr + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * m + (lane >> 4))));
+                mma_bf16_16816(S[2 * m], vp, kb[0], kb[1], S[2 * m]);
+                mma_bf16_16816(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);
+            }
+
+            /* O: Qd_h S_h in both warps; warp 0 adds Mqk Vnew (hi + lo), warp 1 leaves its partial. */
+            {
+                float oa[2][4], ob[2][4];
+#pragma unroll
+                for (int kk = 0; kk < 8; kk++) {
+                    uint32_t qa[4];
+                    ldsm_x4(qa, smem_addr(Rqd + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));
+                    float(*acc)[4] = kk < 4 ? oa : ob;
+                    mma_bf16_16816(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);
+                    mma_bf16_16816(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);
+                }
+                if (half == 0) { /* warp-uniform */
+                    uint32_t mh[4], ml[4];
+                    const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;
+                    ldsm_x4(mh, smem_addr(R + PF256_REC_MQK + moff));
+                    ldsm_x4(ml, smem_addr(R + PF256_REC_MQK_LO + moff));
+                    mma_bf16_16816(oa[0], ml, vp[0], vp[2], oa[0]);
+                    mma_bf16_16816(oa[1], ml, vp[1], vp[3], oa[1]);
+                    mma_bf16_16816(ob[0], mh, vp[0], vp[2], ob[0]);
+                    mma_bf16_16816(ob[1], mh, vp[1], vp[3], ob[1]);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) o[e >> 2][e & 3] = oa[e >> 2][e & 3] + ob[e >> 2][e & 3];
+                } else {
+                    float *x_ = s_swap_o + ((int)(c & 1) * warps + warp) * 256;
+#pragma unroll
+                    for (int e = 0; e < 8; e++) x_[e * 32 + lane] = oa[e >> 2][e & 3] + ob[e >> 2][e & 3];
+                }
+            }
+
+            K2_PACK_STATE();
+
+            /* Every warp is done with this stage (and the swap buffers are published): refill it. */
+            __syncthreads();
+            if (threadIdx.x == 0 && c + K2_STAGES < nch) K2_ISSUE_RECORD(c + K2_STAGES, st);
+            K2_ISSUE_V(c + K2_STAGES, st);
+        }
+        if (c >= nch) break;
+    }
+    if (nch > 0) K2_STORE_OUTPUT(nch - 1);
+#undef K2_PACK_STATE
+#undef K2_STORE_OUTPUT
+#undef K2_ISSUE_RECORD
+#undef K2_ISSUE_V
+
+    for (int64_t j = 0; j < p.checkpoints; j++) {
+        const int64_t off = chain_ck_offset(&p, n, j);
+        if (off == len || (off > 0 && off < len && off % PF_CHUNK != 0))
+            k2_put_checkpoint(&p, n, j, h, v0, key0, g, t, S, off != len);
+    }
+    k2_put_state(&p, &p.state_out, chain_final_row(&p, n), h, v0, key0, g, t, S, 0);
+#endif
+}
+
+__global__ void __launch_bounds__(256, 1) pf256_chain_kernel(const pf_params p) { k2_chain_run(p, PF_OUT_BF16); }
+__global__ void __launch_bounds__(256, 1) pf256_chain_kernel_f16_out(const pf_params p) { k2_chain_run(p, PF_OUT_F16); }
+__global__ void __launch_bounds__(256, 1) pf256_chain_kernel_any_out(const pf_params p) { k2_chain_run(p, PF_OUT_ANY); }
+
+cudaError_t pf256_launch_chain(const pf_params *p, int vslice, cudaStream_t stream)
+{
+    if (vslice != 16 && vslice != 32 && vslice != K2_MAX_VSLICE) return cudaErrorInvalidValue;
+    if (p->vpad % vslice != 0) return cudaErrorInvalidValue;
+    const int64_t blocks = p->N * p->HV * (p->vpad / vslice);
+    if (blocks <= 0) return cudaSuccess;
+    if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration; /* gridDim.x limit */
+    const size_t smem = pf256_chain_smem_bytes(vslice);
+    void (*kernel)(const pf_params) = p->out_mode == PF_OUT_BF16  ? pf256_chain_kernel
+                                      : p->out_mode == PF_OUT_F16 ? pf256_chain_kernel_f16_out
+                                                                  : pf256_chain_kernel_any_out;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           (int)pf256_chain_smem_bytes(K2_MAX_VSLICE));
+    if (err != cudaSuccess) return err;
+    kernel<<<(unsigned)blocks, vslice * 4, smem, stream>>>(*p);
+    return cudaGetLastError();
+}
