@@ -24,12 +24,17 @@ int fkda_decode_layer_fused_serves(const fkda_layer_call *c)
 fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_tuning *t)
 {
     fkda_layer_choice out = {0, 1};
-    /* The single kernel wherever it serves: it saves two launches and the round trips of the
-     * conv's output and the recurrence's output through global memory, which at small batches
-     * (latency-bound) are most of the three-pass time, and at large ones are a few percent of
-     * the state's traffic. FKDA_DECODE_LAYER_FUSED=0 forces the three launches, =1 the single
-     * kernel where it serves (never where it does not). */
-    out.fused = fkda_decode_layer_fused_serves(c) && t->decode_layer_fused != 0;
+    /* The single kernel up to two heads per SM: it saves two launches and the round trips of the
+     * conv's output and the recurrence's output through global memory, most of the three-pass
+     * time at small batches (latency-bound). Its one CTA of 16 warps per head fills an SM alone
+     * (112-128 registers a thread), so from more heads on, each SM works through its heads one
+     * at a time with nothing to hide the latency of each head's conv, barriers and norm, and the
+     * three launches, whose decode takes the tiles chosen for large batches, are faster.
+     * FKDA_DECODE_LAYER_FUSED=0 forces the three launches, =1 the single kernel wherever it
+     * serves (never where it does not). */
+    const int wanted = t->decode_layer_fused == FKDA_TUNING_UNSET ? c->heads <= 2 * (int64_t)c->sm_count
+                                                                  : t->decode_layer_fused != 0;
+    out.fused = fkda_decode_layer_fused_serves(c) && wanted;
     if (!out.fused) return out;
 
     /* CTAs per head: small batches are latency-bound, so spread each head over as many SMs as

@@ -4,6 +4,7 @@
  *   1. the single kernel serves the common decode step and nothing else: each condition of the
  *      rule, broken alone, sends the call to the three launches;
  *   2. the cluster size: the largest of 1, 2, 4, 8 with C x heads <= SMs, spelled out at 132 SMs;
+ *      and the three launches from more than two heads per SM on;
  *   3. the knobs: FKDA_DECODE_LAYER_FUSED=0 takes the three launches everywhere, =1 the single
  *      kernel only where it serves; FKDA_DECODE_LAYER_CLUSTER forces C; both read by
  *      fkda_tuning_read as tuning.h documents (other values leave them unset).
@@ -61,7 +62,7 @@ int main(void)
     static const struct {
         int64_t heads;
         int cluster;
-    } sizes[] = {{1, 8}, {2, 8}, {16, 8}, {17, 4}, {32, 4}, {33, 4}, {34, 2}, {66, 2}, {67, 1}, {2048, 1}};
+    } sizes[] = {{1, 8}, {2, 8}, {16, 8}, {17, 4}, {32, 4}, {33, 4}, {34, 2}, {66, 2}, {67, 1}, {264, 1}};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         c = common_call();
         c.heads = sizes[i].heads;
@@ -69,6 +70,11 @@ int main(void)
         CHECK(x.fused == 1 && x.cluster == sizes[i].cluster, "%lld heads: fused %d cluster %d (want 1, %d)",
               (long long)sizes[i].heads, x.fused, x.cluster, sizes[i].cluster);
     }
+
+    c = common_call();
+    c.heads = 265;
+    x = choose(&c);
+    CHECK(x.fused == 0, "265 heads on 132 SMs: still the single kernel");
 
     /* 3. The knobs. */
     setenv("FKDA_DECODE_LAYER_FUSED", "0", 1);
@@ -78,6 +84,11 @@ int main(void)
     setenv("FKDA_DECODE_LAYER_FUSED", "1", 1);
     x = choose(&c);
     CHECK(x.fused == 1, "FKDA_DECODE_LAYER_FUSED=1: not the single kernel");
+    c.heads = 2048;
+    x = choose(&c);
+    CHECK(x.fused == 1 && x.cluster == 1, "FKDA_DECODE_LAYER_FUSED=1 at 2048 heads: fused %d cluster %d (want 1, 1)",
+          x.fused, x.cluster);
+    c = common_call();
     c.idx_2d = 1;
     x = choose(&c);
     CHECK(x.fused == 0, "FKDA_DECODE_LAYER_FUSED=1 took the single kernel where it cannot serve");
