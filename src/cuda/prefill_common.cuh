@@ -107,6 +107,10 @@ typedef struct pf_params {
     int64_t q_s[3], k_s[3], v_s[3], g_s[3];
     int32_t qkv_dtype, g_dtype;
     int32_t qkg_load; /* PF_LOAD_*: how the prep loads q, k, g (prefill_prep.cu) */
+    /* the fp16 family (fp16 and fp32 q, k, v; docs/prefill.md): fp16 records where a chunk is in
+     * fp16's domain (PF_REC16_BF16_FLAG below), and v_stage, when present, an fp32 copy. (It fills
+     * the 4 bytes of padding before `beta`, so no other field moves.) */
+    int32_t fp16_chain;
     const void *beta;
     int64_t beta_s[3];
     int32_t beta_dtype;
@@ -145,9 +149,6 @@ typedef struct pf_params {
     int32_t l2norm, beta_sigmoid, neg_eigval;
     /* workspace: records [HV][slots][PF_REC_BYTES] */
     unsigned char *records;
-    /* the fp16 family (fp16 and fp32 q, k, v; docs/prefill.md): fp16 records where a chunk is in
-     * fp16's domain (PF_REC16 below), and v_stage, when present, an fp32 copy */
-    int32_t fp16_chain;
 } pf_params;
 
 enum { PF_OUT_ANY = 0, PF_OUT_BF16 = 1, PF_OUT_F16 = 2 };
@@ -248,5 +249,6 @@ cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream);
 cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream);
 cudaError_t pf_launch_merge(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream);
 size_t pf_chain_smem_bytes(int vslice);
+size_t pf_chain16_smem_bytes(int vslice); /* the fp16 family's chain */
 
 #endif /* FKDA_PREFILL_COMMON_CUH */
