@@ -448,7 +448,6 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
                 /* The fp16 chain: -W S on the fp16 copy first (the critical chain), then the range
                  * check, which redoes it only when it rescales; a flagged chunk takes the bf16 step. */
                 const int bf16_chunk = PF_REC16_BF16_FLAG(R);
-                if (!bf16_chunk) CH_NEG_W_S(mma_f16_16816);
                 float mv = 0.0f;
                 if (with_v) {
                     float vf[8];
@@ -476,13 +475,14 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
                                 for (int e = 0; e < 4; e++) S[j][e] = S[j][e] * r1 * r2;
                             e_held = en;
                             CH_PACK_STATE_AS(pack_f16x2);
-                            if (!bf16_chunk) CH_NEG_W_S(mma_f16_16816);
                         }
                     }
                 }
                 if (bf16_chunk) {
                     CH_PACK_STATE_AS(pack_bf16x2);
                     CH_NEG_W_S(mma_bf16_16816);
+                } else {
+                    CH_NEG_W_S(mma_f16_16816);
                 }
                 unsigned char *VOP = s_vop + warp * CH_TILE16;
                 if (with_v) {
