@@ -58,15 +58,22 @@ typedef struct pf_case {
     double lower_bound; /* the safe gate's bound: at -5 the state forgets a segment's start
                              * within a few tokens; a slower decay keeps the segment maps, and so
                              * the merge between segments, visible in the output */
-    /* The fp16 family: q, k, v and out in qkv_dtype (fp16 or fp32) when `wide`, else bf16. Range
-     * cases: v, q and k, and the initial state times v_scale, qk_scale, h0_scale (0: 1); beta
-     * drawn in [0, beta_max] without the sigmoid (0: [0, 1]); out_of_domain: chunks the prep
-     * writes as bf16 records (fp16_bars do not apply: bf16's do). */
-    int wide;
+} pf_case;
+
+/* The fp16 family's cases (run_case's `w`; NULL: bf16 q, k, v): q, k, v and out in qkv_dtype
+ * (fp16 or fp32). Range cases: v, q and k, and the initial state times v_scale, qk_scale, h0_scale
+ * (0: 1); beta drawn in [0, beta_max] without the sigmoid (0: [0, 1]); out_of_domain: chunks the
+ * prep writes as bf16 records (bf16's bars apply, not fp16_bars); quick: also run by --quick. */
+typedef struct pf_wide {
     fkda_dtype qkv_dtype;
     double v_scale, qk_scale, h0_scale, beta_max;
-    int out_of_domain;
-} pf_case;
+    int out_of_domain, quick;
+} pf_wide;
+
+typedef struct pf_wide_case {
+    pf_case c;
+    pf_wide w;
+} pf_wide_case;
 
 static double seconds(void)
 {
@@ -211,7 +218,7 @@ static fkda_options case_options(const pf_case *c)
     return o;
 }
 
-static void run_case(const pf_case *c, test_rng *rng)
+static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
 {
     const int64_t B = c->nseq ? 1 : c->B, H = c->H, HV = c->HV;
     int64_t T = c->T, N = c->nseq ? c->nseq : B;
@@ -225,19 +232,19 @@ static void run_case(const pf_case *c, test_rng *rng)
      * ~1 keep the delta rule stable (I - b k k^T must not amplify); scaled keys keep it stable by
      * a small beta (b |k|^2 <= 2). */
     const int64_t sq[4] = {B, T, H, KD}, sv[4] = {B, T, HV, KD}, sb[3] = {B, T, HV};
-    const fkda_dtype qkv = c->wide ? c->qkv_dtype : FKDA_DTYPE_BF16;
+    const fkda_dtype qkv = w ? w->qkv_dtype : FKDA_DTYPE_BF16;
     test_tensor q = test_tensor_alloc(qkv, 4, sq), k = test_tensor_alloc(qkv, 4, sq);
     test_tensor v = test_tensor_alloc(qkv, 4, sv), g = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv);
     test_tensor beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
-    const double qk_sd = (c->l2norm ? 1.0 : 1.0 / sqrt((double)KD)) * (c->qk_scale ? c->qk_scale : 1.0);
+    const double qk_sd = (c->l2norm ? 1.0 : 1.0 / sqrt((double)KD)) * (w && w->qk_scale ? w->qk_scale : 1.0);
     test_tensor_fill_normal(&q, rng, 0, qk_sd);
     test_tensor_fill_normal(&k, rng, 0, qk_sd);
-    test_tensor_fill_normal(&v, rng, 0, c->v_scale ? c->v_scale : 1.0);
+    test_tensor_fill_normal(&v, rng, 0, w && w->v_scale ? w->v_scale : 1.0);
     test_tensor_fill_normal(&g, rng, 0, 1);
     if (c->sigmoid)
         test_tensor_fill_normal(&beta, rng, 0, 1);
     else
-        test_tensor_fill_uniform(&beta, rng, 0, c->beta_max ? c->beta_max : 1.0);
+        test_tensor_fill_uniform(&beta, rng, 0, w && w->beta_max ? w->beta_max : 1.0);
     const int64_t sa[1] = {HV}, sd[2] = {HV, KD};
     test_tensor A_log = test_tensor_alloc(FKDA_DTYPE_F32, 1, sa), dt_bias = test_tensor_alloc(FKDA_DTYPE_F32, 2, sd);
     test_tensor_fill_uniform(&A_log, rng, 0, 1);
@@ -251,7 +258,7 @@ static void run_case(const pf_case *c, test_rng *rng)
     }
     const int64_t ss[4] = {N, HV, KD, KD};
     test_tensor h0 = test_tensor_alloc(c->has_in ? c->in_dtype : FKDA_DTYPE_F32, 4, ss);
-    if (c->has_in) test_tensor_fill_normal(&h0, rng, 0, 0.5 * (c->h0_scale ? c->h0_scale : 1.0));
+    if (c->has_in) test_tensor_fill_normal(&h0, rng, 0, 0.5 * (w && w->h0_scale ? w->h0_scale : 1.0));
     const fkda_dtype final_dtype = c->in_place ? c->in_dtype : c->out_dtype;
 
     /* Reference and fast path on the CPU, fp32 in and out. */
@@ -364,7 +371,7 @@ static void run_case(const pf_case *c, test_rng *rng)
 
     /* Every element written, the two runs identical, and the errors within the case's bars. */
     double out_bar = 0, st_bar = 0;
-    if (c->wide && !c->out_of_domain)
+    if (w && !w->out_of_domain)
         fp16_bars(dtype_floor(&out_ref, qkv), final_dtype == FKDA_DTYPE_BF16 ? bf16_floor(&st_ref) : 0.0, final_dtype,
                   out_ref.count, &out_bar, &st_bar);
     else
@@ -645,241 +652,124 @@ int main(int argc, char **argv)
          .fast_too = 1,
          .segments = 4,
          .lower_bound = -0.02},
-        /* The fp16 family: odd lengths, varlen with empties, GVA, segments, no norm or sigmoid,
-         * both state layouts and dtypes, 16-byte v rows read in place. */
-        {.name = "fp16 T=17 B=3",
-         .B = 3,
-         .T = 17,
-         .H = 4,
-         .HV = 4,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = F32,
-         .out_dtype = F32,
-         .v_first = 1,
-         .l2norm = 1,
-         .sigmoid = 1,
-         .fast_too = 1,
-         .lower_bound = -5,
-         .wide = 1,
-         .qkv_dtype = F16},
-        {.name = "fp32 T=17 B=3 [K,V]",
-         .B = 3,
-         .T = 17,
-         .H = 4,
-         .HV = 4,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = F32,
-         .out_dtype = F32,
-         .l2norm = 1,
-         .sigmoid = 1,
-         .fast_too = 1,
-         .lower_bound = -5,
-         .wide = 1,
-         .qkv_dtype = F32},
-        {.name = "fp16 varlen empties, bf16 states",
-         .nseq = 7,
-         .seqlens = {0, 1, 15, 0, 17, 300, 65},
-         .H = 4,
-         .HV = 4,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = BF16,
-         .out_dtype = BF16,
-         .v_first = 1,
-         .l2norm = 1,
-         .sigmoid = 1,
-         .cu_i32 = 1,
-         .fast_too = 1,
-         .vslice = 32,
-         .lower_bound = -5,
-         .wide = 1,
-         .qkv_dtype = F16},
-        {.name = "fp32 varlen, in place",
-         .nseq = 4,
-         .seqlens = {63, 0, 130, 1},
-         .H = 2,
-         .HV = 4,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = F32,
-         .out_dtype = F32,
-         .v_first = 1,
-         .in_place = 1,
-         .l2norm = 1,
-         .sigmoid = 1,
-         .fast_too = 1,
-         .lower_bound = -5,
-         .wide = 1,
-         .qkv_dtype = F32},
-        {.name = "fp16 T=1000 B=2, 4 segments",
-         .B = 2,
-         .T = 1000,
-         .H = 4,
-         .HV = 4,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = F32,
-         .out_dtype = F32,
-         .v_first = 1,
-         .l2norm = 1,
-         .sigmoid = 1,
-         .fast_too = 1,
-         .segments = 4,
-         .lower_bound = -5,
-         .wide = 1,
-         .qkv_dtype = F16},
-        {.name = "fp32 no l2norm, no sigmoid",
-         .B = 1,
-         .T = 200,
-         .H = 4,
-         .HV = 4,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = F32,
-         .out_dtype = F32,
-         .v_first = 1,
-         .fast_too = 1,
-         .lower_bound = -5,
-         .wide = 1,
-         .qkv_dtype = F32},
-        {.name = "fp16 allow_neg_eigval, slow decay",
-         .B = 1,
-         .T = 600,
-         .H = 2,
-         .HV = 2,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = F32,
-         .out_dtype = F32,
-         .v_first = 1,
-         .l2norm = 1,
-         .sigmoid = 1,
-         .neg_eigval = 1,
-         .fast_too = 1,
-         .lower_bound = -0.02,
-         .wide = 1,
-         .qkv_dtype = F16},
-        {.name = "fp32 T=2048 H=8",
-         .B = 1,
-         .T = 2048,
-         .H = 8,
-         .HV = 8,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = F32,
-         .out_dtype = F32,
-         .v_first = 1,
-         .l2norm = 1,
-         .sigmoid = 1,
-         .fast_too = 1,
-         .lower_bound = -5,
-         .wide = 1,
-         .qkv_dtype = F32},
-        /* Range: the chain's held scale must keep fp16 operands finite and normal whatever the size
-         * of v and of the state (an exact power-of-two scaling: the same bars). */
-        {.name = "range: fp32 v x 3e4",
-         .B = 1,
-         .T = 300,
-         .H = 2,
-         .HV = 2,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = F32,
-         .out_dtype = F32,
-         .v_first = 1,
-         .l2norm = 1,
-         .sigmoid = 1,
-         .fast_too = 1,
-         .lower_bound = -0.02,
-         .wide = 1,
-         .qkv_dtype = F32,
-         .v_scale = 3e4},
-        {.name = "range: fp32 v x 1e-6, state x 1e-6",
-         .B = 1,
-         .T = 300,
-         .H = 2,
-         .HV = 2,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = F32,
-         .out_dtype = F32,
-         .v_first = 1,
-         .l2norm = 1,
-         .sigmoid = 1,
-         .fast_too = 1,
-         .lower_bound = -5,
-         .wide = 1,
-         .qkv_dtype = F32,
-         .v_scale = 1e-6,
-         .h0_scale = 1e-6},
-        {.name = "range: fp16 v x 1e3, fp32 state x 1e5",
-         .B = 1,
-         .T = 100,
-         .H = 2,
-         .HV = 2,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = F32,
-         .out_dtype = F32,
-         .v_first = 1,
-         .l2norm = 1,
-         .sigmoid = 1,
-         .fast_too = 1,
-         .lower_bound = -5,
-         .wide = 1,
-         .qkv_dtype = F16,
-         .v_scale = 1e3,
-         .h0_scale = 1e5},
-        /* No norm, q and k of norm ~300 (past the fp16 domain's 2^7) with beta below 2e-5 (stable):
-         * every chunk takes the bf16 record and step, at bf16's bars. */
-        {.name = "range: fp32 no norm, |k| ~ 300",
-         .B = 1,
-         .T = 200,
-         .H = 2,
-         .HV = 2,
-         .has_in = 1,
-         .has_out = 1,
-         .in_dtype = F32,
-         .out_dtype = F32,
-         .v_first = 1,
-         .fast_too = 1,
-         .lower_bound = -5,
-         .wide = 1,
-         .qkv_dtype = F32,
-         .qk_scale = 300,
-         .beta_max = 2e-5,
-         .out_of_domain = 1},
         {"T=2048 H=8 one pass", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 1, -5},
         {"T=2048 H=8 (error report)", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 1, 0, 0, -5},
         {"T=65536 H=1", 1, 65536, 1, 1, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
     };
+
+    /* The fp16 family: odd lengths, varlen with empties, GVA, segments, no norm or sigmoid, both
+     * state layouts and dtypes, 16-byte v rows read in place; and the range cases. */
+    const pf_wide_case wide_cases[] = {
+        /* The fp16 family: odd lengths, varlen with empties, GVA, segments, no norm or sigmoid,
+         * both state layouts and dtypes, 16-byte v rows read in place. */
+        {{"fp16 T=17 B=3", 3, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F16, .quick = 1}},
+        {{"fp32 T=17 B=3 [K,V]", 3, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F32, .quick = 1}},
+        {{"fp16 varlen empties, bf16 states",
+          1,
+          0,
+          4,
+          4,
+          7,
+          {0, 1, 15, 0, 17, 300, 65},
+          1,
+          1,
+          BF16,
+          BF16,
+          1,
+          0,
+          1,
+          1,
+          0,
+          1,
+          1,
+          0,
+          32,
+          0,
+          -5},
+         {.qkv_dtype = F16, .quick = 1}},
+        {{"fp32 varlen GVA, in place",
+          1,
+          0,
+          2,
+          4,
+          4,
+          {63, 0, 130, 1},
+          1,
+          1,
+          F32,
+          F32,
+          1,
+          1,
+          1,
+          1,
+          0,
+          0,
+          1,
+          0,
+          0,
+          0,
+          -5},
+         {.qkv_dtype = F32, .quick = 1}},
+        {{"fp16 T=1000 B=2, 4 segments", 2, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 4, -5},
+         {.qkv_dtype = F16}},
+        {{"fp32 no l2norm, no sigmoid", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F32, .quick = 1}},
+        {{"fp16 allow_neg_eigval, slow decay",
+          1,
+          600,
+          2,
+          2,
+          0,
+          {0},
+          1,
+          1,
+          F32,
+          F32,
+          1,
+          0,
+          1,
+          1,
+          1,
+          0,
+          1,
+          0,
+          0,
+          0,
+          -0.02},
+         {.qkv_dtype = F16, .quick = 1}},
+        {{"fp32 T=2048 H=8", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F32}},
+        /* Range: the chain's held scale must keep fp16 operands finite and normal whatever the size
+         * of v and of the state (an exact power-of-two scaling: the same bars). */
+        {{"range: fp32 v x 3e4, slow decay", 1, 300, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -0.02},
+         {.qkv_dtype = F32, .v_scale = 3e4, .quick = 1}},
+        {{"range: fp32 v and state x 1e-6", 1, 300, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F32, .v_scale = 1e-6, .h0_scale = 1e-6, .quick = 1}},
+        {{"range: fp16 v x 1e3, state x 1e5", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F16, .v_scale = 1e3, .h0_scale = 1e5, .quick = 1}},
+        /* No norm, q and k of norm ~300 (past the fp16 domain's 2^7) with beta below 2e-5 (stable):
+         * every chunk takes the bf16 record and step, at bf16's bars. */
+        {{"range: fp32 no norm, |k| ~ 300", 1, 200, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F32, .qk_scale = 300, .beta_max = 2e-5, .out_of_domain = 1, .quick = 1}},
+    };
     /* --quick: the small cases and the full list's option cases (short, every option the small
      * ones leave at its default) */
-    static const char *const quick_extra[] = {"GVA H=2 HV=4",
-                                              "no l2norm, no sigmoid",
-                                              "allow_neg_eigval",
-                                              "T=600 4 segments, slow decay",
-                                              "fp16 T=17 B=3",
-                                              "fp32 T=17 B=3 [K,V]",
-                                              "fp16 varlen empties, bf16 states",
-                                              "fp32 varlen, in place",
-                                              "fp32 no l2norm, no sigmoid",
-                                              "range: fp32 v x 3e4",
-                                              "range: fp32 v x 1e-6, state x 1e-6",
-                                              "range: fp16 v x 1e3, fp32 state x 1e5",
-                                              "range: fp32 no norm, |k| ~ 300"};
+    static const char *const quick_extra[] = {"GVA H=2 HV=4", "no l2norm, no sigmoid", "allow_neg_eigval",
+                                              "T=600 4 segments, slow decay"};
     const int n_small = (int)(sizeof small_cases / sizeof small_cases[0]);
     const int n_full = (int)(sizeof full_cases / sizeof full_cases[0]);
     if (small || quick)
-        for (int i = 0; i < n_small; i++) run_case(&small_cases[i], &rng);
+        for (int i = 0; i < n_small; i++) run_case(&small_cases[i], NULL, &rng);
     for (int i = 0; i < n_full; i++) {
         int run = !small && !quick;
         for (size_t e = 0; quick && e < sizeof quick_extra / sizeof quick_extra[0]; e++)
             run |= strcmp(full_cases[i].name, quick_extra[e]) == 0;
-        if (run) run_case(&full_cases[i], &rng);
+        if (run) run_case(&full_cases[i], NULL, &rng);
     }
+    for (size_t i = 0; !small && i < sizeof wide_cases / sizeof wide_cases[0]; i++)
+        if (!quick || wide_cases[i].w.quick) run_case(&wide_cases[i].c, &wide_cases[i].w, &rng);
     check_unsupported();
     return test_exit("test_prefill_cuda");
 }
