@@ -327,7 +327,7 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
         for (; c < stop; c++) {
             const int st = (int)((c - cb) % CH_STAGES);
             const unsigned char *R = s_rec + st * PF_REC_BYTES;
-            const unsigned char *VT = s_v + (st * warps + warp) * CH_TILE16;
+            const unsigned char *VT = s_v + (st * warps + warp) * (f16 ? CH_VRAW16 : CH_TILE16);
 
             CP_ASYNC_WAIT(CH_STAGES - 1);
             if (!f16 && out_mode == PF_OUT_F16 && p.v_stage == NULL) {
