@@ -32,10 +32,10 @@
  * [8, 16) (the state rescaled in place, its fp16 copy repacked). Why CH16_HI = 64 is safe: in a
  * chunk of the fp16 domain (|bINV| <= 8, each row of W of norm <= 2.84: prefill_prep_steps.cuh,
  * prep_row_in_fp16) |Vnew| <= (4 + 15 * 8) * 64 + 2.84 * sqrt(128) * 64 ~ 1.0e4 (a row of bINV
- * on v, plus a row of W on a column of S), inside fp16's 65504 with a margin of 6; the state's copy and v are <= 64 by the check. A chunk outside the domain
- * (bf16 record, flagged) takes the bf16 step instead, on the same held state. The check costs
- * 64 FMNMX for the state's lane maximum after each update, 8 for v, and two votes; the products
- * with -W are issued before it, and redone only when it rescales.
+ * on v, plus a row of W on a column of S), inside fp16's 65504 with a margin of 6; the state's
+ * copy and v are <= 64 by the check. A chunk outside the domain (bf16 record, flagged) takes the
+ * bf16 step instead, on the same held state. The check costs 64 FMNMX for the state's lane
+ * maximum after each update, 8 for v and two votes, ahead of the chunk's products with -W.
  */
 #include "prefill_chain_io.cuh"
 #include "prefill_common.cuh"
