@@ -65,6 +65,7 @@ size_t pf_chain16_smem_bytes(int vslice)
            (size_t)warps * CH_TILE16 + CH_STAGES * sizeof(uint64_t);
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* used by the sm_90 chain only */
 /* The fp16 chain: a lane's 8 values of v as read (fp32 when v4, else fp16), widened. */
 static __device__ __forceinline__ void ch_read_v8(const unsigned char *raw, int v4, float vf[8])
 {
@@ -86,6 +87,7 @@ static __device__ __forceinline__ void ch_read_v8(const unsigned char *raw, int 
 
 /* 2^x as an fp32, for x in [-126, 127]. */
 static __device__ __forceinline__ float ch_pow2(int x) { return __int_as_float((127 + x) << 23); }
+#endif
 
 /* The chain of one (sequence, head, value slice). `out_mode` (a constant in each kernel below):
  * a bf16 or fp16 output with 16-byte rows is stored through a 16-bit tile, 16 bytes per lane;
