@@ -51,11 +51,12 @@ static int out_mode(const fkda_problem *p)
     return p->out.dtype == FKDA_DTYPE_BF16 ? PF_OUT_BF16 : PF_OUT_F16;
 }
 
-/* The fp16 family (fp16 or fp32 q, k, v: fp16 records and the fp16 chain, docs/prefill.md);
- * FKDA_PREFILL_FP16_CHAIN=0 keeps such inputs on the bf16 kernels, for A/B runs. */
+/* The fp16 family (fp16 or fp32 q, k, v with K <= 128: fp16 records and the fp16 chain,
+ * docs/prefill.md); FKDA_PREFILL_FP16_CHAIN=0 keeps such inputs on the bf16 kernels, for A/B
+ * runs. */
 static int fp16_family(const fkda_problem *p)
 {
-    if (p->q.dtype != FKDA_DTYPE_F16 && p->q.dtype != FKDA_DTYPE_F32) return 0;
+    if (p->K > PF_DK || (p->q.dtype != FKDA_DTYPE_F16 && p->q.dtype != FKDA_DTYPE_F32)) return 0;
     fkda_tuning tuning;
     fkda_tuning_read(&tuning);
     return tuning.prefill_fp16_chain != 0;
