@@ -292,8 +292,29 @@ def _batched(num, A, B, mode):
     return out
 
 
-def cuda_prefill(x, p=CUDA_PLAN):
-    """The CUDA prefill of inputs x under plan p: (output [T, H, V], final state [H, K, V])."""
+HELD_HI, HELD_LO = 64.0, 2.0**-6  # the fp16 chain's window (src/cuda/prefill_chain.cu)
+
+
+def _held_rescale(S, v, e):
+    """The fp16 chain's range rule, per warp (16 value columns): S [K, V] held scaled by 2^-e[b]
+    per block b of 16 columns, v [16, V] as read. Where the largest |held| value of S and of v
+    2^-e leaves [HELD_LO, HELD_HI], e[b] moves so that it lands in [8, 16); S is rescaled in place
+    (powers of two: exact). Returns S, e."""
+    for b in range(e.shape[0]):
+        cols = slice(16 * b, 16 * b + 16)
+        m = max(np.max(np.abs(S[:, cols]), initial=0.0),
+                np.max(np.abs(v[:, cols]), initial=0.0) * 2.0 ** -e[b])
+        if (m > HELD_HI or m < HELD_LO) and 0.0 < m < np.inf:
+            en = int(np.clip(e[b] + (np.frexp(m)[1] - 1) - 3, -120, 120))
+            S[:, cols] *= 2.0 ** (e[b] - en)
+            e[b] = en
+    return S, e
+
+
+def cuda_prefill(x, p=CUDA_PLAN, held_scale=False):
+    """The CUDA prefill of inputs x under plan p: (output [T, H, V], final state [H, K, V]).
+    held_scale: the fp16 chain's per-warp power-of-two scale of S, v, Vnew and O (_held_rescale),
+    which changes no rounding of a value in fp16's normal range, only keeps values in it."""
     num = Num(p["prep"] == "fp32")
     acc = Num(p["acc"] == "fp32")
     T, H, K = x["q"].shape[1:]
@@ -311,11 +332,16 @@ def cuda_prefill(x, p=CUDA_PLAN):
         vv = _chunks(x["v"][0, :, h], CHUNK)
         S = x["h0"][0, h].copy()
         o = np.zeros((R["n"], CHUNK, V))
+        e = np.zeros(-(-V // 16), dtype=np.int64)  # held scale per 16 columns (0: none)
         for c in range(R["n"]):
+            vc = vv[c]
+            if held_scale:
+                S, e = _held_rescale(S, vc, e)
+                vc = vc * np.repeat(2.0 ** -e, 16)[:V]
             # U = U0 - W S: S^T (-W)^T in two key halves, then V^T bINV^T (lo, then hi)
             vn0 = acc.dot(negW[c][:, :half], S[:half], p["W"], p["S"])
             vn1 = acc.dot(negW[c][:, half:], S[half:], p["W"], p["S"]) if half < K else 0.0
-            u0 = acc.dot(R["bINV"][c], vv[c], p["bINV"], p["v"])
+            u0 = acc.dot(R["bINV"][c], vc, p["bINV"], p["v"])
             vnew = acc.r32(u0 + acc.r32(vn0 + vn1))
             # O = Qd S + Mqk Vnew with the state entering the chunk, in two chains
             oa = acc.dot(Qd[c][:, :half], S[:half], p["Qd"], p["S"])
@@ -327,12 +353,12 @@ def cuda_prefill(x, p=CUDA_PLAN):
                 ob = acc.dot(mt[0], vr, "exact", p["Vnew"], acc=ob)
             else:
                 ob = acc.dot(mt[0], vr, "exact", p["Vnew"], acc=ob)
-            o[c] = acc.r32(oa + ob)
+            o[c] = acc.r32(oa + ob) * np.repeat(2.0**e, 16)[:V]
             # S' = diag(gamma) S + Kr^T Vnew
             S = acc.r32(S * R["gamma"][c][:, None])
             S = acc.dot(KrT[c], vr, "exact", p["Vnew"], acc=S)
         out[:, h] = rnd(o.reshape(-1, V)[:T], x["dtype"] if p["out"] == "dtype" else p["out"])
-        final[h] = S
+        final[h] = S * np.repeat(2.0**e, 16)[:V]
     return out, final
 
 
@@ -595,6 +621,18 @@ def main():
             with np.errstate(all="ignore"):
                 eo, es = errors(lambda y, p=p: cuda_prefill(y, plan(**p)), x, reference(x))
             print(f"| {what} | {eo:.2e} / {es:.2e} |")
+        print("the fp16 chain's held scale (plan (m), fp32 inputs, seed 0)")
+        m16 = dict(next(c for c in CANDIDATES if c[0].startswith("(m)"))[1])
+        for what, extra in (("as it is", {}), ("v x 1e5", dict(v_scale=1e5)),
+                            ("initial state x 1e5", dict(h0_scale=0.5e5)),
+                            ("v and initial state x 1e-6", dict(v_scale=1e-6, h0_scale=0.5e-6))):
+            x = make_inputs(0, "fp32", **dict(kw, **extra))
+            ref = reference(x)
+            with np.errstate(all="ignore"):
+                plain = errors(lambda y: cuda_prefill(y, plan(**m16)), x, ref)
+                held = errors(lambda y: cuda_prefill(y, plan(**m16), held_scale=True), x, ref)
+            print(f"| (m), {what} | without: {plain[0]:.2e} / {plain[1]:.2e} "
+                  f"| held scale: {held[0]:.2e} / {held[1]:.2e} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -59,3 +59,20 @@ def test_roundings():
     assert em.rnd(x, "bf16")[3] != 0.0 and em.rnd(x, "tf32")[3] != 0.0  # fp32's range
     hi, lo = em.split(np.array([np.pi]), "hilo")
     assert hi[0] == em.rnd(np.pi, "bf16") and abs(hi[0] + lo[0] - np.pi) < 2.0**-16 * np.pi
+
+
+def test_held_scale_keeps_fp16_operands_in_range():
+    # The fp16 chain's held scale (src/cuda/prefill_chain.cu): no change for inputs of normal
+    # size; for v past fp16's range (where the plain fp16 chain turns to NaN) or far below its
+    # normal range, the same error as at normal size.
+    m16 = dict(next(c for c in em.CANDIDATES if c[0].startswith("(m)"))[1])
+    base = em.make_inputs(2, "fp32", T=64, H=1, gate="none")
+    ref = em.reference(base)
+    plain = em.errors(lambda y: em.cuda_prefill(y, em.plan(**m16)), base, ref)
+    held = em.errors(lambda y: em.cuda_prefill(y, em.plan(**m16), held_scale=True), base, ref)
+    assert held == plain
+    for extra in (dict(v_scale=1e5), dict(h0_scale=0.5e5), dict(v_scale=1e-6, h0_scale=0.5e-6)):
+        x = em.make_inputs(2, "fp32", T=64, H=1, gate="none", **extra)
+        o, s = em.errors(lambda y: em.cuda_prefill(y, em.plan(**m16), held_scale=True), x,
+                         em.reference(x))
+        assert o < 2 * plain[0] + 1e-5 and s < 2 * plain[1] + 1e-5, (extra, o, s, plain)

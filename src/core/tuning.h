@@ -49,6 +49,7 @@ typedef struct fkda_tuning {
     /* CUDA prefill (src/cuda/prefill_launch.cu). */
     int64_t prefill_segments; /* FKDA_PREFILL_SEGMENTS, clamped to 1..64 (0: unset; 1: no segments) */
     int prefill_vslice;       /* FKDA_PREFILL_VSLICE: 16, 32, 64 or 128 (0: unset or anything else) */
+    int prefill_fp16_chain;   /* FKDA_PREFILL_FP16_CHAIN: 0 keeps fp16 and fp32 inputs on the bf16 kernels (switch) */
 
     /* CPU (src/cpu/chunk_kernels.c). */
     fkda_tuning_isa cpu_isa; /* FKDA_CPU_ISA: baseline or avx2 caps the instruction set */

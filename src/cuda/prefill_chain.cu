@@ -20,6 +20,22 @@
  * into a ring of CH_STAGES stages completed on mbarriers; each warp cp.asyncs its own 16 x 16
  * slice of v (zero rows past the sequence end). The output goes through a small per-warp shared
  * tile so that each lane stores 16 contiguous bytes.
+ *
+ * The fp16 chain (fp16 and fp32 q, k, v; kernels pf_chain16_*): the same step on fp16 operands
+ * (mma .f16, the record of prefill_common.cuh's fp16 family, v read in its own dtype and rounded
+ * to fp16 here), with 11 significant bits where bf16 has 8 (dev/numerics/README.md, plan (m)).
+ * fp16's range is the price, so each warp holds its state, v, Vnew and output scaled by 2^-e:
+ * every product of a step is linear in (v, S) jointly (U = v bINV - W S, O = Qd S + Mqk U,
+ * S' = gamma S + Kr^T U), so the scaling is exact, and 2^e goes back onto the output and onto
+ * every state stored. At each chunk the warp checks its largest |held value| of S and of the
+ * chunk's v: above CH16_HI, or every one below CH16_LO, e moves so that the largest lands in
+ * [8, 16) (the state rescaled in place, its fp16 copy repacked). Why CH16_HI = 64 is safe: in a
+ * chunk of the fp16 domain (|bINV| <= 8, each row of W of norm <= 2.84: prefill_prep_steps.cuh,
+ * prep_row_in_fp16) |Vnew| <= (4 + 15 * 8) * 64 + 2.84 * sqrt(128) * 64 ~ 1.0e4 (a row of bINV
+ * on v, plus a row of W on a column of S), inside fp16's 65504 with a margin of 6; the state's
+ * copy and v are <= 64 by the check. A chunk outside the domain (bf16 record, flagged) takes the
+ * bf16 step instead, on the same held state. The check costs 64 FMNMX for the state's lane
+ * maximum after each update, 8 for v and two votes, ahead of the chunk's products with -W.
  */
 #include "prefill_chain_io.cuh"
 #include "prefill_common.cuh"
@@ -30,6 +46,9 @@
 #define CH_STAGES 4
 #define CH_TILE16 512    /* bytes of one 16 x 16 bf16 tile (a warp's v slice) */
 #define CH_OUT_TILE 1024 /* a warp's output tile: 16 x 16 bf16, or fp32 for other outputs */
+#define CH_VRAW16 1024   /* the fp16 chain: a warp's v slice as read, 32 bytes per lane (8 values) */
+#define CH16_HI 64.0f    /* the fp16 chain's window for its held values (see above) */
+#define CH16_LO 0.015625f
 
 size_t pf_chain_smem_bytes(int vslice)
 {
@@ -38,11 +57,44 @@ size_t pf_chain_smem_bytes(int vslice)
            CH_STAGES * sizeof(uint64_t);
 }
 
+/* The fp16 chain: v slices as read (fp16 or fp32), and each warp's fp16 operand tile of v. */
+size_t pf_chain16_smem_bytes(int vslice)
+{
+    const int warps = vslice / 16;
+    return (size_t)CH_STAGES * PF_REC_BYTES + (size_t)CH_STAGES * warps * CH_VRAW16 + (size_t)warps * CH_OUT_TILE +
+           (size_t)warps * CH_TILE16 + CH_STAGES * sizeof(uint64_t);
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* used by the sm_90 chain only */
+/* The fp16 chain: a lane's 8 values of v as read (fp32 when v4, else fp16), widened. */
+static __device__ __forceinline__ void ch_read_v8(const unsigned char *raw, int v4, float vf[8])
+{
+    if (v4) {
+        const float4 a = *(const float4 *)raw, b = *(const float4 *)(raw + 16);
+        vf[0] = a.x, vf[1] = a.y, vf[2] = a.z, vf[3] = a.w;
+        vf[4] = b.x, vf[5] = b.y, vf[6] = b.z, vf[7] = b.w;
+    } else {
+        const uint4 x = *(const uint4 *)raw;
+        const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const float2 f = __half22float2(*(const __half2 *)&w[e]);
+            vf[2 * e] = f.x;
+            vf[2 * e + 1] = f.y;
+        }
+    }
+}
+
+/* 2^x as an fp32, for x in [-126, 127]. */
+static __device__ __forceinline__ float ch_pow2(int x) { return __int_as_float((127 + x) << 23); }
+#endif
+
 /* The chain of one (sequence, head, value slice). `out_mode` (a constant in each kernel below):
  * a bf16 or fp16 output with 16-byte rows is stored through a 16-bit tile, 16 bytes per lane;
  * any other through an fp32 tile, element by element. One kernel per mode, so that the common
- * one carries no code of the others. */
-static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_chain_plan &plan, const int out_mode)
+ * one carries no code of the others. `f16`: the fp16 chain (see the top of this file). */
+static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_chain_plan &plan, const int out_mode,
+                                                 const int f16)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char smem[];
@@ -67,10 +119,11 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
     const int v0 = slice * warps * 16 + warp * 16; /* this warp's first value (or M) column */
     const int with_v = !trans, with_out = mode != PF_CHAIN_SEG_A;
 
-    unsigned char *s_rec = smem;                                  /* [stage][record] */
-    unsigned char *s_v = smem + CH_STAGES * PF_REC_BYTES;         /* [stage][warp][tile] */
-    unsigned char *s_out = s_v + CH_STAGES * warps * CH_TILE16;   /* [warp][output tile] */
-    uint64_t *s_full = (uint64_t *)(s_out + warps * CH_OUT_TILE); /* [stage] */
+    unsigned char *s_rec = smem;                                                    /* [stage][record] */
+    unsigned char *s_v = smem + CH_STAGES * PF_REC_BYTES;                           /* [stage][warp][tile] */
+    unsigned char *s_out = s_v + CH_STAGES * warps * (f16 ? CH_VRAW16 : CH_TILE16); /* [warp][output tile] */
+    unsigned char *s_vop = s_out + warps * CH_OUT_TILE;                             /* f16: [warp][v operand] */
+    uint64_t *s_full = (uint64_t *)(s_vop + (f16 ? warps * CH_TILE16 : 0));         /* [stage] */
 
     int64_t row, start, len, slot0;
     pf_sequence(&p, n, &row, &start, &len, &slot0);
@@ -98,7 +151,7 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
         chain_get_state(&p, &p.state_in, chain_initial_row(&p, n), h, v0, g, t, S);
         /* Pass C starts segment 0 from this copy, so the caller's initial state is only read in
          * pass A and final_state may be the same tensor (an in-place update). */
-        if (mode == PF_CHAIN_SEG_A) chain_store_rows(plan.seg_S + seg_off, v0, g, t, S);
+        if (mode == PF_CHAIN_SEG_A) chain_store_rows(plan.seg_S + seg_off, v0, g, t, S, 1.0f);
     } else {
 #pragma unroll
         for (int j = 0; j < 16; j++)
@@ -124,6 +177,17 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
         v_t0 = start;
         v_ts = p.v_s[1];
     }
+    /* The fp16 chain reads v in its own dtype (fp16, or fp32: the caller's or the prep's fp32
+     * copy), 8 values per lane, two 16-byte pieces for fp32. */
+    const int v4 = f16 && (p.v_stage != NULL || p.qkv_dtype == FKDA_DTYPE_F32);
+    const unsigned char *vsrc8 = NULL;
+    int64_t v_ts8 = 0; /* bytes per token */
+    if (f16) {
+        const int es = v4 ? 4 : 2;
+        vsrc8 = p.v_stage != NULL ? p.v_stage + (h * p.slots * PF_CHUNK * p.vpad + v0 + vhalf * 8) * 4
+                                  : (const unsigned char *)p.v + (row * p.v_s[0] + h * p.v_s[2] + v0 + vhalf * 8) * es;
+        v_ts8 = v_ts * es;
+    }
 #define CH_ISSUE_RECORD(chunk, stage)                                                                                \
     do {                                                                                                             \
         const uint32_t mb_ = smem_addr(&s_full[stage]);                                                              \
@@ -133,7 +197,14 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
     } while (0)
 #define CH_ISSUE_V(chunk, stage)                                                                                \
     do {                                                                                                        \
-        if (with_v && (chunk) < nch) {                                                                          \
+        if (f16 && with_v && (chunk) < nch) {                                                                   \
+            const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                        \
+            const int ok_ = tk_ < len && v_live;                                                                \
+            const unsigned char *src_ = ok_ ? vsrc8 + (v_t0 + tk_) * v_ts8 : vsrc8;                             \
+            const uint32_t dst_ = smem_addr(s_v + ((stage)*warps + warp) * CH_VRAW16 + lane * 32);              \
+            cp_async_16(dst_, src_, ok_ ? 16u : 0u);                                                            \
+            if (v4) cp_async_16(dst_ + 16, ok_ ? src_ + 16 : src_, ok_ ? 16u : 0u);                             \
+        } else if (with_v && (chunk) < nch) {                                                                   \
             const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                        \
             const int ok_ = tk_ < len && v_live;                                                                \
             cp_async_16(smem_addr(s_v + ((stage)*warps + warp) * CH_TILE16 + pf_swz16(vtok, vhalf)),            \
@@ -153,17 +224,41 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
     /* The state in bf16: A fragments of S^T (and B fragments of S). Loop-carried: each chunk
      * packs the next chunk's copy as soon as its state update is done. */
     uint32_t sa[8][4];
-#define CH_PACK_STATE()                                                  \
-    do {                                                                 \
-        _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                 \
-        {                                                                \
-            sa[kk][0] = pack_bf16x2(S[2 * kk][0], S[2 * kk][1]);         \
-            sa[kk][1] = pack_bf16x2(S[2 * kk][2], S[2 * kk][3]);         \
-            sa[kk][2] = pack_bf16x2(S[2 * kk + 1][0], S[2 * kk + 1][1]); \
-            sa[kk][3] = pack_bf16x2(S[2 * kk + 1][2], S[2 * kk + 1][3]); \
-        }                                                                \
+#define CH_PACK_STATE_AS(PACK)                                    \
+    do {                                                          \
+        _Pragma("unroll") for (int kk = 0; kk < 8; kk++)          \
+        {                                                         \
+            sa[kk][0] = PACK(S[2 * kk][0], S[2 * kk][1]);         \
+            sa[kk][1] = PACK(S[2 * kk][2], S[2 * kk][3]);         \
+            sa[kk][2] = PACK(S[2 * kk + 1][0], S[2 * kk + 1][1]); \
+            sa[kk][3] = PACK(S[2 * kk + 1][2], S[2 * kk + 1][3]); \
+        }                                                         \
+    } while (0)
+#define CH_PACK_STATE()                    \
+    do {                                   \
+        if (f16)                           \
+            CH_PACK_STATE_AS(pack_f16x2);  \
+        else                               \
+            CH_PACK_STATE_AS(pack_bf16x2); \
     } while (0)
     CH_PACK_STATE();
+
+    /* The fp16 chain's scale: registers hold S 2^-e (and v, Vnew, O the same); ms is the lane's
+     * largest |held state|. */
+    int e_held = 0;
+    float ms = 0.0f;
+#define CH16_STATE_MAX()                                                                                           \
+    do {                                                                                                           \
+        float m0_ = 0.0f, m1_ = 0.0f;                                                                              \
+        _Pragma("unroll") for (int j = 0; j < 16; j += 2)                                                          \
+        {                                                                                                          \
+            m0_ = fmaxf(m0_, fmaxf(fmaxf(fabsf(S[j][0]), fabsf(S[j][1])), fmaxf(fabsf(S[j][2]), fabsf(S[j][3])))); \
+            m1_ = fmaxf(m1_, fmaxf(fmaxf(fabsf(S[j + 1][0]), fabsf(S[j + 1][1])),                                  \
+                                   fmaxf(fabsf(S[j + 1][2]), fabsf(S[j + 1][3]))));                                \
+        }                                                                                                          \
+        ms = fmaxf(m0_, m1_);                                                                                      \
+    } while (0)
+    if (f16) CH16_STATE_MAX();
 
     /* The output of a chunk is stored one iteration later, so that its mma chains run while the
      * next chunk's critical products are in flight: fragment (token g / g+8, values 2t..) ->
@@ -213,7 +308,7 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
         int64_t stop = nch;
         if (p.inter.data != NULL) {
             if (c < nch && pos % p.ichunk == 0 && inter_row0 + pos / p.ichunk < p.inter_rows)
-                chain_put_state(&p, &p.inter, inter_row0 + pos / p.ichunk, h, v0, g, t, S, 0);
+                chain_put_state(&p, &p.inter, inter_row0 + pos / p.ichunk, h, v0, g, t, S, 0, ch_pow2(e_held));
             const int64_t next = (pos / p.ichunk + 1) * p.ichunk / PF_CHUNK;
             stop = next < stop ? next : stop;
         }
@@ -224,7 +319,7 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
             for (int64_t base = 0; base < p.checkpoints; base += 32) {
                 const int64_t mine = base + lane < p.checkpoints ? chain_ck_offset(&p, n, base + lane) : -1;
                 for (unsigned due = __ballot_sync(0xffffffffu, mine == pos); due != 0; due &= due - 1)
-                    chain_put_checkpoint(&p, n, base + __ffs(due) - 1, h, v0, g, t, S, 0);
+                    chain_put_checkpoint(&p, n, base + __ffs(due) - 1, h, v0, g, t, S, 0, ch_pow2(e_held));
                 const int64_t m = chain_warp_next_offset(mine, pos, len);
                 next_ck = m < next_ck ? m : next_ck;
             }
@@ -234,10 +329,10 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
         for (; c < stop; c++) {
             const int st = (int)((c - cb) % CH_STAGES);
             const unsigned char *R = s_rec + st * PF_REC_BYTES;
-            const unsigned char *VT = s_v + (st * warps + warp) * CH_TILE16;
+            const unsigned char *VT = s_v + (st * warps + warp) * (f16 ? CH_VRAW16 : CH_TILE16);
 
             CP_ASYNC_WAIT(CH_STAGES - 1);
-            if (out_mode == PF_OUT_F16 && p.v_stage == NULL) {
+            if (!f16 && out_mode == PF_OUT_F16 && p.v_stage == NULL) {
                 /* fp16 v read directly: each lane turns its own 16 bytes into bf16 in place */
                 uint4 *u_ = (uint4 *)(VT + pf_swz16(vtok, vhalf));
                 uint4 x_ = *u_;
@@ -254,93 +349,171 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
 
             /* The critical chain first: S^T (-W)^T in four 4-deep chains (token tile x key half). */
             float vn[2][2][4]; /* [key half][token tile] */
+#define CH_NEG_W_S(MMA)                                                                                    \
+    do {                                                                                                   \
+        _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                                                   \
+        {                                                                                                  \
+            uint32_t wb[4];                                                                                \
+            ldsm_x4(wb, smem_addr(R + PF_REC_NEGW +                                                        \
+                                  pf_swz_unit((lane & 7) + 8 * (lane >> 4), 2 * kk + ((lane >> 3) & 1)))); \
+            float(*acc)[4] = vn[kk >> 2];                                                                  \
+            MMA(acc[0], sa[kk], wb[0], wb[1], (kk & 3) ? acc[0] : zero4);                                  \
+            MMA(acc[1], sa[kk], wb[2], wb[3], (kk & 3) ? acc[1] : zero4);                                  \
+        }                                                                                                  \
+    } while (0)
+
+/* The rest of the step, on MMA's operands (PACK rounds Vnew to them); VOPND: the v operand tile. */
+#define CH_STEP_REST(MMA, PACK, VOPND)                                                                                  \
+    do {                                                                                                                \
+        /* The previous chunk's output, now that its products are done. */                                              \
+        CH_STORE_OUTPUT(c - 1);                                                                                         \
+                                                                                                                        \
+        /* U^T = V^T bINV^T (bINV as hi + lo): A = V^T by a transposed load of the [token][value] tile. Off the       \
+         * chain: it does not depend on the state. */ \
+        float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};                                                   \
+        if (with_v) { /* uniform per CTA */                                                                             \
+            uint32_t va[4], bh[4], bl[4];                                                                               \
+            const int mi = lane >> 3, r = lane & 7;                                                                     \
+            ldsm_x4_trans(va, smem_addr((VOPND) + pf_swz16(r + 8 * (mi >> 1), mi & 1)));                                \
+            const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16;                         \
+            ldsm_x4(bh, smem_addr(R + PF_REC_BINV + boff));                                                             \
+            ldsm_x4(bl, smem_addr(R + PF_REC_BINV_LO + boff));                                                          \
+            MMA(u[0], va, bl[0], bl[1], zero4);                                                                         \
+            MMA(u[1], va, bl[2], bl[3], zero4);                                                                         \
+            MMA(u[0], va, bh[0], bh[1], u[0]);                                                                          \
+            MMA(u[1], va, bh[2], bh[3], u[1]);                                                                          \
+        }                                                                                                               \
+                                                                                                                        \
+        /* S^T diag(gamma) meanwhile (the 16-bit copy sa still holds the old state; the fp16 chain's gamma[0] may     \
+         * carry the bf16 record's flag in its sign). */ \
+        _Pragma("unroll") for (int j = 0; j < 16; j++)                                                                  \
+        {                                                                                                               \
+            const float2 gm = *(const float2 *)(R + PF_REC_GAMMA + (8 * j + 2 * t) * 4);                                \
+            const float gx = f16 ? fabsf(gm.x) : gm.x;                                                                  \
+            S[j][0] *= gx;                                                                                              \
+            S[j][1] *= gm.y;                                                                                            \
+            S[j][2] *= gx;                                                                                              \
+            S[j][3] *= gm.y;                                                                                            \
+        }                                                                                                               \
+                                                                                                                        \
+        /* Vnew^T rounded: the A fragment (m = values, k = tokens) of the state update, and the B fragments (k =      \
+         * tokens, n = values) of Mqk Vnew. */ \
+        uint32_t vp[4];                                                                                                 \
+        _Pragma("unroll") for (int e = 0; e < 2; e++)                                                                   \
+        {                                                                                                               \
+            vp[2 * e] = PACK(u[e][0] + (vn[0][e][0] + vn[1][e][0]), u[e][1] + (vn[0][e][1] + vn[1][e][1]));             \
+            vp[2 * e + 1] = PACK(u[e][2] + (vn[0][e][2] + vn[1][e][2]), u[e][3] + (vn[0][e][3] + vn[1][e][3]));         \
+        }                                                                                                               \
+                                                                                                                        \
+        /* S^T += Vnew^T Kr (B = Kr by transposed loads: k = tokens, n = keys). */                                      \
+        _Pragma("unroll") for (int m = 0; m < 8; m++)                                                                   \
+        {                                                                                                               \
+            uint32_t kb[4];                                                                                             \
+            ldsm_x4_trans(                                                                                              \
+                kb, smem_addr(R + PF_REC_KR + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * m + (lane >> 4))));   \
+            MMA(S[2 * m], vp, kb[0], kb[1], S[2 * m]);                                                                  \
+            MMA(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);                                                          \
+        }                                                                                                               \
+                                                                                                                        \
+        /* O = Qd S + Mqk Vnew (Mqk as hi + lo), in four chains, while the update completes. */                         \
+        if (with_out) {                                                                                                 \
+            float oh[2][4];                                                                                             \
+            _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                                                            \
+            {                                                                                                           \
+                uint32_t qa[4];                                                                                         \
+                ldsm_x4(qa, smem_addr(R + PF_REC_QD +                                                                   \
+                                      pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));          \
+                float(*acc)[4] = kk < 4 ? o : oh;                                                                       \
+                MMA(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);                                       \
+                MMA(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);                                       \
+            }                                                                                                           \
+            uint32_t mh[4], ml[4];                                                                                      \
+            const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;                         \
+            ldsm_x4(mh, smem_addr(R + PF_REC_MQK + moff));                                                              \
+            ldsm_x4(ml, smem_addr(R + PF_REC_MQK_LO + moff));                                                           \
+            MMA(o[0], ml, vp[0], vp[2], o[0]);                                                                          \
+            MMA(o[1], ml, vp[1], vp[3], o[1]);                                                                          \
+            MMA(oh[0], mh, vp[0], vp[2], oh[0]);                                                                        \
+            MMA(oh[1], mh, vp[1], vp[3], oh[1]);                                                                        \
+            _Pragma("unroll") for (int e = 0; e < 4; e++)                                                               \
+            {                                                                                                           \
+                o[0][e] += oh[0][e];                                                                                    \
+                o[1][e] += oh[1][e];                                                                                    \
+            }                                                                                                           \
+        }                                                                                                               \
+    } while (0)
+
+            if (!f16) {
+                CH_NEG_W_S(mma_bf16_16816);
+                CH_STEP_REST(mma_bf16_16816, pack_bf16x2, VT);
+            } else {
+                /* The fp16 chain: -W S on the fp16 copy first (the critical chain), then the range
+                 * check, which redoes it only when it rescales; a flagged chunk takes the bf16 step. */
+                const int bf16_chunk = PF_REC16_BF16_FLAG(R);
+                float mv = 0.0f;
+                if (with_v) {
+                    float vf[8];
+                    ch_read_v8(VT + lane * 32, v4, vf);
 #pragma unroll
-            for (int kk = 0; kk < 8; kk++) {
-                uint32_t wb[4];
-                ldsm_x4(wb, smem_addr(R + PF_REC_NEGW +
-                                      pf_swz_unit((lane & 7) + 8 * (lane >> 4), 2 * kk + ((lane >> 3) & 1))));
-                float(*acc)[4] = vn[kk >> 2];
-                mma_bf16_16816(acc[0], sa[kk], wb[0], wb[1], (kk & 3) ? acc[0] : zero4);
-                mma_bf16_16816(acc[1], sa[kk], wb[2], wb[3], (kk & 3) ? acc[1] : zero4);
-            }
-
-            /* The previous chunk's output, now that its products are done. */
-            CH_STORE_OUTPUT(c - 1);
-
-            /* U^T = V^T bINV^T (bINV as hi + lo): A = V^T by a transposed load of the [token][value]
-         * tile. Off the chain: it does not depend on the state. */
-            float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-            if (with_v) { /* uniform per CTA */
-                uint32_t va[4], bh[4], bl[4];
-                const int mi = lane >> 3, r = lane & 7;
-                ldsm_x4_trans(va, smem_addr(VT + pf_swz16(r + 8 * (mi >> 1), mi & 1)));
-                const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16;
-                ldsm_x4(bh, smem_addr(R + PF_REC_BINV + boff));
-                ldsm_x4(bl, smem_addr(R + PF_REC_BINV_LO + boff));
-                mma_bf16_16816(u[0], va, bl[0], bl[1], zero4);
-                mma_bf16_16816(u[1], va, bl[2], bl[3], zero4);
-                mma_bf16_16816(u[0], va, bh[0], bh[1], u[0]);
-                mma_bf16_16816(u[1], va, bh[2], bh[3], u[1]);
-            }
-
-            /* S^T diag(gamma) meanwhile (the bf16 copy sa still holds the old state). */
-#pragma unroll
-            for (int j = 0; j < 16; j++) {
-                const float2 gm = *(const float2 *)(R + PF_REC_GAMMA + (8 * j + 2 * t) * 4);
-                S[j][0] *= gm.x;
-                S[j][1] *= gm.y;
-                S[j][2] *= gm.x;
-                S[j][3] *= gm.y;
-            }
-
-            /* Vnew^T in bf16: the A fragment (m = values, k = tokens) of the state update, and the B
-         * fragments (k = tokens, n = values) of Mqk Vnew. */
-            uint32_t vp[4];
-#pragma unroll
-            for (int e = 0; e < 2; e++) {
-                vp[2 * e] = pack_bf16x2(u[e][0] + (vn[0][e][0] + vn[1][e][0]), u[e][1] + (vn[0][e][1] + vn[1][e][1]));
-                vp[2 * e + 1] = pack_bf16x2(u[e][2] + (vn[0][e][2] + vn[1][e][2]),
-                                            u[e][3] + (vn[0][e][3] + vn[1][e][3]));
-            }
-
-            /* S^T += Vnew^T Kr (B = Kr by transposed loads: k = tokens, n = keys). */
-#pragma unroll
-            for (int m = 0; m < 8; m++) {
-                uint32_t kb[4];
-                ldsm_x4_trans(kb, smem_addr(R + PF_REC_KR +
-                                            pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * m + (lane >> 4))));
-                mma_bf16_16816(S[2 * m], vp, kb[0], kb[1], S[2 * m]);
-                mma_bf16_16816(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);
-            }
-
-            /* O = Qd S + Mqk Vnew (Mqk as hi + lo), in four chains, while the update completes. */
-            if (with_out) {
-                float oh[2][4];
-#pragma unroll
-                for (int kk = 0; kk < 8; kk++) {
-                    uint32_t qa[4];
-                    ldsm_x4(qa, smem_addr(R + PF_REC_QD +
-                                          pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));
-                    float(*acc)[4] = kk < 4 ? o : oh;
-                    mma_bf16_16816(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);
-                    mma_bf16_16816(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);
+                    for (int e = 0; e < 8; e++) mv = fmaxf(mv, fabsf(vf[e]));
                 }
-                uint32_t mh[4], ml[4];
-                const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;
-                ldsm_x4(mh, smem_addr(R + PF_REC_MQK + moff));
-                ldsm_x4(ml, smem_addr(R + PF_REC_MQK_LO + moff));
-                mma_bf16_16816(o[0], ml, vp[0], vp[2], o[0]);
-                mma_bf16_16816(o[1], ml, vp[1], vp[3], o[1]);
-                mma_bf16_16816(oh[0], mh, vp[0], vp[2], oh[0]);
-                mma_bf16_16816(oh[1], mh, vp[1], vp[3], oh[1]);
+                const float m_lane = fmaxf(ms, mv * ch_pow2(-e_held));
+                const int big = __any_sync(0xffffffffu, m_lane > CH16_HI);
+                const int small = __all_sync(0xffffffffu, m_lane < CH16_LO);
+                if (big || small) {
+                    float M = m_lane;
+#pragma unroll
+                    for (int o_ = 16; o_ > 0; o_ >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o_));
+                    if (M > 0.0f && M <= 3.4028235e38f) {
+                        /* the largest lands in [8, 16): e += ilogb(M) - 3, kept in [-120, 120] */
+                        int en = e_held + ((__float_as_int(M) >> 23) - 127) - 3;
+                        en = en < -120 ? -120 : (en > 120 ? 120 : en);
+                        const int d = e_held - en, d1 = d / 2;
+                        if (d != 0) {
+                            const float r1 = ch_pow2(d1), r2 = ch_pow2(d - d1);
+#pragma unroll
+                            for (int j = 0; j < 16; j++)
+#pragma unroll
+                                for (int e = 0; e < 4; e++) S[j][e] = S[j][e] * r1 * r2;
+                            e_held = en;
+                            CH_PACK_STATE_AS(pack_f16x2);
+                        }
+                    }
+                }
+                if (bf16_chunk) {
+                    CH_PACK_STATE_AS(pack_bf16x2);
+                    CH_NEG_W_S(mma_bf16_16816);
+                } else {
+                    CH_NEG_W_S(mma_f16_16816);
+                }
+                unsigned char *VOP = s_vop + warp * CH_TILE16;
+                if (with_v) {
+                    float vf[8];
+                    ch_read_v8(VT + lane * 32, v4, vf);
+                    const float sc = ch_pow2(-e_held);
+                    uint4 x_;
+                    x_.x = bf16_chunk ? pack_bf16x2(vf[0] * sc, vf[1] * sc) : pack_f16x2(vf[0] * sc, vf[1] * sc);
+                    x_.y = bf16_chunk ? pack_bf16x2(vf[2] * sc, vf[3] * sc) : pack_f16x2(vf[2] * sc, vf[3] * sc);
+                    x_.z = bf16_chunk ? pack_bf16x2(vf[4] * sc, vf[5] * sc) : pack_f16x2(vf[4] * sc, vf[5] * sc);
+                    x_.w = bf16_chunk ? pack_bf16x2(vf[6] * sc, vf[7] * sc) : pack_f16x2(vf[6] * sc, vf[7] * sc);
+                    *(uint4 *)(VOP + pf_swz16(vtok, vhalf)) = x_;
+                }
+                __syncwarp();
+                if (bf16_chunk)
+                    CH_STEP_REST(mma_bf16_16816, pack_bf16x2, VOP);
+                else
+                    CH_STEP_REST(mma_f16_16816, pack_f16x2, VOP);
+                /* the output in the caller's units; the state's lane maximum for the next check */
+                const float up = ch_pow2(e_held);
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    o[0][e] += oh[0][e];
-                    o[1][e] += oh[1][e];
+                    o[0][e] *= up;
+                    o[1][e] *= up;
                 }
             }
 
             CH_PACK_STATE();
+            if (f16) CH16_STATE_MAX();
 
             /* Every warp is done with this stage: refill it with chunk c + CH_STAGES. */
             __syncthreads();
@@ -351,6 +524,10 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
     }
     if (nch > cb) CH_STORE_OUTPUT(nch - 1);
 #undef CH_PACK_STATE
+#undef CH_PACK_STATE_AS
+#undef CH16_STATE_MAX
+#undef CH_NEG_W_S
+#undef CH_STEP_REST
 #undef CH_STORE_OUTPUT
 #undef CH_ISSUE_RECORD
 #undef CH_ISSUE_V
@@ -360,26 +537,35 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
     for (int64_t j = 0; j < p.checkpoints; j++) {
         const int64_t off = chain_ck_offset(&p, n, j);
         if (off == len || (off > 0 && off < len && off % PF_CHUNK != 0))
-            chain_put_checkpoint(&p, n, j, h, v0, g, t, S, off != len);
+            chain_put_checkpoint(&p, n, j, h, v0, g, t, S, off != len, ch_pow2(e_held));
     }
     if (mode == PF_CHAIN_WHOLE || (mode == PF_CHAIN_SEG_C && seg == plan.P - 1))
-        chain_put_state(&p, &p.state_out, chain_final_row(&p, n), h, v0, g, t, S, 0);
+        chain_put_state(&p, &p.state_out, chain_final_row(&p, n), h, v0, g, t, S, 0, ch_pow2(e_held));
     else if (mode == PF_CHAIN_SEG_A)
-        chain_store_rows((trans ? plan.seg_M : plan.seg_B) + seg_off, v0, g, t, S);
+        chain_store_rows((trans ? plan.seg_M : plan.seg_B) + seg_off, v0, g, t, S, ch_pow2(e_held));
 #endif
 }
 
 __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, const pf_chain_plan plan)
 {
-    chain_run(p, plan, PF_OUT_BF16);
+    chain_run(p, plan, PF_OUT_BF16, 0);
 }
 __global__ void __launch_bounds__(256, 1) pf_chain_kernel_f16_out(const pf_params p, const pf_chain_plan plan)
 {
-    chain_run(p, plan, PF_OUT_F16);
+    chain_run(p, plan, PF_OUT_F16, 0);
 }
 __global__ void __launch_bounds__(256, 1) pf_chain_kernel_any_out(const pf_params p, const pf_chain_plan plan)
 {
-    chain_run(p, plan, PF_OUT_ANY);
+    chain_run(p, plan, PF_OUT_ANY, 0);
+}
+/* The fp16 chain (fp16 and fp32 q, k, v: the output is fp16 or goes through the fp32 tile). */
+__global__ void __launch_bounds__(256, 1) pf_chain16_kernel_f16_out(const pf_params p, const pf_chain_plan plan)
+{
+    chain_run(p, plan, PF_OUT_F16, 1);
+}
+__global__ void __launch_bounds__(256, 1) pf_chain16_kernel_any_out(const pf_params p, const pf_chain_plan plan)
+{
+    chain_run(p, plan, PF_OUT_ANY, 1);
 }
 
 cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream)
@@ -390,12 +576,14 @@ cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaS
     const int64_t blocks = p->N * p->HV * nseg * ncols;
     if (blocks <= 0) return cudaSuccess;
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration; /* gridDim.x limit */
-    const size_t smem = pf_chain_smem_bytes(vslice);
+    const size_t smem = p->fp16_chain ? pf_chain16_smem_bytes(vslice) : pf_chain_smem_bytes(vslice);
     void (*kernel)(const pf_params, const pf_chain_plan) = p->out_mode == PF_OUT_BF16  ? pf_chain_kernel
                                                            : p->out_mode == PF_OUT_F16 ? pf_chain_kernel_f16_out
                                                                                        : pf_chain_kernel_any_out;
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)pf_chain_smem_bytes(PF_DV));
+    if (p->fp16_chain) kernel = p->out_mode == PF_OUT_F16 ? pf_chain16_kernel_f16_out : pf_chain16_kernel_any_out;
+    cudaError_t err = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+        (int)(p->fp16_chain ? pf_chain16_smem_bytes(PF_DV) : pf_chain_smem_bytes(PF_DV)));
     if (err != cudaSuccess) return err;
     kernel<<<(unsigned)blocks, vslice * 2, smem, stream>>>(*p, *plan);
     return cudaGetLastError();

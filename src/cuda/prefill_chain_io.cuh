@@ -87,15 +87,17 @@ static __device__ __forceinline__ void chain_put_state_copy(const pf_states dst,
         }
 }
 
+/* `up`: the power of two that takes the registers to the state (the fp16 chain holds its state
+ * scaled, prefill_chain.cu; 1 in the bf16 chain). */
 static __device__ __forceinline__ void chain_put_state(const pf_params *p, const pf_states *dst, int64_t r, int64_t h,
-                                                       int v0, int g, int t, const float S[16][4], int poison)
+                                                       int v0, int g, int t, const float S[16][4], int poison, float up)
 {
     if (r < 0) return;
     float copy[16][4];
 #pragma unroll
     for (int j = 0; j < 16; j++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) copy[j][e] = S[j][e];
+        for (int e = 0; e < 4; e++) copy[j][e] = S[j][e] * up;
     chain_put_state_copy(*dst, p->K, p->V, r, h, v0, g, t, copy, poison);
 }
 
@@ -107,13 +109,13 @@ static __device__ __forceinline__ int64_t chain_ck_offset(const pf_params *p, in
 }
 
 static __device__ __forceinline__ void chain_put_checkpoint(const pf_params *p, int64_t n, int64_t j, int64_t h, int v0,
-                                                            int g, int t, const float S[16][4], int poison)
+                                                            int g, int t, const float S[16][4], int poison, float up)
 {
     if (p->ck_states.data != NULL) {
-        chain_put_state(p, &p->ck_states, n * p->checkpoints + j, h, v0, g, t, S, poison);
+        chain_put_state(p, &p->ck_states, n * p->checkpoints + j, h, v0, g, t, S, poison, up);
     } else {
         const int64_t r = chain_int(&p->ck_idx, n * p->ck_idx.stride[0] + j * p->ck_idx.stride[1]);
-        if (r >= 0 && r < p->pool_size) chain_put_state(p, &p->state_out, r, h, v0, g, t, S, poison);
+        if (r >= 0 && r < p->pool_size) chain_put_state(p, &p->state_out, r, h, v0, g, t, S, poison, up);
     }
 }
 
@@ -194,12 +196,13 @@ static __device__ __forceinline__ void chain_load_rows(const float *base, int v0
     }
 }
 
-static __device__ __forceinline__ void chain_store_rows(float *base, int v0, int g, int t, const float S[16][4])
+static __device__ __forceinline__ void chain_store_rows(float *base, int v0, int g, int t, const float S[16][4],
+                                                        float up)
 {
 #pragma unroll
     for (int j = 0; j < 16; j++) {
-        *(float2 *)(base + (int64_t)(v0 + g) * PF_DK + 8 * j + 2 * t) = make_float2(S[j][0], S[j][1]);
-        *(float2 *)(base + (int64_t)(v0 + g + 8) * PF_DK + 8 * j + 2 * t) = make_float2(S[j][2], S[j][3]);
+        *(float2 *)(base + (int64_t)(v0 + g) * PF_DK + 8 * j + 2 * t) = make_float2(S[j][0] * up, S[j][1] * up);
+        *(float2 *)(base + (int64_t)(v0 + g + 8) * PF_DK + 8 * j + 2 * t) = make_float2(S[j][2] * up, S[j][3] * up);
     }
 }
 #endif

@@ -49,6 +49,15 @@
 #define PF_REC_QD 10752     /* Qd   [16][128] bf16, swizzled (scale folded in) */
 #define PF_REC_BYTES 14848
 
+/* The fp16 family's record (prefill_prep.cu's fp16 forms, prefill_chain.cu's fp16 chain): the same
+ * layout and bytes, with -W, Kr, Qd as fp16 tiles and bINV, Mqk as fp16 hi + lo pairs (11
+ * significant bits per operand instead of 8: dev/numerics/README.md, plan (m)). A chunk outside
+ * fp16's domain (the prep's check: every gate step <= 0, every beta in [0, 4] with b |k|^2 <= 2,
+ * and every q row (times scale) and k row of norm 0 or within [2^-6, 2^7]) is written in the bf16
+ * layout instead, and flagged by the sign bit of gamma[0] (gamma = 2^G_C is never negative), so
+ * that the chain takes its bf16 step for that chunk. */
+#define PF_REC16_BF16_FLAG(rec) (*(const int32_t *)((rec) + PF_REC_GAMMA) < 0)
+
 /* Byte offset of element (row, col) of a swizzled [16][128] bf16 tile. */
 static __device__ __forceinline__ uint32_t pf_swz(int row, int col)
 {
@@ -98,6 +107,10 @@ typedef struct pf_params {
     int64_t q_s[3], k_s[3], v_s[3], g_s[3];
     int32_t qkv_dtype, g_dtype;
     int32_t qkg_load; /* PF_LOAD_*: how the prep loads q, k, g (prefill_prep.cu) */
+    /* the fp16 family (fp16 and fp32 q, k, v; docs/prefill.md): fp16 records where a chunk is in
+     * fp16's domain (PF_REC16_BF16_FLAG below), and v_stage, when present, an fp32 copy. (It fills
+     * the 4 bytes of padding before `beta`, so no other field moves.) */
+    int32_t fp16_chain;
     const void *beta;
     int64_t beta_s[3];
     int32_t beta_dtype;
@@ -188,6 +201,17 @@ static __device__ __forceinline__ uint16_t pf_float_to_bf16(float x)
     return __bfloat16_as_ushort(__float2bfloat16_rn(x));
 }
 
+/* A 16-bit operand of the record: fp16 (f16 != 0) or bf16, and back. */
+static __device__ __forceinline__ uint16_t pf_float_to_16(float x, int f16)
+{
+    return f16 ? __half_as_ushort(__float2half_rn(x)) : pf_float_to_bf16(x);
+}
+
+static __device__ __forceinline__ float pf_16_to_float(uint16_t x, int f16)
+{
+    return f16 ? __half2float(__ushort_as_half(x)) : pf_bf16_to_float(x);
+}
+
 static __device__ __forceinline__ float pf_exp2(float x)
 {
     float y;
@@ -225,5 +249,6 @@ cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream);
 cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream);
 cudaError_t pf_launch_merge(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream);
 size_t pf_chain_smem_bytes(int vslice);
+size_t pf_chain16_smem_bytes(int vslice); /* the fp16 family's chain */
 
 #endif /* FKDA_PREFILL_COMMON_CUH */

@@ -53,20 +53,35 @@ static int out_mode(const fkda_problem *p)
     return p->out.dtype == FKDA_DTYPE_BF16 ? PF_OUT_BF16 : PF_OUT_F16;
 }
 
+/* The fp16 family (fp16 or fp32 q, k, v with K <= 128: fp16 records and the fp16 chain,
+ * docs/prefill.md); FKDA_PREFILL_FP16_CHAIN=0 keeps such inputs on the bf16 kernels, for A/B
+ * runs. */
+static int fp16_family(const fkda_problem *p)
+{
+    if (p->K > PF_DK || (p->q.dtype != FKDA_DTYPE_F16 && p->q.dtype != FKDA_DTYPE_F32)) return 0;
+    fkda_tuning tuning;
+    fkda_tuning_read(&tuning);
+    return tuning.prefill_fp16_chain != 0;
+}
+
 /* The chain reads the caller's v when it is bf16 with 16-byte rows, or fp16 with 16-byte rows
- * and an fp16 output of the same kind (the fp16-output chain converts its v tiles to bf16). */
+ * and an fp16 output of the same kind (the fp16-output chain converts its v tiles to bf16). The
+ * fp16 chain reads fp16 or fp32 v with 16-byte rows and whole 8-value pieces. */
 static int v_direct(const fkda_problem *p)
 {
+    if (fp16_family(p)) return rows16(&p->v, p->V) && p->V % 8 == 0;
     if (bf16_rows16(&p->v, p->V)) return 1;
     return p->v.dtype == FKDA_DTYPE_F16 && rows16(&p->v, p->V) && out_mode(p) == PF_OUT_F16;
 }
 
 static int64_t vpad(const fkda_problem *p) { return (p->V + 15) / 16 * 16; }
 
-/* Workspace of the bf16 copy of v: [HV][slots][16][vpad], or nothing. */
+/* Workspace of the chain's copy of v: [HV][slots][16][vpad] bf16 (fp32 for the fp16 family), or
+ * nothing. */
 static size_t v_stage_bytes(const fkda_problem *p)
 {
-    return v_direct(p) ? 0 : (size_t)p->HV * (size_t)prefill_slots(p) * PF_CHUNK * (size_t)vpad(p) * 2;
+    const size_t esize = fp16_family(p) ? 4 : 2;
+    return v_direct(p) ? 0 : (size_t)p->HV * (size_t)prefill_slots(p) * PF_CHUNK * (size_t)vpad(p) * esize;
 }
 
 extern "C" fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const cudaDeviceProp *prop)
@@ -212,6 +227,7 @@ static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
     q->qkv_dtype = p->q.dtype;
     q->g_dtype = p->g.dtype;
     q->qkg_load = qkg_load(p);
+    q->fp16_chain = fp16_family(p);
     for (int i = 0; i < 3; i++) {
         q->q_s[i] = p->q.stride[i];
         q->k_s[i] = p->k.stride[i];

@@ -45,9 +45,14 @@
  *   load: one of the above;
  *   gate_checked: the gate may decay faster than the centred products take (no lower bound of
  *         at least -5): each chunk checks its span and may take step 4'. Without it, step 4'
- *         is compiled out, which keeps the registers of the common path. */
+ *         is compiled out, which keeps the registers of the common path;
+ *   f16: the fp16 family's record (prefill_common.cuh, PF_REC16_BF16_FLAG): the L product on
+ *         hi + lo operands like Mqk (its bf16 rounding is the state's floor once the chain has
+ *         11 bits: dev/numerics/README.md, plan (m)); each chunk checks that it lies in fp16's
+ *         domain and writes fp16 tiles and pairs if so, else the bf16 record, flagged; v, when
+ *         the chain cannot read the caller's, copied in fp32. */
 static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int load, const int gate_checked,
-                                                  unsigned char (*s_buf)[4096])
+                                                  const int f16, unsigned char (*s_buf)[4096])
 {
     const int bulk = load == PF_LOAD_BF16, tiles = load == PF_LOAD_TILES;
     /* Loading: the q, k, g tiles (bulk: 3 x 4 KB bf16; else 3 x 8 KB at most, two units each).
@@ -57,7 +62,8 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     __shared__ float s_L[16][17];
     __shared__ float s_binv[16][17];
     __shared__ float s_rq[16], s_rk[16], s_b[16];
-    enum { IN_Q = 0, IN_K = 1, IN_G = 2, OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC = 3, OP_QC_LO = 4 };
+    __shared__ int s_out16[16]; /* f16: rows outside fp16's domain */
+    enum { IN_Q = 0, IN_K = 1, IN_G = 2, OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC = 3, OP_QC_LO = 4, OP_KC_LO = 5 };
     float *const fq = (float *)s_buf[0], *const fk = (float *)s_buf[2], *const fg = (float *)s_buf[4];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -123,7 +129,16 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
             fg[r * 128 + tid] = ok ? pf_load_float(p.g, p.g_dtype, g0 + t * p.g_s[1] + tid) : 0.0f;
         }
     }
-    if (p.v_stage != NULL) {
+    if (f16 && p.v_stage != NULL) {
+        /* the fp16 chain's fp32 copy of v: [16][vpad], zeros past V and past the sequence end */
+        float *dst = (float *)p.v_stage + (h * p.slots + slot) * (int64_t)(PF_CHUNK * p.vpad);
+        const int64_t vbase = row * p.v_s[0] + h * p.v_s[2];
+        for (int r = 0; r < PF_CHUNK; r++)
+            for (int col = tid; col < p.vpad; col += PREP_THREADS)
+                dst[r * p.vpad + col] = r < rows && col < p.V
+                                            ? pf_load_float(p.v, p.qkv_dtype, vbase + (t0 + r) * p.v_s[1] + col)
+                                            : 0.0f;
+    } else if (p.v_stage != NULL) {
         /* the chain's bf16 copy of v: [16][vpad], zeros past V and past the sequence end */
         uint16_t *dst = (uint16_t *)p.v_stage + (h * p.slots + slot) * (int64_t)(PF_CHUNK * p.vpad);
         const int64_t vbase = row * p.v_s[0] + h * p.v_s[2];
@@ -154,7 +169,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     /* 2. Row norms: 8 threads per row, 16 elements each. */
     {
         const int r = tid >> 3, part = tid & 7;
-        float sq = 0.0f, sk = 0.0f;
+        float sq = 0.0f, sk = 0.0f, mq = 0.0f, mk = 0.0f; /* mq, mk: f16 only (whether a row is zero) */
         if (bulk) {
 #pragma unroll
             for (int e = 0; e < 2; e++) {
@@ -176,6 +191,10 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                 const float b = prep_tile_get(s_buf[2], p.qkv_dtype, r, part * 16 + e);
                 sq += a * a;
                 sk += b * b;
+                if (f16) {
+                    mq = fmaxf(mq, fabsf(a));
+                    mk = fmaxf(mk, fabsf(b));
+                }
             }
         } else {
 #pragma unroll
@@ -183,22 +202,32 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                 const float a = fq[r * 128 + part * 16 + e], b = fk[r * 128 + part * 16 + e];
                 sq += a * a;
                 sk += b * b;
+                if (f16) {
+                    mq = fmaxf(mq, fabsf(a));
+                    mk = fmaxf(mk, fabsf(b));
+                }
             }
         }
 #pragma unroll
         for (int m = 1; m < 8; m <<= 1) {
             sq += __shfl_xor_sync(0xffffffffu, sq, m);
             sk += __shfl_xor_sync(0xffffffffu, sk, m);
+            if (f16) {
+                mq = fmaxf(mq, __shfl_xor_sync(0xffffffffu, mq, m));
+                mk = fmaxf(mk, __shfl_xor_sync(0xffffffffu, mk, m));
+            }
         }
         if (part == 0) {
             s_rq[r] = p.l2norm ? rsqrtf(sq + 1e-6f) : 1.0f;
             s_rk[r] = p.l2norm ? rsqrtf(sk + 1e-6f) : 1.0f;
+            if (f16) s_out16[r] = !prep_row_in_fp16(&p, sq, sk, mq, mk, s_rq[r], s_rk[r], s_b[r]);
         }
     }
     __syncthreads();
 
     /* 3. Thread `col` owns key channel col: its column of q, k, g into registers. */
     float qn[16], kn[16], G[16];
+    int grows = 0; /* f16: a gate step above 0 (a growing state: outside fp16's domain) */
     {
         float acc = 0.0f;
         const int live = col < p.K;
@@ -221,6 +250,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
             /* unchecked: the lower bound gate (the only one proven in range) */
             const float a = gate_checked ? prep_gate(&p, xg, A, db) : p.gate_scale * pf_sigmoid(A * (xg + db));
             acc += i < rows && live ? a : 0.0f;
+            if (f16) grows |= i < rows && live && !(a <= 0.0f);
             G[i] = acc;
             qn[i] = xq * s_rq[i];
             kn[i] = xk * s_rk[i];
@@ -233,24 +263,33 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     const float span_max = p.l2norm ? PREP_SAFE_SPAN_NORM : PREP_SAFE_SPAN;
     const int pairwise = gate_checked ? __syncthreads_or(!(span <= span_max)) /* NaN: pairwise too */
                                       : (__syncthreads(), 0);
+    /* f16: the whole chunk in fp16's domain, or the bf16 record (flagged in gamma[0]) */
+    const int rec16 = f16 ? !__syncthreads_or(grows || (tid < 16 && s_out16[tid])) : 0;
 
     /* The decayed operands: Qd, Kr, gamma into the record, Kd in registers; then either the
      * centred operands of step 4 or the fp32 tiles of step 4'. */
     float kd[16];
     const float Gref = G[7], Gl = G[15];
     *(float *)(rec + PF_REC_GAMMA + col * 4) = pf_exp2(Gl);
+    if (f16 && !rec16 && col == 0) *(float *)(rec + PF_REC_GAMMA) = -pf_exp2(Gl); /* the bf16 record's flag */
     if (!pairwise) {
 #pragma unroll
         for (int i = 0; i < 16; i++) {
             const uint32_t off = pf_swz(i, col);
             const float e_ = pf_exp2(G[i]);
             kd[i] = kn[i] * e_;
-            st_bf16(rec + PF_REC_QD, off, p.scale * qn[i] * e_);
-            st_bf16(rec + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]));
+            st_16(rec + PF_REC_QD, off, p.scale * qn[i] * e_, rec16);
+            st_16(rec + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]), rec16);
             const float ec = pf_exp2(G[i] - Gref), ei = pf_exp2(Gref - G[i]);
             const float kc = kn[i] * ec, ki = kn[i] * ei, qc = qn[i] * ec;
             const uint16_t ki_hi = pf_float_to_bf16(ki), qc_hi = pf_float_to_bf16(qc);
-            st_bf16(s_buf[OP_KC], off, kc);
+            if (f16) {
+                const uint16_t kc_hi = pf_float_to_bf16(kc);
+                *(uint16_t *)(s_buf[OP_KC] + off) = kc_hi;
+                st_bf16(s_buf[OP_KC_LO], off, kc - pf_bf16_to_float(kc_hi));
+            } else {
+                st_bf16(s_buf[OP_KC], off, kc);
+            }
             *(uint16_t *)(s_buf[OP_KI] + off) = ki_hi;
             st_bf16(s_buf[OP_KI_LO], off, ki - pf_bf16_to_float(ki_hi));
             *(uint16_t *)(s_buf[OP_QC] + off) = qc_hi;
@@ -261,8 +300,8 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
         for (int i = 0; i < 16; i++) {
             const uint32_t off = pf_swz(i, col);
             const float e_ = pf_exp2(G[i]);
-            st_bf16(rec + PF_REC_QD, off, p.scale * qn[i] * e_);
-            st_bf16(rec + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]));
+            st_16(rec + PF_REC_QD, off, p.scale * qn[i] * e_, rec16);
+            st_16(rec + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]), rec16);
             fq[i * 128 + col] = qn[i];
             fk[i * 128 + col] = kn[i];
             fg[i * 128 + col] = G[i];
@@ -273,7 +312,8 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     const int g = lane >> 2, t = lane & 3;
     if (!pairwise) {
         /* 4. Warps 0, 1: L on token tile 8w..8w+8; warps 2, 3: Mqk on token tile 8(w-2)..; Mqk in
-         * three accumulators (hi*hi, hi*lo, lo*hi) so each chain is 8 deep. */
+         * three accumulators (hi*hi, hi*lo, lo*hi) so each chain is 8 deep, and L too in the f16
+         * forms. */
         const int prod = warp >> 1, nt = warp & 1;
         float acc[3][4];
 #pragma unroll
@@ -293,9 +333,9 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
             /* this warp's token tile (selects, not a run-time register index) */
             const uint32_t bh0 = nt ? bh[2] : bh[0], bh1 = nt ? bh[3] : bh[1];
             mma_bf16_16816(acc[0], ah, bh0, bh1, acc[0]);
-            if (prod) { /* warp-uniform */
+            if (prod || f16) { /* warp-uniform */
                 uint32_t al[4], bl[4];
-                ldsm_x4(al, smem_addr(s_buf[OP_QC_LO] + aoff));
+                ldsm_x4(al, smem_addr((f16 ? s_buf[prod ? OP_QC_LO : OP_KC_LO] : s_buf[OP_QC_LO]) + aoff));
                 ldsm_x4(bl, smem_addr(s_buf[OP_KI_LO] + boff));
                 const uint32_t bl0 = nt ? bl[2] : bl[0], bl1 = nt ? bl[3] : bl[1];
                 mma_bf16_16816(acc[1], ah, bl0, bl1, acc[1]);
@@ -306,41 +346,46 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
         for (int e = 0; e < 4; e++) {
             const int i = g + 8 * (e >> 1), j = 8 * nt + 2 * t + (e & 1);
             if (prod == 0) {
-                s_L[i][j] = i > j ? s_b[i] * acc[0][e] : 0.0f;
+                s_L[i][j] = i > j ? s_b[i] * (f16 ? acc[0][e] + (acc[1][e] + acc[2][e]) : acc[0][e]) : 0.0f;
             } else {
                 const float m = i >= j ? p.scale * (acc[0][e] + (acc[1][e] + acc[2][e])) : 0.0f;
-                const uint16_t hi = pf_float_to_bf16(m);
+                const uint16_t hi = pf_float_to_16(m, rec16);
                 *(uint16_t *)(rec + PF_REC_MQK + (i * 16 + j) * 2) = hi;
-                st_bf16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, m - pf_bf16_to_float(hi));
+                st_16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, m - pf_16_to_float(hi, rec16), rec16);
             }
         }
     } else {
-        prep_pairwise(fq, fk, fg, s_L, s_b, rec, p.scale);
+        prep_pairwise(fq, fk, fg, s_L, s_b, rec, p.scale, rec16);
         __syncthreads();
         /* Kd from the tiles (not kept in registers across the call) */
 #pragma unroll
         for (int i = 0; i < 16; i++) kd[i] = fk[i * 128 + col] * pf_exp2(fg[i * 128 + col]);
-        prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane);
+        prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane, rec16);
         return;
     }
     __syncthreads();
-    prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane);
+    prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane, rec16);
 }
 
 /* The checked kernels hold more live values (step 4' beside step 4), and the tile path its dtype
  * decoding: 6 CTAs per SM instead of 8 leaves them 80 registers. */
-#define PREP_KERNEL(name, load, gate_checked, ctas, units)                        \
+#define PREP_KERNEL(name, load, gate_checked, f16, ctas, units)                   \
     __global__ void __launch_bounds__(PREP_THREADS, ctas) name(const pf_params p) \
     {                                                                             \
         __shared__ __align__(128) unsigned char s_buf[units][4096];               \
-        prep_chunk(p, load, gate_checked, s_buf);                                 \
+        prep_chunk(p, load, gate_checked, f16, s_buf);                            \
     }
-PREP_KERNEL(pf_prep_bulk, PF_LOAD_BF16, 0, 8, 5)
-PREP_KERNEL(pf_prep_bulk_checked, PF_LOAD_BF16, 1, 6, 6)
-PREP_KERNEL(pf_prep_tiles, PF_LOAD_TILES, 0, 6, 6)
-PREP_KERNEL(pf_prep_tiles_checked, PF_LOAD_TILES, 1, 6, 6)
-PREP_KERNEL(pf_prep_any, PF_LOAD_ELEMENTS, 0, 8, 6)
-PREP_KERNEL(pf_prep_any_checked, PF_LOAD_ELEMENTS, 1, 6, 6)
+PREP_KERNEL(pf_prep_bulk, PF_LOAD_BF16, 0, 0, 8, 5)
+PREP_KERNEL(pf_prep_bulk_checked, PF_LOAD_BF16, 1, 0, 6, 6)
+PREP_KERNEL(pf_prep_tiles, PF_LOAD_TILES, 0, 0, 6, 6)
+PREP_KERNEL(pf_prep_tiles_checked, PF_LOAD_TILES, 1, 0, 6, 6)
+PREP_KERNEL(pf_prep_any, PF_LOAD_ELEMENTS, 0, 0, 8, 6)
+PREP_KERNEL(pf_prep_any_checked, PF_LOAD_ELEMENTS, 1, 0, 6, 6)
+/* The fp16 family (fp16 and fp32 q, k: never the bf16 tiles): the kc lo term takes unit 5. */
+PREP_KERNEL(pf_prep16_tiles, PF_LOAD_TILES, 0, 1, 6, 6)
+PREP_KERNEL(pf_prep16_tiles_checked, PF_LOAD_TILES, 1, 1, 6, 6)
+PREP_KERNEL(pf_prep16_any, PF_LOAD_ELEMENTS, 0, 1, 6, 6)
+PREP_KERNEL(pf_prep16_any_checked, PF_LOAD_ELEMENTS, 1, 1, 6, 6)
 #undef PREP_KERNEL
 
 cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
@@ -354,6 +399,9 @@ cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
     void (*kernel)(const pf_params) = p->qkg_load == PF_LOAD_BF16    ? (checked ? pf_prep_bulk_checked : pf_prep_bulk)
                                       : p->qkg_load == PF_LOAD_TILES ? (checked ? pf_prep_tiles_checked : pf_prep_tiles)
                                                                      : (checked ? pf_prep_any_checked : pf_prep_any);
+    if (p->fp16_chain) /* q, k fp16 or fp32: the tile or element loads */
+        kernel = p->qkg_load == PF_LOAD_TILES ? (checked ? pf_prep16_tiles_checked : pf_prep16_tiles)
+                                              : (checked ? pf_prep16_any_checked : pf_prep16_any);
     kernel<<<grid, PREP_THREADS, 0, stream>>>(*p);
     return cudaGetLastError();
 }

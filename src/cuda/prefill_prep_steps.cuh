@@ -25,6 +25,35 @@ static __device__ __forceinline__ void st_bf16(unsigned char *base, uint32_t off
     *(uint16_t *)(base + off) = pf_float_to_bf16(x);
 }
 
+/* A record operand in fp16 (rec16 != 0: an fp16 record, prefill_common.cuh) or bf16. */
+static __device__ __forceinline__ void st_16(unsigned char *base, uint32_t off, float x, int rec16)
+{
+    *(uint16_t *)(base + off) = pf_float_to_16(x, rec16);
+}
+
+/* Whether one token's row keeps the fp16 record's operands in fp16's range (the fp16 family,
+ * prefill_common.cuh). sq, sk: the squared norms of the raw q and k rows; mq, mk: their largest
+ * |entry| (0: a zero row); rq, rk: the norm's factors; b: beta after the sigmoid. The rule and why
+ * it is enough, for a chunk whose every row passes and whose gate steps are all <= 0 (so every
+ * 2^(G_i - G_j), i >= j, and 2^G_i is <= 1):
+ *   - q rows (times |scale|) and k rows of norm 0 or in [2^-6, 2^7]: |Qd|, |Kr| <= 2^7 and
+ *     |Mqk| <= 2^14; the lower end keeps rows of normal size clear of fp16's subnormals (below
+ *     2^-14), whose few bits would be a silent loss where bf16 keeps 8;
+ *   - 0 <= b <= 4 and b |k|^2 <= 2 (2.01 for the rounding of a unit key's norm): each token's
+ *     transition I - b k k^T has norm <= 1, so (I + L)^-1 diag(b), whose entries are b_i on the
+ *     diagonal and -b_i k_i^T P k_j b_j below it with |P| <= 1, stays within 2 max b <= 8, and
+ *     each row of W, b_i k_i^T P', within b |k| <= 3.
+ * The L2 norm with the beta sigmoid meets it for any q, k, beta whose norms are not tiny; fla's
+ * convention without the norm (unit keys, beta in [0, 1]) meets it too. A NaN fails every test. */
+static __device__ __forceinline__ int prep_row_in_fp16(const pf_params *p, float sq, float sk, float mq, float mk,
+                                                       float rq, float rk, float b)
+{
+    const float qrow = fabsf(p->scale) * sqrtf(sq) * rq, krow = sqrtf(sk) * rk;
+    const int q_ok = mq == 0.0f || (qrow >= 0x1p-6f && qrow <= 0x1p7f);
+    const int k_ok = mk == 0.0f || (krow >= 0x1p-6f && krow <= 0x1p7f);
+    return q_ok && k_ok && b >= 0.0f && b <= 4.0f && b * krow * krow <= 2.01f;
+}
+
 /* Record slot -> (sequence, chunk). Without cu_seqlens it is a division; with it, a binary search
  * for the last sequence whose first slot (start / 16 + n, strictly increasing in n) is <= slot. */
 static __device__ __forceinline__ int64_t prep_find_sequence(const pf_params *p, int64_t slot)
@@ -76,18 +105,18 @@ static __device__ __forceinline__ void prep_pair_entry(int e, int *i, int *j)
 }
 
 static __device__ __forceinline__ void prep_pair_store(float (*s_L)[17], const float *s_b, unsigned char *rec,
-                                                       float scale, int i, int j, float l, float m)
+                                                       float scale, int i, int j, float l, float m, int rec16)
 {
     s_L[i][j] = i > j ? s_b[i] * l : 0.0f;
     const float mq = scale * m;
-    const uint16_t hi = pf_float_to_bf16(mq);
+    const uint16_t hi = pf_float_to_16(mq, rec16);
     *(uint16_t *)(rec + PF_REC_MQK + (i * 16 + j) * 2) = hi;
-    st_bf16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, mq - pf_bf16_to_float(hi));
+    st_16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, mq - pf_16_to_float(hi, rec16), rec16);
 }
 
 static __device__ __forceinline__ void prep_pairwise(const float *fq, const float *fk, const float *fg,
                                                      float (*s_L)[17], const float *s_b, unsigned char *rec,
-                                                     float scale)
+                                                     float scale, int rec16)
 {
     const int tid = threadIdx.x, lane = tid & 31;
     /* the entries above the diagonal: zero */
@@ -109,7 +138,7 @@ static __device__ __forceinline__ void prep_pairwise(const float *fq, const floa
         l += fk[i * 128 + ch] * kj;
         m += fq[i * 128 + ch] * kj;
     }
-    prep_pair_store(s_L, s_b, rec, scale, i, j, l, m);
+    prep_pair_store(s_L, s_b, rec, scale, i, j, l, m, rec16);
     /* entries 128 .. 135: 16 threads each, 8 keys per thread, summed over the 16 */
     prep_pair_entry(PREP_THREADS + (tid >> 4), &i, &j);
     l = 0.0f;
@@ -126,12 +155,13 @@ static __device__ __forceinline__ void prep_pairwise(const float *fq, const floa
         l += __shfl_xor_sync(0xffffffffu, l, o);
         m += __shfl_xor_sync(0xffffffffu, m, o);
     }
-    if ((tid & 15) == 0) prep_pair_store(s_L, s_b, rec, scale, i, j, l, m);
+    if ((tid & 15) == 0) prep_pair_store(s_L, s_b, rec, scale, i, j, l, m, rec16);
 }
 
-/* Steps 5 and 6: (I + L)^-1 diag(b) by forward substitution, and -W. */
+/* Steps 5 and 6: (I + L)^-1 diag(b) by forward substitution, and -W; rec16: an fp16 record. */
 static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[17], const float *s_b,
-                                                   const float kd[16], unsigned char *rec, int col, int warp, int lane)
+                                                   const float kd[16], unsigned char *rec, int col, int warp, int lane,
+                                                   int rec16)
 {
     /* 5. Forward substitution, fp32: lane cc owns column cc of INV. */
     if (warp == 0) {
@@ -152,10 +182,10 @@ static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_b
 #pragma unroll
             for (int i = 0; i < 16; i++) {
                 const float x = inv[i] * bc;
-                const uint16_t hi = pf_float_to_bf16(x);
+                const uint16_t hi = pf_float_to_16(x, rec16);
                 s_binv[i][cc] = x;
                 *(uint16_t *)(rec + PF_REC_BINV + (i * 16 + cc) * 2) = hi;
-                st_bf16(rec + PF_REC_BINV_LO, (uint32_t)(i * 16 + cc) * 2, x - pf_bf16_to_float(hi));
+                st_16(rec + PF_REC_BINV_LO, (uint32_t)(i * 16 + cc) * 2, x - pf_16_to_float(hi, rec16), rec16);
             }
         }
     }
@@ -167,7 +197,7 @@ static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_b
         float w = 0.0f;
 #pragma unroll
         for (int j = 0; j <= i; j++) w += s_binv[i][j] * kd[j];
-        st_bf16(rec + PF_REC_NEGW, pf_swz(i, col), -w);
+        st_16(rec + PF_REC_NEGW, pf_swz(i, col), -w, rec16);
     }
 }
 

@@ -1,6 +1,6 @@
 /*
  * ptx_mma.cuh: the warp-level tensor-core instructions the prefill kernels use, as inline PTX:
- * mma.sync m16n8k16 (bf16 in, fp32 accumulate), ldmatrix (plain and transposed), and the
+ * mma.sync m16n8k16 (bf16 or fp16 in, fp32 accumulate), ldmatrix (plain and transposed), and the
  * fp32 -> bf16x2 packing that turns an accumulator fragment into an operand fragment.
  *
  * Fragment layouts of mma.m16n8k16.row.col (lane = 4 * g + t, g = lane / 4, t = lane % 4):
@@ -21,6 +21,16 @@ static __device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t
                                                       const float c[4])
 {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
+/* The same with fp16 operands (the fp16 family's chain, prefill_chain.cu). */
+static __device__ __forceinline__ void mma_f16_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1,
+                                                     const float c[4])
+{
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};"
         : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));

@@ -9,15 +9,20 @@
  * the case asks, of the CPU fp32 fast path's) with the case's bars (pf_bars). Every output
  * buffer on the GPU (out, final state) sits between two guard regions that must come back
  * bitwise untouched, and an initial state that is not also the final state must not change.
- * The GPU gets bf16 q, k, v, g, beta; the reference gets the same values widened to fp32, so
- * only the GPU's own arithmetic is measured.
+ * The GPU gets bf16 (or the case's fp16 / fp32) q, k, v, and bf16 g, beta; the reference gets
+ * the same values widened to fp32, so only the GPU's own arithmetic is measured.
  *
  *   test_prefill_cuda            every case (lengths 1 .. 65536, varlen with empty sequences,
  *                                states in/out in both dtypes and layouts, GVA, options)
- *   test_prefill_cuda --small    a few short cases, for compute-sanitizer
+ *   test_prefill_cuda --small    a few short cases (two of the fp16 family), for compute-sanitizer
  *   test_prefill_cuda --quick    the small cases and the option cases (GVA, no norm or sigmoid,
- *                                negative eigenvalues, segments under a slow decay), a few seconds
- *                                (scripts/mutate.sh)
+ *                                negative eigenvalues, segments under a slow decay, the fp16
+ *                                family's cases), a few seconds (scripts/mutate.sh)
+ *
+ * The fp16 family (fp16 or fp32 q, k, v: fp16 records and the fp16 chain, docs/prefill.md) has
+ * cases of its own (pf_wide), held to bars about a third of bf16's (fp16_bars), and range cases: v
+ * and the initial state far above fp16's range or far below its normal range (the chain's held
+ * scale), and q, k without the norm past the fp16 domain (the bf16 records and step: bf16's bars).
  *
  * The T=2048 H=8 case prints "ERROR-REPORT" with the two errors for bench/results/prefill.md.
  */
@@ -55,6 +60,21 @@ typedef struct pf_case {
                              * the merge between segments, visible in the output */
     int64_t K, V;       /* head dims; 0: KD (K > 128 runs the K = 256 kernel family) */
 } pf_case;
+
+/* The fp16 family's cases (run_case's `w`; NULL: bf16 q, k, v): q, k, v and out in qkv_dtype
+ * (fp16 or fp32). Range cases: v, q and k, and the initial state times v_scale, qk_scale, h0_scale
+ * (0: 1); beta drawn in [0, beta_max] without the sigmoid (0: [0, 1]); out_of_domain: chunks the
+ * prep writes as bf16 records (bf16's bars apply, not fp16_bars); quick: also run by --quick. */
+typedef struct pf_wide {
+    fkda_dtype qkv_dtype;
+    double v_scale, qk_scale, h0_scale, beta_max;
+    int out_of_domain, quick;
+} pf_wide;
+
+typedef struct pf_wide_case {
+    pf_case c;
+    pf_wide w;
+} pf_wide_case;
 
 static double seconds(void)
 {
@@ -142,6 +162,38 @@ static void pf_bars(double floor_out, double floor_state, fkda_dtype state_dtype
     *state_bar = state_dtype == FKDA_DTYPE_BF16 ? floor_state + kernels : kernels;
 }
 
+/* The relative error of rounding a tensor to `dtype` (fp16's floor for an fp16 output). */
+static double dtype_floor(const test_tensor *x, fkda_dtype dtype)
+{
+    if (dtype == FKDA_DTYPE_F32) return 0.0;
+    test_tensor r = test_tensor_alloc(dtype, x->t.ndim, x->t.shape);
+    for (size_t i = 0; i < x->count; i++) test_tensor_set(&r, i, test_tensor_get(x, i));
+    double e = test_rel_error(&r, x);
+    test_tensor_free(&r);
+    return e;
+}
+
+/* The fp16 family's bars (fp16 or fp32 q, k, v, chunks in the fp16 domain). Every chain operand
+ * has 11 significant bits, and the prep's L product takes hi + lo operands: the float64
+ * emulation of every rounding (dev/numerics/README.md, plan (m)) gives a median of 3.0-4.4e-4 for
+ * the output (its rounding to fp16 included) and 3.0-3.8e-4 for the fp32 state over its three
+ * gate regimes (the fast decay of most cases here: 3.0e-4 / 3.0-3.7e-4; the slow one of the
+ * lower bound -0.02 cases: 4.4e-4 / 3.2-3.8e-4), fla's chunk_kda 3.6-6.2e-4; bf16 operands give
+ * 2.4-3.5e-3. The output's allowance is 8e-4 with pf_bars' sampling rule, in quadrature with
+ * the output's own rounding (fp16: about 2.8e-4; the emulation's numbers include it, so this
+ * counts it twice): 8.5e-4 to 1.7e-3 by the case's size; the fp32 state's is 1.2e-3 (a bf16
+ * state adds its floor). A chain that leaves one operand in bf16 (about 1.6e-3 each) or the
+ * whole family on bf16 operands fails them. */
+#define FP16_FAMILY_OUT 8e-4
+#define FP16_FAMILY_STATE 1.2e-3
+static void fp16_bars(double floor_out, double floor_state, fkda_dtype state_dtype, size_t n_out, double *out_bar,
+                      double *state_bar)
+{
+    const double sampled = FP16_FAMILY_OUT * (1.0 + sqrt(1024.0 / (double)(n_out ? n_out : 1)));
+    *out_bar = sqrt(floor_out * floor_out + sampled * sampled);
+    *state_bar = (state_dtype == FKDA_DTYPE_BF16 ? floor_state : 0.0) + FP16_FAMILY_STATE;
+}
+
 static void from_device(test_tensor *x, const fkda_tensor *d)
 {
     size_t bytes = x->count * fkda_dtype_size(x->t.dtype);
@@ -174,7 +226,7 @@ static fkda_options case_options(const pf_case *c)
     return o;
 }
 
-static void run_case(const pf_case *c, test_rng *rng)
+static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
 {
     const int64_t B = c->nseq ? 1 : c->B, H = c->H, HV = c->HV;
     const int64_t K = c->K ? c->K : KD, V = c->V ? c->V : KD;
@@ -185,21 +237,23 @@ static void run_case(const pf_case *c, test_rng *rng)
     }
     const double t_start = seconds();
 
-    /* Inputs, bf16 as the GPU reads them. Without the L2 norm, keys of norm ~1 keep the delta
-     * rule stable (I - b k k^T must not amplify). */
+    /* Inputs, bf16 (or the case's dtype) as the GPU reads them. Without the L2 norm, keys of norm
+     * ~1 keep the delta rule stable (I - b k k^T must not amplify); scaled keys keep it stable by
+     * a small beta (b |k|^2 <= 2). */
     const int64_t sq[4] = {B, T, H, K}, sv[4] = {B, T, HV, V}, sg[4] = {B, T, HV, K}, sb[3] = {B, T, HV};
-    test_tensor q = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq), k = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq);
-    test_tensor v = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv), g = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sg);
+    const fkda_dtype qkv = w ? w->qkv_dtype : FKDA_DTYPE_BF16;
+    test_tensor q = test_tensor_alloc(qkv, 4, sq), k = test_tensor_alloc(qkv, 4, sq);
+    test_tensor v = test_tensor_alloc(qkv, 4, sv), g = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sg);
     test_tensor beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
-    const double qk_sd = c->l2norm ? 1.0 : 1.0 / sqrt((double)K);
+    const double qk_sd = (c->l2norm ? 1.0 : 1.0 / sqrt((double)K)) * (w && w->qk_scale ? w->qk_scale : 1.0);
     test_tensor_fill_normal(&q, rng, 0, qk_sd);
     test_tensor_fill_normal(&k, rng, 0, qk_sd);
-    test_tensor_fill_normal(&v, rng, 0, 1);
+    test_tensor_fill_normal(&v, rng, 0, w && w->v_scale ? w->v_scale : 1.0);
     test_tensor_fill_normal(&g, rng, 0, 1);
     if (c->sigmoid)
         test_tensor_fill_normal(&beta, rng, 0, 1);
     else
-        test_tensor_fill_uniform(&beta, rng, 0, 1);
+        test_tensor_fill_uniform(&beta, rng, 0, w && w->beta_max ? w->beta_max : 1.0);
     const int64_t sa[1] = {HV}, sd[2] = {HV, K};
     test_tensor A_log = test_tensor_alloc(FKDA_DTYPE_F32, 1, sa), dt_bias = test_tensor_alloc(FKDA_DTYPE_F32, 2, sd);
     test_tensor_fill_uniform(&A_log, rng, 0, 1);
@@ -213,7 +267,7 @@ static void run_case(const pf_case *c, test_rng *rng)
     }
     const int64_t ss[4] = {N, HV, c->v_first ? V : K, c->v_first ? K : V}; /* the options' layout */
     test_tensor h0 = test_tensor_alloc(c->has_in ? c->in_dtype : FKDA_DTYPE_F32, 4, ss);
-    if (c->has_in) test_tensor_fill_normal(&h0, rng, 0, 0.5);
+    if (c->has_in) test_tensor_fill_normal(&h0, rng, 0, 0.5 * (w && w->h0_scale ? w->h0_scale : 1.0));
     const fkda_dtype final_dtype = c->in_place ? c->in_dtype : c->out_dtype;
 
     /* Reference and fast path on the CPU, fp32 in and out. */
@@ -266,7 +320,7 @@ static void run_case(const pf_case *c, test_rng *rng)
     d.A_log = to_device(&A_log);
     d.dt_bias = to_device(&dt_bias);
     if (c->nseq) d.cu_seqlens = to_device(&cu);
-    test_tensor out1 = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv), out2 = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sv);
+    test_tensor out1 = test_tensor_alloc(qkv, 4, sv), out2 = test_tensor_alloc(qkv, 4, sv);
     test_tensor st1 = test_tensor_alloc(final_dtype, 4, ss), st2 = test_tensor_alloc(final_dtype, 4, ss);
     d.out = to_device(&out1);
     if (c->has_in) d.initial_state = to_device(&h0);
@@ -326,10 +380,16 @@ static void run_case(const pf_case *c, test_rng *rng)
 
     /* Every element written, the two runs identical, and the errors within the case's bars. */
     double out_bar = 0, st_bar = 0;
-    pf_bars(bf16_floor(&out_ref), final_dtype == FKDA_DTYPE_BF16 ? bf16_floor(&st_ref) : 0.0, final_dtype,
-            out_ref.count, c->lower_bound, &out_bar, &st_bar);
+    if (w && !w->out_of_domain)
+        fp16_bars(dtype_floor(&out_ref, qkv), final_dtype == FKDA_DTYPE_BF16 ? bf16_floor(&st_ref) : 0.0, final_dtype,
+                  out_ref.count, &out_bar, &st_bar);
+    else
+        pf_bars(qkv == FKDA_DTYPE_BF16 ? bf16_floor(&out_ref) : dtype_floor(&out_ref, qkv),
+                final_dtype == FKDA_DTYPE_BF16 ? bf16_floor(&st_ref) : 0.0, final_dtype, out_ref.count, c->lower_bound,
+                &out_bar, &st_bar);
     CHECK(!test_has_nonfinite(&out1), "%s: output has NaN/Inf (unwritten rows or overflow)", c->name);
-    CHECK(memcmp(out1.t.data, out2.t.data, out1.count * 2) == 0, "%s: two runs differ (output)", c->name);
+    CHECK(memcmp(out1.t.data, out2.t.data, out1.count * fkda_dtype_size(qkv)) == 0, "%s: two runs differ (output)",
+          c->name);
     double e_out = test_rel_error(&out1, &out_ref), e_st = 0, f_out = 0, f_st = 0;
     CHECK(e_out <= out_bar, "%s: output error %.3e > %.2e", c->name, e_out, out_bar);
     if (c->has_out) {
@@ -460,6 +520,7 @@ static void check_unsupported(void)
 
 #define F32 FKDA_DTYPE_F32
 #define BF16 FKDA_DTYPE_BF16
+#define F16 FKDA_DTYPE_F16
 
 int main(int argc, char **argv)
 {
@@ -765,6 +826,104 @@ int main(int argc, char **argv)
          .K = 256,
          .V = 256},
     };
+
+    /* The fp16 family: odd lengths, varlen with empties, GVA, segments, no norm or sigmoid, both
+     * state layouts and dtypes, 16-byte v rows read in place; and the range cases. */
+    const pf_wide_case wide_cases[] = {
+        /* The fp16 family: odd lengths, varlen with empties, GVA, segments, no norm or sigmoid,
+         * both state layouts and dtypes, 16-byte v rows read in place. */
+        {{"fp16 T=17 B=3", 3, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F16, .quick = 1}},
+        {{"fp32 T=17 B=3 [K,V]", 3, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F32, .quick = 1}},
+        {{"fp16 varlen empties, bf16 states",
+          1,
+          0,
+          4,
+          4,
+          7,
+          {0, 1, 15, 0, 17, 300, 65},
+          1,
+          1,
+          BF16,
+          BF16,
+          1,
+          0,
+          1,
+          1,
+          0,
+          1,
+          1,
+          0,
+          32,
+          0,
+          -5},
+         {.qkv_dtype = F16, .quick = 1}},
+        {{"fp32 varlen GVA, in place",
+          1,
+          0,
+          2,
+          4,
+          4,
+          {63, 0, 130, 1},
+          1,
+          1,
+          F32,
+          F32,
+          1,
+          1,
+          1,
+          1,
+          0,
+          0,
+          1,
+          0,
+          0,
+          0,
+          -5},
+         {.qkv_dtype = F32, .quick = 1}},
+        {{"fp16 T=1000 B=2, 4 segments", 2, 1000, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 4, -5},
+         {.qkv_dtype = F16}},
+        {{"fp32 no l2norm, no sigmoid", 1, 200, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F32, .quick = 1}},
+        {{"fp16 allow_neg_eigval, slow decay",
+          1,
+          600,
+          2,
+          2,
+          0,
+          {0},
+          1,
+          1,
+          F32,
+          F32,
+          1,
+          0,
+          1,
+          1,
+          1,
+          0,
+          1,
+          0,
+          0,
+          0,
+          -0.02},
+         {.qkv_dtype = F16, .quick = 1}},
+        {{"fp32 T=2048 H=8", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F32}},
+        /* Range: the chain's held scale must keep fp16 operands finite and normal whatever the size
+         * of v and of the state (an exact power-of-two scaling: the same bars). */
+        {{"range: fp32 v x 3e4, slow decay", 1, 300, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -0.02},
+         {.qkv_dtype = F32, .v_scale = 3e4, .quick = 1}},
+        {{"range: fp32 v and state x 1e-6", 1, 300, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F32, .v_scale = 1e-6, .h0_scale = 1e-6, .quick = 1}},
+        {{"range: fp16 v x 1e3, state x 1e5", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F16, .v_scale = 1e3, .h0_scale = 1e5, .quick = 1}},
+        /* No norm, q and k of norm ~300 (past the fp16 domain's 2^7) with beta below 1.5e-5 (b |k|^2 < 2: stable):
+         * every chunk takes the bf16 record and step, at bf16's bars. */
+        {{"range: fp32 no norm, |k| ~ 300", 1, 200, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0, -5},
+         {.qkv_dtype = F32, .qk_scale = 300, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
+    };
     /* --quick: the small cases and the full list's option cases (short, every option the small
      * ones leave at its default) */
     static const char *const quick_extra[] = {"GVA H=2 HV=4",
@@ -778,12 +937,18 @@ int main(int argc, char **argv)
     const int n_small = (int)(sizeof small_cases / sizeof small_cases[0]);
     const int n_full = (int)(sizeof full_cases / sizeof full_cases[0]);
     if (small || quick)
-        for (int i = 0; i < n_small; i++) run_case(&small_cases[i], &rng);
+        for (int i = 0; i < n_small; i++) run_case(&small_cases[i], NULL, &rng);
     for (int i = 0; i < n_full; i++) {
         int run = !small && !quick;
         for (size_t e = 0; quick && e < sizeof quick_extra / sizeof quick_extra[0]; e++)
             run |= strcmp(full_cases[i].name, quick_extra[e]) == 0;
-        if (run) run_case(&full_cases[i], &rng);
+        if (run) run_case(&full_cases[i], NULL, &rng);
+    }
+    /* --small (compute-sanitizer) takes the fp16 family's two shortest cases too */
+    for (size_t i = 0; i < sizeof wide_cases / sizeof wide_cases[0]; i++) {
+        const pf_wide_case *wc = &wide_cases[i];
+        const int run = small ? wc->c.T <= 17 && wc->c.nseq == 0 : !quick || wc->w.quick;
+        if (run) run_case(&wc->c, &wc->w, &rng);
     }
     check_unsupported();
     return test_exit("test_prefill_cuda");

@@ -79,6 +79,12 @@ OUT_BAR, STATE_BAR_F32 = 5e-3, 4e-3
 FEW_KEYS, FEW_STATE_ENTRIES, FEW_KEYS_BAR = 16, 256, 2e-2
 SOME_KEYS, SOME_KEYS_FACTOR = 32, 2.0
 STORAGE_U = {F32: 0.0, BF16: 2.0**-8, F16: 2.0**-11}
+# The fp16 family (fp16 or fp32 q, k, v, K >= 64: fp16 records and chain operands, docs/prefill.md):
+# the float64 emulation of its roundings (dev/numerics/README.md, plan (m)) gives 3.0-4.4e-4 for
+# the output and the fp32 state over three gate regimes (fla's chunk_kda 3.6-6.2e-4; bf16
+# operands 2.4-3.5e-3). The bar allows about three times that, and a third of bf16's: a chain
+# that leaves one operand in bf16 fails it. An fp16 output's own rounding (2^-11) lies inside.
+FP16_FAMILY_BAR = 1.2e-3
 
 
 def is_subset(c):
@@ -185,6 +191,11 @@ def base_case(**kw):
         inter_dtype=F32,
         route="prefill",
         safe_gate=False,
+        # the fp16 family's own cases (test_fp16_family): its bars, and the range draws
+        fp16_bars=False,
+        v_scale=1.0,
+        qk_scale=1.0,
+        beta_max=None,
     )
     c.update(kw)
     if c["seqlens"] is not None:
@@ -403,7 +414,9 @@ def make_inputs(c, seed):
         # The caller's own normalisation, as fla expects without the in-kernel norm: unit rows,
         # keys a little shorter so that b |k|^2 < 2 after rounding even with allow_neg_eigval.
         q, k = unit(q), 0.99 * unit(k)
-    x = dict(q=q.to(c["dtype"]), k=k.to(c["dtype"]), v=randn(B, T, HV, V).to(c["dtype"]))
+    q, k = c["qk_scale"] * q, c["qk_scale"] * k
+    v = c["v_scale"] * randn(B, T, HV, V)
+    x = dict(q=q.to(c["dtype"]), k=k.to(c["dtype"]), v=v.to(c["dtype"]))
     if c["gate"] == "none":
         # A realistic log decay: -exp(A) softplus(u) with a per-head rate from slow to fast.
         rate = torch.exp(uniform(-4.0, 1.0, HV))[:, None]
@@ -412,6 +425,8 @@ def make_inputs(c, seed):
         x["g"] = randn(B, T, HV, K).to(c["g_dtype"])
     if c["sigmoid"]:
         x["beta"] = randn(B, T, HV).to(c["beta_dtype"])
+    elif c["beta_max"] is not None:
+        x["beta"] = uniform(0.0, c["beta_max"], B, T, HV).to(c["beta_dtype"])
     else:
         x["beta"] = uniform(0.02, 0.98, B, T, HV).to(c["beta_dtype"])
     x["A_log"] = uniform(-1.0, 1.0, HV).to(c["param_dtype"]) if c["A_log"] else None
@@ -754,6 +769,8 @@ def result_names(c):
 
 
 def bar_of(c, name, result):
+    if c["fp16_bars"]:
+        return FP16_FAMILY_BAR + (0.0 if name == "out" else STORAGE_U[result.dtype])
     if name == "out":
         return out_bar(c)
     return state_bar(c, result.dtype)
@@ -990,6 +1007,107 @@ def test_bitwise_repeat(seed, name):
     second = run(c, x, DEV)
     for n in first:
         assert same_bits(first[n], second[n]), f"{n}: two identical calls differ"
+
+
+# ---- the fp16 family ----------------------------------------------------------------------------
+
+# fp16 and fp32 q, k, v take fp16 records and the fp16 chain (src/cuda/prefill_chain.cu): bars of
+# about a third of bf16's, through every path of that family: v read in place (16-byte rows) or
+# staged in fp32 (V not a multiple of 8), the tile and element loads of the prep (K = 128, K < 128),
+# varlen with empty and one-token sequences, GVA, gate none / softplus / lower bound, no norm or
+# sigmoid (fla's convention), negative eigenvalues, checkpoints and intermediate states (stored
+# from the chain's scaled state), and the segment passes.
+FP16_CASES = {
+    "f16-varlen-gate-none": base_case(
+        dtype=F16,
+        gate="none",
+        lower_bound=None,
+        A_log=False,
+        dt_bias=False,
+        g_dtype=F32,
+        seqlens=[1, 17, 0, 300, 65],
+        fp16_bars=True,
+    ),
+    "f32-K64-gva-softplus": base_case(
+        dtype=F32, K=64, V=64, H=2, HV=4, gate="softplus", lower_bound=None, T=200, fp16_bars=True
+    ),
+    "f32-K100-V100-staged-v": base_case(dtype=F32, K=100, V=100, B=2, T=130, fp16_bars=True),
+    "f16-V72-no-norm-no-sigmoid": base_case(
+        dtype=F16,
+        V=72,
+        norm=False,
+        sigmoid=False,
+        beta_dtype=F32,
+        T=250,
+        v_first=False,
+        fp16_bars=True,
+    ),
+    "f32-neg-eigval-lb-20": base_case(
+        dtype=F32, neg=True, lower_bound=-20.0, T=200, fp16_bars=True
+    ),
+    "f32-ckpt-inter-v3e4": base_case(
+        dtype=F32,
+        seqlens=[200, 33, 96],
+        ckpt=[[16, 96, 200], [0, 32, 33], [96, 48, -1]],
+        inter_chunk=32,
+        inter_dtype=F32,
+        v_scale=3e4,
+        state_scale=3e4,
+        fp16_bars=True,
+    ),
+    "f16-state-x1e4-bf16-final": base_case(
+        dtype=F16, T=120, state_scale=1e4, final_dtype=BF16, init_dtype=F32, fp16_bars=True
+    ),
+    "f32-v-tiny": base_case(dtype=F32, T=150, v_scale=1e-6, state_scale=1e-6, fp16_bars=True),
+}
+
+
+@pytest.mark.parametrize("name", list(FP16_CASES))
+def test_fp16_family(seed, name):
+    c = FP16_CASES[name]
+    print(f"fp16 family: {describe(c)} v x {c['v_scale']:g}")
+    _, _, problems = check_case(c, seed)
+    assert not problems, "\n".join(problems)
+
+
+def test_fp16_family_through_segments(seed, monkeypatch):
+    monkeypatch.setenv("FKDA_PREFILL_SEGMENTS", "3")
+    c = base_case(dtype=F32, B=2, T=300, state_scale=3.0, v_scale=100.0, fp16_bars=True)
+    print(f"segments 3: {describe(c)}")
+    _, _, problems = check_case(c, seed)
+    assert not problems, "\n".join(problems)
+
+
+def test_fp16_family_range_past_the_domain(seed):
+    # No norm, q and k of norm ~300 (past the fp16 records' 2^7) and beta below 2e-5 (so that
+    # b |k|^2 < 2 keeps the recurrence stable): every chunk is written as a bf16 record and takes
+    # the chain's bf16 step. Finite, at bf16's bars.
+    c = base_case(
+        dtype=F32, norm=False, sigmoid=False, beta_dtype=F32, qk_scale=300.0, beta_max=2e-5, T=200
+    )
+    print(f"past the fp16 domain: {describe(c)}")
+    got, _, problems = check_case(c, seed)
+    for n, t in got.items():
+        assert finite(t), f"{n}: not finite"
+    assert not problems, "\n".join(problems)
+
+
+@cuda_only
+def test_fp16_chain_switch(seed, monkeypatch):
+    # FKDA_PREFILL_FP16_CHAIN=0 keeps fp32 inputs on the bf16 kernels (for A/B runs): the result
+    # is then at bf16's level, and the default (the fp16 chain) several times closer.
+    c = base_case(dtype=F32, T=400, fp16_bars=True)
+    x = make_inputs(c, seed)
+    want, _ = expected(c, x, reference(c, x, recorded_offsets(c)), nan_rule=False)
+    errors = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("FKDA_PREFILL_FP16_CHAIN", switch)
+        got = run(c, x, DEV)
+        errors[switch] = rel(got["out"], want["out"])
+    print(f"output error: fp16 chain {errors['1']:.2e}, bf16 kernels {errors['0']:.2e}")
+    assert errors["1"] <= FP16_FAMILY_BAR
+    assert errors["0"] <= out_bar(c)
+    assert errors["0"] > 2.0 * errors["1"], "the switch made no difference"
 
 
 @cuda_only
