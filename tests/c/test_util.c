@@ -2,6 +2,7 @@
 #include "test_util.h"
 
 #include <math.h>
+#include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -9,10 +10,37 @@
 int test_failures = 0;
 int test_checks = 0;
 
+/* The first TEST_KEPT_FAILURES messages, for the summary. */
+#define TEST_KEPT_FAILURES 16
+#define TEST_FAILURE_CHARS 320
+static char kept_failures[TEST_KEPT_FAILURES][TEST_FAILURE_CHARS];
+static int seed_printed;
+static unsigned long long last_seed;
+
+void test_fail(const char *file, int line, const char *fmt, ...)
+{
+    char msg[TEST_FAILURE_CHARS];
+    int n = snprintf(msg, sizeof msg, "FAIL %s:%d: ", file, line);
+    if (n < 0 || n >= (int)sizeof msg) n = 0;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg + n, sizeof msg - (size_t)n, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s\n", msg);
+    if (test_failures < TEST_KEPT_FAILURES) memcpy(kept_failures[test_failures], msg, sizeof msg);
+    test_failures++;
+}
+
 int test_exit(const char *name)
 {
+    fflush(stdout); /* the cases' lines first: stdout may be a buffered file */
     if (test_failures) {
-        fprintf(stderr, "%s: %d of %d checks FAILED\n", name, test_failures, test_checks);
+        fprintf(stderr, "%s: %d of %d checks FAILED", name, test_failures, test_checks);
+        if (seed_printed) fprintf(stderr, " (seed %llu: FKDA_TEST_SEED=%llu repeats it)", last_seed, last_seed);
+        fprintf(stderr, "\n");
+        const int kept = test_failures < TEST_KEPT_FAILURES ? test_failures : TEST_KEPT_FAILURES;
+        for (int i = 0; i < kept; i++) fprintf(stderr, "  %s\n", kept_failures[i]);
+        if (test_failures > kept) fprintf(stderr, "  ... and %d more\n", test_failures - kept);
         return 1;
     }
     printf("%s: all %d checks passed\n", name, test_checks);
@@ -24,6 +52,8 @@ uint64_t test_seed_from_env(void)
     const char *s = getenv("FKDA_TEST_SEED");
     uint64_t seed = s ? strtoull(s, NULL, 0) : (uint64_t)time(NULL) ^ ((uint64_t)clock() << 32);
     printf("seed %llu (set FKDA_TEST_SEED to repeat)\n", (unsigned long long)seed);
+    seed_printed = 1;
+    last_seed = (unsigned long long)seed;
     return seed;
 }
 

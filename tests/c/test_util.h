@@ -12,19 +12,20 @@
 
 #include "flashkda.h"
 
-/* Failure counting. CHECK(cond, fmt, ...) prints and counts; test_exit() returns the exit code. */
+/* Failure counting. CHECK(cond, fmt, ...) prints and counts; test_exit() returns the exit code and
+ * repeats the first failures and the seed after the summary, so that the tail of a long log (all a
+ * remote run may bring back) says what failed and how to repeat it. */
 extern int test_failures;
 extern int test_checks;
 #define CHECK(cond, ...)                                         \
     do {                                                         \
         test_checks++;                                           \
-        if (!(cond)) {                                           \
-            test_failures++;                                     \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-        }                                                        \
+        if (!(cond)) test_fail(__FILE__, __LINE__, __VA_ARGS__); \
     } while (0)
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+void test_fail(const char *file, int line, const char *fmt, ...);
 int test_exit(const char *name);
 
 /* xoshiro-style 64-bit generator; the seed comes from FKDA_TEST_SEED or the clock, and is printed
