@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # gpu_check.sh: everything a Hopper GPU machine is for, in one call: build, test, sanitize, benchmark.
 #
-#   scripts/gpu_check.sh [step ...]      steps: test pytest sanitize variants bench-decode bench-prefill all
+#   scripts/gpu_check.sh [step ...]      steps: test programs pytest sanitize variants bench-decode bench-prefill all
 #
 #   test           the C GPU test programs (build/gpu/test_*_cuda) and pytest tests/gpu
-#   pytest         only pytest, on $FKDA_PYTEST_ARGS (default tests/gpu)
+#   programs       only the C GPU test programs, each run $FKDA_REPEAT times (default 1; every run
+#                  draws fresh seeds, so repeats catch a bar that some seeds cross, or a race)
+#   pytest         only pytest, on $FKDA_PYTEST_ARGS (default tests/gpu: the whole suite, many minutes)
 #   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case,
 #                  and (with the prefill) memcheck of our kernels on 8 cases of the option sweep
 #                  through Python (torch's caching allocator off, so that every tensor is its own
@@ -120,6 +122,11 @@ for step in "${steps[@]}"; do
   test)
     for exe in build/gpu/test_${FKDA_GPU_TESTS:-*}_cuda; do [ -x "$exe" ] && run_step "$(basename "$exe")" "$exe"; done
     run_step pytest-gpu python3 -m pytest -q -rs tests/gpu ;;
+  programs)
+    for exe in build/gpu/test_${FKDA_GPU_TESTS:-*}_cuda; do
+      [ -x "$exe" ] || continue
+      for r in $(seq "${FKDA_REPEAT:-1}"); do run_step "$(basename "$exe")-$r" "$exe"; done
+    done ;;
   pytest)
     # shellcheck disable=SC2086
     run_step pytest-gpu python3 -m pytest -q -rs ${FKDA_PYTEST_ARGS:-tests/gpu} ;;
