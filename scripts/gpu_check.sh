@@ -166,20 +166,22 @@ for step in "${steps[@]}"; do
           | python3 bench/ncu_hot_sass.py 40 --dump $OUT/sass-$who-${case//,/-}.tsv"
       done
     done ;;
-  # shellcheck disable=SC2086
-  bench-decode) run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" ${FKDA_BENCH_DECODE_ARGS:-} ;;
-  # shellcheck disable=SC2086
+  bench-decode)
+    # shellcheck disable=SC2086
+    run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" ${FKDA_BENCH_DECODE_ARGS:-} ;;
   bench-decode-layer)
+    # shellcheck disable=SC2086
     run_step bench-decode-layer python3 bench/bench_decode_layer_gpu.py --out "$OUT/bench_decode_layer.md" \
       ${FKDA_BENCH_DECODE_LAYER_ARGS:-}
     for c in 1 2 4 8; do
       FKDA_DECODE_LAYER_CLUSTER=$c run_step bench-decode-layer-c$c python3 bench/bench_decode_layer_gpu.py --quick \
         --out "$OUT/bench_decode_layer_c$c.md"
     done ;;
-  # shellcheck disable=SC2086
-  bench-prefill) run_step bench-prefill python3 bench/bench_prefill_gpu.py --out "$OUT/bench_prefill.md" ${FKDA_BENCH_PREFILL_ARGS:-} ;;
-  # shellcheck disable=SC2086
+  bench-prefill)
+    # shellcheck disable=SC2086
+    run_step bench-prefill python3 bench/bench_prefill_gpu.py --out "$OUT/bench_prefill.md" ${FKDA_BENCH_PREFILL_ARGS:-} ;;
   bench-prefill-options)
+    # shellcheck disable=SC2086
     run_step bench-prefill-options python3 bench/bench_prefill_options_gpu.py --out "$OUT/bench_prefill_options.md" \
       ${FKDA_BENCH_PREFILL_OPTIONS_ARGS:-} ;;
   *) echo "unknown step $step"; failed=$((failed + 1)) ;;
