@@ -46,7 +46,7 @@
 # The build always runs first; a failing step is reported and the next step still runs; the exit
 # status is the number of failed steps.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 100
 OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -75,9 +75,10 @@ if [ -n "${FKDA_TRITON_CACHE:-}" ] && [ -f "$FKDA_TRITON_CACHE" ]; then
 fi
 
 echo "== build"
-cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
-  cmake --build build/gpu -j 16 >>"$OUT/build.log" 2>&1
-if [ $? -ne 0 ]; then tail -n 60 "$OUT/build.log"; exit 101; fi
+if ! { cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
+  cmake --build build/gpu -j 16 >>"$OUT/build.log" 2>&1; }; then
+  tail -n 60 "$OUT/build.log"; exit 101
+fi
 grep -E "spill|registers" "$OUT/build.log" | sort -u | head -n 40
 # The Python package loads the library just built (no pip install needed on the device).
 export FLASHKDA_LIBRARY=$PWD/build/gpu/libflashkda.so
@@ -113,7 +114,7 @@ run_step() { # name, command...
     "$@" 2>&1 | tee "$OUT/$name.log"
   fi
   local rc=${PIPESTATUS[0]}
-  [ $rc -ne 0 ] && { echo "!! step $name failed ($rc)"; failed=$((failed + 1)); }
+  [ "$rc" -ne 0 ] && { echo "!! step $name failed ($rc)"; failed=$((failed + 1)); }
   return 0
 }
 
