@@ -157,7 +157,7 @@ for step in "${steps[@]}"; do
   profile-decode)
     for case in ${FKDA_PROFILE_CASES:-fp32,1,32 bf16,1,32}; do
       for who in ${FKDA_PROFILE_WHO:-ours fla}; do
-        kernel=$([ $who = ours ] && echo regex:decode_ || echo regex:fused_recurrent)
+        kernel=$([ "$who" = ours ] && echo regex:decode_ || echo regex:fused_recurrent)
         rep=/tmp/prof-$who-${case//,/-}
         ncu --set full -k "$kernel" --launch-skip 1 --launch-count 1 -f -o "$rep" \
           python3 bench/bench_decode_gpu.py --profile "$case" >/dev/null 2>&1
