@@ -14,7 +14,7 @@
  * shipped chain. The same NREC records (and v tiles) sit in shared memory for the whole run and
  * chunk c uses record c % NREC, so memory traffic is not what is measured.
  *
- * ---- Layout reasoning for the wgmma form (the part no GPU has checked yet) ----
+ * ---- Layout reasoning for the wgmma form (what the diagnostics of the correctness run check) ----
  *
  * Register fragments (PTX ISA, "Matrix Fragments for wgmma.mma_async.m64nNk16"); a warpgroup is
  * 4 consecutive warps starting at a warp index that is a multiple of 4; warp w (0..3) of it owns
