@@ -4,6 +4,7 @@ fla's chunk_kda (Triton), same inputs, same process.
 
     python3 bench/bench_prefill_options_gpu.py [--cases kimi,gva,k64,k256,options,states]
                                                [--out table.md] [--no-fla] [--fla-rows PIECES]
+                                               [--profile]
 
 The cases (groups for --cases; each row names its group):
   kimi     Kimi-Linear's call: bf16 q, k, v; g a float32 log decay computed beforehand as
@@ -26,6 +27,10 @@ Rows (i)-(iv) call flash_kda.chunk_kda and fla's chunk_kda with the same keyword
 their outputs); the states rows call flash_kda.prefill. Times are medians of CUDA-event timings
 of back-to-back calls (bench_prefill_gpu.time_ms). The floor is the bytes every call must move
 (its inputs read, its outputs written) over the copy bandwidth measured in this run.
+
+--profile adds each row's per-kernel device times of our call (torch.profiler, through
+bench_prefill_gpu.kernel_times), e.g. "kernels: pf256_prep_kernel 0.41, pf256_chain_kernel 0.93 ms",
+so that one run says which kernel takes the time.
 
 fla runs with FLA_FLASH_KDA=0 (set by bench_prefill_gpu on import) so that its dispatcher does not
 route the call to us. Triton autotunes on the first call of each new shape and option set (a
@@ -173,15 +178,22 @@ def time_pair(group, label, kw, args, bw, t_start, base_ms=None, target=None):
         torch.cuda.synchronize()
         ms_ours = base.time_ms(lambda: ours(kw))
         ms_fla, note = float("nan"), ""
+        if args.profile:
+            note = kernels_note(base.kernel_times(lambda: ours(kw))) + " "
         if wants_fla(args, label):
             o_fla, ht_fla = fla(kw)  # first call autotunes
             torch.cuda.synchronize()
             ms_fla = base.time_ms(lambda: fla(kw), warmup=2, reps=5)
-            note = f"ours vs fla: out {base.rel(o, o_fla):.1e}, state {base.rel(ht, ht_fla):.1e}"
+            note += f"ours vs fla: out {base.rel(o, o_fla):.1e}, state {base.rel(ht, ht_fla):.1e}"
     floor_ms = call_bytes(kw) / bw * 1e3
     row = Row(group, label, ms_ours, ms_fla, floor_ms, base_ms, target, note)
     print_row(row, t_start)
     return row
+
+
+def kernels_note(times):
+    """'kernels: name ms, ...' from kernel_times' {name: ms} (our kernels)."""
+    return "kernels: " + ", ".join(f"{name} {ms:.3f}" for name, ms in times.items()) + " ms"
 
 
 def print_row(row, t_start):
@@ -458,6 +470,11 @@ def main():
         default=None,
         help="time fla only on rows whose label contains one of these comma-separated pieces, "
         'e.g. "one sequence,fp16 inputs" (default: every row)',
+    )
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help="per-kernel device times of our call on each row (torch.profiler)",
     )
     args = ap.parse_args()
     groups = [g for g in args.cases.split(",") if g]
