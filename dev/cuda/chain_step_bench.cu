@@ -80,12 +80,12 @@
 
 #include "../../src/cuda/ptx_mma.cuh"
 
-#define NREC 4         /* records (and v tiles) in shared memory; chunk c uses c % NREC */
-#define OUT_RING 16    /* outputs kept in global memory: chunk c writes slot c % OUT_RING */
+#define NREC 4          /* records (and v tiles) in shared memory; chunk c uses c % NREC */
+#define OUT_RING 16     /* outputs kept in global memory: chunk c writes slot c % OUT_RING */
 #define CHECK_CHUNKS 16 /* chunks of the full correctness check (<= OUT_RING: every output kept) */
 #define CHECK_COLS 512  /* value columns of the checked problem: 2 CTAs of 512 threads */
-#define TILE16 512     /* a warp's v tile: 16 tokens x 16 values bf16, 32B-swizzled rows */
-#define TOL 2.0e-2     /* pass bar: max |gpu - ref| / max |ref|; bf16 operands give ~1e-3 */
+#define TILE16 512      /* a warp's v tile: 16 tokens x 16 values bf16, 32B-swizzled rows */
+#define TOL 2.0e-2      /* pass bar: max |gpu - ref| / max |ref|; bf16 operands give ~1e-3 */
 
 /* The mma form's record: the shipped layout (src/cuda/prefill_common.cuh, PF_REC_*). */
 #define MR_NEGW 0
@@ -100,14 +100,14 @@
 
 /* The wgmma form's record: same contents, the layouts of the header comment; each record
  * starts at a multiple of 1024 (the 128B swizzle period), so 512 bytes of padding. */
-#define WR_NEGW 0       /* (-W) as B = [token][key], 128B swizzle, two key halves */
-#define WR_QD 4096      /* Qd, same layout */
-#define WR_KRT 8192     /* Kr^T as B = [key][token], 32B swizzle, 128 rows */
-#define WR_GAMMA 12288  /* gamma [128] fp32 */
-#define WR_BINV 12800   /* bINV as B = [i][j], 32B swizzle, high terms */
+#define WR_NEGW 0        /* (-W) as B = [token][key], 128B swizzle, two key halves */
+#define WR_QD 4096       /* Qd, same layout */
+#define WR_KRT 8192      /* Kr^T as B = [key][token], 32B swizzle, 128 rows */
+#define WR_GAMMA 12288   /* gamma [128] fp32 */
+#define WR_BINV 12800    /* bINV as B = [i][j], 32B swizzle, high terms */
 #define WR_BINV_LO 13312 /*                               low terms */
-#define WR_MQK 13824    /* Mqk as B = [i][j], 32B swizzle, high terms */
-#define WR_MQK_LO 14336 /*                               low terms */
+#define WR_MQK 13824     /* Mqk as B = [i][j], 32B swizzle, high terms */
+#define WR_MQK_LO 14336  /*                               low terms */
 #define WR_BYTES 15360
 
 /* ---- layouts (host and device) ---- */
@@ -143,7 +143,10 @@ static __device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t sbo_
 }
 
 static __device__ __forceinline__ void wg_fence(void) { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-static __device__ __forceinline__ void wg_commit(void) { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+static __device__ __forceinline__ void wg_commit(void)
+{
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
 static __device__ __forceinline__ void wg_wait0(void) { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
 static __device__ __forceinline__ void wg_wait1(void) { asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory"); }
 
@@ -173,14 +176,14 @@ static __device__ __forceinline__ void wg_mma_n128(float d[64], const uint32_t a
                  "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "
                  "%59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]),
-                   "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]),
-                   "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]),
-                   "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]),
-                   "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]),
-                   "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]),
-                   "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]),
-                   "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),
+                   "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
+                   "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),
+                   "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
+                   "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]),
+                   "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]),
+                   "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1)
                  : "memory");
 }
@@ -243,15 +246,15 @@ static __device__ __forceinline__ void mma_chain(const bench_args *a)
         S[j][0] = x.x, S[j][1] = x.y, S[j][2] = x.z, S[j][3] = x.w;
     }
     uint32_t sa[8][4];
-#define MMA_PACK_STATE()                                         \
-    do {                                                         \
-        _Pragma("unroll") for (int kk = 0; kk < 8; kk++)         \
-        {                                                        \
-            sa[kk][0] = pack_bf16x2(S[2 * kk][0], S[2 * kk][1]); \
-            sa[kk][1] = pack_bf16x2(S[2 * kk][2], S[2 * kk][3]); \
+#define MMA_PACK_STATE()                                                 \
+    do {                                                                 \
+        _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                 \
+        {                                                                \
+            sa[kk][0] = pack_bf16x2(S[2 * kk][0], S[2 * kk][1]);         \
+            sa[kk][1] = pack_bf16x2(S[2 * kk][2], S[2 * kk][3]);         \
             sa[kk][2] = pack_bf16x2(S[2 * kk + 1][0], S[2 * kk + 1][1]); \
             sa[kk][3] = pack_bf16x2(S[2 * kk + 1][2], S[2 * kk + 1][3]); \
-        }                                                        \
+        }                                                                \
     } while (0)
     MMA_PACK_STATE();
     const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
@@ -267,7 +270,8 @@ static __device__ __forceinline__ void mma_chain(const bench_args *a)
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
             uint32_t wb[4];
-            ldsm_x4(wb, smem_addr(R + MR_NEGW + swz_ship128((lane & 7) + 8 * (lane >> 4), 16 * kk + 8 * ((lane >> 3) & 1))));
+            ldsm_x4(wb, smem_addr(R + MR_NEGW +
+                                  swz_ship128((lane & 7) + 8 * (lane >> 4), 16 * kk + 8 * ((lane >> 3) & 1))));
             float(*acc)[4] = vn[kk >> 2];
             mma_bf16_16816(acc[0], sa[kk], wb[0], wb[1], (kk & 3) ? acc[0] : zero4);
             mma_bf16_16816(acc[1], sa[kk], wb[2], wb[3], (kk & 3) ? acc[1] : zero4);
@@ -310,7 +314,8 @@ static __device__ __forceinline__ void mma_chain(const bench_args *a)
 #pragma unroll
         for (int m = 0; m < 8; m++) {
             uint32_t kb[4];
-            ldsm_x4_trans(kb, smem_addr(R + MR_KR + swz_ship128((lane & 7) + 8 * ((lane >> 3) & 1), 16 * m + 8 * (lane >> 4))));
+            ldsm_x4_trans(
+                kb, smem_addr(R + MR_KR + swz_ship128((lane & 7) + 8 * ((lane >> 3) & 1), 16 * m + 8 * (lane >> 4))));
             mma_bf16_16816(S[2 * m], vp, kb[0], kb[1], S[2 * m]);
             mma_bf16_16816(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);
         }
@@ -320,7 +325,8 @@ static __device__ __forceinline__ void mma_chain(const bench_args *a)
 #pragma unroll
         for (int kk = 0; kk < 8; kk++) {
             uint32_t qa[4];
-            ldsm_x4(qa, smem_addr(R + MR_QD + swz_ship128((lane & 7) + 8 * ((lane >> 3) & 1), 16 * kk + 8 * (lane >> 4))));
+            ldsm_x4(qa,
+                    smem_addr(R + MR_QD + swz_ship128((lane & 7) + 8 * ((lane >> 3) & 1), 16 * kk + 8 * (lane >> 4))));
             float(*acc)[4] = kk < 4 ? o : oh;
             mma_bf16_16816(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);
             mma_bf16_16816(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);
@@ -346,8 +352,7 @@ static __device__ __forceinline__ void mma_chain(const bench_args *a)
     const long long t1 = clock64();
 #undef MMA_PACK_STATE
 #pragma unroll
-    for (int j = 0; j < 16; j++)
-        ((float4 *)(a->s_out + gt * 64))[j] = make_float4(S[j][0], S[j][1], S[j][2], S[j][3]);
+    for (int j = 0; j < 16; j++) ((float4 *)(a->s_out + gt * 64))[j] = make_float4(S[j][0], S[j][1], S[j][2], S[j][3]);
     if (lane == 0) a->cycles[gt >> 5] = t1 - t0;
 }
 
@@ -369,15 +374,15 @@ static __device__ __forceinline__ void wg_chain(const bench_args *a)
         S[4 * j] = x.x, S[4 * j + 1] = x.y, S[4 * j + 2] = x.z, S[4 * j + 3] = x.w;
     }
     uint32_t sa[8][4]; /* bf16(S^T) as the A fragments of the 8 key steps */
-#define WG_PACK_STATE()                                              \
-    do {                                                             \
-        _Pragma("unroll") for (int kk = 0; kk < 8; kk++)             \
-        {                                                            \
-            sa[kk][0] = pack_bf16x2(S[8 * kk], S[8 * kk + 1]);       \
-            sa[kk][1] = pack_bf16x2(S[8 * kk + 2], S[8 * kk + 3]);   \
-            sa[kk][2] = pack_bf16x2(S[8 * kk + 4], S[8 * kk + 5]);   \
-            sa[kk][3] = pack_bf16x2(S[8 * kk + 6], S[8 * kk + 7]);   \
-        }                                                            \
+#define WG_PACK_STATE()                                            \
+    do {                                                           \
+        _Pragma("unroll") for (int kk = 0; kk < 8; kk++)           \
+        {                                                          \
+            sa[kk][0] = pack_bf16x2(S[8 * kk], S[8 * kk + 1]);     \
+            sa[kk][1] = pack_bf16x2(S[8 * kk + 2], S[8 * kk + 3]); \
+            sa[kk][2] = pack_bf16x2(S[8 * kk + 4], S[8 * kk + 5]); \
+            sa[kk][3] = pack_bf16x2(S[8 * kk + 6], S[8 * kk + 7]); \
+        }                                                          \
     } while (0)
     WG_PACK_STATE();
 
@@ -478,14 +483,14 @@ BENCH_KERNEL(wg_chain_512, wg_chain, 512)
 
 /* ---- host: data, reference, checks, timing ---- */
 
-#define CUDA_OK(call)                                                                                  \
-    do {                                                                                               \
-        const cudaError_t e_ = (call);                                                                 \
-        if (e_ != cudaSuccess) {                                                                       \
+#define CUDA_OK(call)                                                                                 \
+    do {                                                                                              \
+        const cudaError_t e_ = (call);                                                                \
+        if (e_ != cudaSuccess) {                                                                      \
             fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, \
-                    cudaGetErrorString(e_));                                                           \
-            exit(2);                                                                                   \
-        }                                                                                              \
+                    cudaGetErrorString(e_));                                                          \
+            exit(2);                                                                                  \
+        }                                                                                             \
     } while (0)
 
 static uint16_t f2bf(float f)
@@ -663,7 +668,8 @@ static void build_v_tiles(const problem *p, int nwarps, unsigned char *buf)
             for (int tok = 0; tok < 16; tok++)
                 for (int vl = 0; vl < 16; vl++) {
                     const int col = (16 * gw + vl) % p->ncols;
-                    put_bf16(buf + ((size_t)gw * NREC + r) * TILE16, swz32(tok, vl), p->v[(r * 16 + tok) * p->ncols + col]);
+                    put_bf16(buf + ((size_t)gw * NREC + r) * TILE16, swz32(tok, vl),
+                             p->v[(r * 16 + tok) * p->ncols + col]);
                 }
 }
 
@@ -812,8 +818,10 @@ static int check(const kernel_info *k, const device_bufs *d, const problem *p, i
 {
     const int64_t nthr = (int64_t)grid * threads;
     const int nc = p->ncols;
-    double *o_ref = (double *)malloc(sizeof(double) * nch * 16 * nc), *s_ref = (double *)malloc(sizeof(double) * nc * 128);
-    float *o_raw = (float *)malloc(sizeof(float) * OUT_RING * nthr * 8), *s_raw = (float *)malloc(sizeof(float) * nthr * 64);
+    double *o_ref = (double *)malloc(sizeof(double) * nch * 16 * nc),
+           *s_ref = (double *)malloc(sizeof(double) * nc * 128);
+    float *o_raw = (float *)malloc(sizeof(float) * OUT_RING * nthr * 8),
+          *s_raw = (float *)malloc(sizeof(float) * nthr * 64);
     reference(p, nch, o_ref, s_ref);
     upload(p, d, nthr);
     CUDA_OK(cudaMemset(d->o_out, 0xFF, sizeof(float) * OUT_RING * nthr * 8)); /* NaN: an unwritten output fails */
@@ -828,7 +836,8 @@ static int check(const kernel_info *k, const device_bufs *d, const problem *p, i
             for (int i = 0; i < 8; i++) {
                 int tok, col;
                 out_coord(k->wg, gt, i, &tok, &col);
-                const double ref = o_ref[((size_t)c * 16 + tok) * nc + col], got = o_raw[((size_t)c * nthr + gt) * 8 + i];
+                const double ref = o_ref[((size_t)c * 16 + tok) * nc + col],
+                             got = o_raw[((size_t)c * nthr + gt) * 8 + i];
                 const double err = isnan(got) ? INFINITY : fabs(got - ref);
                 o_max = fmax(o_max, fabs(ref));
                 o_err = fmax(o_err, err);
@@ -898,7 +907,8 @@ int main(int argc, char **argv)
 
     /* ---- correctness: each kernel on 2 CTAs of its largest block, against float64 ---- */
     printf("\ncorrectness against a float64 reference on the same bf16 operands (pass: max |err| / max |ref| < %.0e\n"
-           "for O over all chunks and for the final S; 'O chunk 0' is the first chunk's output alone):\n", TOL);
+           "for O over all chunks and for the final S; 'O chunk 0' is the first chunk's output alone):\n",
+           TOL);
     printf("  %-10s %-33s %-9s %6s  %9s  %9s  %9s\n", "kernel", "data", "grid", "chunks", "O chunk 0", "O", "S");
     int all_pass = 1, kernel_pass[NKERNELS];
     for (int i = 0; i < NKERNELS; i++) kernel_pass[i] = 1;
@@ -958,15 +968,18 @@ int main(int argc, char **argv)
     problem_fill(p, CHECK_COLS, DATA_FULL, 11);
     upload(p, &d, max_thr);
     free(p->v), free(p->s0);
-    const struct { int kernel; int chains; } runs[] = {
+    const struct {
+        int kernel;
+        int chains;
+    } runs[] = {
         {0, 1}, {0, 2}, {0, 4}, {0, 8}, {1, 16}, {1, 32}, {2, 1}, {2, 2}, {2, 3}, {3, 4}, {3, 8},
     };
     for (size_t ri = 0; ri < sizeof(runs) / sizeof(runs[0]); ri++) {
         const kernel_info *k = &kernels[runs[ri].kernel];
         const int chains = runs[ri].chains, threads = chains * (k->wg ? 128 : 32), cols = chains * (k->wg ? 64 : 16);
         char label[32];
-        snprintf(label, sizeof label, "%d %s", chains, k->wg ? (chains > 1 ? "warpgroups" : "warpgroup")
-                                                             : (chains > 1 ? "warps" : "warp"));
+        snprintf(label, sizeof label, "%d %s", chains,
+                 k->wg ? (chains > 1 ? "warpgroups" : "warpgroup") : (chains > 1 ? "warps" : "warp"));
         int nb = 0;
         if (threads <= k->max_threads)
             CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, k->fn, threads, smem_bytes(k, threads)));
@@ -995,7 +1008,8 @@ int main(int argc, char **argv)
         printf("  %-10s %-14s %8d %9.1f %9.1f %9.2f  %s\n", k->name, label, cols, step_ns, cyc, step_ns / (cols / 16),
                kernel_pass[runs[ri].kernel] ? "passed" : "FAILED");
     }
-    printf("\n%s\n", all_pass ? "ALL CHECKS PASSED" : "SOME CHECKS FAILED (timings of a failed kernel are not trustworthy)");
+    printf("\n%s\n",
+           all_pass ? "ALL CHECKS PASSED" : "SOME CHECKS FAILED (timings of a failed kernel are not trustworthy)");
     free(p);
     cudaFree(d.rec_mma), cudaFree(d.rec_wg), cudaFree(d.v), cudaFree(d.s0), cudaFree(d.s_out), cudaFree(d.o_out),
         cudaFree(d.cycles);
