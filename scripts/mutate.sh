@@ -138,14 +138,17 @@ mutant cuda-decode-token-offset cuda 'src/cuda/decode*.cu src/cuda/decode*.cuh' 
 mutant cuda-decode-cu-skip-zeroes cuda src/cuda/decode_tiles.cu \
   $'    } else if (len == 1) {\n        zero_outputs(p, &w, 0, bos, 1, h, V_FIRST, VEC, NC, TOK);\n    } else if (len > 1) {' \
   $'    } else if (len > 1) {'
-# The CUDA decode layer: the conv without its SiLU; the clamp of a sliding window one row short of
+# The CUDA decode layer: the conv without its SiLU (three-pass and single-kernel); the clamp of a sliding window one row short of
 # the conv state's L rows; the output gate's sigmoid of -g.
 mutant cuda-layer-silu cuda src/cuda/decode_layer.cu \
-  'y[t * p.dim] = acc / (1.0f + expf(-acc));' \
-  'y[t * p.dim] = acc;'
+  'y[t * p->dim] = acc / (1.0f + expf(-acc));' \
+  'y[t * p->dim] = acc;'
 mutant cuda-layer-window-clamp cuda src/cuda/decode_layer.cu \
-  'min(accepted_tokens(&p.slots, n), p.conv_rows - W + 2) - 1' \
-  'min(accepted_tokens(&p.slots, n), p.conv_rows - W + 1) - 1'
+  'min(accepted_tokens(&p->slots, n), p->conv_rows - W + 2) - 1' \
+  'min(accepted_tokens(&p->slots, n), p->conv_rows - W + 1) - 1'
+mutant cuda-layer-fused-silu cuda src/cuda/decode_layer_fused.cu \
+  'return acc / (1.0f + expf(-acc));' \
+  'return acc;'
 mutant cuda-layer-output-gate cuda src/cuda/decode_layer.cu \
   'v[i] * r * w / (1.0f + expf(-g))' \
   'v[i] * r * w / (1.0f + expf(g))'
