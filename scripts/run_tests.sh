@@ -4,7 +4,8 @@
 #   1. installs the Python package into a private virtual environment (build/venv); this builds
 #      libflashkda with the CUDA backend when nvcc is found, exactly as a user's `pip install .`
 #   2. style: ruff over the Python sources (its rules are in pyproject.toml) and clang-format over
-#      the C and CUDA sources (.clang-format), both as checks that change nothing
+#      the C and CUDA sources (.clang-format), both as checks that change nothing; and every
+#      planted bug of scripts/mutate.sh still finds the code it targets
 #   3. the C tests (ctest) in a Release build, which also compiles the GPU test programs
 #   4. the C tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CPU backend)
 #   5. the Python tests (pytest) against the installed package, torch's included
@@ -23,9 +24,12 @@ build/venv/bin/python -m pip install -q --upgrade pip
 # CPU-only build under another name. The Python tests below require it (FKDA_REQUIRE_TORCH).
 build/venv/bin/python -m pip install -q ".[test,torch]"
 
-echo "== style (ruff, clang-format)"
+echo "== style (ruff, clang-format, mutants' snippets)"
 build/venv/bin/ruff check .
 git ls-files '*.c' '*.h' '*.cu' '*.cuh' | xargs -r clang-format --dry-run --Werror
+# Every planted bug of scripts/mutate.sh must still find its snippet, exactly once: a change to
+# the code a mutant targets updates the mutant with it, so the suite's strength stays checkable.
+scripts/mutate.sh list >/dev/null || { scripts/mutate.sh list | grep "NOT FOUND"; exit 1; }
 
 echo "== C tests, Release"
 cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Release -DFKDA_WERROR=ON >/dev/null
