@@ -222,6 +222,65 @@ static __device__ __forceinline__ void wait_for_prior_grid(void)
 #endif
 }
 
+/* The delta rule's passes over a lane's NR rows of the state tile, shared by run_tokens and the
+ * single-kernel layer (decode_layer_fused.cu). ld, lk, lq: the lane's staged decays, keys and
+ * queries (16-byte aligned, NR a multiple of 4). First the decay and the two dot products with the
+ * unscaled k and q (pk, pq: this lane's partial S^T k and S^T q per column); then their sums over
+ * the lanes of a column; then, once the caller has formed vk = kf v', the update S += k vk^T.
+ *
+ * The first pass is a macro, not a function: as an inlined function it left 14 of the tile
+ * kernels' code scheduled differently (same instructions, other order and registers), and those
+ * kernels' speed was tuned on the GPU; the macro keeps their machine code as it was. */
+#define TILE_DECAY_DOTS(s, ld, lk, lq, pk, pq, NR, NC)                                              \
+    do {                                                                                            \
+        _Pragma("unroll") for (int c_ = 0; c_ < (NC); c_++) pk[c_] = pq[c_] = 0.0f;                 \
+        _Pragma("unroll") for (int r4_ = 0; r4_ < (NR); r4_ += 4)                                   \
+        {                                                                                           \
+            const float4 d4_ = *(const float4 *)((ld) + r4_), k4_ = *(const float4 *)((lk) + r4_),  \
+                         q4_ = *(const float4 *)((lq) + r4_);                                       \
+            const float d_[4] = {d4_.x, d4_.y, d4_.z, d4_.w}, k_[4] = {k4_.x, k4_.y, k4_.z, k4_.w}, \
+                        q_[4] = {q4_.x, q4_.y, q4_.z, q4_.w};                                       \
+            _Pragma("unroll") for (int i_ = 0; i_ < 4; i_++)                                        \
+            {                                                                                       \
+                _Pragma("unroll") for (int c_ = 0; c_ < (NC); c_++)                                 \
+                {                                                                                   \
+                    s[r4_ + i_][c_] *= d_[i_];                                                      \
+                    pk[c_] = fmaf(s[r4_ + i_][c_], k_[i_], pk[c_]);                                 \
+                    pq[c_] = fmaf(s[r4_ + i_][c_], q_[i_], pq[c_]);                                 \
+                }                                                                                   \
+            }                                                                                       \
+        }                                                                                           \
+    } while (0)
+
+/* pk and pq summed over the lanes sharing each column (xor offsets red_lo .. red_hi / 2): every
+ * one of them gets the total. */
+static __device__ __forceinline__ void tile_column_sums(float pk[DECODE_MAX_C], float pq[DECODE_MAX_C], int red_lo,
+                                                        int red_hi, const int NC)
+{
+    for (int off = red_lo; off < red_hi; off <<= 1) {
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            pk[c] += __shfl_xor_sync(FULL_MASK, pk[c], off);
+            pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
+        }
+    }
+}
+
+static __device__ __forceinline__ void tile_rank1_update(float s[DECODE_MAX_R][DECODE_MAX_C], const float *lk,
+                                                         const float vk[DECODE_MAX_C], const int NR, const int NC)
+{
+#pragma unroll
+    for (int r4 = 0; r4 < NR; r4 += 4) {
+        const float4 k4 = *(const float4 *)(lk + r4);
+        const float kk[4] = {k4.x, k4.y, k4.z, k4.w};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+#pragma unroll
+            for (int c = 0; c < NC; c++) s[r4 + i][c] = fmaf(kk[i], vk[c], s[r4 + i][c]);
+        }
+    }
+}
+
 /* The recurrence over the sequence's tokens, the state in registers (loaded by the caller),
  * and the state's stores: after every token to its 2-D index, else once at the end to `slot`.
  * Every thread of the CTA calls it (stage_token waits for the whole CTA once per token).
@@ -249,34 +308,11 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
         const float *lq = sb->q + lane_rows, *lk = sb->k + lane_rows, *ld = sb->d + lane_rows;
 
-        /* Decay, and the two dot products over this lane's rows (with the unscaled q, k). */
+        /* Decay, and the two dot products over this lane's rows (with the unscaled q, k), summed
+         * over the KL lanes sharing each column. */
         float pk[DECODE_MAX_C], pq[DECODE_MAX_C];
-#pragma unroll
-        for (int c = 0; c < NC; c++) pk[c] = pq[c] = 0.0f;
-#pragma unroll
-        for (int r4 = 0; r4 < NR; r4 += 4) {
-            const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4),
-                         q4 = *(const float4 *)(lq + r4);
-            const float d[4] = {d4.x, d4.y, d4.z, d4.w}, kk[4] = {k4.x, k4.y, k4.z, k4.w},
-                        qq[4] = {q4.x, q4.y, q4.z, q4.w};
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-#pragma unroll
-                for (int c = 0; c < NC; c++) {
-                    s[r4 + i][c] *= d[i];
-                    pk[c] = fmaf(s[r4 + i][c], kk[i], pk[c]);
-                    pq[c] = fmaf(s[r4 + i][c], qq[i], pq[c]);
-                }
-            }
-        }
-        /* Sum over the KL lanes sharing each column; every one of them gets the total. */
-        for (int off = red_lo; off < red_hi; off <<= 1) {
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                pk[c] += __shfl_xor_sync(FULL_MASK, pk[c], off);
-                pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
-            }
-        }
+        TILE_DECAY_DOTS(s, ld, lk, lq, pk, pq, NR, NC);
+        tile_column_sums(pk, pq, red_lo, red_hi, NC);
         if (KS == 2) add_other_half(sb, &w, pk, pq, NC);
         /* Delta rule and output: v' = b (v - S^T k), o = S^T q + (k . q) v', S += k v'^T. */
         float vk[DECODE_MAX_C]; /* kf * v', so that the update can use the unscaled k */
@@ -290,16 +326,7 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
                 store_elem(ov, TOKEN_DTYPE(p, out_dtype, TOK), j, (int)p->out_stride[3],
                            fmaf(tok.kq, vn, tok.qf * pq[c]));
         }
-#pragma unroll
-        for (int r4 = 0; r4 < NR; r4 += 4) {
-            const float4 k4 = *(const float4 *)(lk + r4);
-            const float kk[4] = {k4.x, k4.y, k4.z, k4.w};
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-#pragma unroll
-                for (int c = 0; c < NC; c++) s[r4 + i][c] = fmaf(kk[i], vk[c], s[r4 + i][c]);
-            }
-        }
+        tile_rank1_update(s, lk, vk, NR, NC);
 
         if (!TOK && p->idx_2d) { /* the state after each token goes to its own slot */
             const int64_t ts = t < p->idx_tokens ? load_index(p->state_indices, p->idx_dtype,

@@ -379,31 +379,8 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     const int lane_rows = w.kl * (NR + DECODE_ROW_PAD);
     const float *lq = sm.q + lane_rows, *lk = sm.k + lane_rows, *ld = sm.d + lane_rows;
     float pk[DECODE_MAX_C], pq[DECODE_MAX_C];
-#pragma unroll
-    for (int c = 0; c < NC; c++) pk[c] = pq[c] = 0.0f;
-#pragma unroll
-    for (int r4 = 0; r4 < NR; r4 += 4) {
-        const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4), q4 = *(const float4 *)(lq + r4);
-        const float dd[4] = {d4.x, d4.y, d4.z, d4.w}, kk[4] = {k4.x, k4.y, k4.z, k4.w},
-                    qq[4] = {q4.x, q4.y, q4.z, q4.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                s[r4 + i][c] *= dd[i];
-                pk[c] = fmaf(s[r4 + i][c], kk[i], pk[c]);
-                pq[c] = fmaf(s[r4 + i][c], qq[i], pq[c]);
-            }
-        }
-    }
-    const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
-    for (int off = red_lo; off < red_hi; off <<= 1) {
-#pragma unroll
-        for (int c = 0; c < NC; c++) {
-            pk[c] += __shfl_xor_sync(FULL_MASK, pk[c], off);
-            pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
-        }
-    }
+    TILE_DECAY_DOTS(s, ld, lk, lq, pk, pq, NR, NC);
+    tile_column_sums(pk, pq, V_FIRST ? 1 : w.LJ, V_FIRST ? w.KL : 32, NC);
     float o[DECODE_MAX_C], vk[DECODE_MAX_C], squares = 0.0f;
 #pragma unroll
     for (int c = 0; c < NC; c++) {
@@ -412,16 +389,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         o[c] = fmaf(kq, vn, qf * pq[c]);
         squares = fmaf(o[c], o[c], squares);
     }
-#pragma unroll
-    for (int r4 = 0; r4 < NR; r4 += 4) {
-        const float4 k4 = *(const float4 *)(lk + r4);
-        const float kk[4] = {k4.x, k4.y, k4.z, k4.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-#pragma unroll
-            for (int c = 0; c < NC; c++) s[r4 + i][c] = fmaf(kk[i], vk[c], s[r4 + i][c]);
-        }
-    }
+    tile_rank1_update(s, lk, vk, NR, NC);
 
     /* 4. sum(o^2) over the head: each warp's (its kl = 0 lanes hold its 8 columns once) to every
      * CTA, then all 16 in the same order everywhere. */
