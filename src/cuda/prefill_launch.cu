@@ -271,6 +271,41 @@ static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
     q->records = (unsigned char *)workspace;
 }
 
+/* K <= 128: the prep, then the chain whole (P = 1), or its segment passes A and C around the merge. */
+static cudaError_t launch_k128(const fkda_problem *p, const pf_params *params, void *workspace, int64_t P, int sms,
+                               cudaStream_t stream, const char **what)
+{
+    *what = "the prefill prep kernel";
+    cudaError_t err = pf_launch_prep(params, stream);
+    if (err != cudaSuccess) return err;
+    pf_chain_plan plan;
+    memset(&plan, 0, sizeof plan);
+    if (P <= 1) {
+        plan.mode = PF_CHAIN_WHOLE;
+        plan.nslices = (int32_t)(vpad(p) / choose_vslice(p, sms));
+        plan.P = 1;
+        *what = "the prefill chain kernel";
+        return pf_launch_chain(params, &plan, stream);
+    }
+    const int64_t nch = (p->T + PF_CHUNK - 1) / PF_CHUNK;
+    const size_t seg = segment_bytes(p, P);
+    unsigned char *base = (unsigned char *)workspace + records_bytes(p);
+    plan.P = P;
+    plan.nslices = PF_DV / 16;
+    plan.Lc = (nch + P - 1) / P;
+    plan.seg_B = (float *)base;
+    plan.seg_M = (float *)(base + seg);
+    plan.seg_S = (float *)(base + 2 * seg);
+    plan.mode = PF_CHAIN_SEG_A;
+    *what = "the prefill chain kernel (segment pass A)";
+    if ((err = pf_launch_chain(params, &plan, stream)) != cudaSuccess) return err;
+    *what = "the prefill merge kernel";
+    if ((err = pf_launch_merge(params, &plan, stream)) != cudaSuccess) return err;
+    plan.mode = PF_CHAIN_SEG_C;
+    *what = "the prefill chain kernel (segment pass C)";
+    return pf_launch_chain(params, &plan, stream);
+}
+
 /* 128 < K <= 256 (prefill_prep_k256.cu, prefill_chain_k256.cu): no segments; a warp pair per 16
  * value columns, so at most 64 columns (8 warps) per chain CTA. The slice is chosen as in
  * choose_vslice, counting two warps per 16 columns. FKDA_PREFILL_VSLICE overrides (16, 32, 64). */
@@ -324,41 +359,9 @@ extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace,
     if (v_stage_bytes(p) > 0) params.v_stage = (unsigned char *)workspace + records_bytes(p) + 3 * segment_bytes(p, P);
     cudaStream_t stream = (cudaStream_t)p->device.stream;
     const int sms = prop->multiProcessorCount;
-    pf_chain_plan plan;
-    memset(&plan, 0, sizeof plan);
-    plan.P = P;
     const char *what = "the prefill prep kernel";
-    cudaError_t err = p->K > PF_DK ? launch_k256(p, &params, sms, stream, &what) : pf_launch_prep(&params, stream);
-    if (p->K > PF_DK) {
-        /* launched above */
-    } else if (err == cudaSuccess && P <= 1) {
-        plan.mode = PF_CHAIN_WHOLE;
-        plan.nslices = (int32_t)(vpad(p) / choose_vslice(p, sms));
-        plan.P = 1;
-        err = pf_launch_chain(&params, &plan, stream);
-        what = "the prefill chain kernel";
-    } else if (err == cudaSuccess) {
-        const int64_t nch = (p->T + PF_CHUNK - 1) / PF_CHUNK;
-        const size_t seg = segment_bytes(p, P);
-        unsigned char *base = (unsigned char *)workspace + records_bytes(p);
-        plan.nslices = PF_DV / 16;
-        plan.Lc = (nch + P - 1) / P;
-        plan.seg_B = (float *)base;
-        plan.seg_M = (float *)(base + seg);
-        plan.seg_S = (float *)(base + 2 * seg);
-        plan.mode = PF_CHAIN_SEG_A;
-        err = pf_launch_chain(&params, &plan, stream);
-        what = "the prefill chain kernel (segment pass A)";
-        if (err == cudaSuccess) {
-            err = pf_launch_merge(&params, &plan, stream);
-            what = "the prefill merge kernel";
-        }
-        if (err == cudaSuccess) {
-            plan.mode = PF_CHAIN_SEG_C;
-            err = pf_launch_chain(&params, &plan, stream);
-            what = "the prefill chain kernel (segment pass C)";
-        }
-    }
+    const cudaError_t err = p->K > PF_DK ? launch_k256(p, &params, sms, stream, &what)
+                                         : launch_k128(p, &params, workspace, P, sms, stream, &what);
     if (previous != p->device.index) cudaSetDevice(previous);
     if (err != cudaSuccess)
         return fkda_fail(FKDA_ERROR_DEVICE, "launch of %s failed: %s", what, cudaGetErrorString(err));
