@@ -554,8 +554,25 @@ static void check_unsupported(void)
 
 int main(int argc, char **argv)
 {
-    const int small = argc > 1 && strcmp(argv[1], "--small") == 0;
-    const int quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    /* --only SUBSTR [--repeat N]: the cases of every list whose name contains SUBSTR, each N times
+     * with fresh inputs (the spread of a case's error over seeds, against its bar) */
+    int small = 0, quick = 0, repeat = 1;
+    const char *only = NULL;
+    for (int a = 1; a < argc; a++) {
+        if (strcmp(argv[a], "--small") == 0)
+            small = 1;
+        else if (strcmp(argv[a], "--quick") == 0)
+            quick = 1;
+        else if (strcmp(argv[a], "--only") == 0 && a + 1 < argc)
+            only = argv[++a];
+        else if (strcmp(argv[a], "--repeat") == 0 && a + 1 < argc)
+            repeat = atoi(argv[++a]);
+        else {
+            fprintf(stderr, "usage: test_prefill_cuda [--small | --quick | --only SUBSTR [--repeat N]]\n");
+            return 2;
+        }
+    }
+    if (repeat < 1) repeat = 1;
     int count = 0;
     if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
         fprintf(stderr, "test_prefill_cuda: no CUDA device\n");
@@ -1064,6 +1081,20 @@ int main(int argc, char **argv)
                                               "K=256 varlen empties, in place"};
     const int n_small = (int)(sizeof small_cases / sizeof small_cases[0]);
     const int n_full = (int)(sizeof full_cases / sizeof full_cases[0]);
+    if (only) {
+        int found = 0;
+        for (int r = 0; r < repeat; r++) {
+            for (int i = 0; i < n_small; i++)
+                if (strstr(small_cases[i].name, only)) found++, run_case(&small_cases[i], NULL, &rng);
+            for (int i = 0; i < n_full; i++)
+                if (strstr(full_cases[i].name, only)) found++, run_case(&full_cases[i], NULL, &rng);
+            for (size_t i = 0; i < sizeof wide_cases / sizeof wide_cases[0]; i++)
+                if (strstr(wide_cases[i].c.name, only)) found++, run_case(&wide_cases[i].c, &wide_cases[i].w, &rng);
+        }
+        CHECK(found > 0, "--only %s: no case has that in its name", only);
+        print_tightest();
+        return test_exit("test_prefill_cuda");
+    }
     if (small || quick)
         for (int i = 0; i < n_small; i++) run_case(&small_cases[i], NULL, &rng);
     for (int i = 0; i < n_full; i++) {
