@@ -204,69 +204,76 @@ static void copy_strides(int64_t *dst, const fkda_operand *op, int n)
     for (int i = 0; i < n; i++) dst[i] = op->stride[i];
 }
 
+/* Every field of the kernels' parameters that comes from the problem (all but the geometry,
+ * which fkda_decode_select chooses). The single-kernel layer fills its decode part here too. */
+extern "C" void fkda_cuda_decode_params_of(const fkda_problem *p, fkda_decode_params *k)
+{
+    memset(k, 0, sizeof *k);
+    k->q = p->q.data;
+    k->k = p->k.data;
+    k->v = p->v.data;
+    k->g = p->g.data;
+    k->beta = p->beta.data;
+    k->out = p->out.data;
+    copy_strides(k->q_stride, &p->q, 4);
+    copy_strides(k->k_stride, &p->k, 4);
+    copy_strides(k->v_stride, &p->v, 4);
+    copy_strides(k->g_stride, &p->g, 4);
+    copy_strides(k->out_stride, &p->out, 4);
+    copy_strides(k->beta_stride, &p->beta, 3);
+    k->q_dtype = p->q.dtype;
+    k->k_dtype = p->k.dtype;
+    k->v_dtype = p->v.dtype;
+    k->g_dtype = p->g.dtype;
+    k->beta_dtype = p->beta.dtype;
+    k->out_dtype = p->out.dtype;
+
+    k->A_log = p->A_log.data;
+    k->A_log_stride = p->A_log.stride[0];
+    k->A_log_dtype = p->A_log.dtype;
+    k->dt_bias = p->dt_bias.data;
+    copy_strides(k->dt_bias_stride, &p->dt_bias, 2);
+    k->dt_bias_dtype = p->dt_bias.dtype;
+
+    k->cu_seqlens = p->cu_seqlens.data;
+    k->cu_stride = p->cu_seqlens.stride[0];
+    k->cu_dtype = p->cu_seqlens.dtype;
+    k->state_indices = p->state_indices.data;
+    copy_strides(k->idx_stride, &p->state_indices, 2);
+    k->idx_dtype = p->state_indices.dtype;
+    k->idx_2d = p->state_indices.data != NULL && p->indices_per_token;
+    k->idx_tokens = p->indices_per_token ? p->indices_tokens : 1;
+    if (!k->idx_2d) k->idx_stride[1] = 0;
+    k->num_accepted = k->idx_2d ? p->num_accepted_tokens.data : NULL;
+    k->acc_stride = p->num_accepted_tokens.stride[0];
+    k->acc_dtype = p->num_accepted_tokens.dtype;
+
+    k->state_in = p->state_in.data;
+    k->state_out = p->state_out.data;
+    copy_strides(k->state_in_stride, &p->state_in, 4);
+    copy_strides(k->state_out_stride, &p->state_out, 4);
+    k->pool_size = p->pool_size;
+    k->state_bf16 = p->state_in.dtype == FKDA_DTYPE_BF16;
+
+    k->T = p->T;
+    k->N = p->N;
+    k->HV = p->HV;
+    k->group = p->group;
+    k->K = (int32_t)p->K;
+    k->V = (int32_t)p->V;
+    k->scale = p->scale;
+    k->lower_bound = p->lower_bound;
+    k->gate = p->gate;
+    k->use_qk_l2norm = p->use_qk_l2norm;
+    k->use_beta_sigmoid = p->use_beta_sigmoid;
+    k->allow_neg_eigval = p->allow_neg_eigval;
+    k->state_v_first = p->state_v_first;
+}
+
 extern "C" fkda_status fkda_cuda_decode(const fkda_problem *p, void *workspace, size_t workspace_bytes)
 {
     fkda_decode_params k;
-    memset(&k, 0, sizeof k);
-    k.q = p->q.data;
-    k.k = p->k.data;
-    k.v = p->v.data;
-    k.g = p->g.data;
-    k.beta = p->beta.data;
-    k.out = p->out.data;
-    copy_strides(k.q_stride, &p->q, 4);
-    copy_strides(k.k_stride, &p->k, 4);
-    copy_strides(k.v_stride, &p->v, 4);
-    copy_strides(k.g_stride, &p->g, 4);
-    copy_strides(k.out_stride, &p->out, 4);
-    copy_strides(k.beta_stride, &p->beta, 3);
-    k.q_dtype = p->q.dtype;
-    k.k_dtype = p->k.dtype;
-    k.v_dtype = p->v.dtype;
-    k.g_dtype = p->g.dtype;
-    k.beta_dtype = p->beta.dtype;
-    k.out_dtype = p->out.dtype;
-
-    k.A_log = p->A_log.data;
-    k.A_log_stride = p->A_log.stride[0];
-    k.A_log_dtype = p->A_log.dtype;
-    k.dt_bias = p->dt_bias.data;
-    copy_strides(k.dt_bias_stride, &p->dt_bias, 2);
-    k.dt_bias_dtype = p->dt_bias.dtype;
-
-    k.cu_seqlens = p->cu_seqlens.data;
-    k.cu_stride = p->cu_seqlens.stride[0];
-    k.cu_dtype = p->cu_seqlens.dtype;
-    k.state_indices = p->state_indices.data;
-    copy_strides(k.idx_stride, &p->state_indices, 2);
-    k.idx_dtype = p->state_indices.dtype;
-    k.idx_2d = p->state_indices.data != NULL && p->indices_per_token;
-    k.idx_tokens = p->indices_per_token ? p->indices_tokens : 1;
-    if (!k.idx_2d) k.idx_stride[1] = 0;
-    k.num_accepted = k.idx_2d ? p->num_accepted_tokens.data : NULL;
-    k.acc_stride = p->num_accepted_tokens.stride[0];
-    k.acc_dtype = p->num_accepted_tokens.dtype;
-
-    k.state_in = p->state_in.data;
-    k.state_out = p->state_out.data;
-    copy_strides(k.state_in_stride, &p->state_in, 4);
-    copy_strides(k.state_out_stride, &p->state_out, 4);
-    k.pool_size = p->pool_size;
-    k.state_bf16 = p->state_in.dtype == FKDA_DTYPE_BF16;
-
-    k.T = p->T;
-    k.N = p->N;
-    k.HV = p->HV;
-    k.group = p->group;
-    k.K = (int32_t)p->K;
-    k.V = (int32_t)p->V;
-    k.scale = p->scale;
-    k.lower_bound = p->lower_bound;
-    k.gate = p->gate;
-    k.use_qk_l2norm = p->use_qk_l2norm;
-    k.use_beta_sigmoid = p->use_beta_sigmoid;
-    k.allow_neg_eigval = p->allow_neg_eigval;
-    k.state_v_first = p->state_v_first;
+    fkda_cuda_decode_params_of(p, &k);
 
     const cudaDeviceProp *prop = fkda_cuda_device_properties(p->device.index);
     if (!prop) return FKDA_ERROR_DEVICE;

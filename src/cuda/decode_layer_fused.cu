@@ -38,6 +38,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../core/layer_problem.h"
 #include "cuda_internal.h"
 #include "decode_common.cuh"
 #include "decode_layer_fused.h"
@@ -428,41 +429,11 @@ static fused_layer_params fused_params_of(const fkda_problem *p, int cluster)
 {
     fused_layer_params k;
     memset(&k, 0, sizeof k);
+    /* The decode part as the three-pass path's decode gets it (its q, k, v and out views of the
+     * workspace are unused here: the kernel reads mixed_qkv and writes out itself). */
+    const fkda_problem dp = fkda_layer_decode_problem(p, NULL, NULL);
+    fkda_cuda_decode_params_of(&dp, &k.d);
     fkda_decode_params *d = &k.d;
-    d->g = p->g.data;
-    copy_strides(d->g_stride, &p->g, 4);
-    d->g_dtype = p->g.dtype;
-    d->beta = p->beta.data;
-    copy_strides(d->beta_stride, &p->beta, 3);
-    d->beta_dtype = p->beta.dtype;
-    d->A_log = p->A_log.data;
-    d->A_log_stride = p->A_log.stride[0];
-    d->A_log_dtype = p->A_log.dtype;
-    d->dt_bias = p->dt_bias.data;
-    copy_strides(d->dt_bias_stride, &p->dt_bias, 2);
-    d->dt_bias_dtype = p->dt_bias.dtype;
-    d->state_indices = p->state_indices.data;
-    copy_strides(d->idx_stride, &p->state_indices, 1);
-    d->idx_dtype = p->state_indices.dtype;
-    d->idx_tokens = 1;
-    d->state_in = p->state_in.data;
-    d->state_out = p->state_out.data;
-    copy_strides(d->state_in_stride, &p->state_in, 4);
-    copy_strides(d->state_out_stride, &p->state_out, 4);
-    d->pool_size = p->pool_size;
-    d->state_bf16 = p->state_in.dtype == FKDA_DTYPE_BF16;
-    d->T = 1;
-    d->N = p->B;
-    d->HV = p->HV;
-    d->group = 1;
-    d->K = d->V = 128;
-    d->scale = p->scale;
-    d->lower_bound = p->lower_bound;
-    d->gate = p->gate;
-    d->use_qk_l2norm = p->use_qk_l2norm;
-    d->use_beta_sigmoid = p->use_beta_sigmoid;
-    d->allow_neg_eigval = p->allow_neg_eigval;
-    d->state_v_first = p->state_v_first;
     d->lanes_k = FUSED_KL;
     d->warps_per_head = FUSED_WARPS;
     d->warps_per_cta = FUSED_WARPS / cluster;

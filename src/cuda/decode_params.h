@@ -65,6 +65,10 @@ typedef struct fkda_decode_params {
     int32_t ctas_per_head;  /* CTAs sharing the warps of one (sequence, value head) */
 } fkda_decode_params;
 
+/* Fills every field of *k from a validated decode problem but the geometry (decode_launch.cu). */
+struct fkda_problem;
+void fkda_cuda_decode_params_of(const struct fkda_problem *p, fkda_decode_params *k);
+
 /* The kernel of row `row` of DECODE_TILE_VARIANTS (decode_tiles.cu) or DECODE_PACKED_VARIANTS
  * (decode_packed.cu), as cudaLaunchKernelExC takes it; NULL outside the table. */
 const void *fkda_decode_tile_kernel(int row);
