@@ -109,6 +109,14 @@ mutant cuda-prefill-final-slot cuda src/cuda/prefill_chain_io.cuh \
 mutant cuda-prefill-checkpoint-nan cuda src/cuda/prefill_chain.cu \
   'if (off == len || (off > 0 && off < len && off % PF_CHUNK != 0))' \
   'if (off == len)'
+# K > 128, bf16 tiles: keys past K are read from the row (the next head's keys) instead of zeros.
+mutant cuda-prefill-k256-prep-keys cuda src/cuda/prefill_prep_k256.cu \
+  'const int ok = r < rows && unit * 8 < p.K;' \
+  'const int ok = r < rows;'
+# K > 128: every lower bound takes the unchecked kernels (no step 4'): a fast gate overflows.
+mutant cuda-prefill-k256-prep-checked cuda src/cuda/prefill_prep_k256.cu \
+  'p->gate_scale >= -5.0f * 1.4426950408889634f);' \
+  'p->gate_scale >= -500.0f * 1.4426950408889634f);'
 mutant cuda-prefill-prep-beta cuda src/cuda/prefill_prep.cu \
   'b = p.beta_sigmoid ? pf_sigmoid(x) * (p.neg_eigval ? 2.0f : 1.0f) : x;' \
   'b = p.beta_sigmoid ? pf_sigmoid(x) : x;'

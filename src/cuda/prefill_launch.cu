@@ -333,8 +333,13 @@ static int choose_vslice_k256(const fkda_problem *p, int sms)
 static cudaError_t launch_k256(const fkda_problem *p, const pf_params *params, int sms, cudaStream_t stream,
                                const char **what)
 {
+    /* The prep's q, k, g loads: cp.async into bf16 tiles when all three are bf16 with 16-byte
+     * rows (K a multiple of 8; keys past K are zero-filled), else element by element. */
+    pf_params prep = *params;
+    prep.qkg_load = bf16_rows16(&p->q, p->K) && bf16_rows16(&p->k, p->K) && bf16_rows16(&p->g, p->K) ? PF_LOAD_BF16
+                                                                                                     : PF_LOAD_ELEMENTS;
     *what = "the prefill prep kernel (K > 128)";
-    cudaError_t err = pf256_launch_prep(params, stream);
+    cudaError_t err = pf256_launch_prep(&prep, stream);
     if (err != cudaSuccess) return err;
     *what = "the prefill chain kernel (K > 128)";
     return pf256_launch_chain(params, choose_vslice_k256(p, sms), stream);

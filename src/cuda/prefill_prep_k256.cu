@@ -1,32 +1,37 @@
 /*
  * prefill_prep_k256.cu: the prep kernel for 128 < K <= 256. One CTA of 256 threads per (16-token
- * chunk, value head), thread c owning key channel c, writes the chunk's 256-key record
- * (prefill_k256.cuh). The steps are those of prefill_prep.cu:
+ * chunk, value head), thread c owning key channel c in steps 3 and 6, writes the chunk's 256-key
+ * record (prefill_k256.cuh). The steps are those of prefill_prep.cu:
  *
- *   1. thread c reads key c of every row of q, k, g straight into registers (any dtype, any
- *      strides; keys past K and rows past the sequence end are zeros), and v into the chain's bf16
- *      copy when the chain cannot read the caller's;
- *   2. L2 norms of the q and k rows: a warp sum per row, then the 8 warps' sums;
- *   3. the gate, cumsum G (fp32, log2 units), Qd, Kr, gamma into the record, Kd in registers, and
- *      the exponent-centred operands kc, ki (hi, lo), qc (hi, lo) as bf16 tiles (Gref = row 7);
+ *   1. the q, k, g tiles ([16][256]): bf16 ones with 16-byte rows by cp.async (keys past K and rows
+ *      past the sequence end zero-filled); anything else element by element into fp32 tiles; v,
+ *      unless the chain can read the caller's, into the chain's bf16 copy;
+ *   2. L2 norms of the q and k rows (fp32, a half warp per row, 16 keys per thread);
+ *   3. thread c takes its column of the tiles: the gate, cumsum G (fp32, log2 units), Qd, Kr,
+ *      gamma into the record, Kd in registers, and the exponent-centred operands kc, ki (hi, lo),
+ *      qc (hi, lo) as bf16 tiles (Gref = row 7), over the input tiles;
  *   4. L = strict_lower(diag(b) kc ki^T) and Mqk = scale lower_incl(qc ki^T) by mma.sync, 16
  *      k-steps split over the two key halves (warps 0-3 keys 0-127, warps 4-7 keys 128-255), the
  *      halves' fp32 sums added in shared memory;
- *   4'. or, for a chunk whose centred exponents leave their range (the span check of
- *      prefill_prep.cu, taken by every kernel here: one kernel serves every gate), L and Mqk
- *      pairwise in fp32 from exp(G_i - G_j) <= 1;
+ *   4'. or, in the checked kernels only (a gate that may leave the centred exponents' range: the
+ *      span check of prefill_prep.cu, per chunk), L and Mqk pairwise in fp32 from
+ *      exp(G_i - G_j) <= 1;
  *   5. warp 0: (I + L)^-1 diag(b) by fp32 forward substitution, stored as hi + lo;
  *   6. thread c: -W[:, c] = -bINV Kd[:, c].
- * One compiled form for every dtype and gate: the element loads and the range check cost the prep
- * time, but at K = 256 the chain's step is the larger share (docs/history/prefill.md, v6).
+ * Four compiled forms, chosen on the host (pf256_launch_prep) like prefill_prep.cu's: the bf16
+ * tile loads or the element loads, each unchecked (the lower bound gate >= -5: no step 4', 64
+ * registers and 40 or 48 KB, 4 CTAs per SM) or checked (step 4' too: 128 registers, 2 CTAs).
  */
 #include "prefill_k256.cuh"
 #include "prefill_prep_steps.cuh"
+#include "ptx_copy.cuh"
 #include "ptx_mma.cuh"
 
 #define P256_THREADS 256
-#define P256_UNITS 12 /* 4 KB units of dynamic shared memory: step 4 takes 10, step 4' 12 */
-#define P256_SMEM (P256_UNITS * 4096)
+/* 4 KB units of dynamic shared memory: the bf16 input tiles take 6 and step 4's operands 10; the
+ * fp32 input tiles and step 4' tiles 12. */
+#define P256_UNITS_BULK 10
+#define P256_UNITS 12
 
 /* Step 4': L and Mqk pairwise from the fp32 tiles qn, kn, G ([16][256] each): thread e < 136 sums
  * entry e (i >= j, numbered row by row) over all 256 keys, lane l starting at key l so that the
@@ -63,8 +68,9 @@ static __device__ __forceinline__ void p256_pairwise(const float *fq, const floa
 }
 
 /* Steps 5 and 6 with the 256-key record's offsets (prep_finish of prefill_prep_steps.cuh, K = 128,
- * writes the other layout). */
-static __device__ __forceinline__ void p256_finish(float (*s_L)[17], float (*s_binv)[17], const float *s_b,
+ * writes the other layout). bINV's rows are 16-byte aligned, so step 6 reads them four at a time
+ * (the same products, summed in the same order). */
+static __device__ __forceinline__ void p256_finish(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
                                                    const float kd[16], unsigned char *rec, int col, int warp, int lane)
 {
     if (warp == 0) {
@@ -97,23 +103,35 @@ static __device__ __forceinline__ void p256_finish(float (*s_L)[17], float (*s_b
     for (int i = 0; i < 16; i++) {
         float w = 0.0f;
 #pragma unroll
-        for (int j = 0; j <= i; j++) w += s_binv[i][j] * kd[j];
+        for (int j4 = 0; j4 <= i; j4 += 4) {
+            const float4 b4 = *(const float4 *)&s_binv[i][j4];
+            const float bb[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (j4 + e <= i) w += bb[e] * kd[j4 + e];
+        }
         st_bf16(rec + PF256_REC_NEGW, pf256_swz(i, col), -w);
     }
 }
 
-__global__ void __launch_bounds__(P256_THREADS, 2) pf256_prep_kernel(const pf_params p)
+/* The prep of one (chunk, value head). Two constants select the kernel below:
+ *   bulk: q, k, g bf16 with 16-byte rows and K a multiple of 8: cp.async into [16][256] bf16
+ *         tiles (keys past K zero-filled); else element by element into [16][256] fp32 tiles;
+ *   gate_checked: the gate may decay faster than the centred products take (no lower bound of at
+ *         least -5): each chunk checks its span and may take step 4'. Without it, step 4' is
+ *         compiled out, which keeps the registers and shared memory of the common path. */
+static __device__ __forceinline__ void p256_chunk(const pf_params &p, const int bulk, const int gate_checked,
+                                                  unsigned char *s_dyn)
 {
-    extern __shared__ __align__(128) unsigned char s_dyn[];
     __shared__ float s_L[16][17];
-    __shared__ float s_binv[16][17];
+    __shared__ __align__(16) float s_binv[16][16];
     __shared__ float s_part[2][2][16][17]; /* step 4: [key half][L, Mqk][i][j] */
-    __shared__ float s_nq[8][16], s_nk[8][16];
     __shared__ float s_rq[16], s_rk[16], s_b[16];
-    /* step 4 operands: five [16][256] bf16 tiles of two halves (8 KB each) */
-    enum { OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC = 3, OP_QC_LO = 4 };
+    /* bulk input tiles: [16][256] bf16 (8 KB each); step 4's operands: five [16][256] bf16 tiles of
+     * two swizzled halves (8 KB each), over the input tiles once every thread has its column */
+    enum { IN_Q = 0, IN_K = 1, IN_G = 2, OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC = 3, OP_QC_LO = 4 };
     unsigned char *const ops = s_dyn;
-    /* step 4' tiles: [16][256] fp32 each (16 KB) */
+    /* element input tiles, then step 4' tiles: [16][256] fp32 each (16 KB) */
     float *const fq = (float *)s_dyn, *const fk = (float *)(s_dyn + 16384), *const fg = (float *)(s_dyn + 32768);
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, col = tid;
@@ -131,15 +149,34 @@ __global__ void __launch_bounds__(P256_THREADS, 2) pf256_prep_kernel(const pf_pa
     const int64_t g0 = row * p.g_s[0] + h * p.g_s[2];
     const int live = col < p.K;
 
-    /* 1. Key `col` of every row, into registers (coalesced along the keys). */
-    float qn[16], kn[16], G[16];
+    /* 1. Tiles in flight first; beta and the gate's parameters meanwhile. */
+    if (bulk) {
+        /* each tensor's 512 16-byte units (32 per row): thread tid takes units tid and tid + 256 */
 #pragma unroll
-    for (int r = 0; r < PF_CHUNK; r++) {
-        const int ok = live && r < rows;
-        const int64_t t = t0 + r;
-        qn[r] = ok ? pf_load_float(p.q, p.qkv_dtype, q0 + t * p.q_s[1] + col) : 0.0f;
-        kn[r] = ok ? pf_load_float(p.k, p.qkv_dtype, k0 + t * p.k_s[1] + col) : 0.0f;
-        G[r] = ok ? pf_load_float(p.g, p.g_dtype, g0 + t * p.g_s[1] + col) : 0.0f;
+        for (int which = 0; which < 3; which++) {
+            const uint16_t *base = which == 0   ? (const uint16_t *)p.q + q0
+                                   : which == 1 ? (const uint16_t *)p.k + k0
+                                                : (const uint16_t *)p.g + g0;
+            const int64_t ts = which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1];
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int u = tid + i * P256_THREADS, r = u >> 5, unit = u & 31;
+                const int ok = r < rows && unit * 8 < p.K;
+                const uint16_t *src = ok ? base + (t0 + r) * ts + unit * 8 : base;
+                cp_async_16(smem_addr(s_dyn + which * 8192 + r * 512 + unit * 16), src, ok ? 16u : 0u);
+            }
+        }
+        cp_async_commit();
+    } else {
+        /* thread col loads key col of every row (coalesced along the keys) */
+#pragma unroll
+        for (int r = 0; r < PF_CHUNK; r++) {
+            const int ok = live && r < rows;
+            const int64_t t = t0 + r;
+            fq[r * PF256_DK + col] = ok ? pf_load_float(p.q, p.qkv_dtype, q0 + t * p.q_s[1] + col) : 0.0f;
+            fk[r * PF256_DK + col] = ok ? pf_load_float(p.k, p.qkv_dtype, k0 + t * p.k_s[1] + col) : 0.0f;
+            fg[r * PF256_DK + col] = ok ? pf_load_float(p.g, p.g_dtype, g0 + t * p.g_s[1] + col) : 0.0f;
+        }
     }
     if (p.v_stage != NULL) {
         /* the chain's bf16 copy of v: [16][vpad], zeros past V and past the sequence end */
@@ -161,54 +198,85 @@ __global__ void __launch_bounds__(P256_THREADS, 2) pf256_prep_kernel(const pf_pa
         }
         s_b[tid] = b;
     }
+    const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
+    const float db = p.dt_bias && live ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1]) : 0.0f;
+    if (bulk) CP_ASYNC_WAIT(0);
+    __syncthreads();
 
-    /* 2. Row norms: each warp sums its 32 keys of every row, then the 8 warps' sums. */
+    /* 2. Row norms: 16 threads per row (a half warp), 16 keys each; thread `part` reads the 16-byte
+     * units part, part + 16, ... so that each quarter warp's 16-byte reads cover 128 bytes. */
+    {
+        const int r = tid >> 4, part = tid & 15;
+        float sq = 0.0f, sk = 0.0f;
+        if (bulk) {
 #pragma unroll
-    for (int r = 0; r < PF_CHUNK; r++) {
-        float sq = qn[r] * qn[r], sk = kn[r] * kn[r];
+            for (int e = 0; e < 2; e++) {
+                const uint4 xq = *(const uint4 *)(s_dyn + IN_Q * 8192 + r * 512 + (part + 16 * e) * 16);
+                const uint4 xk = *(const uint4 *)(s_dyn + IN_K * 8192 + r * 512 + (part + 16 * e) * 16);
+                const uint32_t wq[4] = {xq.x, xq.y, xq.z, xq.w}, wk[4] = {xk.x, xk.y, xk.z, xk.w};
 #pragma unroll
-        for (int m = 16; m > 0; m >>= 1) {
+                for (int j = 0; j < 4; j++) {
+                    const float a0 = __uint_as_float(wq[j] << 16), a1 = __uint_as_float(wq[j] & 0xffff0000u);
+                    const float b0 = __uint_as_float(wk[j] << 16), b1 = __uint_as_float(wk[j] & 0xffff0000u);
+                    sq += a0 * a0 + a1 * a1;
+                    sk += b0 * b0 + b1 * b1;
+                }
+            }
+        } else {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const float4 xq = *(const float4 *)(fq + r * PF256_DK + (part + 16 * e) * 4);
+                const float4 xk = *(const float4 *)(fk + r * PF256_DK + (part + 16 * e) * 4);
+                sq += xq.x * xq.x + xq.y * xq.y;
+                sq += xq.z * xq.z + xq.w * xq.w;
+                sk += xk.x * xk.x + xk.y * xk.y;
+                sk += xk.z * xk.z + xk.w * xk.w;
+            }
+        }
+#pragma unroll
+        for (int m = 1; m < 16; m <<= 1) {
             sq += __shfl_xor_sync(0xffffffffu, sq, m);
             sk += __shfl_xor_sync(0xffffffffu, sk, m);
         }
-        if (lane == 0) {
-            s_nq[warp][r] = sq;
-            s_nk[warp][r] = sk;
+        if (part == 0) {
+            s_rq[r] = p.l2norm ? rsqrtf(sq + 1e-6f) : 1.0f;
+            s_rk[r] = p.l2norm ? rsqrtf(sk + 1e-6f) : 1.0f;
         }
-    }
-    __syncthreads();
-    if (tid < 16) {
-        float sq = 0.0f, sk = 0.0f;
-#pragma unroll
-        for (int w = 0; w < 8; w++) {
-            sq += s_nq[w][tid];
-            sk += s_nk[w][tid];
-        }
-        s_rq[tid] = p.l2norm ? rsqrtf(sq + 1e-6f) : 1.0f;
-        s_rk[tid] = p.l2norm ? rsqrtf(sk + 1e-6f) : 1.0f;
     }
     __syncthreads();
 
-    /* 3. The gate and the cumsum over the chunk; normalised q and k. */
+    /* 3. Thread `col` owns key channel col: its column of q, k, g into registers; the gate and the
+     * cumsum over the chunk; normalised q and k. */
+    float qn[16], kn[16], G[16];
     {
-        const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
-        const float db = p.dt_bias && live ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1])
-                                           : 0.0f;
         float acc = 0.0f;
 #pragma unroll
         for (int i = 0; i < 16; i++) {
-            const float a = prep_gate(&p, G[i], A, db);
+            float xq, xk, xg;
+            if (bulk) {
+                xq = pf_bf16_to_float(((const uint16_t *)(s_dyn + IN_Q * 8192 + i * 512))[col]);
+                xk = pf_bf16_to_float(((const uint16_t *)(s_dyn + IN_K * 8192 + i * 512))[col]);
+                xg = pf_bf16_to_float(((const uint16_t *)(s_dyn + IN_G * 8192 + i * 512))[col]);
+            } else {
+                xq = fq[i * PF256_DK + col];
+                xk = fk[i * PF256_DK + col];
+                xg = fg[i * PF256_DK + col];
+            }
+            /* unchecked: the lower bound gate (the only one proven in range) */
+            const float a = gate_checked ? prep_gate(&p, xg, A, db) : p.gate_scale * pf_sigmoid(A * (xg + db));
             acc += i < rows && live ? a : 0.0f;
             G[i] = acc;
-            qn[i] *= s_rq[i];
-            kn[i] *= s_rk[i];
+            qn[i] = xq * s_rq[i];
+            kn[i] = xk * s_rk[i];
         }
     }
+    /* Every thread has its column (s_dyn now takes the operands). Step 4 or 4' for this chunk. */
     float span = 0.0f;
 #pragma unroll
     for (int i = 0; i < 16; i++) span = fmaxf(span, fabsf(G[i] - G[7]));
     const float span_max = p.l2norm ? PREP_SAFE_SPAN_NORM : PREP_SAFE_SPAN;
-    const int pairwise = __syncthreads_or(!(span <= span_max)); /* NaN: pairwise too */
+    const int pairwise = gate_checked ? __syncthreads_or(!(span <= span_max)) /* NaN: pairwise too */
+                                      : (__syncthreads(), 0);
 
     float kd[16];
     const float Gref = G[7], Gl = G[15];
@@ -237,7 +305,7 @@ __global__ void __launch_bounds__(P256_THREADS, 2) pf256_prep_kernel(const pf_pa
     }
     __syncthreads();
 
-    if (pairwise) {
+    if (gate_checked && pairwise) {
         p256_pairwise(fq, fk, fg, s_L, s_b, rec, p.scale);
         __syncthreads();
         p256_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane);
@@ -295,14 +363,35 @@ __global__ void __launch_bounds__(P256_THREADS, 2) pf256_prep_kernel(const pf_pa
     p256_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane);
 }
 
+/* The unchecked kernels keep 64 registers (4 CTAs, 32 warps per SM, as the K = 128 prep's 8 CTAs of
+ * 4 warps); the checked ones hold step 4' beside step 4: 2 CTAs and 128 registers. */
+#define P256_KERNEL(name, bulk, gate_checked, ctas)                               \
+    __global__ void __launch_bounds__(P256_THREADS, ctas) name(const pf_params p) \
+    {                                                                             \
+        extern __shared__ __align__(128) unsigned char s_dyn[];                   \
+        p256_chunk(p, bulk, gate_checked, s_dyn);                                 \
+    }
+P256_KERNEL(pf256_prep_bulk, 1, 0, 4)
+P256_KERNEL(pf256_prep_bulk_checked, 1, 1, 2)
+P256_KERNEL(pf256_prep_any, 0, 0, 4)
+P256_KERNEL(pf256_prep_any_checked, 0, 1, 2)
+#undef P256_KERNEL
+
 cudaError_t pf256_launch_prep(const pf_params *p, cudaStream_t stream)
 {
     const int64_t used_slots = p->cu ? p->slots : p->N * p->chunks_per_row;
     if (used_slots <= 0 || p->HV <= 0) return cudaSuccess;
     if (used_slots > INT32_MAX || p->HV > 65535) return cudaErrorInvalidConfiguration; /* grid limits */
-    cudaError_t err = cudaFuncSetAttribute(pf256_prep_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, P256_SMEM);
+    /* Only the lower bound gate with lower_bound >= -5 is in range for every input (as in
+     * pf_launch_prep). */
+    const int checked = !(p->gate == FKDA_GATE_LOWER_BOUND && p->gate_scale >= -5.0f * 1.4426950408889634f);
+    const int bulk = p->qkg_load == PF_LOAD_BF16;
+    void (*kernel)(const pf_params) = bulk ? (checked ? pf256_prep_bulk_checked : pf256_prep_bulk)
+                                           : (checked ? pf256_prep_any_checked : pf256_prep_any);
+    const int smem = (bulk && !checked ? P256_UNITS_BULK : P256_UNITS) * 4096;
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     dim3 grid((unsigned)used_slots, (unsigned)p->HV);
-    pf256_prep_kernel<<<grid, P256_THREADS, P256_SMEM, stream>>>(*p);
+    kernel<<<grid, P256_THREADS, smem, stream>>>(*p);
     return cudaGetLastError();
 }

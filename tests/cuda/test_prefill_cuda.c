@@ -598,6 +598,13 @@ int main(int argc, char **argv)
         .out_dtype = out_, .v_first = vfirst_, .l2norm = 1, .sigmoid = 1, .fast_too = 1, .vslice = vs_,  \
         .lower_bound = -5, .K = K_, .V = V_                                                              \
     }
+/* The same with the gate's lower bound lb_. */
+#define K256LB(name_, B_, T_, H_, HV_, K_, V_, in_, out_, vfirst_, vs_, lb_)                             \
+    {                                                                                                    \
+        .name = name_, .B = B_, .T = T_, .H = H_, .HV = HV_, .has_in = 1, .has_out = 1, .in_dtype = in_, \
+        .out_dtype = out_, .v_first = vfirst_, .l2norm = 1, .sigmoid = 1, .fast_too = 1, .vslice = vs_,  \
+        .lower_bound = lb_, .K = K_, .V = V_                                                             \
+    }
     const pf_case small_cases[] = {
         {"T=1", 1, 1, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
         {"T=17 B=2 bf16 states [K,V]", 2, 17, 2, 2, 0, {0}, 1, 1, BF16, BF16, 0, 0, 1, 1, 0, 0, 1, 0, 128, 0, -5, 0, 0},
@@ -872,6 +879,10 @@ int main(int argc, char **argv)
          .lower_bound = -0.02,
          .K = 256,
          .V = 256},
+        /* a bound below -5: the K > 128 prep's checked kernels (bf16 tiles at K = 256, element
+         * loads at K = 129), whose chunks decay past the centred products' range (step 4') */
+        K256LB("K=256 V=256 T=100 lower bound -30 (checked prep)", 1, 100, 2, 2, 256, 256, F32, F32, 1, 0, -30),
+        K256LB("K=129 V=64 T=50 lower bound -30 (checked prep)", 1, 50, 2, 2, 129, 64, F32, F32, 1, 0, -30),
     };
 
     /* The fp16 family: odd lengths, varlen with empties, GVA, segments, no norm or sigmoid, both
@@ -1078,7 +1089,9 @@ int main(int argc, char **argv)
                                               "K=256 V=256 T=17 B=2 bf16 [K,V]",
                                               "K=256 V=128 T=200",
                                               "K=200 V=64 T=65 [K,V]",
-                                              "K=256 varlen empties, in place"};
+                                              "K=256 varlen empties, in place",
+                                              "K=256 V=256 T=100 lower bound -30 (checked prep)",
+                                              "K=129 V=64 T=50 lower bound -30 (checked prep)"};
     const int n_small = (int)(sizeof small_cases / sizeof small_cases[0]);
     const int n_full = (int)(sizeof full_cases / sizeof full_cases[0]);
     if (only) {
