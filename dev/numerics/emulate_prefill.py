@@ -171,7 +171,8 @@ def reference(x):
     """The float64 token-by-token recurrence (docs/design.md 1.1) on the rounded inputs."""
     o, st = kda_numpy.kda(x["q"], x["k"], x["v"], x["g"], x["beta"], initial_state=x["h0"],
                           gate=x["gate"], A_log=x["A_log"], dt_bias=x["dt_bias"],
-                          lower_bound=x["lower_bound"], l2norm_qk=True, beta_sigmoid=True)
+                          lower_bound=x["lower_bound"], l2norm_qk=x.get("l2norm", True),
+                          beta_sigmoid=x.get("beta_sigmoid", True))
     return o[0], st[0]  # [T, H, V], [H, K, V]
 
 
@@ -190,7 +191,7 @@ def _head_inputs(x, h, num):
         r = num.r32(1.0 / np.sqrt(num.r32(np.sum(y * y, axis=-1, keepdims=True)) + 1e-6))
         return num.r32(y * r)
 
-    qn, kn = norm(q), norm(k)
+    qn, kn = (norm(q), norm(k)) if x.get("l2norm", True) else (q, k)
     g = x["g"][0, :, h]
     if x["gate"] == "none":
         a = num.r32(g * LOG2E)
@@ -199,7 +200,7 @@ def _head_inputs(x, h, num):
         gate_scale = num.r32(x["lower_bound"] * LOG2E)
         a = num.r32(gate_scale * _sigmoid(num.r32(A * num.r32(g + x["dt_bias"][h])), num))
     a = np.maximum(a, -150.0)
-    b = _sigmoid(x["beta"][0, :, h], num)
+    b = _sigmoid(x["beta"][0, :, h], num) if x.get("beta_sigmoid", True) else x["beta"][0, :, h]
     return qn, kn, a, b
 
 
@@ -326,7 +327,7 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False):
     half = min(64, K)  # the two key halves of W S and Qd S (of the record's 128 keys)
     for h in range(H):
         qn, kn, a, b = _head_inputs(x, h, num)
-        R = cuda_records(qn, kn, a, b, scale, p, num, gate_checked)
+        R = cuda_records(qn, kn, a, b, scale, p, num, gate_checked, x.get("l2norm", True))
         negW, Kr, Qd = rnd(R["negW"], p["W"]), rnd(R["Kr"], p["Kr"]), rnd(R["Qd"], p["Qd"])
         KrT = np.swapaxes(Kr, 1, 2)
         vv = _chunks(x["v"][0, :, h], CHUNK)

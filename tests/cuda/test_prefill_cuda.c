@@ -415,6 +415,17 @@ static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
         pf_bars(qkv == FKDA_DTYPE_BF16 ? bf16_floor(&out_ref) : dtype_floor(&out_ref, qkv),
                 final_dtype == FKDA_DTYPE_BF16 ? bf16_floor(&st_ref) : 0.0, final_dtype, out_ref.count, c->lower_bound,
                 &out_bar, &st_bar);
+    if (w && w->out_of_domain && qkv != FKDA_DTYPE_BF16) {
+        /* fp16 / fp32 inputs outside the fp16 family's domain take the bf16 record and step, which
+         * round v to bf16 on the way in: an error bf16 inputs never have (theirs are exact in
+         * bf16), independent of the kernels' own, so it adds in quadrature to both allowances.
+         * The float64 emulation of every rounding (dev/numerics/range_case.py, this case's inputs,
+         * 300 seeds) puts the state at median 2.9e-3, at most 3.3e-3, and at 2.3e-3 with v kept
+         * exact; v's bf16 floor is about 1.6e-3, so the state's bar becomes about 3.4e-3. */
+        const double fv = dtype_floor(&v, FKDA_DTYPE_BF16);
+        out_bar = sqrt(out_bar * out_bar + fv * fv);
+        st_bar = sqrt(st_bar * st_bar + fv * fv);
+    }
     CHECK(!test_has_nonfinite(&out1), "%s: output has NaN/Inf (unwritten rows or overflow)", c->name);
     CHECK(memcmp(out1.t.data, out2.t.data, out1.count * fkda_dtype_size(qkv)) == 0, "%s: two runs differ (output)",
           c->name);
