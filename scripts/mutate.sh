@@ -124,6 +124,14 @@ mutant cuda-prefill-prep-beta cuda src/cuda/prefill_prep.cu \
 mutant cuda-prefill-chain-state-decay cuda src/cuda/prefill_chain.cu \
   'S[j][3] *= gm.y;' \
   'S[j][3] *= gm.x;'
+# The fp16 chain's slow path rescales the state but keeps -W S and U from before the rescale.
+mutant cuda-prefill-chain16-redo cuda src/cuda/prefill_chain.cu \
+  'const int redo = bf16_chunk || rescaled;' \
+  'const int redo = bf16_chunk;'
+# The fp16 chain's range check lets a flagged chunk (a bf16 record) through to the fp16 step.
+mutant cuda-prefill-chain16-flag cuda src/cuda/prefill_chain.cu \
+  'm16 > CH16_HI || bf16_chunk' \
+  'm16 > CH16_HI'
 mutant cuda-prefill-merge cuda src/cuda/prefill_merge.cu \
   'acc[5] += sj * m1.y;' \
   'acc[5] += sj * m1.x;'

@@ -27,15 +27,25 @@
  * fp16's range is the price, so each warp holds its state, v, Vnew and output scaled by 2^-e:
  * every product of a step is linear in (v, S) jointly (U = v bINV - W S, O = Qd S + Mqk U,
  * S' = gamma S + Kr^T U), so the scaling is exact, and 2^e goes back onto the output and onto
- * every state stored. At each chunk the warp checks its largest |held value| of S and of the
- * chunk's v: above CH16_HI, or every one below CH16_LO, e moves so that the largest lands in
- * [8, 16) (the state rescaled in place, its fp16 copy repacked). Why CH16_HI = 64 is safe: in a
- * chunk of the fp16 domain (|bINV| <= 8, each row of W of norm <= 2.84: prefill_prep_steps.cuh,
- * prep_row_in_fp16) |Vnew| <= (4 + 15 * 8) * 64 + 2.84 * sqrt(128) * 64 ~ 1.0e4 (a row of bINV
- * on v, plus a row of W on a column of S), inside fp16's 65504 with a margin of 6; the state's
- * copy and v are <= 64 by the check. A chunk outside the domain (bf16 record, flagged) takes the
- * bf16 step instead, on the same held state. The check costs 64 FMNMX for the state's lane
- * maximum after each update, 8 for v and two votes, ahead of the chunk's products with -W.
+ * every state stored. At each chunk the warp checks its largest |operand| of the state's fp16
+ * copy and of the chunk's v: above CH16_HI, or every one below CH16_LO, e moves (decided on the
+ * fp32 values) so that the largest held value lands in [8, 16) (the state rescaled in place, its
+ * copy repacked). Why CH16_HI = 64 is safe: in a chunk of the fp16 domain (|bINV| <= 8, each row
+ * of W of norm <= 2.84: prefill_prep_steps.cuh, prep_row_in_fp16) |Vnew| <= (4 + 15 * 8) * 64 +
+ * 2.84 * sqrt(128) * 64 ~ 1.0e4 (a row of bINV on v, plus a row of W on a column of S), inside
+ * fp16's 65504 with a margin of 6; the state's copy and v are <= 64 by the check. A chunk outside
+ * the domain (bf16 record, flagged) takes the bf16 step instead, on the same held state.
+ *
+ * Where the check sits: not ahead of the chunk's first product, where it would lengthen the
+ * serial chain, but after -W S, the previous chunk's output store and U have been issued on the
+ * state's fp16 copy and the fp16 v operand as they stand (18 three-input half2 maxima and two
+ * votes, while the products run). That is exact: before the check nothing has changed the held
+ * state (S, its copy, e; the decay and the update come after it), the products' results (vn, u)
+ * are used only if it passes, and passing bounds the very operands they read. If it fails, or the
+ * chunk is flagged, a slow path rescales and redoes -W S, the v operand and U in the chunk's
+ * format; the products that read an out-of-range copy (an fp16 infinity, say) are thrown away.
+ * Where the slow path neither rescales nor has a flagged chunk (an all-zero warp, say), the redone
+ * products would be the ones held, and are skipped.
  */
 #include "prefill_chain_io.cuh"
 #include "prefill_common.cuh"
@@ -87,6 +97,57 @@ static __device__ __forceinline__ void ch_read_v8(const unsigned char *raw, int 
 
 /* 2^x as an fp32, for x in [-126, 127]. */
 static __device__ __forceinline__ float ch_pow2(int x) { return __int_as_float((127 + x) << 23); }
+
+/* The fp16 chain's v operand: a lane's 8 values times 2^-e, rounded to fp16 (as fp16x2 pairs, in
+ * column order). fp16 v at e = 0 is its own operand: the product by 1 and the rounding are exact. */
+static __device__ __forceinline__ uint4 ch_v_f16(const unsigned char *raw, int v4, int e)
+{
+    if (!v4 && e == 0) return *(const uint4 *)raw;
+    float vf[8];
+    ch_read_v8(raw, v4, vf);
+    const float sc = ch_pow2(-e);
+    return make_uint4(pack_f16x2(vf[0] * sc, vf[1] * sc), pack_f16x2(vf[2] * sc, vf[3] * sc),
+                      pack_f16x2(vf[4] * sc, vf[5] * sc), pack_f16x2(vf[6] * sc, vf[7] * sc));
+}
+
+/* The largest |x| over a lane's fp16 operands: the state's copy sa and its v pairs, as fp32 (a NaN
+ * is skipped, as fmaxf does; an fp16 infinity counts). A tree of three-input half2 maxima with the
+ * absolute value folded in (36 registers -> 12 -> 4 -> 1): 18 instructions, 4 deep, so that the
+ * branch on it waits little behind the products issued before it. */
+static __device__ __forceinline__ __half2 ch_hmax3(__half2 a, __half2 b, __half2 c)
+{
+    return __hmax2(__hmax2(a, b), c);
+}
+static __device__ __forceinline__ float ch16_operand_max(const uint32_t (*sa)[4], uint4 vh)
+{
+    __half2 x[36];
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) x[4 * kk + i] = __habs2(*(const __half2 *)&sa[kk][i]);
+    const uint32_t w[4] = {vh.x, vh.y, vh.z, vh.w};
+#pragma unroll
+    for (int i = 0; i < 4; i++) x[32 + i] = __habs2(*(const __half2 *)&w[i]);
+#pragma unroll
+    for (int i = 0; i < 12; i++) x[i] = ch_hmax3(x[3 * i], x[3 * i + 1], x[3 * i + 2]);
+#pragma unroll
+    for (int i = 0; i < 4; i++) x[i] = ch_hmax3(x[3 * i], x[3 * i + 1], x[3 * i + 2]);
+    const __half2 m = __hmax2(__hmax2(x[0], x[1]), __hmax2(x[2], x[3]));
+    return fmaxf(__low2float(m), __high2float(m));
+}
+
+/* The lane's largest |held state| in fp32 (the rescale's exact measure). */
+static __device__ __forceinline__ float ch16_state_max(const float (*S)[4])
+{
+    float m0 = 0.0f, m1 = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 16; j += 2) {
+        m0 = fmaxf(m0, fmaxf(fmaxf(fabsf(S[j][0]), fabsf(S[j][1])), fmaxf(fabsf(S[j][2]), fabsf(S[j][3]))));
+        m1 = fmaxf(m1,
+                   fmaxf(fmaxf(fabsf(S[j + 1][0]), fabsf(S[j + 1][1])), fmaxf(fabsf(S[j + 1][2]), fabsf(S[j + 1][3]))));
+    }
+    return fmaxf(m0, m1);
+}
 #endif
 
 /* The chain of one (sequence, head, value slice). `out_mode` (a constant in each kernel below):
@@ -243,27 +304,18 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
     } while (0)
     CH_PACK_STATE();
 
-    /* The fp16 chain's scale: registers hold S 2^-e (and v, Vnew, O the same); ms is the lane's
-     * largest |held state|. */
+    /* The fp16 chain's scale: registers hold S 2^-e (and v, Vnew, O the same). */
     int e_held = 0;
-    float ms = 0.0f;
-#define CH16_STATE_MAX()                                                                                           \
-    do {                                                                                                           \
-        float m0_ = 0.0f, m1_ = 0.0f;                                                                              \
-        _Pragma("unroll") for (int j = 0; j < 16; j += 2)                                                          \
-        {                                                                                                          \
-            m0_ = fmaxf(m0_, fmaxf(fmaxf(fabsf(S[j][0]), fabsf(S[j][1])), fmaxf(fabsf(S[j][2]), fabsf(S[j][3])))); \
-            m1_ = fmaxf(m1_, fmaxf(fmaxf(fabsf(S[j + 1][0]), fabsf(S[j + 1][1])),                                  \
-                                   fmaxf(fabsf(S[j + 1][2]), fabsf(S[j + 1][3]))));                                \
-        }                                                                                                          \
-        ms = fmaxf(m0_, m1_);                                                                                      \
-    } while (0)
-    if (f16) CH16_STATE_MAX();
 
     /* The output of a chunk is stored one iteration later, so that its mma chains run while the
      * next chunk's critical products are in flight: fragment (token g / g+8, values 2t..) ->
      * shared tile -> 16 contiguous bytes per lane. */
     float o[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+    /* The fp16 chain's fp32 output (fp32 inputs) in 16-byte pieces where V % 8 == 0 and the rows are
+     * 16-byte aligned: a lane's 8 columns are then all inside V or all past it. The bf16 kernels keep
+     * the element path. */
+    const int out_f4 = f16 && out_mode == PF_OUT_ANY && p.out_dtype == FKDA_DTYPE_F32 && p.V % 8 == 0 &&
+                       ((uintptr_t)p.out & 15) == 0 && ((p.out_s[0] | p.out_s[1] | p.out_s[2]) & 3) == 0;
 #define CH_STORE_OUTPUT(chunk)                                                                                       \
     do {                                                                                                             \
         const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                                 \
@@ -292,7 +344,17 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
                 *(float2 *)(OF_ + (g + 8) * 16 + vt * 8 + 2 * t) = make_float2(o[vt][2], o[vt][3]);                  \
             }                                                                                                        \
             __syncwarp();                                                                                            \
-            if (ok_) chain_put_output(&p, row, start + tk_, h, v0 + vhalf * 8, OF_ + vtok * 16 + vhalf * 8);         \
+            if (ok_ && out_f4) {                                                                                     \
+                if (v_live) {                                                                                        \
+                    const float *x_ = OF_ + vtok * 16 + vhalf * 8;                                                   \
+                    float4 *d_ = (float4 *)((float *)p.out + row * p.out_s[0] + (start + tk_) * p.out_s[1] +         \
+                                            h * p.out_s[2] + v0 + vhalf * 8);                                        \
+                    d_[0] = *(const float4 *)x_;                                                                     \
+                    d_[1] = *(const float4 *)(x_ + 4);                                                               \
+                }                                                                                                    \
+            } else if (ok_) {                                                                                        \
+                chain_put_output(&p, row, start + tk_, h, v0 + vhalf * 8, OF_ + vtok * 16 + vhalf * 8);              \
+            }                                                                                                        \
         }                                                                                                            \
     } while (0)
 
@@ -362,148 +424,202 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
         }                                                                                                  \
     } while (0)
 
+/* U^T = V^T bINV^T (bINV as hi + lo), into the caller's u: A = V^T by a transposed load of the [token][value]
+ * tile. Off the chain: it does not depend on the state. */
+#define CH_STEP_U(MMA, VOPND)                                                               \
+    if (with_v) { /* uniform per CTA */                                                     \
+        uint32_t va[4], bh[4], bl[4];                                                       \
+        const int mi = lane >> 3, r = lane & 7;                                             \
+        ldsm_x4_trans(va, smem_addr((VOPND) + pf_swz16(r + 8 * (mi >> 1), mi & 1)));        \
+        const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16; \
+        ldsm_x4(bh, smem_addr(R + PF_REC_BINV + boff));                                     \
+        ldsm_x4(bl, smem_addr(R + PF_REC_BINV_LO + boff));                                  \
+        MMA(u[0], va, bl[0], bl[1], zero4);                                                 \
+        MMA(u[1], va, bl[2], bl[3], zero4);                                                 \
+        MMA(u[0], va, bh[0], bh[1], u[0]);                                                  \
+        MMA(u[1], va, bh[2], bh[3], u[1]);                                                  \
+    }
+
+/* The state update and the output from vn and u, on MMA's operands (PACK rounds Vnew to them). */
+#define CH_STEP_UPDATE(MMA, PACK)                                                                                     \
+    do {                                                                                                              \
+        /* S^T diag(gamma) meanwhile (the 16-bit copy sa still holds the old state; the fp16 chain's gamma[0] may \
+         * carry the bf16 record's flag in its sign). */   \
+        _Pragma("unroll") for (int j = 0; j < 16; j++)                                                                \
+        {                                                                                                             \
+            const float2 gm = *(const float2 *)(R + PF_REC_GAMMA + (8 * j + 2 * t) * 4);                              \
+            const float gx = f16 ? fabsf(gm.x) : gm.x;                                                                \
+            S[j][0] *= gx;                                                                                            \
+            S[j][1] *= gm.y;                                                                                          \
+            S[j][2] *= gx;                                                                                            \
+            S[j][3] *= gm.y;                                                                                          \
+        }                                                                                                             \
+                                                                                                                      \
+        /* Vnew^T rounded: the A fragment (m = values, k = tokens) of the state update, and the B fragments (k = \
+         * tokens, n = values) of Mqk Vnew. */    \
+        uint32_t vp[4];                                                                                               \
+        _Pragma("unroll") for (int e = 0; e < 2; e++)                                                                 \
+        {                                                                                                             \
+            vp[2 * e] = PACK(u[e][0] + (vn[0][e][0] + vn[1][e][0]), u[e][1] + (vn[0][e][1] + vn[1][e][1]));           \
+            vp[2 * e + 1] = PACK(u[e][2] + (vn[0][e][2] + vn[1][e][2]), u[e][3] + (vn[0][e][3] + vn[1][e][3]));       \
+        }                                                                                                             \
+                                                                                                                      \
+        /* S^T += Vnew^T Kr (B = Kr by transposed loads: k = tokens, n = keys). */                                    \
+        _Pragma("unroll") for (int m = 0; m < 8; m++)                                                                 \
+        {                                                                                                             \
+            uint32_t kb[4];                                                                                           \
+            ldsm_x4_trans(                                                                                            \
+                kb, smem_addr(R + PF_REC_KR + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * m + (lane >> 4)))); \
+            MMA(S[2 * m], vp, kb[0], kb[1], S[2 * m]);                                                                \
+            MMA(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);                                                        \
+        }                                                                                                             \
+                                                                                                                      \
+        /* O = Qd S + Mqk Vnew (Mqk as hi + lo), in four chains, while the update completes. */                       \
+        if (with_out) {                                                                                               \
+            float oh[2][4];                                                                                           \
+            _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                                                          \
+            {                                                                                                         \
+                uint32_t qa[4];                                                                                       \
+                ldsm_x4(qa, smem_addr(R + PF_REC_QD +                                                                 \
+                                      pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));        \
+                float(*acc)[4] = kk < 4 ? o : oh;                                                                     \
+                MMA(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);                                     \
+                MMA(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);                                     \
+            }                                                                                                         \
+            uint32_t mh[4], ml[4];                                                                                    \
+            const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;                       \
+            ldsm_x4(mh, smem_addr(R + PF_REC_MQK + moff));                                                            \
+            ldsm_x4(ml, smem_addr(R + PF_REC_MQK_LO + moff));                                                         \
+            MMA(o[0], ml, vp[0], vp[2], o[0]);                                                                        \
+            MMA(o[1], ml, vp[1], vp[3], o[1]);                                                                        \
+            MMA(oh[0], mh, vp[0], vp[2], oh[0]);                                                                      \
+            MMA(oh[1], mh, vp[1], vp[3], oh[1]);                                                                      \
+            _Pragma("unroll") for (int e = 0; e < 4; e++)                                                             \
+            {                                                                                                         \
+                o[0][e] += oh[0][e];                                                                                  \
+                o[1][e] += oh[1][e];                                                                                  \
+            }                                                                                                         \
+        }                                                                                                             \
+    } while (0)
+
 /* The rest of the step, on MMA's operands (PACK rounds Vnew to them); VOPND: the v operand tile. */
-#define CH_STEP_REST(MMA, PACK, VOPND)                                                                                  \
-    do {                                                                                                                \
-        /* The previous chunk's output, now that its products are done. */                                              \
-        CH_STORE_OUTPUT(c - 1);                                                                                         \
-                                                                                                                        \
-        /* U^T = V^T bINV^T (bINV as hi + lo): A = V^T by a transposed load of the [token][value] tile. Off the       \
-         * chain: it does not depend on the state. */ \
-        float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};                                                   \
-        if (with_v) { /* uniform per CTA */                                                                             \
-            uint32_t va[4], bh[4], bl[4];                                                                               \
-            const int mi = lane >> 3, r = lane & 7;                                                                     \
-            ldsm_x4_trans(va, smem_addr((VOPND) + pf_swz16(r + 8 * (mi >> 1), mi & 1)));                                \
-            const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16;                         \
-            ldsm_x4(bh, smem_addr(R + PF_REC_BINV + boff));                                                             \
-            ldsm_x4(bl, smem_addr(R + PF_REC_BINV_LO + boff));                                                          \
-            MMA(u[0], va, bl[0], bl[1], zero4);                                                                         \
-            MMA(u[1], va, bl[2], bl[3], zero4);                                                                         \
-            MMA(u[0], va, bh[0], bh[1], u[0]);                                                                          \
-            MMA(u[1], va, bh[2], bh[3], u[1]);                                                                          \
-        }                                                                                                               \
-                                                                                                                        \
-        /* S^T diag(gamma) meanwhile (the 16-bit copy sa still holds the old state; the fp16 chain's gamma[0] may     \
-         * carry the bf16 record's flag in its sign). */ \
-        _Pragma("unroll") for (int j = 0; j < 16; j++)                                                                  \
-        {                                                                                                               \
-            const float2 gm = *(const float2 *)(R + PF_REC_GAMMA + (8 * j + 2 * t) * 4);                                \
-            const float gx = f16 ? fabsf(gm.x) : gm.x;                                                                  \
-            S[j][0] *= gx;                                                                                              \
-            S[j][1] *= gm.y;                                                                                            \
-            S[j][2] *= gx;                                                                                              \
-            S[j][3] *= gm.y;                                                                                            \
-        }                                                                                                               \
-                                                                                                                        \
-        /* Vnew^T rounded: the A fragment (m = values, k = tokens) of the state update, and the B fragments (k =      \
-         * tokens, n = values) of Mqk Vnew. */ \
-        uint32_t vp[4];                                                                                                 \
-        _Pragma("unroll") for (int e = 0; e < 2; e++)                                                                   \
-        {                                                                                                               \
-            vp[2 * e] = PACK(u[e][0] + (vn[0][e][0] + vn[1][e][0]), u[e][1] + (vn[0][e][1] + vn[1][e][1]));             \
-            vp[2 * e + 1] = PACK(u[e][2] + (vn[0][e][2] + vn[1][e][2]), u[e][3] + (vn[0][e][3] + vn[1][e][3]));         \
-        }                                                                                                               \
-                                                                                                                        \
-        /* S^T += Vnew^T Kr (B = Kr by transposed loads: k = tokens, n = keys). */                                      \
-        _Pragma("unroll") for (int m = 0; m < 8; m++)                                                                   \
-        {                                                                                                               \
-            uint32_t kb[4];                                                                                             \
-            ldsm_x4_trans(                                                                                              \
-                kb, smem_addr(R + PF_REC_KR + pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * m + (lane >> 4))));   \
-            MMA(S[2 * m], vp, kb[0], kb[1], S[2 * m]);                                                                  \
-            MMA(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);                                                          \
-        }                                                                                                               \
-                                                                                                                        \
-        /* O = Qd S + Mqk Vnew (Mqk as hi + lo), in four chains, while the update completes. */                         \
-        if (with_out) {                                                                                                 \
-            float oh[2][4];                                                                                             \
-            _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                                                            \
-            {                                                                                                           \
-                uint32_t qa[4];                                                                                         \
-                ldsm_x4(qa, smem_addr(R + PF_REC_QD +                                                                   \
-                                      pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));          \
-                float(*acc)[4] = kk < 4 ? o : oh;                                                                       \
-                MMA(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);                                       \
-                MMA(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);                                       \
-            }                                                                                                           \
-            uint32_t mh[4], ml[4];                                                                                      \
-            const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;                         \
-            ldsm_x4(mh, smem_addr(R + PF_REC_MQK + moff));                                                              \
-            ldsm_x4(ml, smem_addr(R + PF_REC_MQK_LO + moff));                                                           \
-            MMA(o[0], ml, vp[0], vp[2], o[0]);                                                                          \
-            MMA(o[1], ml, vp[1], vp[3], o[1]);                                                                          \
-            MMA(oh[0], mh, vp[0], vp[2], oh[0]);                                                                        \
-            MMA(oh[1], mh, vp[1], vp[3], oh[1]);                                                                        \
-            _Pragma("unroll") for (int e = 0; e < 4; e++)                                                               \
-            {                                                                                                           \
-                o[0][e] += oh[0][e];                                                                                    \
-                o[1][e] += oh[1][e];                                                                                    \
-            }                                                                                                           \
-        }                                                                                                               \
+#define CH_STEP_REST(MMA, PACK, VOPND)                                     \
+    do {                                                                   \
+        /* The previous chunk's output, now that its products are done. */ \
+        CH_STORE_OUTPUT(c - 1);                                            \
+                                                                           \
+        float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};      \
+        CH_STEP_U(MMA, VOPND)                                              \
+        CH_STEP_UPDATE(MMA, PACK);                                         \
     } while (0)
 
             if (!f16) {
                 CH_NEG_W_S(mma_bf16_16816);
                 CH_STEP_REST(mma_bf16_16816, pack_bf16x2, VT);
             } else {
-                /* The fp16 chain: -W S on the fp16 copy first (the critical chain), then the range
-                 * check, which redoes it only when it rescales; a flagged chunk takes the bf16 step. */
+                /* The fp16 chain: -W S, the previous chunk's output and U first, the range check
+                 * after them, before the decay (why that is exact: top of this file). */
+                CH_NEG_W_S(mma_f16_16816);
                 const int bf16_chunk = PF_REC16_BF16_FLAG(R);
-                float mv = 0.0f;
+                unsigned char *VOP = s_vop + warp * CH_TILE16;
+                uint4 vh = make_uint4(0u, 0u, 0u, 0u);
                 if (with_v) {
-                    float vf[8];
-                    ch_read_v8(VT + lane * 32, v4, vf);
-#pragma unroll
-                    for (int e = 0; e < 8; e++) mv = fmaxf(mv, fabsf(vf[e]));
+                    vh = ch_v_f16(VT + lane * 32, v4, e_held);
+                    *(uint4 *)(VOP + pf_swz16(vtok, vhalf)) = vh;
                 }
-                const float m_lane = fmaxf(ms, mv * ch_pow2(-e_held));
-                const int big = __any_sync(0xffffffffu, m_lane > CH16_HI);
-                const int small = __all_sync(0xffffffffu, m_lane < CH16_LO);
-                if (big || small) {
-                    float M = m_lane;
+                __syncwarp();
+                CH_STORE_OUTPUT(c - 1);
+                float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+                CH_STEP_U(mma_f16_16816, VOP)
+                /* The range check on the operands: the largest |fp16 value| of the copy sa and of v.
+                 * Rounding to fp16 is monotone and 64 and 2^-6 are fp16 values, so "some operand
+                 * above CH16_HI" implies "some held fp32 value above it", and "every operand below
+                 * CH16_LO" implies "every held value below it": the fp32 test of the rescale below
+                 * then holds too. The converse fails in two bands only (round to nearest even): a
+                 * held value in (64, 64 + 2^-5] has a copy of 64 (fp16's spacing above 64 is 2^-4),
+                 * so e is not raised; the bound on Vnew (top of this file) is one on the operands.
+                 * A warp whose largest held value is in [2^-6 - 2^-18, 2^-6) has a copy of 2^-6
+                 * (the spacing below 2^-6 is 2^-17), so e is not lowered; those values are normal
+                 * fp16 values, as at 2^-6 itself. A flagged chunk takes the same slow path. */
+                const float m16 = ch16_operand_max(sa, vh);
+                if (__any_sync(0xffffffffu, m16 > CH16_HI || bf16_chunk) || __all_sync(0xffffffffu, m16 < CH16_LO)) {
+                    /* Rare: rescale (decided on the held fp32 values), then redo -W S, the v operand
+                     * and U in the chunk's format where either changed. Without a rescale (d == 0, or
+                     * M = 0 or not finite, e.g. a warp whose state and v are all zero) and on an fp16
+                     * record, S and e_held are as before the check, so the repack would give the bits
+                     * of sa, the v operand those of vh (the same fp32 products and rounding; fp16 v
+                     * at e = 0 round-trips exactly through fp32, a NaN staying a NaN), and the redone
+                     * products, which start from zero, the very vn and u already held: redo is 0 and
+                     * they are kept. redo is warp-uniform (the votes, the shuffled M and e_held are),
+                     * so the __syncwarps under it are reached by every lane or by none. */
+                    float mv = 0.0f;
+                    if (with_v) {
+                        float vf[8];
+                        ch_read_v8(VT + lane * 32, v4, vf);
 #pragma unroll
-                    for (int o_ = 16; o_ > 0; o_ >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o_));
-                    if (M > 0.0f && M <= 3.4028235e38f) {
-                        /* the largest lands in [8, 16): e += ilogb(M) - 3, kept in [-120, 120] */
-                        int en = e_held + ((__float_as_int(M) >> 23) - 127) - 3;
-                        en = en < -120 ? -120 : (en > 120 ? 120 : en);
-                        const int d = e_held - en, d1 = d / 2;
-                        if (d != 0) {
-                            const float r1 = ch_pow2(d1), r2 = ch_pow2(d - d1);
+                        for (int e = 0; e < 8; e++) mv = fmaxf(mv, fabsf(vf[e]));
+                    }
+                    const float m_lane = fmaxf(ch16_state_max(S), mv * ch_pow2(-e_held));
+                    const int big = __any_sync(0xffffffffu, m_lane > CH16_HI);
+                    const int small = __all_sync(0xffffffffu, m_lane < CH16_LO);
+                    int rescaled = 0;
+                    if (big || small) {
+                        float M = m_lane;
 #pragma unroll
-                            for (int j = 0; j < 16; j++)
+                        for (int o_ = 16; o_ > 0; o_ >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o_));
+                        if (M > 0.0f && M <= 3.4028235e38f) {
+                            /* the largest lands in [8, 16): e += ilogb(M) - 3, kept in [-120, 120] */
+                            int en = e_held + ((__float_as_int(M) >> 23) - 127) - 3;
+                            en = en < -120 ? -120 : (en > 120 ? 120 : en);
+                            const int d = e_held - en, d1 = d / 2;
+                            if (d != 0) {
+                                const float r1 = ch_pow2(d1), r2 = ch_pow2(d - d1);
 #pragma unroll
-                                for (int e = 0; e < 4; e++) S[j][e] = S[j][e] * r1 * r2;
-                            e_held = en;
+                                for (int j = 0; j < 16; j++)
+#pragma unroll
+                                    for (int e = 0; e < 4; e++) S[j][e] = S[j][e] * r1 * r2;
+                                e_held = en;
+                                rescaled = 1;
+                            }
+                        }
+                    }
+                    const int redo = bf16_chunk || rescaled;
+                    if (redo) {
+                        if (bf16_chunk)
+                            CH_PACK_STATE_AS(pack_bf16x2);
+                        else
                             CH_PACK_STATE_AS(pack_f16x2);
+                        __syncwarp(); /* every lane's reads of the v operand tile are done */
+                        if (with_v) {
+                            float vf[8];
+                            ch_read_v8(VT + lane * 32, v4, vf);
+                            const float sc = ch_pow2(-e_held);
+                            uint4 x_;
+                            x_.x = bf16_chunk ? pack_bf16x2(vf[0] * sc, vf[1] * sc)
+                                              : pack_f16x2(vf[0] * sc, vf[1] * sc);
+                            x_.y = bf16_chunk ? pack_bf16x2(vf[2] * sc, vf[3] * sc)
+                                              : pack_f16x2(vf[2] * sc, vf[3] * sc);
+                            x_.z = bf16_chunk ? pack_bf16x2(vf[4] * sc, vf[5] * sc)
+                                              : pack_f16x2(vf[4] * sc, vf[5] * sc);
+                            x_.w = bf16_chunk ? pack_bf16x2(vf[6] * sc, vf[7] * sc)
+                                              : pack_f16x2(vf[6] * sc, vf[7] * sc);
+                            *(uint4 *)(VOP + pf_swz16(vtok, vhalf)) = x_;
+                        }
+                        __syncwarp();
+                        if (bf16_chunk) {
+                            CH_NEG_W_S(mma_bf16_16816);
+                            CH_STEP_U(mma_bf16_16816, VOP)
+                        } else {
+                            CH_NEG_W_S(mma_f16_16816);
+                            CH_STEP_U(mma_f16_16816, VOP)
                         }
                     }
                 }
-                if (bf16_chunk) {
-                    CH_PACK_STATE_AS(pack_bf16x2);
-                    CH_NEG_W_S(mma_bf16_16816);
-                } else {
-                    CH_NEG_W_S(mma_f16_16816);
-                }
-                unsigned char *VOP = s_vop + warp * CH_TILE16;
-                if (with_v) {
-                    float vf[8];
-                    ch_read_v8(VT + lane * 32, v4, vf);
-                    const float sc = ch_pow2(-e_held);
-                    uint4 x_;
-                    x_.x = bf16_chunk ? pack_bf16x2(vf[0] * sc, vf[1] * sc) : pack_f16x2(vf[0] * sc, vf[1] * sc);
-                    x_.y = bf16_chunk ? pack_bf16x2(vf[2] * sc, vf[3] * sc) : pack_f16x2(vf[2] * sc, vf[3] * sc);
-                    x_.z = bf16_chunk ? pack_bf16x2(vf[4] * sc, vf[5] * sc) : pack_f16x2(vf[4] * sc, vf[5] * sc);
-                    x_.w = bf16_chunk ? pack_bf16x2(vf[6] * sc, vf[7] * sc) : pack_f16x2(vf[6] * sc, vf[7] * sc);
-                    *(uint4 *)(VOP + pf_swz16(vtok, vhalf)) = x_;
-                }
-                __syncwarp();
                 if (bf16_chunk)
-                    CH_STEP_REST(mma_bf16_16816, pack_bf16x2, VOP);
+                    CH_STEP_UPDATE(mma_bf16_16816, pack_bf16x2);
                 else
-                    CH_STEP_REST(mma_f16_16816, pack_f16x2, VOP);
-                /* the output in the caller's units; the state's lane maximum for the next check */
+                    CH_STEP_UPDATE(mma_f16_16816, pack_f16x2);
+                /* the output in the caller's units */
                 const float up = ch_pow2(e_held);
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
@@ -513,7 +629,6 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
             }
 
             CH_PACK_STATE();
-            if (f16) CH16_STATE_MAX();
 
             /* Every warp is done with this stage: refill it with chunk c + CH_STAGES. */
             __syncthreads();
@@ -525,9 +640,10 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
     if (nch > cb) CH_STORE_OUTPUT(nch - 1);
 #undef CH_PACK_STATE
 #undef CH_PACK_STATE_AS
-#undef CH16_STATE_MAX
 #undef CH_NEG_W_S
 #undef CH_STEP_REST
+#undef CH_STEP_U
+#undef CH_STEP_UPDATE
 #undef CH_STORE_OUTPUT
 #undef CH_ISSUE_RECORD
 #undef CH_ISSUE_V

@@ -67,6 +67,8 @@ typedef struct pf_case {
  * prep writes as bf16 records (bf16's bars apply, not fp16_bars); quick: also run by --quick. */
 typedef struct pf_wide {
     fkda_dtype qkv_dtype;
+    int v_zero_tokens; /* v = 0 at each batch row's first tokens (no initial state: all-zero warps) */
+    int out_shift;     /* the GPU's out starts this many elements past 16-byte alignment (its rows too) */
     double v_scale, qk_scale, h0_scale, beta_max;
     int out_of_domain, quick;
 } pf_wide;
@@ -92,6 +94,18 @@ static fkda_tensor to_device(const test_tensor *x)
     fkda_tensor d = x->t;
     size_t bytes = tensor_bytes(x);
     d.data = guarded_malloc(bytes ? bytes : 16);
+    if (bytes) CUDA_OK(cudaMemcpy(d.data, x->t.data, bytes, cudaMemcpyHostToDevice));
+    return d;
+}
+
+/* The same, `shift_bytes` into its guarded buffer (the bytes skipped keep the guard's pattern, so
+ * guards_intact on the returned data still checks both sides); free it with
+ * guarded_free((char *)data - shift_bytes). */
+static fkda_tensor to_device_at(const test_tensor *x, size_t shift_bytes)
+{
+    fkda_tensor d = x->t;
+    size_t bytes = tensor_bytes(x);
+    d.data = (char *)guarded_malloc(shift_bytes + (bytes ? bytes : 16)) + shift_bytes;
     if (bytes) CUDA_OK(cudaMemcpy(d.data, x->t.data, bytes, cudaMemcpyHostToDevice));
     return d;
 }
@@ -286,6 +300,11 @@ static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
     test_tensor A_log = test_tensor_alloc(FKDA_DTYPE_F32, 1, sa), dt_bias = test_tensor_alloc(FKDA_DTYPE_F32, 2, sd);
     test_tensor_fill_uniform(&A_log, rng, 0, 1);
     test_tensor_fill_uniform(&dt_bias, rng, 0, 1);
+    if (w && w->v_zero_tokens > 0) { /* v = 0 at each batch row's first tokens */
+        const int64_t zt = w->v_zero_tokens < T ? w->v_zero_tokens : T;
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = 0; i < zt * HV * V; i++) test_tensor_set(&v, (size_t)(b * T * HV * V + i), 0.0);
+    }
     const int64_t scu[1] = {N + 1};
     test_tensor cu = test_tensor_alloc(c->cu_i32 ? FKDA_DTYPE_I32 : FKDA_DTYPE_I64, 1, scu);
     if (c->nseq) {
@@ -350,7 +369,8 @@ static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
     if (c->nseq) d.cu_seqlens = to_device(&cu);
     test_tensor out1 = test_tensor_alloc(qkv, 4, sv), out2 = test_tensor_alloc(qkv, 4, sv);
     test_tensor st1 = test_tensor_alloc(final_dtype, 4, ss), st2 = test_tensor_alloc(final_dtype, 4, ss);
-    d.out = to_device(&out1);
+    const size_t out_sb = w ? (size_t)w->out_shift * fkda_dtype_size(qkv) : 0; /* out's offset, bytes */
+    d.out = to_device_at(&out1, out_sb);
     if (c->has_in) d.initial_state = to_device(&h0);
     if (c->has_out) d.final_state = c->in_place ? d.initial_state : to_device(&st1);
     d.options = case_options(c);
@@ -464,7 +484,7 @@ static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
     guarded_free(d.beta.data);
     guarded_free(d.A_log.data);
     guarded_free(d.dt_bias.data);
-    guarded_free(d.out.data);
+    guarded_free((char *)d.out.data - out_sb);
     if (c->nseq) guarded_free(d.cu_seqlens.data);
     if (c->has_in) guarded_free(d.initial_state.data);
     if (c->has_out && !c->in_place) guarded_free(d.final_state.data);
@@ -986,6 +1006,28 @@ int main(int argc, char **argv)
          {.qkv_dtype = F16, .quick = 1}},
         {{"fp32 T=2048 H=8", 1, 2048, 8, 8, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
          {.qkv_dtype = F32}},
+        /* The 16-byte output stores with V % 16 == 8 (the last warp's upper half of columns is past
+         * V: its lanes store nothing), and an fp32 output with V % 8 == 0 whose rows are 4 bytes
+         * off 16-byte alignment (the fp32 tile's element stores). */
+        {{"fp32 V=40 16-byte stores", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 40},
+         {.qkv_dtype = F32, .quick = 1}},
+        {{"fp16 V=40 16-byte stores", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 40},
+         {.qkv_dtype = F16, .quick = 1}},
+        {{"fp32 V=64 unaligned out", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 64},
+         {.qkv_dtype = F32, .out_shift = 1, .quick = 1}},
+        /* No initial state and v = 0 at first: the chain's warps hold all zeros for two chunks
+         * and more (the range check's slow path with M = 0: no rescale, nothing redone); then v
+         * x 1e-6 (a rescale, and the products redone) or of normal size (the common path). */
+        {{"fp32 no h0, v=0 then x 1e-6", 2, 100, 2, 2, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+         {.qkv_dtype = F32, .v_scale = 1e-6, .v_zero_tokens = 40, .quick = 1}},
+        {{"fp16 no h0, v=0 then normal", 1, 100, 2, 2, 0, {0}, 0, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+         {.qkv_dtype = F16, .v_zero_tokens = 33, .quick = 1}},
+        /* Outputs that take the fp32 tile's element stores: an fp32 output with V % 8 != 0 (V = 128
+         * takes 16-byte stores), and an fp16 one whose rows are not 16-byte multiples. */
+        {{"fp32 K=100 V=60", 2, 100, 4, 4, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 100, 60},
+         {.qkv_dtype = F32, .quick = 1}},
+        {{"fp16 K=72 V=100", 1, 150, 4, 4, 0, {0}, 1, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 72, 100},
+         {.qkv_dtype = F16, .quick = 1}},
         /* Range: the chain's held scale must keep fp16 operands finite and normal whatever the size
          * of v and of the state (an exact power-of-two scaling: the same bars). */
         {{"range: fp32 v x 3e4, slow decay",
