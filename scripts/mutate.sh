@@ -132,6 +132,15 @@ mutant cuda-prefill-chain16-redo cuda src/cuda/prefill_chain.cu \
 mutant cuda-prefill-chain16-flag cuda src/cuda/prefill_chain.cu \
   'm16 > CH16_HI || bf16_chunk' \
   'm16 > CH16_HI'
+# K > 128: each warp of a pair forms Vnew from its own key half's partial twice, not both halves'.
+mutant cuda-prefill-k256-pair-sum cuda src/cuda/prefill_chain_k256.cu \
+  '(sp_[e * 32 + lane] + sp_[256 + e * 32 + lane])' \
+  '(sp_[e * 32 + lane] + sp_[e * 32 + lane])'
+# K > 128: a warp adds its partner's output partial from the buffer of the other chunk parity
+# (the partial of the chunk before, or nothing yet).
+mutant cuda-prefill-k256-output-parity cuda src/cuda/prefill_chain_k256.cu \
+  'xo_partner + (int)((chunk)&1) * warps * 128' \
+  'xo_partner + (int)(((chunk) + 1) & 1) * warps * 128'
 mutant cuda-prefill-merge cuda src/cuda/prefill_merge.cu \
   'acc[5] += sj * m1.y;' \
   'acc[5] += sj * m1.x;'

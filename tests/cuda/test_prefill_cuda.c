@@ -14,7 +14,8 @@
  *
  *   test_prefill_cuda            every case (lengths 1 .. 65536, varlen with empty sequences,
  *                                states in/out in both dtypes and layouts, GVA, options)
- *   test_prefill_cuda --small    a few short cases (two of the fp16 family), for compute-sanitizer
+ *   test_prefill_cuda --small    a few short cases (three with fp16 or fp32 q, k, v), for
+ *                                compute-sanitizer
  *   test_prefill_cuda --quick    the small cases and the option cases (GVA, no norm or sigmoid,
  *                                negative eigenvalues, segments under a slow decay, the fp16
  *                                family's cases), a few seconds (scripts/mutate.sh)
@@ -23,6 +24,7 @@
  * cases of its own (pf_wide), held to bars about a third of bf16's (fp16_bars), and range cases: v
  * and the initial state far above fp16's range or far below its normal range (the chain's held
  * scale), and q, k without the norm past the fp16 domain (the bf16 records and step: bf16's bars).
+ * The same list holds K > 128 cases with fp16 and fp32 q, k, v (the K = 256 kernels: bf16's bars).
  *
  * The T=2048 H=8 case prints "ERROR-REPORT" with the two errors for bench/results/prefill.md.
  */
@@ -64,7 +66,11 @@ typedef struct pf_case {
 /* The fp16 family's cases (run_case's `w`; NULL: bf16 q, k, v): q, k, v and out in qkv_dtype
  * (fp16 or fp32). Range cases: v, q and k, and the initial state times v_scale, qk_scale, h0_scale
  * (0: 1); beta drawn in [0, beta_max] without the sigmoid (0: [0, 1]); out_of_domain: chunks the
- * prep writes as bf16 records (bf16's bars apply, not fp16_bars); quick: also run by --quick. */
+ * prep writes as bf16 records (bf16's bars apply, not fp16_bars); quick: also run by --quick.
+ * K > 128 is not the fp16 family: the K = 256 kernels round fp16 and fp32 q, k, v to bf16 once and
+ * run on bf16 records, so such a case draws q, k, v as values bf16 holds (the rounding is then
+ * exact: the error is the bf16 cases' own) and gets bf16's bars with its output dtype's floor; it
+ * tests the fp16 output and the fp32-tile output of the K > 128 chain. */
 typedef struct pf_wide {
     fkda_dtype qkv_dtype;
     int v_zero_tokens; /* v = 0 at each batch row's first tokens (no initial state: all-zero warps) */
@@ -291,6 +297,12 @@ static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
     test_tensor_fill_normal(&q, rng, 0, qk_sd);
     test_tensor_fill_normal(&k, rng, 0, qk_sd);
     test_tensor_fill_normal(&v, rng, 0, w && w->v_scale ? w->v_scale : 1.0);
+    if (w && K > KD) { /* values bf16 holds (pf_wide) */
+        test_tensor *const wide[3] = {&q, &k, &v};
+        for (int i = 0; i < 3; i++)
+            for (size_t e = 0; e < wide[i]->count; e++)
+                test_tensor_set(wide[i], e, test_bf16_to_f32(test_f32_to_bf16((float)test_tensor_get(wide[i], e))));
+    }
     test_tensor_fill_normal(&g, rng, 0, 1);
     if (c->sigmoid)
         test_tensor_fill_normal(&beta, rng, 0, 1);
@@ -428,7 +440,7 @@ static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
 
     /* Every element written, the two runs identical, and the errors within the case's bars. */
     double out_bar = 0, st_bar = 0;
-    if (w && !w->out_of_domain)
+    if (w && !w->out_of_domain && K <= KD)
         fp16_bars(dtype_floor(&out_ref, qkv), final_dtype == FKDA_DTYPE_BF16 ? bf16_floor(&st_ref) : 0.0, final_dtype,
                   out_ref.count, &out_bar, &st_bar);
     else
@@ -666,6 +678,8 @@ int main(int argc, char **argv)
         {"T=65 no states", 1, 65, 1, 1, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
         {"T=100 3 segments, in place", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, 0, 3, -5, 0, 0},
         K256("K=256 V=32 T=40 (two warp pairs)", 1, 40, 1, 1, 256, 32, F32, F32, 1, 32),
+        K256("K=256 V=64 T=100 (four warp pairs, 4 stages)", 1, 100, 1, 1, 256, 64, F32, F32, 1, 64),
+        K256("K=256 V=64 T=17 B=2 vslice 64 (2 chunks, 4 stages)", 2, 17, 2, 2, 256, 64, BF16, F32, 0, 64),
         {.name = "K=200 V=48 varlen, bf16 [K,V]",
          .nseq = 3,
          .seqlens = {17, 0, 20},
@@ -822,6 +836,7 @@ int main(int argc, char **argv)
         K256("K=256 V=256 T=65 vslice 16", 1, 65, 2, 2, 256, 256, F32, F32, 1, 16),
         K256("K=256 V=256 T=300 vslice 32 [K,V]", 1, 300, 2, 2, 256, 256, F32, BF16, 0, 32),
         K256("K=256 V=256 T=1000 H=4", 1, 1000, 4, 4, 256, 256, F32, F32, 1, 0),
+        K256("K=256 V=256 T=1000 vslice 64 [K,V]", 1, 1000, 2, 2, 256, 256, F32, BF16, 0, 64),
         K256("K=256 V=128 T=200", 1, 200, 2, 2, 256, 128, F32, F32, 1, 0),
         K256("K=256 V=128 T=65 bf16 [K,V]", 2, 65, 2, 2, 256, 128, BF16, BF16, 0, 0),
         K256("K=128 V=256 T=200", 1, 200, 2, 2, 128, 256, F32, F32, 1, 0),
@@ -848,6 +863,22 @@ int main(int argc, char **argv)
          .lower_bound = -5,
          .K = 256,
          .V = 256},
+        {.name = "K=256 V=128 varlen empties, vslice 64",
+         .nseq = 7,
+         .seqlens = {0, 17, 0, 1, 130, 0, 64},
+         .H = 2,
+         .HV = 2,
+         .has_in = 1,
+         .has_out = 1,
+         .in_dtype = BF16,
+         .out_dtype = F32,
+         .l2norm = 1,
+         .sigmoid = 1,
+         .fast_too = 1,
+         .vslice = 64,
+         .lower_bound = -5,
+         .K = 256,
+         .V = 128},
         {.name = "K=192 V=96 varlen, int32 cu, bf16 [K,V]",
          .nseq = 4,
          .seqlens = {65, 0, 15, 200},
@@ -1028,6 +1059,44 @@ int main(int argc, char **argv)
          {.qkv_dtype = F32, .quick = 1}},
         {{"fp16 K=72 V=100", 1, 150, 4, 4, 0, {0}, 1, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 72, 100},
          {.qkv_dtype = F16, .quick = 1}},
+        /* K > 128 (bf16 records and chain, pf_wide): the K = 256 chain's fp16 output and its
+         * fp32-tile output, with 64-column slices (8 warps, 4 ring stages); the fp16 one, shorter
+         * than the ring, also in --small. */
+        {{.name = "K=256 fp16 V=64 T=17 B=2 vslice 64",
+          .B = 2,
+          .T = 17,
+          .H = 2,
+          .HV = 2,
+          .has_in = 1,
+          .has_out = 1,
+          .in_dtype = F32,
+          .out_dtype = F32,
+          .v_first = 1,
+          .l2norm = 1,
+          .sigmoid = 1,
+          .fast_too = 1,
+          .vslice = 64,
+          .lower_bound = -5,
+          .K = 256,
+          .V = 64},
+         {.qkv_dtype = F16, .quick = 1}},
+        {{.name = "K=256 fp32 V=128 T=200 vslice 64 [K,V]",
+          .B = 1,
+          .T = 200,
+          .H = 2,
+          .HV = 2,
+          .has_in = 1,
+          .has_out = 1,
+          .in_dtype = F32,
+          .out_dtype = BF16,
+          .l2norm = 1,
+          .sigmoid = 1,
+          .fast_too = 1,
+          .vslice = 64,
+          .lower_bound = -5,
+          .K = 256,
+          .V = 128},
+         {.qkv_dtype = F32, .quick = 1}},
         /* Range: the chain's held scale must keep fp16 operands finite and normal whatever the size
          * of v and of the state (an exact power-of-two scaling: the same bars). */
         {{"range: fp32 v x 3e4, slow decay",
@@ -1141,10 +1210,12 @@ int main(int argc, char **argv)
                                               "T=600 4 segments, slow decay",
                                               "K=256 V=256 T=17 B=2 bf16 [K,V]",
                                               "K=256 V=128 T=200",
+                                              "K=256 V=256 T=1000 vslice 64 [K,V]",
                                               "K=200 V=64 T=65 [K,V]",
                                               "K=256 varlen empties, in place",
                                               "K=256 V=256 T=100 lower bound -30 (checked prep)",
-                                              "K=129 V=64 T=50 lower bound -30 (checked prep)"};
+                                              "K=129 V=64 T=50 lower bound -30 (checked prep)",
+                                              "K=256 V=128 varlen empties, vslice 64"};
     const int n_small = (int)(sizeof small_cases / sizeof small_cases[0]);
     const int n_full = (int)(sizeof full_cases / sizeof full_cases[0]);
     if (only) {
@@ -1169,7 +1240,7 @@ int main(int argc, char **argv)
             run |= strcmp(full_cases[i].name, quick_extra[e]) == 0;
         if (run) run_case(&full_cases[i], NULL, &rng);
     }
-    /* --small (compute-sanitizer) takes the fp16 family's two shortest cases too */
+    /* --small (compute-sanitizer) takes the wide list's shortest cases too (T <= 17, not varlen) */
     for (size_t i = 0; i < sizeof wide_cases / sizeof wide_cases[0]; i++) {
         const pf_wide_case *wc = &wide_cases[i];
         const int run = small ? wc->c.T <= 17 && wc->c.nseq == 0 : !quick || wc->w.quick;

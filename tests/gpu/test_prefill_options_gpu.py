@@ -863,6 +863,29 @@ def test_k_above_128_runs(seed, K):
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("dtype", [BF16, F32])
+def test_k256_eight_warps_with_checkpoints_and_intermediate_states(seed, dtype, monkeypatch):
+    """K = 256 in 64-column slices (FKDA_PREFILL_VSLICE=64: the chain's CTAs of 8 warps and its
+    ring of 4 stages, which the default slice choice takes only for many heads): checkpoints and
+    intermediate states cut the chain's chunk loop into runs; varlen with empty sequences and
+    ones shorter than the ring; bf16 q, k, v (the 16-bit output) and fp32 (the fp32-tile
+    output)."""
+    monkeypatch.setenv("FKDA_PREFILL_VSLICE", "64")
+    c = base_case(
+        K=256,
+        V=128,
+        dtype=dtype,
+        seqlens=[130, 0, 17, 1, 64, 200],
+        ckpt=[[16, 130, 128], [0, -1, 0], [17, 16, 30], [1, 0, -1], [64, 32, 48], [200, 96, 0]],
+        inter_chunk=48,
+        inter_dtype=BF16,
+        v_first=False,
+    )
+    print(f"vslice 64: {describe(c)}")
+    _, _, problems = check_case(c, seed)
+    assert not problems, "\n".join(problems)
+
+
 @cuda_only
 @pytest.mark.parametrize("chunk", [40, 100, 8])
 def test_intermediate_chunk_not_multiple_of_16_is_refused(seed, chunk):
