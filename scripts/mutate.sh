@@ -97,6 +97,11 @@ mutant cpu-decode-skip-no-zeros cpu src/cpu/decode.c \
 mutant cuda-prefill-prep-gate cuda src/cuda/prefill_prep.cu \
   'p.gate_scale * pf_sigmoid(A * (xg + db));' \
   'p.gate_scale * pf_sigmoid(A * xg + db);'
+# The tile loads copy 128 keys whatever K: at K < 128 the keys past K come from the next head
+# (or token), not zeros.
+mutant cuda-prefill-prep-kpad cuda src/cuda/prefill_prep.cu \
+  'const int kunits = (int)(p.K * esize >> 4);' \
+  'const int kunits = 8 * esize;'
 # The range check lets every chunk take the centred factors: a fast gate overflows them.
 mutant cuda-prefill-prep-span cuda src/cuda/prefill_prep_steps.cuh \
   '#define PREP_SAFE_SPAN_NORM 112.0f' \

@@ -37,10 +37,13 @@ static int rows16(const fkda_operand *x, int64_t D)
 static int is16bit(const fkda_operand *x) { return x->dtype == FKDA_DTYPE_BF16 || x->dtype == FKDA_DTYPE_F16; }
 static int bf16_rows16(const fkda_operand *x, int64_t D) { return x->dtype == FKDA_DTYPE_BF16 && rows16(x, D); }
 
-/* How the prep loads q, k, g (PF_LOAD_* in prefill_common.cuh). */
+/* How the prep loads q, k, g (PF_LOAD_* in prefill_common.cuh): the tile forms take any K <= 128
+ * whose rows are whole 16-byte pieces (rows16 checks K too: K % 8 == 0 for 16-bit dtypes, K % 4
+ * == 0 for fp32), and zero-fill the keys past K. (K > 128 has a prep of its own that reads none
+ * of this.) */
 static int qkg_load(const fkda_problem *p)
 {
-    if (p->K != PF_DK) return PF_LOAD_ELEMENTS;
+    if (p->K > PF_DK) return PF_LOAD_ELEMENTS;
     if (bf16_rows16(&p->q, p->K) && bf16_rows16(&p->k, p->K) && bf16_rows16(&p->g, p->K)) return PF_LOAD_BF16;
     if (rows16(&p->q, p->K) && rows16(&p->k, p->K) && rows16(&p->g, p->K)) return PF_LOAD_TILES;
     return PF_LOAD_ELEMENTS;
@@ -55,7 +58,8 @@ static int out_mode(const fkda_problem *p)
 
 /* The fp16 family (fp16 or fp32 q, k, v with K <= 128: fp16 records and the fp16 chain,
  * docs/prefill.md); FKDA_PREFILL_FP16_CHAIN=0 keeps such inputs on the bf16 kernels, for A/B
- * runs. */
+ * runs. It reads the environment, so each entry point below asks once and passes the answer
+ * (`fp16`) down. */
 static int fp16_family(const fkda_problem *p)
 {
     if (p->K > PF_DK || (p->q.dtype != FKDA_DTYPE_F16 && p->q.dtype != FKDA_DTYPE_F32)) return 0;
@@ -67,9 +71,9 @@ static int fp16_family(const fkda_problem *p)
 /* The chain reads the caller's v when it is bf16 with 16-byte rows, or fp16 with 16-byte rows
  * and an fp16 output of the same kind (the fp16-output chain converts its v tiles to bf16). The
  * fp16 chain reads fp16 or fp32 v with 16-byte rows and whole 8-value pieces. */
-static int v_direct(const fkda_problem *p)
+static int v_direct(const fkda_problem *p, int fp16)
 {
-    if (fp16_family(p)) return rows16(&p->v, p->V) && p->V % 8 == 0;
+    if (fp16) return rows16(&p->v, p->V) && p->V % 8 == 0;
     if (bf16_rows16(&p->v, p->V)) return 1;
     return p->v.dtype == FKDA_DTYPE_F16 && rows16(&p->v, p->V) && out_mode(p) == PF_OUT_F16;
 }
@@ -78,10 +82,10 @@ static int64_t vpad(const fkda_problem *p) { return (p->V + 15) / 16 * 16; }
 
 /* Workspace of the chain's copy of v: [HV][slots][16][vpad] bf16 (fp32 for the fp16 family), or
  * nothing. */
-static size_t v_stage_bytes(const fkda_problem *p)
+static size_t v_stage_bytes(const fkda_problem *p, int fp16)
 {
-    const size_t esize = fp16_family(p) ? 4 : 2;
-    return v_direct(p) ? 0 : (size_t)p->HV * (size_t)prefill_slots(p) * PF_CHUNK * (size_t)vpad(p) * esize;
+    const size_t esize = fp16 ? 4 : 2;
+    return v_direct(p, fp16) ? 0 : (size_t)p->HV * (size_t)prefill_slots(p) * PF_CHUNK * (size_t)vpad(p) * esize;
 }
 
 extern "C" fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const cudaDeviceProp *prop)
@@ -148,10 +152,14 @@ static size_t segment_bytes(const fkda_problem *p, int64_t P)
     return P > 1 ? (size_t)p->N * (size_t)p->HV * (size_t)P * PF_DV * PF_DK * sizeof(float) : 0;
 }
 
+static size_t total_workspace_bytes(const fkda_problem *p, int64_t P, int fp16)
+{
+    return records_bytes(p) + 3 * segment_bytes(p, P) + v_stage_bytes(p, fp16);
+}
+
 extern "C" fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t *bytes)
 {
-    const int64_t P = choose_segments(p, device_sms(p));
-    *bytes = records_bytes(p) + 3 * segment_bytes(p, P) + v_stage_bytes(p);
+    *bytes = total_workspace_bytes(p, choose_segments(p, device_sms(p)), fp16_family(p));
     return FKDA_OK;
 }
 
@@ -203,7 +211,7 @@ static pf_states states_of(const fkda_operand *x)
     return r;
 }
 
-static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
+static void fill_params(const fkda_problem *p, void *workspace, int fp16, pf_params *q)
 {
     memset(q, 0, sizeof *q);
     q->B = p->B;
@@ -227,7 +235,7 @@ static void fill_params(const fkda_problem *p, void *workspace, pf_params *q)
     q->qkv_dtype = p->q.dtype;
     q->g_dtype = p->g.dtype;
     q->qkg_load = qkg_load(p);
-    q->fp16_chain = fp16_family(p);
+    q->fp16_chain = fp16;
     for (int i = 0; i < 3; i++) {
         q->q_s[i] = p->q.stride[i];
         q->k_s[i] = p->k.stride[i];
@@ -347,8 +355,11 @@ static cudaError_t launch_k256(const fkda_problem *p, const pf_params *params, i
 
 extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace, size_t workspace_bytes)
 {
-    size_t need = 0;
-    fkda_cuda_prefill_workspace(p, &need);
+    /* the environment read once per call: the fp16 family's switch and the segments (the same
+     * device properties as the launch below, so the same P as the workspace size had) */
+    const int fp16 = fp16_family(p);
+    const int64_t P = choose_segments(p, device_sms(p));
+    const size_t need = total_workspace_bytes(p, P, fp16);
     if (need > 0 && (workspace == NULL || workspace_bytes < need))
         return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: the CUDA prefill needs %zu bytes", need);
     const cudaDeviceProp *prop = fkda_cuda_device_properties(p->device.index);
@@ -359,9 +370,9 @@ extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace,
     if (previous != p->device.index) FKDA_CUDA_TRY(cudaSetDevice(p->device.index));
 
     pf_params params;
-    fill_params(p, workspace, &params);
-    const int64_t P = choose_segments(p, prop->multiProcessorCount);
-    if (v_stage_bytes(p) > 0) params.v_stage = (unsigned char *)workspace + records_bytes(p) + 3 * segment_bytes(p, P);
+    fill_params(p, workspace, fp16, &params);
+    if (v_stage_bytes(p, fp16) > 0)
+        params.v_stage = (unsigned char *)workspace + records_bytes(p) + 3 * segment_bytes(p, P);
     cudaStream_t stream = (cudaStream_t)p->device.stream;
     const int sms = prop->multiProcessorCount;
     const char *what = "the prefill prep kernel";

@@ -2,9 +2,10 @@
  * prefill_prep.cu: the token-parallel half of the prefill. One CTA of 128 threads per (16-token
  * chunk, value head) turns q, k, g, beta into the chunk's record (prefill_common.cuh):
  *
- *   1. the q, k, g tiles: bf16 ones by cp.async (16 x 128 each); any other dtype, K < 128 or
- *      unaligned rows element by element into fp32 tiles (keys past K and rows past the
- *      sequence end are zeros); v, unless the chain can read the caller's, into a bf16 copy;
+ *   1. the q, k, g tiles (16 x 128 each; keys past K and rows past the sequence end are zeros):
+ *      rows of whole 16-byte pieces by cp.async, in their own dtype, zero-filling the rest; any
+ *      other rows (K, a stride or the data not in 16-byte pieces) element by element into fp32
+ *      tiles; v, unless the chain can read the caller's, into a bf16 copy;
  *   2. L2 norms of the q and k rows (fp32, 8 threads per row);
  *   3. thread c owns key channel c: the gate, cumsum G (fp32, log2 units), and the decayed
  *      operands Qd, Kr, gamma into the record, Kd in registers, and exponent-centred copies
@@ -37,11 +38,14 @@
 #include "ptx_mma.cuh"
 
 /* How the prep loads q, k, g (pf_params.qkg_load; a constant in each kernel below):
- *   PF_LOAD_BF16:     bf16 with K = 128 and 16-byte rows: cp.async into bf16 tiles;
- *   PF_LOAD_TILES:    any dtypes with K = 128 and 16-byte rows: cp.async into tiles of their own
- *                     dtype (up to 8 KB each), read element by element;
+ *   PF_LOAD_BF16:     bf16 with 16-byte rows (K <= 128, a multiple of 8): cp.async into bf16
+ *                     tiles;
+ *   PF_LOAD_TILES:    any dtypes with 16-byte rows (K * esize a multiple of 16): cp.async into
+ *                     tiles of their own dtype (up to 8 KB each), read element by element;
+ *   in both, the 16-byte units past K are zero-filled by the copy (source size 0), so the keys
+ *   past K are zeros as in the element form and every later step is the same;
  *   PF_LOAD_ELEMENTS: anything else: element by element into fp32 tiles, zero-padded to 128 keys.
- * The prep of one (chunk, value head). Two constants select the kernel below:
+ * The prep of one (chunk, value head). Three constants select the kernel below:
  *   load: one of the above;
  *   gate_checked: the gate may decay faster than the centred products take (no lower bound of
  *         at least -5): each chunk checks its span and may take step 4'. Without it, step 4'
@@ -82,7 +86,9 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
 
     /* 1. Tiles in flight first; beta meanwhile. */
     if (bulk) {
-        /* 768 16-byte units: thread tid takes units tid and tid + 128 of each tensor. */
+        /* 768 16-byte units: thread tid takes units tid and tid + 128 of each tensor; the units
+         * past a row's K keys (K / 8 of 16 are real) are zero-filled like rows past the end. */
+        const int kunits = (int)(p.K >> 3);
 #pragma unroll
         for (int which = 0; which < 3; which++) {
             const uint16_t *base = which == 0   ? (const uint16_t *)p.q + q0
@@ -92,7 +98,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
 #pragma unroll
             for (int i = 0; i < 2; i++) {
                 const int u = tid + i * PREP_THREADS, r = u >> 4, unit = u & 15;
-                const int ok = r < rows;
+                const int ok = r < rows && unit < kunits;
                 const uint16_t *src = ok ? base + (t0 + r) * ts + unit * 8 : base;
                 cp_async_16(smem_addr(s_buf[which] + r * 256 + unit * 16), src, ok ? 16u : 0u);
             }
@@ -100,18 +106,21 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
         cp_async_commit();
     } else if (tiles) {
         /* each tensor's 16 rows of 128 keys in its own dtype: 128 or 256 16-byte units; the
-         * rows land 128 * esize bytes apart in the tensor's two units of s_buf */
+         * rows land 128 * esize bytes apart in the tensor's two units of s_buf. A row's K keys
+         * are its first K * esize / 16 units (a whole number: the host checks it); the units
+         * past them are zero-filled like rows past the end. */
 #pragma unroll
         for (int which = 0; which < 3; which++) {
             const int32_t dt = which == 2 ? p.g_dtype : p.qkv_dtype;
             const int esize = dt == FKDA_DTYPE_F32 ? 4 : 2, upr = 8 * esize; /* units per row */
+            const int kunits = (int)(p.K * esize >> 4);
             const unsigned char *base = which == 0   ? (const unsigned char *)p.q + q0 * esize
                                         : which == 1 ? (const unsigned char *)p.k + k0 * esize
                                                      : (const unsigned char *)p.g + g0 * esize;
             const int64_t ts = (which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1]) * esize;
             for (int u = tid; u < 16 * upr; u += PREP_THREADS) {
                 const int r = u / upr, unit = u - r * upr;
-                const int ok = r < rows;
+                const int ok = r < rows && unit < kunits;
                 const unsigned char *src = ok ? base + (t0 + r) * ts + unit * 16 : base;
                 cp_async_16(smem_addr(s_buf[2 * which] + r * (16 * upr) + unit * 16), src, ok ? 16u : 0u);
             }

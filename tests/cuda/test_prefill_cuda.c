@@ -9,16 +9,20 @@
  * the case asks, of the CPU fp32 fast path's) with the case's bars (pf_bars). Every output
  * buffer on the GPU (out, final state) sits between two guard regions that must come back
  * bitwise untouched, and an initial state that is not also the final state must not change.
- * The GPU gets bf16 (or the case's fp16 / fp32) q, k, v, and bf16 g, beta; the reference gets
- * the same values widened to fp32, so only the GPU's own arithmetic is measured.
+ * The GPU gets bf16 (or the case's fp16 / fp32) q, k, v, bf16 (or the case's fp32) g, and bf16
+ * beta; the reference gets the same values widened to fp32, so only the GPU's own arithmetic is
+ * measured.
  *
  *   test_prefill_cuda            every case (lengths 1 .. 65536, varlen with empty sequences,
- *                                states in/out in both dtypes and layouts, GVA, options)
- *   test_prefill_cuda --small    a few short cases (three with fp16 or fp32 q, k, v), for
+ *                                states in/out in both dtypes and layouts, GVA, options, K < 128
+ *                                through each of the prep's load forms, gate none with fp32 g)
+ *   test_prefill_cuda --small    a few short cases (some with fp16 or fp32 q, k, v, one at K = 64), for
  *                                compute-sanitizer
  *   test_prefill_cuda --quick    the small cases and the option cases (GVA, no norm or sigmoid,
  *                                negative eigenvalues, segments under a slow decay, the fp16
- *                                family's cases), a few seconds (scripts/mutate.sh)
+ *                                family's cases, K < 128's load forms), a few seconds
+ *                                (scripts/mutate.sh)
+ *   test_prefill_cuda --only TEXT  the cases whose name holds TEXT (e.g. "K=64", "[elements]")
  *
  * The fp16 family (fp16 or fp32 q, k, v: fp16 records and the fp16 chain, docs/prefill.md) has
  * cases of its own (pf_wide), held to bars about a third of bf16's (fp16_bars), and range cases: v
@@ -83,6 +87,23 @@ typedef struct pf_wide_case {
     pf_case c;
     pf_wide w;
 } pf_wide_case;
+
+/* The gate and g of a case (run_case's `gi`; NULL: the lower bound gate, bf16 g). g_none_lo < 0:
+ * gate none with g (the log decay itself) drawn uniform in [g_none_lo, 0], which the prep's
+ * checked kernels take (with the L2 norm, a chunk whose decay over 8 tokens passes 2^-112 takes
+ * the pairwise step 4': most chunks at g_none_lo = -24, none at -0.9); for the bars, g_none_lo
+ * takes the lower bound's place (the per-token log decay's lower end). g_f32: g in fp32. */
+typedef struct pf_gate_in {
+    double g_none_lo;
+    int g_f32;
+} pf_gate_in;
+
+/* The K < 128 cases: small, quick: also run by --small, --quick. */
+typedef struct pf_k_case {
+    pf_case c;
+    pf_gate_in gi;
+    int small, quick;
+} pf_k_case;
 
 static double seconds(void)
 {
@@ -234,10 +255,10 @@ static test_tensor widen(const test_tensor *x)
     return y;
 }
 
-static fkda_options case_options(const pf_case *c)
+static fkda_options case_options(const pf_case *c, const pf_gate_in *gi)
 {
     fkda_options o = fkda_default_options();
-    o.gate = FKDA_GATE_LOWER_BOUND;
+    o.gate = gi && gi->g_none_lo < 0 ? FKDA_GATE_NONE : FKDA_GATE_LOWER_BOUND;
     o.lower_bound = c->lower_bound;
     o.use_qk_l2norm = c->l2norm;
     o.use_beta_sigmoid = c->sigmoid;
@@ -274,7 +295,7 @@ static void print_tightest(void)
     printf("\n");
 }
 
-static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
+static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, test_rng *rng)
 {
     const int64_t B = c->nseq ? 1 : c->B, H = c->H, HV = c->HV;
     const int64_t K = c->K ? c->K : KD, V = c->V ? c->V : KD;
@@ -291,7 +312,9 @@ static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
     const int64_t sq[4] = {B, T, H, K}, sv[4] = {B, T, HV, V}, sg[4] = {B, T, HV, K}, sb[3] = {B, T, HV};
     const fkda_dtype qkv = w ? w->qkv_dtype : FKDA_DTYPE_BF16;
     test_tensor q = test_tensor_alloc(qkv, 4, sq), k = test_tensor_alloc(qkv, 4, sq);
-    test_tensor v = test_tensor_alloc(qkv, 4, sv), g = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sg);
+    const int gate_none = gi && gi->g_none_lo < 0;
+    test_tensor v = test_tensor_alloc(qkv, 4, sv);
+    test_tensor g = test_tensor_alloc(gi && gi->g_f32 ? FKDA_DTYPE_F32 : FKDA_DTYPE_BF16, 4, sg);
     test_tensor beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
     const double qk_sd = (c->l2norm ? 1.0 : 1.0 / sqrt((double)K)) * (w && w->qk_scale ? w->qk_scale : 1.0);
     test_tensor_fill_normal(&q, rng, 0, qk_sd);
@@ -303,7 +326,10 @@ static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
             for (size_t e = 0; e < wide[i]->count; e++)
                 test_tensor_set(wide[i], e, test_bf16_to_f32(test_f32_to_bf16((float)test_tensor_get(wide[i], e))));
     }
-    test_tensor_fill_normal(&g, rng, 0, 1);
+    if (gate_none)
+        test_tensor_fill_uniform(&g, rng, gi->g_none_lo, 0);
+    else
+        test_tensor_fill_normal(&g, rng, 0, 1);
     if (c->sigmoid)
         test_tensor_fill_normal(&beta, rng, 0, 1);
     else
@@ -346,7 +372,7 @@ static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
     if (c->has_in) a.initial_state = h0f.t;
     a.final_state = st_ref.t;
     a.out = out_ref.t;
-    a.options = case_options(c);
+    a.options = case_options(c, gi);
     fkda_device cpu = {FKDA_DEVICE_CPU, 0, NULL, 0, 1};
     size_t ws_bytes = 0;
     fkda_status s = fkda_prefill_workspace_size(&a, &cpu, &ws_bytes);
@@ -385,7 +411,7 @@ static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
     d.out = to_device_at(&out1, out_sb);
     if (c->has_in) d.initial_state = to_device(&h0);
     if (c->has_out) d.final_state = c->in_place ? d.initial_state : to_device(&st1);
-    d.options = case_options(c);
+    d.options = case_options(c, gi);
     fkda_device gpu = {FKDA_DEVICE_CUDA, 0, NULL, 0, 0};
     char vs_text[16];
     snprintf(vs_text, sizeof vs_text, "%d", c->vslice);
@@ -445,8 +471,8 @@ static void run_case(const pf_case *c, const pf_wide *w, test_rng *rng)
                   out_ref.count, &out_bar, &st_bar);
     else
         pf_bars(qkv == FKDA_DTYPE_BF16 ? bf16_floor(&out_ref) : dtype_floor(&out_ref, qkv),
-                final_dtype == FKDA_DTYPE_BF16 ? bf16_floor(&st_ref) : 0.0, final_dtype, out_ref.count, c->lower_bound,
-                &out_bar, &st_bar);
+                final_dtype == FKDA_DTYPE_BF16 ? bf16_floor(&st_ref) : 0.0, final_dtype, out_ref.count,
+                gate_none ? gi->g_none_lo : c->lower_bound, &out_bar, &st_bar);
     if (w && w->out_of_domain && qkv != FKDA_DTYPE_BF16) {
         /* fp16 / fp32 inputs outside the fp16 family's domain take the bf16 record and step, which
          * round v to bf16 on the way in: an error bf16 inputs never have (theirs are exact in
@@ -647,6 +673,13 @@ int main(int argc, char **argv)
         .name = name_, .B = B_, .T = T_, .H = H_, .HV = HV_, .has_in = 1, .has_out = 1, .in_dtype = in_, \
         .out_dtype = out_, .v_first = vfirst_, .l2norm = 1, .sigmoid = 1, .fast_too = 1, .vslice = vs_,  \
         .lower_bound = lb_, .K = K_, .V = V_                                                             \
+    }
+/* A K < 128 case of the K <= 128 kernels (keys past K zero in the record): B rows of T tokens,
+ * fp32 states in and out [V,K], the L2 norm and the beta sigmoid, the fast path compared too. */
+#define KCASE(name_, B_, T_, H_, HV_, K_, V_)                                                                         \
+    {                                                                                                                 \
+        .name = name_, .B = B_, .T = T_, .H = H_, .HV = HV_, .has_in = 1, .has_out = 1, .in_dtype = F32,              \
+        .out_dtype = F32, .v_first = 1, .l2norm = 1, .sigmoid = 1, .fast_too = 1, .lower_bound = -5, .K = K_, .V = V_ \
     }
     const pf_case small_cases[] = {
         {"T=1", 1, 1, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
@@ -1097,6 +1130,9 @@ int main(int argc, char **argv)
           .K = 256,
           .V = 128},
          {.qkv_dtype = F32, .quick = 1}},
+        /* K < 128: the tiles (K % 4 == 0 for fp32, % 8 for fp16) and the element form */
+        {KCASE("fp16 K=64 V=64 T=300 [tiles]", 1, 300, 2, 2, 64, 64), {.qkv_dtype = F16, .quick = 1}},
+        {KCASE("fp32 K=62 V=40 T=200 [elements]", 1, 200, 2, 2, 62, 40), {.qkv_dtype = F32}},
         /* Range: the chain's held scale must keep fp16 operands finite and normal whatever the size
          * of v and of the state (an exact power-of-two scaling: the same bars). */
         {{"range: fp32 v x 3e4, slow decay",
@@ -1202,6 +1238,43 @@ int main(int argc, char **argv)
           0},
          {.qkv_dtype = F32, .qk_scale = 300, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
     };
+    /* K < 128 with bf16 q, k, v: the prep's load form follows from the dtypes and K (qkg_load in
+     * prefill_launch.cu), named in brackets: bf16 q, k, g with K % 8 == 0 the bf16 tiles, fp32 g
+     * with K % 8 == 0 the tiles of their own dtype, K % 8 != 0 element by element; "checked":
+     * gate none (pf_gate_in), the prep's checked kernels. {gate none's g_none_lo, fp32 g},
+     * --small, --quick. */
+    const pf_k_case k_cases[] = {
+        {KCASE("K=64 V=64 T=40 gate none, fp32 g [tiles, checked]", 1, 40, 1, 1, 64, 64), {-0.9, 1}, 1, 0},
+        {KCASE("K=64 V=64 T=1000 [bf16 tiles]", 1, 1000, 4, 4, 64, 64), {0, 0}, 0, 0},
+        {KCASE("K=64 V=64 T=1000 gate none, fp32 g [tiles, checked]", 1, 1000, 4, 4, 64, 64), {-0.9, 1}, 0, 1},
+        {KCASE("K=64 V=64 T=300 B=2 gate none [bf16 tiles, checked]", 2, 300, 2, 2, 64, 64), {-0.9, 0}, 0, 0},
+        {KCASE("K=64 V=128 T=300 fast decay, fp32 g [tiles, step 4']", 1, 300, 2, 2, 64, 128), {-24, 1}, 0, 1},
+        {KCASE("K=96 V=96 GVA H=1 HV=4, fp32 g [tiles]", 2, 100, 1, 4, 96, 96), {0, 1}, 0, 0},
+        {KCASE("K=32 V=64 T=65 B=2 [bf16 tiles]", 2, 65, 2, 2, 32, 64), {0, 0}, 0, 0},
+        {KCASE("K=32 V=32 T=200 gate none, fp32 g [tiles, checked]", 1, 200, 2, 2, 32, 32), {-0.9, 1}, 0, 0},
+        {KCASE("K=100 V=64 T=200 [elements]", 1, 200, 2, 2, 100, 64), {0, 0}, 0, 1},
+        {KCASE("K=100 V=64 T=200 gate none, fp32 g [elements, checked]", 1, 200, 2, 2, 100, 64), {-0.9, 1}, 0, 0},
+        {KCASE("K=63 V=40 T=65 fp32 g [elements]", 1, 65, 2, 2, 63, 40), {0, 1}, 0, 0},
+        {{.name = "K=64 varlen empties, int32 cu, bf16 states, gate none, fp32 g [tiles, checked]",
+          .nseq = 6,
+          .seqlens = {0, 1, 17, 0, 300, 16},
+          .H = 2,
+          .HV = 2,
+          .has_in = 1,
+          .has_out = 1,
+          .in_dtype = BF16,
+          .out_dtype = BF16,
+          .l2norm = 1,
+          .sigmoid = 1,
+          .cu_i32 = 1,
+          .fast_too = 1,
+          .lower_bound = -5,
+          .K = 64,
+          .V = 64},
+         {-0.9, 1},
+         0,
+         1},
+    };
     /* --quick: the small cases and the full list's option cases (short, every option the small
      * ones leave at its default) */
     static const char *const quick_extra[] = {"GVA H=2 HV=4",
@@ -1218,35 +1291,30 @@ int main(int argc, char **argv)
                                               "K=256 V=128 varlen empties, vslice 64"};
     const int n_small = (int)(sizeof small_cases / sizeof small_cases[0]);
     const int n_full = (int)(sizeof full_cases / sizeof full_cases[0]);
-    if (only) {
-        int found = 0;
-        for (int r = 0; r < repeat; r++) {
-            for (int i = 0; i < n_small; i++)
-                if (strstr(small_cases[i].name, only)) found++, run_case(&small_cases[i], NULL, &rng);
-            for (int i = 0; i < n_full; i++)
-                if (strstr(full_cases[i].name, only)) found++, run_case(&full_cases[i], NULL, &rng);
-            for (size_t i = 0; i < sizeof wide_cases / sizeof wide_cases[0]; i++)
-                if (strstr(wide_cases[i].c.name, only)) found++, run_case(&wide_cases[i].c, &wide_cases[i].w, &rng);
+    /* --only TEXT: every case of the lists below whose name holds TEXT, --repeat times */
+#define PICKED(name_, otherwise_) (only ? strstr((name_), only) != NULL : (otherwise_))
+    for (int r = 0; r < repeat; r++) {
+        for (int i = 0; i < n_small; i++)
+            if (PICKED(small_cases[i].name, small || quick)) run_case(&small_cases[i], NULL, NULL, &rng);
+        for (int i = 0; i < n_full; i++) {
+            int run = PICKED(full_cases[i].name, !small && !quick);
+            for (size_t e = 0; quick && e < sizeof quick_extra / sizeof quick_extra[0]; e++)
+                run |= strcmp(full_cases[i].name, quick_extra[e]) == 0;
+            if (run) run_case(&full_cases[i], NULL, NULL, &rng);
         }
-        CHECK(found > 0, "--only %s: no case has that in its name", only);
-        print_tightest();
-        return test_exit("test_prefill_cuda");
+        for (size_t i = 0; i < sizeof k_cases / sizeof k_cases[0]; i++) {
+            const pf_k_case *kc = &k_cases[i];
+            if (PICKED(kc->c.name, small ? kc->small : !quick || kc->quick)) run_case(&kc->c, NULL, &kc->gi, &rng);
+        }
+        /* --small (compute-sanitizer) takes the wide list's shortest cases too (T <= 17, not varlen) */
+        for (size_t i = 0; i < sizeof wide_cases / sizeof wide_cases[0]; i++) {
+            const pf_wide_case *wc = &wide_cases[i];
+            const int run = PICKED(wc->c.name, small ? wc->c.T <= 17 && wc->c.nseq == 0 : !quick || wc->w.quick);
+            if (run) run_case(&wc->c, &wc->w, NULL, &rng);
+        }
     }
-    if (small || quick)
-        for (int i = 0; i < n_small; i++) run_case(&small_cases[i], NULL, &rng);
-    for (int i = 0; i < n_full; i++) {
-        int run = !small && !quick;
-        for (size_t e = 0; quick && e < sizeof quick_extra / sizeof quick_extra[0]; e++)
-            run |= strcmp(full_cases[i].name, quick_extra[e]) == 0;
-        if (run) run_case(&full_cases[i], NULL, &rng);
-    }
-    /* --small (compute-sanitizer) takes the wide list's shortest cases too (T <= 17, not varlen) */
-    for (size_t i = 0; i < sizeof wide_cases / sizeof wide_cases[0]; i++) {
-        const pf_wide_case *wc = &wide_cases[i];
-        const int run = small ? wc->c.T <= 17 && wc->c.nseq == 0 : !quick || wc->w.quick;
-        if (run) run_case(&wc->c, &wc->w, &rng);
-    }
-    check_unsupported();
+#undef PICKED
+    if (!only) check_unsupported();
     print_tightest();
     return test_exit("test_prefill_cuda");
 }
