@@ -102,6 +102,11 @@ mutant cuda-prefill-prep-gate cuda src/cuda/prefill_prep.cu \
 mutant cuda-prefill-prep-kpad cuda src/cuda/prefill_prep.cu \
   'const int kunits = (int)(p.K * esize >> 4);' \
   'const int kunits = 8 * esize;'
+# The fp32 input tiles: the second half of each widened 16-bit piece lands at its unpermuted place
+# (fp16 inputs, and bf16 q, k beside an fp32 g, read keys from the wrong columns).
+mutant cuda-prefill-prep-f32-layout cuda src/cuda/prefill_prep.cu \
+  '*(float4 *)(row_ + prep_f32_col(8 * unit + 4))' \
+  '*(float4 *)(row_ + (8 * unit + 4))'
 # The range check lets every chunk take the centred factors: a fast gate overflows them.
 mutant cuda-prefill-prep-span cuda src/cuda/prefill_prep_steps.cuh \
   '#define PREP_SAFE_SPAN_NORM 112.0f' \

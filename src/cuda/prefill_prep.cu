@@ -3,9 +3,9 @@
  * chunk, value head) turns q, k, g, beta into the chunk's record (prefill_common.cuh):
  *
  *   1. the q, k, g tiles (16 x 128 each; keys past K and rows past the sequence end are zeros):
- *      rows of whole 16-byte pieces by cp.async, in their own dtype, zero-filling the rest; any
- *      other rows (K, a stride or the data not in 16-byte pieces) element by element into fp32
- *      tiles; v, unless the chain can read the caller's, into a bf16 copy;
+ *      bf16 rows of whole 16-byte pieces by cp.async into bf16 tiles; every other dtype into fp32
+ *      tiles (prep_f32_col's layout), 16-byte pieces where the rows are made of them, else
+ *      element by element; v, unless the chain can read the caller's, into a bf16 copy;
  *   2. L2 norms of the q and k rows (fp32, 8 threads per row);
  *   3. thread c owns key channel c: the gate, cumsum G (fp32, log2 units), and the decayed
  *      operands Qd, Kr, gamma into the record, Kd in registers, and exponent-centred copies
@@ -37,14 +37,54 @@
 #include "ptx_copy.cuh"
 #include "ptx_mma.cuh"
 
+/* The units of s_buf: the input tiles (bulk: bf16 q, k, g in units 0-2; the other forms: fp32
+ * tiles of two units each, at 0, 2, 4), then the operands of the 16 x 16 products. */
+enum { IN_Q = 0, IN_K = 1, IN_G = 2, OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC = 3, OP_QC_LO = 4, OP_KC_LO = 5 };
+
+/* Step 3's end for step 4, thread `col`'s key channel: Qd, Kr into the record (fp16 if rec16,
+ * else bf16), Kd into kd, and the centred operands kc (f16: hi + lo), ki, qc (hi + lo) into s_buf. */
+static __device__ __forceinline__ void prep_decayed(const pf_params &p, const float qn[16], const float kn[16],
+                                                    const float G[16], float kd[16], unsigned char *rec,
+                                                    unsigned char (*s_buf)[4096], int col, float Gref, float Gl,
+                                                    int f16, int rec16)
+{
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        const uint32_t off = pf_swz(i, col);
+        const float e_ = pf_exp2(G[i]);
+        kd[i] = kn[i] * e_;
+        st_16(rec + PF_REC_QD, off, p.scale * qn[i] * e_, rec16);
+        st_16(rec + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]), rec16);
+        const float ec = pf_exp2(G[i] - Gref), ei = pf_exp2(Gref - G[i]);
+        const float kc = kn[i] * ec, ki = kn[i] * ei, qc = qn[i] * ec;
+        const uint16_t ki_hi = pf_float_to_bf16(ki), qc_hi = pf_float_to_bf16(qc);
+        if (f16) {
+            const uint16_t kc_hi = pf_float_to_bf16(kc);
+            *(uint16_t *)(s_buf[OP_KC] + off) = kc_hi;
+            st_bf16(s_buf[OP_KC_LO], off, kc - pf_bf16_to_float(kc_hi));
+        } else {
+            st_bf16(s_buf[OP_KC], off, kc);
+        }
+        *(uint16_t *)(s_buf[OP_KI] + off) = ki_hi;
+        st_bf16(s_buf[OP_KI_LO], off, ki - pf_bf16_to_float(ki_hi));
+        *(uint16_t *)(s_buf[OP_QC] + off) = qc_hi;
+        st_bf16(s_buf[OP_QC_LO], off, qc - pf_bf16_to_float(qc_hi));
+    }
+}
+
 /* How the prep loads q, k, g (pf_params.qkg_load; a constant in each kernel below):
  *   PF_LOAD_BF16:     bf16 with 16-byte rows (K <= 128, a multiple of 8): cp.async into bf16
  *                     tiles;
- *   PF_LOAD_TILES:    any dtypes with 16-byte rows (K * esize a multiple of 16): cp.async into
- *                     tiles of their own dtype (up to 8 KB each), read element by element;
- *   in both, the 16-byte units past K are zero-filled by the copy (source size 0), so the keys
- *   past K are zeros as in the element form and every later step is the same;
- *   PF_LOAD_ELEMENTS: anything else: element by element into fp32 tiles, zero-padded to 128 keys.
+ *   PF_LOAD_TILES:    any dtypes with 16-byte rows (K * esize a multiple of 16): fp32 rows by
+ *                     cp.async, 16-bit rows 16 bytes per thread into registers, widened (exactly)
+ *                     and stored, each tensor into an fp32 tile of 8 KB;
+ *   in both, the 16-byte units past K are zeros (cp.async with source size 0, a zero register),
+ *   so the keys past K are zeros as in the element form and every later step is the same;
+ *   PF_LOAD_ELEMENTS: anything else: element by element into the same fp32 tiles, zero-padded to
+ *                     128 keys.
+ * So the tile and element forms read their inputs after the load in one way, whatever the dtypes:
+ * one fp32 shared load per value, the norms' 16 keys of a row as four 16-byte loads; the dtype
+ * (a run-time value: the kernels are not multiplied by it) is looked at once per 16-byte piece.
  * The prep of one (chunk, value head). Three constants select the kernel below:
  *   load: one of the above;
  *   gate_checked: the gate may decay faster than the centred products take (no lower bound of
@@ -59,7 +99,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                                                   const int f16, unsigned char (*s_buf)[4096])
 {
     const int bulk = load == PF_LOAD_BF16, tiles = load == PF_LOAD_TILES;
-    /* Loading: the q, k, g tiles (bulk: 3 x 4 KB bf16; else 3 x 8 KB at most, two units each).
+    /* Loading: the q, k, g tiles (bulk: 3 x 4 KB bf16; else 3 x 8 KB fp32, two units each).
      * Then the operands of the 16 x 16 products: kc, ki (hi, lo), qc (hi, lo), swizzled bf16;
      * or, for a chunk that takes step 4', qn, kn, G as fp32 [16][128] tiles. s_buf (declared by
      * each kernel) has 5 units for the bulk unchecked kernel, 6 for the others. */
@@ -67,7 +107,6 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     __shared__ float s_binv[16][17];
     __shared__ float s_rq[16], s_rk[16], s_b[16];
     __shared__ int s_out16[16]; /* f16: rows outside fp16's domain */
-    enum { IN_Q = 0, IN_K = 1, IN_G = 2, OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC = 3, OP_QC_LO = 4, OP_KC_LO = 5 };
     float *const fq = (float *)s_buf[0], *const fk = (float *)s_buf[2], *const fg = (float *)s_buf[4];
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -85,6 +124,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     const int64_t g0 = row * p.g_s[0] + h * p.g_s[2];
 
     /* 1. Tiles in flight first; beta meanwhile. */
+    uint4 raw[3][2]; /* tiles: the 16-bit rows on their way to the fp32 tiles */
     if (bulk) {
         /* 768 16-byte units: thread tid takes units tid and tid + 128 of each tensor; the units
          * past a row's K keys (K / 8 of 16 are real) are zero-filled like rows past the end. */
@@ -105,37 +145,48 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
         }
         cp_async_commit();
     } else if (tiles) {
-        /* each tensor's 16 rows of 128 keys in its own dtype: 128 or 256 16-byte units; the
-         * rows land 128 * esize bytes apart in the tensor's two units of s_buf. A row's K keys
-         * are its first K * esize / 16 units (a whole number: the host checks it); the units
-         * past them are zero-filled like rows past the end. */
+        /* each tensor's 16 rows of 128 keys into an fp32 tile (prep_f32_col): 32-bit rows by
+         * cp.async, 4 of a row's 32 16-byte units per thread, each to its permuted place; 16-bit
+         * rows 16 bytes per thread twice, into registers now, widened and stored once beta is on
+         * its way (below). A row's K keys are its first K * esize / 16 units (a whole number: the
+         * host checks it); the units past them are zeros like rows past the end. */
 #pragma unroll
         for (int which = 0; which < 3; which++) {
             const int32_t dt = which == 2 ? p.g_dtype : p.qkv_dtype;
-            const int esize = dt == FKDA_DTYPE_F32 ? 4 : 2, upr = 8 * esize; /* units per row */
+            const int esize = dt == FKDA_DTYPE_F32 ? 4 : 2;
             const int kunits = (int)(p.K * esize >> 4);
             const unsigned char *base = which == 0   ? (const unsigned char *)p.q + q0 * esize
                                         : which == 1 ? (const unsigned char *)p.k + k0 * esize
                                                      : (const unsigned char *)p.g + g0 * esize;
             const int64_t ts = (which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1]) * esize;
-            for (int u = tid; u < 16 * upr; u += PREP_THREADS) {
-                const int r = u / upr, unit = u - r * upr;
-                const int ok = r < rows && unit < kunits;
-                const unsigned char *src = ok ? base + (t0 + r) * ts + unit * 16 : base;
-                cp_async_16(smem_addr(s_buf[2 * which] + r * (16 * upr) + unit * 16), src, ok ? 16u : 0u);
+            if (esize == 4) {
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int u = tid + i * PREP_THREADS, r = u >> 5, unit = u & 31;
+                    const int ok = r < rows && unit < kunits;
+                    const unsigned char *src = ok ? base + (t0 + r) * ts + unit * 16 : base;
+                    cp_async_16(smem_addr(s_buf[2 * which] + r * 512 + prep_f32_col(4 * unit) * 4), src, ok ? 16u : 0u);
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < 2; i++) {
+                    const int u = tid + i * PREP_THREADS, r = u >> 4, unit = u & 15;
+                    const int ok = r < rows && unit < kunits;
+                    raw[which][i] = ok ? *(const uint4 *)(base + (t0 + r) * ts + unit * 16) : make_uint4(0, 0, 0, 0);
+                }
             }
         }
         cp_async_commit();
     } else {
         /* thread tid loads key channel tid of every row (coalesced along the keys) */
-        const int ok_col = tid < p.K;
+        const int ok_col = tid < p.K, cc = prep_f32_col(tid);
 #pragma unroll
         for (int r = 0; r < PF_CHUNK; r++) {
             const int ok = ok_col && r < rows;
             const int64_t t = t0 + r;
-            fq[r * 128 + tid] = ok ? pf_load_float(p.q, p.qkv_dtype, q0 + t * p.q_s[1] + tid) : 0.0f;
-            fk[r * 128 + tid] = ok ? pf_load_float(p.k, p.qkv_dtype, k0 + t * p.k_s[1] + tid) : 0.0f;
-            fg[r * 128 + tid] = ok ? pf_load_float(p.g, p.g_dtype, g0 + t * p.g_s[1] + tid) : 0.0f;
+            fq[r * 128 + cc] = ok ? pf_load_float(p.q, p.qkv_dtype, q0 + t * p.q_s[1] + tid) : 0.0f;
+            fk[r * 128 + cc] = ok ? pf_load_float(p.k, p.qkv_dtype, k0 + t * p.k_s[1] + tid) : 0.0f;
+            fg[r * 128 + cc] = ok ? pf_load_float(p.g, p.g_dtype, g0 + t * p.g_s[1] + tid) : 0.0f;
         }
     }
     if (f16 && p.v_stage != NULL) {
@@ -172,6 +223,33 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
     const float db = p.dt_bias && col < p.K ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1])
                                             : 0.0f;
+    if (tiles) {
+        /* the 16-bit rows, widened (exactly) into their fp32 tiles: 8 keys -> two 16-byte units */
+#pragma unroll
+        for (int which = 0; which < 3; which++) {
+            const int32_t dt = which == 2 ? p.g_dtype : p.qkv_dtype;
+            if (dt == FKDA_DTYPE_F32) continue;
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int u = tid + i * PREP_THREADS, r = u >> 4, unit = u & 15;
+                const uint32_t w[4] = {raw[which][i].x, raw[which][i].y, raw[which][i].z, raw[which][i].w};
+                float x[8];
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    if (dt == FKDA_DTYPE_BF16) {
+                        x[2 * j] = __uint_as_float(w[j] << 16);
+                        x[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
+                    } else {
+                        x[2 * j] = __half2float(__ushort_as_half((unsigned short)(w[j] & 0xffffu)));
+                        x[2 * j + 1] = __half2float(__ushort_as_half((unsigned short)(w[j] >> 16)));
+                    }
+                }
+                float *row_ = (float *)s_buf[2 * which] + r * 128;
+                *(float4 *)(row_ + prep_f32_col(8 * unit)) = make_float4(x[0], x[1], x[2], x[3]);
+                *(float4 *)(row_ + prep_f32_col(8 * unit + 4)) = make_float4(x[4], x[5], x[6], x[7]);
+            }
+        }
+    }
     if (bulk || tiles) CP_ASYNC_WAIT(0);
     __syncthreads();
 
@@ -193,27 +271,21 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                     sk += b0 * b0 + b1 * b1;
                 }
             }
-        } else if (tiles) {
-#pragma unroll
-            for (int e = 0; e < 16; e++) {
-                const float a = prep_tile_get(s_buf[0], p.qkv_dtype, r, part * 16 + e);
-                const float b = prep_tile_get(s_buf[2], p.qkv_dtype, r, part * 16 + e);
-                sq += a * a;
-                sk += b * b;
-                if (f16) {
-                    mq = fmaxf(mq, fabsf(a));
-                    mk = fmaxf(mk, fabsf(b));
-                }
-            }
         } else {
+            /* keys part * 16 .. + 15 of row r: four 16-byte units, summed in key order */
 #pragma unroll
-            for (int e = 0; e < 16; e++) {
-                const float a = fq[r * 128 + part * 16 + e], b = fk[r * 128 + part * 16 + e];
-                sq += a * a;
-                sk += b * b;
-                if (f16) {
-                    mq = fmaxf(mq, fabsf(a));
-                    mk = fmaxf(mk, fabsf(b));
+            for (int e4 = 0; e4 < 4; e4++) {
+                const int c4 = prep_f32_col(part * 16 + e4 * 4);
+                const float4 a4 = *(const float4 *)(fq + r * 128 + c4), b4 = *(const float4 *)(fk + r * 128 + c4);
+                const float a[4] = {a4.x, a4.y, a4.z, a4.w}, b[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    sq += a[e] * a[e];
+                    sk += b[e] * b[e];
+                    if (f16) {
+                        mq = fmaxf(mq, fabsf(a[e]));
+                        mk = fmaxf(mk, fabsf(b[e]));
+                    }
                 }
             }
         }
@@ -239,7 +311,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     int grows = 0; /* f16: a gate step above 0 (a growing state: outside fp16's domain) */
     {
         float acc = 0.0f;
-        const int live = col < p.K;
+        const int live = col < p.K, ccol = prep_f32_col(col);
 #pragma unroll
         for (int i = 0; i < 16; i++) {
             float xq, xk, xg;
@@ -247,14 +319,10 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                 xq = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_Q] + i * 256))[col]);
                 xk = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_K] + i * 256))[col]);
                 xg = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_G] + i * 256))[col]);
-            } else if (tiles) {
-                xq = prep_tile_get(s_buf[0], p.qkv_dtype, i, col);
-                xk = prep_tile_get(s_buf[2], p.qkv_dtype, i, col);
-                xg = prep_tile_get(s_buf[4], p.g_dtype, i, col);
             } else {
-                xq = fq[i * 128 + col];
-                xk = fk[i * 128 + col];
-                xg = fg[i * 128 + col];
+                xq = fq[i * 128 + ccol];
+                xk = fk[i * 128 + ccol];
+                xg = fg[i * 128 + ccol];
             }
             /* unchecked: the lower bound gate (the only one proven in range) */
             const float a = gate_checked ? prep_gate(&p, xg, A, db) : p.gate_scale * pf_sigmoid(A * (xg + db));
@@ -270,8 +338,9 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
 #pragma unroll
     for (int i = 0; i < 16; i++) span = fmaxf(span, fabsf(G[i] - G[7]));
     const float span_max = p.l2norm ? PREP_SAFE_SPAN_NORM : PREP_SAFE_SPAN;
+    /* (the f16 forms' barrier below serves the unchecked ones as this one) */
     const int pairwise = gate_checked ? __syncthreads_or(!(span <= span_max)) /* NaN: pairwise too */
-                                      : (__syncthreads(), 0);
+                                      : (f16 ? 0 : (__syncthreads(), 0));
     /* f16: the whole chunk in fp16's domain, or the bf16 record (flagged in gamma[0]) */
     const int rec16 = f16 ? !__syncthreads_or(grows || (tid < 16 && s_out16[tid])) : 0;
 
@@ -282,28 +351,16 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     *(float *)(rec + PF_REC_GAMMA + col * 4) = pf_exp2(Gl);
     if (f16 && !rec16 && col == 0) *(float *)(rec + PF_REC_GAMMA) = -pf_exp2(Gl); /* the bf16 record's flag */
     if (!pairwise) {
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            const uint32_t off = pf_swz(i, col);
-            const float e_ = pf_exp2(G[i]);
-            kd[i] = kn[i] * e_;
-            st_16(rec + PF_REC_QD, off, p.scale * qn[i] * e_, rec16);
-            st_16(rec + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]), rec16);
-            const float ec = pf_exp2(G[i] - Gref), ei = pf_exp2(Gref - G[i]);
-            const float kc = kn[i] * ec, ki = kn[i] * ei, qc = qn[i] * ec;
-            const uint16_t ki_hi = pf_float_to_bf16(ki), qc_hi = pf_float_to_bf16(qc);
-            if (f16) {
-                const uint16_t kc_hi = pf_float_to_bf16(kc);
-                *(uint16_t *)(s_buf[OP_KC] + off) = kc_hi;
-                st_bf16(s_buf[OP_KC_LO], off, kc - pf_bf16_to_float(kc_hi));
-            } else {
-                st_bf16(s_buf[OP_KC], off, kc);
-            }
-            *(uint16_t *)(s_buf[OP_KI] + off) = ki_hi;
-            st_bf16(s_buf[OP_KI_LO], off, ki - pf_bf16_to_float(ki_hi));
-            *(uint16_t *)(s_buf[OP_QC] + off) = qc_hi;
-            st_bf16(s_buf[OP_QC_LO], off, qc - pf_bf16_to_float(qc_hi));
-        }
+        /* unchecked f16: the record's dtype as a constant of each copy of the loop (a run-time
+         * choice per store keeps both conversions' registers live across it); the checked f16
+         * kernels, with step 4' beside it, allocate better with one copy that reads rec16 at run
+         * time; the bf16 family's record is bf16 (rec16 = 0) */
+        if (f16 && !gate_checked && rec16)
+            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, f16, 1);
+        else if (f16 && !gate_checked)
+            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, f16, 0);
+        else
+            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, f16, rec16);
     } else {
 #pragma unroll
         for (int i = 0; i < 16; i++) {
@@ -376,8 +433,9 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane, rec16);
 }
 
-/* The checked kernels hold more live values (step 4' beside step 4), and the tile path its dtype
- * decoding: 6 CTAs per SM instead of 8 leaves them 80 registers. */
+/* CTAs per SM: 8 (64 registers) for the unchecked tile and bulk kernels, which fit with few
+ * spills; the checked kernels hold more live values (step 4' beside step 4): 6 (80 registers);
+ * the fp16 family's unchecked element form spills much more at 64 than at 80: 6. */
 #define PREP_KERNEL(name, load, gate_checked, f16, ctas, units)                   \
     __global__ void __launch_bounds__(PREP_THREADS, ctas) name(const pf_params p) \
     {                                                                             \
@@ -386,12 +444,12 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     }
 PREP_KERNEL(pf_prep_bulk, PF_LOAD_BF16, 0, 0, 8, 5)
 PREP_KERNEL(pf_prep_bulk_checked, PF_LOAD_BF16, 1, 0, 6, 6)
-PREP_KERNEL(pf_prep_tiles, PF_LOAD_TILES, 0, 0, 6, 6)
+PREP_KERNEL(pf_prep_tiles, PF_LOAD_TILES, 0, 0, 8, 6)
 PREP_KERNEL(pf_prep_tiles_checked, PF_LOAD_TILES, 1, 0, 6, 6)
 PREP_KERNEL(pf_prep_any, PF_LOAD_ELEMENTS, 0, 0, 8, 6)
 PREP_KERNEL(pf_prep_any_checked, PF_LOAD_ELEMENTS, 1, 0, 6, 6)
 /* The fp16 family (fp16 and fp32 q, k: never the bf16 tiles): the kc lo term takes unit 5. */
-PREP_KERNEL(pf_prep16_tiles, PF_LOAD_TILES, 0, 1, 6, 6)
+PREP_KERNEL(pf_prep16_tiles, PF_LOAD_TILES, 0, 1, 8, 6)
 PREP_KERNEL(pf_prep16_tiles_checked, PF_LOAD_TILES, 1, 1, 6, 6)
 PREP_KERNEL(pf_prep16_any, PF_LOAD_ELEMENTS, 0, 1, 6, 6)
 PREP_KERNEL(pf_prep16_any_checked, PF_LOAD_ELEMENTS, 1, 1, 6, 6)

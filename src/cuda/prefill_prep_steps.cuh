@@ -1,6 +1,6 @@
 /*
  * prefill_prep_steps.cuh: the steps of the prep kernel (prefill_prep.cu) that are functions of their
- * own: the gate of one token and key channel, reading an input tile of any dtype, the pairwise
+ * own: the gate of one token and key channel, the layout of the fp32 input tiles, the pairwise
  * form of L and Mqk (step 4') for chunks whose gate leaves the centred factors' range, and the
  * forward substitution and -W (steps 5 and 6). The kernel body and its launch stay in
  * prefill_prep.cu.
@@ -201,13 +201,12 @@ static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_b
     }
 }
 
-/* One element of a [16][128] input tile in shared memory, in the tile's dtype. */
-static __device__ __forceinline__ float prep_tile_get(const unsigned char *tile, int32_t dtype, int r, int c)
-{
-    if (dtype == FKDA_DTYPE_F32) return ((const float *)tile)[r * 128 + c];
-    const unsigned short u = ((const unsigned short *)tile)[r * 128 + c];
-    if (dtype == FKDA_DTYPE_BF16) return __uint_as_float((uint32_t)u << 16);
-    return __half2float(__ushort_as_half(u));
-}
+/* The fp32 input tiles of prefill_prep.cu's tile and element forms, [16][128]: key c of a row sits
+ * at float c ^ ((c >> 3) & 12) of it, i.e. 16-byte unit u at u ^ ((u >> 3) & 3). The permutation
+ * keeps each aligned group of 8 units (32 keys) together, so a warp reading one key per lane along
+ * a row still covers 32 banks; and it spreads the units 4 part + e (e fixed) that 8 threads of
+ * the norms read, 16 keys apart, over 8 different bank groups (unpermuted: 2, a 4-way conflict
+ * for a 16-byte read, 16-way for the 4-byte reads this replaces). */
+static __device__ __forceinline__ int prep_f32_col(int c) { return c ^ ((c >> 3) & 12); }
 
 #endif /* FKDA_PREFILL_PREP_STEPS_CUH */

@@ -67,27 +67,6 @@ typedef struct pf_case {
     int64_t K, V;       /* head dims; 0: KD (K > 128 runs the K = 256 kernel family) */
 } pf_case;
 
-/* The fp16 family's cases (run_case's `w`; NULL: bf16 q, k, v): q, k, v and out in qkv_dtype
- * (fp16 or fp32). Range cases: v, q and k, and the initial state times v_scale, qk_scale, h0_scale
- * (0: 1); beta drawn in [0, beta_max] without the sigmoid (0: [0, 1]); out_of_domain: chunks the
- * prep writes as bf16 records (bf16's bars apply, not fp16_bars); quick: also run by --quick.
- * K > 128 is not the fp16 family: the K = 256 kernels round fp16 and fp32 q, k, v to bf16 once and
- * run on bf16 records, so such a case draws q, k, v as values bf16 holds (the rounding is then
- * exact: the error is the bf16 cases' own) and gets bf16's bars with its output dtype's floor; it
- * tests the fp16 output and the fp32-tile output of the K > 128 chain. */
-typedef struct pf_wide {
-    fkda_dtype qkv_dtype;
-    int v_zero_tokens; /* v = 0 at each batch row's first tokens (no initial state: all-zero warps) */
-    int out_shift;     /* the GPU's out starts this many elements past 16-byte alignment (its rows too) */
-    double v_scale, qk_scale, h0_scale, beta_max;
-    int out_of_domain, quick;
-} pf_wide;
-
-typedef struct pf_wide_case {
-    pf_case c;
-    pf_wide w;
-} pf_wide_case;
-
 /* The gate and g of a case (run_case's `gi`; NULL: the lower bound gate, bf16 g). g_none_lo < 0:
  * gate none with g (the log decay itself) drawn uniform in [g_none_lo, 0], which the prep's
  * checked kernels take (with the L2 norm, a chunk whose decay over 8 tokens passes 2^-112 takes
@@ -97,6 +76,31 @@ typedef struct pf_gate_in {
     double g_none_lo;
     int g_f32;
 } pf_gate_in;
+
+/* The fp16 family's cases (run_case's `w`; NULL: bf16 q, k, v): q, k, v and out in qkv_dtype
+ * (fp16 or fp32). Range cases: v, q and k, and the initial state times v_scale, qk_scale, h0_scale
+ * (0: 1); beta drawn in [0, beta_max] without the sigmoid (0: [0, 1]); out_of_domain: chunks the
+ * prep writes as bf16 records (bf16's bars apply, not fp16_bars); bf16_kernels: the bf16 kernels
+ * instead (FKDA_PREFILL_FP16_CHAIN=0, bf16's bars); gate: the case's gate and g (all zero: the
+ * lower bound gate, bf16 g); g_f16: g in fp16; quick: also run by --quick.
+ * K > 128 is not the fp16 family: the K = 256 kernels round fp16 and fp32 q, k, v to bf16 once and
+ * run on bf16 records, so such a case draws q, k, v as values bf16 holds (the rounding is then
+ * exact: the error is the bf16 cases' own) and gets bf16's bars with its output dtype's floor; it
+ * tests the fp16 output and the fp32-tile output of the K > 128 chain. */
+typedef struct pf_wide {
+    fkda_dtype qkv_dtype;
+    int v_zero_tokens; /* v = 0 at each batch row's first tokens (no initial state: all-zero warps) */
+    int out_shift;     /* the GPU's out starts this many elements past 16-byte alignment (its rows too) */
+    double v_scale, qk_scale, h0_scale, beta_max;
+    int out_of_domain, bf16_kernels;
+    pf_gate_in gate;
+    int g_f16, quick;
+} pf_wide;
+
+typedef struct pf_wide_case {
+    pf_case c;
+    pf_wide w;
+} pf_wide_case;
 
 /* The K < 128 cases: small, quick: also run by --small, --quick. */
 typedef struct pf_k_case {
@@ -314,7 +318,8 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
     test_tensor q = test_tensor_alloc(qkv, 4, sq), k = test_tensor_alloc(qkv, 4, sq);
     const int gate_none = gi && gi->g_none_lo < 0;
     test_tensor v = test_tensor_alloc(qkv, 4, sv);
-    test_tensor g = test_tensor_alloc(gi && gi->g_f32 ? FKDA_DTYPE_F32 : FKDA_DTYPE_BF16, 4, sg);
+    const fkda_dtype g_dtype = gi && gi->g_f32 ? FKDA_DTYPE_F32 : w && w->g_f16 ? FKDA_DTYPE_F16 : FKDA_DTYPE_BF16;
+    test_tensor g = test_tensor_alloc(g_dtype, 4, sg);
     test_tensor beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
     const double qk_sd = (c->l2norm ? 1.0 : 1.0 / sqrt((double)K)) * (w && w->qk_scale ? w->qk_scale : 1.0);
     test_tensor_fill_normal(&q, rng, 0, qk_sd);
@@ -424,6 +429,10 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
         setenv("FKDA_PREFILL_SEGMENTS", vs_text, 1);
     else
         unsetenv("FKDA_PREFILL_SEGMENTS");
+    if (w && w->bf16_kernels)
+        setenv("FKDA_PREFILL_FP16_CHAIN", "0", 1);
+    else
+        unsetenv("FKDA_PREFILL_FP16_CHAIN");
     size_t gws_bytes = 0;
     s = fkda_prefill_workspace_size(&d, &gpu, &gws_bytes);
     CHECK(s == FKDA_OK, "%s: GPU workspace size failed: %s", c->name, fkda_last_error());
@@ -466,17 +475,18 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
 
     /* Every element written, the two runs identical, and the errors within the case's bars. */
     double out_bar = 0, st_bar = 0;
-    if (w && !w->out_of_domain && K <= KD)
+    if (w && !w->out_of_domain && !w->bf16_kernels && K <= KD)
         fp16_bars(dtype_floor(&out_ref, qkv), final_dtype == FKDA_DTYPE_BF16 ? bf16_floor(&st_ref) : 0.0, final_dtype,
                   out_ref.count, &out_bar, &st_bar);
     else
         pf_bars(qkv == FKDA_DTYPE_BF16 ? bf16_floor(&out_ref) : dtype_floor(&out_ref, qkv),
                 final_dtype == FKDA_DTYPE_BF16 ? bf16_floor(&st_ref) : 0.0, final_dtype, out_ref.count,
                 gate_none ? gi->g_none_lo : c->lower_bound, &out_bar, &st_bar);
-    if (w && w->out_of_domain && qkv != FKDA_DTYPE_BF16) {
-        /* fp16 / fp32 inputs outside the fp16 family's domain take the bf16 record and step, which
-         * round v to bf16 on the way in: an error bf16 inputs never have (theirs are exact in
-         * bf16), independent of the kernels' own, so it adds in quadrature to both allowances.
+    if (w && (w->out_of_domain || w->bf16_kernels) && qkv != FKDA_DTYPE_BF16) {
+        /* fp16 / fp32 inputs on the bf16 record and step (outside the fp16 family's domain, or
+         * with the family switched off) have v rounded to bf16 on the way in: an error bf16 inputs
+         * never have (theirs are exact in bf16), independent of the kernels' own, so it adds in
+         * quadrature to both allowances.
          * The float64 emulation of every rounding (dev/numerics/range_case.py, this case's inputs,
          * 300 seeds) puts the state at median 2.9e-3, at most 3.3e-3, and at 2.3e-3 with v kept
          * exact; v's bf16 floor is about 1.6e-3, so the state's bar becomes about 3.4e-3. */
@@ -527,6 +537,7 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
     if (c->has_in) guarded_free(d.initial_state.data);
     if (c->has_out && !c->in_place) guarded_free(d.final_state.data);
     if (gws) CUDA_OK(cudaFree(gws));
+    unsetenv("FKDA_PREFILL_FP16_CHAIN");
     test_tensor *all[] = {&q,  &k,  &v,   &g,       &beta,   &A_log,    &dt_bias, &cu,   &h0,   &qwide, &kf, &vf,
                           &gf, &bf, &h0f, &out_ref, &st_ref, &out_fast, &st_fast, &out1, &out2, &st1,   &st2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
@@ -1133,6 +1144,119 @@ int main(int argc, char **argv)
         /* K < 128: the tiles (K % 4 == 0 for fp32, % 8 for fp16) and the element form */
         {KCASE("fp16 K=64 V=64 T=300 [tiles]", 1, 300, 2, 2, 64, 64), {.qkv_dtype = F16, .quick = 1}},
         {KCASE("fp32 K=62 V=40 T=200 [elements]", 1, 200, 2, 2, 62, 40), {.qkv_dtype = F32}},
+        /* The prep's forms by g's dtype and the gate (prefill_prep.cu; the load form in brackets):
+         * 16-bit rows widened through registers, fp32 rows by cp.async, each into the fp32 tiles;
+         * "checked": gate none, the checked kernels (step 4' for most chunks at g >= -24). */
+        {{"fp16 T=300 fp16 g [tiles]", 1, 300, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+         {.qkv_dtype = F16, .g_f16 = 1, .quick = 1}},
+        {{"fp32 T=200 gate none, fp32 g [tiles, checked]",
+          1,
+          200,
+          2,
+          2,
+          0,
+          {0},
+          1,
+          1,
+          F32,
+          F32,
+          1,
+          0,
+          1,
+          1,
+          0,
+          0,
+          1,
+          0,
+          0,
+          0,
+          -5,
+          0,
+          0},
+         {.qkv_dtype = F32, .gate = {-0.9, 1}, .quick = 1}},
+        {{"fp32 T=200 fast decay, fp32 g [tiles, step 4']",
+          1,
+          200,
+          2,
+          2,
+          0,
+          {0},
+          1,
+          1,
+          F32,
+          F32,
+          1,
+          0,
+          1,
+          1,
+          0,
+          0,
+          1,
+          0,
+          0,
+          0,
+          -5,
+          0,
+          0},
+         {.qkv_dtype = F32, .gate = {-24, 1}}},
+        {KCASE("fp16 K=64 V=64 T=200 gate none, fp32 g [tiles, checked]", 1, 200, 2, 2, 64, 64),
+         {.qkv_dtype = F16, .gate = {-0.9, 1}, .quick = 1}},
+        {KCASE("fp16 K=60 V=64 T=100 gate none [elements, checked]", 1, 100, 2, 2, 60, 64),
+         {.qkv_dtype = F16, .gate = {-0.9, 0}}},
+        /* fp16 and fp32 inputs on the bf16 kernels (FKDA_PREFILL_FP16_CHAIN=0): pf_prep_tiles with
+         * the 16-bit and fp32 rows, at bf16's bars */
+        {{"fp16 bf16 kernels, fp16 g [tiles]",
+          1,
+          300,
+          2,
+          2,
+          0,
+          {0},
+          1,
+          1,
+          F32,
+          F32,
+          1,
+          0,
+          1,
+          1,
+          0,
+          0,
+          1,
+          0,
+          0,
+          0,
+          -5,
+          0,
+          0},
+         {.qkv_dtype = F16, .bf16_kernels = 1, .g_f16 = 1, .quick = 1}},
+        {{"fp32 bf16 kernels, gate none, fp32 g [tiles, checked]",
+          1,
+          200,
+          2,
+          2,
+          0,
+          {0},
+          1,
+          1,
+          F32,
+          F32,
+          1,
+          0,
+          1,
+          1,
+          0,
+          0,
+          1,
+          0,
+          0,
+          0,
+          -5,
+          0,
+          0},
+         {.qkv_dtype = F32, .bf16_kernels = 1, .gate = {-0.9, 1}, .quick = 1}},
+        {KCASE("fp32 K=64 V=64 T=300 bf16 kernels [tiles]", 1, 300, 2, 2, 64, 64),
+         {.qkv_dtype = F32, .bf16_kernels = 1}},
         /* Range: the chain's held scale must keep fp16 operands finite and normal whatever the size
          * of v and of the state (an exact power-of-two scaling: the same bars). */
         {{"range: fp32 v x 3e4, slow decay",
@@ -1310,7 +1434,7 @@ int main(int argc, char **argv)
         for (size_t i = 0; i < sizeof wide_cases / sizeof wide_cases[0]; i++) {
             const pf_wide_case *wc = &wide_cases[i];
             const int run = PICKED(wc->c.name, small ? wc->c.T <= 17 && wc->c.nseq == 0 : !quick || wc->w.quick);
-            if (run) run_case(&wc->c, &wc->w, NULL, &rng);
+            if (run) run_case(&wc->c, &wc->w, &wc->w.gate, &rng);
         }
     }
 #undef PICKED
