@@ -16,8 +16,9 @@
  *   test_prefill_cuda            every case (lengths 1 .. 65536, varlen with empty sequences,
  *                                states in/out in both dtypes and layouts, GVA, options, K < 128
  *                                through each of the prep's load forms, gate none with fp32 g)
- *   test_prefill_cuda --small    a few short cases (some with fp16 or fp32 q, k, v, one at K = 64), for
- *                                compute-sanitizer
+ *   test_prefill_cuda --small    a few short cases (some with fp16 or fp32 q, k, v, one at K = 64,
+ *                                two with several warps per chain CTA over more chunks than the
+ *                                ring's stages), for compute-sanitizer
  *   test_prefill_cuda --quick    the small cases and the option cases (GVA, no norm or sigmoid,
  *                                negative eigenvalues, segments under a slow decay, the fp16
  *                                family's cases, K < 128's load forms), a few seconds
@@ -82,7 +83,8 @@ typedef struct pf_gate_in {
  * (0: 1); beta drawn in [0, beta_max] without the sigmoid (0: [0, 1]); out_of_domain: chunks the
  * prep writes as bf16 records (bf16's bars apply, not fp16_bars); bf16_kernels: the bf16 kernels
  * instead (FKDA_PREFILL_FP16_CHAIN=0, bf16's bars); gate: the case's gate and g (all zero: the
- * lower bound gate, bf16 g); g_f16: g in fp16; quick: also run by --quick.
+ * lower bound gate, bf16 g); g_f16: g in fp16; quick, small: also run by --quick,
+ * --small (which also takes every case of T <= 17 that is not varlen).
  * K > 128 is not the fp16 family: the K = 256 kernels round fp16 and fp32 q, k, v to bf16 once and
  * run on bf16 records, so such a case draws q, k, v as values bf16 holds (the rounding is then
  * exact: the error is the bf16 cases' own) and gets bf16's bars with its output dtype's floor; it
@@ -94,7 +96,7 @@ typedef struct pf_wide {
     double v_scale, qk_scale, h0_scale, beta_max;
     int out_of_domain, bf16_kernels;
     pf_gate_in gate;
-    int g_f16, quick;
+    int g_f16, quick, small;
 } pf_wide;
 
 typedef struct pf_wide_case {
@@ -720,6 +722,9 @@ int main(int argc, char **argv)
          0,
          0},
         {"T=65 no states", 1, 65, 1, 1, 0, {0}, 0, 0, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
+        /* 8 warps per chain CTA over 10 chunks (more than the ring's 4 stages): every stage is
+         * read by all 8 warps and refilled */
+        {"T=150 vslice 128 (8 warps)", 1, 150, 1, 1, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 128, 0, -5, 0, 0},
         {"T=100 3 segments, in place", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, 0, 3, -5, 0, 0},
         K256("K=256 V=32 T=40 (two warp pairs)", 1, 40, 1, 1, 256, 32, F32, F32, 1, 32),
         K256("K=256 V=64 T=100 (four warp pairs, 4 stages)", 1, 100, 1, 1, 256, 64, F32, F32, 1, 64),
@@ -1000,6 +1005,9 @@ int main(int argc, char **argv)
          {.qkv_dtype = F16, .quick = 1}},
         {{"fp32 T=17 B=3 [K,V]", 3, 17, 4, 4, 0, {0}, 1, 1, F32, F32, 0, 0, 1, 1, 0, 0, 1, 0, 0, 0, -5, 0, 0},
          {.qkv_dtype = F32, .quick = 1}},
+        /* the fp16 chain with 4 warps per CTA over 7 chunks (the ring's stages reused) */
+        {{"fp16 T=100 vslice 64", 1, 100, 1, 1, 0, {0}, 1, 1, F32, F32, 1, 0, 1, 1, 0, 0, 1, 0, 64, 0, -5, 0, 0},
+         {.qkv_dtype = F16, .quick = 1, .small = 1}},
         {{"fp16 varlen empties, bf16 states",
           1,
           0,
@@ -1430,10 +1438,12 @@ int main(int argc, char **argv)
             const pf_k_case *kc = &k_cases[i];
             if (PICKED(kc->c.name, small ? kc->small : !quick || kc->quick)) run_case(&kc->c, NULL, &kc->gi, &rng);
         }
-        /* --small (compute-sanitizer) takes the wide list's shortest cases too (T <= 17, not varlen) */
+        /* --small (compute-sanitizer) takes the wide list's shortest cases (T <= 17, not varlen) and
+         * those marked small */
         for (size_t i = 0; i < sizeof wide_cases / sizeof wide_cases[0]; i++) {
             const pf_wide_case *wc = &wide_cases[i];
-            const int run = PICKED(wc->c.name, small ? wc->c.T <= 17 && wc->c.nseq == 0 : !quick || wc->w.quick);
+            const int run = PICKED(wc->c.name,
+                                   small ? (wc->c.T <= 17 && wc->c.nseq == 0) || wc->w.small : !quick || wc->w.quick);
             if (run) run_case(&wc->c, &wc->w, &wc->w.gate, &rng);
         }
     }

@@ -886,6 +886,26 @@ def test_k256_eight_warps_with_checkpoints_and_intermediate_states(seed, dtype, 
     assert not problems, "\n".join(problems)
 
 
+@pytest.mark.parametrize("dtype", [BF16, F16, F32])
+def test_k128_eight_warps_with_checkpoints_and_intermediate_states(seed, dtype, monkeypatch):
+    """K = V = 128 in one 128-column slice (FKDA_PREFILL_VSLICE=128: chain CTAs of 8 warps, which
+    the default slice choice takes only for many heads), through the chain's state stores:
+    checkpoints and intermediate states cut the chunk loop into runs;
+    varlen with empty sequences and ones shorter than the ring; bf16 (the bf16 chain) and fp16,
+    fp32 q, k, v (the fp16 chain)."""
+    monkeypatch.setenv("FKDA_PREFILL_VSLICE", "128")
+    c = base_case(
+        dtype=dtype,
+        seqlens=[130, 0, 17, 1, 64, 200],
+        ckpt=[[16, 130, 128], [0, -1, 0], [17, 16, 30], [1, 0, -1], [64, 32, 48], [200, 96, 0]],
+        inter_chunk=48,
+        inter_dtype=BF16,
+    )
+    print(f"vslice 128: {describe(c)}")
+    _, _, problems = check_case(c, seed)
+    assert not problems, "\n".join(problems)
+
+
 @cuda_only
 @pytest.mark.parametrize("chunk", [40, 100, 8])
 def test_intermediate_chunk_not_multiple_of_16_is_refused(seed, chunk):
