@@ -7,7 +7,8 @@
 #   programs       only the C GPU test programs, each run $FKDA_REPEAT times (default 1; every run
 #                  draws fresh seeds, so repeats catch a bar that some seeds cross, or a race)
 #   pytest         only pytest, on $FKDA_PYTEST_ARGS (default tests/gpu: the whole suite, many minutes)
-#   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case,
+#   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case
+#                  (the K > 128 chain's racecheck apart: ring_reports_only below says why),
 #                  and (with the prefill) memcheck of our kernels on 8 cases of the option sweep
 #                  through Python (torch's caching allocator off, so that every tensor is its own
 #                  allocation)
@@ -118,6 +119,22 @@ run_step() { # name, command...
   return 0
 }
 
+# Runs a racecheck command line; fails if the program fails or racecheck reports any hazard other
+# than a ring bulk copy (bulk_copy_g2s) written over reads that an mbarrier release ordered before it.
+ring_reports_only() {
+  local log rc ring other
+  log=$(mktemp)
+  "$@" >"$log" 2>&1
+  rc=$?
+  cat "$log"
+  ring=$(grep -c "Race reported between Write access at bulk_copy_g2s" "$log")
+  other=$(grep "Race reported between" "$log" | grep -vc "Write access at bulk_copy_g2s")
+  rm -f "$log"
+  echo "racecheck: $ring report(s) of a ring refill against the reads its mbarrier release ordered" \
+    "(not modelled by the tool), $other other report(s)"
+  [ "$rc" -eq 0 ] && [ "$other" -eq 0 ]
+}
+
 for step in "${steps[@]}"; do
   case $step in
   test)
@@ -134,9 +151,20 @@ for step in "${steps[@]}"; do
   sanitize)
     for exe in build/gpu/test_${FKDA_GPU_TESTS:-*}_cuda; do
       [ -x "$exe" ] || continue
-      for tool in memcheck racecheck; do
-        run_step "$(basename "$exe")-$tool" compute-sanitizer --tool $tool --error-exitcode 1 "$exe" --small
-      done
+      name=$(basename "$exe")
+      run_step "$name-memcheck" compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" --small
+      if [ "$name" = test_prefill_cuda ]; then
+        # The K > 128 chain (pf256_chain_*) hands its ring stages back through an mbarrier release,
+        # which racecheck does not model: it reports the refill's bulk copy against the reads it
+        # waited for (docs/history/prefill.md, v8). That kernel gets its own run, in which only those
+        # reports are let through; every other kernel must be free of hazards.
+        run_step "$name-racecheck" compute-sanitizer --tool racecheck --error-exitcode 1 \
+          --kernel-name-exclude kns=pf256_chain "$exe" --small
+        run_step "$name-racecheck-k256-chain" ring_reports_only compute-sanitizer --tool racecheck \
+          --kernel-name kns=pf256_chain "$exe" --small --only K=256
+      else
+        run_step "$name-racecheck" compute-sanitizer --tool racecheck --error-exitcode 1 "$exe" --small
+      fi
     done
     if [ "${FKDA_GPU_TESTS:-prefill}" = prefill ]; then
       PYTORCH_NO_CUDA_MEMORY_CACHING=1 FKDA_SWEEP_CASES=8 run_step prefill-options-memcheck \
