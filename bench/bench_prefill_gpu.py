@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Prefill speed on the GPU: flash_kda.fwd (our CUDA kernels) next to fla's chunk_kda (Triton),
-same inputs, same process, for the seven shapes of docs/design.md section 2.
+same inputs, same process, for the seven shapes of docs/design.md section 2 and the other rows
+of serving: T = 8192 at H = 32 and H = 12; varlen 4 x 8192 at H = 12 and 8 x 2048 at H = 16.
 
     python3 bench/bench_prefill_gpu.py [--shapes h96,h8] [--out table.md] [--sweep-vslice]
                                        [--no-fla] [--profile]
@@ -43,6 +44,10 @@ SHAPES = {
     "h32": dict(T=32768, H=32, B=1, seqlens=None, label="T=32768 H=32, one sequence"),
     "h16": dict(T=16384, H=16, B=1, seqlens=None, label="T=16384 H=16, one sequence"),
     "h8": dict(T=65536, H=8, B=1, seqlens=None, label="T=65536 H=8, one sequence"),
+    "h32-8k": dict(T=8192, H=32, B=1, seqlens=None, label="T=8192 H=32, one sequence"),
+    "h12": dict(T=8192, H=12, B=1, seqlens=None, label="T=8192 H=12, one sequence"),
+    "h12-4x8192": dict(T=32768, H=12, B=1, seqlens=[8192] * 4, label="T=4 x 8192 H=12, varlen"),
+    "h16-8x2048": dict(T=16384, H=16, B=1, seqlens=[2048] * 8, label="T=8 x 2048 H=16, varlen"),
 }
 TARGET = {"h96": 2.3, "h96-varlen": 2.3, "h96-8x1024": 2.3}  # others: 1.5
 K = V = 128
