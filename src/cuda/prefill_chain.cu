@@ -370,7 +370,7 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
         int64_t stop = nch;
         if (p.inter.data != NULL) {
             if (c < nch && pos % p.ichunk == 0 && inter_row0 + pos / p.ichunk < p.inter_rows)
-                chain_put_state(&p, &p.inter, inter_row0 + pos / p.ichunk, h, v0, g, t, S, 0, ch_pow2(e_held));
+                chain_put_state(&p, &p.inter, inter_row0 + pos / p.ichunk, h, v0, g, t, S, 0, ch_pow2(e_held), f16);
             const int64_t next = (pos / p.ichunk + 1) * p.ichunk / PF_CHUNK;
             stop = next < stop ? next : stop;
         }
@@ -381,7 +381,7 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
             for (int64_t base = 0; base < p.checkpoints; base += 32) {
                 const int64_t mine = base + lane < p.checkpoints ? chain_ck_offset(&p, n, base + lane) : -1;
                 for (unsigned due = __ballot_sync(0xffffffffu, mine == pos); due != 0; due &= due - 1)
-                    chain_put_checkpoint(&p, n, base + __ffs(due) - 1, h, v0, g, t, S, 0, ch_pow2(e_held));
+                    chain_put_checkpoint(&p, n, base + __ffs(due) - 1, h, v0, g, t, S, 0, ch_pow2(e_held), f16);
                 const int64_t m = chain_warp_next_offset(mine, pos, len);
                 next_ck = m < next_ck ? m : next_ck;
             }
@@ -650,13 +650,20 @@ static __device__ __forceinline__ void chain_run(const pf_params &p, const pf_ch
 
     /* Checkpoints at the sequence's end are its final state; one strictly inside a chunk is not
      * formed by the chunked form, and gets NaN (the documented rule: offsets are multiples of 16). */
-    for (int64_t j = 0; j < p.checkpoints; j++) {
-        const int64_t off = chain_ck_offset(&p, n, j);
-        if (off == len || (off > 0 && off < len && off % PF_CHUNK != 0))
-            chain_put_checkpoint(&p, n, j, h, v0, g, t, S, off != len, ch_pow2(e_held));
+    /* The warp reads 32 offsets at a time (lane j offset base + j) and stores the due ones in
+     * order of j: a load per lane, not one per checkpoint after the last one's stores. */
+    for (int64_t base = 0; base < p.checkpoints; base += 32) {
+        const int64_t off = base + lane < p.checkpoints ? chain_ck_offset(&p, n, base + lane) : -1;
+        int mine = 0;
+        if (off == len || (off > 0 && off < len && off % PF_CHUNK != 0)) mine = 1;
+        for (unsigned due = __ballot_sync(0xffffffffu, mine); due != 0; due &= due - 1) {
+            const int j = __ffs(due) - 1;
+            const int64_t off_j = __shfl_sync(0xffffffffu, off, j);
+            chain_put_checkpoint(&p, n, base + j, h, v0, g, t, S, off_j != len, ch_pow2(e_held), f16);
+        }
     }
     if (mode == PF_CHAIN_WHOLE || (mode == PF_CHAIN_SEG_C && seg == plan.P - 1))
-        chain_put_state(&p, &p.state_out, chain_final_row(&p, n), h, v0, g, t, S, 0, ch_pow2(e_held));
+        chain_put_state(&p, &p.state_out, chain_final_row(&p, n), h, v0, g, t, S, 0, ch_pow2(e_held), f16);
     else if (mode == PF_CHAIN_SEG_A)
         chain_store_rows((trans ? plan.seg_M : plan.seg_B) + seg_off, v0, g, t, S, ch_pow2(e_held));
 #endif

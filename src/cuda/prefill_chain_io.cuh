@@ -87,12 +87,71 @@ static __device__ __forceinline__ void chain_put_state_copy(const pf_states dst,
         }
 }
 
+/* The bf16 chain's state stores: the elements of chain_put_state_copy, stored in the same order
+ * with the same values, in fewer instructions. Element (key 8j + 2t + (e & 1), value v0 + g +
+ * 8 (e >> 1)) lies 8j key strides past the lane's element e of key tile 0, so each lane forms
+ * four pointers once and steps them by 8 key strides per tile, and the dtype is chosen once per
+ * store, not per element: an element is then an add and a predicated store, with no branch (the
+ * chain's CTAs hold few warps, so these instructions are on the chain's path at every
+ * checkpoint). The fp16 chain keeps chain_put_state_copy: the four pointers' registers made it
+ * spill inside its chunk loop. */
+static __device__ __forceinline__ void chain_put_state_stepped(const pf_states dst, int64_t K, int64_t V, int64_t r,
+                                                               int64_t h, int v0, int g, int t, const float (*S)[4],
+                                                               int poison, float up)
+{
+    const int64_t base = r * dst.stride[0] + h * dst.stride[1], step = 8 * dst.stride[2];
+    int64_t off[4];
+    int ok[4]; /* bit j: element (j, e) is inside K and V */
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const int64_t key = 2 * t + (e & 1), val = v0 + g + 8 * (e >> 1);
+        off[e] = base + key * dst.stride[2] + val * dst.stride[3];
+        ok[e] = 0;
+#pragma unroll
+        for (int j = 0; j < 16; j++) ok[e] |= (8 * j + key < K && val < V) << j;
+    }
+#define CH_PUT_STATE_AS(T, CONV)                                                      \
+    do {                                                                              \
+        T *d_[4];                                                                     \
+        _Pragma("unroll") for (int e = 0; e < 4; e++) d_[e] = (T *)dst.data + off[e]; \
+        _Pragma("unroll") for (int j = 0; j < 16; j++)                                \
+        {                                                                             \
+            _Pragma("unroll") for (int e = 0; e < 4; e++)                             \
+            {                                                                         \
+                const float x_ = poison ? __int_as_float(0x7fc00000) : S[j][e] * up;  \
+                if (ok[e] >> j & 1) *d_[e] = CONV(x_);                                \
+                d_[e] += step;                                                        \
+            }                                                                         \
+        }                                                                             \
+    } while (0)
+#define CH_CONV_F32(x) (x)
+#define CH_CONV_BF16(x) pf_float_to_bf16(x)
+#define CH_CONV_F16(x) __half_as_ushort(__float2half_rn(x))
+    if (dst.dtype == FKDA_DTYPE_F32)
+        CH_PUT_STATE_AS(float, CH_CONV_F32);
+    else if (dst.dtype == FKDA_DTYPE_BF16)
+        CH_PUT_STATE_AS(uint16_t, CH_CONV_BF16);
+    else
+        CH_PUT_STATE_AS(uint16_t, CH_CONV_F16);
+#undef CH_CONV_F32
+#undef CH_CONV_BF16
+#undef CH_CONV_F16
+#undef CH_PUT_STATE_AS
+}
+
 /* `up`: the power of two that takes the registers to the state (the fp16 chain holds its state
- * scaled, prefill_chain.cu; 1 in the bf16 chain). */
+ * scaled, prefill_chain.cu; 1 in the bf16 chain). `f16`: the fp16 chain (a constant in each
+ * kernel), which keeps the element-wise body chain_put_state_copy; the bf16 chain takes
+ * chain_put_state_stepped. */
 static __device__ __forceinline__ void chain_put_state(const pf_params *p, const pf_states *dst, int64_t r, int64_t h,
-                                                       int v0, int g, int t, const float S[16][4], int poison, float up)
+                                                       int v0, int g, int t, const float S[16][4], int poison, float up,
+                                                       int f16)
 {
     if (r < 0) return;
+    if (!f16) {
+        chain_put_state_stepped(*dst, p->K, p->V, r, h, v0, g, t, S, poison, up);
+        return;
+    }
     float copy[16][4];
 #pragma unroll
     for (int j = 0; j < 16; j++)
@@ -109,13 +168,14 @@ static __device__ __forceinline__ int64_t chain_ck_offset(const pf_params *p, in
 }
 
 static __device__ __forceinline__ void chain_put_checkpoint(const pf_params *p, int64_t n, int64_t j, int64_t h, int v0,
-                                                            int g, int t, const float S[16][4], int poison, float up)
+                                                            int g, int t, const float S[16][4], int poison, float up,
+                                                            int f16)
 {
     if (p->ck_states.data != NULL) {
-        chain_put_state(p, &p->ck_states, n * p->checkpoints + j, h, v0, g, t, S, poison, up);
+        chain_put_state(p, &p->ck_states, n * p->checkpoints + j, h, v0, g, t, S, poison, up, f16);
     } else {
         const int64_t r = chain_int(&p->ck_idx, n * p->ck_idx.stride[0] + j * p->ck_idx.stride[1]);
-        if (r >= 0 && r < p->pool_size) chain_put_state(p, &p->state_out, r, h, v0, g, t, S, poison, up);
+        if (r >= 0 && r < p->pool_size) chain_put_state(p, &p->state_out, r, h, v0, g, t, S, poison, up, f16);
     }
 }
 
