@@ -218,7 +218,15 @@ for step in "${steps[@]}"; do
   esac
 done
 if [ -n "${FKDA_TRITON_CACHE:-}" ]; then
-  tar -czf "$OUT/triton-cache.tar.gz" -C "$TRITON_CACHE_DIR" . && ls -l "$OUT/triton-cache.tar.gz"
+  # The device tool brings back files of at most 16 MiB. Past that, only the autotuning choices
+  # (*.autotune.json, a few KB): the next call then compiles fla's chosen configurations (seconds)
+  # instead of timing every configuration of every kernel (a minute or more per shape).
+  tar -czf "$OUT/triton-cache.tar.gz" -C "$TRITON_CACHE_DIR" .
+  if [ "$(stat -c %s "$OUT/triton-cache.tar.gz")" -gt $((15 * 1024 * 1024)) ]; then
+    (cd "$TRITON_CACHE_DIR" && find . -name '*.autotune.json' -print0 | tar -czf "$OUT/triton-cache.tar.gz" --null -T -)
+    echo "Triton cache over 15 MiB: packed its autotuning choices only"
+  fi
+  ls -l "$OUT/triton-cache.tar.gz"
 fi
 echo "== done: $failed failed step(s)"
 exit $failed
