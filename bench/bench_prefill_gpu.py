@@ -4,7 +4,7 @@ same inputs, same process, for the seven shapes of docs/design.md section 2 and 
 of serving: T = 8192 at H = 32 and H = 12; varlen 4 x 8192 at H = 12 and 8 x 2048 at H = 16.
 
     python3 bench/bench_prefill_gpu.py [--shapes h96,h8] [--out table.md] [--sweep-vslice]
-                                       [--no-fla] [--profile]
+                                       [--no-fla] [--profile] [--ncu SHAPE]
 
 Inputs as in docs/design.md: randn bf16 q, k, v, g and beta logits, A_log and dt_bias U(0, 1) fp32,
 lower_bound -5, L2 norm / gate / beta sigmoid in kernel, fp32 initial and final state in the
@@ -207,7 +207,19 @@ def main():
                     help="per-kernel times of ours (torch.profiler)")
     ap.add_argument("--sweep-segments", action="store_true",
                     help="time ours at 1, 2, 4, 8, 16 sequence segments")
+    ap.add_argument("--ncu", metavar="SHAPE", default=None,
+                    help="only run ours three times on one shape, untimed (for ncu --launch-skip)")
     args = ap.parse_args()
+
+    if args.ncu:
+        x = make_inputs(SHAPES[args.ncu])
+        out = torch.empty_like(x["v"])
+        ht = torch.empty(x["N"], SHAPES[args.ncu]["H"], V, K, dtype=torch.float32, device="cuda")
+        with torch.inference_mode():
+            for _ in range(3):
+                run_ours(x, out, ht)
+        torch.cuda.synchronize()
+        return 0
 
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()

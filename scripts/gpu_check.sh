@@ -27,6 +27,9 @@
 #                  $FKDA_PROFILE_CASES="fp32,64,32 ..."; FKDA_PROFILE_WHO=ours for ours only): speed of light, warp states, and the
 #                  hottest SASS instructions by stall samples (bench/ncu_hot_sass.py), and every
 #                  executed instruction with its count in $OUT/sass-WHO-CASE.tsv
+#   profile-prefill  ncu on one call of the prefill's chain kernel (T = 8192 at H = 32 and H = 96,
+#                  or $FKDA_PROFILE_SHAPES; $FKDA_PROFILE_KERNEL=regex:pf_prep for the prep): as
+#                  profile-decode, the hottest SASS by stall samples and $OUT/sass-prefill-SHAPE.tsv
 #   bench-prefill  bench/bench_prefill_gpu.py ($FKDA_BENCH_PREFILL_ARGS adds arguments, e.g.
 #                  "--shapes h16,h32": fla autotunes ~100 s per new shape)
 #   bench-prefill-options  bench/bench_prefill_options_gpu.py ($FKDA_BENCH_PREFILL_OPTIONS_ARGS,
@@ -189,7 +192,7 @@ for step in "${steps[@]}"; do
         kernel=$([ "$who" = ours ] && echo regex:decode_ || echo regex:fused_recurrent)
         rep=/tmp/prof-$who-${case//,/-}
         ncu --set full -k "$kernel" --launch-skip 1 --launch-count 1 -f -o "$rep" \
-          python3 bench/bench_decode_gpu.py --profile "$case" >/dev/null 2>&1
+          python3 bench/bench_decode_gpu.py --profile "$case" >"$rep.log" 2>&1 || tail -n 20 "$rep.log"
         run_step "profile-$who-${case//,/-}" bash -c "ncu --import $rep.ncu-rep --page details \
           --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
           --print-details all; ncu --import $rep.ncu-rep --page source --print-source sass --csv \
@@ -206,6 +209,18 @@ for step in "${steps[@]}"; do
     for c in 1 2 4 8; do
       FKDA_DECODE_LAYER_CLUSTER=$c run_step bench-decode-layer-c$c python3 bench/bench_decode_layer_gpu.py --quick \
         --out "$OUT/bench_decode_layer_c$c.md"
+    done ;;
+  profile-prefill)
+    # The chain kernel (or $FKDA_PROFILE_KERNEL, e.g. regex:pf_prep) on each shape of
+    # $FKDA_PROFILE_SHAPES (bench_prefill_gpu.py's names): the second of three calls.
+    for shape in ${FKDA_PROFILE_SHAPES:-h32-8k h96}; do
+      rep=/tmp/prof-prefill-$shape
+      ncu --set full -k "${FKDA_PROFILE_KERNEL:-regex:pf_chain}" --launch-skip 1 --launch-count 1 -f \
+        -o "$rep" python3 bench/bench_prefill_gpu.py --ncu "$shape" >"$rep.log" 2>&1 || tail -n 20 "$rep.log"
+      run_step "profile-prefill-$shape" bash -c "ncu --import $rep.ncu-rep --page details \
+        --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+        --print-details all; ncu --import $rep.ncu-rep --page source --print-source sass --csv \
+        | python3 bench/ncu_hot_sass.py 40 --dump $OUT/sass-prefill-$shape.tsv"
     done ;;
   bench-prefill)
     # shellcheck disable=SC2086
