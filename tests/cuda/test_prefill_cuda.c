@@ -1425,18 +1425,20 @@ int main(int argc, char **argv)
     const int n_full = (int)(sizeof full_cases / sizeof full_cases[0]);
     /* --only TEXT: every case of the lists below whose name holds TEXT, --repeat times */
 #define PICKED(name_, otherwise_) (only ? strstr((name_), only) != NULL : (otherwise_))
+    int picked = 0; /* cases run: a --only that names none must fail, not pass with no checks */
     for (int r = 0; r < repeat; r++) {
         for (int i = 0; i < n_small; i++)
-            if (PICKED(small_cases[i].name, small || quick)) run_case(&small_cases[i], NULL, NULL, &rng);
+            if (PICKED(small_cases[i].name, small || quick)) picked++, run_case(&small_cases[i], NULL, NULL, &rng);
         for (int i = 0; i < n_full; i++) {
             int run = PICKED(full_cases[i].name, !small && !quick);
             for (size_t e = 0; quick && e < sizeof quick_extra / sizeof quick_extra[0]; e++)
                 run |= strcmp(full_cases[i].name, quick_extra[e]) == 0;
-            if (run) run_case(&full_cases[i], NULL, NULL, &rng);
+            if (run) picked++, run_case(&full_cases[i], NULL, NULL, &rng);
         }
         for (size_t i = 0; i < sizeof k_cases / sizeof k_cases[0]; i++) {
             const pf_k_case *kc = &k_cases[i];
-            if (PICKED(kc->c.name, small ? kc->small : !quick || kc->quick)) run_case(&kc->c, NULL, &kc->gi, &rng);
+            if (PICKED(kc->c.name, small ? kc->small : !quick || kc->quick))
+                picked++, run_case(&kc->c, NULL, &kc->gi, &rng);
         }
         /* --small (compute-sanitizer) takes the wide list's shortest cases (T <= 17, not varlen) and
          * those marked small */
@@ -1444,10 +1446,11 @@ int main(int argc, char **argv)
             const pf_wide_case *wc = &wide_cases[i];
             const int run = PICKED(wc->c.name,
                                    small ? (wc->c.T <= 17 && wc->c.nseq == 0) || wc->w.small : !quick || wc->w.quick);
-            if (run) run_case(&wc->c, &wc->w, &wc->w.gate, &rng);
+            if (run) picked++, run_case(&wc->c, &wc->w, &wc->w.gate, &rng);
         }
     }
 #undef PICKED
+    CHECK(picked > 0, "--only %s: no case has that in its name", only ? only : "");
     if (!only) check_unsupported();
     print_tightest();
     return test_exit("test_prefill_cuda");

@@ -863,6 +863,7 @@ def test_k_above_128_runs(seed, K):
     assert not problems, "\n".join(problems)
 
 
+@cuda_only
 @pytest.mark.parametrize("dtype", [BF16, F32])
 def test_k256_eight_warps_with_checkpoints_and_intermediate_states(seed, dtype, monkeypatch):
     """K = 256 in 64-column slices (FKDA_PREFILL_VSLICE=64: the chain's CTAs of 8 warps and its
@@ -886,6 +887,7 @@ def test_k256_eight_warps_with_checkpoints_and_intermediate_states(seed, dtype, 
     assert not problems, "\n".join(problems)
 
 
+@cuda_only
 @pytest.mark.parametrize("dtype", [BF16, F16, F32])
 def test_k128_eight_warps_with_checkpoints_and_intermediate_states(seed, dtype, monkeypatch):
     """K = V = 128 in one 128-column slice (FKDA_PREFILL_VSLICE=128: chain CTAs of 8 warps, which
