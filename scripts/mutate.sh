@@ -115,6 +115,15 @@ mutant cuda-prefill-prep-span cuda src/cuda/prefill_prep_steps.cuh \
 mutant cuda-prefill-final-slot cuda src/cuda/prefill_chain_io.cuh \
   'p->final_idx.data ? chain_int(&p->final_idx, n * p->final_idx.stride[0]) : n;' \
   'p->initial_idx.data ? chain_int(&p->initial_idx, n * p->initial_idx.stride[0]) : n;'
+# The bf16 chain's state stores (checkpoints, fla's h, the final state) keep keys past K: with
+# K < 128 they write past each state row (the next row's first keys, or past the buffer).
+mutant cuda-prefill-state-store-keys cuda src/cuda/prefill_chain_io.cuh \
+  'for (int j = 0; j < 16; j++) ok[e] |= (8 * j + key < K && val < V) << j;' \
+  'for (int j = 0; j < 16; j++) ok[e] |= (val < V) << j;'
+# The stepped state stores step along the value stride instead of the key stride.
+mutant cuda-prefill-state-store-step cuda src/cuda/prefill_chain_io.cuh \
+  'const int64_t base = r * dst.stride[0] + h * dst.stride[1], step = 8 * dst.stride[2];' \
+  'const int64_t base = r * dst.stride[0] + h * dst.stride[1], step = 8 * dst.stride[3];'
 # An offset inside a chunk writes nothing instead of NaN.
 mutant cuda-prefill-checkpoint-nan cuda src/cuda/prefill_chain.cu \
   'if (off == len || (off > 0 && off < len && off % PF_CHUNK != 0))' \
