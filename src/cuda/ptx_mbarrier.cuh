@@ -1,7 +1,8 @@
 /*
  * ptx_mbarrier.cuh: shared-memory transaction barriers (sm_90) as inline PTX. A producer thread
  * announces how many bytes a stage will receive (arrive.expect_tx), bulk copies complete those
- * bytes, and consumers wait for the barrier's phase to flip (try_wait.parity).
+ * bytes, and consumers wait for the barrier's phase to flip (try_wait.parity); a plain arrival
+ * hands a buffer back to its producer.
  */
 #ifndef FKDA_PTX_MBARRIER_CUH
 #define FKDA_PTX_MBARRIER_CUH
@@ -24,6 +25,14 @@ static __device__ __forceinline__ void mbar_fence_init(void)
 static __device__ __forceinline__ void mbar_arrive_expect_tx(uint32_t mbar, uint32_t bytes)
 {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" : : "r"(mbar), "r"(bytes) : "memory");
+}
+
+/* One plain arrival on an mbarrier (release semantics at CTA scope: the arriving thread's earlier
+ * accesses, and those ordered before them, e.g. by __syncwarp, happen before the accesses of a
+ * thread that observes the phase complete through mbarrier.try_wait). */
+static __device__ __forceinline__ void mbar_arrive(uint32_t mbar)
+{
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" : : "r"(mbar) : "memory");
 }
 
 static __device__ __forceinline__ uint32_t mbar_try_wait(uint32_t mbar, uint32_t parity)

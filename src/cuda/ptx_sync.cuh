@@ -1,8 +1,8 @@
 /*
  * ptx_sync.cuh: synchronisation between warps of a CTA as inline PTX: named barriers over a subset
- * of the CTA's warps, a plain mbarrier arrival (a warp's release of a buffer), a relaxed atomic
- * add on shared memory (a counter that picks the last of several warps to release a buffer), and
- * the proxy fence between generic-proxy reads of a buffer and an async-proxy (bulk copy) refill.
+ * of the CTA's warps, a relaxed atomic add on shared memory (a counter that picks the last of
+ * several warps to release a buffer), and the proxy fence between generic-proxy reads of a buffer
+ * and an async-proxy (bulk copy) refill. The mbarriers themselves are in ptx_mbarrier.cuh.
  */
 #ifndef FKDA_PTX_SYNC_CUH
 #define FKDA_PTX_SYNC_CUH
@@ -24,14 +24,6 @@ static __device__ __forceinline__ uint32_t atom_add_relaxed_shared(uint32_t sadd
     uint32_t old;
     asm volatile("atom.relaxed.cta.shared::cta.add.u32 %0, [%1], %2;" : "=r"(old) : "r"(saddr), "r"(v) : "memory");
     return old;
-}
-
-/* One plain arrival on an mbarrier (release semantics at CTA scope: the arriving thread's earlier
- * accesses, and those ordered before them, e.g. by __syncwarp, happen before the accesses of a
- * thread that observes the phase complete through mbarrier.try_wait). */
-static __device__ __forceinline__ void mbar_arrive(uint32_t mbar)
-{
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" : : "r"(mbar) : "memory");
 }
 
 /* Orders this thread's generic-proxy shared-memory accesses, and those ordered before them (e.g.
