@@ -4,7 +4,7 @@ same inputs, same process, for the seven shapes of docs/design.md section 2 and 
 of serving: T = 8192 at H = 32 and H = 12; varlen 4 x 8192 at H = 12 and 8 x 2048 at H = 16.
 
     python3 bench/bench_prefill_gpu.py [--shapes h96,h8] [--out table.md] [--sweep-vslice]
-                                       [--no-fla] [--profile] [--ncu SHAPE]
+                                       [--no-fla] [--profile] [--ncu SHAPE [--ncu-dtype fp16]]
 
 Inputs as in docs/design.md: randn bf16 q, k, v, g and beta logits, A_log and dt_bias U(0, 1) fp32,
 lower_bound -5, L2 norm / gate / beta sigmoid in kernel, fp32 initial and final state in the
@@ -209,10 +209,16 @@ def main():
                     help="time ours at 1, 2, 4, 8, 16 sequence segments")
     ap.add_argument("--ncu", metavar="SHAPE", default=None,
                     help="only run ours three times on one shape, untimed (for ncu --launch-skip)")
+    ap.add_argument("--ncu-dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                    help="with --ncu: q, k and v in this dtype (fp16 and fp32 take the fp16 chain)")
     args = ap.parse_args()
 
     if args.ncu:
         x = make_inputs(SHAPES[args.ncu])
+        dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+        dtype = dtypes[args.ncu_dtype]
+        for name in ("q", "k", "v"):
+            x[name] = x[name].to(dtype)
         out = torch.empty_like(x["v"])
         ht = torch.empty(x["N"], SHAPES[args.ncu]["H"], V, K, dtype=torch.float32, device="cuda")
         with torch.inference_mode():

@@ -221,9 +221,11 @@ for step in "${steps[@]}"; do
     # The chain kernel (or $FKDA_PROFILE_KERNEL, e.g. regex:pf_prep) on each shape of
     # $FKDA_PROFILE_SHAPES (bench_prefill_gpu.py's names): the second of three calls.
     for shape in ${FKDA_PROFILE_SHAPES:-h32-8k h96}; do
+      [ "${FKDA_PROFILE_DTYPE:-bf16}" = bf16 ] || shape=$shape-$FKDA_PROFILE_DTYPE  # the report's name
       rep=/tmp/prof-prefill-$shape
       ncu --set full -k "${FKDA_PROFILE_KERNEL:-regex:pf_chain}" --launch-skip 1 --launch-count 1 -f \
-        -o "$rep" python3 bench/bench_prefill_gpu.py --ncu "$shape" >"$rep.log" 2>&1 || tail -n 20 "$rep.log"
+        -o "$rep" python3 bench/bench_prefill_gpu.py --ncu "${shape%-fp*}" \
+        --ncu-dtype "${FKDA_PROFILE_DTYPE:-bf16}" >"$rep.log" 2>&1 || tail -n 20 "$rep.log"
       run_step "profile-prefill-$shape" bash -c "ncu --import $rep.ncu-rep --page details \
         --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
         --print-details all; ncu --import $rep.ncu-rep --page source --print-source sass --csv \
