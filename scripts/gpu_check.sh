@@ -7,8 +7,7 @@
 #   programs       only the C GPU test programs, each run $FKDA_REPEAT times (default 1; every run
 #                  draws fresh seeds, so repeats catch a bar that some seeds cross, or a race)
 #   pytest         only pytest, on $FKDA_PYTEST_ARGS (default tests/gpu: the whole suite, many minutes)
-#   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case
-#                  (the K > 128 chain's racecheck apart: ring_reports_only below says why),
+#   sanitize       compute-sanitizer memcheck and racecheck on each GPU test program's --small case,
 #                  and (with the prefill) memcheck of our kernels on 8 cases of the option sweep
 #                  through Python (torch's caching allocator off, so that every tensor is its own
 #                  allocation)
@@ -123,29 +122,6 @@ run_step() { # name, command...
   return 0
 }
 
-# Runs a racecheck command line; fails if the program fails, if racecheck printed no summary, or if
-# it reports any hazard but a ring refill: a bulk copy's write (bulk_copy_g2s) against reads
-# (the report's next line, "and Read access at ..."), which the mbarrier release ordered before it.
-ring_reports_only() {
-  local log rc counts ring other
-  log=$(mktemp)
-  timeout -s INT -k 15 "${FKDA_STEP_TIMEOUT:-0}" "$@" >"$log" 2>&1 # 0: no limit
-  rc=$?
-  cat "$log"
-  counts=$(awk 'function close_report() { if (open) { if (ok && reads) ring++; else other++ } open = 0 }
-    /Race reported between/ { close_report(); open = 1; reads = 0; ok = ($0 ~ /Write access at bulk_copy_g2s/); next }
-    open && /and [A-Za-z]+ access at/ { if ($0 ~ /and Read access at/) reads++; else ok = 0; next }
-    { close_report() }
-    END { close_report(); print ring + 0, other + 0 }' "$log")
-  ring=${counts% *}
-  other=${counts#* }
-  grep -q "RACECHECK SUMMARY" "$log" || { echo "racecheck: no summary (the tool did not finish)"; rc=1; }
-  rm -f "$log"
-  echo "racecheck: $ring report(s) of a ring refill against the reads its mbarrier release ordered" \
-    "(not modelled by the tool), $other other report(s)"
-  [ "$rc" -eq 0 ] && [ "$other" -eq 0 ]
-}
-
 for step in "${steps[@]}"; do
   case $step in
   test)
@@ -164,18 +140,7 @@ for step in "${steps[@]}"; do
       [ -x "$exe" ] || continue
       name=$(basename "$exe")
       run_step "$name-memcheck" compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" --small
-      if [ "$name" = test_prefill_cuda ]; then
-        # The K > 128 chain (pf256_chain_*) hands its ring stages back through an mbarrier release,
-        # which racecheck does not model: it reports the refill's bulk copy against the reads it
-        # waited for (docs/history/prefill.md, v8). That kernel gets its own run, in which only those
-        # reports are let through; every other kernel must be free of hazards.
-        run_step "$name-racecheck" compute-sanitizer --tool racecheck --error-exitcode 1 \
-          --kernel-name-exclude kns=pf256_chain "$exe" --small
-        run_step "$name-racecheck-k256-chain" ring_reports_only compute-sanitizer --tool racecheck \
-          --kernel-name kns=pf256_chain "$exe" --small
-      else
-        run_step "$name-racecheck" compute-sanitizer --tool racecheck --error-exitcode 1 "$exe" --small
-      fi
+      run_step "$name-racecheck" compute-sanitizer --tool racecheck --error-exitcode 1 "$exe" --small
     done
     if [ "${FKDA_GPU_TESTS:-prefill}" = prefill ]; then
       PYTORCH_NO_CUDA_MEMORY_CACHING=1 FKDA_SWEEP_CASES=8 run_step prefill-options-memcheck \

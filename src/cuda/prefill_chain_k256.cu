@@ -29,8 +29,10 @@
  *     stored; again by parity (the next write to the buffer, in chunk c + 2, follows the barrier of
  *     chunk c + 2, which the partner reaches only after its read in chunk c + 1);
  *   - the ring of records: each warp releases a stage when it has read its last operand from it
- *     (__syncwarp, then lane 0 arrives on the stage's `empty` mbarrier, a release, and adds one
- *     to the stage's counter, relaxed: the counter only picks who refills); the warp whose add
+ *     (every lane arrives on the stage's `empty` mbarrier after its own reads, a release; then
+ *     __syncwarp, and lane 0 adds one to the stage's counter, relaxed: the counter only picks
+ *     who refills; each lane releases its own reads, rather than lane 0 after a __syncwarp,
+ *     so that compute-sanitizer's racecheck sees every read ordered before the refill); the warp whose add
  *     completes the count (the last of the CTA's warps) waits on `empty` (an acquire of every
  *     warp's release; its phase completes with that warp's own arrival or very soon after), then
  *     fences the proxies (fence.proxy.async: the warps read the stage through the generic proxy,
@@ -160,7 +162,7 @@ static __device__ __forceinline__ void k2_chain_run(const pf_params &p, const in
     if (threadIdx.x == 0) {
         for (int s = 0; s < nst; s++) {
             mbar_init(smem_addr(&s_full[s]), 1);
-            mbar_init(smem_addr(&s_empty[s]), (uint32_t)warps);
+            mbar_init(smem_addr(&s_empty[s]), (uint32_t)warps * 32u); /* every lane arrives */
             s_done[s] = 0;
         }
         mbar_fence_init();
@@ -419,15 +421,13 @@ static __device__ __forceinline__ void k2_chain_run(const pf_params &p, const in
                 mma_bf16_16816(ob[1], mh, vp[1], vp[3], ob[1]);
             }
 
-            /* This warp is done with stage st (record and v tile): release it (an arrival on the
+            /* This warp is done with stage st (record and v tile): release it (each lane arrives on the
              * stage's empty barrier), and count the release; the warp that counts last refills the
              * stage, below, once the count is back. */
+            mbar_arrive(smem_addr(&s_empty[st]));
             __syncwarp();
             uint32_t done = 0;
-            if (lane == 0) {
-                mbar_arrive(smem_addr(&s_empty[st]));
-                done = atom_add_relaxed_shared(smem_addr(&s_done[st]), 1u);
-            }
+            if (lane == 0) done = atom_add_relaxed_shared(smem_addr(&s_done[st]), 1u);
 
             /* The output of chunk c - 1 (the barrier above published the partner's partial). */
             if (c > 0) {
