@@ -34,8 +34,8 @@
 #define P256_UNITS 12
 
 /* Step 4': L and Mqk pairwise from the fp32 tiles qn, kn, G ([16][256] each): thread e < 136 sums
- * entry e (i >= j, numbered row by row) over all 256 keys, lane l starting at key l so that the
- * lanes read different banks; the entries above the diagonal are zeros. */
+ * entry e (i >= j, numbered row by row) over all 256 keys (prep_pair_sums); the entries above the
+ * diagonal are zeros. */
 static __device__ __forceinline__ void p256_pairwise(const float *fq, const float *fk, const float *fg,
                                                      float (*s_L)[17], const float *s_b, unsigned char *rec,
                                                      float scale)
@@ -52,14 +52,8 @@ static __device__ __forceinline__ void p256_pairwise(const float *fq, const floa
     if (tid >= 136) return;
     int i, j;
     prep_pair_entry(tid, &i, &j);
-    float l = 0.0f, m = 0.0f;
-#pragma unroll 8
-    for (int cc = 0; cc < PF256_DK; cc++) {
-        const int ch = (cc + lane) & (PF256_DK - 1);
-        const float kj = fk[j * PF256_DK + ch] * pf_exp2(fg[i * PF256_DK + ch] - fg[j * PF256_DK + ch]);
-        l += fk[i * PF256_DK + ch] * kj;
-        m += fq[i * PF256_DK + ch] * kj;
-    }
+    float l, m;
+    prep_pair_sums(fq, fk, fg, PF256_DK, i, j, lane, &l, &m);
     s_L[i][j] = i > j ? s_b[i] * l : 0.0f;
     const float mq = scale * m;
     const uint16_t hi = pf_float_to_bf16(mq);

@@ -104,6 +104,41 @@ static __device__ __forceinline__ void prep_pair_entry(int e, int *i, int *j)
     *j = e - r * (r + 1) / 2;
 }
 
+/* Entry (i, j) of step 4' over dk keys (128 or 256, a constant where inlined): l = sum_c k_i[c]
+ * kj[c] and m = sum_c q_i[c] kj[c], kj[c] = k_j[c] 2^(G_i[c] - G_j[c]), from the [16][dk] fp32
+ * tiles. Four keys per 16-byte load, a quarter of the loads and their address arithmetic: many
+ * CTAs share an SM here, so the loop costs its instructions more than its latency. Lane `lane`
+ * starts at unit `lane`: the eight lanes of a quarter-warp read eight consecutive 16-byte units
+ * of their rows, eight different bank groups whatever i and j are. */
+static __device__ __forceinline__ void prep_pair_sums(const float *fq, const float *fk, const float *fg, int dk, int i,
+                                                      int j, int lane, float *l_out, float *m_out)
+{
+    const float4 *const q4 = (const float4 *)(fq + i * dk), *const ki4 = (const float4 *)(fk + i * dk);
+    const float4 *const kj4 = (const float4 *)(fk + j * dk);
+    const float4 *const gi4 = (const float4 *)(fg + i * dk), *const gj4 = (const float4 *)(fg + j * dk);
+    const int units = dk / 4;
+    float l = 0.0f, m = 0.0f;
+#pragma unroll 4
+    for (int cu = 0; cu < units; cu++) {
+        const int u = (cu + lane) & (units - 1);
+        const float4 a = kj4[u], gi = gi4[u], gj = gj4[u], b = ki4[u], c = q4[u];
+        float kj = a.x * pf_exp2(gi.x - gj.x);
+        l += b.x * kj;
+        m += c.x * kj;
+        kj = a.y * pf_exp2(gi.y - gj.y);
+        l += b.y * kj;
+        m += c.y * kj;
+        kj = a.z * pf_exp2(gi.z - gj.z);
+        l += b.z * kj;
+        m += c.z * kj;
+        kj = a.w * pf_exp2(gi.w - gj.w);
+        l += b.w * kj;
+        m += c.w * kj;
+    }
+    *l_out = l;
+    *m_out = m;
+}
+
 static __device__ __forceinline__ void prep_pair_store(float (*s_L)[17], const float *s_b, unsigned char *rec,
                                                        float scale, int i, int j, float l, float m, int rec16)
 {
@@ -130,14 +165,8 @@ static __device__ __forceinline__ void prep_pairwise(const float *fq, const floa
     }
     int i, j;
     prep_pair_entry(tid, &i, &j);
-    float l = 0.0f, m = 0.0f;
-#pragma unroll 8
-    for (int cc = 0; cc < 128; cc++) {
-        const int ch = (cc + lane) & 127;
-        const float kj = fk[j * 128 + ch] * pf_exp2(fg[i * 128 + ch] - fg[j * 128 + ch]);
-        l += fk[i * 128 + ch] * kj;
-        m += fq[i * 128 + ch] * kj;
-    }
+    float l, m;
+    prep_pair_sums(fq, fk, fg, 128, i, j, lane, &l, &m);
     prep_pair_store(s_L, s_b, rec, scale, i, j, l, m, rec16);
     /* entries 128 .. 135: 16 threads each, 8 keys per thread, summed over the 16 */
     prep_pair_entry(PREP_THREADS + (tid >> 4), &i, &j);
