@@ -4,7 +4,8 @@ same inputs, same process, for the seven shapes of docs/design.md section 2 and 
 of serving: T = 8192 at H = 32 and H = 12; varlen 4 x 8192 at H = 12 and 8 x 2048 at H = 16.
 
     python3 bench/bench_prefill_gpu.py [--shapes h96,h8] [--out table.md] [--sweep-vslice]
-                                       [--no-fla] [--profile] [--ncu SHAPE [--ncu-dtype fp16]]
+                                       [--no-fla] [--profile]
+                                       [--ncu SHAPE [--ncu-dtype fp16] [--ncu-lower-bound -20]]
 
 Inputs as in docs/design.md: randn bf16 q, k, v, g and beta logits, A_log and dt_bias U(0, 1) fp32,
 lower_bound -5, L2 norm / gate / beta sigmoid in kernel, fp32 initial and final state in the
@@ -211,9 +212,14 @@ def main():
                     help="only run ours three times on one shape, untimed (for ncu --launch-skip)")
     ap.add_argument("--ncu-dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
                     help="with --ncu: q, k and v in this dtype (fp16 and fp32 take the fp16 chain)")
+    ap.add_argument("--ncu-lower-bound", type=float, default=-5.0,
+                    help="with --ncu: the gate's lower bound (below -5 most chunks take the checked"
+                         " prep's step 4')")
     args = ap.parse_args()
 
     if args.ncu:
+        global LB
+        LB = args.ncu_lower_bound
         x = make_inputs(SHAPES[args.ncu])
         dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
         dtype = dtypes[args.ncu_dtype]

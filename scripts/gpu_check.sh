@@ -190,7 +190,7 @@ for step in "${steps[@]}"; do
       rep=/tmp/prof-prefill-$shape
       ncu --set full -k "${FKDA_PROFILE_KERNEL:-regex:pf_chain}" --launch-skip 1 --launch-count 1 -f \
         -o "$rep" python3 bench/bench_prefill_gpu.py --ncu "${shape%-fp*}" \
-        --ncu-dtype "${FKDA_PROFILE_DTYPE:-bf16}" >"$rep.log" 2>&1 || tail -n 20 "$rep.log"
+        --ncu-dtype "${FKDA_PROFILE_DTYPE:-bf16}" --ncu-lower-bound "${FKDA_PROFILE_LOWER_BOUND:--5}" >"$rep.log" 2>&1 || tail -n 20 "$rep.log"
       run_step "profile-prefill-$shape" bash -c "ncu --import $rep.ncu-rep --page details \
         --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
         --print-details all; ncu --import $rep.ncu-rep --page source --print-source sass --csv \
