@@ -45,21 +45,25 @@
 #
 # Run it through the device tool from the repository root, carrying the fla wheel:
 #   run(command="scripts/gpu_check.sh all", carry=[".whl"])
-# Logs and result tables go to $OUT (the device tool brings them back), else to build/gpu-out.
+# Result tables (bench_*.md, sass-*.tsv, the Triton cache) go to $OUT (the device tool brings them
+# back), else to build/gpu-out; the step logs, build.log and device.txt go to one tarball there,
+# logs-TIME-PID.tar.gz, packed on exit, because the tool brings back at most 8 files a call.
 # The build always runs first; a failing step is reported and the next step still runs; the exit
 # status is the number of failed steps.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 100
 OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
+LOGS=$(mktemp -d /tmp/fkda-logs.XXXXXX)
+trap 'tar -czf "$OUT/logs-$(date -u +%H%M%S)-$$.tar.gz" -C "$LOGS" . && rm -rf "$LOGS"' EXIT
 export PYTHONUNBUFFERED=1
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(test)
 [ "${steps[0]}" = all ] && steps=(test sanitize variants bench-decode bench-prefill)
 
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/device.txt"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$LOGS/device.txt"
 export FKDA_COMMIT=${FKDA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
-echo "commit $FKDA_COMMIT, $(date -u +%Y-%m-%d)" | tee -a "$OUT/device.txt"
+echo "commit $FKDA_COMMIT, $(date -u +%Y-%m-%d)" | tee -a "$LOGS/device.txt"
 
 # fla (and anything else carried) goes to a private site directory.
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -78,11 +82,11 @@ if [ -n "${FKDA_TRITON_CACHE:-}" ] && [ -f "$FKDA_TRITON_CACHE" ]; then
 fi
 
 echo "== build"
-if ! { cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$OUT/build.log" 2>&1 &&
-  cmake --build build/gpu -j 16 >>"$OUT/build.log" 2>&1; }; then
-  tail -n 60 "$OUT/build.log"; exit 101
+if ! { cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$LOGS/build.log" 2>&1 &&
+  cmake --build build/gpu -j 16 >>"$LOGS/build.log" 2>&1; }; then
+  tail -n 60 "$LOGS/build.log"; exit 101
 fi
-grep -E "spill|registers" "$OUT/build.log" | sort -u | head -n 40
+grep -E "spill|registers" "$LOGS/build.log" | sort -u | head -n 40
 # The Python package loads the library just built (no pip install needed on the device).
 export FLASHKDA_LIBRARY=$PWD/build/gpu/libflashkda.so
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
@@ -98,7 +102,7 @@ else
     test | pytest | bench-decode | bench-prefill | bench-prefill-options)
       echo "== fla-import"
       if ! fla_error=$(python3 -c "import fla.ops.kda" 2>&1); then
-        echo "$fla_error" | tail -n 5 | tee "$OUT/fla-import.log"
+        echo "$fla_error" | tail -n 5 | tee "$LOGS/fla-import.log"
         echo "!! step fla-import failed: fla cannot be imported, and step $step needs it (carry the fla wheel:"
         echo "   carry=[\".whl\"]; or set FKDA_NO_FLA=1 to run without fla)"
         failed=$((failed + 1))
@@ -113,9 +117,9 @@ run_step() { # name, command...
   if [ -n "${FKDA_STEP_TIMEOUT:-}" ] && ! declare -F "$1" >/dev/null; then
     # SIGINT, not SIGTERM: pytest stops on it and still prints the failures it has seen
     # (a shell function, which timeout cannot run, applies the limit to its own command)
-    timeout -s INT -k 15 "$FKDA_STEP_TIMEOUT" "$@" 2>&1 | tee "$OUT/$name.log"
+    timeout -s INT -k 15 "$FKDA_STEP_TIMEOUT" "$@" 2>&1 | tee "$LOGS/$name.log"
   else
-    "$@" 2>&1 | tee "$OUT/$name.log"
+    "$@" 2>&1 | tee "$LOGS/$name.log"
   fi
   local rc=${PIPESTATUS[0]}
   [ "$rc" -ne 0 ] && { echo "!! step $name failed ($rc)"; failed=$((failed + 1)); }
