@@ -213,8 +213,8 @@ def main():
     ap.add_argument("--ncu-dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
                     help="with --ncu: q, k and v in this dtype (fp16 and fp32 take the fp16 chain)")
     ap.add_argument("--ncu-lower-bound", type=float, default=-5.0,
-                    help="with --ncu: the gate's lower bound (below -5 most chunks take the checked"
-                         " prep's step 4')")
+                    help="with --ncu: the gate's lower bound (below -5 the checked prep runs;"
+                         " at -20 most chunks take its step 4')")
     args = ap.parse_args()
 
     if args.ncu:

@@ -27,8 +27,11 @@
 #                  hottest SASS instructions by stall samples (bench/ncu_hot_sass.py), and every
 #                  executed instruction with its count in $OUT/sass-WHO-CASE.tsv
 #   profile-prefill  ncu on one call of the prefill's chain kernel (T = 8192 at H = 32 and H = 96,
-#                  or $FKDA_PROFILE_SHAPES; $FKDA_PROFILE_KERNEL=regex:pf_prep for the prep): as
-#                  profile-decode, the hottest SASS by stall samples and $OUT/sass-prefill-SHAPE.tsv
+#                  or $FKDA_PROFILE_SHAPES; $FKDA_PROFILE_KERNEL=regex:pf_prep for the prep;
+#                  FKDA_PROFILE_DTYPE=fp16 or fp32: q, k, v in that dtype, the fp16 chain;
+#                  FKDA_PROFILE_LOWER_BOUND=-20: the gate's lower bound, the checked prep): as
+#                  profile-decode, the hottest SASS by stall samples and $OUT/sass-prefill-NAME.tsv
+#                  (NAME: the shape, then -DTYPE and -lbBOUND where they are not the defaults)
 #   bench-prefill  bench/bench_prefill_gpu.py ($FKDA_BENCH_PREFILL_ARGS adds arguments, e.g.
 #                  "--shapes h16,h32": fla autotunes ~100 s per new shape)
 #   bench-prefill-options  bench/bench_prefill_options_gpu.py ($FKDA_BENCH_PREFILL_OPTIONS_ARGS,
@@ -189,16 +192,19 @@ for step in "${steps[@]}"; do
   profile-prefill)
     # The chain kernel (or $FKDA_PROFILE_KERNEL, e.g. regex:pf_prep) on each shape of
     # $FKDA_PROFILE_SHAPES (bench_prefill_gpu.py's names): the second of three calls.
+    dtype=${FKDA_PROFILE_DTYPE:-bf16} lb=${FKDA_PROFILE_LOWER_BOUND:--5}
     for shape in ${FKDA_PROFILE_SHAPES:-h32-8k h96}; do
-      [ "${FKDA_PROFILE_DTYPE:-bf16}" = bf16 ] || shape=$shape-$FKDA_PROFILE_DTYPE  # the report's name
-      rep=/tmp/prof-prefill-$shape
+      name=$shape
+      [ "$dtype" = bf16 ] || name=$name-$dtype
+      [ "$lb" = -5 ] || name=$name-lb${lb#-}
+      rep=/tmp/prof-prefill-$name
       ncu --set full -k "${FKDA_PROFILE_KERNEL:-regex:pf_chain}" --launch-skip 1 --launch-count 1 -f \
-        -o "$rep" python3 bench/bench_prefill_gpu.py --ncu "${shape%-fp*}" \
-        --ncu-dtype "${FKDA_PROFILE_DTYPE:-bf16}" --ncu-lower-bound "${FKDA_PROFILE_LOWER_BOUND:--5}" >"$rep.log" 2>&1 || tail -n 20 "$rep.log"
-      run_step "profile-prefill-$shape" bash -c "ncu --import $rep.ncu-rep --page details \
+        -o "$rep" python3 bench/bench_prefill_gpu.py --ncu "$shape" --ncu-dtype "$dtype" \
+        --ncu-lower-bound "$lb" >"$rep.log" 2>&1 || tail -n 20 "$rep.log"
+      run_step "profile-prefill-$name" bash -c "ncu --import $rep.ncu-rep --page details \
         --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
         --print-details all; ncu --import $rep.ncu-rep --page source --print-source sass --csv \
-        | python3 bench/ncu_hot_sass.py 40 --dump $OUT/sass-prefill-$shape.tsv"
+        | python3 bench/ncu_hot_sass.py 40 --dump $OUT/sass-prefill-$name.tsv"
     done ;;
   bench-prefill)
     # shellcheck disable=SC2086

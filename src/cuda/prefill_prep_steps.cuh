@@ -92,9 +92,9 @@ static __device__ __forceinline__ float prep_gate(const pf_params *p, float g, f
 }
 
 /* Step 4': L and Mqk from the fp32 tiles qn, kn, G ([16][128] each). The 136 entries i >= j are
- * numbered row by row (e = i (i + 1) / 2 + j): thread tid sums entry tid over all 128 keys, then
- * the last 8 entries are shared out, 16 threads each taking 8 keys. Lane l starts its sum at key
- * l, so that the 32 lanes read 32 different banks. */
+ * numbered row by row (e = i (i + 1) / 2 + j): thread tid sums entry tid over all 128 keys
+ * (prep_pair_sums), then the last 8 entries are shared out, 16 threads each taking 8 keys, lane l
+ * starting at key (l mod 8) of its eight so that the lanes of a row read different banks. */
 static __device__ __forceinline__ void prep_pair_entry(int e, int *i, int *j)
 {
     int r = (int)((sqrtf(8.0f * (float)e + 1.0f) - 1.0f) * 0.5f);
