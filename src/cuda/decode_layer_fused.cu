@@ -154,8 +154,10 @@ static __device__ __forceinline__ void cluster_sync(int C)
 /* ---- the conv of one channel ------------------------------------------------------------------ */
 
 /* One channel's conv: its taps, bias and input as raw bits (loaded before the slot is known),
- * then its window (right-aligned in FUSED_MAX_WIDTH - 1 registers, so that every index is a
- * constant after unrolling) and where its conv slot is. Zero bits are 0.0 in every dtype. */
+ * then its window (right-aligned in MW - 1 registers, so that every index is a constant after
+ * unrolling) and where its conv slot is. Zero bits are 0.0 in every dtype. MW, the widest conv
+ * the kernel takes, is a constant of each kernel: 4 (Kimi-Linear's short conv is 4 wide;
+ * the loops then issue 7 loads per channel, not 31) or FUSED_MAX_WIDTH. */
 typedef struct conv_channel {
     uint32_t wt[FUSED_MAX_WIDTH], hist[FUSED_MAX_WIDTH - 1];
     uint32_t bias, x;
@@ -166,9 +168,9 @@ typedef struct conv_channel {
 
 /* The loads that need no slot: the taps (right-aligned: entry i holds tap i - (M - W)), bias, x. */
 static __device__ __forceinline__ void conv_load_inputs(const fused_layer_params *p, int64_t n, int64_t ch,
-                                                        conv_channel *cc)
+                                                        conv_channel *cc, const int MW)
 {
-    const int M = FUSED_MAX_WIDTH, lead = M - p->W;
+    const int M = MW, lead = M - p->W;
     cc->ch = ch;
 #pragma unroll
     for (int i = 0; i < M; i++)
@@ -179,9 +181,10 @@ static __device__ __forceinline__ void conv_load_inputs(const fused_layer_params
 }
 
 /* The window w_0 .. w_{W-2} from conv slot `cslot` (a zero window where it is outside the pool). */
-static __device__ __forceinline__ void conv_load_window(const fused_layer_params *p, int64_t cslot, conv_channel *cc)
+static __device__ __forceinline__ void conv_load_window(const fused_layer_params *p, int64_t cslot, conv_channel *cc,
+                                                        const int MW)
 {
-    const int M = FUSED_MAX_WIDTH, lead = M - p->W;
+    const int M = MW, lead = M - p->W;
     cc->has_slot = cslot >= 0 && cslot < p->conv_slots;
     cc->base = cslot * p->cs_stride[0] + cc->ch * p->cs_stride[2];
 #pragma unroll
@@ -192,9 +195,9 @@ static __device__ __forceinline__ void conv_load_window(const fused_layer_params
 
 /* y = silu(bias + sum_{j < W} weight[j] * s[j]) over s = (w_0 .. w_{W-2}, x), summed oldest first
  * as the conv kernel of decode_layer.cu does (and the CPU). */
-static __device__ __forceinline__ float conv_output(const fused_layer_params *p, const conv_channel *cc)
+static __device__ __forceinline__ float conv_output(const fused_layer_params *p, const conv_channel *cc, const int MW)
 {
-    const int M = FUSED_MAX_WIDTH, lead = M - p->W;
+    const int M = MW, lead = M - p->W;
     float acc = bits_to_float(cc->bias, p->bias_dtype);
 #pragma unroll
     for (int i = 0; i < M - 1; i++)
@@ -206,9 +209,9 @@ static __device__ __forceinline__ float conv_output(const fused_layer_params *p,
 /* The new window (w_1 .. w_{W-2}, x) into rows 0 .. W - 2 of the channel's conv slot: the raw
  * inputs, rounded to the conv state's dtype. One thread per channel: nothing else reads or writes
  * this channel of the slot. */
-static __device__ __forceinline__ void conv_write(const fused_layer_params *p, const conv_channel *cc)
+static __device__ __forceinline__ void conv_write(const fused_layer_params *p, const conv_channel *cc, const int MW)
 {
-    const int M = FUSED_MAX_WIDTH, W = p->W, lead = M - W;
+    const int M = MW, W = p->W, lead = M - W;
     if (!cc->has_slot) return;
 #pragma unroll
     for (int i = 0; i < M - 1; i++)
@@ -257,7 +260,7 @@ static __device__ __forceinline__ void store_out(const fused_layer_params *p, in
 /* ---- the kernel -------------------------------------------------------------------------------- */
 
 static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, const int BF16, const int V_FIRST,
-                                                   const int VEC)
+                                                   const int VEC, const int MW)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     __shared__ fused_smem sm;
@@ -290,12 +293,14 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         } else {
             ch = 2 * H * K + h * 128 + col0 + (tid - qk_jobs);
         }
-        conv_load_inputs(p, n, ch, &cc);
+        conv_load_inputs(p, n, ch, &cc, MW);
     }
     const int gated = p->d.gate != FKDA_GATE_NONE, biased = gated && p->d.dt_bias != NULL;
     uint32_t g_bits[FUSED_KEYS], bias_bits[FUSED_KEYS];
 #pragma unroll
     for (int i = 0; i < FUSED_KEYS; i++) {
+        g_bits[i] = bias_bits[i] = 0u;
+        if (i * nthreads >= 128) continue; /* uniform: only CTAs of 64 threads (C = 8) take 2 keys */
         const int e = tid + i * nthreads, ok = e < 128;
         g_bits[i] = load_bits_if(p->d.g, p->d.g_dtype,
                                  n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], ok);
@@ -325,7 +330,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     /* The state's tile and the conv windows, both at the slot. */
     float s[DECODE_MAX_R][DECODE_MAX_C];
     load_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1, 1);
-    if (has_channel) conv_load_window(p, slot, &cc);
+    if (has_channel) conv_load_window(p, slot, &cc, MW);
 
     /* The decay of every key (each CTA all 128), beta, and this thread's conv output. */
     const float A_weight = gated && p->d.A_log ? expf(bits_to_float(A_bits, p->d.A_log_dtype)) : 1.0f;
@@ -343,7 +348,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     }
     float beta = bits_to_float(beta_bits, p->d.beta_dtype);
     if (p->d.use_beta_sigmoid) beta = (p->d.allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
-    const float y = has_channel ? conv_output(p, &cc) : 0.0f;
+    const float y = has_channel ? conv_output(p, &cc, MW) : 0.0f;
 
     /* 2. q and k to every CTA, v to this one; then the whole token is everywhere. */
     if (C > 1) cluster_wait(); /* every CTA of the cluster is running */
@@ -408,15 +413,25 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     }
     /* The global stores last: a cluster barrier's release would wait for them. */
     store_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1);
-    if (has_channel) conv_write(p, &cc);
+    if (has_channel) conv_write(p, &cc, MW);
 #endif
 }
 
-/* One kernel per pool dtype and layout; VEC as the narrow decode tiles (16 bytes, 8 for bf16 [K, V]). */
-__global__ void __launch_bounds__(512, 1) layer_f32_kv(const fused_layer_params p) { fused_layer(&p, 0, 0, 4); }
-__global__ void __launch_bounds__(512, 1) layer_f32_vk(const fused_layer_params p) { fused_layer(&p, 0, 1, 4); }
-__global__ void __launch_bounds__(512, 1) layer_bf16_kv(const fused_layer_params p) { fused_layer(&p, 1, 0, 4); }
-__global__ void __launch_bounds__(512, 1) layer_bf16_vk(const fused_layer_params p) { fused_layer(&p, 1, 1, 8); }
+/* One kernel per pool dtype and layout, for conv widths up to 4 (_w4) and up to FUSED_MAX_WIDTH;
+ * VEC as the narrow decode tiles (16 bytes, 8 for bf16 [K, V]). */
+#define FUSED_KERNELS(name, bf16, v_first, vec)                                     \
+    __global__ void __launch_bounds__(512, 1) name(const fused_layer_params p)      \
+    {                                                                               \
+        fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH);                       \
+    }                                                                               \
+    __global__ void __launch_bounds__(512, 1) name##_w4(const fused_layer_params p) \
+    {                                                                               \
+        fused_layer(&p, bf16, v_first, vec, 4);                                     \
+    }
+FUSED_KERNELS(layer_f32_kv, 0, 0, 4)
+FUSED_KERNELS(layer_f32_vk, 0, 1, 4)
+FUSED_KERNELS(layer_bf16_kv, 1, 0, 4)
+FUSED_KERNELS(layer_bf16_vk, 1, 1, 8)
 
 /* ---- the launch -------------------------------------------------------------------------------- */
 
@@ -487,8 +502,13 @@ extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int c
 {
     const fused_layer_params k = fused_params_of(p, cluster);
     const int bf16 = p->state_in.dtype == FKDA_DTYPE_BF16, v_first = p->state_v_first != 0;
-    const void *kernel = bf16 ? (v_first ? (const void *)layer_bf16_vk : (const void *)layer_bf16_kv)
-                              : (v_first ? (const void *)layer_f32_vk : (const void *)layer_f32_kv);
+    const void *kernel;
+    if (p->conv_width <= 4)
+        kernel = bf16 ? (v_first ? (const void *)layer_bf16_vk_w4 : (const void *)layer_bf16_kv_w4)
+                      : (v_first ? (const void *)layer_f32_vk_w4 : (const void *)layer_f32_kv_w4);
+    else
+        kernel = bf16 ? (v_first ? (const void *)layer_bf16_vk : (const void *)layer_bf16_kv)
+                      : (v_first ? (const void *)layer_f32_vk : (const void *)layer_f32_kv);
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)(p->B * p->HV * cluster), 1, 1);
     cfg.blockDim = dim3((unsigned)(32 * FUSED_WARPS / cluster), 1, 1);

@@ -701,7 +701,8 @@ int main(int argc, char **argv)
             n = add_runs(cases, n, c, prop.major, 1);
         }
         /* The single kernel at B = 1, 3, 64 and H = 2, 12, 32 over both pool dtypes and layouts,
-         * 1-D indices with skipped sequences or none, W from 2 to 16, f16 io. */
+         * 1-D indices with skipped sequences or none, W from 2 to 16 (each of its kernels: the
+         * four for W <= 4 and the four for wider convs), f16 io. */
         const struct {
             int64_t B, H, W;
             int mode, bf16, v_first;
@@ -709,7 +710,8 @@ int main(int argc, char **argv)
         } single[] = {{1, 32, 4, IDX_NONE, 0, 0, FKDA_DTYPE_BF16}, {1, 32, 4, IDX_1D, 1, 1, FKDA_DTYPE_BF16},
                       {1, 2, 2, IDX_1D, 1, 0, FKDA_DTYPE_F16},     {3, 12, 16, IDX_1D, 0, 1, FKDA_DTYPE_BF16},
                       {3, 32, 3, IDX_1D, 1, 0, FKDA_DTYPE_F32},    {64, 32, 4, IDX_1D, 0, 1, FKDA_DTYPE_BF16},
-                      {64, 2, 4, IDX_NONE, 1, 1, FKDA_DTYPE_BF16}, {64, 12, 5, IDX_1D, 0, 0, FKDA_DTYPE_F16}};
+                      {64, 2, 4, IDX_NONE, 1, 1, FKDA_DTYPE_BF16}, {64, 12, 5, IDX_1D, 0, 0, FKDA_DTYPE_F16},
+                      {1, 12, 7, IDX_1D, 1, 0, FKDA_DTYPE_F32},    {3, 2, 16, IDX_NONE, 1, 1, FKDA_DTYPE_BF16}};
         for (size_t j = 0; j < sizeof single / sizeof single[0]; j++) {
             lcase c = make_case(single[j].B, single[j].H, single[j].H, 128, 128, single[j].mode);
             c.W = single[j].W;
