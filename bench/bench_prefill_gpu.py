@@ -49,6 +49,8 @@ SHAPES = {
     "h12": dict(T=8192, H=12, B=1, seqlens=None, label="T=8192 H=12, one sequence"),
     "h12-4x8192": dict(T=32768, H=12, B=1, seqlens=[8192] * 4, label="T=4 x 8192 H=12, varlen"),
     "h16-8x2048": dict(T=16384, H=16, B=1, seqlens=[2048] * 8, label="T=8 x 2048 H=16, varlen"),
+    # a short prompt: launch and prologue latency are a visible share of the call
+    "h32-1k": dict(T=1024, H=32, B=1, seqlens=None, label="T=1024 H=32, one sequence"),
 }
 TARGET = {"h96": 2.3, "h96-varlen": 2.3, "h96-8x1024": 2.3}  # others: 1.5
 K = V = 128

@@ -40,6 +40,7 @@
 #define LAYER_MAX_WIDTH 16  /* the largest conv width W the API accepts */
 #define CONV_THREADS 128    /* channels per conv CTA */
 #define CONV_SHORT_WIDTH 4  /* conv widths up to this take conv_kernel_w4 (Kimi's and Qwen's W = 4) */
+#define CONV_VEC 8          /* channels per thread of conv_kernel_w4_vec: 16 bytes of 16-bit values */
 #define NORM_WARPS 8        /* value heads per norm CTA, one warp each */
 #define NORM_PER_LANE 8     /* V <= 256 = 32 lanes x 8 values */
 #define WORKSPACE_ALIGN 256 /* each buffer of the workspace starts on this boundary */
@@ -160,8 +161,65 @@ static __device__ int64_t conv_slot(const layer_slots *s, int64_t n)
 
 /* ---- 1. the conv ----------------------------------------------------------------------------- */
 
+/* A thread's CH consecutive channels of one row (CH = 1: any dtype and stride; CH = 8: a 16-bit
+ * dtype, channels contiguous, the 8 values one aligned 16-byte piece, which launch_conv checks). */
+static __device__ __forceinline__ void load_channels(float *v, const void *data, int32_t dtype, int64_t i, const int CH)
+{
+    if (CH == 1) {
+        v[0] = load_float(data, dtype, i);
+        return;
+    }
+    const uint4 u = *(const uint4 *)((const uint16_t *)data + i);
+    const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float2 f;
+        if (dtype == FKDA_DTYPE_BF16)
+            f = make_float2(__uint_as_float(w[k] << 16), __uint_as_float(w[k] & 0xffff0000u));
+        else
+            f = __half22float2(*(const __half2 *)&w[k]);
+        v[2 * k] = f.x;
+        v[2 * k + 1] = f.y;
+    }
+}
+
+/* Rounds to nearest even, as store_float. */
+static __device__ __forceinline__ void store_channels(void *data, int32_t dtype, int64_t i, const float *v,
+                                                      const int CH)
+{
+    if (CH == 1) {
+        store_float(data, dtype, i, v[0]);
+        return;
+    }
+    uint32_t w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        if (dtype == FKDA_DTYPE_BF16) {
+            const __nv_bfloat162 b = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
+            w[k] = *(const uint32_t *)&b;
+        } else {
+            const __half2 h = __floats2half2_rn(v[2 * k], v[2 * k + 1]);
+            w[k] = *(const uint32_t *)&h;
+        }
+    }
+    *(uint4 *)((uint16_t *)data + i) = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+/* y's CH channels of one token (y is float32 and contiguous: 8 channels are two 16-byte pieces). */
+static __device__ __forceinline__ void store_y(float *y, const float *v, const int CH)
+{
+    if (CH == 1) {
+        y[0] = v[0];
+        return;
+    }
+    ((float4 *)y)[0] = make_float4(v[0], v[1], v[2], v[3]);
+    ((float4 *)y)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
 /*
- * One thread per (sequence n, channel c). With the window w_0 .. w_{W-2} (conv state rows
+ * One thread per (sequence n, channel c), or per CH = CONV_VEC consecutive channels, each
+ * channel's arithmetic the same and in the same order (the arrays have CONV_VEC entries per tap;
+ * with CH = 1 only the first is ever touched). With the window w_0 .. w_{W-2} (conv state rows
  * first .. first + W - 2) and the tokens' inputs x_0 .. x_{T-1}, the sequence
  * s = (w_0, .., w_{W-2}, x_0, .., x_{T-1}) gives
  *
@@ -175,29 +233,40 @@ static __device__ int64_t conv_slot(const layer_slots *s, int64_t n)
  * LAYER_MAX_WIDTH - 1 so that every index is a compile-time constant after unrolling (hist[i]
  * holds window entry i - (LAYER_MAX_WIDTH - W)); the weights likewise in `wt`, whose last entry
  * meets the newest input. The whole window is read before the state is written, so the update
- * in place is safe (the thread owns its channel of the slot).
+ * in place is safe (the thread owns its channels of the slot). The first token's input is read
+ * before the slot: it does not depend on it, so its load is not one more round trip after the
+ * window's.
  */
-static __device__ __forceinline__ void conv_channel(const conv_params *p, const int M)
+static __device__ __forceinline__ void conv_channels(const conv_params *p, const int M, const int CH)
 {
     wait_for_prior_grid();
-    const int64_t c = (int64_t)blockIdx.x * CONV_THREADS + threadIdx.x;
+    const int64_t c = ((int64_t)blockIdx.x * CONV_THREADS + threadIdx.x) * CH;
     if (c >= p->dim) return;
     /* The arrays keep LAYER_MAX_WIDTH entries so that the indices match for every M; only the
      * last M are touched (low is a constant after inlining, the rest are never allocated). */
     const int MAXW = LAYER_MAX_WIDTH, low = MAXW - M;
     const int W = p->W, lead = MAXW - W; /* hist[i], wt[i] live for i >= lead (>= low: W <= M) */
 
-    float wt[MAXW];
+    float wt[MAXW][CONV_VEC], bias[CONV_VEC];
 #pragma unroll
-    for (int i = low; i < MAXW; i++)
-        wt[i] = i >= lead ? load_float(p->weight, p->w_dtype, c * p->w_stride[0] + (i - lead) * p->w_stride[1]) : 0.0f;
-    const float bias = p->bias ? load_float(p->bias, p->bias_dtype, c * p->bias_stride) : 0.0f;
+    for (int k = 0; k < CH; k++) {
+#pragma unroll
+        for (int i = low; i < MAXW; i++)
+            wt[i][k] = i >= lead
+                           ? load_float(p->weight, p->w_dtype, (c + k) * p->w_stride[0] + (i - lead) * p->w_stride[1])
+                           : 0.0f;
+        bias[k] = p->bias ? load_float(p->bias, p->bias_dtype, (c + k) * p->bias_stride) : 0.0f;
+    }
 
     for (int64_t n = blockIdx.y; n < p->B; n += gridDim.y) {
         float *y = p->y + n * p->T * p->dim + c;
+        const int64_t x_base = n * p->x_stride[0] + c * p->x_stride[2];
+        float x0[CONV_VEC];
+        load_channels(x0, p->x, p->x_dtype, x_base, CH);
         if (!sequence_runs(&p->slots, n)) {
             /* Skipped: neither pool is touched; y = 0 keeps the workspace defined. */
-            for (int64_t t = 0; t < p->T; t++) y[t * p->dim] = 0.0f;
+            const float zero[CONV_VEC] = {};
+            for (int64_t t = 0; t < p->T; t++) store_y(y + t * p->dim, zero, CH);
             continue;
         }
         const int64_t slot = conv_slot(&p->slots, n);
@@ -205,14 +274,17 @@ static __device__ __forceinline__ void conv_channel(const conv_params *p, const 
         /* The window's first row: a_n - 1 when sliding, kept inside the L rows. */
         const int64_t first = p->sliding ? min(accepted_tokens(&p->slots, n), p->conv_rows - W + 2) - 1 : 0;
         const int64_t base = slot * p->state_stride[0] + c * p->state_stride[2];
-        const int64_t x_base = n * p->x_stride[0] + c * p->x_stride[2];
 
-        float hist[MAXW - 1];
+        float hist[MAXW - 1][CONV_VEC];
 #pragma unroll
-        for (int i = low; i < MAXW - 1; i++)
-            hist[i] = has_slot && i >= lead
-                          ? load_float(p->state, p->state_dtype, base + (first + i - lead) * p->state_stride[1])
-                          : 0.0f;
+        for (int i = low; i < MAXW - 1; i++) {
+            if (has_slot && i >= lead) {
+                load_channels(hist[i], p->state, p->state_dtype, base + (first + i - lead) * p->state_stride[1], CH);
+            } else {
+#pragma unroll
+                for (int k = 0; k < CH; k++) hist[i][k] = 0.0f;
+            }
+        }
 
         if (has_slot) {
             /* The new state s[from ..], written from row 0: first the window entries
@@ -223,29 +295,45 @@ static __device__ __forceinline__ void conv_channel(const conv_params *p, const 
             for (int i = low; i < MAXW - 1; i++) {
                 const int64_t entry = i - lead; /* window entry of hist[i] */
                 if (i >= lead && entry >= from)
-                    store_float(p->state, p->state_dtype, base + (entry - from) * p->state_stride[1], hist[i]);
+                    store_channels(p->state, p->state_dtype, base + (entry - from) * p->state_stride[1], hist[i], CH);
             }
             const int64_t kept = from < W - 1 ? W - 1 - from : 0;
             for (int64_t r = kept; r < rows; r++) {
                 const int64_t t = from + r - (W - 1); /* s index from + r, an input */
-                store_float(p->state, p->state_dtype, base + r * p->state_stride[1],
-                            load_float(p->x, p->x_dtype, x_base + t * p->x_stride[1]));
+                float xt[CONV_VEC];
+                if (t == 0) {
+#pragma unroll
+                    for (int k = 0; k < CH; k++) xt[k] = x0[k];
+                } else {
+                    load_channels(xt, p->x, p->x_dtype, x_base + t * p->x_stride[1], CH);
+                }
+                store_channels(p->state, p->state_dtype, base + r * p->state_stride[1], xt, CH);
             }
         }
 
         for (int64_t t = 0; t < p->T; t++) {
-            const float x = load_float(p->x, p->x_dtype, x_base + t * p->x_stride[1]);
-            /* acc = bias + sum over the taps, oldest first (the CPU's order) */
-            float acc = bias;
+            float x[CONV_VEC], out[CONV_VEC];
+            if (t == 0) {
 #pragma unroll
-            for (int i = low; i < MAXW - 1; i++)
-                if (i >= lead) acc += wt[i] * hist[i];
-            acc += wt[MAXW - 1] * x;
-            y[t * p->dim] = acc / (1.0f + expf(-acc));
-            /* Slide: the newest input becomes the last history entry. */
+                for (int k = 0; k < CH; k++) x[k] = x0[k];
+            } else {
+                load_channels(x, p->x, p->x_dtype, x_base + t * p->x_stride[1], CH);
+            }
 #pragma unroll
-            for (int i = low; i < MAXW - 2; i++) hist[i] = hist[i + 1];
-            hist[MAXW - 2] = x;
+            for (int k = 0; k < CH; k++) {
+                /* acc = bias + sum over the taps, oldest first (the CPU's order) */
+                float acc = bias[k];
+#pragma unroll
+                for (int i = low; i < MAXW - 1; i++)
+                    if (i >= lead) acc += wt[i][k] * hist[i][k];
+                acc += wt[MAXW - 1][k] * x[k];
+                out[k] = acc / (1.0f + expf(-acc));
+                /* Slide: the newest input becomes the last history entry. */
+#pragma unroll
+                for (int i = low; i < MAXW - 2; i++) hist[i][k] = hist[i + 1][k];
+                hist[MAXW - 2][k] = x[k];
+            }
+            store_y(y + t * p->dim, out, CH);
         }
     }
 }
@@ -253,14 +341,21 @@ static __device__ __forceinline__ void conv_channel(const conv_params *p, const 
 /* M, the registers' window width, is a compile-time constant: M = LAYER_MAX_WIDTH serves every
  * width but holds 31 values in registers per thread (126 registers, a quarter of the SM's warps,
  * and each thread's chain of dependent loads then shows); M = 4 serves the common W <= 4 in a
- * few registers, so that a full SM of warps hides that latency. */
+ * few registers, so that a full SM of warps hides that latency. CONV_VEC channels a thread
+ * (conv_kernel_w4_vec, the serving engines' case: 16-bit inputs and conv state, channels
+ * contiguous) make each row's load and store one 16-byte access instead of eight 2-byte ones,
+ * and a sequence's work a fraction of the threads. */
 __global__ void __launch_bounds__(CONV_THREADS) conv_kernel(const __grid_constant__ conv_params p)
 {
-    conv_channel(&p, LAYER_MAX_WIDTH);
+    conv_channels(&p, LAYER_MAX_WIDTH, 1);
 }
 __global__ void __launch_bounds__(CONV_THREADS) conv_kernel_w4(const conv_params p)
 {
-    conv_channel(&p, CONV_SHORT_WIDTH);
+    conv_channels(&p, CONV_SHORT_WIDTH, 1);
+}
+__global__ void __launch_bounds__(CONV_THREADS) conv_kernel_w4_vec(const conv_params p)
+{
+    conv_channels(&p, CONV_SHORT_WIDTH, CONV_VEC);
 }
 
 /* ---- 3. the gated RMSNorm -------------------------------------------------------------------- */
@@ -372,7 +467,19 @@ static layer_slots slots_of(const fkda_problem *p)
     return s;
 }
 
-static fkda_status launch_conv(const fkda_problem *p, float *y, cudaStream_t stream, int pdl)
+/* Whether CONV_VEC consecutive channels of every row of x and of the conv state are one aligned
+ * 16-byte piece: 16-bit dtypes, channels contiguous, dim and the other strides multiples of
+ * CONV_VEC, the bases 16-byte aligned (y, in the workspace, always is). */
+static int conv_vectorizable(const conv_params *k)
+{
+    const int halves = (k->x_dtype == FKDA_DTYPE_BF16 || k->x_dtype == FKDA_DTYPE_F16) &&
+                       (k->state_dtype == FKDA_DTYPE_BF16 || k->state_dtype == FKDA_DTYPE_F16);
+    return halves && k->dim % CONV_VEC == 0 && k->x_stride[2] == 1 && k->state_stride[2] == 1 &&
+           ((k->x_stride[0] | k->x_stride[1] | k->state_stride[0] | k->state_stride[1]) & (CONV_VEC - 1)) == 0 &&
+           (((uintptr_t)k->x | (uintptr_t)k->state) & 15) == 0;
+}
+
+static fkda_status launch_conv(const fkda_problem *p, float *y, cudaStream_t stream, int pdl, int sm_count)
 {
     conv_params k;
     memset(&k, 0, sizeof k);
@@ -397,9 +504,15 @@ static fkda_status launch_conv(const fkda_problem *p, float *y, cudaStream_t str
     k.dim = p->conv_dim;
     k.W = (int32_t)p->conv_width;
     k.sliding = p->conv_sliding;
-    const dim3 grid((unsigned)((p->conv_dim + CONV_THREADS - 1) / CONV_THREADS),
-                    (unsigned)(p->B < MAX_GRID_Y ? p->B : MAX_GRID_Y), 1);
     const int short_width = p->conv_width <= CONV_SHORT_WIDTH;
+    fkda_tuning t;
+    fkda_tuning_read(&t);
+    const int vec = short_width && conv_vectorizable(&k) &&
+                    fkda_decode_layer_conv_vec(p->B * p->conv_dim, sm_count, &t);
+    const int64_t per_cta = (int64_t)CONV_THREADS * (vec ? CONV_VEC : 1);
+    const dim3 grid((unsigned)((p->conv_dim + per_cta - 1) / per_cta),
+                    (unsigned)(p->B < MAX_GRID_Y ? p->B : MAX_GRID_Y), 1);
+    if (vec) return launch((const void *)conv_kernel_w4_vec, "conv_kernel_w4_vec", grid, CONV_THREADS, stream, &k, pdl);
     return launch(short_width ? (const void *)conv_kernel_w4 : (const void *)conv_kernel,
                   short_width ? "conv_kernel_w4" : "conv_kernel", grid, CONV_THREADS, stream, &k, pdl);
 }
@@ -458,7 +571,7 @@ static fkda_status run_layer(const fkda_problem *p, char *workspace, size_t work
     const cudaStream_t stream = (cudaStream_t)p->device.stream;
     float *y = (float *)workspace, *o = (float *)(workspace + y_bytes(p));
     const size_t used = y_bytes(p) + o_bytes(p);
-    TRY(launch_conv(p, y, stream, pdl));
+    TRY(launch_conv(p, y, stream, pdl, prop->multiProcessorCount));
     const fkda_problem d = fkda_layer_decode_problem(p, y, o);
     TRY(fkda_cuda_decode(&d, workspace + used, workspace_bytes - used));
     return launch_norm(p, o, stream, pdl);

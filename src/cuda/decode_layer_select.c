@@ -47,3 +47,16 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
     out.cluster = cluster;
     return out;
 }
+
+/* One channel a thread (64 registers: 1,024 threads an SM) is a short chain of dependent loads
+ * (index, window, stores) per thread, hidden by the number of threads. Eight channels a thread
+ * make each row one 16-byte access instead of eight 2-byte ones, but hold 8 windows (126
+ * registers: 512 threads an SM) in 8 times fewer threads, so less latency is hidden. Measured
+ * both ways at B = 1, 8, 64 and H = 12, 32 (docs/history/decode.md): eight channels lose at small
+ * batches and win at the largest; the line between is drawn where the one-channel kernel would
+ * need more than two full waves of the GPU. */
+int fkda_decode_layer_conv_vec(int64_t channels, int sm_count, const fkda_tuning *t)
+{
+    if (t->decode_layer_conv_vec != FKDA_TUNING_UNSET) return t->decode_layer_conv_vec != 0;
+    return channels > 2 * (int64_t)sm_count * 1024;
+}

@@ -39,6 +39,11 @@ int fkda_decode_layer_fused_serves(const fkda_layer_call *c);
  * FKDA_DECODE_LAYER_CLUSTER (tuning.h). */
 fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_tuning *t);
 
+/* The three launches' conv for W <= 4: whether to take the kernel with 8 channels a thread
+ * (where its 16-byte loads apply; decode_layer.cu checks that) for B x conv_dim channels on
+ * sm_count SMs, under FKDA_DECODE_LAYER_CONV_VEC. */
+int fkda_decode_layer_conv_vec(int64_t channels, int sm_count, const fkda_tuning *t);
+
 #ifdef __cplusplus
 }
 #endif

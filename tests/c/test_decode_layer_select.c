@@ -7,7 +7,9 @@
  *      and the three launches from more than two heads per SM on;
  *   3. the knobs: FKDA_DECODE_LAYER_FUSED=0 takes the three launches everywhere, =1 the single
  *      kernel only where it serves; FKDA_DECODE_LAYER_CLUSTER forces C; both read by
- *      fkda_tuning_read as tuning.h documents (other values leave them unset).
+ *      fkda_tuning_read as tuning.h documents (other values leave them unset);
+ *   4. the three launches' conv: 8 channels a thread from more than two waves of one-channel
+ *      threads on, and FKDA_DECODE_LAYER_CONV_VEC forcing either way.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -107,5 +109,27 @@ int main(void)
     CHECK(t.decode_layer_fused == FKDA_TUNING_UNSET, "FKDA_DECODE_LAYER_FUSED=yes read as %d", t.decode_layer_fused);
     unsetenv("FKDA_DECODE_LAYER_FUSED");
     unsetenv("FKDA_DECODE_LAYER_CLUSTER");
+
+    /* 4. The conv's 8-channel threads: beyond two waves of 132 SMs x 1,024 one-channel threads
+     * (270,336 channels), and FKDA_DECODE_LAYER_CONV_VEC=0/1 either way. */
+    unsetenv("FKDA_DECODE_LAYER_CONV_VEC");
+    fkda_tuning_read(&t);
+    static const struct {
+        int64_t B, dim;
+        int want;
+    } conv[] = {{1, 12288, 0}, {8, 12288, 0}, {64, 12288, 1}, {64, 4608, 1}, {22, 12288, 0}, {23, 12288, 1}};
+    for (size_t i = 0; i < sizeof conv / sizeof conv[0]; i++) {
+        const int got = fkda_decode_layer_conv_vec(conv[i].B * conv[i].dim, 132, &t);
+        CHECK(got == conv[i].want, "conv at B = %lld, dim %lld: 8 channels a thread %d (want %d)", (long long)conv[i].B,
+              (long long)conv[i].dim, got, conv[i].want);
+    }
+    setenv("FKDA_DECODE_LAYER_CONV_VEC", "1", 1);
+    fkda_tuning_read(&t);
+    CHECK(fkda_decode_layer_conv_vec(1, 132, &t) == 1, "FKDA_DECODE_LAYER_CONV_VEC=1 kept one channel a thread");
+    setenv("FKDA_DECODE_LAYER_CONV_VEC", "0", 1);
+    fkda_tuning_read(&t);
+    CHECK(fkda_decode_layer_conv_vec(INT64_C(1) << 40, 132, &t) == 0,
+          "FKDA_DECODE_LAYER_CONV_VEC=0 took 8 channels a thread");
+    unsetenv("FKDA_DECODE_LAYER_CONV_VEC");
     return test_exit("test_decode_layer_select");
 }

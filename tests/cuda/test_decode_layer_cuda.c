@@ -58,6 +58,12 @@ enum { IDX_NONE = 0, IDX_1D = 1, IDX_2D = 2 };
  * choice, the three launches, or the single kernel with the rule's cluster size or a given one. */
 enum { PATH_DEFAULT = 0, PATH_THREE = 1, PATH_FUSED = 2 };
 
+/* The conv of the three launches (FKDA_DECODE_LAYER_CONV_VEC): the rule's kernel, the 8-channel
+ * one wherever its 16-byte accesses apply, or the one-channel one. The rule takes 8 channels only
+ * at large batches, so the runs of the three launches cycle through the three (add_runs) and
+ * the small cases (compute-sanitizer's) run both kernels too. */
+enum { CONV_RULE = 0, CONV_VEC_ON = 1, CONV_VEC_OFF = 2 };
+
 typedef struct lcase {
     char name[160];
     int64_t B, T, H, HV, K, V, W;
@@ -74,6 +80,7 @@ typedef struct lcase {
     double out_tol, state_tol;
     int path;    /* PATH_* */
     int cluster; /* PATH_FUSED: CTAs per head forced (0: the rule's) */
+    int conv;    /* the three launches' conv: CONV_RULE, or FKDA_DECODE_LAYER_CONV_VEC forced 1 or 0 */
     int fused;   /* the single kernel serves this run (the workspace stays untouched) */
 } lcase;
 
@@ -355,9 +362,14 @@ static fkda_status gpu_call(const lcase *c, const layer_bufs *b, void *ws, size_
         setenv("FKDA_DECODE_LAYER_CLUSTER", cluster, 1);
     else
         unsetenv("FKDA_DECODE_LAYER_CLUSTER");
+    if (c->conv != CONV_RULE)
+        setenv("FKDA_DECODE_LAYER_CONV_VEC", c->conv == CONV_VEC_ON ? "1" : "0", 1);
+    else
+        unsetenv("FKDA_DECODE_LAYER_CONV_VEC");
     const fkda_status s = fkda_decode_layer(&a, &gpu, ws, ws_bytes);
     unsetenv("FKDA_DECODE_LAYER_FUSED");
     unsetenv("FKDA_DECODE_LAYER_CLUSTER");
+    unsetenv("FKDA_DECODE_LAYER_CONV_VEC");
     CUDA_OK(cudaStreamSynchronize(stream));
     CUDA_OK(cudaGetLastError());
     return s;
@@ -571,6 +583,9 @@ static void name_case(lcase *c)
     if (c->path == PATH_FUSED && !c->cluster) snprintf(path, sizeof path, " [fused]");
     if (c->path == PATH_DEFAULT) snprintf(path, sizeof path, c->fused ? " [default: fused]" : " [default: 3-pass]");
     strncat(c->name, path, sizeof c->name - strlen(c->name) - 1);
+    if (c->conv != CONV_RULE)
+        strncat(c->name, c->conv == CONV_VEC_ON ? " [conv 8 channels]" : " [conv 1 channel]",
+                sizeof c->name - strlen(c->name) - 1);
 }
 
 /* Whether the single kernel can serve the case on this device (decode_layer_select.c; the test's
@@ -582,16 +597,21 @@ static int fused_serves(const lcase *c, int cc_major)
 
 /* Appends the runs of case `c`: where the single kernel serves, three of them (the three
  * launches forced, the single kernel with the rule's cluster size, and with `cluster` forced);
- * elsewhere one, with the library's choice, which must be the three launches. */
+ * elsewhere one, with the library's choice, which must be the three launches. Each run of the
+ * three launches takes the next of the conv's three settings (CONV_RULE, CONV_VEC_ON, _OFF). */
 static int add_runs(lcase *cases, int n, lcase c, int cc_major, int cluster)
 {
+    static int three_pass_runs = 0; /* cycles the conv's kernel over the runs of the three launches */
     if (!fused_serves(&c, cc_major)) {
         c.path = PATH_DEFAULT;
+        c.conv = three_pass_runs++ % 3;
         cases[n++] = c;
         return n;
     }
     c.path = PATH_THREE;
+    c.conv = three_pass_runs++ % 3;
     cases[n++] = c;
+    c.conv = CONV_RULE;
     c.path = PATH_FUSED;
     c.fused = 1;
     cases[n++] = c;
