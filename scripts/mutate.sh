@@ -185,8 +185,12 @@ mutant cuda-decode-cu-skip-zeroes cuda src/cuda/decode_tiles.cu \
 # The CUDA decode layer: the conv without its SiLU (three-pass and single-kernel); the clamp of a sliding window one row short of
 # the conv state's L rows; the output gate's sigmoid of -g.
 mutant cuda-layer-silu cuda src/cuda/decode_layer.cu \
-  'y[t * p->dim] = acc / (1.0f + expf(-acc));' \
-  'y[t * p->dim] = acc;'
+  'out[k] = acc / (1.0f + expf(-acc));' \
+  'out[k] = acc;'
+# The conv's 8-channel form: the two bf16 halves of each 32-bit word read in swapped order.
+mutant cuda-layer-conv-vec-halves cuda src/cuda/decode_layer.cu \
+  'f = make_float2(__uint_as_float(w[k] << 16), __uint_as_float(w[k] & 0xffff0000u));' \
+  'f = make_float2(__uint_as_float(w[k] & 0xffff0000u), __uint_as_float(w[k] << 16));'
 mutant cuda-layer-window-clamp cuda src/cuda/decode_layer.cu \
   'min(accepted_tokens(&p->slots, n), p->conv_rows - W + 2) - 1' \
   'min(accepted_tokens(&p->slots, n), p->conv_rows - W + 1) - 1'
