@@ -36,7 +36,8 @@
  *
  *   test_decode_layer_cuda           every case
  *   test_decode_layer_cuda --small   a few tiny cases, for compute-sanitizer (the single kernel
- *                                    among them, with C = 1 and C = 2, skipped sequences)
+ *                                    among them, with C = 1 and C = 2, skipped sequences; T = 2
+ *                                    and a sliding window through both conv kernels)
  *
  * The last line is "test_decode_layer_cuda: all N checks passed", or a count of failures after
  * a "FAIL" line per broken check naming the case, the step and the numbers.
@@ -598,18 +599,20 @@ static int fused_serves(const lcase *c, int cc_major)
 /* Appends the runs of case `c`: where the single kernel serves, three of them (the three
  * launches forced, the single kernel with the rule's cluster size, and with `cluster` forced);
  * elsewhere one, with the library's choice, which must be the three launches. Each run of the
- * three launches takes the next of the conv's three settings (CONV_RULE, CONV_VEC_ON, _OFF). */
+ * three launches takes the case's conv setting, or if it has none the next of the three
+ * (CONV_RULE, CONV_VEC_ON, _OFF). */
 static int add_runs(lcase *cases, int n, lcase c, int cc_major, int cluster)
 {
     static int three_pass_runs = 0; /* cycles the conv's kernel over the runs of the three launches */
+    const int conv = c.conv != CONV_RULE ? c.conv : three_pass_runs++ % 3; /* a case's own choice first */
     if (!fused_serves(&c, cc_major)) {
         c.path = PATH_DEFAULT;
-        c.conv = three_pass_runs++ % 3;
+        c.conv = conv;
         cases[n++] = c;
         return n;
     }
     c.path = PATH_THREE;
-    c.conv = three_pass_runs++ % 3;
+    c.conv = conv;
     cases[n++] = c;
     c.conv = CONV_RULE;
     c.path = PATH_FUSED;
@@ -649,16 +652,22 @@ int main(int argc, char **argv)
     static lcase cases[160];
     int n = 0;
     if (small) {
-        cases[n] = make_case(3, 1, 2, 24, 40, IDX_1D);
-        cases[n].T = cases[n].TI = 2;
-        cases[n].steps = 2;
-        n++;
-        cases[n] = make_case(3, 1, 2, 16, 32, IDX_2D);
-        cases[n].TI = 4;
-        cases[n].steps = 2;
-        cases[n].pool_dtype = FKDA_DTYPE_BF16;
-        cases[n].v_first = 1;
-        n++;
+        /* T = 2 and a sliding window, each through both conv kernels (8 channels a thread: its
+         * in-place window update under the sanitizers too). */
+        for (int conv = CONV_VEC_ON; conv <= CONV_VEC_OFF; conv++) {
+            cases[n] = make_case(3, 1, 2, 24, 40, IDX_1D);
+            cases[n].T = cases[n].TI = 2;
+            cases[n].steps = 2;
+            cases[n].conv = conv;
+            n++;
+            cases[n] = make_case(3, 1, 2, 16, 32, IDX_2D);
+            cases[n].TI = 4;
+            cases[n].steps = 2;
+            cases[n].pool_dtype = FKDA_DTYPE_BF16;
+            cases[n].v_first = 1;
+            cases[n].conv = conv;
+            n++;
+        }
         lcase c = make_case(2, 1, 1, 128, 128, IDX_NONE);
         c.steps = 2;
         c.softplus = 1;
@@ -718,6 +727,11 @@ int main(int argc, char **argv)
             c.param = j % 2 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
             c.extra_rows = j % 3 == 2 ? 2 : 0;
             c.steps = 4;
+            /* each through both conv kernels: W = 2 and 3, extra rows, mixed x and state dtypes,
+             * T = 2 without sliding, 2-D indices without counts */
+            c.conv = CONV_VEC_ON;
+            n = add_runs(cases, n, c, prop.major, 1);
+            c.conv = CONV_VEC_OFF;
             n = add_runs(cases, n, c, prop.major, 1);
         }
         /* The single kernel at B = 1, 3, 64 and H = 2, 12, 32 over both pool dtypes and layouts,
