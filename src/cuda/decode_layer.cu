@@ -36,10 +36,10 @@
 #include "cuda_internal.h"
 #include "decode_layer_fused.h"
 #include "decode_layer_select.h"
+#include "ptx_mma.cuh"
 
 #define LAYER_MAX_WIDTH 16  /* the largest conv width W the API accepts */
 #define CONV_THREADS 128    /* channels per conv CTA */
-#define CONV_SHORT_WIDTH 4  /* conv widths up to this take conv_kernel_w4 (Kimi's and Qwen's W = 4) */
 #define CONV_VEC 8          /* channels per thread of conv_kernel_w4_vec: 16 bytes of 16-bit values */
 #define NORM_WARPS 8        /* value heads per norm CTA, one warp each */
 #define NORM_PER_LANE 8     /* V <= 256 = 32 lanes x 8 values */
@@ -193,15 +193,8 @@ static __device__ __forceinline__ void store_channels(void *data, int32_t dtype,
     }
     uint32_t w[4];
 #pragma unroll
-    for (int k = 0; k < 4; k++) {
-        if (dtype == FKDA_DTYPE_BF16) {
-            const __nv_bfloat162 b = __floats2bfloat162_rn(v[2 * k], v[2 * k + 1]);
-            w[k] = *(const uint32_t *)&b;
-        } else {
-            const __half2 h = __floats2half2_rn(v[2 * k], v[2 * k + 1]);
-            w[k] = *(const uint32_t *)&h;
-        }
-    }
+    for (int k = 0; k < 4; k++)
+        w[k] = dtype == FKDA_DTYPE_BF16 ? pack_bf16x2(v[2 * k], v[2 * k + 1]) : pack_f16x2(v[2 * k], v[2 * k + 1]);
     *(uint4 *)((uint16_t *)data + i) = make_uint4(w[0], w[1], w[2], w[3]);
 }
 
@@ -214,6 +207,18 @@ static __device__ __forceinline__ void store_y(float *y, const float *v, const i
     }
     ((float4 *)y)[0] = make_float4(v[0], v[1], v[2], v[3]);
     ((float4 *)y)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+/* Token t's input of the CH channels: the first token's already in x0 (read before the slot). */
+static __device__ __forceinline__ void conv_input(float *xt, const conv_params *p, const float *x0, int64_t x_base,
+                                                  int64_t t, const int CH)
+{
+    if (t == 0) {
+#pragma unroll
+        for (int k = 0; k < CH; k++) xt[k] = x0[k];
+    } else {
+        load_channels(xt, p->x, p->x_dtype, x_base + t * p->x_stride[1], CH);
+    }
 }
 
 /*
@@ -301,24 +306,14 @@ static __device__ __forceinline__ void conv_channels(const conv_params *p, const
             for (int64_t r = kept; r < rows; r++) {
                 const int64_t t = from + r - (W - 1); /* s index from + r, an input */
                 float xt[CONV_VEC];
-                if (t == 0) {
-#pragma unroll
-                    for (int k = 0; k < CH; k++) xt[k] = x0[k];
-                } else {
-                    load_channels(xt, p->x, p->x_dtype, x_base + t * p->x_stride[1], CH);
-                }
+                conv_input(xt, p, x0, x_base, t, CH);
                 store_channels(p->state, p->state_dtype, base + r * p->state_stride[1], xt, CH);
             }
         }
 
         for (int64_t t = 0; t < p->T; t++) {
             float x[CONV_VEC], out[CONV_VEC];
-            if (t == 0) {
-#pragma unroll
-                for (int k = 0; k < CH; k++) x[k] = x0[k];
-            } else {
-                load_channels(x, p->x, p->x_dtype, x_base + t * p->x_stride[1], CH);
-            }
+            conv_input(x, p, x0, x_base, t, CH);
 #pragma unroll
             for (int k = 0; k < CH; k++) {
                 /* acc = bias + sum over the taps, oldest first (the CPU's order) */
@@ -351,11 +346,11 @@ __global__ void __launch_bounds__(CONV_THREADS) conv_kernel(const __grid_constan
 }
 __global__ void __launch_bounds__(CONV_THREADS) conv_kernel_w4(const conv_params p)
 {
-    conv_channels(&p, CONV_SHORT_WIDTH, 1);
+    conv_channels(&p, LAYER_SHORT_CONV_WIDTH, 1);
 }
 __global__ void __launch_bounds__(CONV_THREADS) conv_kernel_w4_vec(const conv_params p)
 {
-    conv_channels(&p, CONV_SHORT_WIDTH, CONV_VEC);
+    conv_channels(&p, LAYER_SHORT_CONV_WIDTH, CONV_VEC);
 }
 
 /* ---- 3. the gated RMSNorm -------------------------------------------------------------------- */
@@ -479,7 +474,8 @@ static int conv_vectorizable(const conv_params *k)
            (((uintptr_t)k->x | (uintptr_t)k->state) & 15) == 0;
 }
 
-static fkda_status launch_conv(const fkda_problem *p, float *y, cudaStream_t stream, int pdl, int sm_count)
+static fkda_status launch_conv(const fkda_problem *p, float *y, cudaStream_t stream, int pdl, int sm_count,
+                               const fkda_tuning *t)
 {
     conv_params k;
     memset(&k, 0, sizeof k);
@@ -504,11 +500,8 @@ static fkda_status launch_conv(const fkda_problem *p, float *y, cudaStream_t str
     k.dim = p->conv_dim;
     k.W = (int32_t)p->conv_width;
     k.sliding = p->conv_sliding;
-    const int short_width = p->conv_width <= CONV_SHORT_WIDTH;
-    fkda_tuning t;
-    fkda_tuning_read(&t);
-    const int vec = short_width && conv_vectorizable(&k) &&
-                    fkda_decode_layer_conv_vec(p->B * p->conv_dim, sm_count, &t);
+    const int short_width = p->conv_width <= LAYER_SHORT_CONV_WIDTH;
+    const int vec = short_width && conv_vectorizable(&k) && fkda_decode_layer_conv_vec(p->B * p->conv_dim, sm_count, t);
     const int64_t per_cta = (int64_t)CONV_THREADS * (vec ? CONV_VEC : 1);
     const dim3 grid((unsigned)((p->conv_dim + per_cta - 1) / per_cta),
                     (unsigned)(p->B < MAX_GRID_Y ? p->B : MAX_GRID_Y), 1);
@@ -541,9 +534,9 @@ static fkda_status launch_norm(const fkda_problem *p, const float *o, cudaStream
     return launch((const void *)norm_kernel, "norm_kernel", grid, NORM_WARPS * 32, stream, &k, pdl);
 }
 
-/* Which path serves the call (decode_layer_select.c), under the knobs read now (the tests and
- * the benchmark change them between calls). */
-static fkda_layer_choice choose_path(const fkda_problem *p, const cudaDeviceProp *prop)
+/* Which path serves the call (decode_layer_select.c), under the knobs the call read once at its
+ * start (the tests and the benchmark change them between calls). */
+static fkda_layer_choice choose_path(const fkda_problem *p, const cudaDeviceProp *prop, const fkda_tuning *t)
 {
     fkda_layer_call c;
     memset(&c, 0, sizeof c);
@@ -558,20 +551,18 @@ static fkda_layer_choice choose_path(const fkda_problem *p, const cudaDeviceProp
     c.HV = p->HV;
     c.dense128 = fkda_cuda_decode_layer_fused_pool_fits(p);
     c.heads = p->B * p->HV;
-    fkda_tuning t;
-    fkda_tuning_read(&t);
-    return fkda_decode_layer_select(&c, &t);
+    return fkda_decode_layer_select(&c, t);
 }
 
 static fkda_status run_layer(const fkda_problem *p, char *workspace, size_t workspace_bytes, int pdl,
-                             const cudaDeviceProp *prop)
+                             const cudaDeviceProp *prop, const fkda_tuning *t)
 {
-    const fkda_layer_choice choice = choose_path(p, prop);
+    const fkda_layer_choice choice = choose_path(p, prop, t);
     if (choice.fused) return fkda_cuda_decode_layer_fused(p, choice.cluster, pdl);
     const cudaStream_t stream = (cudaStream_t)p->device.stream;
     float *y = (float *)workspace, *o = (float *)(workspace + y_bytes(p));
     const size_t used = y_bytes(p) + o_bytes(p);
-    TRY(launch_conv(p, y, stream, pdl, prop->multiProcessorCount));
+    TRY(launch_conv(p, y, stream, pdl, prop->multiProcessorCount, t));
     const fkda_problem d = fkda_layer_decode_problem(p, y, o);
     TRY(fkda_cuda_decode(&d, workspace + used, workspace_bytes - used));
     return launch_norm(p, o, stream, pdl);
@@ -592,7 +583,7 @@ extern "C" fkda_status fkda_cuda_decode_layer(const fkda_problem *p, void *works
     int current = -1;
     FKDA_CUDA_TRY(cudaGetDevice(&current));
     if (current != p->device.index) FKDA_CUDA_TRY(cudaSetDevice(p->device.index));
-    const fkda_status s = run_layer(p, (char *)workspace, workspace_bytes, pdl, prop);
+    const fkda_status s = run_layer(p, (char *)workspace, workspace_bytes, pdl, prop, &t);
     if (current != p->device.index) FKDA_CUDA_TRY(cudaSetDevice(current));
     return s;
 }

@@ -417,7 +417,8 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
 #endif
 }
 
-/* One kernel per pool dtype and layout, for conv widths up to 4 (_w4) and up to FUSED_MAX_WIDTH;
+/* One kernel per pool dtype and layout, for conv widths up to LAYER_SHORT_CONV_WIDTH (_w4) and up
+ * to FUSED_MAX_WIDTH;
  * VEC as the narrow decode tiles (16 bytes, 8 for bf16 [K, V]). */
 #define FUSED_KERNELS(name, bf16, v_first, vec)                                     \
     __global__ void __launch_bounds__(512, 1) name(const fused_layer_params p)      \
@@ -426,7 +427,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     }                                                                               \
     __global__ void __launch_bounds__(512, 1) name##_w4(const fused_layer_params p) \
     {                                                                               \
-        fused_layer(&p, bf16, v_first, vec, 4);                                     \
+        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH);                \
     }
 FUSED_KERNELS(layer_f32_kv, 0, 0, 4)
 FUSED_KERNELS(layer_f32_vk, 0, 1, 4)
@@ -503,7 +504,7 @@ extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int c
     const fused_layer_params k = fused_params_of(p, cluster);
     const int bf16 = p->state_in.dtype == FKDA_DTYPE_BF16, v_first = p->state_v_first != 0;
     const void *kernel;
-    if (p->conv_width <= 4)
+    if (p->conv_width <= LAYER_SHORT_CONV_WIDTH)
         kernel = bf16 ? (v_first ? (const void *)layer_bf16_vk_w4 : (const void *)layer_bf16_kv_w4)
                       : (v_first ? (const void *)layer_f32_vk_w4 : (const void *)layer_f32_kv_w4);
     else

@@ -8,6 +8,12 @@
 #include "../core/problem.h"
 #include "../core/error.h"
 
+/* The widest conv the short forms of the layer's kernels take (the single kernel's `_w4`, the
+ * three launches' conv_kernel_w4 and conv_kernel_w4_vec): Kimi's and Qwen's W = 4. Their windows
+ * and taps sit in arrays of this size, 7 conv loads per channel instead of 31 at the API's
+ * largest width, 16. */
+#define LAYER_SHORT_CONV_WIDTH 4
+
 #ifdef __cplusplus
 extern "C" {
 #endif
