@@ -27,10 +27,13 @@ esac
 "$cc" "$source_dir/tests/install/install_check.c" $flags -o "$prefix/install_check"
 env -u LD_LIBRARY_PATH "$prefix/install_check"
 # The program must have loaded the installed copy, not one from the build tree.
+# ldd's output is taken whole before it is searched: under pipefail, `ldd | grep -q` fails at random
+# when grep stops reading at its first match and ldd dies of SIGPIPE on the lines after it.
 if command -v ldd >/dev/null; then
-    env -u LD_LIBRARY_PATH ldd "$prefix/install_check" | grep -q "libflashkda.* => $prefix/" || {
+    resolved=$(env -u LD_LIBRARY_PATH ldd "$prefix/install_check")
+    grep -q "libflashkda.* => $prefix/" <<<"$resolved" || {
         echo "check_install: install_check did not resolve libflashkda inside $prefix"
-        env -u LD_LIBRARY_PATH ldd "$prefix/install_check"
+        echo "$resolved"
         exit 1
     }
 fi
