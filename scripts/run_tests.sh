@@ -5,7 +5,8 @@
 #      libflashkda with the CUDA backend when nvcc is found, exactly as a user's `pip install .`
 #   2. style: ruff over the Python sources (its rules are in pyproject.toml) and clang-format over
 #      the C and CUDA sources (.clang-format), both as checks that change nothing; and every
-#      planted bug of scripts/mutate.sh still finds the code it targets
+#      planted bug of scripts/mutate.sh still finds the code it targets, and every kernel change
+#      waiting in dev/pending still applies
 #   3. the C tests (ctest) in a Release build, which also compiles the GPU test programs
 #   4. the C tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CPU backend)
 #   5. the Python tests (pytest) against the installed package, torch's included
@@ -30,6 +31,16 @@ git ls-files '*.c' '*.h' '*.cu' '*.cuh' | xargs -r clang-format --dry-run --Werr
 # Every planted bug of scripts/mutate.sh must still find its snippet, exactly once: a change to
 # the code a mutant targets updates the mutant with it, so the suite's strength stays checkable.
 scripts/mutate.sh list >/dev/null || { scripts/mutate.sh list | grep "NOT FOUND"; exit 1; }
+# The kernel changes waiting for a GPU (dev/pending) must still apply, in order, to this tree: a
+# change to the files they touch rebases them in the same commit, or they rot unseen.
+if compgen -G "dev/pending/0*.patch" >/dev/null; then
+    pending_tree=$(mktemp -d)
+    git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$pending_tree"
+    for p in dev/pending/0*.patch; do
+        (cd "$pending_tree" && git apply "$OLDPWD/$p") || { echo "$p no longer applies"; exit 1; }
+    done
+    rm -rf "$pending_tree"
+fi
 
 echo "== C tests, Release"
 cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Release -DFKDA_WERROR=ON >/dev/null
