@@ -91,6 +91,11 @@ mutant cpu-gva-head-map cpu src/cpu/activations.c \
 mutant cpu-decode-skip-no-zeros cpu src/cpu/decode.c \
   'zero_output(p, row, start, length, h, v0, nv);' \
   '/* mutant: no zeros */'
+# The decode layer's conv: the vector form taken with conv-state rows that are not whole 16-byte
+# pieces apart (its 16-byte loads would then be misaligned).
+mutant cpu-layer-conv-vec-rows cpu src/cuda/decode_layer_select.c \
+  'c->state_stride[1] % V == 0 && ' \
+  ''
 
 # CUDA prefill: prep (gate, beta, the gate's range check), chain (state update, final slot,
 # checkpoints), merge.

@@ -38,12 +38,12 @@
 #include "decode_layer_select.h"
 #include "ptx_mma.cuh"
 
-#define LAYER_MAX_WIDTH 16  /* the largest conv width W the API accepts */
-#define CONV_THREADS 128    /* channels per conv CTA */
-#define CONV_VEC 8          /* channels per thread of conv_kernel_w4_vec: 16 bytes of 16-bit values */
-#define NORM_WARPS 8        /* value heads per norm CTA, one warp each */
-#define NORM_PER_LANE 8     /* V <= 256 = 32 lanes x 8 values */
-#define WORKSPACE_ALIGN 256 /* each buffer of the workspace starts on this boundary */
+#define LAYER_MAX_WIDTH 16              /* the largest conv width W the API accepts */
+#define CONV_THREADS 128                /* channels per conv CTA */
+#define CONV_VEC FKDA_CONV_VEC_CHANNELS /* channels per thread of conv_kernel_w4_vec */
+#define NORM_WARPS 8                    /* value heads per norm CTA, one warp each */
+#define NORM_PER_LANE 8                 /* V <= 256 = 32 lanes x 8 values */
+#define WORKSPACE_ALIGN 256             /* each buffer of the workspace starts on this boundary */
 #define MAX_GRID_Y 65535
 
 /* ---- the kernels' parameters (plain structs passed by value) -------------------------------- */
@@ -462,16 +462,20 @@ static layer_slots slots_of(const fkda_problem *p)
     return s;
 }
 
-/* Whether CONV_VEC consecutive channels of every row of x and of the conv state are one aligned
- * 16-byte piece: 16-bit dtypes, channels contiguous, dim and the other strides multiples of
- * CONV_VEC, the bases 16-byte aligned (y, in the workspace, always is). */
-static int conv_vectorizable(const conv_params *k)
+/* Which conv kernel serves the call (decode_layer_select.c). */
+static fkda_conv_kernel choose_conv(const conv_params *k, int sm_count, const fkda_tuning *t)
 {
-    const int halves = (k->x_dtype == FKDA_DTYPE_BF16 || k->x_dtype == FKDA_DTYPE_F16) &&
-                       (k->state_dtype == FKDA_DTYPE_BF16 || k->state_dtype == FKDA_DTYPE_F16);
-    return halves && k->dim % CONV_VEC == 0 && k->x_stride[2] == 1 && k->state_stride[2] == 1 &&
-           ((k->x_stride[0] | k->x_stride[1] | k->state_stride[0] | k->state_stride[1]) & (CONV_VEC - 1)) == 0 &&
-           (((uintptr_t)k->x | (uintptr_t)k->state) & 15) == 0;
+    fkda_conv_call c;
+    memset(&c, 0, sizeof c);
+    c.B = k->B;
+    c.dim = k->dim;
+    c.W = k->W;
+    c.x_dtype = k->x_dtype;
+    c.state_dtype = k->state_dtype;
+    memcpy(c.x_stride, k->x_stride, sizeof c.x_stride);
+    memcpy(c.state_stride, k->state_stride, sizeof c.state_stride);
+    c.bases_aligned16 = (((uintptr_t)k->x | (uintptr_t)k->state) & 15) == 0;
+    return fkda_decode_layer_conv_kernel(&c, sm_count, t);
 }
 
 static fkda_status launch_conv(const fkda_problem *p, float *y, cudaStream_t stream, int pdl, int sm_count,
@@ -500,14 +504,15 @@ static fkda_status launch_conv(const fkda_problem *p, float *y, cudaStream_t str
     k.dim = p->conv_dim;
     k.W = (int32_t)p->conv_width;
     k.sliding = p->conv_sliding;
-    const int short_width = p->conv_width <= LAYER_SHORT_CONV_WIDTH;
-    const int vec = short_width && conv_vectorizable(&k) && fkda_decode_layer_conv_vec(p->B * p->conv_dim, sm_count, t);
-    const int64_t per_cta = (int64_t)CONV_THREADS * (vec ? CONV_VEC : 1);
+    const fkda_conv_kernel which = choose_conv(&k, sm_count, t);
+    const int64_t per_cta = (int64_t)CONV_THREADS * (which == FKDA_CONV_SHORT_VEC ? CONV_VEC : 1);
     const dim3 grid((unsigned)((p->conv_dim + per_cta - 1) / per_cta),
                     (unsigned)(p->B < MAX_GRID_Y ? p->B : MAX_GRID_Y), 1);
-    if (vec) return launch((const void *)conv_kernel_w4_vec, "conv_kernel_w4_vec", grid, CONV_THREADS, stream, &k, pdl);
-    return launch(short_width ? (const void *)conv_kernel_w4 : (const void *)conv_kernel,
-                  short_width ? "conv_kernel_w4" : "conv_kernel", grid, CONV_THREADS, stream, &k, pdl);
+    if (which == FKDA_CONV_SHORT_VEC)
+        return launch((const void *)conv_kernel_w4_vec, "conv_kernel_w4_vec", grid, CONV_THREADS, stream, &k, pdl);
+    if (which == FKDA_CONV_SHORT)
+        return launch((const void *)conv_kernel_w4, "conv_kernel_w4", grid, CONV_THREADS, stream, &k, pdl);
+    return launch((const void *)conv_kernel, "conv_kernel", grid, CONV_THREADS, stream, &k, pdl);
 }
 
 static fkda_status launch_norm(const fkda_problem *p, const float *o, cudaStream_t stream, int pdl)

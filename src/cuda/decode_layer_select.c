@@ -4,6 +4,9 @@
  */
 #include "decode_layer_select.h"
 
+#include "flashkda.h"           /* fkda_dtype */
+#include "decode_layer_fused.h" /* LAYER_SHORT_CONV_WIDTH */
+
 /* The single kernel is written for the common decode step and nothing else:
  *   - sm_90: its image exists only in the sm_90a build (cluster barriers and distributed shared
  *     memory); on sm_80 the three launches serve every call;
@@ -59,4 +62,21 @@ int fkda_decode_layer_conv_vec(int64_t channels, int sm_count, const fkda_tuning
 {
     if (t->decode_layer_conv_vec != FKDA_TUNING_UNSET) return t->decode_layer_conv_vec != 0;
     return channels > 2 * (int64_t)sm_count * 1024;
+}
+
+/* The vector form reads and writes each row of CONV_VEC consecutive channels of x and of the conv
+ * state as one aligned 16-byte piece: 16-bit dtypes, channels contiguous, dim and the other
+ * strides multiples of FKDA_CONV_VEC_CHANNELS, the bases 16-byte aligned (y, in the workspace,
+ * always is). The short forms hold the window in arrays of LAYER_SHORT_CONV_WIDTH. */
+fkda_conv_kernel fkda_decode_layer_conv_kernel(const fkda_conv_call *c, int sm_count, const fkda_tuning *t)
+{
+    if (c->W > LAYER_SHORT_CONV_WIDTH) return FKDA_CONV_ANY_WIDTH;
+    const int halves = (c->x_dtype == FKDA_DTYPE_BF16 || c->x_dtype == FKDA_DTYPE_F16) &&
+                       (c->state_dtype == FKDA_DTYPE_BF16 || c->state_dtype == FKDA_DTYPE_F16);
+    const int64_t V = FKDA_CONV_VEC_CHANNELS;
+    const int vectorizable = halves && c->dim % V == 0 && c->x_stride[2] == 1 && c->state_stride[2] == 1 &&
+                             c->x_stride[0] % V == 0 && c->x_stride[1] % V == 0 && c->state_stride[0] % V == 0 &&
+                             c->state_stride[1] % V == 0 && c->bases_aligned16;
+    return vectorizable && fkda_decode_layer_conv_vec(c->B * c->dim, sm_count, t) ? FKDA_CONV_SHORT_VEC
+                                                                                  : FKDA_CONV_SHORT;
 }

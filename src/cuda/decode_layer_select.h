@@ -1,7 +1,8 @@
 /*
  * decode_layer_select.h: which path serves a CUDA decode layer call (fkda_decode_layer): the
- * single kernel (decode_layer_fused.cu) or the three launches (decode_layer.cu), and the
- * single kernel's cluster size, as plain C: no CUDA types, so that a CPU test can pin the rule.
+ * single kernel (decode_layer_fused.cu) or the three launches (decode_layer.cu), the single
+ * kernel's cluster size, and the three launches' conv kernel, as plain C: no CUDA types, so that
+ * a CPU test can pin the rules.
  */
 #ifndef FKDA_CUDA_DECODE_LAYER_SELECT_H
 #define FKDA_CUDA_DECODE_LAYER_SELECT_H
@@ -40,9 +41,31 @@ int fkda_decode_layer_fused_serves(const fkda_layer_call *c);
 fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_tuning *t);
 
 /* The three launches' conv for W <= 4: whether to take the kernel with 8 channels a thread
- * (where its 16-byte loads apply; decode_layer.cu checks that) for B x conv_dim channels on
- * sm_count SMs, under FKDA_DECODE_LAYER_CONV_VEC. */
+ * (where its 16-byte loads apply: fkda_decode_layer_conv_kernel checks that) for B x conv_dim
+ * channels on sm_count SMs, under FKDA_DECODE_LAYER_CONV_VEC. */
 int fkda_decode_layer_conv_vec(int64_t channels, int sm_count, const fkda_tuning *t);
+
+/* Channels a thread of the conv's vector form: 16 bytes of 16-bit values per row. */
+#define FKDA_CONV_VEC_CHANNELS 8
+
+/* The three launches' conv kernels (decode_layer.cu). */
+typedef enum fkda_conv_kernel {
+    FKDA_CONV_ANY_WIDTH = 0, /* conv_kernel: one channel a thread, W up to 16 */
+    FKDA_CONV_SHORT = 1,     /* conv_kernel_w4: one channel a thread, W <= 4 */
+    FKDA_CONV_SHORT_VEC = 2  /* conv_kernel_w4_vec: FKDA_CONV_VEC_CHANNELS channels a thread, W <= 4 */
+} fkda_conv_kernel;
+
+/* What the conv's choice needs to know: strides in elements, dtypes as fkda_dtype values. */
+typedef struct fkda_conv_call {
+    int64_t B, dim, W;        /* sequences, channels (conv_dim), conv width */
+    int x_dtype, state_dtype; /* mixed_qkv and conv_state */
+    int64_t x_stride[3];      /* mixed_qkv [sequence, token, channel] */
+    int64_t state_stride[3];  /* conv_state [slot, row, channel] */
+    int bases_aligned16;      /* mixed_qkv's and conv_state's data 16-byte aligned */
+} fkda_conv_call;
+
+/* The conv kernel for the call on sm_count SMs, under FKDA_DECODE_LAYER_CONV_VEC. */
+fkda_conv_kernel fkda_decode_layer_conv_kernel(const fkda_conv_call *c, int sm_count, const fkda_tuning *t);
 
 #ifdef __cplusplus
 }

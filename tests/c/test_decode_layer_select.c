@@ -9,13 +9,18 @@
  *      kernel only where it serves; FKDA_DECODE_LAYER_CLUSTER forces C; both read by
  *      fkda_tuning_read as tuning.h documents (other values leave them unset);
  *   4. the three launches' conv: 8 channels a thread from more than two waves of one-channel
- *      threads on, and FKDA_DECODE_LAYER_CONV_VEC forcing either way.
+ *      threads on, and FKDA_DECODE_LAYER_CONV_VEC forcing either way;
+ *   5. the conv's kernel: the vector form only where its 16-byte accesses apply (each condition,
+ *      broken alone, takes the one-channel form, even with FKDA_DECODE_LAYER_CONV_VEC=1), the
+ *      short forms only for W <= 4. (The GPU test cannot tell which conv kernel ran: they give
+ *      the same bits.)
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
 
 #include "../../src/core/tuning.h"
+#include "flashkda.h"
 #include "../../src/cuda/decode_layer_select.h"
 #include "test_util.h"
 
@@ -131,5 +136,51 @@ int main(void)
     CHECK(fkda_decode_layer_conv_vec(INT64_C(1) << 40, 132, &t) == 0,
           "FKDA_DECODE_LAYER_CONV_VEC=0 took 8 channels a thread");
     unsetenv("FKDA_DECODE_LAYER_CONV_VEC");
+
+    /* 5. The conv's kernel for B = 64, H = 32 (dim 12,288; beyond two waves), W = 4, bf16 x and
+     * state, channels contiguous, rows dense, bases aligned: the vector form; each condition of
+     * its 16-byte accesses broken alone gives the one-channel short form, also when forced. */
+    for (int forced = 0; forced < 2; forced++) {
+        if (forced) setenv("FKDA_DECODE_LAYER_CONV_VEC", "1", 1);
+        fkda_tuning_read(&t);
+        for (int broken = -1; broken < 11; broken++) {
+            fkda_conv_call v = {64, 12288, 4, FKDA_DTYPE_BF16, FKDA_DTYPE_BF16, {12288, 12288, 1}, {36864, 12288, 1},
+                                1};
+            fkda_conv_kernel want = FKDA_CONV_SHORT;
+            switch (broken) {
+            case -1: want = FKDA_CONV_SHORT_VEC; break;
+            case 0: v.x_dtype = FKDA_DTYPE_F32; break;
+            case 1: v.state_dtype = FKDA_DTYPE_F32; break;
+            case 2: v.dim = 12284; break;
+            case 3: v.x_stride[2] = 2; break;
+            case 4: v.state_stride[2] = 2; break;
+            case 5: v.x_stride[0] = 12292; break;
+            case 6: v.x_stride[1] = 12292; break;
+            case 7: v.state_stride[0] = 36868; break;
+            case 8: v.state_stride[1] = 12292; break;
+            case 9: v.bases_aligned16 = 0; break;
+            default:
+                v.W = 5;
+                want = FKDA_CONV_ANY_WIDTH;
+                break;
+            }
+            const fkda_conv_kernel got = fkda_decode_layer_conv_kernel(&v, 132, &t);
+            CHECK(got == want, "conv kernel, condition %d broken%s: %d (want %d)", broken,
+                  forced ? " (CONV_VEC=1)" : "", (int)got, (int)want);
+        }
+    }
+    /* The same call otherwise: f16 x with a bf16 state is vectorizable; W = 2 and 3 are short;
+     * one sequence stays on one channel a thread unless forced. */
+    unsetenv("FKDA_DECODE_LAYER_CONV_VEC");
+    fkda_tuning_read(&t);
+    fkda_conv_call v = {64, 12288, 4, FKDA_DTYPE_F16, FKDA_DTYPE_BF16, {12288, 12288, 1}, {36864, 12288, 1}, 1};
+    CHECK(fkda_decode_layer_conv_kernel(&v, 132, &t) == FKDA_CONV_SHORT_VEC, "f16 x, bf16 state: not the vector form");
+    v.W = 2;
+    CHECK(fkda_decode_layer_conv_kernel(&v, 132, &t) == FKDA_CONV_SHORT_VEC, "W = 2: not the vector form");
+    v.W = 3;
+    v.B = 1;
+    CHECK(fkda_decode_layer_conv_kernel(&v, 132, &t) == FKDA_CONV_SHORT, "B = 1: not the one-channel short form");
+    v.W = 16;
+    CHECK(fkda_decode_layer_conv_kernel(&v, 132, &t) == FKDA_CONV_ANY_WIDTH, "W = 16: not the any-width form");
     return test_exit("test_decode_layer_select");
 }
