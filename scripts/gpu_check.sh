@@ -26,6 +26,10 @@
 #                  $FKDA_PROFILE_CASES="fp32,64,32 ..."; FKDA_PROFILE_WHO=ours for ours only): speed of light, warp states, and the
 #                  hottest SASS instructions by stall samples (bench/ncu_hot_sass.py), and every
 #                  executed instruction with its count in $OUT/sass-WHO-CASE.tsv
+#   profile-decode-layer  ncu on one call of the single-kernel decode layer (layer_*) at B,H in
+#                  $FKDA_PROFILE_LAYER_CASES (default "1,32 64,32"; the library's rule picks the
+#                  kernel, FKDA_DECODE_LAYER_* knobs force one): as profile-decode, the hottest SASS
+#                  by stall samples and every executed instruction in $OUT/sass-layer-B-H.tsv
 #   profile-prefill  ncu on one call of the prefill's chain kernel (T = 8192 at H = 32 and H = 96,
 #                  or $FKDA_PROFILE_SHAPES; $FKDA_PROFILE_KERNEL=regex:pf_prep for the prep;
 #                  FKDA_PROFILE_DTYPE=fp16 or fp32: q, k, v in that dtype, the fp16 chain;
@@ -177,6 +181,17 @@ for step in "${steps[@]}"; do
           --print-details all; ncu --import $rep.ncu-rep --page source --print-source sass --csv \
           | python3 bench/ncu_hot_sass.py 40 --dump $OUT/sass-$who-${case//,/-}.tsv"
       done
+    done ;;
+  profile-decode-layer)
+    # bench_decode_layer_gpu.py --profile runs each way twice; the second single-kernel call.
+    for case in ${FKDA_PROFILE_LAYER_CASES:-1,32 64,32}; do
+      rep=/tmp/prof-layer-${case//,/-}
+      ncu --set full -k regex:layer_ --launch-skip 1 --launch-count 1 -f -o "$rep" \
+        python3 bench/bench_decode_layer_gpu.py --profile "$case" >"$rep.log" 2>&1 || tail -n 20 "$rep.log"
+      run_step "profile-layer-${case//,/-}" bash -c "ncu --import $rep.ncu-rep --page details \
+        --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+        --print-details all; ncu --import $rep.ncu-rep --page source --print-source sass --csv \
+        | python3 bench/ncu_hot_sass.py 40 --dump $OUT/sass-layer-${case//,/-}.tsv"
     done ;;
   bench-decode)
     # shellcheck disable=SC2086
