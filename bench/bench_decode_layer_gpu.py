@@ -1,8 +1,9 @@
 """bench_decode_layer_gpu.py: the fused KDA decode layer against its parts, on a GPU.
 
 One decode step of a KDA layer (vLLM's fused_kda_decode) at B sequences, H = HV heads,
-K = V = 128, bf16 mixed_qkv, a float32 recurrent pool, conv width 4, the safe gate
-(lower_bound -5, A_log, dt_bias), int32 state_indices over a shuffled pool, timed three ways:
+K = V = 128, bf16 mixed_qkv, a float32 recurrent pool (--pool bf16: bf16), conv width 4, the
+safe gate (lower_bound -5, A_log, dt_bias), int32 state_indices over a shuffled pool, timed four
+ways:
 
   fused     flash_kda.decode_layer: conv with its state, the decode, the gated RMSNorm, on the
             library's default path (the single kernel where it serves, as here on sm_90)
@@ -23,7 +24,7 @@ relative difference of out, both bf16; the separate path rounds y and o to bf16 
 about 1e-2 is expected, and a broken kernel gives ~1), and so are the two paths of the library
 (column "fused vs 3-pass": both keep y and o in float32, so about an ulp of bf16, ~1e-3).
 
-    python3 bench/bench_decode_layer_gpu.py [--out results.md] [--quick]
+    python3 bench/bench_decode_layer_gpu.py [--out results.md] [--quick] [--pool fp32|bf16]
 """
 
 from __future__ import annotations
@@ -68,12 +69,12 @@ def make_layer(B, H, gen):
     )
 
 
-def make_pools(B, H, layers, gen):
-    """Each step's own recurrent pool [B, H, K, V] (fp32) and conv state [B, W - 1, dim] (bf16)."""
+def make_pools(B, H, layers, gen, pool_dtype):
+    """Each step's own recurrent pool [B, H, K, V] and conv state [B, W - 1, dim] (bf16)."""
     dim = 2 * H * K + H * V
     return [
         (
-            0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen),
+            (0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype),
             torch.randn(B, W - 1, dim, device="cuda", generator=gen).to(BF16),
         )
         for _ in range(layers)
@@ -159,12 +160,12 @@ def three_pass(fn):
         del os.environ["FKDA_DECODE_LAYER_FUSED"]
 
 
-def bench_case(flash_kda, B, H, gen):
+def bench_case(flash_kda, B, H, gen, pool_dtype):
     x = make_layer(B, H, gen)
-    pool_bytes = B * H * K * V * 4
+    pool_bytes = B * H * K * V * torch.finfo(pool_dtype).bits // 8
     layers = max(1, min(MAX_LAYERS, math.ceil((256 << 20) / pool_bytes)))
     steps = max(STEPS, layers)
-    pools = make_pools(B, H, layers, gen)
+    pools = make_pools(B, H, layers, gen, pool_dtype)
     idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
     idx64 = idx.long()  # torch's index_copy_ takes int64 indices
     out = torch.empty(B, H, V, device="cuda", dtype=BF16)
@@ -209,10 +210,10 @@ def bench_case(flash_kda, B, H, gen):
     return t_fused, t_three, t_plain, t_sep, agree, agree_three, layers
 
 
-def profile_case(flash_kda, B, H, gen):
+def profile_case(flash_kda, B, H, gen, pool_dtype):
     """Each way twice on one pool, no graphs: a profiler's per-kernel view of one step."""
     x = make_layer(B, H, gen)
-    pool, conv_state = make_pools(B, H, 1, gen)[0]
+    pool, conv_state = make_pools(B, H, 1, gen, pool_dtype)[0]
     idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
     out = torch.empty(B, H, V, device="cuda", dtype=BF16)
     o = torch.empty(B, 1, H, V, device="cuda", dtype=BF16)
@@ -236,7 +237,11 @@ def main():
         help="for a profiler (ncu, nsys): no timing, each way run twice at one shape "
         "(fused, 3-pass, plain decode, separate)",
     )
+    ap.add_argument(
+        "--pool", choices=("fp32", "bf16"), default="fp32", help="the recurrent pool's dtype"
+    )
     args = ap.parse_args()
+    pool_dtype = torch.float32 if args.pool == "fp32" else BF16
     import flash_kda  # noqa: PLC0415 (after argparse: --help needs no library)
 
     if not torch.cuda.is_available() or not flash_kda.has_cuda():
@@ -244,13 +249,14 @@ def main():
     gen = torch.Generator(device="cuda")
     gen.manual_seed(0)
     if args.profile:
-        profile_case(flash_kda, *(int(n) for n in args.profile.split(",")), gen)
+        profile_case(flash_kda, *(int(n) for n in args.profile.split(",")), gen, pool_dtype)
         return
     shapes = [(1, 32), (64, 32)] if args.quick else [(b, h) for h in (12, 32) for b in (1, 8, 64)]
     dev = torch.cuda.get_device_name()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
-        f"decode layer, {dev}, {stamp}: HV = H, K = V = 128, W = {W}, bf16 mixed_qkv, fp32 pool,",
+        f"decode layer, {dev}, {stamp}: HV = H, K = V = 128, W = {W}, bf16 mixed_qkv, "
+        f"{args.pool} pool,",
         "one token per sequence, CUDA graphs of distinct pools per step (times per call, us)",
         "",
         "| B | H | fused | 3-pass | plain decode | separate | fused / plain (<= 1.10) "
@@ -260,7 +266,7 @@ def main():
     print("\n".join(lines), flush=True)
     for B, H in shapes:
         t_fused, t_three, t_plain, t_sep, agree, agree_three, layers = bench_case(
-            flash_kda, B, H, gen
+            flash_kda, B, H, gen, pool_dtype
         )
         row = (
             f"| {B} | {H} | {t_fused * 1e6:.2f} | {t_three * 1e6:.2f} | {t_plain * 1e6:.2f} "
