@@ -24,7 +24,8 @@ relative difference of out, both bf16; the separate path rounds y and o to bf16 
 about 1e-2 is expected, and a broken kernel gives ~1), and so are the two paths of the library
 (column "fused vs 3-pass": both keep y and o in float32, so about an ulp of bf16, ~1e-3).
 
-    python3 bench/bench_decode_layer_gpu.py [--out results.md] [--quick] [--pool fp32|bf16]
+    python3 bench/bench_decode_layer_gpu.py [--out results.md] [--quick | --shapes B,H ...]
+                                            [--pool fp32|bf16]
 """
 
 from __future__ import annotations
@@ -232,6 +233,12 @@ def main():
     ap.add_argument("--out", default=None, help="also write the table to this file")
     ap.add_argument("--quick", action="store_true", help="B = 1 and 64, H = 32 only")
     ap.add_argument(
+        "--shapes",
+        nargs="+",
+        metavar="B,H",
+        help="these shapes only (e.g. --shapes 8,12 8,32), instead of the six or --quick's two",
+    )
+    ap.add_argument(
         "--profile",
         metavar="B,H",
         help="for a profiler (ncu, nsys): no timing, each way run twice at one shape "
@@ -251,7 +258,12 @@ def main():
     if args.profile:
         profile_case(flash_kda, *(int(n) for n in args.profile.split(",")), gen, pool_dtype)
         return
-    shapes = [(1, 32), (64, 32)] if args.quick else [(b, h) for h in (12, 32) for b in (1, 8, 64)]
+    if args.shapes:
+        shapes = [tuple(int(n) for n in s.split(",")) for s in args.shapes]
+    elif args.quick:
+        shapes = [(1, 32), (64, 32)]
+    else:
+        shapes = [(b, h) for h in (12, 32) for b in (1, 8, 64)]
     dev = torch.cuda.get_device_name()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     lines = [
