@@ -20,8 +20,10 @@
 #                  fp32 and packed tiles, packed [V,K], narrow bf16-token tiles).
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
 #   bench-decode-layer  bench/bench_decode_layer_gpu.py ($FKDA_BENCH_DECODE_LAYER_ARGS, e.g. --quick),
-#                  then its B = 1 and 64, H = 32 rows with each cluster size of the single-kernel
-#                  layer forced (FKDA_DECODE_LAYER_CLUSTER=1, 2, 4, 8)
+#                  the same without the single kernel's wide tile (FKDA_DECODE_LAYER_WIDE=0: the
+#                  narrow tile or the three launches), both again --quick with a bf16 pool; with
+#                  FKDA_BENCH_LAYER_CLUSTERS="1 2 4 8" (or some of them) also the --quick rows with
+#                  the narrow tile and each of those cluster sizes forced
 #   profile-decode ncu on one decode call of ours and of fla (B=1 H=32, fp32 and bf16 pools, or
 #                  $FKDA_PROFILE_CASES="fp32,64,32 ..."; FKDA_PROFILE_WHO=ours for ours only): speed of light, warp states, and the
 #                  hottest SASS instructions by stall samples (bench/ncu_hot_sass.py), and every
@@ -200,9 +202,17 @@ for step in "${steps[@]}"; do
     # shellcheck disable=SC2086
     run_step bench-decode-layer python3 bench/bench_decode_layer_gpu.py --out "$OUT/bench_decode_layer.md" \
       ${FKDA_BENCH_DECODE_LAYER_ARGS:-}
-    for c in 1 2 4 8; do
-      FKDA_DECODE_LAYER_CLUSTER=$c run_step bench-decode-layer-c$c python3 bench/bench_decode_layer_gpu.py --quick \
-        --out "$OUT/bench_decode_layer_c$c.md"
+    # shellcheck disable=SC2086
+    FKDA_DECODE_LAYER_WIDE=0 run_step bench-decode-layer-narrow python3 bench/bench_decode_layer_gpu.py \
+      --out "$OUT/bench_decode_layer_narrow.md" ${FKDA_BENCH_DECODE_LAYER_ARGS:-}
+    run_step bench-decode-layer-bf16 python3 bench/bench_decode_layer_gpu.py --quick --pool bf16 \
+      --out "$OUT/bench_decode_layer_bf16.md"
+    FKDA_DECODE_LAYER_WIDE=0 run_step bench-decode-layer-bf16-narrow python3 bench/bench_decode_layer_gpu.py \
+      --quick --pool bf16 --out "$OUT/bench_decode_layer_bf16_narrow.md"
+    # (at most 8 files come back from a device call: the cluster sweep only when asked for)
+    for c in ${FKDA_BENCH_LAYER_CLUSTERS:-}; do
+      FKDA_DECODE_LAYER_WIDE=0 FKDA_DECODE_LAYER_CLUSTER=$c run_step bench-decode-layer-c$c \
+        python3 bench/bench_decode_layer_gpu.py --quick --out "$OUT/bench_decode_layer_c$c.md"
     done ;;
   profile-prefill)
     # The chain kernel (or $FKDA_PROFILE_KERNEL, e.g. regex:pf_prep) on each shape of

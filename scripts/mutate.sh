@@ -202,6 +202,10 @@ mutant cuda-layer-window-clamp cuda src/cuda/decode_layer.cu \
 mutant cuda-layer-fused-silu cuda src/cuda/decode_layer_fused.cu \
   'return acc / (1.0f + expf(-acc));' \
   'return acc;'
+# The single kernel's wide tile: each column's norm factors read from the neighbour's slot.
+mutant cuda-layer-wide-factors cuda src/cuda/decode_layer_fused.cu \
+  'f.denom = sm.out_denom[j];' \
+  'f.denom = sm.out_denom[j ^ 1];'
 mutant cuda-layer-output-gate cuda src/cuda/decode_layer.cu \
   'v[i] * r * w / (1.0f + expf(-g))' \
   'v[i] * r * w / (1.0f + expf(g))'

@@ -30,6 +30,7 @@ void fkda_tuning_defaults(fkda_tuning *t)
     t->decode_packed = t->decode_narrow = t->decode_bf16_tokens = FKDA_TUNING_UNSET;
     t->decode_layer_fused = FKDA_TUNING_UNSET;
     t->decode_layer_conv_vec = FKDA_TUNING_UNSET;
+    t->decode_layer_wide = FKDA_TUNING_UNSET;
     t->prefill_fp16_chain = FKDA_TUNING_UNSET;
 }
 
@@ -48,6 +49,7 @@ void fkda_tuning_read(fkda_tuning *t)
     if (variant != NULL && strlen(variant) < sizeof t->decode_variant) strcpy(t->decode_variant, variant);
     t->decode_layer_fused = read_switch("FKDA_DECODE_LAYER_FUSED");
     t->decode_layer_conv_vec = read_switch("FKDA_DECODE_LAYER_CONV_VEC");
+    t->decode_layer_wide = read_switch("FKDA_DECODE_LAYER_WIDE");
     static const int clusters[] = {1, 2, 4, 8};
     t->decode_layer_cluster = read_choice("FKDA_DECODE_LAYER_CLUSTER", clusters, 4);
 

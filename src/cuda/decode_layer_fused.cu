@@ -26,6 +26,12 @@
  *      sum to every CTA of the cluster, one more cluster barrier, and every thread adds the 16
  *      partials in the same order; the lanes holding o write out.
  *
+ * For batches of more heads than SMs the same steps run on the plain decode's large-batch tile
+ * (the wide tile: 16 keys x 4 values per lane, 8 warps a head, C = 1, 256 threads and at most 128
+ * registers, so that two heads share an SM); there each thread convolves up to two channels,
+ * stores the new conv windows right after the conv, and the norm's factors go through shared
+ * memory, which keeps the CTA inside those 128 registers (docs/decode.md, "The wide tile").
+ *
  * With C = 1 the cluster operations become plain shared-memory stores and __syncthreads. After
  * the last cluster barrier no CTA touches another's shared memory, so each may exit. The global
  * stores (out, the state, the conv window) come after it: a cluster barrier's release half waits
@@ -43,13 +49,26 @@
 #include "decode_common.cuh"
 #include "decode_layer_fused.h"
 
-#define FUSED_NR 8                                           /* narrow tiles: keys per lane */
-#define FUSED_NC 4                                           /* values per lane */
-#define FUSED_KL 16                                          /* lanes sharing a column: 128 / FUSED_NR */
-#define FUSED_WARPS 16                                       /* warps per head: 128 / (2 x 4) columns */
-#define FUSED_STAGE (FUSED_KL * (FUSED_NR + DECODE_ROW_PAD)) /* floats per staged vector (stage_pos) */
-#define FUSED_MAX_WIDTH 16                                   /* the largest conv width W the API accepts */
-#define FUSED_KEYS 2 /* keys whose decay one thread computes: 128 keys over at least 64 threads */
+/* The two tiles of a head (K = V = 128, 4 values per lane in both):
+ *   narrow: 8 keys per lane, 16 lanes share a column, 16 warps a head (small batches: C CTAs);
+ *   wide:   16 keys per lane, 8 lanes share a column, 8 warps a head, one CTA of 256 threads and
+ *           at most 128 registers, two CTAs an SM (large batches), as the plain decode's tiles. */
+#define FUSED_NC 4
+#define FUSED_NARROW_NR 8
+#define FUSED_WIDE_NR 16
+#define FUSED_WARPS(NR) (128 * 128 / (32 * (NR)*FUSED_NC)) /* warps a head */
+#define FUSED_MAX_WARPS FUSED_WARPS(FUSED_NARROW_NR)
+/* Floats per staged vector (stage_pos: lanes of a column x (keys per lane + pad)), the larger of
+ * the two tiles'. */
+#define FUSED_STAGE_OF(NR) ((128 / (NR)) * ((NR) + DECODE_ROW_PAD))
+#define FUSED_STAGE                                                                                    \
+    (FUSED_STAGE_OF(FUSED_NARROW_NR) > FUSED_STAGE_OF(FUSED_WIDE_NR) ? FUSED_STAGE_OF(FUSED_NARROW_NR) \
+                                                                     : FUSED_STAGE_OF(FUSED_WIDE_NR))
+#define FUSED_MAX_WIDTH 16 /* the largest conv width W the API accepts */
+#define FUSED_KEYS 2       /* keys whose decay one thread computes: 128 keys over at least 64 threads */
+/* Conv channels per thread: a head has 384 (q, k, v), the narrow tiles' CTAs have at least
+ * 384 / C threads for theirs (one each), the wide tile's 256 threads take up to two. */
+#define FUSED_CHANNELS(NR) ((NR) == FUSED_WIDE_NR ? 2 : 1)
 
 /* The kernel's parameters: the plain decode's (the pool, the indices, the gate's parameters, g,
  * beta and the options; q, k, v and out unused) and the layer's own tensors. Strides in elements:
@@ -91,7 +110,8 @@ typedef struct __align__(16) fused_smem
 {
     float q[FUSED_STAGE], k[FUSED_STAGE], d[FUSED_STAGE];
     float v[128];
-    float squares[FUSED_WARPS];
+    float squares[FUSED_MAX_WARPS];
+    float out_weight[128], out_denom[128]; /* the wide tile's norm factors by column (out_factors) */
 }
 fused_smem;
 
@@ -255,16 +275,31 @@ static __device__ __forceinline__ void store_out(const fused_layer_params *p, in
     store_float(p->out, p->out_dtype, n * p->out_stride[0] + h * p->out_stride[2] + j * p->out_stride[3],
                 o * r * f.weight / f.denom);
 }
+/* The conv channel of job `job` of CTA `rank`: jobs 0 .. 256 / C - 1 are the CTA's share of the
+ * head's q and k channels, the next 128 / C the v channels of its value columns from col0 on. */
+static __device__ __forceinline__ int64_t conv_job_channel(const fused_layer_params *p, int job, int rank, int C,
+                                                           int64_t h, int col0)
+{
+    const int64_t K = 128, H = p->H; /* HV = H: value head h's query and key head is h */
+    const int qk_jobs = 256 / C;
+    if (job < qk_jobs) {
+        const int i = rank * qk_jobs + job; /* 0..127: q key i; 128..255: k key i - 128 */
+        return i < 128 ? h * K + i : H * K + h * K + (i - 128);
+    }
+    return 2 * H * K + h * 128 + col0 + (job - qk_jobs);
+}
 #endif
 
 /* ---- the kernel -------------------------------------------------------------------------------- */
 
 static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, const int BF16, const int V_FIRST,
-                                                   const int VEC, const int MW)
+                                                   const int VEC, const int MW, const int NR)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     __shared__ fused_smem sm;
-    const int C = p->cluster, NR = FUSED_NR, NC = FUSED_NC;
+    const int WIDE = NR == FUSED_WIDE_NR;
+    const int C = WIDE ? 1 : p->cluster, NC = FUSED_NC, WARPS = FUSED_WARPS(NR), CH = FUSED_CHANNELS(NR);
+    const int KEYS = WIDE ? 1 : FUSED_KEYS;           /* the wide tile's 256 threads: one key each, or none */
     const int rank = C > 1 ? (int)cluster_rank() : 0; /* cluster dims (C, 1, 1): blockIdx.x % C */
     /* Before any CTA writes another's shared memory, all of them must be running: this arrival
      * is waited for just before the first remote store. */
@@ -273,32 +308,28 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
 
     const int tid = threadIdx.x, nthreads = blockDim.x, warp = tid >> 5, lane = tid & 31;
     const uint32_t head = blockIdx.x / (uint32_t)C, HV = (uint32_t)p->d.HV; /* < 2^31: checked at launch */
-    const int64_t n = head / HV, h = head - (uint32_t)n * HV, hq = h;       /* HV = H */
+    const int64_t n = head / HV, h = head - (uint32_t)n * HV;
     const lane_tile w = make_lane_tile(&p->d, rank * (nthreads >> 5) + warp, V_FIRST, NR, NC, 1, 1);
     const int cols = 128 / C, col0 = rank * cols; /* this CTA's value columns */
 
     /* Every load that needs no slot first, so that they are in flight while the slot's index
-     * arrives: the conv's taps, bias and input of this thread's channel (256 / C of the head's
-     * q and k channels, then 128 / C of v, one per thread), the gate's g and dt_bias of its keys,
-     * A_log, beta, and output_gate and norm_weight of the columns this lane will write. */
-    const int qk_jobs = 256 / C, has_channel = tid < qk_jobs + cols;
-    conv_channel cc;
-    cc.has_slot = 0;
-    if (has_channel) {
-        const int64_t K = 128, H = p->H;
-        int64_t ch;
-        if (tid < qk_jobs) {
-            const int i = rank * qk_jobs + tid; /* 0..127: q key i; 128..255: k key i - 128 */
-            ch = i < 128 ? hq * K + i : H * K + hq * K + (i - 128);
-        } else {
-            ch = 2 * H * K + h * 128 + col0 + (tid - qk_jobs);
-        }
-        conv_load_inputs(p, n, ch, &cc, MW);
+     * arrives: the conv's taps, bias and input of this thread's channels (jobs tid and, in the
+     * wide tile, tid + 256: 256 / C of the head's q and k channels, then 128 / C of v), the gate's
+     * g and dt_bias of its keys, A_log, beta, and output_gate and norm_weight of the columns this
+     * lane will write (the wide tile: of column tid, for all lanes through shared memory, so that
+     * they do not hold 8 registers through the state step). */
+    const int qk_jobs = 256 / C, jobs = qk_jobs + cols;
+    conv_channel cc[FUSED_CHANNELS(FUSED_WIDE_NR)];
+#pragma unroll
+    for (int i = 0; i < CH; i++) {
+        const int job = tid + i * nthreads;
+        cc[i].has_slot = 0;
+        if (job < jobs) conv_load_inputs(p, n, conv_job_channel(p, job, rank, C, h, col0), &cc[i], MW);
     }
     const int gated = p->d.gate != FKDA_GATE_NONE, biased = gated && p->d.dt_bias != NULL;
     uint32_t g_bits[FUSED_KEYS], bias_bits[FUSED_KEYS];
 #pragma unroll
-    for (int i = 0; i < FUSED_KEYS; i++) {
+    for (int i = 0; i < KEYS; i++) {
         g_bits[i] = bias_bits[i] = 0u;
         if (i * nthreads >= 128) continue; /* uniform: only CTAs of 64 threads (C = 8) take 2 keys */
         const int e = tid + i * nthreads, ok = e < 128;
@@ -311,10 +342,10 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     const uint32_t beta_bits = load_bits(p->d.beta, p->d.beta_dtype, n * p->d.beta_stride[0] + h * p->d.beta_stride[2]);
     uint32_t gate_bits[FUSED_NC], weight_bits[FUSED_NC];
 #pragma unroll
-    for (int c = 0; c < NC; c++) {
-        const int j = tile_col(&w, c, V_FIRST, VEC);
-        gate_bits[c] = load_gate_bits(p, n, h, j, w.kl == 0);
-        weight_bits[c] = load_weight_bits(p, j, w.kl == 0);
+    for (int c = 0; c < (WIDE ? 1 : NC); c++) {
+        const int j = WIDE ? tid : tile_col(&w, c, V_FIRST, VEC), ok = WIDE ? tid < 128 : w.kl == 0;
+        gate_bits[c] = load_gate_bits(p, n, h, j, ok);
+        weight_bits[c] = load_weight_bits(p, j, ok);
     }
 
     const int64_t slot = p->d.state_indices ? load_index(p->d.state_indices, p->d.idx_dtype, n * p->d.idx_stride[0])
@@ -327,15 +358,19 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         return;
     }
 
-    /* The state's tile and the conv windows, both at the slot. */
+    /* The state's tile and the conv windows, both at the slot. The state's loads are streaming
+     * (evict-first) in the narrow tile, which serves small batches, whose pools are small next to
+     * L2, and ordinary in the wide one, as the plain decode's rule has it (docs/decode.md). */
     float s[DECODE_MAX_R][DECODE_MAX_C];
-    load_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1, 1);
-    if (has_channel) conv_load_window(p, slot, &cc, MW);
+    load_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1, WIDE ? 0 : 1);
+#pragma unroll
+    for (int i = 0; i < CH; i++)
+        if (tid + i * nthreads < jobs) conv_load_window(p, slot, &cc[i], MW);
 
     /* The decay of every key (each CTA all 128), beta, and this thread's conv output. */
     const float A_weight = gated && p->d.A_log ? expf(bits_to_float(A_bits, p->d.A_log_dtype)) : 1.0f;
 #pragma unroll
-    for (int i = 0; i < FUSED_KEYS; i++) {
+    for (int i = 0; i < KEYS; i++) {
         const int e = tid + i * nthreads;
         if (e >= 128) continue;
         float a = bits_to_float(g_bits[i], p->d.g_dtype);
@@ -348,16 +383,35 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     }
     float beta = bits_to_float(beta_bits, p->d.beta_dtype);
     if (p->d.use_beta_sigmoid) beta = (p->d.allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
-    const float y = has_channel ? conv_output(p, &cc, MW) : 0.0f;
+    float y[FUSED_CHANNELS(FUSED_WIDE_NR)];
+#pragma unroll
+    for (int i = 0; i < CH; i++) y[i] = tid + i * nthreads < jobs ? conv_output(p, &cc[i], MW) : 0.0f;
+    if (WIDE) {
+        /* One CTA a head (C = 1): its barriers are __syncthreads, which do not wait for global
+         * stores, so the new conv windows go out now and their registers are free for the state
+         * step; and the norm's factors of column tid go to shared memory. */
+#pragma unroll
+        for (int i = 0; i < CH; i++)
+            if (tid + i * nthreads < jobs) conv_write(p, &cc[i], MW);
+        if (tid < 128) {
+            const out_factors f = out_factors_of(p, gate_bits[0], weight_bits[0]);
+            sm.out_weight[tid] = f.weight;
+            sm.out_denom[tid] = f.denom;
+        }
+    }
 
     /* 2. q and k to every CTA, v to this one; then the whole token is everywhere. */
     if (C > 1) cluster_wait(); /* every CTA of the cluster is running */
-    if (tid < qk_jobs) {
-        const int i = rank * qk_jobs + tid, e = i & 127;
-        float *at = (i < 128 ? sm.q : sm.k) + stage_pos(&w, e, V_FIRST, VEC, NR);
-        store_everywhere(at, C, y);
-    } else if (tid < qk_jobs + cols) {
-        sm.v[col0 + (tid - qk_jobs)] = y;
+#pragma unroll
+    for (int i = 0; i < CH; i++) {
+        const int job = tid + i * nthreads;
+        if (job < qk_jobs) {
+            const int key = rank * qk_jobs + job, e = key & 127;
+            float *at = (key < 128 ? sm.q : sm.k) + stage_pos(&w, e, V_FIRST, VEC, NR);
+            store_everywhere(at, C, y[i]);
+        } else if (job < jobs) {
+            sm.v[col0 + (job - qk_jobs)] = y[i];
+        }
     }
     cluster_sync(C);
 
@@ -397,37 +451,56 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     }
     tile_rank1_update(s, lk, vk, NR, NC);
 
-    /* 4. sum(o^2) over the head: each warp's (its kl = 0 lanes hold its 8 columns once) to every
-     * CTA, then all 16 in the same order everywhere. */
+    /* 4. sum(o^2) over the head: each warp's (its kl = 0 lanes hold each of its columns once) to
+     * every CTA, then all of them in the same order everywhere. */
     squares = warp_sum(w.kl == 0 ? squares : 0.0f);
     if (lane == 0) store_everywhere(&sm.squares[rank * (nthreads >> 5) + warp], C, squares);
     cluster_sync(C);
     float total = 0.0f;
 #pragma unroll
-    for (int i = 0; i < FUSED_WARPS; i++) total += sm.squares[i];
+    for (int i = 0; i < WARPS; i++) total += sm.squares[i];
     const float r = 1.0f / sqrtf(total / 128.0f + p->eps);
     if (w.kl == 0) {
 #pragma unroll
-        for (int c = 0; c < NC; c++)
-            store_out(p, n, h, tile_col(&w, c, V_FIRST, VEC), o[c], r, out_factors_of(p, gate_bits[c], weight_bits[c]));
+        for (int c = 0; c < NC; c++) {
+            const int j = tile_col(&w, c, V_FIRST, VEC);
+            out_factors f;
+            if (WIDE) {
+                f.weight = sm.out_weight[j];
+                f.denom = sm.out_denom[j];
+            } else {
+                f = out_factors_of(p, gate_bits[c], weight_bits[c]);
+            }
+            store_out(p, n, h, j, o[c], r, f);
+        }
     }
     /* The global stores last: a cluster barrier's release would wait for them. */
     store_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1);
-    if (has_channel) conv_write(p, &cc, MW);
+    if (!WIDE) {
+#pragma unroll
+        for (int i = 0; i < CH; i++)
+            if (tid + i * nthreads < jobs) conv_write(p, &cc[i], MW);
+    }
 #endif
 }
 
-/* One kernel per pool dtype and layout, for conv widths up to LAYER_SHORT_CONV_WIDTH (_w4) and up
- * to FUSED_MAX_WIDTH;
- * VEC as the narrow decode tiles (16 bytes, 8 for bf16 [K, V]). */
-#define FUSED_KERNELS(name, bf16, v_first, vec)                                     \
-    __global__ void __launch_bounds__(512, 1) name(const fused_layer_params p)      \
-    {                                                                               \
-        fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH);                       \
-    }                                                                               \
-    __global__ void __launch_bounds__(512, 1) name##_w4(const fused_layer_params p) \
-    {                                                                               \
-        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH);                \
+/* Per pool dtype and layout, the narrow tile for conv widths up to LAYER_SHORT_CONV_WIDTH (_w4)
+ * and up to FUSED_MAX_WIDTH, and the wide tile (_wide) for widths up to LAYER_SHORT_CONV_WIDTH
+ * only: two conv channels a thread of any width would not fit beside its 64 state values in the
+ * 128 registers that let two CTAs share an SM. VEC as the decode's dense 128 tiles (16 bytes; 8 for
+ * bf16 [K, V]). */
+#define FUSED_KERNELS(name, bf16, v_first, vec)                                                                   \
+    __global__ void __launch_bounds__(512, 1) name(const fused_layer_params p)                                    \
+    {                                                                                                             \
+        fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH, FUSED_NARROW_NR);                                    \
+    }                                                                                                             \
+    __global__ void __launch_bounds__(512, 1) name##_w4(const fused_layer_params p)                               \
+    {                                                                                                             \
+        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR);                             \
+    }                                                                                                             \
+    __global__ void __launch_bounds__(32 * FUSED_WARPS(FUSED_WIDE_NR), 2) name##_wide(const fused_layer_params p) \
+    {                                                                                                             \
+        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR);                               \
     }
 FUSED_KERNELS(layer_f32_kv, 0, 0, 4)
 FUSED_KERNELS(layer_f32_vk, 0, 1, 4)
@@ -441,7 +514,7 @@ static void copy_strides(int64_t *dst, const fkda_operand *op, int n)
     for (int i = 0; i < n; i++) dst[i] = op->stride[i];
 }
 
-static fused_layer_params fused_params_of(const fkda_problem *p, int cluster)
+static fused_layer_params fused_params_of(const fkda_problem *p, int cluster, int NR)
 {
     fused_layer_params k;
     memset(&k, 0, sizeof k);
@@ -450,9 +523,9 @@ static fused_layer_params fused_params_of(const fkda_problem *p, int cluster)
     const fkda_problem dp = fkda_layer_decode_problem(p, NULL, NULL);
     fkda_cuda_decode_params_of(&dp, &k.d);
     fkda_decode_params *d = &k.d;
-    d->lanes_k = FUSED_KL;
-    d->warps_per_head = FUSED_WARPS;
-    d->warps_per_cta = FUSED_WARPS / cluster;
+    d->lanes_k = 128 / NR;
+    d->warps_per_head = FUSED_WARPS(NR);
+    d->warps_per_cta = FUSED_WARPS(NR) / cluster;
     d->ctas_per_head = cluster;
 
     k.x = p->mixed_qkv.data;
@@ -499,12 +572,19 @@ extern "C" int fkda_cuda_decode_layer_fused_pool_fits(const fkda_problem *p)
     return 1;
 }
 
-extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int pdl)
+extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int wide, int pdl)
 {
-    const fused_layer_params k = fused_params_of(p, cluster);
+    if (wide && (cluster != 1 || p->conv_width > LAYER_SHORT_CONV_WIDTH))
+        return fkda_fail(FKDA_ERROR_INTERNAL, "decode layer: the wide single kernel takes one CTA a head and W <= %d",
+                         LAYER_SHORT_CONV_WIDTH);
+    const int NR = wide ? FUSED_WIDE_NR : FUSED_NARROW_NR;
+    const fused_layer_params k = fused_params_of(p, cluster, NR);
     const int bf16 = p->state_in.dtype == FKDA_DTYPE_BF16, v_first = p->state_v_first != 0;
     const void *kernel;
-    if (p->conv_width <= LAYER_SHORT_CONV_WIDTH)
+    if (wide)
+        kernel = bf16 ? (v_first ? (const void *)layer_bf16_vk_wide : (const void *)layer_bf16_kv_wide)
+                      : (v_first ? (const void *)layer_f32_vk_wide : (const void *)layer_f32_kv_wide);
+    else if (p->conv_width <= LAYER_SHORT_CONV_WIDTH)
         kernel = bf16 ? (v_first ? (const void *)layer_bf16_vk_w4 : (const void *)layer_bf16_kv_w4)
                       : (v_first ? (const void *)layer_f32_vk_w4 : (const void *)layer_f32_kv_w4);
     else
@@ -512,7 +592,7 @@ extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int c
                       : (v_first ? (const void *)layer_f32_vk : (const void *)layer_f32_kv);
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)(p->B * p->HV * cluster), 1, 1);
-    cfg.blockDim = dim3((unsigned)(32 * FUSED_WARPS / cluster), 1, 1);
+    cfg.blockDim = dim3((unsigned)(32 * FUSED_WARPS(NR) / cluster), 1, 1);
     cfg.stream = (cudaStream_t)p->device.stream;
     /* The cluster dimension only for C > 1: C = 1 is an ordinary launch (no cluster operation runs). */
     cudaLaunchAttribute attrs[2] = {};

@@ -23,10 +23,11 @@ extern "C" {
  * strides multiples of 8 elements. */
 int fkda_cuda_decode_layer_fused_pool_fits(const fkda_problem *p);
 
-/* Launches the single kernel on the call's stream (the current device must be the call's):
- * `cluster` CTAs per (sequence, value head), 1, 2, 4 or 8; with `pdl`, as a programmatic
- * dependent launch. The caller checked that it serves (fkda_decode_layer_fused_serves). */
-fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int pdl);
+/* Launches the single kernel on the call's stream (the current device must be the call's): the
+ * narrow tile with `cluster` CTAs per (sequence, value head), 1, 2, 4 or 8, or with `wide` the
+ * wide tile (cluster 1, W <= LAYER_SHORT_CONV_WIDTH); with `pdl`, as a programmatic dependent
+ * launch. The caller checked that it serves (fkda_decode_layer_fused_serves). */
+fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int wide, int pdl);
 
 #ifdef __cplusplus
 }

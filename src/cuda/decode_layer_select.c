@@ -26,19 +26,36 @@ int fkda_decode_layer_fused_serves(const fkda_layer_call *c)
 
 fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_tuning *t)
 {
-    fkda_layer_choice out = {0, 1};
-    /* The single kernel up to two heads per SM: it saves two launches and the round trips of the
-     * conv's output and the recurrence's output through global memory, most of the three-pass
-     * time at small batches (latency-bound). Its one CTA of 16 warps per head fills an SM alone
-     * (112-128 registers a thread), so from more heads on, each SM works through its heads one
-     * at a time with nothing to hide the latency of each head's conv, barriers and norm, and the
-     * three launches, whose decode takes the tiles chosen for large batches, are faster.
-     * FKDA_DECODE_LAYER_FUSED=0 forces the three launches, =1 the single kernel wherever it
-     * serves (never where it does not). */
-    const int wanted = t->decode_layer_fused == FKDA_TUNING_UNSET ? c->heads <= 2 * (int64_t)c->sm_count
+    fkda_layer_choice out = {0, 1, 0};
+    if (!fkda_decode_layer_fused_serves(c)) return out;
+
+    /* The tile. The narrow one (16 warps a head, 112-128 registers a thread) fills an SM with one
+     * head; up to one head per SM that is what the latency-bound small batches want (each head
+     * spread over C CTAs, below). Beyond, the wide tile (8 warps a head, 16 keys x 4 values a
+     * lane, at most 128 registers) takes two heads an SM, as the plain decode's large-batch tiles
+     * do: one head's conv, barriers and norm overlap the other's state traffic, and 2 x SMs heads
+     * are one wave where the narrow tile needs two. It is compiled for W <= 4 only (two conv
+     * channels a thread must fit beside its 64 state values). FKDA_DECODE_LAYER_WIDE=0/1 forces
+     * it off or on wherever it serves. */
+    const int wide_serves = c->W <= LAYER_SHORT_CONV_WIDTH;
+    const int wide = wide_serves && (t->decode_layer_wide == FKDA_TUNING_UNSET ? c->heads > (int64_t)c->sm_count
+                                                                               : t->decode_layer_wide != 0);
+
+    /* The path. The single kernel saves two launches and the round trips of the conv's output
+     * and the recurrence's output through global memory. Without the wide tile, from more than
+     * two heads per SM on the three launches are faster than the narrow one (each SM then works
+     * through its heads one at a time with nothing to hide each head's conv, barriers and norm,
+     * where the three launches' decode takes the large-batch tiles). FKDA_DECODE_LAYER_FUSED=0
+     * forces the three launches, =1 the single kernel wherever it serves (never where it does
+     * not). */
+    const int wanted = t->decode_layer_fused == FKDA_TUNING_UNSET ? wide || c->heads <= 2 * (int64_t)c->sm_count
                                                                   : t->decode_layer_fused != 0;
-    out.fused = fkda_decode_layer_fused_serves(c) && wanted;
-    if (!out.fused) return out;
+    if (!wanted) return out;
+    out.fused = 1;
+    if (wide) {
+        out.wide = 1; /* one CTA a head: FKDA_DECODE_LAYER_CLUSTER applies to the narrow tile only */
+        return out;
+    }
 
     /* CTAs per head: small batches are latency-bound, so spread each head over as many SMs as
      * leave every CTA its own SM, the largest C with C x heads <= SMs (each CTA then carries

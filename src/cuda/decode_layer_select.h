@@ -26,18 +26,20 @@ typedef struct fkda_layer_call {
     int64_t H, HV; /* qk heads and value heads */
     int dense128;  /* the pool, in and out: 16-byte aligned, rows 128 elements apart */
     int64_t heads; /* B * HV: (sequence, value head) pairs */
+    int64_t W;     /* the conv's width */
 } fkda_layer_call;
 
 typedef struct fkda_layer_choice {
     int fused;   /* 1: the single kernel; 0: the three launches */
     int cluster; /* the single kernel's CTAs per head: 1, 2, 4 or 8 */
+    int wide;    /* the single kernel's tile: 1 wide (8 warps a head, cluster 1), 0 narrow (16 warps) */
 } fkda_layer_choice;
 
 /* Whether the single kernel can serve the call at all. */
 int fkda_decode_layer_fused_serves(const fkda_layer_call *c);
 
-/* The path and cluster size for the call under the knobs FKDA_DECODE_LAYER_FUSED and
- * FKDA_DECODE_LAYER_CLUSTER (tuning.h). */
+/* The path, tile and cluster size for the call under the knobs FKDA_DECODE_LAYER_FUSED,
+ * FKDA_DECODE_LAYER_WIDE and FKDA_DECODE_LAYER_CLUSTER (tuning.h). */
 fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_tuning *t);
 
 /* The three launches' conv for W <= 4: whether to take the kernel with 8 channels a thread

@@ -3,11 +3,14 @@
  * plain C, compiled into this test), on the CPU:
  *   1. the single kernel serves the common decode step and nothing else: each condition of the
  *      rule, broken alone, sends the call to the three launches;
- *   2. the cluster size: the largest of 1, 2, 4, 8 with C x heads <= SMs, spelled out at 132 SMs;
- *      and the three launches from more than two heads per SM on;
+ *   2. the tile and the cluster size: the narrow tile up to one head per SM, with C the largest of
+ *      1, 2, 4, 8 with C x heads <= SMs, spelled out at 132 SMs; the wide tile beyond (W <= 4);
+ *      for wider convs the narrow tile up to two heads per SM and the three launches beyond;
  *   3. the knobs: FKDA_DECODE_LAYER_FUSED=0 takes the three launches everywhere, =1 the single
- *      kernel only where it serves; FKDA_DECODE_LAYER_CLUSTER forces C; both read by
- *      fkda_tuning_read as tuning.h documents (other values leave them unset);
+ *      kernel only where it serves; FKDA_DECODE_LAYER_WIDE=0/1 keeps the wide tile off or takes it
+ *      wherever it serves (=0 is the rule before the wide tile existed); FKDA_DECODE_LAYER_CLUSTER
+ *      forces C of the narrow tile; all read by fkda_tuning_read as tuning.h documents (other
+ *      values leave them unset);
  *   4. the three launches' conv: 8 channels a thread from more than two waves of one-channel
  *      threads on, and FKDA_DECODE_LAYER_CONV_VEC forcing either way;
  *   5. the conv's kernel: the vector form only where its 16-byte accesses apply (each condition,
@@ -24,12 +27,15 @@
 #include "../../src/cuda/decode_layer_select.h"
 #include "test_util.h"
 
-/* B = 1, H = HV = 32, K = V = 128, one token, 1-D indices, a dense pool, on an H200. */
+/* B = 1, H = HV = 32, K = V = 128, one token, 1-D indices, a dense pool, W = 4, on an H200. */
 static fkda_layer_call common_call(void)
 {
-    fkda_layer_call c = {9, 132, 1, 0, 0, 128, 128, 32, 32, 1, 32};
+    fkda_layer_call c = {9, 132, 1, 0, 0, 128, 128, 32, 32, 1, 32, 4};
     return c;
 }
+
+/* The choice as one comparable triple. */
+#define SAME_CHOICE(x, f, w, cl) ((x).fused == (f) && (x).wide == (w) && (x).cluster == (cl))
 
 static fkda_layer_choice choose(const fkda_layer_call *c)
 {
@@ -42,11 +48,13 @@ int main(void)
 {
     unsetenv("FKDA_DECODE_LAYER_FUSED");
     unsetenv("FKDA_DECODE_LAYER_CLUSTER");
+    unsetenv("FKDA_DECODE_LAYER_WIDE");
 
     /* 1. What the single kernel serves. */
     fkda_layer_call c = common_call();
     fkda_layer_choice x = choose(&c);
-    CHECK(x.fused == 1 && x.cluster == 4, "the common call: fused %d cluster %d (want 1, 4)", x.fused, x.cluster);
+    CHECK(SAME_CHOICE(x, 1, 0, 4), "the common call: fused %d wide %d cluster %d (want 1, 0, 4)", x.fused, x.wide,
+          x.cluster);
     for (int broken = 0; broken < 9; broken++) {
         c = common_call();
         switch (broken) {
@@ -65,23 +73,25 @@ int main(void)
               broken);
     }
 
-    /* 2. Cluster sizes at 132 SMs. */
+    /* 2. Tiles and cluster sizes at 132 SMs, W = 4 and W = 5 (cluster 1 stands for "none" where
+     * the tile is wide or the path the three launches). */
     static const struct {
-        int64_t heads;
-        int cluster;
-    } sizes[] = {{1, 8}, {2, 8}, {16, 8}, {17, 4}, {32, 4}, {33, 4}, {34, 2}, {66, 2}, {67, 1}, {264, 1}};
+        int64_t heads, W;
+        int fused, wide, cluster;
+    } sizes[] = {{1, 4, 1, 0, 8},    {2, 4, 1, 0, 8},   {16, 4, 1, 0, 8},  {17, 4, 1, 0, 4},   {32, 4, 1, 0, 4},
+                 {33, 4, 1, 0, 4},   {34, 4, 1, 0, 2},  {66, 4, 1, 0, 2},  {67, 4, 1, 0, 1},   {132, 4, 1, 0, 1},
+                 {133, 4, 1, 1, 1},  {264, 4, 1, 1, 1}, {265, 4, 1, 1, 1}, {2048, 4, 1, 1, 1}, {1, 2, 1, 0, 8},
+                 {133, 3, 1, 1, 1},  {1, 5, 1, 0, 8},   {133, 5, 1, 0, 1}, {264, 5, 1, 0, 1},  {265, 5, 0, 0, 1},
+                 {2048, 16, 0, 0, 1}};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         c = common_call();
         c.heads = sizes[i].heads;
+        c.W = sizes[i].W;
         x = choose(&c);
-        CHECK(x.fused == 1 && x.cluster == sizes[i].cluster, "%lld heads: fused %d cluster %d (want 1, %d)",
-              (long long)sizes[i].heads, x.fused, x.cluster, sizes[i].cluster);
+        CHECK(SAME_CHOICE(x, sizes[i].fused, sizes[i].wide, sizes[i].cluster),
+              "%lld heads, W = %lld: fused %d wide %d cluster %d (want %d, %d, %d)", (long long)sizes[i].heads,
+              (long long)sizes[i].W, x.fused, x.wide, x.cluster, sizes[i].fused, sizes[i].wide, sizes[i].cluster);
     }
-
-    c = common_call();
-    c.heads = 265;
-    x = choose(&c);
-    CHECK(x.fused == 0, "265 heads on 132 SMs: still the single kernel");
 
     /* 3. The knobs. */
     setenv("FKDA_DECODE_LAYER_FUSED", "0", 1);
@@ -93,8 +103,14 @@ int main(void)
     CHECK(x.fused == 1, "FKDA_DECODE_LAYER_FUSED=1: not the single kernel");
     c.heads = 2048;
     x = choose(&c);
-    CHECK(x.fused == 1 && x.cluster == 1, "FKDA_DECODE_LAYER_FUSED=1 at 2048 heads: fused %d cluster %d (want 1, 1)",
-          x.fused, x.cluster);
+    CHECK(SAME_CHOICE(x, 1, 1, 1),
+          "FKDA_DECODE_LAYER_FUSED=1 at 2048 heads: fused %d wide %d cluster %d (want 1, 1, 1)", x.fused, x.wide,
+          x.cluster);
+    c.W = 5;
+    x = choose(&c);
+    CHECK(SAME_CHOICE(x, 1, 0, 1),
+          "FKDA_DECODE_LAYER_FUSED=1 at 2048 heads, W = 5: fused %d wide %d cluster %d (want 1, 0, 1)", x.fused, x.wide,
+          x.cluster);
     c = common_call();
     c.idx_2d = 1;
     x = choose(&c);
@@ -108,12 +124,58 @@ int main(void)
         CHECK(x.cluster == want[i], "FKDA_DECODE_LAYER_CLUSTER=%s: cluster %d (want %d)", values[i], x.cluster,
               want[i]);
     }
+    /* The cluster knob leaves the wide tile alone. */
+    setenv("FKDA_DECODE_LAYER_CLUSTER", "2", 1);
+    c.heads = 2048;
+    x = choose(&c);
+    CHECK(SAME_CHOICE(x, 1, 1, 1),
+          "FKDA_DECODE_LAYER_CLUSTER=2 at 2048 heads: fused %d wide %d cluster %d (want 1, 1, 1)", x.fused, x.wide,
+          x.cluster);
+    setenv("FKDA_DECODE_LAYER_WIDE", "0", 1);
+    x = choose(&c);
+    CHECK(SAME_CHOICE(x, 1, 0, 2),
+          "FKDA_DECODE_LAYER_WIDE=0 CLUSTER=2 at 2048 heads: fused %d wide %d cluster %d (want 1, 0, 2)", x.fused,
+          x.wide, x.cluster);
+    unsetenv("FKDA_DECODE_LAYER_WIDE");
+    unsetenv("FKDA_DECODE_LAYER_CLUSTER");
+    unsetenv("FKDA_DECODE_LAYER_FUSED");
+
+    /* FKDA_DECODE_LAYER_WIDE: =0 the rule before the wide tile (narrow up to two heads per SM,
+     * then the three launches), =1 the wide tile wherever it serves (W <= 4), below FUSED=0. */
+    static const struct {
+        const char *wide_knob, *fused_knob;
+        int64_t heads, W;
+        int fused, wide, cluster;
+    } knobs[] = {{"0", NULL, 133, 4, 1, 0, 1}, {"0", NULL, 264, 4, 1, 0, 1},  {"0", NULL, 265, 4, 0, 0, 1},
+                 {"0", "1", 2048, 4, 1, 0, 1}, {"1", NULL, 1, 4, 1, 1, 1},    {"1", NULL, 132, 4, 1, 1, 1},
+                 {"1", NULL, 1, 5, 1, 0, 8},   {"1", NULL, 2048, 5, 0, 0, 1}, {"1", "0", 2048, 4, 0, 0, 1},
+                 {"x", NULL, 133, 4, 1, 1, 1}, {"", NULL, 132, 4, 1, 0, 1}};
+    for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++) {
+        setenv("FKDA_DECODE_LAYER_WIDE", knobs[i].wide_knob, 1);
+        if (knobs[i].fused_knob)
+            setenv("FKDA_DECODE_LAYER_FUSED", knobs[i].fused_knob, 1);
+        else
+            unsetenv("FKDA_DECODE_LAYER_FUSED");
+        c = common_call();
+        c.heads = knobs[i].heads;
+        c.W = knobs[i].W;
+        x = choose(&c);
+        CHECK(SAME_CHOICE(x, knobs[i].fused, knobs[i].wide, knobs[i].cluster),
+              "FKDA_DECODE_LAYER_WIDE=%s FUSED=%s, %lld heads, W = %lld: fused %d wide %d cluster %d (want %d, %d, %d)",
+              knobs[i].wide_knob, knobs[i].fused_knob ? knobs[i].fused_knob : "(unset)", (long long)knobs[i].heads,
+              (long long)knobs[i].W, x.fused, x.wide, x.cluster, knobs[i].fused, knobs[i].wide, knobs[i].cluster);
+    }
+    unsetenv("FKDA_DECODE_LAYER_WIDE");
+    unsetenv("FKDA_DECODE_LAYER_FUSED");
+
     setenv("FKDA_DECODE_LAYER_FUSED", "yes", 1);
+    setenv("FKDA_DECODE_LAYER_WIDE", "2", 1);
     fkda_tuning t;
     fkda_tuning_read(&t);
     CHECK(t.decode_layer_fused == FKDA_TUNING_UNSET, "FKDA_DECODE_LAYER_FUSED=yes read as %d", t.decode_layer_fused);
+    CHECK(t.decode_layer_wide == FKDA_TUNING_UNSET, "FKDA_DECODE_LAYER_WIDE=2 read as %d", t.decode_layer_wide);
     unsetenv("FKDA_DECODE_LAYER_FUSED");
-    unsetenv("FKDA_DECODE_LAYER_CLUSTER");
+    unsetenv("FKDA_DECODE_LAYER_WIDE");
 
     /* 4. The conv's 8-channel threads: beyond two waves of 132 SMs x 1,024 one-channel threads
      * (270,336 channels), and FKDA_DECODE_LAYER_CONV_VEC=0/1 either way. */

@@ -20,11 +20,12 @@
  *   guards          intact at the end of the case
  *
  * Paths (decode_layer_select.c): where the single kernel can serve a case (sm_90, T = 1, 1-D
- * indices or none, K = V = 128, HV = H), the case runs three times, each against the reference:
- * the three launches forced (FKDA_DECODE_LAYER_FUSED=0), the single kernel forced with the
- * rule's cluster size, and with a cluster size forced (FKDA_DECODE_LAYER_CLUSTER, cycling 1, 2,
- * 4, 8 over the cases). Elsewhere it runs once with the library's choice, which must be the
- * three launches.
+ * indices or none, K = V = 128, HV = H), the case runs three or four times, each against the
+ * reference: the three launches forced (FKDA_DECODE_LAYER_FUSED=0), the single kernel forced with
+ * the rule's tile and cluster size, its narrow tile with a cluster size forced
+ * (FKDA_DECODE_LAYER_WIDE=0, FKDA_DECODE_LAYER_CLUSTER cycling 1, 2, 4, 8 over the cases), and for
+ * W <= 4 its wide tile forced (FKDA_DECODE_LAYER_WIDE=1). Elsewhere it runs once with the
+ * library's choice, which must be the three launches.
  *
  * Cases: B in {1, 3, 64}, H in {2, 12, 32}, HV = H and 2H at K = V = 128, then small and odd head
  * sizes (64, 24 x 40) and conv widths 2, 3 and 16; fp32 and bf16 pools in both layouts; f32, bf16
@@ -36,8 +37,9 @@
  *
  *   test_decode_layer_cuda           every case
  *   test_decode_layer_cuda --small   a few tiny cases, for compute-sanitizer (the single kernel
- *                                    among them, with C = 1 and C = 2, skipped sequences; T = 2
- *                                    and a sliding window through both conv kernels)
+ *                                    among them, narrow with C = 1 and C = 2 and wide, skipped
+ *                                    sequences; T = 2 and a sliding window through both conv
+ *                                    kernels)
  *
  * The last line is "test_decode_layer_cuda: all N checks passed", or a count of failures after
  * a "FAIL" line per broken check naming the case, the step and the numbers.
@@ -65,6 +67,10 @@ enum { PATH_DEFAULT = 0, PATH_THREE = 1, PATH_FUSED = 2 };
  * the small cases (compute-sanitizer's) run both kernels too. */
 enum { CONV_RULE = 0, CONV_VEC_ON = 1, CONV_VEC_OFF = 2 };
 
+/* The single kernel's tile (FKDA_DECODE_LAYER_WIDE): the rule's, the wide one forced (it serves
+ * W <= 4), or the narrow one forced. */
+enum { TILE_RULE = 0, TILE_WIDE = 1, TILE_NARROW = 2 };
+
 typedef struct lcase {
     char name[160];
     int64_t B, T, H, HV, K, V, W;
@@ -81,6 +87,7 @@ typedef struct lcase {
     double out_tol, state_tol;
     int path;    /* PATH_* */
     int cluster; /* PATH_FUSED: CTAs per head forced (0: the rule's) */
+    int tile;    /* PATH_FUSED: TILE_RULE, or FKDA_DECODE_LAYER_WIDE forced 1 (TILE_WIDE) or 0 */
     int conv;    /* the three launches' conv: CONV_RULE, or FKDA_DECODE_LAYER_CONV_VEC forced 1 or 0 */
     int fused;   /* the single kernel serves this run (the workspace stays untouched) */
 } lcase;
@@ -367,10 +374,15 @@ static fkda_status gpu_call(const lcase *c, const layer_bufs *b, void *ws, size_
         setenv("FKDA_DECODE_LAYER_CONV_VEC", c->conv == CONV_VEC_ON ? "1" : "0", 1);
     else
         unsetenv("FKDA_DECODE_LAYER_CONV_VEC");
+    if (c->tile != TILE_RULE)
+        setenv("FKDA_DECODE_LAYER_WIDE", c->tile == TILE_WIDE ? "1" : "0", 1);
+    else
+        unsetenv("FKDA_DECODE_LAYER_WIDE");
     const fkda_status s = fkda_decode_layer(&a, &gpu, ws, ws_bytes);
     unsetenv("FKDA_DECODE_LAYER_FUSED");
     unsetenv("FKDA_DECODE_LAYER_CLUSTER");
     unsetenv("FKDA_DECODE_LAYER_CONV_VEC");
+    unsetenv("FKDA_DECODE_LAYER_WIDE");
     CUDA_OK(cudaStreamSynchronize(stream));
     CUDA_OK(cudaGetLastError());
     return s;
@@ -580,8 +592,9 @@ static void name_case(lcase *c)
              c->softplus ? "softplus" : "lower bound", c->idx_dtype == FKDA_DTYPE_I64 ? "i64" : "i32");
     char path[32] = "";
     if (c->path == PATH_THREE) snprintf(path, sizeof path, " [3-pass]");
-    if (c->path == PATH_FUSED) snprintf(path, sizeof path, " [fused C=%d]", c->cluster);
-    if (c->path == PATH_FUSED && !c->cluster) snprintf(path, sizeof path, " [fused]");
+    if (c->path == PATH_FUSED) snprintf(path, sizeof path, " [fused narrow C=%d]", c->cluster);
+    if (c->path == PATH_FUSED && c->tile == TILE_WIDE) snprintf(path, sizeof path, " [fused wide]");
+    if (c->path == PATH_FUSED && c->tile == TILE_RULE) snprintf(path, sizeof path, " [fused]");
     if (c->path == PATH_DEFAULT) snprintf(path, sizeof path, c->fused ? " [default: fused]" : " [default: 3-pass]");
     strncat(c->name, path, sizeof c->name - strlen(c->name) - 1);
     if (c->conv != CONV_RULE)
@@ -596,9 +609,10 @@ static int fused_serves(const lcase *c, int cc_major)
     return cc_major == 9 && c->T == 1 && c->idx_mode != IDX_2D && c->K == 128 && c->V == 128 && c->HV == c->H;
 }
 
-/* Appends the runs of case `c`: where the single kernel serves, three of them (the three
- * launches forced, the single kernel with the rule's cluster size, and with `cluster` forced);
- * elsewhere one, with the library's choice, which must be the three launches. Each run of the
+/* Appends the runs of case `c`: where the single kernel serves, three or four of them (the three
+ * launches forced, the single kernel with the rule's tile and cluster size, its narrow tile with
+ * `cluster` forced, and for W <= 4 its wide tile forced); elsewhere one, with the library's
+ * choice, which must be the three launches. Each run of the
  * three launches takes the case's conv setting, or if it has none the next of the three
  * (CONV_RULE, CONV_VEC_ON, _OFF). */
 static int add_runs(lcase *cases, int n, lcase c, int cc_major, int cluster)
@@ -619,7 +633,13 @@ static int add_runs(lcase *cases, int n, lcase c, int cc_major, int cluster)
     c.fused = 1;
     cases[n++] = c;
     c.cluster = cluster;
+    c.tile = TILE_NARROW;
     cases[n++] = c;
+    if (c.W <= 4) { /* the wide tile's kernels are compiled for the short conv only */
+        c.cluster = 0;
+        c.tile = TILE_WIDE;
+        cases[n++] = c;
+    }
     return n;
 }
 
@@ -649,7 +669,7 @@ int main(int argc, char **argv)
     cudaStream_t stream = NULL;
     CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 
-    static lcase cases[160];
+    static lcase cases[192];
     int n = 0;
     if (small) {
         /* T = 2 and a sliding window, each through both conv kernels (8 channels a thread: its
@@ -681,6 +701,8 @@ int main(int argc, char **argv)
         c.v_first = 1;
         c.W = 16;
         n = add_runs(cases, n, c, prop.major, 1);
+        c.W = 4; /* the bf16 [V, K] kernels of W <= 4, the wide one (VEC = 8) among them */
+        n = add_runs(cases, n, c, prop.major, 2);
     } else {
         /* K = V = 128 over B x H x HV, the options cycled with coprime periods so that each
          * appears with several others. */

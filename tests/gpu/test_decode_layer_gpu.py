@@ -4,11 +4,11 @@ The CPU side runs the float64 reference layer (reference=True) on CPU copies of 
 and pools. Compared: out (the decode's bars: 1e-5 for fp32 through, a bf16 rounding share
 otherwise), the recurrent slots the call writes, the conv pool bitwise (it holds raw inputs,
 copied), the slots no sequence names bitwise unchanged, skipped rows zero; each case on the
-library's default path and with the three launches forced (FKDA_DECODE_LAYER_FUSED=0), so that
-the cases the single kernel serves (T = 1, 1-D indices or none, K = V = 128, HV = H, on sm_90)
-test both. Then one call captured in a CUDA graph and replayed as a chain gives the same bits as
-eager calls, for a speculative step (three launches) and a plain decode step (the single kernel
-on sm_90).
+library's default path, with the three launches forced (FKDA_DECODE_LAYER_FUSED=0) and with the
+single kernel's wide tile forced (FKDA_DECODE_LAYER_WIDE=1), so that the cases the single kernel
+serves (T = 1, 1-D indices or none, K = V = 128, HV = H, on sm_90) test every path. Then one
+call captured in a CUDA graph and replayed as a chain gives the same bits as eager calls, for a
+speculative step (three launches) and a plain decode step (the single kernel on sm_90).
 """
 
 import os
@@ -125,7 +125,7 @@ def bars(io, pool_dtype):
     return out + (state if pool_dtype != torch.float32 else 0.0), state
 
 
-@pytest.mark.parametrize("path", ["default", "three-pass"])
+@pytest.mark.parametrize("path", ["default", "three-pass", "wide"])
 @pytest.mark.parametrize(
     "case", CASES, ids=lambda c: f"B{c[0]}T{c[1]}H{c[2]}HV{c[3]}K{c[4]}W{c[6]}-{c[7]}"
 )
@@ -133,6 +133,10 @@ def test_matches_cpu_reference(rng, case, path, monkeypatch):
     if path == "three-pass":
         monkeypatch.setenv("FKDA_DECODE_LAYER_FUSED", "0")
     B, T, H, HV, K, V, W, kind, io, pool_dtype, v_first, lb = case
+    if path == "wide":
+        if not (T == 1 and kind != "2d" and K == V == 128 and HV == H and W <= 4):
+            pytest.skip("the single kernel's wide tile does not serve this case")
+        monkeypatch.setenv("FKDA_DECODE_LAYER_WIDE", "1")
     P = B * T + 3 if kind != "none" else B
     L = W - 2 + T if kind == "2d" else W - 1
     layer = make_layer(rng, B, T, H, HV, K, V, W, P, L, io, pool_dtype, v_first)
@@ -233,13 +237,18 @@ def test_cuda_graph_capture_of_one_layer_step(rng, kind):
         assert same_bytes(layer["conv_state"], eager["conv_state"])
 
 
-def test_out_of_range_slots_and_counts_follow_the_cuda_rules(rng):
+@pytest.mark.parametrize("tile", ["default", "wide"])
+def test_out_of_range_slots_and_counts_follow_the_cuda_rules(rng, tile, monkeypatch):
     """What the CPU refuses and CUDA handles by rule (flashkda.h): a read slot at or past P skips
     the sequence; a running sequence whose conv slot is outside [0, P_conv) convolves from a zero
     window and writes no conv state; accepted counts are clamped into [1, T_max]. The pools are
     the first slots of larger tensors filled with garbage beyond, so a kernel that read or wrote
     past either pool would change what the test sees. The expectation: the CPU reference on the
-    same call with those rules applied by hand (index -1, a zeroed conv slot, clamped counts)."""
+    same call with those rules applied by hand (index -1, a zeroed conv slot, clamped counts).
+    Run on the library's default path (the narrow single kernel on sm_90) and with the single
+    kernel's wide tile forced, which stores the conv windows early."""
+    if tile == "wide":
+        monkeypatch.setenv("FKDA_DECODE_LAYER_WIDE", "1")
     B, H, HV, K, V, W = 4, 2, 2, 128, 128, 4
     P, P_conv = 6, 4
     layer = make_layer(rng, B, 1, H, HV, K, V, W, P + 1, W - 1, torch.float32, torch.float32, False)
