@@ -206,6 +206,11 @@ mutant cuda-layer-fused-silu cuda src/cuda/decode_layer_fused.cu \
 mutant cuda-layer-wide-factors cuda src/cuda/decode_layer_fused.cu \
   'f.denom = sm.out_denom[j];' \
   'f.denom = sm.out_denom[j ^ 1];'
+# The single kernel's q and k exchange waiting for every CTA's share, its own included (which it
+# stores itself): the wait never completes, and the kernel traps.
+mutant cuda-layer-exchange-bytes cuda src/cuda/decode_layer_fused.cu \
+  'exchange_init(&sm.token_bar, (256 - 256 / C) * sizeof(float));' \
+  'exchange_init(&sm.token_bar, 256 * sizeof(float));'
 mutant cuda-layer-output-gate cuda src/cuda/decode_layer.cu \
   'v[i] * r * w / (1.0f + expf(-g))' \
   'v[i] * r * w / (1.0f + expf(g))'

@@ -15,16 +15,17 @@
  *      q and k channels and the 128 / C v channels of its own columns, one channel per thread.
  *      It alone writes the new conv window of exactly those channels (at the end), so no CTA
  *      reads a channel that another writes: the conv state needs no barrier.
- *   2. sends its q and k outputs to every CTA of the cluster (st.shared::cluster into their
- *      staging buffers), computes the decay exp(a) of all 128 keys itself (cheap, and one gate
- *      load per key), then one cluster barrier: every CTA now holds the whole token.
+ *   2. sends its q and k outputs to every other CTA of the cluster (st.async into their staging
+ *      buffers, counted on an mbarrier there) and stores them in its own, computes the decay exp(a) of all 128 keys itself
+ *      (cheap, and one gate load per key), then waits until its own mbarrier has counted every
+ *      q and k value: the CTA now holds the whole token.
  *   3. every warp sums q.q, k.k and q.k over the 128 keys on its own (the same lanes and order in
  *      every warp: the same factors everywhere, no block barrier), then runs the one-token delta
  *      rule on its columns exactly as the plain decode does (run_tokens' arithmetic), and stores
  *      the state back in the pool's dtype.
  *   4. the gated RMSNorm needs sum(o^2) over the head's 128 values: each warp sends its partial
- *      sum to every CTA of the cluster, one more cluster barrier, and every thread adds the 16
- *      partials in the same order; the lanes holding o write out.
+ *      sum to every other CTA of the cluster the same way (a second mbarrier), and every thread adds
+ *      the 16 partials in the same order; the lanes holding o write out.
  *
  * For batches of more heads than SMs the same steps run on the plain decode's large-batch tile
  * (the wide tile: 16 keys x 4 values per lane, 8 warps a head, C = 1, 256 threads and at most 128
@@ -32,10 +33,11 @@
  * stores the new conv windows right after the conv, and the norm's factors go through shared
  * memory, which keeps the CTA inside those 128 registers (docs/decode.md, "The wide tile").
  *
- * With C = 1 the cluster operations become plain shared-memory stores and __syncthreads. After
- * the last cluster barrier no CTA touches another's shared memory, so each may exit. The global
- * stores (out, the state, the conv window) come after it: a cluster barrier's release half waits
- * for every store before it (MEMBAR.ALL.GPU), which would put their latency on the head's path.
+ * The only cluster barrier is the kernel's first: no CTA sends before every CTA of its cluster
+ * runs with its mbarriers initialised. The exchanges themselves need none, whose release half
+ * (MEMBAR.ALL.GPU) would wait for every memory operation in flight. With C = 1 they become plain
+ * shared-memory stores and __syncthreads. Once a CTA has received both exchanges no other CTA
+ * touches its shared memory, so each may exit.
  *
  * A skipped sequence (read slot outside [0, P)) does what the three-pass path does: no pool and
  * no conv state touched, and out = 0 * r * norm_weight * sigmoid(output_gate) with r the norm of
@@ -48,6 +50,7 @@
 #include "cuda_internal.h"
 #include "decode_common.cuh"
 #include "decode_layer_fused.h"
+#include "ptx_mbarrier.cuh"
 
 /* The two tiles of a head (K = V = 128, 4 values per lane in both):
  *   narrow: 8 keys per lane, 16 lanes share a column, 16 warps a head (small batches: C CTAs);
@@ -112,6 +115,7 @@ typedef struct __align__(16) fused_smem
     float v[128];
     float squares[FUSED_MAX_WARPS];
     float out_weight[128], out_denom[128]; /* the wide tile's norm factors by column (out_factors) */
+    uint64_t token_bar, squares_bar;       /* C > 1: the exchanges' mbarriers (send_everywhere) */
 }
 fused_smem;
 
@@ -125,50 +129,89 @@ static __device__ __forceinline__ uint32_t cluster_rank(void)
     return r;
 }
 
-/* barrier.cluster in two halves: every thread of every CTA of the cluster arrives, then waits
- * for all the others. The release / acquire pair makes each CTA's shared-memory stores before
- * its arrival (remote ones included) visible to every CTA after its wait. */
+/* The kernel's one cluster barrier, in two halves, at its start: every thread of every CTA arrives
+ * (relaxed: it orders nothing but the exchanges' barrier initialisation, which a fence releases),
+ * and waits for all the others before its first remote store, so that no CTA stores into one that
+ * has not started or whose barriers are not initialised yet. */
 static __device__ __forceinline__ void cluster_arrive_relaxed(void)
 {
     asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory");
-}
-static __device__ __forceinline__ void cluster_arrive(void)
-{
-    asm volatile("barrier.cluster.arrive.release;" ::: "memory");
 }
 static __device__ __forceinline__ void cluster_wait(void)
 {
     asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
 }
 
-/* The same variable in the shared memory of CTA `rank` of the cluster = x. */
-static __device__ __forceinline__ void store_cluster(float *local, uint32_t rank, float x)
+/*
+ * The exchanges (the token's q and k, then each warp's sum of o^2) go CTA to CTA without a cluster
+ * barrier: a barrier.cluster.arrive.release compiles to MEMBAR.ALL.GPU, which waits for every
+ * memory operation the thread has in flight, on the head's path. Instead each value bound for
+ * another CTA is an st.async into that CTA's shared memory that completes its 4 bytes on an
+ * mbarrier there (one per exchange, used for one phase); each CTA's thread 0 initialised its own
+ * with one arrival and announced (expect_tx) the bytes the other CTAs will send it, so the phase
+ * completes when they all have landed, and the receiver's threads wait for it with acquire at
+ * cluster scope. A CTA's values for itself are plain shared stores, published by a __syncthreads
+ * after the wait. Every CTA receives every byte sent to it before it goes on, so none exits while
+ * a store to it is in flight.
+ */
+static __device__ __forceinline__ uint32_t shared_address(const void *p)
 {
-    const uint32_t at = (uint32_t)__cvta_generic_to_shared(local);
+    return (uint32_t)__cvta_generic_to_shared(p);
+}
+
+/* The address of `local` (a shared address of this CTA) in CTA `rank` of the cluster. */
+static __device__ __forceinline__ uint32_t cluster_address(uint32_t local, uint32_t rank)
+{
     uint32_t remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(at), "r"(rank));
-    asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(remote), "f"(x) : "memory");
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    return remote;
 }
 
-/* x into `local` of every CTA of the cluster (this one's included); C = 1: a plain store. */
-static __device__ __forceinline__ void store_everywhere(float *local, int C, float x)
+/* Thread 0, at the kernel's start (before its cluster arrival): the exchange's barrier expects
+ * `bytes`. */
+static __device__ __forceinline__ void exchange_init(uint64_t *bar, uint32_t bytes)
 {
-    if (C == 1) {
-        *local = x;
-        return;
-    }
-    for (int r = 0; r < C; r++) store_cluster(local, (uint32_t)r, x);
+    const uint32_t b = shared_address(bar);
+    mbar_init(b, 1);
+    mbar_fence_init(); /* released to the other CTAs by the cluster barrier that follows */
+    mbar_arrive_expect_tx(b, bytes);
 }
 
-/* Every thread of the cluster (C = 1: of the CTA) has arrived; its shared stores are visible. */
-static __device__ __forceinline__ void cluster_sync(int C)
+/* x into `local` of every CTA of the cluster: this one's by a plain store (the caller's
+ * __syncthreads publishes it), the others' by st.async counted on their `bar`. */
+static __device__ __forceinline__ void send_everywhere(float *local, uint64_t *bar, int C, int rank, float x)
 {
-    if (C == 1) {
-        __syncthreads();
-        return;
+    *local = x;
+    if (C == 1) return;
+    const uint32_t at = shared_address(local), b = shared_address(bar);
+    for (int r = 0; r < C; r++) {
+        if (r == rank) continue;
+        asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(
+                         cluster_address(at, (uint32_t)r)),
+                     "r"(__float_as_uint(x)), "r"(cluster_address(b, (uint32_t)r))
+                     : "memory");
     }
-    cluster_arrive();
-    cluster_wait();
+}
+
+/* The GPU's wall clock in nanoseconds (the same on every SM, and across a CTA's preemption). */
+static __device__ __forceinline__ uint64_t global_ns(void)
+{
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+/* Waits until every byte the exchange's barrier expects has landed (its phase 0 completed). A
+ * miscount would wait forever, holding the GPU: after 30 s (far beyond any wait, the skew of a
+ * cluster's CTAs being microseconds, milliseconds under a sanitizer) the kernel traps instead, so
+ * that the caller gets a CUDA error. A debugger that halts the GPU longer than that inside the
+ * wait makes it trap too. */
+static __device__ __forceinline__ void wait_received(uint64_t *bar)
+{
+    const uint32_t b = shared_address(bar);
+    const uint64_t start = global_ns();
+    while (!mbar_try_wait_cluster(b, 0))
+        if (global_ns() - start > 30000000000ull) __trap();
 }
 
 /* ---- the conv of one channel ------------------------------------------------------------------ */
@@ -301,9 +344,17 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     const int C = WIDE ? 1 : p->cluster, NC = FUSED_NC, WARPS = FUSED_WARPS(NR), CH = FUSED_CHANNELS(NR);
     const int KEYS = WIDE ? 1 : FUSED_KEYS;           /* the wide tile's 256 threads: one key each, or none */
     const int rank = C > 1 ? (int)cluster_rank() : 0; /* cluster dims (C, 1, 1): blockIdx.x % C */
-    /* Before any CTA writes another's shared memory, all of them must be running: this arrival
-     * is waited for just before the first remote store. */
-    if (C > 1) cluster_arrive_relaxed();
+    /* Before any CTA writes another's shared memory, all of them must be running with their
+     * exchanges' barriers initialised: this arrival is waited for just before the first remote
+     * store. */
+    if (C > 1) {
+        if (threadIdx.x == 0) {
+            /* what the other CTAs send: their q and k outputs, their warps' sums of o^2 */
+            exchange_init(&sm.token_bar, (256 - 256 / C) * sizeof(float));
+            exchange_init(&sm.squares_bar, (FUSED_WARPS(NR) - FUSED_WARPS(NR) / C) * sizeof(float));
+        }
+        cluster_arrive_relaxed();
+    }
     wait_for_prior_grid();
 
     const int tid = threadIdx.x, nthreads = blockDim.x, warp = tid >> 5, lane = tid & 31;
@@ -408,12 +459,13 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         if (job < qk_jobs) {
             const int key = rank * qk_jobs + job, e = key & 127;
             float *at = (key < 128 ? sm.q : sm.k) + stage_pos(&w, e, V_FIRST, VEC, NR);
-            store_everywhere(at, C, y[i]);
+            send_everywhere(at, &sm.token_bar, C, rank, y[i]);
         } else if (job < jobs) {
             sm.v[col0 + (job - qk_jobs)] = y[i];
         }
     }
-    cluster_sync(C);
+    if (C > 1) wait_received(&sm.token_bar); /* the other CTAs' q and k */
+    __syncthreads();                         /* this CTA's own stores: decay, v, norm factors */
 
     /* 3. The norms, by every warp alone over all 128 keys (the same sums in every warp). */
     float ssq = 0.0f, ssk = 0.0f, qk = 0.0f;
@@ -454,8 +506,9 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     /* 4. sum(o^2) over the head: each warp's (its kl = 0 lanes hold each of its columns once) to
      * every CTA, then all of them in the same order everywhere. */
     squares = warp_sum(w.kl == 0 ? squares : 0.0f);
-    if (lane == 0) store_everywhere(&sm.squares[rank * (nthreads >> 5) + warp], C, squares);
-    cluster_sync(C);
+    if (lane == 0) send_everywhere(&sm.squares[rank * (nthreads >> 5) + warp], &sm.squares_bar, C, rank, squares);
+    if (C > 1) wait_received(&sm.squares_bar); /* the other CTAs' warps */
+    __syncthreads();                           /* this CTA's */
     float total = 0.0f;
 #pragma unroll
     for (int i = 0; i < WARPS; i++) total += sm.squares[i];
@@ -474,7 +527,6 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
             store_out(p, n, h, j, o[c], r, f);
         }
     }
-    /* The global stores last: a cluster barrier's release would wait for them. */
     store_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1);
     if (!WIDE) {
 #pragma unroll

@@ -15,7 +15,7 @@ static __device__ __forceinline__ void mbar_init(uint32_t mbar, uint32_t arrival
 }
 
 /* Makes the initialised barriers visible to the async proxy (the bulk copies); follow it with
- * a block-wide barrier before any use. */
+ * a block-wide barrier (or, for other CTAs of a cluster, a cluster barrier) before any use. */
 static __device__ __forceinline__ void mbar_fence_init(void)
 {
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -40,6 +40,20 @@ static __device__ __forceinline__ uint32_t mbar_try_wait(uint32_t mbar, uint32_t
     uint32_t done;
     asm volatile("{\n\t.reg .pred p;\n\t"
                  "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
+                 "selp.u32 %0, 1, 0, p;\n\t}"
+                 : "=r"(done)
+                 : "r"(mbar), "r"(parity)
+                 : "memory");
+    return done;
+}
+
+/* As mbar_try_wait, with acquire at cluster scope: for a barrier whose transactions are other
+ * CTAs' st.async into this CTA's shared memory, so that their stores are visible after it. */
+static __device__ __forceinline__ uint32_t mbar_try_wait_cluster(uint32_t mbar, uint32_t parity)
+{
+    uint32_t done;
+    asm volatile("{\n\t.reg .pred p;\n\t"
+                 "mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n\t"
                  "selp.u32 %0, 1, 0, p;\n\t}"
                  : "=r"(done)
                  : "r"(mbar), "r"(parity)
