@@ -91,6 +91,10 @@ mutant cpu-gva-head-map cpu src/cpu/activations.c \
 mutant cpu-decode-skip-no-zeros cpu src/cpu/decode.c \
   'zero_output(p, row, start, length, h, v0, nv);' \
   '/* mutant: no zeros */'
+# The single kernel's all-bf16 forms taken with an fp32 norm weight (read as bf16 halves).
+mutant cpu-layer-io16-norm-weight cpu src/cuda/decode_layer_select.c \
+  'p->norm_weight.dtype == bf16 && ' \
+  ''
 # The decode layer's conv: the vector form taken with conv-state rows that are not whole 16-byte
 # pieces apart (its 16-byte loads would then be misaligned).
 mutant cpu-layer-conv-vec-rows cpu src/cuda/decode_layer_select.c \
@@ -202,7 +206,7 @@ mutant cuda-layer-window-clamp cuda src/cuda/decode_layer.cu \
 mutant cuda-layer-fused-silu cuda src/cuda/decode_layer_fused.cu \
   'return acc / (1.0f + expf(-acc));' \
   'return acc;'
-# The single kernel's wide tile: each column's norm factors read from the neighbour's slot.
+# The single kernel (both tiles): each column's norm factors read from the neighbour's slot.
 mutant cuda-layer-wide-factors cuda src/cuda/decode_layer_fused.cu \
   'f.denom = sm.out_denom[j];' \
   'f.denom = sm.out_denom[j ^ 1];'

@@ -13,12 +13,14 @@
  *   1. loads its columns of the state (as the plain decode's tiles do), and while they are in
  *      flight runs the causal conv + SiLU of its share of the channels: 256 / C of the head's
  *      q and k channels and the 128 / C v channels of its own columns, one channel per thread.
- *      It alone writes the new conv window of exactly those channels (at the end), so no CTA
- *      reads a channel that another writes: the conv state needs no barrier.
+ *      It alone writes the new conv window of exactly those channels (while its q and k are in
+ *      flight to the other CTAs), so no CTA reads a channel that another writes: the conv state
+ *      needs no barrier. Each of the 128 / C threads without a conv job (one per column)
+ *      computes the norm's factors of its column into shared memory.
  *   2. sends its q and k outputs to every other CTA of the cluster (st.async into their staging
- *      buffers, counted on an mbarrier there) and stores them in its own, computes the decay exp(a) of all 128 keys itself
- *      (cheap, and one gate load per key), then waits until its own mbarrier has counted every
- *      q and k value: the CTA now holds the whole token.
+ *      buffers, counted on an mbarrier there) and stores them in its own, computes the decay
+ *      exp(a) of all 128 keys itself (cheap, and one gate load per key), then waits until its own
+ *      mbarrier has counted every q and k value: the CTA now holds the whole token.
  *   3. every warp sums q.q, k.k and q.k over the 128 keys on its own (the same lanes and order in
  *      every warp: the same factors everywhere, no block barrier), then runs the one-token delta
  *      rule on its columns exactly as the plain decode does (run_tokens' arithmetic), and stores
@@ -29,9 +31,8 @@
  *
  * For batches of more heads than SMs the same steps run on the plain decode's large-batch tile
  * (the wide tile: 16 keys x 4 values per lane, 8 warps a head, C = 1, 256 threads and at most 128
- * registers, so that two heads share an SM); there each thread convolves up to two channels,
- * stores the new conv windows right after the conv, and the norm's factors go through shared
- * memory, which keeps the CTA inside those 128 registers (docs/decode.md, "The wide tile").
+ * registers, so that two heads share an SM); there each thread convolves up to two channels
+ * (docs/decode.md, "The wide tile").
  *
  * The only cluster barrier is the kernel's first: no CTA sends before every CTA of its cluster
  * runs with its mbarriers initialised. The exchanges themselves need none, whose release half
@@ -50,6 +51,7 @@
 #include "cuda_internal.h"
 #include "decode_common.cuh"
 #include "decode_layer_fused.h"
+#include "decode_layer_select.h"
 #include "ptx_mbarrier.cuh"
 
 /* The two tiles of a head (K = V = 128, 4 values per lane in both):
@@ -114,7 +116,7 @@ typedef struct __align__(16) fused_smem
     float q[FUSED_STAGE], k[FUSED_STAGE], d[FUSED_STAGE];
     float v[128];
     float squares[FUSED_MAX_WARPS];
-    float out_weight[128], out_denom[128]; /* the wide tile's norm factors by column (out_factors) */
+    float out_weight[128], out_denom[128]; /* the norm's factors by column (out_factors) */
     uint64_t token_bar, squares_bar;       /* C > 1: the exchanges' mbarriers (send_everywhere) */
 }
 fused_smem;
@@ -366,9 +368,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     /* Every load that needs no slot first, so that they are in flight while the slot's index
      * arrives: the conv's taps, bias and input of this thread's channels (jobs tid and, in the
      * wide tile, tid + 256: 256 / C of the head's q and k channels, then 128 / C of v), the gate's
-     * g and dt_bias of its keys, A_log, beta, and output_gate and norm_weight of the columns this
-     * lane will write (the wide tile: of column tid, for all lanes through shared memory, so that
-     * they do not hold 8 registers through the state step). */
+     * g and dt_bias of its keys, A_log, beta, and output_gate and norm_weight of one column. */
     const int qk_jobs = 256 / C, jobs = qk_jobs + cols;
     conv_channel cc[FUSED_CHANNELS(FUSED_WIDE_NR)];
 #pragma unroll
@@ -391,20 +391,19 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     }
     const uint32_t A_bits = load_bits_if(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride, gated && p->d.A_log);
     const uint32_t beta_bits = load_bits(p->d.beta, p->d.beta_dtype, n * p->d.beta_stride[0] + h * p->d.beta_stride[2]);
-    uint32_t gate_bits[FUSED_NC], weight_bits[FUSED_NC];
-#pragma unroll
-    for (int c = 0; c < (WIDE ? 1 : NC); c++) {
-        const int j = WIDE ? tid : tile_col(&w, c, V_FIRST, VEC), ok = WIDE ? tid < 128 : w.kl == 0;
-        gate_bits[c] = load_gate_bits(p, n, h, j, ok);
-        weight_bits[c] = load_weight_bits(p, j, ok);
-    }
+    /* The last `cols` threads (the narrow tile's, one per column, have no conv job; the wide
+     * tile's have one where the first 128 have two): output_gate and norm_weight of column
+     * col0 + column, whose factors the thread computes once and shares through shared memory with
+     * the lanes that write out. */
+    const int column = tid - (nthreads - cols), has_column = column >= 0;
+    const uint32_t gate_bits = load_gate_bits(p, n, h, col0 + column, has_column);
+    const uint32_t weight_bits = load_weight_bits(p, col0 + column, has_column);
 
     const int64_t slot = p->d.state_indices ? load_index(p->d.state_indices, p->d.idx_dtype, n * p->d.idx_stride[0])
                                             : n;
     if (slot < 0 || slot >= p->d.pool_size) { /* skipped: uniform over the cluster */
         const float r = 1.0f / sqrtf(0.0f / 128.0f + p->eps);
-        for (int j = col0 + tid; j < col0 + cols; j += nthreads)
-            store_out(p, n, h, j, 0.0f, r, out_factors_of(p, load_gate_bits(p, n, h, j, 1), load_weight_bits(p, j, 1)));
+        if (has_column) store_out(p, n, h, col0 + column, 0.0f, r, out_factors_of(p, gate_bits, weight_bits));
         if (C > 1) cluster_wait();
         return;
     }
@@ -437,19 +436,6 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     float y[FUSED_CHANNELS(FUSED_WIDE_NR)];
 #pragma unroll
     for (int i = 0; i < CH; i++) y[i] = tid + i * nthreads < jobs ? conv_output(p, &cc[i], MW) : 0.0f;
-    if (WIDE) {
-        /* One CTA a head (C = 1): its barriers are __syncthreads, which do not wait for global
-         * stores, so the new conv windows go out now and their registers are free for the state
-         * step; and the norm's factors of column tid go to shared memory. */
-#pragma unroll
-        for (int i = 0; i < CH; i++)
-            if (tid + i * nthreads < jobs) conv_write(p, &cc[i], MW);
-        if (tid < 128) {
-            const out_factors f = out_factors_of(p, gate_bits[0], weight_bits[0]);
-            sm.out_weight[tid] = f.weight;
-            sm.out_denom[tid] = f.denom;
-        }
-    }
 
     /* 2. q and k to every CTA, v to this one; then the whole token is everywhere. */
     if (C > 1) cluster_wait(); /* every CTA of the cluster is running */
@@ -463,6 +449,17 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         } else if (job < jobs) {
             sm.v[col0 + (job - qk_jobs)] = y[i];
         }
+    }
+    /* While the q and k are in flight: the new conv windows go out (nothing after this waits for
+     * global stores: the exchanges' waits are acquires, and __syncthreads), freeing their
+     * registers for the state step, and the norm's factors of this thread's column. */
+#pragma unroll
+    for (int i = 0; i < CH; i++)
+        if (tid + i * nthreads < jobs) conv_write(p, &cc[i], MW);
+    if (has_column) {
+        const out_factors f = out_factors_of(p, gate_bits, weight_bits);
+        sm.out_weight[col0 + column] = f.weight;
+        sm.out_denom[col0 + column] = f.denom;
     }
     if (C > 1) wait_received(&sm.token_bar); /* the other CTAs' q and k */
     __syncthreads();                         /* this CTA's own stores: decay, v, norm factors */
@@ -518,41 +515,55 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         for (int c = 0; c < NC; c++) {
             const int j = tile_col(&w, c, V_FIRST, VEC);
             out_factors f;
-            if (WIDE) {
-                f.weight = sm.out_weight[j];
-                f.denom = sm.out_denom[j];
-            } else {
-                f = out_factors_of(p, gate_bits[c], weight_bits[c]);
-            }
+            f.weight = sm.out_weight[j];
+            f.denom = sm.out_denom[j];
             store_out(p, n, h, j, o[c], r, f);
         }
     }
     store_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1);
-    if (!WIDE) {
-#pragma unroll
-        for (int i = 0; i < CH; i++)
-            if (tid + i * nthreads < jobs) conv_write(p, &cc[i], MW);
-    }
 #endif
+}
+
+/* A bf16 model's decode step has every token tensor and parameter of the layer in bf16 but
+ * A_log and dt_bias (fp32 in Kimi-Linear and in vLLM's calls): mixed_qkv, the conv's weight, bias
+ * and state, g, beta, output_gate, norm_weight and out. The kernels for it (_io16) see those
+ * dtypes as constants, as the plain decode's all-bf16 TOK kernels do: one load width and one
+ * conversion per value, where the run-time dtype costs both widths and a dispatch per load. */
+static __device__ __forceinline__ fused_layer_params with_bf16_io(fused_layer_params q)
+{
+    q.x_dtype = q.w_dtype = q.bias_dtype = q.cs_dtype = FKDA_DTYPE_BF16;
+    q.gate_dtype = q.nw_dtype = q.out_dtype = FKDA_DTYPE_BF16;
+    q.d.g_dtype = q.d.beta_dtype = FKDA_DTYPE_BF16;
+    return q;
 }
 
 /* Per pool dtype and layout, the narrow tile for conv widths up to LAYER_SHORT_CONV_WIDTH (_w4)
  * and up to FUSED_MAX_WIDTH, and the wide tile (_wide) for widths up to LAYER_SHORT_CONV_WIDTH
  * only: two conv channels a thread of any width would not fit beside its 64 state values in the
- * 128 registers that let two CTAs share an SM. VEC as the decode's dense 128 tiles (16 bytes; 8 for
- * bf16 [K, V]). */
-#define FUSED_KERNELS(name, bf16, v_first, vec)                                                                   \
-    __global__ void __launch_bounds__(512, 1) name(const fused_layer_params p)                                    \
-    {                                                                                                             \
-        fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH, FUSED_NARROW_NR);                                    \
-    }                                                                                                             \
-    __global__ void __launch_bounds__(512, 1) name##_w4(const fused_layer_params p)                               \
-    {                                                                                                             \
-        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR);                             \
-    }                                                                                                             \
-    __global__ void __launch_bounds__(32 * FUSED_WARPS(FUSED_WIDE_NR), 2) name##_wide(const fused_layer_params p) \
-    {                                                                                                             \
-        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR);                               \
+ * 128 registers that let two CTAs share an SM; the short-conv kernels also for bf16 io (_io16).
+ * VEC as the decode's dense 128 tiles (16 bytes; 8 for bf16 [K, V]). */
+#define FUSED_KERNELS(name, bf16, v_first, vec)                                                                        \
+    __global__ void __launch_bounds__(512, 1) name(const fused_layer_params p)                                         \
+    {                                                                                                                  \
+        fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH, FUSED_NARROW_NR);                                         \
+    }                                                                                                                  \
+    __global__ void __launch_bounds__(512, 1) name##_w4(const fused_layer_params p)                                    \
+    {                                                                                                                  \
+        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR);                                  \
+    }                                                                                                                  \
+    __global__ void __launch_bounds__(32 * FUSED_WARPS(FUSED_WIDE_NR), 2) name##_wide(const fused_layer_params p)      \
+    {                                                                                                                  \
+        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR);                                    \
+    }                                                                                                                  \
+    __global__ void __launch_bounds__(512, 1) name##_w4_io16(const fused_layer_params p)                               \
+    {                                                                                                                  \
+        const fused_layer_params q = with_bf16_io(p);                                                                  \
+        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR);                                  \
+    }                                                                                                                  \
+    __global__ void __launch_bounds__(32 * FUSED_WARPS(FUSED_WIDE_NR), 2) name##_wide_io16(const fused_layer_params p) \
+    {                                                                                                                  \
+        const fused_layer_params q = with_bf16_io(p);                                                                  \
+        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR);                                    \
     }
 FUSED_KERNELS(layer_f32_kv, 0, 0, 4)
 FUSED_KERNELS(layer_f32_vk, 0, 1, 4)
@@ -631,17 +642,24 @@ extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int c
                          LAYER_SHORT_CONV_WIDTH);
     const int NR = wide ? FUSED_WIDE_NR : FUSED_NARROW_NR;
     const fused_layer_params k = fused_params_of(p, cluster, NR);
-    const int bf16 = p->state_in.dtype == FKDA_DTYPE_BF16, v_first = p->state_v_first != 0;
-    const void *kernel;
-    if (wide)
-        kernel = bf16 ? (v_first ? (const void *)layer_bf16_vk_wide : (const void *)layer_bf16_kv_wide)
-                      : (v_first ? (const void *)layer_f32_vk_wide : (const void *)layer_f32_kv_wide);
-    else if (p->conv_width <= LAYER_SHORT_CONV_WIDTH)
-        kernel = bf16 ? (v_first ? (const void *)layer_bf16_vk_w4 : (const void *)layer_bf16_kv_w4)
-                      : (v_first ? (const void *)layer_f32_vk_w4 : (const void *)layer_f32_kv_w4);
-    else
-        kernel = bf16 ? (v_first ? (const void *)layer_bf16_vk : (const void *)layer_bf16_kv)
-                      : (v_first ? (const void *)layer_f32_vk : (const void *)layer_f32_kv);
+    /* The kernel: its form (the rows), then the pool's dtype and layout (the columns). */
+    enum { ANY_WIDTH, SHORT, SHORT_IO16, WIDE, WIDE_IO16 };
+    static const void *const kernels[5][4] = {
+        {(const void *)layer_f32_kv, (const void *)layer_f32_vk, (const void *)layer_bf16_kv,
+         (const void *)layer_bf16_vk},
+        {(const void *)layer_f32_kv_w4, (const void *)layer_f32_vk_w4, (const void *)layer_bf16_kv_w4,
+         (const void *)layer_bf16_vk_w4},
+        {(const void *)layer_f32_kv_w4_io16, (const void *)layer_f32_vk_w4_io16, (const void *)layer_bf16_kv_w4_io16,
+         (const void *)layer_bf16_vk_w4_io16},
+        {(const void *)layer_f32_kv_wide, (const void *)layer_f32_vk_wide, (const void *)layer_bf16_kv_wide,
+         (const void *)layer_bf16_vk_wide},
+        {(const void *)layer_f32_kv_wide_io16, (const void *)layer_f32_vk_wide_io16,
+         (const void *)layer_bf16_kv_wide_io16, (const void *)layer_bf16_vk_wide_io16}};
+    const int io16 = fkda_decode_layer_bf16_io(p);
+    const int form = wide                                      ? (io16 ? WIDE_IO16 : WIDE)
+                     : p->conv_width <= LAYER_SHORT_CONV_WIDTH ? (io16 ? SHORT_IO16 : SHORT)
+                                                               : ANY_WIDTH;
+    const void *kernel = kernels[form][2 * (p->state_in.dtype == FKDA_DTYPE_BF16) + (p->state_v_first != 0)];
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)(p->B * p->HV * cluster), 1, 1);
     cfg.blockDim = dim3((unsigned)(32 * FUSED_WARPS(NR) / cluster), 1, 1);

@@ -29,7 +29,7 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
     fkda_layer_choice out = {0, 1, 0};
     if (!fkda_decode_layer_fused_serves(c)) return out;
 
-    /* The tile. The narrow one (16 warps a head, 112-128 registers a thread) fills an SM with one
+    /* The tile. The narrow one (16 warps a head, 78-128 registers a thread) fills an SM with one
      * head; up to one head per SM that is what the latency-bound small batches want (each head
      * spread over C CTAs, below). Beyond, the wide tile (8 warps a head, 16 keys x 4 values a
      * lane, at most 128 registers) takes two heads an SM, as the plain decode's large-batch tiles
@@ -96,4 +96,13 @@ fkda_conv_kernel fkda_decode_layer_conv_kernel(const fkda_conv_call *c, int sm_c
                              c->state_stride[1] % V == 0 && c->bases_aligned16;
     return vectorizable && fkda_decode_layer_conv_vec(c->B * c->dim, sm_count, t) ? FKDA_CONV_SHORT_VEC
                                                                                   : FKDA_CONV_SHORT;
+}
+
+int fkda_decode_layer_bf16_io(const fkda_problem *p)
+{
+    const fkda_dtype bf16 = FKDA_DTYPE_BF16;
+    return p->mixed_qkv.dtype == bf16 && p->conv_weight.dtype == bf16 &&
+           (p->conv_bias.data == NULL || p->conv_bias.dtype == bf16) && p->conv_state.dtype == bf16 &&
+           p->g.dtype == bf16 && p->beta.dtype == bf16 && p->output_gate.dtype == bf16 &&
+           p->norm_weight.dtype == bf16 && p->out.dtype == bf16;
 }

@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 
+#include "../core/problem.h"
 #include "../core/tuning.h"
 
 #ifdef __cplusplus
@@ -41,6 +42,11 @@ int fkda_decode_layer_fused_serves(const fkda_layer_call *c);
 /* The path, tile and cluster size for the call under the knobs FKDA_DECODE_LAYER_FUSED,
  * FKDA_DECODE_LAYER_WIDE and FKDA_DECODE_LAYER_CLUSTER (tuning.h). */
 fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_tuning *t);
+
+/* Whether the call's layer tensors are those of a bf16 model's step: mixed_qkv, the conv's weight,
+ * bias (or none) and state, g, beta, output_gate, norm_weight and out all bf16 (A_log, dt_bias and
+ * the pool any dtype). The single kernel's _io16 forms, compiled for those dtypes, serve it. */
+int fkda_decode_layer_bf16_io(const fkda_problem *p);
 
 /* The three launches' conv for W <= 4: whether to take the kernel with 8 channels a thread
  * (where its 16-byte loads apply: fkda_decode_layer_conv_kernel checks that) for B x conv_dim

@@ -15,12 +15,16 @@
  *      threads on, and FKDA_DECODE_LAYER_CONV_VEC forcing either way;
  *   5. the conv's kernel: the vector form only where its 16-byte accesses apply (each condition,
  *      broken alone, takes the one-channel form, even with FKDA_DECODE_LAYER_CONV_VEC=1), the
- *      short forms only for W <= 4. (The GPU test cannot tell which conv kernel ran: they give
- *      the same bits.)
+ *      short forms only for W <= 4 (the GPU test cannot tell which conv kernel ran: they give
+ *      the same bits);
+ *   6. the single kernel's all-bf16 forms (_io16): taken only when every layer tensor but A_log,
+ *      dt_bias and the pool is bf16 (each of the nine, made fp32 alone, refuses them; no bias is
+ *      fine).
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../../src/core/tuning.h"
 #include "flashkda.h"
@@ -244,5 +248,28 @@ int main(void)
     CHECK(fkda_decode_layer_conv_kernel(&v, 132, &t) == FKDA_CONV_SHORT, "B = 1: not the one-channel short form");
     v.W = 16;
     CHECK(fkda_decode_layer_conv_kernel(&v, 132, &t) == FKDA_CONV_ANY_WIDTH, "W = 16: not the any-width form");
+
+    /* 6. The all-bf16 forms: every one of the nine tensors bf16 (fp32 A_log, dt_bias and pool); each
+     * made fp32 alone refuses them; no bias at all is fine. */
+    static int bias_storage;
+    for (int broken = -2; broken < 9; broken++) {
+        fkda_problem pr;
+        memset(&pr, 0, sizeof pr);
+        fkda_operand *nine[9] = {&pr.mixed_qkv, &pr.conv_weight, &pr.conv_bias,   &pr.conv_state, &pr.g,
+                                 &pr.beta,      &pr.output_gate, &pr.norm_weight, &pr.out};
+        for (int i = 0; i < 9; i++) nine[i]->dtype = FKDA_DTYPE_BF16;
+        pr.conv_bias.data = &bias_storage;
+        pr.A_log.dtype = pr.dt_bias.dtype = pr.state_in.dtype = pr.state_out.dtype = FKDA_DTYPE_F32;
+        int want = 1;
+        if (broken == -1) { /* no bias: its dtype says nothing */
+            pr.conv_bias.data = NULL;
+            pr.conv_bias.dtype = FKDA_DTYPE_F32;
+        } else if (broken >= 0) {
+            nine[broken]->dtype = FKDA_DTYPE_F32;
+            want = 0;
+        }
+        CHECK(fkda_decode_layer_bf16_io(&pr) == want, "all-bf16 forms, tensor %d made fp32: %d (want %d)", broken,
+              fkda_decode_layer_bf16_io(&pr), want);
+    }
     return test_exit("test_decode_layer_select");
 }

@@ -37,9 +37,9 @@
  *
  *   test_decode_layer_cuda           every case
  *   test_decode_layer_cuda --small   a few tiny cases, for compute-sanitizer (the single kernel
- *                                    among them, narrow with C = 1 and C = 2 and wide, skipped
- *                                    sequences; T = 2 and a sliding window through both conv
- *                                    kernels)
+ *                                    among them, narrow with C = 1 and C = 2 and wide, with
+ *                                    run-time dtypes and all-bf16 (_io16), skipped sequences;
+ *                                    T = 2 and a sliding window through both conv kernels)
  *
  * The last line is "test_decode_layer_cuda: all N checks passed", or a count of failures after
  * a "FAIL" line per broken check naming the case, the step and the numbers.
@@ -703,6 +703,10 @@ int main(int argc, char **argv)
         n = add_runs(cases, n, c, prop.major, 1);
         c.W = 4; /* the bf16 [V, K] kernels of W <= 4, the wide one (VEC = 8) among them */
         n = add_runs(cases, n, c, prop.major, 2);
+        c.param = FKDA_DTYPE_BF16; /* every layer tensor bf16: the _io16 kernels */
+        c.pool_dtype = FKDA_DTYPE_F32;
+        c.v_first = 0;
+        n = add_runs(cases, n, c, prop.major, 1);
     } else {
         /* K = V = 128 over B x H x HV, the options cycled with coprime periods so that each
          * appears with several others. */

@@ -49,8 +49,10 @@ def same_bytes(a, b):
     )
 
 
-def make_layer(rng, B, T, H, HV, K, V, W, P, L, io, pool_dtype, v_first):
-    """The layer's tensors on the CPU (torch); token tensors [B, T, ...] (T squeezed when 1)."""
+def make_layer(rng, B, T, H, HV, K, V, W, P, L, io, pool_dtype, v_first, params=torch.float32):
+    """The layer's tensors on the CPU (torch); token tensors [B, T, ...] (T squeezed when 1);
+    `params` the dtype of the conv's weight and bias, g, beta, output_gate and norm_weight (A_log
+    and dt_bias stay fp32, as in Kimi-Linear)."""
 
     def randn(*shape, sd=1.0):
         return torch.from_numpy((sd * rng.standard_normal(shape)).astype(np.float32))
@@ -60,16 +62,16 @@ def make_layer(rng, B, T, H, HV, K, V, W, P, L, io, pool_dtype, v_first):
     pool_shape = (P, HV, V, K) if v_first else (P, HV, K, V)
     return dict(
         mixed_qkv=randn(*lead, dim).to(io),
-        conv_weight=randn(dim, W, sd=0.5),
-        conv_bias=randn(dim, sd=0.2),
+        conv_weight=randn(dim, W, sd=0.5).to(params),
+        conv_bias=randn(dim, sd=0.2).to(params),
         conv_state=randn(P, L, dim).to(io),
-        g=randn(*lead, HV, K),
-        beta=randn(*lead, HV),
+        g=randn(*lead, HV, K).to(params),
+        beta=randn(*lead, HV).to(params),
         A_log=torch.from_numpy(rng.uniform(-1, 0.5, HV).astype(np.float32)),
         dt_bias=randn(HV, K, sd=0.5),
         state_pool=randn(*pool_shape, sd=0.3).to(pool_dtype),
-        output_gate=randn(*lead, HV, V, sd=1.5),
-        norm_weight=torch.from_numpy(rng.uniform(0.5, 1.5, V).astype(np.float32)),
+        output_gate=randn(*lead, HV, V, sd=1.5).to(params),
+        norm_weight=torch.from_numpy(rng.uniform(0.5, 1.5, V).astype(np.float32)).to(params),
     )
 
 
@@ -83,10 +85,12 @@ def fresh_tokens(rng, layer):
 
 
 def to_device(layer):
-    return {n: x.to(DEV) for n, x in layer.items()}
+    return {n: None if x is None else x.to(DEV) for n, x in layer.items()}
 
 
-# B, T, H, HV, K, V, W, indices, io dtype, pool dtype, v_first, lower_bound
+# B, T, H, HV, K, V, W, indices, io dtype, pool dtype, v_first, lower_bound[, params dtype]
+# (the last three: every layer tensor bf16 but A_log and dt_bias, a bf16 model's step, which the
+# single kernel's _io16 forms serve; the last of them without a conv bias)
 CASES = [
     (3, 1, 2, 4, 128, 128, 4, "1d", torch.bfloat16, torch.float32, False, -5.0),
     (4, 3, 2, 2, 64, 64, 4, "2d", torch.float32, torch.bfloat16, True, None),
@@ -95,6 +99,9 @@ CASES = [
     (1, 1, 32, 32, 128, 128, 4, "none", torch.bfloat16, torch.float32, False, -5.0),
     (3, 1, 2, 2, 128, 128, 16, "1d", torch.float16, torch.bfloat16, True, None),
     (5, 1, 3, 3, 128, 128, 2, "1d", torch.bfloat16, torch.float32, True, -5.0),
+    (1, 1, 32, 32, 128, 128, 4, "none", torch.bfloat16, torch.float32, False, -5.0, torch.bfloat16),
+    (3, 1, 2, 2, 128, 128, 3, "1d", torch.bfloat16, torch.bfloat16, False, None, torch.bfloat16),
+    (4, 1, 4, 4, 128, 128, 4, "1d", torch.bfloat16, torch.bfloat16, True, -5.0, torch.bfloat16),
 ]
 
 
@@ -132,14 +139,16 @@ def bars(io, pool_dtype):
 def test_matches_cpu_reference(rng, case, path, monkeypatch):
     if path == "three-pass":
         monkeypatch.setenv("FKDA_DECODE_LAYER_FUSED", "0")
-    B, T, H, HV, K, V, W, kind, io, pool_dtype, v_first, lb = case
+    B, T, H, HV, K, V, W, kind, io, pool_dtype, v_first, lb, *params = case
     if path == "wide":
         if not (T == 1 and kind != "2d" and K == V == 128 and HV == H and W <= 4):
             pytest.skip("the single kernel's wide tile does not serve this case")
         monkeypatch.setenv("FKDA_DECODE_LAYER_WIDE", "1")
     P = B * T + 3 if kind != "none" else B
     L = W - 2 + T if kind == "2d" else W - 1
-    layer = make_layer(rng, B, T, H, HV, K, V, W, P, L, io, pool_dtype, v_first)
+    layer = make_layer(rng, B, T, H, HV, K, V, W, P, L, io, pool_dtype, v_first, *params)
+    if params and v_first:  # the all-bf16 case without a conv bias
+        layer["conv_bias"] = None
     out_bar, state_bar = bars(io, pool_dtype)
     gpu = to_device(layer)
     for _ in range(3):  # a chain: each side's pools carry over
