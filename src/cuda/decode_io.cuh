@@ -43,6 +43,30 @@ static __device__ __forceinline__ uint32_t load_bits(const void *base, int32_t d
     return load_bits_if(base, dtype, i, 1);
 }
 
+/* load_bits_if with each form loading into its own register, or-ed at the use. In load_bits_if
+ * both forms load into one register, and the compiled code makes the second load wait for the
+ * first (a write after write: the wait is in the second instruction, whatever its predicate), a
+ * whole DRAM latency where the tensor is fp32, before any later load issues. The single-kernel
+ * decode layer loads its run-time-dtype tensors (all of them, or A_log and dt_bias in its all-bf16
+ * kernels) this way. The plain decode keeps load_bits_if: there this form measured faster in the
+ * tile kernels but 3% slower in the packed bf16 one at 64 x 32 (docs/history/decode.md). Where the
+ * dtype is a compile-time constant, one form and the or fold away. */
+static __device__ __forceinline__ uint32_t load_bits_split_if(const void *base, int32_t dtype, int64_t i, int ok)
+{
+    uint32_t bits32 = 0u, bits16 = 0u; /* zero bits are 0.0 in every dtype */
+    const int wide = dtype == FKDA_DTYPE_F32;
+    const char *at = (const char *)base + (i << (wide ? 2 : 1));
+    asm volatile("{\n\t.reg .pred p, w;\n\t"
+                 "setp.ne.s32 p, %4, 0;\n\t"
+                 "setp.ne.and.s32 w, %3, 0, p;\n\t"
+                 "setp.eq.and.s32 p, %3, 0, p;\n\t"
+                 "@w ld.global.b32 %0, [%2];\n\t"
+                 "@p ld.global.u16 %1, [%2];\n\t}"
+                 : "+r"(bits32), "+r"(bits16)
+                 : "l"(at), "r"(wide), "r"(ok));
+    return bits32 | bits16;
+}
+
 /* Every conversion, then a select: no branch (at small batches each warp's path is the time). */
 static __device__ __forceinline__ float bits_to_float(uint32_t bits, int32_t dtype)
 {

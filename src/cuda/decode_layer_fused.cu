@@ -10,8 +10,9 @@
  * per warp) are split over the C CTAs, 16 / C warps each, so that CTA `rank` owns value columns
  * rank * 128 / C .. (rank + 1) * 128 / C - 1. Each CTA:
  *
- *   1. loads its columns of the state (as the plain decode's tiles do), and while they are in
- *      flight runs the causal conv + SiLU of its share of the channels: 256 / C of the head's
+ *   1. loads its conv windows, then its columns of the state (as the plain decode's tiles do),
+ *      and while the state is in flight runs the causal conv + SiLU of its share of the
+ *      channels (and steps 2 and 3 up to the state step): 256 / C of the head's
  *      q and k channels and the 128 / C v channels of its own columns, one channel per thread.
  *      It alone writes the new conv window of exactly those channels (while its q and k are in
  *      flight to the other CTAs), so no CTA reads a channel that another writes: the conv state
@@ -231,31 +232,36 @@ typedef struct conv_channel {
     int has_slot; /* the slot is inside the conv pool (else a zero window, nothing written) */
 } conv_channel;
 
-/* The loads that need no slot: the taps (right-aligned: entry i holds tap i - (M - W)), bias, x. */
-static __device__ __forceinline__ void conv_load_inputs(const fused_layer_params *p, int64_t n, int64_t ch,
+/* The loads that need no slot: the taps (right-aligned: entry i holds tap i - (M - W)), bias, x;
+ * none where !job (a thread without this channel job: all zero bits). Predicated loads, not a
+ * branch around them: inside a branch the compiler converted x as soon as it was loaded, and the
+ * warp waited there for DRAM before it issued the state's loads. */
+static __device__ __forceinline__ void conv_load_inputs(const fused_layer_params *p, int64_t n, int64_t ch, int job,
                                                         conv_channel *cc, const int MW)
 {
     const int M = MW, lead = M - p->W;
     cc->ch = ch;
+    cc->has_slot = 0;
 #pragma unroll
     for (int i = 0; i < M; i++)
-        cc->wt[i] = load_bits_if(p->conv_weight, p->w_dtype, ch * p->w_stride[0] + (i - lead) * p->w_stride[1],
-                                 i >= lead);
-    cc->bias = load_bits_if(p->conv_bias, p->bias_dtype, ch * p->bias_stride, p->conv_bias != NULL);
-    cc->x = load_bits(p->x, p->x_dtype, n * p->x_stride[0] + ch * p->x_stride[2]);
+        cc->wt[i] = load_bits_split_if(p->conv_weight, p->w_dtype, ch * p->w_stride[0] + (i - lead) * p->w_stride[1],
+                                       job && i >= lead);
+    cc->bias = load_bits_split_if(p->conv_bias, p->bias_dtype, ch * p->bias_stride, job && p->conv_bias != NULL);
+    cc->x = load_bits_split_if(p->x, p->x_dtype, n * p->x_stride[0] + ch * p->x_stride[2], job);
 }
 
-/* The window w_0 .. w_{W-2} from conv slot `cslot` (a zero window where it is outside the pool). */
-static __device__ __forceinline__ void conv_load_window(const fused_layer_params *p, int64_t cslot, conv_channel *cc,
-                                                        const int MW)
+/* The window w_0 .. w_{W-2} from conv slot `cslot` (a zero window where it is outside the pool,
+ * and nothing loaded where !job). */
+static __device__ __forceinline__ void conv_load_window(const fused_layer_params *p, int64_t cslot, int job,
+                                                        conv_channel *cc, const int MW)
 {
     const int M = MW, lead = M - p->W;
-    cc->has_slot = cslot >= 0 && cslot < p->conv_slots;
+    cc->has_slot = job && cslot >= 0 && cslot < p->conv_slots;
     cc->base = cslot * p->cs_stride[0] + cc->ch * p->cs_stride[2];
 #pragma unroll
     for (int i = 0; i < M - 1; i++)
-        cc->hist[i] = load_bits_if(p->conv_state, p->cs_dtype, cc->base + (i - lead) * p->cs_stride[1],
-                                   cc->has_slot && i >= lead);
+        cc->hist[i] = load_bits_split_if(p->conv_state, p->cs_dtype, cc->base + (i - lead) * p->cs_stride[1],
+                                         cc->has_slot && i >= lead);
 }
 
 /* y = silu(bias + sum_{j < W} weight[j] * s[j]) over s = (w_0 .. w_{W-2}, x), summed oldest first
@@ -303,13 +309,13 @@ static __device__ __forceinline__ out_factors out_factors_of(const fused_layer_p
 static __device__ __forceinline__ uint32_t load_gate_bits(const fused_layer_params *p, int64_t n, int64_t h, int j,
                                                           int ok)
 {
-    return load_bits_if(p->gate, p->gate_dtype, n * p->gate_stride[0] + h * p->gate_stride[2] + j * p->gate_stride[3],
-                        ok);
+    return load_bits_split_if(p->gate, p->gate_dtype,
+                              n * p->gate_stride[0] + h * p->gate_stride[2] + j * p->gate_stride[3], ok);
 }
 
 static __device__ __forceinline__ uint32_t load_weight_bits(const fused_layer_params *p, int j, int ok)
 {
-    return load_bits_if(p->norm_weight, p->nw_dtype, j * p->nw_stride, ok);
+    return load_bits_split_if(p->norm_weight, p->nw_dtype, j * p->nw_stride, ok);
 }
 
 /* out[j] = o * r * norm_weight[j] * sigmoid(output_gate[j]), evaluated as the norm kernel of
@@ -374,8 +380,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
 #pragma unroll
     for (int i = 0; i < CH; i++) {
         const int job = tid + i * nthreads;
-        cc[i].has_slot = 0;
-        if (job < jobs) conv_load_inputs(p, n, conv_job_channel(p, job, rank, C, h, col0), &cc[i], MW);
+        conv_load_inputs(p, n, conv_job_channel(p, job, rank, C, h, col0), job < jobs, &cc[i], MW);
     }
     const int gated = p->d.gate != FKDA_GATE_NONE, biased = gated && p->d.dt_bias != NULL;
     uint32_t g_bits[FUSED_KEYS], bias_bits[FUSED_KEYS];
@@ -384,13 +389,15 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         g_bits[i] = bias_bits[i] = 0u;
         if (i * nthreads >= 128) continue; /* uniform: only CTAs of 64 threads (C = 8) take 2 keys */
         const int e = tid + i * nthreads, ok = e < 128;
-        g_bits[i] = load_bits_if(p->d.g, p->d.g_dtype,
-                                 n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], ok);
-        bias_bits[i] = load_bits_if(p->d.dt_bias, p->d.dt_bias_dtype,
-                                    h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], ok && biased);
+        g_bits[i] = load_bits_split_if(p->d.g, p->d.g_dtype,
+                                       n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], ok);
+        bias_bits[i] = load_bits_split_if(p->d.dt_bias, p->d.dt_bias_dtype,
+                                          h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], ok && biased);
     }
-    const uint32_t A_bits = load_bits_if(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride, gated && p->d.A_log);
-    const uint32_t beta_bits = load_bits(p->d.beta, p->d.beta_dtype, n * p->d.beta_stride[0] + h * p->d.beta_stride[2]);
+    const uint32_t A_bits = load_bits_split_if(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride,
+                                               gated && p->d.A_log);
+    const uint32_t beta_bits = load_bits_split_if(p->d.beta, p->d.beta_dtype,
+                                                  n * p->d.beta_stride[0] + h * p->d.beta_stride[2], 1);
     /* The last `cols` threads (the narrow tile's, one per column, have no conv job; the wide
      * tile's have one where the first 128 have two): output_gate and norm_weight of column
      * col0 + column, whose factors the thread computes once and shares through shared memory with
@@ -408,14 +415,16 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         return;
     }
 
-    /* The state's tile and the conv windows, both at the slot. The state's loads are streaming
-     * (evict-first) in the narrow tile, which serves small batches, whose pools are small next to
-     * L2, and ordinary in the wide one, as the plain decode's rule has it (docs/decode.md). */
+    /* The conv windows, then the state's tile, both at the slot. The windows first: the conv, the
+     * q and k exchange and the norms then run while the state streams in, and only the state step
+     * waits for it (issued after the state's loads, the windows arrived after all of it, and that
+     * work came after the state instead). The state's loads are streaming (evict-first) in the
+     * narrow tile, which serves small batches, whose pools are small next to L2, and ordinary in
+     * the wide one, as the plain decode's rule has it (docs/decode.md). */
+#pragma unroll
+    for (int i = 0; i < CH; i++) conv_load_window(p, slot, tid + i * nthreads < jobs, &cc[i], MW);
     float s[DECODE_MAX_R][DECODE_MAX_C];
     load_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1, WIDE ? 0 : 1);
-#pragma unroll
-    for (int i = 0; i < CH; i++)
-        if (tid + i * nthreads < jobs) conv_load_window(p, slot, &cc[i], MW);
 
     /* The decay of every key (each CTA all 128), beta, and this thread's conv output. */
     const float A_weight = gated && p->d.A_log ? expf(bits_to_float(A_bits, p->d.A_log_dtype)) : 1.0f;
