@@ -25,7 +25,7 @@
  *   3. every warp sums q.q, k.k and q.k over the 128 keys on its own (the same lanes and order in
  *      every warp: the same factors everywhere, no block barrier), then runs the one-token delta
  *      rule on its columns exactly as the plain decode does (run_tokens' arithmetic), and stores
- *      the state back in the pool's dtype.
+ *      the state back in the pool's dtype at once, so that those stores drain during step 4.
  *   4. the gated RMSNorm needs sum(o^2) over the head's 128 values: each warp sends its partial
  *      sum to every other CTA of the cluster the same way (a second mbarrier), and every thread adds
  *      the 16 partials in the same order; the lanes holding o write out.
@@ -508,6 +508,9 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         squares = fmaf(o[c], o[c], squares);
     }
     tile_rank1_update(s, lk, vk, NR, NC);
+    /* The new state out now, not after the norm: its stores (the step's largest traffic) then
+     * drain while the sums of o^2 are exchanged, and nothing after them waits for global stores. */
+    store_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1);
 
     /* 4. sum(o^2) over the head: each warp's (its kl = 0 lanes hold each of its columns once) to
      * every CTA, then all of them in the same order everywhere. */
@@ -529,7 +532,6 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
             store_out(p, n, h, j, o[c], r, f);
         }
     }
-    store_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1);
 #endif
 }
 
