@@ -44,6 +44,8 @@ FKDA_BENCH_SWEEP_WARPS=1 adds CTA sizes, and
 FKDA_BENCH_SWEEP_CUSTOM="name:KNOB=1,KNOB2=0;name2:..." adds columns of knobs set together.
     python3 bench/bench_decode_gpu.py --profile fp32,1,32   # two calls of each library, no graph,
                                                              # for ncu (one pool dtype, B, H)
+    python3 bench/bench_decode_gpu.py --profile fp32,1,32,spec    # the same for the --spec rows'
+                                                                   # call (spec-vk: [V, K] pool)
 """
 
 from __future__ import annotations
@@ -364,18 +366,11 @@ def vllm_table(flash_kda, fla_fwd, bw, gen):
 SPEC_T = 3  # draft tokens per sequence in the speculative rows
 
 
-def bench_spec_case(flash_kda, fla_fwd, B, H, pool_dtype, gen, v_first, min_bytes=256 << 20):
-    """Speculative decoding in vLLM's form: B sequences of SPEC_T tokens packed in one row
-    (cu_seqlens = 0, T, 2T, ...), 2-D int32 indices [B, T] (token t's state goes to slot
-    idx[n, t]), num_accepted_tokens in [1, T] (the state is read from idx[n, a_n - 1]). Times
-    ours and fla in CUDA graphs of distinct pools; returns (ours s, fla s, bytes, pools). Bytes:
-    one state read and T written per sequence and head."""
+def spec_call_inputs(B, H, pool_dtype, gen, v_first, layers):
+    """A speculative-decoding call's tensors (bench_spec_case's form): tokens packed in one row,
+    `layers` pools of B * SPEC_T slots, 2-D int32 indices, accepted counts, cu_seqlens, out."""
     T = SPEC_T
-    elem = 4 if pool_dtype == torch.float32 else 2
     P = B * T
-    pool_bytes = P * H * K * V * elem
-    layers = max(1, min(MAX_LAYERS, math.ceil(min_bytes / pool_bytes)))
-    steps = max(STEPS, layers)
     x = [
         t.reshape(1, B * T, *t.shape[2:]) if t.dim() >= 3 else t for t in make_inputs(B * T, H, gen)
     ]
@@ -388,6 +383,21 @@ def bench_spec_case(flash_kda, fla_fwd, B, H, pool_dtype, gen, v_first, min_byte
     acc = torch.randint(1, T + 1, (B,), device="cuda", generator=gen).to(torch.int32)
     cu = torch.arange(0, B * T + 1, T, device="cuda", dtype=torch.int32)
     out = torch.empty(1, B * T, H, V, device="cuda", dtype=torch.bfloat16)
+    return x, pools, idx, acc, cu, out
+
+
+def bench_spec_case(flash_kda, fla_fwd, B, H, pool_dtype, gen, v_first, min_bytes=256 << 20):
+    """Speculative decoding in vLLM's form: B sequences of SPEC_T tokens packed in one row
+    (cu_seqlens = 0, T, 2T, ...), 2-D int32 indices [B, T] (token t's state goes to slot
+    idx[n, t]), num_accepted_tokens in [1, T] (the state is read from idx[n, a_n - 1]). Times
+    ours and fla in CUDA graphs of distinct pools; returns (ours s, fla s, bytes, pools). Bytes:
+    one state read and T written per sequence and head."""
+    T = SPEC_T
+    elem = 4 if pool_dtype == torch.float32 else 2
+    pool_bytes = B * T * H * K * V * elem
+    layers = max(1, min(MAX_LAYERS, math.ceil(min_bytes / pool_bytes)))
+    steps = max(STEPS, layers)
+    x, pools, idx, acc, cu, out = spec_call_inputs(B, H, pool_dtype, gen, v_first, layers)
     ours = [
         lambda p=pools[s % layers]: ours_call(flash_kda, x, p, idx, out, v_first, acc, cu)
         for s in range(steps)
@@ -460,8 +470,8 @@ def main():
     ap.add_argument(
         "--profile",
         default=None,
-        metavar="DTYPE,B,H",
-        help="only run two calls of each library on one case (for ncu)",
+        metavar="DTYPE,B,H[,spec|,spec-vk]",
+        help="only run two calls of each library on one case (for ncu); spec: a --spec call",
     )
     args = ap.parse_args()
 
@@ -475,11 +485,22 @@ def main():
         fla_fwd = None  # --profile profiles ours alone then
 
     if args.profile:
-        dtype, B, H = args.profile.split(",")
+        dtype, B, H, *form = args.profile.split(",")
         pool_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
         gen = torch.Generator(device="cuda")
         gen.manual_seed(1234)
         B, H = int(B), int(H)
+        if form:  # spec or spec-vk: the --spec rows' call ([K, V] or [V, K] pool)
+            if form[0] not in ("spec", "spec-vk"):
+                raise SystemExit(f"--profile: unknown form {form[0]!r} (spec or spec-vk)")
+            v_first = form[0] == "spec-vk"
+            x, (pool,), idx, acc, cu, out = spec_call_inputs(B, H, pool_dtype, gen, v_first, 1)
+            for _ in range(2):
+                ours_call(flash_kda, x, pool, idx, out, v_first, acc, cu)
+            for _ in range(2 if fla_fwd is not None else 0):
+                fla_call(fla_fwd, x, pool, idx, out, v_first, acc, cu)
+            torch.cuda.synchronize()
+            return 0
         x = make_inputs(B, H, gen)
         pool = (0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype)
         idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
