@@ -213,7 +213,7 @@ for step in "${steps[@]}"; do
       --quick --pool bf16 --out "$OUT/bench_decode_layer_bf16_narrow.md"
     # (at most 8 files come back from a device call: the cluster sweep only when asked for)
     for c in ${FKDA_BENCH_LAYER_CLUSTERS:-}; do
-      FKDA_DECODE_LAYER_WIDE=0 FKDA_DECODE_LAYER_CLUSTER=$c run_step bench-decode-layer-c$c \
+      FKDA_DECODE_LAYER_WIDE=0 FKDA_DECODE_LAYER_CLUSTER=$c run_step "bench-decode-layer-c$c" \
         python3 bench/bench_decode_layer_gpu.py --quick --out "$OUT/bench_decode_layer_c$c.md"
     done ;;
   profile-prefill)
