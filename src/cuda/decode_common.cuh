@@ -79,16 +79,16 @@ static __device__ __forceinline__ int64_t query_head(const fkda_decode_params *p
     return (uint32_t)h / (uint32_t)p->group;
 }
 
-/* The bits of this lane's columns of v at one token. */
+/* The bits of this lane's columns of v at one token (SPLIT: load_bits_as's form). */
 static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const lane_tile *w, int64_t row, int64_t pos,
                                               int64_t h, uint32_t *vbits, const int V_FIRST, const int VEC,
-                                              const int NC, const int TOK)
+                                              const int NC, const int TOK, const int SPLIT)
 {
     const char *vv = token_vector(p->v, p->v_stride, TOKEN_DTYPE(p, v_dtype, TOK), row, pos, h, TOK);
 #pragma unroll
     for (int c = 0; c < NC; c++) {
         const int j = tile_col(w, c, V_FIRST, VEC);
-        vbits[c] = j < w->V ? load_elem(vv, TOKEN_DTYPE(p, v_dtype, TOK), j, (int)p->v_stride[3]) : 0u;
+        vbits[c] = j < w->V ? load_elem(vv, TOKEN_DTYPE(p, v_dtype, TOK), j, (int)p->v_stride[3], SPLIT) : 0u;
     }
 }
 
@@ -285,7 +285,8 @@ static __device__ __forceinline__ void tile_rank1_update(float s[DECODE_MAX_R][D
  * and the state's stores: after every token to its 2-D index, else once at the end to `slot`.
  * Every thread of the CTA calls it (stage_token waits for the whole CTA once per token).
  * BUFFERS stage buffers at `smem`: 2 (the tile kernels) alternate between tokens; 1 (the packed
- * kernels' multi-token path, decode_packed.cu) is reused, behind a __syncthreads after each token. */
+ * kernels' multi-token path, decode_packed.cu) is reused, behind a __syncthreads after each token.
+ * The token's tensors load in load_bits_as's split form in the tile kernels only (SPLIT). */
 static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, const lane_tile *wp, stage_buffer *smem,
                                                   int64_t n, int64_t h, int64_t row, int64_t bos, int64_t len,
                                                   int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
@@ -295,6 +296,7 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
     const lane_tile w = *wp;
     const int64_t hq = query_head(p, h);
     const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
+    const int SPLIT = BUFFERS == 2;
     for (int64_t t = 0; t < len; t++) {
         const int64_t pos = bos + t;
         /* Two stage buffers: token t + 1 stages into the one token t - 1 read, which every warp
@@ -302,8 +304,8 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         stage_buffer *sb = BUFFERS == 2 ? smem + (t & 1) : smem;
         /* The token's inputs: their loads overlap the state's (first token) or each other. */
         uint32_t vbits[DECODE_MAX_C];
-        load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, TOK);
-        const staged_token tok = stage_token(p, &w, row, pos, h, hq, sb, V_FIRST, VEC, NR * KS, TOK);
+        load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, TOK, SPLIT);
+        const staged_token tok = stage_token(p, &w, row, pos, h, hq, sb, V_FIRST, VEC, NR * KS, TOK, SPLIT);
         /* This lane's rows (a split-K warp's, the kh-th half of its kl group's). */
         const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
         const float *lq = sb->q + lane_rows, *lk = sb->k + lane_rows, *ld = sb->d + lane_rows;

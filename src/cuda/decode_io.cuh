@@ -48,9 +48,10 @@ static __device__ __forceinline__ uint32_t load_bits(const void *base, int32_t d
  * first (a write after write: the wait is in the second instruction, whatever its predicate), a
  * whole DRAM latency where the tensor is fp32, before any later load issues. The single-kernel
  * decode layer loads its run-time-dtype tensors (all of them, or A_log and dt_bias in its all-bf16
- * kernels) this way. The plain decode keeps load_bits_if: there this form measured faster in the
- * tile kernels but 3% slower in the packed bf16 one at 64 x 32 (docs/history/decode.md). Where the
- * dtype is a compile-time constant, one form and the or fold away. */
+ * kernels) this way, and the plain decode's tile kernels load their token tensors this way (1-2 %
+ * faster there); its packed kernels keep load_bits_if (with this form the packed bf16 kernel
+ * measured 3 % slower at 64 x 32: docs/history/decode.md). Where the dtype is a compile-time
+ * constant, one form and the or fold away. */
 static __device__ __forceinline__ uint32_t load_bits_split_if(const void *base, int32_t dtype, int64_t i, int ok)
 {
     uint32_t bits32 = 0u, bits16 = 0u; /* zero bits are 0.0 in every dtype */
@@ -65,6 +66,15 @@ static __device__ __forceinline__ uint32_t load_bits_split_if(const void *base, 
                  : "+r"(bits32), "+r"(bits16)
                  : "l"(at), "r"(wide), "r"(ok));
     return bits32 | bits16;
+}
+
+/* load_bits_split_if where SPLIT (a compile-time constant), else load_bits_if: the plain decode's
+ * tile kernels load their token tensors split, its packed kernels not (the measurements in
+ * load_bits_split_if's comment). */
+static __device__ __forceinline__ uint32_t load_bits_as(const int SPLIT, const void *base, int32_t dtype, int64_t i,
+                                                        int ok)
+{
+    return SPLIT ? load_bits_split_if(base, dtype, i, ok) : load_bits_if(base, dtype, i, ok);
 }
 
 /* Every conversion, then a select: no branch (at small batches each warp's path is the time). */
@@ -116,10 +126,10 @@ static __device__ __forceinline__ const char *token_vector(const void *base, con
     return (const char *)base + (token_offset(stride, row, pos, head, TOK) << (dtype == FKDA_DTYPE_F32 ? 2 : 1));
 }
 
-/* Element e of a token vector (stride in elements). */
-static __device__ __forceinline__ uint32_t load_elem(const char *vec, int32_t dtype, int e, int stride)
+/* Element e of a token vector (stride in elements), in load_bits_as's form SPLIT. */
+static __device__ __forceinline__ uint32_t load_elem(const char *vec, int32_t dtype, int e, int stride, const int SPLIT)
 {
-    return load_bits(vec, dtype, (int64_t)(e * stride));
+    return load_bits_as(SPLIT, vec, dtype, (int64_t)(e * stride), 1);
 }
 
 static __device__ __forceinline__ void store_elem(const char *vec, int32_t dtype, int e, int stride, float x)

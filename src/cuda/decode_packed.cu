@@ -144,8 +144,8 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
 
     const int64_t pos = bos, hq = query_head(p, h);
     uint32_t vbits[DECODE_MAX_C];
-    load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, 0);
-    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, V_FIRST, VEC, NR * KS, 0);
+    load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, 0, 0);
+    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, V_FIRST, VEC, NR * KS, 0, 0);
     const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
     const float *lq = smem->q + lane_rows, *lk = smem->k + lane_rows, *ld = smem->d + lane_rows;
 

@@ -65,7 +65,7 @@ typedef struct token_bits {
 
 static __device__ __forceinline__ void load_token_bits(const fkda_decode_params *p, const lane_tile *w, int64_t row,
                                                        int64_t pos, int64_t h, int64_t hq, int base, token_bits *tb,
-                                                       const int TOK)
+                                                       const int TOK, const int SPLIT)
 {
     const int tid = threadIdx.x, nthreads = blockDim.x;
     const char *qv = token_vector(p->q, p->q_stride, TOKEN_DTYPE(p, q_dtype, TOK), row, pos, hq, TOK);
@@ -79,8 +79,8 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
     const char *bv = biased ? (const char *)p->dt_bias + (bias_off << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
                             : NULL;
     const int64_t beta_off = token_offset(p->beta_stride, row, pos, h, TOK);
-    tb->beta = load_bits(p->beta, TOKEN_DTYPE(p, beta_dtype, TOK), beta_off);
-    tb->A = load_bits_if(p->A_log, p->A_log_dtype, A_off, gated && p->A_log);
+    tb->beta = load_bits_as(SPLIT, p->beta, TOKEN_DTYPE(p, beta_dtype, TOK), beta_off, 1);
+    tb->A = load_bits_as(SPLIT, p->A_log, p->A_log_dtype, A_off, gated && p->A_log);
 #pragma unroll
     for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
         tb->q[i] = tb->k[i] = tb->g[i] = tb->bias[i] = 0u;
@@ -90,10 +90,10 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
         /* A branch per thread, not loads predicated on e < K: predicated, they measured slower
          * at every batch size. */
         if (e < w->K) {
-            tb->q[i] = load_elem(qv, TOKEN_DTYPE(p, q_dtype, TOK), e, (int)p->q_stride[3]);
-            tb->k[i] = load_elem(kv, TOKEN_DTYPE(p, k_dtype, TOK), e, (int)p->k_stride[3]);
-            tb->g[i] = load_elem(gv, TOKEN_DTYPE(p, g_dtype, TOK), e, (int)p->g_stride[3]);
-            if (biased) tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1]);
+            tb->q[i] = load_elem(qv, TOKEN_DTYPE(p, q_dtype, TOK), e, (int)p->q_stride[3], SPLIT);
+            tb->k[i] = load_elem(kv, TOKEN_DTYPE(p, k_dtype, TOK), e, (int)p->k_stride[3], SPLIT);
+            tb->g[i] = load_elem(gv, TOKEN_DTYPE(p, g_dtype, TOK), e, (int)p->g_stride[3], SPLIT);
+            if (biased) tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1], SPLIT);
         }
     }
 }
@@ -108,7 +108,7 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
 static __device__ __forceinline__ staged_token stage_token(const fkda_decode_params *p, const lane_tile *w, int64_t row,
                                                            int64_t pos, int64_t h, int64_t hq, stage_buffer *sb,
                                                            const int V_FIRST, const int VEC, const int NR,
-                                                           const int TOK)
+                                                           const int TOK, const int SPLIT)
 {
     const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31, warp = tid >> 5;
     const int rows = w->KL * NR; /* keys the lanes' registers cover; K <= rows <= 256 */
@@ -117,7 +117,7 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
     float ssq = 0.0f, ssk = 0.0f, qk = 0.0f, weight = 1.0f;
     for (int base = 0; base < rows; base += DECODE_KEYS_PER_THREAD * nthreads) {
         token_bits tb;
-        load_token_bits(p, w, row, pos, h, hq, base, &tb, TOK);
+        load_token_bits(p, w, row, pos, h, hq, base, &tb, TOK, SPLIT);
         if (base == 0) beta_bits = tb.beta;
         const uint32_t *qb = tb.q, *kb = tb.k, *gb = tb.g, *bb = tb.bias;
         const uint32_t A_bits = tb.A;
