@@ -286,7 +286,8 @@ static __device__ __forceinline__ void tile_rank1_update(float s[DECODE_MAX_R][D
  * Every thread of the CTA calls it (stage_token waits for the whole CTA once per token).
  * BUFFERS stage buffers at `smem`: 2 (the tile kernels) alternate between tokens; 1 (the packed
  * kernels' multi-token path, decode_packed.cu) is reused, behind a __syncthreads after each token.
- * The token's tensors load in load_bits_as's split form in the tile kernels only (SPLIT). */
+ * The token's tensors, A_log and dt_bias load in load_bits_as's split form in the tile kernels
+ * only (SPLIT). */
 static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, const lane_tile *wp, stage_buffer *smem,
                                                   int64_t n, int64_t h, int64_t row, int64_t bos, int64_t len,
                                                   int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,

@@ -48,10 +48,10 @@ static __device__ __forceinline__ uint32_t load_bits(const void *base, int32_t d
  * first (a write after write: the wait is in the second instruction, whatever its predicate), a
  * whole DRAM latency where the tensor is fp32, before any later load issues. The single-kernel
  * decode layer loads its run-time-dtype tensors (all of them, or A_log and dt_bias in its all-bf16
- * kernels) this way, and the plain decode's tile kernels load their token tensors this way (1-2 %
- * faster there); its packed kernels keep load_bits_if (with this form the packed bf16 kernel
- * measured 3 % slower at 64 x 32: docs/history/decode.md). Where the dtype is a compile-time
- * constant, one form and the or fold away. */
+ * kernels) this way, and the plain decode's tile kernels load a token's tensors, A_log and dt_bias
+ * this way (1-2 % faster there); its packed kernels keep load_bits_if (with this form the packed
+ * bf16 kernel measured 3 % slower at 64 x 32: docs/history/decode.md). Where the dtype is a
+ * compile-time constant, one form and the or fold away. */
 static __device__ __forceinline__ uint32_t load_bits_split_if(const void *base, int32_t dtype, int64_t i, int ok)
 {
     uint32_t bits32 = 0u, bits16 = 0u; /* zero bits are 0.0 in every dtype */
@@ -69,8 +69,8 @@ static __device__ __forceinline__ uint32_t load_bits_split_if(const void *base, 
 }
 
 /* load_bits_split_if where SPLIT (a compile-time constant), else load_bits_if: the plain decode's
- * tile kernels load their token tensors split, its packed kernels not (the measurements in
- * load_bits_split_if's comment). */
+ * tile kernels load a token's tensors, A_log and dt_bias split, its packed kernels not (the
+ * measurements in load_bits_split_if's comment). */
 static __device__ __forceinline__ uint32_t load_bits_as(const int SPLIT, const void *base, int32_t dtype, int64_t i,
                                                         int ok)
 {

@@ -28,7 +28,7 @@
  *      the state back in the pool's dtype at once, so that those stores drain during step 4.
  *   4. the gated RMSNorm needs sum(o^2) over the head's 128 values: each warp sends its partial
  *      sum to every other CTA of the cluster the same way (a second mbarrier), and every thread adds
- *      the 16 partials in the same order; the lanes holding o write out.
+ *      the head's partials (16 in the narrow tile) in the same order; the lanes holding o write out.
  *
  * For batches of more heads than SMs the same steps run on the plain decode's large-batch tile
  * (the wide tile: 16 keys x 4 values per lane, 8 warps a head, C = 1, 256 threads and at most 128
@@ -419,8 +419,9 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
      * q and k exchange and the norms then run while the state streams in, and only the state step
      * waits for it (issued after the state's loads, the windows arrived after all of it, and that
      * work came after the state instead). The state's loads are streaming (evict-first) in the
-     * narrow tile, which serves small batches, whose pools are small next to L2, and ordinary in
-     * the wide one, as the plain decode's rule has it (docs/decode.md). */
+     * narrow tile, which serves at most one head per SM, whose states are then far below twice
+     * the L2 (where the plain decode's rule streams too), and ordinary in the wide one, compiled
+     * one way only for every batch it serves (docs/decode.md, "The wide tile"). */
 #pragma unroll
     for (int i = 0; i < CH; i++) conv_load_window(p, slot, tid + i * nthreads < jobs, &cc[i], MW);
     float s[DECODE_MAX_R][DECODE_MAX_C];
