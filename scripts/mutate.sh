@@ -186,6 +186,11 @@ mutant cuda-decode-state-store-rounding cuda 'src/cuda/decode*.cu src/cuda/decod
 mutant cuda-decode-token-offset cuda 'src/cuda/decode*.cu src/cuda/decode*.cuh' \
   'return row * stride[0] + pos * stride[1] + head * stride[2];' \
   'return row * stride[0] + pos * stride[1] + head * stride[1];'
+# The split dtype load (the tile kernels' token loads, the single-kernel layer's) drops its 32-bit
+# form: every fp32 token tensor, A_log and dt_bias reads as 0.
+mutant cuda-decode-split-load cuda src/cuda/decode_io.cuh \
+  'return bits32 | bits16;' \
+  'return bits16;'
 # The CU twins (vLLM's packed form): a skipped one-token sequence leaves its output unwritten
 # instead of zero.
 mutant cuda-decode-cu-skip-zeroes cuda src/cuda/decode_tiles.cu \
