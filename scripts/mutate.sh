@@ -191,6 +191,15 @@ mutant cuda-decode-token-offset cuda 'src/cuda/decode*.cu src/cuda/decode*.cuh' 
 mutant cuda-decode-split-load cuda src/cuda/decode_io.cuh \
   'return bits32 | bits16;' \
   'return bits16;'
+# The tile kernels' run-time-dtype path keeps v's split loads apart until the use; this drops the
+# 16-bit part (every bf16 or fp16 v there reads as 0).
+mutant cuda-decode-v-half cuda src/cuda/decode_common.cuh \
+  'bits_to_float(vbits[c] | vhalf[c],' \
+  'bits_to_float(vbits[c],'
+# 2-D indices: each token's slot, loaded with its inputs, read from token 0's column instead.
+mutant cuda-decode-token-slot cuda src/cuda/decode_common.cuh \
+  'n * p->idx_stride[0] + t * p->idx_stride[1],' \
+  'n * p->idx_stride[0],'
 # The CU twins (vLLM's packed form): a skipped one-token sequence leaves its output unwritten
 # instead of zero.
 mutant cuda-decode-cu-skip-zeroes cuda src/cuda/decode_tiles.cu \

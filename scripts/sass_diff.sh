@@ -49,7 +49,7 @@ for line in sys.stdin:
         fn = m.group(1)
         kernels[(arch, fn)] = []
         continue
-    m = re.match(r"\s+(/\*[0-9a-f]{4}\*/.*?)\s*(/\* 0x[0-9a-f]+ \*/)?\s*$", line)
+    m = re.match(r"\s+(/\*[0-9a-f]{4,}\*/.*?)\s*(/\* 0x[0-9a-f]+ \*/)?\s*$", line)
     if m and fn is not None:
         kernels[(arch, fn)].append(" ".join(m.group(1).split()))
 for (a, f), text in sorted(kernels.items()):

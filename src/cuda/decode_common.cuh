@@ -79,16 +79,24 @@ static __device__ __forceinline__ int64_t query_head(const fkda_decode_params *p
     return (uint32_t)h / (uint32_t)p->group;
 }
 
-/* The bits of this lane's columns of v at one token (SPLIT: load_bits_as's form). */
+/* The bits of this lane's columns of v at one token (SPLIT: load_bits_as's form), in two parts
+ * whose or is the value: where the loads are predicated (TOKEN_LOADS_BRANCH) the split form's two
+ * registers stay apart until the use, after the token's __syncthreads, so that the token's other
+ * loads issue before anything waits for v's; elsewhere vhalf is 0. */
 static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const lane_tile *w, int64_t row, int64_t pos,
-                                              int64_t h, uint32_t *vbits, const int V_FIRST, const int VEC,
-                                              const int NC, const int TOK, const int SPLIT)
+                                              int64_t h, uint32_t *vbits, uint32_t *vhalf, const int V_FIRST,
+                                              const int VEC, const int NC, const int TOK, const int SPLIT)
 {
-    const char *vv = token_vector(p->v, p->v_stride, TOKEN_DTYPE(p, v_dtype, TOK), row, pos, h, TOK);
+    const int32_t dtype = TOKEN_DTYPE(p, v_dtype, TOK);
+    const char *vv = token_vector(p->v, p->v_stride, dtype, row, pos, h, TOK);
 #pragma unroll
     for (int c = 0; c < NC; c++) {
         const int j = tile_col(w, c, V_FIRST, VEC);
-        vbits[c] = j < w->V ? load_elem(vv, TOKEN_DTYPE(p, v_dtype, TOK), j, (int)p->v_stride[3], SPLIT) : 0u;
+        vhalf[c] = 0u;
+        if (TOKEN_LOADS_BRANCH(SPLIT, TOK))
+            vbits[c] = j < w->V ? load_elem(vv, dtype, j, (int)p->v_stride[3], SPLIT) : 0u;
+        else
+            load_bits_pair_if(vv, dtype, (int64_t)(j * (int)p->v_stride[3]), j < w->V, &vbits[c], &vhalf[c]);
     }
 }
 
@@ -298,14 +306,24 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
     const int64_t hq = query_head(p, h);
     const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
     const int SPLIT = BUFFERS == 2;
+    /* 2-D state indices reach only the tile kernels' run-time-dtype path (decode_select.c: the
+     * TOK and packed kernels take 1-D indices), the one whose loads are predicated. */
+    const int INDICES_2D = !TOKEN_LOADS_BRANCH(SPLIT, TOK);
     for (int64_t t = 0; t < len; t++) {
         const int64_t pos = bos + t;
         /* Two stage buffers: token t + 1 stages into the one token t - 1 read, which every warp
          * had finished before it passed token t's __syncthreads. */
         stage_buffer *sb = BUFFERS == 2 ? smem + (t & 1) : smem;
+        /* 2-D indices: the slot this token's state goes to, loaded with the token's inputs and
+         * used at the token's end (loaded there, the stores waited for it). */
+        const index_words no_slot = {0xffffffffu, 0xffffffffu}; /* -1 in either index dtype */
+        const index_words ts_words = INDICES_2D ? load_index_words_if(p->state_indices, p->idx_dtype,
+                                                                      n * p->idx_stride[0] + t * p->idx_stride[1],
+                                                                      p->idx_2d && t < p->idx_tokens, no_slot)
+                                                : no_slot;
         /* The token's inputs: their loads overlap the state's (first token) or each other. */
-        uint32_t vbits[DECODE_MAX_C];
-        load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, TOK, SPLIT);
+        uint32_t vbits[DECODE_MAX_C], vhalf[DECODE_MAX_C];
+        load_v(p, &w, row, pos, h, vbits, vhalf, V_FIRST, VEC, NC, TOK, SPLIT);
         const staged_token tok = stage_token(p, &w, row, pos, h, hq, sb, V_FIRST, VEC, NR * KS, TOK, SPLIT);
         /* This lane's rows (a split-K warp's, the kh-th half of its kl group's). */
         const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
@@ -322,7 +340,8 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         const char *ov = token_vector(p->out, p->out_stride, TOKEN_DTYPE(p, out_dtype, TOK), row, pos, h, TOK);
 #pragma unroll
         for (int c = 0; c < NC; c++) {
-            const float vn = tok.beta * (bits_to_float(vbits[c], TOKEN_DTYPE(p, v_dtype, TOK)) - tok.kf * pk[c]);
+            const float vn = tok.beta *
+                             (bits_to_float(vbits[c] | vhalf[c], TOKEN_DTYPE(p, v_dtype, TOK)) - tok.kf * pk[c]);
             vk[c] = tok.kf * vn;
             const int j = tile_col(&w, c, V_FIRST, VEC);
             if (w.kl == 0 && w.kh == 0 && j < w.V)
@@ -331,15 +350,13 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         }
         tile_rank1_update(s, lk, vk, NR, NC);
 
-        if (!TOK && p->idx_2d) { /* the state after each token goes to its own slot */
-            const int64_t ts = t < p->idx_tokens ? load_index(p->state_indices, p->idx_dtype,
-                                                              n * p->idx_stride[0] + t * p->idx_stride[1])
-                                                 : -1;
+        if (INDICES_2D && p->idx_2d) { /* the state after each token goes to its own slot */
+            const int64_t ts = index_value(ts_words, p->idx_dtype);
             if (ts >= 0 && ts < p->pool_size) store_tile(p, &w, ts, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
         }
         if (BUFFERS == 1) __syncthreads(); /* every warp has read the buffer: the next token may stage */
     }
-    if (TOK || !p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
+    if (!INDICES_2D || !p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
 #endif /* FKDA_CUDA_DECODE_COMMON_CUH */

@@ -43,18 +43,18 @@ static __device__ __forceinline__ uint32_t load_bits(const void *base, int32_t d
     return load_bits_if(base, dtype, i, 1);
 }
 
-/* load_bits_if with each form loading into its own register, or-ed at the use. In load_bits_if
- * both forms load into one register, and the compiled code makes the second load wait for the
- * first (a write after write: the wait is in the second instruction, whatever its predicate), a
- * whole DRAM latency where the tensor is fp32, before any later load issues. The single-kernel
- * decode layer loads its run-time-dtype tensors (all of them, or A_log and dt_bias in its all-bf16
- * kernels) this way, and the plain decode's tile kernels load a token's tensors, A_log and dt_bias
- * this way (1-2 % faster there); its packed kernels keep load_bits_if (with this form the packed
- * bf16 kernel measured 3 % slower at 64 x 32: docs/history/decode.md). Where the dtype is a
- * compile-time constant, one form and the or fold away. */
-static __device__ __forceinline__ uint32_t load_bits_split_if(const void *base, int32_t dtype, int64_t i, int ok)
+/* load_bits_if with each form loading into its own register (*bits32 the 32-bit form's bits,
+ * *bits16 the 16-bit form's, 0 where a form does not load): the element's bits are their or. In
+ * load_bits_if both forms load into one register, and the compiled code makes the second load
+ * wait for the first (a write after write: the wait is in the second instruction, whatever its
+ * predicate), a whole DRAM latency where the tensor is fp32, before any later load issues. The
+ * compiled code places the or soon after the loads, interleaved with the next loads' address
+ * arithmetic, and waits there: a caller that issues other loads after these keeps the two parts
+ * until after them (load_v). */
+static __device__ __forceinline__ void load_bits_pair_if(const void *base, int32_t dtype, int64_t i, int ok,
+                                                         uint32_t *bits32, uint32_t *bits16)
 {
-    uint32_t bits32 = 0u, bits16 = 0u; /* zero bits are 0.0 in every dtype */
+    uint32_t b32 = 0u, b16 = 0u; /* zero bits are 0.0 in every dtype */
     const int wide = dtype == FKDA_DTYPE_F32;
     const char *at = (const char *)base + (i << (wide ? 2 : 1));
     asm volatile("{\n\t.reg .pred p, w;\n\t"
@@ -63,8 +63,22 @@ static __device__ __forceinline__ uint32_t load_bits_split_if(const void *base, 
                  "setp.eq.and.s32 p, %3, 0, p;\n\t"
                  "@w ld.global.b32 %0, [%2];\n\t"
                  "@p ld.global.u16 %1, [%2];\n\t}"
-                 : "+r"(bits32), "+r"(bits16)
+                 : "+r"(b32), "+r"(b16)
                  : "l"(at), "r"(wide), "r"(ok));
+    *bits32 = b32;
+    *bits16 = b16;
+}
+
+/* load_bits_pair_if's or formed at once. The single-kernel decode layer loads its run-time-dtype
+ * tensors (all of them, or A_log and dt_bias in its all-bf16 kernels) this way, and the plain
+ * decode's tile kernels load a token's tensors, A_log and dt_bias this way (1-2 % faster there);
+ * its packed kernels keep load_bits_if (with this form the packed bf16 kernel measured 3 % slower
+ * at 64 x 32: docs/history/decode.md). Where the dtype is a compile-time constant, one form and
+ * the or fold away. */
+static __device__ __forceinline__ uint32_t load_bits_split_if(const void *base, int32_t dtype, int64_t i, int ok)
+{
+    uint32_t bits32, bits16;
+    load_bits_pair_if(base, dtype, i, ok, &bits32, &bits16);
     return bits32 | bits16;
 }
 

@@ -143,8 +143,8 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
     pk_load_state(&w, in, live, sp, V_FIRST, LOAD_EF);
 
     const int64_t pos = bos, hq = query_head(p, h);
-    uint32_t vbits[DECODE_MAX_C];
-    load_v(p, &w, row, pos, h, vbits, V_FIRST, VEC, NC, 0, 0);
+    uint32_t vbits[DECODE_MAX_C], vhalf[DECODE_MAX_C]; /* vhalf: 0 (branched loads) */
+    load_v(p, &w, row, pos, h, vbits, vhalf, V_FIRST, VEC, NC, 0, 0);
     const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, V_FIRST, VEC, NR * KS, 0, 0);
     const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
     const float *lq = smem->q + lane_rows, *lk = smem->k + lane_rows, *ld = smem->d + lane_rows;

@@ -54,6 +54,14 @@ typedef struct staged_token {
  * offsets in 31 bits (token_offset). */
 #define TOKEN_DTYPE(p, field, TOK) ((TOK) ? (int32_t)FKDA_DTYPE_BF16 : (p)->field)
 
+/* Whether a token's element loads sit in branches on their bounds, or are predicated on them:
+ * branches everywhere (measured faster) but where the split form meets a run-time dtype (the tile
+ * kernels' TOK = 0 path). There the split form ors its two registers, and inside a branch the or
+ * stays in the branch and waits for the load before the next loads issue: each token of that
+ * path made four round trips to memory, one after another (v, beta, the keys, dt_bias; an ncu
+ * profile of the speculative call), where predicated loads make one. */
+#define TOKEN_LOADS_BRANCH(SPLIT, TOK) (!(SPLIT) || (TOK))
+
 /* The raw bits of the inputs one thread stages in one round of stage_token: keys base + tid +
  * i * blockDim of q, k, g and dt_bias (zero past K), and beta's and A_log's. Loaded as one batch
  * (nothing waits on them until stage_token converts them), so a caller can issue them early. */
@@ -81,19 +89,31 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
     const int64_t beta_off = token_offset(p->beta_stride, row, pos, h, TOK);
     tb->beta = load_bits_as(SPLIT, p->beta, TOKEN_DTYPE(p, beta_dtype, TOK), beta_off, 1);
     tb->A = load_bits_as(SPLIT, p->A_log, p->A_log_dtype, A_off, gated && p->A_log);
+    const int BRANCH = TOKEN_LOADS_BRANCH(SPLIT, TOK);
 #pragma unroll
     for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
         tb->q[i] = tb->k[i] = tb->g[i] = tb->bias[i] = 0u;
-        /* A slot no thread of the CTA has a key in: one uniform branch (measured faster). */
-        if (base + i * nthreads >= w->K) continue;
+        /* A slot no thread of the CTA has a key in: one uniform branch (measured faster). The
+         * unbranched loads take the first slot without it (e < K covers it), so that its loads
+         * share one basic block with v's, beta's and A_log's. */
+        if ((BRANCH || i > 0) && base + i * nthreads >= w->K) continue;
         const int e = base + tid + i * nthreads;
-        /* A branch per thread, not loads predicated on e < K: predicated, they measured slower
-         * at every batch size. */
-        if (e < w->K) {
-            tb->q[i] = load_elem(qv, TOKEN_DTYPE(p, q_dtype, TOK), e, (int)p->q_stride[3], SPLIT);
-            tb->k[i] = load_elem(kv, TOKEN_DTYPE(p, k_dtype, TOK), e, (int)p->k_stride[3], SPLIT);
-            tb->g[i] = load_elem(gv, TOKEN_DTYPE(p, g_dtype, TOK), e, (int)p->g_stride[3], SPLIT);
-            if (biased) tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1], SPLIT);
+        if (BRANCH) {
+            /* A branch per thread, not loads predicated on e < K: predicated, they measured
+             * slower at every batch size (with one load form, where this path serves). */
+            if (e < w->K) {
+                tb->q[i] = load_elem(qv, TOKEN_DTYPE(p, q_dtype, TOK), e, (int)p->q_stride[3], SPLIT);
+                tb->k[i] = load_elem(kv, TOKEN_DTYPE(p, k_dtype, TOK), e, (int)p->k_stride[3], SPLIT);
+                tb->g[i] = load_elem(gv, TOKEN_DTYPE(p, g_dtype, TOK), e, (int)p->g_stride[3], SPLIT);
+                if (biased) tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1], SPLIT);
+            }
+        } else {
+            const int ok = e < w->K;
+            tb->q[i] = load_bits_as(SPLIT, qv, TOKEN_DTYPE(p, q_dtype, TOK), (int64_t)(e * (int)p->q_stride[3]), ok);
+            tb->k[i] = load_bits_as(SPLIT, kv, TOKEN_DTYPE(p, k_dtype, TOK), (int64_t)(e * (int)p->k_stride[3]), ok);
+            tb->g[i] = load_bits_as(SPLIT, gv, TOKEN_DTYPE(p, g_dtype, TOK), (int64_t)(e * (int)p->g_stride[3]), ok);
+            tb->bias[i] = load_bits_as(SPLIT, bv, p->dt_bias_dtype, (int64_t)(e * (int)p->dt_bias_stride[1]),
+                                       ok && biased);
         }
     }
 }
