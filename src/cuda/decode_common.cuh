@@ -133,6 +133,22 @@ static __device__ __forceinline__ int64_t cu_sequence_and_slot(const fkda_decode
     return clamp_bounds(p, index_value(a, p->cu_dtype), index_value(b, p->cu_dtype), bos);
 }
 
+/* The _spec kernels' sequence n (cu_seqlens and 2-D indices): as cu_sequence_tokens, and in *slot
+ * the slot its state is read from, that of its accepted count (read_slot's rule). The bounds and
+ * the count are loaded together, then the index they select: two round trips, not three. */
+static __device__ __forceinline__ int64_t cu_sequence_and_accepted_slot(const fkda_decode_params *p, int64_t n,
+                                                                        int64_t *bos, int64_t *slot)
+{
+    const index_words none = {0u, 0u}, one = {1u, 0u}; /* 1 in either index dtype */
+    const index_words a = load_index_words_if(p->cu_seqlens, p->cu_dtype, n * p->cu_stride, 1, none);
+    const index_words b = load_index_words_if(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride, 1, none);
+    const index_words acc = load_index_words_if(p->num_accepted, p->acc_dtype, n * p->acc_stride,
+                                                p->num_accepted != NULL, one);
+    const int64_t col = min(max(index_value(acc, p->acc_dtype), (int64_t)1), p->idx_tokens) - 1;
+    *slot = load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + col * p->idx_stride[1]);
+    return clamp_bounds(p, index_value(a, p->cu_dtype), index_value(b, p->cu_dtype), bos);
+}
+
 /* Sequence n's tokens: row *row, positions *bos .. *bos + len - 1; returns len (0: nothing). */
 static __device__ __forceinline__ int64_t sequence_tokens(const fkda_decode_params *p, int64_t n, int64_t *row,
                                                           int64_t *bos)
@@ -295,20 +311,19 @@ static __device__ __forceinline__ void tile_rank1_update(float s[DECODE_MAX_R][D
  * BUFFERS stage buffers at `smem`: 2 (the tile kernels) alternate between tokens; 1 (the packed
  * kernels' multi-token path, decode_packed.cu) is reused, behind a __syncthreads after each token.
  * The token's tensors, A_log and dt_bias load in load_bits_as's split form in the tile kernels
- * only (SPLIT). */
+ * only (SPLIT). IDX2: the kernel can be given 2-D indices (the generic tile kernels and the _spec
+ * ones, decode_select.c), so the state goes to each token's slot where the call has them. */
 static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, const lane_tile *wp, stage_buffer *smem,
                                                   int64_t n, int64_t h, int64_t row, int64_t bos, int64_t len,
                                                   int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
                                                   const int V_FIRST, const int VEC, const int NR, const int NC,
-                                                  const int D128, const int TOK, const int KS, const int BUFFERS)
+                                                  const int D128, const int TOK, const int KS, const int BUFFERS,
+                                                  const int IDX2)
 {
     const lane_tile w = *wp;
     const int64_t hq = query_head(p, h);
     const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
     const int SPLIT = BUFFERS == 2;
-    /* 2-D state indices reach only the tile kernels' run-time-dtype path (decode_select.c: the
-     * TOK and packed kernels take 1-D indices), the one whose loads are predicated. */
-    const int INDICES_2D = !TOKEN_LOADS_BRANCH(SPLIT, TOK);
     for (int64_t t = 0; t < len; t++) {
         const int64_t pos = bos + t;
         /* Two stage buffers: token t + 1 stages into the one token t - 1 read, which every warp
@@ -317,10 +332,10 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         /* 2-D indices: the slot this token's state goes to, loaded with the token's inputs and
          * used at the token's end (loaded there, the stores waited for it). */
         const index_words no_slot = {0xffffffffu, 0xffffffffu}; /* -1 in either index dtype */
-        const index_words ts_words = INDICES_2D ? load_index_words_if(p->state_indices, p->idx_dtype,
-                                                                      n * p->idx_stride[0] + t * p->idx_stride[1],
-                                                                      p->idx_2d && t < p->idx_tokens, no_slot)
-                                                : no_slot;
+        const index_words ts_words = IDX2 ? load_index_words_if(p->state_indices, p->idx_dtype,
+                                                                n * p->idx_stride[0] + t * p->idx_stride[1],
+                                                                p->idx_2d && t < p->idx_tokens, no_slot)
+                                          : no_slot;
         /* The token's inputs: their loads overlap the state's (first token) or each other. */
         uint32_t vbits[DECODE_MAX_C], vhalf[DECODE_MAX_C];
         load_v(p, &w, row, pos, h, vbits, vhalf, V_FIRST, VEC, NC, TOK, SPLIT);
@@ -350,13 +365,13 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         }
         tile_rank1_update(s, lk, vk, NR, NC);
 
-        if (INDICES_2D && p->idx_2d) { /* the state after each token goes to its own slot */
+        if (IDX2 && p->idx_2d) { /* the state after each token goes to its own slot */
             const int64_t ts = index_value(ts_words, p->idx_dtype);
             if (ts >= 0 && ts < p->pool_size) store_tile(p, &w, ts, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
         }
         if (BUFFERS == 1) __syncthreads(); /* every warp has read the buffer: the next token may stage */
     }
-    if (!INDICES_2D || !p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
+    if (!IDX2 || !p->idx_2d) store_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128);
 }
 
 #endif /* FKDA_CUDA_DECODE_COMMON_CUH */

@@ -167,7 +167,7 @@ static fkda_status launch_decode(fkda_decode_params *p, int sm_count, int cc_maj
     call.tokens_bf16 = p->q_dtype == b16 && p->k_dtype == b16 && p->v_dtype == b16 && p->g_dtype == b16 &&
                        p->beta_dtype == b16 && p->out_dtype == b16;
     /* Checked only where a kernel compiled for bf16 tokens could serve the call. */
-    call.tokens_fit_31_bits = call.tokens_bf16 && (p->T == 1 || p->cu_seqlens) && !p->idx_2d && tokens_fit_31_bits(p);
+    call.tokens_fit_31_bits = call.tokens_bf16 && ((p->T == 1 && !p->idx_2d) || p->cu_seqlens) && tokens_fit_31_bits(p);
     call.sm_count = sm_count;
     call.cc_major = cc_major;
     call.l2_bytes = l2_bytes;

@@ -22,14 +22,19 @@ int fkda_decode_variant_find(const char *name)
     return -1;
 }
 
-/* The call's token tensors are all bf16, 1-D indices, every token offset fits in 31 bits, and
- * one token per sequence (T = 1) or cu_seqlens (vLLM's packed form; the CU kernels read each
- * sequence's bounds and loop over a longer one's tokens): what the kernels compiled for bf16
- * tokens assume. */
+/* The call's token tensors are all bf16, every token offset fits in 31 bits, and either one
+ * token per sequence (T = 1) with 1-D indices, or cu_seqlens (vLLM's packed form with 1-D
+ * indices: the CU = 1 kernels read each sequence's bounds and loop over a longer one's tokens;
+ * vLLM's speculative form with 2-D indices: the CU = 2 kernels): what the kernels compiled for
+ * bf16 tokens assume. */
 static int bf16_token_call(const fkda_decode_call *c)
 {
-    return c->tokens_bf16 && (c->T == 1 || c->cu_seqlens) && !c->idx_2d && c->tokens_fit_31_bits;
+    return c->tokens_bf16 && ((c->T == 1 && !c->idx_2d) || c->cu_seqlens) && c->tokens_fit_31_bits;
 }
+
+/* The form of call a TOK or packed kernel is compiled for (its CU): 0 without cu_seqlens, 1 with
+ * cu_seqlens and 1-D indices, 2 with cu_seqlens and 2-D indices. */
+static int call_form(const fkda_decode_call *c) { return c->cu_seqlens ? (c->idx_2d ? 2 : 1) : 0; }
 
 /* The packed kernels hold one token's state per head as bf16 pairs: dense 128 bf16 pools, 1-D
  * indices, and T = 1 or cu_seqlens (the CU kernels run a sequence of more than one token in two
@@ -43,13 +48,13 @@ static int packable_call(const fkda_decode_call *c)
  * one: a decode step, such as vLLM's packed form; the lengths themselves are in device memory). */
 static int decode_step(const fkda_decode_call *c) { return c->T == 1 || (c->cu_seqlens && c->T <= c->sequences); }
 
-/* The TOK and packed kernels are compiled for one form of call: with cu_seqlens (CU) or without. */
+/* The TOK and packed kernels are compiled for one form of call (call_form). */
 static int one_form(const fkda_decode_variant *v) { return v->family == FKDA_DECODE_FAMILY_PACKED || v->bf16_tokens; }
 
 int fkda_decode_variant_serves(const fkda_decode_variant *v, const fkda_decode_call *c)
 {
     if (v->bf16_pool != (c->state_bf16 != 0) || v->v_first != (c->v_first != 0)) return 0;
-    if (one_form(v) && v->cu_form != (c->cu_seqlens != 0)) return 0;
+    if (one_form(v) && v->cu_form != call_form(c)) return 0;
     if (v->family == FKDA_DECODE_FAMILY_PACKED) return packable_call(c);
     if (v->vec > 1 && !c->vectorizable) return 0;
     if (v->dense128 && !c->dense128) return 0;
@@ -69,7 +74,7 @@ static int best_tile_variant(const fkda_decode_call *c, int narrow, int ksplit, 
         const fkda_decode_variant *d = &fkda_decode_variant_table[i];
         if (d->bf16_pool != (c->state_bf16 != 0) || d->v_first != (c->v_first != 0) ||
             (d->vec > 1) != (c->vectorizable != 0) || d->dense128 != c->dense128 || is_narrow(d) != narrow ||
-            (d->bf16_tokens && (!tok || d->cu_form != (c->cu_seqlens != 0))))
+            (d->bf16_tokens && (!tok || d->cu_form != call_form(c))))
             continue;
         const int score = 4 * ((d->k_split == 2) == ksplit) + 2 * ((d->bf16_tokens != 0) == tok) +
                           (d->load_ef == load_ef);
@@ -129,9 +134,12 @@ static fkda_decode_select_status tile_geometry(const fkda_decode_call *c, const 
      * leaves two thirds of the SMs without a CTA (small batches are latency-bound: spread them). */
     int per_cta = c->state_bf16 || narrow ? 4 : 8;
     while (per_cta > 1 && per_cta / 2 >= wph) per_cta /= 2;
-    /* The all-bf16-token kernels (but narrow bf16): 2 warps while that keeps at most two CTAs per
-     * SM (measured faster; the generic-token kernels measured the other way round and keep 4). */
-    if (v->bf16_tokens && !(narrow && c->state_bf16) && per_cta > 2 && heads * ((wph + 1) / 2) <= 2 * sms) per_cta = 2;
+    /* The one-token all-bf16-token kernels (but narrow bf16): 2 warps while that keeps at most two
+     * CTAs per SM (measured faster; the generic-token kernels measured the other way round and
+     * keep 4, and so do the _spec kernels, which serve the generic kernels' speculative calls). */
+    if (v->bf16_tokens && v->cu_form != 2 && !(narrow && c->state_bf16) && per_cta > 2 &&
+        heads * ((wph + 1) / 2) <= 2 * sms)
+        per_cta = 2;
     /* Narrow bf16 heads keep 4 warps down to fewer heads (measured faster than 2). */
     const int spread = narrow && c->state_bf16 ? 6 : 3;
     while (per_cta > 1 && spread * heads * ((wph + per_cta - 1) / per_cta) < sms) per_cta /= 2;
@@ -171,15 +179,18 @@ fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fk
 
     /* The kernels compiled for all-bf16 tokens where the call's are (never where not), for one
      * token per sequence (with cu_seqlens: T <= N; where some sequence must have several tokens,
-     * the generic kernels, whose loop over them is inline). */
-    int tok = bf16_token_call(c) && decode_step(c);
+     * the generic kernels, whose loop over them is inline), and for speculative decoding in
+     * vLLM's form (cu_seqlens, 2-D indices: the _spec kernels loop over the tokens inline). */
+    int tok = bf16_token_call(c) && (decode_step(c) || c->idx_2d);
     if (t->decode_bf16_tokens == 0) tok = 0;
 
     /* Small batches of dense heads: narrow tiles, 32 values per lane and 16 warps per head, so
      * that each warp's path (the time at these sizes) is shorter. fp32 pools below one head per
-     * SM; bf16 pools below a quarter of the SMs, a sixth with the all-bf16-token kernels (where
-     * the wide tiles measured faster beyond). */
-    int narrow = c->dense128 && (!c->state_bf16 ? heads < sms : tok ? 6 * heads < sms : 4 * heads < sms);
+     * SM; bf16 pools below a quarter of the SMs, a sixth with the all-bf16-token kernels of one
+     * token per sequence (where the wide tiles measured faster beyond; the _spec kernels keep the
+     * generic kernels' quarter, not measured apart). */
+    const int one_token_tok = tok && !c->idx_2d;
+    int narrow = c->dense128 && (!c->state_bf16 ? heads < sms : one_token_tok ? 6 * heads < sms : 4 * heads < sms);
     if (t->decode_narrow >= 0) narrow = c->dense128 && t->decode_narrow;
 
     /* FKDA_DECODE_VARIANT names a variant: it is taken wherever it can serve the call. */

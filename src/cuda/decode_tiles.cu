@@ -9,8 +9,9 @@
  */
 #include "decode_common.cuh"
 
-/* One sequence's work for the CTA: its slot (TOK kernels: 1-D indices, one load), then a skip
- * (its rows of out zeroed) or the state's load, the tokens and the store. */
+/* One sequence's work for the CTA: its slot (TOK kernels with 1-D indices: one load), then a
+ * skip (its rows of out zeroed) or the state's load, the tokens and the store (after each token
+ * for 2-D indices, which reach the generic kernels here). */
 static __device__ __forceinline__ void decode_sequence(const fkda_decode_params *p, const lane_tile *w,
                                                        stage_buffer *smem, int64_t n, int64_t h, int64_t row,
                                                        int64_t bos, int64_t len, const int BF16, const int V_FIRST,
@@ -25,7 +26,26 @@ static __device__ __forceinline__ void decode_sequence(const fkda_decode_params 
     }
     float s[DECODE_MAX_R][DECODE_MAX_C];
     load_tile(p, w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-    run_tokens(p, w, smem, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2);
+    run_tokens(p, w, smem, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, !TOK);
+}
+
+/* The _spec kernels' sequence (CU = 2: cu_seqlens, 2-D indices): its bounds and the slot of its
+ * accepted count, then as decode_sequence, the state stored after each token. */
+static __device__ __forceinline__ void spec_sequence(const fkda_decode_params *p, const lane_tile *w,
+                                                     stage_buffer *smem, int64_t n, int64_t h, const int BF16,
+                                                     const int V_FIRST, const int VEC, const int NR, const int NC,
+                                                     const int D128, const int LOAD_EF, const int TOK, const int KS)
+{
+    int64_t bos, slot;
+    const int64_t len = cu_sequence_and_accepted_slot(p, n, &bos, &slot);
+    if (len <= 0) return;
+    if (slot < 0 || slot >= p->pool_size) {
+        zero_outputs(p, w, 0, bos, len, h, V_FIRST, VEC, NC, TOK);
+        return;
+    }
+    float s[DECODE_MAX_R][DECODE_MAX_C];
+    load_tile(p, w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
+    run_tokens(p, w, smem, n, h, 0, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 1);
 }
 
 /* The CU kernels' sequences of more than one token: the sequence found again, its tokens in a
@@ -64,13 +84,17 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, D128, KS);
 
     int64_t row = n, bos = 0;
+    if (CU == 2) { /* speculative decoding in vLLM's form: each sequence's tokens inline */
+        spec_sequence(p, &w, smem, n, h, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS);
+        return;
+    }
     if (!TOK) {
         const int64_t len = sequence_tokens(p, n, &row, &bos);
         if (len > 0)
             decode_sequence(p, &w, smem, n, h, row, bos, len, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, 0, KS);
         return;
     }
-    /* TOK kernels serve calls with 1-D indices and one token per sequence: without cu_seqlens
+    /* The other TOK kernels serve calls with 1-D indices and one token per sequence: without cu_seqlens
      * (T = 1; CU = 0) sequence n is row n, position 0, compiled as one token (measured faster at
      * small batches, and it removed spills). With cu_seqlens (CU = 1, vLLM's packed form) the
      * bounds are read here: a one-token sequence runs the same one-token code, an empty one is
@@ -87,7 +111,7 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     if ((len == 1) & (slot >= 0) & (slot < p->pool_size)) {
         float s[DECODE_MAX_R][DECODE_MAX_C];
         load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-        run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2);
+        run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0);
     } else if (len == 1) {
         zero_outputs(p, &w, 0, bos, 1, h, V_FIRST, VEC, NC, TOK);
     } else if (len > 1) {

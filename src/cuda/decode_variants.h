@@ -16,7 +16,8 @@
  * time, any strides and alignment; _ef evict-first (streaming, ld.global.cs) state loads; _tok
  * compiled for all-bf16 token tensors; _ks split K (two warps share each column, half of the keys
  * each); _narrow narrow tiles (32 values per lane, 16 warps per head) for small batches; _cu
- * compiled for calls with cu_seqlens (CU, below).
+ * compiled for calls with cu_seqlens (CU, below); _spec for speculative decoding in vLLM's form
+ * (CU = 2).
  *
  * Columns of DECODE_TILE_VARIANTS:
  *   BF16     the pool is bf16 (else fp32)
@@ -28,8 +29,8 @@
  *   LOAD_EF  evict-first state loads (stores are always evict-first); always in the narrow
  *            kernels, which serve small batches, whose pools are small next to L2
  *   TOK      all-bf16 token tensors (q, k, v, g, beta, out) compiled in, for calls with 1-D
- *            indices and one token per sequence (T = 1; or cu_seqlens, CU = 1) whose token
- *            offsets fit in 31 bits: 1 with 32-bit token offsets, 2 with 64-bit ones (the
+ *            indices and one token per sequence (T = 1; or cu_seqlens, CU = 1), or with 2-D
+ *            indices and cu_seqlens (CU = 2), whose token offsets fit in 31 bits: 1 with 32-bit token offsets, 2 with 64-bit ones (the
  *            narrow bf16-pool kernels, where 32-bit offsets measured slower)
  *   KS       warps sharing the keys of a column: 2 is split K (wide fp32 [K, V] tiles)
  *   CU       compiled for calls with cu_seqlens and 1-D indices (vLLM's packed form: q [1, B, H, K],
@@ -40,6 +41,10 @@
  *            and packed kernels come in both forms: CU = 0 serves only calls without cu_seqlens,
  *            CU = 1 only calls with them. The other tile kernels read cu_seqlens at run time and
  *            serve both (CU = 0).
+ *            CU = 2 (TOK kernels only, _spec): compiled for speculative decoding in vLLM's form,
+ *            cu_seqlens with 2-D indices (a slot per token, the state read from the slot of the
+ *            accepted count): every sequence runs its tokens inline and stores its state after
+ *            each token. The generic tile kernels serve the same calls with run-time dtypes.
  * Columns of DECODE_PACKED_VARIANTS: V_FIRST, LOAD_EF, KS, CU as above (BF16 = 1, VEC = 8,
  * NR = 16, NC = 8, D128 = 1, TOK = 0 for all of them).
  *
@@ -101,7 +106,19 @@
     X(decode_f32_kv_128_narrow_tok_cu, 0, 0, 4, 8, 4, 1, 1, 1, 1, 1)  \
     X(decode_f32_vk_128_narrow_tok_cu, 0, 1, 4, 8, 4, 1, 1, 1, 1, 1)  \
     X(decode_bf16_kv_128_narrow_tok_cu, 1, 0, 4, 8, 4, 1, 1, 2, 1, 1) \
-    X(decode_bf16_vk_128_narrow_tok_cu, 1, 1, 8, 8, 4, 1, 1, 2, 1, 1)
+    X(decode_bf16_vk_128_narrow_tok_cu, 1, 1, 8, 8, 4, 1, 1, 2, 1, 1)  \
+    X(decode_f32_kv_128_tok_ks_spec, 0, 0, 4, 16, 4, 1, 0, 1, 2, 2)    \
+    X(decode_f32_vk_128_tok_spec, 0, 1, 4, 16, 4, 1, 0, 1, 1, 2)       \
+    X(decode_bf16_kv_128_tok_spec, 1, 0, 4, 16, 4, 1, 0, 1, 1, 2)      \
+    X(decode_bf16_vk_128_tok_spec, 1, 1, 8, 16, 4, 1, 0, 1, 1, 2)      \
+    X(decode_f32_kv_128_ef_tok_ks_spec, 0, 0, 4, 16, 4, 1, 1, 1, 2, 2) \
+    X(decode_f32_vk_128_ef_tok_spec, 0, 1, 4, 16, 4, 1, 1, 1, 1, 2)    \
+    X(decode_bf16_kv_128_ef_tok_spec, 1, 0, 4, 16, 4, 1, 1, 1, 1, 2)   \
+    X(decode_bf16_vk_128_ef_tok_spec, 1, 1, 8, 16, 4, 1, 1, 1, 1, 2)   \
+    X(decode_f32_kv_128_narrow_tok_spec, 0, 0, 4, 8, 4, 1, 1, 1, 1, 2) \
+    X(decode_f32_vk_128_narrow_tok_spec, 0, 1, 4, 8, 4, 1, 1, 1, 1, 2) \
+    X(decode_bf16_kv_128_narrow_tok_spec, 1, 0, 4, 8, 4, 1, 1, 2, 1, 2) \
+    X(decode_bf16_vk_128_narrow_tok_spec, 1, 1, 8, 8, 4, 1, 1, 2, 1, 2)
 
 /*  name                                  V_FIRST LOAD_EF KS CU */
 #define DECODE_PACKED_VARIANTS(X)              \

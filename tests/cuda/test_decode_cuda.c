@@ -193,6 +193,7 @@ typedef struct dcase {
     int steps;
     int check_every; /* compare the whole pool every this many calls (and at the end) */
     double out_tol, state_tol;
+    int no_accepted;    /* 2-D indices without num_accepted_tokens (states read from slot column 0) */
     int ref_pool_f32;   /* the reference keeps an fp32 pool whatever the GPU's pool dtype */
     int drift_report;   /* print DRIFT-REPORT lines at 1, 10, 100, 1000, 10000 */
     const char *report; /* print "<report> ..." with the final errors */
@@ -293,7 +294,7 @@ static fkda_decode_args make_args(const dcase *c, const bufs *b, int dev, void *
     if (c->has_dt) a.dt_bias = PICK(dt_bias);
     if (c->nvar) a.cu_seqlens = PICK(cu);
     if (c->idx_mode) a.state_indices = PICK(idx);
-    if (c->idx_mode == IDX_2D) a.num_accepted_tokens = PICK(acc);
+    if (c->idx_mode == IDX_2D && !c->no_accepted) a.num_accepted_tokens = PICK(acc);
     a.state_pool = PICK(pool);
 #undef PICK
     if (pool_data) a.state_pool.data = pool_data;
@@ -925,7 +926,7 @@ int main(int argc, char **argv)
         CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     }
 
-    dcase cases[128];
+    dcase cases[160];
     int n = 0;
     dcase c;
 
@@ -1045,6 +1046,27 @@ int main(int argc, char **argv)
         c.steps = 3;
         cases[n++] = c;
     }
+    /* vLLM's speculative form (cu_seqlens, 2-D indices, accepted counts), every token bf16: the
+     * _spec kernels (narrow tiles at 32 heads) in each pool dtype and layout, with sequences of 3,
+     * 1, 0 and 2 tokens, skips, int64 indices in one and no accepted counts in another. */
+    static const int64_t spec_lens[] = {3, 1, 0, 2};
+    static const char *const spec_names[4] = {"spec form [3,1,0,2]x2, bf16 tokens, fp32 [K,V]",
+                                              "spec form [3,1,0,2]x2, bf16 tokens, bf16 [K,V]",
+                                              "spec form [3,1,0,2]x2, bf16 tokens, fp32 [V,K], i64 indices",
+                                              "spec form [3,1,0,2]x2, bf16 tokens, bf16 [V,K], no accepted counts"};
+    for (int i = 0; i < 4; i++) {
+        c = base_case(spec_names[i]);
+        set_packed_form(&c, 8, spec_lens, 4);
+        c.idx_mode = IDX_2D;
+        c.bf16_g_beta = 1;
+        c.skip = 1;
+        c.pool_dtype = i & 1 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
+        c.v_first = i >> 1;
+        c.idx_dtype = i == 2 ? FKDA_DTYPE_I64 : FKDA_DTYPE_I32;
+        c.no_accepted = i == 3;
+        c.steps = 3;
+        cases[n++] = c;
+    }
     /* No indices (sequence n continues slot n; the CU kernels' slot is then not loaded). */
     c = base_case("packed form arange(9), bf16 tokens, no indices");
     set_packed_form(&c, 8, ones, 1);
@@ -1158,6 +1180,35 @@ int main(int argc, char **argv)
         c.skip = 1;
         c.steps = 2;
         cases[n++] = c;
+        /* The wide _spec kernels: split K (fp32 [K, V], 320 heads), fp32 [V, K] (160), bf16
+         * pools (48 heads). */
+        static const int64_t spec_wide_lens[] = {3, 2, 3, 1};
+        c = base_case("spec form, bf16 tokens, fp32 [K,V], 320 heads (split K)");
+        set_packed_form(&c, 80, spec_wide_lens, 4);
+        c.idx_mode = IDX_2D;
+        c.bf16_g_beta = 1;
+        c.skip = 1;
+        c.steps = 2;
+        cases[n++] = c;
+        c = base_case("spec form, bf16 tokens, fp32 [V,K], 160 heads");
+        set_packed_form(&c, 40, spec_wide_lens, 4);
+        c.idx_mode = IDX_2D;
+        c.bf16_g_beta = 1;
+        c.v_first = 1;
+        c.steps = 2;
+        cases[n++] = c;
+        for (int vf = 0; vf < 2; vf++) {
+            c = base_case(vf ? "spec form, bf16 tokens, bf16 [V,K], 48 heads"
+                             : "spec form, bf16 tokens, bf16 [K,V], 48 heads");
+            set_packed_form(&c, 12, spec_wide_lens, 4);
+            c.idx_mode = IDX_2D;
+            c.bf16_g_beta = 1;
+            c.pool_dtype = FKDA_DTYPE_BF16;
+            c.v_first = vf;
+            c.skip = 1;
+            c.steps = 2;
+            cases[n++] = c;
+        }
         c = base_case("bf16 tokens, fp32 [V,K], 160 heads, 2-D, T=3");
         c.bf16_g_beta = 1;
         c.N = 40;
