@@ -57,12 +57,30 @@ for (a, f), text in sorted(kernels.items()):
 '
 }
 
-compile() { # tree file object
-    (cd "$1" && "$nvcc" -DFKDA_BUILDING_LIBRARY -DFKDA_WITH_CUDA=1 -I"$1/include" -O3 -DNDEBUG -Xcompiler=-fPIC \
-        -gencode=arch=compute_90a,code=sm_90a -gencode=arch=compute_80,code=sm_80 -lineinfo \
-        --expt-relaxed-constexpr -c "$2" -o "$3")
+# Each side compiles a file with the command its own CMakeLists.txt gives it: a throwaway configure
+# of the tree (compile_commands.json), the command run as written with its output redirected, so
+# that the flags compared are the library's, at REF and in the working tree.
+configure() { # tree build-dir
+    cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_EXPORT_COMPILE_COMMANDS=ON \
+        -DCMAKE_CUDA_COMPILER="$nvcc" >"$2.log" 2>&1 || { echo "sass_diff.sh: cmake failed on $1 ($2.log)" >&2; exit 2; }
 }
 
+compile() { # tree build-dir file object
+    python3 - "$2/compile_commands.json" "$1/$3" "$4" <<'EOF'
+import json, os, shlex, subprocess, sys
+db, source, obj = sys.argv[1], os.path.realpath(sys.argv[2]), sys.argv[3]
+for entry in json.load(open(db)):
+    if os.path.realpath(os.path.join(entry["directory"], entry["file"])) != source:
+        continue
+    args = shlex.split(entry["command"]) if "command" in entry else entry["arguments"]
+    args[args.index("-o") + 1] = obj
+    sys.exit(subprocess.call(args, cwd=entry["directory"]))
+sys.exit("sass_diff.sh: %s is not compiled by the library" % source)
+EOF
+}
+
+configure "$work/ref" "$work/cfg-ref"
+configure "$root" "$work/cfg-tree"
 changed=0
 for file in "$@"; do
     rel=${file#"$root"/}
@@ -71,10 +89,10 @@ for file in "$@"; do
         echo "   (not in $ref)"
         : >"$work/a.txt"
     else
-        compile "$work/ref" "$rel" "$work/a.o" || { echo "sass_diff.sh: $rel does not compile at $ref" >&2; exit 2; }
+        compile "$work/ref" "$work/cfg-ref" "$rel" "$work/a.o" || { echo "sass_diff.sh: $rel does not compile at $ref" >&2; exit 2; }
         disassemble "$work/a.o" >"$work/a.txt"
     fi
-    compile "$root" "$rel" "$work/b.o" || { echo "sass_diff.sh: $rel does not compile in the tree" >&2; exit 2; }
+    compile "$root" "$work/cfg-tree" "$rel" "$work/b.o" || { echo "sass_diff.sh: $rel does not compile in the tree" >&2; exit 2; }
     disassemble "$work/b.o" >"$work/b.txt"
     # Join on arch + function: "same" / "DIFF" with counts, "new" / "gone".
     while IFS='|' read -r arch fn na ha nb hb; do
