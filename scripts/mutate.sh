@@ -100,6 +100,11 @@ mutant cpu-layer-io16-norm-weight cpu src/cuda/decode_layer_select.c \
 mutant cpu-layer-conv-vec-rows cpu src/cuda/decode_layer_select.c \
   'c->state_stride[1] % V == 0 && ' \
   ''
+# The decode's selection: speculative calls in vLLM's form (cu_seqlens, 2-D indices) taken for
+# the one-token CU kernels' form (which would store the state only to each sequence's first slot).
+mutant cpu-decode-select-spec-form cpu src/cuda/decode_select.c \
+  'return c->cu_seqlens ? (c->idx_2d ? 2 : 1) : 0;' \
+  'return c->cu_seqlens ? 1 : 0;'
 
 # CUDA prefill: prep (gate, beta, the gate's range check), chain (state update, final slot,
 # checkpoints), merge.
@@ -200,6 +205,10 @@ mutant cuda-decode-v-half cuda src/cuda/decode_common.cuh \
 mutant cuda-decode-token-slot cuda src/cuda/decode_common.cuh \
   'n * p->idx_stride[0] + t * p->idx_stride[1],' \
   'n * p->idx_stride[0],'
+# The _spec kernels read each sequence's state from its first slot, whatever its accepted count.
+mutant cuda-decode-spec-accepted cuda src/cuda/decode_common.cuh \
+  'const int64_t col = min(max(index_value(acc, p->acc_dtype), (int64_t)1), p->idx_tokens) - 1;' \
+  'const int64_t col = 0;'
 # The CU twins (vLLM's packed form): a skipped one-token sequence leaves its output unwritten
 # instead of zero.
 mutant cuda-decode-cu-skip-zeroes cuda src/cuda/decode_tiles.cu \
