@@ -5,8 +5,8 @@
 #
 #   scripts/sass_diff.sh [-r REF] FILE.cu [FILE.cu ...]
 #
-# Compiles each FILE.cu twice, as the library does (CMakeLists.txt's CUDA flags: sm_90a and sm_80),
-# from the commit REF (default HEAD) and from the working tree, disassembles both with cuobjdump,
+# Compiles each FILE.cu twice, as the library does (the compile command CMake gives it: sm_90a and
+# sm_80), from the commit REF (default HEAD) and from the working tree, disassembles both with cuobjdump,
 # drops the instruction encodings (so that only the instruction text and the offsets compare), and
 # prints one line per kernel and architecture: "same" or "DIFF", with the instruction counts before
 # and after ("new" / "gone" for a kernel only one side has). The exit status is the number of
@@ -15,7 +15,9 @@
 # cuobjdump comes with a full CUDA toolkit; where nvcc was installed without it (as on the CI
 # machine), PyPI has it: `pip download --no-deps nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm -d D`,
 # unzip both wheels in D, and put D/nvidia/cu13/bin on PATH. NVCC (default: nvcc on PATH, else
-# /usr/local/cuda/bin/nvcc) picks the compiler.
+# /usr/local/cuda/bin/nvcc) picks the compiler. cmake and ninja configure each side (as for the
+# library's own build); the compiler's messages (ptxas' spill warnings among them) are shown only
+# when a compile fails.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 ref=HEAD
@@ -27,6 +29,9 @@ fi
 nvcc=${NVCC:-$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)}
 [ -x "$nvcc" ] || { echo "sass_diff.sh: no nvcc (set NVCC)" >&2; exit 2; }
 command -v cuobjdump >/dev/null || { echo "sass_diff.sh: no cuobjdump on PATH (see the top of this script)" >&2; exit 2; }
+for tool in cmake ninja; do
+    command -v $tool >/dev/null || { echo "sass_diff.sh: no $tool on PATH" >&2; exit 2; }
+done
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -62,7 +67,11 @@ for (a, f), text in sorted(kernels.items()):
 # that the flags compared are the library's, at REF and in the working tree.
 configure() { # tree build-dir
     cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_EXPORT_COMPILE_COMMANDS=ON \
-        -DCMAKE_CUDA_COMPILER="$nvcc" >"$2.log" 2>&1 || { echo "sass_diff.sh: cmake failed on $1 ($2.log)" >&2; exit 2; }
+        -DFKDA_WITH_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc" >"$2.log" 2>&1 || {
+        tail -20 "$2.log" >&2
+        echo "sass_diff.sh: cmake failed on $1 (above: the end of its output)" >&2
+        exit 2
+    }
 }
 
 compile() { # tree build-dir file object
@@ -74,7 +83,10 @@ for entry in json.load(open(db)):
         continue
     args = shlex.split(entry["command"]) if "command" in entry else entry["arguments"]
     args[args.index("-o") + 1] = obj
-    sys.exit(subprocess.call(args, cwd=entry["directory"]))
+    run = subprocess.run(args, cwd=entry["directory"], capture_output=True, text=True)
+    if run.returncode:
+        sys.stderr.write(run.stdout + run.stderr)
+    sys.exit(run.returncode)
 sys.exit("sass_diff.sh: %s is not compiled by the library" % source)
 EOF
 }

@@ -71,7 +71,8 @@ static __device__ __forceinline__ void load_bits_pair_if(const void *base, int32
 
 /* load_bits_pair_if's or formed at once. The single-kernel decode layer loads its run-time-dtype
  * tensors (all of them, or A_log and dt_bias in its all-bf16 kernels) this way, and the plain
- * decode's tile kernels load a token's tensors, A_log and dt_bias this way (1-2 % faster there);
+ * decode's tile kernels load a token's q, k, g, beta, A_log and dt_bias this way (1-2 % faster
+ * there; v through load_bits_pair_if itself where the loads are predicated, load_v);
  * its packed kernels keep load_bits_if (with this form the packed bf16 kernel measured 3 % slower
  * at 64 x 32: docs/history/decode.md). Where the dtype is a compile-time constant, one form and
  * the or fold away. */

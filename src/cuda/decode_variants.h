@@ -30,21 +30,25 @@
  *            kernels, which serve small batches, whose pools are small next to L2
  *   TOK      all-bf16 token tensors (q, k, v, g, beta, out) compiled in, for calls with 1-D
  *            indices and one token per sequence (T = 1; or cu_seqlens, CU = 1), or with 2-D
- *            indices and cu_seqlens (CU = 2), whose token offsets fit in 31 bits: 1 with 32-bit token offsets, 2 with 64-bit ones (the
- *            narrow bf16-pool kernels, where 32-bit offsets measured slower)
+ *            indices and cu_seqlens (CU = 2), whose token offsets fit in 31 bits: 1 with 32-bit
+ *            token offsets, 2 with 64-bit ones (the narrow bf16-pool kernels, where 32-bit
+ *            offsets measured slower)
  *   KS       warps sharing the keys of a column: 2 is split K (wide fp32 [K, V] tiles)
  *   CU       compiled for calls with cu_seqlens and 1-D indices (vLLM's packed form: q [1, B, H, K],
  *            cu_seqlens = arange(B + 1)): each sequence's bounds read on the device, a one-token
  *            sequence through the same one-token code as the CU = 0 twin, an empty one skipped
  *            (as every kernel does), a longer one through a loop over its tokens in a called, not
- *            inlined, function (so that its registers stay out of the one-token path). The TOK
- *            and packed kernels come in both forms: CU = 0 serves only calls without cu_seqlens,
- *            CU = 1 only calls with them. The other tile kernels read cu_seqlens at run time and
- *            serve both (CU = 0).
+ *            inlined, function (so that its registers stay out of the one-token path).
  *            CU = 2 (TOK kernels only, _spec): compiled for speculative decoding in vLLM's form,
  *            cu_seqlens with 2-D indices (a slot per token, the state read from the slot of the
  *            accepted count): every sequence runs its tokens inline and stores its state after
- *            each token. The generic tile kernels serve the same calls with run-time dtypes.
+ *            each token.
+ *            The TOK and packed kernels each serve one form of call (decode_select.c's
+ *            call_form): CU = 0 only calls without cu_seqlens, CU = 1 only calls with cu_seqlens
+ *            and 1-D indices, CU = 2 only calls with cu_seqlens and 2-D indices. The other tile
+ *            kernels read cu_seqlens at run time and serve every form (CU = 0), among them the
+ *            speculative calls no _spec kernel serves (tokens not all bf16, heads not dense 128,
+ *            or wide fp32 [K, V] heads without split K: there is no such _spec row).
  * Columns of DECODE_PACKED_VARIANTS: V_FIRST, LOAD_EF, KS, CU as above (BF16 = 1, VEC = 8,
  * NR = 16, NC = 8, D128 = 1, TOK = 0 for all of them).
  *
@@ -165,7 +169,7 @@ typedef struct fkda_decode_variant {
     int load_ef;     /* evict-first state loads */
     int bf16_tokens; /* TOK: 0, or 1 / 2 (32- / 64-bit token offsets) */
     int k_split;     /* KS */
-    int cu_form;     /* CU: compiled for calls with cu_seqlens */
+    int cu_form;     /* CU: the form of call a TOK or packed kernel serves (0, 1, 2: above) */
 } fkda_decode_variant;
 
 #ifdef __cplusplus

@@ -1047,16 +1047,19 @@ int main(int argc, char **argv)
         cases[n++] = c;
     }
     /* vLLM's speculative form (cu_seqlens, 2-D indices, accepted counts), every token bf16: the
-     * _spec kernels (narrow tiles at 32 heads) in each pool dtype and layout, with sequences of 3,
-     * 1, 0 and 2 tokens, skips, int64 indices in one and no accepted counts in another. */
-    static const int64_t spec_lens[] = {3, 1, 0, 2};
-    static const char *const spec_names[4] = {"spec form [3,1,0,2]x2, bf16 tokens, fp32 [K,V]",
-                                              "spec form [3,1,0,2]x2, bf16 tokens, bf16 [K,V]",
-                                              "spec form [3,1,0,2]x2, bf16 tokens, fp32 [V,K], i64 indices",
-                                              "spec form [3,1,0,2]x2, bf16 tokens, bf16 [V,K], no accepted counts"};
+     * _spec kernels (narrow tiles at 32 heads) in each pool dtype and layout, with sequences of 2,
+     * 3, 3, 0 and 1 tokens (repeated), int64 indices in one and no accepted counts in another.
+     * The skips (run_case) land on tokens that exist: sequence 1's last token has no slot (its
+     * store skipped) and sequence 2's first slot is -1 every other call (its state read skipped
+     * when that is the accepted column, its first token's store skipped). */
+    static const int64_t spec_lens[] = {2, 3, 3, 0, 1};
+    static const char *const spec_names[4] = {"spec form [2,3,3,0,1,...], bf16 tokens, fp32 [K,V]",
+                                              "spec form [2,3,3,0,1,...], bf16 tokens, bf16 [K,V]",
+                                              "spec form [2,3,3,0,1,...], bf16 tokens, fp32 [V,K], i64 indices",
+                                              "spec form [2,3,3,0,1,...], bf16 tokens, bf16 [V,K], no accepted counts"};
     for (int i = 0; i < 4; i++) {
         c = base_case(spec_names[i]);
-        set_packed_form(&c, 8, spec_lens, 4);
+        set_packed_form(&c, 8, spec_lens, 5);
         c.idx_mode = IDX_2D;
         c.bf16_g_beta = 1;
         c.skip = 1;
