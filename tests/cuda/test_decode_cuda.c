@@ -193,7 +193,10 @@ typedef struct dcase {
     int steps;
     int check_every; /* compare the whole pool every this many calls (and at the end) */
     double out_tol, state_tol;
-    int no_accepted;    /* 2-D indices without num_accepted_tokens (states read from slot column 0) */
+    int no_accepted; /* 2-D indices without num_accepted_tokens (states read from slot column 0) */
+    /* the device's accepted counts of sequences 0-2 outside [1, T_max] (0, -5, 10^6); the kernels
+     * must clamp them, and the reference gets the clamped counts (its API refuses the others) */
+    int wild_accepted;
     int ref_pool_f32;   /* the reference keeps an fp32 pool whatever the GPU's pool dtype */
     int drift_report;   /* print DRIFT-REPORT lines at 1, 10, 100, 1000, 10000 */
     const char *report; /* print "<report> ..." with the final errors */
@@ -477,7 +480,12 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
             dset(&b.idx, (size_t)(2 * T_max), step % 2 ? -1.0 : (double)perm[2 * T_max]);
         if (c->idx_mode == IDX_2D) {
             for (int64_t n = 0; n < N; n++) dset(&b.acc, (size_t)n, (double)test_rng_int(r, 1, T_max));
+            static const double wild[3] = {0.0, -5.0, 1e6};
+            for (int64_t n = 0; c->wild_accepted && n < N && n < 3; n++) dset(&b.acc, (size_t)n, wild[n]);
             dual_upload(&b.acc);
+            /* the host's copy, which the reference reads, back in [1, T_max] */
+            for (int64_t n = 0; c->wild_accepted && n < N && n < 3; n++)
+                dset(&b.acc, (size_t)n, wild[n] < 1.0 ? 1.0 : (double)T_max);
             dual_upload(&b.idx);
         }
         if (c->reuse && step % 3 == 0 && next_free < P) { /* sequence step % N ends; a new one starts */
@@ -1067,6 +1075,7 @@ int main(int argc, char **argv)
         c.v_first = i >> 1;
         c.idx_dtype = i == 2 ? FKDA_DTYPE_I64 : FKDA_DTYPE_I32;
         c.no_accepted = i == 3;
+        c.wild_accepted = i == 0;
         c.steps = 3;
         cases[n++] = c;
     }
@@ -1234,11 +1243,12 @@ int main(int argc, char **argv)
         c.HV = 16;
         c.pool_dtype = FKDA_DTYPE_BF16;
         cases[n++] = c;
-        c = base_case("spec T=4, 2-D i32 indices, fp32 [K,V]");
+        c = base_case("spec T=4, 2-D i32 indices, fp32 [K,V], wild accepted counts");
         c.idx_mode = IDX_2D;
         c.T = 4;
         c.N = 5;
         c.skip = 1;
+        c.wild_accepted = 1;
         cases[n++] = c;
         c = base_case("spec varlen [3,1,4,2], 2-D indices");
         c.idx_mode = IDX_2D;
