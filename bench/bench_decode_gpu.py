@@ -33,8 +33,8 @@ Triton kernels autotune once per shape and form.
 
 --spec times speculative decoding as vLLM calls it: 3 tokens per sequence packed in one row
 (cu_seqlens), 2-D int32 indices [B, 3], random num_accepted_tokens, both libraries, both pool
-dtypes and layouts, at 1 x 32, 64 x 32 and 256 x 8 (floor: one state read and three written per
-sequence and head). With --vllm, both tables.
+dtypes and layouts, at 1 x 32, 64 x 32 and 256 x 8 (FKDA_BENCH_SPEC_SHAPES="B,H B,H ..." picks
+others; floor: one state read and three written per sequence and head). With --vllm, both tables.
 
 --sweep adds a table of ours with each kernel family or knob forced (the FKDA_DECODE_* knobs of
 src/core/tuning.h; FKDA_DECODE_VARIANT=<name> forces one kernel of src/cuda/decode_variants.h);
@@ -412,6 +412,12 @@ def bench_spec_case(flash_kda, fla_fwd, B, H, pool_dtype, gen, v_first, min_byte
     return t_ours, t_fla, (1 + T) * B * H * K * V * elem, layers
 
 
+def spec_shapes():
+    """The --spec rows' (B, H): FKDA_BENCH_SPEC_SHAPES="B,H B,H ..." or 1 x 32, 64 x 32, 256 x 8."""
+    spec = os.environ.get("FKDA_BENCH_SPEC_SHAPES", "1,32 64,32 256,8")
+    return [tuple(int(x) for x in item.split(",")) for item in spec.split()]
+
+
 def spec_table(flash_kda, fla_fwd, bw, gen):
     """Speculative decoding (--spec): rows of text, printed as they come."""
     rows = [
@@ -427,7 +433,7 @@ def spec_table(flash_kda, fla_fwd, bw, gen):
     print("\n".join(rows), flush=True)
     for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         for vf in (False, True):
-            for B, H in ((1, 32), (64, 32), (256, 8)):
+            for B, H in spec_shapes():
                 t_ours, t_fla, nbytes, layers = bench_spec_case(
                     flash_kda, fla_fwd, B, H, pool_dtype, gen, vf
                 )
