@@ -643,6 +643,22 @@ static dcase base_case(const char *name)
     return c;
 }
 
+/* vLLM's speculative form with every token tensor bf16 (the _spec kernels' call): set_packed_form's
+ * B sequences, 2-D indices with accepted counts, skips, the given pool; `steps` calls. */
+static dcase spec_form_case(const char *name, int64_t B, const int64_t *pattern, int n_pattern, fkda_dtype pool,
+                            int v_first, int steps)
+{
+    dcase c = base_case(name);
+    set_packed_form(&c, B, pattern, n_pattern);
+    c.idx_mode = IDX_2D;
+    c.bf16_g_beta = 1;
+    c.skip = 1;
+    c.pool_dtype = pool;
+    c.v_first = v_first;
+    c.steps = steps;
+    return c;
+}
+
 /* The largest spacing of a dtype's values relative to the value (one ulp at the bottom of a binade). */
 static double ulp_rel(fkda_dtype dtype)
 {
@@ -1066,17 +1082,10 @@ int main(int argc, char **argv)
                                               "spec form [2,3,3,0,1,...], bf16 tokens, fp32 [V,K], i64 indices",
                                               "spec form [2,3,3,0,1,...], bf16 tokens, bf16 [V,K], no accepted counts"};
     for (int i = 0; i < 4; i++) {
-        c = base_case(spec_names[i]);
-        set_packed_form(&c, 8, spec_lens, 5);
-        c.idx_mode = IDX_2D;
-        c.bf16_g_beta = 1;
-        c.skip = 1;
-        c.pool_dtype = i & 1 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
-        c.v_first = i >> 1;
+        c = spec_form_case(spec_names[i], 8, spec_lens, 5, i & 1 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32, i >> 1, 3);
         c.idx_dtype = i == 2 ? FKDA_DTYPE_I64 : FKDA_DTYPE_I32;
         c.no_accepted = i == 3;
         c.wild_accepted = i == 0;
-        c.steps = 3;
         cases[n++] = c;
     }
     /* No indices (sequence n continues slot n; the CU kernels' slot is then not loaded). */
@@ -1195,32 +1204,16 @@ int main(int argc, char **argv)
         /* The wide _spec kernels: split K (fp32 [K, V], 320 heads), fp32 [V, K] (160), bf16
          * pools (48 heads). */
         static const int64_t spec_wide_lens[] = {3, 2, 3, 1};
-        c = base_case("spec form, bf16 tokens, fp32 [K,V], 320 heads (split K)");
-        set_packed_form(&c, 80, spec_wide_lens, 4);
-        c.idx_mode = IDX_2D;
-        c.bf16_g_beta = 1;
-        c.skip = 1;
-        c.steps = 2;
+        cases[n++] = spec_form_case("spec form, bf16 tokens, fp32 [K,V], 320 heads (split K)", 80, spec_wide_lens, 4,
+                                    FKDA_DTYPE_F32, 0, 2);
+        c = spec_form_case("spec form, bf16 tokens, fp32 [V,K], 160 heads", 40, spec_wide_lens, 4, FKDA_DTYPE_F32, 1,
+                           2);
+        c.skip = 0;
         cases[n++] = c;
-        c = base_case("spec form, bf16 tokens, fp32 [V,K], 160 heads");
-        set_packed_form(&c, 40, spec_wide_lens, 4);
-        c.idx_mode = IDX_2D;
-        c.bf16_g_beta = 1;
-        c.v_first = 1;
-        c.steps = 2;
-        cases[n++] = c;
-        for (int vf = 0; vf < 2; vf++) {
-            c = base_case(vf ? "spec form, bf16 tokens, bf16 [V,K], 48 heads"
-                             : "spec form, bf16 tokens, bf16 [K,V], 48 heads");
-            set_packed_form(&c, 12, spec_wide_lens, 4);
-            c.idx_mode = IDX_2D;
-            c.bf16_g_beta = 1;
-            c.pool_dtype = FKDA_DTYPE_BF16;
-            c.v_first = vf;
-            c.skip = 1;
-            c.steps = 2;
-            cases[n++] = c;
-        }
+        cases[n++] = spec_form_case("spec form, bf16 tokens, bf16 [K,V], 48 heads", 12, spec_wide_lens, 4,
+                                    FKDA_DTYPE_BF16, 0, 2);
+        cases[n++] = spec_form_case("spec form, bf16 tokens, bf16 [V,K], 48 heads", 12, spec_wide_lens, 4,
+                                    FKDA_DTYPE_BF16, 1, 2);
         c = base_case("bf16 tokens, fp32 [V,K], 160 heads, 2-D, T=3");
         c.bf16_g_beta = 1;
         c.N = 40;
