@@ -47,8 +47,7 @@
  *            call_form): CU = 0 only calls without cu_seqlens, CU = 1 only calls with cu_seqlens
  *            and 1-D indices, CU = 2 only calls with cu_seqlens and 2-D indices. The other tile
  *            kernels read cu_seqlens at run time and serve every form (CU = 0), among them the
- *            speculative calls no _spec kernel serves (tokens not all bf16, heads not dense 128,
- *            or wide fp32 [K, V] heads without split K: there is no such _spec row).
+ *            speculative calls no _spec kernel serves (tokens not all bf16, heads not dense 128).
  * Columns of DECODE_PACKED_VARIANTS: V_FIRST, LOAD_EF, KS, CU as above (BF16 = 1, VEC = 8,
  * NR = 16, NC = 8, D128 = 1, TOK = 0 for all of them).
  *
@@ -113,6 +112,8 @@
     X(decode_f32_vk_128_narrow_tok_cu, 0, 1, 4, 8, 4, 1, 1, 1, 1, 1)    \
     X(decode_bf16_kv_128_narrow_tok_cu, 1, 0, 4, 8, 4, 1, 1, 2, 1, 1)   \
     X(decode_bf16_vk_128_narrow_tok_cu, 1, 1, 8, 8, 4, 1, 1, 2, 1, 1)   \
+    X(decode_f32_kv_128_tok_spec, 0, 0, 4, 16, 4, 1, 0, 1, 1, 2)        \
+    X(decode_f32_kv_128_ef_tok_spec, 0, 0, 4, 16, 4, 1, 1, 1, 1, 2)     \
     X(decode_f32_kv_128_tok_ks_spec, 0, 0, 4, 16, 4, 1, 0, 1, 2, 2)     \
     X(decode_f32_vk_128_tok_spec, 0, 1, 4, 16, 4, 1, 0, 1, 1, 2)        \
     X(decode_bf16_kv_128_tok_spec, 1, 0, 4, 16, 4, 1, 0, 1, 1, 2)       \

@@ -10,13 +10,15 @@
  *    below: a checksum per block of the grid (a block: one call description, every head count)
  *    and a few decisions spelled out. The pinned values were generated from a transcription of
  *    the selection as it stood before it moved to its own file (commit 8bd0caa,
- *    fkda_decode_recurrent_launch), then regenerated twice: when the kernels compiled for
+ *    fkda_decode_recurrent_launch), then regenerated: when the kernels compiled for
  *    cu_seqlens (CU) took vLLM's packed form (the decisions that changed: calls with cu_seqlens,
  *    all-bf16 tokens and at most one token per sequence, and FKDA_DECODE_PACKED=1 with
  *    cu_seqlens), and when the _spec kernels (CU = 2) took its speculative form (the decisions
  *    that changed: dense 128 calls with cu_seqlens, 2-D indices and all-bf16 tokens, under every
- *    knob set but FKDA_DECODE_BF16_TOKENS=0); a change of any decision fails here; if the change
- *    is intended, regenerate them (FKDA_PIN_PRINT=1 prints the arrays) and say why in the commit.
+ *    knob set but FKDA_DECODE_BF16_TOKENS=0; then those of them with wide fp32 [K, V] heads below
+ *    split K's threshold, when the _spec set gained its two fp32 [K, V] rows without split K); a
+ *    change of any decision fails here; if the change is intended, regenerate them
+ *    (FKDA_PIN_PRINT=1 prints the arrays) and say why in the commit.
  * 2. Every choice serves its call (fkda_decode_variant_serves), with or without
  *    FKDA_DECODE_VARIANT, and a forced variant is taken exactly where it serves; every variant of
  *    the table is taken somewhere on the grid when forced.
