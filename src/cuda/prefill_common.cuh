@@ -219,7 +219,19 @@ static __device__ __forceinline__ float pf_exp2(float x)
     return y;
 }
 
-static __device__ __forceinline__ float pf_sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
+static __device__ __forceinline__ float pf_rcp(float x)
+{
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* 1 / (1 + e^-x) from the approximate exp2 and reciprocal (a few ulp). The prep takes it once per
+ * key channel and token (the lower bound gate), and the correctly rounded division with __expf's
+ * denormal fix-up cost ~20 instructions and a branch there, a tenth of the prep's issue slots; its
+ * extra error is fp32 rounding, far below the bf16 / fp16 operands it feeds. The limits are
+ * exact: x below -88 gives 1 / inf = 0, x above 88 gives 1 / 1 = 1, and a NaN stays NaN. */
+static __device__ __forceinline__ float pf_sigmoid(float x) { return pf_rcp(1.0f + pf_exp2(x * -1.4426950408889634f)); }
 
 /* How the chain kernel splits the work (prefill_launch.cu decides).
  *

@@ -42,20 +42,28 @@
 enum { IN_Q = 0, IN_K = 1, IN_G = 2, OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC = 3, OP_QC_LO = 4, OP_KC_LO = 5 };
 
 /* Step 3's end for step 4, thread `col`'s key channel: Qd, Kr into the record (fp16 if rec16,
- * else bf16), Kd into kd, and the centred operands kc (f16: hi + lo), ki, qc (hi + lo) into s_buf. */
+ * else bf16), Kd into kd, and the centred operands kc (f16: hi + lo), ki, qc (hi + lo) into s_buf.
+ * Two exp2 a row, the centred pair 2^(G - Gref) and 2^(Gref - G); the other factors are products of
+ * those with per-channel constants: 2^(Gl - G) = 2^(Gref - G) 2^(Gl - Gref), every factor within
+ * 2^+-span_max (normal: a product in range is accurate to a few ulp, one out of range is the same
+ * inf or 0 as the direct form), and 2^G = 2^(G - Gref) 2^Gref only without the gate check, where
+ * both factors are at least 2^-58 (G >= -115 for the safe gate); a checked gate may put 2^Gref
+ * below fp32's range while 2^G is not, so it takes its own exp2 there. */
 static __device__ __forceinline__ void prep_decayed(const pf_params &p, const float qn[16], const float kn[16],
                                                     const float G[16], float kd[16], unsigned char *rec,
                                                     unsigned char (*s_buf)[4096], int col, float Gref, float Gl,
-                                                    int f16, int rec16)
+                                                    int gate_checked, int f16, int rec16)
 {
+    const float e_ref = pf_exp2(Gref), e_last = pf_exp2(Gl - Gref);
 #pragma unroll
     for (int i = 0; i < 16; i++) {
         const uint32_t off = pf_swz(i, col);
-        const float e_ = pf_exp2(G[i]);
+        const float d = G[i] - Gref;
+        const float ec = pf_exp2(d), ei = pf_exp2(-d);
+        const float e_ = gate_checked ? pf_exp2(G[i]) : ec * e_ref;
         kd[i] = kn[i] * e_;
         st_16(rec + PF_REC_QD, off, p.scale * qn[i] * e_, rec16);
-        st_16(rec + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]), rec16);
-        const float ec = pf_exp2(G[i] - Gref), ei = pf_exp2(Gref - G[i]);
+        st_16(rec + PF_REC_KR, off, kn[i] * (ei * e_last), rec16);
         const float kc = kn[i] * ec, ki = kn[i] * ei, qc = qn[i] * ec;
         const uint16_t ki_hi = pf_float_to_bf16(ki), qc_hi = pf_float_to_bf16(qc);
         if (f16) {
@@ -104,8 +112,9 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
      * or, for a chunk that takes step 4', qn, kn, G as fp32 [16][128] tiles. s_buf (declared by
      * each kernel) has 5 units for the bulk unchecked kernel, 6 for the others. */
     __shared__ float s_L[16][17];
-    __shared__ float s_binv[16][17];
-    __shared__ float s_rq[16], s_rk[16], s_b[16];
+    __shared__ __align__(16) float s_binv[16][16];     /* rows 16-byte aligned: step 6 reads them 4 at a time */
+    __shared__ __align__(16) float s_rq[16], s_rk[16]; /* aligned: step 3 reads them 4 at a time */
+    __shared__ float s_b[16];
     __shared__ int s_out16[16]; /* f16: rows outside fp16's domain */
     float *const fq = (float *)s_buf[0], *const fk = (float *)s_buf[2], *const fg = (float *)s_buf[4];
 
@@ -356,11 +365,11 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
          * kernels, with step 4' beside it, allocate better with one copy that reads rec16 at run
          * time; the bf16 family's record is bf16 (rec16 = 0) */
         if (f16 && !gate_checked && rec16)
-            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, f16, 1);
+            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, gate_checked, f16, 1);
         else if (f16 && !gate_checked)
-            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, f16, 0);
+            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, gate_checked, f16, 0);
         else
-            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, f16, rec16);
+            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, gate_checked, f16, rec16);
     } else {
 #pragma unroll
         for (int i = 0; i < 16; i++) {

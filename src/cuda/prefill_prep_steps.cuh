@@ -188,7 +188,7 @@ static __device__ __forceinline__ void prep_pairwise(const float *fq, const floa
 }
 
 /* Steps 5 and 6: (I + L)^-1 diag(b) by forward substitution, and -W; rec16: an fp16 record. */
-static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[17], const float *s_b,
+static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
                                                    const float kd[16], unsigned char *rec, int col, int warp, int lane,
                                                    int rec16)
 {
@@ -220,12 +220,19 @@ static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_b
     }
     __syncthreads();
 
-    /* 6. W = bINV Kd in fp32 (bINV is lower triangular including the diagonal), stored negated. */
+    /* 6. W = bINV Kd in fp32 (bINV is lower triangular including the diagonal), stored negated;
+     * bINV's rows read four entries at a time (the same products, summed in the same order). */
 #pragma unroll
     for (int i = 0; i < 16; i++) {
         float w = 0.0f;
 #pragma unroll
-        for (int j = 0; j <= i; j++) w += s_binv[i][j] * kd[j];
+        for (int j4 = 0; j4 <= i; j4 += 4) {
+            const float4 b4 = *(const float4 *)&s_binv[i][j4];
+            const float bb[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (j4 + e <= i) w += bb[e] * kd[j4 + e];
+        }
         st_16(rec + PF_REC_NEGW, pf_swz(i, col), -w, rec16);
     }
 }
