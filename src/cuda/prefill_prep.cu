@@ -42,7 +42,8 @@
 enum { IN_Q = 0, IN_K = 1, IN_G = 2, OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC = 3, OP_QC_LO = 4, OP_KC_LO = 5 };
 
 /* Step 3's end for step 4, thread `col`'s key channel: Qd, Kr into the record (fp16 if rec16,
- * else bf16), Kd into kd, and the centred operands kc (f16: hi + lo), ki, qc (hi + lo) into s_buf.
+ * else bf16), Kd into kd, and the centred operands kc, ki, qc (hi + lo; kc's lo term only in the
+ * fp16 family, whose L product and unchecked step 6 read it) into s_buf.
  * Two exp2 a row, the centred pair 2^(G - Gref) and 2^(Gref - G); the other factors are products of
  * those with per-channel constants: 2^(Gl - G) = 2^(Gref - G) 2^(Gl - Gref), every factor within
  * 2^+-span_max (normal: a product in range is accurate to a few ulp, one out of range is the same
@@ -52,9 +53,9 @@ enum { IN_Q = 0, IN_K = 1, IN_G = 2, OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC =
 static __device__ __forceinline__ void prep_decayed(const pf_params &p, const float qn[16], const float kn[16],
                                                     const float G[16], float kd[16], unsigned char *rec,
                                                     unsigned char (*s_buf)[4096], int col, float Gref, float Gl,
-                                                    int gate_checked, int f16, int rec16)
+                                                    float e_ref, int gate_checked, int f16, int rec16)
 {
-    const float e_ref = pf_exp2(Gref), e_last = pf_exp2(Gl - Gref);
+    const float e_last = pf_exp2(Gl - Gref);
 #pragma unroll
     for (int i = 0; i < 16; i++) {
         const uint32_t off = pf_swz(i, col);
@@ -66,7 +67,7 @@ static __device__ __forceinline__ void prep_decayed(const pf_params &p, const fl
         st_16(rec + PF_REC_KR, off, kn[i] * (ei * e_last), rec16);
         const float kc = kn[i] * ec, ki = kn[i] * ei, qc = qn[i] * ec;
         const uint16_t ki_hi = pf_float_to_bf16(ki), qc_hi = pf_float_to_bf16(qc);
-        if (f16) {
+        if (f16) { /* the lo term: the fp16 family's L product and (unchecked) step 6 */
             const uint16_t kc_hi = pf_float_to_bf16(kc);
             *(uint16_t *)(s_buf[OP_KC] + off) = kc_hi;
             st_bf16(s_buf[OP_KC_LO], off, kc - pf_bf16_to_float(kc_hi));
@@ -357,6 +358,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
      * centred operands of step 4 or the fp32 tiles of step 4'. */
     float kd[16];
     const float Gref = G[7], Gl = G[15];
+    const float e_ref = pf_exp2(Gref); /* unchecked: 2^G = 2^(G - Gref) 2^Gref, Kd = kc 2^Gref */
     *(float *)(rec + PF_REC_GAMMA + col * 4) = pf_exp2(Gl);
     if (f16 && !rec16 && col == 0) *(float *)(rec + PF_REC_GAMMA) = -pf_exp2(Gl); /* the bf16 record's flag */
     if (!pairwise) {
@@ -365,11 +367,11 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
          * kernels, with step 4' beside it, allocate better with one copy that reads rec16 at run
          * time; the bf16 family's record is bf16 (rec16 = 0) */
         if (f16 && !gate_checked && rec16)
-            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, gate_checked, f16, 1);
+            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, e_ref, gate_checked, f16, 1);
         else if (f16 && !gate_checked)
-            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, gate_checked, f16, 0);
+            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, e_ref, gate_checked, f16, 0);
         else
-            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, gate_checked, f16, rec16);
+            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, e_ref, gate_checked, f16, rec16);
     } else {
 #pragma unroll
         for (int i = 0; i < 16; i++) {
@@ -439,7 +441,13 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
         return;
     }
     __syncthreads();
-    prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane, rec16);
+    if (gate_checked || !f16) {
+        prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane, rec16);
+    } else {
+        prep_inverse(s_L, s_binv, s_b, rec, warp, lane, rec16);
+        __syncthreads();
+        prep_negw_mma(s_binv, s_buf[OP_KC], s_buf[OP_KC_LO], e_ref, rec, warp, lane, rec16);
+    }
 }
 
 /* CTAs per SM: 8 (64 registers) for the unchecked tile and bulk kernels, which fit with few

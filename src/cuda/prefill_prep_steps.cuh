@@ -9,6 +9,7 @@
 #define FKDA_PREFILL_PREP_STEPS_CUH
 
 #include "prefill_common.cuh"
+#include "ptx_mma.cuh"
 
 #define PREP_THREADS 128
 /* The largest |G_i - Gref| (log2 units) the centred-exponent products take. With the L2 norm every
@@ -187,12 +188,11 @@ static __device__ __forceinline__ void prep_pairwise(const float *fq, const floa
     if ((tid & 15) == 0) prep_pair_store(s_L, s_b, rec, scale, i, j, l, m, rec16);
 }
 
-/* Steps 5 and 6: (I + L)^-1 diag(b) by forward substitution, and -W; rec16: an fp16 record. */
-static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
-                                                   const float kd[16], unsigned char *rec, int col, int warp, int lane,
-                                                   int rec16)
+/* Step 5: INV = (I + L)^-1 by fp32 forward substitution on warp 0 (lane cc owns column cc), then
+ * bINV = INV diag(b) into s_binv and the record as hi + lo terms; rec16: an fp16 record. */
+static __device__ __forceinline__ void prep_inverse(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
+                                                    unsigned char *rec, int warp, int lane, int rec16)
 {
-    /* 5. Forward substitution, fp32: lane cc owns column cc of INV. */
     if (warp == 0) {
         const int cc = lane & 15;
         float inv[16];
@@ -218,10 +218,17 @@ static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_b
             }
         }
     }
-    __syncthreads();
+}
 
-    /* 6. W = bINV Kd in fp32 (bINV is lower triangular including the diagonal), stored negated;
-     * bINV's rows read four entries at a time (the same products, summed in the same order). */
+/* Steps 5 and 6 for the checked kernels: bINV, then W = bINV Kd in fp32 by thread `col` (bINV is
+ * lower triangular including the diagonal), stored negated; bINV's rows read four entries at a
+ * time (the same products, summed in the same order). */
+static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
+                                                   const float kd[16], unsigned char *rec, int col, int warp, int lane,
+                                                   int rec16)
+{
+    prep_inverse(s_L, s_binv, s_b, rec, warp, lane, rec16);
+    __syncthreads();
 #pragma unroll
     for (int i = 0; i < 16; i++) {
         float w = 0.0f;
@@ -234,6 +241,67 @@ static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_b
                 if (j4 + e <= i) w += bb[e] * kd[j4 + e];
         }
         st_16(rec + PF_REC_NEGW, pf_swz(i, col), -w, rec16);
+    }
+}
+
+/* Step 6 for the fp16 family's unchecked kernels, on tensor cores: W = bINV Kd = (bINV kc) diag(2^Gref), kc the
+ * centred keys already in shared memory for step 4 (kc[i][c] = Kd[i][c] 2^-Gref_c; the safe gate
+ * keeps 2^Gref_c >= 2^-58, so the column factor is exact to fp32's rounding, which a checked gate's
+ * 2^Gref below fp32's range would not be: those kernels keep prep_finish). Warp w forms the 16 x 32
+ * block of keys 32w..32w+31 as bINV_hi kc_hi + bINV_hi kc_lo + bINV_lo kc_hi (bf16 pairs, fp32
+ * accumulation: about 2^-16 relative, below the record's bf16 / fp16 rounding), so the 136 FMAs and
+ * shared reads per thread of the fp32 form become 12 mma.sync per warp; its output fragment holds
+ * (row g or g + 8, keys 2t and 2t + 1 of each 8-key tile), stored as one 4-byte pair. The factor
+ * 2^Gref of key c is lane (c mod 32)'s e_ref: the block's keys are the warp's own key channels.
+ * Why the fp16 family only: there kc's lo term is already in shared memory for the L product, and
+ * kd's 16 registers no longer live through steps 4 and 5 took pf_prep16_tiles from 172 to 20 bytes
+ * of spills (0.247 -> 0.237 ms at T = 8192, H = 32); the bf16 kernels would have to write kc's lo
+ * term for it (a sixth 4 KB unit and four instructions a row), which cost what it saved
+ * (pf_prep_bulk 0.556 -> 0.562 ms at H = 96, H200). */
+static __device__ __forceinline__ void prep_negw_mma(const float (*s_binv)[16], const unsigned char *kc_hi,
+                                                     const unsigned char *kc_lo, float e_ref, unsigned char *rec,
+                                                     int warp, int lane, int rec16)
+{
+    const int g = lane >> 2, t = lane & 3;
+    /* A = bINV in the m16n8k16 fragment: register r holds row g + 8 (r & 1), columns 2t + 8 (r >> 1)
+     * and + 1 (s_binv's rows are 16-byte aligned, so each pair is one 8-byte read) */
+    uint32_t ahi[4], alo[4];
+#pragma unroll
+    for (int r = 0; r < 4; r++) {
+        const float2 x = *(const float2 *)&s_binv[g + 8 * (r & 1)][2 * t + 8 * (r >> 1)];
+        const uint32_t h = pack_bf16x2(x.x, x.y);
+        ahi[r] = h;
+        alo[r] = pack_bf16x2(x.x - __uint_as_float(h << 16), x.y - __uint_as_float(h & 0xffff0000u));
+    }
+    float acc[4][4];
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        /* B = kc[token][key] transposed: matrices (tokens 0-7 | 8-15) x (unit u | u + 1) */
+        const uint32_t off = pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 4 * warp + 2 * half + (lane >> 4));
+        uint32_t bh[4], bl[4];
+        ldsm_x4_trans(bh, smem_addr(kc_hi + off));
+        ldsm_x4_trans(bl, smem_addr(kc_lo + off));
+#pragma unroll
+        for (int n = 0; n < 2; n++) {
+            float *d = acc[2 * half + n];
+            mma_bf16_16816(d, ahi, bh[2 * n], bh[2 * n + 1], d);
+            mma_bf16_16816(d, ahi, bl[2 * n], bl[2 * n + 1], d);
+            mma_bf16_16816(d, alo, bh[2 * n], bh[2 * n + 1], d);
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < 4; n++) {
+        const int c = 32 * warp + 8 * n + 2 * t;
+        const float e0 = __shfl_sync(0xffffffffu, e_ref, (c & 31)), e1 = __shfl_sync(0xffffffffu, e_ref, (c & 31) + 1);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const float w0 = -(acc[n][2 * h] * e0), w1 = -(acc[n][2 * h + 1] * e1);
+            *(uint32_t *)(rec + PF_REC_NEGW + pf_swz(g + 8 * h, c)) = rec16 ? pack_f16x2(w0, w1) : pack_bf16x2(w0, w1);
+        }
     }
 }
 
