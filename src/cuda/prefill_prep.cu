@@ -24,6 +24,8 @@
  *   5. warp 0: INV = (I + L)^-1 by fp32 forward substitution (lane c owns column c), bINV =
  *      INV diag(b), stored as hi + lo bf16 terms like Mqk;
  *   6. thread c: W[:, c] = bINV Kd[:, c] in fp32, stored negated (the chain adds S^T (-W)^T);
+ *      in the fp16 family's unchecked kernels, on tensor cores from bINV and the centred kc
+ *      instead (prep_negw_mma);
  *   The record goes straight from registers to the workspace: thread c's 2-byte stores of row i
  *   make one contiguous 64-byte piece per warp (the swizzle only permutes 16-byte units inside
  *   128-byte blocks), so no shared staging is needed; that keeps shared memory at ~22 KB (27 KB

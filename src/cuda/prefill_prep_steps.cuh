@@ -1,9 +1,9 @@
 /*
  * prefill_prep_steps.cuh: the steps of the prep kernel (prefill_prep.cu) that are functions of their
  * own: the gate of one token and key channel, the layout of the fp32 input tiles, the pairwise
- * form of L and Mqk (step 4') for chunks whose gate leaves the centred factors' range, and the
- * forward substitution and -W (steps 5 and 6). The kernel body and its launch stay in
- * prefill_prep.cu.
+ * form of L and Mqk (step 4') for chunks whose gate leaves the centred factors' range, the
+ * forward substitution (step 5) and -W (step 6, in fp32 or on tensor cores). The kernel body and
+ * its launch stay in prefill_prep.cu.
  */
 #ifndef FKDA_PREFILL_PREP_STEPS_CUH
 #define FKDA_PREFILL_PREP_STEPS_CUH
