@@ -207,16 +207,13 @@ mutant cuda-decode-token-slot cuda src/cuda/decode_common.cuh \
   'n * p->idx_stride[0],'
 # The _spec kernels read each sequence's state from its first slot, whatever its accepted count.
 mutant cuda-decode-spec-accepted cuda src/cuda/decode_common.cuh \
-  'const int64_t col = min(max(index_value(acc, p->acc_dtype), (int64_t)1), p->idx_tokens) - 1;' \
+  'const int64_t col = accepted_column(p, index_value(acc, p->acc_dtype));' \
   'const int64_t col = 0;'
 # Accepted counts trusted as they come from the device: 0, -5 or 10^6 index outside the sequence's
-# row of slots (the generic kernels' read_slot, and the _spec kernels' own load).
+# row of slots (accepted_column: the generic kernels' read_slot and the _spec kernels' own load).
 mutant cuda-decode-accepted-clamp cuda src/cuda/decode_common.cuh \
-  'col = min(max(acc, (int64_t)1), p->idx_tokens) - 1;' \
-  'col = acc - 1;'
-mutant cuda-decode-spec-accepted-clamp cuda src/cuda/decode_common.cuh \
-  'const int64_t col = min(max(index_value(acc, p->acc_dtype), (int64_t)1), p->idx_tokens) - 1;' \
-  'const int64_t col = index_value(acc, p->acc_dtype) - 1;'
+  'return min(max(acc, (int64_t)1), p->idx_tokens) - 1;' \
+  'return acc - 1;'
 # The CU twins (vLLM's packed form): a skipped one-token sequence leaves its output unwritten
 # instead of zero.
 mutant cuda-decode-cu-skip-zeroes cuda src/cuda/decode_tiles.cu \

@@ -133,8 +133,15 @@ static __device__ __forceinline__ int64_t cu_sequence_and_slot(const fkda_decode
     return clamp_bounds(p, index_value(a, p->cu_dtype), index_value(b, p->cu_dtype), bos);
 }
 
+/* The column of 2-D indices a sequence continues from: that of its last accepted token, counts
+ * clamped into [1, T_max] (device memory, never trusted). */
+static __device__ __forceinline__ int64_t accepted_column(const fkda_decode_params *p, int64_t acc)
+{
+    return min(max(acc, (int64_t)1), p->idx_tokens) - 1;
+}
+
 /* The _spec kernels' sequence n (cu_seqlens and 2-D indices): as cu_sequence_tokens, and in *slot
- * the slot its state is read from, that of its accepted count (read_slot's rule). The bounds and
+ * the slot its state is read from, that of its accepted count (accepted_column, as read_slot). The bounds and
  * the count are loaded together, then the index they select: two round trips, not three. */
 static __device__ __forceinline__ int64_t cu_sequence_and_accepted_slot(const fkda_decode_params *p, int64_t n,
                                                                         int64_t *bos, int64_t *slot)
@@ -144,7 +151,7 @@ static __device__ __forceinline__ int64_t cu_sequence_and_accepted_slot(const fk
     const index_words b = load_index_words_if(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride, 1, none);
     const index_words acc = load_index_words_if(p->num_accepted, p->acc_dtype, n * p->acc_stride,
                                                 p->num_accepted != NULL, one);
-    const int64_t col = min(max(index_value(acc, p->acc_dtype), (int64_t)1), p->idx_tokens) - 1;
+    const int64_t col = accepted_column(p, index_value(acc, p->acc_dtype));
     *slot = load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + col * p->idx_stride[1]);
     return clamp_bounds(p, index_value(a, p->cu_dtype), index_value(b, p->cu_dtype), bos);
 }
@@ -166,8 +173,7 @@ static __device__ __forceinline__ int64_t read_slot(const fkda_decode_params *p,
     if (!p->state_indices) return n;
     int64_t col = 0;
     if (p->idx_2d && p->num_accepted) {
-        int64_t acc = load_index(p->num_accepted, p->acc_dtype, n * p->acc_stride);
-        col = min(max(acc, (int64_t)1), p->idx_tokens) - 1;
+        col = accepted_column(p, load_index(p->num_accepted, p->acc_dtype, n * p->acc_stride));
     }
     return load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + col * p->idx_stride[1]);
 }

@@ -94,9 +94,9 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
             decode_sequence(p, &w, smem, n, h, row, bos, len, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, 0, KS);
         return;
     }
-    /* The other TOK kernels serve calls with 1-D indices and one token per sequence: without cu_seqlens
-     * (T = 1; CU = 0) sequence n is row n, position 0, compiled as one token (measured faster at
-     * small batches, and it removed spills). With cu_seqlens (CU = 1, vLLM's packed form) the
+    /* The other TOK kernels serve calls with 1-D indices and one token per sequence: without
+     * cu_seqlens (T = 1; CU = 0) sequence n is row n, position 0, compiled as one token (measured
+     * faster at small batches, and it removed spills). With cu_seqlens (CU = 1, vLLM's packed form) the
      * bounds are read here: a one-token sequence runs the same one-token code, an empty one is
      * skipped (as in the other kernels), a longer one loops over its tokens (several_tokens). */
     if (!CU) {

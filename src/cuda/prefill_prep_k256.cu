@@ -62,8 +62,7 @@ static __device__ __forceinline__ void p256_pairwise(const float *fq, const floa
 }
 
 /* Steps 5 and 6 with the 256-key record's offsets (prep_finish of prefill_prep_steps.cuh, K = 128,
- * writes the other layout). bINV's rows are 16-byte aligned, so step 6 reads them four at a time
- * (the same products, summed in the same order). */
+ * writes the other layout); step 6's rows by prep_w_row. */
 static __device__ __forceinline__ void p256_finish(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
                                                    const float kd[16], unsigned char *rec, int col, int warp, int lane)
 {
@@ -94,18 +93,7 @@ static __device__ __forceinline__ void p256_finish(float (*s_L)[17], float (*s_b
     }
     __syncthreads();
 #pragma unroll
-    for (int i = 0; i < 16; i++) {
-        float w = 0.0f;
-#pragma unroll
-        for (int j4 = 0; j4 <= i; j4 += 4) {
-            const float4 b4 = *(const float4 *)&s_binv[i][j4];
-            const float bb[4] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                if (j4 + e <= i) w += bb[e] * kd[j4 + e];
-        }
-        st_bf16(rec + PF256_REC_NEGW, pf256_swz(i, col), -w);
-    }
+    for (int i = 0; i < 16; i++) st_bf16(rec + PF256_REC_NEGW, pf256_swz(i, col), -prep_w_row(s_binv, kd, i));
 }
 
 /* The prep of one (chunk, value head). Two constants select the kernel below:

@@ -220,9 +220,25 @@ static __device__ __forceinline__ void prep_inverse(float (*s_L)[17], float (*s_
     }
 }
 
-/* Steps 5 and 6 for the checked kernels: bINV, then W = bINV Kd in fp32 by thread `col` (bINV is
- * lower triangular including the diagonal), stored negated; bINV's rows read four entries at a
- * time (the same products, summed in the same order). */
+/* Row i of W = bINV Kd for one key channel, in fp32 (bINV is lower triangular including the
+ * diagonal): bINV's 16-byte aligned rows read four entries at a time, the products summed in key
+ * order. The K = 128 and K = 256 preps' step 6. */
+static __device__ __forceinline__ float prep_w_row(const float (*s_binv)[16], const float kd[16], int i)
+{
+    float w = 0.0f;
+#pragma unroll
+    for (int j4 = 0; j4 <= i; j4 += 4) {
+        const float4 b4 = *(const float4 *)&s_binv[i][j4];
+        const float bb[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            if (j4 + e <= i) w += bb[e] * kd[j4 + e];
+    }
+    return w;
+}
+
+/* Steps 5 and 6 for the checked kernels: bINV, then W = bINV Kd in fp32 by thread `col`, stored
+ * negated. */
 static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
                                                    const float kd[16], unsigned char *rec, int col, int warp, int lane,
                                                    int rec16)
@@ -230,18 +246,7 @@ static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_b
     prep_inverse(s_L, s_binv, s_b, rec, warp, lane, rec16);
     __syncthreads();
 #pragma unroll
-    for (int i = 0; i < 16; i++) {
-        float w = 0.0f;
-#pragma unroll
-        for (int j4 = 0; j4 <= i; j4 += 4) {
-            const float4 b4 = *(const float4 *)&s_binv[i][j4];
-            const float bb[4] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                if (j4 + e <= i) w += bb[e] * kd[j4 + e];
-        }
-        st_16(rec + PF_REC_NEGW, pf_swz(i, col), -w, rec16);
-    }
+    for (int i = 0; i < 16; i++) st_16(rec + PF_REC_NEGW, pf_swz(i, col), -prep_w_row(s_binv, kd, i), rec16);
 }
 
 /* Step 6 for the fp16 family's unchecked kernels, on tensor cores: W = bINV Kd = (bINV kc) diag(2^Gref), kc the
