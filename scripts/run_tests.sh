@@ -6,7 +6,7 @@
 #   2. style: ruff over the Python sources (its rules are in pyproject.toml) and clang-format over
 #      the C and CUDA sources (.clang-format), both as checks that change nothing; and every
 #      planted bug of scripts/mutate.sh still finds the code it targets, and every kernel change
-#      waiting in dev/pending still applies
+#      waiting in dev/pending still applies (and leaves every mutant its snippet)
 #   3. the C tests (ctest) in a Release build, which also compiles the GPU test programs
 #   4. the C tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CPU backend)
 #   5. the Python tests (pytest) against the installed package, torch's included
@@ -32,13 +32,21 @@ git ls-files '*.c' '*.h' '*.cu' '*.cuh' | xargs -r clang-format --dry-run --Werr
 # the code a mutant targets updates the mutant with it, so the suite's strength stays checkable.
 scripts/mutate.sh list >/dev/null || { scripts/mutate.sh list | grep "NOT FOUND"; exit 1; }
 # The kernel changes waiting for a GPU (dev/pending) must still apply, in order, to this tree: a
-# change to the files they touch rebases them in the same commit, or they rot unseen.
+# change to the files they touch rebases them in the same commit, or they rot unseen. With all of
+# them applied the mutants must still find their snippets too, so that landing one cannot break
+# the check above (a patch that moves code a mutant targets moves the mutant with it).
 if compgen -G "dev/pending/0*.patch" >/dev/null; then
     pending_tree=$(mktemp -d)
     git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$pending_tree"
     for p in dev/pending/0*.patch; do
         (cd "$pending_tree" && git apply "$OLDPWD/$p") || { echo "$p no longer applies"; exit 1; }
     done
+    "$pending_tree/scripts/mutate.sh" list >/dev/null || {
+        "$pending_tree/scripts/mutate.sh" list | grep "NOT FOUND"
+        echo "with dev/pending applied, a mutant no longer finds its snippet"
+        rm -rf "$pending_tree"
+        exit 1
+    }
     rm -rf "$pending_tree"
 fi
 
