@@ -111,6 +111,8 @@ CUDA_PLAN = dict(
     acc="fp32",  # tensor-core accumulation
     L_ops="bf16",  # kc, ki of the L product (prep step 4)
     Mqk_ops="hilo",  # qc, ki of the Mqk product (hi*hi + hi*lo + lo*hi)
+    W_ops="fp32",  # step 6, W = bINV Kd: fp32 sums, or (unchecked gates) a product of bINV and kc
+    #                in this mode times 2^Gref (dev/pending/06's tensor-core form)
     bINV="hilo",  # record: (I + L)^-1 diag(b)
     Mqk="hilo",  # record: the masked scale qd ki^T
     W="bf16",  # record: -W
@@ -276,7 +278,10 @@ def cuda_records(qn, kn, a, b, scale, p, num, gate_checked, l2norm=True):
         M[idx] = num.r32(scale * Mpw) * incl
     inv = _forward_substitution(L, num)
     bINV = num.r32(inv * b_[:, None, :])
-    W = num.r32(bINV @ kd)  # step 6: fp32 sums of 16 terms (the rounding of each step not kept)
+    if p["W_ops"] == "fp32" or gate_checked:
+        W = num.r32(bINV @ kd)  # step 6: fp32 sums of 16 terms (the rounding of each step not kept)
+    else:  # W = (bINV kc) diag(2^Gref), the safe gate keeping 2^Gref in range
+        W = num.r32(_batched(num, bINV, kc, p["W_ops"]) * num.r32(np.exp2(Gref)))
     return dict(negW=-W, Kr=Kr, Qd=Qd, gamma=gamma, bINV=bINV, Mqk=M, n=n,
                 pairwise=int(pairwise.sum()))
 
@@ -498,6 +503,15 @@ CANDIDATES = [
 ]
 
 
+# The bf16 family's prep products on tf32 operands (dev/pending/04: step 4; 06: step 6).
+PREP_TF32 = [
+    ("as the kernels round", {}),
+    ("(p) L and Mqk operands tf32 (04)", dict(L_ops="tf32", Mqk_ops="tf32")),
+    ("(p) truncated instead of rounded", dict(L_ops="tf32z", Mqk_ops="tf32z")),
+    ("(q) (p) + W from tf32 bINV and kc (06)", dict(L_ops="tf32", Mqk_ops="tf32", W_ops="tf32")),
+]
+
+
 def cost(p):
     """(extra bf16-mma per warp-chunk, extra record bytes) of plan p against the CUDA plan."""
 
@@ -558,14 +572,14 @@ def main():
     ap.add_argument("--lower-bound", type=float, default=-5.0)
     ap.add_argument("--log-rate", default="-4,1", help="gate none: range of the per-head log rate")
     ap.add_argument("--only", default="",
-                    help="comma list of sections: check,fla,ablation,plans,match,range")
+                    help="comma list of sections: check,fla,ablation,plans,match,range,prep")
     args = ap.parse_args()
     T = 256 if args.quick else args.T
     seeds = range(1 if args.quick else args.seeds)
     kw = dict(T=T, H=args.H, K=args.K, V=args.K, gate=args.gate, lower_bound=args.lower_bound,
               log_rate=tuple(float(r) for r in args.log_rate.split(",")))
     only = set(args.only.split(",")) if args.only else {"check", "fla", "ablation", "plans",
-                                                        "match", "range"}
+                                                        "match", "range", "prep"}
     dtypes = ("bf16", "fp16", "fp32")
     print(f"T={T} H={args.H} K=V={args.K} gate={args.gate}"
           + (f"({args.lower_bound})" if args.gate == "lower_bound"
@@ -634,6 +648,15 @@ def main():
                 held = errors(lambda y: cuda_prefill(y, plan(**m16), held_scale=True), x, ref)
             print(f"| (m), {what} | without: {plain[0]:.2e} / {plain[1]:.2e} "
                   f"| held scale: {held[0]:.2e} / {held[1]:.2e} |", flush=True)
+
+
+    if "prep" in only:
+        print("the bf16 family's prep on tf32 operands (dev/pending/04, 06), bf16 inputs")
+        print("| plan | bf16 in |\n|---|---|")
+        for name, ch in PREP_TF32:
+            eo, es = median_errors(lambda y, ch=ch: cuda_prefill(y, plan(**ch)), "bf16", seeds,
+                                   **kw)
+            print(f"| {name} | {eo:.2e} / {es:.2e} |", flush=True)
 
 
 if __name__ == "__main__":
