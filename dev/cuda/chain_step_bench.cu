@@ -1,10 +1,13 @@
 /*
- * chain_step_bench.cu: the prefill chain's chunk step in two forms, checked against a float64
- * reference and then timed, to decide whether a wgmma chain is worth building:
+ * chain_step_bench.cu: the prefill chain's chunk step in three forms, checked against a float64
+ * reference and then timed, to decide whether a wgmma chain, or a chain split over key quarters,
+ * is worth building:
  *   (a) "mma":   mma.sync m16n8k16, one warp per 16 value columns (the step of
  *                src/cuda/prefill_chain.cu, simplified: no ring, no v loads, no output tile);
  *   (b) "wgmma": wgmma, one warpgroup (4 warps) per 64 value columns, in the transposed form
- *                where M = value columns.
+ *                where M = value columns;
+ *   (c) "ksplit": mma.sync again, 4 warps per 16 value columns, each holding a quarter of the
+ *                state's keys and exchanging the products' key-partial sums (ks_chain).
  * How to build, run and read it: dev/cuda/README.md.
  *
  * The step (S is K x V with K = 128 keys; the chains hold S^T, value columns x keys, in fp32):
@@ -356,6 +359,194 @@ static __device__ __forceinline__ void mma_chain(const bench_args *a)
     if (lane == 0) a->cycles[gt >> 5] = t1 - t0;
 }
 
+/* (c) key split: KS warps per 16 value columns, warp q of a chain holding the state's keys
+ * 32q..32q+31 (S^T as 4 of the mma form's 16 key octets). Per chunk each warp forms its keys' part
+ * of S^T (-W)^T (4 mma), writes it to shared memory and meets its chain's other warps at a named
+ * barrier; every warp then sums the four parts in the same order (the same Vnew bits in every
+ * warp), adds U0 = V^T bINV^T (which it formed before the barrier, 4 mma), and updates its keys of
+ * the state (4 mma). The output's keys part (4 mma) goes to shared memory too; warp 0 adds Mqk
+ * Vnew (4 mma) and the other parts after a second barrier, which the other warps only arrive at.
+ * Per warp and chunk 12 mma (warp 0: 16) where the mma form's warp issues 56, and one exchange on
+ * the step's serial path: whether that makes a lone chain's step shorter is what this form is for
+ * (docs/history/prefill.md, "The chain's step split over key quarters"). Both exchanges alternate
+ * between two buffers by chunk parity, so a buffer is rewritten two chunks later, after a barrier
+ * that every reader of it has passed. */
+#define KS 4                                 /* warps per chain (key quarters of 32 keys) */
+#define KS_X_BYTES (2 * 2 * KS * 32 * 8 * 4) /* a chain's exchange: [kind][parity][q][lane][8] fp32 */
+static __device__ __forceinline__ void bar_sync_named(int id, int threads)
+{
+    asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+static __device__ __forceinline__ void bar_arrive_named(int id, int threads)
+{
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
+static __device__ __forceinline__ void ks_chain(const bench_args *a)
+{
+    extern __shared__ unsigned char smem_raw[];
+    unsigned char *smem = smem_aligned(smem_raw);
+    const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int t = lane & 3, q = warp % KS, grp = warp / KS, chains = warps / KS;
+    unsigned char *s_rec = smem, *s_v = smem + NREC * MR_BYTES;
+    stage_inputs(a, s_rec, MR_BYTES, s_v); /* each warp gets its chain's v tiles (the host repeats them) */
+    float *s_x = (float *)(s_v + NREC * warps * TILE16) + (size_t)grp * (KS_X_BYTES / 4);
+    /* the chain's place in the mma form's order: its outputs and state go where that form's warp
+     * of the same 16 columns puts them */
+    const int64_t gt = ((int64_t)blockIdx.x * chains + grp) * 32 + lane;
+    const int64_t nthr = (int64_t)gridDim.x * chains * 32;
+    const int bar_v = 1 + grp, bar_o = 1 + chains + grp; /* named barriers (0 is __syncthreads) */
+
+    float S[4][4]; /* S[j][e]: the mma form's S[4q + j][e] */
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        const float4 x = ((const float4 *)(a->s0 + gt * 64))[4 * q + j];
+        S[j][0] = x.x, S[j][1] = x.y, S[j][2] = x.z, S[j][3] = x.w;
+    }
+    uint32_t sa[2][4]; /* the A fragments of this warp's two key k-steps, kk = 2q + m */
+#define KS_PACK_STATE()                                               \
+    do {                                                              \
+        _Pragma("unroll") for (int m = 0; m < 2; m++)                 \
+        {                                                             \
+            sa[m][0] = pack_bf16x2(S[2 * m][0], S[2 * m][1]);         \
+            sa[m][1] = pack_bf16x2(S[2 * m][2], S[2 * m][3]);         \
+            sa[m][2] = pack_bf16x2(S[2 * m + 1][0], S[2 * m + 1][1]); \
+            sa[m][3] = pack_bf16x2(S[2 * m + 1][2], S[2 * m + 1][3]); \
+        }                                                             \
+    } while (0)
+    KS_PACK_STATE();
+    const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
+
+    const long long t0 = clock64();
+    for (int c = 0; c < a->nch; c++) {
+        const int r = c & (NREC - 1);
+        const unsigned char *R = s_rec + r * MR_BYTES;
+        const unsigned char *VT = s_v + (r * warps + warp) * TILE16;
+        float *xv = s_x + (size_t)((0 * 2 + (c & 1)) * KS) * 32 * 8; /* [q][lane][8] of this parity */
+        float *xo = s_x + (size_t)((1 * 2 + (c & 1)) * KS) * 32 * 8;
+
+        /* This warp's keys of S^T (-W)^T: k-steps kk = 2q, 2q + 1, both token tiles. */
+        float vn[2][4];
+#pragma unroll
+        for (int m = 0; m < 2; m++) {
+            const int kk = 2 * q + m;
+            uint32_t wb[4];
+            ldsm_x4(wb, smem_addr(R + MR_NEGW +
+                                  swz_ship128((lane & 7) + 8 * (lane >> 4), 16 * kk + 8 * ((lane >> 3) & 1))));
+            mma_bf16_16816(vn[0], sa[m], wb[0], wb[1], m ? vn[0] : zero4);
+            mma_bf16_16816(vn[1], sa[m], wb[2], wb[3], m ? vn[1] : zero4);
+        }
+        ((float4 *)(xv + (q * 32 + lane) * 8))[0] = make_float4(vn[0][0], vn[0][1], vn[0][2], vn[0][3]);
+        ((float4 *)(xv + (q * 32 + lane) * 8))[1] = make_float4(vn[1][0], vn[1][1], vn[1][2], vn[1][3]);
+
+        /* U0^T = V^T bINV^T (hi + lo) in every warp, while the others' parts arrive. */
+        float u[2][4];
+        {
+            uint32_t va[4], bh[4], bl[4];
+            const int mi = lane >> 3, rr = lane & 7;
+            ldsm_x4_trans(va, smem_addr(VT + swz32(rr + 8 * (mi >> 1), 8 * (mi & 1))));
+            const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16;
+            ldsm_x4(bh, smem_addr(R + MR_BINV + boff));
+            ldsm_x4(bl, smem_addr(R + MR_BINV_LO + boff));
+            mma_bf16_16816(u[0], va, bl[0], bl[1], zero4);
+            mma_bf16_16816(u[1], va, bl[2], bl[3], zero4);
+            mma_bf16_16816(u[0], va, bh[0], bh[1], u[0]);
+            mma_bf16_16816(u[1], va, bh[2], bh[3], u[1]);
+        }
+        bar_sync_named(bar_v, KS * 32);
+
+        /* Vnew^T = U0^T + the four parts, summed in one order in every warp. */
+        float w[2][4];
+#pragma unroll
+        for (int n = 0; n < 2; n++) {
+            const float4 p0 = ((const float4 *)(xv + (0 * 32 + lane) * 8))[n];
+            const float4 p1 = ((const float4 *)(xv + (1 * 32 + lane) * 8))[n];
+            const float4 p2 = ((const float4 *)(xv + (2 * 32 + lane) * 8))[n];
+            const float4 p3 = ((const float4 *)(xv + (3 * 32 + lane) * 8))[n];
+            w[n][0] = u[n][0] + ((p0.x + p1.x) + (p2.x + p3.x));
+            w[n][1] = u[n][1] + ((p0.y + p1.y) + (p2.y + p3.y));
+            w[n][2] = u[n][2] + ((p0.z + p1.z) + (p2.z + p3.z));
+            w[n][3] = u[n][3] + ((p0.w + p1.w) + (p2.w + p3.w));
+        }
+        uint32_t vp[4];
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            vp[2 * e] = pack_bf16x2(w[e][0], w[e][1]);
+            vp[2 * e + 1] = pack_bf16x2(w[e][2], w[e][3]);
+        }
+
+        /* This warp's keys of S^T diag(gamma) + Vnew^T Kr (sa still holds the old state). */
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float2 gm = *(const float2 *)(R + MR_GAMMA + (8 * (4 * q + j) + 2 * t) * 4);
+            S[j][0] *= gm.x;
+            S[j][1] *= gm.y;
+            S[j][2] *= gm.x;
+            S[j][3] *= gm.y;
+        }
+#pragma unroll
+        for (int m = 0; m < 2; m++) {
+            uint32_t kb[4];
+            ldsm_x4_trans(
+                kb, smem_addr(R + MR_KR +
+                              swz_ship128((lane & 7) + 8 * ((lane >> 3) & 1), 16 * (2 * q + m) + 8 * (lane >> 4))));
+            mma_bf16_16816(S[2 * m], vp, kb[0], kb[1], S[2 * m]);
+            mma_bf16_16816(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);
+        }
+
+        /* This warp's keys of O = Qd S; warp 0 adds Mqk Vnew and, after the barrier, the parts. */
+        float o[2][4];
+#pragma unroll
+        for (int m = 0; m < 2; m++) {
+            uint32_t qa[4];
+            ldsm_x4(qa, smem_addr(R + MR_QD +
+                                  swz_ship128((lane & 7) + 8 * ((lane >> 3) & 1), 16 * (2 * q + m) + 8 * (lane >> 4))));
+            mma_bf16_16816(o[0], qa, sa[m][0], sa[m][2], m ? o[0] : zero4);
+            mma_bf16_16816(o[1], qa, sa[m][1], sa[m][3], m ? o[1] : zero4);
+        }
+        if (q != 0) {
+            ((float4 *)(xo + (q * 32 + lane) * 8))[0] = make_float4(o[0][0], o[0][1], o[0][2], o[0][3]);
+            ((float4 *)(xo + (q * 32 + lane) * 8))[1] = make_float4(o[1][0], o[1][1], o[1][2], o[1][3]);
+            bar_arrive_named(bar_o, KS * 32);
+        } else {
+            uint32_t mh[4], ml[4];
+            const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;
+            ldsm_x4(mh, smem_addr(R + MR_MQK + moff));
+            ldsm_x4(ml, smem_addr(R + MR_MQK_LO + moff));
+            float oh[2][4];
+            mma_bf16_16816(oh[0], ml, vp[0], vp[2], zero4);
+            mma_bf16_16816(oh[1], ml, vp[1], vp[3], zero4);
+            mma_bf16_16816(oh[0], mh, vp[0], vp[2], oh[0]);
+            mma_bf16_16816(oh[1], mh, vp[1], vp[3], oh[1]);
+            bar_sync_named(bar_o, KS * 32);
+            float out[2][4];
+#pragma unroll
+            for (int n = 0; n < 2; n++) {
+                const float4 p1 = ((const float4 *)(xo + (1 * 32 + lane) * 8))[n];
+                const float4 p2 = ((const float4 *)(xo + (2 * 32 + lane) * 8))[n];
+                const float4 p3 = ((const float4 *)(xo + (3 * 32 + lane) * 8))[n];
+                out[n][0] = (o[n][0] + (p1.x + (p2.x + p3.x))) + oh[n][0];
+                out[n][1] = (o[n][1] + (p1.y + (p2.y + p3.y))) + oh[n][1];
+                out[n][2] = (o[n][2] + (p1.z + (p2.z + p3.z))) + oh[n][2];
+                out[n][3] = (o[n][3] + (p1.w + (p2.w + p3.w))) + oh[n][3];
+            }
+            if (c >= a->nch - OUT_RING) { /* every chunk in the checks; the last ones when timing */
+                float4 *od = (float4 *)(a->o_out + ((int64_t)(c & (OUT_RING - 1)) * nthr + gt) * 8);
+                od[0] = make_float4(out[0][0], out[0][1], out[0][2], out[0][3]);
+                od[1] = make_float4(out[1][0], out[1][1], out[1][2], out[1][3]);
+            }
+        }
+
+        KS_PACK_STATE();
+    }
+    const long long t1 = clock64();
+#undef KS_PACK_STATE
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        ((float4 *)(a->s_out + gt * 64))[4 * q + j] = make_float4(S[j][0], S[j][1], S[j][2], S[j][3]);
+    if (q == 0 && lane == 0) a->cycles[gt >> 5] = t1 - t0;
+}
+
 /* (b) wgmma: one warpgroup per 64 value columns, M = value columns (see the header comment). */
 static __device__ __forceinline__ void wg_chain(const bench_args *a)
 {
@@ -480,6 +671,7 @@ BENCH_KERNEL(mma_chain_256, mma_chain, 256)
 BENCH_KERNEL(mma_chain_512, mma_chain, 512)
 BENCH_KERNEL(wg_chain_384, wg_chain, 384)
 BENCH_KERNEL(wg_chain_512, wg_chain, 512)
+BENCH_KERNEL(ks_chain_512, ks_chain, 512)
 
 /* ---- host: data, reference, checks, timing ---- */
 
@@ -659,21 +851,23 @@ static void build_wg_records(const problem *p, unsigned char *buf)
     }
 }
 
-/* v tiles [global warp][NREC][TILE16] for nwarps warps; warp gw holds columns 16 gw.., taken
- * modulo the problem's columns (the timing runs have more columns than the checked problem). */
-static void build_v_tiles(const problem *p, int nwarps, unsigned char *buf)
+/* v tiles [global warp][NREC][TILE16] for nwarps warps; warp gw holds columns 16 (gw / ks).. (ks:
+ * warps per 16 columns, 1 but in the key-split form, whose warps of one chain each get a copy),
+ * taken modulo the problem's columns (the timing runs have more columns than the checked problem). */
+static void build_v_tiles(const problem *p, int nwarps, int ks, unsigned char *buf)
 {
     for (int gw = 0; gw < nwarps; gw++)
         for (int r = 0; r < NREC; r++)
             for (int tok = 0; tok < 16; tok++)
                 for (int vl = 0; vl < 16; vl++) {
-                    const int col = (16 * gw + vl) % p->ncols;
+                    const int col = (16 * (gw / ks) + vl) % p->ncols;
                     put_bf16(buf + ((size_t)gw * NREC + r) * TILE16, swz32(tok, vl),
                              p->v[(r * 16 + tok) * p->ncols + col]);
                 }
 }
 
-/* State fragment order, both forms: thread gt, register i = 4j + e holds S^T at
+/* State fragment order, every form (the key-split form writes in the mma form's order, gt counting
+ * 32 per chain): thread gt, register i = 4j + e holds S^T at
  * (column 16 (gt / 32) + g + 8 (e >> 1), key 8j + 2t + (e & 1)). */
 static void state_coord(int64_t gt, int i, int *col, int *key)
 {
@@ -737,16 +931,16 @@ static void reference(const problem *p, int nch, double *o_ref, double *s_ref)
 typedef struct kernel_info {
     const char *name;
     int wg;          /* 1: the wgmma form */
+    int ks;          /* warps per 16-column chain: KS in the key-split form, else 1 */
     int max_threads; /* launch bound */
     void (*fn)(const bench_args);
     int regs, local_bytes;
 } kernel_info;
 
 static kernel_info kernels[] = {
-    {"mma_256", 0, 256, mma_chain_256, 0, 0},
-    {"mma_512", 0, 512, mma_chain_512, 0, 0},
-    {"wgmma_384", 1, 384, wg_chain_384, 0, 0},
-    {"wgmma_512", 1, 512, wg_chain_512, 0, 0},
+    {"mma_256", 0, 1, 256, mma_chain_256, 0, 0},    {"mma_512", 0, 1, 512, mma_chain_512, 0, 0},
+    {"wgmma_384", 1, 1, 384, wg_chain_384, 0, 0},   {"wgmma_512", 1, 1, 512, wg_chain_512, 0, 0},
+    {"ksplit_512", 0, KS, 512, ks_chain_512, 0, 0},
 };
 #define NKERNELS ((int)(sizeof(kernels) / sizeof(kernels[0])))
 
@@ -754,7 +948,8 @@ static kernel_info kernels[] = {
  * hold two CTAs (228 KB per SM): one CTA per SM, whatever the block scheduler prefers. */
 static size_t smem_bytes(const kernel_info *k, int threads)
 {
-    const size_t used = (size_t)NREC * (k->wg ? WR_BYTES : MR_BYTES) + (size_t)NREC * (threads / 32) * TILE16 + 1024;
+    const size_t used = (size_t)NREC * (k->wg ? WR_BYTES : MR_BYTES) + (size_t)NREC * (threads / 32) * TILE16 +
+                        (k->ks > 1 ? (size_t)(threads / 32 / k->ks) * KS_X_BYTES : 0) + 1024;
     return used > 120 * 1024 ? used : 120 * 1024;
 }
 
@@ -791,17 +986,18 @@ static float launch(const kernel_info *k, const device_bufs *d, int grid, int th
     return ms;
 }
 
-/* Uploads a problem's records, v tiles and start state for nthr threads. */
-static void upload(const problem *p, const device_bufs *d, int64_t nthr)
+/* Uploads a problem's records, v tiles and start state for nthr threads in the mma form's order
+ * (ks warps per 16 columns: each of a chain's warps gets its chain's v tiles). */
+static void upload(const problem *p, const device_bufs *d, int64_t nthr, int ks)
 {
     unsigned char *rm = (unsigned char *)malloc((size_t)NREC * MR_BYTES);
     unsigned char *rw = (unsigned char *)malloc((size_t)NREC * WR_BYTES);
-    const int nwarps = (int)(nthr / 32);
+    const int nwarps = (int)(nthr / 32) * ks;
     unsigned char *vt = (unsigned char *)calloc((size_t)nwarps * NREC, TILE16);
     float *s0 = (float *)malloc(sizeof(float) * nthr * 64);
     build_mma_records(p, rm);
     build_wg_records(p, rw);
-    build_v_tiles(p, nwarps, vt);
+    build_v_tiles(p, nwarps, ks, vt);
     build_s0(p, nthr, s0);
     CUDA_OK(cudaMemcpy(d->rec_mma, rm, (size_t)NREC * MR_BYTES, cudaMemcpyHostToDevice));
     CUDA_OK(cudaMemcpy(d->rec_wg, rw, (size_t)NREC * WR_BYTES, cudaMemcpyHostToDevice));
@@ -816,14 +1012,14 @@ static void upload(const problem *p, const device_bufs *d, int64_t nthr)
 static int check(const kernel_info *k, const device_bufs *d, const problem *p, int which, int grid, int threads,
                  int nch, double *o_gpu, double *s_gpu)
 {
-    const int64_t nthr = (int64_t)grid * threads;
+    const int64_t nthr = (int64_t)grid * threads / k->ks; /* in the mma form's order */
     const int nc = p->ncols;
     double *o_ref = (double *)malloc(sizeof(double) * nch * 16 * nc),
            *s_ref = (double *)malloc(sizeof(double) * nc * 128);
     float *o_raw = (float *)malloc(sizeof(float) * OUT_RING * nthr * 8),
           *s_raw = (float *)malloc(sizeof(float) * nthr * 64);
     reference(p, nch, o_ref, s_ref);
-    upload(p, d, nthr);
+    upload(p, d, nthr, k->ks);
     CUDA_OK(cudaMemset(d->o_out, 0xFF, sizeof(float) * OUT_RING * nthr * 8)); /* NaN: an unwritten output fails */
     CUDA_OK(cudaMemset(d->s_out, 0xFF, sizeof(float) * nthr * 64));
     launch(k, d, grid, threads, nch);
@@ -915,12 +1111,12 @@ int main(int argc, char **argv)
     /* Every check draws the same CHECK_COLS columns (one seed per data set) and compares the
      * columns its launch covers (2 CTAs of the kernel's largest block: 16 per warp). */
     problem *p = (problem *)malloc(sizeof(problem));
-    /* Diagnostics: one chunk with one product family live, on the two kernels with the full
-     * register budget; then the full step over CHECK_CHUNKS chunks on every kernel. */
+    /* Diagnostics: one chunk with one product family live, on the kernels with the full register
+     * budget (and the key-split one); then the full step over CHECK_CHUNKS chunks on every kernel. */
     for (int which = 1; which < DATA_COUNT; which++) {
         problem_fill(p, CHECK_COLS, which, 1000 + which);
         for (int i = 0; i < NKERNELS; i++) {
-            if (kernels[i].max_threads == 512) continue;
+            if (kernels[i].max_threads == 512 && kernels[i].ks == 1) continue;
             const int ok = check(&kernels[i], &d, p, which, 2, kernels[i].max_threads, 1, NULL, NULL);
             kernel_pass[i] &= ok;
             all_pass &= ok;
@@ -928,15 +1124,17 @@ int main(int argc, char **argv)
         free(p->v), free(p->s0);
     }
     problem_fill(p, CHECK_COLS, DATA_FULL, 7);
-    double *o_form[2], *s_form[2];
-    for (int f = 0; f < 2; f++) {
+    double *o_form[3], *s_form[3]; /* mma_256, wgmma_384, ksplit_512 */
+    for (int f = 0; f < 3; f++) {
         o_form[f] = (double *)malloc(sizeof(double) * CHECK_CHUNKS * 16 * CHECK_COLS);
         s_form[f] = (double *)malloc(sizeof(double) * CHECK_COLS * 128);
     }
     for (int i = 0; i < NKERNELS; i++) {
-        const int keep = kernels[i].max_threads != 512; /* mma_256 and wgmma_384, for the comparison */
+        /* mma_256, wgmma_384 and ksplit_512 are kept for the comparisons */
+        const int keep = kernels[i].max_threads != 512 || kernels[i].ks > 1;
+        const int f = kernels[i].ks > 1 ? 2 : kernels[i].wg;
         const int ok = check(&kernels[i], &d, p, DATA_FULL, 2, kernels[i].max_threads, CHECK_CHUNKS,
-                             keep ? o_form[kernels[i].wg] : NULL, keep ? s_form[kernels[i].wg] : NULL);
+                             keep ? o_form[f] : NULL, keep ? s_form[f] : NULL);
         kernel_pass[i] &= ok;
         all_pass &= ok;
     }
@@ -956,7 +1154,23 @@ int main(int argc, char **argv)
         }
     printf("  mma_256 against wgmma_384 on columns 0-255 (both round S and U to bf16): O %.2e, S %.2e\n",
            od / (om > 0 ? om : 1.0), sd / (sm > 0 ? sm : 1.0));
-    for (int f = 0; f < 2; f++) free(o_form[f]), free(s_form[f]);
+    /* Columns 0..127 are covered by ksplit_512 too (2 x 4 chains of 4 warps). */
+    od = om = sd = sm = 0;
+    for (int c = 0; c < CHECK_CHUNKS; c++)
+        for (int i = 0; i < 16; i++)
+            for (int col = 0; col < 128; col++) {
+                const size_t x = ((size_t)c * 16 + i) * CHECK_COLS + col;
+                od = fmax(od, fabs(o_form[2][x] - o_form[0][x])), om = fmax(om, fabs(o_form[0][x]));
+            }
+    for (int col = 0; col < 128; col++)
+        for (int k = 0; k < 128; k++) {
+            const size_t x = (size_t)col * 128 + k;
+            sd = fmax(sd, fabs(s_form[2][x] - s_form[0][x])), sm = fmax(sm, fabs(s_form[0][x]));
+        }
+    printf("  mma_256 against ksplit_512 on columns 0-127 (the same operands, partial sums in another\n"
+           "  order): O %.2e, S %.2e\n",
+           od / (om > 0 ? om : 1.0), sd / (sm > 0 ? sm : 1.0));
+    for (int f = 0; f < 3; f++) free(o_form[f]), free(s_form[f]);
 
     /* ---- timing: one CTA per SM holding k chains; best of 3 runs after a warm-up ---- */
     printf("\ntiming: %d CTAs (one per SM), %d chunk steps per chain, best of 3 runs:\n", nsm, nch_time);
@@ -966,20 +1180,25 @@ int main(int argc, char **argv)
     printf("  %-10s %-14s %8s %9s %9s %9s  %s\n", "kernel", "chains/SM", "cols/SM", "step ns", "cycles", "ns/16col",
            "check");
     problem_fill(p, CHECK_COLS, DATA_FULL, 11);
-    upload(p, &d, max_thr);
+    upload(p, &d, max_thr, 1);
     free(p->v), free(p->s0);
     const struct {
         int kernel;
         int chains;
     } runs[] = {
-        {0, 1}, {0, 2}, {0, 4}, {0, 8}, {1, 16}, {1, 32}, {2, 1}, {2, 2}, {2, 3}, {3, 4}, {3, 8},
+        {0, 1}, {0, 2}, {0, 4}, {0, 8}, {1, 16}, {1, 32}, {2, 1},
+        {2, 2}, {2, 3}, {3, 4}, {3, 8}, {4, 1},  {4, 2},  {4, 4},
     };
     for (size_t ri = 0; ri < sizeof(runs) / sizeof(runs[0]); ri++) {
         const kernel_info *k = &kernels[runs[ri].kernel];
-        const int chains = runs[ri].chains, threads = chains * (k->wg ? 128 : 32), cols = chains * (k->wg ? 64 : 16);
+        const int chains = runs[ri].chains, threads = chains * (k->wg ? 128 : 32 * k->ks),
+                  cols = chains * (k->wg ? 64 : 16);
         char label[32];
-        snprintf(label, sizeof label, "%d %s", chains,
-                 k->wg ? (chains > 1 ? "warpgroups" : "warpgroup") : (chains > 1 ? "warps" : "warp"));
+        if (k->ks > 1)
+            snprintf(label, sizeof label, "%d x %d warps", chains, k->ks);
+        else
+            snprintf(label, sizeof label, "%d %s", chains,
+                     k->wg ? (chains > 1 ? "warpgroups" : "warpgroup") : (chains > 1 ? "warps" : "warp"));
         int nb = 0;
         if (threads <= k->max_threads)
             CUDA_OK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&nb, k->fn, threads, smem_bytes(k, threads)));
