@@ -360,26 +360,23 @@ static __device__ __forceinline__ void mma_chain(const bench_args *a)
 }
 
 /* (c) key split: KS warps per 16 value columns, warp q of a chain holding the state's keys
- * 32q..32q+31 (S^T as 4 of the mma form's 16 key octets). Per chunk each warp forms its keys' part
- * of S^T (-W)^T (4 mma), writes it to shared memory and meets its chain's other warps at a named
- * barrier; every warp then sums the four parts in the same order (the same Vnew bits in every
- * warp), adds U0 = V^T bINV^T (which it formed before the barrier, 4 mma), and updates its keys of
- * the state (4 mma). The output's keys part (4 mma) goes to shared memory too; warp 0 adds Mqk
- * Vnew (4 mma) and the other parts after a second barrier, which the other warps only arrive at.
- * Per warp and chunk 12 mma (warp 0: 16) where the mma form's warp issues 56, and one exchange on
- * the step's serial path: whether that makes a lone chain's step shorter is what this form is for
- * (docs/history/prefill.md, "The chain's step split over key quarters"). Both exchanges alternate
- * between two buffers by chunk parity, so a buffer is rewritten two chunks later, after a barrier
- * that every reader of it has passed. */
-#define KS 4                                 /* warps per chain (key quarters of 32 keys) */
-#define KS_X_BYTES (2 * 2 * KS * 32 * 8 * 4) /* a chain's exchange: [kind][parity][q][lane][8] fp32 */
+ * 32q..32q+31 (S^T as 4 of the mma form's 16 key octets). Per chunk each warp forms its keys'
+ * parts of S^T (-W)^T and of O = Qd S from the old state (4 mma each) and writes both to shared
+ * memory, then U0 = V^T bINV^T (4 mma, in every warp) while the other warps' parts arrive; the
+ * chain's 4 warps meet at one named barrier; every warp sums the -W S parts in one order (the same
+ * Vnew bits in every warp) and updates its keys (4 mma), and warp 0 adds Mqk Vnew (4 mma) and the
+ * O parts and stores the output. Per warp and chunk 16 mma (warp 0: 20) where the mma form's warp
+ * issues 56, and one exchange on the step's serial path: whether that makes a lone chain's step
+ * shorter is what this form is for (docs/history/prefill.md, "The chain's step split over key
+ * quarters"). The exchange alternates between two buffers by chunk parity: a buffer is written
+ * again two chunks later, after the next chunk's barrier, which every reader of it has passed. Its
+ * layout, [kind][q][token tile][lane] of float4, keeps each float4 access of a warp on 512
+ * consecutive bytes (no bank conflict). */
+#define KS 4                                  /* warps per chain (key quarters of 32 keys) */
+#define KS_X_BYTES (2 * 2 * KS * 2 * 32 * 16) /* a chain's exchange: [parity][kind][q][n][lane] float4 */
 static __device__ __forceinline__ void bar_sync_named(int id, int threads)
 {
     asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
-}
-static __device__ __forceinline__ void bar_arrive_named(int id, int threads)
-{
-    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 }
 
 static __device__ __forceinline__ void ks_chain(const bench_args *a)
@@ -388,14 +385,16 @@ static __device__ __forceinline__ void ks_chain(const bench_args *a)
     unsigned char *smem = smem_aligned(smem_raw);
     const int warps = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int t = lane & 3, q = warp % KS, grp = warp / KS, chains = warps / KS;
+    /* whole chains only, and one named barrier each among ids 1..15 (0 is __syncthreads) */
+    if (warps % KS != 0 || chains > 15) __trap();
     unsigned char *s_rec = smem, *s_v = smem + NREC * MR_BYTES;
     stage_inputs(a, s_rec, MR_BYTES, s_v); /* each warp gets its chain's v tiles (the host repeats them) */
-    float *s_x = (float *)(s_v + NREC * warps * TILE16) + (size_t)grp * (KS_X_BYTES / 4);
+    float4 *s_x = (float4 *)(s_v + NREC * warps * TILE16) + (size_t)grp * (KS_X_BYTES / 16);
     /* the chain's place in the mma form's order: its outputs and state go where that form's warp
      * of the same 16 columns puts them */
     const int64_t gt = ((int64_t)blockIdx.x * chains + grp) * 32 + lane;
     const int64_t nthr = (int64_t)gridDim.x * chains * 32;
-    const int bar_v = 1 + grp, bar_o = 1 + chains + grp; /* named barriers (0 is __syncthreads) */
+    const int bar = 1 + grp;
 
     float S[4][4]; /* S[j][e]: the mma form's S[4q + j][e] */
 #pragma unroll
@@ -422,22 +421,29 @@ static __device__ __forceinline__ void ks_chain(const bench_args *a)
         const int r = c & (NREC - 1);
         const unsigned char *R = s_rec + r * MR_BYTES;
         const unsigned char *VT = s_v + (r * warps + warp) * TILE16;
-        float *xv = s_x + (size_t)((0 * 2 + (c & 1)) * KS) * 32 * 8; /* [q][lane][8] of this parity */
-        float *xo = s_x + (size_t)((1 * 2 + (c & 1)) * KS) * 32 * 8;
+        float4 *xv = s_x + (size_t)(c & 1) * (2 * KS * 2 * 32); /* [q][n][lane]: the -W S parts */
+        float4 *xo = xv + KS * 2 * 32;                          /* [q][n][lane]: the O parts */
 
-        /* This warp's keys of S^T (-W)^T: k-steps kk = 2q, 2q + 1, both token tiles. */
-        float vn[2][4];
+        /* This warp's keys of S^T (-W)^T and of O = Qd S (old state): k-steps kk = 2q, 2q + 1. */
+        float vn[2][4], o[2][4];
 #pragma unroll
         for (int m = 0; m < 2; m++) {
             const int kk = 2 * q + m;
-            uint32_t wb[4];
+            uint32_t wb[4], qa[4];
             ldsm_x4(wb, smem_addr(R + MR_NEGW +
                                   swz_ship128((lane & 7) + 8 * (lane >> 4), 16 * kk + 8 * ((lane >> 3) & 1))));
             mma_bf16_16816(vn[0], sa[m], wb[0], wb[1], m ? vn[0] : zero4);
             mma_bf16_16816(vn[1], sa[m], wb[2], wb[3], m ? vn[1] : zero4);
+            ldsm_x4(qa,
+                    smem_addr(R + MR_QD + swz_ship128((lane & 7) + 8 * ((lane >> 3) & 1), 16 * kk + 8 * (lane >> 4))));
+            mma_bf16_16816(o[0], qa, sa[m][0], sa[m][2], m ? o[0] : zero4);
+            mma_bf16_16816(o[1], qa, sa[m][1], sa[m][3], m ? o[1] : zero4);
         }
-        ((float4 *)(xv + (q * 32 + lane) * 8))[0] = make_float4(vn[0][0], vn[0][1], vn[0][2], vn[0][3]);
-        ((float4 *)(xv + (q * 32 + lane) * 8))[1] = make_float4(vn[1][0], vn[1][1], vn[1][2], vn[1][3]);
+#pragma unroll
+        for (int n = 0; n < 2; n++) {
+            xv[(q * 2 + n) * 32 + lane] = make_float4(vn[n][0], vn[n][1], vn[n][2], vn[n][3]);
+            if (q != 0) xo[(q * 2 + n) * 32 + lane] = make_float4(o[n][0], o[n][1], o[n][2], o[n][3]);
+        }
 
         /* U0^T = V^T bINV^T (hi + lo) in every warp, while the others' parts arrive. */
         float u[2][4];
@@ -453,16 +459,14 @@ static __device__ __forceinline__ void ks_chain(const bench_args *a)
             mma_bf16_16816(u[0], va, bh[0], bh[1], u[0]);
             mma_bf16_16816(u[1], va, bh[2], bh[3], u[1]);
         }
-        bar_sync_named(bar_v, KS * 32);
+        bar_sync_named(bar, KS * 32);
 
         /* Vnew^T = U0^T + the four parts, summed in one order in every warp. */
         float w[2][4];
 #pragma unroll
         for (int n = 0; n < 2; n++) {
-            const float4 p0 = ((const float4 *)(xv + (0 * 32 + lane) * 8))[n];
-            const float4 p1 = ((const float4 *)(xv + (1 * 32 + lane) * 8))[n];
-            const float4 p2 = ((const float4 *)(xv + (2 * 32 + lane) * 8))[n];
-            const float4 p3 = ((const float4 *)(xv + (3 * 32 + lane) * 8))[n];
+            const float4 p0 = xv[(0 * 2 + n) * 32 + lane], p1 = xv[(1 * 2 + n) * 32 + lane];
+            const float4 p2 = xv[(2 * 2 + n) * 32 + lane], p3 = xv[(3 * 2 + n) * 32 + lane];
             w[n][0] = u[n][0] + ((p0.x + p1.x) + (p2.x + p3.x));
             w[n][1] = u[n][1] + ((p0.y + p1.y) + (p2.y + p3.y));
             w[n][2] = u[n][2] + ((p0.z + p1.z) + (p2.z + p3.z));
@@ -475,7 +479,7 @@ static __device__ __forceinline__ void ks_chain(const bench_args *a)
             vp[2 * e + 1] = pack_bf16x2(w[e][2], w[e][3]);
         }
 
-        /* This warp's keys of S^T diag(gamma) + Vnew^T Kr (sa still holds the old state). */
+        /* This warp's keys of S^T diag(gamma) + Vnew^T Kr. */
 #pragma unroll
         for (int j = 0; j < 4; j++) {
             const float2 gm = *(const float2 *)(R + MR_GAMMA + (8 * (4 * q + j) + 2 * t) * 4);
@@ -494,21 +498,8 @@ static __device__ __forceinline__ void ks_chain(const bench_args *a)
             mma_bf16_16816(S[2 * m + 1], vp, kb[2], kb[3], S[2 * m + 1]);
         }
 
-        /* This warp's keys of O = Qd S; warp 0 adds Mqk Vnew and, after the barrier, the parts. */
-        float o[2][4];
-#pragma unroll
-        for (int m = 0; m < 2; m++) {
-            uint32_t qa[4];
-            ldsm_x4(qa, smem_addr(R + MR_QD +
-                                  swz_ship128((lane & 7) + 8 * ((lane >> 3) & 1), 16 * (2 * q + m) + 8 * (lane >> 4))));
-            mma_bf16_16816(o[0], qa, sa[m][0], sa[m][2], m ? o[0] : zero4);
-            mma_bf16_16816(o[1], qa, sa[m][1], sa[m][3], m ? o[1] : zero4);
-        }
-        if (q != 0) {
-            ((float4 *)(xo + (q * 32 + lane) * 8))[0] = make_float4(o[0][0], o[0][1], o[0][2], o[0][3]);
-            ((float4 *)(xo + (q * 32 + lane) * 8))[1] = make_float4(o[1][0], o[1][1], o[1][2], o[1][3]);
-            bar_arrive_named(bar_o, KS * 32);
-        } else {
+        /* Warp 0: O = its part + the others' + Mqk Vnew (hi + lo). */
+        if (q == 0) {
             uint32_t mh[4], ml[4];
             const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;
             ldsm_x4(mh, smem_addr(R + MR_MQK + moff));
@@ -518,13 +509,11 @@ static __device__ __forceinline__ void ks_chain(const bench_args *a)
             mma_bf16_16816(oh[1], ml, vp[1], vp[3], zero4);
             mma_bf16_16816(oh[0], mh, vp[0], vp[2], oh[0]);
             mma_bf16_16816(oh[1], mh, vp[1], vp[3], oh[1]);
-            bar_sync_named(bar_o, KS * 32);
             float out[2][4];
 #pragma unroll
             for (int n = 0; n < 2; n++) {
-                const float4 p1 = ((const float4 *)(xo + (1 * 32 + lane) * 8))[n];
-                const float4 p2 = ((const float4 *)(xo + (2 * 32 + lane) * 8))[n];
-                const float4 p3 = ((const float4 *)(xo + (3 * 32 + lane) * 8))[n];
+                const float4 p1 = xo[(1 * 2 + n) * 32 + lane], p2 = xo[(2 * 2 + n) * 32 + lane],
+                             p3 = xo[(3 * 2 + n) * 32 + lane];
                 out[n][0] = (o[n][0] + (p1.x + (p2.x + p3.x))) + oh[n][0];
                 out[n][1] = (o[n][1] + (p1.y + (p2.y + p3.y))) + oh[n][1];
                 out[n][2] = (o[n][2] + (p1.z + (p2.z + p3.z))) + oh[n][2];
