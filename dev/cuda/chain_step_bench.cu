@@ -1168,9 +1168,9 @@ int main(int argc, char **argv)
            "  ns/16col: step ns / (16-column units per SM): the SM's cost of one chunk of 16 value columns\n");
     printf("  %-10s %-14s %8s %9s %9s %9s  %s\n", "kernel", "chains/SM", "cols/SM", "step ns", "cycles", "ns/16col",
            "check");
-    problem_fill(p, CHECK_COLS, DATA_FULL, 11);
-    upload(p, &d, max_thr, 1);
-    free(p->v), free(p->s0);
+    /* the timing data: one upload per warps-per-chain (the key-split form's warps of a chain share
+     * their chain's v tiles, as in its check) */
+    int uploaded_ks = 0;
     const struct {
         int kernel;
         int chains;
@@ -1180,6 +1180,12 @@ int main(int argc, char **argv)
     };
     for (size_t ri = 0; ri < sizeof(runs) / sizeof(runs[0]); ri++) {
         const kernel_info *k = &kernels[runs[ri].kernel];
+        if (k->ks != uploaded_ks) {
+            problem_fill(p, CHECK_COLS, DATA_FULL, 11);
+            upload(p, &d, max_thr / k->ks, k->ks);
+            free(p->v), free(p->s0);
+            uploaded_ks = k->ks;
+        }
         const int chains = runs[ri].chains, threads = chains * (k->wg ? 128 : 32 * k->ks),
                   cols = chains * (k->wg ? 64 : 16);
         char label[32];
