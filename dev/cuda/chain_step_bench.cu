@@ -231,6 +231,33 @@ static __device__ __forceinline__ unsigned char *smem_aligned(unsigned char *raw
     return raw + ((1024u - (smem_addr(raw) & 1023u)) & 1023u);
 }
 
+/* The A fragment of one 16-key k-step of the state S^T (the mma forms' S[2kk], S[2kk + 1]),
+ * packed to bf16. */
+static __device__ __forceinline__ void pack_state_kstep(const float lo[4], const float hi[4], uint32_t sa[4])
+{
+    sa[0] = pack_bf16x2(lo[0], lo[1]);
+    sa[1] = pack_bf16x2(lo[2], lo[3]);
+    sa[2] = pack_bf16x2(hi[0], hi[1]);
+    sa[3] = pack_bf16x2(hi[2], hi[3]);
+}
+
+/* U0^T = V^T bINV^T (hi + lo) of a warp's 16 value columns, A = V^T by a transposed load of the
+ * [token][value] tile VT; the two token tiles of the result in u (the mma forms). */
+static __device__ __forceinline__ void step_u0(const unsigned char *R, const unsigned char *VT, int lane, float u[2][4])
+{
+    const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
+    uint32_t va[4], bh[4], bl[4];
+    const int mi = lane >> 3, rr = lane & 7;
+    ldsm_x4_trans(va, smem_addr(VT + swz32(rr + 8 * (mi >> 1), 8 * (mi & 1))));
+    const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16;
+    ldsm_x4(bh, smem_addr(R + MR_BINV + boff));
+    ldsm_x4(bl, smem_addr(R + MR_BINV_LO + boff));
+    mma_bf16_16816(u[0], va, bl[0], bl[1], zero4);
+    mma_bf16_16816(u[1], va, bl[2], bl[3], zero4);
+    mma_bf16_16816(u[0], va, bh[0], bh[1], u[0]);
+    mma_bf16_16816(u[1], va, bh[2], bh[3], u[1]);
+}
+
 /* (a) mma.sync: one warp per 16 value columns, the step of src/cuda/prefill_chain.cu. */
 static __device__ __forceinline__ void mma_chain(const bench_args *a)
 {
@@ -249,16 +276,8 @@ static __device__ __forceinline__ void mma_chain(const bench_args *a)
         S[j][0] = x.x, S[j][1] = x.y, S[j][2] = x.z, S[j][3] = x.w;
     }
     uint32_t sa[8][4];
-#define MMA_PACK_STATE()                                                 \
-    do {                                                                 \
-        _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                 \
-        {                                                                \
-            sa[kk][0] = pack_bf16x2(S[2 * kk][0], S[2 * kk][1]);         \
-            sa[kk][1] = pack_bf16x2(S[2 * kk][2], S[2 * kk][3]);         \
-            sa[kk][2] = pack_bf16x2(S[2 * kk + 1][0], S[2 * kk + 1][1]); \
-            sa[kk][3] = pack_bf16x2(S[2 * kk + 1][2], S[2 * kk + 1][3]); \
-        }                                                                \
-    } while (0)
+#define MMA_PACK_STATE() \
+    _Pragma("unroll") for (int kk = 0; kk < 8; kk++) pack_state_kstep(S[2 * kk], S[2 * kk + 1], sa[kk])
     MMA_PACK_STATE();
     const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
 
@@ -280,20 +299,9 @@ static __device__ __forceinline__ void mma_chain(const bench_args *a)
             mma_bf16_16816(acc[1], sa[kk], wb[2], wb[3], (kk & 3) ? acc[1] : zero4);
         }
 
-        /* U0^T = V^T bINV^T (hi + lo), A = V^T by a transposed load of the [token][value] tile. */
+        /* U0^T = V^T bINV^T (hi + lo). */
         float u[2][4];
-        {
-            uint32_t va[4], bh[4], bl[4];
-            const int mi = lane >> 3, rr = lane & 7;
-            ldsm_x4_trans(va, smem_addr(VT + swz32(rr + 8 * (mi >> 1), 8 * (mi & 1))));
-            const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16;
-            ldsm_x4(bh, smem_addr(R + MR_BINV + boff));
-            ldsm_x4(bl, smem_addr(R + MR_BINV_LO + boff));
-            mma_bf16_16816(u[0], va, bl[0], bl[1], zero4);
-            mma_bf16_16816(u[1], va, bl[2], bl[3], zero4);
-            mma_bf16_16816(u[0], va, bh[0], bh[1], u[0]);
-            mma_bf16_16816(u[1], va, bh[2], bh[3], u[1]);
-        }
+        step_u0(R, VT, lane, u);
 
         /* S^T diag(gamma) (sa still holds the old state). */
 #pragma unroll
@@ -403,16 +411,7 @@ static __device__ __forceinline__ void ks_chain(const bench_args *a)
         S[j][0] = x.x, S[j][1] = x.y, S[j][2] = x.z, S[j][3] = x.w;
     }
     uint32_t sa[2][4]; /* the A fragments of this warp's two key k-steps, kk = 2q + m */
-#define KS_PACK_STATE()                                               \
-    do {                                                              \
-        _Pragma("unroll") for (int m = 0; m < 2; m++)                 \
-        {                                                             \
-            sa[m][0] = pack_bf16x2(S[2 * m][0], S[2 * m][1]);         \
-            sa[m][1] = pack_bf16x2(S[2 * m][2], S[2 * m][3]);         \
-            sa[m][2] = pack_bf16x2(S[2 * m + 1][0], S[2 * m + 1][1]); \
-            sa[m][3] = pack_bf16x2(S[2 * m + 1][2], S[2 * m + 1][3]); \
-        }                                                             \
-    } while (0)
+#define KS_PACK_STATE() _Pragma("unroll") for (int m = 0; m < 2; m++) pack_state_kstep(S[2 * m], S[2 * m + 1], sa[m])
     KS_PACK_STATE();
     const float zero4[4] = {0.f, 0.f, 0.f, 0.f};
 
@@ -447,18 +446,7 @@ static __device__ __forceinline__ void ks_chain(const bench_args *a)
 
         /* U0^T = V^T bINV^T (hi + lo) in every warp, while the others' parts arrive. */
         float u[2][4];
-        {
-            uint32_t va[4], bh[4], bl[4];
-            const int mi = lane >> 3, rr = lane & 7;
-            ldsm_x4_trans(va, smem_addr(VT + swz32(rr + 8 * (mi >> 1), 8 * (mi & 1))));
-            const uint32_t boff = ((lane & 7) + 8 * (lane >> 4)) * 32 + ((lane >> 3) & 1) * 16;
-            ldsm_x4(bh, smem_addr(R + MR_BINV + boff));
-            ldsm_x4(bl, smem_addr(R + MR_BINV_LO + boff));
-            mma_bf16_16816(u[0], va, bl[0], bl[1], zero4);
-            mma_bf16_16816(u[1], va, bl[2], bl[3], zero4);
-            mma_bf16_16816(u[0], va, bh[0], bh[1], u[0]);
-            mma_bf16_16816(u[1], va, bh[2], bh[3], u[1]);
-        }
+        step_u0(R, VT, lane, u);
         bar_sync_named(bar, KS * 32);
 
         /* Vnew^T = U0^T + the four parts, summed in one order in every warp. */
