@@ -648,8 +648,6 @@ def main():
                 held = errors(lambda y: cuda_prefill(y, plan(**m16), held_scale=True), x, ref)
             print(f"| (m), {what} | without: {plain[0]:.2e} / {plain[1]:.2e} "
                   f"| held scale: {held[0]:.2e} / {held[1]:.2e} |", flush=True)
-
-
     if "prep" in only:
         print("the bf16 family's prep on tf32 operands (dev/pending/04, 06), bf16 inputs")
         print("| plan | bf16 in |\n|---|---|")
