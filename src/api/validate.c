@@ -121,6 +121,9 @@ fkda_status fkda_check_dtype(const fkda_tensor *t, const char *name, unsigned ma
 
 fkda_status fkda_check_writable(const fkda_tensor *t, const char *name)
 {
+    /* The overlap test below multiplies sizes by strides: only within the layout's bounds. */
+    fkda_status s = fkda_check_layout(t, name);
+    if (s != FKDA_OK) return s;
     if (t->flags & FKDA_TENSOR_READ_ONLY)
         return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT, "%s: is read-only, but it is an output", name);
     if (element_count(t) <= 1) return FKDA_OK;
@@ -148,15 +151,31 @@ fkda_status fkda_check_writable(const fkda_tensor *t, const char *name)
     return FKDA_OK;
 }
 
+/* The element offset of a tensor's last element, or -1 when it has no elements or its layout is
+ * outside what fkda_check_layout accepts: such a tensor is refused by its own check, and a test
+ * that meets it first (an overlap test runs before every input's check) must not overflow on it. */
+static int64_t last_element_offset(const fkda_tensor *t)
+{
+    if (t->ndim < 1 || t->ndim > FKDA_MAX_DIMS) return -1;
+    int64_t last = 0;
+    for (int i = 0; i < t->ndim; i++) {
+        if (t->shape[i] <= 0 || t->shape[i] > FKDA_MAX_ELEMENTS) return -1;
+        if (t->stride[i] < 0 || t->stride[i] > FKDA_MAX_ELEMENTS) return -1;
+        if (t->shape[i] > 1 && t->stride[i] > FKDA_MAX_ELEMENTS / (t->shape[i] - 1)) return -1;
+        last += (t->shape[i] - 1) * t->stride[i];
+        if (last > FKDA_MAX_ELEMENTS) return -1;
+    }
+    return last;
+}
+
 /* [first byte, one past the last byte] of a tensor; empty when it has no elements. */
 static void byte_range(const fkda_tensor *t, uintptr_t *lo, uintptr_t *hi)
 {
-    if (t->data == NULL || element_count(t) == 0) {
+    const int64_t last = last_element_offset(t);
+    if (t->data == NULL || last < 0) {
         *lo = *hi = 0;
         return;
     }
-    int64_t last = 0;
-    for (int i = 0; i < t->ndim; i++) last += (t->shape[i] - 1) * t->stride[i];
     *lo = (uintptr_t)t->data;
     *hi = *lo + (uintptr_t)(last + 1) * fkda_dtype_size(t->dtype);
 }

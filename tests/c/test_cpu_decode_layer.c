@@ -611,6 +611,12 @@ static int mutate(int i, fkda_decode_layer_args *a, layer_data *d, fkda_device *
         a->num_accepted_tokens = acc1;
         *want = (bad_case){"window past L", FKDA_ERROR_INVALID_ARGUMENT, "passes the L = 3 rows of conv_state"};
         return 1;
+    case 23:
+        /* The outputs' overlap tests meet A_log before its own layout check: its byte range must
+         * not overflow there (it did, under UBSan; found by tests/fuzz/fuzz_api.c). */
+        a->A_log.stride[0] = INT64_MAX;
+        *want = (bad_case){"A_log stride", FKDA_ERROR_INVALID_ARGUMENT, "A_log: stride"};
+        return 1;
     default: return 0;
     }
 }
