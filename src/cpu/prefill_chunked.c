@@ -70,13 +70,14 @@ typedef struct chunk_job {
 typedef struct chunk_scratch {
     int64_t Kp, ld;
     float *S;               /* [Kp][ld] the state block */
-    float *q, *k, *G;       /* [C][K] q, k and the cumulative decay G */
+    float *q, *k;           /* [C][K] */
+    float *a, *G;           /* [C][K] the log decays a_i and their running sum G_i */
     float *kd, *qd, *ki;    /* [C][K] the decayed keys and queries */
     float *kiT;             /* [K][C] ki transposed (the B operand of kd ki^T) */
     float *kr;              /* [C][Kp] */
     float *decay_last;      /* [Kp] exp(G_C) */
     float *bias;            /* [K] the head's dt_bias */
-    float *tmp;             /* [2K] the pairwise form's products */
+    float *tmp;             /* [3K] the pairwise form's products and running decay */
     float *b;               /* [C] */
     float *Vc, *W, *QS, *U; /* [C][ld] values, kd S, qd S (then O), U */
     float *L, *A;           /* [C][C] */
@@ -92,6 +93,7 @@ static size_t carve_scratch(fkda_carver *c, int64_t K, int64_t nv, int marks, ch
     s->S = fkda_carve(c, (size_t)(Kp * ld) * f);
     s->q = fkda_carve(c, (size_t)(C * K) * f);
     s->k = fkda_carve(c, (size_t)(C * K) * f);
+    s->a = fkda_carve(c, (size_t)(C * K) * f);
     s->G = fkda_carve(c, (size_t)(C * K) * f);
     s->kd = fkda_carve(c, (size_t)(C * K) * f);
     s->qd = fkda_carve(c, (size_t)(C * K) * f);
@@ -100,7 +102,7 @@ static size_t carve_scratch(fkda_carver *c, int64_t K, int64_t nv, int marks, ch
     s->kr = fkda_carve(c, (size_t)(C * Kp) * f);
     s->decay_last = fkda_carve(c, (size_t)Kp * f);
     s->bias = fkda_carve(c, (size_t)K * f);
-    s->tmp = fkda_carve(c, (size_t)(2 * K) * f);
+    s->tmp = fkda_carve(c, (size_t)(3 * K) * f);
     s->b = fkda_carve(c, (size_t)C * f);
     s->Vc = fkda_carve(c, (size_t)(C * ld) * f);
     s->W = fkda_carve(c, (size_t)(C * ld) * f);
@@ -126,28 +128,41 @@ static chunk_plan make_plan(const fkda_problem *p)
     return plan;
 }
 
+/* A log decay below -110 is exp(a) = 0 in float (exp(-110) ~ 1.7e-48, below the smallest
+ * denormal), so raising it to -110 changes no decay, and keeps G finite (a g of -3e38 would sum
+ * to -inf, and -inf - -inf is NaN). A NaN stays NaN (the comparison is false). The CUDA prep
+ * clamps the same way (at 2^-150). */
+#define MIN_LOG_DECAY (-110.0f)
+
+static void clamp_log_decay(int64_t K, float *restrict a)
+{
+    for (int64_t kk = 0; kk < K; kk++) a[kk] = a[kk] < MIN_LOG_DECAY ? MIN_LOG_DECAY : a[kk];
+}
+
 /* Loads the chunk's tokens [t0, t0 + count) (count <= C, the rest padding) into the scratch:
- * q, k, the cumulative decay G, b, and the value block. */
+ * q, k, the log decays a and their running sum G, b, and the value block. */
 FKDA_VECTOR_CLONES
 static void load_chunk(const fkda_problem *p, const fkda_head_gate_f *gate, int64_t row, int64_t t0, int64_t count,
                        int64_t h, int64_t v0, int64_t nv, chunk_scratch *s)
 {
     const int64_t K = p->K, ld = s->ld;
     for (int64_t i = 0; i < C; i++) {
-        float *restrict q = s->q + i * K, *restrict k = s->k + i * K, *restrict G = s->G + i * K;
+        float *restrict q = s->q + i * K, *restrict k = s->k + i * K;
+        float *restrict a = s->a + i * K, *restrict G = s->G + i * K;
         const float *restrict Gprev = s->G + (i - 1) * K; /* read only when i > 0 */
         if (i < count) {
-            fkda_token_float(p, gate, row, t0 + i, h, q, k, G, &s->b[i]); /* G holds a_i */
+            fkda_token_float(p, gate, row, t0 + i, h, q, k, a, &s->b[i]);
+            clamp_log_decay(K, a);
             fkda_load_row_float(p->v.data, p->v.dtype, fkda_token_offset(&p->v, row, t0 + i, h) + v0 * p->v.stride[3],
                                 p->v.stride[3], nv, s->Vc + i * ld);
-            if (i > 0)
-                for (int64_t kk = 0; kk < K; kk++) G[kk] += Gprev[kk];
+            for (int64_t kk = 0; kk < K; kk++) G[kk] = i > 0 ? Gprev[kk] + a[kk] : a[kk];
         } else {
             s->b[i] = 0.0f;
             for (int64_t j = 0; j < nv; j++) s->Vc[i * ld + j] = 0.0f;
             for (int64_t kk = 0; kk < K; kk++) {
                 q[kk] = 0.0f;
                 k[kk] = 0.0f;
+                a[kk] = 0.0f;
                 G[kk] = Gprev[kk]; /* count >= 1, so i > 0 here */
             }
         }
@@ -171,15 +186,19 @@ static void decay_token_factorised(int64_t K, float scale, const float *restrict
     }
 }
 
-static void decay_token_pairwise(int64_t K, float scale, const float *restrict G, const float *restrict k,
-                                 const float *restrict q, const float *restrict glast, float *restrict kd,
-                                 float *restrict qd, float *restrict kr)
+/* rest = a_{i+1} + ... + a_C, the decay from token i to the chunk's end, summed from the
+ * token's own decays rather than as G_C - G_i (see decay_chunk); then adds a_i to it for the
+ * token before. */
+static void decay_token_pairwise(int64_t K, float scale, const float *restrict G, const float *restrict a,
+                                 const float *restrict k, const float *restrict q, float *restrict rest,
+                                 float *restrict kd, float *restrict qd, float *restrict kr)
 {
     for (int64_t kk = 0; kk < K; kk++) {
         const float e = fkda_expf(G[kk]);
         kd[kk] = k[kk] * e;
         qd[kk] = scale * q[kk] * e;
-        kr[kk] = k[kk] * fkda_expf(glast[kk] - G[kk]);
+        kr[kk] = k[kk] * fkda_expf(rest[kk]);
+        rest[kk] += a[kk];
     }
 }
 
@@ -196,20 +215,28 @@ static void exp_row(int64_t n, const float *restrict x, float *restrict y)
     for (int64_t i = 0; i < n; i++) y[i] = fkda_expf(x[i]);
 }
 
-/* The decayed keys and queries; returns 1 when the chunk's G allows the factorised form. */
+/* The decayed keys and queries; returns 1 when the chunk's G allows the factorised form.
+ *
+ * The pairwise form (large decays) takes every decay between two tokens as a sum of the tokens'
+ * own a's, never as a difference of running sums: with decays of very different sizes in one
+ * chunk (a lower bound of -1000 with sigmoids from 1e-10 to 1), G_i - G_j loses a later token's
+ * small a_i against a large G_j (float keeps 24 bits of G_j's magnitude), which put the output
+ * 1e-5 (bound -1000) to 1e-2 (bound -1e30, before the clamp above) off the reference. */
 FKDA_VECTOR_CLONES
 static int decay_chunk(int64_t K, float scale, chunk_scratch *restrict s)
 {
     const int64_t Kp = s->Kp;
     const int factorised = count_outside(C * K, s->G, FACTORISED_LIMIT) == 0;
-    const float *glast = s->G + (C - 1) * K;
-    exp_row(K, glast, s->decay_last);
-    for (int i = 0; i < C; i++) {
-        if (factorised)
+    exp_row(K, s->G + (C - 1) * K, s->decay_last);
+    if (factorised) {
+        for (int i = 0; i < C; i++)
             decay_token_factorised(K, scale, s->G + i * K, s->k + i * K, s->q + i * K, s->decay_last, s->kd + i * K,
                                    s->qd + i * K, s->ki + i * K, s->kr + i * Kp);
-        else
-            decay_token_pairwise(K, scale, s->G + i * K, s->k + i * K, s->q + i * K, glast, s->kd + i * K,
+    } else {
+        float *rest = s->tmp; /* a_{i+1} + ... + a_C, from the last token back */
+        for (int64_t kk = 0; kk < K; kk++) rest[kk] = 0.0f;
+        for (int i = C - 1; i >= 0; i--)
+            decay_token_pairwise(K, scale, s->G + i * K, s->a + i * K, s->k + i * K, s->q + i * K, rest, s->kd + i * K,
                                  s->qd + i * K, s->kr + i * Kp);
     }
     if (factorised)
@@ -244,26 +271,35 @@ static float sum_floats(const float *restrict x, int64_t n)
     return sum;
 }
 
-/* kk_terms = ki kj exp(Gi - Gj) and qk_terms = qi kj exp(Gi - Gj), elementwise. */
-static void pair_terms(int64_t K, const float *restrict Gi, const float *restrict Gj, const float *restrict ki,
-                       const float *restrict kj, const float *restrict qi, float *restrict kk_terms,
-                       float *restrict qk_terms)
+/* kk_terms = ki kj exp(D) and qk_terms = qi kj exp(D), elementwise, with D = a_{j+1} + ... + a_i
+ * the decay from token j to token i. */
+static void pair_terms(int64_t K, const float *restrict D, const float *restrict ki, const float *restrict kj,
+                       const float *restrict qi, float *restrict kk_terms, float *restrict qk_terms)
 {
     for (int64_t kk = 0; kk < K; kk++) {
-        const float decay = fkda_expf(Gi[kk] - Gj[kk]);
+        const float decay = fkda_expf(D[kk]);
         kk_terms[kk] = ki[kk] * kj[kk] * decay;
         qk_terms[kk] = qi[kk] * kj[kk] * decay;
     }
 }
 
-/* The same two matrices with exp(G_i - G_j) per pair (i >= j): slower, never out of range. */
+static void add_row(int64_t K, const float *restrict x, float *restrict y)
+{
+    for (int64_t kk = 0; kk < K; kk++) y[kk] += x[kk];
+}
+
+/* The same two matrices with exp(a_{j+1} + ... + a_i) per pair (i >= j), the sum running down
+ * column j: slower, never out of range, and exact to float for decays of any size. */
 FKDA_VECTOR_CLONES
 static void intra_pairwise(int64_t K, float scale, chunk_scratch *restrict s)
 {
+    float *D = s->tmp + 2 * K;
     for (int e = 0; e < C * C; e++) s->L[e] = s->A[e] = 0.0f;
-    for (int i = 0; i < C; i++) {
-        for (int j = 0; j <= i; j++) {
-            pair_terms(K, s->G + i * K, s->G + j * K, s->k + i * K, s->k + j * K, s->q + i * K, s->tmp, s->tmp + K);
+    for (int j = 0; j < C; j++) {
+        for (int64_t kk = 0; kk < K; kk++) D[kk] = 0.0f;
+        for (int i = j; i < C; i++) {
+            if (i > j) add_row(K, s->a + i * K, D);
+            pair_terms(K, D, s->k + i * K, s->k + j * K, s->q + i * K, s->tmp, s->tmp + K);
             if (j < i) s->L[i * C + j] = s->b[i] * sum_floats(s->tmp, K);
             s->A[i * C + j] = scale * sum_floats(s->tmp + K, K);
         }
