@@ -33,7 +33,11 @@ def _number(value, name: str) -> float:
     # Only host numbers: float() of a CUDA tensor would synchronise the device.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(f"{name}: expected a real number, got {type(value).__qualname__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int (or Fraction) beyond the range of a double
+        raise InvalidArgumentError(
+            f"{name}: {type(value).__qualname__} value out of the range of a float") from None
 
 
 def _flag(value, name: str) -> bool:
