@@ -112,6 +112,11 @@ def _run(size_fn, run_fn, args, loc: _tensors.Location, reference: bool, num_thr
     if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool):
         raise ArgumentTypeError(
             f"num_threads: expected an int, got {type(num_threads).__qualname__}")
+    if not -2**31 <= int(num_threads) < 2**31:
+        # fkda_device.num_threads is an int32: ctypes would keep the low 32 bits silently.
+        raise InvalidArgumentError(
+            f"num_threads: {int(num_threads)} is out of range; expected 0 (all cores) or a "
+            "thread count")
     reference = _flag(reference, "reference")
     if reference and loc.kind != "cpu":
         raise InvalidArgumentError(
