@@ -195,6 +195,9 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
                 "A_log: is required when use_gate_in_kernel=True and lower_bound "
                 "is not set")
     chunk_size = kwargs.pop("chunk_size", 64)
+    if not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool):
+        raise ArgumentTypeError(
+            f"chunk_size: expected an int (32 or 64), got {type(chunk_size).__qualname__}")
     if chunk_size not in (32, 64):
         raise InvalidArgumentError(f"chunk_size: must be 32 or 64, got {chunk_size}")
     if safe_gate and use_gate_in_kernel:
@@ -230,6 +233,7 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     if return_intermediate_states:
         # fla's h: [B, NT, HV, K, V] in k's dtype, the state entering each chunk; with
         # cu_seqlens the sequences' chunks one after another in a batch of 1.
+        _require_array(k, "k")  # h takes k's dtype
         NT = _chunk_count(T, cu_seqlens, cu_seqlens_cpu, chunk_size)
         h = _tensors.empty(k, (B, NT) + _state_shape(1, HV, K, V, state_v_first)[1:], k.dtype)
     prefill(q, k, v, g, beta, out=o, A_log=A_log, dt_bias=dt_bias, cu_seqlens=cu_seqlens,
@@ -248,10 +252,21 @@ def _chunk_count(T: int, cu_seqlens, cu_seqlens_cpu, chunk_size: int) -> int:
     from cu_seqlens_cpu when given, else from cu_seqlens, which on a GPU costs a copy to host)."""
     if cu_seqlens is None:
         return -(-int(T) // chunk_size)
+    name = "cu_seqlens_cpu" if cu_seqlens_cpu is not None else "cu_seqlens"
     bounds = cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens
     if _tensors.is_torch_tensor(bounds):
         bounds = bounds.cpu().numpy()
-    lengths = np.diff(np.asarray(bounds, dtype=np.int64))
+    try:
+        bounds = np.asarray(bounds)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(f"{name}: expected an array of sequence bounds [N + 1], got "
+                                f"{type(bounds).__qualname__}") from None
+    if bounds.ndim != 1 or bounds.shape != tuple(cu_seqlens.shape):
+        raise InvalidArgumentError(f"{name}: expected shape [N + 1] = {list(cu_seqlens.shape)} "
+                                   f"(as cu_seqlens), got {list(bounds.shape)}")
+    if bounds.dtype.kind not in "iu":
+        raise DTypeError(f"{name}: dtype {bounds.dtype} is not accepted; expected int64 or int32")
+    lengths = np.diff(bounds.astype(np.int64))
     return int(np.sum(-(-np.maximum(lengths, 0) // chunk_size)))
 
 
