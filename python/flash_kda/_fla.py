@@ -37,7 +37,7 @@ import warnings
 
 import numpy as np
 
-from . import _tensors
+from . import _native, _tensors
 from ._ops import _number, decode, flags, prefill
 from .errors import (
     ArgumentTypeError,
@@ -60,6 +60,16 @@ def _require_ndim(x, name: str, ndim: int, dims: str):
         raise InvalidArgumentError(
             f"{name}: expected {ndim} dimension{'s' if ndim != 1 else ''} {dims}, got "
             f"shape {list(x.shape)}")
+
+
+def _require_float(x, name: str) -> None:
+    """An array copied to float32 here: a float dtype flash_kda takes (float32, float16,
+    bfloat16), not anything NumPy could convert (int, bool, float64, complex, object, str)."""
+    t = _native.Tensor()
+    _tensors.describe(x, name, t)  # the DTypeError for a NumPy dtype without a code
+    if t.dtype not in (_native.FKDA_DTYPE_F32, _native.FKDA_DTYPE_F16, _native.FKDA_DTYPE_BF16):
+        raise DTypeError(f"{name}: dtype {x.dtype} is not accepted; expected float32, float16 or "
+                         "bfloat16")
 
 
 def _is_float32(x) -> bool:
@@ -287,8 +297,9 @@ def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
                         lower_bound=None, state_v_first=False, cu_seqlens=None, **kwargs):
     """fla's fused_recurrent_kda (fla 0.6 signature), run by flash_kda's decode.
 
-    The recurrent form over every token; initial_state is only read: its copy (or zeros) in
-    float32 is updated in place and returned as final_state when output_final_state.
+    The recurrent form over every token; initial_state (float32, float16 or bfloat16) is only
+    read: its copy (or zeros) in float32 is updated in place and returned as final_state when
+    output_final_state.
     Returns (o, final_state or None).
     """
     _check_keywords(fused_recurrent_kda, kwargs, _FUSED_RECURRENT_KDA_KEYWORDS)
@@ -331,8 +342,9 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
     idx[n, t]; a negative slot skips the sequence (its out rows are zero) or the write. Without
     indices, sequence n uses slot n. Returns (out, initial_state).
 
-    inplace_final_state=False: initial_state (optional, [N, ...]) is only read; returns
-    (out, a new float32 final state) when output_final_state, else (out, None).
+    inplace_final_state=False: initial_state (optional, [N, ...], float32, float16 or bfloat16)
+    is only read; returns (out, a new float32 final state) when output_final_state, else
+    (out, None). num_accepted_tokens needs the in-place form (with 2-D ssm_state_indices).
 
     out: optional output [B, T, HV, V] written in place (zeros are allocated when None).
     """
@@ -380,6 +392,9 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
     if ssm_state_indices is not None:
         raise UnsupportedError("ssm_state_indices: needs inplace_final_state=True in flash_kda "
                                "(the states are updated in place in the pool)")
+    if num_accepted_tokens is not None:
+        raise InvalidArgumentError("num_accepted_tokens: needs 2-D ssm_state_indices, and so "
+                                   "inplace_final_state=True")
     if cu_seqlens is not None:
         _require_ndim(cu_seqlens, "cu_seqlens", 1, "[N + 1]")
     N = _num_sequences(q, cu_seqlens)
@@ -392,6 +407,7 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
             dims = "[N, HV, V, K]" if state_v_first else "[N, HV, K, V]"
             raise InvalidArgumentError(f"initial_state: expected shape {dims} = {list(shape)}, got "
                                        f"{list(initial_state.shape)}")
+        _require_float(initial_state, "initial_state")
         state = _tensors.float32_copy(initial_state, q)
     decode(q, k, v, g, beta, state, cu_seqlens=cu_seqlens, out=out, A_log=A_log,
            dt_bias=dt_bias, **options)
