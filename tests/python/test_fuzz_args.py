@@ -1100,7 +1100,7 @@ def m_resize(r, entry, kw, name):
 def m_dtype(r, entry, kw, name):
     x = kw[name]
     rl = role(entry, kw, name)
-    new = r.pick(FOREIGN + [F32, F16, I32, I64, BOOL, U8] + ([BF16] if BF16 else []))
+    new = r.pick(FOREIGN + [F32, F16, I32, I64, BOOL, U8] + ([BF16] if BF16 is not None else []))
     if new == x.dtype:
         return None
     with warnings.catch_warnings():
