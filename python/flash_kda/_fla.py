@@ -37,7 +37,7 @@ import warnings
 
 import numpy as np
 
-from . import _tensors
+from . import _native, _tensors
 from ._ops import _number, decode, flags, prefill
 from .errors import (
     ArgumentTypeError,
@@ -60,6 +60,16 @@ def _require_ndim(x, name: str, ndim: int, dims: str):
         raise InvalidArgumentError(
             f"{name}: expected {ndim} dimension{'s' if ndim != 1 else ''} {dims}, got "
             f"shape {list(x.shape)}")
+
+
+def _require_float(x, name: str) -> None:
+    """An array copied to float32 here: a float dtype flash_kda takes (float32, float16,
+    bfloat16), not anything NumPy could convert (int, bool, float64, complex, object, str)."""
+    t = _native.Tensor()
+    _tensors.describe(x, name, t)  # the DTypeError for a NumPy dtype without a code
+    if t.dtype not in (_native.FKDA_DTYPE_F32, _native.FKDA_DTYPE_F16, _native.FKDA_DTYPE_BF16):
+        raise DTypeError(f"{name}: dtype {x.dtype} is not accepted; expected float32, float16 or "
+                         "bfloat16")
 
 
 def _is_float32(x) -> bool:
@@ -195,6 +205,9 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
                 "A_log: is required when use_gate_in_kernel=True and lower_bound "
                 "is not set")
     chunk_size = kwargs.pop("chunk_size", 64)
+    if not isinstance(chunk_size, numbers.Integral) or isinstance(chunk_size, bool):
+        raise ArgumentTypeError(
+            f"chunk_size: expected an int (32 or 64), got {type(chunk_size).__qualname__}")
     if chunk_size not in (32, 64):
         raise InvalidArgumentError(f"chunk_size: must be 32 or 64, got {chunk_size}")
     if safe_gate and use_gate_in_kernel:
@@ -230,6 +243,7 @@ def chunk_kda(q, k, v, g, beta, scale=None, initial_state=None, output_final_sta
     if return_intermediate_states:
         # fla's h: [B, NT, HV, K, V] in k's dtype, the state entering each chunk; with
         # cu_seqlens the sequences' chunks one after another in a batch of 1.
+        _require_array(k, "k")  # h takes k's dtype
         NT = _chunk_count(T, cu_seqlens, cu_seqlens_cpu, chunk_size)
         h = _tensors.empty(k, (B, NT) + _state_shape(1, HV, K, V, state_v_first)[1:], k.dtype)
     prefill(q, k, v, g, beta, out=o, A_log=A_log, dt_bias=dt_bias, cu_seqlens=cu_seqlens,
@@ -248,10 +262,21 @@ def _chunk_count(T: int, cu_seqlens, cu_seqlens_cpu, chunk_size: int) -> int:
     from cu_seqlens_cpu when given, else from cu_seqlens, which on a GPU costs a copy to host)."""
     if cu_seqlens is None:
         return -(-int(T) // chunk_size)
+    name = "cu_seqlens_cpu" if cu_seqlens_cpu is not None else "cu_seqlens"
     bounds = cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens
     if _tensors.is_torch_tensor(bounds):
         bounds = bounds.cpu().numpy()
-    lengths = np.diff(np.asarray(bounds, dtype=np.int64))
+    try:
+        bounds = np.asarray(bounds)
+    except (TypeError, ValueError):
+        raise ArgumentTypeError(f"{name}: expected an array of sequence bounds [N + 1], got "
+                                f"{type(bounds).__qualname__}") from None
+    if bounds.ndim != 1 or bounds.shape != tuple(cu_seqlens.shape):
+        raise InvalidArgumentError(f"{name}: expected shape [N + 1] = {list(cu_seqlens.shape)} "
+                                   f"(as cu_seqlens), got {list(bounds.shape)}")
+    if bounds.dtype.kind not in "iu":
+        raise DTypeError(f"{name}: dtype {bounds.dtype} is not accepted; expected int64 or int32")
+    lengths = np.diff(bounds.astype(np.int64))
     return int(np.sum(-(-np.maximum(lengths, 0) // chunk_size)))
 
 
@@ -272,8 +297,9 @@ def fused_recurrent_kda(q, k, v, g, beta, A_log=None, dt_bias=None, scale=None,
                         lower_bound=None, state_v_first=False, cu_seqlens=None, **kwargs):
     """fla's fused_recurrent_kda (fla 0.6 signature), run by flash_kda's decode.
 
-    The recurrent form over every token; initial_state is only read: its copy (or zeros) in
-    float32 is updated in place and returned as final_state when output_final_state.
+    The recurrent form over every token; initial_state (float32, float16 or bfloat16) is only
+    read: its copy (or zeros) in float32 is updated in place and returned as final_state when
+    output_final_state.
     Returns (o, final_state or None).
     """
     _check_keywords(fused_recurrent_kda, kwargs, _FUSED_RECURRENT_KDA_KEYWORDS)
@@ -316,8 +342,9 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
     idx[n, t]; a negative slot skips the sequence (its out rows are zero) or the write. Without
     indices, sequence n uses slot n. Returns (out, initial_state).
 
-    inplace_final_state=False: initial_state (optional, [N, ...]) is only read; returns
-    (out, a new float32 final state) when output_final_state, else (out, None).
+    inplace_final_state=False: initial_state (optional, [N, ...], float32, float16 or bfloat16)
+    is only read; returns (out, a new float32 final state) when output_final_state, else
+    (out, None). num_accepted_tokens needs the in-place form (with 2-D ssm_state_indices).
 
     out: optional output [B, T, HV, V] written in place (zeros are allocated when None).
     """
@@ -365,6 +392,9 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
     if ssm_state_indices is not None:
         raise UnsupportedError("ssm_state_indices: needs inplace_final_state=True in flash_kda "
                                "(the states are updated in place in the pool)")
+    if num_accepted_tokens is not None:
+        raise InvalidArgumentError("num_accepted_tokens: needs 2-D ssm_state_indices, and so "
+                                   "inplace_final_state=True")
     if cu_seqlens is not None:
         _require_ndim(cu_seqlens, "cu_seqlens", 1, "[N + 1]")
     N = _num_sequences(q, cu_seqlens)
@@ -377,6 +407,7 @@ def fused_recurrent_kda_fwd(q, k, v, g, beta, A_log=None, dt_bias=None, initial_
             dims = "[N, HV, V, K]" if state_v_first else "[N, HV, K, V]"
             raise InvalidArgumentError(f"initial_state: expected shape {dims} = {list(shape)}, got "
                                        f"{list(initial_state.shape)}")
+        _require_float(initial_state, "initial_state")
         state = _tensors.float32_copy(initial_state, q)
     decode(q, k, v, g, beta, state, cu_seqlens=cu_seqlens, out=out, A_log=A_log,
            dt_bias=dt_bias, **options)

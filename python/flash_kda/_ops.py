@@ -33,7 +33,11 @@ def _number(value, name: str) -> float:
     # Only host numbers: float() of a CUDA tensor would synchronise the device.
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ArgumentTypeError(f"{name}: expected a real number, got {type(value).__qualname__}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # an int (or Fraction) beyond the range of a double
+        raise InvalidArgumentError(
+            f"{name}: {type(value).__qualname__} value out of the range of a float") from None
 
 
 def _flag(value, name: str) -> bool:
@@ -108,6 +112,11 @@ def _run(size_fn, run_fn, args, loc: _tensors.Location, reference: bool, num_thr
     if not isinstance(num_threads, numbers.Integral) or isinstance(num_threads, bool):
         raise ArgumentTypeError(
             f"num_threads: expected an int, got {type(num_threads).__qualname__}")
+    if not -2**31 <= int(num_threads) < 2**31:
+        # fkda_device.num_threads is an int32: ctypes would keep the low 32 bits silently.
+        raise InvalidArgumentError(
+            f"num_threads: {int(num_threads)} is out of range; expected 0 (all cores) or a "
+            "thread count")
     reference = _flag(reference, "reference")
     if reference and loc.kind != "cpu":
         raise InvalidArgumentError(

@@ -9,7 +9,10 @@ import numpy as np
 
 
 def sigmoid(x):
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow for large |x|
+    # No overflow for large |x|, and full relative precision for very negative x (where
+    # 0.5 * (1 + tanh(x / 2)) rounds to 0 below x ~ -37: a beta logit of -45 gave b = 0).
+    e = np.exp(-np.abs(x))
+    return np.where(np.asarray(x) >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def softplus(x):
