@@ -57,10 +57,19 @@ mutant cpu-bf16-store-truncates cpu src/cpu/load.h \
 mutant cpu-prefill-beta-in-L cpu src/cpu/prefill_chunked.c \
   's->L[i * C + j] = j < i ? s->b[i] * s->L[i * C + j] : 0.0f;' \
   's->L[i * C + j] = j < i ? s->L[i * C + j] : 0.0f;'
-# The chunk's cumulative gate skips key channel 0.
+# The chunk's running sum of the gate skips key channel 0 (its G is the token's own decay).
 mutant cpu-prefill-gate-cumsum cpu src/cpu/prefill_chunked.c \
-  'for (int64_t kk = 0; kk < K; kk++) G[kk] += Gprev[kk];' \
-  'for (int64_t kk = 1; kk < K; kk++) G[kk] += Gprev[kk];'
+  'for (int64_t kk = 0; kk < K; kk++) G[kk] = i > 0 ? Gprev[kk] + a[kk] : a[kk];' \
+  'for (int64_t kk = 0; kk < K; kk++) G[kk] = i > 0 && kk > 0 ? Gprev[kk] + a[kk] : a[kk];'
+# The pairwise form (large decays) leaves out the decay of the step from token j to j + 1.
+mutant cpu-prefill-pairwise-decay cpu src/cpu/prefill_chunked.c \
+  'if (i > j) add_row(K, s->a + i * K, D);' \
+  'if (i > j + 1) add_row(K, s->a + i * K, D);'
+# The token inputs' head offset, shared by the fast path and the reference, uses the key stride
+# for a head dimension given with stride 0 (a broadcast): only a layout change can see it.
+mutant cpu-token-offset-broadcast-head cpu src/cpu/activations.h \
+  'return row * x->stride[0] + t * x->stride[1] + head * x->stride[2];' \
+  'return row * x->stride[0] + t * x->stride[1] + head * (x->stride[2] ? x->stride[2] : x->stride[3]);'
 # The state update's keys kr lose the factor exp(G_C): the carried state is wrong, the
 # chunk's own output is not.
 mutant cpu-prefill-state-update cpu src/cpu/prefill_chunked.c \

@@ -968,9 +968,79 @@ static double bar_of(fkda_dtype dtype)
 }
 
 typedef struct stats {
-    long runs, skipped, valid, valid_refused, broken, broken_accepted, compared;
+    long runs, skipped, valid, valid_refused, broken, broken_accepted, compared, relaid;
 } stats;
 static stats totals;
+
+/* A view x of spec i over a copy of the buffers (taken before or after a run) instead of the
+ * live ones. */
+static fkda_tensor view_over(const call *c, int i, const fkda_tensor *x, uint8_t *const *copies)
+{
+    const int owner = owner_of(c, i);
+    fkda_tensor y = *x;
+    const uintptr_t offset = (uintptr_t)x->data - (uintptr_t)c->spec[owner].buffer;
+    if (offset >= c->spec[owner].bytes) fuzz_fail("harness: %s lies outside its buffer", c->spec[i].name);
+    y.data = copies[owner] + offset;
+    return y;
+}
+
+static int64_t tensor_elements(const fkda_tensor *x)
+{
+    int64_t count = 1;
+    for (int d = 0; d < x->ndim; d++) count *= x->shape[d];
+    return count;
+}
+
+/* The same call with every tensor copied, as it was before the run, to a fresh row-major buffer
+ * (an in-place view staying in place): the fast path must give bitwise the same outputs whatever
+ * the strides, padding and broadcasts were. A stride handled wrongly in code that the fast path
+ * and the reference share would pass the comparison with the reference, and fails here. */
+static void check_layout_invariance(call *c, uint8_t *const *before, uint8_t *const *after)
+{
+    fkda_tensor saved[MAX_TENSORS];
+    uint8_t *dense[MAX_TENSORS] = {0};
+    for (int i = 0; i < c->nspec; i++) saved[i] = *c->spec[i].dst;
+    for (int i = 0; i < c->nspec; i++) {
+        tensor_spec *t = &c->spec[i];
+        fkda_tensor *x = t->dst;
+        if (t->same_as >= 0 || !t->buffer || x->ndim < 1 || x->data == NULL) continue;
+        const int64_t count = tensor_elements(x), esize = (int64_t)fkda_dtype_size(x->dtype);
+        if (count == 0) continue;
+        const fkda_tensor old = view_over(c, i, x, before);
+        dense[i] = malloc((size_t)(count * esize));
+        if (!dense[i]) fuzz_fail("harness: out of memory");
+        for (int64_t e = 0; e < count; e++)
+            memcpy(dense[i] + e * esize, (const uint8_t *)old.data + view_offset(&old, e) * esize, (size_t)esize);
+        const uint32_t flags = x->flags;
+        *x = fkda_make_tensor(dense[i], x->dtype, x->ndim, x->shape);
+        x->flags = flags;
+    }
+    for (int i = 0; i < c->nspec; i++)
+        if (c->spec[i].same_as >= 0) {
+            *c->spec[i].dst = *c->spec[owner_of(c, i)].dst;
+            c->spec[i].dst->flags = saved[i].flags;
+        }
+    const fkda_status s = run_call(c, &c->device, 0);
+    if (s != FKDA_OK) fuzz_fail("the same call on row-major copies was refused: %s", fkda_last_error());
+    for (int i = 0; i < c->nspec; i++) {
+        const tensor_spec *t = &c->spec[i];
+        if (!is_output_view(t) || saved[i].data == NULL || tensor_elements(&saved[i]) == 0) continue;
+        const fkda_tensor fast = view_over(c, i, &saved[i], after);
+        size_t n = 0, m = 0;
+        double *want = test_gather(&fast, &n), *got = test_gather(t->dst, &m);
+        for (size_t e = 0; e < n; e++)
+            if (memcmp(&got[e], &want[e], sizeof(double)) != 0 && !(isnan(got[e]) && isnan(want[e])))
+                fuzz_fail("%s: element %zu is %.9g on row-major copies, %.9g in the caller's layout", t->name, e,
+                          got[e], want[e]);
+        free(want);
+        free(got);
+    }
+    for (int i = 0; i < c->nspec; i++) {
+        *c->spec[i].dst = saved[i];
+        free(dense[i]);
+    }
+    totals.relaid++;
+}
 
 static void check_call(call *c, int broken)
 {
@@ -1031,14 +1101,9 @@ static void check_call(call *c, int broken)
     for (int i = 0; i < c->nspec; i++) {
         const tensor_spec *t = &c->spec[i];
         if (!is_output_view(t) || t->dst->data == NULL) continue;
-        const int owner = owner_of(c, i);
         size_t n = 0, m = 0, bad = 0;
         double *want = test_gather(t->dst, &n);
-        /* the fast path's values: the same view over the saved bytes */
-        fkda_tensor fast = *t->dst;
-        const uintptr_t offset = (uintptr_t)t->dst->data - (uintptr_t)c->spec[owner].buffer;
-        if (offset >= c->spec[owner].bytes) fuzz_fail("harness: %s lies outside its buffer", t->name);
-        fast.data = after[owner] + offset;
+        const fkda_tensor fast = view_over(c, i, t->dst, after); /* the fast path's values */
         double *got = test_gather(&fast, &m);
         const double err = view_error(got, want, n, &bad);
         if (bad || !(err <= bar_of(t->dst->dtype))) {
@@ -1057,6 +1122,7 @@ static void check_call(call *c, int broken)
         free(want);
         free(got);
     }
+    check_layout_invariance(c, before, after);
 done:
     for (int i = 0; i < c->nspec; i++) {
         free(before[i]);
@@ -1160,7 +1226,7 @@ int main(int argc, char **argv)
         fuzz_one(buf, n);
     }
     printf("fuzz_api: seed %llu, %ld inputs: %ld run (%ld skipped as too large); valid: %ld ran, %ld refused; "
-           "broken: %ld refused, %ld ran; %ld compared with the reference\n",
+           "broken: %ld refused, %ld ran; %ld compared with the reference and on row-major copies\n",
            (unsigned long long)seed, runs, totals.runs, totals.skipped, totals.valid, totals.valid_refused,
            totals.broken, totals.broken_accepted, totals.compared);
     return 0;
