@@ -41,7 +41,11 @@ def _number(value, name: str) -> float:
 
 
 def _flag(value, name: str) -> bool:
-    """A yes/no option: anything with a truth value (bool, int, a one-element array)."""
+    """A yes/no option: anything with a truth value (bool, int, None, a one-element array), but
+    not a string, whose truth value is its length: 'False' would silently read as true."""
+    if isinstance(value, (str, bytes)):
+        raise ArgumentTypeError(
+            f"{name}: expected a bool, got {type(value).__qualname__} {value!r}")
     try:
         return bool(value)
     except (TypeError, ValueError):
