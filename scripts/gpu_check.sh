@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # gpu_check.sh: everything a Hopper GPU machine is for, in one call: build, test, sanitize, benchmark.
 #
-#   scripts/gpu_check.sh [step ...]      steps: test programs pytest sanitize variants bench-decode bench-prefill all
+#   scripts/gpu_check.sh [step ...]      steps: test programs pytest sanitize fuzz variants bench-decode bench-prefill all
 #
 #   test           the C GPU test programs (build/gpu/test_*_cuda) and pytest tests/gpu
 #   programs       only the C GPU test programs, each run $FKDA_REPEAT times (default 1; every run
@@ -18,6 +18,9 @@
 #                  without programmatic dependent launch (FKDA_DECODE_PDL=0), and compute-sanitizer
 #                  memcheck and racecheck on the --small cases of a few forced variants (split-K
 #                  fp32 and packed tiles, packed [V,K], narrow bf16-token tiles).
+#   fuzz           build/gpu/fuzz_api_cuda: $FKDA_FUZZ_RUNS (default 2000) random calls of the C
+#                  API on the GPU, valid and broken, against the CPU's float64 reference
+#                  (tests/fuzz/fuzz_api.c), then 200 of them under compute-sanitizer memcheck
 #   bench-decode   bench/bench_decode_gpu.py  ($FKDA_BENCH_DECODE_ARGS adds arguments)
 #   bench-decode-layer  bench/bench_decode_layer_gpu.py ($FKDA_BENCH_DECODE_LAYER_ARGS, e.g. --quick),
 #                  the same without the single kernel's wide tile (FKDA_DECODE_LAYER_WIDE=0: the
@@ -162,6 +165,9 @@ for step in "${steps[@]}"; do
         compute-sanitizer --tool memcheck --error-exitcode 1 --kernel-name kns=pf_ \
         python3 -m pytest -q -p no:cacheprovider tests/gpu/test_prefill_options_gpu.py -k "sweep or checkpoints_at"
     fi ;;
+  fuzz)
+    run_step fuzz-api build/gpu/fuzz_api_cuda "${FKDA_FUZZ_RUNS:-2000}"
+    run_step fuzz-api-memcheck compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/fuzz_api_cuda 200 ;;
   variants)
     # shellcheck disable=SC2086
     run_step decode-variants build/gpu/test_decode_cuda --variants ${FKDA_VARIANTS:-}

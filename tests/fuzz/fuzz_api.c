@@ -15,10 +15,16 @@
  * dtype for another one, a slot index that is allowed); then it must run and match the reference
  * like any other.
  *
- * Two builds:
+ * Three builds:
  *   - the plain program (every build; ctest runs it, the ASan + UBSan build included):
  *     `fuzz_api [RUNS [SEED]]` calls the target on RUNS random byte strings from SEED, and
  *     `fuzz_api FILE...` replays inputs saved by libFuzzer;
+ *   - fuzz_api_cuda (CUDA builds; scripts/gpu_check.sh fuzz on a GPU machine): the same calls
+ *     on the CUDA device, every buffer copied to GPU memory between guard bytes, the results
+ *     against the CPU's float64 reference (bars of at least 2e-2: the GPU computes in bf16 and
+ *     fp16 arithmetic). The generator keeps to what CUDA defines: checkpoints between 16-token
+ *     chunks, intermediate chunks of a multiple of 16, and no sequence starting from a slot
+ *     another one writes. Not run on a GPU yet (written 2026-12-05 without one);
  *   - the libFuzzer target (clang, -DFKDA_FUZZ=ON, docs/contributing.md), which mutates inputs
  *     towards code not reached yet: `build/fuzz/fuzz_api_libfuzzer -max_total_time=600 corpus/`.
  * A failure prints the call's description (every choice made, in order) and aborts.
@@ -31,6 +37,9 @@
 #include <string.h>
 
 #include "test_util.h"
+#ifdef FKDA_FUZZ_CUDA
+#include "cuda_test_util.h"
+#endif
 
 /* ---- the byte source: every choice reads the input, zeros once it is used up ---------------- */
 
@@ -85,6 +94,7 @@ typedef struct tensor_spec {
     /* after allocation */
     uint8_t *buffer;
     size_t bytes;
+    uint8_t *device_buffer; /* fuzz_api_cuda: the buffer's copy on the GPU, between guards */
 } tensor_spec;
 
 typedef struct call {
@@ -102,11 +112,13 @@ typedef struct call {
     int dirty;           /* contents outside what the reference comparison assumes (NaN, huge) */
     int workspace_break; /* 0 none, 1 NULL, 2 one byte short, 3 misaligned */
     int skip;            /* a valid tensor too large to fill here: the input is not run */
+    int cuda;            /* the call runs on the CUDA device (fuzz_api_cuda), its results against the CPU */
     char desc[DESC_BYTES];
     size_t desc_used;
 } call;
 
 static call *current;                /* for fuzz_fail's description */
+static int fuzz_on_cuda;             /* fuzz_api_cuda: calls on the GPU, against the CPU's reference */
 static const uint8_t *current_input; /* and the input, saved by the plain program on failure */
 static size_t current_size;
 
@@ -528,14 +540,11 @@ static void gen_prefill(call *c)
         set_fill(add_tensor(c, &a->state_pool, "state_pool", d.state_dtype, 4, shape, ROLE_OUTPUT), FILL_NORMAL, 0,
                  0.5);
         has_states = 1;
-        if (chance(c->src, 70)) {
-            tensor_spec *t = add_values(c, &a->initial_state_indices, "initial_state_indices", index_dtype(c), 1, &d.N);
-            for (int64_t n = 0; n < d.N; n++)
-                t->values[n] = chance(c->src, 15) ? -1 : (int64_t)(test_rng_uniform(&c->rng) * (double)P);
-        }
+        const int64_t *finals = NULL;
         if (chance(c->src, 70)) {
             tensor_spec *t = add_values(c, &a->final_state_indices, "final_state_indices", index_dtype(c), 1, &d.N);
             distinct_slots(c, t->values, d.N, P, 15, taken);
+            finals = t->values;
         } else {
             for (int64_t n = 0; n < d.N; n++) taken[n] = 1; /* slot n */
         }
@@ -544,6 +553,17 @@ static void gen_prefill(call *c)
             tensor_spec *t = add_values(c, &a->checkpoint_indices, "checkpoint_indices", index_dtype(c), 2, nc);
             distinct_slots(c, t->values, d.N * C, P, 10, taken);
             checkpoints_in_pool = 1;
+        }
+        if (chance(c->src, 70)) {
+            /* Any slot on the CPU, where every initial state is read before any state is written.
+             * On CUDA each sequence reads its start when its own chain begins: there a sequence
+             * starts from its own final slot or from one that no sequence writes. */
+            tensor_spec *t = add_values(c, &a->initial_state_indices, "initial_state_indices", index_dtype(c), 1, &d.N);
+            for (int64_t n = 0; n < d.N; n++) {
+                int64_t slot = (int64_t)(test_rng_uniform(&c->rng) * (double)P);
+                if (c->cuda && taken[slot]) slot = chance(c->src, 50) ? (finals ? finals[n] : n) : -1;
+                t->values[n] = chance(c->src, 15) ? -1 : slot;
+            }
         }
     }
     if (has_states && chance(c->src, 25)) {
@@ -556,8 +576,13 @@ static void gen_prefill(call *c)
         const int64_t nc[2] = {d.N, C};
         tensor_spec *t = add_values(c, &a->checkpoint_offsets, "checkpoint_offsets", index_dtype(c), 2, nc);
         for (int64_t n = 0; n < d.N; n++)
-            for (int64_t j = 0; j < C; j++)
-                t->values[n * C + j] = (int64_t)pick(c->src, (unsigned)sequence_length(&d, n) + 3) - 1;
+            for (int64_t j = 0; j < C; j++) {
+                const int64_t length = sequence_length(&d, n);
+                int64_t offset = (int64_t)pick(c->src, (unsigned)length + 3) - 1;
+                /* CUDA takes checkpoints between 16-token chunks (0, multiples of 16, the end) */
+                if (c->cuda && offset > 0 && offset < length && offset % 16) offset -= offset % 16;
+                t->values[n * C + j] = offset;
+            }
         if (!checkpoints_in_pool) {
             state_shape(&d, d.N * C, vf, shape);
             add_tensor(c, &a->checkpoint_states, "checkpoint_states",
@@ -565,8 +590,8 @@ static void gen_prefill(call *c)
         }
     }
     if (chance(c->src, 25)) {
-        static const int32_t chunks[] = {0, 1, 7, 16, 32, 64};
-        a->intermediate_chunk_size = chunks[pick(c->src, 6)];
+        static const int32_t chunks[] = {0, 16, 32, 64, 1, 7}; /* CUDA: multiples of 16 */
+        a->intermediate_chunk_size = chunks[pick(c->src, c->cuda ? 4 : 6)];
         const int64_t chunk = a->intermediate_chunk_size ? a->intermediate_chunk_size : 64;
         int64_t rows = 0;
         for (int64_t n = 0; n < d.N; n++) rows += (sequence_length(&d, n) + chunk - 1) / chunk;
@@ -902,8 +927,12 @@ static fkda_status run_call(call *c, const fkda_device *dev, int break_workspace
     if (s != FKDA_OK) return s;
     void *ws = NULL;
     size_t given = bytes;
+    const int on_gpu = dev->type == FKDA_DEVICE_CUDA && c->cuda;
     if (bytes > 0) {
-        ws = aligned_alloc(256, (bytes + 256 + 255) / 256 * 256);
+#ifdef FKDA_FUZZ_CUDA
+        if (on_gpu) ws = guarded_malloc(bytes + 256);
+#endif
+        if (!on_gpu) ws = aligned_alloc(256, (bytes + 256 + 255) / 256 * 256);
         if (!ws) fuzz_fail("harness: out of memory (workspace of %zu bytes)", bytes);
     }
     void *pass = ws;
@@ -911,6 +940,16 @@ static fkda_status run_call(call *c, const fkda_device *dev, int break_workspace
     if (break_workspace == 2) given = bytes ? bytes - 1 : 0;
     if (break_workspace == 3 && ws) pass = (char *)ws + 64;
     s = run_op(c, dev, pass, given);
+#ifdef FKDA_FUZZ_CUDA
+    if (on_gpu) {
+        /* a fault inside a kernel shows at the next synchronisation */
+        const cudaError_t e = cudaDeviceSynchronize();
+        if (e != cudaSuccess) fuzz_fail("CUDA error after the call (status %d): %s", (int)s, cudaGetErrorString(e));
+        if (ws && !guards_intact(ws, bytes + 256)) fuzz_fail("the call wrote past its workspace");
+        guarded_free(ws);
+        return s;
+    }
+#endif
     free(ws);
     return s;
 }
@@ -1042,6 +1081,53 @@ static void check_layout_invariance(call *c, uint8_t *const *before, uint8_t *co
     totals.relaid++;
 }
 
+#ifdef FKDA_FUZZ_CUDA
+/* Moves every tensor's data pointer between its host buffer and the buffer's GPU copy (the same
+ * offset inside; NULL stays NULL). */
+static void point_at(call *c, int device)
+{
+    for (int i = 0; i < c->nspec; i++) {
+        const tensor_spec *owner = &c->spec[owner_of(c, i)];
+        fkda_tensor *x = c->spec[i].dst;
+        if (x->data == NULL || !owner->buffer || !owner->device_buffer) continue;
+        const uint8_t *from = device ? owner->buffer : owner->device_buffer;
+        uint8_t *to = device ? owner->device_buffer : owner->buffer;
+        x->data = to + ((uintptr_t)x->data - (uintptr_t)from);
+    }
+}
+
+/* Every buffer copied to the GPU (between guards), and the tensors pointed at the copies. */
+static void to_device(call *c)
+{
+    for (int i = 0; i < c->nspec; i++) {
+        tensor_spec *t = &c->spec[i];
+        if (!t->buffer) continue;
+        t->device_buffer = guarded_malloc(t->bytes);
+        CUDA_OK(cudaMemcpy(t->device_buffer, t->buffer, t->bytes, cudaMemcpyHostToDevice));
+    }
+    point_at(c, 1);
+}
+
+/* The GPU copies back into the host buffers (where every check reads them), guards checked. */
+static void from_device(call *c)
+{
+    for (int i = 0; i < c->nspec; i++) {
+        tensor_spec *t = &c->spec[i];
+        if (!t->device_buffer) continue;
+        CUDA_OK(cudaMemcpy(t->buffer, t->device_buffer, t->bytes, cudaMemcpyDeviceToHost));
+        if (!guards_intact(t->device_buffer, t->bytes)) fuzz_fail("a write past %s's GPU buffer", t->name);
+    }
+}
+
+static void free_device(call *c)
+{
+    for (int i = 0; i < c->nspec; i++) {
+        guarded_free(c->spec[i].device_buffer);
+        c->spec[i].device_buffer = NULL;
+    }
+}
+#endif
+
 static void check_call(call *c, int broken)
 {
     /* buffers: snapshot all, and remember which bytes may change */
@@ -1053,6 +1139,9 @@ static void check_call(call *c, int broken)
         memcpy(before[i], c->spec[i].buffer, c->spec[i].bytes);
     }
     fkda_status s = run_call(c, &c->device, c->workspace_break);
+#ifdef FKDA_FUZZ_CUDA
+    if (c->cuda) from_device(c);
+#endif
     totals.runs++;
     if (s != FKDA_OK) {
         const char *msg = fkda_last_error();
@@ -1084,7 +1173,7 @@ static void check_call(call *c, int broken)
             if (!mask[i][j] && before[i][j] != c->spec[i].buffer[j])
                 fuzz_fail("byte %zu of %s's buffer changed, which is no output element", j, c->spec[i].name);
     }
-    if (c->dirty || c->device.reference || c->device.type != FKDA_DEVICE_CPU) goto done;
+    if (c->dirty || c->device.reference) goto done;
     /* the same call on the float64 reference, from the same starting memory */
     for (int i = 0; i < c->nspec; i++) {
         if (!before[i]) continue;
@@ -1094,6 +1183,13 @@ static void check_call(call *c, int broken)
         memcpy(c->spec[i].buffer, before[i], c->spec[i].bytes);
     }
     fkda_device ref = c->device;
+#ifdef FKDA_FUZZ_CUDA
+    if (c->cuda) { /* the GPU's results against the CPU's reference on the host buffers */
+        point_at(c, 0);
+        memset(&ref, 0, sizeof ref);
+        ref.type = FKDA_DEVICE_CPU;
+    }
+#endif
     ref.reference = 1;
     s = run_call(c, &ref, 0);
     if (s != FKDA_OK) fuzz_fail("the fast path ran, the reference refused: %s", fkda_last_error());
@@ -1106,7 +1202,8 @@ static void check_call(call *c, int broken)
         const fkda_tensor fast = view_over(c, i, t->dst, after); /* the fast path's values */
         double *got = test_gather(&fast, &m);
         const double err = view_error(got, want, n, &bad);
-        if (bad || !(err <= bar_of(t->dst->dtype))) {
+        const double bar = c->cuda ? fmax(bar_of(t->dst->dtype), 2e-2) : bar_of(t->dst->dtype);
+        if (bad || !(err <= bar)) {
             /* the largest differences, with their row-major index */
             for (int shown = 0; shown < 8; shown++) {
                 size_t worst = 0;
@@ -1117,12 +1214,12 @@ static void check_call(call *c, int broken)
                 got[worst] = want[worst];
             }
             fuzz_fail("%s: the fast path is %.3g from the reference (bar %.1g), %zu non-finite mismatches", t->name,
-                      err, bar_of(t->dst->dtype), bad);
+                      err, bar, bad);
         }
         free(want);
         free(got);
     }
-    check_layout_invariance(c, before, after);
+    if (!c->cuda) check_layout_invariance(c, before, after);
 done:
     for (int i = 0; i < c->nspec; i++) {
         free(before[i]);
@@ -1145,7 +1242,8 @@ static void fuzz_one(const uint8_t *data, size_t size)
     current = &c;
     current_input = data;
     current_size = size;
-    c.device.type = FKDA_DEVICE_CPU;
+    c.cuda = fuzz_on_cuda;
+    c.device.type = c.cuda ? FKDA_DEVICE_CUDA : FKDA_DEVICE_CPU;
     c.device.num_threads = (int32_t)pick(&src, 4);
     c.op = (int)pick(&src, 3);
     c.prefill.options = c.decode.options = fkda_default_options();
@@ -1176,7 +1274,13 @@ static void fuzz_one(const uint8_t *data, size_t size)
     }
     if (!c.skip) {
         for (int i = 0; i < call_breaks; i++) break_call(&c);
+#ifdef FKDA_FUZZ_CUDA
+        if (c.cuda) to_device(&c);
+#endif
         check_call(&c, breaks > 0);
+#ifdef FKDA_FUZZ_CUDA
+        free_device(&c);
+#endif
     } else {
         totals.skipped++;
     }
@@ -1196,6 +1300,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
  * FKDA_TEST_SEED or the clock); fuzz_api FILE...: each file as one input. */
 int main(int argc, char **argv)
 {
+#ifdef FKDA_FUZZ_CUDA
+    int gpus = 0;
+    if (!fkda_has_cuda() || cudaGetDeviceCount(&gpus) != cudaSuccess || gpus == 0) {
+        fprintf(stderr, "fuzz_api_cuda: no CUDA device (or a library built without CUDA)\n");
+        return 77;
+    }
+    fuzz_on_cuda = 1;
+#endif
     if (argc > 1 && (argv[1][0] < '0' || argv[1][0] > '9')) {
         for (int i = 1; i < argc; i++) {
             FILE *f = fopen(argv[i], "rb");
