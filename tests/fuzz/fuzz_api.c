@@ -24,7 +24,7 @@
  *     against the CPU's float64 reference (bars of at least 2e-2: the GPU computes in bf16 and
  *     fp16 arithmetic). The generator keeps to what CUDA defines: checkpoints between 16-token
  *     chunks, intermediate chunks of a multiple of 16, and no sequence starting from a slot
- *     another one writes. Not run on a GPU yet (written 2026-12-05 without one);
+ *     another one writes;
  *   - the libFuzzer target (clang, -DFKDA_FUZZ=ON, docs/contributing.md), which mutates inputs
  *     towards code not reached yet: `build/fuzz/fuzz_api_libfuzzer -max_total_time=600 corpus/`.
  * A failure prints the call's description (every choice made, in order) and aborts.
