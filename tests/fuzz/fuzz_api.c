@@ -459,6 +459,15 @@ static void add_token_tensors(call *c, const dims *d, const fkda_options *o, int
     add_tensor(c, a.out, "out", d->io, 4, vv, ROLE_OUTPUT);
 }
 
+/* The dimensions, options and token tensors that prefill and decode share. */
+static void gen_token_call(call *c, int decode, dims *d, fkda_options *o, token_args a)
+{
+    pick_token_dims(c, d, decode);
+    int has_A_log, has_dt_bias;
+    pick_options(c, o, &has_A_log, &has_dt_bias);
+    add_token_tensors(c, d, o, has_A_log, has_dt_bias, a);
+}
+
 static void state_shape(const dims *d, int64_t rows, int v_first, int64_t shape[4])
 {
     shape[0] = rows;
@@ -503,12 +512,8 @@ static void gen_prefill(call *c)
     fkda_prefill_args *a = &c->prefill;
     dims d;
     note(c, "prefill: ");
-    pick_token_dims(c, &d, 0);
-    int has_A_log, has_dt_bias;
-    pick_options(c, &a->options, &has_A_log, &has_dt_bias);
-    add_token_tensors(
-        c, &d, &a->options, has_A_log, has_dt_bias,
-        (token_args){&a->q, &a->k, &a->v, &a->g, &a->beta, &a->A_log, &a->dt_bias, &a->cu_seqlens, &a->out});
+    gen_token_call(c, 0, &d, &a->options,
+                   (token_args){&a->q, &a->k, &a->v, &a->g, &a->beta, &a->A_log, &a->dt_bias, &a->cu_seqlens, &a->out});
     const int vf = a->options.state_v_first;
     int64_t shape[4], taken[MAX_POOL] = {0};
     const int64_t C = chance(c->src, 30) ? 1 + pick(c->src, 3) : 0; /* checkpoints per sequence */
@@ -637,12 +642,8 @@ static void gen_decode(call *c)
     fkda_decode_args *a = &c->decode;
     dims d;
     note(c, "decode: ");
-    pick_token_dims(c, &d, 1);
-    int has_A_log, has_dt_bias;
-    pick_options(c, &a->options, &has_A_log, &has_dt_bias);
-    add_token_tensors(
-        c, &d, &a->options, has_A_log, has_dt_bias,
-        (token_args){&a->q, &a->k, &a->v, &a->g, &a->beta, &a->A_log, &a->dt_bias, &a->cu_seqlens, &a->out});
+    gen_token_call(c, 1, &d, &a->options,
+                   (token_args){&a->q, &a->k, &a->v, &a->g, &a->beta, &a->A_log, &a->dt_bias, &a->cu_seqlens, &a->out});
     int64_t most = 1;
     for (int64_t n = 0; n < d.N; n++)
         if (sequence_length(&d, n) > most) most = sequence_length(&d, n);

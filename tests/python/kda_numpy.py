@@ -103,6 +103,16 @@ def kda(q, k, v, g, beta, *, initial_state=None, state_v_first=False, cu_seqlens
     return o, np.stack(final)
 
 
+def read_slot(idx, acc, n):
+    """The pool slot sequence n of a decode starts from (negative: skipped): slot n without
+    indices, idx[n] for 1-D ones, idx[n, a_n - 1] for 2-D ones (a_n accepted tokens, 1 without)."""
+    if idx is None:
+        return n
+    if idx.ndim == 1:
+        return int(idx[n])
+    return int(idx[n, (int(acc[n]) if acc is not None else 1) - 1])
+
+
 def decode_pool(q, k, v, g, beta, pool, *, state_indices=None, num_accepted_tokens=None,
                 cu_seqlens=None, state_v_first=False, **opts):
     """The decode semantics of flashkda.h on a float64 copy of the pool: returns (o, pool)."""
@@ -114,12 +124,7 @@ def decode_pool(q, k, v, g, beta, pool, *, state_indices=None, num_accepted_toke
     acc = None if num_accepted_tokens is None else np.asarray(num_accepted_tokens)
     o = np.zeros((B, T, HV, V))
     for n, (row, start, end) in enumerate(sequences(B, T, cu_seqlens)):
-        if idx is None:
-            read = n
-        elif idx.ndim == 1:
-            read = int(idx[n])
-        else:
-            read = int(idx[n, (int(acc[n]) if acc is not None else 1) - 1])
+        read = read_slot(idx, acc, n)
         if read < 0:
             continue  # skipped: out rows stay zero, no state read or written
         S = _to_kv(pool[read], state_v_first)

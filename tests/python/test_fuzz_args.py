@@ -42,7 +42,7 @@ import pytest
 
 import flash_kda
 from helpers import bfloat16_dtype
-from kda_numpy import prepare, sequences, sigmoid, step
+from kda_numpy import prepare, read_slot, sequences, sigmoid, step
 
 N_CASES = int(os.environ.get("FKDA_FUZZ_CASES", "560"))
 BASE_SEED = int(os.environ.get("FKDA_FUZZ_SEED", "0"))
@@ -208,16 +208,22 @@ def options(r, gate=None):
     return dict(gate=gate, l2=r.coin(), sig=sig, neg=sig and r.coin(0.3), vf=r.coin())
 
 
-def gen_prefill(r):
+def token_call(r, max_len, decode=False):
+    """The shapes, options and token keywords that prefill and decode share."""
     H, HV, K, V = heads(r)
-    B, T, cu, lengths = batch(r, 40)
-    N = len(lengths)
+    B, T, cu, lengths = batch(r, max_len, decode=decode)
     io, o = r.pick(FLOATS), options(r)
     kw = token_inputs(r, B, T, H, HV, K, V, io, o["gate"], o["l2"], o["sig"])
     A_log, dt_bias, lb = gate_params(r, o["gate"], HV, K)
     kw.update(A_log=A_log, dt_bias=dt_bias, cu_seqlens=cu, gate=o["gate"], lower_bound=lb,
               scale=scale_choice(r), use_qk_l2norm=o["l2"], use_beta_sigmoid=o["sig"],
               allow_neg_eigval=o["neg"], state_v_first=o["vf"])
+    return (H, HV, K, V), (B, T, cu, lengths), io, o, kw
+
+
+def gen_prefill(r):
+    (H, HV, K, V), (B, T, cu, lengths), io, o, kw = token_call(r, 40)
+    N = len(lengths)
     if r.coin(0.7):
         kw["out"] = poison((B, T, HV, V), io)
 
@@ -297,15 +303,8 @@ def decode_slots(r, N, T, cu, lengths, kw):
 
 
 def gen_decode(r):
-    H, HV, K, V = heads(r)
-    B, T, cu, lengths = batch(r, 4, decode=True)
+    (H, HV, K, V), (B, T, cu, lengths), io, o, kw = token_call(r, 4, decode=True)
     N = len(lengths)
-    io, o = r.pick(FLOATS), options(r)
-    kw = token_inputs(r, B, T, H, HV, K, V, io, o["gate"], o["l2"], o["sig"])
-    A_log, dt_bias, lb = gate_params(r, o["gate"], HV, K)
-    kw.update(A_log=A_log, dt_bias=dt_bias, cu_seqlens=cu, gate=o["gate"], lower_bound=lb,
-              scale=scale_choice(r), use_qk_l2norm=o["l2"], use_beta_sigmoid=o["sig"],
-              allow_neg_eigval=o["neg"], state_v_first=o["vf"])
     P = decode_slots(r, N, T, cu, lengths, kw)
     kw["state_pool"] = states(r, state_shape(P, HV, K, V, o["vf"]), r.pick(STATES))
     if r.coin(0.7):
@@ -736,12 +735,7 @@ def model_decode(a, opts, pool, idx, acc, vf):
     out = np.zeros((B, T, HV, v.shape[3]))
     pool_want, written = f64(pool), np.zeros(len(pool), bool)
     for n, (row, s, e) in enumerate(sequences(B, T, a.get("cu_seqlens"))):
-        if idx is None:
-            read = n
-        elif idx.ndim == 1:
-            read = int(idx[n])
-        else:
-            read = int(idx[n, (int(acc[n]) if acc is not None else 1) - 1])
+        read = read_slot(idx, acc, n)
         if read < 0:
             continue
         S = to_kv(pool[read], vf)
