@@ -276,6 +276,16 @@ def _chunk_count(T: int, cu_seqlens, cu_seqlens_cpu, chunk_size: int) -> int:
                                    f"(as cu_seqlens), got {list(bounds.shape)}")
     if bounds.dtype.kind not in "iu":
         raise DTypeError(f"{name}: dtype {bounds.dtype} is not accepted; expected int64 or int32")
+    if cu_seqlens_cpu is not None:
+        # The host copy must be cu_seqlens itself: compared where that costs no device copy (on a
+        # GPU it is trusted, as fla trusts it, and a wrong one leaves rows of h unwritten there).
+        host = cu_seqlens
+        if _tensors.is_torch_tensor(host):
+            host = None if host.is_cuda else host.numpy()
+        if host is not None and not np.array_equal(np.asarray(host).astype(np.int64),
+                                                   bounds.astype(np.int64)):
+            raise InvalidArgumentError(f"cu_seqlens_cpu: {bounds.tolist()} differs from "
+                                       f"cu_seqlens {np.asarray(host).tolist()}")
     lengths = np.diff(bounds.astype(np.int64))
     return int(np.sum(-(-np.maximum(lengths, 0) // chunk_size)))
 

@@ -121,6 +121,19 @@ def test_chunk_kda_varlen(rng):
     assert rel_err(o, o_np) < bar_for(inputs, o) and rel_err(ht, s_np) < bar_for(inputs, ht)
 
 
+def test_chunk_kda_cu_seqlens_cpu_must_match(rng):
+    """h's rows are counted from cu_seqlens_cpu: a host copy that disagrees with cu_seqlens is
+    named, rather than surfacing as a shape error of an argument chunk_kda users never pass."""
+    cu = np.array([0, 7, 7, 50, 51], np.int64)
+    inputs = make_inputs(rng, B=1, T=51, H=2, K=16, V=16)
+    A_log, dt_bias = gate_params(rng, 2, 16)
+    with pytest.raises(ValueError, match=r"^cu_seqlens_cpu: \[0, 7, 20, 50, 51\] differs from "
+                                         r"cu_seqlens \[0, 7, 7, 50, 51\]"):
+        flash_kda.chunk_kda(**inputs, cu_seqlens=cu, cu_seqlens_cpu=np.array([0, 7, 20, 50, 51]),
+                            A_log=A_log, dt_bias=dt_bias, return_intermediate_states=True,
+                            **FLA_SAFE)
+
+
 def test_chunk_kda_transpose_state_layout_is_deprecated(rng):
     inputs = make_inputs(rng, B=1, T=10, H=1, K=16, V=8)
     A_log, dt_bias = gate_params(rng, 1, 16)
