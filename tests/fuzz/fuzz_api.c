@@ -71,6 +71,7 @@ enum role { ROLE_INPUT, ROLE_OUTPUT }; /* an output: anything the call may write
 enum fill {
     FILL_NORMAL,  /* normal(a, b) */
     FILL_UNIFORM, /* uniform(a, b) */
+    FILL_RESETS,  /* uniform(a, b), and one value in 50 a hard reset: -1e4, -1e30 or -inf */
     FILL_VALUES,  /* the integers values[0 ..] in row-major order (indices, lengths, flags) */
     FILL_POISON   /* NaN for float dtypes, -7 for integers: what an output held before */
 };
@@ -322,6 +323,12 @@ static void allocate(call *c, tensor_spec *t)
         switch (t->fill) {
         case FILL_NORMAL: v = t->a + t->b * test_rng_normal(&c->rng); break;
         case FILL_UNIFORM: v = t->a + (t->b - t->a) * test_rng_uniform(&c->rng); break;
+        case FILL_RESETS: {
+            static const double resets[3] = {-1e4, -1e30, -INFINITY};
+            const double u = test_rng_uniform(&c->rng);
+            v = u < 0.02 ? resets[(int)(u * 150.0)] : t->a + (t->b - t->a) * test_rng_uniform(&c->rng);
+            break;
+        }
         case FILL_VALUES: v = i < t->nvalues ? (double)t->values[i] : 0; break;
         case FILL_POISON: v = t->dtype <= FKDA_DTYPE_BF16 ? NAN : -7; break;
         }
@@ -429,7 +436,7 @@ static void add_token_tensors(call *c, const dims *d, const fkda_options *o, int
     add_tensor(c, a.v, "v", d->io, 4, vv, ROLE_INPUT);
     tensor_spec *g = add_tensor(c, a.g, "g", d->g_dtype, 4, gg, ROLE_INPUT);
     if (o->gate == FKDA_GATE_NONE)
-        set_fill(g, FILL_UNIFORM, -3.0, 0.0);
+        set_fill(g, chance(c->src, 30) ? FILL_RESETS : FILL_UNIFORM, -3.0, 0.0);
     else
         set_fill(g, FILL_NORMAL, 0.0, 2.0);
     tensor_spec *beta = add_tensor(c, a.beta, "beta", d->beta_dtype, 3, bb, ROLE_INPUT);
