@@ -1003,14 +1003,16 @@ static double view_error(const double *a, const double *b, size_t n, size_t *non
     return sqrt(num) / fmax(sqrt(den), 1e-6 * sqrt((double)n + 1));
 }
 
-/* The bar of a fast result against the float64 reference, by dtype: both are rounded to it, so
- * one rounding step of the dtype on every element, and float32 arithmetic over short chains. */
+/* The bar of a fast result against the float64 reference, by dtype: both are rounded to it, and
+ * differ where float32 arithmetic moves a value across a rounding boundary. Each bar sits about
+ * 20x above the worst difference seen over many inputs, so that a systematic error of a fraction
+ * of a rounding step still shows. */
 static double bar_of(fkda_dtype dtype)
 {
     switch (dtype) {
-    case FKDA_DTYPE_BF16: return 4e-2;
-    case FKDA_DTYPE_F16: return 1e-2;
-    default: return 2e-3;
+    case FKDA_DTYPE_BF16: return 1.6e-2;
+    case FKDA_DTYPE_F16: return 4e-3;
+    default: return 1e-4;
     }
 }
 
