@@ -242,7 +242,9 @@ typedef struct fkda_prefill_args {
 
 /* Bytes of workspace fkda_prefill needs for these arguments on this device (may be 0). The
  * answer depends only on the shapes, dtypes and options, not on any tensor's contents (on a CUDA
- * device also on whether v's rows are 16-byte pieces: else the prefill keeps a bf16 copy of v). */
+ * device also on the layout of v and, for float16 v, of out: where the chain cannot read v's rows
+ * as aligned 16-byte pieces, or a float16 v goes to an out that is not, the prefill keeps a copy
+ * of v). Ask again when a tensor's alignment or strides change. */
 FKDA_API fkda_status fkda_prefill_workspace_size(const fkda_prefill_args *args, const fkda_device *device,
                                                  size_t *bytes);
 
@@ -281,6 +283,8 @@ FKDA_API fkda_status fkda_prefill(const fkda_prefill_args *args, const fkda_devi
  * sequence like a negative one; a_n is clamped into [1, T_max]; cu_seqlens offsets are clamped
  * into [0, T], so offsets that decrease or pass T give empty or overlapping sequences (memory-
  * safe, but the overlapping rows of out are then unspecified) and rows past c_N are not written.
+ * With cu_seqlens and 2-D indices, a sequence longer than T_max (refused on the CPU) writes its out
+ * rows, and no state for its tokens past T_max.
  */
 typedef struct fkda_decode_args {
     fkda_tensor q, k, v, g, beta;
@@ -386,8 +390,8 @@ typedef struct fkda_decode_layer_args {
  * CUDA), plus what the decode itself needs on that device: ask this function, do not compute it.
  * On the CUDA device the call is asynchronous on the stream and allocates nothing, so it can be
  * captured in a CUDA graph: one kernel for the common decode step (T = 1, 1-D indices or none,
- * K = V = 128, HV = H, on sm_90; it leaves the workspace unused), three launches (conv, decode,
- * norm) for every other call. */
+ * K = V = 128, HV = H, a dense pool, on sm_90, for most widths and batch sizes; it leaves the
+ * workspace unused), three launches (conv, decode, norm) for every other call. */
 FKDA_API fkda_status fkda_decode_layer_workspace_size(const fkda_decode_layer_args *args, const fkda_device *device,
                                                       size_t *bytes);
 

@@ -19,12 +19,18 @@ fkda_status fkda_dispatch_workspace(const fkda_problem *p, size_t *bytes)
         }
         return FKDA_OK;
     }
+    fkda_status s = FKDA_OK;
     switch (p->op) {
-    case FKDA_OP_PREFILL: return fkda_cuda_prefill_workspace(p, bytes);
-    case FKDA_OP_DECODE: return fkda_cuda_decode_workspace(p, bytes);
-    case FKDA_OP_DECODE_LAYER: return fkda_cuda_decode_layer_workspace(p, bytes);
+    case FKDA_OP_PREFILL: s = fkda_cuda_prefill_workspace(p, bytes); break;
+    case FKDA_OP_DECODE: s = fkda_cuda_decode_workspace(p, bytes); break;
+    case FKDA_OP_DECODE_LAYER: s = fkda_cuda_decode_layer_workspace(p, bytes); break;
+    default: return fkda_fail(FKDA_ERROR_INTERNAL, "dispatch: unknown operation %d", (int)p->op);
     }
-    return fkda_fail(FKDA_ERROR_INTERNAL, "dispatch: unknown operation %d", (int)p->op);
+    /* A size for a device that does not answer falls back to defaults (the prefill's SM count),
+     * and may note why on the way: a successful query leaves no message behind (the header's
+     * promise), the run reports the device. */
+    if (s == FKDA_OK) fkda_clear_error();
+    return s;
 }
 
 fkda_status fkda_dispatch_run(const fkda_problem *p, void *workspace, size_t workspace_bytes)

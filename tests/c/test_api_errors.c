@@ -236,6 +236,14 @@ static void prefill_error_cases(test_rng *r)
         free(small);
         free(out0);
     }
+    /* A successful workspace query on the CUDA device leaves no message either, also where no GPU
+     * answers (it then sizes for a default SM count). */
+    if (fkda_has_cuda()) {
+        const fkda_device cuda = {FKDA_DEVICE_CUDA, 0, NULL, 0, 0};
+        size_t cuda_bytes = 0;
+        CHECK(fkda_prefill_workspace_size(&f.args, &cuda, &cuda_bytes) == FKDA_OK && fkda_last_error()[0] == '\0',
+              "CUDA workspace query: a message left after success: %s", fkda_last_error());
+    }
     /* A successful call clears the message. */
     ws = workspace_alloc(bytes + 256);
     CHECK(fkda_prefill(&f.args, &cpu, ws, bytes) == FKDA_OK && fkda_last_error()[0] == '\0',
