@@ -192,7 +192,8 @@ fkda_status fkda_validate_prefill_states(const fkda_prefill_args *a, const fkda_
 {
     TRY(validate_pool(a, p));
     if (fkda_tensor_present(&a->has_initial_state)) {
-        if (p->state_in.data == NULL)
+        /* given, not "has data": an empty state (no sequence) may have data NULL */
+        if (!fkda_tensor_present(&a->initial_state) && !fkda_tensor_present(&a->state_pool))
             return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
                              "has_initial_state: needs initial_state or state_pool (the states it selects)");
         TRY(validate_per_sequence(&a->has_initial_state, "has_initial_state", p,

@@ -403,6 +403,27 @@ static void empty_cases(test_rng *r)
         free(ws);
         test_tensor *all[] = {&q, &v, &g, &beta, &out, &h0, &ht};
         for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
+
+        /* No sequence at all (B = 0): the empty initial_state and has_initial_state are given
+         * with data NULL, as every empty torch tensor has (the header allows it for a tensor
+         * without elements); the initial state is present all the same. */
+        const int64_t no_tokens[4] = {0, 3, H, K}, no_values[4] = {0, 3, HV, V}, no_beta[3] = {0, 3, HV};
+        const int64_t no_states[4] = {0, HV, K, V}, no_flags[1] = {0};
+        memset(&a, 0, sizeof a);
+        a.q = a.k = a.g = fkda_make_tensor(NULL, FKDA_DTYPE_F32, 4, no_tokens);
+        a.g.shape[2] = HV;
+        a.v = a.out = fkda_make_tensor(NULL, FKDA_DTYPE_F32, 4, no_values);
+        a.out.data = NULL;
+        a.beta = fkda_make_tensor(NULL, FKDA_DTYPE_F32, 3, no_beta);
+        a.initial_state = fkda_make_tensor(NULL, FKDA_DTYPE_F32, 4, no_states);
+        a.has_initial_state = fkda_make_tensor(NULL, FKDA_DTYPE_BOOL, 1, no_flags);
+        a.options = fkda_default_options();
+        s = fkda_prefill_workspace_size(&a, &dev, &bytes);
+        ws = workspace_alloc(bytes + 256);
+        if (s == FKDA_OK) s = fkda_prefill(&a, &dev, ws, bytes);
+        CHECK(s == FKDA_OK, "B = 0, empty initial_state and has_initial_state (reference %d): %s", reference,
+              fkda_last_error());
+        free(ws);
     }
 }
 

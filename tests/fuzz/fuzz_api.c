@@ -377,7 +377,7 @@ static void pick_token_dims(call *c, dims *d, int decode)
             d->T += d->lengths[n];
         }
     } else {
-        d->B = 1 + pick(c->src, 3);
+        d->B = chance(c->src, 5) ? 0 : 1 + pick(c->src, 3); /* B = 0: no sequence, every tensor empty */
         d->N = d->B;
         d->T = decode ? 1 + pick(c->src, (unsigned)most) : pick_length(c, most);
     }
@@ -622,7 +622,7 @@ static void gen_prefill(call *c)
 static tensor_spec *add_slot_table(call *c, const dims *d, int64_t P, int64_t accepted_most, fkda_tensor *indices,
                                    fkda_tensor *accepted)
 {
-    int64_t taken[MAX_POOL] = {0}, most = 1;
+    int64_t taken[MAX_POOL] = {0}, most = d->varlen ? 1 : d->T; /* T tokens a row, also with no row */
     for (int64_t n = 0; n < d->N; n++)
         if (sequence_length(d, n) > most) most = sequence_length(d, n);
     const unsigned form = pick(c->src, 3);
