@@ -167,3 +167,19 @@ def test_stores_round_like_torch(rng, dtype):
     same = (got_bits == want_bits) | ((got_bits | want_bits) & 0x7FFF == 0)
     assert same.all(), f"{(~same).sum().item()} of {V} outputs differ from torch's rounding"
     assert torch.equal(pool[1, 0, 0], m)  # a float32 state keeps m exactly
+
+
+# ---- found by the torch variant of test_fuzz_args.py ---------------------------------------------
+
+
+def test_flag_tensors_without_one_truth_value_are_refused(rng):
+    """bool() of a torch tensor of 0 or 2+ elements raises RuntimeError (NumPy: ValueError),
+    which escaped as it was instead of an ArgumentTypeError naming the flag."""
+    x = to_torch(make_inputs(rng, B=1, T=4, H=1, K=16, V=16))
+    for flag in (torch.tensor([1, 0]), torch.tensor([])):
+        with pytest.raises(flash_kda.ArgumentTypeError, match="^use_qk_l2norm: expected a bool"):
+            flash_kda.prefill(**x, use_qk_l2norm=flag)
+        with pytest.raises(flash_kda.ArgumentTypeError, match="^output_final_state: expected a "):
+            flash_kda.chunk_kda(**x, output_final_state=flag)
+    o = flash_kda.prefill(**x, use_qk_l2norm=torch.tensor([True]))  # one element: its truth
+    torch.testing.assert_close(o, flash_kda.prefill(**x, use_qk_l2norm=True), rtol=0, atol=0)
