@@ -50,6 +50,8 @@ from .errors import (
 
 def _require_array(x, name: str):
     if not _tensors.is_array(x):
+        if _tensors.is_torch_tensor(x):  # a nested tensor: the ValueError naming it
+            _tensors.describe(x, name, _native.Tensor())
         raise ArgumentTypeError(f"{name}: expected a NumPy array or a torch tensor, got "
                                 f"{type(x).__qualname__}")
 

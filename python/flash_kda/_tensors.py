@@ -56,7 +56,9 @@ def is_torch_tensor(obj) -> bool:
 
 
 def is_array(obj) -> bool:
-    return isinstance(obj, np.ndarray) or is_torch_tensor(obj)
+    """A NumPy array or a torch tensor with a shape (a nested tensor has none: describe refuses
+    it, naming it)."""
+    return isinstance(obj, np.ndarray) or (is_torch_tensor(obj) and not obj.is_nested)
 
 
 def numpy_bfloat16():
@@ -138,22 +140,28 @@ def describe(obj, name: str, t: _native.Tensor) -> Location:
             raise DTypeError(
                 f"{name}: torch dtype {obj.dtype} is not supported; expected float32, float16, "
                 "bfloat16, int32, int64 or bool")
-        if str(obj.layout) != "torch.strided":
-            raise InvalidArgumentError(
-                f"{name}: torch layout {obj.layout} is not supported; expected strided")
-        dev = obj.device
-        if dev.type == "cpu":
-            loc = CPU
-        elif dev.type == "cuda":
-            loc = Location("cuda", dev.index if dev.index is not None else 0)
-        else:
-            raise InvalidArgumentError(
-                f"{name}: device {dev} is not supported; expected cpu or cuda")
+        loc = _torch_location(obj, name)
         _fill(t, name, obj.data_ptr(), dtype, tuple(obj.shape), obj.stride(), 0)
         return loc
     raise ArgumentTypeError(
         f"{name}: expected a NumPy array or a torch tensor, got {type(obj).__module__}."
         f"{type(obj).__qualname__}")
+
+
+def _torch_location(obj, name: str) -> Location:
+    """Where a torch tensor is; ValueError for one that is not a plain strided tensor on the CPU
+    or a CUDA device."""
+    # A nested tensor's layout reads "strided" too, but it has neither a shape nor strides.
+    if obj.is_nested or str(obj.layout) != "torch.strided":
+        layout = "nested" if obj.is_nested else obj.layout
+        raise InvalidArgumentError(
+            f"{name}: torch layout {layout} is not supported; expected strided")
+    dev = obj.device
+    if dev.type == "cpu":
+        return CPU
+    if dev.type == "cuda":
+        return Location("cuda", dev.index if dev.index is not None else 0)
+    raise InvalidArgumentError(f"{name}: device {dev} is not supported; expected cpu or cuda")
 
 
 def merge_leading(obj, name: str):

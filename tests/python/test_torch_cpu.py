@@ -1,5 +1,7 @@
 """torch CPU tensors in, torch tensors out (skipped when torch is not installed)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -183,3 +185,30 @@ def test_flag_tensors_without_one_truth_value_are_refused(rng):
             flash_kda.chunk_kda(**x, output_final_state=flag)
     o = flash_kda.prefill(**x, use_qk_l2norm=torch.tensor([True]))  # one element: its truth
     torch.testing.assert_close(o, flash_kda.prefill(**x, use_qk_l2norm=True), rtol=0, atol=0)
+
+
+def test_nested_tensors_are_refused(rng):
+    """A nested tensor's layout reads torch.strided, but reading its shape raises RuntimeError:
+    every entry point let that escape instead of a ValueError naming the argument."""
+    x = to_torch(make_inputs(rng, B=2, T=4, H=1, K=16, V=16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: nested tensors are a prototype
+        nested = {n: torch.nested.nested_tensor(list(t.unbind(0))) for n, t in x.items()}
+    pool = torch.zeros(2, 1, 16, 16)
+    calls = {
+        "prefill": lambda **kw: flash_kda.prefill(**kw),
+        "decode": lambda **kw: flash_kda.decode(**kw, state_pool=pool),
+        "chunk_kda": lambda **kw: flash_kda.chunk_kda(**kw),
+        "fused_recurrent_kda": lambda **kw: flash_kda.fused_recurrent_kda(**kw),
+        "fused_recurrent_kda_fwd": lambda **kw: flash_kda.fused_recurrent_kda_fwd(
+            **kw, initial_state=pool),
+        "fwd": lambda **kw: flash_kda.fwd(**kw, scale=None, out=torch.empty(2, 4, 1, 16),
+                                          A_log=None, dt_bias=None, lower_bound=-5.0),
+    }
+    for call in calls.values():
+        for name in x:
+            with pytest.raises(flash_kda.InvalidArgumentError,
+                               match=f"^{name}: torch layout nested is not supported"):
+                call(**dict(x, **{name: nested[name]}))
+    with pytest.raises(flash_kda.InvalidArgumentError, match="^out: torch layout nested"):
+        flash_kda.fused_recurrent_kda_fwd(**x, initial_state=pool, out=nested["v"])
