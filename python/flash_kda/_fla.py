@@ -267,7 +267,7 @@ def _chunk_count(T: int, cu_seqlens, cu_seqlens_cpu, chunk_size: int) -> int:
     name = "cu_seqlens_cpu" if cu_seqlens_cpu is not None else "cu_seqlens"
     bounds = cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens
     if _tensors.is_torch_tensor(bounds):
-        bounds = bounds.cpu().numpy()
+        bounds = _tensors.host_integers(bounds, name)
     try:
         bounds = np.asarray(bounds)
     except (TypeError, ValueError):
@@ -283,7 +283,7 @@ def _chunk_count(T: int, cu_seqlens, cu_seqlens_cpu, chunk_size: int) -> int:
         # GPU it is trusted, as fla trusts it, and a wrong one leaves rows of h unwritten there).
         host = cu_seqlens
         if _tensors.is_torch_tensor(host):
-            host = None if host.is_cuda else host.numpy()
+            host = None if host.is_cuda else _tensors.host_integers(host, "cu_seqlens")
         if host is not None and not np.array_equal(np.asarray(host).astype(np.int64),
                                                    bounds.astype(np.int64)):
             raise InvalidArgumentError(f"cu_seqlens_cpu: {bounds.tolist()} differs from "

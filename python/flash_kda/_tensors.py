@@ -164,6 +164,19 @@ def _torch_location(obj, name: str) -> Location:
     raise InvalidArgumentError(f"{name}: device {dev} is not supported; expected cpu or cuda")
 
 
+_TORCH_INTEGERS = {f"torch.{s}int{n}" for s in ("", "u") for n in (8, 16, 32, 64)}
+
+
+def host_integers(obj, name: str) -> np.ndarray:
+    """The values of a torch tensor of integers as a NumPy array, for the few that the Python
+    layer reads (a copy from a CUDA device, which waits for it). DTypeError for other dtypes,
+    ValueError for a tensor describe() refuses for its layout or device."""
+    _torch_location(obj, name)
+    if str(obj.dtype) not in _TORCH_INTEGERS:
+        raise DTypeError(f"{name}: dtype {obj.dtype} is not accepted; expected int64 or int32")
+    return obj.detach().cpu().numpy()
+
+
 def merge_leading(obj, name: str):
     """A 5-D array [A, C, ...] as a 4-D view [A * C, ...] of the same memory (how the C library
     takes the 5-D state arrays); other arrays are returned as they are. ValueError when the two

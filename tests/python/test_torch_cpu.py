@@ -212,3 +212,29 @@ def test_nested_tensors_are_refused(rng):
                 call(**dict(x, **{name: nested[name]}))
     with pytest.raises(flash_kda.InvalidArgumentError, match="^out: torch layout nested"):
         flash_kda.fused_recurrent_kda_fwd(**x, initial_state=pool, out=nested["v"])
+
+
+def test_chunk_count_reads_only_integer_tensors(rng):
+    """chunk_kda(return_intermediate_states=True) reads cu_seqlens (or cu_seqlens_cpu) to count
+    h's chunks: a meta, sparse, float or bfloat16 tensor there raised torch's NotImplementedError,
+    TypeError or RuntimeError instead of a FlashKDAError naming it."""
+    x = to_torch(make_inputs(rng, B=1, T=6, H=1, K=16, V=16))
+    cu = torch.tensor([0, 2, 6])
+    bad = [(torch.tensor([0, 2, 6], device="meta"), ValueError, "device meta"),
+           (cu.to_sparse(), ValueError, "torch layout torch.sparse_coo"),
+           (cu.to(torch.bfloat16), TypeError, "dtype torch.bfloat16 is not accepted"),
+           (cu.float().requires_grad_(), TypeError, "dtype torch.float32 is not accepted")]
+    for tensor, error, message in bad:
+        for name in ("cu_seqlens", "cu_seqlens_cpu"):
+            kw = {"cu_seqlens": cu, name: tensor}
+            with pytest.raises(error, match=f"^{name}: {message}") as info:
+                flash_kda.chunk_kda(**x, **kw, return_intermediate_states=True)
+            assert isinstance(info.value, flash_kda.FlashKDAError)
+    # a meta cu_seqlens with cu_seqlens_cpu: refused where every tensor is described
+    with pytest.raises(flash_kda.InvalidArgumentError, match="^cu_seqlens: device meta"):
+        flash_kda.chunk_kda(**x, cu_seqlens=bad[0][0], cu_seqlens_cpu=cu,
+                            return_intermediate_states=True)
+    # integer tensors of any width are read, as NumPy integer arrays are
+    _, _, h = flash_kda.chunk_kda(**x, cu_seqlens=cu, cu_seqlens_cpu=cu.to(torch.int16),
+                                  return_intermediate_states=True, chunk_size=32)
+    assert h.shape == (1, 2, 1, 16, 16)
