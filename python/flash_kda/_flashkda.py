@@ -60,6 +60,9 @@ def fwd(q, k, v, g, beta, scale, out, A_log, dt_bias, lower_bound, initial_state
                 raise InvalidArgumentError(
                     f"checkpoint_state: with 1-D checkpoint_offsets [N] expected 4 dimensions "
                     f"[N, H, V, K], got shape {list(checkpoint_state.shape)}")
+            if _tensors.is_torch_tensor(checkpoint_offsets):
+                # a sparse or mkldnn tensor has no reshape: the ValueError naming it first
+                _tensors.describe(checkpoint_offsets, "checkpoint_offsets", _native.Tensor())
             checkpoint_offsets = checkpoint_offsets.reshape(int(checkpoint_offsets.shape[0]), 1)
         elif checkpoint_state.ndim != 5:
             raise InvalidArgumentError(

@@ -238,3 +238,16 @@ def test_chunk_count_reads_only_integer_tensors(rng):
     _, _, h = flash_kda.chunk_kda(**x, cu_seqlens=cu, cu_seqlens_cpu=cu.to(torch.int16),
                                   return_intermediate_states=True, chunk_size=32)
     assert h.shape == (1, 2, 1, 16, 16)
+
+
+def test_fwd_refuses_sparse_checkpoint_offsets(rng):
+    """fwd reshapes 1-D checkpoint_offsets [N] to [N, 1]: a sparse tensor raised torch's
+    RuntimeError (no reshape for sparse tensors) instead of the ValueError naming it."""
+    x = to_torch(make_inputs(rng, B=2, T=4, H=1, K=16, V=16))
+    out = torch.full((2, 4, 1, 16), float("nan"))
+    for offsets in (torch.tensor([1, 2]).to_sparse(), torch.tensor([1.0, 2.0]).to_mkldnn()):
+        with pytest.raises(flash_kda.InvalidArgumentError,
+                           match="^checkpoint_offsets: torch layout torch.(sparse_coo|_mkldnn)"):
+            flash_kda.fwd(**x, scale=None, out=out, A_log=None, dt_bias=None, lower_bound=-5.0,
+                          checkpoint_offsets=offsets, checkpoint_state=torch.zeros(2, 1, 16, 16))
+    assert out.isnan().all()
