@@ -141,6 +141,11 @@ def describe(obj, name: str, t: _native.Tensor) -> Location:
                 f"{name}: torch dtype {obj.dtype} is not supported; expected float32, float16, "
                 "bfloat16, int32, int64 or bool")
         loc = _torch_location(obj, name)
+        if obj.is_neg():
+            # A lazily negated view (such as z.conj().imag): its memory holds minus its values.
+            raise InvalidArgumentError(
+                f"{name}: is a negated view of its memory (torch's neg bit); pass "
+                f"{name}.resolve_neg()")
         _fill(t, name, obj.data_ptr(), dtype, tuple(obj.shape), obj.stride(), 0)
         return loc
     raise ArgumentTypeError(

@@ -251,3 +251,22 @@ def test_fwd_refuses_sparse_checkpoint_offsets(rng):
             flash_kda.fwd(**x, scale=None, out=out, A_log=None, dt_bias=None, lower_bound=-5.0,
                           checkpoint_offsets=offsets, checkpoint_state=torch.zeros(2, 1, 16, 16))
     assert out.isnan().all()
+
+
+def test_negated_views_are_refused(rng):
+    """z.conj().imag is a float tensor whose memory holds minus its values (torch's neg bit):
+    its data pointer was passed as it was, and beta of one value head (last dimension 1, where
+    its stride of 2 is allowed) gave a wrong answer silently; as an output, minus the results."""
+    x = to_torch(make_inputs(rng, B=1, T=3, H=1, K=16, V=16))
+    z = torch.complex(torch.zeros_like(x["beta"]), -x["beta"])
+    negated = z.conj().imag
+    assert negated.is_neg() and torch.equal(negated, x["beta"])
+    with pytest.raises(flash_kda.InvalidArgumentError, match=r"^beta: is a negated view"):
+        flash_kda.prefill(**dict(x, beta=negated))
+    o = flash_kda.prefill(**dict(x, beta=negated.resolve_neg()))
+    torch.testing.assert_close(o, flash_kda.prefill(**x), rtol=0, atol=0)
+    y = to_torch(make_inputs(rng, B=1, T=3, H=1, K=16, V=1))
+    out = torch.complex(torch.zeros(1, 3, 1, 1), torch.full((1, 3, 1, 1), float("nan")))
+    with pytest.raises(flash_kda.InvalidArgumentError, match=r"^out: is a negated view"):
+        flash_kda.prefill(**y, out=out.conj().imag)
+    assert out.imag.isnan().all()
