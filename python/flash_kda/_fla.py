@@ -284,10 +284,11 @@ def _chunk_count(T: int, cu_seqlens, cu_seqlens_cpu, chunk_size: int) -> int:
         host = cu_seqlens
         if _tensors.is_torch_tensor(host):
             host = None if host.is_cuda else _tensors.host_integers(host, "cu_seqlens")
-        if host is not None and not np.array_equal(np.asarray(host).astype(np.int64),
-                                                   bounds.astype(np.int64)):
+        # (cu_seqlens of another dtype than integers is refused with the other tensors)
+        if host is not None and host.dtype.kind in "iu" and not np.array_equal(
+                host.astype(np.int64), bounds.astype(np.int64)):
             raise InvalidArgumentError(f"cu_seqlens_cpu: {bounds.tolist()} differs from "
-                                       f"cu_seqlens {np.asarray(host).tolist()}")
+                                       f"cu_seqlens {host.tolist()}")
     lengths = np.diff(bounds.astype(np.int64))
     return int(np.sum(-(-np.maximum(lengths, 0) // chunk_size)))
 

@@ -1854,6 +1854,11 @@ FOUND = [
     ("cu_seqlens_cpu_float", call_chunk_kda(cu_seqlens=CU, cu_seqlens_cpu=CU.astype(F32),
                                             return_intermediate_states=True),
      flash_kda.DTypeError, "cu_seqlens_cpu"),
+    # ... and compared cu_seqlens of any dtype with it: int() of a str raised NumPy's ValueError
+    ("cu_seqlens_str_with_cu_seqlens_cpu", call_chunk_kda(cu_seqlens=np.zeros(3, "U3"),
+                                                          cu_seqlens_cpu=CU,
+                                                          return_intermediate_states=True),
+     flash_kda.DTypeError, "cu_seqlens"),
     # fused_recurrent_kda copied any initial_state NumPy could convert: str raised NumPy's
     # ValueError, object arrays of None became NaN states, int8 / float64 / byte-swapped ran
     ("initial_state_str", call_fused(initial_state=np.full((1, 2, 4, 4), "a")),
