@@ -29,6 +29,7 @@ found, as plain regression tests, and a bug of the C library kept as an expected
 """
 
 import collections
+import contextlib
 import inspect
 import math
 import os
@@ -1029,6 +1030,9 @@ CHECKS = {"prefill": check_prefill, "decode": check_decode, "decode_layer": chec
 # does not apply to that argument. Array mutations get array arguments; the others pick their own.
 
 
+ABSENT = object()  # an argument the call did not have
+
+
 def arrays(kw):
     return [n for n, x in kw.items() if isinstance(x, np.ndarray)]
 
@@ -1093,33 +1097,45 @@ def m_resize(r, entry, kw, name):
 
 def m_dtype(r, entry, kw, name):
     x = kw[name]
-    rl = role(entry, kw, name)
-    new = r.pick(FOREIGN + [F32, F16, I32, I64, BOOL, U8] + ([BF16] if BF16 is not None else []))
+    new = r.pick(FOREIGN + KNOWN_DTYPES)
     if new == x.dtype:
         return None
+    return as_dtype(x, new), dtype_expect(entry, kw, name, new), f"{name} as {new}"
+
+
+# The dtypes the package has codes for.
+KNOWN_DTYPES = [F32, F16, I32, I64, BOOL, U8] + ([BF16] if BF16 is not None else [])
+
+
+def as_dtype(x, new):
+    """The values of x in dtype new (zeros for object, str and datetime, no NaN in integers)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if new.kind in "OUM":
-            value = np.zeros(x.shape, new)
-        elif x.dtype.kind == "f" and new.kind in "iub":
-            value = np.nan_to_num(f64(x), nan=0.0).astype(new)
-        else:
-            value = x.astype(new)
-    desc = f"{name} as {new}"
+            return np.zeros(x.shape, new)
+        if x.dtype.kind == "f" and new.kind in "iub":
+            return np.nan_to_num(f64(x), nan=0.0).astype(new)
+        return x.astype(new)
+
+
+def dtype_expect(entry, kw, name, new):
+    """What the call with argument `name` in dtype `new` must do. new: a NumPy dtype, or the
+    name of a torch dtype NumPy has no equivalent for ("float8_e4m3fn"): foreign, not integer."""
+    rl = role(entry, kw, name)
     if rl == "cpu_index":  # read by NumPy: any integer dtype
         if not live(entry, kw, name):
-            return value, "any", desc
-        return value, "ok" if new.kind in "iu" else "raise", desc
-    if new in FOREIGN:
-        return value, expect_if(described(entry, kw, name)), desc
+            return "any"
+        return "ok" if getattr(new, "kind", "?") in "iu" else "raise"
+    if not isinstance(new, np.dtype) or new not in KNOWN_DTYPES:
+        return expect_if(described(entry, kw, name))
     if not live(entry, kw, name):
-        return value, "any", desc
+        return "any"
     if rl == "io":
         ok = name == "mixed_qkv" and kw.get("out") is None and new in FLOATS
-        return value, "ok" if ok else "raise", desc
+        return "ok" if ok else "raise"
     if rl == "io_out":
-        return value, "raise", desc
-    return value, "ok" if new in ALLOWED[rl] else "raise", desc
+        return "raise"
+    return "ok" if new in ALLOWED[rl] else "raise"
 
 
 def copy_in(view, x):
@@ -1581,12 +1597,14 @@ def mutate(r, entry, kw, notes):
             if not names:
                 continue
             name = r.pick(names)
-            res = r.pick(ARRAY_MUTATIONS)(r, entry, kw, name)
+            how = r.pick(ARRAY_MUTATIONS)
+            res = how(r, entry, kw, name)
             if res is None:
                 continue
             value, expect, desc = res
         else:
-            res = r.pick(OPTION_MUTATIONS)(r, entry, kw)
+            how = r.pick(OPTION_MUTATIONS)
+            res = how(r, entry, kw)
             if res is None or res[0] in notes["touched"]:
                 continue
             name, value, expect = res
@@ -1595,6 +1613,9 @@ def mutate(r, entry, kw, notes):
         notes["desc"].append(desc)
         if value is None and name not in kw:
             notes["desc"][-1] += " (absent anyway)"
+        # What the torch variant needs to undo or re-judge a mutation torch cannot express.
+        notes["log"].append(dict(name=name, old=kw.get(name, ABSENT), expect=expect,
+                                 how=how.__name__, desc=desc))
         kw[name] = value
         return expect
     return None
@@ -1665,24 +1686,43 @@ def title(case, entry, notes, expect):
             f"{expect}); rerun with FKDA_FUZZ_ONLY={case}")
 
 
-def run_case(case):
-    """Runs one case; returns the problems found (strings)."""
+def combine(expects):
+    return "raise" if "raise" in expects else ("any" if "any" in expects else "ok")
+
+
+def make_case(case):
+    """(entry, kw, notes) of a case: its valid random call, then most of the time one or two
+    mutations, which notes["log"] lists with their expectations."""
     r = Rand([BASE_SEED, case])
     entry = ENTRIES[case % len(ENTRIES)]
     kw = GENERATORS[entry](r)
-    notes = {"touched": set(), "desc": []}
-    expects = []
+    notes = {"touched": set(), "desc": [], "log": []}
     if r.coin(0.75):
         for _ in range(1 if r.coin(0.7) else 2):
-            e = mutate(r, entry, kw, notes)
-            if e is not None:
-                expects.append(e)
-    expect = "raise" if "raise" in expects else ("any" if "any" in expects else "ok")
+            mutate(r, entry, kw, notes)
+    return entry, kw, notes
+
+
+def run_case(case):
+    """Runs one case; returns the problems found (strings)."""
+    entry, kw, notes = make_case(case)
+    expect = combine([m["expect"] for m in notes["log"]])
     if expect != "raise" and aliased(entry, kw):
         expect = "raise"
-    where = title(case, entry, notes, expect)
+    return execute(title(case, entry, notes, expect), entry, kw, expect, entry)
+
+
+def execute(where, entry, kw, expect, stats, call_kw=None, returned=None, mode=None):
+    """Calls `entry` with call_kw (default: kw) and checks the outcome; returns the problems.
+
+    kw holds the call's NumPy arrays: its arguments themselves, or (the torch variant) NumPy
+    views of the very memory of the torch tensors of call_kw, in which the writes are checked.
+    returned(result) gives (problems, the result in terms of kw) for a torch call; mode is a
+    context manager around the call (torch's grad mode). stats: the key of STATS.
+    """
     if TRACE:
         print(where, file=sys.stderr, flush=True)
+    call_kw = kw if call_kw is None else call_kw
 
     # The memory of every array of the call, whole: the buffer a view was cut from included.
     names = arrays(kw)
@@ -1695,7 +1735,8 @@ def run_case(case):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            result = getattr(flash_kda, entry)(**kw)
+            with mode if mode is not None else contextlib.nullcontext():
+                result = getattr(flash_kda, entry)(**call_kw)
         except flash_kda.FlashKDAError as e:
             message = str(e)
             m = NAME.match(message)
@@ -1708,16 +1749,19 @@ def run_case(case):
                 if not np.array_equal(raw_bytes(root), snapshot[k]):
                     holders = [n for n in names if key[n] == k]
                     problems.append(f"raised {message!r} but wrote into {holders}")
-            STATS[entry, "raised"] += 1
+            STATS[stats, "raised"] += 1
             if expect == "ok":
                 problems.append(f"a valid call raised {type(e).__name__}: {message}")
             return [f"{where}: {p}" for p in problems]
         except Exception as e:  # noqa: BLE001 (what escapes is the finding)
             return [f"{where}: raised {type(e).__module__}.{type(e).__name__}, not a "
                     f"FlashKDAError: {e}"]
-    STATS[entry, "ok"] += 1
+    STATS[stats, "ok"] += 1
     if expect == "raise":
         problems.append("succeeded, but the call is invalid")
+    if returned is not None:
+        found, result = returned(result)
+        problems += found
     # Nothing outside the outputs written: no input, no gap of a strided output.
     written = [n for n in outputs(entry, kw) if n in names]
     for k, root in roots.items():
