@@ -50,6 +50,8 @@ from .errors import (
 
 def _require_array(x, name: str):
     if not _tensors.is_array(x):
+        if _tensors.is_torch_tensor(x):  # a nested tensor: the ValueError naming it
+            _tensors.describe(x, name, _native.Tensor())
         raise ArgumentTypeError(f"{name}: expected a NumPy array or a torch tensor, got "
                                 f"{type(x).__qualname__}")
 
@@ -265,7 +267,7 @@ def _chunk_count(T: int, cu_seqlens, cu_seqlens_cpu, chunk_size: int) -> int:
     name = "cu_seqlens_cpu" if cu_seqlens_cpu is not None else "cu_seqlens"
     bounds = cu_seqlens_cpu if cu_seqlens_cpu is not None else cu_seqlens
     if _tensors.is_torch_tensor(bounds):
-        bounds = bounds.cpu().numpy()
+        bounds = _tensors.host_integers(bounds, name)
     try:
         bounds = np.asarray(bounds)
     except (TypeError, ValueError):
@@ -281,11 +283,12 @@ def _chunk_count(T: int, cu_seqlens, cu_seqlens_cpu, chunk_size: int) -> int:
         # GPU it is trusted, as fla trusts it, and a wrong one leaves rows of h unwritten there).
         host = cu_seqlens
         if _tensors.is_torch_tensor(host):
-            host = None if host.is_cuda else host.numpy()
-        if host is not None and not np.array_equal(np.asarray(host).astype(np.int64),
-                                                   bounds.astype(np.int64)):
+            host = None if host.is_cuda else _tensors.host_integers(host, "cu_seqlens")
+        # (cu_seqlens of another dtype than integers is refused with the other tensors)
+        if host is not None and host.dtype.kind in "iu" and not np.array_equal(
+                host.astype(np.int64), bounds.astype(np.int64)):
             raise InvalidArgumentError(f"cu_seqlens_cpu: {bounds.tolist()} differs from "
-                                       f"cu_seqlens {np.asarray(host).tolist()}")
+                                       f"cu_seqlens {host.tolist()}")
     lengths = np.diff(bounds.astype(np.int64))
     return int(np.sum(-(-np.maximum(lengths, 0) // chunk_size)))
 

@@ -8,7 +8,7 @@ any K and V up to 256, float32/float16 inputs, GVA, CPU arrays, and A_log or dt_
 
 from __future__ import annotations
 
-from . import _tensors
+from . import _native, _tensors
 from ._ops import prefill
 from .errors import ArgumentTypeError, InvalidArgumentError
 
@@ -60,6 +60,9 @@ def fwd(q, k, v, g, beta, scale, out, A_log, dt_bias, lower_bound, initial_state
                 raise InvalidArgumentError(
                     f"checkpoint_state: with 1-D checkpoint_offsets [N] expected 4 dimensions "
                     f"[N, H, V, K], got shape {list(checkpoint_state.shape)}")
+            if _tensors.is_torch_tensor(checkpoint_offsets):
+                # a sparse or mkldnn tensor has no reshape: the ValueError naming it first
+                _tensors.describe(checkpoint_offsets, "checkpoint_offsets", _native.Tensor())
             checkpoint_offsets = checkpoint_offsets.reshape(int(checkpoint_offsets.shape[0]), 1)
         elif checkpoint_state.ndim != 5:
             raise InvalidArgumentError(
@@ -75,5 +78,7 @@ def fwd(q, k, v, g, beta, scale, out, A_log, dt_bias, lower_bound, initial_state
 
 def _require_array(x, name: str) -> None:
     if not _tensors.is_array(x):
+        if _tensors.is_torch_tensor(x):  # a nested tensor: the ValueError naming it
+            _tensors.describe(x, name, _native.Tensor())
         raise ArgumentTypeError(
             f"{name}: expected a NumPy array or a torch tensor, got {type(x).__qualname__}")

@@ -48,7 +48,7 @@ def _flag(value, name: str) -> bool:
             f"{name}: expected a bool, got {type(value).__qualname__} {value!r}")
     try:
         return bool(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RuntimeError):  # torch: RuntimeError for 0 or 2+ elements
         raise ArgumentTypeError(f"{name}: expected a bool, got {type(value).__qualname__}") \
             from None
 

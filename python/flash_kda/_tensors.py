@@ -56,7 +56,9 @@ def is_torch_tensor(obj) -> bool:
 
 
 def is_array(obj) -> bool:
-    return isinstance(obj, np.ndarray) or is_torch_tensor(obj)
+    """A NumPy array or a torch tensor with a shape (a nested tensor has none: describe refuses
+    it, naming it)."""
+    return isinstance(obj, np.ndarray) or (is_torch_tensor(obj) and not obj.is_nested)
 
 
 def numpy_bfloat16():
@@ -138,22 +140,46 @@ def describe(obj, name: str, t: _native.Tensor) -> Location:
             raise DTypeError(
                 f"{name}: torch dtype {obj.dtype} is not supported; expected float32, float16, "
                 "bfloat16, int32, int64 or bool")
-        if str(obj.layout) != "torch.strided":
+        loc = _torch_location(obj, name)
+        if obj.is_neg():
+            # A lazily negated view (such as z.conj().imag): its memory holds minus its values.
             raise InvalidArgumentError(
-                f"{name}: torch layout {obj.layout} is not supported; expected strided")
-        dev = obj.device
-        if dev.type == "cpu":
-            loc = CPU
-        elif dev.type == "cuda":
-            loc = Location("cuda", dev.index if dev.index is not None else 0)
-        else:
-            raise InvalidArgumentError(
-                f"{name}: device {dev} is not supported; expected cpu or cuda")
+                f"{name}: is a negated view of its memory (torch's neg bit); pass "
+                f"{name}.resolve_neg()")
         _fill(t, name, obj.data_ptr(), dtype, tuple(obj.shape), obj.stride(), 0)
         return loc
     raise ArgumentTypeError(
         f"{name}: expected a NumPy array or a torch tensor, got {type(obj).__module__}."
         f"{type(obj).__qualname__}")
+
+
+def _torch_location(obj, name: str) -> Location:
+    """Where a torch tensor is; ValueError for one that is not a plain strided tensor on the CPU
+    or a CUDA device."""
+    # A nested tensor's layout reads "strided" too, but it has neither a shape nor strides.
+    if obj.is_nested or str(obj.layout) != "torch.strided":
+        layout = "nested" if obj.is_nested else obj.layout
+        raise InvalidArgumentError(
+            f"{name}: torch layout {layout} is not supported; expected strided")
+    dev = obj.device
+    if dev.type == "cpu":
+        return CPU
+    if dev.type == "cuda":
+        return Location("cuda", dev.index if dev.index is not None else 0)
+    raise InvalidArgumentError(f"{name}: device {dev} is not supported; expected cpu or cuda")
+
+
+_TORCH_INTEGERS = {f"torch.{s}int{n}" for s in ("", "u") for n in (8, 16, 32, 64)}
+
+
+def host_integers(obj, name: str) -> np.ndarray:
+    """The values of a torch tensor of integers as a NumPy array, for the few that the Python
+    layer reads (a copy from a CUDA device, which waits for it). DTypeError for other dtypes,
+    ValueError for a tensor describe() refuses for its layout or device."""
+    _torch_location(obj, name)
+    if str(obj.dtype) not in _TORCH_INTEGERS:
+        raise DTypeError(f"{name}: dtype {obj.dtype} is not accepted; expected int64 or int32")
+    return obj.detach().cpu().numpy()
 
 
 def merge_leading(obj, name: str):

@@ -1,5 +1,7 @@
 """torch CPU tensors in, torch tensors out (skipped when torch is not installed)."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -167,3 +169,121 @@ def test_stores_round_like_torch(rng, dtype):
     same = (got_bits == want_bits) | ((got_bits | want_bits) & 0x7FFF == 0)
     assert same.all(), f"{(~same).sum().item()} of {V} outputs differ from torch's rounding"
     assert torch.equal(pool[1, 0, 0], m)  # a float32 state keeps m exactly
+
+
+# ---- found by the torch variant of test_fuzz_args.py ---------------------------------------------
+
+
+def test_flag_tensors_without_one_truth_value_are_refused(rng):
+    """bool() of a torch tensor of 0 or 2+ elements raises RuntimeError (NumPy: ValueError),
+    which escaped as it was instead of an ArgumentTypeError naming the flag."""
+    x = to_torch(make_inputs(rng, B=1, T=4, H=1, K=16, V=16))
+    for flag in (torch.tensor([1, 0]), torch.tensor([])):
+        with pytest.raises(flash_kda.ArgumentTypeError, match="^use_qk_l2norm: expected a bool"):
+            flash_kda.prefill(**x, use_qk_l2norm=flag)
+        with pytest.raises(flash_kda.ArgumentTypeError, match="^output_final_state: expected a "):
+            flash_kda.chunk_kda(**x, output_final_state=flag)
+    o = flash_kda.prefill(**x, use_qk_l2norm=torch.tensor([True]))  # one element: its truth
+    torch.testing.assert_close(o, flash_kda.prefill(**x, use_qk_l2norm=True), rtol=0, atol=0)
+
+
+def test_nested_tensors_are_refused(rng):
+    """A nested tensor's layout reads torch.strided, but reading its shape raises RuntimeError:
+    every entry point let that escape instead of a ValueError naming the argument."""
+    x = to_torch(make_inputs(rng, B=2, T=4, H=1, K=16, V=16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: nested tensors are a prototype
+        nested = {n: torch.nested.nested_tensor(list(t.unbind(0))) for n, t in x.items()}
+    pool = torch.zeros(2, 1, 16, 16)
+    calls = {
+        "prefill": lambda **kw: flash_kda.prefill(**kw),
+        "decode": lambda **kw: flash_kda.decode(**kw, state_pool=pool),
+        "chunk_kda": lambda **kw: flash_kda.chunk_kda(**kw),
+        "fused_recurrent_kda": lambda **kw: flash_kda.fused_recurrent_kda(**kw),
+        "fused_recurrent_kda_fwd": lambda **kw: flash_kda.fused_recurrent_kda_fwd(
+            **kw, initial_state=pool),
+        "fwd": lambda **kw: flash_kda.fwd(**kw, scale=None, out=torch.empty(2, 4, 1, 16),
+                                          A_log=None, dt_bias=None, lower_bound=-5.0),
+    }
+    for call in calls.values():
+        for name in x:
+            with pytest.raises(flash_kda.InvalidArgumentError,
+                               match=f"^{name}: torch layout nested is not supported"):
+                call(**dict(x, **{name: nested[name]}))
+    with pytest.raises(flash_kda.InvalidArgumentError, match="^out: torch layout nested"):
+        flash_kda.fused_recurrent_kda_fwd(**x, initial_state=pool, out=nested["v"])
+
+
+def test_chunk_count_reads_only_integer_tensors(rng):
+    """chunk_kda(return_intermediate_states=True) reads cu_seqlens (or cu_seqlens_cpu) to count
+    h's chunks: a meta, sparse, float or bfloat16 tensor there raised torch's NotImplementedError,
+    TypeError or RuntimeError instead of a FlashKDAError naming it."""
+    x = to_torch(make_inputs(rng, B=1, T=6, H=1, K=16, V=16))
+    cu = torch.tensor([0, 2, 6])
+    bad = [(torch.tensor([0, 2, 6], device="meta"), ValueError, "device meta"),
+           (cu.to_sparse(), ValueError, "torch layout torch.sparse_coo"),
+           (cu.to(torch.bfloat16), TypeError, "dtype torch.bfloat16 is not accepted"),
+           (cu.float().requires_grad_(), TypeError, "dtype torch.float32 is not accepted")]
+    for tensor, error, message in bad:
+        for name in ("cu_seqlens", "cu_seqlens_cpu"):
+            kw = {"cu_seqlens": cu, name: tensor}
+            with pytest.raises(error, match=f"^{name}: {message}") as info:
+                flash_kda.chunk_kda(**x, **kw, return_intermediate_states=True)
+            assert isinstance(info.value, flash_kda.FlashKDAError)
+    # a meta cu_seqlens with cu_seqlens_cpu: refused where every tensor is described
+    with pytest.raises(flash_kda.InvalidArgumentError, match="^cu_seqlens: device meta"):
+        flash_kda.chunk_kda(**x, cu_seqlens=bad[0][0], cu_seqlens_cpu=cu,
+                            return_intermediate_states=True)
+    # integer tensors of any width are read, as NumPy integer arrays are
+    _, _, h = flash_kda.chunk_kda(**x, cu_seqlens=cu, cu_seqlens_cpu=cu.to(torch.int16),
+                                  return_intermediate_states=True, chunk_size=32)
+    assert h.shape == (1, 2, 1, 16, 16)
+
+
+def test_fwd_refuses_sparse_checkpoint_offsets(rng):
+    """fwd reshapes 1-D checkpoint_offsets [N] to [N, 1]: a sparse tensor raised torch's
+    RuntimeError (no reshape for sparse tensors) instead of the ValueError naming it."""
+    x = to_torch(make_inputs(rng, B=2, T=4, H=1, K=16, V=16))
+    out = torch.full((2, 4, 1, 16), float("nan"))
+    for offsets in (torch.tensor([1, 2]).to_sparse(), torch.tensor([1.0, 2.0]).to_mkldnn()):
+        with pytest.raises(flash_kda.InvalidArgumentError,
+                           match="^checkpoint_offsets: torch layout torch.(sparse_coo|_mkldnn)"):
+            flash_kda.fwd(**x, scale=None, out=out, A_log=None, dt_bias=None, lower_bound=-5.0,
+                          checkpoint_offsets=offsets, checkpoint_state=torch.zeros(2, 1, 16, 16))
+    assert out.isnan().all()
+
+
+def test_negated_views_are_refused(rng):
+    """z.conj().imag is a float tensor whose memory holds minus its values (torch's neg bit):
+    its data pointer was passed as it was, and beta of one value head (last dimension 1, where
+    its stride of 2 is allowed) gave a wrong answer silently; as an output, minus the results."""
+    x = to_torch(make_inputs(rng, B=1, T=3, H=1, K=16, V=16))
+    z = torch.complex(torch.zeros_like(x["beta"]), -x["beta"])
+    negated = z.conj().imag
+    assert negated.is_neg() and torch.equal(negated, x["beta"])
+    with pytest.raises(flash_kda.InvalidArgumentError, match=r"^beta: is a negated view"):
+        flash_kda.prefill(**dict(x, beta=negated))
+    o = flash_kda.prefill(**dict(x, beta=negated.resolve_neg()))
+    torch.testing.assert_close(o, flash_kda.prefill(**x), rtol=0, atol=0)
+    y = to_torch(make_inputs(rng, B=1, T=3, H=1, K=16, V=1))
+    out = torch.complex(torch.zeros(1, 3, 1, 1), torch.full((1, 3, 1, 1), float("nan")))
+    with pytest.raises(flash_kda.InvalidArgumentError, match=r"^out: is a negated view"):
+        flash_kda.prefill(**y, out=out.conj().imag)
+    assert out.imag.isnan().all()
+
+
+# ---- found in the C library (src/ untouched here: an expected failure until it is fixed) -------
+
+
+@pytest.mark.xfail(strict=True, reason="C library: an empty initial_state (or pool) whose data is "
+                   "NULL counts as absent when has_initial_state is given (src/api/"
+                   "prefill_states.c tests state_in.data, not the tensor's presence)")
+def test_empty_initial_state_with_has_initial_state(rng):
+    """No sequence (B = 0), an empty initial_state and has_initial_state: valid, and NumPy's empty
+    arrays run, but every empty torch tensor has data_ptr() 0, which the C library takes for an
+    absent initial state ("has_initial_state: needs initial_state or state_pool")."""
+    x = make_inputs(rng, B=0, T=3, H=1, K=16, V=16)
+    states = dict(initial_state=np.zeros((0, 1, 16, 16), np.float32),
+                  has_initial_state=np.zeros(0, bool))
+    assert flash_kda.prefill(**x, **states).shape == (0, 3, 1, 16)
+    assert flash_kda.prefill(**to_torch(x), **to_torch(states)).shape == (0, 3, 1, 16)
