@@ -2121,16 +2121,6 @@ def pack_inputs(entry, kw, log, desc):
     desc.append(f"{', '.join(names)} slices of one buffer")
 
 
-def empty_states_bug(entry, kw):
-    """Whether the C library refuses this valid call: has_initial_state with an empty initial
-    state (or pool), which as an empty torch tensor has data NULL, taken for an absent one
-    (test_torch_cpu.py's test_empty_initial_state_with_has_initial_state, an expected failure)."""
-    pool, init = kw.get("state_pool"), kw.get("initial_state")
-    states = pool if pool is not None else init
-    return (entry == "prefill" and isinstance(kw.get("has_initial_state"), np.ndarray)
-            and isinstance(states, np.ndarray) and states.size == 0)
-
-
 def torch_case(torch, case):
     """(where, entry, kw, tkw, expect, mode) of torch case `case`: kw the NumPy mirrors (or the
     NumPy arrays left as they are), tkw the arguments of the call."""
@@ -2195,9 +2185,6 @@ def torch_case(torch, case):
     expect = combine(list(expects.values()))
     if expect != "raise" and aliased(entry, nkw):
         expect = "raise"
-    if expect == "ok" and empty_states_bug(entry, nkw):
-        expect = "any"
-        desc.append("an empty state with data NULL (a C library bug)")
     where = title(case, entry, dict(notes, desc=desc), expect)
     context = {"grad": torch.enable_grad, "no_grad": torch.no_grad,
                "inference_mode": torch.inference_mode}[mode]()

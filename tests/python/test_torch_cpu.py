@@ -272,16 +272,13 @@ def test_negated_views_are_refused(rng):
     assert out.imag.isnan().all()
 
 
-# ---- found in the C library (src/ untouched here: an expected failure until it is fixed) -------
+# ---- found in the C library ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="C library: an empty initial_state (or pool) whose data is "
-                   "NULL counts as absent when has_initial_state is given (src/api/"
-                   "prefill_states.c tests state_in.data, not the tensor's presence)")
 def test_empty_initial_state_with_has_initial_state(rng):
-    """No sequence (B = 0), an empty initial_state and has_initial_state: valid, and NumPy's empty
-    arrays run, but every empty torch tensor has data_ptr() 0, which the C library takes for an
-    absent initial state ("has_initial_state: needs initial_state or state_pool")."""
+    """No sequence (B = 0), an empty initial_state and has_initial_state: valid. Every empty torch
+    tensor has data_ptr() 0, which the C library took for an absent initial state
+    ("has_initial_state: needs initial_state or state_pool"; fixed in src/api/prefill_states.c)."""
     x = make_inputs(rng, B=0, T=3, H=1, K=16, V=16)
     states = dict(initial_state=np.zeros((0, 1, 16, 16), np.float32),
                   has_initial_state=np.zeros(0, bool))
