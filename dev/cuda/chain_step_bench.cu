@@ -1035,6 +1035,27 @@ static int check(const kernel_info *k, const device_bufs *d, const problem *p, i
     return pass;
 }
 
+/* The largest difference of form b's outputs (CHECK_CHUNKS chunks) and final state from form a's
+ * over value columns 0..cols-1, each relative to form a's largest magnitude. */
+static void form_difference(const double *o_a, const double *s_a, const double *o_b, const double *s_b, int cols,
+                            double *o_rel, double *s_rel)
+{
+    double od = 0, om = 0, sd = 0, sm = 0;
+    for (int c = 0; c < CHECK_CHUNKS; c++)
+        for (int i = 0; i < 16; i++)
+            for (int col = 0; col < cols; col++) {
+                const size_t x = ((size_t)c * 16 + i) * CHECK_COLS + col;
+                od = fmax(od, fabs(o_b[x] - o_a[x])), om = fmax(om, fabs(o_a[x]));
+            }
+    for (int col = 0; col < cols; col++)
+        for (int k = 0; k < 128; k++) {
+            const size_t x = (size_t)col * 128 + k;
+            sd = fmax(sd, fabs(s_b[x] - s_a[x])), sm = fmax(sm, fabs(s_a[x]));
+        }
+    *o_rel = od / (om > 0 ? om : 1.0);
+    *s_rel = sd / (sm > 0 ? sm : 1.0);
+}
+
 int main(int argc, char **argv)
 {
     const int nch_time = argc > 1 ? atoi(argv[1]) : 8192;
@@ -1117,36 +1138,14 @@ int main(int argc, char **argv)
     }
     free(p->v), free(p->s0);
     /* Columns 0..255 are covered by both (mma_256: 2 x 8 warps; wgmma_384: 2 x 3 warpgroups). */
-    double od = 0, om = 0, sd = 0, sm = 0;
-    for (int c = 0; c < CHECK_CHUNKS; c++)
-        for (int i = 0; i < 16; i++)
-            for (int col = 0; col < 256; col++) {
-                const size_t x = ((size_t)c * 16 + i) * CHECK_COLS + col;
-                od = fmax(od, fabs(o_form[1][x] - o_form[0][x])), om = fmax(om, fabs(o_form[0][x]));
-            }
-    for (int col = 0; col < 256; col++)
-        for (int k = 0; k < 128; k++) {
-            const size_t x = (size_t)col * 128 + k;
-            sd = fmax(sd, fabs(s_form[1][x] - s_form[0][x])), sm = fmax(sm, fabs(s_form[0][x]));
-        }
-    printf("  mma_256 against wgmma_384 on columns 0-255 (both round S and U to bf16): O %.2e, S %.2e\n",
-           od / (om > 0 ? om : 1.0), sd / (sm > 0 ? sm : 1.0));
+    double od, sd;
+    form_difference(o_form[0], s_form[0], o_form[1], s_form[1], 256, &od, &sd);
+    printf("  mma_256 against wgmma_384 on columns 0-255 (both round S and U to bf16): O %.2e, S %.2e\n", od, sd);
     /* Columns 0..127 are covered by ksplit_512 too (2 x 4 chains of 4 warps). */
-    od = om = sd = sm = 0;
-    for (int c = 0; c < CHECK_CHUNKS; c++)
-        for (int i = 0; i < 16; i++)
-            for (int col = 0; col < 128; col++) {
-                const size_t x = ((size_t)c * 16 + i) * CHECK_COLS + col;
-                od = fmax(od, fabs(o_form[2][x] - o_form[0][x])), om = fmax(om, fabs(o_form[0][x]));
-            }
-    for (int col = 0; col < 128; col++)
-        for (int k = 0; k < 128; k++) {
-            const size_t x = (size_t)col * 128 + k;
-            sd = fmax(sd, fabs(s_form[2][x] - s_form[0][x])), sm = fmax(sm, fabs(s_form[0][x]));
-        }
+    form_difference(o_form[0], s_form[0], o_form[2], s_form[2], 128, &od, &sd);
     printf("  mma_256 against ksplit_512 on columns 0-127 (the same operands, partial sums in another\n"
            "  order): O %.2e, S %.2e\n",
-           od / (om > 0 ? om : 1.0), sd / (sm > 0 ? sm : 1.0));
+           od, sd);
     for (int f = 0; f < 3; f++) free(o_form[f]), free(s_form[f]);
 
     /* ---- timing: one CTA per SM holding k chains; best of 3 runs after a warm-up ---- */

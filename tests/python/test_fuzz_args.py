@@ -1793,10 +1793,13 @@ def execute(where, entry, kw, expect, stats, call_kw=None, returned=None, mode=N
     return [f"{where}: {p}" for p in problems]
 
 
-def cases_of(chunk):
+def cases_of(chunk, cases=None, chunks=None):
+    """The case numbers of one chunk: every chunks-th of `cases` (the NumPy variant's counts by
+    default), or FKDA_FUZZ_ONLY's case alone in chunk 0."""
     if ONLY is not None:
         return [int(ONLY)] if chunk == 0 else []
-    return list(range(chunk, N_CASES, CHUNKS))
+    cases, chunks = (N_CASES if cases is None else cases), (CHUNKS if chunks is None else chunks)
+    return list(range(chunk, cases, chunks))
 
 
 @pytest.mark.parametrize("chunk", range(CHUNKS))
@@ -2259,22 +2262,16 @@ def run_torch_case(torch, case):
                    returned=lambda result: torch_returned(torch, entry, tkw, kw, result))
 
 
-def torch_cases_of(chunk):
-    if ONLY is not None:
-        return [int(ONLY)] if chunk == 0 else []
-    return list(range(chunk, TORCH_CASES, TORCH_CHUNKS))
-
-
 @pytest.mark.parametrize("chunk", range(TORCH_CHUNKS))
 def test_fuzz_arguments_torch(chunk):
     torch = pytest.importorskip("torch")
     seen = STATS.copy()
     problems = []
-    for case in torch_cases_of(chunk):
+    for case in cases_of(chunk, TORCH_CASES, TORCH_CHUNKS):
         problems += run_torch_case(torch, case)
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:30])
     outcomes = {outcome for (_, outcome), n in (STATS - seen).items() if n}
-    if len(torch_cases_of(chunk)) >= 50:
+    if len(cases_of(chunk, TORCH_CASES, TORCH_CHUNKS)) >= 50:
         assert outcomes == {"ok", "raised"}, outcomes
 
 
