@@ -1153,7 +1153,10 @@ static void check_call(call *c, int broken)
     }
     fkda_status s = run_call(c, &c->device, c->workspace_break);
 #ifdef FKDA_FUZZ_CUDA
-    if (c->cuda) from_device(c);
+    if (c->cuda) { /* the results into the host buffers, the tensors back at them: every check reads there */
+        from_device(c);
+        point_at(c, 0);
+    }
 #endif
     totals.runs++;
     if (s != FKDA_OK) {
@@ -1198,7 +1201,6 @@ static void check_call(call *c, int broken)
     fkda_device ref = c->device;
 #ifdef FKDA_FUZZ_CUDA
     if (c->cuda) { /* the GPU's results against the CPU's reference on the host buffers */
-        point_at(c, 0);
         memset(&ref, 0, sizeof ref);
         ref.type = FKDA_DEVICE_CPU;
     }
