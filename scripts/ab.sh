@@ -58,6 +58,7 @@ export PYTHONPATH=$PWD/python:/tmp/fkda-site${PYTHONPATH:+:$PYTHONPATH}
 echo "== build (this tree, and the baseline in $base_tree)"
 jobs=$(( $(nproc) / 2 > 0 ? $(nproc) / 2 : 1 ))
 build_library() { # source dir, build dir, log
+  scripts/clear_stale_build.sh "$2" "$1" &&
   # shellcheck disable=SC2086
   cmake -S "$1" -B "$2" -G Ninja -DCMAKE_BUILD_TYPE=Release -DFKDA_BUILD_TESTS=OFF ${FKDA_AB_CMAKE_ARGS:-} >"$3" 2>&1 &&
     cmake --build "$2" -j "$jobs" --target flashkda >>"$3" 2>&1

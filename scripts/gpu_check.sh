@@ -96,6 +96,7 @@ if [ -n "${FKDA_TRITON_CACHE:-}" ] && [ -f "$FKDA_TRITON_CACHE" ]; then
 fi
 
 echo "== build"
+scripts/clear_stale_build.sh build/gpu
 if ! { cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$LOGS/build.log" 2>&1 &&
   cmake --build build/gpu -j 16 >>"$LOGS/build.log" 2>&1; }; then
   tail -n 60 "$LOGS/build.log"; exit 101
