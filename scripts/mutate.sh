@@ -118,8 +118,23 @@ mutant cpu-decode-select-spec-form cpu src/cuda/decode_select.c \
 # CUDA prefill: prep (gate, beta, the gate's range check), chain (state update, final slot,
 # checkpoints), merge.
 mutant cuda-prefill-prep-gate cuda src/cuda/prefill_prep.cu \
-  'p.gate_scale * pf_sigmoid(A * (xg + db));' \
-  'p.gate_scale * pf_sigmoid(A * xg + db);'
+  'gb[e] = ga * db[e];' \
+  'gb[e] = db[e];'
+# The prep's halves: the centring G_i - G_7 applied to the second half's sums (already centred)
+# instead of the first half's.
+mutant cuda-prefill-prep-pair-centre cuda src/cuda/prefill_prep.cu \
+  'D[e] -= hf ? 0.0f : run[e & 1];' \
+  'D[e] -= hf ? run[e & 1] : 0.0f;'
+# Step 4's tf32 products (the bf16 family): the B operand ki^T from token tile 0 in every warp, so
+# L and Mqk's columns 8-15 repeat columns 0-7.
+mutant cuda-prefill-prep-tf32-tile cuda src/cuda/prefill_prep.cu \
+  'brow = 8 * nt + x;' \
+  'brow = x;'
+# Step 6 on tf32 tensor cores (the bf16 family's unchecked kernels): both of a lane's B values
+# from the even token of its pair, so W sums token 2t twice and skips 2t + 1.
+mutant cuda-prefill-prep-negw-tf32 cuda src/cuda/prefill_prep_steps.cuh \
+  'boff[n][e] = (2 * t + e) * 512' \
+  'boff[n][e] = (2 * t) * 512'
 # The tile loads copy 128 keys whatever K: at K < 128 the keys past K come from the next head
 # (or token), not zeros.
 mutant cuda-prefill-prep-kpad cuda src/cuda/prefill_prep.cu \
@@ -148,7 +163,7 @@ mutant cuda-prefill-state-store-step cuda src/cuda/prefill_chain_io.cuh \
   'const int64_t base = r * dst.stride[0] + h * dst.stride[1], step = 8 * dst.stride[2];' \
   'const int64_t base = r * dst.stride[0] + h * dst.stride[1], step = 8 * dst.stride[3];'
 # An offset inside a chunk writes nothing instead of NaN.
-mutant cuda-prefill-checkpoint-nan cuda src/cuda/prefill_chain.cu \
+mutant cuda-prefill-checkpoint-nan cuda src/cuda/prefill_chain_run.cuh \
   'if (off == len || (off > 0 && off < len && off % PF_CHUNK != 0))' \
   'if (off == len)'
 # K > 128, bf16 tiles: keys past K are read from the row (the next head's keys) instead of zeros.
@@ -163,15 +178,15 @@ mutant cuda-prefill-prep-beta cuda src/cuda/prefill_prep.cu \
   'b = p.beta_sigmoid ? pf_sigmoid(x) * (p.neg_eigval ? 2.0f : 1.0f) : x;' \
   'b = p.beta_sigmoid ? pf_sigmoid(x) : x;'
 # The state's decay diag(gamma) applies key 2t's factor to key 2t + 1 in the lower rows.
-mutant cuda-prefill-chain-state-decay cuda src/cuda/prefill_chain.cu \
+mutant cuda-prefill-chain-state-decay cuda src/cuda/prefill_chain_run.cuh \
   'S[j][3] *= gm.y;' \
   'S[j][3] *= gm.x;'
 # The fp16 chain's slow path rescales the state but keeps -W S and U from before the rescale.
-mutant cuda-prefill-chain16-redo cuda src/cuda/prefill_chain.cu \
+mutant cuda-prefill-chain16-redo cuda src/cuda/prefill_chain_run.cuh \
   'const int redo = bf16_chunk || rescaled;' \
   'const int redo = bf16_chunk;'
 # The fp16 chain's range check lets a flagged chunk (a bf16 record) through to the fp16 step.
-mutant cuda-prefill-chain16-flag cuda src/cuda/prefill_chain.cu \
+mutant cuda-prefill-chain16-flag cuda src/cuda/prefill_chain_run.cuh \
   'm16 > CH16_HI || bf16_chunk' \
   'm16 > CH16_HI'
 # K > 128: each warp of a pair forms Vnew from its own key half's partial twice, not both halves'.

@@ -109,10 +109,10 @@ class Num:
 CUDA_PLAN = dict(
     prep="fp32",  # elementwise prep arithmetic (norms, gate, exponents, forward substitution)
     acc="fp32",  # tensor-core accumulation
-    L_ops="bf16",  # kc, ki of the L product (prep step 4)
-    Mqk_ops="hilo",  # qc, ki of the Mqk product (hi*hi + hi*lo + lo*hi)
-    W_ops="fp32",  # step 6, W = bINV Kd: fp32 sums, or (unchecked gates) a product of bINV and kc
-    #                in this mode times 2^Gref (dev/pending/06's tensor-core form)
+    L_ops="tf32",  # kc, ki of the L product (prep step 4), rounded to nearest tf32
+    Mqk_ops="tf32",  # qc, ki of the Mqk product
+    W_ops="tf32",  # step 6, W = bINV Kd: fp32 sums, or (unchecked gates) a product of bINV and kc
+    #                in this mode times 2^Gref (the tensor-core form); checked gates keep fp32 sums
     bINV="hilo",  # record: (I + L)^-1 diag(b)
     Mqk="hilo",  # record: the masked scale qd ki^T
     W="bf16",  # record: -W
@@ -481,8 +481,10 @@ ABLATION = [
 # Candidate plans for fp16 and fp32 inputs. Costs: extra bf16-mma per warp-chunk (56 now) and
 # record bytes (14,848 now); a tf32 mma of the same shape counted as two bf16 ones (half rate).
 HL = "hilo"
+# The fp16 family's prep keeps Mqk's operands as bf16 hi + lo (hi*hi + hi*lo + lo*hi) and forms
+# step 6 from bf16 hi + lo pairs, taken here as fp32 sums (the pairs carry ~16 bits).
 CHAIN16 = dict(W="fp16", Kr="fp16", Qd="fp16", S="fp16", v="fp16", Vnew="fp16", bINV="hilo16",
-               Mqk="hilo16")
+               Mqk="hilo16", Mqk_ops="hilo", W_ops="fp32")
 CANDIDATES = [
     ("(a) every product tf32", dict(L_ops="tf32", Mqk_ops="tf32", bINV="tf32", Mqk="tf32",
                                     W="tf32", Kr="tf32", Qd="tf32", v="tf32", S="tf32",
@@ -503,12 +505,13 @@ CANDIDATES = [
 ]
 
 
-# The bf16 family's prep products on tf32 operands (dev/pending/04: step 4; 06: step 6).
+# The bf16 family's prep products on tf32 operands (the kernels since 2026-12-05) against the
+# plan before them (bf16 L operands, hi + lo Mqk operands, fp32 step 6).
 PREP_TF32 = [
-    ("as the kernels round", {}),
-    ("(p) L and Mqk operands tf32 (04)", dict(L_ops="tf32", Mqk_ops="tf32")),
-    ("(p) truncated instead of rounded", dict(L_ops="tf32z", Mqk_ops="tf32z")),
-    ("(q) (p) + W from tf32 bINV and kc (06)", dict(L_ops="tf32", Mqk_ops="tf32", W_ops="tf32")),
+    ("before: L bf16, Mqk hi+lo, W fp32", dict(L_ops="bf16", Mqk_ops="hilo", W_ops="fp32")),
+    ("(p) L and Mqk operands tf32", dict(W_ops="fp32")),
+    ("(p) truncated instead of rounded", dict(L_ops="tf32z", Mqk_ops="tf32z", W_ops="fp32")),
+    ("(q) (p) + W from tf32 bINV and kc: as the kernels round", {}),
 ]
 
 
@@ -649,7 +652,7 @@ def main():
             print(f"| (m), {what} | without: {plain[0]:.2e} / {plain[1]:.2e} "
                   f"| held scale: {held[0]:.2e} / {held[1]:.2e} |", flush=True)
     if "prep" in only:
-        print("the bf16 family's prep on tf32 operands (dev/pending/04, 06), bf16 inputs")
+        print("the bf16 family's prep on tf32 operands, bf16 inputs")
         print("| plan | bf16 in |\n|---|---|")
         for name, ch in PREP_TF32:
             eo, es = median_errors(lambda y, ch=ch: cuda_prefill(y, plan(**ch)), "bf16", seeds,

@@ -32,6 +32,7 @@ void fkda_tuning_defaults(fkda_tuning *t)
     t->decode_layer_conv_vec = FKDA_TUNING_UNSET;
     t->decode_layer_wide = FKDA_TUNING_UNSET;
     t->prefill_fp16_chain = FKDA_TUNING_UNSET;
+    t->prefill_split_out = FKDA_TUNING_UNSET;
 }
 
 void fkda_tuning_read(fkda_tuning *t)
@@ -62,6 +63,7 @@ void fkda_tuning_read(fkda_tuning *t)
     static const int slices[] = {16, 32, 64, 128};
     t->prefill_vslice = read_choice("FKDA_PREFILL_VSLICE", slices, 4);
     t->prefill_fp16_chain = read_switch("FKDA_PREFILL_FP16_CHAIN");
+    t->prefill_split_out = read_switch("FKDA_PREFILL_SPLIT_OUT");
 
     const char *isa = getenv("FKDA_CPU_ISA");
     if (isa && strcmp(isa, "baseline") == 0) t->cpu_isa = FKDA_TUNING_ISA_BASELINE;

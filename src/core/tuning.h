@@ -52,6 +52,8 @@ typedef struct fkda_tuning {
     int64_t prefill_segments; /* FKDA_PREFILL_SEGMENTS, clamped to 1..64 (0: unset; 1: no segments) */
     int prefill_vslice;       /* FKDA_PREFILL_VSLICE: 16, 32, 64 or 128 (0: unset or anything else) */
     int prefill_fp16_chain;   /* FKDA_PREFILL_FP16_CHAIN: 0 keeps fp16 and fp32 inputs on the bf16 kernels (switch) */
+    int prefill_split_out;    /* FKDA_PREFILL_SPLIT_OUT: 1 the chain's output on warps of their own wherever it can
+                                 run, 0 never (switch) */
 
     /* CPU (src/cpu/chunk_kernels.c). */
     fkda_tuning_isa cpu_isa; /* FKDA_CPU_ISA: baseline or avx2 caps the instruction set */

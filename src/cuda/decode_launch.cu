@@ -27,15 +27,18 @@ static fkda_status kernel_offsets_fit(const fkda_problem *p)
                          "state_pool: the strides of one head's [K, V] state span %lld elements; the CUDA decode "
                          "needs fewer than 2^31",
                          (long long)(span_in > span_out ? span_in : span_out));
-    /* Per-element offsets along a token vector (load_elem). */
+    /* Per-element offsets along a token vector (load_elem); a vector of one element (K or V = 1)
+     * never multiplies its stride by anything but 0, and the API allows it any stride. */
     const struct {
         const char *name;
-        int64_t stride;
-    } vectors_along[] = {{"q", p->q.stride[3]},     {"k", p->k.stride[3]},
-                         {"g", p->g.stride[3]},     {"v", p->v.stride[3]},
-                         {"out", p->out.stride[3]}, {"dt_bias", p->dt_bias.data ? p->dt_bias.stride[1] : 0}};
+        int64_t stride, size;
+    } vectors_along[] = {
+        {"q", p->q.stride[3], p->K},     {"k", p->k.stride[3], p->K},
+        {"g", p->g.stride[3], p->K},     {"v", p->v.stride[3], p->V},
+        {"out", p->out.stride[3], p->V}, {"dt_bias", p->dt_bias.data ? p->dt_bias.stride[1] : 0, p->K}};
     for (size_t i = 0; i < sizeof vectors_along / sizeof vectors_along[0]; i++)
-        if (vectors_along[i].stride >= (1 << 22) || vectors_along[i].stride <= -(1 << 22))
+        if (vectors_along[i].size > 1 &&
+            (vectors_along[i].stride >= (1 << 22) || vectors_along[i].stride <= -(1 << 22)))
             return fkda_fail(FKDA_ERROR_UNSUPPORTED,
                              "%s: the stride of its last dimension (%lld elements) is too large for the CUDA decode "
                              "(at most 2^22)",

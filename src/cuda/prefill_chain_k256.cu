@@ -491,6 +491,7 @@ cudaError_t pf256_launch_chain(const pf_params *p, int vslice, cudaStream_t stre
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            (int)pf256_chain_smem_bytes(K2_MAX_VSLICE));
     if (err != cudaSuccess) return err;
-    kernel<<<(unsigned)blocks, vslice * 4, smem, stream>>>(*p);
-    return cudaGetLastError();
+    void *args[] = {(void *)p};
+    return cudaLaunchKernel((const void *)kernel, dim3((unsigned)blocks), dim3(vslice * 4), args, smem,
+                            stream); /* this launch's error only (prefill_common.cuh) */
 }

@@ -253,14 +253,21 @@ typedef struct pf_chain_plan {
     int32_t nslices; /* value slices per (sequence, head) */
     int64_t P, Lc;   /* segments per sequence and chunks per segment (mode != WHOLE) */
     float *seg_B, *seg_M, *seg_S;
+    int32_t split_out; /* PF_CHAIN_WHOLE, bf16 chain and output: each 16-column chain on a chain warp and
+                          an output warp (prefill_chain.cu) */
 } pf_chain_plan;
 
 /* The launches (each beside its kernel). `vslice` is the number of value columns per chain CTA:
  * 16, 32, 64 or 128 (one warp per 16 columns). */
+/* The launches return their own launch's error: each goes through cudaLaunchKernel, never
+ * <<<>>> followed by cudaGetLastError, which would also return (and clear) an error that an
+ * earlier runtime call of the caller's left pending, and so fail a call whose first kernel was
+ * already queued. */
 cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream);
 cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream);
 cudaError_t pf_launch_merge(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream);
 size_t pf_chain_smem_bytes(int vslice);
-size_t pf_chain16_smem_bytes(int vslice); /* the fp16 family's chain */
+size_t pf_chain16_smem_bytes(int vslice);     /* the fp16 family's chain */
+size_t pf_chain_split_smem_bytes(int vslice); /* the chain with its output on warps of their own */
 
 #endif /* FKDA_PREFILL_COMMON_CUH */

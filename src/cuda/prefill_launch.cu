@@ -99,6 +99,13 @@ extern "C" fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const 
                          (long long)p->K);
     if (p->HV > 65535)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED, "v: the CUDA prefill supports at most 65535 value heads");
+    /* The chain's grid: one CTA per (sequence, head, slice of at least 16 of the V <= 256 value
+     * columns), in gridDim.x; refused here rather than failing at the launch (a T = 0 call has no
+     * other limit). */
+    if (p->N * p->HV > INT32_MAX / 16)
+        return fkda_fail(FKDA_ERROR_UNSUPPORTED,
+                         "final_state: N * HV = %lld (sequence, head) pairs are too many for one CUDA prefill",
+                         (long long)(p->N * p->HV));
     if (p->intermediate_states.data != NULL && p->intermediate_chunk % PF_CHUNK != 0)
         return fkda_fail(FKDA_ERROR_UNSUPPORTED,
                          "intermediate_chunk_size: the CUDA prefill takes multiples of 16 (got %lld; fla uses 64)",
@@ -187,6 +194,34 @@ static int choose_vslice(const fkda_problem *p, int sms)
     for (int i = 0; i < 4; i++)
         if (load[i] >= 0 && load[i] * 10 <= best * 11) return 128 >> i;
     return 16;
+}
+
+/* Whether each 16-column chain runs on a chain warp and an output warp (prefill_chain.cu, split):
+ * the chain warp's step loses the output's products and stores, which the output warp does one
+ * chunk behind from a handoff in shared memory, so the serial step is shorter where a chain warp
+ * has its scheduler to itself. The kernel serves the bf16 chain with bf16 output over whole
+ * sequences in slices of at most 64 columns. Taken where the doubled warps still fit in one wave:
+ * a chain warp holds ~255 registers, so an SM takes 8 warps, i.e. 4 / (vslice / 16) split CTAs,
+ * and at most as many as its shared memory holds (228 KB, 1 KB of it reserved per CTA: 3 CTAs of
+ * 16 columns, 2 of 32 or 64; so 3, 2 and 1 in all); more CTAs than that would leave chains for a
+ * second wave (at 32 and 64 columns the unsplit kernel fits twice as many CTAs an SM; at 16, 3
+ * CTAs each, so there the rule only keeps the split kernel to its one wave). Not taken at 64
+ * columns, though the kernel serves them: a CTA of 8 chain warps and 8 output warps puts two of
+ * each on every scheduler, so the chain warps share their issue slots again, and there the split
+ * kernel measured slower than the unsplit one (docs/history/prefill.md, "02 chain split output").
+ * FKDA_PREFILL_SPLIT_OUT=1 takes it wherever the kernel serves, 0 never. */
+static int choose_split_out(const fkda_problem *p, const pf_params *params, int vslice, int sms)
+{
+    fkda_tuning tuning;
+    fkda_tuning_read(&tuning);
+    if (tuning.prefill_split_out == 0) return 0;
+    if (params->fp16_chain || params->out_mode != PF_OUT_BF16 || vslice > 64) return 0;
+    if (tuning.prefill_split_out == 1) return 1;
+    if (vslice > 32) return 0;
+    const int64_t ctas = p->N * p->HV * (vpad(p) / vslice);
+    const int64_t by_regs = 4 / (vslice / 16),
+                  by_smem = (228 * 1024) / ((int64_t)pf_chain_split_smem_bytes(vslice) + 1024);
+    return ctas <= (int64_t)sms * (by_regs < by_smem ? by_regs : by_smem);
 }
 
 static pf_ints ints_of(const fkda_operand *x)
@@ -290,7 +325,9 @@ static cudaError_t launch_k128(const fkda_problem *p, const pf_params *params, v
     memset(&plan, 0, sizeof plan);
     if (P <= 1) {
         plan.mode = PF_CHAIN_WHOLE;
-        plan.nslices = (int32_t)(vpad(p) / choose_vslice(p, sms));
+        const int vslice = choose_vslice(p, sms);
+        plan.nslices = (int32_t)(vpad(p) / vslice);
+        plan.split_out = choose_split_out(p, params, vslice, sms);
         plan.P = 1;
         *what = "the prefill chain kernel";
         return pf_launch_chain(params, &plan, stream);

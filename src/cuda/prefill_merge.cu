@@ -68,6 +68,7 @@ cudaError_t pf_launch_merge(const pf_params *p, const pf_chain_plan *plan, cudaS
     const int64_t blocks = p->N * p->HV * (PF_DV / MERGE_ROWS);
     if (blocks <= 0 || plan->P < 2) return cudaSuccess;
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration; /* gridDim.x limit */
-    pf_merge_kernel<<<(unsigned)blocks, MERGE_THREADS, 0, stream>>>(*p, *plan);
-    return cudaGetLastError();
+    void *args[] = {(void *)p, (void *)plan};
+    return cudaLaunchKernel((const void *)pf_merge_kernel, dim3((unsigned)blocks), dim3(MERGE_THREADS), args, 0,
+                            stream); /* this launch's error only (prefill_common.cuh) */
 }

@@ -7,29 +7,35 @@
  *      tiles (prep_f32_col's layout), 16-byte pieces where the rows are made of them, else
  *      element by element; v, unless the chain can read the caller's, into a bf16 copy;
  *   2. L2 norms of the q and k rows (fp32, 8 threads per row);
- *   3. thread c owns key channel c: the gate, cumsum G (fp32, log2 units), and the decayed
- *      operands Qd, Kr, gamma into the record, Kd in registers, and exponent-centred copies
+ *   3. each thread owns two adjacent key channels over 8 rows (warps 0-1 rows 0-7, warps 2-3
+ *      rows 8-15), so that every conversion and store below handles a pair: the gate, cumsum G
+ *      (fp32, log2 units; the halves trade their totals through shared memory), and the decayed
+ *      operands Qd, Kr, gamma into the record, Kd in registers (the checked kernels), and
+ *      exponent-centred copies
  *      kc = k 2^(G - Gref), ki = k 2^(Gref - G), qc = q 2^(G - Gref) for the 16 x 16 products
  *      (Gref = G at row 7 keeps every exponent within 8 steps of decay: |x| <= 58 for lb = -5),
- *      qc and ki also as two bf16 terms (hi + lo);
+ *      rounded to tf32 (the fp16 family: as two bf16 terms, hi + lo);
  *      The centred exponents stay in range only while every |G_i - Gref| <= PREP_SAFE_SPAN; a
  *      chunk whose gate decays faster (no lower bound, a lower bound below -5, softplus) takes
  *      step 4' instead, decided per chunk;
- *   4. L = strict_lower(diag(b) kc ki^T) (plain bf16 operands) and Mqk = scale lower_incl(qc ki^T)
- *      as hi*hi + hi*lo + lo*hi (about fp32 accuracy: one bf16 rounding of qc and ki was the
- *      largest output error term; the same rounding in L costs nothing measurable), by mma.sync
- *      with fp32 accumulation, masks by selection; one warp per (product, 8-column tile);
+ *   4. L = strict_lower(diag(b) kc ki^T) and Mqk = scale lower_incl(qc ki^T) by mma.sync with
+ *      fp32 accumulation, masks by selection, one warp per (product, 8-column tile): on tf32
+ *      operands (one bf16 rounding of qc and ki was the largest output error term; tf32's is an
+ *      eighth of it, dev/numerics: +0.7 % on the output's error); the fp16 family on hi*hi +
+ *      hi*lo + lo*hi of bf16 terms (about fp32 accuracy, which its 11-bit chain needs for L);
  *   4'. or, pairwise in fp32: L_ij and Mqk_ij = sum_c x_i[c] k_j[c] 2^(G_i[c] - G_j[c]) with
  *      every exponent <= 0 for a decaying gate, so nothing overflows whatever the decay;
  *   5. warp 0: INV = (I + L)^-1 by fp32 forward substitution (lane c owns column c), bINV =
  *      INV diag(b), stored as hi + lo bf16 terms like Mqk;
- *   6. thread c: W[:, c] = bINV Kd[:, c] in fp32, stored negated (the chain adds S^T (-W)^T);
- *      in the fp16 family's unchecked kernels, on tensor cores from bINV and the centred kc
- *      instead (prep_negw_mma);
- *   The record goes straight from registers to the workspace: thread c's 2-byte stores of row i
- *   make one contiguous 64-byte piece per warp (the swizzle only permutes 16-byte units inside
- *   128-byte blocks), so no shared staging is needed; that keeps shared memory at ~22 KB (27 KB
- *   for the kernels whose tiles or step 4' need a sixth 4 KB unit).
+ *   6. W = bINV Kd, stored negated (the chain adds S^T (-W)^T): in the unchecked kernels on tensor
+ *      cores from bINV and the centred kc still in shared memory, W = (bINV kc) diag(2^Gref)
+ *      (prep_negw_tf32; the fp16 family's on bf16 hi + lo pairs, prep_negw_mma); in the checked
+ *      kernels, whose 2^Gref may leave fp32's range, in fp32 on the step-3 ownership (the first
+ *      half's Kd crossing to the second half through shared memory);
+ *   The record goes straight from registers to the workspace: step 3's and the fp32 step 6's
+ *   4-byte stores of one row by a warp make one contiguous 128-byte piece (the swizzle only
+ *   permutes 16-byte units inside 128-byte blocks), the tensor-core step 6's make 16 bytes of each
+ *   of 8 rows, so no shared staging is needed; that keeps shared memory at ~28 KB.
  *
  * Rows past the end of a sequence get k = q = 0, b = 0 and no decay, so they add nothing to the
  * state, and their U and W rows are zero (the chain zero-fills their v rows).
@@ -40,46 +46,73 @@
 #include "ptx_mma.cuh"
 
 /* The units of s_buf: the input tiles (bulk: bf16 q, k, g in units 0-2; the other forms: fp32
- * tiles of two units each, at 0, 2, 4), then the operands of the 16 x 16 products. */
+ * tiles of two units each, at 0, 2, 4), then the operands of the 16 x 16 products: in the bf16
+ * family kc, ki, qc as tf32 tiles of two units each (OP32_*, prep_swz32's layout); in the fp16
+ * family bf16 hi + lo tiles of one unit each (OP_*, pf_swz's layout). */
 enum { IN_Q = 0, IN_K = 1, IN_G = 2, OP_KC = 0, OP_KI = 1, OP_KI_LO = 2, OP_QC = 3, OP_QC_LO = 4, OP_KC_LO = 5 };
+enum { OP32_KC = 0, OP32_KI = 2, OP32_QC = 4 };
 
-/* Step 3's end for step 4, thread `col`'s key channel: Qd, Kr into the record (fp16 if rec16,
- * else bf16), Kd into kd, and the centred operands kc, ki, qc (hi + lo; kc's lo term only in the
- * fp16 family, whose L product and unchecked step 6 read it) into s_buf.
- * Two exp2 a row, the centred pair 2^(G - Gref) and 2^(Gref - G); the other factors are products of
- * those with per-channel constants: 2^(Gl - G) = 2^(Gref - G) 2^(Gl - Gref), every factor within
- * 2^+-span_max (normal: a product in range is accurate to a few ulp, one out of range is the same
- * inf or 0 as the direct form), and 2^G = 2^(G - Gref) 2^Gref only without the gate check, where
- * both factors are at least 2^-58 (G >= -115 for the safe gate); a checked gate may put 2^Gref
- * below fp32's range while 2^G is not, so it takes its own exp2 there. */
+/* Step 3's end for step 4, on the thread's rows r0 .. r0 + 7 and key channels c0, c0 + 1 (register
+ * 2 i + h: row r0 + i, channel c0 + h): Qd, Kr into the record (fp16 if rec16, else bf16), Kd into
+ * kd (which only the checked kernels' step 6 reads), and the centred operands kc, ki, qc into
+ * s_buf: rounded to tf32 in the bf16 family (step 4's products and the unchecked step 6 on tf32
+ * tensor cores; each pair of channels one 8-byte store), as bf16 hi + lo terms in the fp16 family
+ * (whose chain has 11 bits, and whose L product's operands the state's error then sees:
+ * dev/numerics, plan (m); each pair one packed conversion and one 4-byte store a term). The two
+ * channels are adjacent in a swizzled row. D = G - Gref, the centred running sum. Two exp2 a value,
+ * the centred pair 2^D and 2^-D; the other operands are the centred
+ * ones times per-channel constants: Kr = ki 2^(Gl - Gref), every factor within 2^+-span_max (normal:
+ * a product in range is accurate to a few ulp, one out of range is the same inf or 0 as the direct
+ * form), and Kd = kc 2^Gref, Qd = qc scale 2^Gref only without the gate check, where both factors
+ * are at least 2^-58 (G >= -115 for the safe gate); a checked gate may put 2^Gref below fp32's
+ * range while 2^G is not, so it takes its own exp2 there. Each operand is two roundings of fp32
+ * products from the values, as in the direct form. */
 static __device__ __forceinline__ void prep_decayed(const pf_params &p, const float qn[16], const float kn[16],
-                                                    const float G[16], float kd[16], unsigned char *rec,
-                                                    unsigned char (*s_buf)[4096], int col, float Gref, float Gl,
-                                                    float e_ref, int gate_checked, int f16, int rec16)
+                                                    const float D[16], float kd[16], unsigned char *rec,
+                                                    unsigned char (*s_buf)[4096], int r0, int c0, const float Gref[2],
+                                                    const float e_ref[2], const float e_last[2], int gate_checked,
+                                                    int f16, int rec16)
 {
-    const float e_last = pf_exp2(Gl - Gref);
+    const float qd_ref[2] = {p.scale * e_ref[0], p.scale * e_ref[1]}; /* Qd = qc scale 2^Gref */
 #pragma unroll
-    for (int i = 0; i < 16; i++) {
-        const uint32_t off = pf_swz(i, col);
-        const float d = G[i] - Gref;
-        const float ec = pf_exp2(d), ei = pf_exp2(-d);
-        const float e_ = gate_checked ? pf_exp2(G[i]) : ec * e_ref;
-        kd[i] = kn[i] * e_;
-        st_16(rec + PF_REC_QD, off, p.scale * qn[i] * e_, rec16);
-        st_16(rec + PF_REC_KR, off, kn[i] * (ei * e_last), rec16);
-        const float kc = kn[i] * ec, ki = kn[i] * ei, qc = qn[i] * ec;
-        const uint16_t ki_hi = pf_float_to_bf16(ki), qc_hi = pf_float_to_bf16(qc);
-        if (f16) { /* the lo term: the fp16 family's L product and (unchecked) step 6 */
-            const uint16_t kc_hi = pf_float_to_bf16(kc);
-            *(uint16_t *)(s_buf[OP_KC] + off) = kc_hi;
-            st_bf16(s_buf[OP_KC_LO], off, kc - pf_bf16_to_float(kc_hi));
-        } else {
-            st_bf16(s_buf[OP_KC], off, kc);
+    for (int i = 0; i < 8; i++) {
+        const uint32_t off = pf_swz(r0 + i, c0);
+        float qd[2], kr[2], kc[2], ki[2], qc[2];
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int e = 2 * i + h;
+            const float ec = pf_exp2(D[e]), ei = pf_exp2(-D[e]);
+            kc[h] = kn[e] * ec;
+            ki[h] = kn[e] * ei;
+            qc[h] = qn[e] * ec;
+            kr[h] = ki[h] * e_last[h];
+            if (gate_checked) {
+                const float e_ = pf_exp2(Gref[h] + D[e]);
+                kd[e] = kn[e] * e_;
+                qd[h] = p.scale * qn[e] * e_;
+            } else { /* 2^G = 2^D 2^Gref: from the centred products, one product each */
+                kd[e] = kc[h] * e_ref[h];
+                qd[h] = qc[h] * qd_ref[h];
+            }
         }
-        *(uint16_t *)(s_buf[OP_KI] + off) = ki_hi;
-        st_bf16(s_buf[OP_KI_LO], off, ki - pf_bf16_to_float(ki_hi));
-        *(uint16_t *)(s_buf[OP_QC] + off) = qc_hi;
-        st_bf16(s_buf[OP_QC_LO], off, qc - pf_bf16_to_float(qc_hi));
+        *(uint32_t *)(rec + PF_REC_QD + off) = pack_16x2(qd[0], qd[1], rec16);
+        *(uint32_t *)(rec + PF_REC_KR + off) = pack_16x2(kr[0], kr[1], rec16);
+        if (!f16) { /* tf32, each pair one 8-byte store */
+            const uint32_t off32 = prep_swz32(r0 + i, c0);
+            *(uint2 *)(s_buf[OP32_KC] + off32) = make_uint2(tf32_operand(kc[0]), tf32_operand(kc[1]));
+            *(uint2 *)(s_buf[OP32_KI] + off32) = make_uint2(tf32_operand(ki[0]), tf32_operand(ki[1]));
+            *(uint2 *)(s_buf[OP32_QC] + off32) = make_uint2(tf32_operand(qc[0]), tf32_operand(qc[1]));
+            continue;
+        }
+        /* the fp16 family: hi + lo bf16 terms (its L product and unchecked step 6 read kc's too) */
+        const uint32_t kc_hi = pack_bf16x2(kc[0], kc[1]), ki_hi = pack_bf16x2(ki[0], ki[1]);
+        const uint32_t qc_hi = pack_bf16x2(qc[0], qc[1]);
+        *(uint32_t *)(s_buf[OP_KC] + off) = kc_hi;
+        *(uint32_t *)(s_buf[OP_KC_LO] + off) = prep_lo_bf16x2(kc[0], kc[1], kc_hi);
+        *(uint32_t *)(s_buf[OP_KI] + off) = ki_hi;
+        *(uint32_t *)(s_buf[OP_KI_LO] + off) = prep_lo_bf16x2(ki[0], ki[1], ki_hi);
+        *(uint32_t *)(s_buf[OP_QC] + off) = qc_hi;
+        *(uint32_t *)(s_buf[OP_QC_LO] + off) = prep_lo_bf16x2(qc[0], qc[1], qc_hi);
     }
 }
 
@@ -111,9 +144,9 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
 {
     const int bulk = load == PF_LOAD_BF16, tiles = load == PF_LOAD_TILES;
     /* Loading: the q, k, g tiles (bulk: 3 x 4 KB bf16; else 3 x 8 KB fp32, two units each).
-     * Then the operands of the 16 x 16 products: kc, ki (hi, lo), qc (hi, lo), swizzled bf16;
-     * or, for a chunk that takes step 4', qn, kn, G as fp32 [16][128] tiles. s_buf (declared by
-     * each kernel) has 5 units for the bulk unchecked kernel, 6 for the others. */
+     * Then the operands of the 16 x 16 products (kc, ki, qc as swizzled tf32 tiles; the fp16
+     * family: kc, ki, qc hi and lo as swizzled bf16 tiles); or, for a chunk that takes step 4',
+     * qn, kn, G as fp32 [16][128] tiles. s_buf (declared by each kernel) has 6 units. */
     __shared__ float s_L[16][17];
     __shared__ __align__(16) float s_binv[16][16];     /* rows 16-byte aligned: step 6 reads them 4 at a time */
     __shared__ __align__(16) float s_rq[16], s_rk[16]; /* aligned: step 3 reads them 4 at a time */
@@ -138,53 +171,56 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     /* 1. Tiles in flight first; beta meanwhile. */
     uint4 raw[3][2]; /* tiles: the 16-bit rows on their way to the fp32 tiles */
     if (bulk) {
-        /* 768 16-byte units: thread tid takes units tid and tid + 128 of each tensor; the units
-         * past a row's K keys (K / 8 of 16 are real) are zero-filled like rows past the end. */
-        const int kunits = (int)(p.K >> 3);
+        /* 768 16-byte units: thread tid takes unit tid % 16 of rows tid / 16 and tid / 16 + 8 of each
+         * tensor (shared bytes 16 tid and 16 tid + 2 KB of its tile); the units past a row's K
+         * keys (K / 8 of 16 are real) are zero-filled like rows past the end. The addresses: the
+         * CTA's first row (uniform) plus the thread's row times the token stride (a 32 x 64-bit
+         * product) and its unit; the second row 8 token strides on. */
+        const int kunits = (int)(p.K >> 3), r = tid >> 4, unit = tid & 15;
+        const int ok0 = r < rows && unit < kunits, ok1 = r + 8 < rows && unit < kunits;
 #pragma unroll
         for (int which = 0; which < 3; which++) {
-            const uint16_t *base = which == 0   ? (const uint16_t *)p.q + q0
-                                   : which == 1 ? (const uint16_t *)p.k + k0
-                                                : (const uint16_t *)p.g + g0;
-            const int64_t ts = which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1];
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int u = tid + i * PREP_THREADS, r = u >> 4, unit = u & 15;
-                const int ok = r < rows && unit < kunits;
-                const uint16_t *src = ok ? base + (t0 + r) * ts + unit * 8 : base;
-                cp_async_16(smem_addr(s_buf[which] + r * 256 + unit * 16), src, ok ? 16u : 0u);
-            }
+            const int64_t ts = 2 * (which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1]);
+            const unsigned char *first = which == 0   ? (const unsigned char *)p.q + 2 * (q0 + t0 * p.q_s[1])
+                                         : which == 1 ? (const unsigned char *)p.k + 2 * (k0 + t0 * p.k_s[1])
+                                                      : (const unsigned char *)p.g + 2 * (g0 + t0 * p.g_s[1]);
+            const unsigned char *src = first + (uint32_t)r * ts + unit * 16;
+            cp_async_16(smem_addr(s_buf[which] + tid * 16), ok0 ? src : first, ok0 ? 16u : 0u);
+            cp_async_16(smem_addr(s_buf[which] + 2048 + tid * 16), ok1 ? src + 8 * ts : first, ok1 ? 16u : 0u);
         }
         cp_async_commit();
     } else if (tiles) {
         /* each tensor's 16 rows of 128 keys into an fp32 tile (prep_f32_col): 32-bit rows by
-         * cp.async, 4 of a row's 32 16-byte units per thread, each to its permuted place; 16-bit
-         * rows 16 bytes per thread twice, into registers now, widened and stored once beta is on
-         * its way (below). A row's K keys are its first K * esize / 16 units (a whole number: the
-         * host checks it); the units past them are zeros like rows past the end. */
+         * cp.async, 4 of a row's 32 16-byte units per thread (rows tid / 32 + 4 i), each to its
+         * permuted place; 16-bit rows 16 bytes per thread twice (rows tid / 16 and + 8), into
+         * registers now, widened and stored once beta is on its way (below). A row's K keys are
+         * its first K * esize / 16 units (a whole number: the host checks it); the units past
+         * them are zeros like rows past the end. Addresses as in the bulk form. */
 #pragma unroll
         for (int which = 0; which < 3; which++) {
             const int32_t dt = which == 2 ? p.g_dtype : p.qkv_dtype;
             const int esize = dt == FKDA_DTYPE_F32 ? 4 : 2;
             const int kunits = (int)(p.K * esize >> 4);
-            const unsigned char *base = which == 0   ? (const unsigned char *)p.q + q0 * esize
-                                        : which == 1 ? (const unsigned char *)p.k + k0 * esize
-                                                     : (const unsigned char *)p.g + g0 * esize;
             const int64_t ts = (which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1]) * esize;
+            const unsigned char *first = which == 0   ? (const unsigned char *)p.q + (q0 + t0 * p.q_s[1]) * esize
+                                         : which == 1 ? (const unsigned char *)p.k + (k0 + t0 * p.k_s[1]) * esize
+                                                      : (const unsigned char *)p.g + (g0 + t0 * p.g_s[1]) * esize;
             if (esize == 4) {
+                const int r = tid >> 5, unit = tid & 31;
+                const unsigned char *src = first + (uint32_t)r * ts + unit * 16;
 #pragma unroll
                 for (int i = 0; i < 4; i++) {
-                    const int u = tid + i * PREP_THREADS, r = u >> 5, unit = u & 31;
-                    const int ok = r < rows && unit < kunits;
-                    const unsigned char *src = ok ? base + (t0 + r) * ts + unit * 16 : base;
-                    cp_async_16(smem_addr(s_buf[2 * which] + r * 512 + prep_f32_col(4 * unit) * 4), src, ok ? 16u : 0u);
+                    const int ok = r + 4 * i < rows && unit < kunits;
+                    cp_async_16(smem_addr(s_buf[2 * which] + (r + 4 * i) * 512 + prep_f32_col(4 * unit) * 4),
+                                ok ? src + 4 * i * ts : first, ok ? 16u : 0u);
                 }
             } else {
+                const int r = tid >> 4, unit = tid & 15;
+                const unsigned char *src = first + (uint32_t)r * ts + unit * 16;
 #pragma unroll
                 for (int i = 0; i < 2; i++) {
-                    const int u = tid + i * PREP_THREADS, r = u >> 4, unit = u & 15;
-                    const int ok = r < rows && unit < kunits;
-                    raw[which][i] = ok ? *(const uint4 *)(base + (t0 + r) * ts + unit * 16) : make_uint4(0, 0, 0, 0);
+                    const int ok = r + 8 * i < rows && unit < kunits;
+                    raw[which][i] = ok ? *(const uint4 *)(src + 8 * i * ts) : make_uint4(0, 0, 0, 0);
                 }
             }
         }
@@ -231,10 +267,18 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
         }
         s_b[tid] = b;
     }
-    const int col = tid;
+    /* From step 3 on, thread tid owns key channels c0 = 2 (tid mod 64) and c0 + 1 over rows r0 = 8 (tid /
+     * 64) .. r0 + 7: warps 0-1 the chunk's first 8 rows, warps 2-3 its last 8 (see step 3). */
+    const int hf = tid >> 6, c0 = 2 * (tid & 63), r0 = 8 * hf;
     const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
-    const float db = p.dt_bias && col < p.K ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1])
-                                            : 0.0f;
+    float db[2], gb[2]; /* the unchecked gate's argument: sigmoid(A (g + db)) = 1 / (1 + 2^(g ga + gb)) */
+    const float ga = A * -PREP_LOG2E;
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        db[e] = p.dt_bias && c0 + e < p.K ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + (c0 + e) * p.dt_s[1])
+                                          : 0.0f;
+        gb[e] = ga * db[e];
+    }
     if (tiles) {
         /* the 16-bit rows, widened (exactly) into their fp32 tiles: 8 keys -> two 16-byte units */
 #pragma unroll
@@ -318,116 +362,189 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     }
     __syncthreads();
 
-    /* 3. Thread `col` owns key channel col: its column of q, k, g into registers. */
-    float qn[16], kn[16], G[16];
+    /* 3. The thread's two key channels over its 8 rows: q, k, g into registers, register 2 i + h
+     * holding row r0 + i, channel c0 + h. Owning two adjacent channels makes each conversion below
+     * a packed pair and each store 4 bytes (the instructions the prep is bound by: it issues every
+     * cycle it can, ncu); owning 8 rows instead of 16 keeps the registers of one channel's column.
+     * G is the gate's running sum from the half's first row: in the first half the chunk's own, in
+     * the second half the sum past row 7, i.e. exactly G_i - Gref with Gref = G_7 (the centre of
+     * step 4's products); the halves trade their totals through shared memory at the barrier below
+     * (s_gx: G_7 from the first half, G_15 - G_7 from the second). */
+    __shared__ __align__(8) float s_gx[2][128];
+    float qn[16], kn[16], D[16];
+    float run[2] = {0.0f, 0.0f};
     int grows = 0; /* f16: a gate step above 0 (a growing state: outside fp16's domain) */
     {
-        float acc = 0.0f;
-        const int live = col < p.K, ccol = prep_f32_col(col);
+        const int live[2] = {c0 < p.K, c0 + 1 < p.K}, fcol = prep_f32_col(c0); /* c0 even: c0 + 1 at fcol + 1 */
 #pragma unroll
-        for (int i = 0; i < 16; i++) {
-            float xq, xk, xg;
+        for (int i = 0; i < 8; i++) {
+            const int r = r0 + i;
+            float xq[2], xk[2], xg[2];
             if (bulk) {
-                xq = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_Q] + i * 256))[col]);
-                xk = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_K] + i * 256))[col]);
-                xg = pf_bf16_to_float(((const uint16_t *)(s_buf[IN_G] + i * 256))[col]);
+                const uint32_t wq = *(const uint32_t *)(s_buf[IN_Q] + r * 256 + 2 * c0);
+                const uint32_t wk = *(const uint32_t *)(s_buf[IN_K] + r * 256 + 2 * c0);
+                const uint32_t wg = *(const uint32_t *)(s_buf[IN_G] + r * 256 + 2 * c0);
+                xq[0] = __uint_as_float(wq << 16), xq[1] = __uint_as_float(wq & 0xffff0000u);
+                xk[0] = __uint_as_float(wk << 16), xk[1] = __uint_as_float(wk & 0xffff0000u);
+                xg[0] = __uint_as_float(wg << 16), xg[1] = __uint_as_float(wg & 0xffff0000u);
             } else {
-                xq = fq[i * 128 + ccol];
-                xk = fk[i * 128 + ccol];
-                xg = fg[i * 128 + ccol];
+                const float2 a = *(const float2 *)(fq + r * 128 + fcol), b = *(const float2 *)(fk + r * 128 + fcol);
+                const float2 c = *(const float2 *)(fg + r * 128 + fcol);
+                xq[0] = a.x, xq[1] = a.y, xk[0] = b.x, xk[1] = b.y, xg[0] = c.x, xg[1] = c.y;
             }
-            /* unchecked: the lower bound gate (the only one proven in range) */
-            const float a = gate_checked ? prep_gate(&p, xg, A, db) : p.gate_scale * pf_sigmoid(A * (xg + db));
-            acc += i < rows && live ? a : 0.0f;
-            if (f16) grows |= i < rows && live && !(a <= 0.0f);
-            G[i] = acc;
-            qn[i] = xq * s_rq[i];
-            kn[i] = xk * s_rk[i];
+            const float rq = s_rq[r], rk = s_rk[r];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                /* unchecked: the lower bound gate (the only one proven in range), its sigmoid's
+                 * argument in one fma (~1e-7 relative to A (|g| + |db|) off the rounded sum's) */
+                const float a = gate_checked ? prep_gate(&p, xg[h], A, db[h])
+                                             : p.gate_scale * pf_rcp(1.0f + pf_exp2(fmaf(xg[h], ga, gb[h])));
+                run[h] += r < rows && live[h] ? a : 0.0f;
+                if (f16) grows |= r < rows && live[h] && !(a <= 0.0f);
+                D[2 * i + h] = run[h];
+                qn[2 * i + h] = xq[h] * rq;
+                kn[2 * i + h] = xk[h] * rk;
+            }
         }
     }
-    /* Every thread has its column (s_buf now takes the operands). Step 4 or 4' for this chunk. */
+    /* Centred: D = G_i - G_7 (the first half subtracts its own G_7; the second half's sums are
+     * centred already). Every thread has its columns (s_buf now takes the operands). Step 4 or 4'
+     * for this chunk, by the largest |D| of the chunk. */
     float span = 0.0f;
 #pragma unroll
-    for (int i = 0; i < 16; i++) span = fmaxf(span, fabsf(G[i] - G[7]));
+    for (int e = 0; e < 16; e++) {
+        D[e] -= hf ? 0.0f : run[e & 1];
+        span = fmaxf(span, fabsf(D[e]));
+    }
+    *(float2 *)&s_gx[hf][c0] = make_float2(run[0], run[1]);
     const float span_max = p.l2norm ? PREP_SAFE_SPAN_NORM : PREP_SAFE_SPAN;
     /* (the f16 forms' barrier below serves the unchecked ones as this one) */
-    const int pairwise = gate_checked ? __syncthreads_or(!(span <= span_max)) /* NaN: pairwise too */
-                                      : (f16 ? 0 : (__syncthreads(), 0));
+    /* (fmaxf skips a NaN difference: a NaN gate gives NaN operands on either path) */
+    const int pairwise = gate_checked ? __syncthreads_or(!(span <= span_max)) : (f16 ? 0 : (__syncthreads(), 0));
     /* f16: the whole chunk in fp16's domain, or the bf16 record (flagged in gamma[0]) */
     const int rec16 = f16 ? !__syncthreads_or(grows || (tid < 16 && s_out16[tid])) : 0;
 
-    /* The decayed operands: Qd, Kr, gamma into the record, Kd in registers; then either the
-     * centred operands of step 4 or the fp32 tiles of step 4'. */
-    float kd[16];
-    const float Gref = G[7], Gl = G[15];
-    const float e_ref = pf_exp2(Gref); /* unchecked: 2^G = 2^(G - Gref) 2^Gref, Kd = kc 2^Gref */
-    *(float *)(rec + PF_REC_GAMMA + col * 4) = pf_exp2(Gl);
-    if (f16 && !rec16 && col == 0) *(float *)(rec + PF_REC_GAMMA) = -pf_exp2(Gl); /* the bf16 record's flag */
+    /* The decayed operands: Qd, Kr, gamma into the record, Kd in registers (read by the checked
+     * kernels' step 6 only); then either the centred operands of step 4 or the fp32 tiles of step
+     * 4'. Gref = G_7, Gl = G_15 = Gref + (Gl - Gref); 2^Gref: for the unchecked 2^G = 2^(G - Gref)
+     * 2^Gref, and their step 6's W = (bINV kc) diag(2^Gref). */
+    float kd[16], Gref[2], e_ref[2], e_last[2], gamma[2];
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+        const float last = s_gx[1][c0 + h]; /* Gl - Gref */
+        Gref[h] = s_gx[0][c0 + h];
+        e_ref[h] = pf_exp2(Gref[h]);
+        e_last[h] = pf_exp2(last);
+        gamma[h] = pf_exp2(Gref[h] + last);
+    }
+    if (hf) { /* the second half stores gamma, and the bf16 record's flag (its sign at channel 0) */
+        if (f16 && !rec16 && c0 == 0) gamma[0] = -gamma[0];
+        *(float2 *)(rec + PF_REC_GAMMA + c0 * 4) = make_float2(gamma[0], gamma[1]);
+    }
     if (!pairwise) {
         /* unchecked f16: the record's dtype as a constant of each copy of the loop (a run-time
          * choice per store keeps both conversions' registers live across it); the checked f16
          * kernels, with step 4' beside it, allocate better with one copy that reads rec16 at run
          * time; the bf16 family's record is bf16 (rec16 = 0) */
         if (f16 && !gate_checked && rec16)
-            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, e_ref, gate_checked, f16, 1);
+            prep_decayed(p, qn, kn, D, kd, rec, s_buf, r0, c0, Gref, e_ref, e_last, gate_checked, f16, 1);
         else if (f16 && !gate_checked)
-            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, e_ref, gate_checked, f16, 0);
+            prep_decayed(p, qn, kn, D, kd, rec, s_buf, r0, c0, Gref, e_ref, e_last, gate_checked, f16, 0);
         else
-            prep_decayed(p, qn, kn, G, kd, rec, s_buf, col, Gref, Gl, e_ref, gate_checked, f16, rec16);
+            prep_decayed(p, qn, kn, D, kd, rec, s_buf, r0, c0, Gref, e_ref, e_last, gate_checked, f16, rec16);
     } else {
 #pragma unroll
-        for (int i = 0; i < 16; i++) {
-            const uint32_t off = pf_swz(i, col);
-            const float e_ = pf_exp2(G[i]);
-            st_16(rec + PF_REC_QD, off, p.scale * qn[i] * e_, rec16);
-            st_16(rec + PF_REC_KR, off, kn[i] * pf_exp2(Gl - G[i]), rec16);
-            fq[i * 128 + col] = qn[i];
-            fk[i * 128 + col] = kn[i];
-            fg[i * 128 + col] = G[i];
+        for (int i = 0; i < 8; i++) {
+            const int r = r0 + i;
+            const uint32_t off = pf_swz(r, c0);
+            float qd[2], kr[2], Gi[2];
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int e = 2 * i + h;
+                Gi[h] = Gref[h] + D[e];
+                qd[h] = p.scale * qn[e] * pf_exp2(Gi[h]);
+                kr[h] = kn[e] * pf_exp2(s_gx[1][c0 + h] - D[e]); /* 2^(Gl - G_i) */
+            }
+            *(uint32_t *)(rec + PF_REC_QD + off) = pack_16x2(qd[0], qd[1], rec16);
+            *(uint32_t *)(rec + PF_REC_KR + off) = pack_16x2(kr[0], kr[1], rec16);
+            *(float2 *)(fq + r * 128 + c0) = make_float2(qn[2 * i], qn[2 * i + 1]);
+            *(float2 *)(fk + r * 128 + c0) = make_float2(kn[2 * i], kn[2 * i + 1]);
+            *(float2 *)(fg + r * 128 + c0) = make_float2(Gi[0], Gi[1]);
         }
     }
     __syncthreads();
 
     const int g = lane >> 2, t = lane & 3;
     if (!pairwise) {
-        /* 4. Warps 0, 1: L on token tile 8w..8w+8; warps 2, 3: Mqk on token tile 8(w-2)..; Mqk in
-         * three accumulators (hi*hi, hi*lo, lo*hi) so each chain is 8 deep, and L too in the f16
-         * forms. */
+        /* 4. Warps 0, 1: L on token tile 8w..8w+8; warps 2, 3: Mqk on token tile 8(w-2)... */
         const int prod = warp >> 1, nt = warp & 1;
         float acc[3][4];
 #pragma unroll
         for (int m = 0; m < 3; m++)
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[m][e] = 0.0f;
-        const unsigned char *Ahi = s_buf[prod ? OP_QC : OP_KC];
+        if (!f16) {
+            /* The bf16 family: tf32 operands (11 bits: below the bf16 record's rounding by a
+             * factor of 8, where one bf16 rounding of Mqk's operands was the largest output error
+             * term), 16 k-steps of 8 keys, even and odd k-steps in two accumulators (chains 8
+             * deep). Each B load serves two k-steps. */
+            /* The swizzle XORs only the low 3 bits of a row's 16-byte unit, so unit u of row r sits at
+             * r * 512 + 128 (u >> 3) + 16 ((u & 7) ^ (r & 7)): with u = 2 k + b for k-step k (b: the
+             * lane's half of it), the lane's byte offset is a constant for each k mod 4 plus 128 (k
+             * >> 2), and every ldmatrix below is one register and an immediate. */
+            const int x = lane & 7, ab = lane >> 4, bq = lane >> 3;
+            const int arow = x + ((lane >> 3) & 1) * 8, brow = 8 * nt + x;
+            const uint32_t sA = smem_addr(s_buf[prod ? OP32_QC : OP32_KC]), sB = smem_addr(s_buf[OP32_KI]);
+            uint32_t oa[4], ob[2];
 #pragma unroll
-        for (int kk = 0; kk < 8; kk++) {
-            uint32_t ah[4], bh[4];
-            /* A: (rows 0-7 | 8-15) x (unit 2kk | 2kk+1) in the order a0 a1 a2 a3 */
-            const uint32_t aoff = pf_swz_unit((lane & 7) + ((lane >> 3) & 1) * 8, 2 * kk + (lane >> 4));
-            /* B = ki^T: b0 b1 of token tile 0, then of token tile 1 */
-            const uint32_t boff = pf_swz_unit((lane & 7) + (lane >> 4) * 8, 2 * kk + ((lane >> 3) & 1));
-            ldsm_x4(ah, smem_addr(Ahi + aoff));
-            ldsm_x4(bh, smem_addr(s_buf[OP_KI] + boff));
-            /* this warp's token tile (selects, not a run-time register index) */
-            const uint32_t bh0 = nt ? bh[2] : bh[0], bh1 = nt ? bh[3] : bh[1];
-            mma_bf16_16816(acc[0], ah, bh0, bh1, acc[0]);
-            if (prod || f16) { /* warp-uniform */
-                uint32_t al[4], bl[4];
-                ldsm_x4(al, smem_addr((f16 ? s_buf[prod ? OP_QC_LO : OP_KC_LO] : s_buf[OP_QC_LO]) + aoff));
+            for (int m = 0; m < 4; m++) oa[m] = sA + arow * 512 + (((2 * m + ab) ^ x) << 4);
+#pragma unroll
+            for (int m = 0; m < 2; m++) ob[m] = sB + brow * 512 + (((4 * m + bq) ^ x) << 4);
+#pragma unroll
+            for (int kk = 0; kk < 16; kk += 2) {
+                uint32_t a0[4], a1[4], b[4];
+                /* A: (rows 0-7 | 8-15) x (unit 2k | 2k+1) for k-steps k = kk, kk + 1 */
+                ldsm_x4(a0, oa[kk & 3] + 128 * (kk >> 2));
+                ldsm_x4(a1, oa[(kk + 1) & 3] + 128 * (kk >> 2));
+                /* B = ki^T on this warp's token tile: units 2kk .. 2kk + 3, b0 b1 of k-step kk, then of kk + 1 */
+                ldsm_x4(b, ob[(kk >> 1) & 1] + 128 * (kk >> 2));
+                mma_tf32_1688(acc[0], a0, b[0], b[1], acc[0]);
+                mma_tf32_1688(acc[1], a1, b[2], b[3], acc[1]);
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[0][e] += acc[1][e];
+        } else {
+            /* The fp16 family: bf16 hi + lo operands in three accumulators (hi*hi, hi*lo, lo*hi)
+             * so each chain is 8 deep. */
+            const unsigned char *Ahi = s_buf[prod ? OP_QC : OP_KC], *Alo = s_buf[prod ? OP_QC_LO : OP_KC_LO];
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++) {
+                uint32_t ah[4], bh[4], al[4], bl[4];
+                /* A: (rows 0-7 | 8-15) x (unit 2kk | 2kk+1) in the order a0 a1 a2 a3 */
+                const uint32_t aoff = pf_swz_unit((lane & 7) + ((lane >> 3) & 1) * 8, 2 * kk + (lane >> 4));
+                /* B = ki^T: b0 b1 of token tile 0, then of token tile 1 */
+                const uint32_t boff = pf_swz_unit((lane & 7) + (lane >> 4) * 8, 2 * kk + ((lane >> 3) & 1));
+                ldsm_x4(ah, smem_addr(Ahi + aoff));
+                ldsm_x4(bh, smem_addr(s_buf[OP_KI] + boff));
+                ldsm_x4(al, smem_addr(Alo + aoff));
                 ldsm_x4(bl, smem_addr(s_buf[OP_KI_LO] + boff));
+                /* this warp's token tile (selects, not a run-time register index) */
+                const uint32_t bh0 = nt ? bh[2] : bh[0], bh1 = nt ? bh[3] : bh[1];
                 const uint32_t bl0 = nt ? bl[2] : bl[0], bl1 = nt ? bl[3] : bl[1];
+                mma_bf16_16816(acc[0], ah, bh0, bh1, acc[0]);
                 mma_bf16_16816(acc[1], ah, bl0, bl1, acc[1]);
                 mma_bf16_16816(acc[2], al, bh0, bh1, acc[2]);
             }
+#pragma unroll
+            for (int e = 0; e < 4; e++) acc[0][e] += acc[1][e] + acc[2][e];
         }
 #pragma unroll
         for (int e = 0; e < 4; e++) {
             const int i = g + 8 * (e >> 1), j = 8 * nt + 2 * t + (e & 1);
             if (prod == 0) {
-                s_L[i][j] = i > j ? s_b[i] * (f16 ? acc[0][e] + (acc[1][e] + acc[2][e]) : acc[0][e]) : 0.0f;
+                s_L[i][j] = i > j ? s_b[i] * acc[0][e] : 0.0f;
             } else {
-                const float m = i >= j ? p.scale * (acc[0][e] + (acc[1][e] + acc[2][e])) : 0.0f;
+                const float m = i >= j ? p.scale * acc[0][e] : 0.0f;
                 const uint16_t hi = pf_float_to_16(m, rec16);
                 *(uint16_t *)(rec + PF_REC_MQK + (i * 16 + j) * 2) = hi;
                 st_16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, m - pf_16_to_float(hi, rec16), rec16);
@@ -436,42 +553,52 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     } else {
         prep_pairwise(fq, fk, fg, s_L, s_b, rec, p.scale, rec16);
         __syncthreads();
-        /* Kd from the tiles (not kept in registers across the call) */
+        /* Kd from the tiles (not kept in registers across the call); fq's unit is free for s_kd */
 #pragma unroll
-        for (int i = 0; i < 16; i++) kd[i] = fk[i * 128 + col] * pf_exp2(fg[i * 128 + col]);
-        prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane, rec16);
+        for (int i = 0; i < 8; i++)
+#pragma unroll
+            for (int h = 0; h < 2; h++)
+                kd[2 * i + h] = fk[(r0 + i) * 128 + c0 + h] * pf_exp2(fg[(r0 + i) * 128 + c0 + h]);
+        prep_finish(s_L, s_binv, s_b, kd, (float *)s_buf[0], rec, hf, c0, warp, lane, rec16);
         return;
     }
     __syncthreads();
-    if (gate_checked || !f16) {
-        prep_finish(s_L, s_binv, s_b, kd, rec, col, warp, lane, rec16);
+    if (gate_checked) { /* unit 0 (kc's, either layout) is dead after step 4: step 6's s_kd */
+        prep_finish(s_L, s_binv, s_b, kd, (float *)s_buf[0], rec, hf, c0, warp, lane, rec16);
     } else {
+        /* step 6 on tensor cores from the centred keys still in shared memory (Kd = kc 2^Gref) */
         prep_inverse(s_L, s_binv, s_b, rec, warp, lane, rec16);
         __syncthreads();
-        prep_negw_mma(s_binv, s_buf[OP_KC], s_buf[OP_KC_LO], e_ref, rec, warp, lane, rec16);
+        if (f16)
+            prep_negw_mma(s_binv, s_buf[OP_KC], s_buf[OP_KC_LO], e_ref, rec, warp, lane, rec16);
+        else
+            prep_negw_tf32(s_binv, s_buf[OP32_KC], e_ref, rec, warp, lane);
     }
 }
 
-/* CTAs per SM: 8 (64 registers) for the unchecked tile and bulk kernels, which fit with few
+/* Every kernel has 6 units of s_buf (step 4's three tf32 operands, or the fp16 family's six bf16
+ * terms, or the fp32 input tiles): 8 CTAs of them fit a Hopper SM's shared memory (the CUDA
+ * prefill runs on sm_90 only).
+ * CTAs per SM: 8 (64 registers) for the unchecked tile and bulk kernels, which fit with few
  * spills; the checked kernels hold more live values (step 4' beside step 4): 6 (80 registers);
  * the fp16 family's unchecked element form spills much more at 64 than at 80: 6. */
-#define PREP_KERNEL(name, load, gate_checked, f16, ctas, units)                   \
+#define PREP_KERNEL(name, load, gate_checked, f16, ctas)                          \
     __global__ void __launch_bounds__(PREP_THREADS, ctas) name(const pf_params p) \
     {                                                                             \
-        __shared__ __align__(128) unsigned char s_buf[units][4096];               \
+        __shared__ __align__(128) unsigned char s_buf[6][4096];                   \
         prep_chunk(p, load, gate_checked, f16, s_buf);                            \
     }
-PREP_KERNEL(pf_prep_bulk, PF_LOAD_BF16, 0, 0, 8, 5)
-PREP_KERNEL(pf_prep_bulk_checked, PF_LOAD_BF16, 1, 0, 6, 6)
-PREP_KERNEL(pf_prep_tiles, PF_LOAD_TILES, 0, 0, 8, 6)
-PREP_KERNEL(pf_prep_tiles_checked, PF_LOAD_TILES, 1, 0, 6, 6)
-PREP_KERNEL(pf_prep_any, PF_LOAD_ELEMENTS, 0, 0, 8, 6)
-PREP_KERNEL(pf_prep_any_checked, PF_LOAD_ELEMENTS, 1, 0, 6, 6)
-/* The fp16 family (fp16 and fp32 q, k: never the bf16 tiles): the kc lo term takes unit 5. */
-PREP_KERNEL(pf_prep16_tiles, PF_LOAD_TILES, 0, 1, 8, 6)
-PREP_KERNEL(pf_prep16_tiles_checked, PF_LOAD_TILES, 1, 1, 6, 6)
-PREP_KERNEL(pf_prep16_any, PF_LOAD_ELEMENTS, 0, 1, 6, 6)
-PREP_KERNEL(pf_prep16_any_checked, PF_LOAD_ELEMENTS, 1, 1, 6, 6)
+PREP_KERNEL(pf_prep_bulk, PF_LOAD_BF16, 0, 0, 8)
+PREP_KERNEL(pf_prep_bulk_checked, PF_LOAD_BF16, 1, 0, 6)
+PREP_KERNEL(pf_prep_tiles, PF_LOAD_TILES, 0, 0, 8)
+PREP_KERNEL(pf_prep_tiles_checked, PF_LOAD_TILES, 1, 0, 6)
+PREP_KERNEL(pf_prep_any, PF_LOAD_ELEMENTS, 0, 0, 8)
+PREP_KERNEL(pf_prep_any_checked, PF_LOAD_ELEMENTS, 1, 0, 6)
+/* The fp16 family (fp16 and fp32 q, k: never the bf16 tiles). */
+PREP_KERNEL(pf_prep16_tiles, PF_LOAD_TILES, 0, 1, 8)
+PREP_KERNEL(pf_prep16_tiles_checked, PF_LOAD_TILES, 1, 1, 6)
+PREP_KERNEL(pf_prep16_any, PF_LOAD_ELEMENTS, 0, 1, 6)
+PREP_KERNEL(pf_prep16_any_checked, PF_LOAD_ELEMENTS, 1, 1, 6)
 #undef PREP_KERNEL
 
 cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
@@ -488,6 +615,7 @@ cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
     if (p->fp16_chain) /* q, k fp16 or fp32: the tile or element loads */
         kernel = p->qkg_load == PF_LOAD_TILES ? (checked ? pf_prep16_tiles_checked : pf_prep16_tiles)
                                               : (checked ? pf_prep16_any_checked : pf_prep16_any);
-    kernel<<<grid, PREP_THREADS, 0, stream>>>(*p);
-    return cudaGetLastError();
+    void *args[] = {(void *)p};
+    return cudaLaunchKernel((const void *)kernel, grid, dim3(PREP_THREADS), args, 0,
+                            stream); /* this launch's error only (prefill_common.cuh) */
 }

@@ -374,6 +374,7 @@ cudaError_t pf256_launch_prep(const pf_params *p, cudaStream_t stream)
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
     if (err != cudaSuccess) return err;
     dim3 grid((unsigned)used_slots, (unsigned)p->HV);
-    kernel<<<grid, P256_THREADS, smem, stream>>>(*p);
-    return cudaGetLastError();
+    void *args[] = {(void *)p};
+    return cudaLaunchKernel((const void *)kernel, grid, dim3(P256_THREADS), args, smem,
+                            stream); /* this launch's error only (prefill_common.cuh) */
 }

@@ -26,6 +26,13 @@ static __device__ __forceinline__ void st_bf16(unsigned char *base, uint32_t off
     *(uint16_t *)(base + off) = pf_float_to_bf16(x);
 }
 
+/* The bf16 lo terms of a pair (x0, x1) whose hi terms are the bf16 pair `hi` (x0's in the low half):
+ * x - hi, rounded again, so that hi + lo carries ~16 significant bits. */
+static __device__ __forceinline__ uint32_t prep_lo_bf16x2(float x0, float x1, uint32_t hi)
+{
+    return pack_bf16x2(x0 - __uint_as_float(hi << 16), x1 - __uint_as_float(hi & 0xffff0000u));
+}
+
 /* A record operand in fp16 (rec16 != 0: an fp16 record, prefill_common.cuh) or bf16. */
 static __device__ __forceinline__ void st_16(unsigned char *base, uint32_t off, float x, int rec16)
 {
@@ -86,10 +93,11 @@ static __device__ __forceinline__ float prep_gate(const pf_params *p, float g, f
         a = p->gate == FKDA_GATE_LOWER_BOUND ? p->gate_scale * pf_sigmoid(A * x)
                                              : -A * (x > 20.0f ? x : log1pf(__expf(x))) * PREP_LOG2E; /* softplus */
     }
-    /* A decay below 2^-150 per token is 0 to every exp2 here (ex2.approx.ftz); clamping it keeps
-     * the chunk's running sum finite (a finite g of -3e38 would reach -inf, and -inf - -inf is
-     * NaN). A NaN stays NaN (the comparison is false). */
-    return a < -150.0f ? -150.0f : a;
+    /* A decay below 2^-150 per token is 0 to every exp2 here (ex2.approx.ftz), a growth above 2^150
+     * is inf to every one; clamping both keeps the chunk's running sums finite (a finite g of -3e38
+     * would reach -inf, and -inf - -inf is NaN; the K <= 128 prep also subtracts the first half's
+     * total from the first half's sums). A NaN stays NaN (the comparisons are false). */
+    return a < -150.0f ? -150.0f : (a > 150.0f ? 150.0f : a);
 }
 
 /* Step 4': L and Mqk from the fp32 tiles qn, kn, G ([16][128] each). The 136 entries i >= j are
@@ -222,7 +230,7 @@ static __device__ __forceinline__ void prep_inverse(float (*s_L)[17], float (*s_
 
 /* Row i of W = bINV Kd for one key channel, in fp32 (bINV is lower triangular including the
  * diagonal): bINV's 16-byte aligned rows read four entries at a time, the products summed in key
- * order. The K = 128 and K = 256 preps' step 6. */
+ * order. The K = 256 prep's step 6 (the K = 128 prep's, on channel pairs, is prep_negw_half). */
 static __device__ __forceinline__ float prep_w_row(const float (*s_binv)[16], const float kd[16], int i)
 {
     float w = 0.0f;
@@ -237,36 +245,92 @@ static __device__ __forceinline__ float prep_w_row(const float (*s_binv)[16], co
     return w;
 }
 
-/* Steps 5 and 6 for the checked kernels: bINV, then W = bINV Kd in fp32 by thread `col`, stored
- * negated. */
-static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
-                                                   const float kd[16], unsigned char *rec, int col, int warp, int lane,
-                                                   int rec16)
+/* Two fp32 values as one 4-byte pair of record operands, fp16 (rec16) or bf16: `lo` at the lower
+ * address. */
+static __device__ __forceinline__ uint32_t pack_16x2(float lo, float hi, int rec16)
 {
+    return rec16 ? pack_f16x2(lo, hi) : pack_bf16x2(lo, hi);
+}
+
+/* Step 6 for one half of the chunk's rows (upper: a constant where inlined, rows 8 upper .. + 7) and
+ * the thread's two key channels: -W[r][c0 + h] = -sum_{j <= r} bINV[r][j] Kd[j][c0 + h], Kd of rows
+ * 0..7 from s_kd in the second half. */
+static __device__ __forceinline__ void prep_negw_half(const float (*s_binv)[16], const float *s_kd, const float kd[16],
+                                                      unsigned char *rec, int c0, int upper, int rec16)
+{
+    float k16[32]; /* Kd of rows 0..15 (entry 2 j + h), the rows this half reads */
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        if (upper) {
+            const float2 x = *(const float2 *)(s_kd + j * 128 + c0);
+            k16[2 * j] = x.x;
+            k16[2 * j + 1] = x.y;
+        }
+        k16[2 * (8 * upper + j)] = kd[2 * j];
+        k16[2 * (8 * upper + j) + 1] = kd[2 * j + 1];
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int r = 8 * upper + i;
+        float w0 = 0.0f, w1 = 0.0f;
+#pragma unroll
+        for (int j4 = 0; j4 <= r; j4 += 4) {
+            const float4 b4 = *(const float4 *)&s_binv[r][j4];
+            const float bb[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (j4 + e <= r) {
+                    w0 += bb[e] * k16[2 * (j4 + e)];
+                    w1 += bb[e] * k16[2 * (j4 + e) + 1];
+                }
+        }
+        *(uint32_t *)(rec + PF_REC_NEGW + pf_swz(r, c0)) = pack_16x2(-w0, -w1, rec16);
+    }
+}
+
+/* Steps 5 and 6 for the K = 128 prep's fp32 step 6 (every checked kernel; the unchecked ones take
+ * step 6 on tensor cores, prep_negw_tf32 and prep_negw_mma):
+ * bINV, then W = bINV Kd, stored negated. The thread owns key channels c0 and c0 + 1 over rows 8 hf
+ * .. 8 hf + 7 (prefill_prep.cu, step 3; kd[2 i + h] is Kd of row 8 hf + i, channel c0 + h); row r of
+ * W needs Kd of rows 0..r, so the first half's Kd crosses to the second half through s_kd ([8][128]
+ * fp32, a dead 4 KB unit of s_buf), written here before the barrier that step 6 waits on anyway
+ * (warp 0's inverse). Each row's products are summed in key order, bINV's 16-byte aligned rows read
+ * four entries at a time; the pair of channels is one 4-byte store. */
+static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
+                                                   const float kd[16], float *s_kd, unsigned char *rec, int hf, int c0,
+                                                   int warp, int lane, int rec16)
+{
+    if (hf == 0) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) *(float2 *)(s_kd + i * 128 + c0) = make_float2(kd[2 * i], kd[2 * i + 1]);
+    }
     prep_inverse(s_L, s_binv, s_b, rec, warp, lane, rec16);
     __syncthreads();
-#pragma unroll
-    for (int i = 0; i < 16; i++) st_16(rec + PF_REC_NEGW, pf_swz(i, col), -prep_w_row(s_binv, kd, i), rec16);
+    if (hf == 0)
+        prep_negw_half(s_binv, s_kd, kd, rec, c0, 0, rec16);
+    else
+        prep_negw_half(s_binv, s_kd, kd, rec, c0, 1, rec16);
 }
 
 /* Step 6 for the fp16 family's unchecked kernels, on tensor cores: W = bINV Kd = (bINV kc) diag(2^Gref), kc the
  * centred keys already in shared memory for step 4 (kc[i][c] = Kd[i][c] 2^-Gref_c; the safe gate
  * keeps 2^Gref_c >= 2^-58, so the column factor is exact to fp32's rounding, which a checked gate's
- * 2^Gref below fp32's range would not be: those kernels keep prep_finish). Warp w forms the 16 x 32
- * block of keys 32w..32w+31 as bINV_hi kc_hi + bINV_hi kc_lo + bINV_lo kc_hi (bf16 pairs, fp32
+ * 2^Gref below fp32's range would not be: those kernels keep prep_finish). Each warp forms a 16 x 32
+ * block of keys as bINV_hi kc_hi + bINV_hi kc_lo + bINV_lo kc_hi (bf16 pairs, fp32
  * accumulation: about 2^-16 relative, below the record's bf16 / fp16 rounding), so the 136 FMAs and
  * shared reads per thread of the fp32 form become 12 mma.sync per warp; its output fragment holds
  * (row g or g + 8, keys 2t and 2t + 1 of each 8-key tile), stored as one 4-byte pair. The factor
- * 2^Gref of key c is lane (c mod 32)'s e_ref: the block's keys are the warp's own key channels.
- * Why the fp16 family only: there kc's lo term is already in shared memory for the L product, and
- * kd's 16 registers no longer live through steps 4 and 5 took pf_prep16_tiles from 172 to 20 bytes
- * of spills (0.247 -> 0.237 ms at T = 8192, H = 32); the bf16 kernels would have to write kc's lo
- * term for it (a sixth 4 KB unit and four instructions a row), which cost what it saved
- * (pf_prep_bulk 0.556 -> 0.562 ms at H = 96, H200). */
+ * 2^Gref of key c is held by the warp's lane (c mod 64) / 2 (prefill_prep.cu, step 3): each warp
+ * takes a block of keys among its own lanes' channels.
+ * Why hi + lo pairs here and tf32 in the bf16 family (prep_negw_tf32): kc's lo term is in shared
+ * memory already for the fp16 family's L product, whose 11-bit chain needs ~16 bits there. */
 static __device__ __forceinline__ void prep_negw_mma(const float (*s_binv)[16], const unsigned char *kc_hi,
-                                                     const unsigned char *kc_lo, float e_ref, unsigned char *rec,
-                                                     int warp, int lane, int rec16)
+                                                     const unsigned char *kc_lo, const float e_ref[2],
+                                                     unsigned char *rec, int warp, int lane, int rec16)
 {
+    /* the warp's 32 keys: warps 0 and 2 hold channels 0-63 (lane l: 2l, 2l + 1), warps 1 and 3
+     * channels 64-127 */
+    const int blk = 2 * (warp & 1) + (warp >> 1);
     const int g = lane >> 2, t = lane & 3;
     /* A = bINV in the m16n8k16 fragment: register r holds row g + 8 (r & 1), columns 2t + 8 (r >> 1)
      * and + 1 (s_binv's rows are 16-byte aligned, so each pair is one 8-byte read) */
@@ -274,9 +338,8 @@ static __device__ __forceinline__ void prep_negw_mma(const float (*s_binv)[16], 
 #pragma unroll
     for (int r = 0; r < 4; r++) {
         const float2 x = *(const float2 *)&s_binv[g + 8 * (r & 1)][2 * t + 8 * (r >> 1)];
-        const uint32_t h = pack_bf16x2(x.x, x.y);
-        ahi[r] = h;
-        alo[r] = pack_bf16x2(x.x - __uint_as_float(h << 16), x.y - __uint_as_float(h & 0xffff0000u));
+        ahi[r] = pack_bf16x2(x.x, x.y);
+        alo[r] = prep_lo_bf16x2(x.x, x.y, ahi[r]);
     }
     float acc[4][4];
 #pragma unroll
@@ -286,7 +349,7 @@ static __device__ __forceinline__ void prep_negw_mma(const float (*s_binv)[16], 
 #pragma unroll
     for (int half = 0; half < 2; half++) {
         /* B = kc[token][key] transposed: matrices (tokens 0-7 | 8-15) x (unit u | u + 1) */
-        const uint32_t off = pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 4 * warp + 2 * half + (lane >> 4));
+        const uint32_t off = pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 4 * blk + 2 * half + (lane >> 4));
         uint32_t bh[4], bl[4];
         ldsm_x4_trans(bh, smem_addr(kc_hi + off));
         ldsm_x4_trans(bl, smem_addr(kc_lo + off));
@@ -300,13 +363,83 @@ static __device__ __forceinline__ void prep_negw_mma(const float (*s_binv)[16], 
     }
 #pragma unroll
     for (int n = 0; n < 4; n++) {
-        const int c = 32 * warp + 8 * n + 2 * t;
-        const float e0 = __shfl_sync(0xffffffffu, e_ref, (c & 31)), e1 = __shfl_sync(0xffffffffu, e_ref, (c & 31) + 1);
+        const int c = 32 * blk + 8 * n + 2 * t; /* even: keys c and c + 1 are lane (c mod 64) / 2's pair */
+        const float e0 = __shfl_sync(0xffffffffu, e_ref[0], (c & 63) >> 1);
+        const float e1 = __shfl_sync(0xffffffffu, e_ref[1], (c & 63) >> 1);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const float w0 = -(acc[n][2 * h] * e0), w1 = -(acc[n][2 * h + 1] * e1);
-            *(uint32_t *)(rec + PF_REC_NEGW + pf_swz(g + 8 * h, c)) = rec16 ? pack_f16x2(w0, w1) : pack_bf16x2(w0, w1);
+            *(uint32_t *)(rec + PF_REC_NEGW + pf_swz(g + 8 * h, c)) = pack_16x2(w0, w1, rec16);
         }
+    }
+}
+
+/* Byte offset of element (row, col) of a [16][128] fp32 tile of two s_buf units (512-byte rows),
+ * swizzled like pf_swz: the 16-byte unit j of row r sits at j ^ (r & 7), so that ldmatrix's 8 rows
+ * of one unit hit 8 different bank groups (step 4), and so do step 6's reads of one key from rows
+ * of one parity (prep_negw_tf32). prefill_prep.cu's kc, ki, qc tiles of the bf16 family. */
+static __device__ __forceinline__ uint32_t prep_swz32(int row, int col)
+{
+    return (uint32_t)(row * 512 + (((col >> 2) ^ (row & 7)) << 4) + ((col & 3) << 2));
+}
+
+/* Step 6 for the bf16 family's unchecked kernels, on tensor cores: W = bINV Kd = (bINV kc)
+ * diag(2^Gref), kc the centred keys that step 3 left in shared memory as a tf32 tile for step 4
+ * (kc[i][c] = Kd[i][c] 2^-Gref_c; the safe gate keeps 2^Gref_c >= 2^-58, so the column factor is
+ * exact to fp32's rounding, which a checked gate's 2^Gref below fp32's range would not be: those
+ * kernels keep prep_finish). bINV and kc enter with 11 significant bits (tf32), an eighth of the
+ * bf16 rounding that the record's -W then takes (dev/numerics: no change in the output's or the
+ * state's error), and the 136 FMAs and ~40 shared reads per thread of the fp32 form become 8
+ * mma.sync m16n8k8 per warp, with Kd no longer held in registers from step 3 on. Each warp forms a
+ * 16 x 32 block of keys (prep_negw_mma's blocks, whose 2^Gref factors its own lanes hold). A k-step
+ * takes 8 tokens in the order the fragments make cheapest to read (the sum over a k-step does not
+ * depend on it): lane t's k-slots t and t + 4 are tokens 2t and 2t + 1, so A's pair is one 8-byte
+ * read of a bINV row, and B's two values are kc's rows 2t and 2t + 1 at key g, rows of one parity
+ * per load, in 8 different bank groups by the tile's swizzle. The output fragment holds (row g or g
+ * + 8, keys 2t and 2t + 1 of each 8-key tile), stored as one 4-byte pair. */
+static __device__ __forceinline__ void prep_negw_tf32(const float (*s_binv)[16], const unsigned char *kc,
+                                                      const float e_ref[2], unsigned char *rec, int warp, int lane)
+{
+    const int blk = 2 * (warp & 1) + (warp >> 1);
+    const int g = lane >> 2, t = lane & 3;
+    /* B's byte offsets: key 32 blk + 8n + g of row 8 ks + 2t + e is prep_swz32's unit 8 blk + 2n +
+     * (g >> 2) XOR (2t + e), i.e. 8 blk + 2 (n ^ t) + ((g >> 2) ^ e): a lane constant per (n, e)
+     * (the compiler may form each again at its loads), the k-step 4 KB on */
+    uint32_t boff[4][2];
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+        for (int e = 0; e < 2; e++)
+            boff[n][e] = (2 * t + e) * 512 + 128 * blk + ((2 * (n ^ t) + ((g >> 2) ^ e)) << 4) + ((g & 3) << 2);
+    float acc[4][4];
+#pragma unroll
+    for (int n = 0; n < 4; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[n][e] = 0.0f;
+#pragma unroll
+    for (int ks = 0; ks < 2; ks++) {
+        /* A = bINV: a0, a2 = row g, tokens 8 ks + 2t, + 1; a1, a3 = row g + 8 */
+        const float2 x0 = *(const float2 *)&s_binv[g][8 * ks + 2 * t];
+        const float2 x1 = *(const float2 *)&s_binv[g + 8][8 * ks + 2 * t];
+        const uint32_t a[4] = {tf32_operand(x0.x), tf32_operand(x1.x), tf32_operand(x0.y), tf32_operand(x1.y)};
+#pragma unroll
+        for (int n = 0; n < 4; n++) {
+            /* B = kc[token][key]: b0, b1 = tokens 8 ks + 2t, + 1 at key 32 blk + 8n + g (stored
+             * rounded to tf32 already) */
+            const uint32_t b0 = *(const uint32_t *)(kc + 4096 * ks + boff[n][0]);
+            const uint32_t b1 = *(const uint32_t *)(kc + 4096 * ks + boff[n][1]);
+            mma_tf32_1688(acc[n], a, b0, b1, acc[n]);
+        }
+    }
+#pragma unroll
+    for (int n = 0; n < 4; n++) {
+        const int c = 32 * blk + 8 * n + 2 * t; /* even: keys c and c + 1 are lane (c mod 64) / 2's pair */
+        const float e0 = __shfl_sync(0xffffffffu, e_ref[0], (c & 63) >> 1);
+        const float e1 = __shfl_sync(0xffffffffu, e_ref[1], (c & 63) >> 1);
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+            *(uint32_t *)(rec + PF_REC_NEGW + pf_swz(g + 8 * h, c)) = pack_bf16x2(acc[n][2 * h] * -e0,
+                                                                                  acc[n][2 * h + 1] * -e1);
     }
 }
 

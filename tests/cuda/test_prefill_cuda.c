@@ -4,11 +4,13 @@
  *
  * Every case draws fresh random inputs (the seed is printed; FKDA_TEST_SEED repeats a run),
  * poisons the output and the final state with NaN before each GPU run and checks that every
- * element was written, runs twice and checks the two results are bitwise equal, and compares the
- * relative Frobenius error ||gpu - ref|| / ||ref|| of the output and the final state (and, where
- * the case asks, of the CPU fp32 fast path's) with the case's bars (pf_bars). Every output
- * buffer on the GPU (out, final state) sits between two guard regions that must come back
- * bitwise untouched, and an initial state that is not also the final state must not change.
+ * element was written, runs twice and checks the two results are bitwise equal (the second run with
+ * the chain's output on warps of their own, FKDA_PREFILL_SPLIT_OUT=1, the first without: where that
+ * kernel serves, the bf16 chain with bf16 output over whole sequences, it must give the same bits),
+ * and compares the relative Frobenius error ||gpu - ref|| / ||ref|| of the output and the final
+ * state (and, where the case asks, of the CPU fp32 fast path's) with the case's bars (pf_bars).
+ * Every output buffer on the GPU (out, final state) sits between two guard regions that must come
+ * back bitwise untouched, and an initial state that is not also the final state must not change.
  * The GPU gets bf16 (or the case's fp16 / fp32) q, k, v, bf16 (or the case's fp32) g, and bf16
  * beta; the reference gets the same values widened to fp32, so only the GPU's own arithmetic is
  * measured.
@@ -443,6 +445,7 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
     float gpu_ms = 0;
     for (int run = 0; run < 2; run++) {
         test_tensor *o = run ? &out2 : &out1, *st = run ? &st2 : &st1;
+        setenv("FKDA_PREFILL_SPLIT_OUT", run ? "1" : "0", 1);
         poison(&d.out, out1.count);
         if (c->has_out && c->in_place)
             CUDA_OK(cudaMemcpy(d.initial_state.data, h0.t.data, h0.count * fkda_dtype_size(h0.t.dtype),
@@ -540,6 +543,7 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
     if (c->has_out && !c->in_place) guarded_free(d.final_state.data);
     if (gws) CUDA_OK(cudaFree(gws));
     unsetenv("FKDA_PREFILL_FP16_CHAIN");
+    unsetenv("FKDA_PREFILL_SPLIT_OUT");
     test_tensor *all[] = {&q,  &k,  &v,   &g,       &beta,   &A_log,    &dt_bias, &cu,   &h0,   &qwide, &kf, &vf,
                           &gf, &bf, &h0f, &out_ref, &st_ref, &out_fast, &st_fast, &out1, &out2, &st1,   &st2};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) test_tensor_free(all[i]);
@@ -628,6 +632,53 @@ static void check_unsupported(void)
     test_tensor_free(&h0);
     test_tensor_free(&ht);
     printf("  unsupported options refused with the option named, no output written\n");
+}
+
+/* An error that an earlier runtime call of the caller's left pending (a failed cudaMalloc) is
+ * neither taken for a launch failure of the prefill's nor cleared by it: the call succeeds, and
+ * cudaGetLastError still returns the caller's error afterwards. */
+static void check_pending_error(void)
+{
+    const int64_t T = 40, sq[4] = {1, T, 1, KD}, sb[3] = {1, T, 1}, ss[4] = {1, 1, KD, KD};
+    test_rng rng;
+    test_rng_seed(&rng, 2);
+    test_tensor q = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq), beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
+    test_tensor ht = test_tensor_alloc(FKDA_DTYPE_F32, 4, ss);
+    test_tensor_fill_normal(&q, &rng, 0, 1);
+    test_tensor_fill_normal(&beta, &rng, 0, 1);
+    fkda_tensor dq = to_device(&q), db = to_device(&beta), dout = to_device(&q), dht = to_device(&ht);
+    fkda_prefill_args a;
+    memset(&a, 0, sizeof a);
+    a.q = a.k = a.v = a.g = dq;
+    a.beta = db;
+    a.out = dout;
+    a.final_state = dht;
+    a.options = fkda_default_options();
+    a.options.gate = FKDA_GATE_LOWER_BOUND;
+    a.options.lower_bound = -5;
+    a.options.use_qk_l2norm = a.options.use_beta_sigmoid = 1;
+    const fkda_device gpu = {FKDA_DEVICE_CUDA, 0, NULL, 0, 0};
+    size_t bytes = 0;
+    CHECK(fkda_prefill_workspace_size(&a, &gpu, &bytes) == FKDA_OK, "pending error: workspace: %s", fkda_last_error());
+    void *ws = NULL, *huge = NULL;
+    if (bytes) CUDA_OK(cudaMalloc(&ws, bytes));
+    const cudaError_t pending = cudaMalloc(&huge, (size_t)1 << 50); /* 1 PiB: fails, not sticky */
+    CHECK(pending != cudaSuccess, "pending error: a 1 PiB cudaMalloc succeeded");
+    const fkda_status s = fkda_prefill(&a, &gpu, ws, bytes);
+    CHECK(s == FKDA_OK, "pending error: the prefill failed: %s", fkda_last_error());
+    const cudaError_t after = cudaGetLastError();
+    CHECK(after == pending, "pending error: cudaGetLastError gave %s after the prefill, expected the caller's %s",
+          cudaGetErrorString(after), cudaGetErrorString(pending));
+    CUDA_OK(cudaDeviceSynchronize());
+    if (ws) CUDA_OK(cudaFree(ws));
+    guarded_free(dq.data);
+    guarded_free(db.data);
+    guarded_free(dout.data);
+    guarded_free(dht.data);
+    test_tensor_free(&q);
+    test_tensor_free(&beta);
+    test_tensor_free(&ht);
+    printf("  an error the caller left pending: the prefill runs, and leaves it pending\n");
 }
 
 #define F32 FKDA_DTYPE_F32
@@ -732,6 +783,9 @@ int main(int argc, char **argv)
         /* 8 warps per chain CTA over 10 chunks (more than the ring's 4 stages): every stage is
          * read by all 8 warps and refilled */
         STD_CASE("T=150 vslice 128 (8 warps)", 1, 150, 1, 1, 128),
+        /* the same at 64 columns: with the output on warps of their own (the second run), 4 chain
+         * and 4 output warps, the ring refilled one chunk later */
+        STD_CASE("T=150 vslice 64 (4 + 4 warps)", 1, 150, 1, 1, 64),
         {"T=100 3 segments, in place", 1, 100, 2, 2, 0, {0}, 1, 1, F32, F32, 1, 1, 1, 1, 0, 0, 1, 0, 0, 3, -5, 0, 0},
         K256("K=256 V=32 T=40 (two warp pairs)", 1, 40, 1, 1, 256, 32, F32, F32, 1, 32),
         K256("K=256 V=64 T=100 (four warp pairs, 4 stages)", 1, 100, 1, 1, 256, 64, F32, F32, 1, 64),
@@ -1271,6 +1325,9 @@ int main(int argc, char **argv)
 #undef PICKED
     CHECK(picked > 0, "--only %s: no case has that in its name", only ? only : "");
     if (!only) check_unsupported();
+    /* not in the --small runs, which are compute-sanitizer's: memcheck reports the check's deliberately
+     * failed cudaMalloc as an error of the program's */
+    if (!only && !small) check_pending_error();
     print_tightest();
     return test_exit("test_prefill_cuda");
 }
