@@ -514,6 +514,16 @@ PREP_TF32 = [
     ("(q) (p) + W from tf32 bINV and kc: as the kernels round", {}),
 ]
 
+# The fp16 family's prep products (plan (m), the kernels today: L's operands bf16 hi + lo, Mqk's
+# hi + lo, step 6 from hi + lo pairs) with operands in tf32 instead, as the bf16 family's are.
+PREP16_TF32 = [
+    ("(m) as the kernels round", {}),
+    ("(m) + L operands tf32", dict(L_ops="tf32")),
+    ("(m) + L operands tf32, W from tf32 bINV and kc", dict(L_ops="tf32", W_ops="tf32")),
+    ("(m) + Mqk operands tf32", dict(Mqk_ops="tf32")),
+    ("(m) + L and Mqk operands tf32", dict(L_ops="tf32", Mqk_ops="tf32")),
+]
+
 
 def cost(p):
     """(extra bf16-mma per warp-chunk, extra record bytes) of plan p against the CUDA plan."""
@@ -575,7 +585,7 @@ def main():
     ap.add_argument("--lower-bound", type=float, default=-5.0)
     ap.add_argument("--log-rate", default="-4,1", help="gate none: range of the per-head log rate")
     ap.add_argument("--only", default="",
-                    help="comma list of sections: check,fla,ablation,plans,match,range,prep")
+                    help="comma list of sections: check,fla,ablation,plans,match,range,prep,prep16")
     args = ap.parse_args()
     T = 256 if args.quick else args.T
     seeds = range(1 if args.quick else args.seeds)
@@ -658,6 +668,17 @@ def main():
             eo, es = median_errors(lambda y, ch=ch: cuda_prefill(y, plan(**ch)), "bf16", seeds,
                                    **kw)
             print(f"| {name} | {eo:.2e} / {es:.2e} |", flush=True)
+    if "prep16" in only:
+        print("the fp16 family's prep products on tf32 operands (held scale on)")
+        print("| plan | fp16 in | fp32 in | fla, fp16 in | fla, fp32 in |\n|---|---|---|---|---|")
+        m16 = dict(next(c for c in CANDIDATES if c[0].startswith("(m)"))[1])
+        fla = [median_errors(fla_prefill, d, seeds, **kw) for d in ("fp16", "fp32")]
+        for name, ch in PREP16_TF32:
+            cells = [median_errors(lambda y, ch=ch: cuda_prefill(y, plan(**dict(m16, **ch)),
+                                                                 held_scale=True), d, seeds, **kw)
+                     for d in ("fp16", "fp32")]
+            print(f"| {name} | " + " | ".join(f"{o:.2e} / {s:.2e}" for o, s in cells + fla) + " |",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,8 @@
  *      fp32 accumulation, masks by selection, one warp per (product, 8-column tile): on tf32
  *      operands (one bf16 rounding of qc and ki was the largest output error term; tf32's is an
  *      eighth of it, dev/numerics: +0.7 % on the output's error); the fp16 family on hi*hi +
- *      hi*lo + lo*hi of bf16 terms (about fp32 accuracy, which its 11-bit chain needs for L);
+ *      hi*lo + lo*hi of bf16 terms (about fp32 accuracy, which its 11-bit chain needs for Mqk:
+ *      tf32 there is +41 % on its output error; L shares ki's terms);
  *   4'. or, pairwise in fp32: L_ij and Mqk_ij = sum_c x_i[c] k_j[c] 2^(G_i[c] - G_j[c]) with
  *      every exponent <= 0 for a decaying gate, so nothing overflows whatever the decay;
  *   5. warp 0: INV = (I + L)^-1 by fp32 forward substitution (lane c owns column c), bINV =

@@ -322,8 +322,9 @@ static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_b
  * (row g or g + 8, keys 2t and 2t + 1 of each 8-key tile), stored as one 4-byte pair. The factor
  * 2^Gref of key c is held by the warp's lane (c mod 64) / 2 (prefill_prep.cu, step 3): each warp
  * takes a block of keys among its own lanes' channels.
- * Why hi + lo pairs here and tf32 in the bf16 family (prep_negw_tf32): kc's lo term is in shared
- * memory already for the fp16 family's L product, whose 11-bit chain needs ~16 bits there. */
+ * Why hi + lo pairs here and tf32 in the bf16 family (prep_negw_tf32): the fp16 family has kc's hi
+ * and lo terms in shared memory already for its L product, which shares ki's terms with Mqk, whose
+ * operands its 11-bit chain needs at ~16 bits. */
 static __device__ __forceinline__ void prep_negw_mma(const float (*s_binv)[16], const unsigned char *kc_hi,
                                                      const unsigned char *kc_lo, const float e_ref[2],
                                                      unsigned char *rec, int warp, int lane, int rec16)
