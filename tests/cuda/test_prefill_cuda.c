@@ -662,6 +662,8 @@ static void check_pending_error(void)
     CHECK(fkda_prefill_workspace_size(&a, &gpu, &bytes) == FKDA_OK, "pending error: workspace: %s", fkda_last_error());
     void *ws = NULL, *huge = NULL;
     if (bytes) CUDA_OK(cudaMalloc(&ws, bytes));
+    CUDA_OK(cudaMemset(dout.data, 0xff, tensor_bytes(&q))); /* poisoned: the chain must write it */
+    CUDA_OK(cudaMemset(dht.data, 0xff, tensor_bytes(&ht)));
     const cudaError_t pending = cudaMalloc(&huge, (size_t)1 << 50); /* 1 PiB: fails, not sticky */
     CHECK(pending != cudaSuccess, "pending error: a 1 PiB cudaMalloc succeeded");
     const fkda_status s = fkda_prefill(&a, &gpu, ws, bytes);
@@ -670,6 +672,15 @@ static void check_pending_error(void)
     CHECK(after == pending, "pending error: cudaGetLastError gave %s after the prefill, expected the caller's %s",
           cudaGetErrorString(after), cudaGetErrorString(pending));
     CUDA_OK(cudaDeviceSynchronize());
+    /* every launch ran: no poison is left in the output or the final state (0xff bytes read as NaN
+     * in bf16 and fp32, which these finite inputs never give) */
+    test_tensor got = test_tensor_alloc(FKDA_DTYPE_BF16, 4, sq), got_ht = test_tensor_alloc(FKDA_DTYPE_F32, 4, ss);
+    from_device(&got, &dout);
+    from_device(&got_ht, &dht);
+    CHECK(!test_has_nonfinite(&got) && !test_has_nonfinite(&got_ht),
+          "pending error: the prefill left its output or final state unwritten (NaN)");
+    test_tensor_free(&got);
+    test_tensor_free(&got_ht);
     if (ws) CUDA_OK(cudaFree(ws));
     guarded_free(dq.data);
     guarded_free(db.data);
