@@ -198,30 +198,22 @@ static int choose_vslice(const fkda_problem *p, int sms)
 
 /* Whether each 16-column chain runs on a chain warp and an output warp (prefill_chain.cu, split):
  * the chain warp's step loses the output's products and stores, which the output warp does one
- * chunk behind from a handoff in shared memory, so the serial step is shorter where a chain warp
- * has its scheduler to itself. The kernel serves the bf16 chain with bf16 output over whole
- * sequences in slices of at most 64 columns. Taken where the doubled warps still fit in one wave:
- * a chain warp holds ~255 registers, so an SM takes 8 warps, i.e. 4 / (vslice / 16) split CTAs,
- * and at most as many as its shared memory holds (228 KB, 1 KB of it reserved per CTA: 3 CTAs of
- * 16 columns, 2 of 32 or 64; so 3, 2 and 1 in all); more CTAs than that would leave chains for a
- * second wave (at 32 and 64 columns the unsplit kernel fits twice as many CTAs an SM; at 16, 3
- * CTAs each, so there the rule only keeps the split kernel to its one wave). Not taken at 64
- * columns, though the kernel serves them: a CTA of 8 chain warps and 8 output warps puts two of
- * each on every scheduler, so the chain warps share their issue slots again, and there the split
- * kernel measured slower than the unsplit one (docs/history/prefill.md, "02 chain split output").
- * FKDA_PREFILL_SPLIT_OUT=1 takes it wherever the kernel serves, 0 never. */
+ * chunk behind from a handoff in shared memory. That shortens the serial step only where every
+ * warp has an SM scheduler (4 an SM) to itself: a chain warp that shares its scheduler with an
+ * output warp loses the issue slots the split freed (T = 8192: one split CTA of 4 warps an SM at
+ * H = 32 won, one of 8 warps an SM at H = 64 lost; docs/history/prefill.md, "dev/pending 02-07 on
+ * the H200"). So it is taken where the split CTAs' warps, 2 per 16 columns, number at most 4 per
+ * SM, which also keeps them to one wave. FKDA_PREFILL_SPLIT_OUT=1 takes it wherever the kernel
+ * serves, 0 never. */
 static int choose_split_out(const fkda_problem *p, const pf_params *params, int vslice, int sms)
 {
     fkda_tuning tuning;
     fkda_tuning_read(&tuning);
     if (tuning.prefill_split_out == 0) return 0;
-    if (params->fp16_chain || params->out_mode != PF_OUT_BF16 || vslice > 64) return 0;
+    if (!pf_chain_split_serves(params, vslice)) return 0;
     if (tuning.prefill_split_out == 1) return 1;
-    if (vslice > 32) return 0;
     const int64_t ctas = p->N * p->HV * (vpad(p) / vslice);
-    const int64_t by_regs = 4 / (vslice / 16),
-                  by_smem = (228 * 1024) / ((int64_t)pf_chain_split_smem_bytes(vslice) + 1024);
-    return ctas <= (int64_t)sms * (by_regs < by_smem ? by_regs : by_smem);
+    return ctas * 2 * (vslice / 16) <= (int64_t)sms * 4;
 }
 
 static pf_ints ints_of(const fkda_operand *x)
