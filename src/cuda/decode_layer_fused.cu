@@ -53,6 +53,7 @@
 #include "decode_common.cuh"
 #include "decode_layer_fused.h"
 #include "decode_layer_select.h"
+#include "ptx_cluster.cuh"
 #include "ptx_mbarrier.cuh"
 
 /* The two tiles of a head (K = V = 128, 4 values per lane in both):
@@ -125,25 +126,10 @@ fused_smem;
 /* ---- cluster operations (sm_90 PTX) ----------------------------------------------------------- */
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-static __device__ __forceinline__ uint32_t cluster_rank(void)
-{
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-}
-
-/* The kernel's one cluster barrier, in two halves, at its start: every thread of every CTA arrives
- * (relaxed: it orders nothing but the exchanges' barrier initialisation, which a fence releases),
- * and waits for all the others before its first remote store, so that no CTA stores into one that
- * has not started or whose barriers are not initialised yet. */
-static __device__ __forceinline__ void cluster_arrive_relaxed(void)
-{
-    asm volatile("barrier.cluster.arrive.relaxed;" ::: "memory");
-}
-static __device__ __forceinline__ void cluster_wait(void)
-{
-    asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
-}
+/* The kernel's one cluster barrier (ptx_cluster.cuh), in two halves, at its start: every thread of
+ * every CTA arrives (relaxed: it orders nothing but the exchanges' barrier initialisation, which a
+ * fence releases), and waits for all the others before its first remote store, so that no CTA
+ * stores into one that has not started or whose barriers are not initialised yet. */
 
 /*
  * The exchanges (the token's q and k, then each warp's sum of o^2) go CTA to CTA without a cluster
@@ -160,14 +146,6 @@ static __device__ __forceinline__ void cluster_wait(void)
 static __device__ __forceinline__ uint32_t shared_address(const void *p)
 {
     return (uint32_t)__cvta_generic_to_shared(p);
-}
-
-/* The address of `local` (a shared address of this CTA) in CTA `rank` of the cluster. */
-static __device__ __forceinline__ uint32_t cluster_address(uint32_t local, uint32_t rank)
-{
-    uint32_t remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
-    return remote;
 }
 
 /* Thread 0, at the kernel's start (before its cluster arrival): the exchange's barrier expects
