@@ -11,6 +11,7 @@
 #define FKDA_PREFILL_CHAIN_IO_CUH
 
 #include "prefill_common.cuh"
+#include "ptx_mma.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* used by the sm_90 chain only */
 /* Element `off` of an integer or flag tensor. */
@@ -221,6 +222,20 @@ static __device__ __forceinline__ int64_t chain_inter_row0(const pf_params *p, i
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) rows += __shfl_xor_sync(0xffffffffu, rows, o);
     return rows;
+}
+
+/* fp16 v read directly by a bf16 chain (an fp16 output, prefill_launch.cu's v_direct): each lane
+ * turns the 16 bytes it loaded into its v tile into bf16, in place. */
+static __device__ __forceinline__ void chain_v_f16_to_bf16(uint4 *unit)
+{
+    uint4 x = *unit;
+    uint32_t *w = (uint32_t *)&x;
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+        const float2 f = __half22float2(*(const __half2 *)&w[e]);
+        w[e] = pack_bf16x2(f.x, f.y);
+    }
+    *unit = x;
 }
 
 /* Eight output values of one token (columns col0 .. col0 + 7; those past V are not written), in

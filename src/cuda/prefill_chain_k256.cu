@@ -317,16 +317,7 @@ static __device__ __forceinline__ void k2_chain_run(const pf_params &p, const in
             else
                 CP_ASYNC_WAIT(2);
             if (out_mode == PF_OUT_F16 && p.v_stage == NULL) {
-                /* fp16 v read directly: each lane turns its own 16 bytes into bf16 in place */
-                uint4 *u_ = (uint4 *)(VT + pf_swz16(vtok, vhalf));
-                uint4 x_ = *u_;
-                uint32_t *w_ = (uint32_t *)&x_;
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const float2 f_ = __half22float2(*(const __half2 *)&w_[e]);
-                    w_[e] = pack_bf16x2(f_.x, f_.y);
-                }
-                *u_ = x_;
+                chain_v_f16_to_bf16((uint4 *)(VT + pf_swz16(vtok, vhalf)));
             }
             __syncwarp();
             mbar_wait(smem_addr(&s_full[st]), ph);

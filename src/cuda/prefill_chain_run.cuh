@@ -241,10 +241,9 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
         }                                                                                                            \
     } while (0)
 
-#if CH_SPLIT
 /* O = Qd S + Mqk Vnew (Mqk as hi + lo) into o, in four chains, from record RX, the state's 16-bit
- * copy SA (its A fragments, read as B fragments of S) and Vnew's VP: the same products in the same
- * order as CH_STEP_UPDATE's output below (the unsplit kernels'), so the same bits. */
+ * copy SA (its A fragments, read as B fragments of S) and Vnew's VP: the chain warp's products in
+ * the unsplit kernels (CH_STEP_UPDATE), the output warp's in the split one, so the same bits. */
 #define CH_STEP_OUTPUT(MMA, RX, SA, VP)                                                                    \
     do {                                                                                                   \
         float oh[2][4];                                                                                    \
@@ -272,6 +271,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
         }                                                                                                  \
     } while (0)
 
+#if CH_SPLIT
 /* The output warp's work for chunk X: its record stage's phase is complete (the chain warp waited
  * on it; waiting again gives this warp the bulk copy's data), the handoff slot X mod 2 was written
  * before the barrier that ended chunk X's iteration; O, then the store. */
@@ -346,16 +346,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
 #endif
             CP_ASYNC_WAIT(CH_STAGES - 1);
             if (!f16 && out_mode == PF_OUT_F16 && p.v_stage == NULL) {
-                /* fp16 v read directly: each lane turns its own 16 bytes into bf16 in place */
-                uint4 *u_ = (uint4 *)(VT + pf_swz16(vtok, vhalf));
-                uint4 x_ = *u_;
-                uint32_t *w_ = (uint32_t *)&x_;
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const float2 f_ = __half22float2(*(const __half2 *)&w_[e]);
-                    w_[e] = pack_bf16x2(f_.x, f_.y);
-                }
-                *u_ = x_;
+                chain_v_f16_to_bf16((uint4 *)(VT + pf_swz16(vtok, vhalf)));
             }
             __syncwarp();
             mbar_wait(smem_addr(&s_full[st]), (uint32_t)(((c - cb) / CH_STAGES) & 1));
@@ -444,31 +435,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
         }                                                                                                             \
                                                                                                                       \
         /* O = Qd S + Mqk Vnew (Mqk as hi + lo), in four chains, while the update completes. */                       \
-        if (CH_CHAIN_OUT) {                                                                                           \
-            float oh[2][4];                                                                                           \
-            _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                                                          \
-            {                                                                                                         \
-                uint32_t qa[4];                                                                                       \
-                ldsm_x4(qa, smem_addr(R + PF_REC_QD +                                                                 \
-                                      pf_swz_unit((lane & 7) + 8 * ((lane >> 3) & 1), 2 * kk + (lane >> 4))));        \
-                float(*acc)[4] = kk < 4 ? o : oh;                                                                     \
-                MMA(acc[0], qa, sa[kk][0], sa[kk][2], (kk & 3) ? acc[0] : zero4);                                     \
-                MMA(acc[1], qa, sa[kk][1], sa[kk][3], (kk & 3) ? acc[1] : zero4);                                     \
-            }                                                                                                         \
-            uint32_t mh[4], ml[4];                                                                                    \
-            const uint32_t moff = ((lane & 7) + 8 * ((lane >> 3) & 1)) * 32 + (lane >> 4) * 16;                       \
-            ldsm_x4(mh, smem_addr(R + PF_REC_MQK + moff));                                                            \
-            ldsm_x4(ml, smem_addr(R + PF_REC_MQK_LO + moff));                                                         \
-            MMA(o[0], ml, vp[0], vp[2], o[0]);                                                                        \
-            MMA(o[1], ml, vp[1], vp[3], o[1]);                                                                        \
-            MMA(oh[0], mh, vp[0], vp[2], oh[0]);                                                                      \
-            MMA(oh[1], mh, vp[1], vp[3], oh[1]);                                                                      \
-            _Pragma("unroll") for (int e = 0; e < 4; e++)                                                             \
-            {                                                                                                         \
-                o[0][e] += oh[0][e];                                                                                  \
-                o[1][e] += oh[1][e];                                                                                  \
-            }                                                                                                         \
-        }                                                                                                             \
+        if (CH_CHAIN_OUT) CH_STEP_OUTPUT(MMA, R, sa, vp);                                                             \
     } while (0)
 
 /* The rest of the step, on MMA's operands (PACK rounds Vnew to them); VOPND: the v operand tile. */
@@ -630,8 +597,8 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
 #undef CH_HANDOFF_PUT
 #undef CH_CHAIN_OUT
 #undef CH_CHAIN_STORE_OUTPUT
-#if CH_SPLIT
 #undef CH_STEP_OUTPUT
+#if CH_SPLIT
 #undef CH_OUTPUT_WARP
 #endif
 #undef CH_STORE_OUTPUT
