@@ -66,6 +66,7 @@
 #include "ptx_copy.cuh"
 #include "ptx_mbarrier.cuh"
 #include "ptx_mma.cuh"
+#include "prefill_select.h"
 
 #define CH_STAGES 4
 #define CH_TILE16 512    /* bytes of one 16 x 16 bf16 tile (a warp's v slice) */
@@ -91,14 +92,6 @@ static size_t pf_chain_split_smem_bytes(int vslice)
 {
     const int warps = vslice / 16;
     return pf_chain_smem_bytes(vslice) + (size_t)2 * warps * CH_HAND_WARP;
-}
-
-/* Whether pf_chain_kernel_split serves a slice of these parameters: its body is compiled for the
- * bf16 chain with bf16 output only, and its launch bounds hold 256 threads, 64 columns' chain and
- * output warps. (The plan's mode must also be PF_CHAIN_WHOLE.) */
-int pf_chain_split_serves(const pf_params *p, int vslice)
-{
-    return !p->fp16_chain && p->out_mode == PF_OUT_BF16 && vslice <= 64;
 }
 
 /* The fp16 chain: v slices as read (fp16 or fp32), and each warp's fp16 operand tile of v. */
@@ -230,7 +223,8 @@ cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaS
     const int64_t blocks = p->N * p->HV * nseg * ncols;
     if (blocks <= 0) return cudaSuccess;
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration; /* gridDim.x limit */
-    const int split = plan->split_out && plan->mode == PF_CHAIN_WHOLE && pf_chain_split_serves(p, vslice);
+    const int split = plan->split_out && plan->mode == PF_CHAIN_WHOLE &&
+                      fkda_prefill_split_out_serves(p->fp16_chain, p->out_mode == PF_OUT_BF16, vslice);
     const size_t smem = split           ? pf_chain_split_smem_bytes(vslice)
                         : p->fp16_chain ? pf_chain16_smem_bytes(vslice)
                                         : pf_chain_smem_bytes(vslice);

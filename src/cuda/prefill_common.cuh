@@ -268,7 +268,5 @@ cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaS
 cudaError_t pf_launch_merge(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream);
 size_t pf_chain_smem_bytes(int vslice);
 size_t pf_chain16_smem_bytes(int vslice); /* the fp16 family's chain */
-/* whether the chain with its output on warps of their own takes a slice of these parameters */
-int pf_chain_split_serves(const pf_params *p, int vslice);
 
 #endif /* FKDA_PREFILL_COMMON_CUH */

@@ -14,6 +14,10 @@
 #include "cuda_internal.h"
 #include "prefill_common.cuh"
 #include "prefill_k256.cuh"
+#include "prefill_select.h"
+
+static_assert(FKDA_PF_CHUNK == PF_CHUNK && FKDA_PF_DK == PF_DK && FKDA_PF_DV == PF_DV,
+              "prefill_select.h's sizes are the kernels' (prefill_common.cuh)");
 
 /* Record slots per value head: B rows of ceil(T/16) chunks, or, packed, T/16 + N + 1 (each
  * sequence's partial last chunk costs at most one slot more than its share of T/16). */
@@ -54,18 +58,6 @@ static int out_mode(const fkda_problem *p)
 {
     if (!is16bit(&p->out) || !rows16(&p->out, p->V)) return PF_OUT_ANY;
     return p->out.dtype == FKDA_DTYPE_BF16 ? PF_OUT_BF16 : PF_OUT_F16;
-}
-
-/* The fp16 family (fp16 or fp32 q, k, v with K <= 128: fp16 records and the fp16 chain,
- * docs/prefill.md); FKDA_PREFILL_FP16_CHAIN=0 keeps such inputs on the bf16 kernels, for A/B
- * runs. It reads the environment, so each entry point below asks once and passes the answer
- * (`fp16`) down. */
-static int fp16_family(const fkda_problem *p)
-{
-    if (p->K > PF_DK || (p->q.dtype != FKDA_DTYPE_F16 && p->q.dtype != FKDA_DTYPE_F32)) return 0;
-    fkda_tuning tuning;
-    fkda_tuning_read(&tuning);
-    return tuning.prefill_fp16_chain != 0;
 }
 
 /* The chain reads the caller's v when it is bf16 with 16-byte rows, or fp16 with 16-byte rows
@@ -113,40 +105,6 @@ extern "C" fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const 
     return FKDA_OK;
 }
 
-static int device_sms(const fkda_problem *p)
-{
-    const cudaDeviceProp *prop = fkda_cuda_device_properties(p->device.index);
-    return prop ? prop->multiProcessorCount : 132;
-}
-
-/* Segments per sequence (prefill_common.cuh, chain plan). Only for B equal-length rows (with
- * cu_seqlens the lengths stay on the device), and only when the (sequence, head) chains alone
- * leave SMs idle: then the sequence is cut so that pass A (two chains per segment) has about
- * three warps per SM (fewer leave the SMs idle, more only add merge work), with segments of at
- * least 64 chunks, so that each segment's own chain outweighs its share of the merge (the sweep
- * behind this rule: docs/history/prefill.md, v3). FKDA_PREFILL_SEGMENTS overrides (1: off). */
-static int64_t choose_segments(const fkda_problem *p, int sms)
-{
-    /* Segment arrays are 128 x 128 (V = 128 only); checkpoints and fla's h are written by the
-     * single chain as it passes them. */
-    if (p->cu_seqlens.data != NULL || p->T <= 0 || vpad(p) != PF_DV || p->K > PF_DK || p->checkpoints > 0 ||
-        p->intermediate_states.data != NULL)
-        return 1;
-    const int64_t nch = (p->T + PF_CHUNK - 1) / PF_CHUNK, warps = p->N * p->HV * (PF_DV / 16);
-    int64_t P;
-    fkda_tuning tuning;
-    fkda_tuning_read(&tuning);
-    if (tuning.prefill_segments > 0) { /* already clamped to 1..64 */
-        P = tuning.prefill_segments;
-        return P > nch ? nch : P;
-    }
-    if (warps > sms) return 1;
-    P = ((int64_t)sms * 3 + warps) / (2 * warps) + 1; /* pass A: ~3 warps per SM */
-    P = P > 16 ? 16 : P;
-    P = P > nch / 64 ? nch / 64 : P;
-    return P < 2 ? 1 : P;
-}
-
 static size_t records_bytes(const fkda_problem *p)
 {
     return (size_t)prefill_slots(p) * (size_t)p->HV * (p->K > PF_DK ? PF256_REC_BYTES : PF_REC_BYTES);
@@ -164,56 +122,42 @@ static size_t total_workspace_bytes(const fkda_problem *p, int64_t P, int fp16)
     return records_bytes(p) + 3 * segment_bytes(p, P) + v_stage_bytes(p, fp16);
 }
 
+/* The call as prefill_select.c sees it, on the device's SM count (132 where the properties are
+ * not known: only the workspace size asks then, and an H100 or H200 has 132). */
+static fkda_prefill_call describe(const fkda_problem *p)
+{
+    const cudaDeviceProp *prop = fkda_cuda_device_properties(p->device.index);
+    fkda_prefill_call c;
+    memset(&c, 0, sizeof c);
+    c.N = p->N;
+    c.HV = p->HV;
+    c.T = p->T;
+    c.K = p->K;
+    c.V = p->V;
+    c.cu_seqlens = p->cu_seqlens.data != NULL;
+    c.states_inside = p->checkpoints > 0 || p->intermediate_states.data != NULL;
+    c.fp16_inputs = p->q.dtype == FKDA_DTYPE_F16 || p->q.dtype == FKDA_DTYPE_F32;
+    c.out_bf16_rows16 = out_mode(p) == PF_OUT_BF16;
+    c.sm_count = prop ? prop->multiProcessorCount : 132;
+    return c;
+}
+
+/* The choice for a call, the tuning variables read once. */
+static fkda_prefill_choice select_for(const fkda_problem *p)
+{
+    const fkda_prefill_call c = describe(p);
+    fkda_tuning tuning;
+    fkda_tuning_read(&tuning);
+    fkda_prefill_choice choice;
+    fkda_prefill_select(&c, &tuning, &choice);
+    return choice;
+}
+
 extern "C" fkda_status fkda_cuda_prefill_workspace(const fkda_problem *p, size_t *bytes)
 {
-    *bytes = total_workspace_bytes(p, choose_segments(p, device_sms(p)), fp16_family(p));
+    const fkda_prefill_choice choice = select_for(p);
+    *bytes = total_workspace_bytes(p, choice.segments, choice.fp16_chain);
     return FKDA_OK;
-}
-
-/* Value columns per chain CTA (one warp per 16). Every (sequence, head) needs vpad / 16 warps in
- * all, whatever the slice, and a chain warp uses ~248 registers (8 warps fill an SM), so the slice
- * decides how evenly the warps spread over the SMs and how often each record is re-read (once
- * per slice, mostly from L2). Pick the slice whose busiest SM has the fewest warps, preferring
- * wider slices within 10 % of that, which re-read each record fewer times (docs/history/prefill.md, v1).
- * FKDA_PREFILL_VSLICE overrides it (16, 32, 64 or 128), for tuning. */
-static int choose_vslice(const fkda_problem *p, int sms)
-{
-    fkda_tuning tuning;
-    fkda_tuning_read(&tuning);
-    const int64_t vp = vpad(p);
-    if (tuning.prefill_vslice && vp % tuning.prefill_vslice == 0) return tuning.prefill_vslice; /* 16 .. 128 */
-    int64_t load[4], best = -1;
-    for (int i = 0; i < 4; i++) {
-        const int vs = 128 >> i;
-        load[i] = -1;
-        if (vp % vs) continue; /* slices tile vpad exactly: no idle warps */
-        const int64_t ctas = p->N * p->HV * (vp / vs);
-        load[i] = (ctas + sms - 1) / sms * (vs / 16);
-        if (best < 0 || load[i] < best) best = load[i];
-    }
-    for (int i = 0; i < 4; i++)
-        if (load[i] >= 0 && load[i] * 10 <= best * 11) return 128 >> i;
-    return 16;
-}
-
-/* Whether each 16-column chain runs on a chain warp and an output warp (prefill_chain.cu, split):
- * the chain warp's step loses the output's products and stores, which the output warp does one
- * chunk behind from a handoff in shared memory. That shortens the serial step only where every
- * warp has an SM scheduler (4 an SM) to itself: a chain warp that shares its scheduler with an
- * output warp loses the issue slots the split freed (T = 8192: one split CTA of 4 warps an SM at
- * H = 32 won, one of 8 warps an SM at H = 64 lost; docs/history/prefill.md, "dev/pending 02-07 on
- * the H200"). So it is taken where the split CTAs' warps, 2 per 16 columns, number at most 4 per
- * SM, which also keeps them to one wave. FKDA_PREFILL_SPLIT_OUT=1 takes it wherever the kernel
- * serves, 0 never. */
-static int choose_split_out(const fkda_problem *p, const pf_params *params, int vslice, int sms)
-{
-    fkda_tuning tuning;
-    fkda_tuning_read(&tuning);
-    if (tuning.prefill_split_out == 0) return 0;
-    if (!pf_chain_split_serves(params, vslice)) return 0;
-    if (tuning.prefill_split_out == 1) return 1;
-    const int64_t ctas = p->N * p->HV * (vpad(p) / vslice);
-    return ctas * 2 * (vslice / 16) <= (int64_t)sms * 4;
 }
 
 static pf_ints ints_of(const fkda_operand *x)
@@ -307,9 +251,10 @@ static void fill_params(const fkda_problem *p, void *workspace, int fp16, pf_par
 }
 
 /* K <= 128: the prep, then the chain whole (P = 1), or its segment passes A and C around the merge. */
-static cudaError_t launch_k128(const fkda_problem *p, const pf_params *params, void *workspace, int64_t P, int sms,
-                               cudaStream_t stream, const char **what)
+static cudaError_t launch_k128(const fkda_problem *p, const pf_params *params, void *workspace,
+                               const fkda_prefill_choice *choice, cudaStream_t stream, const char **what)
 {
+    const int64_t P = choice->segments;
     *what = "the prefill prep kernel";
     cudaError_t err = pf_launch_prep(params, stream);
     if (err != cudaSuccess) return err;
@@ -317,9 +262,8 @@ static cudaError_t launch_k128(const fkda_problem *p, const pf_params *params, v
     memset(&plan, 0, sizeof plan);
     if (P <= 1) {
         plan.mode = PF_CHAIN_WHOLE;
-        const int vslice = choose_vslice(p, sms);
-        plan.nslices = (int32_t)(vpad(p) / vslice);
-        plan.split_out = choose_split_out(p, params, vslice, sms);
+        plan.nslices = (int32_t)(vpad(p) / choice->vslice);
+        plan.split_out = choice->split_out;
         plan.P = 1;
         *what = "the prefill chain kernel";
         return pf_launch_chain(params, &plan, stream);
@@ -328,7 +272,7 @@ static cudaError_t launch_k128(const fkda_problem *p, const pf_params *params, v
     const size_t seg = segment_bytes(p, P);
     unsigned char *base = (unsigned char *)workspace + records_bytes(p);
     plan.P = P;
-    plan.nslices = PF_DV / 16;
+    plan.nslices = (int32_t)(PF_DV / choice->vslice);
     plan.Lc = (nch + P - 1) / P;
     plan.seg_B = (float *)base;
     plan.seg_M = (float *)(base + seg);
@@ -344,31 +288,9 @@ static cudaError_t launch_k128(const fkda_problem *p, const pf_params *params, v
 }
 
 /* 128 < K <= 256 (prefill_prep_k256.cu, prefill_chain_k256.cu): no segments; a warp pair per 16
- * value columns, so at most 64 columns (8 warps) per chain CTA. The slice is chosen as in
- * choose_vslice, counting two warps per 16 columns. FKDA_PREFILL_VSLICE overrides (16, 32, 64). */
-static int choose_vslice_k256(const fkda_problem *p, int sms)
-{
-    fkda_tuning tuning;
-    fkda_tuning_read(&tuning);
-    const int64_t vp = vpad(p);
-    if (tuning.prefill_vslice && tuning.prefill_vslice <= 64 && vp % tuning.prefill_vslice == 0)
-        return tuning.prefill_vslice;
-    int64_t load[3], best = -1;
-    for (int i = 0; i < 3; i++) {
-        const int vs = 64 >> i;
-        load[i] = -1;
-        if (vp % vs) continue;
-        const int64_t ctas = p->N * p->HV * (vp / vs);
-        load[i] = (ctas + sms - 1) / sms * (vs / 8);
-        if (best < 0 || load[i] < best) best = load[i];
-    }
-    for (int i = 0; i < 3; i++)
-        if (load[i] >= 0 && load[i] * 10 <= best * 11) return 64 >> i;
-    return 16;
-}
-
-static cudaError_t launch_k256(const fkda_problem *p, const pf_params *params, int sms, cudaStream_t stream,
-                               const char **what)
+ * value columns, the slice from prefill_select.c. */
+static cudaError_t launch_k256(const fkda_problem *p, const pf_params *params, const fkda_prefill_choice *choice,
+                               cudaStream_t stream, const char **what)
 {
     /* The prep's q, k, g loads: cp.async into bf16 tiles when all three are bf16 with 16-byte
      * rows (K a multiple of 8; keys past K are zero-filled), else element by element. */
@@ -379,15 +301,16 @@ static cudaError_t launch_k256(const fkda_problem *p, const pf_params *params, i
     cudaError_t err = pf256_launch_prep(&prep, stream);
     if (err != cudaSuccess) return err;
     *what = "the prefill chain kernel (K > 128)";
-    return pf256_launch_chain(params, choose_vslice_k256(p, sms), stream);
+    return pf256_launch_chain(params, choice->vslice, stream);
 }
 
 extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace, size_t workspace_bytes)
 {
-    /* the environment read once per call: the fp16 family's switch and the segments (the same
-     * device properties as the launch below, so the same P as the workspace size had) */
-    const int fp16 = fp16_family(p);
-    const int64_t P = choose_segments(p, device_sms(p));
+    /* the kernels and shapes, the environment read once (the same device properties as the
+     * workspace size had, so the same segments and family) */
+    const fkda_prefill_choice choice = select_for(p);
+    const int fp16 = choice.fp16_chain;
+    const int64_t P = choice.segments;
     const size_t need = total_workspace_bytes(p, P, fp16);
     if (need > 0 && (workspace == NULL || workspace_bytes < need))
         return fkda_fail(FKDA_ERROR_WORKSPACE, "workspace: the CUDA prefill needs %zu bytes", need);
@@ -403,10 +326,9 @@ extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace,
     if (v_stage_bytes(p, fp16) > 0)
         params.v_stage = (unsigned char *)workspace + records_bytes(p) + 3 * segment_bytes(p, P);
     cudaStream_t stream = (cudaStream_t)p->device.stream;
-    const int sms = prop->multiProcessorCount;
     const char *what = "the prefill prep kernel";
-    const cudaError_t err = p->K > PF_DK ? launch_k256(p, &params, sms, stream, &what)
-                                         : launch_k128(p, &params, workspace, P, sms, stream, &what);
+    const cudaError_t err = p->K > PF_DK ? launch_k256(p, &params, &choice, stream, &what)
+                                         : launch_k128(p, &params, workspace, &choice, stream, &what);
     if (previous != p->device.index) cudaSetDevice(previous);
     if (err != cudaSuccess)
         return fkda_fail(FKDA_ERROR_DEVICE, "launch of %s failed: %s", what, cudaGetErrorString(err));
