@@ -114,6 +114,15 @@ mutant cpu-layer-conv-vec-rows cpu src/cuda/decode_layer_select.c \
 mutant cpu-decode-select-spec-form cpu src/cuda/decode_select.c \
   'return c->cu_seqlens ? (c->idx_2d ? 2 : 1) : 0;' \
   'return c->cu_seqlens ? 1 : 0;'
+# The prefill's selection: the split output where its warps number up to 8 an SM (two a
+# scheduler), where it measured slower than the unsplit chain.
+mutant cpu-prefill-select-split-warps cpu src/cuda/prefill_select.c \
+  'return ctas * 2 * (vslice / 16) <= (int64_t)c->sm_count * 4;' \
+  'return ctas * 2 * (vslice / 16) <= (int64_t)c->sm_count * 8;'
+# The prefill's selection: segments for varlen batches, whose lengths stay on the device.
+mutant cpu-prefill-select-varlen-segments cpu src/cuda/prefill_select.c \
+  'if (c->cu_seqlens || c->T <= 0' \
+  'if (c->T <= 0'
 
 # CUDA prefill: prep (gate, beta, the gate's range check), chain (state update, final slot,
 # checkpoints), merge.
