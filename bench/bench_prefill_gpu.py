@@ -9,7 +9,9 @@ of serving: T = 8192 at H = 32 and H = 12; varlen 4 x 8192 at H = 12 and 8 x 204
 
 Inputs as in docs/design.md: randn bf16 q, k, v, g and beta logits, A_log and dt_bias U(0, 1) fp32,
 lower_bound -5, L2 norm / gate / beta sigmoid in kernel, fp32 initial and final state in the
-[N, H, V, K] layout. Times are medians of CUDA-event timings after warm-up. Every shape's inputs
+[N, H, V, K] layout. Times are medians of CUDA-event timings after warm-up; beside fla, ours and
+fla are timed in turn --rounds times (default 3), each side's time the least of its per-round
+medians (time_alternating), so that a drift of the card falls on both alike. Every shape's inputs
 are larger than the 50 MB L2, so one input set is used (no rotation needed).
 
 The memory floor is docs/design.md section 3: (1,026 B read + 256 B written) per token-head plus the
@@ -114,6 +116,19 @@ def time_ms(fn, warmup=3, reps=10, inner=5):
     return statistics.median(times)
 
 
+def time_alternating(runs, rounds):
+    """runs: a list of (fn, time_ms keywords). Times each in turn, `rounds` times over, so that a
+    drift of the card's clocks or temperature during the run falls on every side alike (one side
+    timed entirely after the other would take all of it); returns, for each, the least and the
+    largest of its per-round medians. The least is the side's time: the same statistic for ours
+    and fla, from the same stretch of the run."""
+    per = [[] for _ in runs]
+    for _ in range(max(1, rounds)):
+        for i, (fn, kw) in enumerate(runs):
+            per[i].append(time_ms(fn, **kw))
+    return [(min(t), max(t)) for t in per]
+
+
 def copy_bandwidth():
     """Device-to-device copy of 1 GiB: bytes read + written over the median time."""
     n = 1 << 30
@@ -188,7 +203,12 @@ def bench_shape(name, args, bw, t_start):
         if not args.no_fla:
             o_fla, ht_fla = run_fla(x)  # first call autotunes
             torch.cuda.synchronize()
-            ms_fla = time_ms(lambda: run_fla(x), warmup=2, reps=5)
+            (ms_ours, hi_ours), (ms_fla, hi_fla) = time_alternating(
+                [(lambda: run_ours(x, out, ht), {}), (lambda: run_fla(x), dict(warmup=2, reps=5))],
+                args.rounds)
+            if args.rounds > 1:
+                extra += (f" rounds ours {ms_ours:.3f}-{hi_ours:.3f} fla {ms_fla:.3f}-{hi_fla:.3f}"
+                          " ms")
             run_ours(x, out, ht)
             err = rel(out, o_fla)
             err_st = rel(ht, ht_fla)
@@ -217,6 +237,9 @@ def main():
     ap.add_argument("--ncu-lower-bound", type=float, default=-5.0,
                     help="with --ncu: the gate's lower bound (below -5 the checked prep runs;"
                          " at -20 most chunks take its step 4')")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="with fla: time ours and fla in turn this many times; each side's time is"
+                         " the least of its per-round medians (1: one timing each)")
     args = ap.parse_args()
 
     if args.ncu:
@@ -257,9 +280,12 @@ def main():
         # before the next shape allocates its own.
         torch.cuda.empty_cache()
 
+    method = ("" if args.no_fla or args.rounds <= 1
+              else f", the least of {args.rounds} rounds of ours and fla in turn")
     lines = [f"Prefill, {dev}, {datetime.date.today().isoformat()}, commit {commit}; "
              f"copy bandwidth {bw / 1e12:.2f} TB/s; bf16 inputs, K=V=128, safe gate -5, "
-             "fp32 state in and out [N,H,V,K]; CUDA-event medians of 5 back-to-back calls.", "",
+             "fp32 state in and out [N,H,V,K]; CUDA-event medians of 5 back-to-back calls"
+             f"{method}.", "",
              "| case | ms ours | ms fla | fla / ours | target | ours / floor | floor ms |",
              "|---|---|---|---|---|---|---|"]
     for label, mo, mf, fl, tgt in rows:

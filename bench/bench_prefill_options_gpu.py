@@ -25,7 +25,10 @@ The cases (groups for --cases; each row names its group):
 
 Rows (i)-(iv) call flash_kda.chunk_kda and fla's chunk_kda with the same keywords (both allocate
 their outputs); the states rows call flash_kda.prefill. Times are medians of CUDA-event timings
-of back-to-back calls (bench_prefill_gpu.time_ms). The floor is the bytes every call must move
+of back-to-back calls (bench_prefill_gpu.time_ms); on a row with fla, ours and fla are timed in
+turn --rounds times (default 3) and each side's time is the least of its per-round medians
+(bench_prefill_gpu.time_alternating), so that a drift of the card during the run falls on both
+sides alike. The floor is the bytes every call must move
 (its inputs read, its outputs written) over the copy bandwidth measured in this run.
 
 --profile adds each row's per-kernel device times of our call (torch.profiler, through
@@ -183,7 +186,11 @@ def time_pair(group, label, kw, args, bw, t_start, base_ms=None, target=None):
         if wants_fla(args, label):
             o_fla, ht_fla = fla(kw)  # first call autotunes
             torch.cuda.synchronize()
-            ms_fla = base.time_ms(lambda: fla(kw), warmup=2, reps=5)
+            (ms_ours, hi_ours), (ms_fla, hi_fla) = base.time_alternating(
+                [(lambda: ours(kw), {}), (lambda: fla(kw), dict(warmup=2, reps=5))], args.rounds
+            )
+            if args.rounds > 1:
+                note += f"rounds ours {ms_ours:.3f}-{hi_ours:.3f}, fla {ms_fla:.3f}-{hi_fla:.3f}; "
             note += f"ours vs fla: out {base.rel(o, o_fla):.1e}, state {base.rel(ht, ht_fla):.1e}"
     floor_ms = call_bytes(kw) / bw * 1e3
     row = Row(group, label, ms_ours, ms_fla, floor_ms, base_ms, target, note)
@@ -434,10 +441,12 @@ def commit_name():
     return commit or "?"
 
 
-def table(rows, dev, commit, bw):
+def table(rows, dev, commit, bw, rounds):
+    method = f" (rows with fla: the least of {rounds} rounds, ours and fla in turn)"
     lines = [
         f"Prefill options, {dev}, {datetime.date.today().isoformat()}, commit {commit}; "
-        f"copy bandwidth {bw / 1e12:.2f} TB/s; CUDA-event medians of back-to-back calls; "
+        f"copy bandwidth {bw / 1e12:.2f} TB/s; CUDA-event medians of back-to-back calls"
+        f"{method if rounds > 1 else ''}; "
         "'x base' is the row's time over its group's base row (the subset, or the same "
         "call without the state feature).",
         "",
@@ -476,6 +485,13 @@ def main():
         action="store_true",
         help="per-kernel device times of our call on each row (torch.profiler)",
     )
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="on rows with fla: time ours and fla in turn this many times; each side's time is "
+        "the least of its per-round medians (1: one timing each)",
+    )
     args = ap.parse_args()
     groups = [g for g in args.cases.split(",") if g]
     unknown = [g for g in groups if g not in RUNNERS]
@@ -491,7 +507,7 @@ def main():
     for group in groups:
         rows.extend(RUNNERS[group](args, bw, t_start))
         torch.cuda.empty_cache()
-    text = table(rows, dev, commit, bw)
+    text = table(rows, dev, commit, bw, args.rounds)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
