@@ -8,8 +8,9 @@ ssm_state_indices=...), which writes the pool; its public fused_recurrent_kda wo
 the write (docs/design.md, "the trap").
 
 Timing: each library's steps are captured in one CUDA graph (STEPS decode calls, as a model's
-layers would make them), the graph is replayed, and CUDA events time each replay; the median
-replay over STEPS is the time of one call. Each step of a graph uses its own pool (like layers),
+layers would make them), the two graphs are replayed in turn (so that a drift of the card falls
+on both alike), and CUDA events time each replay; the median replay over STEPS is the time of
+one call. Each step of a graph uses its own pool (like layers),
 as many distinct pools as it takes to touch at least 256 MB per replay where memory allows, so
 that the state comes from DRAM and not from the 50 MB L2 (a "hot" table repeats the small
 batches with one pool reused by every step, which is what an L2-resident state gives).
@@ -148,9 +149,10 @@ def fla_call(fla_fwd, x, pool, idx, out, v_first=False, num_accepted=None, cu_se
     )
 
 
-def time_graph(step_fns) -> float:
-    """Captures the calls in one graph and returns the median replay time / len(calls), in s."""
-    for f in step_fns:  # warm up: Triton compiles, flash_kda caches device properties
+def capture(step_fns):
+    """The calls captured in one CUDA graph, after a warm-up (Triton compiles, flash_kda caches
+    device properties) and three replays."""
+    for f in step_fns:
         f()
     torch.cuda.synchronize()
     stream = torch.cuda.Stream()
@@ -164,16 +166,31 @@ def time_graph(step_fns) -> float:
     for _ in range(3):
         graph.replay()
     torch.cuda.synchronize()
-    times = []
+    return graph
+
+
+def time_graphs(fn_lists) -> list:
+    """Each list of calls captured in a graph of its own, the graphs then replayed in turn, REPLAYS
+    rounds, so that a drift of the card during the run falls on every side alike (one library
+    timed entirely after the other would take all of it); returns each graph's median replay
+    time / its number of calls, in s."""
+    graphs = [capture(fns) for fns in fn_lists]
+    times = [[] for _ in graphs]
     for _ in range(REPLAYS):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        graph.replay()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3)
-    del graph
-    return statistics.median(times) / len(step_fns)
+        for graph, t in zip(graphs, times):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            graph.replay()
+            b.record()
+            b.synchronize()
+            t.append(a.elapsed_time(b) * 1e-3)
+    del graphs
+    return [statistics.median(t) / len(fns) for t, fns in zip(times, fn_lists)]
+
+
+def time_graph(step_fns) -> float:
+    """Captures the calls in one graph and returns the median replay time / len(calls), in s."""
+    return time_graphs([step_fns])[0]
 
 
 def packed_form(x, B):
@@ -230,8 +247,10 @@ def bench_case(
         lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, vf, cu_seqlens=cu)
         for s in range(steps)
     ]
-    t_ours = time_graph(ours)
-    t_fla = time_graph(theirs) if with_fla else float("nan")
+    if with_fla:
+        t_ours, t_fla = time_graphs([ours, theirs])
+    else:
+        t_ours, t_fla = time_graph(ours), float("nan")
     t_plain_launch = float("nan")
     # Ours again, launched without programmatic dependent launch (as in a stream of other kernels).
     if with_fla and plain_launch:
@@ -406,7 +425,7 @@ def bench_spec_case(flash_kda, fla_fwd, B, H, pool_dtype, gen, v_first, min_byte
         lambda p=pools[s % layers]: fla_call(fla_fwd, x, p, idx, out, v_first, acc, cu)
         for s in range(steps)
     ]
-    t_ours, t_fla = time_graph(ours), time_graph(theirs)
+    t_ours, t_fla = time_graphs([ours, theirs])
     del pools
     torch.cuda.empty_cache()
     return t_ours, t_fla, (1 + T) * B * H * K * V * elem, layers
