@@ -48,7 +48,7 @@ typedef struct fkda_tuning {
     int decode_layer_conv_vec; /* FKDA_DECODE_LAYER_CONV_VEC: 1 the conv's 8-channel threads wherever they serve, 0 never */
     int decode_layer_wide;     /* FKDA_DECODE_LAYER_WIDE: 1 the single kernel's wide tile wherever it serves, 0 never */
 
-    /* CUDA prefill (src/cuda/prefill_launch.cu). */
+    /* CUDA prefill (src/cuda/prefill_select.c). */
     int64_t prefill_segments; /* FKDA_PREFILL_SEGMENTS, clamped to 1..64 (0: unset; 1: no segments) */
     int prefill_vslice;       /* FKDA_PREFILL_VSLICE: 16, 32, 64 or 128 (0: unset or anything else) */
     int prefill_fp16_chain;   /* FKDA_PREFILL_FP16_CHAIN: 0 keeps fp16 and fp32 inputs on the bf16 kernels (switch) */

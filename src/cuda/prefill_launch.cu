@@ -123,7 +123,8 @@ static size_t total_workspace_bytes(const fkda_problem *p, int64_t P, int fp16)
 }
 
 /* The call as prefill_select.c sees it, on the device's SM count (132 where the properties are
- * not known: only the workspace size asks then, and an H100 or H200 has 132). */
+ * not known, as an H100 or H200 has: the workspace size is then still answered, and the call
+ * itself refuses after its workspace check). */
 static fkda_prefill_call describe(const fkda_problem *p)
 {
     const cudaDeviceProp *prop = fkda_cuda_device_properties(p->device.index);

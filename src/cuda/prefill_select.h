@@ -41,7 +41,7 @@ typedef struct fkda_prefill_call {
 /* The choice. */
 typedef struct fkda_prefill_choice {
     int fp16_chain;   /* the fp16 family's records and chain (K <= 128) */
-    int64_t segments; /* P: each sequence's chain cut into P segments (1: whole; K <= 128, V <= 128) */
+    int64_t segments; /* P: each sequence's chain cut into P segments (1: whole; K <= 128, V padded to 128) */
     int vslice;       /* value columns per chain CTA (the segment passes: 16) */
     int split_out;    /* the chain's output on warps of its own (pf_chain_kernel_split) */
 } fkda_prefill_choice;
