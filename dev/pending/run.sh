@@ -103,7 +103,8 @@ case $step in
 0d)
   run 0d-mutants.log 'killed|SURVIVED|INVALID|survivor' env \
     FKDA_MUTATE_PYTEST_GPU=tests/gpu/test_prefill_options_gpu.py scripts/mutate.sh cuda \
-    cuda-prefill-prep-halved-upper cuda-prefill-prep-block-keys cuda-prefill-prep-kd-tile
+    cuda-prefill-prep-halved-upper cuda-prefill-prep-block-keys cuda-prefill-prep-block16-keys \
+    cuda-prefill-prep-kd-tile
   # the A/B: the patch file names what to take back out (scripts/ab.sh builds both sides)
   run 0d-ab.log "== [0-9]|$bench" scripts/ab.sh dev/pending/04-prep-checked-halved.patch -- \
     python3 bench/bench_prefill_options_gpu.py --no-fla --profile --cases options ;;
