@@ -42,6 +42,27 @@ static int64_t choose_segments(const fkda_prefill_call *c, const fkda_tuning *t)
     return P < 2 ? 1 : P;
 }
 
+/* The widest slice of value columns, from `widest` down to 16 by halves, that tiles vp exactly
+ * and whose busiest SM carries at most 10 % more 16-column chains than the best slice's: the
+ * slices' rule in every chain family (choose_vslice says why). A chain counts the same whatever
+ * its warps (one, a pair or a key split's four), since only the ratio of loads decides. widest is
+ * 128 at most. */
+static int widest_balanced_slice(const fkda_prefill_call *c, int64_t vp, int widest)
+{
+    int64_t load[4], best = -1;
+    int n = 0;
+    for (int vs = widest; vs >= 16; vs /= 2, n++) {
+        load[n] = -1;
+        if (vp % vs) continue; /* slices tile vp exactly: no idle warps */
+        const int64_t ctas = c->N * c->HV * (vp / vs);
+        load[n] = (ctas + c->sm_count - 1) / c->sm_count * (vs / 16);
+        if (best < 0 || load[n] < best) best = load[n];
+    }
+    for (int i = 0; i < n; i++)
+        if (load[i] >= 0 && load[i] * 10 <= best * 11) return widest >> i;
+    return 16;
+}
+
 /* Value columns per chain CTA (one warp per 16). Every (sequence, head) needs vpad / 16 warps in
  * all, whatever the slice, and a chain warp uses ~248 registers (8 warps fill an SM), so the slice
  * decides how evenly the warps spread over the SMs and how often each record is re-read (once
@@ -52,18 +73,7 @@ static int choose_vslice(const fkda_prefill_call *c, const fkda_tuning *t)
 {
     const int64_t vp = vpad(c);
     if (t->prefill_vslice && vp % t->prefill_vslice == 0) return t->prefill_vslice; /* 16 .. 128 */
-    int64_t load[4], best = -1;
-    for (int i = 0; i < 4; i++) {
-        const int vs = 128 >> i;
-        load[i] = -1;
-        if (vp % vs) continue; /* slices tile vpad exactly: no idle warps */
-        const int64_t ctas = c->N * c->HV * (vp / vs);
-        load[i] = (ctas + c->sm_count - 1) / c->sm_count * (vs / 16);
-        if (best < 0 || load[i] < best) best = load[i];
-    }
-    for (int i = 0; i < 4; i++)
-        if (load[i] >= 0 && load[i] * 10 <= best * 11) return 128 >> i;
-    return 16;
+    return widest_balanced_slice(c, vp, 128);
 }
 
 /* Whether each 16-column chain runs on a chain warp and an output warp (prefill_chain.cu, split):
@@ -85,24 +95,13 @@ static int choose_split_out(const fkda_prefill_call *c, const fkda_tuning *t, in
 }
 
 /* 128 < K <= 256 (prefill_chain_k256.cu): a warp pair per 16 value columns, so at most 64 columns
- * (8 warps) per chain CTA. The slice is chosen as in choose_vslice, counting two warps per 16
- * columns. FKDA_PREFILL_VSLICE overrides (16, 32, 64). */
+ * (8 warps) per chain CTA. The slice is chosen as in choose_vslice, from 64 columns down.
+ * FKDA_PREFILL_VSLICE overrides (16, 32, 64). */
 static int choose_vslice_k256(const fkda_prefill_call *c, const fkda_tuning *t)
 {
     const int64_t vp = vpad(c);
     if (t->prefill_vslice && t->prefill_vslice <= 64 && vp % t->prefill_vslice == 0) return t->prefill_vslice;
-    int64_t load[3], best = -1;
-    for (int i = 0; i < 3; i++) {
-        const int vs = 64 >> i;
-        load[i] = -1;
-        if (vp % vs) continue;
-        const int64_t ctas = c->N * c->HV * (vp / vs);
-        load[i] = (ctas + c->sm_count - 1) / c->sm_count * (vs / 8);
-        if (best < 0 || load[i] < best) best = load[i];
-    }
-    for (int i = 0; i < 3; i++)
-        if (load[i] >= 0 && load[i] * 10 <= best * 11) return 64 >> i;
-    return 16;
+    return widest_balanced_slice(c, vp, 64);
 }
 
 void fkda_prefill_select(const fkda_prefill_call *c, const fkda_tuning *t, fkda_prefill_choice *out)
