@@ -144,6 +144,25 @@ mutant cuda-prefill-prep-tf32-tile cuda src/cuda/prefill_prep.cu \
 mutant cuda-prefill-prep-negw-tf32 cuda src/cuda/prefill_prep_steps.cuh \
   'boff[n][e] = (2 * t + e) * 512' \
   'boff[n][e] = (2 * t) * 512'
+# Step 4' halved (the bf16 family's checked chunks whose gate never grows): the second triangle's
+# entries written into rows 0-7, above the diagonal, so rows 8-15's own are never written.
+mutant cuda-prefill-prep-halved-upper cuda src/cuda/prefill_prep_steps.cuh \
+  'i += 8 * upper;' \
+  'i += 0 * upper;'
+# The same step's tensor-core block: every lane column reads unit 4s, so a quarter of the keys is
+# summed four times and the rest never.
+mutant cuda-prefill-prep-block-keys cuda src/cuda/prefill_prep_steps.cuh \
+  'const int u = 4 * s + t;' \
+  'const int u = 4 * s;'
+# The fp16 family's block (hi + lo terms): the same slip.
+mutant cuda-prefill-prep-block16-keys cuda src/cuda/prefill_prep_steps.cuh \
+  'const int u = t + 4 * s;' \
+  'const int u = 4 * s;'
+# The checked kernels' step 6 from Kd's tile: both halves store their Kd into rows 0-7, so rows
+# 8-15 of the tile keep step 4's operands.
+mutant cuda-prefill-prep-kd-tile cuda src/cuda/prefill_prep_steps.cuh \
+  'const int r = 8 * hf + i;' \
+  'const int r = i;'
 # The tile loads copy 128 keys whatever K: at K < 128 the keys past K come from the next head
 # (or token), not zeros.
 mutant cuda-prefill-prep-kpad cuda src/cuda/prefill_prep.cu \

@@ -25,18 +25,20 @@
  *      hi*lo + lo*hi of bf16 terms (about fp32 accuracy, which its 11-bit chain needs for Mqk:
  *      tf32 there is +41 % on its output error; L shares ki's terms);
  *   4'. or, pairwise in fp32: L_ij and Mqk_ij = sum_c x_i[c] k_j[c] 2^(G_i[c] - G_j[c]) with
- *      every exponent <= 0 for a decaying gate, so nothing overflows whatever the decay;
+ *      every exponent <= 0 for a decaying gate, so nothing overflows whatever the decay; where no
+ *      gate step of the chunk grows, only for i and j in the same half, the block i >= 8 > j being
+ *      step 4's product on the rows where its centred factors are <= 1 (prefill_prep_steps.cuh,
+ *      prep_pair_block; the fp16 family's on hi + lo terms, prep_pair_block16);
  *   5. warp 0: INV = (I + L)^-1 by fp32 forward substitution (lane c owns column c), bINV =
  *      INV diag(b), stored as hi + lo bf16 terms like Mqk;
- *   6. W = bINV Kd, stored negated (the chain adds S^T (-W)^T): in the unchecked kernels on tensor
- *      cores from bINV and the centred kc still in shared memory, W = (bINV kc) diag(2^Gref)
+ *   6. W = bINV Kd, stored negated (the chain adds S^T (-W)^T), on tensor cores: in the unchecked
+ *      kernels from bINV and the centred kc still in shared memory, W = (bINV kc) diag(2^Gref)
  *      (prep_negw_tf32; the fp16 family's on bf16 hi + lo pairs, prep_negw_mma); in the checked
- *      kernels, whose 2^Gref may leave fp32's range, in fp32 on the step-3 ownership (the first
- *      half's Kd crossing to the second half through shared memory);
- *   The record goes straight from registers to the workspace: step 3's and the fp32 step 6's
- *   4-byte stores of one row by a warp make one contiguous 128-byte piece (the swizzle only
- *   permutes 16-byte units inside 128-byte blocks), the tensor-core step 6's make 16 bytes of each
- *   of 8 rows, so no shared staging is needed; that keeps shared memory at ~28 KB.
+ *      kernels, whose 2^Gref may leave fp32's range, from a tile of Kd itself (prep_finish_tc);
+ *   The record goes straight from registers to the workspace: step 3's 4-byte stores of one row by
+ *   a warp make one contiguous 128-byte piece (the swizzle only permutes 16-byte units inside
+ *   128-byte blocks), step 6's make 16 bytes of each of 8 rows, so no shared staging is needed;
+ *   that keeps shared memory at ~28 KB.
  *
  * Rows past the end of a sequence get k = q = 0, b = 0 and no decay, so they add nothing to the
  * state, and their U and W rows are zero (the chain zero-fills their v rows).
@@ -374,7 +376,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     __shared__ __align__(8) float s_gx[2][128];
     float qn[16], kn[16], D[16];
     float run[2] = {0.0f, 0.0f};
-    int grows = 0; /* f16: a gate step above 0 (a growing state: outside fp16's domain) */
+    int grows = 0; /* f16 and checked: a gate step above 0 (f16: a growing state, outside fp16's domain) */
     {
         const int live[2] = {c0 < p.K, c0 + 1 < p.K}, fcol = prep_f32_col(c0); /* c0 even: c0 + 1 at fcol + 1 */
 #pragma unroll
@@ -401,7 +403,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                 const float a = gate_checked ? prep_gate(&p, xg[h], A, db[h])
                                              : p.gate_scale * pf_rcp(1.0f + pf_exp2(fmaf(xg[h], ga, gb[h])));
                 run[h] += r < rows && live[h] ? a : 0.0f;
-                if (f16) grows |= r < rows && live[h] && !(a <= 0.0f);
+                if (f16 || gate_checked) grows |= r < rows && live[h] && !(a <= 0.0f);
                 D[2 * i + h] = run[h];
                 qn[2 * i + h] = xq[h] * rq;
                 kn[2 * i + h] = xk[h] * rk;
@@ -422,6 +424,9 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     /* (the f16 forms' barrier below serves the unchecked ones as this one) */
     /* (fmaxf skips a NaN difference: a NaN gate gives NaN operands on either path) */
     const int pairwise = gate_checked ? __syncthreads_or(!(span <= span_max)) : (f16 ? 0 : (__syncthreads(), 0));
+    /* step 4' halved (prefill_prep_steps.cuh, prep_pair_block): the chunks whose gate never grows (a
+     * vote of its own, taken only by chunks that take step 4': `pairwise` is the CTA's) */
+    const int halved = gate_checked && pairwise && !__syncthreads_or(grows);
     /* f16: the whole chunk in fp16's domain, or the bf16 record (flagged in gamma[0]) */
     const int rec16 = f16 ? !__syncthreads_or(grows || (tid < 16 && s_out16[tid])) : 0;
 
@@ -552,28 +557,38 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
             }
         }
     } else {
-        prep_pairwise(fq, fk, fg, s_L, s_b, rec, p.scale, rec16);
+        if (halved) { /* the block on warp 0's tensor cores, the two triangles pairwise on the others */
+            prep_pair_zero_upper(s_L, rec);
+            if (warp == 0 && f16)
+                prep_pair_block16(fq, fk, fg, s_L, s_b, rec, p.scale, lane, rec16);
+            else if (warp == 0)
+                prep_pair_block(fq, fk, fg, s_L, s_b, rec, p.scale, lane);
+            else
+                prep_pair_diagonal(fq, fk, fg, s_L, s_b, rec, p.scale, warp, lane, rec16);
+        } else {
+            prep_pairwise(fq, fk, fg, s_L, s_b, rec, p.scale, rec16);
+        }
         __syncthreads();
-        /* Kd from the tiles (not kept in registers across the call); fq's unit is free for s_kd */
+        /* Kd from the tiles (not kept in registers across the call); fq's units are free for Kd's tile */
 #pragma unroll
         for (int i = 0; i < 8; i++)
 #pragma unroll
             for (int h = 0; h < 2; h++)
                 kd[2 * i + h] = fk[(r0 + i) * 128 + c0 + h] * pf_exp2(fg[(r0 + i) * 128 + c0 + h]);
-        prep_finish(s_L, s_binv, s_b, kd, (float *)s_buf[0], rec, hf, c0, warp, lane, rec16);
+        prep_finish_tc(s_L, s_binv, s_b, kd, s_buf, rec, hf, c0, warp, lane, f16, rec16);
         return;
     }
     __syncthreads();
-    if (gate_checked) { /* unit 0 (kc's, either layout) is dead after step 4: step 6's s_kd */
-        prep_finish(s_L, s_binv, s_b, kd, (float *)s_buf[0], rec, hf, c0, warp, lane, rec16);
+    if (gate_checked) { /* units 0 and 1 (kc's and ki's, either layout) are dead after step 4: Kd's tile */
+        prep_finish_tc(s_L, s_binv, s_b, kd, s_buf, rec, hf, c0, warp, lane, f16, rec16);
     } else {
         /* step 6 on tensor cores from the centred keys still in shared memory (Kd = kc 2^Gref) */
         prep_inverse(s_L, s_binv, s_b, rec, warp, lane, rec16);
         __syncthreads();
         if (f16)
-            prep_negw_mma(s_binv, s_buf[OP_KC], s_buf[OP_KC_LO], e_ref, rec, warp, lane, rec16);
+            prep_negw_mma(s_binv, s_buf[OP_KC], s_buf[OP_KC_LO], e_ref, rec, warp, lane, rec16, 1);
         else
-            prep_negw_tf32(s_binv, s_buf[OP32_KC], e_ref, rec, warp, lane);
+            prep_negw_tf32(s_binv, s_buf[OP32_KC], e_ref, rec, warp, lane, 1);
     }
 }
 

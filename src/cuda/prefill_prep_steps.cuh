@@ -113,6 +113,26 @@ static __device__ __forceinline__ void prep_pair_entry(int e, int *i, int *j)
     *j = e - r * (r + 1) / 2;
 }
 
+/* One 16-byte unit u (keys 4u .. 4u + 3) of entry (i, j)'s sums in step 4': l += k_i[c] kj[c] and
+ * m += q_i[c] kj[c], kj[c] = k_j[c] 2^(G_i[c] - G_j[c]), from rows of the fp32 tiles as float4s. */
+static __device__ __forceinline__ void prep_pair_unit(const float4 *q4, const float4 *ki4, const float4 *kj4,
+                                                      const float4 *gi4, const float4 *gj4, int u, float *l, float *m)
+{
+    const float4 a = kj4[u], gi = gi4[u], gj = gj4[u], b = ki4[u], c = q4[u];
+    float kj = a.x * pf_exp2(gi.x - gj.x);
+    *l += b.x * kj;
+    *m += c.x * kj;
+    kj = a.y * pf_exp2(gi.y - gj.y);
+    *l += b.y * kj;
+    *m += c.y * kj;
+    kj = a.z * pf_exp2(gi.z - gj.z);
+    *l += b.z * kj;
+    *m += c.z * kj;
+    kj = a.w * pf_exp2(gi.w - gj.w);
+    *l += b.w * kj;
+    *m += c.w * kj;
+}
+
 /* Entry (i, j) of step 4' over dk keys (128 or 256, a constant where inlined): l = sum_c k_i[c]
  * kj[c] and m = sum_c q_i[c] kj[c], kj[c] = k_j[c] 2^(G_i[c] - G_j[c]), from the [16][dk] fp32
  * tiles. Four keys per 16-byte load, a quarter of the loads and their address arithmetic: many
@@ -128,22 +148,7 @@ static __device__ __forceinline__ void prep_pair_sums(const float *fq, const flo
     const int units = dk / 4;
     float l = 0.0f, m = 0.0f;
 #pragma unroll 4
-    for (int cu = 0; cu < units; cu++) {
-        const int u = (cu + lane) & (units - 1);
-        const float4 a = kj4[u], gi = gi4[u], gj = gj4[u], b = ki4[u], c = q4[u];
-        float kj = a.x * pf_exp2(gi.x - gj.x);
-        l += b.x * kj;
-        m += c.x * kj;
-        kj = a.y * pf_exp2(gi.y - gj.y);
-        l += b.y * kj;
-        m += c.y * kj;
-        kj = a.z * pf_exp2(gi.z - gj.z);
-        l += b.z * kj;
-        m += c.z * kj;
-        kj = a.w * pf_exp2(gi.w - gj.w);
-        l += b.w * kj;
-        m += c.w * kj;
-    }
+    for (int cu = 0; cu < units; cu++) prep_pair_unit(q4, ki4, kj4, gi4, gj4, (cu + lane) & (units - 1), &l, &m);
     *l_out = l;
     *m_out = m;
 }
@@ -158,13 +163,10 @@ static __device__ __forceinline__ void prep_pair_store(float (*s_L)[17], const f
     st_16(rec + PF_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, mq - pf_16_to_float(hi, rec16), rec16);
 }
 
-static __device__ __forceinline__ void prep_pairwise(const float *fq, const float *fk, const float *fg,
-                                                     float (*s_L)[17], const float *s_b, unsigned char *rec,
-                                                     float scale, int rec16)
+/* Step 4''s entries above the diagonal: zero, in L and in the record's Mqk. */
+static __device__ __forceinline__ void prep_pair_zero_upper(float (*s_L)[17], unsigned char *rec)
 {
-    const int tid = threadIdx.x, lane = tid & 31;
-    /* the entries above the diagonal: zero */
-    for (int e = tid; e < 256; e += PREP_THREADS) {
+    for (int e = threadIdx.x; e < 256; e += PREP_THREADS) {
         const int i = e >> 4, j = e & 15;
         if (j > i) {
             s_L[i][j] = 0.0f;
@@ -172,6 +174,14 @@ static __device__ __forceinline__ void prep_pairwise(const float *fq, const floa
             *(uint16_t *)(rec + PF_REC_MQK_LO + e * 2) = 0;
         }
     }
+}
+
+static __device__ __forceinline__ void prep_pairwise(const float *fq, const float *fk, const float *fg,
+                                                     float (*s_L)[17], const float *s_b, unsigned char *rec,
+                                                     float scale, int rec16)
+{
+    const int tid = threadIdx.x, lane = tid & 31;
+    prep_pair_zero_upper(s_L, rec);
     int i, j;
     prep_pair_entry(tid, &i, &j);
     float l, m;
@@ -194,6 +204,154 @@ static __device__ __forceinline__ void prep_pairwise(const float *fq, const floa
         m += __shfl_xor_sync(0xffffffffu, m, o);
     }
     if ((tid & 15) == 0) prep_pair_store(s_L, s_b, rec, scale, i, j, l, m, rec16);
+}
+
+/* Step 4' halved, for a checked chunk whose every gate step is <= 0 (G never increases along the
+ * chunk): only the entries whose rows i and columns j lie in the same half of
+ * the chunk go pairwise (the two triangles of 36, prep_pair_diagonal); the block i >= 8 > j goes on
+ * tensor cores (prep_pair_block), its exponents split at row 7:
+ *   2^(G_i - G_j) = 2^(G_i - G_7) 2^(G_7 - G_j),   i >= 8 > 7 >= j,
+ * where both factors are <= 1 whatever the decay (G_i <= G_7 <= G_j), so neither overflows, and
+ * one that underflows to 0 stands for a term below 2^-126 |k_i| |k_j| of the true one (the other
+ * factor is at most 1). So that block is the product of kc = k_i 2^(G_i - G_7) (and qc) on rows
+ * 8..15 with ki = k_j 2^(G_7 - G_j) on rows 0..7: step 4's centred operands, on exactly the rows
+ * where the centring never leaves fp32's range; the rows where it does (kc on 0..7, ki on 8..15)
+ * feed only the triangles. A growing step breaks the bound (a factor above 1 can overflow, or
+ * drop a term that the other factor would have raised back); such chunks keep prep_pairwise.
+ * The fp16 family forms the block on bf16 hi + lo terms instead (prep_pair_block16), as its
+ * step 4 does.
+ *
+ * prep_pair_block, one warp: the 8 x 8 block of L (rows 8..15 of kc times rows 0..7 of ki) and of
+ * Mqk (qc for kc) as one m16n8k8 tf32 tile over 16 k-steps: A's rows 0-7 are kc's rows 8-15, its
+ * rows 8-15 qc's, B = ki^T; accumulator c0, c1 are L[8 + g][2t, 2t + 1], c2, c3 Mqk's. tf32, as
+ * step 4 has in every unchecked chunk of the bf16 family. The operands are formed from the fp32
+ * tiles as the k-steps need them: lane (g, t) takes the 16-byte units u = 4 s + t (s = 0..7) of its
+ * rows (k, q, G of row 8 + g; k, G of row g; G of row 7), k-step 2 s + h putting key 4u + 2h in
+ * slot t and 4u + 2h + 1 in slot t + 4: a key's A and B values come from the same lane, and every
+ * key is in one slot of one k-step. Lanes of one t read one unit of 8 rows 512 bytes apart, so a
+ * quarter-warp's loads meet in pairs (two-way bank conflicts; row 7's G is one address, a
+ * broadcast). */
+static __device__ __forceinline__ void prep_pair_block(const float *fq, const float *fk, const float *fg,
+                                                       float (*s_L)[17], const float *s_b, unsigned char *rec,
+                                                       float scale, int lane)
+{
+    const int g = lane >> 2, t = lane & 3;
+    const float4 *const k8 = (const float4 *)(fk + (8 + g) * 128), *const q8 = (const float4 *)(fq + (8 + g) * 128);
+    const float4 *const g8 = (const float4 *)(fg + (8 + g) * 128), *const g7 = (const float4 *)(fg + 7 * 128);
+    const float4 *const kb = (const float4 *)(fk + g * 128), *const gb = (const float4 *)(fg + g * 128);
+    float acc[2][4]; /* even and odd k-steps: two chains of 8 */
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[h][e] = 0.0f;
+#pragma unroll 2
+    for (int s = 0; s < 8; s++) {
+        const int u = 4 * s + t;
+        const float4 xk4 = k8[u], xq4 = q8[u], xg4 = g8[u], zg4 = g7[u], yk4 = kb[u], yg4 = gb[u];
+        const float xk[4] = {xk4.x, xk4.y, xk4.z, xk4.w}, xq[4] = {xq4.x, xq4.y, xq4.z, xq4.w};
+        const float xg[4] = {xg4.x, xg4.y, xg4.z, xg4.w}, zg[4] = {zg4.x, zg4.y, zg4.z, zg4.w};
+        const float yk[4] = {yk4.x, yk4.y, yk4.z, yk4.w}, yg[4] = {yg4.x, yg4.y, yg4.z, yg4.w};
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            uint32_t a[4], b[2];
+#pragma unroll
+            for (int x = 0; x < 2; x++) { /* slot t + 4 x: key 4u + 2h + x */
+                const int c = 2 * h + x;
+                const float fa = pf_exp2(xg[c] - zg[c]), fb = pf_exp2(zg[c] - yg[c]);
+                a[2 * x] = tf32_operand(xk[c] * fa);     /* row g: kc of row 8 + g */
+                a[2 * x + 1] = tf32_operand(xq[c] * fa); /* row g + 8: qc of row 8 + g */
+                b[x] = tf32_operand(yk[c] * fb);         /* column g: ki of row g */
+            }
+            mma_tf32_1688(acc[h], a, b[0], b[1], acc[h]);
+        }
+    }
+#pragma unroll
+    for (int x = 0; x < 2; x++)
+        prep_pair_store(s_L, s_b, rec, scale, 8 + g, 2 * t + x, acc[0][x] + acc[1][x], acc[0][2 + x] + acc[1][2 + x],
+                        0);
+}
+
+/* prep_pair_block16: the same block for the fp16 family, whose chain needs L and Mqk at about 16
+ * bits (its step 4's hi*hi + hi*lo + lo*hi on bf16 terms): one m16n8k16 bf16 tile over 8 k-steps,
+ * three products a k-step in three accumulators (chains 8 deep). A's registers: row g (kc of row 8
+ * + g) and row g + 8 (qc) at k-slots 2t, 2t + 1 and 2t + 8, 2t + 9; B's: k-slots 2t, 2t + 1 and 2t
+ * + 8, 2t + 9 at column g (ki of row g). Lane (g, t) takes unit u = t + 4 s of its rows in k-step
+ * s, keys 4u, 4u + 1 in slots 2t, 2t + 1 and 4u + 2, 4u + 3 in 2t + 8, 2t + 9: again a key's A and
+ * B values from one lane, every key once. The record's Mqk in the chunk's format (rec16). */
+static __device__ __forceinline__ void prep_pair_block16(const float *fq, const float *fk, const float *fg,
+                                                         float (*s_L)[17], const float *s_b, unsigned char *rec,
+                                                         float scale, int lane, int rec16)
+{
+    const int g = lane >> 2, t = lane & 3;
+    const float4 *const k8 = (const float4 *)(fk + (8 + g) * 128), *const q8 = (const float4 *)(fq + (8 + g) * 128);
+    const float4 *const g8 = (const float4 *)(fg + (8 + g) * 128), *const g7 = (const float4 *)(fg + 7 * 128);
+    const float4 *const kb = (const float4 *)(fk + g * 128), *const gb = (const float4 *)(fg + g * 128);
+    float acc[3][4]; /* hi*hi, hi*lo, lo*hi */
+#pragma unroll
+    for (int m = 0; m < 3; m++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[m][e] = 0.0f;
+#pragma unroll 2
+    for (int s = 0; s < 8; s++) {
+        const int u = t + 4 * s;
+        const float4 xk4 = k8[u], xq4 = q8[u], xg4 = g8[u], zg4 = g7[u], yk4 = kb[u], yg4 = gb[u];
+        const float xk[4] = {xk4.x, xk4.y, xk4.z, xk4.w}, xq[4] = {xq4.x, xq4.y, xq4.z, xq4.w};
+        const float xg[4] = {xg4.x, xg4.y, xg4.z, xg4.w}, zg[4] = {zg4.x, zg4.y, zg4.z, zg4.w};
+        const float yk[4] = {yk4.x, yk4.y, yk4.z, yk4.w}, yg[4] = {yg4.x, yg4.y, yg4.z, yg4.w};
+        float kc[4], qc[4], ki[4];
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            const float fa = pf_exp2(xg[c] - zg[c]), fb = pf_exp2(zg[c] - yg[c]);
+            kc[c] = xk[c] * fa;
+            qc[c] = xq[c] * fa;
+            ki[c] = yk[c] * fb;
+        }
+        /* A: row g keys 4u, 4u + 1 | row g + 8 the same | row g keys 4u + 2, 4u + 3 | row g + 8 */
+        const uint32_t ah[4] = {pack_bf16x2(kc[0], kc[1]), pack_bf16x2(qc[0], qc[1]), pack_bf16x2(kc[2], kc[3]),
+                                pack_bf16x2(qc[2], qc[3])};
+        const uint32_t al[4] = {prep_lo_bf16x2(kc[0], kc[1], ah[0]), prep_lo_bf16x2(qc[0], qc[1], ah[1]),
+                                prep_lo_bf16x2(kc[2], kc[3], ah[2]), prep_lo_bf16x2(qc[2], qc[3], ah[3])};
+        const uint32_t bh0 = pack_bf16x2(ki[0], ki[1]), bh1 = pack_bf16x2(ki[2], ki[3]);
+        const uint32_t bl0 = prep_lo_bf16x2(ki[0], ki[1], bh0), bl1 = prep_lo_bf16x2(ki[2], ki[3], bh1);
+        mma_bf16_16816(acc[0], ah, bh0, bh1, acc[0]);
+        mma_bf16_16816(acc[1], ah, bl0, bl1, acc[1]);
+        mma_bf16_16816(acc[2], al, bh0, bh1, acc[2]);
+    }
+#pragma unroll
+    for (int x = 0; x < 2; x++)
+        prep_pair_store(s_L, s_b, rec, scale, 8 + g, 2 * t + x, acc[0][x] + (acc[1][x] + acc[2][x]),
+                        acc[0][2 + x] + (acc[1][2 + x] + acc[2][2 + x]), rec16);
+}
+
+/* prep_pair_diagonal, the three other warps: the triangles' 72 entries (i >= j in one half), 24 a
+ * warp in three rounds of 8, four lanes an entry (32 keys a lane, the quad's sums added by two
+ * shuffles). Lane kq of quad q reads units 8 kq .. 8 kq + 7 of its rows starting at (2 kq + q) mod
+ * 8: the eight lanes of a quarter-warp start in eight different bank groups. */
+static __device__ __forceinline__ void prep_pair_diagonal(const float *fq, const float *fk, const float *fg,
+                                                          float (*s_L)[17], const float *s_b, unsigned char *rec,
+                                                          float scale, int warp, int lane, int rec16)
+{
+    const int q = lane >> 2, kq = lane & 3;
+#pragma unroll 1
+    for (int round = 0; round < 3; round++) {
+        const int d = (warp - 1) * 24 + round * 8 + q, upper = d >= 36; /* entry d of 72: half `upper` */
+        int i, j;
+        prep_pair_entry(upper ? d - 36 : d, &i, &j);
+        i += 8 * upper;
+        j += 8 * upper;
+        const float4 *const q4 = (const float4 *)(fq + i * 128), *const ki4 = (const float4 *)(fk + i * 128);
+        const float4 *const kj4 = (const float4 *)(fk + j * 128);
+        const float4 *const gi4 = (const float4 *)(fg + i * 128), *const gj4 = (const float4 *)(fg + j * 128);
+        float l = 0.0f, m = 0.0f;
+#pragma unroll 4
+        for (int v = 0; v < 8; v++) prep_pair_unit(q4, ki4, kj4, gi4, gj4, 8 * kq + ((v + 2 * kq + q) & 7), &l, &m);
+#pragma unroll
+        for (int o = 1; o < 4; o <<= 1) {
+            l += __shfl_xor_sync(0xffffffffu, l, o);
+            m += __shfl_xor_sync(0xffffffffu, m, o);
+        }
+        if (kq == 0) prep_pair_store(s_L, s_b, rec, scale, i, j, l, m, rec16);
+    }
 }
 
 /* Step 5: INV = (I + L)^-1 by fp32 forward substitution on warp 0 (lane cc owns column cc), then
@@ -230,7 +388,7 @@ static __device__ __forceinline__ void prep_inverse(float (*s_L)[17], float (*s_
 
 /* Row i of W = bINV Kd for one key channel, in fp32 (bINV is lower triangular including the
  * diagonal): bINV's 16-byte aligned rows read four entries at a time, the products summed in key
- * order. The K = 256 prep's step 6 (the K = 128 prep's, on channel pairs, is prep_negw_half). */
+ * order. The K = 256 prep's step 6 (the K = 128 prep's is on tensor cores in every kernel). */
 static __device__ __forceinline__ float prep_w_row(const float (*s_binv)[16], const float kd[16], int i)
 {
     float w = 0.0f;
@@ -252,70 +410,10 @@ static __device__ __forceinline__ uint32_t pack_16x2(float lo, float hi, int rec
     return rec16 ? pack_f16x2(lo, hi) : pack_bf16x2(lo, hi);
 }
 
-/* Step 6 for one half of the chunk's rows (upper: a constant where inlined, rows 8 upper .. + 7) and
- * the thread's two key channels: -W[r][c0 + h] = -sum_{j <= r} bINV[r][j] Kd[j][c0 + h], Kd of rows
- * 0..7 from s_kd in the second half. */
-static __device__ __forceinline__ void prep_negw_half(const float (*s_binv)[16], const float *s_kd, const float kd[16],
-                                                      unsigned char *rec, int c0, int upper, int rec16)
-{
-    float k16[32]; /* Kd of rows 0..15 (entry 2 j + h), the rows this half reads */
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        if (upper) {
-            const float2 x = *(const float2 *)(s_kd + j * 128 + c0);
-            k16[2 * j] = x.x;
-            k16[2 * j + 1] = x.y;
-        }
-        k16[2 * (8 * upper + j)] = kd[2 * j];
-        k16[2 * (8 * upper + j) + 1] = kd[2 * j + 1];
-    }
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-        const int r = 8 * upper + i;
-        float w0 = 0.0f, w1 = 0.0f;
-#pragma unroll
-        for (int j4 = 0; j4 <= r; j4 += 4) {
-            const float4 b4 = *(const float4 *)&s_binv[r][j4];
-            const float bb[4] = {b4.x, b4.y, b4.z, b4.w};
-#pragma unroll
-            for (int e = 0; e < 4; e++)
-                if (j4 + e <= r) {
-                    w0 += bb[e] * k16[2 * (j4 + e)];
-                    w1 += bb[e] * k16[2 * (j4 + e) + 1];
-                }
-        }
-        *(uint32_t *)(rec + PF_REC_NEGW + pf_swz(r, c0)) = pack_16x2(-w0, -w1, rec16);
-    }
-}
-
-/* Steps 5 and 6 for the K = 128 prep's fp32 step 6 (every checked kernel; the unchecked ones take
- * step 6 on tensor cores, prep_negw_tf32 and prep_negw_mma):
- * bINV, then W = bINV Kd, stored negated. The thread owns key channels c0 and c0 + 1 over rows 8 hf
- * .. 8 hf + 7 (prefill_prep.cu, step 3; kd[2 i + h] is Kd of row 8 hf + i, channel c0 + h); row r of
- * W needs Kd of rows 0..r, so the first half's Kd crosses to the second half through s_kd ([8][128]
- * fp32, a dead 4 KB unit of s_buf), written here before the barrier that step 6 waits on anyway
- * (warp 0's inverse). Each row's products are summed in key order, bINV's 16-byte aligned rows read
- * four entries at a time; the pair of channels is one 4-byte store. */
-static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
-                                                   const float kd[16], float *s_kd, unsigned char *rec, int hf, int c0,
-                                                   int warp, int lane, int rec16)
-{
-    if (hf == 0) {
-#pragma unroll
-        for (int i = 0; i < 8; i++) *(float2 *)(s_kd + i * 128 + c0) = make_float2(kd[2 * i], kd[2 * i + 1]);
-    }
-    prep_inverse(s_L, s_binv, s_b, rec, warp, lane, rec16);
-    __syncthreads();
-    if (hf == 0)
-        prep_negw_half(s_binv, s_kd, kd, rec, c0, 0, rec16);
-    else
-        prep_negw_half(s_binv, s_kd, kd, rec, c0, 1, rec16);
-}
-
 /* Step 6 for the fp16 family's unchecked kernels, on tensor cores: W = bINV Kd = (bINV kc) diag(2^Gref), kc the
  * centred keys already in shared memory for step 4 (kc[i][c] = Kd[i][c] 2^-Gref_c; the safe gate
  * keeps 2^Gref_c >= 2^-58, so the column factor is exact to fp32's rounding, which a checked gate's
- * 2^Gref below fp32's range would not be: those kernels keep prep_finish). Each warp forms a 16 x 32
+ * 2^Gref below fp32's range would not be: those take Kd itself, prep_finish_tc). Each warp forms a 16 x 32
  * block of keys as bINV_hi kc_hi + bINV_hi kc_lo + bINV_lo kc_hi (bf16 pairs, fp32
  * accumulation: about 2^-16 relative, below the record's bf16 / fp16 rounding), so the 136 FMAs and
  * shared reads per thread of the fp32 form become 12 mma.sync per warp; its output fragment holds
@@ -324,10 +422,11 @@ static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_b
  * takes a block of keys among its own lanes' channels.
  * Why hi + lo pairs here and tf32 in the bf16 family (prep_negw_tf32): the fp16 family has kc's hi
  * and lo terms in shared memory already for its L product, which shares ki's terms with Mqk, whose
- * operands its 11-bit chain needs at ~16 bits. */
+ * operands its 11-bit chain needs at ~16 bits. scaled = 0 (a constant where inlined): the tiles
+ * hold Kd's own terms and no factor is applied (the checked kernels, prep_finish_tc). */
 static __device__ __forceinline__ void prep_negw_mma(const float (*s_binv)[16], const unsigned char *kc_hi,
                                                      const unsigned char *kc_lo, const float e_ref[2],
-                                                     unsigned char *rec, int warp, int lane, int rec16)
+                                                     unsigned char *rec, int warp, int lane, int rec16, int scaled)
 {
     /* the warp's 32 keys: warps 0 and 2 hold channels 0-63 (lane l: 2l, 2l + 1), warps 1 and 3
      * channels 64-127 */
@@ -365,11 +464,12 @@ static __device__ __forceinline__ void prep_negw_mma(const float (*s_binv)[16], 
 #pragma unroll
     for (int n = 0; n < 4; n++) {
         const int c = 32 * blk + 8 * n + 2 * t; /* even: keys c and c + 1 are lane (c mod 64) / 2's pair */
-        const float e0 = __shfl_sync(0xffffffffu, e_ref[0], (c & 63) >> 1);
-        const float e1 = __shfl_sync(0xffffffffu, e_ref[1], (c & 63) >> 1);
+        const float e0 = scaled ? __shfl_sync(0xffffffffu, e_ref[0], (c & 63) >> 1) : 1.0f;
+        const float e1 = scaled ? __shfl_sync(0xffffffffu, e_ref[1], (c & 63) >> 1) : 1.0f;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
-            const float w0 = -(acc[n][2 * h] * e0), w1 = -(acc[n][2 * h + 1] * e1);
+            const float w0 = scaled ? -(acc[n][2 * h] * e0) : -acc[n][2 * h];
+            const float w1 = scaled ? -(acc[n][2 * h + 1] * e1) : -acc[n][2 * h + 1];
             *(uint32_t *)(rec + PF_REC_NEGW + pf_swz(g + 8 * h, c)) = pack_16x2(w0, w1, rec16);
         }
     }
@@ -388,7 +488,7 @@ static __device__ __forceinline__ uint32_t prep_swz32(int row, int col)
  * diag(2^Gref), kc the centred keys that step 3 left in shared memory as a tf32 tile for step 4
  * (kc[i][c] = Kd[i][c] 2^-Gref_c; the safe gate keeps 2^Gref_c >= 2^-58, so the column factor is
  * exact to fp32's rounding, which a checked gate's 2^Gref below fp32's range would not be: those
- * kernels keep prep_finish). bINV and kc enter with 11 significant bits (tf32), an eighth of the
+ * kernels take Kd itself, prep_finish_tc). bINV and kc enter with 11 significant bits (tf32), an eighth of the
  * bf16 rounding that the record's -W then takes (dev/numerics: no change in the output's or the
  * state's error), and the 136 FMAs and ~40 shared reads per thread of the fp32 form become 8
  * mma.sync m16n8k8 per warp, with Kd no longer held in registers from step 3 on. Each warp forms a
@@ -397,9 +497,12 @@ static __device__ __forceinline__ uint32_t prep_swz32(int row, int col)
  * depend on it): lane t's k-slots t and t + 4 are tokens 2t and 2t + 1, so A's pair is one 8-byte
  * read of a bINV row, and B's two values are kc's rows 2t and 2t + 1 at key g, rows of one parity
  * per load, in 8 different bank groups by the tile's swizzle. The output fragment holds (row g or g
- * + 8, keys 2t and 2t + 1 of each 8-key tile), stored as one 4-byte pair. */
+ * + 8, keys 2t and 2t + 1 of each 8-key tile), stored as one 4-byte pair. scaled = 0 (a constant
+ * where inlined): the tile is Kd itself and no factor is applied (the checked kernels,
+ * prep_finish_tc). */
 static __device__ __forceinline__ void prep_negw_tf32(const float (*s_binv)[16], const unsigned char *kc,
-                                                      const float e_ref[2], unsigned char *rec, int warp, int lane)
+                                                      const float e_ref[2], unsigned char *rec, int warp, int lane,
+                                                      int scaled)
 {
     const int blk = 2 * (warp & 1) + (warp >> 1);
     const int g = lane >> 2, t = lane & 3;
@@ -435,13 +538,48 @@ static __device__ __forceinline__ void prep_negw_tf32(const float (*s_binv)[16],
 #pragma unroll
     for (int n = 0; n < 4; n++) {
         const int c = 32 * blk + 8 * n + 2 * t; /* even: keys c and c + 1 are lane (c mod 64) / 2's pair */
-        const float e0 = __shfl_sync(0xffffffffu, e_ref[0], (c & 63) >> 1);
-        const float e1 = __shfl_sync(0xffffffffu, e_ref[1], (c & 63) >> 1);
+        const float e0 = scaled ? __shfl_sync(0xffffffffu, e_ref[0], (c & 63) >> 1) : 1.0f;
+        const float e1 = scaled ? __shfl_sync(0xffffffffu, e_ref[1], (c & 63) >> 1) : 1.0f;
 #pragma unroll
         for (int h = 0; h < 2; h++)
-            *(uint32_t *)(rec + PF_REC_NEGW + pf_swz(g + 8 * h, c)) = pack_bf16x2(acc[n][2 * h] * -e0,
-                                                                                  acc[n][2 * h + 1] * -e1);
+            *(uint32_t *)(rec + PF_REC_NEGW +
+                          pf_swz(g + 8 * h, c)) = scaled ? pack_bf16x2(acc[n][2 * h] * -e0, acc[n][2 * h + 1] * -e1)
+                                                         : pack_bf16x2(-acc[n][2 * h], -acc[n][2 * h + 1]);
     }
+}
+
+/* Steps 5 and 6 for the K = 128 prep's checked kernels, whose 2^Gref may leave fp32's range (so
+ * not W = (bINV kc) diag(2^Gref) as in the unchecked ones): step 6 on tensor cores from a tile of
+ * Kd itself (kd[2 i + h]: Kd = k 2^G of row 8 hf + i, key c0 + h, from the chunk's start, so never
+ * above |k| for a decaying gate), W = bINV Kd unscaled. The tile takes s_buf's units 0 and 1, dead
+ * by the caller's barrier before this (step 4's kc and ki, or step 4''s q tile): the bf16 family's
+ * Kd as a tf32 tile (prep_swz32's layout, prep_negw_tf32), the fp16 family's as bf16 hi + lo tiles
+ * (pf_swz's layout, unit 0 the hi terms, prep_negw_mma), the precision of their unchecked kernels'
+ * step 6. Each thread stores its own 8 rows x 2 keys before warp 0's inverse, whose barrier step 6
+ * waits on anyway. */
+static __device__ __forceinline__ void prep_finish_tc(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
+                                                      const float kd[16], unsigned char (*s_buf)[4096],
+                                                      unsigned char *rec, int hf, int c0, int warp, int lane, int f16,
+                                                      int rec16)
+{
+    const float one[2] = {1.0f, 1.0f}; /* (unread: scaled = 0) */
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int r = 8 * hf + i;
+        if (f16) {
+            const uint32_t hi = pack_bf16x2(kd[2 * i], kd[2 * i + 1]);
+            *(uint32_t *)(s_buf[0] + pf_swz(r, c0)) = hi;
+            *(uint32_t *)(s_buf[1] + pf_swz(r, c0)) = prep_lo_bf16x2(kd[2 * i], kd[2 * i + 1], hi);
+        } else {
+            *(uint2 *)(s_buf[0] + prep_swz32(r, c0)) = make_uint2(tf32_operand(kd[2 * i]), tf32_operand(kd[2 * i + 1]));
+        }
+    }
+    prep_inverse(s_L, s_binv, s_b, rec, warp, lane, rec16);
+    __syncthreads();
+    if (f16)
+        prep_negw_mma(s_binv, s_buf[0], s_buf[1], one, rec, warp, lane, rec16, 0);
+    else
+        prep_negw_tf32(s_binv, s_buf[0], one, rec, warp, lane, 0);
 }
 
 /* The fp32 input tiles of prefill_prep.cu's tile and element forms, [16][128]: key c of a row sits

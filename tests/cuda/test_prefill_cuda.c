@@ -71,13 +71,15 @@ typedef struct pf_case {
 } pf_case;
 
 /* The gate and g of a case (run_case's `gi`; NULL: the lower bound gate, bf16 g). g_none_lo < 0:
- * gate none with g (the log decay itself) drawn uniform in [g_none_lo, 0], which the prep's
- * checked kernels take (with the L2 norm, a chunk whose decay over 8 tokens passes 2^-112 takes
- * the pairwise step 4': most chunks at g_none_lo = -24, none at -0.9); for the bars, g_none_lo
+ * gate none with g (the log decay itself) drawn uniform in [g_none_lo, g_none_hi], which the
+ * prep's checked kernels take (with the L2 norm, a chunk whose decay over 8 tokens passes 2^-112
+ * takes step 4': most chunks at g_none_lo = -24, none at -0.9; step 4' is halved where no step
+ * of the chunk grows, and whole-pairwise where one does: g_none_hi > 0); for the bars, g_none_lo
  * takes the lower bound's place (the per-token log decay's lower end). g_f32: g in fp32. */
 typedef struct pf_gate_in {
     double g_none_lo;
     int g_f32;
+    double g_none_hi;
 } pf_gate_in;
 
 /* The fp16 family's cases (run_case's `w`; NULL: bf16 q, k, v): q, k, v and out in qkv_dtype
@@ -336,7 +338,7 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
                 test_tensor_set(wide[i], e, test_bf16_to_f32(test_f32_to_bf16((float)test_tensor_get(wide[i], e))));
     }
     if (gate_none)
-        test_tensor_fill_uniform(&g, rng, gi->g_none_lo, 0);
+        test_tensor_fill_uniform(&g, rng, gi->g_none_lo, gi->g_none_hi);
     else
         test_tensor_fill_normal(&g, rng, 0, 1);
     if (c->sigmoid)
@@ -1181,8 +1183,17 @@ int main(int argc, char **argv)
         {STD_CASE("fp16 T=300 fp16 g [tiles]", 1, 300, 2, 2, 0), {.qkv_dtype = F16, .g_f16 = 1, .quick = 1}},
         {STD_CASE("fp32 T=200 gate none, fp32 g [tiles, checked]", 1, 200, 2, 2, 0),
          {.qkv_dtype = F32, .gate = {-0.9, 1}, .quick = 1}},
-        {STD_CASE("fp32 T=200 fast decay, fp32 g [tiles, step 4']", 1, 200, 2, 2, 0),
+        {STD_CASE("fp32 T=200 fast decay, fp32 g [tiles, step 4' halved]", 1, 200, 2, 2, 0),
          {.qkv_dtype = F32, .gate = {-24, 1}}},
+        {STD_CASE("fp32 T=200 growing steps, fp32 g [tiles, step 4' whole]", 1, 200, 2, 2, 0),
+         {.qkv_dtype = F32, .out_of_domain = 1, .gate = {-24, 1, 0.5}}},
+        /* the same kernels in --small (compute-sanitizer): step 4' halved (the block on hi + lo
+         * terms) and whole, with the fp16 family's step 6 from Kd's hi + lo tiles, and in range */
+        {STD_CASE("fp32 T=17 fast decay, fp32 g [tiles, step 4' halved]", 1, 17, 2, 2, 0),
+         {.qkv_dtype = F32, .gate = {-24, 1}, .quick = 1}},
+        {STD_CASE("fp32 T=17 growing steps, fp32 g [tiles, step 4' whole]", 1, 17, 2, 2, 0),
+         {.qkv_dtype = F32, .out_of_domain = 1, .gate = {-24, 1, 0.5}}},
+        {STD_CASE("fp16 T=17 gate none [tiles, checked]", 1, 17, 2, 2, 0), {.qkv_dtype = F16, .gate = {-0.9, 0}}},
         {KCASE("fp16 K=64 V=64 T=200 gate none, fp32 g [tiles, checked]", 1, 200, 2, 2, 64, 64),
          {.qkv_dtype = F16, .gate = {-0.9, 1}, .quick = 1}},
         {KCASE("fp16 K=60 V=64 T=100 gate none [elements, checked]", 1, 100, 2, 2, 60, 64),
@@ -1260,17 +1271,33 @@ int main(int argc, char **argv)
      * gate none (pf_gate_in), the prep's checked kernels. {gate none's g_none_lo, fp32 g},
      * --small, --quick. */
     const pf_k_case k_cases[] = {
-        {KCASE("K=64 V=64 T=40 gate none, fp32 g [tiles, checked]", 1, 40, 1, 1, 64, 64), {-0.9, 1}, 1, 0},
-        {KCASE("K=64 V=64 T=1000 [bf16 tiles]", 1, 1000, 4, 4, 64, 64), {0, 0}, 0, 0},
-        {KCASE("K=64 V=64 T=1000 gate none, fp32 g [tiles, checked]", 1, 1000, 4, 4, 64, 64), {-0.9, 1}, 0, 1},
-        {KCASE("K=64 V=64 T=300 B=2 gate none [bf16 tiles, checked]", 2, 300, 2, 2, 64, 64), {-0.9, 0}, 0, 0},
-        {KCASE("K=64 V=128 T=300 fast decay, fp32 g [tiles, step 4']", 1, 300, 2, 2, 64, 128), {-24, 1}, 0, 1},
-        {KCASE("K=96 V=96 GVA H=1 HV=4, fp32 g [tiles]", 2, 100, 1, 4, 96, 96), {0, 1}, 0, 0},
-        {KCASE("K=32 V=64 T=65 B=2 [bf16 tiles]", 2, 65, 2, 2, 32, 64), {0, 0}, 0, 0},
-        {KCASE("K=32 V=32 T=200 gate none, fp32 g [tiles, checked]", 1, 200, 2, 2, 32, 32), {-0.9, 1}, 0, 0},
-        {KCASE("K=100 V=64 T=200 [elements]", 1, 200, 2, 2, 100, 64), {0, 0}, 0, 1},
-        {KCASE("K=100 V=64 T=200 gate none, fp32 g [elements, checked]", 1, 200, 2, 2, 100, 64), {-0.9, 1}, 0, 0},
-        {KCASE("K=63 V=40 T=65 fp32 g [elements]", 1, 65, 2, 2, 63, 40), {0, 1}, 0, 0},
+        {KCASE("K=64 V=64 T=40 gate none, fp32 g [tiles, checked]", 1, 40, 1, 1, 64, 64), {-0.9, 1, 0}, 1, 0},
+        {KCASE("K=64 V=64 T=1000 [bf16 tiles]", 1, 1000, 4, 4, 64, 64), {0, 0, 0}, 0, 0},
+        {KCASE("K=64 V=64 T=1000 gate none, fp32 g [tiles, checked]", 1, 1000, 4, 4, 64, 64), {-0.9, 1, 0}, 0, 1},
+        {KCASE("K=64 V=64 T=300 B=2 gate none [bf16 tiles, checked]", 2, 300, 2, 2, 64, 64), {-0.9, 0, 0}, 0, 0},
+        {KCASE("K=64 V=128 T=300 fast decay, fp32 g [tiles, step 4']", 1, 300, 2, 2, 64, 128), {-24, 1, 0}, 0, 1},
+        /* K = 128, the bf16 family's step 4' in both forms: halved (every step decays), whole-pairwise
+         * (a step in ~50 grows by up to e^0.5: in nearly every chunk, and harmless to the state) */
+        {KCASE("K=128 V=128 T=300 fast decay [bf16 tiles, step 4' halved]", 1, 300, 2, 2, 128, 128), {-24, 0, 0}, 0, 1},
+        {KCASE("K=128 V=128 T=40 fast decay [bf16 tiles, step 4' halved]", 1, 40, 1, 1, 128, 128), {-24, 0, 0}, 1, 0},
+        {KCASE("K=128 V=128 T=300 growing steps, fp32 g [tiles, step 4' whole]", 1, 300, 2, 2, 128, 128),
+         {-24, 1, 0.5},
+         0,
+         1},
+        {KCASE("K=128 V=128 T=40 growing steps [bf16 tiles, step 4' whole]", 1, 40, 1, 1, 128, 128),
+         {-24, 0, 0.5},
+         1,
+         0},
+        {KCASE("K=96 V=96 GVA H=1 HV=4, fp32 g [tiles]", 2, 100, 1, 4, 96, 96), {0, 1, 0}, 0, 0},
+        {KCASE("K=32 V=64 T=65 B=2 [bf16 tiles]", 2, 65, 2, 2, 32, 64), {0, 0, 0}, 0, 0},
+        {KCASE("K=32 V=32 T=200 gate none, fp32 g [tiles, checked]", 1, 200, 2, 2, 32, 32), {-0.9, 1, 0}, 0, 0},
+        {KCASE("K=100 V=64 T=200 [elements]", 1, 200, 2, 2, 100, 64), {0, 0, 0}, 0, 1},
+        {KCASE("K=100 V=64 T=200 gate none, fp32 g [elements, checked]", 1, 200, 2, 2, 100, 64), {-0.9, 1, 0}, 0, 0},
+        {KCASE("K=100 V=64 T=200 fast decay, fp32 g [elements, step 4' halved]", 1, 200, 2, 2, 100, 64),
+         {-24, 1, 0},
+         0,
+         0},
+        {KCASE("K=63 V=40 T=65 fp32 g [elements]", 1, 65, 2, 2, 63, 40), {0, 1, 0}, 0, 0},
         {{.name = "K=64 varlen empties, int32 cu, bf16 states, gate none, fp32 g [tiles, checked]",
           .nseq = 6,
           .seqlens = {0, 1, 17, 0, 300, 16},
@@ -1287,7 +1314,7 @@ int main(int argc, char **argv)
           .lower_bound = -5,
           .K = 64,
           .V = 64},
-         {-0.9, 1},
+         {-0.9, 1, 0},
          0,
          1},
     };
