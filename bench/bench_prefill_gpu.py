@@ -176,7 +176,8 @@ def bench_shape(name, args, bw, t_start):
     out = torch.empty_like(x["v"])
     ht = torch.empty(N, H, V, K, dtype=torch.float32, device="cuda")
     with torch.inference_mode():
-        ms_ours = time_ms(lambda: run_ours(x, out, ht))
+        # timed alone without fla; beside fla, in turn with it (time_alternating, below)
+        ms_ours = time_ms(lambda: run_ours(x, out, ht)) if args.no_fla else float("nan")
         extra = ""
         if args.sweep_vslice:
             sweep = []
