@@ -5,6 +5,7 @@
  * for cu_seqlens (CU) also serve its longer sequences, in two fp32 passes.
  */
 #include "decode_common.cuh"
+#include "decode_packed_tile.cuh"
 
 /* For large batches of bf16 pools (by default from 2 heads per SM; FKDA_DECODE_PACKED forces it
  * on or off): the tile kernels hold 64 fp32 values per lane, so a bf16 head needs 8 warps and an
@@ -15,56 +16,6 @@
  * to the order of the sums. 1-D indices, and one token per sequence: T = 1 (CU = 0), or
  * cu_seqlens (CU = 1, vLLM's packed form: a decode step whose lengths only the device knows; an
  * empty sequence is skipped as in the tile kernels, and a longer one runs through packed_tokens). */
-
-/* Register and half of (row r, column c): [K, V] pairs neighbouring columns, [V, K] rows. */
-static __device__ __forceinline__ int pk_index(int r, int c, const int V_FIRST)
-{
-    return V_FIRST ? (r >> 1) * PK_NC + c : r * (PK_NC / 2) + (c >> 1);
-}
-
-static __device__ __forceinline__ float pk_get(const uint32_t *sp, int r, int c, const int V_FIRST)
-{
-    const uint32_t u = sp[pk_index(r, c, V_FIRST)];
-    const int high = V_FIRST ? (r & 1) : (c & 1);
-    return __uint_as_float(high ? (u & 0xffff0000u) : (u << 16));
-}
-
-/* Loads the lane's 128 values as 64 bf16 pairs, 16 bytes per load along the contiguous
- * dimension from `in` (its first row and column); streaming loads with STREAM (load_state_vec). */
-static __device__ __forceinline__ void pk_load_state(const lane_tile *w, const unsigned short *in, bool live,
-                                                     uint32_t *sp, const int V_FIRST, const int STREAM)
-{
-    const int NR = PK_NR, NC = PK_NC, VEC = 8;
-    const int sk = V_FIRST ? 1 : 128, sv = V_FIRST ? 128 : 1;
-    const int k0 = tile_row(w, 0, V_FIRST, VEC), j0 = tile_col(w, 0, V_FIRST, VEC);
-    if (!V_FIRST) {
-#pragma unroll
-        for (int r = 0; r < NR; r++) {
-            const uint4 *at = (const uint4 *)(in + (tile_row(w, r, 0, VEC) - k0) * sk);
-            uint4 u = make_uint4(0u, 0u, 0u, 0u);
-            if (live) u = STREAM ? __ldcs(at) : *at;
-            sp[pk_index(r, 0, 0)] = u.x;
-            sp[pk_index(r, 2, 0)] = u.y;
-            sp[pk_index(r, 4, 0)] = u.z;
-            sp[pk_index(r, 6, 0)] = u.w;
-        }
-    } else {
-#pragma unroll
-        for (int c = 0; c < NC; c++) {
-#pragma unroll
-            for (int rv = 0; rv < NR; rv += VEC) {
-                const uint4 *at = (const uint4 *)(in + (tile_col(w, c, 1, VEC) - j0) * sv +
-                                                  (tile_row(w, rv, 1, VEC) - k0));
-                uint4 u = make_uint4(0u, 0u, 0u, 0u);
-                if (live) u = STREAM ? __ldcs(at) : *at;
-                sp[pk_index(rv, c, 1)] = u.x;
-                sp[pk_index(rv + 2, c, 1)] = u.y;
-                sp[pk_index(rv + 4, c, 1)] = u.z;
-                sp[pk_index(rv + 6, c, 1)] = u.w;
-            }
-        }
-    }
-}
 
 /* A sequence of cu_seqlens with more than one token (CU kernels only). Rounding the bf16 pairs
  * after every token would differ from fla (and the tile kernels), which keep the state in fp32
@@ -151,29 +102,8 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
 
     /* Decay and the two dot products (the decayed values are recomputed in the update). */
     float pk[PK_NC], pq[PK_NC];
-#pragma unroll
-    for (int c = 0; c < NC; c++) pk[c] = pq[c] = 0.0f;
-#pragma unroll
-    for (int r4 = 0; r4 < NR; r4 += 4) {
-        const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4), q4 = *(const float4 *)(lq + r4);
-        const float d[4] = {d4.x, d4.y, d4.z, d4.w}, kk[4] = {k4.x, k4.y, k4.z, k4.w}, qq[4] = {q4.x, q4.y, q4.z, q4.w};
-#pragma unroll
-        for (int i = 0; i < 4; i++) {
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                const float x = pk_get(sp, r4 + i, c, V_FIRST) * d[i];
-                pk[c] = fmaf(x, kk[i], pk[c]);
-                pq[c] = fmaf(x, qq[i], pq[c]);
-            }
-        }
-    }
-    for (int off = red_lo; off < red_hi; off <<= 1) {
-#pragma unroll
-        for (int c = 0; c < NC; c++) {
-            pk[c] += __shfl_xor_sync(FULL_MASK, pk[c], off);
-            pq[c] += __shfl_xor_sync(FULL_MASK, pq[c], off);
-        }
-    }
+    pk_decay_dots(sp, ld, lk, lq, pk, pq, V_FIRST);
+    tile_column_sums(pk, pq, red_lo, red_hi, NC);
     if (KS == 2) add_other_half(smem, &w, pk, pq, NC);
     float vk[PK_NC];
     const int64_t *os = p->out_stride;
@@ -188,60 +118,13 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
     }
 
     /* The update, two values per register, each rounded once: S = diag(d) S + k (kf v')^T. */
-    float dr[PK_NR], kr[PK_NR];
-#pragma unroll
-    for (int r4 = 0; r4 < NR; r4 += 4) {
-        const float4 d4 = *(const float4 *)(ld + r4), k4 = *(const float4 *)(lk + r4);
-        dr[r4] = d4.x;
-        dr[r4 + 1] = d4.y;
-        dr[r4 + 2] = d4.z;
-        dr[r4 + 3] = d4.w;
-        kr[r4] = k4.x;
-        kr[r4 + 1] = k4.y;
-        kr[r4 + 2] = k4.z;
-        kr[r4 + 3] = k4.w;
-    }
-    if (!V_FIRST) {
-#pragma unroll
-        for (int r = 0; r < NR; r++) {
-#pragma unroll
-            for (int c = 0; c < NC; c += 2) {
-                const float x0 = fmaf(kr[r], vk[c], pk_get(sp, r, c, 0) * dr[r]);
-                const float x1 = fmaf(kr[r], vk[c + 1], pk_get(sp, r, c + 1, 0) * dr[r]);
-                sp[pk_index(r, c, 0)] = pack_bf16x2(x0, x1);
-            }
-        }
-    } else {
-#pragma unroll
-        for (int r = 0; r < NR; r += 2) {
-#pragma unroll
-            for (int c = 0; c < NC; c++) {
-                const float x0 = fmaf(kr[r], vk[c], pk_get(sp, r, c, 1) * dr[r]);
-                const float x1 = fmaf(kr[r + 1], vk[c], pk_get(sp, r + 1, c, 1) * dr[r + 1]);
-                sp[pk_index(r, c, 1)] = pack_bf16x2(x0, x1);
-            }
-        }
-    }
+    pk_rank1_update(sp, ld, lk, vk, V_FIRST);
 
     const int64_t *so = p->state_out_stride;
     unsigned short *out = (unsigned short *)p->state_out + slot * so[0] + h * so[1] + (int64_t)k0 * sk +
                           (int64_t)j0 * sv;
     if (!live) return;
-    if (!V_FIRST) {
-#pragma unroll
-        for (int r = 0; r < NR; r++)
-            __stcs(
-                (uint4 *)(out + (tile_row(&w, r, 0, VEC) - k0) * sk),
-                make_uint4(sp[pk_index(r, 0, 0)], sp[pk_index(r, 2, 0)], sp[pk_index(r, 4, 0)], sp[pk_index(r, 6, 0)]));
-    } else {
-#pragma unroll
-        for (int c = 0; c < NC; c++)
-#pragma unroll
-            for (int rv = 0; rv < NR; rv += VEC)
-                __stcs((uint4 *)(out + (tile_col(&w, c, 1, VEC) - j0) * sv + (tile_row(&w, rv, 1, VEC) - k0)),
-                       make_uint4(sp[pk_index(rv, c, 1)], sp[pk_index(rv + 2, c, 1)], sp[pk_index(rv + 4, c, 1)],
-                                  sp[pk_index(rv + 6, c, 1)]));
-    }
+    pk_store_state(&w, out, sp, V_FIRST, 1);
 }
 
 /* ---- the kernels ------------------------------------------------------------------------- */
