@@ -152,17 +152,22 @@ mutant cuda-prefill-prep-halved-upper cuda src/cuda/prefill_prep_steps.cuh \
 # The same step's tensor-core block: every lane column reads unit 4s, so a quarter of the keys is
 # summed four times and the rest never.
 mutant cuda-prefill-prep-block-keys cuda src/cuda/prefill_prep_steps.cuh \
-  'const int u = 4 * s + t;' \
-  'const int u = 4 * s;'
+  'prep_block_operands(fq, fk, fg, g, 4 * s + t, kc, qc, ki);' \
+  'prep_block_operands(fq, fk, fg, g, 4 * s, kc, qc, ki);'
 # The fp16 family's block (hi + lo terms): the same slip.
 mutant cuda-prefill-prep-block16-keys cuda src/cuda/prefill_prep_steps.cuh \
-  'const int u = t + 4 * s;' \
-  'const int u = 4 * s;'
+  'prep_block_operands(fq, fk, fg, g, t + 4 * s, kc, qc, ki);' \
+  'prep_block_operands(fq, fk, fg, g, 4 * s, kc, qc, ki);'
 # The checked kernels' step 6 from Kd's tile: both halves store their Kd into rows 0-7, so rows
 # 8-15 of the tile keep step 4's operands.
 mutant cuda-prefill-prep-kd-tile cuda src/cuda/prefill_prep_steps.cuh \
   'const int r = 8 * hf + i;' \
   'const int r = i;'
+# The bf16 family's checked step 6 after step 4 (prep_negw_half): the second half reads row 0's Kd
+# from s_kd for each of rows 0-7, so W's rows 8-15 miss rows 1-7's Kd.
+mutant cuda-prefill-prep-negw-half cuda src/cuda/prefill_prep_steps.cuh \
+  'const float2 x = *(const float2 *)(s_kd + j * 128 + c0);' \
+  'const float2 x = *(const float2 *)(s_kd + c0);'
 # The tile loads copy 128 keys whatever K: at K < 128 the keys past K come from the next head
 # (or token), not zeros.
 mutant cuda-prefill-prep-kpad cuda src/cuda/prefill_prep.cu \

@@ -16,11 +16,15 @@ What it checks:
     step 4'), the halved form's L and Mqk (the block's on tf32 operands, or on bf16 hi + lo terms
     for the fp16 family; the triangles in fp32) and -W (tf32 Kd) against float64, with the bars
     below, every entry finite; and that a growing gate would break both blocks' factors (the
-    reason the kernel keeps such chunks whole-pairwise), shown on one chunk.
+    reason the kernel keeps such chunks whole-pairwise), shown on one chunk;
+  - the halved vote (prep_block_unbounded on step 3's running sums): on 3,000 random chunks,
+    decaying, growing here and there or steeply, full and partial, every chunk it halves has
+    every block exponent <= 0 in fp32, every chunk whose gate never grows is halved, and the
+    second half's test alone would let a positive exponent through.
 
-It mirrors the device code by hand: when prep_pair_block, prep_pair_block16, prep_pair_diagonal or
-prep_finish_tc change, change this too. It cannot catch a hardware that departs from the
-documented fragment models, nor a race.
+It mirrors the device code by hand: when prep_block_operands, prep_pair_block, prep_pair_block16,
+prep_pair_diagonal, prep_finish_tc or prep_block_unbounded change, change this too. It cannot catch
+a hardware that departs from the documented fragment models, nor a race.
 
 Run: /work/venv/bin/python dev/cuda/emulate_prep_halved.py (numpy; a few seconds). Exit status 0
 when every check passes, 1 when not.
@@ -276,6 +280,61 @@ def chunk(rng, step_lo, step_hi, norm=True):
     return q, k, G, b
 
 
+def block_vote(a, rows):
+    """prefill_prep.cu's step 3 and prep_block_unbounded on the gate steps a [16, K] (log2 units)
+    of a chunk of `rows` tokens: each half's running sums in fp32 (the second half's from 0), D =
+    G_r - G_7, the vote (True: halved) and the G tile the pairwise branch writes (G_7 + D)."""
+    run = np.zeros((16, K), np.float32)
+    for half in (0, 1):
+        acc = np.zeros(K, np.float32)
+        for r in range(8 * half, 8 * half + 8):
+            if r < rows:
+                acc = np.float32(acc + np.float32(a[r]))
+            run[r] = acc
+    gref = run[7].copy()
+    D = run.copy()
+    D[:8] = np.float32(run[:8] - gref)
+    with np.errstate(invalid="ignore"):
+        breaks = np.any(~(D[:8] >= 0)) or np.any(~(D[8:] <= 0))
+    return not breaks, np.float32(gref + D)
+
+
+def check_vote(rng):
+    """The halved vote's rule: wherever it halves, every exponent the block forms (G_i - G_7 for
+    i >= 8, G_7 - G_j for j < 8, in fp32 on the G tile) is <= 0; every chunk whose gate never
+    grows is halved; and the rule has teeth (halving on the second half's test alone lets a
+    positive exponent through)."""
+    ok, seen, halved_growing, teeth = True, 0, 0, False
+    for trial in range(3000):
+        rows = 16 if trial % 3 else int(rng.integers(1, 17))
+        lo = [-34.6, -3.0, -150.0][trial % 3]
+        hi = [0.0, 0.72, 1.5, 60.0][trial % 4]  # 0.72: the tests' e^0.5 growth in log2 units
+        a = rng.uniform(lo, hi, size=(16, K))
+        if trial % 4 == 1:  # growth only here and there, as the tests' gate
+            a = np.where(rng.random((16, K)) < 0.02, a, np.minimum(a, 0.0))
+        vote, G = block_vote(a, rows)
+        with np.errstate(over="ignore", invalid="ignore"):
+            up = np.float32(G[8:] - G[7])  # rows 8..15 against row 7
+            down = np.float32(G[7] - G[:8])  # row 7 against rows 0..7
+        worst = max(up.max(), down.max())
+        if vote and not worst <= 0:
+            print(f"FAIL vote: halved with a block exponent {worst} > 0 (trial {trial})")
+            ok = False
+        if hi == 0.0 and not vote:
+            print(f"FAIL vote: a gate that never grows was not halved (trial {trial})")
+            ok = False
+        seen += vote
+        halved_growing += vote and hi > 0
+        # the planted slip: the first half's test dropped
+        second_only = not np.any(~(np.float32(G[8:] - G[7]) <= 0))
+        teeth |= second_only and down.max() > 0
+    print(
+        f"halved vote: {seen} of 3000 chunks halved ({halved_growing} with growing steps), "
+        f"no block exponent above 0; the second half's test alone would let one through: {teeth}"
+    )
+    return ok and teeth
+
+
 def main():
     ok = check_maps()
     wd, wb = bank_groups()
@@ -356,6 +415,7 @@ def main():
     verdict = "differs from" if broken else "matches"
     print(f"growing gate: the block's factored form {verdict} the true entries")
     ok &= broken
+    ok &= check_vote(rng)
     print("emulate_prep_halved:", "PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -25,16 +25,20 @@
  *      hi*lo + lo*hi of bf16 terms (about fp32 accuracy, which its 11-bit chain needs for Mqk:
  *      tf32 there is +41 % on its output error; L shares ki's terms);
  *   4'. or, pairwise in fp32: L_ij and Mqk_ij = sum_c x_i[c] k_j[c] 2^(G_i[c] - G_j[c]) with
- *      every exponent <= 0 for a decaying gate, so nothing overflows whatever the decay; where no
- *      gate step of the chunk grows, only for i and j in the same half, the block i >= 8 > j being
- *      step 4's product on the rows where its centred factors are <= 1 (prefill_prep_steps.cuh,
- *      prep_pair_block; the fp16 family's on hi + lo terms, prep_pair_block16);
+ *      every exponent <= 0 for a decaying gate, so nothing overflows whatever the decay; where the
+ *      chunk's G_j >= G_7 >= G_i for every j < 8 <= i (always, for a gate that never grows), only
+ *      for i and j in the same half, the block i >= 8 > j being step 4's product on factors
+ *      centred at G_7, then <= 1 (prefill_prep_steps.cuh, prep_pair_block; the fp16 family's on
+ *      hi + lo terms, prep_pair_block16);
  *   5. warp 0: INV = (I + L)^-1 by fp32 forward substitution (lane c owns column c), bINV =
  *      INV diag(b), stored as hi + lo bf16 terms like Mqk;
  *   6. W = bINV Kd, stored negated (the chain adds S^T (-W)^T), on tensor cores: in the unchecked
  *      kernels from bINV and the centred kc still in shared memory, W = (bINV kc) diag(2^Gref)
  *      (prep_negw_tf32; the fp16 family's on bf16 hi + lo pairs, prep_negw_mma); in the checked
- *      kernels, whose 2^Gref may leave fp32's range, from a tile of Kd itself (prep_finish_tc);
+ *      kernels, whose 2^Gref may leave fp32's range, from Kd itself: from a tile of it
+ *      (prep_finish_tc), but for the bf16 family's chunks of step 4, in fp32 on the CUDA cores
+ *      from the step-3 ownership (the first half's Kd crossing to the second half through shared
+ *      memory; prep_finish);
  *   The record goes straight from registers to the workspace: step 3's 4-byte stores of one row by
  *   a warp make one contiguous 128-byte piece (the swizzle only permutes 16-byte units inside
  *   128-byte blocks), step 6's make 16 bytes of each of 8 rows, so no shared staging is needed;
@@ -376,7 +380,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     __shared__ __align__(8) float s_gx[2][128];
     float qn[16], kn[16], D[16];
     float run[2] = {0.0f, 0.0f};
-    int grows = 0; /* f16 and checked: a gate step above 0 (f16: a growing state, outside fp16's domain) */
+    int grows = 0; /* f16: a gate step above 0 (a growing state, outside fp16's domain) */
     {
         const int live[2] = {c0 < p.K, c0 + 1 < p.K}, fcol = prep_f32_col(c0); /* c0 even: c0 + 1 at fcol + 1 */
 #pragma unroll
@@ -403,7 +407,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                 const float a = gate_checked ? prep_gate(&p, xg[h], A, db[h])
                                              : p.gate_scale * pf_rcp(1.0f + pf_exp2(fmaf(xg[h], ga, gb[h])));
                 run[h] += r < rows && live[h] ? a : 0.0f;
-                if (f16 || gate_checked) grows |= r < rows && live[h] && !(a <= 0.0f);
+                if (f16) grows |= r < rows && live[h] && !(a <= 0.0f);
                 D[2 * i + h] = run[h];
                 qn[2 * i + h] = xq[h] * rq;
                 kn[2 * i + h] = xk[h] * rk;
@@ -424,9 +428,12 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     /* (the f16 forms' barrier below serves the unchecked ones as this one) */
     /* (fmaxf skips a NaN difference: a NaN gate gives NaN operands on either path) */
     const int pairwise = gate_checked ? __syncthreads_or(!(span <= span_max)) : (f16 ? 0 : (__syncthreads(), 0));
-    /* step 4' halved (prefill_prep_steps.cuh, prep_pair_block): the chunks whose gate never grows (a
-     * vote of its own, taken only by chunks that take step 4': `pairwise` is the CTA's) */
-    const int halved = gate_checked && pairwise && !__syncthreads_or(grows);
+    /* step 4' halved (prefill_prep_steps.cuh, prep_pair_block): the chunks whose block factors are
+     * at most 1 (prep_block_unbounded; the fp16 family, which tracks growing steps for its
+     * record's dtype anyway, halves only chunks without one, a stricter test: each of them
+     * passes the bound). A vote of its own, taken only by chunks that take step 4' (`pairwise` is
+     * the CTA's). */
+    const int halved = gate_checked && pairwise && !__syncthreads_or(f16 ? grows : prep_block_unbounded(D, hf));
     /* f16: the whole chunk in fp16's domain, or the bf16 record (flagged in gamma[0]) */
     const int rec16 = f16 ? !__syncthreads_or(grows || (tid < 16 && s_out16[tid])) : 0;
 
@@ -579,7 +586,9 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
         return;
     }
     __syncthreads();
-    if (gate_checked) { /* units 0 and 1 (kc's and ki's, either layout) are dead after step 4: Kd's tile */
+    if (gate_checked && !f16) { /* unit 0 (kc's) is dead after step 4: step 6's s_kd */
+        prep_finish(s_L, s_binv, s_b, kd, (float *)s_buf[0], rec, hf, c0, warp, lane, rec16);
+    } else if (gate_checked) { /* units 0 and 1 (kc's and ki's) are dead after step 4: Kd's tile */
         prep_finish_tc(s_L, s_binv, s_b, kd, s_buf, rec, hf, c0, warp, lane, f16, rec16);
     } else {
         /* step 6 on tensor cores from the centred keys still in shared memory (Kd = kc 2^Gref) */

@@ -206,9 +206,44 @@ static __device__ __forceinline__ void prep_pairwise(const float *fq, const floa
     if ((tid & 15) == 0) prep_pair_store(s_L, s_b, rec, scale, i, j, l, m, rec16);
 }
 
-/* Step 4' halved, for a checked chunk whose every gate step is <= 0 (G never increases along the
- * chunk): only the entries whose rows i and columns j lie in the same half of
- * the chunk go pairwise (the two triangles of 36, prep_pair_diagonal); the block i >= 8 > j goes on
+/* Whether a thread's columns break step 4' halved's bound (prep_pair_block), read off D = G_r - G_7
+ * of its 8 rows and 2 keys (prefill_prep.cu, step 3's end): rows 0-7 need D >= 0, rows 8-15 D <= 0
+ * (hf: which half the thread owns), a NaN counting as a break. D in that sign gives the block's
+ * exponents exactly that sign, since the pairwise branch's G tile is G_7 + D and fp32 rounding is
+ * monotone (G_7 + D >= G_7 for D >= 0), so every factor the block forms is at most 1 whatever the
+ * gate did in between; every chunk whose gate never grows passes. */
+static __device__ __forceinline__ int prep_block_unbounded(const float D[16], int hf)
+{
+    int out = 0;
+#pragma unroll
+    for (int e = 0; e < 16; e++) out |= hf ? !(D[e] <= 0.0f) : !(D[e] >= 0.0f);
+    return out;
+}
+
+/* The block's centred operands for the four keys of 16-byte unit u, as prep_pair_block and
+ * prep_pair_block16 read them (lane row g): kc = k 2^(G - G_7) and qc of row 8 + g, ki = k 2^(G_7 -
+ * G) of row g, every factor at most 1 in the chunks step 4' halves. */
+static __device__ __forceinline__ void prep_block_operands(const float *fq, const float *fk, const float *fg, int g,
+                                                           int u, float kc[4], float qc[4], float ki[4])
+{
+    const float4 xk4 = ((const float4 *)(fk + (8 + g) * 128))[u], xq4 = ((const float4 *)(fq + (8 + g) * 128))[u];
+    const float4 xg4 = ((const float4 *)(fg + (8 + g) * 128))[u], zg4 = ((const float4 *)(fg + 7 * 128))[u];
+    const float4 yk4 = ((const float4 *)(fk + g * 128))[u], yg4 = ((const float4 *)(fg + g * 128))[u];
+    const float xk[4] = {xk4.x, xk4.y, xk4.z, xk4.w}, xq[4] = {xq4.x, xq4.y, xq4.z, xq4.w};
+    const float xg[4] = {xg4.x, xg4.y, xg4.z, xg4.w}, zg[4] = {zg4.x, zg4.y, zg4.z, zg4.w};
+    const float yk[4] = {yk4.x, yk4.y, yk4.z, yk4.w}, yg[4] = {yg4.x, yg4.y, yg4.z, yg4.w};
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+        const float fa = pf_exp2(xg[c] - zg[c]), fb = pf_exp2(zg[c] - yg[c]);
+        kc[c] = xk[c] * fa;
+        qc[c] = xq[c] * fa;
+        ki[c] = yk[c] * fb;
+    }
+}
+
+/* Step 4' halved, for a checked chunk whose G_j >= G_7 >= G_i for every j < 8 <= i (every chunk
+ * whose gate never grows is one): only the entries whose rows i and columns j lie in the same half
+ * of the chunk go pairwise (the two triangles of 36, prep_pair_diagonal); the block i >= 8 > j goes on
  * tensor cores (prep_pair_block), its exponents split at row 7:
  *   2^(G_i - G_j) = 2^(G_i - G_7) 2^(G_7 - G_j),   i >= 8 > 7 >= j,
  * where both factors are <= 1 whatever the decay (G_i <= G_7 <= G_j), so neither overflows, and
@@ -216,8 +251,9 @@ static __device__ __forceinline__ void prep_pairwise(const float *fq, const floa
  * factor is at most 1). So that block is the product of kc = k_i 2^(G_i - G_7) (and qc) on rows
  * 8..15 with ki = k_j 2^(G_7 - G_j) on rows 0..7: step 4's centred operands, on exactly the rows
  * where the centring never leaves fp32's range; the rows where it does (kc on 0..7, ki on 8..15)
- * feed only the triangles. A growing step breaks the bound (a factor above 1 can overflow, or
- * drop a term that the other factor would have raised back); such chunks keep prep_pairwise.
+ * feed only the triangles. A G below G_7 before row 7, or above it after, breaks the bound (a
+ * factor above 1 can overflow, or drop a term that the other factor would have raised back);
+ * such chunks keep prep_pairwise.
  * The fp16 family forms the block on bf16 hi + lo terms instead (prep_pair_block16), as its
  * step 4 does.
  *
@@ -236,9 +272,6 @@ static __device__ __forceinline__ void prep_pair_block(const float *fq, const fl
                                                        float scale, int lane)
 {
     const int g = lane >> 2, t = lane & 3;
-    const float4 *const k8 = (const float4 *)(fk + (8 + g) * 128), *const q8 = (const float4 *)(fq + (8 + g) * 128);
-    const float4 *const g8 = (const float4 *)(fg + (8 + g) * 128), *const g7 = (const float4 *)(fg + 7 * 128);
-    const float4 *const kb = (const float4 *)(fk + g * 128), *const gb = (const float4 *)(fg + g * 128);
     float acc[2][4]; /* even and odd k-steps: two chains of 8 */
 #pragma unroll
     for (int h = 0; h < 2; h++)
@@ -246,21 +279,17 @@ static __device__ __forceinline__ void prep_pair_block(const float *fq, const fl
         for (int e = 0; e < 4; e++) acc[h][e] = 0.0f;
 #pragma unroll 2
     for (int s = 0; s < 8; s++) {
-        const int u = 4 * s + t;
-        const float4 xk4 = k8[u], xq4 = q8[u], xg4 = g8[u], zg4 = g7[u], yk4 = kb[u], yg4 = gb[u];
-        const float xk[4] = {xk4.x, xk4.y, xk4.z, xk4.w}, xq[4] = {xq4.x, xq4.y, xq4.z, xq4.w};
-        const float xg[4] = {xg4.x, xg4.y, xg4.z, xg4.w}, zg[4] = {zg4.x, zg4.y, zg4.z, zg4.w};
-        const float yk[4] = {yk4.x, yk4.y, yk4.z, yk4.w}, yg[4] = {yg4.x, yg4.y, yg4.z, yg4.w};
+        float kc[4], qc[4], ki[4];
+        prep_block_operands(fq, fk, fg, g, 4 * s + t, kc, qc, ki);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             uint32_t a[4], b[2];
 #pragma unroll
             for (int x = 0; x < 2; x++) { /* slot t + 4 x: key 4u + 2h + x */
                 const int c = 2 * h + x;
-                const float fa = pf_exp2(xg[c] - zg[c]), fb = pf_exp2(zg[c] - yg[c]);
-                a[2 * x] = tf32_operand(xk[c] * fa);     /* row g: kc of row 8 + g */
-                a[2 * x + 1] = tf32_operand(xq[c] * fa); /* row g + 8: qc of row 8 + g */
-                b[x] = tf32_operand(yk[c] * fb);         /* column g: ki of row g */
+                a[2 * x] = tf32_operand(kc[c]);     /* row g: kc of row 8 + g */
+                a[2 * x + 1] = tf32_operand(qc[c]); /* row g + 8: qc of row 8 + g */
+                b[x] = tf32_operand(ki[c]);         /* column g: ki of row g */
             }
             mma_tf32_1688(acc[h], a, b[0], b[1], acc[h]);
         }
@@ -283,9 +312,6 @@ static __device__ __forceinline__ void prep_pair_block16(const float *fq, const 
                                                          float scale, int lane, int rec16)
 {
     const int g = lane >> 2, t = lane & 3;
-    const float4 *const k8 = (const float4 *)(fk + (8 + g) * 128), *const q8 = (const float4 *)(fq + (8 + g) * 128);
-    const float4 *const g8 = (const float4 *)(fg + (8 + g) * 128), *const g7 = (const float4 *)(fg + 7 * 128);
-    const float4 *const kb = (const float4 *)(fk + g * 128), *const gb = (const float4 *)(fg + g * 128);
     float acc[3][4]; /* hi*hi, hi*lo, lo*hi */
 #pragma unroll
     for (int m = 0; m < 3; m++)
@@ -293,19 +319,8 @@ static __device__ __forceinline__ void prep_pair_block16(const float *fq, const 
         for (int e = 0; e < 4; e++) acc[m][e] = 0.0f;
 #pragma unroll 2
     for (int s = 0; s < 8; s++) {
-        const int u = t + 4 * s;
-        const float4 xk4 = k8[u], xq4 = q8[u], xg4 = g8[u], zg4 = g7[u], yk4 = kb[u], yg4 = gb[u];
-        const float xk[4] = {xk4.x, xk4.y, xk4.z, xk4.w}, xq[4] = {xq4.x, xq4.y, xq4.z, xq4.w};
-        const float xg[4] = {xg4.x, xg4.y, xg4.z, xg4.w}, zg[4] = {zg4.x, zg4.y, zg4.z, zg4.w};
-        const float yk[4] = {yk4.x, yk4.y, yk4.z, yk4.w}, yg[4] = {yg4.x, yg4.y, yg4.z, yg4.w};
         float kc[4], qc[4], ki[4];
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            const float fa = pf_exp2(xg[c] - zg[c]), fb = pf_exp2(zg[c] - yg[c]);
-            kc[c] = xk[c] * fa;
-            qc[c] = xq[c] * fa;
-            ki[c] = yk[c] * fb;
-        }
+        prep_block_operands(fq, fk, fg, g, t + 4 * s, kc, qc, ki);
         /* A: row g keys 4u, 4u + 1 | row g + 8 the same | row g keys 4u + 2, 4u + 3 | row g + 8 */
         const uint32_t ah[4] = {pack_bf16x2(kc[0], kc[1]), pack_bf16x2(qc[0], qc[1]), pack_bf16x2(kc[2], kc[3]),
                                 pack_bf16x2(qc[2], qc[3])};
@@ -388,7 +403,8 @@ static __device__ __forceinline__ void prep_inverse(float (*s_L)[17], float (*s_
 
 /* Row i of W = bINV Kd for one key channel, in fp32 (bINV is lower triangular including the
  * diagonal): bINV's 16-byte aligned rows read four entries at a time, the products summed in key
- * order. The K = 256 prep's step 6 (the K = 128 prep's is on tensor cores in every kernel). */
+ * order. The K = 256 prep's step 6 (the K = 128 prep's fp32 form, on channel pairs, is
+ * prep_negw_half). */
 static __device__ __forceinline__ float prep_w_row(const float (*s_binv)[16], const float kd[16], int i)
 {
     float w = 0.0f;
@@ -408,6 +424,67 @@ static __device__ __forceinline__ float prep_w_row(const float (*s_binv)[16], co
 static __device__ __forceinline__ uint32_t pack_16x2(float lo, float hi, int rec16)
 {
     return rec16 ? pack_f16x2(lo, hi) : pack_bf16x2(lo, hi);
+}
+
+/* Step 6 for one half of the chunk's rows (upper: a constant where inlined, rows 8 upper .. + 7) and
+ * the thread's two key channels, in fp32: -W[r][c0 + h] = -sum_{j <= r} bINV[r][j] Kd[j][c0 + h],
+ * Kd of rows 0..7 from s_kd in the second half. */
+static __device__ __forceinline__ void prep_negw_half(const float (*s_binv)[16], const float *s_kd, const float kd[16],
+                                                      unsigned char *rec, int c0, int upper, int rec16)
+{
+    float k16[32]; /* Kd of rows 0..15 (entry 2 j + h), the rows this half reads */
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        if (upper) {
+            const float2 x = *(const float2 *)(s_kd + j * 128 + c0);
+            k16[2 * j] = x.x;
+            k16[2 * j + 1] = x.y;
+        }
+        k16[2 * (8 * upper + j)] = kd[2 * j];
+        k16[2 * (8 * upper + j) + 1] = kd[2 * j + 1];
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        const int r = 8 * upper + i;
+        float w0 = 0.0f, w1 = 0.0f;
+#pragma unroll
+        for (int j4 = 0; j4 <= r; j4 += 4) {
+            const float4 b4 = *(const float4 *)&s_binv[r][j4];
+            const float bb[4] = {b4.x, b4.y, b4.z, b4.w};
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                if (j4 + e <= r) {
+                    w0 += bb[e] * k16[2 * (j4 + e)];
+                    w1 += bb[e] * k16[2 * (j4 + e) + 1];
+                }
+        }
+        *(uint32_t *)(rec + PF_REC_NEGW + pf_swz(r, c0)) = pack_16x2(-w0, -w1, rec16);
+    }
+}
+
+/* Steps 5 and 6 for the K = 128 prep's checked bf16-family kernels on a chunk that took step 4
+ * (its exponents' span in range; their step-4' chunks, and every checked chunk of the fp16
+ * family, take prep_finish_tc): bINV, then W = bINV Kd in fp32 on the
+ * CUDA cores, stored negated. The thread owns key channels c0 and c0 + 1 over rows 8 hf .. 8 hf + 7
+ * (prefill_prep.cu, step 3; kd[2 i + h] is Kd of row 8 hf + i, channel c0 + h); row r of W needs
+ * Kd of rows 0..r, so the first half's Kd crosses to the second half through s_kd ([8][128] fp32,
+ * a dead 4 KB unit of s_buf), written here before the barrier that step 6 waits on anyway (warp
+ * 0's inverse). Each row's products are summed in key order, bINV's 16-byte aligned rows read four
+ * entries at a time; the pair of channels is one 4-byte store. */
+static __device__ __forceinline__ void prep_finish(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
+                                                   const float kd[16], float *s_kd, unsigned char *rec, int hf, int c0,
+                                                   int warp, int lane, int rec16)
+{
+    if (hf == 0) {
+#pragma unroll
+        for (int i = 0; i < 8; i++) *(float2 *)(s_kd + i * 128 + c0) = make_float2(kd[2 * i], kd[2 * i + 1]);
+    }
+    prep_inverse(s_L, s_binv, s_b, rec, warp, lane, rec16);
+    __syncthreads();
+    if (hf == 0)
+        prep_negw_half(s_binv, s_kd, kd, rec, c0, 0, rec16);
+    else
+        prep_negw_half(s_binv, s_kd, kd, rec, c0, 1, rec16);
 }
 
 /* Step 6 for the fp16 family's unchecked kernels, on tensor cores: W = bINV Kd = (bINV kc) diag(2^Gref), kc the
@@ -548,15 +625,16 @@ static __device__ __forceinline__ void prep_negw_tf32(const float (*s_binv)[16],
     }
 }
 
-/* Steps 5 and 6 for the K = 128 prep's checked kernels, whose 2^Gref may leave fp32's range (so
- * not W = (bINV kc) diag(2^Gref) as in the unchecked ones): step 6 on tensor cores from a tile of
- * Kd itself (kd[2 i + h]: Kd = k 2^G of row 8 hf + i, key c0 + h, from the chunk's start, so never
- * above |k| for a decaying gate), W = bINV Kd unscaled. The tile takes s_buf's units 0 and 1, dead
- * by the caller's barrier before this (step 4's kc and ki, or step 4''s q tile): the bf16 family's
- * Kd as a tf32 tile (prep_swz32's layout, prep_negw_tf32), the fp16 family's as bf16 hi + lo tiles
- * (pf_swz's layout, unit 0 the hi terms, prep_negw_mma), the precision of their unchecked kernels'
- * step 6. Each thread stores its own 8 rows x 2 keys before warp 0's inverse, whose barrier step 6
- * waits on anyway. */
+/* Steps 5 and 6 for the K = 128 prep's checked kernels on a chunk that took step 4', and on every
+ * checked chunk of the fp16 family (its 2^Gref may leave fp32's range, so not W = (bINV kc)
+ * diag(2^Gref) as in the unchecked ones; the bf16 family's step-4 chunks take prep_finish): step 6
+ * on tensor cores from a tile of Kd itself (kd[2 i + h]: Kd = k 2^G of row 8 hf + i, key c0 + h,
+ * from the chunk's start, so never above |k| for a decaying gate), W = bINV Kd unscaled. The tile
+ * takes s_buf's units 0 and 1, dead by the caller's barrier before this (step 4's kc and ki, or
+ * step 4''s q tile): the bf16 family's Kd as a tf32 tile (prep_swz32's layout, prep_negw_tf32), the
+ * fp16 family's as bf16 hi + lo tiles (pf_swz's layout, unit 0 the hi terms, prep_negw_mma), the
+ * precision of their unchecked kernels' step 6. Each thread stores its own 8 rows x 2 keys before
+ * warp 0's inverse, whose barrier step 6 waits on anyway. */
 static __device__ __forceinline__ void prep_finish_tc(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
                                                       const float kd[16], unsigned char (*s_buf)[4096],
                                                       unsigned char *rec, int hf, int c0, int warp, int lane, int f16,

@@ -73,8 +73,10 @@ typedef struct pf_case {
 /* The gate and g of a case (run_case's `gi`; NULL: the lower bound gate, bf16 g). g_none_lo < 0:
  * gate none with g (the log decay itself) drawn uniform in [g_none_lo, g_none_hi], which the
  * prep's checked kernels take (with the L2 norm, a chunk whose decay over 8 tokens passes 2^-112
- * takes step 4': most chunks at g_none_lo = -24, none at -0.9; step 4' is halved where no step
- * of the chunk grows, and whole-pairwise where one does: g_none_hi > 0); for the bars, g_none_lo
+ * takes step 4': most chunks at g_none_lo = -24, none at -0.9; step 4' is halved where the
+ * block's factors stay at most 1, always so where no step of the chunk grows, and whole-pairwise
+ * where one breaks that (g_none_hi > 0: in the bf16 family a step that grows at row 7 or 8 of any
+ * key, most chunks; in the fp16 family any growing step)); for the bars, g_none_lo
  * takes the lower bound's place (the per-token log decay's lower end). g_f32: g in fp32. */
 typedef struct pf_gate_in {
     double g_none_lo;
@@ -1277,7 +1279,8 @@ int main(int argc, char **argv)
         {KCASE("K=64 V=64 T=300 B=2 gate none [bf16 tiles, checked]", 2, 300, 2, 2, 64, 64), {-0.9, 0, 0}, 0, 0},
         {KCASE("K=64 V=128 T=300 fast decay, fp32 g [tiles, step 4']", 1, 300, 2, 2, 64, 128), {-24, 1, 0}, 0, 1},
         /* K = 128, the bf16 family's step 4' in both forms: halved (every step decays), whole-pairwise
-         * (a step in ~50 grows by up to e^0.5: in nearly every chunk, and harmless to the state) */
+         * (a step in ~50 grows by up to e^0.5, harmless to the state: at row 7 or 8 of some key in
+         * most chunks, which breaks the block's bound; the other chunks halved despite growing) */
         {KCASE("K=128 V=128 T=300 fast decay [bf16 tiles, step 4' halved]", 1, 300, 2, 2, 128, 128), {-24, 0, 0}, 0, 1},
         {KCASE("K=128 V=128 T=40 fast decay [bf16 tiles, step 4' halved]", 1, 40, 1, 1, 128, 128), {-24, 0, 0}, 1, 0},
         {KCASE("K=128 V=128 T=300 growing steps, fp32 g [tiles, step 4' whole]", 1, 300, 2, 2, 128, 128),
