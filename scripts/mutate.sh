@@ -109,6 +109,11 @@ mutant cpu-layer-io16-norm-weight cpu src/cuda/decode_layer_select.c \
 mutant cpu-layer-conv-vec-rows cpu src/cuda/decode_layer_select.c \
   'c->state_stride[1] % V == 0 && ' \
   ''
+# The decode layer's packed form also where it takes as many waves as the wide tile (where it
+# measured slower).
+mutant cpu-layer-packed-waves cpu src/cuda/decode_layer_select.c \
+  'waves(c->heads, 3 * sms) < waves(c->heads, 2 * sms)' \
+  'waves(c->heads, 3 * sms) <= waves(c->heads, 2 * sms)'
 # The decode's selection: speculative calls in vLLM's form (cu_seqlens, 2-D indices) taken for
 # the one-token CU kernels' form (which would store the state only to each sequence's first slot).
 mutant cpu-decode-select-spec-form cpu src/cuda/decode_select.c \
@@ -300,6 +305,10 @@ mutant cuda-layer-wide-factors cuda src/cuda/decode_layer_fused.cu \
 mutant cuda-layer-exchange-bytes cuda src/cuda/decode_layer_fused.cu \
   'exchange_init(&sm.token_bar, (256 - 256 / C) * sizeof(float));' \
   'exchange_init(&sm.token_bar, 256 * sizeof(float));'
+# The single kernel's packed tile updating the state with the query instead of the key.
+mutant cuda-layer-packed-update cuda src/cuda/decode_layer_fused.cu \
+  'pk_rank1_update(sp, ld, lk, vk, V_FIRST);' \
+  'pk_rank1_update(sp, ld, lq, vk, V_FIRST);'
 mutant cuda-layer-output-gate cuda src/cuda/decode_layer.cu \
   'v[i] * r * w / (1.0f + expf(-g))' \
   'v[i] * r * w / (1.0f + expf(g))'

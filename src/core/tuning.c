@@ -31,6 +31,7 @@ void fkda_tuning_defaults(fkda_tuning *t)
     t->decode_layer_fused = FKDA_TUNING_UNSET;
     t->decode_layer_conv_vec = FKDA_TUNING_UNSET;
     t->decode_layer_wide = FKDA_TUNING_UNSET;
+    t->decode_layer_packed = FKDA_TUNING_UNSET;
     t->prefill_fp16_chain = FKDA_TUNING_UNSET;
     t->prefill_split_out = FKDA_TUNING_UNSET;
 }
@@ -51,6 +52,7 @@ void fkda_tuning_read(fkda_tuning *t)
     t->decode_layer_fused = read_switch("FKDA_DECODE_LAYER_FUSED");
     t->decode_layer_conv_vec = read_switch("FKDA_DECODE_LAYER_CONV_VEC");
     t->decode_layer_wide = read_switch("FKDA_DECODE_LAYER_WIDE");
+    t->decode_layer_packed = read_switch("FKDA_DECODE_LAYER_PACKED");
     static const int clusters[] = {1, 2, 4, 8};
     t->decode_layer_cluster = read_choice("FKDA_DECODE_LAYER_CLUSTER", clusters, 4);
 

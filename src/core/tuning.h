@@ -47,6 +47,7 @@ typedef struct fkda_tuning {
     int decode_layer_cluster; /* FKDA_DECODE_LAYER_CLUSTER: the single kernel's CTAs per head, 1, 2, 4 or 8 (0: unset) */
     int decode_layer_conv_vec; /* FKDA_DECODE_LAYER_CONV_VEC: 1 the conv's 8-channel threads wherever they serve, 0 never */
     int decode_layer_wide;     /* FKDA_DECODE_LAYER_WIDE: 1 the single kernel's wide tile wherever it serves, 0 never */
+    int decode_layer_packed; /* FKDA_DECODE_LAYER_PACKED: 1 the wide tile's packed form for every bf16 pool it takes, 0 never */
 
     /* CUDA prefill (src/cuda/prefill_select.c). */
     int64_t prefill_segments; /* FKDA_PREFILL_SEGMENTS, clamped to 1..64 (0: unset; 1: no segments) */

@@ -53,6 +53,7 @@
 #include "decode_common.cuh"
 #include "decode_layer_fused.h"
 #include "decode_layer_select.h"
+#include "decode_packed_tile.cuh"
 #include "ptx_cluster.cuh"
 #include "ptx_mbarrier.cuh"
 
@@ -76,6 +77,13 @@
 /* Conv channels per thread: a head has 384 (q, k, v), the narrow tiles' CTAs have at least
  * 384 / C threads for theirs (one each), the wide tile's 256 threads take up to two. */
 #define FUSED_CHANNELS(NR) ((NR) == FUSED_WIDE_NR ? 2 : 1)
+/* The packed tile (bf16 pools, large batches): the plain decode's packed tile
+ * (decode_packed_tile.cuh: 16 keys x 8 values a lane held as 64 bf16 pairs), 4 warps a head, one
+ * CTA of 128 threads; each thread convolves three of the head's 384 channels. */
+#define FUSED_PACKED_WARPS 4
+#define FUSED_PACKED_CHANNELS 3
+#define FUSED_MAX_CHANNELS FUSED_PACKED_CHANNELS
+static_assert(PK_NR == FUSED_WIDE_NR, "the packed tile has the wide tile's rows (one CTA a head)");
 
 /* The kernel's parameters: the plain decode's (the pool, the indices, the gate's parameters, g,
  * beta and the options; q, k, v and out unused) and the layer's own tensors. Strides in elements:
@@ -321,14 +329,19 @@ static __device__ __forceinline__ int64_t conv_job_channel(const fused_layer_par
 
 /* ---- the kernel -------------------------------------------------------------------------------- */
 
+/* NR: the tile's keys a lane (FUSED_NARROW_NR or FUSED_WIDE_NR); PACKED (bf16 pools, with
+ * NR = PK_NR): the wide tile's rows with PK_NC values a lane held as bf16 pairs. */
 static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, const int BF16, const int V_FIRST,
-                                                   const int VEC, const int MW, const int NR)
+                                                   const int VEC, const int MW, const int NR, const int PACKED)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     __shared__ fused_smem sm;
-    const int WIDE = NR == FUSED_WIDE_NR;
-    const int C = WIDE ? 1 : p->cluster, NC = FUSED_NC, WARPS = FUSED_WARPS(NR), CH = FUSED_CHANNELS(NR);
-    const int KEYS = WIDE ? 1 : FUSED_KEYS;           /* the wide tile's 256 threads: one key each, or none */
+    const int WIDE = NR == FUSED_WIDE_NR; /* one CTA a head: the wide and the packed tile */
+    const int C = WIDE ? 1 : p->cluster, NC = PACKED ? PK_NC : FUSED_NC;
+    const int WARPS = PACKED ? FUSED_PACKED_WARPS : FUSED_WARPS(NR);
+    const int CH = PACKED ? FUSED_PACKED_CHANNELS : FUSED_CHANNELS(NR);
+    const int KEYS = WIDE ? 1 : FUSED_KEYS;           /* the wide tile's 256 threads, the packed tile's 128:
+                                                        * one key each, or none */
     const int rank = C > 1 ? (int)cluster_rank() : 0; /* cluster dims (C, 1, 1): blockIdx.x % C */
     /* Before any CTA writes another's shared memory, all of them must be running with their
      * exchanges' barriers initialised: this arrival is waited for just before the first remote
@@ -352,9 +365,10 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     /* Every load that needs no slot first, so that they are in flight while the slot's index
      * arrives: the conv's taps, bias and input of this thread's channels (jobs tid and, in the
      * wide tile, tid + 256: 256 / C of the head's q and k channels, then 128 / C of v), the gate's
-     * g and dt_bias of its keys, A_log, beta, and output_gate and norm_weight of one column. */
+     * g and dt_bias of its keys, A_log, beta, and output_gate and norm_weight of one column. The
+     * packed tile's 128 threads take jobs tid, tid + 128 and tid + 256. */
     const int qk_jobs = 256 / C, jobs = qk_jobs + cols;
-    conv_channel cc[FUSED_CHANNELS(FUSED_WIDE_NR)];
+    conv_channel cc[FUSED_MAX_CHANNELS];
 #pragma unroll
     for (int i = 0; i < CH; i++) {
         const int job = tid + i * nthreads;
@@ -377,7 +391,8 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     const uint32_t beta_bits = load_bits_split_if(p->d.beta, p->d.beta_dtype,
                                                   n * p->d.beta_stride[0] + h * p->d.beta_stride[2], 1);
     /* The last `cols` threads (the narrow tile's, one per column, have no conv job; the wide
-     * tile's have one where the first 128 have two): output_gate and norm_weight of column
+     * tile's have one where the first 128 have two; the packed tile's are all of its threads):
+     * output_gate and norm_weight of column
      * col0 + column, whose factors the thread computes once and shares through shared memory with
      * the lanes that write out. */
     const int column = tid - (nthreads - cols), has_column = column >= 0;
@@ -402,8 +417,17 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
      * one way only for every batch it serves (docs/decode.md, "The wide tile"). */
 #pragma unroll
     for (int i = 0; i < CH; i++) conv_load_window(p, slot, tid + i * nthreads < jobs, &cc[i], MW);
-    float s[DECODE_MAX_R][DECODE_MAX_C];
-    load_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1, WIDE ? 0 : 1);
+    float s[DECODE_MAX_R][DECODE_MAX_C];                      /* the fp32 tiles' state */
+    uint32_t sp[PK_NR * PK_NC / 2];                           /* the packed tile's: bf16 pairs */
+    const int sk = V_FIRST ? 1 : 128, sv = V_FIRST ? 128 : 1; /* the packed tile's strides */
+    const int64_t lane_at = (int64_t)tile_row(&w, 0, V_FIRST, VEC) * sk + (int64_t)tile_col(&w, 0, V_FIRST, VEC) * sv;
+    if (PACKED) {
+        const int64_t *si = p->d.state_in_stride;
+        pk_load_state(&w, (const unsigned short *)p->d.state_in + slot * si[0] + h * si[1] + lane_at, true, sp, V_FIRST,
+                      0);
+    } else {
+        load_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1, WIDE ? 0 : 1);
+    }
 
     /* The decay of every key (each CTA all 128), beta, and this thread's conv output. */
     const float A_weight = gated && p->d.A_log ? expf(bits_to_float(A_bits, p->d.A_log_dtype)) : 1.0f;
@@ -421,7 +445,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     }
     float beta = bits_to_float(beta_bits, p->d.beta_dtype);
     if (p->d.use_beta_sigmoid) beta = (p->d.allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
-    float y[FUSED_CHANNELS(FUSED_WIDE_NR)];
+    float y[FUSED_MAX_CHANNELS];
 #pragma unroll
     for (int i = 0; i < CH; i++) y[i] = tid + i * nthreads < jobs ? conv_output(p, &cc[i], MW) : 0.0f;
 
@@ -476,7 +500,10 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     const int lane_rows = w.kl * (NR + DECODE_ROW_PAD);
     const float *lq = sm.q + lane_rows, *lk = sm.k + lane_rows, *ld = sm.d + lane_rows;
     float pk[DECODE_MAX_C], pq[DECODE_MAX_C];
-    TILE_DECAY_DOTS(s, ld, lk, lq, pk, pq, NR, NC);
+    if (PACKED)
+        pk_decay_dots(sp, ld, lk, lq, pk, pq, V_FIRST);
+    else
+        TILE_DECAY_DOTS(s, ld, lk, lq, pk, pq, NR, NC);
     tile_column_sums(pk, pq, V_FIRST ? 1 : w.LJ, V_FIRST ? w.KL : 32, NC);
     float o[DECODE_MAX_C], vk[DECODE_MAX_C], squares = 0.0f;
 #pragma unroll
@@ -486,10 +513,17 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         o[c] = fmaf(kq, vn, qf * pq[c]);
         squares = fmaf(o[c], o[c], squares);
     }
-    tile_rank1_update(s, lk, vk, NR, NC);
     /* The new state out now, not after the norm: its stores (the step's largest traffic) then
-     * drain while the sums of o^2 are exchanged, and nothing after them waits for global stores. */
-    store_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1);
+     * drain while the sums of o^2 are exchanged, and nothing after them waits for global stores.
+     * The packed tile's as the plain decode's packed kernels store theirs (evict-first). */
+    if (PACKED) {
+        pk_rank1_update(sp, ld, lk, vk, V_FIRST);
+        const int64_t *so = p->d.state_out_stride;
+        pk_store_state(&w, (unsigned short *)p->d.state_out + slot * so[0] + h * so[1] + lane_at, sp, V_FIRST, 1);
+    } else {
+        tile_rank1_update(s, lk, vk, NR, NC);
+        store_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1);
+    }
 
     /* 4. sum(o^2) over the head: each warp's (its kl = 0 lanes hold each of its columns once) to
      * every CTA, then all of them in the same order everywhere. */
@@ -535,30 +569,48 @@ static __device__ __forceinline__ fused_layer_params with_bf16_io(fused_layer_pa
 #define FUSED_KERNELS(name, bf16, v_first, vec)                                                                        \
     __global__ void __launch_bounds__(512, 1) name(const fused_layer_params p)                                         \
     {                                                                                                                  \
-        fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH, FUSED_NARROW_NR);                                         \
+        fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH, FUSED_NARROW_NR, 0);                                      \
     }                                                                                                                  \
     __global__ void __launch_bounds__(512, 1) name##_w4(const fused_layer_params p)                                    \
     {                                                                                                                  \
-        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR);                                  \
+        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR, 0);                               \
     }                                                                                                                  \
     __global__ void __launch_bounds__(32 * FUSED_WARPS(FUSED_WIDE_NR), 2) name##_wide(const fused_layer_params p)      \
     {                                                                                                                  \
-        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR);                                    \
+        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR, 0);                                 \
     }                                                                                                                  \
     __global__ void __launch_bounds__(512, 1) name##_w4_io16(const fused_layer_params p)                               \
     {                                                                                                                  \
         const fused_layer_params q = with_bf16_io(p);                                                                  \
-        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR);                                  \
+        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR, 0);                               \
     }                                                                                                                  \
     __global__ void __launch_bounds__(32 * FUSED_WARPS(FUSED_WIDE_NR), 2) name##_wide_io16(const fused_layer_params p) \
     {                                                                                                                  \
         const fused_layer_params q = with_bf16_io(p);                                                                  \
-        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR);                                    \
+        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR, 0);                                 \
     }
 FUSED_KERNELS(layer_f32_kv, 0, 0, 4)
 FUSED_KERNELS(layer_f32_vk, 0, 1, 4)
 FUSED_KERNELS(layer_bf16_kv, 1, 0, 4)
 FUSED_KERNELS(layer_bf16_vk, 1, 1, 8)
+
+/* The packed tile, for bf16 pools of either layout (16-byte state vectors in both), widths up to
+ * LAYER_SHORT_CONV_WIDTH: 4 warps a head, three CTAs an SM (168 registers; at four, 128 registers,
+ * ptxas spilled ~400 bytes a thread: the three conv channels' taps and windows are live beside
+ * the 64 pairs while the state streams in), so 1.5 times the wide tile's heads and state bytes in
+ * flight per SM. */
+#define FUSED_PACKED_KERNELS(name, v_first)                                                                      \
+    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed(const fused_layer_params p)      \
+    {                                                                                                            \
+        fused_layer(&p, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1);                                        \
+    }                                                                                                            \
+    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed_io16(const fused_layer_params p) \
+    {                                                                                                            \
+        const fused_layer_params q = with_bf16_io(p);                                                            \
+        fused_layer(&q, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1);                                        \
+    }
+FUSED_PACKED_KERNELS(layer_bf16_kv, 0)
+FUSED_PACKED_KERNELS(layer_bf16_vk, 1)
 
 /* ---- the launch -------------------------------------------------------------------------------- */
 
@@ -567,7 +619,7 @@ static void copy_strides(int64_t *dst, const fkda_operand *op, int n)
     for (int i = 0; i < n; i++) dst[i] = op->stride[i];
 }
 
-static fused_layer_params fused_params_of(const fkda_problem *p, int cluster, int NR)
+static fused_layer_params fused_params_of(const fkda_problem *p, int cluster, int NR, int packed)
 {
     fused_layer_params k;
     memset(&k, 0, sizeof k);
@@ -577,8 +629,8 @@ static fused_layer_params fused_params_of(const fkda_problem *p, int cluster, in
     fkda_cuda_decode_params_of(&dp, &k.d);
     fkda_decode_params *d = &k.d;
     d->lanes_k = 128 / NR;
-    d->warps_per_head = FUSED_WARPS(NR);
-    d->warps_per_cta = FUSED_WARPS(NR) / cluster;
+    d->warps_per_head = packed ? FUSED_PACKED_WARPS : FUSED_WARPS(NR);
+    d->warps_per_cta = d->warps_per_head / cluster;
     d->ctas_per_head = cluster;
 
     k.x = p->mixed_qkv.data;
@@ -625,13 +677,15 @@ extern "C" int fkda_cuda_decode_layer_fused_pool_fits(const fkda_problem *p)
     return 1;
 }
 
-extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int wide, int pdl)
+extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int wide, int packed, int pdl)
 {
     if (wide && (cluster != 1 || p->conv_width > LAYER_SHORT_CONV_WIDTH))
         return fkda_fail(FKDA_ERROR_INTERNAL, "decode layer: the wide single kernel takes one CTA a head and W <= %d",
                          LAYER_SHORT_CONV_WIDTH);
+    if (packed && (!wide || p->state_in.dtype != FKDA_DTYPE_BF16))
+        return fkda_fail(FKDA_ERROR_INTERNAL, "decode layer: the packed tile takes bf16 pools, one CTA a head");
     const int NR = wide ? FUSED_WIDE_NR : FUSED_NARROW_NR;
-    const fused_layer_params k = fused_params_of(p, cluster, NR);
+    const fused_layer_params k = fused_params_of(p, cluster, NR, packed);
     /* The kernel: its form (the rows), then the pool's dtype and layout (the columns). */
     enum { ANY_WIDTH, SHORT, SHORT_IO16, WIDE, WIDE_IO16 };
     static const void *const kernels[5][4] = {
@@ -649,10 +703,14 @@ extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int c
     const int form = wide                                      ? (io16 ? WIDE_IO16 : WIDE)
                      : p->conv_width <= LAYER_SHORT_CONV_WIDTH ? (io16 ? SHORT_IO16 : SHORT)
                                                                : ANY_WIDTH;
-    const void *kernel = kernels[form][2 * (p->state_in.dtype == FKDA_DTYPE_BF16) + (p->state_v_first != 0)];
+    static const void *const packed_kernels[2][2] = {
+        {(const void *)layer_bf16_kv_packed, (const void *)layer_bf16_vk_packed},
+        {(const void *)layer_bf16_kv_packed_io16, (const void *)layer_bf16_vk_packed_io16}};
+    const void *kernel = packed ? packed_kernels[io16][p->state_v_first != 0]
+                                : kernels[form][2 * (p->state_in.dtype == FKDA_DTYPE_BF16) + (p->state_v_first != 0)];
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)(p->B * p->HV * cluster), 1, 1);
-    cfg.blockDim = dim3((unsigned)(32 * FUSED_WARPS(NR) / cluster), 1, 1);
+    cfg.blockDim = dim3((unsigned)(32 * k.d.warps_per_cta), 1, 1);
     cfg.stream = (cudaStream_t)p->device.stream;
     /* The cluster dimension only for C > 1: C = 1 is an ordinary launch (no cluster operation runs). */
     cudaLaunchAttribute attrs[2] = {};

@@ -24,9 +24,12 @@ int fkda_decode_layer_fused_serves(const fkda_layer_call *c)
            c->dense128 && c->heads * 8 <= INT64_C(0x7fffffff);
 }
 
+/* Waves of a grid of `heads` CTAs at `per_wave` resident at once. */
+static int64_t waves(int64_t heads, int64_t per_wave) { return (heads + per_wave - 1) / per_wave; }
+
 fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_tuning *t)
 {
-    fkda_layer_choice out = {0, 1, 0};
+    fkda_layer_choice out = {0, 1, 0, 0};
     if (!fkda_decode_layer_fused_serves(c)) return out;
 
     /* The tile. The narrow one (16 warps a head, 78-128 registers a thread) fills an SM with one
@@ -54,6 +57,19 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
     out.fused = 1;
     if (wide) {
         out.wide = 1; /* one CTA a head: FKDA_DECODE_LAYER_CLUSTER applies to the narrow tile only */
+        /* A bf16 pool's packed form: the plain decode's packed tile (16 keys x 8 values a lane
+         * held as 64 bf16 pairs), 4 warps a head and three CTAs an SM, 1.5 times the heads and
+         * state bytes in flight per SM of the wide tile (two an SM). A head's own step is slower
+         * on it (a quarter of the threads carry the same conv, token and norm), so it pays only
+         * where it takes the batch in fewer waves of the GPU: measured on an H200 (132 SMs,
+         * docs/history/decode.md), it won at 288, 384, 768 and 2,048 heads (1, 1, 2 and 6
+         * waves against 2, 2, 3 and 8) and lost at 256 and 512 (1 and 2 waves either way).
+         * FKDA_DECODE_LAYER_PACKED=0/1 forces it off or on for every bf16 pool the wide tile
+         * takes. */
+        const int64_t sms = c->sm_count;
+        const int fewer_waves = waves(c->heads, 3 * sms) < waves(c->heads, 2 * sms);
+        out.packed = c->state_bf16 &&
+                     (t->decode_layer_packed == FKDA_TUNING_UNSET ? fewer_waves : t->decode_layer_packed != 0);
         return out;
     }
 

@@ -19,7 +19,11 @@
  *      the same bits);
  *   6. the single kernel's all-bf16 forms (_io16): taken only when every layer tensor but A_log,
  *      dt_bias and the pool is bf16 (each of the nine, made fp32 alone, refuses them; no bias is
- *      fine).
+ *      fine);
+ *   7. the wide tile's packed form: for bf16 pools where the wide tile serves and the packed form
+ *      (three heads an SM) takes fewer waves than the wide tile (two), spelled out at 132 SMs;
+ *      never for fp32 pools nor with the narrow tile or the three launches;
+ *      FKDA_DECODE_LAYER_PACKED=0/1 keeps it off or takes it wherever the wide tile has a bf16 pool.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -34,12 +38,12 @@
 /* B = 1, H = HV = 32, K = V = 128, one token, 1-D indices, a dense pool, W = 4, on an H200. */
 static fkda_layer_call common_call(void)
 {
-    fkda_layer_call c = {9, 132, 1, 0, 0, 128, 128, 32, 32, 1, 32, 4};
+    fkda_layer_call c = {9, 132, 1, 0, 0, 128, 128, 32, 32, 1, 32, 4, 0};
     return c;
 }
 
-/* The choice as one comparable triple. */
-#define SAME_CHOICE(x, f, w, cl) ((x).fused == (f) && (x).wide == (w) && (x).cluster == (cl))
+/* The choice as one comparable triple (an fp32 pool's: never the packed form). */
+#define SAME_CHOICE(x, f, w, cl) ((x).fused == (f) && (x).wide == (w) && (x).cluster == (cl) && (x).packed == 0)
 
 static fkda_layer_choice choose(const fkda_layer_call *c)
 {
@@ -180,6 +184,54 @@ int main(void)
     CHECK(t.decode_layer_wide == FKDA_TUNING_UNSET, "FKDA_DECODE_LAYER_WIDE=2 read as %d", t.decode_layer_wide);
     unsetenv("FKDA_DECODE_LAYER_FUSED");
     unsetenv("FKDA_DECODE_LAYER_WIDE");
+
+    /* 7. The packed form, bf16 pools: where the wide tile serves (more heads than SMs, W <= 4) and
+     * ceil(heads / 396) < ceil(heads / 264) at 132 SMs; under FKDA_DECODE_LAYER_PACKED (x: unset)
+     * and the other knobs. */
+    static const struct {
+        const char *packed_knob, *wide_knob;
+        int64_t heads, W;
+        int bf16, fused, wide, packed;
+    } packs[] = {{NULL, NULL, 2048, 4, 1, 1, 1, 1}, {NULL, NULL, 133, 4, 1, 1, 1, 0},  {NULL, NULL, 132, 4, 1, 1, 0, 0},
+                 {NULL, NULL, 256, 4, 1, 1, 1, 0},  {NULL, NULL, 264, 4, 1, 1, 1, 0},  {NULL, NULL, 265, 4, 1, 1, 1, 1},
+                 {NULL, NULL, 288, 4, 1, 1, 1, 1},  {NULL, NULL, 384, 4, 1, 1, 1, 1},  {NULL, NULL, 396, 4, 1, 1, 1, 1},
+                 {NULL, NULL, 397, 4, 1, 1, 1, 0},  {NULL, NULL, 512, 4, 1, 1, 1, 0},  {NULL, NULL, 528, 4, 1, 1, 1, 0},
+                 {NULL, NULL, 529, 4, 1, 1, 1, 1},  {NULL, NULL, 768, 4, 1, 1, 1, 1},  {NULL, NULL, 1, 4, 1, 1, 0, 0},
+                 {NULL, NULL, 2048, 4, 0, 1, 1, 0}, {NULL, NULL, 2048, 5, 1, 0, 0, 0}, {NULL, NULL, 264, 5, 1, 1, 0, 0},
+                 {"0", NULL, 2048, 4, 1, 1, 1, 0},  {"1", NULL, 2048, 4, 0, 1, 1, 0},  {"1", NULL, 512, 4, 1, 1, 1, 1},
+                 {"1", NULL, 132, 4, 1, 1, 0, 0},   {"x", NULL, 2048, 4, 1, 1, 1, 1},  {"x", NULL, 512, 4, 1, 1, 1, 0},
+                 {NULL, "1", 1, 4, 1, 1, 1, 0},     {"1", "1", 1, 4, 1, 1, 1, 1},      {"0", "1", 1, 4, 1, 1, 1, 0},
+                 {NULL, "0", 2048, 4, 1, 1, 0, 0}};
+    for (size_t i = 0; i < sizeof packs / sizeof packs[0]; i++) {
+        if (packs[i].packed_knob)
+            setenv("FKDA_DECODE_LAYER_PACKED", packs[i].packed_knob, 1);
+        else
+            unsetenv("FKDA_DECODE_LAYER_PACKED");
+        if (packs[i].wide_knob)
+            setenv("FKDA_DECODE_LAYER_WIDE", packs[i].wide_knob, 1);
+        else
+            unsetenv("FKDA_DECODE_LAYER_WIDE");
+        /* WIDE=0 at 2048 heads: the narrow tile if the single kernel is forced, else the three launches */
+        if (packs[i].wide_knob && strcmp(packs[i].wide_knob, "0") == 0) setenv("FKDA_DECODE_LAYER_FUSED", "1", 1);
+        c = common_call();
+        c.heads = packs[i].heads;
+        c.W = packs[i].W;
+        c.state_bf16 = packs[i].bf16;
+        x = choose(&c);
+        CHECK(x.fused == packs[i].fused && x.wide == packs[i].wide && x.packed == packs[i].packed,
+              "FKDA_DECODE_LAYER_PACKED=%s WIDE=%s, %lld heads, W = %lld, bf16 pool %d: fused %d wide %d packed %d "
+              "(want %d, %d, %d)",
+              packs[i].packed_knob ? packs[i].packed_knob : "(unset)",
+              packs[i].wide_knob ? packs[i].wide_knob : "(unset)", (long long)packs[i].heads, (long long)packs[i].W,
+              packs[i].bf16, x.fused, x.wide, x.packed, packs[i].fused, packs[i].wide, packs[i].packed);
+        unsetenv("FKDA_DECODE_LAYER_FUSED");
+    }
+    unsetenv("FKDA_DECODE_LAYER_PACKED");
+    unsetenv("FKDA_DECODE_LAYER_WIDE");
+    setenv("FKDA_DECODE_LAYER_PACKED", "2", 1);
+    fkda_tuning_read(&t);
+    CHECK(t.decode_layer_packed == FKDA_TUNING_UNSET, "FKDA_DECODE_LAYER_PACKED=2 read as %d", t.decode_layer_packed);
+    unsetenv("FKDA_DECODE_LAYER_PACKED");
 
     /* 4. The conv's 8-channel threads: beyond two waves of 132 SMs x 1,024 one-channel threads
      * (270,336 channels), and FKDA_DECODE_LAYER_CONV_VEC=0/1 either way. */

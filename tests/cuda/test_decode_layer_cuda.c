@@ -24,8 +24,9 @@
  * reference: the three launches forced (FKDA_DECODE_LAYER_FUSED=0), the single kernel forced with
  * the rule's tile and cluster size, its narrow tile with a cluster size forced
  * (FKDA_DECODE_LAYER_WIDE=0, FKDA_DECODE_LAYER_CLUSTER cycling 1, 2, 4, 8 over the cases), and for
- * W <= 4 its wide tile forced (FKDA_DECODE_LAYER_WIDE=1). Elsewhere it runs once with the
- * library's choice, which must be the three launches.
+ * W <= 4 its wide tile forced (FKDA_DECODE_LAYER_WIDE=1, in its fp32 form: FKDA_DECODE_LAYER_PACKED=0)
+ * and, with bf16 pools, the wide tile's packed form forced (FKDA_DECODE_LAYER_PACKED=1). Elsewhere
+ * it runs once with the library's choice, which must be the three launches.
  *
  * Cases: B in {1, 3, 64}, H in {2, 12, 32}, HV = H and 2H at K = V = 128, then small and odd head
  * sizes (64, 24 x 40) and conv widths 2, 3 and 16; fp32 and bf16 pools in both layouts; f32, bf16
@@ -67,9 +68,12 @@ enum { PATH_DEFAULT = 0, PATH_THREE = 1, PATH_FUSED = 2 };
  * the small cases (compute-sanitizer's) run both kernels too. */
 enum { CONV_RULE = 0, CONV_VEC_ON = 1, CONV_VEC_OFF = 2 };
 
-/* The single kernel's tile (FKDA_DECODE_LAYER_WIDE): the rule's, the wide one forced (it serves
- * W <= 4), or the narrow one forced. */
-enum { TILE_RULE = 0, TILE_WIDE = 1, TILE_NARROW = 2 };
+/* The single kernel's tile (FKDA_DECODE_LAYER_WIDE, FKDA_DECODE_LAYER_PACKED): the rule's, the
+ * wide one forced (it serves W <= 4; with bf16 pools in its fp32 form, the packed form off), the
+ * narrow one forced, or the wide tile's packed form forced (bf16 pools, W <= 4). */
+enum { TILE_RULE = 0, TILE_WIDE = 1, TILE_NARROW = 2, TILE_PACKED = 3 };
+
+#define MAX_RUNS 256 /* the runs of the full list (add_runs appends at most 5 a case) */
 
 typedef struct lcase {
     char name[160];
@@ -87,7 +91,7 @@ typedef struct lcase {
     double out_tol, state_tol;
     int path;    /* PATH_* */
     int cluster; /* PATH_FUSED: CTAs per head forced (0: the rule's) */
-    int tile;    /* PATH_FUSED: TILE_RULE, or FKDA_DECODE_LAYER_WIDE forced 1 (TILE_WIDE) or 0 */
+    int tile;    /* PATH_FUSED: TILE_RULE, or FKDA_DECODE_LAYER_WIDE forced 1 (TILE_WIDE, TILE_PACKED) or 0 */
     int conv;    /* the three launches' conv: CONV_RULE, or FKDA_DECODE_LAYER_CONV_VEC forced 1 or 0 */
     int fused;   /* the single kernel serves this run (the workspace stays untouched) */
 } lcase;
@@ -375,14 +379,19 @@ static fkda_status gpu_call(const lcase *c, const layer_bufs *b, void *ws, size_
     else
         unsetenv("FKDA_DECODE_LAYER_CONV_VEC");
     if (c->tile != TILE_RULE)
-        setenv("FKDA_DECODE_LAYER_WIDE", c->tile == TILE_WIDE ? "1" : "0", 1);
+        setenv("FKDA_DECODE_LAYER_WIDE", c->tile == TILE_NARROW ? "0" : "1", 1);
     else
         unsetenv("FKDA_DECODE_LAYER_WIDE");
+    if (c->tile == TILE_WIDE || c->tile == TILE_PACKED)
+        setenv("FKDA_DECODE_LAYER_PACKED", c->tile == TILE_PACKED ? "1" : "0", 1);
+    else
+        unsetenv("FKDA_DECODE_LAYER_PACKED");
     const fkda_status s = fkda_decode_layer(&a, &gpu, ws, ws_bytes);
     unsetenv("FKDA_DECODE_LAYER_FUSED");
     unsetenv("FKDA_DECODE_LAYER_CLUSTER");
     unsetenv("FKDA_DECODE_LAYER_CONV_VEC");
     unsetenv("FKDA_DECODE_LAYER_WIDE");
+    unsetenv("FKDA_DECODE_LAYER_PACKED");
     CUDA_OK(cudaStreamSynchronize(stream));
     CUDA_OK(cudaGetLastError());
     return s;
@@ -594,6 +603,7 @@ static void name_case(lcase *c)
     if (c->path == PATH_THREE) snprintf(path, sizeof path, " [3-pass]");
     if (c->path == PATH_FUSED) snprintf(path, sizeof path, " [fused narrow C=%d]", c->cluster);
     if (c->path == PATH_FUSED && c->tile == TILE_WIDE) snprintf(path, sizeof path, " [fused wide]");
+    if (c->path == PATH_FUSED && c->tile == TILE_PACKED) snprintf(path, sizeof path, " [fused packed]");
     if (c->path == PATH_FUSED && c->tile == TILE_RULE) snprintf(path, sizeof path, " [fused]");
     if (c->path == PATH_DEFAULT) snprintf(path, sizeof path, c->fused ? " [default: fused]" : " [default: 3-pass]");
     strncat(c->name, path, sizeof c->name - strlen(c->name) - 1);
@@ -609,14 +619,19 @@ static int fused_serves(const lcase *c, int cc_major)
     return cc_major == 9 && c->T == 1 && c->idx_mode != IDX_2D && c->K == 128 && c->V == 128 && c->HV == c->H;
 }
 
-/* Appends the runs of case `c`: where the single kernel serves, three or four of them (the three
+/* Appends the runs of case `c`: where the single kernel serves, three to five of them (the three
  * launches forced, the single kernel with the rule's tile and cluster size, its narrow tile with
- * `cluster` forced, and for W <= 4 its wide tile forced); elsewhere one, with the library's
+ * `cluster` forced, and for W <= 4 its wide tile forced, and its packed form with bf16 pools);
+ * elsewhere one, with the library's
  * choice, which must be the three launches. Each run of the
  * three launches takes the case's conv setting, or if it has none the next of the three
  * (CONV_RULE, CONV_VEC_ON, _OFF). */
 static int add_runs(lcase *cases, int n, lcase c, int cc_major, int cluster)
 {
+    if (n + 5 > MAX_RUNS) { /* more runs than the list holds: enlarge MAX_RUNS */
+        fprintf(stderr, "test_decode_layer_cuda: more than %d runs\n", MAX_RUNS);
+        exit(2);
+    }
     static int three_pass_runs = 0; /* cycles the conv's kernel over the runs of the three launches */
     const int conv = c.conv != CONV_RULE ? c.conv : three_pass_runs++ % 3; /* a case's own choice first */
     if (!fused_serves(&c, cc_major)) {
@@ -639,6 +654,10 @@ static int add_runs(lcase *cases, int n, lcase c, int cc_major, int cluster)
         c.cluster = 0;
         c.tile = TILE_WIDE;
         cases[n++] = c;
+        if (c.pool_dtype == FKDA_DTYPE_BF16) {
+            c.tile = TILE_PACKED;
+            cases[n++] = c;
+        }
     }
     return n;
 }
@@ -669,7 +688,7 @@ int main(int argc, char **argv)
     cudaStream_t stream = NULL;
     CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 
-    static lcase cases[192];
+    static lcase cases[MAX_RUNS];
     int n = 0;
     if (small) {
         /* T = 2 and a sliding window, each through both conv kernels (8 channels a thread: its
@@ -767,11 +786,12 @@ int main(int argc, char **argv)
             int64_t B, H, W;
             int mode, bf16, v_first;
             fkda_dtype io;
-        } single[] = {{1, 32, 4, IDX_NONE, 0, 0, FKDA_DTYPE_BF16}, {1, 32, 4, IDX_1D, 1, 1, FKDA_DTYPE_BF16},
-                      {1, 2, 2, IDX_1D, 1, 0, FKDA_DTYPE_F16},     {3, 12, 16, IDX_1D, 0, 1, FKDA_DTYPE_BF16},
-                      {3, 32, 3, IDX_1D, 1, 0, FKDA_DTYPE_F32},    {64, 32, 4, IDX_1D, 0, 1, FKDA_DTYPE_BF16},
-                      {64, 2, 4, IDX_NONE, 1, 1, FKDA_DTYPE_BF16}, {64, 12, 5, IDX_1D, 0, 0, FKDA_DTYPE_F16},
-                      {1, 12, 7, IDX_1D, 1, 0, FKDA_DTYPE_F32},    {3, 2, 16, IDX_NONE, 1, 1, FKDA_DTYPE_BF16}};
+        } single[] = {{1, 32, 4, IDX_NONE, 0, 0, FKDA_DTYPE_BF16},  {1, 32, 4, IDX_1D, 1, 1, FKDA_DTYPE_BF16},
+                      {1, 2, 2, IDX_1D, 1, 0, FKDA_DTYPE_F16},      {3, 12, 16, IDX_1D, 0, 1, FKDA_DTYPE_BF16},
+                      {3, 32, 3, IDX_1D, 1, 0, FKDA_DTYPE_F32},     {64, 32, 4, IDX_1D, 0, 1, FKDA_DTYPE_BF16},
+                      {64, 2, 4, IDX_NONE, 1, 1, FKDA_DTYPE_BF16},  {64, 12, 5, IDX_1D, 0, 0, FKDA_DTYPE_F16},
+                      {1, 12, 7, IDX_1D, 1, 0, FKDA_DTYPE_F32},     {3, 2, 16, IDX_NONE, 1, 1, FKDA_DTYPE_BF16},
+                      {64, 32, 4, IDX_NONE, 1, 0, FKDA_DTYPE_BF16}, {64, 12, 4, IDX_1D, 1, 0, FKDA_DTYPE_BF16}};
         for (size_t j = 0; j < sizeof single / sizeof single[0]; j++) {
             lcase c = make_case(single[j].B, single[j].H, single[j].H, 128, 128, single[j].mode);
             c.W = single[j].W;
@@ -787,6 +807,7 @@ int main(int argc, char **argv)
             n = add_runs(cases, n, c, prop.major, clusters[(j + 1) % 4]);
         }
     }
+
     for (int i = 0; i < n; i++) {
         name_case(&cases[i]);
         run_case(&cases[i], &rng, stream);

@@ -4,9 +4,10 @@ The CPU side runs the float64 reference layer (reference=True) on CPU copies of 
 and pools. Compared: out (the decode's bars: 1e-5 for fp32 through, a bf16 rounding share
 otherwise), the recurrent slots the call writes, the conv pool bitwise (it holds raw inputs,
 copied), the slots no sequence names bitwise unchanged, skipped rows zero; each case on the
-library's default path, with the three launches forced (FKDA_DECODE_LAYER_FUSED=0) and with the
-single kernel's wide tile forced (FKDA_DECODE_LAYER_WIDE=1), so that the cases the single kernel
-serves (T = 1, 1-D indices or none, K = V = 128, HV = H, on sm_90) test every path. Then one
+library's default path, with the three launches forced (FKDA_DECODE_LAYER_FUSED=0), with the
+single kernel's wide tile forced (FKDA_DECODE_LAYER_WIDE=1, FKDA_DECODE_LAYER_PACKED=0), and with
+bf16 pools its packed form forced (FKDA_DECODE_LAYER_PACKED=1), so that the cases the single
+kernel serves (T = 1, 1-D indices or none, K = V = 128, HV = H, on sm_90) test every path. Then one
 call captured in a CUDA graph and replayed as a chain gives the same bits as eager calls, for a
 speculative step (three launches) and a plain decode step (the single kernel on sm_90).
 """
@@ -132,7 +133,7 @@ def bars(io, pool_dtype):
     return out + (state if pool_dtype != torch.float32 else 0.0), state
 
 
-@pytest.mark.parametrize("path", ["default", "three-pass", "wide"])
+@pytest.mark.parametrize("path", ["default", "three-pass", "wide", "packed"])
 @pytest.mark.parametrize(
     "case", CASES, ids=lambda c: f"B{c[0]}T{c[1]}H{c[2]}HV{c[3]}K{c[4]}W{c[6]}-{c[7]}"
 )
@@ -140,10 +141,13 @@ def test_matches_cpu_reference(rng, case, path, monkeypatch):
     if path == "three-pass":
         monkeypatch.setenv("FKDA_DECODE_LAYER_FUSED", "0")
     B, T, H, HV, K, V, W, kind, io, pool_dtype, v_first, lb, *params = case
-    if path == "wide":
+    if path in ("wide", "packed"):
         if not (T == 1 and kind != "2d" and K == V == 128 and HV == H and W <= 4):
             pytest.skip("the single kernel's wide tile does not serve this case")
+        if path == "packed" and pool_dtype != torch.bfloat16:
+            pytest.skip("the wide tile's packed form serves bf16 pools only")
         monkeypatch.setenv("FKDA_DECODE_LAYER_WIDE", "1")
+        monkeypatch.setenv("FKDA_DECODE_LAYER_PACKED", "1" if path == "packed" else "0")
     P = B * T + 3 if kind != "none" else B
     L = W - 2 + T if kind == "2d" else W - 1
     layer = make_layer(rng, B, T, H, HV, K, V, W, P, L, io, pool_dtype, v_first, *params)
