@@ -40,7 +40,7 @@
 enum { KIND_EMPTY, KIND_COPY, KIND_INDEXED, KIND_REDUCED, KIND_COUNT };
 static const char *kind_name[KIND_COUNT] = {"empty", "copy", "indexed", "reduced"};
 
-enum { THREADS = 128, K = 128, V = 128 };
+enum { K = 128, V = 128, MAX_THREADS = 512 };
 
 /* One call's arguments. The state is [heads][K][V] fp32 ([K, V] layout, as the fp32 pool). Each CTA
  * owns `cols` value columns of one head: a K x cols slice, read and written once. */
@@ -50,6 +50,7 @@ typedef struct {
     const float *k;   /* [heads][K], the key (unit norm not needed here) */
     int heads, cols;
     int kind;
+    int threads; /* CTA size: 128, 256 or 512 */
 } probe_args;
 
 static __device__ __forceinline__ void pdl_enter(void)
@@ -60,11 +61,11 @@ static __device__ __forceinline__ void pdl_enter(void)
 
 /* The slice of CTA (head, column block): rows 0..K-1, columns c0..c0+cols-1 of head `head`. Thread t
  * handles float4 units u = t, t + THREADS, ... of the slice in row-major order (cols / 4 units a
- * row); at most MAX_UNITS a thread (K x 128 columns / 4 / THREADS). */
-enum { MAX_UNITS = 32 };
-
-__global__ void __launch_bounds__(THREADS) probe_kernel(probe_args a)
+ * row); at most MAX_UNITS a thread (K x 128 columns / 4 / THREADS). The body is compiled for CTAs
+ * of 128, 256 and 512 threads (probe_kernel_128 ...): more threads, more of the slice in flight. */
+static __device__ __forceinline__ void probe_body(const probe_args a, const int THREADS)
 {
+    const int MAX_UNITS = K * V / 4 / THREADS;
     pdl_enter();
     if (a.kind == KIND_EMPTY) return;
     const int slices = V / a.cols;
@@ -73,7 +74,7 @@ __global__ void __launch_bounds__(THREADS) probe_kernel(probe_args a)
     if (a.kind >= KIND_INDEXED) slot = a.index[0];
     float *S = a.state + (slot * a.heads + head) * (int64_t)(K * V);
     const int units_per_row = a.cols / 4, units = K * units_per_row;
-    float4 x[MAX_UNITS];
+    float4 x[32]; /* MAX_UNITS at 128 threads */
 #pragma unroll
     for (int i = 0; i < MAX_UNITS; i++) {
         const int u = threadIdx.x + i * THREADS;
@@ -92,7 +93,7 @@ __global__ void __launch_bounds__(THREADS) probe_kernel(probe_args a)
         return;
     }
     /* kS[c] = sum_r k[r] S[r][c] over the slice, then S[r][c] += k[r] (1 - kS[c]). */
-    __shared__ float partial[THREADS * 4];
+    __shared__ float partial[MAX_THREADS * 4];
     __shared__ float ks[V];
     const float *kh = a.k + head * K;
     float acc[4] = {0, 0, 0, 0};
@@ -128,12 +129,16 @@ __global__ void __launch_bounds__(THREADS) probe_kernel(probe_args a)
     }
 }
 
+__global__ void __launch_bounds__(128) probe_kernel_128(probe_args a) { probe_body(a, 128); }
+__global__ void __launch_bounds__(256) probe_kernel_256(probe_args a) { probe_body(a, 256); }
+__global__ void __launch_bounds__(512) probe_kernel_512(probe_args a) { probe_body(a, 512); }
+
 static void launch(const probe_args *a, cudaStream_t stream, int pdl)
 {
     cudaLaunchConfig_t cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.gridDim = dim3(a->heads * (V / a->cols), 1, 1);
-    cfg.blockDim = dim3(THREADS, 1, 1);
+    cfg.blockDim = dim3(a->threads, 1, 1);
     cfg.stream = stream;
     cudaLaunchAttribute attr;
     memset(&attr, 0, sizeof attr);
@@ -142,11 +147,14 @@ static void launch(const probe_args *a, cudaStream_t stream, int pdl)
     cfg.attrs = &attr;
     cfg.numAttrs = pdl ? 1 : 0;
     void *args[] = {(void *)a};
-    CHECK(cudaLaunchKernelExC(&cfg, (const void *)probe_kernel, args));
+    const void *kernel = a->threads == 512   ? (const void *)probe_kernel_512
+                         : a->threads == 256 ? (const void *)probe_kernel_256
+                                             : (const void *)probe_kernel_128;
+    CHECK(cudaLaunchKernelExC(&cfg, kernel, args));
 }
 
 /* The kernel once on a small pool against the host: returns 1 when it matches. */
-static int check_kind(int kind, int heads, int cols)
+static int check_kind(int kind, int heads, int cols, int threads)
 {
     const int slots = 3, slot = 2;
     const size_t n = (size_t)slots * heads * K * V;
@@ -176,7 +184,7 @@ static int check_kind(int kind, int heads, int cols)
     CHECK(cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(dk, hk, (size_t)heads * K * sizeof(float), cudaMemcpyHostToDevice));
     CHECK(cudaMemcpy(di, &slot, sizeof(int), cudaMemcpyHostToDevice));
-    probe_args a = {d, di, dk, heads, cols, kind};
+    probe_args a = {d, di, dk, heads, cols, kind, threads};
     launch(&a, 0, 0);
     CHECK(cudaDeviceSynchronize());
     CHECK(cudaMemcpy(h, d, n * sizeof(float), cudaMemcpyDeviceToHost));
@@ -193,8 +201,8 @@ static int check_kind(int kind, int heads, int cols)
 }
 
 /* Median over `replays` of one graph of `calls` launches, each on its own state, in us per call. */
-static double time_graph(int kind, int heads, int cols, int pdl, float *pool, const int *index, const float *k,
-                         int calls, size_t state_elems)
+static double time_graph(int kind, int heads, int cols, int threads, int pdl, float *pool, const int *index,
+                         const float *k, int calls, size_t state_elems)
 {
     cudaStream_t stream;
     CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -203,7 +211,7 @@ static double time_graph(int kind, int heads, int cols, int pdl, float *pool, co
     cudaGraphExec_t exec;
     CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeGlobal));
     for (int c = 0; c < calls; c++) {
-        probe_args a = {pool + (size_t)c * state_elems, index, k, heads, cols, kind};
+        probe_args a = {pool + (size_t)c * state_elems, index, k, heads, cols, kind, threads};
         args[c] = a;
         launch(&args[c], stream, pdl);
     }
@@ -242,15 +250,17 @@ int main(void)
     CHECK(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
     int failed = 0;
-    const int col_choices[] = {128, 64, 32, 16};
+    const int col_choices[] = {128, 64, 32, 16}, thread_choices[] = {128, 256, 512};
     for (int kind = 0; kind < KIND_COUNT; kind++)
-        for (int ci = 0; ci < 4; ci++) {
-            const int ok = check_kind(kind, 4, col_choices[ci]);
-            if (!ok) {
-                printf("check FAILED: %s, %d columns a CTA\n", kind_name[kind], col_choices[ci]);
-                failed = 1;
+        for (int ci = 0; ci < 4; ci++)
+            for (int ti = 0; ti < 3; ti++) {
+                const int ok = check_kind(kind, 4, col_choices[ci], thread_choices[ti]);
+                if (!ok) {
+                    printf("check FAILED: %s, %d columns a CTA of %d threads\n", kind_name[kind], col_choices[ci],
+                           thread_choices[ti]);
+                    failed = 1;
+                }
             }
-        }
     printf("checks against the host: %s\n", failed ? "FAILED" : "passed");
 
     /* 128 calls a graph, each on its own state: 128 x 2.1 MB at H = 32 is far past L2 (50-60 MB), so
@@ -268,17 +278,20 @@ int main(void)
     printf("\nus per call, fp32 [K, V] state, one sequence, %d calls a graph, each on its own state "
            "(median of 21 replays):\n",
            calls);
-    printf("%-8s %5s %6s %5s %10s %10s\n", "kernel", "heads", "cols", "CTAs", "with PDL", "no PDL");
+    printf("%-8s %5s %6s %5s %7s %10s %10s\n", "kernel", "heads", "cols", "CTAs", "threads", "with PDL", "no PDL");
     for (int hi = 0; hi < 3; hi++) {
         const int heads = head_choices[hi];
         for (int kind = 0; kind < KIND_COUNT; kind++)
-            for (int ci = 0; ci < 4; ci++) {
-                const int cols = col_choices[ci];
-                if (kind == KIND_EMPTY && ci > 0) continue;
-                const double t1 = time_graph(kind, heads, cols, 1, pool, index, k, calls, (size_t)heads * K * V);
-                const double t0 = time_graph(kind, heads, cols, 0, pool, index, k, calls, (size_t)heads * K * V);
-                printf("%-8s %5d %6d %5d %10.2f %10.2f\n", kind_name[kind], heads, cols, heads * (V / cols), t1, t0);
-            }
+            for (int ci = 0; ci < 4; ci++)
+                for (int ti = 0; ti < 3; ti++) {
+                    const int cols = col_choices[ci], threads = thread_choices[ti];
+                    if (kind == KIND_EMPTY && (ci > 0 || ti > 0)) continue;
+                    const size_t elems = (size_t)heads * K * V;
+                    const double t1 = time_graph(kind, heads, cols, threads, 1, pool, index, k, calls, elems);
+                    const double t0 = time_graph(kind, heads, cols, threads, 0, pool, index, k, calls, elems);
+                    printf("%-8s %5d %6d %5d %7d %10.2f %10.2f\n", kind_name[kind], heads, cols, heads * (V / cols),
+                           threads, t1, t0);
+                }
     }
     CHECK(cudaFree(pool));
     CHECK(cudaFree(k));
