@@ -35,7 +35,8 @@
 #                  executed instruction with its count in $OUT/sass-WHO-CASE.tsv
 #   profile-decode-layer  ncu on one call of the single-kernel decode layer (layer_*) at B,H in
 #                  $FKDA_PROFILE_LAYER_CASES (default "1,32 64,32"; the library's rule picks the
-#                  kernel, FKDA_DECODE_LAYER_* knobs force one): as profile-decode, the hottest SASS
+#                  kernel, FKDA_DECODE_LAYER_* knobs force one; FKDA_PROFILE_LAYER_POOL=bf16 for a
+#                  bf16 pool): as profile-decode, the hottest SASS
 #                  by stall samples and every executed instruction in $OUT/sass-layer-B-H.tsv
 #   profile-prefill  ncu on one call of the prefill's chain kernel (T = 8192 at H = 32 and H = 96,
 #                  or $FKDA_PROFILE_SHAPES; $FKDA_PROFILE_KERNEL=regex:pf_prep for the prep;
@@ -198,7 +199,8 @@ for step in "${steps[@]}"; do
     for case in ${FKDA_PROFILE_LAYER_CASES:-1,32 64,32}; do
       rep=/tmp/prof-layer-${case//,/-}
       ncu --set full -k regex:layer_ --launch-skip 1 --launch-count 1 -f -o "$rep" \
-        python3 bench/bench_decode_layer_gpu.py --profile "$case" >"$rep.log" 2>&1 || tail -n 20 "$rep.log"
+        python3 bench/bench_decode_layer_gpu.py --profile "$case" --pool "${FKDA_PROFILE_LAYER_POOL:-fp32}" \
+        >"$rep.log" 2>&1 || tail -n 20 "$rep.log"
       run_step "profile-layer-${case//,/-}" bash -c "ncu --import $rep.ncu-rep --page details \
         --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
         --print-details all; ncu --import $rep.ncu-rep --page source --print-source sass --csv \
