@@ -8,6 +8,7 @@
  *   empty    griddepcontrol.wait, launch_dependents, nothing else;
  *   copy     each CTA reads its slice of the state (16-byte loads, all issued before any use),
  *            scales it and writes it back: the state traffic of a decode, no token, no index;
+ *   copy-ef  the same with evict-first (streaming) loads and stores, as the decode's narrow tiles;
  *   indexed  the same after one dependent load of the slot index (the pool's indirection);
  *   reduced  indexed, plus what every decode must do between its load and its store: a dot
  *            product over the keys of each value column (k . S) summed across the CTA's warps in
@@ -37,8 +38,8 @@
         }                                                                                          \
     } while (0)
 
-enum { KIND_EMPTY, KIND_COPY, KIND_INDEXED, KIND_REDUCED, KIND_COUNT };
-static const char *kind_name[KIND_COUNT] = {"empty", "copy", "indexed", "reduced"};
+enum { KIND_EMPTY, KIND_COPY, KIND_COPY_EF, KIND_INDEXED, KIND_REDUCED, KIND_COUNT };
+static const char *kind_name[KIND_COUNT] = {"empty", "copy", "copy-ef", "indexed", "reduced"};
 
 enum { K = 128, V = 128, MAX_THREADS = 512 };
 
@@ -63,7 +64,7 @@ static __device__ __forceinline__ void pdl_enter(void)
  * handles float4 units u = t, t + THREADS, ... of the slice in row-major order (cols / 4 units a
  * row); at most MAX_UNITS a thread (K x 128 columns / 4 / THREADS). The body is compiled for CTAs
  * of 128, 256 and 512 threads (probe_kernel_128 ...): more threads, more of the slice in flight. */
-static __device__ __forceinline__ void probe_body(const probe_args a, const int THREADS)
+static __device__ __forceinline__ void probe_body(const probe_args a, const int THREADS, const int EF)
 {
     const int MAX_UNITS = K * V / 4 / THREADS;
     pdl_enter();
@@ -74,11 +75,15 @@ static __device__ __forceinline__ void probe_body(const probe_args a, const int 
     if (a.kind >= KIND_INDEXED) slot = a.index[0];
     float *S = a.state + (slot * a.heads + head) * (int64_t)(K * V);
     const int units_per_row = a.cols / 4, units = K * units_per_row;
-    float4 x[32]; /* MAX_UNITS at 128 threads */
+    const int ef = EF; /* evict-first loads and stores (KIND_COPY_EF's kernels), as the decode's narrow tiles */
+    float4 x[32];      /* MAX_UNITS at 128 threads */
 #pragma unroll
     for (int i = 0; i < MAX_UNITS; i++) {
         const int u = threadIdx.x + i * THREADS;
-        if (u < units) x[i] = *(const float4 *)(S + (u / units_per_row) * V + c0 + (u % units_per_row) * 4);
+        if (u < units) {
+            const float4 *at = (const float4 *)(S + (u / units_per_row) * V + c0 + (u % units_per_row) * 4);
+            x[i] = ef ? __ldcs(at) : *at;
+        }
     }
     if (a.kind != KIND_REDUCED) {
 #pragma unroll
@@ -87,7 +92,11 @@ static __device__ __forceinline__ void probe_body(const probe_args a, const int 
             if (u < units) {
                 float4 y = x[i];
                 y.x *= 0.5f, y.y *= 0.5f, y.z *= 0.5f, y.w *= 0.5f;
-                *(float4 *)(S + (u / units_per_row) * V + c0 + (u % units_per_row) * 4) = y;
+                float4 *at = (float4 *)(S + (u / units_per_row) * V + c0 + (u % units_per_row) * 4);
+                if (ef)
+                    __stcs(at, y);
+                else
+                    *at = y;
             }
         }
         return;
@@ -129,9 +138,12 @@ static __device__ __forceinline__ void probe_body(const probe_args a, const int 
     }
 }
 
-__global__ void __launch_bounds__(128) probe_kernel_128(probe_args a) { probe_body(a, 128); }
-__global__ void __launch_bounds__(256) probe_kernel_256(probe_args a) { probe_body(a, 256); }
-__global__ void __launch_bounds__(512) probe_kernel_512(probe_args a) { probe_body(a, 512); }
+__global__ void __launch_bounds__(128) probe_kernel_128(probe_args a) { probe_body(a, 128, 0); }
+__global__ void __launch_bounds__(256) probe_kernel_256(probe_args a) { probe_body(a, 256, 0); }
+__global__ void __launch_bounds__(512) probe_kernel_512(probe_args a) { probe_body(a, 512, 0); }
+__global__ void __launch_bounds__(128) probe_kernel_128_ef(probe_args a) { probe_body(a, 128, 1); }
+__global__ void __launch_bounds__(256) probe_kernel_256_ef(probe_args a) { probe_body(a, 256, 1); }
+__global__ void __launch_bounds__(512) probe_kernel_512_ef(probe_args a) { probe_body(a, 512, 1); }
 
 static void launch(const probe_args *a, cudaStream_t stream, int pdl)
 {
@@ -147,9 +159,11 @@ static void launch(const probe_args *a, cudaStream_t stream, int pdl)
     cfg.attrs = &attr;
     cfg.numAttrs = pdl ? 1 : 0;
     void *args[] = {(void *)a};
-    const void *kernel = a->threads == 512   ? (const void *)probe_kernel_512
-                         : a->threads == 256 ? (const void *)probe_kernel_256
-                                             : (const void *)probe_kernel_128;
+    const int ef = a->kind == KIND_COPY_EF;
+    const void *kernel = a->threads == 512 ? (ef ? (const void *)probe_kernel_512_ef : (const void *)probe_kernel_512)
+                         : a->threads == 256
+                             ? (ef ? (const void *)probe_kernel_256_ef : (const void *)probe_kernel_256)
+                             : (ef ? (const void *)probe_kernel_128_ef : (const void *)probe_kernel_128);
     CHECK(cudaLaunchKernelExC(&cfg, kernel, args));
 }
 
