@@ -64,6 +64,17 @@ def pair_entry(e):  # prep_pair_entry
     return r, e - r * (r + 1) // 2
 
 
+def triangle_entries():
+    """prep_pair_diagonal's walk: (quad q, row i, column j) for warps 1-3, rounds 0-2, quads 0-7."""
+    for warp in (1, 2, 3):
+        for rnd in range(3):
+            for q in range(8):
+                d = (warp - 1) * 24 + rnd * 8 + q
+                upper = d >= 36
+                i, j = pair_entry(d - 36 if upper else d)
+                yield q, i + 8 * upper, j + 8 * upper
+
+
 def block_keys(s, h, t):
     """k-step 2 s + h: (key in slot t, key in slot t + 4) of lane column t."""
     u = 4 * s + t
@@ -110,23 +121,16 @@ def check_maps():
         ok = False
     # the triangles: warps 1-3, rounds 0-2, quads 0-7
     entries = {}
-    for warp in (1, 2, 3):
-        for rnd in range(3):
-            for q in range(8):
-                d = (warp - 1) * 24 + rnd * 8 + q
-                upper = d >= 36
-                i, j = pair_entry(d - 36 if upper else d)
-                i += 8 * upper
-                j += 8 * upper
-                keys = []
-                for kq in range(4):
-                    for v in range(8):
-                        u = 8 * kq + ((v + 2 * kq + q) & 7)
-                        keys += [4 * u + x for x in range(4)]
-                if sorted(keys) != list(range(K)):
-                    print(f"FAIL diagonal entry ({i}, {j}): keys not covered once")
-                    ok = False
-                entries[(i, j)] = entries.get((i, j), 0) + 1
+    for q, i, j in triangle_entries():
+        keys = []
+        for kq in range(4):
+            for v in range(8):
+                u = 8 * kq + ((v + 2 * kq + q) & 7)
+                keys += [4 * u + x for x in range(4)]
+        if sorted(keys) != list(range(K)):
+            print(f"FAIL diagonal entry ({i}, {j}): keys not covered once")
+            ok = False
+        entries[(i, j)] = entries.get((i, j), 0) + 1
     block = {(i, j): 1 for i in range(8, 16) for j in range(8)}
     for e, n in block.items():
         entries[e] = entries.get(e, 0) + n
@@ -238,19 +242,12 @@ def emulate(fq, fk, fg, b, scale, f16=False):
 
 def triangles(fq, fk, fg, b, scale, L, M):
     """Warps 1-3: the triangles, fp32 terms as the device forms them (sums in float64 here)."""
-    for warp in (1, 2, 3):
-        for rnd in range(3):
-            for qd in range(8):
-                d = (warp - 1) * 24 + rnd * 8 + qd
-                upper = d >= 36
-                i, j = pair_entry(d - 36 if upper else d)
-                i += 8 * upper
-                j += 8 * upper
-                kj = f32(fk[j] * ex2(f32(fg[i]) - f32(fg[j])))
-                lsum = np.dot(f32(fk[i]).astype(np.float64), kj)
-                msum = np.dot(f32(fq[i]).astype(np.float64), kj)
-                L[i, j] = f32(b[i] * lsum) if i > j else 0.0
-                M[i, j] = f32(scale * msum)
+    for _, i, j in triangle_entries():
+        kj = f32(fk[j] * ex2(f32(fg[i]) - f32(fg[j])))
+        lsum = np.dot(f32(fk[i]).astype(np.float64), kj)
+        msum = np.dot(f32(fq[i]).astype(np.float64), kj)
+        L[i, j] = f32(b[i] * lsum) if i > j else 0.0
+        M[i, j] = f32(scale * msum)
     return L, M
 
 

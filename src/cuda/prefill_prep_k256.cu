@@ -61,8 +61,8 @@ static __device__ __forceinline__ void p256_pairwise(const float *fq, const floa
     st_bf16(rec + PF256_REC_MQK_LO, (uint32_t)(i * 16 + j) * 2, mq - pf_bf16_to_float(hi));
 }
 
-/* Steps 5 and 6 with the 256-key record's offsets (the K = 128 prep's, prep_finish_tc of
- * prefill_prep_steps.cuh, write the other layout on tensor cores); step 6's rows by prep_w_row. */
+/* Steps 5 and 6 with the 256-key record's offsets (the K = 128 prep's, prep_finish and
+ * prep_finish_tc of prefill_prep_steps.cuh, write the other layout); step 6's rows by prep_w_row. */
 static __device__ __forceinline__ void p256_finish(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
                                                    const float kd[16], unsigned char *rec, int col, int warp, int lane)
 {
