@@ -558,6 +558,7 @@ static fkda_layer_choice choose_path(const fkda_problem *p, const cudaDeviceProp
     c.heads = p->B * p->HV;
     c.W = p->conv_width;
     c.state_bf16 = p->state_in.dtype == FKDA_DTYPE_BF16;
+    c.l2_bytes = prop->l2CacheSize;
     return fkda_decode_layer_select(&c, t);
 }
 
@@ -565,7 +566,8 @@ static fkda_status run_layer(const fkda_problem *p, char *workspace, size_t work
                              const cudaDeviceProp *prop, const fkda_tuning *t)
 {
     const fkda_layer_choice choice = choose_path(p, prop, t);
-    if (choice.fused) return fkda_cuda_decode_layer_fused(p, choice.cluster, choice.wide, choice.packed, pdl);
+    if (choice.fused)
+        return fkda_cuda_decode_layer_fused(p, choice.cluster, choice.wide, choice.packed, choice.load_ef, pdl);
     const cudaStream_t stream = (cudaStream_t)p->device.stream;
     float *y = (float *)workspace, *o = (float *)(workspace + y_bytes(p));
     const size_t used = y_bytes(p) + o_bytes(p);

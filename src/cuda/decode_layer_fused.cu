@@ -330,9 +330,11 @@ static __device__ __forceinline__ int64_t conv_job_channel(const fused_layer_par
 /* ---- the kernel -------------------------------------------------------------------------------- */
 
 /* NR: the tile's keys a lane (FUSED_NARROW_NR or FUSED_WIDE_NR); PACKED (bf16 pools, with
- * NR = PK_NR): the wide tile's rows with PK_NC values a lane held as bf16 pairs. */
+ * NR = PK_NR): the wide tile's rows with PK_NC values a lane held as bf16 pairs, its state loaded
+ * evict-first with LOAD_EF. */
 static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, const int BF16, const int V_FIRST,
-                                                   const int VEC, const int MW, const int NR, const int PACKED)
+                                                   const int VEC, const int MW, const int NR, const int PACKED,
+                                                   const int LOAD_EF)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     __shared__ fused_smem sm;
@@ -424,7 +426,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     if (PACKED) {
         const int64_t *si = p->d.state_in_stride;
         pk_load_state(&w, (const unsigned short *)p->d.state_in + slot * si[0] + h * si[1] + lane_at, true, sp, V_FIRST,
-                      0);
+                      LOAD_EF);
     } else {
         load_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1, WIDE ? 0 : 1);
     }
@@ -569,25 +571,25 @@ static __device__ __forceinline__ fused_layer_params with_bf16_io(fused_layer_pa
 #define FUSED_KERNELS(name, bf16, v_first, vec)                                                                        \
     __global__ void __launch_bounds__(512, 1) name(const fused_layer_params p)                                         \
     {                                                                                                                  \
-        fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH, FUSED_NARROW_NR, 0);                                      \
+        fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH, FUSED_NARROW_NR, 0, 0);                                   \
     }                                                                                                                  \
     __global__ void __launch_bounds__(512, 1) name##_w4(const fused_layer_params p)                                    \
     {                                                                                                                  \
-        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR, 0);                               \
+        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR, 0, 0);                            \
     }                                                                                                                  \
     __global__ void __launch_bounds__(32 * FUSED_WARPS(FUSED_WIDE_NR), 2) name##_wide(const fused_layer_params p)      \
     {                                                                                                                  \
-        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR, 0);                                 \
+        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR, 0, 0);                              \
     }                                                                                                                  \
     __global__ void __launch_bounds__(512, 1) name##_w4_io16(const fused_layer_params p)                               \
     {                                                                                                                  \
         const fused_layer_params q = with_bf16_io(p);                                                                  \
-        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR, 0);                               \
+        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR, 0, 0);                            \
     }                                                                                                                  \
     __global__ void __launch_bounds__(32 * FUSED_WARPS(FUSED_WIDE_NR), 2) name##_wide_io16(const fused_layer_params p) \
     {                                                                                                                  \
         const fused_layer_params q = with_bf16_io(p);                                                                  \
-        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR, 0);                                 \
+        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR, 0, 0);                              \
     }
 FUSED_KERNELS(layer_f32_kv, 0, 0, 4)
 FUSED_KERNELS(layer_f32_vk, 0, 1, 4)
@@ -599,15 +601,24 @@ FUSED_KERNELS(layer_bf16_vk, 1, 1, 8)
  * ptxas spilled ~400 bytes a thread: the three conv channels' taps and windows are live beside
  * the 64 pairs while the state streams in), so 1.5 times the wide tile's heads and state bytes in
  * flight per SM. */
-#define FUSED_PACKED_KERNELS(name, v_first)                                                                      \
-    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed(const fused_layer_params p)      \
-    {                                                                                                            \
-        fused_layer(&p, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1);                                        \
-    }                                                                                                            \
-    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed_io16(const fused_layer_params p) \
-    {                                                                                                            \
-        const fused_layer_params q = with_bf16_io(p);                                                            \
-        fused_layer(&q, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1);                                        \
+#define FUSED_PACKED_KERNELS(name, v_first)                                                                         \
+    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed(const fused_layer_params p)         \
+    {                                                                                                               \
+        fused_layer(&p, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1, 0);                                        \
+    }                                                                                                               \
+    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed_io16(const fused_layer_params p)    \
+    {                                                                                                               \
+        const fused_layer_params q = with_bf16_io(p);                                                               \
+        fused_layer(&q, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1, 0);                                        \
+    }                                                                                                               \
+    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed_ef(const fused_layer_params p)      \
+    {                                                                                                               \
+        fused_layer(&p, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1, 1);                                        \
+    }                                                                                                               \
+    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed_ef_io16(const fused_layer_params p) \
+    {                                                                                                               \
+        const fused_layer_params q = with_bf16_io(p);                                                               \
+        fused_layer(&q, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1, 1);                                        \
     }
 FUSED_PACKED_KERNELS(layer_bf16_kv, 0)
 FUSED_PACKED_KERNELS(layer_bf16_vk, 1)
@@ -677,7 +688,8 @@ extern "C" int fkda_cuda_decode_layer_fused_pool_fits(const fkda_problem *p)
     return 1;
 }
 
-extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int wide, int packed, int pdl)
+extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int wide, int packed,
+                                                    int load_ef, int pdl)
 {
     if (wide && (cluster != 1 || p->conv_width > LAYER_SHORT_CONV_WIDTH))
         return fkda_fail(FKDA_ERROR_INTERNAL, "decode layer: the wide single kernel takes one CTA a head and W <= %d",
@@ -703,10 +715,12 @@ extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int c
     const int form = wide                                      ? (io16 ? WIDE_IO16 : WIDE)
                      : p->conv_width <= LAYER_SHORT_CONV_WIDTH ? (io16 ? SHORT_IO16 : SHORT)
                                                                : ANY_WIDTH;
-    static const void *const packed_kernels[2][2] = {
-        {(const void *)layer_bf16_kv_packed, (const void *)layer_bf16_vk_packed},
-        {(const void *)layer_bf16_kv_packed_io16, (const void *)layer_bf16_vk_packed_io16}};
-    const void *kernel = packed ? packed_kernels[io16][p->state_v_first != 0]
+    static const void *const packed_kernels[2][2][2] = {
+        {{(const void *)layer_bf16_kv_packed, (const void *)layer_bf16_vk_packed},
+         {(const void *)layer_bf16_kv_packed_io16, (const void *)layer_bf16_vk_packed_io16}},
+        {{(const void *)layer_bf16_kv_packed_ef, (const void *)layer_bf16_vk_packed_ef},
+         {(const void *)layer_bf16_kv_packed_ef_io16, (const void *)layer_bf16_vk_packed_ef_io16}}};
+    const void *kernel = packed ? packed_kernels[load_ef != 0][io16][p->state_v_first != 0]
                                 : kernels[form][2 * (p->state_in.dtype == FKDA_DTYPE_BF16) + (p->state_v_first != 0)];
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)(p->B * p->HV * cluster), 1, 1);

@@ -26,9 +26,10 @@ int fkda_cuda_decode_layer_fused_pool_fits(const fkda_problem *p);
 /* Launches the single kernel on the call's stream (the current device must be the call's): the
  * narrow tile with `cluster` CTAs per (sequence, value head), 1, 2, 4 or 8, or with `wide` the
  * wide tile (cluster 1, W <= LAYER_SHORT_CONV_WIDTH), with `packed` as well its packed form (bf16
- * pools); with `pdl`, as a programmatic dependent launch. The caller checked that it serves
- * (fkda_decode_layer_fused_serves). */
-fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int wide, int packed, int pdl);
+ * pools), whose state loads are evict-first with `load_ef`; with `pdl`, as a programmatic
+ * dependent launch. The caller checked that it serves (fkda_decode_layer_fused_serves). */
+fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int wide, int packed, int load_ef,
+                                         int pdl);
 
 #ifdef __cplusplus
 }

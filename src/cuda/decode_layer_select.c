@@ -29,7 +29,7 @@ static int64_t waves(int64_t heads, int64_t per_wave) { return (heads + per_wave
 
 fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_tuning *t)
 {
-    fkda_layer_choice out = {0, 1, 0, 0};
+    fkda_layer_choice out = {0, 1, 0, 0, 0};
     if (!fkda_decode_layer_fused_serves(c)) return out;
 
     /* The tile. The narrow one (16 warps a head, 78-128 registers a thread) fills an SM with one
@@ -70,6 +70,12 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
         const int fewer_waves = waves(c->heads, 3 * sms) < waves(c->heads, 2 * sms);
         out.packed = c->state_bf16 &&
                      (t->decode_layer_packed == FKDA_TUNING_UNSET ? fewer_waves : t->decode_layer_packed != 0);
+        /* The packed form's state loads evict-first by the plain decode's rule (decode_select.c):
+         * while the heads' states take at most twice the L2, where the plain decode measured them
+         * faster, ordinary beyond; FKDA_DECODE_LOAD_EF=0/1 forces them. */
+        const int64_t state_bytes = c->heads * c->K * c->V * 2;
+        out.load_ef = out.packed && (t->decode_load_ef == FKDA_TUNING_UNSET ? state_bytes <= 2 * c->l2_bytes
+                                                                            : t->decode_load_ef != 0);
         return out;
     }
 

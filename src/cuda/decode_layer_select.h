@@ -18,17 +18,18 @@ extern "C" {
 
 /* What the rule needs to know about a call and the device. */
 typedef struct fkda_layer_call {
-    int cc_major;   /* the device's compute capability (the single kernel is sm_90a code) */
-    int sm_count;   /* its SMs */
-    int64_t T;      /* tokens per sequence */
-    int idx_2d;     /* 2-D state indices (a slot per token) */
-    int accepted;   /* num_accepted_tokens given (the conv window slides) */
-    int64_t K, V;   /* head sizes */
-    int64_t H, HV;  /* qk heads and value heads */
-    int dense128;   /* the pool, in and out: 16-byte aligned, rows 128 elements apart */
-    int64_t heads;  /* B * HV: (sequence, value head) pairs */
-    int64_t W;      /* the conv's width */
-    int state_bf16; /* the pool holds bf16 */
+    int cc_major;     /* the device's compute capability (the single kernel is sm_90a code) */
+    int sm_count;     /* its SMs */
+    int64_t T;        /* tokens per sequence */
+    int idx_2d;       /* 2-D state indices (a slot per token) */
+    int accepted;     /* num_accepted_tokens given (the conv window slides) */
+    int64_t K, V;     /* head sizes */
+    int64_t H, HV;    /* qk heads and value heads */
+    int dense128;     /* the pool, in and out: 16-byte aligned, rows 128 elements apart */
+    int64_t heads;    /* B * HV: (sequence, value head) pairs */
+    int64_t W;        /* the conv's width */
+    int state_bf16;   /* the pool holds bf16 */
+    int64_t l2_bytes; /* the device's L2 cache */
 } fkda_layer_call;
 
 typedef struct fkda_layer_choice {
@@ -36,13 +37,15 @@ typedef struct fkda_layer_choice {
     int cluster; /* the single kernel's CTAs per head: 1, 2, 4 or 8 */
     int wide;    /* the single kernel's tile: 1 wide (8 warps a head, cluster 1), 0 narrow (16 warps) */
     int packed;  /* with wide, a bf16 pool's packed form (4 warps a head) */
+    int load_ef; /* with packed, the state loaded evict-first */
 } fkda_layer_choice;
 
 /* Whether the single kernel can serve the call at all. */
 int fkda_decode_layer_fused_serves(const fkda_layer_call *c);
 
 /* The path, tile and cluster size for the call under the knobs FKDA_DECODE_LAYER_FUSED,
- * FKDA_DECODE_LAYER_WIDE, FKDA_DECODE_LAYER_PACKED and FKDA_DECODE_LAYER_CLUSTER (tuning.h). */
+ * FKDA_DECODE_LAYER_WIDE, FKDA_DECODE_LAYER_PACKED, FKDA_DECODE_LAYER_CLUSTER and (the packed
+ * form's loads) FKDA_DECODE_LOAD_EF (tuning.h). */
 fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_tuning *t);
 
 /* Whether the call's layer tensors are those of a bf16 model's step: mixed_qkv, the conv's weight,

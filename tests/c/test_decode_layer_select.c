@@ -23,7 +23,9 @@
  *   7. the wide tile's packed form: for bf16 pools where the wide tile serves and the packed form
  *      (three heads an SM) takes fewer waves than the wide tile (two), spelled out at 132 SMs;
  *      never for fp32 pools nor with the narrow tile or the three launches;
- *      FKDA_DECODE_LAYER_PACKED=0/1 keeps it off or takes it wherever the wide tile has a bf16 pool.
+ *      FKDA_DECODE_LAYER_PACKED=0/1 keeps it off or takes it wherever the wide tile has a bf16 pool;
+ *      its state loads evict-first while the heads' states take at most twice the L2 (the plain
+ *      decode's rule), FKDA_DECODE_LOAD_EF=0/1 forcing them, never without the packed form.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -35,15 +37,17 @@
 #include "../../src/cuda/decode_layer_select.h"
 #include "test_util.h"
 
-/* B = 1, H = HV = 32, K = V = 128, one token, 1-D indices, a dense pool, W = 4, on an H200. */
+/* B = 1, H = HV = 32, K = V = 128, one token, 1-D indices, a dense fp32 pool, W = 4, on an H200
+ * (132 SMs, 50 MB of L2). */
 static fkda_layer_call common_call(void)
 {
-    fkda_layer_call c = {9, 132, 1, 0, 0, 128, 128, 32, 32, 1, 32, 4, 0};
+    fkda_layer_call c = {9, 132, 1, 0, 0, 128, 128, 32, 32, 1, 32, 4, 0, INT64_C(50) << 20};
     return c;
 }
 
 /* The choice as one comparable triple (an fp32 pool's: never the packed form). */
-#define SAME_CHOICE(x, f, w, cl) ((x).fused == (f) && (x).wide == (w) && (x).cluster == (cl) && (x).packed == 0)
+#define SAME_CHOICE(x, f, w, cl) \
+    ((x).fused == (f) && (x).wide == (w) && (x).cluster == (cl) && (x).packed == 0 && (x).load_ef == 0)
 
 static fkda_layer_choice choose(const fkda_layer_call *c)
 {
@@ -57,6 +61,8 @@ int main(void)
     unsetenv("FKDA_DECODE_LAYER_FUSED");
     unsetenv("FKDA_DECODE_LAYER_CLUSTER");
     unsetenv("FKDA_DECODE_LAYER_WIDE");
+    unsetenv("FKDA_DECODE_LAYER_PACKED");
+    unsetenv("FKDA_DECODE_LOAD_EF");
 
     /* 1. What the single kernel serves. */
     fkda_layer_call c = common_call();
@@ -228,6 +234,30 @@ int main(void)
     }
     unsetenv("FKDA_DECODE_LAYER_PACKED");
     unsetenv("FKDA_DECODE_LAYER_WIDE");
+    /* The packed form's evict-first loads: 32 KB a head, 3,200 heads in twice 50 MB. */
+    static const struct {
+        const char *ef_knob;
+        int64_t heads;
+        int bf16, packed, load_ef;
+    } efs[] = {{NULL, 2048, 1, 1, 1}, {NULL, 3200, 1, 1, 1}, {NULL, 3201, 1, 1, 0}, {NULL, 4096, 1, 1, 0},
+               {NULL, 512, 1, 0, 0},  {NULL, 2048, 0, 0, 0}, {"0", 2048, 1, 1, 0},  {"1", 4096, 1, 1, 1},
+               {"1", 512, 1, 0, 0},   {"1", 2048, 0, 0, 0},  {"x", 4096, 1, 1, 0}};
+    for (size_t i = 0; i < sizeof efs / sizeof efs[0]; i++) {
+        if (efs[i].ef_knob)
+            setenv("FKDA_DECODE_LOAD_EF", efs[i].ef_knob, 1);
+        else
+            unsetenv("FKDA_DECODE_LOAD_EF");
+        c = common_call();
+        c.heads = efs[i].heads;
+        c.state_bf16 = efs[i].bf16;
+        x = choose(&c);
+        CHECK(x.packed == efs[i].packed && x.load_ef == efs[i].load_ef,
+              "FKDA_DECODE_LOAD_EF=%s, %lld heads, bf16 pool %d: packed %d load_ef %d (want %d, %d)",
+              efs[i].ef_knob ? efs[i].ef_knob : "(unset)", (long long)efs[i].heads, efs[i].bf16, x.packed, x.load_ef,
+              efs[i].packed, efs[i].load_ef);
+    }
+    unsetenv("FKDA_DECODE_LOAD_EF");
+
     setenv("FKDA_DECODE_LAYER_PACKED", "2", 1);
     fkda_tuning_read(&t);
     CHECK(t.decode_layer_packed == FKDA_TUNING_UNSET, "FKDA_DECODE_LAYER_PACKED=2 read as %d", t.decode_layer_packed);

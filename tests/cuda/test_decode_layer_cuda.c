@@ -25,8 +25,9 @@
  * the rule's tile and cluster size, its narrow tile with a cluster size forced
  * (FKDA_DECODE_LAYER_WIDE=0, FKDA_DECODE_LAYER_CLUSTER cycling 1, 2, 4, 8 over the cases), and for
  * W <= 4 its wide tile forced (FKDA_DECODE_LAYER_WIDE=1, in its fp32 form: FKDA_DECODE_LAYER_PACKED=0)
- * and, with bf16 pools, the wide tile's packed form forced (FKDA_DECODE_LAYER_PACKED=1). Elsewhere
- * it runs once with the library's choice, which must be the three launches.
+ * and, with bf16 pools, the wide tile's packed form forced (FKDA_DECODE_LAYER_PACKED=1), once with
+ * ordinary and once with evict-first state loads (FKDA_DECODE_LOAD_EF=0, 1). Elsewhere it runs once
+ * with the library's choice, which must be the three launches.
  *
  * Cases: B in {1, 3, 64}, H in {2, 12, 32}, HV = H and 2H at K = V = 128, then small and odd head
  * sizes (64, 24 x 40) and conv widths 2, 3 and 16; fp32 and bf16 pools in both layouts; f32, bf16
@@ -70,10 +71,11 @@ enum { CONV_RULE = 0, CONV_VEC_ON = 1, CONV_VEC_OFF = 2 };
 
 /* The single kernel's tile (FKDA_DECODE_LAYER_WIDE, FKDA_DECODE_LAYER_PACKED): the rule's, the
  * wide one forced (it serves W <= 4; with bf16 pools in its fp32 form, the packed form off), the
- * narrow one forced, or the wide tile's packed form forced (bf16 pools, W <= 4). */
-enum { TILE_RULE = 0, TILE_WIDE = 1, TILE_NARROW = 2, TILE_PACKED = 3 };
+ * narrow one forced, or the wide tile's packed form forced (bf16 pools, W <= 4) with ordinary
+ * or evict-first state loads (FKDA_DECODE_LOAD_EF=0, 1). */
+enum { TILE_RULE = 0, TILE_WIDE = 1, TILE_NARROW = 2, TILE_PACKED = 3, TILE_PACKED_EF = 4 };
 
-#define MAX_RUNS 256 /* the runs of the full list (add_runs appends at most 5 a case) */
+#define MAX_RUNS 320 /* the runs of the full list (add_runs appends at most 6 a case) */
 
 typedef struct lcase {
     char name[160];
@@ -382,16 +384,22 @@ static fkda_status gpu_call(const lcase *c, const layer_bufs *b, void *ws, size_
         setenv("FKDA_DECODE_LAYER_WIDE", c->tile == TILE_NARROW ? "0" : "1", 1);
     else
         unsetenv("FKDA_DECODE_LAYER_WIDE");
-    if (c->tile == TILE_WIDE || c->tile == TILE_PACKED)
-        setenv("FKDA_DECODE_LAYER_PACKED", c->tile == TILE_PACKED ? "1" : "0", 1);
+    const int packed = c->tile == TILE_PACKED || c->tile == TILE_PACKED_EF;
+    if (c->tile == TILE_WIDE || packed)
+        setenv("FKDA_DECODE_LAYER_PACKED", packed ? "1" : "0", 1);
     else
         unsetenv("FKDA_DECODE_LAYER_PACKED");
+    if (packed)
+        setenv("FKDA_DECODE_LOAD_EF", c->tile == TILE_PACKED_EF ? "1" : "0", 1);
+    else
+        unsetenv("FKDA_DECODE_LOAD_EF");
     const fkda_status s = fkda_decode_layer(&a, &gpu, ws, ws_bytes);
     unsetenv("FKDA_DECODE_LAYER_FUSED");
     unsetenv("FKDA_DECODE_LAYER_CLUSTER");
     unsetenv("FKDA_DECODE_LAYER_CONV_VEC");
     unsetenv("FKDA_DECODE_LAYER_WIDE");
     unsetenv("FKDA_DECODE_LAYER_PACKED");
+    unsetenv("FKDA_DECODE_LOAD_EF");
     CUDA_OK(cudaStreamSynchronize(stream));
     CUDA_OK(cudaGetLastError());
     return s;
@@ -604,6 +612,7 @@ static void name_case(lcase *c)
     if (c->path == PATH_FUSED) snprintf(path, sizeof path, " [fused narrow C=%d]", c->cluster);
     if (c->path == PATH_FUSED && c->tile == TILE_WIDE) snprintf(path, sizeof path, " [fused wide]");
     if (c->path == PATH_FUSED && c->tile == TILE_PACKED) snprintf(path, sizeof path, " [fused packed]");
+    if (c->path == PATH_FUSED && c->tile == TILE_PACKED_EF) snprintf(path, sizeof path, " [fused packed, ef]");
     if (c->path == PATH_FUSED && c->tile == TILE_RULE) snprintf(path, sizeof path, " [fused]");
     if (c->path == PATH_DEFAULT) snprintf(path, sizeof path, c->fused ? " [default: fused]" : " [default: 3-pass]");
     strncat(c->name, path, sizeof c->name - strlen(c->name) - 1);
@@ -619,16 +628,16 @@ static int fused_serves(const lcase *c, int cc_major)
     return cc_major == 9 && c->T == 1 && c->idx_mode != IDX_2D && c->K == 128 && c->V == 128 && c->HV == c->H;
 }
 
-/* Appends the runs of case `c`: where the single kernel serves, three to five of them (the three
+/* Appends the runs of case `c`: where the single kernel serves, three to six of them (the three
  * launches forced, the single kernel with the rule's tile and cluster size, its narrow tile with
- * `cluster` forced, and for W <= 4 its wide tile forced, and its packed form with bf16 pools);
- * elsewhere one, with the library's
- * choice, which must be the three launches. Each run of the
+ * `cluster` forced, and for W <= 4 its wide tile forced, and with bf16 pools its packed form with
+ * both kinds of state loads); elsewhere one, with the library's choice, which must be the three
+ * launches. Each run of the
  * three launches takes the case's conv setting, or if it has none the next of the three
  * (CONV_RULE, CONV_VEC_ON, _OFF). */
 static int add_runs(lcase *cases, int n, lcase c, int cc_major, int cluster)
 {
-    if (n + 5 > MAX_RUNS) { /* more runs than the list holds: enlarge MAX_RUNS */
+    if (n + 6 > MAX_RUNS) { /* more runs than the list holds: enlarge MAX_RUNS */
         fprintf(stderr, "test_decode_layer_cuda: more than %d runs\n", MAX_RUNS);
         exit(2);
     }
@@ -656,6 +665,8 @@ static int add_runs(lcase *cases, int n, lcase c, int cc_major, int cluster)
         cases[n++] = c;
         if (c.pool_dtype == FKDA_DTYPE_BF16) {
             c.tile = TILE_PACKED;
+            cases[n++] = c;
+            c.tile = TILE_PACKED_EF;
             cases[n++] = c;
         }
     }
