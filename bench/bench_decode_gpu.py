@@ -29,8 +29,8 @@ with FKDA_DECODE_PDL=0, the launch a call gets when the kernel before it is not 
 cu_seqlens = arange(B + 1), 1-D int32 indices: how vLLM calls fused_recurrent_kda for a decode
 step) beside the current form ([B, 1, H, K], no cu_seqlens), for both libraries, both pool
 layouts ([K, V] and [V, K]) and pool dtypes, at B = 1 with H = 12, 16 and 32 and at
-B x H = 2048 to 8192 (64 x 32, 256 x 32, 1024 x 8). It is not part of the default run: fla's
-Triton kernels autotune once per shape and form.
+B x H = 2048 to 8192 (64 x 32, 256 x 32, 1024 x 8), or FKDA_BENCH_VLLM_SHAPES="B,H B,H ...". It
+is not part of the default run: fla's Triton kernels autotune once per shape and form.
 
 --spec times speculative decoding as vLLM calls it: 3 tokens per sequence packed in one row
 (cu_seqlens), 2-D int32 indices [B, 3], random num_accepted_tokens, both libraries, both pool
@@ -336,6 +336,15 @@ def agreement(flash_kda, fla_fwd, gen):
     return rows
 
 
+def vllm_shapes():
+    """The --vllm rows' (B, H): B = 1 at H = 12, 16, 32 and B x H = 2048 to 8192, or
+    FKDA_BENCH_VLLM_SHAPES="B,H B,H ..." (fla autotunes each new shape and form)."""
+    env = os.environ.get("FKDA_BENCH_VLLM_SHAPES")
+    if env:
+        return [tuple(int(x) for x in c.split(",")) for c in env.split()]
+    return [(1, 12), (1, 16), (1, 32), (64, 32), (256, 32), (1024, 8)]
+
+
 def vllm_table(flash_kda, fla_fwd, bw, gen):
     """vLLM's packed form beside the current form (--vllm): rows of text, printed as they come."""
     rows = [
@@ -352,7 +361,7 @@ def vllm_table(flash_kda, fla_fwd, bw, gen):
     print("\n".join(rows), flush=True)
     for pool_dtype, pname in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
         for vf in (False, True):
-            for B, H in ((1, 12), (1, 16), (1, 32), (64, 32), (256, 32), (1024, 8)):
+            for B, H in vllm_shapes():
                 t_ours, t_fla, state_bytes, layers, _ = bench_case(
                     flash_kda, fla_fwd, B, H, pool_dtype, False, gen, v_first=vf, plain_launch=False
                 )
