@@ -339,9 +339,9 @@ def agreement(flash_kda, fla_fwd, gen):
 def vllm_shapes():
     """The --vllm rows' (B, H): B = 1 at H = 12, 16, 32 and B x H = 2048 to 8192, or
     FKDA_BENCH_VLLM_SHAPES="B,H B,H ..." (fla autotunes each new shape and form)."""
-    env = os.environ.get("FKDA_BENCH_VLLM_SHAPES")
+    env = os.environ.get("FKDA_BENCH_VLLM_SHAPES", "").split()
     if env:
-        return [tuple(int(x) for x in c.split(",")) for c in env.split()]
+        return [tuple(int(x) for x in c.split(",")) for c in env]
     return [(1, 12), (1, 16), (1, 32), (64, 32), (256, 32), (1024, 8)]
 
 

@@ -7,8 +7,8 @@ kernel's own, so a cubin built here from the same tree with the same nvcc and -l
 does not change the code) has the same instruction at each offset; nvdisasm -gi then names, for
 each one, the source line and the chain of inlined calls it came from. This script checks that
 the opcodes agree at every offset (a different tree or compiler fails loudly) and sums the counts
-by region: a region is a line range of one file, matched against every frame of the inline chain
-(innermost first), so a helper's instructions count where the caller called it from.
+by region: a region is a line range of one file, matched against every frame of the inline chain,
+so a helper's instructions count where the caller called it from.
 
     nvcc -gencode=arch=compute_90a,code=sm_90a -O3 -lineinfo -cubin -Isrc/cuda \\
         -o /tmp/prep.cubin src/cuda/prefill_prep.cu
@@ -17,10 +17,12 @@ by region: a region is a line range of one file, matched against every frame of 
         --region "decayed operands=prefill_prep.cu:77-124" \\
         --region "1 loads=prefill_prep.cu:178-318" ...
 
-Regions are tried in the order given; an instruction goes to the first region that any frame of
-its chain falls in, else to "other". --per divides the counts (e.g. by the kernel's CTAs: then a
-row is warp instructions per CTA). nvdisasm comes with the CUDA toolkit (or the
-nvidia-cuda-nvdisasm wheel).
+Regions are tried in the order given (the frames' order plays no part): an instruction goes to the
+first region that any frame of its chain falls in, else to "other", so give a nested region (a
+helper's lines) before the region around its call. A file is named by its base name (a path is
+cut to it); a region that no instruction falls in is reported on stderr. --per divides the counts
+(e.g. by the kernel's CTAs: then a row is warp instructions per CTA). nvdisasm comes with the
+CUDA toolkit (or the nvidia-cuda-nvdisasm wheel).
 """
 
 from __future__ import annotations
@@ -71,13 +73,15 @@ def disassemble(cubin: str, kernel: str) -> dict[int, tuple[str, list[tuple[str,
 
 
 def parse_region(spec: str) -> tuple[str, str, int, int]:
-    """NAME=FILE:FIRST-LAST"""
+    """NAME=FILE:FIRST-LAST, FILE cut to its base name (the frames carry base names)."""
     name, _, where = spec.partition("=")
     file, _, lines = where.rpartition(":")
     first, _, last = lines.partition("-")
-    if not (name and file and first.isdigit() and last.isdigit()):
-        raise SystemExit(f"sass_by_source: region {spec!r} is not NAME=FILE:FIRST-LAST")
-    return name, file, int(first), int(last)
+    if not (name and file and first.isdigit() and last.isdigit()) or int(first) > int(last):
+        raise SystemExit(
+            f"sass_by_source: region {spec!r} is not NAME=FILE:FIRST-LAST with FIRST <= LAST"
+        )
+    return name, file.rsplit("/", 1)[-1], int(first), int(last)
 
 
 def main() -> int:
@@ -115,6 +119,9 @@ def main() -> int:
         executed[name] += int(count)
         samples[name] += int(stalls)
         kinds[name][opcode(text)] += int(count)
+    for name, *_ in regions:
+        if name not in executed:
+            print(f"sass_by_source: no instruction falls in region {name!r}", file=sys.stderr)
     total, total_samples = sum(executed.values()), max(1, sum(samples.values()))
     print(f"{len(rows)} instructions, {total / args.per:.0f} executed (per {args.per:g})")
     print("| region | executed | share | stall samples | largest kinds |")
