@@ -563,6 +563,18 @@ static __device__ __forceinline__ fused_layer_params with_bf16_io(fused_layer_pa
     return q;
 }
 
+/* A kernel and its twin for all-bf16 io (_io16): the same body on with_bf16_io's parameters. */
+#define FUSED_KERNEL_AND_IO16(kname, threads, ctas, ...)                                      \
+    __global__ void __launch_bounds__(threads, ctas) kname(const fused_layer_params p)        \
+    {                                                                                         \
+        fused_layer(&p, __VA_ARGS__);                                                         \
+    }                                                                                         \
+    __global__ void __launch_bounds__(threads, ctas) kname##_io16(const fused_layer_params p) \
+    {                                                                                         \
+        const fused_layer_params q = with_bf16_io(p);                                         \
+        fused_layer(&q, __VA_ARGS__);                                                         \
+    }
+
 /* Per pool dtype and layout, the narrow tile for conv widths up to LAYER_SHORT_CONV_WIDTH (_w4)
  * and up to FUSED_MAX_WIDTH, and the wide tile (_wide) for widths up to LAYER_SHORT_CONV_WIDTH
  * only: two conv channels a thread of any width would not fit beside its 64 state values in the
@@ -573,24 +585,9 @@ static __device__ __forceinline__ fused_layer_params with_bf16_io(fused_layer_pa
     {                                                                                                                  \
         fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH, FUSED_NARROW_NR, 0, 0);                                   \
     }                                                                                                                  \
-    __global__ void __launch_bounds__(512, 1) name##_w4(const fused_layer_params p)                                    \
-    {                                                                                                                  \
-        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR, 0, 0);                            \
-    }                                                                                                                  \
-    __global__ void __launch_bounds__(32 * FUSED_WARPS(FUSED_WIDE_NR), 2) name##_wide(const fused_layer_params p)      \
-    {                                                                                                                  \
-        fused_layer(&p, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR, 0, 0);                              \
-    }                                                                                                                  \
-    __global__ void __launch_bounds__(512, 1) name##_w4_io16(const fused_layer_params p)                               \
-    {                                                                                                                  \
-        const fused_layer_params q = with_bf16_io(p);                                                                  \
-        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR, 0, 0);                            \
-    }                                                                                                                  \
-    __global__ void __launch_bounds__(32 * FUSED_WARPS(FUSED_WIDE_NR), 2) name##_wide_io16(const fused_layer_params p) \
-    {                                                                                                                  \
-        const fused_layer_params q = with_bf16_io(p);                                                                  \
-        fused_layer(&q, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_WIDE_NR, 0, 0);                              \
-    }
+    FUSED_KERNEL_AND_IO16(name##_w4, 512, 1, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR, 0, 0)        \
+    FUSED_KERNEL_AND_IO16(name##_wide, 32 * FUSED_WARPS(FUSED_WIDE_NR), 2, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, \
+                          FUSED_WIDE_NR, 0, 0)
 FUSED_KERNELS(layer_f32_kv, 0, 0, 4)
 FUSED_KERNELS(layer_f32_vk, 0, 1, 4)
 FUSED_KERNELS(layer_bf16_kv, 1, 0, 4)
@@ -600,26 +597,12 @@ FUSED_KERNELS(layer_bf16_vk, 1, 1, 8)
  * LAYER_SHORT_CONV_WIDTH: 4 warps a head, three CTAs an SM (168 registers; at four, 128 registers,
  * ptxas spilled ~400 bytes a thread: the three conv channels' taps and windows are live beside
  * the 64 pairs while the state streams in), so 1.5 times the wide tile's heads and state bytes in
- * flight per SM. */
-#define FUSED_PACKED_KERNELS(name, v_first)                                                                         \
-    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed(const fused_layer_params p)         \
-    {                                                                                                               \
-        fused_layer(&p, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1, 0);                                        \
-    }                                                                                                               \
-    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed_io16(const fused_layer_params p)    \
-    {                                                                                                               \
-        const fused_layer_params q = with_bf16_io(p);                                                               \
-        fused_layer(&q, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1, 0);                                        \
-    }                                                                                                               \
-    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed_ef(const fused_layer_params p)      \
-    {                                                                                                               \
-        fused_layer(&p, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1, 1);                                        \
-    }                                                                                                               \
-    __global__ void __launch_bounds__(32 * FUSED_PACKED_WARPS, 3) name##_packed_ef_io16(const fused_layer_params p) \
-    {                                                                                                               \
-        const fused_layer_params q = with_bf16_io(p);                                                               \
-        fused_layer(&q, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1, 1);                                        \
-    }
+ * flight per SM; with ordinary and with evict-first (_ef) state loads. */
+#define FUSED_PACKED_KERNELS(name, v_first)                                                                           \
+    FUSED_KERNEL_AND_IO16(name##_packed, 32 * FUSED_PACKED_WARPS, 3, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, 1, \
+                          0)                                                                                          \
+    FUSED_KERNEL_AND_IO16(name##_packed_ef, 32 * FUSED_PACKED_WARPS, 3, 1, v_first, 8, LAYER_SHORT_CONV_WIDTH, PK_NR, \
+                          1, 1)
 FUSED_PACKED_KERNELS(layer_bf16_kv, 0)
 FUSED_PACKED_KERNELS(layer_bf16_vk, 1)
 
