@@ -346,6 +346,12 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         uint32_t vbits[DECODE_MAX_C], vhalf[DECODE_MAX_C];
         load_v(p, &w, row, pos, h, vbits, vhalf, V_FIRST, VEC, NC, TOK, SPLIT);
         const staged_token tok = stage_token(p, &w, row, pos, h, hq, sb, V_FIRST, VEC, NR * KS, TOK, SPLIT);
+        /* v's conversion after the token's other loads and its barrier (hold_until_here) */
+#pragma unroll
+        for (int c = 0; c < NC; c++) {
+            hold_until_here(&vbits[c]);
+            hold_until_here(&vhalf[c]);
+        }
         /* This lane's rows (a split-K warp's, the kh-th half of its kl group's). */
         const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
         const float *lq = sb->q + lane_rows, *lk = sb->k + lane_rows, *ld = sb->d + lane_rows;

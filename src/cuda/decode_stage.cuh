@@ -67,9 +67,16 @@ typedef struct staged_token {
  * (nothing waits on them until stage_token converts them), so a caller can issue them early. */
 typedef struct token_bits {
     uint32_t q[DECODE_KEYS_PER_THREAD], k[DECODE_KEYS_PER_THREAD], g[DECODE_KEYS_PER_THREAD],
-        bias[DECODE_KEYS_PER_THREAD];
-    uint32_t beta, A;
+        bias[DECODE_KEYS_PER_THREAD], bias16[DECODE_KEYS_PER_THREAD];
+    uint32_t beta, A, A16; /* bias16, A16: the 16-bit form's register of a split load, else 0 */
 } token_bits;
+
+/* Hides x from the compiler up to this point (no instruction). A value loaded inside a branch
+ * (the per-key loads of TOKEN_LOADS_BRANCH) may otherwise have its conversion or its split
+ * form's or folded into that branch, right behind the load, and the warp then waits a whole
+ * DRAM round trip there before the loads after the branch issue: at B = 1 the decode's time is
+ * such round trips (an ncu profile of the one-token fp32 kernel found two, v's and dt_bias's). */
+static __device__ __forceinline__ void hold_until_here(uint32_t *x) { asm volatile("" : "+r"(*x)); }
 
 static __device__ __forceinline__ void load_token_bits(const fkda_decode_params *p, const lane_tile *w, int64_t row,
                                                        int64_t pos, int64_t h, int64_t hq, int base, token_bits *tb,
@@ -88,11 +95,15 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
                             : NULL;
     const int64_t beta_off = token_offset(p->beta_stride, row, pos, h, TOK);
     tb->beta = load_bits_as(SPLIT, p->beta, TOKEN_DTYPE(p, beta_dtype, TOK), beta_off, 1);
-    tb->A = load_bits_as(SPLIT, p->A_log, p->A_log_dtype, A_off, gated && p->A_log);
+    tb->A16 = 0u;
+    if (SPLIT)
+        load_bits_pair_if(p->A_log, p->A_log_dtype, A_off, gated && p->A_log, &tb->A, &tb->A16);
+    else
+        tb->A = load_bits_if(p->A_log, p->A_log_dtype, A_off, gated && p->A_log);
     const int BRANCH = TOKEN_LOADS_BRANCH(SPLIT, TOK);
 #pragma unroll
     for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
-        tb->q[i] = tb->k[i] = tb->g[i] = tb->bias[i] = 0u;
+        tb->q[i] = tb->k[i] = tb->g[i] = tb->bias[i] = tb->bias16[i] = 0u;
         /* A slot no thread of the CTA has a key in: one uniform branch (measured faster). The
          * unbranched loads take the first slot without it (e < K covers it), so that its loads
          * share one basic block with v's, beta's and A_log's. */
@@ -105,7 +116,12 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
                 tb->q[i] = load_elem(qv, TOKEN_DTYPE(p, q_dtype, TOK), e, (int)p->q_stride[3], SPLIT);
                 tb->k[i] = load_elem(kv, TOKEN_DTYPE(p, k_dtype, TOK), e, (int)p->k_stride[3], SPLIT);
                 tb->g[i] = load_elem(gv, TOKEN_DTYPE(p, g_dtype, TOK), e, (int)p->g_stride[3], SPLIT);
-                if (biased) tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1], SPLIT);
+                /* the split form's two registers kept apart (or'ed in stage_token) */
+                if (biased && SPLIT)
+                    load_bits_pair_if(bv, p->dt_bias_dtype, (int64_t)(e * (int)p->dt_bias_stride[1]), 1, &tb->bias[i],
+                                      &tb->bias16[i]);
+                else if (biased)
+                    tb->bias[i] = load_elem(bv, p->dt_bias_dtype, e, (int)p->dt_bias_stride[1], SPLIT);
             }
         } else {
             const int ok = e < w->K;
@@ -138,9 +154,24 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
     for (int base = 0; base < rows; base += DECODE_KEYS_PER_THREAD * nthreads) {
         token_bits tb;
         load_token_bits(p, w, row, pos, h, hq, base, &tb, TOK, SPLIT);
+        /* every load of the round is issued before anything waits for one */
+#pragma unroll
+        for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
+            hold_until_here(&tb.q[i]);
+            hold_until_here(&tb.k[i]);
+            hold_until_here(&tb.g[i]);
+            hold_until_here(&tb.bias[i]);
+            hold_until_here(&tb.bias16[i]);
+        }
+        hold_until_here(&tb.beta);
+        hold_until_here(&tb.A);
+        hold_until_here(&tb.A16);
         if (base == 0) beta_bits = tb.beta;
-        const uint32_t *qb = tb.q, *kb = tb.k, *gb = tb.g, *bb = tb.bias;
-        const uint32_t A_bits = tb.A;
+        const uint32_t *qb = tb.q, *kb = tb.k, *gb = tb.g;
+        uint32_t bb[DECODE_KEYS_PER_THREAD];
+#pragma unroll
+        for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) bb[i] = tb.bias[i] | tb.bias16[i];
+        const uint32_t A_bits = tb.A | tb.A16;
         if (gated && p->A_log) weight = expf(bits_to_float(A_bits, p->A_log_dtype));
 #pragma unroll
         for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
