@@ -269,6 +269,14 @@ mutant cuda-decode-split-load cuda src/cuda/decode_io.cuh \
 mutant cuda-decode-v-half cuda src/cuda/decode_common.cuh \
   'bits_to_float(vbits[c] | vhalf[c],' \
   'bits_to_float(vbits[c],'
+# The tile kernels' split loads of dt_bias and A_log or'ed without their 16-bit forms' registers
+# (the halves kept apart until every load is issued): a bf16 dt_bias, or a bf16 A_log, reads as 0.
+mutant cuda-decode-bias16 cuda src/cuda/decode_stage.cuh \
+  'bb[i] = tb.bias[i] | tb.bias16[i];' \
+  'bb[i] = tb.bias[i];'
+mutant cuda-decode-a16 cuda src/cuda/decode_stage.cuh \
+  'const uint32_t A_bits = tb.A | tb.A16;' \
+  'const uint32_t A_bits = tb.A;'
 # 2-D indices: each token's slot, loaded with its inputs, read from token 0's column instead.
 mutant cuda-decode-token-slot cuda src/cuda/decode_common.cuh \
   'n * p->idx_stride[0] + t * p->idx_stride[1],' \
