@@ -10,7 +10,10 @@ instruction with write barrier b (a variable-latency producer: LDG, LDS, LDC, MU
 scoreboard b, and a later instruction whose wait mask has bit b stalls until every producer on b
 has completed. For each wait that covers a global load, it prints the wait's offset and
 instruction, the loads it waits for, and how many global loads come after it in address order
-(in straight-line code, the loads the wait holds back; across branches only a hint).
+(in straight-line code, the loads the wait holds back; across branches only a hint), and whether
+the wait sits in a loop whose loads it waits for were all issued before the loop: the compiled
+code waits at a loop's head for everything in flight from before it, so a load placed at the
+head of a loop that runs once waits for the loads before the loop (dev/pending/04).
 
     cuobjdump -sass -fun KERNEL lib.cubin > k.sass   # or the whole cubin: every kernel
     python3 dev/cuda/load_waits.py k.sass [--kernel SUBSTRING] [--min-after N]
@@ -31,6 +34,7 @@ FUNC = re.compile(r"^\s*Function : (\S+)")
 INSN = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;\s*/\* 0x([0-9a-f]{16}) \*/")
 WORD2 = re.compile(r"^\s*/\* 0x([0-9a-f]{16}) \*/")
 GLOBAL_LOADS = ("LDG", "LD")  # LD: generic loads, which may be global
+BRANCH = re.compile(r"\bBRA\b.*?0x([0-9a-f]+)\s*$")
 
 
 def opcode(text: str) -> str:
@@ -89,6 +93,26 @@ def early_waits(code: list[tuple[int, str, int]]) -> list[Wait]:
     return out
 
 
+def loops(code: list[tuple[int, str, int]]) -> list[tuple[int, int]]:
+    """(head, back edge) of every backward branch: cuobjdump prints targets as offsets."""
+    out = []
+    for off, text, _ in code:
+        m = BRANCH.search(text)
+        if m and int(m.group(1), 16) <= off:
+            out.append((int(m.group(1), 16), off))
+    return out
+
+
+def carried_into(off: int, waited: list[tuple[int, str]], spans: list[tuple[int, int]]) -> int:
+    """The head of a loop that `off` is in while every load it waits for was issued before that
+    head (-1 if none): the compiled code waits at a loop's head for what is still in flight from
+    before the loop, since scoreboard counts do not carry around a back edge."""
+    for head, end in spans:
+        if head <= off <= end and all(o < head for o, _ in waited):
+            return head
+    return -1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("sass", help="cuobjdump -sass output")
@@ -106,11 +130,14 @@ def main() -> int:
         if args.kernel not in name:
             continue
         waits = [w for w in early_waits(code) if w[3] >= args.min_after]
+        spans = loops(code)
         print(f"{name}: {len(code)} instructions, {len(waits)} waits on loads before later loads")
         for off, text, waited, after in waits:
             what = ", ".join(f"{o:04x} {t.split(',')[0]}" for o, t in waited[:3])
             more = f" (+{len(waited) - 3})" if len(waited) > 3 else ""
-            print(f"  {off:04x} {text[:48]:48s} waits for {what}{more}; {after} loads after")
+            head = carried_into(off, waited, spans)
+            where = f"; in the loop from {head:04x}, for loads from before it" if head >= 0 else ""
+            print(f"  {off:04x} {text[:48]:48s} waits for {what}{more}; {after} loads after{where}")
     return 0
 
 
