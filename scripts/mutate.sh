@@ -114,12 +114,11 @@ mutant cpu-layer-conv-vec-rows cpu src/cuda/decode_layer_select.c \
 mutant cpu-layer-packed-waves cpu src/cuda/decode_layer_select.c \
   'waves(c->heads, 3 * sms) < waves(c->heads, 2 * sms)' \
   'waves(c->heads, 3 * sms) <= waves(c->heads, 2 * sms)'
-# The decode layer's packed form with evict-first loads only below twice the L2, not up to it: a
-# pool of exactly twice the L2 would load ordinarily, against the rule it shares with the plain
-# decode (decode_select.c).
-mutant cpu-layer-packed-ef-bound cpu src/cuda/decode_layer_select.c \
-  'state_bytes <= 2 * c->l2_bytes' \
-  'state_bytes < 2 * c->l2_bytes'
+# The decodes' evict-first loads only below twice the L2, not up to it: a pool of exactly twice
+# the L2 would load ordinarily (the rule of the plain decode and of the layer's packed tile).
+mutant cpu-decode-ef-bound cpu src/cuda/decode_select.h \
+  'state_bytes <= 2 * l2_bytes' \
+  'state_bytes < 2 * l2_bytes'
 # The decode's selection: speculative calls in vLLM's form (cu_seqlens, 2-D indices) taken for
 # the one-token CU kernels' form (which would store the state only to each sequence's first slot).
 mutant cpu-decode-select-spec-form cpu src/cuda/decode_select.c \

@@ -6,6 +6,7 @@
 
 #include "flashkda.h"           /* fkda_dtype */
 #include "decode_layer_fused.h" /* LAYER_SHORT_CONV_WIDTH */
+#include "decode_select.h"      /* fkda_decode_state_loads_ef */
 
 /* The single kernel is written for the common decode step and nothing else:
  *   - sm_90: its image exists only in the sm_90a build (cluster barriers and distributed shared
@@ -70,12 +71,8 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
         const int fewer_waves = waves(c->heads, 3 * sms) < waves(c->heads, 2 * sms);
         out.packed = c->state_bf16 &&
                      (t->decode_layer_packed == FKDA_TUNING_UNSET ? fewer_waves : t->decode_layer_packed != 0);
-        /* The packed form's state loads evict-first by the plain decode's rule (decode_select.c):
-         * while the heads' states take at most twice the L2, where the plain decode measured them
-         * faster, ordinary beyond; FKDA_DECODE_LOAD_EF=0/1 forces them. */
-        const int64_t state_bytes = c->heads * c->K * c->V * 2;
-        out.load_ef = out.packed && (t->decode_load_ef == FKDA_TUNING_UNSET ? state_bytes <= 2 * c->l2_bytes
-                                                                            : t->decode_load_ef != 0);
+        /* The packed form's state loads evict-first by the plain decode's rule. */
+        out.load_ef = out.packed && fkda_decode_state_loads_ef(c->heads * c->K * c->V * 2, c->l2_bytes, t);
         return out;
     }
 

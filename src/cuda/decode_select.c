@@ -159,11 +159,8 @@ fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fk
      * overlaps the previous kernel's tail. */
     out->pdl = c->cc_major == 9 && t->decode_pdl != 0;
 
-    /* Evict-first loads of the state while the heads' states (as if every slot were live) take
-     * at most twice the L2: faster while the pool is small next to L2, slower beyond. */
-    const int64_t state_bytes = heads * c->K * c->V * (c->state_bf16 ? 2 : 4);
-    int load_ef = state_bytes <= 2 * c->l2_bytes;
-    if (t->decode_load_ef >= 0) load_ef = t->decode_load_ef;
+    /* Evict-first loads of the state (fkda_decode_state_loads_ef). */
+    const int load_ef = fkda_decode_state_loads_ef(heads * c->K * c->V * (c->state_bf16 ? 2 : 4), c->l2_bytes, t);
 
     /* Wide fp32 and packed bf16 [K, V] heads: K split between two warps (128-byte line loads)
      * beyond one wave of two CTAs per SM; below that every head is on its SM from the start, a

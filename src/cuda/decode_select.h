@@ -53,6 +53,15 @@ typedef enum fkda_decode_select_status {
     FKDA_DECODE_SELECT_K_TOO_LARGE = 2 /* K needs more than 32 lanes per column */
 } fkda_decode_select_status;
 
+/* Whether a decode kernel loads its states evict-first (ld.global.cs): while the heads' states
+ * (`state_bytes`, as if every slot were live) take at most twice the L2, where streaming loads
+ * measured faster, ordinary beyond (docs/history/decode.md, run 17); FKDA_DECODE_LOAD_EF=0/1
+ * forces it. The rule of the plain decode's kernels and of the decode layer's packed tile. */
+static inline int fkda_decode_state_loads_ef(int64_t state_bytes, int64_t l2_bytes, const fkda_tuning *t)
+{
+    return t->decode_load_ef == FKDA_TUNING_UNSET ? state_bytes <= 2 * l2_bytes : t->decode_load_ef != 0;
+}
+
 /* Whether variant row `v` can serve the call (its pool dtype, layout, vectors, dense 128, token
  * dtypes and number of tokens). */
 int fkda_decode_variant_serves(const fkda_decode_variant *v, const fkda_decode_call *c);
