@@ -49,6 +49,15 @@ static fkda_layer_call common_call(void)
 #define SAME_CHOICE(x, f, w, cl) \
     ((x).fused == (f) && (x).wide == (w) && (x).cluster == (cl) && (x).packed == 0 && (x).load_ef == 0)
 
+/* A tuning variable set to `value`, or unset where it is NULL. */
+static void set_knob(const char *name, const char *value)
+{
+    if (value)
+        setenv(name, value, 1);
+    else
+        unsetenv(name);
+}
+
 static fkda_layer_choice choose(const fkda_layer_call *c)
 {
     fkda_tuning t;
@@ -166,10 +175,7 @@ int main(void)
                  {"x", NULL, 133, 4, 1, 1, 1}, {"", NULL, 132, 4, 1, 0, 1}};
     for (size_t i = 0; i < sizeof knobs / sizeof knobs[0]; i++) {
         setenv("FKDA_DECODE_LAYER_WIDE", knobs[i].wide_knob, 1);
-        if (knobs[i].fused_knob)
-            setenv("FKDA_DECODE_LAYER_FUSED", knobs[i].fused_knob, 1);
-        else
-            unsetenv("FKDA_DECODE_LAYER_FUSED");
+        set_knob("FKDA_DECODE_LAYER_FUSED", knobs[i].fused_knob);
         c = common_call();
         c.heads = knobs[i].heads;
         c.W = knobs[i].W;
@@ -209,14 +215,8 @@ int main(void)
                  {NULL, "1", 1, 4, 1, 1, 1, 0},     {"1", "1", 1, 4, 1, 1, 1, 1},      {"0", "1", 1, 4, 1, 1, 1, 0},
                  {NULL, "0", 2048, 4, 1, 1, 0, 0}};
     for (size_t i = 0; i < sizeof packs / sizeof packs[0]; i++) {
-        if (packs[i].packed_knob)
-            setenv("FKDA_DECODE_LAYER_PACKED", packs[i].packed_knob, 1);
-        else
-            unsetenv("FKDA_DECODE_LAYER_PACKED");
-        if (packs[i].wide_knob)
-            setenv("FKDA_DECODE_LAYER_WIDE", packs[i].wide_knob, 1);
-        else
-            unsetenv("FKDA_DECODE_LAYER_WIDE");
+        set_knob("FKDA_DECODE_LAYER_PACKED", packs[i].packed_knob);
+        set_knob("FKDA_DECODE_LAYER_WIDE", packs[i].wide_knob);
         /* WIDE=0 at 2048 heads: the narrow tile if the single kernel is forced, else the three launches */
         if (packs[i].wide_knob && strcmp(packs[i].wide_knob, "0") == 0) setenv("FKDA_DECODE_LAYER_FUSED", "1", 1);
         c = common_call();
@@ -243,10 +243,7 @@ int main(void)
                {NULL, 512, 1, 0, 0},  {NULL, 2048, 0, 0, 0}, {"0", 2048, 1, 1, 0},  {"1", 4096, 1, 1, 1},
                {"1", 512, 1, 0, 0},   {"1", 2048, 0, 0, 0},  {"x", 4096, 1, 1, 0}};
     for (size_t i = 0; i < sizeof efs / sizeof efs[0]; i++) {
-        if (efs[i].ef_knob)
-            setenv("FKDA_DECODE_LOAD_EF", efs[i].ef_knob, 1);
-        else
-            unsetenv("FKDA_DECODE_LOAD_EF");
+        set_knob("FKDA_DECODE_LOAD_EF", efs[i].ef_knob);
         c = common_call();
         c.heads = efs[i].heads;
         c.state_bf16 = efs[i].bf16;
