@@ -100,6 +100,25 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
     }
 }
 
+/* A token's loads, issued together: its first round of staged words (q, k, g, dt_bias, beta,
+ * A_log: load_token_bits) and this lane's columns of v (load_v). The one-token paths of the
+ * narrow fp32-pool tiles and of the packed kernels issue them before the state's loads, and
+ * before the slot index's where the token's place is known without it, so that the warp waits
+ * for memory once, not once for the index, once for the state and once for the token
+ * (decode_tiles.cu, decode_sequence; decode_packed.cu, decode_cta_packed). */
+typedef struct token_loads {
+    token_bits tb;
+    uint32_t v[DECODE_MAX_C], vhalf[DECODE_MAX_C];
+} token_loads;
+
+static __device__ __forceinline__ void issue_token_loads(const fkda_decode_params *p, const lane_tile *w, int64_t row,
+                                                         int64_t pos, int64_t h, token_loads *tl, const int V_FIRST,
+                                                         const int VEC, const int NC, const int TOK, const int SPLIT)
+{
+    load_token_bits(p, w, row, pos, h, query_head(p, h), 0, &tl->tb, TOK, SPLIT);
+    load_v(p, w, row, pos, h, tl->v, tl->vhalf, V_FIRST, VEC, NC, TOK, SPLIT);
+}
+
 /* The bounds [a, b) of a sequence of cu_seqlens clamped into [0, T]: *bos = a; returns b - a. */
 static __device__ __forceinline__ int64_t clamp_bounds(const fkda_decode_params *p, int64_t a, int64_t b, int64_t *bos)
 {
@@ -318,18 +337,23 @@ static __device__ __forceinline__ void tile_rank1_update(float s[DECODE_MAX_R][D
  * kernels' multi-token path, decode_packed.cu) is reused, behind a __syncthreads after each token.
  * The token's tensors, A_log and dt_bias load in load_bits_as's split form in the tile kernels
  * only (SPLIT). IDX2: the kernel can be given 2-D indices (the generic tile kernels and the _spec
- * ones, decode_select.c), so the state goes to each token's slot where the call has them. */
+ * ones, decode_select.c), so the state goes to each token's slot where the call has them.
+ * `first`: the first token's loads, issued by the caller (issue_token_loads; NULL: issued here). */
 static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, const lane_tile *wp, stage_buffer *smem,
                                                   int64_t n, int64_t h, int64_t row, int64_t bos, int64_t len,
                                                   int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
                                                   const int V_FIRST, const int VEC, const int NR, const int NC,
                                                   const int D128, const int TOK, const int KS, const int BUFFERS,
-                                                  const int IDX2)
+                                                  const int IDX2, const token_loads *first)
 {
     const lane_tile w = *wp;
     const int64_t hq = query_head(p, h);
     const int red_lo = V_FIRST ? 1 : w.LJ, red_hi = V_FIRST ? w.KL : 32;
     const int SPLIT = BUFFERS == 2;
+    /* The token's staging as straight-line code where the keys fit one round (stage_token), but
+     * not in the wide bf16 [V, K] TOK tiles: they were slower with it (the one-token calls of
+     * 32 and 128 heads, 0.3 us; docs/history/decode.md). */
+    const int ONE_ROUND = !(BF16 && V_FIRST && TOK && NR * NC > 32);
     for (int64_t t = 0; t < len; t++) {
         const int64_t pos = bos + t;
         /* Two stage buffers: token t + 1 stages into the one token t - 1 read, which every warp
@@ -344,8 +368,16 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
                                           : no_slot;
         /* The token's inputs: their loads overlap the state's (first token) or each other. */
         uint32_t vbits[DECODE_MAX_C], vhalf[DECODE_MAX_C];
-        load_v(p, &w, row, pos, h, vbits, vhalf, V_FIRST, VEC, NC, TOK, SPLIT);
-        const staged_token tok = stage_token(p, &w, row, pos, h, hq, sb, V_FIRST, VEC, NR * KS, TOK, SPLIT);
+        const token_bits *tb0 = NULL;
+        if (t == 0 && first != NULL) {
+#pragma unroll
+            for (int c = 0; c < NC; c++) vbits[c] = first->v[c], vhalf[c] = first->vhalf[c];
+            tb0 = &first->tb;
+        } else {
+            load_v(p, &w, row, pos, h, vbits, vhalf, V_FIRST, VEC, NC, TOK, SPLIT);
+        }
+        const staged_token tok = stage_token(p, &w, row, pos, h, hq, sb, V_FIRST, VEC, NR * KS, TOK, SPLIT, ONE_ROUND,
+                                             tb0);
         /* v's conversion after the token's other loads and its barrier (hold_until_here) */
 #pragma unroll
         for (int c = 0; c < NC; c++) {

@@ -49,7 +49,7 @@ static __device__ __forceinline__ void packed_tokens(const fkda_decode_params *p
         wp.j0 = V_FIRST ? w.j0 + NC * w.LJ * pass : w.j0 + NC * (w.lj + pass);
         float s[DECODE_MAX_R][DECODE_MAX_C];
         load_tile(p, &wp, slot, h, s, 1, V_FIRST, VEC, PK_NR, NC, 1, LOAD_EF);
-        run_tokens(p, &wp, smem, n, h, row, bos, len, slot, s, 1, V_FIRST, VEC, PK_NR, NC, 1, 0, KS, 1, 0);
+        run_tokens(p, &wp, smem, n, h, row, bos, len, slot, s, 1, V_FIRST, VEC, PK_NR, NC, 1, 0, KS, 1, 0, NULL);
     }
 }
 
@@ -78,6 +78,12 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
      * cu_sequence_and_slot): the packed kernels serve large batches, where other CTAs cover that
      * latency, and the overlap made the [V, K] ones spill. */
     const int64_t slot = read_slot(p, n);
+    /* The token's loads in flight with the index's, then the state's: a warp's state registers
+     * are idle for one round trip less (its token's first load waited for the state's loads:
+     * dev/cuda/load_waits.py), and idle registers are what limits the bytes an SM keeps in flight
+     * at these batches. */
+    token_loads tl;
+    issue_token_loads(p, &w, row, bos, h, &tl, V_FIRST, VEC, NC, 0, 0);
     if (slot < 0 || slot >= p->pool_size) {
         zero_outputs(p, &w, row, bos, 1, h, V_FIRST, VEC, NC, 0);
         return;
@@ -94,9 +100,10 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
     pk_load_state(&w, in, live, sp, V_FIRST, LOAD_EF);
 
     const int64_t pos = bos, hq = query_head(p, h);
-    uint32_t vbits[DECODE_MAX_C], vhalf[DECODE_MAX_C]; /* vhalf: 0 (branched loads) */
-    load_v(p, &w, row, pos, h, vbits, vhalf, V_FIRST, VEC, NC, 0, 0);
-    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, V_FIRST, VEC, NR * KS, 0, 0);
+    uint32_t vbits[DECODE_MAX_C]; /* (the branched loads' single register) */
+#pragma unroll
+    for (int c = 0; c < NC; c++) vbits[c] = tl.v[c];
+    const staged_token tok = stage_token(p, &w, row, pos, h, hq, smem, V_FIRST, VEC, NR * KS, 0, 0, 1, &tl.tb);
     const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
     const float *lq = smem->q + lane_rows, *lk = smem->k + lane_rows, *ld = smem->d + lane_rows;
 

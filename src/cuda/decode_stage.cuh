@@ -140,20 +140,34 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
  * CTA stages DECODE_KEYS_PER_THREAD * blockDim keys in one round trip (any CTA covers K <= 128,
  * two warps or more K <= 256), which overlaps the state's own loads that the caller issued
  * just before. Every warp of the head shares this work: the gate's exp and log1p run once per
- * key, not once per warp. */
+ * key, not once per warp. ONE_ROUND: the caller's leave to compile the rounds as one where the
+ * keys fit it (below). `first`: the first round's bits, loaded by the caller (NULL: loaded
+ * here). */
 static __device__ __forceinline__ staged_token stage_token(const fkda_decode_params *p, const lane_tile *w, int64_t row,
                                                            int64_t pos, int64_t h, int64_t hq, stage_buffer *sb,
                                                            const int V_FIRST, const int VEC, const int NR,
-                                                           const int TOK, const int SPLIT)
+                                                           const int TOK, const int SPLIT, const int ONE_ROUND,
+                                                           const token_bits *first)
 {
     const int tid = threadIdx.x, nthreads = blockDim.x, lane = tid & 31, warp = tid >> 5;
     const int rows = w->KL * NR; /* keys the lanes' registers cover; K <= rows <= 256 */
     const int gated = p->gate != FKDA_GATE_NONE;
     uint32_t beta_bits = 0u;
     float ssq = 0.0f, ssk = 0.0f, qk = 0.0f, weight = 1.0f;
+    /* One round where the keys fit one (every CTA has a warp at least), known at compile time in
+     * the dense 128 kernels: then the rounds are no loop. The head of a loop is where the compiled
+     * code waits for every load still in flight (the state's, issued just before): a whole round
+     * trip before the token's loads issue (dev/cuda/load_waits.py). Not in the tile kernels of
+     * run-time token dtypes (TOK = 0 with the split loads): without the loop they spilled 28-52
+     * bytes (ptxas). */
+    const int one_round = ONE_ROUND && rows <= DECODE_KEYS_PER_THREAD * 32 && (TOK || !SPLIT);
     for (int base = 0; base < rows; base += DECODE_KEYS_PER_THREAD * nthreads) {
         token_bits tb;
-        load_token_bits(p, w, row, pos, h, hq, base, &tb, TOK, SPLIT);
+        if (base == 0 && first != NULL) { /* the first round's loads were issued by the caller */
+            tb = *first;
+        } else {
+            load_token_bits(p, w, row, pos, h, hq, base, &tb, TOK, SPLIT);
+        }
         /* every load of the round is issued before anything waits for one */
 #pragma unroll
         for (int i = 0; i < DECODE_KEYS_PER_THREAD; i++) {
@@ -192,6 +206,7 @@ static __device__ __forceinline__ staged_token stage_token(const fkda_decode_par
             sb->k[at] = k;
             sb->d[at] = e < w->K ? expf(a) : 1.0f;
         }
+        if (one_round) break;
     }
     ssq = warp_sum(ssq);
     ssk = warp_sum(ssk);

@@ -16,17 +16,33 @@ static __device__ __forceinline__ void decode_sequence(const fkda_decode_params 
                                                        stage_buffer *smem, int64_t n, int64_t h, int64_t row,
                                                        int64_t bos, int64_t len, const int BF16, const int V_FIRST,
                                                        const int VEC, const int NR, const int NC, const int D128,
-                                                       const int LOAD_EF, const int TOK, const int KS)
+                                                       const int LOAD_EF, const int TOK, const int KS, const int ONE)
 {
-    const int64_t slot = TOK ? (p->state_indices ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0]) : n)
-                             : read_slot(p, n);
+    /* ONE (the one-token narrow TOK kernels without cu_seqlens): the token's loads right behind
+     * the index's, before anything waits for it (its place is row n, position 0). The index as
+     * raw words until then: load_index's int32 form sign-extends at once, which waits for it. */
+    int64_t slot;
+    token_loads tl;
+    if (ONE) {
+        const index_words none = {0u, 0u};
+        index_words iw = none;
+        if (p->state_indices) iw = load_index_words_if(p->state_indices, p->idx_dtype, n * p->idx_stride[0], 1, none);
+        issue_token_loads(p, w, row, bos, h, &tl, V_FIRST, VEC, NC, TOK, 1);
+        hold_until_here(&iw.lo);
+        hold_until_here(&iw.hi);
+        slot = p->state_indices ? index_value(iw, p->idx_dtype) : n;
+    } else {
+        slot = TOK ? (p->state_indices ? load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0]) : n)
+                   : read_slot(p, n);
+    }
     if (slot < 0 || slot >= p->pool_size) {
         zero_outputs(p, w, row, bos, len, h, V_FIRST, VEC, NC, TOK);
         return;
     }
     float s[DECODE_MAX_R][DECODE_MAX_C];
     load_tile(p, w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-    run_tokens(p, w, smem, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, !TOK);
+    run_tokens(p, w, smem, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, !TOK,
+               ONE ? &tl : NULL);
 }
 
 /* The _spec kernels' sequence (CU = 2: cu_seqlens, 2-D indices): its bounds and the slot of its
@@ -45,7 +61,7 @@ static __device__ __forceinline__ void spec_sequence(const fkda_decode_params *p
     }
     float s[DECODE_MAX_R][DECODE_MAX_C];
     load_tile(p, w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-    run_tokens(p, w, smem, n, h, 0, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 1);
+    run_tokens(p, w, smem, n, h, 0, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 1, NULL);
 }
 
 /* The CU kernels' sequences of more than one token: the sequence found again, its tokens in a
@@ -61,7 +77,7 @@ static __device__ __forceinline__ void several_tokens_cta(const fkda_decode_para
     split_head(p, blockIdx.x, &n, &h);
     const lane_tile w = make_lane_tile(p, slab, V_FIRST, NR, NC, D128, KS);
     const int64_t len = cu_sequence_tokens(p, n, &bos);
-    decode_sequence(p, &w, smem, n, h, 0, bos, len, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS);
+    decode_sequence(p, &w, smem, n, h, 0, bos, len, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, 0);
 }
 
 typedef void (*tile_tokens_fn)(const fkda_decode_params *p, stage_buffer *smem);
@@ -91,16 +107,24 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     if (!TOK) {
         const int64_t len = sequence_tokens(p, n, &row, &bos);
         if (len > 0)
-            decode_sequence(p, &w, smem, n, h, row, bos, len, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, 0, KS);
+            decode_sequence(p, &w, smem, n, h, row, bos, len, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, 0, KS, 0);
         return;
     }
     /* The other TOK kernels serve calls with 1-D indices and one token per sequence: without
      * cu_seqlens (T = 1; CU = 0) sequence n is row n, position 0, compiled as one token (measured
      * faster at small batches, and it removed spills). With cu_seqlens (CU = 1, vLLM's packed form) the
      * bounds are read here: a one-token sequence runs the same one-token code, an empty one is
-     * skipped (as in the other kernels), a longer one loops over its tokens (several_tokens). */
+     * skipped (as in the other kernels), a longer one loops over its tokens (several_tokens).
+     * The narrow fp32-pool tiles (the small batches, whose time is one warp's path) issue the
+     * token's loads (issue_token_loads, in the tile kernels' split form) before the state's:
+     * without cu_seqlens right behind the slot index's (decode_sequence's ONE), with them once
+     * the bounds are in. Not the narrow bf16-pool tiles: they were slower with it (0.15-0.7 us at
+     * 12 heads; docs/history/decode.md). Not the wide tiles: at their 128-register cap the
+     * token's words held across the state's loads spill (ptxas: 16-20 bytes), and their batches
+     * hide latency with warps. */
+    const int EARLY = NR * NC <= 32 && !BF16;
     if (!CU) {
-        decode_sequence(p, &w, smem, n, h, row, bos, 1, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS);
+        decode_sequence(p, &w, smem, n, h, row, bos, 1, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, EARLY);
         return;
     }
     /* decode_sequence's work for one token, with the bounds and the slot loaded together
@@ -109,9 +133,12 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     int64_t slot;
     const int64_t len = cu_sequence_and_slot(p, n, &bos, &slot);
     if ((len == 1) & (slot >= 0) & (slot < p->pool_size)) {
+        token_loads tl;
+        if (EARLY) issue_token_loads(p, &w, 0, bos, h, &tl, V_FIRST, VEC, NC, TOK, 1);
         float s[DECODE_MAX_R][DECODE_MAX_C];
         load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-        run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0);
+        run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0,
+                   EARLY ? &tl : NULL);
     } else if (len == 1) {
         zero_outputs(p, &w, 0, bos, 1, h, V_FIRST, VEC, NC, TOK);
     } else if (len > 1) {
