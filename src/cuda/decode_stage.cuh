@@ -7,6 +7,7 @@
 
 #include "decode_tile.cuh"
 #include "decode_variants.h"
+#include "ptx_load.cuh"
 
 #define DECODE_STAGE_FLOATS 384 /* per staged vector: KL * (NR + pad) <= 32 * 12 or 16 * 20 */
 #define FULL_MASK 0xffffffffu
@@ -70,13 +71,6 @@ typedef struct token_bits {
         bias[DECODE_KEYS_PER_THREAD], bias16[DECODE_KEYS_PER_THREAD];
     uint32_t beta, A, A16; /* bias16, A16: the 16-bit form's register of a split load, else 0 */
 } token_bits;
-
-/* Hides x from the compiler up to this point (no instruction). A value loaded inside a branch
- * (the per-key loads of TOKEN_LOADS_BRANCH) may otherwise have its conversion or its split
- * form's or folded into that branch, right behind the load, and the warp then waits a whole
- * DRAM round trip there before the loads after the branch issue: at B = 1 the decode's time is
- * such round trips (an ncu profile of the one-token fp32 kernel found two, v's and dt_bias's). */
-static __device__ __forceinline__ void hold_until_here(uint32_t *x) { asm volatile("" : "+r"(*x)); }
 
 static __device__ __forceinline__ void load_token_bits(const fkda_decode_params *p, const lane_tile *w, int64_t row,
                                                        int64_t pos, int64_t h, int64_t hq, int base, token_bits *tb,
