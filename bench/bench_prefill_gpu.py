@@ -4,12 +4,13 @@ same inputs, same process, for the seven shapes of docs/design.md section 2 and 
 of serving: T = 8192 at H = 32 and H = 12; varlen 4 x 8192 at H = 12 and 8 x 2048 at H = 16.
 
     python3 bench/bench_prefill_gpu.py [--shapes h96,h8] [--out table.md] [--sweep-vslice]
-                                       [--no-fla] [--profile]
+                                       [--no-fla] [--profile] [--state-dtype bf16]
                                        [--ncu SHAPE [--ncu-dtype fp16] [--ncu-lower-bound -20]]
 
 Inputs as in docs/design.md: randn bf16 q, k, v, g and beta logits, A_log and dt_bias U(0, 1) fp32,
 lower_bound -5, L2 norm / gate / beta sigmoid in kernel, fp32 initial and final state in the
-[N, H, V, K] layout. Times are medians of CUDA-event timings after warm-up; beside fla, ours and
+[N, H, V, K] layout (--state-dtype bf16: bf16 states, with --no-fla; the row of a serving engine's
+bf16 state pool). Times are medians of CUDA-event timings after warm-up; beside fla, ours and
 fla are timed in turn --rounds times (default 3), each side's time the least of its per-round
 medians (time_alternating), so that a drift of the card falls on both alike. Every shape's inputs
 are larger than the 50 MB L2, so one input set is used (no rotation needed).
@@ -138,9 +139,9 @@ def copy_bandwidth():
     return 2 * n / (ms * 1e-3)
 
 
-def floor_bytes(shape, N):
+def floor_bytes(shape, N, state_bytes=4):
     TH = (shape["B"] * shape["T"]) * shape["H"]
-    return TH * (4 * K * 2 + 2 + V * 2) + N * shape["H"] * K * V * 4 * 2
+    return TH * (4 * K * 2 + 2 + V * 2) + N * shape["H"] * K * V * state_bytes * 2
 
 
 def rel(a, b):
@@ -174,7 +175,9 @@ def bench_shape(name, args, bw, t_start):
     x = make_inputs(shape)
     N, H = x["N"], shape["H"]
     out = torch.empty_like(x["v"])
-    ht = torch.empty(N, H, V, K, dtype=torch.float32, device="cuda")
+    state_dtype = torch.bfloat16 if args.state_dtype == "bf16" else torch.float32
+    x["h0"] = x["h0"].to(state_dtype)
+    ht = torch.empty(N, H, V, K, dtype=state_dtype, device="cuda")
     with torch.inference_mode():
         # timed alone without fla; beside fla, in turn with it (time_alternating, below)
         ms_ours = time_ms(lambda: run_ours(x, out, ht)) if args.no_fla else float("nan")
@@ -214,7 +217,7 @@ def bench_shape(name, args, bw, t_start):
             err = rel(out, o_fla)
             err_st = rel(ht, ht_fla)
             extra += f" ours-vs-fla out {err:.2e} state {err_st:.2e}"
-    floor_ms = floor_bytes(shape, N) / bw * 1e3
+    floor_ms = floor_bytes(shape, N, 2 if args.state_dtype == "bf16" else 4) / bw * 1e3
     print(f"{shape['label']}: ours {ms_ours:.3f} ms, fla {ms_fla:.3f} ms, "
           f"x{ms_fla / ms_ours:.2f} fla, {ms_ours / floor_ms:.2f}x floor ({floor_ms:.3f} ms)"
           f"{extra} [{time.time() - t_start:.0f} s]", flush=True)
@@ -238,10 +241,15 @@ def main():
     ap.add_argument("--ncu-lower-bound", type=float, default=-5.0,
                     help="with --ncu: the gate's lower bound (below -5 the checked prep runs;"
                          " at -20 most chunks take its step 4')")
+    ap.add_argument("--state-dtype", choices=("fp32", "bf16"), default="fp32",
+                    help="the initial and final states' dtype (bf16 with --no-fla only: fla's"
+                         " comparison is for fp32 states)")
     ap.add_argument("--rounds", type=int, default=3,
                     help="with fla: time ours and fla in turn this many times; each side's time is"
                          " the least of its per-round medians (1: one timing each)")
     args = ap.parse_args()
+    if args.state_dtype == "bf16" and not args.no_fla:
+        ap.error("--state-dtype bf16 needs --no-fla")
 
     if args.ncu:
         global LB
@@ -285,7 +293,8 @@ def main():
               else f", the least of {args.rounds} rounds of ours and fla in turn")
     lines = [f"Prefill, {dev}, {datetime.date.today().isoformat()}, commit {commit}; "
              f"copy bandwidth {bw / 1e12:.2f} TB/s; bf16 inputs, K=V=128, safe gate -5, "
-             "fp32 state in and out [N,H,V,K]; CUDA-event medians of 5 back-to-back calls"
+             f"{args.state_dtype} state in and out [N,H,V,K]; "
+             "CUDA-event medians of 5 back-to-back calls"
              f"{method}.", "",
              "| case | ms ours | ms fla | fla / ours | target | ours / floor | floor ms |",
              "|---|---|---|---|---|---|---|"]
