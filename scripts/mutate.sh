@@ -218,8 +218,8 @@ mutant cuda-prefill-k256-prep-checked cuda src/cuda/prefill_prep_k256.cu \
   'p->gate_scale >= -5.0f * 1.4426950408889634f);' \
   'p->gate_scale >= -500.0f * 1.4426950408889634f);'
 mutant cuda-prefill-prep-beta cuda src/cuda/prefill_prep.cu \
-  'b = p.beta_sigmoid ? pf_sigmoid(x) * (p.neg_eigval ? 2.0f : 1.0f) : x;' \
-  'b = p.beta_sigmoid ? pf_sigmoid(x) : x;'
+  'pf_sigmoid(x) * (p.neg_eigval ? 2.0f : 1.0f)' \
+  'pf_sigmoid(x)'
 # The state's decay diag(gamma) applies key 2t's factor to key 2t + 1 in the lower rows.
 mutant cuda-prefill-chain-state-decay cuda src/cuda/prefill_chain_run.cuh \
   'S[j][3] *= gm.y;' \
@@ -260,7 +260,7 @@ mutant cuda-decode-token-offset cuda 'src/cuda/decode*.cu src/cuda/decode*.cuh' 
   'return row * stride[0] + pos * stride[1] + head * stride[1];'
 # The split dtype load (the tile kernels' token loads, the single-kernel layer's) drops its 32-bit
 # form: every fp32 token tensor, A_log and dt_bias reads as 0.
-mutant cuda-decode-split-load cuda src/cuda/decode_io.cuh \
+mutant cuda-decode-split-load cuda src/cuda/ptx_load.cuh \
   'return bits32 | bits16;' \
   'return bits16;'
 # The tile kernels' run-time-dtype path keeps v's split loads apart until the use; this drops the
