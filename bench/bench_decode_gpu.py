@@ -47,6 +47,7 @@ FKDA_BENCH_SWEEP_CUSTOM="name:KNOB=1,KNOB2=0;name2:..." adds columns of knobs se
                                                              # for ncu (one pool dtype, B, H)
     python3 bench/bench_decode_gpu.py --profile fp32,1,32,spec    # the same for the --spec rows'
                                                                    # call (spec-vk: [V, K] pool)
+    python3 bench/bench_decode_gpu.py --profile fp32,1,32,packed  # ... for vLLM's packed form
 """
 
 from __future__ import annotations
@@ -524,9 +525,9 @@ def main():
         gen = torch.Generator(device="cuda")
         gen.manual_seed(1234)
         B, H = int(B), int(H)
-        if form:  # spec or spec-vk: the --spec rows' call ([K, V] or [V, K] pool)
-            if form[0] not in ("spec", "spec-vk"):
-                raise SystemExit(f"--profile: unknown form {form[0]!r} (spec or spec-vk)")
+        if form and form[0] not in ("spec", "spec-vk", "packed"):
+            raise SystemExit(f"--profile: unknown form {form[0]!r} (spec, spec-vk or packed)")
+        if form and form[0] != "packed":  # the --spec rows' call ([K, V] or [V, K] pool)
             v_first = form[0] == "spec-vk"
             x, (pool,), idx, acc, cu, out = spec_call_inputs(B, H, pool_dtype, gen, v_first, 1)
             for _ in range(2):
@@ -539,10 +540,14 @@ def main():
         pool = (0.1 * torch.randn(B, H, K, V, device="cuda", generator=gen)).to(pool_dtype)
         idx = torch.randperm(B, device="cuda", generator=gen).to(torch.int32)
         out = torch.empty(B, 1, H, V, device="cuda", dtype=torch.bfloat16)
+        cu = None
+        if form:  # packed: vLLM's packed form of the same call (the --vllm table's second half)
+            x, cu = packed_form(x, B)
+            out = out.view(1, B, H, V)
         for _ in range(2):
-            ours_call(flash_kda, x, pool, idx, out)
+            ours_call(flash_kda, x, pool, idx, out, cu_seqlens=cu)
         for _ in range(2 if fla_fwd is not None else 0):
-            fla_call(fla_fwd, x, pool, idx, out)
+            fla_call(fla_fwd, x, pool, idx, out, cu_seqlens=cu)
         torch.cuda.synchronize()
         return 0
 

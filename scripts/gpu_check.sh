@@ -29,8 +29,8 @@
 #                  the narrow tile and each of those cluster sizes forced
 #   profile-decode ncu on one decode call of ours and of fla (B=1 H=32, fp32 and bf16 pools, or
 #                  $FKDA_PROFILE_CASES="fp32,64,32 ..."; "fp32,1,32,spec" or ",spec-vk" for the
-#                  speculative call of bench_decode_gpu.py --spec; FKDA_PROFILE_WHO=ours for ours
-#                  only): speed of light, warp states, and the
+#                  speculative call of bench_decode_gpu.py --spec, ",packed" for vLLM's packed
+#                  form; FKDA_PROFILE_WHO=ours for ours only): speed of light, warp states, and the
 #                  hottest SASS instructions by stall samples (bench/ncu_hot_sass.py), and every
 #                  executed instruction with its count in $OUT/sass-WHO-CASE.tsv
 #   profile-decode-layer  ncu on one call of the single-kernel decode layer (layer_*) at B,H in
