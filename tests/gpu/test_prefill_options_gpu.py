@@ -919,6 +919,21 @@ def test_k128_eight_warps_with_checkpoints_and_intermediate_states(seed, dtype, 
 
 
 @cuda_only
+@pytest.mark.parametrize("K", [128, 256])
+def test_more_sequences_than_a_prep_cta_has_threads(seed, K):
+    """300 short sequences (empty ones among them), more than the 128 or 256 threads of a prep
+    CTA, which finds its chunk's sequence among cu_seqlens' entries: every sequence's output and
+    final state against the reference, int32 and int64 cu_seqlens alike."""
+    r = random.Random(seed)
+    seqlens = [r.choice((0, 1, 5, 15, 16, 17, 33)) for _ in range(300)]
+    cu_dtype = r.choice((torch.int32, torch.int64))
+    c = base_case(K=K, V=64, H=1, HV=1, seqlens=seqlens, cu_dtype=cu_dtype)
+    print(f"300 sequences: {describe(c)}")
+    _, _, problems = check_case(c, seed)
+    assert not problems, "\n".join(problems)
+
+
+@cuda_only
 @pytest.mark.parametrize("chunk", [40, 100, 8])
 def test_intermediate_chunk_not_multiple_of_16_is_refused(seed, chunk):
     c = base_case(T=130, B=2, inter_chunk=chunk)
