@@ -2,7 +2,8 @@
  * ptx_load.cuh: scalar loads of float tensors whose dtype (fp32, bf16, fp16) is a run-time value,
  * as predicated inline PTX: every form of a load is one instruction under a predicate, never a
  * branch, so that a thread issues all its loads before it waits for any; the conversions come
- * after them. Shared by the decode (decode_io.cuh) and the prefill's prep.
+ * after them. Used by the decode (decode_io.cuh, decode_stage.cuh); apart from its files so that
+ * any kernel can include them.
  */
 #ifndef FKDA_PTX_LOAD_CUH
 #define FKDA_PTX_LOAD_CUH
@@ -90,10 +91,11 @@ static __device__ __forceinline__ float bits_to_float(uint32_t bits, int32_t dty
 }
 
 /* Hides x from the compiler up to this point (no instruction). A value loaded inside a branch
- * (the decode's per-key loads, decode_stage.cuh's TOKEN_LOADS_BRANCH) may otherwise have its conversion or its split
- * form's or folded into that branch, right behind the load, and the warp then waits a whole
- * DRAM round trip there before the loads after the branch issue: at B = 1 the decode's time is
- * such round trips (an ncu profile of the one-token fp32 kernel found two, v's and dt_bias's). */
+ * (the decode's per-key loads, decode_stage.cuh's TOKEN_LOADS_BRANCH) may otherwise have its
+ * conversion or its split form's or folded into that branch, right behind the load, and the
+ * warp then waits a whole DRAM round trip there before the loads after the branch issue: at
+ * B = 1 the decode's time is such round trips (an ncu profile of the one-token fp32 kernel found
+ * two, v's and dt_bias's). */
 static __device__ __forceinline__ void hold_until_here(uint32_t *x) { asm volatile("" : "+r"(*x)); }
 
 #endif
