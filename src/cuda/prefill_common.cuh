@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "../../include/flashkda.h"
+#include "ptx_load.cuh"
 
 #define PF_CHUNK 16 /* tokens per chunk */
 #define PF_DK 128   /* keys of the record (K <= 128, zero-padded) */
@@ -185,13 +186,26 @@ static __device__ __forceinline__ void pf_sequence(const pf_params *p, int64_t n
     *slot0 = a / PF_CHUNK + n;
 }
 
-/* A scalar of any float dtype, widened. */
-static __device__ __forceinline__ float pf_load_float(const void *base, int32_t dtype, int64_t i)
+/* Eight rows of one column of a chunk: element first + r * stride of a float tensor of run-time
+ * dtype for rows r = r0..r0 + 7 (0 for r >= rows or where !ok), widened into x. The eight loads
+ * are issued before any is converted (ptx_load.cuh): loaded through a branch per dtype, each row
+ * waited for its own load, sixteen DRAM round trips in a row for a chunk's column where this
+ * makes two; eight rows a call so that the caller stores them before the next eight load (the
+ * registers stay few). The prep's element loads of q, k and g, and its copy of v. */
+static __device__ __forceinline__ void pf_load_8rows(const void *base, int32_t dtype, int64_t first, int64_t stride,
+                                                     int r0, int rows, int ok, float x[8])
 {
-    if (dtype == FKDA_DTYPE_F32) return ((const float *)base)[i];
-    unsigned short u = ((const unsigned short *)base)[i];
-    if (dtype == FKDA_DTYPE_BF16) return __uint_as_float((uint32_t)u << 16);
-    return __half2float(__ushort_as_half(u));
+    uint32_t b32[8], b16[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        load_bits_pair_if(base, dtype, first + (r0 + i) * stride, ok && r0 + i < rows, &b32[i], &b16[i]);
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        hold_until_here(&b32[i]);
+        hold_until_here(&b16[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) x[i] = bits_to_float(b32[i] | b16[i], dtype);
 }
 
 static __device__ __forceinline__ float pf_bf16_to_float(uint16_t x) { return __uint_as_float((uint32_t)x << 16); }

@@ -236,54 +236,57 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
         /* thread tid loads key channel tid of every row (coalesced along the keys) */
         const int ok_col = tid < p.K, cc = prep_f32_col(tid);
 #pragma unroll
-        for (int r = 0; r < PF_CHUNK; r++) {
-            const int ok = ok_col && r < rows;
-            const int64_t t = t0 + r;
-            fq[r * 128 + cc] = ok ? pf_load_float(p.q, p.qkv_dtype, q0 + t * p.q_s[1] + tid) : 0.0f;
-            fk[r * 128 + cc] = ok ? pf_load_float(p.k, p.qkv_dtype, k0 + t * p.k_s[1] + tid) : 0.0f;
-            fg[r * 128 + cc] = ok ? pf_load_float(p.g, p.g_dtype, g0 + t * p.g_s[1] + tid) : 0.0f;
-        }
-    }
-    if (f16 && p.v_stage != NULL) {
-        /* the fp16 chain's fp32 copy of v: [16][vpad], zeros past V and past the sequence end */
-        float *dst = (float *)p.v_stage + (h * p.slots + slot) * (int64_t)(PF_CHUNK * p.vpad);
-        const int64_t vbase = row * p.v_s[0] + h * p.v_s[2];
-        for (int r = 0; r < PF_CHUNK; r++)
-            for (int col = tid; col < p.vpad; col += PREP_THREADS)
-                dst[r * p.vpad + col] = r < rows && col < p.V
-                                            ? pf_load_float(p.v, p.qkv_dtype, vbase + (t0 + r) * p.v_s[1] + col)
-                                            : 0.0f;
-    } else if (p.v_stage != NULL) {
-        /* the chain's bf16 copy of v: [16][vpad], zeros past V and past the sequence end */
-        uint16_t *dst = (uint16_t *)p.v_stage + (h * p.slots + slot) * (int64_t)(PF_CHUNK * p.vpad);
-        const int64_t vbase = row * p.v_s[0] + h * p.v_s[2];
-        for (int r = 0; r < PF_CHUNK; r++)
-            for (int col = tid; col < p.vpad; col += PREP_THREADS) {
-                const float x = r < rows && col < p.V
-                                    ? pf_load_float(p.v, p.qkv_dtype, vbase + (t0 + r) * p.v_s[1] + col)
-                                    : 0.0f;
-                dst[r * p.vpad + col] = pf_float_to_bf16(x);
+        for (int which = 0; which < 3; which++) {
+            const void *src = which == 0 ? p.q : which == 1 ? p.k : p.g;
+            const int32_t dt = which == 2 ? p.g_dtype : p.qkv_dtype;
+            const int64_t first = which == 0   ? q0 + t0 * p.q_s[1]
+                                  : which == 1 ? k0 + t0 * p.k_s[1]
+                                               : g0 + t0 * p.g_s[1];
+            const int64_t ts = which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1];
+            float *dst = which == 0 ? fq : which == 1 ? fk : fg;
+#pragma unroll
+            for (int r0 = 0; r0 < PF_CHUNK; r0 += 8) {
+                float x[8];
+                pf_load_8rows(src, dt, first + tid, ts, r0, rows, ok_col, x);
+#pragma unroll
+                for (int i = 0; i < 8; i++) dst[(r0 + i) * 128 + cc] = x[i];
             }
-    }
-    if (tid < 16) {
-        float b = 0.0f;
-        if (tid < rows) {
-            float x = pf_load_float(p.beta, p.beta_dtype,
-                                    row * p.beta_s[0] + (t0 + tid) * p.beta_s[1] + h * p.beta_s[2]);
-            b = p.beta_sigmoid ? pf_sigmoid(x) * (p.neg_eigval ? 2.0f : 1.0f) : x;
         }
-        s_b[tid] = b;
     }
     /* From step 3 on, thread tid owns key channels c0 = 2 (tid mod 64) and c0 + 1 over rows r0 = 8 (tid /
      * 64) .. r0 + 7: warps 0-1 the chunk's first 8 rows, warps 2-3 its last 8 (see step 3). */
     const int hf = tid >> 6, c0 = 2 * (tid & 63), r0 = 8 * hf;
-    const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
+    /* beta (threads 0-15, one row each), A_log and dt_bias of this thread's two channels: every load
+     * issued before any is converted (ptx_load.cuh). Through a branch per dtype each was converted
+     * inside its branch and waited for there, three or four DRAM round trips in a row; so they are
+     * one, beside the tiles'. */
+    uint32_t beta32, beta16, A32, A16, db32[2], db16[2];
+    load_bits_pair_if(p.beta, p.beta_dtype, row * p.beta_s[0] + (t0 + tid) * p.beta_s[1] + h * p.beta_s[2], tid < rows,
+                      &beta32, &beta16);
+    load_bits_pair_if(p.A_log, p.A_log_dtype, h * p.A_log_s, p.A_log != NULL, &A32, &A16);
+#pragma unroll
+    for (int e = 0; e < 2; e++)
+        load_bits_pair_if(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + (c0 + e) * p.dt_s[1],
+                          p.dt_bias != NULL && c0 + e < p.K, &db32[e], &db16[e]);
+    hold_until_here(&beta32);
+    hold_until_here(&beta16);
+    hold_until_here(&A32);
+    hold_until_here(&A16);
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        hold_until_here(&db32[e]);
+        hold_until_here(&db16[e]);
+    }
+    if (tid < 16) {
+        const float x = bits_to_float(beta32 | beta16, p.beta_dtype);
+        s_b[tid] = tid < rows ? (p.beta_sigmoid ? pf_sigmoid(x) * (p.neg_eigval ? 2.0f : 1.0f) : x) : 0.0f;
+    }
+    const float A = p.A_log ? __expf(bits_to_float(A32 | A16, p.A_log_dtype)) : 1.0f;
     float db[2], gb[2]; /* the unchecked gate's argument: sigmoid(A (g + db)) = 1 / (1 + 2^(g ga + gb)) */
     const float ga = A * -PREP_LOG2E;
 #pragma unroll
     for (int e = 0; e < 2; e++) {
-        db[e] = p.dt_bias && c0 + e < p.K ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + (c0 + e) * p.dt_s[1])
-                                          : 0.0f;
+        db[e] = bits_to_float(db32[e] | db16[e], p.dt_dtype); /* 0 where not loaded */
         gb[e] = ga * db[e];
     }
     if (tiles) {
@@ -310,6 +313,26 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                 float *row_ = (float *)s_buf[2 * which] + r * 128;
                 *(float4 *)(row_ + prep_f32_col(8 * unit)) = make_float4(x[0], x[1], x[2], x[3]);
                 *(float4 *)(row_ + prep_f32_col(8 * unit + 4)) = make_float4(x[4], x[5], x[6], x[7]);
+            }
+        }
+    }
+    if (p.v_stage != NULL) {
+        /* the chain's copy of v: [16][vpad], zeros past V and past the sequence end; fp32 for the
+         * fp16 chain, else bf16 (here, once the tile kernels' 16-bit rows are widened: its loads
+         * beside those rows' registers made ptxas spill) */
+        const int64_t at = (h * p.slots + slot) * (int64_t)(PF_CHUNK * p.vpad), vbase = row * p.v_s[0] + h * p.v_s[2];
+        for (int col = tid; col < p.vpad; col += PREP_THREADS) {
+#pragma unroll
+            for (int r0 = 0; r0 < PF_CHUNK; r0 += 8) {
+                float x[8];
+                pf_load_8rows(p.v, p.qkv_dtype, vbase + t0 * p.v_s[1] + col, p.v_s[1], r0, rows, col < p.V, x);
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    if (f16)
+                        ((float *)p.v_stage)[at + (r0 + i) * p.vpad + col] = x[i];
+                    else
+                        ((uint16_t *)p.v_stage)[at + (r0 + i) * p.vpad + col] = pf_float_to_bf16(x[i]);
+                }
             }
         }
     }

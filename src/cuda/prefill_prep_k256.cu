@@ -152,36 +152,56 @@ static __device__ __forceinline__ void p256_chunk(const pf_params &p, const int 
     } else {
         /* thread col loads key col of every row (coalesced along the keys) */
 #pragma unroll
-        for (int r = 0; r < PF_CHUNK; r++) {
-            const int ok = live && r < rows;
-            const int64_t t = t0 + r;
-            fq[r * PF256_DK + col] = ok ? pf_load_float(p.q, p.qkv_dtype, q0 + t * p.q_s[1] + col) : 0.0f;
-            fk[r * PF256_DK + col] = ok ? pf_load_float(p.k, p.qkv_dtype, k0 + t * p.k_s[1] + col) : 0.0f;
-            fg[r * PF256_DK + col] = ok ? pf_load_float(p.g, p.g_dtype, g0 + t * p.g_s[1] + col) : 0.0f;
+        for (int which = 0; which < 3; which++) {
+            const void *src = which == 0 ? p.q : which == 1 ? p.k : p.g;
+            const int32_t dt = which == 2 ? p.g_dtype : p.qkv_dtype;
+            const int64_t first = which == 0   ? q0 + t0 * p.q_s[1]
+                                  : which == 1 ? k0 + t0 * p.k_s[1]
+                                               : g0 + t0 * p.g_s[1];
+            const int64_t ts = which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1];
+            float *dst = which == 0 ? fq : which == 1 ? fk : fg;
+#pragma unroll
+            for (int r0 = 0; r0 < PF_CHUNK; r0 += 8) {
+                float x[8];
+                pf_load_8rows(src, dt, first + col, ts, r0, rows, live, x);
+#pragma unroll
+                for (int i = 0; i < 8; i++) dst[(r0 + i) * PF256_DK + col] = x[i];
+            }
         }
     }
     if (p.v_stage != NULL) {
         /* the chain's bf16 copy of v: [16][vpad], zeros past V and past the sequence end */
         uint16_t *dst = (uint16_t *)p.v_stage + (h * p.slots + slot) * (int64_t)(PF_CHUNK * p.vpad);
         const int64_t vbase = row * p.v_s[0] + h * p.v_s[2];
-        for (int r = 0; r < PF_CHUNK; r++)
-            for (int vc = tid; vc < p.vpad; vc += P256_THREADS) {
-                const float x = r < rows && vc < p.V ? pf_load_float(p.v, p.qkv_dtype, vbase + (t0 + r) * p.v_s[1] + vc)
-                                                     : 0.0f;
-                dst[r * p.vpad + vc] = pf_float_to_bf16(x);
+        for (int vc = tid; vc < p.vpad; vc += P256_THREADS) {
+#pragma unroll
+            for (int r0 = 0; r0 < PF_CHUNK; r0 += 8) {
+                float x[8];
+                pf_load_8rows(p.v, p.qkv_dtype, vbase + t0 * p.v_s[1] + vc, p.v_s[1], r0, rows, vc < p.V, x);
+#pragma unroll
+                for (int i = 0; i < 8; i++) dst[(r0 + i) * p.vpad + vc] = pf_float_to_bf16(x[i]);
             }
-    }
-    if (tid < 16) {
-        float b = 0.0f;
-        if (tid < rows) {
-            const float x = pf_load_float(p.beta, p.beta_dtype,
-                                          row * p.beta_s[0] + (t0 + tid) * p.beta_s[1] + h * p.beta_s[2]);
-            b = p.beta_sigmoid ? pf_sigmoid(x) * (p.neg_eigval ? 2.0f : 1.0f) : x;
         }
-        s_b[tid] = b;
     }
-    const float A = p.A_log ? __expf(pf_load_float(p.A_log, p.A_log_dtype, h * p.A_log_s)) : 1.0f;
-    const float db = p.dt_bias && live ? pf_load_float(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1]) : 0.0f;
+    /* beta (threads 0-15), A_log and dt_bias: every load issued before any is converted, as in
+     * prefill_prep.cu (one DRAM round trip, not three or four in a row). */
+    uint32_t beta32, beta16, A32, A16, db32, db16;
+    load_bits_pair_if(p.beta, p.beta_dtype, row * p.beta_s[0] + (t0 + tid) * p.beta_s[1] + h * p.beta_s[2], tid < rows,
+                      &beta32, &beta16);
+    load_bits_pair_if(p.A_log, p.A_log_dtype, h * p.A_log_s, p.A_log != NULL, &A32, &A16);
+    load_bits_pair_if(p.dt_bias, p.dt_dtype, h * p.dt_s[0] + col * p.dt_s[1], p.dt_bias != NULL && live, &db32, &db16);
+    hold_until_here(&beta32);
+    hold_until_here(&beta16);
+    hold_until_here(&A32);
+    hold_until_here(&A16);
+    hold_until_here(&db32);
+    hold_until_here(&db16);
+    if (tid < 16) {
+        const float x = bits_to_float(beta32 | beta16, p.beta_dtype);
+        s_b[tid] = tid < rows ? (p.beta_sigmoid ? pf_sigmoid(x) * (p.neg_eigval ? 2.0f : 1.0f) : x) : 0.0f;
+    }
+    const float A = p.A_log ? __expf(bits_to_float(A32 | A16, p.A_log_dtype)) : 1.0f;
+    const float db = bits_to_float(db32 | db16, p.dt_dtype); /* 0 where not loaded */
     if (bulk) CP_ASYNC_WAIT(0);
     __syncthreads();
 

@@ -62,23 +62,27 @@ static __device__ __forceinline__ int prep_row_in_fp16(const pf_params *p, float
     return q_ok && k_ok && b >= 0.0f && b <= 4.0f && b * krow * krow <= 2.01f;
 }
 
-/* Record slot -> (sequence, chunk). Without cu_seqlens it is a division; with it, a binary search
- * for the last sequence whose first slot (start / 16 + n, strictly increasing in n) is <= slot. */
+/* Record slot -> sequence. Without cu_seqlens it is a division. With them, sequence n's chunks
+ * start at slot first(n) = clamp(cu[n]) / 16 + n, strictly increasing in n, and the slot's
+ * sequence is the last n < N with first(n) <= slot (0 if none): the number of such n, less one.
+ * The CTA counts them together, thread i testing n = i, i + blockDim, ..., and __syncthreads_count
+ * summing the tests of each pass: one memory round trip for N <= blockDim, where a binary search
+ * made ceil(log2 N) dependent ones before the chunk's first load could issue. Every thread of the
+ * CTA calls it (block barriers), and gets the same n. */
 static __device__ __forceinline__ int64_t prep_find_sequence(const pf_params *p, int64_t slot)
 {
     if (p->cu == NULL) return slot / p->chunks_per_row;
-    int64_t lo = 0, hi = p->N - 1;
-    while (lo < hi) {
-        int64_t mid = (lo + hi + 1) >> 1;
-        int64_t a = p->cu_i64 ? ((const int64_t *)p->cu)[mid * p->cu_stride]
-                              : (int64_t)((const int32_t *)p->cu)[mid * p->cu_stride];
+    int64_t count = 0;
+    for (int64_t base = 0; base < p->N; base += blockDim.x) { /* the same passes in every thread */
+        const int64_t n = base + threadIdx.x;
+        int64_t a = 0;
+        if (n < p->N)
+            a = p->cu_i64 ? ((const int64_t *)p->cu)[n * p->cu_stride]
+                          : (int64_t)((const int32_t *)p->cu)[n * p->cu_stride];
         a = a < 0 ? 0 : (a > p->T ? p->T : a);
-        if (a / PF_CHUNK + mid <= slot)
-            lo = mid;
-        else
-            hi = mid - 1;
+        count += __syncthreads_count(n < p->N && a / PF_CHUNK + n <= slot);
     }
-    return lo;
+    return count > 0 ? count - 1 : 0;
 }
 
 /* One key channel's log decay for one token, in log2 units: the gate of docs/design.md
