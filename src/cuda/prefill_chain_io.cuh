@@ -11,6 +11,7 @@
 #define FKDA_PREFILL_CHAIN_IO_CUH
 
 #include "prefill_common.cuh"
+#include "ptx_load.cuh"
 #include "ptx_mma.cuh"
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* used by the sm_90 chain only */
@@ -39,12 +40,56 @@ static __device__ __forceinline__ int64_t chain_final_row(const pf_params *p, in
     return r < 0 || r >= p->pool_size ? -1 : r;
 }
 
-/* A warp's 16 value columns of a state row: element (key 8j + 2t + (e & 1), value v0 + g +
- * 8 (e >> 1)) of the accumulator layout; keys past K and values past V are zero (load) or not
- * written (store). */
+/* A warp's 16 value columns of keys key0 .. key0 + 127 of a state row (key0 = 0 but in the K = 256
+ * chain): element (key key0 + 8j + 2t + (e & 1), value v0 + g + 8 (e >> 1)) of the accumulator
+ * layout; keys past K and values past V are zero. BATCH (a compile-time constant): the dtype is
+ * chosen once, outside the loads, and the loads go in four batches of 16, each issued whole before
+ * any of it is converted (ptx_load.cuh). Element by element (!BATCH), with a dtype choice and a
+ * bounds test each, every bf16 element's conversion waits for its load: 64 DRAM round trips in a
+ * row before a chain's first chunk (dev/cuda/load_waits.py). Only the split chain (its chain
+ * warps hold the state) takes the batches: in the unsplit bf16 chain they moved ptxas' schedule
+ * of the main loop and made every step slower (H200: 8 % at T = 8192 H = 96, more than the
+ * batches save), and the fp16 and any-output chains spilled with them. */
 static __device__ __forceinline__ void chain_get_state(const pf_params *p, const pf_states *src, int64_t r, int64_t h,
-                                                       int v0, int g, int t, float S[16][4])
+                                                       int v0, int key0, int g, int t, float S[16][4], const int BATCH)
 {
+    if (BATCH) {
+        const int f32 = src->dtype == FKDA_DTYPE_F32;
+        const int64_t base = r * src->stride[0] + h * src->stride[1];
+#pragma unroll
+        for (int j0 = 0; j0 < 16; j0 += 4) {
+            uint32_t bits[4][4];
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) bits[j][e] = 0u; /* 0.0 in either dtype */
+            if (r >= 0) {
+#define CH_GET_STATE_AS(LOAD, SHIFT)                                                                    \
+    do {                                                                                                \
+        _Pragma("unroll") for (int j = 0; j < 4; j++) _Pragma("unroll") for (int e = 0; e < 4; e++)     \
+        {                                                                                               \
+            const int64_t key_ = key0 + 8 * (j0 + j) + 2 * t + (e & 1), val_ = v0 + g + 8 * (e >> 1);   \
+            const int64_t off_ = base + key_ * src->stride[2] + val_ * src->stride[3];                  \
+            bits[j][e] = LOAD((const char *)src->data + (off_ << (SHIFT)), key_ < p->K && val_ < p->V); \
+        }                                                                                               \
+    } while (0)
+                if (f32)
+                    CH_GET_STATE_AS(load_b32_if, 2);
+                else
+                    CH_GET_STATE_AS(load_u16_if, 1);
+#undef CH_GET_STATE_AS
+            }
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) hold_until_here(&bits[j][e]);
+#pragma unroll
+            for (int j = 0; j < 4; j++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) S[j0 + j][e] = __uint_as_float(f32 ? bits[j][e] : bits[j][e] << 16);
+        }
+        return;
+    }
 #pragma unroll
     for (int j = 0; j < 16; j++)
 #pragma unroll
@@ -55,7 +100,7 @@ static __device__ __forceinline__ void chain_get_state(const pf_params *p, const
     for (int j = 0; j < 16; j++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-            const int64_t key = 8 * j + 2 * t + (e & 1), val = v0 + g + 8 * (e >> 1);
+            const int64_t key = key0 + 8 * j + 2 * t + (e & 1), val = v0 + g + 8 * (e >> 1);
             if (key >= p->K || val >= p->V) continue;
             const int64_t off = base + key * src->stride[2] + val * src->stride[3];
             S[j][e] = src->dtype == FKDA_DTYPE_F32 ? ((const float *)src->data)[off]

@@ -75,29 +75,6 @@ size_t pf256_chain_smem_bytes(int vslice)
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* the sm_90 chain only */
-/* A warp's 16 value columns of keys key0 .. key0 + 127 of a state row (chain_get_state of
- * prefill_chain_io.cuh with a key offset): keys past K and values past V are zero. */
-static __device__ __forceinline__ void k2_get_state(const pf_params *p, const pf_states *src, int64_t r, int64_t h,
-                                                    int v0, int key0, int g, int t, float S[16][4])
-{
-#pragma unroll
-    for (int j = 0; j < 16; j++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) S[j][e] = 0.0f;
-    if (r < 0) return;
-    const int64_t base = r * src->stride[0] + h * src->stride[1];
-#pragma unroll
-    for (int j = 0; j < 16; j++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            const int64_t key = key0 + 8 * j + 2 * t + (e & 1), val = v0 + g + 8 * (e >> 1);
-            if (key >= p->K || val >= p->V) continue;
-            const int64_t off = base + key * src->stride[2] + val * src->stride[3];
-            S[j][e] = src->dtype == FKDA_DTYPE_F32 ? ((const float *)src->data)[off]
-                                                   : pf_bf16_to_float(((const uint16_t *)src->data)[off]);
-        }
-}
-
 /* Stores of the warp's keys: the K = 128 store body on the tensor shifted by key0 keys. */
 static __device__ __forceinline__ void k2_put_state(const pf_params *p, const pf_states *dst, int64_t r, int64_t h,
                                                     int v0, int key0, int g, int t, const float S[16][4], int poison)
@@ -170,7 +147,7 @@ static __device__ __forceinline__ void k2_chain_run(const pf_params &p, const in
     __syncthreads();
 
     float S[16][4];
-    k2_get_state(&p, &p.state_in, chain_initial_row(&p, n), h, v0, key0, g, t, S);
+    chain_get_state(&p, &p.state_in, chain_initial_row(&p, n), h, v0, key0, g, t, S, 0);
 
     /* Producers: the ring's refills come from whichever warp releases a stage last; each warp
      * cp.asyncs its own copy of the pair's v slice (16 tokens x 16 values, lane = token * 2 +

@@ -92,7 +92,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
         if (mode == PF_CHAIN_SEG_C) {
         chain_load_rows(plan.seg_S + seg_off, v0, g, t, S);
     } else if (seg == 0) {
-        chain_get_state(&p, &p.state_in, chain_initial_row(&p, n), h, v0, g, t, S);
+        chain_get_state(&p, &p.state_in, chain_initial_row(&p, n), h, v0, 0, g, t, S, CH_SPLIT);
         /* Pass C starts segment 0 from this copy, so the caller's initial state is only read in
          * pass A and final_state may be the same tensor (an in-place update). */
         if (mode == PF_CHAIN_SEG_A) chain_store_rows(plan.seg_S + seg_off, v0, g, t, S, 1.0f);

@@ -82,6 +82,31 @@ static __device__ __forceinline__ uint32_t load_bits_split_if(const void *base, 
     return bits32 | bits16;
 }
 
+/* One 32-bit load (load_u16_if: 16-bit, zero-extended) where ok, else 0, as one predicated
+ * instruction: for a caller that knows a tensor's dtype once for many loads and branches on it
+ * once, outside them (prefill_chain_io.cuh's state loads). */
+static __device__ __forceinline__ uint32_t load_b32_if(const void *at, int ok)
+{
+    uint32_t bits = 0u;
+    asm volatile("{\n\t.reg .pred p;\n\t"
+                 "setp.ne.s32 p, %2, 0;\n\t"
+                 "@p ld.global.b32 %0, [%1];\n\t}"
+                 : "+r"(bits)
+                 : "l"(at), "r"(ok));
+    return bits;
+}
+
+static __device__ __forceinline__ uint32_t load_u16_if(const void *at, int ok)
+{
+    uint32_t bits = 0u;
+    asm volatile("{\n\t.reg .pred p;\n\t"
+                 "setp.ne.s32 p, %2, 0;\n\t"
+                 "@p ld.global.u16 %0, [%1];\n\t}"
+                 : "+r"(bits)
+                 : "l"(at), "r"(ok));
+    return bits;
+}
+
 /* Every conversion, then a select: no branch (at small batches each warp's path is the time). */
 static __device__ __forceinline__ float bits_to_float(uint32_t bits, int32_t dtype)
 {
