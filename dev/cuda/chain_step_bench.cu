@@ -82,6 +82,8 @@
 #include <string.h>
 
 #include "../../src/cuda/ptx_mma.cuh"
+#include "bench_host.h"
+#include "wgmma.cuh"
 
 #define NREC 4          /* records (and v tiles) in shared memory; chunk c uses c % NREC */
 #define OUT_RING 16     /* outputs kept in global memory: chunk c writes slot c % OUT_RING */
@@ -133,65 +135,7 @@ static __host__ __device__ __forceinline__ uint32_t swz128_kmajor(int row, int k
     return (uint32_t)((key >> 6) * 2048 + row * 128 + ((((key >> 3) & 7) ^ (row & 7)) << 4) + ((key & 7) << 1));
 }
 
-/* ---- device: wgmma wrappers (C style, as src/cuda/ptx_*.cuh) ---- */
-
-#define WG_SWIZZLE_128B 1ull
-#define WG_SWIZZLE_32B 3ull
-
-/* Shared-memory matrix descriptor of a K-major swizzled operand (leading byte offset unused: 1). */
-static __device__ __forceinline__ uint64_t wg_desc(uint32_t saddr, uint32_t sbo_bytes, uint64_t swizzle)
-{
-    return (uint64_t)((saddr & 0x3FFFFu) >> 4) | (1ull << 16) | ((uint64_t)((sbo_bytes & 0x3FFFFu) >> 4) << 32) |
-           (swizzle << 62);
-}
-
-static __device__ __forceinline__ void wg_fence(void) { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-static __device__ __forceinline__ void wg_commit(void)
-{
-    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-}
-static __device__ __forceinline__ void wg_wait0(void) { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
-static __device__ __forceinline__ void wg_wait1(void) { asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory"); }
-
-/* Ties a register to this point of the instruction stream: reads of an accumulator after a wait
- * cannot be moved above it, nor writes of an operand below the wgmma that reads it. */
-static __device__ __forceinline__ void reg_fence_f(float *x) { asm volatile("" : "+f"(*x)::"memory"); }
-static __device__ __forceinline__ void reg_fence_u(uint32_t *x) { asm volatile("" : "+r"(*x)::"memory"); }
-
-/* d (m64n16, fp32) = A (registers, bf16) * B (descriptor) + (accumulate ? d : 0). */
-static __device__ __forceinline__ void wg_mma_n16(float d[8], const uint32_t a[4], uint64_t desc_b, int accumulate)
-{
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate)
-                 : "memory");
-}
-
-/* d (m64n128, fp32) += A (registers, bf16) * B (descriptor). */
-static __device__ __forceinline__ void wg_mma_n128(float d[64], const uint32_t a[4], uint64_t desc_b)
-{
-    asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-                 "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-                 "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, "
-                 "%21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, "
-                 "%40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, "
-                 "%59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]),
-                   "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]),
-                   "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]),
-                   "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]),
-                   "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]),
-                   "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]),
-                   "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1)
-                 : "memory");
-}
-
-/* ---- device: the two chains ---- */
+/* ---- device: the chains ---- */
 
 typedef struct bench_args {
     const unsigned char *rec; /* NREC records in the form's layout (MR_BYTES or WR_BYTES each) */
@@ -652,44 +596,6 @@ BENCH_KERNEL(ks_chain_512, ks_chain, 512)
 
 /* ---- host: data, reference, checks, timing ---- */
 
-#define CUDA_OK(call)                                                                                 \
-    do {                                                                                              \
-        const cudaError_t e_ = (call);                                                                \
-        if (e_ != cudaSuccess) {                                                                      \
-            fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorName(e_), __FILE__, __LINE__, \
-                    cudaGetErrorString(e_));                                                          \
-            exit(2);                                                                                  \
-        }                                                                                             \
-    } while (0)
-
-static uint16_t f2bf(float f)
-{
-    uint32_t x;
-    memcpy(&x, &f, 4);
-    if ((x & 0x7fffffffu) > 0x7f800000u) return 0x7fc0;
-    x += 0x7fffu + ((x >> 16) & 1u);
-    return (uint16_t)(x >> 16);
-}
-static float bf2f(uint16_t h)
-{
-    const uint32_t x = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &x, 4);
-    return f;
-}
-static float rbf(double x) { return bf2f(f2bf((float)x)); }
-
-static uint64_t rng_state = 0x243F6A8885A308D3ull;
-static double urand(void) /* [0, 1), splitmix64 */
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
-}
-static double nrand(void) { return sqrt(-2.0 * log(1.0 - urand())) * cos(6.283185307179586 * urand()); }
-
 /* The logical operands (bf16 values held as floats, gamma fp32), shared by every column. */
 typedef struct problem {
     int ncols;
@@ -703,12 +609,6 @@ typedef struct problem {
 enum { DATA_FULL = 0, DATA_QD_S, DATA_MQK_BINV_V, DATA_KR_GAMMA, DATA_W_S, DATA_COUNT };
 static const char *data_name[DATA_COUNT] = {"full step", "O = Qd S only", "O = Mqk bINV V only",
                                             "S' = gamma S + Kr^T bINV V only", "O = Mqk (-W S) only"};
-
-static void split_hi_lo(double x, float *hi, float *lo)
-{
-    *hi = rbf(x);
-    *lo = rbf(x - (double)*hi);
-}
 
 /* KDA-like operands: unit k rows, beta in [0.3, 0.7], -W = -diag(beta) k, Kr = k, Qd = 0.25 q,
  * gamma in [0.9, 1), bINV lower triangular with beta on the diagonal, Mqk = lower_incl(Qd k^T).
@@ -774,12 +674,6 @@ static void problem_fill(problem *p, int ncols, int which, uint64_t seed)
     }
     if (!live_binv_v) memset(p->v, 0, sizeof(float) * NREC * 16 * ncols);
     if (!live_s0) memset(p->s0, 0, sizeof(float) * ncols * 128);
-}
-
-static void put_bf16(unsigned char *buf, uint32_t off, float x)
-{
-    const uint16_t h = f2bf(x);
-    memcpy(buf + off, &h, 2);
 }
 
 /* The NREC records in the mma form's (shipped) layout. */
