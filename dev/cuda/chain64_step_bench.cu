@@ -58,13 +58,13 @@
 #include "bench_host.h"
 #include "wgmma.cuh"
 
-#define CT 64           /* tokens per chunk */
-#define NREC 2          /* records (and v tiles) in shared memory; chunk c uses c % NREC */
-#define OUT_RING 8      /* outputs kept in global memory: chunk c writes slot c % OUT_RING */
-#define CHECK_CHUNKS 8  /* chunks of the full correctness check (even, <= OUT_RING) */
-#define CHECK_COLS 256  /* value columns of the checked problem: 2 CTAs of 2 warpgroups */
-#define VTILE 2048      /* a warp's v tile: 64 tokens x 16 values bf16, 32B-swizzled rows */
-#define TOL 2.0e-2      /* pass bar: max |gpu - ref| / max |ref| (bf16 operands: ~1e-3) */
+#define CT 64          /* tokens per chunk */
+#define NREC 2         /* records (and v tiles) in shared memory; chunk c uses c % NREC */
+#define OUT_RING 8     /* outputs kept in global memory: chunk c writes slot c % OUT_RING */
+#define CHECK_CHUNKS 8 /* chunks of the full correctness check (even, <= OUT_RING) */
+#define CHECK_COLS 256 /* value columns of the checked problem: 2 CTAs of 2 warpgroups */
+#define VTILE 2048     /* a warp's v tile: 64 tokens x 16 values bf16, 32B-swizzled rows */
+#define TOL 2.0e-2     /* pass bar: max |gpu - ref| / max |ref| (bf16 operands: ~1e-3) */
 
 #define R_NEGW 0
 #define R_QD 16384
@@ -158,8 +158,8 @@ static __device__ __forceinline__ void pack_state(const float S[64], uint32_t sa
 static __device__ __forceinline__ void wg64_step(const bench_args *a, int c, const unsigned char *s_rec,
                                                  const unsigned char *s_v, int warps, int warp, int lane, float S[64],
                                                  uint32_t SA[8][4], uint32_t SN[8][4], uint32_t va[4][4],
-                                                 uint32_t up[4][4], float u[32], float o[32], int with_out,
-                                                 int64_t gt, int64_t nthr)
+                                                 uint32_t up[4][4], float u[32], float o[32], int with_out, int64_t gt,
+                                                 int64_t nthr)
 {
     const int r = c & (NREC - 1), t = lane & 3;
     const uint32_t R = smem_addr(s_rec) + r * R_BYTES;
@@ -178,8 +178,7 @@ static __device__ __forceinline__ void wg64_step(const bench_args *a, int c, con
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) wg_mma_n64(u, va[kk], desc128(R + R_BINV + kk * 32), 1);
 #pragma unroll
-    for (int kk = 0; kk < 8; kk++)
-        wg_mma_n64(u, SA[kk], desc128(R + R_NEGW + (kk >> 2) * 8192 + (kk & 3) * 32), 1);
+    for (int kk = 0; kk < 8; kk++) wg_mma_n64(u, SA[kk], desc128(R + R_NEGW + (kk >> 2) * 8192 + (kk & 3) * 32), 1);
     wg_commit();
     wg_wait0();
     hold_frags(va, 4);
@@ -405,7 +404,8 @@ static void build_v_tiles(const problem *p, int nwarps, unsigned char *buf)
             for (int tok = 0; tok < CT; tok++)
                 for (int vl = 0; vl < 16; vl++) {
                     const int col = (16 * gw + vl) % p->ncols;
-                    put_bf16(buf + ((size_t)gw * NREC + r) * VTILE, swz32(tok, vl), p->v[(r * CT + tok) * p->ncols + col]);
+                    put_bf16(buf + ((size_t)gw * NREC + r) * VTILE, swz32(tok, vl),
+                             p->v[(r * CT + tok) * p->ncols + col]);
                 }
 }
 
@@ -530,8 +530,10 @@ static int check(const kernel_info *k, const device_bufs *d, const problem *p, i
 {
     const int64_t nthr = (int64_t)grid * threads;
     const int nc = p->ncols;
-    double *o_ref = (double *)malloc(sizeof(double) * nch * CT * nc), *s_ref = (double *)malloc(sizeof(double) * nc * 128);
-    float *o_raw = (float *)malloc(sizeof(float) * OUT_RING * nthr * 32), *s_raw = (float *)malloc(sizeof(float) * nthr * 64);
+    double *o_ref = (double *)malloc(sizeof(double) * nch * CT * nc),
+           *s_ref = (double *)malloc(sizeof(double) * nc * 128);
+    float *o_raw = (float *)malloc(sizeof(float) * OUT_RING * nthr * 32),
+          *s_raw = (float *)malloc(sizeof(float) * nthr * 64);
     reference(p, nch, o_ref, s_ref);
     upload(p, d, nthr);
     CUDA_OK(cudaMemset(d->o_out, 0xFF, sizeof(float) * OUT_RING * nthr * 32)); /* NaN: an unwritten output fails */
