@@ -34,19 +34,19 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
     if (!fkda_decode_layer_fused_serves(c)) return out;
 
     /* The tile. The narrow one (16 warps a head, 78-128 registers a thread) fills an SM with one
-     * head, each head spread over C CTAs (below) to shorten its path. The wide tile (8 warps a head, 16 keys x 4 values a
-     * lane, at most 128 registers) takes two heads an SM, as the plain decode's large-batch tiles
-     * do: one head's conv, barriers and norm overlap the other's state traffic, and 2 x SMs heads
-     * are one wave where the narrow tile needs two. It is compiled for W <= 4 only (two conv
-     * channels a thread must fit beside its 64 state values). Measured below one head an SM (H100,
-     * B = 1-16 at H = 32, docs/history/decode.md "The layer's tile at small batches"), the narrow
-     * tile kept its lead only with an fp32 pool at up to half the SMs' heads: with a bf16 pool the
-     * wide tile was faster at every batch (5.70 against 6.05 us at 1 x 32, 7.29 against 10.75 at
-     * 4 x 32), and with an fp32 pool from 128 heads (9.43 against 10.75 at 4 x 32). So the narrow
-     * tile serves fp32 pools of at most SMs / 2 heads, the wide tile everything else.
-     * FKDA_DECODE_LAYER_WIDE=0/1 forces it off or on wherever it serves. */
+     * head, each head spread over C CTAs (below) to shorten its path. The wide tile (8 warps a head,
+     * 16 keys x 4 values a lane, at most 128 registers) takes two heads an SM, as the plain decode's
+     * large-batch tiles do: one head's conv, barriers and norm overlap the other's state traffic, and
+     * 2 x SMs heads are one wave where the narrow tile needs two. It is compiled for W <= 4 only (two
+     * conv channels a thread must fit beside its 64 state values). Measured below one head an SM
+     * (H100 and H200, B = 1-4 at H = 12 and 32, docs/history/decode.md "The layer's tile at small
+     * batches"), the narrow tile kept its lead only where it spreads a head widest: with a bf16 pool
+     * up to SMs / 8 heads (8 CTAs a head; H200, 1 x 12: 4.63 against 5.51 us), with an fp32 pool up
+     * to SMs / 2 heads (even at 1 x 12 and 1-2 x 32); beyond, the wide tile was faster (bf16 4 x 32:
+     * 6.91 against 10.35 us, fp32 4 x 32: 8.76 against 9.73). FKDA_DECODE_LAYER_WIDE=0/1 forces it
+     * off or on wherever it serves. */
     const int wide_serves = c->W <= LAYER_SHORT_CONV_WIDTH;
-    const int narrow_wanted = !c->state_bf16 && 2 * c->heads <= (int64_t)c->sm_count;
+    const int narrow_wanted = (c->state_bf16 ? 8 : 2) * c->heads <= (int64_t)c->sm_count;
     const int wide = wide_serves &&
                      (t->decode_layer_wide == FKDA_TUNING_UNSET ? !narrow_wanted : t->decode_layer_wide != 0);
 
