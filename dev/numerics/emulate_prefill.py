@@ -244,10 +244,17 @@ def _forward_substitution(L, num):
     return inv
 
 
-def cuda_records(qn, kn, a, b, scale, p, num, gate_checked, l2norm=True):
-    """The prep kernel for one head: the per-chunk records (rounded to the plan's modes)."""
-    qc_, kc_, G = _chunks(qn, CHUNK), _chunks(kn, CHUNK), _cumsum(_chunks(a, CHUNK), num)
-    b_ = _chunks(b[:, None], CHUNK)[..., 0]
+def cuda_records(qn, kn, a, b, scale, p, num, gate_checked, l2norm=True, chunk=CHUNK,
+                 pairwise_prep=False):
+    """The prep kernel for one head: the per-chunk records (rounded to the plan's modes). chunk:
+    tokens per chunk (64: the design of docs/history/prefill.md, "v18-chunk64", which needs
+    pairwise_prep). pairwise_prep: L and Mqk pairwise in fp32 and W in fp32 for every chunk, as
+    the checked kernels do where the centred form leaves its range: an upper bound on the prep's
+    accuracy, so that two chunk sizes on it differ by the chain's roundings alone."""
+    qc_, kc_, G = _chunks(qn, chunk), _chunks(kn, chunk), _cumsum(_chunks(a, chunk), num)
+    b_ = _chunks(b[:, None], chunk)[..., 0]
+    if pairwise_prep:
+        gate_checked = True
     n, C, K = kc_.shape
     Gref, Gl = G[:, REF_ROW : REF_ROW + 1], G[:, C - 1 : C]
     e = num.r32(np.exp2(G))
@@ -260,14 +267,17 @@ def cuda_records(qn, kn, a, b, scale, p, num, gate_checked, l2norm=True):
     # Step 4 (centred factors, tensor cores) or 4' (pairwise fp32) per chunk.
     span = np.max(np.abs(G - Gref), axis=(1, 2))
     pairwise = gate_checked & ~(span <= (112.0 if l2norm else 64.0))
+    if pairwise_prep:
+        pairwise[:] = True
     with np.errstate(over="ignore", invalid="ignore"):
         ec, ei = num.r32(np.exp2(num.r32(G - Gref))), num.r32(np.exp2(num.r32(Gref - G)))
         kc, ki, qc = num.r32(kc_ * ec), num.r32(kc_ * ei), num.r32(qc_ * ec)
         kiT = np.swapaxes(ki, 1, 2)
         Lp = _batched(num, kc, kiT, p["L_ops"])
         Mp = _batched(num, qc, kiT, p["Mqk_ops"])
-    L = num.r32(b_[:, :, None] * Lp) * lower
-    M = num.r32(scale * Mp) * incl
+    with np.errstate(invalid="ignore"):  # an overflowed centred product: replaced below
+        L = num.r32(b_[:, :, None] * Lp) * lower
+        M = num.r32(scale * Mp) * incl
     if pairwise.any():
         idx = np.nonzero(pairwise)[0]
         dG = G[idx][:, :, None, :] - G[idx][:, None, :, :]  # [m, i, j, K]
@@ -317,10 +327,12 @@ def _held_rescale(S, v, e):
     return S, e
 
 
-def cuda_prefill(x, p=CUDA_PLAN, held_scale=False):
+def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=False):
     """The CUDA prefill of inputs x under plan p: (output [T, H, V], final state [H, K, V]).
     held_scale: the fp16 chain's per-warp power-of-two scale of S, v, Vnew and O (_held_rescale),
-    which changes no rounding of a value in fp16's normal range, only keeps values in it."""
+    which changes no rounding of a value in fp16's normal range, only keeps values in it.
+    chunk, pairwise_prep: as cuda_records (chunk 16 and the centred prep: the kernels; 64: the
+    chain's products in the same modes at four times the size, on the pairwise prep)."""
     num = Num(p["prep"] == "fp32")
     acc = Num(p["acc"] == "fp32")
     T, H, K = x["q"].shape[1:]
@@ -332,12 +344,13 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False):
     half = min(64, K)  # the two key halves of W S and Qd S (of the record's 128 keys)
     for h in range(H):
         qn, kn, a, b = _head_inputs(x, h, num)
-        R = cuda_records(qn, kn, a, b, scale, p, num, gate_checked, x.get("l2norm", True))
+        R = cuda_records(qn, kn, a, b, scale, p, num, gate_checked, x.get("l2norm", True), chunk,
+                         pairwise_prep)
         negW, Kr, Qd = rnd(R["negW"], p["W"]), rnd(R["Kr"], p["Kr"]), rnd(R["Qd"], p["Qd"])
         KrT = np.swapaxes(Kr, 1, 2)
-        vv = _chunks(x["v"][0, :, h], CHUNK)
+        vv = _chunks(x["v"][0, :, h], chunk)
         S = x["h0"][0, h].copy()
-        o = np.zeros((R["n"], CHUNK, V))
+        o = np.zeros((R["n"], chunk, V))
         e = np.zeros(-(-V // 16), dtype=np.int64)  # held scale per 16 columns (0: none)
         for c in range(R["n"]):
             vc = vv[c]
@@ -585,7 +598,8 @@ def main():
     ap.add_argument("--lower-bound", type=float, default=-5.0)
     ap.add_argument("--log-rate", default="-4,1", help="gate none: range of the per-head log rate")
     ap.add_argument("--only", default="",
-                    help="comma list of sections: check,fla,ablation,plans,match,range,prep,prep16")
+                    help="comma list of sections: check,fla,ablation,plans,match,range,prep,prep16,"
+                         "chunk64")
     args = ap.parse_args()
     T = 256 if args.quick else args.T
     seeds = range(1 if args.quick else args.seeds)
@@ -668,6 +682,15 @@ def main():
             eo, es = median_errors(lambda y, ch=ch: cuda_prefill(y, plan(**ch)), "bf16", seeds,
                                    **kw)
             print(f"| {name} | {eo:.2e} / {es:.2e} |", flush=True)
+    if "chunk64" in only:
+        print("64-token chunks (docs/history/prefill.md, v18-chunk64): the chain's roundings of")
+        print("the CUDA plan at C = 16 and 64, both on the fp32 pairwise prep (cuda_records)")
+        print(head)
+        row("fla emulation (tf32 rounded)", fla_prefill)
+        row("cuda, C = 16 (as the kernels round)", cuda_prefill)
+        row("cuda, C = 16, fp32 pairwise prep", lambda y: cuda_prefill(y, pairwise_prep=True))
+        row("cuda, C = 64, fp32 pairwise prep",
+            lambda y: cuda_prefill(y, chunk=64, pairwise_prep=True))
     if "prep16" in only:
         print("the fp16 family's prep products on tf32 operands (held scale on)")
         print("| plan | fp16 in | fp32 in | fla, fp16 in | fla, fp32 in |\n|---|---|---|---|---|")
