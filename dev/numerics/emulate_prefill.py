@@ -247,8 +247,8 @@ def _forward_substitution(L, num):
 def cuda_records(qn, kn, a, b, scale, p, num, gate_checked, l2norm=True, chunk=CHUNK,
                  pairwise_prep=False):
     """The prep kernel for one head: the per-chunk records (rounded to the plan's modes). chunk:
-    tokens per chunk (64: the design of docs/history/prefill.md, "v18-chunk64", which needs
-    pairwise_prep). pairwise_prep: L and Mqk pairwise in fp32 and W in fp32 for every chunk, as
+    tokens per chunk (64 only with pairwise_prep; cuda64_records is the 64-token prep's plan).
+    pairwise_prep: L and Mqk pairwise in fp32 and W in fp32 for every chunk, as
     the checked kernels do where the centred form leaves its range: an upper bound on the prep's
     accuracy, so that two chunk sizes on it differ by the chain's roundings alone."""
     qc_, kc_, G = _chunks(qn, chunk), _chunks(kn, chunk), _cumsum(_chunks(a, chunk), num)
@@ -262,9 +262,27 @@ def cuda_records(qn, kn, a, b, scale, p, num, gate_checked, l2norm=True, chunk=C
     Qd = num.r32(num.r32(scale * qc_) * e)
     Kr = num.r32(kc_ * num.r32(np.exp2(num.r32(Gl - G))))
     gamma = num.r32(np.exp2(Gl[:, 0]))
-    lower, incl = np.tril(np.ones((C, C)), -1), np.tril(np.ones((C, C)))
+    with np.errstate(over="ignore"):
+        kc = num.r32(kc_ * num.r32(np.exp2(num.r32(G - Gref))))  # step 6's centred keys
+    L, M, pairwise = _step4(qc_, kc_, G, b_, scale, p, num, gate_checked, l2norm, pairwise_prep)
+    inv = _forward_substitution(L, num)
+    bINV = num.r32(inv * b_[:, None, :])
+    if p["W_ops"] == "fp32" or gate_checked:
+        W = num.r32(bINV @ kd)  # step 6: fp32 sums of 16 terms (the rounding of each step not kept)
+    else:  # W = (bINV kc) diag(2^Gref), the safe gate keeping 2^Gref in range
+        W = num.r32(_batched(num, bINV, kc, p["W_ops"]) * num.r32(np.exp2(Gref)))
+    return dict(negW=-W, Kr=Kr, Qd=Qd, gamma=gamma, bINV=bINV, Mqk=M, n=n,
+                pairwise=int(pairwise.sum()))
 
-    # Step 4 (centred factors, tensor cores) or 4' (pairwise fp32) per chunk.
+
+def _step4(qc_, kc_, G, b_, scale, p, num, gate_checked, l2norm=True, pairwise_prep=False):
+    """L = strict_lower(diag(b) k k^T decayed) and Mqk = scale lower_incl(q k^T decayed) of 16-token
+    blocks [n, 16, K]: step 4 (factors centred at row 7, the plan's L_ops / Mqk_ops), or step 4'
+    (pairwise fp32) for the blocks whose centred span leaves the range (checked gates) or for all
+    (pairwise_prep). Returns L, M and the per-block pairwise flags."""
+    C = G.shape[1]
+    Gref = G[:, REF_ROW : REF_ROW + 1]
+    lower, incl = np.tril(np.ones((C, C)), -1), np.tril(np.ones((C, C)))
     span = np.max(np.abs(G - Gref), axis=(1, 2))
     pairwise = gate_checked & ~(span <= (112.0 if l2norm else 64.0))
     if pairwise_prep:
@@ -286,14 +304,70 @@ def cuda_records(qn, kn, a, b, scale, p, num, gate_checked, l2norm=True, chunk=C
         Mpw = num.r32(np.sum(qc_[idx][:, :, None, :] * kj, axis=-1))
         L[idx] = num.r32(b_[idx][:, :, None] * Lpw) * lower
         M[idx] = num.r32(scale * Mpw) * incl
-    inv = _forward_substitution(L, num)
+    return L, M, pairwise
+
+
+SUB = 16  # the 64-token prep's sub-blocks (docs/history/prefill.md, "v18-chunk64")
+
+
+def cuda64_records(qn, kn, a, b, scale, p, num):
+    """The planned 64-token prep for one head (docs/history/prefill.md, "v18-chunk64"):
+    per chunk of 64 tokens, four sub-blocks of 16.
+      - G: the chunk's running log2 decay from its first token (every factor 2^G, 2^(Gl - G) <= 1).
+      - L and Mqk on the diagonal 16 x 16 blocks: today's step 4 (factors centred at the
+        sub-block's row 7, the plan's L_ops / Mqk_ops), or step 4' (pairwise fp32) where the
+        centred span is out of range.
+      - Off the diagonal (sub-block s > r): the sub-block's first row n = 16 s as the reference,
+        x_i 2^(G_i - G_n) and k_j 2^(G_n - G_j), both factors <= 1 for a decaying gate, one
+        16 x 16 product over the keys (the same operand modes).
+      - INV = (I + L)^-1 by blocks: D_s = (I + L_ss)^-1 by today's forward substitution, then
+        INV_sr = -D_s sum_{r <= t < s} L_st INV_tr in fp32.
+      - W = bINV Kd on W_ops operands; Qd, Kr, gamma as at 16 tokens."""
+    C = 4 * SUB
+    qc_, kc_, G = _chunks(qn, C), _chunks(kn, C), _cumsum(_chunks(a, C), num)
+    b_ = _chunks(b[:, None], C)[..., 0]
+    n, _, K = kc_.shape
+    Gl = G[:, C - 1 : C]
+    e = num.r32(np.exp2(G))
+    kd = num.r32(kc_ * e)
+    Qd = num.r32(num.r32(scale * qc_) * e)
+    Kr = num.r32(kc_ * num.r32(np.exp2(num.r32(Gl - G))))
+    gamma = num.r32(np.exp2(Gl[:, 0]))
+    L, M = np.zeros((n, C, C)), np.zeros((n, C, C))
+    pairwise = 0
+    for sb in range(4):
+        rows = slice(SUB * sb, SUB * sb + SUB)
+        # the diagonal block: today's 16-token step 4 / 4' on the sub-block's rows
+        Ld, Md, pw = _step4(qc_[:, rows], kc_[:, rows], G[:, rows], b_[:, rows], scale, p, num,
+                            gate_checked=True)
+        L[:, rows, rows], M[:, rows, rows] = Ld, Md
+        pairwise += int(pw.sum())
+        if sb == 0:
+            continue
+        with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+            gn = G[:, SUB * sb : SUB * sb + 1]
+            fi = num.r32(np.exp2(num.r32(G[:, rows] - gn)))
+            ki, qi = num.r32(kc_[:, rows] * fi), num.r32(qc_[:, rows] * fi)
+            cols = slice(0, SUB * sb)
+            fj = num.r32(np.exp2(num.r32(gn - G[:, cols])))
+            kjT = np.swapaxes(num.r32(kc_[:, cols] * fj), 1, 2)
+            L[:, rows, cols] = num.r32(b_[:, rows, None] * _batched(num, ki, kjT, p["L_ops"]))
+            M[:, rows, cols] = num.r32(scale * _batched(num, qi, kjT, p["Mqk_ops"]))
+    inv = np.zeros_like(L)
+    for sb in range(4):
+        rs = slice(SUB * sb, SUB * sb + SUB)
+        D = _forward_substitution(L[:, rs, rs], num)
+        inv[:, rs, rs] = D
+        for r in range(sb):
+            cr = slice(SUB * r, SUB * r + SUB)
+            acc = np.zeros((n, SUB, SUB))
+            for t in range(r, sb):
+                ct = slice(SUB * t, SUB * t + SUB)
+                acc = num.r32(acc + L[:, rs, ct] @ inv[:, ct, cr])
+            inv[:, rs, cr] = num.r32(-(D @ acc))
     bINV = num.r32(inv * b_[:, None, :])
-    if p["W_ops"] == "fp32" or gate_checked:
-        W = num.r32(bINV @ kd)  # step 6: fp32 sums of 16 terms (the rounding of each step not kept)
-    else:  # W = (bINV kc) diag(2^Gref), the safe gate keeping 2^Gref in range
-        W = num.r32(_batched(num, bINV, kc, p["W_ops"]) * num.r32(np.exp2(Gref)))
-    return dict(negW=-W, Kr=Kr, Qd=Qd, gamma=gamma, bINV=bINV, Mqk=M, n=n,
-                pairwise=int(pairwise.sum()))
+    W = num.r32(_batched(num, bINV, kd, p["W_ops"]))
+    return dict(negW=-W, Kr=Kr, Qd=Qd, gamma=gamma, bINV=bINV, Mqk=M, n=n, pairwise=pairwise)
 
 
 def _batched(num, A, B, mode):
@@ -331,8 +405,9 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
     """The CUDA prefill of inputs x under plan p: (output [T, H, V], final state [H, K, V]).
     held_scale: the fp16 chain's per-warp power-of-two scale of S, v, Vnew and O (_held_rescale),
     which changes no rounding of a value in fp16's normal range, only keeps values in it.
-    chunk, pairwise_prep: as cuda_records (chunk 16 and the centred prep: the kernels; 64: the
-    chain's products in the same modes at four times the size, on the pairwise prep)."""
+    chunk, pairwise_prep: chunk 16 and the centred prep are the kernels; chunk 64 the planned
+    64-token prefill (cuda64_records' prep, the chain's products in the same modes at four times
+    the size), or with pairwise_prep that chain on cuda_records' all-pairwise prep."""
     num = Num(p["prep"] == "fp32")
     acc = Num(p["acc"] == "fp32")
     T, H, K = x["q"].shape[1:]
@@ -344,8 +419,11 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
     half = min(64, K)  # the two key halves of W S and Qd S (of the record's 128 keys)
     for h in range(H):
         qn, kn, a, b = _head_inputs(x, h, num)
-        R = cuda_records(qn, kn, a, b, scale, p, num, gate_checked, x.get("l2norm", True), chunk,
-                         pairwise_prep)
+        if chunk == 4 * SUB and not pairwise_prep:
+            R = cuda64_records(qn, kn, a, b, scale, p, num)
+        else:
+            R = cuda_records(qn, kn, a, b, scale, p, num, gate_checked, x.get("l2norm", True),
+                             chunk, pairwise_prep)
         negW, Kr, Qd = rnd(R["negW"], p["W"]), rnd(R["Kr"], p["Kr"]), rnd(R["Qd"], p["Qd"])
         KrT = np.swapaxes(Kr, 1, 2)
         vv = _chunks(x["v"][0, :, h], chunk)
@@ -691,6 +769,7 @@ def main():
         row("cuda, C = 16, fp32 pairwise prep", lambda y: cuda_prefill(y, pairwise_prep=True))
         row("cuda, C = 64, fp32 pairwise prep",
             lambda y: cuda_prefill(y, chunk=64, pairwise_prep=True))
+        row("cuda, C = 64, the planned prep (cuda64_records)", lambda y: cuda_prefill(y, chunk=64))
     if "prep16" in only:
         print("the fp16 family's prep products on tf32 operands (held scale on)")
         print("| plan | fp16 in | fp32 in | fla, fp16 in | fla, fp32 in |\n|---|---|---|---|---|")

@@ -28,6 +28,16 @@ def test_exact_plans_equal_the_reference(gate, K):
     assert o < 1e-12 and s < 1e-12, (o, s)
 
 
+@pytest.mark.parametrize("gate,log_rate", [("lower_bound", (-4.0, 1.0)), ("none", (-4.0, 1.0)),
+                                           ("none", (3.0, 3.0))])
+def test_64_token_plan_equals_the_reference(gate, log_rate):
+    # cuda64_records' algebra (sub-block factoring off the diagonal, the block inverse), exact:
+    # T = 150 is two full chunks of 64 and a partial one; rate e^3 sends diagonal blocks to 4'
+    x = em.make_inputs(5, "fp32", T=150, H=2, gate=gate, log_rate=log_rate)
+    o, s = em.errors(lambda y: em.cuda_prefill(y, em.EXACT_PLAN, chunk=64), x, em.reference(x))
+    assert o < 1e-12 and s < 1e-12, (o, s)
+
+
 def test_pairwise_form_equals_the_reference():
     # a fast decay (rate e^3) without a safe bound: chunks past the centred span take step 4'
     x = em.make_inputs(3, "fp32", T=64, H=1, gate="none", log_rate=(3.0, 3.0))
