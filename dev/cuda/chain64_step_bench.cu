@@ -56,6 +56,7 @@
 
 #include "../../src/cuda/ptx_mma.cuh"
 #include "bench_host.h"
+#include "record64.h"
 #include "wgmma.cuh"
 
 #define CT 64          /* tokens per chunk */
@@ -65,36 +66,6 @@
 #define CHECK_COLS 256 /* value columns of the checked problem: 2 CTAs of 2 warpgroups */
 #define VTILE 2048     /* a warp's v tile: 64 tokens x 16 values bf16, 32B-swizzled rows */
 #define TOL 2.0e-2     /* pass bar: max |gpu - ref| / max |ref| (bf16 operands: ~1e-3) */
-
-#define R_NEGW 0
-#define R_QD 16384
-#define R_KRT 32768
-#define R_BINV 49152
-#define R_BINV_LO 57344
-#define R_MQK 65536
-#define R_MQK_LO 73728
-#define R_GAMMA 81920
-#define R_BYTES 82944 /* 81 KB: the next record starts at a multiple of 1024 */
-
-/* ---- layouts (host and device) ---- */
-
-/* 128-byte rows of 64 bf16, 128B swizzle (the tile starts at a multiple of 1024). */
-static __host__ __device__ __forceinline__ uint32_t swz128(int row, int col)
-{
-    return (uint32_t)(row * 128 + ((((col >> 3) & 7) ^ (row & 7)) << 4) + ((col & 7) << 1));
-}
-
-/* 32-byte rows of 16 bf16, 32B swizzle (the shipped v tile's layout). */
-static __host__ __device__ __forceinline__ uint32_t swz32(int row, int col)
-{
-    return (uint32_t)(row * 32 + ((((col >> 3) & 1) ^ ((row >> 2) & 1)) << 4) + ((col & 7) << 1));
-}
-
-/* -W and Qd: [token][key] in two key halves. */
-static __host__ __device__ __forceinline__ uint32_t swz_tok_key(int tok, int key)
-{
-    return (uint32_t)((key >> 6) * 8192) + swz128(tok, key & 63);
-}
 
 /* ---- device ---- */
 
