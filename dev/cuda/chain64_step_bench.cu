@@ -96,33 +96,6 @@ static __device__ __forceinline__ void store_out(const bench_args *a, int c, con
     for (int n = 0; n < 8; n++) od[n] = make_float4(o[4 * n], o[4 * n + 1], o[4 * n + 2], o[4 * n + 3]);
 }
 
-/* Keeps A fragments that a wgmma group reads live (and unmoved) until here, the wait that covers
- * that group: the compiler does not know the group reads them after issue, and would otherwise
- * give their registers to a later value (ptxas then serializes every wgmma of the kernel). */
-static __device__ __forceinline__ void hold_frags(uint32_t x[][4], int n)
-{
-#pragma unroll
-    for (int i = 0; i < n; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) reg_fence_u(&x[i][e]);
-}
-
-/* bf16(S^T) as the A fragments of the 8 key steps. */
-static __device__ __forceinline__ void pack_state(const float S[64], uint32_t sa[8][4])
-{
-#pragma unroll
-    for (int kk = 0; kk < 8; kk++) {
-        sa[kk][0] = pack_bf16x2(S[8 * kk], S[8 * kk + 1]);
-        sa[kk][1] = pack_bf16x2(S[8 * kk + 2], S[8 * kk + 3]);
-        sa[kk][2] = pack_bf16x2(S[8 * kk + 4], S[8 * kk + 5]);
-        sa[kk][3] = pack_bf16x2(S[8 * kk + 6], S[8 * kk + 7]);
-    }
-#pragma unroll
-    for (int kk = 0; kk < 8; kk++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) reg_fence_u(&sa[kk][e]);
-}
-
 /* One chunk: reads the state's bf16 copy SA, leaves the next one in SN (the header comment).
  * va and up are the caller's, so that they keep registers of their own while a group that
  * reads them may still run. */
@@ -152,13 +125,13 @@ static __device__ __forceinline__ void wg64_step(const bench_args *a, int c, con
     for (int kk = 0; kk < 8; kk++) wg_mma_n64(u, SA[kk], desc128(R + R_NEGW + (kk >> 2) * 8192 + (kk & 3) * 32), 1);
     wg_commit();
     wg_wait0();
-    hold_frags(va, 4);
-    hold_frags(SA, 8);
+    wg_hold_frags(va, 4);
+    wg_hold_frags(SA, 8);
 #pragma unroll
     for (int i = 0; i < 32; i++) reg_fence_f(&u[i]);
     if (with_out && c > 0) { /* the previous chunk's group 2 is done too: store its output */
-        hold_frags(up, 4);
-        hold_frags(SN, 8); /* the previous chunk's SA */
+        wg_hold_frags(up, 4);
+        wg_hold_frags(SN, 8); /* the previous chunk's SA */
 #pragma unroll
         for (int i = 0; i < 32; i++) reg_fence_f(&o[i]);
         store_out(a, c - 1, o, gt, nthr);
@@ -195,11 +168,11 @@ static __device__ __forceinline__ void wg64_step(const bench_args *a, int c, con
         wg_wait1();
     } else {
         wg_wait0();
-        hold_frags(up, 4);
+        wg_hold_frags(up, 4);
     }
 #pragma unroll
     for (int i = 0; i < 64; i++) reg_fence_f(&S[i]);
-    pack_state(S, SN);
+    wg_pack_state(S, SN);
 }
 
 static __device__ __forceinline__ void wg64_chain(const bench_args *a, int with_out)
@@ -233,7 +206,7 @@ static __device__ __forceinline__ void wg64_chain(const bench_args *a, int with_
     float u[32], o[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) u[i] = 0.0f, o[i] = 0.0f;
-    pack_state(S, sa0);
+    wg_pack_state(S, sa0);
     const long long t0 = clock64();
     for (int c = 0; c < a->nch; c += 2) {
         wg64_step(a, c, s_rec, s_v, warps, warp, lane, S, sa0, sa1, va, up, u, o, with_out, gt, nthr);
@@ -241,8 +214,8 @@ static __device__ __forceinline__ void wg64_chain(const bench_args *a, int with_
     }
     if (with_out) {
         wg_wait0();
-        hold_frags(up, 4);
-        hold_frags(sa0, 8);
+        wg_hold_frags(up, 4);
+        wg_hold_frags(sa0, 8);
 #pragma unroll
         for (int i = 0; i < 32; i++) reg_fence_f(&o[i]);
         store_out(a, a->nch - 1, o, gt, nthr);

@@ -350,27 +350,6 @@ static __device__ __forceinline__ void ch64_store_out(const chain64_args *a, int
     }
 }
 
-/* Keeps A fragments a group may still read live until the wait that covers it. */
-static __device__ __forceinline__ void ch64_hold(uint32_t x[][4], int n)
-{
-#pragma unroll
-    for (int i = 0; i < n; i++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) reg_fence_u(&x[i][e]);
-}
-
-static __device__ __forceinline__ void ch64_pack_state(const float S[64], uint32_t sa[8][4])
-{
-#pragma unroll
-    for (int kk = 0; kk < 8; kk++) {
-        sa[kk][0] = pack_bf16x2(S[8 * kk], S[8 * kk + 1]);
-        sa[kk][1] = pack_bf16x2(S[8 * kk + 2], S[8 * kk + 3]);
-        sa[kk][2] = pack_bf16x2(S[8 * kk + 4], S[8 * kk + 5]);
-        sa[kk][3] = pack_bf16x2(S[8 * kk + 6], S[8 * kk + 7]);
-    }
-    ch64_hold(sa, 8);
-}
-
 static __device__ __forceinline__ uint64_t ch64_desc(uint32_t saddr) { return wg_desc(saddr, 1024, WG_SWIZZLE_128B); }
 
 /* One chunk: chain64_step_bench.cu's wg64 step on stage c & 1, with the ring's waits and refill
@@ -408,8 +387,8 @@ static __device__ __forceinline__ void ch64_step(const chain64_args *a, unsigned
     for (int kk = 0; kk < 8; kk++) wg_mma_n64(u, SA[kk], ch64_desc(R + R_NEGW + (kk >> 2) * 8192 + (kk & 3) * 32), 1);
     wg_commit();
     wg_wait0();
-    ch64_hold(va, 4);
-    ch64_hold(SA, 8);
+    wg_hold_frags(va, 4);
+    wg_hold_frags(SA, 8);
 #pragma unroll
     for (int i = 0; i < 32; i++) reg_fence_f(&u[i]);
     __syncthreads(); /* chunk c - 1's stage is free in every warp */
@@ -446,9 +425,9 @@ static __device__ __forceinline__ void ch64_step(const chain64_args *a, unsigned
     for (int i = 0; i < 64; i++) reg_fence_f(&S[i]);
 #pragma unroll
     for (int i = 0; i < 32; i++) reg_fence_f(&o[i]);
-    ch64_hold(up, 4);
-    ch64_hold(SA, 8);
-    ch64_pack_state(S, SN);
+    wg_hold_frags(up, 4);
+    wg_hold_frags(SA, 8);
+    wg_pack_state(S, SN);
     ch64_store_out(a, c, h, warp, lane, o);
 }
 
@@ -477,7 +456,7 @@ __global__ void __launch_bounds__(256, 1) chain64_kernel(const chain64_args a)
     float u[32], o[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) u[i] = 0.0f, o[i] = 0.0f;
-    ch64_pack_state(S, sa0);
+    wg_pack_state(S, sa0);
     for (int c = 0; c < nch; c += 2) {
         ch64_step(&a, stages, mbar0, c, nch, h, warp, lane, S, sa0, sa1, va, up, u, o);
         ch64_step(&a, stages, mbar0, c + 1, nch, h, warp, lane, S, sa1, sa0, va, up, u, o);

@@ -22,6 +22,8 @@
 
 #include <stdint.h>
 
+#include "../../src/cuda/ptx_mma.cuh" /* pack_bf16x2 */
+
 #define WG_SWIZZLE_128B 1ull
 #define WG_SWIZZLE_32B 3ull
 
@@ -92,6 +94,31 @@ static __device__ __forceinline__ void wg_mma_n64(float d[32], const uint32_t a[
                    "+f"(d[30]), "+f"(d[31])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate)
                  : "memory");
+}
+
+/* Keeps A fragments that a wgmma group reads live (and unmoved) until here, the wait that covers
+ * that group: the compiler does not know the group reads them after issue, and would otherwise
+ * give their registers to a later value (ptxas then serializes every wgmma of the kernel). */
+static __device__ __forceinline__ void wg_hold_frags(uint32_t x[][4], int n)
+{
+#pragma unroll
+    for (int i = 0; i < n; i++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) reg_fence_u(&x[i][e]);
+}
+
+/* An m64n128 fp32 accumulator (64 registers: the state S^T of 64 value columns x 128 keys) as the
+ * bf16 A fragments of its 8 key steps, held (wg_hold_frags). */
+static __device__ __forceinline__ void wg_pack_state(const float S[64], uint32_t sa[8][4])
+{
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++) {
+        sa[kk][0] = pack_bf16x2(S[8 * kk], S[8 * kk + 1]);
+        sa[kk][1] = pack_bf16x2(S[8 * kk + 2], S[8 * kk + 3]);
+        sa[kk][2] = pack_bf16x2(S[8 * kk + 4], S[8 * kk + 5]);
+        sa[kk][3] = pack_bf16x2(S[8 * kk + 6], S[8 * kk + 7]);
+    }
+    wg_hold_frags(sa, 8);
 }
 
 #endif /* FKDA_DEV_WGMMA_CUH */
