@@ -208,6 +208,31 @@ static __device__ __forceinline__ void pf_load_8rows(const void *base, int32_t d
     for (int i = 0; i < 8; i++) x[i] = bits_to_float(b32[i] | b16[i], dtype);
 }
 
+/* The element form of the prep's q, k and g tiles (strides or dtypes the bulk copy cannot take):
+ * the calling thread loads key channel col of every row of the chunk (coalesced along the keys),
+ * eight rows a pf_load_8rows, into dst[row * pitch + dst_col] of the fp32 tiles fq, fk, fg; zeros
+ * past the rows and where !ok. Both prep families (K <= 128 and K = 256) load so. */
+static __device__ __forceinline__ void pf_load_element_tiles(const pf_params &p, int64_t q0, int64_t k0, int64_t g0,
+                                                             int64_t t0, int col, int rows, int ok, float *fq,
+                                                             float *fk, float *fg, int pitch, int dst_col)
+{
+#pragma unroll
+    for (int which = 0; which < 3; which++) {
+        const void *src = which == 0 ? p.q : which == 1 ? p.k : p.g;
+        const int32_t dt = which == 2 ? p.g_dtype : p.qkv_dtype;
+        const int64_t first = which == 0 ? q0 + t0 * p.q_s[1] : which == 1 ? k0 + t0 * p.k_s[1] : g0 + t0 * p.g_s[1];
+        const int64_t ts = which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1];
+        float *dst = which == 0 ? fq : which == 1 ? fk : fg;
+#pragma unroll
+        for (int r0 = 0; r0 < PF_CHUNK; r0 += 8) {
+            float x[8];
+            pf_load_8rows(src, dt, first + col, ts, r0, rows, ok, x);
+#pragma unroll
+            for (int i = 0; i < 8; i++) dst[(r0 + i) * pitch + dst_col] = x[i];
+        }
+    }
+}
+
 static __device__ __forceinline__ float pf_bf16_to_float(uint16_t x) { return __uint_as_float((uint32_t)x << 16); }
 
 static __device__ __forceinline__ uint16_t pf_float_to_bf16(float x)

@@ -233,25 +233,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
         }
         cp_async_commit();
     } else {
-        /* thread tid loads key channel tid of every row (coalesced along the keys) */
-        const int ok_col = tid < p.K, cc = prep_f32_col(tid);
-#pragma unroll
-        for (int which = 0; which < 3; which++) {
-            const void *src = which == 0 ? p.q : which == 1 ? p.k : p.g;
-            const int32_t dt = which == 2 ? p.g_dtype : p.qkv_dtype;
-            const int64_t first = which == 0   ? q0 + t0 * p.q_s[1]
-                                  : which == 1 ? k0 + t0 * p.k_s[1]
-                                               : g0 + t0 * p.g_s[1];
-            const int64_t ts = which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1];
-            float *dst = which == 0 ? fq : which == 1 ? fk : fg;
-#pragma unroll
-            for (int r0 = 0; r0 < PF_CHUNK; r0 += 8) {
-                float x[8];
-                pf_load_8rows(src, dt, first + tid, ts, r0, rows, ok_col, x);
-#pragma unroll
-                for (int i = 0; i < 8; i++) dst[(r0 + i) * 128 + cc] = x[i];
-            }
-        }
+        pf_load_element_tiles(p, q0, k0, g0, t0, tid, rows, tid < p.K, fq, fk, fg, 128, prep_f32_col(tid));
     }
     /* From step 3 on, thread tid owns key channels c0 = 2 (tid mod 64) and c0 + 1 over rows r0 = 8 (tid /
      * 64) .. r0 + 7: warps 0-1 the chunk's first 8 rows, warps 2-3 its last 8 (see step 3). */

@@ -150,24 +150,7 @@ static __device__ __forceinline__ void p256_chunk(const pf_params &p, const int 
         }
         cp_async_commit();
     } else {
-        /* thread col loads key col of every row (coalesced along the keys) */
-#pragma unroll
-        for (int which = 0; which < 3; which++) {
-            const void *src = which == 0 ? p.q : which == 1 ? p.k : p.g;
-            const int32_t dt = which == 2 ? p.g_dtype : p.qkv_dtype;
-            const int64_t first = which == 0   ? q0 + t0 * p.q_s[1]
-                                  : which == 1 ? k0 + t0 * p.k_s[1]
-                                               : g0 + t0 * p.g_s[1];
-            const int64_t ts = which == 0 ? p.q_s[1] : which == 1 ? p.k_s[1] : p.g_s[1];
-            float *dst = which == 0 ? fq : which == 1 ? fk : fg;
-#pragma unroll
-            for (int r0 = 0; r0 < PF_CHUNK; r0 += 8) {
-                float x[8];
-                pf_load_8rows(src, dt, first + col, ts, r0, rows, live, x);
-#pragma unroll
-                for (int i = 0; i < 8; i++) dst[(r0 + i) * PF256_DK + col] = x[i];
-            }
-        }
+        pf_load_element_tiles(p, q0, k0, g0, t0, col, rows, live, fq, fk, fg, PF256_DK, col);
     }
     if (p.v_stage != NULL) {
         /* the chain's bf16 copy of v: [16][vpad], zeros past V and past the sequence end */

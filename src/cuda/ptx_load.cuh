@@ -2,8 +2,9 @@
  * ptx_load.cuh: scalar loads of float tensors whose dtype (fp32, bf16, fp16) is a run-time value,
  * as predicated inline PTX: every form of a load is one instruction under a predicate, never a
  * branch, so that a thread issues all its loads before it waits for any; the conversions come
- * after them. Used by the decode (decode_io.cuh, decode_stage.cuh); apart from its files so that
- * any kernel can include them.
+ * after them. Used by the decode (decode_io.cuh, decode_stage.cuh) and the prefill (the prep's
+ * parameter and element loads, prefill_common.cuh; the split chain's initial state,
+ * prefill_chain_io.cuh).
  */
 #ifndef FKDA_PTX_LOAD_CUH
 #define FKDA_PTX_LOAD_CUH
