@@ -121,6 +121,8 @@ CUDA_PLAN = dict(
     v="bf16",  # the chain's copy of v
     S="bf16",  # the chain's copy of the state (for W S and Qd S)
     Vnew="bf16",  # U = U0 - W S as the operand of Kr^T U and Mqk U
+    U0="chain",  # U0 = bINV V: formed by the chain from the record's bINV ("chain"), or by
+    #             the prep (tf32 bINV, v as read) and stored in this mode (fla's u)
     out="dtype",  # the output, stored in v's dtype (not a choice of the kernels)
 )
 
@@ -438,7 +440,11 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
             # U = U0 - W S: S^T (-W)^T in two key halves, then V^T bINV^T (lo, then hi)
             vn0 = acc.dot(negW[c][:, :half], S[:half], p["W"], p["S"])
             vn1 = acc.dot(negW[c][:, half:], S[half:], p["W"], p["S"]) if half < K else 0.0
-            u0 = acc.dot(R["bINV"][c], vc, p["bINV"], p["v"])
+            if p["U0"] == "chain":
+                u0 = acc.dot(R["bINV"][c], vc, p["bINV"], p["v"])
+            else:  # the prep's product of bINV (tf32) and v as read, rounded for the record
+                ops = "exact" if p["U0"] == "exact" else "tf32"
+                u0 = rnd(acc.dot(R["bINV"][c], vc, ops, p["v"]), p["U0"])
             vnew = acc.r32(u0 + acc.r32(vn0 + vn1))
             # O = Qd S + Mqk Vnew with the state entering the chunk, in two chains
             oa = acc.dot(Qd[c][:, :half], S[:half], p["Qd"], p["S"])
@@ -770,6 +776,13 @@ def main():
         row("cuda, C = 64, fp32 pairwise prep",
             lambda y: cuda_prefill(y, chunk=64, pairwise_prep=True))
         row("cuda, C = 64, the planned prep (cuda64_records)", lambda y: cuda_prefill(y, chunk=64))
+        row("cuda, C = 64, Mqk bf16 only (no lo term)",
+            lambda y: cuda_prefill(y, plan(Mqk="bf16"), chunk=64))
+        for u0 in ("bf16", "fp32"):
+            row(f"cuda, C = 64, U0 = bINV V by the prep (tf32 bINV), {u0} in the record",
+                lambda y, u0=u0: cuda_prefill(y, plan(U0=u0), chunk=64))
+        row("cuda, C = 64, U0 by the prep, fp32; Mqk bf16 only",
+            lambda y: cuda_prefill(y, plan(U0="fp32", Mqk="bf16"), chunk=64))
     if "prep16" in only:
         print("the fp16 family's prep products on tf32 operands (held scale on)")
         print("| plan | fp16 in | fp32 in | fla, fp16 in | fla, fp32 in |\n|---|---|---|---|---|")
