@@ -38,6 +38,11 @@
  * 2- and 4-byte global stores into the swizzled record and the output, one CTA a head) are what
  * a second one would change; the checks are what this one is for.
  *
+ * Built with -DP64_LIGHT, the light record (record64.h; dev/numerics/README.md, "A lighter
+ * 64-token chain"): the prep also forms U0 = bINV V (step 7's second product, v on tf32 from
+ * shared memory) and stores it in fp32 in the chain's accumulator order, Mqk as one bf16 term and
+ * no bINV; the chain starts U from U0 and reads no v: 28 products a step instead of 40.
+ *
  * Build and run (an H100 / H200): see dev/cuda/README.md.
  */
 #include <cuda_bf16.h>
@@ -64,6 +69,7 @@
 
 typedef struct prep64_args {
     const uint16_t *q, *k, *g; /* [T][H][KD] bf16 */
+    const uint16_t *v;         /* [T][H][KD] bf16: read only by the light prep (U0 = bINV V) */
     const uint16_t *beta;      /* [T][H] bf16 logits */
     const float *A_log;        /* [H] */
     const float *dt_bias;      /* [H][KD] */
@@ -78,6 +84,7 @@ static __device__ __forceinline__ float bf16_bits_to_float(uint32_t h) { return 
 
 static __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + __expf(-x)); }
 
+#ifndef P64_LIGHT
 /* Two fp32 values as bf16 hi terms and the lo terms of what is left, each pair one 4-byte word. */
 static __device__ __forceinline__ void hilo_pair(float x0, float x1, uint32_t *hi, uint32_t *lo)
 {
@@ -85,6 +92,7 @@ static __device__ __forceinline__ void hilo_pair(float x0, float x1, uint32_t *h
     const float h0 = bf16_bits_to_float(*hi & 0xFFFFu), h1 = bf16_bits_to_float(*hi >> 16);
     *lo = pack_bf16x2(x0 - h0, x1 - h1);
 }
+#endif
 
 static __device__ __forceinline__ void put16(unsigned char *rec, uint32_t off, float x)
 {
@@ -103,6 +111,14 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
 
     /* 1. q, k, the gate's activation (log2 units), b; L, Mqk and INV start at zero. */
     const float A = expf(a.A_log[h]), lb2 = a.lb * LOG2E;
+#ifdef P64_LIGHT
+    uint4 vr[4]; /* the chunk's v, held in registers until step 6 gives it shared memory */
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int v8 = tid + 256 * i, r = v8 >> 4, c8 = (v8 & 15) * 8;
+        vr[i] = *(const uint4 *)(a.v + ((row0 + r) * H + h) * KD + c8);
+    }
+#endif
     for (int v = tid; v < CT * KD / 8; v += 256) {
         const int r = v >> 4, c8 = (v & 15) * 8;
         const int64_t off = ((row0 + r) * H + h) * KD + c8;
@@ -251,11 +267,15 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         __syncthreads();
     }
 
-    /* 6. bINV (in place) and Mqk into the record as hi + lo pairs; Kd = k 2^G over Xk. */
+    /* 6. bINV (in place) and Mqk into the record as hi + lo pairs (light: Mqk as one bf16 term, and
+     * bINV stays here for U0); Kd = k 2^G over Xk; light: v over Xq (free since step 4). */
     for (int e = tid; e < CT * CT / 2; e += 256) {
         const int i = e >> 5, j = 2 * (e & 31);
         const float b0 = s_I[i * PL + j] * s_b[j], b1 = s_I[i * PL + j + 1] * s_b[j + 1];
         s_I[i * PL + j] = b0, s_I[i * PL + j + 1] = b1;
+#ifdef P64_LIGHT
+        *(uint32_t *)(rec + R_MQK + swz128(i, j)) = pack_bf16x2(s_M[i * PL + j], s_M[i * PL + j + 1]);
+#else
         uint32_t hi, lo;
         hilo_pair(b0, b1, &hi, &lo);
         *(uint32_t *)(rec + R_BINV + swz128(i, j)) = hi;
@@ -263,16 +283,33 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         hilo_pair(s_M[i * PL + j], s_M[i * PL + j + 1], &hi, &lo);
         *(uint32_t *)(rec + R_MQK + swz128(i, j)) = hi;
         *(uint32_t *)(rec + R_MQK_LO + swz128(i, j)) = lo;
+#endif
     }
+#ifdef P64_LIGHT
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int v8 = tid + 256 * i, r = v8 >> 4, c8 = (v8 & 15) * 8;
+        const uint32_t w[4] = {vr[i].x, vr[i].y, vr[i].z, vr[i].w};
+#pragma unroll
+        for (int e = 0; e < 8; e++) s_q[r * P + c8 + e] = bf16_bits_to_float((w[e >> 1] >> ((e & 1) * 16)) & 0xFFFFu);
+    }
+#endif
     for (int e = tid; e < CT * KD; e += 256) {
         const int j = e >> 7, c = e & 127;
         s_X[j * P + c] = s_k[j * P + c] * exp2f(s_G[j * P + c]);
     }
     __syncthreads();
 
-    /* 7. W = bINV Kd: warp w rows 16 (w % 4).., keys 64 (w / 4)..; -W into the record. */
+    /* 7. W = bINV Kd: warp w rows 16 (w % 4).., keys 64 (w / 4)..; -W into the record. Light: then
+     * U0 = bINV V the same way (warp w: value columns 64 (w / 4)..), fp32 into the record. */
+#ifdef P64_LIGHT
+    for (int pass = 0; pass < 2; pass++)
+#else
+    for (int pass = 0; pass < 1; pass++)
+#endif
     {
         const int mt = warp & 3, n0 = 64 * (warp >> 2);
+        const float *B = pass ? s_q : s_X;
         float acc[8][4];
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
@@ -289,7 +326,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
 #pragma unroll
             for (int nt = 0; nt < 8; nt++) {
                 const int n = n0 + 8 * nt + g;
-                mma_tf32_1688(acc[nt], af, tf32_operand(s_X[j0 * P + n]), tf32_operand(s_X[(j0 + 4) * P + n]), acc[nt]);
+                mma_tf32_1688(acc[nt], af, tf32_operand(B[j0 * P + n]), tf32_operand(B[(j0 + 4) * P + n]), acc[nt]);
             }
         }
 #pragma unroll
@@ -297,6 +334,13 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
 #pragma unroll
             for (int hf = 0; hf < 2; hf++) {
                 const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t;
+#ifdef P64_LIGHT
+                if (pass) {
+                    *(float *)(rec + u0_offset(i, c)) = acc[nt][2 * hf];
+                    *(float *)(rec + u0_offset(i, c + 1)) = acc[nt][2 * hf + 1];
+                    continue;
+                }
+#endif
                 *(uint32_t *)(rec + R_NEGW + swz_tok_key(i, c)) = pack_bf16x2(-acc[nt][2 * hf], -acc[nt][2 * hf + 1]);
             }
     }
@@ -304,8 +348,12 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
 
 /* ---- the chain: one CTA of two warpgroups per head, 64 value columns each ---- */
 
-#define VT64 2048                  /* a warp's v tile: 64 tokens x 16 values bf16, 32-byte rows */
+#define VT64 2048 /* a warp's v tile: 64 tokens x 16 values bf16, 32-byte rows */
+#ifdef P64_LIGHT
+#define STAGE R_BYTES /* a chunk's record (89 KB): the light chain reads no v */
+#else
 #define STAGE (R_BYTES + 8 * VT64) /* a chunk's record and the CTA's v tiles: 97 KB */
+#endif
 
 typedef struct chain64_args {
     const unsigned char *rec; /* [T / CT][H][R_BYTES] */
@@ -328,12 +376,14 @@ static __device__ __forceinline__ void ch64_issue(const chain64_args *a, unsigne
         mbar_arrive_expect_tx(mbar, R_BYTES);
         bulk_copy_g2s(smem_addr(st), a->rec + ((int64_t)c * a->H + h) * R_BYTES, R_BYTES, mbar);
     }
+#ifndef P64_LIGHT
     for (int p = threadIdx.x; p < CT * 16; p += 256) {
         const int tok = p >> 4, q16 = p & 15;
         cp_async_16(smem_addr(st + R_BYTES + (q16 >> 1) * VT64 + swz32(tok, 8 * (q16 & 1))),
                     a->v + (((int64_t)c * CT + tok) * a->H + h) * KD + 8 * q16, 16);
     }
     cp_async_commit();
+#endif
 }
 
 /* O of chunk c (o[4n + e]: value 16 warp + g + 8 (e >> 1), token 8n + 2t + (e & 1)) as bf16. */
@@ -366,15 +416,28 @@ static __device__ __forceinline__ void ch64_step(const chain64_args *a, unsigned
     unsigned char *st = stages + (c & 1) * STAGE;
     const uint32_t R = smem_addr(st);
     mbar_wait(mbar0 + 8 * (c & 1), (uint32_t)(c >> 1) & 1u);
+#ifndef P64_LIGHT
     if (c == 0 && nch > 1)
         CP_ASYNC_WAIT(1);
     else
         CP_ASYNC_WAIT(0);
+#endif
     /* Every thread's v pieces of chunk c have landed, and every warp is done with chunk c - 1
      * (its last step ended with wait_group 0, its ldmatrix and gamma reads before that): its stage
      * takes chunk c + 1 now, a whole step ahead. */
     __syncthreads();
     if (c >= 1 && c + 1 < nch) ch64_issue(a, stages, mbar0 + 8 * ((c + 1) & 1), c + 1, h);
+#ifdef P64_LIGHT
+    { /* U^T starts as the record's U0^T, in the accumulators' order */
+        const float4 *U0 = (const float4 *)(st + R_U0) + warp * 256 + lane;
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            const float4 x = U0[32 * n];
+            u[4 * n] = x.x, u[4 * n + 1] = x.y, u[4 * n + 2] = x.z, u[4 * n + 3] = x.w;
+        }
+    }
+    wg_fence();
+#else
     {
         const unsigned char *VT = st + R_BYTES + warp * VT64;
         const int mi = lane >> 3, rr = lane & 7;
@@ -387,11 +450,14 @@ static __device__ __forceinline__ void ch64_step(const chain64_args *a, unsigned
     for (int kk = 0; kk < 4; kk++) wg_mma_n64(u, va[kk], ch64_desc(R + R_BINV_LO + kk * 32), kk > 0);
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) wg_mma_n64(u, va[kk], ch64_desc(R + R_BINV + kk * 32), 1);
+#endif
 #pragma unroll
     for (int kk = 0; kk < 8; kk++) wg_mma_n64(u, SA[kk], ch64_desc(R + R_NEGW + (kk >> 2) * 8192 + (kk & 3) * 32), 1);
     wg_commit();
     wg_wait0();
+#ifndef P64_LIGHT
     wg_hold_frags(va, 4);
+#endif
     wg_hold_frags(SA, 8);
 #pragma unroll
     for (int i = 0; i < 32; i++) reg_fence_f(&u[i]);
@@ -417,8 +483,10 @@ static __device__ __forceinline__ void ch64_step(const chain64_args *a, unsigned
 #pragma unroll
     for (int kk = 0; kk < 8; kk++)
         wg_mma_n64(o, SA[kk], ch64_desc(R + R_QD + (kk >> 2) * 8192 + (kk & 3) * 32), kk > 0);
+#ifndef P64_LIGHT
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) wg_mma_n64(o, up[kk], ch64_desc(R + R_MQK_LO + kk * 32), 1);
+#endif
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) wg_mma_n64(o, up[kk], ch64_desc(R + R_MQK + kk * 32), 1);
     wg_commit();
@@ -501,9 +569,9 @@ static void note(operand_err *o, double got, double ref)
 
 /* The float64 record of chunk c, head h (the algebra of the header, exact), compared with the
  * GPU's; accumulates each operand's largest error. */
-static void check_chunk(const float *q, const float *k, const float *gr, const float *beta, const float *A_log,
-                        const float *dt_bias, float lb, float scale, int H, int c, int h, const unsigned char *rec,
-                        operand_err err[6])
+static void check_chunk(const float *q, const float *k, const float *v, const float *gr, const float *beta,
+                        const float *A_log, const float *dt_bias, float lb, float scale, int H, int c, int h,
+                        const unsigned char *rec, operand_err err[6])
 {
     static double qn[CT][KD], kn[CT][KD], G[CT][KD], L[CT][CT], M[CT][CT], INV[CT][CT];
     double b[CT];
@@ -547,10 +615,21 @@ static void check_chunk(const float *q, const float *k, const float *gr, const f
             note(&err[1], get16(rec, R_QD + swz_tok_key(i, x)), scale * qn[i][x] * exp2(G[i][x]));
             note(&err[2], get16(rec, R_KRT + swz128(x, i)), kn[i][x] * exp2(G[CT - 1][x] - G[i][x]));
         }
+#ifdef P64_LIGHT
+        for (int x = 0; x < KD; x++) { /* U0 = bINV V */
+            double u0 = 0;
+            for (int j = 0; j <= i; j++) u0 += INV[i][j] * b[j] * v[(((int64_t)c * CT + j) * H + h) * KD + x];
+            float got;
+            memcpy(&got, rec + u0_offset(i, x), 4);
+            note(&err[3], got, u0);
+        }
+        for (int j = 0; j < CT; j++) note(&err[4], get16(rec, R_MQK + swz128(i, j)), M[i][j]);
+#else
         for (int j = 0; j < CT; j++) {
             note(&err[3], get16(rec, R_BINV + swz128(i, j)) + get16(rec, R_BINV_LO + swz128(i, j)), INV[i][j] * b[j]);
             note(&err[4], get16(rec, R_MQK + swz128(i, j)) + get16(rec, R_MQK_LO + swz128(i, j)), M[i][j]);
         }
+#endif
     }
     for (int x = 0; x < KD; x++) {
         float gm;
@@ -621,6 +700,7 @@ static problem_dev upload(const inputs *x, int T, int H, float lb)
     CUDA_OK(cudaMemset(a->rec, 0xFF, rec_bytes)); /* NaN bf16 / fp32: an unwritten operand fails */
     chain64_args *c = &d.chain;
     c->rec = a->rec, c->v = to_bf16_device(x->v, n), c->T = T, c->H = H;
+    a->v = c->v; /* one device copy */
     float *h0 = NULL, *ht = NULL;
     uint16_t *out = NULL;
     CUDA_OK(cudaMalloc(&h0, (size_t)H * KD * KD * 4));
@@ -734,7 +814,12 @@ int main(int argc, char **argv)
 
     int pass = 1;
     /* 1. The records: T = 256 (4 chunks), H = 3, lower bounds -5, -1 and -0.1, every operand. */
+#ifdef P64_LIGHT
+    static const char *names[6] = {"-W", "Qd", "Kr^T", "U0 (fp32)", "Mqk (one term)", "gamma"};
+    printf("the light record: U0 = bINV V by the prep, Mqk one bf16 term, no v in the chain\n");
+#else
     static const char *names[6] = {"-W", "Qd", "Kr^T", "bINV (hi+lo)", "Mqk (hi+lo)", "gamma"};
+#endif
     const float lbs[3] = {-5.0f, -1.0f, -0.1f};
     for (int li = 0; li < 3; li++) {
         const int T = 256, H = 3;
@@ -749,7 +834,7 @@ int main(int argc, char **argv)
         memset(err, 0, sizeof err);
         for (int c = 0; c < T / CT; c++)
             for (int h = 0; h < H; h++)
-                check_chunk(x.q, x.k, x.g, x.beta, x.A_log, x.dt_bias, lbs[li], 1.0f / sqrtf((float)KD), H, c, h,
+                check_chunk(x.q, x.k, x.v, x.g, x.beta, x.A_log, x.dt_bias, lbs[li], 1.0f / sqrtf((float)KD), H, c, h,
                             rec + ((size_t)c * H + h) * R_BYTES, err);
         printf("records, lower bound %g, T = %d, H = %d: max |gpu - ref| / max |ref| per operand (bar %.0e):\n",
                lbs[li], T, H, TOL);

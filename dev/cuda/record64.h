@@ -14,6 +14,28 @@
 
 #include <stdint.h>
 
+#ifdef P64_LIGHT
+/* The light record (prefill64_bench.cu built with -DP64_LIGHT; dev/numerics/README.md, "A lighter
+ * 64-token chain"): no bINV, since the prep forms U0 = bINV V itself and stores it in fp32 in the
+ * order of the chain's u accumulators (u0_offset); Mqk as one bf16 term. */
+#define R_NEGW 0
+#define R_QD 16384
+#define R_KRT 32768
+#define R_MQK 49152
+#define R_U0 57344
+#define R_GAMMA 90112
+#define R_BYTES 91136 /* 89 KB: the next record starts at a multiple of 1024 */
+
+/* U0[tok][col] (64 tokens x 128 value columns): the float the chain's thread (warp col / 16,
+ * lane 4 (col & 7) + ((tok >> 1) & 3)) holds as u[4 (tok >> 3) + 2 ((col >> 3) & 1) + (tok & 1)]
+ * (the m64n64 accumulator of its warpgroup, M = value columns), stored so that the warp's 32
+ * lanes read their float4 n (u[4n..4n+3]) from 512 consecutive bytes. */
+static __host__ __device__ __forceinline__ uint32_t u0_offset(int tok, int col)
+{
+    const int warp = col >> 4, lane = 4 * (col & 7) + ((tok >> 1) & 3), n = tok >> 3;
+    return (uint32_t)(R_U0 + ((warp * 8 + n) * 32 + lane) * 16 + (2 * ((col >> 3) & 1) + (tok & 1)) * 4);
+}
+#else
 #define R_NEGW 0
 #define R_QD 16384
 #define R_KRT 32768
@@ -23,6 +45,7 @@
 #define R_MQK_LO 73728
 #define R_GAMMA 81920
 #define R_BYTES 82944 /* 81 KB: the next record starts at a multiple of 1024 */
+#endif
 
 /* 128-byte rows of 64 bf16, 128B swizzle (the tile starts at a multiple of 1024). */
 static __host__ __device__ __forceinline__ uint32_t swz128(int row, int col)
