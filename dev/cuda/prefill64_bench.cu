@@ -33,7 +33,8 @@
  *      keys), negated, into the record.
  * The chain: one CTA of two warpgroups per head (64 value columns each, the state an m64n128
  * accumulator), a ring of two stages of 97 KB (the record by one bulk copy, the v tiles by
- * cp.async), the step of chain64_step_bench.cu (see ch64_step for where it differs).
+ * cp.async; light: 89 KB, the record alone), the step of chain64_step_bench.cu (see ch64_step for
+ * where it differs).
  * The plain choices of a first version (scalar shared-memory fragment loads, one CTA an SM,
  * 2- and 4-byte global stores into the swizzled record and the output, one CTA a head) are what
  * a second one would change; the checks are what this one is for.
@@ -422,7 +423,7 @@ static __device__ __forceinline__ void ch64_step(const chain64_args *a, unsigned
     else
         CP_ASYNC_WAIT(0);
 #endif
-    /* Every thread's v pieces of chunk c have landed, and every warp is done with chunk c - 1
+    /* Every thread's v pieces of chunk c have landed (light: no v), and every warp is done with chunk c - 1
      * (its last step ended with wait_group 0, its ldmatrix and gamma reads before that): its stage
      * takes chunk c + 1 now, a whole step ahead. */
     __syncthreads();

@@ -1,13 +1,14 @@
 /*
  * record64.h: the 64-token chunk's record (one chunk of 64 tokens of one head, K = V = 128), as
- * dev/cuda/prep64_bench.cu writes it and dev/cuda/chain64_step_bench.cu's chain reads it: every
+ * dev/cuda/prefill64_bench.cu's prep writes it and dev/cuda/chain64_step_bench.cu's chain reads it: every
  * operand a K-major B tile of wgmma with 128-byte rows (64 bf16) under the 128B swizzle, at a
  * multiple of 1024 bytes:
  *   -W, Qd:   [token][key], two key halves of 64 rows x 128 bytes (8192 apart);
  *   Kr^T:     [key][token], 128 rows x 128 bytes;
  *   bINV, Mqk (bf16 hi and lo terms): [i][j] = X[i][j], 64 rows x 128 bytes;
  *   gamma:    128 fp32.
- * And the 32-byte-row layout of a warp's v tile (the shipped pf_swz16's).
+ * And the 32-byte-row layout of a warp's v tile (the shipped pf_swz16's). With P64_LIGHT defined,
+ * the light record instead (below: no bINV, Mqk one term, U0 in fp32).
  */
 #ifndef FKDA_DEV_RECORD64_H
 #define FKDA_DEV_RECORD64_H
