@@ -69,16 +69,7 @@ static __device__ __forceinline__ void p256_finish(float (*s_L)[17], float (*s_b
     if (warp == 0) {
         const int cc = lane & 15;
         float inv[16];
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            float s0 = i == cc ? 1.0f : 0.0f, s1 = 0.0f;
-#pragma unroll
-            for (int j = 0; j < i; j += 2) {
-                s0 -= s_L[i][j] * inv[j];
-                if (j + 1 < i) s1 -= s_L[i][j + 1] * inv[j + 1];
-            }
-            inv[i] = s0 + s1;
-        }
+        prep_inverse_column(s_L, cc, inv);
         if (lane < 16) {
             const float bc = s_b[cc];
 #pragma unroll

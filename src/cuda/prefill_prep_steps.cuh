@@ -373,6 +373,23 @@ static __device__ __forceinline__ void prep_pair_diagonal(const float *fq, const
     }
 }
 
+/* Column cc of (I + L)^-1 (L strictly lower, 16 x 16) by fp32 forward substitution: row i is
+ * e_cc[i] - sum_{j < i} L[i][j] inv[j], summed as two interleaved partial sums so that
+ * consecutive products do not wait on each other. Shared by both record layouts' step 5. */
+static __device__ __forceinline__ void prep_inverse_column(float (*s_L)[17], int cc, float inv[16])
+{
+#pragma unroll
+    for (int i = 0; i < 16; i++) {
+        float s0 = i == cc ? 1.0f : 0.0f, s1 = 0.0f;
+#pragma unroll
+        for (int j = 0; j < i; j += 2) {
+            s0 -= s_L[i][j] * inv[j];
+            if (j + 1 < i) s1 -= s_L[i][j + 1] * inv[j + 1];
+        }
+        inv[i] = s0 + s1;
+    }
+}
+
 /* Step 5: INV = (I + L)^-1 by fp32 forward substitution on warp 0 (lane cc owns column cc), then
  * bINV = INV diag(b) into s_binv and the record as hi + lo terms; rec16: an fp16 record. */
 static __device__ __forceinline__ void prep_inverse(float (*s_L)[17], float (*s_binv)[16], const float *s_b,
@@ -381,16 +398,7 @@ static __device__ __forceinline__ void prep_inverse(float (*s_L)[17], float (*s_
     if (warp == 0) {
         const int cc = lane & 15;
         float inv[16];
-#pragma unroll
-        for (int i = 0; i < 16; i++) {
-            float s0 = i == cc ? 1.0f : 0.0f, s1 = 0.0f;
-#pragma unroll
-            for (int j = 0; j < i; j += 2) {
-                s0 -= s_L[i][j] * inv[j];
-                if (j + 1 < i) s1 -= s_L[i][j + 1] * inv[j + 1];
-            }
-            inv[i] = s0 + s1;
-        }
+        prep_inverse_column(s_L, cc, inv);
         if (lane < 16) {
             const float bc = s_b[cc];
 #pragma unroll
