@@ -123,10 +123,15 @@ CUDA_PLAN = dict(
     Vnew="bf16",  # U = U0 - W S as the operand of Kr^T U and Mqk U
     U0="chain",  # U0 = bINV V: formed by the chain from the record's bINV ("chain"), or by
     #             the prep (tf32 bINV, v as read) and stored in this mode (fla's u)
+    O0="chain",  # O = Qd S + Mqk U in the chain ("chain"), or, with U0 by the prep, as
+    #             O = Qe S + O0: Qe = Qd - Mqk W and O0 = Mqk U0 formed by the prep (tf32
+    #             products), Qe rounded as Qd, O0 stored in this mode; O then needs S alone
     out="dtype",  # the output, stored in v's dtype (not a choice of the kernels)
 )
 
-EXACT_PLAN = {name: "exact" for name in CUDA_PLAN}
+# Every rounding exact, in the kernels' form (U0 and O in the chain; the prep's forms are chosen
+# by setting U0 / O0 to "exact" on top of it).
+EXACT_PLAN = dict({name: "exact" for name in CUDA_PLAN}, U0="chain", O0="chain")
 
 
 def plan(**changes):
@@ -446,11 +451,22 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
                 ops = "exact" if p["U0"] == "exact" else "tf32"
                 u0 = rnd(acc.dot(R["bINV"][c], vc, ops, p["v"]), p["U0"])
             vnew = acc.r32(u0 + acc.r32(vn0 + vn1))
+            vr = vnew if p["Vnew"] in PAIRS else rnd(vnew, p["Vnew"])
+            if p["O0"] != "chain":  # O = Qe S + O0, both of the prep
+                ops = "exact" if p["O0"] == "exact" else "tf32"
+                qe = rnd(num.r32(R["Qd"][c] + _batched(num, R["Mqk"][c][None], R["negW"][c][None],
+                                                        ops)[0]), p["Qd"])
+                o0 = rnd(acc.dot(R["Mqk"][c], u0, ops, ops), p["O0"])
+                oa = acc.dot(qe[:, :half], S[:half], p["Qd"], p["S"])
+                ob = acc.dot(qe[:, half:], S[half:], p["Qd"], p["S"]) if half < K else 0.0
+                o[c] = acc.r32(acc.r32(oa + ob) + o0) * np.repeat(2.0**e, 16)[:V]
+                S = acc.r32(S * R["gamma"][c][:, None])
+                S = acc.dot(KrT[c], vr, "exact", p["Vnew"], acc=S)
+                continue
             # O = Qd S + Mqk Vnew with the state entering the chunk, in two chains
             oa = acc.dot(Qd[c][:, :half], S[:half], p["Qd"], p["S"])
             ob = acc.dot(Qd[c][:, half:], S[half:], p["Qd"], p["S"]) if half < K else 0.0
             mt = split(R["Mqk"][c], p["Mqk"])
-            vr = vnew if p["Vnew"] in PAIRS else rnd(vnew, p["Vnew"])
             if len(mt) == 2:
                 oa = acc.dot(mt[1], vr, "exact", p["Vnew"], acc=oa)
                 ob = acc.dot(mt[0], vr, "exact", p["Vnew"], acc=ob)
@@ -783,6 +799,9 @@ def main():
                 lambda y, u0=u0: cuda_prefill(y, plan(U0=u0), chunk=64))
         row("cuda, C = 64, U0 by the prep, fp32; Mqk bf16 only",
             lambda y: cuda_prefill(y, plan(U0="fp32", Mqk="bf16"), chunk=64))
+        for o0 in ("fp32", "bf16"):
+            row(f"cuda, C = 64, U0 fp32; O = Qe S + O0 by the prep, O0 {o0}",
+                lambda y, o0=o0: cuda_prefill(y, plan(U0="fp32", O0=o0), chunk=64))
     if "prep16" in only:
         print("the fp16 family's prep products on tf32 operands (held scale on)")
         print("| plan | fp16 in | fp32 in | fla, fp16 in | fla, fp32 in |\n|---|---|---|---|---|")

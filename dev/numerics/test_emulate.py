@@ -30,11 +30,16 @@ def test_exact_plans_equal_the_reference(gate, K):
 
 @pytest.mark.parametrize("gate,log_rate", [("lower_bound", (-4.0, 1.0)), ("none", (-4.0, 1.0)),
                                            ("none", (3.0, 3.0))])
-def test_64_token_plan_equals_the_reference(gate, log_rate):
+@pytest.mark.parametrize("form", ["chain", "u0", "qe"])
+def test_64_token_plan_equals_the_reference(gate, log_rate, form):
     # cuda64_records' algebra (sub-block factoring off the diagonal, the block inverse), exact:
-    # T = 150 is two full chunks of 64 and a partial one; rate e^3 sends diagonal blocks to 4'
+    # T = 150 is two full chunks of 64 and a partial one; rate e^3 sends diagonal blocks to 4'.
+    # form: the chain forms U0 and O; the prep forms U0; the prep forms U0, Qe and O0
     x = em.make_inputs(5, "fp32", T=150, H=2, gate=gate, log_rate=log_rate)
-    o, s = em.errors(lambda y: em.cuda_prefill(y, em.EXACT_PLAN, chunk=64), x, em.reference(x))
+    forms = {"chain": dict(U0="chain", O0="chain"), "u0": dict(U0="exact", O0="chain"),
+             "qe": dict(U0="exact", O0="exact")}
+    p = dict(em.EXACT_PLAN, **forms[form])
+    o, s = em.errors(lambda y: em.cuda_prefill(y, p, chunk=64), x, em.reference(x))
     assert o < 1e-12 and s < 1e-12, (o, s)
 
 
