@@ -44,6 +44,12 @@
  * shared memory) and stores it in fp32 in the chain's accumulator order, Mqk as one bf16 term and
  * no bINV; the chain starts U from U0 and reads no v: 28 products a step instead of 40.
  *
+ * Built with -DP64_QE (implies the light form's U0), the Qe record (dev/numerics/README.md, "O off
+ * the chain's serial path"): the prep also forms Qe = Qd - Mqk W and O0 = Mqk U0 (step 8, tf32),
+ * Qe in Qd's place and O0 in bf16 in the accumulators' order; the chain's O = O0 + Qe S reads only
+ * the entering state's copy, so its group goes right behind U's and runs while U is converted:
+ * 24 products a step, O's off the dependency path.
+ *
  * Build and run (an H100 / H200): see dev/cuda/README.md.
  */
 #include <cuda_bf16.h>
@@ -99,6 +105,33 @@ static __device__ __forceinline__ void put16(unsigned char *rec, uint32_t off, f
 {
     *(__nv_bfloat16 *)(rec + off) = __float2bfloat16_rn(x);
 }
+
+#ifdef P64_QE
+/* acc = A[16 mt..16 mt + 15][0..63] B[0..63][n0..n0 + 63] on tf32 tensor cores (m16n8k8; A: the
+ * 64 x 64 matrices at pitch PL, B: the 64 x 128 tiles at pitch P), the C fragments of 8 n-tiles. */
+static __device__ __forceinline__ void prep64_rows_product(const float *A, const float *B, int mt, int n0, int g, int t,
+                                                           float acc[8][4])
+{
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[nt][e] = 0.0f;
+#pragma unroll 2
+    for (int kk = 0; kk < CT / 8; kk++) {
+        const int j0 = 8 * kk + t;
+        uint32_t af[4];
+        af[0] = tf32_operand(A[(16 * mt + g) * PL + j0]);
+        af[1] = tf32_operand(A[(16 * mt + g + 8) * PL + j0]);
+        af[2] = tf32_operand(A[(16 * mt + g) * PL + j0 + 4]);
+        af[3] = tf32_operand(A[(16 * mt + g + 8) * PL + j0 + 4]);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            const int n = n0 + 8 * nt + g;
+            mma_tf32_1688(acc[nt], af, tf32_operand(B[j0 * P + n]), tf32_operand(B[(j0 + 4) * P + n]), acc[nt]);
+        }
+    }
+}
+#endif
 
 __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
 {
@@ -175,20 +208,27 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         const int c = 2 * (tid & 63), r0 = 16 * (tid >> 6);
         const float gl[2] = {s_G[63 * P + c], s_G[63 * P + c + 1]};
         for (int r = r0; r < r0 + 16; r++) {
-            float qd[2], kr[2];
+#ifndef P64_QE
+            float qd[2];
+#endif
+            float kr[2];
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int cc = c + e;
                 const float G = s_G[r * P + cc], Gn = s_G[r0 * P + cc];
                 const float qn = s_q[r * P + cc], kn = s_k[r * P + cc];
+#ifndef P64_QE
                 qd[e] = a.scale * qn * exp2f(G);
+#endif
                 kr[e] = kn * exp2f(gl[e] - G);
                 const float f = exp2f(G - Gn);
                 s_q[r * P + cc] = qn * f;
                 s_X[r * P + cc] = kn * f;
                 put16(rec, R_KRT + swz128(cc, r), kr[e]);
             }
+#ifndef P64_QE /* the Qe form writes Qe there in step 8 */
             *(uint32_t *)(rec + R_QD + swz_tok_key(r, c)) = pack_bf16x2(qd[0], qd[1]);
+#endif
         }
         if (tid < KD) *(float *)(rec + R_GAMMA + 4 * tid) = exp2f(s_G[63 * P + tid]);
     }
@@ -274,7 +314,8 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         const int i = e >> 5, j = 2 * (e & 31);
         const float b0 = s_I[i * PL + j] * s_b[j], b1 = s_I[i * PL + j + 1] * s_b[j + 1];
         s_I[i * PL + j] = b0, s_I[i * PL + j + 1] = b1;
-#ifdef P64_LIGHT
+#if defined(P64_QE) /* Mqk stays here for step 8 */
+#elif defined(P64_LIGHT)
         *(uint32_t *)(rec + R_MQK + swz128(i, j)) = pack_bf16x2(s_M[i * PL + j], s_M[i * PL + j + 1]);
 #else
         uint32_t hi, lo;
@@ -286,13 +327,18 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         *(uint32_t *)(rec + R_MQK_LO + swz128(i, j)) = lo;
 #endif
     }
+#ifdef P64_QE
+    float *const s_v = s_Y; /* free since step 5; Xq stays for step 8's Qd */
+#else
+    float *const s_v = s_q; /* the light form's v (the default form has none) */
+#endif
 #ifdef P64_LIGHT
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         const int v8 = tid + 256 * i, r = v8 >> 4, c8 = (v8 & 15) * 8;
         const uint32_t w[4] = {vr[i].x, vr[i].y, vr[i].z, vr[i].w};
 #pragma unroll
-        for (int e = 0; e < 8; e++) s_q[r * P + c8 + e] = bf16_bits_to_float((w[e >> 1] >> ((e & 1) * 16)) & 0xFFFFu);
+        for (int e = 0; e < 8; e++) s_v[r * P + c8 + e] = bf16_bits_to_float((w[e >> 1] >> ((e & 1) * 16)) & 0xFFFFu);
     }
 #endif
     for (int e = tid; e < CT * KD; e += 256) {
@@ -301,6 +347,61 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
     }
     __syncthreads();
 
+#ifdef P64_QE
+    /* 7. W = bINV Kd and U0 = bINV V (warp w: rows 16 (w % 4).., keys or value columns 64 (w / 4)..):
+     * -W and U0 into the record, then both in fp32 over Kd and v for step 8. */
+    const int mt = warp & 3, n0 = 64 * (warp >> 2);
+    {
+        float w[8][4], u0[8][4];
+        prep64_rows_product(s_I, s_X, mt, n0, g, t, w);
+        prep64_rows_product(s_I, s_v, mt, n0, g, t, u0);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t;
+                *(uint32_t *)(rec + R_NEGW + swz_tok_key(i, c)) = pack_bf16x2(-w[nt][2 * hf], -w[nt][2 * hf + 1]);
+                *(float *)(rec + u0_offset(i, c)) = u0[nt][2 * hf];
+                *(float *)(rec + u0_offset(i, c + 1)) = u0[nt][2 * hf + 1];
+            }
+        __syncthreads(); /* every warp is past its reads of Kd and v */
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t;
+                s_X[i * P + c] = w[nt][2 * hf], s_X[i * P + c + 1] = w[nt][2 * hf + 1];
+                s_v[i * P + c] = u0[nt][2 * hf], s_v[i * P + c + 1] = u0[nt][2 * hf + 1];
+            }
+    }
+    __syncthreads();
+
+    /* 8. Qe = Qd - Mqk W, with Qd = scale Xq 2^G(16 s) for the row's sub-block s (step 3's Xq, over
+     * s_q), bf16 into Qd's place; O0 = Mqk U0, bf16 in the accumulators' order. */
+    {
+        float m[8][4];
+        prep64_rows_product(s_M, s_X, mt, n0, g, t, m);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t, rn = (i & ~15) * P;
+                const float qd0 = a.scale * s_q[i * P + c] * exp2f(s_G[rn + c]);
+                const float qd1 = a.scale * s_q[i * P + c + 1] * exp2f(s_G[rn + c + 1]);
+                *(uint32_t *)(rec + R_QD + swz_tok_key(i, c)) = pack_bf16x2(qd0 - m[nt][2 * hf],
+                                                                            qd1 - m[nt][2 * hf + 1]);
+            }
+        prep64_rows_product(s_M, s_v, mt, n0, g, t, m);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t;
+                put16(rec, o0_offset(i, c), m[nt][2 * hf]);
+                put16(rec, o0_offset(i, c + 1), m[nt][2 * hf + 1]);
+            }
+    }
+#else
     /* 7. W = bINV Kd: warp w rows 16 (w % 4).., keys 64 (w / 4)..; -W into the record. Light: then
      * U0 = bINV V the same way (warp w: value columns 64 (w / 4)..), fp32 into the record. */
 #ifdef P64_LIGHT
@@ -310,7 +411,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
 #endif
     {
         const int mt = warp & 3, n0 = 64 * (warp >> 2);
-        const float *B = pass ? s_q : s_X;
+        const float *B = pass ? s_v : s_X;
         float acc[8][4];
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
@@ -345,6 +446,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
                 *(uint32_t *)(rec + R_NEGW + swz_tok_key(i, c)) = pack_bf16x2(-acc[nt][2 * hf], -acc[nt][2 * hf + 1]);
             }
     }
+#endif
 }
 
 /* ---- the chain: one CTA of two warpgroups per head, 64 value columns each ---- */
@@ -403,6 +505,7 @@ static __device__ __forceinline__ void ch64_store_out(const chain64_args *a, int
 
 static __device__ __forceinline__ uint64_t ch64_desc(uint32_t saddr) { return wg_desc(saddr, 1024, WG_SWIZZLE_128B); }
 
+#ifndef P64_QE
 /* One chunk: chain64_step_bench.cu's wg64 step on stage c & 1, with the ring's waits and refill
  * (chunk c + 1 goes into the stage chunk c - 1 left, once every warp is past that chunk: one CTA
  * barrier a step) and the chunk's O stored. Unlike the bench, the step waits for its O group before the next chunk (so
@@ -501,6 +604,76 @@ static __device__ __forceinline__ void ch64_step(const chain64_args *a, unsigned
     wg_pack_state(S, SN);
     ch64_store_out(a, c, h, warp, lane, o);
 }
+#endif
+
+#ifdef P64_QE
+/* One chunk of the Qe form: U^T = U0^T + S^T (-W)^T and O^T = O0^T + S^T Qe^T both read only the
+ * entering state's bf16 copy, so the O group is issued right behind the U group and runs while
+ * U is converted; S^T += U^T Kr follows. The accumulators start from the record's U0 and O0. */
+static __device__ __forceinline__ void ch64_step_qe(const chain64_args *a, unsigned char *stages, uint32_t mbar0, int c,
+                                                    int nch, int h, int warp, int lane, float S[64], uint32_t SA[8][4],
+                                                    uint32_t SN[8][4], uint32_t up[4][4], float u[32], float o[32])
+{
+    const int t = lane & 3;
+    unsigned char *st = stages + (c & 1) * STAGE;
+    const uint32_t R = smem_addr(st);
+    mbar_wait(mbar0 + 8 * (c & 1), (uint32_t)(c >> 1) & 1u);
+    /* Every warp is done with chunk c - 1 (its last step ended with wait_group 0): its stage takes
+     * chunk c + 1 now, a whole step ahead. */
+    __syncthreads();
+    if (c >= 1 && c + 1 < nch) ch64_issue(a, stages, mbar0 + 8 * ((c + 1) & 1), c + 1, h);
+    {
+        const float4 *U0 = (const float4 *)(st + R_U0) + warp * 256 + lane;
+        const uint2 *O0 = (const uint2 *)(st + R_O0) + warp * 256 + lane;
+#pragma unroll
+        for (int n = 0; n < 8; n++) {
+            const float4 x = U0[32 * n];
+            const uint2 y = O0[32 * n];
+            u[4 * n] = x.x, u[4 * n + 1] = x.y, u[4 * n + 2] = x.z, u[4 * n + 3] = x.w;
+            o[4 * n] = bf16_bits_to_float(y.x & 0xFFFFu), o[4 * n + 1] = bf16_bits_to_float(y.x >> 16);
+            o[4 * n + 2] = bf16_bits_to_float(y.y & 0xFFFFu), o[4 * n + 3] = bf16_bits_to_float(y.y >> 16);
+        }
+    }
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++) wg_mma_n64(u, SA[kk], ch64_desc(R + R_NEGW + (kk >> 2) * 8192 + (kk & 3) * 32), 1);
+    wg_commit();
+#pragma unroll
+    for (int kk = 0; kk < 8; kk++) wg_mma_n64(o, SA[kk], ch64_desc(R + R_QD + (kk >> 2) * 8192 + (kk & 3) * 32), 1);
+    wg_commit();
+    wg_wait1(); /* U's group; O's may still run */
+#pragma unroll
+    for (int i = 0; i < 32; i++) reg_fence_f(&u[i]);
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        up[kk][0] = pack_bf16x2(u[8 * kk], u[8 * kk + 1]);
+        up[kk][1] = pack_bf16x2(u[8 * kk + 2], u[8 * kk + 3]);
+        up[kk][2] = pack_bf16x2(u[8 * kk + 4], u[8 * kk + 5]);
+        up[kk][3] = pack_bf16x2(u[8 * kk + 6], u[8 * kk + 7]);
+    }
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const float2 gm = *(const float2 *)(st + R_GAMMA + (8 * j + 2 * t) * 4);
+        S[4 * j] *= gm.x;
+        S[4 * j + 1] *= gm.y;
+        S[4 * j + 2] *= gm.x;
+        S[4 * j + 3] *= gm.y;
+    }
+    wg_fence();
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) wg_mma_n128(S, up[kk], ch64_desc(R + R_KRT + kk * 32));
+    wg_commit();
+    wg_wait0();
+#pragma unroll
+    for (int i = 0; i < 64; i++) reg_fence_f(&S[i]);
+#pragma unroll
+    for (int i = 0; i < 32; i++) reg_fence_f(&o[i]);
+    wg_hold_frags(up, 4);
+    wg_hold_frags(SA, 8);
+    wg_pack_state(S, SN);
+    ch64_store_out(a, c, h, warp, lane, o);
+}
+#endif
 
 __global__ void __launch_bounds__(256, 1) chain64_kernel(const chain64_args a)
 {
@@ -523,14 +696,22 @@ __global__ void __launch_bounds__(256, 1) chain64_kernel(const chain64_args a)
 #pragma unroll
         for (int e = 0; e < 4; e++)
             S[4 * j + e] = a.h0[((int64_t)h * KD + 8 * j + 2 * t + (e & 1)) * KD + 16 * warp + g + 8 * (e >> 1)];
-    uint32_t sa0[8][4], sa1[8][4], va[4][4], up[4][4];
+    uint32_t sa0[8][4], sa1[8][4], up[4][4];
+#ifndef P64_QE
+    uint32_t va[4][4];
+#endif
     float u[32], o[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) u[i] = 0.0f, o[i] = 0.0f;
     wg_pack_state(S, sa0);
     for (int c = 0; c < nch; c += 2) {
+#ifdef P64_QE
+        ch64_step_qe(&a, stages, mbar0, c, nch, h, warp, lane, S, sa0, sa1, up, u, o);
+        ch64_step_qe(&a, stages, mbar0, c + 1, nch, h, warp, lane, S, sa1, sa0, up, u, o);
+#else
         ch64_step(&a, stages, mbar0, c, nch, h, warp, lane, S, sa0, sa1, va, up, u, o);
         ch64_step(&a, stages, mbar0, c + 1, nch, h, warp, lane, S, sa1, sa0, va, up, u, o);
+#endif
     }
 #pragma unroll
     for (int j = 0; j < 16; j++)
@@ -608,15 +789,39 @@ static void check_chunk(const float *q, const float *k, const float *v, const fl
             for (int j = 0; j < i; j++) v -= L[i][j] * INV[j][col];
             INV[i][col] = v;
         }
+#ifdef P64_QE
+    static double Wr[CT][KD], Ur[CT][KD]; /* W = bINV Kd, U0 = bINV V */
+    for (int i = 0; i < CT; i++)
+        for (int x = 0; x < KD; x++) {
+            double w = 0, u0 = 0;
+            for (int j = 0; j <= i; j++) {
+                w += INV[i][j] * b[j] * kn[j][x] * exp2(G[j][x]);
+                u0 += INV[i][j] * b[j] * v[(((int64_t)c * CT + j) * H + h) * KD + x];
+            }
+            Wr[i][x] = w, Ur[i][x] = u0;
+        }
+#endif
     for (int i = 0; i < CT; i++) {
         for (int x = 0; x < KD; x++) {
             double w = 0;
             for (int j = 0; j <= i; j++) w += INV[i][j] * b[j] * kn[j][x] * exp2(G[j][x]);
             note(&err[0], get16(rec, R_NEGW + swz_tok_key(i, x)), -w);
+#ifndef P64_QE
             note(&err[1], get16(rec, R_QD + swz_tok_key(i, x)), scale * qn[i][x] * exp2(G[i][x]));
+#endif
             note(&err[2], get16(rec, R_KRT + swz128(x, i)), kn[i][x] * exp2(G[CT - 1][x] - G[i][x]));
         }
-#ifdef P64_LIGHT
+#ifdef P64_QE
+        for (int x = 0; x < KD; x++) { /* U0 = bINV V, O0 = Mqk U0, Qe = Qd - Mqk W */
+            float got;
+            memcpy(&got, rec + u0_offset(i, x), 4);
+            note(&err[3], got, Ur[i][x]);
+            double o0 = 0, mw = 0;
+            for (int j = 0; j <= i; j++) o0 += M[i][j] * Ur[j][x], mw += M[i][j] * Wr[j][x];
+            note(&err[4], get16(rec, o0_offset(i, x)), o0);
+            note(&err[1], get16(rec, R_QD + swz_tok_key(i, x)), scale * qn[i][x] * exp2(G[i][x]) - mw);
+        }
+#elif defined(P64_LIGHT)
         for (int x = 0; x < KD; x++) { /* U0 = bINV V */
             double u0 = 0;
             for (int j = 0; j <= i; j++) u0 += INV[i][j] * b[j] * v[(((int64_t)c * CT + j) * H + h) * KD + x];
@@ -815,7 +1020,10 @@ int main(int argc, char **argv)
 
     int pass = 1;
     /* 1. The records: T = 256 (4 chunks), H = 3, lower bounds -5, -1 and -0.1, every operand. */
-#ifdef P64_LIGHT
+#if defined(P64_QE)
+    static const char *names[6] = {"-W", "Qe", "Kr^T", "U0 (fp32)", "O0 (bf16)", "gamma"};
+    printf("the Qe record: U0 = bINV V, Qe = Qd - Mqk W and O0 = Mqk U0 by the prep, O = Qe S + O0\n");
+#elif defined(P64_LIGHT)
     static const char *names[6] = {"-W", "Qd", "Kr^T", "U0 (fp32)", "Mqk (one term)", "gamma"};
     printf("the light record: U0 = bINV V by the prep, Mqk one bf16 term, no v in the chain\n");
 #else

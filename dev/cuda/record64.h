@@ -15,7 +15,32 @@
 
 #include <stdint.h>
 
-#ifdef P64_LIGHT
+#if defined(P64_QE) && !defined(P64_LIGHT)
+#define P64_LIGHT /* the Qe form keeps the light form's U0 and its chain that reads no v */
+#endif
+
+/* Index of U0[tok][col] (or O0's) among the 64 x 128 values stored in the order of the chain's
+ * m64n64 accumulators (M = value columns): the thread (warp col / 16, lane 4 (col & 7) +
+ * ((tok >> 1) & 3)) holds it as u[4n + e], n = tok >> 3, e = 2 ((col >> 3) & 1) + (tok & 1), and
+ * the warp's 32 lanes find their element group n side by side. */
+static __host__ __device__ __forceinline__ int frag_index(int tok, int col)
+{
+    const int warp = col >> 4, lane = 4 * (col & 7) + ((tok >> 1) & 3), n = tok >> 3;
+    return ((warp * 8 + n) * 32 + lane) * 4 + 2 * ((col >> 3) & 1) + (tok & 1);
+}
+
+#if defined(P64_QE)
+/* The Qe record (prefill64_bench.cu built with -DP64_QE; dev/numerics/README.md, "O off the
+ * chain's serial path"): Qe = Qd - Mqk W in Qd's place, U0 = bINV V in fp32 and O0 = Mqk U0 in
+ * bf16, both in the accumulators' order (frag_index); no bINV, no Mqk. */
+#define R_NEGW 0
+#define R_QD 16384 /* Qe */
+#define R_KRT 32768
+#define R_U0 49152
+#define R_O0 81920
+#define R_GAMMA 98304
+#define R_BYTES 99328 /* 97 KB: the next record starts at a multiple of 1024 */
+#elif defined(P64_LIGHT)
 /* The light record (prefill64_bench.cu built with -DP64_LIGHT; dev/numerics/README.md, "A lighter
  * 64-token chain"): no bINV, since the prep forms U0 = bINV V itself and stores it in fp32 in the
  * order of the chain's u accumulators (u0_offset); Mqk as one bf16 term. */
@@ -27,15 +52,6 @@
 #define R_GAMMA 90112
 #define R_BYTES 91136 /* 89 KB: the next record starts at a multiple of 1024 */
 
-/* U0[tok][col] (64 tokens x 128 value columns): the float the chain's thread (warp col / 16,
- * lane 4 (col & 7) + ((tok >> 1) & 3)) holds as u[4 (tok >> 3) + 2 ((col >> 3) & 1) + (tok & 1)]
- * (the m64n64 accumulator of its warpgroup, M = value columns), stored so that the warp's 32
- * lanes read their float4 n (u[4n..4n+3]) from 512 consecutive bytes. */
-static __host__ __device__ __forceinline__ uint32_t u0_offset(int tok, int col)
-{
-    const int warp = col >> 4, lane = 4 * (col & 7) + ((tok >> 1) & 3), n = tok >> 3;
-    return (uint32_t)(R_U0 + ((warp * 8 + n) * 32 + lane) * 16 + (2 * ((col >> 3) & 1) + (tok & 1)) * 4);
-}
 #else
 #define R_NEGW 0
 #define R_QD 16384
@@ -46,6 +62,22 @@ static __host__ __device__ __forceinline__ uint32_t u0_offset(int tok, int col)
 #define R_MQK_LO 73728
 #define R_GAMMA 81920
 #define R_BYTES 82944 /* 81 KB: the next record starts at a multiple of 1024 */
+#endif
+
+#ifdef P64_LIGHT
+/* U0[tok][col] as fp32 in the accumulators' order: the warp's 32 lanes read their float4 n
+ * (u[4n..4n+3]) from 512 consecutive bytes. */
+static __host__ __device__ __forceinline__ uint32_t u0_offset(int tok, int col)
+{
+    return (uint32_t)(R_U0 + 4 * frag_index(tok, col));
+}
+#endif
+#ifdef P64_QE
+/* O0[tok][col] as bf16 in the same order: 8 bytes a lane and element group. */
+static __host__ __device__ __forceinline__ uint32_t o0_offset(int tok, int col)
+{
+    return (uint32_t)(R_O0 + 2 * frag_index(tok, col));
+}
 #endif
 
 /* 128-byte rows of 64 bf16, 128B swizzle (the tile starts at a multiple of 1024). */
