@@ -309,7 +309,8 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
     }
 
     /* 6. bINV (in place) and Mqk into the record as hi + lo pairs (light: Mqk as one bf16 term, and
-     * bINV stays here for U0); Kd = k 2^G over Xk; light: v over Xq (free since step 4). */
+     * bINV stays here for U0; Qe: neither, both stay for steps 7 and 8); Kd = k 2^G over Xk;
+     * light: v over Xq (free since step 4); Qe: v over Y (free since step 5). */
     for (int e = tid; e < CT * CT / 2; e += 256) {
         const int i = e >> 5, j = 2 * (e & 31);
         const float b0 = s_I[i * PL + j] * s_b[j], b1 = s_I[i * PL + j + 1] * s_b[j + 1];
