@@ -74,6 +74,22 @@
 #define LOG2E 1.4426950408889634f
 #define TOL 1.0e-2 /* pass bar: max |gpu - ref| / max |ref| per operand (bf16 storage ~4e-3) */
 
+/* -DP64_STAMPS (with -DP64_QE): thread 0 of every prep CTA records clock64() at the ends of its
+ * phases, and the timing prints their mean lengths (a diagnostic build: where the prep's time goes).
+ * -DP64_HALF: the chain as two CTAs a head of one warpgroup each (the same record bytes a CTA, half
+ * the products: whether the step waits on its copy or on its products). */
+#define NSTAMP 9
+#ifdef P64_STAMPS
+#define STAMP(i)                            \
+    do {                                    \
+        if (tid == 0) stamp[i] = clock64(); \
+    } while (0)
+#else
+#define STAMP(i) \
+    do {         \
+    } while (0)
+#endif
+
 typedef struct prep64_args {
     const uint16_t *q, *k, *g; /* [T][H][KD] bf16 */
     const uint16_t *v;         /* [T][H][KD] bf16: read only by the light prep (U0 = bINV V) */
@@ -83,6 +99,7 @@ typedef struct prep64_args {
     float lb, scale;
     int T, H;
     unsigned char *rec; /* [T / CT][H][R_BYTES] */
+    long long *stamps;  /* P64_STAMPS: [T / CT][H][NSTAMP] */
 } prep64_args;
 
 static size_t prep64_smem_bytes(void) { return sizeof(float) * (5 * CT * P + 3 * CT * PL + CT); }
@@ -143,6 +160,10 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
     const int64_t row0 = (int64_t)chunk * CT;
     unsigned char *rec = a.rec + ((int64_t)chunk * H + h) * R_BYTES;
 
+#ifdef P64_STAMPS
+    long long stamp[NSTAMP];
+#endif
+    STAMP(0);
     /* 1. q, k, the gate's activation (log2 units), b; L, Mqk and INV start at zero. */
     const float A = expf(a.A_log[h]), lb2 = a.lb * LOG2E;
 #ifdef P64_LIGHT
@@ -172,6 +193,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
     if (tid < CT) s_b[tid] = sigmoidf_(bf16_bits_to_float(a.beta[(row0 + tid) * H + h]));
     for (int e = tid; e < 3 * CT * PL; e += 256) s_L[e] = 0.0f; /* s_L, s_M, s_I */
     __syncthreads();
+    STAMP(1);
 
     /* 2. L2 norms (warp w: rows 8w..8w+7, lane: 4 channels), then G. */
     for (int rr = 0; rr < 8; rr++) {
@@ -202,6 +224,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         }
     }
     __syncthreads();
+    STAMP(2);
 
     /* 3. Qd, Kr, gamma into the record; Xq (over q) and Xk (s_X). Thread: a key pair, 16 rows. */
     {
@@ -233,6 +256,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         if (tid < KD) *(float *)(rec + R_GAMMA + 4 * tid) = exp2f(s_G[63 * P + tid]);
     }
     __syncthreads();
+    STAMP(3);
 
     /* 4. L and Mqk, by the later rows' sub-block s. */
     for (int s = 0; s < 4; s++) {
@@ -273,6 +297,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         }
         __syncthreads();
     }
+    STAMP(4);
 
     /* 5. (I + L)^-1: the diagonal blocks, then the blocks below them level by level. */
     if (warp < 4 && lane < 16) {
@@ -307,6 +332,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         }
         __syncthreads();
     }
+    STAMP(5);
 
     /* 6. bINV (in place) and Mqk into the record as hi + lo pairs (light: Mqk as one bf16 term, and
      * bINV stays here for U0; Qe: neither, both stay for steps 7 and 8); Kd = k 2^G over Xk;
@@ -347,6 +373,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         s_X[j * P + c] = s_k[j * P + c] * exp2f(s_G[j * P + c]);
     }
     __syncthreads();
+    STAMP(6);
 
 #ifdef P64_QE
     /* 7. W = bINV Kd and U0 = bINV V (warp w: rows 16 (w % 4).., keys or value columns 64 (w / 4)..):
@@ -376,6 +403,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
             }
     }
     __syncthreads();
+    STAMP(7);
 
     /* 8. Qe = Qd - Mqk W, with Qd = scale Xq 2^G(16 s) for the row's sub-block s (step 3's Xq, over
      * s_q), bf16 into Qd's place; O0 = Mqk U0, bf16 in the accumulators' order. */
@@ -402,6 +430,11 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
                 put16(rec, o0_offset(i, c + 1), m[nt][2 * hf + 1]);
             }
     }
+#ifdef P64_STAMPS
+    STAMP(8);
+    if (tid == 0 && a.stamps)
+        for (int i = 0; i < NSTAMP; i++) a.stamps[((int64_t)chunk * H + h) * NSTAMP + i] = stamp[i];
+#endif
 #else
     /* 7. W = bINV Kd: warp w rows 16 (w % 4).., keys 64 (w / 4)..; -W into the record. Light: then
      * U0 = bINV V the same way (warp w: value columns 64 (w / 4)..), fp32 into the record. */
@@ -681,7 +714,12 @@ __global__ void __launch_bounds__(256, 1) chain64_kernel(const chain64_args a)
     extern __shared__ unsigned char ch_raw[];
     unsigned char *stages = ch_raw + ((1024u - (smem_addr(ch_raw) & 1023u)) & 1023u);
     const uint32_t mbar0 = smem_addr(stages + 2 * STAGE); /* two mbarriers, 8 bytes apart */
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+#ifdef P64_HALF /* a CTA of one warpgroup per 64 columns: warp is the column block's */
+    const int warp = (threadIdx.x >> 5) + 4 * blockIdx.y;
+#else
+    const int warp = threadIdx.x >> 5;
+#endif
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int h = blockIdx.x, nch = a.T / CT;
     if (threadIdx.x == 0) {
         mbar_init(mbar0, 1);
@@ -905,6 +943,10 @@ static problem_dev upload(const inputs *x, int T, int H, float lb)
     const size_t rec_bytes = (size_t)(T / CT) * H * R_BYTES;
     CUDA_OK(cudaMalloc(&a->rec, rec_bytes));
     CUDA_OK(cudaMemset(a->rec, 0xFF, rec_bytes)); /* NaN bf16 / fp32: an unwritten operand fails */
+    a->stamps = NULL;
+#ifdef P64_STAMPS
+    CUDA_OK(cudaMalloc(&a->stamps, (size_t)(T / CT) * H * NSTAMP * sizeof(long long)));
+#endif
     chain64_args *c = &d.chain;
     c->rec = a->rec, c->v = to_bf16_device(x->v, n), c->T = T, c->H = H;
     a->v = c->v; /* one device copy */
@@ -925,6 +967,7 @@ static void free_dev(problem_dev *d)
     cudaFree((void *)d->prep.q), cudaFree((void *)d->prep.k), cudaFree((void *)d->prep.g),
         cudaFree((void *)d->prep.beta);
     cudaFree((void *)d->prep.A_log), cudaFree((void *)d->prep.dt_bias), cudaFree(d->prep.rec);
+    if (d->prep.stamps) cudaFree(d->prep.stamps);
     cudaFree((void *)d->chain.v), cudaFree((void *)d->chain.h0), cudaFree(d->chain.ht), cudaFree(d->chain.out);
 }
 
@@ -942,7 +985,11 @@ static void run(const problem_dev *d, int reps, float *ms_prep, float *ms_chain)
         prep64_kernel<<<dim3(T / CT, H), 256, prep64_smem_bytes()>>>(d->prep);
         CUDA_OK(cudaGetLastError());
         CUDA_OK(cudaEventRecord(e1));
+#ifdef P64_HALF
+        chain64_kernel<<<dim3(H, 2), 128, chain64_smem_bytes()>>>(d->chain);
+#else
         chain64_kernel<<<H, 256, chain64_smem_bytes()>>>(d->chain);
+#endif
         CUDA_OK(cudaGetLastError());
         CUDA_OK(cudaEventRecord(e2));
         CUDA_OK(cudaEventSynchronize(e2));
@@ -1117,6 +1164,22 @@ int main(int argc, char **argv)
         run(&d, 5, &mp, &mc);
         printf("  T = %5d H = %2d  %7.3f  %7.3f  %7.3f  %6.1f\n", T, H, mp, mc, mp + mc,
                (mp + mc) * 1e6 / ((double)T * H));
+#ifdef P64_STAMPS
+        { /* the prep's phases, mean cycles a CTA (the last run's) */
+            const size_t n = (size_t)(T / CT) * H;
+            long long *st = (long long *)malloc(n * NSTAMP * sizeof(long long));
+            CUDA_OK(cudaMemcpy(st, d.prep.stamps, n * NSTAMP * sizeof(long long), cudaMemcpyDeviceToHost));
+            double sum[NSTAMP] = {0};
+            for (size_t b = 0; b < n; b++)
+                for (int i = 1; i < NSTAMP; i++) sum[i] += (double)(st[b * NSTAMP + i] - st[b * NSTAMP + i - 1]);
+            printf("    prep phases, mean cycles a CTA (1 loads+gate, 2 norms+G, 3 Qd/Kr, 4 L/Mqk, 5 inverse, 6 "
+                   "bINV/Kd/v, 7 W/U0, 8 Qe/O0):");
+            double tot = 0;
+            for (int i = 1; i < NSTAMP; i++) printf(" %.0f", sum[i] / n), tot += sum[i] / n;
+            printf("  total %.0f\n", tot);
+            free(st);
+        }
+#endif
         free_dev(&d);
         free_inputs(&x);
     }
