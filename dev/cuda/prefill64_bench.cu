@@ -50,6 +50,11 @@
  * the entering state's copy, so its group goes right behind U's and runs while U is converted:
  * 24 products a step, O's off the dependency path.
  *
+ * Built with -DP64_COAL (implies the Qe form), the prep writes the record in whole units: Kr^T by
+ * 16-byte units (a thread forms 8 tokens of one key), U0 and O0 as U0^T = V^T bINV^T and
+ * O0^T = U0^T Mqk^T, whose C fragments are the chain's accumulators, so one 16- or 8-byte store a
+ * thread and n-tile (the first run's prep wrote them as scattered 2- and 4-byte stores).
+ *
  * Build and run (an H100 / H200): see dev/cuda/README.md.
  */
 #include <cuda_bf16.h>
@@ -118,10 +123,12 @@ static __device__ __forceinline__ void hilo_pair(float x0, float x1, uint32_t *h
 }
 #endif
 
+#ifndef P64_COAL
 static __device__ __forceinline__ void put16(unsigned char *rec, uint32_t off, float x)
 {
     *(__nv_bfloat16 *)(rec + off) = __float2bfloat16_rn(x);
 }
+#endif
 
 #ifdef P64_QE
 /* acc = A[16 mt..16 mt + 15][0..63] B[0..63][n0..n0 + 63] on tf32 tensor cores (m16n8k8; A: the
@@ -148,6 +155,35 @@ static __device__ __forceinline__ void prep64_rows_product(const float *A, const
         }
     }
 }
+#ifdef P64_COAL
+/* acc = X^T[16 w..16 w + 15][0..63] Y^T[0..63][0..63] for X a 64 x 128 tile at pitch P (the
+ * chunk's tokens by value columns) and Y a 64 x 64 matrix at pitch PL: rows = value columns
+ * 16 w.., columns = tokens. The C fragment of n-tile nt (rows g, g + 8; tokens 8 nt + 2 t, + 1)
+ * is exactly the chain's accumulator u[4 nt..4 nt + 3] of thread (warp w, lane): the record's
+ * U0 and O0 are written as one 16- or 8-byte unit a thread and n-tile. */
+static __device__ __forceinline__ void prep64_cols_product(const float *X, const float *Y, int w, int g, int t,
+                                                           float acc[8][4])
+{
+#pragma unroll
+    for (int nt = 0; nt < 8; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) acc[nt][e] = 0.0f;
+#pragma unroll 2
+    for (int kk = 0; kk < CT / 8; kk++) {
+        const int j0 = 8 * kk + t;
+        uint32_t af[4];
+        af[0] = tf32_operand(X[j0 * P + 16 * w + g]);
+        af[1] = tf32_operand(X[j0 * P + 16 * w + g + 8]);
+        af[2] = tf32_operand(X[(j0 + 4) * P + 16 * w + g]);
+        af[3] = tf32_operand(X[(j0 + 4) * P + 16 * w + g + 8]);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+            const int n = 8 * nt + g;
+            mma_tf32_1688(acc[nt], af, tf32_operand(Y[n * PL + j0]), tf32_operand(Y[n * PL + j0 + 4]), acc[nt]);
+        }
+    }
+}
+#endif
 #endif
 
 __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
@@ -229,12 +265,13 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
     /* 3. Qd, Kr, gamma into the record; Xq (over q) and Xk (s_X). Thread: a key pair, 16 rows. */
     {
         const int c = 2 * (tid & 63), r0 = 16 * (tid >> 6);
+#ifndef P64_COAL
         const float gl[2] = {s_G[63 * P + c], s_G[63 * P + c + 1]};
+#endif
         for (int r = r0; r < r0 + 16; r++) {
 #ifndef P64_QE
             float qd[2];
 #endif
-            float kr[2];
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int cc = c + e;
@@ -243,17 +280,33 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
 #ifndef P64_QE
                 qd[e] = a.scale * qn * exp2f(G);
 #endif
-                kr[e] = kn * exp2f(gl[e] - G);
                 const float f = exp2f(G - Gn);
                 s_q[r * P + cc] = qn * f;
                 s_X[r * P + cc] = kn * f;
-                put16(rec, R_KRT + swz128(cc, r), kr[e]);
+#ifndef P64_COAL /* the coalesced form writes Kr^T below, by 16-byte units */
+                put16(rec, R_KRT + swz128(cc, r), kn * exp2f(gl[e] - G));
+#endif
             }
 #ifndef P64_QE /* the Qe form writes Qe there in step 8 */
             *(uint32_t *)(rec + R_QD + swz_tok_key(r, c)) = pack_bf16x2(qd[0], qd[1]);
 #endif
         }
         if (tid < KD) *(float *)(rec + R_GAMMA + 4 * tid) = exp2f(s_G[63 * P + tid]);
+#ifdef P64_COAL
+        /* Kr^T by 16-byte units: unit pu of key row `key` holds tokens 8 (pu ^ (key & 7)).. (swz128) */
+        for (int u = tid; u < KD * 8; u += 256) {
+            const int key = u >> 3, pu = u & 7, tok0 = 8 * (pu ^ (key & 7));
+            const float glk = s_G[63 * P + key];
+            uint32_t wv[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int r0 = tok0 + 2 * e;
+                wv[e] = pack_bf16x2(s_k[r0 * P + key] * exp2f(glk - s_G[r0 * P + key]),
+                                    s_k[(r0 + 1) * P + key] * exp2f(glk - s_G[(r0 + 1) * P + key]));
+            }
+            *(uint4 *)(rec + R_KRT + key * 128 + pu * 16) = make_uint4(wv[0], wv[1], wv[2], wv[3]);
+        }
+#endif
     }
     __syncthreads();
     STAMP(3);
@@ -379,6 +432,35 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
     /* 7. W = bINV Kd and U0 = bINV V (warp w: rows 16 (w % 4).., keys or value columns 64 (w / 4)..):
      * -W and U0 into the record, then both in fp32 over Kd and v for step 8. */
     const int mt = warp & 3, n0 = 64 * (warp >> 2);
+#ifdef P64_COAL
+    { /* W as below; U0^T = V^T bINV^T with warp w on value columns 16 w.. (prep64_cols_product) */
+        float w[8][4], u0[8][4];
+        prep64_rows_product(s_I, s_X, mt, n0, g, t, w);
+        prep64_cols_product(s_v, s_I, warp, g, t, u0);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t;
+                *(uint32_t *)(rec + R_NEGW + swz_tok_key(i, c)) = pack_bf16x2(-w[nt][2 * hf], -w[nt][2 * hf + 1]);
+            }
+            *(float4 *)(rec + R_U0 + 16 * ((warp * 8 + nt) * 32 + lane)) = make_float4(u0[nt][0], u0[nt][1], u0[nt][2],
+                                                                                       u0[nt][3]);
+        }
+        __syncthreads(); /* every warp is past its reads of Kd and v */
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++) {
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t;
+                s_X[i * P + c] = w[nt][2 * hf], s_X[i * P + c + 1] = w[nt][2 * hf + 1];
+            }
+#pragma unroll
+            for (int e = 0; e < 4; e++) /* U0[token][column] */
+                s_v[(8 * nt + 2 * t + (e & 1)) * P + 16 * warp + g + 8 * (e >> 1)] = u0[nt][e];
+        }
+    }
+#else
     {
         float w[8][4], u0[8][4];
         prep64_rows_product(s_I, s_X, mt, n0, g, t, w);
@@ -402,6 +484,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
                 s_v[i * P + c] = u0[nt][2 * hf], s_v[i * P + c + 1] = u0[nt][2 * hf + 1];
             }
     }
+#endif
     __syncthreads();
     STAMP(7);
 
@@ -420,6 +503,13 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
                 *(uint32_t *)(rec + R_QD + swz_tok_key(i, c)) = pack_bf16x2(qd0 - m[nt][2 * hf],
                                                                             qd1 - m[nt][2 * hf + 1]);
             }
+#ifdef P64_COAL /* O0^T = U0^T Mqk^T, one 8-byte unit a thread and n-tile */
+        prep64_cols_product(s_v, s_M, warp, g, t, m);
+#pragma unroll
+        for (int nt = 0; nt < 8; nt++)
+            *(uint2 *)(rec + R_O0 + 8 * ((warp * 8 + nt) * 32 + lane)) = make_uint2(pack_bf16x2(m[nt][0], m[nt][1]),
+                                                                                    pack_bf16x2(m[nt][2], m[nt][3]));
+#else
         prep64_rows_product(s_M, s_v, mt, n0, g, t, m);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
@@ -429,6 +519,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
                 put16(rec, o0_offset(i, c), m[nt][2 * hf]);
                 put16(rec, o0_offset(i, c + 1), m[nt][2 * hf + 1]);
             }
+#endif
     }
 #ifdef P64_STAMPS
     STAMP(8);

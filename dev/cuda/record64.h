@@ -15,6 +15,9 @@
 
 #include <stdint.h>
 
+#if defined(P64_COAL) && !defined(P64_QE)
+#define P64_QE /* the coalesced prep writes the Qe record */
+#endif
 #if defined(P64_QE) && !defined(P64_LIGHT)
 #define P64_LIGHT /* the Qe form keeps the light form's U0 and its chain that reads no v */
 #endif
