@@ -53,7 +53,8 @@
  * Built with -DP64_COAL (implies the Qe form), the prep writes the record in whole units: Kr^T by
  * 16-byte units (a thread forms 8 tokens of one key), U0 and O0 as U0^T = V^T bINV^T and
  * O0^T = U0^T Mqk^T, whose C fragments are the chain's accumulators, so one 16- or 8-byte store a
- * thread and n-tile (the first run's prep wrote them as scattered 2- and 4-byte stores).
+ * thread and n-tile (the first run's prep wrote them as scattered 2- and 4-byte stores); and step
+ * 1 issues all its loads before the first is used (dt_bias as two float4 loads a thread).
  *
  * Build and run (an H100 / H200): see dev/cuda/README.md.
  */
@@ -210,6 +211,36 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         vr[i] = *(const uint4 *)(a.v + ((row0 + r) * H + h) * KD + c8);
     }
 #endif
+#ifdef P64_COAL
+    { /* every load in flight before the first is used: the thread's 8 channels are the same in
+       * its 4 rows (c8 = 8 (tid & 15)), so dt_bias is two float4 loads */
+        const int c8 = (tid & 15) * 8;
+        const float4 db0 = *(const float4 *)(a.dt_bias + h * KD + c8),
+                     db1 = *(const float4 *)(a.dt_bias + h * KD + c8 + 4);
+        const float db[8] = {db0.x, db0.y, db0.z, db0.w, db1.x, db1.y, db1.z, db1.w};
+        uint4 xq[4], xk[4], xg[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int64_t off = ((row0 + (tid >> 4) + 16 * i) * H + h) * KD + c8;
+            xq[i] = *(const uint4 *)(a.q + off), xk[i] = *(const uint4 *)(a.k + off);
+            xg[i] = *(const uint4 *)(a.g + off);
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int r = (tid >> 4) + 16 * i;
+            const uint32_t wq[4] = {xq[i].x, xq[i].y, xq[i].z, xq[i].w}, wk[4] = {xk[i].x, xk[i].y, xk[i].z, xk[i].w},
+                           wg[4] = {xg[i].x, xg[i].y, xg[i].z, xg[i].w};
+#pragma unroll
+            for (int e = 0; e < 8; e++) {
+                const int c = c8 + e, sh = (e & 1) * 16;
+                s_q[r * P + c] = bf16_bits_to_float((wq[e >> 1] >> sh) & 0xFFFFu);
+                s_k[r * P + c] = bf16_bits_to_float((wk[e >> 1] >> sh) & 0xFFFFu);
+                const float gv = bf16_bits_to_float((wg[e >> 1] >> sh) & 0xFFFFu);
+                s_G[r * P + c] = lb2 * sigmoidf_(A * (gv + db[e]));
+            }
+        }
+    }
+#else
     for (int v = tid; v < CT * KD / 8; v += 256) {
         const int r = v >> 4, c8 = (v & 15) * 8;
         const int64_t off = ((row0 + r) * H + h) * KD + c8;
@@ -226,6 +257,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
             s_G[r * P + c] = lb2 * sigmoidf_(A * (gv + a.dt_bias[h * KD + c]));
         }
     }
+#endif
     if (tid < CT) s_b[tid] = sigmoidf_(bf16_bits_to_float(a.beta[(row0 + tid) * H + h]));
     for (int e = tid; e < 3 * CT * PL; e += 256) s_L[e] = 0.0f; /* s_L, s_M, s_I */
     __syncthreads();
