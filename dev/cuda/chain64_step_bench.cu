@@ -136,21 +136,8 @@ static __device__ __forceinline__ void wg64_step(const bench_args *a, int c, con
         for (int i = 0; i < 32; i++) reg_fence_f(&o[i]);
         store_out(a, c - 1, o, gt, nthr);
     }
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
-        up[kk][0] = pack_bf16x2(u[8 * kk], u[8 * kk + 1]);
-        up[kk][1] = pack_bf16x2(u[8 * kk + 2], u[8 * kk + 3]);
-        up[kk][2] = pack_bf16x2(u[8 * kk + 4], u[8 * kk + 5]);
-        up[kk][3] = pack_bf16x2(u[8 * kk + 6], u[8 * kk + 7]);
-    }
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-        const float2 gm = *(const float2 *)(Rp + R_GAMMA + (8 * j + 2 * t) * 4);
-        S[4 * j] *= gm.x;
-        S[4 * j + 1] *= gm.y;
-        S[4 * j + 2] *= gm.x;
-        S[4 * j + 3] *= gm.y;
-    }
+    wg_acc_to_frags(u, up, 4);
+    wg_scale_state_keys(S, Rp + R_GAMMA, t);
     /* Group 3: S^T += U^T Kr; group 2 behind it: O^T = S_old^T Qd^T + U^T Mqk^T (lo, hi). */
     wg_fence();
 #pragma unroll

@@ -542,14 +542,7 @@ static __device__ __forceinline__ void wg_chain(const bench_args *a)
         /* S^T diag(gamma), while group 2 runs. Not earlier, while group 1 is in flight: ptxas then
          * injects a wait before these multiplies (C7517: "use of registers defined by GMMA"),
          * serializing both groups; here it accepts them. */
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const float2 gm = *(const float2 *)(Rp + WR_GAMMA + (8 * j + 2 * t) * 4);
-            S[4 * j] *= gm.x;
-            S[4 * j + 1] *= gm.y;
-            S[4 * j + 2] *= gm.x;
-            S[4 * j + 3] *= gm.y;
-        }
+        wg_scale_state_keys(S, Rp + WR_GAMMA, t);
 
         /* Group 3: S^T += U^T Kr (one m64n128k16), O^T += U^T Mqk^T (lo, hi). */
         wg_fence();

@@ -722,21 +722,8 @@ static __device__ __forceinline__ void ch64_step(const chain64_args *a, unsigned
     wg_hold_frags(SA, 8);
 #pragma unroll
     for (int i = 0; i < 32; i++) reg_fence_f(&u[i]);
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
-        up[kk][0] = pack_bf16x2(u[8 * kk], u[8 * kk + 1]);
-        up[kk][1] = pack_bf16x2(u[8 * kk + 2], u[8 * kk + 3]);
-        up[kk][2] = pack_bf16x2(u[8 * kk + 4], u[8 * kk + 5]);
-        up[kk][3] = pack_bf16x2(u[8 * kk + 6], u[8 * kk + 7]);
-    }
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-        const float2 gm = *(const float2 *)(st + R_GAMMA + (8 * j + 2 * t) * 4);
-        S[4 * j] *= gm.x;
-        S[4 * j + 1] *= gm.y;
-        S[4 * j + 2] *= gm.x;
-        S[4 * j + 3] *= gm.y;
-    }
+    wg_acc_to_frags(u, up, 4);
+    wg_scale_state_keys(S, st + R_GAMMA, t);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) wg_mma_n128(S, up[kk], ch64_desc(R + R_KRT + kk * 32));
@@ -801,21 +788,8 @@ static __device__ __forceinline__ void ch64_step_qe(const chain64_args *a, unsig
     wg_wait1(); /* U's group; O's may still run */
 #pragma unroll
     for (int i = 0; i < 32; i++) reg_fence_f(&u[i]);
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
-        up[kk][0] = pack_bf16x2(u[8 * kk], u[8 * kk + 1]);
-        up[kk][1] = pack_bf16x2(u[8 * kk + 2], u[8 * kk + 3]);
-        up[kk][2] = pack_bf16x2(u[8 * kk + 4], u[8 * kk + 5]);
-        up[kk][3] = pack_bf16x2(u[8 * kk + 6], u[8 * kk + 7]);
-    }
-#pragma unroll
-    for (int j = 0; j < 16; j++) {
-        const float2 gm = *(const float2 *)(st + R_GAMMA + (8 * j + 2 * t) * 4);
-        S[4 * j] *= gm.x;
-        S[4 * j + 1] *= gm.y;
-        S[4 * j + 2] *= gm.x;
-        S[4 * j + 3] *= gm.y;
-    }
+    wg_acc_to_frags(u, up, 4);
+    wg_scale_state_keys(S, st + R_GAMMA, t);
     wg_fence();
 #pragma unroll
     for (int kk = 0; kk < 4; kk++) wg_mma_n128(S, up[kk], ch64_desc(R + R_KRT + kk * 32));

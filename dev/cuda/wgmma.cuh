@@ -107,18 +107,39 @@ static __device__ __forceinline__ void wg_hold_frags(uint32_t x[][4], int n)
         for (int e = 0; e < 4; e++) reg_fence_u(&x[i][e]);
 }
 
+/* An fp32 accumulator of n k-steps (8 n registers: columns 16 kk.. in registers 8 kk..8 kk + 7) as
+ * the bf16 A fragments of those k-steps, the accumulator's columns becoming the next product's k. */
+static __device__ __forceinline__ void wg_acc_to_frags(const float *acc, uint32_t fr[][4], int n)
+{
+#pragma unroll
+    for (int kk = 0; kk < n; kk++) {
+        fr[kk][0] = pack_bf16x2(acc[8 * kk], acc[8 * kk + 1]);
+        fr[kk][1] = pack_bf16x2(acc[8 * kk + 2], acc[8 * kk + 3]);
+        fr[kk][2] = pack_bf16x2(acc[8 * kk + 4], acc[8 * kk + 5]);
+        fr[kk][3] = pack_bf16x2(acc[8 * kk + 6], acc[8 * kk + 7]);
+    }
+}
+
 /* An m64n128 fp32 accumulator (64 registers: the state S^T of 64 value columns x 128 keys) as the
  * bf16 A fragments of its 8 key steps, held (wg_hold_frags). */
 static __device__ __forceinline__ void wg_pack_state(const float S[64], uint32_t sa[8][4])
 {
-#pragma unroll
-    for (int kk = 0; kk < 8; kk++) {
-        sa[kk][0] = pack_bf16x2(S[8 * kk], S[8 * kk + 1]);
-        sa[kk][1] = pack_bf16x2(S[8 * kk + 2], S[8 * kk + 3]);
-        sa[kk][2] = pack_bf16x2(S[8 * kk + 4], S[8 * kk + 5]);
-        sa[kk][3] = pack_bf16x2(S[8 * kk + 6], S[8 * kk + 7]);
-    }
+    wg_acc_to_frags(S, sa, 8);
     wg_hold_frags(sa, 8);
+}
+
+/* S^T diag(gamma): the state's key 8 j + 2 t + (e & 1) in S[4 j + e] (the m64n128 accumulator of
+ * thread lane, t = lane & 3) times gamma of that key; gamma: 128 fp32 in shared memory. */
+static __device__ __forceinline__ void wg_scale_state_keys(float S[64], const unsigned char *gamma, int t)
+{
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        const float2 gm = *(const float2 *)(gamma + (8 * j + 2 * t) * 4);
+        S[4 * j] *= gm.x;
+        S[4 * j + 1] *= gm.y;
+        S[4 * j + 2] *= gm.x;
+        S[4 * j + 3] *= gm.y;
+    }
 }
 
 #endif /* FKDA_DEV_WGMMA_CUH */
