@@ -38,13 +38,12 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
      * 16 keys x 4 values a lane, at most 128 registers) takes two heads an SM, as the plain decode's
      * large-batch tiles do: one head's conv, barriers and norm overlap the other's state traffic, and
      * 2 x SMs heads are one wave where the narrow tile needs two. It is compiled for W <= 4 only (two
-     * conv channels a thread must fit beside its 64 state values). Measured below one head an SM
-     * (H100 and H200, B = 1-4 at H = 12 and 32, docs/history/decode.md "The layer's tile at small
-     * batches"), the narrow tile kept its lead only where it spreads a head widest: with a bf16 pool
-     * up to SMs / 8 heads (8 CTAs a head; H200, 1 x 12: 4.63 against 5.51 us), with an fp32 pool up
-     * to SMs / 2 heads (even at 1 x 12 and 1-2 x 32); beyond, the wide tile was faster (bf16 4 x 32:
-     * 6.91 against 10.35 us, fp32 4 x 32: 8.76 against 9.73). FKDA_DECODE_LAYER_WIDE=0/1 forces it
-     * off or on wherever it serves. */
+     * conv channels a thread must fit beside its 64 state values). Below one head an SM the narrow
+     * tile keeps its lead only where it spreads a head widest: up to SMs / 8 heads with a bf16 pool
+     * (8 CTAs a head), up to SMs / 2 with an fp32 pool, whose state traffic per head is twice as
+     * long; beyond, the wide tile is faster (measured per tile on the H100 and the H200:
+     * docs/history/decode.md, "The layer's tile at small batches"). FKDA_DECODE_LAYER_WIDE=0/1
+     * forces it off or on wherever it serves. */
     const int wide_serves = c->W <= LAYER_SHORT_CONV_WIDTH;
     const int narrow_wanted = (c->state_bf16 ? 8 : 2) * c->heads <= (int64_t)c->sm_count;
     const int wide = wide_serves &&
