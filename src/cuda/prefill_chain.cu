@@ -21,10 +21,11 @@
  * slice of v (zero rows past the sequence end). The output goes through a small per-warp shared
  * tile so that each lane stores 16 contiguous bytes.
  *
- * The output on warps of its own (pf_chain_kernel_split: the bf16 chain with bf16 output over whole
- * sequences, where the launch takes it, prefill_launch.cu): O is off the serial chain, but a warp
- * issues in order, so with one chain warp per scheduler (few heads) its 20 mma and its store
- * lengthen every step. With split, a CTA holds the chain warps and as many output warps above
+ * The output on warps of its own (over whole sequences, where the launch takes it,
+ * prefill_launch.cu: pf_chain_kernel_split, the bf16 chain with bf16 output, and
+ * pf_chain16_kernel_split_*, the fp16 chain, whose handoff also carries the held scale's e): O is
+ * off the serial chain, but a warp issues in order, so with one chain warp per scheduler (few
+ * heads) its 20 mma and its store lengthen every step. With split, a CTA holds the chain warps and as many output warps above
  * them, one per chain warp and its 16 columns. In chunk c's iteration the chain warp puts the
  * output's operands in a handoff slot (c mod 2): the state's 16-bit copy before the update (its
  * A fragments, which O reads as B fragments of S) and Vnew; the output warp forms chunk c - 1's
@@ -86,20 +87,21 @@ size_t pf_chain_smem_bytes(int vslice)
  * chunk's update (8 A fragments) and Vnew^T (one), 16 bytes per lane each: [slot][warp][9][lane]. */
 #define CH_HAND_WARP (9 * 32 * 16)
 
-/* The chain with its output on warps of their own: the same ring and v tiles, output tiles for
- * the output warps, and the handoff slots. */
-static size_t pf_chain_split_smem_bytes(int vslice)
-{
-    const int warps = vslice / 16;
-    return pf_chain_smem_bytes(vslice) + (size_t)2 * warps * CH_HAND_WARP;
-}
-
 /* The fp16 chain: v slices as read (fp16 or fp32), and each warp's fp16 operand tile of v. */
 size_t pf_chain16_smem_bytes(int vslice)
 {
     const int warps = vslice / 16;
     return (size_t)CH_STAGES * PF_REC_BYTES + (size_t)CH_STAGES * warps * CH_VRAW16 + (size_t)warps * CH_OUT_TILE +
            (size_t)warps * CH_TILE16 + CH_STAGES * sizeof(uint64_t);
+}
+
+/* The chain with its output on warps of their own: the same ring and v tiles, output tiles for
+ * the output warps, and the handoff slots (the fp16 chain's with the held scale's e). */
+static size_t pf_chain_split_smem_bytes(int vslice, int f16)
+{
+    const int warps = vslice / 16;
+    if (f16) return pf_chain16_smem_bytes(vslice) + (size_t)2 * warps * (CH_HAND_WARP + sizeof(int));
+    return pf_chain_smem_bytes(vslice) + (size_t)2 * warps * CH_HAND_WARP;
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 /* used by the sm_90 chain only */
@@ -214,6 +216,15 @@ __global__ void __launch_bounds__(256, 1) pf_chain16_kernel_any_out(const pf_par
 {
     chain_run(p, plan, PF_OUT_ANY, 1);
 }
+/* The fp16 chain with its output warps. */
+__global__ void __launch_bounds__(256, 1) pf_chain16_kernel_split_f16_out(const pf_params p, const pf_chain_plan plan)
+{
+    chain_run_split(p, plan, PF_OUT_F16, 1);
+}
+__global__ void __launch_bounds__(256, 1) pf_chain16_kernel_split_any_out(const pf_params p, const pf_chain_plan plan)
+{
+    chain_run_split(p, plan, PF_OUT_ANY, 1);
+}
 
 cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream)
 {
@@ -225,16 +236,19 @@ cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaS
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration; /* gridDim.x limit */
     const int split = plan->split_out && plan->mode == PF_CHAIN_WHOLE &&
                       fkda_prefill_split_out_serves(p->fp16_chain, p->out_mode == PF_OUT_BF16, vslice);
-    const size_t smem = split           ? pf_chain_split_smem_bytes(vslice)
+    const size_t smem = split           ? pf_chain_split_smem_bytes(vslice, p->fp16_chain)
                         : p->fp16_chain ? pf_chain16_smem_bytes(vslice)
                                         : pf_chain_smem_bytes(vslice);
     void (*kernel)(const pf_params, const pf_chain_plan) = p->out_mode == PF_OUT_BF16  ? pf_chain_kernel
                                                            : p->out_mode == PF_OUT_F16 ? pf_chain_kernel_f16_out
                                                                                        : pf_chain_kernel_any_out;
     if (p->fp16_chain) kernel = p->out_mode == PF_OUT_F16 ? pf_chain16_kernel_f16_out : pf_chain16_kernel_any_out;
-    if (split) kernel = pf_chain_kernel_split;
+    if (split)
+        kernel = !p->fp16_chain              ? pf_chain_kernel_split
+                 : p->out_mode == PF_OUT_F16 ? pf_chain16_kernel_split_f16_out
+                                             : pf_chain16_kernel_split_any_out;
     cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                           (int)(split           ? pf_chain_split_smem_bytes(64)
+                                           (int)(split           ? pf_chain_split_smem_bytes(64, p->fp16_chain)
                                                  : p->fp16_chain ? pf_chain16_smem_bytes(PF_DV)
                                                                  : pf_chain_smem_bytes(PF_DV)));
     if (err != cudaSuccess) return err;

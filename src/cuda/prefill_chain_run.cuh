@@ -15,9 +15,10 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     extern __shared__ __align__(128) unsigned char smem[];
 #if CH_SPLIT
-    /* The split parts serve the bf16 chain with bf16 output only (pf_chain_kernel_split): the
-     * output warp's products are bf16 and it applies no held scale. Both are constants here. */
-    if (f16 || out_mode != PF_OUT_BF16) __trap();
+    /* The split parts serve the bf16 chain with bf16 output (pf_chain_kernel_split) and the fp16
+     * chain with either of its outputs (pf_chain16_kernel_split_*): on the fp16 chain the output
+     * warp takes the chunk's product type from its record's flag and the held scale from the
+     * handoff. */
     /* warps [0, warps) run the chain, warps [warps, 2 warps) the output of the chain warp `warps`
      * below them, one chunk behind (prefill_chain.cu, the top) */
     const int warps = blockDim.x >> 6;
@@ -55,8 +56,9 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
     unsigned char *s_out = s_v + CH_STAGES * warps * (f16 ? CH_VRAW16 : CH_TILE16); /* [warp][output tile] */
     unsigned char *s_vop = s_out + warps * CH_OUT_TILE;                             /* f16: [warp][v operand] */
 #if CH_SPLIT
-    unsigned char *s_hand = s_vop + (f16 ? warps * CH_TILE16 : 0);      /* [slot][warp][9][lane] 16 bytes */
-    uint64_t *s_full = (uint64_t *)(s_hand + 2 * warps * CH_HAND_WARP); /* [stage] */
+    unsigned char *s_hand = s_vop + (f16 ? warps * CH_TILE16 : 0);     /* [slot][warp][9][lane] 16 bytes */
+    int *s_hand_e = (int *)(s_hand + 2 * warps * CH_HAND_WARP);        /* f16: [slot][warp] the held scale's e */
+    uint64_t *s_full = (uint64_t *)(s_hand_e + (f16 ? 2 * warps : 0)); /* [stage] */
 #else
     uint64_t *s_full = (uint64_t *)(s_vop + (f16 ? warps * CH_TILE16 : 0)); /* [stage] */
 #endif
@@ -274,7 +276,10 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
 #if CH_SPLIT
 /* The output warp's work for chunk X: its record stage's phase is complete (the chain warp waited
  * on it; waiting again gives this warp the bulk copy's data), the handoff slot X mod 2 was written
- * before the barrier that ended chunk X's iteration; O, then the store. */
+ * before the barrier that ended chunk X's iteration; O, then the store. On the fp16 chain O is
+ * formed in the chunk's product type (a flagged record's chunk ran on bf16, its handoff too) and
+ * brought to the caller's units by the held scale the chain warp had then, as the unsplit step
+ * does, so the bits are the same. */
 #define CH_OUTPUT_WARP(X)                                                                                   \
     do {                                                                                                    \
         const int sx_ = (int)(((X)-cb) % CH_STAGES);                                                        \
@@ -288,7 +293,19 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
         }                                                                                                   \
         const uint4 y_ = h_[8 * 32];                                                                        \
         vo_[0] = y_.x, vo_[1] = y_.y, vo_[2] = y_.z, vo_[3] = y_.w;                                         \
-        CH_STEP_OUTPUT(mma_bf16_16816, s_rec + sx_ * PF_REC_BYTES, so_, vo_);                               \
+        const unsigned char *rx_ = s_rec + sx_ * PF_REC_BYTES;                                              \
+        if (f16 && !PF_REC16_BF16_FLAG(rx_))                                                                \
+            CH_STEP_OUTPUT(mma_f16_16816, rx_, so_, vo_);                                                   \
+        else                                                                                                \
+            CH_STEP_OUTPUT(mma_bf16_16816, rx_, so_, vo_);                                                  \
+        if (f16) {                                                                                          \
+            const float up_ = ch_pow2(s_hand_e[(((X)-cb) & 1) * warps + warp]);                             \
+            _Pragma("unroll") for (int e_ = 0; e_ < 4; e_++)                                                \
+            {                                                                                               \
+                o[0][e_] *= up_;                                                                            \
+                o[1][e_] *= up_;                                                                            \
+            }                                                                                               \
+        }                                                                                                   \
         CH_STORE_OUTPUT(X);                                                                                 \
     } while (0)
 #endif
@@ -383,13 +400,15 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
     }
 
 #if CH_SPLIT
-/* The output warp's operands, into handoff slot c mod 2: sa (still the old state) and Vnew. */
+/* The output warp's operands, into handoff slot c mod 2: sa (still the old state) and Vnew; on
+ * the fp16 chain also the held scale's e they are in (warp-uniform, one lane writes it). */
 #define CH_HANDOFF_PUT()                                                                        \
     do {                                                                                        \
         uint4 *h_ = (uint4 *)(s_hand + ((((c - cb) & 1) * warps + warp) * 9 * 32 + lane) * 16); \
         _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                                        \
             h_[kk * 32] = make_uint4(sa[kk][0], sa[kk][1], sa[kk][2], sa[kk][3]);               \
         h_[8 * 32] = make_uint4(vp[0], vp[1], vp[2], vp[3]);                                    \
+        if (f16 && lane == 0) s_hand_e[((c - cb) & 1) * warps + warp] = e_held;                 \
     } while (0);
 #define CH_CHAIN_OUT 0               /* the output warp forms O and stores it */
 #define CH_CHAIN_STORE_OUTPUT(chunk) /* (the same) */
@@ -464,7 +483,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
                     *(uint4 *)(VOP + pf_swz16(vtok, vhalf)) = vh;
                 }
                 __syncwarp();
-                CH_STORE_OUTPUT(c - 1);
+                CH_CHAIN_STORE_OUTPUT(c - 1)
                 float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
                 CH_STEP_U(mma_f16_16816, VOP)
                 /* The range check on the operands: the largest |fp16 value| of the copy sa and of v.
@@ -555,6 +574,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
                     CH_STEP_UPDATE(mma_bf16_16816, pack_bf16x2);
                 else
                     CH_STEP_UPDATE(mma_f16_16816, pack_f16x2);
+#if !CH_SPLIT /* (the split one's output warp does this, CH_OUTPUT_WARP) */
                 /* the output in the caller's units */
                 const float up = ch_pow2(e_held);
 #pragma unroll
@@ -562,6 +582,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
                     o[0][e] *= up;
                     o[1][e] *= up;
                 }
+#endif
             }
 
             CH_PACK_STATE();

@@ -292,8 +292,8 @@ typedef struct pf_chain_plan {
     int32_t nslices; /* value slices per (sequence, head) */
     int64_t P, Lc;   /* segments per sequence and chunks per segment (mode != WHOLE) */
     float *seg_B, *seg_M, *seg_S;
-    int32_t split_out; /* PF_CHAIN_WHOLE, bf16 chain and output: each 16-column chain on a chain warp and
-                          an output warp (prefill_chain.cu) */
+    int32_t split_out; /* PF_CHAIN_WHOLE, bf16 chain and output or the fp16 chain: each 16-column chain on
+                          a chain warp and an output warp (prefill_chain.cu) */
 } pf_chain_plan;
 
 /* The launches (each beside its kernel). `vslice` is the number of value columns per chain CTA:

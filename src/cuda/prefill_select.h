@@ -43,15 +43,16 @@ typedef struct fkda_prefill_choice {
     int fp16_chain;   /* the fp16 family's records and chain (K <= 128) */
     int64_t segments; /* P: each sequence's chain cut into P segments (1: whole; K <= 128, V padded to 128) */
     int vslice;       /* value columns per chain CTA (the segment passes: 16) */
-    int split_out;    /* the chain's output on warps of its own (pf_chain_kernel_split) */
+    int split_out;    /* the chain's output on warps of its own (the split chain kernels) */
 } fkda_prefill_choice;
 
-/* Whether pf_chain_kernel_split serves a slice: its body is compiled for the bf16 chain with bf16
- * output only, and its launch bounds hold 256 threads, the chain and output warps of 64 columns
- * (prefill_chain.cu). (Over whole sequences only: the caller checks the plan's mode.) */
+/* Whether the split chain serves a slice: its body is compiled for the bf16 chain with bf16
+ * output (pf_chain_kernel_split) and for the fp16 chain with each of its outputs
+ * (pf_chain16_kernel_split_*), and its launch bounds hold 256 threads, the chain and output warps
+ * of 64 columns (prefill_chain.cu). (Over whole sequences only: the caller checks the plan's mode.) */
 static inline int fkda_prefill_split_out_serves(int fp16_chain, int out_bf16_rows16, int vslice)
 {
-    return !fp16_chain && out_bf16_rows16 && vslice <= 64;
+    return (fp16_chain || out_bf16_rows16) && vslice <= 64;
 }
 
 /* Picks the kernels and shapes for the call under the tuning knobs `t` (the variables read once

@@ -69,6 +69,7 @@ static void expect(const char *what, const fkda_prefill_call *c, fkda_prefill_ch
 #define WHOLE_SPLIT(vs) ((fkda_prefill_choice){.segments = 1, .vslice = (vs), .split_out = 1})
 #define SEGMENTS(P) ((fkda_prefill_choice){.segments = (P), .vslice = 16})
 #define FP16(P, vs) ((fkda_prefill_choice){.fp16_chain = 1, .segments = (P), .vslice = (vs)})
+#define FP16_SPLIT(vs) ((fkda_prefill_choice){.fp16_chain = 1, .segments = 1, .vslice = (vs), .split_out = 1})
 
 int main(void)
 {
@@ -133,12 +134,15 @@ int main(void)
     c = call(1, 16384, 17, 128, 128, 0);
     expect("W = 136 > 132 SMs (loads 8, 4, 2, 2 -> 32)", &c, WHOLE_SPLIT(32));
 
-    /* 3. The fp16 family, and the outputs the split output does not serve. */
+    /* 3. The fp16 family (the split output serves it), and the outputs it does not serve. */
     c = call(1, 8192, 32, 128, 128, 0);
     c.fp16_inputs = 1;
-    expect("fp16 or fp32 q", &c, FP16(1, 32));
+    expect("fp16 or fp32 q (the split rule as for bf16)", &c, FP16_SPLIT(32));
     c.K = 64;
-    expect("fp16 or fp32 q, K = 64", &c, FP16(1, 32));
+    expect("fp16 or fp32 q, K = 64", &c, FP16_SPLIT(32));
+    c = call(1, 8192, 64, 128, 128, 0);
+    c.fp16_inputs = 1;
+    expect("fp16 or fp32 q at H = 64 (8 split warps an SM: not taken)", &c, FP16(1, 64));
     c = call(1, 8192, 32, 128, 128, 0);
     c.out_bf16_rows16 = 0;
     expect("an output other than bf16 with 16-byte rows", &c, WHOLE(32));
@@ -193,9 +197,9 @@ int main(void)
     expect("FKDA_PREFILL_SPLIT_OUT=1 at H = 64", &c, WHOLE_SPLIT(64));
     c = call(8, 8192, 96, 128, 128, 1);
     expect("FKDA_PREFILL_SPLIT_OUT=1 at 128 columns (does not serve)", &c, WHOLE(128));
-    c = call(1, 8192, 32, 128, 128, 0);
+    c = call(1, 8192, 64, 128, 128, 0);
     c.fp16_inputs = 1;
-    expect("FKDA_PREFILL_SPLIT_OUT=1 on the fp16 family (does not serve)", &c, FP16(1, 32));
+    expect("FKDA_PREFILL_SPLIT_OUT=1 on the fp16 family at H = 64", &c, FP16_SPLIT(64));
     setenv("FKDA_PREFILL_SPLIT_OUT", "yes", 1);
     c = call(1, 8192, 64, 128, 128, 0);
     expect("FKDA_PREFILL_SPLIT_OUT=yes (not 0 or 1: the rule)", &c, WHOLE(64));
@@ -206,7 +210,7 @@ int main(void)
     c.fp16_inputs = 1;
     expect("FKDA_PREFILL_FP16_CHAIN=0 (the bf16 kernels, split output and all)", &c, WHOLE_SPLIT(32));
     setenv("FKDA_PREFILL_FP16_CHAIN", "1", 1);
-    expect("FKDA_PREFILL_FP16_CHAIN=1", &c, FP16(1, 32));
+    expect("FKDA_PREFILL_FP16_CHAIN=1", &c, FP16_SPLIT(32));
     unsetenv("FKDA_PREFILL_FP16_CHAIN");
 
     return test_exit("test_prefill_select");

@@ -6,7 +6,8 @@
  * poisons the output and the final state with NaN before each GPU run and checks that every
  * element was written, runs twice and checks the two results are bitwise equal (the second run with
  * the chain's output on warps of their own, FKDA_PREFILL_SPLIT_OUT=1, the first without: where that
- * kernel serves, the bf16 chain with bf16 output over whole sequences, it must give the same bits),
+ * kernel serves, the bf16 chain with bf16 output and the fp16 chain over whole sequences, it must
+ * give the same bits),
  * and compares the relative Frobenius error ||gpu - ref|| / ||ref|| of the output and the final
  * state (and, where the case asks, of the CPU fp32 fast path's) with the case's bars (pf_bars).
  * Every output buffer on the GPU (out, final state) sits between two guard regions that must come
