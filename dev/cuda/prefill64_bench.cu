@@ -54,7 +54,11 @@
  * 16-byte units (a thread forms 8 tokens of one key), U0 and O0 as U0^T = V^T bINV^T and
  * O0^T = U0^T Mqk^T, whose C fragments are the chain's accumulators, so one 16- or 8-byte store a
  * thread and n-tile (the first run's prep wrote them as scattered 2- and 4-byte stores); and step
- * 1 issues all its loads before the first is used (dt_bias as two float4 loads a thread).
+ * 1 issues all its loads before the first is used (dt_bias as two float4 loads a thread). Its
+ * step 4 runs all 20 sub-block products at once from one tile Ki = k 2^(Gn(r) - G) and the
+ * per-channel factors 2^(Gn(s) - Gn(r)) (where the first form rebuilt Y for each s and ran the
+ * products in four rounds on 2-8 warps); its tiles are stored by 16-byte units in step 1, and G's
+ * running sum is taken in registers.
  *
  * Build and run (an H100 / H200): see dev/cuda/README.md.
  */
@@ -108,7 +112,12 @@ typedef struct prep64_args {
     long long *stamps;  /* P64_STAMPS: [T / CT][H][NSTAMP] */
 } prep64_args;
 
-static size_t prep64_smem_bytes(void) { return sizeof(float) * (5 * CT * P + 3 * CT * PL + CT); }
+#ifdef P64_COAL
+#define NPAIR 6 /* the sub-block pairs r < s of step 4 */
+#else
+#define NPAIR 0
+#endif
+static size_t prep64_smem_bytes(void) { return sizeof(float) * (5 * CT * P + 3 * CT * PL + CT + NPAIR * KD); }
 
 static __device__ __forceinline__ float bf16_bits_to_float(uint32_t h) { return __uint_as_float(h << 16); }
 
@@ -192,6 +201,9 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
     extern __shared__ float sm[];
     float *s_q = sm, *s_k = s_q + CT * P, *s_G = s_k + CT * P, *s_X = s_G + CT * P, *s_Y = s_X + CT * P;
     float *s_L = s_Y + CT * P, *s_M = s_L + CT * PL, *s_I = s_M + CT * PL, *s_b = s_I + CT * PL;
+#ifdef P64_COAL
+    float *const s_f = s_b + CT; /* [pair][key]: step 4's 2^(Gn(s) - Gn(r)) for r < s */
+#endif
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int chunk = blockIdx.x, h = blockIdx.y, H = a.H;
     const int64_t row0 = (int64_t)chunk * CT;
@@ -226,17 +238,25 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
             xg[i] = *(const uint4 *)(a.g + off);
         }
 #pragma unroll
-        for (int i = 0; i < 4; i++) {
+        for (int i = 0; i < 4; i++) { /* a row's 8 channels as two 16-byte stores a tile (scalar stores
+                                        * of channel 8 lane + e put 4 lanes on a bank) */
             const int r = (tid >> 4) + 16 * i;
             const uint32_t wq[4] = {xq[i].x, xq[i].y, xq[i].z, xq[i].w}, wk[4] = {xk[i].x, xk[i].y, xk[i].z, xk[i].w},
                            wg[4] = {xg[i].x, xg[i].y, xg[i].z, xg[i].w};
+            float fq[8], fk[8], fg[8];
 #pragma unroll
             for (int e = 0; e < 8; e++) {
-                const int c = c8 + e, sh = (e & 1) * 16;
-                s_q[r * P + c] = bf16_bits_to_float((wq[e >> 1] >> sh) & 0xFFFFu);
-                s_k[r * P + c] = bf16_bits_to_float((wk[e >> 1] >> sh) & 0xFFFFu);
-                const float gv = bf16_bits_to_float((wg[e >> 1] >> sh) & 0xFFFFu);
-                s_G[r * P + c] = lb2 * sigmoidf_(A * (gv + db[e]));
+                const int sh = (e & 1) * 16;
+                fq[e] = bf16_bits_to_float((wq[e >> 1] >> sh) & 0xFFFFu);
+                fk[e] = bf16_bits_to_float((wk[e >> 1] >> sh) & 0xFFFFu);
+                fg[e] = lb2 * sigmoidf_(A * (bf16_bits_to_float((wg[e >> 1] >> sh) & 0xFFFFu) + db[e]));
+            }
+#pragma unroll
+            for (int hf = 0; hf < 2; hf++) {
+                const int at = r * P + c8 + 4 * hf;
+                *(float4 *)(s_q + at) = make_float4(fq[4 * hf], fq[4 * hf + 1], fq[4 * hf + 2], fq[4 * hf + 3]);
+                *(float4 *)(s_k + at) = make_float4(fk[4 * hf], fk[4 * hf + 1], fk[4 * hf + 2], fk[4 * hf + 3]);
+                *(float4 *)(s_G + at) = make_float4(fg[4 * hf], fg[4 * hf + 1], fg[4 * hf + 2], fg[4 * hf + 3]);
             }
         }
     }
@@ -278,6 +298,22 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
             *(float4 *)(rows[x] + 4 * lane) = v;
         }
     }
+#ifdef P64_COAL
+    { /* the half's 32 values loaded before the scan (a loop of load, add, store waits on each load) */
+        const int c = tid & 127, half = tid >> 7;
+        float x[32];
+#pragma unroll
+        for (int i = 0; i < 32; i++) x[i] = s_G[(32 * half + i) * P + c];
+#pragma unroll
+        for (int i = 1; i < 32; i++) x[i] += x[i - 1];
+        if (!half) s_G[31 * P + c] = x[31];
+        __syncthreads();
+        const float carry = half ? s_G[31 * P + c] : 0.0f;
+        __syncthreads(); /* every second half has its carry before the first half's rows are written */
+#pragma unroll
+        for (int i = 0; i < 32; i++) s_G[(32 * half + i) * P + c] = x[i] + carry;
+    }
+#else
     {
         const int c = tid & 127, half = tid >> 7;
         float acc = 0.0f;
@@ -291,6 +327,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
             for (int r = 32; r < CT; r++) s_G[r * P + c] += carry;
         }
     }
+#endif
     __syncthreads();
     STAMP(2);
 
@@ -315,6 +352,9 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
                 const float f = exp2f(G - Gn);
                 s_q[r * P + cc] = qn * f;
                 s_X[r * P + cc] = kn * f;
+#ifdef P64_COAL /* Ki = k 2^(Gn - G) (>= k, <= 2^108 k at lb = -5) over Y, for step 4 */
+                s_Y[r * P + cc] = kn * exp2f(Gn - G);
+#endif
 #ifndef P64_COAL /* the coalesced form writes Kr^T below, by 16-byte units */
                 put16(rec, R_KRT + swz128(cc, r), kn * exp2f(gl[e] - G));
 #endif
@@ -325,9 +365,12 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         }
         if (tid < KD) *(float *)(rec + R_GAMMA + 4 * tid) = exp2f(s_G[63 * P + tid]);
 #ifdef P64_COAL
-        /* Kr^T by 16-byte units: unit pu of key row `key` holds tokens 8 (pu ^ (key & 7)).. (swz128) */
+        /* Kr^T by 16-byte units: unit pu of key row `key` holds tokens 8 (pu ^ (key & 7)).. (swz128).
+         * A warp takes 16 keys and two units of each: its lanes' reads of s_k and s_G (rows 8 apart
+         * hit one bank) are then 2-way, where 8 units of 4 keys were 8-way. */
         for (int u = tid; u < KD * 8; u += 256) {
-            const int key = u >> 3, pu = u & 7, tok0 = 8 * (pu ^ (key & 7));
+            const int key = ((u >> 5) & 7) * 16 + ((u >> 1) & 15), pu = (u & 1) + 2 * (u >> 8);
+            const int tok0 = 8 * (pu ^ (key & 7));
             const float glk = s_G[63 * P + key];
             uint32_t wv[4];
 #pragma unroll
@@ -338,11 +381,90 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
             }
             *(uint4 *)(rec + R_KRT + key * 128 + pu * 16) = make_uint4(wv[0], wv[1], wv[2], wv[3]);
         }
+        /* step 4's factors 2^(Gn(s) - Gn(r)) for the sub-block pairs r < s, pair s (s - 1) / 2 + r */
+        for (int e = tid; e < NPAIR * KD; e += 256) {
+            const int pr = e >> 7, key = e & 127, sb = pr < 1 ? 1 : pr < 3 ? 2 : 3, rb = pr - sb * (sb - 1) / 2;
+            s_f[e] = exp2f(s_G[16 * sb * P + key] - s_G[16 * rb * P + key]);
+        }
 #endif
     }
     __syncthreads();
     STAMP(3);
 
+#ifdef P64_COAL
+    /* 4. L and Mqk in one round. The pair (r, s) needs Y = k 2^(Gn(s) - G) over sub-block r's rows,
+     * which is Ki (step 3: k 2^(Gn(r) - G)) times the channel's 2^(Gn(s) - Gn(r)) (s_f; 1 for
+     * r = s), applied to the B fragments as they are loaded, so one Ki tile serves every pair and
+     * the 20 products (L and Mqk for each r <= s) run at once: warp w forms L (w even) or Mqk (w
+     * odd) for the pairs of group w / 2: (3: 0, 1), (3: 2, 3), (2: 0, 1, 2), (1: 0, 1; 0: 0), its
+     * slots sharing their A fragments where s is the same. Where 2^(Gn(s) - Gn(r)) leaves fp32's
+     * range (r <= s - 2 under the fastest decays) the true Y is below 2^-18 k (Gn(r) - G <= 108),
+     * and is taken as what the product of the two factors gives. */
+    {
+        const int is_m = warp & 1, grp = warp >> 1, nslot = grp < 2 ? 2 : 3;
+        const int sa = grp < 2 ? 3 : grp == 2 ? 2 : 1; /* slots 0 and 1 (grp 2: and 2) */
+        const int s2 = grp == 3 ? 0 : sa;              /* slot 2's sub-block */
+        const int rs[3] = {grp == 1 ? 2 : 0, grp == 1 ? 3 : 1, grp == 2 ? 2 : 0};
+        const float *X = is_m ? s_q : s_X;
+        float acc[3][2][4];
+#pragma unroll
+        for (int i = 0; i < 3; i++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) acc[i][nt][e] = 0.0f;
+#pragma unroll 2
+        for (int kk = 0; kk < KD / 8; kk++) {
+            const int c0 = 8 * kk + t;
+            uint32_t af[4], af2[4];
+            af[0] = tf32_operand(X[(16 * sa + g) * P + c0]);
+            af[1] = tf32_operand(X[(16 * sa + g + 8) * P + c0]);
+            af[2] = tf32_operand(X[(16 * sa + g) * P + c0 + 4]);
+            af[3] = tf32_operand(X[(16 * sa + g + 8) * P + c0 + 4]);
+            if (grp == 3) {
+                af2[0] = tf32_operand(X[g * P + c0]);
+                af2[1] = tf32_operand(X[(g + 8) * P + c0]);
+                af2[2] = tf32_operand(X[g * P + c0 + 4]);
+                af2[3] = tf32_operand(X[(g + 8) * P + c0 + 4]);
+            } else {
+                af2[0] = af[0], af2[1] = af[1], af2[2] = af[2], af2[3] = af[3];
+            }
+#pragma unroll
+            for (int i = 0; i < 3; i++) {
+                if (i >= nslot) break;
+                const int si = i < 2 ? sa : s2, ri = rs[i];
+                float f0 = 1.0f, f1 = 1.0f;
+                if (ri < si) {
+                    const float *fr = s_f + (si * (si - 1) / 2 + ri) * KD;
+                    f0 = fr[c0], f1 = fr[c0 + 4];
+                }
+#pragma unroll
+                for (int nt = 0; nt < 2; nt++) {
+                    const float *Yr = s_Y + (16 * ri + 8 * nt + g) * P;
+                    mma_tf32_1688(acc[i][nt], i < 2 ? af : af2, tf32_operand(Yr[c0] * f0),
+                                  tf32_operand(Yr[c0 + 4] * f1), acc[i][nt]);
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 3; i++) {
+            if (i >= nslot) break;
+            const int si = i < 2 ? sa : s2, ri = rs[i];
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const int ii = g + 8 * (e >> 1), j = 8 * nt + 2 * t + (e & 1);
+                    const int gi = 16 * si + ii, gj = 16 * ri + j;
+                    if (is_m)
+                        s_M[gi * PL + gj] = (ri < si || j <= ii) ? a.scale * acc[i][nt][e] : 0.0f;
+                    else
+                        s_L[gi * PL + gj] = (ri < si || j < ii) ? s_b[gi] * acc[i][nt][e] : 0.0f;
+                }
+        }
+    }
+    __syncthreads();
+#else
     /* 4. L and Mqk, by the later rows' sub-block s. */
     for (int s = 0; s < 4; s++) {
         for (int e = tid; e < 16 * (s + 1) * KD; e += 256) {
@@ -382,6 +504,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         }
         __syncthreads();
     }
+#endif
     STAMP(4);
 
     /* 5. (I + L)^-1: the diagonal blocks, then the blocks below them level by level. */
