@@ -58,7 +58,11 @@
  * step 4 runs all 20 sub-block products at once from one tile Ki = k 2^(Gn(r) - G) and the
  * per-channel factors 2^(Gn(s) - Gn(r)) (where the first form rebuilt Y for each s and ran the
  * products in four rounds on 2-8 warps); its tiles are stored by 16-byte units in step 1, and G's
- * running sum is taken in registers.
+ * running sum is taken in registers; step 2's 16 rows a warp are reduced together; step 5's
+ * blocks below the diagonal come by doubling on tf32 tensor cores in three terms (two levels, four
+ * barriers, where the fp32 loops took three levels of two passes); and the grid is persistent,
+ * one CTA an SM walking the (chunk, head) items, each item prefetching the next one's rows into
+ * L2 (with one CTA an SM, step 1's loads had nothing to overlap them).
  *
  * Build and run (an H100 / H200): see dev/cuda/README.md.
  */
@@ -196,16 +200,60 @@ static __device__ __forceinline__ void prep64_cols_product(const float *X, const
 #endif
 #endif
 
-__global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
+#ifdef P64_COAL
+/* x as a tf32 hi term and the tf32 lo term of what is left. */
+static __device__ __forceinline__ void tf32_split(float x, uint32_t *hi, uint32_t *lo)
 {
-    extern __shared__ float sm[];
+    *hi = tf32_operand(x);
+    *lo = tf32_operand(x - __uint_as_float(*hi));
+}
+
+/* acc += A B for 16 x 16 blocks A (pitch pa) and B (pitch pb), on tf32 tensor cores in three terms
+ * (lo hi + hi lo + hi hi, small ones first): the C fragments of two n-tiles (rows g, g + 8;
+ * columns 8 nt + 2 t, + 1). */
+static __device__ __forceinline__ void prep64_mm16_3x(float acc[2][4], const float *A, int pa, const float *B, int pb,
+                                                      int g, int t)
+{
+#pragma unroll
+    for (int kk = 0; kk < 2; kk++) {
+        const int k0 = 8 * kk + t;
+        uint32_t ah[4], al[4];
+        tf32_split(A[g * pa + k0], &ah[0], &al[0]);
+        tf32_split(A[(g + 8) * pa + k0], &ah[1], &al[1]);
+        tf32_split(A[g * pa + k0 + 4], &ah[2], &al[2]);
+        tf32_split(A[(g + 8) * pa + k0 + 4], &ah[3], &al[3]);
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++) {
+            uint32_t bh0, bl0, bh1, bl1;
+            tf32_split(B[k0 * pb + 8 * nt + g], &bh0, &bl0);
+            tf32_split(B[(k0 + 4) * pb + 8 * nt + g], &bh1, &bl1);
+            mma_tf32_1688(acc[nt], al, bh0, bh1, acc[nt]);
+            mma_tf32_1688(acc[nt], ah, bl0, bl1, acc[nt]);
+            mma_tf32_1688(acc[nt], ah, bh0, bh1, acc[nt]);
+        }
+    }
+}
+
+/* A 16 x 16 block's C fragments, times sign, into D (pitch pd). */
+static __device__ __forceinline__ void prep64_put16(float *D, int pd, const float acc[2][4], float sign, int g, int t)
+{
+#pragma unroll
+    for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) D[(g + 8 * (e >> 1)) * pd + 8 * nt + 2 * t + (e & 1)] = sign * acc[nt][e];
+}
+#endif
+
+/* The prep of one (chunk, head). */
+static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *sm, const int chunk, const int h)
+{
     float *s_q = sm, *s_k = s_q + CT * P, *s_G = s_k + CT * P, *s_X = s_G + CT * P, *s_Y = s_X + CT * P;
     float *s_L = s_Y + CT * P, *s_M = s_L + CT * PL, *s_I = s_M + CT * PL, *s_b = s_I + CT * PL;
 #ifdef P64_COAL
     float *const s_f = s_b + CT; /* [pair][key]: step 4's 2^(Gn(s) - Gn(r)) for r < s */
 #endif
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
-    const int chunk = blockIdx.x, h = blockIdx.y, H = a.H;
+    const int H = a.H;
     const int64_t row0 = (int64_t)chunk * CT;
     unsigned char *rec = a.rec + ((int64_t)chunk * H + h) * R_BYTES;
 
@@ -284,6 +332,36 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
     STAMP(1);
 
     /* 2. L2 norms (warp w: rows 8w..8w+7, lane: 4 channels), then G. */
+#ifdef P64_COAL
+    { /* the warp's 16 rows loaded, reduced and stored together: their shuffles interleave, where
+       * a row at a time waited on each row's five in turn */
+        float4 v[2][8];
+        float ss[2][8];
+#pragma unroll
+        for (int x = 0; x < 2; x++)
+#pragma unroll
+            for (int rr = 0; rr < 8; rr++) {
+                v[x][rr] = *(const float4 *)((x ? s_k : s_q) + (8 * warp + rr) * P + 4 * lane);
+                ss[x][rr] = v[x][rr].x * v[x][rr].x + v[x][rr].y * v[x][rr].y + v[x][rr].z * v[x][rr].z +
+                            v[x][rr].w * v[x][rr].w;
+            }
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+            for (int x = 0; x < 2; x++)
+#pragma unroll
+                for (int rr = 0; rr < 8; rr++) ss[x][rr] += __shfl_xor_sync(0xffffffffu, ss[x][rr], o);
+#pragma unroll
+        for (int x = 0; x < 2; x++)
+#pragma unroll
+            for (int rr = 0; rr < 8; rr++) {
+                const float inv = 1.0f / sqrtf(ss[x][rr] + 1e-6f);
+                float4 w = v[x][rr];
+                w.x *= inv, w.y *= inv, w.z *= inv, w.w *= inv;
+                *(float4 *)((x ? s_k : s_q) + (8 * warp + rr) * P + 4 * lane) = w;
+            }
+    }
+#else
     for (int rr = 0; rr < 8; rr++) {
         const int r = 8 * warp + rr;
         float *rows[2] = {s_q + r * P, s_k + r * P};
@@ -298,6 +376,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
             *(float4 *)(rows[x] + 4 * lane) = v;
         }
     }
+#endif
 #ifdef P64_COAL
     { /* the half's 32 values loaded before the scan (a loop of load, add, store waits on each load) */
         const int c = tid & 127, half = tid >> 7;
@@ -522,6 +601,44 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         for (int i = 0; i < 16; i++) s_I[(16 * s + i) * PL + 16 * s + lane] = x[i];
     }
     __syncthreads();
+#ifdef P64_COAL
+    /* The blocks below the diagonal by doubling: for a unit lower triangular [[A, 0], [C, B]] the
+     * inverse is [[A^-1, 0], [-B^-1 C A^-1, B^-1]]. Level 1 forms the two 32 x 32 inverses' corner
+     * blocks INV_10 = -D_1 L_10 D_0 and INV_32 = -D_3 L_32 D_2 (warps 0 and 1); level 2 the 64 x 64
+     * one's 32 x 32 corner X = -INV_B L_C INV_A as Y = L_C INV_A, then X = -INV_B Y (16 x 16 blocks
+     * (i, j), i = 2, 3, j = 0, 1, a warp each). Products of 16 x 16 blocks on tf32 tensor cores in
+     * three terms (hi hi + hi lo + lo hi: about fp32's accuracy, as the fp32 loops it replaces);
+     * intermediate blocks in s_Y (free since step 4) at pitch 24 (conflict-free B fragments). */
+    {
+        float *const scr = s_Y; /* [4][16][24]: level 1's P (blocks 0, 1), level 2's Y (i - 2) * 2 + j */
+        if (warp < 2) {
+            const int a0 = 2 * warp, a1 = a0 + 1;
+            float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            prep64_mm16_3x(acc, s_L + 16 * a1 * PL + 16 * a0, PL, s_I + 16 * a0 * PL + 16 * a0, PL, g, t);
+            prep64_put16(scr + warp * 16 * 24, 24, acc, 1.0f, g, t);
+            __syncwarp();
+            float x[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            prep64_mm16_3x(x, s_I + 16 * a1 * PL + 16 * a1, PL, scr + warp * 16 * 24, 24, g, t);
+            prep64_put16(s_I + 16 * a1 * PL + 16 * a0, PL, x, -1.0f, g, t);
+        }
+        __syncthreads();
+        const int bi = 2 + (warp >> 1), bj = warp & 1; /* warps 0-3: block (bi, bj) of the corner */
+        if (warp < 4) { /* Y_ij = sum_{u = j, 1} L_iu INV_uj */
+            float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            for (int u = bj; u < 2; u++)
+                prep64_mm16_3x(acc, s_L + 16 * bi * PL + 16 * u, PL, s_I + 16 * u * PL + 16 * bj, PL, g, t);
+            prep64_put16(scr + warp * 16 * 24, 24, acc, 1.0f, g, t);
+        }
+        __syncthreads();
+        if (warp < 4) { /* X_ij = -sum_{u = 2 .. i} INV_iu Y_uj */
+            float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+            for (int u = 2; u <= bi; u++)
+                prep64_mm16_3x(acc, s_I + 16 * bi * PL + 16 * u, PL, scr + ((u - 2) * 2 + bj) * 16 * 24, 24, g, t);
+            prep64_put16(s_I + 16 * bi * PL + 16 * bj, PL, acc, -1.0f, g, t);
+        }
+        __syncthreads();
+    }
+#else
     for (int s = 1; s < 4; s++) {
         for (int e = tid; e < s * 256; e += 256) { /* T_r = sum_{r <= u < s} L_su INV_ur, in s_Y */
             const int r = e >> 8, i = (e >> 4) & 15, c = e & 15;
@@ -540,6 +657,7 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
         }
         __syncthreads();
     }
+#endif
     STAMP(5);
 
     /* 6. bINV (in place) and Mqk into the record as hi + lo pairs (light: Mqk as one bf16 term, and
@@ -726,6 +844,35 @@ __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
                 *(uint32_t *)(rec + R_NEGW + swz_tok_key(i, c)) = pack_bf16x2(-acc[nt][2 * hf], -acc[nt][2 * hf + 1]);
             }
     }
+#endif
+}
+
+#ifdef P64_COAL
+/* The next item's q, k, g and v rows (each a contiguous 256 bytes) into L2 by bulk prefetches, a
+ * thread a row: issued as an item starts, so that the next one's step 1 finds them there. */
+static __device__ __forceinline__ void prep64_prefetch(const prep64_args &a, int chunk, int h)
+{
+    const int tid = threadIdx.x, which = tid >> 6, r = tid & 63;
+    const uint16_t *base = which == 0 ? a.q : which == 1 ? a.k : which == 2 ? a.g : a.v;
+    const uint16_t *src = base + (((int64_t)chunk * CT + r) * a.H + h) * KD;
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(KD * 2) : "memory");
+}
+#endif
+
+/* COAL: a persistent grid of one CTA an SM walking the items (chunk-major: the heads of a chunk
+ * in turn), each prefetching the next one's rows into L2; the other forms: a CTA per item. */
+__global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
+{
+    extern __shared__ float sm[];
+#ifdef P64_COAL
+    const int n = (a.T / CT) * a.H;
+    for (int item = blockIdx.x; item < n; item += gridDim.x) {
+        if (item + (int)gridDim.x < n) prep64_prefetch(a, (item + gridDim.x) / a.H, (item + gridDim.x) % a.H);
+        prep64_item(a, sm, item / a.H, item % a.H);
+        __syncthreads(); /* every warp is done with shared memory before the next item's step 1 */
+    }
+#else
+    prep64_item(a, sm, blockIdx.x, blockIdx.y);
 #endif
 }
 
@@ -1191,6 +1338,8 @@ static void free_dev(problem_dev *d)
     cudaFree((void *)d->chain.v), cudaFree((void *)d->chain.h0), cudaFree(d->chain.ht), cudaFree(d->chain.out);
 }
 
+static int g_sms = 132; /* the device's SMs (main) */
+
 /* Runs the prep and the chain `reps` times; the best ms of each. */
 static void run(const problem_dev *d, int reps, float *ms_prep, float *ms_chain)
 {
@@ -1202,7 +1351,11 @@ static void run(const problem_dev *d, int reps, float *ms_prep, float *ms_chain)
     *ms_prep = *ms_chain = 1e30f;
     for (int rep = 0; rep < reps; rep++) {
         CUDA_OK(cudaEventRecord(e0));
+#ifdef P64_COAL
+        prep64_kernel<<<(T / CT) * H < g_sms ? (T / CT) * H : g_sms, 256, prep64_smem_bytes()>>>(d->prep);
+#else
         prep64_kernel<<<dim3(T / CT, H), 256, prep64_smem_bytes()>>>(d->prep);
+#endif
         CUDA_OK(cudaGetLastError());
         CUDA_OK(cudaEventRecord(e1));
 #ifdef P64_HALF
@@ -1269,6 +1422,7 @@ int main(int argc, char **argv)
     const int checks_only = argc > 1 && strcmp(argv[1], "--checks") == 0;
     cudaDeviceProp prop;
     CUDA_OK(cudaGetDeviceProperties(&prop, 0));
+    g_sms = prop.multiProcessorCount;
     printf("device: %s, %d SMs, compute capability %d.%d\n", prop.name, prop.multiProcessorCount, prop.major,
            prop.minor);
     if (prop.major != 9 || prop.minor != 0) {
@@ -1298,6 +1452,8 @@ int main(int argc, char **argv)
     static const char *names[6] = {"-W", "Qd", "Kr^T", "bINV (hi+lo)", "Mqk (hi+lo)", "gamma"};
 #endif
     const float lbs[3] = {-5.0f, -1.0f, -0.1f};
+    const int sms = g_sms;
+    g_sms = 5; /* the checks' items (8-12) walked by 5 CTAs: the persistent loop runs (COAL) */
     for (int li = 0; li < 3; li++) {
         const int T = 256, H = 3;
         inputs x = make_inputs(T, H, 100 + li);
@@ -1368,6 +1524,8 @@ int main(int argc, char **argv)
         free_dev(&d);
         free_inputs(&x);
     }
+
+    g_sms = sms;
 
     /* 3. Timing: one sequence (best of 5 of each kernel). */
     const int shapes[3][2] = {{8192, 96}, {8192, 32}, {16384, 16}};
