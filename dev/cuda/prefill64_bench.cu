@@ -85,6 +85,14 @@
 #define KD 128 /* keys */
 #define P 132  /* row pitch of the 64 x 128 fp32 tiles (floats): lanes (g, t) hit 32 banks */
 #define PL 68  /* row pitch of the 64 x 64 fp32 matrices */
+/* Row pitch of the tiles steps 7 and 8 read down their columns (Kd, W, v, U0: k = token rows):
+ * lanes (g, t) read row t, column g, so a pitch of 8 mod 32 puts them on 32 banks where P's 4 mod
+ * 32 (right for the row-wise reads of steps 3-4) gives 2-way conflicts. COAL only. */
+#ifdef P64_COAL
+#define PB 136
+#else
+#define PB P
+#endif
 #define LOG2E 1.4426950408889634f
 #define TOL 1.0e-2 /* pass bar: max |gpu - ref| / max |ref| per operand (bf16 storage ~4e-3) */
 
@@ -146,7 +154,7 @@ static __device__ __forceinline__ void put16(unsigned char *rec, uint32_t off, f
 
 #ifdef P64_QE
 /* acc = A[16 mt..16 mt + 15][0..63] B[0..63][n0..n0 + 63] on tf32 tensor cores (m16n8k8; A: the
- * 64 x 64 matrices at pitch PL, B: the 64 x 128 tiles at pitch P), the C fragments of 8 n-tiles. */
+ * 64 x 64 matrices at pitch PL, B: the 64 x 128 tiles at pitch PB), the C fragments of 8 n-tiles. */
 static __device__ __forceinline__ void prep64_rows_product(const float *A, const float *B, int mt, int n0, int g, int t,
                                                            float acc[8][4])
 {
@@ -165,12 +173,12 @@ static __device__ __forceinline__ void prep64_rows_product(const float *A, const
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
             const int n = n0 + 8 * nt + g;
-            mma_tf32_1688(acc[nt], af, tf32_operand(B[j0 * P + n]), tf32_operand(B[(j0 + 4) * P + n]), acc[nt]);
+            mma_tf32_1688(acc[nt], af, tf32_operand(B[j0 * PB + n]), tf32_operand(B[(j0 + 4) * PB + n]), acc[nt]);
         }
     }
 }
 #ifdef P64_COAL
-/* acc = X^T[16 w..16 w + 15][0..63] Y^T[0..63][0..63] for X a 64 x 128 tile at pitch P (the
+/* acc = X^T[16 w..16 w + 15][0..63] Y^T[0..63][0..63] for X a 64 x 128 tile at pitch PB (the
  * chunk's tokens by value columns) and Y a 64 x 64 matrix at pitch PL: rows = value columns
  * 16 w.., columns = tokens. The C fragment of n-tile nt (rows g, g + 8; tokens 8 nt + 2 t, + 1)
  * is exactly the chain's accumulator u[4 nt..4 nt + 3] of thread (warp w, lane): the record's
@@ -186,10 +194,10 @@ static __device__ __forceinline__ void prep64_cols_product(const float *X, const
     for (int kk = 0; kk < CT / 8; kk++) {
         const int j0 = 8 * kk + t;
         uint32_t af[4];
-        af[0] = tf32_operand(X[j0 * P + 16 * w + g]);
-        af[1] = tf32_operand(X[j0 * P + 16 * w + g + 8]);
-        af[2] = tf32_operand(X[(j0 + 4) * P + 16 * w + g]);
-        af[3] = tf32_operand(X[(j0 + 4) * P + 16 * w + g + 8]);
+        af[0] = tf32_operand(X[j0 * PB + 16 * w + g]);
+        af[1] = tf32_operand(X[j0 * PB + 16 * w + g + 8]);
+        af[2] = tf32_operand(X[(j0 + 4) * PB + 16 * w + g]);
+        af[3] = tf32_operand(X[(j0 + 4) * PB + 16 * w + g + 8]);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
             const int n = 8 * nt + g;
@@ -680,7 +688,9 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
         *(uint32_t *)(rec + R_MQK_LO + swz128(i, j)) = lo;
 #endif
     }
-#ifdef P64_QE
+#if defined(P64_COAL) /* (Kd at pitch PB over s_X runs 256 floats into s_Y, v's into s_L, free since step 5) */
+    float *const s_v = s_Y + 256;
+#elif defined(P64_QE)
     float *const s_v = s_Y; /* free since step 5; Xq stays for step 8's Qd */
 #else
     float *const s_v = s_q; /* the light form's v (the default form has none) */
@@ -690,13 +700,16 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
     for (int i = 0; i < 4; i++) {
         const int v8 = tid + 256 * i, r = v8 >> 4, c8 = (v8 & 15) * 8;
         const uint32_t w[4] = {vr[i].x, vr[i].y, vr[i].z, vr[i].w};
+        float x[8];
 #pragma unroll
-        for (int e = 0; e < 8; e++) s_v[r * P + c8 + e] = bf16_bits_to_float((w[e >> 1] >> ((e & 1) * 16)) & 0xFFFFu);
+        for (int e = 0; e < 8; e++) x[e] = bf16_bits_to_float((w[e >> 1] >> ((e & 1) * 16)) & 0xFFFFu);
+        *(float4 *)(s_v + r * PB + c8) = make_float4(x[0], x[1], x[2], x[3]);
+        *(float4 *)(s_v + r * PB + c8 + 4) = make_float4(x[4], x[5], x[6], x[7]);
     }
 #endif
     for (int e = tid; e < CT * KD; e += 256) {
         const int j = e >> 7, c = e & 127;
-        s_X[j * P + c] = s_k[j * P + c] * exp2f(s_G[j * P + c]);
+        s_X[j * PB + c] = s_k[j * P + c] * exp2f(s_G[j * P + c]);
     }
     __syncthreads();
     STAMP(6);
@@ -726,11 +739,11 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
 #pragma unroll
             for (int hf = 0; hf < 2; hf++) {
                 const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t;
-                s_X[i * P + c] = w[nt][2 * hf], s_X[i * P + c + 1] = w[nt][2 * hf + 1];
+                s_X[i * PB + c] = w[nt][2 * hf], s_X[i * PB + c + 1] = w[nt][2 * hf + 1];
             }
 #pragma unroll
             for (int e = 0; e < 4; e++) /* U0[token][column] */
-                s_v[(8 * nt + 2 * t + (e & 1)) * P + 16 * warp + g + 8 * (e >> 1)] = u0[nt][e];
+                s_v[(8 * nt + 2 * t + (e & 1)) * PB + 16 * warp + g + 8 * (e >> 1)] = u0[nt][e];
         }
     }
 #else
@@ -826,7 +839,7 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
 #pragma unroll
             for (int nt = 0; nt < 8; nt++) {
                 const int n = n0 + 8 * nt + g;
-                mma_tf32_1688(acc[nt], af, tf32_operand(B[j0 * P + n]), tf32_operand(B[(j0 + 4) * P + n]), acc[nt]);
+                mma_tf32_1688(acc[nt], af, tf32_operand(B[j0 * PB + n]), tf32_operand(B[(j0 + 4) * PB + n]), acc[nt]);
             }
         }
 #pragma unroll
