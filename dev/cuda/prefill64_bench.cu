@@ -153,6 +153,7 @@ static __device__ __forceinline__ void put16(unsigned char *rec, uint32_t off, f
 #endif
 
 #ifdef P64_QE
+#ifndef P64_COAL
 /* acc = A[16 mt..16 mt + 15][0..63] B[0..63][n0..n0 + 63] on tf32 tensor cores (m16n8k8; A: the
  * 64 x 64 matrices at pitch PL, B: the 64 x 128 tiles at pitch PB), the C fragments of 8 n-tiles. */
 static __device__ __forceinline__ void prep64_rows_product(const float *A, const float *B, int mt, int n0, int g, int t,
@@ -177,31 +178,41 @@ static __device__ __forceinline__ void prep64_rows_product(const float *A, const
         }
     }
 }
-#ifdef P64_COAL
-/* acc = X^T[16 w..16 w + 15][0..63] Y^T[0..63][0..63] for X a 64 x 128 tile at pitch PB (the
- * chunk's tokens by value columns) and Y a 64 x 64 matrix at pitch PL: rows = value columns
- * 16 w.., columns = tokens. The C fragment of n-tile nt (rows g, g + 8; tokens 8 nt + 2 t, + 1)
- * is exactly the chain's accumulator u[4 nt..4 nt + 3] of thread (warp w, lane): the record's
- * U0 and O0 are written as one 16- or 8-byte unit a thread and n-tile. */
-static __device__ __forceinline__ void prep64_cols_product(const float *X, const float *Y, int w, int g, int t,
-                                                           float acc[8][4])
+#else
+/* A step's two products at once (one loop, twice the independent mma in flight), on tf32 tensor
+ * cores (m16n8k8), as C fragments of 8 n-tiles:
+ *   accr = A[16 mt..16 mt + 15][0..63] B[0..63][n0..n0 + 63] (A a 64 x 64 matrix at pitch PL, B a
+ *          64 x 128 tile at pitch PB);
+ *   accc = X^T[16 w..16 w + 15][0..63] Y^T[0..63][0..63] (X a 64 x 128 tile at pitch PB, the
+ *          chunk's tokens by value columns; Y a 64 x 64 matrix at pitch PL): rows = value columns
+ *          16 w.., columns = tokens. Its C fragment of n-tile nt (rows g, g + 8; tokens 8 nt + 2 t,
+ *          + 1) is exactly the chain's accumulator u[4 nt..4 nt + 3] of thread (warp w, lane), so
+ *          the record's U0 and O0 are written as one 16- or 8-byte unit a thread and n-tile. */
+static __device__ __forceinline__ void prep64_rows_cols_product(const float *A, const float *B, const float *X,
+                                                                const float *Y, int mt, int n0, int w, int g, int t,
+                                                                float accr[8][4], float accc[8][4])
 {
 #pragma unroll
     for (int nt = 0; nt < 8; nt++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) acc[nt][e] = 0.0f;
+        for (int e = 0; e < 4; e++) accr[nt][e] = accc[nt][e] = 0.0f;
 #pragma unroll 2
     for (int kk = 0; kk < CT / 8; kk++) {
         const int j0 = 8 * kk + t;
-        uint32_t af[4];
-        af[0] = tf32_operand(X[j0 * PB + 16 * w + g]);
-        af[1] = tf32_operand(X[j0 * PB + 16 * w + g + 8]);
-        af[2] = tf32_operand(X[(j0 + 4) * PB + 16 * w + g]);
-        af[3] = tf32_operand(X[(j0 + 4) * PB + 16 * w + g + 8]);
+        uint32_t ar[4], ac[4];
+        ar[0] = tf32_operand(A[(16 * mt + g) * PL + j0]);
+        ar[1] = tf32_operand(A[(16 * mt + g + 8) * PL + j0]);
+        ar[2] = tf32_operand(A[(16 * mt + g) * PL + j0 + 4]);
+        ar[3] = tf32_operand(A[(16 * mt + g + 8) * PL + j0 + 4]);
+        ac[0] = tf32_operand(X[j0 * PB + 16 * w + g]);
+        ac[1] = tf32_operand(X[j0 * PB + 16 * w + g + 8]);
+        ac[2] = tf32_operand(X[(j0 + 4) * PB + 16 * w + g]);
+        ac[3] = tf32_operand(X[(j0 + 4) * PB + 16 * w + g + 8]);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
-            const int n = 8 * nt + g;
-            mma_tf32_1688(acc[nt], af, tf32_operand(Y[n * PL + j0]), tf32_operand(Y[n * PL + j0 + 4]), acc[nt]);
+            const int n = n0 + 8 * nt + g, m = 8 * nt + g;
+            mma_tf32_1688(accr[nt], ar, tf32_operand(B[j0 * PB + n]), tf32_operand(B[(j0 + 4) * PB + n]), accr[nt]);
+            mma_tf32_1688(accc[nt], ac, tf32_operand(Y[m * PL + j0]), tf32_operand(Y[m * PL + j0 + 4]), accc[nt]);
         }
     }
 }
@@ -631,7 +642,7 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
         }
         __syncthreads();
         const int bi = 2 + (warp >> 1), bj = warp & 1; /* warps 0-3: block (bi, bj) of the corner */
-        if (warp < 4) { /* Y_ij = sum_{u = j, 1} L_iu INV_uj */
+        if (warp < 4) {                                /* Y_ij = sum_{u = j, 1} L_iu INV_uj */
             float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
             for (int u = bj; u < 2; u++)
                 prep64_mm16_3x(acc, s_L + 16 * bi * PL + 16 * u, PL, s_I + 16 * u * PL + 16 * bj, PL, g, t);
@@ -721,8 +732,7 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
 #ifdef P64_COAL
     { /* W as below; U0^T = V^T bINV^T with warp w on value columns 16 w.. (prep64_cols_product) */
         float w[8][4], u0[8][4];
-        prep64_rows_product(s_I, s_X, mt, n0, g, t, w);
-        prep64_cols_product(s_v, s_I, warp, g, t, u0);
+        prep64_rows_cols_product(s_I, s_X, s_v, s_I, mt, n0, warp, g, t, w, u0);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++) {
 #pragma unroll
@@ -778,7 +788,12 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
      * s_q), bf16 into Qd's place; O0 = Mqk U0, bf16 in the accumulators' order. */
     {
         float m[8][4];
+#ifdef P64_COAL
+        float o0[8][4]; /* O0^T = U0^T Mqk^T beside Mqk W */
+        prep64_rows_cols_product(s_M, s_X, s_v, s_M, mt, n0, warp, g, t, m, o0);
+#else
         prep64_rows_product(s_M, s_X, mt, n0, g, t, m);
+#endif
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -789,12 +804,11 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
                 *(uint32_t *)(rec + R_QD + swz_tok_key(i, c)) = pack_bf16x2(qd0 - m[nt][2 * hf],
                                                                             qd1 - m[nt][2 * hf + 1]);
             }
-#ifdef P64_COAL /* O0^T = U0^T Mqk^T, one 8-byte unit a thread and n-tile */
-        prep64_cols_product(s_v, s_M, warp, g, t, m);
+#ifdef P64_COAL /* O0, one 8-byte unit a thread and n-tile */
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
-            *(uint2 *)(rec + R_O0 + 8 * ((warp * 8 + nt) * 32 + lane)) = make_uint2(pack_bf16x2(m[nt][0], m[nt][1]),
-                                                                                    pack_bf16x2(m[nt][2], m[nt][3]));
+            *(uint2 *)(rec + R_O0 + 8 * ((warp * 8 + nt) * 32 + lane)) = make_uint2(pack_bf16x2(o0[nt][0], o0[nt][1]),
+                                                                                    pack_bf16x2(o0[nt][2], o0[nt][3]));
 #else
         prep64_rows_product(s_M, s_v, mt, n0, g, t, m);
 #pragma unroll
@@ -1365,7 +1379,8 @@ static void run(const problem_dev *d, int reps, float *ms_prep, float *ms_chain)
     for (int rep = 0; rep < reps; rep++) {
         CUDA_OK(cudaEventRecord(e0));
 #ifdef P64_COAL
-        prep64_kernel<<<(T / CT) * H < g_sms ? (T / CT) * H : g_sms, 256, prep64_smem_bytes()>>>(d->prep);
+        const int items = (T / CT) * H, grid = items < g_sms ? items : g_sms;
+        prep64_kernel<<<grid, 256, prep64_smem_bytes()>>>(d->prep);
 #else
         prep64_kernel<<<dim3(T / CT, H), 256, prep64_smem_bytes()>>>(d->prep);
 #endif
