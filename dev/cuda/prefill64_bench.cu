@@ -220,11 +220,13 @@ static __device__ __forceinline__ void prep64_rows_cols_product(const float *A, 
 #endif
 
 #ifdef P64_COAL
-/* x as a tf32 hi term and the tf32 lo term of what is left. */
+/* x as a tf32 hi term and the tf32 lo term of what is left. tf32_operand leaves the dropped low
+ * 13 bits for the tensor core to ignore (x + half a unit, truncated), so the hi value is its bits
+ * with those masked; x - hi is then exact. */
 static __device__ __forceinline__ void tf32_split(float x, uint32_t *hi, uint32_t *lo)
 {
     *hi = tf32_operand(x);
-    *lo = tf32_operand(x - __uint_as_float(*hi));
+    *lo = tf32_operand(x - __uint_as_float(*hi & 0xFFFFE000u));
 }
 
 /* acc += A B for 16 x 16 blocks A (pitch pa) and B (pitch pb), on tf32 tensor cores in three terms
