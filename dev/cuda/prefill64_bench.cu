@@ -152,7 +152,6 @@ static __device__ __forceinline__ void put16(unsigned char *rec, uint32_t off, f
 }
 #endif
 
-#ifdef P64_QE
 #ifndef P64_COAL
 /* acc = A[16 mt..16 mt + 15][0..63] B[0..63][n0..n0 + 63] on tf32 tensor cores (m16n8k8; A: the
  * 64 x 64 matrices at pitch PL, B: the 64 x 128 tiles at pitch PB), the C fragments of 8 n-tiles. */
@@ -216,7 +215,6 @@ static __device__ __forceinline__ void prep64_rows_cols_product(const float *A, 
         }
     }
 }
-#endif
 #endif
 
 #ifdef P64_COAL
@@ -838,26 +836,8 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
 #endif
     {
         const int mt = warp & 3, n0 = 64 * (warp >> 2);
-        const float *B = pass ? s_v : s_X;
         float acc[8][4];
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) acc[nt][e] = 0.0f;
-#pragma unroll 2
-        for (int kk = 0; kk < CT / 8; kk++) {
-            const int j0 = 8 * kk + t;
-            uint32_t af[4];
-            af[0] = tf32_operand(s_I[(16 * mt + g) * PL + j0]);
-            af[1] = tf32_operand(s_I[(16 * mt + g + 8) * PL + j0]);
-            af[2] = tf32_operand(s_I[(16 * mt + g) * PL + j0 + 4]);
-            af[3] = tf32_operand(s_I[(16 * mt + g + 8) * PL + j0 + 4]);
-#pragma unroll
-            for (int nt = 0; nt < 8; nt++) {
-                const int n = n0 + 8 * nt + g;
-                mma_tf32_1688(acc[nt], af, tf32_operand(B[j0 * PB + n]), tf32_operand(B[(j0 + 4) * PB + n]), acc[nt]);
-            }
-        }
+        prep64_rows_product(s_I, pass ? s_v : s_X, mt, n0, g, t, acc);
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
