@@ -38,7 +38,7 @@
  *
  * The fp16 chain (fp16 and fp32 q, k, v; kernels pf_chain16_*): the same step on fp16 operands
  * (mma .f16, the record of prefill_common.cuh's fp16 family, v read in its own dtype and rounded
- * to fp16 here), with 11 significant bits where bf16 has 8 (dev/numerics/README.md, plan (m)).
+ * to fp16 here; fp16 v at the held scale 1 is used in place), with 11 significant bits where bf16 has 8 (dev/numerics/README.md, plan (m)).
  * fp16's range is the price, so each warp holds its state, v, Vnew and output scaled by 2^-e:
  * every product of a step is linear in (v, S) jointly (U = v bINV - W S, O = Qd S + Mqk U,
  * S' = gamma S + Kr^T U), so the scaling is exact, and 2^e goes back onto the output and onto
@@ -122,6 +122,14 @@ static __device__ __forceinline__ void ch_read_v8(const unsigned char *raw, int 
             vf[2 * e + 1] = f.y;
         }
     }
+}
+
+/* Where a lane's 8 values of v land in its warp's v slot: fp32 (v4) as read, 32 bytes a lane
+ * (lane = token * 2 + half); fp16 in the swizzled 16 x 16 layout of the operand tile (the bf16
+ * chain's v tile), so that at e = 0 the slot is U's operand itself. */
+static __device__ __forceinline__ int ch_vraw_at(int v4, int vtok, int vhalf)
+{
+    return v4 ? (2 * vtok + vhalf) * 32 : (int)pf_swz16(vtok, vhalf);
 }
 
 /* 2^x as an fp32, for x in [-126, 127]. */

@@ -141,22 +141,22 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
         bulk_copy_g2s(smem_addr(s_rec + (stage)*PF_REC_BYTES), rec0 + (chunk) * (int64_t)PF_REC_BYTES, PF_REC_BYTES, \
                       mb_);                                                                                          \
     } while (0)
-#define CH_ISSUE_V(chunk, stage)                                                                                \
-    do {                                                                                                        \
-        if (f16 && with_v && (chunk) < nch) {                                                                   \
-            const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                        \
-            const int ok_ = tk_ < len && v_live;                                                                \
-            const unsigned char *src_ = ok_ ? vsrc8 + (v_t0 + tk_) * v_ts8 : vsrc8;                             \
-            const uint32_t dst_ = smem_addr(s_v + ((stage)*warps + warp) * CH_VRAW16 + lane * 32);              \
-            cp_async_16(dst_, src_, ok_ ? 16u : 0u);                                                            \
-            if (v4) cp_async_16(dst_ + 16, ok_ ? src_ + 16 : src_, ok_ ? 16u : 0u);                             \
-        } else if (with_v && (chunk) < nch) {                                                                   \
-            const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                        \
-            const int ok_ = tk_ < len && v_live;                                                                \
-            cp_async_16(smem_addr(s_v + ((stage)*warps + warp) * CH_TILE16 + pf_swz16(vtok, vhalf)),            \
-                        ok_ ? (const void *)(vsrc + (v_t0 + tk_) * v_ts) : (const void *)vsrc, ok_ ? 16u : 0u); \
-        }                                                                                                       \
-        cp_async_commit();                                                                                      \
+#define CH_ISSUE_V(chunk, stage)                                                                                     \
+    do {                                                                                                             \
+        if (f16 && with_v && (chunk) < nch) {                                                                        \
+            const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                             \
+            const int ok_ = tk_ < len && v_live;                                                                     \
+            const unsigned char *src_ = ok_ ? vsrc8 + (v_t0 + tk_) * v_ts8 : vsrc8;                                  \
+            const uint32_t dst_ = smem_addr(s_v + ((stage)*warps + warp) * CH_VRAW16 + ch_vraw_at(v4, vtok, vhalf)); \
+            cp_async_16(dst_, src_, ok_ ? 16u : 0u);                                                                 \
+            if (v4) cp_async_16(dst_ + 16, ok_ ? src_ + 16 : src_, ok_ ? 16u : 0u);                                  \
+        } else if (with_v && (chunk) < nch) {                                                                        \
+            const int64_t tk_ = (chunk)*PF_CHUNK + vtok;                                                             \
+            const int ok_ = tk_ < len && v_live;                                                                     \
+            cp_async_16(smem_addr(s_v + ((stage)*warps + warp) * CH_TILE16 + pf_swz16(vtok, vhalf)),                 \
+                        ok_ ? (const void *)(vsrc + (v_t0 + tk_) * v_ts) : (const void *)vsrc, ok_ ? 16u : 0u);      \
+        }                                                                                                            \
+        cp_async_commit();                                                                                           \
     } while (0)
 
     if (threadIdx.x == 0)
@@ -477,15 +477,18 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
                 CH_NEG_W_S(mma_f16_16816);
                 const int bf16_chunk = PF_REC16_BF16_FLAG(R);
                 unsigned char *VOP = s_vop + warp * CH_TILE16;
+                const unsigned char *VRAW = VT + ch_vraw_at(v4, vtok, vhalf); /* the lane's v as read */
+                /* fp16 v at e = 0 is its own operand, already in the operand tile's layout (warp-uniform) */
+                const int v_direct = !v4 && e_held == 0;
                 uint4 vh = make_uint4(0u, 0u, 0u, 0u);
                 if (with_v) {
-                    vh = ch_v_f16(VT + lane * 32, v4, e_held);
-                    *(uint4 *)(VOP + pf_swz16(vtok, vhalf)) = vh;
+                    vh = ch_v_f16(VRAW, v4, e_held);
+                    if (!v_direct) *(uint4 *)(VOP + pf_swz16(vtok, vhalf)) = vh;
                 }
                 __syncwarp();
                 CH_CHAIN_STORE_OUTPUT(c - 1)
                 float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-                CH_STEP_U(mma_f16_16816, VOP)
+                CH_STEP_U(mma_f16_16816, v_direct ? VT : VOP)
                 /* The range check on the operands: the largest |fp16 value| of the copy sa and of v.
                  * Rounding to fp16 is monotone and 64 and 2^-6 are fp16 values, so "some operand
                  * above CH16_HI" implies "some held fp32 value above it", and "every operand below
@@ -510,7 +513,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
                     float mv = 0.0f;
                     if (with_v) {
                         float vf[8];
-                        ch_read_v8(VT + lane * 32, v4, vf);
+                        ch_read_v8(VRAW, v4, vf);
 #pragma unroll
                         for (int e = 0; e < 8; e++) mv = fmaxf(mv, fabsf(vf[e]));
                     }
@@ -547,7 +550,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
                         __syncwarp(); /* every lane's reads of the v operand tile are done */
                         if (with_v) {
                             float vf[8];
-                            ch_read_v8(VT + lane * 32, v4, vf);
+                            ch_read_v8(VRAW, v4, vf);
                             const float sc = ch_pow2(-e_held);
                             uint4 x_;
                             x_.x = bf16_chunk ? pack_bf16x2(vf[0] * sc, vf[1] * sc)

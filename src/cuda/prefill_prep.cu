@@ -609,23 +609,29 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
 /* Every kernel has 6 units of s_buf (step 4's three tf32 operands, or the fp16 family's six bf16
  * terms, or the fp32 input tiles): 8 CTAs of them fit a Hopper SM's shared memory (the CUDA
  * prefill runs on sm_90 only).
- * CTAs per SM: 8 (64 registers) for the unchecked tile and bulk kernels, which fit with few
- * spills; the checked kernels hold more live values (step 4' beside step 4): 6 (80 registers);
- * the fp16 family's unchecked element form spills much more at 64 than at 80: 6. */
+ * CTAs per SM (6, 7 or 8, so 80, 72 or 64 registers a thread): each kernel takes the count that
+ * ran fastest against its neighbours on the rows it serves, because the trade (fewer CTAs to hide
+ * latency against spills under a tighter register cap) does not follow from the spill counts alone:
+ *  - the bulk kernels 7: no spills unchecked (8 spilled a little and was slower); the checked one
+ *    spills more at 7 than at 6 and is still faster;
+ *  - the tile kernel 8 and the element kernels as first chosen (no row has asked again);
+ *  - the checked tile kernel 6: 7 was slower;
+ *  - the fp16 family 6: its bf16 term pairs double the operands held in registers, and at 8 the
+ *    tile kernel spilled to a 96-byte stack inside the step loop. */
 #define PREP_KERNEL(name, load, gate_checked, f16, ctas)                          \
     __global__ void __launch_bounds__(PREP_THREADS, ctas) name(const pf_params p) \
     {                                                                             \
         __shared__ __align__(128) unsigned char s_buf[6][4096];                   \
         prep_chunk(p, load, gate_checked, f16, s_buf);                            \
     }
-PREP_KERNEL(pf_prep_bulk, PF_LOAD_BF16, 0, 0, 8)
-PREP_KERNEL(pf_prep_bulk_checked, PF_LOAD_BF16, 1, 0, 6)
+PREP_KERNEL(pf_prep_bulk, PF_LOAD_BF16, 0, 0, 7)
+PREP_KERNEL(pf_prep_bulk_checked, PF_LOAD_BF16, 1, 0, 7)
 PREP_KERNEL(pf_prep_tiles, PF_LOAD_TILES, 0, 0, 8)
 PREP_KERNEL(pf_prep_tiles_checked, PF_LOAD_TILES, 1, 0, 6)
 PREP_KERNEL(pf_prep_any, PF_LOAD_ELEMENTS, 0, 0, 8)
 PREP_KERNEL(pf_prep_any_checked, PF_LOAD_ELEMENTS, 1, 0, 6)
 /* The fp16 family (fp16 and fp32 q, k: never the bf16 tiles). */
-PREP_KERNEL(pf_prep16_tiles, PF_LOAD_TILES, 0, 1, 8)
+PREP_KERNEL(pf_prep16_tiles, PF_LOAD_TILES, 0, 1, 6)
 PREP_KERNEL(pf_prep16_tiles_checked, PF_LOAD_TILES, 1, 1, 6)
 PREP_KERNEL(pf_prep16_any, PF_LOAD_ELEMENTS, 0, 1, 6)
 PREP_KERNEL(pf_prep16_any_checked, PF_LOAD_ELEMENTS, 1, 1, 6)
