@@ -108,8 +108,9 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
             }
     }
 
-    /* Producers: thread 0 moves records, each warp its own v slice (16 tokens x 16 values,
-     * lane = token * 2 + half). */
+    /* Producers: thread 0 moves the first records (in the split form the first output warp's
+     * lane 0 the later ones, at the iteration's end), each chain warp its own v slice (16 tokens x
+     * 16 values, lane = token * 2 + half). */
     const int vtok = lane >> 1, vhalf = lane & 1;
     const int v_live = v0 + vhalf * 8 < p.V; /* V % 8 == 0 unless v is the staged copy (zeros to vpad) */
     const uint16_t *vsrc;
@@ -594,9 +595,12 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
         iteration_end:
             /* Every warp is done with chunk c - 1's record (the output warps read it one chunk
              * after the chain warps): refill its stage with chunk c + CH_STAGES - 1, three chunks
-             * ahead of the chain. */
+             * ahead of the chain. The first output warp issues it, not a chain warp: every chain
+             * warp waits at the next barrier for the slowest one, so the copy's issue (its address,
+             * the elected lane, the bulk copy) on chain warp 0 would lengthen every step, while the
+             * output warps wait at that barrier with time to spare. */
             __syncthreads();
-            if (threadIdx.x == 0 && c > cb && c + CH_STAGES - 1 < nch)
+            if (threadIdx.x == warps * 32 && c > cb && c + CH_STAGES - 1 < nch)
                 CH_ISSUE_RECORD(c + CH_STAGES - 1, (int)((c - 1 - cb) % CH_STAGES));
 #else
             /* Every warp is done with this stage: refill it with chunk c + CH_STAGES. */
