@@ -62,7 +62,9 @@
  * blocks below the diagonal come by doubling on tf32 tensor cores in three terms (two levels, four
  * barriers, where the fp32 loops took three levels of two passes); and the grid is persistent,
  * one CTA an SM walking the (chunk, head) items, each item prefetching the next one's rows into
- * L2 (with one CTA an SM, step 1's loads had nothing to overlap them).
+ * L2 (with one CTA an SM, step 1's loads had nothing to overlap them); step 1's beta load goes
+ * out with the others and its zeroing by 16-byte stores. Every form takes exp2, the reciprocal and
+ * the norms' 1 / sqrt on the special-function unit alone (ex2_, rcp_, rsqrtf).
  *
  * Build and run (an H100 / H200): see dev/cuda/README.md.
  */
@@ -133,7 +135,23 @@ static size_t prep64_smem_bytes(void) { return sizeof(float) * (5 * CT * P + 3 *
 
 static __device__ __forceinline__ float bf16_bits_to_float(uint32_t h) { return __uint_as_float(h << 16); }
 
-static __device__ __forceinline__ float sigmoidf_(float x) { return 1.0f / (1.0f + __expf(-x)); }
+/* exp2 and the reciprocal on the special-function unit alone (ex2.approx, rcp.approx: a few ulp,
+ * results below 2^-126 flushed to zero), as the shipping prep takes them: exp2f and a correctly
+ * rounded division add a range fix-up of ~4 instructions and a ~10-instruction slow path check each,
+ * and the prep takes ~130 exp2 and 32 sigmoids a thread an item. */
+static __device__ __forceinline__ float ex2_(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+static __device__ __forceinline__ float rcp_(float x)
+{
+    float y;
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+static __device__ __forceinline__ float sigmoidf_(float x) { return rcp_(1.0f + ex2_(x * -LOG2E)); }
 
 #ifndef P64_LIGHT
 /* Two fp32 values as bf16 hi terms and the lo terms of what is left, each pair one 4-byte word. */
@@ -304,6 +322,7 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
             xq[i] = *(const uint4 *)(a.q + off), xk[i] = *(const uint4 *)(a.k + off);
             xg[i] = *(const uint4 *)(a.g + off);
         }
+        const uint16_t beta_raw = tid < CT ? a.beta[(row0 + tid) * H + h] : (uint16_t)0; /* with the rest */
 #pragma unroll
         for (int i = 0; i < 4; i++) { /* a row's 8 channels as two 16-byte stores a tile (scalar stores
                                         * of channel 8 lane + e put 4 lanes on a bank) */
@@ -326,6 +345,9 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
                 *(float4 *)(s_G + at) = make_float4(fg[4 * hf], fg[4 * hf + 1], fg[4 * hf + 2], fg[4 * hf + 3]);
             }
         }
+        if (tid < CT) s_b[tid] = sigmoidf_(bf16_bits_to_float(beta_raw));
+        for (int e = tid; e < 3 * CT * PL / 4; e += 256) /* s_L, s_M, s_I */
+            ((float4 *)s_L)[e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
 #else
     for (int v = tid; v < CT * KD / 8; v += 256) {
@@ -345,8 +367,10 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
         }
     }
 #endif
+#ifndef P64_COAL
     if (tid < CT) s_b[tid] = sigmoidf_(bf16_bits_to_float(a.beta[(row0 + tid) * H + h]));
     for (int e = tid; e < 3 * CT * PL; e += 256) s_L[e] = 0.0f; /* s_L, s_M, s_I */
+#endif
     __syncthreads();
     STAMP(1);
 
@@ -374,7 +398,7 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
         for (int x = 0; x < 2; x++)
 #pragma unroll
             for (int rr = 0; rr < 8; rr++) {
-                const float inv = 1.0f / sqrtf(ss[x][rr] + 1e-6f);
+                const float inv = rsqrtf(ss[x][rr] + 1e-6f); /* MUFU.RSQ: no sqrt and division slow paths */
                 float4 w = v[x][rr];
                 w.x *= inv, w.y *= inv, w.z *= inv, w.w *= inv;
                 *(float4 *)((x ? s_k : s_q) + (8 * warp + rr) * P + 4 * lane) = w;
@@ -445,23 +469,23 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
                 const float G = s_G[r * P + cc], Gn = s_G[r0 * P + cc];
                 const float qn = s_q[r * P + cc], kn = s_k[r * P + cc];
 #ifndef P64_QE
-                qd[e] = a.scale * qn * exp2f(G);
+                qd[e] = a.scale * qn * ex2_(G);
 #endif
-                const float f = exp2f(G - Gn);
+                const float f = ex2_(G - Gn);
                 s_q[r * P + cc] = qn * f;
                 s_X[r * P + cc] = kn * f;
 #ifdef P64_COAL /* Ki = k 2^(Gn - G) (>= k, <= 2^108 k at lb = -5) over Y, for step 4 */
-                s_Y[r * P + cc] = kn * exp2f(Gn - G);
+                s_Y[r * P + cc] = kn * ex2_(Gn - G);
 #endif
 #ifndef P64_COAL /* the coalesced form writes Kr^T below, by 16-byte units */
-                put16(rec, R_KRT + swz128(cc, r), kn * exp2f(gl[e] - G));
+                put16(rec, R_KRT + swz128(cc, r), kn * ex2_(gl[e] - G));
 #endif
             }
 #ifndef P64_QE /* the Qe form writes Qe there in step 8 */
             *(uint32_t *)(rec + R_QD + swz_tok_key(r, c)) = pack_bf16x2(qd[0], qd[1]);
 #endif
         }
-        if (tid < KD) *(float *)(rec + R_GAMMA + 4 * tid) = exp2f(s_G[63 * P + tid]);
+        if (tid < KD) *(float *)(rec + R_GAMMA + 4 * tid) = ex2_(s_G[63 * P + tid]);
 #ifdef P64_COAL
         /* Kr^T by 16-byte units: unit pu of key row `key` holds tokens 8 (pu ^ (key & 7)).. (swz128).
          * A warp takes 16 keys and two units of each: its lanes' reads of s_k and s_G (rows 8 apart
@@ -474,15 +498,15 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int r0 = tok0 + 2 * e;
-                wv[e] = pack_bf16x2(s_k[r0 * P + key] * exp2f(glk - s_G[r0 * P + key]),
-                                    s_k[(r0 + 1) * P + key] * exp2f(glk - s_G[(r0 + 1) * P + key]));
+                wv[e] = pack_bf16x2(s_k[r0 * P + key] * ex2_(glk - s_G[r0 * P + key]),
+                                    s_k[(r0 + 1) * P + key] * ex2_(glk - s_G[(r0 + 1) * P + key]));
             }
             *(uint4 *)(rec + R_KRT + key * 128 + pu * 16) = make_uint4(wv[0], wv[1], wv[2], wv[3]);
         }
         /* step 4's factors 2^(Gn(s) - Gn(r)) for the sub-block pairs r < s, pair s (s - 1) / 2 + r */
         for (int e = tid; e < NPAIR * KD; e += 256) {
             const int pr = e >> 7, key = e & 127, sb = pr < 1 ? 1 : pr < 3 ? 2 : 3, rb = pr - sb * (sb - 1) / 2;
-            s_f[e] = exp2f(s_G[16 * sb * P + key] - s_G[16 * rb * P + key]);
+            s_f[e] = ex2_(s_G[16 * sb * P + key] - s_G[16 * rb * P + key]);
         }
 #endif
     }
@@ -567,7 +591,7 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
     for (int s = 0; s < 4; s++) {
         for (int e = tid; e < 16 * (s + 1) * KD; e += 256) {
             const int j = e >> 7, c = e & 127;
-            s_Y[j * P + c] = s_k[j * P + c] * exp2f(s_G[16 * s * P + c] - s_G[j * P + c]);
+            s_Y[j * P + c] = s_k[j * P + c] * ex2_(s_G[16 * s * P + c] - s_G[j * P + c]);
         }
         __syncthreads();
         for (int task = warp; task < 2 * (s + 1); task += 8) {
@@ -720,7 +744,7 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
 #endif
     for (int e = tid; e < CT * KD; e += 256) {
         const int j = e >> 7, c = e & 127;
-        s_X[j * PB + c] = s_k[j * P + c] * exp2f(s_G[j * P + c]);
+        s_X[j * PB + c] = s_k[j * P + c] * ex2_(s_G[j * P + c]);
     }
     __syncthreads();
     STAMP(6);
@@ -799,8 +823,8 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
 #pragma unroll
             for (int hf = 0; hf < 2; hf++) {
                 const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t, rn = (i & ~15) * P;
-                const float qd0 = a.scale * s_q[i * P + c] * exp2f(s_G[rn + c]);
-                const float qd1 = a.scale * s_q[i * P + c + 1] * exp2f(s_G[rn + c + 1]);
+                const float qd0 = a.scale * s_q[i * P + c] * ex2_(s_G[rn + c]);
+                const float qd1 = a.scale * s_q[i * P + c + 1] * ex2_(s_G[rn + c + 1]);
                 *(uint32_t *)(rec + R_QD + swz_tok_key(i, c)) = pack_bf16x2(qd0 - m[nt][2 * hf],
                                                                             qd1 - m[nt][2 * hf + 1]);
             }
