@@ -1,10 +1,10 @@
 /*
- * prefill64_bench.cu: a first prefill on 64-token chunks (docs/history/prefill.md, "The 64-token
- * prefill: a kernel plan"): a prep that forms each chunk's record (record64.h) and a chain that
- * runs chain64_step_bench.cu's wgmma step over the records. Checked three ways: every operand of
- * the records against a float64 computation of the same algebra (the algebra
- * dev/numerics/emulate_prefill.py checked, cuda64_records); the whole prefill's output and final
- * state against the float64 token-by-token recurrence; then both kernels timed at T = 8192
+ * prefill64_bench.cu: a prefill on 64-token chunks (docs/history/prefill.md, "The 64-token
+ * prefill: a kernel plan", and the sections after it): a prep that forms each chunk's record
+ * (record64.h, the Qe record) and a chain that runs a wgmma step over the records. Checked three
+ * ways: every operand of the records against a float64 computation of the same algebra (the
+ * algebra dev/numerics/emulate_prefill.py checked, cuda64_records); the whole prefill's output and
+ * final state against the float64 token-by-token recurrence; then both kernels timed at T = 8192
  * H = 96 and 32 and T = 16384 H = 16, against today's 16-token kernels (bench/results/prefill.md).
  *
  * The option set is FlashKDA's subset, the prefill's reference shape: bf16 q, k, v, g and beta
@@ -12,59 +12,37 @@
  * lb >= -5, beta sigmoid, fp32 initial and final states [H][K][V]; one sequence of T tokens, T a
  * multiple of 128 (the chain runs chunks in pairs).
  *
- * The prep: one CTA of 256 threads (8 warps) per (chunk, head); every step in shared memory,
- * fp32 tiles with padded rows:
- *   1. q, k and the gate's activation a (log2 units) of the chunk's 64 rows; b = sigmoid(beta);
- *   2. L2 norms (a warp per 8 rows); G = the running sum of a from the chunk's first token, per
- *      key channel (two halves of 32 rows a channel, the second adding the first's total);
- *   3. the record's Qd = scale q 2^G, Kr = k 2^(Gl - G) and gamma = 2^Gl (every factor <= 1);
- *      the products' factors: Xq = q 2^(G - Gn), Xk = k 2^(G - Gn), with Gn the G of the row's
- *      sub-block's first row (<= 1);
- *   4. L and Mqk by sub-block s = 0..3 of the later rows: Y = k 2^(Gn(s) - G) for the rows up to
- *      16 s + 15 (>= 1 on the diagonal block, at most 2^108 for lb = -5 over 15 steps: inside
- *      fp32; <= 1 before it), then for every sub-block r <= s one warp forms L_sr = diag(b) Xk Y^T
- *      and another Mqk_sr = scale Xq Y^T, each a 16 x 16 x 128 product on tf32 tensor cores
- *      (mma.m16n8k8); masked strictly / inclusively lower on the diagonal blocks;
- *   5. (I + L)^-1 by blocks: the four diagonal blocks' inverses D_s by forward substitution
- *      (lane c of warp s owns column c), then INV_sr = -D_s sum_{r <= t < s} L_st INV_tr for
- *      s = 1..3 (fp32, a thread per element);
- *   6. bINV = INV diag(b) and Mqk into the record as bf16 hi + lo; Kd = k 2^G;
- *   7. W = bINV Kd (64 x 128 x 64 on tf32 tensor cores: warp w the row tile w % 4 and 64 of the
- *      keys), negated, into the record.
+ * The record (dev/numerics/README.md, "O off the chain's serial path"): -W, Qe = Qd - Mqk W and
+ * Kr^T as bf16 tiles, U0 = bINV V in fp32 and O0 = Mqk U0 in bf16 in the chain's accumulator
+ * order, gamma; so the chain's O = O0 + Qe S reads only the entering state's copy and its group
+ * runs right behind U's, off the dependency path: 24 products a step.
+ *
+ * The prep: a persistent grid of one CTA (256 threads, 8 warps) an SM walking the (chunk, head)
+ * items chunk-major, each item prefetching the next one's rows into L2; every step in shared
+ * memory, fp32 tiles with padded rows:
+ *   1. q, k and the gate's activation a (log2 units) of the chunk's 64 rows, every load issued
+ *      before the first is used, the tiles stored by 16-byte units; b = sigmoid(beta);
+ *   2. L2 norms (a warp's 16 rows reduced together); G = the running sum of a from the chunk's
+ *      first token, per key channel;
+ *   3. the record's Kr^T (a thread forms 8 tokens of one key: 16-byte units) and gamma; the
+ *      products' factors Xq = q 2^(G - Gn), Xk = k 2^(G - Gn) (Gn: the G of the row's sub-block's
+ *      first row), and Ki = k 2^(Gn(r) - G) over the rows of each sub-block r;
+ *   4. L and Mqk in one round: the pair (r, s) of sub-blocks takes Y = Ki times the per-channel
+ *      factor 2^(Gn(s) - Gn(r)) on its B fragments, so all 20 products of 16 x 16 x 128 run at
+ *      once on tf32 tensor cores, masked on the diagonal blocks;
+ *   5. (I + L)^-1: the diagonal blocks by forward substitution, the blocks below them by doubling
+ *      on tf32 tensor cores in three terms (about fp32's accuracy);
+ *   6. bINV = INV diag(b); Kd = k 2^G; v into shared memory;
+ *   7. W = bINV Kd (negated, into the record) and U0 = bINV V, both products in one loop;
+ *   8. Qe = Qd - Mqk W and O0 = Mqk U0, into the record.
+ * Every exp2, reciprocal and 1 / sqrt on the special-function unit alone (ex2_, rcp_, rsqrtf), as
+ * the shipping prep takes them: the records' bars are bf16's.
  * The chain: one CTA of two warpgroups per head (64 value columns each, the state an m64n128
- * accumulator), a ring of two stages of 97 KB (the record by one bulk copy, the v tiles by
- * cp.async; light: 89 KB, the record alone), the step of chain64_step_bench.cu (see ch64_step for
- * where it differs).
- * The plain choices of a first version (scalar shared-memory fragment loads, one CTA an SM,
- * 2- and 4-byte global stores into the swizzled record and the output, one CTA a head) are what
- * a second one would change; the checks are what this one is for.
+ * accumulator), a ring of two stages of 97 KB (the record by one bulk copy), the step of
+ * ch64_step_qe.
  *
- * Built with -DP64_LIGHT, the light record (record64.h; dev/numerics/README.md, "A lighter
- * 64-token chain"): the prep also forms U0 = bINV V (step 7's second product, v on tf32 from
- * shared memory) and stores it in fp32 in the chain's accumulator order, Mqk as one bf16 term and
- * no bINV; the chain starts U from U0 and reads no v: 28 products a step instead of 40.
- *
- * Built with -DP64_QE (implies the light form's U0), the Qe record (dev/numerics/README.md, "O off
- * the chain's serial path"): the prep also forms Qe = Qd - Mqk W and O0 = Mqk U0 (step 8, tf32),
- * Qe in Qd's place and O0 in bf16 in the accumulators' order; the chain's O = O0 + Qe S reads only
- * the entering state's copy, so its group goes right behind U's and runs while U is converted:
- * 24 products a step, O's off the dependency path.
- *
- * Built with -DP64_COAL (implies the Qe form), the prep writes the record in whole units: Kr^T by
- * 16-byte units (a thread forms 8 tokens of one key), U0 and O0 as U0^T = V^T bINV^T and
- * O0^T = U0^T Mqk^T, whose C fragments are the chain's accumulators, so one 16- or 8-byte store a
- * thread and n-tile (the first run's prep wrote them as scattered 2- and 4-byte stores); and step
- * 1 issues all its loads before the first is used (dt_bias as two float4 loads a thread). Its
- * step 4 runs all 20 sub-block products at once from one tile Ki = k 2^(Gn(r) - G) and the
- * per-channel factors 2^(Gn(s) - Gn(r)) (where the first form rebuilt Y for each s and ran the
- * products in four rounds on 2-8 warps); its tiles are stored by 16-byte units in step 1, and G's
- * running sum is taken in registers; step 2's 16 rows a warp are reduced together; step 5's
- * blocks below the diagonal come by doubling on tf32 tensor cores in three terms (two levels, four
- * barriers, where the fp32 loops took three levels of two passes); and the grid is persistent,
- * one CTA an SM walking the (chunk, head) items, each item prefetching the next one's rows into
- * L2 (with one CTA an SM, step 1's loads had nothing to overlap them); step 1's beta load goes
- * out with the others and its zeroing by 16-byte stores. Every form takes exp2, the reciprocal and
- * the norms' 1 / sqrt on the special-function unit alone (ex2_, rcp_, rsqrtf).
+ * Earlier forms (the first record with bINV and Mqk, the light record, the first Qe prep) are in
+ * the history (docs/history/prefill.md, "v18-chunk64" to "v21-ctas"; git log of this file).
  *
  * Build and run (an H100 / H200): see dev/cuda/README.md.
  */
@@ -80,6 +58,7 @@
 #include "../../src/cuda/ptx_mbarrier.cuh"
 #include "../../src/cuda/ptx_mma.cuh"
 #include "bench_host.h"
+#define P64_QE /* record64.h: the Qe record */
 #include "record64.h"
 #include "wgmma.cuh"
 
@@ -89,16 +68,12 @@
 #define PL 68  /* row pitch of the 64 x 64 fp32 matrices */
 /* Row pitch of the tiles steps 7 and 8 read down their columns (Kd, W, v, U0: k = token rows):
  * lanes (g, t) read row t, column g, so a pitch of 8 mod 32 puts them on 32 banks where P's 4 mod
- * 32 (right for the row-wise reads of steps 3-4) gives 2-way conflicts. COAL only. */
-#ifdef P64_COAL
+ * 32 (right for the row-wise reads of steps 3-4) gives 2-way conflicts. */
 #define PB 136
-#else
-#define PB P
-#endif
 #define LOG2E 1.4426950408889634f
 #define TOL 1.0e-2 /* pass bar: max |gpu - ref| / max |ref| per operand (bf16 storage ~4e-3) */
 
-/* -DP64_STAMPS (with -DP64_QE): thread 0 of every prep CTA records clock64() at the ends of its
+/* -DP64_STAMPS: thread 0 of every prep CTA records clock64() at the ends of its
  * phases, and the timing prints their mean lengths (a diagnostic build: where the prep's time goes).
  * -DP64_HALF: the chain as two CTAs a head of one warpgroup each (the same record bytes a CTA, half
  * the products: whether the step waits on its copy or on its products). */
@@ -116,7 +91,7 @@
 
 typedef struct prep64_args {
     const uint16_t *q, *k, *g; /* [T][H][KD] bf16 */
-    const uint16_t *v;         /* [T][H][KD] bf16: read only by the light prep (U0 = bINV V) */
+    const uint16_t *v;         /* [T][H][KD] bf16 (U0 = bINV V) */
     const uint16_t *beta;      /* [T][H] bf16 logits */
     const float *A_log;        /* [H] */
     const float *dt_bias;      /* [H][KD] */
@@ -126,11 +101,7 @@ typedef struct prep64_args {
     long long *stamps;  /* P64_STAMPS: [T / CT][H][NSTAMP] */
 } prep64_args;
 
-#ifdef P64_COAL
 #define NPAIR 6 /* the sub-block pairs r < s of step 4 */
-#else
-#define NPAIR 0
-#endif
 static size_t prep64_smem_bytes(void) { return sizeof(float) * (5 * CT * P + 3 * CT * PL + CT + NPAIR * KD); }
 
 static __device__ __forceinline__ float bf16_bits_to_float(uint32_t h) { return __uint_as_float(h << 16); }
@@ -153,49 +124,6 @@ static __device__ __forceinline__ float rcp_(float x)
 }
 static __device__ __forceinline__ float sigmoidf_(float x) { return rcp_(1.0f + ex2_(x * -LOG2E)); }
 
-#ifndef P64_LIGHT
-/* Two fp32 values as bf16 hi terms and the lo terms of what is left, each pair one 4-byte word. */
-static __device__ __forceinline__ void hilo_pair(float x0, float x1, uint32_t *hi, uint32_t *lo)
-{
-    *hi = pack_bf16x2(x0, x1);
-    const float h0 = bf16_bits_to_float(*hi & 0xFFFFu), h1 = bf16_bits_to_float(*hi >> 16);
-    *lo = pack_bf16x2(x0 - h0, x1 - h1);
-}
-#endif
-
-#ifndef P64_COAL
-static __device__ __forceinline__ void put16(unsigned char *rec, uint32_t off, float x)
-{
-    *(__nv_bfloat16 *)(rec + off) = __float2bfloat16_rn(x);
-}
-#endif
-
-#ifndef P64_COAL
-/* acc = A[16 mt..16 mt + 15][0..63] B[0..63][n0..n0 + 63] on tf32 tensor cores (m16n8k8; A: the
- * 64 x 64 matrices at pitch PL, B: the 64 x 128 tiles at pitch PB), the C fragments of 8 n-tiles. */
-static __device__ __forceinline__ void prep64_rows_product(const float *A, const float *B, int mt, int n0, int g, int t,
-                                                           float acc[8][4])
-{
-#pragma unroll
-    for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) acc[nt][e] = 0.0f;
-#pragma unroll 2
-    for (int kk = 0; kk < CT / 8; kk++) {
-        const int j0 = 8 * kk + t;
-        uint32_t af[4];
-        af[0] = tf32_operand(A[(16 * mt + g) * PL + j0]);
-        af[1] = tf32_operand(A[(16 * mt + g + 8) * PL + j0]);
-        af[2] = tf32_operand(A[(16 * mt + g) * PL + j0 + 4]);
-        af[3] = tf32_operand(A[(16 * mt + g + 8) * PL + j0 + 4]);
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++) {
-            const int n = n0 + 8 * nt + g;
-            mma_tf32_1688(acc[nt], af, tf32_operand(B[j0 * PB + n]), tf32_operand(B[(j0 + 4) * PB + n]), acc[nt]);
-        }
-    }
-}
-#else
 /* A step's two products at once (one loop, twice the independent mma in flight), on tf32 tensor
  * cores (m16n8k8), as C fragments of 8 n-tiles:
  *   accr = A[16 mt..16 mt + 15][0..63] B[0..63][n0..n0 + 63] (A a 64 x 64 matrix at pitch PL, B a
@@ -233,9 +161,7 @@ static __device__ __forceinline__ void prep64_rows_cols_product(const float *A, 
         }
     }
 }
-#endif
 
-#ifdef P64_COAL
 /* x as a tf32 hi term and the tf32 lo term of what is left. tf32_operand leaves the dropped low
  * 13 bits for the tensor core to ignore (x + half a unit, truncated), so the hi value is its bits
  * with those masked; x - hi is then exact. */
@@ -279,16 +205,13 @@ static __device__ __forceinline__ void prep64_put16(float *D, int pd, const floa
 #pragma unroll
         for (int e = 0; e < 4; e++) D[(g + 8 * (e >> 1)) * pd + 8 * nt + 2 * t + (e & 1)] = sign * acc[nt][e];
 }
-#endif
 
 /* The prep of one (chunk, head). */
 static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *sm, const int chunk, const int h)
 {
     float *s_q = sm, *s_k = s_q + CT * P, *s_G = s_k + CT * P, *s_X = s_G + CT * P, *s_Y = s_X + CT * P;
     float *s_L = s_Y + CT * P, *s_M = s_L + CT * PL, *s_I = s_M + CT * PL, *s_b = s_I + CT * PL;
-#ifdef P64_COAL
     float *const s_f = s_b + CT; /* [pair][key]: step 4's 2^(Gn(s) - Gn(r)) for r < s */
-#endif
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t = lane & 3;
     const int H = a.H;
     const int64_t row0 = (int64_t)chunk * CT;
@@ -300,15 +223,12 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
     STAMP(0);
     /* 1. q, k, the gate's activation (log2 units), b; L, Mqk and INV start at zero. */
     const float A = expf(a.A_log[h]), lb2 = a.lb * LOG2E;
-#ifdef P64_LIGHT
     uint4 vr[4]; /* the chunk's v, held in registers until step 6 gives it shared memory */
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         const int v8 = tid + 256 * i, r = v8 >> 4, c8 = (v8 & 15) * 8;
         vr[i] = *(const uint4 *)(a.v + ((row0 + r) * H + h) * KD + c8);
     }
-#endif
-#ifdef P64_COAL
     { /* every load in flight before the first is used: the thread's 8 channels are the same in
        * its 4 rows (c8 = 8 (tid & 15)), so dt_bias is two float4 loads */
         const int c8 = (tid & 15) * 8;
@@ -349,33 +269,10 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
         for (int e = tid; e < 3 * CT * PL / 4; e += 256) /* s_L, s_M, s_I */
             ((float4 *)s_L)[e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
-#else
-    for (int v = tid; v < CT * KD / 8; v += 256) {
-        const int r = v >> 4, c8 = (v & 15) * 8;
-        const int64_t off = ((row0 + r) * H + h) * KD + c8;
-        const uint4 xq = *(const uint4 *)(a.q + off), xk = *(const uint4 *)(a.k + off),
-                    xg = *(const uint4 *)(a.g + off);
-        const uint32_t wq[4] = {xq.x, xq.y, xq.z, xq.w}, wk[4] = {xk.x, xk.y, xk.z, xk.w},
-                       wg[4] = {xg.x, xg.y, xg.z, xg.w};
-#pragma unroll
-        for (int e = 0; e < 8; e++) {
-            const int c = c8 + e, sh = (e & 1) * 16;
-            s_q[r * P + c] = bf16_bits_to_float((wq[e >> 1] >> sh) & 0xFFFFu);
-            s_k[r * P + c] = bf16_bits_to_float((wk[e >> 1] >> sh) & 0xFFFFu);
-            const float gv = bf16_bits_to_float((wg[e >> 1] >> sh) & 0xFFFFu);
-            s_G[r * P + c] = lb2 * sigmoidf_(A * (gv + a.dt_bias[h * KD + c]));
-        }
-    }
-#endif
-#ifndef P64_COAL
-    if (tid < CT) s_b[tid] = sigmoidf_(bf16_bits_to_float(a.beta[(row0 + tid) * H + h]));
-    for (int e = tid; e < 3 * CT * PL; e += 256) s_L[e] = 0.0f; /* s_L, s_M, s_I */
-#endif
     __syncthreads();
     STAMP(1);
 
     /* 2. L2 norms (warp w: rows 8w..8w+7, lane: 4 channels), then G. */
-#ifdef P64_COAL
     { /* the warp's 16 rows loaded, reduced and stored together: their shuffles interleave, where
        * a row at a time waited on each row's five in turn */
         float4 v[2][8];
@@ -404,23 +301,6 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
                 *(float4 *)((x ? s_k : s_q) + (8 * warp + rr) * P + 4 * lane) = w;
             }
     }
-#else
-    for (int rr = 0; rr < 8; rr++) {
-        const int r = 8 * warp + rr;
-        float *rows[2] = {s_q + r * P, s_k + r * P};
-#pragma unroll
-        for (int x = 0; x < 2; x++) {
-            float4 v = *(float4 *)(rows[x] + 4 * lane);
-            float ss = v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, o);
-            const float inv = 1.0f / sqrtf(ss + 1e-6f);
-            v.x *= inv, v.y *= inv, v.z *= inv, v.w *= inv;
-            *(float4 *)(rows[x] + 4 * lane) = v;
-        }
-    }
-#endif
-#ifdef P64_COAL
     { /* the half's 32 values loaded before the scan (a loop of load, add, store waits on each load) */
         const int c = tid & 127, half = tid >> 7;
         float x[32];
@@ -435,58 +315,25 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
 #pragma unroll
         for (int i = 0; i < 32; i++) s_G[(32 * half + i) * P + c] = x[i] + carry;
     }
-#else
-    {
-        const int c = tid & 127, half = tid >> 7;
-        float acc = 0.0f;
-        for (int r = 32 * half; r < 32 * half + 32; r++) {
-            acc += s_G[r * P + c];
-            s_G[r * P + c] = acc;
-        }
-        __syncthreads();
-        if (half) {
-            const float carry = s_G[31 * P + c];
-            for (int r = 32; r < CT; r++) s_G[r * P + c] += carry;
-        }
-    }
-#endif
     __syncthreads();
     STAMP(2);
 
     /* 3. Qd, Kr, gamma into the record; Xq (over q) and Xk (s_X). Thread: a key pair, 16 rows. */
     {
         const int c = 2 * (tid & 63), r0 = 16 * (tid >> 6);
-#ifndef P64_COAL
-        const float gl[2] = {s_G[63 * P + c], s_G[63 * P + c + 1]};
-#endif
         for (int r = r0; r < r0 + 16; r++) {
-#ifndef P64_QE
-            float qd[2];
-#endif
 #pragma unroll
             for (int e = 0; e < 2; e++) {
                 const int cc = c + e;
                 const float G = s_G[r * P + cc], Gn = s_G[r0 * P + cc];
                 const float qn = s_q[r * P + cc], kn = s_k[r * P + cc];
-#ifndef P64_QE
-                qd[e] = a.scale * qn * ex2_(G);
-#endif
                 const float f = ex2_(G - Gn);
                 s_q[r * P + cc] = qn * f;
                 s_X[r * P + cc] = kn * f;
-#ifdef P64_COAL /* Ki = k 2^(Gn - G) (>= k, <= 2^108 k at lb = -5) over Y, for step 4 */
                 s_Y[r * P + cc] = kn * ex2_(Gn - G);
-#endif
-#ifndef P64_COAL /* the coalesced form writes Kr^T below, by 16-byte units */
-                put16(rec, R_KRT + swz128(cc, r), kn * ex2_(gl[e] - G));
-#endif
             }
-#ifndef P64_QE /* the Qe form writes Qe there in step 8 */
-            *(uint32_t *)(rec + R_QD + swz_tok_key(r, c)) = pack_bf16x2(qd[0], qd[1]);
-#endif
         }
         if (tid < KD) *(float *)(rec + R_GAMMA + 4 * tid) = ex2_(s_G[63 * P + tid]);
-#ifdef P64_COAL
         /* Kr^T by 16-byte units: unit pu of key row `key` holds tokens 8 (pu ^ (key & 7)).. (swz128).
          * A warp takes 16 keys and two units of each: its lanes' reads of s_k and s_G (rows 8 apart
          * hit one bank) are then 2-way, where 8 units of 4 keys were 8-way. */
@@ -508,12 +355,10 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
             const int pr = e >> 7, key = e & 127, sb = pr < 1 ? 1 : pr < 3 ? 2 : 3, rb = pr - sb * (sb - 1) / 2;
             s_f[e] = ex2_(s_G[16 * sb * P + key] - s_G[16 * rb * P + key]);
         }
-#endif
     }
     __syncthreads();
     STAMP(3);
 
-#ifdef P64_COAL
     /* 4. L and Mqk in one round. The pair (r, s) needs Y = k 2^(Gn(s) - G) over sub-block r's rows,
      * which is Ki (step 3: k 2^(Gn(r) - G)) times the channel's 2^(Gn(s) - Gn(r)) (s_f; 1 for
      * r = s), applied to the B fragments as they are loaded, so one Ki tile serves every pair and
@@ -586,47 +431,6 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
         }
     }
     __syncthreads();
-#else
-    /* 4. L and Mqk, by the later rows' sub-block s. */
-    for (int s = 0; s < 4; s++) {
-        for (int e = tid; e < 16 * (s + 1) * KD; e += 256) {
-            const int j = e >> 7, c = e & 127;
-            s_Y[j * P + c] = s_k[j * P + c] * ex2_(s_G[16 * s * P + c] - s_G[j * P + c]);
-        }
-        __syncthreads();
-        for (int task = warp; task < 2 * (s + 1); task += 8) {
-            const int r = task >> 1, is_m = task & 1;
-            const float *X = is_m ? s_q : s_X;
-            float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-#pragma unroll 4
-            for (int kk = 0; kk < KD / 8; kk++) {
-                const int c0 = 8 * kk + t;
-                uint32_t af[4];
-                af[0] = tf32_operand(X[(16 * s + g) * P + c0]);
-                af[1] = tf32_operand(X[(16 * s + g + 8) * P + c0]);
-                af[2] = tf32_operand(X[(16 * s + g) * P + c0 + 4]);
-                af[3] = tf32_operand(X[(16 * s + g + 8) * P + c0 + 4]);
-#pragma unroll
-                for (int nt = 0; nt < 2; nt++) {
-                    const float *Yr = s_Y + (16 * r + 8 * nt + g) * P;
-                    mma_tf32_1688(acc[nt], af, tf32_operand(Yr[c0]), tf32_operand(Yr[c0 + 4]), acc[nt]);
-                }
-            }
-#pragma unroll
-            for (int nt = 0; nt < 2; nt++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    const int i = g + 8 * (e >> 1), j = 8 * nt + 2 * t + (e & 1);
-                    const int gi = 16 * s + i, gj = 16 * r + j;
-                    if (is_m)
-                        s_M[gi * PL + gj] = (r < s || j <= i) ? a.scale * acc[nt][e] : 0.0f;
-                    else
-                        s_L[gi * PL + gj] = (r < s || j < i) ? s_b[gi] * acc[nt][e] : 0.0f;
-                }
-        }
-        __syncthreads();
-    }
-#endif
     STAMP(4);
 
     /* 5. (I + L)^-1: the diagonal blocks, then the blocks below them level by level. */
@@ -644,7 +448,6 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
         for (int i = 0; i < 16; i++) s_I[(16 * s + i) * PL + 16 * s + lane] = x[i];
     }
     __syncthreads();
-#ifdef P64_COAL
     /* The blocks below the diagonal by doubling: for a unit lower triangular [[A, 0], [C, B]] the
      * inverse is [[A^-1, 0], [-B^-1 C A^-1, B^-1]]. Level 1 forms the two 32 x 32 inverses' corner
      * blocks INV_10 = -D_1 L_10 D_0 and INV_32 = -D_3 L_32 D_2 (warps 0 and 1); level 2 the 64 x 64
@@ -681,56 +484,16 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
         }
         __syncthreads();
     }
-#else
-    for (int s = 1; s < 4; s++) {
-        for (int e = tid; e < s * 256; e += 256) { /* T_r = sum_{r <= u < s} L_su INV_ur, in s_Y */
-            const int r = e >> 8, i = (e >> 4) & 15, c = e & 15;
-            float v = 0.0f;
-            for (int u = r; u < s; u++)
-                for (int m = 0; m < 16; m++)
-                    v += s_L[(16 * s + i) * PL + 16 * u + m] * s_I[(16 * u + m) * PL + 16 * r + c];
-            s_Y[r * 256 + i * 16 + c] = v;
-        }
-        __syncthreads();
-        for (int e = tid; e < s * 256; e += 256) { /* INV_sr = -D_s T_r */
-            const int r = e >> 8, i = (e >> 4) & 15, c = e & 15;
-            float v = 0.0f;
-            for (int m = 0; m < 16; m++) v -= s_I[(16 * s + i) * PL + 16 * s + m] * s_Y[r * 256 + m * 16 + c];
-            s_I[(16 * s + i) * PL + 16 * r + c] = v;
-        }
-        __syncthreads();
-    }
-#endif
     STAMP(5);
 
-    /* 6. bINV (in place) and Mqk into the record as hi + lo pairs (light: Mqk as one bf16 term, and
-     * bINV stays here for U0; Qe: neither, both stay for steps 7 and 8); Kd = k 2^G over Xk;
-     * light: v over Xq (free since step 4); Qe: v over Y (free since step 5). */
+    /* 6. bINV (in place; it and Mqk stay here for steps 7 and 8); Kd = k 2^G; v over Y (free since
+     * step 5). */
     for (int e = tid; e < CT * CT / 2; e += 256) {
         const int i = e >> 5, j = 2 * (e & 31);
         const float b0 = s_I[i * PL + j] * s_b[j], b1 = s_I[i * PL + j + 1] * s_b[j + 1];
         s_I[i * PL + j] = b0, s_I[i * PL + j + 1] = b1;
-#if defined(P64_QE) /* Mqk stays here for step 8 */
-#elif defined(P64_LIGHT)
-        *(uint32_t *)(rec + R_MQK + swz128(i, j)) = pack_bf16x2(s_M[i * PL + j], s_M[i * PL + j + 1]);
-#else
-        uint32_t hi, lo;
-        hilo_pair(b0, b1, &hi, &lo);
-        *(uint32_t *)(rec + R_BINV + swz128(i, j)) = hi;
-        *(uint32_t *)(rec + R_BINV_LO + swz128(i, j)) = lo;
-        hilo_pair(s_M[i * PL + j], s_M[i * PL + j + 1], &hi, &lo);
-        *(uint32_t *)(rec + R_MQK + swz128(i, j)) = hi;
-        *(uint32_t *)(rec + R_MQK_LO + swz128(i, j)) = lo;
-#endif
     }
-#if defined(P64_COAL) /* (Kd at pitch PB over s_X runs 256 floats into s_Y, v's into s_L, free since step 5) */
     float *const s_v = s_Y + 256;
-#elif defined(P64_QE)
-    float *const s_v = s_Y; /* free since step 5; Xq stays for step 8's Qd */
-#else
-    float *const s_v = s_q; /* the light form's v (the default form has none) */
-#endif
-#ifdef P64_LIGHT
 #pragma unroll
     for (int i = 0; i < 4; i++) {
         const int v8 = tid + 256 * i, r = v8 >> 4, c8 = (v8 & 15) * 8;
@@ -741,7 +504,6 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
         *(float4 *)(s_v + r * PB + c8) = make_float4(x[0], x[1], x[2], x[3]);
         *(float4 *)(s_v + r * PB + c8 + 4) = make_float4(x[4], x[5], x[6], x[7]);
     }
-#endif
     for (int e = tid; e < CT * KD; e += 256) {
         const int j = e >> 7, c = e & 127;
         s_X[j * PB + c] = s_k[j * P + c] * ex2_(s_G[j * P + c]);
@@ -749,11 +511,9 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
     __syncthreads();
     STAMP(6);
 
-#ifdef P64_QE
     /* 7. W = bINV Kd and U0 = bINV V (warp w: rows 16 (w % 4).., keys or value columns 64 (w / 4)..):
      * -W and U0 into the record, then both in fp32 over Kd and v for step 8. */
     const int mt = warp & 3, n0 = 64 * (warp >> 2);
-#ifdef P64_COAL
     { /* W as below; U0^T = V^T bINV^T with warp w on value columns 16 w.. (prep64_cols_product) */
         float w[8][4], u0[8][4];
         prep64_rows_cols_product(s_I, s_X, s_v, s_I, mt, n0, warp, g, t, w, u0);
@@ -780,31 +540,6 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
                 s_v[(8 * nt + 2 * t + (e & 1)) * PB + 16 * warp + g + 8 * (e >> 1)] = u0[nt][e];
         }
     }
-#else
-    {
-        float w[8][4], u0[8][4];
-        prep64_rows_product(s_I, s_X, mt, n0, g, t, w);
-        prep64_rows_product(s_I, s_v, mt, n0, g, t, u0);
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t;
-                *(uint32_t *)(rec + R_NEGW + swz_tok_key(i, c)) = pack_bf16x2(-w[nt][2 * hf], -w[nt][2 * hf + 1]);
-                *(float *)(rec + u0_offset(i, c)) = u0[nt][2 * hf];
-                *(float *)(rec + u0_offset(i, c + 1)) = u0[nt][2 * hf + 1];
-            }
-        __syncthreads(); /* every warp is past its reads of Kd and v */
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t;
-                s_X[i * P + c] = w[nt][2 * hf], s_X[i * P + c + 1] = w[nt][2 * hf + 1];
-                s_v[i * P + c] = u0[nt][2 * hf], s_v[i * P + c + 1] = u0[nt][2 * hf + 1];
-            }
-    }
-#endif
     __syncthreads();
     STAMP(7);
 
@@ -812,12 +547,8 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
      * s_q), bf16 into Qd's place; O0 = Mqk U0, bf16 in the accumulators' order. */
     {
         float m[8][4];
-#ifdef P64_COAL
         float o0[8][4]; /* O0^T = U0^T Mqk^T beside Mqk W */
         prep64_rows_cols_product(s_M, s_X, s_v, s_M, mt, n0, warp, g, t, m, o0);
-#else
-        prep64_rows_product(s_M, s_X, mt, n0, g, t, m);
-#endif
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
 #pragma unroll
@@ -828,59 +559,18 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
                 *(uint32_t *)(rec + R_QD + swz_tok_key(i, c)) = pack_bf16x2(qd0 - m[nt][2 * hf],
                                                                             qd1 - m[nt][2 * hf + 1]);
             }
-#ifdef P64_COAL /* O0, one 8-byte unit a thread and n-tile */
 #pragma unroll
         for (int nt = 0; nt < 8; nt++)
             *(uint2 *)(rec + R_O0 + 8 * ((warp * 8 + nt) * 32 + lane)) = make_uint2(pack_bf16x2(o0[nt][0], o0[nt][1]),
                                                                                     pack_bf16x2(o0[nt][2], o0[nt][3]));
-#else
-        prep64_rows_product(s_M, s_v, mt, n0, g, t, m);
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t;
-                put16(rec, o0_offset(i, c), m[nt][2 * hf]);
-                put16(rec, o0_offset(i, c + 1), m[nt][2 * hf + 1]);
-            }
-#endif
     }
 #ifdef P64_STAMPS
     STAMP(8);
     if (tid == 0 && a.stamps)
         for (int i = 0; i < NSTAMP; i++) a.stamps[((int64_t)chunk * H + h) * NSTAMP + i] = stamp[i];
 #endif
-#else
-    /* 7. W = bINV Kd: warp w rows 16 (w % 4).., keys 64 (w / 4)..; -W into the record. Light: then
-     * U0 = bINV V the same way (warp w: value columns 64 (w / 4)..), fp32 into the record. */
-#ifdef P64_LIGHT
-    for (int pass = 0; pass < 2; pass++)
-#else
-    for (int pass = 0; pass < 1; pass++)
-#endif
-    {
-        const int mt = warp & 3, n0 = 64 * (warp >> 2);
-        float acc[8][4];
-        prep64_rows_product(s_I, pass ? s_v : s_X, mt, n0, g, t, acc);
-#pragma unroll
-        for (int nt = 0; nt < 8; nt++)
-#pragma unroll
-            for (int hf = 0; hf < 2; hf++) {
-                const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t;
-#ifdef P64_LIGHT
-                if (pass) {
-                    *(float *)(rec + u0_offset(i, c)) = acc[nt][2 * hf];
-                    *(float *)(rec + u0_offset(i, c + 1)) = acc[nt][2 * hf + 1];
-                    continue;
-                }
-#endif
-                *(uint32_t *)(rec + R_NEGW + swz_tok_key(i, c)) = pack_bf16x2(-acc[nt][2 * hf], -acc[nt][2 * hf + 1]);
-            }
-    }
-#endif
 }
 
-#ifdef P64_COAL
 /* The next item's q, k, g and v rows (each a contiguous 256 bytes) into L2 by bulk prefetches, a
  * thread a row: issued as an item starts, so that the next one's step 1 finds them there. */
 static __device__ __forceinline__ void prep64_prefetch(const prep64_args &a, int chunk, int h)
@@ -890,33 +580,24 @@ static __device__ __forceinline__ void prep64_prefetch(const prep64_args &a, int
     const uint16_t *src = base + (((int64_t)chunk * CT + r) * a.H + h) * KD;
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(KD * 2) : "memory");
 }
-#endif
 
-/* COAL: a persistent grid of one CTA an SM walking the items (chunk-major: the heads of a chunk
+/* A persistent grid of one CTA an SM walking the items (chunk-major: the heads of a chunk
  * in turn), each prefetching the next one's rows into L2; the other forms: a CTA per item. */
 __global__ void __launch_bounds__(256, 1) prep64_kernel(const prep64_args a)
 {
     extern __shared__ float sm[];
-#ifdef P64_COAL
     const int n = (a.T / CT) * a.H;
     for (int item = blockIdx.x; item < n; item += gridDim.x) {
         if (item + (int)gridDim.x < n) prep64_prefetch(a, (item + gridDim.x) / a.H, (item + gridDim.x) % a.H);
         prep64_item(a, sm, item / a.H, item % a.H);
         __syncthreads(); /* every warp is done with shared memory before the next item's step 1 */
     }
-#else
-    prep64_item(a, sm, blockIdx.x, blockIdx.y);
-#endif
 }
 
 /* ---- the chain: one CTA of two warpgroups per head, 64 value columns each ---- */
 
-#define VT64 2048 /* a warp's v tile: 64 tokens x 16 values bf16, 32-byte rows */
-#ifdef P64_LIGHT
-#define STAGE R_BYTES /* a chunk's record (89 KB): the light chain reads no v */
-#else
-#define STAGE (R_BYTES + 8 * VT64) /* a chunk's record and the CTA's v tiles: 97 KB */
-#endif
+#define VT64 2048     /* a warp's v tile: 64 tokens x 16 values bf16, 32-byte rows */
+#define STAGE R_BYTES /* a chunk's record (97 KB): the chain reads no v */
 
 typedef struct chain64_args {
     const unsigned char *rec; /* [T / CT][H][R_BYTES] */
@@ -939,14 +620,6 @@ static __device__ __forceinline__ void ch64_issue(const chain64_args *a, unsigne
         mbar_arrive_expect_tx(mbar, R_BYTES);
         bulk_copy_g2s(smem_addr(st), a->rec + ((int64_t)c * a->H + h) * R_BYTES, R_BYTES, mbar);
     }
-#ifndef P64_LIGHT
-    for (int p = threadIdx.x; p < CT * 16; p += 256) {
-        const int tok = p >> 4, q16 = p & 15;
-        cp_async_16(smem_addr(st + R_BYTES + (q16 >> 1) * VT64 + swz32(tok, 8 * (q16 & 1))),
-                    a->v + (((int64_t)c * CT + tok) * a->H + h) * KD + 8 * q16, 16);
-    }
-    cp_async_commit();
-#endif
 }
 
 /* O of chunk c (o[4n + e]: value 16 warp + g + 8 (e >> 1), token 8n + 2t + (e & 1)) as bf16. */
@@ -965,95 +638,6 @@ static __device__ __forceinline__ void ch64_store_out(const chain64_args *a, int
 
 static __device__ __forceinline__ uint64_t ch64_desc(uint32_t saddr) { return wg_desc(saddr, 1024, WG_SWIZZLE_128B); }
 
-#ifndef P64_QE
-/* One chunk: chain64_step_bench.cu's wg64 step on stage c & 1, with the ring's waits and refill
- * (chunk c + 1 goes into the stage chunk c - 1 left, once every warp is past that chunk: one CTA
- * barrier a step) and the chunk's O stored. Unlike the bench, the step waits for its O group before the next chunk (so
- * O's 16 products are on the serial path): with O in flight across steps, as the bench has it,
- * ptxas serialized every wgmma of this kernel (C7514 / C7515), for reasons not found yet. */
-static __device__ __forceinline__ void ch64_step(const chain64_args *a, unsigned char *stages, uint32_t mbar0, int c,
-                                                 int nch, int h, int warp, int lane, float S[64], uint32_t SA[8][4],
-                                                 uint32_t SN[8][4], uint32_t va[4][4], uint32_t up[4][4], float u[32],
-                                                 float o[32])
-{
-    const int t = lane & 3;
-    unsigned char *st = stages + (c & 1) * STAGE;
-    const uint32_t R = smem_addr(st);
-    mbar_wait(mbar0 + 8 * (c & 1), (uint32_t)(c >> 1) & 1u);
-#ifndef P64_LIGHT
-    if (c == 0 && nch > 1)
-        CP_ASYNC_WAIT(1);
-    else
-        CP_ASYNC_WAIT(0);
-#endif
-    /* Every thread's v pieces of chunk c have landed (light: no v), and every warp is done with chunk c - 1
-     * (its last step ended with wait_group 0, its ldmatrix and gamma reads before that): its stage
-     * takes chunk c + 1 now, a whole step ahead. */
-    __syncthreads();
-    if (c >= 1 && c + 1 < nch) ch64_issue(a, stages, mbar0 + 8 * ((c + 1) & 1), c + 1, h);
-#ifdef P64_LIGHT
-    { /* U^T starts as the record's U0^T, in the accumulators' order */
-        const float4 *U0 = (const float4 *)(st + R_U0) + warp * 256 + lane;
-#pragma unroll
-        for (int n = 0; n < 8; n++) {
-            const float4 x = U0[32 * n];
-            u[4 * n] = x.x, u[4 * n + 1] = x.y, u[4 * n + 2] = x.z, u[4 * n + 3] = x.w;
-        }
-    }
-    wg_fence();
-#else
-    {
-        const unsigned char *VT = st + R_BYTES + warp * VT64;
-        const int mi = lane >> 3, rr = lane & 7;
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++)
-            ldsm_x4_trans(va[kk], smem_addr(VT + swz32(16 * kk + rr + 8 * (mi >> 1), 8 * (mi & 1))));
-    }
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) wg_mma_n64(u, va[kk], ch64_desc(R + R_BINV_LO + kk * 32), kk > 0);
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) wg_mma_n64(u, va[kk], ch64_desc(R + R_BINV + kk * 32), 1);
-#endif
-#pragma unroll
-    for (int kk = 0; kk < 8; kk++) wg_mma_n64(u, SA[kk], ch64_desc(R + R_NEGW + (kk >> 2) * 8192 + (kk & 3) * 32), 1);
-    wg_commit();
-    wg_wait0();
-#ifndef P64_LIGHT
-    wg_hold_frags(va, 4);
-#endif
-    wg_hold_frags(SA, 8);
-#pragma unroll
-    for (int i = 0; i < 32; i++) reg_fence_f(&u[i]);
-    wg_acc_to_frags(u, up, 4);
-    wg_scale_state_keys(S, st + R_GAMMA, t);
-    wg_fence();
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) wg_mma_n128(S, up[kk], ch64_desc(R + R_KRT + kk * 32));
-    wg_commit();
-#pragma unroll
-    for (int kk = 0; kk < 8; kk++)
-        wg_mma_n64(o, SA[kk], ch64_desc(R + R_QD + (kk >> 2) * 8192 + (kk & 3) * 32), kk > 0);
-#ifndef P64_LIGHT
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) wg_mma_n64(o, up[kk], ch64_desc(R + R_MQK_LO + kk * 32), 1);
-#endif
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) wg_mma_n64(o, up[kk], ch64_desc(R + R_MQK + kk * 32), 1);
-    wg_commit();
-    wg_wait0();
-#pragma unroll
-    for (int i = 0; i < 64; i++) reg_fence_f(&S[i]);
-#pragma unroll
-    for (int i = 0; i < 32; i++) reg_fence_f(&o[i]);
-    wg_hold_frags(up, 4);
-    wg_hold_frags(SA, 8);
-    wg_pack_state(S, SN);
-    ch64_store_out(a, c, h, warp, lane, o);
-}
-#endif
-
-#ifdef P64_QE
 /* One chunk of the Qe form: U^T = U0^T + S^T (-W)^T and O^T = O0^T + S^T Qe^T both read only the
  * entering state's bf16 copy, so the O group is issued right behind the U group and runs while
  * U is converted; S^T += U^T Kr follows. The accumulators start from the record's U0 and O0. */
@@ -1107,7 +691,6 @@ static __device__ __forceinline__ void ch64_step_qe(const chain64_args *a, unsig
     wg_pack_state(S, SN);
     ch64_store_out(a, c, h, warp, lane, o);
 }
-#endif
 
 __global__ void __launch_bounds__(256, 1) chain64_kernel(const chain64_args a)
 {
@@ -1136,21 +719,13 @@ __global__ void __launch_bounds__(256, 1) chain64_kernel(const chain64_args a)
         for (int e = 0; e < 4; e++)
             S[4 * j + e] = a.h0[((int64_t)h * KD + 8 * j + 2 * t + (e & 1)) * KD + 16 * warp + g + 8 * (e >> 1)];
     uint32_t sa0[8][4], sa1[8][4], up[4][4];
-#ifndef P64_QE
-    uint32_t va[4][4];
-#endif
     float u[32], o[32];
 #pragma unroll
     for (int i = 0; i < 32; i++) u[i] = 0.0f, o[i] = 0.0f;
     wg_pack_state(S, sa0);
     for (int c = 0; c < nch; c += 2) {
-#ifdef P64_QE
         ch64_step_qe(&a, stages, mbar0, c, nch, h, warp, lane, S, sa0, sa1, up, u, o);
         ch64_step_qe(&a, stages, mbar0, c + 1, nch, h, warp, lane, S, sa1, sa0, up, u, o);
-#else
-        ch64_step(&a, stages, mbar0, c, nch, h, warp, lane, S, sa0, sa1, va, up, u, o);
-        ch64_step(&a, stages, mbar0, c + 1, nch, h, warp, lane, S, sa1, sa0, va, up, u, o);
-#endif
     }
 #pragma unroll
     for (int j = 0; j < 16; j++)
@@ -1228,7 +803,6 @@ static void check_chunk(const float *q, const float *k, const float *v, const fl
             for (int j = 0; j < i; j++) v -= L[i][j] * INV[j][col];
             INV[i][col] = v;
         }
-#ifdef P64_QE
     static double Wr[CT][KD], Ur[CT][KD]; /* W = bINV Kd, U0 = bINV V */
     for (int i = 0; i < CT; i++)
         for (int x = 0; x < KD; x++) {
@@ -1239,18 +813,13 @@ static void check_chunk(const float *q, const float *k, const float *v, const fl
             }
             Wr[i][x] = w, Ur[i][x] = u0;
         }
-#endif
     for (int i = 0; i < CT; i++) {
         for (int x = 0; x < KD; x++) {
             double w = 0;
             for (int j = 0; j <= i; j++) w += INV[i][j] * b[j] * kn[j][x] * exp2(G[j][x]);
             note(&err[0], get16(rec, R_NEGW + swz_tok_key(i, x)), -w);
-#ifndef P64_QE
-            note(&err[1], get16(rec, R_QD + swz_tok_key(i, x)), scale * qn[i][x] * exp2(G[i][x]));
-#endif
             note(&err[2], get16(rec, R_KRT + swz128(x, i)), kn[i][x] * exp2(G[CT - 1][x] - G[i][x]));
         }
-#ifdef P64_QE
         for (int x = 0; x < KD; x++) { /* U0 = bINV V, O0 = Mqk U0, Qe = Qd - Mqk W */
             float got;
             memcpy(&got, rec + u0_offset(i, x), 4);
@@ -1260,21 +829,6 @@ static void check_chunk(const float *q, const float *k, const float *v, const fl
             note(&err[4], get16(rec, o0_offset(i, x)), o0);
             note(&err[1], get16(rec, R_QD + swz_tok_key(i, x)), scale * qn[i][x] * exp2(G[i][x]) - mw);
         }
-#elif defined(P64_LIGHT)
-        for (int x = 0; x < KD; x++) { /* U0 = bINV V */
-            double u0 = 0;
-            for (int j = 0; j <= i; j++) u0 += INV[i][j] * b[j] * v[(((int64_t)c * CT + j) * H + h) * KD + x];
-            float got;
-            memcpy(&got, rec + u0_offset(i, x), 4);
-            note(&err[3], got, u0);
-        }
-        for (int j = 0; j < CT; j++) note(&err[4], get16(rec, R_MQK + swz128(i, j)), M[i][j]);
-#else
-        for (int j = 0; j < CT; j++) {
-            note(&err[3], get16(rec, R_BINV + swz128(i, j)) + get16(rec, R_BINV_LO + swz128(i, j)), INV[i][j] * b[j]);
-            note(&err[4], get16(rec, R_MQK + swz128(i, j)) + get16(rec, R_MQK_LO + swz128(i, j)), M[i][j]);
-        }
-#endif
     }
     for (int x = 0; x < KD; x++) {
         float gm;
@@ -1384,12 +938,8 @@ static void run(const problem_dev *d, int reps, float *ms_prep, float *ms_chain)
     *ms_prep = *ms_chain = 1e30f;
     for (int rep = 0; rep < reps; rep++) {
         CUDA_OK(cudaEventRecord(e0));
-#ifdef P64_COAL
         const int items = (T / CT) * H, grid = items < g_sms ? items : g_sms;
         prep64_kernel<<<grid, 256, prep64_smem_bytes()>>>(d->prep);
-#else
-        prep64_kernel<<<dim3(T / CT, H), 256, prep64_smem_bytes()>>>(d->prep);
-#endif
         CUDA_OK(cudaGetLastError());
         CUDA_OK(cudaEventRecord(e1));
 #ifdef P64_HALF
@@ -1476,18 +1026,11 @@ int main(int argc, char **argv)
 
     int pass = 1;
     /* 1. The records: T = 256 (4 chunks), H = 3, lower bounds -5, -1 and -0.1, every operand. */
-#if defined(P64_QE)
     static const char *names[6] = {"-W", "Qe", "Kr^T", "U0 (fp32)", "O0 (bf16)", "gamma"};
     printf("the Qe record: U0 = bINV V, Qe = Qd - Mqk W and O0 = Mqk U0 by the prep, O = Qe S + O0\n");
-#elif defined(P64_LIGHT)
-    static const char *names[6] = {"-W", "Qd", "Kr^T", "U0 (fp32)", "Mqk (one term)", "gamma"};
-    printf("the light record: U0 = bINV V by the prep, Mqk one bf16 term, no v in the chain\n");
-#else
-    static const char *names[6] = {"-W", "Qd", "Kr^T", "bINV (hi+lo)", "Mqk (hi+lo)", "gamma"};
-#endif
     const float lbs[3] = {-5.0f, -1.0f, -0.1f};
     const int sms = g_sms;
-    g_sms = 5; /* the checks' items (8-12) walked by 5 CTAs: the persistent loop runs (COAL) */
+    g_sms = 5; /* the checks' items (8-12) walked by 5 CTAs: the persistent loop runs */
     for (int li = 0; li < 3; li++) {
         const int T = 256, H = 3;
         inputs x = make_inputs(T, H, 100 + li);

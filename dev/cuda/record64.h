@@ -7,20 +7,13 @@
  *   Kr^T:     [key][token], 128 rows x 128 bytes;
  *   bINV, Mqk (bf16 hi and lo terms): [i][j] = X[i][j], 64 rows x 128 bytes;
  *   gamma:    128 fp32.
- * And the 32-byte-row layout of a warp's v tile (the shipped pf_swz16's). With P64_LIGHT defined,
- * the light record instead (below: no bINV, Mqk one term, U0 in fp32).
+ * And the 32-byte-row layout of a warp's v tile (the shipped pf_swz16's). With P64_QE defined
+ * (prefill64_bench.cu), the Qe record instead (below: Qe in Qd's place, U0 and O0, no bINV or Mqk).
  */
 #ifndef FKDA_DEV_RECORD64_H
 #define FKDA_DEV_RECORD64_H
 
 #include <stdint.h>
-
-#if defined(P64_COAL) && !defined(P64_QE)
-#define P64_QE /* the coalesced prep writes the Qe record */
-#endif
-#if defined(P64_QE) && !defined(P64_LIGHT)
-#define P64_LIGHT /* the Qe form keeps the light form's U0 and its chain that reads no v */
-#endif
 
 /* Index of U0[tok][col] (or O0's) among the 64 x 128 values stored in the order of the chain's
  * m64n64 accumulators (M = value columns): the thread (warp col / 16, lane 4 (col & 7) +
@@ -33,8 +26,7 @@ static __host__ __device__ __forceinline__ int frag_index(int tok, int col)
 }
 
 #if defined(P64_QE)
-/* The Qe record (prefill64_bench.cu built with -DP64_QE; dev/numerics/README.md, "O off the
- * chain's serial path"): Qe = Qd - Mqk W in Qd's place, U0 = bINV V in fp32 and O0 = Mqk U0 in
+/* The Qe record (prefill64_bench.cu's; dev/numerics/README.md, "O off the chain's serial path"): Qe = Qd - Mqk W in Qd's place, U0 = bINV V in fp32 and O0 = Mqk U0 in
  * bf16, both in the accumulators' order (frag_index); no bINV, no Mqk. */
 #define R_NEGW 0
 #define R_QD 16384 /* Qe */
@@ -43,18 +35,6 @@ static __host__ __device__ __forceinline__ int frag_index(int tok, int col)
 #define R_O0 81920
 #define R_GAMMA 98304
 #define R_BYTES 99328 /* 97 KB: the next record starts at a multiple of 1024 */
-#elif defined(P64_LIGHT)
-/* The light record (prefill64_bench.cu built with -DP64_LIGHT; dev/numerics/README.md, "A lighter
- * 64-token chain"): no bINV, since the prep forms U0 = bINV V itself and stores it in fp32 in the
- * order of the chain's u accumulators (u0_offset); Mqk as one bf16 term. */
-#define R_NEGW 0
-#define R_QD 16384
-#define R_KRT 32768
-#define R_MQK 49152
-#define R_U0 57344
-#define R_GAMMA 90112
-#define R_BYTES 91136 /* 89 KB: the next record starts at a multiple of 1024 */
-
 #else
 #define R_NEGW 0
 #define R_QD 16384
@@ -67,15 +47,13 @@ static __host__ __device__ __forceinline__ int frag_index(int tok, int col)
 #define R_BYTES 82944 /* 81 KB: the next record starts at a multiple of 1024 */
 #endif
 
-#ifdef P64_LIGHT
+#ifdef P64_QE
 /* U0[tok][col] as fp32 in the accumulators' order: the warp's 32 lanes read their float4 n
  * (u[4n..4n+3]) from 512 consecutive bytes. */
 static __host__ __device__ __forceinline__ uint32_t u0_offset(int tok, int col)
 {
     return (uint32_t)(R_U0 + 4 * frag_index(tok, col));
 }
-#endif
-#ifdef P64_QE
 /* O0[tok][col] as bf16 in the same order: 8 bytes a lane and element group. */
 static __host__ __device__ __forceinline__ uint32_t o0_offset(int tok, int col)
 {
