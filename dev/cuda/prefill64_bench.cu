@@ -35,7 +35,7 @@
  *   6. bINV = INV diag(b); Kd = k 2^G; v into shared memory;
  *   7. W = bINV Kd (negated, into the record) and U0 = bINV V, both products in one loop;
  *   8. Qe = Qd - Mqk W and O0 = Mqk U0, into the record.
- * Every exp2, reciprocal and 1 / sqrt on the special-function unit alone (ex2_, rcp_, rsqrtf), as
+ * Every exp2, reciprocal and 1 / sqrt on the special-function unit alone (pf_exp2, pf_sigmoid, rsqrtf), as
  * the shipping prep takes them: the records' bars are bf16's.
  * The chain: one CTA of two warpgroups per head (64 value columns each, the state an m64n128
  * accumulator), a ring of two stages of 97 KB (the record by one bulk copy), the step of
@@ -44,7 +44,7 @@
  * Earlier forms (the first record with bINV and Mqk, the light record, the first Qe prep) are in
  * the history (docs/history/prefill.md, "v18-chunk64" to "v21-ctas"; git log of this file).
  *
- * Build and run (an H100 / H200): see dev/cuda/README.md.
+ * Build and run (an H100 / H200; -Iinclude for prefill_common.cuh): see dev/cuda/README.md.
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -56,6 +56,7 @@
 
 #include "../../src/cuda/ptx_copy.cuh"
 #include "../../src/cuda/ptx_mbarrier.cuh"
+#include "../../src/cuda/prefill_common.cuh" /* pf_exp2, pf_sigmoid: the shipping prep's */
 #include "../../src/cuda/ptx_mma.cuh"
 #include "bench_host.h"
 #define P64_QE /* record64.h: the Qe record */
@@ -105,24 +106,6 @@ typedef struct prep64_args {
 static size_t prep64_smem_bytes(void) { return sizeof(float) * (5 * CT * P + 3 * CT * PL + CT + NPAIR * KD); }
 
 static __device__ __forceinline__ float bf16_bits_to_float(uint32_t h) { return __uint_as_float(h << 16); }
-
-/* exp2 and the reciprocal on the special-function unit alone (ex2.approx, rcp.approx: a few ulp,
- * results below 2^-126 flushed to zero), as the shipping prep takes them: exp2f and a correctly
- * rounded division add a range fix-up of ~4 instructions and a ~10-instruction slow path check each,
- * and the prep takes ~130 exp2 and 32 sigmoids a thread an item. */
-static __device__ __forceinline__ float ex2_(float x)
-{
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-static __device__ __forceinline__ float rcp_(float x)
-{
-    float y;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-}
-static __device__ __forceinline__ float sigmoidf_(float x) { return rcp_(1.0f + ex2_(x * -LOG2E)); }
 
 /* A step's two products at once (one loop, twice the independent mma in flight), on tf32 tensor
  * cores (m16n8k8), as C fragments of 8 n-tiles:
@@ -255,7 +238,7 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
                 const int sh = (e & 1) * 16;
                 fq[e] = bf16_bits_to_float((wq[e >> 1] >> sh) & 0xFFFFu);
                 fk[e] = bf16_bits_to_float((wk[e >> 1] >> sh) & 0xFFFFu);
-                fg[e] = lb2 * sigmoidf_(A * (bf16_bits_to_float((wg[e >> 1] >> sh) & 0xFFFFu) + db[e]));
+                fg[e] = lb2 * pf_sigmoid(A * (bf16_bits_to_float((wg[e >> 1] >> sh) & 0xFFFFu) + db[e]));
             }
 #pragma unroll
             for (int hf = 0; hf < 2; hf++) {
@@ -265,7 +248,7 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
                 *(float4 *)(s_G + at) = make_float4(fg[4 * hf], fg[4 * hf + 1], fg[4 * hf + 2], fg[4 * hf + 3]);
             }
         }
-        if (tid < CT) s_b[tid] = sigmoidf_(bf16_bits_to_float(beta_raw));
+        if (tid < CT) s_b[tid] = pf_sigmoid(bf16_bits_to_float(beta_raw));
         for (int e = tid; e < 3 * CT * PL / 4; e += 256) /* s_L, s_M, s_I */
             ((float4 *)s_L)[e] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     }
@@ -327,13 +310,13 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
                 const int cc = c + e;
                 const float G = s_G[r * P + cc], Gn = s_G[r0 * P + cc];
                 const float qn = s_q[r * P + cc], kn = s_k[r * P + cc];
-                const float f = ex2_(G - Gn);
+                const float f = pf_exp2(G - Gn);
                 s_q[r * P + cc] = qn * f;
                 s_X[r * P + cc] = kn * f;
-                s_Y[r * P + cc] = kn * ex2_(Gn - G);
+                s_Y[r * P + cc] = kn * pf_exp2(Gn - G);
             }
         }
-        if (tid < KD) *(float *)(rec + R_GAMMA + 4 * tid) = ex2_(s_G[63 * P + tid]);
+        if (tid < KD) *(float *)(rec + R_GAMMA + 4 * tid) = pf_exp2(s_G[63 * P + tid]);
         /* Kr^T by 16-byte units: unit pu of key row `key` holds tokens 8 (pu ^ (key & 7)).. (swz128).
          * A warp takes 16 keys and two units of each: its lanes' reads of s_k and s_G (rows 8 apart
          * hit one bank) are then 2-way, where 8 units of 4 keys were 8-way. */
@@ -345,15 +328,15 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 const int r0 = tok0 + 2 * e;
-                wv[e] = pack_bf16x2(s_k[r0 * P + key] * ex2_(glk - s_G[r0 * P + key]),
-                                    s_k[(r0 + 1) * P + key] * ex2_(glk - s_G[(r0 + 1) * P + key]));
+                wv[e] = pack_bf16x2(s_k[r0 * P + key] * pf_exp2(glk - s_G[r0 * P + key]),
+                                    s_k[(r0 + 1) * P + key] * pf_exp2(glk - s_G[(r0 + 1) * P + key]));
             }
             *(uint4 *)(rec + R_KRT + key * 128 + pu * 16) = make_uint4(wv[0], wv[1], wv[2], wv[3]);
         }
         /* step 4's factors 2^(Gn(s) - Gn(r)) for the sub-block pairs r < s, pair s (s - 1) / 2 + r */
         for (int e = tid; e < NPAIR * KD; e += 256) {
             const int pr = e >> 7, key = e & 127, sb = pr < 1 ? 1 : pr < 3 ? 2 : 3, rb = pr - sb * (sb - 1) / 2;
-            s_f[e] = ex2_(s_G[16 * sb * P + key] - s_G[16 * rb * P + key]);
+            s_f[e] = pf_exp2(s_G[16 * sb * P + key] - s_G[16 * rb * P + key]);
         }
     }
     __syncthreads();
@@ -506,7 +489,7 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
     }
     for (int e = tid; e < CT * KD; e += 256) {
         const int j = e >> 7, c = e & 127;
-        s_X[j * PB + c] = s_k[j * P + c] * ex2_(s_G[j * P + c]);
+        s_X[j * PB + c] = s_k[j * P + c] * pf_exp2(s_G[j * P + c]);
     }
     __syncthreads();
     STAMP(6);
@@ -554,8 +537,8 @@ static __device__ __forceinline__ void prep64_item(const prep64_args &a, float *
 #pragma unroll
             for (int hf = 0; hf < 2; hf++) {
                 const int i = 16 * mt + g + 8 * hf, c = n0 + 8 * nt + 2 * t, rn = (i & ~15) * P;
-                const float qd0 = a.scale * s_q[i * P + c] * ex2_(s_G[rn + c]);
-                const float qd1 = a.scale * s_q[i * P + c + 1] * ex2_(s_G[rn + c + 1]);
+                const float qd0 = a.scale * s_q[i * P + c] * pf_exp2(s_G[rn + c]);
+                const float qd1 = a.scale * s_q[i * P + c + 1] * pf_exp2(s_G[rn + c + 1]);
                 *(uint32_t *)(rec + R_QD + swz_tok_key(i, c)) = pack_bf16x2(qd0 - m[nt][2 * hf],
                                                                             qd1 - m[nt][2 * hf + 1]);
             }

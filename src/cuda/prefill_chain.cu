@@ -25,20 +25,22 @@
  * prefill_launch.cu: pf_chain_kernel_split, the bf16 chain with bf16 output, and
  * pf_chain16_kernel_split_*, the fp16 chain, whose handoff also carries the held scale's e): O is
  * off the serial chain, but a warp issues in order, so with one chain warp per scheduler (few
- * heads) its 20 mma and its store lengthen every step. With split, a CTA holds the chain warps and as many output warps above
- * them, one per chain warp and its 16 columns. In chunk c's iteration the chain warp puts the
- * output's operands in a handoff slot (c mod 2): the state's 16-bit copy before the update (its
- * A fragments, which O reads as B fragments of S) and Vnew; the output warp forms chunk c - 1's
- * O from slot (c - 1) mod 2 and the record stage of c - 1, and stores it. The iteration's barrier
- * orders each slot's writes before its reads and its reads before its next writes, two chunks
- * later; the record stage of c - 1 is refilled after the barrier of iteration c (so the ring
- * fetches three chunks ahead instead of four). The products and their operands are the unsplit
+ * heads) its 20 mma and its store lengthen every step. With split, a CTA holds the chain warps
+ * and as many output warps above them, one per chain warp and its 16 columns. In chunk c's
+ * iteration the chain warp puts the output's operands in a handoff slot (c mod 2): the state's
+ * 16-bit copy before the update (its A fragments, which O reads as B fragments of S) and Vnew;
+ * the output warp forms chunk c - 1's O from slot (c - 1) mod 2 and the record stage of c - 1,
+ * and stores it. The iteration's barrier orders each slot's writes before its reads and its reads
+ * before its next writes, two chunks later; the record stage of c - 1 is refilled after the
+ * barrier of iteration c, by an output warp (so the ring fetches three chunks ahead instead of
+ * four). The products and their operands are the unsplit
  * kernel's, so are the bits of the output and the states. The body is prefill_chain_run.cuh,
  * compiled as chain_run and as chain_run_split.
  *
  * The fp16 chain (fp16 and fp32 q, k, v; kernels pf_chain16_*): the same step on fp16 operands
  * (mma .f16, the record of prefill_common.cuh's fp16 family, v read in its own dtype and rounded
- * to fp16 here; fp16 v at the held scale 1 is used in place), with 11 significant bits where bf16 has 8 (dev/numerics/README.md, plan (m)).
+ * to fp16 here; fp16 v at the held scale 1 is used in place), with 11 significant bits where
+ * bf16 has 8 (dev/numerics/README.md, plan (m)).
  * fp16's range is the price, so each warp holds its state, v, Vnew and output scaled by 2^-e:
  * every product of a step is linear in (v, S) jointly (U = v bINV - W S, O = Qd S + Mqk U,
  * S' = gamma S + Kr^T U), so the scaling is exact, and 2^e goes back onto the output and onto
