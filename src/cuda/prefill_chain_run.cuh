@@ -160,6 +160,22 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
         cp_async_commit();                                                                                           \
     } while (0)
 
+/* In the split kernels a chain warp refills its own v tile's stage (chunk c + CH_STAGES) inside
+ * step c, right after U, the tile's last reader, while the warp waits on the update's products: the
+ * copy's issue then overlaps their latency instead of lengthening the step between the iteration's
+ * barrier and the next step's first product. The __syncwarp orders every lane's reads before the
+ * copy's writes. The unsplit kernels issue it after the barrier: moved into their step, it made
+ * every step slower (docs/prefill.md). */
+#if CH_SPLIT
+#define CH_REFILL_V_IN_STEP()          \
+    do {                               \
+        __syncwarp();                  \
+        CH_ISSUE_V(c + CH_STAGES, st); \
+    } while (0)
+#else
+#define CH_REFILL_V_IN_STEP() /* (after the iteration's barrier) */
+#endif
+
     if (threadIdx.x == 0)
         for (int s = 0; s < CH_STAGES; s++)
             if (cb + s < nch) CH_ISSUE_RECORD(cb + s, s);
@@ -466,6 +482,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
                                                                            \
         float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};      \
         CH_STEP_U(MMA, VOPND)                                              \
+        CH_REFILL_V_IN_STEP();                                             \
         CH_STEP_UPDATE(MMA, PACK);                                         \
     } while (0)
 
@@ -574,6 +591,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
                         }
                     }
                 }
+                CH_REFILL_V_IN_STEP();
                 if (bf16_chunk)
                     CH_STEP_UPDATE(mma_bf16_16816, pack_bf16x2);
                 else
@@ -606,8 +624,8 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
             /* Every warp is done with this stage: refill it with chunk c + CH_STAGES. */
             __syncthreads();
             if (threadIdx.x == 0 && c + CH_STAGES < nch) CH_ISSUE_RECORD(c + CH_STAGES, st);
-#endif
             CH_ISSUE_V(c + CH_STAGES, st);
+#endif
         }
         if (c >= nch) break;
     }
@@ -632,6 +650,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
 #undef CH_STORE_OUTPUT
 #undef CH_ISSUE_RECORD
 #undef CH_ISSUE_V
+#undef CH_REFILL_V_IN_STEP
 
 #if CH_SPLIT
     if (out_role) return; /* the states below are the chain warps' */
