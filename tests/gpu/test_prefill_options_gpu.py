@@ -71,12 +71,18 @@ FLOATS = (F32, BF16, F16)
 #     average over too few of them (K = 33, V = 1 measured 4.1e-3);
 #   - 16 <= K < 32: the same effect, weaker: twice the bars of K >= 32 (K = 16 with fp16 inputs
 #     and a negative eigenvalue measured 4.5e-3 for a 1024-entry fp32 state);
+#   - an output of fewer than 16 rows (tokens x qk heads, e.g. T = 1 with one qk head): the
+#     relative error of a q.k product grows as 1 / |cos(q, k)| (the bf16 family forms q k^T on
+#     tf32 operands, 2^-11 each), and with a few rows no well-conditioned row carries the
+#     Frobenius norm: the K < 16 bar (T = 1, H = 1, cos(q, k) = -0.014 measured 5.8e-3, the
+#     tf32 dot alone 6.0e-3; bf16 operands, as fla takes them, would give 1.3e-2);
 #   - the output's own rounding to v's dtype lies inside each bar;
 #   - a state stored in bf16 or fp16 adds its storage rounding, u of that dtype at most.
 OUT_BAR_SUBSET = 4e-3
 STATE_BAR_SUBSET = 3e-3
 OUT_BAR, STATE_BAR_F32 = 5e-3, 4e-3
 FEW_KEYS, FEW_STATE_ENTRIES, FEW_KEYS_BAR = 16, 256, 2e-2
+FEW_OUTPUT_ROWS = 16
 SOME_KEYS, SOME_KEYS_FACTOR = 32, 2.0
 STORAGE_U = {F32: 0.0, BF16: 2.0**-8, F16: 2.0**-11}
 # The fp16 family (fp16 or fp32 q, k, v, K >= 64: fp16 records and chain operands, docs/prefill.md):
@@ -99,10 +105,10 @@ def is_subset(c):
 
 
 def out_bar(c):
+    if c["K"] < FEW_KEYS or c["B"] * c["T"] * c["H"] < FEW_OUTPUT_ROWS:
+        return FEW_KEYS_BAR
     if is_subset(c):
         return OUT_BAR_SUBSET
-    if c["K"] < FEW_KEYS:
-        return FEW_KEYS_BAR
     return OUT_BAR * (SOME_KEYS_FACTOR if c["K"] < SOME_KEYS else 1.0)
 
 
