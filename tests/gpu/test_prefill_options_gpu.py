@@ -75,7 +75,7 @@ FLOATS = (F32, BF16, F16)
 #     relative error of a q.k product grows as 1 / |cos(q, k)| (the bf16 family forms q k^T on
 #     tf32 operands, 2^-11 each), and with a few rows no well-conditioned row carries the
 #     Frobenius norm: the K < 16 bar (T = 1, H = 1, cos(q, k) = -0.014 measured 5.8e-3, the
-#     tf32 dot alone 6.0e-3; bf16 operands, as fla takes them, would give 1.3e-2);
+#     tf32 dot alone 6.0e-3);
 #   - the output's own rounding to v's dtype lies inside each bar;
 #   - a state stored in bf16 or fp16 adds its storage rounding, u of that dtype at most.
 OUT_BAR_SUBSET = 4e-3
