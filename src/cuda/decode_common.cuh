@@ -137,19 +137,41 @@ static __device__ __forceinline__ int64_t cu_sequence_tokens(const fkda_decode_p
     return clamp_bounds(p, a, b, bos);
 }
 
-/* The CU kernels' sequence n (cu_seqlens given, 1-D indices): as cu_sequence_tokens, and its slot
- * in *slot; the three index loads are issued before any is used (load_index_words), so that their
- * latencies overlap: the one-token form waits for one load, the slot's, before the state's. */
-static __device__ __forceinline__ int64_t cu_sequence_and_slot(const fkda_decode_params *p, int64_t n, int64_t *bos,
-                                                               int64_t *slot)
+/* The CU kernels' sequence n (cu_seqlens given, 1-D indices): its bounds and its slot as raw
+ * words, the three loads issued together and nothing waiting on them yet (load_index_words), so
+ * that a caller can issue more loads behind them before cu_bounds_and_slot reads them. */
+typedef struct cu_words {
+    index_words a, b, slot;
+} cu_words;
+
+static __device__ __forceinline__ cu_words load_cu_words(const fkda_decode_params *p, int64_t n)
 {
     const index_words none = {0u, 0u}, slot_n = {(uint32_t)n, 0u}; /* n < 2^31, read as int64 */
-    const index_words a = load_index_words_if(p->cu_seqlens, p->cu_dtype, n * p->cu_stride, 1, none);
-    const index_words b = load_index_words_if(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride, 1, none);
+    cu_words cw;
+    cw.a = load_index_words_if(p->cu_seqlens, p->cu_dtype, n * p->cu_stride, 1, none);
+    cw.b = load_index_words_if(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride, 1, none);
     const int indexed = p->state_indices != NULL; /* else slot n */
-    const index_words s = load_index_words_if(p->state_indices, p->idx_dtype, n * p->idx_stride[0], indexed, slot_n);
-    *slot = index_value(s, indexed ? p->idx_dtype : (int32_t)FKDA_DTYPE_I64);
-    return clamp_bounds(p, index_value(a, p->cu_dtype), index_value(b, p->cu_dtype), bos);
+    cw.slot = load_index_words_if(p->state_indices, p->idx_dtype, n * p->idx_stride[0], indexed, slot_n);
+    return cw;
+}
+
+/* Keeps the words raw up to here: loads issued before this point go out before anything waits. */
+static __device__ __forceinline__ void hold_cu_words(cu_words *cw)
+{
+    hold_until_here(&cw->a.lo);
+    hold_until_here(&cw->a.hi);
+    hold_until_here(&cw->b.lo);
+    hold_until_here(&cw->b.hi);
+    hold_until_here(&cw->slot.lo);
+    hold_until_here(&cw->slot.hi);
+}
+
+/* load_cu_words' values: the bounds as cu_sequence_tokens's (returns len, *bos) and *slot. */
+static __device__ __forceinline__ int64_t cu_bounds_and_slot(const fkda_decode_params *p, cu_words cw, int64_t *bos,
+                                                             int64_t *slot)
+{
+    *slot = index_value(cw.slot, p->state_indices != NULL ? p->idx_dtype : (int32_t)FKDA_DTYPE_I64);
+    return clamp_bounds(p, index_value(cw.a, p->cu_dtype), index_value(cw.b, p->cu_dtype), bos);
 }
 
 /* The column of 2-D indices a sequence continues from: that of its last accepted token, counts

@@ -117,28 +117,43 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
      * skipped (as in the other kernels), a longer one loops over its tokens (several_tokens).
      * The narrow fp32-pool tiles (the small batches, whose time is one warp's path) issue the
      * token's loads (issue_token_loads, in the tile kernels' split form) before the state's:
-     * without cu_seqlens right behind the slot index's (decode_sequence's ONE), with them once
-     * the bounds are in. Not the narrow bf16-pool tiles: they were slower with it (0.15-0.7 us at
-     * 12 heads; docs/history/decode.md). Not the wide tiles: at their 128-register cap the
-     * token's words held across the state's loads spill (ptxas: 16-20 bytes), and their batches
-     * hide latency with warps. */
+     * without cu_seqlens right behind the slot index's (decode_sequence's ONE), with them behind
+     * the bounds' (at a guessed place, below). Not the narrow bf16-pool tiles: they were slower
+     * with it (0.15-0.7 us at 12 heads; docs/history/decode.md). Not the wide tiles: at their
+     * 128-register cap the token's words held across the state's loads spill (ptxas: 16-20
+     * bytes), and their batches hide latency with warps. */
     const int EARLY = NR * NC <= 32 && !BF16;
     if (!CU) {
         decode_sequence(p, &w, smem, n, h, row, bos, 1, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, EARLY);
         return;
     }
-    /* decode_sequence's work for one token, with the bounds and the slot loaded together
-     * (cu_sequence_and_slot) and one branch on both (& rather than &&: no branch on the length
-     * before the slot is in). */
+    /* decode_sequence's work for one token, with the bounds and the slot loaded together and one
+     * branch on both (& rather than &&: no branch on the length before the slot is in). The early
+     * tiles guess where the token is: vLLM's decode step passes cu_seqlens = 0, 1, ..., B, so
+     * sequence n is token n, and its loads issue right behind the bounds' and the slot's, inside
+     * the tensor (n < T), before anything waits. Where the guess holds, the token is in when the
+     * state's loads issue, and its staging runs while they are in flight, as without cu_seqlens.
+     * Where it fails (an empty or a longer sequence before n) the staging loads the token itself,
+     * after the state's. The two run_tokens calls are two copies of the path on purpose: on one
+     * shared path the compiled staging waits for whatever the other branch may have in flight,
+     * and its wait then covers the state's loads too (load_waits.py), which took the staging off
+     * the state's round trip again (measured: no gain). */
     int64_t slot;
-    const int64_t len = cu_sequence_and_slot(p, n, &bos, &slot);
+    token_loads tl;
+    cu_words cw = load_cu_words(p, n);
+    const int guessed = EARLY && n < p->T;
+    if (guessed) {
+        issue_token_loads(p, &w, 0, n, h, &tl, V_FIRST, VEC, NC, TOK, 1);
+        hold_cu_words(&cw);
+    }
+    const int64_t len = cu_bounds_and_slot(p, cw, &bos, &slot);
     if ((len == 1) & (slot >= 0) & (slot < p->pool_size)) {
-        token_loads tl;
-        if (EARLY) issue_token_loads(p, &w, 0, bos, h, &tl, V_FIRST, VEC, NC, TOK, 1);
         float s[DECODE_MAX_R][DECODE_MAX_C];
         load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-        run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0,
-                   EARLY ? &tl : NULL);
+        if (guessed && bos == n)
+            run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0, &tl);
+        else
+            run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0, NULL);
     } else if (len == 1) {
         zero_outputs(p, &w, 0, bos, 1, h, V_FIRST, VEC, NC, TOK);
     } else if (len > 1) {

@@ -1070,6 +1070,21 @@ int main(int argc, char **argv)
         c.steps = 3;
         cases[n++] = c;
     }
+    /* The one-token CU kernels guess that sequence n is token n (vLLM's arange) and load it early:
+     * here it is wrong for every one-token sequence (sequence 3i + 2 is token i), and from
+     * sequence 5 on it lies past T = 4 itself. */
+    static const int64_t empties[] = {0, 0, 1};
+    for (int i = 0; i < 2; i++) {
+        c = base_case(i ? "packed form [0,0,1]x4, bf16 tokens, bf16 [K,V]"
+                        : "packed form [0,0,1]x4, bf16 tokens, fp32 [K,V]");
+        set_packed_form(&c, 12, empties, 3);
+        c.H = c.HV = 1; /* 12 heads: the narrow tiles, bf16 pools' too */
+        c.bf16_g_beta = 1;
+        c.skip = 1;
+        c.pool_dtype = i ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
+        c.steps = 3;
+        cases[n++] = c;
+    }
     /* vLLM's speculative form (cu_seqlens, 2-D indices, accepted counts), every token bf16: the
      * _spec kernels (narrow tiles at 32 heads) in each pool dtype and layout, with sequences of 2,
      * 3, 3, 0 and 1 tokens (repeated), int64 indices in one and no accepted counts in another.
