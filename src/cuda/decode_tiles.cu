@@ -149,11 +149,13 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     const int64_t len = cu_bounds_and_slot(p, cw, &bos, &slot);
     if ((len == 1) & (slot >= 0) & (slot < p->pool_size)) {
         float s[DECODE_MAX_R][DECODE_MAX_C];
-        load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-        if (guessed && bos == n)
+        if (guessed && bos == n) {
+            load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
             run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0, &tl);
-        else
+        } else {
+            load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
             run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0, NULL);
+        }
     } else if (len == 1) {
         zero_outputs(p, &w, 0, bos, 1, h, V_FIRST, VEC, NC, TOK);
     } else if (len > 1) {
