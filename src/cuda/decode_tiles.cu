@@ -119,7 +119,9 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
      * token's loads (issue_token_loads, in the tile kernels' split form) before the state's:
      * without cu_seqlens right behind the slot index's (decode_sequence's ONE), with them behind
      * the bounds' (at a guessed place, below). Not the narrow bf16-pool tiles: they were slower
-     * with it (0.15-0.7 us at 12 heads; docs/history/decode.md). Not the wide tiles: at their
+     * with it (0.15-0.8 us at 12 heads), since load_tile converts the bf16 state as it arrives
+     * and the staging then waits for the state's round trip anyway (docs/history/decode.md; the
+     * state's words kept raw until the staging: dev/pending). Not the wide tiles: at their
      * 128-register cap the token's words held across the state's loads spill (ptxas: 16-20
      * bytes), and their batches hide latency with warps. */
     const int EARLY = NR * NC <= 32 && !BF16;
@@ -134,7 +136,8 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
      * the tensor (n < T), before anything waits. Where the guess holds, the token is in when the
      * state's loads issue, and its staging runs while they are in flight, as without cu_seqlens.
      * Where it fails (an empty or a longer sequence before n) the staging loads the token itself,
-     * after the state's. The two run_tokens calls are two copies of the path on purpose: on one
+     * after the state's. The two branches are two copies of the path (load_tile, run_tokens) on
+     * purpose: on one
      * shared path the compiled staging waits for whatever the other branch may have in flight,
      * and its wait then covers the state's loads too (load_waits.py), which took the staging off
      * the state's round trip again (measured: no gain). */

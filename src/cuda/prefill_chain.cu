@@ -33,9 +33,9 @@
  * and stores it. The iteration's barrier orders each slot's writes before its reads and its reads
  * before its next writes, two chunks later; the record stage of c - 1 is refilled after the
  * barrier of iteration c, by an output warp (so the ring fetches three chunks ahead instead of
- * four). The products and their operands are the unsplit
- * kernel's, so are the bits of the output and the states. The body is prefill_chain_run.cuh,
- * compiled as chain_run and as chain_run_split.
+ * four). The products and their operands are the unsplit kernel's, so are the bits of the output
+ * and the states. The body is prefill_chain_run.cuh, compiled as chain_run and as
+ * chain_run_split.
  *
  * The fp16 chain (fp16 and fp32 q, k, v; kernels pf_chain16_*): the same step on fp16 operands
  * (mma .f16, the record of prefill_common.cuh's fp16 family, v read in its own dtype and rounded

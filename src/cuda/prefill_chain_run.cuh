@@ -165,7 +165,7 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
  * copy's issue then overlaps their latency instead of lengthening the step between the iteration's
  * barrier and the next step's first product. The __syncwarp orders every lane's reads before the
  * copy's writes. The unsplit kernels issue it after the barrier: moved into their step, it made
- * every step slower (docs/prefill.md). */
+ * every step slower (docs/history/prefill.md, "v22-refills"). */
 #if CH_SPLIT
 #define CH_REFILL_V_IN_STEP()          \
     do {                               \
