@@ -406,6 +406,7 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
             hold_until_here(&vbits[c]);
             hold_until_here(&vhalf[c]);
         }
+        if (BF16 == 2 && t == 0) finish_raw_tile(s, V_FIRST, NR, NC); /* the state's words, loaded raw */
         /* This lane's rows (a split-K warp's, the kh-th half of its kl group's). */
         const int lane_rows = w.kl * (NR * KS + DECODE_ROW_PAD) + w.kh * NR;
         const float *lq = sb->q + lane_rows, *lk = sb->k + lane_rows, *ld = sb->d + lane_rows;

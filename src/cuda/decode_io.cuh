@@ -146,6 +146,20 @@ static __device__ __forceinline__ void load_state_vec(const void *base, int off,
 {
     if (VEC == 1) {
         x[0] = BF16 ? bf16_bits_to_float(((const unsigned short *)base)[off]) : ((const float *)base)[off];
+    } else if (BF16 == 2) { /* raw: each pair's word in its first float (finish_raw_tile converts) */
+        if (VEC == 4) {
+            const uint2 *at = (const uint2 *)((const unsigned short *)base + off);
+            const uint2 u = STREAM ? __ldcs(at) : *at;
+            x[0] = __uint_as_float(u.x);
+            x[2] = __uint_as_float(u.y);
+        } else {
+            const uint4 *at = (const uint4 *)((const unsigned short *)base + off);
+            const uint4 u = STREAM ? __ldcs(at) : *at;
+            x[0] = __uint_as_float(u.x);
+            x[2] = __uint_as_float(u.y);
+            x[4] = __uint_as_float(u.z);
+            x[6] = __uint_as_float(u.w);
+        }
     } else if (BF16 && VEC == 4) { /* 8 bytes */
         const uint2 *at = (const uint2 *)((const unsigned short *)base + off);
         const uint2 u = STREAM ? __ldcs(at) : *at;

@@ -164,6 +164,29 @@ static __device__ __forceinline__ void store_tile(const fkda_decode_params *p, c
     }
 }
 
+/* A tile that load_tile read with BF16 = 2 (bf16 pools, vector loads): each pair of values as
+ * its raw word in the pair's first register (the pairs run along the vectors: columns in the
+ * [K, V] layout, rows in [V, K]). Here they become floats, no earlier than this point
+ * (hold_until_here): a conversion right behind the loads waits for them there, before the loads
+ * that follow it in the code have issued. */
+static __device__ __forceinline__ void finish_raw_tile(float s[DECODE_MAX_R][DECODE_MAX_C], const int V_FIRST,
+                                                       const int NR, const int NC)
+{
+#pragma unroll
+    for (int r = 0; r < NR; r += V_FIRST ? 2 : 1) {
+#pragma unroll
+        for (int c = 0; c < NC; c += V_FIRST ? 1 : 2) {
+            uint32_t u = __float_as_uint(s[r][c]);
+            hold_until_here(&u);
+            s[r][c] = __uint_as_float(u << 16);
+            if (V_FIRST)
+                s[r + 1][c] = __uint_as_float(u & 0xffff0000u);
+            else
+                s[r][c + 1] = __uint_as_float(u & 0xffff0000u);
+        }
+    }
+}
+
 /* This lane's place in the tile of a warp that owns slab `slab` of a head's columns. */
 static __device__ __forceinline__ lane_tile make_lane_tile(const fkda_decode_params *p, int slab, const int V_FIRST,
                                                            const int NR, const int NC, const int D128, const int KS)

@@ -40,8 +40,9 @@ static __device__ __forceinline__ void decode_sequence(const fkda_decode_params 
         return;
     }
     float s[DECODE_MAX_R][DECODE_MAX_C];
-    load_tile(p, w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-    run_tokens(p, w, smem, n, h, row, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, !TOK,
+    const int RAW = ONE && BF16 && VEC > 1 ? 2 : BF16; /* bf16 words converted after the token's staging */
+    load_tile(p, w, slot, h, s, RAW, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
+    run_tokens(p, w, smem, n, h, row, bos, len, slot, s, RAW, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, !TOK,
                ONE ? &tl : NULL);
 }
 
@@ -115,16 +116,16 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
      * faster at small batches, and it removed spills). With cu_seqlens (CU = 1, vLLM's packed form) the
      * bounds are read here: a one-token sequence runs the same one-token code, an empty one is
      * skipped (as in the other kernels), a longer one loops over its tokens (several_tokens).
-     * The narrow fp32-pool tiles (the small batches, whose time is one warp's path) issue the
-     * token's loads (issue_token_loads, in the tile kernels' split form) before the state's:
-     * without cu_seqlens right behind the slot index's (decode_sequence's ONE), with them behind
-     * the bounds' (at a guessed place, below). Not the narrow bf16-pool tiles: they were slower
-     * with it (0.15-0.8 us at 12 heads), since load_tile converts the bf16 state as it arrives
-     * and the staging then waits for the state's round trip anyway (docs/history/decode.md; the
-     * state's words kept raw until the staging: dev/pending). Not the wide tiles: at their
-     * 128-register cap the token's words held across the state's loads spill (ptxas: 16-20
-     * bytes), and their batches hide latency with warps. */
-    const int EARLY = NR * NC <= 32 && !BF16;
+     * The narrow tiles (the small batches, whose time is one warp's path) issue the token's
+     * loads (issue_token_loads, in the tile kernels' split form) before the state's: without
+     * cu_seqlens right behind the slot index's (decode_sequence's ONE), with them behind the
+     * bounds' (at a guessed place, below); a bf16 pool's words then stay raw until the token is
+     * staged (load_tile's BF16 = 2, finish_raw_tile), since converted as they arrive they made
+     * the staging wait for the state's round trip (slower than no early loads, 0.15-0.8 us at 12
+     * heads; docs/history/decode.md). Not the wide tiles: at their 128-register cap the token's
+     * words held across the state's loads spill (ptxas: 16-20 bytes), and their batches hide
+     * latency with warps. */
+    const int EARLY = NR * NC <= 32;
     if (!CU) {
         decode_sequence(p, &w, smem, n, h, row, bos, 1, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, EARLY);
         return;
@@ -153,8 +154,9 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     if ((len == 1) & (slot >= 0) & (slot < p->pool_size)) {
         float s[DECODE_MAX_R][DECODE_MAX_C];
         if (guessed && bos == n) {
-            load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-            run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0, &tl);
+            const int RAW = BF16 && VEC > 1 ? 2 : BF16; /* bf16 words converted after the staging */
+            load_tile(p, &w, slot, h, s, RAW, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
+            run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, RAW, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0, &tl);
         } else {
             load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
             run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0, NULL);

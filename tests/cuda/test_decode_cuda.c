@@ -1085,6 +1085,25 @@ int main(int argc, char **argv)
         c.steps = 3;
         cases[n++] = c;
     }
+    /* 12 heads of bf16 pools, every token bf16: the narrow bf16 tiles, whose state words stay raw
+     * until the token is staged, in the packed form with its guess held (arange) and in the
+     * current form, both layouts. */
+    static const char *const narrow_names[4] = {
+        "packed form arange(13), bf16 [K,V] (narrow)", "packed form arange(13), bf16 [V,K] (narrow)",
+        "one token, 12 heads, bf16 [K,V] (narrow)", "one token, 12 heads, bf16 [V,K] (narrow)"};
+    for (int i = 0; i < 4; i++) {
+        c = base_case(narrow_names[i]);
+        if (i < 2) {
+            set_packed_form(&c, 12, ones, 1);
+            c.H = c.HV = 1;
+        }
+        c.bf16_g_beta = 1;
+        c.skip = 1;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.v_first = i & 1;
+        c.steps = 3;
+        cases[n++] = c;
+    }
     /* vLLM's speculative form (cu_seqlens, 2-D indices, accepted counts), every token bf16: the
      * _spec kernels (narrow tiles at 32 heads) in each pool dtype and layout, with sequences of 2,
      * 3, 3, 0 and 1 tokens (repeated), int64 indices in one and no accepted counts in another.
