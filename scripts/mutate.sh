@@ -282,8 +282,8 @@ mutant cuda-decode-token-slot cuda src/cuda/decode_common.cuh \
   'n * p->idx_stride[0],'
 # The _spec kernels read each sequence's state from its first slot, whatever its accepted count.
 mutant cuda-decode-spec-accepted cuda src/cuda/decode_common.cuh \
-  'const int64_t col = accepted_column(p, index_value(acc, p->acc_dtype));' \
-  'const int64_t col = 0;'
+  'return accepted_column(p, index_value(sw.acc, p->acc_dtype));' \
+  'return 0;'
 # Accepted counts trusted as they come from the device: 0, -5 or 10^6 index outside the sequence's
 # row of slots (accepted_column: the generic kernels' read_slot and the _spec kernels' own load).
 mutant cuda-decode-accepted-clamp cuda src/cuda/decode_common.cuh \

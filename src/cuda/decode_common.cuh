@@ -181,20 +181,39 @@ static __device__ __forceinline__ int64_t accepted_column(const fkda_decode_para
     return min(max(acc, (int64_t)1), p->idx_tokens) - 1;
 }
 
-/* The _spec kernels' sequence n (cu_seqlens and 2-D indices): as cu_sequence_tokens, and in *slot
- * the slot its state is read from, that of its accepted count (accepted_column, as read_slot). The bounds and
- * the count are loaded together, then the index they select: two round trips, not three. */
+/* The _spec kernels' sequence n (cu_seqlens and 2-D indices): its bounds and its accepted count
+ * as raw words, the three loads issued together (load_index_words) so that their latencies overlap;
+ * the count selects the column of the 2-D indices the state is read from (accepted_column). */
+typedef struct spec_words {
+    index_words a, b, acc;
+} spec_words;
+
+static __device__ __forceinline__ spec_words load_spec_words(const fkda_decode_params *p, int64_t n)
+{
+    const index_words none = {0u, 0u}, one = {1u, 0u}; /* 1 in either index dtype */
+    spec_words sw;
+    sw.a = load_index_words_if(p->cu_seqlens, p->cu_dtype, n * p->cu_stride, 1, none);
+    sw.b = load_index_words_if(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride, 1, none);
+    sw.acc = load_index_words_if(p->num_accepted, p->acc_dtype, n * p->acc_stride, p->num_accepted != NULL, one);
+    return sw;
+}
+
+/* The column of the 2-D indices sequence n's state is read from: that of its accepted count. */
+static __device__ __forceinline__ int64_t spec_column(const fkda_decode_params *p, spec_words sw)
+{
+    return accepted_column(p, index_value(sw.acc, p->acc_dtype));
+}
+
+/* As cu_sequence_tokens, and in *slot the slot its state is read from, that of its accepted count
+ * (accepted_column, as read_slot): the bounds and the count loaded together, then the index they
+ * select: two round trips, not three. */
 static __device__ __forceinline__ int64_t cu_sequence_and_accepted_slot(const fkda_decode_params *p, int64_t n,
                                                                         int64_t *bos, int64_t *slot)
 {
-    const index_words none = {0u, 0u}, one = {1u, 0u}; /* 1 in either index dtype */
-    const index_words a = load_index_words_if(p->cu_seqlens, p->cu_dtype, n * p->cu_stride, 1, none);
-    const index_words b = load_index_words_if(p->cu_seqlens, p->cu_dtype, (n + 1) * p->cu_stride, 1, none);
-    const index_words acc = load_index_words_if(p->num_accepted, p->acc_dtype, n * p->acc_stride,
-                                                p->num_accepted != NULL, one);
-    const int64_t col = accepted_column(p, index_value(acc, p->acc_dtype));
+    const spec_words sw = load_spec_words(p, n);
+    const int64_t col = spec_column(p, sw);
     *slot = load_index(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + col * p->idx_stride[1]);
-    return clamp_bounds(p, index_value(a, p->cu_dtype), index_value(b, p->cu_dtype), bos);
+    return clamp_bounds(p, index_value(sw.a, p->cu_dtype), index_value(sw.b, p->cu_dtype), bos);
 }
 
 /* Sequence n's tokens: row *row, positions *bos .. *bos + len - 1; returns len (0: nothing). */
@@ -360,13 +379,15 @@ static __device__ __forceinline__ void tile_rank1_update(float s[DECODE_MAX_R][D
  * The token's tensors, A_log and dt_bias load in load_bits_as's split form in the tile kernels
  * only (SPLIT). IDX2: the kernel can be given 2-D indices (the generic tile kernels and the _spec
  * ones, decode_select.c), so the state goes to each token's slot where the call has them.
- * `first`: the first token's loads, issued by the caller (issue_token_loads; NULL: issued here). */
+ * `first`: the first token's loads, issued by the caller (issue_token_loads; NULL: issued here).
+ * t_begin: the sequence's first token to run here (0; a caller that ran token 0 on its own, with
+ * len = 1, runs the rest from 1: the stage buffers and the 2-D indices follow t). */
 static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, const lane_tile *wp, stage_buffer *smem,
                                                   int64_t n, int64_t h, int64_t row, int64_t bos, int64_t len,
                                                   int64_t slot, float s[DECODE_MAX_R][DECODE_MAX_C], const int BF16,
                                                   const int V_FIRST, const int VEC, const int NR, const int NC,
                                                   const int D128, const int TOK, const int KS, const int BUFFERS,
-                                                  const int IDX2, const token_loads *first)
+                                                  const int IDX2, const token_loads *first, int64_t t_begin)
 {
     const lane_tile w = *wp;
     const int64_t hq = query_head(p, h);
@@ -376,7 +397,7 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
      * not in the wide bf16 [V, K] TOK tiles: they were slower with it (the one-token calls of
      * 32 and 128 heads, 0.3 us; docs/history/decode.md). */
     const int ONE_ROUND = !(BF16 && V_FIRST && TOK && NR * NC > 32);
-    for (int64_t t = 0; t < len; t++) {
+    for (int64_t t = t_begin; t < len; t++) {
         const int64_t pos = bos + t;
         /* Two stage buffers: token t + 1 stages into the one token t - 1 read, which every warp
          * had finished before it passed token t's __syncthreads. */
@@ -391,7 +412,7 @@ static __device__ __forceinline__ void run_tokens(const fkda_decode_params *p, c
         /* The token's inputs: their loads overlap the state's (first token) or each other. */
         uint32_t vbits[DECODE_MAX_C], vhalf[DECODE_MAX_C];
         const token_bits *tb0 = NULL;
-        if (t == 0 && first != NULL) {
+        if (t == t_begin && first != NULL) {
 #pragma unroll
             for (int c = 0; c < NC; c++) vbits[c] = first->v[c], vhalf[c] = first->vhalf[c];
             tb0 = &first->tb;

@@ -49,7 +49,7 @@ static __device__ __forceinline__ void packed_tokens(const fkda_decode_params *p
         wp.j0 = V_FIRST ? w.j0 + NC * w.LJ * pass : w.j0 + NC * (w.lj + pass);
         float s[DECODE_MAX_R][DECODE_MAX_C];
         load_tile(p, &wp, slot, h, s, 1, V_FIRST, VEC, PK_NR, NC, 1, LOAD_EF);
-        run_tokens(p, &wp, smem, n, h, row, bos, len, slot, s, 1, V_FIRST, VEC, PK_NR, NC, 1, 0, KS, 1, 0, NULL);
+        run_tokens(p, &wp, smem, n, h, row, bos, len, slot, s, 1, V_FIRST, VEC, PK_NR, NC, 1, 0, KS, 1, 0, NULL, 0);
     }
 }
 

@@ -43,26 +43,59 @@ static __device__ __forceinline__ void decode_sequence(const fkda_decode_params 
     const int RAW = ONE && BF16 && VEC > 1 ? 2 : BF16; /* bf16 words converted after the token's staging */
     load_tile(p, w, slot, h, s, RAW, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
     run_tokens(p, w, smem, n, h, row, bos, len, slot, s, RAW, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, !TOK,
-               ONE ? &tl : NULL);
+               ONE ? &tl : NULL, 0);
 }
 
-/* The _spec kernels' sequence (CU = 2: cu_seqlens, 2-D indices): its bounds and the slot of its
- * accepted count, then as decode_sequence, the state stored after each token. */
+/* The _spec kernels' sequence (CU = 2: cu_seqlens, 2-D indices): its bounds and accepted count,
+ * the slot that count selects, then as decode_sequence, the state stored after each token. In the
+ * early tiles (EARLY, as decode_cta's) the first token's loads issue right behind the slot
+ * index's, where the bounds have just told its place, so that it arrives with the index, not a
+ * round trip after the state; that token then runs on its own (run_tokens with len = 1: straight-
+ * line code; in the token loop its staging would wait at the loop's head, its loads issued there),
+ * and the rest from t = 1. The [K, V] narrow tiles only: in the [V, K] ones the first token's
+ * staging still waited for the state (ptxas gave the state's loads and the token's dt_bias one
+ * scoreboard), and the longer code measured slower there (docs/history/decode.md). */
 static __device__ __forceinline__ void spec_sequence(const fkda_decode_params *p, const lane_tile *w,
                                                      stage_buffer *smem, int64_t n, int64_t h, const int BF16,
                                                      const int V_FIRST, const int VEC, const int NR, const int NC,
-                                                     const int D128, const int LOAD_EF, const int TOK, const int KS)
+                                                     const int D128, const int LOAD_EF, const int TOK, const int KS,
+                                                     const int EARLY)
 {
-    int64_t bos, slot;
-    const int64_t len = cu_sequence_and_accepted_slot(p, n, &bos, &slot);
+    int64_t bos;
+    if (!EARLY) {
+        int64_t slot;
+        const int64_t len = cu_sequence_and_accepted_slot(p, n, &bos, &slot);
+        if (len <= 0) return;
+        if (slot < 0 || slot >= p->pool_size) {
+            zero_outputs(p, w, 0, bos, len, h, V_FIRST, VEC, NC, TOK);
+            return;
+        }
+        float s[DECODE_MAX_R][DECODE_MAX_C];
+        load_tile(p, w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
+        run_tokens(p, w, smem, n, h, 0, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 1, NULL, 0);
+        return;
+    }
+    const spec_words sw = load_spec_words(p, n);
+    const int64_t col = spec_column(p, sw);
+    const index_words none = {0u, 0u};
+    index_words iw = load_index_words_if(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + col * p->idx_stride[1],
+                                         1, none);
+    const int64_t len = clamp_bounds(p, index_value(sw.a, p->cu_dtype), index_value(sw.b, p->cu_dtype), &bos);
     if (len <= 0) return;
+    token_loads tl;
+    issue_token_loads(p, w, 0, bos, h, &tl, V_FIRST, VEC, NC, TOK, 1);
+    hold_until_here(&iw.lo);
+    hold_until_here(&iw.hi);
+    const int64_t slot = index_value(iw, p->idx_dtype);
     if (slot < 0 || slot >= p->pool_size) {
         zero_outputs(p, w, 0, bos, len, h, V_FIRST, VEC, NC, TOK);
         return;
     }
     float s[DECODE_MAX_R][DECODE_MAX_C];
-    load_tile(p, w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-    run_tokens(p, w, smem, n, h, 0, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 1, NULL);
+    const int RAW = BF16 && VEC > 1 ? 2 : BF16; /* bf16 words converted after the first token's staging */
+    load_tile(p, w, slot, h, s, RAW, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
+    run_tokens(p, w, smem, n, h, 0, bos, 1, slot, s, RAW, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 1, &tl, 0);
+    run_tokens(p, w, smem, n, h, 0, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 1, NULL, 1);
 }
 
 /* The CU kernels' sequences of more than one token: the sequence found again, its tokens in a
@@ -102,7 +135,7 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
 
     int64_t row = n, bos = 0;
     if (CU == 2) { /* speculative decoding in vLLM's form: each sequence's tokens inline */
-        spec_sequence(p, &w, smem, n, h, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS);
+        spec_sequence(p, &w, smem, n, h, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, NR * NC <= 32 && !V_FIRST);
         return;
     }
     if (!TOK) {
@@ -122,12 +155,15 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
      * bounds' (at a guessed place, below); a bf16 pool's words then stay raw until the token is
      * staged (load_tile's BF16 = 2, finish_raw_tile), since converted as they arrive they made
      * the staging wait for the state's round trip (slower than no early loads, 0.15-0.8 us at 12
-     * heads; docs/history/decode.md). Not the wide tiles: at their 128-register cap the token's
-     * words held across the state's loads spill (ptxas: 16-20 bytes), and their batches hide
-     * latency with warps. */
+     * heads; docs/history/decode.md). The wide fp32 tiles do not: at their 128-register cap the
+     * token's words held across the state's loads spill (ptxas: 16-20 bytes), and their batches
+     * hide latency with warps. The wide bf16 ones do without cu_seqlens, where their raw words
+     * leave the registers the token needs (no spill); with cu_seqlens their twins spill (4 bytes)
+     * and do not. */
     const int EARLY = NR * NC <= 32;
     if (!CU) {
-        decode_sequence(p, &w, smem, n, h, row, bos, 1, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, EARLY);
+        decode_sequence(p, &w, smem, n, h, row, bos, 1, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS,
+                        EARLY || (BF16 && VEC > 1));
         return;
     }
     /* decode_sequence's work for one token, with the bounds and the slot loaded together and one
@@ -156,10 +192,10 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
         if (guessed && bos == n) {
             const int RAW = BF16 && VEC > 1 ? 2 : BF16; /* bf16 words converted after the staging */
             load_tile(p, &w, slot, h, s, RAW, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-            run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, RAW, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0, &tl);
+            run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, RAW, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0, &tl, 0);
         } else {
             load_tile(p, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-            run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0, NULL);
+            run_tokens(p, &w, smem, n, h, 0, bos, 1, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 0, NULL, 0);
         }
     } else if (len == 1) {
         zero_outputs(p, &w, 0, bos, 1, h, V_FIRST, VEC, NC, TOK);

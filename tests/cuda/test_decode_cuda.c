@@ -1104,6 +1104,18 @@ int main(int argc, char **argv)
         c.steps = 3;
         cases[n++] = c;
     }
+    /* 32 heads of bf16 pools, one token, every token bf16: the wide bf16 tiles, which load the
+     * token before the state and keep the state's words raw until it is staged. */
+    for (int i = 0; i < 2; i++) {
+        c = base_case(i ? "one token, 32 heads, bf16 [V,K] (wide)" : "one token, 32 heads, bf16 [K,V] (wide)");
+        c.N = 8;
+        c.bf16_g_beta = 1;
+        c.skip = 1;
+        c.pool_dtype = FKDA_DTYPE_BF16;
+        c.v_first = i;
+        c.steps = 3;
+        cases[n++] = c;
+    }
     /* vLLM's speculative form (cu_seqlens, 2-D indices, accepted counts), every token bf16: the
      * _spec kernels (narrow tiles at 32 heads) in each pool dtype and layout, with sequences of 2,
      * 3, 3, 0 and 1 tokens (repeated), int64 indices in one and no accepted counts in another.
