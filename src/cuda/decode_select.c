@@ -183,11 +183,14 @@ fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fk
 
     /* Small batches of dense heads: narrow tiles, 32 values per lane and 16 warps per head, so
      * that each warp's path (the time at these sizes) is shorter. fp32 pools below one head per
-     * SM; bf16 pools below a quarter of the SMs, a sixth with the all-bf16-token kernels of one
-     * token per sequence (where the wide tiles measured faster beyond; the _spec kernels keep the
-     * generic kernels' quarter, not measured apart). */
+     * SM; bf16 pools below a quarter of the SMs. With the all-bf16-token kernels of one token per
+     * sequence, [K, V] bf16 pools below a sixth (the wide tile, its token loaded early too,
+     * measured faster beyond), [V, K] ones up to the packed kernels' two heads per SM (there the
+     * narrow tile measured faster at every batch: the wide [V, K] tile's staging waits on more of
+     * the state). The _spec kernels keep the generic kernels' quarter, not measured apart. */
     const int one_token_tok = tok && !c->idx_2d;
-    int narrow = c->dense128 && (!c->state_bf16 ? heads < sms : one_token_tok ? 6 * heads < sms : 4 * heads < sms);
+    const int bf16_narrow = !one_token_tok ? 4 * heads < sms : c->v_first ? heads < 2 * sms : 6 * heads < sms;
+    int narrow = c->dense128 && (!c->state_bf16 ? heads < sms : bf16_narrow);
     if (t->decode_narrow >= 0) narrow = c->dense128 && t->decode_narrow;
 
     /* FKDA_DECODE_VARIANT names a variant: it is taken wherever it can serve the call. */
