@@ -187,9 +187,14 @@ fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fk
      * sequence, [K, V] bf16 pools below a sixth (the wide tile, its token loaded early too,
      * measured faster beyond), [V, K] ones up to the packed kernels' two heads per SM (there the
      * narrow tile measured faster at every batch: the wide [V, K] tile's staging waits on more of
-     * the state). The _spec kernels keep the generic kernels' quarter, not measured apart. */
-    const int one_token_tok = tok && !c->idx_2d;
-    const int bf16_narrow = !one_token_tok ? 4 * heads < sms : c->v_first ? heads < 2 * sms : 6 * heads < sms;
+     * the state). The _spec kernels keep the generic kernels' quarter, but for [V, K] bf16 pools,
+     * narrow below one head per SM (measured faster at 64 and 128 heads, slower at 256). */
+    const int one_token_tok = tok && !c->idx_2d, spec_tok = tok && c->idx_2d;
+    int bf16_narrow = 4 * heads < sms;
+    if (one_token_tok)
+        bf16_narrow = c->v_first ? heads < 2 * sms : 6 * heads < sms;
+    else if (spec_tok && c->v_first)
+        bf16_narrow = heads < sms;
     int narrow = c->dense128 && (!c->state_bf16 ? heads < sms : bf16_narrow);
     if (t->decode_narrow >= 0) narrow = c->dense128 && t->decode_narrow;
 

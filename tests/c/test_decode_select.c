@@ -16,8 +16,10 @@
  *    cu_seqlens), and when the _spec kernels (CU = 2) took its speculative form (the decisions
  *    that changed: dense 128 calls with cu_seqlens, 2-D indices and all-bf16 tokens, under every
  *    knob set but FKDA_DECODE_BF16_TOKENS=0; then those of them with wide fp32 [K, V] heads below
- *    split K's threshold, when the _spec set gained its two fp32 [K, V] rows without split K); a
- *    change of any decision fails here; if the change is intended, regenerate them
+ *    split K's threshold, when the _spec set gained its two fp32 [K, V] rows without split K),
+ *    and when bf16 [V, K] pools took the narrow tiles at more heads (the decisions that changed:
+ *    dense 128 bf16 [V, K] calls with all-bf16 tokens, one token per sequence or the _spec
+ *    form); a change of any decision fails here; if the change is intended, regenerate them
  *    (FKDA_PIN_PRINT=1 prints the arrays) and say why in the commit.
  * 2. Every choice serves its call (fkda_decode_variant_serves), with or without
  *    FKDA_DECODE_VARIANT, and a forced variant is taken exactly where it serves; every variant of
