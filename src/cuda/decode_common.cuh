@@ -102,10 +102,12 @@ static __device__ __forceinline__ void load_v(const fkda_decode_params *p, const
 
 /* A token's loads, issued together: its first round of staged words (q, k, g, dt_bias, beta,
  * A_log: load_token_bits) and this lane's columns of v (load_v). The one-token paths of the
- * narrow fp32-pool tiles and of the packed kernels issue them before the state's loads, and
- * before the slot index's where the token's place is known without it, so that the warp waits
- * for memory once, not once for the index, once for the state and once for the token
- * (decode_tiles.cu, decode_sequence; decode_packed.cu, decode_cta_packed). */
+ * narrow tiles, of the wide bf16 tiles without cu_seqlens and of the packed kernels (and the
+ * narrow [K, V] _spec tiles for a sequence's first token) issue them before the state's loads,
+ * and before the slot index's where the token's place is known without it, so that the warp
+ * waits for memory once, not once for the index, once for the state and once for the token
+ * (decode_tiles.cu, decode_sequence, decode_cta, spec_sequence; decode_packed.cu,
+ * decode_cta_packed). */
 typedef struct token_loads {
     token_bits tb;
     uint32_t v[DECODE_MAX_C], vhalf[DECODE_MAX_C];

@@ -47,14 +47,15 @@ static __device__ __forceinline__ void decode_sequence(const fkda_decode_params 
 }
 
 /* The _spec kernels' sequence (CU = 2: cu_seqlens, 2-D indices): its bounds and accepted count,
- * the slot that count selects, then as decode_sequence, the state stored after each token. In the
- * early tiles (EARLY, as decode_cta's) the first token's loads issue right behind the slot
- * index's, where the bounds have just told its place, so that it arrives with the index, not a
- * round trip after the state; that token then runs on its own (run_tokens with len = 1: straight-
- * line code; in the token loop its staging would wait at the loop's head, its loads issued there),
- * and the rest from t = 1. The [K, V] narrow tiles only: in the [V, K] ones the first token's
- * staging still waited for the state (ptxas gave the state's loads and the token's dt_bias one
- * scoreboard), and the longer code measured slower there (docs/history/decode.md). */
+ * the slot that count selects, then as decode_sequence, the state stored after each token. With
+ * EARLY (the narrow [K, V] tiles) the first token's loads issue right behind the slot index's,
+ * where the bounds have just told its place, so that it arrives with the index, not a round trip
+ * after the state; that token then runs on its own (run_tokens with len = 1: straight-line code;
+ * in the token loop its staging would wait at the loop's head, its loads issued there), and the
+ * rest from t = 1. Not the [V, K] tiles: there the first token's staging still waited for the
+ * state (ptxas gave the state's loads and the token's dt_bias one scoreboard), and the longer code
+ * measured slower; nor a second token loaded early: it spilled and was slower in both layouts
+ * (docs/history/decode.md). */
 static __device__ __forceinline__ void spec_sequence(const fkda_decode_params *p, const lane_tile *w,
                                                      stage_buffer *smem, int64_t n, int64_t h, const int BF16,
                                                      const int V_FIRST, const int VEC, const int NR, const int NC,
@@ -158,8 +159,9 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
      * heads; docs/history/decode.md). The wide fp32 tiles do not: at their 128-register cap the
      * token's words held across the state's loads spill (ptxas: 16-20 bytes), and their batches
      * hide latency with warps. The wide bf16 ones do without cu_seqlens, where their raw words
-     * leave the registers the token needs (no spill); with cu_seqlens their twins spill (4 bytes)
-     * and do not. */
+     * leave the registers the token needs (no spill); with cu_seqlens their twins would spill (4
+     * bytes, whose store waits for the state's loads before the staging: load_waits.py) and do
+     * not. */
     const int EARLY = NR * NC <= 32;
     if (!CU) {
         decode_sequence(p, &w, smem, n, h, row, bos, 1, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS,
