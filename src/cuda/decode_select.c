@@ -188,7 +188,7 @@ fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fk
      * measured faster beyond), [V, K] ones up to the packed kernels' two heads per SM (there the
      * narrow tile measured faster at every batch: the wide [V, K] tile's staging waits on more of
      * the state). The _spec kernels keep the generic kernels' quarter, but for [V, K] bf16 pools,
-     * narrow below one head per SM (measured faster at 64 and 128 heads, slower at 256). */
+     * narrow below one head per SM (measured faster there, slower beyond: docs/history/decode.md). */
     const int one_token_tok = tok && !c->idx_2d, spec_tok = tok && c->idx_2d;
     int bf16_narrow = 4 * heads < sms;
     if (one_token_tok)

@@ -155,13 +155,14 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
      * cu_seqlens right behind the slot index's (decode_sequence's ONE), with them behind the
      * bounds' (at a guessed place, below); a bf16 pool's words then stay raw until the token is
      * staged (load_tile's BF16 = 2, finish_raw_tile), since converted as they arrive they made
-     * the staging wait for the state's round trip (slower than no early loads, 0.15-0.8 us at 12
-     * heads; docs/history/decode.md). The wide fp32 tiles do not: at their 128-register cap the
-     * token's words held across the state's loads spill (ptxas: 16-20 bytes), and their batches
-     * hide latency with warps. The wide bf16 ones do without cu_seqlens, where their raw words
-     * leave the registers the token needs (no spill); with cu_seqlens their twins would spill (4
-     * bytes, whose store waits for the state's loads before the staging: load_waits.py) and do
-     * not. */
+     * the staging wait for the state's round trip (slower than no early loads;
+     * docs/history/decode.md). The wide fp32 tiles do not: at their 128-register cap the token's
+     * words held across the state's loads spill (ptxas: 16-20 bytes), and their batches hide
+     * latency with warps. The wide bf16 ones do without cu_seqlens, where their raw words leave
+     * the registers the token needs (no spill); with cu_seqlens their twins would spill (4 bytes,
+     * whose store waits for the state's loads before the staging: load_waits.py) and do not.
+     * (The rules give one-token bf16 [V, K] calls the narrow tile up to the packed kernels'
+     * range, so the wide [V, K] ones run only when forced.) */
     const int EARLY = NR * NC <= 32;
     if (!CU) {
         decode_sequence(p, &w, smem, n, h, row, bos, 1, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS,
