@@ -57,10 +57,10 @@ import datetime
 import math
 import os
 import statistics
-import subprocess
 import sys
 
 import torch
+from commit_name import commit_name
 
 K = V = 128
 LOWER_BOUND = -5.0
@@ -556,17 +556,7 @@ def main():
     gen.manual_seed(1234)
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
-    commit = os.environ.get("FKDA_COMMIT", "")  # the device's copy of the tree has no git history
-    if not commit:
-        try:
-            commit = (
-                subprocess.run(
-                    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-                ).stdout.strip()
-                or "?"
-            )
-        except OSError:
-            commit = "?"
+    commit = commit_name()
     lines = [
         f"Device: {dev}; copy bandwidth {bw / 1e12:.3f} TB/s (read + written); "
         f"{datetime.date.today().isoformat()}; commit {commit}; torch {torch.__version__}",

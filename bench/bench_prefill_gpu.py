@@ -28,11 +28,11 @@ import argparse
 import datetime
 import os
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
+from commit_name import commit_name
 
 os.environ["FLA_FLASH_KDA"] = "0"  # the baseline is fla's own Triton path
 
@@ -269,16 +269,7 @@ def main():
 
     dev = torch.cuda.get_device_name()
     bw = copy_bandwidth()
-    # FKDA_COMMIT first: the device's copy of the tree may carry a stale .git (a run at 44534b3
-    # printed 5946ed8), so git there is not to be trusted.
-    commit = os.environ.get("FKDA_COMMIT", "")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                    text=True).stdout.strip()
-        except OSError:
-            commit = ""
-    commit = commit or "?"
+    commit = commit_name()
     print(f"device {dev}, copy bandwidth {bw / 1e12:.2f} TB/s, commit {commit}", flush=True)
 
     rows = []

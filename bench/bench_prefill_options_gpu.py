@@ -46,7 +46,6 @@ import argparse
 import datetime
 import math
 import os
-import subprocess
 import sys
 import time
 
@@ -54,6 +53,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench_prefill_gpu as base  # noqa: E402  (sets FLA_FLASH_KDA=0, imports torch, flash_kda)
 import torch  # noqa: E402
+from commit_name import commit_name  # noqa: E402
 
 import flash_kda  # noqa: E402
 
@@ -428,19 +428,6 @@ RUNNERS = {
     "options": option_rows,
     "states": state_rows,
 }
-
-
-def commit_name():
-    # FKDA_COMMIT first: the device's copy of the tree may carry a stale .git.
-    commit = os.environ.get("FKDA_COMMIT", "")
-    if not commit:
-        try:
-            commit = subprocess.run(
-                ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
-            ).stdout.strip()
-        except OSError:
-            commit = ""
-    return commit or "?"
 
 
 def table(rows, dev, commit, bw, rounds):

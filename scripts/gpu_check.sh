@@ -56,7 +56,7 @@
 # bench-prefill): without it they would skip or print NaN columns and still succeed, so a missing
 # fla is a failed step of its own (fla-import) and pytest fails instead of skipping
 # (FKDA_REQUIRE_FLA=1, tests/gpu/conftest.py). FKDA_NO_FLA=1 runs without fla on purpose.
-# The device's copy of the tree has no git history: pass FKDA_COMMIT=<hash> for the results.
+# The device's copy of the tree has no git history of its own: pass FKDA_COMMIT=<hash> for the results.
 #
 # Run it through the device tool from the repository root, carrying the fla wheel:
 #   run(command="scripts/gpu_check.sh all", carry=[".whl"])
@@ -77,7 +77,8 @@ steps=("$@")
 [ "${steps[0]}" = all ] && steps=(test sanitize variants bench-decode bench-prefill)
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$LOGS/device.txt"
-export FKDA_COMMIT=${FKDA_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+# Unset, git's answer is named with a mark: the copy may carry a stale .git (bench/commit_name.py).
+export FKDA_COMMIT=${FKDA_COMMIT:-"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)? (git's word; FKDA_COMMIT unset)"}
 echo "commit $FKDA_COMMIT, $(date -u +%Y-%m-%d)" | tee -a "$LOGS/device.txt"
 
 # fla (and anything else carried) goes to a private site directory.
