@@ -643,6 +643,19 @@ static dcase base_case(const char *name)
     return c;
 }
 
+/* A serving engine's decode step: every token tensor bf16 (the TOK kernels), skipped slots, the
+ * given pool and layout, 3 calls. */
+static dcase bf16_token_case(const char *name, fkda_dtype pool, int v_first)
+{
+    dcase c = base_case(name);
+    c.bf16_g_beta = 1;
+    c.skip = 1;
+    c.pool_dtype = pool;
+    c.v_first = v_first;
+    c.steps = 3;
+    return c;
+}
+
 /* vLLM's speculative form with every token tensor bf16 (the _spec kernels' call): set_packed_form's
  * B sequences, 2-D indices with accepted counts, skips, the given pool; `steps` calls. */
 static dcase spec_form_case(const char *name, int64_t B, const int64_t *pattern, int n_pattern, fkda_dtype pool,
@@ -1075,14 +1088,11 @@ int main(int argc, char **argv)
      * sequence 5 on it lies past T = 4 itself. */
     static const int64_t empties[] = {0, 0, 1};
     for (int i = 0; i < 2; i++) {
-        c = base_case(i ? "packed form [0,0,1]x4, bf16 tokens, bf16 [K,V]"
-                        : "packed form [0,0,1]x4, bf16 tokens, fp32 [K,V]");
+        c = bf16_token_case(i ? "packed form [0,0,1]x4, bf16 tokens, bf16 [K,V]"
+                              : "packed form [0,0,1]x4, bf16 tokens, fp32 [K,V]",
+                            i ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32, 0);
         set_packed_form(&c, 12, empties, 3);
         c.H = c.HV = 1; /* 12 heads: the narrow tiles, bf16 pools' too */
-        c.bf16_g_beta = 1;
-        c.skip = 1;
-        c.pool_dtype = i ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
-        c.steps = 3;
         cases[n++] = c;
     }
     /* 12 heads of bf16 pools, every token bf16: the narrow bf16 tiles, whose state words stay raw
@@ -1092,16 +1102,11 @@ int main(int argc, char **argv)
         "packed form arange(13), bf16 [K,V] (narrow)", "packed form arange(13), bf16 [V,K] (narrow)",
         "one token, 12 heads, bf16 [K,V] (narrow)", "one token, 12 heads, bf16 [V,K] (narrow)"};
     for (int i = 0; i < 4; i++) {
-        c = base_case(narrow_names[i]);
+        c = bf16_token_case(narrow_names[i], FKDA_DTYPE_BF16, i & 1);
         if (i < 2) {
             set_packed_form(&c, 12, ones, 1);
             c.H = c.HV = 1;
         }
-        c.bf16_g_beta = 1;
-        c.skip = 1;
-        c.pool_dtype = FKDA_DTYPE_BF16;
-        c.v_first = i & 1;
-        c.steps = 3;
         cases[n++] = c;
     }
     /* 32 heads of bf16 pools, one token, every token bf16: the wide bf16 [K, V] tile, which loads
@@ -1109,14 +1114,10 @@ int main(int argc, char **argv)
      * the rules give the narrow tile (decode_select.c), and the wide [V, K] one runs these cases
      * only when forced (--variants). */
     for (int i = 0; i < 2; i++) {
-        c = base_case(i ? "one token, 32 heads, bf16 [V,K] (narrow by the rules)"
-                        : "one token, 32 heads, bf16 [K,V] (wide)");
+        c = bf16_token_case(i ? "one token, 32 heads, bf16 [V,K] (narrow by the rules)"
+                              : "one token, 32 heads, bf16 [K,V] (wide)",
+                            FKDA_DTYPE_BF16, i);
         c.N = 8;
-        c.bf16_g_beta = 1;
-        c.skip = 1;
-        c.pool_dtype = FKDA_DTYPE_BF16;
-        c.v_first = i;
-        c.steps = 3;
         cases[n++] = c;
     }
     /* vLLM's speculative form (cu_seqlens, 2-D indices, accepted counts), every token bf16: the
