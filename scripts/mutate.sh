@@ -133,12 +133,22 @@ mutant cpu-prefill-select-split-warps cpu src/cuda/prefill_select.c \
 mutant cpu-prefill-select-varlen-segments cpu src/cuda/prefill_select.c \
   'if (c->cu_seqlens || c->T <= 0' \
   'if (c->T <= 0'
+# The prefill's selection: exact products counted over value heads, so GVA calls of few q.k
+# rows lose them.
+mutant cpu-prefill-select-exact-rows cpu src/cuda/prefill_select.c \
+  'return !fp16_chain && tokens * c->H < FKDA_PF_EXACT_QK_ROWS;' \
+  'return !fp16_chain && tokens * c->HV < FKDA_PF_EXACT_QK_ROWS;'
 
 # CUDA prefill: prep (gate, beta, the gate's range check), chain (state update, final slot,
 # checkpoints), merge.
 mutant cuda-prefill-prep-gate cuda src/cuda/prefill_prep.cu \
   'gb[e] = ga * db[e];' \
   'gb[e] = db[e];'
+# The prep ignores exact_qk: a small call's chunks take step 4's products on tf32 operands
+# (test_small_call_with_nearly_orthogonal_q_and_k: a few per cent of the output, over its bar).
+mutant cuda-prefill-prep-exact-qk cuda src/cuda/prefill_prep.cu \
+  'gate_checked ? __syncthreads_or((!f16 && p.exact_qk) || !(span <= span_max))' \
+  'gate_checked ? __syncthreads_or(!(span <= span_max))'
 # The prep's halves: the centring G_i - G_7 applied to the second half's sums (already centred)
 # instead of the first half's.
 mutant cuda-prefill-prep-pair-centre cuda src/cuda/prefill_prep.cu \

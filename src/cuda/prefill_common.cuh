@@ -148,6 +148,7 @@ typedef struct pf_params {
     float scale;
     float gate_scale; /* lower bound gate: lower_bound * log2(e), the gate in log2 units */
     int32_t l2norm, beta_sigmoid, neg_eigval;
+    int32_t exact_qk; /* the prep's step 4' for every chunk (prefill_select.c, choose_exact_qk) */
     /* workspace: records [HV][slots][PF_REC_BYTES] */
     unsigned char *records;
 } pf_params;

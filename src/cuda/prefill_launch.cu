@@ -131,6 +131,7 @@ static fkda_prefill_call describe(const fkda_problem *p)
     fkda_prefill_call c;
     memset(&c, 0, sizeof c);
     c.N = p->N;
+    c.H = p->H;
     c.HV = p->HV;
     c.T = p->T;
     c.K = p->K;
@@ -324,6 +325,7 @@ extern "C" fkda_status fkda_cuda_prefill(const fkda_problem *p, void *workspace,
 
     pf_params params;
     fill_params(p, workspace, fp16, &params);
+    params.exact_qk = choice.exact_qk;
     if (v_stage_bytes(p, fp16) > 0)
         params.v_stage = (unsigned char *)workspace + records_bytes(p) + 3 * segment_bytes(p, P);
     cudaStream_t stream = (cudaStream_t)p->device.stream;

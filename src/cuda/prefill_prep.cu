@@ -17,7 +17,8 @@
  *      rounded to tf32 (the fp16 family: as two bf16 terms, hi + lo);
  *      The centred exponents stay in range only while every |G_i - Gref| <= PREP_SAFE_SPAN; a
  *      chunk whose gate decays faster (no lower bound, a lower bound below -5, softplus) takes
- *      step 4' instead, decided per chunk;
+ *      step 4' instead, decided per chunk; so does every chunk of a call of few rows (exact_qk,
+ *      prefill_select.c: its products' rounding would not average out of the output);
  *   4. L = strict_lower(diag(b) kc ki^T) and Mqk = scale lower_incl(qc ki^T) by mma.sync with
  *      fp32 accumulation, masks by selection, one warp per (product, 8-column tile): on tf32
  *      operands (one bf16 rounding of qc and ki was the largest output error term; tf32's is an
@@ -432,13 +433,17 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     const float span_max = p.l2norm ? PREP_SAFE_SPAN_NORM : PREP_SAFE_SPAN;
     /* (the f16 forms' barrier below serves the unchecked ones as this one) */
     /* (fmaxf skips a NaN difference: a NaN gate gives NaN operands on either path) */
-    const int pairwise = gate_checked ? __syncthreads_or(!(span <= span_max)) : (f16 ? 0 : (__syncthreads(), 0));
+    /* exact_qk (small calls, the bf16 family only: prefill_select.c): step 4' for every chunk,
+     * whole (not halved) */
+    const int pairwise = gate_checked ? __syncthreads_or((!f16 && p.exact_qk) || !(span <= span_max))
+                                      : (f16 ? 0 : (__syncthreads(), 0));
     /* step 4' halved (prefill_prep_steps.cuh, prep_pair_block): the chunks whose block factors are
      * at most 1 (prep_block_unbounded; the fp16 family, which tracks growing steps for its
      * record's dtype anyway, halves only chunks without one, a stricter test: each of them
      * passes the bound). A vote of its own, taken only by chunks that take step 4' (`pairwise` is
      * the CTA's). */
-    const int halved = gate_checked && pairwise && !__syncthreads_or(f16 ? grows : prep_block_unbounded(D, hf));
+    const int halved = gate_checked && pairwise && !(!f16 && p.exact_qk) &&
+                       !__syncthreads_or(f16 ? grows : prep_block_unbounded(D, hf));
     /* f16: the whole chunk in fp16's domain, or the bf16 record (flagged in gamma[0]) */
     const int rec16 = f16 ? !__syncthreads_or(grows || (tid < 16 && s_out16[tid])) : 0;
 
@@ -643,8 +648,10 @@ cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
     if (used_slots <= 0 || p->HV <= 0) return cudaSuccess;
     if (used_slots > INT32_MAX || p->HV > 65535) return cudaErrorInvalidConfiguration; /* grid limits */
     dim3 grid((unsigned)used_slots, (unsigned)p->HV);
-    /* Only the lower bound gate with lower_bound >= -5 is in range for every input. */
-    const int checked = !(p->gate == FKDA_GATE_LOWER_BOUND && p->gate_scale >= -5.0f * 1.4426950408889634f);
+    /* Only the lower bound gate with lower_bound >= -5 is in range for every input; the checked
+     * kernels also hold step 4', which exact_qk asks of every chunk. */
+    const int checked = p->exact_qk ||
+                        !(p->gate == FKDA_GATE_LOWER_BOUND && p->gate_scale >= -5.0f * 1.4426950408889634f);
     void (*kernel)(const pf_params) = p->qkg_load == PF_LOAD_BF16    ? (checked ? pf_prep_bulk_checked : pf_prep_bulk)
                                       : p->qkg_load == PF_LOAD_TILES ? (checked ? pf_prep_tiles_checked : pf_prep_tiles)
                                                                      : (checked ? pf_prep_any_checked : pf_prep_any);

@@ -251,8 +251,8 @@ static __device__ __forceinline__ void p256_chunk(const pf_params &p, const int 
 #pragma unroll
     for (int i = 0; i < 16; i++) span = fmaxf(span, fabsf(G[i] - G[7]));
     const float span_max = p.l2norm ? PREP_SAFE_SPAN_NORM : PREP_SAFE_SPAN;
-    const int pairwise = gate_checked ? __syncthreads_or(!(span <= span_max)) /* NaN: pairwise too */
-                                      : (__syncthreads(), 0);
+    /* NaN: pairwise too; exact_qk (small calls, prefill_select.c): every chunk */
+    const int pairwise = gate_checked ? __syncthreads_or(p.exact_qk || !(span <= span_max)) : (__syncthreads(), 0);
 
     float kd[16];
     const float Gref = G[7], Gl = G[15];
@@ -358,9 +358,10 @@ cudaError_t pf256_launch_prep(const pf_params *p, cudaStream_t stream)
     const int64_t used_slots = p->cu ? p->slots : p->N * p->chunks_per_row;
     if (used_slots <= 0 || p->HV <= 0) return cudaSuccess;
     if (used_slots > INT32_MAX || p->HV > 65535) return cudaErrorInvalidConfiguration; /* grid limits */
-    /* Only the lower bound gate with lower_bound >= -5 is in range for every input (as in
-     * pf_launch_prep). */
-    const int checked = !(p->gate == FKDA_GATE_LOWER_BOUND && p->gate_scale >= -5.0f * 1.4426950408889634f);
+    /* Only the lower bound gate with lower_bound >= -5 is in range for every input; exact_qk
+     * asks for step 4', which only the checked kernels hold (as in pf_launch_prep). */
+    const int checked = p->exact_qk ||
+                        !(p->gate == FKDA_GATE_LOWER_BOUND && p->gate_scale >= -5.0f * 1.4426950408889634f);
     const int bulk = p->qkg_load == PF_LOAD_BF16;
     void (*kernel)(const pf_params) = bulk ? (checked ? pf256_prep_bulk_checked : pf256_prep_bulk)
                                            : (checked ? pf256_prep_any_checked : pf256_prep_any);

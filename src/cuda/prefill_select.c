@@ -104,15 +104,31 @@ static int choose_vslice_k256(const fkda_prefill_call *c, const fkda_tuning *t)
     return widest_balanced_slice(c, vp, 64);
 }
 
+/* Small calls: the prep's step 4' (q.k and k.k as fp32 sums over the keys) for every chunk,
+ * instead of step 4's products on tf32 operands. An entry of q k^T whose q and k are nearly
+ * orthogonal carries its operands' rounding magnified by 1 / |cos(q, k)|, and in a call of few
+ * rows nothing averages that out of the output's error (a one-token call crossed the option
+ * sweep's bar: docs/history/prefill.md); fla sums these products in fp32 inside its 16-token
+ * blocks. Below FKDA_PF_EXACT_QK_ROWS (token, query/key head) rows the prep is a few CTAs of a
+ * latency-bound call, so the slower step costs nothing a caller sees. Not the fp16 family, whose
+ * products on hi + lo terms are near fp32 already. */
+static int choose_exact_qk(const fkda_prefill_call *c, int fp16_chain)
+{
+    const int64_t tokens = c->cu_seqlens ? c->T : c->N * c->T;
+    return !fp16_chain && tokens * c->H < FKDA_PF_EXACT_QK_ROWS;
+}
+
 void fkda_prefill_select(const fkda_prefill_call *c, const fkda_tuning *t, fkda_prefill_choice *out)
 {
     memset(out, 0, sizeof *out);
     if (c->K > FKDA_PF_DK) { /* the K = 256 family: no segments, no split output */
         out->segments = 1;
         out->vslice = choose_vslice_k256(c, t);
+        out->exact_qk = choose_exact_qk(c, 0);
         return;
     }
     out->fp16_chain = choose_fp16_chain(c, t);
+    out->exact_qk = choose_exact_qk(c, out->fp16_chain);
     out->segments = choose_segments(c, t);
     if (out->segments > 1) { /* the segment passes: a warp a 16-column chain, one CTA each */
         out->vslice = 16;

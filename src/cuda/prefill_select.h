@@ -25,10 +25,13 @@ extern "C" {
 #define FKDA_PF_DK 128   /* keys of the K <= 128 kernels (K > 128: the K = 256 family) */
 #define FKDA_PF_DV 128   /* value columns of a segment pass's state */
 
+/* Calls with fewer (token, query/key head) rows than this take exact products (choose_exact_qk). */
+#define FKDA_PF_EXACT_QK_ROWS 256
+
 /* What the selection needs to know about a call and the device. */
 typedef struct fkda_prefill_call {
     int64_t N;           /* sequences */
-    int64_t HV;          /* value heads */
+    int64_t H, HV;       /* query/key heads, value heads */
     int64_t T;           /* tokens per batch row; with cu_seqlens, of all sequences together */
     int64_t K, V;        /* head sizes */
     int cu_seqlens;      /* varlen sequences (their lengths are in device memory: unknown here) */
@@ -44,6 +47,7 @@ typedef struct fkda_prefill_choice {
     int64_t segments; /* P: each sequence's chain cut into P segments (1: whole; K <= 128, V padded to 128) */
     int vslice;       /* value columns per chain CTA (the segment passes: 16) */
     int split_out;    /* the chain's output on warps of its own (the split chain kernels) */
+    int exact_qk;     /* every chunk's q.k and k.k products as fp32 sums (the prep's step 4') */
 } fkda_prefill_choice;
 
 /* Whether the split chain serves a slice: its body is compiled for the bf16 chain with bf16

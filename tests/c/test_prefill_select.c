@@ -12,7 +12,9 @@
  *   4. K > 128: its own slices (at most 64 columns), no segments, no split output;
  *   5. the knobs, read by fkda_tuning_read as tuning.h documents: FKDA_PREFILL_VSLICE,
  *      FKDA_PREFILL_SEGMENTS (clamped to the chunks), FKDA_PREFILL_SPLIT_OUT both ways,
- *      FKDA_PREFILL_FP16_CHAIN=0, and values outside their sets ignored.
+ *      FKDA_PREFILL_FP16_CHAIN=0, and values outside their sets ignored;
+ *   6. the prep's exact products for calls of fewer than 256 (token, query/key head) rows, in
+ *      both families of K, never the fp16 family.
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdio.h>
@@ -35,6 +37,7 @@ static fkda_prefill_call call(int64_t N, int64_t T, int64_t HV, int64_t K, int64
     memset(&c, 0, sizeof c);
     c.N = N;
     c.T = T;
+    c.H = HV;
     c.HV = HV;
     c.K = K;
     c.V = V;
@@ -58,10 +61,17 @@ static void expect(const char *what, const fkda_prefill_call *c, fkda_prefill_ch
 {
     const fkda_prefill_choice x = choose(c);
     CHECK(x.fp16_chain == want.fp16_chain && x.segments == want.segments && x.vslice == want.vslice &&
-              x.split_out == want.split_out,
-          "%s: fp16 chain %d, segments %lld, slice %d, split output %d (want %d, %lld, %d, %d)", what, x.fp16_chain,
-          (long long)x.segments, x.vslice, x.split_out, want.fp16_chain, (long long)want.segments, want.vslice,
-          want.split_out);
+              x.split_out == want.split_out && x.exact_qk == want.exact_qk,
+          "%s: fp16 chain %d, segments %lld, slice %d, split output %d, exact products %d (want %d, %lld, %d, %d, %d)",
+          what, x.fp16_chain, (long long)x.segments, x.vslice, x.split_out, x.exact_qk, want.fp16_chain,
+          (long long)want.segments, want.vslice, want.split_out, want.exact_qk);
+}
+
+/* The same choice with the prep's exact products (choose_exact_qk: calls of few rows). */
+static fkda_prefill_choice exact(fkda_prefill_choice x)
+{
+    x.exact_qk = 1;
+    return x;
 }
 
 /* The choices, by their fields that are not 0. */
@@ -130,7 +140,7 @@ int main(void)
     c = call(1, 2048, 16, 128, 128, 0);
     expect("128 chunks (P = 2)", &c, SEGMENTS(2));
     c = call(1, 0, 16, 128, 128, 0);
-    expect("T = 0", &c, WHOLE_SPLIT(16));
+    expect("T = 0 (no rows: the exact products' rule holds, and nothing runs)", &c, exact(WHOLE_SPLIT(16)));
     c = call(1, 16384, 17, 128, 128, 0);
     expect("W = 136 > 132 SMs (loads 8, 4, 2, 2 -> 32)", &c, WHOLE_SPLIT(32));
 
@@ -212,6 +222,28 @@ int main(void)
     setenv("FKDA_PREFILL_FP16_CHAIN", "1", 1);
     expect("FKDA_PREFILL_FP16_CHAIN=1", &c, FP16_SPLIT(32));
     unsetenv("FKDA_PREFILL_FP16_CHAIN");
+
+    /* 6. The prep's exact products: fewer than 256 (token, query/key head) rows, both families of
+     * K, not the fp16 family; value heads do not count (GVA shares each q.k product). */
+    c = call(1, 1, 1, 128, 128, 0);
+    expect("T = 1 H = 1", &c, exact(WHOLE_SPLIT(16)));
+    c = call(1, 255, 1, 128, 128, 0);
+    expect("T = 255 H = 1", &c, exact(WHOLE_SPLIT(16)));
+    c = call(1, 256, 1, 128, 128, 0);
+    expect("T = 256 H = 1 (256 rows: not exact)", &c, WHOLE_SPLIT(16));
+    c = call(1, 7, 32, 128, 128, 0);
+    expect("T = 7 H = 32 (224 rows)", &c, exact(WHOLE_SPLIT(32)));
+    c = call(4, 2, 32, 128, 128, 0);
+    expect("B = 4 T = 2 H = 32 (256 rows: not exact)", &c, WHOLE(128));
+    c = call(3, 200, 4, 128, 128, 1);
+    expect("varlen, 200 tokens in all, H = 4 (800 rows: not exact)", &c, WHOLE_SPLIT(16));
+    c.H = 1;
+    expect("varlen, 200 tokens in all, H = 1 (HV = 4)", &c, exact(WHOLE_SPLIT(16)));
+    c = call(1, 1, 1, 128, 128, 0);
+    c.fp16_inputs = 1;
+    expect("T = 1, fp16 or fp32 q (the fp16 family)", &c, FP16_SPLIT(16));
+    c = call(1, 1, 1, 256, 256, 0);
+    expect("T = 1, K = V = 256", &c, exact(WHOLE(16)));
 
     return test_exit("test_prefill_select");
 }
