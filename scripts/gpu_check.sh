@@ -50,6 +50,9 @@
 #                  e.g. "--cases kimi": fla autotunes each option set too)
 #
 # FKDA_GPU_TESTS=decode (or prefill) limits test and sanitize to that GPU test program.
+# FKDA_PREBUILT=build/prebuilt.tar.xz (carried; made here by scripts/prebuild_gpu.sh) takes the
+# library and test programs from that tarball instead of building them, if it was built from
+# exactly these sources (scripts/source_hash.sh); otherwise the script builds as usual.
 # FKDA_STEP_TIMEOUT=SECONDS stops any step that runs longer (SIGINT: pytest still reports the
 # failures it has seen; a stopped step counts as failed), so that one slow step leaves time for the rest.
 # fla is required by the steps that use it (test and pytest: the pytest GPU tests; bench-decode,
@@ -77,6 +80,25 @@ steps=("$@")
 [ "${steps[0]}" = all ] && steps=(test sanitize variants bench-decode bench-prefill)
 
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$LOGS/device.txt"
+# FKDA_PREBUILT=<tarball of scripts/prebuild_gpu.sh>, carried: the library and test programs built on
+# the development machine, used in place of the build when their source hash matches this copy of
+# the tree (a cold build here takes minutes of the session's device time).
+BIN=$PWD/build/gpu prebuilt=0
+if [ -n "${FKDA_PREBUILT:-}" ]; then
+  pre=/tmp/fkda-prebuilt
+  rm -rf "$pre" && mkdir -p "$pre"
+  if ! tar -xJf "$FKDA_PREBUILT" -C "$pre"; then
+    echo "!! FKDA_PREBUILT=$FKDA_PREBUILT cannot be unpacked: building instead"
+  elif [ "$(cat "$pre/SOURCE")" != "$(scripts/source_hash.sh)" ]; then
+    echo "!! FKDA_PREBUILT=$FKDA_PREBUILT was built from other sources ($(head -n 1 "$pre/BUILT")): building instead"
+  else
+    BIN=$pre prebuilt=1
+    export LD_LIBRARY_PATH=$pre${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+    sed 's/^/prebuilt: /' "$pre/BUILT" | tee -a "$LOGS/device.txt"
+    # its tree's name as git gave it there (with -dirty for uncommitted changes)
+    : "${FKDA_COMMIT:=$(sed -n 's/^tree //p' "$pre/BUILT") (prebuilt)}"
+  fi
+fi
 # Unset, git's answer is named with a mark: the copy may carry a stale .git (bench/commit_name.py).
 export FKDA_COMMIT=${FKDA_COMMIT:-"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)? (git's word; FKDA_COMMIT unset)"}
 echo "commit $FKDA_COMMIT, $(date -u +%Y-%m-%d)" | tee -a "$LOGS/device.txt"
@@ -97,15 +119,20 @@ if [ -n "${FKDA_TRITON_CACHE:-}" ] && [ -f "$FKDA_TRITON_CACHE" ]; then
   tar -xzf "$FKDA_TRITON_CACHE" -C "$TRITON_CACHE_DIR" && echo "Triton cache from $FKDA_TRITON_CACHE"
 fi
 
-echo "== build"
-scripts/clear_stale_build.sh build/gpu
-if ! { cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$LOGS/build.log" 2>&1 &&
-  cmake --build build/gpu -j 16 >>"$LOGS/build.log" 2>&1; }; then
-  tail -n 60 "$LOGS/build.log"; exit 101
+if [ "$prebuilt" = 0 ]; then
+  echo "== build"
+  scripts/clear_stale_build.sh build/gpu
+  if ! { cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$LOGS/build.log" 2>&1 &&
+    cmake --build build/gpu -j 16 >>"$LOGS/build.log" 2>&1; }; then
+    tail -n 60 "$LOGS/build.log"; exit 101
+  fi
+  grep -E "spill|registers" "$LOGS/build.log" | sort -u | head -n 40
+else
+  echo "== prebuilt (no build)"
+  head -n 40 "$BIN/ptxas.txt"
 fi
-grep -E "spill|registers" "$LOGS/build.log" | sort -u | head -n 40
 # The Python package loads the library just built (no pip install needed on the device).
-export FLASHKDA_LIBRARY=$PWD/build/gpu/libflashkda.so
+export FLASHKDA_LIBRARY=$BIN/libflashkda.so
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 
 failed=0
@@ -146,10 +173,10 @@ run_step() { # name, command...
 for step in "${steps[@]}"; do
   case $step in
   test)
-    for exe in build/gpu/test_${FKDA_GPU_TESTS:-*}_cuda; do [ -x "$exe" ] && run_step "$(basename "$exe")" "$exe"; done
+    for exe in "$BIN"/test_${FKDA_GPU_TESTS:-*}_cuda; do [ -x "$exe" ] && run_step "$(basename "$exe")" "$exe"; done
     run_step pytest-gpu python3 -m pytest -q -rs tests/gpu ;;
   programs)
-    for exe in build/gpu/test_${FKDA_GPU_TESTS:-*}_cuda; do
+    for exe in "$BIN"/test_${FKDA_GPU_TESTS:-*}_cuda; do
       [ -x "$exe" ] || continue
       for r in $(seq "${FKDA_REPEAT:-1}"); do run_step "$(basename "$exe")-$r" "$exe"; done
     done ;;
@@ -157,7 +184,7 @@ for step in "${steps[@]}"; do
     # shellcheck disable=SC2086
     run_step pytest-gpu python3 -m pytest -q -rs ${FKDA_PYTEST_ARGS:-tests/gpu} ;;
   sanitize)
-    for exe in build/gpu/test_${FKDA_GPU_TESTS:-*}_cuda; do
+    for exe in "$BIN"/test_${FKDA_GPU_TESTS:-*}_cuda; do
       [ -x "$exe" ] || continue
       name=$(basename "$exe")
       run_step "$name-memcheck" compute-sanitizer --tool memcheck --error-exitcode 1 "$exe" --small
@@ -169,18 +196,18 @@ for step in "${steps[@]}"; do
         python3 -m pytest -q -p no:cacheprovider tests/gpu/test_prefill_options_gpu.py -k "sweep or checkpoints_at"
     fi ;;
   fuzz)
-    run_step fuzz-api build/gpu/fuzz_api_cuda "${FKDA_FUZZ_RUNS:-2000}"
-    run_step fuzz-api-memcheck compute-sanitizer --tool memcheck --error-exitcode 1 build/gpu/fuzz_api_cuda 200 ;;
+    run_step fuzz-api "$BIN"/fuzz_api_cuda "${FKDA_FUZZ_RUNS:-2000}"
+    run_step fuzz-api-memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$BIN"/fuzz_api_cuda 200 ;;
   variants)
     # shellcheck disable=SC2086
-    run_step decode-variants build/gpu/test_decode_cuda --variants ${FKDA_VARIANTS:-}
-    FKDA_DECODE_PDL=0 run_step decode-no-pdl build/gpu/test_decode_cuda
-    FKDA_DECODE_PDL=0 run_step decode-layer-no-pdl build/gpu/test_decode_layer_cuda
+    run_step decode-variants "$BIN"/test_decode_cuda --variants ${FKDA_VARIANTS:-}
+    FKDA_DECODE_PDL=0 run_step decode-no-pdl "$BIN"/test_decode_cuda
+    FKDA_DECODE_PDL=0 run_step decode-layer-no-pdl "$BIN"/test_decode_layer_cuda
     sanitized_variants=(decode_f32_kv_128_ef_ks decode_bf16_kv_packed_ef_ks decode_bf16_vk_packed
                         decode_bf16_kv_128_narrow_tok)
     for tool in memcheck racecheck; do
       run_step decode-variants-$tool compute-sanitizer --tool $tool --error-exitcode 1 \
-        build/gpu/test_decode_cuda --small --variants "${sanitized_variants[@]}"
+        "$BIN"/test_decode_cuda --small --variants "${sanitized_variants[@]}"
     done ;;
   profile-decode)
     for case in ${FKDA_PROFILE_CASES:-fp32,1,32 bf16,1,32}; do

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# prebuild_gpu.sh: builds the CUDA library and the GPU test programs on this machine (nvcc, no GPU
+# needed) and packs them into one tarball for the device machine, so that a device call spends its
+# minutes on tests and timings instead of a cold build (a cold build there takes minutes of the
+# session's 30).
+#
+#   scripts/prebuild_gpu.sh [TARBALL]        default build/prebuilt.tar.xz (ignored by git)
+#
+# Then carry the tarball and name it: run(command="FKDA_PREBUILT=build/prebuilt.tar.xz
+# scripts/gpu_check.sh ...", carry=["build/prebuilt.tar.xz", ".whl"]). gpu_check.sh unpacks it and
+# uses it only if its source hash (scripts/source_hash.sh) matches the device's copy of the tree;
+# otherwise it says so and builds as usual. scripts/ab.sh takes such a tarball as its baseline.
+#
+# The build is gpu_check.sh's (Release, Ninja, the same CMakeLists) in build/prebuild, kept between
+# runs so that a rebuild after a small change is incremental. The tarball holds the library (with
+# its soname links), the GPU test programs and fuzz_api_cuda, the CUDA runtime they link
+# (libcudart, from this machine's toolkit: the device's nvcc is the same 13.0), the ptxas register
+# and spill lines, and two stamps: SOURCE (the source hash) and BUILT (git's name of the tree, the
+# date, nvcc's version). xz: the library's ~36 MB of cubins pack to ~7 MB, so two tarballs (an A/B)
+# and fla's wheel fit the device tool's 64 MiB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-build/prebuilt.tar.xz}
+build=build/prebuild
+command -v nvcc >/dev/null || { echo "prebuild_gpu.sh: nvcc not found (the CUDA toolkit is needed)"; exit 2; }
+
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >"$build.cmake.log" 2>&1 ||
+  { tail -n 30 "$build.cmake.log"; exit 1; }
+# The ptxas warnings come only from files that compile: a full log each run keeps them all.
+cmake --build "$build" -j "$(nproc)" 2>&1 | tee "$build.log" | grep -E "error:|FAILED:" || true
+[ "${PIPESTATUS[0]}" -eq 0 ] || { tail -n 40 "$build.log"; exit 1; }
+[ -x "$build/test_prefill_cuda" ] || { echo "prebuild_gpu.sh: no GPU test programs built (FKDA_WITH_CUDA off?)"; exit 1; }
+
+stage=$(mktemp -d)
+trap 'rm -rf "$stage"' EXIT
+cp -P "$build"/libflashkda.so* "$stage/"
+cp "$build"/test_*_cuda "$build"/fuzz_api_cuda "$stage/"
+cudart=$(ldd "$build/test_prefill_cuda" | awk '/libcudart/ {print $3}')
+[ -n "$cudart" ] && cp -L "$cudart" "$stage/"
+grep -E "spill|registers" "$build.log" | sort -u >"$stage/ptxas.txt" || true
+scripts/source_hash.sh >"$stage/SOURCE"
+{
+  echo "tree $(git describe --always --dirty 2>/dev/null || echo unknown)"
+  echo "built $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -m)"
+  nvcc --version | tail -n 1
+} >"$stage/BUILT"
+mkdir -p "$(dirname "$out")"
+XZ_OPT=${XZ_OPT:--3 -T0} tar -cJf "$out" -C "$stage" .
+echo "$out: $(du -h "$out" | cut -f1), source $(cat "$stage/SOURCE"), $(head -n 1 "$stage/BUILT")"
