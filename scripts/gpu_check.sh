@@ -53,6 +53,8 @@
 # FKDA_PREBUILT=build/prebuilt.tar.xz (carried; made here by scripts/prebuild_gpu.sh) takes the
 # library and test programs from that tarball instead of building them, if it was built from
 # exactly these sources (scripts/source_hash.sh); otherwise the script builds as usual.
+# FKDA_CALL_BUDGET=SECONDS (default 560, under the device tool's 600; 0 for none) cuts or skips the
+# steps that would run past it, so that the call ends with its logs packed and its verdicts printed.
 # FKDA_STEP_TIMEOUT=SECONDS stops any step that runs longer (SIGINT: pytest still reports the
 # failures it has seen; a stopped step counts as failed), so that one slow step leaves time for the rest.
 # fla is required by the steps that use it (test and pytest: the pytest GPU tests; bench-decode,
@@ -155,13 +157,29 @@ else
     esac
   done
 fi
+# The call's budget: the device tool kills a command at 600 s, and a kill then loses the logs'
+# tarball (packed on exit) and the verdicts not yet printed. So no step runs past
+# FKDA_CALL_BUDGET seconds from the script's start (default 560, leaving time to pack; 0: none):
+# a step is cut at what is left, and one with less than 10 s left is skipped. Both count as
+# failed steps.
+budget=${FKDA_CALL_BUDGET:-560}
 run_step() { # name, command...
   local name=$1; shift
+  local limit=${FKDA_STEP_TIMEOUT:-}
+  if [ "$budget" -gt 0 ]; then
+    local left=$((budget - SECONDS))
+    if [ "$left" -lt 10 ]; then
+      echo "!! step $name skipped: ${SECONDS} s of the call's $budget s spent (FKDA_CALL_BUDGET)"
+      failed=$((failed + 1))
+      return 0
+    fi
+    if [ -z "$limit" ] || [ "$limit" -gt "$left" ]; then limit=$left; fi
+  fi
   echo "== $name"
-  if [ -n "${FKDA_STEP_TIMEOUT:-}" ] && ! declare -F "$1" >/dev/null; then
+  if [ -n "$limit" ] && ! declare -F "$1" >/dev/null; then
     # SIGINT, not SIGTERM: pytest stops on it and still prints the failures it has seen
     # (a shell function, which timeout cannot run, applies the limit to its own command)
-    timeout -s INT -k 15 "$FKDA_STEP_TIMEOUT" "$@" 2>&1 | tee "$LOGS/$name.log"
+    timeout -s INT -k 15 "$limit" "$@" 2>&1 | tee "$LOGS/$name.log"
   else
     "$@" 2>&1 | tee "$LOGS/$name.log"
   fi
