@@ -24,6 +24,16 @@ out=${1:-build/prebuilt.tar.xz}
 build=build/prebuild
 command -v nvcc >/dev/null || { echo "prebuild_gpu.sh: nvcc not found (the CUDA toolkit is needed)"; exit 2; }
 
+# The hash must cover what the device's copy will hold: the files git sends (tracked, and untracked
+# but not ignored) under the hashed paths, no more and no less.
+sent=$(git ls-files -co --exclude-standard -- CMakeLists.txt flashkda.pc.in src include tests/c tests/cuda \
+  tests/fuzz bench/bench_cpu.c | LC_ALL=C sort)
+if [ "$sent" != "$(scripts/source_hash.sh --list)" ]; then
+  echo "prebuild_gpu.sh: the files hashed differ from those the device's copy gets:"
+  diff <(echo "$sent") <(scripts/source_hash.sh --list) | head -n 20
+  exit 1
+fi
+
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >"$build.cmake.log" 2>&1 ||
   { tail -n 30 "$build.cmake.log"; exit 1; }
 # The ptxas warnings come only from files that compile: a full log each run keeps them all.

@@ -5,5 +5,14 @@
 # writes it beside the library; scripts/gpu_check.sh compares it before it uses the library).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-find CMakeLists.txt flashkda.pc.in src include tests/c tests/cuda tests/fuzz bench/bench_cpu.c -type f \
-  ! -name '*.pyc' -print0 | LC_ALL=C sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16
+# `--list`: the files hashed, one a line. The device's copy has no git (or a stale .git), so the
+# list comes from find; prebuild_gpu.sh checks here that it is exactly what git would send there.
+files() {
+  find CMakeLists.txt flashkda.pc.in src include tests/c tests/cuda tests/fuzz bench/bench_cpu.c -type f \
+    ! -name '*.pyc' ! -name '*.so' ! -path '*/__pycache__/*' -print0 | LC_ALL=C sort -z
+}
+if [ "${1:-}" = --list ]; then
+  files | tr '\0' '\n'
+else
+  files | xargs -0 sha256sum | sha256sum | cut -c1-16
+fi
