@@ -46,7 +46,9 @@ export PYTHONUNBUFFERED=1
 # A tarball of scripts/prebuild_gpu.sh (its library built on the development machine; carried)
 # unpacked, or nothing.
 unpack_prebuilt() { # tarball, dir
-  rm -rf "$2" && mkdir -p "$2" && tar -xJf "$1" -C "$2" && [ -f "$2/libflashkda.so" ]
+  rm -rf "$2" && mkdir -p "$2" && { tar -xJf "$1" -C "$2" 2>/dev/null ||
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$1" "$2"; } &&
+    [ -f "$2/libflashkda.so" ]
 }
 base_tree=/tmp/fkda-ab-base base_lib="" this_lib=""
 if [[ "$base" == *.tar.xz ]]; then

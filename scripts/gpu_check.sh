@@ -89,7 +89,9 @@ BIN=$PWD/build/gpu prebuilt=0
 if [ -n "${FKDA_PREBUILT:-}" ]; then
   pre=/tmp/fkda-prebuilt
   rm -rf "$pre" && mkdir -p "$pre"
-  if ! tar -xJf "$FKDA_PREBUILT" -C "$pre"; then
+  # (Python's tarfile where tar has no xz)
+  if ! { tar -xJf "$FKDA_PREBUILT" -C "$pre" 2>/dev/null ||
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$FKDA_PREBUILT" "$pre"; }; then
     echo "!! FKDA_PREBUILT=$FKDA_PREBUILT cannot be unpacked: building instead"
   elif [ "$(cat "$pre/SOURCE")" != "$(scripts/source_hash.sh)" ]; then
     echo "!! FKDA_PREBUILT=$FKDA_PREBUILT was built from other sources ($(head -n 1 "$pre/BUILT")): building instead"
