@@ -43,17 +43,10 @@ export OUT=${OUT:-$PWD/build/gpu-out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
-# A tarball of scripts/prebuild_gpu.sh (its library built on the development machine; carried)
-# unpacked, or nothing.
-unpack_prebuilt() { # tarball, dir
-  rm -rf "$2" && mkdir -p "$2" && { tar -xJf "$1" -C "$2" 2>/dev/null ||
-    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$1" "$2"; } &&
-    [ -f "$2/libflashkda.so" ]
-}
 base_tree=/tmp/fkda-ab-base base_lib="" this_lib=""
 if [[ "$base" == *.tar.xz ]]; then
   # the baseline prebuilt (from any tree: its source hash is not checked)
-  unpack_prebuilt "$base" /tmp/fkda-ab-base-prebuilt || { echo "ab.sh: $base is not a prebuilt tarball"; exit 2; }
+  scripts/unpack_prebuilt.sh "$base" /tmp/fkda-ab-base-prebuilt || { echo "ab.sh: $base is not a prebuilt tarball"; exit 2; }
   base_lib=/tmp/fkda-ab-base-prebuilt/libflashkda.so
   echo "baseline prebuilt: $(head -n 1 /tmp/fkda-ab-base-prebuilt/BUILT)"
 elif [ -d "$base" ]; then
@@ -72,8 +65,7 @@ fi
 # This tree's library prebuilt (FKDA_PREBUILT, as gpu_check.sh takes it), if built from exactly
 # these sources.
 if [ -n "${FKDA_PREBUILT:-}" ]; then
-  if unpack_prebuilt "$FKDA_PREBUILT" /tmp/fkda-ab-this-prebuilt &&
-    [ "$(cat /tmp/fkda-ab-this-prebuilt/SOURCE)" = "$(scripts/source_hash.sh)" ]; then
+  if scripts/unpack_prebuilt.sh "$FKDA_PREBUILT" /tmp/fkda-ab-this-prebuilt --this-tree; then
     this_lib=/tmp/fkda-ab-this-prebuilt/libflashkda.so
     echo "this tree prebuilt: $(head -n 1 /tmp/fkda-ab-this-prebuilt/BUILT)"
   else

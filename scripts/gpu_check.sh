@@ -88,20 +88,17 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | 
 BIN=$PWD/build/gpu prebuilt=0
 if [ -n "${FKDA_PREBUILT:-}" ]; then
   pre=/tmp/fkda-prebuilt
-  rm -rf "$pre" && mkdir -p "$pre"
-  # (Python's tarfile where tar has no xz)
-  if ! { tar -xJf "$FKDA_PREBUILT" -C "$pre" 2>/dev/null ||
-    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])' "$FKDA_PREBUILT" "$pre"; }; then
-    echo "!! FKDA_PREBUILT=$FKDA_PREBUILT cannot be unpacked: building instead"
-  elif [ "$(cat "$pre/SOURCE")" != "$(scripts/source_hash.sh)" ]; then
-    echo "!! FKDA_PREBUILT=$FKDA_PREBUILT was built from other sources ($(head -n 1 "$pre/BUILT")): building instead"
-  else
+  scripts/unpack_prebuilt.sh "$FKDA_PREBUILT" "$pre" --this-tree
+  case $? in
+  1) echo "!! FKDA_PREBUILT=$FKDA_PREBUILT cannot be unpacked: building instead" ;;
+  2) echo "!! FKDA_PREBUILT=$FKDA_PREBUILT was built from other sources ($(head -n 1 "$pre/BUILT")): building instead" ;;
+  *)
     BIN=$pre prebuilt=1
     export LD_LIBRARY_PATH=$pre${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
     sed 's/^/prebuilt: /' "$pre/BUILT" | tee -a "$LOGS/device.txt"
     # its tree's name as git gave it there (with -dirty for uncommitted changes)
-    : "${FKDA_COMMIT:=$(sed -n 's/^tree //p' "$pre/BUILT") (prebuilt)}"
-  fi
+    : "${FKDA_COMMIT:=$(sed -n 's/^tree //p' "$pre/BUILT") (prebuilt)}" ;;
+  esac
 fi
 # Unset, git's answer is named with a mark: the copy may carry a stale .git (bench/commit_name.py).
 export FKDA_COMMIT=${FKDA_COMMIT:-"$(git rev-parse --short HEAD 2>/dev/null || echo unknown)? (git's word; FKDA_COMMIT unset)"}
