@@ -17,7 +17,7 @@
 #                  FKDA_VARIANTS="NAME ..." limits it to those variants. Then the default kernels
 #                  without programmatic dependent launch (FKDA_DECODE_PDL=0), and compute-sanitizer
 #                  memcheck and racecheck on the --small cases of a few forced variants (split-K
-#                  fp32 and packed tiles, packed [V,K], narrow bf16-token tiles).
+#                  fp32 and packed tiles, packed [V,K], narrow bf16-token tiles, the _early CU tile).
 #   fuzz           build/gpu/fuzz_api_cuda: $FKDA_FUZZ_RUNS (default 2000) random calls of the C
 #                  API on the GPU, valid and broken, against the CPU's float64 reference
 #                  (tests/fuzz/fuzz_api.c), then 200 of them under compute-sanitizer memcheck
@@ -221,7 +221,7 @@ for step in "${steps[@]}"; do
     FKDA_DECODE_PDL=0 run_step decode-no-pdl "$BIN"/test_decode_cuda
     FKDA_DECODE_PDL=0 run_step decode-layer-no-pdl "$BIN"/test_decode_layer_cuda
     sanitized_variants=(decode_f32_kv_128_ef_ks decode_bf16_kv_packed_ef_ks decode_bf16_vk_packed
-                        decode_bf16_kv_128_narrow_tok)
+                        decode_bf16_kv_128_narrow_tok decode_bf16_kv_128_ef_tok_cu_early)
     for tool in memcheck racecheck; do
       run_step decode-variants-$tool compute-sanitizer --tool $tool --error-exitcode 1 \
         "$BIN"/test_decode_cuda --small --variants "${sanitized_variants[@]}"

@@ -124,6 +124,11 @@ mutant cpu-decode-ef-bound cpu src/cuda/decode_select.h \
 mutant cpu-decode-select-spec-form cpu src/cuda/decode_select.c \
   'return c->cu_seqlens ? (c->idx_2d ? 2 : 1) : 0;' \
   'return c->cu_seqlens ? 1 : 0;'
+# The decode's selection: the _early kernel (one CTA an SM's registers) up to as many heads as
+# SMs, where its 4-warp CTAs would fit three an SM instead of four.
+mutant cpu-decode-select-early-heads cpu src/cuda/decode_select.c \
+  '!c->v_first && 4 * heads <= 2 * sms;' \
+  '!c->v_first && 2 * heads <= 2 * sms;'
 # The prefill's selection: the split output where its warps number up to 8 an SM (two a
 # scheduler), where it measured slower than the unsplit chain.
 mutant cpu-prefill-select-split-warps cpu src/cuda/prefill_select.c \

@@ -8,10 +8,10 @@
 
 #include <string.h>
 
-#define TILE_ROW(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU) \
-    {#name, FKDA_DECODE_FAMILY_TILES, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU},
+#define TILE_ROW(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU, CTAS) \
+    {#name, FKDA_DECODE_FAMILY_TILES, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU, CTAS},
 #define PACKED_ROW(name, V_FIRST, LOAD_EF, KS, CU) \
-    {#name, FKDA_DECODE_FAMILY_PACKED, 1, V_FIRST, 8, PK_NR, PK_NC, 1, LOAD_EF, 0, KS, CU},
+    {#name, FKDA_DECODE_FAMILY_PACKED, 1, V_FIRST, 8, PK_NR, PK_NC, 1, LOAD_EF, 0, KS, CU, 0},
 const fkda_decode_variant fkda_decode_variant_table[] = {DECODE_TILE_VARIANTS(TILE_ROW)
                                                              DECODE_PACKED_VARIANTS(PACKED_ROW)};
 
@@ -66,18 +66,19 @@ static int is_narrow(const fkda_decode_variant *v) { return v->rows * v->cols ==
 
 /* Among the tile variants of the pool's dtype, layout, vector width and density, narrow or not as
  * asked: the one that matches split K first, then bf16 tokens (never one compiled for bf16 tokens
- * where the call's are not, nor for the other form of cu_seqlens), then evict-first loads. */
-static int best_tile_variant(const fkda_decode_call *c, int narrow, int ksplit, int tok, int load_ef)
+ * where the call's are not, nor for the other form of cu_seqlens), then evict-first loads, then
+ * the _early kernel where asked (one CTA an SM's registers: never where not asked). */
+static int best_tile_variant(const fkda_decode_call *c, int narrow, int ksplit, int tok, int load_ef, int early)
 {
     int found = -1, best = -1;
     for (int i = 0; i < DECODE_TILE_VARIANT_COUNT; i++) {
         const fkda_decode_variant *d = &fkda_decode_variant_table[i];
         if (d->bf16_pool != (c->state_bf16 != 0) || d->v_first != (c->v_first != 0) ||
             (d->vec > 1) != (c->vectorizable != 0) || d->dense128 != c->dense128 || is_narrow(d) != narrow ||
-            (d->bf16_tokens && (!tok || d->cu_form != call_form(c))))
+            (d->bf16_tokens && (!tok || d->cu_form != call_form(c))) || (d->ctas_per_sm == 1 && !early))
             continue;
-        const int score = 4 * ((d->k_split == 2) == ksplit) + 2 * ((d->bf16_tokens != 0) == tok) +
-                          (d->load_ef == load_ef);
+        const int score = 8 * ((d->k_split == 2) == ksplit) + 4 * ((d->bf16_tokens != 0) == tok) +
+                          2 * (d->load_ef == load_ef) + (d->ctas_per_sm == 1);
         if (score > best) {
             best = score;
             found = i;
@@ -197,12 +198,19 @@ fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fk
         bf16_narrow = heads < sms;
     int narrow = c->dense128 && (!c->state_bf16 ? heads < sms : bf16_narrow);
     if (t->decode_narrow >= 0) narrow = c->dense128 && t->decode_narrow;
+    /* vLLM's packed form (cu_seqlens, one token a sequence) on the wide bf16 [K, V] tile: the
+     * _early kernel, which loads the token at a guessed place before the state as the narrow CU
+     * tiles do, where tile_geometry gives the wide one-token tile 2 warps a CTA (4 * heads <= 2 *
+     * SMs: at most two such CTAs an SM, which its ~160 registers a thread leave room for). Beyond,
+     * its 4-warp CTAs would fit three an SM where the other kernel's fit four. */
+    const int early = one_token_tok && c->cu_seqlens && c->state_bf16 && !c->v_first && 4 * heads <= 2 * sms;
 
     /* FKDA_DECODE_VARIANT names a variant: it is taken wherever it can serve the call. */
     int chosen = t->decode_variant[0] ? fkda_decode_variant_find(t->decode_variant) : -1;
     if (chosen >= 0 && !fkda_decode_variant_serves(&fkda_decode_variant_table[chosen], c)) chosen = -1;
     if (chosen < 0)
-        chosen = packed ? packed_variant(c, ksplit, load_ef) : best_tile_variant(c, narrow, ksplit, tok, load_ef);
+        chosen = packed ? packed_variant(c, ksplit, load_ef)
+                        : best_tile_variant(c, narrow, ksplit, tok, load_ef, early);
     if (chosen < 0) return FKDA_DECODE_SELECT_NO_VARIANT;
     out->variant = chosen;
     const fkda_decode_variant *v = &fkda_decode_variant_table[chosen];

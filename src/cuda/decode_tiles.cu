@@ -5,7 +5,8 @@
  * size, layout, pool dtype and number of tokens.
  *
  * Every kernel is launched with up to 256 threads and capped at 128 registers, so that two 8-warp
- * CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most).
+ * CTAs fit on an SM (16 warps, 128 KB of fp32 state loads in flight at most); but the _early one
+ * (CTAS = 1, decode_variants.h), which small batches give at most two CTAs of 2 warps an SM.
  */
 #include "decode_common.cuh"
 
@@ -126,7 +127,7 @@ typedef void (*tile_tokens_fn)(const fkda_decode_params *p, stage_buffer *smem);
 static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, stage_buffer *smem, const int BF16,
                                                   const int V_FIRST, const int VEC, const int NR, const int NC,
                                                   const int D128, const int LOAD_EF, const int TOK, const int KS,
-                                                  const int CU, tile_tokens_fn several_tokens)
+                                                  const int CU, const int CTAS, tile_tokens_fn several_tokens)
 {
     const uint32_t head = blockIdx.x; /* the grid is heads x ctas_per_head */
     const int slab = (int)blockIdx.y * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -160,7 +161,9 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
      * words held across the state's loads spill (ptxas: 16-20 bytes), and their batches hide
      * latency with warps. The wide bf16 ones do without cu_seqlens, where their raw words leave
      * the registers the token needs (no spill); with cu_seqlens their twins would spill (4 bytes,
-     * whose store waits for the state's loads before the staging: load_waits.py) and do not.
+     * whose store waits for the state's loads before the staging: load_waits.py) and do not, but
+     * for the [K, V] one compiled for one CTA an SM's registers (CTAS = 1, the _early kernel of
+     * small batches: ~160 registers, no spill, nothing before the staging waiting for the state).
      * (The rules give one-token bf16 [V, K] calls the narrow tile up to the packed kernels'
      * range, so the wide [V, K] ones run only when forced.) */
     const int EARLY = NR * NC <= 32;
@@ -184,7 +187,7 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     int64_t slot;
     token_loads tl;
     cu_words cw = load_cu_words(p, n);
-    const int guessed = EARLY && n < p->T;
+    const int guessed = (EARLY || (BF16 && VEC > 1 && CTAS == 1)) && n < p->T;
     if (guessed) {
         issue_token_loads(p, &w, 0, n, h, &tl, V_FIRST, VEC, NC, TOK, 1);
         hold_cu_words(&cw);
@@ -210,17 +213,17 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
 /* ---- the kernels ------------------------------------------------------------------------- */
 
 /* Each kernel with the function for its longer sequences of cu_seqlens (the CU kernels call it). */
-#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU)                   \
-    static __device__ __noinline__ void name##_tokens(const fkda_decode_params *p, stage_buffer *smem)       \
-    {                                                                                                        \
-        several_tokens_cta(p, smem, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS);                     \
-    }                                                                                                        \
-    __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, 2)                                      \
-        name(const __grid_constant__ fkda_decode_params p)                                                   \
-    {                                                                                                        \
-        __shared__ stage_buffer decode_stage[2];                                                             \
-        wait_for_prior_grid();                                                                               \
-        decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU, name##_tokens); \
+#define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU, CTAS)                   \
+    static __device__ __noinline__ void name##_tokens(const fkda_decode_params *p, stage_buffer *smem)             \
+    {                                                                                                              \
+        several_tokens_cta(p, smem, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS);                           \
+    }                                                                                                              \
+    __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, CTAS)                                         \
+        name(const __grid_constant__ fkda_decode_params p)                                                         \
+    {                                                                                                              \
+        __shared__ stage_buffer decode_stage[2];                                                                   \
+        wait_for_prior_grid();                                                                                     \
+        decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU, CTAS, name##_tokens); \
     }
 DECODE_TILE_VARIANTS(DECODE_DEFINE_KERNEL)
 

@@ -17,7 +17,7 @@
  * compiled for all-bf16 token tensors; _ks split K (two warps share each column, half of the keys
  * each); _narrow narrow tiles (32 values per lane, 16 warps per head) for small batches; _cu
  * compiled for calls with cu_seqlens (CU, below); _spec for speculative decoding in vLLM's form
- * (CU = 2).
+ * (CU = 2); _early the wide bf16 [K, V] CU tile with its token loaded early (CTAS = 1, below).
  *
  * Columns of DECODE_TILE_VARIANTS:
  *   BF16     the pool is bf16 (else fp32)
@@ -48,6 +48,12 @@
  *            and 1-D indices, CU = 2 only calls with cu_seqlens and 2-D indices. The other tile
  *            kernels read cu_seqlens at run time and serve every form (CU = 0), among them the
  *            speculative calls no _spec kernel serves (tokens not all bf16, heads not dense 128).
+ *   CTAS     CTAs of 256 threads per SM the kernel is compiled for (__launch_bounds__): 2 (at most
+ *            128 registers a thread), or 1 for the _early kernel, which holds the token's words
+ *            across the state's loads at a guessed place, as the narrow CU tiles do (decode_tiles.cu),
+ *            and needs ~160 registers for it (at 128 ptxas spilled 4 bytes, whose store waited for
+ *            the state's loads before the staging); decode_select.c gives it only batches of few
+ *            enough heads that its CTAs fit on the SMs at that count.
  * Columns of DECODE_PACKED_VARIANTS: V_FIRST, LOAD_EF, KS, CU as above (BF16 = 1, VEC = 8,
  * NR = 16, NC = 8, D128 = 1, TOK = 0 for all of them).
  *
@@ -60,72 +66,73 @@
 /* The tables as written: clang-format leaves them alone (its off comment takes no reason after it
  * in the version CI runs, 14). */
 /* clang-format off */
-/*  name                                  BF16 V_FIRST VEC NR NC D128 LOAD_EF TOK KS CU */
-#define DECODE_TILE_VARIANTS(X)                                         \
-    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1, 0, 0, 1, 0)                 \
-    X(decode_f32_kv_128_ks, 0, 0, 4, 16, 4, 1, 0, 0, 2, 0)              \
-    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1, 0, 0, 1, 0)                 \
-    X(decode_bf16_kv_128, 1, 0, 4, 16, 4, 1, 0, 0, 1, 0)                \
-    X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1, 0, 0, 1, 0)                \
-    X(decode_f32_kv_128_ef, 0, 0, 4, 16, 4, 1, 1, 0, 1, 0)              \
-    X(decode_f32_kv_128_ef_ks, 0, 0, 4, 16, 4, 1, 1, 0, 2, 0)           \
-    X(decode_f32_vk_128_ef, 0, 1, 4, 16, 4, 1, 1, 0, 1, 0)              \
-    X(decode_bf16_kv_128_ef, 1, 0, 4, 16, 4, 1, 1, 0, 1, 0)             \
-    X(decode_bf16_vk_128_ef, 1, 1, 8, 16, 4, 1, 1, 0, 1, 0)             \
-    X(decode_f32_kv_128_tok, 0, 0, 4, 16, 4, 1, 0, 1, 1, 0)             \
-    X(decode_f32_kv_128_tok_ks, 0, 0, 4, 16, 4, 1, 0, 1, 2, 0)          \
-    X(decode_f32_vk_128_tok, 0, 1, 4, 16, 4, 1, 0, 1, 1, 0)             \
-    X(decode_bf16_kv_128_tok, 1, 0, 4, 16, 4, 1, 0, 1, 1, 0)            \
-    X(decode_bf16_vk_128_tok, 1, 1, 8, 16, 4, 1, 0, 1, 1, 0)            \
-    X(decode_f32_kv_128_ef_tok, 0, 0, 4, 16, 4, 1, 1, 1, 1, 0)          \
-    X(decode_f32_kv_128_ef_tok_ks, 0, 0, 4, 16, 4, 1, 1, 1, 2, 0)       \
-    X(decode_f32_vk_128_ef_tok, 0, 1, 4, 16, 4, 1, 1, 1, 1, 0)          \
-    X(decode_bf16_kv_128_ef_tok, 1, 0, 4, 16, 4, 1, 1, 1, 1, 0)         \
-    X(decode_bf16_vk_128_ef_tok, 1, 1, 8, 16, 4, 1, 1, 1, 1, 0)         \
-    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1, 1, 0, 1, 0)           \
-    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1, 1, 0, 1, 0)           \
-    X(decode_bf16_kv_128_narrow, 1, 0, 4, 8, 4, 1, 1, 0, 1, 0)          \
-    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1, 1, 0, 1, 0)          \
-    X(decode_f32_kv_128_narrow_tok, 0, 0, 4, 8, 4, 1, 1, 1, 1, 0)       \
-    X(decode_f32_vk_128_narrow_tok, 0, 1, 4, 8, 4, 1, 1, 1, 1, 0)       \
-    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 2, 1, 0)      \
-    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 2, 1, 0)      \
-    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0, 0, 0, 1, 0)                 \
-    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0, 0, 0, 1, 0)                 \
-    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0, 0, 0, 1, 0)                 \
-    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0, 0, 0, 1, 0)                 \
-    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0, 0, 0, 1, 0)              \
-    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0, 0, 0, 1, 0)              \
-    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0, 0, 0, 1, 0)             \
-    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 0, 0, 0, 1, 0)             \
-    X(decode_f32_kv_128_tok_cu, 0, 0, 4, 16, 4, 1, 0, 1, 1, 1)          \
-    X(decode_f32_kv_128_tok_ks_cu, 0, 0, 4, 16, 4, 1, 0, 1, 2, 1)       \
-    X(decode_f32_vk_128_tok_cu, 0, 1, 4, 16, 4, 1, 0, 1, 1, 1)          \
-    X(decode_bf16_kv_128_tok_cu, 1, 0, 4, 16, 4, 1, 0, 1, 1, 1)         \
-    X(decode_bf16_vk_128_tok_cu, 1, 1, 8, 16, 4, 1, 0, 1, 1, 1)         \
-    X(decode_f32_kv_128_ef_tok_cu, 0, 0, 4, 16, 4, 1, 1, 1, 1, 1)       \
-    X(decode_f32_kv_128_ef_tok_ks_cu, 0, 0, 4, 16, 4, 1, 1, 1, 2, 1)    \
-    X(decode_f32_vk_128_ef_tok_cu, 0, 1, 4, 16, 4, 1, 1, 1, 1, 1)       \
-    X(decode_bf16_kv_128_ef_tok_cu, 1, 0, 4, 16, 4, 1, 1, 1, 1, 1)      \
-    X(decode_bf16_vk_128_ef_tok_cu, 1, 1, 8, 16, 4, 1, 1, 1, 1, 1)      \
-    X(decode_f32_kv_128_narrow_tok_cu, 0, 0, 4, 8, 4, 1, 1, 1, 1, 1)    \
-    X(decode_f32_vk_128_narrow_tok_cu, 0, 1, 4, 8, 4, 1, 1, 1, 1, 1)    \
-    X(decode_bf16_kv_128_narrow_tok_cu, 1, 0, 4, 8, 4, 1, 1, 2, 1, 1)   \
-    X(decode_bf16_vk_128_narrow_tok_cu, 1, 1, 8, 8, 4, 1, 1, 2, 1, 1)   \
-    X(decode_f32_kv_128_tok_spec, 0, 0, 4, 16, 4, 1, 0, 1, 1, 2)        \
-    X(decode_f32_kv_128_ef_tok_spec, 0, 0, 4, 16, 4, 1, 1, 1, 1, 2)     \
-    X(decode_f32_kv_128_tok_ks_spec, 0, 0, 4, 16, 4, 1, 0, 1, 2, 2)     \
-    X(decode_f32_vk_128_tok_spec, 0, 1, 4, 16, 4, 1, 0, 1, 1, 2)        \
-    X(decode_bf16_kv_128_tok_spec, 1, 0, 4, 16, 4, 1, 0, 1, 1, 2)       \
-    X(decode_bf16_vk_128_tok_spec, 1, 1, 8, 16, 4, 1, 0, 1, 1, 2)       \
-    X(decode_f32_kv_128_ef_tok_ks_spec, 0, 0, 4, 16, 4, 1, 1, 1, 2, 2)  \
-    X(decode_f32_vk_128_ef_tok_spec, 0, 1, 4, 16, 4, 1, 1, 1, 1, 2)     \
-    X(decode_bf16_kv_128_ef_tok_spec, 1, 0, 4, 16, 4, 1, 1, 1, 1, 2)    \
-    X(decode_bf16_vk_128_ef_tok_spec, 1, 1, 8, 16, 4, 1, 1, 1, 1, 2)    \
-    X(decode_f32_kv_128_narrow_tok_spec, 0, 0, 4, 8, 4, 1, 1, 1, 1, 2)  \
-    X(decode_f32_vk_128_narrow_tok_spec, 0, 1, 4, 8, 4, 1, 1, 1, 1, 2)  \
-    X(decode_bf16_kv_128_narrow_tok_spec, 1, 0, 4, 8, 4, 1, 1, 2, 1, 2) \
-    X(decode_bf16_vk_128_narrow_tok_spec, 1, 1, 8, 8, 4, 1, 1, 2, 1, 2)
+/*  name                                  BF16 V_FIRST VEC NR NC D128 LOAD_EF TOK KS CU CTAS */
+#define DECODE_TILE_VARIANTS(X)                                             \
+    X(decode_f32_kv_128, 0, 0, 4, 16, 4, 1, 0, 0, 1, 0, 2)                  \
+    X(decode_f32_kv_128_ks, 0, 0, 4, 16, 4, 1, 0, 0, 2, 0, 2)               \
+    X(decode_f32_vk_128, 0, 1, 4, 16, 4, 1, 0, 0, 1, 0, 2)                  \
+    X(decode_bf16_kv_128, 1, 0, 4, 16, 4, 1, 0, 0, 1, 0, 2)                 \
+    X(decode_bf16_vk_128, 1, 1, 8, 16, 4, 1, 0, 0, 1, 0, 2)                 \
+    X(decode_f32_kv_128_ef, 0, 0, 4, 16, 4, 1, 1, 0, 1, 0, 2)               \
+    X(decode_f32_kv_128_ef_ks, 0, 0, 4, 16, 4, 1, 1, 0, 2, 0, 2)            \
+    X(decode_f32_vk_128_ef, 0, 1, 4, 16, 4, 1, 1, 0, 1, 0, 2)               \
+    X(decode_bf16_kv_128_ef, 1, 0, 4, 16, 4, 1, 1, 0, 1, 0, 2)              \
+    X(decode_bf16_vk_128_ef, 1, 1, 8, 16, 4, 1, 1, 0, 1, 0, 2)              \
+    X(decode_f32_kv_128_tok, 0, 0, 4, 16, 4, 1, 0, 1, 1, 0, 2)              \
+    X(decode_f32_kv_128_tok_ks, 0, 0, 4, 16, 4, 1, 0, 1, 2, 0, 2)           \
+    X(decode_f32_vk_128_tok, 0, 1, 4, 16, 4, 1, 0, 1, 1, 0, 2)              \
+    X(decode_bf16_kv_128_tok, 1, 0, 4, 16, 4, 1, 0, 1, 1, 0, 2)             \
+    X(decode_bf16_vk_128_tok, 1, 1, 8, 16, 4, 1, 0, 1, 1, 0, 2)             \
+    X(decode_f32_kv_128_ef_tok, 0, 0, 4, 16, 4, 1, 1, 1, 1, 0, 2)           \
+    X(decode_f32_kv_128_ef_tok_ks, 0, 0, 4, 16, 4, 1, 1, 1, 2, 0, 2)        \
+    X(decode_f32_vk_128_ef_tok, 0, 1, 4, 16, 4, 1, 1, 1, 1, 0, 2)           \
+    X(decode_bf16_kv_128_ef_tok, 1, 0, 4, 16, 4, 1, 1, 1, 1, 0, 2)          \
+    X(decode_bf16_vk_128_ef_tok, 1, 1, 8, 16, 4, 1, 1, 1, 1, 0, 2)          \
+    X(decode_f32_kv_128_narrow, 0, 0, 4, 8, 4, 1, 1, 0, 1, 0, 2)            \
+    X(decode_f32_vk_128_narrow, 0, 1, 4, 8, 4, 1, 1, 0, 1, 0, 2)            \
+    X(decode_bf16_kv_128_narrow, 1, 0, 4, 8, 4, 1, 1, 0, 1, 0, 2)           \
+    X(decode_bf16_vk_128_narrow, 1, 1, 8, 8, 4, 1, 1, 0, 1, 0, 2)           \
+    X(decode_f32_kv_128_narrow_tok, 0, 0, 4, 8, 4, 1, 1, 1, 1, 0, 2)        \
+    X(decode_f32_vk_128_narrow_tok, 0, 1, 4, 8, 4, 1, 1, 1, 1, 0, 2)        \
+    X(decode_bf16_kv_128_narrow_tok, 1, 0, 4, 8, 4, 1, 1, 2, 1, 0, 2)       \
+    X(decode_bf16_vk_128_narrow_tok, 1, 1, 8, 8, 4, 1, 1, 2, 1, 0, 2)       \
+    X(decode_f32_kv_vec, 0, 0, 4, 16, 4, 0, 0, 0, 1, 0, 2)                  \
+    X(decode_f32_vk_vec, 0, 1, 4, 16, 4, 0, 0, 0, 1, 0, 2)                  \
+    X(decode_bf16_kv_vec, 1, 0, 8, 8, 8, 0, 0, 0, 1, 0, 2)                  \
+    X(decode_bf16_vk_vec, 1, 1, 8, 8, 8, 0, 0, 0, 1, 0, 2)                  \
+    X(decode_f32_kv_scalar, 0, 0, 1, 16, 4, 0, 0, 0, 1, 0, 2)               \
+    X(decode_f32_vk_scalar, 0, 1, 1, 16, 4, 0, 0, 0, 1, 0, 2)               \
+    X(decode_bf16_kv_scalar, 1, 0, 1, 16, 4, 0, 0, 0, 1, 0, 2)              \
+    X(decode_bf16_vk_scalar, 1, 1, 1, 16, 4, 0, 0, 0, 1, 0, 2)              \
+    X(decode_f32_kv_128_tok_cu, 0, 0, 4, 16, 4, 1, 0, 1, 1, 1, 2)           \
+    X(decode_f32_kv_128_tok_ks_cu, 0, 0, 4, 16, 4, 1, 0, 1, 2, 1, 2)        \
+    X(decode_f32_vk_128_tok_cu, 0, 1, 4, 16, 4, 1, 0, 1, 1, 1, 2)           \
+    X(decode_bf16_kv_128_tok_cu, 1, 0, 4, 16, 4, 1, 0, 1, 1, 1, 2)          \
+    X(decode_bf16_vk_128_tok_cu, 1, 1, 8, 16, 4, 1, 0, 1, 1, 1, 2)          \
+    X(decode_f32_kv_128_ef_tok_cu, 0, 0, 4, 16, 4, 1, 1, 1, 1, 1, 2)        \
+    X(decode_f32_kv_128_ef_tok_ks_cu, 0, 0, 4, 16, 4, 1, 1, 1, 2, 1, 2)     \
+    X(decode_f32_vk_128_ef_tok_cu, 0, 1, 4, 16, 4, 1, 1, 1, 1, 1, 2)        \
+    X(decode_bf16_kv_128_ef_tok_cu, 1, 0, 4, 16, 4, 1, 1, 1, 1, 1, 2)       \
+    X(decode_bf16_vk_128_ef_tok_cu, 1, 1, 8, 16, 4, 1, 1, 1, 1, 1, 2)       \
+    X(decode_f32_kv_128_narrow_tok_cu, 0, 0, 4, 8, 4, 1, 1, 1, 1, 1, 2)     \
+    X(decode_f32_vk_128_narrow_tok_cu, 0, 1, 4, 8, 4, 1, 1, 1, 1, 1, 2)     \
+    X(decode_bf16_kv_128_narrow_tok_cu, 1, 0, 4, 8, 4, 1, 1, 2, 1, 1, 2)    \
+    X(decode_bf16_vk_128_narrow_tok_cu, 1, 1, 8, 8, 4, 1, 1, 2, 1, 1, 2)    \
+    X(decode_f32_kv_128_tok_spec, 0, 0, 4, 16, 4, 1, 0, 1, 1, 2, 2)         \
+    X(decode_f32_kv_128_ef_tok_spec, 0, 0, 4, 16, 4, 1, 1, 1, 1, 2, 2)      \
+    X(decode_f32_kv_128_tok_ks_spec, 0, 0, 4, 16, 4, 1, 0, 1, 2, 2, 2)      \
+    X(decode_f32_vk_128_tok_spec, 0, 1, 4, 16, 4, 1, 0, 1, 1, 2, 2)         \
+    X(decode_bf16_kv_128_tok_spec, 1, 0, 4, 16, 4, 1, 0, 1, 1, 2, 2)        \
+    X(decode_bf16_vk_128_tok_spec, 1, 1, 8, 16, 4, 1, 0, 1, 1, 2, 2)        \
+    X(decode_f32_kv_128_ef_tok_ks_spec, 0, 0, 4, 16, 4, 1, 1, 1, 2, 2, 2)   \
+    X(decode_f32_vk_128_ef_tok_spec, 0, 1, 4, 16, 4, 1, 1, 1, 1, 2, 2)      \
+    X(decode_bf16_kv_128_ef_tok_spec, 1, 0, 4, 16, 4, 1, 1, 1, 1, 2, 2)     \
+    X(decode_bf16_vk_128_ef_tok_spec, 1, 1, 8, 16, 4, 1, 1, 1, 1, 2, 2)     \
+    X(decode_f32_kv_128_narrow_tok_spec, 0, 0, 4, 8, 4, 1, 1, 1, 1, 2, 2)   \
+    X(decode_f32_vk_128_narrow_tok_spec, 0, 1, 4, 8, 4, 1, 1, 1, 1, 2, 2)   \
+    X(decode_bf16_kv_128_narrow_tok_spec, 1, 0, 4, 8, 4, 1, 1, 2, 1, 2, 2)  \
+    X(decode_bf16_vk_128_narrow_tok_spec, 1, 1, 8, 8, 4, 1, 1, 2, 1, 2, 2)  \
+    X(decode_bf16_kv_128_ef_tok_cu_early, 1, 0, 4, 16, 4, 1, 1, 1, 1, 1, 1)
 
 /*  name                                  V_FIRST LOAD_EF KS CU */
 #define DECODE_PACKED_VARIANTS(X)              \
@@ -173,6 +180,7 @@ typedef struct fkda_decode_variant {
     int bf16_tokens; /* TOK: 0, or 1 / 2 (32- / 64-bit token offsets) */
     int k_split;     /* KS */
     int cu_form;     /* CU: the form of call a TOK or packed kernel serves (0, 1, 2: above) */
+    int ctas_per_sm; /* CTAS: 2, or 1 (the _early kernel; the packed kernels: 0, not used) */
 } fkda_decode_variant;
 
 #ifdef __cplusplus

@@ -19,14 +19,18 @@
  *    split K's threshold, when the _spec set gained its two fp32 [K, V] rows without split K),
  *    and when bf16 [V, K] pools took the narrow tiles at more heads (the decisions that changed:
  *    dense 128 bf16 [V, K] calls with all-bf16 tokens, one token per sequence or the _spec
- *    form); a change of any decision fails here; if the change is intended, regenerate them
+ *    form), and when vLLM's packed form took the _early kernel for small batches of wide bf16
+ *    [K, V] heads (the decisions that changed: dense 128 bf16 [K, V] calls with cu_seqlens, 1-D
+ *    indices, all-bf16 tokens and at most one token per sequence, on the wide tile, at most half
+ *    as many heads as SMs); a change of any decision fails here; if the change is intended, regenerate them
  *    (FKDA_PIN_PRINT=1 prints the arrays) and say why in the commit.
  * 2. Every choice serves its call (fkda_decode_variant_serves), with or without
  *    FKDA_DECODE_VARIANT, and a forced variant is taken exactly where it serves; every variant of
  *    the table is taken somewhere on the grid when forced.
  * 3. vLLM's packed form (cu_seqlens, T = N) gets what the one-token form (T = 1) of the same
  *    call gets: the same geometry, and the same kernel, or its CU twin where the kernel is
- *    compiled for one form (TOK, packed); a call where some sequence must have several tokens
+ *    compiled for one form (TOK, packed), or that twin's _early form (the wide bf16 [K, V] tile
+ *    at small batches, decode_select.c); a call where some sequence must have several tokens
  *    (T > N) never gets a CU kernel unless forced.
  * 4. fkda_tuning_read parses the FKDA_* variables as documented in src/core/tuning.h.
  */
@@ -383,6 +387,10 @@ static void check_packed_form(void)
                                 const int twin = va->family == FKDA_DECODE_FAMILY_PACKED || va->bf16_tokens;
                                 snprintf(want, sizeof want, "%s%s", va->name, twin ? "_cu" : "");
                                 describe_block(&b, what, sizeof what);
+                                /* the _early form of the CU twin: the same kernel compiled for one CTA an
+                                 * SM's registers, with the token loaded at a guessed place */
+                                if (vb->ctas_per_sm == 1 && twin)
+                                    strncat(want, "_early", sizeof want - strlen(want) - 1);
                                 CHECK(strcmp(vb->name, want) == 0 && a.lanes_k == b2.lanes_k &&
                                           a.warps_per_head == b2.warps_per_head &&
                                           a.warps_per_cta == b2.warps_per_cta && a.ctas_per_head == b2.ctas_per_head &&
