@@ -129,6 +129,11 @@ mutant cpu-decode-select-spec-form cpu src/cuda/decode_select.c \
 mutant cpu-decode-select-early-heads cpu src/cuda/decode_select.c \
   '!c->v_first && 4 * heads <= 2 * sms;' \
   '!c->v_first && 2 * heads <= 2 * sms;'
+# The decode's selection: fp32 [V, K] pools on the narrow tile for every one-token call, also
+# with fp32 tokens or 2-D indices, which nothing measured.
+mutant cpu-decode-select-f32-vk-narrow cpu src/cuda/decode_select.c \
+  'const int f32_narrow = one_token_tok && c->v_first ?' \
+  'const int f32_narrow = c->v_first ?'
 # The prefill's selection: the split output where its warps number up to 8 an SM (two a
 # scheduler), where it measured slower than the unsplit chain.
 mutant cpu-prefill-select-split-warps cpu src/cuda/prefill_select.c \
