@@ -197,8 +197,8 @@ fkda_decode_select_status fkda_decode_select(const fkda_decode_call *c, const fk
     else if (spec_tok && c->v_first)
         bf16_narrow = heads < sms;
     /* fp32 pools: narrow below one head per SM; one-token all-bf16-token calls on [V, K] pools up
-     * to 32 heads an SM (measured faster from 512 to 4,096 heads on an H100, by 6 % at 512 and 1-2 %
-     * at 4,096, and even at 8,192; the [K, V] narrow tile there measured 30 % slower:
+     * to 32 heads an SM (measured faster from 512 to 4,096 heads on an H100, by 6 % at 512 and 1 %
+     * at 4,096; within 0.5 % at 8,192; the [K, V] narrow tile there measured 30 % slower:
      * bench/results/decode.md). */
     const int f32_narrow = one_token_tok && c->v_first ? heads <= 32 * sms : heads < sms;
     int narrow = c->dense128 && (!c->state_bf16 ? f32_narrow : bf16_narrow);

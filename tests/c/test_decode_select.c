@@ -24,8 +24,9 @@
  *    indices, all-bf16 tokens and at most one token per sequence, on the wide tile, at most half
  *    as many heads as SMs), and when fp32 [V, K] pools took the narrow tiles up to 32 heads an SM
  *    (the decisions that changed: dense 128 fp32 [V, K] calls with 1-D indices or none, all-bf16
- *    tokens and one token per sequence, from one to 32 heads an SM); a change of any decision fails here; if the change is intended, regenerate them
- *    (FKDA_PIN_PRINT=1 prints the arrays) and say why in the commit.
+ *    tokens and one token per sequence, from one to 32 heads an SM); a change of any decision
+ *    fails here; if the change is intended, regenerate them (FKDA_PIN_PRINT=1 prints the arrays)
+ *    and say why in the commit.
  * 2. Every choice serves its call (fkda_decode_variant_serves), with or without
  *    FKDA_DECODE_VARIANT, and a forced variant is taken exactly where it serves; every variant of
  *    the table is taken somewhere on the grid when forced.
