@@ -300,6 +300,18 @@ mutant cuda-decode-a16 cuda src/cuda/decode_stage.cuh \
 mutant cuda-decode-token-slot cuda src/cuda/decode_common.cuh \
   'n * p->idx_stride[0] + t * p->idx_stride[1],' \
   'n * p->idx_stride[0],'
+# The _spec kernels' batched staging (decode_spec.cuh): every token of a batch stores its state to
+# the batch's first token's slot; a token's key sums without their last 32-key chunk; and the next
+# batch taken 4 tokens on where a CTA of fewer than 4 warps staged fewer (tokens skipped).
+mutant cuda-decode-spec-batch-slot cuda src/cuda/decode_spec.cuh \
+  'n * p->idx_stride[0] + (t0 + tid) * p->idx_stride[1],' \
+  'n * p->idx_stride[0] + t0 * p->idx_stride[1],'
+mutant cuda-decode-spec-chunk-sums cuda src/cuda/decode_spec.cuh \
+  'const float ssq = ((0.0f + sq.x) + sq.y + sq.z) + sq.w,' \
+  'const float ssq = ((0.0f + sq.x) + sq.y + sq.z),'
+mutant cuda-decode-spec-batch-step cuda src/cuda/decode_spec.cuh \
+  't0 += G; /* G < SPEC_BATCH in CTAs of fewer than 4 warps */' \
+  't0 += SPEC_BATCH;'
 # The _spec kernels read each sequence's state from its first slot, whatever its accepted count.
 mutant cuda-decode-spec-accepted cuda src/cuda/decode_common.cuh \
   'return accepted_column(p, index_value(sw.acc, p->acc_dtype));' \

@@ -9,6 +9,7 @@
  * (CTAS = 1, decode_variants.h), which small batches give at most two CTAs of 2 warps an SM.
  */
 #include "decode_common.cuh"
+#include "decode_spec.cuh"
 
 /* One sequence's work for the CTA: its slot (TOK kernels with 1-D indices: one load), then a
  * skip (its rows of out zeroed) or the state's load, the tokens and the store (after each token
@@ -48,20 +49,17 @@ static __device__ __forceinline__ void decode_sequence(const fkda_decode_params 
 }
 
 /* The _spec kernels' sequence (CU = 2: cu_seqlens, 2-D indices): its bounds and accepted count,
- * the slot that count selects, then as decode_sequence, the state stored after each token. With
- * EARLY (the narrow [K, V] tiles) the first token's loads issue right behind the slot index's,
- * where the bounds have just told its place, so that it arrives with the index, not a round trip
- * after the state; that token then runs on its own (run_tokens with len = 1: straight-line code;
- * in the token loop its staging would wait at the loop's head, its loads issued there), and the
- * rest from t = 1. Not the [V, K] tiles: there the first token's staging still waited for the
- * state (ptxas gave the state's loads and the token's dt_bias one scoreboard), and the longer code
- * measured slower; nor a second token loaded early: it spilled and was slower in both layouts
- * (docs/history/decode.md). */
-static __device__ __forceinline__ void spec_sequence(const fkda_decode_params *p, const lane_tile *w,
-                                                     stage_buffer *smem, int64_t n, int64_t h, const int BF16,
-                                                     const int V_FIRST, const int VEC, const int NR, const int NC,
-                                                     const int D128, const int LOAD_EF, const int TOK, const int KS,
-                                                     const int EARLY)
+ * the slot that count selects, the state's load, then its tokens staged in batches
+ * (decode_spec.cuh), the state stored after each token. With EARLY (the narrow [K, V] tiles) the
+ * first batch's loads issue right behind the slot index's, where the bounds have just told its
+ * place, so that it arrives with the index, not a round trip after the state, and is staged while
+ * the state is in flight. Not the [V, K] tiles: there a first token's staging loaded early still
+ * waited for the state (ptxas gave the state's loads and the token's dt_bias one scoreboard), and
+ * the longer code measured slower (docs/history/decode.md). */
+static __device__ __forceinline__ void spec_sequence(const fkda_decode_params *p, const lane_tile *w, spec_stage *ss,
+                                                     int64_t n, int64_t h, const int BF16, const int V_FIRST,
+                                                     const int VEC, const int NR, const int NC, const int D128,
+                                                     const int LOAD_EF, const int TOK, const int KS, const int EARLY)
 {
     int64_t bos;
     if (!EARLY) {
@@ -73,19 +71,20 @@ static __device__ __forceinline__ void spec_sequence(const fkda_decode_params *p
             return;
         }
         float s[DECODE_MAX_R][DECODE_MAX_C];
-        load_tile(p, w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-        run_tokens(p, w, smem, n, h, 0, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 1, NULL, 0);
+        const int RAW = BF16 && VEC > 1 ? 2 : BF16; /* bf16 words converted after the first batch's staging */
+        load_tile(p, w, slot, h, s, RAW, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
+        run_spec_tokens(p, w, ss, n, h, bos, len, s, RAW, V_FIRST, VEC, NR, NC, TOK, KS, NULL);
         return;
     }
     const spec_words sw = load_spec_words(p, n);
     const int64_t col = spec_column(p, sw);
     const index_words none = {0u, 0u};
-    index_words iw = load_index_words_if(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + col * p->idx_stride[1],
+    index_words iw = load_index_split_if(p->state_indices, p->idx_dtype, n * p->idx_stride[0] + col * p->idx_stride[1],
                                          1, none);
     const int64_t len = clamp_bounds(p, index_value(sw.a, p->cu_dtype), index_value(sw.b, p->cu_dtype), &bos);
     if (len <= 0) return;
-    token_loads tl;
-    issue_token_loads(p, w, 0, bos, h, &tl, V_FIRST, VEC, NC, TOK, 1);
+    spec_bits first;
+    load_spec_batch(p, n, h, query_head(p, h), bos, 0, len, &first, TOK);
     hold_until_here(&iw.lo);
     hold_until_here(&iw.hi);
     const int64_t slot = index_value(iw, p->idx_dtype);
@@ -94,10 +93,9 @@ static __device__ __forceinline__ void spec_sequence(const fkda_decode_params *p
         return;
     }
     float s[DECODE_MAX_R][DECODE_MAX_C];
-    const int RAW = BF16 && VEC > 1 ? 2 : BF16; /* bf16 words converted after the first token's staging */
+    const int RAW = BF16 && VEC > 1 ? 2 : BF16; /* bf16 words converted after the first batch's staging */
     load_tile(p, w, slot, h, s, RAW, V_FIRST, VEC, NR, NC, D128, LOAD_EF);
-    run_tokens(p, w, smem, n, h, 0, bos, 1, slot, s, RAW, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 1, &tl, 0);
-    run_tokens(p, w, smem, n, h, 0, bos, len, slot, s, BF16, V_FIRST, VEC, NR, NC, D128, TOK, KS, 2, 1, NULL, 1);
+    run_spec_tokens(p, w, ss, n, h, bos, len, s, RAW, V_FIRST, VEC, NR, NC, TOK, KS, &first);
 }
 
 /* The CU kernels' sequences of more than one token: the sequence found again, its tokens in a
@@ -137,7 +135,8 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
 
     int64_t row = n, bos = 0;
     if (CU == 2) { /* speculative decoding in vLLM's form: each sequence's tokens inline */
-        spec_sequence(p, &w, smem, n, h, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, NR * NC <= 32 && !V_FIRST);
+        spec_sequence(p, &w, (spec_stage *)smem, n, h, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS,
+                      NR * NC <= 32 && !V_FIRST);
         return;
     }
     if (!TOK) {
@@ -212,6 +211,10 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
 
 /* ---- the kernels ------------------------------------------------------------------------- */
 
+/* Shared memory, in stage buffers: run_tokens' two, or the _spec kernels' spec_stage. */
+#define DECODE_STAGE_BUFFERS(CU) \
+    ((CU) == 2 ? (int)((sizeof(spec_stage) + sizeof(stage_buffer) - 1) / sizeof(stage_buffer)) : 2)
+
 /* Each kernel with the function for its longer sequences of cu_seqlens (the CU kernels call it). */
 #define DECODE_DEFINE_KERNEL(name, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU, CTAS)                   \
     static __device__ __noinline__ void name##_tokens(const fkda_decode_params *p, stage_buffer *smem)             \
@@ -221,7 +224,7 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
     __global__ void __launch_bounds__(32 * DECODE_MAX_WARPS_PER_CTA, CTAS)                                         \
         name(const __grid_constant__ fkda_decode_params p)                                                         \
     {                                                                                                              \
-        __shared__ stage_buffer decode_stage[2];                                                                   \
+        __shared__ stage_buffer decode_stage[DECODE_STAGE_BUFFERS(CU)];                                            \
         wait_for_prior_grid();                                                                                     \
         decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU, CTAS, name##_tokens); \
     }

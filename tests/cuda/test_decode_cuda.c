@@ -1138,6 +1138,25 @@ int main(int argc, char **argv)
         c.wild_accepted = i == 0;
         cases[n++] = c;
     }
+    /* The _spec kernels stage a sequence's tokens in batches of up to 4, fewer in CTAs of fewer
+     * than 4 warps (decode_spec.cuh): sequences longer than a batch (the second and third
+     * batches, the buffers reused behind a barrier), and batches of 2 and 1 token in the CTAs of
+     * 2 and 1 warps that few heads get (4 and 2 heads: narrow tiles of 16 warps a head, one
+     * eighth or one sixteenth of a head a CTA on 132 SMs). */
+    static const int64_t spec_long_lens[] = {5, 9, 1, 4, 0, 8};
+    static const char *const spec_long_names[4] = {
+        "spec form [5,9,1,4,0,8], bf16 tokens, fp32 [K,V], 32 heads",
+        "spec form [5,9,1,4,0,8], bf16 tokens, bf16 [V,K], 4 heads (2-warp CTAs)",
+        "spec form [5,9], bf16 tokens, fp32 [V,K], 2 heads (1-warp CTAs)",
+        "spec form [5,9,1,4,0,8], bf16 tokens, bf16 [K,V], 8 heads"};
+    static const int64_t spec_long_B[4] = {8, 4, 2, 8};
+    for (int i = 0; i < 4; i++) {
+        const int bf16_pool = i == 1 || i == 3, v_first = i == 1 || i == 2;
+        c = spec_form_case(spec_long_names[i], spec_long_B[i], spec_long_lens, i == 2 ? 2 : 6,
+                           bf16_pool ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32, v_first, 3);
+        if (i > 0) c.H = c.HV = 1; /* B heads */
+        cases[n++] = c;
+    }
     /* No indices (sequence n continues slot n; the CU kernels' slot is then not loaded). */
     c = base_case("packed form arange(9), bf16 tokens, no indices");
     set_packed_form(&c, 8, ones, 1);
