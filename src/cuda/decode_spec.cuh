@@ -106,12 +106,8 @@ static __device__ __forceinline__ void load_spec_batch(const fkda_decode_params 
     const char *gv = token_vector(p->g, p->g_stride, bf16, 0, pos, h, TOK);
     const char *vv = token_vector(p->v, p->v_stride, bf16, 0, pos, h, TOK);
     const int gated = p->gate != FKDA_GATE_NONE, biased = gated && p->dt_bias;
-    /* dt_bias and A_log: 32-bit offsets (checked with the token tensors), as load_token_bits. */
-    const int64_t bias_off = TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->dt_bias_stride[0])
-                                      : h * p->dt_bias_stride[0];
-    const int64_t A_off = TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->A_log_stride) : h * p->A_log_stride;
-    const char *bv = biased ? (const char *)p->dt_bias + (bias_off << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
-                            : NULL;
+    const int64_t bias_off = dt_bias_offset(p, h, TOK), A_off = A_log_offset(p, h, TOK);
+    const char *bv = dt_bias_row(p, bias_off, biased);
     load_bits_pair_if(p->A_log, p->A_log_dtype, A_off, gated && p->A_log, &b->A, &b->A16);
     b->beta = load_bits_as(1, p->beta, bf16, token_offset(p->beta_stride, 0, pos + tid, h, TOK), tid < G);
     const index_words no_slot = {0xffffffffu, 0xffffffffu}; /* -1 in either index dtype */

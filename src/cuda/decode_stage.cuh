@@ -63,6 +63,27 @@ typedef struct staged_token {
  * profile of the speculative call), where predicated loads make one. */
 #define TOKEN_LOADS_BRANCH(SPLIT, TOK) (!(SPLIT) || (TOK))
 
+/* The gate's per-head parameters, addressed as the token tensors are (32-bit offsets in the
+ * TOK = 1 kernels too: the launch checked them with the token tensors): the element offsets of
+ * dt_bias's row of head h and of A_log's entry, and the row's address from its offset (NULL where
+ * the call has no dt_bias or no gate). Callers take both offsets, then the address: in that order
+ * the kernels compile to the code that was measured (in another, ptxas reschedules six tile
+ * kernels; scripts/sass_diff.sh). */
+static __device__ __forceinline__ int64_t dt_bias_offset(const fkda_decode_params *p, int64_t h, const int TOK)
+{
+    return TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->dt_bias_stride[0]) : h * p->dt_bias_stride[0];
+}
+
+static __device__ __forceinline__ int64_t A_log_offset(const fkda_decode_params *p, int64_t h, const int TOK)
+{
+    return TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->A_log_stride) : h * p->A_log_stride;
+}
+
+static __device__ __forceinline__ const char *dt_bias_row(const fkda_decode_params *p, int64_t off, int biased)
+{
+    return biased ? (const char *)p->dt_bias + (off << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1)) : NULL;
+}
+
 /* The raw bits of the inputs one thread stages in one round of stage_token: keys base + tid +
  * i * blockDim of q, k, g and dt_bias (zero past K), and beta's and A_log's. Loaded as one batch
  * (nothing waits on them until stage_token converts them), so a caller can issue them early. */
@@ -81,12 +102,8 @@ static __device__ __forceinline__ void load_token_bits(const fkda_decode_params 
     const char *kv = token_vector(p->k, p->k_stride, TOKEN_DTYPE(p, k_dtype, TOK), row, pos, hq, TOK);
     const char *gv = token_vector(p->g, p->g_stride, TOKEN_DTYPE(p, g_dtype, TOK), row, pos, h, TOK);
     const int gated = p->gate != FKDA_GATE_NONE, biased = gated && p->dt_bias;
-    /* dt_bias and A_log: 32-bit offsets in TOK kernels too (checked with the token tensors). */
-    const int64_t bias_off = TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->dt_bias_stride[0])
-                                      : h * p->dt_bias_stride[0];
-    const int64_t A_off = TOK == 1 ? (int64_t)((int32_t)h * (int32_t)p->A_log_stride) : h * p->A_log_stride;
-    const char *bv = biased ? (const char *)p->dt_bias + (bias_off << (p->dt_bias_dtype == FKDA_DTYPE_F32 ? 2 : 1))
-                            : NULL;
+    const int64_t bias_off = dt_bias_offset(p, h, TOK), A_off = A_log_offset(p, h, TOK);
+    const char *bv = dt_bias_row(p, bias_off, biased);
     const int64_t beta_off = token_offset(p->beta_stride, row, pos, h, TOK);
     tb->beta = load_bits_as(SPLIT, p->beta, TOKEN_DTYPE(p, beta_dtype, TOK), beta_off, 1);
     tb->A16 = 0u;
