@@ -6,10 +6,11 @@ Static pictures of that path (instruction counts before a load, which waits cove
 have predicted gains that five A/Bs did not show (docs/history/decode.md), so this measures the
 phases instead. Stamps, each taken after an instruction that needed the phase's data:
 
-    0 after griddepcontrol.wait       1 the slot's index has arrived
-    2 windows in, q or k convolved and sent   3 the whole token here (q/k exchange done)
-    4 the state in, its dot products summed   5 the new state's stores issued
-    6 every warp's sum of o^2 here            7 out stored (issued)
+    0 after griddepcontrol.wait               1 every load that needs no slot issued
+    2 the index's load issued                 3 the slot's index has arrived
+    4 windows in, q or k convolved and sent   5 the whole token here (q/k exchange done)
+    6 the state in, its dot products summed   7 the new state's stores issued
+    8 every warp's sum of o^2 here            9 out stored (issued)
 
 plus globaltimer and clock64 at entry and exit, and the SM. The script runs the layer as
 bench/bench_decode_layer_gpu.py does: once alone, then a CUDA graph of 20 steps on distinct pools
@@ -34,9 +35,12 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
 from bench_decode_layer_gpu import fused_step, make_layer, make_pools  # noqa: E402
 
-CTAS, WORDS = 2048, 13
+CTAS, WORDS = 2048, 15
+GT_IN, GT_OUT, SM, CLK_IN, CLK_OUT = 10, 11, 12, 13, 14
 NAMES = [
     "entry -> wait done",
+    "-> side loads issued",
+    "-> index load issued",
     "-> index in",
     "-> windows in, conv, sent",
     "-> token exchanged",
@@ -53,30 +57,29 @@ def read_stamps(lib, ctas):
     if rc != 0:
         raise SystemExit(f"fkda_dev_layer_stamps: CUDA error {rc}")
     rows = [list(buf[i * WORDS : (i + 1) * WORDS]) for i in range(min(ctas, CTAS))]
-    rows = [r for r in rows if r[9] > r[8] > 0]
     # the last call's CTAs only (an earlier, larger call's stamps stay in the rows after them)
-    last = max(r[8] for r in rows)
-    return [r for r in rows if r[8] > last - 100_000]
+    last = max(r[GT_IN] for r in rows)
+    return [r for r in rows if r[GT_OUT] >= r[GT_IN] > 0 and r[GT_IN] > last - 100_000]
 
 
 def report(title, rows):
-    gt0 = min(r[8] for r in rows)
-    gt1 = max(r[9] for r in rows)
+    gt0 = min(r[GT_IN] for r in rows)
+    gt1 = max(r[GT_OUT] for r in rows)
     # the SM clock: cycles over ns from entry to exit, per CTA, median
-    rates = sorted((r[12] - r[11]) / max(1, r[9] - r[8]) for r in rows)
+    rates = sorted((r[CLK_OUT] - r[CLK_IN]) / max(1, r[GT_OUT] - r[GT_IN]) for r in rows)
     ghz = rates[len(rates) // 2]
     print(
-        f"{title}: {len(rows)} CTAs on {len(set(r[10] for r in rows))} SMs, span {gt1 - gt0} ns "
+        f"{title}: {len(rows)} CTAs on {len(set(r[SM] for r in rows))} SMs, span {gt1 - gt0} ns "
         f"(first entry to last exit), SM clock {ghz:.2f} GHz"
     )
-    starts = sorted(r[8] - gt0 for r in rows)
+    starts = sorted(r[GT_IN] - gt0 for r in rows)
     print(f"  entry skew over CTAs: median {starts[len(starts) // 2]} ns, max {starts[-1]} ns")
     print(f"  {'phase':34s} {'median cyc':>10s} {'max cyc':>8s} {'median ns':>9s}")
     for i, name in enumerate(NAMES):
-        d = sorted((r[i] - (r[11] if i == 0 else r[i - 1])) for r in rows)
+        d = sorted((r[i] - (r[CLK_IN] if i == 0 else r[i - 1])) for r in rows)
         med = d[len(d) // 2]
         print(f"  {name:34s} {med:10d} {d[-1]:8d} {med / ghz:9.0f}")
-    tot = sorted(r[12] - r[11] for r in rows)
+    tot = sorted(r[CLK_OUT] - r[CLK_IN] for r in rows)
     med = tot[len(tot) // 2]
     print(f"  {'entry -> exit':34s} {med:10d} {tot[-1]:8d} {med / ghz:9.0f}")
 

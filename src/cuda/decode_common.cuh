@@ -300,6 +300,27 @@ static __device__ __forceinline__ void add_other_half(stage_buffer *sb, const la
     }
 }
 
+/* Reads one word of every 64-byte line of a kernel's parameters (LINES lines from `words`, the
+ * kernel's own parameter), before wait_for_prior_grid: a CTA launched early (programmatic
+ * dependent launch) waits there for the kernel before it, so the constant cache's misses on the
+ * parameters are taken during that wait and not on the path after it, where each line's first
+ * read stalls the warp (docs/history/decode.md, "The parameters read before griddepcontrol.wait").
+ * Parameters are the launch's own copy, never written by another kernel: reading them early is
+ * always safe. The words' xor goes to a shared word that nothing reads, or the compiler would
+ * drop the reads. */
+static __device__ __forceinline__ void warm_parameter_lines(const uint32_t *words, const int LINES)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    __shared__ uint32_t sink;
+    uint32_t x = 0u;
+#pragma unroll
+    for (int i = 0; i < LINES; i++) x ^= words[16 * i];
+    if (threadIdx.x == 0)
+        asm volatile("st.shared.u32 [%0], %1;" ::"r"((uint32_t)__cvta_generic_to_shared(&sink)), "r"(x) : "memory");
+#endif
+}
+#define WARM_PARAMETERS(p) warm_parameter_lines((const uint32_t *)(p), (int)(sizeof *(p) / 64))
+
 /* Launched with programmatic stream serialization (the default on sm_90), a kernel may start
  * while the kernel before it on the stream finishes; it must wait here before it reads anything
  * that kernel may have written (its inputs, the pool). Launched normally, both instructions

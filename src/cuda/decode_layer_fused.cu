@@ -567,10 +567,12 @@ static __device__ __forceinline__ fused_layer_params with_bf16_io(fused_layer_pa
 #define FUSED_KERNEL_AND_IO16(kname, threads, ctas, ...)                                      \
     __global__ void __launch_bounds__(threads, ctas) kname(const fused_layer_params p)        \
     {                                                                                         \
+        WARM_PARAMETERS(&p);                                                                  \
         fused_layer(&p, __VA_ARGS__);                                                         \
     }                                                                                         \
     __global__ void __launch_bounds__(threads, ctas) kname##_io16(const fused_layer_params p) \
     {                                                                                         \
+        WARM_PARAMETERS(&p);                                                                  \
         const fused_layer_params q = with_bf16_io(p);                                         \
         fused_layer(&q, __VA_ARGS__);                                                         \
     }
@@ -583,6 +585,7 @@ static __device__ __forceinline__ fused_layer_params with_bf16_io(fused_layer_pa
 #define FUSED_KERNELS(name, bf16, v_first, vec)                                                                        \
     __global__ void __launch_bounds__(512, 1) name(const fused_layer_params p)                                         \
     {                                                                                                                  \
+        WARM_PARAMETERS(&p);                                                                                           \
         fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH, FUSED_NARROW_NR, 0, 0);                                   \
     }                                                                                                                  \
     FUSED_KERNEL_AND_IO16(name##_w4, 512, 1, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR, 0, 0)        \

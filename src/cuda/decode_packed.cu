@@ -148,6 +148,7 @@ static __device__ __forceinline__ void decode_cta_packed(const fkda_decode_param
     __global__ void __launch_bounds__(128, 4) name(const __grid_constant__ fkda_decode_params p)       \
     {                                                                                                  \
         __shared__ stage_buffer decode_stage[1];                                                       \
+        WARM_PARAMETERS(&p);                                                                           \
         wait_for_prior_grid();                                                                         \
         decode_cta_packed(&p, decode_stage, V_FIRST, LOAD_EF, KS, CU, name##_tokens);                  \
     }

@@ -225,6 +225,7 @@ static __device__ __forceinline__ void decode_cta(const fkda_decode_params *p, s
         name(const __grid_constant__ fkda_decode_params p)                                                         \
     {                                                                                                              \
         __shared__ stage_buffer decode_stage[DECODE_STAGE_BUFFERS(CU)];                                            \
+        WARM_PARAMETERS(&p);                                                                                       \
         wait_for_prior_grid();                                                                                     \
         decode_cta(&p, decode_stage, BF16, V_FIRST, VEC, NR, NC, D128, LOAD_EF, TOK, KS, CU, CTAS, name##_tokens); \
     }
