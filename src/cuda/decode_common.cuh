@@ -303,12 +303,12 @@ static __device__ __forceinline__ void add_other_half(stage_buffer *sb, const la
 /* Reads one word in every 64 bytes of a kernel's parameters (LINES words 64 bytes apart from
  * `words`, the kernel's own parameter), before wait_for_prior_grid: a CTA launched early
  * (programmatic dependent launch) waits there for the kernel before it, so the constant cache's
- * misses on the parameters are taken during that wait and not on the path after it, where each
- * line's first read stalls the warp (docs/history/decode.md, "The parameters read before
- * griddepcontrol.wait").
- * Parameters are the launch's own copy, never written by another kernel: reading them early is
- * always safe. The words' xor goes to a shared word that nothing reads, or the compiler would
- * drop the reads. */
+ * misses on the parameters are taken before that wait ends and not on the path after it, where
+ * each line's first read stalls the warp (docs/history/decode.md, "The parameters read before
+ * griddepcontrol.wait"). Parameters are the launch's own copy, never written by another kernel:
+ * reading them early is always safe. The words' xor goes to a shared word that nothing reads, or
+ * the compiler would drop the reads; it issues them in thread 0's branch, so warp 0 takes the
+ * misses for its SM's constant cache. */
 static __device__ __forceinline__ void warm_parameter_lines(const uint32_t *words, const int LINES)
 {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
