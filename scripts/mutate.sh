@@ -348,7 +348,7 @@ mutant cuda-layer-wide-factors cuda src/cuda/decode_layer_fused.cu \
 # The single kernel's q and k exchange waiting for every CTA's share, its own included (which it
 # stores itself): the wait never completes, and the kernel traps.
 mutant cuda-layer-exchange-bytes cuda src/cuda/decode_layer_fused.cu \
-  'exchange_init(&sm.token_bar, (256 - 256 / C) * sizeof(float));' \
+  'exchange_init(&sm.token_bar, (256 - (256 >> cs)) * sizeof(float));' \
   'exchange_init(&sm.token_bar, 256 * sizeof(float));'
 # The single kernel's packed tile updating the state with the query instead of the key.
 mutant cuda-layer-packed-update cuda src/cuda/decode_layer_fused.cu \

@@ -115,7 +115,8 @@ typedef struct fused_layer_params {
     int32_t out_dtype;
     int64_t H;
     int32_t W;
-    int32_t cluster; /* C: CTAs per head, one cluster */
+    int32_t cluster;       /* C: CTAs per head, one cluster */
+    int32_t cluster_shift; /* log2(C) */
     float eps;
 } fused_layer_params;
 
@@ -314,11 +315,11 @@ static __device__ __forceinline__ void store_out(const fused_layer_params *p, in
 }
 /* The conv channel of job `job` of CTA `rank`: jobs 0 .. 256 / C - 1 are the CTA's share of the
  * head's q and k channels, the next 128 / C the v channels of its value columns from col0 on. */
-static __device__ __forceinline__ int64_t conv_job_channel(const fused_layer_params *p, int job, int rank, int C,
+static __device__ __forceinline__ int64_t conv_job_channel(const fused_layer_params *p, int job, int rank, int cs,
                                                            int64_t h, int col0)
 {
     const int64_t K = 128, H = p->H; /* HV = H: value head h's query and key head is h */
-    const int qk_jobs = 256 / C;
+    const int qk_jobs = 256 >> cs;   /* C = 2^cs */
     if (job < qk_jobs) {
         const int i = rank * qk_jobs + job; /* 0..127: q key i; 128..255: k key i - 128 */
         return i < 128 ? h * K + i : H * K + h * K + (i - 128);
@@ -339,42 +340,50 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     __shared__ fused_smem sm;
     const int WIDE = NR == FUSED_WIDE_NR; /* one CTA a head: the wide and the packed tile */
-    const int C = WIDE ? 1 : p->cluster, NC = PACKED ? PK_NC : FUSED_NC;
+    /* C = 2^cs CTAs a head: the divisions by C are shifts (C is a run-time value, and each division
+     * by it was ~20 instructions on the path to the index's load). */
+    const int cs = WIDE ? 0 : p->cluster_shift, C = 1 << cs, NC = PACKED ? PK_NC : FUSED_NC;
     const int WARPS = PACKED ? FUSED_PACKED_WARPS : FUSED_WARPS(NR);
     const int CH = PACKED ? FUSED_PACKED_CHANNELS : FUSED_CHANNELS(NR);
     const int KEYS = WIDE ? 1 : FUSED_KEYS;           /* the wide tile's 256 threads, the packed tile's 128:
                                                         * one key each, or none */
     const int rank = C > 1 ? (int)cluster_rank() : 0; /* cluster dims (C, 1, 1): blockIdx.x % C */
+    /* The grid. The narrow tile's is (HV x C, B): x the CTAs of a sequence's heads (C a head), y
+     * its sequence (the rule keeps B within gridDim.y's 65,535), so that neither needs a division
+     * on the B = 1 path. The wide and packed tiles' is 1-D, B x HV (their one division, by HV,
+     * is hidden by the other heads' latency; with the 2-D grid ptxas spilled up to 88 bytes in
+     * the packed kernels). */
+    const uint32_t HV = (uint32_t)p->d.HV;
+    const int64_t n = WIDE ? blockIdx.x / HV : blockIdx.y;
     /* Before any CTA writes another's shared memory, all of them must be running with their
      * exchanges' barriers initialised: this arrival is waited for just before the first remote
      * store. */
     if (C > 1) {
         if (threadIdx.x == 0) {
             /* what the other CTAs send: their q and k outputs, their warps' sums of o^2 */
-            exchange_init(&sm.token_bar, (256 - 256 / C) * sizeof(float));
-            exchange_init(&sm.squares_bar, (FUSED_WARPS(NR) - FUSED_WARPS(NR) / C) * sizeof(float));
+            exchange_init(&sm.token_bar, (256 - (256 >> cs)) * sizeof(float));
+            exchange_init(&sm.squares_bar, (FUSED_WARPS(NR) - (FUSED_WARPS(NR) >> cs)) * sizeof(float));
         }
         cluster_arrive_relaxed();
     }
     wait_for_prior_grid();
 
     const int tid = threadIdx.x, nthreads = blockDim.x, warp = tid >> 5, lane = tid & 31;
-    const uint32_t head = blockIdx.x / (uint32_t)C, HV = (uint32_t)p->d.HV; /* < 2^31: checked at launch */
-    const int64_t n = head / HV, h = head - (uint32_t)n * HV;
+    const int64_t h = WIDE ? blockIdx.x - (uint32_t)n * HV : blockIdx.x >> cs;
     const lane_tile w = make_lane_tile(&p->d, rank * (nthreads >> 5) + warp, V_FIRST, NR, NC, 1, 1);
-    const int cols = 128 / C, col0 = rank * cols; /* this CTA's value columns */
+    const int cols = 128 >> cs, col0 = rank * cols; /* this CTA's value columns */
 
     /* Every load that needs no slot first, so that they are in flight while the slot's index
      * arrives: the conv's taps, bias and input of this thread's channels (jobs tid and, in the
      * wide tile, tid + 256: 256 / C of the head's q and k channels, then 128 / C of v), the gate's
      * g and dt_bias of its keys, A_log, beta, and output_gate and norm_weight of one column. The
      * packed tile's 128 threads take jobs tid, tid + 128 and tid + 256. */
-    const int qk_jobs = 256 / C, jobs = qk_jobs + cols;
+    const int qk_jobs = 256 >> cs, jobs = qk_jobs + cols;
     conv_channel cc[FUSED_MAX_CHANNELS];
 #pragma unroll
     for (int i = 0; i < CH; i++) {
         const int job = tid + i * nthreads;
-        conv_load_inputs(p, n, conv_job_channel(p, job, rank, C, h, col0), job < jobs, &cc[i], MW);
+        conv_load_inputs(p, n, conv_job_channel(p, job, rank, cs, h, col0), job < jobs, &cc[i], MW);
     }
     const int gated = p->d.gate != FKDA_GATE_NONE, biased = gated && p->d.dt_bias != NULL;
     uint32_t g_bits[FUSED_KEYS], bias_bits[FUSED_KEYS];
@@ -655,6 +664,7 @@ static fused_layer_params fused_params_of(const fkda_problem *p, int cluster, in
     k.H = p->H;
     k.W = (int32_t)p->conv_width;
     k.cluster = cluster;
+    k.cluster_shift = cluster == 8 ? 3 : cluster == 4 ? 2 : cluster == 2 ? 1 : 0; /* C in 1, 2, 4, 8 */
     k.eps = (float)p->norm_eps;
     return k;
 }
@@ -677,6 +687,9 @@ extern "C" int fkda_cuda_decode_layer_fused_pool_fits(const fkda_problem *p)
 extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int cluster, int wide, int packed,
                                                     int load_ef, int pdl)
 {
+    if (cluster != 1 && cluster != 2 && cluster != 4 && cluster != 8)
+        return fkda_fail(FKDA_ERROR_INTERNAL, "decode layer: %d CTAs a head (the single kernel takes 1, 2, 4 or 8)",
+                         cluster);
     if (wide && (cluster != 1 || p->conv_width > LAYER_SHORT_CONV_WIDTH))
         return fkda_fail(FKDA_ERROR_INTERNAL, "decode layer: the wide single kernel takes one CTA a head and W <= %d",
                          LAYER_SHORT_CONV_WIDTH);
@@ -709,7 +722,8 @@ extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int c
     const void *kernel = packed ? packed_kernels[load_ef != 0][io16][p->state_v_first != 0]
                                 : kernels[form][2 * (p->state_in.dtype == FKDA_DTYPE_BF16) + (p->state_v_first != 0)];
     cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)(p->B * p->HV * cluster), 1, 1);
+    /* The narrow tile's grid (HV x C, B), the wide and packed tiles' B x HV (fused_layer). */
+    cfg.gridDim = wide ? dim3((unsigned)(p->B * p->HV), 1, 1) : dim3((unsigned)(p->HV * cluster), (unsigned)p->B, 1);
     cfg.blockDim = dim3((unsigned)(32 * k.d.warps_per_cta), 1, 1);
     cfg.stream = (cudaStream_t)p->device.stream;
     /* The cluster dimension only for C > 1: C = 1 is an ordinary launch (no cluster operation runs). */

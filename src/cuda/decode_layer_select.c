@@ -18,11 +18,14 @@
  *   - HV = H: each qk head's conv channels belong to one cluster, which alone reads and writes
  *     them (with GVA several clusters would share them, and their conv-state writes would race
  *     the others' reads);
- *   - a grid of at most 2^31 - 1 CTAs (head indices are divided in 32 bits). */
+ *   - at most 65,535 sequences and 2^31 - 1 CTAs for a sequence's heads (the narrow tile's grid
+ *     is y and x: fused_layer takes its sequence and head from them without a division; larger
+ *     batches, ~100x past the narrow tile's reach and past any decode batch served, take the
+ *     three launches). */
 int fkda_decode_layer_fused_serves(const fkda_layer_call *c)
 {
     return c->cc_major == 9 && c->T == 1 && !c->idx_2d && !c->accepted && c->K == 128 && c->V == 128 && c->HV == c->H &&
-           c->dense128 && c->heads * 8 <= INT64_C(0x7fffffff);
+           c->dense128 && c->HV > 0 && c->heads / c->HV <= 65535 && c->HV * 8 <= INT64_C(0x7fffffff);
 }
 
 /* Waves of a grid of `heads` CTAs at `per_wave` resident at once. */

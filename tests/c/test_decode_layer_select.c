@@ -79,7 +79,7 @@ int main(void)
     fkda_layer_choice x = choose(&c);
     CHECK(SAME_CHOICE(x, 1, 0, 4), "the common call: fused %d wide %d cluster %d (want 1, 0, 4)", x.fused, x.wide,
           x.cluster);
-    for (int broken = 0; broken < 9; broken++) {
+    for (int broken = 0; broken < 10; broken++) {
         c = common_call();
         switch (broken) {
         case 0: c.cc_major = 8; break;
@@ -90,12 +90,19 @@ int main(void)
         case 5: c.V = 256; break;
         case 6: c.HV = 64; break;
         case 7: c.dense128 = 0; break;
-        default: c.heads = INT64_C(1) << 29; break;
+        case 8: c.heads = 65536 * c.HV; break; /* B past the grid's y */
+        default: c.HV = c.H = INT64_C(1) << 28, c.heads = c.HV; break;
         }
         x = choose(&c);
         CHECK(x.fused == 0 && !fkda_decode_layer_fused_serves(&c), "condition %d broken: still the single kernel",
               broken);
     }
+    /* The batch's bound is on sequences, not on (sequence, head) pairs: 65,535 sequences of 2
+     * heads are served. */
+    c = common_call();
+    c.HV = c.H = 2;
+    c.heads = 65535 * c.HV;
+    CHECK(fkda_decode_layer_fused_serves(&c), "65535 sequences of 2 heads: not served");
 
     /* 2. Tiles and cluster sizes at 132 SMs, W = 4 and W = 5, fp32 and bf16 pools (cluster 1
      * stands for "none" where the tile is wide or the path the three launches; none of these
