@@ -313,6 +313,29 @@ static __device__ __forceinline__ void store_out(const fused_layer_params *p, in
     store_float(p->out, p->out_dtype, n * p->out_stride[0] + h * p->out_stride[2] + j * p->out_stride[3],
                 o * r * f.weight / f.denom);
 }
+/* A run-time-dtype parameter loaded in both forms (load_bits_pair_if) and joined only where it is
+ * used (joined_bits): joined where they were loaded, the or waited there for the parameter's
+ * round trip before every later load issued, the index's among them (dev/cuda/load_waits.py
+ * found dt_bias's in each narrow kernel; in the all-bf16 kernels g's dtype is a constant and its
+ * second form folds away). */
+typedef struct split_word {
+    uint32_t b32, b16;
+} split_word;
+
+static __device__ __forceinline__ split_word load_split_word(const void *base, int32_t dtype, int64_t i, int ok)
+{
+    split_word w;
+    load_bits_pair_if(base, dtype, i, ok, &w.b32, &w.b16);
+    return w;
+}
+
+static __device__ __forceinline__ uint32_t joined_bits(split_word w)
+{
+    hold_until_here(&w.b32);
+    hold_until_here(&w.b16);
+    return w.b32 | w.b16;
+}
+
 /* The conv channel of job `job` of CTA `rank`: jobs 0 .. 256 / C - 1 are the CTA's share of the
  * head's q and k channels, the next 128 / C the v channels of its value columns from col0 on. */
 static __device__ __forceinline__ int64_t conv_job_channel(const fused_layer_params *p, int job, int rank, int cs,
@@ -386,19 +409,19 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         conv_load_inputs(p, n, conv_job_channel(p, job, rank, cs, h, col0), job < jobs, &cc[i], MW);
     }
     const int gated = p->d.gate != FKDA_GATE_NONE, biased = gated && p->d.dt_bias != NULL;
-    uint32_t g_bits[FUSED_KEYS], bias_bits[FUSED_KEYS];
+    split_word g_bits[FUSED_KEYS], bias_bits[FUSED_KEYS];
 #pragma unroll
     for (int i = 0; i < KEYS; i++) {
-        g_bits[i] = bias_bits[i] = 0u;
+        g_bits[i].b32 = g_bits[i].b16 = bias_bits[i].b32 = bias_bits[i].b16 = 0u;
         if (i * nthreads >= 128) continue; /* uniform: only CTAs of 64 threads (C = 8) take 2 keys */
         const int e = tid + i * nthreads, ok = e < 128;
-        g_bits[i] = load_bits_split_if(p->d.g, p->d.g_dtype,
-                                       n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], ok);
-        bias_bits[i] = load_bits_split_if(p->d.dt_bias, p->d.dt_bias_dtype,
-                                          h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], ok && biased);
+        g_bits[i] = load_split_word(p->d.g, p->d.g_dtype,
+                                    n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], ok);
+        bias_bits[i] = load_split_word(p->d.dt_bias, p->d.dt_bias_dtype,
+                                       h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], ok && biased);
     }
-    const uint32_t A_bits = load_bits_split_if(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride,
-                                               gated && p->d.A_log);
+    const split_word A_bits = load_split_word(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride,
+                                              gated && p->d.A_log);
     const uint32_t beta_bits = load_bits_split_if(p->d.beta, p->d.beta_dtype,
                                                   n * p->d.beta_stride[0] + h * p->d.beta_stride[2], 1);
     /* The last `cols` threads (the narrow tile's, one per column, have no conv job; the wide
@@ -437,18 +460,21 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         pk_load_state(&w, (const unsigned short *)p->d.state_in + slot * si[0] + h * si[1] + lane_at, true, sp, V_FIRST,
                       LOAD_EF);
     } else {
-        load_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1, WIDE ? 0 : 1);
+        /* A bf16 pool's words stay raw (BF16 = 2) until the state step (finish_raw_tile): converted
+         * as they arrived, they made the conv, the q/k exchange and the norms wait for the state's
+         * round trip, which those steps are placed here to overlap. */
+        load_tile(&p->d, &w, slot, h, s, BF16 ? 2 : 0, V_FIRST, VEC, NR, NC, 1, WIDE ? 0 : 1);
     }
 
     /* The decay of every key (each CTA all 128), beta, and this thread's conv output. */
-    const float A_weight = gated && p->d.A_log ? expf(bits_to_float(A_bits, p->d.A_log_dtype)) : 1.0f;
+    const float A_weight = gated && p->d.A_log ? expf(bits_to_float(joined_bits(A_bits), p->d.A_log_dtype)) : 1.0f;
 #pragma unroll
     for (int i = 0; i < KEYS; i++) {
         const int e = tid + i * nthreads;
         if (e >= 128) continue;
-        float a = bits_to_float(g_bits[i], p->d.g_dtype);
+        float a = bits_to_float(joined_bits(g_bits[i]), p->d.g_dtype);
         if (gated) {
-            a += bits_to_float(bias_bits[i], p->d.dt_bias_dtype);
+            a += bits_to_float(joined_bits(bias_bits[i]), p->d.dt_bias_dtype);
             a = p->d.gate == FKDA_GATE_LOWER_BOUND ? p->d.lower_bound * sigmoidf_(A_weight * a)
                                                    : -A_weight * softplusf_(a);
         }
@@ -513,8 +539,10 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     float pk[DECODE_MAX_C], pq[DECODE_MAX_C];
     if (PACKED)
         pk_decay_dots(sp, ld, lk, lq, pk, pq, V_FIRST);
-    else
+    else {
+        if (BF16) finish_raw_tile(s, V_FIRST, NR, NC);
         TILE_DECAY_DOTS(s, ld, lk, lq, pk, pq, NR, NC);
+    }
     tile_column_sums(pk, pq, V_FIRST ? 1 : w.LJ, V_FIRST ? w.KL : 32, NC);
     float o[DECODE_MAX_C], vk[DECODE_MAX_C], squares = 0.0f;
 #pragma unroll

@@ -42,13 +42,14 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
      * large-batch tiles do: one head's conv, barriers and norm overlap the other's state traffic, and
      * 2 x SMs heads are one wave where the narrow tile needs two. It is compiled for W <= 4 only (two
      * conv channels a thread must fit beside its 64 state values). Below one head an SM the narrow
-     * tile keeps its lead only where it spreads a head widest: up to SMs / 8 heads with a bf16 pool
-     * (8 CTAs a head), up to SMs / 2 with an fp32 pool, whose state traffic per head is twice as
-     * long; beyond, the wide tile is faster (measured per tile on the H100 and the H200:
-     * docs/history/decode.md, "The layer's tile at small batches"). FKDA_DECODE_LAYER_WIDE=0/1
-     * forces it off or on wherever it serves. */
+     * tile keeps its lead only where it spreads a head over several CTAs: up to SMs / 4 heads with
+     * a bf16 pool (4-8 CTAs a head), up to SMs / 2 with an fp32 pool, whose state traffic per head
+     * is twice as long; beyond, the wide tile is faster (measured per tile on the H100 and the
+     * H200: docs/history/decode.md, "The layer's tile at small batches", and for bf16 pools again
+     * once their state words stayed raw until the state step, "The layer's bf16 state raw").
+     * FKDA_DECODE_LAYER_WIDE=0/1 forces it off or on wherever it serves. */
     const int wide_serves = c->W <= LAYER_SHORT_CONV_WIDTH;
-    const int narrow_wanted = (c->state_bf16 ? 8 : 2) * c->heads <= (int64_t)c->sm_count;
+    const int narrow_wanted = (c->state_bf16 ? 4 : 2) * c->heads <= (int64_t)c->sm_count;
     const int wide = wide_serves &&
                      (t->decode_layer_wide == FKDA_TUNING_UNSET ? !narrow_wanted : t->decode_layer_wide != 0);
 

@@ -4,7 +4,7 @@
  *   1. the single kernel serves the common decode step and nothing else: each condition of the
  *      rule, broken alone, sends the call to the three launches;
  *   2. the tile and the cluster size: with W <= 4 the narrow tile for fp32 pools of at most SMs / 2
- *      heads and bf16 pools of at most SMs / 8, with C the largest of 1, 2, 4, 8 with C x heads <=
+ *      heads and bf16 pools of at most SMs / 4, with C the largest of 1, 2, 4, 8 with C x heads <=
  *      SMs, spelled out at 132 SMs, and the wide tile for everything else; for wider convs the
  *      narrow tile up to two heads per SM and the three launches beyond;
  *   3. the knobs: FKDA_DECODE_LAYER_FUSED=0 takes the three launches everywhere, =1 the single
@@ -115,8 +115,8 @@ int main(void)
                  {67, 4, 0, 1, 1, 1},    {132, 4, 0, 1, 1, 1},  {133, 4, 0, 1, 1, 1}, {264, 4, 0, 1, 1, 1},
                  {265, 4, 0, 1, 1, 1},   {2048, 4, 0, 1, 1, 1}, {1, 2, 0, 1, 0, 8},   {133, 3, 0, 1, 1, 1},
                  {1, 5, 0, 1, 0, 8},     {133, 5, 0, 1, 0, 1},  {264, 5, 0, 1, 0, 1}, {265, 5, 0, 0, 0, 1},
-                 {2048, 16, 0, 0, 0, 1}, {1, 4, 1, 1, 0, 8},    {16, 4, 1, 1, 0, 8},  {17, 4, 1, 1, 1, 1},
-                 {32, 4, 1, 1, 1, 1},    {66, 4, 1, 1, 1, 1},   {132, 4, 1, 1, 1, 1}, {1, 2, 1, 1, 0, 8},
+                 {2048, 16, 0, 0, 0, 1}, {1, 4, 1, 1, 0, 8},    {16, 4, 1, 1, 0, 8},  {17, 4, 1, 1, 0, 4},
+                 {32, 4, 1, 1, 0, 4},    {33, 4, 1, 1, 0, 4},   {34, 4, 1, 1, 1, 1},  {66, 4, 1, 1, 1, 1},   {132, 4, 1, 1, 1, 1}, {1, 2, 1, 1, 0, 8},
                  {1, 5, 1, 1, 0, 8},     {132, 5, 1, 1, 0, 1}};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         c = common_call();
@@ -211,7 +211,7 @@ int main(void)
     unsetenv("FKDA_DECODE_LAYER_FUSED");
     unsetenv("FKDA_DECODE_LAYER_WIDE");
 
-    /* 7. The packed form, bf16 pools: where the wide tile serves (over SMs / 8 heads, W <= 4) and
+    /* 7. The packed form, bf16 pools: where the wide tile serves (over SMs / 4 heads, W <= 4) and
      * ceil(heads / 396) < ceil(heads / 264) at 132 SMs; under FKDA_DECODE_LAYER_PACKED (x: unset)
      * and the other knobs. */
     static const struct {
@@ -222,7 +222,7 @@ int main(void)
                  {NULL, NULL, 256, 4, 1, 1, 1, 0},  {NULL, NULL, 264, 4, 1, 1, 1, 0},  {NULL, NULL, 265, 4, 1, 1, 1, 1},
                  {NULL, NULL, 288, 4, 1, 1, 1, 1},  {NULL, NULL, 384, 4, 1, 1, 1, 1},  {NULL, NULL, 396, 4, 1, 1, 1, 1},
                  {NULL, NULL, 397, 4, 1, 1, 1, 0},  {NULL, NULL, 512, 4, 1, 1, 1, 0},  {NULL, NULL, 528, 4, 1, 1, 1, 0},
-                 {NULL, NULL, 529, 4, 1, 1, 1, 1},  {NULL, NULL, 768, 4, 1, 1, 1, 1},  {NULL, NULL, 32, 4, 1, 1, 1, 0},
+                 {NULL, NULL, 529, 4, 1, 1, 1, 1},  {NULL, NULL, 768, 4, 1, 1, 1, 1},  {NULL, NULL, 32, 4, 1, 1, 0, 0},
                  {NULL, NULL, 2048, 4, 0, 1, 1, 0}, {NULL, NULL, 2048, 5, 1, 0, 0, 0}, {NULL, NULL, 264, 5, 1, 1, 0, 0},
                  {"0", NULL, 2048, 4, 1, 1, 1, 0},  {"1", NULL, 2048, 4, 0, 1, 1, 0},  {"1", NULL, 512, 4, 1, 1, 1, 1},
                  {"1", NULL, 132, 4, 1, 1, 1, 1},   {"x", NULL, 2048, 4, 1, 1, 1, 1},  {"x", NULL, 512, 4, 1, 1, 1, 0},
