@@ -420,8 +420,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         bias_bits[i] = load_split_word(p->d.dt_bias, p->d.dt_bias_dtype,
                                        h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], ok && biased);
     }
-    const split_word A_bits = load_split_word(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride,
-                                              gated && p->d.A_log);
+    const split_word A_bits = load_split_word(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride, gated && p->d.A_log);
     const uint32_t beta_bits = load_bits_split_if(p->d.beta, p->d.beta_dtype,
                                                   n * p->d.beta_stride[0] + h * p->d.beta_stride[2], 1);
     /* The last `cols` threads (the narrow tile's, one per column, have no conv job; the wide
