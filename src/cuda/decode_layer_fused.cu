@@ -450,7 +450,8 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
      * one way only for every batch it serves (docs/decode.md, "The wide tile"). */
 #pragma unroll
     for (int i = 0; i < CH; i++) conv_load_window(p, slot, tid + i * nthreads < jobs, &cc[i], MW);
-    float s[DECODE_MAX_R][DECODE_MAX_C];                      /* the fp32 tiles' state */
+    float s[DECODE_MAX_R][DECODE_MAX_C];                      /* the unpacked tiles' state (raw bf16
+                                                               * words until finish_raw_tile) */
     uint32_t sp[PK_NR * PK_NC / 2];                           /* the packed tile's: bf16 pairs */
     const int sk = V_FIRST ? 1 : 128, sv = V_FIRST ? 128 : 1; /* the packed tile's strides */
     const int64_t lane_at = (int64_t)tile_row(&w, 0, V_FIRST, VEC) * sk + (int64_t)tile_col(&w, 0, V_FIRST, VEC) * sv;
