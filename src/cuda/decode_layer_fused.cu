@@ -115,8 +115,7 @@ typedef struct fused_layer_params {
     int32_t out_dtype;
     int64_t H;
     int32_t W;
-    int32_t cluster;       /* C: CTAs per head, one cluster */
-    int32_t cluster_shift; /* log2(C) */
+    int32_t cluster_shift; /* log2(C), C the CTAs per head (one cluster) */
     float eps;
 } fused_layer_params;
 
@@ -691,7 +690,6 @@ static fused_layer_params fused_params_of(const fkda_problem *p, int cluster, in
     k.out_dtype = p->out.dtype;
     k.H = p->H;
     k.W = (int32_t)p->conv_width;
-    k.cluster = cluster;
     k.cluster_shift = cluster == 8 ? 3 : cluster == 4 ? 2 : cluster == 2 ? 1 : 0; /* C in 1, 2, 4, 8 */
     k.eps = (float)p->norm_eps;
     return k;
