@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# prebuild_pending.sh: one prebuilt library per level of dev/pending, built here, for a device call
+# that tests the patches and times them against main (scripts/pending_check.sh).
+#
+#   scripts/prebuild_pending.sh [DIR]        default build-ab (ignored by git)
+#
+# Level 0 is this tree as committed; level i is it with dev/pending's first i patches applied, in
+# order (each patch is written against the ones before it). Each level goes through
+# scripts/prebuild_gpu.sh into DIR/pending-<i>.tar.xz (incremental: the build folder is shared,
+# so a level costs what its patch recompiles, ~1 minute for one CUDA file), and DIR/pending.txt
+# lists the levels and their patches. The tree is restored afterwards, also on failure, so its
+# tracked files must have no uncommitted changes under the paths the patches touch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+dir=${1:-build-ab}
+mkdir -p "$dir"
+patches=(dev/pending/0*.patch)
+[ -e "${patches[0]}" ] || { echo "prebuild_pending.sh: no patches in dev/pending"; exit 1; }
+if ! git diff --quiet -- src include tests scripts CMakeLists.txt; then
+  echo "prebuild_pending.sh: uncommitted changes under src, include, tests or scripts; commit or stash them first"
+  exit 1
+fi
+if [ -n "$(git ls-files --others --exclude-standard -- src include tests scripts)" ]; then
+  echo "prebuild_pending.sh: untracked files under src, include, tests or scripts (the restore would remove them)"
+  exit 1
+fi
+restore() { git checkout -q -- src include tests scripts CMakeLists.txt; git clean -qfd -- src include tests scripts; }
+trap restore EXIT
+
+echo "0 main ($(git describe --always --dirty))" >"$dir/pending.txt"
+scripts/prebuild_gpu.sh "$dir/pending-0.tar.xz"
+i=0
+for p in "${patches[@]}"; do
+  i=$((i + 1))
+  git apply "$p" || { echo "prebuild_pending.sh: $p does not apply on level $((i - 1))"; exit 1; }
+  echo "$i + $(basename "$p")" >>"$dir/pending.txt"
+  scripts/prebuild_gpu.sh "$dir/pending-$i.tar.xz"
+done
+cat "$dir/pending.txt"
