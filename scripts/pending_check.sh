@@ -5,14 +5,14 @@
 #
 #   FKDA_PENDING_TESTS="test_decode_layer_cuda" \
 #   FKDA_PENDING_BENCH="python3 bench/bench_decode_layer_gpu.py --pool fp32 --shapes 1,12 64,32" \
-#   scripts/pending_check.sh [DIR]           default build-ab, carried with its pending-*.tar.xz
+#   scripts/pending_check.sh [DIR]           default build-ab/pending (carried)
 #
 # Steps, in this order, each skipped with a line saying so when less than its share of the call's
 # FKDA_PENDING_LIMIT seconds (default 540) is left, so that a short budget still gets the verdicts
 # that matter first:
 #   1. each test program of FKDA_PENDING_TESTS with --small on the top level (a fast failure);
 #   2. FKDA_PENDING_BENCH once with each level, main first (FLASHKDA_LIBRARY names the level's
-#      library; PYTHONPATH this tree's package);
+#      library, LD_LIBRARY_PATH its folder; PYTHONPATH this tree's package);
 #   3. each test program on its full case list, on the top level;
 #   4. compute-sanitizer racecheck and memcheck of each test program's --small, top level;
 #   5. FKDA_PENDING_BENCH again with each level, in reverse order (A/B/A against a drift of the
@@ -22,7 +22,7 @@
 # bash -c, with LEVEL set to the level's number. The exit status counts the failed steps.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
-dir=${1:-build-ab}
+dir=${1:-build-ab/pending}
 limit=${FKDA_PENDING_LIMIT:-540}
 tests=${FKDA_PENDING_TESTS:-}
 bench=${FKDA_PENDING_BENCH:-}
@@ -74,7 +74,8 @@ run_bench() { # $1: round, then the levels in order
   [ -n "$bench" ] || return 0
   for l in "$@"; do
     fits 45 "bench round $round level $l" || continue
-    FLASHKDA_LIBRARY=/tmp/fkda-pending/$l/libflashkda.so PYTHONPATH=$PWD/python LEVEL=$l \
+    LD_LIBRARY_PATH=/tmp/fkda-pending/$l FLASHKDA_LIBRARY=/tmp/fkda-pending/$l/libflashkda.so \
+      PYTHONPATH=$PWD/python LEVEL=$l \
       timeout $((limit - $(elapsed))) bash -c "$bench" >"$log/bench-$round-$l.log" 2>&1
     local rc=$?
     [ $rc -ne 0 ] && failed=$((failed + 1))

@@ -2,18 +2,20 @@
 # prebuild_pending.sh: one prebuilt library per level of dev/pending, built here, for a device call
 # that tests the patches and times them against main (scripts/pending_check.sh).
 #
-#   scripts/prebuild_pending.sh [DIR]        default build-ab (ignored by git)
+#   scripts/prebuild_pending.sh [DIR]        default build-ab/pending (ignored by git; carry it)
 #
 # Level 0 is this tree as committed; level i is it with dev/pending's first i patches applied, in
 # order (each patch is written against the ones before it). Each level goes through
 # scripts/prebuild_gpu.sh into DIR/pending-<i>.tar.xz (incremental: the build folder is shared,
 # so a level costs what its patch recompiles, ~1 minute for one CUDA file), and DIR/pending.txt
-# lists the levels and their patches. The tree is restored afterwards, also on failure, so its
+# lists the levels and their patches; the tarballs of an earlier run are removed first. ~7 MB a
+# level: up to 8 levels fit the device tool's 64 MiB. The tree is restored afterwards, also on failure, so its
 # tracked files must have no uncommitted changes under the paths the patches touch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-dir=${1:-build-ab}
+dir=${1:-build-ab/pending}
 mkdir -p "$dir"
+rm -f "$dir"/pending-*.tar.xz "$dir/pending.txt"
 patches=(dev/pending/0*.patch)
 [ -e "${patches[0]}" ] || { echo "prebuild_pending.sh: no patches in dev/pending"; exit 1; }
 if ! git diff --quiet -- src include tests scripts CMakeLists.txt; then
