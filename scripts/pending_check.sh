@@ -18,7 +18,7 @@
 #   5. FKDA_PENDING_BENCH again with each level, in reverse order (A/B/A against a drift of the
 #      card).
 # Logs go to $OUT/pending/, one per step; stdout has one verdict line per step, and the
-# benchmark's table rows (lines starting with "| " and a digit). FKDA_PENDING_BENCH is run by
+# benchmark's table rows (lines starting with "| " and a digit) and its own "== " lines. FKDA_PENDING_BENCH is run by
 # bash -c, with LEVEL set to the level's number. The exit status counts the failed steps.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -80,7 +80,7 @@ run_bench() { # $1: round, then the levels in order
     local rc=$?
     [ $rc -ne 0 ] && failed=$((failed + 1))
     echo "== bench round $round level $l rc=$rc at $(elapsed) s"
-    grep -E "^\| [0-9]" "$log/bench-$round-$l.log"
+    grep -E "^(\| [0-9]|== )" "$log/bench-$round-$l.log"
   done
 }
 
