@@ -69,6 +69,14 @@ FKDA_API const char *fkda_status_name(fkda_status status);
  * stays valid until the next call of this library on the same thread. */
 FKDA_API const char *fkda_last_error(void);
 
+/* The GPU kernels that the calling thread's last fkda_prefill, fkda_decode or fkda_decode_layer
+ * launched, in launch order and separated by spaces; a kernel launched in clusters of C > 1 CTAs
+ * reads name[C] ("layer_f32_kv_w4_io16[4]"). "" before any such call, after one on the CPU and
+ * after one that failed before its first launch. For tests and profiling, to see which of the
+ * launch rules' kernels a call took: the names follow the kernels and are not a stable interface.
+ * The text stays valid until the next fkda_last_kernels() on the same thread. */
+FKDA_API const char *fkda_last_kernels(void);
+
 /* "0.1.0", and whether this build contains the CUDA backend (1) or not (0). */
 FKDA_API const char *fkda_version(void);
 FKDA_API int fkda_has_cuda(void);

@@ -21,7 +21,7 @@ from ._fla import chunk_kda, fused_recurrent_kda, fused_recurrent_kda_fwd
 from ._flashkda import fwd
 from ._native import LIBRARY_PATH as library_path
 from ._native import VERSION as library_version
-from ._native import has_cuda
+from ._native import has_cuda, last_kernels
 from ._ops import decode, decode_layer, prefill
 from .errors import (
     ArgumentTypeError,
@@ -46,6 +46,7 @@ __all__ = [
     "fused_recurrent_kda",
     "fused_recurrent_kda_fwd",
     "has_cuda",
+    "last_kernels",
     "library_path",
     "library_version",
     "FlashKDAError",

@@ -199,6 +199,7 @@ def _declare(lib: ctypes.CDLL) -> None:
     signatures = {
         "fkda_status_name": (ctypes.c_char_p, [status]),
         "fkda_last_error": (ctypes.c_char_p, []),
+        "fkda_last_kernels": (ctypes.c_char_p, []),
         "fkda_version": (ctypes.c_char_p, []),
         "fkda_has_cuda": (ctypes.c_int, []),
         "fkda_default_options": (Options, []),
@@ -258,6 +259,13 @@ VERSION = lib.fkda_version().decode()
 def last_error() -> str:
     """fkda_last_error(): the message of the last failed call on this thread."""
     return lib.fkda_last_error().decode(errors="replace")
+
+
+def last_kernels() -> str:
+    """The GPU kernels the last prefill, decode or decode_layer call on this thread launched, in
+    order and separated by spaces; "" after a CPU call (fkda_last_kernels in flashkda.h). For tests
+    and profiling: the names follow the kernels and may change between versions."""
+    return lib.fkda_last_kernels().decode(errors="replace")
 
 
 def status_name(status: int) -> str:

@@ -4,6 +4,7 @@
 #include "decode_validate.h"
 #include "dispatch.h"
 #include "../core/error.h"
+#include "../core/launch_log.h"
 #include "token_inputs.h"
 #include "validate.h"
 
@@ -124,6 +125,7 @@ fkda_status fkda_decode(const fkda_decode_args *args, const fkda_device *device,
                         size_t workspace_bytes)
 {
     fkda_clear_error();
+    fkda_launch_log_clear();
     fkda_problem p;
     TRY(fkda_validate_decode(args, device, &p));
     return fkda_dispatch_run(&p, workspace, workspace_bytes);

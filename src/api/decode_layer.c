@@ -11,6 +11,7 @@
 #include "decode_validate.h"
 #include "dispatch.h"
 #include "../core/error.h"
+#include "../core/launch_log.h"
 #include "token_inputs.h"
 #include "validate.h"
 
@@ -327,6 +328,7 @@ fkda_status fkda_decode_layer(const fkda_decode_layer_args *args, const fkda_dev
                               size_t workspace_bytes)
 {
     fkda_clear_error();
+    fkda_launch_log_clear();
     TRY(fkda_validate_device(device));
     fkda_problem p;
     TRY(validate_layer(args, device, &p));

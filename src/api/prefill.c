@@ -3,6 +3,7 @@
 
 #include "dispatch.h"
 #include "../core/error.h"
+#include "../core/launch_log.h"
 #include "prefill_states.h"
 #include "token_inputs.h"
 #include "validate.h"
@@ -46,6 +47,7 @@ fkda_status fkda_prefill(const fkda_prefill_args *args, const fkda_device *devic
                          size_t workspace_bytes)
 {
     fkda_clear_error();
+    fkda_launch_log_clear();
     fkda_problem p;
     TRY(validate_prefill(args, device, &p));
     return fkda_dispatch_run(&p, workspace, workspace_bytes);

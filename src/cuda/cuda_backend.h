@@ -31,6 +31,10 @@ fkda_status fkda_cuda_decode(const fkda_problem *p, void *workspace, size_t work
 fkda_status fkda_cuda_decode_layer_workspace(const fkda_problem *p, size_t *bytes);
 fkda_status fkda_cuda_decode_layer(const fkda_problem *p, void *workspace, size_t workspace_bytes);
 
+/* The identifier of the kernel whose host stub is at `kernel` (launch_log.h's entries) into
+ * name[size]: "?" where the runtime does not know it. */
+void fkda_cuda_kernel_name(const void *kernel, char *name, size_t size);
+
 #ifdef __cplusplus
 }
 #endif

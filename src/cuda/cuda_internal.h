@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include "../core/error.h"
+#include "../core/launch_log.h"
 #include "cuda_backend.h"
 
 #ifdef __cplusplus
@@ -30,6 +31,29 @@ const cudaDeviceProp *fkda_cuda_device_properties(int index);
 #ifdef __cplusplus
 }
 #endif
+
+/* Every launch goes through one of these two: cudaLaunchKernel's and cudaLaunchKernelExC's result,
+ * unchanged, with an accepted launch noted for fkda_last_kernels() (core/launch_log.h), its
+ * cluster size read from the configuration's attributes. */
+static inline cudaError_t fkda_launch_kernel(const void *kernel, dim3 grid, dim3 block, void **args, size_t smem,
+                                             cudaStream_t stream)
+{
+    const cudaError_t err = cudaLaunchKernel(kernel, grid, block, args, smem, stream);
+    if (err == cudaSuccess) fkda_launch_log_note(kernel, 1);
+    return err;
+}
+
+static inline cudaError_t fkda_launch_kernel_ex(const cudaLaunchConfig_t *cfg, const void *kernel, void **args)
+{
+    const cudaError_t err = cudaLaunchKernelExC(cfg, kernel, args);
+    if (err == cudaSuccess) {
+        int cluster = 1;
+        for (unsigned i = 0; i < cfg->numAttrs; i++)
+            if (cfg->attrs[i].id == cudaLaunchAttributeClusterDimension) cluster = (int)cfg->attrs[i].val.clusterDim.x;
+        fkda_launch_log_note(kernel, cluster);
+    }
+    return err;
+}
 
 /* Returns FKDA_ERROR_DEVICE with the CUDA error text when `call` fails. */
 #define FKDA_CUDA_TRY(call)                                                                                    \

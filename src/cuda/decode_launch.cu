@@ -95,7 +95,7 @@ static cudaError_t launch_decode_kernel(const void *kernel, dim3 grid, unsigned 
     cfg.attrs = &attr;
     cfg.numAttrs = pdl ? 1 : 0;
     void *args[] = {(void *)p};
-    return cudaLaunchKernelExC(&cfg, kernel, args);
+    return fkda_launch_kernel_ex(&cfg, kernel, args);
 }
 
 /* Whether the pool allows 16-byte vectors of `vec` elements along its contiguous dimension. */

@@ -437,7 +437,7 @@ static fkda_status launch(const void *kernel, const char *name, dim3 grid, unsig
     cfg.attrs = &attr;
     cfg.numAttrs = pdl ? 1 : 0;
     void *args[] = {params};
-    const cudaError_t err = cudaLaunchKernelExC(&cfg, kernel, args);
+    const cudaError_t err = fkda_launch_kernel_ex(&cfg, kernel, args);
     if (err != cudaSuccess) {
         (void)cudaGetLastError(); /* leave no sticky error for a later, unrelated check */
         return fkda_fail(FKDA_ERROR_DEVICE, "decode layer: launch of %s: %s", name, cudaGetErrorString(err));

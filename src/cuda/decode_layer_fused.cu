@@ -770,7 +770,7 @@ extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int c
     cfg.attrs = attrs;
     cfg.numAttrs = count;
     void *args[] = {(void *)&k};
-    const cudaError_t err = cudaLaunchKernelExC(&cfg, kernel, args);
+    const cudaError_t err = fkda_launch_kernel_ex(&cfg, kernel, args);
     if (err != cudaSuccess) {
         (void)cudaGetLastError(); /* leave no sticky error for a later, unrelated check */
         return fkda_fail(FKDA_ERROR_DEVICE, "decode layer: launch of the single-kernel layer (cluster %d): %s", cluster,

@@ -64,6 +64,7 @@
  * Where the slow path neither rescales nor has a flagged chunk (an all-zero warp, say), the redone
  * products would be the ones held, and are skipped.
  */
+#include "cuda_internal.h"
 #include "prefill_chain_io.cuh"
 #include "prefill_common.cuh"
 #include "ptx_copy.cuh"
@@ -263,6 +264,6 @@ cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaS
                                                                  : pf_chain_smem_bytes(PF_DV)));
     if (err != cudaSuccess) return err;
     void *args[] = {(void *)p, (void *)plan};
-    return cudaLaunchKernel((const void *)kernel, dim3((unsigned)blocks), dim3(vslice * (split ? 4 : 2)), args, smem,
-                            stream); /* this launch's error only (prefill_common.cuh) */
+    return fkda_launch_kernel((const void *)kernel, dim3((unsigned)blocks), dim3(vslice * (split ? 4 : 2)), args, smem,
+                              stream); /* this launch's error only (prefill_common.cuh) */
 }

@@ -48,6 +48,7 @@
  * warps (one CTA per SM: a chain warp keeps ~250 registers, so an SM holds 8) and 3 for smaller
  * CTAs (two per SM). No sequence segments (docs/prefill.md).
  */
+#include "cuda_internal.h"
 #include "prefill_chain_io.cuh"
 #include "prefill_k256.cuh"
 #include "ptx_copy.cuh"
@@ -460,6 +461,6 @@ cudaError_t pf256_launch_chain(const pf_params *p, int vslice, cudaStream_t stre
                                            (int)pf256_chain_smem_bytes(K2_MAX_VSLICE));
     if (err != cudaSuccess) return err;
     void *args[] = {(void *)p};
-    return cudaLaunchKernel((const void *)kernel, dim3((unsigned)blocks), dim3(vslice * 4), args, smem,
-                            stream); /* this launch's error only (prefill_common.cuh) */
+    return fkda_launch_kernel((const void *)kernel, dim3((unsigned)blocks), dim3(vslice * 4), args, smem,
+                              stream); /* this launch's error only (prefill_common.cuh) */
 }

@@ -11,6 +11,7 @@
  * shared memory, thread (r, kg) computes row r, keys 8 kg .. 8 kg + 7, reading M_p^T rows
  * (64 KB, shared by the 8 CTAs of a head through L2 / L1). P - 2 products of 16 x 128 x 128.
  */
+#include "cuda_internal.h"
 #include "prefill_common.cuh"
 
 #define MERGE_THREADS 256
@@ -69,6 +70,6 @@ cudaError_t pf_launch_merge(const pf_params *p, const pf_chain_plan *plan, cudaS
     if (blocks <= 0 || plan->P < 2) return cudaSuccess;
     if (blocks > INT32_MAX) return cudaErrorInvalidConfiguration; /* gridDim.x limit */
     void *args[] = {(void *)p, (void *)plan};
-    return cudaLaunchKernel((const void *)pf_merge_kernel, dim3((unsigned)blocks), dim3(MERGE_THREADS), args, 0,
-                            stream); /* this launch's error only (prefill_common.cuh) */
+    return fkda_launch_kernel((const void *)pf_merge_kernel, dim3((unsigned)blocks), dim3(MERGE_THREADS), args, 0,
+                              stream); /* this launch's error only (prefill_common.cuh) */
 }

@@ -48,6 +48,7 @@
  * Rows past the end of a sequence get k = q = 0, b = 0 and no decay, so they add nothing to the
  * state, and their U and W rows are zero (the chain zero-fills their v rows).
  */
+#include "cuda_internal.h"
 #include "prefill_common.cuh"
 #include "prefill_prep_steps.cuh"
 #include "ptx_copy.cuh"
@@ -659,6 +660,6 @@ cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
         kernel = p->qkg_load == PF_LOAD_TILES ? (checked ? pf_prep16_tiles_checked : pf_prep16_tiles)
                                               : (checked ? pf_prep16_any_checked : pf_prep16_any);
     void *args[] = {(void *)p};
-    return cudaLaunchKernel((const void *)kernel, grid, dim3(PREP_THREADS), args, 0,
-                            stream); /* this launch's error only (prefill_common.cuh) */
+    return fkda_launch_kernel((const void *)kernel, grid, dim3(PREP_THREADS), args, 0,
+                              stream); /* this launch's error only (prefill_common.cuh) */
 }

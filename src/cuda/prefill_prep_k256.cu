@@ -22,6 +22,7 @@
  * tile loads or the element loads, each unchecked (the lower bound gate >= -5: no step 4', 64
  * registers and 40 or 48 KB, 4 CTAs per SM) or checked (step 4' too: 128 registers, 2 CTAs).
  */
+#include "cuda_internal.h"
 #include "prefill_k256.cuh"
 #include "prefill_prep_steps.cuh"
 #include "ptx_copy.cuh"
@@ -370,6 +371,6 @@ cudaError_t pf256_launch_prep(const pf_params *p, cudaStream_t stream)
     if (err != cudaSuccess) return err;
     dim3 grid((unsigned)used_slots, (unsigned)p->HV);
     void *args[] = {(void *)p};
-    return cudaLaunchKernel((const void *)kernel, grid, dim3(P256_THREADS), args, smem,
-                            stream); /* this launch's error only (prefill_common.cuh) */
+    return fkda_launch_kernel((const void *)kernel, grid, dim3(P256_THREADS), args, smem,
+                              stream); /* this launch's error only (prefill_common.cuh) */
 }

@@ -361,6 +361,19 @@ static void mark_named(const dcase *c, const bufs *b, char *named, int64_t P)
     }
 }
 
+/* The variant FKDA_DECODE_VARIANT forces in the variant walk (walk_variants), NULL elsewhere. */
+static const char *forced_variant;
+
+/* Under the variant walk: the GPU call launched the forced variant's kernel (named after its
+ * row of decode_variants.h) and nothing else, or nothing at all for a call with no work. */
+static void check_forced_variant(const dcase *c)
+{
+    if (!forced_variant) return;
+    const char *got = fkda_last_kernels();
+    CHECK(got[0] == '\0' || strcmp(got, forced_variant) == 0, "%s: FKDA_DECODE_VARIANT=%s, but launched \"%s\"",
+          c->name, forced_variant, got);
+}
+
 static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
 {
     const int failures_before = test_failures;
@@ -497,7 +510,7 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
 
         mark_named(c, &b, named, P);
 
-        /* GPU */
+        /* GPU (under the variant walk, the forced variant must be the kernel that ran) */
         poison_out(&b);
         if (c->graph) {
             if (!graph_exec) {
@@ -506,6 +519,7 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
                 st = fkda_decode(&ga, &gpu, NULL, 0);
                 CUDA_OK(cudaStreamEndCapture(stream, &graph));
                 CHECK(st == FKDA_OK, "%s: captured GPU decode: %s", c->name, fkda_last_error());
+                check_forced_variant(c);
                 CUDA_OK(cudaGraphInstantiate(&graph_exec, graph, 0));
                 CUDA_OK(cudaGraphDestroy(graph));
             }
@@ -514,6 +528,7 @@ static int run_case(const dcase *c, test_rng *r, cudaStream_t stream)
             for (int again = 0; again < (c->twice ? 2 : 1); again++) {
                 st = fkda_decode(&ga, &gpu, NULL, 0);
                 CHECK(st == FKDA_OK, "%s: GPU decode: %s", c->name, fkda_last_error());
+                check_forced_variant(c);
             }
         }
         CUDA_OK(cudaStreamSynchronize(stream));
@@ -901,6 +916,7 @@ static int walk_variants(const dcase *cases, int n, const char *const *names, in
         for (int i = 0; i < n_names; i++) wanted |= strcmp(names[i], var->name) == 0;
         if (!wanted) continue;
         setenv("FKDA_DECODE_VARIANT", var->name, 1);
+        forced_variant = var->name;
         printf("== FKDA_DECODE_VARIANT=%s\n", var->name);
         int served = 0;
         for (int i = 0; i < n; i++) {
@@ -922,6 +938,7 @@ static int walk_variants(const dcase *cases, int n, const char *const *names, in
     for (int i = 0; i < n_names; i++)
         CHECK(fkda_decode_variant_find(names[i]) >= 0, "--variants %s: no such variant in decode_variants.h", names[i]);
     unsetenv("FKDA_DECODE_VARIANT");
+    forced_variant = NULL;
     return unserved;
 }
 

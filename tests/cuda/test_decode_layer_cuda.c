@@ -16,7 +16,9 @@
  *                   the same way), and every slot no running sequence names bitwise unchanged
  *   first call      run twice from the same pools: bitwise the same out and pools
  *   the path        the workspace (poisoned) left untouched by the single kernel, written by
- *                   the three launches: the path forced is the one that ran
+ *                   the three launches: the path forced is the one that ran; and the kernels
+ *                   the call launched (fkda_last_kernels): the tile and cluster size forced
+ *                   are the ones that ran
  *   guards          intact at the end of the case
  *
  * Paths (decode_layer_select.c): where the single kernel can serve a case (sm_90, T = 1, 1-D
@@ -407,6 +409,67 @@ static fkda_status gpu_call(const lcase *c, const layer_bufs *b, void *ws, size_
 
 static int bytes_equal(const void *a, const void *b, size_t n) { return memcmp(a, b, n) == 0; }
 
+/* The kernels the run launched (fkda_last_kernels), against what it forced: the three launches'
+ * conv first and norm last (with 8 channels a thread off, never the vector conv); the single
+ * kernel alone, for the pool's dtype and layout, of the forced tile (narrow: _w4 for the short
+ * conv, the any-width kernel otherwise; _wide, _packed, _packed_ef) and, for the narrow tile with
+ * a cluster size forced, launched in clusters of that size ("[C]" for C > 1). Whether the all-bf16
+ * twin (_io16) ran is left to test_decode_layer_select's section 6: the name is compared without
+ * that suffix. */
+static void check_kernels(const lcase *c, int step)
+{
+    const char *got = fkda_last_kernels();
+    char first[96] = "", last[96] = "";
+    int count = 0;
+    for (const char *p = got; *p;) {
+        while (*p == ' ') p++;
+        const size_t n = strcspn(p, " ");
+        if (n == 0) break;
+        snprintf(count == 0 ? first : last, sizeof last, "%.*s", (int)n, p);
+        count++;
+        p += n;
+    }
+    if (!c->fused) {
+        CHECK(count >= 3 && strncmp(first, "conv_kernel", 11) == 0 && strcmp(last, "norm_kernel") == 0,
+              "%s step %d: the three launches should have run; launched \"%s\"", c->name, step, got);
+        if (c->conv == CONV_VEC_OFF)
+            CHECK(strcmp(first, "conv_kernel_w4_vec") != 0,
+                  "%s step %d: the vector conv ran with FKDA_DECODE_LAYER_CONV_VEC=0", c->name, step);
+        return;
+    }
+    CHECK(count == 1, "%s step %d: the single kernel alone should have run; launched \"%s\"", c->name, step, got);
+    if (count != 1) return;
+    /* Its name without the cluster suffix and the _io16 twin's, and its cluster size. */
+    char base[96];
+    int cluster = 1;
+    snprintf(base, sizeof base, "%s", first);
+    char *bracket = strchr(base, '[');
+    if (bracket) {
+        cluster = atoi(bracket + 1);
+        *bracket = '\0';
+    }
+    const size_t len = strlen(base);
+    if (len > 5 && strcmp(base + len - 5, "_io16") == 0) base[len - 5] = '\0';
+    char want[96];
+    snprintf(want, sizeof want, "layer_%s_%s", c->pool_dtype == FKDA_DTYPE_F32 ? "f32" : "bf16",
+             c->v_first ? "vk" : "kv");
+    if (c->tile == TILE_RULE) {
+        CHECK(strncmp(base, want, strlen(want)) == 0, "%s step %d: launched \"%s\", not a %s kernel", c->name, step,
+              got, want);
+        return;
+    }
+    const char *tile = c->tile == TILE_WIDE        ? "_wide"
+                       : c->tile == TILE_PACKED    ? "_packed"
+                       : c->tile == TILE_PACKED_EF ? "_packed_ef"
+                       : c->W <= 4                 ? "_w4"
+                                                   : "";
+    strncat(want, tile, sizeof want - strlen(want) - 1);
+    const int want_cluster = c->tile == TILE_NARROW && c->cluster ? c->cluster : 1;
+    CHECK(strcmp(base, want) == 0 && (cluster == want_cluster || (c->tile == TILE_NARROW && !c->cluster)),
+          "%s step %d: launched \"%s\", expected %s (or its _io16 twin) in clusters of %d", c->name, step, got, want,
+          want_cluster);
+}
+
 static void run_case(lcase *c, test_rng *r, cudaStream_t stream)
 {
     const int failures_before = test_failures;
@@ -474,6 +537,7 @@ static void run_case(lcase *c, test_rng *r, cudaStream_t stream)
         CHECK(c->fused ? ws_written == 0 : ws_written > 0,
               "%s step %d: %zu workspace bytes written, but the %s path should have run", c->name, step, ws_written,
               c->fused ? "single-kernel" : "three-pass");
+        check_kernels(c, step);
 
         if (step == 0) { /* the same call again from the same pools: the same bits */
             for (int i = 0; i < 2; i++)

@@ -10,6 +10,8 @@
  * give the same bits),
  * and compares the relative Frobenius error ||gpu - ref|| / ||ref|| of the output and the final
  * state (and, where the case asks, of the CPU fp32 fast path's) with the case's bars (pf_bars).
+ * The kernels each run launched (fkda_last_kernels) are checked to be of the case's family (the
+ * fp16 family's for fp16 and fp32 inputs at K <= 128, unless forced off; the bf16 family's else).
  * Every output buffer on the GPU (out, final state) sits between two guard regions that must come
  * back bitwise untouched, and an initial state that is not also the final state must not change.
  * The GPU gets bf16 (or the case's fp16 / fp32) q, k, v, bf16 (or the case's fp32) g, and bf16
@@ -308,6 +310,19 @@ static void print_tightest(void)
     printf("\n");
 }
 
+/* The kernels the prefill launched (fkda_last_kernels) are of the family the case asks for: the
+ * fp16 family's prep and chain (pf_prep16_*, pf_chain16_*) for fp16 and fp32 q, k, v at K <= 128,
+ * unless FKDA_PREFILL_FP16_CHAIN=0 keeps them on the bf16 kernels, and neither of them elsewhere.
+ * A call with no work may launch nothing. */
+static void check_family(const pf_case *c, int fp16_family)
+{
+    const char *got = fkda_last_kernels();
+    if (got[0] == '\0') return;
+    const int prep16 = strstr(got, "pf_prep16") != NULL, chain16 = strstr(got, "pf_chain16") != NULL;
+    CHECK(fp16_family ? prep16 && chain16 : !prep16 && !chain16, "%s: launched \"%s\", expected %s", c->name, got,
+          fp16_family ? "the fp16 family's prep and chain" : "no kernel of the fp16 family");
+}
+
 static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, test_rng *rng)
 {
     const int64_t B = c->nseq ? 1 : c->B, H = c->H, HV = c->HV;
@@ -442,6 +457,7 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
         setenv("FKDA_PREFILL_FP16_CHAIN", "0", 1);
     else
         unsetenv("FKDA_PREFILL_FP16_CHAIN");
+    const int fp16_family = qkv != FKDA_DTYPE_BF16 && !(w && w->bf16_kernels) && K <= KD;
     size_t gws_bytes = 0;
     s = fkda_prefill_workspace_size(&d, &gpu, &gws_bytes);
     CHECK(s == FKDA_OK, "%s: GPU workspace size failed: %s", c->name, fkda_last_error());
@@ -465,6 +481,7 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
         s = fkda_prefill(&d, &gpu, gws, gws_bytes);
         CUDA_OK(cudaEventRecord(e1, 0));
         CHECK(s == FKDA_OK, "%s: GPU prefill failed: %s", c->name, fkda_last_error());
+        check_family(c, fp16_family);
         CUDA_OK(cudaDeviceSynchronize());
         CUDA_OK(cudaGetLastError());
         CUDA_OK(cudaEventElapsedTime(&gpu_ms, e0, e1));

@@ -107,6 +107,17 @@ def test_fwd_varlen(rng):
     assert torch.equal(final[1], x["h0"][1])  # the empty sequence keeps its state
 
 
+def test_last_kernels_names_the_prefill_kernels(rng):
+    # fkda_last_kernels after a CUDA call: its prep, then its chain (bf16 inputs: not the fp16
+    # family's), by the kernels' own names.
+    x = make(rng, 1, 64)
+    run_fwd(x, torch.empty_like(x["v"]), torch.empty_like(x["h0"]))
+    names = flash_kda.last_kernels().split()
+    assert len(names) >= 2, names
+    assert names[0].startswith("pf_prep") and not names[0].startswith("pf_prep16"), names
+    assert names[1].startswith("pf_chain") and not names[1].startswith("pf_chain16"), names
+
+
 def test_no_host_synchronisation_and_current_stream(rng):
     # A side stream held busy by a long sleep: fwd must return while the sleep still runs (no
     # synchronisation), and its work must come after the sleep on that stream.

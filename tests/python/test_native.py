@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import flash_kda
@@ -107,8 +108,19 @@ def test_torch_is_not_imported_by_the_package():
 
 def test_public_api():
     for name in ("prefill", "decode", "fwd", "chunk_kda", "fused_recurrent_kda",
-                 "fused_recurrent_kda_fwd"):
+                 "fused_recurrent_kda_fwd", "last_kernels"):
         assert callable(getattr(flash_kda, name))
+
+
+def test_last_kernels_is_empty_after_a_cpu_call():
+    # fkda_last_kernels: a CPU call launches nothing (the GPU tests check the names of launches).
+    from helpers import log_decay, make_inputs
+    rng = np.random.default_rng(0)
+    x = make_inputs(rng, T=5)
+    out = np.full(x["v"].shape, np.nan, dtype=np.float32)
+    flash_kda.prefill(x["q"], x["k"], x["v"], log_decay(rng, x["g"].shape), x["beta"], out=out)
+    assert np.isfinite(out).all()
+    assert flash_kda.last_kernels() == ""
 
 
 def test_numpy_is_the_only_dependency_imported():
