@@ -103,17 +103,6 @@ static int64_t conv_slot(const fkda_problem *p, int64_t n)
     return fkda_read_index(idx, n * idx->stride[0]);
 }
 
-static int64_t read_slot(const fkda_problem *p, int64_t n)
-{
-    const fkda_operand *idx = &p->state_indices;
-    if (idx->data == NULL) return n;
-    if (!p->indices_per_token) return fkda_read_index(idx, n * idx->stride[0]);
-    int64_t accepted = 1;
-    if (p->num_accepted_tokens.data)
-        accepted = fkda_read_index(&p->num_accepted_tokens, n * p->num_accepted_tokens.stride[0]);
-    return fkda_read_index(idx, n * idx->stride[0] + (accepted - 1) * idx->stride[1]);
-}
-
 /* On the CPU: every conv slot inside the conv pool, none missing for a running sequence, and
  * every sliding window inside the conv state's L rows (a_n + W - 2 <= L; a_n <= T_max may pass
  * that when T_max > T). */
@@ -121,7 +110,7 @@ static fkda_status check_conv_slots(const fkda_problem *p)
 {
     const char *entry = p->indices_per_token ? ", 0" : "";
     for (int64_t n = 0; n < p->N; n++) {
-        const int64_t slot = conv_slot(p, n), read = read_slot(p, n);
+        const int64_t slot = conv_slot(p, n), read = fkda_decode_read_slot(p, n);
         if (slot >= p->conv_pool_size)
             return fkda_fail(FKDA_ERROR_INVALID_ARGUMENT,
                              "state_indices: entry [%lld%s] = %lld is outside the conv_state pool of %lld slots",

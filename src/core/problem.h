@@ -141,6 +141,21 @@ static inline int fkda_read_flag(const fkda_operand *x, int64_t offset)
     return fkda_read_index(x, offset) != 0;
 }
 
+/* Decode: the slot sequence n reads its state from, a negative one skipping the sequence: n without
+ * indices, idx[n] for 1-D ones, and for 2-D ones (a slot per token) the slot of its last accepted
+ * token, idx[n, a_n - 1] (a_n = 1 without num_accepted_tokens). On the CPU only (reads the index
+ * tensors). */
+static inline int64_t fkda_decode_read_slot(const fkda_problem *p, int64_t n)
+{
+    const fkda_operand *idx = &p->state_indices;
+    if (idx->data == NULL) return n;
+    if (!p->indices_per_token) return fkda_read_index(idx, n * idx->stride[0]);
+    int64_t accepted = 1;
+    if (p->num_accepted_tokens.data)
+        accepted = fkda_read_index(&p->num_accepted_tokens, n * p->num_accepted_tokens.stride[0]);
+    return fkda_read_index(idx, n * idx->stride[0] + (accepted - 1) * idx->stride[1]);
+}
+
 /* Prefill: the slot of state_in sequence n starts from, or -1 for the zero state. On the CPU
  * only (reads the index tensors). */
 static inline int64_t fkda_initial_slot(const fkda_problem *p, int64_t n)

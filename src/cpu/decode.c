@@ -41,18 +41,6 @@ typedef struct decode_job {
     char *workspace;
 } decode_job;
 
-/* The slot sequence n reads its state from (negative: the sequence is skipped). */
-static int64_t read_slot(const fkda_problem *p, int64_t n)
-{
-    const fkda_operand *idx = &p->state_indices;
-    if (idx->data == NULL) return n;
-    if (!p->indices_per_token) return fkda_read_index(idx, n * idx->stride[0]);
-    int64_t accepted = 1;
-    if (p->num_accepted_tokens.data)
-        accepted = fkda_read_index(&p->num_accepted_tokens, n * p->num_accepted_tokens.stride[0]);
-    return fkda_read_index(idx, n * idx->stride[0] + (accepted - 1) * idx->stride[1]);
-}
-
 /* 2-D indices: the slot that receives the state after token t of sequence n (negative: none). */
 static int64_t token_slot(const fkda_problem *p, int64_t n, int64_t t)
 {
@@ -164,7 +152,7 @@ static void decode_item(void *context, int64_t item, int worker)
     const int64_t nv = p->V - v0 < job->plan.vblock ? p->V - v0 : job->plan.vblock;
     char *slice = job->workspace + (size_t)worker * job->plan.worker_bytes;
 
-    const int64_t slot = read_slot(p, n);
+    const int64_t slot = fkda_decode_read_slot(p, n);
     if (slot < 0) {
         int64_t row, start, length;
         fkda_sequence_bounds(p, n, &row, &start, &length);

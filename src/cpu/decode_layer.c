@@ -59,15 +59,6 @@ static int64_t accepted_tokens(const fkda_problem *p, int64_t n)
     return fkda_read_index(&p->num_accepted_tokens, n * p->num_accepted_tokens.stride[0]);
 }
 
-/* The recurrent read slot of sequence n (fkda_decode's): negative skips the sequence. */
-static int64_t read_slot(const fkda_problem *p, int64_t n)
-{
-    const fkda_operand *idx = &p->state_indices;
-    if (idx->data == NULL) return n;
-    if (!p->indices_per_token) return fkda_read_index(idx, n * idx->stride[0]);
-    return fkda_read_index(idx, n * idx->stride[0] + (accepted_tokens(p, n) - 1) * idx->stride[1]);
-}
-
 /* The conv slot of sequence n: slot n, idx[n], or idx[n, 0] (validation made it >= 0 for every
  * running sequence). */
 static int64_t conv_slot(const fkda_problem *p, int64_t n)
@@ -132,7 +123,7 @@ static void conv_channel(const fkda_problem *p, int64_t n, int64_t slot, int64_t
 static void conv_pass(const fkda_problem *p, float *y)
 {
     for (int64_t n = 0; n < p->B; n++) {
-        if (read_slot(p, n) < 0) continue; /* skipped: neither pool is touched */
+        if (fkda_decode_read_slot(p, n) < 0) continue; /* skipped: neither pool is touched */
         const int64_t first_row = p->conv_sliding ? accepted_tokens(p, n) - 1 : 0;
         float *y_n = y + n * p->T * p->conv_dim;
         for (int64_t c = 0; c < p->conv_dim; c++) conv_channel(p, n, conv_slot(p, n), first_row, c, y_n);
