@@ -354,6 +354,11 @@ mutant cuda-layer-exchange-bytes cuda src/cuda/decode_layer_fused.cu \
 mutant cuda-layer-packed-update cuda src/cuda/decode_layer_fused.cu \
   'pk_rank1_update(sp, ld, lk, vk, V_FIRST);' \
   'pk_rank1_update(sp, ld, lq, vk, V_FIRST);'
+# The layer's launch dropping the packed tile's evict-first loads: the same results from another
+# kernel, which only the layer test's kernel check (fkda_last_kernels) tells apart.
+mutant cuda-layer-load-ef-dropped cuda src/cuda/decode_layer.cu \
+  'choice.wide, choice.packed, choice.load_ef' \
+  'choice.wide, choice.packed, 0 * choice.load_ef'
 mutant cuda-layer-output-gate cuda src/cuda/decode_layer.cu \
   'v[i] * r * w / (1.0f + expf(-g))' \
   'v[i] * r * w / (1.0f + expf(g))'
