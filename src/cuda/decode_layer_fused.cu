@@ -312,28 +312,6 @@ static __device__ __forceinline__ void store_out(const fused_layer_params *p, in
     store_float(p->out, p->out_dtype, n * p->out_stride[0] + h * p->out_stride[2] + j * p->out_stride[3],
                 o * r * f.weight / f.denom);
 }
-/* A run-time-dtype parameter loaded in both forms (load_bits_pair_if) and joined only where it is
- * used (joined_bits): joined where they were loaded, the or waited there for the parameter's
- * round trip before every later load issued, the index's among them (dev/cuda/load_waits.py
- * found dt_bias's in each narrow kernel; in the all-bf16 kernels g's dtype is a constant and its
- * second form folds away). */
-typedef struct split_word {
-    uint32_t b32, b16;
-} split_word;
-
-static __device__ __forceinline__ split_word load_split_word(const void *base, int32_t dtype, int64_t i, int ok)
-{
-    split_word w;
-    load_bits_pair_if(base, dtype, i, ok, &w.b32, &w.b16);
-    return w;
-}
-
-static __device__ __forceinline__ uint32_t joined_bits(split_word w)
-{
-    hold_until_here(&w.b32);
-    hold_until_here(&w.b16);
-    return w.b32 | w.b16;
-}
 
 /* The conv channel of job `job` of CTA `rank`: jobs 0 .. 256 / C - 1 are the CTA's share of the
  * head's q and k channels, the next 128 / C the v channels of its value columns from col0 on. */

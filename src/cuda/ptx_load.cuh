@@ -124,4 +124,27 @@ static __device__ __forceinline__ float bits_to_float(uint32_t bits, int32_t dty
  * two, v's and dt_bias's). */
 static __device__ __forceinline__ void hold_until_here(uint32_t *x) { asm volatile("" : "+r"(*x)); }
 
+/* A run-time-dtype value loaded in both forms (load_bits_pair_if) and joined only where it is
+ * used (joined_bits): joined where they were loaded, the or waited there for the value's round
+ * trip before every later load issued, the index's among them (the single-kernel decode layer's
+ * parameters: dev/cuda/load_waits.py found dt_bias's in each narrow kernel; where the dtype is a
+ * constant the second form folds away). */
+typedef struct split_word {
+    uint32_t b32, b16;
+} split_word;
+
+static __device__ __forceinline__ split_word load_split_word(const void *base, int32_t dtype, int64_t i, int ok)
+{
+    split_word w;
+    load_bits_pair_if(base, dtype, i, ok, &w.b32, &w.b16);
+    return w;
+}
+
+static __device__ __forceinline__ uint32_t joined_bits(split_word w)
+{
+    hold_until_here(&w.b32);
+    hold_until_here(&w.b16);
+    return w.b32 | w.b16;
+}
+
 #endif
