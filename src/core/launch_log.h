@@ -2,9 +2,10 @@
  * launch_log.h: the thread-local list of the kernels a run call launched, behind
  * fkda_last_kernels().
  *
- * fkda_dispatch_run empties the list before a run; each CUDA launch site notes its kernel (the
- * function pointer it launched, and its cluster size) once the launch is accepted. The names are
- * looked up only when fkda_last_kernels() asks, so a launch pays for two stores, not a lookup.
+ * fkda_prefill, fkda_decode and fkda_decode_layer empty the list first; each CUDA launch
+ * (fkda_launch_kernel[_ex], cuda_internal.h) notes its kernel (the function pointer it launched,
+ * and its cluster size) once the launch is accepted. The names are looked up only when
+ * fkda_last_kernels() asks, so a launch pays for two stores, not a lookup.
  */
 #ifndef FKDA_CORE_LAUNCH_LOG_H
 #define FKDA_CORE_LAUNCH_LOG_H
