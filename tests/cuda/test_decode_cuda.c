@@ -1126,6 +1126,16 @@ int main(int argc, char **argv)
         }
         cases[n++] = c;
     }
+    /* Every token bf16 with A_log and dt_bias bf16 too (their dtype stays a run-time one in the
+     * TOK kernels, whose staging loads dt_bias in both forms, each into a register of its own:
+     * bias16 is the only one a bf16 dt_bias lands in), on the narrow tiles of both pool dtypes. */
+    for (int i = 0; i < 2; i++) {
+        c = bf16_token_case(i ? "one token, 12 heads, bf16 A_log and dt_bias, bf16 [K,V] (narrow)"
+                              : "one token, 12 heads, bf16 A_log and dt_bias, fp32 [K,V]",
+                            i ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32, 0);
+        c.aux_dtype = FKDA_DTYPE_BF16;
+        cases[n++] = c;
+    }
     /* 32 heads of bf16 pools, one token, every token bf16: the wide bf16 [K, V] tile, which loads
      * the token before the state and keeps the state's words raw until it is staged; in [V, K]
      * the rules give the narrow tile (decode_select.c), and the wide [V, K] one runs these cases
