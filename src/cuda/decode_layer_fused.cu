@@ -81,6 +81,9 @@
  * (decode_packed_tile.cuh: 16 keys x 8 values a lane held as 64 bf16 pairs), 4 warps a head, one
  * CTA of 128 threads; each thread convolves three of the head's 384 channels. */
 #define FUSED_PACKED_WARPS 4
+/* The narrow tile's side warps (its short-conv kernels): two warps after the tile's that load and
+ * prepare what the tile needs only after the q/k exchange (fused_layer, side_values). */
+#define FUSED_SIDE_THREADS 64
 #define FUSED_PACKED_CHANNELS 3
 #define FUSED_MAX_CHANNELS FUSED_PACKED_CHANNELS
 static_assert(PK_NR == FUSED_WIDE_NR, "the packed tile has the wide tile's rows (one CTA a head)");
@@ -126,6 +129,7 @@ typedef struct __align__(16) fused_smem
     float q[FUSED_STAGE], k[FUSED_STAGE], d[FUSED_STAGE];
     float v[128];
     float squares[FUSED_MAX_WARPS];
+    float beta;                            /* the side warps' beta (the narrow short-conv kernels) */
     float out_weight[128], out_denom[128]; /* the norm's factors by column (out_factors) */
     uint64_t token_bar, squares_bar;       /* C > 1: the exchanges' mbarriers (send_everywhere) */
 }
@@ -313,6 +317,60 @@ static __device__ __forceinline__ void store_out(const fused_layer_params *p, in
                 o * r * f.weight / f.denom);
 }
 
+/* The side values of a narrow-tile CTA's step, computed by its two side warps (the short-conv
+ * kernels): the decay of every key (into d, at stage_pos), beta (into *beta_out) and the norm's
+ * factors of the CTA's columns col0 .. col0 + cols - 1 (into out_weight, out_denom). Side thread t
+ * (0 .. 63) takes keys t and t + 64 and columns col0 + t, col0 + t + 64 (those below cols); the
+ * tile's warps read the values after the __syncthreads that ends the q/k exchange. On the tile's
+ * warps these loads' address work (~100 instructions) and the decays (~60) sat before the index's
+ * load and the q/k send, with one or two warps a scheduler at small batches to hide nothing
+ * (docs/history/decode.md, "The layer's path to the state's loads, counted"). The same loads and
+ * the same arithmetic as the tile's own form, so the same bits. */
+static __device__ __forceinline__ void side_values(const fused_layer_params *p, const lane_tile *w, int64_t n,
+                                                   int64_t h, int t, int col0, int cols, float *d, float *beta_out,
+                                                   float *out_weight, float *out_denom, const int V_FIRST,
+                                                   const int VEC, const int NR)
+{
+    const int gated = p->d.gate != FKDA_GATE_NONE, biased = gated && p->d.dt_bias != NULL;
+    split_word g_bits[2], bias_bits[2];
+    uint32_t gate_bits[2], weight_bits[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int e = t + 64 * i, has_col = e < cols;
+        g_bits[i] = load_split_word(p->d.g, p->d.g_dtype,
+                                    n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], 1);
+        bias_bits[i] = load_split_word(p->d.dt_bias, p->d.dt_bias_dtype,
+                                       h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], biased);
+        gate_bits[i] = load_gate_bits(p, n, h, col0 + e, has_col);
+        weight_bits[i] = load_weight_bits(p, col0 + e, has_col);
+    }
+    const split_word A_bits = load_split_word(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride, gated && p->d.A_log);
+    const uint32_t beta_bits = load_bits_split_if(p->d.beta, p->d.beta_dtype,
+                                                  n * p->d.beta_stride[0] + h * p->d.beta_stride[2], t == 0);
+    const float A_weight = gated && p->d.A_log ? expf(bits_to_float(joined_bits(A_bits), p->d.A_log_dtype)) : 1.0f;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        const int e = t + 64 * i;
+        float a = bits_to_float(joined_bits(g_bits[i]), p->d.g_dtype);
+        if (gated) {
+            a += bits_to_float(joined_bits(bias_bits[i]), p->d.dt_bias_dtype);
+            a = p->d.gate == FKDA_GATE_LOWER_BOUND ? p->d.lower_bound * sigmoidf_(A_weight * a)
+                                                   : -A_weight * softplusf_(a);
+        }
+        d[stage_pos(w, e, V_FIRST, VEC, NR)] = expf(a);
+        if (e < cols) {
+            const out_factors f = out_factors_of(p, gate_bits[i], weight_bits[i]);
+            out_weight[col0 + e] = f.weight;
+            out_denom[col0 + e] = f.denom;
+        }
+    }
+    if (t == 0) {
+        float beta = bits_to_float(beta_bits, p->d.beta_dtype);
+        if (p->d.use_beta_sigmoid) beta = (p->d.allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
+        *beta_out = beta;
+    }
+}
+
 /* The conv channel of job `job` of CTA `rank`: jobs 0 .. 256 / C - 1 are the CTA's share of the
  * head's q and k channels, the next 128 / C the v channels of its value columns from col0 on. */
 static __device__ __forceinline__ int64_t conv_job_channel(const fused_layer_params *p, int job, int rank, int cs,
@@ -368,10 +426,29 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     }
     wait_for_prior_grid();
 
-    const int tid = threadIdx.x, nthreads = blockDim.x, warp = tid >> 5, lane = tid & 31;
+    /* SIDE: the narrow tile's short-conv kernels run two side warps after the tile's (side_values);
+     * nthreads counts the tile's threads. */
+    const int SIDE = !WIDE && MW == LAYER_SHORT_CONV_WIDTH;
+    const int tid = threadIdx.x, nthreads = SIDE ? (32 * FUSED_WARPS(NR)) >> cs : blockDim.x, warp = tid >> 5,
+              lane = tid & 31;
     const int64_t h = WIDE ? blockIdx.x - (uint32_t)n * HV : blockIdx.x >> cs;
     const lane_tile w = make_lane_tile(&p->d, rank * (nthreads >> 5) + warp, V_FIRST, NR, NC, 1, 1);
     const int cols = 128 >> cs, col0 = rank * cols; /* this CTA's value columns */
+    if (SIDE && tid >= nthreads) {
+        /* A side warp: its values, then every barrier the tile's warps take (the cluster's, both
+         * exchanges' waits and both __syncthreads), leaving with them on a skipped slot. */
+        side_values(p, &w, n, h, tid - nthreads, col0, cols, sm.d, &sm.beta, sm.out_weight, sm.out_denom, V_FIRST, VEC,
+                    NR);
+        const int64_t slot = p->d.state_indices ? load_index(p->d.state_indices, p->d.idx_dtype, n * p->d.idx_stride[0])
+                                                : n;
+        if (C > 1) cluster_wait();
+        if (slot < 0 || slot >= p->d.pool_size) return;
+        if (C > 1) wait_received(&sm.token_bar);
+        __syncthreads();
+        if (C > 1) wait_received(&sm.squares_bar);
+        __syncthreads();
+        return;
+    }
 
     /* Every load that needs no slot first, so that they are in flight while the slot's index
      * arrives: the conv's taps, bias and input of this thread's channels (jobs tid and, in the
@@ -385,34 +462,46 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         const int job = tid + i * nthreads;
         conv_load_inputs(p, n, conv_job_channel(p, job, rank, cs, h, col0), job < jobs, &cc[i], MW);
     }
+    /* (In the SIDE kernels the side warps load and prepare these, side_values.) */
     const int gated = p->d.gate != FKDA_GATE_NONE, biased = gated && p->d.dt_bias != NULL;
-    split_word g_bits[FUSED_KEYS], bias_bits[FUSED_KEYS];
+    split_word g_bits[FUSED_KEYS], bias_bits[FUSED_KEYS], A_bits;
+    A_bits.b32 = A_bits.b16 = 0u;
+    uint32_t beta_bits = 0u;
+    if (!SIDE) {
 #pragma unroll
-    for (int i = 0; i < KEYS; i++) {
-        g_bits[i].b32 = g_bits[i].b16 = bias_bits[i].b32 = bias_bits[i].b16 = 0u;
-        if (i * nthreads >= 128) continue; /* uniform: only CTAs of 64 threads (C = 8) take 2 keys */
-        const int e = tid + i * nthreads, ok = e < 128;
-        g_bits[i] = load_split_word(p->d.g, p->d.g_dtype,
-                                    n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], ok);
-        bias_bits[i] = load_split_word(p->d.dt_bias, p->d.dt_bias_dtype,
-                                       h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], ok && biased);
+        for (int i = 0; i < KEYS; i++) {
+            g_bits[i].b32 = g_bits[i].b16 = bias_bits[i].b32 = bias_bits[i].b16 = 0u;
+            if (i * nthreads >= 128) continue; /* uniform: only CTAs of 64 threads (C = 8) take 2 keys */
+            const int e = tid + i * nthreads, ok = e < 128;
+            g_bits[i] = load_split_word(p->d.g, p->d.g_dtype,
+                                        n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], ok);
+            bias_bits[i] = load_split_word(p->d.dt_bias, p->d.dt_bias_dtype,
+                                           h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], ok && biased);
+        }
+        A_bits = load_split_word(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride, gated && p->d.A_log);
+        beta_bits = load_bits_split_if(p->d.beta, p->d.beta_dtype, n * p->d.beta_stride[0] + h * p->d.beta_stride[2],
+                                       1);
     }
-    const split_word A_bits = load_split_word(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride, gated && p->d.A_log);
-    const uint32_t beta_bits = load_bits_split_if(p->d.beta, p->d.beta_dtype,
-                                                  n * p->d.beta_stride[0] + h * p->d.beta_stride[2], 1);
     /* The last `cols` threads (the narrow tile's, one per column, have no conv job; the wide
      * tile's have one where the first 128 have two; the packed tile's are all of its threads):
      * output_gate and norm_weight of column
      * col0 + column, whose factors the thread computes once and shares through shared memory with
      * the lanes that write out. */
     const int column = tid - (nthreads - cols), has_column = column >= 0;
-    const uint32_t gate_bits = load_gate_bits(p, n, h, col0 + column, has_column);
-    const uint32_t weight_bits = load_weight_bits(p, col0 + column, has_column);
+    uint32_t gate_bits = 0u, weight_bits = 0u;
+    if (!SIDE) {
+        gate_bits = load_gate_bits(p, n, h, col0 + column, has_column);
+        weight_bits = load_weight_bits(p, col0 + column, has_column);
+    }
 
     const int64_t slot = p->d.state_indices ? load_index(p->d.state_indices, p->d.idx_dtype, n * p->d.idx_stride[0])
                                             : n;
     if (slot < 0 || slot >= p->d.pool_size) { /* skipped: uniform over the cluster */
         const float r = 1.0f / sqrtf(0.0f / 128.0f + p->eps);
+        if (SIDE) { /* (the side warps' factors are for the state step; a skipped slot loads its own) */
+            gate_bits = load_gate_bits(p, n, h, col0 + column, has_column);
+            weight_bits = load_weight_bits(p, col0 + column, has_column);
+        }
         if (has_column) store_out(p, n, h, col0 + column, 0.0f, r, out_factors_of(p, gate_bits, weight_bits));
         if (C > 1) cluster_wait();
         return;
@@ -443,22 +532,26 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         load_tile(&p->d, &w, slot, h, s, BF16 ? 2 : 0, V_FIRST, VEC, NR, NC, 1, WIDE ? 0 : 1);
     }
 
-    /* The decay of every key (each CTA all 128), beta, and this thread's conv output. */
-    const float A_weight = gated && p->d.A_log ? expf(bits_to_float(joined_bits(A_bits), p->d.A_log_dtype)) : 1.0f;
+    /* The decay of every key (each CTA all 128), beta (the side warps' in the SIDE kernels, read
+     * after the exchange), and this thread's conv output. */
+    float beta = 0.0f;
+    if (!SIDE) {
+        const float A_weight = gated && p->d.A_log ? expf(bits_to_float(joined_bits(A_bits), p->d.A_log_dtype)) : 1.0f;
 #pragma unroll
-    for (int i = 0; i < KEYS; i++) {
-        const int e = tid + i * nthreads;
-        if (e >= 128) continue;
-        float a = bits_to_float(joined_bits(g_bits[i]), p->d.g_dtype);
-        if (gated) {
-            a += bits_to_float(joined_bits(bias_bits[i]), p->d.dt_bias_dtype);
-            a = p->d.gate == FKDA_GATE_LOWER_BOUND ? p->d.lower_bound * sigmoidf_(A_weight * a)
-                                                   : -A_weight * softplusf_(a);
+        for (int i = 0; i < KEYS; i++) {
+            const int e = tid + i * nthreads;
+            if (e >= 128) continue;
+            float a = bits_to_float(joined_bits(g_bits[i]), p->d.g_dtype);
+            if (gated) {
+                a += bits_to_float(joined_bits(bias_bits[i]), p->d.dt_bias_dtype);
+                a = p->d.gate == FKDA_GATE_LOWER_BOUND ? p->d.lower_bound * sigmoidf_(A_weight * a)
+                                                       : -A_weight * softplusf_(a);
+            }
+            sm.d[stage_pos(&w, e, V_FIRST, VEC, NR)] = expf(a);
         }
-        sm.d[stage_pos(&w, e, V_FIRST, VEC, NR)] = expf(a);
+        beta = bits_to_float(beta_bits, p->d.beta_dtype);
+        if (p->d.use_beta_sigmoid) beta = (p->d.allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
     }
-    float beta = bits_to_float(beta_bits, p->d.beta_dtype);
-    if (p->d.use_beta_sigmoid) beta = (p->d.allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
     float y[FUSED_MAX_CHANNELS];
 #pragma unroll
     for (int i = 0; i < CH; i++) y[i] = tid + i * nthreads < jobs ? conv_output(p, &cc[i], MW) : 0.0f;
@@ -482,13 +575,14 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
 #pragma unroll
     for (int i = 0; i < CH; i++)
         if (tid + i * nthreads < jobs) conv_write(p, &cc[i], MW);
-    if (has_column) {
+    if (!SIDE && has_column) {
         const out_factors f = out_factors_of(p, gate_bits, weight_bits);
         sm.out_weight[col0 + column] = f.weight;
         sm.out_denom[col0 + column] = f.denom;
     }
     if (C > 1) wait_received(&sm.token_bar); /* the other CTAs' q and k */
     __syncthreads();                         /* this CTA's own stores: decay, v, norm factors */
+    if (SIDE) beta = sm.beta;
 
     /* 3. The norms, by every warp alone over all 128 keys (the same sums in every warp). */
     float ssq = 0.0f, ssk = 0.0f, qk = 0.0f;
@@ -529,6 +623,17 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         o[c] = fmaf(kq, vn, qf * pq[c]);
         squares = fmaf(o[c], o[c], squares);
     }
+    /* 4. sum(o^2) over the head: each warp's (its kl = 0 lanes hold each of its columns once) to
+     * every CTA, then all of them in the same order everywhere. The wide tile sends it before the
+     * state's update and stores (its __syncthreads then waits less after them); the narrow and
+     * packed tiles after, as measured faster there (docs/history/decode.md, "The layer's side
+     * warps"). */
+    const int SQUARES_FIRST = WIDE && !PACKED;
+    if (SQUARES_FIRST) {
+        squares = warp_sum(w.kl == 0 ? squares : 0.0f);
+        if (lane == 0) send_everywhere(&sm.squares[rank * (nthreads >> 5) + warp], &sm.squares_bar, C, rank, squares);
+    }
+
     /* The new state out now, not after the norm: its stores (the step's largest traffic) then
      * drain while the sums of o^2 are exchanged, and nothing after them waits for global stores.
      * The packed tile's as the plain decode's packed kernels store theirs (evict-first). */
@@ -541,10 +646,10 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         store_tile(&p->d, &w, slot, h, s, BF16, V_FIRST, VEC, NR, NC, 1);
     }
 
-    /* 4. sum(o^2) over the head: each warp's (its kl = 0 lanes hold each of its columns once) to
-     * every CTA, then all of them in the same order everywhere. */
-    squares = warp_sum(w.kl == 0 ? squares : 0.0f);
-    if (lane == 0) send_everywhere(&sm.squares[rank * (nthreads >> 5) + warp], &sm.squares_bar, C, rank, squares);
+    if (!SQUARES_FIRST) {
+        squares = warp_sum(w.kl == 0 ? squares : 0.0f);
+        if (lane == 0) send_everywhere(&sm.squares[rank * (nthreads >> 5) + warp], &sm.squares_bar, C, rank, squares);
+    }
     if (C > 1) wait_received(&sm.squares_bar); /* the other CTAs' warps */
     __syncthreads();                           /* this CTA's */
     float total = 0.0f;
@@ -602,7 +707,8 @@ static __device__ __forceinline__ fused_layer_params with_bf16_io(fused_layer_pa
         WARM_PARAMETERS(&p);                                                                                           \
         fused_layer(&p, bf16, v_first, vec, FUSED_MAX_WIDTH, FUSED_NARROW_NR, 0, 0);                                   \
     }                                                                                                                  \
-    FUSED_KERNEL_AND_IO16(name##_w4, 512, 1, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, FUSED_NARROW_NR, 0, 0)        \
+    FUSED_KERNEL_AND_IO16(name##_w4, 512 + FUSED_SIDE_THREADS, 1, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH,          \
+                          FUSED_NARROW_NR, 0, 0)                                                                       \
     FUSED_KERNEL_AND_IO16(name##_wide, 32 * FUSED_WARPS(FUSED_WIDE_NR), 2, bf16, v_first, vec, LAYER_SHORT_CONV_WIDTH, \
                           FUSED_WIDE_NR, 0, 0)
 FUSED_KERNELS(layer_f32_kv, 0, 0, 4)
@@ -728,7 +834,9 @@ extern "C" fkda_status fkda_cuda_decode_layer_fused(const fkda_problem *p, int c
     cudaLaunchConfig_t cfg = {};
     /* The narrow tile's grid (HV x C, B), the wide and packed tiles' B x HV (fused_layer). */
     cfg.gridDim = wide ? dim3((unsigned)(p->B * p->HV), 1, 1) : dim3((unsigned)(p->HV * cluster), (unsigned)p->B, 1);
-    cfg.blockDim = dim3((unsigned)(32 * k.d.warps_per_cta), 1, 1);
+    /* The narrow tile's short-conv kernels have two side warps after the tile's (fused_layer). */
+    const int side = form == SHORT || form == SHORT_IO16 ? FUSED_SIDE_THREADS : 0;
+    cfg.blockDim = dim3((unsigned)(32 * k.d.warps_per_cta + side), 1, 1);
     cfg.stream = (cudaStream_t)p->device.stream;
     /* The cluster dimension only for C > 1: C = 1 is an ordinary launch (no cluster operation runs). */
     cudaLaunchAttribute attrs[2] = {};
