@@ -89,7 +89,8 @@ typedef struct pf_gate_in {
 
 /* The fp16 family's cases (run_case's `w`; NULL: bf16 q, k, v): q, k, v and out in qkv_dtype
  * (fp16 or fp32). Range cases: v, q and k, and the initial state times v_scale, qk_scale, h0_scale
- * (0: 1); beta drawn in [0, beta_max] without the sigmoid (0: [0, 1]); out_of_domain: chunks the
+ * (0: 1; qk_scale only from token qk_scale_from of each batch row on, where that is not 0);
+ * beta drawn in [0, beta_max] without the sigmoid (0: [0, 1]); out_of_domain: chunks the
  * prep writes as bf16 records (bf16's bars apply, not fp16_bars); bf16_kernels: the bf16 kernels
  * instead (FKDA_PREFILL_FP16_CHAIN=0, bf16's bars); gate: the case's gate and g (all zero: the
  * lower bound gate, bf16 g); g_f16: g in fp16; quick, small: also run by --quick,
@@ -103,6 +104,7 @@ typedef struct pf_wide {
     int v_zero_tokens; /* v = 0 at each batch row's first tokens (no initial state: all-zero warps) */
     int out_shift;     /* the GPU's out starts this many elements past 16-byte alignment (its rows too) */
     double v_scale, qk_scale, h0_scale, beta_max;
+    int64_t qk_scale_from; /* qk_scale only on each batch row's tokens from this one on (0: all) */
     int out_of_domain, bf16_kernels;
     pf_gate_in gate;
     int g_f16, quick, small;
@@ -345,9 +347,18 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
     const fkda_dtype g_dtype = gi && gi->g_f32 ? FKDA_DTYPE_F32 : w && w->g_f16 ? FKDA_DTYPE_F16 : FKDA_DTYPE_BF16;
     test_tensor g = test_tensor_alloc(g_dtype, 4, sg);
     test_tensor beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
-    const double qk_sd = (c->l2norm ? 1.0 : 1.0 / sqrt((double)K)) * (w && w->qk_scale ? w->qk_scale : 1.0);
+    const double qk_late = w && w->qk_scale ? w->qk_scale : 1.0, qk_from = w ? (double)w->qk_scale_from : 0.0;
+    const double qk_sd = (c->l2norm ? 1.0 : 1.0 / sqrt((double)K)) * (qk_from > 0 ? 1.0 : qk_late);
     test_tensor_fill_normal(&q, rng, 0, qk_sd);
     test_tensor_fill_normal(&k, rng, 0, qk_sd);
+    if (qk_from > 0) /* the later tokens scaled: their chunks leave the fp16 domain mid-sequence */
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = w->qk_scale_from; t < T; t++)
+                for (int64_t e = 0; e < H * K; e++) {
+                    const size_t at = (size_t)((b * T + t) * H * K + e);
+                    test_tensor_set(&q, at, test_tensor_get(&q, at) * qk_late);
+                    test_tensor_set(&k, at, test_tensor_get(&k, at) * qk_late);
+                }
     test_tensor_fill_normal(&v, rng, 0, w && w->v_scale ? w->v_scale : 1.0);
     if (w && K > KD) { /* values bf16 holds (pf_wide) */
         test_tensor *const wide[3] = {&q, &k, &v};
@@ -1284,6 +1295,34 @@ int main(int argc, char **argv)
           0,
           0},
          {.qkv_dtype = F32, .qk_scale = 300, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
+        /* The same from token 100 on: the fp16 chain's first chunks take the first copy of its loop
+         * (prefill_chain_step.cuh), chunk 6 is the first flagged one and moves its chain warps to
+         * the second copy for the rest of the run. */
+        {{"range: fp32 no norm, |k| ~ 300 from token 100",
+          1,
+          200,
+          2,
+          2,
+          0,
+          {0},
+          1,
+          1,
+          F32,
+          F32,
+          1,
+          0,
+          0,
+          0,
+          0,
+          0,
+          1,
+          0,
+          0,
+          0,
+          -5,
+          0,
+          0},
+         {.qkv_dtype = F32, .qk_scale = 300, .qk_scale_from = 100, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
     };
     /* K < 128 with bf16 q, k, v: the prep's load form follows from the dtypes and K (qkg_load in
      * prefill_launch.cu), named in brackets: bf16 q, k, g with K % 8 == 0 the bf16 tiles, fp32 g
