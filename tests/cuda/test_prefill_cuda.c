@@ -1295,9 +1295,10 @@ int main(int argc, char **argv)
           0,
           0},
          {.qkv_dtype = F32, .qk_scale = 300, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
-        /* The same from token 100 on: the fp16 chain's first chunks take the first copy of its loop
-         * (prefill_chain_step.cuh), chunk 6 is the first flagged one and moves its chain warps to
-         * the second copy for the rest of the run. */
+        /* The same from token 100 on, with fp32 and with fp16 inputs: the fp16 chain's first chunks
+         * are in its domain, chunk 6 is the first flagged one (where a kernel runs its chunk loop
+         * in two copies, prefill_chain_step.cuh, the fp16-output ones, its chain warps move to the
+         * second copy there for the rest of the run). */
         {{"range: fp32 no norm, |k| ~ 300 from token 100",
           1,
           200,
@@ -1323,6 +1324,31 @@ int main(int argc, char **argv)
           0,
           0},
          {.qkv_dtype = F32, .qk_scale = 300, .qk_scale_from = 100, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
+        {{"range: fp16 no norm, |k| ~ 300 from token 100",
+          1,
+          200,
+          2,
+          2,
+          0,
+          {0},
+          1,
+          1,
+          F32,
+          F32,
+          1,
+          0,
+          0,
+          0,
+          0,
+          0,
+          1,
+          0,
+          0,
+          0,
+          -5,
+          0,
+          0},
+         {.qkv_dtype = F16, .qk_scale = 300, .qk_scale_from = 100, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
     };
     /* K < 128 with bf16 q, k, v: the prep's load form follows from the dtypes and K (qkg_load in
      * prefill_launch.cu), named in brackets: bf16 q, k, g with K % 8 == 0 the bf16 tiles, fp32 g
