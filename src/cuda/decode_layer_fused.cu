@@ -317,6 +317,25 @@ static __device__ __forceinline__ void store_out(const fused_layer_params *p, in
                 o * r * f.weight / f.denom);
 }
 
+/* A key's decay exp(a) from its g and dt_bias bits (the gate of decode_stage.cuh's stage_token),
+ * and beta from its bits: the side warps' and the tile's own form share them, so the same bits. */
+static __device__ __forceinline__ float key_decay(const fused_layer_params *p, split_word g, split_word bias,
+                                                  float A_weight)
+{
+    float a = bits_to_float(joined_bits(g), p->d.g_dtype);
+    if (p->d.gate != FKDA_GATE_NONE) {
+        a += bits_to_float(joined_bits(bias), p->d.dt_bias_dtype);
+        a = p->d.gate == FKDA_GATE_LOWER_BOUND ? p->d.lower_bound * sigmoidf_(A_weight * a) : -A_weight * softplusf_(a);
+    }
+    return expf(a);
+}
+
+static __device__ __forceinline__ float beta_of(const fused_layer_params *p, uint32_t bits)
+{
+    const float beta = bits_to_float(bits, p->d.beta_dtype);
+    return p->d.use_beta_sigmoid ? (p->d.allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta) : beta;
+}
+
 /* The side values of a narrow-tile CTA's step, computed by its two side warps (the short-conv
  * kernels): the decay of every key (into d, at stage_pos), beta (into *beta_out) and the norm's
  * factors of the CTA's columns col0 .. col0 + cols - 1 (into out_weight, out_denom). Side thread t
@@ -351,24 +370,14 @@ static __device__ __forceinline__ void side_values(const fused_layer_params *p, 
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         const int e = t + 64 * i;
-        float a = bits_to_float(joined_bits(g_bits[i]), p->d.g_dtype);
-        if (gated) {
-            a += bits_to_float(joined_bits(bias_bits[i]), p->d.dt_bias_dtype);
-            a = p->d.gate == FKDA_GATE_LOWER_BOUND ? p->d.lower_bound * sigmoidf_(A_weight * a)
-                                                   : -A_weight * softplusf_(a);
-        }
-        d[stage_pos(w, e, V_FIRST, VEC, NR)] = expf(a);
+        d[stage_pos(w, e, V_FIRST, VEC, NR)] = key_decay(p, g_bits[i], bias_bits[i], A_weight);
         if (e < cols) {
             const out_factors f = out_factors_of(p, gate_bits[i], weight_bits[i]);
             out_weight[col0 + e] = f.weight;
             out_denom[col0 + e] = f.denom;
         }
     }
-    if (t == 0) {
-        float beta = bits_to_float(beta_bits, p->d.beta_dtype);
-        if (p->d.use_beta_sigmoid) beta = (p->d.allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
-        *beta_out = beta;
-    }
+    if (t == 0) *beta_out = beta_of(p, beta_bits);
 }
 
 /* The conv channel of job `job` of CTA `rank`: jobs 0 .. 256 / C - 1 are the CTA's share of the
@@ -541,16 +550,9 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         for (int i = 0; i < KEYS; i++) {
             const int e = tid + i * nthreads;
             if (e >= 128) continue;
-            float a = bits_to_float(joined_bits(g_bits[i]), p->d.g_dtype);
-            if (gated) {
-                a += bits_to_float(joined_bits(bias_bits[i]), p->d.dt_bias_dtype);
-                a = p->d.gate == FKDA_GATE_LOWER_BOUND ? p->d.lower_bound * sigmoidf_(A_weight * a)
-                                                       : -A_weight * softplusf_(a);
-            }
-            sm.d[stage_pos(&w, e, V_FIRST, VEC, NR)] = expf(a);
+            sm.d[stage_pos(&w, e, V_FIRST, VEC, NR)] = key_decay(p, g_bits[i], bias_bits[i], A_weight);
         }
-        beta = bits_to_float(beta_bits, p->d.beta_dtype);
-        if (p->d.use_beta_sigmoid) beta = (p->d.allow_neg_eigval ? 2.0f : 1.0f) * sigmoidf_(beta);
+        beta = beta_of(p, beta_bits);
     }
     float y[FUSED_MAX_CHANNELS];
 #pragma unroll
