@@ -789,6 +789,12 @@ int main(int argc, char **argv)
         .name = name_, .B = B_, .T = T_, .H = H_, .HV = HV_, .has_in = 1, .has_out = 1, .in_dtype = F32,           \
         .out_dtype = F32, .v_first = 1, .l2norm = 1, .sigmoid = 1, .fast_too = 1, .vslice = vs_, .lower_bound = -5 \
     }
+/* STD_CASE without the L2 norm and the beta sigmoid: q, k and beta as drawn (the range cases). */
+#define NO_NORM_CASE(name_, B_, T_, H_, HV_)                                                             \
+    {                                                                                                    \
+        .name = name_, .B = B_, .T = T_, .H = H_, .HV = HV_, .has_in = 1, .has_out = 1, .in_dtype = F32, \
+        .out_dtype = F32, .v_first = 1, .fast_too = 1, .lower_bound = -5                                 \
+    }
 /* A K < 128 case of the K <= 128 kernels (keys past K zero in the record): B rows of T tokens,
  * fp32 states in and out [V,K], the L2 norm and the beta sigmoid, the fast path compared too. */
 #define KCASE(name_, B_, T_, H_, HV_, K_, V_)                                                                         \
@@ -1270,84 +1276,15 @@ int main(int argc, char **argv)
          {.qkv_dtype = F16, .v_scale = 1e3, .h0_scale = 1e5, .quick = 1}},
         /* No norm, q and k of norm ~300 (past the fp16 domain's 2^7) with beta below 1.5e-5 (b |k|^2 < 2: stable):
          * every chunk takes the bf16 record and step, at bf16's bars. */
-        {{"range: fp32 no norm, |k| ~ 300",
-          1,
-          200,
-          2,
-          2,
-          0,
-          {0},
-          1,
-          1,
-          F32,
-          F32,
-          1,
-          0,
-          0,
-          0,
-          0,
-          0,
-          1,
-          0,
-          0,
-          0,
-          -5,
-          0,
-          0},
+        {NO_NORM_CASE("range: fp32 no norm, |k| ~ 300", 1, 200, 2, 2),
          {.qkv_dtype = F32, .qk_scale = 300, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
         /* The same from token 100 on, with fp32 and with fp16 inputs: the fp16 chain's first chunks
          * are in its domain, chunk 6 is the first flagged one (where a kernel runs its chunk loop
          * in two copies, prefill_chain_step.cuh, the fp16-output ones, its chain warps move to the
          * second copy there for the rest of the run). */
-        {{"range: fp32 no norm, |k| ~ 300 from token 100",
-          1,
-          200,
-          2,
-          2,
-          0,
-          {0},
-          1,
-          1,
-          F32,
-          F32,
-          1,
-          0,
-          0,
-          0,
-          0,
-          0,
-          1,
-          0,
-          0,
-          0,
-          -5,
-          0,
-          0},
+        {NO_NORM_CASE("range: fp32 no norm, |k| ~ 300 from token 100", 1, 200, 2, 2),
          {.qkv_dtype = F32, .qk_scale = 300, .qk_scale_from = 100, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
-        {{"range: fp16 no norm, |k| ~ 300 from token 100",
-          1,
-          200,
-          2,
-          2,
-          0,
-          {0},
-          1,
-          1,
-          F32,
-          F32,
-          1,
-          0,
-          0,
-          0,
-          0,
-          0,
-          1,
-          0,
-          0,
-          0,
-          -5,
-          0,
-          0},
+        {NO_NORM_CASE("range: fp16 no norm, |k| ~ 300 from token 100", 1, 200, 2, 2),
          {.qkv_dtype = F16, .qk_scale = 300, .qk_scale_from = 100, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
     };
     /* K < 128 with bf16 q, k, v: the prep's load form follows from the dtypes and K (qkg_load in
