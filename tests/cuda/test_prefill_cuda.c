@@ -347,13 +347,14 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
     const fkda_dtype g_dtype = gi && gi->g_f32 ? FKDA_DTYPE_F32 : w && w->g_f16 ? FKDA_DTYPE_F16 : FKDA_DTYPE_BF16;
     test_tensor g = test_tensor_alloc(g_dtype, 4, sg);
     test_tensor beta = test_tensor_alloc(FKDA_DTYPE_BF16, 3, sb);
-    const double qk_late = w && w->qk_scale ? w->qk_scale : 1.0, qk_from = w ? (double)w->qk_scale_from : 0.0;
+    const double qk_late = w && w->qk_scale ? w->qk_scale : 1.0;
+    const int64_t qk_from = w ? w->qk_scale_from : 0;
     const double qk_sd = (c->l2norm ? 1.0 : 1.0 / sqrt((double)K)) * (qk_from > 0 ? 1.0 : qk_late);
     test_tensor_fill_normal(&q, rng, 0, qk_sd);
     test_tensor_fill_normal(&k, rng, 0, qk_sd);
     if (qk_from > 0) /* the later tokens scaled: their chunks leave the fp16 domain mid-sequence */
         for (int64_t b = 0; b < B; b++)
-            for (int64_t t = w->qk_scale_from; t < T; t++)
+            for (int64_t t = qk_from; t < T; t++)
                 for (int64_t e = 0; e < H * K; e++) {
                     const size_t at = (size_t)((b * T + t) * H * K + e);
                     test_tensor_set(&q, at, test_tensor_get(&q, at) * qk_late);
