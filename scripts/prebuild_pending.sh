@@ -18,15 +18,24 @@ mkdir -p "$dir"
 rm -f "$dir"/pending-*.tar.xz "$dir/pending.txt"
 patches=(dev/pending/0*.patch)
 [ -e "${patches[0]}" ] || { echo "prebuild_pending.sh: no patches in dev/pending"; exit 1; }
-if ! git diff --quiet -- src include tests scripts CMakeLists.txt; then
-  echo "prebuild_pending.sh: uncommitted changes under src, include, tests or scripts; commit or stash them first"
+# Every path a patch touches, docs included: the restore must put each one back, or the tree
+# carried to the device holds half-applied patches (a later `git apply` there then fails).
+mapfile -t touched < <(for p in "${patches[@]}"; do git apply --numstat "$p" | cut -f3; done | sort -u)
+paths=(src include tests scripts CMakeLists.txt "${touched[@]}")
+if ! git diff --quiet HEAD -- "${paths[@]}"; then
+  echo "prebuild_pending.sh: uncommitted changes under ${paths[*]}; commit or stash them first"
   exit 1
 fi
-if [ -n "$(git ls-files --others --exclude-standard -- src include tests scripts)" ]; then
-  echo "prebuild_pending.sh: untracked files under src, include, tests or scripts (the restore would remove them)"
+if [ -n "$(git ls-files --others --exclude-standard -- "${paths[@]}")" ]; then
+  echo "prebuild_pending.sh: untracked files under ${paths[*]} (the restore would remove them)"
   exit 1
 fi
-restore() { git checkout -q -- src include tests scripts CMakeLists.txt; git clean -qfd -- src include tests scripts; }
+# A new file of a patch is not in HEAD: checkout skips it and clean removes it.
+restore() {
+  git checkout -q HEAD -- $(git ls-tree -r --name-only HEAD -- "${paths[@]}" | sort -u)
+  git reset -q -- "${paths[@]}"
+  git clean -qfd -- "${paths[@]}"
+}
 trap restore EXIT
 
 echo "0 main ($(git describe --always --dirty))" >"$dir/pending.txt"
