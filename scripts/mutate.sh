@@ -245,13 +245,17 @@ mutant cuda-prefill-chain-state-decay cuda src/cuda/prefill_chain_run.cuh \
   'S[j][3] *= gm.y;' \
   'S[j][3] *= gm.x;'
 # The fp16 chain's slow path rescales the state but keeps -W S and U from before the rescale.
-mutant cuda-prefill-chain16-redo cuda src/cuda/prefill_chain_run.cuh \
+mutant cuda-prefill-chain16-redo cuda src/cuda/prefill_chain_step.cuh \
   'const int redo = bf16_chunk || rescaled;' \
   'const int redo = bf16_chunk;'
 # The fp16 chain's range check lets a flagged chunk (a bf16 record) through to the fp16 step.
-mutant cuda-prefill-chain16-flag cuda src/cuda/prefill_chain_run.cuh \
+mutant cuda-prefill-chain16-flag cuda src/cuda/prefill_chain_step.cuh \
   'm16 > CH16_HI || bf16_chunk' \
   'm16 > CH16_HI'
+# The fp16 chain's first loop copy keeps a flagged chunk (a bf16 record) and runs its fp16 step on it.
+mutant cuda-prefill-chain16-fast-copy cuda src/cuda/prefill_chain_step.cuh \
+  'if (f16 && PF_REC16_BF16_FLAG(R)) break;' \
+  'if (f16 && 0) break;'
 # K > 128: each warp of a pair forms Vnew from its own key half's partial twice, not both halves'.
 mutant cuda-prefill-k256-pair-sum cuda src/cuda/prefill_chain_k256.cu \
   '(sp_[e * 32 + lane] + sp_[256 + e * 32 + lane])' \
@@ -341,10 +345,10 @@ mutant cuda-layer-window-clamp cuda src/cuda/decode_layer.cu \
 mutant cuda-layer-fused-silu cuda src/cuda/decode_layer_fused.cu \
   'return acc / (1.0f + expf(-acc));' \
   'return acc;'
-# The single kernel (both tiles): each column's norm factors read from the neighbour's slot.
+# The single kernel (both tiles): each column's norm factor read from the neighbour's slot.
 mutant cuda-layer-wide-factors cuda src/cuda/decode_layer_fused.cu \
-  'f.denom = sm.out_denom[j];' \
-  'f.denom = sm.out_denom[j ^ 1];'
+  'store_out(p, n, h, j, o[c], r, sm.out_scale[j]);' \
+  'store_out(p, n, h, j, o[c], r, sm.out_scale[j ^ 1]);'
 # The single kernel's q and k exchange waiting for every CTA's share, its own included (which it
 # stores itself): the wait never completes, and the kernel traps.
 mutant cuda-layer-exchange-bytes cuda src/cuda/decode_layer_fused.cu \

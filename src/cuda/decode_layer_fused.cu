@@ -17,7 +17,7 @@
  *      It alone writes the new conv window of exactly those channels (while its q and k are in
  *      flight to the other CTAs), so no CTA reads a channel that another writes: the conv state
  *      needs no barrier. Each of the 128 / C threads without a conv job (one per column)
- *      computes the norm's factors of its column into shared memory.
+ *      computes the norm's scale of its column into shared memory.
  *   2. sends its q and k outputs to every other CTA of the cluster (st.async into their staging
  *      buffers, counted on an mbarrier there) and stores them in its own, computes the decay
  *      exp(a) of all 128 keys itself (cheap, and one gate load per key), then waits until its own
@@ -129,9 +129,9 @@ typedef struct __align__(16) fused_smem
     float q[FUSED_STAGE], k[FUSED_STAGE], d[FUSED_STAGE];
     float v[128];
     float squares[FUSED_MAX_WARPS];
-    float beta;                            /* the side warps' beta (the narrow short-conv kernels) */
-    float out_weight[128], out_denom[128]; /* the norm's factors by column (out_factors) */
-    uint64_t token_bar, squares_bar;       /* C > 1: the exchanges' mbarriers (send_everywhere) */
+    float beta;                      /* the side warps' beta (the narrow short-conv kernels) */
+    float out_scale[128];            /* the norm's factor by column (out_scale_of) */
+    uint64_t token_bar, squares_bar; /* C > 1: the exchanges' mbarriers (send_everywhere) */
 }
 fused_smem;
 
@@ -282,18 +282,12 @@ static __device__ __forceinline__ void conv_write(const fused_layer_params *p, c
     store_float(p->conv_state, p->cs_dtype, cc->base + (W - 2) * p->cs_stride[1], bits_to_float(cc->x, p->x_dtype));
 }
 
-/* The norm's factors of value j: norm_weight[j] and 1 + exp(-output_gate[j]), from their bits. */
-typedef struct out_factors {
-    float weight, denom;
-} out_factors;
-
-static __device__ __forceinline__ out_factors out_factors_of(const fused_layer_params *p, uint32_t gate_bits,
-                                                             uint32_t weight_bits)
+/* The norm's factor of value j, norm_weight[j] / (1 + exp(-output_gate[j])), from their bits:
+ * formed once per column, before the step, so that the output's lanes multiply (store_out). */
+static __device__ __forceinline__ float out_scale_of(const fused_layer_params *p, uint32_t gate_bits,
+                                                     uint32_t weight_bits)
 {
-    out_factors f;
-    f.weight = bits_to_float(weight_bits, p->nw_dtype);
-    f.denom = 1.0f + expf(-bits_to_float(gate_bits, p->gate_dtype));
-    return f;
+    return bits_to_float(weight_bits, p->nw_dtype) / (1.0f + expf(-bits_to_float(gate_bits, p->gate_dtype)));
 }
 
 static __device__ __forceinline__ uint32_t load_gate_bits(const fused_layer_params *p, int64_t n, int64_t h, int j,
@@ -308,13 +302,15 @@ static __device__ __forceinline__ uint32_t load_weight_bits(const fused_layer_pa
     return load_bits_split_if(p->norm_weight, p->nw_dtype, j * p->nw_stride, ok);
 }
 
-/* out[j] = o * r * norm_weight[j] * sigmoid(output_gate[j]), evaluated as the norm kernel of
- * decode_layer.cu does: ((o * r) * w) / (1 + e^-g). */
+/* out[j] = o * r * norm_weight[j] * sigmoid(output_gate[j]), as (o * r) * scale with scale =
+ * w / (1 + e^-g) (out_scale_of). The norm kernel of decode_layer.cu divides last, ((o r) w) /
+ * (1 + e^-g): the two differ by a rounding; here the division is off the step's last stretch,
+ * where each lane had four. */
 static __device__ __forceinline__ void store_out(const fused_layer_params *p, int64_t n, int64_t h, int j, float o,
-                                                 float r, out_factors f)
+                                                 float r, float scale)
 {
     store_float(p->out, p->out_dtype, n * p->out_stride[0] + h * p->out_stride[2] + j * p->out_stride[3],
-                o * r * f.weight / f.denom);
+                o * r * scale);
 }
 
 /* A key's decay exp(a) from its g and dt_bias bits (the gate of decode_stage.cuh's stage_token),
@@ -338,7 +334,7 @@ static __device__ __forceinline__ float beta_of(const fused_layer_params *p, uin
 
 /* The side values of a narrow-tile CTA's step, computed by its two side warps (the short-conv
  * kernels): the decay of every key (into d, at stage_pos), beta (into *beta_out) and the norm's
- * factors of the CTA's columns col0 .. col0 + cols - 1 (into out_weight, out_denom). Side thread t
+ * scales of the CTA's columns col0 .. col0 + cols - 1 (into out_scale). Side thread t
  * (0 .. 63) takes keys t and t + 64 and columns col0 + t, col0 + t + 64 (those below cols); the
  * tile's warps read the values after the __syncthreads that ends the q/k exchange. On the tile's
  * warps these loads' address work (~100 instructions) and the decays (~60) sat before the index's
@@ -347,8 +343,7 @@ static __device__ __forceinline__ float beta_of(const fused_layer_params *p, uin
  * the same arithmetic as the tile's own form, so the same bits. */
 static __device__ __forceinline__ void side_values(const fused_layer_params *p, const lane_tile *w, int64_t n,
                                                    int64_t h, int t, int col0, int cols, float *d, float *beta_out,
-                                                   float *out_weight, float *out_denom, const int V_FIRST,
-                                                   const int VEC, const int NR)
+                                                   float *out_scale, const int V_FIRST, const int VEC, const int NR)
 {
     const int gated = p->d.gate != FKDA_GATE_NONE, biased = gated && p->d.dt_bias != NULL;
     split_word g_bits[2], bias_bits[2];
@@ -372,9 +367,7 @@ static __device__ __forceinline__ void side_values(const fused_layer_params *p, 
         const int e = t + 64 * i;
         d[stage_pos(w, e, V_FIRST, VEC, NR)] = key_decay(p, g_bits[i], bias_bits[i], A_weight);
         if (e < cols) {
-            const out_factors f = out_factors_of(p, gate_bits[i], weight_bits[i]);
-            out_weight[col0 + e] = f.weight;
-            out_denom[col0 + e] = f.denom;
+            out_scale[col0 + e] = out_scale_of(p, gate_bits[i], weight_bits[i]);
         }
     }
     if (t == 0) *beta_out = beta_of(p, beta_bits);
@@ -446,8 +439,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     if (SIDE && tid >= nthreads) {
         /* A side warp: its values, then every barrier the tile's warps take (the cluster's, both
          * exchanges' waits and both __syncthreads), leaving with them on a skipped slot. */
-        side_values(p, &w, n, h, tid - nthreads, col0, cols, sm.d, &sm.beta, sm.out_weight, sm.out_denom, V_FIRST, VEC,
-                    NR);
+        side_values(p, &w, n, h, tid - nthreads, col0, cols, sm.d, &sm.beta, sm.out_scale, V_FIRST, VEC, NR);
         const int64_t slot = p->d.state_indices ? load_index(p->d.state_indices, p->d.idx_dtype, n * p->d.idx_stride[0])
                                                 : n;
         if (C > 1) cluster_wait();
@@ -511,7 +503,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
             gate_bits = load_gate_bits(p, n, h, col0 + column, has_column);
             weight_bits = load_weight_bits(p, col0 + column, has_column);
         }
-        if (has_column) store_out(p, n, h, col0 + column, 0.0f, r, out_factors_of(p, gate_bits, weight_bits));
+        if (has_column) store_out(p, n, h, col0 + column, 0.0f, r, out_scale_of(p, gate_bits, weight_bits));
         if (C > 1) cluster_wait();
         return;
     }
@@ -573,14 +565,12 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     }
     /* While the q and k are in flight: the new conv windows go out (nothing after this waits for
      * global stores: the exchanges' waits are acquires, and __syncthreads), freeing their
-     * registers for the state step, and the norm's factors of this thread's column. */
+     * registers for the state step, and the norm's scale of this thread's column. */
 #pragma unroll
     for (int i = 0; i < CH; i++)
         if (tid + i * nthreads < jobs) conv_write(p, &cc[i], MW);
     if (!SIDE && has_column) {
-        const out_factors f = out_factors_of(p, gate_bits, weight_bits);
-        sm.out_weight[col0 + column] = f.weight;
-        sm.out_denom[col0 + column] = f.denom;
+        sm.out_scale[col0 + column] = out_scale_of(p, gate_bits, weight_bits);
     }
     if (C > 1) wait_received(&sm.token_bar); /* the other CTAs' q and k */
     __syncthreads();                         /* this CTA's own stores: decay, v, norm factors */
@@ -654,18 +644,21 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     }
     if (C > 1) wait_received(&sm.squares_bar); /* the other CTAs' warps */
     __syncthreads();                           /* this CTA's */
-    float total = 0.0f;
+    /* The partials summed as a tree (the same order in every CTA): 4 dependent adds, not 16. */
+    float part[FUSED_MAX_WARPS];
 #pragma unroll
-    for (int i = 0; i < WARPS; i++) total += sm.squares[i];
+    for (int i = 0; i < WARPS; i++) part[i] = sm.squares[i];
+#pragma unroll
+    for (int span = 1; span < WARPS; span *= 2)
+#pragma unroll
+        for (int i = 0; i + span < WARPS; i += 2 * span) part[i] += part[i + span];
+    const float total = part[0];
     const float r = 1.0f / sqrtf(total / 128.0f + p->eps);
     if (w.kl == 0) {
 #pragma unroll
         for (int c = 0; c < NC; c++) {
             const int j = tile_col(&w, c, V_FIRST, VEC);
-            out_factors f;
-            f.weight = sm.out_weight[j];
-            f.denom = sm.out_denom[j];
-            store_out(p, n, h, j, o[c], r, f);
+            store_out(p, n, h, j, o[c], r, sm.out_scale[j]);
         }
     }
 #endif

@@ -70,6 +70,7 @@
 #include "ptx_copy.cuh"
 #include "ptx_mbarrier.cuh"
 #include "ptx_mma.cuh"
+#include "ptx_sync.cuh"
 #include "prefill_select.h"
 
 #define CH_STAGES 4
@@ -192,14 +193,33 @@ static __device__ __forceinline__ float ch16_state_max(const float (*S)[4])
 
 #define CH_RUN chain_run
 #define CH_SPLIT 0
+#define CH_COPIES 0
 #include "prefill_chain_run.cuh"
 #undef CH_RUN
 #undef CH_SPLIT
+#undef CH_COPIES
 #define CH_RUN chain_run_split
 #define CH_SPLIT 1
+#define CH_COPIES 0
 #include "prefill_chain_run.cuh"
 #undef CH_RUN
 #undef CH_SPLIT
+#undef CH_COPIES
+/* The fp16 chain's fp16-output kernels: the chunk loop in two copies (prefill_chain_step.cuh). */
+#define CH_RUN chain_run_copies
+#define CH_SPLIT 0
+#define CH_COPIES 1
+#include "prefill_chain_run.cuh"
+#undef CH_RUN
+#undef CH_SPLIT
+#undef CH_COPIES
+#define CH_RUN chain_run_split_copies
+#define CH_SPLIT 1
+#define CH_COPIES 1
+#include "prefill_chain_run.cuh"
+#undef CH_RUN
+#undef CH_SPLIT
+#undef CH_COPIES
 
 __global__ void __launch_bounds__(256, 1) pf_chain_kernel(const pf_params p, const pf_chain_plan plan)
 {
@@ -221,7 +241,7 @@ __global__ void __launch_bounds__(256, 1) pf_chain_kernel_any_out(const pf_param
 /* The fp16 chain (fp16 and fp32 q, k, v: the output is fp16 or goes through the fp32 tile). */
 __global__ void __launch_bounds__(256, 1) pf_chain16_kernel_f16_out(const pf_params p, const pf_chain_plan plan)
 {
-    chain_run(p, plan, PF_OUT_F16, 1);
+    chain_run_copies(p, plan, PF_OUT_F16, 1);
 }
 __global__ void __launch_bounds__(256, 1) pf_chain16_kernel_any_out(const pf_params p, const pf_chain_plan plan)
 {
@@ -230,7 +250,7 @@ __global__ void __launch_bounds__(256, 1) pf_chain16_kernel_any_out(const pf_par
 /* The fp16 chain with its output warps. */
 __global__ void __launch_bounds__(256, 1) pf_chain16_kernel_split_f16_out(const pf_params p, const pf_chain_plan plan)
 {
-    chain_run_split(p, plan, PF_OUT_F16, 1);
+    chain_run_split_copies(p, plan, PF_OUT_F16, 1);
 }
 __global__ void __launch_bounds__(256, 1) pf_chain16_kernel_split_any_out(const pf_params p, const pf_chain_plan plan)
 {

@@ -1,9 +1,11 @@
 /*
  * prefill_chain_run.cuh: the chain's body, chain_run (prefill_chain.cu, whose top describes it),
- * included twice by prefill_chain.cu: as chain_run (CH_SPLIT 0) and as chain_run_split (CH_SPLIT 1,
- * the output on warps of its own). The split parts are compiled only into the second, so the
- * unsplit kernels are the same code with or without them (their register allocation moved when
- * the split parts were there as dead branches).
+ * included four times by prefill_chain.cu: as chain_run (CH_SPLIT 0) and as chain_run_split
+ * (CH_SPLIT 1, the output on warps of its own), each also with CH_COPIES 1 (_copies: the chunk loop
+ * in two copies, for the fp16 chain's fp16-output kernels). The split parts are compiled only into
+ * the split forms, so the unsplit kernels are the same code with or without them (their register
+ * allocation moved when the split parts were there as dead branches); likewise the copies. The
+ * chunk loop's body, one chunk's step, is prefill_chain_step.cuh (which says why two copies).
  */
 /* The chain of one (sequence, head, value slice). `out_mode` (a constant in each kernel below):
  * a bf16 or fp16 output with 16-byte rows is stored through a 16-bit tile, 16 bytes per lane;
@@ -365,28 +367,6 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
         }
         if (next_ck != INT64_MAX && next_ck / PF_CHUNK < stop) stop = next_ck / PF_CHUNK;
 
-        for (; c < stop; c++) {
-            const int st = (int)((c - cb) % CH_STAGES);
-            const unsigned char *R = s_rec + st * PF_REC_BYTES;
-            const unsigned char *VT = s_v + (st * warps + warp) * (f16 ? CH_VRAW16 : CH_TILE16);
-
-#if CH_SPLIT
-            if (out_role) {
-                /* the output warp: chunk c - 1's output (chunk nch - 1's after the loop), then the
-                 * iteration's barrier with the chain warps */
-                if (c > cb) CH_OUTPUT_WARP(c - 1);
-                goto iteration_end;
-            }
-#endif
-            CP_ASYNC_WAIT(CH_STAGES - 1);
-            if (!f16 && out_mode == PF_OUT_F16 && p.v_stage == NULL) {
-                chain_v_f16_to_bf16((uint4 *)(VT + pf_swz16(vtok, vhalf)));
-            }
-            __syncwarp();
-            mbar_wait(smem_addr(&s_full[st]), (uint32_t)(((c - cb) / CH_STAGES) & 1));
-
-            /* The critical chain first: S^T (-W)^T in four 4-deep chains (token tile x key half). */
-            float vn[2][2][4]; /* [key half][token tile] */
 #define CH_NEG_W_S(MMA)                                                                                    \
     do {                                                                                                   \
         _Pragma("unroll") for (int kk = 0; kk < 8; kk++)                                                   \
@@ -486,147 +466,35 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
         CH_STEP_UPDATE(MMA, PACK);                                         \
     } while (0)
 
-            if (!f16) {
-                CH_NEG_W_S(mma_bf16_16816);
-                CH_STEP_REST(mma_bf16_16816, pack_bf16x2, VT);
-            } else {
-                /* The fp16 chain: -W S, the previous chunk's output and U first, the range check
-                 * after them, before the decay (why that is exact: the top of prefill_chain.cu). */
-                CH_NEG_W_S(mma_f16_16816);
-                const int bf16_chunk = PF_REC16_BF16_FLAG(R);
-                unsigned char *VOP = s_vop + warp * CH_TILE16;
-                const unsigned char *VRAW = VT + ch_vraw_at(v4, vtok, vhalf); /* the lane's v as read */
-                /* fp16 v at e = 0 is its own operand, already in the operand tile's layout (warp-uniform) */
-                const int v_direct = !v4 && e_held == 0;
-                uint4 vh = make_uint4(0u, 0u, 0u, 0u);
-                if (with_v) {
-                    vh = ch_v_f16(VRAW, v4, e_held);
-                    if (!v_direct) *(uint4 *)(VOP + pf_swz16(vtok, vhalf)) = vh;
-                }
-                __syncwarp();
-                CH_CHAIN_STORE_OUTPUT(c - 1)
-                float u[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
-                CH_STEP_U(mma_f16_16816, v_direct ? VT : VOP)
-                /* The range check on the operands: the largest |fp16 value| of the copy sa and of v.
-                 * Rounding to fp16 is monotone and 64 and 2^-6 are fp16 values, so "some operand
-                 * above CH16_HI" implies "some held fp32 value above it", and "every operand below
-                 * CH16_LO" implies "every held value below it": the fp32 test of the rescale below
-                 * then holds too. The converse fails in two bands only (round to nearest even): a
-                 * held value in (64, 64 + 2^-5] has a copy of 64 (fp16's spacing above 64 is 2^-4),
-                 * so e is not raised; the bound on Vnew (the top of prefill_chain.cu) is one on the operands.
-                 * A warp whose largest held value is in [2^-6 - 2^-18, 2^-6) has a copy of 2^-6
-                 * (the spacing below 2^-6 is 2^-17), so e is not lowered; those values are normal
-                 * fp16 values, as at 2^-6 itself. A flagged chunk takes the same slow path. */
-                const float m16 = ch16_operand_max(sa, vh);
-                if (__any_sync(0xffffffffu, m16 > CH16_HI || bf16_chunk) || __all_sync(0xffffffffu, m16 < CH16_LO)) {
-                    /* Rare: rescale (decided on the held fp32 values), then redo -W S, the v operand
-                     * and U in the chunk's format where either changed. Without a rescale (d == 0, or
-                     * M = 0 or not finite, e.g. a warp whose state and v are all zero) and on an fp16
-                     * record, S and e_held are as before the check, so the repack would give the bits
-                     * of sa, the v operand those of vh (the same fp32 products and rounding; fp16 v
-                     * at e = 0 round-trips exactly through fp32, a NaN staying a NaN), and the redone
-                     * products, which start from zero, the very vn and u already held: redo is 0 and
-                     * they are kept. redo is warp-uniform (the votes, the shuffled M and e_held are),
-                     * so the __syncwarps under it are reached by every lane or by none. */
-                    float mv = 0.0f;
-                    if (with_v) {
-                        float vf[8];
-                        ch_read_v8(VRAW, v4, vf);
-#pragma unroll
-                        for (int e = 0; e < 8; e++) mv = fmaxf(mv, fabsf(vf[e]));
-                    }
-                    const float m_lane = fmaxf(ch16_state_max(S), mv * ch_pow2(-e_held));
-                    const int big = __any_sync(0xffffffffu, m_lane > CH16_HI);
-                    const int small = __all_sync(0xffffffffu, m_lane < CH16_LO);
-                    int rescaled = 0;
-                    if (big || small) {
-                        float M = m_lane;
-#pragma unroll
-                        for (int o_ = 16; o_ > 0; o_ >>= 1) M = fmaxf(M, __shfl_xor_sync(0xffffffffu, M, o_));
-                        if (M > 0.0f && M <= 3.4028235e38f) {
-                            /* the largest lands in [8, 16): e += ilogb(M) - 3, kept in [-120, 120] */
-                            int en = e_held + ((__float_as_int(M) >> 23) - 127) - 3;
-                            en = en < -120 ? -120 : (en > 120 ? 120 : en);
-                            const int d = e_held - en, d1 = d / 2;
-                            if (d != 0) {
-                                const float r1 = ch_pow2(d1), r2 = ch_pow2(d - d1);
-#pragma unroll
-                                for (int j = 0; j < 16; j++)
-#pragma unroll
-                                    for (int e = 0; e < 4; e++) S[j][e] = S[j][e] * r1 * r2;
-                                e_held = en;
-                                rescaled = 1;
-                            }
-                        }
-                    }
-                    const int redo = bf16_chunk || rescaled;
-                    if (redo) {
-                        if (bf16_chunk)
-                            CH_PACK_STATE_AS(pack_bf16x2);
-                        else
-                            CH_PACK_STATE_AS(pack_f16x2);
-                        __syncwarp(); /* every lane's reads of the v operand tile are done */
-                        if (with_v) {
-                            float vf[8];
-                            ch_read_v8(VRAW, v4, vf);
-                            const float sc = ch_pow2(-e_held);
-                            uint4 x_;
-                            x_.x = bf16_chunk ? pack_bf16x2(vf[0] * sc, vf[1] * sc)
-                                              : pack_f16x2(vf[0] * sc, vf[1] * sc);
-                            x_.y = bf16_chunk ? pack_bf16x2(vf[2] * sc, vf[3] * sc)
-                                              : pack_f16x2(vf[2] * sc, vf[3] * sc);
-                            x_.z = bf16_chunk ? pack_bf16x2(vf[4] * sc, vf[5] * sc)
-                                              : pack_f16x2(vf[4] * sc, vf[5] * sc);
-                            x_.w = bf16_chunk ? pack_bf16x2(vf[6] * sc, vf[7] * sc)
-                                              : pack_f16x2(vf[6] * sc, vf[7] * sc);
-                            *(uint4 *)(VOP + pf_swz16(vtok, vhalf)) = x_;
-                        }
-                        __syncwarp();
-                        if (bf16_chunk) {
-                            CH_NEG_W_S(mma_bf16_16816);
-                            CH_STEP_U(mma_bf16_16816, VOP)
-                        } else {
-                            CH_NEG_W_S(mma_f16_16816);
-                            CH_STEP_U(mma_f16_16816, VOP)
-                        }
-                    }
-                }
-                CH_REFILL_V_IN_STEP();
-                if (bf16_chunk)
-                    CH_STEP_UPDATE(mma_bf16_16816, pack_bf16x2);
-                else
-                    CH_STEP_UPDATE(mma_f16_16816, pack_f16x2);
-#if !CH_SPLIT /* (the split one's output warp does this, CH_OUTPUT_WARP) */
-                /* the output in the caller's units */
-                const float up = ch_pow2(e_held);
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    o[0][e] *= up;
-                    o[1][e] *= up;
-                }
-#endif
-            }
-
-            CH_PACK_STATE();
-
-#if CH_SPLIT
-        iteration_end:
-            /* Every warp is done with chunk c - 1's record (the output warps read it one chunk
-             * after the chain warps): refill its stage with chunk c + CH_STAGES - 1, three chunks
-             * ahead of the chain. The first output warp issues it, not a chain warp: every chain
-             * warp waits at the next barrier for the slowest one, so the copy's issue (its address,
-             * the elected lane, the bulk copy) on chain warp 0 would lengthen every step, while the
-             * output warps wait at that barrier with time to spare. */
-            __syncthreads();
-            if (threadIdx.x == warps * 32 && c > cb && c + CH_STAGES - 1 < nch)
-                CH_ISSUE_RECORD(c + CH_STAGES - 1, (int)((c - 1 - cb) % CH_STAGES));
-#else
-            /* Every warp is done with this stage: refill it with chunk c + CH_STAGES. */
-            __syncthreads();
-            if (threadIdx.x == 0 && c + CH_STAGES < nch) CH_ISSUE_RECORD(c + CH_STAGES, st);
-            CH_ISSUE_V(c + CH_STAGES, st);
-#endif
+            /* The run's chunks. CH_COPIES: in two copies of the step (prefill_chain_step.cuh says
+         * why), the fp16 chain's fp16-output kernels only: in its fp32-tile output kernels ptxas
+         * spilled into the loops with both (up to 4 spill loads a chunk on the chain warps' path),
+         * and the bf16 chain has no flagged chunk. The split kernels' output warps never leave the
+         * first copy: each iteration of either ends in the same barrier 0. */
+#if CH_COPIES
+        for (; c < stop; c++) {
+#define CH_STEP_FAST 1
+#define CH_ITERATION_END iteration_end_fast
+#include "prefill_chain_step.cuh"
+#undef CH_ITERATION_END
+#undef CH_STEP_FAST
         }
+        for (; c < stop; c++) {
+#define CH_STEP_FAST 0
+#define CH_ITERATION_END iteration_end_general
+#include "prefill_chain_step.cuh"
+#undef CH_ITERATION_END
+#undef CH_STEP_FAST
+        }
+#else
+        for (; c < stop; c++) {
+#define CH_STEP_FAST 0
+#define CH_ITERATION_END iteration_end
+#include "prefill_chain_step.cuh"
+#undef CH_ITERATION_END
+#undef CH_STEP_FAST
+        }
+#endif
         if (c >= nch) break;
     }
 #if CH_SPLIT

@@ -17,6 +17,11 @@ static __device__ __forceinline__ void bar_sync_named(uint32_t id, uint32_t thre
     asm volatile("bar.sync %0, %1;" : : "r"(id), "r"(threads) : "memory");
 }
 
+/* Barrier 0 over the whole CTA, as __syncthreads, but in the non-aligned form: for warps that
+ * reach it from different places in the code. __syncthreads is barrier.sync.aligned, which
+ * requires every thread of the CTA to execute the same barrier instruction. */
+static __device__ __forceinline__ void bar_sync_all_unaligned(void) { asm volatile("barrier.sync 0;" ::: "memory"); }
+
 /* Atomic add on a 32-bit shared word, relaxed (no ordering of other accesses: no fence); returns
  * the old value. For counting arrivals where the ordering comes from elsewhere (an mbarrier). */
 static __device__ __forceinline__ uint32_t atom_add_relaxed_shared(uint32_t saddr, uint32_t v)
