@@ -6,7 +6,8 @@
 #   2. style: ruff over the Python sources (its rules are in pyproject.toml) and clang-format over
 #      the C and CUDA sources (.clang-format), both as checks that change nothing; and every
 #      planted bug of scripts/mutate.sh still finds the code it targets, and every kernel change
-#      waiting in dev/pending still applies (and leaves every mutant its snippet)
+#      waiting in dev/pending still applies (and leaves every mutant its snippet), and so does
+#      every probe patch of dev/cuda
 #   3. the C tests (ctest) in a Release build, which also compiles the GPU test programs
 #   4. the C tests again under AddressSanitizer and UndefinedBehaviorSanitizer (CPU backend)
 #   5. the Python tests (pytest) against the installed package, torch's included
@@ -49,6 +50,12 @@ if compgen -G "dev/pending/0*.patch" >/dev/null; then
     }
     rm -rf "$pending_tree"
 fi
+# The probes' patches (dev/cuda/*.patch, e.g. the layer's stamps) must apply to this tree too: a
+# probe that no longer applies costs the device call that needed it.
+for p in dev/cuda/*.patch; do
+    [ -e "$p" ] || continue
+    git apply --check "$p" || { echo "$p no longer applies to this tree (rebase it with the change)"; exit 1; }
+done
 
 echo "== C tests, Release"
 cmake -S . -B build/test -DCMAKE_BUILD_TYPE=Release -DFKDA_WERROR=ON >/dev/null

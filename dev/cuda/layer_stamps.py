@@ -12,6 +12,9 @@ phases instead. Stamps, each taken after an instruction that needed the phase's 
     6 the state in, its dot products summed   7 the new state's stores issued
     8 every warp's sum of o^2 here            9 out stored (issued)
 
+and, in the short-conv narrow kernels, the first side thread's clock once the side warps' values
+(decays, beta, the norm's scales) are stored, beside the tile's own "token exchanged" (both from
+entry: whether the tile's warps wait for the side warps at the __syncthreads after the exchange),
 plus globaltimer and clock64 at entry and exit, and the SM. The script runs the layer as
 bench/bench_decode_layer_gpu.py does: once alone, then a CUDA graph of 20 steps on distinct pools
 (the benchmark's timing), and reads the last call's stamps. Per phase it prints the median and the
@@ -35,8 +38,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "bench"))
 from bench_decode_layer_gpu import fused_step, make_layer, make_pools  # noqa: E402
 
-CTAS, WORDS = 2048, 15
-GT_IN, GT_OUT, SM, CLK_IN, CLK_OUT = 10, 11, 12, 13, 14
+CTAS, WORDS = 2048, 16
+GT_IN, GT_OUT, SM, CLK_IN, CLK_OUT, SIDE = 10, 11, 12, 13, 14, 15
 NAMES = [
     "entry -> wait done",
     "-> side loads issued",
@@ -82,6 +85,15 @@ def report(title, rows):
     tot = sorted(r[CLK_OUT] - r[CLK_IN] for r in rows)
     med = tot[len(tot) // 2]
     print(f"  {'entry -> exit':34s} {med:10d} {tot[-1]:8d} {med / ghz:9.0f}")
+    side = [r for r in rows if r[SIDE] > r[CLK_IN]]  # kernels with side warps only
+    if side:
+        for name, i in (
+            ("entry -> side values stored", SIDE),
+            ("entry -> token exchanged (tile)", 5),
+        ):
+            d = sorted(r[i] - r[CLK_IN] for r in side)
+            med = d[len(d) // 2]
+            print(f"  {name:34s} {med:10d} {d[-1]:8d} {med / ghz:9.0f}")
 
 
 def main():
