@@ -313,8 +313,30 @@ static __device__ __forceinline__ void store_out(const fused_layer_params *p, in
                 o * r * scale);
 }
 
+/* The side warps and the tile's own form (the kernels without side warps) share the loads and the
+ * arithmetic below, so that both give the same bits. */
+
+/* Key e's g and dt_bias bits (dt_bias only where `biased`), predicated on ok. */
+static __device__ __forceinline__ void load_key_bits(const fused_layer_params *p, int64_t n, int64_t h, int e, int ok,
+                                                     int biased, split_word *g, split_word *bias)
+{
+    *g = load_split_word(p->d.g, p->d.g_dtype, n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], ok);
+    *bias = load_split_word(p->d.dt_bias, p->d.dt_bias_dtype, h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1],
+                            ok && biased);
+}
+
+/* A_log's bits, and the gate's weight exp(A_log) from them (1 without a gate or an A_log). */
+static __device__ __forceinline__ split_word load_A_bits(const fused_layer_params *p, int64_t h, int gated)
+{
+    return load_split_word(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride, gated && p->d.A_log);
+}
+static __device__ __forceinline__ float A_weight_of(const fused_layer_params *p, split_word A_bits, int gated)
+{
+    return gated && p->d.A_log ? expf(bits_to_float(joined_bits(A_bits), p->d.A_log_dtype)) : 1.0f;
+}
+
 /* A key's decay exp(a) from its g and dt_bias bits (the gate of decode_stage.cuh's stage_token),
- * and beta from its bits: the side warps' and the tile's own form share them, so the same bits. */
+ * and beta from its bits. */
 static __device__ __forceinline__ float key_decay(const fused_layer_params *p, split_word g, split_word bias,
                                                   float A_weight)
 {
@@ -351,17 +373,14 @@ static __device__ __forceinline__ void side_values(const fused_layer_params *p, 
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         const int e = t + 64 * i, has_col = e < cols;
-        g_bits[i] = load_split_word(p->d.g, p->d.g_dtype,
-                                    n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], 1);
-        bias_bits[i] = load_split_word(p->d.dt_bias, p->d.dt_bias_dtype,
-                                       h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], biased);
+        load_key_bits(p, n, h, e, 1, biased, &g_bits[i], &bias_bits[i]);
         gate_bits[i] = load_gate_bits(p, n, h, col0 + e, has_col);
         weight_bits[i] = load_weight_bits(p, col0 + e, has_col);
     }
-    const split_word A_bits = load_split_word(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride, gated && p->d.A_log);
+    const split_word A_bits = load_A_bits(p, h, gated);
     const uint32_t beta_bits = load_bits_split_if(p->d.beta, p->d.beta_dtype,
                                                   n * p->d.beta_stride[0] + h * p->d.beta_stride[2], t == 0);
-    const float A_weight = gated && p->d.A_log ? expf(bits_to_float(joined_bits(A_bits), p->d.A_log_dtype)) : 1.0f;
+    const float A_weight = A_weight_of(p, A_bits, gated);
 #pragma unroll
     for (int i = 0; i < 2; i++) {
         const int e = t + 64 * i;
@@ -473,13 +492,10 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
         for (int i = 0; i < KEYS; i++) {
             g_bits[i].b32 = g_bits[i].b16 = bias_bits[i].b32 = bias_bits[i].b16 = 0u;
             if (i * nthreads >= 128) continue; /* uniform: only CTAs of 64 threads (C = 8) take 2 keys */
-            const int e = tid + i * nthreads, ok = e < 128;
-            g_bits[i] = load_split_word(p->d.g, p->d.g_dtype,
-                                        n * p->d.g_stride[0] + h * p->d.g_stride[2] + e * p->d.g_stride[3], ok);
-            bias_bits[i] = load_split_word(p->d.dt_bias, p->d.dt_bias_dtype,
-                                           h * p->d.dt_bias_stride[0] + e * p->d.dt_bias_stride[1], ok && biased);
+            const int e = tid + i * nthreads;
+            load_key_bits(p, n, h, e, e < 128, biased, &g_bits[i], &bias_bits[i]);
         }
-        A_bits = load_split_word(p->d.A_log, p->d.A_log_dtype, h * p->d.A_log_stride, gated && p->d.A_log);
+        A_bits = load_A_bits(p, h, gated);
         beta_bits = load_bits_split_if(p->d.beta, p->d.beta_dtype, n * p->d.beta_stride[0] + h * p->d.beta_stride[2],
                                        1);
     }
@@ -537,7 +553,7 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
      * after the exchange), and this thread's conv output. */
     float beta = 0.0f;
     if (!SIDE) {
-        const float A_weight = gated && p->d.A_log ? expf(bits_to_float(joined_bits(A_bits), p->d.A_log_dtype)) : 1.0f;
+        const float A_weight = A_weight_of(p, A_bits, gated);
 #pragma unroll
         for (int i = 0; i < KEYS; i++) {
             const int e = tid + i * nthreads;
