@@ -457,10 +457,14 @@ static __device__ __forceinline__ void fused_layer(const fused_layer_params *p, 
     const int cols = 128 >> cs, col0 = rank * cols; /* this CTA's value columns */
     if (SIDE && tid >= nthreads) {
         /* A side warp: its values, then every barrier the tile's warps take (the cluster's, both
-         * exchanges' waits and both __syncthreads), leaving with them on a skipped slot. */
+         * exchanges' waits and both __syncthreads), leaving with them on a skipped slot. The
+         * slot's index is issued first, with the values' loads, and read after them: its round
+         * trip then overlaps theirs instead of following them and the values' work. */
+        const index_words none = {0u, 0u};
+        const index_words slot_words = load_index_words_if(p->d.state_indices, p->d.idx_dtype, n * p->d.idx_stride[0],
+                                                           p->d.state_indices != NULL, none);
         side_values(p, &w, n, h, tid - nthreads, col0, cols, sm.d, &sm.beta, sm.out_scale, V_FIRST, VEC, NR);
-        const int64_t slot = p->d.state_indices ? load_index(p->d.state_indices, p->d.idx_dtype, n * p->d.idx_stride[0])
-                                                : n;
+        const int64_t slot = p->d.state_indices ? index_value(slot_words, p->d.idx_dtype) : n;
         if (C > 1) cluster_wait();
         if (slot < 0 || slot >= p->d.pool_size) return;
         if (C > 1) wait_received(&sm.token_bar);

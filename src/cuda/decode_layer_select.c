@@ -84,12 +84,28 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
         return out;
     }
 
-    /* CTAs per head: small batches are latency-bound, so spread each head over as many SMs as
-     * leave every CTA its own SM, the largest C with C x heads <= SMs (each CTA then carries
-     * 128 / C columns of the state, and the head's path gets shorter); from more heads than
-     * half the SMs on, one CTA of 16 warps per head. */
+    /* CTAs per head. Small batches are latency-bound, so each head is spread over C CTAs (each
+     * carries 128 / C columns of the state, and the head's path gets shorter); what a call pays
+     * is its busiest SM's columns. Two CTAs of C = 8 (4 warps each) share an SM well, and a
+     * cluster's CTAs must sit in one GPC, so clusters get an SM per CTA only up to about
+     * three quarters of the SMs (on the 132-SM H100: 96 CTAs in clusters of 4 or 8 got 96 SMs,
+     * 128 got 120-124, the rest doubling up). Hence, up to two CTAs of C = 8 per SM:
+     *   - C = 8 where its CTAs get an SM each, and where C = 4's would not either (then C = 4
+     *     doubles 32 columns on some SMs, C = 8 spreads 2 x 16 over all);
+     *   - between (C = 4 an SM each, C = 8 two on some SMs: 32 columns an SM both ways) a bf16
+     *     pool takes C = 4, which saves the second cluster's barriers, and an fp32 pool C = 8,
+     *     whose twice longer state traffic gains from the second CTA's loads in flight.
+     * Measured at every C on the H100 for H = 12, 16, 32, 64 and B = 1, 2, 4 (docs/history/
+     * decode.md, "The layer's cluster size"): this picks the fastest C of each row within
+     * 0.06 us. Past two C = 8 CTAs per SM the rule from before holds, the largest C with
+     * 2 x C x heads <= SMs, measured best at 64 heads (C = 2); from more heads than half the
+     * SMs on, one CTA of 16 warps per head. */
+    const int64_t sms = c->sm_count, own_sms = 3 * sms / 4;
     int cluster = 1;
-    while (cluster < 8 && c->heads * cluster * 2 <= c->sm_count) cluster *= 2;
+    if (8 * c->heads <= 2 * sms)
+        cluster = c->state_bf16 && 8 * c->heads > own_sms && 4 * c->heads <= own_sms ? 4 : 8;
+    else
+        while (cluster < 8 && c->heads * cluster * 2 <= sms) cluster *= 2;
     if (t->decode_layer_cluster) cluster = t->decode_layer_cluster;
     out.cluster = cluster;
     return out;

@@ -4,9 +4,10 @@
  *   1. the single kernel serves the common decode step and nothing else: each condition of the
  *      rule, broken alone, sends the call to the three launches;
  *   2. the tile and the cluster size: with W <= 4 the narrow tile for fp32 pools of at most SMs / 2
- *      heads and bf16 pools of at most SMs / 4, with C the largest of 1, 2, 4, 8 with C x heads <=
- *      SMs, spelled out at 132 SMs, and the wide tile for everything else; for wider convs the
- *      narrow tile up to two heads per SM and the three launches beyond;
+ *      heads and bf16 pools of at most SMs / 4, with C = 8 up to 2 x SMs / 8 heads (bf16 pools
+ *      C = 4 where 4 x heads but not 8 x heads fit in 3/4 of the SMs), beyond that the largest of
+ *      1, 2, 4 with 2 x C x heads <= SMs, spelled out at 132 SMs, and the wide tile for everything
+ *      else; for wider convs the narrow tile up to two heads per SM and the three launches beyond;
  *   3. the knobs: FKDA_DECODE_LAYER_FUSED=0 takes the three launches everywhere, =1 the single
  *      kernel only where it serves; FKDA_DECODE_LAYER_WIDE=0/1 keeps the wide tile off or takes it
  *      wherever it serves (=0 is the rule before the wide tile existed); FKDA_DECODE_LAYER_CLUSTER
@@ -77,7 +78,7 @@ int main(void)
     /* 1. What the single kernel serves. */
     fkda_layer_call c = common_call();
     fkda_layer_choice x = choose(&c);
-    CHECK(SAME_CHOICE(x, 1, 0, 4), "the common call: fused %d wide %d cluster %d (want 1, 0, 4)", x.fused, x.wide,
+    CHECK(SAME_CHOICE(x, 1, 0, 8), "the common call: fused %d wide %d cluster %d (want 1, 0, 8)", x.fused, x.wide,
           x.cluster);
     for (int broken = 0; broken < 10; broken++) {
         c = common_call();
@@ -110,13 +111,15 @@ int main(void)
     static const struct {
         int64_t heads, W;
         int bf16, fused, wide, cluster;
-    } sizes[] = {{1, 4, 0, 1, 0, 8},     {2, 4, 0, 1, 0, 8},    {16, 4, 0, 1, 0, 8},  {17, 4, 0, 1, 0, 4},
-                 {32, 4, 0, 1, 0, 4},    {33, 4, 0, 1, 0, 4},   {34, 4, 0, 1, 0, 2},  {66, 4, 0, 1, 0, 2},
+    } sizes[] = {{1, 4, 0, 1, 0, 8},     {2, 4, 0, 1, 0, 8},    {16, 4, 0, 1, 0, 8},  {17, 4, 0, 1, 0, 8},
+                 {24, 4, 0, 1, 0, 8},    {32, 4, 0, 1, 0, 8},   {33, 4, 0, 1, 0, 8},  {34, 4, 0, 1, 0, 2},
+                 {66, 4, 0, 1, 0, 2},    {12, 4, 1, 1, 0, 8},   {13, 4, 1, 1, 0, 4},  {24, 4, 1, 1, 0, 4},
+                 {25, 4, 1, 1, 0, 8},
                  {67, 4, 0, 1, 1, 1},    {132, 4, 0, 1, 1, 1},  {133, 4, 0, 1, 1, 1}, {264, 4, 0, 1, 1, 1},
                  {265, 4, 0, 1, 1, 1},   {2048, 4, 0, 1, 1, 1}, {1, 2, 0, 1, 0, 8},   {133, 3, 0, 1, 1, 1},
                  {1, 5, 0, 1, 0, 8},     {133, 5, 0, 1, 0, 1},  {264, 5, 0, 1, 0, 1}, {265, 5, 0, 0, 0, 1},
-                 {2048, 16, 0, 0, 0, 1}, {1, 4, 1, 1, 0, 8},    {16, 4, 1, 1, 0, 8},  {17, 4, 1, 1, 0, 4},
-                 {32, 4, 1, 1, 0, 4},    {33, 4, 1, 1, 0, 4},   {34, 4, 1, 1, 1, 1},  {66, 4, 1, 1, 1, 1},
+                 {2048, 16, 0, 0, 0, 1}, {1, 4, 1, 1, 0, 8},    {16, 4, 1, 1, 0, 4},  {17, 4, 1, 1, 0, 4},
+                 {32, 4, 1, 1, 0, 8},    {33, 4, 1, 1, 0, 8},   {34, 4, 1, 1, 1, 1},  {66, 4, 1, 1, 1, 1},
                  {132, 4, 1, 1, 1, 1},   {1, 2, 1, 1, 0, 8},    {1, 5, 1, 1, 0, 8},   {132, 5, 1, 1, 0, 1}};
     for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
         c = common_call();
@@ -153,6 +156,8 @@ int main(void)
     x = choose(&c);
     CHECK(x.fused == 0, "FKDA_DECODE_LAYER_FUSED=1 took the single kernel where it cannot serve");
     c = common_call();
+    c.state_bf16 = 1;
+    c.heads = 16; /* a bf16 pool of 16 heads: the rule's C = 4, so that 8 and the rule differ */
     static const char *values[] = {"1", "2", "4", "8", "3", "16", "x"};
     static const int want[] = {1, 2, 4, 8, 4, 4, 4}; /* anything else: the rule's 4 */
     for (int i = 0; i < 7; i++) {
@@ -163,6 +168,7 @@ int main(void)
     }
     /* The cluster knob leaves the wide tile alone. */
     setenv("FKDA_DECODE_LAYER_CLUSTER", "2", 1);
+    c = common_call();
     c.heads = 2048;
     x = choose(&c);
     CHECK(SAME_CHOICE(x, 1, 1, 1),
