@@ -96,9 +96,9 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
      *     pool takes C = 4, which saves the second cluster's barriers, and an fp32 pool C = 8,
      *     whose twice longer state traffic gains from the second CTA's loads in flight.
      * Measured at every C on the H100 for H = 12, 16, 32, 64 and B = 1, 2, 4 (docs/history/
-     * decode.md, "The layer's cluster size"): this picks the fastest C of each row within
+     * decode.md, "... the cluster size at every C"): this picks the fastest C of each row within
      * 0.06 us. Past two C = 8 CTAs per SM the rule from before holds, the largest C with
-     * 2 x C x heads <= SMs, measured best at 64 heads (C = 2); from more heads than half the
+     * C x heads <= SMs, measured best at 64 heads (C = 2); from more heads than half the
      * SMs on, one CTA of 16 warps per head. */
     const int64_t sms = c->sm_count, own_sms = 3 * sms / 4;
     int cluster = 1;

@@ -6,7 +6,7 @@
  *   2. the tile and the cluster size: with W <= 4 the narrow tile for fp32 pools of at most SMs / 2
  *      heads and bf16 pools of at most SMs / 4, with C = 8 up to 2 x SMs / 8 heads (bf16 pools
  *      C = 4 where 4 x heads but not 8 x heads fit in 3/4 of the SMs), beyond that the largest of
- *      1, 2, 4 with 2 x C x heads <= SMs, spelled out at 132 SMs, and the wide tile for everything
+ *      1, 2, 4 with C x heads <= SMs, spelled out at 132 SMs, and the wide tile for everything
  *      else; for wider convs the narrow tile up to two heads per SM and the three launches beyond;
  *   3. the knobs: FKDA_DECODE_LAYER_FUSED=0 takes the three launches everywhere, =1 the single
  *      kernel only where it serves; FKDA_DECODE_LAYER_WIDE=0/1 keeps the wide tile off or takes it
