@@ -126,6 +126,8 @@ CUDA_PLAN = dict(
     O0="chain",  # O = Qd S + Mqk U in the chain ("chain"), or, with U0 by the prep, as
     #             O = Qe S + O0: Qe = Qd - Mqk W and O0 = Mqk U0 formed by the prep (tf32
     #             products), Qe rounded as Qd, O0 stored in this mode; O then needs S alone
+    U0_ops="tf32",  # the operands of the prep's U0 = bINV V (with U0 by the prep)
+    O0_ops="tf32",  # the operands of the prep's Mqk W and Mqk U0 (with O0 by the prep)
     out="dtype",  # the output, stored in v's dtype (not a choice of the kernels)
 )
 
@@ -448,12 +450,12 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
             if p["U0"] == "chain":
                 u0 = acc.dot(R["bINV"][c], vc, p["bINV"], p["v"])
             else:  # the prep's product of bINV (tf32) and v as read, rounded for the record
-                ops = "exact" if p["U0"] == "exact" else "tf32"
+                ops = "exact" if p["U0"] == "exact" else p["U0_ops"]
                 u0 = rnd(acc.dot(R["bINV"][c], vc, ops, p["v"]), p["U0"])
             vnew = acc.r32(u0 + acc.r32(vn0 + vn1))
             vr = vnew if p["Vnew"] in PAIRS else rnd(vnew, p["Vnew"])
             if p["O0"] != "chain":  # O = Qe S + O0, both of the prep
-                ops = "exact" if p["O0"] == "exact" else "tf32"
+                ops = "exact" if p["O0"] == "exact" else p["O0_ops"]
                 qe = rnd(num.r32(R["Qd"][c] + _batched(num, R["Mqk"][c][None], R["negW"][c][None],
                                                         ops)[0]), p["Qd"])
                 o0 = rnd(acc.dot(R["Mqk"][c], u0, ops, ops), p["O0"])
@@ -699,7 +701,7 @@ def main():
     ap.add_argument("--log-rate", default="-4,1", help="gate none: range of the per-head log rate")
     ap.add_argument("--only", default="",
                     help="comma list of sections: check,fla,ablation,plans,match,range,prep,prep16,"
-                         "chunk64")
+                         "chunk64,chunk64ops")
     args = ap.parse_args()
     T = 256 if args.quick else args.T
     seeds = range(1 if args.quick else args.seeds)
@@ -802,6 +804,23 @@ def main():
         for o0 in ("fp32", "bf16"):
             row(f"cuda, C = 64, U0 fp32; O = Qe S + O0 by the prep, O0 {o0}",
                 lambda y, o0=o0: cuda_prefill(y, plan(U0="fp32", O0=o0), chunk=64))
+    if "chunk64ops" in only:
+        print("the 64-token prep's products on bf16 operands, in the Qe form (U0 fp32, O0 bf16,")
+        print("as dev/cuda/prefill64_bench.cu -DP64_QE stores them), bf16 inputs")
+        print("| plan | bf16 in |\n|---|---|")
+        qe = dict(U0="fp32", O0="bf16")
+        bf = "bf16"
+        for name, ch in (("tf32 operands (the prototype)", {}),
+                         ("W = bINV Kd on bf16", dict(W_ops=bf)),
+                         ("U0 = bINV V on bf16", dict(U0_ops=bf)),
+                         ("Mqk W and Mqk U0 on bf16", dict(O0_ops=bf)),
+                         ("W, U0, O0 on bf16", dict(W_ops=bf, U0_ops=bf, O0_ops=bf)),
+                         ("and L, Mqk on bf16", dict(W_ops=bf, U0_ops=bf, O0_ops=bf, L_ops=bf,
+                                                     Mqk_ops=bf))):
+            p64 = plan(**dict(qe, **ch))
+            eo, es = median_errors(lambda y, p64=p64: cuda_prefill(y, p64, chunk=64), "bf16",
+                                   seeds, **kw)
+            print(f"| {name} | {eo:.2e} / {es:.2e} |", flush=True)
     if "prep16" in only:
         print("the fp16 family's prep products on tf32 operands (held scale on)")
         print("| plan | fp16 in | fp32 in | fla, fp16 in | fla, fp32 in |\n|---|---|---|---|---|")
