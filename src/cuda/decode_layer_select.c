@@ -95,9 +95,9 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
      *   - between (C = 4 an SM each, C = 8 two on some SMs: 32 columns an SM both ways) a bf16
      *     pool takes C = 4, which saves the second cluster's barriers, and an fp32 pool C = 8,
      *     whose twice longer state traffic gains from the second CTA's loads in flight.
-     * Measured at every C on the H100 for H = 12, 16, 32, 64 and B = 1, 2, 4 (docs/history/
-     * decode.md, "... the cluster size at every C"): this picks the fastest C of each row within
-     * 0.06 us. Past two C = 8 CTAs per SM the rule from before holds, the largest C with
+     * Measured at every C on the H100 for H = 12, 16, 32, 64 and B = 1, 2, 4 with the short-conv
+     * kernels (W <= 4; wider convs take the same rule unmeasured) (docs/history/decode.md, "...
+     * the cluster size at every C"): this picks the fastest C of each row within 0.06 us. Past two C = 8 CTAs per SM the rule from before holds, the largest C with
      * C x heads <= SMs, measured best at 64 heads (C = 2); from more heads than half the
      * SMs on, one CTA of 16 warps per head. */
     const int64_t sms = c->sm_count, own_sms = 3 * sms / 4;
