@@ -22,7 +22,9 @@ DRAM; the median replay over the steps is the time of one call. Before timing, t
 separate outputs of one call from the same pools are compared (column "fused vs separate": the
 relative difference of out, both bf16; the separate path rounds y and o to bf16 in between, so
 about 1e-2 is expected, and a broken kernel gives ~1), and so are the two paths of the library
-(column "fused vs 3-pass": both keep y and o in float32, so about an ulp of bf16, ~1e-3).
+(column "fused vs 3-pass": both keep y and o in float32, so about an ulp of bf16, ~1e-3). The
+last column names the kernels that fused call launched (flash_kda.last_kernels(): the tile the
+rule chose, and [C] its cluster size), so that a row says which path its time is.
 
     python3 bench/bench_decode_layer_gpu.py [--out results.md] [--quick | --shapes B,H ...]
                                             [--pool fp32|bf16]
@@ -181,6 +183,7 @@ def bench_case(flash_kda, B, H, gen, pool_dtype):
     p0, c0 = pools[0]
     fused_out, sep_out, three_out = (torch.empty_like(out) for _ in range(3))
     fused_step(flash_kda, x, p0.clone(), c0.clone(), idx, fused_out)
+    fused_kernels = flash_kda.last_kernels()  # the path the rule took, [C] its cluster size
     separate_step(flash_kda, x, p0.clone(), c0.clone(), idx, idx64, o, sep_out)
     three_pass(lambda: fused_step(flash_kda, x, p0.clone(), c0.clone(), idx, three_out))
     torch.cuda.synchronize()
@@ -208,7 +211,7 @@ def bench_case(flash_kda, B, H, gen, pool_dtype):
     layer_steps.clear()  # its lambdas hold the pools
     del pools
     torch.cuda.empty_cache()
-    return t_fused, t_three, t_plain, t_sep, agree, agree_three, layers
+    return t_fused, t_three, t_plain, t_sep, agree, agree_three, layers, fused_kernels
 
 
 def profile_case(flash_kda, B, H, gen, pool_dtype):
@@ -272,18 +275,19 @@ def main():
         "one token per sequence, CUDA graphs of distinct pools per step (times per call, us)",
         "",
         "| B | H | fused | 3-pass | plain decode | separate | fused / plain (<= 1.10) "
-        "| separate / fused (>= 1.5) | fused vs separate | fused vs 3-pass | pools |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| separate / fused (>= 1.5) | fused vs separate | fused vs 3-pass | pools "
+        "| fused kernels |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     print("\n".join(lines), flush=True)
     for B, H in shapes:
-        t_fused, t_three, t_plain, t_sep, agree, agree_three, layers = bench_case(
+        t_fused, t_three, t_plain, t_sep, agree, agree_three, layers, kernels = bench_case(
             flash_kda, B, H, gen, pool_dtype
         )
         row = (
             f"| {B} | {H} | {t_fused * 1e6:.2f} | {t_three * 1e6:.2f} | {t_plain * 1e6:.2f} "
             f"| {t_sep * 1e6:.2f} | {t_fused / t_plain:.2f} | {t_sep / t_fused:.2f} | {agree:.1e} "
-            f"| {agree_three:.1e} | {layers} |"
+            f"| {agree_three:.1e} | {layers} | {kernels} |"
         )
         lines.append(row)
         print(row, flush=True)
