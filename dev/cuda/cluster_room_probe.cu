@@ -13,18 +13,7 @@
  *     nvcc -gencode=arch=compute_90a,code=sm_90a -O3 -o build/cluster_room_probe \
  *         dev/cuda/cluster_room_probe.cu && build/cluster_room_probe
  */
-#include <cuda_runtime.h>
-#include <stdio.h>
-#include <stdlib.h>
-
-#define CHECK(call)                                                                                \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess) {                                                                   \
-            fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-            exit(1);                                                                               \
-        }                                                                                          \
-    } while (0)
+#include "bench_host.h" /* CUDA_OK */
 
 static __global__ void probe(void) {}
 
@@ -69,20 +58,20 @@ static int try_resident(int C, int n, size_t smem, int sms)
     const unsigned total = (unsigned)(C * n);
     unsigned *arrived;
     int *sm_of, *timed_out;
-    CHECK(cudaMalloc(&arrived, sizeof *arrived));
-    CHECK(cudaMalloc(&sm_of, total * sizeof *sm_of));
-    CHECK(cudaMalloc(&timed_out, sizeof *timed_out));
-    CHECK(cudaMemset(arrived, 0, sizeof *arrived));
-    CHECK(cudaMemset(timed_out, 0, sizeof *timed_out));
-    CHECK(cudaMemset(sm_of, 0xff, total * sizeof *sm_of));
+    CUDA_OK(cudaMalloc(&arrived, sizeof *arrived));
+    CUDA_OK(cudaMalloc(&sm_of, total * sizeof *sm_of));
+    CUDA_OK(cudaMalloc(&timed_out, sizeof *timed_out));
+    CUDA_OK(cudaMemset(arrived, 0, sizeof *arrived));
+    CUDA_OK(cudaMemset(timed_out, 0, sizeof *timed_out));
+    CUDA_OK(cudaMemset(sm_of, 0xff, total * sizeof *sm_of));
     cudaLaunchAttribute attr;
     cudaLaunchConfig_t cfg = config(C, n, smem, &attr);
-    CHECK(cudaLaunchKernelEx(&cfg, resident, arrived, sm_of, timed_out, total));
-    CHECK(cudaDeviceSynchronize());
+    CUDA_OK(cudaLaunchKernelEx(&cfg, resident, arrived, sm_of, timed_out, total));
+    CUDA_OK(cudaDeviceSynchronize());
     int to = 0;
-    CHECK(cudaMemcpy(&to, timed_out, sizeof to, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(&to, timed_out, sizeof to, cudaMemcpyDeviceToHost));
     int *host = (int *)malloc(total * sizeof *host);
-    CHECK(cudaMemcpy(host, sm_of, total * sizeof *host, cudaMemcpyDeviceToHost));
+    CUDA_OK(cudaMemcpy(host, sm_of, total * sizeof *host, cudaMemcpyDeviceToHost));
     int *seen = (int *)calloc((size_t)sms + 1, sizeof *seen), distinct = 0, most = 0;
     for (unsigned i = 0; i < total; i++) {
         const int s = host[i] >= 0 && host[i] < sms ? host[i] : sms;
@@ -93,29 +82,29 @@ static int try_resident(int C, int n, size_t smem, int sms)
            to ? "NOT all resident (a CTA timed out)" : "all resident together", total, distinct, most);
     free(host);
     free(seen);
-    CHECK(cudaFree(arrived));
-    CHECK(cudaFree(sm_of));
-    CHECK(cudaFree(timed_out));
+    CUDA_OK(cudaFree(arrived));
+    CUDA_OK(cudaFree(sm_of));
+    CUDA_OK(cudaFree(timed_out));
     return !to;
 }
 
 int main(void)
 {
     int dev = 0;
-    CHECK(cudaGetDevice(&dev));
+    CUDA_OK(cudaGetDevice(&dev));
     cudaDeviceProp prop;
-    CHECK(cudaGetDeviceProperties(&prop, dev));
+    CUDA_OK(cudaGetDeviceProperties(&prop, dev));
     const size_t smem = prop.sharedMemPerMultiprocessor / 2 + 1024;
     printf("%s, %d SMs, %zu bytes of shared memory a SM; CTAs of %zu bytes (one a SM)\n", prop.name,
            prop.multiProcessorCount, prop.sharedMemPerMultiprocessor, smem);
-    CHECK(cudaFuncSetAttribute((const void *)probe, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    CHECK(cudaFuncSetAttribute((const void *)resident, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    CUDA_OK(cudaFuncSetAttribute((const void *)probe, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    CUDA_OK(cudaFuncSetAttribute((const void *)resident, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     int failures = 0;
     for (int C = 2; C <= 8; C *= 2) {
         cudaLaunchAttribute attr;
         cudaLaunchConfig_t cfg = config(C, 1, smem, &attr);
         int n = 0;
-        CHECK(cudaOccupancyMaxActiveClusters(&n, (const void *)probe, &cfg));
+        CUDA_OK(cudaOccupancyMaxActiveClusters(&n, (const void *)probe, &cfg));
         printf("C = %d: the driver's room %d clusters (SMs / C = %d)\n", C, n, prop.multiProcessorCount / C);
         if (!try_resident(C, n, smem, prop.multiProcessorCount)) failures++;
         if (try_resident(C, n + 1, smem, prop.multiProcessorCount)) failures++;
