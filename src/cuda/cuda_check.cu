@@ -7,8 +7,6 @@
 
 #include "cuda_internal.h"
 
-#define FKDA_MAX_CUDA_DEVICES 64
-
 static cudaDeviceProp device_props[FKDA_MAX_CUDA_DEVICES];
 static int device_props_ready[FKDA_MAX_CUDA_DEVICES];
 static pthread_mutex_t device_props_lock = PTHREAD_MUTEX_INITIALIZER;

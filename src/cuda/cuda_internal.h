@@ -24,9 +24,17 @@ fkda_status fkda_cuda_prefill_supported(const fkda_problem *p, const cudaDeviceP
 fkda_status fkda_cuda_decode_supported(const fkda_problem *p, const cudaDeviceProp *prop);
 fkda_status fkda_cuda_decode_layer_supported(const fkda_problem *p, const cudaDeviceProp *prop);
 
+/* The devices the per-device caches below hold (device indices 0 .. FKDA_MAX_CUDA_DEVICES - 1). */
+#define FKDA_MAX_CUDA_DEVICES 64
+
 /* Properties of device `index`, cached after the first query (thread-safe). NULL on failure,
  * with the error recorded. */
 const cudaDeviceProp *fkda_cuda_device_properties(int index);
+
+/* How many clusters of C CTAs (2, 4 or 8) device `device` runs at once with every CTA alone on
+ * its SM (cluster_room.cu), asked of the driver on the first call outside a graph capture of
+ * `stream` and cached; 0 where not known (no clusters, or not asked yet). */
+int fkda_cuda_cluster_room(int device, int C, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

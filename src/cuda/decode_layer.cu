@@ -559,6 +559,11 @@ static fkda_layer_choice choose_path(const fkda_problem *p, const cudaDeviceProp
     c.W = p->conv_width;
     c.state_bf16 = p->state_in.dtype == FKDA_DTYPE_BF16;
     c.l2_bytes = prop->l2CacheSize;
+    if (c.cc_major >= 9) {
+        const cudaStream_t stream = (cudaStream_t)p->device.stream;
+        c.room4 = fkda_cuda_cluster_room(p->device.index, 4, stream);
+        c.room8 = fkda_cuda_cluster_room(p->device.index, 8, stream);
+    }
     return fkda_decode_layer_select(&c, t);
 }
 

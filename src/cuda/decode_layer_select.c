@@ -87,9 +87,10 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
     /* CTAs per head. Small batches are latency-bound, so each head is spread over C CTAs (each
      * carries 128 / C columns of the state, and the head's path gets shorter); what a call pays
      * is its busiest SM's columns. Two CTAs of C = 8 (4 warps each) share an SM well, and a
-     * cluster's CTAs must sit in one GPC, so clusters get an SM per CTA only up to about
-     * three quarters of the SMs (on the 132-SM H100: 96 CTAs in clusters of 4 or 8 got 96 SMs,
-     * 128 got 120-124, the rest doubling up). Hence, up to two CTAs of C = 8 per SM:
+     * cluster's CTAs must sit in one GPC, so clusters get an SM per CTA only up to the device's
+     * room (cluster_room.cu: the driver's count; where it is not known, three quarters of the
+     * SMs' worth: on the 132-SM H100, 96 CTAs in clusters of 4 or 8 got 96 SMs, 128 got 120-124,
+     * the rest doubling up). Hence, up to two CTAs of C = 8 per SM:
      *   - C = 8 where its CTAs get an SM each, and where C = 4's would not either (then C = 4
      *     doubles 32 columns on some SMs, C = 8 spreads 2 x 16 over all);
      *   - between (C = 4 an SM each, C = 8 two on some SMs: 32 columns an SM both ways) a bf16
@@ -97,13 +98,16 @@ fkda_layer_choice fkda_decode_layer_select(const fkda_layer_call *c, const fkda_
      *     whose twice longer state traffic gains from the second CTA's loads in flight.
      * Measured at every C on the H100 for H = 12, 16, 32, 64 and B = 1, 2, 4 with the short-conv
      * kernels (W <= 4; wider convs take the same rule unmeasured) (docs/history/decode.md, "...
-     * the cluster size at every C"): this picks the fastest C of each row within 0.06 us. Past two C = 8 CTAs per SM the rule from before holds, the largest C with
-     * C x heads <= SMs, measured best at 64 heads (C = 2); from more heads than half the
-     * SMs on, one CTA of 16 warps per head. */
+     * the cluster size at every C"): this picks the fastest C of each row within 0.06 us, and
+     * with the driver's rooms (30 of 4, 15 of 8 there) of each bf16 row at 13-30 heads ("The
+     * cluster rule from the driver's room"). Past two C = 8 CTAs per SM the rule from before
+     * holds, the largest C with C x heads <= SMs, measured best at 64 heads (C = 2); from more
+     * heads than half the SMs on, one CTA of 16 warps per head. */
     const int64_t sms = c->sm_count, own_sms = 3 * sms / 4;
+    const int64_t room8 = c->room8 > 0 ? c->room8 : own_sms / 8, room4 = c->room4 > 0 ? c->room4 : own_sms / 4;
     int cluster = 1;
     if (8 * c->heads <= 2 * sms)
-        cluster = c->state_bf16 && 8 * c->heads > own_sms && 4 * c->heads <= own_sms ? 4 : 8;
+        cluster = c->state_bf16 && c->heads > room8 && c->heads <= room4 ? 4 : 8;
     else
         while (cluster < 8 && c->heads * cluster * 2 <= sms) cluster *= 2;
     if (t->decode_layer_cluster) cluster = t->decode_layer_cluster;

@@ -30,6 +30,8 @@ typedef struct fkda_layer_call {
     int64_t W;        /* the conv's width */
     int state_bf16;   /* the pool holds bf16 */
     int64_t l2_bytes; /* the device's L2 cache */
+    int64_t room4;    /* clusters of 4 CTAs that get an SM per CTA at once (cluster_room.cu); 0 not known */
+    int64_t room8;    /* the same for clusters of 8 */
 } fkda_layer_call;
 
 typedef struct fkda_layer_choice {

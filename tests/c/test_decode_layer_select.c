@@ -8,6 +8,8 @@
  *      C = 4 where 4 x heads but not 8 x heads fit in 3/4 of the SMs), beyond that the largest of
  *      1, 2, 4 with C x heads <= SMs, spelled out at 132 SMs, and the wide tile for everything
  *      else; for wider convs the narrow tile up to two heads per SM and the three launches beyond;
+ *      with the device's room for clusters known (cluster_room.cu), the bf16 band between its
+ *      rooms for 8 and for 4;
  *   3. the knobs: FKDA_DECODE_LAYER_FUSED=0 takes the three launches everywhere, =1 the single
  *      kernel only where it serves; FKDA_DECODE_LAYER_WIDE=0/1 keeps the wide tile off or takes it
  *      wherever it serves (=0 is the rule before the wide tile existed); FKDA_DECODE_LAYER_CLUSTER
@@ -40,10 +42,10 @@
 #include "test_util.h"
 
 /* B = 1, H = HV = 32, K = V = 128, one token, 1-D indices, a dense fp32 pool, W = 4, on an H200
- * (132 SMs, 50 MB of L2). */
+ * (132 SMs, 50 MB of L2), the clusters' room not known (0, 0: the rule's estimate). */
 static fkda_layer_call common_call(void)
 {
-    fkda_layer_call c = {9, 132, 1, 0, 0, 128, 128, 32, 32, 1, 32, 4, 0, INT64_C(50) << 20};
+    fkda_layer_call c = {9, 132, 1, 0, 0, 128, 128, 32, 32, 1, 32, 4, 0, INT64_C(50) << 20, 0, 0};
     return c;
 }
 
@@ -130,6 +132,29 @@ int main(void)
               "%lld heads, W = %lld, %s pool: fused %d wide %d cluster %d (want %d, %d, %d)", (long long)sizes[i].heads,
               (long long)sizes[i].W, sizes[i].bf16 ? "bf16" : "fp32", x.fused, x.wide, x.cluster, sizes[i].fused,
               sizes[i].wide, sizes[i].cluster);
+    }
+
+    /* 2b. With the device's room for clusters known (cluster_room.cu), the bf16 pool's C = 4
+     * band follows it: here 15 clusters of 8 and 30 of 4 with an SM per CTA (what the driver
+     * gave on the thirty-seventh session's H100, and dev/cuda/cluster_room_probe.cu confirmed
+     * there: each room resident at once, one cluster more not), so C = 8 up to 15 heads, C = 4
+     * from 16 to 30, C = 8 again from 31 to 33; fp32 pools keep C = 8; past 33 heads the room is
+     * not used. */
+    static const struct {
+        int64_t heads;
+        int bf16, cluster;
+    } roomy[] = {{12, 1, 8}, {13, 1, 8}, {15, 1, 8}, {16, 1, 4}, {24, 1, 4}, {30, 1, 4},
+                 {31, 1, 8}, {33, 1, 8}, {14, 0, 8}, {16, 0, 8}, {30, 0, 8}, {34, 0, 2}};
+    for (size_t i = 0; i < sizeof roomy / sizeof roomy[0]; i++) {
+        c = common_call();
+        c.room4 = 30;
+        c.room8 = 15;
+        c.heads = roomy[i].heads;
+        c.state_bf16 = roomy[i].bf16;
+        x = choose(&c);
+        CHECK(x.fused == 1 && x.wide == 0 && x.cluster == roomy[i].cluster,
+              "room 30 / 15, %lld heads, %s pool: fused %d wide %d cluster %d (want 1, 0, %d)",
+              (long long)roomy[i].heads, roomy[i].bf16 ? "bf16" : "fp32", x.fused, x.wide, x.cluster, roomy[i].cluster);
     }
 
     /* 3. The knobs. */
