@@ -14,8 +14,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-build-ab/pending}
-mkdir -p "$dir"
-rm -f "$dir"/pending-*.tar.xz "$dir/pending.txt"
 patches=(dev/pending/0*.patch)
 [ -e "${patches[0]}" ] || { echo "prebuild_pending.sh: no patches in dev/pending"; exit 1; }
 # Every path a patch touches, docs included: the restore must put each one back, or the tree
@@ -37,6 +35,10 @@ restore() {
   git clean -qfd -- "${paths[@]}"
 }
 trap restore EXIT
+
+# Only once the tree is known to be buildable: a refused run leaves an earlier run's tarballs.
+mkdir -p "$dir"
+rm -f "$dir"/pending-*.tar.xz "$dir/pending.txt"
 
 echo "0 main ($(git describe --always --dirty))" >"$dir/pending.txt"
 scripts/prebuild_gpu.sh "$dir/pending-0.tar.xz"
