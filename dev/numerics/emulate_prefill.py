@@ -392,28 +392,39 @@ def _batched(num, A, B, mode):
 
 
 HELD_HI, HELD_LO = 64.0, 2.0**-6  # the fp16 chain's window (src/cuda/prefill_chain.cu)
+HELD_WINDOW = (HELD_HI, HELD_LO, 3)  # (hi, lo, t): a move puts the largest value in [2^t, 2^t+1)
 
 
-def _held_rescale(S, v, e):
+def _held_rescale(S, v, e, window=HELD_WINDOW, seen=None):
     """The fp16 chain's range rule, per warp (16 value columns): S [K, V] held scaled by 2^-e[b]
     per block b of 16 columns, v [16, V] as read. Where the largest |held| value of S and of v
-    2^-e leaves [HELD_LO, HELD_HI], e[b] moves so that it lands in [8, 16); S is rescaled in place
-    (powers of two: exact). Returns S, e."""
+    2^-e leaves [lo, hi], e[b] moves so that it lands in [2^t, 2^(t+1)) (the kernels: [8, 16));
+    S is rescaled in place (powers of two: exact). seen: the state the decision reads, where it
+    is not S (the check a chunk ahead: the state entering the chunk before, in the same units).
+    Returns S, e."""
+    hi, lo, t = window
+    seen = S if seen is None else seen
     for b in range(e.shape[0]):
         cols = slice(16 * b, 16 * b + 16)
-        m = max(np.max(np.abs(S[:, cols]), initial=0.0),
+        m = max(np.max(np.abs(seen[:, cols]), initial=0.0),
                 np.max(np.abs(v[:, cols]), initial=0.0) * 2.0 ** -e[b])
-        if (m > HELD_HI or m < HELD_LO) and 0.0 < m < np.inf:
-            en = int(np.clip(e[b] + (np.frexp(m)[1] - 1) - 3, -120, 120))
+        if (m > hi or m < lo) and 0.0 < m < np.inf:
+            en = int(np.clip(e[b] + (np.frexp(m)[1] - 1) - t, -120, 120))
             S[:, cols] *= 2.0 ** (e[b] - en)
+            if seen is not S:
+                seen[:, cols] *= 2.0 ** (e[b] - en)
             e[b] = en
     return S, e
 
 
-def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=False):
+def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=False,
+                 held_window=HELD_WINDOW, held_lag=False, stats=None):
     """The CUDA prefill of inputs x under plan p: (output [T, H, V], final state [H, K, V]).
     held_scale: the fp16 chain's per-warp power-of-two scale of S, v, Vnew and O (_held_rescale),
-    which changes no rounding of a value in fp16's normal range, only keeps values in it.
+    which changes no rounding of a value in fp16's normal range, only keeps values in it;
+    held_window its (hi, lo, t), held_lag: the decision on the state entering the chunk before
+    (the check a chunk ahead; v's part stays the chunk's own, the first chunk decides on its own
+    state). stats: a dict that gets the largest |held S| and |held Vnew| over the run ("S", "Vnew").
     chunk, pairwise_prep: chunk 16 and the centred prep are the kernels; chunk 64 the planned
     64-token prefill (cuda64_records' prep, the chain's products in the same modes at four times
     the size), or with pairwise_prep that chain on cuda_records' all-pairwise prep."""
@@ -439,11 +450,16 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
         S = x["h0"][0, h].copy()
         o = np.zeros((R["n"], chunk, V))
         e = np.zeros(-(-V // 16), dtype=np.int64)  # held scale per 16 columns (0: none)
+        entering = None  # the state entering the chunk before (held_lag)
         for c in range(R["n"]):
             vc = vv[c]
             if held_scale:
-                S, e = _held_rescale(S, vc, e)
+                seen = entering if held_lag and entering is not None else None
+                S, e = _held_rescale(S, vc, e, held_window, seen)
+                entering = S.copy()
                 vc = vc * np.repeat(2.0 ** -e, 16)[:V]
+            if stats is not None:
+                stats["S"] = max(stats.get("S", 0.0), float(np.max(np.abs(S))))
             # U = U0 - W S: S^T (-W)^T in two key halves, then V^T bINV^T (lo, then hi)
             vn0 = acc.dot(negW[c][:, :half], S[:half], p["W"], p["S"])
             vn1 = acc.dot(negW[c][:, half:], S[half:], p["W"], p["S"]) if half < K else 0.0
@@ -453,6 +469,8 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
                 ops = "exact" if p["U0"] == "exact" else p["U0_ops"]
                 u0 = rnd(acc.dot(R["bINV"][c], vc, ops, p["v"]), p["U0"])
             vnew = acc.r32(u0 + acc.r32(vn0 + vn1))
+            if stats is not None:
+                stats["Vnew"] = max(stats.get("Vnew", 0.0), float(np.max(np.abs(vnew))))
             vr = vnew if p["Vnew"] in PAIRS else rnd(vnew, p["Vnew"])
             if p["O0"] != "chain":  # O = Qe S + O0, both of the prep
                 ops = "exact" if p["O0"] == "exact" else p["O0_ops"]
@@ -701,7 +719,7 @@ def main():
     ap.add_argument("--log-rate", default="-4,1", help="gate none: range of the per-head log rate")
     ap.add_argument("--only", default="",
                     help="comma list of sections: check,fla,ablation,plans,match,range,prep,prep16,"
-                         "chunk64,chunk64ops")
+                         "chunk64,chunk64ops,heldlag")
     args = ap.parse_args()
     T = 256 if args.quick else args.T
     seeds = range(1 if args.quick else args.seeds)
@@ -777,6 +795,38 @@ def main():
                 held = errors(lambda y: cuda_prefill(y, plan(**m16), held_scale=True), x, ref)
             print(f"| (m), {what} | without: {plain[0]:.2e} / {plain[1]:.2e} "
                   f"| held scale: {held[0]:.2e} / {held[1]:.2e} |", flush=True)
+    if "heldlag" in only:
+        # docs/history/prefill.md, "Next for the fp16 row: the range check a chunk ahead": the
+        # decision on the state entering the chunk before, in a lower window, against the rule.
+        print("the fp16 chain's held scale decided a chunk ahead (plan (m)); output / state error,")
+        print("the largest |held S| and |held Vnew| of the run (fp16's largest: 65504)")
+        m16 = dict(next(c for c in CANDIDATES if c[0].startswith("(m)"))[1])
+        rules = (("the kernels' rule: [2^-6, 64], t = 3", HELD_WINDOW, False),
+                 ("a chunk ahead, the same window", HELD_WINDOW, True),
+                 ("a chunk ahead, [2^-9, 8], t = 0", (8.0, 2.0**-9, 0), True))
+        cases = (("fp16 in", "fp16", {}), ("fp32 in", "fp32", {}),
+                 ("fp32 in, v x 1e5", "fp32", dict(v_scale=1e5)),
+                 ("fp32 in, initial state x 1e5", "fp32", dict(h0_scale=0.5e5)),
+                 ("fp32 in, v and initial state x 1e-6", "fp32",
+                  dict(v_scale=1e-6, h0_scale=0.5e-6)))
+        print("| inputs | " + " | ".join(r[0] for r in rules) + " |")
+        print("|---|" + "---|" * len(rules))
+        for what, dtype, extra in cases:
+            cells = [[] for _ in rules]
+            for sd in seeds:
+                x = make_inputs(sd, dtype, **dict(kw, **extra))
+                ref = reference(x)
+                for i, (_, win, lag) in enumerate(rules):
+                    st = {}
+                    with np.errstate(all="ignore"):
+                        eo, es = errors(lambda y, win=win, lag=lag, st=st: cuda_prefill(
+                            y, plan(**m16), held_scale=True, held_window=win, held_lag=lag,
+                            stats=st), x, ref)
+                    cells[i].append((eo, es, st["S"], st["Vnew"]))
+            print(f"| {what} | " + " | ".join(
+                f"{max(c[0] for c in cl):.2e} / {max(c[1] for c in cl):.2e}, "
+                f"S {max(c[2] for c in cl):.3g}, Vnew {max(c[3] for c in cl):.3g}" for cl in cells)
+                + " |", flush=True)
     if "prep" in only:
         print("the bf16 family's prep on tf32 operands, bf16 inputs")
         print("| plan | bf16 in |\n|---|---|")

@@ -91,3 +91,24 @@ def test_held_scale_keeps_fp16_operands_in_range():
         o, s = em.errors(lambda y: em.cuda_prefill(y, em.plan(**m16), held_scale=True), x,
                          em.reference(x))
         assert o < 2 * plain[0] + 1e-5 and s < 2 * plain[1] + 1e-5, (extra, o, s, plain)
+
+
+def test_held_scale_a_chunk_ahead_in_a_lower_window():
+    # The range check a chunk ahead (docs/history/prefill.md, "Next for the fp16 row"): deciding
+    # on the state entering the chunk before, in the window [2^-9, 8] with the target [1, 2),
+    # gives the rule's error within 5 % and keeps every held operand far below the bound that
+    # makes it safe (the state and Vnew at most ~43 x 8 and its Vnew bound's share of 65504).
+    m16 = dict(next(c for c in em.CANDIDATES if c[0].startswith("(m)"))[1])
+    for extra in ({}, dict(v_scale=1e5), dict(h0_scale=0.5e5), dict(v_scale=1e-6, h0_scale=0.5e-6)):
+        x = em.make_inputs(3, "fp32", T=128, H=1, gate="none", **extra)
+        ref = em.reference(x)
+        rule = em.errors(lambda y: em.cuda_prefill(y, em.plan(**m16), held_scale=True), x, ref)
+        st = {}
+        lag = em.errors(lambda y, st=st: em.cuda_prefill(y, em.plan(**m16), held_scale=True,
+                                                         held_window=(8.0, 2.0**-9, 0),
+                                                         held_lag=True, stats=st), x, ref)
+        assert lag[0] <= 1.05 * rule[0] + 1e-6, (extra, lag, rule)
+        assert lag[1] <= 1.05 * rule[1] + 1e-6, (extra, lag, rule)
+        assert st["S"] <= 43 * 8 and st["Vnew"] <= 65504 / 6.5, (extra, st)
+        if extra:  # rescaled: the held state ends near the target, at most twice the window's top
+            assert st["S"] <= 16, (extra, st)
