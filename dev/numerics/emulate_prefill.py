@@ -423,8 +423,9 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
     held_scale: the fp16 chain's per-warp power-of-two scale of S, v, Vnew and O (_held_rescale),
     which changes no rounding of a value in fp16's normal range, only keeps values in it;
     held_window its (hi, lo, t), held_lag: the decision on the state entering the chunk before
-    (the check a chunk ahead; v's part stays the chunk's own, the first chunk decides on its own
-    state). stats: a dict that gets the largest |held S| and |held Vnew| over the run ("S", "Vnew").
+    and the v of that chunk and this one (the check a chunk ahead; the first chunk decides on its
+    own state and v). stats: a dict that gets the largest |held S| and |held Vnew| over the run
+    ("S", "Vnew").
     chunk, pairwise_prep: chunk 16 and the centred prep are the kernels; chunk 64 the planned
     64-token prefill (cuda64_records' prep, the chain's products in the same modes at four times
     the size), or with pairwise_prep that chain on cuda_records' all-pairwise prep."""
@@ -454,8 +455,13 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
         for c in range(R["n"]):
             vc = vv[c]
             if held_scale:
-                seen = entering if held_lag and entering is not None else None
-                S, e = _held_rescale(S, vc, e, held_window, seen)
+                seen, vs = None, vc
+                if held_lag and entering is not None:
+                    # the state entering the chunk before, and the v of both chunks: the
+                    # chunk before's v is part of how far the state grew since (a move up
+                    # scales it too)
+                    seen, vs = entering, np.concatenate([vv[c - 1], vc])
+                S, e = _held_rescale(S, vs, e, held_window, seen)
                 entering = S.copy()
                 vc = vc * np.repeat(2.0 ** -e, 16)[:V]
             if stats is not None:
