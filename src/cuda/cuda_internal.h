@@ -33,7 +33,8 @@ const cudaDeviceProp *fkda_cuda_device_properties(int index);
 
 /* How many clusters of C CTAs (2, 4 or 8) device `device` runs at once with every CTA alone on
  * its SM (cluster_room.cu), asked of the driver on the first call outside a graph capture of
- * `stream` and cached; 0 where not known (no clusters, or not asked yet). */
+ * `stream` and cached; 0 where not known (no clusters, or not asked yet). The driver answers for
+ * the current device, so `device` must be current (the launches set it before they choose). */
 int fkda_cuda_cluster_room(int device, int C, cudaStream_t stream);
 
 #ifdef __cplusplus
