@@ -395,19 +395,26 @@ HELD_HI, HELD_LO = 64.0, 2.0**-6  # the fp16 chain's window (src/cuda/prefill_ch
 HELD_WINDOW = (HELD_HI, HELD_LO, 3)  # (hi, lo, t): a move puts the largest value in [2^t, 2^t+1)
 
 
-def _held_rescale(S, v, e, window=HELD_WINDOW, seen=None):
+def _held_rescale(S, v, e, window=HELD_WINDOW, seen=None, v_own=None):
     """The fp16 chain's range rule, per warp (16 value columns): S [K, V] held scaled by 2^-e[b]
     per block b of 16 columns, v [16, V] as read. Where the largest |held| value of S and of v
     2^-e leaves [lo, hi], e[b] moves so that it lands in [2^t, 2^(t+1)) (the kernels: [8, 16));
     S is rescaled in place (powers of two: exact). seen: the state the decision reads, where it
     is not S (the check a chunk ahead: the state entering the chunk before, in the same units).
-    Returns S, e."""
+    v_own: the kernels' form of the check a chunk ahead (prefill_chain_step.cuh): seen and v
+    only say whether a decision is due; the decision itself (the same test, and the move) reads
+    S and the chunk's own v, v_own. Returns S, e."""
     hi, lo, t = window
     seen = S if seen is None else seen
     for b in range(e.shape[0]):
         cols = slice(16 * b, 16 * b + 16)
         m = max(np.max(np.abs(seen[:, cols]), initial=0.0),
                 np.max(np.abs(v[:, cols]), initial=0.0) * 2.0 ** -e[b])
+        if v_own is not None:
+            if not (m > hi or m < lo):  # not due
+                continue
+            m = max(np.max(np.abs(S[:, cols]), initial=0.0),
+                    np.max(np.abs(v_own[:, cols]), initial=0.0) * 2.0 ** -e[b])
         if (m > hi or m < lo) and 0.0 < m < np.inf:
             en = int(np.clip(e[b] + (np.frexp(m)[1] - 1) - t, -120, 120))
             S[:, cols] *= 2.0 ** (e[b] - en)
@@ -424,8 +431,9 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
     which changes no rounding of a value in fp16's normal range, only keeps values in it;
     held_window its (hi, lo, t), held_lag: the decision on the state entering the chunk before
     and the v of that chunk and this one (the check a chunk ahead; the first chunk decides on its
-    own state and v). stats: a dict that gets the largest |held S| and |held Vnew| over the run
-    ("S", "Vnew").
+    own state and v); "kernel": the kernels' form, where that only says whether the chunk decides,
+    on its own state and v (_held_rescale's v_own). stats: a dict that gets the largest |held S|
+    and |held Vnew| over the run ("S", "Vnew").
     chunk, pairwise_prep: chunk 16 and the centred prep are the kernels; chunk 64 the planned
     64-token prefill (cuda64_records' prep, the chain's products in the same modes at four times
     the size), or with pairwise_prep that chain on cuda_records' all-pairwise prep."""
@@ -456,12 +464,14 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
             vc = vv[c]
             if held_scale:
                 seen, vs = None, vc
+                v_own = None
                 if held_lag and entering is not None:
                     # the state entering the chunk before, and the v of both chunks: the
                     # chunk before's v is part of how far the state grew since (a move up
                     # scales it too)
                     seen, vs = entering, np.concatenate([vv[c - 1], vc])
-                S, e = _held_rescale(S, vs, e, held_window, seen)
+                    v_own = vc if held_lag == "kernel" else None
+                S, e = _held_rescale(S, vs, e, held_window, seen, v_own)
                 entering = S.copy()
                 vc = vc * np.repeat(2.0 ** -e, 16)[:V]
             if stats is not None:
@@ -807,8 +817,9 @@ def main():
         print("the fp16 chain's held scale decided a chunk ahead (plan (m)); output / state error,")
         print("the largest |held S| and |held Vnew| of the run (fp16's largest: 65504)")
         m16 = dict(next(c for c in CANDIDATES if c[0].startswith("(m)"))[1])
-        rules = (("the kernels' rule: [2^-6, 64], t = 3", HELD_WINDOW, False),
+        rules = (("the rule at the chunk: [2^-6, 64], t = 3", HELD_WINDOW, False),
                  ("a chunk ahead, the same window", HELD_WINDOW, True),
+                 ("due a chunk ahead, decided at the chunk (the kernels)", HELD_WINDOW, "kernel"),
                  ("a chunk ahead, [2^-9, 8], t = 0", (8.0, 2.0**-9, 0), True))
         cases = (("fp16 in", "fp16", {}), ("fp32 in", "fp32", {}),
                  ("fp32 in, v x 1e5", "fp32", dict(v_scale=1e5)),

@@ -112,3 +112,21 @@ def test_held_scale_a_chunk_ahead_in_a_lower_window():
         assert st["S"] <= 43 * 8 and st["Vnew"] <= 65504 / 6.5, (extra, st)
         if extra:  # rescaled: the held state ends near the target, at most twice the window's top
             assert st["S"] <= 16, (extra, st)
+
+
+def test_held_scale_due_a_chunk_ahead_as_the_kernels_decide():
+    # The kernels' form (prefill_chain_step.cuh): the check a chunk ahead only says whether a
+    # chunk decides; the decision reads the chunk's own state and v, in the rule's window. The
+    # rule's errors within 5 %, and the held state and Vnew far below the bound that makes it
+    # safe (the state's copy < 4300 and |Vnew| ~2.0e4 at most, prefill_chain.cu).
+    m16 = dict(next(c for c in em.CANDIDATES if c[0].startswith("(m)"))[1])
+    for extra in ({}, dict(v_scale=1e5), dict(h0_scale=0.5e5), dict(v_scale=1e-6, h0_scale=0.5e-6)):
+        x = em.make_inputs(3, "fp32", T=128, H=1, gate="none", **extra)
+        ref = em.reference(x)
+        rule = em.errors(lambda y: em.cuda_prefill(y, em.plan(**m16), held_scale=True), x, ref)
+        st = {}
+        ahead = em.errors(lambda y, st=st: em.cuda_prefill(y, em.plan(**m16), held_scale=True,
+                                                           held_lag="kernel", stats=st), x, ref)
+        assert ahead[0] <= 1.05 * rule[0] + 1e-6, (extra, ahead, rule)
+        assert ahead[1] <= 1.05 * rule[1] + 1e-6, (extra, ahead, rule)
+        assert st["S"] <= 4300 and st["Vnew"] <= 2.0e4, (extra, st)

@@ -89,7 +89,9 @@ typedef struct pf_gate_in {
 
 /* The fp16 family's cases (run_case's `w`; NULL: bf16 q, k, v): q, k, v and out in qkv_dtype
  * (fp16 or fp32). Range cases: v, q and k, and the initial state times v_scale, qk_scale, h0_scale
- * (0: 1; qk_scale only from token qk_scale_from of each batch row on, where that is not 0);
+ * (0: 1; qk_scale only from token qk_scale_from of each batch row on, where that is not 0, and
+ * v_scale from v_scale_from); g_grow_from: gate none's g = g_grow (> 0, a growing state) at 16
+ * tokens of each batch row;
  * beta drawn in [0, beta_max] without the sigmoid (0: [0, 1]); out_of_domain: chunks the
  * prep writes as bf16 records (bf16's bars apply, not fp16_bars); bf16_kernels: the bf16 kernels
  * instead (FKDA_PREFILL_FP16_CHAIN=0, bf16's bars); gate: the case's gate and g (all zero: the
@@ -105,6 +107,9 @@ typedef struct pf_wide {
     int out_shift;     /* the GPU's out starts this many elements past 16-byte alignment (its rows too) */
     double v_scale, qk_scale, h0_scale, beta_max;
     int64_t qk_scale_from; /* qk_scale only on each batch row's tokens from this one on (0: all) */
+    int64_t v_scale_from;  /* v_scale only on each batch row's tokens from this one on (0: all) */
+    int64_t g_grow_from;   /* gate none: g = g_grow at each batch row's 16 tokens from this one (0: none) */
+    double g_grow;
     int out_of_domain, bf16_kernels;
     pf_gate_in gate;
     int g_f16, quick, small;
@@ -360,7 +365,15 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
                     test_tensor_set(&q, at, test_tensor_get(&q, at) * qk_late);
                     test_tensor_set(&k, at, test_tensor_get(&k, at) * qk_late);
                 }
-    test_tensor_fill_normal(&v, rng, 0, w && w->v_scale ? w->v_scale : 1.0);
+    const double v_late = w && w->v_scale ? w->v_scale : 1.0;
+    const int64_t v_from = w ? w->v_scale_from : 0;
+    test_tensor_fill_normal(&v, rng, 0, v_from > 0 ? 1.0 : v_late);
+    if (v_from > 0) /* the later tokens scaled: the fp16 chain's held scale must move ahead of them */
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t i = v_from * HV * V; i < T * HV * V; i++) {
+                const size_t at = (size_t)(b * T * HV * V + i);
+                test_tensor_set(&v, at, test_tensor_get(&v, at) * v_late);
+            }
     if (w && K > KD) { /* values bf16 holds (pf_wide) */
         test_tensor *const wide[3] = {&q, &k, &v};
         for (int i = 0; i < 3; i++)
@@ -371,6 +384,10 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
         test_tensor_fill_uniform(&g, rng, gi->g_none_lo, gi->g_none_hi);
     else
         test_tensor_fill_normal(&g, rng, 0, 1);
+    if (gate_none && w && w->g_grow_from > 0) /* one chunk whose decay grows the state (outside fp16's domain) */
+        for (int64_t b = 0; b < B; b++)
+            for (int64_t t = w->g_grow_from; t < w->g_grow_from + 16 && t < T; t++)
+                for (int64_t e = 0; e < HV * K; e++) test_tensor_set(&g, (size_t)((b * T + t) * HV * K + e), w->g_grow);
     if (c->sigmoid)
         test_tensor_fill_normal(&beta, rng, 0, 1);
     else
@@ -1275,6 +1292,16 @@ int main(int argc, char **argv)
          {.qkv_dtype = F32, .v_scale = 1e-6, .h0_scale = 1e-6, .quick = 1}},
         {STD_CASE("range: fp16 v x 1e3, state x 1e5", 1, 100, 2, 2, 0),
          {.qkv_dtype = F16, .v_scale = 1e3, .h0_scale = 1e5, .quick = 1}},
+        /* v far larger from token 96 (chunk 6) on: the check a chunk ahead (prefill_chain_step.cuh)
+         * must see the next chunk's v and move the held scale before it; and one chunk whose decay
+         * grows the state ~3.6e5 times (g = +0.8, a flagged chunk): the chunk after it must decide
+         * its scale at its top, the bound of the check ahead holding only on fp16 records. */
+        {STD_CASE("range: fp16 v x 1e4 from token 96", 1, 200, 2, 2, 0),
+         {.qkv_dtype = F16, .v_scale = 1e4, .v_scale_from = 96, .quick = 1}},
+        {STD_CASE("range: fp32 v x 1e6 from token 100", 1, 200, 2, 2, 0),
+         {.qkv_dtype = F32, .v_scale = 1e6, .v_scale_from = 100, .quick = 1}},
+        {STD_CASE("range: fp16 a growing chunk at token 96", 1, 200, 2, 2, 0),
+         {.qkv_dtype = F16, .out_of_domain = 1, .gate = {-0.05, 1, 0}, .g_grow_from = 96, .g_grow = 0.8, .quick = 1}},
         /* No norm, q and k of norm ~300 (past the fp16 domain's 2^7) with beta below 1.5e-5 (b |k|^2 < 2: stable):
          * every chunk takes the bf16 record and step, at bf16's bars. */
         {NO_NORM_CASE("range: fp32 no norm, |k| ~ 300", 1, 200, 2, 2),
