@@ -807,6 +807,12 @@ int main(int argc, char **argv)
         .name = name_, .B = B_, .T = T_, .H = H_, .HV = HV_, .has_in = 1, .has_out = 1, .in_dtype = F32,           \
         .out_dtype = F32, .v_first = 1, .l2norm = 1, .sigmoid = 1, .fast_too = 1, .vslice = vs_, .lower_bound = -5 \
     }
+/* STD_CASE on seg_ sequence segments (FKDA_PREFILL_SEGMENTS), the default value slice. */
+#define SEG_CASE(name_, B_, T_, H_, HV_, seg_)                                                                        \
+    {                                                                                                                 \
+        .name = name_, .B = B_, .T = T_, .H = H_, .HV = HV_, .has_in = 1, .has_out = 1, .in_dtype = F32,              \
+        .out_dtype = F32, .v_first = 1, .l2norm = 1, .sigmoid = 1, .fast_too = 1, .segments = seg_, .lower_bound = -5 \
+    }
 /* STD_CASE without the L2 norm and the beta sigmoid: q, k and beta as drawn (the range cases). */
 #define NO_NORM_CASE(name_, B_, T_, H_, HV_)                                                             \
     {                                                                                                    \
@@ -1301,6 +1307,13 @@ int main(int argc, char **argv)
         {STD_CASE("range: fp32 v x 1e6 from token 100", 1, 200, 2, 2, 0),
          {.qkv_dtype = F32, .v_scale = 1e6, .v_scale_from = 100, .quick = 1}},
         {STD_CASE("range: fp16 a growing chunk at token 96", 1, 200, 2, 2, 0),
+         {.qkv_dtype = F16, .out_of_domain = 1, .gate = {-0.05, 1, 0}, .g_grow_from = 96, .g_grow = 0.8, .quick = 1}},
+        /* the same two on 3 segments: the jump and the growing chunk inside segment 1 (chunks
+         * 5-9), whose pass-A chains start from zero (v's) and from the identity (the transition's,
+         * which the growing chunk grows too) */
+        {SEG_CASE("range: fp16 v x 1e4 from token 96, 3 segments", 1, 200, 2, 2, 3),
+         {.qkv_dtype = F16, .v_scale = 1e4, .v_scale_from = 96, .quick = 1}},
+        {SEG_CASE("range: fp16 a growing chunk at token 96, 3 segments", 1, 200, 2, 2, 3),
          {.qkv_dtype = F16, .out_of_domain = 1, .gate = {-0.05, 1, 0}, .g_grow_from = 96, .g_grow = 0.8, .quick = 1}},
         /* No norm, q and k of norm ~300 (past the fp16 domain's 2^7) with beta below 1.5e-5 (b |k|^2 < 2: stable):
          * every chunk takes the bf16 record and step, at bf16's bars. */
