@@ -401,7 +401,8 @@ def _held_rescale(S, v, e, window=HELD_WINDOW, seen=None, v_own=None):
     2^-e leaves [lo, hi], e[b] moves so that it lands in [2^t, 2^(t+1)) (the kernels: [8, 16));
     S is rescaled in place (powers of two: exact). seen: the state the decision reads, where it
     is not S (the check a chunk ahead: the state entering the chunk before, in the same units).
-    v_own: the kernels' form of the check a chunk ahead (prefill_chain_step.cuh): seen and v
+    v_own: the form written for the kernels (dev/pending 02 of the thirty-eighth session, dropped
+    as slower: docs/history/prefill.md) of the check a chunk ahead: seen and v
     only say whether a decision is due; the decision itself (the same test, and the move) reads
     S and the chunk's own v, v_own. Returns S, e."""
     hi, lo, t = window
@@ -431,9 +432,9 @@ def cuda_prefill(x, p=CUDA_PLAN, held_scale=False, chunk=CHUNK, pairwise_prep=Fa
     which changes no rounding of a value in fp16's normal range, only keeps values in it;
     held_window its (hi, lo, t), held_lag: the decision on the state entering the chunk before
     and the v of that chunk and this one (the check a chunk ahead; the first chunk decides on its
-    own state and v); "kernel": the kernels' form, where that only says whether the chunk decides,
-    on its own state and v (_held_rescale's v_own). stats: a dict that gets the largest |held S|
-    and |held Vnew| over the run ("S", "Vnew").
+    own state and v); "kernel": the form written for the kernels, where that only says whether
+    the chunk decides, on its own state and v (_held_rescale's v_own). stats: a dict that gets the
+    largest |held S| and |held Vnew| over the run ("S", "Vnew").
     chunk, pairwise_prep: chunk 16 and the centred prep are the kernels; chunk 64 the planned
     64-token prefill (cuda64_records' prep, the chain's products in the same modes at four times
     the size), or with pairwise_prep that chain on cuda_records' all-pairwise prep."""
@@ -819,7 +820,7 @@ def main():
         m16 = dict(next(c for c in CANDIDATES if c[0].startswith("(m)"))[1])
         rules = (("the rule at the chunk: [2^-6, 64], t = 3", HELD_WINDOW, False),
                  ("a chunk ahead, the same window", HELD_WINDOW, True),
-                 ("due a chunk ahead, decided at the chunk (the kernels)", HELD_WINDOW, "kernel"),
+                 ("due a chunk ahead, decided at the chunk", HELD_WINDOW, "kernel"),
                  ("a chunk ahead, [2^-9, 8], t = 0", (8.0, 2.0**-9, 0), True))
         cases = (("fp16 in", "fp16", {}), ("fp32 in", "fp32", {}),
                  ("fp32 in, v x 1e5", "fp32", dict(v_scale=1e5)),

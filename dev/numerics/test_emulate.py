@@ -115,7 +115,8 @@ def test_held_scale_a_chunk_ahead_in_a_lower_window():
 
 
 def test_held_scale_due_a_chunk_ahead_as_the_kernels_decide():
-    # The kernels' form (prefill_chain_step.cuh): the check a chunk ahead only says whether a
+    # The form written for the kernels (dev/pending 02 of the thirty-eighth session, dropped as
+    # slower: docs/history/prefill.md): the check a chunk ahead only says whether a
     # chunk decides; the decision reads the chunk's own state and v, in the rule's window. The
     # rule's errors within 5 %, and the held state and Vnew far below the bound that makes it
     # safe (the state's copy < 4300 and |Vnew| ~2.0e4 at most, prefill_chain.cu).
