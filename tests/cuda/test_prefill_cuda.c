@@ -1298,10 +1298,11 @@ int main(int argc, char **argv)
          {.qkv_dtype = F32, .v_scale = 1e-6, .h0_scale = 1e-6, .quick = 1}},
         {STD_CASE("range: fp16 v x 1e3, state x 1e5", 1, 100, 2, 2, 0),
          {.qkv_dtype = F16, .v_scale = 1e3, .h0_scale = 1e5, .quick = 1}},
-        /* v far larger from token 96 (chunk 6) on: the check a chunk ahead (prefill_chain_step.cuh)
-         * must see the next chunk's v and move the held scale before it; and one chunk whose decay
-         * grows the state ~3.6e5 times (g = +0.8, a flagged chunk): the chunk after it must decide
-         * its scale at its top, the bound of the check ahead holding only on fp16 records. */
+        /* The held scale must move mid-run: v far larger from token 96 (chunk 6) on, and one
+         * chunk whose decay grows the state ~3.6e5 times (g = +0.8, a flagged chunk), after which
+         * the state's fp16 copy would overflow at the old scale. (A range check that tests a chunk
+         * early must see the next chunk's v, and must not trust its bound after a flagged chunk:
+         * docs/history/prefill.md, "The range check a chunk ahead, written".) */
         {STD_CASE("range: fp16 v x 1e4 from token 96", 1, 200, 2, 2, 0),
          {.qkv_dtype = F16, .v_scale = 1e4, .v_scale_from = 96, .quick = 1}},
         {STD_CASE("range: fp32 v x 1e6 from token 100", 1, 200, 2, 2, 0),
