@@ -208,6 +208,10 @@ mutant cuda-prefill-prep-kpad cuda src/cuda/prefill_prep.cu \
 mutant cuda-prefill-prep-f32-layout cuda src/cuda/prefill_prep.cu \
   '*(float4 *)(row_ + prep_f32_col(8 * unit + 4))' \
   '*(float4 *)(row_ + (8 * unit + 4))'
+# The fp16 tiles: an fp16 g widened as if it were bf16 (fp16 q, k and g read the wrong gate).
+mutant cuda-prefill-prep-f16-g cuda src/cuda/prefill_prep.cu \
+  'g16 = qk16 && p.g_dtype == FKDA_DTYPE_F16;' \
+  'g16 = 0;'
 # The range check lets every chunk take the centred factors: a fast gate overflows them.
 mutant cuda-prefill-prep-span cuda src/cuda/prefill_prep_steps.cuh \
   '#define PREP_SAFE_SPAN_NORM 112.0f' \

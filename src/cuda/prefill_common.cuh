@@ -154,7 +154,7 @@ typedef struct pf_params {
 } pf_params;
 
 enum { PF_OUT_ANY = 0, PF_OUT_BF16 = 1, PF_OUT_F16 = 2 };
-enum { PF_LOAD_BF16 = 0, PF_LOAD_TILES = 1, PF_LOAD_ELEMENTS = 2 };
+enum { PF_LOAD_BF16 = 0, PF_LOAD_TILES = 1, PF_LOAD_ELEMENTS = 2, PF_LOAD_F16 = 3 };
 
 /* Sequence n: its batch row, first token, length, and first record slot. cu_seqlens entries are
  * clamped into [0, T] (and the end to at least the start), so a bad cu_seqlens can give a wrong

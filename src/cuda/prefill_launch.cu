@@ -40,15 +40,20 @@ static int rows16(const fkda_operand *x, int64_t D)
 
 static int is16bit(const fkda_operand *x) { return x->dtype == FKDA_DTYPE_BF16 || x->dtype == FKDA_DTYPE_F16; }
 static int bf16_rows16(const fkda_operand *x, int64_t D) { return x->dtype == FKDA_DTYPE_BF16 && rows16(x, D); }
+static int f16_rows16(const fkda_operand *x, int64_t D) { return x->dtype == FKDA_DTYPE_F16 && rows16(x, D); }
 
 /* How the prep loads q, k, g (PF_LOAD_* in prefill_common.cuh): the tile forms take any K <= 128
  * whose rows are whole 16-byte pieces (rows16 checks K too: K % 8 == 0 for 16-bit dtypes, K % 4
- * == 0 for fp32), and zero-fill the keys past K. (K > 128 has a prep of its own that reads none
- * of this.) */
-static int qkg_load(const fkda_problem *p)
+ * == 0 for fp32), and zero-fill the keys past K; the fp16 tiles only in the fp16 family (fp16:
+ * its prep, whose kernels alone read them). (K > 128 has a prep of its own that reads none of
+ * this.) */
+static int qkg_load(const fkda_problem *p, int fp16)
 {
     if (p->K > PF_DK) return PF_LOAD_ELEMENTS;
     if (bf16_rows16(&p->q, p->K) && bf16_rows16(&p->k, p->K) && bf16_rows16(&p->g, p->K)) return PF_LOAD_BF16;
+    if (fp16 && f16_rows16(&p->q, p->K) && f16_rows16(&p->k, p->K) &&
+        (f16_rows16(&p->g, p->K) || bf16_rows16(&p->g, p->K)))
+        return PF_LOAD_F16;
     if (rows16(&p->q, p->K) && rows16(&p->k, p->K) && rows16(&p->g, p->K)) return PF_LOAD_TILES;
     return PF_LOAD_ELEMENTS;
 }
@@ -207,7 +212,7 @@ static void fill_params(const fkda_problem *p, void *workspace, int fp16, pf_par
     q->g = p->g.data;
     q->qkv_dtype = p->q.dtype;
     q->g_dtype = p->g.dtype;
-    q->qkg_load = qkg_load(p);
+    q->qkg_load = qkg_load(p, fp16);
     q->fp16_chain = fp16;
     for (int i = 0; i < 3; i++) {
         q->q_s[i] = p->q.stride[i];

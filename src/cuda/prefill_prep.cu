@@ -3,9 +3,10 @@
  * chunk, value head) turns q, k, g, beta into the chunk's record (prefill_common.cuh):
  *
  *   1. the q, k, g tiles (16 x 128 each; keys past K and rows past the sequence end are zeros):
- *      bf16 rows of whole 16-byte pieces by cp.async into bf16 tiles; every other dtype into fp32
- *      tiles (prep_f32_col's layout), 16-byte pieces where the rows are made of them, else
- *      element by element; v, unless the chain can read the caller's, into a bf16 copy;
+ *      16-bit rows of whole 16-byte pieces by cp.async into 16-bit tiles (bf16 q, k, g; in the
+ *      fp16 family fp16 q, k with a 16-bit g); every other dtype into fp32 tiles
+ *      (prep_f32_col's layout), 16-byte pieces where the rows are made of them, else element by
+ *      element; v, unless the chain can read the caller's, into a bf16 copy;
  *   2. L2 norms of the q and k rows (fp32, 8 threads per row);
  *   3. each thread owns two adjacent key channels over 8 rows (warps 0-1 rows 0-7, warps 2-3
  *      rows 8-15), so that every conversion and store below handles a pair: the gate, cumsum G
@@ -54,7 +55,7 @@
 #include "ptx_copy.cuh"
 #include "ptx_mma.cuh"
 
-/* The units of s_buf: the input tiles (bulk: bf16 q, k, g in units 0-2; the other forms: fp32
+/* The units of s_buf: the input tiles (bulk: 16-bit q, k, g in units 0-2; the other forms: fp32
  * tiles of two units each, at 0, 2, 4), then the operands of the 16 x 16 products: in the bf16
  * family kc, ki, qc as tf32 tiles of two units each (OP32_*, prep_swz32's layout); in the fp16
  * family bf16 hi + lo tiles of one unit each (OP_*, pf_swz's layout). */
@@ -125,9 +126,20 @@ static __device__ __forceinline__ void prep_decayed(const pf_params &p, const fl
     }
 }
 
+/* Two 16-bit values of a word as fp32 (exactly): bf16, or fp16 where f16; the low half first. */
+static __device__ __forceinline__ float2 prep_widen2(uint32_t w, int f16)
+{
+    if (f16) return __half22float2(*(const __half2 *)&w);
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+}
+
 /* How the prep loads q, k, g (pf_params.qkg_load; a constant in each kernel below):
  *   PF_LOAD_BF16:     bf16 with 16-byte rows (K <= 128, a multiple of 8): cp.async into bf16
  *                     tiles;
+ *   PF_LOAD_F16:      the same for fp16 q, k and a bf16 or fp16 g (the fp16 family only), into
+ *                     16-bit tiles of their own dtypes: each value is widened where it is read,
+ *                     by an instruction known when compiled (g's dtype: a uniform choice), so
+ *                     nothing goes through registers on its way to shared memory;
  *   PF_LOAD_TILES:    any dtypes with 16-byte rows (K * esize a multiple of 16): fp32 rows by
  *                     cp.async, 16-bit rows 16 bytes per thread into registers, widened (exactly)
  *                     and stored, each tensor into an fp32 tile of 8 KB;
@@ -151,8 +163,9 @@ static __device__ __forceinline__ void prep_decayed(const pf_params &p, const fl
 static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int load, const int gate_checked,
                                                   const int f16, unsigned char (*s_buf)[4096])
 {
-    const int bulk = load == PF_LOAD_BF16, tiles = load == PF_LOAD_TILES;
-    /* Loading: the q, k, g tiles (bulk: 3 x 4 KB bf16; else 3 x 8 KB fp32, two units each).
+    const int bulk = load == PF_LOAD_BF16 || load == PF_LOAD_F16, tiles = load == PF_LOAD_TILES;
+    const int qk16 = load == PF_LOAD_F16, g16 = qk16 && p.g_dtype == FKDA_DTYPE_F16; /* bulk: fp16 tiles */
+    /* Loading: the q, k, g tiles (bulk: 3 x 4 KB of 16-bit values; else 3 x 8 KB fp32, two units each).
      * Then the operands of the 16 x 16 products (kc, ki, qc as swizzled tf32 tiles; the fp16
      * family: kc, ki, qc hi and lo as swizzled bf16 tiles); or, for a chunk that takes step 4',
      * qn, kn, G as fp32 [16][128] tiles. s_buf (declared by each kernel) has 6 units. */
@@ -335,10 +348,13 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                 const uint32_t wq[4] = {xq.x, xq.y, xq.z, xq.w}, wk[4] = {xk.x, xk.y, xk.z, xk.w};
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
-                    float a0 = __uint_as_float(wq[j] << 16), a1 = __uint_as_float(wq[j] & 0xffff0000u);
-                    float b0 = __uint_as_float(wk[j] << 16), b1 = __uint_as_float(wk[j] & 0xffff0000u);
-                    sq += a0 * a0 + a1 * a1;
-                    sk += b0 * b0 + b1 * b1;
+                    const float2 a = prep_widen2(wq[j], qk16), b = prep_widen2(wk[j], qk16);
+                    sq += a.x * a.x + a.y * a.y;
+                    sk += b.x * b.x + b.y * b.y;
+                    if (f16) { /* the fp16 family: also the largest |entry| of each row */
+                        mq = fmaxf(mq, fmaxf(fabsf(a.x), fabsf(a.y)));
+                        mk = fmaxf(mk, fmaxf(fabsf(b.x), fabsf(b.y)));
+                    }
                 }
             }
         } else {
@@ -398,9 +414,8 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                 const uint32_t wq = *(const uint32_t *)(s_buf[IN_Q] + r * 256 + 2 * c0);
                 const uint32_t wk = *(const uint32_t *)(s_buf[IN_K] + r * 256 + 2 * c0);
                 const uint32_t wg = *(const uint32_t *)(s_buf[IN_G] + r * 256 + 2 * c0);
-                xq[0] = __uint_as_float(wq << 16), xq[1] = __uint_as_float(wq & 0xffff0000u);
-                xk[0] = __uint_as_float(wk << 16), xk[1] = __uint_as_float(wk & 0xffff0000u);
-                xg[0] = __uint_as_float(wg << 16), xg[1] = __uint_as_float(wg & 0xffff0000u);
+                const float2 a = prep_widen2(wq, qk16), b = prep_widen2(wk, qk16), c = prep_widen2(wg, g16);
+                xq[0] = a.x, xq[1] = a.y, xk[0] = b.x, xk[1] = b.y, xg[0] = c.x, xg[1] = c.y;
             } else {
                 const float2 a = *(const float2 *)(fq + r * 128 + fcol), b = *(const float2 *)(fk + r * 128 + fcol);
                 const float2 c = *(const float2 *)(fg + r * 128 + fcol);
@@ -623,7 +638,8 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
  *  - the tile kernel 8 and the element kernels as first chosen (no row has asked again);
  *  - the checked tile kernel 6: 7 was slower;
  *  - the fp16 family 6: its bf16 term pairs double the operands held in registers, and at 8 the
- *    tile kernel spilled to a 96-byte stack inside the step loop. */
+ *    tile kernel spilled to a 96-byte stack inside the step loop; but its fp16 tile kernel 7, the
+ *    bulk kernel's count, where it holds no spill (72 registers; 8 spills 84 bytes). */
 #define PREP_KERNEL(name, load, gate_checked, f16, ctas)                          \
     __global__ void __launch_bounds__(PREP_THREADS, ctas) name(const pf_params p) \
     {                                                                             \
@@ -637,6 +653,8 @@ PREP_KERNEL(pf_prep_tiles_checked, PF_LOAD_TILES, 1, 0, 6)
 PREP_KERNEL(pf_prep_any, PF_LOAD_ELEMENTS, 0, 0, 8)
 PREP_KERNEL(pf_prep_any_checked, PF_LOAD_ELEMENTS, 1, 0, 6)
 /* The fp16 family (fp16 and fp32 q, k: never the bf16 tiles). */
+PREP_KERNEL(pf_prep16_bulk, PF_LOAD_F16, 0, 1, 7)
+PREP_KERNEL(pf_prep16_bulk_checked, PF_LOAD_F16, 1, 1, 6)
 PREP_KERNEL(pf_prep16_tiles, PF_LOAD_TILES, 0, 1, 6)
 PREP_KERNEL(pf_prep16_tiles_checked, PF_LOAD_TILES, 1, 1, 6)
 PREP_KERNEL(pf_prep16_any, PF_LOAD_ELEMENTS, 0, 1, 6)
@@ -656,9 +674,10 @@ cudaError_t pf_launch_prep(const pf_params *p, cudaStream_t stream)
     void (*kernel)(const pf_params) = p->qkg_load == PF_LOAD_BF16    ? (checked ? pf_prep_bulk_checked : pf_prep_bulk)
                                       : p->qkg_load == PF_LOAD_TILES ? (checked ? pf_prep_tiles_checked : pf_prep_tiles)
                                                                      : (checked ? pf_prep_any_checked : pf_prep_any);
-    if (p->fp16_chain) /* q, k fp16 or fp32: the tile or element loads */
-        kernel = p->qkg_load == PF_LOAD_TILES ? (checked ? pf_prep16_tiles_checked : pf_prep16_tiles)
-                                              : (checked ? pf_prep16_any_checked : pf_prep16_any);
+    if (p->fp16_chain) /* q, k fp16 or fp32: the fp16 tiles, the fp32 tiles or the element loads */
+        kernel = p->qkg_load == PF_LOAD_F16     ? (checked ? pf_prep16_bulk_checked : pf_prep16_bulk)
+                 : p->qkg_load == PF_LOAD_TILES ? (checked ? pf_prep16_tiles_checked : pf_prep16_tiles)
+                                                : (checked ? pf_prep16_any_checked : pf_prep16_any);
     void *args[] = {(void *)p};
     return fkda_launch_kernel((const void *)kernel, grid, dim3(PREP_THREADS), args, 0,
                               stream); /* this launch's error only (prefill_common.cuh) */

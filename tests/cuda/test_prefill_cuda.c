@@ -1235,13 +1235,31 @@ int main(int argc, char **argv)
          {.qkv_dtype = F16, .quick = 1}},
         {K256("K=256 fp32 V=128 T=200 vslice 64 [K,V]", 1, 200, 2, 2, 256, 128, F32, BF16, 0, 64),
          {.qkv_dtype = F32, .quick = 1}},
-        /* K < 128: the tiles (K % 4 == 0 for fp32, % 8 for fp16) and the element form */
-        {KCASE("fp16 K=64 V=64 T=300 [tiles]", 1, 300, 2, 2, 64, 64), {.qkv_dtype = F16, .quick = 1}},
+        /* K < 128: the tiles (K % 4 == 0 for fp32, % 8 for fp16: with a 16-bit g, fp16 tiles) and
+         * the element form */
+        {KCASE("fp16 K=64 V=64 T=300 [fp16 tiles]", 1, 300, 2, 2, 64, 64), {.qkv_dtype = F16, .quick = 1}},
         {KCASE("fp32 K=62 V=40 T=200 [elements]", 1, 200, 2, 2, 62, 40), {.qkv_dtype = F32}},
         /* The prep's forms by g's dtype and the gate (prefill_prep.cu; the load form in brackets):
-         * 16-bit rows widened through registers, fp32 rows by cp.async, each into the fp32 tiles;
-         * "checked": gate none, the checked kernels (step 4' for most chunks at g >= -24). */
-        {STD_CASE("fp16 T=300 fp16 g [tiles]", 1, 300, 2, 2, 0), {.qkv_dtype = F16, .g_f16 = 1, .quick = 1}},
+         * fp16 q, k with a bf16 or fp16 g into 16-bit tiles of their own dtypes ("fp16 tiles");
+         * else 16-bit rows widened through registers, fp32 rows by cp.async, each into the fp32
+         * tiles; "checked": gate none, the checked kernels (step 4' for most chunks at g >= -24). */
+        {STD_CASE("fp16 T=300 fp16 g [fp16 tiles]", 1, 300, 2, 2, 0), {.qkv_dtype = F16, .g_f16 = 1, .quick = 1}},
+        {{.name = "fp16 varlen empties, fp16 g, gate none [fp16 tiles, checked]",
+          .B = 1,
+          .H = 2,
+          .HV = 2,
+          .nseq = 4,
+          .seqlens = {17, 0, 64, 15},
+          .has_in = 1,
+          .has_out = 1,
+          .in_dtype = F32,
+          .out_dtype = F32,
+          .v_first = 1,
+          .l2norm = 1,
+          .sigmoid = 1,
+          .fast_too = 1,
+          .lower_bound = -5},
+         {.qkv_dtype = F16, .g_f16 = 1, .gate = {-0.9, 0}, .quick = 1}},
         {STD_CASE("fp32 T=200 gate none, fp32 g [tiles, checked]", 1, 200, 2, 2, 0),
          {.qkv_dtype = F32, .gate = {-0.9, 1}, .quick = 1}},
         {STD_CASE("fp32 T=200 fast decay, fp32 g [tiles, step 4' halved]", 1, 200, 2, 2, 0),
@@ -1254,7 +1272,7 @@ int main(int argc, char **argv)
          {.qkv_dtype = F32, .gate = {-24, 1}, .quick = 1}},
         {STD_CASE("fp32 T=17 growing steps, fp32 g [tiles, step 4' whole]", 1, 17, 2, 2, 0),
          {.qkv_dtype = F32, .out_of_domain = 1, .gate = {-24, 1, 0.5}}},
-        {STD_CASE("fp16 T=17 gate none [tiles, checked]", 1, 17, 2, 2, 0), {.qkv_dtype = F16, .gate = {-0.9, 0}}},
+        {STD_CASE("fp16 T=17 gate none [fp16 tiles, checked]", 1, 17, 2, 2, 0), {.qkv_dtype = F16, .gate = {-0.9, 0}}},
         {KCASE("fp16 K=64 V=64 T=200 gate none, fp32 g [tiles, checked]", 1, 200, 2, 2, 64, 64),
          {.qkv_dtype = F16, .gate = {-0.9, 1}, .quick = 1}},
         {KCASE("fp16 K=60 V=64 T=100 gate none [elements, checked]", 1, 100, 2, 2, 60, 64),
