@@ -260,6 +260,11 @@ mutant cuda-prefill-chain16-flag cuda src/cuda/prefill_chain_step.cuh \
 mutant cuda-prefill-chain16-fast-copy cuda src/cuda/prefill_chain_step.cuh \
   'if (f16 && PF_REC16_BF16_FLAG(R)) break;' \
   'if (f16 && 0) break;'
+# The fp16 chain's first loop copy ignores a failed range check (stays, unscaled): v 1e4 times
+# larger from token 96 overflows the state's fp16 copy.
+mutant cuda-prefill-chain16-fast-check cuda src/cuda/prefill_chain_step.cuh \
+  '__all_sync(0xffffffffu, m16 < CH16_LO)) break;' \
+  '__all_sync(0xffffffffu, m16 < CH16_LO)) {}'
 # K > 128: each warp of a pair forms Vnew from its own key half's partial twice, not both halves'.
 mutant cuda-prefill-k256-pair-sum cuda src/cuda/prefill_chain_k256.cu \
   '(sp_[e * 32 + lane] + sp_[256 + e * 32 + lane])' \

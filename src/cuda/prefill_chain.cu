@@ -61,6 +61,8 @@
  * are used only if it passes, and passing bounds the very operands they read. If it fails, or the
  * chunk is flagged, a slow path rescales and redoes -W S, the v operand and U in the chunk's
  * format; the products that read an out-of-range copy (an fp16 infinity, say) are thrown away.
+ * (In the kernels whose chunk loop has two copies, prefill_chain_step.cuh, the slow path is the
+ * second copy's: the first leaves for it at a failed check and starts the chunk again there.)
  * Where the slow path neither rescales nor has a flagged chunk (an all-zero warp, say), the redone
  * products would be the ones held, and are skipped.
  */

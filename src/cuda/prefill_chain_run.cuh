@@ -469,22 +469,27 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
             /* The run's chunks. CH_COPIES: in two copies of the step (prefill_chain_step.cuh says
          * why), the fp16 chain's fp16-output kernels only: in its fp32-tile output kernels ptxas
          * spilled into the loops with both (up to 4 spill loads a chunk on the chain warps' path),
-         * and the bf16 chain has no flagged chunk. The split kernels' output warps never leave the
-         * first copy: each iteration of either ends in the same barrier 0. */
+         * and the bf16 chain has no flagged chunk. A chain warp leaves the first copy for one
+         * chunk of the second and comes back; the split kernels' output warps never leave it:
+         * each iteration of either ends in the same barrier 0, reached from either copy. */
 #if CH_COPIES
-        for (; c < stop; c++) {
+        while (c < stop) {
+            for (; c < stop; c++) {
 #define CH_STEP_FAST 1
 #define CH_ITERATION_END iteration_end_fast
 #include "prefill_chain_step.cuh"
 #undef CH_ITERATION_END
 #undef CH_STEP_FAST
-        }
-        for (; c < stop; c++) {
+            }
+            if (c >= stop) break;
+            do { /* chunk c in the second copy, then back to the first */
 #define CH_STEP_FAST 0
 #define CH_ITERATION_END iteration_end_general
 #include "prefill_chain_step.cuh"
 #undef CH_ITERATION_END
 #undef CH_STEP_FAST
+            } while (0);
+            c++;
         }
 #else
         for (; c < stop; c++) {

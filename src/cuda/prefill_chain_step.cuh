@@ -2,13 +2,15 @@
  * prefill_chain_step.cuh: one chunk's step of the chain, the body of chain_run's chunk loop
  * (prefill_chain_run.cuh). Where the chain runs its loop in two copies (CH_COPIES: the fp16
  * chain's fp16-output kernels), it is included twice: as the first copy (CH_STEP_FAST 1), which
- * serves the chunks of fp16 records, its step compiled with the record's bf16 flag a constant 0,
- * and as the second (CH_STEP_FAST 0), the step with both products, which the chain warps enter at
- * a flagged chunk and keep for the rest of the run. Elsewhere it is the one loop's body
+ * serves the chunks of fp16 records whose range check passes, its step compiled with the record's
+ * bf16 flag a constant 0 and without the rescale, and as the second (CH_STEP_FAST 0), the step
+ * with both products and the rescale, which a chain warp enters for one chunk, a flagged one or
+ * one whose check failed, and then leaves for the first again. Elsewhere it is the one loop's body
  * (CH_STEP_FAST 0). Why two copies: with both steps in one loop the state has two definitions (the
- * update on bf16 and on fp16 operands) that meet at the loop's end, and ptxas paid for the merge
- * with ~46 register moves after the state's repack on every chunk's common path
- * (docs/history/prefill.md, "The fp16 chain's loop in two versions"). CH_ITERATION_END names the
+ * update on bf16 and on fp16 operands; the state rescaled or not) that meet in the loop, and ptxas
+ * paid for the merge with register moves on every chunk's common path (~46 after the state's
+ * repack: docs/history/prefill.md, "The fp16 chain's loop in two versions"; 49 for a decision at
+ * the chunk's top: "The range check a chunk ahead, measured"). CH_ITERATION_END names the
  * copy's label. Not a header: text of chain_run's body, with no include guard, kept at that
  * body's indentation (clang-format would take a fragment's statements for file scope).
  */
@@ -72,6 +74,14 @@
                  * (the spacing below 2^-6 is 2^-17), so e is not lowered; those values are normal
                  * fp16 values, as at 2^-6 itself. A flagged chunk takes the same slow path. */
                 const float m16 = ch16_operand_max(sa, vh);
+#if CH_STEP_FAST
+                /* A failed check leaves this copy too: the chunk starts again in the second, whose
+                 * own check fails the same way and takes the rare path below; the first copy then
+                 * carries no rescale, so its state has one definition (the products issued here are
+                 * thrown away; the second copy's top orders its v operand's writes after their
+                 * reads). Warp-uniform, not CTA-uniform: warps may be in different copies. */
+                if (__any_sync(0xffffffffu, m16 > CH16_HI) || __all_sync(0xffffffffu, m16 < CH16_LO)) break;
+#else
                 if (__any_sync(0xffffffffu, m16 > CH16_HI || bf16_chunk) || __all_sync(0xffffffffu, m16 < CH16_LO)) {
                     /* Rare: rescale (decided on the held fp32 values), then redo -W S, the v operand
                      * and U in the chunk's format where either changed. Without a rescale (d == 0, or
@@ -145,6 +155,7 @@
                         }
                     }
                 }
+#endif
                 CH_REFILL_V_IN_STEP();
                 if (bf16_chunk)
                     CH_STEP_UPDATE(mma_bf16_16816, pack_bf16x2);
@@ -181,8 +192,13 @@
             if (threadIdx.x == warps * 32 && c > cb && c + CH_STAGES - 1 < nch)
                 CH_ISSUE_RECORD(c + CH_STAGES - 1, (int)((c - 1 - cb) % CH_STAGES));
 #else
-            /* Every warp is done with this stage: refill it with chunk c + CH_STAGES. */
+            /* Every warp is done with this stage: refill it with chunk c + CH_STAGES. (Where the
+             * loop has two copies, warps may be in different ones: the non-aligned barrier.) */
+#if CH_COPIES
+            bar_sync_all_unaligned();
+#else
             __syncthreads();
+#endif
             if (threadIdx.x == 0 && c + CH_STAGES < nch) CH_ISSUE_RECORD(c + CH_STAGES, st);
             CH_ISSUE_V(c + CH_STAGES, st);
 #endif

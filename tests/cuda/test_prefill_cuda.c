@@ -90,7 +90,7 @@ typedef struct pf_gate_in {
 /* The fp16 family's cases (run_case's `w`; NULL: bf16 q, k, v): q, k, v and out in qkv_dtype
  * (fp16 or fp32). Range cases: v, q and k, and the initial state times v_scale, qk_scale, h0_scale
  * (0: 1; qk_scale only from token qk_scale_from of each batch row on, where that is not 0, and
- * v_scale from v_scale_from); g_grow_from: gate none's g = g_grow (> 0, a growing state) at 16
+ * v_scale from v_scale_from, on value columns from v_cols_from); g_grow_from: gate none's g = g_grow (> 0, a growing state) at 16
  * tokens of each batch row;
  * beta drawn in [0, beta_max] without the sigmoid (0: [0, 1]); out_of_domain: chunks the
  * prep writes as bf16 records (bf16's bars apply, not fp16_bars); bf16_kernels: the bf16 kernels
@@ -108,6 +108,7 @@ typedef struct pf_wide {
     double v_scale, qk_scale, h0_scale, beta_max;
     int64_t qk_scale_from; /* qk_scale only on each batch row's tokens from this one on (0: all) */
     int64_t v_scale_from;  /* v_scale only on each batch row's tokens from this one on (0: all) */
+    int64_t v_cols_from;   /* with v_scale_from: only on value columns from this one on (0: all) */
     int64_t g_grow_from;   /* gate none: g = g_grow at each batch row's 16 tokens from this one (0: none) */
     double g_grow;
     int out_of_domain, bf16_kernels;
@@ -372,7 +373,7 @@ static void run_case(const pf_case *c, const pf_wide *w, const pf_gate_in *gi, t
         for (int64_t b = 0; b < B; b++)
             for (int64_t i = v_from * HV * V; i < T * HV * V; i++) {
                 const size_t at = (size_t)(b * T * HV * V + i);
-                test_tensor_set(&v, at, test_tensor_get(&v, at) * v_late);
+                if (i % V >= w->v_cols_from) test_tensor_set(&v, at, test_tensor_get(&v, at) * v_late);
             }
     if (w && K > KD) { /* values bf16 holds (pf_wide) */
         test_tensor *const wide[3] = {&q, &k, &v};
@@ -1325,6 +1326,10 @@ int main(int argc, char **argv)
          {.qkv_dtype = F16, .v_scale = 1e4, .v_scale_from = 96, .quick = 1}},
         {STD_CASE("range: fp32 v x 1e6 from token 100", 1, 200, 2, 2, 0),
          {.qkv_dtype = F32, .v_scale = 1e6, .v_scale_from = 100, .quick = 1}},
+        /* the jump in value columns 16 on only: the warps of one chain CTA rescale at different
+         * chunks (where the loop has two copies, they are in different copies at one barrier) */
+        {STD_CASE("range: fp16 v x 1e4 from token 96, columns 16 on", 1, 200, 2, 2, 0),
+         {.qkv_dtype = F16, .v_scale = 1e4, .v_scale_from = 96, .v_cols_from = 16, .quick = 1}},
         {STD_CASE("range: fp16 a growing chunk at token 96", 1, 200, 2, 2, 0),
          {.qkv_dtype = F16, .out_of_domain = 1, .gate = {-0.05, 1, 0}, .g_grow_from = 96, .g_grow = 0.8, .quick = 1}},
         /* the same two on 3 segments: the jump and the growing chunk inside segment 1 (chunks
