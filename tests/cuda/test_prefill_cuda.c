@@ -1345,8 +1345,8 @@ int main(int argc, char **argv)
          {.qkv_dtype = F32, .qk_scale = 300, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
         /* The same from token 100 on, with fp32 and with fp16 inputs: the fp16 chain's first chunks
          * are in its domain, chunk 6 is the first flagged one (where a kernel runs its chunk loop
-         * in two copies, prefill_chain_step.cuh, the fp16-output ones, its chain warps move to the
-         * second copy there for the rest of the run). */
+         * in two copies, prefill_chain_step.cuh, its chain warps take each flagged chunk in the
+         * second copy and come back to the first). */
         {NO_NORM_CASE("range: fp32 no norm, |k| ~ 300 from token 100", 1, 200, 2, 2),
          {.qkv_dtype = F32, .qk_scale = 300, .qk_scale_from = 100, .beta_max = 1.5e-5, .out_of_domain = 1, .quick = 1}},
         {NO_NORM_CASE("range: fp16 no norm, |k| ~ 300 from token 100", 1, 200, 2, 2),
