@@ -207,7 +207,7 @@ static __device__ __forceinline__ float ch16_state_max(const float (*S)[4])
 #undef CH_RUN
 #undef CH_SPLIT
 #undef CH_COPIES
-/* The fp16 chain's fp16-output kernels: the chunk loop in two copies (prefill_chain_step.cuh). */
+/* The fp16 chain's kernels: the chunk loop in two copies (prefill_chain_step.cuh). */
 #define CH_RUN chain_run_copies
 #define CH_SPLIT 0
 #define CH_COPIES 1
@@ -247,7 +247,7 @@ __global__ void __launch_bounds__(256, 1) pf_chain16_kernel_f16_out(const pf_par
 }
 __global__ void __launch_bounds__(256, 1) pf_chain16_kernel_any_out(const pf_params p, const pf_chain_plan plan)
 {
-    chain_run(p, plan, PF_OUT_ANY, 1);
+    chain_run_copies(p, plan, PF_OUT_ANY, 1);
 }
 /* The fp16 chain with its output warps. */
 __global__ void __launch_bounds__(256, 1) pf_chain16_kernel_split_f16_out(const pf_params p, const pf_chain_plan plan)
@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(256, 1) pf_chain16_kernel_split_f16_out(const 
 }
 __global__ void __launch_bounds__(256, 1) pf_chain16_kernel_split_any_out(const pf_params p, const pf_chain_plan plan)
 {
-    chain_run_split(p, plan, PF_OUT_ANY, 1);
+    chain_run_split_copies(p, plan, PF_OUT_ANY, 1);
 }
 
 cudaError_t pf_launch_chain(const pf_params *p, const pf_chain_plan *plan, cudaStream_t stream)

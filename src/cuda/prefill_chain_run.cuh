@@ -2,7 +2,7 @@
  * prefill_chain_run.cuh: the chain's body, chain_run (prefill_chain.cu, whose top describes it),
  * included four times by prefill_chain.cu: as chain_run (CH_SPLIT 0) and as chain_run_split
  * (CH_SPLIT 1, the output on warps of its own), each also with CH_COPIES 1 (_copies: the chunk loop
- * in two copies, for the fp16 chain's fp16-output kernels). The split parts are compiled only into
+ * in two copies, for the fp16 chain's kernels). The split parts are compiled only into
  * the split forms, so the unsplit kernels are the same code with or without them (their register
  * allocation moved when the split parts were there as dead branches); likewise the copies. The
  * chunk loop's body, one chunk's step, is prefill_chain_step.cuh (which says why two copies).
@@ -467,9 +467,8 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
     } while (0)
 
             /* The run's chunks. CH_COPIES: in two copies of the step (prefill_chain_step.cuh says
-         * why), the fp16 chain's fp16-output kernels only: in its fp32-tile output kernels ptxas
-         * spilled into the loops with both (up to 4 spill loads a chunk on the chain warps' path),
-         * and the bf16 chain has no flagged chunk. A chain warp leaves the first copy for one
+         * why), the fp16 chain's kernels only (the bf16 chain has no flagged chunk and no
+         * rescale). A chain warp leaves the first copy for one
          * chunk of the second and comes back; the split kernels' output warps never leave it:
          * each iteration of either ends in the same barrier 0, reached from either copy. */
 #if CH_COPIES

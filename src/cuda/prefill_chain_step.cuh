@@ -1,7 +1,7 @@
 /*
  * prefill_chain_step.cuh: one chunk's step of the chain, the body of chain_run's chunk loop
  * (prefill_chain_run.cuh). Where the chain runs its loop in two copies (CH_COPIES: the fp16
- * chain's fp16-output kernels), it is included twice: as the first copy (CH_STEP_FAST 1), which
+ * chain's kernels), it is included twice: as the first copy (CH_STEP_FAST 1), which
  * serves the chunks of fp16 records whose range check passes, its step compiled with the record's
  * bf16 flag a constant 0 and without the rescale, and as the second (CH_STEP_FAST 0), the step
  * with both products and the rescale, which a chain warp enters for one chunk, a flagged one or
