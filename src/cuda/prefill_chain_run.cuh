@@ -468,9 +468,9 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
 
             /* The run's chunks. CH_COPIES: in two copies of the step (prefill_chain_step.cuh says
          * why), the fp16 chain's kernels only (the bf16 chain has no flagged chunk and no
-         * rescale). A chain warp leaves the first copy for one
-         * chunk of the second and comes back; the split kernels' output warps never leave it:
-         * each iteration of either ends in the same barrier 0, reached from either copy. */
+         * rescale). A chain warp leaves the first copy for one chunk of the second and comes
+         * back; the split kernels' output warps never leave it: each iteration of either ends in
+         * the same barrier 0, reached from either copy. */
 #if CH_COPIES
         while (c < stop) {
             for (; c < stop; c++) {
@@ -481,7 +481,8 @@ static __device__ __forceinline__ void CH_RUN(const pf_params &p, const pf_chain
 #undef CH_STEP_FAST
             }
             if (c >= stop) break;
-            do { /* chunk c in the second copy, then back to the first */
+            do { /* chunk c in the second copy, then back to the first (a do, not a bare block:
+                  * a break in the step would leave it, not the run's loop, and skip no c++) */
 #define CH_STEP_FAST 0
 #define CH_ITERATION_END iteration_end_general
 #include "prefill_chain_step.cuh"

@@ -51,8 +51,7 @@ static int qkg_load(const fkda_problem *p, int fp16)
 {
     if (p->K > PF_DK) return PF_LOAD_ELEMENTS;
     if (bf16_rows16(&p->q, p->K) && bf16_rows16(&p->k, p->K) && bf16_rows16(&p->g, p->K)) return PF_LOAD_BF16;
-    if (fp16 && f16_rows16(&p->q, p->K) && f16_rows16(&p->k, p->K) &&
-        (f16_rows16(&p->g, p->K) || bf16_rows16(&p->g, p->K)))
+    if (fp16 && f16_rows16(&p->q, p->K) && f16_rows16(&p->k, p->K) && is16bit(&p->g) && rows16(&p->g, p->K))
         return PF_LOAD_F16;
     if (rows16(&p->q, p->K) && rows16(&p->k, p->K) && rows16(&p->g, p->K)) return PF_LOAD_TILES;
     return PF_LOAD_ELEMENTS;
