@@ -36,6 +36,16 @@ fi
 
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >"$build.cmake.log" 2>&1 ||
   { tail -n 30 "$build.cmake.log"; exit 1; }
+# An object whose entry in ninja's deps log lists no headers is not rebuilt when a header it
+# includes changes, so a level of prebuild_pending.sh would ship the previous level's kernels under
+# the new table (seen: decode_tiles.cu.o without decode_variants.h's new row). Such objects are
+# removed so that they rebuild; every object of a complete compile lists at least one header.
+if [ -f "$build/.ninja_deps" ]; then
+  ninja -C "$build" -t deps | sed -n 's/^\(.*\.o\): #deps 0,.*/\1/p' | while read -r obj; do
+    echo "prebuild_gpu.sh: $obj has no recorded headers; rebuilding it"
+    rm -f "$build/$obj"
+  done
+fi
 # The ptxas warnings come only from files that compile: a full log each run keeps them all.
 cmake --build "$build" -j "$(nproc)" 2>&1 | tee "$build.log" | grep -E "error:|FAILED:" || true
 [ "${PIPESTATUS[0]}" -eq 0 ] || { tail -n 40 "$build.log"; exit 1; }
