@@ -174,20 +174,26 @@ mutant cuda-prefill-prep-tf32-tile cuda src/cuda/prefill_prep.cu \
 mutant cuda-prefill-prep-negw-tf32 cuda src/cuda/prefill_prep_steps.cuh \
   'boff[n][e] = (2 * t + e) * 512' \
   'boff[n][e] = (2 * t) * 512'
-# Step 4' halved (the bf16 family's checked chunks whose gate never grows): the second triangle's
-# entries written into rows 0-7, above the diagonal, so rows 8-15's own are never written.
-mutant cuda-prefill-prep-halved-upper cuda src/cuda/prefill_prep_steps.cuh \
-  'i += 8 * upper;' \
-  'i += 0 * upper;'
-# The same step's tensor-core block: every lane column reads unit 4s, so a quarter of the keys is
-# summed four times and the rest never.
-mutant cuda-prefill-prep-block-keys cuda src/cuda/prefill_prep_steps.cuh \
-  'prep_block_operands(fq, fk, fg, g, 4 * s + t, kc, qc, ki);' \
-  'prep_block_operands(fq, fk, fg, g, 4 * s, kc, qc, ki);'
-# The fp16 family's block (hi + lo terms): the same slip.
-mutant cuda-prefill-prep-block16-keys cuda src/cuda/prefill_prep_steps.cuh \
-  'prep_block_operands(fq, fk, fg, g, t + 4 * s, kc, qc, ki);' \
-  'prep_block_operands(fq, fk, fg, g, 4 * s, kc, qc, ki);'
+# Step 4' nested (the checked chunks whose G never rises): a level's outputs kept one block too
+# far (levels 4, 2 and 1; at level 8 every output is kept anyway), so products across blocks land
+# above the diagonal of Mqk (entries the chain reads as 0) and over coarser levels' entries below
+# it, with the wrong split.
+mutant cuda-prefill-prep-nested-mask cuda src/cuda/prefill_prep_steps.cuh \
+  'if ((g ^ gc) < s) {' \
+  'if ((g ^ gc) <= s) {'
+# The same step's tensor-core levels: every lane column reads unit 4ks, so a quarter of the keys
+# is summed four times and the rest never.
+mutant cuda-prefill-prep-level-keys cuda src/cuda/prefill_prep_steps.cuh \
+  'prep_level_operands(fq, fk, fg, x, y, z, 4 * ks + t, kc, qc, ki);' \
+  'prep_level_operands(fq, fk, fg, x, y, z, 4 * ks, kc, qc, ki);'
+# The fp16 family's levels (hi + lo terms): the same slip.
+mutant cuda-prefill-prep-level16-keys cuda src/cuda/prefill_prep_steps.cuh \
+  'prep_level_operands(fq, fk, fg, x, y, z, t + 4 * ks, kc, qc, ki);' \
+  'prep_level_operands(fq, fk, fg, x, y, z, 4 * ks, kc, qc, ki);'
+# Its diagonal: each row's Mqk_ii summed over one half of the keys only.
+mutant cuda-prefill-prep-nested-self cuda src/cuda/prefill_prep_steps.cuh \
+  'm += __shfl_xor_sync(0xffffffffu, m, 1);' \
+  'm += 0.0f;'
 # The checked kernels' step 6 from Kd's tile: both halves store their Kd into rows 0-7, so rows
 # 8-15 of the tile keep step 4's operands.
 mutant cuda-prefill-prep-kd-tile cuda src/cuda/prefill_prep_steps.cuh \

@@ -26,12 +26,13 @@
  *      eighth of it, dev/numerics: +0.7 % on the output's error); the fp16 family on hi*hi +
  *      hi*lo + lo*hi of bf16 terms (about fp32 accuracy, which its 11-bit chain needs for Mqk:
  *      tf32 there is +41 % on its output error; L shares ki's terms);
- *   4'. or, pairwise in fp32: L_ij and Mqk_ij = sum_c x_i[c] k_j[c] 2^(G_i[c] - G_j[c]) with
- *      every exponent <= 0 for a decaying gate, so nothing overflows whatever the decay; where the
- *      chunk's G_j >= G_7 >= G_i for every j < 8 <= i (always, for a gate that never grows), only
- *      for i and j in the same half, the block i >= 8 > j being step 4's product on factors
- *      centred at G_7, then <= 1 (prefill_prep_steps.cuh, prep_pair_block; the fp16 family's on
- *      hi + lo terms, prep_pair_block16);
+ *   4'. or, nested: for a chunk whose G never rises (a gate that never grows), each entry i > j
+ *      as step 4's product on factors centred at the last row z of the first half of the
+ *      smallest aligned block that holds both rows, 2^(G_i - G_z) and 2^(G_z - G_j), both <= 1
+ *      whatever the decay, so nothing overflows: four levels of blocks (8, 4, 2, 1 rows), one
+ *      product each, on the four warps (prefill_prep_steps.cuh, prep_pair_level; the fp16
+ *      family's on hi + lo terms, prep_pair_level16), the diagonal in fp32; a chunk whose G rises
+ *      somewhere, pairwise in fp32: L_ij and Mqk_ij = sum_c x_i[c] k_j[c] 2^(G_i[c] - G_j[c]);
  *   5. warp 0: INV = (I + L)^-1 by fp32 forward substitution (lane c owns column c), bINV =
  *      INV diag(b), stored as hi + lo bf16 terms like Mqk;
  *   6. W = bINV Kd, stored negated (the chain adds S^T (-W)^T), on tensor cores: in the unchecked
@@ -299,13 +300,8 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                 float x[8];
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
-                    if (dt == FKDA_DTYPE_BF16) {
-                        x[2 * j] = __uint_as_float(w[j] << 16);
-                        x[2 * j + 1] = __uint_as_float(w[j] & 0xffff0000u);
-                    } else {
-                        x[2 * j] = __half2float(__ushort_as_half((unsigned short)(w[j] & 0xffffu)));
-                        x[2 * j + 1] = __half2float(__ushort_as_half((unsigned short)(w[j] >> 16)));
-                    }
+                    const float2 xy = prep_widen2(w[j], dt != FKDA_DTYPE_BF16);
+                    x[2 * j] = xy.x, x[2 * j + 1] = xy.y;
                 }
                 float *row_ = (float *)s_buf[2 * which] + r * 128;
                 *(float4 *)(row_ + prep_f32_col(8 * unit)) = make_float4(x[0], x[1], x[2], x[3]);
@@ -351,10 +347,6 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
                     const float2 a = prep_widen2(wq[j], qk16), b = prep_widen2(wk[j], qk16);
                     sq += a.x * a.x + a.y * a.y;
                     sk += b.x * b.x + b.y * b.y;
-                    if (f16) { /* the fp16 family: also the largest |entry| of each row */
-                        mq = fmaxf(mq, fmaxf(fabsf(a.x), fabsf(a.y)));
-                        mk = fmaxf(mk, fmaxf(fabsf(b.x), fabsf(b.y)));
-                    }
                 }
             }
         } else {
@@ -379,7 +371,7 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
         for (int m = 1; m < 8; m <<= 1) {
             sq += __shfl_xor_sync(0xffffffffu, sq, m);
             sk += __shfl_xor_sync(0xffffffffu, sk, m);
-            if (f16) {
+            if (f16 && !qk16) {
                 mq = fmaxf(mq, __shfl_xor_sync(0xffffffffu, mq, m));
                 mk = fmaxf(mk, __shfl_xor_sync(0xffffffffu, mk, m));
             }
@@ -387,7 +379,12 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
         if (part == 0) {
             s_rq[r] = p.l2norm ? rsqrtf(sq + 1e-6f) : 1.0f;
             s_rk[r] = p.l2norm ? rsqrtf(sk + 1e-6f) : 1.0f;
-            if (f16) s_out16[r] = !prep_row_in_fp16(&p, sq, sk, mq, mk, s_rq[r], s_rk[r], s_b[r]);
+            /* The fp16 family's test needs to know a zero row (mq, mk == 0). The fp16 tiles tell
+             * it by the squares' sum: the least fp16 subnormal, 2^-24, squares to 2^-48, a normal
+             * fp32, so a row's sum is 0 only where every entry is (fp32 entries, whose squares can
+             * underflow, keep their largest entries). */
+            if (f16)
+                s_out16[r] = !prep_row_in_fp16(&p, sq, sk, qk16 ? sq : mq, qk16 ? sk : mk, s_rq[r], s_rk[r], s_b[r]);
         }
     }
     __syncthreads();
@@ -450,16 +447,16 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     /* (the f16 forms' barrier below serves the unchecked ones as this one) */
     /* (fmaxf skips a NaN difference: a NaN gate gives NaN operands on either path) */
     /* exact_qk (small calls, the bf16 family only: prefill_select.c): step 4' for every chunk,
-     * whole (not halved) */
+     * whole (not nested) */
     const int pairwise = gate_checked ? __syncthreads_or((!f16 && p.exact_qk) || !(span <= span_max))
                                       : (f16 ? 0 : (__syncthreads(), 0));
-    /* step 4' halved (prefill_prep_steps.cuh, prep_pair_block): the chunks whose block factors are
-     * at most 1 (prep_block_unbounded; the fp16 family, which tracks growing steps for its
-     * record's dtype anyway, halves only chunks without one, a stricter test: each of them
-     * passes the bound). A vote of its own, taken only by chunks that take step 4' (`pairwise` is
-     * the CTA's). */
-    const int halved = gate_checked && pairwise && !(!f16 && p.exact_qk) &&
-                       !__syncthreads_or(f16 ? grows : prep_block_unbounded(D, hf));
+    /* step 4' nested (prefill_prep_steps.cuh, prep_pair_level): the chunks whose G tile never rises
+     * down a column (prep_rows_rise; the fp16 family, which tracks growing steps for its record's
+     * dtype anyway, takes only chunks without one, a stricter test), every level's factors then
+     * at most 1. A vote of its own, taken only by chunks that take step 4' (`pairwise` is the
+     * CTA's), so that the chunks of step 4 pay nothing for it. */
+    const int nested = gate_checked && pairwise && !(!f16 && p.exact_qk) &&
+                       !__syncthreads_or(f16 ? grows : prep_rows_rise(D, hf));
     /* f16: the whole chunk in fp16's domain, or the bf16 record (flagged in gamma[0]) */
     const int rec16 = f16 ? !__syncthreads_or(grows || (tid < 16 && s_out16[tid])) : 0;
 
@@ -590,14 +587,13 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
             }
         }
     } else {
-        if (halved) { /* the block on warp 0's tensor cores, the two triangles pairwise on the others */
+        if (nested) { /* level 8 >> w on warp w's tensor cores, the diagonal on warp 3 */
             prep_pair_zero_upper(s_L, rec);
-            if (warp == 0 && f16)
-                prep_pair_block16(fq, fk, fg, s_L, s_b, rec, p.scale, lane, rec16);
-            else if (warp == 0)
-                prep_pair_block(fq, fk, fg, s_L, s_b, rec, p.scale, lane);
+            if (f16)
+                prep_pair_level16(fq, fk, fg, s_L, s_b, rec, p.scale, 8 >> warp, lane, rec16);
             else
-                prep_pair_diagonal(fq, fk, fg, s_L, s_b, rec, p.scale, warp, lane, rec16);
+                prep_pair_level(fq, fk, fg, s_L, s_b, rec, p.scale, 8 >> warp, lane);
+            if (warp == 3) prep_pair_self(fq, fk, s_L, s_b, rec, p.scale, lane, rec16);
         } else {
             prep_pairwise(fq, fk, fg, s_L, s_b, rec, p.scale, rec16);
         }

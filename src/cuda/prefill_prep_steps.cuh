@@ -210,29 +210,54 @@ static __device__ __forceinline__ void prep_pairwise(const float *fq, const floa
     if ((tid & 15) == 0) prep_pair_store(s_L, s_b, rec, scale, i, j, l, m, rec16);
 }
 
-/* Whether a thread's columns break step 4' halved's bound (prep_pair_block), read off D = G_r - G_7
- * of its 8 rows and 2 keys (prefill_prep.cu, step 3's end): rows 0-7 need D >= 0, rows 8-15 D <= 0
- * (hf: which half the thread owns), a NaN counting as a break. D in that sign gives the block's
- * exponents exactly that sign, since the pairwise branch's G tile is G_7 + D and fp32 rounding is
- * monotone (G_7 + D >= G_7 for D >= 0), so every factor the block forms is at most 1 whatever the
- * gate did in between; every chunk whose gate never grows passes. */
-static __device__ __forceinline__ int prep_block_unbounded(const float D[16], int hf)
+/* Whether step 4' nested's premise fails in a thread's columns: the G tile (G_7 + D) rising
+ * from a row to the next, read off D of its 8 rows and 2 keys (prefill_prep.cu, step 3's end): a
+ * D above the one of the row before, or in the second half (hf) its first row's above 0 (row 7's
+ * D), a NaN counting as a rise. fp32 rounding is monotone, so where D never rises neither does
+ * the tile, and every factor a level forms is at most 1; every chunk whose gate never grows
+ * passes. */
+static __device__ __forceinline__ int prep_rows_rise(const float D[16], int hf)
 {
     int out = 0;
 #pragma unroll
-    for (int e = 0; e < 16; e++) out |= hf ? !(D[e] <= 0.0f) : !(D[e] >= 0.0f);
+    for (int h = 0; h < 2; h++) {
+        out |= hf && !(D[h] <= 0.0f);
+#pragma unroll
+        for (int i = 0; i < 7; i++) out |= !(D[2 * (i + 1) + h] <= D[2 * i + h]);
+    }
     return out;
 }
 
-/* The block's centred operands for the four keys of 16-byte unit u, as prep_pair_block and
- * prep_pair_block16 read them (lane row g): kc = k 2^(G - G_7) and qc of row 8 + g, ki = k 2^(G_7 -
- * G) of row g, every factor at most 1 in the chunks step 4' halves. */
-static __device__ __forceinline__ void prep_block_operands(const float *fq, const float *fk, const float *fg, int g,
-                                                           int u, float kc[4], float qc[4], float ki[4])
+/* Step 4' nested, for a checked chunk whose G never rises from a row to the next in any key
+ * channel (prep_rows_rise: every chunk whose gate never grows, so every chunk of the lower-bound
+ * and softplus gates): every entry i > j of L and Mqk goes on tensor cores, through the highest
+ * bit in which i and j differ. With
+ * s that bit (8, 4, 2 or 1), i and j share the block b of 2 s rows (b = i / 2s = j / 2s), j lies
+ * in its first half and i in its second, and the exponent splits at that half's last row z = 2 s b
+ * + s - 1:
+ *   2^(G_i - G_j) = 2^(G_i - G_z) 2^(G_z - G_j),   j <= z < i,
+ * where both factors are at most 1 (G_i <= G_z <= G_j), so neither overflows, and one that
+ * underflows to 0 stands for a term below 2^-126 |k_i| |k_j| of the true one (the other factor is
+ * at most 1). So each level s is one product of the same shape for every s: A's rows kc = k_x
+ * 2^(G_x - G_z) (and qc for q) on the 8 rows x of the blocks' second halves, B's columns ki = k_y
+ * 2^(G_z - G_y) on the 8 rows y of their first halves, lane row g standing for x = 2 s b + s + w
+ * and y = 2 s b + w (b = g / s, w = g mod s); of its 8 x 8 outputs the entries with both rows in
+ * one block (g / s = g' / s) are L's and Mqk's, the others are products across blocks, dropped.
+ * Each entry i > j is one level's, in one lane, once. The diagonal (Mqk_ii = q_i k_i; L's is 0)
+ * has no exponent at all (prep_pair_self). Warp w takes level 8 >> w, warp 3 the diagonal too,
+ * so the step is the 4 warps' tensor-core products and one exp2 per operand, where summing
+ * entries one by one took an exp2 per key of each of them.
+ * A G that rises anywhere in the chunk could put G_z outside [G_i, G_j] and a factor above 1
+ * (overflow, or a term dropped that the other factor would have raised back): such chunks keep
+ * prep_pairwise.
+ * The operands for the four keys of 16-byte unit u of lane row g at level s, as prep_pair_level
+ * and prep_pair_level16 read them. */
+static __device__ __forceinline__ void prep_level_operands(const float *fq, const float *fk, const float *fg, int x,
+                                                           int y, int z, int u, float kc[4], float qc[4], float ki[4])
 {
-    const float4 xk4 = ((const float4 *)(fk + (8 + g) * 128))[u], xq4 = ((const float4 *)(fq + (8 + g) * 128))[u];
-    const float4 xg4 = ((const float4 *)(fg + (8 + g) * 128))[u], zg4 = ((const float4 *)(fg + 7 * 128))[u];
-    const float4 yk4 = ((const float4 *)(fk + g * 128))[u], yg4 = ((const float4 *)(fg + g * 128))[u];
+    const float4 xk4 = ((const float4 *)(fk + x * 128))[u], xq4 = ((const float4 *)(fq + x * 128))[u];
+    const float4 xg4 = ((const float4 *)(fg + x * 128))[u], zg4 = ((const float4 *)(fg + z * 128))[u];
+    const float4 yk4 = ((const float4 *)(fk + y * 128))[u], yg4 = ((const float4 *)(fg + y * 128))[u];
     const float xk[4] = {xk4.x, xk4.y, xk4.z, xk4.w}, xq[4] = {xq4.x, xq4.y, xq4.z, xq4.w};
     const float xg[4] = {xg4.x, xg4.y, xg4.z, xg4.w}, zg[4] = {zg4.x, zg4.y, zg4.z, zg4.w};
     const float yk[4] = {yk4.x, yk4.y, yk4.z, yk4.w}, yg[4] = {yg4.x, yg4.y, yg4.z, yg4.w};
@@ -245,86 +270,100 @@ static __device__ __forceinline__ void prep_block_operands(const float *fq, cons
     }
 }
 
-/* Step 4' halved, for a checked chunk whose G_j >= G_7 >= G_i for every j < 8 <= i (every chunk
- * whose gate never grows is one): only the entries whose rows i and columns j lie in the same half
- * of the chunk go pairwise (the two triangles of 36, prep_pair_diagonal); the block i >= 8 > j goes on
- * tensor cores (prep_pair_block), its exponents split at row 7:
- *   2^(G_i - G_j) = 2^(G_i - G_7) 2^(G_7 - G_j),   i >= 8 > 7 >= j,
- * where both factors are <= 1 whatever the decay (G_i <= G_7 <= G_j), so neither overflows, and
- * one that underflows to 0 stands for a term below 2^-126 |k_i| |k_j| of the true one (the other
- * factor is at most 1). So that block is the product of kc = k_i 2^(G_i - G_7) (and qc) on rows
- * 8..15 with ki = k_j 2^(G_7 - G_j) on rows 0..7: step 4's centred operands, on exactly the rows
- * where the centring never leaves fp32's range; the rows where it does (kc on 0..7, ki on 8..15)
- * feed only the triangles. A G below G_7 before row 7, or above it after, breaks the bound (a
- * factor above 1 can overflow, or drop a term that the other factor would have raised back);
- * such chunks keep prep_pairwise.
- * The fp16 family forms the block on bf16 hi + lo terms instead (prep_pair_block16), as its
- * step 4 does.
- *
- * prep_pair_block, one warp: the 8 x 8 block of L (rows 8..15 of kc times rows 0..7 of ki) and of
- * Mqk (qc for kc) as one m16n8k8 tf32 tile over 16 k-steps: A's rows 0-7 are kc's rows 8-15, its
- * rows 8-15 qc's, B = ki^T; accumulator c0, c1 are L[8 + g][2t, 2t + 1], c2, c3 Mqk's. tf32, as
- * step 4 has in every unchecked chunk of the bf16 family. The operands are formed from the fp32
- * tiles as the k-steps need them: lane (g, t) takes the 16-byte units u = 4 s + t (s = 0..7) of its
- * rows (k, q, G of row 8 + g; k, G of row g; G of row 7), k-step 2 s + h putting key 4u + 2h in
- * slot t and 4u + 2h + 1 in slot t + 4: a key's A and B values come from the same lane, and every
- * key is in one slot of one k-step. Lanes of one t read one unit of 8 rows 512 bytes apart, so a
- * quarter-warp's loads meet in pairs (two-way bank conflicts; row 7's G is one address, a
- * broadcast). */
-static __device__ __forceinline__ void prep_pair_block(const float *fq, const float *fk, const float *fg,
+/* Lane row g's rows at level s (a power of two, 1 to 8): x in the second half of block b = g / s,
+ * y in its first, z the first half's last row; with hb = s b (g's bits above s) and w = g mod s,
+ * x = 2 hb + s + w = g + hb + s and y = g + hb, by bit operations (s is the warp's, known only
+ * at run time, where a division is a long sequence). */
+static __device__ __forceinline__ void prep_level_rows(int s, int g, int *x, int *y, int *z)
+{
+    const int hb = g & ~(s - 1);
+    *x = g + hb + s;
+    *y = g + hb;
+    *z = 2 * hb + s - 1;
+}
+
+/* The lane's outputs at level s: L and Mqk at (x, y(2t + c)) for c = 0, 1 (x the lane row's A row),
+ * kept where both lane rows lie in one block. */
+static __device__ __forceinline__ void prep_level_store(float (*s_L)[17], const float *s_b, unsigned char *rec,
+                                                        float scale, int s, int x, int g, int t, const float l[2],
+                                                        const float m[2], int rec16)
+{
+#pragma unroll
+    for (int c = 0; c < 2; c++) {
+        const int gc = 2 * t + c;
+        if ((g ^ gc) < s) { /* g / s == gc / s, s a power of two */
+            int xc, y, z;
+            prep_level_rows(s, gc, &xc, &y, &z);
+            prep_pair_store(s_L, s_b, rec, scale, x, y, l[c], m[c], rec16);
+        }
+    }
+}
+
+/* prep_pair_level, one warp: level s of step 4' nested as one m16n8k8 tf32 tile over 16 k-steps: A's
+ * rows 0-7 are kc's (rows x), its rows 8-15 qc's, B = ki^T (rows y); accumulator c0, c1 are L's,
+ * c2, c3 Mqk's. tf32, as step 4 has in every unchecked chunk of the bf16 family. The operands
+ * are formed from the fp32 tiles as the k-steps need them: lane (g, t) takes the 16-byte units u
+ * = 4 s' + t (s' = 0..7) of its rows, k-step 2 s' + h putting key 4u + 2h in slot t and 4u + 2h + 1
+ * in slot t + 4: a key's A and B values come from the same lane, and every key is in one slot of
+ * one k-step. Lanes of one t read one unit of 8 rows 512 bytes apart, so a quarter-warp's loads
+ * meet in pairs (two-way bank conflicts; a shared z row is one address, a broadcast). */
+static __device__ __forceinline__ void prep_pair_level(const float *fq, const float *fk, const float *fg,
                                                        float (*s_L)[17], const float *s_b, unsigned char *rec,
-                                                       float scale, int lane)
+                                                       float scale, int s, int lane)
 {
     const int g = lane >> 2, t = lane & 3;
+    int x, y, z;
+    prep_level_rows(s, g, &x, &y, &z);
     float acc[2][4]; /* even and odd k-steps: two chains of 8 */
 #pragma unroll
     for (int h = 0; h < 2; h++)
 #pragma unroll
         for (int e = 0; e < 4; e++) acc[h][e] = 0.0f;
 #pragma unroll 2
-    for (int s = 0; s < 8; s++) {
+    for (int ks = 0; ks < 8; ks++) {
         float kc[4], qc[4], ki[4];
-        prep_block_operands(fq, fk, fg, g, 4 * s + t, kc, qc, ki);
+        prep_level_operands(fq, fk, fg, x, y, z, 4 * ks + t, kc, qc, ki);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             uint32_t a[4], b[2];
 #pragma unroll
-            for (int x = 0; x < 2; x++) { /* slot t + 4 x: key 4u + 2h + x */
-                const int c = 2 * h + x;
-                a[2 * x] = tf32_operand(kc[c]);     /* row g: kc of row 8 + g */
-                a[2 * x + 1] = tf32_operand(qc[c]); /* row g + 8: qc of row 8 + g */
-                b[x] = tf32_operand(ki[c]);         /* column g: ki of row g */
+            for (int c = 0; c < 2; c++) { /* slot t + 4 c: key 4u + 2h + c */
+                const int e = 2 * h + c;
+                a[2 * c] = tf32_operand(kc[e]);     /* row g: kc of row x */
+                a[2 * c + 1] = tf32_operand(qc[e]); /* row g + 8: qc of row x */
+                b[c] = tf32_operand(ki[e]);         /* column g: ki of row y */
             }
             mma_tf32_1688(acc[h], a, b[0], b[1], acc[h]);
         }
     }
-#pragma unroll
-    for (int x = 0; x < 2; x++)
-        prep_pair_store(s_L, s_b, rec, scale, 8 + g, 2 * t + x, acc[0][x] + acc[1][x], acc[0][2 + x] + acc[1][2 + x],
-                        0);
+    const float l[2] = {acc[0][0] + acc[1][0], acc[0][1] + acc[1][1]};
+    const float m[2] = {acc[0][2] + acc[1][2], acc[0][3] + acc[1][3]};
+    prep_level_store(s_L, s_b, rec, scale, s, x, g, t, l, m, 0);
 }
 
-/* prep_pair_block16: the same block for the fp16 family, whose chain needs L and Mqk at about 16
+/* prep_pair_level16: the same level for the fp16 family, whose chain needs L and Mqk at about 16
  * bits (its step 4's hi*hi + hi*lo + lo*hi on bf16 terms): one m16n8k16 bf16 tile over 8 k-steps,
- * three products a k-step in three accumulators (chains 8 deep). A's registers: row g (kc of row 8
- * + g) and row g + 8 (qc) at k-slots 2t, 2t + 1 and 2t + 8, 2t + 9; B's: k-slots 2t, 2t + 1 and 2t
- * + 8, 2t + 9 at column g (ki of row g). Lane (g, t) takes unit u = t + 4 s of its rows in k-step
- * s, keys 4u, 4u + 1 in slots 2t, 2t + 1 and 4u + 2, 4u + 3 in 2t + 8, 2t + 9: again a key's A and
- * B values from one lane, every key once. The record's Mqk in the chunk's format (rec16). */
-static __device__ __forceinline__ void prep_pair_block16(const float *fq, const float *fk, const float *fg,
+ * three products a k-step in three accumulators (chains 8 deep). A's registers: row g (kc of row
+ * x) and row g + 8 (qc) at k-slots 2t, 2t + 1 and 2t + 8, 2t + 9; B's: k-slots 2t, 2t + 1 and 2t
+ * + 8, 2t + 9 at column g (ki of row y). Lane (g, t) takes unit u = t + 4 ks in k-step ks, keys 4u,
+ * 4u + 1 in slots 2t, 2t + 1 and 4u + 2, 4u + 3 in 2t + 8, 2t + 9: again a key's A and B values
+ * from one lane, every key once. The record's Mqk in the chunk's format (rec16). */
+static __device__ __forceinline__ void prep_pair_level16(const float *fq, const float *fk, const float *fg,
                                                          float (*s_L)[17], const float *s_b, unsigned char *rec,
-                                                         float scale, int lane, int rec16)
+                                                         float scale, int s, int lane, int rec16)
 {
     const int g = lane >> 2, t = lane & 3;
+    int x, y, z;
+    prep_level_rows(s, g, &x, &y, &z);
     float acc[3][4]; /* hi*hi, hi*lo, lo*hi */
 #pragma unroll
     for (int m = 0; m < 3; m++)
 #pragma unroll
         for (int e = 0; e < 4; e++) acc[m][e] = 0.0f;
 #pragma unroll 2
-    for (int s = 0; s < 8; s++) {
+    for (int ks = 0; ks < 8; ks++) {
         float kc[4], qc[4], ki[4];
-        prep_block_operands(fq, fk, fg, g, t + 4 * s, kc, qc, ki);
+        prep_level_operands(fq, fk, fg, x, y, z, t + 4 * ks, kc, qc, ki);
         /* A: row g keys 4u, 4u + 1 | row g + 8 the same | row g keys 4u + 2, 4u + 3 | row g + 8 */
         const uint32_t ah[4] = {pack_bf16x2(kc[0], kc[1]), pack_bf16x2(qc[0], qc[1]), pack_bf16x2(kc[2], kc[3]),
                                 pack_bf16x2(qc[2], qc[3])};
@@ -336,41 +375,32 @@ static __device__ __forceinline__ void prep_pair_block16(const float *fq, const 
         mma_bf16_16816(acc[1], ah, bl0, bl1, acc[1]);
         mma_bf16_16816(acc[2], al, bh0, bh1, acc[2]);
     }
-#pragma unroll
-    for (int x = 0; x < 2; x++)
-        prep_pair_store(s_L, s_b, rec, scale, 8 + g, 2 * t + x, acc[0][x] + (acc[1][x] + acc[2][x]),
-                        acc[0][2 + x] + (acc[1][2 + x] + acc[2][2 + x]), rec16);
+    const float l[2] = {acc[0][0] + (acc[1][0] + acc[2][0]), acc[0][1] + (acc[1][1] + acc[2][1])};
+    const float m[2] = {acc[0][2] + (acc[1][2] + acc[2][2]), acc[0][3] + (acc[1][3] + acc[2][3])};
+    prep_level_store(s_L, s_b, rec, scale, s, x, g, t, l, m, rec16);
 }
 
-/* prep_pair_diagonal, the three other warps: the triangles' 72 entries (i >= j in one half), 24 a
- * warp in three rounds of 8, four lanes an entry (32 keys a lane, the quad's sums added by two
- * shuffles). Lane kq of quad q reads units 8 kq .. 8 kq + 7 of its rows starting at (2 kq + q) mod
- * 8: the eight lanes of a quarter-warp start in eight different bank groups. */
-static __device__ __forceinline__ void prep_pair_diagonal(const float *fq, const float *fk, const float *fg,
-                                                          float (*s_L)[17], const float *s_b, unsigned char *rec,
-                                                          float scale, int warp, int lane, int rec16)
+/* prep_pair_self, one warp: step 4' nested's diagonal, Mqk_ii = q_i k_i in fp32 (L_ii = 0), two
+ * lanes a row (64 keys each, summed by one shuffle); lane pair i starts at unit i + 4 half of its
+ * half, so that a quarter-warp's eight lanes (four rows, both halves) read eight bank groups. */
+static __device__ __forceinline__ void prep_pair_self(const float *fq, const float *fk, float (*s_L)[17],
+                                                      const float *s_b, unsigned char *rec, float scale, int lane,
+                                                      int rec16)
 {
-    const int q = lane >> 2, kq = lane & 3;
-#pragma unroll 1
-    for (int round = 0; round < 3; round++) {
-        const int d = (warp - 1) * 24 + round * 8 + q, upper = d >= 36; /* entry d of 72: half `upper` */
-        int i, j;
-        prep_pair_entry(upper ? d - 36 : d, &i, &j);
-        i += 8 * upper;
-        j += 8 * upper;
-        const float4 *const q4 = (const float4 *)(fq + i * 128), *const ki4 = (const float4 *)(fk + i * 128);
-        const float4 *const kj4 = (const float4 *)(fk + j * 128);
-        const float4 *const gi4 = (const float4 *)(fg + i * 128), *const gj4 = (const float4 *)(fg + j * 128);
-        float l = 0.0f, m = 0.0f;
+    const int i = lane >> 1, half = lane & 1;
+    const float4 *const q4 = (const float4 *)(fq + i * 128), *const k4 = (const float4 *)(fk + i * 128);
+    float m = 0.0f;
 #pragma unroll 4
-        for (int v = 0; v < 8; v++) prep_pair_unit(q4, ki4, kj4, gi4, gj4, 8 * kq + ((v + 2 * kq + q) & 7), &l, &m);
-#pragma unroll
-        for (int o = 1; o < 4; o <<= 1) {
-            l += __shfl_xor_sync(0xffffffffu, l, o);
-            m += __shfl_xor_sync(0xffffffffu, m, o);
-        }
-        if (kq == 0) prep_pair_store(s_L, s_b, rec, scale, i, j, l, m, rec16);
+    for (int v = 0; v < 16; v++) {
+        const int u = 16 * half + ((v + i + 4 * half) & 15);
+        const float4 a = q4[u], b = k4[u];
+        m += a.x * b.x;
+        m += a.y * b.y;
+        m += a.z * b.z;
+        m += a.w * b.w;
     }
+    m += __shfl_xor_sync(0xffffffffu, m, 1);
+    if (!half) prep_pair_store(s_L, s_b, rec, scale, i, i, 0.0f, m, rec16);
 }
 
 /* Column cc of (I + L)^-1 (L strictly lower, 16 x 16) by fp32 forward substitution: row i is
