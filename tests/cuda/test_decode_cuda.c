@@ -673,6 +673,20 @@ static dcase bf16_token_case(const char *name, fkda_dtype pool, int v_first)
 
 /* vLLM's speculative form with every token tensor bf16 (the _spec kernels' call): set_packed_form's
  * B sequences, 2-D indices with accepted counts, skips, the given pool; `steps` calls. */
+#define MAX_CASES 160 /* the full list's cases (add_case stops the run past it) */
+
+/* Appends a case to the list; past MAX_CASES the run stops (enlarge it) rather than write beyond
+ * the array. Returns the new count. */
+static int add_case(dcase *cases, int n, dcase c)
+{
+    if (n >= MAX_CASES) {
+        fprintf(stderr, "test_decode_cuda: more than %d cases\n", MAX_CASES);
+        exit(2);
+    }
+    cases[n] = c;
+    return n + 1;
+}
+
 static dcase spec_form_case(const char *name, int64_t B, const int64_t *pattern, int n_pattern, fkda_dtype pool,
                             int v_first, int steps)
 {
@@ -980,14 +994,14 @@ int main(int argc, char **argv)
         CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     }
 
-    dcase cases[160];
+    dcase cases[MAX_CASES];
     int n = 0;
     dcase c;
 
     c = base_case("fp32 pool, skipped sequences");
     c.N = 5;
     c.skip = 1;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("bf16 pool [V,K], 2-D indices, accepted, i64");
     c.pool_dtype = FKDA_DTYPE_BF16;
     c.v_first = 1;
@@ -996,7 +1010,7 @@ int main(int argc, char **argv)
     c.T = 3;
     c.N = 4;
     c.skip = 1;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("varlen [2,0,1,3], fp32 [V,K], i64 cu");
     c.nvar = 4;
     c.lens[0] = 2;
@@ -1005,84 +1019,84 @@ int main(int argc, char **argv)
     c.lens[3] = 3;
     c.v_first = 1;
     c.idx_dtype = FKDA_DTYPE_I64;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("K=100 V=50 (scalar path), softplus, f16");
     c.K = 100;
     c.V = 50;
     c.gate = FKDA_GATE_SOFTPLUS;
     c.in_dtype = FKDA_DTYPE_F16;
     c.aux_dtype = FKDA_DTYPE_BF16;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("strided tokens and pool, graph replays");
     c.strided = 1;
     c.graph = 1;
     c.steps = 3;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("misaligned bf16 pool (scalar path)");
     c.misaligned = 1;
     c.pool_dtype = FKDA_DTYPE_BF16;
     c.steps = 2;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     /* Enough heads (>= 4 per SM) for split-K tiles by default. */
     c = base_case("640 heads, fp32 [K,V], skips");
     c.N = 160;
     c.skip = 1;
     c.steps = 3;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("bf16 pool [V,K], 1-D indices, skips");
     c.N = 5;
     c.skip = 1;
     c.pool_dtype = FKDA_DTYPE_BF16;
     c.v_first = 1;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("300 heads, bf16 pool [K,V], skips (packed)");
     c.N = 75;
     c.skip = 1;
     c.pool_dtype = FKDA_DTYPE_BF16;
     c.steps = 3;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("back to back, fp32 [K,V]");
     c.twice = 1;
     c.steps = 3;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("back to back, 640 heads");
     c.N = 160;
     c.twice = 1;
     c.steps = 2;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("back to back, 300 heads bf16 (packed)");
     c.N = 75;
     c.twice = 1;
     c.steps = 2;
     c.pool_dtype = FKDA_DTYPE_BF16;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     /* Every token tensor bf16: the kernels compiled for it (narrow tiles, TOKEN_DTYPE). */
     c = base_case("bf16 tokens, bf16 pool [K,V], skips");
     c.bf16_g_beta = 1;
     c.N = 5;
     c.skip = 1;
     c.pool_dtype = FKDA_DTYPE_BF16;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("bf16 tokens, fp32 [K,V], 160 heads (wide tiles)");
     c.bf16_g_beta = 1;
     c.N = 40;
     c.skip = 1;
     c.steps = 2;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     /* One token, [V,K] pools: the cases the [V,K] bf16-token kernels serve (CU = 0). */
     c = base_case("bf16 tokens, fp32 [V,K], skips");
     c.bf16_g_beta = 1;
     c.N = 5;
     c.skip = 1;
     c.v_first = 1;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("bf16 tokens, bf16 pool [V,K], skips");
     c.bf16_g_beta = 1;
     c.N = 5;
     c.skip = 1;
     c.pool_dtype = FKDA_DTYPE_BF16;
     c.v_first = 1;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     /* vLLM's packed form (cu_seqlens, 1-D indices), every token bf16: the kernels compiled for
      * cu_seqlens (CU) in each pool dtype and layout, with sequences of 0, 1 and 3 tokens (T = N,
      * so still a decode step to the selection) and the skipped sequences 0 and 6 of 3 tokens. */
@@ -1098,7 +1112,7 @@ int main(int argc, char **argv)
         c.pool_dtype = i & 1 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
         c.v_first = i >> 1;
         c.steps = 3;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
     }
     /* The one-token CU kernels guess that sequence n is token n (vLLM's arange) and load it early:
      * here it is wrong for every one-token sequence (sequence 3i + 2 is token i), and from
@@ -1110,7 +1124,7 @@ int main(int argc, char **argv)
                             i ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32, 0);
         set_packed_form(&c, 12, empties, 3);
         c.H = c.HV = 1; /* 12 heads: the narrow tiles, bf16 pools' too */
-        cases[n++] = c;
+        n = add_case(cases, n, c);
     }
     /* 12 heads of bf16 pools, every token bf16: the narrow bf16 tiles, whose state words stay raw
      * until the token is staged, in the packed form with its guess held (arange) and in the
@@ -1124,7 +1138,7 @@ int main(int argc, char **argv)
             set_packed_form(&c, 12, ones, 1);
             c.H = c.HV = 1;
         }
-        cases[n++] = c;
+        n = add_case(cases, n, c);
     }
     /* Every token bf16 with A_log and dt_bias bf16 too (their dtype stays a run-time one in the
      * TOK kernels, whose staging loads dt_bias in both forms, each into a register of its own:
@@ -1134,7 +1148,7 @@ int main(int argc, char **argv)
                               : "one token, 12 heads, bf16 A_log and dt_bias, fp32 [K,V]",
                             i ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32, 0);
         c.aux_dtype = FKDA_DTYPE_BF16;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
     }
     /* 32 heads of bf16 pools, one token, every token bf16: the wide bf16 [K, V] tile, which loads
      * the token before the state and keeps the state's words raw until it is staged; in [V, K]
@@ -1145,7 +1159,7 @@ int main(int argc, char **argv)
                               : "one token, 32 heads, bf16 [K,V] (wide)",
                             FKDA_DTYPE_BF16, i);
         c.N = 8;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
     }
     /* vLLM's speculative form (cu_seqlens, 2-D indices, accepted counts), every token bf16: the
      * _spec kernels (narrow tiles at 32 heads) in each pool dtype and layout, with sequences of 2,
@@ -1163,7 +1177,7 @@ int main(int argc, char **argv)
         c.idx_dtype = i == 2 ? FKDA_DTYPE_I64 : FKDA_DTYPE_I32;
         c.no_accepted = i == 3;
         c.wild_accepted = i == 0;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
     }
     /* The _spec kernels stage a sequence's tokens in batches of up to 4, fewer in CTAs of fewer
      * than 4 warps (decode_spec.cuh): sequences longer than a batch (the second and third
@@ -1182,7 +1196,7 @@ int main(int argc, char **argv)
         c = spec_form_case(spec_long_names[i], spec_long_B[i], spec_long_lens, i == 2 ? 2 : 6,
                            bf16_pool ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32, v_first, 3);
         if (i > 0) c.H = c.HV = 1; /* B heads */
-        cases[n++] = c;
+        n = add_case(cases, n, c);
     }
     /* No indices (sequence n continues slot n; the CU kernels' slot is then not loaded). */
     c = base_case("packed form arange(9), bf16 tokens, no indices");
@@ -1190,7 +1204,7 @@ int main(int argc, char **argv)
     c.bf16_g_beta = 1;
     c.idx_mode = IDX_NONE;
     c.steps = 3;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     /* 304 and 312 heads of bf16 pools: the packed kernels (from 2 heads per SM), one token per
      * sequence, and mixed lengths (the two fp32 passes over a longer sequence). */
     c = base_case("packed form arange(77), bf16 pool [K,V] (packed)");
@@ -1198,27 +1212,27 @@ int main(int argc, char **argv)
     c.pool_dtype = FKDA_DTYPE_BF16;
     c.skip = 1;
     c.steps = 2;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     c = base_case("packed form [3,0,1,1,0,1]x13, bf16 [V,K] (packed)");
     set_packed_form(&c, 78, mixed, 6);
     c.pool_dtype = FKDA_DTYPE_BF16;
     c.v_first = 1;
     c.skip = 1;
     c.steps = 2;
-    cases[n++] = c;
+    n = add_case(cases, n, c);
     if (!small) {
         c = base_case("slot reuse by new sequences");
         c.N = 4;
         c.reuse = 1;
         c.steps = 12;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("slot reuse, bf16 pool [V,K]");
         c.N = 4;
         c.reuse = 1;
         c.steps = 12;
         c.pool_dtype = FKDA_DTYPE_BF16;
         c.v_first = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("no indices, gate none, raw beta, f32 in");
         c.idx_mode = IDX_NONE;
         c.gate = FKDA_GATE_NONE;
@@ -1226,20 +1240,20 @@ int main(int argc, char **argv)
         c.l2norm = 0;
         c.sigmoid = 0;
         c.in_dtype = FKDA_DTYPE_F32;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("lower bound without A_log, neg eigval");
         c.has_A = 0;
         c.neg_eig = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("lower bound, no dt_bias, bf16 aux");
         c.has_dt = 0;
         c.aux_dtype = FKDA_DTYPE_BF16;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("bf16 tokens, fp32 [K,V], skips");
         c.bf16_g_beta = 1;
         c.N = 5;
         c.skip = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("bf16 tokens, fp32 [V,K], spec T=3, 2-D");
         c.bf16_g_beta = 1;
         c.v_first = 1;
@@ -1247,7 +1261,7 @@ int main(int argc, char **argv)
         c.T = 3;
         c.N = 4;
         c.skip = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("bf16 tokens, bf16 pool [V,K], reuse, softplus");
         c.bf16_g_beta = 1;
         c.N = 4;
@@ -1256,60 +1270,63 @@ int main(int argc, char **argv)
         c.gate = FKDA_GATE_SOFTPLUS;
         c.pool_dtype = FKDA_DTYPE_BF16;
         c.v_first = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("bf16 tokens, bf16 pool [V,K], 64 heads (wide tiles)");
         c.bf16_g_beta = 1;
         c.N = 16;
         c.pool_dtype = FKDA_DTYPE_BF16;
         c.v_first = 1;
         c.skip = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("bf16 tokens, bf16 pool [K,V], 64 heads, T=2, softplus");
         c.bf16_g_beta = 1;
         c.N = 16;
         c.T = 2;
         c.pool_dtype = FKDA_DTYPE_BF16;
         c.gate = FKDA_GATE_SOFTPLUS;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("bf16 tokens, bf16 pool [K,V], 100 heads (wide, 4-warp CTAs)");
         c.bf16_g_beta = 1;
         c.N = 25;
         c.pool_dtype = FKDA_DTYPE_BF16;
         c.skip = 1;
         c.steps = 3;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("bf16 tokens, bf16 pool [K,V], 32 heads (wide, 2-warp CTAs)");
         c.bf16_g_beta = 1;
         c.N = 8;
         c.pool_dtype = FKDA_DTYPE_BF16;
         c.skip = 1;
         c.steps = 3;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("bf16 tokens, fp32 [K,V], 80 heads (narrow, 4-warp CTAs)");
         c.bf16_g_beta = 1;
         c.N = 20;
         c.skip = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         /* More heads than two CTAs per SM hold on a 132-SM card: split-K tiles by default. */
         c = base_case("bf16 tokens, fp32 [K,V], 320 heads (split K)");
         c.bf16_g_beta = 1;
         c.N = 80;
         c.skip = 1;
         c.steps = 2;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         /* The wide _spec kernels: split K (fp32 [K, V], 320 heads), fp32 [V, K] (160), bf16
          * pools (48 heads). */
         static const int64_t spec_wide_lens[] = {3, 2, 3, 1};
-        cases[n++] = spec_form_case("spec form, bf16 tokens, fp32 [K,V], 320 heads (split K)", 80, spec_wide_lens, 4,
-                                    FKDA_DTYPE_F32, 0, 2);
+        n = add_case(cases, n,
+                     spec_form_case("spec form, bf16 tokens, fp32 [K,V], 320 heads (split K)", 80, spec_wide_lens, 4,
+                                    FKDA_DTYPE_F32, 0, 2));
         c = spec_form_case("spec form, bf16 tokens, fp32 [V,K], 160 heads", 40, spec_wide_lens, 4, FKDA_DTYPE_F32, 1,
                            2);
         c.skip = 0;
-        cases[n++] = c;
-        cases[n++] = spec_form_case("spec form, bf16 tokens, bf16 [K,V], 48 heads", 12, spec_wide_lens, 4,
-                                    FKDA_DTYPE_BF16, 0, 2);
-        cases[n++] = spec_form_case("spec form, bf16 tokens, bf16 [V,K], 48 heads", 12, spec_wide_lens, 4,
-                                    FKDA_DTYPE_BF16, 1, 2);
+        n = add_case(cases, n, c);
+        n = add_case(cases, n,
+                     spec_form_case("spec form, bf16 tokens, bf16 [K,V], 48 heads", 12, spec_wide_lens, 4,
+                                    FKDA_DTYPE_BF16, 0, 2));
+        n = add_case(cases, n,
+                     spec_form_case("spec form, bf16 tokens, bf16 [V,K], 48 heads", 12, spec_wide_lens, 4,
+                                    FKDA_DTYPE_BF16, 1, 2));
         c = base_case("bf16 tokens, fp32 [V,K], 160 heads, 2-D, T=3");
         c.bf16_g_beta = 1;
         c.N = 40;
@@ -1317,28 +1334,28 @@ int main(int argc, char **argv)
         c.idx_mode = IDX_2D;
         c.T = 3;
         c.steps = 2;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("softplus, no dt_bias, no norm");
         c.gate = FKDA_GATE_SOFTPLUS;
         c.has_dt = 0;
         c.l2norm = 0;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("GVA H=1 HV=8");
         c.H = 1;
         c.HV = 8;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("GVA H=2 HV=16 bf16 pool");
         c.H = 2;
         c.HV = 16;
         c.pool_dtype = FKDA_DTYPE_BF16;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("spec T=4, 2-D i32 indices, fp32 [K,V], wild accepted counts");
         c.idx_mode = IDX_2D;
         c.T = 4;
         c.N = 5;
         c.skip = 1;
         c.wild_accepted = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("spec varlen [3,1,4,2], 2-D indices");
         c.idx_mode = IDX_2D;
         c.nvar = 4;
@@ -1347,13 +1364,13 @@ int main(int argc, char **argv)
         c.lens[2] = 4;
         c.lens[3] = 2;
         c.skip = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("spec T=2 bf16 pool [K,V], graph");
         c.idx_mode = IDX_2D;
         c.T = 2;
         c.pool_dtype = FKDA_DTYPE_BF16;
         c.graph = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("varlen i32 cu [1,1,0,5,1,2], bf16 pool");
         c.nvar = 6;
         c.lens[0] = 1;
@@ -1363,14 +1380,14 @@ int main(int argc, char **argv)
         c.lens[4] = 1;
         c.lens[5] = 2;
         c.pool_dtype = FKDA_DTYPE_BF16;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("T=3 per sequence, 1-D indices");
         c.T = 3;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("no indices, T=2");
         c.idx_mode = IDX_NONE;
         c.T = 2;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("1200 heads, bf16 pool [V,K], spec T=2, skips");
         c.N = 300;
         c.idx_mode = IDX_2D;
@@ -1378,18 +1395,18 @@ int main(int argc, char **argv)
         c.pool_dtype = FKDA_DTYPE_BF16;
         c.v_first = 1;
         c.skip = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("2048 heads, fp32 [V,K], slot reuse");
         c.N = 512;
         c.reuse = 1;
         c.steps = 6;
         c.v_first = 1;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("1024 heads, bf16 pool [K,V], no indices");
         c.N = 256;
         c.idx_mode = IDX_NONE;
         c.pool_dtype = FKDA_DTYPE_BF16;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         /* vLLM's packed form at the benchmark's sizes: B = 1 with 32 heads, 16 x 4 heads, 640 heads
          * (split K in fp32, packed in bf16), in both pool dtypes and layouts, every token bf16 or
          * g and beta f32; mixed lengths with packed split K; i64 cu_seqlens and indices; graphs. */
@@ -1412,27 +1429,27 @@ int main(int argc, char **argv)
             c.idx_dtype = size == 1 ? FKDA_DTYPE_I64 : FKDA_DTYPE_I32;
             c.skip = size != 0;
             c.steps = size >= 2 ? 2 : 3;
-            cases[n++] = c;
+            n = add_case(cases, n, c);
         }
         c = base_case("packed form [3,0,1,1,0,1]x2, bf16 tokens, no indices");
         set_packed_form(&c, 12, mixed, 6);
         c.bf16_g_beta = 1;
         c.idx_mode = IDX_NONE;
         c.steps = 3;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("packed form arange(5), bf16 tokens, graph replays");
         set_packed_form(&c, 4, ones, 1);
         c.bf16_g_beta = 1;
         c.graph = 1;
         c.steps = 3;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         c = base_case("packed form [3,0,1,1,0,1]x13, bf16 tokens, graph");
         set_packed_form(&c, 78, mixed, 6);
         c.bf16_g_beta = 1;
         c.pool_dtype = FKDA_DTYPE_BF16;
         c.graph = 1;
         c.steps = 3;
-        cases[n++] = c;
+        n = add_case(cases, n, c);
         /* K and V */
         static const int64_t kv[][2] = {{64, 64}, {256, 256}, {64, 256}, {256, 64}, {128, 32},  {32, 128},
                                         {96, 72}, {3, 5},     {1, 1},    {17, 40},  {200, 136}, {256, 255}};
@@ -1448,11 +1465,11 @@ int main(int argc, char **argv)
                 c.pool_dtype = bf16 ? FKDA_DTYPE_BF16 : FKDA_DTYPE_F32;
                 c.v_first = vf;
                 c.steps = 3;
-                cases[n++] = c;
+                n = add_case(cases, n, c);
             }
         }
     }
-    if (plan) printf("%d cases (at most %d)\n", n, (int)(sizeof cases / sizeof cases[0]));
+    if (plan) printf("%d cases (at most %d)\n", n, MAX_CASES);
     if (variants || plan) {
         walk_variants(cases, n, names, n_names, !plan, plan ? NULL : &prop, &rng, stream);
         if (stream) CUDA_OK(cudaStreamDestroy(stream));
