@@ -298,16 +298,20 @@ static void decode_error_cases(test_rng *r)
         fkda_decode_args a;
     } cases[16];
     int n = 0;
-#define DCASE(w, nm, ...)                      \
-    do {                                       \
-        cases[n].what = w;                     \
-        cases[n].name = nm;                    \
-        cases[n].a = base;                     \
-        {                                      \
-            fkda_decode_args *a = &cases[n].a; \
-            __VA_ARGS__;                       \
-        }                                      \
-        n++;                                   \
+#define DCASE(w, nm, ...)                                                                \
+    do {                                                                                 \
+        if (n >= (int)(sizeof cases / sizeof cases[0])) { /* enlarge cases */            \
+            fprintf(stderr, "test_api_errors: more decode cases than the list holds\n"); \
+            exit(2);                                                                     \
+        }                                                                                \
+        cases[n].what = w;                                                               \
+        cases[n].name = nm;                                                              \
+        cases[n].a = base;                                                               \
+        {                                                                                \
+            fkda_decode_args *a = &cases[n].a;                                           \
+            __VA_ARGS__;                                                                 \
+        }                                                                                \
+        n++;                                                                             \
     } while (0)
     DCASE("pool missing", "state_pool", memset(&a->state_pool, 0, sizeof a->state_pool));
     DCASE("pool f16", "state_pool", a->state_pool.dtype = FKDA_DTYPE_F16);
