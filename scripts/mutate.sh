@@ -194,6 +194,10 @@ mutant cuda-prefill-prep-level16-keys cuda src/cuda/prefill_prep_steps.cuh \
 mutant cuda-prefill-prep-nested-self cuda src/cuda/prefill_prep_steps.cuh \
   'm += __shfl_xor_sync(0xffffffffu, m, 1);' \
   'm += 0.0f;'
+# The checked preps' gate loops (one per gate): the gate-none loop computing the softplus gate.
+mutant cuda-prefill-prep-gate-loop-kind cuda src/cuda/prefill_prep.cu \
+  'D[e] = prep_gate(&p, FKDA_GATE_NONE, D[e], A, db[e & 1]);' \
+  'D[e] = prep_gate(&p, FKDA_GATE_SOFTPLUS, D[e], A, db[e & 1]);'
 # The checked kernels' step 6 from Kd's tile: both halves store their Kd into rows 0-7, so rows
 # 8-15 of the tile keep step 4's operands.
 mutant cuda-prefill-prep-kd-tile cuda src/cuda/prefill_prep_steps.cuh \

@@ -134,6 +134,11 @@ static fkda_decode_select_status tile_geometry(const fkda_decode_call *c, const 
      * batches; a quarter of a narrow head, faster at the smallest batches); fewer while that
      * leaves two thirds of the SMs without a CTA (small batches are latency-bound: spread them). */
     int per_cta = c->state_bf16 || narrow ? 4 : 8;
+    /* The wide bf16 [K, V] _spec tiles from 15 heads an SM: a whole head a CTA (8 warps). Measured
+     * on an H100 against 4: 4 % faster at 64 x 32 and 256 x 8 (2,048 heads, 15.5 an SM), 3-9 %
+     * slower at 8 and 16 x 32 (2 and 4 heads an SM), where 4 stay; the fp32 and [V, K] _spec rows
+     * did not gain from 8 (bench/results/decode.md). */
+    if (v->cu_form == 2 && c->state_bf16 && !c->v_first && !narrow && heads >= 15 * sms) per_cta = 8;
     while (per_cta > 1 && per_cta / 2 >= wph) per_cta /= 2;
     /* The one-token all-bf16-token kernels (but narrow bf16): 2 warps while that keeps at most two
      * CTAs per SM (measured faster; the generic-token kernels measured the other way round and

@@ -403,27 +403,58 @@ static __device__ __forceinline__ void prep_chunk(const pf_params &p, const int 
     int grows = 0; /* f16: a gate step above 0 (a growing state, outside fp16's domain) */
     {
         const int live[2] = {c0 < p.K, c0 + 1 < p.K}, fcol = prep_f32_col(c0); /* c0 even: c0 + 1 at fcol + 1 */
+        /* The checked kernels serve three gates: their gate values go first into D, through a
+         * loop per gate, so that the gate's test is once in the thread's path instead of once per
+         * element (with a constant kind the lower bound and gate none loops have no branch; the
+         * softplus keeps its own two, x > 20 and log1pf's). The unchecked kernels (one gate)
+         * compute it inline below: a loop of their own cost them spills (pf_prep_tiles 4 -> 156
+         * bytes). */
+        if (gate_checked) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const int r = r0 + i;
+                const float2 c = bulk ? prep_widen2(*(const uint32_t *)(s_buf[IN_G] + r * 256 + 2 * c0), g16)
+                                      : *(const float2 *)(fg + r * 128 + fcol);
+                D[2 * i] = c.x, D[2 * i + 1] = c.y;
+            }
+            if (p.gate == FKDA_GATE_LOWER_BOUND) {
+#pragma unroll
+                for (int e = 0; e < 16; e++) D[e] = prep_gate(&p, FKDA_GATE_LOWER_BOUND, D[e], A, db[e & 1]);
+            } else if (p.gate == FKDA_GATE_NONE) {
+#pragma unroll
+                for (int e = 0; e < 16; e++) D[e] = prep_gate(&p, FKDA_GATE_NONE, D[e], A, db[e & 1]);
+            } else {
+#pragma unroll
+                for (int e = 0; e < 16; e++) D[e] = prep_gate(&p, FKDA_GATE_SOFTPLUS, D[e], A, db[e & 1]);
+            }
+        }
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             const int r = r0 + i;
-            float xq[2], xk[2], xg[2];
+            float xq[2], xk[2], xg[2] = {0.0f, 0.0f};
             if (bulk) {
                 const uint32_t wq = *(const uint32_t *)(s_buf[IN_Q] + r * 256 + 2 * c0);
                 const uint32_t wk = *(const uint32_t *)(s_buf[IN_K] + r * 256 + 2 * c0);
-                const uint32_t wg = *(const uint32_t *)(s_buf[IN_G] + r * 256 + 2 * c0);
-                const float2 a = prep_widen2(wq, qk16), b = prep_widen2(wk, qk16), c = prep_widen2(wg, g16);
-                xq[0] = a.x, xq[1] = a.y, xk[0] = b.x, xk[1] = b.y, xg[0] = c.x, xg[1] = c.y;
+                const float2 a = prep_widen2(wq, qk16), b = prep_widen2(wk, qk16);
+                xq[0] = a.x, xq[1] = a.y, xk[0] = b.x, xk[1] = b.y;
+                if (!gate_checked) {
+                    const float2 c = prep_widen2(*(const uint32_t *)(s_buf[IN_G] + r * 256 + 2 * c0), g16);
+                    xg[0] = c.x, xg[1] = c.y;
+                }
             } else {
                 const float2 a = *(const float2 *)(fq + r * 128 + fcol), b = *(const float2 *)(fk + r * 128 + fcol);
-                const float2 c = *(const float2 *)(fg + r * 128 + fcol);
-                xq[0] = a.x, xq[1] = a.y, xk[0] = b.x, xk[1] = b.y, xg[0] = c.x, xg[1] = c.y;
+                xq[0] = a.x, xq[1] = a.y, xk[0] = b.x, xk[1] = b.y;
+                if (!gate_checked) {
+                    const float2 c = *(const float2 *)(fg + r * 128 + fcol);
+                    xg[0] = c.x, xg[1] = c.y;
+                }
             }
             const float rq = s_rq[r], rk = s_rk[r];
 #pragma unroll
             for (int h = 0; h < 2; h++) {
                 /* unchecked: the lower bound gate (the only one proven in range), its sigmoid's
                  * argument in one fma (~1e-7 relative to A (|g| + |db|) off the rounded sum's) */
-                const float a = gate_checked ? prep_gate(&p, xg[h], A, db[h])
+                const float a = gate_checked ? D[2 * i + h]
                                              : p.gate_scale * pf_rcp(1.0f + pf_exp2(fmaf(xg[h], ga, gb[h])));
                 run[h] += r < rows && live[h] ? a : 0.0f;
                 if (f16) grows |= r < rows && live[h] && !(a <= 0.0f);

@@ -240,7 +240,7 @@ static __device__ __forceinline__ void p256_chunk(const pf_params &p, const int 
                 xg = fg[i * PF256_DK + col];
             }
             /* unchecked: the lower bound gate (the only one proven in range) */
-            const float a = gate_checked ? prep_gate(&p, xg, A, db) : p.gate_scale * pf_sigmoid(A * (xg + db));
+            const float a = gate_checked ? prep_gate(&p, p.gate, xg, A, db) : p.gate_scale * pf_sigmoid(A * (xg + db));
             acc += i < rows && live ? a : 0.0f;
             G[i] = acc;
             qn[i] = xq * s_rq[i];

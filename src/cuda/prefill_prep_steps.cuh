@@ -86,16 +86,17 @@ static __device__ __forceinline__ int64_t prep_find_sequence(const pf_params *p,
 }
 
 /* One key channel's log decay for one token, in log2 units: the gate of docs/design.md
- * section 1 (FKDA_GATE_NONE: g is the log decay; the others add dt_bias first). */
-static __device__ __forceinline__ float prep_gate(const pf_params *p, float g, float A, float db)
+ * section 1 (FKDA_GATE_NONE: g is the log decay; the others add dt_bias first). `gate` is
+ * p->gate, passed apart so that a caller can give it as a constant, which drops the branches. */
+static __device__ __forceinline__ float prep_gate(const pf_params *p, int gate, float g, float A, float db)
 {
     float a;
-    if (p->gate == FKDA_GATE_NONE) {
+    if (gate == FKDA_GATE_NONE) {
         a = g * PREP_LOG2E;
     } else {
         const float x = g + db;
-        a = p->gate == FKDA_GATE_LOWER_BOUND ? p->gate_scale * pf_sigmoid(A * x)
-                                             : -A * (x > 20.0f ? x : log1pf(__expf(x))) * PREP_LOG2E; /* softplus */
+        a = gate == FKDA_GATE_LOWER_BOUND ? p->gate_scale * pf_sigmoid(A * x)
+                                          : -A * (x > 20.0f ? x : log1pf(__expf(x))) * PREP_LOG2E; /* softplus */
     }
     /* A decay below 2^-150 per token is 0 to every exp2 here (ex2.approx.ftz), a growth above 2^150
      * is inf to every one; clamping both keeps the chunk's running sums finite (a finite g of -3e38

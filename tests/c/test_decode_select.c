@@ -24,7 +24,10 @@
  *    indices, all-bf16 tokens and at most one token per sequence, on the wide tile, at most half
  *    as many heads as SMs), and when fp32 [V, K] pools took the narrow tiles up to 32 heads an SM
  *    (the decisions that changed: dense 128 fp32 [V, K] calls with 1-D indices or none, all-bf16
- *    tokens and one token per sequence, from one to 32 heads an SM); a change of any decision
+ *    tokens and one token per sequence, from one to 32 heads an SM), and when the wide bf16 [K, V]
+ *    _spec tiles took 8 warps a CTA from 15 heads an SM (the decisions that changed: dense 128
+ *    bf16 [K, V] calls with cu_seqlens, 2-D indices and all-bf16 tokens, on the wide tile, from
+ *    15 heads an SM, without FKDA_DECODE_BF16_TOKENS=0); a change of any decision
  *    fails here; if the change is intended, regenerate them (FKDA_PIN_PRINT=1 prints the arrays)
  *    and say why in the commit.
  * 2. Every choice serves its call (fkda_decode_variant_serves), with or without

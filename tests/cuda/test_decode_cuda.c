@@ -1327,6 +1327,11 @@ int main(int argc, char **argv)
         n = add_case(cases, n,
                      spec_form_case("spec form, bf16 tokens, bf16 [V,K], 48 heads", 12, spec_wide_lens, 4,
                                     FKDA_DTYPE_BF16, 1, 2));
+        /* From 15 heads an SM the wide bf16 [K, V] _spec tile takes a whole head a CTA (8 warps;
+         * decode_select.c): 2,048 heads on a card of up to 136 SMs. */
+        n = add_case(cases, n,
+                     spec_form_case("spec form, bf16 tokens, bf16 [K,V], 2048 heads (8-warp CTAs)", 512, spec_wide_lens,
+                                    4, FKDA_DTYPE_BF16, 0, 2));
         c = base_case("bf16 tokens, fp32 [V,K], 160 heads, 2-D, T=3");
         c.bf16_g_beta = 1;
         c.N = 40;
