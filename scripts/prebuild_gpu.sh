@@ -34,6 +34,8 @@ if [ "$sent" != "$(scripts/source_hash.sh --list)" ]; then
   exit 1
 fi
 
+# On a fresh clone build/ does not exist yet, and the log below is written beside the build folder.
+mkdir -p "$build"
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release >"$build.cmake.log" 2>&1 ||
   { tail -n 30 "$build.cmake.log"; exit 1; }
 # An object whose entry in ninja's deps log lists no headers is not rebuilt when a header it
