@@ -6,6 +6,8 @@
 #                                       test_decode_cuda --small, test_decode_layer_cuda --small and
 #                                       pytest tests/gpu
 #   scripts/mutate.sh list              the mutants, without running anything
+#   scripts/mutate.sh apply NAME        plants one mutant in the checkout itself and prints its file
+#                                       (for scripts/prebuild_pending.sh, which puts the file back)
 #
 # A test suite that passes with a bug in the code it covers cannot fail for that bug; each mutant
 # below is such a bug, in the spirit of one a change could really introduce. The script works on
@@ -386,8 +388,8 @@ mutant cuda-layer-output-gate cuda src/cuda/decode_layer.cu \
   'v[i] * r * w / (1.0f + expf(-g))' \
   'v[i] * r * w / (1.0f + expf(g))'
 
-if [ "$half" != cpu ] && [ "$half" != cuda ] && [ "$half" != list ]; then
-  echo "usage: scripts/mutate.sh cpu|cuda|list [NAME ...]" >&2
+if [ "$half" != cpu ] && [ "$half" != cuda ] && [ "$half" != list ] && [ "$half" != apply ]; then
+  echo "usage: scripts/mutate.sh cpu|cuda|list [NAME ...] | apply NAME" >&2
   exit 64
 fi
 
@@ -472,6 +474,18 @@ if [ "$half" = list ]; then # also checks that every snippet occurs once in the 
     printf '%-36s %-4s %s\n' "${names[$i]}" "${halves[$i]}" "$where"
   done
   exit $status
+fi
+
+if [ "$half" = apply ]; then # the one place the checkout itself is edited: its caller restores it
+  [ ${#only[@]} -eq 1 ] || { echo "usage: scripts/mutate.sh apply NAME" >&2; exit 64; }
+  tree=$root
+  for i in "${!names[@]}"; do
+    [ "${names[$i]}" = "${only[0]}" ] || continue
+    apply_mutant "${files[$i]}" "${origs[$i]}" "${repls[$i]}"
+    exit $?
+  done
+  echo "mutate.sh: no mutant named ${only[0]} (scripts/mutate.sh list)" >&2
+  exit 64
 fi
 
 mkdir -p "$tree" "$log"

@@ -11,6 +11,11 @@
 # lists the levels and their patches; the tarballs of an earlier run are removed first. ~7 MB a
 # level: up to 8 levels fit the device tool's 64 MiB. The tree is restored afterwards, also on failure, so its
 # tracked files must have no uncommitted changes under the paths the patches touch.
+#
+# FKDA_PENDING_MUTANTS="NAME ..." also builds, for each CUDA mutant of scripts/mutate.sh named
+# (usually the ones the patches add), the top level with that mutant planted, into
+# DIR/mutant-NAME.tar.xz: scripts/pending_check.sh runs the test programs on each and expects
+# them to fail. Levels and mutants together: at most 8 tarballs (the 64 MiB carried).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 dir=${1:-build-ab/pending}
@@ -38,7 +43,7 @@ trap restore EXIT
 
 # Only once the tree is known to be buildable: a refused run leaves an earlier run's tarballs.
 mkdir -p "$dir"
-rm -f "$dir"/pending-*.tar.xz "$dir/pending.txt"
+rm -f "$dir"/pending-*.tar.xz "$dir"/mutant-*.tar.xz "$dir/pending.txt"
 
 echo "0 main ($(git describe --always --dirty))" >"$dir/pending.txt"
 scripts/prebuild_gpu.sh "$dir/pending-0.tar.xz"
@@ -48,5 +53,17 @@ for p in "${patches[@]}"; do
   git apply "$p" || { echo "prebuild_pending.sh: $p does not apply on level $((i - 1))"; exit 1; }
   echo "$i + $(basename "$p")" >>"$dir/pending.txt"
   scripts/prebuild_gpu.sh "$dir/pending-$i.tar.xz"
+done
+# Each mutant on the top level: planted, built, and its file put back before the next.
+for name in ${FKDA_PENDING_MUTANTS:-}; do
+  file=$(scripts/mutate.sh list | awk -v n="$name" '$1 == n {print $3}')
+  [ -f "$file" ] || { echo "prebuild_pending.sh: mutant $name: no such mutant, or its snippet is not in level $i"; exit 1; }
+  saved=$(mktemp)
+  cp -p "$file" "$saved"
+  scripts/mutate.sh apply "$name" >/dev/null || { echo "prebuild_pending.sh: mutant $name not planted"; exit 1; }
+  echo "mutant $name ($file) on level $i" >>"$dir/pending.txt"
+  scripts/prebuild_gpu.sh "$dir/mutant-$name.tar.xz"
+  cp "$saved" "$file" # a fresh time: the next build recompiles it
+  rm -f "$saved"
 done
 cat "$dir/pending.txt"
