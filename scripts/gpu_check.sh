@@ -137,6 +137,12 @@ export FLASHKDA_LIBRARY=$BIN/libflashkda.so
 export PYTHONPATH=$PWD/python${PYTHONPATH:+:$PYTHONPATH}
 
 failed=0
+# words NAME: the words of the variable NAME split as the shell would split a command line, quotes
+# honoured, into the array WORDS (so that FKDA_BENCH_PREFILL_OPTIONS_ARGS='--fla-rows "fp16 inputs"'
+# passes one argument with a space, where an unquoted expansion would pass two pieces).
+words() {
+  mapfile -t WORDS < <(python3 -c 'import shlex, sys; sys.stdout.write("".join(w + "\n" for w in shlex.split(sys.argv[1])))' "${!1:-}")
+}
 if [ "${FKDA_NO_FLA:-0}" = 1 ]; then
   echo "FKDA_NO_FLA=1: the fla comparisons and fla-dispatch tests are skipped"
   export FKDA_REQUIRE_FLA=0
@@ -199,7 +205,9 @@ for step in "${steps[@]}"; do
     done ;;
   pytest)
     # shellcheck disable=SC2086
-    run_step pytest-gpu python3 -m pytest -q -rs ${FKDA_PYTEST_ARGS:-tests/gpu} ;;
+    words FKDA_PYTEST_ARGS
+    [ ${#WORDS[@]} -gt 0 ] || WORDS=(tests/gpu)
+    run_step pytest-gpu python3 -m pytest -q -rs "${WORDS[@]}" ;;
   sanitize)
     for exe in "$BIN"/test_${FKDA_GPU_TESTS:-*}_cuda; do
       [ -x "$exe" ] || continue
@@ -252,15 +260,14 @@ for step in "${steps[@]}"; do
         | python3 bench/ncu_hot_sass.py 40 --dump $OUT/sass-layer-${case//,/-}.tsv"
     done ;;
   bench-decode)
-    # shellcheck disable=SC2086
-    run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" ${FKDA_BENCH_DECODE_ARGS:-} ;;
+    words FKDA_BENCH_DECODE_ARGS
+    run_step bench-decode python3 bench/bench_decode_gpu.py --out "$OUT/bench_decode.md" "${WORDS[@]}" ;;
   bench-decode-layer)
-    # shellcheck disable=SC2086
+    words FKDA_BENCH_DECODE_LAYER_ARGS
     run_step bench-decode-layer python3 bench/bench_decode_layer_gpu.py --out "$OUT/bench_decode_layer.md" \
-      ${FKDA_BENCH_DECODE_LAYER_ARGS:-}
-    # shellcheck disable=SC2086
+      "${WORDS[@]}"
     FKDA_DECODE_LAYER_WIDE=0 run_step bench-decode-layer-narrow python3 bench/bench_decode_layer_gpu.py \
-      --out "$OUT/bench_decode_layer_narrow.md" ${FKDA_BENCH_DECODE_LAYER_ARGS:-}
+      --out "$OUT/bench_decode_layer_narrow.md" "${WORDS[@]}"
     run_step bench-decode-layer-bf16 python3 bench/bench_decode_layer_gpu.py --quick --pool bf16 \
       --out "$OUT/bench_decode_layer_bf16.md"
     FKDA_DECODE_LAYER_WIDE=0 run_step bench-decode-layer-bf16-narrow python3 bench/bench_decode_layer_gpu.py \
@@ -288,12 +295,12 @@ for step in "${steps[@]}"; do
         | python3 bench/ncu_hot_sass.py 40 --dump $OUT/sass-prefill-$name.tsv"
     done ;;
   bench-prefill)
-    # shellcheck disable=SC2086
-    run_step bench-prefill python3 bench/bench_prefill_gpu.py --out "$OUT/bench_prefill.md" ${FKDA_BENCH_PREFILL_ARGS:-} ;;
+    words FKDA_BENCH_PREFILL_ARGS
+    run_step bench-prefill python3 bench/bench_prefill_gpu.py --out "$OUT/bench_prefill.md" "${WORDS[@]}" ;;
   bench-prefill-options)
-    # shellcheck disable=SC2086
+    words FKDA_BENCH_PREFILL_OPTIONS_ARGS
     run_step bench-prefill-options python3 bench/bench_prefill_options_gpu.py --out "$OUT/bench_prefill_options.md" \
-      ${FKDA_BENCH_PREFILL_OPTIONS_ARGS:-} ;;
+      "${WORDS[@]}" ;;
   *) echo "unknown step $step"; failed=$((failed + 1)) ;;
   esac
 done
